@@ -1,0 +1,3 @@
+from selfinstruct_tui.cli import main
+
+raise SystemExit(main())

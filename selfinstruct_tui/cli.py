@@ -1,0 +1,343 @@
+"""The `selfinstruct` command: builds an engine and drives it headless or hands it to the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from selfinstruct_tui import __version__
+from selfinstruct_tui.engine.config import (
+    EMBEDDED,
+    RunConfig,
+    build_config,
+    load_user_config,
+    merge_for_resume,
+    new_run_dir,
+)
+from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
+from selfinstruct_tui.engine.exports import FORMATS
+
+err = Console(stderr=True, highlight=False)
+
+# Settings a small embedded model works better with (used unless the user set them).
+EMBEDDED_DEFAULTS = {"concurrency": 2, "generation_max_tokens": 384, "instance_max_tokens": 200}
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", metavar="PATH", help="seed file (default: the bundled seed set)")
+    p.add_argument("--run-dir", metavar="DIR", help="run directory; an existing one is resumed")
+    p.add_argument("--target", type=int, metavar="N", help="machine-generated tasks to reach")
+    p.add_argument("--model", metavar="NAME", help="model name at the endpoint")
+    p.add_argument("--base-url", metavar="URL", dest="base_url",
+                   help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    p.add_argument("--api", choices=["completions", "chat"], help="completions (base models, "
+                   "the paper's setting) or chat (chat models)")
+    p.add_argument("--concurrency", type=int, metavar="C", help="requests in flight (default 8)")
+    p.add_argument("--random-seed", type=int, metavar="S", dest="random_seed")
+    p.add_argument("--prompts-per-round", type=int, dest="prompts_per_round", metavar="P")
+    p.add_argument("--threshold", type=float, help="ROUGE-L near-duplicate threshold (0.7)")
+    p.add_argument("--tokenizer", choices=["rouge", "unicode"],
+                   help="similarity tokenizer; 'unicode' dedupes non-English text")
+    p.add_argument("--allow-non-ascii", dest="filter_non_ascii", action="store_const",
+                   const=False, help="keep instructions that start with a non-ASCII character")
+    p.add_argument("--rpm", type=float, dest="requests_per_minute", help="requests per minute")
+    p.add_argument("--tpm", type=float, dest="tokens_per_minute", help="tokens per minute")
+    p.add_argument("--timeout", type=float, dest="request_timeout", help="seconds per request")
+    p.add_argument("--max-retries", type=int, dest="max_retries")
+    p.add_argument("--price-in", type=float, dest="price_input_per_1k",
+                   help="price per 1K input tokens")
+    p.add_argument("--price-out", type=float, dest="price_output_per_1k",
+                   help="price per 1K output tokens")
+    p.add_argument("--key-env", dest="key_env", help="environment variable with the API key")
+    p.add_argument("--model-path", dest="model_path", metavar="FILE.gguf",
+                   help="serve this GGUF with the embedded llama.cpp server")
+    p.add_argument("--local-port", type=int, dest="local_port", help=argparse.SUPPRESS)
+    p.add_argument("--headless", action="store_true", help="no TUI: print progress")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfinstruct",
+        description="Generate instruction-tuning data with the Self-Instruct method.")
+    parser.add_argument("--version", action="version", version=f"selfinstruct-tui {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start a run, or resume the one in --run-dir")
+    _add_run_flags(run)
+
+    export = sub.add_parser("export", help="export a run's tasks")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("-o", "--output", metavar="FILE")
+
+    seeds = sub.add_parser("seeds", help="seed file tools")
+    seeds_sub = seeds.add_subparsers(dest="seeds_command", required=True)
+    check = seeds_sub.add_parser("check", help="validate a seed file and summarise it")
+    check.add_argument("path", metavar="PATH")
+
+    dedup = sub.add_parser("dedup", help="drop near-duplicate instructions from a dataset")
+    dedup.add_argument("input", metavar="INPUT")
+    dedup.add_argument("-o", "--output", metavar="OUTPUT")
+    dedup.add_argument("--threshold", type=float, default=0.7)
+    dedup.add_argument("--field", default="instruction")
+    dedup.add_argument("--report", metavar="FILE")
+    dedup.add_argument("--tokenizer", choices=["rouge", "unicode"], default="rouge")
+    return parser
+
+
+RUN_FLAG_NAMES = ("target", "model", "base_url", "api", "concurrency", "random_seed",
+                  "prompts_per_round", "threshold", "tokenizer", "filter_non_ascii",
+                  "requests_per_minute", "tokens_per_minute", "request_timeout", "max_retries",
+                  "price_input_per_1k", "price_output_per_1k", "key_env", "model_path")
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name, None) for name in RUN_FLAG_NAMES
+            if getattr(args, name, None) is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("SELFINSTRUCT_LOG", "WARNING"))
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "seeds":
+            return cmd_seeds_check(args)
+        if args.command == "dedup":
+            from selfinstruct_tui.engine.dedup import cmd_dedup
+
+            return cmd_dedup(args)
+    except InputFileError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False)
+        return exc.exit_code
+    except UserError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        return 130
+    return 2
+
+
+# -- seeds ----------------------------------------------------------------------------------------
+
+def cmd_seeds_check(args: argparse.Namespace) -> int:
+    from selfinstruct_tui.engine.records import read_utf8
+    from selfinstruct_tui.engine.seeds import parse_seeds, summarize
+    from selfinstruct_tui.engine.similarity import PrunedIndex
+
+    tasks, fmt = parse_seeds(args.path, read_utf8(args.path))
+    summary = summarize(tasks, fmt)
+    out = Console(highlight=False)
+    out.print(f"{args.path}: OK ({fmt} format)", markup=False)
+    out.print(f"  tasks:           {summary.count}")
+    out.print(f"  instances:       {summary.instances}")
+    out.print(f"  classification:  {summary.classification} ({summary.classification_share:.1%})")
+    out.print(f"  without input:   {summary.without_input} ({summary.without_input_share:.1%})")
+    index = PrunedIndex()
+    close = []
+    for task in tasks:
+        hit = index.query(task.instruction, k=1).most_similar
+        if hit is not None and hit.score > 0.7:
+            close.append(f"  near-duplicate seeds (ROUGE-L {hit.score:.2f}): {task.id} ~ {hit.key}")
+        index.add(task.id, task.instruction)
+    for warning in summary.warnings:
+        out.print(f"  warning: {warning}", markup=False)
+    for line in close:
+        out.print(line, markup=False)
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from selfinstruct_tui.engine.exports import export_run
+    from selfinstruct_tui.engine.store import is_run_dir
+
+    if not is_run_dir(args.run_dir):
+        raise UserError(f"{args.run_dir}: not a run directory (no run.sqlite in it)")
+    path, count = export_run(args.run_dir, args.format, args.output)
+    Console(highlight=False).print(f"wrote {count} rows ({args.format}) to {path}", markup=False)
+    return 0
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+def prepare_run(args: argparse.Namespace) -> tuple[Path, RunConfig, bool]:
+    """Resolve the run directory and config; a changed config on resume is refused."""
+    from selfinstruct_tui.engine.store import RunStore, is_run_dir
+
+    flags = _flags(args)
+    if args.run_dir and is_run_dir(args.run_dir):
+        store = RunStore(args.run_dir)
+        try:
+            stored = store.config()
+            if stored is None:
+                raise UserError(f"{args.run_dir}: the run has no config; start a new run in "
+                                "another directory")
+            cfg, refused = merge_for_resume(stored, flags)
+            if args.seeds:
+                refused.append("seeds: a run keeps its own seed set; edit it in the TUI (key e)"
+                               " instead of passing --seeds")
+        finally:
+            store.close()
+        if refused:
+            raise ConfigError(
+                f"{args.run_dir} holds a run with different settings, so it cannot resume with "
+                "this command:\n  " + "\n  ".join(refused) +
+                "\nLeave these flags out to resume as it was, or start a new run with another "
+                "--run-dir. (Safe to change on resume: target, concurrency, rate limits, "
+                "timeouts, prices, base URL.)")
+        return Path(args.run_dir), cfg, True
+    file_settings = load_user_config()
+    explicit = {**file_settings, **flags}
+    cfg = build_config(file_settings, flags)
+    if cfg.uses_embedded:
+        for key, value in EMBEDDED_DEFAULTS.items():
+            if key not in explicit:
+                setattr(cfg, key, value)
+        if not cfg.model:
+            cfg.model = Path(cfg.model_path).stem if cfg.model_path else "gemma-3-270m"
+        if cfg.api == "chat" and "api" not in explicit:
+            cfg.api = "completions"
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg.model or "run")
+    return run_dir, cfg, False
+
+
+def _discover_model(base_url: str, api_key: str) -> str:
+    """With no --model: use the endpoint's only model (vLLM, llama.cpp, Ollama list theirs)."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=10,
+                           max_retries=1)
+    try:
+        models = [m.id for m in client.models.list()]
+    except openai.AuthenticationError:
+        raise UserError(f"{base_url} refused the API key: set OPENAI_API_KEY (or the key_env "
+                        "setting)") from None
+    except openai.APIError as exc:
+        raise UserError(f"cannot list the models at {base_url} ({exc.__class__.__name__}); "
+                        "check --base-url, or name the model with --model") from None
+    finally:
+        client.close()
+    if len(models) == 1:
+        return models[0]
+    if not models:
+        raise UserError(f"{base_url} lists no models; name one with --model")
+    shown = ", ".join(models[:10]) + (" ..." if len(models) > 10 else "")
+    raise UserError(f"{base_url} serves several models ({shown}); choose one with --model")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds
+    from selfinstruct_tui.engine.store import RunStore, seed_tasks_to_pool
+
+    run_dir, cfg, resumed = prepare_run(args)
+    seeds = None
+    if not resumed:
+        seeds_path = Path(args.seeds) if args.seeds else bundled_seeds_path()
+        seeds = load_seeds(seeds_path)  # bad seeds fail before anything is created
+    api_key = os.environ.get(cfg.key_env, "")
+    out = Console(highlight=False)
+    server = None
+    base_url = cfg.base_url
+    if cfg.uses_embedded:
+        from selfinstruct_tui.engine.local_model import LocalModelServer
+
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        server = LocalModelServer(run_dir, model_path=cfg.model_path or None,
+                                  port=getattr(args, "local_port", None))
+        out.print(f"starting the embedded model ({cfg.model}, {server.threads} threads); "
+                  f"log: {server.log_path}", markup=False)
+        base_url = server.start()
+    try:
+        if not cfg.model:
+            cfg.model = _discover_model(base_url, api_key)
+        store = RunStore(run_dir)
+        try:
+            if not resumed:
+                assert seeds is not None
+                store.save_config(cfg)
+                store.set_meta("seeds_path", str(Path(args.seeds).resolve()) if args.seeds
+                               else "bundled")
+                store.replace_seeds(seed_tasks_to_pool(seeds, 1))
+            else:
+                store.save_config(cfg)
+            return _drive(args, store, cfg, api_key, base_url, server, out)
+        finally:
+            store.close()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _drive(args: argparse.Namespace, store: Any, cfg: RunConfig, api_key: str, base_url: str,
+           server: Any, out: Console) -> int:
+    from selfinstruct_tui.engine import events as ev
+    from selfinstruct_tui.engine.engine import Engine
+
+    engine = Engine(store, cfg, api_key=api_key, base_url=base_url)
+    if not args.headless:
+        err.print("The TUI is not built yet: run with --headless for now.", markup=False)
+        return 2
+    from selfinstruct_tui.headless import HeadlessPrinter
+
+    printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,
+                              tokens_per_second=lambda: engine.tokens_per_second)
+    engine.bus.subscribe(printer)
+    paused_by_errors: list[str] = []
+
+    def on_event(event: ev.Event) -> None:
+        # Headless has nobody to press "resume": a run paused by errors stops and says how to
+        # resume; the exit code tells scripts it did not finish.
+        if isinstance(event, ev.Paused) and event.by_errors:
+            paused_by_errors.append(event.reason)
+            engine.stop()
+
+    engine.bus.subscribe(on_event)
+    if server is not None:
+        def watch_server(event: ev.Event) -> None:
+            if isinstance(event, ev.RequestError) and event.kind == "connection":
+                why = server.check_alive()
+                if why and not paused_by_errors:
+                    paused_by_errors.append(why)
+                    engine.stop()
+
+        engine.bus.subscribe(watch_server)
+    interrupts = [0]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupts[0] += 1
+        if interrupts[0] > 1:
+            raise KeyboardInterrupt
+        engine.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous_term = signal.signal(signal.SIGTERM, on_sigint)
+    try:
+        finished = engine.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        printer.close()
+    if paused_by_errors:
+        err.print(f"error: {paused_by_errors[0]}", markup=False)
+        err.print(f"The run is saved; resume it with: selfinstruct run --run-dir {store.run_dir}"
+                  " --headless", markup=False)
+        return 3
+    if finished.reason == "target":
+        return 0
+    if finished.reason == "stopped":
+        return 130
+    return 1

@@ -1,0 +1,258 @@
+"""Run configuration: defaults, then the user's TOML config file, then environment, then flags.
+
+The API key is never part of a config: only the *name* of the environment variable that holds it
+(`key_env`) is stored, and the key is read from the environment when a client is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from selfinstruct_tui.engine.errors import ConfigError
+
+APP_NAME = "selfinstruct-tui"
+EMBEDDED = "embedded"
+
+
+@dataclass
+class RunConfig:
+    # endpoint; base_url == "embedded" means the managed local llama.cpp server
+    base_url: str = ""
+    model: str = ""
+    api: str = "completions"
+    key_env: str = "OPENAI_API_KEY"
+    model_path: str = ""
+    # run
+    target: int = 100
+    random_seed: int = 0
+    concurrency: int = 8
+    prompts_per_round: int = 0  # 0: as many as --concurrency
+    # instruction generation (paper defaults)
+    num_prompt_instructions: int = 8
+    num_machine_instructions: int = 2
+    generation_max_tokens: int = 1024
+    temperature: float = 0.7
+    top_p: float = 0.5
+    presence_penalty: float = 2.0
+    frequency_penalty: float = 0.0
+    # classification and instances
+    classification_max_tokens: int = 3
+    instance_max_tokens: int = 300
+    instance_presence_penalty: float = 1.5
+    max_instances: int = 5
+    # filters
+    threshold: float = 0.7
+    tokenizer: str = "rouge"
+    min_words: int = 4
+    max_words: int = 150
+    filter_non_ascii: bool = True
+    # requests
+    request_timeout: float = 120.0
+    max_retries: int = 6
+    requests_per_minute: float = 0.0
+    tokens_per_minute: float = 0.0
+    error_pause_seconds: float = 60.0
+    price_input_per_1k: float = 0.0
+    price_output_per_1k: float = 0.0
+
+    @property
+    def effective_prompts_per_round(self) -> int:
+        return self.prompts_per_round or self.concurrency
+
+    @property
+    def uses_embedded(self) -> bool:
+        return self.base_url == EMBEDDED
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self, where: str = "settings") -> None:
+        problems = []
+        if self.api not in ("completions", "chat"):
+            problems.append(f"{where}: api must be 'completions' or 'chat', not {self.api!r}")
+        if self.tokenizer not in ("rouge", "unicode"):
+            problems.append(f"{where}: tokenizer must be 'rouge' or 'unicode', not {self.tokenizer!r}")
+        for name in ("target", "concurrency", "max_instances", "num_prompt_instructions",
+                     "generation_max_tokens", "instance_max_tokens", "classification_max_tokens"):
+            if getattr(self, name) < 1:
+                problems.append(f"{where}: {name} must be at least 1")
+        if not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
+            problems.append(f"{where}: num_machine_instructions must be between 0 and "
+                            "num_prompt_instructions")
+        if not 0.0 < self.threshold <= 1.0:
+            problems.append(f"{where}: threshold must be in (0, 1]")
+        if self.prompts_per_round < 0:
+            problems.append(f"{where}: prompts_per_round must be 0 (auto) or more")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+
+# Settings that may differ when a run resumes: they change speed, cost or the stopping point,
+# never what a task looks like.
+SAFE_ON_RESUME = {
+    "target", "concurrency", "prompts_per_round", "request_timeout", "max_retries",
+    "requests_per_minute", "tokens_per_minute", "error_pause_seconds", "price_input_per_1k",
+    "price_output_per_1k", "base_url", "key_env", "model_path",
+}
+
+SETTABLE = {f.name: f.type for f in fields(RunConfig)}
+UI_SETTINGS = {"theme": "str", "refresh": "float", "seeds": "str"}
+
+
+def user_config_dir() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def user_config_path() -> Path:
+    override = os.environ.get("SELFINSTRUCT_CONFIG")
+    return Path(override) if override else user_config_dir() / "config.toml"
+
+
+def user_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def runs_root() -> Path:
+    override = os.environ.get("SELFINSTRUCT_RUNS_DIR")
+    return Path(override) if override else user_data_dir() / "runs"
+
+
+def new_run_dir(model: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model or "run").strip("-")[:40] or "run"
+    base = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for n, line in enumerate(text.splitlines(), start=1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return n
+    return None
+
+
+def _coerce(value: Any, type_name: str) -> Any:
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        raise TypeError("true or false")
+    if type_name == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError("an integer")
+    if type_name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError("a number")
+    if isinstance(value, str):
+        return value
+    raise TypeError("a string")
+
+
+def load_user_config(path: Path | None = None) -> dict[str, Any]:
+    """The user's config file as validated settings; a missing file is an empty config."""
+    path = path or user_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}; fix or delete the file") from None
+    problems, out = [], {}
+    for key, value in data.items():
+        where = f"{path}:{_line_of(text, key) or 1}"
+        type_name = SETTABLE.get(key) or UI_SETTINGS.get(key)
+        if type_name is None:
+            known = ", ".join(sorted([*SETTABLE, *UI_SETTINGS]))
+            problems.append(f"{where}: unknown setting {key!r} (known settings: {known})")
+            continue
+        try:
+            out[key] = _coerce(value, str(type_name))
+        except TypeError as exc:
+            problems.append(f"{where}: setting {key!r} must be {exc}, got {value!r}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return out
+
+
+def save_user_setting(key: str, value: Any, path: Path | None = None) -> None:
+    """Remember one setting (e.g. the theme) in the config file, keeping the other lines."""
+    from selfinstruct_tui.engine.fsutil import atomic_write_text
+
+    path = path or user_config_path()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    rendered = f"{key} = {json.dumps(value)}"
+    for i, line in enumerate(lines):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            lines[i] = rendered
+            break
+    else:
+        lines.append(rendered)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
+                 env: dict[str, str] | None = None) -> RunConfig:
+    """A new run's config: defaults < config file < environment < flags."""
+    env = dict(os.environ) if env is None else env
+    cfg = RunConfig()
+    for key, value in file_settings.items():
+        if key in SETTABLE:
+            setattr(cfg, key, value)
+    if env.get("OPENAI_BASE_URL"):
+        cfg.base_url = env["OPENAI_BASE_URL"]
+    if env.get("SELFINSTRUCT_MODEL"):
+        cfg.model = env["SELFINSTRUCT_MODEL"]
+    for key, value in flags.items():
+        if value is not None and key in SETTABLE:
+            setattr(cfg, key, value)
+    if cfg.model_path and not flags.get("base_url"):
+        cfg.base_url = EMBEDDED
+    if not cfg.base_url:
+        cfg.base_url = EMBEDDED
+    cfg.validate()
+    return cfg
+
+
+def merge_for_resume(stored: RunConfig, flags: dict[str, Any]) -> tuple[RunConfig, list[str]]:
+    """The resumed run's config and the unsafe changes the flags ask for (empty when safe)."""
+    cfg = dataclasses.replace(stored)
+    refused = []
+    for key, value in flags.items():
+        if value is None or key not in SETTABLE:
+            continue
+        old = getattr(stored, key)
+        if value == old:
+            continue
+        if key in SAFE_ON_RESUME:
+            setattr(cfg, key, value)
+        else:
+            refused.append(f"{key}: the run uses {old!r}, the command asks for {value!r}")
+    cfg.validate()
+    return cfg, refused

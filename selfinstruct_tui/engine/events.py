@@ -1,0 +1,155 @@
+"""Typed events the engine emits, and the bus that hands them to subscribers.
+
+Subscribers are called on the engine's thread and must be quick: the headless printer prints, the
+TUI puts the event on a queue that it drains on a timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from selfinstruct_tui.engine.store import RoundStats
+from selfinstruct_tui.engine.task import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    ts: float = field(default_factory=time.time, kw_only=True)
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_dir: str
+    endpoint: str
+    model: str
+    api: str
+    target: int
+    accepted: int
+    seeds: int
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class RoundStarted(Event):
+    round: int
+    prompts: int
+
+
+@dataclass(frozen=True)
+class PromptSent(Event):
+    prompt_id: int
+    round: int
+    kind: str  # generate | classify | instances
+    prompt: str
+    examples: tuple[tuple[int, str, str], ...] = ()  # (task id, origin, instruction)
+    task_ref: int | None = None
+
+
+@dataclass(frozen=True)
+class ResponseReceived(Event):
+    prompt_id: int
+    round: int
+    kind: str
+    text: str
+    finish_reason: str | None
+    latency: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class TaskAccepted(Event):
+    task: Task
+    accepted: int
+    target: int
+
+
+@dataclass(frozen=True)
+class CandidateRejected(Event):
+    rejection_id: int
+    round: int
+    candidate: str
+    reason: str
+    detail: str
+    similar_id: int | None = None
+    similar_text: str | None = None
+    score: float | None = None
+    max_score: float | None = None
+
+
+@dataclass(frozen=True)
+class RequestError(Event):
+    round: int | None
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Paused(Event):
+    reason: str
+    by_errors: bool = False
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class Stopping(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class RoundFinished(Event):
+    stats: RoundStats
+    accepted_total: int
+    target: int
+
+
+@dataclass(frozen=True)
+class SeedsReplaced(Event):
+    count: int
+
+
+@dataclass(frozen=True)
+class TaskDropped(Event):
+    task_id: int
+    accepted: int
+
+
+@dataclass(frozen=True)
+class TaskEdited(Event):
+    task: Task
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    reason: str  # target | stopped | error
+    accepted: int
+    target: int
+    message: str = ""
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    def emit(self, event: Event) -> None:
+        for fn in list(self._subscribers):
+            try:
+                fn(event)
+            except Exception:  # a broken subscriber must never stop a run
+                log.exception("event subscriber failed on %s", type(event).__name__)

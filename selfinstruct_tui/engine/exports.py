@@ -1,0 +1,90 @@
+"""Exports of a run's machine-generated tasks (dropped tasks are never exported).
+
+* self-instruct: JSONL like the original machine_generated_instructions.jsonl, plus instances
+* alpaca: a JSON list of {instruction, input, output}, one row per instance
+* openai-chat: JSONL of {"messages": [...]} for chat fine-tuning
+* sharegpt: JSONL of {"conversations": [{"from": "human"|"gpt", "value"}]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from selfinstruct_tui.engine.fsutil import atomic_writer
+from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.engine.task import Task
+
+FORMATS = ("self-instruct", "alpaca", "openai-chat", "sharegpt")
+EXTENSIONS = {"self-instruct": "jsonl", "alpaca": "json", "openai-chat": "jsonl",
+              "sharegpt": "jsonl"}
+
+
+def user_turn(instruction: str, inp: str) -> str:
+    return f"{instruction}\n\n{inp}" if inp.strip() else instruction
+
+
+def _self_instruct(task: Task, tokenizer: str) -> dict:
+    return {
+        "id": task.id,
+        "instruction": task.instruction,
+        "is_classification": task.is_classification,
+        "instances": [{"input": i.input, "output": i.output} for i in task.instances],
+        "most_similar": {s.instruction: s.score for s in task.most_similar},
+        "avg_similarity_score": (sum(s.score for s in task.most_similar) / len(task.most_similar)
+                                 if task.most_similar else 0.0),
+        "max_similarity_score": task.max_score,
+        "similarity_tokenizer": tokenizer,
+        "round": task.round,
+    }
+
+
+def iter_rows(tasks: Iterable[Task], fmt: str, tokenizer: str = "rouge") -> Iterator[dict]:
+    for task in tasks:
+        if fmt == "self-instruct":
+            yield _self_instruct(task, tokenizer)
+            continue
+        for inst in task.instances:
+            if fmt == "alpaca":
+                yield {"instruction": task.instruction, "input": inst.input, "output": inst.output}
+            elif fmt == "openai-chat":
+                yield {"messages": [
+                    {"role": "user", "content": user_turn(task.instruction, inst.input)},
+                    {"role": "assistant", "content": inst.output}]}
+            elif fmt == "sharegpt":
+                yield {"conversations": [
+                    {"from": "human", "value": user_turn(task.instruction, inst.input)},
+                    {"from": "gpt", "value": inst.output}]}
+            else:
+                raise ValueError(f"unknown export format {fmt!r}")
+
+
+def write_rows(rows: Iterable[dict], fmt: str, fh: IO[str]) -> int:
+    count = 0
+    if fmt == "alpaca":
+        fh.write("[")
+        for count, row in enumerate(rows, start=1):
+            fh.write(("\n  " if count == 1 else ",\n  ") + json.dumps(row, ensure_ascii=False))
+        fh.write("\n]\n" if count else "]\n")
+        return count
+    for count, row in enumerate(rows, start=1):
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return count
+
+
+def export_run(run_dir: str | Path, fmt: str, output: str | Path | None) -> tuple[Path, int]:
+    """Write the export atomically; returns the path and the number of rows."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    store = RunStore(run_dir, readonly=True)
+    try:
+        cfg = store.config()
+        tokenizer = cfg.tokenizer if cfg else "rouge"
+        path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
+        with atomic_writer(path) as fh:
+            count = write_rows(iter_rows(store.iter_tasks("machine"), fmt, tokenizer), fmt, fh)
+    finally:
+        store.close()
+    return path, count

@@ -1,0 +1,208 @@
+"""Seed tasks: reading, validating, summarising and writing seed files.
+
+Two formats are read, detected by content:
+* self-instruct JSONL: one `{"id", "name", "instruction", "instances": [{"input", "output"}],
+  "is_classification"}` per line;
+* Alpaca: a JSON list of `{"instruction", "input", "output"}` (rows with the same instruction
+  become one task with several instances; Alpaca rows carry no classification flag, so they are
+  read as non-classification).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfinstruct_tui.engine.errors import InputFileError
+from selfinstruct_tui.engine.fsutil import atomic_write_text
+from selfinstruct_tui.engine.records import parse_records, read_utf8
+
+
+@dataclass(frozen=True)
+class Instance:
+    input: str
+    output: str
+
+
+@dataclass
+class SeedTask:
+    id: str
+    name: str
+    instruction: str
+    instances: list[Instance]
+    is_classification: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "instruction": self.instruction,
+            "instances": [asdict(i) for i in self.instances],
+            "is_classification": self.is_classification,
+        }
+
+
+@dataclass
+class SeedSummary:
+    count: int
+    classification: int
+    without_input: int
+    instances: int
+    format: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def classification_share(self) -> float:
+        return self.classification / self.count if self.count else 0.0
+
+    @property
+    def without_input_share(self) -> float:
+        return self.without_input / self.count if self.count else 0.0
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "true/false", int: "number",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_str(obj: dict, key: str, where: str, problems: list[str], required: bool = True,
+               nonempty: bool = False) -> str:
+    if key not in obj:
+        if required:
+            problems.append(f"{where}: missing field '{key}'")
+        return ""
+    value = obj[key]
+    if not isinstance(value, str):
+        problems.append(f"{where}: field '{key}' must be a string, got {_type_name(value)}")
+        return ""
+    if nonempty and not value.strip():
+        problems.append(f"{where}: field '{key}' is empty")
+    return value
+
+
+def _self_instruct_task(obj: dict, where: str, problems: list[str]) -> SeedTask | None:
+    before = len(problems)
+    task_id = obj.get("id")
+    if "id" not in obj:
+        problems.append(f"{where}: missing field 'id'")
+    elif not isinstance(task_id, (str, int)) or isinstance(task_id, bool):
+        problems.append(f"{where}: field 'id' must be a string, got {_type_name(task_id)}")
+    elif not str(task_id).strip():
+        problems.append(f"{where}: field 'id' is empty")
+    instruction = _check_str(obj, "instruction", where, problems, nonempty=True)
+    name = _check_str(obj, "name", where, problems, required=False) or str(task_id or "")
+    is_cls = obj.get("is_classification", False)
+    if not isinstance(is_cls, bool):
+        problems.append(
+            f"{where}: field 'is_classification' must be true or false, got {_type_name(is_cls)}")
+    instances: list[Instance] = []
+    raw_instances = obj.get("instances")
+    if "instances" not in obj:
+        problems.append(f"{where}: missing field 'instances'")
+    elif not isinstance(raw_instances, list):
+        problems.append(f"{where}: field 'instances' must be a list, got {_type_name(raw_instances)}")
+    elif not raw_instances:
+        problems.append(f"{where}: field 'instances' is empty; give at least one input/output pair")
+    else:
+        for i, inst in enumerate(raw_instances):
+            iw = f"{where}: instances[{i}]"
+            if not isinstance(inst, dict):
+                problems.append(f"{iw} must be an object, got {_type_name(inst)}")
+                continue
+            inp = _check_str(inst, "input", iw, problems)
+            out = _check_str(inst, "output", iw, problems, nonempty=True)
+            instances.append(Instance(inp, out))
+    if len(problems) > before:
+        return None
+    return SeedTask(str(task_id), name, instruction.strip(), instances, bool(is_cls))
+
+
+def _alpaca_row(obj: dict, where: str, problems: list[str]) -> tuple[str, Instance] | None:
+    before = len(problems)
+    instruction = _check_str(obj, "instruction", where, problems, nonempty=True)
+    inp = _check_str(obj, "input", where, problems, required=False)
+    out = _check_str(obj, "output", where, problems, nonempty=True)
+    if len(problems) > before:
+        return None
+    return instruction.strip(), Instance(inp, out)
+
+
+def parse_seeds(path: str | Path, text: str) -> tuple[list[SeedTask], str]:
+    """Tasks and the detected format; raises InputFileError listing every bad line."""
+    parsed = parse_records(path, text)
+    problems = list(parsed.problems)
+    tasks: list[SeedTask] = []
+    alpaca: dict[str, list[Instance]] = {}
+    kinds: set[str] = set()
+    seen_ids: dict[str, int] = {}
+    for line, obj in parsed.records:
+        where = f"{parsed.path}:{line}"
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: expected a JSON object, got {_type_name(obj)}")
+            continue
+        if "instances" in obj or "id" in obj:
+            kinds.add("self-instruct")
+            task = _self_instruct_task(obj, where, problems)
+            if task is None:
+                continue
+            if task.id in seen_ids:
+                problems.append(
+                    f"{where}: duplicate id {task.id!r} (first used on line {seen_ids[task.id]})")
+                continue
+            seen_ids[task.id] = line
+            tasks.append(task)
+        elif "output" in obj or "instruction" in obj:
+            kinds.add("alpaca")
+            row = _alpaca_row(obj, where, problems)
+            if row is not None:
+                alpaca.setdefault(row[0], []).append(row[1])
+        else:
+            problems.append(
+                f"{where}: not a seed task: expected 'instruction' and 'instances' "
+                "(self-instruct) or 'instruction', 'input', 'output' (Alpaca)")
+    if len(kinds) > 1:
+        problems.append(f"{parsed.path}: mixes self-instruct and Alpaca records; use one format")
+    if problems:
+        raise InputFileError(problems)
+    for n, (instruction, instances) in enumerate(alpaca.items(), start=1):
+        tid = f"alpaca_{n}"
+        tasks.append(SeedTask(tid, tid, instruction, instances, False))
+    if not tasks:
+        raise InputFileError([f"{parsed.path}:1: no seed tasks in the file"])
+    fmt = "alpaca" if "alpaca" in kinds else "self-instruct"
+    return tasks, fmt
+
+
+def load_seeds(path: str | Path) -> list[SeedTask]:
+    return parse_seeds(path, read_utf8(path))[0]
+
+
+def summarize(tasks: list[SeedTask], fmt: str = "self-instruct") -> SeedSummary:
+    cls = sum(t.is_classification for t in tasks)
+    no_input = sum(all(not i.input.strip() for i in t.instances) for t in tasks)
+    summary = SeedSummary(len(tasks), cls, no_input, sum(len(t.instances) for t in tasks), fmt)
+    if summary.count < 8:
+        summary.warnings.append(
+            f"only {summary.count} tasks: each prompt shows 6 seed examples, so prompts will repeat")
+    return summary
+
+
+def seeds_to_jsonl(tasks: list[SeedTask]) -> str:
+    return "".join(json.dumps(t.to_json(), ensure_ascii=False) + "\n" for t in tasks)
+
+
+def write_seeds(path: str | Path, tasks: list[SeedTask]) -> None:
+    atomic_write_text(path, seeds_to_jsonl(tasks))
+
+
+def bundled_seeds_path() -> Path:
+    """The default seed set: inside the wheel, or the repository's top-level seeds/ folder."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_data" / "seeds" / "default.jsonl",
+                      here.parent / "seeds" / "default.jsonl"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError("the bundled seed set is missing from this installation; "
+                            "pass --seeds PATH")

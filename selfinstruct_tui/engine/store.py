@@ -1,0 +1,360 @@
+"""RunStore: one SQLite database (WAL) per run directory. Nothing the run learns is kept elsewhere.
+
+The engine writes from one thread; readers (exports, `runs`, an attached UI) open their own
+connections. Each accepted task is committed on its own before the engine counts it, so `kill -9`
+loses at most the requests in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfinstruct_tui.engine.config import RunConfig
+from selfinstruct_tui.engine.errors import UserError
+from selfinstruct_tui.engine.seeds import SeedTask
+from selfinstruct_tui.engine.task import Task, instances_from_json, similar_from_json
+
+DB_NAME = "run.sqlite"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    seed_id TEXT,
+    name TEXT,
+    instruction TEXT NOT NULL,
+    is_classification INTEGER NOT NULL,
+    instances TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    prompt_id INTEGER,
+    max_score REAL NOT NULL DEFAULT 0,
+    most_similar TEXT NOT NULL DEFAULT '[]',
+    status TEXT NOT NULL DEFAULT 'active',
+    created REAL NOT NULL,
+    updated REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status, origin);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    prompt_id INTEGER,
+    task_id INTEGER,
+    candidate TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    similar_id INTEGER,
+    similar_text TEXT,
+    score REAL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS prompts (
+    id INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    task_ref INTEGER,
+    prompt TEXT NOT NULL,
+    examples TEXT NOT NULL DEFAULT '[]',
+    response TEXT,
+    finish_reason TEXT,
+    latency REAL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created REAL NOT NULL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    finished REAL,
+    prompts INTEGER NOT NULL DEFAULT 0,
+    candidates INTEGER NOT NULL DEFAULT 0,
+    accepted INTEGER NOT NULL DEFAULT 0,
+    rejected TEXT NOT NULL DEFAULT '{}',
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    wall_time REAL NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'running'
+);
+CREATE TABLE IF NOT EXISTS errors (
+    id INTEGER PRIMARY KEY,
+    round INTEGER,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY,
+    command TEXT NOT NULL,
+    args TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    done REAL
+);
+"""
+
+
+@dataclass
+class RoundStats:
+    round: int
+    started: float
+    finished: float | None = None
+    prompts: int = 0
+    candidates: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    wall_time: float = 0.0
+    status: str = "running"
+
+    @property
+    def rejected_total(self) -> int:
+        return sum((self.rejected or {}).values())
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.candidates if self.candidates else 0.0
+
+
+def db_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / DB_NAME
+
+
+def is_run_dir(run_dir: str | Path) -> bool:
+    return db_path(run_dir).exists()
+
+
+class RunStore:
+    def __init__(self, run_dir: str | Path, *, readonly: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        path = db_path(self.run_dir)
+        if readonly and not path.exists():
+            raise UserError(f"{self.run_dir}: not a run directory (no {DB_NAME} in it)")
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
+                                          check_same_thread=False)
+            else:
+                self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+                os.chmod(path, 0o600)
+        except sqlite3.Error as exc:
+            raise UserError(f"{path}: cannot open the run database: {exc}") from None
+        self.db.row_factory = sqlite3.Row
+        if not readonly:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self._set_meta_default("schema_version", str(SCHEMA_VERSION))
+            self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta -----------------------------------------------------------------------------------
+    def _set_meta_default(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        (key, json.dumps(value)))
+        self.db.commit()
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def config(self) -> RunConfig | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+        return RunConfig.from_json(row[0]) if row else None
+
+    def save_config(self, cfg: RunConfig) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('config', ?)",
+                        (cfg.to_json(),))
+        self.db.commit()
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def insert_task(self, task: Task) -> None:
+        with self.db:
+            self._insert_task(task)
+
+    def _insert_task(self, task: Task) -> None:
+        self.db.execute(
+            "INSERT INTO tasks(id, origin, seed_id, name, instruction, is_classification, "
+            "instances, round, prompt_id, max_score, most_similar, status, created) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (task.id, task.origin, task.seed_id, task.name, task.instruction,
+             int(task.is_classification), task.instances_json(), task.round, task.prompt_id,
+             task.max_score, task.most_similar_json(), task.status, task.created or time.time()),
+        )
+
+    def replace_seeds(self, new: list[Task]) -> None:
+        """Seeds that are not in `new` are marked removed; `new` ones are inserted."""
+        with self.db:
+            self.db.execute("UPDATE tasks SET status = 'removed', updated = ? "
+                            "WHERE origin = 'seed' AND status = 'active'", (time.time(),))
+            for task in new:
+                self._insert_task(task)
+
+    def update_task(self, task: Task) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE tasks SET instruction = ?, is_classification = ?, instances = ?, "
+                "status = ?, updated = ? WHERE id = ?",
+                (task.instruction, int(task.is_classification), task.instances_json(),
+                 task.status, time.time(), task.id))
+
+    def tasks(self, *, status: str | None = "active", origin: str | None = None,
+              after_id: int = 0) -> list[Task]:
+        sql = "SELECT * FROM tasks WHERE id > ?"
+        args: list[Any] = [after_id]
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        if origin:
+            sql += " AND origin = ?"
+            args.append(origin)
+        return [_task(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def iter_tasks(self, origin: str | None = None) -> Iterator[Task]:
+        sql = "SELECT * FROM tasks WHERE status = 'active'"
+        args: list[Any] = []
+        if origin:
+            sql += " AND origin = ?"
+            args.append(origin)
+        for row in self.db.execute(sql + " ORDER BY id", args):
+            yield _task(row)
+
+    def task(self, task_id: int) -> Task | None:
+        row = self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return _task(row) if row else None
+
+    def count_tasks(self, origin: str = "machine") -> int:
+        return self.db.execute("SELECT COUNT(*) FROM tasks WHERE status = 'active' AND origin = ?",
+                               (origin,)).fetchone()[0]
+
+    def max_task_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0]
+
+    # -- rejections, prompts, errors ---------------------------------------------------------------
+    def add_rejection(self, *, round: int, prompt_id: int | None, candidate: str, reason: str,
+                      detail: str, similar_id: int | None = None, similar_text: str | None = None,
+                      score: float | None = None, task_id: int | None = None) -> int:
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO rejections(round, prompt_id, task_id, candidate, reason, detail, "
+                "similar_id, similar_text, score, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (round, prompt_id, task_id, candidate, reason, detail, similar_id, similar_text,
+                 score, time.time()))
+        return int(cur.lastrowid or 0)
+
+    def rejections(self, after_id: int = 0, limit: int | None = None) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM rejections WHERE id > ? ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return list(self.db.execute(sql, (after_id,)))
+
+    def rejection_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT reason, COUNT(*) FROM rejections GROUP BY reason")}
+
+    def add_prompt(self, *, round: int, kind: str, prompt: str, examples: list[dict] | None = None,
+                   task_ref: int | None = None) -> int:
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO prompts(round, kind, task_ref, prompt, examples, created) "
+                "VALUES (?,?,?,?,?,?)",
+                (round, kind, task_ref, prompt, json.dumps(examples or [], ensure_ascii=False),
+                 time.time()))
+        return int(cur.lastrowid or 0)
+
+    def finish_prompt(self, prompt_id: int, *, response: str | None, finish_reason: str | None,
+                      latency: float, prompt_tokens: int, completion_tokens: int,
+                      error: str | None = None) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE prompts SET response = ?, finish_reason = ?, latency = ?, "
+                "prompt_tokens = ?, completion_tokens = ?, error = ?, finished = ? WHERE id = ?",
+                (response, finish_reason, latency, prompt_tokens, completion_tokens, error,
+                 time.time(), prompt_id))
+
+    def prompt(self, prompt_id: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
+
+    def add_error(self, round: int | None, kind: str, message: str) -> None:
+        with self.db:
+            self.db.execute("INSERT INTO errors(round, kind, message, created) VALUES (?,?,?,?)",
+                            (round, kind, message, time.time()))
+
+    def errors(self) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT * FROM errors ORDER BY id"))
+
+    def token_totals(self) -> tuple[int, int]:
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+            "FROM prompts").fetchone()
+        return int(row[0]), int(row[1])
+
+    # -- rounds ---------------------------------------------------------------------------------
+    def start_round(self, stats: RoundStats) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO rounds(round, started, prompts, status) "
+                            "VALUES (?,?,?, 'running')", (stats.round, stats.started,
+                                                          stats.prompts))
+
+    def finish_round(self, s: RoundStats) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE rounds SET finished = ?, prompts = ?, candidates = ?, accepted = ?, "
+                "rejected = ?, prompt_tokens = ?, completion_tokens = ?, cost = ?, wall_time = ?, "
+                "status = ? WHERE round = ?",
+                (s.finished, s.prompts, s.candidates, s.accepted, json.dumps(s.rejected or {}),
+                 s.prompt_tokens, s.completion_tokens, s.cost, s.wall_time, s.status, s.round))
+
+    def rounds(self) -> list[RoundStats]:
+        return [_round(r) for r in self.db.execute("SELECT * FROM rounds ORDER BY round")]
+
+    def max_round(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0]
+
+
+def _task(row: sqlite3.Row) -> Task:
+    return Task(
+        id=row["id"], origin=row["origin"], instruction=row["instruction"],
+        is_classification=bool(row["is_classification"]),
+        instances=instances_from_json(row["instances"]), round=row["round"],
+        prompt_id=row["prompt_id"], max_score=row["max_score"],
+        most_similar=similar_from_json(row["most_similar"]), status=row["status"],
+        seed_id=row["seed_id"], name=row["name"], created=row["created"],
+    )
+
+
+def _round(row: sqlite3.Row) -> RoundStats:
+    return RoundStats(
+        round=row["round"], started=row["started"], finished=row["finished"],
+        prompts=row["prompts"], candidates=row["candidates"], accepted=row["accepted"],
+        rejected=json.loads(row["rejected"] or "{}"), prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"], cost=row["cost"],
+        wall_time=row["wall_time"], status=row["status"],
+    )
+
+
+def seed_tasks_to_pool(seeds: list[SeedTask], first_id: int) -> list[Task]:
+    now = time.time()
+    return [
+        Task(id=first_id + i, origin="seed", instruction=s.instruction,
+             is_classification=s.is_classification, instances=list(s.instances), round=0,
+             seed_id=s.id, name=s.name, created=now)
+        for i, s in enumerate(seeds)
+    ]

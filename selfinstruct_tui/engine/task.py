@@ -1,0 +1,56 @@
+"""The pool's unit: a task (seed or machine-generated) with its provenance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from selfinstruct_tui.engine.seeds import Instance, SeedTask
+
+
+@dataclass(frozen=True)
+class SimilarTask:
+    id: int
+    instruction: str
+    score: float
+
+
+@dataclass
+class Task:
+    id: int
+    origin: str  # "seed" or "machine"
+    instruction: str
+    is_classification: bool
+    instances: list[Instance]
+    round: int = 0
+    prompt_id: int | None = None
+    max_score: float = 0.0
+    most_similar: list[SimilarTask] = field(default_factory=list)
+    status: str = "active"  # active | dropped | removed
+    seed_id: str | None = None
+    name: str | None = None
+    created: float = 0.0
+
+    @property
+    def is_seed(self) -> bool:
+        return self.origin == "seed"
+
+    def instances_json(self) -> str:
+        return json.dumps([asdict(i) for i in self.instances], ensure_ascii=False)
+
+    def most_similar_json(self) -> str:
+        return json.dumps([asdict(s) for s in self.most_similar], ensure_ascii=False)
+
+    def to_seed(self) -> SeedTask:
+        sid = self.seed_id or f"task_{self.id}"
+        return SeedTask(sid, self.name or sid, self.instruction, list(self.instances),
+                        self.is_classification)
+
+
+def instances_from_json(text: str) -> list[Instance]:
+    return [Instance(d.get("input", ""), d.get("output", "")) for d in json.loads(text or "[]")]
+
+
+def similar_from_json(text: str | None) -> list[SimilarTask]:
+    return [SimilarTask(int(d["id"]), d["instruction"], float(d["score"]))
+            for d in json.loads(text or "[]")]

@@ -1,0 +1,340 @@
+"""A real HTTP server on loopback that speaks the OpenAI wire format, standing in for the model.
+
+It serves /v1/completions, /v1/chat/completions and /v1/models. Its answers are deterministic
+functions of the request (so a run against it is reproducible) and look like what a model writes
+for our prompts: numbered instructions (some near-duplicates, some with blacklisted words, some too
+short), Yes/No answers, and instances in the requested format.
+
+Faults are injectable at start or at run time with POST /_control (JSON): latency, a share of
+429 / 500 answers, hangs (timeouts), truncated (finish_reason=length) and malformed bodies, a
+required API key, and "down" (every request fails with 503).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+VERBS = ["Explain", "Describe", "Summarize", "Compare", "List", "Suggest", "Rewrite", "Classify",
+         "Translate", "Outline", "Evaluate", "Propose", "Identify", "Convert", "Recommend",
+         "Estimate", "Justify", "Critique", "Plan", "Design", "Analyze", "Predict", "Name",
+         "Generate", "Create", "Find", "Tell", "Give", "Choose", "Check"]
+ADJS = ["historical", "economic", "quiet", "urban", "rural", "digital", "ancient", "modern",
+        "healthy", "risky", "frugal", "seasonal", "legal", "medical", "musical", "tropical",
+        "nordic", "coastal", "academic", "casual", "formal", "technical", "spicy", "gentle",
+        "rapid", "slow", "cheap", "luxury", "public", "private", "ethical", "chemical", "local",
+        "global", "personal", "remote", "weekly", "daily", "common", "rare", "simple", "complex",
+        "open", "hidden", "fresh", "solar", "marine", "lunar", "civic", "social"]
+NOUNS = ["budget", "recipe", "garden", "contract", "poem", "essay", "bridge", "vaccine",
+         "election", "river", "library", "startup", "festival", "museum", "bicycle", "volcano",
+         "marathon", "orchestra", "spreadsheet", "password", "interview", "mortgage", "glacier",
+         "telescope", "protein", "satellite", "compost", "novel", "lecture", "tariff", "harbor",
+         "vineyard", "algorithm", "theorem", "pension", "curriculum", "wetland", "pharmacy",
+         "parliament", "bakery", "insurance", "migration", "drought", "keyboard", "sonnet",
+         "invoice", "itinerary", "warranty", "podcast", "tournament", "monastery", "canal",
+         "fossil", "enzyme", "hurricane", "referendum", "carpool", "apprenticeship", "diet",
+         "backpack", "lighthouse", "franchise", "quarry", "ledger", "tapestry", "ferry",
+         "orchard", "bakery", "salary", "dialect", "proverb", "riddle", "ritual", "census"]
+AUDIENCES = ["a child", "a tourist", "a manager", "a student", "a farmer", "a nurse", "a judge",
+             "an engineer", "a retiree", "a beginner", "an investor", "a chef", "a teacher",
+             "a journalist", "a pilot", "a librarian"]
+BLACKLISTED = ["Draw a diagram of the {n}.", "Plot the {a} {n} on a graph.",
+               "Describe the image of a {a} {n}.", "Go to the {n} and take a video of it."]
+
+
+def _rng(*parts: Any) -> random.Random:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def make_instruction(rng: random.Random) -> str:
+    verb, adj, noun, noun2 = (rng.choice(VERBS), rng.choice(ADJS), rng.choice(NOUNS),
+                              rng.choice(NOUNS))
+    shape = rng.randrange(5)
+    if shape == 0:
+        return f"{verb} the {adj} {noun} of a {noun2} for {rng.choice(AUDIENCES)}."
+    if shape == 1:
+        return f"{verb} {rng.randint(2, 9)} {adj} ways a {noun} could help a {noun2}."
+    if shape == 2:
+        return (f"Given a {noun}, {verb.lower()} whether its {noun2} is {adj} "
+                f"or {rng.choice(ADJS)}.")
+    if shape == 3:
+        return f"{verb} why {rng.choice(AUDIENCES)} might prefer a {adj} {noun} over a {noun2}."
+    return (f"{verb} a short {adj} {noun} about the {rng.choice(ADJS)} {noun2} "
+            f"in {rng.randint(2, 6)} sentences.")
+
+
+def _examples_in(prompt: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"(?m)^\d+\. (.+)$", prompt)]
+
+
+def generation_items(prompt: str, seed: Any, count: int) -> list[str]:
+    rng = _rng("gen", prompt, seed)
+    examples = _examples_in(prompt)
+    items = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.12 and examples:
+            # A near-duplicate: an example with one word changed.
+            words = rng.choice(examples).split()
+            if len(words) > 3:
+                words[rng.randrange(len(words))] = rng.choice(NOUNS)
+            items.append(" ".join(words))
+        elif roll < 0.17:
+            items.append(rng.choice(BLACKLISTED).format(a=rng.choice(ADJS), n=rng.choice(NOUNS)))
+        elif roll < 0.20:
+            items.append(f"{rng.choice(VERBS)} it.")
+        else:
+            items.append(make_instruction(rng))
+    return items
+
+
+def classification_answer(instruction: str) -> str:
+    head = instruction.lower()
+    yes = head.startswith(("classify", "given a", "identify", "check", "is ", "determine"))
+    return " Yes" if yes else " No"
+
+
+def instances_text(instruction: str, label_first: bool, chat: bool, rng: random.Random) -> str:
+    if label_first:
+        labels = rng.sample(["Positive", "Negative", "Neutral", "Yes", "No", "Other"], 2)
+        parts = []
+        for label in labels:
+            parts.append(f"Class label: {label}\nInput: A {rng.choice(ADJS)} "
+                         f"{rng.choice(NOUNS)} that is clearly {label.lower()}.")
+        text = "\n".join(parts)
+        return text if chat else text[len("Class label:"):]
+    parts = []
+    for n in range(1, rng.randint(2, 4) + 1):
+        needs_input = rng.random() < 0.6
+        inp = f"The {rng.choice(ADJS)} {rng.choice(NOUNS)} near the {rng.choice(NOUNS)}." \
+            if needs_input else "(none)"
+        out = (f"A {rng.choice(ADJS)} answer about the {rng.choice(NOUNS)}: "
+               f"{rng.choice(VERBS).lower()} it carefully.")
+        parts.append(f"Example {n}\nInput: {inp}\nOutput: {out}\n")
+    text = "\n".join(parts)
+    return text if chat else text[len("Example 1\n"):]
+
+
+class FakeOpenAI:
+    """Start with `with FakeOpenAI() as server:`; point the client at `server.base_url`."""
+
+    def __init__(self, *, latency: float = 0.0, error_rate: float = 0.0,
+                 error_status: int = 500, hang_rate: float = 0.0, hang_seconds: float = 30.0,
+                 truncate_rate: float = 0.0, malformed_rate: float = 0.0,
+                 api_key: str | None = None, down: bool = False, retry_after: float | None = None,
+                 fail_first: int = 0, context_limit: int | None = None) -> None:
+        self.settings: dict[str, Any] = dict(
+            latency=latency, error_rate=error_rate, error_status=error_status,
+            hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
+            malformed_rate=malformed_rate, api_key=api_key, down=down, retry_after=retry_after,
+            fail_first=fail_first, context_limit=context_limit)
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.by_kind: dict[str, int] = {}
+        self.max_tokens_seen: list[int] = []
+        self.seen_auth: set[str] = set()
+        self._fault_rng = random.Random(1234)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def configure(self, **settings: Any) -> None:
+        with self.lock:
+            self.settings.update(settings)
+
+    # -- request handling -----------------------------------------------------------------------
+    def _fault(self) -> str | None:
+        s = self.settings
+        with self.lock:
+            self.requests += 1
+            n = self.requests
+            roll = self._fault_rng.random()
+        if s["down"]:
+            return "down"
+        if n <= s["fail_first"]:
+            return "error"
+        edges = [("error", s["error_rate"]), ("hang", s["hang_rate"]),
+                 ("truncate", s["truncate_rate"]), ("malformed", s["malformed_rate"])]
+        acc = 0.0
+        for name, rate in edges:
+            acc += rate
+            if roll < acc:
+                return name
+        return None
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[str, str, int]:
+        """(text, kind, completion tokens) for a completions or chat request."""
+        chat = path.endswith("chat/completions")
+        if chat:
+            messages = body.get("messages") or []
+            prompt = "\n".join(str(m.get("content", "")) for m in messages)
+        else:
+            prompt = str(body.get("prompt", ""))
+        seed = body.get("seed")
+        if "Classification:" in prompt[-200:] or prompt.rstrip().endswith("Classification:"):
+            instruction = prompt.rstrip().rsplit("Task:", 1)[-1].split("\n")[0].strip()
+            return classification_answer(instruction).strip() if chat else \
+                classification_answer(instruction), "classify", 1
+        if prompt.rstrip().endswith("Class label:") or (chat and "Class label" in prompt[:400]):
+            instruction = prompt.rsplit("Task:", 1)[-1].split("\n")[0].strip()
+            text = instances_text(instruction, True, chat, _rng("inst", prompt, seed))
+            return text, "instances", len(text.split())
+        if prompt.endswith("Example 1\n") or (chat and "Example N" in prompt[:600]):
+            instruction = prompt.rsplit("Task:", 1)[-1].split("\n")[0].strip()
+            text = instances_text(instruction, False, chat, _rng("inst", prompt, seed))
+            return text, "instances", len(text.split())
+        examples = _examples_in(prompt)
+        first = len(examples) + 1
+        count = _rng("count", prompt, seed).randint(4, 7)
+        items = generation_items(prompt, seed, count)
+        if chat:
+            text = "".join(f"{first + i}. {item}\n" for i, item in enumerate(items))
+        else:
+            text = " " + "\n".join(f"{first + i}. {item}" if i else item
+                                   for i, item in enumerate(items))
+        return text, "generate", len(text.split())
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None,
+                      raw: bytes | None = None) -> None:
+                data = raw if raw is not None else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, status: int, message: str, etype: str = "server_error",
+                       headers: dict[str, str] | None = None) -> None:
+                self._send(status, {"error": {"message": message, "type": etype}}, headers)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, {"object": "list", "data": [
+                        {"id": "fake-model", "object": "model", "owned_by": "tests"}]})
+                else:
+                    self._error(404, f"no route {self.path}", "not_found")
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    self._error(400, "invalid JSON body", "invalid_request_error")
+                    return
+                if self.path == "/_control":
+                    server.configure(**body)
+                    self._send(200, {"ok": True, "requests": server.requests})
+                    return
+                s = server.settings
+                auth = self.headers.get("Authorization", "")
+                with server.lock:
+                    server.seen_auth.add(auth)
+                if s["api_key"] and auth != f"Bearer {s['api_key']}":
+                    self._error(401, "Incorrect API key provided", "invalid_request_error")
+                    return
+                if not self.path.endswith(("/completions", "/chat/completions")):
+                    self._error(404, f"no route {self.path}", "not_found")
+                    return
+                max_tokens = int(body.get("max_tokens") or 16)
+                with server.lock:
+                    server.max_tokens_seen.append(max_tokens)
+                limit = s["context_limit"]
+                if limit and max_tokens > limit:
+                    self._error(400, f"This model's maximum context length is {limit + 100} "
+                                     f"tokens, however you requested {max_tokens + 100} tokens "
+                                     f"(100 in your prompt; {max_tokens} for the completion).",
+                                "invalid_request_error")
+                    return
+                if s["latency"]:
+                    time.sleep(s["latency"])
+                fault = server._fault()
+                if fault == "down":
+                    self._error(503, "service unavailable")
+                    return
+                if fault == "error":
+                    status = s["error_status"]
+                    headers = {}
+                    if s["retry_after"] is not None:
+                        headers["Retry-After"] = str(s["retry_after"])
+                    self._error(status, "injected failure",
+                                "rate_limit_error" if status == 429 else "server_error", headers)
+                    return
+                if fault == "hang":
+                    time.sleep(s["hang_seconds"])
+                if fault == "malformed":
+                    self._send(200, None, raw=b'{"id": "cmpl-x", "choices": [{"te')
+                    return
+                text, kind, tokens = server.answer(self.path, body)
+                finish = "stop"
+                if fault == "truncate":
+                    text, finish = text[: max(1, len(text) // 2)], "length"
+                with server.lock:
+                    server.by_kind[kind] = server.by_kind.get(kind, 0) + 1
+                usage = {"prompt_tokens": length // 4, "completion_tokens": tokens,
+                         "total_tokens": length // 4 + tokens}
+                model = body.get("model", "fake-model")
+                if self.path.endswith("chat/completions"):
+                    payload = {"id": "chatcmpl-fake", "object": "chat.completion",
+                               "created": int(time.time()), "model": model,
+                               "choices": [{"index": 0, "finish_reason": finish,
+                                            "message": {"role": "assistant", "content": text}}],
+                               "usage": usage}
+                else:
+                    payload = {"id": "cmpl-fake", "object": "text_completion",
+                               "created": int(time.time()), "model": model,
+                               "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                                            "logprobs": None}],
+                               "usage": usage}
+                self._send(200, payload)
+
+        return Handler
+
+
+if __name__ == "__main__":  # a standalone server for manual runs and benchmarks
+    import argparse
+
+    parser = argparse.ArgumentParser(description="fake OpenAI-compatible server")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    srv = FakeOpenAI(latency=args.latency).start()
+    print(srv.base_url, flush=True)
+    try:
+        srv.thread.join()
+    except KeyboardInterrupt:
+        srv.close()
