@@ -24,7 +24,7 @@ from selfinstruct_tui.engine.config import (
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.exports import FORMATS
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 # Settings a small embedded model works better with (used unless the user set them).
 EMBEDDED_DEFAULTS = {"concurrency": 2, "generation_max_tokens": 384, "instance_max_tokens": 200}
@@ -139,7 +139,7 @@ def cmd_seeds_check(args: argparse.Namespace) -> int:
 
     tasks, fmt = parse_seeds(args.path, read_utf8(args.path))
     summary = summarize(tasks, fmt)
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     out.print(f"{args.path}: OK ({fmt} format)", markup=False)
     out.print(f"  tasks:           {summary.count}")
     out.print(f"  instances:       {summary.instances}")
@@ -168,7 +168,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not is_run_dir(args.run_dir):
         raise UserError(f"{args.run_dir}: not a run directory (no run.sqlite in it)")
     path, count = export_run(args.run_dir, args.format, args.output)
-    Console(highlight=False).print(f"wrote {count} rows ({args.format}) to {path}", markup=False)
+    Console(highlight=False, soft_wrap=True).print(f"wrote {count} rows ({args.format}) to {path}", markup=False)
     return 0
 
 
@@ -249,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seeds_path = Path(args.seeds) if args.seeds else bundled_seeds_path()
         seeds = load_seeds(seeds_path)  # bad seeds fail before anything is created
     api_key = os.environ.get(cfg.key_env, "")
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     server = None
     base_url = cfg.base_url
     if cfg.uses_embedded:

@@ -34,7 +34,7 @@ class HeadlessPrinter:
 
     def _line(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(text, markup=False, highlight=False)
+            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 

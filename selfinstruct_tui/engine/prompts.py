@@ -72,15 +72,16 @@ def fewshot_pool() -> tuple[tuple[SeedTask, ...], tuple[SeedTask, ...], tuple[Se
 
 def _classification_examples() -> list[tuple[str, bool]]:
     cls, with_input, without = fewshot_pool()
-    yes = [t.instruction for t in cls[:6]]
-    no = [t.instruction for t in with_input[:3] + without[:3]]
-    # Interleave so the model does not learn a position pattern.
+    yes = [t.instruction for t in cls[:5]]
+    no = [t.instruction for t in with_input[:4] + without[:3]]
+    # Interleave, and end on "No": most tasks are not classification, and small models copy the
+    # label of the last example.
     out: list[tuple[str, bool]] = []
     for i in range(max(len(yes), len(no))):
-        if i < len(no):
-            out.append((no[i], False))
         if i < len(yes):
             out.append((yes[i], True))
+        if i < len(no):
+            out.append((no[i], False))
     return out
 
 
@@ -124,11 +125,10 @@ _LEAD_RE = re.compile(r"^(?:\*\*)?(?:task|instruction)\s*\d*\s*:\s*(?:\*\*)?\s*"
 
 
 def clean_instruction(text: str) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+", " ", text.replace("**", "")).strip()
     text = _LEAD_RE.sub("", text).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
-    text = text.strip("*").strip()
     if text:
         text = text[0].upper() + text[1:]
     return text

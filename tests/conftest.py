@@ -1,0 +1,54 @@
+"""Shared fixtures: a real fake-OpenAI HTTP server on loopback and a CLI runner in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def fake_server():
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    """No user config, no endpoint or key from the developer's shell, runs under tmp_path."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "SELFINSTRUCT_"))}
+    env["SELFINSTRUCT_CONFIG"] = str(tmp_path / "no-config.toml")
+    env["SELFINSTRUCT_RUNS_DIR"] = str(tmp_path / "runs")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
+    for key in list(os.environ):
+        if key.startswith(("OPENAI_", "SELFINSTRUCT_")):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SELFINSTRUCT_CONFIG", env["SELFINSTRUCT_CONFIG"])
+    monkeypatch.setenv("SELFINSTRUCT_RUNS_DIR", env["SELFINSTRUCT_RUNS_DIR"])
+    return env
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "selfinstruct_tui", *args]
+
+
+@pytest.fixture
+def run_cli(isolated_env, tmp_path):
+    def run(*args: str, timeout: float = 240, env: dict | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cli_command(*args), capture_output=True, text=True,
+                              timeout=timeout, env={**isolated_env, **(env or {})}, cwd=tmp_path)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run

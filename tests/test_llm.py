@@ -1,0 +1,99 @@
+"""The LLM client against the fake server: retries, Retry-After, timeouts, context shrinking."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine import prompts as P
+from selfinstruct_tui.engine.llm import ClientSettings, LLMClient, RequestFailed, SamplingParams
+
+REQ = P.generation_completion([f"Explain topic number {i} briefly." for i in range(8)])
+
+
+def ask(server: FakeOpenAI, params: SamplingParams | None = None, request=REQ, **settings):
+    async def go():
+        client = LLMClient(ClientSettings(base_url=server.base_url, model="m", backoff_base=0.05,
+                                          **settings))
+        try:
+            return await client.request(request, params or SamplingParams(max_tokens=256))
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_completion_and_chat_round_trip():
+    with FakeOpenAI() as server:
+        resp = ask(server)
+        assert len(P.parse_instruction_list(resp.text, 9)) >= 4
+        assert resp.finish_reason == "stop" and resp.completion_tokens > 0
+        chat = ask(server, request=P.generation_chat(["Explain tides."] * 8, 7))
+        assert P.parse_instruction_list(chat.text)
+
+
+def test_retries_429_and_honours_retry_after():
+    with FakeOpenAI(fail_first=2, error_status=429, retry_after=0.2) as server:
+        resp = ask(server, max_retries=3)
+        assert resp.attempts == 3
+        assert server.requests == 3
+
+
+def test_500_is_retried_then_reported():
+    with FakeOpenAI(error_rate=1.0, error_status=500) as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, max_retries=2)
+        assert info.value.kind == "http" and info.value.status == 500
+        assert server.requests == 3
+
+
+def test_timeout_is_retried_then_reported():
+    with FakeOpenAI(hang_rate=1.0, hang_seconds=3) as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, max_retries=1, request_timeout=0.3)
+        assert info.value.kind == "timeout"
+        assert "0.3s" in str(info.value)
+
+
+def test_malformed_body_is_retried():
+    with FakeOpenAI(malformed_rate=1.0) as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, max_retries=1)
+        assert info.value.kind == "malformed"
+    with FakeOpenAI(fail_first=1, error_status=502) as server:
+        assert ask(server, max_retries=2).attempts == 2
+
+
+def test_context_too_long_shrinks_max_tokens():
+    with FakeOpenAI(context_limit=300) as server:
+        resp = ask(server, SamplingParams(max_tokens=1024))
+        assert resp.max_tokens <= 300
+        assert server.max_tokens_seen[0] == 1024 and server.max_tokens_seen[-1] <= 300
+
+
+def test_bad_key_is_fatal_and_names_the_setting():
+    with FakeOpenAI(api_key="sk-right") as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, api_key="sk-wrong")
+        assert info.value.fatal and "OPENAI_API_KEY" in str(info.value)
+        assert "sk-wrong" not in str(info.value)
+        assert server.requests == 0  # refused before counting: no retries on a bad key
+
+
+def test_pause_holds_new_requests():
+    async def go():
+        with FakeOpenAI() as server:
+            client = LLMClient(ClientSettings(base_url=server.base_url, model="m"))
+            client.pause()
+            task = asyncio.create_task(client.request(REQ, SamplingParams(max_tokens=64)))
+            await asyncio.sleep(0.3)
+            sent_while_paused = server.requests
+            client.resume()
+            await task
+            await client.close()
+            return sent_while_paused, server.requests
+
+    paused, after = asyncio.run(go())
+    assert paused == 0 and after == 1

@@ -1,0 +1,97 @@
+"""Parsing the model's answers, and every rejection reason of the filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfinstruct_tui.engine import prompts as P
+from selfinstruct_tui.engine.filters import FilterSettings, RejectionReason, check_instruction, \
+    clean_instances
+from selfinstruct_tui.engine.seeds import Instance
+
+
+def test_completion_prompt_numbers_examples_and_stops_at_16():
+    req = P.generation_completion([f"Task number {i}." for i in range(8)])
+    assert req.prompt.endswith("8. Task number 7.\n9.")
+    assert "\n16" in req.stop and "16." in req.stop
+
+
+def test_parse_completion_continuation():
+    text = " Write a poem about rain.\n10. Sort the list of numbers.\n11.   **List** three fruits "
+    assert P.parse_instruction_list(text, 9) == [
+        "Write a poem about rain.", "Sort the list of numbers.", "List three fruits"]
+
+
+def test_parse_chat_list_with_markdown_and_prefixes():
+    text = ("Sure! Here are new tasks:\n9. **Task:** explain tides to a child.\n"
+            "10) \"Summarize the email in one line.\"\n\n11. Instruction: rank the cities\n"
+            "by population.")
+    assert P.parse_instruction_list(text) == [
+        "Explain tides to a child.", "Summarize the email in one line.",
+        "Rank the cities by population."]
+
+
+def test_parse_classification():
+    assert P.parse_classification(" Yes") is True
+    assert P.parse_classification("no.") is False
+    assert P.parse_classification("Maybe") is None
+
+
+def test_parse_input_first_instances():
+    text = ("Input: (none)\nOutput: A haiku.\n\nExample 2\nInput: 3, 1, 2\nOutput: 1, 2, 3\n"
+            "\nExample 3\nInput: broken without output\n")
+    assert P.parse_input_first(text, starts_in_example=True) == [
+        Instance("", "A haiku."), Instance("3, 1, 2", "1, 2, 3")]
+
+
+def test_parse_output_first_instances():
+    text = " Positive\nInput: I love it.\nClass label: Negative\nInput: Awful.\n"
+    assert P.parse_output_first(text, starts_in_label=True) == [
+        Instance("I love it.", "Positive"), Instance("Awful.", "Negative")]
+
+
+def test_few_shot_examples_come_from_the_bundled_seeds():
+    req = P.classification_completion("Is it raining?")
+    assert req.prompt.count("Classification: Yes") >= 3
+    assert req.prompt.rstrip().endswith("Task: Is it raining?\nClassification:")
+    assert "Example 1" in P.instances_completion("Sort words.", False).prompt
+    assert P.instances_completion("Label it.", True).prompt.endswith("Class label:")
+
+
+@pytest.mark.parametrize("instruction, reason", [
+    ("Sort it now", RejectionReason.TOO_SHORT),
+    ("word " * 151, RejectionReason.TOO_LONG),
+    ("Draw a cat in the style of Picasso.", RejectionReason.BLACKLISTED_WORD),
+    ("Summarize the attached files for me.", RejectionReason.BLACKLISTED_WORD),
+    ("Tell me how to go to the station from here.", RejectionReason.BLACKLISTED_WORD),
+    ("Write a program that sorts numbers quickly.", RejectionReason.WRITE_A_PROGRAM),
+    ("- List three fruits you like.", RejectionReason.STARTS_WITH_PUNCTUATION),
+    ("Écris un poème sur la mer.", RejectionReason.STARTS_WITH_NON_ASCII),
+])
+def test_each_heuristic_filter(instruction, reason):
+    rejection = check_instruction(instruction.strip(), FilterSettings())
+    assert rejection is not None and rejection.reason == reason
+
+
+def test_passing_instruction_and_non_ascii_switch():
+    assert check_instruction("Give three tips for better sleep.", FilterSettings()) is None
+    assert check_instruction("Écris un poème sur la mer.",
+                             FilterSettings(reject_non_ascii_start=False)) is None
+    # whole words only: "profile" contains "file" but is fine
+    assert check_instruction("Improve my profile summary for a job site.", FilterSettings()) is None
+
+
+def test_instance_filters():
+    kept, rejection = clean_instances([
+        Instance("a", ""),            # empty output
+        Instance("same", "same"),     # input equals output
+        Instance("Question:", "x"),   # ends with ':'
+        Instance("q", "answer:"),     # ends with ':'
+        Instance("q", "fine"),
+        Instance("q", "fine"),        # exact duplicate
+    ])
+    assert rejection is None and kept == [Instance("q", "fine")]
+    _, rejection = clean_instances([Instance("2+2", "4"), Instance("2+2", "5")])
+    assert rejection.reason == RejectionReason.CONFLICTING_OUTPUTS
+    _, rejection = clean_instances([Instance("x", "")])
+    assert rejection.reason == RejectionReason.NO_VALID_INSTANCES

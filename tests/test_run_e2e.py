@@ -1,0 +1,240 @@
+"""`selfinstruct run --headless` in a real subprocess against the fake OpenAI server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_command
+from fake_openai import FakeOpenAI
+
+
+def machine_tasks(run_dir: Path) -> list[tuple]:
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return db.execute("SELECT id, instruction, instances, round FROM tasks WHERE "
+                          "origin = 'machine' AND status = 'active' ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def count_machine(run_dir: Path) -> int:
+    try:
+        db = sqlite3.connect(run_dir / "run.sqlite", timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM tasks WHERE origin = 'machine'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_headless_run_reaches_target_and_records_everything(run_cli, fake_server, tmp_path, api):
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+                   "--api", api, "--run-dir", str(run_dir), "--target", "40", check=True)
+    assert f"starting run in {run_dir}" in proc.stdout
+    assert "round 1:" in proc.stdout and "done: 40/40" in proc.stdout
+    tasks = machine_tasks(run_dir)
+    assert len(tasks) == 40
+    assert len({t[1] for t in tasks}) == 40
+    assert all(json.loads(t[2]) for t in tasks)
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    kinds = dict(db.execute("SELECT kind, COUNT(*) FROM prompts GROUP BY kind").fetchall())
+    assert kinds["generate"] >= 2 and kinds["classify"] >= 40 and kinds["instances"] >= 40
+    reasons = {r[0] for r in db.execute("SELECT reason FROM rejections")}
+    assert "near_duplicate" in reasons
+    dup = db.execute("SELECT candidate, similar_text, score FROM rejections "
+                     "WHERE reason = 'near_duplicate' LIMIT 1").fetchone()
+    assert dup[1] and dup[2] > 0.7
+    rounds = db.execute("SELECT prompts, candidates, accepted, status FROM rounds").fetchall()
+    assert sum(r[2] for r in rounds) == 40 and all(r[3] == "done" for r in rounds)
+    sim = db.execute("SELECT most_similar, max_score FROM tasks WHERE origin = 'machine' "
+                     "LIMIT 1").fetchone()
+    assert len(json.loads(sim[0])) == 10 and 0 < sim[1] <= 0.7
+    # Each generation prompt shows 8 examples; from round 3 on, two come from the machine pool.
+    examples = [json.loads(r[0]) for r in db.execute(
+        "SELECT examples FROM prompts WHERE kind = 'generate' AND round >= 3")]
+    for shown in examples:
+        assert len(shown) == 8
+        assert sum(e["origin"] == "machine" for e in shown) == 2
+
+
+def test_same_seed_same_endpoint_same_run(run_cli, fake_server, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+                "--run-dir", str(run_dir), "--target", "60", "--random-seed", "11", check=True)
+        runs.append([(t[1], t[2], t[3]) for t in machine_tasks(run_dir)])
+    assert runs[0] == runs[1]
+    other = tmp_path / "c"
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(other), "--target", "60", "--random-seed", "12", check=True)
+    assert [(t[1], t[2], t[3]) for t in machine_tasks(other)] != runs[0]
+
+
+def test_sigkill_mid_run_then_resume_loses_nothing(isolated_env, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.02) as server:
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "150", "--random-seed", "5")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 30)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        before = machine_tasks(run_dir)
+        assert 30 <= len(before) < 150
+        resumed = subprocess.run(args, env=isolated_env, capture_output=True, text=True,
+                                 timeout=240)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming run" in resumed.stdout
+        after = machine_tasks(run_dir)
+    assert len(after) == 150
+    assert after[: len(before)] == before  # nothing lost, nothing changed
+    assert len({t[1] for t in after}) == 150  # no duplicate
+    assert len({t[0] for t in after}) == 150
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(isolated_env, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "300")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: count_machine(run_dir) >= 10)
+        proc.send_signal(signal.SIGINT)
+        out, errs = proc.communicate(timeout=60)
+        assert proc.returncode == 130, errs
+        assert "stopped at" in out and "run the same command again to resume" in out
+        stopped_at = count_machine(run_dir)
+        assert 10 <= stopped_at < 300
+        db = sqlite3.connect(run_dir / "run.sqlite")
+        state = json.loads(db.execute("SELECT value FROM meta WHERE key='state'").fetchone()[0])
+        assert state["state"] == "stopped"
+        db.close()
+        done = subprocess.run(args, env=isolated_env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr
+    assert count_machine(run_dir) == 300
+
+
+def test_resume_refuses_unsafe_change_and_accepts_higher_target(run_cli, fake_server, tmp_path):
+    run_dir = tmp_path / "run"
+    base = ("run", "--headless", "--base-url", fake_server.base_url, "--run-dir", str(run_dir))
+    run_cli(*base, "--model", "m", "--target", "10", check=True)
+    refused = run_cli(*base, "--model", "other-model", "--threshold", "0.5")
+    assert refused.returncode == 2
+    assert "model: the run uses 'm', the command asks for 'other-model'" in refused.stderr
+    assert "threshold" in refused.stderr
+    assert count_machine(run_dir) == 10
+    more = run_cli(*base, "--target", "25", check=True)
+    assert "resuming run" in more.stdout
+    assert count_machine(run_dir) == 25
+
+
+def test_endpoint_down_pauses_and_exits_with_advice(run_cli, tmp_path, isolated_env):
+    cfg = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    cfg.write_text("error_pause_seconds = 0.5\nmax_retries = 1\n")
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(down=True) as server:
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(run_dir), "--target", "10")
+    assert proc.returncode == 3
+    assert "every request has failed" in proc.stderr
+    assert f"selfinstruct run --run-dir {run_dir}" in proc.stderr
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM errors").fetchone()[0] >= 3
+
+
+def test_bad_key_is_explained_and_never_stored(run_cli, tmp_path):
+    secret = "sk-secret-value-123456"
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(api_key="sk-the-right-one") as server:
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(run_dir), "--target", "5",
+                       env={"OPENAI_API_KEY": secret})
+        assert f"Bearer {secret}" in server.seen_auth  # the key was really used
+    assert proc.returncode == 3
+    assert "OPENAI_API_KEY" in proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_faulty_endpoint_still_reaches_target(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(error_rate=0.15, error_status=429, retry_after=0, truncate_rate=0.1,
+                    malformed_rate=0.05) as server:
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(run_dir), "--target", "40", "--max-retries", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert count_machine(run_dir) == 40
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    reasons = {r[0] for r in db.execute("SELECT reason FROM rejections")}
+    assert "truncated_response" in reasons or "no_valid_instances" in reasons
+
+
+def test_model_is_discovered_when_the_endpoint_serves_one(run_cli, fake_server, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", "--headless", "--base-url", fake_server.base_url,
+                   "--run-dir", str(run_dir), "--target", "5", check=True)
+    assert "fake-model" in proc.stdout
+
+
+@pytest.mark.parametrize("fmt", ["self-instruct", "alpaca", "openai-chat", "sharegpt"])
+def test_exports(run_cli, fake_server, tmp_path, fmt):
+    run_dir = tmp_path / "run"
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir), "--target", "12", check=True)
+    out = tmp_path / f"out.{fmt}"
+    proc = run_cli("export", str(run_dir), "--format", fmt, "-o", str(out), check=True)
+    assert f"to {out}" in proc.stdout
+    tasks = machine_tasks(run_dir)
+    n_instances = sum(len(json.loads(t[2])) for t in tasks)
+    if fmt == "alpaca":
+        rows = json.loads(out.read_text())
+        assert len(rows) == n_instances
+        assert set(rows[0]) == {"instruction", "input", "output"}
+        return
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    if fmt == "self-instruct":
+        assert len(rows) == 12
+        assert {"instruction", "is_classification", "instances", "most_similar"} <= set(rows[0])
+        assert len(rows[0]["most_similar"]) == 10
+        assert [r["instruction"] for r in rows] == [t[1] for t in tasks]
+    elif fmt == "openai-chat":
+        assert len(rows) == n_instances
+        assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant"]
+    else:
+        assert len(rows) == n_instances
+        assert [c["from"] for c in rows[0]["conversations"]] == ["human", "gpt"]
+    assert not list(tmp_path.glob(".out.*.tmp"))
+
+
+def test_export_of_missing_run_dir_fails_clearly(run_cli, tmp_path):
+    proc = run_cli("export", str(tmp_path / "nope"), "--format", "alpaca")
+    assert proc.returncode == 2
+    assert "not a run directory" in proc.stderr

@@ -1,0 +1,111 @@
+"""Seed files: both formats, the bundled set, and PATH:LINE errors for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfinstruct_tui.engine.errors import InputFileError
+from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds, summarize
+
+
+def line(**fields):
+    base = {"id": "t1", "name": "n", "instruction": "Do a thing well.",
+            "instances": [{"input": "", "output": "done"}], "is_classification": False}
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not ...})
+
+
+def test_bundled_seed_set_is_diverse_and_valid():
+    tasks = load_seeds(bundled_seeds_path())
+    s = summarize(tasks)
+    assert s.count >= 120
+    assert 0.15 <= s.classification_share <= 0.20
+    assert 0.28 <= s.without_input_share <= 0.40
+    assert len({t.instruction for t in tasks}) == len(tasks)
+
+
+def test_seeds_check_cli_passes_on_bundled_set(run_cli):
+    proc = run_cli("seeds", "check", str(bundled_seeds_path()))
+    assert proc.returncode == 0, proc.stderr
+    assert "tasks:           139" in proc.stdout
+    assert "classification:" in proc.stdout and "without input:" in proc.stdout
+
+
+def test_alpaca_list_is_detected_and_rows_merge_by_instruction(tmp_path):
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([
+        {"instruction": "Add the numbers.", "input": "2, 3", "output": "5"},
+        {"instruction": "Add the numbers.", "input": "1, 1", "output": "2"},
+        {"instruction": "Name a color.", "input": "", "output": "Blue"},
+    ], indent=2))
+    tasks = load_seeds(path)
+    assert [t.instruction for t in tasks] == ["Add the numbers.", "Name a color."]
+    assert len(tasks[0].instances) == 2
+
+
+@pytest.mark.parametrize("content, expected", [
+    (line() + "\n{not json\n", "f.jsonl:2: bad JSON"),
+    (line() + "\n" + line(id="t2", instruction=...) + "\n", "f.jsonl:2: missing field 'instruction'"),
+    (line(instruction="   "), "f.jsonl:1: field 'instruction' is empty"),
+    (line() + "\n" + line() + "\n", "f.jsonl:2: duplicate id 't1' (first used on line 1)"),
+    (line(is_classification="yes"), "f.jsonl:1: field 'is_classification' must be true or false"),
+    (line(instances="x"), "f.jsonl:1: field 'instances' must be a list, got string"),
+    (line(instances=[{"input": 3, "output": "x"}]), "f.jsonl:1: instances[0]: field 'input' must be a string"),
+    ("\n\n", "f.jsonl:1: the file is empty"),
+    ("[1, 2]", "f.jsonl:1: expected a JSON object, got number"),
+])
+def test_bad_seed_files_name_path_and_line(tmp_path, content, expected):
+    path = tmp_path / "f.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputFileError) as info:
+        load_seeds(path)
+    assert any(p.startswith(str(tmp_path)) and expected in p for p in info.value.problems), \
+        info.value.problems
+
+
+def test_every_bad_line_is_reported(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n".join([line(id="a"), "{oops", line(id="b", instruction=""),
+                               line(id="a")]) + "\n")
+    with pytest.raises(InputFileError) as info:
+        load_seeds(path)
+    lines = sorted(int(p.split(":")[1]) for p in info.value.problems)
+    assert lines == [2, 3, 4]
+
+
+def test_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(line().encode() + b"\n" + b'{"id": "x\xff"}\n')
+    with pytest.raises(InputFileError) as info:
+        load_seeds(path)
+    assert f"{path}:2: not valid UTF-8" in info.value.problems[0]
+
+
+def test_bad_json_list_names_the_line(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text('[\n {"instruction": "a b c d", "output": "x"},\n {"instruction": }\n]')
+    with pytest.raises(InputFileError) as info:
+        load_seeds(path)
+    assert info.value.problems[0].startswith(f"{path}:3: bad JSON")
+
+
+def test_seeds_check_cli_exits_2_with_every_problem(run_cli, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line(id="a") + "\n" + "{x\n" + line(id="a") + "\n")
+    proc = run_cli("seeds", "check", str(path))
+    assert proc.returncode == 2
+    assert f"{path}:2: bad JSON" in proc.stderr
+    assert f"{path}:3: duplicate id 'a'" in proc.stderr
+
+
+def test_run_with_bad_seeds_fails_before_creating_anything(run_cli, tmp_path, fake_server):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("{x\n")
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", "--headless", "--seeds", str(path), "--run-dir", str(run_dir),
+                   "--base-url", fake_server.base_url, "--model", "m")
+    assert proc.returncode == 2
+    assert f"{path}:1: bad JSON" in proc.stderr
+    assert not run_dir.exists()
