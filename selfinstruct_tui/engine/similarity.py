@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import abc
 import heapq
+import math
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
 from selfinstruct_tui.engine.tokenize import get_tokenizer
@@ -151,13 +153,13 @@ class RougeScoreIndex(SimilarityIndex):
 class _GrowableIntArray:
     __slots__ = ("data", "size")
 
-    def __init__(self) -> None:
-        self.data = np.empty(4, dtype=np.int32)
+    def __init__(self, dtype: type = np.int32) -> None:
+        self.data = np.empty(4, dtype=dtype)
         self.size = 0
 
     def append(self, value: int) -> None:
         if self.size == len(self.data):
-            grown = np.empty(len(self.data) * 2, dtype=np.int32)
+            grown = np.empty(len(self.data) * 2, dtype=self.data.dtype)
             grown[: self.size] = self.data[: self.size]
             self.data = grown
         self.data[self.size] = value
@@ -174,7 +176,33 @@ class _GrowableIntArray:
         return self.data[: self.size]
 
 
+class _LengthBucket:
+    """The entries of one token length, with their frequent-item masks stored contiguously."""
+
+    __slots__ = ("slots", "masks")
+
+    def __init__(self) -> None:
+        self.slots = _GrowableIntArray(np.int64)
+        self.masks = _GrowableIntArray(np.uint64)
+
+    def append(self, slot: int, mask: int) -> None:
+        self.slots.append(slot)
+        self.masks.append(mask)
+
+    def discard(self, slot: int) -> None:
+        view = self.slots.view()
+        keep = view != slot
+        kept_slots, kept_masks = view[keep], self.masks.view()[keep]
+        n = len(kept_slots)
+        self.slots.data[:n] = kept_slots
+        self.masks.data[:n] = kept_masks
+        self.slots.size = self.masks.size = n
+
+
 _MAX_CODEPOINT = 0x10FFFF
+# Up to this many slots, entries sharing only frequent items are found in one vectorised pass
+# over the pool; beyond it, length buckets keep the work proportional to the feasible lengths.
+_GLOBAL_SCAN_MAX = 150_000
 
 
 def _codepoint(token_id: int) -> int:
@@ -185,17 +213,27 @@ def _codepoint(token_id: int) -> int:
 class PrunedIndex(SimilarityIndex):
     """Exact and fast: inverted lists over token occurrences, bounds first, LCS last."""
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, tokenizer: str = "rouge") -> None:
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, tokenizer: str = "rouge",
+                 frequent_df: int = 256) -> None:
         super().__init__(threshold, tokenizer)
         self._vocab: dict[str, int] = {}
         self._items: dict[tuple[int, int], int] = {}  # (token id, occurrence) -> item id
         self._postings: list[_GrowableIntArray] = []
         self._slot_of: dict[Hashable, int] = {}
         self._keys: list[Hashable] = []
-        self._encoded: list[str | tuple[int, ...]] = []
+        self._encoded = np.empty(1024, dtype=object)  # slot -> token ids as one code point each
         self._lengths = np.zeros(1024, dtype=np.int32)
         self._alive = 0
         self._wide = False  # vocabulary outgrew the code-point space: compare tuples of ids
+        # The most frequent occurrence items ("the", "a", "of", ...) dominate the inverted lists.
+        # Up to 64 of them become bits of a per-entry mask: their overlap is a popcount, and an
+        # entry that shares only such items is looked at only in the length buckets where its
+        # bound can still reach the k-th best score.
+        self._frequent_df = frequent_df
+        self._bit_of: dict[int, int] = {}
+        self._fmask = np.zeros(1024, dtype=np.uint64)
+        self._by_length: dict[int, _LengthBucket] = {}
+        self._scratch = np.zeros(1024, dtype=bool)
 
     # -- encoding ---------------------------------------------------------------------------
     def _token_ids(self, tokens: list[str], learn: bool) -> list[int]:
@@ -221,9 +259,9 @@ class PrunedIndex(SimilarityIndex):
 
     def _widen(self) -> None:
         self._wide = True
-        self._encoded = [
-            tuple(_decode_codepoints(e)) if isinstance(e, str) else e for e in self._encoded
-        ]
+        for slot in range(len(self._keys)):
+            if isinstance(self._encoded[slot], str):
+                self._encoded[slot] = tuple(_decode_codepoints(self._encoded[slot]))
 
     def _occurrence_items(self, ids: list[int], learn: bool) -> list[int]:
         seen: dict[int, int] = {}
@@ -247,12 +285,33 @@ class PrunedIndex(SimilarityIndex):
         ids = self._token_ids(self._tokenize(text), learn=True)
         slot = len(self._keys)
         self._keys.append(key)
-        self._encoded.append(self._encode(ids))
         if slot >= len(self._lengths):
-            self._lengths = np.concatenate([self._lengths, np.zeros_like(self._lengths)])
-        self._lengths[slot] = len(ids)
+            grow = len(self._lengths)
+            self._encoded = np.concatenate([self._encoded, np.empty(grow, dtype=object)])
+            self._lengths = np.concatenate([self._lengths, np.zeros(grow, np.int32)])
+            self._fmask = np.concatenate([self._fmask, np.zeros(grow, np.uint64)])
+            self._scratch = np.zeros(len(self._lengths), dtype=bool)
+        self._encoded[slot] = self._encode(ids)
+        n = len(ids)
+        self._lengths[slot] = n
+        mask = 0
+        promoted = False
         for item in self._occurrence_items(ids, learn=True):
-            self._postings[item].append(slot)
+            postings = self._postings[item]
+            postings.append(slot)
+            bit = self._bit_of.get(item)
+            if bit is not None:
+                mask |= 1 << bit
+            elif postings.size >= self._frequent_df and len(self._bit_of) < 64:
+                bit = self._bit_of[item] = len(self._bit_of)
+                self._fmask[postings.view()] |= np.uint64(1 << bit)
+                promoted = True
+        self._fmask[slot] |= np.uint64(mask)
+        if n:
+            self._by_length.setdefault(n, _LengthBucket()).append(slot, int(self._fmask[slot]))
+        if promoted:  # at most 64 times in the index's life
+            for bucket in self._by_length.values():
+                bucket.masks.view()[:] = self._fmask[bucket.slots.view()]
         self._slot_of[key] = slot
         self._alive += 1
 
@@ -262,8 +321,12 @@ class PrunedIndex(SimilarityIndex):
         ids = list(encoded) if self._wide else _decode_codepoints(encoded)  # type: ignore[arg-type]
         for item in self._occurrence_items([i for i in ids if i > 0], learn=False):
             self._postings[item].discard(slot)
+        n = int(self._lengths[slot])
+        if n:
+            self._by_length[n].discard(slot)
         self._encoded[slot] = ""
         self._lengths[slot] = 0
+        self._fmask[slot] = 0
         self._alive -= 1
 
     def __len__(self) -> int:
@@ -279,56 +342,139 @@ class PrunedIndex(SimilarityIndex):
         items = self._occurrence_items([i for i in ids if i > 0], learn=False)
         if m == 0 or not items:
             return SimilarityResult(0.0, (), False)
+        bit_of = self._bit_of
+        rare = [i for i in items if i not in bit_of]
+        q = len(items) - len(rare)
+        cmask = np.uint64(sum(1 << bit_of[i] for i in items if i in bit_of))
         postings = self._postings
-        if len(items) == 1:
-            hits = postings[items[0]].view()
+        # Entries that share a rare item: their exact multiset intersection.
+        if len(rare) == 1:
+            hits = postings[rare[0]].view().astype(np.int64)
             overlap = np.ones(len(hits), dtype=np.int64)
+        elif rare:
+            joined = np.concatenate([postings[i].view() for i in rare])
+            if len(joined) * 16 < len(self._keys):
+                hits, overlap = np.unique(joined, return_counts=True)
+            else:
+                counts = np.bincount(joined)
+                hits = np.flatnonzero(counts)
+                overlap = counts[hits]
         else:
-            counts = np.bincount(np.concatenate([postings[i].view() for i in items]))
-            hits = np.flatnonzero(counts)
-            overlap = counts[hits]
-        if len(hits) == 0:
-            return SimilarityResult(0.0, (), False)
-        lengths = self._lengths[hits]
+            hits = np.zeros(0, dtype=np.int64)
+            overlap = np.zeros(0, dtype=np.int64)
+        if q and len(hits):
+            overlap = overlap + np.bitwise_count(self._fmask[hits] & cmask)
+        lengths = self._lengths[hits].astype(np.int64)
+        # Upper bound of each entry's F: the LCS is at most the multiset intersection.
         bounds = (2.0 * overlap) / (m + lengths)
         query_seq = self._encode(ids)
-        encoded = self._encoded
-        keys = self._keys
         need = max(k, 1)
-        scored: list[tuple[float, int, Hashable]] = []
+        scored_slots: list[np.ndarray] = []
+        scored_f: list[np.ndarray] = []
+
+        def score(slots: np.ndarray, n: np.ndarray) -> None:
+            lcs = process.cdist([query_seq], self._encoded[slots].tolist(),
+                                scorer=LCSseq.similarity, dtype=np.int64, workers=1)[0]
+            # rouge-score's arithmetic, elementwise (IEEE float64, same operation order).
+            precision = lcs / n.astype(np.float64)
+            recall = lcs / float(m)
+            total = precision + recall
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f = np.where(total > 0, 2 * precision * recall / total, 0.0)
+            scored_slots.append(slots)
+            scored_f.append(f)
+
+        def kth_best() -> float:
+            if not scored_f:
+                return 0.0
+            f = np.concatenate(scored_f)
+            if len(f) < need:
+                return 0.0
+            return float(np.partition(f, len(f) - need)[len(f) - need])
+
         done = np.zeros(len(hits), dtype=bool)
-
-        def score_positions(positions: np.ndarray) -> None:
-            for pos in positions.tolist():
-                slot = int(hits[pos])
-                lcs = LCSseq.similarity(query_seq, encoded[slot])
-                if lcs:
-                    scored.append((rouge_f(lcs, m, int(lengths[pos])), slot, keys[slot]))
-            done[positions] = True
-
-        # First pass: the entries with the highest bounds give a k-th best score to prune with.
-        first = min(len(hits), max(4 * need, 32))
-        if first < len(hits):
-            head = np.argpartition(-bounds, first - 1)[:first]
-        else:
+        # First batch: the entries with the largest intersections give a k-th best score that
+        # prunes the rest. A histogram of the (small) intersection sizes avoids sorting all hits.
+        first = max(4 * need, 64)
+        if len(hits) <= first * 2:
             head = np.arange(len(hits))
-        score_positions(head)
-        # Second pass: every entry whose bound can still reach the k-th best exact score
-        # (>= rather than >, so that ties are resolved by insertion order, not by visiting order).
-        while True:
-            if len(scored) >= need:
-                kth = heapq.nsmallest(need, scored, key=lambda s: (-s[0], s[1]))[-1][0]
-                # The decision also needs the true max; the top-k already contains it.
-                floor = kth * (1.0 - _BOUND_SLACK)
+        else:
+            histogram = np.bincount(overlap)
+            at_least = np.cumsum(histogram[::-1])[::-1]
+            level = int(np.flatnonzero(at_least >= first)[-1])
+            head = np.flatnonzero(overlap >= level)
+            if len(head) > 4 * first:
+                head = head[np.argpartition(-bounds[head], first - 1)[:first]]
+        if len(head):
+            score(hits[head], lengths[head])
+            done[head] = True
+        if q:
+            # Entries sharing only frequent items: overlap = popcount(mask & query mask) <= q,
+            # so per length n only entries with popcount >= floor*(m+n)/2 can still matter.
+            floor = kth_best() * (1.0 - _BOUND_SLACK)
+            found = []
+            n_slots = len(self._keys)
+            if n_slots <= _GLOBAL_SCAN_MAX:
+                # One vectorised pass: cheaper than a loop over length buckets on small pools.
+                top_n = int(self._lengths[:n_slots].max()) if n_slots else 0
+                ns = np.arange(top_n + 1, dtype=np.float64)
+                need_by_len = np.maximum(1, np.ceil(floor * (m + ns) / 2 - 1e-9))
+                need_by_len[np.minimum(q, ns) * 2.0 / (m + ns) < floor] = np.inf
+                need_by_len[0] = np.inf
+                counts = np.bitwise_count(self._fmask[:n_slots] & cmask)
+                # Most entries fail the smallest requirement of any length: test that first.
+                good = np.flatnonzero(counts >= need_by_len.min())
+                lens = self._lengths[good]
+                good = good[counts[good] >= need_by_len[lens]]
+                if len(good):
+                    found.append((good, counts[good], self._lengths[good]))
             else:
-                floor = 0.0
-            rest = np.flatnonzero(~done & (bounds >= floor))
+                for n, bucket in self._by_length.items():
+                    if not bucket.slots.size or 2.0 * min(q, n) / (m + n) < floor:
+                        continue
+                    need_overlap = max(1, math.ceil(floor * (m + n) / 2 - 1e-9))
+                    counts = np.bitwise_count(bucket.masks.view() & cmask)
+                    good = np.flatnonzero(counts >= need_overlap)
+                    if len(good):
+                        found.append((bucket.slots.view()[good], counts[good],
+                                      np.full(len(good), n, np.int64)))
+            if found:
+                slots = np.concatenate([f[0] for f in found])
+                extra = np.concatenate([f[1] for f in found]).astype(np.int64)
+                extra_len = np.concatenate([f[2] for f in found]).astype(np.int64)
+                scratch = self._scratch
+                scratch[hits] = True
+                fresh = ~scratch[slots]
+                scratch[hits] = False
+                slots, extra, extra_len = slots[fresh], extra[fresh], extra_len[fresh]
+                hits = np.concatenate([hits, slots])
+                lengths = np.concatenate([lengths, extra_len])
+                bounds = np.concatenate([bounds, (2.0 * extra) / (m + extra_len)])
+                done = np.concatenate([done, np.zeros(len(slots), dtype=bool)])
+        # Then every entry whose bound can still reach the k-th best exact score, best bounds
+        # first (>= rather than >, so ties are resolved by insertion order, not visiting order).
+        while True:
+            floor = kth_best() * (1.0 - _BOUND_SLACK)
+            rest = np.flatnonzero((bounds >= floor) & ~done)
             if len(rest) == 0:
                 break
             if len(rest) > 256:
-                rest = rest[np.argsort(-bounds[rest], kind="stable")[:256]]
-            score_positions(rest)
-        return self._result(scored, k)
+                rest = rest[np.argpartition(-bounds[rest], 255)[:256]]
+            score(hits[rest], lengths[rest])
+            done[rest] = True
+        if not scored_f:
+            return SimilarityResult(0.0, (), False)
+        slots = np.concatenate(scored_slots)
+        f = np.concatenate(scored_f)
+        positive = f > 0
+        slots, f = slots[positive], f[positive]
+        if len(f) == 0:
+            return SimilarityResult(0.0, (), False)
+        order = np.lexsort((slots, -f))[:k] if k > 0 else np.array([], dtype=np.int64)
+        best = float(f.max())
+        keys = self._keys
+        top = tuple(Match(keys[int(slots[i])], float(f[i])) for i in order)
+        return SimilarityResult(best, top, best > self.threshold)
 
 
 def _decode_codepoints(encoded: str) -> list[int]:

@@ -1,0 +1,112 @@
+"""`selfinstruct dedup`: drop near-duplicate instructions from an existing dataset, the Self-Instruct way.
+
+Items are taken in file order; an item is kept when its max ROUGE-L against the items already kept is
+<= the threshold. Input and output share a format: JSONL with an instruction field, a JSON list
+(Alpaca), or plain text with one instruction per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from selfinstruct_tui.engine.errors import InputFileError, UserError
+from selfinstruct_tui.engine.fsutil import atomic_writer
+from selfinstruct_tui.engine.records import parse_records, read_utf8
+from selfinstruct_tui.engine.similarity import PrunedIndex
+
+
+@dataclass
+class Item:
+    line: int
+    text: str
+    raw: Any  # the original line (JSONL, text) or object (JSON list)
+
+
+def read_items(path: str | Path, field: str) -> tuple[str, list[Item]]:
+    text = read_utf8(path)
+    head = text.lstrip()[:1]
+    if head not in ("[", "{"):
+        items = [Item(n, line.strip(), line) for n, line in enumerate(text.splitlines(), 1)
+                 if line.strip()]
+        return "text", items
+    parsed = parse_records(path, text)
+    problems = list(parsed.problems)
+    raw_lines = text.splitlines()
+    items = []
+    for line, obj in parsed.records:
+        where = f"{parsed.path}:{line}"
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: expected a JSON object with a {field!r} field")
+            continue
+        if field not in obj:
+            problems.append(f"{where}: missing field {field!r} (choose another with --field)")
+            continue
+        value = obj[field]
+        if not isinstance(value, str):
+            problems.append(f"{where}: field {field!r} must be a string")
+            continue
+        raw = raw_lines[line - 1] if parsed.kind == "jsonl" else obj
+        items.append(Item(line, value, raw))
+    if problems:
+        raise InputFileError(problems)
+    return parsed.kind, items
+
+
+def default_output(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.dedup{path.suffix}")
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    src = Path(args.input)
+    if not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
+    kind, items = read_items(src, args.field)
+    out_path = Path(args.output) if args.output else default_output(src)
+    if out_path.resolve() == src.resolve():
+        raise UserError(f"{out_path}: the output would overwrite the input; choose another -o")
+    index = PrunedIndex(args.threshold, args.tokenizer)
+    kept: list[Item] = []
+    dropped: list[dict] = []
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    started = time.perf_counter()
+    progress = Progress(TextColumn("dedup"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console, transient=True,
+                        disable=not console.is_terminal)
+    with progress:
+        task = progress.add_task("dedup", total=len(items))
+        for n, item in enumerate(items):
+            result = index.query(item.text, k=1)
+            if result.is_duplicate:
+                match = kept[int(result.top[0].key)]
+                dropped.append({"line": item.line, "instruction": item.text,
+                                "kept_line": match.line, "kept_instruction": match.text,
+                                "score": result.max_score})
+            else:
+                index.add(len(kept), item.text)
+                kept.append(item)
+            if n % 256 == 0:
+                progress.update(task, completed=n + 1)
+        progress.update(task, completed=len(items))
+    with atomic_writer(out_path) as fh:
+        if kind == "json-list":
+            fh.write("[\n" + ",\n".join(json.dumps(i.raw, ensure_ascii=False) for i in kept)
+                     + "\n]\n" if kept else "[]\n")
+        else:
+            fh.writelines(f"{i.raw}\n" for i in kept)
+    if args.report:
+        with atomic_writer(args.report) as fh:
+            fh.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in dropped)
+    took = time.perf_counter() - started
+    Console(highlight=False, soft_wrap=True).print(
+        f"kept {len(kept)} of {len(items)} ({len(dropped)} near duplicates, ROUGE-L > "
+        f"{args.threshold}) in {took:.1f}s; wrote {out_path}"
+        + (f"; report: {args.report}" if args.report else ""), markup=False)
+    return 0

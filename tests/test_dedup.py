@@ -1,0 +1,80 @@
+"""`selfinstruct dedup` on JSONL, JSON lists and plain text, checked against rouge-score itself."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from rouge_score import rouge_scorer
+
+from fake_openai import make_instruction
+
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def reference_dedup(texts, threshold=0.7):
+    kept = []
+    for text in texts:
+        if all(SCORER.score(k, text)["rougeL"].fmeasure <= threshold for k in kept):
+            kept.append(text)
+    return kept
+
+
+def corpus(n=300, seed=3):
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        if texts and rng.random() < 0.25:
+            words = rng.choice(texts).split()
+            words[rng.randrange(len(words))] = "altered"
+            texts.append(" ".join(words))
+        else:
+            texts.append(make_instruction(rng))
+    return texts
+
+
+def test_dedup_jsonl_matches_rouge_score_and_reports(run_cli, tmp_path):
+    texts = corpus()
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps({"instruction": t, "extra": i}) + "\n"
+                           for i, t in enumerate(texts)))
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.jsonl"
+    proc = run_cli("dedup", str(src), "-o", str(out), "--report", str(report), check=True)
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    want = reference_dedup(texts)
+    assert [k["instruction"] for k in kept] == want
+    assert all("extra" in k for k in kept)  # records are kept whole
+    dropped = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len(dropped) == len(texts) - len(want) > 20
+    for d in dropped:
+        assert d["score"] > 0.7
+        assert d["kept_instruction"] in want
+        assert SCORER.score(d["kept_instruction"], d["instruction"])["rougeL"].fmeasure == d["score"]
+    assert f"kept {len(want)} of {len(texts)}" in proc.stdout
+
+
+def test_dedup_json_list_and_plain_text(run_cli, tmp_path):
+    texts = corpus(120, seed=9)
+    src = tmp_path / "alpaca.json"
+    src.write_text(json.dumps([{"instruction": t, "input": "", "output": "x"} for t in texts],
+                              indent=2))
+    run_cli("dedup", str(src), check=True)
+    out = tmp_path / "alpaca.dedup.json"
+    assert [r["instruction"] for r in json.loads(out.read_text())] == reference_dedup(texts)
+    txt = tmp_path / "lines.txt"
+    txt.write_text("\n".join(texts) + "\n")
+    run_cli("dedup", str(txt), "-o", str(tmp_path / "o.txt"), "--threshold", "0.5", check=True)
+    assert (tmp_path / "o.txt").read_text().splitlines() == reference_dedup(texts, 0.5)
+
+
+def test_dedup_bad_input_names_path_and_line(run_cli, tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"instruction": "ok one here"}\n{"prompt": "no field"}\n{broken\n')
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("dedup", str(src), "-o", str(out))
+    assert proc.returncode == 2
+    assert f"{src}:2: missing field 'instruction'" in proc.stderr
+    assert f"{src}:3: bad JSON" in proc.stderr
+    assert not out.exists()
+    proc = run_cli("dedup", str(src), "--field", "prompt", "-o", str(out))
+    assert proc.returncode == 2 and f"{src}:1: missing field 'prompt'" in proc.stderr
