@@ -60,6 +60,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="serve this GGUF with the embedded llama.cpp server")
     p.add_argument("--local-port", type=int, dest="local_port", help=argparse.SUPPRESS)
     p.add_argument("--headless", action="store_true", help="no TUI: print progress")
+    p.add_argument("--theme", help="TUI theme (ember, paper, high-contrast or your own)")
+    p.add_argument("--refresh", type=float, help="TUI refresh interval in seconds (0.5)")
+    p.add_argument("--compact", action="store_true", help="layout for 80x24 terminals")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,8 +292,7 @@ def _drive(args: argparse.Namespace, store: Any, cfg: RunConfig, api_key: str, b
 
     engine = Engine(store, cfg, api_key=api_key, base_url=base_url)
     if not args.headless:
-        err.print("The TUI is not built yet: run with --headless for now.", markup=False)
-        return 2
+        return _run_tui(args, store, cfg, engine)
     from selfinstruct_tui.headless import HeadlessPrinter
 
     printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,
@@ -341,3 +343,27 @@ def _drive(args: argparse.Namespace, store: Any, cfg: RunConfig, api_key: str, b
     if finished.reason == "stopped":
         return 130
     return 1
+
+
+def _run_tui(args: argparse.Namespace, store: Any, cfg: RunConfig, engine: Any) -> int:
+    from selfinstruct_tui.tui.app import SelfInstructApp
+
+    settings = load_user_config()
+    seeds_path = store.get_meta("seeds_path")
+    app = SelfInstructApp(
+        store.run_dir, engine=engine,
+        refresh=args.refresh or float(settings.get("refresh", 0.5)),
+        theme=args.theme or settings.get("theme"), compact=args.compact,
+        seeds_file=seeds_path if seeds_path and seeds_path != "bundled" else None,
+        embedded=cfg.uses_embedded)
+    try:
+        app.run()
+    finally:
+        # Quitting never hangs on the worker: stop it and wait a bounded time.
+        engine.stop()
+        if app.engine_thread is not None:
+            app.engine_thread.join(timeout=30)
+    finished = engine.finished
+    if finished is not None and finished.reason == "target":
+        return 0
+    return 130 if finished is None or finished.reason == "stopped" else 1

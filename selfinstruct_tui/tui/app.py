@@ -1,0 +1,510 @@
+"""The Textual app: live panes over a run while a worker thread runs the bootstrap loop.
+
+The engine never calls into widgets. Its events go onto a SimpleQueue that the app drains on a timer
+(`refresh`, default 0.5 s) and applies inside one `batch_update()`; commands go back through the
+engine's thread-safe methods. Opening an existing run shows its whole history from the store.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Input, Static
+
+from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.config import save_user_setting
+from selfinstruct_tui.engine.engine import Engine
+from selfinstruct_tui.engine.exports import export_run
+from selfinstruct_tui.engine.filters import RejectionReason
+from selfinstruct_tui.engine.fsutil import atomic_write_text
+from selfinstruct_tui.engine.seeds import seeds_to_jsonl, write_seeds
+from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.tui.commands import RunCommands
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, ExportScreen
+from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
+from selfinstruct_tui.tui.themes import DEFAULT_THEME, load_themes
+from selfinstruct_tui.tui.widgets.panes import PoolPane, PromptsPane, RejectionsPane, StatsPane, StatusLine
+from selfinstruct_tui.tui.widgets.task_table import HEADER, TaskTable
+
+RUN_SEEDS_FILE = "seeds.jsonl"
+
+
+class SelfInstructApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "selfinstruct"
+    COMMANDS = App.COMMANDS | {RunCommands}
+    BINDINGS = [
+        Binding("p", "toggle_pause", "Pause/Resume"),
+        Binding("e", "edit_seeds", "Edit seeds"),
+        Binding("s", "stop", "Stop"),
+        Binding("x", "export", "Export"),
+        Binding("t", "change_theme", "Theme"),
+        Binding("slash", "filter", "Filter"),
+        Binding("m", "toggle_maximize", "Maximize"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit_app", "Quit"),
+        Binding("escape", "close_filter", show=False),
+    ]
+
+    def __init__(self, run_dir: str | Path, *, engine: Engine | None = None,
+                 refresh: float = 0.5, theme: str | None = None, compact: bool = False,
+                 seeds_file: str | None = None, embedded: bool = False) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.engine = engine
+        self.refresh_interval = refresh
+        self.requested_theme = theme
+        self.force_compact = compact
+        self.seeds_file = seeds_file
+        self.embedded = embedded
+        self.events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
+        self.reader = RunStore(self.run_dir, readonly=True)
+        self.engine_thread: threading.Thread | None = None
+        self.state = "finished" if engine is None else "starting"
+        self._last_error_note = 0.0
+        self._sent_generate: dict[int, ev.PromptSent] = {}
+        self._theme_ready = False
+        if engine is not None:
+            engine.bus.subscribe(self.events.put)
+
+    # -- layout ---------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        with Horizontal(id="main"):
+            with PoolPane(id="left"):
+                yield Static(HEADER, id="pool-header")
+                yield TaskTable(id="pool")
+                yield Static("", id="pool-info")
+                yield Input(placeholder="filter tasks by text (enter/esc to close)",
+                            id="filter")
+            with Vertical(id="right"):
+                yield PromptsPane(id="prompts")
+                yield RejectionsPane(id="rejections-pane")
+                yield StatsPane(id="stats")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        themes, problems = load_themes()
+        for theme in themes:
+            self.register_theme(theme)
+        if problems:
+            self.notify("Some theme files were skipped:\n" + "\n".join(problems),
+                        title="Themes", severity="warning", timeout=15)
+        wanted = self.requested_theme or DEFAULT_THEME
+        if wanted in self.available_themes:
+            self.theme = wanted
+        else:
+            self.notify(f"Unknown theme {wanted!r}; available: "
+                        f"{', '.join(sorted(self.available_themes))}", severity="warning")
+            self.theme = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        self._theme_ready = True
+        # Direct references: queries would miss them while a modal is open or a pane is
+        # maximized (both narrow what the screen's DOM queries see).
+        self.status_line = self.query_one(StatusLine)
+        self.table = self.query_one(TaskTable)
+        self.prompts_pane = self.query_one(PromptsPane)
+        self.rejections_pane = self.query_one(RejectionsPane)
+        self.stats_pane = self.query_one(StatsPane)
+        self.pool_info = self.query_one("#pool-info", Static)
+        self.filter_box = self.query_one("#filter", Input)
+        self.query_one("#left").border_title = "Task pool"
+        self._apply_compact(self.size.width, self.size.height)
+        self._load_history()
+        self.table.focus()
+        self.set_interval(self.refresh_interval, self.drain_events)
+        if self.engine is not None:
+            self.engine_thread = self.engine.start_thread()
+
+    def on_resize(self, event) -> None:  # type: ignore[no-untyped-def]
+        self._apply_compact(event.size.width, event.size.height)
+
+    def _apply_compact(self, width: int, height: int) -> None:
+        self.set_class(self.force_compact or width < 100 or height < 30, "compact")
+
+    def watch_theme(self, theme: str) -> None:
+        if self._theme_ready:
+            try:
+                save_user_setting("theme", theme)
+            except OSError:
+                pass
+
+    # -- history ------------------------------------------------------------------------------
+    def _load_history(self) -> None:
+        status = self.status_line
+        cfg = self.reader.config()
+        status.run_name = self.run_dir.name
+        if cfg is not None:
+            status.endpoint = cfg.base_url
+            status.model = cfg.model
+            status.target = cfg.target
+            status.embedded = self.embedded or cfg.uses_embedded
+        tasks = self.reader.tasks(status="active")
+        table = self.table
+        from selfinstruct_tui.tui.widgets.task_table import Row
+
+        for task in tasks:
+            table.rows[task.id] = Row.of(task)
+        table.rebuild()
+        stats = self.stats_pane
+        machine = [t for t in tasks if t.origin == "machine"]
+        for t in machine:
+            stats.add_task(t.max_score, t.instruction)
+        status.accepted = len(machine)
+        seeds = len(tasks) - len(machine)
+        for r in self.reader.rounds():
+            seeds += r.accepted
+            stats.add_round(r, seeds)
+            status.elapsed_before += r.wall_time
+        p_tok, c_tok = self.reader.token_totals()
+        status.tokens = p_tok + c_tok
+        if cfg is not None:
+            status.cost = (p_tok * cfg.price_input_per_1k + c_tok * cfg.price_output_per_1k) / 1000
+        rejections = self.rejections_pane
+        for reason, count in self.reader.rejection_counts().items():
+            rejections.counts[reason] = count
+        rows = self.reader.db.execute(
+            "SELECT * FROM (SELECT * FROM rejections ORDER BY id DESC LIMIT 300) ORDER BY id")
+        for r in rows:
+            rejections.counts[r["reason"]] -= 1  # add() counts it again
+            rejections.add(r["reason"], r["candidate"], r["detail"], r["similar_text"],
+                           r["score"])
+        state = self.reader.get_meta("state") or {}
+        if self.engine is None:
+            self.state = state.get("state", "finished")
+        status.state = self.state
+        stats.show()
+        rejections.show_counts()
+        status.update_line()
+
+    # -- events -----------------------------------------------------------------------------------
+    def drain_events(self) -> None:
+        batch: list[ev.Event] = []
+        try:
+            while len(batch) < 50_000:
+                batch.append(self.events.get_nowait())
+        except queue.Empty:
+            pass
+        status = self.status_line
+        if batch:
+            with self.batch_update():
+                self._apply(batch)
+        if self.engine is not None:
+            status.tokens_per_second = self.engine.tokens_per_second
+            status.tokens = self._tokens_base + sum(self.engine.tokens)
+            status.cost = self._cost_base + self.engine.cost
+        status.update_line()
+
+    @property
+    def _tokens_base(self) -> int:
+        if not hasattr(self, "_tokens_base_value"):
+            p, c = self.reader.token_totals()
+            self._tokens_base_value = p + c
+        return self._tokens_base_value
+
+    @property
+    def _cost_base(self) -> float:
+        if not hasattr(self, "_cost_base_value"):
+            cfg = self.reader.config()
+            p, c = self.reader.token_totals()
+            self._cost_base_value = ((p * cfg.price_input_per_1k + c * cfg.price_output_per_1k)
+                                     / 1000) if cfg else 0.0
+        return self._cost_base_value
+
+    def _apply(self, batch: list[ev.Event]) -> None:
+        _ = self._tokens_base, self._cost_base  # fix the baseline before new tokens arrive
+        table = self.table
+        status = self.status_line
+        prompts = self.prompts_pane
+        rejections = self.rejections_pane
+        stats = self.stats_pane
+        accepted = []
+        for event in batch:
+            if isinstance(event, ev.TaskAccepted):
+                accepted.append(event.task)
+                status.accepted = event.accepted
+                stats.add_task(event.task.max_score, event.task.instruction)
+            elif isinstance(event, ev.PromptSent):
+                prompts.sent(event.prompt_id, event.kind, event.round)
+                if event.kind == "generate":
+                    self._sent_generate[event.prompt_id] = event
+            elif isinstance(event, ev.ResponseReceived):
+                prompts.done(event.prompt_id)
+                sent = self._sent_generate.pop(event.prompt_id, None)
+                if sent is not None:
+                    prompts.show_latest(sent.prompt, list(sent.examples), event.text,
+                                        event.kind, event.latency)
+            elif isinstance(event, ev.CandidateRejected):
+                rejections.add(event.reason, event.candidate, event.detail, event.similar_text,
+                               event.score)
+            elif isinstance(event, ev.RoundFinished):
+                seeds = sum(1 for r in table.rows.values() if r.origin == "seed")
+                stats.add_round(event.stats, seeds + event.accepted_total)
+            elif isinstance(event, ev.RequestError):
+                status.errors += 1
+                now = time.monotonic()
+                if now - self._last_error_note > 10:
+                    self._last_error_note = now
+                    self.notify(f"endpoint error ({event.kind}): {event.message}",
+                                severity="warning", timeout=8)
+            elif isinstance(event, ev.Paused):
+                self.state = "paused"
+                status.reason = "errors" if event.by_errors else "by you"
+                if event.by_errors:
+                    self.notify(f"{event.reason}\nPress p to resume.", title="Run paused",
+                                severity="error", timeout=30)
+            elif isinstance(event, ev.Resumed):
+                self.state = "running"
+                status.reason = ""
+            elif isinstance(event, ev.RunStarted):
+                self.state = "running"
+                status.started = time.monotonic()
+                status.target = event.target
+            elif isinstance(event, ev.Stopping):
+                self.state = "stopping"
+            elif isinstance(event, ev.Finished):
+                self.state = "finished" if event.reason == "target" else (
+                    "error" if event.reason == "error" else "stopped")
+                status.elapsed_before += time.monotonic() - status.started
+                message = {"target": f"Target reached: {event.accepted} tasks.",
+                           "stopped": f"Stopped at {event.accepted}/{event.target}; run "
+                                      "`selfinstruct run --run-dir` on this folder to resume.",
+                           }.get(event.reason, event.message)
+                self.notify(message, title="Run", timeout=15,
+                            severity="error" if event.reason == "error" else "information")
+            elif isinstance(event, ev.TaskDropped):
+                table.remove_task(event.task_id)
+                status.accepted = event.accepted
+            elif isinstance(event, ev.TaskEdited):
+                table.add_tasks([event.task])
+            elif isinstance(event, ev.SeedsReplaced):
+                self._reload_seeds()
+        if accepted:
+            if len(accepted) > 2000:
+                from selfinstruct_tui.tui.widgets.task_table import Row
+
+                for task in accepted:
+                    table.rows[task.id] = Row.of(task)
+                table.rebuild()
+            else:
+                table.add_tasks(accepted)
+            status.accepted_now(len(accepted))
+        status.state = self.state
+        prompts.show_inflight()
+        rejections.show_counts()
+        stats.show()
+
+    def _reload_seeds(self) -> None:
+        table = self.table
+        for task_id in [i for i, r in table.rows.items() if r.origin == "seed"]:
+            table.rows.pop(task_id)
+        table.add_tasks(self.reader.tasks(status="active", origin="seed"))
+        table.rebuild()
+
+    def on_task_table_view_changed(self, message: TaskTable.ViewChanged) -> None:
+        if not hasattr(self, "pool_info"):
+            return
+        self.pool_info.update(
+            f" {message.shown:,} of {message.total:,} tasks · {message.description} · "
+            "enter: inspect · /: filter · o: origin · c: sort · v: reverse")
+
+    # -- actions --------------------------------------------------------------------------------
+    @property
+    def engine_active(self) -> bool:
+        return self.engine is not None and self.state in ("starting", "running", "paused")
+
+    def action_toggle_pause(self) -> None:
+        if not self.engine_active:
+            self.notify("The run is not running.", severity="warning")
+            return
+        assert self.engine is not None
+        if self.state == "paused":
+            self.engine.resume()
+        else:
+            self.engine.pause()
+
+    def action_stop(self) -> None:
+        if self.engine_active:
+            assert self.engine is not None
+            self.engine.stop()
+            self.notify("Stopping: requests in flight finish, then the run stops. It resumes "
+                        "later with `selfinstruct run --run-dir` on this folder.")
+
+    def action_quit_app(self) -> None:
+        if not self.engine_active:
+            self._finish_and_exit()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._finish_and_exit()
+
+        self.push_screen(ConfirmScreen("The run is still going. Stop it and quit? Work in "
+                                       "flight finishes and is kept; the run resumes later.",
+                                       yes="Stop and quit", no="Keep running"), answer)
+
+    @work(thread=True, exclusive=True, group="quit")
+    def _finish_and_exit(self) -> None:
+        if self.engine is not None and self.engine_thread is not None:
+            self.engine.stop()
+            # Threads cannot be killed: wait a bounded time. Everything accepted is committed.
+            self.engine_thread.join(timeout=30)
+        self.call_from_thread(self.exit, 0)
+
+    def action_edit_seeds(self) -> None:
+        seeds = [t.to_seed() for t in self.reader.tasks(status="active", origin="seed")]
+
+        def saved(result: SeedEdit | None) -> None:
+            if result is None:
+                return
+            atomic_write_text(self.run_dir / RUN_SEEDS_FILE, seeds_to_jsonl(result.seeds),
+                              mode=0o600)
+            if result.write_back and self.seeds_file:
+                write_seeds(self.seeds_file, result.seeds)
+            if self.engine_active:
+                assert self.engine is not None
+                self.engine.replace_seeds(result.seeds)
+                self.notify(f"{len(result.seeds)} seeds saved; they take effect at the next "
+                            "round.")
+            else:
+                self._offline_replace_seeds(result)
+
+        self.push_screen(SeedEditorScreen(seeds_to_jsonl(seeds), self.seeds_file), saved)
+
+    def _offline_replace_seeds(self, result: SeedEdit) -> None:
+        from selfinstruct_tui.engine.store import seed_tasks_to_pool
+
+        store = RunStore(self.run_dir)
+        try:
+            store.replace_seeds(seed_tasks_to_pool(result.seeds, store.max_task_id() + 1))
+        finally:
+            store.close()
+        self._reload_seeds()
+        self.notify(f"{len(result.seeds)} seeds saved; the run uses them when it resumes.")
+
+    def on_task_table_inspect(self, message: TaskTable.Inspect) -> None:
+        task = self.reader.task(message.task_id)
+        if task is None:
+            return
+        prompt = self.reader.prompt(task.prompt_id) if task.prompt_id else None
+
+        def done(result: tuple[str, dict] | None) -> None:
+            if result is None:
+                return
+            action, data = result
+            if action == "drop":
+                self._drop(task.id)
+            elif action == "edit":
+                self._edit(task.id, data)
+
+        self.push_screen(InspectorScreen(task, prompt["prompt"] if prompt else None,
+                                         prompt["response"] if prompt else None), done)
+
+    def _drop(self, task_id: int) -> None:
+        if self.engine_active:
+            assert self.engine is not None
+            self.engine.drop_task(task_id)
+        else:
+            store = RunStore(self.run_dir)
+            try:
+                task = store.task(task_id)
+                if task is not None and task.status == "active":
+                    task.status = "dropped"
+                    store.update_task(task)
+                    store.add_rejection(round=task.round, prompt_id=task.prompt_id,
+                                        candidate=task.instruction,
+                                        reason=RejectionReason.DROPPED_BY_USER.value,
+                                        detail="dropped in the inspector", task_id=task_id)
+            finally:
+                store.close()
+            self.table.remove_task(task_id)
+            status = self.status_line
+            status.accepted = self.reader.count_tasks("machine")
+        self.notify(f"Task #{task_id} dropped.")
+
+    def _edit(self, task_id: int, data: dict) -> None:
+        if self.engine_active:
+            assert self.engine is not None
+            self.engine.edit_task(task_id, data["instruction"], data["instances"],
+                                  data["is_classification"])
+        else:
+            store = RunStore(self.run_dir)
+            try:
+                task = store.task(task_id)
+                if task is not None:
+                    task.instruction = data["instruction"]
+                    task.instances = data["instances"]
+                    task.is_classification = data["is_classification"]
+                    store.update_task(task)
+                    self.table.add_tasks([task])
+            finally:
+                store.close()
+        self.notify(f"Task #{task_id} saved.")
+
+    def action_export(self) -> None:
+        def chosen(result: tuple[str, str] | None) -> None:
+            if result is not None:
+                self._export(*result)
+
+        self.push_screen(ExportScreen(str(self.run_dir)), chosen)
+
+    @work(thread=True, group="export")
+    def _export(self, fmt: str, path: str) -> None:
+        try:
+            out, count = export_run(self.run_dir, fmt, path or None)
+        except (OSError, ValueError) as exc:
+            self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error")
+            return
+        self.call_from_thread(self.notify, f"Exported {count} rows ({fmt}) to {out}")
+
+    def action_filter(self) -> None:
+        box = self.filter_box
+        box.add_class("visible")
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.table.set_filter(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            self.action_close_filter(keep=True)
+
+    def action_close_filter(self, keep: bool = False) -> None:
+        box = self.filter_box
+        if not box.has_class("visible"):
+            return
+        if not keep:
+            box.value = ""
+        box.remove_class("visible")
+        self.table.focus()
+
+    def action_toggle_maximize(self) -> None:
+        screen = self.screen
+        if screen.maximized is not None:
+            screen.minimize()
+            return
+        target = self.focused
+        # Maximize the pane that holds the focus (or the task pool).
+        for pane_id in ("#prompts", "#rejections-pane", "#stats", "#left"):
+            pane = self.query_one(pane_id)
+            if target is not None and (target is pane or pane in target.ancestors):
+                screen.maximize(pane, container=False)
+                return
+        screen.maximize(self.query_one("#left"), container=False)
+
+    def action_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def on_unmount(self) -> None:
+        self.reader.close()

@@ -1,0 +1,72 @@
+"""Small typed modal dialogs: confirm, export."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select
+
+from selfinstruct_tui.engine.exports import EXTENSIONS, FORMATS
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS = [Binding("escape,n", "answer(False)", "No"), Binding("y", "answer(True)", "Yes")]
+
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
+        super().__init__()
+        self.question, self.yes, self.no = question, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="question")
+            with Horizontal(classes="buttons"):
+                yield Button(self.yes, variant="primary", id="yes")
+                yield Button(self.no, id="no")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+class ExportScreen(ModalScreen[tuple[str, str] | None]):
+    """Choose a format and a path; returns (format, path) or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Export the machine-generated tasks", classes="question")
+            yield Select([(f, f) for f in FORMATS], value="alpaca", allow_blank=False,
+                         id="format")
+            yield Input(value=f"{self.run_dir}/export-alpaca.json", id="path")
+            with Horizontal(classes="buttons"):
+                yield Button("Export", variant="primary", id="export")
+                yield Button("Cancel", id="cancel")
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        fmt = str(event.value)
+        self.query_one("#path", Input).value = f"{self.run_dir}/export-{fmt}.{EXTENSIONS[fmt]}"
+
+    def on_input_submitted(self) -> None:
+        self._done()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "export":
+            self._done()
+        else:
+            self.dismiss(None)
+
+    def _done(self) -> None:
+        self.dismiss((str(self.query_one("#format", Select).value),
+                      self.query_one("#path", Input).value.strip()))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,130 @@
+"""The task inspector: everything about one task, and the way to drop or edit it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static, TextArea
+
+from selfinstruct_tui.engine.seeds import Instance
+from selfinstruct_tui.engine.task import Task
+
+
+def task_details(task: Task, prompt: str | None, response: str | None) -> Text:
+    t = Text()
+    t.append(f"Task #{task.id}", style="bold")
+    t.append(f"  {task.origin}, round {task.round}, "
+             f"{'classification' if task.is_classification else 'not classification'}, "
+             f"max ROUGE-L {task.max_score:.3f}\n\n")
+    t.append("Instruction\n", style="bold underline")
+    t.append(task.instruction + "\n\n")
+    t.append(f"Instances ({len(task.instances)})\n", style="bold underline")
+    for n, inst in enumerate(task.instances, start=1):
+        t.append(f"{n}. input: ", style="bold")
+        t.append((inst.input or "(none)") + "\n")
+        t.append("   output: ", style="bold")
+        t.append(inst.output + "\n")
+    t.append("\nMost similar pool tasks\n", style="bold underline")
+    if task.most_similar:
+        for s in task.most_similar[:5]:
+            t.append(f"{s.score:.3f}  #{s.id} {s.instruction}\n")
+    else:
+        t.append("(none recorded)\n")
+    if prompt is not None:
+        t.append(f"\nPrompt #{task.prompt_id} that produced it\n", style="bold underline")
+        t.append(prompt[-4000:] + "\n")
+        t.append("\nRaw response\n", style="bold underline")
+        t.append((response or "") + "\n")
+    return t
+
+
+class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
+    """Returns ("drop", {}) or ("edit", {...}) or None."""
+
+    BINDINGS = [
+        Binding("escape", "close", "Close"),
+        Binding("d", "drop", "Drop task"),
+        Binding("e", "edit", "Edit task"),
+    ]
+
+    def __init__(self, task: Task, prompt: str | None, response: str | None) -> None:
+        super().__init__()
+        self.task_data = task
+        self.prompt, self.response = prompt, response
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            with VerticalScroll(id="inspector-body"):
+                yield Static(task_details(self.task_data, self.prompt, self.response),
+                             id="inspector-text")
+            with Horizontal(classes="buttons"):
+                yield Button("Drop (d)", variant="error", id="drop")
+                yield Button("Edit (e)", id="edit")
+                yield Button("Close (esc)", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        {"drop": self.action_drop, "edit": self.action_edit,
+         "close": self.action_close}[str(event.button.id)]()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_drop(self) -> None:
+        self.dismiss(("drop", {}))
+
+    def action_edit(self) -> None:
+        def done(result: dict | None) -> None:
+            if result is not None:
+                self.dismiss(("edit", result))
+
+        self.app.push_screen(TaskEditScreen(self.task_data), done)
+
+
+class TaskEditScreen(ModalScreen[dict | None]):
+    BINDINGS = [Binding("ctrl+s", "save", "Save"), Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.task_data = task
+
+    def compose(self) -> ComposeResult:
+        data = {"instruction": self.task_data.instruction,
+                "is_classification": self.task_data.is_classification,
+                "instances": [asdict(i) for i in self.task_data.instances]}
+        with Vertical(classes="dialog wide"):
+            yield Label(f"Edit task #{self.task_data.id} (JSON). ctrl+s saves.",
+                        classes="question")
+            yield TextArea(json.dumps(data, indent=2, ensure_ascii=False), id="task-text",
+                           show_line_numbers=True)
+            yield Static("", id="task-errors", classes="errors")
+
+    def action_save(self) -> None:
+        errors = self.query_one("#task-errors", Static)
+        text = self.query_one("#task-text", TextArea).text
+        try:
+            data = json.loads(text)
+            instruction = data["instruction"]
+            instances = [Instance(str(i["input"]), str(i["output"])) for i in data["instances"]]
+            if not isinstance(instruction, str) or not instruction.strip():
+                raise ValueError("'instruction' must be a non-empty string")
+            if not instances or any(not i.output.strip() for i in instances):
+                raise ValueError("give at least one instance, each with an output")
+        except json.JSONDecodeError as exc:
+            errors.update(f"line {exc.lineno}: bad JSON: {exc.msg}")
+            errors.add_class("visible")
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            errors.update(f"not saved: {exc}")
+            errors.add_class("visible")
+            return
+        self.dismiss({"instruction": instruction.strip(), "instances": instances,
+                      "is_classification": bool(data.get("is_classification", False))})
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

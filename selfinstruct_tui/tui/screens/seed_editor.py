@@ -1,0 +1,112 @@
+"""The seed editor: a modal JSONL editor over the run's seed set, validated as you save."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Label, Static, TextArea
+
+from selfinstruct_tui.engine.errors import InputFileError
+from selfinstruct_tui.engine.seeds import SeedTask, parse_seeds
+
+EDITOR_NAME = "seed editor"
+
+
+@dataclass
+class SeedEdit:
+    seeds: list[SeedTask]
+    text: str
+    write_back: bool
+
+
+class SeedEditorScreen(ModalScreen[SeedEdit | None]):
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+o", "external_editor", "$EDITOR"),
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def __init__(self, text: str, seeds_file: str | None) -> None:
+        super().__init__()
+        self.initial = text
+        self.seeds_file = seeds_file
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Label("Seeds (self-instruct JSONL, one task per line). ctrl+s saves; the "
+                        "change takes effect at the next round. ctrl+o opens $EDITOR.",
+                        classes="question")
+            yield TextArea(self.initial, id="seed-text", show_line_numbers=True,
+                           soft_wrap=False, tab_behavior="indent")
+            yield Static("", id="seed-errors", classes="errors")
+            with Horizontal(classes="buttons"):
+                if self.seeds_file:
+                    yield Checkbox(f"also write back to {self.seeds_file}", id="write-back")
+                yield Button("Save", variant="primary", id="save")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#seed-text", TextArea).focus()
+
+    @property
+    def text(self) -> str:
+        return self.query_one("#seed-text", TextArea).text
+
+    def validate(self) -> list[SeedTask] | None:
+        errors = self.query_one("#seed-errors", Static)
+        try:
+            seeds, _ = parse_seeds(EDITOR_NAME, self.text)
+        except InputFileError as exc:
+            shown = exc.problems[:8]
+            more = len(exc.problems) - len(shown)
+            errors.update("\n".join(shown) + (f"\n... and {more} more" if more > 0 else ""))
+            errors.add_class("visible")
+            return None
+        errors.update("")
+        errors.remove_class("visible")
+        return seeds
+
+    def action_save(self) -> None:
+        seeds = self.validate()
+        if seeds is None:
+            self.notify("The seeds were not saved: fix the lines listed below the editor.",
+                        severity="error")
+            return
+        write_back = bool(self.seeds_file) and self.query_one("#write-back", Checkbox).value
+        self.dismiss(SeedEdit(seeds, self.text, write_back))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        elif event.button.id == "cancel":
+            self.action_cancel()
+
+    def action_external_editor(self) -> None:
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+        if not editor:
+            self.notify("Set $EDITOR (e.g. export EDITOR=vim) to edit seeds in your editor.",
+                        severity="warning")
+            return
+        fd, name = tempfile.mkstemp(suffix=".jsonl", prefix="seeds-")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self.text)
+            with self.app.suspend():
+                subprocess.run([*shlex.split(editor), str(path)], check=False)
+            self.query_one("#seed-text", TextArea).text = path.read_text(encoding="utf-8")
+            self.validate()
+        finally:
+            path.unlink(missing_ok=True)

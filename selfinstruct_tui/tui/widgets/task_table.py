@@ -1,0 +1,249 @@
+"""The task pool: a Line-API ScrollView over an index of rows, flat at 100k tasks.
+
+One widget renders only the visible lines; rows are small tuples kept in a dict, and the view is a
+list of ids (filtered, sorted). Adding a row is a bisect insert, not a re-layout.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from rich.segment import Segment
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from selfinstruct_tui.engine.task import Task
+
+ORIGINS = ("all", "seed", "machine")
+SORT_COLUMNS = ("id", "round", "origin", "cls", "instances", "rouge", "instruction")
+
+
+@dataclass(slots=True)
+class Row:
+    id: int
+    round: int
+    origin: str
+    is_classification: bool
+    instances: int
+    max_score: float
+    instruction: str
+    lowered: str
+
+    @classmethod
+    def of(cls, task: Task) -> Row:
+        text = " ".join(task.instruction.split())
+        return cls(task.id, task.round, task.origin, task.is_classification,
+                   len(task.instances), task.max_score, text, text.lower())
+
+    def key(self, column: str):
+        return {
+            "id": self.id, "round": (self.round, self.id), "origin": (self.origin, self.id),
+            "cls": (self.is_classification, self.id), "instances": (self.instances, self.id),
+            "rouge": (self.max_score, self.id), "instruction": (self.lowered, self.id),
+        }[column]
+
+
+HEADER = f"{'id':>7} {'round':>5} {'origin':<7} {'cls':<3} {'inst':>4} {'rouge':>5}  instruction"
+
+
+class TaskTable(ScrollView, can_focus=True):
+    COMPONENT_CLASSES = {"task-table--cursor", "task-table--seed", "task-table--machine",
+                         "task-table--high"}
+    BINDINGS = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "jump(0)", "Top", show=False),
+        Binding("end", "jump(-1)", "Bottom", show=False),
+        Binding("enter", "inspect", "Inspect"),
+        Binding("o", "cycle_origin", "Origin"),
+        Binding("c", "cycle_sort", "Sort"),
+        Binding("v", "reverse_sort", "Reverse", show=False),
+    ]
+
+    cursor = reactive(0, always_update=True)
+
+    class Inspect(Message):
+        def __init__(self, task_id: int) -> None:
+            super().__init__()
+            self.task_id = task_id
+
+    class ViewChanged(Message):
+        def __init__(self, shown: int, total: int, description: str) -> None:
+            super().__init__()
+            self.shown, self.total, self.description = shown, total, description
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.rows: dict[int, Row] = {}
+        self.view: list[int] = []
+        self._keys: list = []  # sort keys parallel to view, for bisect inserts
+        self.text_filter = ""
+        self.origin = "all"
+        self.sort_column = "id"
+        self.descending = True  # newest first
+
+    # -- data -------------------------------------------------------------------------------
+    def _matches(self, row: Row) -> bool:
+        if self.origin != "all" and row.origin != self.origin:
+            return False
+        return not self.text_filter or self.text_filter in row.lowered
+
+    def _sort_key(self, row: Row):
+        key = row.key(self.sort_column)
+        if not self.descending:
+            return key
+        # bisect needs ascending keys: invert numbers, and for text sort by a reversed view.
+        return _Desc(key)
+
+    def add_tasks(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            row = Row.of(task)
+            old = self.rows.get(row.id)
+            if old is not None:
+                self._remove_from_view(old)
+            self.rows[row.id] = row
+            if self._matches(row):
+                key = self._sort_key(row)
+                i = bisect.bisect_left(self._keys, key)
+                self._keys.insert(i, key)
+                self.view.insert(i, row.id)
+                if i <= self.cursor and len(self.view) > 1 and self.cursor != 0:
+                    self.cursor += 1  # keep the highlighted task under the cursor
+        self._refresh_view()
+
+    def remove_task(self, task_id: int) -> None:
+        row = self.rows.pop(task_id, None)
+        if row is not None:
+            self._remove_from_view(row)
+            self._refresh_view()
+
+    def _remove_from_view(self, row: Row) -> None:
+        key = self._sort_key(row)
+        i = bisect.bisect_left(self._keys, key)
+        if i < len(self.view) and self.view[i] == row.id:
+            del self.view[i]
+            del self._keys[i]
+
+    def rebuild(self) -> None:
+        rows = [r for r in self.rows.values() if self._matches(r)]
+        rows.sort(key=self._sort_key)
+        self.view = [r.id for r in rows]
+        self._keys = [self._sort_key(r) for r in rows]
+        self.cursor = min(self.cursor, max(0, len(self.view) - 1))
+        self._refresh_view()
+
+    def _refresh_view(self) -> None:
+        self.virtual_size = Size(self.size.width, len(self.view))
+        self.refresh()
+        self.post_message(self.ViewChanged(len(self.view), len(self.rows), self.describe()))
+
+    def describe(self) -> str:
+        parts = [f"sorted by {self.sort_column} {'desc' if self.descending else 'asc'}"]
+        if self.origin != "all":
+            parts.append(f"origin: {self.origin}")
+        if self.text_filter:
+            parts.append(f"filter: {self.text_filter!r}")
+        return ", ".join(parts)
+
+    def set_filter(self, text: str) -> None:
+        self.text_filter = text.strip().lower()
+        self.cursor = 0
+        self.rebuild()
+
+    @property
+    def current_id(self) -> int | None:
+        return self.view[self.cursor] if 0 <= self.cursor < len(self.view) else None
+
+    # -- actions ------------------------------------------------------------------------------
+    def action_cursor(self, delta: int) -> None:
+        self._move_to(self.cursor + delta)
+
+    def action_page(self, direction: int) -> None:
+        self._move_to(self.cursor + direction * max(1, self.size.height - 1))
+
+    def action_jump(self, where: int) -> None:
+        self._move_to(0 if where == 0 else len(self.view) - 1)
+
+    def _move_to(self, index: int) -> None:
+        if not self.view:
+            return
+        self.cursor = max(0, min(len(self.view) - 1, index))
+        top = self.scroll_offset.y
+        height = max(1, self.size.height)
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False)
+        elif self.cursor >= top + height:
+            self.scroll_to(y=self.cursor - height + 1, animate=False)
+        self.refresh()
+
+    def action_inspect(self) -> None:
+        if self.current_id is not None:
+            self.post_message(self.Inspect(self.current_id))
+
+    def action_cycle_origin(self) -> None:
+        self.origin = ORIGINS[(ORIGINS.index(self.origin) + 1) % len(ORIGINS)]
+        self.cursor = 0
+        self.rebuild()
+
+    def action_cycle_sort(self) -> None:
+        i = SORT_COLUMNS.index(self.sort_column)
+        self.sort_column = SORT_COLUMNS[(i + 1) % len(SORT_COLUMNS)]
+        self.rebuild()
+
+    def action_reverse_sort(self) -> None:
+        self.descending = not self.descending
+        self.rebuild()
+
+    def on_click(self, event) -> None:  # type: ignore[no-untyped-def]
+        self._move_to(self.scroll_offset.y + event.y)
+
+    def on_resize(self) -> None:
+        self.virtual_size = Size(self.size.width, len(self.view))
+
+    # -- rendering ------------------------------------------------------------------------------
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        index = self.scroll_offset.y + y
+        if index >= len(self.view):
+            return Strip.blank(width, self.rich_style)
+        row = self.rows[self.view[index]]
+        text = (f"{row.id:>7} {row.round:>5} {row.origin:<7} {'yes' if row.is_classification else '':<3}"
+                f" {row.instances:>4} {row.max_score:5.2f}  {row.instruction}")
+        text = text[:width].ljust(width)
+        base = self.rich_style
+        if index == self.cursor:
+            style = base + self.get_component_rich_style("task-table--cursor")
+        elif row.origin == "seed":
+            style = base + self.get_component_rich_style("task-table--seed")
+        else:
+            style = base + self.get_component_rich_style("task-table--machine")
+        if row.max_score > 0.6 and index != self.cursor:
+            score_start = 30
+            high = style + self.get_component_rich_style("task-table--high")
+            return Strip([Segment(text[:score_start], style),
+                          Segment(text[score_start:score_start + 5], high),
+                          Segment(text[score_start + 5:], style)], width)
+        return Strip([Segment(text, style)], width)
+
+
+class _Desc:
+    """Inverts the order of a sort key so bisect (ascending) keeps newest/highest first."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key) -> None:  # type: ignore[no-untyped-def]
+        self.key = key
+
+    def __lt__(self, other: _Desc) -> bool:
+        return other.key < self.key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and other.key == self.key
+

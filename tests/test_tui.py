@@ -1,0 +1,219 @@
+"""The TUI with App.run_test() and Pilot, against the fake OpenAI server."""
+
+from __future__ import annotations
+
+import json
+
+from textual.widgets import TextArea
+
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.tui.app import SelfInstructApp
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
+from selfinstruct_tui.tui.widgets.panes import StatusLine
+from selfinstruct_tui.tui.widgets.task_table import TaskTable
+from tui_helpers import count_machine, deterministic_run, make_engine, run, until
+
+
+def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env):
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=400)
+            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                table = app.query_one(TaskTable)
+                await until(pilot, lambda: sum(r.origin == "machine"
+                                               for r in table.rows.values()) >= 10)
+                status = app.query_one(StatusLine)
+                assert "running" in str(status.render())
+                await pilot.press("p")
+                await until(pilot, lambda: app.state == "paused")
+                await pilot.pause(1.0)  # in-flight requests finish
+                settled = count_machine(tmp_path / "run")
+                await pilot.pause(1.0)
+                assert count_machine(tmp_path / "run") == settled  # no growth while paused
+                assert "paused" in str(status.render())
+                await pilot.press("p")
+                await until(pilot, lambda: count_machine(tmp_path / "run") > settled)
+                await pilot.press("q")
+                assert isinstance(app.screen, ConfirmScreen)
+                await pilot.press("y")
+                await until(pilot, lambda: not app.is_running, timeout=40)
+        stopped = count_machine(tmp_path / "run")
+        assert 0 < stopped < 400
+        store = RunStore(tmp_path / "run", readonly=True)
+        assert store.get_meta("state")["state"] == "stopped"  # resumable, nothing lost
+        store.close()
+
+    run(go())
+
+
+def test_seed_edit_takes_effect_and_invalid_edit_keeps_text(tmp_path, isolated_env):
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=300)
+            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await pilot.press("e")
+                await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
+                area = app.screen.query_one(TextArea)
+                lines = area.text.splitlines()
+                assert len(lines) == 139
+                broken = "\n".join(lines[:2] + ['{"id": "x", "instruction": ""}'] + lines[3:])
+                area.text = broken
+                await pilot.press("ctrl+s")
+                assert isinstance(app.screen, SeedEditorScreen)  # refused
+                assert area.text == broken  # nothing lost
+                errors = str(app.screen.query_one("#seed-errors").render())
+                assert "seed editor:3:" in errors
+                # A valid edit: keep 20 seeds, change one, add a new one.
+                kept = [json.loads(x) for x in lines[:20]]
+                kept[0]["instruction"] = "Name three rivers in Europe and their lengths."
+                kept.append({"id": "new_seed", "name": "new", "instruction":
+                             "Explain the rules of chess castling to a beginner.",
+                             "instances": [{"input": "", "output": "You move the king two "
+                                            "squares towards a rook..."}],
+                             "is_classification": False})
+                area.text = "\n".join(json.dumps(k) for k in kept)
+                await pilot.press("ctrl+s")
+                await until(pilot, lambda: not isinstance(app.screen, SeedEditorScreen))
+                reader = RunStore(tmp_path / "run", readonly=True)
+
+                def seeds_now():
+                    return [t.instruction for t in reader.tasks(origin="seed")]
+
+                await until(pilot, lambda: len(seeds_now()) == 21)
+                assert "Explain the rules of chess castling to a beginner." in seeds_now()
+                # The next rounds' prompts only show the new seed set.
+                new_seeds = set(seeds_now())
+                first_new = reader.db.execute(
+                    "SELECT MAX(round) FROM rounds").fetchone()[0] + 1
+
+                def new_prompts():
+                    return reader.db.execute(
+                        "SELECT examples FROM prompts WHERE kind='generate' AND round >= ?",
+                        (first_new,)).fetchall()
+
+                await until(pilot, lambda: len(new_prompts()) >= 2)
+                for (examples,) in new_prompts():
+                    for e in json.loads(examples):
+                        if e["origin"] == "seed":
+                            assert e["instruction"] in new_seeds
+                assert (tmp_path / "run" / "seeds.jsonl").exists()
+                reader.close()
+                engine.stop()
+                await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
+
+    run(go())
+
+
+def test_inspector_shows_provenance_and_drop_removes_task(tmp_path, isolated_env, run_cli):
+    async def go():
+        with FakeOpenAI() as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=20)
+            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: app.state == "finished")
+                table = app.query_one(TaskTable)
+                table.focus()
+                victim = table.current_id  # newest first: a machine task
+                assert table.rows[victim].origin == "machine"
+                await pilot.press("enter")
+                await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+                text = str(app.screen.query_one("#inspector-text").render())
+                assert f"Task #{victim}" in text
+                assert "Prompt #" in text and "Raw response" in text
+                assert "Most similar pool tasks" in text and "Instances" in text
+                await pilot.press("d")
+                await until(pilot, lambda: victim not in table.rows)
+        return victim
+
+    import asyncio
+
+    victim = asyncio.run(go())
+    store = RunStore(tmp_path / "run", readonly=True)
+    assert store.task(victim).status == "dropped"
+    assert store.count_tasks("machine") == 19
+    reasons = [r["reason"] for r in store.rejections()]
+    assert "dropped_by_user" in reasons
+    store.close()
+    out = tmp_path / "out.jsonl"
+    run_cli("export", str(tmp_path / "run"), "--format", "self-instruct", "-o", str(out),
+            check=True)
+    exported = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert victim not in exported and len(exported) == 19
+
+
+def test_filter_origin_sort_and_maximize_on_a_finished_run(tmp_path, isolated_env):
+    deterministic_run(tmp_path / "run")
+
+    async def go():
+        app = SelfInstructApp(tmp_path / "run", refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.query_one(TaskTable)
+            assert len(table.view) == 139 + 40  # the whole history at once
+            await pilot.press("o")
+            assert table.origin == "seed" and len(table.view) == 139
+            await pilot.press("o")
+            assert table.origin == "machine" and len(table.view) == 40
+            await pilot.press("slash")
+            await pilot.press(*"green")
+            assert all("green" in table.rows[i].lowered for i in table.view)
+            assert 0 < len(table.view) < 40
+            await pilot.press("enter")
+            table.focus()
+            await pilot.press("c")  # sort by round
+            assert table.sort_column == "round"
+            rounds = [table.rows[i].round for i in table.view]
+            assert rounds == sorted(rounds, reverse=True)
+            await pilot.press("v")
+            rounds = [table.rows[i].round for i in table.view]
+            assert rounds == sorted(rounds)
+            await pilot.press("m")
+            assert app.screen.maximized is not None
+            await pilot.press("m")
+            assert app.screen.maximized is None
+
+    run(go())
+
+
+def test_export_key_writes_the_file(tmp_path, isolated_env):
+    deterministic_run(tmp_path / "run")
+
+    async def go():
+        app = SelfInstructApp(tmp_path / "run", refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            path = app.screen.query_one("#path")
+            path.value = str(tmp_path / "data.json")
+            await pilot.click("#export")
+            await until(pilot, lambda: (tmp_path / "data.json").exists())
+
+    run(go())
+    rows = json.loads((tmp_path / "data.json").read_text())
+    assert len(rows) == sum(1 + n % 3 for n in range(40))
+
+
+def test_broken_user_theme_is_reported_not_fatal(tmp_path, isolated_env, monkeypatch):
+    deterministic_run(tmp_path / "run")
+    themes = tmp_path / "user-themes"
+    themes.mkdir()
+    (themes / "bad.toml").write_text('name = "bad"\nprimary = "not-a-colour"\n')
+    (themes / "mine.toml").write_text('name = "mine"\nprimary = "#123456"\n')
+    import selfinstruct_tui.tui.themes as themes_module
+
+    monkeypatch.setattr(themes_module, "user_themes_dir", lambda: themes)
+
+    async def go():
+        app = SelfInstructApp(tmp_path / "run", refresh=0.1, theme="mine")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.2)
+            assert app.theme == "mine"
+            assert {"ember", "paper", "high-contrast"} <= set(app.available_themes)
+            notes = [n.message for n in app._notifications]
+            assert any("bad.toml" in n and "not a colour" in n for n in notes)
+
+    run(go())
