@@ -166,10 +166,10 @@ def test_filter_origin_sort_and_maximize_on_a_finished_run(tmp_path, isolated_en
             table.focus()
             await pilot.press("c")  # sort by round
             assert table.sort_column == "round"
-            rounds = [table.rows[i].round for i in table.view]
+            rounds = [table.rows[i].round for i in table.displayed_ids()]
             assert rounds == sorted(rounds, reverse=True)
             await pilot.press("v")
-            rounds = [table.rows[i].round for i in table.view]
+            rounds = [table.rows[i].round for i in table.displayed_ids()]
             assert rounds == sorted(rounds)
             await pilot.press("m")
             assert app.screen.maximized is not None

@@ -227,6 +227,13 @@ class RunStore:
             args.append(origin)
         return [_task(r) for r in self.db.execute(sql + " ORDER BY id", args)]
 
+    def task_rows(self) -> list[tuple[int, int, str, int, int, float, str]]:
+        """Active tasks as (id, round, origin, is_classification, instances, max_score,
+        instruction), without decoding JSON: what a list view needs, fast at 100k tasks."""
+        return self.db.execute(
+            "SELECT id, round, origin, is_classification, json_array_length(instances), "
+            "max_score, instruction FROM tasks WHERE status = 'active' ORDER BY id").fetchall()
+
     def iter_tasks(self, origin: str | None = None) -> Iterator[Task]:
         sql = "SELECT * FROM tasks WHERE status = 'active'"
         args: list[Any] = []

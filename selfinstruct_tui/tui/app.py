@@ -7,6 +7,7 @@ engine's thread-safe methods. Opening an existing run shows its whole history fr
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -32,7 +33,7 @@ from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
 from selfinstruct_tui.tui.themes import DEFAULT_THEME, load_themes
 from selfinstruct_tui.tui.widgets.panes import PoolPane, PromptsPane, RejectionsPane, StatsPane, StatusLine
-from selfinstruct_tui.tui.widgets.task_table import HEADER, TaskTable
+from selfinstruct_tui.tui.widgets.task_table import HEADER, Row, TaskTable
 
 RUN_SEEDS_FILE = "seeds.jsonl"
 
@@ -146,23 +147,26 @@ class SelfInstructApp(App[int]):
             status.model = cfg.model
             status.target = cfg.target
             status.embedded = self.embedded or cfg.uses_embedded
-        tasks = self.reader.tasks(status="active")
         table = self.table
-        from selfinstruct_tui.tui.widgets.task_table import Row
-
-        for task in tasks:
-            table.rows[task.id] = Row.of(task)
-        table.rebuild()
         stats = self.stats_pane
-        machine = [t for t in tasks if t.origin == "machine"]
-        for t in machine:
-            stats.add_task(t.max_score, t.instruction)
-        status.accepted = len(machine)
-        seeds = len(tasks) - len(machine)
-        for r in self.reader.rounds():
-            seeds += r.accepted
-            stats.add_round(r, seeds)
+        rows = []
+        for tid, rnd, origin, is_cls, n_inst, score, instruction in self.reader.task_rows():
+            text = " ".join(instruction.split())
+            rows.append(Row(tid, rnd, origin, bool(is_cls), n_inst or 0, score, text,
+                            text.lower()))
+            if origin == "machine":
+                stats.scores.append(score)
+                stats.lengths.append(text.count(" ") + 1)
+        table.load(rows)
+        status.accepted = len(stats.scores)
+        pool = len(rows) - len(stats.scores)
+        rounds = self.reader.rounds()
+        for r in rounds:
+            pool += r.accepted
             status.elapsed_before += r.wall_time
+            stats.pool_sizes.append(pool)
+        for r in rounds[-300:]:  # the table shows recent rounds; the sparkline shows all
+            stats.add_round(r, None)
         p_tok, c_tok = self.reader.token_totals()
         status.tokens = p_tok + c_tok
         if cfg is not None:
@@ -176,6 +180,17 @@ class SelfInstructApp(App[int]):
             rejections.counts[r["reason"]] -= 1  # add() counts it again
             rejections.add(r["reason"], r["candidate"], r["detail"], r["similar_text"],
                            r["score"])
+        latest = self.reader.db.execute(
+            "SELECT * FROM prompts WHERE kind = 'generate' AND response IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1").fetchone()
+        if latest is not None:
+
+
+            examples = [(e["id"], e["origin"], e["instruction"])
+                        for e in json.loads(latest["examples"] or "[]")]
+            self.prompts_pane.show_latest(latest["prompt"], examples, latest["response"],
+                                          "generate", latest["latency"] or 0.0)
+        self.prompts_pane.show_inflight()
         state = self.reader.get_meta("state") or {}
         if self.engine is None:
             self.state = state.get("state", "finished")
@@ -287,14 +302,7 @@ class SelfInstructApp(App[int]):
             elif isinstance(event, ev.SeedsReplaced):
                 self._reload_seeds()
         if accepted:
-            if len(accepted) > 2000:
-                from selfinstruct_tui.tui.widgets.task_table import Row
-
-                for task in accepted:
-                    table.rows[task.id] = Row.of(task)
-                table.rebuild()
-            else:
-                table.add_tasks(accepted)
+            table.add_tasks(accepted)
             status.accepted_now(len(accepted))
         status.state = self.state
         prompts.show_inflight()
@@ -306,7 +314,6 @@ class SelfInstructApp(App[int]):
         for task_id in [i for i, r in table.rows.items() if r.origin == "seed"]:
             table.rows.pop(task_id)
         table.add_tasks(self.reader.tasks(status="active", origin="seed"))
-        table.rebuild()
 
     def on_task_table_view_changed(self, message: TaskTable.ViewChanged) -> None:
         if not hasattr(self, "pool_info"):

@@ -177,7 +177,7 @@ class StatsPane(Vertical):
         self.scores: list[float] = []
         self.lengths: list[int] = []
 
-    def add_round(self, s: RoundStats, pool_total: int) -> None:
+    def add_round(self, s: RoundStats, pool_total: int | None) -> None:
         table = self.query_one("#rounds", DataTable)
         rejected = s.rejected or {}
         top = max(rejected.items(), key=lambda kv: kv[1])[0].replace("_", " ") if rejected else ""
@@ -191,7 +191,8 @@ class StatsPane(Vertical):
                 table.update_cell(key, label, value)
         else:
             table.add_row(*row, key=key)
-        self.pool_sizes.append(pool_total)
+        if pool_total is not None:
+            self.pool_sizes.append(pool_total)
 
     def add_task(self, max_score: float, instruction: str) -> None:
         self.scores.append(max_score)

@@ -82,12 +82,21 @@ class TaskTable(ScrollView, can_focus=True):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.rows: dict[int, Row] = {}
-        self.view: list[int] = []
-        self._keys: list = []  # sort keys parallel to view, for bisect inserts
+        # All ids in ascending sort order, with their sort keys (for bisect inserts). Descending
+        # order is the same list displayed from the end: no second sort, no comparison wrapper.
+        self.sorted_ids: list[int] = []
+        self.sorted_keys: list = []
+        self.sorted_text: list[str] = []  # lowered instructions, parallel: a filter scans these
+        self.view: list[int] = []  # the filtered subset of sorted_ids (ascending)
+        self.view_keys: list = []
         self.text_filter = ""
         self.origin = "all"
         self.sort_column = "id"
         self.descending = True  # newest first
+
+    @property
+    def filtering(self) -> bool:
+        return bool(self.text_filter) or self.origin != "all"
 
     # -- data -------------------------------------------------------------------------------
     def _matches(self, row: Row) -> bool:
@@ -95,54 +104,102 @@ class TaskTable(ScrollView, can_focus=True):
             return False
         return not self.text_filter or self.text_filter in row.lowered
 
-    def _sort_key(self, row: Row):
-        key = row.key(self.sort_column)
-        if not self.descending:
-            return key
-        # bisect needs ascending keys: invert numbers, and for text sort by a reversed view.
-        return _Desc(key)
+    def load(self, rows: list[Row]) -> None:
+        """Replace everything at once (history on start-up)."""
+        self.rows = {r.id: r for r in rows}
+        self.resort()
 
     def add_tasks(self, tasks: list[Task]) -> None:
-        for task in tasks:
-            row = Row.of(task)
+        self.add_rows([Row.of(t) for t in tasks])
+
+    def add_rows(self, rows: list[Row]) -> None:
+        if len(rows) > 5_000:
+            for row in rows:
+                self.rows[row.id] = row
+            self.resort()
+            return
+        for row in rows:
             old = self.rows.get(row.id)
             if old is not None:
-                self._remove_from_view(old)
+                self._remove_row(old)
             self.rows[row.id] = row
-            if self._matches(row):
-                key = self._sort_key(row)
-                i = bisect.bisect_left(self._keys, key)
-                self._keys.insert(i, key)
-                self.view.insert(i, row.id)
-                if i <= self.cursor and len(self.view) > 1 and self.cursor != 0:
-                    self.cursor += 1  # keep the highlighted task under the cursor
+            key = row.key(self.sort_column)
+            i = bisect.bisect_left(self.sorted_keys, key)
+            self.sorted_keys.insert(i, key)
+            self.sorted_ids.insert(i, row.id)
+            self.sorted_text.insert(i, row.lowered)
+            if self.filtering and self._matches(row):
+                j = bisect.bisect_left(self.view_keys, key)
+                self.view_keys.insert(j, key)
+                self.view.insert(j, row.id)
         self._refresh_view()
 
     def remove_task(self, task_id: int) -> None:
         row = self.rows.pop(task_id, None)
         if row is not None:
-            self._remove_from_view(row)
+            self._remove_row(row)
             self._refresh_view()
 
-    def _remove_from_view(self, row: Row) -> None:
-        key = self._sort_key(row)
-        i = bisect.bisect_left(self._keys, key)
-        if i < len(self.view) and self.view[i] == row.id:
-            del self.view[i]
-            del self._keys[i]
+    def _remove_row(self, row: Row) -> None:
+        key = row.key(self.sort_column)
+        i = bisect.bisect_left(self.sorted_keys, key)
+        if i < len(self.sorted_ids) and self.sorted_ids[i] == row.id:
+            del self.sorted_ids[i]
+            del self.sorted_keys[i]
+            del self.sorted_text[i]
+        if self.filtering:
+            j = bisect.bisect_left(self.view_keys, key)
+            if j < len(self.view) and self.view[j] == row.id:
+                del self.view[j]
+                del self.view_keys[j]
 
-    def rebuild(self) -> None:
-        rows = [r for r in self.rows.values() if self._matches(r)]
-        rows.sort(key=self._sort_key)
-        self.view = [r.id for r in rows]
-        self._keys = [self._sort_key(r) for r in rows]
+    def resort(self) -> None:
+        column = self.sort_column
+        pairs = sorted((r.key(column), r.id) for r in self.rows.values())
+        self.sorted_keys = [k for k, _ in pairs]
+        self.sorted_ids = [i for _, i in pairs]
+        rows = self.rows
+        self.sorted_text = [rows[i].lowered for i in self.sorted_ids]
+        self.refilter()
+
+    def refilter(self, narrowing: bool = False) -> None:
+        """Recompute the view. `narrowing`: the new filter only removes rows (the user typed
+        more characters), so scan the current view instead of every task."""
+        if self.filtering:
+            rows, text, origin = self.rows, self.text_filter, self.origin
+            if narrowing:
+                ids, keys = self.view, self.view_keys
+                picked = [n for n, i in enumerate(ids) if text in rows[i].lowered]
+            else:
+                ids, keys = self.sorted_ids, self.sorted_keys
+                if text:
+                    picked = [n for n, t in enumerate(self.sorted_text) if text in t]
+                else:
+                    picked = range(len(ids))
+                if origin != "all":
+                    picked = [n for n in picked if rows[ids[n]].origin == origin]
+            self.view = [ids[n] for n in picked]
+            self.view_keys = [keys[n] for n in picked]
+        else:
+            self.view, self.view_keys = self.sorted_ids, self.sorted_keys
         self.cursor = min(self.cursor, max(0, len(self.view) - 1))
         self._refresh_view()
 
+    def rebuild(self) -> None:
+        self.resort()
+
     def _refresh_view(self) -> None:
+        if not self.filtering:
+            self.view, self.view_keys = self.sorted_ids, self.sorted_keys
         self.virtual_size = Size(self.size.width, len(self.view))
         self.refresh()
         self.post_message(self.ViewChanged(len(self.view), len(self.rows), self.describe()))
+
+    def displayed_ids(self) -> list[int]:
+        return self.view[::-1] if self.descending else list(self.view)
+
+    def id_at(self, index: int) -> int:
+        return self.view[len(self.view) - 1 - index] if self.descending else self.view[index]
 
     def describe(self) -> str:
         parts = [f"sorted by {self.sort_column} {'desc' if self.descending else 'asc'}"]
@@ -153,13 +210,15 @@ class TaskTable(ScrollView, can_focus=True):
         return ", ".join(parts)
 
     def set_filter(self, text: str) -> None:
-        self.text_filter = text.strip().lower()
+        new = text.strip().lower()
+        narrowing = self.filtering and bool(self.text_filter) and new.startswith(self.text_filter)
+        self.text_filter = new
         self.cursor = 0
-        self.rebuild()
+        self.refilter(narrowing)
 
     @property
     def current_id(self) -> int | None:
-        return self.view[self.cursor] if 0 <= self.cursor < len(self.view) else None
+        return self.id_at(self.cursor) if 0 <= self.cursor < len(self.view) else None
 
     # -- actions ------------------------------------------------------------------------------
     def action_cursor(self, delta: int) -> None:
@@ -190,16 +249,16 @@ class TaskTable(ScrollView, can_focus=True):
     def action_cycle_origin(self) -> None:
         self.origin = ORIGINS[(ORIGINS.index(self.origin) + 1) % len(ORIGINS)]
         self.cursor = 0
-        self.rebuild()
+        self.refilter()
 
     def action_cycle_sort(self) -> None:
         i = SORT_COLUMNS.index(self.sort_column)
         self.sort_column = SORT_COLUMNS[(i + 1) % len(SORT_COLUMNS)]
-        self.rebuild()
+        self.resort()
 
     def action_reverse_sort(self) -> None:
         self.descending = not self.descending
-        self.rebuild()
+        self._refresh_view()
 
     def on_click(self, event) -> None:  # type: ignore[no-untyped-def]
         self._move_to(self.scroll_offset.y + event.y)
@@ -213,7 +272,7 @@ class TaskTable(ScrollView, can_focus=True):
         index = self.scroll_offset.y + y
         if index >= len(self.view):
             return Strip.blank(width, self.rich_style)
-        row = self.rows[self.view[index]]
+        row = self.rows[self.id_at(index)]
         text = (f"{row.id:>7} {row.round:>5} {row.origin:<7} {'yes' if row.is_classification else '':<3}"
                 f" {row.instances:>4} {row.max_score:5.2f}  {row.instruction}")
         text = text[:width].ljust(width)
@@ -231,19 +290,3 @@ class TaskTable(ScrollView, can_focus=True):
                           Segment(text[score_start:score_start + 5], high),
                           Segment(text[score_start + 5:], style)], width)
         return Strip([Segment(text, style)], width)
-
-
-class _Desc:
-    """Inverts the order of a sort key so bisect (ascending) keeps newest/highest first."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key) -> None:  # type: ignore[no-untyped-def]
-        self.key = key
-
-    def __lt__(self, other: _Desc) -> bool:
-        return other.key < self.key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Desc) and other.key == self.key
-
