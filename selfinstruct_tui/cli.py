@@ -63,6 +63,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--theme", help="TUI theme (ember, paper, high-contrast or your own)")
     p.add_argument("--refresh", type=float, help="TUI refresh interval in seconds (0.5)")
     p.add_argument("--compact", action="store_true", help="layout for 80x24 terminals")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background (survives the terminal); see `selfinstruct attach`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start a run, or resume the one in --run-dir")
     _add_run_flags(run)
+
+    attach = sub.add_parser("attach", help="open the TUI on a run another process drives")
+    attach.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
+    attach.add_argument("--refresh", type=float, help="screen refresh interval (0.5 s)")
+    attach.add_argument("--compact", action="store_true", help="layout for 80x24 terminals")
+    attach.add_argument("--theme")
+
+    sub.add_parser("runs", help="list runs: state, pool size, last activity")
 
     export = sub.add_parser("export", help="export a run's tasks")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -107,11 +117,20 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global argv_override
     logging.basicConfig(level=os.environ.get("SELFINSTRUCT_LOG", "WARNING"))
+    argv_override = argv
+    if os.environ.get(DETACHED_ENV):
+        # A detached engine outlives the terminal that started it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_detach(args) if args.detach else cmd_run(args)
+        if args.command == "attach":
+            return cmd_attach(args)
+        if args.command == "runs":
+            return cmd_runs(args)
         if args.command == "export":
             return cmd_export(args)
         if args.command == "seeds":
@@ -271,6 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             if not resumed:
                 assert seeds is not None
+                remember_run(run_dir)
                 store.save_config(cfg)
                 store.set_meta("seeds_path", str(Path(args.seeds).resolve()) if args.seeds
                                else "bundled")
@@ -363,7 +383,199 @@ def _run_tui(args: argparse.Namespace, store: Any, cfg: RunConfig, engine: Any) 
         engine.stop()
         if app.engine_thread is not None:
             app.engine_thread.join(timeout=30)
+    from selfinstruct_tui.engine.control import DETACH_EXIT
+
+    if app.return_value == DETACH_EXIT:
+        # `d`: the engine stopped cleanly; a background process resumes the same run.
+        pid = spawn_detached(store.run_dir, ["run", "--headless", "--run-dir",
+                                             str(store.run_dir)])
+        out = Console(highlight=False, soft_wrap=True)
+        out.print(f"the run continues in the background (pid {pid}); log: "
+                  f"{store.run_dir / RUN_LOG}", markup=False)
+        out.print(f"watch it: selfinstruct attach {store.run_dir}", markup=False)
+        return 0
     finished = engine.finished
     if finished is not None and finished.reason == "target":
         return 0
     return 130 if finished is None or finished.reason == "stopped" else 1
+
+
+# -- detach / attach / runs ------------------------------------------------------------------------
+
+DETACHED_ENV = "SELFINSTRUCT_DETACHED"
+
+RUN_LOG = "run.log"
+
+
+def registry_path() -> Path:
+    from selfinstruct_tui.engine.config import user_data_dir
+
+    return user_data_dir() / "runs.txt"
+
+
+def remember_run(run_dir: Path) -> None:
+    """Runs outside the default folder are listed by `selfinstruct runs` too."""
+    path = registry_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = set(path.read_text().splitlines()) if path.exists() else set()
+        entry = str(run_dir.resolve())
+        if entry not in known:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(entry + "\n")
+    except OSError:
+        pass
+
+
+def known_runs() -> list[Path]:
+    from selfinstruct_tui.engine.config import runs_root
+    from selfinstruct_tui.engine.store import is_run_dir
+
+    found: dict[str, Path] = {}
+    root = runs_root()
+    if root.is_dir():
+        for child in root.iterdir():
+            if is_run_dir(child):
+                found[str(child.resolve())] = child
+    try:
+        for line in registry_path().read_text().splitlines():
+            if line and is_run_dir(line):
+                found.setdefault(str(Path(line).resolve()), Path(line))
+    except OSError:
+        pass
+    return sorted(found.values(), key=lambda p: p.stat().st_mtime)
+
+
+def spawn_detached(run_dir: Path, argv: list[str]) -> int:
+    """`selfinstruct run ARGV` in its own session, SIGHUP ignored, output to the run's log."""
+    import subprocess
+
+    log_path = run_dir / RUN_LOG
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "selfinstruct_tui", *argv], stdin=subprocess.DEVNULL,
+            stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, DETACHED_ENV: "1", "NO_COLOR": "1"}, close_fds=True)
+    finally:
+        os.close(fd)
+    (run_dir / "engine.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    """Start the engine as a background process of its own session and return."""
+    from selfinstruct_tui.engine.store import is_run_dir
+
+    run_dir, cfg, resumed = prepare_run(args)  # refuse bad settings here, in the foreground
+    if not resumed:
+        from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds
+
+        load_seeds(Path(args.seeds) if args.seeds else bundled_seeds_path())
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(run_dir, 0o700)
+    argv = [a for a in (sys.argv[1:] if argv_override is None else argv_override)
+            if a != "--detach"]
+    if "--run-dir" not in argv:
+        argv += ["--run-dir", str(run_dir)]
+    if "--headless" not in argv:
+        argv.append("--headless")
+    pid = spawn_detached(run_dir, argv)
+    log_path = run_dir / RUN_LOG
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(f"{'resuming' if resumed or is_run_dir(run_dir) else 'started'} run in the "
+              f"background (pid {pid})", markup=False)
+    out.print(f"run directory: {run_dir}", markup=False)
+    out.print(f"log: {log_path}", markup=False)
+    out.print(f"watch it:  selfinstruct attach {run_dir}", markup=False)
+    out.print("list runs: selfinstruct runs", markup=False)
+    return 0
+
+
+argv_override: list[str] | None = None
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from rich.table import Table
+
+    from selfinstruct_tui.engine.control import run_status
+    from selfinstruct_tui.engine.store import RunStore
+
+    table = Table(box=None, header_style="bold")
+    for col in ("directory", "state", "pool", "target", "last activity"):
+        table.add_column(col, overflow="fold")
+    lines = []
+    for run_dir in known_runs():
+        try:
+            store = RunStore(run_dir, readonly=True)
+        except UserError:
+            continue
+        try:
+            state, pid = run_status(store)
+            cfg = store.config()
+            pool = store.count_tasks("machine")
+            meta = store.get_meta("state") or {}
+            ts = meta.get("ts")
+        finally:
+            store.close()
+        shown = f"{state} (pid {pid})" if state in ("running", "paused", "stopping") else state
+        ago = "-" if not ts else _ago(_time.time() - ts)
+        row = (str(run_dir), shown, str(pool), str(cfg.target if cfg else "?"), ago)
+        table.add_row(*row)
+        lines.append("\t".join(row))
+    out = Console(highlight=False, soft_wrap=True)
+    if not lines:
+        out.print("no runs yet: start one with `selfinstruct run`", markup=False)
+    elif out.is_terminal:
+        out.print(table)
+    else:  # scripts get one tab-separated line per run, never truncated
+        print("\n".join(["directory\tstate\tpool\ttarget\tlast activity", *lines]))
+    return 0
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from selfinstruct_tui.engine.control import check_owner
+
+    run_dir = Path(args.run_dir) if args.run_dir else _pick_run()
+    if run_dir is None:
+        return 2
+    check_owner(run_dir)
+    from selfinstruct_tui.tui.app import SelfInstructApp
+
+    settings = load_user_config()
+    app = SelfInstructApp(run_dir, attach=True,
+                          refresh=args.refresh or float(settings.get("refresh", 0.5)),
+                          theme=args.theme or settings.get("theme"), compact=args.compact)
+    app.run()
+    return 0
+
+
+def _pick_run() -> Path | None:
+    runs = known_runs()
+    if not runs:
+        err.print("no runs to attach to: start one with `selfinstruct run --detach`",
+                  markup=False)
+        return None
+    out = Console(highlight=False, soft_wrap=True)
+    for n, run_dir in enumerate(runs, start=1):
+        out.print(f"{n:>3}. {run_dir}", markup=False)
+    if not sys.stdin.isatty():
+        err.print("name the run: selfinstruct attach RUN_DIR", markup=False)
+        return None
+    choice = input(f"attach to which run [1-{len(runs)}, default {len(runs)}]? ").strip()
+    try:
+        return runs[int(choice or len(runs)) - 1]
+    except (ValueError, IndexError):
+        err.print(f"not a run number: {choice!r}", markup=False)
+        return None

@@ -55,6 +55,8 @@ from selfinstruct_tui.engine.task import SimilarTask, Task
 log = logging.getLogger(__name__)
 
 NEW_PER_PROMPT = P.STOP_NUMBER - 1  # the model continues the list up to item 15
+CONTROL_POLL_SECONDS = 0.25
+HEARTBEAT_SECONDS = 2.0
 
 
 @dataclass
@@ -279,7 +281,11 @@ class Engine:
                 self.config.target, self._committed,
                 sum(1 for t in self._pool.values() if t.is_seed), resumed))
             self._drain_commands()
-            reason = await self._drive()
+            watcher = asyncio.create_task(self._watch_control())
+            try:
+                reason = await self._drive()
+            finally:
+                watcher.cancel()
         except Exception as exc:
             log.exception("engine failed")
             self.store.add_error(None, "engine", repr(exc))
@@ -295,6 +301,41 @@ class Engine:
         self.bus.emit(self.finished)
         self._loop = None
         return self.finished
+
+    async def _watch_control(self) -> None:
+        """Commands from attached UIs (the store's commands table) and a heartbeat for `runs`."""
+        beat = 0.0
+        while True:
+            try:
+                for command_id, name, args in self.store.pending_commands():
+                    self._remote_command(name, args)
+                    self.store.mark_command_done(command_id)
+                now = time.monotonic()
+                if now - beat >= HEARTBEAT_SECONDS:
+                    beat = now
+                    self._set_state(self.state)
+            except Exception:  # the control channel must never take the run down
+                log.exception("control channel poll failed")
+            await asyncio.sleep(CONTROL_POLL_SECONDS)
+
+    def _remote_command(self, name: str, args: dict) -> None:
+        if name in ("pause", "resume", "stop"):
+            self._command(name)
+        elif name == "replace_seeds":
+            seeds = [SeedTask(d["id"], d.get("name") or d["id"], d["instruction"],
+                              [Instance(i["input"], i["output"]) for i in d["instances"]],
+                              bool(d.get("is_classification")))
+                     for d in args["seeds"]]
+            self._command("replace_seeds", seeds)
+        elif name == "drop_task":
+            self._command("drop_task", int(args["task_id"]))
+        elif name == "edit_task":
+            self._command("edit_task", int(args["task_id"]), args["instruction"],
+                          [Instance(i["input"], i["output"]) for i in args["instances"]],
+                          bool(args["is_classification"]))
+        else:
+            log.warning("unknown remote command %r", name)
+        self._drain_commands()
 
     async def _drive(self) -> str:
         number = self.store.max_round() + 1

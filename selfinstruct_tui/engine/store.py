@@ -313,6 +313,23 @@ class RunStore:
             "FROM prompts").fetchone()
         return int(row[0]), int(row[1])
 
+    # -- control channel (attached UIs -> engine) ----------------------------------------------
+    def add_command(self, command: str, args: dict | None = None) -> int:
+        with self.db:
+            cur = self.db.execute("INSERT INTO commands(command, args, created) VALUES (?,?,?)",
+                                  (command, json.dumps(args or {}, ensure_ascii=False),
+                                   time.time()))
+        return int(cur.lastrowid or 0)
+
+    def pending_commands(self) -> list[tuple[int, str, dict]]:
+        rows = self.db.execute(
+            "SELECT id, command, args FROM commands WHERE done IS NULL ORDER BY id").fetchall()
+        return [(r[0], r[1], json.loads(r[2] or "{}")) for r in rows]
+
+    def mark_command_done(self, command_id: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE commands SET done = ? WHERE id = ?", (time.time(), command_id))
+
     # -- rounds ---------------------------------------------------------------------------------
     def start_round(self, stats: RoundStats) -> None:
         with self.db:

@@ -20,6 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static
 
 from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.control import DETACH_EXIT, RemoteControl, StoreFollower, run_status
 from selfinstruct_tui.engine.config import save_user_setting
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.exports import export_run
@@ -51,16 +52,24 @@ class SelfInstructApp(App[int]):
         Binding("slash", "filter", "Filter"),
         Binding("m", "toggle_maximize", "Maximize"),
         Binding("question_mark", "help", "Help"),
+        Binding("d", "detach", "Detach"),
         Binding("q", "quit_app", "Quit"),
         Binding("escape", "close_filter", show=False),
     ]
 
     def __init__(self, run_dir: str | Path, *, engine: Engine | None = None,
                  refresh: float = 0.5, theme: str | None = None, compact: bool = False,
-                 seeds_file: str | None = None, embedded: bool = False) -> None:
+                 seeds_file: str | None = None, embedded: bool = False,
+                 attach: bool = False) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
         self.engine = engine
+        # Attached to a run another process drives: commands go through the store's commands
+        # table, events come from the rows the engine commits.
+        self.attached = attach
+        self.control = engine if engine is not None else (RemoteControl(run_dir) if attach
+                                                          else None)
+        self.follower: StoreFollower | None = None
         self.refresh_interval = refresh
         self.requested_theme = theme
         self.force_compact = compact
@@ -123,6 +132,11 @@ class SelfInstructApp(App[int]):
         self.set_interval(self.refresh_interval, self.drain_events)
         if self.engine is not None:
             self.engine_thread = self.engine.start_thread()
+        if self.attached:
+            self.follower = StoreFollower(self.run_dir, self.events.put,
+                                          interval=min(0.25, self.refresh_interval))
+            self.follower.start()
+            self.sub_title = "attached"
 
     def on_resize(self, event) -> None:  # type: ignore[no-untyped-def]
         self._apply_compact(event.size.width, event.size.height)
@@ -191,9 +205,8 @@ class SelfInstructApp(App[int]):
             self.prompts_pane.show_latest(latest["prompt"], examples, latest["response"],
                                           "generate", latest["latency"] or 0.0)
         self.prompts_pane.show_inflight()
-        state = self.reader.get_meta("state") or {}
         if self.engine is None:
-            self.state = state.get("state", "finished")
+            self.state = run_status(self.reader)[0]
         status.state = self.state
         stats.show()
         rejections.show_counts()
@@ -211,7 +224,7 @@ class SelfInstructApp(App[int]):
         if batch:
             with self.batch_update():
                 self._apply(batch)
-        if self.engine is not None:
+        if self.engine is not None and self.engine_thread is not None:
             status.tokens_per_second = self.engine.tokens_per_second
             status.tokens = self._tokens_base + sum(self.engine.tokens)
             status.cost = self._cost_base + self.engine.cost
@@ -262,6 +275,9 @@ class SelfInstructApp(App[int]):
             elif isinstance(event, ev.RoundFinished):
                 seeds = sum(1 for r in table.rows.values() if r.origin == "seed")
                 stats.add_round(event.stats, seeds + event.accepted_total)
+                if self.engine is None:  # attached: totals come from the rounds
+                    status.tokens += event.stats.prompt_tokens + event.stats.completion_tokens
+                    status.cost += event.stats.cost
             elif isinstance(event, ev.RequestError):
                 status.errors += 1
                 now = time.monotonic()
@@ -325,27 +341,27 @@ class SelfInstructApp(App[int]):
     # -- actions --------------------------------------------------------------------------------
     @property
     def engine_active(self) -> bool:
-        return self.engine is not None and self.state in ("starting", "running", "paused")
+        return self.control is not None and self.state in ("starting", "running", "paused")
 
     def action_toggle_pause(self) -> None:
         if not self.engine_active:
             self.notify("The run is not running.", severity="warning")
             return
-        assert self.engine is not None
+        assert self.control is not None
         if self.state == "paused":
-            self.engine.resume()
+            self.control.resume()
         else:
-            self.engine.pause()
+            self.control.pause()
 
     def action_stop(self) -> None:
         if self.engine_active:
-            assert self.engine is not None
-            self.engine.stop()
+            assert self.control is not None
+            self.control.stop()
             self.notify("Stopping: requests in flight finish, then the run stops. It resumes "
                         "later with `selfinstruct run --run-dir` on this folder.")
 
     def action_quit_app(self) -> None:
-        if not self.engine_active:
+        if self.attached or not self.engine_active:  # leaving an attached UI never stops a run
             self._finish_and_exit()
             return
 
@@ -358,12 +374,32 @@ class SelfInstructApp(App[int]):
                                        yes="Stop and quit", no="Keep running"), answer)
 
     @work(thread=True, exclusive=True, group="quit")
-    def _finish_and_exit(self) -> None:
+    def _finish_and_exit(self, code: int = 0) -> None:
         if self.engine is not None and self.engine_thread is not None:
             self.engine.stop()
             # Threads cannot be killed: wait a bounded time. Everything accepted is committed.
             self.engine_thread.join(timeout=30)
-        self.call_from_thread(self.exit, 0)
+        self.call_from_thread(self.exit, code)
+
+    def action_detach(self) -> None:
+        """Hand the run to a background process: stop here cleanly, resume detached."""
+        if self.attached:
+            self.notify("This UI is attached: the run already runs in the background. Press q "
+                        "to leave it running.")
+            return
+        if not self.engine_active:
+            self.notify("The run is not running; start it detached with "
+                        "`selfinstruct run --detach --run-dir ...`.", severity="warning")
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._finish_and_exit(DETACH_EXIT)
+
+        self.push_screen(ConfirmScreen("Move the run to a background process? In-flight work "
+                                       "finishes here, then a detached process resumes the run; "
+                                       "watch it with `selfinstruct attach`.",
+                                       yes="Detach", no="Stay"), answer)
 
     def action_edit_seeds(self) -> None:
         seeds = [t.to_seed() for t in self.reader.tasks(status="active", origin="seed")]
@@ -376,8 +412,8 @@ class SelfInstructApp(App[int]):
             if result.write_back and self.seeds_file:
                 write_seeds(self.seeds_file, result.seeds)
             if self.engine_active:
-                assert self.engine is not None
-                self.engine.replace_seeds(result.seeds)
+                assert self.control is not None
+                self.control.replace_seeds(result.seeds)
                 self.notify(f"{len(result.seeds)} seeds saved; they take effect at the next "
                             "round.")
             else:
@@ -416,8 +452,8 @@ class SelfInstructApp(App[int]):
 
     def _drop(self, task_id: int) -> None:
         if self.engine_active:
-            assert self.engine is not None
-            self.engine.drop_task(task_id)
+            assert self.control is not None
+            self.control.drop_task(task_id)
         else:
             store = RunStore(self.run_dir)
             try:
@@ -438,8 +474,8 @@ class SelfInstructApp(App[int]):
 
     def _edit(self, task_id: int, data: dict) -> None:
         if self.engine_active:
-            assert self.engine is not None
-            self.engine.edit_task(task_id, data["instruction"], data["instances"],
+            assert self.control is not None
+            self.control.edit_task(task_id, data["instruction"], data["instances"],
                                   data["is_classification"])
         else:
             store = RunStore(self.run_dir)
@@ -514,4 +550,6 @@ class SelfInstructApp(App[int]):
             self.action_show_help_panel()
 
     def on_unmount(self) -> None:
+        if self.follower is not None:
+            self.follower.close()
         self.reader.close()

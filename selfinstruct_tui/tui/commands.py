@@ -15,6 +15,7 @@ COMMANDS = [
     ("Filter tasks by text", "filter", "/"),
     ("Maximize / restore the focused pane", "toggle_maximize", "m"),
     ("Show keys", "help", "?"),
+    ("Detach: move the run to a background process", "detach", "d"),
     ("Quit", "quit_app", "q"),
 ]
 

@@ -1,0 +1,190 @@
+"""Detached runs, attached UIs, the runs list, and owner-only access."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from textual.widgets import TextArea
+
+from conftest import cli_command
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.tui.app import SelfInstructApp
+from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
+from selfinstruct_tui.tui.widgets.task_table import TaskTable
+from test_run_e2e import count_machine, wait_for
+from tui_helpers import run, until
+
+
+def state_of(run_dir: Path) -> dict:
+    store = RunStore(run_dir, readonly=True)
+    try:
+        return store.get_meta("state") or {}
+    finally:
+        store.close()
+
+
+def detach(run_cli, server, run_dir, target, *extra):
+    proc = run_cli("run", "--detach", "--base-url", server.base_url, "--model", "m",
+                   "--run-dir", str(run_dir), "--target", str(target), *extra, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"selfinstruct attach {run_dir}" in proc.stdout
+    return int((run_dir / "engine.pid").read_text())
+
+
+def kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_detached_run_outlives_its_parent_and_finishes(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.02) as server:
+        pid = detach(run_cli, server, run_dir, 120)
+        try:
+            # The parent has exited; the engine goes on in its own session.
+            assert os.getsid(pid) == pid
+            wait_for(lambda: count_machine(run_dir) >= 120, timeout=120)
+            wait_for(lambda: state_of(run_dir).get("state") == "finished", timeout=30)
+        finally:
+            kill_quietly(pid)
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((run_dir / "run.sqlite").stat().st_mode) == 0o600
+    assert "done: 120/120" in (run_dir / "run.log").read_text()
+    listing = run_cli("runs", check=True).stdout
+    assert str(run_dir) in listing and "finished" in listing
+
+
+def test_attached_ui_pauses_resumes_edits_seeds_and_stops(run_cli, tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "4")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 5, timeout=60)
+
+            async def go():
+                app = SelfInstructApp(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(120, 40)) as pilot:
+                    table = app.query_one(TaskTable)
+                    before = len(table.rows)
+                    await until(pilot, lambda: len(table.rows) > before + 3)  # tasks arrive
+                    await pilot.press("p")
+                    await until(pilot, lambda: app.state == "paused", timeout=15)
+                    await pilot.pause(1.0)
+                    settled = count_machine(run_dir)
+                    await pilot.pause(1.0)
+                    assert count_machine(run_dir) == settled  # the store stops growing
+                    await pilot.press("p")
+                    await until(pilot, lambda: count_machine(run_dir) > settled, timeout=20)
+                    # Seed edit: keep 15 seeds; the engine uses them from its next round.
+                    await pilot.press("e")
+                    await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
+                    area = app.screen.query_one(TextArea)
+                    area.text = "\n".join(area.text.splitlines()[:15])
+                    await pilot.press("ctrl+s")
+                    reader = RunStore(run_dir, readonly=True)
+                    await until(pilot, lambda: reader.count_tasks("seed") == 15, timeout=20)
+                    seeds = {t.instruction for t in reader.tasks(origin="seed")}
+                    first_new = reader.db.execute(
+                        "SELECT MAX(round) FROM rounds").fetchone()[0] + 1
+
+                    def new_prompts():
+                        return reader.db.execute(
+                            "SELECT examples FROM prompts WHERE kind='generate' AND round >= ?",
+                            (first_new,)).fetchall()
+
+                    await until(pilot, lambda: len(new_prompts()) >= 2, timeout=30)
+                    for (examples,) in new_prompts():
+                        assert all(e["instruction"] in seeds for e in json.loads(examples)
+                                   if e["origin"] == "seed")
+                    reader.close()
+                    await pilot.press("s")
+                    await until(pilot, lambda: app.state == "stopped", timeout=30)
+                    await pilot.press("q")  # leaving an attached UI: no question asked
+
+            run(go())
+            wait_for(lambda: state_of(run_dir).get("state") == "stopped", timeout=30)
+            listing = run_cli("runs", check=True).stdout
+            assert "stopped" in listing
+        finally:
+            kill_quietly(pid)
+
+
+def test_closing_an_attached_ui_leaves_the_run_alone(run_cli, tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 3, timeout=60)
+
+            async def go():
+                app = SelfInstructApp(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(80, 24)) as pilot:
+                    await pilot.pause(0.5)
+                    await pilot.press("q")
+
+            run(go())
+            grown = count_machine(run_dir)
+            wait_for(lambda: count_machine(run_dir) > grown + 3, timeout=30)
+            listing = run_cli("runs", check=True).stdout
+            assert f"running (pid {pid})" in listing
+        finally:
+            kill_quietly(pid)
+
+
+def test_runs_reports_a_killed_engine_as_crashed_and_it_resumes(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        pid = detach(run_cli, server, run_dir, 80, "--concurrency", "2")
+        wait_for(lambda: count_machine(run_dir) >= 3, timeout=60)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: "crashed" in run_cli("runs").stdout, timeout=20)
+        proc = run_cli("run", "--headless", "--run-dir", str(run_dir), timeout=240)
+        assert proc.returncode == 0, proc.stderr
+    assert count_machine(run_dir) == 80
+    assert "finished" in run_cli("runs", check=True).stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")
+def test_another_user_cannot_attach(run_cli, tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                "--run-dir", str(run_dir), "--target", "3", check=True)
+
+    def become_nobody() -> None:
+        os.setgid(65534)
+        os.setuid(65534)
+
+    try:
+        subprocess.run(cli_command("--version"), capture_output=True, preexec_fn=become_nobody,
+                       timeout=60, cwd="/", check=True)
+    except (PermissionError, subprocess.CalledProcessError):
+        pytest.skip("this interpreter or its packages are not readable by another user here")
+    proc = subprocess.run(cli_command("attach", str(run_dir)), capture_output=True, text=True,
+                          env={**isolated_env, "HOME": "/tmp"}, preexec_fn=become_nobody,
+                          timeout=60, cwd="/")
+    assert proc.returncode == 2
+    assert "only the run's owner" in proc.stderr or "permission denied" in proc.stderr
+    assert count_machine(run_dir) == 3  # the run itself is untouched
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a run to another user")
+def test_a_run_owned_by_another_user_is_refused(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                "--run-dir", str(run_dir), "--target", "3", check=True)
+    os.chown(run_dir, 65534, 65534)
+    proc = run_cli("attach", str(run_dir))
+    assert proc.returncode == 2
+    assert "belongs to another user (uid 65534)" in proc.stderr
+    assert "only the run's owner" in proc.stderr
