@@ -217,3 +217,25 @@ def test_broken_user_theme_is_reported_not_fatal(tmp_path, isolated_env, monkeyp
             assert any("bad.toml" in n and "not a colour" in n for n in notes)
 
     run(go())
+
+
+def test_detach_key_stops_here_and_asks_for_handover(tmp_path, isolated_env):
+    from selfinstruct_tui.engine.control import DETACH_EXIT
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=500)
+            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: count_machine(tmp_path / "run") >= 3)
+                await pilot.press("d")
+                assert isinstance(app.screen, ConfirmScreen)
+                await pilot.press("y")
+                await until(pilot, lambda: not app.is_running, timeout=40)
+            return app.return_value, engine.finished
+
+    import asyncio
+
+    code, finished = asyncio.run(go())
+    assert code == DETACH_EXIT  # the CLI then resumes the run in a detached process
+    assert finished is not None and finished.reason == "stopped"

@@ -102,7 +102,7 @@ class StoreFollower:
     """Polls the store for rows committed since the last look and emits them as events."""
 
     def __init__(self, run_dir: str | Path, emit: Callable[[ev.Event], None],
-                 interval: float = 0.25) -> None:
+                 interval: float = 0.05) -> None:
         self.run_dir = Path(run_dir)
         self.emit = emit
         self.interval = interval
@@ -117,6 +117,9 @@ class StoreFollower:
                 "SELECT COALESCE(MAX(id), 0) FROM prompts WHERE response IS NOT NULL"
             ).fetchone()[0]
             self.finished_rounds = {r.round for r in store.rounds() if r.status != "running"}
+            self.last_round_seen = max(self.finished_rounds, default=0) - 2
+            self.accepted: int | None = None
+            self.seen_changes: set[tuple] = set()
             self.state = store.get_meta("state") or {}
             self.last_update = time.time()
             cfg = store.config()
@@ -147,9 +150,15 @@ class StoreFollower:
 
     def poll(self, store: RunStore) -> None:
         db = store.db
-        accepted = store.count_tasks("machine")
+        new_tasks = store.tasks(status="active", after_id=self.last_task)
+        changed = db.execute("SELECT id, status, updated FROM tasks WHERE updated >= ? AND "
+                             "origin = 'machine'", (self.last_update - 1,)).fetchall()
+        # Counting is the one query that grows with the pool: only when something changed.
+        if new_tasks or changed or self.accepted is None:
+            self.accepted = store.count_tasks("machine")
+        accepted = self.accepted
         seeds_changed = False
-        for task in store.tasks(status="active", after_id=self.last_task):
+        for task in new_tasks:
             self.last_task = max(self.last_task, task.id)
             if task.origin == "machine":
                 self.emit(ev.TaskAccepted(task, accepted, self.target))
@@ -158,8 +167,10 @@ class StoreFollower:
         if seeds_changed:
             self.emit(ev.SeedsReplaced(store.count_tasks("seed")))
         now = time.time()
-        for row in db.execute("SELECT id, status FROM tasks WHERE updated >= ? AND origin = "
-                              "'machine'", (self.last_update - 1,)):
+        for row in changed:
+            if tuple(row) in self.seen_changes:
+                continue
+            self.seen_changes.add(tuple(row))
             if row[1] == "dropped":
                 self.emit(ev.TaskDropped(row[0], accepted))
             elif row[1] == "active":
@@ -181,7 +192,8 @@ class StoreFollower:
             self.emit(ev.ResponseReceived(p["id"], p["round"], "generate", p["response"],
                                           p["finish_reason"], p["latency"] or 0.0,
                                           p["prompt_tokens"], p["completion_tokens"]))
-        for r in store.rounds():
+        for r in store.rounds(since=self.last_round_seen):
+            self.last_round_seen = max(self.last_round_seen, r.round - 2)
             if r.status != "running" and r.round not in self.finished_rounds:
                 self.finished_rounds.add(r.round)
                 self.emit(ev.RoundFinished(r, accepted, self.target))

@@ -346,8 +346,9 @@ class RunStore:
                 (s.finished, s.prompts, s.candidates, s.accepted, json.dumps(s.rejected or {}),
                  s.prompt_tokens, s.completion_tokens, s.cost, s.wall_time, s.status, s.round))
 
-    def rounds(self) -> list[RoundStats]:
-        return [_round(r) for r in self.db.execute("SELECT * FROM rounds ORDER BY round")]
+    def rounds(self, since: int = 0) -> list[RoundStats]:
+        return [_round(r) for r in self.db.execute(
+            "SELECT * FROM rounds WHERE round > ? ORDER BY round", (since,))]
 
     def max_round(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0]

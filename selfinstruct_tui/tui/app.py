@@ -134,7 +134,7 @@ class SelfInstructApp(App[int]):
             self.engine_thread = self.engine.start_thread()
         if self.attached:
             self.follower = StoreFollower(self.run_dir, self.events.put,
-                                          interval=min(0.25, self.refresh_interval))
+                                          interval=min(0.05, self.refresh_interval))
             self.follower.start()
             self.sub_title = "attached"
 
