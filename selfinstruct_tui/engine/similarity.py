@@ -369,57 +369,53 @@ class PrunedIndex(SimilarityIndex):
         bounds = (2.0 * overlap) / (m + lengths)
         query_seq = self._encode(ids)
         need = max(k, 1)
-        scored_slots: list[np.ndarray] = []
-        scored_f: list[np.ndarray] = []
+        encoded = self._encoded
+        scored_slots = np.zeros(0, dtype=np.int64)
+        scored_f = np.zeros(0, dtype=np.float64)
 
         def score(slots: np.ndarray, n: np.ndarray) -> None:
-            lcs = process.cdist([query_seq], self._encoded[slots].tolist(),
-                                scorer=LCSseq.similarity, dtype=np.int64, workers=1)[0]
-            # rouge-score's arithmetic, elementwise (IEEE float64, same operation order).
-            precision = lcs / n.astype(np.float64)
+            nonlocal scored_slots, scored_f
+            lcs = process.cdist([query_seq], encoded[slots].tolist(), scorer=LCSseq.similarity,
+                                dtype=np.int64, workers=1)[0]
+            # rouge-score's arithmetic, elementwise (IEEE float64, same operation order). Every
+            # entry visited shares a token with the query, so LCS >= 1 and p + r > 0.
+            precision = lcs / n
             recall = lcs / float(m)
-            total = precision + recall
-            with np.errstate(invalid="ignore", divide="ignore"):
-                f = np.where(total > 0, 2 * precision * recall / total, 0.0)
-            scored_slots.append(slots)
-            scored_f.append(f)
+            f = 2 * precision * recall / (precision + recall)
+            scored_slots = np.concatenate([scored_slots, slots])
+            scored_f = np.concatenate([scored_f, f])
 
-        def kth_best() -> float:
-            if not scored_f:
+        def floor() -> float:
+            if len(scored_f) < need:
                 return 0.0
-            f = np.concatenate(scored_f)
-            if len(f) < need:
-                return 0.0
-            return float(np.partition(f, len(f) - need)[len(f) - need])
+            kth = np.partition(scored_f, len(scored_f) - need)[len(scored_f) - need]
+            return float(kth) * (1.0 - _BOUND_SLACK)
 
         done = np.zeros(len(hits), dtype=bool)
-        # First batch: the entries with the largest intersections give a k-th best score that
-        # prunes the rest. A histogram of the (small) intersection sizes avoids sorting all hits.
+        # First batch: the best bounds give a k-th best score that prunes the rest.
         first = max(4 * need, 64)
-        if len(hits) <= first * 2:
+        if len(hits) <= 2 * first:
             head = np.arange(len(hits))
         else:
-            histogram = np.bincount(overlap)
-            at_least = np.cumsum(histogram[::-1])[::-1]
-            level = int(np.flatnonzero(at_least >= first)[-1])
-            head = np.flatnonzero(overlap >= level)
-            if len(head) > 4 * first:
-                head = head[np.argpartition(-bounds[head], first - 1)[:first]]
+            head = np.argpartition(-bounds, first - 1)[:first]
         if len(head):
             score(hits[head], lengths[head])
             done[head] = True
         if q:
             # Entries sharing only frequent items: overlap = popcount(mask & query mask) <= q,
-            # so per length n only entries with popcount >= floor*(m+n)/2 can still matter.
-            floor = kth_best() * (1.0 - _BOUND_SLACK)
+            # so F <= 2*min(q, n)/(m + n) <= 2q/(m + q); per length n only entries with
+            # popcount >= floor*(m+n)/2 can still matter.
+            low = floor()
             found = []
             n_slots = len(self._keys)
-            if n_slots <= _GLOBAL_SCAN_MAX:
+            if 2.0 * q / (m + q) < low:
+                pass  # no entry that shares only frequent items can reach the top k
+            elif n_slots <= _GLOBAL_SCAN_MAX:
                 # One vectorised pass: cheaper than a loop over length buckets on small pools.
                 top_n = int(self._lengths[:n_slots].max()) if n_slots else 0
                 ns = np.arange(top_n + 1, dtype=np.float64)
-                need_by_len = np.maximum(1, np.ceil(floor * (m + ns) / 2 - 1e-9))
-                need_by_len[np.minimum(q, ns) * 2.0 / (m + ns) < floor] = np.inf
+                need_by_len = np.maximum(1, np.ceil(low * (m + ns) / 2 - 1e-9))
+                need_by_len[np.minimum(q, ns) * 2.0 / (m + ns) < low] = np.inf
                 need_by_len[0] = np.inf
                 counts = np.bitwise_count(self._fmask[:n_slots] & cmask)
                 # Most entries fail the smallest requirement of any length: test that first.
@@ -430,9 +426,9 @@ class PrunedIndex(SimilarityIndex):
                     found.append((good, counts[good], self._lengths[good]))
             else:
                 for n, bucket in self._by_length.items():
-                    if not bucket.slots.size or 2.0 * min(q, n) / (m + n) < floor:
+                    if not bucket.slots.size or 2.0 * min(q, n) / (m + n) < low:
                         continue
-                    need_overlap = max(1, math.ceil(floor * (m + n) / 2 - 1e-9))
+                    need_overlap = max(1, math.ceil(low * (m + n) / 2 - 1e-9))
                     counts = np.bitwise_count(bucket.masks.view() & cmask)
                     good = np.flatnonzero(counts >= need_overlap)
                     if len(good):
@@ -454,26 +450,20 @@ class PrunedIndex(SimilarityIndex):
         # Then every entry whose bound can still reach the k-th best exact score, best bounds
         # first (>= rather than >, so ties are resolved by insertion order, not visiting order).
         while True:
-            floor = kth_best() * (1.0 - _BOUND_SLACK)
-            rest = np.flatnonzero((bounds >= floor) & ~done)
+            rest = np.flatnonzero((bounds >= floor()) & ~done)
             if len(rest) == 0:
                 break
             if len(rest) > 256:
                 rest = rest[np.argpartition(-bounds[rest], 255)[:256]]
             score(hits[rest], lengths[rest])
             done[rest] = True
-        if not scored_f:
+        if len(scored_f) == 0:
             return SimilarityResult(0.0, (), False)
-        slots = np.concatenate(scored_slots)
-        f = np.concatenate(scored_f)
-        positive = f > 0
-        slots, f = slots[positive], f[positive]
-        if len(f) == 0:
-            return SimilarityResult(0.0, (), False)
-        order = np.lexsort((slots, -f))[:k] if k > 0 else np.array([], dtype=np.int64)
-        best = float(f.max())
+        order = np.lexsort((scored_slots, -scored_f))[:k] if k > 0 else np.zeros(0, np.int64)
+        best = float(scored_f.max())
         keys = self._keys
-        top = tuple(Match(keys[int(slots[i])], float(f[i])) for i in order)
+        top = tuple(Match(keys[slot], score) for slot, score in
+                    zip(scored_slots[order].tolist(), scored_f[order].tolist()))
         return SimilarityResult(best, top, best > self.threshold)
 
 
