@@ -14,7 +14,6 @@ from rich.console import Console
 
 from selfinstruct_tui import __version__
 from selfinstruct_tui.engine.config import (
-    EMBEDDED,
     RunConfig,
     build_config,
     load_user_config,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -19,7 +18,7 @@ from selfinstruct_tui.tui.app import SelfInstructApp
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.widgets.task_table import TaskTable
 from test_run_e2e import count_machine, wait_for
-from tui_helpers import run, until
+from tui_helpers import assert_next_rounds_use_only, run, until
 
 
 def state_of(run_dir: Path) -> dict:
@@ -90,22 +89,7 @@ def test_attached_ui_pauses_resumes_edits_seeds_and_stops(run_cli, tmp_path, iso
                     area = app.screen.query_one(TextArea)
                     area.text = "\n".join(area.text.splitlines()[:15])
                     await pilot.press("ctrl+s")
-                    reader = RunStore(run_dir, readonly=True)
-                    await until(pilot, lambda: reader.count_tasks("seed") == 15, timeout=20)
-                    seeds = {t.instruction for t in reader.tasks(origin="seed")}
-                    first_new = reader.db.execute(
-                        "SELECT MAX(round) FROM rounds").fetchone()[0] + 1
-
-                    def new_prompts():
-                        return reader.db.execute(
-                            "SELECT examples FROM prompts WHERE kind='generate' AND round >= ?",
-                            (first_new,)).fetchall()
-
-                    await until(pilot, lambda: len(new_prompts()) >= 2, timeout=30)
-                    for (examples,) in new_prompts():
-                        assert all(e["instruction"] in seeds for e in json.loads(examples)
-                                   if e["origin"] == "seed")
-                    reader.close()
+                    await assert_next_rounds_use_only(pilot, run_dir, 15)
                     await pilot.press("s")
                     await until(pilot, lambda: app.state == "stopped", timeout=30)
                     await pilot.press("q")  # leaving an attached UI: no question asked

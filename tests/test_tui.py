@@ -14,7 +14,14 @@ from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.widgets.panes import StatusLine
 from selfinstruct_tui.tui.widgets.task_table import TaskTable
-from tui_helpers import count_machine, deterministic_run, make_engine, run, until
+from tui_helpers import (
+    assert_next_rounds_use_only,
+    count_machine,
+    deterministic_run,
+    make_engine,
+    run,
+    until,
+)
 
 
 def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env):
@@ -79,30 +86,9 @@ def test_seed_edit_takes_effect_and_invalid_edit_keeps_text(tmp_path, isolated_e
                 area.text = "\n".join(json.dumps(k) for k in kept)
                 await pilot.press("ctrl+s")
                 await until(pilot, lambda: not isinstance(app.screen, SeedEditorScreen))
-                reader = RunStore(tmp_path / "run", readonly=True)
-
-                def seeds_now():
-                    return [t.instruction for t in reader.tasks(origin="seed")]
-
-                await until(pilot, lambda: len(seeds_now()) == 21)
-                assert "Explain the rules of chess castling to a beginner." in seeds_now()
-                # The next rounds' prompts only show the new seed set.
-                new_seeds = set(seeds_now())
-                first_new = reader.db.execute(
-                    "SELECT MAX(round) FROM rounds").fetchone()[0] + 1
-
-                def new_prompts():
-                    return reader.db.execute(
-                        "SELECT examples FROM prompts WHERE kind='generate' AND round >= ?",
-                        (first_new,)).fetchall()
-
-                await until(pilot, lambda: len(new_prompts()) >= 2)
-                for (examples,) in new_prompts():
-                    for e in json.loads(examples):
-                        if e["origin"] == "seed":
-                            assert e["instruction"] in new_seeds
+                seeds = await assert_next_rounds_use_only(pilot, tmp_path / "run", 21)
+                assert "Explain the rules of chess castling to a beginner." in seeds
                 assert (tmp_path / "run" / "seeds.jsonl").exists()
-                reader.close()
                 engine.stop()
                 await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
 

@@ -89,3 +89,29 @@ def deterministic_run(run_dir: Path, machine: int = 40) -> None:
 
 def run(coro) -> None:
     asyncio.run(coro)
+
+
+async def assert_next_rounds_use_only(pilot, run_dir: Path, seed_count: int) -> set[str]:
+    """Wait for the run to hold `seed_count` seeds, then check that the generation prompts of
+    the rounds after that show only those seeds. Returns the seed instructions."""
+    import json
+
+    reader = RunStore(run_dir, readonly=True)
+    try:
+        await until(pilot, lambda: reader.count_tasks("seed") == seed_count, timeout=20)
+        seeds = {t.instruction for t in reader.tasks(origin="seed")}
+        first_new = reader.db.execute("SELECT MAX(round) FROM rounds").fetchone()[0] + 1
+
+        def new_prompts():
+            return reader.db.execute(
+                "SELECT examples FROM prompts WHERE kind='generate' AND round >= ?",
+                (first_new,)).fetchall()
+
+        await until(pilot, lambda: len(new_prompts()) >= 2, timeout=30)
+        for (examples,) in new_prompts():
+            for example in json.loads(examples):
+                if example["origin"] == "seed":
+                    assert example["instruction"] in seeds
+        return seeds
+    finally:
+        reader.close()
