@@ -336,7 +336,7 @@ class SelfInstructApp(App[int]):
             return
         self.pool_info.update(
             f" {message.shown:,} of {message.total:,} tasks · {message.description} · "
-            "enter: inspect · /: filter · o: origin · c: sort · v: reverse")
+            "enter: inspect · /: filter · o: origin · c: sort · v: reverse", layout=False)
 
     # -- actions --------------------------------------------------------------------------------
     @property

@@ -82,7 +82,7 @@ class StatusLine(Static):
             f"{self.tokens:,} tok │ ${self.cost:.4f} │ {fmt_duration(elapsed)} │ ETA {eta}",
             (f" │ errors {self.errors}" if self.errors else ""),
         )
-        self.update(line)
+        self.update(line, layout=False)  # one fixed line: no relayout of the screen
 
 
 class PoolPane(Vertical):
