@@ -73,7 +73,7 @@ def bench_pool(n: int, candidates_n: int, rouge_samples: int) -> dict:
                 duplicates=sum(r.is_duplicate for r in ours))
 
 
-def simulate_run(target: int, pair_seconds: float) -> dict:
+def simulate_run(target: int, pair_seconds: float, progress: bool = False) -> dict:
     """The filter work of a whole run: candidates against the growing pool until `target`."""
     seeds = [t.instruction for t in load_seeds(bundled_seeds_path())]
     index = PrunedIndex()
@@ -84,6 +84,7 @@ def simulate_run(target: int, pair_seconds: float) -> dict:
     candidates = 0
     pairs = 0
     t0 = time.perf_counter()
+    next_report = 100_000
     while len(accepted) < target:
         if accepted and rng.random() < 0.2:
             text = corpus.near_duplicate(rng, rng.choice(accepted))
@@ -94,6 +95,11 @@ def simulate_run(target: int, pair_seconds: float) -> dict:
         if not index.query(text).is_duplicate:
             index.add(len(accepted), text)
             accepted.append(text)
+            if progress and len(accepted) == next_report:
+                next_report += 100_000
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(f"  ... {len(accepted):,} accepted, {candidates:,} candidates, "
+                      f"{time.perf_counter() - t0:.0f}s, peak RSS {rss:.0f} MB", flush=True)
     took = time.perf_counter() - t0
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(target=target, candidates=candidates, seconds=took, peak_rss_mb=peak_rss,
@@ -113,7 +119,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--million", action="store_true")
+    parser.add_argument("--runs-only", type=int, nargs="+", metavar="N",
+                        help="only simulate whole runs of these sizes")
     args = parser.parse_args()
+    if args.runs_only:
+        pair = rouge_pair_seconds()
+        for target in args.runs_only:
+            r = simulate_run(target, pair, progress=True)
+            print(f"{r['target']:>12,} instructions: {r['candidates']:,} candidates, "
+                  f"{r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB; rouge-score "
+                  f"(estimated): {r['rouge_hours']:.0f} h", flush=True)
+        return
     sizes = [(1_000, 100), (10_000, 10)] if args.quick else \
         [(1_000, 200), (10_000, 20), (50_000, 5), (100_000, 3)]
     print("pool      build   index MB   ours cand/s   rouge-score cand/s      ratio   "
@@ -133,7 +149,7 @@ def main() -> None:
     print("\nwhole run (filter work only)   candidates   ours       peak RSS   "
           "rouge-score (estimated)")
     for target in runs:
-        r = simulate_run(target, pair)
+        r = simulate_run(target, pair, progress=target >= 500_000)
         print(f"{r['target']:>12,} instructions   {r['candidates']:10,}   {r['seconds']:7.1f}s   "
               f"{r['peak_rss_mb']:6.0f} MB   {r['rouge_hours']:8.1f} h", flush=True)
     print(f"\ndisagreements with rouge-score: {total_disagreements}")
