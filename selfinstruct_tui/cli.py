@@ -116,13 +116,12 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global argv_override
     logging.basicConfig(level=os.environ.get("SELFINSTRUCT_LOG", "WARNING"))
-    argv_override = argv
     if os.environ.get(DETACHED_ENV):
         # A detached engine outlives the terminal that started it.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # `--detach` re-runs them
     try:
         if args.command == "run":
             return cmd_detach(args) if args.detach else cmd_run(args)
@@ -473,8 +472,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
         load_seeds(Path(args.seeds) if args.seeds else bundled_seeds_path())
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(run_dir, 0o700)
-    argv = [a for a in (sys.argv[1:] if argv_override is None else argv_override)
-            if a != "--detach"]
+    argv = [a for a in args.raw_argv if a != "--detach"]
     if "--run-dir" not in argv:
         argv += ["--run-dir", str(run_dir)]
     if "--headless" not in argv:
@@ -489,9 +487,6 @@ def cmd_detach(args: argparse.Namespace) -> int:
     out.print(f"watch it:  selfinstruct attach {run_dir}", markup=False)
     out.print("list runs: selfinstruct runs", markup=False)
     return 0
-
-
-argv_override: list[str] | None = None
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ class SelfInstructApp(App[int]):
         self.state = "finished" if engine is None else "starting"
         self._last_error_note = 0.0
         self._sent_generate: dict[int, ev.PromptSent] = {}
+        self.tokens_before = 0
+        self.cost_before = 0.0
         self._theme_ready = False
         if engine is not None:
             engine.bus.subscribe(self.events.put)
@@ -185,6 +187,8 @@ class SelfInstructApp(App[int]):
         status.tokens = p_tok + c_tok
         if cfg is not None:
             status.cost = (p_tok * cfg.price_input_per_1k + c_tok * cfg.price_output_per_1k) / 1000
+        # What this session's engine adds is counted on top of the history.
+        self.tokens_before, self.cost_before = status.tokens, status.cost
         rejections = self.rejections_pane
         for reason, count in self.reader.rejection_counts().items():
             rejections.counts[reason] = count
@@ -226,28 +230,11 @@ class SelfInstructApp(App[int]):
                 self._apply(batch)
         if self.engine is not None and self.engine_thread is not None:
             status.tokens_per_second = self.engine.tokens_per_second
-            status.tokens = self._tokens_base + sum(self.engine.tokens)
-            status.cost = self._cost_base + self.engine.cost
+            status.tokens = self.tokens_before + sum(self.engine.tokens)
+            status.cost = self.cost_before + self.engine.cost
         status.update_line()
 
-    @property
-    def _tokens_base(self) -> int:
-        if not hasattr(self, "_tokens_base_value"):
-            p, c = self.reader.token_totals()
-            self._tokens_base_value = p + c
-        return self._tokens_base_value
-
-    @property
-    def _cost_base(self) -> float:
-        if not hasattr(self, "_cost_base_value"):
-            cfg = self.reader.config()
-            p, c = self.reader.token_totals()
-            self._cost_base_value = ((p * cfg.price_input_per_1k + c * cfg.price_output_per_1k)
-                                     / 1000) if cfg else 0.0
-        return self._cost_base_value
-
     def _apply(self, batch: list[ev.Event]) -> None:
-        _ = self._tokens_base, self._cost_base  # fix the baseline before new tokens arrive
         table = self.table
         status = self.status_line
         prompts = self.prompts_pane
