@@ -44,6 +44,14 @@ def test_parse_input_first_instances():
         Instance("", "A haiku."), Instance("3, 1, 2", "1, 2, 3")]
 
 
+def test_instances_stop_where_the_model_runs_on_into_another_task():
+    text = "Input: (none)\nOutput: Blue is calm.\n\nTask 2\nWrite a story about a dog.\nOutput: x"
+    assert P.parse_input_first(text, starts_in_example=True) == [Instance("", "Blue is calm.")]
+    text = " Positive\nInput: Great!\nTask: Rate this.\nClass label: Negative\nInput: Bad."
+    assert P.parse_output_first(text, starts_in_label=True) == [Instance("Great!", "Positive")]
+    assert "\nTask" in P.instances_completion("Sort words.", False).stop
+
+
 def test_parse_output_first_instances():
     text = " Positive\nInput: I love it.\nClass label: Negative\nInput: Awful.\n"
     assert P.parse_output_first(text, starts_in_label=True) == [

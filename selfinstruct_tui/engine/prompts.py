@@ -212,9 +212,9 @@ def _label_shots() -> str:
 def instances_completion(instruction: str, is_classification: bool) -> CompletionRequest:
     if is_classification:
         prompt = f"{LABEL_HEADER}{_label_shots()}Task: {_one_line(instruction)}\nClass label:"
-        return CompletionRequest(prompt, ("\nTask:", "\n\n\n"))
+        return CompletionRequest(prompt, ("\nTask", "\n\n\n"))
     prompt = f"{INSTANCE_HEADER}{_instance_shots()}Task: {_one_line(instruction)}\nExample 1\n"
-    return CompletionRequest(prompt, ("\nTask:", "Example 6"))
+    return CompletionRequest(prompt, ("\nTask", "Example 6"))
 
 
 def instances_chat(instruction: str, is_classification: bool) -> ChatRequest:
@@ -240,12 +240,20 @@ _EXAMPLE_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?example[ \t]*\d*[ \t]*[.:]?(?:\*
 _INPUT_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?input[ \t]*\d*[ \t]*:(?:\*\*)?")
 _OUTPUT_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?output[ \t]*\d*[ \t]*:(?:\*\*)?")
 _LABEL_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?class[ \t]+label[ \t]*:(?:\*\*)?")
+# Small models run on into the next task ("Task 2", "Task: ..."): nothing after it belongs here.
+_NEXT_TASK_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?task\b[ \t]*(?:\d+|:)")
+
+
+def _until_next_task(text: str) -> str:
+    match = _NEXT_TASK_RE.search(text)
+    return text[: match.start()] if match else text
 
 
 def parse_input_first(text: str, starts_in_example: bool = False) -> list[Instance]:
     """Blocks of 'Example N / Input: ... / Output: ...'. A block without 'Output:' is dropped."""
     if starts_in_example:
         text = "Example 1\n" + text
+    text = _until_next_task(text)
     blocks = _EXAMPLE_RE.split(text)
     if len(blocks) == 1:  # no "Example" headers: read consecutive Input/Output pairs
         blocks = re.split(r"(?im)(?=^[ \t]*input[ \t]*\d*[ \t]*:)", text)
@@ -265,6 +273,7 @@ def parse_output_first(text: str, starts_in_label: bool = False) -> list[Instanc
     """Blocks of 'Class label: X / Input: ...'; the label is the output."""
     if starts_in_label:
         text = "Class label:" + text
+    text = _until_next_task(text)
     starts = [m for m in _LABEL_RE.finditer(text)]
     instances = []
     for i, match in enumerate(starts):
