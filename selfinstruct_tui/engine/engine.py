@@ -89,6 +89,7 @@ class Engine:
         self._client: LLMClient | None = None
         self._texts: dict[int, str] = {}
         self._pool: dict[int, Task] = {}
+        self._seed_ids: list[int] = []  # in id order
         self._machine_ids: list[int] = []
         self._machine_rounds: list[int] = []
         self._committed = 0
@@ -201,6 +202,8 @@ class Engine:
             del self._machine_ids[i]
             del self._machine_rounds[i]
             self._committed -= 1
+        else:
+            self._seed_ids.remove(task_id)
         self.bus.emit(ev.CandidateRejected(rid, task.round, task.instruction,
                                            RejectionReason.DROPPED_BY_USER.value,
                                            "dropped in the inspector"))
@@ -230,6 +233,8 @@ class Engine:
             if task.origin == "machine":
                 self._machine_ids.append(task.id)
                 self._machine_rounds.append(task.round)
+            else:
+                self._seed_ids.append(task.id)
         self._committed = len(self._machine_ids)
         self._next_id = self.store.max_task_id() + 1
 
@@ -240,7 +245,7 @@ class Engine:
         new = seed_tasks_to_pool(seeds, self._next_id)
         self._next_id += len(new)
         self.store.replace_seeds(new)
-        for tid in [t.id for t in self._pool.values() if t.origin == "seed"]:
+        for tid in self._seed_ids:
             del self._pool[tid]
             self._texts.pop(tid, None)
             if tid in self.index:
@@ -249,6 +254,7 @@ class Engine:
             self._pool[task.id] = task
             self._texts[task.id] = task.instruction
             self.index.add(task.id, task.instruction)
+        self._seed_ids = [t.id for t in new]
         self.bus.emit(ev.SeedsReplaced(len(new)))
 
     def _client_settings(self) -> ClientSettings:
@@ -386,9 +392,8 @@ class Engine:
         self.bus.emit(ev.RoundStarted(number, stats.prompts))
         return rnd
 
-    def _examples(self, rng: random.Random, number: int) -> list[Task]:
+    def _examples(self, rng: random.Random, number: int, seeds: list[Task]) -> list[Task]:
         c = self.config
-        seeds = sorted((t for t in self._pool.values() if t.is_seed), key=lambda t: t.id)
         # Only rounds <= number-2 are final when this round is created (see module docstring).
         eligible = bisect.bisect_right(self._machine_rounds, number - 2)
         machine_ids = self._machine_ids[:eligible]
@@ -403,8 +408,9 @@ class Engine:
         started = time.monotonic()
         rng = random.Random(f"{self.config.random_seed}:{number}")
         gens = []
+        seeds = [self._pool[i] for i in self._seed_ids]
         for i in range(stats.prompts):
-            examples = self._examples(rng, number)
+            examples = self._examples(rng, number, seeds)
             seed = (self.config.random_seed * 1_000_003 + number * 1_009 + i) % (2**31)
             gens.append(asyncio.create_task(self._generate(rnd, examples, seed)))
         try:

@@ -83,6 +83,7 @@ class SelfInstructApp(App[int]):
         self._sent_generate: dict[int, ev.PromptSent] = {}
         self.tokens_before = 0
         self.cost_before = 0.0
+        self.seed_count = 0
         self._theme_ready = False
         if engine is not None:
             engine.bus.subscribe(self.events.put)
@@ -175,6 +176,7 @@ class SelfInstructApp(App[int]):
                 stats.lengths.append(text.count(" ") + 1)
         table.load(rows)
         status.accepted = len(stats.scores)
+        self.seed_count = len(rows) - len(stats.scores)
         pool = len(rows) - len(stats.scores)
         rounds = self.reader.rounds()
         for r in rounds:
@@ -260,8 +262,7 @@ class SelfInstructApp(App[int]):
                 rejections.add(event.reason, event.candidate, event.detail, event.similar_text,
                                event.score)
             elif isinstance(event, ev.RoundFinished):
-                seeds = sum(1 for r in table.rows.values() if r.origin == "seed")
-                stats.add_round(event.stats, seeds + event.accepted_total)
+                stats.add_round(event.stats, self.seed_count + event.accepted_total)
                 if self.engine is None:  # attached: totals come from the rounds
                     status.tokens += event.stats.prompt_tokens + event.stats.completion_tokens
                     status.cost += event.stats.cost
@@ -316,7 +317,9 @@ class SelfInstructApp(App[int]):
         table = self.table
         for task_id in [i for i, r in table.rows.items() if r.origin == "seed"]:
             table.rows.pop(task_id)
-        table.add_tasks(self.reader.tasks(status="active", origin="seed"))
+        seeds = self.reader.tasks(status="active", origin="seed")
+        table.add_tasks(seeds)
+        self.seed_count = len(seeds)
 
     def on_task_table_view_changed(self, message: TaskTable.ViewChanged) -> None:
         if not hasattr(self, "pool_info"):
