@@ -129,12 +129,13 @@ class FakeOpenAI:
                  error_status: int = 500, hang_rate: float = 0.0, hang_seconds: float = 30.0,
                  truncate_rate: float = 0.0, malformed_rate: float = 0.0,
                  api_key: str | None = None, down: bool = False, retry_after: float | None = None,
-                 fail_first: int = 0, context_limit: int | None = None) -> None:
+                 fail_first: int = 0, context_limit: int | None = None,
+                 reject_param: str | None = None) -> None:
         self.settings: dict[str, Any] = dict(
             latency=latency, error_rate=error_rate, error_status=error_status,
             hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
             malformed_rate=malformed_rate, api_key=api_key, down=down, retry_after=retry_after,
-            fail_first=fail_first, context_limit=context_limit)
+            fail_first=fail_first, context_limit=context_limit, reject_param=reject_param)
         self.lock = threading.Lock()
         self.requests = 0
         self.by_kind: dict[str, int] = {}
@@ -273,6 +274,11 @@ class FakeOpenAI:
                     return
                 if not self.path.endswith(("/completions", "/chat/completions")):
                     self._error(404, f"no route {self.path}", "not_found")
+                    return
+                rejected = s["reject_param"]
+                if rejected and rejected in body:
+                    self._error(400, f"Unsupported parameter: '{rejected}' is not supported "
+                                     "with this model.", "invalid_request_error")
                     return
                 max_tokens = int(body.get("max_tokens") or 16)
                 with server.lock:

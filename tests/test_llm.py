@@ -82,6 +82,14 @@ def test_bad_key_is_fatal_and_names_the_setting():
         assert server.requests == 0  # refused before counting: no retries on a bad key
 
 
+def test_unsupported_parameter_is_fatal_and_explained():
+    with FakeOpenAI(reject_param="presence_penalty") as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, max_retries=3)
+        assert info.value.fatal and "--api" in str(info.value)
+        assert server.requests == 0  # not retried
+
+
 def test_pause_holds_new_requests():
     async def go():
         with FakeOpenAI() as server:

@@ -78,6 +78,11 @@ _CONTEXT_RE = re.compile(
     r"(?:context|maximum)|n_ctx|context size", re.IGNORECASE)
 
 
+_UNSUPPORTED_RE = re.compile(
+    r"unsupported (?:parameter|value)|unsupported_(?:parameter|value)|does not support|"
+    r"not supported with this model|unrecognized request argument", re.IGNORECASE)
+
+
 def _context_limit_hint(message: str, max_tokens: int) -> int:
     """The largest max_tokens the endpoint's error message allows, or half the old value."""
     limit = re.search(r"(?:maximum context length|context (?:length|window|size)) (?:is|of) (\d+)",
@@ -204,6 +209,14 @@ class LLMClient:
                             max_tokens = min(new_max, max_tokens - 1)
                             attempt -= 1
                             continue
+                    if _UNSUPPORTED_RE.search(message):
+                        # Every request carries the same parameters: this will not heal.
+                        raise RequestFailed(
+                            f"the endpoint rejects a request parameter for model "
+                            f"{self.settings.model!r} (400): {message}. Check --api (completions "
+                            "vs chat) and --model; some models accept no sampling parameters",
+                            kind="bad_request", fatal=True, attempts=attempt, status=400,
+                        ) from None
                     raise RequestFailed(f"the endpoint refused the request (400): {message}",
                                         kind="bad_request", attempts=attempt, status=400) from None
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
