@@ -126,6 +126,7 @@ class SelfInstructApp(App[int]):
         self.prompts_pane = self.query_one(PromptsPane)
         self.rejections_pane = self.query_one(RejectionsPane)
         self.stats_pane = self.query_one(StatsPane)
+        self.prompts_pane.attached = self.attached
         self.pool_info = self.query_one("#pool-info", Static)
         self.filter_box = self.query_one("#filter", Input)
         self.query_one("#left").border_title = "Task pool"

@@ -103,6 +103,7 @@ class PromptsPane(Vertical):
     def on_mount(self) -> None:
         self.border_title = "Current prompts"
         self.in_flight: dict[int, tuple[str, int]] = {}
+        self.attached = False  # requests in flight live in the engine's process only
 
     def sent(self, prompt_id: int, kind: str, round_: int) -> None:
         self.in_flight[prompt_id] = (kind, round_)
@@ -111,6 +112,10 @@ class PromptsPane(Vertical):
         self.in_flight.pop(prompt_id, None)
 
     def show_inflight(self) -> None:
+        if self.attached:
+            self.query_one("#inflight", Static).update(
+                "attached: completed prompts only (in-flight ones stay in the engine)")
+            return
         kinds = Counter(k for k, _ in self.in_flight.values())
         text = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
         self.query_one("#inflight", Static).update(f"in flight: {text}")
