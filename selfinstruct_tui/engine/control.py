@@ -201,8 +201,7 @@ class StoreFollower:
         old, new = self.state.get("state"), state.get("state")
         if new != old:
             if new == "paused":
-                reason = state.get("reason") or ""
-                self.emit(ev.Paused(reason, by_errors="fail" in reason or "error" in reason))
+                self.emit(ev.Paused(state.get("reason") or "", bool(state.get("by_errors"))))
             elif new == "running" and old == "paused":
                 self.emit(ev.Resumed())
             elif new == "running":

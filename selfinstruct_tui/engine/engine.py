@@ -83,6 +83,7 @@ class Engine:
         self.index: SimilarityIndex = make_index(index_kind, config.threshold, config.tokenizer)
         self.state = "starting"
         self.pause_reason = ""
+        self.paused_by_errors = False
         self._commands: queue.SimpleQueue[tuple[str, tuple]] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -151,13 +152,15 @@ class Engine:
     def _set_state(self, state: str) -> None:
         self.state = state
         self.store.set_meta("state", {"state": state, "pid": os.getpid(), "ts": time.time(),
-                                      "reason": self.pause_reason})
+                                      "reason": self.pause_reason,
+                                      "by_errors": self.paused_by_errors})
 
     def _do_pause(self, reason: str = "paused by the user", by_errors: bool = False) -> None:
         if self._client is None or self.state in ("stopping", "finished"):
             return
         self._client.pause()
         self.pause_reason = reason
+        self.paused_by_errors = by_errors
         self._set_state("paused")
         self.bus.emit(ev.Paused(reason, by_errors))
 
@@ -167,6 +170,7 @@ class Engine:
         self._last_success = time.monotonic()
         self._failures_in_a_row = 0
         self.pause_reason = ""
+        self.paused_by_errors = False
         self._client.resume()
         self._set_state("running")
         self.bus.emit(ev.Resumed())
