@@ -88,6 +88,13 @@ def test_seed_edit_takes_effect_and_invalid_edit_keeps_text(tmp_path, isolated_e
                 await until(pilot, lambda: not isinstance(app.screen, SeedEditorScreen))
                 seeds = await assert_next_rounds_use_only(pilot, tmp_path / "run", 21)
                 assert "Explain the rules of chess castling to a beginner." in seeds
+                # The pool pane shows exactly the new seed set, and every row it lists exists.
+                table = app.query_one(TaskTable)
+                await until(pilot, lambda: sum(r.origin == "seed"
+                                               for r in table.rows.values()) == 21)
+                assert all(i in table.rows for i in table.sorted_ids)
+                table.action_jump(-1)  # render the oldest rows (the seeds) too
+                await pilot.pause()
                 assert (tmp_path / "run" / "seeds.jsonl").exists()
                 engine.stop()
                 await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)

@@ -317,7 +317,7 @@ class SelfInstructApp(App[int]):
     def _reload_seeds(self) -> None:
         table = self.table
         for task_id in [i for i, r in table.rows.items() if r.origin == "seed"]:
-            table.rows.pop(task_id)
+            table.remove_task(task_id)
         seeds = self.reader.tasks(status="active", origin="seed")
         table.add_tasks(seeds)
         self.seed_count = len(seeds)

@@ -185,9 +185,6 @@ class TaskTable(ScrollView, can_focus=True):
         self.cursor = min(self.cursor, max(0, len(self.view) - 1))
         self._refresh_view()
 
-    def rebuild(self) -> None:
-        self.resort()
-
     def _refresh_view(self) -> None:
         if not self.filtering:
             self.view, self.view_keys = self.sorted_ids, self.sorted_keys
