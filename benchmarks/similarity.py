@@ -9,6 +9,10 @@ pool) and prints their time, peak memory, and the time rouge-score would need at
     python benchmarks/similarity.py                # pools + 52k and 100k runs
     python benchmarks/similarity.py --million      # also a 1M-instruction run (long)
     python benchmarks/similarity.py --quick        # small sizes, for a smoke test
+    python benchmarks/similarity.py --impl numpy   # the fallback used without a C compiler
+
+`ours` is the index the app uses (`make_index`): the compiled kernel when it was built at install
+time. The pool table also times the numpy fallback on the same candidates (`numpy cand/s`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ import corpus  # noqa: E402
 from rouge_score import rouge_scorer  # noqa: E402
 
 from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds  # noqa: E402
-from selfinstruct_tui.engine.similarity import PrunedIndex  # noqa: E402
+from selfinstruct_tui.engine.similarity import (  # noqa: E402
+    NATIVE_AVAILABLE,
+    NativeIndex,
+    PrunedIndex,
+)
+
+IMPLS = {"native": NativeIndex, "numpy": PrunedIndex}
+Index = NativeIndex if NATIVE_AVAILABLE else PrunedIndex
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
@@ -44,11 +55,11 @@ def rouge_reference(pool: list[str], candidate: str, k: int = 10):
     return best, best > 0.7, [(i, -nf) for nf, i in scored[:k]]
 
 
-def bench_pool(n: int, candidates_n: int, rouge_samples: int) -> dict:
+def bench_pool(n: int, candidates_n: int, rouge_samples: int, fallback: bool = True) -> dict:
     pool = corpus.pool(n, seed=n)
     cands = corpus.candidates(pool, candidates_n, seed=n + 1)
     tracemalloc.start()
-    index = PrunedIndex()
+    index = Index()
     t0 = time.perf_counter()
     for i, text in enumerate(pool):
         index.add(i, text)
@@ -58,6 +69,16 @@ def bench_pool(n: int, candidates_n: int, rouge_samples: int) -> dict:
     t0 = time.perf_counter()
     ours = [index.query(c) for c in cands]
     ours_rate = len(cands) / (time.perf_counter() - t0)
+    numpy_rate = 0.0
+    if Index is not PrunedIndex and fallback:
+        slow = PrunedIndex()
+        for i, text in enumerate(pool):
+            slow.add(i, text)
+        t0 = time.perf_counter()
+        fallback_results = [slow.query(c) for c in cands]
+        numpy_rate = len(cands) / (time.perf_counter() - t0)
+        assert fallback_results == ours, "the numpy fallback disagrees with the kernel"
+        del slow
     sample = random.Random(n).sample(range(len(cands)), rouge_samples)
     t0 = time.perf_counter()
     reference = {j: rouge_reference(pool, cands[j]) for j in sample}
@@ -68,7 +89,7 @@ def bench_pool(n: int, candidates_n: int, rouge_samples: int) -> dict:
         if (got.max_score != best or got.is_duplicate != dup
                 or [(m.key, m.score) for m in got.top] != top):
             disagreements += 1
-    return dict(n=n, build=build, memory=memory, ours=ours_rate, rouge=rouge_rate,
+    return dict(n=n, build=build, memory=memory, ours=ours_rate, rouge=rouge_rate, numpy=numpy_rate,
                 ratio=ours_rate / rouge_rate, checked=len(sample), disagreements=disagreements,
                 duplicates=sum(r.is_duplicate for r in ours))
 
@@ -76,7 +97,7 @@ def bench_pool(n: int, candidates_n: int, rouge_samples: int) -> dict:
 def simulate_run(target: int, pair_seconds: float, progress: bool = False) -> dict:
     """The filter work of a whole run: candidates against the growing pool until `target`."""
     seeds = [t.instruction for t in load_seeds(bundled_seeds_path())]
-    index = PrunedIndex()
+    index = Index()
     for i, text in enumerate(seeds):
         index.add(("seed", i), text)
     rng = random.Random(target)
@@ -121,7 +142,13 @@ def main() -> None:
     parser.add_argument("--million", action="store_true")
     parser.add_argument("--runs-only", type=int, nargs="+", metavar="N",
                         help="only simulate whole runs of these sizes")
+    parser.add_argument("--impl", choices=sorted(IMPLS),
+                        help="index implementation (default: what the app uses)")
     args = parser.parse_args()
+    global Index
+    if args.impl:
+        Index = IMPLS[args.impl]
+    print(f"index: {Index.__name__} ({'compiled kernel' if Index is NativeIndex else 'numpy'})")
     if args.runs_only:
         pair = rouge_pair_seconds()
         for target in args.runs_only:
@@ -132,14 +159,14 @@ def main() -> None:
         return
     sizes = [(1_000, 100), (10_000, 10)] if args.quick else \
         [(1_000, 200), (10_000, 20), (50_000, 5), (100_000, 3)]
-    print("pool      build   index MB   ours cand/s   rouge-score cand/s      ratio   "
-          "checked  disagreements  near-dups")
+    print("pool      build   index MB   ours cand/s   numpy cand/s   rouge-score cand/s      ratio"
+          "   checked  disagreements  near-dups")
     total_disagreements = 0
     for n, samples in sizes:
         r = bench_pool(n, 1000, samples)
         total_disagreements += r["disagreements"]
         print(f"{r['n']:>7,}  {r['build']:5.1f}s  {r['memory'] / 2**20:9.1f}  {r['ours']:12,.0f}  "
-              f"{r['rouge']:19,.3f}  {r['ratio']:9,.0f}x  {r['checked']:7}  "
+              f"{r['numpy']:13,.0f}  {r['rouge']:19,.3f}  {r['ratio']:9,.0f}x  {r['checked']:7}  "
               f"{r['disagreements']:13}  {r['duplicates']:9}", flush=True)
     pair = rouge_pair_seconds()
     print(f"\nrouge-score: {pair * 1e6:.1f} us per pair")

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_seeds_check(args: argparse.Namespace) -> int:
     from selfinstruct_tui.engine.records import read_utf8
     from selfinstruct_tui.engine.seeds import parse_seeds, summarize
-    from selfinstruct_tui.engine.similarity import PrunedIndex
+    from selfinstruct_tui.engine.similarity import make_index
 
     tasks, fmt = parse_seeds(args.path, read_utf8(args.path))
     summary = summarize(tasks, fmt)
@@ -165,7 +165,7 @@ def cmd_seeds_check(args: argparse.Namespace) -> int:
     out.print(f"  instances:       {summary.instances}")
     out.print(f"  classification:  {summary.classification} ({summary.classification_share:.1%})")
     out.print(f"  without input:   {summary.without_input} ({summary.without_input_share:.1%})")
-    index = PrunedIndex()
+    index = make_index()
     close = []
     for task in tasks:
         hit = index.query(task.instruction, k=1).most_similar

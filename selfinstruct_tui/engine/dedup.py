@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
 from selfinstruct_tui.engine.records import parse_records, read_utf8
-from selfinstruct_tui.engine.similarity import PrunedIndex
+from selfinstruct_tui.engine.similarity import make_index
 
 
 @dataclass
@@ -72,7 +72,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     out_path = Path(args.output) if args.output else default_output(src)
     if out_path.resolve() == src.resolve():
         raise UserError(f"{out_path}: the output would overwrite the input; choose another -o")
-    index = PrunedIndex(args.threshold, args.tokenizer)
+    index = make_index("pruned", args.threshold, args.tokenizer)
     kept: list[Item] = []
     dropped: list[dict] = []
     console = Console(stderr=True, highlight=False, soft_wrap=True)
