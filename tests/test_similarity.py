@@ -97,7 +97,7 @@ def long_texts(draw):
                                        st.sampled_from([1, 2, 30, 63, 64, 65, 128])), max_size=5))
         return " ".join(" ".join([word] * count) for word, count in runs)
     vocabulary = draw(st.sampled_from([LONG_WORDS, LONG_WORDS[:3], LONG_WORDS[3:5]]))
-    size = draw(st.sampled_from([0, 1, 5, 63, 64, 65, 100, 128, 129, 200]))
+    size = draw(st.sampled_from([0, 1, 5, 20, 30, 63, 64, 65, 100, 128, 129, 200]))
     words = draw(st.lists(st.sampled_from(vocabulary), min_size=size, max_size=size))
     return " ".join(words)
 
@@ -229,3 +229,19 @@ def test_removed_entries_never_come_back():
     assert [m.key for m in top] == [3, 17, 31, 45, 59, 73, 87, 101, 115, 129]
     with pytest.raises(KeyError):
         index.remove(0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("width", [17, 20, 31, 40])
+def test_many_shared_frequent_words_are_counted_in_full(impl, width):
+    # Entries that share only frequent words with the query are found by counting those words per
+    # entry; a count of 16 or more must not wrap, or a near duplicate is pruned by a wrong bound.
+    words = [f"w{i}" for i in range(width)]
+    index, reference = impl(frequent_df=3), RougeScoreIndex()
+    pool = ["zz " + " ".join(words[:8])] * 2 + [" ".join(words)] * 3
+    for i, text in enumerate(pool):
+        index.add(i, text)
+        reference.add(i, text)
+    query = "zz " + " ".join(words)
+    assert_same(index, reference, query, k=1)
+    assert index.query(query, k=1).top[0].key == 2

@@ -6,14 +6,16 @@
  *
  *   - Token occurrences are items "(token, j-th occurrence)"; the size of the intersection of two
  *     item sets is the multiset intersection of the token lists, an upper bound of their LCS.
- *   - Items with short inverted lists are counted by walking the lists (ScanCount). The first 64
- *     items whose lists grow long ("the", "a", ...) become bits of a per-entry mask instead, and
- *     their share of the intersection is a popcount.
+ *   - Items with short inverted lists are counted by walking the lists (ScanCount). The first 256
+ *     items whose lists grow long ("the", "a", "write", ...) become bits of a per-entry mask
+ *     instead, and their share of the intersection is a popcount.
  *   - Entries that share only such frequent items are found per token length n, and only for the
  *     lengths where their bound can still reach the k-th best score found so far. Each length
- *     bucket stores its masks bit-sliced (for each of the 64 bits, a bitset over the bucket's
- *     entries), so "at least t of the query's q frequent items" is q*t word operations per 64
- *     entries instead of a popcount per entry.
+ *     bucket stores its masks bit-sliced (for each bit, a bitset over the bucket's entries), so
+ *     "at least t of the query's q frequent items" takes a few word operations per 64 entries, and
+ *     a bit-sliced counter gives each hit's overlap without touching the entry itself. The scan
+ *     runs in stages with falling thresholds (0.5, 0.3, then the k-th best score), so the floor has
+ *     risen before the loose stages look at many entries.
  *   - Candidates are scored in decreasing order of their bound (a counting sort on the bound,
  *     1/1024 wide levels); the exact LCS is Hyyro's bit-parallel algorithm over the query's match
  *     masks, and the F-measure uses rouge-score's own float operations in the same order (IEEE
@@ -33,16 +35,22 @@ typedef struct {
     Py_ssize_t size, cap;
 } IVec;
 
-/* The entries of one token length. Entry at position p is lane p % 64 of word group p / 64;
- * bits[64 * (p / 64) + b] has that lane set when the entry holds frequent item bit b. */
+/* The entries of one token length. Entry at position p is lane p % 64 of word p / 64; for each
+ * frequent-item bit b, the words bits[b * words .. (b + 1) * words) are a bitset over the positions
+ * (bit-major, so a scan reads one contiguous stream per bit of the query). */
 typedef struct {
     int32_t *slots; /* position -> slot, -1 once removed */
     Py_ssize_t size, cap;
     uint64_t *bits;
-    Py_ssize_t bits_cap;
+    Py_ssize_t words; /* per bit */
+    uint64_t *mark;   /* query scratch: positions that are candidates already */
+    int scanned;      /* query scratch: mark needs clearing */
 } Bucket;
 
 #define NLEVELS 1024
+/* Frequent items kept as bits: FW 64-bit words per entry. */
+#define FW 4
+#define FBITS (64 * FW)
 
 typedef struct {
     double bound;
@@ -51,7 +59,7 @@ typedef struct {
 
 /* What a query touches per entry, in one cache line's worth of neighbours. */
 typedef struct {
-    uint64_t fmask; /* frequent-item bits */
+    uint64_t fmask[FW]; /* frequent-item bits */
     int32_t *seq;   /* token ids; NULL once removed */
     int32_t len;
     int32_t cnt;    /* query scratch: rare-item overlap */
@@ -75,7 +83,7 @@ typedef struct {
     /* per item */
     Py_ssize_t nitems, items_cap;
     IVec *postings; /* slots holding the item, ascending */
-    int8_t *bit_of; /* -1, or the item's bit in the frequent mask */
+    int16_t *bit_of; /* -1, or the item's bit in the frequent mask */
     int nbits;
     /* per slot */
     Py_ssize_t nslots, slots_cap, alive;
@@ -179,6 +187,14 @@ static inline double rouge_f(Py_ssize_t lcs, Py_ssize_t m, Py_ssize_t n)
     double precision = (double)lcs / (double)m;
     double recall = (double)lcs / (double)n;
     return 2.0 * precision * recall / (precision + recall);
+}
+
+static inline Py_ssize_t common_bits(const uint64_t *a, const uint64_t *b)
+{
+    Py_ssize_t c = 0;
+    for (int w = 0; w < FW; w++)
+        c += __builtin_popcountll(a[w] & b[w]);
+    return c;
 }
 
 static inline Py_ssize_t min3(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c)
@@ -322,6 +338,7 @@ static void Kernel_dealloc(Kernel *self)
     for (Py_ssize_t i = 0; i < self->nbuckets; i++) {
         PyMem_RawFree(self->buckets[i].slots);
         PyMem_RawFree(self->buckets[i].bits);
+        PyMem_RawFree(self->buckets[i].mark);
     }
     PyMem_RawFree(self->buckets);
     PyMem_RawFree(self->touched.data);
@@ -373,19 +390,48 @@ fail:
     return NULL;
 }
 
+/* Makes room for `need` words per bit, moving each bit's bitset to its new place. */
+static int grow_bits(Bucket *b, Py_ssize_t need)
+{
+    if (need <= b->words)
+        return 0;
+    Py_ssize_t words = b->words ? b->words : 1;
+    while (words < need)
+        words *= 2;
+    uint64_t *bits = PyMem_RawCalloc((size_t)FBITS * (size_t)words, sizeof(uint64_t));
+    uint64_t *mark = PyMem_RawCalloc((size_t)words, sizeof(uint64_t));
+    if (bits == NULL || mark == NULL) {
+        PyMem_RawFree(bits);
+        PyMem_RawFree(mark);
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_RawFree(b->mark);
+    b->mark = mark;
+    for (Py_ssize_t bit = 0; bit < FBITS && b->words; bit++)
+        memcpy(bits + bit * words, b->bits + bit * b->words, (size_t)b->words * sizeof(uint64_t));
+    PyMem_RawFree(b->bits);
+    b->bits = bits;
+    b->words = words;
+    return 0;
+}
+
 static int promote(Kernel *k, Py_ssize_t item)
 {
     int bit = k->nbits++;
-    k->bit_of[item] = (int8_t)bit;
-    uint64_t b = (uint64_t)1 << bit;
+    k->bit_of[item] = (int16_t)bit;
+    uint64_t b = (uint64_t)1 << (bit % 64);
     IVec *p = &k->postings[item];
     for (Py_ssize_t i = 0; i < p->size; i++) {
         int32_t slot = p->data[i];
-        k->slot[slot].fmask |= b;
+        k->slot[slot].fmask[bit / 64] |= b;
         int32_t at = k->slot[slot].pos;
         /* the entry being added has no bucket position yet; add() sets its bits afterwards */
         if (at >= 0)
-            k->buckets[k->slot[slot].len].bits[64 * (at / 64) + bit] |= (uint64_t)1 << (at % 64);
+        {
+            Bucket *bk = &k->buckets[k->slot[slot].len];
+            bk->bits[bit * bk->words + at / 64] |= (uint64_t)1 << (at % 64);
+        }
     }
     return 0;
 }
@@ -417,7 +463,7 @@ static PyObject *Kernel_add(Kernel *self, PyObject *arg)
         if (j >= its->size) {
             Py_ssize_t c1 = self->items_cap, c2 = self->items_cap;
             if (grow((void **)&self->postings, &c1, self->nitems + 1, sizeof(IVec), 1) < 0 ||
-                grow((void **)&self->bit_of, &c2, self->nitems + 1, sizeof(int8_t), 0) < 0)
+                grow((void **)&self->bit_of, &c2, self->nitems + 1, sizeof(int16_t), 0) < 0)
                 goto fail_occ;
             self->items_cap = c1;
             self->bit_of[self->nitems] = -1;
@@ -432,7 +478,7 @@ static PyObject *Kernel_add(Kernel *self, PyObject *arg)
     Entry *e = &self->slot[slot];
     e->seq = ids;
     e->len = (int32_t)n;
-    e->fmask = 0;
+    memset(e->fmask, 0, sizeof(e->fmask));
     e->cnt = 0;
     e->pos = -1;
     self->nslots = slot + 1;
@@ -447,9 +493,10 @@ static PyObject *Kernel_add(Kernel *self, PyObject *arg)
                 self->occ[ids[r]] = 0;
             return NULL;
         }
-        if (self->bit_of[item] >= 0)
-            e->fmask |= (uint64_t)1 << self->bit_of[item];
-        else if (p->size >= self->frequent_df && self->nbits < 64)
+        int bit = self->bit_of[item];
+        if (bit >= 0)
+            e->fmask[bit / 64] |= (uint64_t)1 << (bit % 64);
+        else if (p->size >= self->frequent_df && self->nbits < FBITS)
             promote(self, item);
     }
     for (Py_ssize_t i = 0; i < n; i++)
@@ -460,17 +507,16 @@ static PyObject *Kernel_add(Kernel *self, PyObject *arg)
         Bucket *b = &self->buckets[n];
         Py_ssize_t at = b->size;
         if (grow((void **)&b->slots, &b->cap, at + 1, sizeof(int32_t), 0) < 0 ||
-            grow((void **)&b->bits, &b->bits_cap, 64 * (at / 64 + 1), sizeof(uint64_t), 1) < 0)
+            grow_bits(b, at / 64 + 1) < 0)
             return NULL;
         b->slots[at] = (int32_t)slot;
         b->size++;
         e->pos = (int32_t)at;
-        uint64_t mask = e->fmask, lane = (uint64_t)1 << (at % 64);
-        uint64_t *group = b->bits + 64 * (at / 64);
-        while (mask) {
-            group[__builtin_ctzll(mask)] |= lane;
-            mask &= mask - 1;
-        }
+        uint64_t lane = (uint64_t)1 << (at % 64);
+        uint64_t *word = b->bits + at / 64;
+        for (int w = 0; w < FW; w++)
+            for (uint64_t mask = e->fmask[w]; mask; mask &= mask - 1)
+                word[(64 * w + __builtin_ctzll(mask)) * b->words] |= lane;
     }
     return PyLong_FromSsize_t(slot);
 fail_occ:
@@ -504,19 +550,18 @@ static PyObject *Kernel_remove(Kernel *self, PyObject *arg)
         /* the position stays, empty: no bits set, so no scan ever reports it */
         Bucket *b = &self->buckets[n];
         int32_t at = e->pos;
-        uint64_t mask = e->fmask, lane = (uint64_t)1 << (at % 64);
-        uint64_t *group = b->bits + 64 * (at / 64);
-        while (mask) {
-            group[__builtin_ctzll(mask)] &= ~lane;
-            mask &= mask - 1;
-        }
+        uint64_t lane = (uint64_t)1 << (at % 64);
+        uint64_t *word = b->bits + at / 64;
+        for (int w = 0; w < FW; w++)
+            for (uint64_t mask = e->fmask[w]; mask; mask &= mask - 1)
+                word[(64 * w + __builtin_ctzll(mask)) * b->words] &= ~lane;
         b->slots[at] = -1;
         e->pos = -1;
     }
     PyMem_RawFree(ids);
     e->seq = NULL;
     e->len = 0;
-    e->fmask = 0;
+    memset(e->fmask, 0, sizeof(e->fmask));
     self->alive--;
     Py_RETURN_NONE;
 }
@@ -556,14 +601,14 @@ static int level_sort(Kernel *k)
 /* Lanes of a 64-entry group set in at least T of the rows qb[0..q): a[h] marks lanes seen >= h
  * times so far. With T a constant the a[] stay in registers. */
 #define AT_LEAST(T)                                                                             \
-    static inline uint64_t at_least_##T(const uint64_t *row, const int *qb, int q)              \
+    static inline uint64_t at_least_##T(const uint64_t *const *col, Py_ssize_t g, int q)        \
     {                                                                                           \
         uint64_t a[T + 1];                                                                      \
         a[0] = ~(uint64_t)0;                                                                    \
         for (int h = 1; h <= T; h++)                                                            \
             a[h] = 0;                                                                           \
         for (int j = 0; j < q; j++) {                                                           \
-            uint64_t set = row[qb[j]];                                                          \
+            uint64_t set = col[j][g];                                                           \
             for (int h = T; h >= 1; h--)                                                        \
                 a[h] |= a[h - 1] & set;                                                         \
         }                                                                                       \
@@ -572,51 +617,111 @@ static int level_sort(Kernel *k)
 AT_LEAST(1)
 AT_LEAST(2)
 AT_LEAST(3)
-AT_LEAST(4)
-AT_LEAST(5)
-AT_LEAST(6)
 
-static uint64_t at_least_n(const uint64_t *row, const int *qb, int q, Py_ssize_t need,
-                           uint64_t *a)
+/* The same for any T: a bit-sliced binary counter per lane (c[i] is bit i of each lane's count),
+ * then a comparison of all 64 counts with T at once. */
+static uint64_t at_least_n(const uint64_t *const *col, Py_ssize_t g, int q, Py_ssize_t need)
 {
-    a[0] = ~(uint64_t)0;
-    for (Py_ssize_t h = 1; h <= need; h++)
-        a[h] = 0;
+    uint64_t c[10] = {0};
+    int width = 0;
+    while (width < 10 && ((Py_ssize_t)1 << width) <= q)
+        width++;
     for (int j = 0; j < q; j++) {
-        uint64_t set = row[qb[j]];
-        for (Py_ssize_t h = need; h >= 1; h--)
-            a[h] |= a[h - 1] & set;
+        uint64_t carry = col[j][g];
+        for (int i = 0; carry && i < width; i++) {
+            uint64_t t = c[i] & carry;
+            c[i] ^= carry;
+            carry = t;
+        }
     }
-    return a[need];
+    uint64_t greater = 0, equal = ~(uint64_t)0;
+    for (int i = width - 1; i >= 0; i--) {
+        if ((need >> i) & 1)
+            equal &= c[i];
+        else {
+            greater |= equal & c[i];
+            equal &= ~c[i];
+        }
+    }
+    if (need >> width)
+        return 0;
+    return greater | equal;
 }
 
-/* Entries of bucket b holding at least `need` of the query's frequent bits qb[0..q), that no rare
- * item reached (cnt 0), become candidates. Bit-sliced: at[h] marks the lanes with >= h hits. */
-static int scan_bucket(Kernel *k, const Bucket *b, Py_ssize_t n, const int *qb, int q,
-                       Py_ssize_t need, uint64_t qmask, Py_ssize_t m)
+/* Entries of bucket b holding at least `need` of the query's frequent bits qb[0..q), that are not
+ * candidates yet (b->mark), become candidates. */
+static int scan_bucket(Kernel *k, Bucket *b, Py_ssize_t n, const int *qb, int q,
+                       Py_ssize_t need, const uint64_t *qmask, Py_ssize_t m)
 {
-    uint64_t at[65];
     Py_ssize_t groups = (b->size + 63) / 64;
-    const Entry *slots = k->slot;
-    for (Py_ssize_t g = 0; g < groups; g++) {
-        const uint64_t *row = b->bits + 64 * g;
-        uint64_t hit;
-        switch (need) {
-        case 1: hit = at_least_1(row, qb, q); break;
-        case 2: hit = at_least_2(row, qb, q); break;
-        case 3: hit = at_least_3(row, qb, q); break;
-        case 4: hit = at_least_4(row, qb, q); break;
-        case 5: hit = at_least_5(row, qb, q); break;
-        case 6: hit = at_least_6(row, qb, q); break;
-        default: hit = at_least_n(row, qb, q, need, at); break;
+    Entry *slots = k->slot;
+    const uint64_t *col[FBITS];
+    for (int j = 0; j < q; j++)
+        col[j] = b->bits + qb[j] * b->words;
+    b->scanned = 1;
+    if (q < 32) {
+        /* A 5-bit counter per lane, in registers: it also gives each hit's exact overlap, so the
+         * bound needs no visit to the entry (those are random memory accesses). */
+        for (Py_ssize_t g = 0; g < groups; g++) {
+            uint64_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+            for (int j = 0; j < q; j++) {
+                uint64_t x = col[j][g];
+                uint64_t t0 = c0 & x;
+                c0 ^= x;
+                uint64_t t1 = c1 & t0;
+                c1 ^= t0;
+                uint64_t t2 = c2 & t1;
+                c2 ^= t1;
+                uint64_t t3 = c3 & t2;
+                c3 ^= t2;
+                c4 |= t3;
+            }
+            uint64_t c[5] = {c0, c1, c2, c3, c4}, greater = 0, equal = ~(uint64_t)0;
+            for (int i = 4; i >= 0; i--) {
+                if ((need >> i) & 1)
+                    equal &= c[i];
+                else {
+                    greater |= equal & c[i];
+                    equal &= ~c[i];
+                }
+            }
+            uint64_t hit = (greater | equal) & ~b->mark[g];
+            if (!hit)
+                continue;
+            b->mark[g] |= hit;
+            while (hit) {
+                int lane = __builtin_ctzll(hit);
+                hit &= hit - 1;
+                Py_ssize_t pc = (Py_ssize_t)(((c0 >> lane) & 1) | (((c1 >> lane) & 1) << 1) |
+                                             (((c2 >> lane) & 1) << 2) | (((c3 >> lane) & 1) << 3) |
+                                             (((c4 >> lane) & 1) << 4));
+                if (push_cand(k, rouge_f(min3(pc, m, n), m, n), b->slots[64 * g + lane]) < 0)
+                    return -1;
+                k->n_scan_pushed++;
+            }
         }
+        k->n_masks += groups * 64;
+        return 0;
+    }
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        uint64_t hit;
+        if (need == 1)
+            hit = at_least_1(col, g, q);
+        else if (need == 2)
+            hit = at_least_2(col, g, q);
+        else if (need == 3)
+            hit = at_least_3(col, g, q);
+        else
+            hit = at_least_n(col, g, q, need);
+        hit &= ~b->mark[g];
+        if (!hit)
+            continue;
+        b->mark[g] |= hit;
         while (hit) {
             int lane = __builtin_ctzll(hit);
             hit &= hit - 1;
             int32_t s = b->slots[64 * g + lane];
-            if (slots[s].cnt != 0)
-                continue;
-            Py_ssize_t pc = __builtin_popcountll(slots[s].fmask & qmask);
+            Py_ssize_t pc = common_bits(slots[s].fmask, qmask);
             if (push_cand(k, rouge_f(min3(pc, m, n), m, n), s) < 0)
                 return -1;
             k->n_scan_pushed++;
@@ -624,6 +729,42 @@ static int scan_bucket(Kernel *k, const Bucket *b, Py_ssize_t n, const int *qb, 
     }
     k->n_masks += groups * 64;
     return 0;
+}
+
+/* Scores the level-sorted candidates from *at on, best bound first, until the rest cannot reach
+ * the k-th best score or `budget` LCS were computed. */
+static void score_sorted(Kernel *k, Py_ssize_t *at, Py_ssize_t nsorted, Py_ssize_t budget,
+                         Hit *top, Py_ssize_t *ntop, Py_ssize_t K, Py_ssize_t W, Py_ssize_t m)
+{
+    const Entry *ent = k->slot;
+    Py_ssize_t done = 0;
+    while (*at < nsorted && done < budget) {
+        /* the entries and token lists of the next candidates are random memory accesses */
+        if (*at + 4 < nsorted)
+            __builtin_prefetch(&ent[k->sorted[*at + 4].slot]);
+        if (*at + 1 < nsorted)
+            __builtin_prefetch(ent[k->sorted[*at + 1].slot].seq);
+        Cand c = k->sorted[(*at)++];
+        if (*ntop == K) {
+            double floor = top[0].score;
+            if (c.bound < floor) {
+                /* a whole level below the floor ends the list */
+                if ((double)((int)(c.bound * NLEVELS) + 1) / NLEVELS <= floor)
+                    *at = nsorted;
+                continue;
+            }
+            if (c.bound == floor && c.slot > top[0].slot)
+                continue; /* at best a tie with the k-th, which was inserted earlier */
+        }
+        Py_ssize_t n = ent[c.slot].len;
+        Py_ssize_t l = lcs_length(k, ent[c.slot].seq, n, W, m, k->vbits);
+        done++;
+        k->n_lcs++;
+        if (l > 0) {
+            Hit h = {rouge_f(l, m, n), c.slot};
+            top_push(top, ntop, K, h);
+        }
+    }
 }
 
 /* query(ids, k) -> [(slot, score), ...] best first: the k entries with the highest positive
@@ -662,8 +803,8 @@ static PyObject *Kernel_query(Kernel *self, PyObject *args)
         goto done;
     }
     /* match masks and occurrence items of the query; unknown tokens match nothing */
-    uint64_t qmask = 0;
-    int qbits[64], nfreq = 0;
+    uint64_t qmask[FW] = {0};
+    int qbits[FBITS], nfreq = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
         int32_t t = q[i];
         if (t < 1 || t >= self->tok_cap)
@@ -678,9 +819,10 @@ static PyObject *Kernel_query(Kernel *self, PyObject *args)
         IVec *its = &self->items_of_tok[t];
         if (j < its->size) {
             int32_t item = its->data[j];
-            if (self->bit_of[item] >= 0) {
-                qmask |= (uint64_t)1 << self->bit_of[item];
-                qbits[nfreq++] = self->bit_of[item];
+            int bit = self->bit_of[item];
+            if (bit >= 0) {
+                qmask[bit / 64] |= (uint64_t)1 << (bit % 64);
+                qbits[nfreq++] = bit;
             }
             else
                 qitems[nq++] = item;
@@ -705,10 +847,15 @@ static PyObject *Kernel_query(Kernel *self, PyObject *args)
     }
     self->n_queries++;
     self->n_touched += touched->size;
+    for (Py_ssize_t i = 0; i < touched->size; i++) {
+        const Entry *e = &ent[touched->data[i]];
+        Bucket *b = &self->buckets[e->len];
+        b->mark[e->pos / 64] |= (uint64_t)1 << (e->pos % 64);
+    }
     self->ncands = 0;
     for (Py_ssize_t i = 0; i < touched->size; i++) {
         int32_t s = touched->data[i];
-        Py_ssize_t o = ent[s].cnt + __builtin_popcountll(ent[s].fmask & qmask);
+        Py_ssize_t o = ent[s].cnt + common_bits(ent[s].fmask, qmask);
         Py_ssize_t n = ent[s].len;
         if (push_cand(self, rouge_f(min3(o, m, n), m, n), s) < 0)
             goto reset;
@@ -716,68 +863,54 @@ static PyObject *Kernel_query(Kernel *self, PyObject *args)
     if (level_sort(self) < 0)
         goto reset;
 
-    /* Best bounds first. After the first few the k-th best score is a useful floor: entries that
-     * share only frequent items join then, and only those whose bound reaches it. */
-    Py_ssize_t scored = 0, seed_n = nfreq ? 4 * K : PY_SSIZE_T_MAX;
-    Py_ssize_t nsorted = self->ncands, at = 0;
-    int scanned = 0;
-    for (;;) {
-        if (at == nsorted || (!scanned && scored >= seed_n)) {
-            if (scanned || nfreq == 0)
-                break;
-            scanned = 1;
-            double floor = ntop == K ? top[0].score : 0.0;
-            /* what is left of the first list, then what the scan finds */
-            self->ncands = 0;
-            for (; at < nsorted; at++)
-                if (self->sorted[at].bound >= floor &&
-                    push_cand(self, self->sorted[at].bound, self->sorted[at].slot) < 0)
-                    goto reset;
-            for (Py_ssize_t n = 1; n < self->nbuckets; n++) {
-                Bucket *b = &self->buckets[n];
-                if (b->size == 0)
-                    continue;
-                Py_ssize_t most = min3(nfreq, m, n);
-                if (rouge_f(most, m, n) < floor)
-                    continue;
-                /* the least overlap whose bound reaches the floor */
-                Py_ssize_t need = (Py_ssize_t)(floor * (double)(m + n) / 2.0) - 1;
-                if (need < 1)
-                    need = 1;
-                while (need > 1 && rouge_f(need - 1, m, n) >= floor)
-                    need--;
-                while (rouge_f(need, m, n) < floor)
-                    need++;
-                if (scan_bucket(self, b, n, qbits, nfreq, need, qmask, m) < 0)
-                    goto reset;
-            }
-            if (level_sort(self) < 0)
-                goto reset;
-            nsorted = self->ncands;
-            at = 0;
-            continue;
-        }
-        Cand c = self->sorted[at++];
-        if (ntop == K) {
-            double floor = top[0].score;
-            if (c.bound < floor) {
-                /* a whole level below the floor ends this list */
-                if ((double)((int)(c.bound * NLEVELS) + 1) / NLEVELS <= floor)
-                    at = nsorted;
-                continue;
-            }
-            if (c.bound == floor && c.slot > top[0].slot)
-                continue; /* at best a tie with the k-th, which was inserted earlier */
-        }
-        Py_ssize_t n = ent[c.slot].len;
-        Py_ssize_t l = lcs_length(self, ent[c.slot].seq, n, W, m, self->vbits);
-        scored++;
-        self->n_lcs++;
-        if (l > 0) {
-            Hit h = {rouge_f(l, m, n), c.slot};
-            top_push(top, &ntop, K, h);
-        }
+    /* Best bounds first; the first few give the k-th best score a useful value (the floor). */
+    Py_ssize_t at = 0, nsorted = self->ncands;
+    if (nfreq == 0) {
+        score_sorted(self, &at, nsorted, PY_SSIZE_T_MAX, top, &ntop, K, W, m);
+        goto finish;
     }
+    score_sorted(self, &at, nsorted, 4 * K, top, &ntop, K, W, m);
+    /* Entries that share only frequent items join in stages: first those whose bound reaches an
+     * optimistic guess, so that the floor rises before the looser stages look at more entries.
+     * After a stage with threshold g, every entry with a bound >= g has been considered; once the
+     * floor is >= g nothing else can matter. The last guess, 0, makes g the floor itself. */
+    static const double guesses[] = {0.5, 0.3, 0.0};
+    for (int stage = 0; stage < (int)(sizeof(guesses) / sizeof(guesses[0])); stage++) {
+        double floor = ntop == K ? top[0].score : 0.0;
+        double g = floor > guesses[stage] ? floor : guesses[stage];
+        self->ncands = 0;
+        /* what is left of the rare-item candidates joins the first stage */
+        for (; at < nsorted; at++)
+            if (self->sorted[at].bound >= floor &&
+                push_cand(self, self->sorted[at].bound, self->sorted[at].slot) < 0)
+                goto reset;
+        for (Py_ssize_t n = 1; n < self->nbuckets; n++) {
+            Bucket *b = &self->buckets[n];
+            if (b->size == 0)
+                continue;
+            Py_ssize_t most = min3(nfreq, m, n);
+            if (rouge_f(most, m, n) < g)
+                continue;
+            /* the least overlap whose bound reaches g */
+            Py_ssize_t need = (Py_ssize_t)(g * (double)(m + n) / 2.0) - 1;
+            if (need < 1)
+                need = 1;
+            while (need > 1 && rouge_f(need - 1, m, n) >= g)
+                need--;
+            while (rouge_f(need, m, n) < g)
+                need++;
+            if (scan_bucket(self, b, n, qbits, nfreq, need, qmask, m) < 0)
+                goto reset;
+        }
+        if (level_sort(self) < 0)
+            goto reset;
+        at = 0;
+        nsorted = self->ncands;
+        score_sorted(self, &at, nsorted, PY_SSIZE_T_MAX, top, &ntop, K, W, m);
+        if (ntop == K && top[0].score >= g)
+            break;
+    }
+finish:
     qsort(top, (size_t)ntop, sizeof(Hit), cmp_hits);
     out = PyList_New(ntop);
     if (out == NULL)
@@ -791,8 +924,18 @@ static PyObject *Kernel_query(Kernel *self, PyObject *args)
         PyList_SET_ITEM(out, i, pair);
     }
 reset:
-    for (Py_ssize_t i = 0; i < touched->size; i++)
-        self->slot[touched->data[i]].cnt = 0;
+    for (Py_ssize_t i = 0; i < touched->size; i++) {
+        Entry *e = &self->slot[touched->data[i]];
+        e->cnt = 0;
+        self->buckets[e->len].mark[e->pos / 64] = 0;
+    }
+    for (Py_ssize_t n = 0; n < self->nbuckets; n++) {
+        Bucket *b = &self->buckets[n];
+        if (b->scanned) {
+            memset(b->mark, 0, (size_t)((b->size + 63) / 64) * sizeof(uint64_t));
+            b->scanned = 0;
+        }
+    }
     touched->size = 0;
     self->ncands = 0;
     for (Py_ssize_t i = 0; i < m; i++)
