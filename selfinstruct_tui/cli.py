@@ -270,6 +270,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         seeds = load_seeds(seeds_path)  # bad seeds fail before anything is created
     api_key = os.environ.get(cfg.key_env, "")
     out = Console(highlight=False, soft_wrap=True)
+    from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
+
+    if not NATIVE_AVAILABLE:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"note: {FALLBACK_NOTICE}", markup=False)
     server = None
     base_url = cfg.base_url
     if cfg.uses_embedded:

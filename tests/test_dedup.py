@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-
-from rouge_score import rouge_scorer
+import subprocess
+import sys
 
 from fake_openai import make_instruction
+from rouge_score import rouge_scorer
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
@@ -78,3 +79,25 @@ def test_dedup_bad_input_names_path_and_line(run_cli, tmp_path):
     assert not out.exists()
     proc = run_cli("dedup", str(src), "--field", "prompt", "-o", str(out))
     assert proc.returncode == 2 and f"{src}:1: missing field 'prompt'" in proc.stderr
+
+
+def test_dedup_without_the_compiled_kernel_says_so_and_gives_the_same_result(
+        run_cli, isolated_env, tmp_path):
+    # A machine without a C compiler installs no kernel: the numpy fallback must give the same
+    # output, and the user is told why it is slower.
+    texts = corpus(n=150, seed=5)
+    src = tmp_path / "data.txt"
+    src.write_text("\n".join(texts) + "\n")
+    fast, slow = tmp_path / "fast.txt", tmp_path / "slow.txt"
+    proc = run_cli("dedup", str(src), "-o", str(fast), check=True)
+    assert "numpy fallback" not in proc.stderr
+    without_kernel = ("import sys, runpy; sys.modules['_selfinstruct_rouge'] = None; "
+                      "sys.argv = ['selfinstruct'] + sys.argv[1:]; "
+                      "runpy.run_module('selfinstruct_tui', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", without_kernel, "dedup", str(src), "-o", str(slow)],
+                          capture_output=True, text=True, timeout=240, env=isolated_env,
+                          cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "numpy fallback" in proc.stderr and "C compiler" in proc.stderr
+    assert slow.read_text() == fast.read_text()
+    assert slow.read_text().splitlines() == reference_dedup(texts)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from fake_openai import make_instruction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
-from fake_openai import make_instruction
 from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds
 from selfinstruct_tui.engine.similarity import (
     NATIVE_AVAILABLE,

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
 from selfinstruct_tui.engine.records import parse_records, read_utf8
-from selfinstruct_tui.engine.similarity import make_index
+from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE, make_index
 
 
 @dataclass
@@ -76,6 +76,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     kept: list[Item] = []
     dropped: list[dict] = []
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not NATIVE_AVAILABLE:
+        console.print(f"note: {FALLBACK_NOTICE}", markup=False)
     started = time.perf_counter()
     progress = Progress(TextColumn("dedup"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, transient=True,

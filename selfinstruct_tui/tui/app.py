@@ -20,20 +20,27 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static
 
 from selfinstruct_tui.engine import events as ev
-from selfinstruct_tui.engine.control import DETACH_EXIT, RemoteControl, StoreFollower, run_status
 from selfinstruct_tui.engine.config import save_user_setting
+from selfinstruct_tui.engine.control import DETACH_EXIT, RemoteControl, StoreFollower, run_status
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.filters import RejectionReason
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.seeds import seeds_to_jsonl, write_seeds
+from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.commands import RunCommands
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
 from selfinstruct_tui.tui.themes import DEFAULT_THEME, load_themes
-from selfinstruct_tui.tui.widgets.panes import PoolPane, PromptsPane, RejectionsPane, StatsPane, StatusLine
+from selfinstruct_tui.tui.widgets.panes import (
+    PoolPane,
+    PromptsPane,
+    RejectionsPane,
+    StatsPane,
+    StatusLine,
+)
 from selfinstruct_tui.tui.widgets.task_table import HEADER, Row, TaskTable
 
 RUN_SEEDS_FILE = "seeds.jsonl"
@@ -136,6 +143,9 @@ class SelfInstructApp(App[int]):
         self.set_interval(self.refresh_interval, self.drain_events)
         if self.engine is not None:
             self.engine_thread = self.engine.start_thread()
+            if not NATIVE_AVAILABLE:
+                self.notify(FALLBACK_NOTICE, title="Slow near-duplicate filter",
+                            severity="warning", timeout=20)
         if self.attached:
             self.follower = StoreFollower(self.run_dir, self.events.put,
                                           interval=min(0.05, self.refresh_interval))
