@@ -166,7 +166,7 @@ def main() -> None:
         r = bench_pool(n, 1000, samples)
         total_disagreements += r["disagreements"]
         print(f"{r['n']:>7,}  {r['build']:5.1f}s  {r['memory'] / 2**20:9.1f}  {r['ours']:12,.0f}  "
-              f"{r['numpy']:13,.0f}  {r['rouge']:19,.3f}  {r['ratio']:9,.0f}x  {r['checked']:7}  "
+              f"{(format(r['numpy'], '13,.0f') if r['numpy'] else '-'):>13}  {r['rouge']:19,.3f}  {r['ratio']:9,.0f}x  {r['checked']:7}  "
               f"{r['disagreements']:13}  {r['duplicates']:9}", flush=True)
     pair = rouge_pair_seconds()
     print(f"\nrouge-score: {pair * 1e6:.1f} us per pair")
