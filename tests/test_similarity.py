@@ -132,8 +132,15 @@ def test_pairwise_score_equals_rouge_score(impl, a, b):
 
 
 def test_tokenizer_is_rouge_scores_own():
-    for text in ["İstanbul ŞEHİR", "Kelvin \u212a", "naïve café", "can't stop", "a_b-c", "中文"]:
+    for text in ["İstanbul ŞEHİR", "Kelvin \u212a", "naïve café", "can't stop", "a_b-c", "中文",
+                 "x\ny", "trailing\n", "ǅ ß ﬁ", "\u0130\u0307"]:
         assert rouge_tokens(text) == SCORER._tokenizer.tokenize(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text() | texts())
+def test_tokenizer_equals_rouge_score_on_any_text(text):
+    assert rouge_tokens(text) == SCORER._tokenizer.tokenize(text)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

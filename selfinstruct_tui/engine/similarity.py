@@ -539,7 +539,7 @@ class NativeIndex(SimilarityIndex):
             return SimilarityResult(0.0, (), False)
         best = hits[0][1]
         keys = self._keys
-        top = tuple(Match(keys[slot], score) for slot, score in hits[:k])
+        top = tuple([Match(keys[slot], score) for slot, score in hits[:k]])
         return SimilarityResult(best, top, best > self.threshold)
 
     def __len__(self) -> int:

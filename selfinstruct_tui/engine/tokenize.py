@@ -1,7 +1,9 @@
 """Tokenizers for the near-duplicate filter.
 
-`rouge` is rouge-score's own tokenizer (lowercase, keep only [a-z0-9] runs, no stemmer), called
-from rouge-score itself so that our scores equal `RougeScorer(["rougeL"])` bit for bit.
+`rouge` is rouge-score's tokenizer (no stemmer): lowercase (Python's full Unicode lowercasing, so
+"İ" and the Kelvin sign become ASCII letters), then the runs of [a-z0-9]. rouge-score gets the same
+tokens by replacing the other characters with spaces, splitting and filtering; one `findall` is
+about 4x faster, and a property test checks it against rouge-score's own function on arbitrary text.
 
 `unicode` is the opt-in multilingual tokenizer: rouge-score drops every character outside
 [a-z0-9], so Chinese or Japanese instructions tokenize to nothing, all score 0 and never dedupe.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from rouge_score import tokenize as _rouge_tokenize
 
 TOKENIZERS = ("rouge", "unicode")
 
@@ -26,8 +27,11 @@ _CJK_RE = re.compile(
 )
 
 
+_ROUGE_TOKEN_RE = re.compile(r"[a-z0-9]+")
+
+
 def rouge_tokens(text: str) -> list[str]:
-    return _rouge_tokenize.tokenize(text, None)
+    return _ROUGE_TOKEN_RE.findall(text.lower())
 
 
 def unicode_tokens(text: str) -> list[str]:
