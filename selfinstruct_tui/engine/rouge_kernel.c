@@ -598,42 +598,12 @@ static int level_sort(Kernel *k)
     return 0;
 }
 
-/* Lanes of a 64-entry group set in at least T of the rows qb[0..q): a[h] marks lanes seen >= h
- * times so far. With T a constant the a[] stay in registers. */
-#define AT_LEAST(T)                                                                             \
-    static inline uint64_t at_least_##T(const uint64_t *const *col, Py_ssize_t g, int q)        \
-    {                                                                                           \
-        uint64_t a[T + 1];                                                                      \
-        a[0] = ~(uint64_t)0;                                                                    \
-        for (int h = 1; h <= T; h++)                                                            \
-            a[h] = 0;                                                                           \
-        for (int j = 0; j < q; j++) {                                                           \
-            uint64_t set = col[j][g];                                                           \
-            for (int h = T; h >= 1; h--)                                                        \
-                a[h] |= a[h - 1] & set;                                                         \
-        }                                                                                       \
-        return a[T];                                                                            \
-    }
-AT_LEAST(1)
-AT_LEAST(2)
-AT_LEAST(3)
+/* Bit-sliced counts: c[i] holds bit i of the count of each of 64 lanes (entries). */
+#define COUNT_BITS 9 /* counts up to 511 >= FBITS */
 
-/* The same for any T: a bit-sliced binary counter per lane (c[i] is bit i of each lane's count),
- * then a comparison of all 64 counts with T at once. */
-static uint64_t at_least_n(const uint64_t *const *col, Py_ssize_t g, int q, Py_ssize_t need)
+/* Lanes whose count is >= need, for all 64 at once (a comparison from the top bit down). */
+static inline uint64_t counts_at_least(const uint64_t *c, int width, Py_ssize_t need)
 {
-    uint64_t c[10] = {0};
-    int width = 0;
-    while (width < 10 && ((Py_ssize_t)1 << width) <= q)
-        width++;
-    for (int j = 0; j < q; j++) {
-        uint64_t carry = col[j][g];
-        for (int i = 0; carry && i < width; i++) {
-            uint64_t t = c[i] & carry;
-            c[i] ^= carry;
-            carry = t;
-        }
-    }
     uint64_t greater = 0, equal = ~(uint64_t)0;
     for (int i = width - 1; i >= 0; i--) {
         if ((need >> i) & 1)
@@ -643,26 +613,36 @@ static uint64_t at_least_n(const uint64_t *const *col, Py_ssize_t g, int q, Py_s
             equal &= ~c[i];
         }
     }
-    if (need >> width)
-        return 0;
     return greater | equal;
 }
 
+static inline Py_ssize_t lane_count(const uint64_t *c, int width, int lane)
+{
+    Py_ssize_t count = 0;
+    for (int i = 0; i < width; i++)
+        count |= (Py_ssize_t)((c[i] >> lane) & 1) << i;
+    return count;
+}
+
 /* Entries of bucket b holding at least `need` of the query's frequent bits qb[0..q), that are not
- * candidates yet (b->mark), become candidates. */
+ * candidates yet (b->mark), become candidates. Per 64 entries, a bit-sliced counter adds up the
+ * query's bits; it also gives each hit's exact overlap, so the bound needs no visit to the entry
+ * (those are random memory accesses). */
 static int scan_bucket(Kernel *k, Bucket *b, Py_ssize_t n, const int *qb, int q,
-                       Py_ssize_t need, const uint64_t *qmask, Py_ssize_t m)
+                       Py_ssize_t need, Py_ssize_t m)
 {
     Py_ssize_t groups = (b->size + 63) / 64;
-    Entry *slots = k->slot;
     const uint64_t *col[FBITS];
     for (int j = 0; j < q; j++)
         col[j] = b->bits + qb[j] * b->words;
+    int width = 5; /* the usual case, q < 32: five counter bits, kept in registers */
+    if (q >= 32)
+        for (width = 0; ((Py_ssize_t)1 << width) <= q; width++) {
+        }
     b->scanned = 1;
-    if (q < 32) {
-        /* A 5-bit counter per lane, in registers: it also gives each hit's exact overlap, so the
-         * bound needs no visit to the entry (those are random memory accesses). */
-        for (Py_ssize_t g = 0; g < groups; g++) {
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        uint64_t c[COUNT_BITS] = {0};
+        if (q < 32) {
             uint64_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0;
             for (int j = 0; j < q; j++) {
                 uint64_t x = col[j][g];
@@ -676,53 +656,27 @@ static int scan_bucket(Kernel *k, Bucket *b, Py_ssize_t n, const int *qb, int q,
                 c3 ^= t2;
                 c4 |= t3;
             }
-            uint64_t c[5] = {c0, c1, c2, c3, c4}, greater = 0, equal = ~(uint64_t)0;
-            for (int i = 4; i >= 0; i--) {
-                if ((need >> i) & 1)
-                    equal &= c[i];
-                else {
-                    greater |= equal & c[i];
-                    equal &= ~c[i];
+            c[0] = c0, c[1] = c1, c[2] = c2, c[3] = c3, c[4] = c4;
+        }
+        else {
+            for (int j = 0; j < q; j++) {
+                uint64_t carry = col[j][g];
+                for (int i = 0; carry && i < width; i++) {
+                    uint64_t t = c[i] & carry;
+                    c[i] ^= carry;
+                    carry = t;
                 }
             }
-            uint64_t hit = (greater | equal) & ~b->mark[g];
-            if (!hit)
-                continue;
-            b->mark[g] |= hit;
-            while (hit) {
-                int lane = __builtin_ctzll(hit);
-                hit &= hit - 1;
-                Py_ssize_t pc = (Py_ssize_t)(((c0 >> lane) & 1) | (((c1 >> lane) & 1) << 1) |
-                                             (((c2 >> lane) & 1) << 2) | (((c3 >> lane) & 1) << 3) |
-                                             (((c4 >> lane) & 1) << 4));
-                if (push_cand(k, rouge_f(min3(pc, m, n), m, n), b->slots[64 * g + lane]) < 0)
-                    return -1;
-                k->n_scan_pushed++;
-            }
         }
-        k->n_masks += groups * 64;
-        return 0;
-    }
-    for (Py_ssize_t g = 0; g < groups; g++) {
-        uint64_t hit;
-        if (need == 1)
-            hit = at_least_1(col, g, q);
-        else if (need == 2)
-            hit = at_least_2(col, g, q);
-        else if (need == 3)
-            hit = at_least_3(col, g, q);
-        else
-            hit = at_least_n(col, g, q, need);
-        hit &= ~b->mark[g];
+        uint64_t hit = counts_at_least(c, width, need) & ~b->mark[g];
         if (!hit)
             continue;
         b->mark[g] |= hit;
         while (hit) {
             int lane = __builtin_ctzll(hit);
             hit &= hit - 1;
-            int32_t s = b->slots[64 * g + lane];
-            Py_ssize_t pc = common_bits(slots[s].fmask, qmask);
-            if (push_cand(k, rouge_f(min3(pc, m, n), m, n), s) < 0)
+            Py_ssize_t pc = lane_count(c, width, lane);
+            if (push_cand(k, rouge_f(min3(pc, m, n), m, n), b->slots[64 * g + lane]) < 0)
                 return -1;
             k->n_scan_pushed++;
         }
@@ -899,7 +853,7 @@ static PyObject *Kernel_query(Kernel *self, PyObject *args)
                 need--;
             while (rouge_f(need, m, n) < g)
                 need++;
-            if (scan_bucket(self, b, n, qbits, nfreq, need, qmask, m) < 0)
+            if (scan_bucket(self, b, n, qbits, nfreq, need, m) < 0)
                 goto reset;
         }
         if (level_sort(self) < 0)
@@ -948,11 +902,6 @@ done:
     return out;
 }
 
-static PyObject *Kernel_len(Kernel *self, PyObject *Py_UNUSED(ignored))
-{
-    return PyLong_FromSsize_t(self->alive);
-}
-
 static PyObject *Kernel_stats(Kernel *self, PyObject *Py_UNUSED(ignored))
 {
     return Py_BuildValue("{s:n,s:n,s:n,s:i,s:L,s:L,s:L,s:L,s:L,s:L}", "slots", self->nslots,
@@ -970,7 +919,6 @@ static PyMethodDef Kernel_methods[] = {
     {"query", (PyCFunction)Kernel_query, METH_VARARGS,
      "query(token_ids, k) -> [(slot, score)]: the k best entries by ROUGE-L F, best first, "
      "ties by slot; ids < 1 are tokens no entry has."},
-    {"alive", (PyCFunction)Kernel_len, METH_NOARGS, "number of entries"},
     {"stats", (PyCFunction)Kernel_stats, METH_NOARGS, "sizes of the index's parts"},
     {NULL, NULL, 0, NULL},
 };
