@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,21 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price-out", type=float, dest="price_output_per_1k",
                    help="price per 1K output tokens")
     p.add_argument("--key-env", dest="key_env", help="environment variable with the API key")
+    p.add_argument("--max-cost", type=float, dest="max_cost", metavar="USD",
+                   help="stop cleanly when the run has cost this much (needs --price-in/out)")
+    p.add_argument("--max-tokens", type=int, dest="max_tokens", metavar="N",
+                   help="stop cleanly when the run has used this many tokens in all")
+    p.add_argument("--context-window", type=int, dest="context_window", metavar="N",
+                   help="the model's context window in tokens (default: learned from the "
+                   "endpoint's first context-length error)")
+    p.add_argument("--stop-grace", type=float, dest="stop_grace", metavar="SECONDS",
+                   help="after a stop, how long requests in flight may finish (10)")
+    p.add_argument("--structured-output", choices=["auto", "on", "off"],
+                   dest="structured_output", help="chat: JSON-schema answers (auto: where the "
+                   "endpoint supports them)")
+    p.add_argument("--max-fruitless-requests", type=int, dest="max_fruitless_requests",
+                   metavar="N", help="pause after this many requests in a row that added "
+                   "nothing to the pool (40; 0: never)")
     p.add_argument("--model-path", dest="model_path", metavar="FILE.gguf",
                    help="serve this GGUF with the embedded llama.cpp server")
     p.add_argument("--local-port", type=int, dest="local_port", help=argparse.SUPPRESS)
@@ -107,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 RUN_FLAG_NAMES = ("target", "model", "base_url", "api", "concurrency", "random_seed",
                   "prompts_per_round", "threshold", "tokenizer", "filter_non_ascii",
                   "requests_per_minute", "tokens_per_minute", "request_timeout", "max_retries",
-                  "price_input_per_1k", "price_output_per_1k", "key_env", "model_path")
+                  "price_input_per_1k", "price_output_per_1k", "key_env", "model_path",
+                  "max_cost", "max_tokens", "context_window", "stop_grace", "structured_output",
+                  "max_fruitless_requests")
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -195,7 +214,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- run ------------------------------------------------------------------------------------------
 
 def prepare_run(args: argparse.Namespace) -> tuple[Path, RunConfig, bool]:
-    """Resolve the run directory and config; a changed config on resume is refused."""
+    """Resolve the run directory and config; a changed config on resume is refused.
+
+    `--seeds` on resume is accepted when the file holds the run's seed set (as it started or
+    as last edited); a different set is refused with what differs.
+    """
     from selfinstruct_tui.engine.store import RunStore, is_run_dir
 
     flags = _flags(args)
@@ -203,23 +226,24 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, RunConfig, bool]:
         store = RunStore(args.run_dir)
         try:
             stored = store.config()
-            if stored is None:
-                raise UserError(f"{args.run_dir}: the run has no config; start a new run in "
-                                "another directory")
-            cfg, refused = merge_for_resume(stored, flags)
-            if args.seeds:
-                refused.append("seeds: a run keeps its own seed set; edit it in the TUI (key e)"
-                               " instead of passing --seeds")
+            if stored is not None:
+                cfg, refused = merge_for_resume(stored, flags)
+                if args.seeds:
+                    why = _seeds_differ(Path(args.seeds), store)
+                    if why:
+                        refused.append(why)
         finally:
             store.close()
-        if refused:
-            raise ConfigError(
-                f"{args.run_dir} holds a run with different settings, so it cannot resume with "
-                "this command:\n  " + "\n  ".join(refused) +
-                "\nLeave these flags out to resume as it was, or start a new run with another "
-                "--run-dir. (Safe to change on resume: target, concurrency, rate limits, "
-                "timeouts, prices, base URL.)")
-        return Path(args.run_dir), cfg, True
+        if stored is not None:
+            if refused:
+                raise ConfigError(
+                    f"{args.run_dir} holds a run with different settings, so it cannot resume "
+                    "with this command:\n  " + "\n  ".join(refused) +
+                    "\nLeave these flags out to resume as it was, or start a new run with another "
+                    "--run-dir. (Safe to change on resume: target, concurrency, rate limits, "
+                    "timeouts, prices, spend limits, base URL.)")
+            return Path(args.run_dir), cfg, True
+        # A run directory without a config is one whose start failed: start it afresh.
     file_settings = load_user_config()
     explicit = {**file_settings, **flags}
     cfg = build_config(file_settings, flags)
@@ -233,6 +257,28 @@ def prepare_run(args: argparse.Namespace) -> tuple[Path, RunConfig, bool]:
             cfg.api = "completions"
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg.model or "run")
     return run_dir, cfg, False
+
+
+def _seeds_differ(path: Path, store: Any) -> str | None:
+    """Why the seed file cannot resume this run, or None when it holds the run's seed set."""
+    from selfinstruct_tui.engine.seeds import load_seeds, seed_difference, seed_fingerprint
+
+    file_tasks = load_seeds(path)
+    run_tasks = [t.to_seed() for t in store.tasks(status="active", origin="seed")]
+    why = seed_difference(file_tasks, run_tasks)
+    if why is None or seed_fingerprint(file_tasks) == store.get_meta("seeds_original"):
+        return None
+    return (f"seeds: {path} is not this run's seed set ({why}). Leave out --seeds to resume "
+            "with the run's own seeds (edit them in the TUI, key e)")
+
+
+def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    """The exact command that resumes this run: the one given, with --run-dir and without
+    --detach."""
+    argv = [a for a in getattr(args, "raw_argv", ["run"]) if a != "--detach"]
+    if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in argv):
+        argv += ["--run-dir", str(run_dir)]
+    return "selfinstruct " + shlex.join(argv)
 
 
 def _discover_model(base_url: str, api_key: str) -> str:
@@ -292,11 +338,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         store = RunStore(run_dir)
         try:
             if not resumed:
+                from selfinstruct_tui.engine.seeds import seed_fingerprint
+
                 assert seeds is not None
                 remember_run(run_dir)
                 store.save_config(cfg)
                 store.set_meta("seeds_path", str(Path(args.seeds).resolve()) if args.seeds
                                else "bundled")
+                store.set_meta("seeds_original", seed_fingerprint(seeds))
                 store.replace_seeds(seed_tasks_to_pool(seeds, 1))
             else:
                 store.save_config(cfg)
@@ -314,61 +363,63 @@ def _drive(args: argparse.Namespace, store: Any, cfg: RunConfig, api_key: str, b
     from selfinstruct_tui.engine.engine import Engine
 
     engine = Engine(store, cfg, api_key=api_key, base_url=base_url)
+    resume = resume_command(args, store.run_dir)
     if not args.headless:
-        return _run_tui(args, store, cfg, engine)
+        return _run_tui(args, store, cfg, engine, resume)
     from selfinstruct_tui.headless import HeadlessPrinter
 
     printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,
-                              tokens_per_second=lambda: engine.tokens_per_second)
+                              tokens_per_second=lambda: engine.tokens_per_second,
+                              resume_command=resume, priced=bool(
+                                  cfg.price_input_per_1k or cfg.price_output_per_1k))
     engine.bus.subscribe(printer)
-    paused_by_errors: list[str] = []
 
     def on_event(event: ev.Event) -> None:
-        # Headless has nobody to press "resume": a run paused by errors stops and says how to
-        # resume; the exit code tells scripts it did not finish.
+        # Headless has nobody to press "resume": a run paused by errors or by a spend guard
+        # stops and says how to resume; the exit code (3) tells scripts it did not finish.
         if isinstance(event, ev.Paused) and event.by_errors:
-            paused_by_errors.append(event.reason)
-            engine.stop()
+            engine.stop(ev.FinishReason.FAILING, event.reason)
 
     engine.bus.subscribe(on_event)
     if server is not None:
         def watch_server(event: ev.Event) -> None:
             if isinstance(event, ev.RequestError) and event.kind == "connection":
                 why = server.check_alive()
-                if why and not paused_by_errors:
-                    paused_by_errors.append(why)
-                    engine.stop()
+                if why:
+                    engine.stop(ev.FinishReason.FAILING, why)
 
         engine.bus.subscribe(watch_server)
-    interrupts = [0]
+    signals = [0]
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        interrupts[0] += 1
-        if interrupts[0] > 1:
+    def on_signal(signum: int, frame: Any) -> None:
+        # First: stop (in flight gets the grace); second: abandon in flight now; third: quit.
+        signals[0] += 1
+        if signals[0] == 1:
+            engine.stop()
+        elif signals[0] == 2:
+            printer.note("stopping now: abandoning the requests in flight")
+            engine.stop_now()
+        else:
             raise KeyboardInterrupt
-        engine.stop()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    previous_term = signal.signal(signal.SIGTERM, on_sigint)
+    previous = signal.signal(signal.SIGINT, on_signal)
+    previous_term = signal.signal(signal.SIGTERM, on_signal)
     try:
         finished = engine.run()
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
         printer.close()
-    if paused_by_errors:
-        err.print(f"error: {paused_by_errors[0]}", markup=False)
-        err.print(f"The run is saved; resume it with: selfinstruct run --run-dir {store.run_dir}"
-                  " --headless", markup=False)
-        return 3
-    if finished.reason == "target":
-        return 0
-    if finished.reason == "stopped":
-        return 130
-    return 1
+    reason = ev.FinishReason(finished.reason)
+    if reason in (ev.FinishReason.FAILING, ev.FinishReason.ERROR):
+        err.print(f"error: {finished.message}", markup=False)
+        err.print(f"The run is saved; resume it with: {resume}", markup=False)
+    return reason.exit_code
 
 
-def _run_tui(args: argparse.Namespace, store: Any, cfg: RunConfig, engine: Any) -> int:
+def _run_tui(args: argparse.Namespace, store: Any, cfg: RunConfig, engine: Any,
+             resume: str) -> int:
+    from selfinstruct_tui.engine.events import FinishReason
     from selfinstruct_tui.tui.app import SelfInstructApp
 
     settings = load_user_config()
@@ -378,29 +429,35 @@ def _run_tui(args: argparse.Namespace, store: Any, cfg: RunConfig, engine: Any) 
         refresh=args.refresh or float(settings.get("refresh", 0.5)),
         theme=args.theme or settings.get("theme"), compact=args.compact,
         seeds_file=seeds_path if seeds_path and seeds_path != "bundled" else None,
-        embedded=cfg.uses_embedded)
+        embedded=cfg.uses_embedded, resume_command=resume)
     try:
         app.run()
     finally:
-        # Quitting never hangs on the worker: stop it and wait a bounded time.
+        # Quitting never hangs on the worker: stop it (in-flight requests get the grace).
         engine.stop()
         if app.engine_thread is not None:
-            app.engine_thread.join(timeout=30)
+            app.engine_thread.join(timeout=cfg.stop_grace + 20)
     from selfinstruct_tui.engine.control import DETACH_EXIT
 
     if app.return_value == DETACH_EXIT:
         # `d`: the engine stopped cleanly; a background process resumes the same run.
-        pid = spawn_detached(store.run_dir, ["run", "--headless", "--run-dir",
-                                             str(store.run_dir)])
+        proc = spawn_detached(store.run_dir, ["run", "--headless", "--run-dir",
+                                              str(store.run_dir)])
         out = Console(highlight=False, soft_wrap=True)
-        out.print(f"the run continues in the background (pid {pid}); log: "
+        out.print(f"the run continues in the background (pid {proc.pid}); log: "
                   f"{store.run_dir / RUN_LOG}", markup=False)
         out.print(f"watch it: selfinstruct attach {store.run_dir}", markup=False)
         return 0
     finished = engine.finished
-    if finished is not None and finished.reason == "target":
-        return 0
-    return 130 if finished is None or finished.reason == "stopped" else 1
+    if finished is None:
+        return FinishReason.STOPPED.exit_code
+    if finished.reason is not FinishReason.TARGET:
+        Console(highlight=False, soft_wrap=True).print(
+            f"{'stopped' if finished.reason is FinishReason.STOPPED else 'ended'} at "
+            f"{finished.accepted}/{finished.target} machine tasks"
+            + (f": {finished.message}" if finished.message else "")
+            + f"\nresume with: {resume}", markup=False)
+    return FinishReason(finished.reason).exit_code
 
 
 # -- detach / attach / runs ------------------------------------------------------------------------
@@ -449,8 +506,10 @@ def known_runs() -> list[Path]:
     return sorted(found.values(), key=lambda p: p.stat().st_mtime)
 
 
-def spawn_detached(run_dir: Path, argv: list[str]) -> int:
-    """`selfinstruct run ARGV` in its own session, SIGHUP ignored, output to the run's log."""
+def spawn_detached(run_dir: Path, argv: list[str]) -> Any:
+    """`selfinstruct run ARGV` in its own session, SIGHUP ignored, output to the run's log.
+
+    Returns the `subprocess.Popen`."""
     import subprocess
 
     log_path = run_dir / RUN_LOG
@@ -463,13 +522,19 @@ def spawn_detached(run_dir: Path, argv: list[str]) -> int:
     finally:
         os.close(fd)
     (run_dir / "engine.pid").write_text(f"{proc.pid}\n")
-    return proc.pid
+    return proc
+
+
+DETACH_START_TIMEOUT = 600.0  # seconds; the embedded model's own start is bounded below this
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
-    """Start the engine as a background process of its own session and return."""
-    from selfinstruct_tui.engine.store import is_run_dir
+    """Start the engine as a background process of its own session; return once it runs.
 
+    Waits until the engine has written its running state (store created, heartbeat) or has
+    exited; a failed start prints the end of its log, is recorded as `failed` for `runs`, and
+    exits non-zero.
+    """
     run_dir, cfg, resumed = prepare_run(args)  # refuse bad settings here, in the foreground
     if not resumed:
         from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds
@@ -477,21 +542,92 @@ def cmd_detach(args: argparse.Namespace) -> int:
         load_seeds(Path(args.seeds) if args.seeds else bundled_seeds_path())
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(run_dir, 0o700)
+    remember_run(run_dir)
     argv = [a for a in args.raw_argv if a != "--detach"]
-    if "--run-dir" not in argv:
+    if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in argv):
         argv += ["--run-dir", str(run_dir)]
     if "--headless" not in argv:
         argv.append("--headless")
-    pid = spawn_detached(run_dir, argv)
+    proc = spawn_detached(run_dir, argv)
     log_path = run_dir / RUN_LOG
     out = Console(highlight=False, soft_wrap=True)
-    out.print(f"{'resuming' if resumed or is_run_dir(run_dir) else 'started'} run in the "
-              f"background (pid {pid})", markup=False)
-    out.print(f"run directory: {run_dir}", markup=False)
-    out.print(f"log: {log_path}", markup=False)
-    out.print(f"watch it:  selfinstruct attach {run_dir}", markup=False)
-    out.print("list runs: selfinstruct runs", markup=False)
-    return 0
+    outcome = _wait_for_start(run_dir, proc, out)
+    if outcome == "running":
+        out.print(f"{'resumed' if resumed else 'started'} run in the background "
+                  f"(pid {proc.pid})", markup=False)
+        out.print(f"run directory: {run_dir}", markup=False)
+        out.print(f"log: {log_path}", markup=False)
+        out.print(f"watch it:  selfinstruct attach {run_dir}", markup=False)
+        out.print("list runs: selfinstruct runs", markup=False)
+        return 0
+    if outcome == "starting":
+        out.print(f"the background run (pid {proc.pid}) is still starting after "
+                  f"{DETACH_START_TIMEOUT:.0f}s; follow {log_path} and `selfinstruct runs`",
+                  markup=False)
+        return 0
+    code = proc.returncode
+    if code == 0:
+        out.print(f"the background run finished already (pid {proc.pid}); log: {log_path}",
+                  markup=False)
+        return 0
+    tail = _log_tail(log_path)
+    _record_failed_start(run_dir, proc.pid, code, tail)
+    err.print(f"error: the background run failed to start (exit {code}). The end of "
+              f"{log_path}:", markup=False)
+    for line in tail:
+        err.print(f"  {line}", markup=False)
+    return code if code and code > 0 else 1
+
+
+def _wait_for_start(run_dir: Path, proc: Any, out: Console) -> str:
+    """"running", "exited" or "starting" (still starting at the timeout)."""
+    from selfinstruct_tui.engine.store import RunStore, is_run_dir
+
+    started = time.monotonic()
+    told = False
+    while time.monotonic() - started < DETACH_START_TIMEOUT:
+        if proc.poll() is not None:
+            return "exited"
+        if is_run_dir(run_dir):
+            try:
+                store = RunStore(run_dir, readonly=True)
+                try:
+                    state = store.get_meta("state") or {}
+                finally:
+                    store.close()
+            except Exception:  # being created right now: look again
+                state = {}
+            if state.get("pid") == proc.pid and state.get("state") not in (None, "starting"):
+                return "running"
+        if not told and time.monotonic() - started > 2:
+            told = True
+            out.print("waiting for the background run to start ...", markup=False)
+        time.sleep(0.1)
+    return "starting"
+
+
+def _log_tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ["(no log)"]
+    return [line for line in text.splitlines() if line.strip()][-lines:] or ["(empty log)"]
+
+
+def _record_failed_start(run_dir: Path, pid: int, code: int | None, tail: list[str]) -> None:
+    """Mark the run `failed` so that `runs` lists it (a store is made if none exists)."""
+    from selfinstruct_tui.engine.store import RunStore
+
+    try:
+        store = RunStore(run_dir)
+        try:
+            store.set_meta("state", {"state": "failed", "pid": pid, "ts": time.time(),
+                                     "reason": tail[-1] if tail else f"exit {code}",
+                                     "by_errors": True, "exit_code": code})
+        finally:
+            store.close()
+    except UserError:
+        pass
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -520,6 +656,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         finally:
             store.close()
         shown = f"{state} (pid {pid})" if state in ("running", "paused", "stopping") else state
+        if state == "failed" and meta.get("reason"):
+            shown = f"failed: {str(meta['reason'])[:60]}"
         ago = "-" if not ts else _ago(_time.time() - ts)
         row = (str(run_dir), shown, str(pool), str(cfg.target if cfg else "?"), ago)
         table.add_row(*row)

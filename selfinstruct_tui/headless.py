@@ -1,36 +1,71 @@
-"""Headless progress: one line per round, plus a live bar when stdout is a terminal."""
+"""Headless progress: one line per round, plus a live bar when stdout is a terminal.
+
+A round's line adds up: candidates = accepted + rejected (by reason) + surplus. It also names
+the instances dropped from accepted tasks, the retries by cause, the tokens (marked estimated when
+the endpoint reports no usage) and, when prices are set, the cost.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.store import RoundStats
 
 
-def short_reasons(rejected: dict[str, int]) -> str:
-    if not rejected:
+def short_reasons(counts: dict[str, int]) -> str:
+    if not counts:
         return "none"
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(
-        rejected.items(), key=lambda kv: (-kv[1], kv[0])))
+        counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool) -> str:
+    """The headless (and log) line for a finished round."""
+    parts = [f"round {s.round}: {s.accepted} accepted of {s.candidates} candidates from "
+             f"{s.prompts} prompts (rejected {s.rejected_total}: "
+             f"{short_reasons(s.rejected or {})}; surplus {s.surplus})"]
+    if s.instances_dropped:
+        parts.append(f"instances dropped {sum(s.instances_dropped.values())}: "
+                     f"{short_reasons(s.instances_dropped)}")
+    if s.retries:
+        parts.append(f"retries {sum(s.retries.values())}: {short_reasons(s.retries)}")
+    parts.append(f"pool {accepted_total}/{target}")
+    tokens = f"{s.prompt_tokens + s.completion_tokens:,} tokens"
+    if s.usage_missing:
+        tokens = f"~{tokens} (estimated: {s.usage_missing} answers carried no usage)"
+    if priced:
+        tokens += f", ${s.cost:.4f}"
+    parts.append(tokens)
+    parts.append(f"{s.wall_time:.1f}s")
+    return "; ".join(parts)
 
 
 class HeadlessPrinter:
     """An event subscriber that prints progress. Thread-safe: rich's Progress has its own lock."""
 
     def __init__(self, console: Console | None = None, *, embedded: bool = False,
-                 tokens_per_second=lambda: 0.0) -> None:
+                 tokens_per_second: Callable[[], float] = lambda: 0.0,
+                 resume_command: str = "", priced: bool = False) -> None:
         self.console = console or Console(highlight=False)
         self.live = self.console.is_terminal
         self.embedded = embedded
         self.tokens_per_second = tokens_per_second
+        self.resume_command = resume_command
+        self.priced = priced
         self.started = time.monotonic()
         self.progress: Progress | None = None
         self.task_id = None
         self.errors_shown = 0
+        self.retries_shown = 0
         self.pause_message = ""
+        self.tokens = 0
+        self.cost = 0.0
+        self.usage_missing = 0
 
     def _line(self, text: str) -> None:
         if self.progress is not None:
@@ -38,10 +73,20 @@ class HeadlessPrinter:
         else:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
+    def note(self, text: str) -> None:
+        self._line(text)
+
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    def _spent(self) -> str:
+        tokens = f"{self.tokens:,} tokens"
+        if self.usage_missing:
+            tokens = f"~{tokens} (estimated: the endpoint reported no usage for " \
+                     f"{self.usage_missing} answers)"
+        return tokens + (f", ${self.cost:.4f}" if self.priced else "")
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
@@ -69,29 +114,44 @@ class HeadlessPrinter:
                 self.progress.update(self.task_id, completed=event.accepted)
         elif isinstance(event, ev.RoundFinished):
             s = event.stats
+            self.tokens += s.prompt_tokens + s.completion_tokens
+            self.cost += s.cost
+            self.usage_missing += s.usage_missing
+            line = round_line(s, event.accepted_total, event.target, priced=self.priced)
             tps = self.tokens_per_second()
-            speed = f", {tps:.1f} tok/s" + (" (embedded)" if self.embedded else "") if tps else ""
-            self._line(
-                f"round {s.round}: {s.accepted} accepted of {s.candidates} candidates from "
-                f"{s.prompts} prompts; rejected: {short_reasons(s.rejected or {})}; "
-                f"pool {event.accepted_total}/{event.target}; "
-                f"{s.prompt_tokens + s.completion_tokens} tokens{speed}; {s.wall_time:.1f}s")
+            if tps:
+                line += f"; {tps:.1f} tok/s" + (" (embedded)" if self.embedded else "")
+            self._line(line)
+        elif isinstance(event, ev.RequestRetried):
+            self.retries_shown += 1
+            if self.retries_shown <= 3 or self.retries_shown % 100 == 0:
+                self._line(f"retry ({event.cause.replace('_', ' ')}, attempt {event.attempt}, "
+                           f"next in {event.delay:.1f}s): {event.message}")
         elif isinstance(event, ev.RequestError):
             self.errors_shown += 1
             if self.errors_shown <= 5 or self.errors_shown % 50 == 0:
                 self._line(f"request error ({event.kind}): {event.message}")
+        elif isinstance(event, ev.Notice):
+            self._line(f"note: {event.message}")
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
             self._line(f"paused: {event.reason}")
         elif isinstance(event, ev.Stopping):
-            self._line("stopping: finishing requests in flight (Ctrl-C again to quit at once)")
+            self._line("stopping: requests in flight may finish (Ctrl-C again to abandon them)")
         elif isinstance(event, ev.Finished):
             self.close()
             took = time.monotonic() - self.started
-            if event.reason == "target":
-                self._line(f"done: {event.accepted}/{event.target} machine tasks in {took:.1f}s")
-            elif event.reason == "stopped":
-                self._line(f"stopped at {event.accepted}/{event.target} machine tasks; "
-                           "run the same command again to resume")
+            reason = ev.FinishReason(event.reason)
+            at = f"{event.accepted}/{event.target} machine tasks"
+            if reason is ev.FinishReason.TARGET:
+                self._line(f"done: {at} in {took:.1f}s; {self._spent()}")
+            elif reason is ev.FinishReason.STOPPED:
+                self._line(f"stopped at {at}; {self._spent()}")
+                self._line(f"resume with: {self.resume_command}")
+            elif reason is ev.FinishReason.LIMIT:
+                self._line(f"stopped at {at}: {event.message}; {self._spent()}")
+                self._line(f"resume with a higher limit: {self.resume_command}")
+            elif reason is ev.FinishReason.FAILING:
+                self._line(f"stopped at {at}; {self._spent()}")
             else:
                 self._line(f"failed: {event.message}")

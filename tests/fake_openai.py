@@ -8,6 +8,15 @@ short), Yes/No answers, and instances in the requested format.
 Faults are injectable at start or at run time with POST /_control (JSON): latency, a share of
 429 / 500 answers, hangs (timeouts), truncated (finish_reason=length) and malformed bodies, a
 required API key, and "down" (every request fails with 503).
+
+Scripts make it return exactly a given text or status: `script={"generate": [...], ...}` (kinds
+"generate", "classify", "instances", or "*" for every request). Each entry is a string (the
+answer's text) or a dict with any of: text, finish_reason, status, body (a JSON error body or raw
+text), content_type, headers, usage (False: no usage in the answer), shape ("chat" or
+"completions": answer in that API's shape whatever was asked), hang (seconds). Entries are used
+in order; the last one repeats unless `repeat_last=False`, after which the default answers resume.
+Structured output: `structured="json"` answers a request carrying a JSON schema in JSON,
+"ignore" answers it as text, "reject" refuses it with a 400 that names response_format.
 """
 
 from __future__ import annotations
@@ -103,7 +112,9 @@ def classification_answer(instruction: str) -> str:
 
 def instances_text(instruction: str, label_first: bool, chat: bool, rng: random.Random) -> str:
     if label_first:
-        labels = rng.sample(["Positive", "Negative", "Neutral", "Yes", "No", "Other"], 2)
+        named = re.search(r"is (\w+) or (\w+)", instruction)
+        labels = [named.group(1).capitalize(), named.group(2).capitalize()] if named else \
+            rng.sample(["Positive", "Negative", "Neutral", "Yes", "No", "Other"], 2)
         parts = []
         for label in labels:
             parts.append(f"Class label: {label}\nInput: A {rng.choice(ADJS)} "
@@ -122,6 +133,18 @@ def instances_text(instruction: str, label_first: bool, chat: bool, rng: random.
     return text if chat else text[len("Example 1\n"):]
 
 
+def instances_json(text: str, label_first: bool) -> str:
+    """The same examples as `instances_text`, in the structured-output JSON shape."""
+    out = []
+    if label_first:
+        for label, inp in re.findall(r"Class label: (.*)\nInput: (.*)", text):
+            out.append({"label": label, "input": inp})
+    else:
+        for inp, outp in re.findall(r"Input: (.*)\nOutput: (.*)", text):
+            out.append({"input": "" if inp == "(none)" else inp, "output": outp})
+    return json.dumps({"instances": out})
+
+
 class FakeOpenAI:
     """Start with `with FakeOpenAI() as server:`; point the client at `server.base_url`."""
 
@@ -130,15 +153,21 @@ class FakeOpenAI:
                  truncate_rate: float = 0.0, malformed_rate: float = 0.0,
                  api_key: str | None = None, down: bool = False, retry_after: float | None = None,
                  fail_first: int = 0, context_limit: int | None = None,
-                 reject_param: str | None = None) -> None:
+                 reject_param: str | None = None, script: dict[str, list] | None = None,
+                 repeat_last: bool = True, structured: str = "json",
+                 context_window: int | None = None) -> None:
         self.settings: dict[str, Any] = dict(
             latency=latency, error_rate=error_rate, error_status=error_status,
             hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
             malformed_rate=malformed_rate, api_key=api_key, down=down, retry_after=retry_after,
-            fail_first=fail_first, context_limit=context_limit, reject_param=reject_param)
+            fail_first=fail_first, context_limit=context_limit, reject_param=reject_param,
+            repeat_last=repeat_last, structured=structured, context_window=context_window)
+        self.scripts: dict[str, list] = {k: list(v) for k, v in (script or {}).items()}
         self.lock = threading.Lock()
         self.requests = 0
         self.by_kind: dict[str, int] = {}
+        self.log: list[tuple[float, str, dict[str, Any]]] = []  # (monotonic, kind, body)
+        self.statuses: list[int] = []
         self.max_tokens_seen: list[int] = []
         self.seen_auth: set[str] = set()
         self._fault_rng = random.Random(1234)
@@ -166,7 +195,24 @@ class FakeOpenAI:
 
     def configure(self, **settings: Any) -> None:
         with self.lock:
+            if "script" in settings:
+                self.scripts = {k: list(v) for k, v in (settings.pop("script") or {}).items()}
             self.settings.update(settings)
+
+    def scripted(self, kind: str) -> Any:
+        """The next scripted entry for a request of `kind`, or None for the default answer."""
+        with self.lock:
+            for key in (kind, "*"):
+                entries = self.scripts.get(key)
+                if entries:
+                    if len(entries) > 1 or not self.settings["repeat_last"]:
+                        return entries.pop(0)
+                    return entries[0]
+        return None
+
+    def kinds(self) -> list[str]:
+        with self.lock:
+            return [k for _, k, _ in self.log]
 
     # -- request handling -----------------------------------------------------------------------
     def _fault(self) -> str | None:
@@ -188,32 +234,47 @@ class FakeOpenAI:
                 return name
         return None
 
+    @staticmethod
+    def prompt_of(path: str, body: dict[str, Any]) -> str:
+        if path.endswith("chat/completions"):
+            return "\n".join(str(m.get("content", "")) for m in body.get("messages") or [])
+        return str(body.get("prompt", ""))
+
+    @staticmethod
+    def kind_of(prompt: str) -> str:
+        if "say whether it is a classification task" in prompt[:600]:
+            return "classify"
+        if "Write examples for each task" in prompt[:600] or \
+                "sorts its input into one of a few class labels" in prompt[:600]:
+            return "instances"
+        return "generate"
+
     def answer(self, path: str, body: dict[str, Any]) -> tuple[str, str, int]:
         """(text, kind, completion tokens) for a completions or chat request."""
         chat = path.endswith("chat/completions")
-        if chat:
-            messages = body.get("messages") or []
-            prompt = "\n".join(str(m.get("content", "")) for m in messages)
-        else:
-            prompt = str(body.get("prompt", ""))
+        prompt = self.prompt_of(path, body)
         seed = body.get("seed")
-        if "Classification:" in prompt[-200:] or prompt.rstrip().endswith("Classification:"):
+        kind = self.kind_of(prompt)
+        as_json = chat and self.settings["structured"] == "json" and \
+            isinstance(body.get("response_format"), dict)
+        if kind == "classify":
             instruction = prompt.rstrip().rsplit("Task:", 1)[-1].split("\n")[0].strip()
             return classification_answer(instruction).strip() if chat else \
                 classification_answer(instruction), "classify", 1
-        if prompt.rstrip().endswith("Class label:") or (chat and "Class label" in prompt[:400]):
+        if kind == "instances":
+            label_first = "class labels" in prompt[:600]
             instruction = prompt.rsplit("Task:", 1)[-1].split("\n")[0].strip()
-            text = instances_text(instruction, True, chat, _rng("inst", prompt, seed))
-            return text, "instances", len(text.split())
-        if prompt.endswith("Example 1\n") or (chat and "Example N" in prompt[:600]):
-            instruction = prompt.rsplit("Task:", 1)[-1].split("\n")[0].strip()
-            text = instances_text(instruction, False, chat, _rng("inst", prompt, seed))
+            text = instances_text(instruction, label_first, chat, _rng("inst", prompt, seed))
+            if as_json:
+                text = instances_json(text, label_first)
             return text, "instances", len(text.split())
         examples = _examples_in(prompt)
         first = len(examples) + 1
         count = _rng("count", prompt, seed).randint(4, 7)
         items = generation_items(prompt, seed, count)
-        if chat:
+        if as_json:
+            text = json.dumps({"tasks": [{"instruction": item} for item in items]})
+        elif chat:
             text = "".join(f"{first + i}. {item}\n" for i, item in enumerate(items))
         else:
             text = " " + "\n".join(f"{first + i}. {item}" if i else item
@@ -245,6 +306,8 @@ class FakeOpenAI:
 
             def _error(self, status: int, message: str, etype: str = "server_error",
                        headers: dict[str, str] | None = None) -> None:
+                with server.lock:
+                    server.statuses.append(status)
                 self._send(status, {"error": {"message": message, "type": etype}}, headers)
 
             def do_GET(self) -> None:  # noqa: N802
@@ -275,10 +338,18 @@ class FakeOpenAI:
                 if not self.path.endswith(("/completions", "/chat/completions")):
                     self._error(404, f"no route {self.path}", "not_found")
                     return
+                prompt = server.prompt_of(self.path, body)
+                kind = server.kind_of(prompt)
+                with server.lock:
+                    server.log.append((time.monotonic(), kind, body))
                 rejected = s["reject_param"]
                 if rejected and rejected in body:
                     self._error(400, f"Unsupported parameter: '{rejected}' is not supported "
                                      "with this model.", "invalid_request_error")
+                    return
+                if s["structured"] == "reject" and "response_format" in body:
+                    self._error(400, "response_format of type json_schema is not supported by "
+                                     "this server", "invalid_request_error")
                     return
                 max_tokens = int(body.get("max_tokens") or 16)
                 with server.lock:
@@ -289,6 +360,15 @@ class FakeOpenAI:
                                      f"tokens, however you requested {max_tokens + 100} tokens "
                                      f"(100 in your prompt; {max_tokens} for the completion).",
                                 "invalid_request_error")
+                    return
+                window = s["context_window"]
+                prompt_tokens = len(prompt) // 4 + 1
+                if window and prompt_tokens + max_tokens > window:
+                    self._error(400, f"This model's maximum context length is {window} tokens, "
+                                     f"however you requested {prompt_tokens + max_tokens} tokens "
+                                     f"({prompt_tokens} in your prompt; {max_tokens} for the "
+                                     "completion). Please reduce your prompt; or completion "
+                                     "length.", "invalid_request_error")
                     return
                 if s["latency"]:
                     time.sleep(s["latency"])
@@ -309,16 +389,32 @@ class FakeOpenAI:
                 if fault == "malformed":
                     self._send(200, None, raw=b'{"id": "cmpl-x", "choices": [{"te')
                     return
-                text, kind, tokens = server.answer(self.path, body)
-                finish = "stop"
+                entry = server.scripted(kind)
+                if isinstance(entry, str):
+                    entry = {"text": entry}
+                entry = entry or {}
+                if entry.get("hang"):
+                    time.sleep(float(entry["hang"]))
+                if "status" in entry:
+                    self._scripted_error(entry)
+                    return
+                if "text" in entry:
+                    text = entry["text"]
+                    tokens = len(text.split())
+                else:
+                    text, kind, tokens = server.answer(self.path, body)
+                finish = entry.get("finish_reason", "stop")
                 if fault == "truncate":
                     text, finish = text[: max(1, len(text) // 2)], "length"
                 with server.lock:
                     server.by_kind[kind] = server.by_kind.get(kind, 0) + 1
-                usage = {"prompt_tokens": length // 4, "completion_tokens": tokens,
-                         "total_tokens": length // 4 + tokens}
+                    server.statuses.append(200)
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                         "total_tokens": prompt_tokens + tokens}
                 model = body.get("model", "fake-model")
-                if self.path.endswith("chat/completions"):
+                chat = self.path.endswith("chat/completions")
+                shape = entry.get("shape") or ("chat" if chat else "completions")
+                if shape == "chat":
                     payload = {"id": "chatcmpl-fake", "object": "chat.completion",
                                "created": int(time.time()), "model": model,
                                "choices": [{"index": 0, "finish_reason": finish,
@@ -330,7 +426,24 @@ class FakeOpenAI:
                                "choices": [{"index": 0, "text": text, "finish_reason": finish,
                                             "logprobs": None}],
                                "usage": usage}
+                if entry.get("usage") is False:
+                    del payload["usage"]
                 self._send(200, payload)
+
+            def _scripted_error(self, entry: dict[str, Any]) -> None:
+                status = int(entry["status"])
+                with server.lock:
+                    server.statuses.append(status)
+                body = entry.get("body", {"error": {"message": f"scripted {status}",
+                                                    "type": "server_error"}})
+                raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", entry.get("content_type", "application/json"))
+                self.send_header("Content-Length", str(len(raw)))
+                for k, v in (entry.get("headers") or {}).items():
+                    self.send_header(k, str(v))
+                self.end_headers()
+                self.wfile.write(raw)
 
         return Handler
 

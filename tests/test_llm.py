@@ -9,6 +9,7 @@ import pytest
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine import prompts as P
 from selfinstruct_tui.engine.llm import ClientSettings, LLMClient, RequestFailed, SamplingParams
+from selfinstruct_tui.engine.parsing import parse_instruction_list
 
 REQ = P.generation_completion([f"Explain topic number {i} briefly." for i in range(8)])
 
@@ -28,10 +29,10 @@ def ask(server: FakeOpenAI, params: SamplingParams | None = None, request=REQ, *
 def test_completion_and_chat_round_trip():
     with FakeOpenAI() as server:
         resp = ask(server)
-        assert len(P.parse_instruction_list(resp.text, 9)) >= 4
+        assert len(parse_instruction_list(resp.text, first_number=9).items) >= 4
         assert resp.finish_reason == "stop" and resp.completion_tokens > 0
         chat = ask(server, request=P.generation_chat(["Explain tides."] * 8, 7))
-        assert P.parse_instruction_list(chat.text)
+        assert parse_instruction_list(chat.text).items
 
 
 def test_retries_429_and_honours_retry_after():
@@ -45,7 +46,7 @@ def test_500_is_retried_then_reported():
     with FakeOpenAI(error_rate=1.0, error_status=500) as server:
         with pytest.raises(RequestFailed) as info:
             ask(server, max_retries=2)
-        assert info.value.kind == "http" and info.value.status == 500
+        assert info.value.kind == "server_error" and info.value.status == 500
         assert server.requests == 3
 
 

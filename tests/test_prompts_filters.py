@@ -7,6 +7,8 @@ import pytest
 from selfinstruct_tui.engine import prompts as P
 from selfinstruct_tui.engine.filters import FilterSettings, RejectionReason, check_instruction, \
     clean_instances
+from selfinstruct_tui.engine.parsing import parse_classification, parse_instances, \
+    parse_instruction_list
 from selfinstruct_tui.engine.seeds import Instance
 
 
@@ -18,43 +20,51 @@ def test_completion_prompt_numbers_examples_and_stops_at_16():
 
 def test_parse_completion_continuation():
     text = " Write a poem about rain.\n10. Sort the list of numbers.\n11.   **List** three fruits "
-    assert P.parse_instruction_list(text, 9) == [
+    parsed = parse_instruction_list(text, first_number=9)
+    assert [i.instruction for i in parsed.items] == [
         "Write a poem about rain.", "Sort the list of numbers.", "List three fruits"]
+    assert [i.number for i in parsed.items] == [9, 10, 11]
 
 
 def test_parse_chat_list_with_markdown_and_prefixes():
     text = ("Sure! Here are new tasks:\n9. **Task:** explain tides to a child.\n"
             "10) \"Summarize the email in one line.\"\n\n11. Instruction: rank the cities\n"
             "by population.")
-    assert P.parse_instruction_list(text) == [
+    assert [i.instruction for i in parse_instruction_list(text).items] == [
         "Explain tides to a child.", "Summarize the email in one line.",
         "Rank the cities by population."]
 
 
 def test_parse_classification():
-    assert P.parse_classification(" Yes") is True
-    assert P.parse_classification("no.") is False
-    assert P.parse_classification("Maybe") is None
+    assert parse_classification(" Yes") is True
+    assert parse_classification("no.") is False
+    assert parse_classification("Maybe") is None
+
+
+def pairs(parsed):
+    return [Instance(i.input, i.output) for i in parsed.instances]
 
 
 def test_parse_input_first_instances():
     text = ("Input: (none)\nOutput: A haiku.\n\nExample 2\nInput: 3, 1, 2\nOutput: 1, 2, 3\n"
             "\nExample 3\nInput: broken without output\n")
-    assert P.parse_input_first(text, starts_in_example=True) == [
-        Instance("", "A haiku."), Instance("3, 1, 2", "1, 2, 3")]
+    parsed = parse_instances(text, output_first=False, starts_in_example=True)
+    assert pairs(parsed) == [Instance("", "A haiku."), Instance("3, 1, 2", "1, 2, 3")]
+    assert [f.reason for f in parsed.discarded] == [RejectionReason.MISSING_OUTPUT]
 
 
 def test_instances_stop_where_the_model_runs_on_into_another_task():
     text = "Input: (none)\nOutput: Blue is calm.\n\nTask 2\nWrite a story about a dog.\nOutput: x"
-    assert P.parse_input_first(text, starts_in_example=True) == [Instance("", "Blue is calm.")]
+    assert pairs(parse_instances(text, output_first=False)) == [Instance("", "Blue is calm.")]
     text = " Positive\nInput: Great!\nTask: Rate this.\nClass label: Negative\nInput: Bad."
-    assert P.parse_output_first(text, starts_in_label=True) == [Instance("Great!", "Positive")]
+    assert pairs(parse_instances(text, output_first=True, starts_in_example=True)) == [
+        Instance("Great!", "Positive")]
     assert "\nTask" in P.instances_completion("Sort words.", False).stop
 
 
 def test_parse_output_first_instances():
     text = " Positive\nInput: I love it.\nClass label: Negative\nInput: Awful.\n"
-    assert P.parse_output_first(text, starts_in_label=True) == [
+    assert pairs(parse_instances(text, output_first=True, starts_in_example=True)) == [
         Instance("I love it.", "Positive"), Instance("Awful.", "Negative")]
 
 
@@ -90,7 +100,7 @@ def test_passing_instruction_and_non_ascii_switch():
 
 
 def test_instance_filters():
-    kept, rejection = clean_instances([
+    kept, dropped, rejection = clean_instances([
         Instance("a", ""),            # empty output
         Instance("same", "same"),     # input equals output
         Instance("Question:", "x"),   # ends with ':'
@@ -99,7 +109,12 @@ def test_instance_filters():
         Instance("q", "fine"),        # exact duplicate
     ])
     assert rejection is None and kept == [Instance("q", "fine")]
-    _, rejection = clean_instances([Instance("2+2", "4"), Instance("2+2", "5")])
+    assert [d.reason for d in dropped] == [
+        RejectionReason.EMPTY_OUTPUT, RejectionReason.INPUT_EQUALS_OUTPUT,
+        RejectionReason.ENDS_WITH_COLON, RejectionReason.ENDS_WITH_COLON,
+        RejectionReason.DUPLICATE_INSTANCE]
+    _, _, rejection = clean_instances([Instance("2+2", "4"), Instance("2+2", "5")])
     assert rejection.reason == RejectionReason.CONFLICTING_OUTPUTS
-    _, rejection = clean_instances([Instance("x", "")])
+    _, dropped, rejection = clean_instances([Instance("x", "")])
     assert rejection.reason == RejectionReason.NO_VALID_INSTANCES
+    assert "empty output 1" in rejection.detail

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -34,6 +35,13 @@ def count_machine(run_dir: Path) -> int:
             db.close()
     except sqlite3.Error:
         return 0
+
+
+def resume_line(out: str) -> str:
+    """The command a stopped run printed for resuming it."""
+    lines = [line for line in out.splitlines() if "resume with" in line]
+    assert lines, out
+    return lines[-1].split(": ", 1)[1].strip()
 
 
 def wait_for(predicate, timeout: float = 60.0) -> None:
@@ -128,14 +136,17 @@ def test_ctrl_c_stops_cleanly_and_resumes(isolated_env, tmp_path):
         proc.send_signal(signal.SIGINT)
         out, errs = proc.communicate(timeout=60)
         assert proc.returncode == 130, errs
-        assert "stopped at" in out and "run the same command again to resume" in out
+        assert "stopped at" in out
+        printed = resume_line(out)
+        assert printed == shlex.join(["selfinstruct", *args[3:]])  # the command as given
         stopped_at = count_machine(run_dir)
         assert 10 <= stopped_at < 300
         db = sqlite3.connect(run_dir / "run.sqlite")
         state = json.loads(db.execute("SELECT value FROM meta WHERE key='state'").fetchone()[0])
         assert state["state"] == "stopped"
         db.close()
-        done = subprocess.run(args, env=isolated_env, capture_output=True, text=True, timeout=240)
+        done = subprocess.run(cli_command(*shlex.split(printed)[1:]), env=isolated_env,
+                              capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr
     assert count_machine(run_dir) == 300
 
@@ -163,7 +174,9 @@ def test_endpoint_down_pauses_and_exits_with_advice(run_cli, tmp_path, isolated_
                        "--run-dir", str(run_dir), "--target", "10")
     assert proc.returncode == 3
     assert "every request has failed" in proc.stderr
-    assert f"selfinstruct run --run-dir {run_dir}" in proc.stderr
+    assert f"Check that {server.base_url} is up" in proc.stderr
+    assert f"resume it with: selfinstruct run --headless --base-url {server.base_url} " \
+        f"--model m --run-dir {run_dir} --target 10" in proc.stderr
     db = sqlite3.connect(run_dir / "run.sqlite")
     assert db.execute("SELECT COUNT(*) FROM errors").fetchone()[0] >= 3
 

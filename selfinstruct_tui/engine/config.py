@@ -64,6 +64,17 @@ class RunConfig:
     error_pause_seconds: float = 60.0
     price_input_per_1k: float = 0.0
     price_output_per_1k: float = 0.0
+    # seconds that requests in flight may still take after a stop before they are abandoned
+    stop_grace: float = 10.0
+    # the model's context window in tokens (0: learned from the endpoint's first context error)
+    context_window: int = 0
+    # chat only: JSON-schema structured output (auto: used where the endpoint accepts it)
+    structured_output: str = "auto"
+    # spend guards: stop when the run's cost (USD) or its tokens reach these (0: no limit) ...
+    max_cost: float = 0.0
+    max_tokens: int = 0
+    # ... and pause when this many requests in a row (whole rounds) added nothing to the pool
+    max_fruitless_requests: int = 40
 
     @property
     def effective_prompts_per_round(self) -> int:
@@ -99,6 +110,15 @@ class RunConfig:
             problems.append(f"{where}: threshold must be in (0, 1]")
         if self.prompts_per_round < 0:
             problems.append(f"{where}: prompts_per_round must be 0 (auto) or more")
+        if self.structured_output not in ("auto", "on", "off"):
+            problems.append(f"{where}: structured_output must be 'auto', 'on' or 'off', not "
+                            f"{self.structured_output!r}")
+        for name in ("max_cost", "max_tokens", "stop_grace", "context_window",
+                     "max_fruitless_requests", "min_words"):
+            if getattr(self, name) < 0:
+                problems.append(f"{where}: {name} must be 0 or more")
+        if self.max_words < self.min_words:
+            problems.append(f"{where}: max_words must be at least min_words")
         if problems:
             raise ConfigError("\n".join(problems))
 
@@ -108,7 +128,8 @@ class RunConfig:
 SAFE_ON_RESUME = {
     "target", "concurrency", "prompts_per_round", "request_timeout", "max_retries",
     "requests_per_minute", "tokens_per_minute", "error_pause_seconds", "price_input_per_1k",
-    "price_output_per_1k", "base_url", "key_env", "model_path",
+    "price_output_per_1k", "base_url", "key_env", "model_path", "stop_grace", "context_window",
+    "structured_output", "max_cost", "max_tokens", "max_fruitless_requests",
 }
 
 SETTABLE = {f.name: f.type for f in fields(RunConfig)}

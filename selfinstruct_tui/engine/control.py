@@ -209,7 +209,9 @@ class StoreFollower:
                                         True))
             elif new == "stopping":
                 self.emit(ev.Stopping())
-            elif new in ("finished", "stopped", "error"):
-                self.emit(ev.Finished({"finished": "target"}.get(new, new), accepted,
-                                      self.target))
+            elif new in ("finished", "stopped", "error", "failed"):
+                reason = state.get("finish_reason") or {"finished": "target",
+                                                        "error": "error"}.get(new, "stopped")
+                self.emit(ev.Finished(ev.FinishReason(reason), accepted, self.target,
+                                      str(state.get("message") or "")))
         self.state = state

@@ -6,6 +6,7 @@ TUI puts the event on a queue that it drains on a timer.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -71,6 +72,9 @@ class TaskAccepted(Event):
 
 @dataclass(frozen=True)
 class CandidateRejected(Event):
+    """A candidate turned down (`level` "candidate"), or one instance of a task dropped
+    ("instance", with `task_id`), with its `RejectionReason` value."""
+
     rejection_id: int
     round: int
     candidate: str
@@ -80,6 +84,27 @@ class CandidateRejected(Event):
     similar_text: str | None = None
     score: float | None = None
     max_score: float | None = None
+    level: str = "candidate"
+    task_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RequestRetried(Event):
+    """A request failed and will be sent again after `delay` seconds; `cause` names why."""
+
+    round: int | None
+    prompt_id: int | None
+    cause: str
+    attempt: int
+    delay: float
+    message: str
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """Something the user should know once (structured output detected, a limit learned)."""
+
+    message: str
 
 
 @dataclass(frozen=True)
@@ -128,9 +153,27 @@ class TaskEdited(Event):
     task: Task
 
 
+class FinishReason(str, enum.Enum):
+    """Why a run ended, with its one mapping to an exit code and a run state."""
+
+    TARGET = "target"  # the pool reached the target
+    STOPPED = "stopped"  # the user stopped it
+    LIMIT = "limit"  # a spend limit (--max-cost, --max-tokens) was reached
+    FAILING = "failing"  # paused by errors or a spend guard with nobody to resume (headless)
+    ERROR = "error"  # the engine itself failed
+
+    @property
+    def exit_code(self) -> int:
+        return {"target": 0, "stopped": 130, "limit": 4, "failing": 3, "error": 1}[self.value]
+
+    @property
+    def state(self) -> str:
+        return {"target": "finished", "error": "error"}.get(self.value, "stopped")
+
+
 @dataclass(frozen=True)
 class Finished(Event):
-    reason: str  # target | stopped | error
+    reason: FinishReason
     accepted: int
     target: int
     message: str = ""

@@ -1,20 +1,39 @@
 """All model traffic: one `AsyncOpenAI` client, so any OpenAI-compatible endpoint works.
 
-The client's own retries are off (max_retries=0); this module retries with exponential backoff and
-full jitter, honours Retry-After on 429/5xx, retries timeouts and connection errors, shrinks
-max_tokens when the endpoint says the context is too long, keeps requests-per-minute and
-tokens-per-minute under optional limits, and lets the engine pause new requests at once.
+The client's own retries are off (max_retries=0); this module decides, in one table
+(`map_error`), what each failure means:
+
+* retried with exponential backoff and full jitter: timeouts, connection errors, 5xx, 408/409,
+  malformed bodies; 429 (rate limit) and 503 with Retry-After pause *every* request until the
+  endpoint's time has passed, then restart them staggered, instead of each worker retrying at
+  the same instant;
+* permanent, raised at the first answer with their own message (`RequestFailed.fatal`): exhausted
+  quota, a bad key (401/403), an unknown model or route (404/405), a request of the wrong API
+  (a chat model asked for completions or the reverse), a prompt that cannot fit the context window,
+  and a parameter the model rejects;
+* context too long: the limit is learned from the endpoint's message (or `context_window`) and
+  every later request asks for at most what fits.
+
+Every retry is reported to the caller with its cause. Text the endpoint sends back (errors and
+answers) passes through a `Redactor`, so the API key never reaches a log, the store or the screen.
+A stop abandons requests that are queued or waiting to retry at once and gives requests in flight
+a bounded grace (`abandon_pending`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import html
+import json
+import math
 import random
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 
@@ -33,6 +52,9 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class LLMResponse:
+    """One answer. `latency` in seconds (monotonic) for the attempt that answered; tokens as the
+    endpoint reported them (`usage_reported` False when the response carried no `usage`)."""
+
     text: str
     finish_reason: str | None
     prompt_tokens: int
@@ -40,10 +62,32 @@ class LLMResponse:
     latency: float
     attempts: int
     max_tokens: int
+    usage_reported: bool = True
+    structured: bool = False
+
+
+class Cause:
+    """Names of failure causes, as stored and shown (retries per cause, errors)."""
+
+    RATE_LIMIT = "rate_limit"
+    QUOTA = "quota"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    MALFORMED = "malformed"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    WRONG_API = "wrong_api"
+    CONTEXT = "context"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    BAD_REQUEST = "bad_request"
+    HTTP = "http"
+    STRUCTURED_OUTPUT = "structured_output"
 
 
 class RequestFailed(Exception):
-    """A request that failed for good. `fatal` failures (bad key, unknown model) will not heal."""
+    """A request that failed for good. `fatal` failures will not heal: every later request would
+    fail the same way, so the run stops at the first one."""
 
     def __init__(self, message: str, *, kind: str, fatal: bool = False, attempts: int = 1,
                  status: int | None = None) -> None:
@@ -55,7 +99,14 @@ class RequestFailed(Exception):
 
 
 class RequestAbandoned(Exception):
-    """The engine is stopping: the request was never sent."""
+    """The engine is stopping. `when`: "before sending", "waiting to retry" or "in flight"."""
+
+    def __init__(self, when: str = "before sending") -> None:
+        super().__init__(f"abandoned {when}")
+        self.when = when
+
+
+RetryCallback = Callable[[str, int, float, str], None]  # (cause, attempt, delay s, message)
 
 
 @dataclass
@@ -64,6 +115,7 @@ class ClientSettings:
     model: str
     api: str = "completions"  # or "chat"
     api_key: str = field(default="", repr=False)
+    key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
     request_timeout: float = 120.0
     max_retries: int = 6
@@ -71,27 +123,127 @@ class ClientSettings:
     backoff_max: float = 60.0
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    context_window: int | None = None
+    structured_output: str = "auto"  # auto | on | off (chat requests that carry a schema)
 
+
+class Redactor:
+    """Removes an API key from text: the key itself and any piece of it of 8+ characters (a
+    proxy that echoes `sk-abcd...` in an error still leaks most of it)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key if len(key) >= 8 else ""
+        self._grams = {key[i:i + 8] for i in range(len(key) - 7)} if self.key else set()
+
+    def __call__(self, text: str) -> str:
+        if not self.key or not text:
+            return text
+        if self.key in text:
+            text = text.replace(self.key, "[redacted]")
+        if any(g in text for g in self._grams):
+            text = re.sub(r"[\w\-.~+/=*]{8,}",
+                          lambda m: "[redacted]" if any(g in m.group(0) for g in self._grams)
+                          else m.group(0), text)
+        return text
+
+
+# -- reading the endpoint's errors -----------------------------------------------------------
 
 _CONTEXT_RE = re.compile(
-    r"context[_ ]length|context window|maximum context|too long|exceeds the (?:model'?s? )?"
-    r"(?:context|maximum)|n_ctx|context size", re.IGNORECASE)
-
-
+    r"context[_ ]length|context window|maximum context|context size|too long|exceeds? the "
+    r"(?:model'?s? )?(?:context|maximum)|n_ctx|exceed_context|max_model_len|"
+    r"inputs?`? tokens \+ `?max_new_tokens", re.IGNORECASE)
 _UNSUPPORTED_RE = re.compile(
     r"unsupported (?:parameter|value)|unsupported_(?:parameter|value)|does not support|"
-    r"not supported with this model|unrecognized request argument", re.IGNORECASE)
+    r"not supported with this model|unrecognized request argument|extra inputs are not permitted",
+    re.IGNORECASE)
+_STRUCTURED_RE = re.compile(r"response_format|json_schema|guided|grammar|structured output",
+                            re.IGNORECASE)
+_NEEDS_COMPLETIONS_RE = re.compile(
+    r"not a chat model|chat[_ ]template|v1/completions\?|does not support chat|"
+    r"no chat template", re.IGNORECASE)
+_NEEDS_CHAT_RE = re.compile(
+    r"is a chat model|v1/chat/completions\?|only supports? (?:the )?chat|not supported in the "
+    r"v1/completions|does not support (?:the )?completions|completions api is not supported",
+    re.IGNORECASE)
+_QUOTA_RE = re.compile(r"insufficient_quota|exceeded your current quota|billing|credit balance"
+                       r"|out of credits|payment required", re.IGNORECASE)
+_LIMIT_PATTERNS = (
+    re.compile(r"maximum context length is (\d+)", re.I),
+    re.compile(r"context (?:length|window|size) (?:is|of) (\d+)", re.I),
+    re.compile(r"must be <= (\d+)", re.I),
+    re.compile(r"max_model_len(?:=| is | of )(\d+)", re.I),
+    re.compile(r"n_ctx\D{0,4}(\d+)", re.I),
+)
+_PROMPT_PATTERNS = (
+    re.compile(r"(\d+) (?:tokens )?in (?:your|the) (?:prompt|messages)", re.I),
+    re.compile(r"request has (\d+) input tokens", re.I),
+    re.compile(r"Given: (\d+) `?inputs?`? tokens", re.I),
+    re.compile(r"n_prompt_tokens\D{0,4}(\d+)", re.I),
+    re.compile(r"prompt (?:is|has|of) (\d+) tokens", re.I),
+)
 
 
-def _context_limit_hint(message: str, max_tokens: int) -> int:
-    """The largest max_tokens the endpoint's error message allows, or half the old value."""
-    limit = re.search(r"(?:maximum context length|context (?:length|window|size)) (?:is|of) (\d+)",
-                      message, re.IGNORECASE)
-    prompt = re.search(r"(\d+) (?:tokens )?in (?:your|the) (?:prompt|messages)", message,
-                       re.IGNORECASE)
-    if limit and prompt:
-        return int(limit.group(1)) - int(prompt.group(1)) - 8
-    return max_tokens // 2
+def context_numbers(message: str, body: object = None) -> tuple[int | None, int | None]:
+    """(context window, prompt tokens) named in a context-length error, each None if absent.
+
+    Covers OpenAI and llama-cpp-python ("maximum context length is N ... (P in your prompt"),
+    vLLM ("P in the messages", "your request has P input tokens"), TGI ("must be <= N. Given: P
+    `inputs` tokens") and llama.cpp's server (`n_ctx` and `n_prompt_tokens` in the error body).
+    """
+    limit = prompt = None
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            limit = _int_or_none(err.get("n_ctx"))
+            prompt = _int_or_none(err.get("n_prompt_tokens"))
+    for pattern in _LIMIT_PATTERNS:
+        if limit is None and (m := pattern.search(message)):
+            limit = int(m.group(1))
+    for pattern in _PROMPT_PATTERNS:
+        if prompt is None and (m := pattern.search(message)):
+            prompt = int(m.group(1))
+    return limit, prompt
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value) if value is not None else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def error_text(exc: openai.APIStatusError | Exception) -> str:
+    """The endpoint's own words for an error: the JSON message, an HTML page's title
+    ("504 Gateway Time-out"), or the start of a plain-text body."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) \
+            else None
+        if not msg and isinstance(body.get("detail"), str):
+            msg = body["detail"]
+        if msg:
+            return one_line(str(msg))[:400]
+    if isinstance(body, (str, bytes)):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        return html_summary(text)[:400]
+    message = str(getattr(exc, "message", exc))
+    return html_summary(message)[:400]
+
+
+def html_summary(text: str) -> str:
+    if re.search(r"<(?:html|head|body|title|h1)\b", text, re.IGNORECASE):
+        for tag in ("title", "h1", "h2"):
+            match = re.search(rf"<{tag}[^>]*>(.*?)</{tag}>", text, re.IGNORECASE | re.DOTALL)
+            if match and match.group(1).strip():
+                return one_line(html.unescape(re.sub(r"<[^>]+>", " ", match.group(1))))
+        return one_line(html.unescape(re.sub(r"<[^>]+>", " ", text)))[:200]
+    return one_line(text)
+
+
+def one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
@@ -108,8 +260,109 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What one failed attempt means: its cause, whether to retry, whether it is permanent."""
+
+    cause: str
+    message: str
+    retry: bool = False
+    fatal: bool = False
+    status: int | None = None
+    delay: float | None = None  # the endpoint's Retry-After, seconds
+    shared: bool = False  # pause every request (rate limits), not only this one
+
+
+class WrongAPI(Exception):
+    """A completions request answered by a chat message, or the reverse."""
+
+    def __init__(self, use: str) -> None:
+        super().__init__(use)
+        self.use = use
+
+
+class MalformedResponse(Exception):
+    pass
+
+
+def map_error(exc: BaseException, s: ClientSettings) -> Failure:
+    """The one table from an exception to its cause and handling."""
+    where = f"{s.base_url} (model {s.model!r}, {s.api} API)"
+    if isinstance(exc, WrongAPI):
+        other = "completions" if s.api == "chat" else "chat"
+        return Failure(Cause.WRONG_API, f"the endpoint answered a {s.api} request with a "
+                       f"{other} response: use --api {exc.use}", fatal=True)
+    if isinstance(exc, openai.APITimeoutError):
+        return Failure(Cause.TIMEOUT, f"no answer within {s.request_timeout:g}s from {s.base_url}",
+                       retry=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return Failure(Cause.CONNECTION, f"cannot connect to {s.base_url}", retry=True)
+    if isinstance(exc, (openai.APIResponseValidationError, MalformedResponse, ValueError,
+                        KeyError, IndexError, TypeError, AttributeError)):
+        return Failure(Cause.MALFORMED, f"malformed response from the endpoint: {exc}", retry=True)
+    if not isinstance(exc, openai.APIStatusError):
+        return Failure(Cause.HTTP, f"unexpected error: {exc!r}")
+    status = exc.status_code
+    text = error_text(exc)
+    if _NEEDS_COMPLETIONS_RE.search(text) and s.api == "chat":
+        return Failure(Cause.WRONG_API, f"the model at {s.base_url} does not take chat requests "
+                       f"({status}: {text}): use --api completions", fatal=True, status=status)
+    if _NEEDS_CHAT_RE.search(text) and s.api == "completions":
+        return Failure(Cause.WRONG_API, f"the model at {s.base_url} does not take completions "
+                       f"requests ({status}: {text}): use --api chat", fatal=True, status=status)
+    if status in (401, 403):
+        return Failure(Cause.AUTH, f"the endpoint refused the API key ({status}: {text}). Check "
+                       f"{s.key_env} (or the key_env setting) for {s.base_url}", fatal=True,
+                       status=status)
+    if status == 404:
+        return Failure(Cause.NOT_FOUND, f"the endpoint answered 404 ({text}) for {where}: check "
+                       "--model and --base-url", fatal=True, status=status)
+    if status == 405:
+        return Failure(Cause.NOT_FOUND, f"the endpoint answered 405 ({text}) for {where}: "
+                       "--base-url should end where /completions and /chat/completions live "
+                       "(usually .../v1)", fatal=True, status=status)
+    if status == 429 and (_QUOTA_RE.search(text) or _body_code(exc) == "insufficient_quota"):
+        return Failure(Cause.QUOTA, f"the account's quota is exhausted (429: {text}). Add credit "
+                       "or raise the limit, then resume", fatal=True, status=status)
+    if status == 429:
+        return Failure(Cause.RATE_LIMIT, f"rate limited (429: {text})", retry=True,
+                       status=status, delay=_retry_after(exc), shared=True)
+    if status in (400, 413, 422):
+        if _CONTEXT_RE.search(text):
+            return Failure(Cause.CONTEXT, text, status=status)
+        if _STRUCTURED_RE.search(text):
+            return Failure(Cause.STRUCTURED_OUTPUT, text, status=status)
+        if _UNSUPPORTED_RE.search(text):
+            return Failure(Cause.UNSUPPORTED_PARAMETER, f"the endpoint rejects a request "
+                           f"parameter for model {s.model!r} ({status}: {text}). Check --api "
+                           "(completions vs chat) and --model; some models accept no sampling "
+                           "parameters", fatal=True, status=status)
+        return Failure(Cause.BAD_REQUEST, f"the endpoint refused the request ({status}: {text})",
+                       status=status)
+    if status >= 500:
+        delay = _retry_after(exc)
+        return Failure(Cause.SERVER_ERROR, f"HTTP {status}: {text}", retry=True, status=status,
+                       delay=delay, shared=delay is not None)
+    if status in (408, 409):
+        return Failure(Cause.HTTP, f"HTTP {status}: {text}", retry=True, status=status,
+                       delay=_retry_after(exc))
+    return Failure(Cause.HTTP, f"HTTP {status}: {text}", status=status)
+
+
+def _body_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return str(err.get("code") or err.get("type") or "") or None
+    return None
 
 
 class RateLimiter:
@@ -138,8 +391,11 @@ class RateLimiter:
 
 
 class LLMClient:
+    """Sends requests with the policy above. Not thread-safe: use it from one event loop."""
+
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
+        self.redact = Redactor(settings.api_key)
         self._client = openai.AsyncOpenAI(
             api_key=settings.api_key or "not-needed",
             base_url=settings.base_url,
@@ -150,7 +406,18 @@ class LLMClient:
         self._running = asyncio.Event()
         self._running.set()
         self._stopping = False
+        self._abandoning = False
+        self._wake = asyncio.Event()  # set on stop: ends every backoff sleep at once
+        self._active: set[asyncio.Task[Any]] = set()
         self._limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+        self._cooldown_until = 0.0  # monotonic: no request leaves before this
+        self._restart_at = 0.0  # staggered restart after a shared pause
+        self._restart_left = 0
+        self._stagger = 0.0
+        self.context_window: int | None = settings.context_window or None
+        self._chars_per_token = 3.0  # conservative until the endpoint reports prompt tokens
+        self.structured: bool | None = None if settings.structured_output == "auto" else \
+            settings.structured_output == "on"
         self.in_flight = 0
         self.completion_tokens = 0
         self.generation_seconds = 0.0
@@ -162,14 +429,22 @@ class LLMClient:
     def resume(self) -> None:
         self._running.set()
 
-    def abandon_pending(self) -> None:
-        """Stop: requests not yet sent are abandoned; requests in flight finish."""
+    def abandon_pending(self, grace: float | None = None) -> None:
+        """Stop. Requests not yet sent and requests waiting to retry are abandoned now; requests in
+        flight get `grace` seconds to finish, then are abandoned too (None: they may finish)."""
         self._stopping = True
         self._running.set()
+        self._wake.set()
+        if grace is not None:
+            if grace <= 0:
+                self._abandon_in_flight()
+            else:
+                asyncio.get_running_loop().call_later(grace, self._abandon_in_flight)
 
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
+    def _abandon_in_flight(self) -> None:
+        self._abandoning = True
+        for task in list(self._active):
+            task.cancel()
 
     @property
     def tokens_per_second(self) -> float:
@@ -178,101 +453,177 @@ class LLMClient:
     async def close(self) -> None:
         await self._client.close()
 
-    # -- requests --------------------------------------------------------------------------------
+    # -- waiting -----------------------------------------------------------------------------------
+    async def _sleep(self, delay: float, when: str = "waiting to retry") -> None:
+        if self._stopping:
+            raise RequestAbandoned(when)
+        if delay > 0:
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+        if self._stopping:
+            raise RequestAbandoned(when)
+
     async def _gate(self) -> None:
         await self._running.wait()
         if self._stopping:
             raise RequestAbandoned()
+        now = time.monotonic()
+        if now < self._cooldown_until or self._restart_left > 0:
+            # After a shared pause requests leave one by one, `_stagger` apart.
+            slot = max(self._restart_at, self._cooldown_until, now)
+            self._restart_at = slot + self._stagger
+            self._restart_left = max(0, self._restart_left - 1)
+            await self._sleep(slot - now, "waiting out a rate limit")
+            await self._running.wait()
 
-    async def request(self, req: CompletionRequest | ChatRequest,
-                      params: SamplingParams) -> LLMResponse:
-        max_tokens = params.max_tokens
+    def _shared_pause(self, delay: float) -> None:
+        until = time.monotonic() + delay
+        if until > self._cooldown_until:
+            self._cooldown_until = until
+            self._restart_at = until
+            self._restart_left = self.settings.concurrency
+            self._stagger = min(1.0, max(0.02, delay / max(1, self.settings.concurrency)))
+
+    # -- requests --------------------------------------------------------------------------------
+    def _prompt_chars(self, req: CompletionRequest | ChatRequest) -> int:
+        if isinstance(req, CompletionRequest):
+            return len(req.prompt)
+        return sum(len(m["content"]) for m in req.messages)
+
+    def _fit(self, chars: int, max_tokens: int) -> int:
+        """max_tokens capped to what fits the learned context window beside the prompt."""
+        if not self.context_window:
+            return max_tokens
+        estimate = math.ceil(chars / self._chars_per_token * 1.05) + 8
+        return max(16, min(max_tokens, self.context_window - estimate))
+
+    async def request(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
+                      on_retry: RetryCallback | None = None) -> LLMResponse:
+        """Send one request, retrying as the module docstring says.
+
+        Raises RequestFailed (kind = a `Cause`; `fatal` when no later request can succeed) or
+        RequestAbandoned (the client was stopped).
+        """
+        chars = self._prompt_chars(req)
+        max_tokens = self._fit(chars, params.max_tokens)
         attempt = 0
-        shrinks = 0
+        context_retries = 0
+        task = asyncio.current_task()
         while True:
             attempt += 1
             await self._gate()
-            estimate = _estimate_tokens(req) + max_tokens
-            await self._limiter.acquire(estimate)
+            await self._limiter.acquire(chars // 4 + 1 + max_tokens)
             async with self._slots:
                 await self._gate()  # pausing stops new requests at once, even queued ones
                 self.in_flight += 1
                 started = time.monotonic()
+                structured = bool(isinstance(req, ChatRequest) and req.schema
+                                  and self.structured is not False)
+                if task is not None:
+                    self._active.add(task)
                 try:
-                    resp = await self._send(req, params, max_tokens)
-                except openai.BadRequestError as exc:
-                    message = _error_text(exc)
-                    if _CONTEXT_RE.search(message) and shrinks < 4:
-                        new_max = _context_limit_hint(message, max_tokens)
-                        if new_max >= 16:
-                            shrinks += 1
-                            max_tokens = min(new_max, max_tokens - 1)
-                            attempt -= 1
-                            continue
-                    if _UNSUPPORTED_RE.search(message):
-                        # Every request carries the same parameters: this will not heal.
-                        raise RequestFailed(
-                            f"the endpoint rejects a request parameter for model "
-                            f"{self.settings.model!r} (400): {message}. Check --api (completions "
-                            "vs chat) and --model; some models accept no sampling parameters",
-                            kind="bad_request", fatal=True, attempts=attempt, status=400,
-                        ) from None
-                    raise RequestFailed(f"the endpoint refused the request (400): {message}",
-                                        kind="bad_request", attempts=attempt, status=400) from None
-                except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                    raise RequestFailed(
-                        f"the endpoint refused the API key ({exc.status_code}): check "
-                        "OPENAI_API_KEY (or the key_env setting) for this endpoint",
-                        kind="auth", fatal=True, attempts=attempt, status=exc.status_code,
-                    ) from None
-                except openai.NotFoundError as exc:
-                    raise RequestFailed(
-                        f"the endpoint answered 404 for model {self.settings.model!r} at "
-                        f"{self.settings.base_url}: check --model and --base-url (and --api: "
-                        f"this is the {self.settings.api} API): {_error_text(exc)}",
-                        kind="not_found", fatal=True, attempts=attempt, status=404,
-                    ) from None
-                except openai.APIStatusError as exc:
-                    status = exc.status_code
-                    retryable = status == 429 or status >= 500 or status in (408, 409)
-                    if not retryable or attempt > self.settings.max_retries:
-                        raise RequestFailed(
-                            f"HTTP {status} after {attempt} attempt(s): {_error_text(exc)}",
-                            kind="http", attempts=attempt, status=status) from None
-                    delay = _retry_after(exc)
-                except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                    kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection"
-                    if attempt > self.settings.max_retries:
-                        what = (f"no answer within {self.settings.request_timeout:g}s"
-                                if kind == "timeout" else
-                                f"cannot connect to {self.settings.base_url}")
-                        raise RequestFailed(f"{what} after {attempt} attempt(s)", kind=kind,
-                                            attempts=attempt) from None
-                    delay = None
-                except (openai.APIResponseValidationError, ValueError, KeyError,
-                        IndexError, TypeError, AttributeError) as exc:
-                    if attempt > self.settings.max_retries:
-                        raise RequestFailed(f"malformed response from the endpoint: {exc}",
-                                            kind="malformed", attempts=attempt) from None
-                    delay = None
+                    text, finish, p_tok, c_tok, usage = await self._send(
+                        req, params, max_tokens, structured)
+                except asyncio.CancelledError:
+                    if self._abandoning and task is not None and task.cancelling():
+                        task.uncancel()
+                        raise RequestAbandoned("in flight") from None
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
+                    error: BaseException = exc
+                    failure = map_error(exc, self.settings)
                 else:
                     latency = time.monotonic() - started
-                    self.completion_tokens += resp[3]
+                    self.completion_tokens += c_tok
                     self.generation_seconds += latency
-                    return LLMResponse(resp[0], resp[1], resp[2], resp[3], latency, attempt,
-                                       max_tokens)
+                    if usage and p_tok > 0:
+                        self._chars_per_token = min(self._chars_per_token, max(1.0, chars / p_tok))
+                    if structured and finish != "length":
+                        # Some servers accept response_format and ignore it: only a JSON answer
+                        # shows that the schema was applied.
+                        structured = _is_json(text)
+                        if self.settings.structured_output == "auto":
+                            self.structured = structured
+                    return LLMResponse(self.redact(text), finish, p_tok, c_tok, latency, attempt,
+                                       max_tokens, usage, structured)
                 finally:
                     self.in_flight -= 1
-            # Backoff outside the slot so waiting does not hold concurrency.
+                    if task is not None:
+                        self._active.discard(task)
+            message = self.redact(failure.message)
+            if failure.cause == Cause.STRUCTURED_OUTPUT and structured:
+                if self.settings.structured_output == "on":
+                    raise RequestFailed(
+                        f"the endpoint does not accept structured output ({message}); run with "
+                        "--structured-output off", kind=Cause.STRUCTURED_OUTPUT, fatal=True,
+                        attempts=attempt, status=failure.status)
+                self.structured = False  # detected once; every later request sends plain text
+                attempt -= 1
+                continue
+            if failure.cause == Cause.CONTEXT:
+                new_max = self._learn_context(error, failure, chars, max_tokens, attempt)
+                if new_max is not None and context_retries < 4:
+                    context_retries += 1
+                    max_tokens = new_max
+                    if on_retry is not None:
+                        on_retry(Cause.CONTEXT, attempt, 0.0, f"max_tokens lowered to {new_max} "
+                                 f"(context window {self.context_window or '?'})")
+                    attempt -= 1
+                    continue
+                raise RequestFailed(f"the endpoint refused the request ({failure.status}): "
+                                    f"{message}", kind=Cause.BAD_REQUEST, attempts=attempt,
+                                    status=failure.status)
+            if failure.cause == Cause.STRUCTURED_OUTPUT:  # not ours to fix: a plain bad request
+                raise RequestFailed(f"the endpoint refused the request ({failure.status}): "
+                                    f"{message}", kind=Cause.BAD_REQUEST, attempts=attempt,
+                                    status=failure.status)
+            if failure.fatal or not failure.retry:
+                raise RequestFailed(message, kind=failure.cause, fatal=failure.fatal,
+                                    attempts=attempt, status=failure.status)
+            if attempt > self.settings.max_retries:
+                raise RequestFailed(f"{message} (after {attempt} attempts)", kind=failure.cause,
+                                    attempts=attempt, status=failure.status)
+            delay = failure.delay
             if delay is None:
                 cap = min(self.settings.backoff_max,
                           self.settings.backoff_base * 2 ** (attempt - 1))
                 delay = random.uniform(cap / 2, cap)
-            await asyncio.sleep(min(delay, 600.0))
+            delay = min(delay, 600.0)
+            if on_retry is not None:
+                on_retry(failure.cause, attempt, delay, message)
+            if failure.shared:
+                self._shared_pause(delay)
+                continue  # the gate waits out the shared pause
+            # Backoff outside the slot so waiting does not hold concurrency.
+            await self._sleep(delay)
+
+    def _learn_context(self, exc: BaseException, failure: Failure, chars: int,
+                       max_tokens: int, attempt: int) -> int | None:
+        """The max_tokens to retry with after a context error, learning the window; raises
+        RequestFailed when the prompt alone cannot fit."""
+        limit, prompt = context_numbers(failure.message, getattr(exc, "body", None))
+        if limit:
+            self.context_window = limit
+        if prompt:
+            self._chars_per_token = min(self._chars_per_token, max(1.0, chars / prompt))
+        if limit and prompt:
+            if prompt + 16 > limit:
+                raise RequestFailed(
+                    f"the prompt is {prompt} tokens and the model's context window is {limit} "
+                    "tokens: it cannot fit. Use a model with a larger context window, or fewer "
+                    "or shorter examples (num_prompt_instructions, shorter seed tasks)",
+                    kind=Cause.CONTEXT, fatal=True, attempts=attempt, status=failure.status)
+            return min(max_tokens - 1, limit - prompt - 8)
+        if limit:
+            fitted = self._fit(chars, max_tokens)
+            return fitted if fitted < max_tokens else max_tokens // 2
+        return max_tokens // 2 if max_tokens // 2 >= 16 else None
 
     async def _send(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
-                    max_tokens: int) -> tuple[str, str | None, int, int]:
-        common = dict(
+                    max_tokens: int, structured: bool) -> tuple[str, str | None, int, int, bool]:
+        common: dict[str, Any] = dict(
             model=self.settings.model,
             max_tokens=max_tokens,
             temperature=params.temperature,
@@ -285,32 +636,45 @@ class LLMClient:
         if isinstance(req, CompletionRequest):
             resp = await self._client.completions.create(
                 prompt=req.prompt, stop=list(req.stop)[:4] or openai.omit, **common)
+            if not resp.choices:
+                raise MalformedResponse("the response has no choices")
             choice = resp.choices[0]
-            text = choice.text
+            text = getattr(choice, "text", None)
+            if text is None and getattr(choice, "message", None) is not None:
+                raise WrongAPI("chat")
         else:
+            if structured and req.schema is not None:
+                common["response_format"] = {"type": "json_schema", "json_schema": req.schema}
             resp = await self._client.chat.completions.create(
-                messages=list(req.messages), **common)
+                messages=list(req.messages), **common)  # type: ignore[arg-type]
+            if not resp.choices:
+                raise MalformedResponse("the response has no choices")
             choice = resp.choices[0]
-            text = choice.message.content
+            message = getattr(choice, "message", None)
+            if message is None and isinstance(getattr(choice, "text", None), str):
+                raise WrongAPI("completions")
+            text = getattr(message, "content", None) if message is not None else None
+            if text is None and isinstance(getattr(message, "refusal", None), str):
+                text = message.refusal  # type: ignore[union-attr]
         if text is None:
-            raise ValueError("the response has no text")
+            raise MalformedResponse("the response has no text")
         usage = resp.usage
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-        return text, choice.finish_reason, prompt_tokens, completion_tokens
+        reported = usage is not None and (prompt_tokens > 0 or completion_tokens > 0)
+        return str(text), choice.finish_reason, prompt_tokens, completion_tokens, reported
 
 
-def _estimate_tokens(req: CompletionRequest | ChatRequest) -> int:
-    if isinstance(req, CompletionRequest):
-        return len(req.prompt) // 4 + 1
-    return sum(len(m["content"]) for m in req.messages) // 4 + 1
+def _is_json(text: str) -> bool:
+    body = text.strip()
+    fenced = re.match(r"^```[\w-]*\s*\n(.*?)\n?```$", body, re.DOTALL)
+    try:
+        json.loads(fenced.group(1) if fenced else body)
+    except ValueError:
+        return False
+    return True
 
 
-def _error_text(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error")
-        msg = err.get("message") if isinstance(err, dict) else body.get("message")
-        if msg:
-            return str(msg)[:300]
-    return str(exc.message)[:300]
+def estimate_tokens(text: str) -> int:
+    """A rough token count (4 characters a token) for endpoints that report no usage."""
+    return (len(text) + 3) // 4

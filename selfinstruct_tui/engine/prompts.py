@@ -1,7 +1,8 @@
-"""Prompts (this project's own text) and the parsers for the model's answers.
+"""Prompts (this project's own text). The answers are read by `parsing`.
 
 Completions mode (base models) keeps the paper's setting: few-shot prompts that the model continues.
-Chat mode (chat models) asks for the same thing in messages and is parsed the same way.
+Chat mode (chat models) asks for the same thing in messages and is parsed the same way; where the
+endpoint supports structured output, chat requests carry a JSON schema.
 The few-shot examples inside the classification and instance prompts come from the bundled seeds.
 """
 
@@ -10,8 +11,9 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from selfinstruct_tui.engine.seeds import Instance, SeedTask, bundled_seeds_path, load_seeds
+from selfinstruct_tui.engine.seeds import SeedTask, bundled_seeds_path, load_seeds
 
 # The generation prompt shows 8 numbered examples; the model continues at 9 and stops before 16.
 STOP_NUMBER = 16
@@ -53,7 +55,26 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class ChatRequest:
+    """Chat messages; `schema` (OpenAI's `json_schema` object: name, strict, schema) asks for
+    structured output where the endpoint supports it."""
+
     messages: tuple[dict[str, str], ...]
+    schema: dict[str, Any] | None = None
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
+
+
+_STRING = {"type": "string"}
+GENERATION_SCHEMA = {"name": "new_tasks", "strict": True, "schema": _object(
+    {"tasks": {"type": "array", "items": _object({"instruction": _STRING})}})}
+INSTANCES_SCHEMA = {"name": "examples", "strict": True, "schema": _object(
+    {"instances": {"type": "array", "items": _object({"input": _STRING, "output": _STRING})}})}
+# Output first (the paper's order for classification): the label is generated before the input.
+LABELED_INSTANCES_SCHEMA = {"name": "labeled_examples", "strict": True, "schema": _object(
+    {"instances": {"type": "array", "items": _object({"label": _STRING, "input": _STRING})}})}
 
 
 # -- few-shot examples from the bundled seed set ---------------------------------------------
@@ -106,50 +127,23 @@ def generation_completion(instructions: list[str]) -> CompletionRequest:
     return CompletionRequest("".join(lines), stop)
 
 
-def generation_chat(instructions: list[str], new_count: int) -> ChatRequest:
+def generation_chat(instructions: list[str], new_count: int,
+                    structured: bool = False) -> ChatRequest:
     listed = "".join(f"{n}. {_one_line(i)}\n" for n, i in enumerate(instructions, start=1))
     user = (
         f"Here are some example tasks:\n{listed}\n"
         f"Write {new_count} new tasks, different from these and from each other. Vary the topic, "
         "the verb, the length and the format; mix tasks that need an input with tasks that do "
         "not; keep each task to one or two sentences. Leave out tasks that need images, audio, "
-        "files or actions in the world. Answer with the numbered list only, numbered from "
-        f"{len(instructions) + 1}."
+        "files or actions in the world. "
     )
+    if structured:
+        user += 'Answer in JSON: {"tasks": [{"instruction": "..."}, ...]}.'
+    else:
+        user += f"Answer with the numbered list only, numbered from {len(instructions) + 1}."
     return ChatRequest(({"role": "system", "content": CHAT_GENERATION_SYSTEM},
-                        {"role": "user", "content": user}))
-
-
-_ITEM_RE = re.compile(r"(?m)^[ \t]*(?:\*\*)?(\d{1,3})[ \t]*[.)][ \t]*")
-_LEAD_RE = re.compile(r"^(?:\*\*)?(?:task|instruction)\s*\d*\s*:\s*(?:\*\*)?\s*", re.IGNORECASE)
-
-
-def clean_instruction(text: str) -> str:
-    text = re.sub(r"\s+", " ", text.replace("**", "")).strip()
-    text = _LEAD_RE.sub("", text).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
-        text = text[1:-1].strip()
-    if text:
-        text = text[0].upper() + text[1:]
-    return text
-
-
-def parse_instruction_list(text: str, first_number: int | None = None) -> list[str]:
-    """Split a numbered list into instructions.
-
-    In completions mode the prompt ends with "9." so the response starts mid-item: pass
-    `first_number` and the text is read as if it started with that number.
-    """
-    if first_number is not None and not _ITEM_RE.match(text):
-        text = f"{first_number}. {text.lstrip()}"
-    matches = list(_ITEM_RE.finditer(text))
-    items = []
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        item = clean_instruction(text[match.end():end])
-        if item:
-            items.append(item)
-    return items
+                        {"role": "user", "content": user}),
+                       GENERATION_SCHEMA if structured else None)
 
 
 # -- classification ----------------------------------------------------------------------------
@@ -169,17 +163,6 @@ def classification_chat(instruction: str) -> ChatRequest:
     user = f"{shots}Task: {_one_line(instruction)}\nClassification:"
     system = CLASSIFY_HEADER.strip() + " Answer with Yes or No only."
     return ChatRequest(({"role": "system", "content": system}, {"role": "user", "content": user}))
-
-
-def parse_classification(text: str) -> bool | None:
-    word = re.sub(r"[^a-z]", " ", text.lower()).split()
-    if not word:
-        return None
-    if word[0] == "yes":
-        return True
-    if word[0] == "no":
-        return False
-    return None
 
 
 # -- instances ---------------------------------------------------------------------------------
@@ -217,75 +200,24 @@ def instances_completion(instruction: str, is_classification: bool) -> Completio
     return CompletionRequest(prompt, ("\nTask", "Example 6"))
 
 
-def instances_chat(instruction: str, is_classification: bool) -> ChatRequest:
+def instances_chat(instruction: str, is_classification: bool,
+                   structured: bool = False) -> ChatRequest:
     if is_classification:
         system = LABEL_HEADER.strip() + (
+            ' Answer in JSON: {"instances": [{"label": "...", "input": "..."}, ...]}.'
+            if structured else
             " Use exactly this format: 'Class label: ...' on one line, 'Input: ...' on the next.")
         user = f"{_label_shots()}Task: {_one_line(instruction)}"
+        schema = LABELED_INSTANCES_SCHEMA
     else:
         system = INSTANCE_HEADER.strip() + (
+            ' Answer in JSON: {"instances": [{"input": "...", "output": "..."}, ...]}; '
+            'an empty input is "".' if structured else
             " Use exactly this format: 'Example N', then 'Input: ...', then 'Output: ...'.")
         user = f"{_instance_shots()}Task: {_one_line(instruction)}"
-    return ChatRequest(({"role": "system", "content": system}, {"role": "user", "content": user}))
-
-
-def _clean_field(value: str) -> str:
-    value = value.strip()
-    if value.lower() in {"(none)", "none", "n/a", "<noinput>", "no input", "(no input)", "-"}:
-        return ""
-    return value
-
-
-_EXAMPLE_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?example[ \t]*\d*[ \t]*[.:]?(?:\*\*)?[ \t]*$")
-_INPUT_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?input[ \t]*\d*[ \t]*:(?:\*\*)?")
-_OUTPUT_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?output[ \t]*\d*[ \t]*:(?:\*\*)?")
-_LABEL_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?class[ \t]+label[ \t]*:(?:\*\*)?")
-# Small models run on into the next task ("Task 2", "Task: ..."): nothing after it belongs here.
-_NEXT_TASK_RE = re.compile(r"(?im)^[ \t]*(?:\*\*)?task\b[ \t]*(?:\d+|:)")
-
-
-def _until_next_task(text: str) -> str:
-    match = _NEXT_TASK_RE.search(text)
-    return text[: match.start()] if match else text
-
-
-def parse_input_first(text: str, starts_in_example: bool = False) -> list[Instance]:
-    """Blocks of 'Example N / Input: ... / Output: ...'. A block without 'Output:' is dropped."""
-    if starts_in_example:
-        text = "Example 1\n" + text
-    text = _until_next_task(text)
-    blocks = _EXAMPLE_RE.split(text)
-    if len(blocks) == 1:  # no "Example" headers: read consecutive Input/Output pairs
-        blocks = re.split(r"(?im)(?=^[ \t]*input[ \t]*\d*[ \t]*:)", text)
-    instances = []
-    for block in blocks:
-        out_match = _OUTPUT_RE.search(block)
-        if not out_match:
-            continue
-        head, output = block[: out_match.start()], block[out_match.end():]
-        in_match = _INPUT_RE.search(head)
-        inp = head[in_match.end():] if in_match else ""
-        instances.append(Instance(_clean_field(inp), output.strip()))
-    return instances
-
-
-def parse_output_first(text: str, starts_in_label: bool = False) -> list[Instance]:
-    """Blocks of 'Class label: X / Input: ...'; the label is the output."""
-    if starts_in_label:
-        text = "Class label:" + text
-    text = _until_next_task(text)
-    starts = [m for m in _LABEL_RE.finditer(text)]
-    instances = []
-    for i, match in enumerate(starts):
-        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-        block = text[match.end():end]
-        in_match = _INPUT_RE.search(block)
-        if not in_match:
-            continue
-        label = block[: in_match.start()].strip()
-        inp = block[in_match.end():].strip()
-        instances.append(Instance(_clean_field(inp), label))
-    return instances
+        schema = INSTANCES_SCHEMA
+    return ChatRequest(({"role": "system", "content": system}, {"role": "user", "content": user}),
+                       schema if structured else None)
 
 
 def _one_line(text: str) -> str:

@@ -10,6 +10,7 @@ Two formats are read, detected by content:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from selfinstruct_tui.engine.errors import InputFileError
 from selfinstruct_tui.engine.fsutil import atomic_write_text
+from selfinstruct_tui.engine.placeholders import normalize_input
 from selfinstruct_tui.engine.records import parse_records, read_utf8
 
 
@@ -113,7 +115,7 @@ def _self_instruct_task(obj: dict, where: str, problems: list[str]) -> SeedTask 
                 continue
             inp = _check_str(inst, "input", iw, problems)
             out = _check_str(inst, "output", iw, problems, nonempty=True)
-            instances.append(Instance(inp, out))
+            instances.append(Instance(normalize_input(inp), out))
     if len(problems) > before:
         return None
     return SeedTask(str(task_id), name, instruction.strip(), instances, bool(is_cls))
@@ -126,7 +128,7 @@ def _alpaca_row(obj: dict, where: str, problems: list[str]) -> tuple[str, Instan
     out = _check_str(obj, "output", where, problems, nonempty=True)
     if len(problems) > before:
         return None
-    return instruction.strip(), Instance(inp, out)
+    return instruction.strip(), Instance(normalize_input(inp), out)
 
 
 def parse_seeds(path: str | Path, text: str) -> tuple[list[SeedTask], str]:
@@ -187,6 +189,50 @@ def summarize(tasks: list[SeedTask], fmt: str = "self-instruct") -> SeedSummary:
         summary.warnings.append(
             f"only {summary.count} tasks: each prompt shows 6 seed examples, so prompts will repeat")
     return summary
+
+
+def _canonical(task: SeedTask) -> tuple:
+    return (" ".join(task.instruction.split()),
+            tuple((normalize_input(i.input), i.output.strip()) for i in task.instances),
+            bool(task.is_classification))
+
+
+def seed_fingerprint(tasks: list[SeedTask]) -> str:
+    """A digest of a seed set's content (instructions, instances, classification flags, in
+    order); ids and names do not count, nor do "no input" spellings or surrounding spaces."""
+    data = json.dumps([_canonical(t) for t in tasks], ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def seed_difference(file_tasks: list[SeedTask], run_tasks: list[SeedTask]) -> str | None:
+    """What differs between two seed sets, in a sentence; None when their content is equal."""
+    if [_canonical(t) for t in file_tasks] == [_canonical(t) for t in run_tasks]:
+        return None
+    parts = []
+    if len(file_tasks) != len(run_tasks):
+        parts.append(f"the file has {len(file_tasks)} tasks, the run {len(run_tasks)}")
+    for n, (a, b) in enumerate(zip(file_tasks, run_tasks), start=1):
+        ca, cb = _canonical(a), _canonical(b)
+        if ca == cb:
+            continue
+        field = ("instruction" if ca[0] != cb[0] else
+                 "instances" if ca[1] != cb[1] else "is_classification")
+        parts.append(f"first difference at task {n} ({field}): file {a.id} "
+                     f"{_short(a.instruction)!r}, run {b.id} {_short(b.instruction)!r}")
+        break
+    else:
+        shorter, longer = (file_tasks, run_tasks) if len(file_tasks) < len(run_tasks) else \
+            (run_tasks, file_tasks)
+        extra = longer[len(shorter)]
+        where = "run" if longer is run_tasks else "file"
+        parts.append(f"first difference at task {len(shorter) + 1}: only the {where} has "
+                     f"{extra.id} {_short(extra.instruction)!r}")
+    return "; ".join(parts)
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def seeds_to_jsonl(tasks: list[SeedTask]) -> str:

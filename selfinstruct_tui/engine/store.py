@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from selfinstruct_tui.engine.seeds import SeedTask
 from selfinstruct_tui.engine.task import Task, instances_from_json, similar_from_json
 
 DB_NAME = "run.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +93,16 @@ CREATE TABLE IF NOT EXISTS errors (
     message TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS retries (
+    id INTEGER PRIMARY KEY,
+    round INTEGER,
+    prompt_id INTEGER,
+    cause TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    delay REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY,
     command TEXT NOT NULL,
@@ -102,9 +112,32 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 """
 
+# Columns added after schema version 1; a run made before them gains them when opened for writing
+# (readers of an old run see the defaults).
+MIGRATIONS = (
+    ("rejections", "level", "TEXT NOT NULL DEFAULT 'candidate'"),
+    ("rejections", "raw", "TEXT"),
+    ("rounds", "surplus", "INTEGER NOT NULL DEFAULT 0"),
+    ("rounds", "retries", "TEXT NOT NULL DEFAULT '{}'"),
+    ("rounds", "instances_dropped", "TEXT NOT NULL DEFAULT '{}'"),
+    ("rounds", "requests", "INTEGER NOT NULL DEFAULT 0"),
+    ("rounds", "usage_missing", "INTEGER NOT NULL DEFAULT 0"),
+    ("prompts", "attempts", "INTEGER NOT NULL DEFAULT 1"),
+    ("prompts", "usage_reported", "INTEGER NOT NULL DEFAULT 1"),
+    ("prompts", "structured", "INTEGER NOT NULL DEFAULT 0"),
+)
+
 
 @dataclass
 class RoundStats:
+    """One round's accounting. Times: `started`/`finished` epoch seconds, `wall_time` seconds.
+
+    candidates = accepted + rejected (by reason) + surplus, once the round is done. `retries`
+    counts retries by cause, `instances_dropped` single instances dropped by reason (their task
+    may still be accepted), `requests` the requests the round sent, `usage_missing` how many
+    answers carried no token usage (their tokens are estimates).
+    """
+
     round: int
     started: float
     finished: float | None = None
@@ -117,6 +150,11 @@ class RoundStats:
     cost: float = 0.0
     wall_time: float = 0.0
     status: str = "running"
+    surplus: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    instances_dropped: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    usage_missing: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -125,6 +163,11 @@ class RoundStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.candidates if self.candidates else 0.0
+
+    @property
+    def unaccounted(self) -> int:
+        """Candidates not (yet) accepted, rejected or surplus: 0 for a finished round."""
+        return self.candidates - self.accepted - self.rejected_total - self.surplus
 
 
 def db_path(run_dir: str | Path) -> Path:
@@ -156,11 +199,20 @@ class RunStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            self._migrate()
             self._set_meta_default("schema_version", str(SCHEMA_VERSION))
             self.db.commit()
 
     def close(self) -> None:
         self.db.close()
+
+    def _migrate(self) -> None:
+        for table, column, decl in MIGRATIONS:
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                        (str(SCHEMA_VERSION),))
 
     # -- meta -----------------------------------------------------------------------------------
     def _set_meta_default(self, key: str, value: str) -> None:
@@ -257,14 +309,34 @@ class RunStore:
     # -- rejections, prompts, errors ---------------------------------------------------------------
     def add_rejection(self, *, round: int, prompt_id: int | None, candidate: str, reason: str,
                       detail: str, similar_id: int | None = None, similar_text: str | None = None,
-                      score: float | None = None, task_id: int | None = None) -> int:
+                      score: float | None = None, task_id: int | None = None,
+                      level: str = "candidate", raw: str | None = None) -> int:
+        """Record a rejected candidate (level "candidate") or a dropped instance ("instance",
+        with the task's id); `raw` is the fragment of the model's answer it came from."""
         with self.db:
             cur = self.db.execute(
                 "INSERT INTO rejections(round, prompt_id, task_id, candidate, reason, detail, "
-                "similar_id, similar_text, score, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "similar_id, similar_text, score, created, level, raw) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (round, prompt_id, task_id, candidate, reason, detail, similar_id, similar_text,
-                 score, time.time()))
+                 score, time.time(), level, raw))
         return int(cur.lastrowid or 0)
+
+    def add_retry(self, *, round: int | None, prompt_id: int | None, cause: str, attempt: int,
+                  delay: float, message: str) -> None:
+        """Record one retry: its cause, the attempt that failed, the wait before the next (s)."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO retries(round, prompt_id, cause, attempt, delay, message, created) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (round, prompt_id, cause, attempt, delay, message, time.time()))
+
+    def retry_counts(self) -> dict[str, int]:
+        try:
+            return {r[0]: r[1] for r in self.db.execute(
+                "SELECT cause, COUNT(*) FROM retries GROUP BY cause")}
+        except sqlite3.OperationalError:  # a run made before retries were recorded
+            return {}
 
     def rejections(self, after_id: int = 0, limit: int | None = None) -> list[sqlite3.Row]:
         sql = "SELECT * FROM rejections WHERE id > ? ORDER BY id"
@@ -275,6 +347,14 @@ class RunStore:
     def rejection_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute(
             "SELECT reason, COUNT(*) FROM rejections GROUP BY reason")}
+
+    def usage_missing(self) -> int:
+        """How many answers carried no token usage (their token counts are estimates)."""
+        try:
+            return self.db.execute("SELECT COUNT(*) FROM prompts WHERE usage_reported = 0 "
+                                   "AND response IS NOT NULL").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
 
     def add_prompt(self, *, round: int, kind: str, prompt: str, examples: list[dict] | None = None,
                    task_ref: int | None = None) -> int:
@@ -288,13 +368,17 @@ class RunStore:
 
     def finish_prompt(self, prompt_id: int, *, response: str | None, finish_reason: str | None,
                       latency: float, prompt_tokens: int, completion_tokens: int,
-                      error: str | None = None) -> None:
+                      error: str | None = None, attempts: int = 1, usage_reported: bool = True,
+                      structured: bool = False) -> None:
+        """Record a request's outcome. `latency` in seconds; tokens as reported, or estimates
+        when `usage_reported` is False; `error` names why there is no response."""
         with self.db:
             self.db.execute(
                 "UPDATE prompts SET response = ?, finish_reason = ?, latency = ?, "
-                "prompt_tokens = ?, completion_tokens = ?, error = ?, finished = ? WHERE id = ?",
+                "prompt_tokens = ?, completion_tokens = ?, error = ?, finished = ?, "
+                "attempts = ?, usage_reported = ?, structured = ? WHERE id = ?",
                 (response, finish_reason, latency, prompt_tokens, completion_tokens, error,
-                 time.time(), prompt_id))
+                 time.time(), attempts, int(usage_reported), int(structured), prompt_id))
 
     def prompt(self, prompt_id: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
@@ -342,9 +426,12 @@ class RunStore:
             self.db.execute(
                 "UPDATE rounds SET finished = ?, prompts = ?, candidates = ?, accepted = ?, "
                 "rejected = ?, prompt_tokens = ?, completion_tokens = ?, cost = ?, wall_time = ?, "
-                "status = ? WHERE round = ?",
+                "status = ?, surplus = ?, retries = ?, instances_dropped = ?, requests = ?, "
+                "usage_missing = ? WHERE round = ?",
                 (s.finished, s.prompts, s.candidates, s.accepted, json.dumps(s.rejected or {}),
-                 s.prompt_tokens, s.completion_tokens, s.cost, s.wall_time, s.status, s.round))
+                 s.prompt_tokens, s.completion_tokens, s.cost, s.wall_time, s.status, s.surplus,
+                 json.dumps(s.retries), json.dumps(s.instances_dropped), s.requests,
+                 s.usage_missing, s.round))
 
     def rounds(self, since: int = 0) -> list[RoundStats]:
         return [_round(r) for r in self.db.execute(
@@ -365,6 +452,10 @@ def _task(row: sqlite3.Row) -> Task:
     )
 
 
+def _get(row: sqlite3.Row, key: str, default: Any) -> Any:
+    return row[key] if key in row.keys() else default
+
+
 def _round(row: sqlite3.Row) -> RoundStats:
     return RoundStats(
         round=row["round"], started=row["started"], finished=row["finished"],
@@ -372,6 +463,9 @@ def _round(row: sqlite3.Row) -> RoundStats:
         rejected=json.loads(row["rejected"] or "{}"), prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"], cost=row["cost"],
         wall_time=row["wall_time"], status=row["status"],
+        surplus=_get(row, "surplus", 0), retries=json.loads(_get(row, "retries", "{}") or "{}"),
+        instances_dropped=json.loads(_get(row, "instances_dropped", "{}") or "{}"),
+        requests=_get(row, "requests", 0), usage_missing=_get(row, "usage_missing", 0),
     )
 
 

@@ -67,9 +67,10 @@ class SelfInstructApp(App[int]):
     def __init__(self, run_dir: str | Path, *, engine: Engine | None = None,
                  refresh: float = 0.5, theme: str | None = None, compact: bool = False,
                  seeds_file: str | None = None, embedded: bool = False,
-                 attach: bool = False) -> None:
+                 attach: bool = False, resume_command: str | None = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.resume_command = resume_command or f"selfinstruct run --run-dir {self.run_dir}"
         self.engine = engine
         # Attached to a run another process drives: commands go through the store's commands
         # table, events come from the rows the engine commits.
@@ -198,6 +199,7 @@ class SelfInstructApp(App[int]):
             stats.add_round(r, None)
         p_tok, c_tok = self.reader.token_totals()
         status.tokens = p_tok + c_tok
+        status.retry_causes.update(self.reader.retry_counts())
         if cfg is not None:
             status.cost = (p_tok * cfg.price_input_per_1k + c_tok * cfg.price_output_per_1k) / 1000
         # What this session's engine adds is counted on top of the history.
@@ -210,7 +212,7 @@ class SelfInstructApp(App[int]):
         for r in rows:
             rejections.counts[r["reason"]] -= 1  # add() counts it again
             rejections.add(r["reason"], r["candidate"], r["detail"], r["similar_text"],
-                           r["score"])
+                           r["score"], r["level"] if "level" in r.keys() else "candidate")
         latest = self.reader.db.execute(
             "SELECT * FROM prompts WHERE kind = 'generate' AND response IS NOT NULL "
             "ORDER BY id DESC LIMIT 1").fetchone()
@@ -271,7 +273,11 @@ class SelfInstructApp(App[int]):
                                         event.kind, event.latency)
             elif isinstance(event, ev.CandidateRejected):
                 rejections.add(event.reason, event.candidate, event.detail, event.similar_text,
-                               event.score)
+                               event.score, event.level)
+            elif isinstance(event, ev.RequestRetried):
+                status.retry_causes[event.cause] += 1
+            elif isinstance(event, ev.Notice):
+                self.notify(event.message, title="Run", timeout=10)
             elif isinstance(event, ev.RoundFinished):
                 stats.add_round(event.stats, self.seed_count + event.accepted_total)
                 if self.engine is None:  # attached: totals come from the rounds
@@ -300,15 +306,21 @@ class SelfInstructApp(App[int]):
             elif isinstance(event, ev.Stopping):
                 self.state = "stopping"
             elif isinstance(event, ev.Finished):
-                self.state = "finished" if event.reason == "target" else (
-                    "error" if event.reason == "error" else "stopped")
+                reason = ev.FinishReason(event.reason)
+                self.state = reason.state
                 status.elapsed_before += time.monotonic() - status.started
-                message = {"target": f"Target reached: {event.accepted} tasks.",
-                           "stopped": f"Stopped at {event.accepted}/{event.target}; run "
-                                      "`selfinstruct run --run-dir` on this folder to resume.",
-                           }.get(event.reason, event.message)
-                self.notify(message, title="Run", timeout=15,
-                            severity="error" if event.reason == "error" else "information")
+                at = f"{event.accepted}/{event.target}"
+                message = {
+                    ev.FinishReason.TARGET: f"Target reached: {event.accepted} tasks.",
+                    ev.FinishReason.STOPPED: f"Stopped at {at}. Resume with: "
+                                             f"{self.resume_command}",
+                    ev.FinishReason.LIMIT: f"Stopped at {at}: {event.message}. Resume with a "
+                                           f"higher limit: {self.resume_command}",
+                }.get(reason, f"Stopped at {at}: {event.message}")
+                self.notify(message, title="Run", timeout=20,
+                            severity="error" if reason in (ev.FinishReason.ERROR,
+                                                           ev.FinishReason.FAILING)
+                            else "information")
             elif isinstance(event, ev.TaskDropped):
                 table.remove_task(event.task_id)
                 status.accepted = event.accepted
@@ -358,8 +370,8 @@ class SelfInstructApp(App[int]):
         if self.engine_active:
             assert self.control is not None
             self.control.stop()
-            self.notify("Stopping: requests in flight finish, then the run stops. It resumes "
-                        "later with `selfinstruct run --run-dir` on this folder.")
+            self.notify("Stopping: requests in flight may finish (a bounded grace), then the "
+                        f"run stops. Resume it later with: {self.resume_command}")
 
     def action_quit_app(self) -> None:
         if self.attached or not self.engine_active:  # leaving an attached UI never stops a run

@@ -49,6 +49,7 @@ class StatusLine(Static):
         self.tokens = 0
         self.cost = 0.0
         self.errors = 0
+        self.retry_causes: Counter[str] = Counter()
         self.tokens_per_second = 0.0
         self.started = time.monotonic()
         self.elapsed_before = 0.0
@@ -81,6 +82,9 @@ class StatusLine(Static):
             f" │ pool {self.accepted}/{self.target} │ {rate * 60:.1f}/min │ "
             f"{self.tokens:,} tok │ ${self.cost:.4f} │ {fmt_duration(elapsed)} │ ETA {eta}",
             (f" │ errors {self.errors}" if self.errors else ""),
+            (f" │ retries {sum(self.retry_causes.values())} ("
+             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.retry_causes.most_common(2))
+             + ")" if self.retry_causes else ""),
         )
         self.update(line, layout=False)  # one fixed line: no relayout of the screen
 
@@ -148,9 +152,11 @@ class RejectionsPane(Vertical):
         self.counts: Counter[str] = Counter()
 
     def add(self, reason: str, candidate: str, detail: str, similar: str | None,
-            score: float | None) -> None:
+            score: float | None, level: str = "candidate") -> None:
         self.counts[reason] += 1
         line = Text()
+        if level == "instance":
+            line.append("instance: ", style="italic")
         line.append(f"{reason.replace('_', ' '):<18} ", style="bold")
         line.append(" ".join(candidate.split())[:200])
         if similar is not None and score is not None:

@@ -1,0 +1,718 @@
+"""Reading what models write: instruction lists, classification answers and instances.
+
+Every parser returns what it read *and* what it set aside, each fragment with a
+`RejectionReason`, so a run can account for every piece of a paid answer.
+
+Instruction lists (`parse_instruction_list`) accept the layouts base and chat models write:
+* numbered items `9. ...`, `9) ...`, `(9) ...`, `9: ...`, a number without its dot when it is the
+  next number (`10 Suggest ...`), `Task 9:` / `**Task 9:**` / `### Task 9` headers, any index
+  (a model that numbers from 1 or skips a number still gives its items);
+* bulleted items (`-`, `*`, `•`) when there is no numbered item, and `Instruction:` label lines
+  when there is neither;
+* the value on the line after its number (`10.` then `Give ...`); `###`, `---` separators;
+* `Instruction:` / `**Instruction:**` labels; an `Input:` / `Output:` part under an item is not
+  part of the instruction, and an item that is only such a label is not an instruction;
+* a preamble ("Sure! Here are ...") and an epilogue ("Let me know ...") are never items;
+* a model that repeats the prompt's examples before its new items: the repeats are set aside
+  as `repeated_example`, the new items are kept;
+* a refusal ("I'm sorry, but I can't ...") is set aside as `refusal`;
+* a response cut by the token limit keeps its complete items; only the cut one is `truncated`;
+* JSON answers (structured output, or a chat model that answers in JSON anyway).
+
+Instances (`parse_instances`) accept `Example N` blocks, plain `Input:`/`Output:` pairs,
+numbered or bulleted pairs (`1. Input: ... Output: ...`, `- Input: ...`), both labels on one
+line, and JSON; the output-first layout reads `Class label: ...` then `Input: ...`. An output ends at
+a separator line, at the next example, and at the start of another task, in the forms models use.
+A misspelled or missing label sets the example aside with the layout that was expected; it never
+becomes an example with an empty input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from selfinstruct_tui.engine.filters import RejectionReason as R
+from selfinstruct_tui.engine.placeholders import normalize_input
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A piece of a model's answer that was set aside: its raw text, why, and a detail."""
+
+    text: str
+    reason: R
+    detail: str
+
+
+@dataclass(frozen=True)
+class ListItem:
+    """One instruction read from a list. `number` is the model's own index, when it gave one."""
+
+    instruction: str
+    raw: str
+    number: int | None = None
+    input: str = ""
+
+
+@dataclass
+class ParsedList:
+    items: list[ListItem] = field(default_factory=list)
+    discarded: list[Fragment] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RawInstance:
+    input: str
+    output: str
+    raw: str
+
+
+@dataclass
+class ParsedInstances:
+    instances: list[RawInstance] = field(default_factory=list)
+    discarded: list[Fragment] = field(default_factory=list)
+
+
+# -- shared pieces ----------------------------------------------------------------------------
+
+_MD = r"[*_`]*"
+_EMPH = r"(?:[*_]+(?=\s|$))?"  # after a label's colon: not backticks, an output may start with a code fence
+# Chat templates' control tokens that leak into text when a server does not strip them.
+_SPECIAL_TOKEN = re.compile(
+    r"<\|(?:im_end|im_start|eot_id|end_of_text|endoftext|end|assistant|user|system)\|>|</s>|"
+    r"<eos>|<end_of_turn>|<start_of_turn>|\[/?INST\]", re.IGNORECASE)
+_SEPARATOR = re.compile(r"^[ \t]*(?:#{1,6}|-{3,}|\*{3,}|_{3,}|={3,}|~{3,})[ \t]*$")
+_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]+\S")
+_REFUSAL = re.compile(
+    r"^\W*(?:i['’]?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can['’]?t\b|i cannot\b|"
+    r"i can not\b|i won['’]?t\b|i will not\b|i['’]?m (?:not able|unable)|i am (?:not able|unable)|"
+    r"as an ai\b|unfortunately,? i\b|i['’]?m afraid i)", re.IGNORECASE)
+_PREAMBLE = re.compile(
+    r"^\W*(?:sure|certainly|of course|okay|ok|absolutely|great|here (?:are|is)|below (?:are|is)|"
+    r"the following)\b", re.IGNORECASE)
+_EPILOGUE = re.compile(
+    r"^\W*(?:let me know|i hope|hope (?:this|these|that|you)|feel free|these (?:tasks|instructions|"
+    r"are|should)|this list|note:|i['’]ve |i have |enjoy|happy |good luck|if you (?:need|want|"
+    r"would|'d)|would you like|do you want|please let|i can (?:also|provide|generate|write))",
+    re.IGNORECASE)
+
+
+def _cut_special_tokens(text: str) -> str:
+    match = _SPECIAL_TOKEN.search(text)
+    return text[: match.start()] if match else text
+
+
+def one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _norm_key(text: str) -> str:
+    return re.sub(r"[^\w]+", " ", text.lower()).strip()
+
+
+def _strip_code_fence(text: str) -> str:
+    stripped = text.strip()
+    match = re.match(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", stripped, re.DOTALL)
+    return match.group(1) if match else stripped
+
+
+# -- instruction lists ------------------------------------------------------------------------
+
+# "9.", "9)", "(9)", "9:" (not "3.5" or "10:30"); "Task 9:", "**Task 9**", "### Task 9 -".
+_NUMBERED = re.compile(
+    rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*(?:"
+    rf"\(?(\d{{1,3}})[ \t]*[.):](?=[ \t*_`\"'“]|$|[A-Za-z])"
+    rf"|(?:new[ \t]+)?(?:task|instruction|prompt|item)[ \t]*#?[ \t]*(\d{{1,3}})[ \t]*[:.)\-–—]?"
+    rf")[ \t]*{_MD}[ \t]*(.*)$", re.IGNORECASE)
+_BARE_NUMBER = re.compile(rf"^[ \t]*{_MD}(\d{{1,3}})[ \t]+{_MD}(?=[A-Za-z\"'“])(.*)$")
+_BULLET = re.compile(r"^[ \t]*[-*•+·][ \t]+(.*)$")
+_LABEL = re.compile(
+    rf"^[ \t]*(?:[-*•][ \t]+)?{_MD}[ \t]*(instruction|task|input|output|response|answer|context)"
+    rf"[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]*(.*)$", re.IGNORECASE)
+_INLINE_LABEL = re.compile(rf"(?:\s|\|){_MD}(input|output)[ \t]*{_MD}[ \t]*:", re.IGNORECASE)
+_LEAD = re.compile(
+    rf"^{_MD}[ \t]*(?:new[ \t]+)?(?:task|instruction)[ \t]*\d*[ \t]*:[ \t]*{_MD}[ \t]*",
+    re.IGNORECASE)
+
+
+@dataclass
+class _Item:
+    number: int | None
+    lines: list[str] = field(default_factory=list)
+    implicit: bool = False  # completions: the text before the first marker continues item N
+
+    @property
+    def has_content(self) -> bool:
+        return any(line.strip() for line in self.lines)
+
+    @property
+    def raw(self) -> str:
+        return "\n".join(self.lines).strip()
+
+
+def clean_instruction(text: str) -> str:
+    """One line, without markdown emphasis, `Task:`/`Instruction:` prefixes or wrapping quotes."""
+    text = one_line(re.sub(r"\*\*|__", "", text))
+    text = _LEAD.sub("", text).strip()
+    text = text.strip("*_` ")
+    if len(text) >= 2 and text[0] in "\"'`“‘" and text[-1] in "\"'`”’":
+        text = text[1:-1].strip()
+    if text:
+        text = text[0].upper() + text[1:]
+    return text
+
+
+def _numbered(line: str) -> tuple[int, str] | None:
+    match = _NUMBERED.match(line)
+    if not match:
+        return None
+    return int(match.group(1) or match.group(2)), match.group(3)
+
+
+def _split_item(lines: list[str]) -> tuple[str, str, str | None]:
+    """(instruction, input, label-only description) of one item's lines."""
+    section = "instruction"
+    parts: dict[str, list[str]] = {"instruction": [], "input": [], "output": []}
+    seen: list[str] = []
+    for line in lines:
+        match = _LABEL.match(line)
+        if match:
+            name = match.group(1).lower()
+            section = ("instruction" if name in ("instruction", "task") else
+                       "input" if name in ("input", "context") else "output")
+            seen.append(name)
+            line = match.group(2)
+        if section == "instruction":
+            inline = _INLINE_LABEL.search(line)
+            if inline:
+                parts["instruction"].append(line[: inline.start()])
+                section = "input" if inline.group(1).lower() == "input" else "output"
+                seen.append(inline.group(1).lower())
+                line = line[inline.end():]
+        parts[section].append(line)
+    instruction = clean_instruction(" ".join(parts["instruction"]))
+    label_only = None
+    if not instruction and seen:
+        label_only = f"only an {seen[0].capitalize()}: part, no instruction"
+    return instruction, "\n".join(parts["input"]).strip(), label_only
+
+
+def parse_instruction_list(text: str, *, first_number: int | None = None,
+                           examples: tuple[str, ...] | list[str] = (),
+                           truncated: bool = False) -> ParsedList:
+    """Read a list of new instructions from a model's answer.
+
+    `first_number`: completions mode, where the prompt ends with "9." and the answer continues
+    that item. `examples`: the prompt's example instructions, to set aside repeats of them.
+    `truncated`: the answer hit the token limit (finish_reason "length"); its last item is cut.
+    """
+    text = _cut_special_tokens(text)
+    json_list = _parse_json_list(text, truncated)
+    if json_list is not None:
+        return _finish_list(json_list, [], examples, text)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    numbered_mode = any(_numbered(line) for line in lines)
+    bullet_mode = not numbered_mode and any(
+        _BULLET.match(line) and not _LABEL.match(line) for line in lines)
+    label_mode = not numbered_mode and not bullet_mode and any(
+        (m := _LABEL.match(line)) and m.group(1).lower() in ("instruction", "task")
+        for line in lines)
+
+    items: list[_Item] = []
+    outside: list[str] = []
+    cur: _Item | None = None
+    expected = first_number
+    first_nonblank = next((line for line in lines if line.strip()), "")
+    if first_number is not None and not _starts_item(first_nonblank, numbered_mode,
+                                                     bullet_mode, label_mode, first_number):
+        cur = _Item(first_number, implicit=True)
+        expected = first_number + 1
+    in_section = False
+    blank_pending = False
+
+    def finish() -> None:
+        nonlocal cur
+        if cur is not None and (cur.has_content or not cur.implicit):
+            items.append(cur)
+        cur = None
+
+    for line in lines:
+        if not line.strip():
+            if cur is not None and cur.has_content:
+                blank_pending = True
+            continue
+        start = _item_start(line, numbered_mode, bullet_mode, label_mode, expected, in_section)
+        if start is not None:
+            finish()
+            number, rest = start
+            cur = _Item(number)
+            if number is not None:
+                expected = number + 1
+            in_section = False
+            blank_pending = False
+            if label_mode:
+                cur.lines.append(line)
+            elif rest.strip():
+                cur.lines.append(rest)
+            continue
+        if _SEPARATOR.match(line) or _HEADING.match(line):
+            finish()
+            blank_pending = False
+            continue
+        if cur is None:
+            outside.append(line)
+            continue
+        label = _LABEL.match(line)
+        if blank_pending:
+            blank_pending = False
+            if not label and cur.has_content:
+                finish()  # a paragraph after the item: commentary or an epilogue
+                outside.append(line)
+                continue
+        if cur.has_content and not label and not in_section and _EPILOGUE.match(line):
+            finish()
+            outside.append(line)
+            continue
+        if label and label.group(1).lower() not in ("instruction", "task"):
+            in_section = True
+        cur.lines.append(line)
+    cut = cur  # an item still open when the text ends is the one a token limit cuts
+    finish()
+    parsed: list[tuple[_Item, bool]] = [(item, truncated and item is cut) for item in items]
+    return _finish_list(None, parsed, examples, text, outside)
+
+
+def _starts_item(line: str, numbered: bool, bullet: bool, label: bool, expected: int) -> bool:
+    return _item_start(line, numbered, bullet, label, expected, False) is not None
+
+
+def _item_start(line: str, numbered: bool, bullet: bool, label_mode: bool,
+                expected: int | None, in_section: bool) -> tuple[int | None, str] | None:
+    if numbered:
+        hit = _numbered(line)
+        # Inside an item's Input:/Output: part only the next number starts an item: a numbered
+        # list inside an input is not a list of tasks.
+        if hit is not None and (not in_section or hit[0] == expected):
+            return hit
+        bare = _BARE_NUMBER.match(line)
+        if bare and expected is not None and int(bare.group(1)) == expected:
+            return int(bare.group(1)), bare.group(2)
+        return None
+    if bullet:
+        if _LABEL.match(line):
+            return None
+        match = _BULLET.match(line)
+        if match and not (in_section and line[:1] in " \t"):
+            return None, match.group(1)
+        return None
+    if label_mode:
+        match = _LABEL.match(line)
+        if match and match.group(1).lower() in ("instruction", "task"):
+            return None, match.group(2)
+    return None
+
+
+def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]],
+                 examples: tuple[str, ...] | list[str], text: str,
+                 outside: list[str] | None = None) -> ParsedList:
+    result = ParsedList()
+    if json_items is not None:
+        candidates = [(ListItem(i.instruction, i.raw, i.number, i.input), None)
+                      for i in json_items.items]
+        result.discarded.extend(json_items.discarded)
+    else:
+        candidates = []
+        for item, cut in parsed:
+            instruction, inp, label_only = _split_item(item.lines)
+            listed = ListItem(instruction, item.raw, item.number, normalize_input(inp))
+            if cut:
+                result.discarded.append(Fragment(item.raw, R.TRUNCATED,
+                                                 "the answer hit max_tokens inside this item"))
+                continue
+            if label_only is not None:
+                result.discarded.append(Fragment(item.raw, R.NOT_AN_INSTRUCTION, label_only))
+                continue
+            if not instruction:
+                if item.implicit:
+                    continue
+                result.discarded.append(Fragment(item.raw or f"{item.number}.",
+                                                 R.NOT_AN_INSTRUCTION, "an empty list item"))
+                continue
+            if item.implicit and _PREAMBLE.match(instruction) and instruction.endswith(":"):
+                result.discarded.append(Fragment(item.raw, R.NOT_AN_INSTRUCTION,
+                                                 "a preamble, not a task"))
+                continue
+            candidates.append((listed, None))
+    example_keys = {_norm_key(e): n for n, e in enumerate(examples, start=1)}
+    numbers = {c.number for c, _ in candidates if c.number is not None}
+    n_examples = len(examples)
+    # A model that restates the numbered examples (1..n) before its new items.
+    restated = n_examples > 0 and set(range(1, n_examples + 1)) <= numbers and any(
+        n > n_examples for n in numbers)
+    for item, _ in candidates:
+        if _REFUSAL.match(item.instruction):
+            result.discarded.append(Fragment(item.raw, R.REFUSAL, "the model declined"))
+        elif (restated and item.number is not None and item.number <= n_examples) or \
+                _norm_key(item.instruction) in example_keys:
+            which = example_keys.get(_norm_key(item.instruction), item.number)
+            result.discarded.append(Fragment(item.raw, R.REPEATED_EXAMPLE,
+                                             f"repeats example {which} of the prompt"))
+        else:
+            result.items.append(item)
+    if not result.items and not result.discarded:
+        whole = text.strip()
+        if _REFUSAL.match(whole) or any(_REFUSAL.match(line) for line in outside or []):
+            result.discarded.append(Fragment(whole[:2000], R.REFUSAL, "the model declined"))
+        else:
+            result.discarded.append(Fragment(
+                whole[:2000] or "(empty answer)", R.UNPARSEABLE,
+                "no list items; expected numbered lines such as '9. <instruction>'"))
+    return result
+
+
+_JSON_INSTRUCTION = re.compile(r'"(?:instruction|task)"\s*:\s*"((?:[^"\\]|\\.)*)("?)')
+
+
+def _parse_json_list(text: str, truncated: bool) -> ParsedList | None:
+    """A JSON answer: {"tasks": [...]}, {"instructions": [...]} or a list; items are strings or
+    objects with "instruction" (and "input"). None when the text is not JSON-shaped."""
+    body = _strip_code_fence(text)
+    if not body[:1] in ("{", "["):
+        return None
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        return _salvage_json(body, truncated)
+    values = data
+    if isinstance(data, dict):
+        values = next((data[k] for k in ("tasks", "instructions", "items", "new_tasks")
+                       if isinstance(data.get(k), list)), None)
+        if values is None:
+            values = [data] if "instruction" in data else None
+    if not isinstance(values, list):
+        return None
+    result = ParsedList()
+    for n, value in enumerate(values, start=1):
+        raw = json.dumps(value, ensure_ascii=False)
+        if isinstance(value, str):
+            instruction, inp = clean_instruction(value), ""
+        elif isinstance(value, dict):
+            instruction = clean_instruction(str(value.get("instruction") or value.get("task")
+                                                or ""))
+            inp = str(value.get("input") or "")
+        else:
+            instruction, inp = "", ""
+        if not instruction:
+            result.discarded.append(Fragment(raw, R.NOT_AN_INSTRUCTION,
+                                             "a JSON item without an instruction"))
+            continue
+        result.items.append(ListItem(instruction, raw, None, normalize_input(inp)))
+    return result
+
+
+def _salvage_json(body: str, truncated: bool) -> ParsedList:
+    """Complete "instruction" strings of a JSON answer that does not parse (often: cut off)."""
+    result = ParsedList()
+    for match in _JSON_INSTRUCTION.finditer(body):
+        if not match.group(2):
+            result.discarded.append(Fragment(match.group(0), R.TRUNCATED,
+                                             "the JSON answer ends inside this item"))
+            continue
+        try:
+            value = json.loads(f'"{match.group(1)}"')
+        except json.JSONDecodeError:
+            continue
+        instruction = clean_instruction(value)
+        if instruction:
+            result.items.append(ListItem(instruction, match.group(0)))
+    if truncated and result.items and not any(f.reason is R.TRUNCATED for f in result.discarded):
+        # The cut fell after the last instruction string: that item may still be complete.
+        pass
+    if not result.items and not result.discarded:
+        result.discarded.append(Fragment(body[:2000], R.UNPARSEABLE,
+                                         "JSON that does not parse and holds no instruction"))
+    return result
+
+
+# -- classification -----------------------------------------------------------------------------
+
+_CLS_LEAD = re.compile(
+    r"^(?:classification|is (?:it )?(?:a )?classification(?: task)?|answer|output|label|response|"
+    r"result|final answer)\s*[:\-–—?]\s*", re.IGNORECASE)
+_CLS_PHRASES = (
+    (re.compile(r"\b(?:not|isn['’]?t|no)\b[^.]{0,20}\bclassification\b", re.I), False),
+    (re.compile(r"\b(?:is|it['’]?s)\s+(?:a|an)\s+(?:\w+\s+)?classification\b", re.I), True),
+)
+
+
+def parse_classification(text: str) -> bool | None:
+    """Yes/No to "is this a classification task?": `Yes`, `Classification: Yes`, `**No**`,
+    `Yes, because ...`, `True`; None when the answer is neither."""
+    cleaned = re.sub(r"[*_`#>\"']", "", _cut_special_tokens(text)).strip()
+    cleaned = _CLS_LEAD.sub("", cleaned).strip()
+    words = re.findall(r"[a-z]+", cleaned.lower())
+    if words:
+        if words[0] in ("yes", "true", "y"):
+            return True
+        if words[0] in ("no", "false", "n"):
+            return False
+    for pattern, value in _CLS_PHRASES:
+        if pattern.search(cleaned):
+            return value
+    return None
+
+
+# -- instances ----------------------------------------------------------------------------------
+
+INPUT_FIRST_LAYOUT = "expected 'Input: ...' then 'Output: ...' for each example"
+OUTPUT_FIRST_LAYOUT = "expected 'Class label: ...' then 'Input: ...' for each example"
+
+_EXAMPLE_HEADER = re.compile(
+    rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*example[ \t]*#?[ \t]*\d*[ \t]*[.:)\-–—]?[ \t]*{_MD}"
+    rf"[ \t]*(.*)$", re.IGNORECASE)
+_LIST_MARK = re.compile(r"^[ \t]*(?:\(?\d{1,2}[.):]|[-*•+])[ \t]*(.*)$")
+_BARE_MARK = re.compile(r"^[ \t]*\(?\d{1,2}[.):]?[ \t]*$")
+_IN_LABEL = re.compile(rf"^[ \t]*{_MD}[ \t]*input[ \t]*\d*[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
+                       re.IGNORECASE)
+_OUT_LABEL = re.compile(
+    rf"^[ \t]*{_MD}[ \t]*(output|response|answer)[ \t]*\d*[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
+    re.IGNORECASE)
+_CLASS_LABEL = re.compile(
+    rf"^[ \t]*{_MD}[ \t]*(?:class[ \t]+label|label)[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
+    re.IGNORECASE)
+_INLINE_OUT = re.compile(rf"(?:\s|\|)[ \t|]*{_MD}output[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}",
+                         re.IGNORECASE)
+_INLINE_IN = re.compile(rf"(?:\s|\|)[ \t|]*{_MD}input[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}",
+                        re.IGNORECASE)
+# The start of another task, in the forms models run on into: "Task 2", "Task: ...",
+# "## Task", "Instruction: ...", "3. Instruction: ...".
+_NEXT_TASK = re.compile(
+    rf"^[ \t]*(?:#{{1,6}}[ \t]*)?(?:\d{{1,3}}[.)][ \t]*)?{_MD}[ \t]*(?:new[ \t]+)?"
+    rf"(?:task|instruction)\b[ \t]*(?:#?\d+|{_MD}[ \t]*:|{_MD}[ \t]*$)", re.IGNORECASE)
+
+
+@dataclass
+class _Block:
+    head: list[str] = field(default_factory=list)
+    input: list[str] | None = None
+    output: list[str] | None = None
+    label: str | None = None
+    raw: list[str] = field(default_factory=list)
+    open: bool = True  # still being read when the text ended
+
+    def started(self) -> bool:
+        return (self.input is not None or self.output is not None or self.label is not None
+                or any(h.strip() for h in self.head))
+
+
+def until_next_task(text: str) -> str:
+    """The text before the first line that starts another task."""
+    for match in re.finditer(r"(?m)^.*$", text):
+        if _NEXT_TASK.match(match.group(0)):
+            return text[: match.start()]
+    return text
+
+
+def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
+                    starts_in_example: bool = False) -> ParsedInstances:
+    """Examples for one task.
+
+    `output_first`: the classification layout ('Class label: X' then 'Input: ...'; the label is
+    the output). `starts_in_example`: completions mode, where the prompt ends inside the first
+    example ("Example 1\\n" or "Class label:"). `truncated`: the answer hit the token limit, so
+    the example it ends in is cut.
+    """
+    text = _cut_special_tokens(text)
+    from_json = _parse_json_instances(text, output_first, truncated)
+    if from_json is not None:
+        return from_json
+    text = until_next_task(text)
+    if starts_in_example and output_first:
+        text = "Class label:" + text
+    layout = OUTPUT_FIRST_LAYOUT if output_first else INPUT_FIRST_LAYOUT
+    reader = _InstanceReader(output_first)
+    for line in text.replace("\r\n", "\n").split("\n"):
+        reader.feed(line)
+    blocks = reader.close()
+    result = ParsedInstances()
+    for block in blocks:
+        raw = "\n".join(block.raw).strip()
+        if truncated and block.open:
+            result.discarded.append(Fragment(raw, R.TRUNCATED,
+                                             "the answer hit max_tokens inside this example"))
+            continue
+        made = _instance_from(block, output_first, layout, raw)
+        if isinstance(made, Fragment):
+            result.discarded.append(made)
+        else:
+            result.instances.append(made)
+    if not result.instances and not result.discarded:
+        whole = text.strip()
+        reason = R.REFUSAL if _REFUSAL.match(whole) else R.UNPARSEABLE
+        result.discarded.append(Fragment(whole[:2000] or "(empty answer)", reason,
+                                         "the model declined" if reason is R.REFUSAL else
+                                         f"no examples found; {layout}"))
+    return result
+
+
+class _InstanceReader:
+    """Reads an instance answer line by line into blocks, one block per example."""
+
+    def __init__(self, output_first: bool) -> None:
+        self.output_first = output_first
+        self.blocks: list[_Block] = []
+        self.cur = _Block()
+
+    def _next(self, line: str | None = None) -> None:
+        self.cur.open = False
+        if self.cur.started():
+            self.blocks.append(self.cur)
+        self.cur = _Block()
+        if line is not None:
+            self.cur.raw.append(line)
+
+    def close(self) -> list[_Block]:
+        if self.cur.started():
+            self.blocks.append(self.cur)  # still open: the text ended inside it
+        return self.blocks
+
+    def feed(self, line: str) -> None:
+        if _SEPARATOR.match(line) or _BARE_MARK.match(line):
+            self._next()
+            return
+        header = _EXAMPLE_HEADER.match(line)
+        if header:
+            self._next()
+            line = header.group(1)
+            if not line.strip():
+                return
+        listed = _LIST_MARK.match(line)
+        if listed and (_IN_LABEL.match(listed.group(1)) or _OUT_LABEL.match(listed.group(1))
+                       or _CLASS_LABEL.match(listed.group(1))):
+            line = listed.group(1)
+        self.cur.raw.append(line)
+        if self.output_first:
+            self._output_first(line)
+        else:
+            self._input_first(line)
+
+    def _input_first(self, line: str) -> None:
+        in_match = _IN_LABEL.match(line)
+        out_match = _OUT_LABEL.match(line)
+        cur = self.cur
+        if in_match:
+            if cur.input is not None or cur.output is not None:
+                cur.raw.pop()
+                self._next(line)
+                cur = self.cur
+            rest = " " + in_match.group(1)
+            inline = _INLINE_OUT.search(rest)
+            if inline:
+                cur.input = [rest[: inline.start()]]
+                cur.output = [rest[inline.end():]]
+            else:
+                cur.input = [rest]
+            return
+        # "Answer:"/"Response:" close an input; inside an output they are part of it.
+        if out_match and (out_match.group(1).lower() == "output" or cur.output is None):
+            if cur.output is not None:
+                cur.raw.pop()
+                self._next(line)
+                cur = self.cur
+            cur.output = [out_match.group(2)]
+            return
+        if cur.output is not None:
+            cur.output.append(line)
+        elif cur.input is not None:
+            cur.input.append(line)
+        else:
+            cur.head.append(line)
+
+    def _output_first(self, line: str) -> None:
+        label = _CLASS_LABEL.match(line)
+        in_match = _IN_LABEL.match(line)
+        cur = self.cur
+        if label:
+            if cur.started():
+                cur.raw.pop()
+                self._next(line)
+                cur = self.cur
+            rest = " " + label.group(1)
+            inline = _INLINE_IN.search(rest)
+            if inline:
+                cur.label = rest[: inline.start()].strip()
+                cur.input = [rest[inline.end():]]
+            else:
+                cur.label = rest.strip()
+            return
+        if in_match and cur.input is None:
+            cur.input = [in_match.group(1)]
+            return
+        if cur.input is not None:
+            cur.input.append(line)
+        elif cur.label is not None and not cur.label and line.strip():
+            cur.label = line.strip()  # "Class label:" with the value on the next line
+        else:
+            cur.head.append(line)
+
+
+def _instance_from(block: _Block, output_first: bool, layout: str,
+                   raw: str) -> RawInstance | Fragment:
+    head = one_line(" ".join(block.head))
+    if output_first:
+        if block.label is None:
+            return Fragment(raw, R.UNPARSEABLE, f"an input without a class label; {layout}")
+        if block.input is None:
+            return Fragment(raw, R.MISSING_INPUT, f"a class label without an input; {layout}")
+        label = one_line(block.label).strip("*_` ")
+        return RawInstance(normalize_input(_clean_field("\n".join(block.input))), label, raw)
+    if block.output is None:
+        what = "an input without an output" if block.input is not None else "text without labels"
+        return Fragment(raw, R.MISSING_OUTPUT, f"{what}; {layout}")
+    if block.input is None and head:
+        return Fragment(raw, R.UNLABELED_INPUT,
+                        f"text before 'Output:' is not under an 'Input:' label ({head[:60]!r}); "
+                        f"{layout}")
+    inp = "\n".join(block.input) if block.input is not None else ""
+    return RawInstance(normalize_input(_clean_field(inp)), _clean_field("\n".join(block.output)),
+                       raw)
+
+
+def _clean_field(value: str) -> str:
+    return value.strip()
+
+
+def _parse_json_instances(text: str, output_first: bool,
+                          truncated: bool) -> ParsedInstances | None:
+    body = _strip_code_fence(text)
+    if not body[:1] in ("{", "["):
+        return None
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        if truncated:
+            return ParsedInstances(discarded=[Fragment(body[:2000], R.TRUNCATED,
+                                                       "the JSON answer was cut off")])
+        return ParsedInstances(discarded=[Fragment(body[:2000], R.UNPARSEABLE,
+                                                   "JSON that does not parse")])
+    values = data.get("instances") or data.get("examples") if isinstance(data, dict) else data
+    if not isinstance(values, list):
+        return None
+    result = ParsedInstances()
+    for value in values:
+        raw = json.dumps(value, ensure_ascii=False)
+        if not isinstance(value, dict):
+            result.discarded.append(Fragment(raw, R.UNPARSEABLE, "an example that is not an object"))
+            continue
+        out_key = "label" if output_first and "label" in value else "output"
+        if out_key not in value:
+            result.discarded.append(Fragment(raw, R.MISSING_OUTPUT,
+                                             f"an example without {out_key!r}"))
+            continue
+        result.instances.append(RawInstance(normalize_input(str(value.get("input") or "")),
+                                            str(value[out_key]).strip(), raw))
+    if not result.instances and not result.discarded:
+        result.discarded.append(Fragment(body[:2000], R.UNPARSEABLE, "a JSON answer with no examples"))
+    return result

@@ -1,0 +1,95 @@
+"""Placeholder text in instances: the spellings models and datasets use for "no input", for a
+missing output, and for inputs a text-only model cannot see.
+
+One set of rules serves generation, seed files, `dedup`, the exports and `seeds check`, so an
+input written as `<noinput>` in one place and `N/A` in another is the same empty input everywhere.
+
+The Self-Instruct data marks a missing input with `<noinput>` (yizhongw/self-instruct, Alpaca);
+models also write `No input.`, `None`, `(none)`, `N/A` and more. The paper's filters drop
+instances whose output is empty; placeholder outputs (`<No Output>`, a lone `---`) are empty
+outputs in disguise.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Compared after `_key`: lowercase, surrounding brackets, quotes and final dots removed, runs of
+# space, '_' and '-' between words turned into one space.
+_NO_INPUT = frozenset({
+    "", "noinput", "no input", "none", "n/a", "na", "nil", "null", "empty", "blank", "nothing",
+    "not applicable", "not needed", "no input needed", "no input required", "no input provided",
+    "no input given", "no input necessary", "input not required", "input not needed",
+    "no additional input", "-", "--", "—", "–",
+})
+
+_NO_OUTPUT = frozenset({
+    "nooutput", "no output", "n/a", "na", "not applicable", "no answer", "no response", "tbd",
+    "todo", "output", "answer", "response", "insert output here", "output here",
+})
+
+_SEPARATOR_ONLY = re.compile(r"^[\s\-=*#_~.…—–|`]*$")
+_BRACKETED = re.compile(r"^\s*[<\[{(]\s*(.{0,80}?)\s*[>\]})]\s*$", re.DOTALL)
+_URL_ONLY = re.compile(r"^\s*[<(\[]?\s*(?:https?://|www\.)\S+\s*[>)\]]?\s*$", re.IGNORECASE)
+# A bracketed slot that stands for something the model cannot see or did not fill in.
+_ATTACHMENT_WORDS = re.compile(
+    r"\b(?:attach\w*|image|img|picture|photo\w*|screenshot|video|audio|recording|file|pdf|"
+    r"document|link|url|insert|paste|upload\w*|see below|see above|here)\b", re.IGNORECASE)
+
+
+def _key(text: str) -> str:
+    value = text.strip().lower()
+    for _ in range(3):  # "(<no input>)", "'None'."
+        value = value.strip(" \t\r\n.\"'`*")
+        match = _BRACKETED.match(value)
+        if match:
+            value = match.group(1)
+    value = re.sub(r"[\s_]+", " ", value).strip()
+    value = re.sub(r"(?<=\w)-(?=\w)", " ", value)
+    return value
+
+
+def is_no_input(text: str) -> bool:
+    """True when `text` is empty or one of the usual spellings of "no input"."""
+    return _key(text) in _NO_INPUT
+
+
+def normalize_input(text: str) -> str:
+    """The input with surrounding whitespace removed; "" for any "no input" spelling."""
+    return "" if is_no_input(text) else text.strip()
+
+
+def placeholder_output(text: str) -> str | None:
+    """Why `text` is not a real output (a short description), or None when it is one.
+
+    Bare "None" and "No" stay valid outputs: they answer many questions. Bracketed forms such as
+    `(none)` or `<No Output>` and lone separators do not.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return "empty output"
+    if _SEPARATOR_ONLY.match(stripped):
+        return f"the output is only {stripped[:20]!r}"
+    key = _key(stripped)
+    if key in _NO_OUTPUT:
+        return f"placeholder output {stripped[:40]!r}"
+    if _BRACKETED.match(stripped) and (key in _NO_INPUT or key in _NO_OUTPUT or not key):
+        return f"placeholder output {stripped[:40]!r}"
+    return None
+
+
+def unusable_input(text: str) -> str | None:
+    """Why `text` cannot be an input for a text-only model, or None when it can.
+
+    An input that is only a URL (the model cannot open it) or a bracketed slot such as
+    `<Picture Attached>` or `[insert text here]` (the content is not there).
+    """
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if _URL_ONLY.match(stripped):
+        return f"the input is only a link ({stripped[:60]}); the model cannot open it"
+    match = _BRACKETED.match(stripped)
+    if match and _ATTACHMENT_WORDS.search(match.group(1)):
+        return f"the input is a placeholder ({stripped[:60]}), not content"
+    return None
