@@ -25,6 +25,7 @@ import hashlib
 import json
 import random
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -145,6 +146,15 @@ def instances_json(text: str, label_first: bool) -> str:
     return json.dumps({"instances": out})
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up on a request (a stop abandoning it, a timeout) closes the
+        # connection under the handler: expected here, not worth a traceback.
+        pass
+
+
 class FakeOpenAI:
     """Start with `with FakeOpenAI() as server:`; point the client at `server.base_url`."""
 
@@ -171,7 +181,8 @@ class FakeOpenAI:
         self.max_tokens_seen: list[int] = []
         self.seen_auth: set[str] = set()
         self._fault_rng = random.Random(1234)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.connections: set[socket.socket] = set()
+        self.httpd = _QuietServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -184,8 +195,16 @@ class FakeOpenAI:
         return self
 
     def close(self) -> None:
+        """Stop serving and drop every open connection: the endpoint is gone."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.lock:
+            connections, self.connections = list(self.connections), set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()
@@ -289,6 +308,19 @@ class FakeOpenAI:
             # Headers and body go out in two writes: with Nagle on, the client's delayed ACK
             # adds ~40 ms to every response, which would be charged to the engine.
             disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with server.lock:
+                    server.connections.add(self.connection)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+                with server.lock:
+                    server.connections.discard(self.connection)
 
             def log_message(self, *args: Any) -> None:
                 pass

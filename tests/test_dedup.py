@@ -101,3 +101,32 @@ def test_dedup_without_the_compiled_kernel_says_so_and_gives_the_same_result(
     assert "numpy fallback" in proc.stderr and "C compiler" in proc.stderr
     assert slow.read_text() == fast.read_text()
     assert slow.read_text().splitlines() == reference_dedup(texts)
+
+
+def test_dedup_warns_when_items_have_no_tokens_and_names_the_unicode_tokenizer(run_cli,
+                                                                               tmp_path):
+    src = tmp_path / "zh.jsonl"
+    rows = ["请为一个下雨的周末安排三个室内活动。", "请为一个下雨的周末安排三个室内活动吧。",
+            "Explain why the sky is blue."]
+    src.write_text("".join(json.dumps({"instruction": t}, ensure_ascii=False) + "\n"
+                           for t in rows))
+    proc = run_cli("dedup", str(src), "-o", str(tmp_path / "out.jsonl"), check=True)
+    assert f"warning: 2 of 3 items have no tokens under the 'rouge' tokenizer (e.g. {src}:1" \
+        in proc.stderr
+    assert "--tokenizer unicode" in proc.stderr
+    assert "kept 3 of 3" in proc.stdout  # the default tokenizer cannot see the duplicate
+    proc = run_cli("dedup", str(src), "-o", str(tmp_path / "out2.jsonl"), "--tokenizer",
+                   "unicode", check=True)
+    assert "warning" not in proc.stderr and "kept 2 of 3" in proc.stdout
+
+
+def test_dedup_writes_no_input_placeholders_as_empty_inputs(run_cli, tmp_path):
+    src = tmp_path / "alpaca.json"
+    src.write_text(json.dumps([
+        {"instruction": "Name three rivers in Europe.", "input": "<noinput>", "output": "a"},
+        {"instruction": "Sort the numbers in the list.", "input": "3, 1, 2", "output": "b"},
+        {"instruction": "Give a synonym for happy please.", "input": "N/A", "output": "c"}]))
+    out = tmp_path / "out.json"
+    proc = run_cli("dedup", str(src), "-o", str(out), check=True)
+    assert "2 'no input' placeholders written as empty inputs" in proc.stdout
+    assert [r["input"] for r in json.loads(out.read_text())] == ["", "3, 1, 2", ""]

@@ -88,7 +88,7 @@ def test_bad_json_list_names_the_line(tmp_path):
     path.write_text('[\n {"instruction": "a b c d", "output": "x"},\n {"instruction": }\n]')
     with pytest.raises(InputFileError) as info:
         load_seeds(path)
-    assert info.value.problems[0].startswith(f"{path}:3: bad JSON")
+    assert info.value.problems[0].startswith(f"{path}:3: record 2: bad JSON")
 
 
 def test_seeds_check_cli_exits_2_with_every_problem(run_cli, tmp_path):
@@ -109,3 +109,53 @@ def test_run_with_bad_seeds_fails_before_creating_anything(run_cli, tmp_path, fa
     assert proc.returncode == 2
     assert f"{path}:1: bad JSON" in proc.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("f.jsonl", '{"id": "a", "instruction": "x", "instances": [],}\n',
+     "f.jsonl:1: bad JSON: trailing comma before '}'; remove the comma"),
+    ("f.json", '[\n {"instruction": "a b c d", "output": "x"},\n {"instruction": "e", '
+               '"output": "y"},\n]\n',
+     "f.json:4: bad JSON: trailing comma after record 2 (the last one) before ']'"),
+    ("f.json", '[\n {"instruction": "a b c d", "output": "x",},\n]\n',
+     "f.json:2: record 1: bad JSON: trailing comma before '}'"),
+])
+def test_trailing_commas_are_named(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputFileError) as info:
+        load_seeds(path)
+    [problem] = info.value.problems
+    assert problem.startswith(str(tmp_path)) and expected in problem, problem
+    assert "near '" in problem  # an excerpt of the text around the error
+
+
+def test_a_single_json_object_gets_one_clear_message(tmp_path):
+    path = tmp_path / "seeds.json"
+    path.write_text(json.dumps({"tasks": [json.loads(line()), json.loads(line(id="t2"))]},
+                               indent=2))
+    with pytest.raises(InputFileError) as info:
+        load_seeds(path)
+    [problem] = info.value.problems  # one message, not one per line
+    assert problem.startswith(f"{path}:1: the file is one JSON object, not a list of records")
+    assert "its 'tasks' field holds a list of 2 records" in problem
+    spread = tmp_path / "spread.jsonl"
+    spread.write_text(json.dumps(json.loads(line()), indent=2) + "\n"
+                      + json.dumps(json.loads(line(id="t2")), indent=2) + "\n")
+    with pytest.raises(InputFileError) as info:
+        load_seeds(spread)
+    assert info.value.problems == [
+        f"{spread}:1: the records span several lines; JSON Lines needs one object per line "
+        "(or put the records in a JSON list: [{...}, {...}])"]
+
+
+def test_no_input_placeholders_are_empty_inputs_in_seeds(tmp_path, run_cli):
+    path = tmp_path / "f.jsonl"
+    rows = [line(id=f"t{n}", instruction=f"Do thing number {n} well.",
+                 instances=[{"input": spelling, "output": "done"}])
+            for n, spelling in enumerate(["<noinput>", "N/A", "None", "(no input)", "real"])]
+    path.write_text("\n".join(rows) + "\n")
+    tasks = load_seeds(path)
+    assert [t.instances[0].input for t in tasks] == ["", "", "", "", "real"]
+    proc = run_cli("seeds", "check", str(path), check=True)
+    assert "without input:   4 (80.0%)" in proc.stdout

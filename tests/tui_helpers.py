@@ -15,8 +15,8 @@ from selfinstruct_tui.engine.task import SimilarTask, Task
 
 def new_run(run_dir: Path, base_url: str, target: int = 60, **cfg) -> tuple[RunStore, RunConfig]:
     store = RunStore(run_dir)
-    config = RunConfig(base_url=base_url, model="fake-model", target=target, random_seed=1,
-                       concurrency=4, **cfg)
+    config = RunConfig(**{"base_url": base_url, "model": "fake-model", "target": target,
+                          "random_seed": 1, "concurrency": 4, **cfg})
     store.save_config(config)
     store.replace_seeds(seed_tasks_to_pool(load_seeds(bundled_seeds_path()), 1))
     return store, config

@@ -19,8 +19,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
+from selfinstruct_tui.engine.placeholders import is_no_input
 from selfinstruct_tui.engine.records import parse_records, read_utf8
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE, make_index
+from selfinstruct_tui.engine.tokenize import get_tokenizer
 
 
 @dataclass
@@ -60,6 +62,31 @@ def read_items(path: str | Path, field: str) -> tuple[str, list[Item]]:
     return parsed.kind, items
 
 
+def normalize_inputs(kind: str, items: list[Item]) -> int:
+    """Turn "no input" placeholders in records' `input` fields into "" (the rule the run, the
+    seeds and the exports use); returns how many were changed."""
+    changed = 0
+    for item in items:
+        obj = item.raw if kind == "json-list" else None
+        if kind == "jsonl":
+            try:
+                obj = json.loads(item.raw)
+            except json.JSONDecodeError:
+                continue
+        if isinstance(obj, dict) and isinstance(obj.get("input"), str) and obj["input"] \
+                and is_no_input(obj["input"]):
+            obj["input"] = ""
+            changed += 1
+            item.raw = obj if kind == "json-list" else json.dumps(obj, ensure_ascii=False)
+    return changed
+
+
+def tokenless(items: list[Item], tokenizer: str) -> list[Item]:
+    """Items with text but no tokens under `tokenizer` (they score 0 against everything)."""
+    tokenize = get_tokenizer(tokenizer)
+    return [i for i in items if i.text.strip() and not tokenize(i.text)]
+
+
 def default_output(path: Path) -> Path:
     return path.with_name(f"{path.stem}.dedup{path.suffix}")
 
@@ -78,6 +105,17 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     if not NATIVE_AVAILABLE:
         console.print(f"note: {FALLBACK_NOTICE}", markup=False)
+    silent = tokenless(items, args.tokenizer)
+    if silent:
+        first = silent[0]
+        hint = " For non-English text use --tokenizer unicode." if args.tokenizer == "rouge" \
+            else ""
+        console.print(
+            f"warning: {len(silent)} of {len(items)} items have no tokens under the "
+            f"{args.tokenizer!r} tokenizer (e.g. {src}:{first.line}: {first.text[:40]!r}); they "
+            f"score 0 against everything and are never dropped as near duplicates.{hint}",
+            markup=False)
+    normalized = normalize_inputs(kind, items) if kind != "text" else 0
     started = time.perf_counter()
     progress = Progress(TextColumn("dedup"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, transient=True,
@@ -110,5 +148,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     Console(highlight=False, soft_wrap=True).print(
         f"kept {len(kept)} of {len(items)} ({len(dropped)} near duplicates, ROUGE-L > "
         f"{args.threshold}) in {took:.1f}s; wrote {out_path}"
+        + (f"; {normalized} 'no input' placeholders written as empty inputs" if normalized
+           else "")
         + (f"; report: {args.report}" if args.report else ""), markup=False)
     return 0

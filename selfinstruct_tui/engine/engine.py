@@ -909,7 +909,13 @@ class Engine:
         drops.extend(_drop_row(d) for d in dropped)
         self._drop_instances(rnd, prompt_id, tid, drops)
         if rejection is not None:
-            self._reject(rnd, prompt_id, instruction, rejection.reason, rejection.detail,
+            detail = rejection.detail
+            if rejection.reason is RejectionReason.NO_VALID_INSTANCES:
+                counts = collections.Counter(reason.label for _, reason, _ in drops)
+                detail = "no usable example" + (
+                    " (" + ", ".join(f"{k} {v}" for k, v in counts.most_common()) + ")"
+                    if counts else "")
+            self._reject(rnd, prompt_id, instruction, rejection.reason, detail,
                          task_id=tid, raw=resp.text)
             return None
         similar = self._similar.pop(tid, None)

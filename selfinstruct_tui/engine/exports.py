@@ -4,6 +4,9 @@
 * alpaca: a JSON list of {instruction, input, output}, one row per instance
 * openai-chat: JSONL of {"messages": [...]} for chat fine-tuning
 * sharegpt: JSONL of {"conversations": [{"from": "human"|"gpt", "value"}]}
+* rejections: JSONL of every rejected candidate and dropped instance: round, level, reason,
+  detail, the candidate, the raw fragment of the model's answer, the task and prompt ids, and the
+  near duplicate it collided with
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ from pathlib import Path
 from typing import IO
 
 from selfinstruct_tui.engine.fsutil import atomic_writer
+from selfinstruct_tui.engine.placeholders import normalize_input
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.engine.task import Task
 
-FORMATS = ("self-instruct", "alpaca", "openai-chat", "sharegpt")
+FORMATS = ("self-instruct", "alpaca", "openai-chat", "sharegpt", "rejections")
 EXTENSIONS = {"self-instruct": "jsonl", "alpaca": "json", "openai-chat": "jsonl",
-              "sharegpt": "jsonl"}
+              "sharegpt": "jsonl", "rejections": "jsonl"}
 
 
 def user_turn(instruction: str, inp: str) -> str:
-    return f"{instruction}\n\n{inp}" if inp.strip() else instruction
+    inp = normalize_input(inp)
+    return f"{instruction}\n\n{inp}" if inp else instruction
 
 
 def _self_instruct(task: Task, tokenizer: str) -> dict:
@@ -31,7 +36,8 @@ def _self_instruct(task: Task, tokenizer: str) -> dict:
         "id": task.id,
         "instruction": task.instruction,
         "is_classification": task.is_classification,
-        "instances": [{"input": i.input, "output": i.output} for i in task.instances],
+        "instances": [{"input": normalize_input(i.input), "output": i.output}
+                      for i in task.instances],
         "most_similar": {s.instruction: s.score for s in task.most_similar},
         "avg_similarity_score": (sum(s.score for s in task.most_similar) / len(task.most_similar)
                                  if task.most_similar else 0.0),
@@ -48,7 +54,8 @@ def iter_rows(tasks: Iterable[Task], fmt: str, tokenizer: str = "rouge") -> Iter
             continue
         for inst in task.instances:
             if fmt == "alpaca":
-                yield {"instruction": task.instruction, "input": inst.input, "output": inst.output}
+                yield {"instruction": task.instruction, "input": normalize_input(inst.input),
+                       "output": inst.output}
             elif fmt == "openai-chat":
                 yield {"messages": [
                     {"role": "user", "content": user_turn(task.instruction, inst.input)},
@@ -84,7 +91,11 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None) -> tupl
         tokenizer = cfg.tokenizer if cfg else "rouge"
         path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
         with atomic_writer(path) as fh:
-            count = write_rows(iter_rows(store.iter_tasks("machine"), fmt, tokenizer), fmt, fh)
+            if fmt == "rejections":
+                count = write_rows(store.iter_rejections(), fmt, fh)
+            else:
+                count = write_rows(iter_rows(store.iter_tasks("machine"), fmt, tokenizer), fmt,
+                                   fh)
     finally:
         store.close()
     return path, count

@@ -479,12 +479,12 @@ class LLMClient:
             await self._running.wait()
 
     def _shared_pause(self, delay: float) -> None:
+        """Hold every request until `delay` seconds from now, then let the next `concurrency`
+        requests leave one by one (slots only move forward, so no two leave together)."""
         until = time.monotonic() + delay
-        if until > self._cooldown_until:
-            self._cooldown_until = until
-            self._restart_at = until
-            self._restart_left = self.settings.concurrency
-            self._stagger = min(1.0, max(0.02, delay / max(1, self.settings.concurrency)))
+        self._cooldown_until = max(self._cooldown_until, until)
+        self._restart_left = self.settings.concurrency
+        self._stagger = min(1.0, max(0.02, delay / max(1, self.settings.concurrency)))
 
     # -- requests --------------------------------------------------------------------------------
     def _prompt_chars(self, req: CompletionRequest | ChatRequest) -> int:

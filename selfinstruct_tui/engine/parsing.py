@@ -669,8 +669,10 @@ def _instance_from(block: _Block, output_first: bool, layout: str,
         label = one_line(block.label).strip("*_` ")
         return RawInstance(normalize_input(_clean_field("\n".join(block.input))), label, raw)
     if block.output is None:
-        what = "an input without an output" if block.input is not None else "text without labels"
-        return Fragment(raw, R.MISSING_OUTPUT, f"{what}; {layout}")
+        if block.input is None:
+            return Fragment(raw, R.UNPARSEABLE, f"text without 'Input:'/'Output:' labels; "
+                                                f"{layout}")
+        return Fragment(raw, R.MISSING_OUTPUT, f"an input without an output; {layout}")
     if block.input is None and head:
         return Fragment(raw, R.UNLABELED_INPUT,
                         f"text before 'Output:' is not under an 'Input:' label ({head[:60]!r}); "

@@ -47,8 +47,53 @@ def _line_at(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
+def excerpt(text: str, pos: int, width: int = 30) -> str:
+    """The text around `pos` on one line, for an error message."""
+    start = max(0, pos - width)
+    piece = text[start:pos + width].replace("\n", " ").replace("\t", " ")
+    return ("…" if start else "") + piece.strip() + ("…" if pos + width < len(text) else "")
+
+
+def describe_json_error(text: str, exc: json.JSONDecodeError) -> str:
+    """A JSON error in words: "trailing comma before '}'" when that is the cause."""
+    before = text[: exc.pos].rstrip()
+    if before.endswith(",") and exc.pos < len(text) and text[exc.pos] in "}]":
+        what = f"trailing comma before '{text[exc.pos]}'; remove the comma"
+    else:
+        what = exc.msg
+    return f"bad JSON: {what} (column {exc.colno}) near {excerpt(text, exc.pos)!r}"
+
+
+def _single_object(p: str, text: str) -> str | None:
+    """The one message for a file that is a single JSON object instead of records."""
+    try:
+        value, end = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or "\n" not in text[:end].strip():
+        return None  # a one-line object is a JSONL record
+    rest = text[end:].strip()
+    if rest.startswith("{"):
+        return (f"{p}:1: the records span several lines; JSON Lines needs one object per line "
+                "(or put the records in a JSON list: [{...}, {...}])")
+    if rest:
+        return None
+    hint = ""
+    for key, field in value.items():
+        if isinstance(field, list) and field and all(isinstance(v, dict) for v in field):
+            hint = f"; its {key!r} field holds a list of {len(field)} records: use that list"
+            break
+    return (f"{p}:1: the file is one JSON object, not a list of records: put the records in a "
+            f"JSON list ([{{...}}, {{...}}]) or write one object per line (JSON Lines){hint}")
+
+
 def parse_records(path: str | Path, text: str) -> RecordFile:
-    """Detect by content: a JSON list (starts with '[') or JSON Lines (one value per line)."""
+    """Detect by content: a JSON list (starts with '[') or JSON Lines (one value per line).
+
+    Problems name `PATH:LINE`, say "trailing comma" when that is the cause and quote the text
+    around the error; a file that is one multi-line JSON object gets one message, not one per
+    line.
+    """
     p = str(path)
     if text.lstrip().startswith("["):
         return _parse_json_list(p, text)
@@ -59,7 +104,11 @@ def parse_records(path: str | Path, text: str) -> RecordFile:
         try:
             records.append((lineno, json.loads(line)))
         except json.JSONDecodeError as exc:
-            problems.append(f"{p}:{lineno}: bad JSON: {exc.msg} (column {exc.colno})")
+            if not records and not problems and text.lstrip().startswith("{"):
+                single = _single_object(p, text)
+                if single is not None:
+                    return RecordFile(p, "jsonl", [], [single])
+            problems.append(f"{p}:{lineno}: {describe_json_error(line, exc)}")
     return RecordFile(p, "jsonl", records, problems)
 
 
@@ -81,9 +130,15 @@ def _parse_json_list(p: str, text: str) -> RecordFile:
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
+            if text[exc.pos:exc.pos + 1] == "]" and records:
+                return RecordFile(p, "json-list", records, [
+                    f"{p}:{exc.lineno}: bad JSON: trailing comma after record {len(records)} "
+                    f"(the last one) before ']'; remove the comma, near "
+                    f"{excerpt(text, exc.pos)!r}"])
             return RecordFile(
                 p, "json-list", records,
-                [f"{p}:{exc.lineno}: bad JSON: {exc.msg} (column {exc.colno})"],
+                [f"{p}:{exc.lineno}: record {len(records) + 1}: "
+                 f"{describe_json_error(text, exc)}"],
             )
         records.append((_line_at(text, pos), value))
         pos = skip_ws(end)
@@ -98,4 +153,6 @@ def _parse_json_list(p: str, text: str) -> RecordFile:
                                   [f"{p}:{line}: unexpected text after the closing ']'"])
             return RecordFile(p, "json-list", records, [])
         return RecordFile(p, "json-list", records,
-                          [f"{p}:{_line_at(text, pos)}: bad JSON: expected ',' or ']' in the list"])
+                          [f"{p}:{_line_at(text, pos)}: record {len(records)}: bad JSON: "
+                           f"expected ',' or ']' after the record, near "
+                           f"{excerpt(text, pos)!r}"])

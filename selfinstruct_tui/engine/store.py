@@ -344,6 +344,15 @@ class RunStore:
             sql += f" LIMIT {int(limit)}"
         return list(self.db.execute(sql, (after_id,)))
 
+    def iter_rejections(self) -> Iterator[dict[str, Any]]:
+        """Every rejection as a plain dict, in the order recorded (epoch `created`)."""
+        keys = ("id", "round", "level", "reason", "detail", "candidate", "raw", "task_id",
+                "prompt_id", "similar_id", "similar_text", "score", "created")
+        for row in self.db.execute("SELECT * FROM rejections ORDER BY id"):
+            have = row.keys()
+            yield {k: (row[k] if k in have else ("candidate" if k == "level" else None))
+                   for k in keys}
+
     def rejection_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute(
             "SELECT reason, COUNT(*) FROM rejections GROUP BY reason")}

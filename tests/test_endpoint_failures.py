@@ -1,0 +1,250 @@
+"""Endpoint failures as real endpoints send them: the loopback server returns exactly that status
+and body, the real engine or CLI runs, and the store, the output and the exit code are checked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine import prompts as P
+from selfinstruct_tui.engine.llm import (
+    ClientSettings,
+    LLMClient,
+    Redactor,
+    RequestFailed,
+    SamplingParams,
+    context_numbers,
+)
+from test_real_answers import assert_accounted
+
+QUOTA = {"status": 429, "body": {"error": {
+    "message": "You exceeded your current quota, please check your plan and billing details.",
+    "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}}
+CHAT_MODEL_ON_COMPLETIONS = {"status": 404, "body": {"error": {
+    "message": "This is a chat model and not supported in the v1/completions endpoint. Did you "
+               "mean to use v1/chat/completions?", "type": "invalid_request_error"}}}
+NO_CHAT_TEMPLATE = {"status": 400, "body": {"object": "error", "message": (
+    "As of transformers v4.44, default chat template is no longer allowed, so you must provide a "
+    "chat template if the tokenizer does not define one."), "type": "BadRequestError"}}
+GATEWAY_TIMEOUT = {"status": 504, "content_type": "text/html", "body": (
+    "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 "
+    "Gateway Time-out</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n</body>\r\n</html>")}
+
+
+def run(run_cli, server, run_dir, *extra, api="completions", env=None):
+    return run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                   "--api", api, "--run-dir", str(run_dir), "--target", "10", *extra,
+                   env=env, timeout=120)
+
+
+def store_rows(run_dir: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_exhausted_quota_stops_at_the_first_answer(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [QUOTA]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "2")
+        sent = len(server.log)
+    assert proc.returncode == 3
+    assert "quota is exhausted" in proc.stderr and "exceeded your current quota" in proc.stderr
+    assert sent <= 2  # the requests already in flight; none retried
+    assert store_rows(run_dir, "SELECT COUNT(*) FROM retries")[0][0] == 0
+    state = json.loads(store_rows(run_dir, "SELECT value FROM meta WHERE key='state'")[0][0])
+    assert state["state"] == "stopped"
+    assert "resume it with: selfinstruct run" in proc.stderr
+
+
+def test_a_prompt_that_cannot_fit_names_both_numbers(run_cli, tmp_path):
+    with FakeOpenAI(context_window=120) as server:
+        proc = run(run_cli, server, tmp_path / "run", "--concurrency", "1")
+        sent = len(server.log)
+    assert proc.returncode == 3
+    assert "model's context window is 120 tokens" in proc.stderr
+    assert "the prompt is " in proc.stderr and "cannot fit" in proc.stderr
+    assert sent == 1
+
+
+def test_the_context_window_is_learned_once_and_used_for_every_request(tmp_path):
+    from test_real_answers import run_engine
+
+    with FakeOpenAI(context_window=1100) as server:
+        run_dir, finished, events = run_engine(tmp_path / "learned", server, 10)
+        refused = server.statuses.count(400)
+        asked = [body["max_tokens"] for _, kind, body in server.log if kind == "generate"]
+    assert finished.reason == "target"
+    assert refused == 1  # only the first request, before the limit was known
+    assert asked[0] == 1024 and all(n < 1024 for n in asked[1:])
+    assert store_rows(run_dir, "SELECT value FROM meta WHERE key = 'context_window'") == \
+        [("1100",)]
+    assert any("context window is 1100" in getattr(e, "message", "") for e in events)
+    with FakeOpenAI(context_window=1100) as server:  # known up front: nothing is refused
+        run_engine(tmp_path / "given", server, 5, context_window=1100)
+        assert server.statuses.count(400) == 0
+
+
+@pytest.mark.parametrize("api, entry, use", [
+    ("completions", CHAT_MODEL_ON_COMPLETIONS, "--api chat"),
+    ("completions", {"shape": "chat"}, "--api chat"),
+    ("chat", NO_CHAT_TEMPLATE, "--api completions"),
+    ("chat", {"shape": "completions"}, "--api completions"),
+])
+def test_the_wrong_api_is_named_with_the_one_to_use(run_cli, tmp_path, api, entry, use):
+    with FakeOpenAI(script={"*": [entry]}) as server:
+        proc = run(run_cli, server, tmp_path / "run", "--concurrency", "1", api=api)
+        sent = len(server.log)
+    assert proc.returncode == 3
+    assert f"use {use}" in proc.stderr
+    assert sent == 1
+
+
+@pytest.mark.parametrize("status, message", [
+    (401, "Invalid authentication credentials for this organization."),
+    (403, "Project proj_abc does not have access to model m."),
+    (404, "The model `m` does not exist or you do not have access to it."),
+])
+def test_auth_and_not_found_carry_the_servers_own_words(run_cli, tmp_path, status, message):
+    entry = {"status": status, "body": {"error": {"message": message, "type": "x"}}}
+    with FakeOpenAI(script={"*": [entry]}) as server:
+        proc = run(run_cli, server, tmp_path / "run", "--concurrency", "1")
+    assert proc.returncode == 3
+    assert message in proc.stderr
+    assert "is up" not in proc.stderr  # the endpoint is up; it said no
+
+
+def test_an_html_error_page_is_reported_by_its_title(run_cli, tmp_path, isolated_env):
+    Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text("error_pause_seconds = 0.2\n")
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [GATEWAY_TIMEOUT]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1", "--max-retries", "1")
+    assert proc.returncode == 3
+    assert "HTTP 504: 504 Gateway Time-out" in proc.stderr
+    assert "<html" not in proc.stderr + proc.stdout
+    messages = [r[0] for r in store_rows(run_dir, "SELECT message FROM retries")]
+    assert messages and all("504 Gateway Time-out" in m and "<" not in m for m in messages)
+    assert f"Check that {server.base_url} is up" in proc.stderr  # a gateway error: down
+
+
+def test_the_api_key_is_redacted_from_everything_the_endpoint_sends_back(run_cli, tmp_path):
+    key = "sk-proj-Q3vX9bT7mK2pL8wN4rJ6"
+    echo = {"status": 401, "body": {"error": {
+        "message": f"Incorrect API key provided: {key}. Also seen: {key[:14]}****{key[-4:]}",
+        "type": "invalid_request_error"}}}
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [echo]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1",
+                   env={"OPENAI_API_KEY": key})
+        assert f"Bearer {key}" in server.seen_auth
+    assert proc.returncode == 3
+    assert "[redacted]" in proc.stderr and "Incorrect API key provided" in proc.stderr
+    for text in (proc.stdout, proc.stderr):
+        assert key not in text and key[:14] not in text
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert key.encode() not in data and key[:14].encode() not in data, path
+
+
+def test_an_answer_that_echoes_the_key_is_stored_redacted():
+    redact = Redactor("sk-live-abcdefghijklmnop")
+    assert redact("your key sk-live-abcdefghijklmnop works") == "your key [redacted] works"
+    assert "abcdefgh" not in redact("prefix sk-live-abcd****mnop and abcdefghijk")
+    assert redact("nothing secret here") == "nothing secret here"
+
+
+def test_rate_limits_pause_every_request_once_and_restart_staggered(tmp_path):
+    """Eight requests in flight all get 429 with Retry-After: no request reaches the endpoint
+    before that time, and the retries leave one by one instead of at one instant."""
+    limited = {"status": 429, "headers": {"Retry-After": "0.6"},
+               "body": {"error": {"message": "Rate limit reached for requests", "type": "x"}}}
+
+    async def go(server):
+        client = LLMClient(ClientSettings(base_url=server.base_url, model="m", concurrency=8))
+        causes: list[str] = []
+        req = P.generation_completion([f"Explain topic {i} briefly." for i in range(8)])
+        try:
+            return await asyncio.gather(*[
+                client.request(req, SamplingParams(max_tokens=32),
+                               lambda cause, *_: causes.append(cause)) for _ in range(8)]), causes
+        finally:
+            await client.close()
+
+    with FakeOpenAI(script={"*": [limited] * 8 + [{"text": " fine"}]}) as server:
+        answers, causes = asyncio.run(go(server))
+        times = [t for t, _, _ in server.log]
+    assert [a.text for a in answers] == [" fine"] * 8
+    assert causes == ["rate_limit"] * 8
+    assert server.statuses.count(429) == 8  # each request limited once, not again and again
+    last_limited, retries = max(times[:8]), sorted(times[8:])
+    assert min(retries) - last_limited >= 0.55  # nothing before the endpoint's Retry-After
+    assert retries[-1] - retries[0] >= 0.2  # one by one (0.075 s apart), not all together
+
+
+def test_retries_are_counted_per_cause_in_the_store_and_the_round_line(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    limited = {"status": 429, "headers": {"Retry-After": "0"},
+               "body": {"error": {"message": "Rate limit reached", "type": "x"}}}
+    flaky = {"status": 502, "body": "Bad Gateway", "content_type": "text/plain"}
+    with FakeOpenAI(script={"*": [limited, limited, flaky]}, repeat_last=False) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert dict(store_rows(run_dir, "SELECT cause, COUNT(*) FROM retries GROUP BY cause")) == \
+        {"rate_limit": 2, "server_error": 1}
+    assert "retries 3: rate limit 2, server error 1" in proc.stdout
+    retries = json.loads(store_rows(run_dir, "SELECT retries FROM rounds WHERE round = 1")[0][0])
+    assert retries == {"rate_limit": 2, "server_error": 1}
+    assert_accounted(run_dir)
+
+
+def test_answers_without_usage_are_estimated_and_say_so(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [{"usage": False}]}) as server:
+        proc = run(run_cli, server, run_dir, "--price-in", "0.001", "--price-out", "0.002")
+    assert proc.returncode == 0, proc.stderr
+    assert "(estimated:" in proc.stdout and "carried no usage" in proc.stdout
+    assert "$" in proc.stdout.splitlines()[-1]  # the final line shows the cost
+    rows = store_rows(run_dir, "SELECT usage_reported, prompt_tokens, completion_tokens "
+                      "FROM prompts WHERE response IS NOT NULL")
+    assert rows and all(r[0] == 0 and r[1] > 0 and r[2] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("message, limit, prompt", [
+    ("This model's maximum context length is 4097 tokens, however you requested 5000 tokens "
+     "(1000 in your prompt; 4000 for the completion).", 4097, 1000),
+    ("This model's maximum context length is 2048 tokens. However, you requested 2100 tokens "
+     "(1100 in the messages, 1000 in the completion).", 2048, 1100),
+    ("'max_tokens' is too large: 1024. This model's maximum context length is 2048 tokens and "
+     "your request has 1500 input tokens (1024 > 2048 - 1500).", 2048, 1500),
+    ("Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 "
+     "`inputs` tokens and 1000 `max_new_tokens`", 4096, 4000),
+])
+def test_context_numbers_from_each_servers_wording(message, limit, prompt):
+    assert context_numbers(message) == (limit, prompt)
+    body = {"error": {"message": "the request exceeds the available context size", "n_ctx": 512,
+                      "n_prompt_tokens": 600}}
+    assert context_numbers(body["error"]["message"], body) == (512, 600)
+
+
+def test_structured_output_on_fails_clearly_where_it_is_refused():
+    async def go(server):
+        client = LLMClient(ClientSettings(base_url=server.base_url, model="m", api="chat",
+                                          structured_output="on"))
+        try:
+            return await client.request(P.generation_chat(["Explain tides."] * 8, 7, True),
+                                        SamplingParams(max_tokens=64))
+        finally:
+            await client.close()
+
+    with FakeOpenAI(structured="reject") as server:
+        with pytest.raises(RequestFailed) as info:
+            asyncio.run(go(server))
+    assert info.value.fatal and "--structured-output off" in str(info.value)

@@ -1,0 +1,343 @@
+"""The parsers on the layouts real base and chat models write (issue: real models and endpoints).
+
+Each case is an answer as a model wrote it; the assertions name what is kept and, for what is set
+aside, the reason. The same answers run through the real engine in test_real_answers.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from selfinstruct_tui.engine.filters import RejectionReason as R
+from selfinstruct_tui.engine.filters import clean_instances, label_matches, task_labels
+from selfinstruct_tui.engine.parsing import (
+    parse_classification,
+    parse_instances,
+    parse_instruction_list,
+)
+from selfinstruct_tui.engine.placeholders import (
+    is_no_input,
+    normalize_input,
+    placeholder_output,
+    unusable_input,
+)
+from selfinstruct_tui.engine.seeds import Instance
+
+EXAMPLES = [f"Example task number {n} about topic {n}." for n in range(1, 9)]
+
+
+def items(parsed):
+    return [i.instruction for i in parsed.items]
+
+
+def reasons(parsed):
+    return [f.reason for f in parsed.discarded]
+
+
+# -- instruction lists: completions continuations ---------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    # a number without its dot must not glue two tasks together
+    (" Write a poem about rain.\n10 Suggest three names for a cat.\n11. Sort the list.",
+     ["Write a poem about rain.", "Suggest three names for a cat.", "Sort the list."]),
+    # a list that starts on a new line: item 9 is empty, item 10 is "Give ..."
+    ("\n10. Give three tips for sleep.\n11. Name a color.",
+     ["Give three tips for sleep.", "Name a color."]),
+    # the value on the line after its number
+    (" Write a haiku.\n10.\nGive three tips for sleep.\n11.\n\nName two rivers.",
+     ["Write a haiku.", "Give three tips for sleep.", "Name two rivers."]),
+    # ### separators and Instruction: labels (Alpaca-style)
+    (" Write a haiku about snow.\n###\n10. Instruction: Give three tips.\n###\n"
+     "11. Instruction: Name two rivers.",
+     ["Write a haiku about snow.", "Give three tips.", "Name two rivers."]),
+    # a wrong index still gives the items
+    (" Write a haiku.\n12. Name a fruit.\n12. Name a vegetable.\n20) Name a tree.",
+     ["Write a haiku.", "Name a fruit.", "Name a vegetable.", "Name a tree."]),
+    # a number that starts a sentence is not an index
+    (" 3 ways to save money on groceries, listed.\n10. Name a fruit.",
+     ["3 ways to save money on groceries, listed.", "Name a fruit."]),
+    # "3.5" and "10:30" are not list markers
+    (" Convert 3.5 hours\n10:30 is the time to use.\n10. Name a fruit.",
+     ["Convert 3.5 hours 10:30 is the time to use.", "Name a fruit."]),
+])
+def test_completions_lists(text, expected):
+    assert items(parse_instruction_list(text, first_number=9)) == expected
+
+
+def test_input_and_output_lines_are_never_instructions():
+    text = (" Summarize the paragraph.\nInput: <noinput>\nOutput: A summary.\n"
+            "10. Output: this is not a task\n11. Name a fruit.")
+    parsed = parse_instruction_list(text, first_number=9)
+    assert items(parsed) == ["Summarize the paragraph.", "Name a fruit."]
+    assert parsed.items[0].input == ""  # "<noinput>" is no input
+    assert reasons(parsed) == [R.NOT_AN_INSTRUCTION]
+    assert "Output: this is not a task" in parsed.discarded[0].text
+
+
+def test_input_under_a_task_is_its_input_not_part_of_the_instruction():
+    text = "9. Sort the steps into order.\nInput:\n1. Mix\n2. Preheat\n10. Name a fruit."
+    parsed = parse_instruction_list(text)
+    assert items(parsed) == ["Sort the steps into order.", "Name a fruit."]
+    assert parsed.items[0].input == "1. Mix\n2. Preheat"
+
+
+# -- instruction lists: chat layouts ------------------------------------------------------------
+
+def test_task_headers_bold_labels_preamble_and_epilogue():
+    text = ("Sure! Here are 7 new tasks:\n\n**Task 9:**\n**Instruction:** Write a haiku about "
+            "autumn.\n**Input:** None\n\n**Task 10:**\n**Instruction:** Summarize the article."
+            "\n**Input:** The article text.\n\n### Task 11\nName three rivers in Asia.\n\n"
+            "Let me know if you'd like more tasks!")
+    parsed = parse_instruction_list(text)
+    assert items(parsed) == ["Write a haiku about autumn.", "Summarize the article.",
+                             "Name three rivers in Asia."]
+    assert [i.number for i in parsed.items] == [9, 10, 11]
+    assert [i.input for i in parsed.items] == ["", "The article text.", ""]
+    assert parsed.discarded == []
+
+
+def test_bullets_when_there_are_no_numbers():
+    text = ("Here are some new tasks:\n- Write a haiku about autumn.\n* Summarize the given "
+            "paragraph in one sentence.\n• Name three rivers in Asia.\n\nHope this helps!")
+    assert items(parse_instruction_list(text)) == [
+        "Write a haiku about autumn.", "Summarize the given paragraph in one sentence.",
+        "Name three rivers in Asia."]
+
+
+def test_instruction_labels_without_numbers():
+    text = ("Instruction: Write a haiku.\nInput: None\n\nInstruction: Name two rivers.\n"
+            "Input: <noinput>")
+    assert items(parse_instruction_list(text)) == ["Write a haiku.", "Name two rivers."]
+
+
+def test_epilogue_on_the_line_after_the_last_item():
+    text = "9. Write a haiku.\n10. Name a fruit.\nLet me know if you need more!"
+    assert items(parse_instruction_list(text)) == ["Write a haiku.", "Name a fruit."]
+
+
+def test_repeated_examples_are_set_aside_and_the_new_items_kept():
+    listed = "".join(f"{n}. {e}\n" for n, e in enumerate(EXAMPLES, start=1))
+    text = listed + "9. Brand new task about cats.\n10. Another new task about dogs.\n" \
+        "11. A third new task about owls."
+    parsed = parse_instruction_list(text, examples=EXAMPLES)
+    assert items(parsed) == ["Brand new task about cats.", "Another new task about dogs.",
+                             "A third new task about owls."]
+    assert reasons(parsed) == [R.REPEATED_EXAMPLE] * 8
+
+
+def test_a_single_repeated_example_is_recognised_by_its_text():
+    text = f"9. {EXAMPLES[3]}\n10. A new task about owls."
+    parsed = parse_instruction_list(text, examples=EXAMPLES)
+    assert items(parsed) == ["A new task about owls."]
+    assert parsed.discarded[0].detail == "repeats example 4 of the prompt"
+
+
+@pytest.mark.parametrize("text", [
+    "I'm sorry, but I can't help with that.",
+    "I’m sorry, I cannot generate more tasks.",
+    "As an AI language model, I cannot do that.",
+])
+def test_refusals_are_not_tasks(text):
+    for first in (None, 9):
+        parsed = parse_instruction_list((" " if first else "") + text, first_number=first)
+        assert parsed.items == []
+        assert reasons(parsed) == [R.REFUSAL]
+
+
+def test_unparseable_answer_is_recorded_whole():
+    parsed = parse_instruction_list("The weather is nice today and I like tea.")
+    assert parsed.items == [] and reasons(parsed) == [R.UNPARSEABLE]
+    assert "weather" in parsed.discarded[0].text
+    assert "9. <instruction>" in parsed.discarded[0].detail
+
+
+def test_truncated_list_keeps_its_complete_items():
+    text = " Write a haiku.\n10. Name a fruit.\n11. Explain how the tides wo"
+    parsed = parse_instruction_list(text, first_number=9, truncated=True)
+    assert items(parsed) == ["Write a haiku.", "Name a fruit."]
+    assert reasons(parsed) == [R.TRUNCATED]
+    assert parsed.discarded[0].text == "Explain how the tides wo"
+
+
+def test_truncation_inside_an_epilogue_cuts_no_item():
+    text = "9. Write a haiku.\n10. Name a fruit.\n\nI hope these tasks are use"
+    parsed = parse_instruction_list(text, truncated=True)
+    assert items(parsed) == ["Write a haiku.", "Name a fruit."] and parsed.discarded == []
+
+
+def test_json_answers_and_a_cut_json_answer():
+    text = '```json\n{"tasks": [{"instruction": "Write a haiku."}, {"instruction": ""}]}\n```'
+    parsed = parse_instruction_list(text)
+    assert items(parsed) == ["Write a haiku."] and reasons(parsed) == [R.NOT_AN_INSTRUCTION]
+    cut = '{"tasks": [{"instruction": "Write a haiku."}, {"instruction": "Name a fr'
+    parsed = parse_instruction_list(cut, truncated=True)
+    assert items(parsed) == ["Write a haiku."] and reasons(parsed) == [R.TRUNCATED]
+
+
+def test_leaked_chat_control_tokens_end_the_answer():
+    text = "9. Write a haiku.<|im_end|>\n<|im_start|>user\n10. Not part of the answer."
+    assert items(parse_instruction_list(text)) == ["Write a haiku."]
+
+
+# -- classification -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer, expected", [
+    (" Yes", True), ("Yes", True), ("Classification: Yes", True), ("**Yes**", True),
+    ("Yes, because the labels are fixed.", True), ("True", True),
+    ("This is a classification task.", True),
+    (" No", False), ("no.", False), ("Answer: No", False),
+    ("It is not a classification task.", False),
+    ("Maybe", None), ("", None), ("It depends on the input.", None),
+])
+def test_classification_answers(answer, expected):
+    assert parse_classification(answer) is expected
+
+
+# -- instances ----------------------------------------------------------------------------------
+
+def pairs(parsed):
+    return [(i.input, i.output) for i in parsed.instances]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Input: (none)\nOutput: A haiku.\n\nExample 2\nInput: 3, 1, 2\nOutput: 1, 2, 3",
+     [("", "A haiku."), ("3, 1, 2", "1, 2, 3")]),
+    # numbered pairs
+    ("1. Input: 3, 1, 2\n   Output: 1, 2, 3\n2. Input: b, a\n   Output: a, b",
+     [("3, 1, 2", "1, 2, 3"), ("b, a", "a, b")]),
+    # bullets, both labels on one line
+    ("- Input: 2+2 Output: 4\n- Input: 3+3 | Output: 6", [("2+2", "4"), ("3+3", "6")]),
+    # bold labels, Example headers with colons
+    ("**Example 1:**\n**Input:** x\n**Output:** y\n\n**Example 2:**\n**Input:** z\n"
+     "**Output:** w", [("x", "y"), ("z", "w")]),
+    # an output's own numbered list and code fence stay in it
+    ("Input: (none)\nOutput: 1. First step\n2. Second step\n\n```python\nprint(1)\n```",
+     [("", "1. First step\n2. Second step\n\n```python\nprint(1)\n```")]),
+    # separators end an output; parsing goes on after them
+    ("Input: a\nOutput: b\n###\nInput: c\nOutput: d\n---\nInput: e\nOutput: f",
+     [("a", "b"), ("c", "d"), ("e", "f")]),
+])
+def test_input_first_layouts(text, expected):
+    parsed = parse_instances(text, output_first=False)
+    assert pairs(parsed) == expected and parsed.discarded == []
+
+
+@pytest.mark.parametrize("next_task", [
+    "Task 2\nWrite a story.", "Task: Write a story.", "## Task\nWrite a story.",
+    "**Task 3:** Write a story.", "Instruction: Write a story.", "3. Instruction: Write a story.",
+    "### Instruction:\nWrite a story.",
+])
+def test_an_output_never_runs_into_another_task(next_task):
+    text = f"Input: (none)\nOutput: Blue is calm.\n\n{next_task}\nOutput: x"
+    assert pairs(parse_instances(text, output_first=False)) == [("", "Blue is calm.")]
+
+
+def test_a_misspelled_label_never_becomes_an_empty_input():
+    text = "Example 1\nInptu: the cat sat\nOutput: The cat sat down.\nExample 2\nInput: dog\n" \
+           "Ouput: Dogs bark."
+    parsed = parse_instances(text, output_first=False)
+    assert parsed.instances == []
+    assert reasons(parsed) == [R.UNLABELED_INPUT, R.MISSING_OUTPUT]
+    assert "Inptu" in parsed.discarded[0].detail
+    assert "expected 'Input: ...' then 'Output: ...'" in parsed.discarded[1].detail
+
+
+def test_an_answer_with_no_examples_shows_the_expected_layout():
+    parsed = parse_instances("Here is a nice poem about the sea.", output_first=True)
+    assert reasons(parsed) == [R.UNPARSEABLE]
+    assert "expected 'Class label: ...' then 'Input: ...'" in parsed.discarded[0].detail
+
+
+def test_output_first_layouts():
+    text = " Positive\nInput: I love it.\nClass label: Negative\nInput: Awful.\nClass label: X\n"
+    parsed = parse_instances(text, output_first=True, starts_in_example=True)
+    assert pairs(parsed) == [("I love it.", "Positive"), ("Awful.", "Negative")]
+    assert reasons(parsed) == [R.MISSING_INPUT]
+    bold = "**Class label:** Positive\n**Input:** I love it.\n\n1. Class label: Negative " \
+        "Input: Awful."
+    assert pairs(parse_instances(bold, output_first=True)) == [
+        ("I love it.", "Positive"), ("Awful.", "Negative")]
+
+
+def test_a_cut_answer_loses_only_the_cut_example():
+    text = "Input: a\nOutput: b\nExample 2\nInput: c\nOutput: d is cu"
+    parsed = parse_instances(text, output_first=False, truncated=True)
+    assert pairs(parsed) == [("a", "b")] and reasons(parsed) == [R.TRUNCATED]
+
+
+def test_json_instances():
+    text = '{"instances": [{"input": "N/A", "output": "Hi"}, {"input": "x"}]}'
+    parsed = parse_instances(text, output_first=False)
+    assert pairs(parsed) == [("", "Hi")] and reasons(parsed) == [R.MISSING_OUTPUT]
+    labeled = '{"instances": [{"label": "Yes", "input": "Is it raining?"}]}'
+    assert pairs(parse_instances(labeled, output_first=True)) == [("Is it raining?", "Yes")]
+
+
+# -- placeholders and instance filters ------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "<noinput>", "<no input>", "No input.", "noinput", "None",
+                                  "(no input)", "N/A", "(none)", "[none]", "-", "no-input",
+                                  "Not applicable", "<No Input>", "'None'", " NULL "])
+def test_no_input_spellings(text):
+    assert is_no_input(text) and normalize_input(text) == ""
+
+
+@pytest.mark.parametrize("text", ["None of the above", "no", "Nothing to add here.",
+                                  "noise level"])
+def test_real_inputs_are_kept(text):
+    assert normalize_input(text) == text
+
+
+@pytest.mark.parametrize("text", ["<No Output>", "N/A", "(none)", "---", "###", "", "<nooutput>",
+                                  "[no output]", "..."])
+def test_placeholder_outputs(text):
+    assert placeholder_output(text) is not None
+
+
+@pytest.mark.parametrize("text", ["None", "No", "0", "Positive", "N/A is short for not applicable."])
+def test_real_outputs(text):
+    assert placeholder_output(text) is None
+
+
+@pytest.mark.parametrize("text", ["https://example.com/article", "www.example.com/a?b=1",
+                                  "<Picture Attached>", "[image]", "<insert text here>",
+                                  "(see attached file)", "[link to the article]"])
+def test_unusable_inputs(text):
+    assert unusable_input(text) is not None
+
+
+def test_instance_filters_name_each_reason():
+    kept, dropped, rejection = clean_instances([
+        Instance("<Picture Attached>", "A cat."),
+        Instance("https://example.com/x", "A summary."),
+        Instance("", "<No Output>"),
+        Instance("Is it sunny?", "---"),
+        Instance("Great movie!", "Positive"),
+    ])
+    assert rejection is None and kept == [Instance("Great movie!", "Positive")]
+    assert [d.reason for d in dropped] == [R.UNUSABLE_INPUT, R.UNUSABLE_INPUT,
+                                           R.PLACEHOLDER_OUTPUT, R.PLACEHOLDER_OUTPUT]
+
+
+@pytest.mark.parametrize("instruction, labels", [
+    ("Classify the sentiment of the review as positive, negative or neutral.",
+     {"positive", "negative", "neutral"}),
+    ("Is the email spam? Answer Yes/No.", {"yes", "no"}),
+    ('Label the sentence "formal" or "informal".', {"formal", "informal"}),
+    ("Determine whether the statement is true or false.", {"true", "false"}),
+    ("Sort the animal into mammal, bird, reptile or fish.",
+     {"mammal", "bird", "reptile", "fish"}),
+    ("Tell me the topic of the news article.", None),
+])
+def test_task_labels(instruction, labels):
+    assert task_labels(instruction) == labels
+
+
+def test_a_label_that_is_not_one_of_the_tasks_labels_is_dropped():
+    instruction = "Classify the sentiment of the review as positive, negative or neutral."
+    kept, dropped, _ = clean_instances(
+        [Instance("I loved it.", "Positive"), Instance("Meh.", "Neutral sentiment"),
+         Instance("Awful.", "Sarcastic")], is_classification=True, instruction=instruction)
+    assert [i.output for i in kept] == ["Positive", "Neutral sentiment"]
+    assert [d.reason for d in dropped] == [R.LABEL_NOT_IN_TASK]
+    assert label_matches("The answer is negative", {"positive", "negative"})

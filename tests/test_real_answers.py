@@ -1,0 +1,287 @@
+"""Raw model answers through the real engine: a loopback server returns exactly the scripted text,
+the engine runs, and the store and the exports are checked (every candidate accounted for)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.engine import Engine
+from selfinstruct_tui.engine.exports import export_run
+from selfinstruct_tui.engine.store import RunStore
+from tui_helpers import new_run
+
+# Instructions far from the bundled seeds (ROUGE-L) and clear of the blacklist.
+NEW = ["Suggest a weekend itinerary for a rainy coastal village.",
+       "Explain why sourdough bread rises more slowly than yeasted bread.",
+       "Rewrite the sentence so that it sounds more polite to a customer.",
+       "Compose a limerick about a forgetful lighthouse keeper."]
+
+
+def run_engine(tmp_path: Path, server: FakeOpenAI, target: int, **cfg):
+    run_dir = tmp_path / "run"
+    store, config = new_run(run_dir, server.base_url, target=target,
+                            **{"concurrency": 1, "prompts_per_round": 1, **cfg})
+    engine = Engine(store, config)
+    events: list = []
+    engine.bus.subscribe(events.append)
+    finished = engine.run()
+    store.close()
+    return run_dir, finished, events
+
+
+def db(run_dir: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def machine(run_dir: Path) -> list[sqlite3.Row]:
+    return db(run_dir).execute("SELECT * FROM tasks WHERE origin = 'machine' AND "
+                               "status = 'active' ORDER BY id").fetchall()
+
+
+def rejections(run_dir: Path, level: str = "candidate") -> list[sqlite3.Row]:
+    return db(run_dir).execute("SELECT * FROM rejections WHERE level = ? ORDER BY id",
+                               (level,)).fetchall()
+
+
+def assert_accounted(run_dir: Path) -> None:
+    """Every finished round adds up, and every paid instance answer ends in a task or a
+    rejection that names the task."""
+    conn = db(run_dir)
+    for r in conn.execute("SELECT * FROM rounds WHERE status = 'done'"):
+        rejected = sum(json.loads(r["rejected"]).values())
+        assert r["candidates"] == r["accepted"] + rejected + r["surplus"], dict(r)
+    tasks = {row[0] for row in conn.execute("SELECT id FROM tasks")}
+    rejected_ids = {row[0] for row in conn.execute(
+        "SELECT task_id FROM rejections WHERE level = 'candidate' AND task_id IS NOT NULL")}
+    for (ref,) in conn.execute("SELECT task_ref FROM prompts WHERE kind = 'instances' "
+                               "AND response IS NOT NULL"):
+        assert ref in tasks or ref in rejected_ids, ref
+    for row in conn.execute("SELECT reason, raw FROM rejections WHERE reason != "
+                            "'dropped_by_user'"):
+        assert row["raw"], dict(row)  # the fragment of the answer is kept
+
+
+def exported(run_dir: Path, fmt: str, tmp_path: Path) -> list[dict]:
+    out = tmp_path / f"export.{fmt}"
+    export_run(run_dir, fmt, out)
+    text = out.read_text()
+    return json.loads(text) if fmt == "alpaca" else [json.loads(x) for x in text.splitlines()]
+
+
+GENERATION_ANSWERS = {
+    "bare number": (f" {NEW[0]}\n10 {NEW[1]}\n11. {NEW[2]}", [], "completions"),
+    "new line start": (f"\n10. {NEW[0]}\n11. {NEW[1]}", [], "completions"),
+    "value on next line": (f" {NEW[0]}\n10.\n{NEW[1]}\n11.\n{NEW[2]}", [], "completions"),
+    "### separators": (f" {NEW[0]}\n###\n10. Instruction: {NEW[1]}\n###\n11. Instruction: "
+                       f"{NEW[2]}", [], "completions"),
+    "labels under tasks": (f" {NEW[0]}\nInput: <noinput>\nOutput: Day one: the harbour.\n"
+                           f"10. Output: nothing here\n11. {NEW[1]}",
+                           ["not_an_instruction"], "completions"),
+    "chat task headers": (f"Sure! Here are 7 new tasks:\n\n**Task 9:**\n**Instruction:** "
+                          f"{NEW[0]}\n**Input:** None\n\n**Task 10:**\n**Instruction:** {NEW[1]}"
+                          f"\n\nLet me know if you'd like more!", [], "chat"),
+    "chat bullets": (f"Here are new tasks:\n- {NEW[0]}\n- {NEW[1]}\n- {NEW[2]}\n\nEnjoy!", [],
+                     "chat"),
+    "refusal item": (f"9. {NEW[0]}\n10. I'm sorry, but I can't help with that.\n11. {NEW[1]}",
+                     ["refusal"], "chat"),
+}
+
+
+@pytest.mark.parametrize("name", list(GENERATION_ANSWERS))
+def test_generation_layouts_through_the_engine(tmp_path, name):
+    text, reasons, api = GENERATION_ANSWERS[name]
+    expected = [n for n in NEW if n in text]
+    with FakeOpenAI(script={"generate": [text]}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, len(expected), api=api,
+                                          structured_output="off")
+    assert finished.reason == "target"
+    assert [t["instruction"] for t in machine(run_dir)] == expected
+    assert [r["reason"] for r in rejections(run_dir)] == reasons
+    assert_accounted(run_dir)
+    rows = exported(run_dir, "self-instruct", tmp_path)
+    assert [r["instruction"] for r in rows] == expected
+    assert [r["reason"] for r in exported(run_dir, "rejections", tmp_path)
+            if r["level"] == "candidate"] == reasons
+
+
+def test_a_model_that_repeats_the_examples_keeps_its_new_items(tmp_path):
+    # The prompt's 8 examples are sampled from the seeds: repeat them back, then add new items.
+    def answer(prompt_examples):
+        listed = "".join(f"{n}. {e}\n" for n, e in enumerate(prompt_examples, start=1))
+        return listed + "".join(f"{9 + n}. {t}\n" for n, t in enumerate(NEW))
+
+    with FakeOpenAI() as probe:
+        run_dir, _, events = run_engine(tmp_path / "probe", probe, 1)
+    conn = db(run_dir)
+    shown = [e["instruction"] for e in json.loads(conn.execute(
+        "SELECT examples FROM prompts WHERE kind = 'generate' ORDER BY id").fetchone()[0])]
+    with FakeOpenAI(script={"generate": [answer(shown)]}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, len(NEW), api="chat",
+                                          structured_output="off")
+    assert [t["instruction"] for t in machine(run_dir)] == NEW  # none cut off
+    assert [r["reason"] for r in rejections(run_dir)] == ["repeated_example"] * 8
+    assert_accounted(run_dir)
+
+
+def test_truncated_list_keeps_complete_items_and_names_the_cut_one(tmp_path):
+    text = f" {NEW[0]}\n10. {NEW[1]}\n11. Explain how the tides wo"
+    with FakeOpenAI(script={"generate": [{"text": text, "finish_reason": "length"}]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 2)
+    assert [t["instruction"] for t in machine(run_dir)] == NEW[:2]
+    [cut] = rejections(run_dir)
+    assert cut["reason"] == "truncated" and cut["raw"] == "Explain how the tides wo"
+    assert_accounted(run_dir)
+
+
+def test_unparseable_and_refusal_answers_are_recorded_with_the_raw_answer(tmp_path):
+    answers = ["I'm sorry, but I can't help with that.", "The weather is lovely today.",
+               f"9. {NEW[0]}"]
+    with FakeOpenAI(script={"generate": answers}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 1, api="chat",
+                                          structured_output="off")
+    got = [(r["reason"], r["raw"]) for r in rejections(run_dir)]
+    assert got == [("refusal", answers[0]), ("unparseable", answers[1])]
+    assert_accounted(run_dir)
+
+
+INSTANCE_ANSWERS = {
+    "numbered pairs": ("1. Input: A long wet weekend.\n   Output: Visit the museum.\n"
+                       "2. Input: A short dry weekend.\n   Output: Walk the cliffs.",
+                       [("A long wet weekend.", "Visit the museum."),
+                        ("A short dry weekend.", "Walk the cliffs.")], []),
+    "bulleted one line": ("- Input: rain Output: Museum day.\n- Input: sun | Output: Beach day.",
+                          [("rain", "Museum day."), ("sun", "Beach day.")], []),
+    "placeholders": ("Input: <Picture Attached>\nOutput: A harbour.\nExample 2\nInput: No input."
+                     "\nOutput: <No Output>\nExample 3\nInput: https://example.com/trip\nOutput:"
+                     " A plan.\nExample 4\nInput: (none)\nOutput: Visit the lighthouse.",
+                     [("", "Visit the lighthouse.")],
+                     ["unusable_input", "placeholder_output", "unusable_input"]),
+    "misspelled label": ("Inptu: A wet day\nOutput: Museum.\nExample 2\nInput: A dry day\n"
+                         "Output: Cliffs.", [("A dry day", "Cliffs.")], ["unlabeled_input"]),
+    "runs into the next task": ("Input: (none)\nOutput: Day one: the harbour.\n###\nTask 2: "
+                                "Write a poem.\nOutput: x", [("", "Day one: the harbour.")], []),
+}
+
+
+@pytest.mark.parametrize("name", list(INSTANCE_ANSWERS))
+def test_instance_layouts_through_the_engine(tmp_path, name):
+    text, expected, dropped = INSTANCE_ANSWERS[name]
+    with FakeOpenAI(script={"generate": [f" {NEW[0]}"], "classify": [" No"],
+                            "instances": [text]}, repeat_last=False) as server:
+        # completions: the prompt ends with "Example 1\n", so the answer starts inside it
+        run_dir, finished, _ = run_engine(tmp_path, server, 1)
+    [task] = machine(run_dir)
+    assert [(i["input"], i["output"]) for i in json.loads(task["instances"])] == expected
+    assert [r["reason"] for r in rejections(run_dir, "instance")] == dropped
+    assert all(r["task_id"] == task["id"] for r in rejections(run_dir, "instance"))
+    rows = exported(run_dir, "alpaca", tmp_path)
+    assert [(r["input"], r["output"]) for r in rows] == expected
+    assert_accounted(run_dir)
+
+
+def test_an_answer_without_usable_instances_rejects_the_task_with_the_layout(tmp_path):
+    with FakeOpenAI(script={"generate": [f" {NEW[0]}", f" {NEW[1]}"], "classify": [" No"],
+                            "instances": ["Here is a lovely poem about the sea.",
+                                          "Input: x\nOutput: y"]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 1)
+    [rejected] = rejections(run_dir)
+    assert rejected["reason"] == "no_valid_instances"
+    assert "unparseable 1" in rejected["detail"]
+    [dropped] = rejections(run_dir, "instance")
+    assert "expected 'Input: ...' then 'Output: ...'" in dropped["detail"]
+    assert [t["instruction"] for t in machine(run_dir)] == [NEW[1]]
+    assert_accounted(run_dir)
+
+
+@pytest.mark.parametrize("answer, is_cls", [
+    ("Classification: Yes", True), ("Yes, because the labels are fixed.", True),
+    ("**No**", False), ("No.", False),
+])
+def test_classification_answers_in_the_forms_models_give(tmp_path, answer, is_cls):
+    instances = "Class label: Positive\nInput: Great!\nClass label: Negative\nInput: Awful." \
+        if is_cls else "Input: (none)\nOutput: A fine day out."
+    with FakeOpenAI(script={"generate": [f"9. {NEW[0]}"], "classify": [answer],
+                            "instances": [instances]}, repeat_last=False) as server:
+        run_dir, _, _ = run_engine(tmp_path, server, 1, api="chat", structured_output="off")
+    [task] = machine(run_dir)
+    assert bool(task["is_classification"]) is is_cls
+    assert_accounted(run_dir)
+
+
+def test_an_unclear_classification_is_asked_again_when_cut_then_rejected(tmp_path):
+    with FakeOpenAI(script={"generate": [f" {NEW[0]}", f" {NEW[1]}"],
+                            "classify": [{"text": " It", "finish_reason": "length"},
+                                         " It depends", " No"]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 1)
+        asked = [body["max_tokens"] for _, kind, body in server.log if kind == "classify"]
+    assert asked == [3, 32, 3]  # the cut answer was asked again with room to finish
+    [rejected] = rejections(run_dir)
+    assert rejected["reason"] == "unknown_classification"
+    assert "It depends" in rejected["detail"] and rejected["candidate"] == NEW[0]
+    assert [t["instruction"] for t in machine(run_dir)] == [NEW[1]]
+    assert_accounted(run_dir)
+
+
+def test_a_label_outside_the_tasks_labels_is_dropped(tmp_path):
+    instruction = "Classify the mood of the harbour diary entry as calm, stormy or foggy."
+    with FakeOpenAI(script={"generate": [f" {instruction}"], "classify": [" Yes"],
+                            "instances": [" Calm\nInput: Still water.\nClass label: Sunny\n"
+                                          "Input: Bright.\nClass label: Stormy\nInput: Waves."]},
+                    repeat_last=False) as server:
+        run_dir, _, _ = run_engine(tmp_path, server, 1)
+    [task] = machine(run_dir)
+    assert [i["output"] for i in json.loads(task["instances"])] == ["Calm", "Stormy"]
+    assert [r["reason"] for r in rejections(run_dir, "instance")] == ["label_not_in_task"]
+
+
+def test_cjk_instructions_are_counted_by_the_unicode_tokenizer(tmp_path):
+    zh = ["请为一个下雨的周末安排三个室内活动。", "用一句话解释为什么天空是蓝色的。"]
+    with FakeOpenAI(script={"generate": ["\n".join(f"{9 + n}. {t}" for n, t in enumerate(zh))]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path / "unicode", server, 2, api="chat",
+                                          structured_output="off", tokenizer="unicode",
+                                          filter_non_ascii=False)
+    assert [t["instruction"] for t in machine(run_dir)] == zh
+
+
+def test_surplus_is_never_started_and_finished_work_is_kept(tmp_path):
+    with FakeOpenAI() as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 5, concurrency=8,
+                                          prompts_per_round=8)
+    conn = db(run_dir)
+    assert finished.reason == "target"
+    surplus = conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'surplus'").fetchone()
+    assert surplus[0] > 0  # a round of 8 prompts gives more candidates than 5 tasks need
+    # a surplus candidate was never sent for classification or instances
+    refs = {r[0] for r in conn.execute("SELECT task_ref FROM prompts WHERE task_ref IS NOT NULL")}
+    assert not refs & {r[0] for r in conn.execute(
+        "SELECT task_id FROM rejections WHERE reason = 'surplus'")}
+    assert len(machine(run_dir)) >= 5
+    assert_accounted(run_dir)
+
+
+def test_structured_output_is_detected_once_and_recorded(tmp_path):
+    for mode, expected in (("json", "json_schema"), ("reject", "text"), ("ignore", "text")):
+        with FakeOpenAI(structured=mode) as server:
+            run_dir, finished, events = run_engine(tmp_path / mode, server, 5, api="chat")
+            formats = [("response_format" in body) for _, _, body in server.log]
+        assert finished.reason == "target", mode
+        store = RunStore(run_dir, readonly=True)
+        assert store.get_meta("structured_output") == expected
+        store.close()
+        if mode == "json":
+            assert all(formats[i] for i, (_, kind, _) in enumerate(server.log)
+                       if kind != "classify")
+        else:  # asked once (or until the first answer showed it was ignored), then plain text
+            assert formats.count(True) <= 2 and not formats[-1]
+        assert_accounted(run_dir)

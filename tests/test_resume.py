@@ -1,0 +1,196 @@
+"""The same command resumes: --seeds on resume, the printed resume command, a detach that returns
+only once the engine runs (or failed), and a stop that does not wait on retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_command
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds, write_seeds
+from selfinstruct_tui.engine.store import RunStore, is_run_dir, seed_tasks_to_pool
+from test_run_e2e import count_machine, resume_line, wait_for
+
+
+def seed_file(tmp_path: Path, name: str, tasks) -> Path:
+    path = tmp_path / name
+    write_seeds(path, tasks)
+    return path
+
+
+def state(run_dir: Path) -> dict:
+    store = RunStore(run_dir, readonly=True)
+    try:
+        return store.get_meta("state") or {}
+    finally:
+        store.close()
+
+
+def test_the_same_seeds_resume_and_different_seeds_are_refused(run_cli, fake_server, tmp_path):
+    every = load_seeds(bundled_seeds_path())
+    seeds = every[:20]
+    original = seed_file(tmp_path, "seeds.jsonl", seeds)
+    run_dir = tmp_path / "run"
+    base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir))
+    run_cli(*base, "--seeds", str(original), "--target", "5", check=True)
+    again = run_cli(*base, "--seeds", str(original), "--target", "10", check=True)
+    assert "resuming run" in again.stdout and count_machine(run_dir) >= 10
+
+    changed = seeds[:12] + [seeds[13]] + seeds[12:13] + seeds[14:] + [every[30]]
+    other = seed_file(tmp_path, "other.jsonl", changed)
+    refused = run_cli(*base, "--seeds", str(other), "--target", "20")
+    assert refused.returncode == 2
+    assert "the file has 21 tasks, the run 20" in refused.stderr
+    assert f"first difference at task 13 (instruction): file {seeds[13].id}" in refused.stderr
+    assert "Leave out --seeds" in refused.stderr
+    assert count_machine(run_dir) < 20  # nothing ran
+
+    # The run's seeds edited on the fly (as the seed editor does): the original file and a
+    # file with the edited set both resume; the "no input" spelling does not matter.
+    edited = seeds[:19]
+    store = RunStore(run_dir)
+    store.replace_seeds(seed_tasks_to_pool(edited, store.max_task_id() + 1))
+    store.close()
+    run_cli(*base, "--seeds", str(original), "--target", "12", check=True)
+    respelled = [t for t in edited]
+    for task in respelled:
+        task.instances = [type(i)(i.input or "<noinput>", i.output) for i in task.instances]
+    run_cli(*base, "--seeds", str(seed_file(tmp_path, "edited.jsonl", respelled)),
+            "--target", "14", check=True)
+    assert count_machine(run_dir) >= 14
+
+
+def test_the_bundled_seed_file_resumes_a_run_started_without_seeds(run_cli, fake_server,
+                                                                  tmp_path):
+    run_dir = tmp_path / "run"
+    base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir))
+    run_cli(*base, "--target", "3", check=True)
+    run_cli(*base, "--seeds", str(bundled_seeds_path()), "--target", "6", check=True)
+
+
+def test_a_run_without_run_dir_prints_the_command_that_resumes_it(isolated_env, tmp_path):
+    with FakeOpenAI(latency=0.05) as server:
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--target", "400")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        runs = Path(isolated_env["SELFINSTRUCT_RUNS_DIR"])
+        wait_for(lambda: runs.exists() and any(count_machine(d) >= 5 for d in runs.iterdir()))
+        proc.send_signal(signal.SIGINT)
+        out, errs = proc.communicate(timeout=60)
+        assert proc.returncode == 130, errs
+        printed = resume_line(out)
+        [run_dir] = list(runs.iterdir())
+        assert printed.endswith(f"--run-dir {shlex.quote(str(run_dir))}")
+        before = count_machine(run_dir)
+        resumed = subprocess.run(cli_command(*shlex.split(printed)[1:]), env=isolated_env,
+                                 capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run in {run_dir}" in resumed.stdout
+    assert count_machine(run_dir) >= 400 > before
+    assert list(runs.iterdir()) == [run_dir]  # no new run was started
+
+
+def test_detach_returns_once_the_engine_runs(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        proc = run_cli("run", "--detach", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(run_dir), "--target", "100000", timeout=60)
+        try:
+            assert proc.returncode == 0, proc.stderr
+            # `attach` typed right after finds a run directory with a live engine
+            assert is_run_dir(run_dir)
+            meta = state(run_dir)
+            assert meta["state"] == "running"
+            assert meta["pid"] == int((run_dir / "engine.pid").read_text())
+        finally:
+            os.kill(int((run_dir / "engine.pid").read_text()), signal.SIGKILL)
+
+
+def test_a_detached_run_that_fails_to_start_says_why_and_is_listed_failed(run_cli, tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", "--detach", "--base-url", f"http://127.0.0.1:{port}/v1",
+                   "--run-dir", str(run_dir), "--target", "10", timeout=60)
+    assert proc.returncode == 2
+    assert "failed to start" in proc.stderr
+    assert "cannot list the models" in proc.stderr  # the log's tail
+    listing = run_cli("runs", check=True).stdout
+    [row] = [line for line in listing.splitlines() if str(run_dir) in line]
+    assert "failed" in row
+    # The same command, with the endpoint up, starts the run afresh.
+    with FakeOpenAI() as server:
+        again = run_cli("run", "--headless", "--base-url", server.base_url, "--run-dir",
+                        str(run_dir), "--target", "3")
+    assert again.returncode == 0, again.stderr
+    assert "starting run" in again.stdout
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_a_stop_gives_requests_in_flight_a_bounded_grace(isolated_env, tmp_path,
+                                                         second_signal):
+    """An endpoint that never answers: SIGTERM ends the run after the grace (or at once on a
+    second signal), and the requests are recorded as abandoned."""
+    run_dir = tmp_path / "run"
+    grace = "60" if second_signal else "1"
+    with FakeOpenAI(script={"*": [{"hang": 120}]}) as server:
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "10", "--concurrency", "2",
+                           "--stop-grace", grace)
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: len(server.log) >= 2)
+        proc.send_signal(signal.SIGTERM)
+        if second_signal:
+            wait_for(lambda: state(run_dir).get("state") == "stopping")
+            proc.send_signal(signal.SIGTERM)
+        out, errs = proc.communicate(timeout=30)  # bounded: never waits on the hung requests
+    assert proc.returncode == 130, errs
+    assert "stopped at 0/10" in out
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    errors = [r[0] for r in conn.execute("SELECT error FROM prompts")]
+    assert errors and all(e and e.startswith("abandoned in flight") for e in errors)
+    assert json.loads(conn.execute("SELECT value FROM meta WHERE key = 'state'")
+                      .fetchone()[0])["state"] == "stopped"
+
+
+def test_a_detached_run_whose_endpoint_is_gone_stops_without_waiting_on_retries(run_cli,
+                                                                                tmp_path):
+    run_dir = tmp_path / "run"
+    server = FakeOpenAI(latency=0.05).start()
+    proc = run_cli("run", "--detach", "--base-url", server.base_url, "--model", "m",
+                   "--run-dir", str(run_dir), "--target", "100000", "--max-retries", "20",
+                   "--stop-grace", "2", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    pid = int((run_dir / "engine.pid").read_text())
+    try:
+        wait_for(lambda: count_machine(run_dir) >= 3)
+        server.close()  # the endpoint goes away: every request now waits to retry
+        wait_for(lambda: sqlite3.connect(run_dir / "run.sqlite").execute(
+            "SELECT COUNT(*) FROM retries").fetchone()[0] >= 2)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and state(run_dir).get("state") != "stopped":
+            time.sleep(0.1)
+        assert state(run_dir).get("state") == "stopped"
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert "stopped at" in (run_dir / "run.log").read_text()

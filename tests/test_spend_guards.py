@@ -1,0 +1,120 @@
+"""Spend guards: no tight loop when rounds yield nothing, and cost/token limits that stop cleanly
+and resume with a higher limit. The endpoint is a loopback server scripted to misbehave."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.engine import Engine
+from test_real_answers import assert_accounted
+from tui_helpers import new_run
+
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def count(run_dir: Path, sql: str) -> int:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_refusal_only_endpoint_stops_by_itself(run_cli, tmp_path):
+    """Default settings, as a new user runs them: the run pauses (exit 3) after a few dozen
+    requests with the counts per reason and the last answer, instead of looping forever."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [REFUSAL]}) as server:
+        # The subprocess timeout is the issue's bound: it must stop by itself within a minute.
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(run_dir), "--target", "100", timeout=60)
+        sent = len(server.log)
+    assert proc.returncode == 3, proc.stderr
+    assert 40 <= sent <= 64  # a few dozen requests, never a tight loop
+    assert "rounds in a row added nothing to the pool" in proc.stderr
+    assert f"refusal {count(run_dir, 'SELECT COUNT(*) FROM rejections')}" in proc.stderr
+    assert f"Last answer: {REFUSAL!r}" in proc.stderr
+    assert count(run_dir, "SELECT COUNT(*) FROM rejections WHERE reason != 'refusal'") == 0
+    assert_accounted(run_dir)
+
+
+def run_guarded(tmp_path: Path, server: FakeOpenAI, **cfg):
+    """The engine in-process, stopping (as headless does) when it pauses by errors."""
+    store, config = new_run(tmp_path / "run", server.base_url, **{"target": 50, **cfg})
+    engine = Engine(store, config)
+    pauses: list[str] = []
+
+    def on_event(event):
+        if isinstance(event, ev.Paused) and event.by_errors:
+            pauses.append(event.reason)
+            engine.stop(ev.FinishReason.FAILING, event.reason)
+
+    engine.bus.subscribe(on_event)
+    finished = engine.run()
+    store.close()
+    return tmp_path / "run", finished, pauses
+
+
+def test_a_duplicate_only_endpoint_stops_by_itself(tmp_path):
+    same = "\n".join(f"{9 + n}. Describe the {w} season in a small mountain village in detail."
+                     for n, w in enumerate(["first", "second", "third"]))
+    with FakeOpenAI(script={"generate": [same]}) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, concurrency=4,
+                                                max_fruitless_requests=16)
+        sent = len(server.log)
+    assert finished.reason == ev.FinishReason.FAILING
+    assert "near duplicate" in pauses[0]
+    assert sent < 60
+    assert count(run_dir, "SELECT COUNT(*) FROM rejections WHERE reason = 'near_duplicate'") > 0
+    assert_accounted(run_dir)
+
+
+def test_instant_errors_do_not_loop(tmp_path):
+    refused = {"status": 400, "body": {"error": {"message": "Invalid value for stop sequence",
+                                                 "type": "invalid_request_error"}}}
+    with FakeOpenAI(script={"*": [refused]}) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, concurrency=4,
+                                                max_fruitless_requests=12)
+        sent = len(server.log)
+    assert finished.reason == ev.FinishReason.FAILING
+    assert "request errors: bad_request" in pauses[0] and "No answer came back" in pauses[0]
+    assert sent <= 24
+
+
+def test_max_cost_stops_cleanly_and_resumes_with_a_higher_limit(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    base = ("run", "--headless", "--run-dir", str(run_dir), "--model", "m", "--target", "60",
+            "--price-in", "0.01", "--price-out", "0.02", "--concurrency", "2")
+    with FakeOpenAI() as server:
+        first = run_cli(*base, "--base-url", server.base_url, "--max-cost", "0.2")
+        assert first.returncode == 4, first.stderr
+        assert "at or above --max-cost 0.2" in first.stdout
+        assert "resume with a higher limit: selfinstruct run" in first.stdout
+        cost = sum(r[0] for r in sqlite3.connect(run_dir / "run.sqlite").execute(
+            "SELECT cost FROM rounds"))
+        assert cost >= 0.2
+        before = len(server.log)
+        again = run_cli(*base, "--base-url", server.base_url, "--max-cost", "0.2")
+        assert again.returncode == 4 and len(server.log) == before  # no request spent
+        higher = run_cli(*base, "--base-url", server.base_url, "--max-cost", "1000")
+        assert higher.returncode == 0, higher.stderr
+    assert count(run_dir, "SELECT COUNT(*) FROM tasks WHERE origin = 'machine'") >= 60
+    state = json.loads(sqlite3.connect(run_dir / "run.sqlite").execute(
+        "SELECT value FROM meta WHERE key = 'state'").fetchone()[0])
+    assert state["state"] == "finished"
+
+
+def test_max_tokens_stops_cleanly(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        proc = run_cli("run", "--headless", "--run-dir", str(run_dir), "--model", "m",
+                       "--base-url", server.base_url, "--target", "500", "--max-tokens", "20000")
+    assert proc.returncode == 4, proc.stderr
+    assert "at or above --max-tokens 20,000" in proc.stdout
+    used = count(run_dir, "SELECT SUM(prompt_tokens + completion_tokens) FROM prompts")
+    assert used >= 20000
+    assert_accounted(run_dir)
