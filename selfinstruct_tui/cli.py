@@ -658,6 +658,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         shown = f"{state} (pid {pid})" if state in ("running", "paused", "stopping") else state
         if state == "failed" and meta.get("reason"):
             shown = f"failed: {str(meta['reason'])[:60]}"
+        elif state == "stopped" and meta.get("finish_reason") in ("failing", "limit"):
+            shown = "stopped: " + ("endpoint failing or paused by a spend guard"
+                                   if meta["finish_reason"] == "failing" else "spend limit")
         ago = "-" if not ts else _ago(_time.time() - ts)
         row = (str(run_dir), shown, str(pool), str(cfg.target if cfg else "?"), ago)
         table.add_row(*row)

@@ -221,7 +221,7 @@ class FakeOpenAI:
     def scripted(self, kind: str) -> Any:
         """The next scripted entry for a request of `kind`, or None for the default answer."""
         with self.lock:
-            for key in (kind, "*"):
+            for key in ("*", kind):  # "*" entries answer the next requests, whatever kind
                 entries = self.scripts.get(key)
                 if entries:
                     if len(entries) > 1 or not self.settings["repeat_last"]:
@@ -485,8 +485,16 @@ if __name__ == "__main__":  # a standalone server for manual runs and benchmarks
 
     parser = argparse.ArgumentParser(description="fake OpenAI-compatible server")
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--script", default="{}", help='JSON, e.g. {"*": ["I\'m sorry."]}')
+    parser.add_argument("--no-repeat", action="store_true",
+                        help="scripted entries are used once, then the default answers")
+    parser.add_argument("--structured", default="json", choices=["json", "ignore", "reject"])
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--context-window", type=int, default=None)
     args = parser.parse_args()
-    srv = FakeOpenAI(latency=args.latency).start()
+    srv = FakeOpenAI(latency=args.latency, script=json.loads(args.script),
+                     repeat_last=not args.no_repeat, structured=args.structured,
+                     api_key=args.api_key, context_window=args.context_window).start()
     print(srv.base_url, flush=True)
     try:
         srv.thread.join()

@@ -232,3 +232,40 @@ def test_detach_key_stops_here_and_asks_for_handover(tmp_path, isolated_env):
     code, finished = asyncio.run(go())
     assert code == DETACH_EXIT  # the CLI then resumes the run in a detached process
     assert finished is not None and finished.reason == "stopped"
+
+
+def test_status_line_counts_retries_and_the_rejections_pane_names_every_reason(tmp_path,
+                                                                              isolated_env):
+    from selfinstruct_tui.tui.widgets.panes import RejectionsPane
+
+    limited = {"status": 429, "headers": {"Retry-After": "0"},
+               "body": {"error": {"message": "Rate limit reached", "type": "x"}}}
+    script = {"*": [limited, limited],
+              "generate": [" Suggest a weekend itinerary for a rainy coastal village.\n"
+                           "10. I'm sorry, but I can't help with that."],
+              "classify": [" No"],
+              "instances": ["Input: <Picture Attached>\nOutput: A harbour.\nExample 2\n"
+                            "Input: (none)\nOutput: Visit the lighthouse."]}
+
+    async def go():
+        with FakeOpenAI(script=script, repeat_last=False) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=1, concurrency=1,
+                                 prompts_per_round=1)
+            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: app.state == "finished")
+                await pilot.pause(0.3)
+                status = str(app.query_one(StatusLine).render())
+                assert "retries 2 (rate limit 2)" in status
+                pane = app.query_one(RejectionsPane)
+                assert pane.counts["refusal"] == 1 and pane.counts["unusable_input"] == 1
+                log = "\n".join(line.text for line in pane.query_one("#rejections").lines)
+                assert "instance: unusable input" in log and "refusal" in log
+            # an attached UI on the finished run shows the same counts from the store
+            attached = SelfInstructApp(tmp_path / "run", attach=True, refresh=0.1)
+            async with attached.run_test(size=(120, 40)) as pilot:
+                await pilot.pause(0.3)
+                assert "retries 2 (rate limit 2)" in str(attached.query_one(StatusLine).render())
+                assert attached.query_one(RejectionsPane).counts["refusal"] == 1
+
+    run(go())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +117,11 @@ class StoreFollower:
             self.last_prompt = store.db.execute(
                 "SELECT COALESCE(MAX(id), 0) FROM prompts WHERE response IS NOT NULL"
             ).fetchone()[0]
+            try:
+                self.last_retry = store.db.execute(
+                    "SELECT COALESCE(MAX(id), 0) FROM retries").fetchone()[0]
+            except sqlite3.OperationalError:  # a run made before retries were recorded
+                self.last_retry = None
             self.finished_rounds = {r.round for r in store.rounds() if r.status != "running"}
             self.last_round_seen = max(self.finished_rounds, default=0) - 2
             self.accepted: int | None = None
@@ -180,9 +186,16 @@ class StoreFollower:
         self.last_update = now
         for r in store.rejections(after_id=self.last_rejection):
             self.last_rejection = r["id"]
+            level = r["level"] if "level" in r.keys() else "candidate"
             self.emit(ev.CandidateRejected(r["id"], r["round"], r["candidate"], r["reason"],
                                            r["detail"], r["similar_id"], r["similar_text"],
-                                           r["score"]))
+                                           r["score"], level=level, task_id=r["task_id"]))
+        if self.last_retry is not None:
+            for r in db.execute("SELECT * FROM retries WHERE id > ? ORDER BY id",
+                                (self.last_retry,)):
+                self.last_retry = r["id"]
+                self.emit(ev.RequestRetried(r["round"], r["prompt_id"], r["cause"], r["attempt"],
+                                            r["delay"], r["message"]))
         for p in db.execute("SELECT * FROM prompts WHERE id > ? AND response IS NOT NULL "
                             "AND kind = 'generate' ORDER BY id", (self.last_prompt,)):
             self.last_prompt = max(self.last_prompt, p["id"])
