@@ -1,4 +1,4 @@
-"""Build hook: compiles the similarity kernel (selfinstruct_tui/engine/rouge_kernel.c).
+"""Build hook: compiles the similarity kernel (selfinstruct_tui/engine/similarity/rouge_kernel.c).
 
 The kernel becomes the top-level extension module `_selfinstruct_rouge` in the wheel. Top level,
 not inside the package, so that code run from a source checkout (`python -m pytest` puts the
@@ -17,7 +17,7 @@ import tempfile
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = "selfinstruct_tui/engine/rouge_kernel.c"
+SOURCE = "selfinstruct_tui/engine/similarity/rouge_kernel.c"
 MODULE = "_selfinstruct_rouge"
 
 

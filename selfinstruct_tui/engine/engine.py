@@ -29,7 +29,6 @@ reason and the last answer; `max_cost` / `max_tokens` stop it cleanly.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import json
 import logging
@@ -70,9 +69,10 @@ from selfinstruct_tui.engine.parsing import (
     parse_instruction_list,
 )
 from selfinstruct_tui.engine.seeds import Instance, SeedTask
-from selfinstruct_tui.engine.similarity import SimilarityIndex, SimilarityResult, make_index
+from selfinstruct_tui.engine.pool import Pool
+from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import RoundStats, RunStore, seed_tasks_to_pool
-from selfinstruct_tui.engine.task import SimilarTask, Task
+from selfinstruct_tui.engine.task import Origin, SimilarTask, Task
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Engine:
         self.filters = FilterSettings(config.min_words, config.max_words,
                                       reject_non_ascii_start=config.filter_non_ascii,
                                       tokenizer=config.tokenizer)
-        self.index: SimilarityIndex = make_index(index_kind, config.threshold, config.tokenizer)
+        self.pool = Pool(make_index(index_kind, config.threshold, config.tokenizer))
         self.state = "starting"
         self.pause_reason = ""
         self.paused_by_errors = False
@@ -120,18 +120,12 @@ class Engine:
         self._stop_message = ""
         self._wakeup: asyncio.Event | None = None  # ends the backoff between empty rounds
         self._client: LLMClient | None = None
-        self._texts: dict[int, str] = {}
-        self._pool: dict[int, Task] = {}
-        self._seed_ids: list[int] = []  # in id order
-        self._machine_ids: list[int] = []
-        self._machine_rounds: list[int] = []
         self._committed = 0
         self._next_id = 1
         self._rounds: dict[int, _Round] = {}
         self._pending: collections.deque[int] = collections.deque()
         self._resolved: dict[int, Task | None] = {}
         self._round_of: dict[int, int] = {}
-        self._zombies: list[tuple[int, int]] = []  # (round, task id) to leave the index
         self._similar: dict[int, SimilarityResult] = {}
         self._pending_seeds: list[SeedTask] | None = None
         self._last_success = time.monotonic()
@@ -255,25 +249,16 @@ class Engine:
         self._pending_seeds = seeds  # applied when the next round is created
 
     def _do_drop_task(self, task_id: int) -> None:
-        task = self._pool.pop(task_id, None)
+        task = self.pool.drop(task_id)
         if task is None:
             return
-        if task_id in self.index:
-            self.index.remove(task_id)
-        self._texts.pop(task_id, None)
-        task.status = "dropped"
         self.store.update_task(task)
         rid = self.store.add_rejection(round=task.round, prompt_id=task.prompt_id,
                                        candidate=task.instruction,
                                        reason=RejectionReason.DROPPED_BY_USER.value,
                                        detail="dropped in the inspector", task_id=task_id)
-        if task.origin == "machine":
-            i = self._machine_ids.index(task_id)
-            del self._machine_ids[i]
-            del self._machine_rounds[i]
+        if task.origin == Origin.MACHINE:
             self._committed -= 1
-        else:
-            self._seed_ids.remove(task_id)
         self.bus.emit(ev.CandidateRejected(rid, task.round, task.instruction,
                                            RejectionReason.DROPPED_BY_USER.value,
                                            "dropped in the inspector"))
@@ -281,31 +266,16 @@ class Engine:
 
     def _do_edit_task(self, task_id: int, instruction: str, instances: list[Instance],
                       is_classification: bool) -> None:
-        task = self._pool.get(task_id)
+        task = self.pool.edit(task_id, instruction, instances, is_classification)
         if task is None:
             return
-        task.instruction = instruction.strip()
-        task.instances = list(instances)
-        task.is_classification = is_classification
         self.store.update_task(task)
-        if task_id in self.index:
-            self.index.remove(task_id)
-        self.index.add(task_id, task.instruction)
-        self._texts[task_id] = task.instruction
         self.bus.emit(ev.TaskEdited(task))
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_pool(self) -> None:
-        for task in self.store.tasks(status="active"):
-            self._pool[task.id] = task
-            self._texts[task.id] = task.instruction
-            self.index.add(task.id, task.instruction)
-            if task.origin == "machine":
-                self._machine_ids.append(task.id)
-                self._machine_rounds.append(task.round)
-            else:
-                self._seed_ids.append(task.id)
-        self._committed = len(self._machine_ids)
+        self.pool.load(self.store.tasks(status="active"))
+        self._committed = self.pool.machine_count
         self._next_id = self.store.max_task_id() + 1
         self._tokens_before = self.store.token_totals()
         prompts = accepted = 0
@@ -320,16 +290,7 @@ class Engine:
         new = seed_tasks_to_pool(seeds, self._next_id)
         self._next_id += len(new)
         self.store.replace_seeds(new)
-        for tid in self._seed_ids:
-            del self._pool[tid]
-            self._texts.pop(tid, None)
-            if tid in self.index:
-                self.index.remove(tid)
-        for task in new:
-            self._pool[task.id] = task
-            self._texts[task.id] = task.instruction
-            self.index.add(task.id, task.instruction)
-        self._seed_ids = [t.id for t in new]
+        self.pool.replace_seeds(new)
         self.bus.emit(ev.SeedsReplaced(len(new)))
 
     def _client_settings(self) -> ClientSettings:
@@ -364,8 +325,7 @@ class Engine:
             self._set_state("running")
             self.bus.emit(ev.RunStarted(
                 str(self.store.run_dir), self.base_url, self.config.model, self.config.api,
-                self.config.target, self._committed,
-                sum(1 for t in self._pool.values() if t.is_seed), resumed))
+                self.config.target, self._committed, self.pool.seed_count, resumed))
             self._drain_commands()
             over = self._over_budget()
             if over:
@@ -512,32 +472,23 @@ class Engine:
         self.bus.emit(ev.RoundStarted(number, stats.prompts))
         return rnd
 
-    def _examples(self, rng: random.Random, number: int, seeds: list[Task]) -> list[Task]:
-        c = self.config
-        # Only rounds <= number-2 are final when this round is created (see module docstring).
-        eligible = bisect.bisect_right(self._machine_rounds, number - 2)
-        machine_ids = self._machine_ids[:eligible]
-        k_machine = min(c.num_machine_instructions, len(machine_ids))
-        picked = [self._pool[i] for i in rng.sample(machine_ids, k_machine)]
-        picked += rng.sample(seeds, min(c.num_prompt_instructions - k_machine, len(seeds)))
-        rng.shuffle(picked)
-        return picked
-
     async def _run_round(self, rnd: _Round) -> None:
         number, stats = rnd.number, rnd.stats
         started = time.monotonic()
         rng = random.Random(f"{self.config.random_seed}:{number}")
         gens = []
-        seeds = [self._pool[i] for i in self._seed_ids]
         for i in range(stats.prompts):
-            examples = self._examples(rng, number, seeds)
+            # Only rounds <= number-2 are final when this round is created (module docstring).
+            examples = self.pool.sample_examples(
+                rng, total=self.config.num_prompt_instructions,
+                machine=self.config.num_machine_instructions, up_to_round=number - 2)
             seed = (self.config.random_seed * 1_000_003 + number * 1_009 + i) % (2**31)
             gens.append(asyncio.create_task(self._generate(rnd, examples, seed)))
         resolving = []
         try:
             await self._wait(number - 1, "filtered")
             await self._wait(number - 2, "finalized")
-            self._evict_zombies(number - 2)
+            self.pool.evict(number - 2)
             for gen in gens:
                 result = await gen
                 if result is None:
@@ -631,7 +582,7 @@ class Engine:
             rnd.reasons[reason.value] += 1
         match = similar.most_similar if similar else None
         similar_id = int(match.key) if match else None
-        similar_text = self._texts.get(similar_id) if similar_id is not None else None
+        similar_text = self.pool.text(similar_id) if similar_id is not None else None
         score = match.score if match else None
         rid = self.store.add_rejection(
             round=rnd.number, prompt_id=prompt_id, candidate=candidate, reason=reason.value,
@@ -661,7 +612,7 @@ class Engine:
             self._reject(rnd, prompt_id, instruction, rejection.reason, rejection.detail,
                          raw=item.raw)
             return None
-        similar = self.index.query(instruction)
+        similar = self.pool.query(instruction)
         if similar.is_duplicate:
             self._reject(rnd, prompt_id, instruction, RejectionReason.NEAR_DUPLICATE,
                          f"ROUGE-L {similar.max_score:.3f} > {self.config.threshold}",
@@ -678,25 +629,13 @@ class Engine:
             return None
         tid = self._next_id
         self._next_id += 1
-        self.index.add(tid, instruction)
-        self._texts[tid] = instruction
+        self.pool.reserve(tid, instruction, rnd.number)
         self._pending.append(tid)
         self._round_of[tid] = rnd.number
         rnd.task_ids.append(tid)
         rnd.reserved += 1
         self._similar[tid] = similar
         return tid
-
-    def _evict_zombies(self, upto_round: int) -> None:
-        keep = []
-        for number, tid in self._zombies:
-            if number <= upto_round:
-                if tid in self.index and tid not in self._pool:
-                    self.index.remove(tid)
-                    self._texts.pop(tid, None)
-            else:
-                keep.append((number, tid))
-        self._zombies = keep
 
     # -- requests ---------------------------------------------------------------------------------
     async def _ask(self, rnd: _Round, kind: str, request: P.CompletionRequest | P.ChatRequest,
@@ -835,7 +774,7 @@ class Engine:
         task = await self._complete(rnd, tid, item, prompt_id)
         self._resolved[tid] = task
         if task is None:
-            self._zombies.append((rnd.number, tid))
+            self.pool.release(tid)
         self._flush()
 
     def _failed_request(self, rnd: _Round, prompt_id: int, item: ListItem, tid: int,
@@ -921,7 +860,7 @@ class Engine:
         similar = self._similar.pop(tid, None)
         most_similar = []
         if similar is not None:
-            most_similar = [SimilarTask(int(m.key), self._texts.get(int(m.key), ""), m.score)
+            most_similar = [SimilarTask(int(m.key), self.pool.text(int(m.key)) or "", m.score)
                             for m in similar.top]
         return Task(id=tid, origin="machine", instruction=instruction, is_classification=is_cls,
                     instances=kept, round=rnd.number, prompt_id=prompt_id,
@@ -941,9 +880,7 @@ class Engine:
             if task is None:
                 continue
             self.store.insert_task(task)
-            self._pool[tid] = task
-            self._machine_ids.append(tid)
-            self._machine_rounds.append(task.round)
+            self.pool.commit(task)
             self._committed += 1
             rnd = self._rounds.get(number)
             if rnd is not None:

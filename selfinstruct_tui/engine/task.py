@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field
 
 from selfinstruct_tui.engine.seeds import Instance, SeedTask
+
+
+class Origin(str, enum.Enum):
+    """Where a task came from: a seed file (or the seed editor), or the model."""
+
+    SEED = "seed"
+    MACHINE = "machine"
+
+
+class TaskStatus(str, enum.Enum):
+    ACTIVE = "active"
+    DROPPED = "dropped"  # by the user, in the inspector
+    REMOVED = "removed"  # a seed replaced by an edit of the seed set
 
 
 @dataclass(frozen=True)
@@ -18,7 +32,7 @@ class SimilarTask:
 @dataclass
 class Task:
     id: int
-    origin: str  # "seed" or "machine"
+    origin: str  # an Origin value
     instruction: str
     is_classification: bool
     instances: list[Instance]
@@ -26,7 +40,7 @@ class Task:
     prompt_id: int | None = None
     max_score: float = 0.0
     most_similar: list[SimilarTask] = field(default_factory=list)
-    status: str = "active"  # active | dropped | removed
+    status: str = "active"  # a TaskStatus value
     seed_id: str | None = None
     name: str | None = None
     created: float = 0.0

@@ -1,157 +1,27 @@
-"""Exact ROUGE-L near-duplicate search.
+"""The numpy index: the pruned method in numpy, the fallback where no C compiler was available.
 
-Every index here answers a query the way `rouge_score.RougeScorer(["rougeL"], use_stemmer=False)`
-would if it scored the query against every instruction in the index: the same max F-measure (bit for
-bit, including rouge-score's floating-point rounding), the same accept/reject decision at the
-threshold, and the top-k most similar entries with their exact scores. Ties are broken by insertion
-order (earlier first), so results are deterministic.
-
-`RougeScoreIndex` literally calls rouge-score against every entry: the reference and the baseline.
-`NativeIndex` is the fast one the app uses (`make_index`): the method below, compiled
-(rouge_kernel.c, built when the package is installed), with more frequent items as bits, a staged,
-bit-sliced scan for entries that share only frequent words, and a bit-parallel LCS of its own.
-`PrunedIndex` is the same method in numpy, the fallback where no C compiler was available. Neither
-ever computes an LCS it can prove cannot matter:
-
-* The LCS of two token lists is at most the size of their multiset intersection. Token occurrences
-  are indexed as items "(token, k-th occurrence)", so one `bincount` over the inverted lists of the
-  query's items yields the multiset intersection with every entry at once.
-* ROUGE-L F = 2*LCS/(m+n) (up to rounding), so the intersection bounds each entry's score. Entries
-  are visited in decreasing order of that bound and the exact LCS (rapidfuzz's bit-parallel LCSseq on
-  token-id strings; rapidfuzz would hash multi-character strings, so each token id becomes one
-  code point) is computed only while the bound can still beat the k-th best exact score so far.
-* The exact score of an entry is computed with rouge-score's own float arithmetic (`rouge_f`), never
-  with an integer shortcut: rouge-score yields 0.7000000000000001 for LCS 7 with lengths 7+13, and
-  exactly 0.7 for 10+10.
+Same answers as the compiled kernel (`native.NativeIndex`), 3-6x slower.
 """
 
 from __future__ import annotations
 
-import abc
-import heapq
 import math
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from collections.abc import Hashable
 
 import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
-from selfinstruct_tui.engine.tokenize import get_tokenizer
+from selfinstruct_tui.engine.similarity.base import (
+    DEFAULT_THRESHOLD,
+    DEFAULT_TOP_K,
+    Match,
+    SimilarityIndex,
+    SimilarityResult,
+)
 
-DEFAULT_THRESHOLD = 0.7
-DEFAULT_TOP_K = 10
 # Slack that makes a float bound safe against rouge-score's rounding (a few ulps at most).
 _BOUND_SLACK = 1e-9
-
-
-def rouge_f(lcs: int, m: int, n: int) -> float:
-    """ROUGE-L F-measure exactly as rouge-score computes it from an LCS length and two lengths."""
-    if m == 0 or n == 0:
-        return 0.0
-    precision = lcs / n
-    recall = lcs / m
-    if precision + recall > 0:
-        return 2 * precision * recall / (precision + recall)
-    return 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    key: Hashable
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class SimilarityResult:
-    max_score: float
-    top: tuple[Match, ...]
-    is_duplicate: bool
-
-    @property
-    def most_similar(self) -> Match | None:
-        return self.top[0] if self.top else None
-
-
-class SimilarityIndex(abc.ABC):
-    """What the engine needs from a near-duplicate index."""
-
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, tokenizer: str = "rouge") -> None:
-        self.threshold = threshold
-        self.tokenizer_name = tokenizer
-        self._tokenize: Callable[[str], list[str]] = get_tokenizer(tokenizer)
-
-    @abc.abstractmethod
-    def add(self, key: Hashable, text: str) -> None: ...
-
-    @abc.abstractmethod
-    def remove(self, key: Hashable) -> None: ...
-
-    @abc.abstractmethod
-    def query(self, text: str, k: int = DEFAULT_TOP_K) -> SimilarityResult: ...
-
-    @abc.abstractmethod
-    def __len__(self) -> int: ...
-
-    @abc.abstractmethod
-    def __contains__(self, key: object) -> bool: ...
-
-    def add_many(self, items: Iterable[tuple[Hashable, str]]) -> None:
-        for key, text in items:
-            self.add(key, text)
-
-    def _result(self, scored: list[tuple[float, int, Hashable]], k: int) -> SimilarityResult:
-        """`scored` holds (score, insertion order, key) for entries with a positive score."""
-        top = heapq.nsmallest(k, scored, key=lambda s: (-s[0], s[1])) if k > 0 else []
-        best = max((s[0] for s in scored), default=0.0)
-        return SimilarityResult(
-            max_score=best,
-            top=tuple(Match(key, score) for score, _, key in top),
-            is_duplicate=best > self.threshold,
-        )
-
-
-class RougeScoreIndex(SimilarityIndex):
-    """The reference: rouge-score against every entry, as the original Self-Instruct code does."""
-
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, tokenizer: str = "rouge") -> None:
-        super().__init__(threshold, tokenizer)
-        from rouge_score import rouge_scorer
-
-        self._scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-        if tokenizer != "rouge":
-            tok = self._tokenize
-
-            class _Tok:
-                def tokenize(self, text: str) -> list[str]:
-                    return tok(text)
-
-            self._scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tok())
-        self._entries: dict[Hashable, tuple[int, str]] = {}
-        self._seq = 0
-
-    def add(self, key: Hashable, text: str) -> None:
-        if key in self._entries:
-            raise KeyError(f"duplicate key {key!r}")
-        self._entries[key] = (self._seq, text)
-        self._seq += 1
-
-    def remove(self, key: Hashable) -> None:
-        del self._entries[key]
-
-    def query(self, text: str, k: int = DEFAULT_TOP_K) -> SimilarityResult:
-        scored = []
-        for key, (seq, other) in self._entries.items():
-            score = self._scorer.score(other, text)["rougeL"].fmeasure
-            if score > 0:
-                scored.append((float(score), seq, key))
-        return self._result(scored, k)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._entries
 
 
 class _GrowableIntArray:
@@ -477,86 +347,3 @@ def _decode_codepoints(encoded: str) -> list[int]:
         cp = ord(ch)
         out.append(cp if cp < 0xD800 else cp - 0x800)
     return out
-
-
-try:  # built from rouge_kernel.c when the package is installed (see hatch_build.py)
-    import _selfinstruct_rouge as _native
-except ImportError:  # no C compiler at install time: the numpy implementation does the work
-    _native = None
-
-NATIVE_AVAILABLE = _native is not None
-FALLBACK_NOTICE = (
-    "the compiled similarity kernel (_selfinstruct_rouge) is not installed, so the near-duplicate "
-    "filter uses its numpy fallback: the same results, 3-6x slower. Reinstall selfinstruct-tui "
-    "where a C compiler and the Python headers are present to get it."
-)
-
-
-class NativeIndex(SimilarityIndex):
-    """`PrunedIndex`'s method, compiled (rouge_kernel.c), with no per-query numpy overhead.
-
-    Python keeps the vocabulary (token -> id) and the keys; the kernel keeps the token-id sequences,
-    the inverted lists, the frequent-item masks and the length buckets, and answers a query in one
-    call: counting, bounding, the bit-parallel LCS and the top-k all happen in C.
-    """
-
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, tokenizer: str = "rouge",
-                 frequent_df: int = 256) -> None:
-        if _native is None:
-            raise RuntimeError("the compiled similarity kernel (_selfinstruct_rouge) is not "
-                               "installed; reinstall selfinstruct-tui with a C compiler present")
-        super().__init__(threshold, tokenizer)
-        self._kernel = _native.Kernel(frequent_df)
-        self._vocab: dict[str, int] = {}
-        self._slot_of: dict[Hashable, int] = {}
-        self._keys: list[Hashable] = []
-
-    def add(self, key: Hashable, text: str) -> None:
-        if key in self._slot_of:
-            raise KeyError(f"duplicate key {key!r}")
-        vocab = self._vocab
-        ids = []
-        for tok in self._tokenize(text):
-            tid = vocab.get(tok)
-            if tid is None:
-                tid = vocab[tok] = len(vocab) + 1
-            ids.append(tid)
-        slot = self._kernel.add(ids)
-        assert slot == len(self._keys)
-        self._keys.append(key)
-        self._slot_of[key] = slot
-
-    def remove(self, key: Hashable) -> None:
-        slot = self._slot_of.pop(key)
-        self._kernel.remove(slot)
-        self._keys[slot] = None
-
-    def query(self, text: str, k: int = DEFAULT_TOP_K) -> SimilarityResult:
-        get = self._vocab.get
-        # Unknown tokens get id 0: they count towards the length and match nothing.
-        hits = self._kernel.query([get(tok, 0) for tok in self._tokenize(text)], max(k, 1))
-        if not hits:
-            return SimilarityResult(0.0, (), False)
-        best = hits[0][1]
-        keys = self._keys
-        top = tuple([Match(keys[slot], score) for slot, score in hits[:k]])
-        return SimilarityResult(best, top, best > self.threshold)
-
-    def __len__(self) -> int:
-        return len(self._slot_of)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._slot_of
-
-
-def make_index(
-    kind: str = "pruned", threshold: float = DEFAULT_THRESHOLD, tokenizer: str = "rouge"
-) -> SimilarityIndex:
-    """`pruned`: the compiled index when it is installed, else the numpy one (same answers)."""
-    if kind == "pruned":
-        if NATIVE_AVAILABLE:
-            return NativeIndex(threshold, tokenizer)
-        return PrunedIndex(threshold, tokenizer)
-    if kind == "rouge-score":
-        return RougeScoreIndex(threshold, tokenizer)
-    raise ValueError(f"unknown similarity index {kind!r}: choose 'pruned' or 'rouge-score'")

@@ -1,0 +1,163 @@
+"""The task pool: tasks, their texts, seed and machine ids by round, and the similarity index.
+
+These change together, only through the methods here, so the index always holds exactly the
+pool's instructions plus the candidates reserved and not yet settled.
+
+Reservations: a candidate that passes the filters is `reserve`d (in the index from then on, so the
+rest of its round is compared with it). It then either joins the pool (`commit`) or fails
+(`release`); a failed reservation stays in the index until `evict` reaches its round, so when it
+leaves does not depend on when its request happened to fail (see engine.py on reproducibility).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Iterable
+
+from selfinstruct_tui.engine.seeds import Instance
+from selfinstruct_tui.engine.similarity import SimilarityIndex, SimilarityResult
+from selfinstruct_tui.engine.task import Origin, Task
+
+
+class Pool:
+    """Seed and machine tasks of one run, with the similarity index over their instructions."""
+
+    def __init__(self, index: SimilarityIndex) -> None:
+        self.index = index
+        self._tasks: dict[int, Task] = {}
+        self._texts: dict[int, str] = {}  # pool tasks and open reservations
+        self._seed_ids: list[int] = []  # in id order
+        self._machine_ids: list[int] = []  # in commit order: rounds never decrease
+        self._machine_rounds: list[int] = []
+        self._reserved: dict[int, int] = {}  # task id -> round
+        self._failed: list[tuple[int, int]] = []  # (round, task id) waiting for `evict`
+
+    # -- reading ----------------------------------------------------------------------------------
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._tasks
+
+    def get(self, task_id: int) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def text(self, task_id: int) -> str | None:
+        """The instruction of a pool task or an open reservation."""
+        return self._texts.get(task_id)
+
+    @property
+    def machine_count(self) -> int:
+        return len(self._machine_ids)
+
+    @property
+    def seed_count(self) -> int:
+        return len(self._seed_ids)
+
+    def seeds(self) -> list[Task]:
+        return [self._tasks[i] for i in self._seed_ids]
+
+    def query(self, text: str) -> SimilarityResult:
+        """ROUGE-L of `text` against the pool and the open reservations."""
+        return self.index.query(text)
+
+    def sample_examples(self, rng: random.Random, *, total: int, machine: int,
+                        up_to_round: int) -> list[Task]:
+        """The in-context examples of a generation prompt (Self-Instruct: 8 = 6 seed + 2 machine):
+        up to `machine` machine tasks from rounds <= `up_to_round`, seeds for the rest, shuffled.
+        Draws from `rng` in a fixed order, so a round's examples depend only on its seed."""
+        eligible = bisect.bisect_right(self._machine_rounds, up_to_round)
+        machine_ids = self._machine_ids[:eligible]
+        k_machine = min(machine, len(machine_ids))
+        picked = [self._tasks[i] for i in rng.sample(machine_ids, k_machine)]
+        seeds = self.seeds()
+        picked += rng.sample(seeds, min(total - k_machine, len(seeds)))
+        rng.shuffle(picked)
+        return picked
+
+    # -- changing ---------------------------------------------------------------------------------
+    def load(self, tasks: Iterable[Task]) -> None:
+        """Add active tasks read from the store (in id order)."""
+        for task in tasks:
+            self._add(task)
+
+    def _add(self, task: Task) -> None:
+        self._tasks[task.id] = task
+        self._texts[task.id] = task.instruction
+        if task.id not in self.index:
+            self.index.add(task.id, task.instruction)
+        if task.origin == Origin.MACHINE:
+            self._machine_ids.append(task.id)
+            self._machine_rounds.append(task.round)
+        else:
+            self._seed_ids.append(task.id)
+
+    def reserve(self, task_id: int, instruction: str, round_number: int) -> None:
+        """A candidate passed the filters: later candidates are compared with it."""
+        self.index.add(task_id, instruction)
+        self._texts[task_id] = instruction
+        self._reserved[task_id] = round_number
+
+    def commit(self, task: Task) -> None:
+        """A reserved candidate joins the pool as this machine task."""
+        self._reserved.pop(task.id, None)
+        self._add(task)
+
+    def release(self, task_id: int) -> None:
+        """A reserved candidate failed; it leaves the index when `evict` reaches its round."""
+        round_number = self._reserved.pop(task_id, None)
+        if round_number is not None:
+            self._failed.append((round_number, task_id))
+
+    def evict(self, up_to_round: int) -> None:
+        """Remove failed reservations of rounds <= `up_to_round` from the index."""
+        keep = []
+        for number, tid in self._failed:
+            if number <= up_to_round:
+                if tid in self.index and tid not in self._tasks:
+                    self.index.remove(tid)
+                    self._texts.pop(tid, None)
+            else:
+                keep.append((number, tid))
+        self._failed = keep
+
+    def drop(self, task_id: int) -> Task | None:
+        """Take a task out of the pool (the user dropped it); returns it, or None."""
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            return None
+        if task_id in self.index:
+            self.index.remove(task_id)
+        self._texts.pop(task_id, None)
+        if task.origin == Origin.MACHINE:
+            i = self._machine_ids.index(task_id)
+            del self._machine_ids[i]
+            del self._machine_rounds[i]
+        else:
+            self._seed_ids.remove(task_id)
+        task.status = "dropped"
+        return task
+
+    def edit(self, task_id: int, instruction: str, instances: list[Instance],
+             is_classification: bool) -> Task | None:
+        """Change a task in place (the index follows the new instruction); None if absent."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return None
+        task.instruction = instruction.strip()
+        task.instances = list(instances)
+        task.is_classification = is_classification
+        if task_id in self.index:
+            self.index.remove(task_id)
+        self.index.add(task_id, task.instruction)
+        self._texts[task_id] = task.instruction
+        return task
+
+    def replace_seeds(self, new: list[Task]) -> None:
+        """The seed set becomes `new` (tasks with fresh ids); machine tasks stay."""
+        for tid in self._seed_ids:
+            del self._tasks[tid]
+            self._texts.pop(tid, None)
+            if tid in self.index:
+                self.index.remove(tid)
+        self._seed_ids = []
+        for task in new:
+            self._add(task)

@@ -1,0 +1,80 @@
+"""The task pool on its own: tasks, texts, ids by round and the index change together."""
+
+from __future__ import annotations
+
+import random
+
+from selfinstruct_tui.engine.pool import Pool
+from selfinstruct_tui.engine.seeds import Instance
+from selfinstruct_tui.engine.similarity import make_index
+from selfinstruct_tui.engine.task import Task
+
+WORDS = "amber basalt cobalt dune ember fjord garnet heath iris jade kelp lagoon".split()
+
+
+def task(tid: int, origin: str, round_: int = 0, text: str | None = None) -> Task:
+    text = text or f"Describe the {WORDS[tid % 12]} {WORDS[(tid * 5) % 12]} of item {tid}."
+    return Task(tid, origin, text, False, [Instance("", "x")], round=round_)
+
+
+def pool_with(seeds: int = 8, machine_rounds: tuple[int, ...] = ()) -> Pool:
+    pool = Pool(make_index())
+    tasks = [task(i, "seed") for i in range(1, seeds + 1)]
+    tasks += [task(seeds + 1 + n, "machine", r) for n, r in enumerate(machine_rounds)]
+    pool.load(tasks)
+    return pool
+
+
+def test_reserved_candidates_are_compared_and_failed_ones_leave_at_their_eviction_round():
+    pool = pool_with()
+    text = "Plan a quiet picnic beside a mountain lake in autumn."
+    assert not pool.query(text).is_duplicate
+    pool.reserve(100, text, round_number=3)
+    assert pool.query(text).is_duplicate and pool.text(100) == text
+    pool.release(100)
+    pool.evict(2)
+    assert pool.query(text).is_duplicate  # not yet: round 3 is evicted later
+    pool.evict(3)
+    assert not pool.query(text).is_duplicate and pool.text(100) is None
+
+
+def test_commit_adds_a_machine_task_for_later_rounds_only():
+    pool = pool_with()
+    committed = task(50, "machine", round_=4, text="Invent a riddle about a lighthouse keeper.")
+    pool.reserve(50, committed.instruction, 4)
+    pool.commit(committed)
+    pool.evict(10)  # committed tasks are never evicted
+    assert 50 in pool and pool.machine_count == 1 and pool.query(committed.instruction).is_duplicate
+    rng = random.Random(1)
+    early = pool.sample_examples(rng, total=8, machine=2, up_to_round=3)
+    assert all(t.origin == "seed" for t in early)  # round 4 is not final for round 5
+    late = pool.sample_examples(random.Random(1), total=8, machine=2, up_to_round=4)
+    assert sum(t.origin == "machine" for t in late) == 1 and len(late) == 8
+
+
+def test_sample_examples_is_6_seed_plus_2_machine_and_deterministic():
+    pool = pool_with(seeds=20, machine_rounds=(1, 1, 2, 2, 3))
+    a = pool.sample_examples(random.Random(7), total=8, machine=2, up_to_round=3)
+    b = pool.sample_examples(random.Random(7), total=8, machine=2, up_to_round=3)
+    assert [t.id for t in a] == [t.id for t in b]
+    assert sum(t.origin == "machine" for t in a) == 2 and len(a) == 8
+
+
+def test_drop_edit_and_replace_seeds_keep_the_index_in_step():
+    pool = pool_with(machine_rounds=(1, 2))
+    machine = pool.get(9)
+    assert machine is not None
+    old = machine.instruction
+    edited = pool.edit(9, "Compose a sea shanty about a leaky rowing boat.", [Instance("", "y")],
+                       True)
+    assert edited is machine and machine.is_classification
+    assert not pool.query(old).is_duplicate
+    assert pool.query("Compose a sea shanty about a leaky rowing boat.").is_duplicate
+    dropped = pool.drop(9)
+    assert dropped is not None and dropped.status == "dropped" and 9 not in pool
+    assert pool.machine_count == 1 and not pool.query(edited.instruction).is_duplicate
+    assert pool.drop(9) is None
+    seed_text = pool.seeds()[0].instruction
+    pool.replace_seeds([task(200, "seed", text="Name three birds that never fly at all.")])
+    assert pool.seed_count == 1 and not pool.query(seed_text).is_duplicate
+    assert pool.machine_count == 1  # machine tasks stay
