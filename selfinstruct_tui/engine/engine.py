@@ -41,7 +41,6 @@ import time
 from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine import events as ev
-from selfinstruct_tui.engine import prompts as P
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.events import FinishReason
 from selfinstruct_tui.engine.filters import (
@@ -61,22 +60,16 @@ from selfinstruct_tui.engine.llm import (
     SamplingParams,
     estimate_tokens,
 )
-from selfinstruct_tui.engine.parsing import (
-    ListItem,
-    ParsedList,
-    parse_classification,
-    parse_instances,
-    parse_instruction_list,
-)
+from selfinstruct_tui.engine.parsing import ListItem, ParsedList, parse_classification
 from selfinstruct_tui.engine.seeds import Instance, SeedTask
 from selfinstruct_tui.engine.pool import Pool
+from selfinstruct_tui.engine.prompts import CompletionRequest, PromptStyle, Request, style_for
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import RoundStats, RunStore, seed_tasks_to_pool
 from selfinstruct_tui.engine.task import Origin, SimilarTask, Task
 
 log = logging.getLogger(__name__)
 
-NEW_PER_PROMPT = P.STOP_NUMBER - 1  # the model continues the list up to item 15
 CONTROL_POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 2.0
 EMPTY_ROUND_BACKOFF_MAX = 30.0  # seconds between rounds that keep adding nothing
@@ -110,6 +103,7 @@ class Engine:
                                       reject_non_ascii_start=config.filter_non_ascii,
                                       tokenizer=config.tokenizer)
         self.pool = Pool(make_index(index_kind, config.threshold, config.tokenizer))
+        self.style: PromptStyle = style_for(config.api)
         self.state = "starting"
         self.pause_reason = ""
         self.paused_by_errors = False
@@ -302,7 +296,7 @@ class Engine:
             key_env=c.key_env, concurrency=c.concurrency, request_timeout=c.request_timeout,
             max_retries=c.max_retries, requests_per_minute=c.requests_per_minute or None,
             tokens_per_minute=c.tokens_per_minute or None, context_window=window,
-            structured_output=c.structured_output if c.api == "chat" else "off")
+            structured_output=c.structured_output if self.style.supports_structured else "off")
 
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> ev.Finished:
@@ -638,7 +632,7 @@ class Engine:
         return tid
 
     # -- requests ---------------------------------------------------------------------------------
-    async def _ask(self, rnd: _Round, kind: str, request: P.CompletionRequest | P.ChatRequest,
+    async def _ask(self, rnd: _Round, kind: str, request: Request,
                    params: SamplingParams, *, examples: list[Task] | None = None,
                    task_ref: int | None = None) -> tuple[int, LLMResponse | None, str | None]:
         """Send one request and record it, its retries and its tokens.
@@ -646,7 +640,7 @@ class Engine:
         Returns (prompt id, response or None, failure kind: a `Cause` or "abandoned").
         """
         assert self._client is not None
-        if isinstance(request, P.CompletionRequest):
+        if isinstance(request, CompletionRequest):
             text = request.prompt
         else:
             text = json.dumps(list(request.messages), ensure_ascii=False)
@@ -713,7 +707,7 @@ class Engine:
             self.bus.emit(ev.Notice(f"the model's context window is {client.context_window} "
                                     "tokens; later requests ask for at most what fits"))
         if client.structured is not None and client.structured != self._structured_noted \
-                and self.config.api == "chat":
+                and client.settings.structured_output != "off":
             self._structured_noted = client.structured
             mode = "json_schema" if client.structured else "text"
             self.store.set_meta("structured_output", mode)
@@ -743,9 +737,10 @@ class Engine:
                 f"row: {kinds}); last error: {exc}. {advice}", by_errors=True)
 
     def _structured(self) -> bool:
+        """Ask for JSON-schema answers: the style can, and the endpoint has not refused."""
         client = self._client
-        return (self.config.api == "chat" and self.config.structured_output != "off"
-                and client is not None and client.structured is not False)
+        return (client is not None and client.settings.structured_output != "off"
+                and client.structured is not False)
 
     async def _generate(self, rnd: _Round, examples: list[Task],
                         seed: int) -> tuple[int, ParsedList] | None:
@@ -754,20 +749,13 @@ class Engine:
         params = SamplingParams(max_tokens=c.generation_max_tokens, temperature=c.temperature,
                                 top_p=c.top_p, presence_penalty=c.presence_penalty,
                                 frequency_penalty=c.frequency_penalty, seed=seed)
-        if c.api == "chat":
-            request: P.CompletionRequest | P.ChatRequest = P.generation_chat(
-                instructions, NEW_PER_PROMPT - len(instructions), self._structured())
-            first = None
-        else:
-            request = P.generation_completion(instructions)
-            first = len(instructions) + 1
+        request = self.style.generation(instructions, structured=self._structured())
         prompt_id, resp, _ = await self._ask(rnd, "generate", request, params, examples=examples)
         if resp is None:
             return None
         self._last_answer = resp.text
-        parsed = parse_instruction_list(resp.text, first_number=first,
-                                        examples=[" ".join(i.split()) for i in instructions],
-                                        truncated=resp.finish_reason == "length")
+        parsed = self.style.read_generation(resp.text, instructions,
+                                            truncated=resp.finish_reason == "length")
         return prompt_id, parsed
 
     async def _resolve(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int) -> None:
@@ -790,12 +778,8 @@ class Engine:
     async def _classify(self, rnd: _Round, tid: int, item: ListItem,
                         prompt_id: int) -> bool | None:
         """The task's classification flag; None when the task was rejected (recorded)."""
-        c = self.config
-        chat = c.api == "chat"
-        request = P.classification_chat(item.instruction) if chat else \
-            P.classification_completion(item.instruction)
-        # A chat model's "Classification: Yes" needs more than the paper's 3 tokens.
-        max_tokens = max(c.classification_max_tokens, 8) if chat else c.classification_max_tokens
+        request = self.style.classification(item.instruction)
+        max_tokens = self.style.classification_tokens(self.config.classification_max_tokens)
         answer = ""
         for tokens in (max_tokens, CLASSIFY_RETRY_TOKENS):
             params = SamplingParams(max_tokens=tokens, temperature=0.0)
@@ -817,24 +801,19 @@ class Engine:
     async def _complete(self, rnd: _Round, tid: int, item: ListItem,
                         prompt_id: int) -> Task | None:
         c = self.config
-        chat = c.api == "chat"
         instruction = item.instruction
         is_cls = await self._classify(rnd, tid, item, prompt_id)
         if is_cls is None:
             return None
-        if chat:
-            inst_req: P.CompletionRequest | P.ChatRequest = P.instances_chat(
-                instruction, is_cls, self._structured())
-        else:
-            inst_req = P.instances_completion(instruction, is_cls)
+        inst_req = self.style.instances(instruction, is_cls, structured=self._structured())
         inst_params = SamplingParams(max_tokens=c.instance_max_tokens, temperature=0.0,
                                      presence_penalty=c.instance_presence_penalty)
         _, resp, failure = await self._ask(rnd, "instances", inst_req, inst_params, task_ref=tid)
         if resp is None:
             self._failed_request(rnd, prompt_id, item, tid, failure, "instance")
             return None
-        parsed = parse_instances(resp.text, output_first=is_cls, starts_in_example=not chat,
-                                 truncated=resp.finish_reason == "length")
+        parsed = self.style.read_instances(resp.text, is_cls,
+                                           truncated=resp.finish_reason == "length")
         drops = [(f.text, f.reason, f.detail) for f in parsed.discarded]
         raw = [Instance(i.input, i.output) for i in parsed.instances]
         for extra in raw[c.max_instances:]:
