@@ -34,13 +34,13 @@ from selfinstruct_tui.engine.task import Task  # noqa: E402
 
 
 async def history_and_delay(run_dir: Path, refresh: float) -> tuple[float, list[float]]:
-    from selfinstruct_tui.tui.app import SelfInstructApp
+    from selfinstruct_tui.tui.app import create_app
     from selfinstruct_tui.tui.widgets.task_table import TaskTable
 
     writer = RunStore(run_dir)
     writer.set_meta("state", {"state": "running", "pid": os.getpid(), "ts": time.time()})
     t0 = time.perf_counter()
-    app = SelfInstructApp(run_dir, attach=True, refresh=refresh)
+    app = create_app(run_dir, attach=True, refresh=refresh)
     delays = []
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()

@@ -54,11 +54,11 @@ def build_run(run_dir: Path, n: int) -> None:
 
 
 async def measure(run_dir: Path) -> dict:
-    from selfinstruct_tui.tui.app import SelfInstructApp
+    from selfinstruct_tui.tui.app import create_app
     from selfinstruct_tui.tui.widgets.task_table import TaskTable
 
     t0 = time.perf_counter()
-    app = SelfInstructApp(run_dir, refresh=0.5)
+    app = create_app(run_dir, refresh=0.5)
     results: dict = {}
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()

@@ -420,14 +420,12 @@ def _drive(args: argparse.Namespace, store: Any, cfg: RunConfig, api_key: str, b
 def _run_tui(args: argparse.Namespace, store: Any, cfg: RunConfig, engine: Any,
              resume: str) -> int:
     from selfinstruct_tui.engine.events import FinishReason
-    from selfinstruct_tui.tui.app import SelfInstructApp
+    from selfinstruct_tui.tui.app import create_app
 
-    settings = load_user_config()
     seeds_path = store.get_meta("seeds_path")
-    app = SelfInstructApp(
-        store.run_dir, engine=engine,
-        refresh=args.refresh or float(settings.get("refresh", 0.5)),
-        theme=args.theme or settings.get("theme"), compact=args.compact,
+    app = create_app(
+        store.run_dir, engine=engine, refresh=args.refresh, theme=args.theme,
+        compact=args.compact,
         seeds_file=seeds_path if seeds_path and seeds_path != "bundled" else None,
         embedded=cfg.uses_embedded, resume_command=resume)
     try:
@@ -691,13 +689,10 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if run_dir is None:
         return 2
     check_owner(run_dir)
-    from selfinstruct_tui.tui.app import SelfInstructApp
+    from selfinstruct_tui.tui.app import create_app
 
-    settings = load_user_config()
-    app = SelfInstructApp(run_dir, attach=True,
-                          refresh=args.refresh or float(settings.get("refresh", 0.5)),
-                          theme=args.theme or settings.get("theme"), compact=args.compact)
-    app.run()
+    create_app(run_dir, attach=True, refresh=args.refresh, theme=args.theme,
+               compact=args.compact).run()
     return 0
 
 

@@ -14,7 +14,7 @@ from textual.widgets import TextArea
 from conftest import cli_command
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.store import RunStore
-from selfinstruct_tui.tui.app import SelfInstructApp
+from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.widgets.task_table import TaskTable
 from test_run_e2e import count_machine, wait_for
@@ -70,7 +70,7 @@ def test_attached_ui_pauses_resumes_edits_seeds_and_stops(run_cli, tmp_path, iso
             wait_for(lambda: count_machine(run_dir) >= 5, timeout=60)
 
             async def go():
-                app = SelfInstructApp(run_dir, attach=True, refresh=0.1)
+                app = create_app(run_dir, attach=True, refresh=0.1)
                 async with app.run_test(size=(120, 40)) as pilot:
                     table = app.query_one(TaskTable)
                     before = len(table.rows)
@@ -110,7 +110,7 @@ def test_closing_an_attached_ui_leaves_the_run_alone(run_cli, tmp_path, isolated
             wait_for(lambda: count_machine(run_dir) >= 3, timeout=60)
 
             async def go():
-                app = SelfInstructApp(run_dir, attach=True, refresh=0.1)
+                app = create_app(run_dir, attach=True, refresh=0.1)
                 async with app.run_test(size=(80, 24)) as pilot:
                     await pilot.pause(0.5)
                     await pilot.press("q")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfinstruct_tui.tui.app import SelfInstructApp
+from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.themes import bundled_themes_dir, load_themes
 from tui_helpers import deterministic_run
 
@@ -22,5 +22,5 @@ def test_three_themes_ship_including_light_and_high_contrast():
 @pytest.mark.parametrize("theme", SHIPPED)
 def test_main_screen(snap_compare, tmp_path, isolated_env, theme, size):
     deterministic_run(tmp_path / "run")
-    app = SelfInstructApp(tmp_path / "run", theme=theme, refresh=0.1)
+    app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
     assert snap_compare(app, terminal_size=size)

@@ -8,7 +8,7 @@ from textual.widgets import TextArea
 
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.store import RunStore
-from selfinstruct_tui.tui.app import SelfInstructApp
+from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
@@ -28,7 +28,7 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
     async def go():
         with FakeOpenAI(latency=0.05) as server:
             engine = make_engine(tmp_path / "run", server.base_url, target=400)
-            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
                 table = app.query_one(TaskTable)
                 await until(pilot, lambda: sum(r.origin == "machine"
@@ -61,7 +61,7 @@ def test_seed_edit_takes_effect_and_invalid_edit_keeps_text(tmp_path, isolated_e
     async def go():
         with FakeOpenAI(latency=0.05) as server:
             engine = make_engine(tmp_path / "run", server.base_url, target=300)
-            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
                 await pilot.press("e")
                 await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
@@ -106,7 +106,7 @@ def test_inspector_shows_provenance_and_drop_removes_task(tmp_path, isolated_env
     async def go():
         with FakeOpenAI() as server:
             engine = make_engine(tmp_path / "run", server.base_url, target=20)
-            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
                 await until(pilot, lambda: app.state == "finished")
                 table = app.query_one(TaskTable)
@@ -129,7 +129,7 @@ def test_inspector_shows_provenance_and_drop_removes_task(tmp_path, isolated_env
     store = RunStore(tmp_path / "run", readonly=True)
     assert store.task(victim).status == "dropped"
     assert store.count_tasks("machine") == 19
-    reasons = [r["reason"] for r in store.rejections()]
+    reasons = [r.reason for r in store.rejections_after()]
     assert "dropped_by_user" in reasons
     store.close()
     out = tmp_path / "out.jsonl"
@@ -143,7 +143,7 @@ def test_filter_origin_sort_and_maximize_on_a_finished_run(tmp_path, isolated_en
     deterministic_run(tmp_path / "run")
 
     async def go():
-        app = SelfInstructApp(tmp_path / "run", refresh=0.1)
+        app = create_app(tmp_path / "run", refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
             table = app.query_one(TaskTable)
             assert len(table.view) == 139 + 40  # the whole history at once
@@ -176,7 +176,7 @@ def test_export_key_writes_the_file(tmp_path, isolated_env):
     deterministic_run(tmp_path / "run")
 
     async def go():
-        app = SelfInstructApp(tmp_path / "run", refresh=0.1)
+        app = create_app(tmp_path / "run", refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.press("x")
             await pilot.pause(0.2)
@@ -201,7 +201,7 @@ def test_broken_user_theme_is_reported_not_fatal(tmp_path, isolated_env, monkeyp
     monkeypatch.setattr(themes_module, "user_themes_dir", lambda: themes)
 
     async def go():
-        app = SelfInstructApp(tmp_path / "run", refresh=0.1, theme="mine")
+        app = create_app(tmp_path / "run", refresh=0.1, theme="mine")
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause(0.2)
             assert app.theme == "mine"
@@ -218,7 +218,7 @@ def test_detach_key_stops_here_and_asks_for_handover(tmp_path, isolated_env):
     async def go():
         with FakeOpenAI(latency=0.05) as server:
             engine = make_engine(tmp_path / "run", server.base_url, target=500)
-            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
                 await until(pilot, lambda: count_machine(tmp_path / "run") >= 3)
                 await pilot.press("d")
@@ -251,21 +251,71 @@ def test_status_line_counts_retries_and_the_rejections_pane_names_every_reason(t
         with FakeOpenAI(script=script, repeat_last=False) as server:
             engine = make_engine(tmp_path / "run", server.base_url, target=1, concurrency=1,
                                  prompts_per_round=1)
-            app = SelfInstructApp(tmp_path / "run", engine=engine, refresh=0.1)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
                 await until(pilot, lambda: app.state == "finished")
                 await pilot.pause(0.3)
                 status = str(app.query_one(StatusLine).render())
                 assert "retries 2 (rate limit 2)" in status
                 pane = app.query_one(RejectionsPane)
-                assert pane.counts["refusal"] == 1 and pane.counts["unusable_input"] == 1
+                counts = app.view.rejection_counts
+                assert counts["refusal"] == 1 and counts["unusable_input"] == 1
                 log = "\n".join(line.text for line in pane.query_one("#rejections").lines)
                 assert "instance: unusable input" in log and "refusal" in log
             # an attached UI on the finished run shows the same counts from the store
-            attached = SelfInstructApp(tmp_path / "run", attach=True, refresh=0.1)
+            attached = create_app(tmp_path / "run", attach=True, refresh=0.1)
             async with attached.run_test(size=(120, 40)) as pilot:
                 await pilot.pause(0.3)
                 assert "retries 2 (rate limit 2)" in str(attached.query_one(StatusLine).render())
-                assert attached.query_one(RejectionsPane).counts["refusal"] == 1
+                assert attached.view.rejection_counts["refusal"] == 1
+
+    run(go())
+
+
+def screen_contents(app) -> dict:
+    """What the panes show, minus clocks: pool rows in display order, rejection and round lines,
+    the prompts pane, the charts' data and the status counters."""
+    from textual.widgets import DataTable, RichLog
+
+    table = app.query_one(TaskTable)
+    rounds = app.query_one("#rounds", DataTable)
+    view = app.view
+    return {
+        "pool": [table.rows[i] for i in table.displayed_ids()],
+        "rejections": [line.text for line in app.query_one("#rejections", RichLog).lines],
+        "reasons": str(app.query_one("#reasons").render()),
+        "rounds": [tuple(rounds.get_row(key)) for key in rounds.rows],
+        "latest": [line.text for line in app.query_one("#latest", RichLog).lines],
+        "charts": (view.pool_sizes, view.scores, view.lengths),
+        "status": (view.status.accepted, view.status.target, view.status.tokens,
+                   round(view.status.cost, 9), view.status.errors,
+                   dict(view.status.retry_causes), view.state),
+    }
+
+
+def test_attached_and_in_process_screens_show_the_same_run(tmp_path, isolated_env):
+    """The in-process UI fed by the engine's events and an attached UI fed by the store show
+    the same task pool, rejections and round statistics, line for line."""
+    limited = {"status": 429, "headers": {"Retry-After": "0"},
+               "body": {"error": {"message": "Rate limit reached", "type": "x"}}}
+
+    async def go():
+        with FakeOpenAI(latency=0.01, script={"*": [limited, limited]},
+                        repeat_last=False) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=60,
+                                 price_input_per_1k=0.001, price_output_per_1k=0.002)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(160, 50)) as pilot:
+                await until(pilot, lambda: app.state == "finished", timeout=60)
+                await pilot.pause(0.5)
+                live = screen_contents(app)
+        attached = create_app(tmp_path / "run", attach=True, refresh=0.1)
+        async with attached.run_test(size=(160, 50)) as pilot:
+            await pilot.pause(0.5)
+            later = screen_contents(attached)
+        assert len(live["pool"]) >= 60 + 139 and live["rejections"] and live["rounds"]
+        assert live["status"][5] == {"rate_limit": 2}
+        for part in live:
+            assert later[part] == live[part], part
 
     run(go())

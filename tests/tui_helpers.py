@@ -9,7 +9,7 @@ from pathlib import Path
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.seeds import Instance, bundled_seeds_path, load_seeds
-from selfinstruct_tui.engine.store import RoundStats, RunStore, seed_tasks_to_pool
+from selfinstruct_tui.engine.store import RejectionRecord, RoundStats, RunStore, seed_tasks_to_pool
 from selfinstruct_tui.engine.task import SimilarTask, Task
 
 
@@ -71,18 +71,18 @@ def deterministic_run(run_dir: Path, machine: int = 40) -> None:
             next_id += 1
             accepted += 1
         for k in range(3):
-            store.add_rejection(round=r, prompt_id=None,
-                                candidate=f"Rejected candidate {r}-{k} about the same topic.",
-                                reason=["near_duplicate", "too_short", "blacklisted_word"][k],
-                                detail="fixed detail", similar_id=1 if k == 0 else None,
-                                similar_text=seeds[0].instruction if k == 0 else None,
-                                score=0.81 if k == 0 else None)
+            store.add_rejection(RejectionRecord(
+                0, r, f"Rejected candidate {r}-{k} about the same topic.",
+                ["near_duplicate", "too_short", "blacklisted_word"][k], "fixed detail",
+                similar_id=1 if k == 0 else None,
+                similar_text=seeds[0].instruction if k == 0 else None,
+                score=0.81 if k == 0 else None, raw="fixed raw", created=1_700_000_000.0))
         store.finish_round(RoundStats(
             round=r, started=1_700_000_000.0 + r, finished=1_700_000_010.0 + r, prompts=8,
             candidates=accepted + 3, accepted=accepted,
             rejected={"near_duplicate": 1, "too_short": 1, "blacklisted_word": 1},
             prompt_tokens=1000 * r, completion_tokens=200 * r, cost=0.0014 * r, wall_time=2.5,
-            status="done"))
+            status="done", pool_after=r * (machine // 4)))
     store.set_meta("state", {"state": "finished", "pid": 0, "ts": 0, "reason": ""})
     store.close()
 

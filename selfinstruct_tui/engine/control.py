@@ -1,33 +1,204 @@
-"""Driving and watching a run that another process runs, through its SQLite store.
+"""One control surface and one event stream for a run, whoever drives it.
 
-`RemoteControl` has the engine's command methods and writes them to the store's commands table,
-which the engine polls; it survives the UI going away and serves several UIs at once.
-`StoreFollower` turns rows committed by the engine into the engine's own event types, so an attached
-UI is fed exactly like an in-process one.
+Commands are typed values (`Pause`, `Resume`, `Stop`, `ReplaceSeeds`, `DropTask`, `EditTask`)
+with one codec (`encode`/`decode`) for the store's commands table. Three `RunControl`s take them:
+* the in-process `Engine` (engine.py);
+* `RemoteControl`: an attached UI writes them to the commands table, which the engine polls (they
+  survive the UI going away; several UIs can attach at once);
+* `OfflineControl`: no engine runs; seed, drop and edit changes go straight to the store as single
+  transactions, and the same events are emitted.
+
+`read_snapshot` reads what a run's screens show from the store in one read transaction;
+`StoreFollower` then turns rows committed after it into the engine's own event types, built by
+the same constructors (`Event.of(record)`), so an attached UI is fed exactly like an in-process one.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.seeds import Instance, SeedTask
-from selfinstruct_tui.engine.store import RunStore, db_path, is_run_dir
+from selfinstruct_tui.engine.store import (
+    PromptRecord,
+    RejectionRecord,
+    RoundStats,
+    RunStore,
+    db_path,
+    is_run_dir,
+    seed_tasks_to_pool,
+)
 
-LIVE_STATES = ("starting", "running", "paused", "stopping")
 DETACH_EXIT = 75  # the TUI's return value when the user hands the run to a background process
+HISTORY_REJECTIONS = 500  # rejection lines a screen keeps (history and live alike)
+HISTORY_ROUNDS = 300  # rows of the rounds table
 
+
+class RunState:
+    """The states a run's `state` meta takes, and the ones derived for `runs`."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    FINISHED = "finished"  # the target was reached
+    STOPPED = "stopped"  # by the user, a spend limit, or a pause with nobody to resume
+    ERROR = "error"  # the engine failed
+    FAILED = "failed"  # a detached start that never ran
+    CRASHED = "crashed"  # derived: a live state whose process is gone
+    NEW = "new"  # derived: no state recorded
+
+    LIVE = ("starting", "running", "paused", "stopping")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop: nothing new is sent; requests in flight get the stop grace (`now`: none)."""
+
+    reason: str = "stopped"  # a FinishReason value
+    message: str = ""
+    now: bool = False
+
+
+@dataclass(frozen=True)
+class ReplaceSeeds:
+    seeds: tuple[SeedTask, ...]
+
+
+@dataclass(frozen=True)
+class DropTask:
+    task_id: int
+
+
+@dataclass(frozen=True)
+class EditTask:
+    task_id: int
+    instruction: str
+    instances: tuple[Instance, ...]
+    is_classification: bool
+
+
+Command = Pause | Resume | Stop | ReplaceSeeds | DropTask | EditTask
+_NAMES: dict[type, str] = {Pause: "pause", Resume: "resume", Stop: "stop",
+                           ReplaceSeeds: "replace_seeds", DropTask: "drop_task",
+                           EditTask: "edit_task"}
+
+
+def encode(command: Command) -> tuple[str, dict[str, Any]]:
+    """(name, JSON-able args) of a command, for the store's commands table."""
+    name = _NAMES[type(command)]
+    if isinstance(command, ReplaceSeeds):
+        return name, {"seeds": [s.to_json() for s in command.seeds]}
+    if isinstance(command, DropTask):
+        return name, {"task_id": command.task_id}
+    if isinstance(command, EditTask):
+        return name, {"task_id": command.task_id, "instruction": command.instruction,
+                      "instances": [asdict(i) for i in command.instances],
+                      "is_classification": command.is_classification}
+    if isinstance(command, Stop):
+        return name, asdict(command)
+    return name, {}
+
+
+def decode(name: str, args: dict[str, Any]) -> Command:
+    """The command `encode` wrote; ValueError for an unknown name."""
+    if name == "pause":
+        return Pause()
+    if name == "resume":
+        return Resume()
+    if name == "stop":
+        return Stop(str(args.get("reason") or "stopped"), str(args.get("message") or ""),
+                    bool(args.get("now")))
+    if name == "replace_seeds":
+        return ReplaceSeeds(tuple(
+            SeedTask(d["id"], d.get("name") or d["id"], d["instruction"],
+                     [Instance(i["input"], i["output"]) for i in d["instances"]],
+                     bool(d.get("is_classification")))
+            for d in args["seeds"]))
+    if name == "drop_task":
+        return DropTask(int(args["task_id"]))
+    if name == "edit_task":
+        return EditTask(int(args["task_id"]), args["instruction"],
+                        tuple(Instance(i["input"], i["output"]) for i in args["instances"]),
+                        bool(args["is_classification"]))
+    raise ValueError(f"unknown command {name!r}")
+
+
+class RunControl(Protocol):
+    """What a UI can ask of a run, whoever runs it."""
+
+    def send(self, command: Command) -> None: ...
+
+
+class RemoteControl:
+    """Commands for an engine in another process, through the store's commands table."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def send(self, command: Command) -> None:
+        store = RunStore(self.run_dir)
+        try:
+            store.add_command(*encode(command))
+        finally:
+            store.close()
+
+
+class OfflineControl:
+    """Commands for a run that no engine runs: changes go to the store directly, each in one
+    transaction, and `emit` gets the events the engine would have sent."""
+
+    def __init__(self, run_dir: str | Path, emit: Callable[[ev.Event], None]) -> None:
+        self.run_dir = Path(run_dir)
+        self.emit = emit
+
+    def send(self, command: Command) -> None:
+        if isinstance(command, (Pause, Resume, Stop)):
+            raise RuntimeError("the run is not running")
+        store = RunStore(self.run_dir)
+        try:
+            if isinstance(command, ReplaceSeeds):
+                new = seed_tasks_to_pool(list(command.seeds), store.max_task_id() + 1)
+                store.replace_seeds(new)
+                self.emit(ev.SeedsReplaced(tuple(new)))
+            elif isinstance(command, DropTask):
+                dropped = store.drop_task(command.task_id)
+                if dropped is not None:
+                    self.emit(ev.CandidateRejected.of(dropped[1]))
+                    self.emit(ev.TaskDropped(command.task_id, store.count_tasks("machine")))
+            elif isinstance(command, EditTask):
+                task = store.edit_task(command.task_id, command.instruction,
+                                       list(command.instances), command.is_classification)
+                if task is not None:
+                    self.emit(ev.TaskEdited(task))
+        finally:
+            store.close()
+
+
+# -- ownership and state ------------------------------------------------------------------------
 
 def check_owner(run_dir: str | Path) -> None:
-    """Only the run's owner may attach or send commands."""
+    """Only the run's owner may attach or send commands; raises UserError otherwise."""
     path = Path(run_dir)
     if not is_run_dir(path):
         raise UserError(f"{path}: not a run directory (no run.sqlite in it)")
@@ -58,80 +229,100 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def run_status(store: RunStore) -> tuple[str, int | None]:
-    """(state, pid): running/paused/stopping with a live pid, finished, stopped, or crashed."""
+    """(state, pid): a live state with a live pid, a final state, "crashed" or "new"."""
     meta = store.get_meta("state") or {}
-    state, pid = meta.get("state", "new"), meta.get("pid")
-    if state in LIVE_STATES and not pid_alive(pid):
-        return "crashed", pid
+    state, pid = meta.get("state", RunState.NEW), meta.get("pid")
+    if state in RunState.LIVE and not pid_alive(pid):
+        return RunState.CRASHED, pid
     return state, pid
 
 
-class RemoteControl:
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
+# -- what the screens show ----------------------------------------------------------------------
 
-    def _send(self, command: str, args: dict | None = None) -> None:
-        store = RunStore(self.run_dir)
-        try:
-            store.add_command(command, args)
-        finally:
-            store.close()
+@dataclass
+class RunSnapshot:
+    """A run as its screens show it, read in one transaction. `ids`: the largest id of each table
+    at that moment, where a `StoreFollower` picks up."""
 
-    def pause(self) -> None:
-        self._send("pause")
+    run_dir: Path
+    config: RunConfig | None
+    state: str
+    state_meta: dict[str, Any]
+    session: dict[str, Any]
+    rows: list[tuple[int, int, str, int, int, float, str]]
+    rounds: list[RoundStats]
+    rejection_counts: dict[str, int]
+    recent_rejections: list[RejectionRecord]
+    latest_generation: PromptRecord | None
+    open_prompts: list[PromptRecord]
+    tokens: tuple[int, int]
+    retries: dict[str, int]
+    errors: int
+    ids: dict[str, int] = field(default_factory=dict)
 
-    def resume(self) -> None:
-        self._send("resume")
 
-    def stop(self) -> None:
-        self._send("stop")
+def read_snapshot(store: RunStore) -> RunSnapshot:
+    with store.read_transaction():
+        ids = store.max_ids()
+        errors = ids.get("errors", 0)
+        return RunSnapshot(
+            run_dir=store.run_dir, config=store.config(), state=run_status(store)[0],
+            state_meta=store.get_meta("state") or {}, session=store.get_meta("session") or {},
+            rows=store.task_rows(), rounds=store.rounds(),
+            rejection_counts=store.rejection_counts(),
+            recent_rejections=store.recent_rejections(HISTORY_REJECTIONS),
+            latest_generation=store.latest_answered("generate"),
+            open_prompts=store.unfinished_prompts(), tokens=store.token_totals(),
+            retries=store.retry_counts(), errors=errors, ids=ids)
 
-    def replace_seeds(self, seeds: list[SeedTask]) -> None:
-        self._send("replace_seeds", {"seeds": [s.to_json() for s in seeds]})
 
-    def drop_task(self, task_id: int) -> None:
-        self._send("drop_task", {"task_id": task_id})
-
-    def edit_task(self, task_id: int, instruction: str, instances: list[Instance],
-                  is_classification: bool) -> None:
-        self._send("edit_task", {"task_id": task_id, "instruction": instruction,
-                                 "instances": [asdict(i) for i in instances],
-                                 "is_classification": is_classification})
+def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunConfig | None,
+                 run_dir: Path, session: dict[str, Any], accepted: int,
+                 seeds: int) -> list[ev.Event]:
+    """The events a change of the `state` meta stands for (what the engine emitted then)."""
+    before, after = old.get("state"), new.get("state")
+    if after == before:
+        return []
+    target = snapshot_config.target if snapshot_config else 0
+    if after == RunState.PAUSED:
+        return [ev.Paused(new.get("reason") or "", bool(new.get("by_errors")))]
+    if after == RunState.RUNNING and before == RunState.PAUSED:
+        return [ev.Resumed()]
+    if after == RunState.RUNNING and snapshot_config is not None:
+        return [ev.RunStarted.of(str(run_dir), snapshot_config,
+                                 session.get("endpoint") or snapshot_config.base_url, accepted,
+                                 seeds, bool(session.get("resumed")))]
+    if after == RunState.STOPPING:
+        return [ev.Stopping()]
+    if after in (RunState.FINISHED, RunState.STOPPED, RunState.ERROR, RunState.FAILED):
+        reason = new.get("finish_reason") or {"finished": "target",
+                                              "error": "error"}.get(after, "stopped")
+        return [ev.Finished(ev.FinishReason(reason), accepted, target,
+                            str(new.get("message") or ""))]
+    return []
 
 
 class StoreFollower:
-    """Polls the store for rows committed since the last look and emits them as events."""
+    """Polls the store for rows committed after a snapshot and emits them as engine events."""
 
-    def __init__(self, run_dir: str | Path, emit: Callable[[ev.Event], None],
+    def __init__(self, snapshot: RunSnapshot, emit: Callable[[ev.Event], None],
                  interval: float = 0.05) -> None:
-        self.run_dir = Path(run_dir)
+        self.run_dir = snapshot.run_dir
         self.emit = emit
         self.interval = interval
+        self.config = snapshot.config
+        self.target = snapshot.config.target if snapshot.config else 0
+        self.last = dict(snapshot.ids)
+        self.open_prompts = {p.id for p in snapshot.open_prompts}
+        self.finished_rounds = {r.round for r in snapshot.rounds if r.status != "running"}
+        self.known_rounds = {r.round for r in snapshot.rounds}
+        self.state = dict(snapshot.state_meta)
+        self.session = dict(snapshot.session)
+        self.accepted: int | None = None
+        self.seen_changes: set[tuple[int, str, float]] = set()
+        self.last_update = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        store = RunStore(self.run_dir, readonly=True)
-        try:
-            self.last_task = store.max_task_id()
-            self.last_rejection = store.db.execute(
-                "SELECT COALESCE(MAX(id), 0) FROM rejections").fetchone()[0]
-            self.last_prompt = store.db.execute(
-                "SELECT COALESCE(MAX(id), 0) FROM prompts WHERE response IS NOT NULL"
-            ).fetchone()[0]
-            try:
-                self.last_retry = store.db.execute(
-                    "SELECT COALESCE(MAX(id), 0) FROM retries").fetchone()[0]
-            except sqlite3.OperationalError:  # a run made before retries were recorded
-                self.last_retry = None
-            self.finished_rounds = {r.round for r in store.rounds() if r.status != "running"}
-            self.last_round_seen = max(self.finished_rounds, default=0) - 2
-            self.accepted: int | None = None
-            self.seen_changes: set[tuple] = set()
-            self.state = store.get_meta("state") or {}
-            self.last_update = time.time()
-            cfg = store.config()
-            self.target = cfg.target if cfg else 0
-        finally:
-            store.close()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="store-follower", daemon=True)
@@ -155,76 +346,67 @@ class StoreFollower:
             store.close()
 
     def poll(self, store: RunStore) -> None:
-        db = store.db
-        new_tasks = store.tasks(status="active", after_id=self.last_task)
-        changed = db.execute("SELECT id, status, updated FROM tasks WHERE updated >= ? AND "
-                             "origin = 'machine'", (self.last_update - 1,)).fetchall()
+        emit = self.emit
+        new_tasks = store.tasks(status="active", after_id=self.last.get("tasks", 0))
+        changed = store.task_changes(self.last_update - 1)
         # Counting is the one query that grows with the pool: only when something changed.
         if new_tasks or changed or self.accepted is None:
             self.accepted = store.count_tasks("machine")
         accepted = self.accepted
         seeds_changed = False
         for task in new_tasks:
-            self.last_task = max(self.last_task, task.id)
+            self.last["tasks"] = max(self.last.get("tasks", 0), task.id)
             if task.origin == "machine":
-                self.emit(ev.TaskAccepted(task, accepted, self.target))
+                emit(ev.TaskAccepted(task, accepted, self.target))
             else:
                 seeds_changed = True
         if seeds_changed:
-            self.emit(ev.SeedsReplaced(store.count_tasks("seed")))
+            emit(ev.SeedsReplaced(tuple(store.tasks(status="active", origin="seed"))))
         now = time.time()
-        for row in changed:
-            if tuple(row) in self.seen_changes:
+        for change in changed:
+            if change in self.seen_changes:
                 continue
-            self.seen_changes.add(tuple(row))
-            if row[1] == "dropped":
-                self.emit(ev.TaskDropped(row[0], accepted))
-            elif row[1] == "active":
-                task = store.task(row[0])
+            self.seen_changes.add(change)
+            task_id, status, _ = change
+            if status == "dropped":
+                emit(ev.TaskDropped(task_id, accepted))
+            elif status == "active":
+                task = store.task(task_id)
                 if task is not None:
-                    self.emit(ev.TaskEdited(task))
+                    emit(ev.TaskEdited(task))
         self.last_update = now
-        for r in store.rejections(after_id=self.last_rejection):
-            self.last_rejection = r["id"]
-            level = r["level"] if "level" in r.keys() else "candidate"
-            self.emit(ev.CandidateRejected(r["id"], r["round"], r["candidate"], r["reason"],
-                                           r["detail"], r["similar_id"], r["similar_text"],
-                                           r["score"], level=level, task_id=r["task_id"]))
-        if self.last_retry is not None:
-            for r in db.execute("SELECT * FROM retries WHERE id > ? ORDER BY id",
-                                (self.last_retry,)):
-                self.last_retry = r["id"]
-                self.emit(ev.RequestRetried(r["round"], r["prompt_id"], r["cause"], r["attempt"],
-                                            r["delay"], r["message"]))
-        for p in db.execute("SELECT * FROM prompts WHERE id > ? AND response IS NOT NULL "
-                            "AND kind = 'generate' ORDER BY id", (self.last_prompt,)):
-            self.last_prompt = max(self.last_prompt, p["id"])
-            examples = tuple((e["id"], e["origin"], e["instruction"])
-                             for e in json.loads(p["examples"] or "[]"))
-            self.emit(ev.PromptSent(p["id"], p["round"], "generate", p["prompt"], examples))
-            self.emit(ev.ResponseReceived(p["id"], p["round"], "generate", p["response"],
-                                          p["finish_reason"], p["latency"] or 0.0,
-                                          p["prompt_tokens"], p["completion_tokens"]))
-        for r in store.rounds(since=self.last_round_seen):
-            self.last_round_seen = max(self.last_round_seen, r.round - 2)
-            if r.status != "running" and r.round not in self.finished_rounds:
-                self.finished_rounds.add(r.round)
-                self.emit(ev.RoundFinished(r, accepted, self.target))
+        for rejection in store.rejections_after(self.last.get("rejections", 0)):
+            self.last["rejections"] = rejection.id
+            emit(ev.CandidateRejected.of(rejection))
+        for retry in store.retries_after(self.last.get("retries", 0)):
+            self.last["retries"] = retry.id
+            emit(ev.RequestRetried.of(retry))
+        for error in store.errors_after(self.last.get("errors", 0)):
+            self.last["errors"] = error.id
+            emit(ev.RequestError.of(error))
+        for rnd in store.rounds(since=max(self.finished_rounds, default=0) - 3):
+            if rnd.round not in self.known_rounds:
+                self.known_rounds.add(rnd.round)
+                emit(ev.RoundStarted.of(rnd))
+            if rnd.status != "running" and rnd.round not in self.finished_rounds:
+                self.finished_rounds.add(rnd.round)
+                emit(ev.RoundFinished.of(rnd, self.target))
+        for prompt in store.prompts_after(self.last.get("prompts", 0)):
+            self.last["prompts"] = prompt.id
+            emit(ev.PromptSent.of(prompt))
+            if prompt.finished is None:
+                self.open_prompts.add(prompt.id)
+            else:
+                emit(ev.prompt_finished(prompt))
+        if self.open_prompts:
+            for prompt in store.prompts_by_id(sorted(self.open_prompts)):
+                if prompt.finished is not None:
+                    self.open_prompts.discard(prompt.id)
+                    emit(ev.prompt_finished(prompt))
         state = store.get_meta("state") or {}
-        old, new = self.state.get("state"), state.get("state")
-        if new != old:
-            if new == "paused":
-                self.emit(ev.Paused(state.get("reason") or "", bool(state.get("by_errors"))))
-            elif new == "running" and old == "paused":
-                self.emit(ev.Resumed())
-            elif new == "running":
-                self.emit(ev.RunStarted(str(self.run_dir), "", "", "", self.target, accepted, 0,
-                                        True))
-            elif new == "stopping":
-                self.emit(ev.Stopping())
-            elif new in ("finished", "stopped", "error", "failed"):
-                reason = state.get("finish_reason") or {"finished": "target",
-                                                        "error": "error"}.get(new, "stopped")
-                self.emit(ev.Finished(ev.FinishReason(reason), accepted, self.target,
-                                      str(state.get("message") or "")))
+        if state.get("state") != self.state.get("state"):
+            session = store.get_meta("session") or {}
+            for event in state_events(self.state, state, self.config, self.run_dir, session,
+                                      accepted, store.count_tasks("seed")):
+                emit(event)
         self.state = state

@@ -42,6 +42,16 @@ from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import RunConfig
+from selfinstruct_tui.engine.control import (
+    Command,
+    DropTask,
+    EditTask,
+    Pause,
+    ReplaceSeeds,
+    Resume,
+    Stop,
+    decode,
+)
 from selfinstruct_tui.engine.events import FinishReason
 from selfinstruct_tui.engine.filters import (
     FilterSettings,
@@ -65,7 +75,12 @@ from selfinstruct_tui.engine.seeds import Instance, SeedTask
 from selfinstruct_tui.engine.pool import Pool
 from selfinstruct_tui.engine.prompts import CompletionRequest, PromptStyle, Request, style_for
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
-from selfinstruct_tui.engine.store import RoundStats, RunStore, seed_tasks_to_pool
+from selfinstruct_tui.engine.store import (
+    RejectionRecord,
+    RoundStats,
+    RunStore,
+    seed_tasks_to_pool,
+)
 from selfinstruct_tui.engine.task import Origin, SimilarTask, Task
 
 log = logging.getLogger(__name__)
@@ -89,8 +104,8 @@ class _Round:
 
 
 class Engine:
-    """Drives one run. Thread-safe commands: pause, resume, stop, stop_now, replace_seeds,
-    drop_task, edit_task."""
+    """Drives one run; a `RunControl`: `send(command)` is thread-safe, as are the shortcuts
+    pause, resume, stop and stop_now."""
 
     def __init__(self, store: RunStore, config: RunConfig, *, api_key: str = "",
                  base_url: str | None = None, index_kind: str = "pruned") -> None:
@@ -107,7 +122,7 @@ class Engine:
         self.state = "starting"
         self.pause_reason = ""
         self.paused_by_errors = False
-        self._commands: queue.SimpleQueue[tuple[str, tuple]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self._stop_reason = FinishReason.STOPPED
@@ -139,9 +154,10 @@ class Engine:
         self.tokens = [0, 0]  # this session's (prompt, completion) tokens
         self.cost = 0.0  # this session's cost, USD
 
-    # -- thread-safe commands -------------------------------------------------------------------
-    def _command(self, name: str, *args: object) -> None:
-        self._commands.put((name, args))
+    # -- thread-safe commands (RunControl) ------------------------------------------------------
+    def send(self, command: Command) -> None:
+        """Queue a command; it is applied on the engine's loop (any thread may call this)."""
+        self._commands.put(command)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -150,40 +166,48 @@ class Engine:
                 pass
 
     def pause(self) -> None:
-        self._command("pause")
+        self.send(Pause())
 
     def resume(self) -> None:
-        self._command("resume")
+        self.send(Resume())
 
     def stop(self, reason: FinishReason = FinishReason.STOPPED, message: str = "") -> None:
         """Stop: nothing new is sent; requests in flight get `stop_grace` seconds to finish."""
-        self._command("stop", reason, message)
+        self.send(Stop(reason.value, message))
 
     def stop_now(self) -> None:
         """Stop at once: requests in flight are abandoned (and recorded as abandoned)."""
-        self._command("stop_now")
-
-    def replace_seeds(self, seeds: list[SeedTask]) -> None:
-        self._command("replace_seeds", seeds)
-
-    def drop_task(self, task_id: int) -> None:
-        self._command("drop_task", task_id)
-
-    def edit_task(self, task_id: int, instruction: str, instances: list[Instance],
-                  is_classification: bool) -> None:
-        self._command("edit_task", task_id, instruction, instances, is_classification)
+        self.send(Stop(now=True))
 
     def _drain_commands(self) -> None:
         while True:
             try:
-                name, args = self._commands.get_nowait()
+                command = self._commands.get_nowait()
             except queue.Empty:
                 return
             try:
-                getattr(self, f"_do_{name}")(*args)
+                self._apply(command)
             except Exception as exc:  # a bad command must not kill the run
-                log.exception("command %s failed", name)
-                self.bus.emit(ev.RequestError(None, "command", f"{name} failed: {exc}"))
+                log.exception("command %r failed", command)
+                self.bus.emit(ev.RequestError(None, "command", f"{command!r} failed: {exc}"))
+
+    def _apply(self, command: Command) -> None:
+        if isinstance(command, Pause):
+            self._do_pause()
+        elif isinstance(command, Resume):
+            self._do_resume()
+        elif isinstance(command, Stop):
+            if command.now:
+                self._do_stop_now()
+            else:
+                self._do_stop(FinishReason(command.reason), command.message)
+        elif isinstance(command, ReplaceSeeds):
+            self._pending_seeds = list(command.seeds)  # applied when the next round is created
+        elif isinstance(command, DropTask):
+            self._do_drop_task(command.task_id)
+        elif isinstance(command, EditTask):
+            self._do_edit_task(command.task_id, command.instruction, list(command.instances),
+                               command.is_classification)
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -239,23 +263,14 @@ class Engine:
         elif self._client is not None:
             self._client.abandon_pending(0.0)
 
-    def _do_replace_seeds(self, seeds: list[SeedTask]) -> None:
-        self._pending_seeds = seeds  # applied when the next round is created
-
     def _do_drop_task(self, task_id: int) -> None:
+        dropped = self.store.drop_task(task_id)
         task = self.pool.drop(task_id)
-        if task is None:
+        if dropped is None or task is None:
             return
-        self.store.update_task(task)
-        rid = self.store.add_rejection(round=task.round, prompt_id=task.prompt_id,
-                                       candidate=task.instruction,
-                                       reason=RejectionReason.DROPPED_BY_USER.value,
-                                       detail="dropped in the inspector", task_id=task_id)
         if task.origin == Origin.MACHINE:
             self._committed -= 1
-        self.bus.emit(ev.CandidateRejected(rid, task.round, task.instruction,
-                                           RejectionReason.DROPPED_BY_USER.value,
-                                           "dropped in the inspector"))
+        self.bus.emit(ev.CandidateRejected.of(dropped[1]))
         self.bus.emit(ev.TaskDropped(task_id, self._committed))
 
     def _do_edit_task(self, task_id: int, instruction: str, instances: list[Instance],
@@ -285,7 +300,7 @@ class Engine:
         self._next_id += len(new)
         self.store.replace_seeds(new)
         self.pool.replace_seeds(new)
-        self.bus.emit(ev.SeedsReplaced(len(new)))
+        self.bus.emit(ev.SeedsReplaced(tuple(new)))
 
     def _client_settings(self) -> ClientSettings:
         c = self.config
@@ -316,10 +331,11 @@ class Engine:
         try:
             self._load_pool()
             resumed = self.store.max_round() > 0
+            self.store.set_meta("session", {"endpoint": self.base_url, "resumed": resumed,
+                                            "started": time.time(), "pid": os.getpid()})
             self._set_state("running")
-            self.bus.emit(ev.RunStarted(
-                str(self.store.run_dir), self.base_url, self.config.model, self.config.api,
-                self.config.target, self._committed, self.pool.seed_count, resumed))
+            self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
+                                           self._committed, self.pool.seed_count, resumed))
             self._drain_commands()
             over = self._over_budget()
             if over:
@@ -351,7 +367,10 @@ class Engine:
         while True:
             try:
                 for command_id, name, args in self.store.pending_commands():
-                    self._remote_command(name, args)
+                    try:
+                        self.send(decode(name, args))
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("unreadable command %r %r", name, args)
                     self.store.mark_command_done(command_id)
                 now = time.monotonic()
                 if now - beat >= HEARTBEAT_SECONDS:
@@ -360,25 +379,6 @@ class Engine:
             except Exception:  # the control channel must never take the run down
                 log.exception("control channel poll failed")
             await asyncio.sleep(CONTROL_POLL_SECONDS)
-
-    def _remote_command(self, name: str, args: dict) -> None:
-        if name in ("pause", "resume", "stop"):
-            self._command(name)
-        elif name == "replace_seeds":
-            seeds = [SeedTask(d["id"], d.get("name") or d["id"], d["instruction"],
-                              [Instance(i["input"], i["output"]) for i in d["instances"]],
-                              bool(d.get("is_classification")))
-                     for d in args["seeds"]]
-            self._command("replace_seeds", seeds)
-        elif name == "drop_task":
-            self._command("drop_task", int(args["task_id"]))
-        elif name == "edit_task":
-            self._command("edit_task", int(args["task_id"]), args["instruction"],
-                          [Instance(i["input"], i["output"]) for i in args["instances"]],
-                          bool(args["is_classification"]))
-        else:
-            log.warning("unknown remote command %r", name)
-        self._drain_commands()
 
     def _in_work(self) -> int:
         """Tasks accepted by finalized rounds plus the reservations of the rounds still open.
@@ -463,7 +463,7 @@ class Engine:
         for old in [n for n in self._rounds if n < number - 3]:
             del self._rounds[old]
         self.store.start_round(stats)
-        self.bus.emit(ev.RoundStarted(number, stats.prompts))
+        self.bus.emit(ev.RoundStarted.of(stats))
         return rnd
 
     async def _run_round(self, rnd: _Round) -> None:
@@ -510,12 +510,13 @@ class Engine:
             stats.wall_time = time.monotonic() - started
             stats.status = "stopped" if self._stop_requested else "done"
             stats.cost = self._cost(stats.prompt_tokens, stats.completion_tokens)
+            stats.pool_after = self._committed
             self.store.finish_round(stats)
             prompts, accepted = self._totals.get(number - 1, (0, 0))
             self._totals[number] = (prompts + stats.prompts, accepted + stats.accepted)
             self._totals.pop(number - 4, None)
             rnd.finalized.set()
-            self.bus.emit(ev.RoundFinished(stats, self._committed, self.config.target))
+            self.bus.emit(ev.RoundFinished.of(stats, self.config.target))
             self._guard_after_round(rnd)
 
     def _guard_after_round(self, rnd: _Round) -> None:
@@ -575,17 +576,14 @@ class Engine:
             rnd.stats.rejected[reason.value] = rnd.stats.rejected.get(reason.value, 0) + 1
             rnd.reasons[reason.value] += 1
         match = similar.most_similar if similar else None
-        similar_id = int(match.key) if match else None
-        similar_text = self.pool.text(similar_id) if similar_id is not None else None
-        score = match.score if match else None
-        rid = self.store.add_rejection(
-            round=rnd.number, prompt_id=prompt_id, candidate=candidate, reason=reason.value,
-            detail=detail, similar_id=similar_id, similar_text=similar_text, score=score,
-            task_id=task_id, raw=raw)
-        self.bus.emit(ev.CandidateRejected(rid, rnd.number, candidate, reason.value, detail,
-                                           similar_id, similar_text, score,
-                                           similar.max_score if similar else None,
-                                           task_id=task_id))
+        similar_id = int(match.key) if match else None  # type: ignore[call-overload]
+        record = self.store.add_rejection(RejectionRecord(
+            0, rnd.number, candidate, reason.value, detail, prompt_id=prompt_id,
+            task_id=task_id, similar_id=similar_id,
+            similar_text=self.pool.text(similar_id) if similar_id is not None else None,
+            score=match.score if match else None,
+            max_score=similar.max_score if similar else None, raw=raw))
+        self.bus.emit(ev.CandidateRejected.of(record))
 
     def _drop_instances(self, rnd: _Round, prompt_id: int | None, task_id: int,
                         drops: list[tuple[str, RejectionReason, str]]) -> None:
@@ -593,11 +591,10 @@ class Engine:
         for text, reason, detail in drops:
             dropped = rnd.stats.instances_dropped
             dropped[reason.value] = dropped.get(reason.value, 0) + 1
-            rid = self.store.add_rejection(round=rnd.number, prompt_id=prompt_id,
-                                           candidate=text, reason=reason.value, detail=detail,
-                                           task_id=task_id, level="instance", raw=text)
-            self.bus.emit(ev.CandidateRejected(rid, rnd.number, text, reason.value, detail,
-                                               level="instance", task_id=task_id))
+            record = self.store.add_rejection(RejectionRecord(
+                0, rnd.number, text, reason.value, detail, prompt_id=prompt_id, task_id=task_id,
+                level="instance", raw=text))
+            self.bus.emit(ev.CandidateRejected.of(record))
 
     def _filter_candidate(self, rnd: _Round, prompt_id: int, item: ListItem) -> int | None:
         instruction = item.instruction
@@ -644,33 +641,30 @@ class Engine:
             text = request.prompt
         else:
             text = json.dumps(list(request.messages), ensure_ascii=False)
-        shown = [{"id": t.id, "origin": t.origin, "instruction": t.instruction}
-                 for t in examples or []]
-        prompt_id = self.store.add_prompt(round=rnd.number, kind=kind, prompt=text,
-                                          examples=shown, task_ref=task_ref)
+        shown = tuple((t.id, t.origin, t.instruction) for t in examples or [])
+        record = self.store.add_prompt(round=rnd.number, kind=kind, prompt=text, examples=shown,
+                                       task_ref=task_ref)
+        prompt_id = record.id
         rnd.stats.requests += 1
-        self.bus.emit(ev.PromptSent(prompt_id, rnd.number, kind, text,
-                                    tuple((t.id, t.origin, t.instruction)
-                                          for t in examples or []), task_ref))
+        self.bus.emit(ev.PromptSent.of(record))
 
         def on_retry(cause: str, attempt: int, delay: float, message: str) -> None:
             rnd.stats.retries[cause] = rnd.stats.retries.get(cause, 0) + 1
-            self.store.add_retry(round=rnd.number, prompt_id=prompt_id, cause=cause,
-                                 attempt=attempt, delay=delay, message=message)
-            self.bus.emit(ev.RequestRetried(rnd.number, prompt_id, cause, attempt, delay,
-                                            message))
+            retry = self.store.add_retry(round=rnd.number, prompt_id=prompt_id, cause=cause,
+                                         attempt=attempt, delay=delay, message=message)
+            self.bus.emit(ev.RequestRetried.of(retry))
 
         try:
             resp = await self._client.request(request, params, on_retry)
         except RequestAbandoned as exc:
-            self.store.finish_prompt(prompt_id, response=None, finish_reason=None, latency=0.0,
-                                     prompt_tokens=0, completion_tokens=0,
-                                     error=f"abandoned {exc.when} (the run was stopping)")
+            done = self.store.finish_prompt(
+                record, response=None, error=f"abandoned {exc.when} (the run was stopping)")
+            self.bus.emit(ev.PromptFailed.of(done))
             return prompt_id, None, "abandoned"
         except RequestFailed as exc:
-            self.store.finish_prompt(prompt_id, response=None, finish_reason=None, latency=0.0,
-                                     prompt_tokens=0, completion_tokens=0, error=str(exc),
-                                     attempts=exc.attempts)
+            done = self.store.finish_prompt(record, response=None, error=str(exc),
+                                            attempts=exc.attempts)
+            self.bus.emit(ev.PromptFailed.of(done))
             self._on_failure(rnd.number, exc)
             return prompt_id, None, exc.kind
         self._last_success = time.monotonic()
@@ -680,17 +674,18 @@ class Engine:
         if not resp.usage_reported:  # estimates keep the spend limits working
             p_tok, c_tok = estimate_tokens(text), estimate_tokens(resp.text)
             rnd.stats.usage_missing += 1
-        self.store.finish_prompt(prompt_id, response=resp.text, finish_reason=resp.finish_reason,
-                                 latency=resp.latency, prompt_tokens=p_tok,
-                                 completion_tokens=c_tok, attempts=resp.attempts,
-                                 usage_reported=resp.usage_reported, structured=resp.structured)
+        done = self.store.finish_prompt(record, response=resp.text,
+                                        finish_reason=resp.finish_reason, latency=resp.latency,
+                                        prompt_tokens=p_tok, completion_tokens=c_tok,
+                                        attempts=resp.attempts,
+                                        usage_reported=resp.usage_reported,
+                                        structured=resp.structured)
         rnd.stats.prompt_tokens += p_tok
         rnd.stats.completion_tokens += c_tok
         self.tokens[0] += p_tok
         self.tokens[1] += c_tok
         self.cost += self._cost(p_tok, c_tok)
-        self.bus.emit(ev.ResponseReceived(prompt_id, rnd.number, kind, resp.text,
-                                          resp.finish_reason, resp.latency, p_tok, c_tok))
+        self.bus.emit(ev.ResponseReceived.of(done))
         self._note_client_changes()
         over = self._over_budget()
         if over:
@@ -719,8 +714,7 @@ class Engine:
     def _on_failure(self, number: int, exc: RequestFailed) -> None:
         self._failures_in_a_row += 1
         self._failure_kinds[exc.kind] += 1
-        self.store.add_error(number, exc.kind, str(exc))
-        self.bus.emit(ev.RequestError(number, exc.kind, str(exc)))
+        self.bus.emit(ev.RequestError.of(self.store.add_error(number, exc.kind, str(exc))))
         if self.state != "running":
             return
         quiet_for = time.monotonic() - self._last_success

@@ -1,7 +1,11 @@
 """Typed events the engine emits, and the bus that hands them to subscribers.
 
-Subscribers are called on the engine's thread and must be quick: the headless printer prints, the
-TUI puts the event on a queue that it drains on a timer.
+One schema for every consumer: the in-process TUI, the headless printer and a TUI attached to
+another process. Events that describe a stored record are built by `Event.of(record)` from the
+record the engine wrote; the attached follower builds them from the same records read back, so
+both see the same fields. Subscribers are called on the engine's thread and must be quick: the
+headless printer prints, the TUI puts the event on a queue that it drains on a timer.
+Times: `ts` is epoch seconds; durations (`latency`, `delay`) are seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from selfinstruct_tui.engine.store import RoundStats
+from selfinstruct_tui.engine.config import RunConfig
+from selfinstruct_tui.engine.store import (
+    ErrorRecord,
+    PromptRecord,
+    RejectionRecord,
+    RetryRecord,
+    RoundStats,
+)
 from selfinstruct_tui.engine.task import Task
 
 log = logging.getLogger(__name__)
@@ -34,11 +45,21 @@ class RunStarted(Event):
     seeds: int
     resumed: bool
 
+    @classmethod
+    def of(cls, run_dir: str, config: RunConfig, endpoint: str, accepted: int, seeds: int,
+           resumed: bool) -> RunStarted:
+        return cls(run_dir, endpoint, config.model, config.api, config.target, accepted, seeds,
+                   resumed)
+
 
 @dataclass(frozen=True)
 class RoundStarted(Event):
     round: int
     prompts: int
+
+    @classmethod
+    def of(cls, stats: RoundStats) -> RoundStarted:
+        return cls(stats.round, stats.prompts)
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,10 @@ class PromptSent(Event):
     prompt: str
     examples: tuple[tuple[int, str, str], ...] = ()  # (task id, origin, instruction)
     task_ref: int | None = None
+
+    @classmethod
+    def of(cls, p: PromptRecord) -> PromptSent:
+        return cls(p.id, p.round, p.kind, p.prompt, p.examples, p.task_ref)
 
 
 @dataclass(frozen=True)
@@ -61,6 +86,30 @@ class ResponseReceived(Event):
     latency: float
     prompt_tokens: int
     completion_tokens: int
+
+    @classmethod
+    def of(cls, p: PromptRecord) -> ResponseReceived:
+        return cls(p.id, p.round, p.kind, p.response or "", p.finish_reason, p.latency,
+                   p.prompt_tokens, p.completion_tokens)
+
+
+@dataclass(frozen=True)
+class PromptFailed(Event):
+    """A request ended without an answer: failed for good, or abandoned by a stop."""
+
+    prompt_id: int
+    round: int
+    kind: str
+    error: str
+
+    @classmethod
+    def of(cls, p: PromptRecord) -> PromptFailed:
+        return cls(p.id, p.round, p.kind, p.error or "")
+
+
+def prompt_finished(p: PromptRecord) -> ResponseReceived | PromptFailed:
+    """The event for a finished request: its answer, or why there is none."""
+    return ResponseReceived.of(p) if p.response is not None else PromptFailed.of(p)
 
 
 @dataclass(frozen=True)
@@ -87,6 +136,11 @@ class CandidateRejected(Event):
     level: str = "candidate"
     task_id: int | None = None
 
+    @classmethod
+    def of(cls, r: RejectionRecord) -> CandidateRejected:
+        return cls(r.id, r.round, r.candidate, r.reason, r.detail, r.similar_id, r.similar_text,
+                   r.score, r.max_score, r.level, r.task_id)
+
 
 @dataclass(frozen=True)
 class RequestRetried(Event):
@@ -98,6 +152,10 @@ class RequestRetried(Event):
     attempt: int
     delay: float
     message: str
+
+    @classmethod
+    def of(cls, r: RetryRecord) -> RequestRetried:
+        return cls(r.round, r.prompt_id, r.cause, r.attempt, r.delay, r.message)
 
 
 @dataclass(frozen=True)
@@ -112,6 +170,10 @@ class RequestError(Event):
     round: int | None
     kind: str
     message: str
+
+    @classmethod
+    def of(cls, e: ErrorRecord) -> RequestError:
+        return cls(e.round, e.kind, e.message)
 
 
 @dataclass(frozen=True)
@@ -133,13 +195,24 @@ class Stopping(Event):
 @dataclass(frozen=True)
 class RoundFinished(Event):
     stats: RoundStats
-    accepted_total: int
+    accepted_total: int  # machine tasks in the pool when the round finished
     target: int
+
+    @classmethod
+    def of(cls, stats: RoundStats, target: int) -> RoundFinished:
+        return cls(stats, stats.pool_after if stats.pool_after is not None else stats.accepted,
+                   target)
 
 
 @dataclass(frozen=True)
 class SeedsReplaced(Event):
-    count: int
+    """The run's seed set is now `tasks` (active seed tasks, new ids)."""
+
+    tasks: tuple[Task, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.tasks)
 
 
 @dataclass(frozen=True)

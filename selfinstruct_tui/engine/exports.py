@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
@@ -92,7 +93,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None) -> tupl
         path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
         with atomic_writer(path) as fh:
             if fmt == "rejections":
-                count = write_rows(store.iter_rejections(), fmt, fh)
+                count = write_rows((asdict(r) for r in store.iter_rejections()), fmt, fh)
             else:
                 count = write_rows(iter_rows(store.iter_tasks("machine"), fmt, tokenizer), fmt,
                                    fh)

@@ -7,12 +7,13 @@ loses at most the requests in flight.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,8 @@ MIGRATIONS = (
     ("prompts", "attempts", "INTEGER NOT NULL DEFAULT 1"),
     ("prompts", "usage_reported", "INTEGER NOT NULL DEFAULT 1"),
     ("prompts", "structured", "INTEGER NOT NULL DEFAULT 0"),
+    ("rejections", "max_score", "REAL"),
+    ("rounds", "pool_after", "INTEGER"),
 )
 
 
@@ -155,6 +158,7 @@ class RoundStats:
     instances_dropped: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     usage_missing: int = 0
+    pool_after: int | None = None  # machine tasks in the pool when the round finished
 
     @property
     def rejected_total(self) -> int:
@@ -168,6 +172,78 @@ class RoundStats:
     def unaccounted(self) -> int:
         """Candidates not (yet) accepted, rejected or surplus: 0 for a finished round."""
         return self.candidates - self.accepted - self.rejected_total - self.surplus
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One request as recorded: what was asked and, once `finished` (epoch seconds), the answer
+    or the `error` that ended it. `latency` in seconds; tokens as reported or, when
+    `usage_reported` is False, estimated. `examples`: (task id, origin, instruction) shown."""
+
+    id: int
+    round: int
+    kind: str  # generate | classify | instances
+    prompt: str
+    examples: tuple[tuple[int, str, str], ...]
+    task_ref: int | None
+    created: float
+    response: str | None = None
+    finish_reason: str | None = None
+    latency: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    finished: float | None = None
+    attempts: int = 1
+    usage_reported: bool = True
+    structured: bool = False
+
+
+@dataclass(frozen=True)
+class RejectionRecord:
+    """A rejected candidate (`level` "candidate") or a dropped instance ("instance", with the
+    task's id): its `RejectionReason` value, detail, the raw fragment of the answer, and for near
+    duplicates the task it collided with."""
+
+    id: int
+    round: int
+    candidate: str
+    reason: str
+    detail: str
+    prompt_id: int | None = None
+    task_id: int | None = None
+    similar_id: int | None = None
+    similar_text: str | None = None
+    score: float | None = None
+    max_score: float | None = None
+    level: str = "candidate"
+    raw: str | None = None
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetryRecord:
+    """A failed attempt that was retried: its cause, the attempt number, the wait (s) after it."""
+
+    id: int
+    round: int | None
+    prompt_id: int | None
+    cause: str
+    attempt: int
+    delay: float
+    message: str
+    created: float
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A request that failed for good, with the cause (`kind`) and the message."""
+
+    id: int
+    round: int | None
+    kind: str
+    message: str
+    created: float
 
 
 def db_path(run_dir: str | Path) -> Path:
@@ -205,6 +281,15 @@ class RunStore:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def read_transaction(self) -> Iterator[None]:
+        """Reads inside see one consistent state of the database (WAL snapshot)."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
         for table, column, decl in MIGRATIONS:
@@ -306,56 +391,149 @@ class RunStore:
     def max_task_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0]
 
-    # -- rejections, prompts, errors ---------------------------------------------------------------
-    def add_rejection(self, *, round: int, prompt_id: int | None, candidate: str, reason: str,
-                      detail: str, similar_id: int | None = None, similar_text: str | None = None,
-                      score: float | None = None, task_id: int | None = None,
-                      level: str = "candidate", raw: str | None = None) -> int:
-        """Record a rejected candidate (level "candidate") or a dropped instance ("instance",
-        with the task's id); `raw` is the fragment of the model's answer it came from."""
+    def task_changes(self, since: float, origin: str = "machine") -> list[tuple[int, str, float]]:
+        """(id, status, updated epoch s) of tasks of `origin` changed at or after `since`."""
+        return [tuple(r) for r in self.db.execute(  # type: ignore[misc]
+            "SELECT id, status, updated FROM tasks WHERE updated >= ? AND origin = ?",
+            (since, origin))]
+
+    def drop_task(self, task_id: int, detail: str = "dropped in the inspector"
+                  ) -> tuple[Task, RejectionRecord] | None:
+        """Mark an active task dropped and record why, in one transaction; None if it is not
+        active. Used by the engine, and by an offline control when no engine runs."""
+        task = self.task(task_id)
+        if task is None or task.status != "active":
+            return None
+        task.status = "dropped"
+        now = time.time()
         with self.db:
-            cur = self.db.execute(
-                "INSERT INTO rejections(round, prompt_id, task_id, candidate, reason, detail, "
-                "similar_id, similar_text, score, created, level, raw) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (round, prompt_id, task_id, candidate, reason, detail, similar_id, similar_text,
-                 score, time.time(), level, raw))
-        return int(cur.lastrowid or 0)
+            self.db.execute("UPDATE tasks SET status = 'dropped', updated = ? WHERE id = ?",
+                            (now, task_id))
+            record = self._insert_rejection(RejectionRecord(
+                0, task.round, task.instruction, "dropped_by_user", detail,
+                prompt_id=task.prompt_id, task_id=task_id, created=now))
+        return task, record
 
-    def add_retry(self, *, round: int | None, prompt_id: int | None, cause: str, attempt: int,
-                  delay: float, message: str) -> None:
-        """Record one retry: its cause, the attempt that failed, the wait before the next (s)."""
+    def edit_task(self, task_id: int, instruction: str, instances: list[Any],
+                  is_classification: bool) -> Task | None:
+        """Change an active task's instruction, instances and flag in one transaction."""
+        task = self.task(task_id)
+        if task is None or task.status != "active":
+            return None
+        task.instruction = instruction.strip()
+        task.instances = list(instances)
+        task.is_classification = is_classification
+        self.update_task(task)
+        return task
+
+    # -- rejections -------------------------------------------------------------------------------
+    def add_rejection(self, record: RejectionRecord) -> RejectionRecord:
+        """Record a rejection; returns it with its id and time."""
         with self.db:
-            self.db.execute(
-                "INSERT INTO retries(round, prompt_id, cause, attempt, delay, message, created) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (round, prompt_id, cause, attempt, delay, message, time.time()))
+            return self._insert_rejection(record)
 
-    def retry_counts(self) -> dict[str, int]:
-        try:
-            return {r[0]: r[1] for r in self.db.execute(
-                "SELECT cause, COUNT(*) FROM retries GROUP BY cause")}
-        except sqlite3.OperationalError:  # a run made before retries were recorded
-            return {}
+    def _insert_rejection(self, r: RejectionRecord) -> RejectionRecord:
+        created = r.created or time.time()
+        cur = self.db.execute(
+            "INSERT INTO rejections(round, prompt_id, task_id, candidate, reason, detail, "
+            "similar_id, similar_text, score, created, level, raw, max_score) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r.round, r.prompt_id, r.task_id, r.candidate, r.reason, r.detail, r.similar_id,
+             r.similar_text, r.score, created, r.level, r.raw, r.max_score))
+        return replace(r, id=int(cur.lastrowid or 0), created=created)
 
-    def rejections(self, after_id: int = 0, limit: int | None = None) -> list[sqlite3.Row]:
+    def rejections_after(self, after_id: int = 0, limit: int | None = None
+                         ) -> list[RejectionRecord]:
         sql = "SELECT * FROM rejections WHERE id > ? ORDER BY id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return list(self.db.execute(sql, (after_id,)))
+        return [_rejection(r) for r in self.db.execute(sql, (after_id,))]
 
-    def iter_rejections(self) -> Iterator[dict[str, Any]]:
-        """Every rejection as a plain dict, in the order recorded (epoch `created`)."""
-        keys = ("id", "round", "level", "reason", "detail", "candidate", "raw", "task_id",
-                "prompt_id", "similar_id", "similar_text", "score", "created")
+    def recent_rejections(self, n: int) -> list[RejectionRecord]:
+        """The last `n` rejections, oldest first."""
+        rows = self.db.execute("SELECT * FROM (SELECT * FROM rejections ORDER BY id DESC "
+                               "LIMIT ?) ORDER BY id", (n,))
+        return [_rejection(r) for r in rows]
+
+    def iter_rejections(self) -> Iterator[RejectionRecord]:
         for row in self.db.execute("SELECT * FROM rejections ORDER BY id"):
-            have = row.keys()
-            yield {k: (row[k] if k in have else ("candidate" if k == "level" else None))
-                   for k in keys}
+            yield _rejection(row)
 
     def rejection_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute(
             "SELECT reason, COUNT(*) FROM rejections GROUP BY reason")}
+
+    def max_ids(self) -> dict[str, int]:
+        """The largest id of each append-only table (0 when empty, absent when missing)."""
+        out = {}
+        for table in ("tasks", "rejections", "prompts", "retries", "errors"):
+            try:
+                out[table] = self.db.execute(
+                    f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+            except sqlite3.OperationalError:  # a run made before that table existed
+                pass
+        return out
+
+    # -- prompts --------------------------------------------------------------------------------
+    def add_prompt(self, *, round: int, kind: str, prompt: str,
+                   examples: tuple[tuple[int, str, str], ...] = (),
+                   task_ref: int | None = None) -> PromptRecord:
+        """Record a request before it is sent (so it is visible while in flight)."""
+        created = time.time()
+        shown = [{"id": i, "origin": o, "instruction": t} for i, o, t in examples]
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO prompts(round, kind, task_ref, prompt, examples, created) "
+                "VALUES (?,?,?,?,?,?)",
+                (round, kind, task_ref, prompt, json.dumps(shown, ensure_ascii=False), created))
+        return PromptRecord(int(cur.lastrowid or 0), round, kind, prompt, tuple(examples),
+                            task_ref, created)
+
+    def finish_prompt(self, record: PromptRecord, *, response: str | None,
+                      finish_reason: str | None = None, latency: float = 0.0,
+                      prompt_tokens: int = 0, completion_tokens: int = 0,
+                      error: str | None = None, attempts: int = 1, usage_reported: bool = True,
+                      structured: bool = False) -> PromptRecord:
+        """Record a request's outcome; returns the finished record. `latency` in seconds;
+        tokens as reported, or estimates when `usage_reported` is False; `error` names why
+        there is no response."""
+        done = replace(record, response=response, finish_reason=finish_reason, latency=latency,
+                       prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                       error=error, finished=time.time(), attempts=attempts,
+                       usage_reported=usage_reported, structured=structured)
+        with self.db:
+            self.db.execute(
+                "UPDATE prompts SET response = ?, finish_reason = ?, latency = ?, "
+                "prompt_tokens = ?, completion_tokens = ?, error = ?, finished = ?, "
+                "attempts = ?, usage_reported = ?, structured = ? WHERE id = ?",
+                (response, finish_reason, latency, prompt_tokens, completion_tokens, error,
+                 done.finished, attempts, int(usage_reported), int(structured), record.id))
+        return done
+
+    def prompt(self, prompt_id: int) -> PromptRecord | None:
+        row = self.db.execute("SELECT * FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
+        return _prompt(row) if row else None
+
+    def prompts_after(self, after_id: int) -> list[PromptRecord]:
+        return [_prompt(r) for r in self.db.execute(
+            "SELECT * FROM prompts WHERE id > ? ORDER BY id", (after_id,))]
+
+    def prompts_by_id(self, ids: list[int]) -> list[PromptRecord]:
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        return [_prompt(r) for r in self.db.execute(
+            f"SELECT * FROM prompts WHERE id IN ({marks}) ORDER BY id", ids)]
+
+    def unfinished_prompts(self) -> list[PromptRecord]:
+        """Requests recorded and not finished: in flight, or lost with a crashed process."""
+        return [_prompt(r) for r in self.db.execute(
+            "SELECT * FROM prompts WHERE finished IS NULL ORDER BY id")]
+
+    def latest_answered(self, kind: str = "generate") -> PromptRecord | None:
+        row = self.db.execute("SELECT * FROM prompts WHERE kind = ? AND response IS NOT NULL "
+                              "ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
+        return _prompt(row) if row else None
 
     def usage_missing(self) -> int:
         """How many answers carried no token usage (their token counts are estimates)."""
@@ -365,46 +543,52 @@ class RunStore:
         except sqlite3.OperationalError:
             return 0
 
-    def add_prompt(self, *, round: int, kind: str, prompt: str, examples: list[dict] | None = None,
-                   task_ref: int | None = None) -> int:
-        with self.db:
-            cur = self.db.execute(
-                "INSERT INTO prompts(round, kind, task_ref, prompt, examples, created) "
-                "VALUES (?,?,?,?,?,?)",
-                (round, kind, task_ref, prompt, json.dumps(examples or [], ensure_ascii=False),
-                 time.time()))
-        return int(cur.lastrowid or 0)
-
-    def finish_prompt(self, prompt_id: int, *, response: str | None, finish_reason: str | None,
-                      latency: float, prompt_tokens: int, completion_tokens: int,
-                      error: str | None = None, attempts: int = 1, usage_reported: bool = True,
-                      structured: bool = False) -> None:
-        """Record a request's outcome. `latency` in seconds; tokens as reported, or estimates
-        when `usage_reported` is False; `error` names why there is no response."""
-        with self.db:
-            self.db.execute(
-                "UPDATE prompts SET response = ?, finish_reason = ?, latency = ?, "
-                "prompt_tokens = ?, completion_tokens = ?, error = ?, finished = ?, "
-                "attempts = ?, usage_reported = ?, structured = ? WHERE id = ?",
-                (response, finish_reason, latency, prompt_tokens, completion_tokens, error,
-                 time.time(), attempts, int(usage_reported), int(structured), prompt_id))
-
-    def prompt(self, prompt_id: int) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
-
-    def add_error(self, round: int | None, kind: str, message: str) -> None:
-        with self.db:
-            self.db.execute("INSERT INTO errors(round, kind, message, created) VALUES (?,?,?,?)",
-                            (round, kind, message, time.time()))
-
-    def errors(self) -> list[sqlite3.Row]:
-        return list(self.db.execute("SELECT * FROM errors ORDER BY id"))
-
     def token_totals(self) -> tuple[int, int]:
         row = self.db.execute(
             "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
             "FROM prompts").fetchone()
         return int(row[0]), int(row[1])
+
+    # -- retries and errors ---------------------------------------------------------------------
+    def add_retry(self, *, round: int | None, prompt_id: int | None, cause: str, attempt: int,
+                  delay: float, message: str) -> RetryRecord:
+        """Record one retry: its cause, the attempt that failed, the wait before the next (s)."""
+        created = time.time()
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO retries(round, prompt_id, cause, attempt, delay, message, created) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (round, prompt_id, cause, attempt, delay, message, created))
+        return RetryRecord(int(cur.lastrowid or 0), round, prompt_id, cause, attempt, delay,
+                           message, created)
+
+    def retries_after(self, after_id: int) -> list[RetryRecord]:
+        try:
+            rows = self.db.execute("SELECT * FROM retries WHERE id > ? ORDER BY id", (after_id,))
+            return [RetryRecord(r["id"], r["round"], r["prompt_id"], r["cause"], r["attempt"],
+                                r["delay"], r["message"], r["created"]) for r in rows]
+        except sqlite3.OperationalError:  # a run made before retries were recorded
+            return []
+
+    def retry_counts(self) -> dict[str, int]:
+        try:
+            return {r[0]: r[1] for r in self.db.execute(
+                "SELECT cause, COUNT(*) FROM retries GROUP BY cause")}
+        except sqlite3.OperationalError:
+            return {}
+
+    def add_error(self, round: int | None, kind: str, message: str) -> ErrorRecord:
+        created = time.time()
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO errors(round, kind, message, created) VALUES (?,?,?,?)",
+                (round, kind, message, created))
+        return ErrorRecord(int(cur.lastrowid or 0), round, kind, message, created)
+
+    def errors_after(self, after_id: int = 0) -> list[ErrorRecord]:
+        return [ErrorRecord(r["id"], r["round"], r["kind"], r["message"], r["created"])
+                for r in self.db.execute("SELECT * FROM errors WHERE id > ? ORDER BY id",
+                                         (after_id,))]
 
     # -- control channel (attached UIs -> engine) ----------------------------------------------
     def add_command(self, command: str, args: dict | None = None) -> int:
@@ -436,11 +620,11 @@ class RunStore:
                 "UPDATE rounds SET finished = ?, prompts = ?, candidates = ?, accepted = ?, "
                 "rejected = ?, prompt_tokens = ?, completion_tokens = ?, cost = ?, wall_time = ?, "
                 "status = ?, surplus = ?, retries = ?, instances_dropped = ?, requests = ?, "
-                "usage_missing = ? WHERE round = ?",
+                "usage_missing = ?, pool_after = ? WHERE round = ?",
                 (s.finished, s.prompts, s.candidates, s.accepted, json.dumps(s.rejected or {}),
                  s.prompt_tokens, s.completion_tokens, s.cost, s.wall_time, s.status, s.surplus,
                  json.dumps(s.retries), json.dumps(s.instances_dropped), s.requests,
-                 s.usage_missing, s.round))
+                 s.usage_missing, s.pool_after, s.round))
 
     def rounds(self, since: int = 0) -> list[RoundStats]:
         return [_round(r) for r in self.db.execute(
@@ -475,7 +659,31 @@ def _round(row: sqlite3.Row) -> RoundStats:
         surplus=_get(row, "surplus", 0), retries=json.loads(_get(row, "retries", "{}") or "{}"),
         instances_dropped=json.loads(_get(row, "instances_dropped", "{}") or "{}"),
         requests=_get(row, "requests", 0), usage_missing=_get(row, "usage_missing", 0),
+        pool_after=_get(row, "pool_after", None),
     )
+
+
+def _rejection(row: sqlite3.Row) -> RejectionRecord:
+    return RejectionRecord(
+        id=row["id"], round=row["round"], candidate=row["candidate"], reason=row["reason"],
+        detail=row["detail"], prompt_id=row["prompt_id"], task_id=row["task_id"],
+        similar_id=row["similar_id"], similar_text=row["similar_text"], score=row["score"],
+        max_score=_get(row, "max_score", None), level=_get(row, "level", "candidate"),
+        raw=_get(row, "raw", None), created=row["created"])
+
+
+def _prompt(row: sqlite3.Row) -> PromptRecord:
+    examples = tuple((e["id"], e["origin"], e["instruction"])
+                     for e in json.loads(row["examples"] or "[]"))
+    return PromptRecord(
+        id=row["id"], round=row["round"], kind=row["kind"], prompt=row["prompt"],
+        examples=examples, task_ref=row["task_ref"], created=row["created"],
+        response=row["response"], finish_reason=row["finish_reason"],
+        latency=row["latency"] or 0.0, prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"], error=row["error"],
+        finished=row["finished"], attempts=_get(row, "attempts", 1),
+        usage_reported=bool(_get(row, "usage_reported", 1)),
+        structured=bool(_get(row, "structured", 0)))
 
 
 def seed_tasks_to_pool(seeds: list[SeedTask], first_id: int) -> list[Task]:

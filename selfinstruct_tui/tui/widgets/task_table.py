@@ -7,7 +7,6 @@ list of ids (filtered, sorted). Adding a row is a bisect insert, not a re-layout
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 
 from rich.segment import Segment
 from textual.binding import Binding
@@ -18,34 +17,10 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from selfinstruct_tui.engine.task import Task
+from selfinstruct_tui.tui.view import Row
 
 ORIGINS = ("all", "seed", "machine")
 SORT_COLUMNS = ("id", "round", "origin", "cls", "instances", "rouge", "instruction")
-
-
-@dataclass(slots=True)
-class Row:
-    id: int
-    round: int
-    origin: str
-    is_classification: bool
-    instances: int
-    max_score: float
-    instruction: str
-    lowered: str
-
-    @classmethod
-    def of(cls, task: Task) -> Row:
-        text = " ".join(task.instruction.split())
-        return cls(task.id, task.round, task.origin, task.is_classification,
-                   len(task.instances), task.max_score, text, text.lower())
-
-    def key(self, column: str):
-        return {
-            "id": self.id, "round": (self.round, self.id), "origin": (self.origin, self.id),
-            "cls": (self.is_classification, self.id), "instances": (self.instances, self.id),
-            "rouge": (self.max_score, self.id), "instruction": (self.lowered, self.id),
-        }[column]
 
 
 HEADER = f"{'id':>7} {'round':>5} {'origin':<7} {'cls':<3} {'inst':>4} {'rouge':>5}  instruction"

@@ -1,0 +1,56 @@
+"""The one key table: it feeds the app's bindings, the footer, the help panel and the command
+palette, so a key is listed once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+
+
+@dataclass(frozen=True)
+class Key:
+    key: str  # Textual's key name
+    shown: str  # how the key is written for people
+    action: str
+    footer: str  # the footer's short label
+    title: str  # the command palette's and the help's description
+    in_footer: bool = True
+
+
+KEYS = (
+    Key("p", "p", "toggle_pause", "Pause/Resume", "Pause / resume the run"),
+    Key("e", "e", "edit_seeds", "Edit seeds", "Edit seeds"),
+    Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)"),
+    Key("x", "x", "export", "Export", "Export tasks"),
+    Key("t", "t", "change_theme", "Theme", "Change theme"),
+    Key("slash", "/", "filter", "Filter", "Filter tasks by text"),
+    Key("m", "m", "toggle_maximize", "Maximize", "Maximize / restore the focused pane"),
+    Key("question_mark", "?", "help", "Help", "Show keys"),
+    Key("d", "d", "detach", "Detach", "Detach: move the run to a background process"),
+    Key("q", "q", "quit_app", "Quit", "Quit"),
+)
+
+
+def bindings() -> list[Binding]:
+    return [Binding(k.key, k.action, k.footer, show=k.in_footer, tooltip=k.title)
+            for k in KEYS] + [Binding("escape", "close_filter", show=False)]
+
+
+class RunCommands(Provider):
+    """Every key of the app is also a command in the palette (ctrl+p)."""
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for key in KEYS:
+            score = matcher.match(key.title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(key.title),
+                          partial(self.app.run_action, key.action), help=f"key: {key.shown}")
+
+    async def discover(self) -> Hits:
+        for key in KEYS:
+            yield Hit(1.0, key.title, partial(self.app.run_action, key.action),
+                      help=f"key: {key.shown}")

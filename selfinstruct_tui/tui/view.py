@@ -1,0 +1,394 @@
+"""RunView: what the panes show, built from a snapshot and the engine's events. No Textual here.
+
+The app loads a `RunSnapshot` (control.read_snapshot) and then applies events, whether they come
+from the in-process engine or from a `StoreFollower`; the panes render from this view. Each
+section marks itself dirty so the app redraws only what changed. Times: `started` is monotonic
+seconds, `elapsed_before` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+
+from rich.text import Text
+
+from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.control import HISTORY_REJECTIONS, HISTORY_ROUNDS, RunSnapshot, RunState
+from selfinstruct_tui.engine.store import RejectionRecord, RoundStats
+from selfinstruct_tui.engine.task import Task
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of the task pool."""
+
+    id: int
+    round: int
+    origin: str
+    is_classification: bool
+    instances: int
+    max_score: float
+    instruction: str
+    lowered: str
+
+    @classmethod
+    def of(cls, task: Task) -> Row:
+        text = " ".join(task.instruction.split())
+        return cls(task.id, task.round, task.origin, task.is_classification,
+                   len(task.instances), task.max_score, text, text.lower())
+
+    def key(self, column: str) -> object:
+        return {
+            "id": self.id, "round": (self.round, self.id), "origin": (self.origin, self.id),
+            "cls": (self.is_classification, self.id), "instances": (self.instances, self.id),
+            "rouge": (self.max_score, self.id), "instruction": (self.lowered, self.id),
+        }[column]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionLine:
+    level: str
+    reason: str
+    candidate: str
+    detail: str
+    similar: str | None
+    score: float | None
+
+    def text(self) -> Text:
+        line = Text()
+        if self.level == "instance":
+            line.append("instance: ", style="italic")
+        line.append(f"{self.reason.replace('_', ' '):<18} ", style="bold")
+        line.append(" ".join(self.candidate.split())[:200])
+        if self.similar is not None and self.score is not None:
+            line.append(f"  ~{self.score:.2f} «{' '.join(self.similar.split())[:80]}»",
+                        style="italic")
+        elif self.detail:
+            line.append(f"  ({self.detail})", style="italic")
+        return line
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+def round_row(s: RoundStats) -> tuple[str, ...]:
+    rejected = s.rejected or {}
+    top = max(rejected.items(), key=lambda kv: kv[1])[0].replace("_", " ") if rejected else ""
+    return (str(s.round), str(s.prompts), str(s.candidates), str(s.accepted),
+            f"{s.rejected_total}{f' ({top})' if top else ''}", str(s.surplus),
+            f"{s.acceptance_rate:.0%}", f"{s.prompt_tokens + s.completion_tokens:,}",
+            f"${s.cost:.4f}", f"{s.wall_time:.1f}s")
+
+
+ROUND_COLUMNS = ("round", "prompts", "cand.", "acc.", "rejected", "surplus", "rate", "tokens",
+                 "cost", "time")
+
+
+@dataclass
+class StatusView:
+    """The status line: run, endpoint and model (never the key), state, pool/target, speed,
+    tokens, cost, time, errors and retries."""
+
+    run_name: str = ""
+    endpoint: str = ""
+    model: str = ""
+    embedded: bool = False
+    state: str = RunState.STARTING
+    reason: str = ""
+    accepted: int = 0
+    target: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    errors: int = 0
+    retry_causes: Counter[str] = field(default_factory=Counter)
+    tokens_per_second: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    elapsed_before: float = 0.0
+    accept_times: deque[float] = field(default_factory=deque)
+
+    def accepted_now(self, n: int = 1) -> None:
+        now = time.monotonic()
+        for _ in range(n):
+            self.accept_times.append(now)
+
+    def per_second(self) -> float:
+        now = time.monotonic()
+        while self.accept_times and now - self.accept_times[0] > 60:
+            self.accept_times.popleft()
+        window = min(60.0, now - self.started) or 1.0
+        return len(self.accept_times) / window
+
+    def line(self) -> Text:
+        live = self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
+        elapsed = self.elapsed_before + (time.monotonic() - self.started if live else 0)
+        rate = self.per_second()
+        remaining = max(0, self.target - self.accepted)
+        eta = fmt_duration(remaining / rate) if rate > 0 and remaining else "-"
+        speed = f", {self.tokens_per_second:.0f} tok/s" if self.tokens_per_second else ""
+        model = f"{self.model} (embedded{speed})" if self.embedded else \
+            f"{self.model} @ {self.endpoint}"
+        state = self.state + (f" ({self.reason})" if self.reason and
+                              self.state == RunState.PAUSED else "")
+        retries = ""
+        if self.retry_causes:
+            top = ", ".join(f"{k.replace('_', ' ')} {v}"
+                            for k, v in self.retry_causes.most_common(2))
+            retries = f" │ retries {sum(self.retry_causes.values())} ({top})"
+        return Text.assemble(
+            (f" {self.run_name} ", "bold"), "│ ", (model, ""), " │ ",
+            (state, "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR)
+             else "bold"),
+            f" │ pool {self.accepted}/{self.target} │ {rate * 60:.1f}/min │ "
+            f"{self.tokens:,} tok │ ${self.cost:.4f} │ {fmt_duration(elapsed)} │ ETA {eta}",
+            (f" │ errors {self.errors}" if self.errors else ""),
+            retries,
+        )
+
+
+class RunView:
+    """Everything the panes show. `load(snapshot)` once, then `apply(event)` for each event."""
+
+    def __init__(self, run_name: str = "", *, resume_command: str = "") -> None:
+        self.status = StatusView(run_name=run_name)
+        self.resume_command = resume_command
+        self.state = RunState.STARTING
+        self.rows: dict[int, Row] = {}
+        self.seed_count = 0
+        # pool changes not yet shown by the table: rows to add (or replace) and ids to remove
+        self.rows_added: list[Row] = []
+        self.rows_removed: list[int] = []
+        # prompts
+        self.in_flight: dict[int, tuple[str, int]] = {}
+        self.latest: tuple[str, tuple[tuple[int, str, str], ...], str, str, float] | None = None
+        self._sent_generate: dict[int, ev.PromptSent] = {}
+        # rejections
+        self.rejection_counts: Counter[str] = Counter()
+        self.rejection_lines: deque[RejectionLine] = deque(maxlen=HISTORY_REJECTIONS)
+        self.new_rejection_lines: list[RejectionLine] = []
+        # round statistics
+        self.rounds: OrderedDict[int, tuple[str, ...]] = OrderedDict()
+        self.pool_sizes: list[int] = []
+        self.scores: list[float] = []
+        self.lengths: list[int] = []
+        # what the app should tell the user: (message, title, severity)
+        self.notices: list[tuple[str, str, str]] = []
+        self.dirty: set[str] = set()
+        self.prices = (0.0, 0.0)  # USD per 1K prompt / completion tokens
+
+    # -- history ----------------------------------------------------------------------------------
+    def load(self, snap: RunSnapshot, *, embedded: bool = False) -> None:
+        status = self.status
+        cfg = snap.config
+        if cfg is not None:
+            status.endpoint = snap.session.get("endpoint") or cfg.base_url
+            status.model = cfg.model
+            status.target = cfg.target
+            status.embedded = embedded or cfg.uses_embedded
+        rows = []
+        for tid, rnd, origin, is_cls, n_inst, score, instruction in snap.rows:
+            text = " ".join(instruction.split())
+            rows.append(Row(tid, rnd, origin, bool(is_cls), n_inst or 0, score, text,
+                            text.lower()))
+            if origin == "machine":
+                self.scores.append(score)
+                self.lengths.append(text.count(" ") + 1)
+        self.rows = {r.id: r for r in rows}
+        self.rows_added = rows
+        status.accepted = len(self.scores)
+        self.seed_count = len(rows) - len(self.scores)
+        machine = 0
+        finished = []
+        for r in snap.rounds:
+            status.elapsed_before += r.wall_time
+            if r.status != "running":  # a running round shows when it finishes, as live
+                machine = r.pool_after if r.pool_after is not None else machine + r.accepted
+                self.pool_sizes.append(self.seed_count + machine)
+                finished.append(r)
+        for r in finished[-HISTORY_ROUNDS:]:
+            self.rounds[r.round] = round_row(r)
+        if cfg is not None:
+            self.prices = (cfg.price_input_per_1k, cfg.price_output_per_1k)
+        status.tokens = 0
+        status.cost = 0.0
+        self._count_tokens(*snap.tokens)
+        status.retry_causes.update(snap.retries)
+        status.errors = snap.errors
+        self.rejection_counts.update(snap.rejection_counts)
+        lines = [_line(r) for r in snap.recent_rejections]
+        self.rejection_lines.extend(lines)
+        self.new_rejection_lines = list(self.rejection_lines)
+        latest = snap.latest_generation
+        if latest is not None:
+            self.latest = (latest.prompt, latest.examples, latest.response or "", latest.kind,
+                           latest.latency)
+        for p in snap.open_prompts:
+            self.in_flight[p.id] = (p.kind, p.round)
+        self.state = snap.state
+        status.state = snap.state
+        if snap.state == RunState.PAUSED:
+            status.reason = "errors" if snap.state_meta.get("by_errors") else "by you"
+        self.dirty |= {"status", "pool", "prompts", "rejections", "stats"}
+
+    # -- live -------------------------------------------------------------------------------------
+    def apply(self, event: ev.Event) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    def apply_all(self, events: list[ev.Event]) -> None:
+        for event in events:
+            self.apply(event)
+
+    def _on_TaskAccepted(self, e: ev.TaskAccepted) -> None:
+        row = Row.of(e.task)
+        self.rows[row.id] = row
+        self.rows_added.append(row)
+        self.status.accepted = e.accepted
+        self.status.accepted_now()
+        self.scores.append(e.task.max_score)
+        self.lengths.append(len(e.task.instruction.split()))
+        self.dirty |= {"pool", "stats", "status"}
+
+    def _on_TaskDropped(self, e: ev.TaskDropped) -> None:
+        if self.rows.pop(e.task_id, None) is not None:
+            self.rows_removed.append(e.task_id)
+        self.status.accepted = e.accepted
+        self.dirty |= {"pool", "status"}
+
+    def _on_TaskEdited(self, e: ev.TaskEdited) -> None:
+        row = Row.of(e.task)
+        self.rows[row.id] = row
+        self.rows_added.append(row)
+        self.dirty.add("pool")
+
+    def _on_SeedsReplaced(self, e: ev.SeedsReplaced) -> None:
+        for tid in [i for i, r in self.rows.items() if r.origin == "seed"]:
+            del self.rows[tid]
+            self.rows_removed.append(tid)
+        for task in e.tasks:
+            row = Row.of(task)
+            self.rows[row.id] = row
+            self.rows_added.append(row)
+        self.seed_count = len(e.tasks)
+        self.dirty.add("pool")
+
+    def _on_PromptSent(self, e: ev.PromptSent) -> None:
+        self.in_flight[e.prompt_id] = (e.kind, e.round)
+        if e.kind == "generate":
+            self._sent_generate[e.prompt_id] = e
+        self.dirty.add("prompts")
+
+    def _count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.status.tokens += prompt_tokens + completion_tokens
+        self.status.cost += (prompt_tokens * self.prices[0]
+                             + completion_tokens * self.prices[1]) / 1000
+        self.dirty.add("status")
+
+    def _on_ResponseReceived(self, e: ev.ResponseReceived) -> None:
+        self._count_tokens(e.prompt_tokens, e.completion_tokens)
+        self.in_flight.pop(e.prompt_id, None)
+        sent = self._sent_generate.pop(e.prompt_id, None)
+        if sent is not None:
+            self.latest = (sent.prompt, sent.examples, e.text, e.kind, e.latency)
+        self.dirty.add("prompts")
+
+    def _on_PromptFailed(self, e: ev.PromptFailed) -> None:
+        self.in_flight.pop(e.prompt_id, None)
+        self._sent_generate.pop(e.prompt_id, None)
+        self.dirty.add("prompts")
+
+    def _on_CandidateRejected(self, e: ev.CandidateRejected) -> None:
+        self.rejection_counts[e.reason] += 1
+        line = RejectionLine(e.level, e.reason, e.candidate, e.detail, e.similar_text, e.score)
+        self.rejection_lines.append(line)
+        self.new_rejection_lines.append(line)
+        self.dirty.add("rejections")
+
+    def _on_RoundFinished(self, e: ev.RoundFinished) -> None:
+        self.rounds[e.stats.round] = round_row(e.stats)
+        while len(self.rounds) > HISTORY_ROUNDS:
+            self.rounds.popitem(last=False)
+        self.pool_sizes.append(self.seed_count + e.accepted_total)
+        self.dirty.add("stats")
+
+    def _on_RequestRetried(self, e: ev.RequestRetried) -> None:
+        self.status.retry_causes[e.cause] += 1
+        self.dirty.add("status")
+
+    def _on_RequestError(self, e: ev.RequestError) -> None:
+        self.status.errors += 1
+        self.notices.append((f"endpoint error ({e.kind}): {e.message}", "Endpoint", "warning"))
+        self.dirty.add("status")
+
+    def _on_Notice(self, e: ev.Notice) -> None:
+        self.notices.append((e.message, "Run", "information"))
+
+    def _on_Paused(self, e: ev.Paused) -> None:
+        self._set_state(RunState.PAUSED)
+        self.status.reason = "errors" if e.by_errors else "by you"
+        if e.by_errors:
+            self.notices.append((f"{e.reason}\nPress p to resume.", "Run paused", "error"))
+
+    def _on_Resumed(self, e: ev.Resumed) -> None:
+        self._set_state(RunState.RUNNING)
+        self.status.reason = ""
+
+    def _on_RunStarted(self, e: ev.RunStarted) -> None:
+        self._set_state(RunState.RUNNING)
+        self.status.started = time.monotonic()
+        self.status.target = e.target
+        if e.endpoint and not self.status.embedded:
+            self.status.endpoint = e.endpoint
+
+    def _on_Stopping(self, e: ev.Stopping) -> None:
+        self._set_state(RunState.STOPPING)
+
+    def _on_Finished(self, e: ev.Finished) -> None:
+        reason = ev.FinishReason(e.reason)
+        was_live = self.state in RunState.LIVE
+        self._set_state(reason.state)
+        if was_live:
+            self.status.elapsed_before += time.monotonic() - self.status.started
+        at = f"{e.accepted}/{e.target}"
+        message = {
+            ev.FinishReason.TARGET: f"Target reached: {e.accepted} tasks.",
+            ev.FinishReason.STOPPED: f"Stopped at {at}. Resume with: {self.resume_command}",
+            ev.FinishReason.LIMIT: f"Stopped at {at}: {e.message}. Resume with a higher "
+                                   f"limit: {self.resume_command}",
+        }.get(reason, f"Stopped at {at}: {e.message}")
+        severity = "error" if reason in (ev.FinishReason.ERROR, ev.FinishReason.FAILING) \
+            else "information"
+        self.notices.append((message, "Run", severity))
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.status.state = state
+        self.dirty.add("status")
+
+    # -- for the widgets --------------------------------------------------------------------------
+    def take_pool_changes(self) -> tuple[list[Row], list[int]]:
+        added, removed = self.rows_added, self.rows_removed
+        self.rows_added, self.rows_removed = [], []
+        return added, removed
+
+    def take_rejection_lines(self) -> list[RejectionLine]:
+        lines, self.new_rejection_lines = self.new_rejection_lines, []
+        return lines
+
+    def take_notices(self) -> list[tuple[str, str, str]]:
+        notices, self.notices = self.notices, []
+        return notices
+
+    def counts_text(self) -> str:
+        return "  ".join(f"{k.replace('_', ' ')}: {v}"
+                         for k, v in self.rejection_counts.most_common()) or "no rejections yet"
+
+
+def _line(r: RejectionRecord) -> RejectionLine:
+    return RejectionLine(r.level, r.reason, r.candidate, r.detail, r.similar_text, r.score)

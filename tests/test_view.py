@@ -1,0 +1,80 @@
+"""RunView without Textual: a snapshot, then events, give what the panes show."""
+
+from __future__ import annotations
+
+from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.control import read_snapshot
+from selfinstruct_tui.engine.seeds import Instance
+from selfinstruct_tui.engine.store import RejectionRecord, RoundStats, RunStore
+from selfinstruct_tui.engine.task import Task
+from selfinstruct_tui.tui.view import RunView
+from tui_helpers import deterministic_run
+
+
+def loaded(tmp_path) -> RunView:
+    deterministic_run(tmp_path / "run", machine=40)
+    store = RunStore(tmp_path / "run", readonly=True)
+    try:
+        view = RunView("run", resume_command="selfinstruct run --run-dir X")
+        view.load(read_snapshot(store))
+    finally:
+        store.close()
+    return view
+
+
+def test_a_snapshot_gives_the_pool_rounds_rejections_and_status(tmp_path):
+    view = loaded(tmp_path)
+    assert len(view.rows) == 139 + 40 and view.seed_count == 139
+    assert view.status.accepted == 40 and view.status.target == 40
+    assert view.pool_sizes == [139 + 10, 139 + 20, 139 + 30, 139 + 40]
+    assert list(view.rounds) == [1, 2, 3, 4] and view.rounds[1][3] == "10"
+    assert view.rejection_counts == {"near_duplicate": 4, "too_short": 4, "blacklisted_word": 4}
+    assert len(view.rejection_lines) == 12 and view.state == "finished"
+    assert view.status.tokens == 0  # the deterministic run records no prompts
+    added, removed = view.take_pool_changes()
+    assert len(added) == 179 and removed == [] and view.take_pool_changes() == ([], [])
+
+
+def test_events_update_each_part_and_mark_it_dirty(tmp_path):
+    view = loaded(tmp_path)
+    view.dirty.clear()
+    view.take_pool_changes()
+    task = Task(500, "machine", "Invent a name for a quiet mountain cafe.", False,
+                [Instance("", "The Still Kettle")], round=5, max_score=0.31)
+    view.apply_all([
+        ev.RunStarted("run", "http://x/v1", "m", "completions", 50, 40, 139, True),
+        ev.PromptSent(7, 5, "generate", "prompt text", ((1, "seed", "an example"),)),
+        ev.ResponseReceived(7, 5, "generate", "9. Invent a name", "stop", 0.5, 100, 20),
+        ev.TaskAccepted(task, 41, 50),
+        ev.CandidateRejected.of(RejectionRecord(9, 5, "Sort it", "too_short", "2 words")),
+        ev.CandidateRejected.of(RejectionRecord(10, 5, "Input: x\nOutput: y",
+                                                "placeholder_output", "placeholder",
+                                                level="instance", task_id=500)),
+        ev.RequestRetried(5, 7, "rate_limit", 1, 0.5, "429"),
+        ev.RoundFinished.of(RoundStats(round=5, started=0.0, prompts=1, candidates=2,
+                                       accepted=1, rejected={"too_short": 1}, status="done",
+                                       pool_after=41), 50),
+        ev.Paused("spend guard", by_errors=True),
+    ])
+    assert {"pool", "stats", "status", "prompts", "rejections"} <= view.dirty
+    assert view.rows[500].instruction == task.instruction and view.status.accepted == 41
+    added, _ = view.take_pool_changes()
+    assert [r.id for r in added] == [500]
+    assert view.latest is not None and view.latest[2] == "9. Invent a name"
+    assert view.in_flight == {} and view.status.tokens == 120
+    assert view.rejection_counts["too_short"] == 5
+    lines = [line.text().plain for line in view.take_rejection_lines()]
+    assert lines[-1].startswith("instance: placeholder output")
+    assert view.status.retry_causes == {"rate_limit": 1}
+    assert view.rounds[5][3] == "1" and view.pool_sizes[-1] == 139 + 41
+    assert view.state == "paused" and view.status.reason == "errors"
+    assert any(title == "Run paused" for _, title, _ in view.take_notices())
+    view.apply(ev.SeedsReplaced((Task(900, "seed", "A new seed task for later rounds.", False,
+                                      [Instance("", "x")]),)))
+    assert view.seed_count == 1 and sum(r.origin == "seed" for r in view.rows.values()) == 1
+    view.apply(ev.TaskDropped(500, 40))
+    assert 500 not in view.rows and view.status.accepted == 40
+    view.apply(ev.Finished(ev.FinishReason.LIMIT, 40, 50, "the run has cost $1"))
+    assert view.state == "stopped"
+    [(message, _, _)] = view.take_notices()
+    assert "Resume with a higher limit: selfinstruct run --run-dir X" in message
