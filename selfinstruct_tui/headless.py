@@ -7,11 +7,20 @@ the endpoint reports no usage) and, when prices are set, the cost.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.store import RoundStats
@@ -59,7 +68,7 @@ class HeadlessPrinter:
         self.priced = priced
         self.started = time.monotonic()
         self.progress: Progress | None = None
-        self.task_id = None
+        self.task_id: TaskID | None = None
         self.errors_shown = 0
         self.retries_shown = 0
         self.pause_message = ""
@@ -155,3 +164,57 @@ class HeadlessPrinter:
                 self._line(f"stopped at {at}; {self._spent()}")
             else:
                 self._line(f"failed: {event.message}")
+
+
+def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
+    """Run the engine in this thread, printing progress; returns the exit code.
+
+    Nobody can press "resume" here: a pause by errors or by a spend guard stops the run. The
+    first SIGINT/SIGTERM stops (in-flight requests get the grace), the second abandons them,
+    the third quits at once.
+    """
+    cfg = session.config
+    printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,
+                              tokens_per_second=lambda: engine.tokens_per_second,
+                              resume_command=session.resume_command,
+                              priced=bool(cfg.price_input_per_1k or cfg.price_output_per_1k))
+    engine.bus.subscribe(printer)
+
+    def on_event(event: ev.Event) -> None:
+        # Headless has nobody to press "resume": a run paused by errors or by a spend guard
+        # stops and says how to resume; the exit code (3) tells scripts it did not finish.
+        if isinstance(event, ev.Paused) and event.by_errors:
+            engine.stop(ev.FinishReason.FAILING, event.reason)
+        elif isinstance(event, ev.RequestError) and event.kind == "connection" and \
+                session.server is not None:
+            why = session.server.check_alive()
+            if why:
+                engine.stop(ev.FinishReason.FAILING, why)
+
+    engine.bus.subscribe(on_event)
+    signals = [0]
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # First: stop (in flight gets the grace); second: abandon in flight now; third: quit.
+        signals[0] += 1
+        if signals[0] == 1:
+            engine.stop()
+        elif signals[0] == 2:
+            printer.note("stopping now: abandoning the requests in flight")
+            engine.stop_now()
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    previous_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        finished = engine.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        printer.close()
+    reason = ev.FinishReason(finished.reason)
+    if reason in (ev.FinishReason.FAILING, ev.FinishReason.ERROR):
+        err.print(f"error: {finished.message}", markup=False)
+        err.print(f"The run is saved; resume it with: {session.resume_command}", markup=False)
+    return reason.exit_code

@@ -98,7 +98,8 @@ class RunConfig:
         if self.api not in ("completions", "chat"):
             problems.append(f"{where}: api must be 'completions' or 'chat', not {self.api!r}")
         if self.tokenizer not in ("rouge", "unicode"):
-            problems.append(f"{where}: tokenizer must be 'rouge' or 'unicode', not {self.tokenizer!r}")
+            problems.append(f"{where}: tokenizer must be 'rouge' or 'unicode', not "
+                            f"{self.tokenizer!r}")
         for name in ("target", "concurrency", "max_instances", "num_prompt_instructions",
                      "generation_max_tokens", "instance_max_tokens", "classification_max_tokens"):
             if getattr(self, name) < 1:

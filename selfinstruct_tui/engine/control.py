@@ -371,9 +371,9 @@ class StoreFollower:
             if status == "dropped":
                 emit(ev.TaskDropped(task_id, accepted))
             elif status == "active":
-                task = store.task(task_id)
-                if task is not None:
-                    emit(ev.TaskEdited(task))
+                edited = store.task(task_id)
+                if edited is not None:
+                    emit(ev.TaskEdited(edited))
         self.last_update = now
         for rejection in store.rejections_after(self.last.get("rejections", 0)):
             self.last["rejections"] = rejection.id

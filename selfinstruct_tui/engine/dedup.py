@@ -1,27 +1,24 @@
-"""`selfinstruct dedup`: drop near-duplicate instructions from an existing dataset, the Self-Instruct way.
+"""`selfinstruct dedup`: drop near-duplicate instructions from an existing dataset, the
+Self-Instruct way.
 
-Items are taken in file order; an item is kept when its max ROUGE-L against the items already kept is
-<= the threshold. Input and output share a format: JSONL with an instruction field, a JSON list
+Items are taken in file order; an item is kept when its max ROUGE-L against the items already kept
+is <= the threshold. Input and output share a format: JSONL with an instruction field, a JSON list
 (Alpaca), or plain text with one instruction per line.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
 from selfinstruct_tui.engine.placeholders import is_no_input
 from selfinstruct_tui.engine.records import parse_records, read_utf8
-from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE, make_index
+from selfinstruct_tui.engine.similarity import make_index
 from selfinstruct_tui.engine.tokenize import get_tokenizer
 
 
@@ -91,64 +88,49 @@ def default_output(path: Path) -> Path:
     return path.with_name(f"{path.stem}.dedup{path.suffix}")
 
 
-def cmd_dedup(args: argparse.Namespace) -> int:
-    src = Path(args.input)
-    if not 0 < args.threshold <= 1:
-        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
-    kind, items = read_items(src, args.field)
-    out_path = Path(args.output) if args.output else default_output(src)
-    if out_path.resolve() == src.resolve():
-        raise UserError(f"{out_path}: the output would overwrite the input; choose another -o")
-    index = make_index("pruned", args.threshold, args.tokenizer)
+@dataclass
+class DedupResult:
+    """Items kept (file order) and dropped: each drop is a dict with the dropped item's line
+    and text, the kept item it collided with, and the ROUGE-L score."""
+
+    kept: list[Item]
+    dropped: list[dict[str, Any]]
+
+
+def dedup(items: list[Item], threshold: float = 0.7, tokenizer: str = "rouge",
+          progress: Callable[[int], None] | None = None) -> DedupResult:
+    """Keep an item when its max ROUGE-L against the items kept so far is <= `threshold`
+    (the Self-Instruct rule). `progress(n)` is called every 256 items."""
+    if not 0 < threshold <= 1:
+        raise UserError(f"--threshold must be in (0, 1], got {threshold}")
+    index = make_index("pruned", threshold, tokenizer)
     kept: list[Item] = []
-    dropped: list[dict] = []
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    if not NATIVE_AVAILABLE:
-        console.print(f"note: {FALLBACK_NOTICE}", markup=False)
-    silent = tokenless(items, args.tokenizer)
-    if silent:
-        first = silent[0]
-        hint = " For non-English text use --tokenizer unicode." if args.tokenizer == "rouge" \
-            else ""
-        console.print(
-            f"warning: {len(silent)} of {len(items)} items have no tokens under the "
-            f"{args.tokenizer!r} tokenizer (e.g. {src}:{first.line}: {first.text[:40]!r}); they "
-            f"score 0 against everything and are never dropped as near duplicates.{hint}",
-            markup=False)
-    normalized = normalize_inputs(kind, items) if kind != "text" else 0
-    started = time.perf_counter()
-    progress = Progress(TextColumn("dedup"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=console, transient=True,
-                        disable=not console.is_terminal)
-    with progress:
-        task = progress.add_task("dedup", total=len(items))
-        for n, item in enumerate(items):
-            result = index.query(item.text, k=1)
-            if result.is_duplicate:
-                match = kept[int(result.top[0].key)]
-                dropped.append({"line": item.line, "instruction": item.text,
-                                "kept_line": match.line, "kept_instruction": match.text,
-                                "score": result.max_score})
-            else:
-                index.add(len(kept), item.text)
-                kept.append(item)
-            if n % 256 == 0:
-                progress.update(task, completed=n + 1)
-        progress.update(task, completed=len(items))
-    with atomic_writer(out_path) as fh:
-        if kind == "json-list":
-            fh.write("[\n" + ",\n".join(json.dumps(i.raw, ensure_ascii=False) for i in kept)
-                     + "\n]\n" if kept else "[]\n")
+    dropped: list[dict[str, Any]] = []
+    for n, item in enumerate(items):
+        result = index.query(item.text, k=1)
+        if result.is_duplicate:
+            match = kept[int(result.top[0].key)]  # type: ignore[call-overload]
+            dropped.append({"line": item.line, "instruction": item.text,
+                            "kept_line": match.line, "kept_instruction": match.text,
+                            "score": result.max_score})
         else:
-            fh.writelines(f"{i.raw}\n" for i in kept)
-    if args.report:
-        with atomic_writer(args.report) as fh:
-            fh.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in dropped)
-    took = time.perf_counter() - started
-    Console(highlight=False, soft_wrap=True).print(
-        f"kept {len(kept)} of {len(items)} ({len(dropped)} near duplicates, ROUGE-L > "
-        f"{args.threshold}) in {took:.1f}s; wrote {out_path}"
-        + (f"; {normalized} 'no input' placeholders written as empty inputs" if normalized
-           else "")
-        + (f"; report: {args.report}" if args.report else ""), markup=False)
-    return 0
+            index.add(len(kept), item.text)
+            kept.append(item)
+        if progress is not None and n % 256 == 0:
+            progress(n + 1)
+    return DedupResult(kept, dropped)
+
+
+def write_dataset(path: Path, kind: str, items: list[Item]) -> None:
+    """The kept items in the input's format, written atomically."""
+    with atomic_writer(path) as fh:
+        if kind == "json-list":
+            fh.write("[\n" + ",\n".join(json.dumps(i.raw, ensure_ascii=False) for i in items)
+                     + "\n]\n" if items else "[]\n")
+        else:
+            fh.writelines(f"{i.raw}\n" for i in items)
+
+
+def write_report(path: str | Path, dropped: list[dict[str, Any]]) -> None:
+    with atomic_writer(path) as fh:
+        fh.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in dropped)

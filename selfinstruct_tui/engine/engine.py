@@ -1,10 +1,10 @@
 """The Self-Instruct bootstrap loop.
 
 A round sends `prompts_per_round` instruction-generation prompts (6 seed + 2 machine examples,
-shuffled). Their candidates go through the heuristic filters and the near-duplicate filter in a fixed
-order (prompt order, then list order); survivors are reserved in the similarity index (so later
-candidates of the same round are compared with them) and get a classification request and then an
-instance request. A task that keeps at least one instance joins the pool.
+shuffled). Their candidates go through the heuristic filters and the near-duplicate filter in a
+fixed order (prompt order, then list order); survivors are reserved in the similarity index (so
+later candidates of the same round are compared with them) and get a classification request and
+then an instance request. A task that keeps at least one instance joins the pool.
 
 Every candidate is accounted for: when its round is done, candidates = accepted + rejected (by a
 named `RejectionReason`, stored with the raw fragment of the answer it came from) + surplus (not
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import RunConfig
@@ -60,20 +60,13 @@ from selfinstruct_tui.engine.filters import (
     check_instruction,
     clean_instances,
 )
-from selfinstruct_tui.engine.llm import (
-    Cause,
-    ClientSettings,
-    LLMClient,
-    LLMResponse,
-    RequestAbandoned,
-    RequestFailed,
-    SamplingParams,
-    estimate_tokens,
-)
+from selfinstruct_tui.engine.guards import FailureWatch, SpendGuard
+from selfinstruct_tui.engine.llm import ClientSettings, LLMClient, RequestFailed, SamplingParams
 from selfinstruct_tui.engine.parsing import ListItem, ParsedList, parse_classification
-from selfinstruct_tui.engine.seeds import Instance, SeedTask
 from selfinstruct_tui.engine.pool import Pool
-from selfinstruct_tui.engine.prompts import CompletionRequest, PromptStyle, Request, style_for
+from selfinstruct_tui.engine.prompts import PromptStyle, Request, style_for
+from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
+from selfinstruct_tui.engine.seeds import Instance, SeedTask
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import (
     RejectionRecord,
@@ -87,9 +80,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 2.0
-EMPTY_ROUND_BACKOFF_MAX = 30.0  # seconds between rounds that keep adding nothing
 CLASSIFY_RETRY_TOKENS = 32  # a classification answer cut by max_tokens is asked again with this
-CONNECTIVITY_CAUSES = (Cause.CONNECTION, Cause.TIMEOUT)
 
 
 @dataclass
@@ -137,22 +128,12 @@ class Engine:
         self._round_of: dict[int, int] = {}
         self._similar: dict[int, SimilarityResult] = {}
         self._pending_seeds: list[SeedTask] | None = None
-        self._last_success = time.monotonic()
-        self._failures_in_a_row = 0
-        self._failure_kinds: collections.Counter[str] = collections.Counter()
-        # spend guards
-        self._empty_rounds = 0
-        self._fruitless_requests = 0
-        self._fruitless_reasons: collections.Counter[str] = collections.Counter()
-        self._last_answer = ""
-        self._tokens_before = (0, 0)
-        self._saved_window: int | None = None
-        self._structured_noted: bool | None = None
+        self.guard = SpendGuard(config)
+        self.failures = FailureWatch(config.error_pause_seconds, self.base_url)
+        self._requests: RequestRecorder | None = None
         # round -> (generation prompts, accepted) of every round up to it (the yield per prompt)
         self._totals: dict[int, tuple[int, int]] = {}
         self.finished: ev.Finished | None = None
-        self.tokens = [0, 0]  # this session's (prompt, completion) tokens
-        self.cost = 0.0  # this session's cost, USD
 
     # -- thread-safe commands (RunControl) ------------------------------------------------------
     def send(self, command: Command) -> None:
@@ -230,12 +211,8 @@ class Engine:
     def _do_resume(self) -> None:
         if self._client is None or self.state != "paused":
             return
-        self._last_success = time.monotonic()
-        self._failures_in_a_row = 0
-        self._failure_kinds.clear()
-        self._empty_rounds = 0
-        self._fruitless_requests = 0
-        self._fruitless_reasons.clear()
+        self.failures.success()
+        self.guard.reset()
         self.pause_reason = ""
         self.paused_by_errors = False
         self._client.resume()
@@ -286,7 +263,7 @@ class Engine:
         self.pool.load(self.store.tasks(status="active"))
         self._committed = self.pool.machine_count
         self._next_id = self.store.max_task_id() + 1
-        self._tokens_before = self.store.token_totals()
+        self.guard.before = self.store.token_totals()
         prompts = accepted = 0
         for r in self.store.rounds():
             prompts, accepted = prompts + r.prompts, accepted + r.accepted
@@ -305,7 +282,6 @@ class Engine:
     def _client_settings(self) -> ClientSettings:
         c = self.config
         window = c.context_window or self.store.get_meta("context_window") or None
-        self._saved_window = window
         return ClientSettings(
             base_url=self.base_url, model=c.model, api=c.api, api_key=self.api_key,
             key_env=c.key_env, concurrency=c.concurrency, request_timeout=c.request_timeout,
@@ -327,6 +303,8 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._client = LLMClient(self._client_settings())
+        self._requests = RequestRecorder(self._client, self.store, self.bus, self.guard,
+                                         self._on_failure, self.failures.success)
         reason = FinishReason.STOPPED
         try:
             self._load_pool()
@@ -337,7 +315,7 @@ class Engine:
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
             self._drain_commands()
-            over = self._over_budget()
+            over = self.guard.over_budget()
             if over:
                 self._do_stop(FinishReason.LIMIT, over)
             watcher = asyncio.create_task(self._watch_control())
@@ -405,9 +383,8 @@ class Engine:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     running = {t for t in running if not t.done()}
                     continue
-                if self._empty_rounds:
-                    await self._backoff(min(EMPTY_ROUND_BACKOFF_MAX,
-                                            2.0 ** (self._empty_rounds - 1)))
+                if self.guard.backoff():
+                    await self._backoff(self.guard.backoff())
                     self._drain_commands()
                     if self._stop_requested:
                         break
@@ -509,7 +486,7 @@ class Engine:
             stats.finished = time.time()
             stats.wall_time = time.monotonic() - started
             stats.status = "stopped" if self._stop_requested else "done"
-            stats.cost = self._cost(stats.prompt_tokens, stats.completion_tokens)
+            stats.cost = self.guard.cost_of(stats.prompt_tokens, stats.completion_tokens)
             stats.pool_after = self._committed
             self.store.finish_round(stats)
             prompts, accepted = self._totals.get(number - 1, (0, 0))
@@ -517,54 +494,9 @@ class Engine:
             self._totals.pop(number - 4, None)
             rnd.finalized.set()
             self.bus.emit(ev.RoundFinished.of(stats, self.config.target))
-            self._guard_after_round(rnd)
-
-    def _guard_after_round(self, rnd: _Round) -> None:
-        """Count rounds that added nothing; pause after `max_fruitless_requests` of their
-        requests in a row (a refusal-only or duplicate-only endpoint stops by itself)."""
-        stats = rnd.stats
-        if stats.status != "done":
-            return
-        if stats.accepted or stats.surplus:
-            self._empty_rounds = 0
-            self._fruitless_requests = 0
-            self._fruitless_reasons.clear()
-            return
-        self._empty_rounds += 1
-        self._fruitless_requests += stats.requests
-        self._fruitless_reasons.update(rnd.reasons)
-        limit = self.config.max_fruitless_requests
-        if limit and self._empty_rounds >= 2 and self._fruitless_requests >= limit \
-                and self.state == "running":
-            reasons = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
-                                self._fruitless_reasons.most_common()) or "no candidates"
-            errors = ", ".join(f"{k} {v}" for k, v in self._failure_kinds.most_common())
-            last = " ".join(self._last_answer.split())[:300]
-            self._do_pause(
-                f"{self._empty_rounds} rounds in a row added nothing to the pool "
-                f"({self._fruitless_requests} requests). Rejected: {reasons}"
-                + (f"; request errors: {errors}" if errors else "")
-                + (f". Last answer: {last!r}" if last else ". No answer came back")
-                + ". Check --model, --api and the endpoint (see the rejections), then resume",
-                by_errors=True)
-
-    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.config.price_input_per_1k
-                + completion_tokens * self.config.price_output_per_1k) / 1000
-
-    def _over_budget(self) -> str:
-        """Why the run is at a spend limit, or "" when it is not."""
-        c = self.config
-        p_tok = self._tokens_before[0] + self.tokens[0]
-        c_tok = self._tokens_before[1] + self.tokens[1]
-        if c.max_tokens and p_tok + c_tok >= c.max_tokens:
-            return (f"the run has used {p_tok + c_tok:,} tokens, at or above --max-tokens "
-                    f"{c.max_tokens:,}; resume with a higher --max-tokens")
-        cost = self._cost(p_tok, c_tok)
-        if c.max_cost and cost >= c.max_cost:
-            return (f"the run has cost ${cost:.4f}, at or above --max-cost {c.max_cost:g}; "
-                    "resume with a higher --max-cost")
-        return ""
+            pause = self.guard.after_round(stats, rnd.reasons, self.failures.kinds)
+            if pause and self.state == "running":
+                self._do_pause(pause, by_errors=True)
 
     # -- filtering ------------------------------------------------------------------------------
     def _reject(self, rnd: _Round, prompt_id: int | None, candidate: str,
@@ -576,7 +508,7 @@ class Engine:
             rnd.stats.rejected[reason.value] = rnd.stats.rejected.get(reason.value, 0) + 1
             rnd.reasons[reason.value] += 1
         match = similar.most_similar if similar else None
-        similar_id = int(match.key) if match else None  # type: ignore[call-overload]
+        similar_id = cast(int, match.key) if match else None
         record = self.store.add_rejection(RejectionRecord(
             0, rnd.number, candidate, reason.value, detail, prompt_id=prompt_id,
             task_id=task_id, similar_id=similar_id,
@@ -629,112 +561,24 @@ class Engine:
         return tid
 
     # -- requests ---------------------------------------------------------------------------------
-    async def _ask(self, rnd: _Round, kind: str, request: Request,
-                   params: SamplingParams, *, examples: list[Task] | None = None,
-                   task_ref: int | None = None) -> tuple[int, LLMResponse | None, str | None]:
-        """Send one request and record it, its retries and its tokens.
-
-        Returns (prompt id, response or None, failure kind: a `Cause` or "abandoned").
-        """
-        assert self._client is not None
-        if isinstance(request, CompletionRequest):
-            text = request.prompt
-        else:
-            text = json.dumps(list(request.messages), ensure_ascii=False)
-        shown = tuple((t.id, t.origin, t.instruction) for t in examples or [])
-        record = self.store.add_prompt(round=rnd.number, kind=kind, prompt=text, examples=shown,
-                                       task_ref=task_ref)
-        prompt_id = record.id
-        rnd.stats.requests += 1
-        self.bus.emit(ev.PromptSent.of(record))
-
-        def on_retry(cause: str, attempt: int, delay: float, message: str) -> None:
-            rnd.stats.retries[cause] = rnd.stats.retries.get(cause, 0) + 1
-            retry = self.store.add_retry(round=rnd.number, prompt_id=prompt_id, cause=cause,
-                                         attempt=attempt, delay=delay, message=message)
-            self.bus.emit(ev.RequestRetried.of(retry))
-
-        try:
-            resp = await self._client.request(request, params, on_retry)
-        except RequestAbandoned as exc:
-            done = self.store.finish_prompt(
-                record, response=None, error=f"abandoned {exc.when} (the run was stopping)")
-            self.bus.emit(ev.PromptFailed.of(done))
-            return prompt_id, None, "abandoned"
-        except RequestFailed as exc:
-            done = self.store.finish_prompt(record, response=None, error=str(exc),
-                                            attempts=exc.attempts)
-            self.bus.emit(ev.PromptFailed.of(done))
-            self._on_failure(rnd.number, exc)
-            return prompt_id, None, exc.kind
-        self._last_success = time.monotonic()
-        self._failures_in_a_row = 0
-        self._failure_kinds.clear()
-        p_tok, c_tok = resp.prompt_tokens, resp.completion_tokens
-        if not resp.usage_reported:  # estimates keep the spend limits working
-            p_tok, c_tok = estimate_tokens(text), estimate_tokens(resp.text)
-            rnd.stats.usage_missing += 1
-        done = self.store.finish_prompt(record, response=resp.text,
-                                        finish_reason=resp.finish_reason, latency=resp.latency,
-                                        prompt_tokens=p_tok, completion_tokens=c_tok,
-                                        attempts=resp.attempts,
-                                        usage_reported=resp.usage_reported,
-                                        structured=resp.structured)
-        rnd.stats.prompt_tokens += p_tok
-        rnd.stats.completion_tokens += c_tok
-        self.tokens[0] += p_tok
-        self.tokens[1] += c_tok
-        self.cost += self._cost(p_tok, c_tok)
-        self.bus.emit(ev.ResponseReceived.of(done))
-        self._note_client_changes()
-        over = self._over_budget()
-        if over:
-            self._do_stop(FinishReason.LIMIT, over)
-        return prompt_id, resp, None
-
-    def _note_client_changes(self) -> None:
-        """Persist what the client learned (context window, structured output) and say it once."""
-        client = self._client
-        assert client is not None
-        if client.context_window and client.context_window != self._saved_window:
-            self._saved_window = client.context_window
-            self.store.set_meta("context_window", client.context_window)
-            self.bus.emit(ev.Notice(f"the model's context window is {client.context_window} "
-                                    "tokens; later requests ask for at most what fits"))
-        if client.structured is not None and client.structured != self._structured_noted \
-                and client.settings.structured_output != "off":
-            self._structured_noted = client.structured
-            mode = "json_schema" if client.structured else "text"
-            self.store.set_meta("structured_output", mode)
-            self.bus.emit(ev.Notice(
-                "structured output: the endpoint accepts JSON schemas; chat answers are JSON"
-                if client.structured else
-                "structured output: not supported by the endpoint; chat answers are read as text"))
+    async def _ask(self, rnd: _Round, kind: str, request: Request, params: SamplingParams, *,
+                   examples: list[Task] | None = None, task_ref: int | None = None) -> Asked:
+        assert self._requests is not None
+        asked = await self._requests.ask(rnd.stats, kind, request, params, examples=examples,
+                                         task_ref=task_ref)
+        if asked.response is not None:
+            over = self.guard.over_budget()
+            if over:
+                self._do_stop(FinishReason.LIMIT, over)
+        return asked
 
     def _on_failure(self, number: int, exc: RequestFailed) -> None:
-        self._failures_in_a_row += 1
-        self._failure_kinds[exc.kind] += 1
-        self.bus.emit(ev.RequestError.of(self.store.add_error(number, exc.kind, str(exc))))
-        if self.state != "running":
-            return
-        quiet_for = time.monotonic() - self._last_success
-        if exc.fatal:
-            self._do_pause(f"{exc} - fix it, then resume", by_errors=True)
-        elif quiet_for >= self.config.error_pause_seconds and self._failures_in_a_row >= 3:
-            if exc.kind in CONNECTIVITY_CAUSES or exc.status in (502, 503, 504):
-                advice = f"Check that {self.base_url} is up, then resume"
-            else:
-                advice = "The endpoint is up but keeps failing; fix the cause, then resume"
-            kinds = ", ".join(f"{k} {v}" for k, v in self._failure_kinds.most_common())
-            self._do_pause(
-                f"every request has failed for {quiet_for:.0f}s ({self._failures_in_a_row} in a "
-                f"row: {kinds}); last error: {exc}. {advice}", by_errors=True)
+        pause = self.failures.failure(exc)
+        if pause and self.state == "running":
+            self._do_pause(pause, by_errors=True)
 
     def _structured(self) -> bool:
-        """Ask for JSON-schema answers: the style can, and the endpoint has not refused."""
-        client = self._client
-        return (client is not None and client.settings.structured_output != "off"
-                and client.structured is not False)
+        return self._requests is not None and self._requests.structured
 
     async def _generate(self, rnd: _Round, examples: list[Task],
                         seed: int) -> tuple[int, ParsedList] | None:
@@ -744,13 +588,14 @@ class Engine:
                                 top_p=c.top_p, presence_penalty=c.presence_penalty,
                                 frequency_penalty=c.frequency_penalty, seed=seed)
         request = self.style.generation(instructions, structured=self._structured())
-        prompt_id, resp, _ = await self._ask(rnd, "generate", request, params, examples=examples)
+        asked = await self._ask(rnd, "generate", request, params, examples=examples)
+        resp = asked.response
         if resp is None:
             return None
-        self._last_answer = resp.text
+        self.guard.last_answer = resp.text
         parsed = self.style.read_generation(resp.text, instructions,
                                             truncated=resp.finish_reason == "length")
-        return prompt_id, parsed
+        return asked.prompt_id, parsed
 
     async def _resolve(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int) -> None:
         task = await self._complete(rnd, tid, item, prompt_id)
@@ -761,7 +606,7 @@ class Engine:
 
     def _failed_request(self, rnd: _Round, prompt_id: int, item: ListItem, tid: int,
                         failure: str | None, what: str) -> None:
-        if failure == "abandoned":
+        if failure == ABANDONED:
             self._reject(rnd, prompt_id, item.instruction, RejectionReason.ABANDONED,
                          f"the run stopped before its {what} was done", task_id=tid,
                          raw=item.raw)
@@ -777,9 +622,10 @@ class Engine:
         answer = ""
         for tokens in (max_tokens, CLASSIFY_RETRY_TOKENS):
             params = SamplingParams(max_tokens=tokens, temperature=0.0)
-            _, resp, failure = await self._ask(rnd, "classify", request, params, task_ref=tid)
+            asked = await self._ask(rnd, "classify", request, params, task_ref=tid)
+            resp = asked.response
             if resp is None:
-                self._failed_request(rnd, prompt_id, item, tid, failure, "classification")
+                self._failed_request(rnd, prompt_id, item, tid, asked.failure, "classification")
                 return None
             answer = resp.text
             value = parse_classification(answer)
@@ -802,9 +648,10 @@ class Engine:
         inst_req = self.style.instances(instruction, is_cls, structured=self._structured())
         inst_params = SamplingParams(max_tokens=c.instance_max_tokens, temperature=0.0,
                                      presence_penalty=c.instance_presence_penalty)
-        _, resp, failure = await self._ask(rnd, "instances", inst_req, inst_params, task_ref=tid)
+        asked = await self._ask(rnd, "instances", inst_req, inst_params, task_ref=tid)
+        resp = asked.response
         if resp is None:
-            self._failed_request(rnd, prompt_id, item, tid, failure, "instance")
+            self._failed_request(rnd, prompt_id, item, tid, asked.failure, "instance")
             return None
         parsed = self.style.read_instances(resp.text, is_cls,
                                            truncated=resp.finish_reason == "length")
@@ -833,8 +680,9 @@ class Engine:
         similar = self._similar.pop(tid, None)
         most_similar = []
         if similar is not None:
-            most_similar = [SimilarTask(int(m.key), self.pool.text(int(m.key)) or "", m.score)
-                            for m in similar.top]
+            keys = [cast(int, m.key) for m in similar.top]  # the engine's keys are task ids
+            most_similar = [SimilarTask(k, self.pool.text(k) or "", m.score)
+                            for k, m in zip(keys, similar.top, strict=True)]
         return Task(id=tid, origin="machine", instruction=instruction, is_classification=is_cls,
                     instances=kept, round=rnd.number, prompt_id=prompt_id,
                     max_score=similar.max_score if similar else 0.0, most_similar=most_similar,
@@ -863,6 +711,16 @@ class Engine:
     @property
     def accepted(self) -> int:
         return self._committed
+
+    @property
+    def tokens(self) -> list[int]:
+        """This session's (prompt, completion) tokens."""
+        return self.guard.tokens
+
+    @property
+    def cost(self) -> float:
+        """This session's cost, USD."""
+        return self.guard.cost
 
     @property
     def tokens_per_second(self) -> float:

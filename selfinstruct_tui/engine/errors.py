@@ -1,4 +1,5 @@
-"""Errors a user can cause. Each carries a message that names the file, line or setting and the fix."""
+"""Errors a user can cause. Each carries a message that names the file, line or setting and
+the fix."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ class UserError(Exception):
 
 
 class InputFileError(UserError):
-    """A file with one or more bad lines; every problem is reported as `PATH:LINE: what is wrong`."""
+    """A file with one or more bad lines; each problem reads `PATH:LINE: what is wrong`."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems

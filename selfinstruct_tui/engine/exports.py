@@ -77,8 +77,9 @@ def write_rows(rows: Iterable[dict], fmt: str, fh: IO[str]) -> int:
             fh.write(("\n  " if count == 1 else ",\n  ") + json.dumps(row, ensure_ascii=False))
         fh.write("\n]\n" if count else "]\n")
         return count
-    for count, row in enumerate(rows, start=1):
+    for row in rows:
         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
     return count
 
 

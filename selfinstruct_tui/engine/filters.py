@@ -211,7 +211,7 @@ def clean_instances(instances: list[Instance], *, is_classification: bool = Fals
         inp, out = normalize_input(inst.input), inst.output.strip()
         candidate = Instance(inp, out)
 
-        def drop(reason: RejectionReason, detail: str) -> None:
+        def drop(reason: RejectionReason, detail: str, candidate: Instance = candidate) -> None:
             dropped.append(InstanceDrop(candidate, reason, detail))
 
         if not out:

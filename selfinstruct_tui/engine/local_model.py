@@ -152,7 +152,7 @@ class LocalModelServer:
         # OpenMP threads busy-wait by default: with the other core busy that is ~20x slower.
         env.setdefault("OMP_WAIT_POLICY", "passive")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes it; closed below
         try:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

@@ -21,8 +21,8 @@ Instruction lists (`parse_instruction_list`) accept the layouts base and chat mo
 
 Instances (`parse_instances`) accept `Example N` blocks, plain `Input:`/`Output:` pairs,
 numbered or bulleted pairs (`1. Input: ... Output: ...`, `- Input: ...`), both labels on one
-line, and JSON; the output-first layout reads `Class label: ...` then `Input: ...`. An output ends at
-a separator line, at the next example, and at the start of another task, in the forms models use.
+line, and JSON; the output-first layout reads `Class label: ...` then `Input: ...`. An output ends
+at a separator line, at the next example, and at the start of another task, in the forms models use.
 A misspelled or missing label sets the example aside with the layout that was expected; it never
 becomes an example with an empty input.
 """
@@ -78,7 +78,9 @@ class ParsedInstances:
 # -- shared pieces ----------------------------------------------------------------------------
 
 _MD = r"[*_`]*"
-_EMPH = r"(?:[*_]+(?=\s|$))?"  # after a label's colon: not backticks, an output may start with a code fence
+# After a label's colon: emphasis closing the label, never backticks (an output may start with a
+# code fence) nor the emphasis of the content itself.
+_EMPH = r"(?:[*_]+(?=\s|$))?"
 # Chat templates' control tokens that leak into text when a server does not strip them.
 _SPECIAL_TOKEN = re.compile(
     r"<\|(?:im_end|im_start|eot_id|end_of_text|endoftext|end|assistant|user|system)\|>|</s>|"
@@ -351,16 +353,16 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
     # A model that restates the numbered examples (1..n) before its new items.
     restated = n_examples > 0 and set(range(1, n_examples + 1)) <= numbers and any(
         n > n_examples for n in numbers)
-    for item, _ in candidates:
-        if _REFUSAL.match(item.instruction):
-            result.discarded.append(Fragment(item.raw, R.REFUSAL, "the model declined"))
-        elif (restated and item.number is not None and item.number <= n_examples) or \
-                _norm_key(item.instruction) in example_keys:
-            which = example_keys.get(_norm_key(item.instruction), item.number)
-            result.discarded.append(Fragment(item.raw, R.REPEATED_EXAMPLE,
+    for listed, _ in candidates:
+        if _REFUSAL.match(listed.instruction):
+            result.discarded.append(Fragment(listed.raw, R.REFUSAL, "the model declined"))
+        elif (restated and listed.number is not None and listed.number <= n_examples) or \
+                _norm_key(listed.instruction) in example_keys:
+            which = example_keys.get(_norm_key(listed.instruction), listed.number)
+            result.discarded.append(Fragment(listed.raw, R.REPEATED_EXAMPLE,
                                              f"repeats example {which} of the prompt"))
         else:
-            result.items.append(item)
+            result.items.append(listed)
     if not result.items and not result.discarded:
         whole = text.strip()
         if _REFUSAL.match(whole) or any(_REFUSAL.match(line) for line in outside or []):
@@ -379,7 +381,7 @@ def _parse_json_list(text: str, truncated: bool) -> ParsedList | None:
     """A JSON answer: {"tasks": [...]}, {"instructions": [...]} or a list; items are strings or
     objects with "instruction" (and "input"). None when the text is not JSON-shaped."""
     body = _strip_code_fence(text)
-    if not body[:1] in ("{", "["):
+    if body[:1] not in ("{", "["):
         return None
     try:
         data = json.loads(body)
@@ -394,7 +396,7 @@ def _parse_json_list(text: str, truncated: bool) -> ParsedList | None:
     if not isinstance(values, list):
         return None
     result = ParsedList()
-    for n, value in enumerate(values, start=1):
+    for value in values:
         raw = json.dumps(value, ensure_ascii=False)
         if isinstance(value, str):
             instruction, inp = clean_instruction(value), ""
@@ -474,10 +476,12 @@ _EXAMPLE_HEADER = re.compile(
     rf"[ \t]*(.*)$", re.IGNORECASE)
 _LIST_MARK = re.compile(r"^[ \t]*(?:\(?\d{1,2}[.):]|[-*•+])[ \t]*(.*)$")
 _BARE_MARK = re.compile(r"^[ \t]*\(?\d{1,2}[.):]?[ \t]*$")
-_IN_LABEL = re.compile(rf"^[ \t]*{_MD}[ \t]*input[ \t]*\d*[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
-                       re.IGNORECASE)
+_IN_LABEL = re.compile(
+    rf"^[ \t]*{_MD}[ \t]*input[ \t]*\d*[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
+    re.IGNORECASE)
 _OUT_LABEL = re.compile(
-    rf"^[ \t]*{_MD}[ \t]*(output|response|answer)[ \t]*\d*[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
+    rf"^[ \t]*{_MD}[ \t]*(output|response|answer)[ \t]*\d*[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}"
+    rf"[ \t]?(.*)$",
     re.IGNORECASE)
 _CLASS_LABEL = re.compile(
     rf"^[ \t]*{_MD}[ \t]*(?:class[ \t]+label|label)[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
@@ -689,7 +693,7 @@ def _clean_field(value: str) -> str:
 def _parse_json_instances(text: str, output_first: bool,
                           truncated: bool) -> ParsedInstances | None:
     body = _strip_code_fence(text)
-    if not body[:1] in ("{", "["):
+    if body[:1] not in ("{", "["):
         return None
     try:
         data = json.loads(body)
@@ -706,7 +710,8 @@ def _parse_json_instances(text: str, output_first: bool,
     for value in values:
         raw = json.dumps(value, ensure_ascii=False)
         if not isinstance(value, dict):
-            result.discarded.append(Fragment(raw, R.UNPARSEABLE, "an example that is not an object"))
+            result.discarded.append(Fragment(raw, R.UNPARSEABLE,
+                                             "an example that is not an object"))
             continue
         out_key = "label" if output_first and "label" in value else "output"
         if out_key not in value:
@@ -716,5 +721,6 @@ def _parse_json_instances(text: str, output_first: bool,
         result.instances.append(RawInstance(normalize_input(str(value.get("input") or "")),
                                             str(value[out_key]).strip(), raw))
     if not result.instances and not result.discarded:
-        result.discarded.append(Fragment(body[:2000], R.UNPARSEABLE, "a JSON answer with no examples"))
+        result.discarded.append(Fragment(body[:2000], R.UNPARSEABLE,
+                                         "a JSON answer with no examples"))
     return result

@@ -97,7 +97,8 @@ def parse_records(path: str | Path, text: str) -> RecordFile:
     p = str(path)
     if text.lstrip().startswith("["):
         return _parse_json_list(p, text)
-    records, problems = [], []
+    records: list[tuple[int, Any]] = []
+    problems: list[str] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

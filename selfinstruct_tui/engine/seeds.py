@@ -104,7 +104,8 @@ def _self_instruct_task(obj: dict, where: str, problems: list[str]) -> SeedTask 
     if "instances" not in obj:
         problems.append(f"{where}: missing field 'instances'")
     elif not isinstance(raw_instances, list):
-        problems.append(f"{where}: field 'instances' must be a list, got {_type_name(raw_instances)}")
+        problems.append(f"{where}: field 'instances' must be a list, got "
+                        f"{_type_name(raw_instances)}")
     elif not raw_instances:
         problems.append(f"{where}: field 'instances' is empty; give at least one input/output pair")
     else:
@@ -187,7 +188,8 @@ def summarize(tasks: list[SeedTask], fmt: str = "self-instruct") -> SeedSummary:
     summary = SeedSummary(len(tasks), cls, no_input, sum(len(t.instances) for t in tasks), fmt)
     if summary.count < 8:
         summary.warnings.append(
-            f"only {summary.count} tasks: each prompt shows 6 seed examples, so prompts will repeat")
+            f"only {summary.count} tasks: each prompt shows 6 seed examples, so prompts will "
+            "repeat")
     return summary
 
 
@@ -211,7 +213,7 @@ def seed_difference(file_tasks: list[SeedTask], run_tasks: list[SeedTask]) -> st
     parts = []
     if len(file_tasks) != len(run_tasks):
         parts.append(f"the file has {len(file_tasks)} tasks, the run {len(run_tasks)}")
-    for n, (a, b) in enumerate(zip(file_tasks, run_tasks), start=1):
+    for n, (a, b) in enumerate(zip(file_tasks, run_tasks, strict=False), start=1):
         ca, cb = _canonical(a), _canonical(b)
         if ca == cb:
             continue

@@ -147,7 +147,7 @@ class RoundStats:
     prompts: int = 0
     candidates: int = 0
     accepted: int = 0
-    rejected: dict[str, int] | None = None
+    rejected: dict[str, int] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
@@ -393,7 +393,7 @@ class RunStore:
 
     def task_changes(self, since: float, origin: str = "machine") -> list[tuple[int, str, float]]:
         """(id, status, updated epoch s) of tasks of `origin` changed at or after `since`."""
-        return [tuple(r) for r in self.db.execute(  # type: ignore[misc]
+        return [tuple(r) for r in self.db.execute(
             "SELECT id, status, updated FROM tasks WHERE updated >= ? AND origin = ?",
             (since, origin))]
 
@@ -646,7 +646,7 @@ def _task(row: sqlite3.Row) -> Task:
 
 
 def _get(row: sqlite3.Row, key: str, default: Any) -> Any:
-    return row[key] if key in row.keys() else default
+    return row[key] if key in row.keys() else default  # noqa: SIM118 - a Row's `in` is values
 
 
 def _round(row: sqlite3.Row) -> RoundStats:

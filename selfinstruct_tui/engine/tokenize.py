@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-
 TOKENIZERS = ("rouge", "unicode")
 
 _WORD_RE = re.compile(r"[^\W_]+")

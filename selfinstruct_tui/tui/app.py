@@ -15,10 +15,11 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from textual import work
 from textual.app import App, ComposeResult
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static
 
@@ -83,7 +84,7 @@ class SelfInstructApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "selfinstruct"
     COMMANDS = App.COMMANDS | {RunCommands}
-    BINDINGS = bindings()
+    BINDINGS: ClassVar[list[BindingType]] = bindings()
 
     def __init__(self, run_dir: str | Path, *, engine: Engine | None = None,
                  refresh: float = 0.5, theme: str | None = None, compact: bool = False,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
 
 
@@ -34,9 +34,10 @@ KEYS = (
 )
 
 
-def bindings() -> list[Binding]:
-    return [Binding(k.key, k.action, k.footer, show=k.in_footer, tooltip=k.title)
-            for k in KEYS] + [Binding("escape", "close_filter", show=False)]
+def bindings() -> list[BindingType]:
+    table: list[BindingType] = [Binding(k.key, k.action, k.footer, show=k.in_footer,
+                                        tooltip=k.title) for k in KEYS]
+    return [*table, Binding("escape", "close_filter", show=False)]
 
 
 class RunCommands(Provider):

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from rich.text import Text
 
 from selfinstruct_tui.engine import events as ev
-from selfinstruct_tui.engine.control import HISTORY_REJECTIONS, HISTORY_ROUNDS, RunSnapshot, RunState
+from selfinstruct_tui.engine.control import (
+    HISTORY_REJECTIONS,
+    HISTORY_ROUNDS,
+    RunSnapshot,
+    RunState,
+)
 from selfinstruct_tui.engine.store import RejectionRecord, RoundStats
 from selfinstruct_tui.engine.task import Task
 

@@ -4,7 +4,12 @@
 tests and benchmarks.
 """
 
-from selfinstruct_tui.engine.prompts.base import ChatRequest, CompletionRequest, PromptStyle, Request
+from selfinstruct_tui.engine.prompts.base import (
+    ChatRequest,
+    CompletionRequest,
+    PromptStyle,
+    Request,
+)
 from selfinstruct_tui.engine.prompts.chat import (
     GENERATION_SCHEMA,
     INSTANCES_SCHEMA,

@@ -24,6 +24,7 @@ from selfinstruct_tui.engine.prompts.fewshot import (
     one_line,
 )
 
+
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties),
             "additionalProperties": False}

@@ -28,7 +28,7 @@ class _GrowableIntArray:
     __slots__ = ("data", "size")
 
     def __init__(self, dtype: type = np.int32) -> None:
-        self.data = np.empty(4, dtype=dtype)
+        self.data: np.ndarray = np.empty(4, dtype=dtype)
         self.size = 0
 
     def append(self, value: int) -> None:
@@ -192,7 +192,7 @@ class PrunedIndex(SimilarityIndex):
     def remove(self, key: Hashable) -> None:
         slot = self._slot_of.pop(key)
         encoded = self._encoded[slot]
-        ids = list(encoded) if self._wide else _decode_codepoints(encoded)  # type: ignore[arg-type]
+        ids = list(encoded) if self._wide else _decode_codepoints(encoded)
         for item in self._occurrence_items([i for i in ids if i > 0], learn=False):
             self._postings[item].discard(slot)
         n = int(self._lengths[slot])
@@ -337,7 +337,7 @@ class PrunedIndex(SimilarityIndex):
         best = float(scored_f.max())
         keys = self._keys
         top = tuple(Match(keys[slot], score) for slot, score in
-                    zip(scored_slots[order].tolist(), scored_f[order].tolist()))
+                    zip(scored_slots[order].tolist(), scored_f[order].tolist(), strict=True))
         return SimilarityResult(best, top, best > self.threshold)
 
 

@@ -109,12 +109,13 @@ class StatsPane(Vertical):
     def show(self, view: RunView) -> None:
         table = self.query_one("#rounds", DataTable)
         wanted = {str(n): row for n, row in view.rounds.items()}
-        for key in [k.value for k in table.rows if k.value not in wanted]:
+        for key in [k.value for k in table.rows if k.value is not None
+                    and k.value not in wanted]:
             table.remove_row(key)
         for key, row in wanted.items():
             if key in table.rows:
                 if tuple(table.get_row(key)) != row:
-                    for label, value in zip(ROUND_COLUMNS, row):
+                    for label, value in zip(ROUND_COLUMNS, row, strict=True):
                         table.update_cell(key, label, value)
             else:
                 table.add_row(*row, key=key)

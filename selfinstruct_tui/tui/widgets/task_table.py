@@ -150,7 +150,7 @@ class TaskTable(ScrollView, can_focus=True):
                 if text:
                     picked = [n for n, t in enumerate(self.sorted_text) if text in t]
                 else:
-                    picked = range(len(ids))
+                    picked = list(range(len(ids)))
                 if origin != "all":
                     picked = [n for n in picked if rows[ids[n]].origin == origin]
             self.view = [ids[n] for n in picked]
@@ -232,7 +232,7 @@ class TaskTable(ScrollView, can_focus=True):
         self.descending = not self.descending
         self._refresh_view()
 
-    def on_click(self, event) -> None:  # type: ignore[no-untyped-def]
+    def on_click(self, event) -> None:
         self._move_to(self.scroll_offset.y + event.y)
 
     def on_resize(self) -> None:
@@ -245,7 +245,8 @@ class TaskTable(ScrollView, can_focus=True):
         if index >= len(self.view):
             return Strip.blank(width, self.rich_style)
         row = self.rows[self.id_at(index)]
-        text = (f"{row.id:>7} {row.round:>5} {row.origin:<7} {'yes' if row.is_classification else '':<3}"
+        cls = "yes" if row.is_classification else ""
+        text = (f"{row.id:>7} {row.round:>5} {row.origin:<7} {cls:<3}"
                 f" {row.instances:>4} {row.max_score:5.2f}  {row.instruction}")
         text = text[:width].ljust(width)
         base = self.rich_style

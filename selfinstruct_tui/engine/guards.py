@@ -1,0 +1,125 @@
+"""The run's policies about money and failures: when to pause and when to stop.
+
+* `SpendGuard`: rounds that add nothing to the pool are counted; after `max_fruitless_requests`
+  requests in a row (over at least two rounds) that added nothing, the run pauses with the counts
+  per reason and the last answer. `max_cost` (USD) and `max_tokens` stop it cleanly.
+* `FailureWatch`: a permanent failure pauses at once; a streak of failures (at least 3, over
+  `error_pause_seconds` without a success) pauses with advice that fits the cause.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from selfinstruct_tui.engine.config import RunConfig
+from selfinstruct_tui.engine.llm import Cause, RequestFailed
+from selfinstruct_tui.engine.store import RoundStats
+
+CONNECTIVITY_CAUSES = (Cause.CONNECTION, Cause.TIMEOUT)
+DOWN_STATUSES = (502, 503, 504)
+
+
+class SpendGuard:
+    """Tokens and cost of the run (`before`: earlier sessions'), the spend limits, and the count
+    of requests that added nothing."""
+
+    def __init__(self, config: RunConfig, before: tuple[int, int] = (0, 0)) -> None:
+        self.config = config
+        self.before = before
+        self.tokens = [0, 0]  # this session's (prompt, completion) tokens
+        self.cost = 0.0  # this session's cost, USD
+        self.empty_rounds = 0
+        self.fruitless_requests = 0
+        self.fruitless_reasons: Counter[str] = Counter()
+        self.last_answer = ""
+
+    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for these tokens at the configured prices (per 1K tokens)."""
+        return (prompt_tokens * self.config.price_input_per_1k
+                + completion_tokens * self.config.price_output_per_1k) / 1000
+
+    def spend(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.tokens[0] += prompt_tokens
+        self.tokens[1] += completion_tokens
+        self.cost += self.cost_of(prompt_tokens, completion_tokens)
+
+    def over_budget(self) -> str:
+        """Why the run is at a spend limit, or "" when it is not."""
+        c = self.config
+        p_tok = self.before[0] + self.tokens[0]
+        c_tok = self.before[1] + self.tokens[1]
+        if c.max_tokens and p_tok + c_tok >= c.max_tokens:
+            return (f"the run has used {p_tok + c_tok:,} tokens, at or above --max-tokens "
+                    f"{c.max_tokens:,}; resume with a higher --max-tokens")
+        cost = self.cost_of(p_tok, c_tok)
+        if c.max_cost and cost >= c.max_cost:
+            return (f"the run has cost ${cost:.4f}, at or above --max-cost {c.max_cost:g}; "
+                    "resume with a higher --max-cost")
+        return ""
+
+    def reset(self) -> None:
+        self.empty_rounds = 0
+        self.fruitless_requests = 0
+        self.fruitless_reasons.clear()
+
+    def after_round(self, stats: RoundStats, reasons: Counter[str],
+                    failures: Counter[str]) -> str | None:
+        """Count a finished round; the pause message when the run should pause, else None."""
+        if stats.status != "done":
+            return None
+        if stats.accepted or stats.surplus:
+            self.reset()
+            return None
+        self.empty_rounds += 1
+        self.fruitless_requests += stats.requests
+        self.fruitless_reasons.update(reasons)
+        limit = self.config.max_fruitless_requests
+        if not limit or self.empty_rounds < 2 or self.fruitless_requests < limit:
+            return None
+        rejected = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
+                             self.fruitless_reasons.most_common()) or "no candidates"
+        errors = ", ".join(f"{k} {v}" for k, v in failures.most_common())
+        last = " ".join(self.last_answer.split())[:300]
+        return (f"{self.empty_rounds} rounds in a row added nothing to the pool "
+                f"({self.fruitless_requests} requests). Rejected: {rejected}"
+                + (f"; request errors: {errors}" if errors else "")
+                + (f". Last answer: {last!r}" if last else ". No answer came back")
+                + ". Check --model, --api and the endpoint (see the rejections), then resume")
+
+    def backoff(self) -> float:
+        """Seconds to wait before the next round after rounds that added nothing (0: none)."""
+        return min(30.0, 2.0 ** (self.empty_rounds - 1)) if self.empty_rounds else 0.0
+
+
+class FailureWatch:
+    """Request failures since the last success (monotonic clock)."""
+
+    def __init__(self, error_pause_seconds: float, base_url: str) -> None:
+        self.error_pause_seconds = error_pause_seconds
+        self.base_url = base_url
+        self.in_a_row = 0
+        self.kinds: Counter[str] = Counter()
+        self.last_success = time.monotonic()
+
+    def success(self) -> None:
+        self.last_success = time.monotonic()
+        self.in_a_row = 0
+        self.kinds.clear()
+
+    def failure(self, exc: RequestFailed) -> str | None:
+        """Count a failure; the pause message when the run should pause, else None."""
+        self.in_a_row += 1
+        self.kinds[exc.kind] += 1
+        if exc.fatal:
+            return f"{exc} - fix it, then resume"
+        quiet_for = time.monotonic() - self.last_success
+        if quiet_for < self.error_pause_seconds or self.in_a_row < 3:
+            return None
+        if exc.kind in CONNECTIVITY_CAUSES or exc.status in DOWN_STATUSES:
+            advice = f"Check that {self.base_url} is up, then resume"
+        else:
+            advice = "The endpoint is up but keeps failing; fix the cause, then resume"
+        kinds = ", ".join(f"{k} {v}" for k, v in self.kinds.most_common())
+        return (f"every request has failed for {quiet_for:.0f}s ({self.in_a_row} in a row: "
+                f"{kinds}); last error: {exc}. {advice}")

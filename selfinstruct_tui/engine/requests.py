@@ -1,0 +1,126 @@
+"""Sending a request and recording it: the prompt before it leaves (visible while in flight), each
+retry with its cause, the answer or the reason there is none, the tokens (estimated when the
+endpoint reports no usage), and what the client learned about the endpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.guards import SpendGuard
+from selfinstruct_tui.engine.llm import (
+    LLMClient,
+    LLMResponse,
+    RequestAbandoned,
+    RequestFailed,
+    SamplingParams,
+    estimate_tokens,
+)
+from selfinstruct_tui.engine.prompts import CompletionRequest, Request
+from selfinstruct_tui.engine.store import RoundStats, RunStore
+from selfinstruct_tui.engine.task import Task
+
+ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A request's outcome: its prompt id, the answer or None, and when None why: a `Cause`
+    or "abandoned"."""
+
+    prompt_id: int
+    response: LLMResponse | None
+    failure: str | None
+
+
+class RequestRecorder:
+    """Sends through one `LLMClient`, records in the store, emits events, counts spend."""
+
+    def __init__(self, client: LLMClient, store: RunStore, bus: ev.EventBus, guard: SpendGuard,
+                 on_failure: Callable[[int, RequestFailed], None],
+                 on_success: Callable[[], None]) -> None:
+        self.client = client
+        self.store = store
+        self.bus = bus
+        self.guard = guard
+        self.on_failure = on_failure
+        self.on_success = on_success
+        self.saved_window: int | None = client.context_window
+        self.structured_noted: bool | None = None
+
+    @property
+    def structured(self) -> bool:
+        """Ask for JSON-schema answers: the style can, and the endpoint has not refused."""
+        client = self.client
+        return client.settings.structured_output != "off" and client.structured is not False
+
+    async def ask(self, stats: RoundStats, kind: str, request: Request,
+                  params: SamplingParams, *, examples: list[Task] | None = None,
+                  task_ref: int | None = None) -> Asked:
+        """Send one request of round `stats.round` and record everything about it."""
+        text = request.prompt if isinstance(request, CompletionRequest) else \
+            json.dumps(list(request.messages), ensure_ascii=False)
+        shown = tuple((t.id, t.origin, t.instruction) for t in examples or [])
+        record = self.store.add_prompt(round=stats.round, kind=kind, prompt=text,
+                                       examples=shown, task_ref=task_ref)
+        stats.requests += 1
+        self.bus.emit(ev.PromptSent.of(record))
+
+        def on_retry(cause: str, attempt: int, delay: float, message: str) -> None:
+            stats.retries[cause] = stats.retries.get(cause, 0) + 1
+            retry = self.store.add_retry(round=stats.round, prompt_id=record.id, cause=cause,
+                                         attempt=attempt, delay=delay, message=message)
+            self.bus.emit(ev.RequestRetried.of(retry))
+
+        try:
+            resp = await self.client.request(request, params, on_retry)
+        except RequestAbandoned as exc:
+            done = self.store.finish_prompt(
+                record, response=None, error=f"abandoned {exc.when} (the run was stopping)")
+            self.bus.emit(ev.PromptFailed.of(done))
+            return Asked(record.id, None, ABANDONED)
+        except RequestFailed as exc:
+            done = self.store.finish_prompt(record, response=None, error=str(exc),
+                                            attempts=exc.attempts)
+            self.bus.emit(ev.PromptFailed.of(done))
+            self.bus.emit(ev.RequestError.of(self.store.add_error(stats.round, exc.kind,
+                                                                  str(exc))))
+            self.on_failure(stats.round, exc)
+            return Asked(record.id, None, exc.kind)
+        self.on_success()
+        p_tok, c_tok = resp.prompt_tokens, resp.completion_tokens
+        if not resp.usage_reported:  # estimates keep the spend limits working
+            p_tok, c_tok = estimate_tokens(text), estimate_tokens(resp.text)
+            stats.usage_missing += 1
+        done = self.store.finish_prompt(record, response=resp.text,
+                                        finish_reason=resp.finish_reason, latency=resp.latency,
+                                        prompt_tokens=p_tok, completion_tokens=c_tok,
+                                        attempts=resp.attempts,
+                                        usage_reported=resp.usage_reported,
+                                        structured=resp.structured)
+        stats.prompt_tokens += p_tok
+        stats.completion_tokens += c_tok
+        self.guard.spend(p_tok, c_tok)
+        self.bus.emit(ev.ResponseReceived.of(done))
+        self._note_client_changes()
+        return Asked(record.id, resp, None)
+
+    def _note_client_changes(self) -> None:
+        """Persist what the client learned (context window, structured output); say it once."""
+        client = self.client
+        if client.context_window and client.context_window != self.saved_window:
+            self.saved_window = client.context_window
+            self.store.set_meta("context_window", client.context_window)
+            self.bus.emit(ev.Notice(f"the model's context window is {client.context_window} "
+                                    "tokens; later requests ask for at most what fits"))
+        if client.structured is not None and client.structured != self.structured_noted \
+                and client.settings.structured_output != "off":
+            self.structured_noted = client.structured
+            self.store.set_meta("structured_output",
+                                "json_schema" if client.structured else "text")
+            self.bus.emit(ev.Notice(
+                "structured output: the endpoint accepts JSON schemas; chat answers are JSON"
+                if client.structured else
+                "structured output: not supported by the endpoint; chat answers are read as text"))

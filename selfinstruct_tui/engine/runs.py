@@ -1,0 +1,164 @@
+"""Run directories: the registry that `runs` and `attach` read, what each run's state is, and
+detached runs (a background process of its own session that outlives the terminal)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfinstruct_tui.engine.config import runs_root, user_data_dir
+from selfinstruct_tui.engine.control import RunState, run_status
+from selfinstruct_tui.engine.errors import UserError
+from selfinstruct_tui.engine.store import RunStore, is_run_dir
+
+DETACHED_ENV = "SELFINSTRUCT_DETACHED"
+RUN_LOG = "run.log"
+PID_FILE = "engine.pid"
+DETACH_START_TIMEOUT = 600.0  # seconds; the embedded model's own start is bounded below this
+
+
+def registry_path() -> Path:
+    return user_data_dir() / "runs.txt"
+
+
+def remember_run(run_dir: Path) -> None:
+    """Runs outside the default folder are listed by `selfinstruct runs` too."""
+    path = registry_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = set(path.read_text().splitlines()) if path.exists() else set()
+        entry = str(run_dir.resolve())
+        if entry not in known:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(entry + "\n")
+    except OSError:
+        pass
+
+
+def known_runs() -> list[Path]:
+    """Run directories under the runs folder and in the registry, oldest first."""
+    found: dict[str, Path] = {}
+    root = runs_root()
+    if root.is_dir():
+        for child in root.iterdir():
+            if is_run_dir(child):
+                found[str(child.resolve())] = child
+    try:
+        for line in registry_path().read_text().splitlines():
+            if line and is_run_dir(line):
+                found.setdefault(str(Path(line).resolve()), Path(line))
+    except OSError:
+        pass
+    return sorted(found.values(), key=lambda p: p.stat().st_mtime)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One line of `runs`: state (with pid while live), pool, target, last activity (epoch)."""
+
+    run_dir: Path
+    state: str
+    pid: int | None
+    pool: int
+    target: int | None
+    last_activity: float | None
+    detail: str
+
+    @property
+    def shown_state(self) -> str:
+        if self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING):
+            return f"{self.state} (pid {self.pid})"
+        if self.detail:
+            return f"{self.state}: {self.detail}"
+        return self.state
+
+
+def run_info(run_dir: Path) -> RunInfo:
+    store = RunStore(run_dir, readonly=True)
+    try:
+        state, pid = run_status(store)
+        cfg = store.config()
+        meta = store.get_meta("state") or {}
+        detail = ""
+        if state == RunState.FAILED and meta.get("reason"):
+            detail = str(meta["reason"])[:60]
+        elif state == RunState.STOPPED and meta.get("finish_reason") == "failing":
+            detail = "endpoint failing or paused by a spend guard"
+        elif state == RunState.STOPPED and meta.get("finish_reason") == "limit":
+            detail = "spend limit"
+        return RunInfo(run_dir, state, pid, store.count_tasks("machine"),
+                       cfg.target if cfg else None, meta.get("ts"), detail)
+    finally:
+        store.close()
+
+
+def spawn_detached(run_dir: Path, argv: list[str]) -> subprocess.Popen[bytes]:
+    """`selfinstruct ARGV` in its own session, SIGHUP ignored, output to the run's log."""
+    log_path = run_dir / RUN_LOG
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "selfinstruct_tui", *argv], stdin=subprocess.DEVNULL,
+            stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, DETACHED_ENV: "1", "NO_COLOR": "1"}, close_fds=True)
+    finally:
+        os.close(fd)
+    (run_dir / PID_FILE).write_text(f"{proc.pid}\n")
+    return proc
+
+
+def wait_for_start(run_dir: Path, proc: subprocess.Popen[bytes],
+                   waiting: Callable[[], None] = lambda: None,
+                   timeout: float = DETACH_START_TIMEOUT) -> str:
+    """"running" once the engine wrote its running state (store and heartbeat exist),
+    "exited" if the process ended first, "starting" at the timeout (seconds). `waiting` is
+    called once if the start takes more than 2 s."""
+    started = time.monotonic()
+    told = False
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            return "exited"
+        if is_run_dir(run_dir):
+            try:
+                store = RunStore(run_dir, readonly=True)
+                try:
+                    state = store.get_meta("state") or {}
+                finally:
+                    store.close()
+            except Exception:  # being created right now: look again
+                state = {}
+            if state.get("pid") == proc.pid and state.get("state") not in (
+                    None, RunState.STARTING):
+                return "running"
+        if not told and time.monotonic() - started > 2:
+            told = True
+            waiting()
+        time.sleep(0.1)
+    return "starting"
+
+
+def log_tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ["(no log)"]
+    return [line for line in text.splitlines() if line.strip()][-lines:] or ["(empty log)"]
+
+
+def record_failed_start(run_dir: Path, pid: int, code: int | None, tail: list[str]) -> None:
+    """Mark the run `failed` so that `runs` lists it (a store is made if none exists)."""
+    try:
+        store = RunStore(run_dir)
+        try:
+            store.set_meta("state", {"state": RunState.FAILED, "pid": pid, "ts": time.time(),
+                                     "reason": tail[-1] if tail else f"exit {code}",
+                                     "by_errors": True, "exit_code": code})
+        finally:
+            store.close()
+    except UserError:
+        pass

@@ -1,0 +1,203 @@
+"""What a run needs before its engine starts: the config (new, or the stored one on resume),
+the seeds, the endpoint (a remote one, or the embedded llama.cpp server), the model and the store.
+
+`prepare(request)` checks everything that can be checked without the endpoint, so bad input fails
+before anything is created; `Session.open()` then starts the embedded model if any, discovers the
+model name, and creates or reopens the run's store. Errors are `UserError`s naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfinstruct_tui.engine.config import (
+    RunConfig,
+    build_config,
+    load_user_config,
+    merge_for_resume,
+    new_run_dir,
+)
+from selfinstruct_tui.engine.errors import ConfigError, UserError
+from selfinstruct_tui.engine.runs import remember_run
+from selfinstruct_tui.engine.seeds import (
+    SeedTask,
+    bundled_seeds_path,
+    load_seeds,
+    seed_difference,
+    seed_fingerprint,
+)
+from selfinstruct_tui.engine.store import RunStore, is_run_dir, seed_tasks_to_pool
+
+# Settings a small embedded model works better with (used unless the user set them).
+EMBEDDED_DEFAULTS = {"concurrency": 2, "generation_max_tokens": 384, "instance_max_tokens": 200}
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for: run settings given as flags, the seed file, the directory, and
+    the command line as typed (`argv`, for the resume command)."""
+
+    flags: dict[str, Any]
+    seeds: str | None = None
+    run_dir: str | None = None
+    argv: list[str] = field(default_factory=lambda: ["run"])
+    local_port: int | None = None
+
+
+@dataclass
+class Session:
+    run_dir: Path
+    config: RunConfig
+    resumed: bool
+    request: RunRequest
+    seeds: list[SeedTask] | None = None  # a new run's seed set
+    api_key: str = field(default="", repr=False)
+    base_url: str = ""
+    server: Any = None  # the embedded model's LocalModelServer
+    store: RunStore | None = None
+
+    @property
+    def resume_command(self) -> str:
+        """The exact command that resumes this run: the one given, with --run-dir and without
+        --detach."""
+        argv = [a for a in self.request.argv if a != "--detach"]
+        if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in argv):
+            argv += ["--run-dir", str(self.run_dir)]
+        return "selfinstruct " + shlex.join(argv)
+
+    def open(self, say: Callable[[str], None]) -> RunStore:
+        """Start the embedded model (if any), find the model name, create or reopen the store."""
+        cfg = self.config
+        self.api_key = os.environ.get(cfg.key_env, "")
+        self.base_url = cfg.base_url
+        if cfg.uses_embedded:
+            from selfinstruct_tui.engine.local_model import LocalModelServer
+
+            self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.server = LocalModelServer(self.run_dir, model_path=cfg.model_path or None,
+                                           port=self.request.local_port)
+            say(f"starting the embedded model ({cfg.model}, {self.server.threads} threads); "
+                f"log: {self.server.log_path}")
+            self.base_url = self.server.start()
+        if not cfg.model:
+            cfg.model = discover_model(self.base_url, self.api_key)
+        store = self.store = RunStore(self.run_dir)
+        store.save_config(cfg)
+        if not self.resumed:
+            assert self.seeds is not None
+            remember_run(self.run_dir)
+            store.set_meta("seeds_path", str(Path(self.request.seeds).resolve())
+                           if self.request.seeds else "bundled")
+            store.set_meta("seeds_original", seed_fingerprint(self.seeds))
+            store.replace_seeds(seed_tasks_to_pool(self.seeds, 1))
+        return store
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @property
+    def seeds_file(self) -> str | None:
+        """The seed file a new run started from (for write-back from the seed editor)."""
+        path = self.store.get_meta("seeds_path") if self.store is not None else None
+        return path if path and path != "bundled" else None
+
+
+def prepare(request: RunRequest) -> Session:
+    """Resolve the run directory, the config and the seeds; refuse what cannot work.
+
+    On resume a changed config is refused unless the change is safe, and `--seeds` is accepted
+    when the file holds the run's seed set (as it started or as last edited). Raises
+    ConfigError (exit 2) naming each refused setting, InputFileError for bad seed files.
+    """
+    flags = request.flags
+    if request.run_dir and is_run_dir(request.run_dir):
+        store = RunStore(request.run_dir)
+        try:
+            stored = store.config()
+            refused: list[str] = []
+            if stored is not None:
+                cfg, refused = merge_for_resume(stored, flags)
+                if request.seeds:
+                    why = seeds_differ(Path(request.seeds), store)
+                    if why:
+                        refused.append(why)
+        finally:
+            store.close()
+        if stored is not None:
+            if refused:
+                raise ConfigError(
+                    f"{request.run_dir} holds a run with different settings, so it cannot "
+                    "resume with this command:\n  " + "\n  ".join(refused) +
+                    "\nLeave these flags out to resume as it was, or start a new run with "
+                    "another --run-dir. (Safe to change on resume: target, concurrency, rate "
+                    "limits, timeouts, prices, spend limits, base URL.)")
+            return Session(Path(request.run_dir), cfg, True, request)
+        # A run directory without a config is one whose start failed: start it afresh.
+    file_settings = load_user_config()
+    explicit = {**file_settings, **flags}
+    cfg = build_config(file_settings, flags)
+    if cfg.uses_embedded:
+        for key, value in EMBEDDED_DEFAULTS.items():
+            if key not in explicit:
+                setattr(cfg, key, value)
+        if not cfg.model:
+            cfg.model = Path(cfg.model_path).stem if cfg.model_path else "gemma-3-270m"
+        if cfg.api == "chat" and "api" not in explicit:
+            cfg.api = "completions"
+    run_dir = Path(request.run_dir) if request.run_dir else new_run_dir(cfg.model or "run")
+    # Bad seeds fail here, before anything is created.
+    seeds = load_seeds(Path(request.seeds) if request.seeds else bundled_seeds_path())
+    return Session(run_dir, cfg, False, request, seeds=seeds)
+
+
+def seeds_differ(path: Path, store: RunStore) -> str | None:
+    """Why the seed file cannot resume this run, or None when it holds the run's seed set."""
+    file_tasks = load_seeds(path)
+    run_tasks = [t.to_seed() for t in store.tasks(status="active", origin="seed")]
+    why = seed_difference(file_tasks, run_tasks)
+    if why is None or seed_fingerprint(file_tasks) == store.get_meta("seeds_original"):
+        return None
+    return (f"seeds: {path} is not this run's seed set ({why}). Leave out --seeds to resume "
+            "with the run's own seeds (edit them in the TUI, key e)")
+
+
+def discover_model(base_url: str, api_key: str) -> str:
+    """With no --model: the endpoint's only model (vLLM, llama.cpp, Ollama list theirs).
+    Raises UserError when the list can't be read or names none or several."""
+    import openai
+
+    from selfinstruct_tui.engine.llm import Redactor, error_text
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=10,
+                           max_retries=1)
+    redact = Redactor(api_key)
+    try:
+        models = [m.id for m in client.models.list()]
+    except openai.AuthenticationError as exc:
+        raise UserError(f"{base_url} refused the API key ({redact(error_text(exc))}): set "
+                        "OPENAI_API_KEY (or the key_env setting)") from None
+    except openai.APIStatusError as exc:
+        raise UserError(f"cannot list the models at {base_url} ({exc.status_code}: "
+                        f"{redact(error_text(exc))}); check --base-url, or name the model "
+                        "with --model") from None
+    except openai.APIError as exc:
+        raise UserError(f"cannot list the models at {base_url} ({exc.__class__.__name__}); "
+                        "check --base-url, or name the model with --model") from None
+    finally:
+        client.close()
+    if len(models) == 1:
+        return models[0]
+    if not models:
+        raise UserError(f"{base_url} lists no models; name one with --model")
+    shown = ", ".join(models[:10]) + (" ..." if len(models) > 10 else "")
+    raise UserError(f"{base_url} serves several models ({shown}); choose one with --model")
