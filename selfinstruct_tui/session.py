@@ -155,6 +155,9 @@ def prepare(request: RunRequest) -> Session:
         if cfg.api == "chat" and "api" not in explicit:
             cfg.api = "completions"
     run_dir = Path(request.run_dir) if request.run_dir else new_run_dir(cfg.model or "run")
+    # `seeds = "PATH"` in the config file is the default seed file of new runs.
+    if not request.seeds and file_settings.get("seeds"):
+        request.seeds = str(Path(file_settings["seeds"]).expanduser())
     # Bad seeds fail here, before anything is created.
     seeds = load_seeds(Path(request.seeds) if request.seeds else bundled_seeds_path())
     return Session(run_dir, cfg, False, request, seeds=seeds)

@@ -15,6 +15,7 @@ the same constructors (`Event.of(record)`), so an attached UI is fed exactly lik
 
 from __future__ import annotations
 
+import enum
 import os
 import threading
 import time
@@ -42,7 +43,7 @@ HISTORY_REJECTIONS = 500  # rejection lines a screen keeps (history and live ali
 HISTORY_ROUNDS = 300  # rows of the rounds table
 
 
-class RunState:
+class RunState(str, enum.Enum):
     """The states a run's `state` meta takes, and the ones derived for `runs`."""
 
     STARTING = "starting"
@@ -56,7 +57,17 @@ class RunState:
     CRASHED = "crashed"  # derived: a live state whose process is gone
     NEW = "new"  # derived: no state recorded
 
-    LIVE = ("starting", "running", "paused", "stopping")
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def live(self) -> bool:
+        """A process drives the run (unless it crashed: see `run_status`)."""
+        return self in LIVE_STATES
+
+
+LIVE_STATES = frozenset({RunState.STARTING, RunState.RUNNING, RunState.PAUSED,
+                         RunState.STOPPING})
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -232,7 +243,7 @@ def run_status(store: RunStore) -> tuple[str, int | None]:
     """(state, pid): a live state with a live pid, a final state, "crashed" or "new"."""
     meta = store.get_meta("state") or {}
     state, pid = meta.get("state", RunState.NEW), meta.get("pid")
-    if state in RunState.LIVE and not pid_alive(pid):
+    if state in LIVE_STATES and not pid_alive(pid):
         return RunState.CRASHED, pid
     return state, pid
 
@@ -315,7 +326,6 @@ class StoreFollower:
         self.last = dict(snapshot.ids)
         self.open_prompts = {p.id for p in snapshot.open_prompts}
         self.finished_rounds = {r.round for r in snapshot.rounds if r.status != "running"}
-        self.known_rounds = {r.round for r in snapshot.rounds}
         self.state = dict(snapshot.state_meta)
         self.session = dict(snapshot.session)
         self.accepted: int | None = None
@@ -385,9 +395,6 @@ class StoreFollower:
             self.last["errors"] = error.id
             emit(ev.RequestError.of(error))
         for rnd in store.rounds(since=max(self.finished_rounds, default=0) - 3):
-            if rnd.round not in self.known_rounds:
-                self.known_rounds.add(rnd.round)
-                emit(ev.RoundStarted.of(rnd))
             if rnd.status != "running" and rnd.round not in self.finished_rounds:
                 self.finished_rounds.add(rnd.round)
                 emit(ev.RoundFinished.of(rnd, self.target))

@@ -440,7 +440,6 @@ class Engine:
         for old in [n for n in self._rounds if n < number - 3]:
             del self._rounds[old]
         self.store.start_round(stats)
-        self.bus.emit(ev.RoundStarted.of(stats))
         return rnd
 
     async def _run_round(self, rnd: _Round) -> None:

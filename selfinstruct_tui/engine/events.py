@@ -53,16 +53,6 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True)
-class RoundStarted(Event):
-    round: int
-    prompts: int
-
-    @classmethod
-    def of(cls, stats: RoundStats) -> RoundStarted:
-        return cls(stats.round, stats.prompts)
-
-
-@dataclass(frozen=True)
 class PromptSent(Event):
     prompt_id: int
     round: int

@@ -18,6 +18,7 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.control import (
     HISTORY_REJECTIONS,
     HISTORY_ROUNDS,
+    LIVE_STATES,
     RunSnapshot,
     RunState,
 )
@@ -162,7 +163,7 @@ class RunView:
     def __init__(self, run_name: str = "", *, resume_command: str = "") -> None:
         self.status = StatusView(run_name=run_name)
         self.resume_command = resume_command
-        self.state = RunState.STARTING
+        self.state: str = RunState.STARTING
         self.rows: dict[int, Row] = {}
         self.seed_count = 0
         # pool changes not yet shown by the table: rows to add (or replace) and ids to remove
@@ -356,7 +357,7 @@ class RunView:
 
     def _on_Finished(self, e: ev.Finished) -> None:
         reason = ev.FinishReason(e.reason)
-        was_live = self.state in RunState.LIVE
+        was_live = self.state in LIVE_STATES
         self._set_state(reason.state)
         if was_live:
             self.status.elapsed_before += time.monotonic() - self.status.started
