@@ -37,7 +37,7 @@ def test_a_refusal_only_endpoint_stops_by_itself(run_cli, tmp_path):
     assert 40 <= sent <= 64  # a few dozen requests, never a tight loop
     assert "rounds in a row added nothing to the pool" in proc.stderr
     assert f"refusal {count(run_dir, 'SELECT COUNT(*) FROM rejections')}" in proc.stderr
-    assert f"Last answer: {REFUSAL!r}" in proc.stderr
+    assert f"Last rejected answer (refusal): {REFUSAL!r}" in proc.stderr
     assert count(run_dir, "SELECT COUNT(*) FROM rejections WHERE reason != 'refusal'") == 0
     assert_accounted(run_dir)
 
@@ -118,3 +118,29 @@ def test_max_tokens_stops_cleanly(run_cli, tmp_path):
     used = count(run_dir, "SELECT SUM(prompt_tokens + completion_tokens) FROM prompts")
     assert used >= 20000
     assert_accounted(run_dir)
+
+
+def test_candidates_that_all_die_later_stop_the_run_too(tmp_path):
+    """Generation works, but every instance answer is a refusal: candidates pass the filters,
+    some rounds end with surplus, none adds a task. The guard counts those rounds too."""
+    with FakeOpenAI(script={"instances": [REFUSAL]}) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, target=20)
+        sent = len(server.log)
+    assert finished.reason == ev.FinishReason.FAILING
+    assert "no valid instances" in pauses[0]
+    assert f"Last rejected answer (no valid instances): {REFUSAL!r}" in pauses[0]
+    assert sent < 250  # two rounds' worth, not thousands
+    assert count(run_dir, "SELECT COUNT(*) FROM tasks WHERE origin = 'machine'") == 0
+    assert_accounted(run_dir)
+
+
+def test_failing_instance_requests_stop_the_run(tmp_path):
+    flagged = {"status": 400, "body": {"error": {
+        "message": "Invalid prompt: your prompt was flagged as potentially violating our usage "
+                   "policy.", "type": "invalid_request_error"}}}
+    with FakeOpenAI(script={"instances": [flagged]}) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, target=20)
+        sent = len(server.log)
+    assert finished.reason == ev.FinishReason.FAILING
+    assert "request failed" in pauses[0] and "request errors: bad_request" in pauses[0]
+    assert sent < 250

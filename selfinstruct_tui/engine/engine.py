@@ -506,6 +506,7 @@ class Engine:
         else:
             rnd.stats.rejected[reason.value] = rnd.stats.rejected.get(reason.value, 0) + 1
             rnd.reasons[reason.value] += 1
+            self.guard.last_rejected = (reason.value, raw or candidate)
         match = similar.most_similar if similar else None
         similar_id = cast(int, match.key) if match else None
         record = self.store.add_rejection(RejectionRecord(
@@ -591,7 +592,6 @@ class Engine:
         resp = asked.response
         if resp is None:
             return None
-        self.guard.last_answer = resp.text
         parsed = self.style.read_generation(resp.text, instructions,
                                             truncated=resp.finish_reason == "length")
         return asked.prompt_id, parsed

@@ -1,8 +1,9 @@
 """The run's policies about money and failures: when to pause and when to stop.
 
-* `SpendGuard`: rounds that add nothing to the pool are counted; after `max_fruitless_requests`
-  requests in a row (over at least two rounds) that added nothing, the run pauses with the counts
-  per reason and the last answer. `max_cost` (USD) and `max_tokens` stop it cleanly.
+* `SpendGuard`: rounds that accept no task are counted, whatever happened to their candidates
+  (rejected, failed, or surplus that was never sent on); after `max_fruitless_requests` requests
+  in a row that added nothing (over two rounds, or twice that many in one), the run pauses with
+  the counts per reason and the last rejected answer. `max_cost` (USD) and `max_tokens` stop it cleanly.
 * `FailureWatch`: a permanent failure pauses at once; a streak of failures (at least 3, over
   `error_pause_seconds` without a success) pauses with advice that fits the cause.
 """
@@ -32,7 +33,7 @@ class SpendGuard:
         self.empty_rounds = 0
         self.fruitless_requests = 0
         self.fruitless_reasons: Counter[str] = Counter()
-        self.last_answer = ""
+        self.last_rejected: tuple[str, str] | None = None  # (reason, the answer's fragment)
 
     def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for these tokens at the configured prices (per 1K tokens)."""
@@ -68,23 +69,28 @@ class SpendGuard:
         """Count a finished round; the pause message when the run should pause, else None."""
         if stats.status != "done":
             return None
-        if stats.accepted or stats.surplus:
+        if stats.accepted:
             self.reset()
             return None
         self.empty_rounds += 1
         self.fruitless_requests += stats.requests
         self.fruitless_reasons.update(reasons)
         limit = self.config.max_fruitless_requests
-        if not limit or self.empty_rounds < 2 or self.fruitless_requests < limit:
+        if not limit or self.fruitless_requests < limit or (
+                self.empty_rounds < 2 and self.fruitless_requests < 2 * limit):
             return None
         rejected = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                              self.fruitless_reasons.most_common()) or "no candidates"
         errors = ", ".join(f"{k} {v}" for k, v in failures.most_common())
-        last = " ".join(self.last_answer.split())[:300]
-        return (f"{self.empty_rounds} rounds in a row added nothing to the pool "
-                f"({self.fruitless_requests} requests). Rejected: {rejected}"
-                + (f"; request errors: {errors}" if errors else "")
-                + (f". Last answer: {last!r}" if last else ". No answer came back")
+        last = ""
+        if self.last_rejected is not None:
+            reason, text = self.last_rejected
+            last = f". Last rejected answer ({reason.replace('_', ' ')}): " \
+                   f"{' '.join(text.split())[:300]!r}"
+        rounds = "1 round" if self.empty_rounds == 1 else f"{self.empty_rounds} rounds in a row"
+        return (f"{rounds} added nothing to the pool ({self.fruitless_requests} requests). "
+                f"Rejected: {rejected}" + (f"; request errors: {errors}" if errors else "")
+                + (last or ". No answer came back")
                 + ". Check --model, --api and the endpoint (see the rejections), then resume")
 
     def backoff(self) -> float:
