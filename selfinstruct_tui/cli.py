@@ -309,6 +309,7 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     out = Console(highlight=False, soft_wrap=True)
     if app.return_value == DETACH_EXIT:
         # `d`: the engine stopped cleanly; a background process resumes the same run.
+        session.release_lock()
         proc = spawn_detached(session.run_dir, ["run", "--headless", "--run-dir",
                                                 str(session.run_dir)])
         out.print(f"the run continues in the background (pid {proc.pid}); log: "

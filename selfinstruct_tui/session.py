@@ -23,7 +23,7 @@ from selfinstruct_tui.engine.config import (
     new_run_dir,
 )
 from selfinstruct_tui.engine.errors import ConfigError, UserError
-from selfinstruct_tui.engine.runs import remember_run
+from selfinstruct_tui.engine.runs import RunLock, busy, lock_holder, remember_run
 from selfinstruct_tui.engine.seeds import (
     SeedTask,
     bundled_seeds_path,
@@ -60,6 +60,7 @@ class Session:
     base_url: str = ""
     server: Any = None  # the embedded model's LocalModelServer
     store: RunStore | None = None
+    lock: RunLock | None = None
 
     @property
     def resume_command(self) -> str:
@@ -73,6 +74,8 @@ class Session:
     def open(self, say: Callable[[str], None]) -> RunStore:
         """Start the embedded model (if any), find the model name, create or reopen the store."""
         cfg = self.config
+        self.lock = RunLock(self.run_dir)
+        self.lock.acquire()  # before anything runs: one engine per run
         self.api_key = os.environ.get(cfg.key_env, "")
         self.base_url = cfg.base_url
         if cfg.uses_embedded:
@@ -104,6 +107,13 @@ class Session:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        self.release_lock()
+
+    def release_lock(self) -> None:
+        """Let another process drive the run (the TUI's handover to a detached process)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def seeds_file(self) -> str | None:
@@ -121,6 +131,9 @@ def prepare(request: RunRequest) -> Session:
     """
     flags = request.flags
     if request.run_dir and is_run_dir(request.run_dir):
+        holder = lock_holder(Path(request.run_dir))
+        if holder is not None:
+            raise busy(Path(request.run_dir), holder)
         store = RunStore(request.run_dir)
         try:
             stored = store.config()

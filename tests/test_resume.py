@@ -194,3 +194,26 @@ def test_a_detached_run_whose_endpoint_is_gone_stops_without_waiting_on_retries(
         except ProcessLookupError:
             pass
     assert "stopped at" in (run_dir / "run.log").read_text()
+
+
+def test_a_run_is_driven_by_one_process_at_a_time(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        base = ("--base-url", server.base_url, "--model", "m", "--run-dir", str(run_dir),
+                "--target", "100000")
+        proc = run_cli("run", "--detach", *base, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        pid = int((run_dir / "engine.pid").read_text())
+        try:
+            for mode in ("--headless", "--detach"):
+                second = run_cli("run", mode, *base, timeout=60)
+                assert second.returncode == 2, second.stdout
+                assert f"is being run by process {pid}" in second.stderr
+                assert f"selfinstruct attach {run_dir}" in second.stderr
+            assert state(run_dir)["pid"] == pid  # untouched
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: state(run_dir).get("state") == "stopped", timeout=30)
+        # the lock goes with the process: the same command resumes now
+        again = run_cli("run", "--headless", *base[:-1], "150", timeout=120)
+    assert again.returncode == 0, again.stderr

@@ -144,3 +144,14 @@ def test_failing_instance_requests_stop_the_run(tmp_path):
     assert finished.reason == ev.FinishReason.FAILING
     assert "request failed" in pauses[0] and "request errors: bad_request" in pauses[0]
     assert sent < 250
+
+
+def test_a_cost_limit_without_prices_or_with_negative_prices_is_refused(run_cli, tmp_path):
+    base = ("run", "--headless", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+            "--run-dir", str(tmp_path / "run"))
+    proc = run_cli(*base, "--max-cost", "0.01")
+    assert proc.returncode == 2
+    assert "max_cost (--max-cost) needs prices" in proc.stderr and "--price-in" in proc.stderr
+    proc = run_cli(*base, "--max-cost", "0.01", "--price-in", "-5", "--price-out", "0.1")
+    assert proc.returncode == 2 and "price_input_per_1k must be 0 or more" in proc.stderr
+    assert not (tmp_path / "run").exists()

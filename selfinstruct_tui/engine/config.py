@@ -115,9 +115,14 @@ class RunConfig:
             problems.append(f"{where}: structured_output must be 'auto', 'on' or 'off', not "
                             f"{self.structured_output!r}")
         for name in ("max_cost", "max_tokens", "stop_grace", "context_window",
-                     "max_fruitless_requests", "min_words"):
+                     "max_fruitless_requests", "min_words", "price_input_per_1k",
+                     "price_output_per_1k", "requests_per_minute", "tokens_per_minute"):
             if getattr(self, name) < 0:
                 problems.append(f"{where}: {name} must be 0 or more")
+        if self.max_cost and not (self.price_input_per_1k or self.price_output_per_1k):
+            problems.append(f"{where}: max_cost (--max-cost) needs prices to count the cost: set "
+                            "price_input_per_1k and price_output_per_1k (--price-in, --price-out,"
+                            " USD per 1K tokens), or limit tokens with --max-tokens")
         if self.max_words < self.min_words:
             problems.append(f"{where}: max_words must be at least min_words")
         if problems:

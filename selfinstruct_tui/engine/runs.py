@@ -17,9 +17,73 @@ from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.store import RunStore, is_run_dir
 
 DETACHED_ENV = "SELFINSTRUCT_DETACHED"
+LOCK_FILE = "engine.lock"
 RUN_LOG = "run.log"
 PID_FILE = "engine.pid"
 DETACH_START_TIMEOUT = 600.0  # seconds; the embedded model's own start is bounded below this
+
+
+class RunBusy(UserError):
+    """Another process drives this run."""
+
+
+class RunLock:
+    """The exclusive right to drive a run: `flock` on RUN_DIR/engine.lock, holding the pid.
+
+    The operating system drops the lock when the process dies, so a crash never leaves a run
+    locked. Two engines on one run would spend twice and corrupt its accounting.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; RunBusy (exit 2) naming the holder's pid when another process has it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise busy(self.path.parent, lock_holder(self.path.parent)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the process that drives the run, or None when nobody does."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = path.read_text().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def busy(run_dir: Path, pid: int | None) -> RunBusy:
+    who = f"process {pid}" if pid and pid > 0 else "another process"
+    return RunBusy(f"{run_dir} is being run by {who}: watch it with `selfinstruct attach "
+                   f"{run_dir}`, or stop it first (key s in its TUI, or kill -TERM {pid})")
 
 
 def registry_path() -> Path:
