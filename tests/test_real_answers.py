@@ -54,7 +54,7 @@ def assert_accounted(run_dir: Path) -> None:
     """Every finished round adds up, and every paid instance answer ends in a task or a
     rejection that names the task."""
     conn = db(run_dir)
-    for r in conn.execute("SELECT * FROM rounds WHERE status = 'done'"):
+    for r in conn.execute("SELECT * FROM rounds WHERE status != 'running'"):
         rejected = sum(json.loads(r["rejected"]).values())
         assert r["candidates"] == r["accepted"] + rejected + r["surplus"], dict(r)
     tasks = {row[0] for row in conn.execute("SELECT id FROM tasks")}

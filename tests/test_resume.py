@@ -217,3 +217,89 @@ def test_a_run_is_driven_by_one_process_at_a_time(run_cli, tmp_path):
         # the lock goes with the process: the same command resumes now
         again = run_cli("run", "--headless", *base[:-1], "150", timeout=120)
     assert again.returncode == 0, again.stderr
+
+
+def test_work_a_stop_left_open_is_taken_up_not_paid_twice(tmp_path):
+    """The endpoint stops answering instance requests; the run is stopped with candidates whose
+    generation and classification are paid for. The next session takes them up first and
+    reuses the classification answers."""
+    import threading
+
+    from selfinstruct_tui.engine.engine import Engine
+    from test_real_answers import assert_accounted, machine
+    from tui_helpers import new_run
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"instances": [{"hang": 60}]}) as stuck:
+        store, config = new_run(run_dir, stuck.base_url, target=10, concurrency=4,
+                                stop_grace=0.2)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: stuck.kinds().count("instances") >= 2)
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    open_ids = [r[0] for r in conn.execute(
+        "SELECT task_id FROM candidates WHERE state = 'open' ORDER BY task_id")]
+    classified = {r[0] for r in conn.execute(
+        "SELECT task_ref FROM prompts WHERE kind = 'classify' AND response IS NOT NULL")}
+    assert len(open_ids) >= 2 and set(open_ids) & classified
+    assert conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'abandoned'"
+                        ).fetchone()[0] >= len(open_ids)
+    last_round = conn.execute("SELECT MAX(round) FROM rounds").fetchone()[0]
+    with FakeOpenAI() as server:
+        store = RunStore(run_dir)
+        config.base_url = server.base_url
+        Engine(store, config).run()
+        store.close()
+        asked_again = {body.get("prompt", "")[-200:] for _, kind, body in server.log
+                       if kind == "classify"}
+    resumed = conn.execute("SELECT prompts, candidates FROM rounds WHERE round = ?",
+                           (last_round + 1,)).fetchone()
+    assert resumed == (0, len(open_ids))  # taken up first, without generating
+    instructions = dict(conn.execute("SELECT task_id, instruction FROM candidates"))
+    for tid in set(open_ids) & classified:  # their classification was not asked again
+        assert not any(instructions[tid] in prompt for prompt in asked_again)
+    assert conn.execute("SELECT COUNT(*) FROM candidates WHERE state = 'open'").fetchone()[0] == 0
+    accepted = {t["instruction"] for t in machine(run_dir)}
+    assert {instructions[t] for t in open_ids} <= accepted | {
+        r[0] for r in conn.execute("SELECT candidate FROM rejections WHERE round = ?",
+                                   (last_round + 1,))}
+    assert_accounted(run_dir)
+
+
+def test_a_killed_run_closes_its_rounds_and_requests_and_takes_up_its_candidates(
+        isolated_env, tmp_path):
+    from test_real_answers import assert_accounted
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"instances": [{"hang": 60}]}) as stuck:
+        args = cli_command("run", "--headless", "--base-url", stuck.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "10")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: stuck.kinds().count("instances") >= 3)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM rounds WHERE status = 'running'").fetchone()[0]
+    assert conn.execute("SELECT COUNT(*) FROM prompts WHERE finished IS NULL").fetchone()[0]
+    with FakeOpenAI() as server:
+        args[args.index(stuck.base_url)] = server.base_url
+        done = subprocess.run(args, env=isolated_env, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "interrupted by the end of the last process" in done.stdout
+    assert conn.execute("SELECT COUNT(*) FROM rounds WHERE status = 'running'").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM prompts WHERE finished IS NULL").fetchone()[0] == 0
+    errors = {r[0] for r in conn.execute("SELECT error FROM prompts WHERE error IS NOT NULL")}
+    assert any(e.startswith("interrupted") for e in errors)
+    interrupted = conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'interrupted'"
+                               ).fetchone()[0]
+    assert interrupted >= 3
+    assert conn.execute("SELECT COUNT(*) FROM candidates WHERE state = 'open'").fetchone()[0] == 0
+    assert_accounted(run_dir)

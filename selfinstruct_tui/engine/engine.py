@@ -69,6 +69,7 @@ from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
 from selfinstruct_tui.engine.seeds import Instance, SeedTask
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import (
+    CandidateRecord,
     RejectionRecord,
     RoundStats,
     RunStore,
@@ -262,7 +263,7 @@ class Engine:
     def _load_pool(self) -> None:
         self.pool.load(self.store.tasks(status="active"))
         self._committed = self.pool.machine_count
-        self._next_id = self.store.max_task_id() + 1
+        self._next_id = self.store.max_used_id() + 1
         self.guard.before = self.store.token_totals()
         prompts = accepted = 0
         for r in self.store.rounds():
@@ -307,6 +308,7 @@ class Engine:
                                          self._on_failure, self.failures.success)
         reason = FinishReason.STOPPED
         try:
+            interrupted = self.store.recover_interrupted()
             self._load_pool()
             resumed = self.store.max_round() > 0
             self.store.set_meta("session", {"endpoint": self.base_url, "resumed": resumed,
@@ -314,6 +316,10 @@ class Engine:
             self._set_state("running")
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
+            if interrupted:
+                self.bus.emit(ev.Notice(
+                    f"round(s) {', '.join(map(str, interrupted))} were interrupted by the end of "
+                    "the last process; their open candidates are taken up again"))
             self._drain_commands()
             over = self.guard.over_budget()
             if over:
@@ -371,6 +377,11 @@ class Engine:
     async def _drive(self) -> FinishReason:
         number = self.store.max_round() + 1
         running: set[asyncio.Task] = set()
+        revived = self.store.open_candidates()
+        if revived and not self._stop_requested:
+            # Candidates a stop or a crash left open: paid for, so taken up before new rounds.
+            await self._run_round(self._new_round(number, prompts=0), revived)
+            number += 1
         try:
             while True:
                 await self._wait(number - 2, "finalized")
@@ -432,9 +443,10 @@ class Engine:
             size = min(size, max(1, math.ceil(needed / per_prompt)))
         return size
 
-    def _new_round(self, number: int) -> _Round:
+    def _new_round(self, number: int, prompts: int | None = None) -> _Round:
         stats = RoundStats(round=number, started=time.time(),
-                           prompts=self._round_size(number), rejected={})
+                           prompts=self._round_size(number) if prompts is None else prompts,
+                           rejected={})
         rnd = _Round(number, stats, asyncio.Event(), asyncio.Event(), [])
         self._rounds[number] = rnd
         for old in [n for n in self._rounds if n < number - 3]:
@@ -442,7 +454,9 @@ class Engine:
         self.store.start_round(stats)
         return rnd
 
-    async def _run_round(self, rnd: _Round) -> None:
+    async def _run_round(self, rnd: _Round, revived: list[CandidateRecord] | None = None) -> None:
+        """Generate, filter and resolve one round; `revived`: open candidates of earlier
+        sessions, taken up instead of generating."""
         number, stats = rnd.number, rnd.stats
         started = time.monotonic()
         rng = random.Random(f"{self.config.random_seed}:{number}")
@@ -459,6 +473,14 @@ class Engine:
             await self._wait(number - 1, "filtered")
             await self._wait(number - 2, "finalized")
             self.pool.evict(number - 2)
+            for old in revived or []:
+                stats.candidates += 1
+                item = ListItem(old.instruction, old.raw or old.instruction)
+                tid = self._filter_candidate(rnd, old.prompt_id, item, task_id=old.task_id)
+                if tid is not None:
+                    resolving.append(asyncio.create_task(self._resolve(
+                        rnd, tid, item, old.prompt_id,
+                        known=self.store.classification_answer(old.task_id))))
             for gen in gens:
                 result = await gen
                 if result is None:
@@ -528,7 +550,10 @@ class Engine:
                 level="instance", raw=text))
             self.bus.emit(ev.CandidateRejected.of(record))
 
-    def _filter_candidate(self, rnd: _Round, prompt_id: int, item: ListItem) -> int | None:
+    def _filter_candidate(self, rnd: _Round, prompt_id: int | None, item: ListItem,
+                          task_id: int | None = None) -> int | None:
+        """The candidate's task id once it passed the filters and was reserved, else None (the
+        rejection is recorded). `task_id`: the id a revived candidate already has."""
         instruction = item.instruction
         rejection = check_instruction(instruction, self.filters)
         if rejection is not None:
@@ -542,22 +567,32 @@ class Engine:
                          similar=similar, raw=item.raw)
             return None
         if self._stop_requested:
+            tid = task_id or self._new_id()
+            self.store.add_candidate(CandidateRecord(tid, rnd.number, prompt_id, instruction,
+                                                     item.raw))
             self._reject(rnd, prompt_id, instruction, RejectionReason.ABANDONED,
-                         "the run stopped before this candidate was sent on", raw=item.raw)
+                         "the run stopped before this candidate was sent on; the next session "
+                         "takes it up", task_id=tid, raw=item.raw)
             return None
         if self._in_work() >= self.config.target:
             self._reject(rnd, prompt_id, instruction, RejectionReason.SURPLUS,
                          f"the target ({self.config.target}) is already in reach; not sent on",
                          similar=similar, raw=item.raw)
             return None
-        tid = self._next_id
-        self._next_id += 1
+        tid = task_id or self._new_id()
+        self.store.add_candidate(CandidateRecord(tid, rnd.number, prompt_id, instruction,
+                                                 item.raw))
         self.pool.reserve(tid, instruction, rnd.number)
         self._pending.append(tid)
         self._round_of[tid] = rnd.number
         rnd.task_ids.append(tid)
         rnd.reserved += 1
         self._similar[tid] = similar
+        return tid
+
+    def _new_id(self) -> int:
+        tid = self._next_id
+        self._next_id += 1
         return tid
 
     # -- requests ---------------------------------------------------------------------------------
@@ -596,14 +631,15 @@ class Engine:
                                             truncated=resp.finish_reason == "length")
         return asked.prompt_id, parsed
 
-    async def _resolve(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int) -> None:
-        task = await self._complete(rnd, tid, item, prompt_id)
+    async def _resolve(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
+                       known: str | None = None) -> None:
+        task = await self._complete(rnd, tid, item, prompt_id, known)
         self._resolved[tid] = task
         if task is None:
             self.pool.release(tid)
         self._flush()
 
-    def _failed_request(self, rnd: _Round, prompt_id: int, item: ListItem, tid: int,
+    def _failed_request(self, rnd: _Round, prompt_id: int | None, item: ListItem, tid: int,
                         failure: str | None, what: str) -> None:
         if failure == ABANDONED:
             self._reject(rnd, prompt_id, item.instruction, RejectionReason.ABANDONED,
@@ -613,9 +649,12 @@ class Engine:
             self._reject(rnd, prompt_id, item.instruction, RejectionReason.REQUEST_FAILED,
                          f"the {what} request failed ({failure})", task_id=tid, raw=item.raw)
 
-    async def _classify(self, rnd: _Round, tid: int, item: ListItem,
-                        prompt_id: int) -> bool | None:
-        """The task's classification flag; None when the task was rejected (recorded)."""
+    async def _classify(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
+                        known: str | None = None) -> bool | None:
+        """The task's classification flag; None when the task was rejected (recorded).
+        `known`: an answer already paid for in an earlier session, used when it reads."""
+        if known is not None and (value := parse_classification(known)) is not None:
+            return value
         request = self.style.classification(item.instruction)
         max_tokens = self.style.classification_tokens(self.config.classification_max_tokens)
         answer = ""
@@ -637,11 +676,11 @@ class Engine:
                      task_id=tid, raw=answer)
         return None
 
-    async def _complete(self, rnd: _Round, tid: int, item: ListItem,
-                        prompt_id: int) -> Task | None:
+    async def _complete(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
+                        known: str | None = None) -> Task | None:
         c = self.config
         instruction = item.instruction
-        is_cls = await self._classify(rnd, tid, item, prompt_id)
+        is_cls = await self._classify(rnd, tid, item, prompt_id, known)
         if is_cls is None:
             return None
         inst_req = self.style.instances(instruction, is_cls, structured=self._structured())

@@ -40,7 +40,8 @@ class RejectionReason(str, enum.Enum):
     CONFLICTING_OUTPUTS = "conflicting_outputs"
     NO_VALID_INSTANCES = "no_valid_instances"
     REQUEST_FAILED = "request_failed"
-    ABANDONED = "abandoned"
+    ABANDONED = "abandoned"  # a stop came first; the next session takes it up again
+    INTERRUPTED = "interrupted"  # the process ended (crash, kill -9); taken up again too
     DROPPED_BY_USER = "dropped_by_user"
     SURPLUS = "surplus"
     # one instance of a task

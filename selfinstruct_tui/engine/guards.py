@@ -1,9 +1,10 @@
 """The run's policies about money and failures: when to pause and when to stop.
 
-* `SpendGuard`: rounds that accept no task are counted, whatever happened to their candidates
-  (rejected, failed, or surplus that was never sent on); after `max_fruitless_requests` requests
-  in a row that added nothing (over two rounds, or twice that many in one), the run pauses with
-  the counts per reason and the last rejected answer. `max_cost` (USD) and `max_tokens` stop it cleanly.
+* `SpendGuard`: rounds that accept no task are counted, whatever happened to their
+  candidates (rejected, failed, or surplus that was never sent on); after
+  `max_fruitless_requests` requests in a row that added nothing (over two rounds, or twice
+  that many in one), the run pauses with the counts per reason and the last rejected answer.
+  `max_cost` (USD) and `max_tokens` stop it cleanly.
 * `FailureWatch`: a permanent failure pauses at once; a streak of failures (at least 3, over
   `error_pause_seconds` without a success) pauses with advice that fits the cause.
 """

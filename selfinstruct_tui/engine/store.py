@@ -94,6 +94,16 @@ CREATE TABLE IF NOT EXISTS errors (
     message TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS candidates (
+    task_id INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    prompt_id INTEGER,
+    instruction TEXT NOT NULL,
+    raw TEXT,
+    state TEXT NOT NULL DEFAULT 'open',
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS candidates_open ON candidates(state);
 CREATE TABLE IF NOT EXISTS retries (
     id INTEGER PRIMARY KEY,
     round INTEGER,
@@ -222,6 +232,20 @@ class RejectionRecord:
 
 
 @dataclass(frozen=True)
+class CandidateRecord:
+    """A candidate that passed the filters (or would have, had the run not stopped), under the
+    task id it was given. `open` until it is accepted or rejected: a stop or a crash leaves it
+    open, and the next session takes it up again instead of paying for it twice."""
+
+    task_id: int
+    round: int
+    prompt_id: int | None
+    instruction: str
+    raw: str | None
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
 class RetryRecord:
     """A failed attempt that was retried: its cause, the attempt number, the wait (s) after it."""
 
@@ -323,8 +347,92 @@ class RunStore:
 
     # -- tasks ----------------------------------------------------------------------------------
     def insert_task(self, task: Task) -> None:
+        """Commit an accepted task (its candidate, if any, is settled in the same transaction)."""
         with self.db:
             self._insert_task(task)
+            self._settle(task.id)
+
+    # -- candidates ---------------------------------------------------------------------------
+    def add_candidate(self, c: CandidateRecord) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO candidates(task_id, round, prompt_id, instruction, raw, "
+                "state, created) VALUES (?,?,?,?,?, 'open', ?)",
+                (c.task_id, c.round, c.prompt_id, c.instruction, c.raw, c.created or time.time()))
+
+    def _settle(self, task_id: int | None) -> None:
+        if task_id is not None:
+            self.db.execute("UPDATE candidates SET state = 'done' WHERE task_id = ?", (task_id,))
+
+    def open_candidates(self) -> list[CandidateRecord]:
+        """Candidates left open by a stop or a crash, oldest first."""
+        try:
+            rows = self.db.execute("SELECT * FROM candidates WHERE state = 'open' "
+                                   "ORDER BY task_id").fetchall()
+        except sqlite3.OperationalError:  # a run made before candidates were recorded
+            return []
+        return [CandidateRecord(r["task_id"], r["round"], r["prompt_id"], r["instruction"],
+                                r["raw"], r["created"]) for r in rows]
+
+    def classification_answer(self, task_id: int) -> str | None:
+        """The latest classification answer already received for a candidate, if any."""
+        row = self.db.execute(
+            "SELECT response FROM prompts WHERE task_ref = ? AND kind = 'classify' AND "
+            "response IS NOT NULL ORDER BY id DESC LIMIT 1", (task_id,)).fetchone()
+        return row[0] if row else None
+
+    def max_used_id(self) -> int:
+        """The largest task id given to anything: tasks, candidates, requests' task refs."""
+        ids = [self.max_task_id()]
+        for sql in ("SELECT COALESCE(MAX(task_id), 0) FROM candidates",
+                    "SELECT COALESCE(MAX(task_ref), 0) FROM prompts"):
+            try:
+                ids.append(self.db.execute(sql).fetchone()[0])
+            except sqlite3.OperationalError:
+                pass
+        return max(ids)
+
+    def recover_interrupted(self) -> list[int]:
+        """After a crash: requests recorded and never finished get their reason, and rounds
+        left `running` are closed with what the store shows of them (their open candidates
+        recorded as `interrupted`), so every round adds up. Returns the rounds closed."""
+        now = time.time()
+        closed = []
+        with self.db:
+            self.db.execute("UPDATE prompts SET error = 'interrupted: the process ended before "
+                            "the answer', finished = ? WHERE finished IS NULL", (now,))
+            for (number,) in self.db.execute(
+                    "SELECT round FROM rounds WHERE status = 'running'").fetchall():
+                for c in self.db.execute(
+                        "SELECT * FROM candidates WHERE round = ? AND state = 'open'",
+                        (number,)).fetchall():
+                    self._insert_rejection(RejectionRecord(
+                        0, number, c["instruction"], "interrupted",
+                        "the process ended before this candidate was done; taken up again "
+                        "by the next session", prompt_id=c["prompt_id"], task_id=c["task_id"],
+                        raw=c["raw"], created=now))
+                accepted = self.db.execute(
+                    "SELECT COUNT(*) FROM tasks WHERE round = ? AND origin = 'machine'",
+                    (number,)).fetchone()[0]
+                rejected = {r[0]: r[1] for r in self.db.execute(
+                    "SELECT reason, COUNT(*) FROM rejections WHERE round = ? AND level = "
+                    "'candidate' AND reason NOT IN ('surplus', 'dropped_by_user') "
+                    "GROUP BY reason", (number,))}
+                surplus = self.db.execute(
+                    "SELECT COUNT(*) FROM rejections WHERE round = ? AND reason = 'surplus'",
+                    (number,)).fetchone()[0]
+                tokens = self.db.execute(
+                    "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+                    " COUNT(*) FROM prompts WHERE round = ?", (number,)).fetchone()
+                self.db.execute(
+                    "UPDATE rounds SET status = 'interrupted', finished = ?, accepted = ?, "
+                    "rejected = ?, surplus = ?, candidates = ?, prompt_tokens = ?, "
+                    "completion_tokens = ?, requests = ? WHERE round = ?",
+                    (now, accepted, json.dumps(rejected), surplus,
+                     accepted + sum(rejected.values()) + surplus, tokens[0], tokens[1],
+                     tokens[2], number))
+                closed.append(number)
+        return closed
 
     def _insert_task(self, task: Task) -> None:
         self.db.execute(
@@ -428,8 +536,12 @@ class RunStore:
 
     # -- rejections -------------------------------------------------------------------------------
     def add_rejection(self, record: RejectionRecord) -> RejectionRecord:
-        """Record a rejection; returns it with its id and time."""
+        """Record a rejection; returns it with its id and time. A candidate rejected for good
+        is settled in the same transaction (abandoned ones stay open for the next session)."""
         with self.db:
+            if record.level == "candidate" and record.reason not in ("abandoned",
+                                                                     "interrupted"):
+                self._settle(record.task_id)
             return self._insert_rejection(record)
 
     def _insert_rejection(self, r: RejectionRecord) -> RejectionRecord:
