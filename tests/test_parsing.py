@@ -341,3 +341,28 @@ def test_a_label_that_is_not_one_of_the_tasks_labels_is_dropped():
     assert [i.output for i in kept] == ["Positive", "Neutral sentiment"]
     assert [d.reason for d in dropped] == [R.LABEL_NOT_IN_TASK]
     assert label_matches("The answer is negative", {"positive", "negative"})
+
+
+@pytest.mark.parametrize("text, first, expected", [
+    # a number alone on its line, and numbers without dots after a dotted one
+    ("11: Rank the planets by size.\n12\nDesign a simple board game.\n13 Suggest five names.",
+     None, ["Rank the planets by size.", "Design a simple board game.", "Suggest five names."]),
+    # a number without its dot where no line has a dot
+    (" Rank the planets by size.\n10 Design a simple board game.", 9,
+     ["Rank the planets by size.", "Design a simple board game."]),
+    ("9 Write a poem about rain.\n10 Name a fruit please.", None,
+     ["Write a poem about rain.", "Name a fruit please."]),
+    # a skipped index right after an Input: part still starts an item
+    (" Sort it.\nInput: 10\n11. Explain recursion simply.", 9,
+     ["Sort it.", "Explain recursion simply."]),
+])
+def test_numbers_without_dots_and_skipped_indexes(text, first, expected):
+    assert items(parse_instruction_list(text, first_number=first)) == expected
+
+
+def test_a_refusal_as_an_output_is_dropped():
+    kept, dropped, rejection = clean_instances([
+        Instance("Bonjour", "As an AI language model, I cannot translate text."),
+        Instance("Hola", "Hello")])
+    assert kept == [Instance("Hola", "Hello")]
+    assert [d.reason for d in dropped] == [R.REFUSAL]

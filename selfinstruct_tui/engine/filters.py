@@ -7,7 +7,12 @@ import re
 import string
 from dataclasses import dataclass, field
 
-from selfinstruct_tui.engine.placeholders import normalize_input, placeholder_output, unusable_input
+from selfinstruct_tui.engine.placeholders import (
+    is_refusal,
+    normalize_input,
+    placeholder_output,
+    unusable_input,
+)
 from selfinstruct_tui.engine.seeds import Instance
 from selfinstruct_tui.engine.tokenize import unicode_tokens
 
@@ -69,7 +74,7 @@ INSTANCE_REASONS = frozenset({
     RejectionReason.INPUT_EQUALS_OUTPUT, RejectionReason.ENDS_WITH_COLON,
     RejectionReason.DUPLICATE_INSTANCE, RejectionReason.EXTRA_INSTANCE,
     RejectionReason.LABEL_NOT_IN_TASK,
-})
+})  # refusal, truncated and unparseable happen at both levels
 
 
 # The paper's list: tasks a text-only model cannot do.
@@ -219,6 +224,8 @@ def clean_instances(instances: list[Instance], *, is_classification: bool = Fals
             drop(RejectionReason.EMPTY_OUTPUT, "the output is empty")
         elif (why := placeholder_output(out)) is not None:
             drop(RejectionReason.PLACEHOLDER_OUTPUT, why)
+        elif is_refusal(out):
+            drop(RejectionReason.REFUSAL, "the output is a refusal, not an answer")
         elif (why := unusable_input(inp)) is not None:
             drop(RejectionReason.UNUSABLE_INPUT, why)
         elif inp == out:

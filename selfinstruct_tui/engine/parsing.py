@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.filters import RejectionReason as R
-from selfinstruct_tui.engine.placeholders import normalize_input
+from selfinstruct_tui.engine.placeholders import is_refusal, normalize_input
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,6 @@ _SPECIAL_TOKEN = re.compile(
     r"<eos>|<end_of_turn>|<start_of_turn>|\[/?INST\]", re.IGNORECASE)
 _SEPARATOR = re.compile(r"^[ \t]*(?:#{1,6}|-{3,}|\*{3,}|_{3,}|={3,}|~{3,})[ \t]*$")
 _HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]+\S")
-_REFUSAL = re.compile(
-    r"^\W*(?:i['’]?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can['’]?t\b|i cannot\b|"
-    r"i can not\b|i won['’]?t\b|i will not\b|i['’]?m (?:not able|unable)|i am (?:not able|unable)|"
-    r"as an ai\b|unfortunately,? i\b|i['’]?m afraid i)", re.IGNORECASE)
 _PREAMBLE = re.compile(
     r"^\W*(?:sure|certainly|of course|okay|ok|absolutely|great|here (?:are|is)|below (?:are|is)|"
     r"the following)\b", re.IGNORECASE)
@@ -129,6 +125,7 @@ _NUMBERED = re.compile(
     rf"|(?:new[ \t]+)?(?:task|instruction|prompt|item)[ \t]*#?[ \t]*(\d{{1,3}})[ \t]*[:.)\-–—]?"
     rf")[ \t]*{_MD}[ \t]*(.*)$", re.IGNORECASE)
 _BARE_NUMBER = re.compile(rf"^[ \t]*{_MD}(\d{{1,3}})[ \t]+{_MD}(?=[A-Za-z\"'“])(.*)$")
+_LONE_NUMBER = re.compile(r"^[ \t]*[*_]*\(?(\d{1,3})[*_]*[ \t]*$")
 _BULLET = re.compile(r"^[ \t]*[-*•+·][ \t]+(.*)$")
 _LABEL = re.compile(
     rf"^[ \t]*(?:[-*•][ \t]+)?{_MD}[ \t]*(instruction|task|input|output|response|answer|context)"
@@ -215,7 +212,8 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    numbered_mode = any(_numbered(line) for line in lines)
+    bare = _bare_markers(lines, first_number)
+    numbered_mode = bool(bare) or any(_numbered(line) for line in lines)
     bullet_mode = not numbered_mode and any(
         _BULLET.match(line) and not _LABEL.match(line) for line in lines)
     label_mode = not numbered_mode and not bullet_mode and any(
@@ -226,9 +224,10 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     outside: list[str] = []
     cur: _Item | None = None
     expected = first_number
-    first_nonblank = next((line for line in lines if line.strip()), "")
-    if first_number is not None and not _starts_item(first_nonblank, numbered_mode,
-                                                     bullet_mode, label_mode, first_number):
+    first = next((n for n, line in enumerate(lines) if line.strip()), 0)
+    if first_number is not None and first not in bare and _item_start(
+            lines[first] if lines else "", numbered_mode, bullet_mode, label_mode,
+            first_number, False) is None:
         cur = _Item(first_number, implicit=True)
         expected = first_number + 1
     in_section = False
@@ -240,18 +239,20 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
             items.append(cur)
         cur = None
 
-    for line in lines:
+    for n, line in enumerate(lines):
         if not line.strip():
             if cur is not None and cur.has_content:
                 blank_pending = True
             continue
         start = _item_start(line, numbered_mode, bullet_mode, label_mode, expected, in_section)
+        if start is None and n in bare:
+            start = _bare_start(line)
         if start is not None:
             finish()
-            number, rest = start
-            cur = _Item(number)
-            if number is not None:
-                expected = number + 1
+            index, rest = start
+            cur = _Item(index)
+            if index is not None:
+                expected = index + 1
             in_section = False
             blank_pending = False
             if label_mode:
@@ -286,17 +287,49 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     return _finish_list(None, parsed, examples, text, outside)
 
 
-def _starts_item(line: str, numbered: bool, bullet: bool, label: bool, expected: int) -> bool:
-    return _item_start(line, numbered, bullet, label, expected, False) is not None
+def _bare_start(line: str) -> tuple[int, str] | None:
+    with_text = _BARE_NUMBER.match(line)
+    if with_text:
+        return int(with_text.group(1)), with_text.group(2)
+    alone = _LONE_NUMBER.match(line)
+    return (int(alone.group(1)), "") if alone else None
+
+
+def _bare_markers(lines: list[str], first_number: int | None) -> set[int]:
+    """Indexes of lines that start an item with a number but no dot ("10 Suggest ...", or "12"
+    alone on its line): only where the number continues the list's sequence, so "3 ways to
+    save money" inside an item is not an index."""
+    found: set[int] = set()
+    expected = first_number + 1 if first_number is not None else None
+    numbers: list[tuple[int, int]] = []
+    for n, line in enumerate(lines):
+        dotted = _numbered(line)
+        if dotted is not None:
+            expected = dotted[0] + 1
+            continue
+        match = _BARE_NUMBER.match(line) or _LONE_NUMBER.match(line)
+        if match is None:
+            continue
+        number = int(match.group(1))
+        numbers.append((n, number))
+        if number == expected:
+            found.add(n)
+            expected = number + 1
+    # With nothing to go by (chat, no dotted line): a run of consecutive numbers, in order.
+    for (n1, a), (n2, b) in zip(numbers, numbers[1:], strict=False):
+        if b == a + 1:
+            found.update((n1, n2))
+    return found
 
 
 def _item_start(line: str, numbered: bool, bullet: bool, label_mode: bool,
                 expected: int | None, in_section: bool) -> tuple[int | None, str] | None:
     if numbered:
         hit = _numbered(line)
-        # Inside an item's Input:/Output: part only the next number starts an item: a numbered
-        # list inside an input is not a list of tasks.
-        if hit is not None and (not in_section or hit[0] == expected):
+        # Inside an item's Input:/Output: part only the next numbers (a skip of up to two)
+        # start an item: a numbered list inside an input, which restarts at 1, is not one.
+        if hit is not None and (not in_section or expected is None
+                                or expected <= hit[0] <= expected + 2):
             return hit
         bare = _BARE_NUMBER.match(line)
         if bare and expected is not None and int(bare.group(1)) == expected:
@@ -354,7 +387,7 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
     restated = n_examples > 0 and set(range(1, n_examples + 1)) <= numbers and any(
         n > n_examples for n in numbers)
     for listed, _ in candidates:
-        if _REFUSAL.match(listed.instruction):
+        if is_refusal(listed.instruction):
             result.discarded.append(Fragment(listed.raw, R.REFUSAL, "the model declined"))
         elif (restated and listed.number is not None and listed.number <= n_examples) or \
                 _norm_key(listed.instruction) in example_keys:
@@ -365,7 +398,7 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
             result.items.append(listed)
     if not result.items and not result.discarded:
         whole = text.strip()
-        if _REFUSAL.match(whole) or any(_REFUSAL.match(line) for line in outside or []):
+        if is_refusal(whole) or any(is_refusal(line) for line in outside or []):
             result.discarded.append(Fragment(whole[:2000], R.REFUSAL, "the model declined"))
         else:
             result.discarded.append(Fragment(
@@ -554,7 +587,7 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
             result.instances.append(made)
     if not result.instances and not result.discarded:
         whole = text.strip()
-        reason = R.REFUSAL if _REFUSAL.match(whole) else R.UNPARSEABLE
+        reason = R.REFUSAL if is_refusal(whole) else R.UNPARSEABLE
         result.discarded.append(Fragment(whole[:2000] or "(empty answer)", reason,
                                          "the model declined" if reason is R.REFUSAL else
                                          f"no examples found; {layout}"))

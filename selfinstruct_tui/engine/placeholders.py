@@ -93,3 +93,14 @@ def unusable_input(text: str) -> str | None:
     if match and _ATTACHMENT_WORDS.search(match.group(1)):
         return f"the input is a placeholder ({stripped[:60]}), not content"
     return None
+
+
+_REFUSAL = re.compile(
+    r"^\W*(?:i['’]?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can['’]?t\b|i cannot\b|"
+    r"i can not\b|i won['’]?t\b|i will not\b|i['’]?m (?:not able|unable)|i am (?:not able|unable)|"
+    r"as an ai\b|unfortunately,? i\b|i['’]?m afraid i)", re.IGNORECASE)
+
+
+def is_refusal(text: str) -> bool:
+    """The model declined ("I'm sorry, but I can't ...", "As an AI language model, I cannot")."""
+    return bool(_REFUSAL.match(text))

@@ -146,14 +146,15 @@ class StatusView:
             top = ", ".join(f"{k.replace('_', ' ')} {v}"
                             for k, v in self.retry_causes.most_common(2))
             retries = f" │ retries {sum(self.retry_causes.values())} ({top})"
+        # Errors and retries come right after the state: a narrow terminal cuts the line's end.
         return Text.assemble(
             (f" {self.run_name} ", "bold"), "│ ", (model, ""), " │ ",
             (state, "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR)
              else "bold"),
-            f" │ pool {self.accepted}/{self.target} │ {rate * 60:.1f}/min │ "
-            f"{self.tokens:,} tok │ ${self.cost:.4f} │ {fmt_duration(elapsed)} │ ETA {eta}",
             (f" │ errors {self.errors}" if self.errors else ""),
             retries,
+            f" │ pool {self.accepted}/{self.target} │ {rate * 60:.1f}/min │ "
+            f"{self.tokens:,} tok │ ${self.cost:.4f} │ {fmt_duration(elapsed)} │ ETA {eta}",
         )
 
 
