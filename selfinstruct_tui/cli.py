@@ -190,7 +190,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not is_run_dir(args.run_dir):
         raise UserError(f"{args.run_dir}: not a run directory (no run.sqlite in it)")
-    path, count = export_run(args.run_dir, args.format, args.output)
+    try:
+        path, count = export_run(args.run_dir, args.format, args.output)
+    except IsADirectoryError:
+        raise UserError(f"{args.output}: is a directory; name a file with -o") from None
+    except OSError as exc:
+        raise UserError(f"{args.output or args.run_dir}: cannot write the export "
+                        f"({exc.strerror or exc}); choose another -o") from None
     Console(highlight=False, soft_wrap=True).print(
         f"wrote {count} rows ({args.format}) to {path}", markup=False)
     return 0
@@ -320,9 +326,11 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     if finished is None:
         return FinishReason.STOPPED.exit_code
     if finished.reason is not FinishReason.TARGET:
+        why = finished.message or (f"it was paused: {engine.pause_reason}"
+                                   if engine.paused_by_errors else "")
         out.print(f"{'stopped' if finished.reason is FinishReason.STOPPED else 'ended'} at "
                   f"{finished.accepted}/{finished.target} machine tasks"
-                  + (f": {finished.message}" if finished.message else "")
+                  + (f": {why}" if why else "")
                   + f"\nresume with: {session.resume_command}", markup=False)
     return FinishReason(finished.reason).exit_code
 
@@ -348,8 +356,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
 
     session = prepare(run_request(args))  # refuse bad settings here, in the foreground
     run_dir = session.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(run_dir, 0o700)
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # new directories only: 0700
     remember_run(run_dir)
     argv = [a for a in args.raw_argv if a != "--detach"]
     if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in argv):

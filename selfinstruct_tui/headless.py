@@ -48,7 +48,7 @@ def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool)
     if s.usage_missing:
         tokens = f"~{tokens} (estimated: {s.usage_missing} answers carried no usage)"
     if priced:
-        tokens += f", ${s.cost:.4f}"
+        tokens += f", {'~' if s.usage_missing else ''}${s.cost:.4f}"
     parts.append(tokens)
     parts.append(f"{s.wall_time:.1f}s")
     return "; ".join(parts)
@@ -70,6 +70,7 @@ class HeadlessPrinter:
         self.progress: Progress | None = None
         self.task_id: TaskID | None = None
         self.errors_shown = 0
+        self.last_error = ""
         self.retries_shown = 0
         self.pause_message = ""
         self.tokens = 0
@@ -95,7 +96,8 @@ class HeadlessPrinter:
         if self.usage_missing:
             tokens = f"~{tokens} (estimated: the endpoint reported no usage for " \
                      f"{self.usage_missing} answers)"
-        return tokens + (f", ${self.cost:.4f}" if self.priced else "")
+        cost = f", {'~' if self.usage_missing else ''}${self.cost:.4f}" if self.priced else ""
+        return tokens + cost
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
@@ -137,6 +139,9 @@ class HeadlessPrinter:
                 self._line(f"retry ({event.cause.replace('_', ' ')}, attempt {event.attempt}, "
                            f"next in {event.delay:.1f}s): {event.message}")
         elif isinstance(event, ev.RequestError):
+            if event.message == self.last_error:  # the requests in flight fail alike
+                return
+            self.last_error = event.message
             self.errors_shown += 1
             if self.errors_shown <= 5 or self.errors_shown % 50 == 0:
                 self._line(f"request error ({event.kind}): {event.message}")
@@ -146,7 +151,8 @@ class HeadlessPrinter:
             self.pause_message = event.reason
             self._line(f"paused: {event.reason}")
         elif isinstance(event, ev.Stopping):
-            self._line("stopping: requests in flight may finish (Ctrl-C again to abandon them)")
+            self._line("stopping: requests in flight may finish (a second Ctrl-C or SIGTERM "
+                       "abandons them)")
         elif isinstance(event, ev.Finished):
             self.close()
             took = time.monotonic() - self.started

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct_tui.engine.config import (
+    SAFE_ON_RESUME,
     RunConfig,
     build_config,
     load_user_config,
@@ -33,6 +34,7 @@ from selfinstruct_tui.engine.seeds import (
 )
 from selfinstruct_tui.engine.store import RunStore, is_run_dir, seed_tasks_to_pool
 
+PATH_FLAGS = ("--seeds", "--run-dir", "--model-path")
 # Settings a small embedded model works better with (used unless the user set them).
 EMBEDDED_DEFAULTS = {"concurrency": 2, "generation_max_tokens": 384, "instance_max_tokens": 200}
 
@@ -67,8 +69,15 @@ class Session:
         """The exact command that resumes this run: the one given, with --run-dir and without
         --detach."""
         argv = [a for a in self.request.argv if a != "--detach"]
+        # Paths become absolute: the command must work from any directory.
+        for n, arg in enumerate(argv):
+            for flag in PATH_FLAGS:
+                if arg == flag and n + 1 < len(argv):
+                    argv[n + 1] = str(Path(argv[n + 1]).resolve())
+                elif arg.startswith(flag + "="):
+                    argv[n] = f"{flag}={Path(arg.split('=', 1)[1]).resolve()}"
         if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in argv):
-            argv += ["--run-dir", str(self.run_dir)]
+            argv += ["--run-dir", str(self.run_dir.resolve())]
         return "selfinstruct " + shlex.join(argv)
 
     def open(self, say: Callable[[str], None]) -> RunStore:
@@ -152,8 +161,8 @@ def prepare(request: RunRequest) -> Session:
                     f"{request.run_dir} holds a run with different settings, so it cannot "
                     "resume with this command:\n  " + "\n  ".join(refused) +
                     "\nLeave these flags out to resume as it was, or start a new run with "
-                    "another --run-dir. (Safe to change on resume: target, concurrency, rate "
-                    "limits, timeouts, prices, spend limits, base URL.)")
+                    "another --run-dir. (Safe to change on resume: "
+                    + ", ".join(sorted(SAFE_ON_RESUME)) + ".)")
             return Session(Path(request.run_dir), cfg, True, request)
         # A run directory without a config is one whose start failed: start it afresh.
     file_settings = load_user_config()
@@ -209,6 +218,11 @@ def discover_model(base_url: str, api_key: str) -> str:
     except openai.APIError as exc:
         raise UserError(f"cannot list the models at {base_url} ({exc.__class__.__name__}); "
                         "check --base-url, or name the model with --model") from None
+    except (AttributeError, TypeError, ValueError, KeyError):
+        # A 200 answer that is not the API's JSON: a web UI, a wrong path.
+        raise UserError(f"{base_url}/models did not answer like an OpenAI-compatible API (a "
+                        "web page?): check --base-url (it usually ends in /v1), or name the "
+                        "model with --model") from None
     finally:
         client.close()
     if len(models) == 1:

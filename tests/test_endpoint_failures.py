@@ -254,3 +254,25 @@ def test_structured_output_on_fails_clearly_where_it_is_refused():
         with pytest.raises(RequestFailed) as info:
             asyncio.run(go(server))
     assert info.value.fatal and "--structured-output off" in str(info.value)
+
+
+def test_a_base_url_that_serves_a_web_page_is_named(run_cli, tmp_path):
+    page = {"status": 200, "content_type": "text/html",
+            "body": "<html><head><title>Open WebUI</title></head><body>app</body></html>"}
+    with FakeOpenAI(script={"*": [page]}) as server:
+        proc = run(run_cli, server, tmp_path / "run", "--concurrency", "1")
+        sent = len(server.log)
+    assert proc.returncode == 3
+    assert "answered with an HTML page ('Open WebUI') instead of the OpenAI API" in proc.stderr
+    assert "check --base-url" in proc.stderr
+    assert sent == 1  # not retried
+
+
+def test_an_export_to_a_bad_path_is_an_error_not_a_traceback(run_cli, fake_server, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir), "--target", "3", check=True)
+    for target in (tmp_path, "/proc/version"):
+        proc = run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(target))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert str(target) in proc.stderr

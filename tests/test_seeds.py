@@ -159,3 +159,15 @@ def test_no_input_placeholders_are_empty_inputs_in_seeds(tmp_path, run_cli):
     assert [t.instances[0].input for t in tasks] == ["", "", "", "", "real"]
     proc = run_cli("seeds", "check", str(path), check=True)
     assert "without input:   4 (80.0%)" in proc.stdout
+
+
+def test_seeds_check_warns_about_placeholder_outputs_and_unusable_inputs(tmp_path, run_cli):
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n".join([
+        line(id="a", instances=[{"input": "", "output": "<No Output>"}]),
+        line(id="b", instruction="Summarize the page.",
+             instances=[{"input": "https://example.com/page", "output": "A summary."}]),
+        line(id="c", instruction="Name a colour please.")]) + "\n")
+    proc = run_cli("seeds", "check", str(path), check=True)
+    assert "warning: a: instances[0]: placeholder output '<No Output>'" in proc.stdout
+    assert "warning: b: instances[0]: the input is only a link" in proc.stdout

@@ -562,8 +562,11 @@ class Engine:
             return None
         similar = self.pool.query(instruction)
         if similar.is_duplicate:
+            match = similar.most_similar
+            against = "" if match is None or cast(int, match.key) in self.pool else (
+                " against a candidate of this or a recent round (reserved, not in the pool)")
             self._reject(rnd, prompt_id, instruction, RejectionReason.NEAR_DUPLICATE,
-                         f"ROUGE-L {similar.max_score:.3f} > {self.config.threshold}",
+                         f"ROUGE-L {similar.max_score:.3f} > {self.config.threshold}{against}",
                          similar=similar, raw=item.raw)
             return None
         if self._stop_requested:

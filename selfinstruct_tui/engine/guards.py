@@ -119,7 +119,7 @@ class FailureWatch:
         self.in_a_row += 1
         self.kinds[exc.kind] += 1
         if exc.fatal:
-            return f"{exc} - fix it, then resume"
+            return str(exc)  # permanent failures carry their own advice
         quiet_for = time.monotonic() - self.last_success
         if quiet_for < self.error_pause_seconds or self.in_a_row < 3:
             return None

@@ -292,6 +292,10 @@ class MalformedResponse(Exception):
     pass
 
 
+class NotAnAPI(Exception):
+    """The base URL answered 200 with something that is not JSON (a web page, a wrong path)."""
+
+
 def map_error(exc: BaseException, s: ClientSettings) -> Failure:
     """The one table from an exception to its cause and handling."""
     where = f"{s.base_url} (model {s.model!r}, {s.api} API)"
@@ -299,6 +303,9 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         other = "completions" if s.api == "chat" else "chat"
         return Failure(Cause.WRONG_API, f"the endpoint answered a {s.api} request with a "
                        f"{other} response: use --api {exc.use}", fatal=True)
+    if isinstance(exc, NotAnAPI):
+        return Failure(Cause.NOT_FOUND, f"{s.base_url} answered with {exc} instead of the OpenAI "
+                       "API: check --base-url (it usually ends in /v1)", fatal=True)
     if isinstance(exc, openai.APITimeoutError):
         return Failure(Cause.TIMEOUT, f"no answer within {s.request_timeout:g}s from {s.base_url}",
                        retry=True)
@@ -612,7 +619,8 @@ class LLMClient:
             if prompt + 16 > limit:
                 raise RequestFailed(
                     f"the prompt is {prompt} tokens and the model's context window is {limit} "
-                    "tokens: it cannot fit. Use a model with a larger context window, or fewer "
+                    "tokens: it cannot fit. Use a model with a larger context window (or start "
+                    "the server with a larger one); generation prompts also shrink with fewer "
                     "or shorter examples (num_prompt_instructions, shorter seed tasks)",
                     kind=Cause.CONTEXT, fatal=True, attempts=attempt, status=failure.status)
             return min(max_tokens - 1, limit - prompt - 8)
@@ -636,6 +644,7 @@ class LLMClient:
         if isinstance(req, CompletionRequest):
             resp = await self._client.completions.create(
                 prompt=req.prompt, stop=list(req.stop)[:4] or openai.omit, **common)
+            _check_api(resp)
             if not resp.choices:
                 raise MalformedResponse("the response has no choices")
             choice = resp.choices[0]
@@ -647,6 +656,7 @@ class LLMClient:
                 common["response_format"] = {"type": "json_schema", "json_schema": req.schema}
             resp = await self._client.chat.completions.create(
                 messages=list(req.messages), **common)  # type: ignore[arg-type]
+            _check_api(resp)
             if not resp.choices:
                 raise MalformedResponse("the response has no choices")
             choice = resp.choices[0]
@@ -663,6 +673,15 @@ class LLMClient:
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
         reported = usage is not None and (prompt_tokens > 0 or completion_tokens > 0)
         return str(text), choice.finish_reason, prompt_tokens, completion_tokens, reported
+
+
+def _check_api(resp: object) -> None:
+    """The openai client returns the raw text when a 200 answer is not JSON."""
+    if isinstance(resp, (str, bytes)):
+        text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
+        kind = "an HTML page" if "<html" in text[:2000].lower() else "text that is not JSON"
+        title = html_summary(text)[:80]
+        raise NotAnAPI(f"{kind} ({title!r})" if title else kind)
 
 
 def _is_json(text: str) -> bool:

@@ -4,6 +4,7 @@ endpoint reports no usage), and what the client learned about the endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,11 @@ class RequestRecorder:
 
         try:
             resp = await self.client.request(request, params, on_retry)
+        except asyncio.CancelledError:  # the engine is shutting down around this request
+            done = self.store.finish_prompt(record, response=None,
+                                            error="abandoned: the engine stopped")
+            self.bus.emit(ev.PromptFailed.of(done))
+            raise
         except RequestAbandoned as exc:
             done = self.store.finish_prompt(
                 record, response=None, error=f"abandoned {exc.when} (the run was stopping)")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfinstruct_tui.engine.config import runs_root, user_data_dir
+from selfinstruct_tui.engine.config import runs_root
 from selfinstruct_tui.engine.control import RunState, run_status
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.store import RunStore, is_run_dir
@@ -87,7 +87,9 @@ def busy(run_dir: Path, pid: int | None) -> RunBusy:
 
 
 def registry_path() -> Path:
-    return user_data_dir() / "runs.txt"
+    """Beside the runs folder (so SELFINSTRUCT_RUNS_DIR moves it too): runs.txt by default."""
+    root = runs_root()
+    return root.parent / f"{root.name}.txt"
 
 
 def remember_run(run_dir: Path) -> None:
@@ -150,7 +152,7 @@ def run_info(run_dir: Path) -> RunInfo:
         meta = store.get_meta("state") or {}
         detail = ""
         if state == RunState.FAILED and meta.get("reason"):
-            detail = str(meta["reason"])[:60]
+            detail = str(meta["reason"])[:160]
         elif state == RunState.STOPPED and meta.get("finish_reason") == "failing":
             detail = "endpoint failing or paused by a spend guard"
         elif state == RunState.STOPPED and meta.get("finish_reason") == "limit":

@@ -18,7 +18,11 @@ from typing import Any
 
 from selfinstruct_tui.engine.errors import InputFileError
 from selfinstruct_tui.engine.fsutil import atomic_write_text
-from selfinstruct_tui.engine.placeholders import normalize_input
+from selfinstruct_tui.engine.placeholders import (
+    normalize_input,
+    placeholder_output,
+    unusable_input,
+)
 from selfinstruct_tui.engine.records import parse_records, read_utf8
 
 
@@ -186,6 +190,12 @@ def summarize(tasks: list[SeedTask], fmt: str = "self-instruct") -> SeedSummary:
     cls = sum(t.is_classification for t in tasks)
     no_input = sum(all(not i.input.strip() for i in t.instances) for t in tasks)
     summary = SeedSummary(len(tasks), cls, no_input, sum(len(t.instances) for t in tasks), fmt)
+    for task in tasks:
+        for n, inst in enumerate(task.instances, start=1):
+            why = placeholder_output(inst.output) or unusable_input(inst.input)
+            if why:
+                summary.warnings.append(f"{task.id}: instances[{n - 1}]: {why}; the model "
+                                        "learns from it as written")
     if summary.count < 8:
         summary.warnings.append(
             f"only {summary.count} tasks: each prompt shows 6 seed examples, so prompts will "
@@ -210,6 +220,9 @@ def seed_difference(file_tasks: list[SeedTask], run_tasks: list[SeedTask]) -> st
     """What differs between two seed sets, in a sentence; None when their content is equal."""
     if [_canonical(t) for t in file_tasks] == [_canonical(t) for t in run_tasks]:
         return None
+    if sorted(map(_canonical, file_tasks)) == sorted(map(_canonical, run_tasks)):
+        return ("the same tasks in another order (the order matters: prompts sample the seed "
+                "list by position)")
     parts = []
     if len(file_tasks) != len(run_tasks):
         parts.append(f"the file has {len(file_tasks)} tasks, the run {len(run_tasks)}")
@@ -219,8 +232,13 @@ def seed_difference(file_tasks: list[SeedTask], run_tasks: list[SeedTask]) -> st
             continue
         field = ("instruction" if ca[0] != cb[0] else
                  "instances" if ca[1] != cb[1] else "is_classification")
-        parts.append(f"first difference at task {n} ({field}): file {a.id} "
-                     f"{_short(a.instruction)!r}, run {b.id} {_short(b.instruction)!r}")
+        if field == "instruction":
+            at = _first_difference(ca[0], cb[0])
+            shown = (f"file {a.id} {_around(ca[0], at)!r}, run {b.id} {_around(cb[0], at)!r} "
+                     f"(character {at + 1})")
+        else:
+            shown = f"file {a.id}, run {b.id}: {_short(a.instruction)!r}"
+        parts.append(f"first difference at task {n} ({field}): {shown}")
         break
     else:
         shorter, longer = (file_tasks, run_tasks) if len(file_tasks) < len(run_tasks) else \
@@ -230,6 +248,17 @@ def seed_difference(file_tasks: list[SeedTask], run_tasks: list[SeedTask]) -> st
         parts.append(f"first difference at task {len(shorter) + 1}: only the {where} has "
                      f"{extra.id} {_short(extra.instruction)!r}")
     return "; ".join(parts)
+
+
+def _first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)))
+
+
+def _around(text: str, at: int, width: int = 30) -> str:
+    start = max(0, at - width)
+    return ("…" if start else "") + text[start:at + width] + ("…" if at + width < len(text)
+                                                            else "")
 
 
 def _short(text: str, n: int = 60) -> str:

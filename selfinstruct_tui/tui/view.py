@@ -359,6 +359,8 @@ class RunView:
     def _on_Finished(self, e: ev.Finished) -> None:
         reason = ev.FinishReason(e.reason)
         was_live = self.state in LIVE_STATES
+        self.in_flight.clear()  # the engine has stopped: nothing is in flight any more
+        self.dirty.add("prompts")
         self._set_state(reason.state)
         if was_live:
             self.status.elapsed_before += time.monotonic() - self.status.started
