@@ -207,7 +207,7 @@ def test_faulty_endpoint_still_reaches_target(run_cli, tmp_path):
     assert count_machine(run_dir) == 40
     db = sqlite3.connect(run_dir / "run.sqlite")
     reasons = {r[0] for r in db.execute("SELECT reason FROM rejections")}
-    assert "truncated_response" in reasons or "no_valid_instances" in reasons
+    assert "truncated" in reasons  # cut answers keep their complete items
 
 
 def test_model_is_discovered_when_the_endpoint_serves_one(run_cli, fake_server, tmp_path):
