@@ -18,6 +18,7 @@ from conftest import cli_command
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds, write_seeds
 from selfinstruct_tui.engine.store import RunStore, is_run_dir, seed_tasks_to_pool
+from test_detach_attach import state_of as state
 from test_run_e2e import count_machine, resume_line, wait_for
 
 
@@ -25,14 +26,6 @@ def seed_file(tmp_path: Path, name: str, tasks) -> Path:
     path = tmp_path / name
     write_seeds(path, tasks)
     return path
-
-
-def state(run_dir: Path) -> dict:
-    store = RunStore(run_dir, readonly=True)
-    try:
-        return store.get_meta("state") or {}
-    finally:
-        store.close()
 
 
 def test_the_same_seeds_resume_and_different_seeds_are_refused(run_cli, fake_server, tmp_path):

@@ -49,6 +49,7 @@ from selfinstruct_tui.engine.control import (
     Pause,
     ReplaceSeeds,
     Resume,
+    RunState,
     Stop,
     decode,
 )
@@ -111,7 +112,7 @@ class Engine:
                                       tokenizer=config.tokenizer)
         self.pool = Pool(make_index(index_kind, config.threshold, config.tokenizer))
         self.style: PromptStyle = style_for(config.api)
-        self.state = "starting"
+        self.state: str = RunState.STARTING
         self.pause_reason = ""
         self.paused_by_errors = False
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -201,23 +202,23 @@ class Engine:
         self.store.set_meta("state", meta)
 
     def _do_pause(self, reason: str = "paused by the user", by_errors: bool = False) -> None:
-        if self._client is None or self.state in ("stopping", "finished"):
+        if self._client is None or self.state in (RunState.STOPPING, RunState.FINISHED):
             return
         self._client.pause()
         self.pause_reason = reason
         self.paused_by_errors = by_errors
-        self._set_state("paused")
+        self._set_state(RunState.PAUSED)
         self.bus.emit(ev.Paused(reason, by_errors))
 
     def _do_resume(self) -> None:
-        if self._client is None or self.state != "paused":
+        if self._client is None or self.state != RunState.PAUSED:
             return
         self.failures.success()
         self.guard.reset()
         self.pause_reason = ""
         self.paused_by_errors = False
         self._client.resume()
-        self._set_state("running")
+        self._set_state(RunState.RUNNING)
         self.bus.emit(ev.Resumed())
 
     def _do_stop(self, reason: FinishReason = FinishReason.STOPPED, message: str = "",
@@ -231,8 +232,8 @@ class Engine:
             self._client.abandon_pending(self.config.stop_grace if grace is None else grace)
         if self._wakeup is not None:
             self._wakeup.set()
-        if self.state != "finished":
-            self._set_state("stopping")
+        if self.state != RunState.FINISHED:
+            self._set_state(RunState.STOPPING)
         self.bus.emit(ev.Stopping())
 
     def _do_stop_now(self) -> None:
@@ -313,7 +314,7 @@ class Engine:
             resumed = self.store.max_round() > 0
             self.store.set_meta("session", {"endpoint": self.base_url, "resumed": resumed,
                                             "started": time.time(), "pid": os.getpid()})
-            self._set_state("running")
+            self._set_state(RunState.RUNNING)
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
             if interrupted:
@@ -516,7 +517,7 @@ class Engine:
             rnd.finalized.set()
             self.bus.emit(ev.RoundFinished.of(stats, self.config.target))
             pause = self.guard.after_round(stats, rnd.reasons, self.failures.kinds)
-            if pause and self.state == "running":
+            if pause and self.state == RunState.RUNNING:
                 self._do_pause(pause, by_errors=True)
 
     # -- filtering ------------------------------------------------------------------------------
@@ -612,7 +613,7 @@ class Engine:
 
     def _on_failure(self, number: int, exc: RequestFailed) -> None:
         pause = self.failures.failure(exc)
-        if pause and self.state == "running":
+        if pause and self.state == RunState.RUNNING:
             self._do_pause(pause, by_errors=True)
 
     def _structured(self) -> bool:
