@@ -14,11 +14,15 @@ import time
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 
 from selfinstruct_tui.engine.errors import ConfigError
+
+Api = Literal["completions", "chat"]
+Tokenizer = Literal["rouge", "unicode"]
+StructuredOutput = Literal["auto", "on", "off"]
 
 APP_NAME = "selfinstruct-tui"
 EMBEDDED = "embedded"
@@ -29,7 +33,7 @@ class RunConfig:
     # endpoint; base_url == "embedded" means the managed local llama.cpp server
     base_url: str = ""
     model: str = ""
-    api: str = "completions"
+    api: Api = "completions"
     key_env: str = "OPENAI_API_KEY"
     model_path: str = ""
     # run
@@ -52,7 +56,7 @@ class RunConfig:
     max_instances: int = 5
     # filters
     threshold: float = 0.7
-    tokenizer: str = "rouge"
+    tokenizer: Tokenizer = "rouge"
     min_words: int = 4
     max_words: int = 150
     filter_non_ascii: bool = True
@@ -69,7 +73,7 @@ class RunConfig:
     # the model's context window in tokens (0: learned from the endpoint's first context error)
     context_window: int = 0
     # chat only: JSON-schema structured output (auto: used where the endpoint accepts it)
-    structured_output: str = "auto"
+    structured_output: StructuredOutput = "auto"
     # spend guards: stop when the run's cost (USD) or its tokens reach these (0: no limit) ...
     max_cost: float = 0.0
     max_tokens: int = 0
@@ -178,6 +182,8 @@ def _line_of(text: str, key: str) -> int | None:
 
 
 def _coerce(value: Any, type_name: str) -> Any:
+    """The value as the setting's type; TypeError naming the type. The Literal-typed settings
+    (api, tokenizer, structured_output) are strings here; `validate` checks their values."""
     if type_name == "bool":
         if isinstance(value, bool):
             return value

@@ -71,6 +71,7 @@ from selfinstruct_tui.engine.seeds import Instance, SeedTask
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import (
     CandidateRecord,
+    PromptKind,
     RejectionRecord,
     RoundStats,
     RunStore,
@@ -600,7 +601,7 @@ class Engine:
         return tid
 
     # -- requests ---------------------------------------------------------------------------------
-    async def _ask(self, rnd: _Round, kind: str, request: Request, params: SamplingParams, *,
+    async def _ask(self, rnd: _Round, kind: PromptKind, request: Request, params: SamplingParams, *,
                    examples: list[Task] | None = None, task_ref: int | None = None) -> Asked:
         assert self._requests is not None
         asked = await self._requests.ask(rnd.stats, kind, request, params, examples=examples,

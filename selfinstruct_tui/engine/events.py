@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.store import (
     ErrorRecord,
+    PromptKind,
     PromptRecord,
     RejectionRecord,
     RetryRecord,
@@ -56,7 +57,7 @@ class RunStarted(Event):
 class PromptSent(Event):
     prompt_id: int
     round: int
-    kind: str  # generate | classify | instances
+    kind: PromptKind
     prompt: str
     examples: tuple[tuple[int, str, str], ...] = ()  # (task id, origin, instruction)
     task_ref: int | None = None

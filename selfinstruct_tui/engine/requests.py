@@ -20,7 +20,7 @@ from selfinstruct_tui.engine.llm import (
     estimate_tokens,
 )
 from selfinstruct_tui.engine.prompts import CompletionRequest, Request
-from selfinstruct_tui.engine.store import RoundStats, RunStore
+from selfinstruct_tui.engine.store import PromptKind, RoundStats, RunStore
 from selfinstruct_tui.engine.task import Task
 
 ABANDONED = "abandoned"
@@ -57,7 +57,7 @@ class RequestRecorder:
         client = self.client
         return client.settings.structured_output != "off" and client.structured is not False
 
-    async def ask(self, stats: RoundStats, kind: str, request: Request,
+    async def ask(self, stats: RoundStats, kind: PromptKind, request: Request,
                   params: SamplingParams, *, examples: list[Task] | None = None,
                   task_ref: int | None = None) -> Asked:
         """Send one request of round `stats.round` and record everything about it."""

@@ -15,12 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.seeds import SeedTask
 from selfinstruct_tui.engine.task import Task, instances_from_json, similar_from_json
+
+PromptKind = Literal["generate", "classify", "instances"]
 
 DB_NAME = "run.sqlite"
 SCHEMA_VERSION = 2
@@ -192,7 +194,7 @@ class PromptRecord:
 
     id: int
     round: int
-    kind: str  # generate | classify | instances
+    kind: PromptKind
     prompt: str
     examples: tuple[tuple[int, str, str], ...]
     task_ref: int | None
@@ -587,7 +589,7 @@ class RunStore:
         return out
 
     # -- prompts --------------------------------------------------------------------------------
-    def add_prompt(self, *, round: int, kind: str, prompt: str,
+    def add_prompt(self, *, round: int, kind: PromptKind, prompt: str,
                    examples: tuple[tuple[int, str, str], ...] = (),
                    task_ref: int | None = None) -> PromptRecord:
         """Record a request before it is sent (so it is visible while in flight)."""
