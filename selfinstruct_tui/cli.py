@@ -64,6 +64,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--structured-output", choices=["auto", "on", "off"],
                    dest="structured_output", help="chat: JSON-schema answers (auto: where the "
                    "endpoint supports them)")
+    p.add_argument("--group-by-prefix", choices=["auto", "on", "off"], dest="group_by_prefix",
+                   help="send prompts that start alike back to back so the server reuses the "
+                   "shared few-shot prefix (auto: on for the embedded model)")
     p.add_argument("--max-fruitless-requests", type=int, dest="max_fruitless_requests",
                    metavar="N", help="pause after this many requests in a row that added "
                    "nothing to the pool (40; 0: never)")
@@ -99,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a run's tasks")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--format", required=True, choices=FORMATS)
-    export.add_argument("-o", "--output", metavar="FILE")
+    export.add_argument("-o", "--output", metavar="FILE", help="the file to write (- for "
+                        "stdout; default: export-FORMAT in the run directory)")
 
     seeds = sub.add_parser("seeds", help="seed file tools")
     seeds_sub = seeds.add_subparsers(dest="seeds_command", required=True)
@@ -121,7 +125,7 @@ RUN_FLAG_NAMES = ("target", "model", "base_url", "api", "concurrency", "random_s
                   "requests_per_minute", "tokens_per_minute", "request_timeout", "max_retries",
                   "price_input_per_1k", "price_output_per_1k", "key_env", "model_path",
                   "max_cost", "max_tokens", "context_window", "stop_grace", "structured_output",
-                  "max_fruitless_requests")
+                  "max_fruitless_requests", "group_by_prefix")
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,8 +201,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"{args.output or args.run_dir}: cannot write the export "
                         f"({exc.strerror or exc}); choose another -o") from None
-    Console(highlight=False, soft_wrap=True).print(
-        f"wrote {count} rows ({args.format}) to {path}", markup=False)
+    if str(path) != "-":
+        Console(highlight=False, soft_wrap=True).print(
+            f"wrote {count} rows ({args.format}) to {path}", markup=False)
     return 0
 
 

@@ -71,6 +71,7 @@ class HeadlessPrinter:
         self.task_id: TaskID | None = None
         self.errors_shown = 0
         self.last_error = ""
+        self.gone = False  # stdout was closed: print nothing more
         self.retries_shown = 0
         self.pause_message = ""
         self.tokens = 0
@@ -78,10 +79,17 @@ class HeadlessPrinter:
         self.usage_missing = 0
 
     def _line(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
-        else:
-            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        if self.gone:
+            return
+        try:
+            if self.progress is not None:
+                self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            else:
+                self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        except (OSError, SystemExit):
+            # stdout went away (`| head`, a closed terminal): rich ends with SystemExit there.
+            # Progress is a view; the run goes on, and its store has everything.
+            self.gone = True
 
     def note(self, text: str) -> None:
         self._line(text)

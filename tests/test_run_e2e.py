@@ -251,3 +251,36 @@ def test_export_of_missing_run_dir_fails_clearly(run_cli, tmp_path):
     proc = run_cli("export", str(tmp_path / "nope"), "--format", "alpaca")
     assert proc.returncode == 2
     assert "not a run directory" in proc.stderr
+
+
+def test_export_never_overwrites_the_runs_own_files_and_writes_stdout(run_cli, fake_server,
+                                                                      tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir), "--target", "3", check=True)
+    before = (run_dir / "run.sqlite").read_bytes()
+    for target in (run_dir / "run.sqlite", "/dev/full", tmp_path):
+        proc = run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(target))
+        assert proc.returncode == 2 and str(target) in proc.stderr, proc.stdout
+    assert (run_dir / "run.sqlite").read_bytes() == before
+    out = run_cli("export", str(run_dir), "--format", "self-instruct", "-o", "-", check=True)
+    assert len(out.stdout.splitlines()) == 3 and not (tmp_path / "-").exists()
+
+
+def test_a_closed_stdout_does_not_stop_a_headless_run(isolated_env, tmp_path):
+    """`selfinstruct run --headless ... | head -3`: the run goes on to its target."""
+    from test_real_answers import assert_accounted
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.02) as server:
+        proc = subprocess.Popen(
+            cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                        "--run-dir", str(run_dir), "--target", "60"),
+            env=isolated_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3):
+            proc.stdout.readline()
+        proc.stdout.close()  # what `head -3` does
+        _, errs = proc.communicate(timeout=120)
+    assert proc.returncode == 0, errs
+    assert count_machine(run_dir) >= 60
+    assert_accounted(run_dir)

@@ -74,6 +74,10 @@ class RunConfig:
     context_window: int = 0
     # chat only: JSON-schema structured output (auto: used where the endpoint accepts it)
     structured_output: StructuredOutput = "auto"
+    # send prompts that start alike back to back, so a server that keeps the last prompt's KV
+    # state (the embedded llama.cpp) evaluates only what follows the shared few-shot prefix
+    # (auto: on for the embedded model)
+    group_by_prefix: StructuredOutput = "auto"
     # spend guards: stop when the run's cost (USD) or its tokens reach these (0: no limit) ...
     max_cost: float = 0.0
     max_tokens: int = 0
@@ -87,6 +91,11 @@ class RunConfig:
     @property
     def uses_embedded(self) -> bool:
         return self.base_url == EMBEDDED
+
+    @property
+    def groups_by_prefix(self) -> bool:
+        return self.group_by_prefix == "on" or (self.group_by_prefix == "auto"
+                                                and self.uses_embedded)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -115,6 +124,9 @@ class RunConfig:
             problems.append(f"{where}: threshold must be in (0, 1]")
         if self.prompts_per_round < 0:
             problems.append(f"{where}: prompts_per_round must be 0 (auto) or more")
+        if self.group_by_prefix not in ("auto", "on", "off"):
+            problems.append(f"{where}: group_by_prefix must be 'auto', 'on' or 'off', not "
+                            f"{self.group_by_prefix!r}")
         if self.structured_output not in ("auto", "on", "off"):
             problems.append(f"{where}: structured_output must be 'auto', 'on' or 'off', not "
                             f"{self.structured_output!r}")
@@ -139,7 +151,7 @@ SAFE_ON_RESUME = {
     "target", "concurrency", "prompts_per_round", "request_timeout", "max_retries",
     "requests_per_minute", "tokens_per_minute", "error_pause_seconds", "price_input_per_1k",
     "price_output_per_1k", "base_url", "key_env", "model_path", "stop_grace", "context_window",
-    "structured_output", "max_cost", "max_tokens", "max_fruitless_requests",
+    "structured_output", "max_cost", "max_tokens", "max_fruitless_requests", "group_by_prefix",
 }
 
 SETTABLE = {f.name: f.type for f in fields(RunConfig)}

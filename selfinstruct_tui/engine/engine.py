@@ -290,7 +290,8 @@ class Engine:
             key_env=c.key_env, concurrency=c.concurrency, request_timeout=c.request_timeout,
             max_retries=c.max_retries, requests_per_minute=c.requests_per_minute or None,
             tokens_per_minute=c.tokens_per_minute or None, context_window=window,
-            structured_output=c.structured_output if self.style.supports_structured else "off")
+            structured_output=c.structured_output if self.style.supports_structured else "off",
+            group_by_prefix=c.groups_by_prefix)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> ev.Finished:

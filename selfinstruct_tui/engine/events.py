@@ -258,5 +258,5 @@ class EventBus:
         for fn in list(self._subscribers):
             try:
                 fn(event)
-            except Exception:  # a broken subscriber must never stop a run
+            except (Exception, SystemExit):  # a broken subscriber must never stop a run
                 log.exception("event subscriber failed on %s", type(event).__name__)

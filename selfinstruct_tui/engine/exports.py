@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
+from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
 from selfinstruct_tui.engine.placeholders import normalize_input
 from selfinstruct_tui.engine.store import RunStore
@@ -83,21 +85,44 @@ def write_rows(rows: Iterable[dict], fmt: str, fh: IO[str]) -> int:
     return count
 
 
-def export_run(run_dir: str | Path, fmt: str, output: str | Path | None) -> tuple[Path, int]:
-    """Write the export atomically; returns the path and the number of rows."""
+# Files of a run directory that an export must never replace.
+RUN_FILES = ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm", "run.log", "engine.pid",
+             "engine.lock", "llama-server.log", "llama-server.pid", "seeds.jsonl")
+
+
+def check_target(run_dir: str | Path, path: Path) -> None:
+    """Refuse an export path that would destroy something: one of the run's own files, or an
+    existing path that is not a regular file (a device, a directory, a pipe). UserError."""
+    target = path.resolve()
+    if target.parent == Path(run_dir).resolve() and target.name in RUN_FILES:
+        raise UserError(f"{path}: is one of the run's own files; choose another -o")
+    if target.exists() and not target.is_file():
+        what = "a directory" if target.is_dir() else "not a regular file"
+        raise UserError(f"{path}: is {what}; name a file with -o (or -o - for stdout)")
+
+
+def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
+               stdout: IO[str] | None = None) -> tuple[Path, int]:
+    """Write the export atomically (or to `stdout` when `output` is "-"); returns the path and
+    the number of rows. UserError for a target that must not be written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     store = RunStore(run_dir, readonly=True)
     try:
         cfg = store.config()
         tokenizer = cfg.tokenizer if cfg else "rouge"
-        path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
-        with atomic_writer(path) as fh:
+
+        def rows() -> Iterable[dict]:
             if fmt == "rejections":
-                count = write_rows((asdict(r) for r in store.iter_rejections()), fmt, fh)
-            else:
-                count = write_rows(iter_rows(store.iter_tasks("machine"), fmt, tokenizer), fmt,
-                                   fh)
+                return (asdict(r) for r in store.iter_rejections())
+            return iter_rows(store.iter_tasks("machine"), fmt, tokenizer)
+
+        if str(output) == "-":
+            return Path("-"), write_rows(rows(), fmt, stdout or sys.stdout)
+        path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
+        check_target(run_dir, path)
+        with atomic_writer(path) as fh:
+            count = write_rows(rows(), fmt, fh)
     finally:
         store.close()
     return path, count

@@ -125,6 +125,7 @@ class ClientSettings:
     tokens_per_minute: float | None = None
     context_window: int | None = None
     structured_output: str = "auto"  # auto | on | off (chat requests that carry a schema)
+    group_by_prefix: bool = False  # send prompts that start alike back to back (PrefixGate)
 
 
 class Redactor:
@@ -372,6 +373,80 @@ def _body_code(exc: openai.APIStatusError) -> str | None:
     return None
 
 
+class PrefixGate:
+    """Concurrency slots. With `grouped`, a freed slot goes to a waiting request whose prompt
+    starts like the one sent last (up to `run_limit` in a row while others wait), else to the
+    oldest waiter.
+
+    A server that keeps the previous prompt's KV state (llama.cpp's server, one request at a
+    time) then evaluates only the part after the shared few-shot prefix: requests of different
+    kinds interleaved would evaluate every prompt whole. Without `grouped` it is a FIFO
+    semaphore. Waiting time is not wasted either way: the slots stay full.
+    """
+
+    def __init__(self, slots: int, grouped: bool, run_limit: int = 8) -> None:
+        self.free = slots
+        self.grouped = grouped
+        self.run_limit = run_limit
+        self._fifo: deque[tuple[str, asyncio.Future[None]]] = deque()
+        self._by_key: dict[str, deque[asyncio.Future[None]]] = {}
+        self._last = ""
+        self._run = 0
+
+    async def acquire(self, key: str) -> None:
+        if self.free > 0 and not self._fifo:
+            self.free -= 1
+            self._granted(key)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fifo.append((key, fut))
+        self._by_key.setdefault(key, deque()).append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted just before the cancel: pass the slot on
+            else:  # never granted: leave the queues, or a free slot would wait behind it
+                self._fifo.remove((key, fut))
+                self._by_key[key].remove(fut)
+            raise
+
+    def _granted(self, key: str) -> None:
+        self._run = self._run + 1 if key == self._last else 1
+        self._last = key
+
+    def release(self) -> None:
+        while True:
+            key, fut = self._pick()
+            if fut is None:
+                self.free += 1
+                return
+            if not fut.done():
+                self._granted(key)
+                fut.set_result(None)
+                return
+
+    def _pick(self) -> tuple[str, asyncio.Future[None] | None]:
+        same = self._by_key.get(self._last)
+        others_wait = any(k != self._last for k, f in self._fifo if not f.done())
+        if self.grouped and same and (self._run < self.run_limit or not others_wait):
+            fut = same.popleft()
+            self._fifo.remove((self._last, fut))
+            return self._last, fut
+        if not self._fifo:
+            return "", None
+        key, fut = self._fifo.popleft()
+        self._by_key[key].remove(fut)
+        return key, fut
+
+
+def prefix_key(req: CompletionRequest | ChatRequest, chars: int = 160) -> str:
+    """What a prompt starts with: requests of one kind share their few-shot prefix."""
+    if isinstance(req, CompletionRequest):
+        return req.prompt[:chars]
+    return "".join(m["content"] for m in req.messages)[:chars]
+
+
 class RateLimiter:
     """Sliding one-minute windows for requests and (estimated) tokens."""
 
@@ -409,7 +484,7 @@ class LLMClient:
             timeout=settings.request_timeout,
             max_retries=0,
         )
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._slots = PrefixGate(settings.concurrency, settings.group_by_prefix)
         self._running = asyncio.Event()
         self._running.set()
         self._stopping = False
@@ -514,6 +589,7 @@ class LLMClient:
         RequestAbandoned (the client was stopped).
         """
         chars = self._prompt_chars(req)
+        key = prefix_key(req)
         max_tokens = self._fit(chars, params.max_tokens)
         attempt = 0
         context_retries = 0
@@ -522,7 +598,8 @@ class LLMClient:
             attempt += 1
             await self._gate()
             await self._limiter.acquire(chars // 4 + 1 + max_tokens)
-            async with self._slots:
+            await self._slots.acquire(key)
+            try:
                 await self._gate()  # pausing stops new requests at once, even queued ones
                 self.in_flight += 1
                 started = time.monotonic()
@@ -559,6 +636,8 @@ class LLMClient:
                     self.in_flight -= 1
                     if task is not None:
                         self._active.discard(task)
+            finally:
+                self._slots.release()
             message = self.redact(failure.message)
             if failure.cause == Cause.STRUCTURED_OUTPUT and structured:
                 if self.settings.structured_output == "on":
