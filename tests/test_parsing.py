@@ -366,3 +366,21 @@ def test_a_refusal_as_an_output_is_dropped():
         Instance("Hola", "Hello")])
     assert kept == [Instance("Hola", "Hello")]
     assert [d.reason for d in dropped] == [R.REFUSAL]
+
+
+def test_a_classification_answer_in_the_input_first_layout_keeps_its_labels():
+    text = " Example 1\nInput: The movie was wonderful.\nOutput: Positive\n\nExample 2\n" \
+           "Input: I want my money back.\nOutput: Negative"
+    parsed = parse_instances(text, output_first=True, starts_in_example=True)
+    assert pairs(parsed) == [("The movie was wonderful.", "Positive"),
+                             ("I want my money back.", "Negative")]
+
+
+def test_refusals_in_classification_answers_are_refusals():
+    whole = parse_instances(" I'm sorry, but I can't help with that.", output_first=True,
+                            starts_in_example=True)
+    assert reasons(whole) == [R.REFUSAL]
+    kept, dropped, _ = clean_instances(
+        [Instance("I'm sorry, but I cannot provide an example.", "Positive"),
+         Instance("Great film.", "Positive")], is_classification=True)
+    assert kept == [Instance("Great film.", "Positive")] and dropped[0].reason == R.REFUSAL

@@ -285,3 +285,18 @@ def test_structured_output_is_detected_once_and_recorded(tmp_path):
         else:  # asked once (or until the first answer showed it was ignored), then plain text
             assert formats.count(True) <= 2 and not formats[-1]
         assert_accounted(run_dir)
+
+
+def test_a_refusal_in_a_classification_answer_never_becomes_a_label(tmp_path):
+    refusal = ("Example 1\nInput: (none)\nOutput: I'm sorry, but I can't help with that.\n\n"
+               "Example 2\nInput: (none)\nOutput: I'm sorry, but I can't help with that.")
+    with FakeOpenAI(script={"generate": [f" {NEW[0]}", f" {NEW[1]}"],
+                            "classify": [" Yes", " Yes"],
+                            "instances": [refusal, " Calm\nInput: Still water."]},
+                    repeat_last=False) as server:
+        run_dir, _, _ = run_engine(tmp_path, server, 1)
+    [rejected] = [r for r in rejections(run_dir) if r["reason"] == "no_valid_instances"]
+    assert rejected["candidate"] == NEW[0] and "refusal 2" in rejected["detail"]
+    [task] = machine(run_dir)
+    assert json.loads(task["instances"]) == [{"input": "Still water.", "output": "Calm"}]
+    assert_accounted(run_dir)

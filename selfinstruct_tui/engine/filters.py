@@ -224,8 +224,9 @@ def clean_instances(instances: list[Instance], *, is_classification: bool = Fals
             drop(RejectionReason.EMPTY_OUTPUT, "the output is empty")
         elif (why := placeholder_output(out)) is not None:
             drop(RejectionReason.PLACEHOLDER_OUTPUT, why)
-        elif is_refusal(out):
-            drop(RejectionReason.REFUSAL, "the output is a refusal, not an answer")
+        elif is_refusal(out) or is_refusal(inp):
+            drop(RejectionReason.REFUSAL, f"the {'output' if is_refusal(out) else 'input'} is "
+                                          "a refusal, not content")
         elif (why := unusable_input(inp)) is not None:
             drop(RejectionReason.UNUSABLE_INPUT, why)
         elif inp == out:

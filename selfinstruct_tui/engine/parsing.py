@@ -562,11 +562,19 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     the example it ends in is cut.
     """
     text = _cut_special_tokens(text)
+    if is_refusal(text.strip()):
+        return ParsedInstances(discarded=[Fragment(text.strip()[:2000], R.REFUSAL,
+                                                   "the model declined")])
     from_json = _parse_json_instances(text, output_first, truncated)
     if from_json is not None:
         return from_json
     text = until_next_task(text)
-    if starts_in_example and output_first:
+    lines = text.splitlines()
+    if output_first and any(_OUT_LABEL.match(line) for line in lines) and not any(
+            _CLASS_LABEL.match(line) for line in lines):
+        # A classification task answered in the input-first layout: its outputs are labels.
+        output_first = False
+    elif starts_in_example and output_first:
         text = "Class label:" + text
     layout = OUTPUT_FIRST_LAYOUT if output_first else INPUT_FIRST_LAYOUT
     reader = _InstanceReader(output_first)
