@@ -35,9 +35,11 @@ def short_reasons(counts: dict[str, int]) -> str:
 
 def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool) -> str:
     """The headless (and log) line for a finished round."""
-    parts = [f"round {s.round}: {s.accepted} accepted of {s.candidates} candidates from "
-             f"{s.prompts} prompts (rejected {s.rejected_total}: "
-             f"{short_reasons(s.rejected or {})}; surplus {s.surplus})"]
+    source = f"from {s.prompts} prompts" if s.prompts else \
+        "taken up again (paid for earlier; no new prompts)"
+    parts = [f"round {s.round}: {s.accepted} accepted of {s.candidates} candidates {source} "
+             f"(rejected {s.rejected_total}: {short_reasons(s.rejected or {})}; "
+             f"surplus {s.surplus})"]
     if s.instances_dropped:
         parts.append(f"instances dropped {sum(s.instances_dropped.values())}: "
                      f"{short_reasons(s.instances_dropped)}")

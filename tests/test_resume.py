@@ -52,7 +52,7 @@ def test_the_same_seeds_resume_and_different_seeds_are_refused(run_cli, fake_ser
     # file with the edited set both resume; the "no input" spelling does not matter.
     edited = seeds[:19]
     store = RunStore(run_dir)
-    store.replace_seeds(seed_tasks_to_pool(edited, store.max_task_id() + 1))
+    store.replace_seeds(seed_tasks_to_pool(edited, store.max_used_id() + 1))
     store.close()
     run_cli(*base, "--seeds", str(original), "--target", "12", check=True)
     respelled = [t for t in edited]
@@ -295,4 +295,29 @@ def test_a_killed_run_closes_its_rounds_and_requests_and_takes_up_its_candidates
                                ).fetchone()[0]
     assert interrupted >= 3
     assert conn.execute("SELECT COUNT(*) FROM candidates WHERE state = 'open'").fetchone()[0] == 0
+    assert_accounted(run_dir)
+
+
+def test_surplus_is_taken_up_before_new_prompts_when_the_target_rises(run_cli, fake_server,
+                                                                      tmp_path):
+    from test_real_answers import assert_accounted
+
+    run_dir = tmp_path / "run"
+    base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir), "--concurrency", "8")
+    run_cli(*base, "--target", "5", check=True)
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    kept = conn.execute("SELECT COUNT(*) FROM candidates WHERE state = 'open'").fetchone()[0]
+    assert kept > 0  # surplus: paid for, not sent on
+    # Seeds edited by an older version, whose new ids could collide with open candidates.
+    store = RunStore(run_dir)
+    store.replace_seeds(seed_tasks_to_pool(load_seeds(bundled_seeds_path())[:30],
+                                           store.max_task_id() + 1))
+    store.close()
+    last = conn.execute("SELECT MAX(round) FROM rounds").fetchone()[0]
+    more = run_cli(*base, "--target", "12", check=True)
+    assert f"round {last + 1}: " in more.stdout and "taken up again" in more.stdout
+    first = conn.execute("SELECT prompts, candidates FROM rounds WHERE round = ?",
+                         (last + 1,)).fetchone()
+    assert first == (0, kept)
     assert_accounted(run_dir)

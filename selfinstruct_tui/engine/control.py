@@ -189,7 +189,7 @@ class OfflineControl:
         store = RunStore(self.run_dir)
         try:
             if isinstance(command, ReplaceSeeds):
-                new = seed_tasks_to_pool(list(command.seeds), store.max_task_id() + 1)
+                new = seed_tasks_to_pool(list(command.seeds), store.max_used_id() + 1)
                 store.replace_seeds(new)
                 self.emit(ev.SeedsReplaced(tuple(new)))
             elif isinstance(command, DropTask):

@@ -134,6 +134,8 @@ class Engine:
         self.guard = SpendGuard(config)
         self.failures = FailureWatch(config.error_pause_seconds, self.base_url)
         self._requests: RequestRecorder | None = None
+        self._revivable = True  # open candidates may wait in the store (a stop, a crash)
+        self._taken: set[int] = set()  # task ids of open candidates taken up this session
         # round -> (generation prompts, accepted) of every round up to it (the yield per prompt)
         self._totals: dict[int, tuple[int, int]] = {}
         self.finished: ev.Finished | None = None
@@ -380,11 +382,6 @@ class Engine:
     async def _drive(self) -> FinishReason:
         number = self.store.max_round() + 1
         running: set[asyncio.Task] = set()
-        revived = self.store.open_candidates()
-        if revived and not self._stop_requested:
-            # Candidates a stop or a crash left open: paid for, so taken up before new rounds.
-            await self._run_round(self._new_round(number, prompts=0), revived)
-            number += 1
         try:
             while True:
                 await self._wait(number - 2, "finalized")
@@ -403,8 +400,9 @@ class Engine:
                     if self._stop_requested:
                         break
                 self._apply_pending_seeds()
-                rnd = self._new_round(number)
-                task = asyncio.create_task(self._run_round(rnd))
+                revived = self._take_open_candidates()
+                rnd = self._new_round(number, prompts=0 if revived else None)
+                task = asyncio.create_task(self._run_round(rnd, revived))
                 running.add(task)
                 task.add_done_callback(running.discard)
                 number += 1
@@ -416,6 +414,23 @@ class Engine:
         if self._committed >= self.config.target:
             return FinishReason.TARGET
         return self._stop_reason
+
+    def _round_failed(self, rnd: _Round, exc: Exception) -> None:
+        """An unexpected error inside a round: record it and stop the run (the store keeps
+        everything so far; the next session takes open candidates up)."""
+        log.exception("round %d failed", rnd.number)
+        self.store.add_error(rnd.number, "engine", repr(exc))
+        self._do_stop(FinishReason.ERROR, f"round {rnd.number} failed: {exc!r}")
+
+    def _take_open_candidates(self) -> list[CandidateRecord]:
+        """Open candidates not yet taken up in this session: left by a stop or a crash, or kept
+        as surplus. They are paid for, so a round takes them up before new prompts are sent."""
+        if not self._revivable:
+            return []
+        self._revivable = False
+        taken = [c for c in self.store.open_candidates() if c.task_id not in self._taken]
+        self._taken.update(c.task_id for c in taken)
+        return taken
 
     async def _backoff(self, seconds: float) -> None:
         """Wait between rounds that added nothing; a stop ends the wait."""
@@ -499,6 +514,8 @@ class Engine:
                     if tid is not None:
                         resolving.append(asyncio.create_task(
                             self._resolve(rnd, tid, item, prompt_id)))
+        except Exception as exc:  # a bug must end the run, never leave it waiting on this round
+            self._round_failed(rnd, exc)
         finally:
             rnd.filtered.set()
         try:
@@ -506,6 +523,8 @@ class Engine:
                 await asyncio.gather(*resolving)
             await self._wait(number - 1, "finalized")
             self._flush()
+        except Exception as exc:
+            self._round_failed(rnd, exc)
         finally:
             stats.finished = time.time()
             stats.wall_time = time.monotonic() - started
@@ -561,7 +580,7 @@ class Engine:
         rejection = check_instruction(instruction, self.filters)
         if rejection is not None:
             self._reject(rnd, prompt_id, instruction, rejection.reason, rejection.detail,
-                         raw=item.raw)
+                         task_id=task_id, raw=item.raw)
             return None
         similar = self.pool.query(instruction)
         if similar.is_duplicate:
@@ -570,7 +589,7 @@ class Engine:
                 " against a candidate of this or a recent round (reserved, not in the pool)")
             self._reject(rnd, prompt_id, instruction, RejectionReason.NEAR_DUPLICATE,
                          f"ROUGE-L {similar.max_score:.3f} > {self.config.threshold}{against}",
-                         similar=similar, raw=item.raw)
+                         task_id=task_id, similar=similar, raw=item.raw)
             return None
         if self._stop_requested:
             tid = task_id or self._new_id()
@@ -581,11 +600,22 @@ class Engine:
                          "takes it up", task_id=tid, raw=item.raw)
             return None
         if self._in_work() >= self.config.target:
+            # Kept open: if reserved candidates fail, it is taken up before new prompts.
+            tid = task_id or self._new_id()
+            self.store.add_candidate(CandidateRecord(tid, rnd.number, prompt_id, instruction,
+                                                     item.raw))
+            self._taken.discard(tid)
+            self._revivable = True
             self._reject(rnd, prompt_id, instruction, RejectionReason.SURPLUS,
-                         f"the target ({self.config.target}) is already in reach; not sent on",
-                         similar=similar, raw=item.raw)
+                         f"the target ({self.config.target}) is already in reach; kept for "
+                         "later, not sent on", task_id=tid, similar=similar, raw=item.raw)
             return None
         tid = task_id or self._new_id()
+        if task_id is not None and (task_id in self.pool or self.pool.text(task_id)):
+            # An id that something else holds now (data written by an older version): the
+            # candidate goes on under a new one.
+            self.store.settle_candidate(task_id)
+            tid = self._new_id()
         self.store.add_candidate(CandidateRecord(tid, rnd.number, prompt_id, instruction,
                                                  item.raw))
         self.pool.reserve(tid, instruction, rnd.number)

@@ -23,6 +23,9 @@ from selfinstruct_tui.engine.seeds import SeedTask
 from selfinstruct_tui.engine.task import Task, instances_from_json, similar_from_json
 
 PromptKind = Literal["generate", "classify", "instances"]
+# Rejections that leave a candidate open: it is taken up again (later in the run or by the next
+# session) instead of paying for new prompts.
+OPEN_REASONS = ("abandoned", "interrupted", "surplus")
 
 DB_NAME = "run.sqlite"
 SCHEMA_VERSION = 2
@@ -362,6 +365,10 @@ class RunStore:
                 "state, created) VALUES (?,?,?,?,?, 'open', ?)",
                 (c.task_id, c.round, c.prompt_id, c.instruction, c.raw, c.created or time.time()))
 
+    def settle_candidate(self, task_id: int) -> None:
+        with self.db:
+            self._settle(task_id)
+
     def _settle(self, task_id: int | None) -> None:
         if task_id is not None:
             self.db.execute("UPDATE candidates SET state = 'done' WHERE task_id = ?", (task_id,))
@@ -541,8 +548,7 @@ class RunStore:
         """Record a rejection; returns it with its id and time. A candidate rejected for good
         is settled in the same transaction (abandoned ones stay open for the next session)."""
         with self.db:
-            if record.level == "candidate" and record.reason not in ("abandoned",
-                                                                     "interrupted"):
+            if record.level == "candidate" and record.reason not in OPEN_REASONS:
                 self._settle(record.task_id)
             return self._insert_rejection(record)
 
