@@ -35,7 +35,7 @@ def test_a_refusal_only_endpoint_stops_by_itself(run_cli, tmp_path):
         sent = len(server.log)
     assert proc.returncode == 3, proc.stderr
     assert 40 <= sent <= 64  # a few dozen requests, never a tight loop
-    assert "rounds in a row added nothing to the pool" in proc.stderr
+    assert "requests in a row added nothing to the pool" in proc.stderr
     assert f"refusal {count(run_dir, 'SELECT COUNT(*) FROM rejections')}" in proc.stderr
     assert f"Last rejected answer (refusal): {REFUSAL!r}" in proc.stderr
     assert count(run_dir, "SELECT COUNT(*) FROM rejections WHERE reason != 'refusal'") == 0
@@ -81,7 +81,7 @@ def test_instant_errors_do_not_loop(tmp_path):
                                                 max_fruitless_requests=12)
         sent = len(server.log)
     assert finished.reason == ev.FinishReason.FAILING
-    assert "request errors: bad_request" in pauses[0] and "No answer came back" in pauses[0]
+    assert "bad_request" in pauses[0] and "No answer came back" in pauses[0]
     assert sent <= 24
 
 
@@ -142,7 +142,7 @@ def test_failing_instance_requests_stop_the_run(tmp_path):
         run_dir, finished, pauses = run_guarded(tmp_path, server, target=20)
         sent = len(server.log)
     assert finished.reason == ev.FinishReason.FAILING
-    assert "request failed" in pauses[0] and "request errors: bad_request" in pauses[0]
+    assert "request failed" in pauses[0] and "bad_request" in pauses[0]
     assert sent < 250
 
 
@@ -155,3 +155,16 @@ def test_a_cost_limit_without_prices_or_with_negative_prices_is_refused(run_cli,
     proc = run_cli(*base, "--max-cost", "0.01", "--price-in", "-5", "--price-out", "0.1")
     assert proc.returncode == 2 and "price_input_per_1k must be 0 or more" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_one_huge_round_pauses_part_way(tmp_path):
+    """100 prompts in one round against a refusing endpoint: the guard counts each answer as it
+    comes, so the run pauses after about the limit, not after the whole round."""
+    with FakeOpenAI(latency=0.02, script={"*": [REFUSAL]}) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, concurrency=8,
+                                                prompts_per_round=100)
+        sent = len(server.log)
+    assert finished.reason == ev.FinishReason.FAILING
+    assert "40 requests in a row added nothing" in pauses[0]
+    assert sent <= 40 + 8  # the limit, plus what was already in flight
+    assert_accounted(run_dir)

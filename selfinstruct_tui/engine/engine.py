@@ -70,6 +70,7 @@ from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
 from selfinstruct_tui.engine.seeds import Instance, SeedTask
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import (
+    OPEN_REASONS,
     CandidateRecord,
     PromptKind,
     RejectionRecord,
@@ -135,6 +136,7 @@ class Engine:
         self.failures = FailureWatch(config.error_pause_seconds, self.base_url)
         self._requests: RequestRecorder | None = None
         self._revivable = True  # open candidates may wait in the store (a stop, a crash)
+        self._spent: dict[int, int] = {}  # candidate task id -> requests sent for it
         self._taken: set[int] = set()  # task ids of open candidates taken up this session
         # round -> (generation prompts, accepted) of every round up to it (the yield per prompt)
         self._totals: dict[int, tuple[int, int]] = {}
@@ -502,18 +504,23 @@ class Engine:
             for gen in gens:
                 result = await gen
                 if result is None:
+                    if not self._stop_requested:
+                        self._fruitless(1)  # a failed generation request
                     continue
                 prompt_id, parsed = result
                 for fragment in parsed.discarded:
                     stats.candidates += 1
                     self._reject(rnd, prompt_id, fragment.text, fragment.reason,
                                  fragment.detail, raw=fragment.text)
+                went_on = rnd.reserved + stats.surplus
                 for item in parsed.items:
                     stats.candidates += 1
                     tid = self._filter_candidate(rnd, prompt_id, item)
                     if tid is not None:
                         resolving.append(asyncio.create_task(
                             self._resolve(rnd, tid, item, prompt_id)))
+                if rnd.reserved + stats.surplus == went_on and not self._stop_requested:
+                    self._fruitless(1)  # nothing of this answer went on
         except Exception as exc:  # a bug must end the run, never leave it waiting on this round
             self._round_failed(rnd, exc)
         finally:
@@ -537,9 +544,7 @@ class Engine:
             self._totals.pop(number - 4, None)
             rnd.finalized.set()
             self.bus.emit(ev.RoundFinished.of(stats, self.config.target))
-            pause = self.guard.after_round(stats, rnd.reasons, self.failures.kinds)
-            if pause and self.state == RunState.RUNNING:
-                self._do_pause(pause, by_errors=True)
+            self.guard.after_round(stats)
 
     # -- filtering ------------------------------------------------------------------------------
     def _reject(self, rnd: _Round, prompt_id: int | None, candidate: str,
@@ -550,7 +555,9 @@ class Engine:
         else:
             rnd.stats.rejected[reason.value] = rnd.stats.rejected.get(reason.value, 0) + 1
             rnd.reasons[reason.value] += 1
-            self.guard.last_rejected = (reason.value, raw or candidate)
+            self.guard.rejected(reason.value, raw or candidate)
+            if task_id is not None and reason.value not in OPEN_REASONS:
+                self._fruitless(self._spent.pop(task_id, 0))
         match = similar.most_similar if similar else None
         similar_id = cast(int, match.key) if match else None
         record = self.store.add_rejection(RejectionRecord(
@@ -635,6 +642,8 @@ class Engine:
     async def _ask(self, rnd: _Round, kind: PromptKind, request: Request, params: SamplingParams, *,
                    examples: list[Task] | None = None, task_ref: int | None = None) -> Asked:
         assert self._requests is not None
+        if task_ref is not None:  # what a candidate costs, counted against it if it fails
+            self._spent[task_ref] = self._spent.get(task_ref, 0) + 1
         asked = await self._requests.ask(rnd.stats, kind, request, params, examples=examples,
                                          task_ref=task_ref)
         if asked.response is not None:
@@ -642,6 +651,11 @@ class Engine:
             if over:
                 self._do_stop(FinishReason.LIMIT, over)
         return asked
+
+    def _fruitless(self, requests: int) -> None:
+        pause = self.guard.fruitless(requests, self.failures.kinds)
+        if pause and self.state == RunState.RUNNING:
+            self._do_pause(pause, by_errors=True)
 
     def _on_failure(self, number: int, exc: RequestFailed) -> None:
         pause = self.failures.failure(exc)
@@ -777,6 +791,8 @@ class Engine:
             self.store.insert_task(task)
             self.pool.commit(task)
             self._committed += 1
+            self._spent.pop(tid, None)
+            self.guard.accepted()
             rnd = self._rounds.get(number)
             if rnd is not None:
                 rnd.stats.accepted += 1

@@ -1,10 +1,10 @@
 """The run's policies about money and failures: when to pause and when to stop.
 
-* `SpendGuard`: rounds that accept no task are counted, whatever happened to their
-  candidates (rejected, failed, or surplus that was never sent on); after
-  `max_fruitless_requests` requests in a row that added nothing (over two rounds, or twice
-  that many in one), the run pauses with the counts per reason and the last rejected answer.
-  `max_cost` (USD) and `max_tokens` stop it cleanly.
+* `SpendGuard`: requests are counted as fruitless as soon as their outcome is known (a
+  generation answer none of whose candidates went on, the requests of a candidate that was
+  rejected, a failed request); after `max_fruitless_requests` of them in a row since the last
+  accepted task, the run pauses with the counts per reason and the last rejected answer. Rounds
+  that accept nothing make the next one wait. `max_cost` (USD) and `max_tokens` stop it cleanly.
 * `FailureWatch`: a permanent failure pauses at once; a streak of failures (at least 3, over
   `error_pause_seconds` without a success) pauses with advice that fits the cause.
 """
@@ -65,20 +65,24 @@ class SpendGuard:
         self.fruitless_requests = 0
         self.fruitless_reasons.clear()
 
-    def after_round(self, stats: RoundStats, reasons: Counter[str],
-                    failures: Counter[str]) -> str | None:
-        """Count a finished round; the pause message when the run should pause, else None."""
-        if stats.status != "done":
-            return None
-        if stats.accepted:
-            self.reset()
-            return None
-        self.empty_rounds += 1
-        self.fruitless_requests += stats.requests
-        self.fruitless_reasons.update(reasons)
+    def accepted(self) -> None:
+        """A task joined the pool: the requests before it were not in vain."""
+        self.fruitless_requests = 0
+        self.fruitless_reasons.clear()
+
+    def rejected(self, reason: str, fragment: str) -> None:
+        self.fruitless_reasons[reason] += 1
+        self.last_rejected = (reason, fragment)
+
+    def fruitless(self, requests: int, failures: Counter[str]) -> str | None:
+        """Count requests now known to have added nothing (a generation answer none of whose
+        candidates went on, a candidate's classification and instance requests when it is
+        rejected, a failed request); the pause message once `max_fruitless_requests` of them
+        came in a row since the last accepted task, else None. Counted as outcomes become
+        known, so a large round pauses part-way instead of being paid for whole."""
+        self.fruitless_requests += requests
         limit = self.config.max_fruitless_requests
-        if not limit or self.fruitless_requests < limit or (
-                self.empty_rounds < 2 and self.fruitless_requests < 2 * limit):
+        if not limit or self.fruitless_requests < limit:
             return None
         rejected = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                              self.fruitless_reasons.most_common()) or "no candidates"
@@ -88,11 +92,16 @@ class SpendGuard:
             reason, text = self.last_rejected
             last = f". Last rejected answer ({reason.replace('_', ' ')}): " \
                    f"{' '.join(text.split())[:300]!r}"
-        rounds = "1 round" if self.empty_rounds == 1 else f"{self.empty_rounds} rounds in a row"
-        return (f"{rounds} added nothing to the pool ({self.fruitless_requests} requests). "
-                f"Rejected: {rejected}" + (f"; request errors: {errors}" if errors else "")
+        return (f"{self.fruitless_requests} requests in a row added nothing to the pool. "
+                f"Rejected: {rejected}"
+                + (f"; request errors since the last answer: {errors}" if errors else "")
                 + (last or ". No answer came back")
                 + ". Check --model, --api and the endpoint (see the rejections), then resume")
+
+    def after_round(self, stats: RoundStats) -> None:
+        """Count rounds that accepted nothing, for the backoff between rounds."""
+        if stats.status == "done":
+            self.empty_rounds = 0 if stats.accepted else self.empty_rounds + 1
 
     def backoff(self) -> float:
         """Seconds to wait before the next round after rounds that added nothing (0: none)."""
