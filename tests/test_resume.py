@@ -212,6 +212,15 @@ def test_a_run_is_driven_by_one_process_at_a_time(run_cli, tmp_path):
     assert again.returncode == 0, again.stderr
 
 
+def assert_taken_up(conn, task_ids, after_round) -> None:
+    """Each candidate was taken up by a later round: accepted, or recorded there again."""
+    accepted = {r[0] for r in conn.execute("SELECT id FROM tasks")}
+    later = {r[0] for r in conn.execute("SELECT task_id FROM rejections WHERE round > ?",
+                                        (after_round,))}
+    missing = [t for t in task_ids if t not in accepted | later]
+    assert missing == []
+
+
 def test_work_a_stop_left_open_is_taken_up_not_paid_twice(tmp_path):
     """The endpoint stops answering instance requests; the run is stopped with candidates whose
     generation and classification are paid for. The next session takes them up first and
@@ -255,7 +264,7 @@ def test_work_a_stop_left_open_is_taken_up_not_paid_twice(tmp_path):
     instructions = dict(conn.execute("SELECT task_id, instruction FROM candidates"))
     for tid in set(open_ids) & classified:  # their classification was not asked again
         assert not any(instructions[tid] in prompt for prompt in asked_again)
-    assert conn.execute("SELECT COUNT(*) FROM candidates WHERE state = 'open'").fetchone()[0] == 0
+    assert_taken_up(conn, open_ids, last_round)
     accepted = {t["instruction"] for t in machine(run_dir)}
     assert {instructions[t] for t in open_ids} <= accepted | {
         r[0] for r in conn.execute("SELECT candidate FROM rejections WHERE round = ?",
@@ -294,7 +303,10 @@ def test_a_killed_run_closes_its_rounds_and_requests_and_takes_up_its_candidates
     interrupted = conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'interrupted'"
                                ).fetchone()[0]
     assert interrupted >= 3
-    assert conn.execute("SELECT COUNT(*) FROM candidates WHERE state = 'open'").fetchone()[0] == 0
+    was_open = [r[0] for r in conn.execute(
+        "SELECT task_id FROM rejections WHERE reason = 'interrupted'")]
+    assert_taken_up(conn, was_open, conn.execute(
+        "SELECT MAX(round) FROM rounds WHERE status = 'interrupted'").fetchone()[0])
     assert_accounted(run_dir)
 
 
