@@ -413,10 +413,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         try:
             info = run_info(run_dir)
         except UserError:
-            continue
-        ago = "-" if not info.last_activity else _ago(time.time() - info.last_activity)
-        row = (str(run_dir), info.shown_state, str(info.pool),
-               str(info.target if info.target is not None else "?"), ago)
+            row = (str(run_dir), "unreadable (not a run database)", "?", "?", "-")
+        else:
+            ago = "-" if not info.last_activity else _ago(time.time() - info.last_activity)
+            row = (str(run_dir), info.shown_state, str(info.pool),
+                   str(info.target if info.target is not None else "?"), ago)
         table.add_row(*row)
         lines.append("\t".join(row))
     out = Console(highlight=False, soft_wrap=True)

@@ -333,3 +333,31 @@ def test_surplus_is_taken_up_before_new_prompts_when_the_target_rises(run_cli, f
                          (last + 1,)).fetchone()
     assert first == (0, kept)
     assert_accounted(run_dir)
+
+
+def test_an_abandoned_request_records_its_attempts(tmp_path):
+    import threading
+
+    from selfinstruct_tui.engine.engine import Engine
+    from tui_helpers import new_run
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"instances": [{"hang": 30}]}) as stuck:
+        store, config = new_run(run_dir, stuck.base_url, target=10, concurrency=2,
+                                request_timeout=0.3, max_retries=5, stop_grace=0.2)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: sqlite3.connect(run_dir / "run.sqlite").execute(
+            "SELECT COUNT(*) FROM retries WHERE cause = 'timeout'").fetchone()[0] >= 2)
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    rows = conn.execute("SELECT attempts, error FROM prompts WHERE kind = 'instances'").fetchall()
+    retried = {r[0] for r in conn.execute("SELECT prompt_id FROM retries")}
+    assert rows and all(e.startswith("abandoned") for _, e in rows)
+    for prompt_id, attempts, error in conn.execute(
+            "SELECT id, attempts, error FROM prompts WHERE kind = 'instances'"):
+        if prompt_id in retried:
+            assert attempts >= 1 and not error.startswith("abandoned before sending"), error

@@ -168,3 +168,35 @@ def test_one_huge_round_pauses_part_way(tmp_path):
     assert "40 requests in a row added nothing" in pauses[0]
     assert sent <= 40 + 8  # the limit, plus what was already in flight
     assert_accounted(run_dir)
+
+
+def test_settings_that_cannot_work_are_refused(run_cli, tmp_path):
+    base = ("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"))
+    url = ("--base-url", "http://127.0.0.1:9/v1")
+    cases = [
+        ((*url, "--price-in", "nan", "--price-out", "0.1"), "price_input_per_1k must be a finite"),
+        ((*url, "--max-cost", "nan", "--price-in", "1", "--price-out", "1"),
+         "max_cost must be a finite"),
+        ((*url, "--max-cost", "1", "--price-in", "0.001"), "needs both prices"),
+        ((*url, "--timeout", "0"), "request_timeout (--timeout) must be more than 0"),
+        ((*url, "--context-window", "5"), "context_window must be 0"),
+        ((*url, "--max-retries", "-1"), "max_retries must be 0 or more"),
+        (("--base-url", "/v1"), "base_url must be an http:// or https:// URL"),
+    ]
+    for extra, message in cases:
+        proc = run_cli(*base, *extra)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corrupt_run_database_is_named_not_a_traceback(run_cli, tmp_path, isolated_env):
+    run_dir = Path(isolated_env["SELFINSTRUCT_RUNS_DIR"]) / "broken"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.sqlite").write_text("[{\"not\": \"a database\"}]")
+    for args in (("runs",), ("export", str(run_dir), "--format", "alpaca"),
+                 ("run", "--headless", "--run-dir", str(run_dir))):
+        proc = run_cli(*args)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if args != ("runs",):
+            assert proc.returncode == 2 and "not a readable run database" in proc.stderr
+    assert "unreadable" in run_cli("runs").stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -135,10 +136,25 @@ class RunConfig:
                      "price_output_per_1k", "requests_per_minute", "tokens_per_minute"):
             if getattr(self, name) < 0:
                 problems.append(f"{where}: {name} must be 0 or more")
-        if self.max_cost and not (self.price_input_per_1k or self.price_output_per_1k):
-            problems.append(f"{where}: max_cost (--max-cost) needs prices to count the cost: set "
-                            "price_input_per_1k and price_output_per_1k (--price-in, --price-out,"
-                            " USD per 1K tokens), or limit tokens with --max-tokens")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{where}: {f.name} must be a finite number, not {value}")
+        if self.max_cost and not (self.price_input_per_1k and self.price_output_per_1k):
+            problems.append(f"{where}: max_cost (--max-cost) needs both prices to count the cost:"
+                            " set price_input_per_1k and price_output_per_1k (--price-in, "
+                            "--price-out, USD per 1K tokens), or limit tokens with --max-tokens")
+        if self.request_timeout <= 0:
+            problems.append(f"{where}: request_timeout (--timeout) must be more than 0 seconds")
+        if self.max_retries < 0:
+            problems.append(f"{where}: max_retries must be 0 or more")
+        if 0 < self.context_window < 256:
+            problems.append(f"{where}: context_window must be 0 (learn it from the endpoint) or "
+                            "at least 256 tokens")
+        if self.base_url not in ("", EMBEDDED) and not re.match(r"^https?://[^/\s]+",
+                                                                self.base_url):
+            problems.append(f"{where}: base_url must be an http:// or https:// URL such as "
+                            f"http://localhost:8000/v1, not {self.base_url!r}")
         if self.max_words < self.min_words:
             problems.append(f"{where}: max_words must be at least min_words")
         if problems:

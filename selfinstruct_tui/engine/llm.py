@@ -99,11 +99,13 @@ class RequestFailed(Exception):
 
 
 class RequestAbandoned(Exception):
-    """The engine is stopping. `when`: "before sending", "waiting to retry" or "in flight"."""
+    """The engine is stopping. `when`: "before sending", "waiting to retry" or "in flight";
+    `attempts`: how many times the request had been sent."""
 
-    def __init__(self, when: str = "before sending") -> None:
+    def __init__(self, when: str = "before sending", attempts: int = 0) -> None:
         super().__init__(f"abandoned {when}")
         self.when = when
+        self.attempts = attempts
 
 
 RetryCallback = Callable[[str, int, float, str], None]  # (cause, attempt, delay s, message)
@@ -588,6 +590,17 @@ class LLMClient:
         Raises RequestFailed (kind = a `Cause`; `fatal` when no later request can succeed) or
         RequestAbandoned (the client was stopped).
         """
+        sent = [0]
+        try:
+            return await self._request(req, params, on_retry, sent)
+        except RequestAbandoned as exc:
+            exc.attempts = sent[0]
+            if sent[0] and exc.when == "before sending":
+                exc.when = "waiting to retry"
+            raise
+
+    async def _request(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
+                       on_retry: RetryCallback | None, sent: list[int]) -> LLMResponse:
         chars = self._prompt_chars(req)
         key = prefix_key(req)
         max_tokens = self._fit(chars, params.max_tokens)
@@ -607,6 +620,7 @@ class LLMClient:
                                   and self.structured is not False)
                 if task is not None:
                     self._active.add(task)
+                sent[0] += 1
                 try:
                     text, finish, p_tok, c_tok, usage = await self._send(
                         req, params, max_tokens, structured)

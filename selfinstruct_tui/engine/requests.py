@@ -83,8 +83,10 @@ class RequestRecorder:
             self.bus.emit(ev.PromptFailed.of(done))
             raise
         except RequestAbandoned as exc:
+            after = f" after {exc.attempts} attempts" if exc.attempts > 1 else ""
             done = self.store.finish_prompt(
-                record, response=None, error=f"abandoned {exc.when} (the run was stopping)")
+                record, response=None, attempts=exc.attempts,
+                error=f"abandoned {exc.when}{after} (the run was stopping)")
             self.bus.emit(ev.PromptFailed.of(done))
             return Asked(record.id, None, ABANDONED)
         except RequestFailed as exc:

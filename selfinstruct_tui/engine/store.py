@@ -300,6 +300,12 @@ class RunStore:
         except sqlite3.Error as exc:
             raise UserError(f"{path}: cannot open the run database: {exc}") from None
         self.db.row_factory = sqlite3.Row
+        try:
+            self.db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise UserError(f"{path}: not a readable run database ({exc}); restore it from a "
+                            "backup or start a new run in another directory") from None
         if not readonly:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
