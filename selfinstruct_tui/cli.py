@@ -333,9 +333,11 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     if finished.reason is not FinishReason.TARGET:
         why = finished.message or (f"it was paused: {engine.pause_reason}"
                                    if engine.paused_by_errors else "")
+        p_tok, c_tok = engine.tokens
         out.print(f"{'stopped' if finished.reason is FinishReason.STOPPED else 'ended'} at "
                   f"{finished.accepted}/{finished.target} machine tasks"
                   + (f": {why}" if why else "")
+                  + f"; this session: {p_tok + c_tok:,} tokens, ${engine.cost:.4f}"
                   + f"\nresume with: {session.resume_command}", markup=False)
     return FinishReason(finished.reason).exit_code
 

@@ -8,6 +8,7 @@ seconds, `elapsed_before` seconds.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
@@ -130,32 +131,49 @@ class StatusView:
         window = min(60.0, now - self.started) or 1.0
         return len(self.accept_times) / window
 
-    def line(self) -> Text:
+    def line(self, width: int = 0) -> Text:
+        """The status line; with `width`, the least important parts are left out until it fits
+        (state, pool, errors and retries stay; then cost, tokens and speed; then times; the
+        endpoint and the run's name go first)."""
         live = self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
         elapsed = self.elapsed_before + (time.monotonic() - self.started if live else 0)
         rate = self.per_second()
         remaining = max(0, self.target - self.accepted)
         eta = fmt_duration(remaining / rate) if rate > 0 and remaining else "-"
         speed = f", {self.tokens_per_second:.0f} tok/s" if self.tokens_per_second else ""
+        endpoint = re.sub(r"^https?://|/v1/?$", "", self.endpoint)
         model = f"{self.model} (embedded{speed})" if self.embedded else \
-            f"{self.model} @ {self.endpoint}"
+            f"{self.model} @ {endpoint}"
         state = self.state + (f" ({self.reason})" if self.reason and
                               self.state == RunState.PAUSED else "")
-        retries = ""
+        alarm = "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR) else "bold"
+        # (priority: higher stays longer, text, style)
+        parts: list[tuple[int, str, str]] = [(1, self.run_name, "bold"), (2, model, ""),
+                                             (9, state, alarm)]
+        if self.errors:
+            parts.append((8, f"errors {self.errors}", ""))
         if self.retry_causes:
-            top = ", ".join(f"{k.replace('_', ' ')} {v}"
-                            for k, v in self.retry_causes.most_common(2))
-            retries = f" │ retries {sum(self.retry_causes.values())} ({top})"
-        # Errors and retries come right after the state: a narrow terminal cuts the line's end.
-        return Text.assemble(
-            (f" {self.run_name} ", "bold"), "│ ", (model, ""), " │ ",
-            (state, "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR)
-             else "bold"),
-            (f" │ errors {self.errors}" if self.errors else ""),
-            retries,
-            f" │ pool {self.accepted}/{self.target} │ {rate * 60:.1f}/min │ "
-            f"{self.tokens:,} tok │ ${self.cost:.4f} │ {fmt_duration(elapsed)} │ ETA {eta}",
-        )
+            parts.append((8, f"retries {sum(self.retry_causes.values())}", ""))
+            parts.append((3, "(" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
+                                              self.retry_causes.most_common()) + ")", ""))
+        parts += [(9, f"pool {self.accepted}/{self.target}", ""), (6, f"{rate * 60:.1f}/min", ""),
+                  (6, f"{self.tokens:,} tok", ""), (7, f"${self.cost:.4f}", ""),
+                  (4, fmt_duration(elapsed), ""), (5, f"ETA {eta}", "")]
+
+        def length(ps: list[tuple[int, str, str]]) -> int:
+            return sum(len(t) for _, t, _ in ps) + 3 * (len(ps) - 1) + 2
+
+        while width and len(parts) > 2 and length(parts) > width:
+            lowest = min(p for p, _, _ in parts)
+            index = max(i for i, (p, _, _) in enumerate(parts) if p == lowest)
+            del parts[index]
+        out = Text(" ")
+        for n, (_, text, style) in enumerate(parts):
+            if n:
+                # a breakdown in parentheses follows its count without a separator
+                out.append(" " if text.startswith("(") else " │ ")
+            out.append(text, style=style)
+        return out
 
 
 class RunView:

@@ -30,7 +30,7 @@ class StatusLine(Static):
     """One fixed line: updating it never relayouts the screen."""
 
     def show(self, status: StatusView) -> None:
-        self.update(status.line(), layout=False)
+        self.update(status.line(self.size.width), layout=False)
 
 
 class PoolPane(Vertical):
