@@ -61,12 +61,14 @@ class HeadlessPrinter:
 
     def __init__(self, console: Console | None = None, *, embedded: bool = False,
                  tokens_per_second: Callable[[], float] = lambda: 0.0,
-                 resume_command: str = "", priced: bool = False) -> None:
+                 resume_command: str = "", priced: bool = False,
+                 resume_without_limits: str = "") -> None:
         self.console = console or Console(highlight=False)
         self.live = self.console.is_terminal
         self.embedded = embedded
         self.tokens_per_second = tokens_per_second
         self.resume_command = resume_command
+        self.resume_without_limits = resume_without_limits or resume_command
         self.priced = priced
         self.started = time.monotonic()
         self.progress: Progress | None = None
@@ -174,8 +176,10 @@ class HeadlessPrinter:
                 self._line(f"stopped at {at}; {self._spent()}")
                 self._line(f"resume with: {self.resume_command}")
             elif reason is ev.FinishReason.LIMIT:
-                self._line(f"stopped at {at}: {event.message}; {self._spent()}")
-                self._line(f"resume with a higher limit: {self.resume_command}")
+                self._line(f"stopped at {at}: {event.message}; this session: {self._spent()}")
+                flag = "--max-tokens" if "--max-tokens" in event.message else "--max-cost"
+                self._line(f"resume with a higher limit: {self.resume_without_limits} "
+                           f"{flag} N")
             elif reason is ev.FinishReason.FAILING:
                 self._line(f"stopped at {at}; {self._spent()}")
             else:
@@ -193,6 +197,7 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
     printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,
                               tokens_per_second=lambda: engine.tokens_per_second,
                               resume_command=session.resume_command,
+                              resume_without_limits=session.resume_command_without_limits,
                               priced=bool(cfg.price_input_per_1k or cfg.price_output_per_1k))
     engine.bus.subscribe(printer)
 

@@ -68,7 +68,27 @@ class Session:
     def resume_command(self) -> str:
         """The exact command that resumes this run: the one given, with --run-dir and without
         --detach."""
-        argv = [a for a in self.request.argv if a != "--detach"]
+        return self.command_without()
+
+    @property
+    def resume_command_without_limits(self) -> str:
+        """The resume command without --max-cost / --max-tokens (to be given higher)."""
+        return self.command_without("--max-cost", "--max-tokens")
+
+    def command_without(self, *flags: str) -> str:
+        argv: list[str] = []
+        skip = False
+        for arg in self.request.argv:
+            if skip:
+                skip = False
+                continue
+            if arg in flags:
+                skip = True
+                continue
+            if any(arg.startswith(f + "=") for f in flags):
+                continue
+            argv.append(arg)
+        argv = [a for a in argv if a != "--detach"]
         # Paths become absolute: the command must work from any directory.
         for n, arg in enumerate(argv):
             for flag in PATH_FLAGS:

@@ -93,7 +93,9 @@ def test_max_cost_stops_cleanly_and_resumes_with_a_higher_limit(run_cli, tmp_pat
         first = run_cli(*base, "--base-url", server.base_url, "--max-cost", "0.2")
         assert first.returncode == 4, first.stderr
         assert "at or above --max-cost 0.2" in first.stdout
-        assert "resume with a higher limit: selfinstruct run" in first.stdout
+        assert "resume with a --max-cost above" in first.stdout
+        hint = [x for x in first.stdout.splitlines() if "resume with a higher limit" in x][0]
+        assert "--max-cost 0.2" not in hint and hint.endswith("--max-cost N")
         cost = sum(r[0] for r in sqlite3.connect(run_dir / "run.sqlite").execute(
             "SELECT cost FROM rounds"))
         assert cost >= 0.2

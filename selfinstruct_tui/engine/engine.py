@@ -346,6 +346,9 @@ class Engine:
             await self._client.close()
         if self.finished is None:
             message = self._stop_message if reason is self._stop_reason else ""
+            if reason is FinishReason.LIMIT:
+                # Said again at the end: the requests in flight at the stop were paid too.
+                message = self.guard.over_budget() or message
             self.finished = ev.Finished(reason, self._committed, self.config.target, message)
         self._set_state(reason.state)
         self.bus.emit(self.finished)

@@ -53,11 +53,11 @@ class SpendGuard:
         c_tok = self.before[1] + self.tokens[1]
         if c.max_tokens and p_tok + c_tok >= c.max_tokens:
             return (f"the run has used {p_tok + c_tok:,} tokens, at or above --max-tokens "
-                    f"{c.max_tokens:,}; resume with a higher --max-tokens")
+                    f"{c.max_tokens:,}; resume with a --max-tokens above {p_tok + c_tok:,}")
         cost = self.cost_of(p_tok, c_tok)
         if c.max_cost and cost >= c.max_cost:
             return (f"the run has cost ${cost:.4f}, at or above --max-cost {c.max_cost:g}; "
-                    "resume with a higher --max-cost")
+                    f"resume with a --max-cost above {cost:.4f}")
         return ""
 
     def reset(self) -> None:
