@@ -153,7 +153,7 @@ def test_a_cost_limit_without_prices_or_with_negative_prices_is_refused(run_cli,
             "--run-dir", str(tmp_path / "run"))
     proc = run_cli(*base, "--max-cost", "0.01")
     assert proc.returncode == 2
-    assert "max_cost (--max-cost) needs prices" in proc.stderr and "--price-in" in proc.stderr
+    assert "max_cost (--max-cost) needs both prices" in proc.stderr and "--price-in" in proc.stderr
     proc = run_cli(*base, "--max-cost", "0.01", "--price-in", "-5", "--price-out", "0.1")
     assert proc.returncode == 2 and "price_input_per_1k must be 0 or more" in proc.stderr
     assert not (tmp_path / "run").exists()

@@ -657,8 +657,9 @@ class RunStore:
             "SELECT * FROM prompts WHERE finished IS NULL ORDER BY id")]
 
     def latest_answered(self, kind: str = "generate") -> PromptRecord | None:
+        # The last to finish, as a live screen saw it (requests finish out of order).
         row = self.db.execute("SELECT * FROM prompts WHERE kind = ? AND response IS NOT NULL "
-                              "ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
+                              "ORDER BY finished DESC, id DESC LIMIT 1", (kind,)).fetchone()
         return _prompt(row) if row else None
 
     def usage_missing(self) -> int:
