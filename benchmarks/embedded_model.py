@@ -1,16 +1,24 @@
-"""The embedded model: tokens/s through our client vs llama-cpp-python in-process, same prompt.
+"""The embedded model as the user waits for it: the default pipeline, both ways, in one run.
 
-Also measures the time from `selfinstruct run` to the first accepted task (a real subprocess).
+Runs `selfinstruct run --headless --target N` (the README's first command, headless) twice in
+this run: with one llama.cpp process for every prompt, and with one process per prompt family
+(the default: each keeps its few-shot prefix evaluated). Same prompts, same sampling, same seed.
+For each it prints the time to the first accepted task, accepted tasks per minute, prompt and
+completion tokens per second over the run, and the ratio (goal: >= 2x tasks per minute).
 
-    python benchmarks/embedded_model.py [--tokens 128] [--repeats 3]
+The second part is the raw comparison kept from before: completion tokens/s for one prompt
+through our client and the server vs llama-cpp-python in-process (the server's overhead).
+
+    python benchmarks/embedded_model.py [--tasks 20] [--raw-tokens 128] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-
+import re
 import sqlite3
 import subprocess
 import sys
@@ -31,11 +39,48 @@ from selfinstruct_tui.engine.local_model import (  # noqa: E402
 )
 
 PROMPT = P.generation_completion(
-    [t for t in ["Give three tips for staying focused while studying.",
-                 "Classify the sentiment of the review as positive or negative.",
-                 "Write a haiku about autumn leaves.", "Explain what a mortgage is.",
-                 "Sort the numbers in ascending order.", "Translate the sentence into French.",
-                 "Suggest a name for a bakery.", "Summarize the paragraph in one sentence."]])
+    ["Give three tips for staying focused while studying.",
+     "Classify the sentiment of the review as positive or negative.",
+     "Write a haiku about autumn leaves.", "Explain what a mortgage is.",
+     "Sort the numbers in ascending order.", "Translate the sentence into French.",
+     "Suggest a name for a bakery.", "Summarize the paragraph in one sentence."])
+
+
+def pipeline(tasks: int, servers: int) -> dict[str, float]:
+    """One headless run to `tasks` machine tasks; its figures from the run's own store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("OPENAI_", "SELFINSTRUCT_"))}
+        env["SELFINSTRUCT_CONFIG"] = str(Path(tmp) / "none.toml")
+        env["SELFINSTRUCT_RUNS_DIR"] = str(Path(tmp) / "runs")
+        env["PYTHONPATH"] = str(ROOT)
+        t0 = time.time()
+        proc = subprocess.run(
+            [sys.executable, "-m", "selfinstruct_tui", "run", "--headless", "--run-dir",
+             str(run_dir), "--target", str(tasks), "--random-seed", "1",
+             "--embedded-servers", str(servers)],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"the run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        db = sqlite3.connect(run_dir / "run.sqlite")
+        started = min(r[0] for r in db.execute("SELECT created FROM prompts"))
+        created = sorted(r[0] for r in db.execute(
+            "SELECT created FROM tasks WHERE origin = 'machine'"))
+        ended = max(r[0] for r in db.execute("SELECT finished FROM prompts"))
+        p_tok, c_tok = db.execute("SELECT SUM(prompt_tokens), SUM(completion_tokens) "
+                                  "FROM prompts").fetchone()
+        outputs = [i["output"] for (instances,) in db.execute(
+            "SELECT instances FROM tasks WHERE origin = 'machine'")
+            for i in json.loads(instances)]
+        db.close()
+    # "1. ..." with no second item: the few-shot examples' numbering copied into an answer
+    numbered = sum(1 for o in outputs if re.match(r"\s*1[.)]\s", o) and not
+                   re.search(r"(?m)^\s*2[.)]\s", o))
+    seconds = ended - started
+    return {"first": created[0] - t0, "tasks": len(created), "per_min": len(created) / seconds
+            * 60, "prompt_tps": p_tok / seconds, "completion_tps": c_tok / seconds,
+            "seconds": seconds, "numbered": numbered, "outputs": len(outputs)}
 
 
 def through_client(tokens: int, repeats: int) -> float:
@@ -78,46 +123,29 @@ def in_process(tokens: int, repeats: int) -> float:
     return produced / seconds
 
 
-def time_to_first_task() -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "selfinstruct_tui", "run", "--headless",
-                                 "--run-dir", str(run_dir), "--target", "1"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            while proc.poll() is None:
-                try:
-                    db = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True)
-                    n = db.execute("SELECT COUNT(*) FROM tasks WHERE origin='machine'").fetchone()
-                    db.close()
-                    if n[0]:
-                        return time.perf_counter() - t0
-                except sqlite3.Error:
-                    pass
-                time.sleep(0.1)
-            return time.perf_counter() - t0
-        finally:
-            proc.terminate()
-            proc.wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tasks", type=int, default=20)
+    parser.add_argument("--raw-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-raw", action="store_true")
     args = parser.parse_args()
-    ours = through_client(args.tokens, args.repeats)
-    base = in_process(args.tokens, args.repeats)
-    print(f"threads: {default_threads()}, prompt: {len(PROMPT.prompt)} chars, "
-          f"max_tokens: {args.tokens}, repeats: {args.repeats}")
-    print(f"tokens/s through our client (llama_cpp.server): {ours:.1f}")
-    print(f"tokens/s llama-cpp-python in-process:           {base:.1f}")
-    print(f"ratio: {ours / base:.2f}")
-    first = time_to_first_task()
-    print(f"selfinstruct run -> first accepted task: {first:.1f}s")
-
+    print(f"default pipeline to {args.tasks} tasks, {default_threads()} cores, seed 1")
+    rows = {}
+    for servers, name in ((1, "one process"), (3, "one per family")):
+        r = rows[servers] = pipeline(args.tasks, servers)
+        print(f"  {name:<15} first task {r['first']:5.1f}s   {r['per_min']:5.1f} tasks/min   "
+              f"prompt {r['prompt_tps']:6.1f} tok/s   completion {r['completion_tps']:5.1f} "
+              f"tok/s   ({r['tasks']:.0f} tasks in {r['seconds']:.0f}s; numbered one-item "
+              f"outputs: {r['numbered']:.0f} of {r['outputs']:.0f})")
+    ratio = rows[3]["per_min"] / rows[1]["per_min"]
+    print(f"  tasks per minute, one per family / one process: {ratio:.2f}x (goal >= 2x)")
+    if args.skip_raw:
+        return
+    ours = through_client(args.raw_tokens, args.repeats)
+    base = in_process(args.raw_tokens, args.repeats)
+    print(f"raw completion tokens/s for one prompt ({args.raw_tokens} tokens): through our "
+          f"client {ours:.1f}, llama-cpp-python in-process {base:.1f}, ratio {ours / base:.2f}")
 
 
 if __name__ == "__main__":

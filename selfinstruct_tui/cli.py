@@ -64,9 +64,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--structured-output", choices=["auto", "on", "off"],
                    dest="structured_output", help="chat: JSON-schema answers (auto: where the "
                    "endpoint supports them)")
-    p.add_argument("--group-by-prefix", choices=["auto", "on", "off"], dest="group_by_prefix",
-                   help="send prompts that start alike back to back so the server reuses the "
-                   "shared few-shot prefix (auto: on for the embedded model)")
+    p.add_argument("--embedded-servers", type=int, choices=[1, 3], dest="embedded_servers",
+                   help="embedded model: 3 processes, one per prompt family, each reusing its "
+                   "few-shot prefix (default, faster), or 1 (a third of the memory)")
     p.add_argument("--max-fruitless-requests", type=int, dest="max_fruitless_requests",
                    metavar="N", help="pause after this many requests in a row that added "
                    "nothing to the pool (40; 0: never)")
@@ -125,7 +125,7 @@ RUN_FLAG_NAMES = ("target", "model", "base_url", "api", "concurrency", "random_s
                   "requests_per_minute", "tokens_per_minute", "request_timeout", "max_retries",
                   "price_input_per_1k", "price_output_per_1k", "key_env", "model_path",
                   "max_cost", "max_tokens", "context_window", "stop_grace", "structured_output",
-                  "max_fruitless_requests", "group_by_prefix")
+                  "max_fruitless_requests", "embedded_servers")
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -290,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         store = session.open(lambda text: out.print(text, markup=False))
         engine = Engine(store, session.config, api_key=session.api_key,
-                        base_url=session.base_url)
+                        base_url=session.base_url, routes=session.routes)
         if args.headless:
             from selfinstruct_tui.headless import run_headless
 

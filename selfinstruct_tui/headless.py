@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -23,6 +22,7 @@ from rich.progress import (
 )
 
 from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.store import RoundStats
 
 
@@ -60,13 +60,12 @@ class HeadlessPrinter:
     """An event subscriber that prints progress. Thread-safe: rich's Progress has its own lock."""
 
     def __init__(self, console: Console | None = None, *, embedded: bool = False,
-                 tokens_per_second: Callable[[], float] = lambda: 0.0,
                  resume_command: str = "", priced: bool = False,
                  resume_without_limits: str = "") -> None:
         self.console = console or Console(highlight=False)
         self.live = self.console.is_terminal
         self.embedded = embedded
-        self.tokens_per_second = tokens_per_second
+        self.rates = Rates()
         self.resume_command = resume_command
         self.resume_without_limits = resume_without_limits or resume_command
         self.priced = priced
@@ -113,6 +112,7 @@ class HeadlessPrinter:
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
+            self.rates.restart()
             what = "resuming" if event.resumed else "starting"
             model = f"embedded model {event.model}" if self.embedded else \
                 f"{event.model} at {event.endpoint}"
@@ -128,10 +128,12 @@ class HeadlessPrinter:
                                                       completed=event.accepted, rate="")
                 self.progress.start()
         elif isinstance(event, ev.TaskAccepted):
+            self.rates.accepted()
             if self.progress is not None and self.task_id is not None:
-                tps = self.tokens_per_second()
                 self.progress.update(self.task_id, completed=event.accepted,
-                                     rate=f"{tps:.1f} tok/s" if tps else "")
+                                     rate=self.rates.text(self.embedded))
+        elif isinstance(event, ev.ResponseReceived):
+            self.rates.answered(event.prompt_tokens, event.completion_tokens)
         elif isinstance(event, ev.TaskDropped):
             if self.progress is not None and self.task_id is not None:
                 self.progress.update(self.task_id, completed=event.accepted)
@@ -141,10 +143,7 @@ class HeadlessPrinter:
             self.cost += s.cost
             self.usage_missing += s.usage_missing
             line = round_line(s, event.accepted_total, event.target, priced=self.priced)
-            tps = self.tokens_per_second()
-            if tps:
-                line += f"; {tps:.1f} tok/s" + (" (embedded)" if self.embedded else "")
-            self._line(line)
+            self._line(f"{line}; last minute: {self.rates.text(self.embedded)}")
         elif isinstance(event, ev.RequestRetried):
             self.retries_shown += 1
             if self.retries_shown <= 3 or self.retries_shown % 100 == 0:
@@ -195,7 +194,6 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
     """
     cfg = session.config
     printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,
-                              tokens_per_second=lambda: engine.tokens_per_second,
                               resume_command=session.resume_command,
                               resume_without_limits=session.resume_command_without_limits,
                               priced=bool(cfg.price_input_per_1k or cfg.price_output_per_1k))

@@ -60,7 +60,8 @@ class Session:
     seeds: list[SeedTask] | None = None  # a new run's seed set
     api_key: str = field(default="", repr=False)
     base_url: str = ""
-    server: Any = None  # the embedded model's LocalModelServer
+    server: Any = None  # the embedded model's LocalModels
+    routes: dict[str, str] = field(default_factory=dict)  # request kind -> its process
     store: RunStore | None = None
     lock: RunLock | None = None
 
@@ -108,14 +109,18 @@ class Session:
         self.api_key = os.environ.get(cfg.key_env, "")
         self.base_url = cfg.base_url
         if cfg.uses_embedded:
-            from selfinstruct_tui.engine.local_model import LocalModelServer
+            from selfinstruct_tui.engine.local_model import LocalModels
 
             self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.server = LocalModelServer(self.run_dir, model_path=cfg.model_path or None,
-                                           port=self.request.local_port)
-            say(f"starting the embedded model ({cfg.model}, {self.server.threads} threads); "
-                f"log: {self.server.log_path}")
-            self.base_url = self.server.start()
+            self.server = LocalModels(self.run_dir, count=cfg.embedded_servers,
+                                      concurrency=cfg.concurrency,
+                                      model_path=cfg.model_path or None,
+                                      port=self.request.local_port)
+            processes = f"{cfg.embedded_servers} processes, " if cfg.embedded_servers > 1 else ""
+            say(f"starting the embedded model ({cfg.model}, {processes}{self.server.threads} "
+                f"threads each); log: {self.server.log_path}")
+            self.routes = self.server.start()
+            self.base_url = self.routes["generate"]
         if not cfg.model:
             cfg.model = discover_model(self.base_url, self.api_key)
         store = self.store = RunStore(self.run_dir)

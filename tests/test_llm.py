@@ -108,54 +108,20 @@ def test_pause_holds_new_requests():
     assert paused == 0 and after == 1
 
 
-def test_prefix_gate_sends_prompts_that_start_alike_back_to_back():
-    from selfinstruct_tui.engine.llm import PrefixGate
+def test_each_request_kind_goes_to_its_own_process(tmp_path):
+    """The embedded model's processes, one per prompt family: each sees only its kind, so it
+    keeps that kind's few-shot prefix evaluated."""
+    from selfinstruct_tui.engine.engine import Engine
+    from tui_helpers import new_run
 
-    async def order(grouped: bool, keys: list[str], run_limit: int = 8) -> list[str]:
-        gate = PrefixGate(1, grouped, run_limit)
-        granted: list[str] = []
-        await gate.acquire("A")  # the request being served: its prompt starts with A
-
-        async def waiter(key: str) -> None:
-            await gate.acquire(key)
-            granted.append(key)
-            await asyncio.sleep(0)
-            gate.release()
-
-        tasks = [asyncio.create_task(waiter(k)) for k in keys]
-        await asyncio.sleep(0)  # all queued, in this order
-        gate.release()
-        await asyncio.gather(*tasks)
-        return granted
-
-    keys = ["B", "A", "C", "A", "B", "A"]
-    assert asyncio.run(order(False, keys)) == keys  # FIFO
-    assert asyncio.run(order(True, keys)) == ["A", "A", "A", "B", "B", "C"]
-    # a bounded run: others are not starved
-    assert asyncio.run(order(True, ["A", "B", "A", "A"], run_limit=2)) == ["A", "B", "A", "A"]
-
-
-def test_prefix_gate_passes_on_a_slot_granted_to_a_cancelled_waiter():
-    from selfinstruct_tui.engine.llm import PrefixGate
-
-    async def go() -> int:
-        gate = PrefixGate(1, True)
-        await gate.acquire("A")
-        cancelled = asyncio.create_task(gate.acquire("A"))
-        other = asyncio.create_task(gate.acquire("B"))
-        await asyncio.sleep(0)
-        cancelled.cancel()
-        gate.release()
-        await asyncio.wait_for(other, 1)  # the slot reached the next waiter
-        gate.release()
-        late = asyncio.create_task(gate.acquire("C"))
-        stuck = asyncio.create_task(gate.acquire("D"))
-        await asyncio.sleep(0)
-        stuck.cancel()  # a waiter that gives up leaves no trace in the queues
-        gate.release()
-        await asyncio.sleep(0)
-        await asyncio.wait_for(gate.acquire("E"), 1)  # free slot, empty queue: at once
-        await late
-        return gate.free
-
-    assert asyncio.run(go()) == 0
+    with FakeOpenAI() as gen, FakeOpenAI() as cls, FakeOpenAI() as inst:
+        store, config = new_run(tmp_path / "run", gen.base_url, target=10)
+        routes = {"generate": gen.base_url, "classify": cls.base_url,
+                  "instances": inst.base_url}
+        finished = Engine(store, config, routes=routes).run()
+        store.close()
+        seen = {name: set(server.kinds()) for name, server in
+                (("generate", gen), ("classify", cls), ("instances", inst))}
+    assert finished.reason == "target"
+    assert seen == {"generate": {"generate"}, "classify": {"classify"},
+                    "instances": {"instances"}}

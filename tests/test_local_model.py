@@ -103,7 +103,7 @@ def test_real_embedded_run_produces_tasks_and_exports(run_cli, tmp_path):
                    "--random-seed", "3", timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "embedded model gemma-3-270m" in proc.stdout
-    assert "tok/s (embedded)" in proc.stdout
+    assert "tasks/min, output" in proc.stdout and "prompt" in proc.stdout
     tasks = machine_tasks(run_dir)
     assert len(tasks) == 3
     assert all(json.loads(t[2]) for t in tasks)  # every task has instances
@@ -111,7 +111,7 @@ def test_real_embedded_run_produces_tasks_and_exports(run_cli, tmp_path):
     run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(out), check=True)
     rows = json.loads(out.read_text())
     assert {r["instruction"] for r in rows} == {t[1] for t in tasks}
-    assert not (run_dir / "llama-server.pid").exists()  # the server was stopped
+    assert not list(run_dir.glob("llama-server*.pid"))  # every server was stopped
 
 
 @pytest.mark.embedded
@@ -121,18 +121,20 @@ def test_no_orphan_server_after_sigkill(isolated_env, tmp_path):
     args = cli_command("run", "--headless", "--run-dir", str(run_dir), "--target", "50")
     proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    pid_file = run_dir / "llama-server.pid"
+    pid_files = [run_dir / f"llama-server{suffix}.pid"
+                 for suffix in ("", "-classify", "-instances")]
     try:
-        # mid-run: the server answers and the first task is in the store
-        wait_for(lambda: pid_file.exists() and count_machine(run_dir) >= 1, timeout=300)
-        server_pid = int(pid_file.read_text())
+        # mid-run: every server answers and the first task is in the store
+        wait_for(lambda: all(p.exists() for p in pid_files) and count_machine(run_dir) >= 1,
+                 timeout=300)
+        server_pids = [int(p.read_text()) for p in pid_files]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
 
-    def gone() -> bool:
+    def gone(server_pid: int) -> bool:
         try:
             os.kill(server_pid, 0)
         except ProcessLookupError:
@@ -141,4 +143,4 @@ def test_no_orphan_server_after_sigkill(isolated_env, tmp_path):
         with open(f"/proc/{server_pid}/stat") as fh:
             return fh.read().split()[2] == "Z"
 
-    wait_for(gone, timeout=30)
+    wait_for(lambda: all(gone(pid) for pid in server_pids), timeout=30)

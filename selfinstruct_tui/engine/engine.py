@@ -103,11 +103,13 @@ class Engine:
     pause, resume, stop and stop_now."""
 
     def __init__(self, store: RunStore, config: RunConfig, *, api_key: str = "",
-                 base_url: str | None = None, index_kind: str = "pruned") -> None:
+                 base_url: str | None = None, index_kind: str = "pruned",
+                 routes: dict[str, str] | None = None) -> None:
         self.store = store
         self.config = config
         self.api_key = api_key
         self.base_url = base_url or config.base_url
+        self.routes = routes or {}  # request kind -> base URL (the embedded model's processes)
         self.bus = ev.EventBus()
         self.filters = FilterSettings(config.min_words, config.max_words,
                                       reject_non_ascii_start=config.filter_non_ascii,
@@ -295,7 +297,7 @@ class Engine:
             max_retries=c.max_retries, requests_per_minute=c.requests_per_minute or None,
             tokens_per_minute=c.tokens_per_minute or None, context_window=window,
             structured_output=c.structured_output if self.style.supports_structured else "off",
-            group_by_prefix=c.groups_by_prefix)
+            routes=dict(self.routes))
 
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> ev.Finished:
@@ -814,10 +816,6 @@ class Engine:
     def cost(self) -> float:
         """This session's cost, USD."""
         return self.guard.cost
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self._client.tokens_per_second if self._client else 0.0
 
     @property
     def in_flight(self) -> int:

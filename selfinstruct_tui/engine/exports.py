@@ -87,7 +87,9 @@ def write_rows(rows: Iterable[dict], fmt: str, fh: IO[str]) -> int:
 
 # Files of a run directory that an export must never replace.
 RUN_FILES = ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm", "run.log", "engine.pid",
-             "engine.lock", "llama-server.log", "llama-server.pid", "seeds.jsonl")
+             "engine.lock", "seeds.jsonl",
+             *(f"llama-server{suffix}.{ext}" for suffix in ("", "-classify", "-instances")
+               for ext in ("log", "pid")))
 
 
 def check_target(run_dir: str | Path, path: Path) -> None:

@@ -127,7 +127,9 @@ class ClientSettings:
     tokens_per_minute: float | None = None
     context_window: int | None = None
     structured_output: str = "auto"  # auto | on | off (chat requests that carry a schema)
-    group_by_prefix: bool = False  # send prompts that start alike back to back (PrefixGate)
+    # a request kind's own base URL (the embedded model's per-family processes); others go to
+    # `base_url`
+    routes: dict[str, str] = field(default_factory=dict)
 
 
 class Redactor:
@@ -375,80 +377,6 @@ def _body_code(exc: openai.APIStatusError) -> str | None:
     return None
 
 
-class PrefixGate:
-    """Concurrency slots. With `grouped`, a freed slot goes to a waiting request whose prompt
-    starts like the one sent last (up to `run_limit` in a row while others wait), else to the
-    oldest waiter.
-
-    A server that keeps the previous prompt's KV state (llama.cpp's server, one request at a
-    time) then evaluates only the part after the shared few-shot prefix: requests of different
-    kinds interleaved would evaluate every prompt whole. Without `grouped` it is a FIFO
-    semaphore. Waiting time is not wasted either way: the slots stay full.
-    """
-
-    def __init__(self, slots: int, grouped: bool, run_limit: int = 8) -> None:
-        self.free = slots
-        self.grouped = grouped
-        self.run_limit = run_limit
-        self._fifo: deque[tuple[str, asyncio.Future[None]]] = deque()
-        self._by_key: dict[str, deque[asyncio.Future[None]]] = {}
-        self._last = ""
-        self._run = 0
-
-    async def acquire(self, key: str) -> None:
-        if self.free > 0 and not self._fifo:
-            self.free -= 1
-            self._granted(key)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._fifo.append((key, fut))
-        self._by_key.setdefault(key, deque()).append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # granted just before the cancel: pass the slot on
-            else:  # never granted: leave the queues, or a free slot would wait behind it
-                self._fifo.remove((key, fut))
-                self._by_key[key].remove(fut)
-            raise
-
-    def _granted(self, key: str) -> None:
-        self._run = self._run + 1 if key == self._last else 1
-        self._last = key
-
-    def release(self) -> None:
-        while True:
-            key, fut = self._pick()
-            if fut is None:
-                self.free += 1
-                return
-            if not fut.done():
-                self._granted(key)
-                fut.set_result(None)
-                return
-
-    def _pick(self) -> tuple[str, asyncio.Future[None] | None]:
-        same = self._by_key.get(self._last)
-        others_wait = any(k != self._last for k, f in self._fifo if not f.done())
-        if self.grouped and same and (self._run < self.run_limit or not others_wait):
-            fut = same.popleft()
-            self._fifo.remove((self._last, fut))
-            return self._last, fut
-        if not self._fifo:
-            return "", None
-        key, fut = self._fifo.popleft()
-        self._by_key[key].remove(fut)
-        return key, fut
-
-
-def prefix_key(req: CompletionRequest | ChatRequest, chars: int = 160) -> str:
-    """What a prompt starts with: requests of one kind share their few-shot prefix."""
-    if isinstance(req, CompletionRequest):
-        return req.prompt[:chars]
-    return "".join(m["content"] for m in req.messages)[:chars]
-
-
 class RateLimiter:
     """Sliding one-minute windows for requests and (estimated) tokens."""
 
@@ -480,13 +408,12 @@ class LLMClient:
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
         self.redact = Redactor(settings.api_key)
-        self._client = openai.AsyncOpenAI(
-            api_key=settings.api_key or "not-needed",
-            base_url=settings.base_url,
-            timeout=settings.request_timeout,
-            max_retries=0,
-        )
-        self._slots = PrefixGate(settings.concurrency, settings.group_by_prefix)
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        for url in {settings.base_url, *settings.routes.values()}:
+            self._clients[url] = openai.AsyncOpenAI(
+                api_key=settings.api_key or "not-needed", base_url=url,
+                timeout=settings.request_timeout, max_retries=0)
+        self._slots = asyncio.Semaphore(settings.concurrency)
         self._running = asyncio.Event()
         self._running.set()
         self._stopping = False
@@ -503,8 +430,6 @@ class LLMClient:
         self.structured: bool | None = None if settings.structured_output == "auto" else \
             settings.structured_output == "on"
         self.in_flight = 0
-        self.completion_tokens = 0
-        self.generation_seconds = 0.0
 
     # -- control ---------------------------------------------------------------------------------
     def pause(self) -> None:
@@ -530,12 +455,9 @@ class LLMClient:
         for task in list(self._active):
             task.cancel()
 
-    @property
-    def tokens_per_second(self) -> float:
-        return self.completion_tokens / self.generation_seconds if self.generation_seconds else 0.0
-
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._clients.values():
+            await client.close()
 
     # -- waiting -----------------------------------------------------------------------------------
     async def _sleep(self, delay: float, when: str = "waiting to retry") -> None:
@@ -584,15 +506,17 @@ class LLMClient:
         return max(16, min(max_tokens, self.context_window - estimate))
 
     async def request(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
-                      on_retry: RetryCallback | None = None) -> LLMResponse:
+                      on_retry: RetryCallback | None = None,
+                      route: str | None = None) -> LLMResponse:
         """Send one request, retrying as the module docstring says.
 
         Raises RequestFailed (kind = a `Cause`; `fatal` when no later request can succeed) or
         RequestAbandoned (the client was stopped).
         """
         sent = [0]
+        client = self._clients[self.settings.routes.get(route or "", self.settings.base_url)]
         try:
-            return await self._request(req, params, on_retry, sent)
+            return await self._request(req, params, on_retry, sent, client)
         except RequestAbandoned as exc:
             exc.attempts = sent[0]
             if sent[0] and exc.when == "before sending":
@@ -600,9 +524,9 @@ class LLMClient:
             raise
 
     async def _request(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
-                       on_retry: RetryCallback | None, sent: list[int]) -> LLMResponse:
+                       on_retry: RetryCallback | None, sent: list[int],
+                       client: openai.AsyncOpenAI) -> LLMResponse:
         chars = self._prompt_chars(req)
-        key = prefix_key(req)
         max_tokens = self._fit(chars, params.max_tokens)
         attempt = 0
         context_retries = 0
@@ -611,7 +535,7 @@ class LLMClient:
             attempt += 1
             await self._gate()
             await self._limiter.acquire(chars // 4 + 1 + max_tokens)
-            await self._slots.acquire(key)
+            await self._slots.acquire()
             try:
                 await self._gate()  # pausing stops new requests at once, even queued ones
                 self.in_flight += 1
@@ -623,7 +547,7 @@ class LLMClient:
                 sent[0] += 1
                 try:
                     text, finish, p_tok, c_tok, usage = await self._send(
-                        req, params, max_tokens, structured)
+                        client, req, params, max_tokens, structured)
                 except asyncio.CancelledError:
                     if self._abandoning and task is not None and task.cancelling():
                         task.uncancel()
@@ -634,8 +558,6 @@ class LLMClient:
                     failure = map_error(exc, self.settings)
                 else:
                     latency = time.monotonic() - started
-                    self.completion_tokens += c_tok
-                    self.generation_seconds += latency
                     if usage and p_tok > 0:
                         self._chars_per_token = min(self._chars_per_token, max(1.0, chars / p_tok))
                     if structured and finish != "length":
@@ -722,8 +644,9 @@ class LLMClient:
             return fitted if fitted < max_tokens else max_tokens // 2
         return max_tokens // 2 if max_tokens // 2 >= 16 else None
 
-    async def _send(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
-                    max_tokens: int, structured: bool) -> tuple[str, str | None, int, int, bool]:
+    async def _send(self, client: openai.AsyncOpenAI, req: CompletionRequest | ChatRequest,
+                    params: SamplingParams, max_tokens: int,
+                    structured: bool) -> tuple[str, str | None, int, int, bool]:
         common: dict[str, Any] = dict(
             model=self.settings.model,
             max_tokens=max_tokens,
@@ -735,7 +658,7 @@ class LLMClient:
         if params.seed is not None:
             common["seed"] = params.seed
         if isinstance(req, CompletionRequest):
-            resp = await self._client.completions.create(
+            resp = await client.completions.create(
                 prompt=req.prompt, stop=list(req.stop)[:4] or openai.omit, **common)
             _check_api(resp)
             if not resp.choices:
@@ -747,7 +670,7 @@ class LLMClient:
         else:
             if structured and req.schema is not None:
                 common["response_format"] = {"type": "json_schema", "json_schema": req.schema}
-            resp = await self._client.chat.completions.create(
+            resp = await client.chat.completions.create(
                 messages=list(req.messages), **common)  # type: ignore[arg-type]
             _check_api(resp)
             if not resp.choices:

@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from pathlib import Path
 
 from selfinstruct_tui.engine.errors import UserError
@@ -100,11 +101,17 @@ def _die_with_parent() -> None:
 
 
 class LocalModelServer:
+    """One llama.cpp server process. `name` tells apart the files of several
+    (llama-server-NAME.log / .pid); `n_batch` is its prompt batch in tokens."""
+
     def __init__(self, log_dir: str | Path, *, model_path: str | Path | None = None,
                  port: int | None = None, threads: int | None = None, n_ctx: int = 2048,
-                 alias: str = DEFAULT_ALIAS, server_cmd: list[str] | None = None) -> None:
-        self.log_path = Path(log_dir) / LOG_NAME
-        self.pid_path = Path(log_dir) / PID_NAME
+                 alias: str = DEFAULT_ALIAS, server_cmd: list[str] | None = None,
+                 name: str = "", n_batch: int = 512) -> None:
+        suffix = f"-{name}" if name else ""
+        self.log_path = Path(log_dir) / LOG_NAME.replace(".log", f"{suffix}.log")
+        self.pid_path = Path(log_dir) / PID_NAME.replace(".pid", f"{suffix}.pid")
+        self.n_batch = n_batch
         self.model_path = Path(model_path) if model_path else None
         self.requested_port = port
         self.port = port or 0
@@ -138,15 +145,25 @@ class LocalModelServer:
         return [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
                 "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
                 "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
-                "--n_ctx", str(self.n_ctx), "--verbose", "False"]
+                "--n_ctx", str(self.n_ctx), "--n_batch", str(self.n_batch), "--verbose", "False"]
 
     def start(self, timeout: float = 180.0) -> str:
+        """Launch the process and wait until it answers; its base URL. LocalModelError when it
+        exits or does not answer within `timeout` seconds."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self, avoid: Collection[int] = ()) -> None:
+        """Start the process without waiting for it (see wait_ready); a free port is picked
+        outside `avoid` (ports of siblings not listening yet). LocalModelError."""
         if self.requested_port and port_in_use(self.requested_port):
             raise LocalModelError(
                 f"port {self.requested_port} on 127.0.0.1 is already in use: choose another "
                 "with --local-port, or leave it out to pick a free port")
         if not self.requested_port:
             self.port = free_port()
+            while self.port in avoid:
+                self.port = free_port()
         cmd = self._command()
         env = dict(os.environ)
         # OpenMP threads busy-wait by default: with the other core busy that is ~20x slower.
@@ -160,8 +177,14 @@ class LocalModelServer:
         finally:
             log.close()
         self.pid_path.write_text(f"{self.proc.pid}\n")
+
+    def wait_ready(self, timeout: float = 180.0) -> str:
+        """Wait until the launched process answers; its base URL. LocalModelError when it exits
+        or does not answer within `timeout` seconds (then it is stopped)."""
         deadline = time.monotonic() + timeout
         while True:
+            if self.proc is None:
+                raise LocalModelError("the embedded model server was not started")
             code = self.proc.poll()
             if code is not None:
                 self.proc = None
@@ -236,3 +259,65 @@ class LocalModelServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# The prompt families the engine sends; each shares one few-shot prefix (prompts/fewshot.py).
+FAMILIES = ("generate", "classify", "instances")
+
+
+class LocalModels:
+    """The embedded model as one llama.cpp process per prompt family, or one for all.
+
+    llama.cpp's server keeps the KV state of the prompt it evaluated last and evaluates only what
+    a new prompt adds after their common prefix. Classification and instance prompts share long
+    few-shot prefixes (about 300 and 400 tokens), but requests of the three kinds interleave, so
+    one process keeps evaluating prompts whole. With a process per family each keeps its own
+    prefix: the same prompts and sampling, fewer tokens evaluated. `count` 3 does that; 1 uses a
+    third of the memory. Threads are shared out so the processes do not fight over cores.
+    """
+
+    def __init__(self, log_dir: str | Path, *, count: int = 3, concurrency: int = 2,
+                 model_path: str | Path | None = None, port: int | None = None) -> None:
+        self.count = count
+        busy_at_once = max(1, min(concurrency, count))
+        threads = max(1, default_threads() // busy_at_once)
+        names = FAMILIES if count > 1 else ("",)
+        self.servers = [
+            LocalModelServer(log_dir, model_path=model_path, threads=threads,
+                             port=port if n == 0 else None, name="" if n == 0 else name,
+                             n_batch=128 if count > 1 else 512)
+            for n, name in enumerate(names)]
+
+    @property
+    def threads(self) -> int:
+        return self.servers[0].threads
+
+    @property
+    def log_path(self) -> Path:
+        return self.servers[0].log_path
+
+    def start(self) -> dict[str, str]:
+        """Start every process; the base URL serving each family. LocalModelError on failure
+        (every one started is stopped)."""
+        try:
+            # launched together, they load the model side by side
+            for server in self.servers:
+                server.launch(avoid={other.port for other in self.servers if other.proc})
+            urls = [server.wait_ready() for server in self.servers]
+        except LocalModelError:
+            self.stop()
+            raise
+        if len(urls) == 1:
+            return dict.fromkeys(FAMILIES, urls[0])
+        return dict(zip(FAMILIES, urls, strict=True))
+
+    def check_alive(self) -> str | None:
+        for server in self.servers:
+            why = server.check_alive()
+            if why:
+                return why
+        return None
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -76,7 +76,7 @@ class RequestRecorder:
             self.bus.emit(ev.RequestRetried.of(retry))
 
         try:
-            resp = await self.client.request(request, params, on_retry)
+            resp = await self.client.request(request, params, on_retry, route=kind)
         except asyncio.CancelledError:  # the engine is shutting down around this request
             done = self.store.finish_prompt(record, response=None,
                                             error="abandoned: the engine stopped")

@@ -205,8 +205,6 @@ class SelfInstructApp(App[int]):
             with self.batch_update():
                 view.apply_all(batch)
                 self._render()
-        if self.engine is not None and self.engine_thread is not None:
-            view.status.tokens_per_second = self.engine.tokens_per_second
         self.status_line.show(view.status)
         for message, title, severity in view.take_notices():
             if title == "Endpoint":

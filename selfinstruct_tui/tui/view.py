@@ -23,6 +23,7 @@ from selfinstruct_tui.engine.control import (
     RunSnapshot,
     RunState,
 )
+from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.store import RejectionRecord, RoundStats
 from selfinstruct_tui.engine.task import Task
 
@@ -114,36 +115,23 @@ class StatusView:
     cost: float = 0.0
     errors: int = 0
     retry_causes: Counter[str] = field(default_factory=Counter)
-    tokens_per_second: float = 0.0
     started: float = field(default_factory=time.monotonic)
     elapsed_before: float = 0.0
-    accept_times: deque[float] = field(default_factory=deque)
-
-    def accepted_now(self, n: int = 1) -> None:
-        now = time.monotonic()
-        for _ in range(n):
-            self.accept_times.append(now)
-
-    def per_second(self) -> float:
-        now = time.monotonic()
-        while self.accept_times and now - self.accept_times[0] > 60:
-            self.accept_times.popleft()
-        window = min(60.0, now - self.started) or 1.0
-        return len(self.accept_times) / window
+    rates: Rates = field(default_factory=Rates)  # the last minute: tasks/min, tokens/s
 
     def line(self, width: int = 0) -> Text:
         """The status line; with `width`, the least important parts are left out until it fits
-        (state, pool, errors and retries stay; then cost, tokens and speed; then times; the
-        endpoint and the run's name go first)."""
+        (state, pool, errors and retries stay; then cost, tokens, tasks/min; then output speed,
+        the retry causes and the ETA; the endpoint, the run's name, prompt speed and elapsed
+        time go first)."""
         live = self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
         elapsed = self.elapsed_before + (time.monotonic() - self.started if live else 0)
-        rate = self.per_second()
+        per_min = self.rates.tasks_per_minute()
+        prompt_tps, output_tps = self.rates.tokens_per_second()
         remaining = max(0, self.target - self.accepted)
-        eta = fmt_duration(remaining / rate) if rate > 0 and remaining else "-"
-        speed = f", {self.tokens_per_second:.0f} tok/s" if self.tokens_per_second else ""
+        eta = fmt_duration(remaining / per_min * 60) if per_min > 0 and remaining else "-"
         endpoint = re.sub(r"^https?://|/v1/?$", "", self.endpoint)
-        model = f"{self.model} (embedded{speed})" if self.embedded else \
-            f"{self.model} @ {endpoint}"
+        model = f"{self.model} (embedded)" if self.embedded else f"{self.model} @ {endpoint}"
         state = self.state + (f" ({self.reason})" if self.reason and
                               self.state == RunState.PAUSED else "")
         alarm = "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR) else "bold"
@@ -154,10 +142,13 @@ class StatusView:
             parts.append((8, f"errors {self.errors}", ""))
         if self.retry_causes:
             parts.append((8, f"retries {sum(self.retry_causes.values())}", ""))
-            parts.append((3, "(" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
+            parts.append((5, "(" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                                               self.retry_causes.most_common()) + ")", ""))
-        parts += [(9, f"pool {self.accepted}/{self.target}", ""), (6, f"{rate * 60:.1f}/min", ""),
-                  (6, f"{self.tokens:,} tok", ""), (7, f"${self.cost:.4f}", ""),
+        parts += [(9, f"pool {self.accepted}/{self.target}", ""),
+                  (6, f"{per_min:.1f} tasks/min", ""), (5, f"output {output_tps:.0f} tok/s", "")]
+        if self.embedded:  # prompt evaluation is most of a small local model's time
+            parts.append((3, f"prompt {prompt_tps:.0f} tok/s", ""))
+        parts += [(6, f"{self.tokens:,} tok", ""), (7, f"${self.cost:.4f}", ""),
                   (4, fmt_duration(elapsed), ""), (5, f"ETA {eta}", "")]
 
         def length(ps: list[tuple[int, str, str]]) -> int:
@@ -275,7 +266,7 @@ class RunView:
         self.rows[row.id] = row
         self.rows_added.append(row)
         self.status.accepted = e.accepted
-        self.status.accepted_now()
+        self.status.rates.accepted()
         self.scores.append(e.task.max_score)
         self.lengths.append(len(e.task.instruction.split()))
         self.dirty |= {"pool", "stats", "status"}
@@ -317,6 +308,7 @@ class RunView:
 
     def _on_ResponseReceived(self, e: ev.ResponseReceived) -> None:
         self._count_tokens(e.prompt_tokens, e.completion_tokens)
+        self.status.rates.answered(e.prompt_tokens, e.completion_tokens)
         self.in_flight.pop(e.prompt_id, None)
         sent = self._sent_generate.pop(e.prompt_id, None)
         if sent is not None:
@@ -367,6 +359,7 @@ class RunView:
     def _on_RunStarted(self, e: ev.RunStarted) -> None:
         self._set_state(RunState.RUNNING)
         self.status.started = time.monotonic()
+        self.status.rates.restart()
         self.status.target = e.target
         if e.endpoint and not self.status.embedded:
             self.status.endpoint = e.endpoint

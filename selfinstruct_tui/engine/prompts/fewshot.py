@@ -71,9 +71,19 @@ def classification_examples() -> list[tuple[str, bool]]:
     return out
 
 
+NUMBERED = re.compile(r"^\s*(?:\d{1,2}[.)]|[-*•])\s")
+
+
+def _plain(task: SeedTask) -> bool:
+    """No output of the task is a numbered or bulleted list."""
+    return not any(NUMBERED.match(inst.output) for inst in task.instances)
+
+
 def instance_examples() -> list[SeedTask]:
+    """Examples whose outputs are not lists: small models copy the examples' numbering, so a
+    one-item answer after a numbered example comes out as "1. ..."."""
     _, with_input, without = fewshot_pool()
-    return list(with_input[:3] + without[:1])
+    return [t for t in with_input if _plain(t)][:3] + [t for t in without if _plain(t)][:1]
 
 
 def label_examples() -> list[SeedTask]:

@@ -1,0 +1,57 @@
+"""What a user waits for, as rates over the last minute: accepted tasks per minute, and the
+tokens per second the endpoint read (prompt) and wrote (completion). Shown on the status line and
+the headless lines; named so that each figure says what it measures."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+WINDOW_SECONDS = 60.0
+
+
+class Rates:
+    """Events in a sliding window of `window` seconds (monotonic clock); rates use the window,
+    or the time since `started` when that is shorter."""
+
+    def __init__(self, window: float = WINDOW_SECONDS, started: float | None = None) -> None:
+        self.window = window
+        self.started = time.monotonic() if started is None else started
+        self._accepted: deque[float] = deque()
+        self._tokens: deque[tuple[float, int, int]] = deque()
+
+    def restart(self) -> None:
+        self.started = time.monotonic()
+        self._accepted.clear()
+        self._tokens.clear()
+
+    def accepted(self, n: int = 1) -> None:
+        now = time.monotonic()
+        self._accepted.extend([now] * n)
+
+    def answered(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self._tokens.append((time.monotonic(), prompt_tokens, completion_tokens))
+
+    def _span(self, now: float) -> float:
+        while self._accepted and now - self._accepted[0] > self.window:
+            self._accepted.popleft()
+        while self._tokens and now - self._tokens[0][0] > self.window:
+            self._tokens.popleft()
+        return max(1e-9, min(self.window, now - self.started))
+
+    def tasks_per_minute(self) -> float:
+        now = time.monotonic()
+        return len(self._accepted) / self._span(now) * 60
+
+    def tokens_per_second(self) -> tuple[float, float]:
+        """(prompt, completion) tokens per second."""
+        now = time.monotonic()
+        span = self._span(now)
+        return (sum(p for _, p, _ in self._tokens) / span,
+                sum(c for _, _, c in self._tokens) / span)
+
+    def text(self, with_prompt: bool) -> str:
+        """e.g. "9.1 tasks/min, output 38 tok/s, prompt 210 tok/s" (prompt: embedded model)."""
+        prompt, completion = self.tokens_per_second()
+        return (f"{self.tasks_per_minute():.1f} tasks/min, output {completion:.0f} tok/s"
+                + (f", prompt {prompt:.0f} tok/s" if with_prompt else ""))
