@@ -24,3 +24,19 @@ def test_main_screen(snap_compare, tmp_path, isolated_env, theme, size):
     deterministic_run(tmp_path / "run")
     app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
     assert snap_compare(app, terminal_size=size)
+
+
+@pytest.mark.parametrize("theme", SHIPPED)
+def test_pool_cell_styles(snap_compare, tmp_path, isolated_env, theme):
+    """Every cell style of the pool: cursor row, machine rows, seed rows, high scores (exactly
+    the number highlighted, never on the cursor row), classification marks."""
+    from test_task_table import NEWEST, add_machine_tasks
+
+    deterministic_run(tmp_path / "run")
+    add_machine_tasks(tmp_path / "run", NEWEST + 1, [0.69, 0.61, 0.6, 1.0, 0.05])
+    app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
+
+    async def run_before(pilot) -> None:
+        await pilot.press("down")  # the cursor on a high score: the cursor style wins
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)

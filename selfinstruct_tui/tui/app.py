@@ -238,7 +238,8 @@ class SelfInstructApp(App[int]):
             return
         self.pool_info.update(
             f" {message.shown:,} of {message.total:,} tasks · {message.description} · "
-            "enter: inspect · /: filter · o: origin · c: sort · v: reverse", layout=False)
+            "enter: inspect · /: filter · o: origin · c: sort · v: reverse · f: follow",
+            layout=False)
 
     # -- commands ---------------------------------------------------------------------------------
     @property

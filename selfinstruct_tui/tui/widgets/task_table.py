@@ -2,6 +2,12 @@
 
 One widget renders only the visible lines; rows are small tuples kept in a dict, and the view is a
 list of ids (filtered, sorted). Adding a row is a bisect insert, not a re-layout.
+
+The cursor is a task, not a row position: when rows arrive, the sort changes or a filter narrows
+the view, it stays on the task it was on (and that task stays on the same screen line when it can).
+If a filter hides that task, the cursor moves to its nearest neighbour in the sort order. "Follow
+newest" (`f`, like `tail -f`) keeps the cursor on the newest task instead; moving the cursor by hand
+ends following.
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ ORIGINS = ("all", "seed", "machine")
 SORT_COLUMNS = ("id", "round", "origin", "cls", "instances", "rouge", "instruction")
 
 
-HEADER = f"{'id':>7} {'round':>5} {'origin':<7} {'cls':<3} {'inst':>4} {'rouge':>5}  instruction"
+# (name, width, align) of the fixed columns; the instruction takes the rest of the line. One table
+# feeds the header, the cells and their styles, so a column's style never splits its text.
+COLUMNS = (("id", 7, ">"), ("round", 5, ">"), ("origin", 7, "<"), ("cls", 3, "<"),
+           ("inst", 4, ">"), ("rouge", 5, ">"))
+HEADER = " ".join(f"{name:{align}{width}}" for name, width, align in COLUMNS) + "  instruction"
+SCORE = 5  # the index of the max ROUGE-L column
+HIGH_SCORE = 0.6  # a max ROUGE-L above this is drawn highlighted (the filter rejects above 0.7)
 
 
 class TaskTable(ScrollView, can_focus=True):
@@ -40,6 +52,7 @@ class TaskTable(ScrollView, can_focus=True):
         Binding("o", "cycle_origin", "Origin"),
         Binding("c", "cycle_sort", "Sort"),
         Binding("v", "reverse_sort", "Reverse", show=False),
+        Binding("f", "toggle_follow", "Follow newest", show=False),
     ]
 
     cursor = reactive(0, always_update=True)
@@ -68,6 +81,8 @@ class TaskTable(ScrollView, can_focus=True):
         self.origin = "all"
         self.sort_column = "id"
         self.descending = True  # newest first
+        self.cursor_id: int | None = None  # the task under the cursor
+        self.follow = True  # keep the cursor on the newest task (until the user moves it)
 
     @property
     def filtering(self) -> bool:
@@ -157,15 +172,54 @@ class TaskTable(ScrollView, can_focus=True):
             self.view_keys = [keys[n] for n in picked]
         else:
             self.view, self.view_keys = self.sorted_ids, self.sorted_keys
-        self.cursor = min(self.cursor, max(0, len(self.view) - 1))
         self._refresh_view()
 
     def _refresh_view(self) -> None:
         if not self.filtering:
             self.view, self.view_keys = self.sorted_ids, self.sorted_keys
+        screen_line = self.cursor - self.scroll_offset.y  # where the cursor's task is drawn
         self.virtual_size = Size(self.size.width, len(self.view))
+        self._place_cursor(screen_line)
         self.refresh()
         self.post_message(self.ViewChanged(len(self.view), len(self.rows), self.describe()))
+
+    def _position(self, task_id: int) -> tuple[int, bool]:
+        """(index in the displayed order, whether `task_id` is shown). A task the view does not
+        show gives the index of its nearest neighbour in the sort order."""
+        row = self.rows.get(task_id)
+        n = len(self.view)
+        if row is None or n == 0:
+            return 0, False
+        pos = bisect.bisect_left(self.view_keys, row.key(self.sort_column))
+        shown = pos < n and self.view[pos] == task_id
+        pos = min(pos, n - 1)
+        return (n - 1 - pos if self.descending else pos), shown
+
+    def newest_id(self) -> int | None:
+        """The highest task id the view shows (O(1) when sorted by id, else one scan)."""
+        if not self.view:
+            return None
+        if self.sort_column == "id":
+            return self.view[-1]
+        return max(self.view)
+
+    def _place_cursor(self, screen_line: int) -> None:
+        """Put the cursor back on its task (or the newest, when following) and scroll so that
+        task stays on `screen_line` of the widget when it can."""
+        if not self.view:
+            self.cursor, self.cursor_id = 0, None
+            return
+        target = self.newest_id() if self.follow or self.cursor_id is None else self.cursor_id
+        assert target is not None
+        index, shown = self._position(target)
+        self.cursor = index
+        self.cursor_id = target if shown else self.id_at(index)
+        height = max(1, self.size.height)
+        if self.follow:
+            top = index - (0 if self.descending else height - 1)
+        else:
+            top = index - max(0, min(height - 1, screen_line))
+        self.scroll_to(y=max(0, top), animate=False, immediate=True)
 
     def displayed_ids(self) -> list[int]:
         return self.view[::-1] if self.descending else list(self.view)
@@ -174,7 +228,9 @@ class TaskTable(ScrollView, can_focus=True):
         return self.view[len(self.view) - 1 - index] if self.descending else self.view[index]
 
     def describe(self) -> str:
-        parts = [f"sorted by {self.sort_column} {'desc' if self.descending else 'asc'}"]
+        parts = ["following newest" if self.follow else
+                 f"holding #{self.cursor_id}" if self.cursor_id is not None else "holding",
+                 f"sorted by {self.sort_column} {'desc' if self.descending else 'asc'}"]
         if self.origin != "all":
             parts.append(f"origin: {self.origin}")
         if self.text_filter:
@@ -185,7 +241,6 @@ class TaskTable(ScrollView, can_focus=True):
         new = text.strip().lower()
         narrowing = self.filtering and bool(self.text_filter) and new.startswith(self.text_filter)
         self.text_filter = new
-        self.cursor = 0
         self.refilter(narrowing)
 
     @property
@@ -206,6 +261,10 @@ class TaskTable(ScrollView, can_focus=True):
         if not self.view:
             return
         self.cursor = max(0, min(len(self.view) - 1, index))
+        self.cursor_id = self.id_at(self.cursor)
+        if self.follow and self.cursor_id != self.newest_id():
+            self.follow = False  # the user moved off the newest task: hold still from now on
+        self.post_message(self.ViewChanged(len(self.view), len(self.rows), self.describe()))
         top = self.scroll_offset.y
         height = max(1, self.size.height)
         if self.cursor < top:
@@ -220,7 +279,6 @@ class TaskTable(ScrollView, can_focus=True):
 
     def action_cycle_origin(self) -> None:
         self.origin = ORIGINS[(ORIGINS.index(self.origin) + 1) % len(ORIGINS)]
-        self.cursor = 0
         self.refilter()
 
     def action_cycle_sort(self) -> None:
@@ -230,6 +288,11 @@ class TaskTable(ScrollView, can_focus=True):
 
     def action_reverse_sort(self) -> None:
         self.descending = not self.descending
+        self._refresh_view()
+
+    def action_toggle_follow(self) -> None:
+        """Follow the newest task (like `tail -f`), or hold the cursor where it is."""
+        self.follow = not self.follow
         self._refresh_view()
 
     def on_click(self, event) -> None:
@@ -245,10 +308,6 @@ class TaskTable(ScrollView, can_focus=True):
         if index >= len(self.view):
             return Strip.blank(width, self.rich_style)
         row = self.rows[self.id_at(index)]
-        cls = "yes" if row.is_classification else ""
-        text = (f"{row.id:>7} {row.round:>5} {row.origin:<7} {cls:<3}"
-                f" {row.instances:>4} {row.max_score:5.2f}  {row.instruction}")
-        text = text[:width].ljust(width)
         base = self.rich_style
         if index == self.cursor:
             style = base + self.get_component_rich_style("task-table--cursor")
@@ -256,10 +315,23 @@ class TaskTable(ScrollView, can_focus=True):
             style = base + self.get_component_rich_style("task-table--seed")
         else:
             style = base + self.get_component_rich_style("task-table--machine")
-        if row.max_score > 0.6 and index != self.cursor:
-            score_start = 30
-            high = style + self.get_component_rich_style("task-table--high")
-            return Strip([Segment(text[:score_start], style),
-                          Segment(text[score_start:score_start + 5], high),
-                          Segment(text[score_start + 5:], style)], width)
-        return Strip([Segment(text, style)], width)
+        cells = row_cells(row)
+        score_style = style
+        if row.max_score > HIGH_SCORE and index != self.cursor:
+            score_style = style + self.get_component_rich_style("task-table--high")
+        # The score's digits are their own segment: the highlight covers exactly the number.
+        score = cells[SCORE].lstrip()
+        pad = len(cells[SCORE]) - len(score)
+        segments = [Segment(" ".join(cells[:SCORE]) + " " * (pad + 1), style),
+                    Segment(score, score_style),
+                    Segment("  " + cells[-1], style)]
+        return Strip(segments).crop_extend(0, width, style)
+
+
+def row_cells(row: Row) -> list[str]:
+    """The texts of one row's cells, in COLUMNS order, then the instruction."""
+    values = (row.id, row.round, row.origin, "yes" if row.is_classification else "",
+              row.instances, f"{row.max_score:.2f}")
+    return [f"{value:{align}{width}}" for value, (_, width, align) in zip(values, COLUMNS,
+                                                                          strict=True)
+            ] + [row.instruction]

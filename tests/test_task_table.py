@@ -1,0 +1,132 @@
+"""The task pool holds still: the cursor stays on its task when rows arrive, the sort changes or a
+filter narrows the view; `f` follows the newest task; a score's highlight covers exactly the
+number. Rows arrive the real way: written to the store as a detached engine would, picked up by
+an attached UI's follower."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfinstruct_tui.engine.seeds import Instance
+from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.engine.task import Task
+from selfinstruct_tui.tui.app import create_app
+from selfinstruct_tui.tui.widgets.task_table import HIGH_SCORE, TaskTable
+from tui_helpers import deterministic_run, run, until
+
+NEWEST = 179  # deterministic_run: 139 seeds + 40 machine tasks
+
+
+def add_machine_tasks(run_dir, first_id: int, scores: list[float]) -> list[int]:
+    """Commit machine tasks as an engine in another process would."""
+    store = RunStore(run_dir)
+    try:
+        for n, score in enumerate(scores):
+            store.insert_task(Task(
+                id=first_id + n, origin="machine", round=5, instruction=f"Arrived task {n} "
+                "about green gardens and their many careful keepers.", is_classification=False,
+                instances=[Instance("", f"output {n}")], max_score=score, created=float(n)))
+    finally:
+        store.close()
+    return [first_id + n for n in range(len(scores))]
+
+
+def visible_ids(table: TaskTable) -> list[int]:
+    top = table.scroll_offset.y
+    return [table.id_at(i) for i in range(top, min(len(table.view), top + table.size.height))]
+
+
+def test_cursor_stays_on_its_task_as_rows_arrive_sort_changes_and_filter_narrows(tmp_path,
+                                                                             isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, attach=True, refresh=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.table
+            assert table.follow and table.current_id == NEWEST
+            await pilot.press("down", "down", "down")
+            assert table.current_id == NEWEST - 3 and not table.follow
+            line = table.cursor - table.scroll_offset.y
+            assert "holding #176" in str(app.pool_info.render())
+
+            new = add_machine_tasks(run_dir, NEWEST + 1, [0.1, 0.2])
+            await until(pilot, lambda: all(i in table.rows for i in new))
+            await pilot.pause()
+            # The cursor's task is the same, and it is drawn on the same screen line.
+            assert table.current_id == NEWEST - 3
+            assert table.cursor - table.scroll_offset.y == line
+
+            await pilot.press("c")  # sort by round: the cursor's task moves, the cursor with it
+            assert table.sort_column == "round" and table.current_id == NEWEST - 3
+            assert NEWEST - 3 in visible_ids(table)
+            await pilot.press("v")
+            assert table.current_id == NEWEST - 3 and NEWEST - 3 in visible_ids(table)
+            await pilot.press("o")  # origin: seed hides the machine task: nearest neighbour
+            assert table.origin == "seed"
+            assert table.current_id is not None and table.rows[table.current_id].origin == "seed"
+            await pilot.press("o")  # machine
+            await pilot.press("slash", *"item")  # a filter that keeps the task keeps the cursor
+            await pilot.press("enter")
+            await pilot.press("home", "down")
+            held = table.current_id
+            assert held is not None and "item" in table.rows[held].lowered
+            await pilot.press("slash", *" number")
+            assert table.current_id == held
+            await pilot.press("escape")
+            await pilot.pause()
+            assert table.text_filter == "" and table.current_id == held
+
+    run(go())
+
+
+def test_follow_keeps_the_newest_task_under_the_cursor(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, attach=True, refresh=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.table
+            await pilot.press("pagedown")
+            assert not table.follow
+            await pilot.press("f")
+            assert table.follow and table.current_id == NEWEST
+            assert "following newest" in str(app.pool_info.render())
+            new = add_machine_tasks(run_dir, NEWEST + 1, [0.1, 0.2, 0.3])
+            await until(pilot, lambda: table.current_id == new[-1])
+            assert visible_ids(table)[0] == new[-1]
+            await pilot.press("v")  # ascending: the newest is the last row, and it is shown
+            assert table.current_id == new[-1] and new[-1] in visible_ids(table)
+            await pilot.press("f")
+            assert not table.follow
+            more = add_machine_tasks(run_dir, new[-1] + 1, [0.4])
+            await until(pilot, lambda: more[0] in table.rows)
+            assert table.current_id == new[-1]
+
+    run(go())
+
+
+@pytest.mark.parametrize("score", [0.69, 0.61, 1.0])
+def test_a_high_score_is_highlighted_as_one_whole_number(tmp_path, isolated_env, score):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    add_machine_tasks(run_dir, NEWEST + 1, [0.2, score])
+
+    async def go():
+        app = create_app(run_dir, refresh=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.table
+            await pilot.pause()
+            await pilot.press("down")  # the cursor row is never highlighted: move off it
+            line = table.render_line(0)
+            high = table.get_component_rich_style("task-table--high")
+            segments = list(line)
+            marked = [s.text for s in segments if s.style is not None and high.color is not None
+                      and s.style.color == high.color]
+            assert score > HIGH_SCORE
+            assert marked == [f"{score:.2f}"], segments
+            assert "".join(s.text for s in segments).startswith(f"    {NEWEST + 2}")
+
+    run(go())
