@@ -130,3 +130,42 @@ def test_a_high_score_is_highlighted_as_one_whole_number(tmp_path, isolated_env,
             assert "".join(s.text for s in segments).startswith(f"    {NEWEST + 2}")
 
     run(go())
+
+
+def test_charts_draw_the_runs_numbers_and_g_cycles_them(tmp_path, isolated_env):
+    """The round statistics charts (textual-plotext): the max ROUGE-L histogram counts every
+    machine task once, the per-round charts have a point per finished round, `g` cycles."""
+    from textual_plotext import PlotextPlot
+
+    from selfinstruct_tui.tui.widgets.panes import CHARTS
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    add_machine_tasks(run_dir, NEWEST + 1, [0.69, 0.05])
+    store = RunStore(run_dir, readonly=True)
+    machine = store.tasks(origin="machine")
+    rounds = store.rounds()
+    store.close()
+
+    async def go():
+        app = create_app(run_dir, refresh=0.05)
+        async with app.run_test(size=(140, 50)) as pilot:
+            view, pane = app.view, app.stats_pane
+            hist = view.score_hist
+            assert hist.total == len(machine) == 42
+            assert hist.counts[13] == sum(1 for t in machine if 0.65 <= t.max_score < 0.7)
+            assert hist.counts[1] == sum(1 for t in machine if 0.05 <= t.max_score < 0.1)
+            assert view.length_hist.total == len(machine)
+            assert [p.accepted for p in view.round_points] == [r.accepted for r in rounds]
+            plot = app.query_one("#chart", PlotextPlot)
+            shown = []
+            for _ in CHARTS:
+                shown.append(pane.chart)
+                assert f"{CHARTS.index(pane.chart) + 1}/{len(CHARTS)}" in pane.border_subtitle
+                text = plot.plt.build()
+                assert {"rouge": "max ROUGE-L", "lengths": "words", "accepted": "round",
+                        "rejections": "near duplicate"}[pane.chart] in text
+                await pilot.press("g")
+            assert shown == list(CHARTS) and pane.chart == CHARTS[0]
+
+    run(go())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hypothesis
+
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.control import read_snapshot
 from selfinstruct_tui.engine.seeds import Instance
 from selfinstruct_tui.engine.store import RejectionRecord, RoundStats, RunStore
 from selfinstruct_tui.engine.task import Task
-from selfinstruct_tui.tui.view import RunView
+from selfinstruct_tui.tui.view import RunView, _one_line
 from tui_helpers import deterministic_run
 
 
@@ -78,3 +80,11 @@ def test_events_update_each_part_and_mark_it_dirty(tmp_path):
     assert view.state == "stopped"
     [(message, _, _)] = view.take_notices()
     assert "Resume with a higher limit: selfinstruct run --run-dir X" in message
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(hypothesis.strategies.text())
+def test_the_one_line_shortcut_never_skips_text_that_needs_normalising(text):
+    """The pool loads 100k instructions without rebuilding the ones already on one line; the
+    shortcut must never take an instruction that " ".join(text.split()) would change."""
+    assert not _one_line(text) or " ".join(text.split()) == text

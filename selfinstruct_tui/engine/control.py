@@ -40,7 +40,7 @@ from selfinstruct_tui.engine.store import (
 
 DETACH_EXIT = 75  # the TUI's return value when the user hands the run to a background process
 HISTORY_REJECTIONS = 500  # rejection lines a screen keeps (history and live alike)
-HISTORY_ROUNDS = 300  # rows of the rounds table
+HISTORY_ROUNDS = 100  # rows of the rounds table (the charts keep more)
 
 
 class RunState(str, enum.Enum):

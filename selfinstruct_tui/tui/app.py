@@ -112,6 +112,24 @@ class SelfInstructApp(App[int]):
         self._theme_ready = False
         if engine is not None:
             engine.bus.subscribe(self.events.put)
+        # The history loads while Textual starts (SQLite reads without the GIL): on_mount joins.
+        self._history: dict[str, Any] = {}
+        self._history_thread = threading.Thread(target=self._load_history, daemon=True,
+                                                name="history")
+        self._history_thread.start()
+
+    def _load_history(self) -> None:
+        """Read the run's snapshot and load the view (Textual-free), off the UI thread."""
+        try:
+            store = RunStore(self.run_dir, readonly=True)
+            try:
+                snapshot = read_snapshot(store)
+            finally:
+                store.close()
+            self.view.load(snapshot, embedded=self.embedded)
+            self._history["snapshot"] = snapshot
+        except BaseException as exc:  # re-raised on the UI thread by on_mount
+            self._history["error"] = exc
 
     @property
     def state(self) -> str:
@@ -159,8 +177,10 @@ class SelfInstructApp(App[int]):
         self.filter_box = self.query_one("#filter", Input)
         self.query_one("#left").border_title = "Task pool"
         self._apply_compact(self.size.width, self.size.height)
-        snapshot = read_snapshot(self.reader)
-        self.view.load(snapshot, embedded=self.embedded)
+        self._history_thread.join()
+        if "error" in self._history:
+            raise self._history["error"]
+        snapshot = self._history.pop("snapshot")
         if self.engine is not None:
             self.view.state = self.view.status.state = RunState.STARTING
         added, _ = self.view.take_pool_changes()
@@ -399,6 +419,9 @@ class SelfInstructApp(App[int]):
                 screen.maximize(pane, container=False)
                 return
         screen.maximize(self.query_one("#left"), container=False)
+
+    def action_next_chart(self) -> None:
+        self.stats_pane.next_chart(self.view)
 
     def action_help(self) -> None:
         if self.screen.query("HelpPanel"):

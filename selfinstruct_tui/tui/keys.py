@@ -28,6 +28,7 @@ KEYS = (
     Key("t", "t", "change_theme", "Theme", "Change theme"),
     Key("slash", "/", "filter", "Filter", "Filter tasks by text"),
     Key("m", "m", "toggle_maximize", "Maximize", "Maximize / restore the focused pane"),
+    Key("g", "g", "next_chart", "Chart", "Next chart in the round statistics", in_footer=False),
     Key("question_mark", "?", "help", "Help", "Show keys"),
     Key("d", "d", "detach", "Detach", "Detach: move the run to a background process"),
     Key("q", "q", "quit_app", "Quit", "Quit"),

@@ -48,11 +48,14 @@ class Row:
                    len(task.instances), task.max_score, text, text.lower())
 
     def key(self, column: str) -> object:
-        return {
-            "id": self.id, "round": (self.round, self.id), "origin": (self.origin, self.id),
-            "cls": (self.is_classification, self.id), "instances": (self.instances, self.id),
-            "rouge": (self.max_score, self.id), "instruction": (self.lowered, self.id),
-        }[column]
+        """The sort key for `column` (one of task_table.SORT_COLUMNS); ties break by id."""
+        if column == "id":
+            return self.id
+        return (getattr(self, _SORT_FIELDS[column]), self.id)
+
+
+_SORT_FIELDS = {"round": "round", "origin": "origin", "cls": "is_classification",
+                "instances": "instances", "rouge": "max_score", "instruction": "lowered"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,37 @@ class RejectionLine:
         elif self.detail:
             line.append(f"  ({self.detail})", style="italic")
         return line
+
+
+class Histogram:
+    """Counts of values in `bins` equal bins over [lo, hi); a value outside the range counts in
+    the first or last bin. Kept as tasks arrive, so drawing it never rescans the pool."""
+
+    def __init__(self, lo: float, hi: float, bins: int) -> None:
+        self.lo, self.hi, self.bins = lo, hi, bins
+        self.counts = [0] * bins
+        self._scale = bins / (hi - lo)
+
+    def add(self, value: float) -> None:
+        i = int((value - self.lo) * self._scale)
+        self.counts[0 if i < 0 else i if i < self.bins else self.bins - 1] += 1
+
+    def edges(self) -> list[float]:
+        """The lower edge of each bin."""
+        return [self.lo + n * (self.hi - self.lo) / self.bins for n in range(self.bins)]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundPoint:
+    """One finished round, for the charts: accepted tasks and rejections by reason."""
+
+    round: int
+    accepted: int
+    rejected: dict[str, int]
 
 
 def fmt_duration(seconds: float) -> str:
@@ -167,6 +201,19 @@ class StatusView:
         return out
 
 
+SCORE_BINS = 20  # of the max ROUGE-L histogram over [0, 1]
+LENGTH_MAX_WORDS = 60  # the instruction-length histogram: 5-word bins, the last one open-ended
+CHART_ROUNDS = 500  # rounds the per-round charts keep
+
+
+def _one_line(text: str) -> bool:
+    """Whether `text` is already what `" ".join(text.split())` makes of it (fast: most
+    instructions are). str.isprintable() is False for every whitespace character but the ASCII
+    space (they are Unicode separators or control characters)."""
+    return (text.isprintable() and "  " not in text and text[:1] != " "
+            and text[-1:] != " ")
+
+
 class RunView:
     """Everything the panes show. `load(snapshot)` once, then `apply(event)` for each event."""
 
@@ -190,8 +237,10 @@ class RunView:
         # round statistics
         self.rounds: OrderedDict[int, tuple[str, ...]] = OrderedDict()
         self.pool_sizes: list[int] = []
-        self.scores: list[float] = []
-        self.lengths: list[int] = []
+        # the paper's Figure 3: max ROUGE-L of each accepted task against the pool it joined
+        self.score_hist = Histogram(0.0, 1.0, SCORE_BINS)
+        self.length_hist = Histogram(0.0, float(LENGTH_MAX_WORDS), LENGTH_MAX_WORDS // 5)
+        self.round_points: deque[RoundPoint] = deque(maxlen=CHART_ROUNDS)
         # what the app should tell the user: (message, title, severity)
         self.notices: list[tuple[str, str, str]] = []
         self.dirty: set[str] = set()
@@ -206,18 +255,21 @@ class RunView:
             status.model = cfg.model
             status.target = cfg.target
             status.embedded = embedded or cfg.uses_embedded
-        rows = []
+        rows: list[Row] = []
+        append = rows.append
+        add_score, add_length = self.score_hist.add, self.length_hist.add
+        machine_count = 0
         for tid, rnd, origin, is_cls, n_inst, score, instruction in snap.rows:
-            text = " ".join(instruction.split())
-            rows.append(Row(tid, rnd, origin, bool(is_cls), n_inst or 0, score, text,
-                            text.lower()))
+            text = instruction if _one_line(instruction) else " ".join(instruction.split())
+            append(Row(tid, rnd, origin, bool(is_cls), n_inst or 0, score, text, text.lower()))
             if origin == "machine":
-                self.scores.append(score)
-                self.lengths.append(text.count(" ") + 1)
+                machine_count += 1
+                add_score(score)
+                add_length(text.count(" ") + 1)
         self.rows = {r.id: r for r in rows}
         self.rows_added = rows
-        status.accepted = len(self.scores)
-        self.seed_count = len(rows) - len(self.scores)
+        status.accepted = machine_count
+        self.seed_count = len(rows) - machine_count
         machine = 0
         finished = []
         for r in snap.rounds:
@@ -226,6 +278,7 @@ class RunView:
                 machine = r.pool_after if r.pool_after is not None else machine + r.accepted
                 self.pool_sizes.append(self.seed_count + machine)
                 finished.append(r)
+                self.round_points.append(RoundPoint(r.round, r.accepted, dict(r.rejected)))
         for r in finished[-HISTORY_ROUNDS:]:
             self.rounds[r.round] = round_row(r)
         if cfg is not None:
@@ -267,8 +320,8 @@ class RunView:
         self.rows_added.append(row)
         self.status.accepted = e.accepted
         self.status.rates.accepted()
-        self.scores.append(e.task.max_score)
-        self.lengths.append(len(e.task.instruction.split()))
+        self.score_hist.add(e.task.max_score)
+        self.length_hist.add(len(e.task.instruction.split()))
         self.dirty |= {"pool", "stats", "status"}
 
     def _on_TaskDropped(self, e: ev.TaskDropped) -> None:
@@ -332,6 +385,8 @@ class RunView:
         while len(self.rounds) > HISTORY_ROUNDS:
             self.rounds.popitem(last=False)
         self.pool_sizes.append(self.seed_count + e.accepted_total)
+        self.round_points.append(RoundPoint(e.stats.round, e.stats.accepted,
+                                            dict(e.stats.rejected)))
         self.dirty.add("stats")
 
     def _on_RequestRetried(self, e: ev.RequestRetried) -> None:

@@ -7,23 +7,68 @@ from collections import Counter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, RichLog, Sparkline, Static
+from textual.widgets import DataTable, RichLog, Static
+from textual_plotext import PlotextPlot
 
 from selfinstruct_tui.engine.control import HISTORY_REJECTIONS
 from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, StatusView
 
-BARS = " ▁▂▃▄▅▆▇█"
+CHARTS = ("rouge", "lengths", "accepted", "rejections")
+CHART_TITLES = {
+    "rouge": "max ROUGE-L vs pool (paper Fig. 3)",
+    "lengths": "instruction length",
+    "accepted": "accepted per round",
+    "rejections": "rejections by reason",
+}
+TOP_REASONS = 4  # the rejection chart draws the most common reasons; the rest add up as "other"
 
 
-def histogram_line(values: list[float], bins: int, lo: float, hi: float) -> str:
-    if not values:
-        return ""
-    counts = [0] * bins
-    for v in values:
-        i = int((v - lo) / (hi - lo) * bins) if hi > lo else 0
-        counts[max(0, min(bins - 1, i))] += 1
-    top = max(counts) or 1
-    return "".join(BARS[round(c / top * (len(BARS) - 1))] for c in counts)
+def draw_chart(plt, view: RunView, which: str) -> None:
+    """Draw one of CHARTS from the view on a plotext figure (`plt`, textual-plotext's Plot).
+    Histograms come from counts the view keeps; per-round charts from its last rounds."""
+    plt.clear_figure()
+    if which in ("rouge", "lengths"):
+        hist = view.score_hist if which == "rouge" else view.length_hist
+        width = (hist.hi - hist.lo) / hist.bins
+        centres = [edge + width / 2 for edge in hist.edges()]
+        plt.bar(centres, hist.counts, width=0.8)
+        plt.ylim(0, max(1, max(hist.counts)) * 1.25)  # headroom: a full bar never fills the box
+        if which == "rouge":
+            plt.vline(0.7)  # the paper's near-duplicate threshold
+            plt.xlim(0, 1)
+            plt.xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+            plt.xlabel("max ROUGE-L (filter rejects > 0.7)")
+        else:
+            plt.xlim(0, hist.hi)
+            plt.xticks([int(hist.lo + n * 10) for n in range(int(hist.hi - hist.lo) // 10 + 1)])
+            plt.xlabel(f"words ({int(hist.hi - width)}+ in the last bar)")
+        plt.ylabel("tasks")
+        return
+    points = list(view.round_points)
+    if not points:
+        plt.title("no finished round yet")
+        return
+    rounds = [p.round for p in points]
+    if which == "accepted":
+        plt.bar(rounds, [p.accepted for p in points], width=0.6)
+        plt.ylim(0, max(1, max(p.accepted for p in points)) * 1.25)
+        plt.ylabel("accepted")
+    else:
+        totals: Counter[str] = Counter()
+        for p in points:
+            totals.update(p.rejected)
+        top = [reason for reason, _ in totals.most_common(TOP_REASONS)]
+        if not top:
+            plt.title("no rejections")
+            return
+        for reason in top:
+            plt.plot(rounds, [p.rejected.get(reason, 0) for p in points],
+                     label=reason.replace("_", " "))
+        if len(totals) > len(top):
+            plt.plot(rounds, [sum(v for k, v in p.rejected.items() if k not in top)
+                              for p in points], label="other")
+        plt.ylabel("rejected")
+    plt.xlabel("round")
 
 
 class StatusLine(Static):
@@ -93,18 +138,30 @@ class RejectionsPane(Vertical):
 
 
 class StatsPane(Vertical):
+    """A chart (one of CHARTS, `g` cycles them) above the rounds table."""
+
     ALLOW_MAXIMIZE = True
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="charts")
-        yield Sparkline([], id="growth")
+        yield PlotextPlot(id="chart")
         yield DataTable(id="rounds", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
-        self.border_title = "Round statistics"
+        self.chart = CHARTS[0]
+        self._title()
         table = self.query_one("#rounds", DataTable)
         for label in ROUND_COLUMNS:
             table.add_column(label, key=label)
+
+    def _title(self) -> None:
+        n = CHARTS.index(self.chart) + 1
+        self.border_title = "Round statistics"
+        self.border_subtitle = f"{n}/{len(CHARTS)} {CHART_TITLES[self.chart]} · g: next"
+
+    def next_chart(self, view: RunView) -> None:
+        self.chart = CHARTS[(CHARTS.index(self.chart) + 1) % len(CHARTS)]
+        self._title()
+        self.show(view)
 
     def show(self, view: RunView) -> None:
         table = self.query_one("#rounds", DataTable)
@@ -119,13 +176,6 @@ class StatsPane(Vertical):
                         table.update_cell(key, label, value)
             else:
                 table.add_row(*row, key=key)
-        self.query_one("#growth", Sparkline).data = view.pool_sizes[-200:] or [0]
-        text = Text()
-        text.append("max ROUGE-L vs pool  0 ", style="bold")
-        text.append(histogram_line(view.scores, 20, 0.0, 1.0))
-        text.append(" 1\n")
-        text.append("instruction words    0 ", style="bold")
-        text.append(histogram_line([float(n) for n in view.lengths], 20, 0.0, 60.0))
-        text.append(" 60\n")
-        text.append("pool growth per round", style="bold")
-        self.query_one("#charts", Static).update(text)
+        plot = self.query_one("#chart", PlotextPlot)
+        draw_chart(plot.plt, view, self.chart)
+        plot.refresh()

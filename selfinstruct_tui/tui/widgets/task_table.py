@@ -13,8 +13,11 @@ ends following.
 from __future__ import annotations
 
 import bisect
+import operator
+from itertools import compress, repeat
 
 from rich.segment import Segment
+from rich.style import Style
 from textual.binding import Binding
 from textual.geometry import Size
 from textual.message import Message
@@ -77,6 +80,7 @@ class TaskTable(ScrollView, can_focus=True):
         self.sorted_text: list[str] = []  # lowered instructions, parallel: a filter scans these
         self.view: list[int] = []  # the filtered subset of sorted_ids (ascending)
         self.view_keys: list = []
+        self.view_text: list[str] = []
         self.text_filter = ""
         self.origin = "all"
         self.sort_column = "id"
@@ -121,6 +125,7 @@ class TaskTable(ScrollView, can_focus=True):
             if self.filtering and self._matches(row):
                 j = bisect.bisect_left(self.view_keys, key)
                 self.view_keys.insert(j, key)
+                self.view_text.insert(j, row.lowered)
                 self.view.insert(j, row.id)
         self._refresh_view()
 
@@ -142,41 +147,53 @@ class TaskTable(ScrollView, can_focus=True):
             if j < len(self.view) and self.view[j] == row.id:
                 del self.view[j]
                 del self.view_keys[j]
+                del self.view_text[j]
 
     def resort(self) -> None:
         column = self.sort_column
-        pairs = sorted((r.key(column), r.id) for r in self.rows.values())
-        self.sorted_keys = [k for k, _ in pairs]
-        self.sorted_ids = [i for _, i in pairs]
+        if column == "id":  # the key is the id itself: a plain integer sort (C speed)
+            self.sorted_ids = sorted(self.rows)
+            self.sorted_keys = list(self.sorted_ids)  # a separate list: both get inserts
+        else:
+            pairs = sorted((r.key(column), r.id) for r in self.rows.values())
+            self.sorted_keys = [k for k, _ in pairs]
+            self.sorted_ids = [i for _, i in pairs]
         rows = self.rows
         self.sorted_text = [rows[i].lowered for i in self.sorted_ids]
         self.refilter()
 
     def refilter(self, narrowing: bool = False) -> None:
         """Recompute the view. `narrowing`: the new filter only removes rows (the user typed
-        more characters), so scan the current view instead of every task."""
+        more characters), so scan the current view instead of every task. The scan and the
+        gathers run in C (map, compress): ~10 ms for a key press at 100k tasks."""
         if self.filtering:
             rows, text, origin = self.rows, self.text_filter, self.origin
             if narrowing:
-                ids, keys = self.view, self.view_keys
-                picked = [n for n, i in enumerate(ids) if text in rows[i].lowered]
+                ids, keys, texts = self.view, self.view_keys, self.view_text
             else:
-                ids, keys = self.sorted_ids, self.sorted_keys
-                if text:
-                    picked = [n for n, t in enumerate(self.sorted_text) if text in t]
-                else:
-                    picked = list(range(len(ids)))
-                if origin != "all":
-                    picked = [n for n in picked if rows[ids[n]].origin == origin]
-            self.view = [ids[n] for n in picked]
-            self.view_keys = [keys[n] for n in picked]
+                ids, keys, texts = self.sorted_ids, self.sorted_keys, self.sorted_text
+            # One mask of booleans (C: map over str.__contains__), then three C-level gathers.
+            mask: list[bool] | None = None
+            if text:
+                mask = list(map(operator.contains, texts, repeat(text)))
+            if origin != "all" and not narrowing:
+                mask = [(mask is None or mask[n]) and rows[i].origin == origin
+                        for n, i in enumerate(ids)]
+            if mask is None:
+                self.view, self.view_keys, self.view_text = list(ids), list(keys), list(texts)
+            else:
+                self.view = list(compress(ids, mask))
+                self.view_keys = list(compress(keys, mask))
+                self.view_text = list(compress(texts, mask))
         else:
             self.view, self.view_keys = self.sorted_ids, self.sorted_keys
+            self.view_text = self.sorted_text
         self._refresh_view()
 
     def _refresh_view(self) -> None:
         if not self.filtering:
             self.view, self.view_keys = self.sorted_ids, self.sorted_keys
+            self.view_text = self.sorted_text
         screen_line = self.cursor - self.scroll_offset.y  # where the cursor's task is drawn
         self.virtual_size = Size(self.size.width, len(self.view))
         self._place_cursor(screen_line)
@@ -302,23 +319,43 @@ class TaskTable(ScrollView, can_focus=True):
         self.virtual_size = Size(self.size.width, len(self.view))
 
     # -- rendering ------------------------------------------------------------------------------
+    _styles: dict[str, Style] | None = None
+
+    def _line_styles(self) -> dict[str, Style]:
+        """The row styles, computed once per style change (rich_style walks every ancestor: per
+        line it cost ~0.4 ms)."""
+        base = self.rich_style
+        part = self.get_component_rich_style
+        styles = {name: base + part(f"task-table--{name}")
+                  for name in ("cursor", "seed", "machine")}
+        high = part("task-table--high")
+        styles["seed-high"] = styles["seed"] + high
+        styles["machine-high"] = styles["machine"] + high
+        return styles
+
+    def notify_style_update(self) -> None:
+        self._styles = None
+        super().notify_style_update()
+
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         index = self.scroll_offset.y + y
         if index >= len(self.view):
             return Strip.blank(width, self.rich_style)
         row = self.rows[self.id_at(index)]
-        base = self.rich_style
+        styles = self._styles
+        if styles is None:
+            styles = self._styles = self._line_styles()
         if index == self.cursor:
-            style = base + self.get_component_rich_style("task-table--cursor")
+            style = styles["cursor"]
         elif row.origin == "seed":
-            style = base + self.get_component_rich_style("task-table--seed")
+            style = styles["seed"]
         else:
-            style = base + self.get_component_rich_style("task-table--machine")
+            style = styles["machine"]
         cells = row_cells(row)
         score_style = style
         if row.max_score > HIGH_SCORE and index != self.cursor:
-            score_style = style + self.get_component_rich_style("task-table--high")
+            score_style = styles["seed-high" if row.origin == "seed" else "machine-high"]
         # The score's digits are their own segment: the highlight covers exactly the number.
         score = cells[SCORE].lstrip()
         pad = len(cells[SCORE]) - len(score)
