@@ -1,0 +1,101 @@
+"""The quality review's engine side: Wilson intervals, the seeded sample, the store's records,
+the command codec, the offline control and the follower's events, the CLI table and exports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.control import (
+    OfflineControl,
+    ReviewAnswer,
+    ReviewSkip,
+    SetReviewSample,
+    StoreFollower,
+    decode,
+    encode,
+    read_snapshot,
+)
+from selfinstruct_tui.engine.review import draw_sample, next_item, summarize, wilson_interval
+from selfinstruct_tui.engine.store import RunStore
+from tui_helpers import deterministic_run
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
+    low, high = wilson_interval(0, 10)
+    assert low == pytest.approx(0.0) and round(high, 3) == 0.278
+    low, high = wilson_interval(10, 10)
+    assert round(low, 3) == 0.722 and high == pytest.approx(1.0)
+    low, high = wilson_interval(50, 100)
+    assert (round(low, 3), round(high, 3)) == (0.404, 0.596)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_sample_is_seeded_distinct_and_respects_instances():
+    tasks = [(i, 1 + i % 3) for i in range(1, 201)]
+    first = draw_sample(tasks, 50, seed=1, sample=1)
+    assert first == draw_sample(tasks, 50, seed=1, sample=1)
+    assert len({t for t, _ in first}) == 50
+    assert all(0 <= idx < 1 + t % 3 for t, idx in first)
+    assert draw_sample(tasks, 50, seed=2, sample=1) != first
+    second = draw_sample(tasks, 50, seed=1, sample=2, exclude=[t for t, _ in first])
+    assert not {t for t, _ in first} & {t for t, _ in second}
+    assert len(draw_sample(tasks[:10], 50, seed=1, sample=1)) == 10
+    with pytest.raises(ValueError):
+        draw_sample(tasks, 0, seed=1, sample=1)
+
+
+def test_review_commands_round_trip_through_the_codec():
+    for command in (SetReviewSample((5, 9), (0, 2)), ReviewAnswer(5, "input", False),
+                    ReviewSkip(9)):
+        name, args = encode(command)
+        assert decode(name, json.loads(json.dumps(args))) == command
+    with pytest.raises(ValueError):
+        decode("review_answer", {"task_id": 1, "question": "style", "answer": True})
+    with pytest.raises(ValueError):
+        decode("review_sample", {"task_ids": [1, 2], "instance_indexes": [0]})
+
+
+def test_offline_review_is_stored_emitted_and_followed(tmp_path):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    reader = RunStore(run_dir, readonly=True)
+    snapshot = read_snapshot(reader)
+    assert snapshot.reviews == []
+    followed: list[ev.Event] = []
+    follower = StoreFollower(snapshot, followed.append)
+    emitted: list[ev.Event] = []
+    control = OfflineControl(run_dir, emitted.append)
+    control.send(SetReviewSample((150, 151, 152), (0, 1, 0)))
+    control.send(SetReviewSample((151, 153), (0, 0)))  # 151 is in already: kept as it was
+    control.send(ReviewAnswer(150, "instruction", True))
+    control.send(ReviewAnswer(150, "input", False))
+    control.send(ReviewAnswer(150, "output", False))
+    control.send(ReviewAnswer(150, "input", True))  # a changed answer replaces the first
+    control.send(ReviewSkip(151))
+    control.send(ReviewAnswer(999, "input", True))  # not sampled: nothing changes
+    follower.poll(reader)
+    stored = RunStore(run_dir, readonly=True).reviews()
+    assert [(r.task_id, r.instance_index, r.sample) for r in stored] == [
+        (150, 0, 1), (151, 1, 1), (152, 0, 1), (153, 0, 2)]
+    assert stored[0].answers == (True, True, False) and stored[0].done
+    assert stored[1].skipped and stored[1].done and not stored[1].passed
+    assert next_item(stored).task_id == 152
+    # the offline control's events and the follower's events end in the same state
+    emitted_state: dict[int, object] = {}
+    for event in emitted:
+        assert isinstance(event, ev.ReviewUpdated)
+        emitted_state.update({r.task_id: r for r in event.reviews})
+    followed_state = {r.task_id: r for e in followed if isinstance(e, ev.ReviewUpdated)
+                      for r in e.reviews}
+    assert followed_state == emitted_state == {r.task_id: r for r in stored}
+    summary = summarize(stored)
+    assert (summary.sampled, summary.done, summary.skipped, summary.passed) == (4, 2, 1, 0)
+    assert [(q.reviewed, q.yes) for q in summary.questions] == [(1, 1), (1, 1), (1, 0)]
+    reader.close()
