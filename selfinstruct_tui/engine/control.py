@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import RunConfig
@@ -168,7 +168,7 @@ def decode_review(name: str, args: dict[str, Any]) -> ReviewCommand:
         question = str(args["question"])
         if question not in REVIEW_QUESTIONS:
             raise ValueError(f"unknown review question {question!r}")
-        return ReviewAnswer(int(args["task_id"]), cast(ReviewQuestion, question),
+        return ReviewAnswer(int(args["task_id"]), question,
                             bool(args["answer"]))
     if name == "review_skip":
         return ReviewSkip(int(args["task_id"]))

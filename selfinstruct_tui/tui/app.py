@@ -50,6 +50,7 @@ from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.keys import RunCommands, bindings
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+from selfinstruct_tui.tui.screens.review import ReviewScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
 from selfinstruct_tui.tui.themes import DEFAULT_THEME, load_themes
 from selfinstruct_tui.tui.view import RunView
@@ -362,6 +363,18 @@ class SelfInstructApp(App[int]):
             self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error")
             return
         self.call_from_thread(self.notify, f"Exported {count} rows ({fmt}) to {out}")
+
+    def action_review(self) -> None:
+        """The quality review of a sample of machine tasks (screens/review.py); its answers go
+        through `_send` like every other change, and come back as `ReviewUpdated` events."""
+        if isinstance(self.screen, ReviewScreen):
+            return
+        config = self.reader.config()
+        machine = [(row.id, row.instances) for row in self.view.rows.values()
+                   if row.origin == "machine"]
+        self.push_screen(ReviewScreen(self.view.review_records(), machine,
+                                      config.random_seed if config else None, self.reader.task,
+                                      self._send))
 
     def action_filter(self) -> None:
         box = self.filter_box

@@ -24,7 +24,8 @@ from selfinstruct_tui.engine.control import (
     RunState,
 )
 from selfinstruct_tui.engine.rates import Rates
-from selfinstruct_tui.engine.store import RejectionRecord, RoundStats
+from selfinstruct_tui.engine.review import summarize
+from selfinstruct_tui.engine.store import RejectionRecord, ReviewRecord, RoundStats
 from selfinstruct_tui.engine.task import Task
 
 
@@ -196,6 +197,8 @@ class RunView:
         self.notices: list[tuple[str, str, str]] = []
         self.dirty: set[str] = set()
         self.prices = (0.0, 0.0)  # USD per 1K prompt / completion tokens
+        # the quality review: sampled task id -> its record (answers so far), in review order
+        self.reviews: dict[int, ReviewRecord] = {}
 
     # -- history ----------------------------------------------------------------------------------
     def load(self, snap: RunSnapshot, *, embedded: bool = False) -> None:
@@ -250,6 +253,7 @@ class RunView:
         if snap.state == RunState.PAUSED:
             status.reason = "errors" if snap.state_meta.get("by_errors") else "by you"
         self.dirty |= {"status", "pool", "prompts", "rejections", "stats"}
+        self._load_reviews(snap)
 
     # -- live -------------------------------------------------------------------------------------
     def apply(self, event: ev.Event) -> None:
@@ -390,6 +394,34 @@ class RunView:
         self.state = state
         self.status.state = state
         self.dirty.add("status")
+
+    # -- quality review ---------------------------------------------------------------------------
+    def _load_reviews(self, snap: RunSnapshot) -> None:
+        self.reviews = {r.task_id: r for r in snap.reviews}
+        self.dirty.add("stats")
+
+    def _on_ReviewUpdated(self, e: ev.ReviewUpdated) -> None:
+        for record in e.reviews:
+            self.reviews[record.task_id] = record
+        self.reviews = dict(sorted(self.reviews.items(), key=lambda kv: kv[1].position))
+        self.dirty.add("stats")
+
+    def review_records(self) -> list[ReviewRecord]:
+        """The review's records in review order (empty before the first sample)."""
+        return list(self.reviews.values())
+
+    def review_text(self) -> Text:
+        """The statistics pane's review section: per question, tasks reviewed, share of yes
+        and its 95% Wilson interval (engine/review.py); empty before the first sample."""
+        if not self.reviews:
+            return Text()
+        lines = summarize(self.reviews.values()).lines()
+        text = Text()
+        text.append("quality review  ", style="bold")
+        text.append(lines[0] + "\n")
+        text.append(lines[1] + "\n", style="bold")
+        text.append("\n".join(lines[2:]))
+        return text
 
     # -- for the widgets --------------------------------------------------------------------------
     def take_pool_changes(self) -> tuple[list[Row], list[int]]:

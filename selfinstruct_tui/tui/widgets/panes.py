@@ -99,6 +99,7 @@ class StatsPane(Vertical):
         yield Static("", id="charts")
         yield Sparkline([], id="growth")
         yield DataTable(id="rounds", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="review-summary")
 
     def on_mount(self) -> None:
         self.border_title = "Round statistics"
@@ -129,3 +130,10 @@ class StatsPane(Vertical):
         text.append(" 60\n")
         text.append("pool growth per round", style="bold")
         self.query_one("#charts", Static).update(text)
+        self.show_review(view)
+
+    def show_review(self, view: RunView) -> None:
+        """The quality review's table under the rounds, once a sample exists."""
+        review = self.query_one("#review-summary", Static)
+        review.set_class(bool(view.reviews), "visible")
+        review.update(view.review_text())

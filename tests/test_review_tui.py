@@ -1,0 +1,168 @@
+"""The quality review in the TUI (key r) with App.run_test(): every key, the store it writes,
+continuing later, and an attached UI whose answers go through a running engine."""
+
+from __future__ import annotations
+
+from textual.widgets import Input
+
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.tui.app import create_app
+from selfinstruct_tui.tui.screens.review import ReviewScreen
+from tui_helpers import count_machine, deterministic_run, make_engine, run, until
+
+
+def stored_reviews(run_dir):
+    store = RunStore(run_dir, readonly=True)
+    try:
+        return store.reviews()
+    finally:
+        store.close()
+
+
+async def draw(pilot, app, size: int) -> None:
+    """On the review screen's sample-size box: give the size and press enter."""
+    box = app.screen.query_one("#review-size", Input)
+    assert box.has_focus
+    box.value = str(size)
+    await pilot.press("enter")
+
+
+def test_review_keys_write_the_store_and_the_review_continues_later(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def first_session():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert not app.query_one("#review-summary").has_class("visible")
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+            screen = app.screen
+            assert "no sample yet" in str(screen.query_one("#review-progress").render())
+            await draw(pilot, app, 5)
+            await until(pilot, lambda: len(stored_reviews(run_dir)) == 5)
+            first = screen.current
+            assert first.next_question == "instruction"
+            questions = screen.query_one("#review-questions").render()
+            assert "valid task" in str(questions)
+            await pilot.press("y")
+            assert screen.current.task_id == first.task_id
+            assert screen.current.next_question == "input"
+            await pilot.press("n")
+            await pilot.press("y")  # the third answer moves on to the next task
+            assert screen.current.task_id != first.task_id
+            second = screen.current
+            await pilot.press("s")
+            third = screen.current
+            assert third.task_id not in (first.task_id, second.task_id)
+            await pilot.press("y")
+            assert "2 of 5 done (1 skipped)" in str(screen.query_one("#review-progress")
+                                                    .render())
+            await pilot.press("escape")
+            assert not isinstance(app.screen, ReviewScreen)
+            await until(pilot, lambda: stored_reviews(run_dir)[2].answers[0] is True)
+            by_id = {r.task_id: r for r in stored_reviews(run_dir)}
+            assert by_id[first.task_id].answers == (True, False, True)
+            assert by_id[second.task_id].skipped
+            assert by_id[third.task_id].answers == (True, None, None)
+            # the statistics pane shows the review table
+            summary = app.query_one("#review-summary")
+            await until(pilot, lambda: summary.has_class("visible"))
+            text = str(summary.render())
+            assert "2 of 5 sampled tasks reviewed (1 skipped)" in text
+            assert "valid instruction" in text and "acceptable output" in text
+            # r again: the same task, at the question where it stopped
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+            assert app.screen.current.task_id == third.task_id
+            assert app.screen.current.next_question == "input"
+            await pilot.press("escape")
+        return [r.task_id for r in stored_reviews(run_dir)], third.task_id
+
+    order, third = run_and_return(first_session())
+
+    async def second_session():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+            screen = app.screen
+            assert screen.current.task_id == third and screen.current.next_question == "input"
+            for _ in range(2 + 3 * 2):  # the rest of task 3, then tasks 4 and 5
+                await pilot.press("y")
+            assert screen.current is None
+            assert "all 5 sampled tasks done" in str(screen.query_one("#review-progress")
+                                                     .render())
+            await draw(pilot, app, 3)  # another sample, of tasks not reviewed yet
+            await until(pilot, lambda: len(stored_reviews(run_dir)) == 8)
+            assert screen.current is not None
+            await pilot.press("escape")
+
+    run(second_session())
+    reviews = stored_reviews(run_dir)
+    assert [r.task_id for r in reviews[:5]] == order
+    assert [r.sample for r in reviews] == [1] * 5 + [2] * 3
+    assert len({r.task_id for r in reviews}) == 8
+    assert sum(r.passed for r in reviews) == 3  # tasks 3, 4 and 5
+    assert not any(r.done for r in reviews[5:])
+
+
+def run_and_return(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def test_a_bad_sample_size_is_refused_on_the_screen(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+            await draw(pilot, app, 0)
+            errors = app.screen.query_one("#review-errors")
+            assert errors.has_class("visible")
+            assert "at least 1" in str(errors.render())
+            assert stored_reviews(run_dir) == []
+            await draw(pilot, app, 500)  # more than the run has: all 40 of them
+            await until(pilot, lambda: len(stored_reviews(run_dir)) == 40)
+
+    run(go())
+
+
+def test_attached_review_goes_through_the_running_engine(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(run_dir, server.base_url, target=5000)
+            thread = engine.start_thread()
+            try:
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(120, 40)) as pilot:
+                    await until(pilot, lambda: count_machine(run_dir) >= 5)
+                    await until(pilot, lambda: app.state == "running")
+                    await until(pilot, lambda: sum(r.origin == "machine"
+                                                   for r in app.view.rows.values()) >= 5)
+                    await pilot.press("r")
+                    await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+                    await draw(pilot, app, 3)
+                    first = app.screen.current
+                    await pilot.press("n")
+                    await pilot.press("escape")
+                    # the engine applied the commands from the commands table ...
+                    await until(pilot, lambda: len(stored_reviews(run_dir)) == 3
+                                and stored_reviews(run_dir)[0].answers[0] is False)
+                    # ... and the attached view got them back as events from the store
+                    await until(pilot, lambda: first.task_id in app.view.reviews and
+                                app.view.reviews[first.task_id].answers[0] is False)
+                    assert len(app.view.reviews) == 3
+            finally:
+                engine.stop_now()
+                thread.join(timeout=30)
+
+    run(go())
