@@ -99,3 +99,77 @@ def test_offline_review_is_stored_emitted_and_followed(tmp_path):
     assert (summary.sampled, summary.done, summary.skipped, summary.passed) == (4, 2, 1, 0)
     assert [(q.reviewed, q.yes) for q in summary.questions] == [(1, 1), (1, 1), (1, 0)]
     reader.close()
+
+
+def reviewed_run(run_dir):
+    """The deterministic run with a review of 4 tasks: 140 passed, 141 failed on the output,
+    142 skipped, 143 not answered yet."""
+    deterministic_run(run_dir)
+    control = OfflineControl(run_dir, lambda event: None)
+    control.send(SetReviewSample((140, 141, 142, 143), (0, 1, 0, 0)))
+    for task_id, answers in ((140, (True, True, True)), (141, (True, True, False))):
+        for question, answer in zip(("instruction", "input", "output"), answers, strict=True):
+            control.send(ReviewAnswer(task_id, question, answer))
+    control.send(ReviewSkip(142))
+
+
+def test_review_command_prints_the_table(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    reviewed_run(run_dir)
+    proc = run_cli("review", str(run_dir), check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"quality review of {run_dir}"
+    assert lines[1] == "3 of 4 sampled tasks reviewed (1 skipped); 1 passed all three questions"
+    assert lines[2].split() == ["question", "reviewed", "yes", "95%", "CI", "(Wilson)"]
+    # 2 of 2 yes: Wilson 34%-100%; 1 of 2 on the output: 9%-91%
+    assert lines[3].split() == ["valid", "instruction", "2", "100%", "34%-100%"]
+    assert lines[4].split() == ["appropriate", "input", "2", "100%", "34%-100%"]
+    assert lines[5].split() == ["acceptable", "output", "2", "50%", "9%-91%"]
+    assert proc.stderr == ""
+
+
+def test_review_command_on_a_run_without_review_and_on_a_non_run(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    proc = run_cli("review", str(run_dir), check=True)
+    assert "no quality review yet" in proc.stdout and "press r" in proc.stdout
+    (tmp_path / "plain").mkdir()
+    proc = run_cli("review", str(tmp_path / "plain"))
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'plain'}: not a run directory" in proc.stderr
+
+
+def test_exports_carry_review_labels_and_keep_only_passed_tasks(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    reviewed_run(run_dir)
+    everything = tmp_path / "all.jsonl"
+    run_cli("export", str(run_dir), "--format", "self-instruct", "-o", str(everything),
+            check=True)
+    rows = {r["id"]: r for r in map(json.loads, everything.read_text().splitlines())}
+    assert len(rows) == 40
+    assert rows[140]["review"] == {"instance_index": 0, "instruction": True, "input": True,
+                                   "output": True, "skipped": False, "passed": True,
+                                   "sample": 1}
+    assert rows[141]["review"]["output"] is False and not rows[141]["review"]["passed"]
+    assert rows[142]["review"]["skipped"] is True
+    assert rows[143]["review"]["instruction"] is None
+    assert "review" not in rows[150]
+    passed = tmp_path / "passed.jsonl"
+    proc = run_cli("export", str(run_dir), "--format", "self-instruct", "--reviewed-only",
+                   "-o", str(passed), check=True)
+    assert "wrote 1 rows" in proc.stdout
+    assert [json.loads(line)["id"] for line in passed.read_text().splitlines()] == [140]
+    alpaca = tmp_path / "passed.json"
+    run_cli("export", str(run_dir), "--format", "alpaca", "--reviewed-only", "-o", str(alpaca),
+            check=True)
+    # every instance of a passed task goes out (task 140 has 1 + n % 3 = 1 instance, n = 0)
+    assert json.loads(alpaca.read_text()) == [
+        {"instruction": rows[140]["instruction"], "input": "input 0", "output": "output 0"}]
+    proc = run_cli("export", str(run_dir), "--format", "rejections", "--reviewed-only")
+    assert proc.returncode == 2 and "rejections export" in proc.stderr
+    bare = tmp_path / "bare"
+    deterministic_run(bare)
+    proc = run_cli("export", str(bare), "--format", "alpaca", "--reviewed-only",
+                   "-o", str(tmp_path / "none.json"))
+    assert proc.returncode == 2 and "no quality review yet" in proc.stderr
+    assert not (tmp_path / "none.json").exists()

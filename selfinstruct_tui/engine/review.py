@@ -132,3 +132,13 @@ def draw_sample(tasks: Iterable[tuple[int, int]], size: int, seed: int | None, s
 def next_item(records: Iterable[ReviewRecord]) -> ReviewRecord | None:
     """The first sampled task (in review order) that is not done, or None."""
     return next((r for r in sorted(records, key=lambda r: r.position) if not r.done), None)
+
+
+def review_label(record: ReviewRecord) -> dict[str, object]:
+    """A reviewed task's labels as the self-instruct export carries them: the sampled
+    `instance_index` (0-based), one answer per question (true, false, or null when not asked),
+    `skipped`, `passed` (yes on all three) and the `sample` it was drawn in."""
+    label: dict[str, object] = {"instance_index": record.instance_index}
+    label.update({q: a for q, a in zip(REVIEW_QUESTIONS, record.answers, strict=True)})
+    label.update(skipped=record.skipped, passed=record.passed, sample=record.sample)
+    return label

@@ -42,6 +42,7 @@ from selfinstruct_tui.engine.control import (
     read_snapshot,
 )
 from selfinstruct_tui.engine.engine import Engine
+from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.seeds import seeds_to_jsonl, write_seeds
@@ -349,17 +350,18 @@ class SelfInstructApp(App[int]):
                                          prompt.response if prompt else None), done)
 
     def action_export(self) -> None:
-        def chosen(result: tuple[str, str] | None) -> None:
+        def chosen(result: tuple[str, str, bool] | None) -> None:
             if result is not None:
                 self._export(*result)
 
         self.push_screen(ExportScreen(str(self.run_dir)), chosen)
 
     @work(thread=True, group="export")
-    def _export(self, fmt: str, path: str) -> None:
+    def _export(self, fmt: str, path: str, reviewed_only: bool = False) -> None:
         try:
-            out, count = export_run(self.run_dir, fmt, path or None)
-        except (OSError, ValueError) as exc:
+            out, count = export_run(self.run_dir, fmt, path or None,
+                                    reviewed_only=reviewed_only)
+        except (OSError, ValueError, UserError) as exc:
             self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error")
             return
         self.call_from_thread(self.notify, f"Exported {count} rows ({fmt}) to {out}")
