@@ -57,8 +57,8 @@ def test_review_keys_write_the_store_and_the_review_continues_later(tmp_path, is
             third = screen.current
             assert third.task_id not in (first.task_id, second.task_id)
             await pilot.press("y")
-            assert "2 of 5 done (1 skipped)" in str(screen.query_one("#review-progress")
-                                                    .render())
+            assert "task 3 of 5 · 2 done (1 skipped) · question 2 of 3" in str(
+                screen.query_one("#review-progress").render())
             await pilot.press("escape")
             assert not isinstance(app.screen, ReviewScreen)
             await until(pilot, lambda: stored_reviews(run_dir)[2].answers[0] is True)
@@ -70,8 +70,11 @@ def test_review_keys_write_the_store_and_the_review_continues_later(tmp_path, is
             summary = app.query_one("#review-summary")
             await until(pilot, lambda: summary.has_class("visible"))
             text = str(summary.render())
-            assert "2 of 5 sampled tasks reviewed (1 skipped)" in text
-            assert "valid instruction" in text and "acceptable output" in text
+            assert "review 2/5 done, 0 passed" in text
+            # instruction: 2 yes of 2 (task 3 answered it), input 0 of 1, output 1 of 1
+            assert "instr.  2 100% 34-100%" in text
+            assert "input   1   0% 0-79%" in text
+            assert "output  1 100% 21-100%" in text
             # r again: the same task, at the question where it stopped
             await pilot.press("r")
             await until(pilot, lambda: isinstance(app.screen, ReviewScreen))

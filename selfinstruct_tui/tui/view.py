@@ -95,6 +95,9 @@ def round_row(s: RoundStats) -> tuple[str, ...]:
             f"${s.cost:.4f}", f"{s.wall_time:.1f}s")
 
 
+# The review questions as the statistics pane's narrow review table names them.
+REVIEW_SHORT_LABEL = {"instruction": "instr.", "input": "input", "output": "output"}
+
 ROUND_COLUMNS = ("round", "prompts", "cand.", "acc.", "rejected", "surplus", "rate", "tokens",
                  "cost", "time")
 
@@ -411,16 +414,22 @@ class RunView:
         return list(self.reviews.values())
 
     def review_text(self) -> Text:
-        """The statistics pane's review section: per question, tasks reviewed, share of yes
-        and its 95% Wilson interval (engine/review.py); empty before the first sample."""
+        """The statistics pane's review section, narrow enough for the 80x24 layout (23
+        columns): tasks done of sampled and passed, then per question the tasks reviewed (n),
+        the share answered yes and its 95% Wilson interval in percent (engine/review.py);
+        empty before the first sample. `selfinstruct review` prints the same numbers."""
         if not self.reviews:
             return Text()
-        lines = summarize(self.reviews.values()).lines()
+        summary = summarize(self.reviews.values())
         text = Text()
-        text.append("quality review  ", style="bold")
-        text.append(lines[0] + "\n")
-        text.append(lines[1] + "\n", style="bold")
-        text.append("\n".join(lines[2:]))
+        text.append(f"review {summary.done}/{summary.sampled} done, {summary.passed} passed\n",
+                    style="bold")
+        text.append(f"{'':<6}{'n':>3} {'yes':>4} 95% CI", style="bold")
+        for q in summary.questions:
+            share = f"{q.share:.0%}" if q.reviewed else "-"
+            interval = f"{q.low * 100:.0f}-{q.high * 100:.0f}%" if q.reviewed else "-"
+            text.append(f"\n{REVIEW_SHORT_LABEL[q.question]:<6}{q.reviewed:>3} {share:>4} "
+                        f"{interval}")
         return text
 
     # -- for the widgets --------------------------------------------------------------------------

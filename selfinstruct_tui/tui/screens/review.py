@@ -49,8 +49,9 @@ def review_details(record: ReviewRecord, task: Task | None) -> Text:
     if task.most_similar:
         best = max(task.most_similar, key=lambda s: s.score)
         t.append("most similar: ", style="italic")
-        t.append(f"#{best.id} ({best.score:.2f}) {' '.join(best.instruction.split())[:150]}\n",
-                 style="italic")
+        text = " ".join(best.instruction.split())
+        t.append(f"#{best.id} ({best.score:.2f}) "
+                 f"{text if len(text) <= 60 else text[:59] + '…'}\n", style="italic")
     t.append("\nInstruction\n", style="bold underline")
     t.append(task.instruction + "\n")
     n = len(task.instances)
@@ -144,9 +145,9 @@ class ReviewScreen(ModalScreen[None]):
         if current is not None:
             progress.update(Text.assemble(
                 ("Quality review", "bold"),
-                f"  {summary.done} of {summary.sampled} done"
+                f"  task {current.position} of {summary.sampled} · {summary.done} done"
                 + (f" ({summary.skipped} skipped)" if summary.skipped else "")
-                + f" · task {current.position} · question "
+                + " · question "
                 f"{REVIEW_QUESTIONS.index(current.next_question or 'instruction') + 1} of 3"))
             body.update(review_details(current, self._sampled_task(current.task_id)))
             questions.update(question_lines(current))
