@@ -173,3 +173,20 @@ def test_exports_carry_review_labels_and_keep_only_passed_tasks(tmp_path, run_cl
                    "-o", str(tmp_path / "none.json"))
     assert proc.returncode == 2 and "no quality review yet" in proc.stderr
     assert not (tmp_path / "none.json").exists()
+
+
+def test_a_run_made_before_reviews_gains_the_table_when_written(tmp_path, run_cli):
+    import sqlite3
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    db.execute("DROP TABLE reviews")  # as a run made before the quality review existed
+    db.commit()
+    db.close()
+    reader = RunStore(run_dir, readonly=True)
+    assert reader.reviews() == [] and read_snapshot(reader).reviews == []
+    assert "no quality review yet" in run_cli("review", str(run_dir), check=True).stdout
+    OfflineControl(run_dir, lambda event: None).send(SetReviewSample((140,), (0,)))
+    assert [r.task_id for r in reader.reviews()] == [140]  # the reader sees the new table
+    reader.close()

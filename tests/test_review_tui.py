@@ -20,6 +20,12 @@ def stored_reviews(run_dir):
         store.close()
 
 
+async def open_review(pilot, app) -> ReviewScreen:
+    await pilot.press("r")
+    await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+    return app.screen
+
+
 async def draw(pilot, app, size: int) -> None:
     """On the review screen's sample-size box: give the size and press enter."""
     box = app.screen.query_one("#review-size", Input)
@@ -36,9 +42,7 @@ def test_review_keys_write_the_store_and_the_review_continues_later(tmp_path, is
         app = create_app(run_dir, refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
             assert not app.query_one("#review-summary").has_class("visible")
-            await pilot.press("r")
-            await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
-            screen = app.screen
+            screen = await open_review(pilot, app)
             assert "no sample yet" in str(screen.query_one("#review-progress").render())
             await draw(pilot, app, 5)
             await until(pilot, lambda: len(stored_reviews(run_dir)) == 5)
@@ -76,8 +80,7 @@ def test_review_keys_write_the_store_and_the_review_continues_later(tmp_path, is
             assert "input   1   0% 0-79%" in text
             assert "output  1 100% 21-100%" in text
             # r again: the same task, at the question where it stopped
-            await pilot.press("r")
-            await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+            await open_review(pilot, app)
             assert app.screen.current.task_id == third.task_id
             assert app.screen.current.next_question == "input"
             await pilot.press("escape")
@@ -88,9 +91,7 @@ def test_review_keys_write_the_store_and_the_review_continues_later(tmp_path, is
     async def second_session():
         app = create_app(run_dir, refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("r")
-            await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
-            screen = app.screen
+            screen = await open_review(pilot, app)
             assert screen.current.task_id == third and screen.current.next_question == "input"
             for _ in range(2 + 3 * 2):  # the rest of task 3, then tasks 4 and 5
                 await pilot.press("y")
@@ -117,6 +118,66 @@ def run_and_return(coro):
     return asyncio.run(coro)
 
 
+def test_in_process_review_goes_through_the_engine_while_it_runs(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(run_dir, server.base_url, target=5000)
+            app = create_app(run_dir, engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: sum(r.origin == "machine"
+                                               for r in app.view.rows.values()) >= 5)
+                assert app.engine_active
+                await open_review(pilot, app)
+                await draw(pilot, app, 4)
+                first = app.screen.current
+                await pilot.press("y")
+                await pilot.press("s")
+                await pilot.press("escape")
+                await until(pilot, lambda: first.task_id in app.view.reviews
+                            and app.view.reviews[first.task_id].skipped)
+                assert app.view.reviews[first.task_id].answers == (True, None, None)
+                assert app.query_one("#review-summary").has_class("visible")
+                engine.stop_now()
+                await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
+        reviews = stored_reviews(run_dir)
+        assert len(reviews) == 4 and reviews[0].task_id == first.task_id
+        assert reviews[0].skipped and reviews[0].answers == (True, None, None)
+
+    run(go())
+
+
+def test_export_dialog_keeps_only_reviewed_tasks(tmp_path, isolated_env):
+    import json
+
+    from textual.widgets import Checkbox
+
+    from selfinstruct_tui.engine.control import OfflineControl, ReviewAnswer, SetReviewSample
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    control = OfflineControl(run_dir, lambda event: None)
+    control.send(SetReviewSample((145, 146), (0, 0)))
+    for question in ("instruction", "input", "output"):
+        control.send(ReviewAnswer(145, question, True))
+        control.send(ReviewAnswer(146, question, question != "output"))
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            app.screen.query_one("#path", Input).value = str(tmp_path / "data.json")
+            app.screen.query_one("#reviewed-only", Checkbox).value = True
+            await pilot.click("#export")
+            await until(pilot, lambda: (tmp_path / "data.json").exists())
+
+    run(go())
+    rows = json.loads((tmp_path / "data.json").read_text())
+    assert [r["output"] for r in rows] == ["output 5"] * 3  # task 145: n = 5, 3 instances
+
+
 def test_a_bad_sample_size_is_refused_on_the_screen(tmp_path, isolated_env):
     run_dir = tmp_path / "run"
     deterministic_run(run_dir)
@@ -124,8 +185,7 @@ def test_a_bad_sample_size_is_refused_on_the_screen(tmp_path, isolated_env):
     async def go():
         app = create_app(run_dir, refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("r")
-            await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+            await open_review(pilot, app)
             await draw(pilot, app, 0)
             errors = app.screen.query_one("#review-errors")
             assert errors.has_class("visible")
@@ -151,8 +211,7 @@ def test_attached_review_goes_through_the_running_engine(tmp_path, isolated_env)
                     await until(pilot, lambda: app.state == "running")
                     await until(pilot, lambda: sum(r.origin == "machine"
                                                    for r in app.view.rows.values()) >= 5)
-                    await pilot.press("r")
-                    await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+                    await open_review(pilot, app)
                     await draw(pilot, app, 3)
                     first = app.screen.current
                     await pilot.press("n")
