@@ -82,8 +82,8 @@ class ReviewSummary:
     questions: tuple[QuestionSummary, ...]
 
     def lines(self) -> list[str]:
-        """The plain-text table the CLI prints and the statistics pane shows (shares and
-        interval bounds in whole percent)."""
+        """The plain-text table `selfinstruct review` prints (shares and interval bounds in
+        whole percent); the statistics pane shows the same numbers, narrower (tui/view.py)."""
         out = [f"{self.done} of {self.sampled} sampled tasks reviewed"
                + (f" ({self.skipped} skipped)" if self.skipped else "")
                + f"; {self.passed} passed all three questions",

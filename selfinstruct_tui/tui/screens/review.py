@@ -178,12 +178,26 @@ class ReviewScreen(ModalScreen[None]):
         self.query_one("#review-size", Input).focus()
 
     # -- keys -------------------------------------------------------------------------------------
+    def _sent(self, command: Command) -> bool:
+        """Send a command; False (and the reason on the screen) when it could not be written,
+        so that an answer the store never got is not shown as given."""
+        errors = self.query_one("#review-errors", Static)
+        try:
+            self.send(command)
+        except Exception as exc:  # a full disk, a locked or unreadable database
+            errors.update(f"not saved: {exc}")
+            errors.add_class("visible")
+            return False
+        errors.remove_class("visible")
+        return True
+
     def action_answer(self, yes: bool) -> None:
         current = self.current
         if current is None or current.next_question is None:
             return
         question = current.next_question
-        self.send(ReviewAnswer(current.task_id, question, yes))
+        if not self._sent(ReviewAnswer(current.task_id, question, yes)):
+            return
         answers = list(current.answers)
         answers[REVIEW_QUESTIONS.index(question)] = yes
         self.records[current.task_id] = replace(
@@ -194,7 +208,8 @@ class ReviewScreen(ModalScreen[None]):
         current = self.current
         if current is None:
             return
-        self.send(ReviewSkip(current.task_id))
+        if not self._sent(ReviewSkip(current.task_id)):
+            return
         self.records[current.task_id] = replace(current, skipped=True)
         self._show()
 
@@ -228,8 +243,9 @@ class ReviewScreen(ModalScreen[None]):
                           if self.records else "the run has no machine tasks to review yet")
             errors.add_class("visible")
             return
-        errors.remove_class("visible")
-        self.send(SetReviewSample(tuple(t for t, _ in items), tuple(i for _, i in items)))
+        if not self._sent(SetReviewSample(tuple(t for t, _ in items),
+                                          tuple(i for _, i in items))):
+            return
         position = max((r.position for r in self.records.values()), default=0)
         for n, (task_id, index) in enumerate(items, start=1):
             self.records[task_id] = ReviewRecord(task_id, sample, position + n, index)
