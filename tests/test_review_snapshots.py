@@ -1,5 +1,6 @@
 """Snapshots of the quality review screen on deterministic data: 120x40 and 80x24, every shipped
-theme. The review stands at task 2 of 3, question 2 (task 1 answered yes, yes, no)."""
+theme, and the main screen with its review table. The review stands at task 2 of 3, question 2
+(task 1 answered yes, yes, no)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,12 @@ def test_review_screen(snap_compare, tmp_path, isolated_env, theme, size):
         assert app.screen.current.task_id == 152
 
     assert snap_compare(app, terminal_size=size, run_before=open_review)
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+@pytest.mark.parametrize("theme", SHIPPED)
+def test_main_screen_with_review(snap_compare, tmp_path, isolated_env, theme, size):
+    """The review's table: under the task pool at 120x40, in the statistics pane at 80x24."""
+    reviewed_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
+    assert snap_compare(app, terminal_size=size)

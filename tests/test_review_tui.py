@@ -70,9 +70,16 @@ def test_review_keys_write_the_store_and_the_review_continues_later(tmp_path, is
             assert by_id[first.task_id].answers == (True, False, True)
             assert by_id[second.task_id].skipped
             assert by_id[third.task_id].answers == (True, None, None)
-            # the statistics pane shows the review table
+            # under the task pool (120x40), the table `selfinstruct review` prints ...
+            wide = app.query_one("#pool-review")
+            await until(pilot, lambda: wide.has_class("visible"))
+            assert wide.display
+            text = str(wide.render())
+            assert "2 of 5 sampled tasks reviewed (1 skipped); 0 passed" in text
+            assert "valid instruction         2  100%  34%-100%" in text
+            # ... and the narrow one the statistics pane shows in the compact layout
             summary = app.query_one("#review-summary")
-            await until(pilot, lambda: summary.has_class("visible"))
+            assert summary.has_class("visible") and not summary.display
             text = str(summary.render())
             assert "review 2/5 done, 0 passed" in text
             # instruction: 2 yes of 2 (task 3 answered it), input 0 of 1, output 1 of 1

@@ -61,6 +61,7 @@ from selfinstruct_tui.tui.widgets.panes import (
     RejectionsPane,
     StatsPane,
     StatusLine,
+    show_review_wide,
 )
 from selfinstruct_tui.tui.widgets.task_table import HEADER, TaskTable
 
@@ -127,6 +128,7 @@ class SelfInstructApp(App[int]):
                 yield Static(HEADER, id="pool-header")
                 yield TaskTable(id="pool")
                 yield Static("", id="pool-info")
+                yield Static("", id="pool-review")
                 yield Input(placeholder="filter tasks by text (enter/esc to close)",
                             id="filter")
             with Vertical(id="right"):
@@ -158,6 +160,7 @@ class SelfInstructApp(App[int]):
         self.rejections_pane = self.query_one(RejectionsPane)
         self.stats_pane = self.query_one(StatsPane)
         self.pool_info = self.query_one("#pool-info", Static)
+        self.pool_review = self.query_one("#pool-review", Static)
         self.filter_box = self.query_one("#filter", Input)
         self.query_one("#left").border_title = "Task pool"
         self._apply_compact(self.size.width, self.size.height)
@@ -233,6 +236,7 @@ class SelfInstructApp(App[int]):
             self.rejections_pane.show(view)
         if "stats" in dirty:
             self.stats_pane.show(view)
+            show_review_wide(self.pool_review, view)
         self.status_line.show(view.status)
 
     def on_task_table_view_changed(self, message: TaskTable.ViewChanged) -> None:

@@ -413,15 +413,24 @@ class RunView:
         """The review's records in review order (empty before the first sample)."""
         return list(self.reviews.values())
 
-    def review_text(self) -> Text:
-        """The statistics pane's review section, narrow enough for the 80x24 layout (23
-        columns): tasks done of sampled and passed, then per question the tasks reviewed (n),
-        the share answered yes and its 95% Wilson interval in percent (engine/review.py);
-        empty before the first sample. `selfinstruct review` prints the same numbers."""
+    def review_text(self, wide: bool = False) -> Text:
+        """The review table the main screen shows (engine/review.py): tasks done of sampled and
+        passed, then per question the tasks reviewed (n), the share answered yes and its 95%
+        Wilson interval in percent; empty before the first sample. `wide`: the table
+        `selfinstruct review` prints (67 columns); otherwise one narrow enough for the 80x24
+        layout's statistics pane (23 columns)."""
         if not self.reviews:
             return Text()
         summary = summarize(self.reviews.values())
         text = Text()
+        if wide:
+            lines = summary.lines()
+            text.append("review: ", style="bold")
+            text.append(lines[0] + "\n")
+            text.append(lines[1], style="bold")
+            for line in lines[2:]:
+                text.append("\n" + line)
+            return text
         text.append(f"review {summary.done}/{summary.sampled} done, {summary.passed} passed\n",
                     style="bold")
         text.append(f"{'':<6}{'n':>3} {'yes':>4} 95% CI", style="bold")

@@ -133,7 +133,15 @@ class StatsPane(Vertical):
         self.show_review(view)
 
     def show_review(self, view: RunView) -> None:
-        """The quality review's table under the rounds, once a sample exists."""
+        """The quality review's narrow table under the rounds, once a sample exists (shown in
+        the compact layout; the wide one shows it under the task pool: `show_review_wide`)."""
         review = self.query_one("#review-summary", Static)
         review.set_class(bool(view.reviews), "visible")
         review.update(view.review_text())
+
+
+def show_review_wide(widget: Static, view: RunView) -> None:
+    """The quality review's full table (as `selfinstruct review` prints it) in `widget`, under
+    the task pool of the wide layout, once a sample exists."""
+    widget.set_class(bool(view.reviews), "visible")
+    widget.update(view.review_text(wide=True))
