@@ -145,7 +145,8 @@ def test_in_process_review_goes_through_the_engine_while_it_runs(tmp_path, isola
                 await until(pilot, lambda: first.task_id in app.view.reviews
                             and app.view.reviews[first.task_id].skipped)
                 assert app.view.reviews[first.task_id].answers == (True, None, None)
-                assert app.query_one("#review-summary").has_class("visible")
+                assert app.query_one("#pool-review").has_class("visible")
+                assert app.state == "running"  # s skipped the task: it did not stop the run
                 engine.stop_now()
                 await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
         reviews = stored_reviews(run_dir)
