@@ -222,8 +222,8 @@ def _add_review_parser(sub: Any) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    """The review table the TUI's statistics pane shows, as plain text (exit 0); UserError for a
-    directory that is not a run."""
+    """The review table the TUI shows under the task pool, as plain text (exit 0), also for a
+    run without a review (it says so); UserError (exit 2) for a directory that is not a run."""
     from selfinstruct_tui.engine.review import summarize
     from selfinstruct_tui.engine.store import RunStore, is_run_dir
 

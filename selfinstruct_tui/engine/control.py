@@ -168,8 +168,7 @@ def decode_review(name: str, args: dict[str, Any]) -> ReviewCommand:
         question = str(args["question"])
         if question not in REVIEW_QUESTIONS:
             raise ValueError(f"unknown review question {question!r}")
-        return ReviewAnswer(int(args["task_id"]), question,
-                            bool(args["answer"]))
+        return ReviewAnswer(int(args["task_id"]), question, bool(args["answer"]))
     if name == "review_skip":
         return ReviewSkip(int(args["task_id"]))
     raise ValueError(f"unknown command {name!r}")
