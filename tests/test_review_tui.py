@@ -199,6 +199,9 @@ def test_a_bad_sample_size_is_refused_on_the_screen(tmp_path, isolated_env):
             assert errors.has_class("visible")
             assert "at least 1" in str(errors.render())
             assert stored_reviews(run_dir) == []
+            await pilot.press("escape")  # esc leaves from the size box too
+            assert not isinstance(app.screen, ReviewScreen)
+            await open_review(pilot, app)
             await draw(pilot, app, 500)  # more than the run has: all 40 of them
             await until(pilot, lambda: len(stored_reviews(run_dir)) == 40)
 
