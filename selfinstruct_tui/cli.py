@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=FORMATS)
     export.add_argument("-o", "--output", metavar="FILE", help="the file to write (- for "
                         "stdout; default: export-FORMAT in the run directory)")
+    export.add_argument("--reviewed-only", action="store_true", dest="reviewed_only",
+                        help="only tasks that passed the quality review (yes on all three "
+                        "questions; see `selfinstruct review`)")
+
+    _add_review_parser(sub)
 
     seeds = sub.add_parser("seeds", help="seed file tools")
     seeds_sub = seeds.add_subparsers(dest="seeds_command", required=True)
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # the resume command uses them
     commands = {"run": cmd_detach if getattr(args, "detach", False) else cmd_run,
                 "attach": cmd_attach, "runs": cmd_runs, "export": cmd_export,
-                "seeds": cmd_seeds_check, "dedup": cmd_dedup}
+                "seeds": cmd_seeds_check, "dedup": cmd_dedup, "review": cmd_review}
     try:
         return commands[args.command](args)
     except InputFileError as exc:
@@ -195,7 +200,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not is_run_dir(args.run_dir):
         raise UserError(f"{args.run_dir}: not a run directory (no run.sqlite in it)")
     try:
-        path, count = export_run(args.run_dir, args.format, args.output)
+        path, count = export_run(args.run_dir, args.format, args.output,
+                                 reviewed_only=args.reviewed_only)
     except IsADirectoryError:
         raise UserError(f"{args.output}: is a directory; name a file with -o") from None
     except OSError as exc:
@@ -204,6 +210,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     if str(path) != "-":
         Console(highlight=False, soft_wrap=True).print(
             f"wrote {count} rows ({args.format}) to {path}", markup=False)
+    return 0
+
+
+# -- quality review -------------------------------------------------------------------------------
+
+def _add_review_parser(sub: Any) -> None:
+    review = sub.add_parser("review", help="print a run's quality review: per question, tasks "
+                            "reviewed, share of yes, 95%% Wilson interval")
+    review.add_argument("run_dir", metavar="RUN_DIR")
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """The review table the TUI shows under the task pool, as plain text (exit 0), also for a
+    run without a review (it says so); UserError (exit 2) for a directory that is not a run."""
+    from selfinstruct_tui.engine.review import summarize
+    from selfinstruct_tui.engine.store import RunStore, is_run_dir
+
+    if not is_run_dir(args.run_dir):
+        raise UserError(f"{args.run_dir}: not a run directory (no run.sqlite in it)")
+    store = RunStore(args.run_dir, readonly=True)
+    try:
+        records = store.reviews()
+    finally:
+        store.close()
+    out = Console(highlight=False, soft_wrap=True)
+    if not records:
+        out.print(f"{args.run_dir}: no quality review yet; open the run in the TUI "
+                  f"(selfinstruct attach {args.run_dir}) and press r", markup=False)
+        return 0
+    out.print(f"quality review of {args.run_dir}", markup=False)
+    for line in summarize(records).lines():
+        out.print(line, markup=False)
     return 0
 
 

@@ -29,8 +29,11 @@ from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.seeds import Instance, SeedTask
 from selfinstruct_tui.engine.store import (
+    REVIEW_QUESTIONS,
     PromptRecord,
     RejectionRecord,
+    ReviewQuestion,
+    ReviewRecord,
     RoundStats,
     RunStore,
     db_path,
@@ -109,7 +112,84 @@ class EditTask:
     is_classification: bool
 
 
-Command = Pause | Resume | Stop | ReplaceSeeds | DropTask | EditTask
+# -- quality review commands (engine/review.py): typed and encoded like the others; the engine
+# and OfflineControl both write them with `apply_review`, and StoreFollower.poll_reviews turns
+# what they wrote into the same `ReviewUpdated` events for an attached UI.
+
+@dataclass(frozen=True)
+class SetReviewSample:
+    """Add a drawn sample to the run's quality review: `task_ids[i]` is shown with its
+    instance `instance_indexes[i]` (0-based), in this order. Tasks already in the review keep
+    their place and answers."""
+
+    task_ids: tuple[int, ...]
+    instance_indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReviewAnswer:
+    """Yes (`answer` True) or no to one review question (a `REVIEW_QUESTIONS` value) about a
+    sampled task."""
+
+    task_id: int
+    question: ReviewQuestion
+    answer: bool
+
+
+@dataclass(frozen=True)
+class ReviewSkip:
+    """Leave a sampled task out of the review (recorded as skipped)."""
+
+    task_id: int
+
+
+ReviewCommand = SetReviewSample | ReviewAnswer | ReviewSkip
+_REVIEW_NAMES: dict[type, str] = {SetReviewSample: "review_sample",
+                                  ReviewAnswer: "review_answer", ReviewSkip: "review_skip"}
+
+
+def encode_review(command: ReviewCommand) -> tuple[str, dict[str, Any]]:
+    """(name, JSON-able args) of a review command."""
+    return _REVIEW_NAMES[type(command)], {k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in asdict(command).items()}
+
+
+def decode_review(name: str, args: dict[str, Any]) -> ReviewCommand:
+    """The review command `encode_review` wrote; ValueError for an unknown name or question,
+    or a sample whose two lists differ in length."""
+    if name == "review_sample":
+        task_ids = tuple(int(t) for t in args["task_ids"])
+        indexes = tuple(int(i) for i in args["instance_indexes"])
+        if len(task_ids) != len(indexes):
+            raise ValueError(f"review sample: {len(task_ids)} task ids but {len(indexes)} "
+                             "instance indexes")
+        return SetReviewSample(task_ids, indexes)
+    if name == "review_answer":
+        question = str(args["question"])
+        if question not in REVIEW_QUESTIONS:
+            raise ValueError(f"unknown review question {question!r}")
+        return ReviewAnswer(int(args["task_id"]), question, bool(args["answer"]))
+    if name == "review_skip":
+        return ReviewSkip(int(args["task_id"]))
+    raise ValueError(f"unknown command {name!r}")
+
+
+def apply_review(store: RunStore, command: ReviewCommand) -> ev.ReviewUpdated | None:
+    """Write a review command to the store (each in one transaction) and return the event that
+    tells the views; None when nothing changed (a task not in the review, or nothing new in a
+    sample). The engine and `OfflineControl` both apply review commands through this."""
+    if isinstance(command, SetReviewSample):
+        records = store.add_review_sample(list(zip(command.task_ids, command.instance_indexes,
+                                                   strict=True)))
+        return ev.ReviewUpdated(tuple(records)) if records else None
+    if isinstance(command, ReviewAnswer):
+        record = store.answer_review(command.task_id, command.question, command.answer)
+    else:
+        record = store.skip_review(command.task_id)
+    return ev.ReviewUpdated((record,)) if record is not None else None
+
+
+Command = Pause | Resume | Stop | ReplaceSeeds | DropTask | EditTask | ReviewCommand
 _NAMES: dict[type, str] = {Pause: "pause", Resume: "resume", Stop: "stop",
                            ReplaceSeeds: "replace_seeds", DropTask: "drop_task",
                            EditTask: "edit_task"}
@@ -117,6 +197,8 @@ _NAMES: dict[type, str] = {Pause: "pause", Resume: "resume", Stop: "stop",
 
 def encode(command: Command) -> tuple[str, dict[str, Any]]:
     """(name, JSON-able args) of a command, for the store's commands table."""
+    if isinstance(command, (SetReviewSample, ReviewAnswer, ReviewSkip)):
+        return encode_review(command)
     name = _NAMES[type(command)]
     if isinstance(command, ReplaceSeeds):
         return name, {"seeds": [s.to_json() for s in command.seeds]}
@@ -152,6 +234,8 @@ def decode(name: str, args: dict[str, Any]) -> Command:
         return EditTask(int(args["task_id"]), args["instruction"],
                         tuple(Instance(i["input"], i["output"]) for i in args["instances"]),
                         bool(args["is_classification"]))
+    if name in _REVIEW_NAMES.values():
+        return decode_review(name, args)
     raise ValueError(f"unknown command {name!r}")
 
 
@@ -202,6 +286,10 @@ class OfflineControl:
                                        list(command.instances), command.is_classification)
                 if task is not None:
                     self.emit(ev.TaskEdited(task))
+            elif isinstance(command, (SetReviewSample, ReviewAnswer, ReviewSkip)):
+                event = apply_review(store, command)
+                if event is not None:
+                    self.emit(event)
         finally:
             store.close()
 
@@ -270,11 +358,13 @@ class RunSnapshot:
     retries: dict[str, int]
     errors: int
     ids: dict[str, int] = field(default_factory=dict)
+    reviews: list[ReviewRecord] = field(default_factory=list)  # the quality review, in order
 
 
 def read_snapshot(store: RunStore) -> RunSnapshot:
     with store.read_transaction():
         ids = store.max_ids()
+        ids["reviews"] = store.max_review_seq()
         errors = ids.get("errors", 0)
         return RunSnapshot(
             run_dir=store.run_dir, config=store.config(), state=run_status(store)[0],
@@ -284,7 +374,7 @@ def read_snapshot(store: RunStore) -> RunSnapshot:
             recent_rejections=store.recent_rejections(HISTORY_REJECTIONS),
             latest_generation=store.latest_answered("generate"),
             open_prompts=store.unfinished_prompts(), tokens=store.token_totals(),
-            retries=store.retry_counts(), errors=errors, ids=ids)
+            retries=store.retry_counts(), errors=errors, ids=ids, reviews=store.reviews())
 
 
 def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunConfig | None,
@@ -410,6 +500,7 @@ class StoreFollower:
                 if prompt.finished is not None:
                     self.open_prompts.discard(prompt.id)
                     emit(ev.prompt_finished(prompt))
+        self.poll_reviews(store)
         state = store.get_meta("state") or {}
         if state.get("state") != self.state.get("state"):
             session = store.get_meta("session") or {}
@@ -417,3 +508,11 @@ class StoreFollower:
                                       accepted, store.count_tasks("seed")):
                 emit(event)
         self.state = state
+
+    def poll_reviews(self, store: RunStore) -> None:
+        """Review records written since the last poll, as one `ReviewUpdated` (what the engine
+        or an offline control emitted for them)."""
+        changed = store.reviews(after_seq=self.last.get("reviews", 0))
+        if changed:
+            self.last["reviews"] = max(r.seq for r in changed)
+            self.emit(ev.ReviewUpdated(tuple(changed)))

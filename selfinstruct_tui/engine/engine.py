@@ -49,8 +49,13 @@ from selfinstruct_tui.engine.control import (
     Pause,
     ReplaceSeeds,
     Resume,
+    ReviewAnswer,
+    ReviewCommand,
+    ReviewSkip,
     RunState,
+    SetReviewSample,
     Stop,
+    apply_review,
     decode,
 )
 from selfinstruct_tui.engine.events import FinishReason
@@ -198,6 +203,8 @@ class Engine:
         elif isinstance(command, EditTask):
             self._do_edit_task(command.task_id, command.instruction, list(command.instances),
                                command.is_classification)
+        elif isinstance(command, (SetReviewSample, ReviewAnswer, ReviewSkip)):
+            self._do_review(command)
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -266,6 +273,12 @@ class Engine:
             return
         self.store.update_task(task)
         self.bus.emit(ev.TaskEdited(task))
+
+    def _do_review(self, command: ReviewCommand) -> None:
+        """Quality review: the store keeps the sample and the answers; the run is unaffected."""
+        event = apply_review(self.store, command)
+        if event is not None:
+            self.bus.emit(event)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_pool(self) -> None:

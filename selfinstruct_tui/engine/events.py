@@ -23,6 +23,7 @@ from selfinstruct_tui.engine.store import (
     PromptRecord,
     RejectionRecord,
     RetryRecord,
+    ReviewRecord,
     RoundStats,
 )
 from selfinstruct_tui.engine.task import Task
@@ -215,6 +216,14 @@ class TaskDropped(Event):
 @dataclass(frozen=True)
 class TaskEdited(Event):
     task: Task
+
+
+@dataclass(frozen=True)
+class ReviewUpdated(Event):
+    """Quality-review records as now stored: tasks added to the sample, or a task answered or
+    skipped (each record replaces the one with its task id)."""
+
+    reviews: tuple[ReviewRecord, ...]
 
 
 class FinishReason(str, enum.Enum):

@@ -7,6 +7,11 @@
 * rejections: JSONL of every rejected candidate and dropped instance: round, level, reason,
   detail, the candidate, the raw fragment of the model's answer, the task and prompt ids, and the
   near duplicate it collided with
+
+With a quality review in the run (engine/review.py), self-instruct rows of sampled tasks carry a
+"review" object (the sampled instance, one answer per question, skipped, passed), and
+`reviewed_only` keeps only the tasks that passed it: yes on all three questions, every instance
+of such a task kept (the review judged one random instance, as the paper did).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import IO
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
 from selfinstruct_tui.engine.placeholders import normalize_input
-from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.engine.review import review_label
+from selfinstruct_tui.engine.store import ReviewRecord, RunStore
 from selfinstruct_tui.engine.task import Task
 
 FORMATS = ("self-instruct", "alpaca", "openai-chat", "sharegpt", "rejections")
@@ -50,10 +56,16 @@ def _self_instruct(task: Task, tokenizer: str) -> dict:
     }
 
 
-def iter_rows(tasks: Iterable[Task], fmt: str, tokenizer: str = "rouge") -> Iterator[dict]:
+def iter_rows(tasks: Iterable[Task], fmt: str, tokenizer: str = "rouge",
+              reviews: dict[int, ReviewRecord] | None = None) -> Iterator[dict]:
+    """Export rows of `tasks`; `reviews` (task id -> its review record) labels the
+    self-instruct rows of reviewed tasks."""
     for task in tasks:
         if fmt == "self-instruct":
-            yield _self_instruct(task, tokenizer)
+            row = _self_instruct(task, tokenizer)
+            if reviews and task.id in reviews:
+                row["review"] = review_label(reviews[task.id])
+            yield row
             continue
         for inst in task.instances:
             if fmt == "alpaca":
@@ -104,20 +116,28 @@ def check_target(run_dir: str | Path, path: Path) -> None:
 
 
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
-               stdout: IO[str] | None = None) -> tuple[Path, int]:
+               stdout: IO[str] | None = None, reviewed_only: bool = False) -> tuple[Path, int]:
     """Write the export atomically (or to `stdout` when `output` is "-"); returns the path and
-    the number of rows. UserError for a target that must not be written."""
+    the number of rows. `reviewed_only`: only tasks that passed the quality review. UserError
+    for a target that must not be written, or `reviewed_only` where it cannot apply (the
+    rejections format, a run without a review)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     store = RunStore(run_dir, readonly=True)
     try:
         cfg = store.config()
         tokenizer = cfg.tokenizer if cfg else "rouge"
+        reviews = {r.task_id: r for r in store.reviews()}
+        if reviewed_only:
+            check_reviewed_only(run_dir, fmt, reviews)
 
         def rows() -> Iterable[dict]:
             if fmt == "rejections":
                 return (asdict(r) for r in store.iter_rejections())
-            return iter_rows(store.iter_tasks("machine"), fmt, tokenizer)
+            tasks = store.iter_tasks("machine")
+            if reviewed_only:
+                tasks = (t for t in tasks if t.id in reviews and reviews[t.id].passed)
+            return iter_rows(tasks, fmt, tokenizer, reviews)
 
         if str(output) == "-":
             return Path("-"), write_rows(rows(), fmt, stdout or sys.stdout)
@@ -128,3 +148,14 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
     finally:
         store.close()
     return path, count
+
+
+def check_reviewed_only(run_dir: str | Path, fmt: str, reviews: dict[int, ReviewRecord]) -> None:
+    """UserError when "only reviewed tasks" cannot mean anything: for the rejections format, or
+    a run with no quality review yet (the export would be empty without saying why)."""
+    if fmt == "rejections":
+        raise UserError("--reviewed-only keeps machine tasks that passed the quality review; "
+                        "the rejections export has none: leave it out")
+    if not reviews:
+        raise UserError(f"{run_dir}: no quality review yet, so no task has passed one; review a "
+                        "sample first (key r in the TUI), or leave out --reviewed-only")

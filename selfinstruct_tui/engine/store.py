@@ -126,6 +126,19 @@ CREATE TABLE IF NOT EXISTS commands (
     created REAL NOT NULL,
     done REAL
 );
+CREATE TABLE IF NOT EXISTS reviews (
+    task_id INTEGER PRIMARY KEY,
+    sample INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    instance_index INTEGER NOT NULL,
+    answer_instruction INTEGER,
+    answer_input INTEGER,
+    answer_output INTEGER,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 # Columns added after schema version 1; a run made before them gains them when opened for writing
@@ -273,6 +286,55 @@ class ErrorRecord:
     kind: str
     message: str
     created: float
+
+
+# The three questions of the paper's quality review (Wang et al. 2022, Table 2), by the field
+# of a task each one judges: is the instruction a valid task, is the input appropriate for it,
+# is the output a correct and acceptable response.
+ReviewQuestion = Literal["instruction", "input", "output"]
+REVIEW_QUESTIONS: tuple[ReviewQuestion, ...] = ("instruction", "input", "output")
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """One sampled task of a quality review: the instance shown (`instance_index`, 0-based, into
+    the task's instances), the answers (`answers[q]`: True yes, False no, None not yet asked) in
+    the order of `REVIEW_QUESTIONS`, and whether the reviewer skipped it. `sample` numbers the
+    draw it came from (1, 2, ... as samples are added), `position` its place in the review
+    order; `seq` grows with every write to the reviews table (a follower picks up after it);
+    `updated` epoch seconds."""
+
+    task_id: int
+    sample: int
+    position: int
+    instance_index: int
+    answers: tuple[bool | None, bool | None, bool | None] = (None, None, None)
+    skipped: bool = False
+    seq: int = 0
+    updated: float = 0.0
+
+    def answer(self, question: ReviewQuestion) -> bool | None:
+        return self.answers[REVIEW_QUESTIONS.index(question)]
+
+    @property
+    def next_question(self) -> ReviewQuestion | None:
+        """The first question not answered yet; None once all are (or the task was skipped)."""
+        if self.skipped:
+            return None
+        for question, answer in zip(REVIEW_QUESTIONS, self.answers, strict=True):
+            if answer is None:
+                return question
+        return None
+
+    @property
+    def done(self) -> bool:
+        """Answered on all three questions, or skipped."""
+        return self.next_question is None
+
+    @property
+    def passed(self) -> bool:
+        """Reviewed (not skipped) with "yes" on all three questions."""
+        return not self.skipped and all(a is True for a in self.answers)
 
 
 def db_path(run_dir: str | Path) -> Path:
@@ -759,6 +821,86 @@ class RunStore:
 
     def max_round(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0]
+
+    # -- quality review (sampled tasks and their answers) ---------------------------------------
+    def add_review_sample(self, items: list[tuple[int, int]]) -> list[ReviewRecord]:
+        """Append (task id, instance index) pairs to the review, in order, as the next sample,
+        in one transaction. Tasks already in the review keep their place and answers (they are
+        left out). Returns the records added."""
+        now = time.time()
+        with self.db:
+            sample, position, seq = self.db.execute(
+                "SELECT COALESCE(MAX(sample), 0) + 1, COALESCE(MAX(position), 0), "
+                "COALESCE(MAX(seq), 0) FROM reviews").fetchone()
+            added = []
+            for task_id, instance_index in items:
+                seq += 1
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO reviews(task_id, sample, position, instance_index, "
+                    "seq, created, updated) VALUES (?,?,?,?,?,?,?)",
+                    (task_id, sample, position + 1, instance_index, seq, now, now))
+                if cur.rowcount:
+                    position += 1
+                    added.append(ReviewRecord(task_id, sample, position, instance_index,
+                                              seq=seq, updated=now))
+        return added
+
+    def answer_review(self, task_id: int, question: ReviewQuestion, answer: bool
+                      ) -> ReviewRecord | None:
+        """Record a yes (True) or no (False) to one question about a sampled task (an answer
+        un-skips it); None if the task is not in the review. ValueError for an unknown
+        question."""
+        if question not in REVIEW_QUESTIONS:
+            raise ValueError(f"unknown review question {question!r}: one of "
+                             f"{', '.join(REVIEW_QUESTIONS)}")
+        with self.db:
+            cur = self.db.execute(
+                f"UPDATE reviews SET answer_{question} = ?, skipped = 0, updated = ?, "
+                "seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM reviews) WHERE task_id = ?",
+                (int(answer), time.time(), task_id))
+        return self.review(task_id) if cur.rowcount else None
+
+    def skip_review(self, task_id: int) -> ReviewRecord | None:
+        """Mark a sampled task skipped (answers given so far are kept); None if it is not in
+        the review."""
+        with self.db:
+            cur = self.db.execute(
+                "UPDATE reviews SET skipped = 1, updated = ?, "
+                "seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM reviews) WHERE task_id = ?",
+                (time.time(), task_id))
+        return self.review(task_id) if cur.rowcount else None
+
+    def review(self, task_id: int) -> ReviewRecord | None:
+        row = self.db.execute("SELECT * FROM reviews WHERE task_id = ?", (task_id,)).fetchone()
+        return _review(row) if row else None
+
+    def reviews(self, after_seq: int = 0) -> list[ReviewRecord]:
+        """The review's sampled tasks in review order; with `after_seq`, only those written
+        after it. Empty for a run made before reviews existed."""
+        try:
+            rows = self.db.execute("SELECT * FROM reviews WHERE seq > ? ORDER BY position",
+                                   (after_seq,)).fetchall()
+        except sqlite3.OperationalError:  # a run made before reviews were recorded
+            return []
+        return [_review(r) for r in rows]
+
+    def max_review_seq(self) -> int:
+        try:
+            return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM reviews").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def _review(row: sqlite3.Row) -> ReviewRecord:
+    def answer(value: int | None) -> bool | None:
+        return None if value is None else bool(value)
+
+    return ReviewRecord(
+        task_id=row["task_id"], sample=row["sample"], position=row["position"],
+        instance_index=row["instance_index"],
+        answers=(answer(row["answer_instruction"]), answer(row["answer_input"]),
+                 answer(row["answer_output"])),
+        skipped=bool(row["skipped"]), seq=row["seq"], updated=row["updated"])
 
 
 def _task(row: sqlite3.Row) -> Task:

@@ -42,6 +42,7 @@ from selfinstruct_tui.engine.control import (
     read_snapshot,
 )
 from selfinstruct_tui.engine.engine import Engine
+from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.seeds import seeds_to_jsonl, write_seeds
@@ -50,6 +51,7 @@ from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.keys import RunCommands, bindings
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+from selfinstruct_tui.tui.screens.review import ReviewScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
 from selfinstruct_tui.tui.themes import DEFAULT_THEME, load_themes
 from selfinstruct_tui.tui.view import RunView
@@ -59,6 +61,7 @@ from selfinstruct_tui.tui.widgets.panes import (
     RejectionsPane,
     StatsPane,
     StatusLine,
+    show_review_wide,
 )
 from selfinstruct_tui.tui.widgets.task_table import HEADER, TaskTable
 
@@ -143,6 +146,7 @@ class SelfInstructApp(App[int]):
                 yield Static(HEADER, id="pool-header")
                 yield TaskTable(id="pool")
                 yield Static("", id="pool-info")
+                yield Static("", id="pool-review")
                 yield Input(placeholder="filter tasks by text (enter/esc to close)",
                             id="filter")
             with Vertical(id="right"):
@@ -174,6 +178,7 @@ class SelfInstructApp(App[int]):
         self.rejections_pane = self.query_one(RejectionsPane)
         self.stats_pane = self.query_one(StatsPane)
         self.pool_info = self.query_one("#pool-info", Static)
+        self.pool_review = self.query_one("#pool-review", Static)
         self.filter_box = self.query_one("#filter", Input)
         self.query_one("#left").border_title = "Task pool"
         self._apply_compact(self.size.width, self.size.height)
@@ -251,6 +256,7 @@ class SelfInstructApp(App[int]):
             self.rejections_pane.show(view)
         if "stats" in dirty:
             self.stats_pane.show(view)
+            show_review_wide(self.pool_review, view)
         self.status_line.show(view.status)
 
     def on_task_table_view_changed(self, message: TaskTable.ViewChanged) -> None:
@@ -369,20 +375,33 @@ class SelfInstructApp(App[int]):
                                          prompt.response if prompt else None), done)
 
     def action_export(self) -> None:
-        def chosen(result: tuple[str, str] | None) -> None:
+        def chosen(result: tuple[str, str, bool] | None) -> None:
             if result is not None:
                 self._export(*result)
 
         self.push_screen(ExportScreen(str(self.run_dir)), chosen)
 
     @work(thread=True, group="export")
-    def _export(self, fmt: str, path: str) -> None:
+    def _export(self, fmt: str, path: str, reviewed_only: bool = False) -> None:
         try:
-            out, count = export_run(self.run_dir, fmt, path or None)
-        except (OSError, ValueError) as exc:
+            out, count = export_run(self.run_dir, fmt, path or None,
+                                    reviewed_only=reviewed_only)
+        except (OSError, ValueError, UserError) as exc:
             self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error")
             return
         self.call_from_thread(self.notify, f"Exported {count} rows ({fmt}) to {out}")
+
+    def action_review(self) -> None:
+        """The quality review of a sample of machine tasks (screens/review.py); its answers go
+        through `_send` like every other change, and come back as `ReviewUpdated` events."""
+        if isinstance(self.screen, ReviewScreen):
+            return
+        config = self.reader.config()
+        machine = [(row.id, row.instances) for row in self.view.rows.values()
+                   if row.origin == "machine"]
+        self.push_screen(ReviewScreen(self.view.review_records(), machine,
+                                      config.random_seed if config else None, self.reader.task,
+                                      self._send))
 
     def action_filter(self) -> None:
         box = self.filter_box

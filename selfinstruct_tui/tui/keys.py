@@ -25,6 +25,7 @@ KEYS = (
     Key("e", "e", "edit_seeds", "Edit seeds", "Edit seeds"),
     Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)"),
     Key("x", "x", "export", "Export", "Export tasks"),
+    Key("r", "r", "review", "Review", "Quality review: rate a random sample of machine tasks"),
     Key("t", "t", "change_theme", "Theme", "Change theme"),
     Key("slash", "/", "filter", "Filter", "Filter tasks by text"),
     Key("m", "m", "toggle_maximize", "Maximize", "Maximize / restore the focused pane"),

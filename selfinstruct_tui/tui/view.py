@@ -24,7 +24,8 @@ from selfinstruct_tui.engine.control import (
     RunState,
 )
 from selfinstruct_tui.engine.rates import Rates
-from selfinstruct_tui.engine.store import RejectionRecord, RoundStats
+from selfinstruct_tui.engine.review import summarize
+from selfinstruct_tui.engine.store import RejectionRecord, ReviewRecord, RoundStats
 from selfinstruct_tui.engine.task import Task
 
 
@@ -127,6 +128,9 @@ def round_row(s: RoundStats) -> tuple[str, ...]:
             f"{s.acceptance_rate:.0%}", f"{s.prompt_tokens + s.completion_tokens:,}",
             f"${s.cost:.4f}", f"{s.wall_time:.1f}s")
 
+
+# The review questions as the statistics pane's narrow review table names them.
+REVIEW_SHORT_LABEL = {"instruction": "instr.", "input": "input", "output": "output"}
 
 ROUND_COLUMNS = ("round", "prompts", "cand.", "acc.", "rejected", "surplus", "rate", "tokens",
                  "cost", "time")
@@ -245,6 +249,8 @@ class RunView:
         self.notices: list[tuple[str, str, str]] = []
         self.dirty: set[str] = set()
         self.prices = (0.0, 0.0)  # USD per 1K prompt / completion tokens
+        # the quality review: sampled task id -> its record (answers so far), in review order
+        self.reviews: dict[int, ReviewRecord] = {}
 
     # -- history ----------------------------------------------------------------------------------
     def load(self, snap: RunSnapshot, *, embedded: bool = False) -> None:
@@ -303,6 +309,7 @@ class RunView:
         if snap.state == RunState.PAUSED:
             status.reason = "errors" if snap.state_meta.get("by_errors") else "by you"
         self.dirty |= {"status", "pool", "prompts", "rejections", "stats"}
+        self._load_reviews(snap)
 
     # -- live -------------------------------------------------------------------------------------
     def apply(self, event: ev.Event) -> None:
@@ -445,6 +452,49 @@ class RunView:
         self.state = state
         self.status.state = state
         self.dirty.add("status")
+
+    # -- quality review ---------------------------------------------------------------------------
+    def _load_reviews(self, snap: RunSnapshot) -> None:
+        self.reviews = {r.task_id: r for r in snap.reviews}
+        self.dirty.add("stats")
+
+    def _on_ReviewUpdated(self, e: ev.ReviewUpdated) -> None:
+        for record in e.reviews:
+            self.reviews[record.task_id] = record
+        self.reviews = dict(sorted(self.reviews.items(), key=lambda kv: kv[1].position))
+        self.dirty.add("stats")
+
+    def review_records(self) -> list[ReviewRecord]:
+        """The review's records in review order (empty before the first sample)."""
+        return list(self.reviews.values())
+
+    def review_text(self, wide: bool = False) -> Text:
+        """The review table the main screen shows (engine/review.py): tasks done of sampled and
+        passed, then per question the tasks reviewed (n), the share answered yes and its 95%
+        Wilson interval in percent; empty before the first sample. `wide`: the table
+        `selfinstruct review` prints (67 columns); otherwise one narrow enough for the 80x24
+        layout's statistics pane (23 columns)."""
+        if not self.reviews:
+            return Text()
+        summary = summarize(self.reviews.values())
+        text = Text()
+        if wide:
+            lines = summary.lines()
+            text.append("review: ", style="bold")
+            text.append(lines[0] + "\n")
+            text.append(lines[1], style="bold")
+            for line in lines[2:]:
+                text.append("\n" + line)
+            return text
+        text.append(f"review {summary.done}/{summary.sampled} done, {summary.passed} passed\n",
+                    style="bold")
+        text.append(f"{'':<6}{'n':>3} {'yes':>4} 95% CI", style="bold")
+        for q in summary.questions:
+            share = f"{q.share:.0%}" if q.reviewed else "-"
+            interval = f"{q.low * 100:.0f}-{q.high * 100:.0f}%" if q.reviewed else "-"
+            text.append(f"\n{REVIEW_SHORT_LABEL[q.question]:<6}{q.reviewed:>3} {share:>4} "
+                        f"{interval}")
+        return text
 
     # -- for the widgets --------------------------------------------------------------------------
     def take_pool_changes(self) -> tuple[list[Row], list[int]]:

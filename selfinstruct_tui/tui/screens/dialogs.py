@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select
+from textual.widgets import Button, Checkbox, Input, Label, Select
 
 from selfinstruct_tui.engine.exports import EXTENSIONS, FORMATS
 
@@ -32,8 +32,9 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(value)
 
 
-class ExportScreen(ModalScreen[tuple[str, str] | None]):
-    """Choose a format and a path; returns (format, path) or None."""
+class ExportScreen(ModalScreen[tuple[str, str, bool] | None]):
+    """Choose a format, a path and whether only tasks that passed the quality review go out;
+    returns (format, path, reviewed only) or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -47,6 +48,7 @@ class ExportScreen(ModalScreen[tuple[str, str] | None]):
             yield Select([(f, f) for f in FORMATS], value="alpaca", allow_blank=False,
                          id="format")
             yield Input(value=f"{self.run_dir}/export-alpaca.json", id="path")
+            yield Checkbox("only tasks that passed the quality review (r)", id="reviewed-only")
             with Horizontal(classes="buttons"):
                 yield Button("Export", variant="primary", id="export")
                 yield Button("Cancel", id="cancel")
@@ -66,7 +68,8 @@ class ExportScreen(ModalScreen[tuple[str, str] | None]):
 
     def _done(self) -> None:
         self.dismiss((str(self.query_one("#format", Select).value),
-                      self.query_one("#path", Input).value.strip()))
+                      self.query_one("#path", Input).value.strip(),
+                      self.query_one("#reviewed-only", Checkbox).value))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

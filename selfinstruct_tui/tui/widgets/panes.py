@@ -145,6 +145,7 @@ class StatsPane(Vertical):
     def compose(self) -> ComposeResult:
         yield PlotextPlot(id="chart")
         yield DataTable(id="rounds", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="review-summary")
 
     def on_mount(self) -> None:
         self.chart = CHARTS[0]
@@ -179,3 +180,18 @@ class StatsPane(Vertical):
         plot = self.query_one("#chart", PlotextPlot)
         draw_chart(plot.plt, view, self.chart)
         plot.refresh()
+        self.show_review(view)
+
+    def show_review(self, view: RunView) -> None:
+        """The quality review's narrow table under the rounds, once a sample exists (shown in
+        the compact layout; the wide one shows it under the task pool: `show_review_wide`)."""
+        review = self.query_one("#review-summary", Static)
+        review.set_class(bool(view.reviews), "visible")
+        review.update(view.review_text())
+
+
+def show_review_wide(widget: Static, view: RunView) -> None:
+    """The quality review's full table (as `selfinstruct review` prints it) in `widget`, under
+    the task pool of the wide layout, once a sample exists."""
+    widget.set_class(bool(view.reviews), "visible")
+    widget.update(view.review_text(wide=True))
