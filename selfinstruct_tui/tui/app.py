@@ -39,18 +39,20 @@ from selfinstruct_tui.engine.control import (
     RunState,
     Stop,
     StoreFollower,
+    current_seeds,
     read_snapshot,
 )
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
-from selfinstruct_tui.engine.seeds import seeds_to_jsonl, write_seeds
+from selfinstruct_tui.engine.seeds import SeedTask, seeds_to_jsonl, write_seeds
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.engine.task import Task
 from selfinstruct_tui.tui.keys import RunCommands, bindings
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
-from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
+from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen, new_seed_id
 from selfinstruct_tui.tui.themes import DEFAULT_THEME, load_themes
 from selfinstruct_tui.tui.view import RunView
 from selfinstruct_tui.tui.widgets.panes import (
@@ -309,22 +311,61 @@ class SelfInstructApp(App[int]):
                                        yes="Detach", no="Stay"), answer)
 
     def action_edit_seeds(self) -> None:
-        seeds = [t.to_seed() for t in self.reader.tasks(status="active", origin="seed")]
+        """The seed manager on the set the next round uses (the pending set, if any)."""
+        seeds, pending = current_seeds(self.reader)
+        self.push_screen(SeedManagerScreen(seeds, pending, self._send_seeds, self.seeds_file))
 
-        def saved(result: SeedEdit | None) -> None:
-            if result is None:
-                return
-            atomic_write_text(self.run_dir / RUN_SEEDS_FILE, seeds_to_jsonl(result.seeds),
-                              mode=0o600)
-            if result.write_back and self.seeds_file:
-                write_seeds(self.seeds_file, result.seeds)
-            running = self.engine_active
-            self._send(ReplaceSeeds(tuple(result.seeds)))
-            self.notify(f"{len(result.seeds)} seeds saved; " + (
-                "they take effect at the next round." if running else
-                "the run uses them when it resumes."))
+    def _send_seeds(self, seeds: list[SeedTask], write_back: bool = False) -> None:
+        """Send a whole new seed set (one ReplaceSeeds) and keep a copy as seeds.jsonl in the
+        run directory (and in the run's seed file when `write_back`)."""
+        atomic_write_text(self.run_dir / RUN_SEEDS_FILE, seeds_to_jsonl(seeds), mode=0o600)
+        if write_back and self.seeds_file:
+            write_seeds(self.seeds_file, seeds)
+        running = self.engine_active
+        self._send(ReplaceSeeds(tuple(seeds)))
+        self.notify(f"{len(seeds)} seeds saved; " + (
+            "they take effect at the next round." if running else
+            "the run uses them when it resumes."))
 
-        self.push_screen(SeedEditorScreen(seeds_to_jsonl(seeds), self.seeds_file), saved)
+    def _promote(self, task: Task) -> None:
+        """A machine task becomes a seed (with its instances) at the next round; it leaves the
+        machine pool then."""
+        if task.is_seed:
+            self.notify(f"Task #{task.id} is already a seed.", severity="warning")
+            return
+        seeds, _ = current_seeds(self.reader)
+        if any(s.source_task == task.id for s in seeds):
+            self.notify(f"Task #{task.id} is already promoted; it becomes a seed at the next "
+                        "round.", severity="warning")
+            return
+        sid = new_seed_id(seeds, f"promoted_{task.id}") if any(
+            s.id == f"promoted_{task.id}" for s in seeds) else f"promoted_{task.id}"
+        seed = SeedTask(sid, sid, task.instruction, list(task.instances), task.is_classification,
+                        "promoted", task.id)
+        self._send_seeds([*seeds, seed])
+        self.notify(f"Task #{task.id} promoted to seed {sid}: it joins the seeds and leaves the "
+                    "machine pool at the next round.")
+
+    def _demote(self, task: Task) -> None:
+        """A seed promoted from the pool goes back to being its machine task at the next round."""
+        if not task.is_seed or task.seed_origin != "promoted" or task.source_task is None:
+            self.notify(f"Task #{task.id} did not come from the pool: only promoted seeds can be "
+                        "demoted (delete other seeds in the seed manager, key e).",
+                        severity="warning")
+            return
+        seeds, _ = current_seeds(self.reader)
+        rest = [s for s in seeds if s.source_task != task.source_task]
+        if len(rest) == len(seeds):
+            self.notify(f"Seed {task.seed_id} is already demoted; machine task "
+                        f"#{task.source_task} returns at the next round.", severity="warning")
+            return
+        if not rest:
+            self.notify("A run needs at least one seed: add another before demoting this one.",
+                        severity="warning")
+            return
+        self._send_seeds(rest)
+        self.notify(f"Seed {task.seed_id} demoted: machine task #{task.source_task} returns to "
+                    "the pool at the next round.")
 
     def on_task_table_inspect(self, message: TaskTable.Inspect) -> None:
         task = self.reader.task(message.task_id)
@@ -343,6 +384,10 @@ class SelfInstructApp(App[int]):
                 self._send(EditTask(task.id, data["instruction"], tuple(data["instances"]),
                                     data["is_classification"]))
                 self.notify(f"Task #{task.id} saved.")
+            elif action == "promote":
+                self._promote(task)
+            elif action == "demote":
+                self._demote(task)
 
         self.push_screen(InspectorScreen(task, prompt.prompt if prompt else None,
                                          prompt.response if prompt else None), done)
