@@ -353,6 +353,7 @@ class Engine:
                     f"round(s) {', '.join(map(str, interrupted))} were interrupted by the end of "
                     "the last process; their open candidates are taken up again"))
             self._drain_commands()
+            self._apply_pending_seeds()  # a set the last process recorded and did not apply
             over = self.guard.over_budget()
             if over:
                 self._do_stop(FinishReason.LIMIT, over)

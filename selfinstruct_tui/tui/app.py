@@ -45,7 +45,7 @@ from selfinstruct_tui.engine.control import (
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
-from selfinstruct_tui.engine.seeds import SeedTask, seeds_to_jsonl, write_seeds
+from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jsonl, write_seeds
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.engine.task import Task
@@ -112,6 +112,7 @@ class SelfInstructApp(App[int]):
         self.engine_thread: threading.Thread | None = None
         self._last_error_note = 0.0
         self._theme_ready = False
+        self._seeds_sent: list[SeedTask] | None = None  # the seed set this app sent last
         if engine is not None:
             engine.bus.subscribe(self.events.put)
 
@@ -312,8 +313,19 @@ class SelfInstructApp(App[int]):
 
     def action_edit_seeds(self) -> None:
         """The seed manager on the set the next round uses (the pending set, if any)."""
-        seeds, pending = current_seeds(self.reader)
+        seeds, pending = self._current_seeds()
         self.push_screen(SeedManagerScreen(seeds, pending, self._send_seeds, self.seeds_file))
+
+    def _current_seeds(self) -> tuple[list[SeedTask], bool]:
+        """(seeds, pending): the set the next round uses, as `current_seeds` reads it from the
+        store; but the in-process engine records a set on its own thread, a moment after
+        `send`, so until the store shows the set this app sent last, that set is the one."""
+        seeds, pending = current_seeds(self.reader)
+        sent = self._seeds_sent
+        if self.engine is not None and sent is not None and self.engine_active and (
+                [seed_to_record(s) for s in seeds] != [seed_to_record(s) for s in sent]):
+            return list(sent), True
+        return seeds, pending
 
     def _send_seeds(self, seeds: list[SeedTask], write_back: bool = False) -> None:
         """Send a whole new seed set (one ReplaceSeeds) and keep a copy as seeds.jsonl in the
@@ -322,6 +334,7 @@ class SelfInstructApp(App[int]):
         if write_back and self.seeds_file:
             write_seeds(self.seeds_file, seeds)
         running = self.engine_active
+        self._seeds_sent = list(seeds)
         self._send(ReplaceSeeds(tuple(seeds)))
         self.notify(f"{len(seeds)} seeds saved; " + (
             "they take effect at the next round." if running else
@@ -333,7 +346,7 @@ class SelfInstructApp(App[int]):
         if task.is_seed:
             self.notify(f"Task #{task.id} is already a seed.", severity="warning")
             return
-        seeds, _ = current_seeds(self.reader)
+        seeds, _ = self._current_seeds()
         if any(s.source_task == task.id for s in seeds):
             self.notify(f"Task #{task.id} is already promoted; it becomes a seed at the next "
                         "round.", severity="warning")
@@ -353,7 +366,7 @@ class SelfInstructApp(App[int]):
                         "demoted (delete other seeds in the seed manager, key e).",
                         severity="warning")
             return
-        seeds, _ = current_seeds(self.reader)
+        seeds, _ = self._current_seeds()
         rest = [s for s in seeds if s.source_task != task.source_task]
         if len(rest) == len(seeds):
             self.notify(f"Seed {task.seed_id} is already demoted; machine task "
