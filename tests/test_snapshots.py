@@ -24,3 +24,33 @@ def test_main_screen(snap_compare, tmp_path, isolated_env, theme, size):
     deterministic_run(tmp_path / "run")
     app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
     assert snap_compare(app, terminal_size=size)
+
+
+# -- the seed manager and its form ----------------------------------------------------------------
+
+async def _open_seed_manager(pilot) -> None:
+    await pilot.press("e")
+    await pilot.pause()
+
+
+async def _open_seed_form(pilot) -> None:
+    await pilot.press("e")  # the seed manager
+    await pilot.pause()
+    await pilot.press("e")  # the form on the first seed
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+@pytest.mark.parametrize("theme", SHIPPED)
+def test_seed_manager(snap_compare, tmp_path, isolated_env, theme, size):
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
+    assert snap_compare(app, terminal_size=size, run_before=_open_seed_manager)
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+@pytest.mark.parametrize("theme", SHIPPED)
+def test_seed_form(snap_compare, tmp_path, isolated_env, theme, size):
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
+    assert snap_compare(app, terminal_size=size, run_before=_open_seed_form)
