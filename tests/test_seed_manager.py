@@ -406,3 +406,44 @@ def test_seeds_export_writes_the_current_set_and_round_trips(tmp_path, run_cli):
     assert proc.returncode == 2
     assert "not a run directory" in proc.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_origins_do_not_change_the_resume_fingerprint_and_old_runs_read_as_file(tmp_path,
+                                                                               isolated_env):
+    """A seed file exported from a run with promoted and added seeds is that run's seed set for
+    `--seeds` on resume (content only); a run made before origins were recorded reads them as
+    "file" and gains the columns when opened for writing."""
+    import sqlite3
+
+    from selfinstruct_tui.engine.control import OfflineControl, ReplaceSeeds
+    from selfinstruct_tui.engine.exports import export_seeds
+    from selfinstruct_tui.engine.seeds import SeedTask
+    from selfinstruct_tui.session import seeds_differ
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir, readonly=True)
+    machine = store.tasks(origin="machine")[0]
+    seeds, _ = current_seeds(store)
+    store.close()
+    promoted = SeedTask("p1", "p1", machine.instruction, machine.instances,
+                        machine.is_classification, "promoted", machine.id)
+    OfflineControl(run_dir, lambda event: None).send(ReplaceSeeds(tuple([*seeds, promoted])))
+    out = tmp_path / "seeds.jsonl"
+    export_seeds(run_dir, out)
+    store = RunStore(run_dir, readonly=True)
+    assert seeds_differ(out, store) is None
+    assert store.task(machine.id).status == "promoted"
+    store.close()
+    # an older run: no origin columns
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    db.execute("ALTER TABLE tasks DROP COLUMN seed_origin")
+    db.execute("ALTER TABLE tasks DROP COLUMN source_task")
+    db.commit()
+    db.close()
+    store = RunStore(run_dir, readonly=True)
+    old, pending = current_seeds(store)
+    store.close()
+    assert not pending and {s.origin for s in old} == {"file"} and len(old) == 140
+    RunStore(run_dir).close()  # a writer migrates
+    assert {s.seed_origin for s in active_seeds(run_dir)} == {None}  # read as "file"
