@@ -447,3 +447,21 @@ def test_origins_do_not_change_the_resume_fingerprint_and_old_runs_read_as_file(
     assert not pending and {s.origin for s in old} == {"file"} and len(old) == 140
     RunStore(run_dir).close()  # a writer migrates
     assert {s.seed_origin for s in active_seeds(run_dir)} == {None}  # read as "file"
+
+
+def test_a_pending_set_exported_is_accepted_as_seeds_on_resume(tmp_path, isolated_env):
+    from selfinstruct_tui.engine.control import RemoteControl, ReplaceSeeds
+    from selfinstruct_tui.engine.exports import export_seeds
+    from selfinstruct_tui.session import seeds_differ
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir, readonly=True)
+    seeds, _ = current_seeds(store)
+    store.close()
+    RemoteControl(run_dir).send(ReplaceSeeds(tuple(seeds[:50])))  # not applied: no engine
+    out = tmp_path / "pending.jsonl"
+    assert export_seeds(run_dir, out)[1:] == (50, True)
+    store = RunStore(run_dir, readonly=True)
+    assert seeds_differ(out, store) is None
+    store.close()

@@ -19,11 +19,11 @@ from selfinstruct_tui.engine.task import Task
 def task_details(task: Task, prompt: str | None, response: str | None) -> Text:
     t = Text()
     t.append(f"Task #{task.id}", style="bold")
+    origin = task.origin
     if task.is_seed:
-        origin = task.seed_origin or "file"
-        t.append(f"  seed {task.seed_id} ({origin}"
-                 + (f" from machine task #{task.source_task}" if task.source_task else "") + ")")
-    t.append(f"  {task.origin}, round {task.round}, "
+        origin = f"seed {task.seed_id} ({task.seed_origin or 'file'}" + (
+            f" from machine task #{task.source_task})" if task.source_task else ")")
+    t.append(f"  {origin}, round {task.round}, "
              f"{'classification' if task.is_classification else 'not classification'}, "
              f"max ROUGE-L {task.max_score:.3f}\n\n")
     t.append("Instruction\n", style="bold underline")
