@@ -63,6 +63,15 @@ async def fill_new_seed(pilot, app) -> SeedFormScreen:
     return form
 
 
+async def add_new_seed(pilot, app, manager: SeedManagerScreen) -> None:
+    """`a` in the manager, the form filled with NEW_INSTRUCTION / NEW_OUTPUT, saved."""
+    await pilot.press("a")
+    await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+    await fill_new_seed(pilot, app)
+    await pilot.press("ctrl+s")
+    await until(pilot, lambda: app.screen is manager)
+
+
 def test_manager_adds_edits_duplicates_and_deletes_seeds(tmp_path, isolated_env):
     run_dir = tmp_path / "run"
     deterministic_run(run_dir)
@@ -75,11 +84,7 @@ def test_manager_adds_edits_duplicates_and_deletes_seeds(tmp_path, isolated_env)
             assert table.row_count == 139
             assert "the run's active seeds" in str(manager.query_one("#seeds-title").render())
             # add
-            await pilot.press("a")
-            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
-            await fill_new_seed(pilot, app)
-            await pilot.press("ctrl+s")
-            await until(pilot, lambda: app.screen is manager)
+            await add_new_seed(pilot, app, manager)
             seeds = active_seeds(run_dir)
             assert len(seeds) == 140
             added = seeds[-1]
@@ -187,11 +192,7 @@ def test_raw_editor_is_reachable_from_the_manager_and_keeps_origins(tmp_path, is
         app = create_app(run_dir, refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
             manager = await open_manager(pilot, app)
-            await pilot.press("a")
-            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
-            await fill_new_seed(pilot, app)
-            await pilot.press("ctrl+s")
-            await until(pilot, lambda: app.screen is manager)
+            await add_new_seed(pilot, app, manager)
             await pilot.press("r")
             await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
             area = app.screen.query_one(TextArea)
@@ -296,11 +297,7 @@ def test_attached_edits_stay_pending_build_on_each_other_and_apply_at_start(tmp_
         async with app.run_test(size=(120, 40)) as pilot:
             assert app.engine_active
             manager = await open_manager(pilot, app)
-            await pilot.press("a")
-            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
-            await fill_new_seed(pilot, app)
-            await pilot.press("ctrl+s")
-            await until(pilot, lambda: app.screen is manager)
+            await add_new_seed(pilot, app, manager)
             await pilot.press("escape")
             # a second edit in a new manager: it starts from the pending set
             manager = await open_manager(pilot, app)
@@ -354,11 +351,7 @@ def test_changes_apply_at_the_next_round_of_a_running_engine(tmp_path, isolated_
                 # the manager shows the promotion at once (pending, or applied already)
                 assert manager.seeds[-1].source_task == machine_id
                 assert manager.seeds[-1].origin == "promoted"
-                await pilot.press("a")
-                await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
-                await fill_new_seed(pilot, app)
-                await pilot.press("ctrl+s")
-                await until(pilot, lambda: app.screen is manager)
+                await add_new_seed(pilot, app, manager)
                 await pilot.press("escape")
                 seeds = await assert_next_rounds_use_only(pilot, run_dir, 141)
                 assert NEW_INSTRUCTION in seeds

@@ -42,15 +42,10 @@ async def _open_seed_form(pilot) -> None:
 
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
 @pytest.mark.parametrize("theme", SHIPPED)
-def test_seed_manager(snap_compare, tmp_path, isolated_env, theme, size):
+@pytest.mark.parametrize("opened", [_open_seed_manager, _open_seed_form],
+                         ids=["seed_manager", "seed_form"])
+def test_seed_screens(snap_compare, tmp_path, isolated_env, opened, theme, size):
+    """The seed manager (key e) and its form on the first seed."""
     deterministic_run(tmp_path / "run")
     app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
-    assert snap_compare(app, terminal_size=size, run_before=_open_seed_manager)
-
-
-@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
-@pytest.mark.parametrize("theme", SHIPPED)
-def test_seed_form(snap_compare, tmp_path, isolated_env, theme, size):
-    deterministic_run(tmp_path / "run")
-    app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
-    assert snap_compare(app, terminal_size=size, run_before=_open_seed_form)
+    assert snap_compare(app, terminal_size=size, run_before=opened)
