@@ -289,7 +289,7 @@ class Engine:
 
     def _load_pending_seeds(self) -> None:
         """A pending seed set left by the last process (it stopped or crashed before the next
-        round) is applied at this session's first round."""
+        round) is taken up; `run_async` applies it at start-up, before the first round."""
         records = self.store.pending_seeds()
         if records is not None and self._pending_seeds is None:
             self._pending_seeds = [seed_from_record(d) for d in records]

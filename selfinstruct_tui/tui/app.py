@@ -327,18 +327,20 @@ class SelfInstructApp(App[int]):
             return list(sent), True
         return seeds, pending
 
-    def _send_seeds(self, seeds: list[SeedTask], write_back: bool = False) -> None:
+    def _send_seeds(self, seeds: list[SeedTask], write_back: bool = False,
+                    done: str | None = None) -> None:
         """Send a whole new seed set (one ReplaceSeeds) and keep a copy as seeds.jsonl in the
-        run directory (and in the run's seed file when `write_back`)."""
+        run directory (and in the run's seed file when `write_back`). `done`: what the
+        notification says happened (default: "N seeds saved")."""
         atomic_write_text(self.run_dir / RUN_SEEDS_FILE, seeds_to_jsonl(seeds), mode=0o600)
         if write_back and self.seeds_file:
             write_seeds(self.seeds_file, seeds)
         running = self.engine_active
         self._seeds_sent = list(seeds)
         self._send(ReplaceSeeds(tuple(seeds)))
-        self.notify(f"{len(seeds)} seeds saved; " + (
-            "they take effect at the next round." if running else
-            "the run uses them when it resumes."))
+        self.notify(f"{done or f'{len(seeds)} seeds saved'}; " + (
+            "this takes effect at the next round." if running else
+            "applied now (no engine runs); the run uses them when it resumes."))
 
     def _promote(self, task: Task) -> None:
         """A machine task becomes a seed (with its instances) at the next round; it leaves the
@@ -351,13 +353,13 @@ class SelfInstructApp(App[int]):
             self.notify(f"Task #{task.id} is already promoted; it becomes a seed at the next "
                         "round.", severity="warning")
             return
-        sid = new_seed_id(seeds, f"promoted_{task.id}") if any(
-            s.id == f"promoted_{task.id}" for s in seeds) else f"promoted_{task.id}"
+        sid = f"promoted_{task.id}"
+        if any(s.id == sid for s in seeds):
+            sid = new_seed_id(seeds, sid)
         seed = SeedTask(sid, sid, task.instruction, list(task.instances), task.is_classification,
                         "promoted", task.id)
-        self._send_seeds([*seeds, seed])
-        self.notify(f"Task #{task.id} promoted to seed {sid}: it joins the seeds and leaves the "
-                    "machine pool at the next round.")
+        self._send_seeds([*seeds, seed], done=f"Task #{task.id} promoted to seed {sid} (it "
+                                              "leaves the machine pool)")
 
     def _demote(self, task: Task) -> None:
         """A seed promoted from the pool goes back to being its machine task at the next round."""
@@ -376,9 +378,8 @@ class SelfInstructApp(App[int]):
             self.notify("A run needs at least one seed: add another before demoting this one.",
                         severity="warning")
             return
-        self._send_seeds(rest)
-        self.notify(f"Seed {task.seed_id} demoted: machine task #{task.source_task} returns to "
-                    "the pool at the next round.")
+        self._send_seeds(rest, done=f"Seed {task.seed_id} demoted (machine task "
+                                    f"#{task.source_task} returns to the pool)")
 
     def on_task_table_inspect(self, message: TaskTable.Inspect) -> None:
         task = self.reader.task(message.task_id)
