@@ -158,6 +158,9 @@ def test_form_validation_names_the_field_and_keeps_the_text(tmp_path, isolated_e
             await pilot.press("ctrl+s")  # everything empty
             errors = str(form.query_one("#form-errors").render())
             assert "instruction is empty" in errors and "instance 1: output is empty" in errors
+            form.query_one("#f-cls", Checkbox).focus()
+            await pilot.press("e")  # the app's key does not open a manager over the form
+            assert app.screen is form
             await fill_new_seed(pilot, app)
             await pilot.press("ctrl+n")  # a second instance, left without an output
             await pilot.pause()

@@ -312,7 +312,10 @@ class SelfInstructApp(App[int]):
                                        yes="Detach", no="Stay"), answer)
 
     def action_edit_seeds(self) -> None:
-        """The seed manager on the set the next round uses (the pending set, if any)."""
+        """The seed manager on the set the next round uses (the pending set, if any); only
+        from the main screen (not on top of a dialog, e.g. its own form)."""
+        if len(self.screen_stack) > 1:
+            return
         seeds, pending = self._current_seeds()
         self.push_screen(SeedManagerScreen(seeds, pending, self._send_seeds, self.seeds_file))
 
