@@ -19,6 +19,7 @@ from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedFormScreen, SeedManagerScreen
+from selfinstruct_tui.tui.widgets.panes import StatusLine
 from selfinstruct_tui.tui.widgets.task_table import TaskTable
 from tui_helpers import (
     assert_next_rounds_use_only,
@@ -257,6 +258,8 @@ def test_promote_and_demote_in_the_inspector(tmp_path, isolated_env):
             store.close()
             await until(pilot, lambda: machine_id not in pool.rows
                         and promoted.id in pool.rows)
+            status = app.query_one(StatusLine)
+            await until(pilot, lambda: "pool 39/40" in str(status.render()))
             # the seed manager shows where it came from
             manager = await open_manager(pilot, app)
             table = manager.query_one("#seed-table", DataTable)
@@ -275,6 +278,7 @@ def test_promote_and_demote_in_the_inspector(tmp_path, isolated_env):
             assert len(active_seeds(run_dir)) == 139
             assert task_row(run_dir, seed_id).status == "removed"
             await until(pilot, lambda: machine_id in pool.rows and seed_id not in pool.rows)
+            await until(pilot, lambda: "pool 40/40" in str(status.render()))
             # demoting a seed from the file is refused, nothing changes
             await inspect_newest(pilot, app, "seed")
             await pilot.press("minus")

@@ -224,6 +224,8 @@ def seed_set_events(new: list[Task], promoted: list[Task], demoted: list[Task],
     events: list[ev.Event] = [ev.SeedsReplaced(tuple(new))]
     events += [ev.TaskDropped(t.id, accepted) for t in promoted]
     events += [ev.TaskEdited(t) for t in demoted]
+    if demoted:
+        events.append(ev.PoolRecounted(accepted))
     return events
 
 
@@ -405,6 +407,7 @@ class StoreFollower:
                 edited = store.task(task_id)
                 if edited is not None:
                     emit(ev.TaskEdited(edited))
+                    emit(ev.PoolRecounted(accepted))  # an edit, or a demoted seed back
         self.last_update = now
         for rejection in store.rejections_after(self.last.get("rejections", 0)):
             self.last["rejections"] = rejection.id

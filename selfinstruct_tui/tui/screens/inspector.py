@@ -73,10 +73,10 @@ class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
             with Horizontal(classes="buttons"):
                 yield Button("Drop (d)", variant="error", id="drop")
                 yield Button("Edit (e)", id="edit")
-                if self.task_data.is_seed:
-                    yield Button("Demote (-)", id="demote")
-                else:
+                if not self.task_data.is_seed:
                     yield Button("Promote to seed (+)", id="promote")
+                elif self.task_data.seed_origin == "promoted":
+                    yield Button("Demote to the pool (-)", id="demote")
                 yield Button("Close (esc)", id="close")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
