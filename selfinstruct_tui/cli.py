@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     seeds_sub = seeds.add_subparsers(dest="seeds_command", required=True)
     check = seeds_sub.add_parser("check", help="validate a seed file and summarise it")
     check.add_argument("path", metavar="PATH")
+    seeds_export = seeds_sub.add_parser(
+        "export", help="write a run's current seed set (pending edits included) as JSONL")
+    seeds_export.add_argument("run_dir", metavar="RUN_DIR")
+    seeds_export.add_argument("-o", "--output", metavar="FILE",
+                              help="the file to write (default, or -: stdout)")
 
     dedup = sub.add_parser("dedup", help="drop near-duplicate instructions from a dataset")
     dedup.add_argument("input", metavar="INPUT")
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # the resume command uses them
     commands = {"run": cmd_detach if getattr(args, "detach", False) else cmd_run,
                 "attach": cmd_attach, "runs": cmd_runs, "export": cmd_export,
-                "seeds": cmd_seeds_check, "dedup": cmd_dedup, "review": cmd_review}
+                "seeds": cmd_seeds, "dedup": cmd_dedup, "review": cmd_review}
     try:
         return commands[args.command](args)
     except InputFileError as exc:
@@ -188,6 +193,32 @@ def cmd_seeds_check(args: argparse.Namespace) -> int:
         out.print(f"  warning: {warning}", markup=False)
     for line in close:
         out.print(line, markup=False)
+    return 0
+
+
+def cmd_seeds(args: argparse.Namespace) -> int:
+    """`seeds check` or `seeds export`."""
+    return cmd_seeds_export(args) if args.seeds_command == "export" else cmd_seeds_check(args)
+
+
+def cmd_seeds_export(args: argparse.Namespace) -> int:
+    """Write a run's seed set (the pending one if edits wait for the next round); exit 2 for a
+    directory that is not a run or a file that cannot be written."""
+    from selfinstruct_tui.engine.exports import export_seeds
+
+    try:
+        path, count, pending = export_seeds(args.run_dir, args.output)
+    except IsADirectoryError:
+        raise UserError(f"{args.output}: is a directory; name a file with -o") from None
+    except OSError as exc:
+        raise UserError(f"{args.output}: cannot write the seeds ({exc.strerror or exc}); "
+                        "choose another -o") from None
+    which = "pending seed set (applies at the next round)" if pending else "seed set"
+    if str(path) == "-":
+        err.print(f"{count} seeds ({which}) of {args.run_dir}", markup=False)
+    else:
+        Console(highlight=False, soft_wrap=True).print(
+            f"wrote {count} seeds ({which}) to {path}", markup=False)
     return 0
 
 

@@ -134,7 +134,7 @@ class HeadlessPrinter:
                                      rate=self.rates.text(self.embedded))
         elif isinstance(event, ev.ResponseReceived):
             self.rates.answered(event.prompt_tokens, event.completion_tokens)
-        elif isinstance(event, ev.TaskDropped):
+        elif isinstance(event, (ev.TaskDropped, ev.PoolRecounted)):
             if self.progress is not None and self.task_id is not None:
                 self.progress.update(self.task_id, completed=event.accepted)
         elif isinstance(event, ev.RoundFinished):

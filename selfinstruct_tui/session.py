@@ -31,6 +31,7 @@ from selfinstruct_tui.engine.seeds import (
     load_seeds,
     seed_difference,
     seed_fingerprint,
+    seed_from_record,
 )
 from selfinstruct_tui.engine.store import RunStore, is_run_dir, seed_tasks_to_pool
 
@@ -216,6 +217,10 @@ def seeds_differ(path: Path, store: RunStore) -> str | None:
     run_tasks = [t.to_seed() for t in store.tasks(status="active", origin="seed")]
     why = seed_difference(file_tasks, run_tasks)
     if why is None or seed_fingerprint(file_tasks) == store.get_meta("seeds_original"):
+        return None
+    pending = store.pending_seeds()  # edits the run applies when it resumes
+    if pending is not None and seed_difference(
+            file_tasks, [seed_from_record(d) for d in pending]) is None:
         return None
     return (f"seeds: {path} is not this run's seed set ({why}). Leave out --seeds to resume "
             "with the run's own seeds (edit them in the TUI, key e)")

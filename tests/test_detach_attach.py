@@ -16,6 +16,7 @@ from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
+from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen
 from selfinstruct_tui.tui.widgets.task_table import TaskTable
 from test_run_e2e import count_machine, wait_for
 from tui_helpers import assert_next_rounds_use_only, run, until
@@ -84,11 +85,15 @@ def test_attached_ui_pauses_resumes_edits_seeds_and_stops(run_cli, tmp_path, iso
                     await pilot.press("p")
                     await until(pilot, lambda: count_machine(run_dir) > settled, timeout=20)
                     # Seed edit: keep 15 seeds; the engine uses them from its next round.
-                    await pilot.press("e")
+                    await pilot.press("e")  # the seed manager; r: its raw JSONL editor
+                    await until(pilot, lambda: isinstance(app.screen, SeedManagerScreen))
+                    await pilot.press("r")
                     await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
                     area = app.screen.query_one(TextArea)
                     area.text = "\n".join(area.text.splitlines()[:15])
                     await pilot.press("ctrl+s")
+                    await until(pilot, lambda: isinstance(app.screen, SeedManagerScreen))
+                    await pilot.press("escape")
                     await assert_next_rounds_use_only(pilot, run_dir, 15)
                     await pilot.press("s")
                     await until(pilot, lambda: app.state == "stopped", timeout=30)

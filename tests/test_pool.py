@@ -78,3 +78,19 @@ def test_drop_edit_and_replace_seeds_keep_the_index_in_step():
     pool.replace_seeds([task(200, "seed", text="Name three birds that never fly at all.")])
     assert pool.seed_count == 1 and not pool.query(seed_text).is_duplicate
     assert pool.machine_count == 1  # machine tasks stay
+
+
+def test_a_demoted_task_comes_back_in_round_order_and_is_sampled_like_before():
+    """Promote (drop) then restore a round-2 task: the pool samples exactly as it did before,
+    because the machine ids stay in round order."""
+    pool = pool_with(machine_rounds=(1, 2, 2, 3, 4))
+    before = [t.id for t in pool.sample_examples(random.Random(7), total=8, machine=2,
+                                                 up_to_round=2)]
+    moved = pool.drop(11)
+    assert moved is not None and 11 not in pool and pool.machine_count == 4
+    moved.status = "active"
+    assert pool.restore(moved) and not pool.restore(moved)  # a second restore is a no-op
+    assert pool.machine_count == 5 and pool.query(moved.instruction).max_score == 1.0
+    after = [t.id for t in pool.sample_examples(random.Random(7), total=8, machine=2,
+                                                up_to_round=2)]
+    assert after == before

@@ -40,3 +40,28 @@ def test_pool_cell_styles(snap_compare, tmp_path, isolated_env, theme):
         await pilot.press("down")  # the cursor on a high score: the cursor style wins
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
+
+
+# -- the seed manager and its form ----------------------------------------------------------------
+
+async def _open_seed_manager(pilot) -> None:
+    await pilot.press("e")
+    await pilot.pause()
+
+
+async def _open_seed_form(pilot) -> None:
+    await pilot.press("e")  # the seed manager
+    await pilot.pause()
+    await pilot.press("e")  # the form on the first seed
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+@pytest.mark.parametrize("theme", SHIPPED)
+@pytest.mark.parametrize("opened", [_open_seed_manager, _open_seed_form],
+                         ids=["seed_manager", "seed_form"])
+def test_seed_screens(snap_compare, tmp_path, isolated_env, opened, theme, size):
+    """The seed manager (key e) and its form on the first seed."""
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", theme=theme, refresh=0.1)
+    assert snap_compare(app, terminal_size=size, run_before=opened)

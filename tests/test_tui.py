@@ -12,6 +12,7 @@ from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
+from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen
 from selfinstruct_tui.tui.widgets.panes import StatusLine
 from selfinstruct_tui.tui.widgets.task_table import TaskTable
 from tui_helpers import (
@@ -63,7 +64,9 @@ def test_seed_edit_takes_effect_and_invalid_edit_keeps_text(tmp_path, isolated_e
             engine = make_engine(tmp_path / "run", server.base_url, target=300)
             app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
-                await pilot.press("e")
+                await pilot.press("e")  # the seed manager; r: its raw JSONL editor
+                await until(pilot, lambda: isinstance(app.screen, SeedManagerScreen))
+                await pilot.press("r")
                 await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
                 area = app.screen.query_one(TextArea)
                 lines = area.text.splitlines()
@@ -85,7 +88,8 @@ def test_seed_edit_takes_effect_and_invalid_edit_keeps_text(tmp_path, isolated_e
                              "is_classification": False})
                 area.text = "\n".join(json.dumps(k) for k in kept)
                 await pilot.press("ctrl+s")
-                await until(pilot, lambda: not isinstance(app.screen, SeedEditorScreen))
+                await until(pilot, lambda: isinstance(app.screen, SeedManagerScreen))
+                await pilot.press("escape")
                 seeds = await assert_next_rounds_use_only(pilot, tmp_path / "run", 21)
                 assert "Explain the rules of chess castling to a beginner." in seeds
                 # The pool pane shows exactly the new seed set, and every row it lists exists.

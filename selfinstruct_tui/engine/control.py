@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.errors import UserError
-from selfinstruct_tui.engine.seeds import Instance, SeedTask
+from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, seed_to_record
 from selfinstruct_tui.engine.store import (
     REVIEW_QUESTIONS,
     PromptRecord,
@@ -40,6 +40,7 @@ from selfinstruct_tui.engine.store import (
     is_run_dir,
     seed_tasks_to_pool,
 )
+from selfinstruct_tui.engine.task import Task
 
 DETACH_EXIT = 75  # the TUI's return value when the user hands the run to a background process
 HISTORY_REJECTIONS = 500  # rejection lines a screen keeps (history and live alike)
@@ -201,7 +202,7 @@ def encode(command: Command) -> tuple[str, dict[str, Any]]:
         return encode_review(command)
     name = _NAMES[type(command)]
     if isinstance(command, ReplaceSeeds):
-        return name, {"seeds": [s.to_json() for s in command.seeds]}
+        return name, {"seeds": [seed_to_record(s) for s in command.seeds]}
     if isinstance(command, DropTask):
         return name, {"task_id": command.task_id}
     if isinstance(command, EditTask):
@@ -223,11 +224,7 @@ def decode(name: str, args: dict[str, Any]) -> Command:
         return Stop(str(args.get("reason") or "stopped"), str(args.get("message") or ""),
                     bool(args.get("now")))
     if name == "replace_seeds":
-        return ReplaceSeeds(tuple(
-            SeedTask(d["id"], d.get("name") or d["id"], d["instruction"],
-                     [Instance(i["input"], i["output"]) for i in d["instances"]],
-                     bool(d.get("is_classification")))
-            for d in args["seeds"]))
+        return ReplaceSeeds(tuple(seed_from_record(d) for d in args["seeds"]))
     if name == "drop_task":
         return DropTask(int(args["task_id"]))
     if name == "edit_task":
@@ -254,6 +251,8 @@ class RemoteControl:
     def send(self, command: Command) -> None:
         store = RunStore(self.run_dir)
         try:
+            if isinstance(command, ReplaceSeeds):  # visible to every UI before the engine polls
+                store.set_pending_seeds(encode(command)[1]["seeds"])
             store.add_command(*encode(command))
         finally:
             store.close()
@@ -274,8 +273,9 @@ class OfflineControl:
         try:
             if isinstance(command, ReplaceSeeds):
                 new = seed_tasks_to_pool(list(command.seeds), store.max_used_id() + 1)
-                store.replace_seeds(new)
-                self.emit(ev.SeedsReplaced(tuple(new)))
+                for event in seed_set_events(new, *store.apply_seed_set(new),
+                                             store.count_tasks("machine")):
+                    self.emit(event)
             elif isinstance(command, DropTask):
                 dropped = store.drop_task(command.task_id)
                 if dropped is not None:
@@ -287,11 +287,34 @@ class OfflineControl:
                 if task is not None:
                     self.emit(ev.TaskEdited(task))
             elif isinstance(command, (SetReviewSample, ReviewAnswer, ReviewSkip)):
-                event = apply_review(store, command)
-                if event is not None:
-                    self.emit(event)
+                review = apply_review(store, command)
+                if review is not None:
+                    self.emit(review)
         finally:
             store.close()
+
+
+# -- the seed set -----------------------------------------------------------------------------
+
+def current_seeds(store: RunStore) -> tuple[list[SeedTask], bool]:
+    """(seeds, pending): the seed set the next round uses — the pending set recorded by a
+    ReplaceSeeds not applied yet, if any (pending True), else the run's active seeds."""
+    pending = store.pending_seeds()
+    if pending is not None:
+        return [seed_from_record(d) for d in pending], True
+    return [t.to_seed() for t in store.tasks(status="active", origin="seed")], False
+
+
+def seed_set_events(new: list[Task], promoted: list[Task], demoted: list[Task],
+                    accepted: int) -> list[ev.Event]:
+    """What applying a seed set (`RunStore.apply_seed_set`) shows: the new seeds, promoted
+    machine tasks leaving the pool, demoted ones back in it (`accepted`: machine tasks now)."""
+    events: list[ev.Event] = [ev.SeedsReplaced(tuple(new))]
+    events += [ev.TaskDropped(t.id, accepted) for t in promoted]
+    events += [ev.TaskEdited(t) for t in demoted]
+    if demoted:
+        events.append(ev.PoolRecounted(accepted))
+    return events
 
 
 # -- ownership and state ------------------------------------------------------------------------
@@ -468,12 +491,13 @@ class StoreFollower:
                 continue
             self.seen_changes.add(change)
             task_id, status, _ = change
-            if status == "dropped":
+            if status in ("dropped", "promoted"):
                 emit(ev.TaskDropped(task_id, accepted))
             elif status == "active":
                 edited = store.task(task_id)
                 if edited is not None:
                     emit(ev.TaskEdited(edited))
+                    emit(ev.PoolRecounted(accepted))  # an edit, or a demoted seed back
         self.last_update = now
         for rejection in store.rejections_after(self.last.get("rejections", 0)):
             self.last["rejections"] = rejection.id

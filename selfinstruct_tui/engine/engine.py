@@ -57,6 +57,7 @@ from selfinstruct_tui.engine.control import (
     Stop,
     apply_review,
     decode,
+    seed_set_events,
 )
 from selfinstruct_tui.engine.events import FinishReason
 from selfinstruct_tui.engine.filters import (
@@ -72,7 +73,7 @@ from selfinstruct_tui.engine.parsing import ListItem, ParsedList, parse_classifi
 from selfinstruct_tui.engine.pool import Pool
 from selfinstruct_tui.engine.prompts import PromptStyle, Request, style_for
 from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
-from selfinstruct_tui.engine.seeds import Instance, SeedTask
+from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, seed_to_record
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import (
     OPEN_REASONS,
@@ -197,7 +198,7 @@ class Engine:
             else:
                 self._do_stop(FinishReason(command.reason), command.message)
         elif isinstance(command, ReplaceSeeds):
-            self._pending_seeds = list(command.seeds)  # applied when the next round is created
+            self._receive_seeds(command)
         elif isinstance(command, DropTask):
             self._do_drop_task(command.task_id)
         elif isinstance(command, EditTask):
@@ -290,6 +291,21 @@ class Engine:
         for r in self.store.rounds():
             prompts, accepted = prompts + r.prompts, accepted + r.accepted
             self._totals[r.round] = (prompts, accepted)
+        self._load_pending_seeds()
+
+    # -- the seed set ----------------------------------------------------------------------------
+    def _receive_seeds(self, command: ReplaceSeeds) -> None:
+        """A new seed set: recorded as the store's pending seeds at once (a crash keeps it, and
+        every UI edits it from there), applied when the next round is created."""
+        self._pending_seeds = list(command.seeds)
+        self.store.set_pending_seeds([seed_to_record(s) for s in command.seeds])
+
+    def _load_pending_seeds(self) -> None:
+        """A pending seed set left by the last process (it stopped or crashed before the next
+        round) is taken up; `run_async` applies it at start-up, before the first round."""
+        records = self.store.pending_seeds()
+        if records is not None and self._pending_seeds is None:
+            self._pending_seeds = [seed_from_record(d) for d in records]
 
     def _apply_pending_seeds(self) -> None:
         seeds, self._pending_seeds = self._pending_seeds, None
@@ -297,9 +313,16 @@ class Engine:
             return
         new = seed_tasks_to_pool(seeds, self._next_id)
         self._next_id += len(new)
-        self.store.replace_seeds(new)
+        promoted, demoted = self.store.apply_seed_set(new, [seed_to_record(s) for s in seeds])
         self.pool.replace_seeds(new)
-        self.bus.emit(ev.SeedsReplaced(tuple(new)))
+        for task in promoted:
+            if self.pool.drop(task.id) is not None:
+                self._committed -= 1
+        for task in demoted:
+            if self.pool.restore(task):
+                self._committed += 1
+        for event in seed_set_events(new, promoted, demoted, self._committed):
+            self.bus.emit(event)
 
     def _client_settings(self) -> ClientSettings:
         c = self.config
@@ -343,6 +366,7 @@ class Engine:
                     f"round(s) {', '.join(map(str, interrupted))} were interrupted by the end of "
                     "the last process; their open candidates are taken up again"))
             self._drain_commands()
+            self._apply_pending_seeds()  # a set the last process recorded and did not apply
             over = self.guard.over_budget()
             if over:
                 self._do_stop(FinishReason.LIMIT, over)

@@ -226,6 +226,14 @@ class ReviewUpdated(Event):
     reviews: tuple[ReviewRecord, ...]
 
 
+@dataclass(frozen=True)
+class PoolRecounted(Event):
+    """The machine pool holds `accepted` tasks after a change that is neither an acceptance nor
+    a drop (a demoted seed came back as a machine task)."""
+
+    accepted: int
+
+
 class FinishReason(str, enum.Enum):
     """Why a run ended, with its one mapping to an exit code and a run state."""
 

@@ -159,3 +159,34 @@ def check_reviewed_only(run_dir: str | Path, fmt: str, reviews: dict[int, Review
     if not reviews:
         raise UserError(f"{run_dir}: no quality review yet, so no task has passed one; review a "
                         "sample first (key r in the TUI), or leave out --reviewed-only")
+
+
+# -- the seed set ---------------------------------------------------------------------------------
+
+def export_seeds(run_dir: str | Path, output: str | Path | None,
+                 stdout: IO[str] | None = None) -> tuple[Path, int, bool]:
+    """Write the run's current seed set (the pending set if one waits for the next round, else
+    the active seeds) as self-instruct JSONL, the format `load_seeds` reads: to `output`
+    atomically (temp file + rename), or to `stdout` when `output` is "-" or None. Returns (path,
+    seeds written, whether the pending set was written). UserError for a directory that is not a
+    run or a target that must not be written."""
+    from selfinstruct_tui.engine.control import current_seeds
+    from selfinstruct_tui.engine.seeds import seeds_to_jsonl
+    from selfinstruct_tui.engine.store import is_run_dir
+
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir}: not a run directory (no run.sqlite in it)")
+    store = RunStore(run_dir, readonly=True)
+    try:
+        seeds, pending = current_seeds(store)
+    finally:
+        store.close()
+    text = seeds_to_jsonl(seeds)
+    if output is None or str(output) == "-":
+        (stdout or sys.stdout).write(text)
+        return Path("-"), len(seeds), pending
+    path = Path(output)
+    check_target(run_dir, path)
+    with atomic_writer(path) as fh:
+        fh.write(text)
+    return path, len(seeds), pending

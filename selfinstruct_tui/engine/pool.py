@@ -151,6 +151,20 @@ class Pool:
         self._texts[task_id] = task.instruction
         return task
 
+    def restore(self, task: Task) -> bool:
+        """A machine task comes back (demoted from the seeds), in round order among the machine
+        tasks so that `sample_examples` stays reproducible; False if it is already in the pool."""
+        if task.id in self._tasks or task.origin != Origin.MACHINE:
+            return False
+        self._tasks[task.id] = task
+        self._texts[task.id] = task.instruction
+        if task.id not in self.index:
+            self.index.add(task.id, task.instruction)
+        at = bisect.bisect_right(self._machine_rounds, task.round)
+        self._machine_ids.insert(at, task.id)
+        self._machine_rounds.insert(at, task.round)
+        return True
+
     def replace_seeds(self, new: list[Task]) -> None:
         """The seed set becomes `new` (tasks with fresh ids); machine tasks stay."""
         for tid in self._seed_ids:

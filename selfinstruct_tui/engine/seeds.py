@@ -32,13 +32,23 @@ class Instance:
     output: str
 
 
+SEED_ORIGINS = ("file", "added", "promoted")
+
+
 @dataclass
 class SeedTask:
+    """One seed task. `origin`: where it came from, one of SEED_ORIGINS ("file": a seed file or
+    the raw JSONL editor, "added": the seed manager, "promoted": a machine task moved to the
+    seeds); `source_task`: the machine task id of a promoted seed. Neither is part of the seed
+    file format (`to_json`) nor of the content fingerprint."""
+
     id: str
     name: str
     instruction: str
     instances: list[Instance]
     is_classification: bool = False
+    origin: str = "file"
+    source_task: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -264,6 +274,35 @@ def _around(text: str, at: int, width: int = 30) -> str:
 def _short(text: str, n: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def seed_to_record(task: SeedTask) -> dict[str, Any]:
+    """The seed-file fields plus `origin` and `source_task`: how a seed set travels in commands
+    and in the store's pending-seeds meta."""
+    return {**task.to_json(), "origin": task.origin, "source_task": task.source_task}
+
+
+def seed_from_record(d: dict[str, Any]) -> SeedTask:
+    """The inverse of `seed_to_record` (a record without origin reads as "file"); KeyError for a
+    record without id, instruction or instances."""
+    source = d.get("source_task")
+    return SeedTask(str(d["id"]), d.get("name") or str(d["id"]), d["instruction"],
+                    [Instance(i.get("input", ""), i.get("output", "")) for i in d["instances"]],
+                    bool(d.get("is_classification")), str(d.get("origin") or "file"),
+                    int(source) if source is not None else None)
+
+
+def carry_origins(new: list[SeedTask], old: list[SeedTask]) -> list[SeedTask]:
+    """`new` (e.g. parsed from the raw JSONL editor, where origins are not written) with the
+    origin of the `old` seed of the same id; seeds with a new id are "added"."""
+    by_id = {t.id: t for t in old}
+    out = []
+    for task in new:
+        before = by_id.get(task.id)
+        origin, source = (before.origin, before.source_task) if before else ("added", None)
+        out.append(SeedTask(task.id, task.name, task.instruction, list(task.instances),
+                            task.is_classification, origin, source))
+    return out
 
 
 def seeds_to_jsonl(tasks: list[SeedTask]) -> str:

@@ -156,7 +156,12 @@ MIGRATIONS = (
     ("prompts", "structured", "INTEGER NOT NULL DEFAULT 0"),
     ("rejections", "max_score", "REAL"),
     ("rounds", "pool_after", "INTEGER"),
+    # Seed origin: "file", "added" or "promoted" (NULL: a run made before it, read as "file"),
+    # and the machine task a promoted seed came from.
+    ("tasks", "seed_origin", "TEXT"),
+    ("tasks", "source_task", "INTEGER"),
 )
+PENDING_SEEDS = "pending_seeds"  # meta: the seed set the next round uses (seed_to_record each)
 
 
 @dataclass
@@ -514,11 +519,12 @@ class RunStore:
     def _insert_task(self, task: Task) -> None:
         self.db.execute(
             "INSERT INTO tasks(id, origin, seed_id, name, instruction, is_classification, "
-            "instances, round, prompt_id, max_score, most_similar, status, created) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "instances, round, prompt_id, max_score, most_similar, status, created, "
+            "seed_origin, source_task) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (task.id, task.origin, task.seed_id, task.name, task.instruction,
              int(task.is_classification), task.instances_json(), task.round, task.prompt_id,
-             task.max_score, task.most_similar_json(), task.status, task.created or time.time()),
+             task.max_score, task.most_similar_json(), task.status, task.created or time.time(),
+             task.seed_origin, task.source_task),
         )
 
     def replace_seeds(self, new: list[Task]) -> None:
@@ -528,6 +534,65 @@ class RunStore:
                             "WHERE origin = 'seed' AND status = 'active'", (time.time(),))
             for task in new:
                 self._insert_task(task)
+
+    # -- the seed set: pending, applied, promoted and demoted -------------------------------------
+    def pending_seeds(self) -> list[dict[str, Any]] | None:
+        """The seed set waiting for the next round (`seed_to_record` dicts), or None."""
+        return self.get_meta(PENDING_SEEDS)
+
+    def set_pending_seeds(self, records: list[dict[str, Any]]) -> None:
+        """Record the seed set the next round uses (committed at once: a crash keeps it)."""
+        self.set_meta(PENDING_SEEDS, records)
+
+    def apply_seed_set(self, new: list[Task], applied: list[dict[str, Any]] | None = None
+                       ) -> tuple[list[Task], list[Task]]:
+        """Make `new` (seed tasks with fresh ids) the seed set, in one transaction: the active
+        seeds are marked removed and `new` inserted; an active machine task named by a new
+        seed's `source_task` leaves the pool (status "promoted"); a promoted machine task that
+        no new seed names comes back as an active machine task, with the content its seed had
+        (demoted). The pending-seeds meta is cleared when it still holds `applied` (the records
+        `new` was made from; a newer pending set stays). Returns (promoted, demoted) tasks as
+        they are now."""
+        now = time.time()
+        wanted = {t.source_task for t in new if t.source_task is not None}
+        promoted: list[Task] = []
+        demoted: list[Task] = []
+        with self.db:
+            old_seeds = {t.source_task: t for t in map(_task, self.db.execute(
+                "SELECT * FROM tasks WHERE origin = 'seed' AND status = 'active' AND "
+                "source_task IS NOT NULL"))}
+            self.db.execute("UPDATE tasks SET status = 'removed', updated = ? "
+                            "WHERE origin = 'seed' AND status = 'active'", (now,))
+            for task in new:
+                self._insert_task(task)
+            for row in self.db.execute(
+                    "SELECT * FROM tasks WHERE origin = 'machine' AND status IN "
+                    "('active', 'promoted') AND id IN (SELECT source_task FROM tasks WHERE "
+                    "source_task IS NOT NULL) ORDER BY id").fetchall():
+                task = _task(row)
+                if task.status == "active" and task.id in wanted:
+                    task.status = "promoted"
+                    self.db.execute("UPDATE tasks SET status = 'promoted', updated = ? "
+                                    "WHERE id = ?", (now, task.id))
+                    promoted.append(task)
+                elif task.status == "promoted" and task.id not in wanted:
+                    seed = old_seeds.get(task.id)
+                    if seed is not None:  # the seed's content, as the user last edited it
+                        task.instruction = seed.instruction
+                        task.instances = list(seed.instances)
+                        task.is_classification = seed.is_classification
+                    task.status = "active"
+                    self.db.execute(
+                        "UPDATE tasks SET status = 'active', instruction = ?, "
+                        "is_classification = ?, instances = ?, updated = ? WHERE id = ?",
+                        (task.instruction, int(task.is_classification), task.instances_json(),
+                         now, task.id))
+                    demoted.append(task)
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?",
+                                  (PENDING_SEEDS,)).fetchone()
+            if row is not None and (applied is None or json.loads(row[0]) == applied):
+                self.db.execute("DELETE FROM meta WHERE key = ?", (PENDING_SEEDS,))
+        return promoted, demoted
 
     def update_task(self, task: Task) -> None:
         with self.db:
@@ -911,6 +976,7 @@ def _task(row: sqlite3.Row) -> Task:
         prompt_id=row["prompt_id"], max_score=row["max_score"],
         most_similar=similar_from_json(row["most_similar"]), status=row["status"],
         seed_id=row["seed_id"], name=row["name"], created=row["created"],
+        seed_origin=_get(row, "seed_origin", None), source_task=_get(row, "source_task", None),
     )
 
 
@@ -960,6 +1026,7 @@ def seed_tasks_to_pool(seeds: list[SeedTask], first_id: int) -> list[Task]:
     return [
         Task(id=first_id + i, origin="seed", instruction=s.instruction,
              is_classification=s.is_classification, instances=list(s.instances), round=0,
-             seed_id=s.id, name=s.name, created=now)
+             seed_id=s.id, name=s.name, created=now, seed_origin=s.origin,
+             source_task=s.source_task)
         for i, s in enumerate(seeds)
     ]

@@ -20,6 +20,7 @@ class TaskStatus(str, enum.Enum):
     ACTIVE = "active"
     DROPPED = "dropped"  # by the user, in the inspector
     REMOVED = "removed"  # a seed replaced by an edit of the seed set
+    PROMOTED = "promoted"  # a machine task that became a seed (its seed row has source_task)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Task:
     seed_id: str | None = None
     name: str | None = None
     created: float = 0.0
+    seed_origin: str | None = None  # seeds: a SEED_ORIGINS value (None: a run made before it)
+    source_task: int | None = None  # promoted seeds: the machine task id
 
     @property
     def is_seed(self) -> bool:
@@ -58,7 +61,7 @@ class Task:
     def to_seed(self) -> SeedTask:
         sid = self.seed_id or f"task_{self.id}"
         return SeedTask(sid, self.name or sid, self.instruction, list(self.instances),
-                        self.is_classification)
+                        self.is_classification, self.seed_origin or "file", self.source_task)
 
 
 def instances_from_json(text: str) -> list[Instance]:

@@ -39,20 +39,22 @@ from selfinstruct_tui.engine.control import (
     RunState,
     Stop,
     StoreFollower,
+    current_seeds,
     read_snapshot,
 )
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
-from selfinstruct_tui.engine.seeds import seeds_to_jsonl, write_seeds
+from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jsonl, write_seeds
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.engine.task import Task
 from selfinstruct_tui.tui.keys import RunCommands, bindings
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.review import ReviewScreen
-from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
+from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen, new_seed_id
 from selfinstruct_tui.tui.themes import DEFAULT_THEME, load_themes
 from selfinstruct_tui.tui.view import RunView
 from selfinstruct_tui.tui.widgets.panes import (
@@ -113,6 +115,7 @@ class SelfInstructApp(App[int]):
         self.engine_thread: threading.Thread | None = None
         self._last_error_note = 0.0
         self._theme_ready = False
+        self._seeds_sent: list[SeedTask] | None = None  # the seed set this app sent last
         if engine is not None:
             engine.bus.subscribe(self.events.put)
         # The history loads while Textual starts (SQLite reads without the GIL): on_mount joins.
@@ -336,22 +339,77 @@ class SelfInstructApp(App[int]):
                                        yes="Detach", no="Stay"), answer)
 
     def action_edit_seeds(self) -> None:
-        seeds = [t.to_seed() for t in self.reader.tasks(status="active", origin="seed")]
+        """The seed manager on the set the next round uses (the pending set, if any); only
+        from the main screen (not on top of a dialog, e.g. its own form)."""
+        if len(self.screen_stack) > 1:
+            return
+        seeds, pending = self._current_seeds()
+        self.push_screen(SeedManagerScreen(seeds, pending, self._send_seeds, self.seeds_file))
 
-        def saved(result: SeedEdit | None) -> None:
-            if result is None:
-                return
-            atomic_write_text(self.run_dir / RUN_SEEDS_FILE, seeds_to_jsonl(result.seeds),
-                              mode=0o600)
-            if result.write_back and self.seeds_file:
-                write_seeds(self.seeds_file, result.seeds)
-            running = self.engine_active
-            self._send(ReplaceSeeds(tuple(result.seeds)))
-            self.notify(f"{len(result.seeds)} seeds saved; " + (
-                "they take effect at the next round." if running else
-                "the run uses them when it resumes."))
+    def _current_seeds(self) -> tuple[list[SeedTask], bool]:
+        """(seeds, pending): the set the next round uses, as `current_seeds` reads it from the
+        store; but the in-process engine records a set on its own thread, a moment after
+        `send`, so until the store shows the set this app sent last, that set is the one."""
+        seeds, pending = current_seeds(self.reader)
+        sent = self._seeds_sent
+        if self.engine is not None and sent is not None and self.engine_active and (
+                [seed_to_record(s) for s in seeds] != [seed_to_record(s) for s in sent]):
+            return list(sent), True
+        return seeds, pending
 
-        self.push_screen(SeedEditorScreen(seeds_to_jsonl(seeds), self.seeds_file), saved)
+    def _send_seeds(self, seeds: list[SeedTask], write_back: bool = False,
+                    done: str | None = None) -> None:
+        """Send a whole new seed set (one ReplaceSeeds) and keep a copy as seeds.jsonl in the
+        run directory (and in the run's seed file when `write_back`). `done`: what the
+        notification says happened (default: "N seeds saved")."""
+        atomic_write_text(self.run_dir / RUN_SEEDS_FILE, seeds_to_jsonl(seeds), mode=0o600)
+        if write_back and self.seeds_file:
+            write_seeds(self.seeds_file, seeds)
+        running = self.engine_active
+        self._seeds_sent = list(seeds)
+        self._send(ReplaceSeeds(tuple(seeds)))
+        self.notify(f"{done or f'{len(seeds)} seeds saved'}; " + (
+            "this takes effect at the next round." if running else
+            "applied now (no engine runs); the run uses them when it resumes."))
+
+    def _promote(self, task: Task) -> None:
+        """A machine task becomes a seed (with its instances) at the next round; it leaves the
+        machine pool then."""
+        if task.is_seed:
+            self.notify(f"Task #{task.id} is already a seed.", severity="warning")
+            return
+        seeds, _ = self._current_seeds()
+        if any(s.source_task == task.id for s in seeds):
+            self.notify(f"Task #{task.id} is already promoted; it becomes a seed at the next "
+                        "round.", severity="warning")
+            return
+        sid = f"promoted_{task.id}"
+        if any(s.id == sid for s in seeds):
+            sid = new_seed_id(seeds, sid)
+        seed = SeedTask(sid, sid, task.instruction, list(task.instances), task.is_classification,
+                        "promoted", task.id)
+        self._send_seeds([*seeds, seed], done=f"Task #{task.id} promoted to seed {sid} (it "
+                                              "leaves the machine pool)")
+
+    def _demote(self, task: Task) -> None:
+        """A seed promoted from the pool goes back to being its machine task at the next round."""
+        if not task.is_seed or task.seed_origin != "promoted" or task.source_task is None:
+            self.notify(f"Task #{task.id} did not come from the pool: only promoted seeds can be "
+                        "demoted (delete other seeds in the seed manager, key e).",
+                        severity="warning")
+            return
+        seeds, _ = self._current_seeds()
+        rest = [s for s in seeds if s.source_task != task.source_task]
+        if len(rest) == len(seeds):
+            self.notify(f"Seed {task.seed_id} is already demoted; machine task "
+                        f"#{task.source_task} returns at the next round.", severity="warning")
+            return
+        if not rest:
+            self.notify("A run needs at least one seed: add another before demoting this one.",
+                        severity="warning")
+            return
+        self._send_seeds(rest, done=f"Seed {task.seed_id} demoted (machine task "
+                                    f"#{task.source_task} returns to the pool)")
 
     def on_task_table_inspect(self, message: TaskTable.Inspect) -> None:
         task = self.reader.task(message.task_id)
@@ -370,6 +428,10 @@ class SelfInstructApp(App[int]):
                 self._send(EditTask(task.id, data["instruction"], tuple(data["instances"]),
                                     data["is_classification"]))
                 self.notify(f"Task #{task.id} saved.")
+            elif action == "promote":
+                self._promote(task)
+            elif action == "demote":
+                self._demote(task)
 
         self.push_screen(InspectorScreen(task, prompt.prompt if prompt else None,
                                          prompt.response if prompt else None), done)

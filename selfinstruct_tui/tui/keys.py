@@ -22,7 +22,7 @@ class Key:
 
 KEYS = (
     Key("p", "p", "toggle_pause", "Pause/Resume", "Pause / resume the run"),
-    Key("e", "e", "edit_seeds", "Edit seeds", "Edit seeds"),
+    Key("e", "e", "edit_seeds", "Edit seeds", "Seed manager: add, edit, duplicate, delete seeds"),
     Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)"),
     Key("x", "x", "export", "Export", "Export tasks"),
     Key("r", "r", "review", "Review", "Quality review: rate a random sample of machine tasks"),

@@ -343,6 +343,10 @@ class RunView:
         self.rows_added.append(row)
         self.dirty.add("pool")
 
+    def _on_PoolRecounted(self, e: ev.PoolRecounted) -> None:
+        self.status.accepted = e.accepted
+        self.dirty.add("status")
+
     def _on_SeedsReplaced(self, e: ev.SeedsReplaced) -> None:
         for tid in [i for i, r in self.rows.items() if r.origin == "seed"]:
             del self.rows[tid]

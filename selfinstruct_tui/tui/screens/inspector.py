@@ -19,7 +19,11 @@ from selfinstruct_tui.engine.task import Task
 def task_details(task: Task, prompt: str | None, response: str | None) -> Text:
     t = Text()
     t.append(f"Task #{task.id}", style="bold")
-    t.append(f"  {task.origin}, round {task.round}, "
+    origin = task.origin
+    if task.is_seed:
+        origin = f"seed {task.seed_id} ({task.seed_origin or 'file'}" + (
+            f" from machine task #{task.source_task})" if task.source_task else ")")
+    t.append(f"  {origin}, round {task.round}, "
              f"{'classification' if task.is_classification else 'not classification'}, "
              f"max ROUGE-L {task.max_score:.3f}\n\n")
     t.append("Instruction\n", style="bold underline")
@@ -45,12 +49,15 @@ def task_details(task: Task, prompt: str | None, response: str | None) -> Text:
 
 
 class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
-    """Returns ("drop", {}) or ("edit", {...}) or None."""
+    """Returns ("drop", {}), ("edit", {...}), ("promote", {}) (+: a machine task becomes a
+    seed), ("demote", {}) (-: a promoted seed goes back to the pool) or None."""
 
     BINDINGS = [
         Binding("escape", "close", "Close"),
         Binding("d", "drop", "Drop task"),
         Binding("e", "edit", "Edit task"),
+        Binding("plus", "promote", "Promote to seed"),
+        Binding("minus", "demote", "Demote seed"),
     ]
 
     def __init__(self, task: Task, prompt: str | None, response: str | None) -> None:
@@ -66,17 +73,27 @@ class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
             with Horizontal(classes="buttons"):
                 yield Button("Drop (d)", variant="error", id="drop")
                 yield Button("Edit (e)", id="edit")
+                if not self.task_data.is_seed:
+                    yield Button("Promote to seed (+)", id="promote")
+                elif self.task_data.seed_origin == "promoted":
+                    yield Button("Demote to the pool (-)", id="demote")
                 yield Button("Close (esc)", id="close")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        {"drop": self.action_drop, "edit": self.action_edit,
-         "close": self.action_close}[str(event.button.id)]()
+        {"drop": self.action_drop, "edit": self.action_edit, "close": self.action_close,
+         "promote": self.action_promote, "demote": self.action_demote}[str(event.button.id)]()
 
     def action_close(self) -> None:
         self.dismiss(None)
 
     def action_drop(self) -> None:
         self.dismiss(("drop", {}))
+
+    def action_promote(self) -> None:
+        self.dismiss(("promote", {}))
+
+    def action_demote(self) -> None:
+        self.dismiss(("demote", {}))
 
     def action_edit(self) -> None:
         def done(result: dict | None) -> None:

@@ -1,0 +1,382 @@
+"""The seed manager (key e): the run's seed set as a table, filtered by text, with a form to add,
+edit and duplicate a seed, delete with a confirmation, and the raw JSONL editor for bulk edits.
+
+The manager never writes the store: every finished change hands the whole new seed set to
+`on_change` (the app sends it as one `ReplaceSeeds`; it applies at the next round). The manager
+keeps its own copy of the set, so several changes in a row build on each other even before the
+engine has recorded them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, DataTable, Input, Label, Static, TextArea
+
+from selfinstruct_tui.engine.placeholders import normalize_input
+from selfinstruct_tui.engine.seeds import Instance, SeedTask, carry_origins, seeds_to_jsonl
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
+
+INSTRUCTION_CELL = 64  # at most this many characters of the instruction in the table
+COLUMNS = (("id", 12), ("cls", 3), ("inst", 4), ("input", 5), ("origin", 14))  # besides it
+MANAGER_KEYS = ("a add · e/enter edit · c duplicate · d delete · r raw JSONL ($EDITOR: ctrl+o "
+                "there) · / filter · esc close")
+FORM_KEYS = ("ctrl+s save · ctrl+n add instance · ctrl+r remove the focused instance · "
+             "ctrl+t classification · tab next field · esc cancel")
+
+
+def seed_matches(seed: SeedTask, needle: str) -> bool:
+    """Whether the lower-case `needle` occurs in the seed's id, name, instruction or instances."""
+    if not needle:
+        return True
+    hay = [seed.id, seed.name, seed.instruction]
+    hay += [part for inst in seed.instances for part in (inst.input, inst.output)]
+    return any(needle in text.lower() for text in hay)
+
+
+def origin_label(seed: SeedTask) -> str:
+    """The origin column: "file", "added", or "promoted #ID" (the machine task it came from)."""
+    if seed.origin == "promoted" and seed.source_task is not None:
+        return f"promoted #{seed.source_task}"
+    return seed.origin
+
+
+def new_seed_id(seeds: list[SeedTask], prefix: str = "added") -> str:
+    """An id no seed of `seeds` has: PREFIX_N with the smallest free N from 1."""
+    taken = {s.id for s in seeds}
+    n = 1
+    while f"{prefix}_{n}" in taken:
+        n += 1
+    return f"{prefix}_{n}"
+
+
+class SeedManagerScreen(ModalScreen[None]):
+    """The run's seeds. `on_change(seeds, write_back)` receives the whole new set after each
+    change (`write_back`: the raw editor's "also write back to the seed file" box)."""
+
+    BINDINGS = [
+        Binding("a", "add", "Add"),
+        Binding("e", "edit", "Edit"),
+        Binding("c", "duplicate", "Duplicate"),
+        Binding("d", "delete", "Delete"),
+        Binding("r", "raw", "Raw JSONL"),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "close", "Close"),
+    ]
+
+    def __init__(self, seeds: list[SeedTask], pending: bool,
+                 on_change: Callable[[list[SeedTask], bool], None],
+                 seeds_file: str | None = None) -> None:
+        super().__init__()
+        self.seeds = list(seeds)
+        self.pending = pending
+        self.on_change = on_change
+        self.seeds_file = seeds_file
+        self.needle = ""
+        self.shown: list[int] = []  # indexes into self.seeds, in table order
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide", id="seed-manager"):
+            yield Label("", id="seeds-title", classes="question")
+            yield Input(placeholder="filter seeds by text (enter: back to the table)",
+                        id="seed-filter")
+            table: DataTable = DataTable(id="seed-table", cursor_type="row", zebra_stripes=True)
+            yield table
+            yield Static(MANAGER_KEYS, id="seed-keys")
+
+    def on_mount(self) -> None:
+        self.refresh_table()
+        self.query_one("#seed-table", DataTable).focus()
+
+    def on_resize(self) -> None:
+        self.refresh_table(self.current)
+
+    def instruction_width(self) -> int:
+        """Characters of the instruction column: what the dialog leaves after the other columns
+        (the dialog is 110 columns or 95% of the terminal, less its border and padding)."""
+        dialog = min(110, self.app.size.width * 95 // 100) - 6
+        others = sum(w for _, w in COLUMNS) + 2 * (len(COLUMNS) + 1) + 2
+        return max(16, min(INSTRUCTION_CELL, dialog - others))
+
+    # -- showing ------------------------------------------------------------------------------
+    def refresh_table(self, keep: int | None = None) -> None:
+        """Rebuild the rows from `self.seeds` and the filter; the cursor goes to seed index
+        `keep` when it is shown."""
+        table = self.query_one("#seed-table", DataTable)
+        width = self.instruction_width()
+        table.clear(columns=True)
+        table.add_column("id", key="id", width=COLUMNS[0][1])
+        table.add_column("instruction", key="instruction", width=width)
+        for label, w in COLUMNS[1:]:
+            table.add_column(label, key=label, width=w)
+        self.shown = [i for i, s in enumerate(self.seeds) if seed_matches(s, self.needle)]
+        for i in self.shown:
+            s = self.seeds[i]
+            text = " ".join(s.instruction.split())
+            if len(text) > width:
+                text = text[: width - 1] + "…"
+            with_input = any(inst.input.strip() for inst in s.instances)
+            table.add_row(s.id, text, "yes" if s.is_classification else "no",
+                          str(len(s.instances)), "yes" if with_input else "no", origin_label(s),
+                          key=str(i))
+        if keep is not None and keep in self.shown:
+            table.move_cursor(row=self.shown.index(keep))
+        state = ("pending: applies at the next round" if self.pending else
+                 "the run's active seeds")
+        shown = (f", {len(self.shown)} shown (filter {self.needle!r})" if self.needle else "")
+        self.query_one("#seeds-title", Label).update(
+            f"Seeds: {len(self.seeds)} ({state}){shown}")
+
+    @property
+    def current(self) -> int | None:
+        """The index in `self.seeds` of the seed under the cursor, or None (empty table)."""
+        table = self.query_one("#seed-table", DataTable)
+        if not self.shown or table.cursor_row < 0 or table.cursor_row >= len(self.shown):
+            return None
+        return self.shown[table.cursor_row]
+
+    def _changed(self, seeds: list[SeedTask], keep: int | None, write_back: bool = False) -> None:
+        self.seeds = seeds
+        self.pending = True
+        self.on_change(list(seeds), write_back)
+        self.refresh_table(keep)
+
+    # -- keys -----------------------------------------------------------------------------------
+    def action_filter(self) -> None:
+        self.query_one("#seed-filter", Input).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "seed-filter":
+            self.needle = event.value.strip().lower()
+            self.refresh_table()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "seed-filter":
+            self.query_one("#seed-table", DataTable).focus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_edit()
+
+    def action_add(self) -> None:
+        def done(seed: SeedTask | None) -> None:
+            if seed is not None:
+                self._changed([*self.seeds, seed], len(self.seeds))
+
+        self.app.push_screen(SeedFormScreen(None, new_seed_id(self.seeds)), done)
+
+    def action_edit(self) -> None:
+        at = self.current
+        if at is None:
+            return
+
+        def done(seed: SeedTask | None) -> None:
+            if seed is not None:
+                self._changed([*self.seeds[:at], seed, *self.seeds[at + 1:]], at)
+
+        self.app.push_screen(SeedFormScreen(self.seeds[at], self.seeds[at].id), done)
+
+    def action_duplicate(self) -> None:
+        """The form opens on a copy (a new id, origin "added"); saving adds it after the
+        original, cancelling adds nothing."""
+        at = self.current
+        if at is None:
+            return
+        original = self.seeds[at]
+        copy = SeedTask(new_seed_id(self.seeds), "", original.instruction,
+                        list(original.instances), original.is_classification, "added", None)
+
+        def done(seed: SeedTask | None) -> None:
+            if seed is not None:
+                self._changed([*self.seeds[:at + 1], seed, *self.seeds[at + 1:]], at + 1)
+
+        self.app.push_screen(SeedFormScreen(copy, copy.id, duplicate_of=original.id), done)
+
+    def action_delete(self) -> None:
+        at = self.current
+        if at is None:
+            return
+        seed = self.seeds[at]
+        if len(self.seeds) == 1:
+            self.notify("A run needs at least one seed: add another before deleting this one.",
+                        severity="warning")
+            return
+        back = (f" It came from machine task #{seed.source_task}, which returns to the pool."
+                if seed.origin == "promoted" else "")
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                rest = [s for i, s in enumerate(self.seeds) if i != at]
+                self._changed(rest, min(at, len(rest) - 1))
+
+        self.app.push_screen(ConfirmScreen(
+            f"Delete seed {seed.id} ({' '.join(seed.instruction.split())[:60]!r})? The change "
+            f"applies at the next round.{back}", yes="Delete", no="Keep"), answer)
+
+    def action_raw(self) -> None:
+        """The raw JSONL editor over the same set, for bulk edits ($EDITOR with ctrl+o there);
+        origins are kept for the ids that stay, new ids are "added"."""
+        def done(result: SeedEdit | None) -> None:
+            if result is not None:
+                self._changed(carry_origins(result.seeds, self.seeds), self.current,
+                              write_back=result.write_back)
+
+        self.app.push_screen(SeedEditorScreen(seeds_to_jsonl(self.seeds), self.seeds_file), done)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class InstanceFields(Vertical):
+    """One instance's input and output in the seed form."""
+
+    def __init__(self, number: int, instance: Instance) -> None:
+        super().__init__(classes="instance")
+        self.number = number
+        self.instance = instance
+
+    def compose(self) -> ComposeResult:
+        yield Label("", classes="instance-title")
+        yield TextArea(self.instance.input, soft_wrap=True, classes="field f-input")
+        yield Label("output", classes="field-label")
+        yield TextArea(self.instance.output, soft_wrap=True, classes="field f-output")
+
+    def on_mount(self) -> None:
+        self.renumber(self.number)
+
+    def renumber(self, number: int) -> None:
+        self.number = number
+        self.query_one(".instance-title", Label).update(
+            f"Instance {number}: input (empty: the task takes no input)")
+
+    @property
+    def value(self) -> Instance:
+        return Instance(self.query_one(".f-input", TextArea).text,
+                        self.query_one(".f-output", TextArea).text)
+
+
+class SeedFormScreen(ModalScreen[SeedTask | None]):
+    """Add or edit one seed: the instruction and each instance's input and output in wrapping
+    text areas, a classification box. Saving validates and names each bad field ("instance 2:
+    output is empty"); on an error the form stays open with everything typed. Returns the seed
+    (id `seed_id`; origin kept on an edit, "added" for a new one) or None."""
+
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+n", "add_instance", "Add instance"),
+        Binding("ctrl+r", "remove_instance", "Remove instance"),
+        Binding("ctrl+t", "toggle_classification", "Classification", show=False),
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def __init__(self, seed: SeedTask | None, seed_id: str, duplicate_of: str | None = None
+                 ) -> None:
+        super().__init__()
+        self.seed = seed
+        self.seed_id = seed_id
+        self.duplicate_of = duplicate_of
+        self.adding = seed is None or duplicate_of is not None
+
+    def compose(self) -> ComposeResult:
+        seed = self.seed
+        if seed is None:
+            title = f"Add a seed ({self.seed_id})"
+        elif self.duplicate_of is not None:
+            title = f"Duplicate of {self.duplicate_of}: a new seed ({self.seed_id})"
+        else:
+            title = f"Edit seed {seed.id} ({seed.origin})"
+        instances = seed.instances if seed is not None else [Instance("", "")]
+        with Vertical(classes="dialog wide", id="seed-form"):
+            yield Label(title, classes="question")
+            with VerticalScroll(id="form-body"):
+                yield Label("Instruction", classes="field-label")
+                yield TextArea(seed.instruction if seed else "", soft_wrap=True,
+                               id="f-instruction", classes="field")
+                yield Checkbox("classification task (outputs are class labels)",
+                               seed.is_classification if seed else False, id="f-cls")
+                for n, inst in enumerate(instances, start=1):
+                    yield InstanceFields(n, inst)
+            yield Static("", id="form-errors", classes="errors")
+            yield Static(FORM_KEYS, id="form-keys")
+            with Horizontal(classes="buttons"):
+                yield Button("Save", variant="primary", id="form-save")
+                yield Button("Cancel", id="form-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#f-instruction", TextArea).focus()
+
+    @property
+    def instance_fields(self) -> list[InstanceFields]:
+        return list(self.query(InstanceFields))
+
+    def action_add_instance(self) -> None:
+        fields = InstanceFields(len(self.instance_fields) + 1, Instance("", ""))
+        self.query_one("#form-body", VerticalScroll).mount(fields)
+
+        def focus() -> None:
+            fields.query_one(".f-input", TextArea).focus()
+            fields.scroll_visible()
+
+        self.call_after_refresh(focus)
+
+    def action_remove_instance(self) -> None:
+        """Remove the instance holding the focus (or the last one); the others are renumbered."""
+        fields = self.instance_fields
+        if not fields:
+            return
+        focused = self.focused
+        target = next((f for f in fields if focused is not None and f in focused.ancestors),
+                      fields[-1])
+        target.remove()
+        for n, f in enumerate((f for f in fields if f is not target), start=1):
+            f.renumber(n)
+
+    def action_toggle_classification(self) -> None:
+        box = self.query_one("#f-cls", Checkbox)
+        box.value = not box.value
+
+    def problems(self) -> list[str]:
+        """What keeps the form from saving, each naming its field; empty when it can save."""
+        found = []
+        if not self.query_one("#f-instruction", TextArea).text.strip():
+            found.append("instruction is empty")
+        fields = self.instance_fields
+        if not fields:
+            found.append("no instances: add one with ctrl+n (a seed needs at least one)")
+        for f in fields:
+            if not f.value.output.strip():
+                found.append(f"instance {f.number}: output is empty")
+        return found
+
+    def action_save(self) -> None:
+        errors = self.query_one("#form-errors", Static)
+        found = self.problems()
+        if found:
+            errors.update("Not saved: " + "; ".join(found))
+            errors.add_class("visible")
+            return
+        errors.remove_class("visible")
+        seed = self.seed
+        instances = [Instance(normalize_input(f.value.input), f.value.output.strip())
+                     for f in self.instance_fields]
+        instruction = self.query_one("#f-instruction", TextArea).text.strip()
+        is_cls = self.query_one("#f-cls", Checkbox).value
+        if seed is None or self.adding:
+            self.dismiss(SeedTask(self.seed_id, self.seed_id, instruction, instances, is_cls,
+                                  "added", None))
+        else:
+            self.dismiss(SeedTask(seed.id, seed.name, instruction, instances, is_cls,
+                                  seed.origin, seed.source_task))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "form-save":
+            self.action_save()
+        elif event.button.id == "form-cancel":
+            self.action_cancel()

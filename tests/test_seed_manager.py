@@ -1,0 +1,467 @@
+"""The seed manager (key e), its form, promote/demote in the inspector, the pending seed set and
+`selfinstruct seeds export`: Pilot against real run directories (offline control when no engine
+runs, a running engine on the fake server, an attached UI), the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from textual.widgets import Checkbox, DataTable, TextArea
+
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.control import current_seeds
+from selfinstruct_tui.engine.engine import Engine
+from selfinstruct_tui.engine.seeds import load_seeds, seed_fingerprint
+from selfinstruct_tui.engine.store import RunStore
+from selfinstruct_tui.tui.app import create_app
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
+from selfinstruct_tui.tui.screens.seed_manager import SeedFormScreen, SeedManagerScreen
+from selfinstruct_tui.tui.widgets.panes import StatusLine
+from selfinstruct_tui.tui.widgets.task_table import TaskTable
+from tui_helpers import (
+    assert_next_rounds_use_only,
+    deterministic_run,
+    make_engine,
+    run,
+    until,
+)
+
+NEW_INSTRUCTION = "List three birds that cannot fly and say where each one lives."
+NEW_OUTPUT = "1. Ostrich: Africa\n2. Emu: Australia\n3. Kiwi: New Zealand"
+
+
+def active_seeds(run_dir):
+    store = RunStore(run_dir, readonly=True)
+    try:
+        return store.tasks(status="active", origin="seed")
+    finally:
+        store.close()
+
+
+def task_row(run_dir, task_id):
+    store = RunStore(run_dir, readonly=True)
+    try:
+        return store.task(task_id)
+    finally:
+        store.close()
+
+
+async def open_manager(pilot, app) -> SeedManagerScreen:
+    await pilot.press("e")
+    await until(pilot, lambda: isinstance(app.screen, SeedManagerScreen))
+    return app.screen
+
+
+async def fill_new_seed(pilot, app) -> SeedFormScreen:
+    form = app.screen
+    assert isinstance(form, SeedFormScreen)
+    form.query_one("#f-instruction", TextArea).text = NEW_INSTRUCTION
+    form.query(".f-output").first(TextArea).text = NEW_OUTPUT
+    await pilot.pause()
+    return form
+
+
+async def add_new_seed(pilot, app, manager: SeedManagerScreen) -> None:
+    """`a` in the manager, the form filled with NEW_INSTRUCTION / NEW_OUTPUT, saved."""
+    await pilot.press("a")
+    await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+    await fill_new_seed(pilot, app)
+    await pilot.press("ctrl+s")
+    await until(pilot, lambda: app.screen is manager)
+
+
+def test_manager_adds_edits_duplicates_and_deletes_seeds(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            table = manager.query_one("#seed-table", DataTable)
+            assert table.row_count == 139
+            assert "the run's active seeds" in str(manager.query_one("#seeds-title").render())
+            # add
+            await add_new_seed(pilot, app, manager)
+            seeds = active_seeds(run_dir)
+            assert len(seeds) == 140
+            added = seeds[-1]
+            assert (added.instruction, added.seed_origin, added.seed_id) == (
+                NEW_INSTRUCTION, "added", "added_1")
+            assert added.instances[0].output == NEW_OUTPUT and added.instances[0].input == ""
+            assert table.row_count == 140
+            # edit the first seed: new instruction, classification on; its origin stays "file"
+            table.move_cursor(row=0)
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            form = app.screen
+            assert form.query_one("#f-instruction", TextArea).soft_wrap
+            form.query_one("#f-instruction", TextArea).text = "Give three tips for new cyclists."
+            await pilot.press("ctrl+t")
+            assert form.query_one("#f-cls", Checkbox).value
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.screen is manager)
+            first = active_seeds(run_dir)[0]
+            assert (first.seed_id, first.instruction, first.is_classification,
+                    first.seed_origin) == ("seed_task_1", "Give three tips for new cyclists.",
+                                           True, "file")
+            # duplicate the first seed: the form opens on a copy; saving puts it right after
+            table.move_cursor(row=0)
+            await pilot.press("c")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            assert "Duplicate of seed_task_1" in str(app.screen.query_one(".question").render())
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.screen is manager)
+            seeds = active_seeds(run_dir)
+            assert len(seeds) == 141
+            assert seeds[1].instruction == seeds[0].instruction
+            assert (seeds[1].seed_id, seeds[1].seed_origin) == ("added_2", "added")
+            # delete the duplicate, after a confirmation
+            table.move_cursor(row=1)
+            await pilot.press("d")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: app.screen is manager)
+            seeds = active_seeds(run_dir)
+            assert len(seeds) == 140 and "added_2" not in {s.seed_id for s in seeds}
+            # the filter narrows the table like the pool's
+            await pilot.press("slash")
+            await pilot.press(*"birds that")
+            assert table.row_count == 1
+            await pilot.press("enter")
+            assert table.has_focus
+            await pilot.press("escape")
+            assert not isinstance(app.screen, SeedManagerScreen)
+            # the pool pane shows the new seed set
+            pool = app.query_one(TaskTable)
+            await until(pilot, lambda: sum(r.origin == "seed" for r in pool.rows.values())
+                        == 140)
+        assert json.loads((run_dir / "seeds.jsonl").read_text().splitlines()[-1])[
+            "instruction"] == NEW_INSTRUCTION
+
+    run(go())
+
+
+def test_form_validation_names_the_field_and_keeps_the_text(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            form = app.screen
+            await pilot.press("ctrl+s")  # everything empty
+            errors = str(form.query_one("#form-errors").render())
+            assert "instruction is empty" in errors and "instance 1: output is empty" in errors
+            form.query_one("#f-cls", Checkbox).focus()
+            await pilot.press("e")  # the app's key does not open a manager over the form
+            assert app.screen is form
+            await fill_new_seed(pilot, app)
+            await pilot.press("ctrl+n")  # a second instance, left without an output
+            await pilot.pause()
+            assert len(form.query(".f-output")) == 2
+            form.query(".f-input").last(TextArea).text = "a typed input that must survive"
+            await pilot.press("ctrl+s")
+            assert app.screen is form  # refused, still open
+            errors = str(form.query_one("#form-errors").render())
+            assert "instance 2: output is empty" in errors
+            assert "instruction" not in errors
+            assert form.query_one("#f-instruction", TextArea).text == NEW_INSTRUCTION
+            assert form.query(".f-input").last(TextArea).text == "a typed input that must survive"
+            assert len(active_seeds(run_dir)) == 139  # nothing sent
+            # remove the focused (second) instance; the first is kept, then it saves
+            form.query(".f-input").last(TextArea).focus()
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert len(form.query(".f-output")) == 1
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.screen is manager)
+            seeds = active_seeds(run_dir)
+            assert len(seeds) == 140 and len(seeds[-1].instances) == 1
+
+    run(go())
+
+
+def test_raw_editor_is_reachable_from_the_manager_and_keeps_origins(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            await add_new_seed(pilot, app, manager)
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
+            area = app.screen.query_one(TextArea)
+            lines = area.text.splitlines()
+            assert len(lines) == 140
+            brand_new = {"id": "bulk_1", "instruction": "Name the capital of the country.",
+                         "instances": [{"input": "France", "output": "Paris"}]}
+            area.text = "\n".join(lines[1:] + [json.dumps(brand_new)])  # drop one, add one
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.screen is manager)
+            assert manager.query_one("#seed-table", DataTable).row_count == 140
+        seeds = {s.seed_id: s for s in active_seeds(run_dir)}
+        assert "seed_task_1" not in seeds
+        assert seeds["added_1"].seed_origin == "added"  # kept through the raw edit
+        assert seeds["seed_task_2"].seed_origin == "file"
+        assert seeds["bulk_1"].seed_origin == "added"
+
+    run(go())
+
+
+async def inspect_newest(pilot, app, origin: str) -> int:
+    """Open the inspector on the newest task of `origin` in the pool pane; returns its id."""
+    pool = app.query_one(TaskTable)
+    pool.focus()
+    while pool.origin != origin:
+        await pilot.press("o")
+    pool.cursor = 0
+    task_id = pool.current_id
+    assert task_id is not None
+    await pilot.press("enter")
+    await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+    return task_id
+
+
+def test_promote_and_demote_in_the_inspector(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            pool = app.query_one(TaskTable)
+            machine_id = await inspect_newest(pilot, app, "machine")
+            original = task_row(run_dir, machine_id)
+            await pilot.press("plus")
+            await until(pilot, lambda: not isinstance(app.screen, InspectorScreen))
+            # applied (no engine runs): the task left the machine pool and is a seed now
+            assert task_row(run_dir, machine_id).status == "promoted"
+            seeds = active_seeds(run_dir)
+            promoted = seeds[-1]
+            assert (promoted.seed_origin, promoted.source_task, promoted.instruction) == (
+                "promoted", machine_id, original.instruction)
+            assert promoted.instances == original.instances
+            assert sum(s.instruction == original.instruction for s in seeds) == 1
+            store = RunStore(run_dir, readonly=True)
+            assert store.count_tasks("machine") == 39
+            assert original.instruction not in {t.instruction for t in store.tasks(
+                origin="machine")}  # never in both
+            store.close()
+            await until(pilot, lambda: machine_id not in pool.rows
+                        and promoted.id in pool.rows)
+            status = app.query_one(StatusLine)
+            await until(pilot, lambda: "pool 39/40" in str(status.render()))
+            # the seed manager shows where it came from
+            manager = await open_manager(pilot, app)
+            table = manager.query_one("#seed-table", DataTable)
+            assert table.get_row_at(table.row_count - 1)[-1] == f"promoted #{machine_id}"
+            await pilot.press("escape")
+            # a second + on a seed is refused with a notice; - demotes it
+            seed_id = await inspect_newest(pilot, app, "seed")
+            assert seed_id == promoted.id
+            text = str(app.screen.query_one("#inspector-text").render())
+            assert f"from machine task #{machine_id}" in text
+            await pilot.press("minus")
+            await until(pilot, lambda: not isinstance(app.screen, InspectorScreen))
+            back = task_row(run_dir, machine_id)
+            assert back.status == "active" and back.origin == "machine"
+            assert back.instruction == original.instruction
+            assert len(active_seeds(run_dir)) == 139
+            assert task_row(run_dir, seed_id).status == "removed"
+            await until(pilot, lambda: machine_id in pool.rows and seed_id not in pool.rows)
+            await until(pilot, lambda: "pool 40/40" in str(status.render()))
+            # demoting a seed from the file is refused, nothing changes
+            await inspect_newest(pilot, app, "seed")
+            await pilot.press("minus")
+            await until(pilot, lambda: not isinstance(app.screen, InspectorScreen))
+            assert len(active_seeds(run_dir)) == 139
+
+    run(go())
+
+
+def test_attached_edits_stay_pending_build_on_each_other_and_apply_at_start(tmp_path,
+                                                                           isolated_env):
+    """The bug this fixes: a second edit before the next round used to start from the active
+    seeds and lose the first. Through RemoteControl (an attached UI, engine elsewhere) the set
+    is recorded as pending; the second edit starts from it; an engine applies it on start-up."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir)
+    store.set_meta("state", {"state": "running", "pid": os.getpid(), "ts": 0, "reason": ""})
+    store.close()
+
+    async def go():
+        app = create_app(run_dir, attach=True, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert app.engine_active
+            manager = await open_manager(pilot, app)
+            await add_new_seed(pilot, app, manager)
+            await pilot.press("escape")
+            # a second edit in a new manager: it starts from the pending set
+            manager = await open_manager(pilot, app)
+            assert "pending: applies at the next round" in str(
+                manager.query_one("#seeds-title").render())
+            table = manager.query_one("#seed-table", DataTable)
+            assert table.row_count == 140
+            table.move_cursor(row=0)
+            await pilot.press("d")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: app.screen is manager)
+
+    run(go())
+    reader = RunStore(run_dir, readonly=True)
+    pending, is_pending = current_seeds(reader)
+    assert is_pending and len(pending) == 139
+    assert pending[-1].instruction == NEW_INSTRUCTION and pending[0].id == "seed_task_2"
+    assert len(reader.tasks(origin="seed")) == 139  # not applied: no engine ran
+    reader.close()
+    # An engine starting on the run (as after a crash) applies the pending set first.
+    with FakeOpenAI() as server:
+        store = RunStore(run_dir)
+        config = store.config()
+        assert config is not None
+        Engine(store, config, base_url=server.base_url).run()
+        store.close()
+    seeds = active_seeds(run_dir)
+    assert [s.seed_id for s in seeds][0] == "seed_task_2" and len(seeds) == 139
+    assert seeds[-1].instruction == NEW_INSTRUCTION and seeds[-1].seed_origin == "added"
+    reader = RunStore(run_dir, readonly=True)
+    assert reader.pending_seeds() is None
+    reader.close()
+
+
+def test_changes_apply_at_the_next_round_of_a_running_engine(tmp_path, isolated_env):
+    run_dir = tmp_path / "run"
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(run_dir, server.base_url, target=5000)
+            app = create_app(run_dir, engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                pool = app.query_one(TaskTable)
+                await until(pilot, lambda: sum(r.origin == "machine"
+                                               for r in pool.rows.values()) >= 3)
+                machine_id = await inspect_newest(pilot, app, "machine")
+                await pilot.press("plus")
+                await until(pilot, lambda: not isinstance(app.screen, InspectorScreen))
+                manager = await open_manager(pilot, app)
+                # the manager shows the promotion at once (pending, or applied already)
+                assert manager.seeds[-1].source_task == machine_id
+                assert manager.seeds[-1].origin == "promoted"
+                await add_new_seed(pilot, app, manager)
+                await pilot.press("escape")
+                seeds = await assert_next_rounds_use_only(pilot, run_dir, 141)
+                assert NEW_INSTRUCTION in seeds
+                assert task_row(run_dir, machine_id).status == "promoted"
+                assert machine_id not in engine.pool
+                store = RunStore(run_dir, readonly=True)
+                assert store.pending_seeds() is None
+                promoted = [t for t in store.tasks(origin="seed") if t.source_task]
+                assert [t.source_task for t in promoted] == [machine_id]
+                store.close()
+                engine.stop()
+                await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
+
+    run(go())
+
+
+def test_seeds_export_writes_the_current_set_and_round_trips(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    out = tmp_path / "out" / "seeds.jsonl"
+    proc = run_cli("seeds", "export", str(run_dir), "-o", str(out), check=True)
+    assert "wrote 139 seeds" in proc.stdout
+    exported = load_seeds(out)
+    store = RunStore(run_dir, readonly=True)
+    run_seeds = [t.to_seed() for t in store.tasks(origin="seed")]
+    store.close()
+    assert seed_fingerprint(exported) == seed_fingerprint(run_seeds)
+    assert [s.id for s in exported] == [s.id for s in run_seeds]
+    assert set(json.loads(out.read_text().splitlines()[0])) == {
+        "id", "name", "instruction", "instances", "is_classification"}
+    assert [p.name for p in out.parent.iterdir()] == ["seeds.jsonl"]  # no temp file left
+    # stdout (no -o, or -o -) and a pending set wins over the active seeds
+    store = RunStore(run_dir)
+    pending = [dict(json.loads(line), origin="added", source_task=None)
+               for line in out.read_text().splitlines()[:5]]
+    store.set_pending_seeds(pending)
+    store.close()
+    for args in ((), ("-o", "-")):
+        proc = run_cli("seeds", "export", str(run_dir), *args, check=True)
+        lines = proc.stdout.splitlines()
+        assert len(lines) == 5 and json.loads(lines[0])["id"] == "seed_task_1"
+        assert "pending" in proc.stderr
+    # not a run directory: a clear error, non-zero exit, nothing written
+    proc = run_cli("seeds", "export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.jsonl"))
+    assert proc.returncode == 2
+    assert "not a run directory" in proc.stderr
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_origins_do_not_change_the_resume_fingerprint_and_old_runs_read_as_file(tmp_path,
+                                                                               isolated_env):
+    """A seed file exported from a run with promoted and added seeds is that run's seed set for
+    `--seeds` on resume (content only); a run made before origins were recorded reads them as
+    "file" and gains the columns when opened for writing."""
+    import sqlite3
+
+    from selfinstruct_tui.engine.control import OfflineControl, ReplaceSeeds
+    from selfinstruct_tui.engine.exports import export_seeds
+    from selfinstruct_tui.engine.seeds import SeedTask
+    from selfinstruct_tui.session import seeds_differ
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir, readonly=True)
+    machine = store.tasks(origin="machine")[0]
+    seeds, _ = current_seeds(store)
+    store.close()
+    promoted = SeedTask("p1", "p1", machine.instruction, machine.instances,
+                        machine.is_classification, "promoted", machine.id)
+    OfflineControl(run_dir, lambda event: None).send(ReplaceSeeds(tuple([*seeds, promoted])))
+    out = tmp_path / "seeds.jsonl"
+    export_seeds(run_dir, out)
+    store = RunStore(run_dir, readonly=True)
+    assert seeds_differ(out, store) is None
+    assert store.task(machine.id).status == "promoted"
+    store.close()
+    # an older run: no origin columns
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    db.execute("ALTER TABLE tasks DROP COLUMN seed_origin")
+    db.execute("ALTER TABLE tasks DROP COLUMN source_task")
+    db.commit()
+    db.close()
+    store = RunStore(run_dir, readonly=True)
+    old, pending = current_seeds(store)
+    store.close()
+    assert not pending and {s.origin for s in old} == {"file"} and len(old) == 140
+    RunStore(run_dir).close()  # a writer migrates
+    assert {s.seed_origin for s in active_seeds(run_dir)} == {None}  # read as "file"
+
+
+def test_a_pending_set_exported_is_accepted_as_seeds_on_resume(tmp_path, isolated_env):
+    from selfinstruct_tui.engine.control import RemoteControl, ReplaceSeeds
+    from selfinstruct_tui.engine.exports import export_seeds
+    from selfinstruct_tui.session import seeds_differ
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir, readonly=True)
+    seeds, _ = current_seeds(store)
+    store.close()
+    RemoteControl(run_dir).send(ReplaceSeeds(tuple(seeds[:50])))  # not applied: no engine
+    out = tmp_path / "pending.jsonl"
+    assert export_seeds(run_dir, out)[1:] == (50, True)
+    store = RunStore(run_dir, readonly=True)
+    assert seeds_differ(out, store) is None
+    store.close()
