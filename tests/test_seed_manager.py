@@ -223,7 +223,9 @@ async def inspect_newest(pilot, app, origin: str) -> int:
     pool.focus()
     while pool.origin != origin:
         await pilot.press("o")
-    pool.cursor = 0
+    await pilot.press("home")
+    if pool.follow:  # hold the cursor on this task while new ones arrive
+        await pilot.press("f")
     task_id = pool.current_id
     assert task_id is not None
     await pilot.press("enter")
