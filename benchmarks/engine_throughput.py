@@ -1,16 +1,23 @@
-"""Engine throughput against the fake OpenAI server with a fixed latency L and concurrency C.
+"""Engine throughput against fake OpenAI servers with a fixed latency L and concurrency C.
 
-Prints the requests/s achieved, its ratio to the limit C/L (goal: >= 0.9 at C=32, L=0.2 s), and
-the engine's own CPU time per accepted task (process CPU time minus the fake server's threads is not
-separable in one process, so the server runs in a subprocess).
+For each (C, L) it runs the engine to a target, then C raw-client workers sending requests back to
+back (no engine) against the same servers, and prints: the engine's requests/s, its ratio to the
+limit C/L and to the raw client, CPU per accepted task, and CPU per request for the engine and the
+raw client (goals: at most 6 ms per accepted task at every C, and the engine within 1.3x of the raw
+client's CPU per request). The servers run as several processes on one port (fake_fleet.py,
+SO_REUSEPORT) so that the endpoint is not the ceiling; the raw client's rate is the ceiling of
+client and servers together on this machine, printed with each row. CPU is this process's
+(process_time): the servers' CPU is not in it.
 
-    python benchmarks/engine_throughput.py [--concurrency 32] [--latency 0.2] [--target 3000]
+    python benchmarks/engine_throughput.py                      # C = 32, 256, 1024 x L = 0.2, 2 s
+    python benchmarks/engine_throughput.py --concurrency 32 --latency 0.2 --target 3000
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -18,21 +25,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from fake_fleet import Fleet  # noqa: E402
 
 from selfinstruct_tui.engine.config import RunConfig  # noqa: E402
 from selfinstruct_tui.engine.engine import Engine  # noqa: E402
 from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds  # noqa: E402
 from selfinstruct_tui.engine.store import RunStore, seed_tasks_to_pool  # noqa: E402
 
+REQUESTS_PER_TASK = 2.3  # measured: generation share + classification + instances per task
 
-def raw_client_rate(base_url: str, concurrency: int, seconds: float = 8.0) -> float:
-    """The ceiling on this machine: C workers sending requests back to back, no engine."""
-    import asyncio
 
+def raw_client(base_url: str, concurrency: int, seconds: float) -> tuple[float, float]:
+    """(requests/s, CPU seconds per request) of C workers sending back to back, no engine."""
     from selfinstruct_tui.engine import prompts as P
     from selfinstruct_tui.engine.llm import ClientSettings, LLMClient, SamplingParams
 
-    async def go() -> float:
+    async def go() -> tuple[float, float]:
         client = LLMClient(ClientSettings(base_url=base_url, model="m", concurrency=concurrency))
         req = P.generation_completion([f"Explain topic {i}." for i in range(8)])
         done = 0
@@ -44,53 +54,60 @@ def raw_client_rate(base_url: str, concurrency: int, seconds: float = 8.0) -> fl
                 await client.request(req, SamplingParams(max_tokens=64))
                 done += 1
 
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        took = time.perf_counter() - start
+        took, cpu = time.perf_counter() - start, time.process_time() - cpu0
         await client.close()
-        return done / took
+        return done / took, cpu / max(1, done)
 
     return asyncio.run(go())
 
 
+def engine_run(base_url: str, concurrency: int, target: int, api: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(tmp)
+        cfg = RunConfig(base_url=base_url, model="m", api=api, target=target,
+                        concurrency=concurrency)
+        store.save_config(cfg)
+        store.replace_seeds(seed_tasks_to_pool(load_seeds(bundled_seeds_path()), 1))
+        engine = Engine(store, cfg)
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        finished = engine.run()
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        requests = store.db.execute(
+            "SELECT COUNT(*) FROM prompts WHERE error IS NULL").fetchone()[0]
+        store.close()
+    return {"requests": requests, "wall": wall, "cpu": cpu, "accepted": finished.accepted}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--target", type=int, default=3000)  # steady state, not start-up
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[32, 256, 1024])
+    parser.add_argument("--latency", type=float, nargs="*", default=[0.2, 2.0])
+    parser.add_argument("--target", type=int, default=0,
+                        help="tasks per engine run (default: ~12 s of work at C/L, capped)")
+    parser.add_argument("--server-processes", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--api", default="completions", choices=["completions", "chat"])
     args = parser.parse_args()
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--latency", str(args.latency)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        base_url = server.stdout.readline().strip()
-        with tempfile.TemporaryDirectory() as tmp:
-            store = RunStore(tmp)
-            cfg = RunConfig(base_url=base_url, model="m", api=args.api, target=args.target,
-                            concurrency=args.concurrency)
-            store.save_config(cfg)
-            store.replace_seeds(seed_tasks_to_pool(load_seeds(bundled_seeds_path()), 1))
-            engine = Engine(store, cfg)
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            finished = engine.run()
-            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-            requests = store.db.execute(
-                "SELECT COUNT(*) FROM prompts WHERE error IS NULL").fetchone()[0]
-            store.close()
-        ceiling = raw_client_rate(base_url, args.concurrency)
-    finally:
-        server.terminate()
-        server.wait()
-    limit = args.concurrency / args.latency
-    rate = requests / wall
-    print(f"C={args.concurrency} L={args.latency}s api={args.api}: {requests} requests in "
-          f"{wall:.1f}s, {finished.accepted} tasks accepted")
-    print(f"requests/s: {rate:.1f}   limit C/L: {limit:.1f}   ratio: {rate / limit:.2f}")
-    print(f"raw client, no engine, same server: {ceiling:.1f} requests/s "
-          f"({ceiling / limit:.2f} of C/L); engine / raw client: {rate / ceiling:.2f}")
-    print(f"engine CPU: {cpu:.2f}s total, {cpu / max(1, finished.accepted) * 1000:.2f} ms "
-          "per accepted task")
+    print(f"{'C':>5} {'L':>4} {'tasks':>6} {'req/s':>7} {'/(C/L)':>7} {'raw req/s':>9} "
+          f"{'/raw':>5} {'CPU/task':>9} {'CPU/req':>8} {'raw CPU/req':>11} {'ratio':>6}")
+    for latency in args.latency:
+        with Fleet(args.server_processes, latency) as base_url:
+            for c in args.concurrency:
+                limit = c / latency
+                target = args.target or max(60, min(1500, int(min(limit, 300) / REQUESTS_PER_TASK
+                                                              * 12)))
+                r = engine_run(base_url, c, target, args.api)
+                raw_rate, raw_cpu = raw_client(base_url, c, seconds=max(6.0, 4 * latency))
+                rate = r["requests"] / r["wall"]
+                cpu_task = r["cpu"] / max(1, r["accepted"]) * 1000
+                cpu_req = r["cpu"] / max(1, r["requests"]) * 1000
+                print(f"{c:>5} {latency:>4} {int(r['accepted']):>6} {rate:>7.1f} "
+                      f"{rate / limit:>7.2f} {raw_rate:>9.1f} {rate / raw_rate:>5.2f} "
+                      f"{cpu_task:>7.2f}ms {cpu_req:>6.2f}ms {raw_cpu * 1000:>9.2f}ms "
+                      f"{cpu_req / (raw_cpu * 1000):>6.2f}", flush=True)
+    print("ratio = engine CPU per request / raw client CPU per request (goal <= 1.3); "
+          "CPU/task goal <= 6 ms at every C")
 
 
 if __name__ == "__main__":

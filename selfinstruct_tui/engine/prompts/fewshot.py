@@ -96,6 +96,7 @@ def input_text(value: str) -> str:
     return value.strip() if value.strip() else NO_INPUT
 
 
+@functools.cache  # a pure function of the cached pool; built once, not per request
 def instance_shots() -> str:
     parts = []
     for task in instance_examples():
@@ -106,6 +107,7 @@ def instance_shots() -> str:
     return "".join(parts)
 
 
+@functools.cache
 def label_shots() -> str:
     parts = []
     for task in label_examples():
