@@ -241,6 +241,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if str(path) != "-":
         Console(highlight=False, soft_wrap=True).print(
             f"wrote {count} rows ({args.format}) to {path}", markup=False)
+    if args.reviewed_only and count == 0:
+        from selfinstruct_tui.engine.review import summarize
+        from selfinstruct_tui.engine.store import RunStore
+
+        store = RunStore(args.run_dir, readonly=True)
+        try:
+            passed = summarize(store.reviews()).passed
+        finally:
+            store.close()
+        print(f"note: {passed} reviewed task(s) passed all three questions, none of them is an "
+              "active machine task now (promoted to a seed or dropped since)" if passed else
+              "note: no reviewed task has passed all three questions yet", file=sys.stderr)
     return 0
 
 

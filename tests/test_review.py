@@ -9,6 +9,7 @@ import pytest
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.control import (
+    DropTask,
     OfflineControl,
     ReviewAnswer,
     ReviewSkip,
@@ -190,3 +191,18 @@ def test_a_run_made_before_reviews_gains_the_table_when_written(tmp_path, run_cl
     OfflineControl(run_dir, lambda event: None).send(SetReviewSample((140,), (0,)))
     assert [r.task_id for r in reader.reviews()] == [140]  # the reader sees the new table
     reader.close()
+
+
+def test_reviewed_only_export_that_comes_out_empty_says_why(tmp_path, run_cli):
+    """The one task that passed is dropped after its review: the export has no row, and the
+    command says that a passed task is no longer a machine task instead of a bare 0."""
+    run_dir = tmp_path / "run"
+    reviewed_run(run_dir)
+    OfflineControl(run_dir, lambda event: None).send(DropTask(140))
+    out = tmp_path / "passed.jsonl"
+    proc = run_cli("export", str(run_dir), "--format", "self-instruct", "--reviewed-only",
+                   "-o", str(out), check=True)
+    assert "wrote 0 rows" in proc.stdout
+    assert "1 reviewed task(s) passed all three questions, none of them is an active" in \
+        proc.stderr
+    assert out.read_text() == ""

@@ -467,3 +467,100 @@ def test_a_pending_set_exported_is_accepted_as_seeds_on_resume(tmp_path, isolate
     store = RunStore(run_dir, readonly=True)
     assert seeds_differ(out, store) is None
     store.close()
+
+
+def test_two_attached_uis_never_overwrite_each_others_seed_edits(tmp_path, isolated_env):
+    """A manager opened before another UI changed the seed set applies its own change to the
+    set as it is now (the other change survives), and says so; a raw JSONL edit over a set that
+    changed meanwhile is not applied (it would undo the other change) and is kept in a file."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir)
+    store.set_meta("state", {"state": "running", "pid": os.getpid(), "ts": 0, "reason": ""})
+    store.close()
+
+    async def edit_first_instruction(pilot, app, manager, row: int, suffix: str) -> None:
+        manager.query_one("#seed-table", DataTable).move_cursor(row=row)
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+        area = app.screen.query_one("#f-instruction", TextArea)
+        area.text = area.text + suffix
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.screen is manager)
+
+    async def go():
+        a = create_app(run_dir, attach=True, refresh=0.1)
+        b = create_app(run_dir, attach=True, refresh=0.1)
+        async with a.run_test(size=(120, 40)) as pa, b.run_test(size=(120, 40)) as pb:
+            manager_a = await open_manager(pa, a)  # A opens first and keeps it open
+            manager_b = await open_manager(pb, b)
+            await edit_first_instruction(pb, b, manager_b, 0, " FROM-B")
+            notes_before = len(a._notifications)
+            await edit_first_instruction(pa, a, manager_a, 24, " FROM-A")
+            assert len(a._notifications) > notes_before
+            assert any("changed elsewhere" in n.message for n in a._notifications)
+            # A's table now shows both edits
+            assert manager_a.seeds[0].instruction.endswith(" FROM-B")
+            assert manager_a.seeds[24].instruction.endswith(" FROM-A")
+            # B, still holding the set before A's edit, opens the raw editor and saves it
+            await pb.press("r")
+            await until(pb, lambda: isinstance(b.screen, SeedEditorScreen))
+            area = b.screen.query_one(TextArea)
+            area.text = area.text.replace("Explain what inflation is", "Explain what deflation is")
+            await pb.pause()
+            await pb.press("ctrl+s")
+            await until(pb, lambda: b.screen is manager_b)
+            assert any("was not applied" in n.message for n in b._notifications)
+
+    run(go())
+    reader = RunStore(run_dir, readonly=True)
+    seeds, pending = current_seeds(reader)
+    reader.close()
+    assert pending
+    texts = [s.instruction for s in seeds]
+    assert texts[0].endswith(" FROM-B") and texts[24].endswith(" FROM-A")
+    assert not any("deflation" in t for t in texts)
+    kept = list(run_dir.glob("seeds-not-applied-*.jsonl"))
+    assert len(kept) == 1 and "deflation" in kept[0].read_text()
+
+
+def test_escape_asks_before_discarding_edits_in_the_raw_editor_and_the_form(tmp_path,
+                                                                          isolated_env):
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    before = [s.instruction for s in active_seeds(run_dir)]
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
+            editor = app.screen
+            editor.query_one(TextArea).text = editor.query_one(TextArea).text + "\n{bad"
+            await pilot.press("escape")  # the text area has the focus: still asks
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("n")
+            await until(pilot, lambda: app.screen is editor)
+            assert editor.query_one(TextArea).text.endswith("{bad")
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: app.screen is manager)
+            await pilot.press("e")  # the form: unchanged closes at once, changed asks
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is manager)
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            form = app.screen
+            form.query_one("#f-instruction", TextArea).text = "Changed."
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("n")
+            await until(pilot, lambda: app.screen is form)
+            assert form.query_one("#f-instruction", TextArea).text == "Changed."
+
+    run(go())
+    assert [s.instruction for s in active_seeds(run_dir)] == before

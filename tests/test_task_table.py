@@ -169,3 +169,27 @@ def test_charts_draw_the_runs_numbers_and_g_cycles_them(tmp_path, isolated_env):
             assert shown == list(CHARTS) and pane.chart == CHARTS[0]
 
     run(go())
+
+
+def test_when_the_held_task_leaves_the_cursor_holds_its_neighbour(tmp_path, isolated_env):
+    """Dropping the task under the cursor (from any UI) moves the cursor to the next task in
+    display order, never to the top of the list."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, attach=True, refresh=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.table
+            await pilot.press("v")  # ascending: 1, 2, ...
+            await pilot.press("home", *["down"] * 149)
+            assert table.current_id == 150 and not table.follow
+            store = RunStore(run_dir)
+            store.drop_task(150)  # as the engine of a detached run would
+            store.close()
+            await until(pilot, lambda: 150 not in table.rows)
+            await pilot.pause()
+            assert table.current_id == 151
+            assert "holding #151" in str(app.pool_info.render())
+
+    run(go())

@@ -265,10 +265,10 @@ class SelfInstructApp(App[int]):
     def on_task_table_view_changed(self, message: TaskTable.ViewChanged) -> None:
         if not hasattr(self, "pool_info"):
             return
+        # Most important first: a narrow pane cuts the end (the keys are in `?` and the footer).
         self.pool_info.update(
-            f" {message.shown:,} of {message.total:,} tasks · {message.description} · "
-            "enter: inspect · /: filter · o: origin · c: sort · v: reverse · f: follow",
-            layout=False)
+            f" {message.shown:,}/{message.total:,} tasks · {message.description} · "
+            "keys: enter / o c v f", layout=False)
 
     # -- commands ---------------------------------------------------------------------------------
     @property
@@ -344,7 +344,8 @@ class SelfInstructApp(App[int]):
         if len(self.screen_stack) > 1:
             return
         seeds, pending = self._current_seeds()
-        self.push_screen(SeedManagerScreen(seeds, pending, self._send_seeds, self.seeds_file))
+        self.push_screen(SeedManagerScreen(seeds, pending, self._send_seeds, self.seeds_file,
+                                           fetch=lambda: self._current_seeds()[0]))
 
     def _current_seeds(self) -> tuple[list[SeedTask], bool]:
         """(seeds, pending): the set the next round uses, as `current_seeds` reads it from the

@@ -246,6 +246,9 @@ class ReviewScreen(ModalScreen[None]):
         if not self._sent(SetReviewSample(tuple(t for t, _ in items),
                                           tuple(i for _, i in items))):
             return
+        if len(items) < size:
+            self.notify(f"The sample is {len(items)} tasks, not {size}: that is every machine "
+                        "task not reviewed yet.", severity="warning", timeout=10)
         position = max((r.position for r in self.records.values()), default=0)
         for n, (task_id, index) in enumerate(items, start=1):
             self.records[task_id] = ReviewRecord(task_id, sample, position + n, index)

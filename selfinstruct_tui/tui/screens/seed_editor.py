@@ -32,7 +32,8 @@ class SeedEditorScreen(ModalScreen[SeedEdit | None]):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+o", "external_editor", "$EDITOR"),
-        Binding("escape", "cancel", "Cancel"),
+        # priority: a focused TextArea would take the first escape (to release focus)
+        Binding("escape", "cancel", "Cancel", priority=True),
     ]
 
     def __init__(self, text: str, seeds_file: str | None) -> None:
@@ -85,7 +86,20 @@ class SeedEditorScreen(ModalScreen[SeedEdit | None]):
         self.dismiss(SeedEdit(seeds, self.text, write_back))
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        """Close; with unsaved changes, only after asking."""
+        if self.text == self.initial:
+            self.dismiss(None)
+            return
+
+        def answer(discard: bool | None) -> None:
+            if discard:
+                self.dismiss(None)
+
+        from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+
+        self.app.push_screen(ConfirmScreen("Discard your changes to the seeds? Nothing of them "
+                                           "is saved.", yes="Discard", no="Keep editing"),
+                             answer)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":

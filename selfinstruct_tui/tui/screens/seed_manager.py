@@ -9,7 +9,9 @@ engine has recorded them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,8 +19,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Static, TextArea
 
+from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.placeholders import normalize_input
-from selfinstruct_tui.engine.seeds import Instance, SeedTask, carry_origins, seeds_to_jsonl
+from selfinstruct_tui.engine.seeds import (
+    Instance,
+    SeedTask,
+    carry_origins,
+    seed_to_record,
+    seeds_to_jsonl,
+)
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
 
@@ -71,9 +80,14 @@ class SeedManagerScreen(ModalScreen[None]):
 
     def __init__(self, seeds: list[SeedTask], pending: bool,
                  on_change: Callable[[list[SeedTask], bool], None],
-                 seeds_file: str | None = None) -> None:
+                 seeds_file: str | None = None,
+                 fetch: Callable[[], list[SeedTask]] | None = None) -> None:
         super().__init__()
         self.seeds = list(seeds)
+        # `fetch` reads the run's current set at save time: another UI (or the inspector's
+        # promote) may have changed it since this screen loaded; each change is applied to the
+        # current set, not to this screen's copy, so nobody's edit is overwritten.
+        self.fetch = fetch or (lambda: list(self.seeds))
         self.pending = pending
         self.on_change = on_change
         self.seeds_file = seeds_file
@@ -100,8 +114,19 @@ class SeedManagerScreen(ModalScreen[None]):
         """Characters of the instruction column: what the dialog leaves after the other columns
         (the dialog is 110 columns or 95% of the terminal, less its border and padding)."""
         dialog = min(110, self.app.size.width * 95 // 100) - 6
-        others = sum(w for _, w in COLUMNS) + 2 * (len(COLUMNS) + 1) + 2
+        others = (sum(w for _, w in COLUMNS[1:-1]) + self.id_width() + self.origin_width()
+                  + 2 * (len(COLUMNS) + 1) + 2)
         return max(16, min(INSTRUCTION_CELL, dialog - others))
+
+    def origin_width(self) -> int:
+        """The origin column fits the longest label ("file", "added", "promoted #1234")."""
+        return max(6, max((len(origin_label(seed)) for seed in self.seeds), default=0))
+
+    def id_width(self) -> int:
+        """The id column fits the longest id (seed_task_139 and promoted_1234 stay whole),
+        within 10-24 characters."""
+        longest = max((len(seed.id) for seed in self.seeds), default=0)
+        return max(10, min(24, longest))
 
     # -- showing ------------------------------------------------------------------------------
     def refresh_table(self, keep: int | None = None) -> None:
@@ -110,10 +135,11 @@ class SeedManagerScreen(ModalScreen[None]):
         table = self.query_one("#seed-table", DataTable)
         width = self.instruction_width()
         table.clear(columns=True)
-        table.add_column("id", key="id", width=COLUMNS[0][1])
+        table.add_column("id", key="id", width=self.id_width())
         table.add_column("instruction", key="instruction", width=width)
         for label, w in COLUMNS[1:]:
-            table.add_column(label, key=label, width=w)
+            table.add_column(label, key=label,
+                             width=self.origin_width() if label == "origin" else w)
         self.shown = [i for i, s in enumerate(self.seeds) if seed_matches(s, self.needle)]
         for i in self.shown:
             s = self.seeds[i]
@@ -146,6 +172,20 @@ class SeedManagerScreen(ModalScreen[None]):
         self.on_change(list(seeds), write_back)
         self.refresh_table(keep)
 
+    def _apply(self, change: Callable[[list[SeedTask]], list[SeedTask]], keep_id: str | None,
+               write_back: bool = False) -> None:
+        """Apply `change` to the run's current seed set (re-read now) and send the result;
+        if the set changed elsewhere since this screen last loaded it, say so."""
+        fresh = self.fetch()
+        stale = _records(fresh) != _records(self.seeds)
+        new = change(fresh)
+        ids = [seed.id for seed in new]
+        self._changed(new, ids.index(keep_id) if keep_id in ids else None, write_back)
+        if stale:
+            self.notify("The seed set had changed elsewhere (another UI, a promotion) since this "
+                        "window loaded it: your change was applied to the current set, which "
+                        "is shown now.", severity="warning", timeout=15)
+
     # -- keys -----------------------------------------------------------------------------------
     def action_filter(self) -> None:
         self.query_one("#seed-filter", Input).focus()
@@ -165,7 +205,8 @@ class SeedManagerScreen(ModalScreen[None]):
     def action_add(self) -> None:
         def done(seed: SeedTask | None) -> None:
             if seed is not None:
-                self._changed([*self.seeds, seed], len(self.seeds))
+                self._apply(lambda fresh: [*fresh, _unique(seed, fresh)],
+                            _unique(seed, self.fetch()).id)
 
         self.app.push_screen(SeedFormScreen(None, new_seed_id(self.seeds)), done)
 
@@ -175,8 +216,17 @@ class SeedManagerScreen(ModalScreen[None]):
             return
 
         def done(seed: SeedTask | None) -> None:
-            if seed is not None:
-                self._changed([*self.seeds[:at], seed, *self.seeds[at + 1:]], at)
+            if seed is None:
+                return
+
+            def change(fresh: list[SeedTask]) -> list[SeedTask]:
+                ids = [s.id for s in fresh]
+                if seed.id not in ids:  # deleted elsewhere meanwhile: the edit comes back
+                    return [*fresh, seed]
+                i = ids.index(seed.id)
+                return [*fresh[:i], seed, *fresh[i + 1:]]
+
+            self._apply(change, seed.id)
 
         self.app.push_screen(SeedFormScreen(self.seeds[at], self.seeds[at].id), done)
 
@@ -191,8 +241,16 @@ class SeedManagerScreen(ModalScreen[None]):
                         list(original.instances), original.is_classification, "added", None)
 
         def done(seed: SeedTask | None) -> None:
-            if seed is not None:
-                self._changed([*self.seeds[:at + 1], seed, *self.seeds[at + 1:]], at + 1)
+            if seed is None:
+                return
+
+            def change(fresh: list[SeedTask]) -> list[SeedTask]:
+                copy = _unique(seed, fresh)
+                ids = [s.id for s in fresh]
+                i = ids.index(original.id) + 1 if original.id in ids else len(fresh)
+                return [*fresh[:i], copy, *fresh[i:]]
+
+            self._apply(change, _unique(seed, self.fetch()).id)
 
         self.app.push_screen(SeedFormScreen(copy, copy.id, duplicate_of=original.id), done)
 
@@ -209,9 +267,17 @@ class SeedManagerScreen(ModalScreen[None]):
                 if seed.origin == "promoted" else "")
 
         def answer(yes: bool | None) -> None:
-            if yes:
-                rest = [s for i, s in enumerate(self.seeds) if i != at]
-                self._changed(rest, min(at, len(rest) - 1))
+            if not yes:
+                return
+            fresh_ids = [s.id for s in self.fetch()]
+            if fresh_ids == [seed.id]:
+                self.notify("A run needs at least one seed: add another before deleting this "
+                            "one.", severity="warning")
+                return
+            i = fresh_ids.index(seed.id) if seed.id in fresh_ids else at
+            after = fresh_ids[i + 1] if i + 1 < len(fresh_ids) else (
+                fresh_ids[i - 1] if i > 0 else None)
+            self._apply(lambda fresh: [s for s in fresh if s.id != seed.id], after)
 
         self.app.push_screen(ConfirmScreen(
             f"Delete seed {seed.id} ({' '.join(seed.instruction.split())[:60]!r})? The change "
@@ -221,14 +287,49 @@ class SeedManagerScreen(ModalScreen[None]):
         """The raw JSONL editor over the same set, for bulk edits ($EDITOR with ctrl+o there);
         origins are kept for the ids that stay, new ids are "added"."""
         def done(result: SeedEdit | None) -> None:
-            if result is not None:
-                self._changed(carry_origins(result.seeds, self.seeds), self.current,
-                              write_back=result.write_back)
+            if result is None:
+                return
+            fresh = self.fetch()
+            if _records(fresh) != _records(self.seeds):
+                # A whole-set edit over a set that changed elsewhere would undo that change:
+                # keep the user's text in a file, show the current set, apply nothing.
+                saved = self.keep_conflict(result.text)
+                self.seeds = fresh
+                self.refresh_table()
+                self.notify("The seed set changed elsewhere while you edited the JSONL, so "
+                            f"your edit was not applied (it would undo that change). Your text "
+                            f"is in {saved}; the current set is shown: edit it again.",
+                            severity="error", timeout=30)
+                return
+            keep = self.current
+            self._changed(carry_origins(result.seeds, self.seeds),
+                          keep if keep is not None and keep < len(result.seeds) else None,
+                          write_back=result.write_back)
 
         self.app.push_screen(SeedEditorScreen(seeds_to_jsonl(self.seeds), self.seeds_file), done)
 
+    def keep_conflict(self, text: str) -> Path:
+        """Write a raw edit that could not be applied next to the run (temp file + rename)."""
+        run_dir = getattr(self.app, "run_dir", Path.cwd())
+        path = Path(run_dir) / f"seeds-not-applied-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        atomic_write_text(path, text, mode=0o600)
+        return path
+
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def _records(seeds: list[SeedTask]) -> list[dict]:
+    return [seed_to_record(s) for s in seeds]
+
+
+def _unique(seed: SeedTask, seeds: list[SeedTask]) -> SeedTask:
+    """`seed`, renamed to a fresh id when `seeds` already has its id (added elsewhere)."""
+    if all(s.id != seed.id for s in seeds):
+        return seed
+    sid = new_seed_id(seeds)
+    return SeedTask(sid, sid, seed.instruction, list(seed.instances), seed.is_classification,
+                    seed.origin, seed.source_task)
 
 
 class InstanceFields(Vertical):
@@ -270,7 +371,7 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
         Binding("ctrl+n", "add_instance", "Add instance"),
         Binding("ctrl+r", "remove_instance", "Remove instance"),
         Binding("ctrl+t", "toggle_classification", "Classification", show=False),
-        Binding("escape", "cancel", "Cancel"),
+        Binding("escape", "cancel", "Cancel", priority=True),
     ]
 
     def __init__(self, seed: SeedTask | None, seed_id: str, duplicate_of: str | None = None
@@ -308,6 +409,12 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
 
     def on_mount(self) -> None:
         self.query_one("#f-instruction", TextArea).focus()
+        self._initial = self.snapshot()
+
+    def snapshot(self) -> tuple:
+        """Everything the form holds, to tell whether it was changed."""
+        return (tuple(area.text for area in self.query(TextArea)),
+                tuple(box.value for box in self.query(Checkbox)))
 
     @property
     def instance_fields(self) -> list[InstanceFields]:
@@ -373,7 +480,17 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
                                   seed.origin, seed.source_task))
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        """Close without saving; with changes, only after asking."""
+        if self.snapshot() == getattr(self, "_initial", None):
+            self.dismiss(None)
+            return
+
+        def answer(discard: bool | None) -> None:
+            if discard:
+                self.dismiss(None)
+
+        self.app.push_screen(ConfirmScreen("Discard your changes to this seed?",
+                                           yes="Discard", no="Keep editing"), answer)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "form-save":

@@ -23,6 +23,12 @@ CHART_TITLES = {
 TOP_REASONS = 4  # the rejection chart draws the most common reasons; the rest add up as "other"
 
 
+def int_ticks(lo: int, hi: int, count: int = 4) -> list[int]:
+    """About `count` whole-number ticks from `lo` to `hi` (counts and rounds are integers)."""
+    step = max(1, -(-(hi - lo) // count))
+    return list(range(lo, hi + 1, step))
+
+
 def draw_chart(plt, view: RunView, which: str) -> None:
     """Draw one of CHARTS from the view on a plotext figure (`plt`, textual-plotext's Plot).
     Histograms come from counts the view keeps; per-round charts from its last rounds."""
@@ -32,7 +38,9 @@ def draw_chart(plt, view: RunView, which: str) -> None:
         width = (hist.hi - hist.lo) / hist.bins
         centres = [edge + width / 2 for edge in hist.edges()]
         plt.bar(centres, hist.counts, width=0.8)
-        plt.ylim(0, max(1, max(hist.counts)) * 1.25)  # headroom: a full bar never fills the box
+        peak = max(1, max(hist.counts))
+        plt.ylim(0, peak * 1.25)  # headroom: a full bar never fills the box
+        plt.yticks([0, peak])  # two ticks: each on its own row at any pane height
         if which == "rouge":
             plt.vline(0.7)  # the paper's near-duplicate threshold
             plt.xlim(0, 1)
@@ -49,9 +57,12 @@ def draw_chart(plt, view: RunView, which: str) -> None:
         plt.title("no finished round yet")
         return
     rounds = [p.round for p in points]
+    plt.xticks(int_ticks(rounds[0], rounds[-1], 5))
     if which == "accepted":
         plt.bar(rounds, [p.accepted for p in points], width=0.6)
-        plt.ylim(0, max(1, max(p.accepted for p in points)) * 1.25)
+        peak = max(1, max(p.accepted for p in points))
+        plt.ylim(0, peak * 1.25)
+        plt.yticks([0, peak])  # two ticks: each on its own row at any pane height
         plt.ylabel("accepted")
     else:
         totals: Counter[str] = Counter()
@@ -64,9 +75,14 @@ def draw_chart(plt, view: RunView, which: str) -> None:
         for reason in top:
             plt.plot(rounds, [p.rejected.get(reason, 0) for p in points],
                      label=reason.replace("_", " "))
+        series = [[p.rejected.get(reason, 0) for p in points] for reason in top]
         if len(totals) > len(top):
-            plt.plot(rounds, [sum(v for k, v in p.rejected.items() if k not in top)
-                              for p in points], label="other")
+            other = [sum(v for k, v in p.rejected.items() if k not in top) for p in points]
+            plt.plot(rounds, other, label="other")
+            series.append(other)
+        highest = max(1, max(max(values) for values in series))
+        plt.ylim(0, highest * 1.25)
+        plt.yticks([0, highest])
         plt.ylabel("rejected")
     plt.xlabel("round")
 
@@ -167,6 +183,7 @@ class StatsPane(Vertical):
     def show(self, view: RunView) -> None:
         table = self.query_one("#rounds", DataTable)
         wanted = {str(n): row for n, row in view.rounds.items()}
+        added = False
         for key in [k.value for k in table.rows if k.value is not None
                     and k.value not in wanted]:
             table.remove_row(key)
@@ -177,6 +194,9 @@ class StatsPane(Vertical):
                         table.update_cell(key, label, value)
             else:
                 table.add_row(*row, key=key)
+                added = True
+        if added:  # the newest round on top, where the pane shows it
+            table.sort("round", key=int, reverse=True)
         plot = self.query_one("#chart", PlotextPlot)
         draw_chart(plot.plt, view, self.chart)
         plot.refresh()

@@ -130,6 +130,12 @@ class TaskTable(ScrollView, can_focus=True):
         self._refresh_view()
 
     def remove_task(self, task_id: int) -> None:
+        if task_id == self.cursor_id and not self.follow:
+            # The held task leaves (dropped, promoted): hold the next one in display order.
+            index, shown = self._position(task_id)
+            if shown and len(self.view) > 1:
+                self.cursor_id = self.id_at(index + 1 if index + 1 < len(self.view)
+                                            else index - 1)
         row = self.rows.pop(task_id, None)
         if row is not None:
             self._remove_row(row)
@@ -247,12 +253,12 @@ class TaskTable(ScrollView, can_focus=True):
     def describe(self) -> str:
         parts = ["following newest" if self.follow else
                  f"holding #{self.cursor_id}" if self.cursor_id is not None else "holding",
-                 f"sorted by {self.sort_column} {'desc' if self.descending else 'asc'}"]
+                 f"by {self.sort_column} {'↓' if self.descending else '↑'}"]
         if self.origin != "all":
-            parts.append(f"origin: {self.origin}")
+            parts.append(f"origin {self.origin}")
         if self.text_filter:
-            parts.append(f"filter: {self.text_filter!r}")
-        return ", ".join(parts)
+            parts.append(f"filter {self.text_filter!r}")
+        return " · ".join(parts)
 
     def set_filter(self, text: str) -> None:
         new = text.strip().lower()
