@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.batch import progress_line
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.store import RoundStats
 
@@ -158,6 +159,8 @@ class HeadlessPrinter:
                 self._line(f"request error ({event.kind}): {event.message}")
         elif isinstance(event, ev.Notice):
             self._line(f"note: {event.message}")
+        elif isinstance(event, ev.BatchProgress):
+            self._line(progress_line(event.batch))
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
             self._line(f"paused: {event.reason}")

@@ -93,6 +93,7 @@ class Stop:
     reason: str = "stopped"  # a FinishReason value
     message: str = ""
     now: bool = False
+    cancel_batches: bool = False  # batch mode: cancel submitted batch jobs at the endpoint
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def decode(name: str, args: dict[str, Any]) -> Command:
         return Resume()
     if name == "stop":
         return Stop(str(args.get("reason") or "stopped"), str(args.get("message") or ""),
-                    bool(args.get("now")))
+                    bool(args.get("now")), bool(args.get("cancel_batches")))
     if name == "replace_seeds":
         return ReplaceSeeds(tuple(seed_from_record(d) for d in args["seeds"]))
     if name == "drop_task":
