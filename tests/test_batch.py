@@ -90,3 +90,120 @@ def test_error_file_lines_become_named_rejections(tmp_path):
     job = conn.execute("SELECT * FROM batches WHERE kind = 'instances'").fetchone()
     assert job["failed"] == job["total"] > 0 and job["error_path"]
     assert_accounted(run_dir)
+
+
+def test_a_batch_pending_across_sigkill_is_polled_not_resubmitted(isolated_env, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=10**6) as server:  # the batch stays in_progress
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "10", "--batch",
+                           "--batch-poll", "0.05", "--prompts-per-round", "4")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: server.batch_retrieves >= 2)
+        finally:
+            proc.kill()
+            out = proc.communicate(timeout=10)[0]
+        assert "batch job 1 (round 1, generate): in_progress 0/4 done" in out
+        assert server.batch_creations == 1
+        conn = db(run_dir)
+        job = conn.execute("SELECT * FROM batches").fetchone()
+        assert job["batch_id"] == "batch_1" and job["state"] == "submitted"
+        assert job["input_file_id"] == "file-1"
+        server.configure(batch_polls=1)
+        done = subprocess.run(args, env=isolated_env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "batch job(s) of an earlier session are pending" in done.stdout
+        jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
+        # the first job was polled to its end, never created again
+        assert server.batch_creations == len(jobs)
+        assert len({j["batch_id"] for j in jobs}) == len(jobs)
+        assert [j["kind"] for j in jobs if j["round"] == 1] == ["generate"]
+        assert all(j["state"] == "settled" for j in jobs)
+        first = json.loads(jobs[0]["prompt_ids"])
+        answered = conn.execute(
+            f"SELECT COUNT(*) FROM prompts WHERE id IN ({','.join('?' * len(first))}) AND "
+            "response IS NOT NULL", first).fetchone()[0]
+        assert answered == len(first)
+        # its instructions were taken up as candidates, not generated again
+        taken = conn.execute("SELECT COUNT(*) FROM candidates WHERE round = 1").fetchone()[0]
+        assert taken > 0
+        assert conn.execute("SELECT prompts FROM rounds WHERE round = 2").fetchone()[0] == 0
+    assert_accounted(run_dir)
+
+
+STAND_IN = textwrap.dedent('''
+    """A stand-in for `vllm run-batch -i IN -o OUT`: answers each line like the fake server."""
+    import json, sys
+    sys.path.insert(0, sys.argv[3])
+    from fake_openai import FakeOpenAI
+    fake = FakeOpenAI.__new__(FakeOpenAI)
+    import threading
+    fake.lock = threading.Lock()
+    fake.settings = {"batch_fail_kinds": {}, "structured": "json", "repeat_last": True}
+    fake.scripts, fake.log, fake.by_kind, fake.batch_lines = {}, [], {}, 0
+    with open(sys.argv[1]) as src, open(sys.argv[2], "w") as out:
+        for n, raw in enumerate(src):
+            line = json.loads(raw)
+            status, body = fake.line_answer(line["url"], line["body"])
+            out.write(json.dumps({"id": f"req-{n}", "custom_id": line["custom_id"],
+                                  "response": {"status_code": status, "request_id": f"r{n}",
+                                               "body": body}, "error": None}) + "\\n")
+    with open(sys.argv[2] + ".runs", "a") as runs:
+        runs.write("1\\n")
+''')
+
+
+def test_the_offline_transport_runs_a_command_on_each_job_file(tmp_path):
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    command = f"{sys.executable} {script} {{input}} {{output}} {tests}"
+    run_dir = tmp_path / "run"
+    engine = run_engine(run_dir, "http://127.0.0.1:9/v1", target=8, prompts_per_round=4,
+                        batch=False, batch_command=command)
+    assert engine.finished is not None and engine.finished.reason.value == "target"
+    conn = db(run_dir)
+    jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
+    assert jobs and all(j["state"] == "settled" and j["transport"] == "command" for j in jobs)
+    for j in jobs:
+        out = Path(j["output_path"])
+        assert len(out.read_text().splitlines()) == len(json.loads(j["prompt_ids"]))
+        assert Path(str(out) + ".runs").read_text() == "1\n"
+    assert_accounted(run_dir)
+
+
+def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):
+    """A job recorded by a session that died after the command finished: the next session
+    reads its output file instead of running the command again."""
+    import asyncio
+
+    from selfinstruct_tui.engine.batch import CommandBatchTransport
+
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    store = RunStore(tmp_path / "run")
+    path = tmp_path / "run" / "job1.input.jsonl"
+    body = {"model": "m", "prompt": "Come up with a series of tasks:\n1. x", "max_tokens": 10}
+    path.write_text(json.dumps({"custom_id": "generate-1", "method": "POST",
+                                "url": "/v1/completions", "body": body}) + "\n")
+    record = store.add_batch(round=1, kind="generate", transport="command", prompt_ids=[1],
+                             input_path=str(path))
+    transport = CommandBatchTransport(f"{sys.executable} {script} {{input}} {{output}} {tests}")
+
+    async def go():
+        rec = await transport.submit(store, record)
+        while rec.state == "submitted":
+            await asyncio.sleep(0.02)
+            rec = await transport.poll(store, rec)
+        again = await CommandBatchTransport(transport.template).submit(store, record)
+        return rec, again
+
+    first, again = asyncio.run(go())
+    assert first.state == "downloaded" and again.state == "downloaded"
+    out = tmp_path / "run" / "job1.output.jsonl"
+    assert Path(str(out) + ".runs").read_text() == "1\n"  # ran once
+    store.close()
