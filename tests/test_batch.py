@@ -207,3 +207,30 @@ def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):
     out = tmp_path / "run" / "job1.output.jsonl"
     assert Path(str(out) + ".runs").read_text() == "1\n"  # ran once
     store.close()
+
+
+def test_the_tui_shows_pending_batches_and_s_asks_whether_to_cancel_them(tmp_path,
+                                                                          isolated_env):
+    from selfinstruct_tui.tui.app import create_app
+    from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+    from tui_helpers import make_engine, run, until
+
+    async def go():
+        with FakeOpenAI(batch_polls=10**6) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=10, batch=True,
+                                 batch_poll_seconds=0.05, prompts_per_round=3)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: server.batch_retrieves >= 2)
+                await until(pilot, lambda: app.view.submitted_batches != [])
+                pane = str(app.query_one("#inflight").render())
+                assert "batch job 1 (round 1, generate): in_progress 0/3 done" in pane
+                await pilot.press("s")
+                assert isinstance(app.screen, ConfirmScreen)
+                await pilot.press("y")
+                await until(pilot, lambda: server.batches["batch_1"]["status"] == "cancelled")
+                await until(pilot, lambda: engine.finished is not None, timeout=30)
+        conn = db(tmp_path / "run")
+        assert conn.execute("SELECT state FROM batches").fetchone()[0] == "cancelled"
+
+    run(go())

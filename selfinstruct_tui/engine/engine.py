@@ -147,7 +147,8 @@ class Engine:
         self._stop_message = ""
         self._wakeup: asyncio.Event | None = None  # ends the backoff between empty rounds
         self._client: LLMClient | None = None
-        self._batcher: Batcher | None = None  # batch mode (config.batch)
+        self._batcher: Batcher | None = None  # batch mode (config.uses_batch)
+        self._cancelling: asyncio.Task[None] | None = None  # a stop that cancels batch jobs
         self.batch_settings = BatchSettings(poll_seconds=config.batch_poll_seconds,
                                             command=config.batch_command)
         self._committed = 0
@@ -212,7 +213,7 @@ class Engine:
             self._do_resume()
         elif isinstance(command, Stop):
             if command.cancel_batches and self._batcher is not None and self._loop is not None:
-                self._loop.create_task(self._cancel_batches())
+                self._cancelling = self._loop.create_task(self._cancel_batches())
             if command.now:
                 self._do_stop_now()
             else:
@@ -414,6 +415,8 @@ class Engine:
         finally:
             await self._client.close()
             if self._batcher is not None:
+                if self._cancelling is not None:
+                    await asyncio.wait([self._cancelling], timeout=60)
                 await self._batcher.close()
         if self.finished is None:
             message = self._stop_message if reason is self._stop_reason else ""
