@@ -234,3 +234,55 @@ def test_the_tui_shows_pending_batches_and_s_asks_whether_to_cancel_them(tmp_pat
         assert conn.execute("SELECT state FROM batches").fetchone()[0] == "cancelled"
 
     run(go())
+
+
+def test_a_stop_keeps_a_pending_batch_and_the_next_session_reads_its_answers(tmp_path):
+    """Stopped while the classification job is pending: the job stays recorded and paid; the
+    next session polls it (no new batch for it), and its answers are used when the candidates
+    are taken up (no classification asked again for them)."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.05)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: server.batch_creations >= 1 and
+                 server.batches["batch_1"]["status"] == "completed")
+        server.configure(batch_polls=10**6)  # later jobs stay pending
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE kind = 'classify' AND batch_id IS NOT NULL"
+        ).fetchone()[0] >= 1)
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+        conn = db(run_dir)
+        pending = conn.execute("SELECT * FROM batches WHERE state = 'submitted'").fetchall()
+        assert any(j["kind"] == "classify" for j in pending)
+        classify_job = next(j for j in pending if j["kind"] == "classify")
+        assert conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'abandoned'"
+                            ).fetchone()[0] >= len(json.loads(classify_job["prompt_ids"]))
+        before = server.batch_creations
+        server.configure(batch_polls=1)
+        lines_before = server.batch_lines
+        store = RunStore(run_dir)
+        engine = Engine(store, config)
+        engine.run()
+        store.close()
+        assert engine.finished is not None and engine.finished.reason.value == "target"
+        jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
+        assert all(j["state"] == "settled" for j in jobs)
+        assert server.batch_creations == len(jobs) > before  # none created twice
+        classified = {r[0] for r in conn.execute(
+            "SELECT task_ref FROM prompts WHERE kind = 'classify' AND response IS NOT NULL")}
+        asked = [r[0] for r in conn.execute(
+            "SELECT task_ref FROM prompts WHERE kind = 'classify' AND id > ?",
+            (max(json.loads(classify_job["prompt_ids"])),))]
+        refs = {r[0] for r in conn.execute(
+            f"SELECT task_ref FROM prompts WHERE id IN "
+            f"({','.join(map(str, json.loads(classify_job['prompt_ids'])))})")}
+        assert refs <= classified and not refs & set(asked)  # read, not asked again
+        assert server.batch_lines > lines_before
+    assert_accounted(run_dir)

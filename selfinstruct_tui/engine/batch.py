@@ -284,16 +284,23 @@ class CommandBatchTransport:
             "{output}", shlex.quote(self.output_path(record)))
         log_path = record.input_path.removesuffix(".input.jsonl") + ".command.log"
         with open(log_path, "ab") as log:
+            # Its own session: a Ctrl-C or a closed terminal stops the run, not the job (it
+            # finishes its file, like a batch at an endpoint; the next session waits for it).
             proc = await asyncio.create_subprocess_shell(
                 command, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL)
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         self._procs[record.id] = proc
         return store.update_batch(record, state="submitted", status="running",
                                   batch_id=f"pid {proc.pid}", total=len(record.prompt_ids))
 
     async def poll(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         proc = self._procs.get(record.id)
-        if proc is None:  # started by a process that is gone: run it again unless complete
+        if proc is None:
+            pid = _pid_of(record.batch_id)
+            if pid is not None and _alive(pid):  # started by an earlier session, still running
+                return record
+            # started by a session that is gone and finished or died: read it if complete,
+            # else run it again
             return await self.submit(store, record)
         if proc.returncode is None:
             return record
@@ -315,8 +322,30 @@ class CommandBatchTransport:
         return store.update_batch(record, state="cancelled", status="cancelled")
 
     async def close(self) -> None:
-        for proc in self._procs.values():  # a stop leaves the command to finish its file
-            del proc
+        """Nothing to do: a running command finishes its file (the next session reads it)."""
+
+
+def _pid_of(batch_id: str | None) -> int | None:
+    if batch_id and batch_id.startswith("pid "):
+        try:
+            return int(batch_id[4:])
+        except ValueError:
+            return None
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie of ours (never reaped) is not running
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 @dataclass
