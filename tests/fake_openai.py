@@ -22,7 +22,8 @@ Batch API: /v1/files (multipart upload, GET .../content) and /v1/batches (create
 cancel). A batch is `in_progress` for `batch_polls` retrieves, then `completed`: every input
 line is answered with what the same request would get from /v1/completions or
 /v1/chat/completions (the same default or scripted answers). Lines whose kind is in
-`batch_fail_kinds` ({kind: message}) go to the error file as 400 lines. `batch_creations` counts
+`batch_fail_kinds` ({kind: message}) go to the error file as 400 lines; `batch_api=False`
+answers 404 there (a server without the Batch API). `batch_creations` counts
 created batches; `batch_retrieves` counts polls.
 """
 
@@ -471,6 +472,9 @@ class FakeOpenAI:
                     self._error(401, "Incorrect API key provided", "invalid_request_error")
                     return True
                 parts = path.split("/")
+                if not server.settings.get("batch_api", True):  # a server without it
+                    self._error(404, f"no route {self.path}", "not_found")
+                    return True
                 if method == "POST" and path.endswith("/files"):
                     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
                         b"Content-Type: " + self.headers["Content-Type"].encode() +

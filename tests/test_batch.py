@@ -286,3 +286,17 @@ def test_a_stop_keeps_a_pending_batch_and_the_next_session_reads_its_answers(tmp
         assert refs <= classified and not refs & set(asked)  # read, not asked again
         assert server.batch_lines > lines_before
     assert_accounted(run_dir)
+
+
+def test_an_endpoint_without_the_batch_api_stops_the_run_with_what_to_do(run_cli, tmp_path):
+    with FakeOpenAI() as server:
+        server.configure(batch_api=False)
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(tmp_path / "run"), "--target", "5", "--batch",
+                       "--batch-poll", "0.05", timeout=120)
+        assert server.requests == 0
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "does not implement the Batch API" in out and "--batch-command" in out
+    conn = db(tmp_path / "run")
+    assert {r[0] for r in conn.execute("SELECT state FROM batches")} == {"abandoned"}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
 from collections.abc import Callable
@@ -45,9 +46,12 @@ from selfinstruct_tui.engine.llm import (
     RequestFailed,
     SamplingParams,
     error_text,
+    map_error,
 )
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
 from selfinstruct_tui.engine.store import BatchRecord, RunStore
+
+log = logging.getLogger(__name__)
 
 # The endpoint's batch statuses after which nothing changes.
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -426,12 +430,19 @@ class Batcher:
 
     async def _job(self, group: _Group) -> None:
         futures = {custom_id(group.kind, p.prompt_id): p.future for p in group.items}
+        record: BatchRecord | None = None
         try:
             record = self.store.add_batch(round=group.round, kind=group.kind,
                                           transport=self.transport.name,
                                           prompt_ids=[p.prompt_id for p in group.items],
                                           input_path=self._write_input(group))
-            record = await self.transport.submit(self.store, record)
+            try:
+                record = await self.transport.submit(self.store, record)
+            except Exception:
+                # Never created, nothing paid: its requests fail now, so no later session may
+                # submit it.
+                record = self.store.update_batch(record, state="abandoned")
+                raise
             self.on_progress(record)
             record = await self.follow(record)
             if record.state != "downloaded":
@@ -445,10 +456,20 @@ class Batcher:
         except RequestAbandoned as exc:
             _fail_all(futures, exc)
         except Exception as exc:  # noqa: BLE001 - an upload, create or poll that failed
-            message = self.redact(error_text(exc) if isinstance(exc, openai.APIError)
-                                  else repr(exc))
-            _fail_all(futures, RequestFailed(f"the batch job failed: {message}",
-                                             kind=Cause.HTTP))
+            _fail_all(futures, self.job_failure(exc))
+
+    def job_failure(self, exc: BaseException) -> RequestFailed:
+        """An upload, create or poll that failed, as the failure of each of its requests:
+        fatal when no later job can succeed (a refused key, an endpoint without the Batch API)."""
+        failure = map_error(exc, self.client)
+        message = self.redact(failure.message)
+        if isinstance(exc, openai.APIStatusError) and exc.status_code in (404, 405):
+            message = (f"{self.client.base_url} does not implement the Batch API (/v1/files, "
+                       f"/v1/batches): {self.redact(error_text(exc))}. Use --batch-command to "
+                       "run batch files offline, or run without --batch")
+        return RequestFailed(f"the batch job failed: {message}", kind=failure.cause,
+                             fatal=failure.fatal or isinstance(exc, openai.APIStatusError)
+                             and exc.status_code in (404, 405), status=failure.status)
 
     async def follow(self, record: BatchRecord) -> BatchRecord:
         """Poll a submitted job every `poll_seconds` until its files are saved (returned
@@ -457,7 +478,13 @@ class Batcher:
             await self._sleep(self.settings.poll_seconds)
             if self._stopping:
                 break
-            record = await self.transport.poll(self.store, record)
+            try:
+                record = await self.transport.poll(self.store, record)
+            except Exception as exc:
+                if map_error(exc, self.client).retry:  # the batch goes on: poll again later
+                    log.warning("polling batch job %d failed: %s", record.id, exc)
+                    continue
+                raise
             self.on_progress(record)
         return record
 
@@ -477,7 +504,12 @@ class Batcher:
             if record.transport != self.transport.name:
                 continue  # sent by the other transport; read when the run uses it again
             if record.state == "preparing":
-                record = await self.transport.submit(self.store, record)
+                try:
+                    record = await self.transport.submit(self.store, record)
+                except Exception as exc:  # noqa: BLE001 - never created: nothing to read
+                    self.store.update_batch(record, state="abandoned",
+                                            message=str(self.job_failure(exc)))
+                    continue
                 self.on_progress(record)
             if record.state == "submitted":
                 if self._stopping:
