@@ -300,3 +300,29 @@ def test_an_endpoint_without_the_batch_api_stops_the_run_with_what_to_do(run_cli
     assert "does not implement the Batch API" in out and "--batch-command" in out
     conn = db(tmp_path / "run")
     assert {r[0] for r in conn.execute("SELECT state FROM batches")} == {"abandoned"}
+
+
+def test_an_attached_ui_sees_pending_batch_jobs(tmp_path):
+    from selfinstruct_tui.engine import events as ev
+    from selfinstruct_tui.engine.control import StoreFollower, read_snapshot
+    from tui_helpers import deterministic_run
+
+    deterministic_run(tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    job = store.add_batch(round=5, kind="generate", transport="openai", prompt_ids=[1, 2],
+                          input_path=str(tmp_path / "x.input.jsonl"))
+    job = store.update_batch(job, batch_id="batch_9", state="submitted", status="in_progress",
+                             total=2, completed=1)
+    seen: list[ev.Event] = []
+    reader = RunStore(tmp_path / "run", readonly=True)
+    follower = StoreFollower(read_snapshot(reader), seen.append)
+    follower.poll(reader)
+    shown = [e.batch for e in seen if isinstance(e, ev.BatchProgress)]
+    assert [(b.id, b.status, b.completed, b.total) for b in shown] == [
+        (job.id, "in_progress", 1, 2)]
+    store.update_batch(job, state="settled", status="completed", completed=2)
+    follower.poll(reader)
+    shown = [e.batch for e in seen if isinstance(e, ev.BatchProgress)]
+    assert shown[-1].state == "settled"
+    reader.close()
+    store.close()

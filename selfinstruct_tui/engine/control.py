@@ -445,6 +445,7 @@ class StoreFollower:
         self.accepted: int | None = None
         self.seen_changes: set[tuple[int, str, float]] = set()
         self.last_update = time.time()
+        self.batch_updates: dict[int, float] = {}  # batch job id -> its `updated` last emitted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -471,6 +472,11 @@ class StoreFollower:
 
     def poll(self, store: RunStore) -> None:
         emit = self.emit
+        for job in store.batches():  # batch mode: the same progress the engine emits
+            if self.batch_updates.get(job.id) != job.updated and (
+                    job.pending or job.id in self.batch_updates):
+                self.batch_updates[job.id] = job.updated
+                emit(ev.BatchProgress(job))
         new_tasks = store.tasks(status="active", after_id=self.last.get("tasks", 0))
         changed = store.task_changes(self.last_update - 1)
         # Counting is the one query that grows with the pool: only when something changed.
