@@ -47,6 +47,7 @@ from selfinstruct_tui.engine.llm import (
     SamplingParams,
     error_text,
     map_error,
+    request_body,
 )
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
 from selfinstruct_tui.engine.store import BatchRecord, RunStore
@@ -87,26 +88,6 @@ def custom_id(kind: str, prompt_id: int) -> str:
 
 def endpoint_path(api: str) -> str:
     return "/v1/chat/completions" if api == "chat" else "/v1/completions"
-
-
-def request_body(s: ClientSettings, req: CompletionRequest | ChatRequest, params: SamplingParams,
-                 structured: bool) -> dict[str, Any]:
-    """The JSON body the normal path would POST for this request."""
-    body: dict[str, Any] = dict(model=s.model, max_tokens=params.max_tokens,
-                                temperature=params.temperature, top_p=params.top_p,
-                                presence_penalty=params.presence_penalty,
-                                frequency_penalty=params.frequency_penalty)
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if isinstance(req, CompletionRequest):
-        body["prompt"] = req.prompt
-        if req.stop:
-            body["stop"] = list(req.stop)[:4]
-    else:
-        body["messages"] = list(req.messages)
-        if structured and req.schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": req.schema}
-    return body
 
 
 def read_lines(*paths: str | None) -> dict[str, BatchLine]:
@@ -400,7 +381,8 @@ class Batcher:
             raise RequestAbandoned()
         loop = asyncio.get_running_loop()
         group = self._groups.setdefault((round, kind), _Group(round, kind))
-        pending = _Pending(prompt_id, request_body(self.client, req, params, structured),
+        body = request_body(self.client.model, req, params, params.max_tokens, structured)
+        pending = _Pending(prompt_id, body,
                            params.max_tokens, loop.create_future())
         group.items.append(pending)
         if group.timer is not None:

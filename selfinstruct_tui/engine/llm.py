@@ -647,19 +647,9 @@ class LLMClient:
     async def _send(self, client: openai.AsyncOpenAI, req: CompletionRequest | ChatRequest,
                     params: SamplingParams, max_tokens: int,
                     structured: bool) -> tuple[str, str | None, int, int, bool]:
-        common: dict[str, Any] = dict(
-            model=self.settings.model,
-            max_tokens=max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-        )
-        if params.seed is not None:
-            common["seed"] = params.seed
+        body = request_body(self.settings.model, req, params, max_tokens, structured)
         if isinstance(req, CompletionRequest):
-            resp = await client.completions.create(
-                prompt=req.prompt, stop=list(req.stop)[:4] or openai.omit, **common)
+            resp = await client.completions.create(**body)
             _check_api(resp)
             if not resp.choices:
                 raise MalformedResponse("the response has no choices")
@@ -668,10 +658,7 @@ class LLMClient:
             if text is None and getattr(choice, "message", None) is not None:
                 raise WrongAPI("chat")
         else:
-            if structured and req.schema is not None:
-                common["response_format"] = {"type": "json_schema", "json_schema": req.schema}
-            resp = await client.chat.completions.create(
-                messages=list(req.messages), **common)  # type: ignore[arg-type]
+            resp = await client.chat.completions.create(**body)
             _check_api(resp)
             if not resp.choices:
                 raise MalformedResponse("the response has no choices")
@@ -689,6 +676,27 @@ class LLMClient:
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
         reported = usage is not None and (prompt_tokens > 0 or completion_tokens > 0)
         return str(text), choice.finish_reason, prompt_tokens, completion_tokens, reported
+
+
+def request_body(model: str, req: CompletionRequest | ChatRequest, params: SamplingParams,
+                 max_tokens: int, structured: bool) -> dict[str, Any]:
+    """The JSON body of a completions or chat request (also a batch line's `body`);
+    `structured`: a chat request with a schema asks for JSON-schema output."""
+    body: dict[str, Any] = dict(model=model, max_tokens=max_tokens,
+                                temperature=params.temperature, top_p=params.top_p,
+                                presence_penalty=params.presence_penalty,
+                                frequency_penalty=params.frequency_penalty)
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if isinstance(req, CompletionRequest):
+        body["prompt"] = req.prompt
+        if req.stop:
+            body["stop"] = list(req.stop)[:4]
+    else:
+        body["messages"] = list(req.messages)
+        if structured and req.schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": req.schema}
+    return body
 
 
 def _check_api(resp: object) -> None:
