@@ -120,6 +120,19 @@ def read_lines(*paths: str | None) -> dict[str, BatchLine]:
     return out
 
 
+def answers(record: BatchRecord) -> dict[str, BatchLine]:
+    """Every request of a downloaded job by custom_id: its output or error line, or for a
+    request the batch did not answer (expired, failed, cancelled) a line saying so."""
+    lines = read_lines(record.output_path, record.error_path)
+    why = f"the batch ended {record.status or record.state} without an answer to this request"
+    if record.message:
+        why += f" ({record.message})"
+    for prompt_id in record.prompt_ids:
+        cid = custom_id(record.kind, prompt_id)
+        lines.setdefault(cid, BatchLine(cid, None, None, why))
+    return lines
+
+
 def line_response(line: BatchLine | None, api: str, redact: Redactor,
                   max_tokens: int) -> LLMResponse:
     """An output line as the normal path's answer. Raises RequestFailed (kind a `Cause`) for a
@@ -368,6 +381,8 @@ class Batcher:
         self._groups: dict[tuple[int, str], _Group] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._running = asyncio.Event()  # cleared while the run is paused: no job leaves
+        self._running.set()
         self._wake = asyncio.Event()
         self._dir = store.run_dir / "batches"
 
@@ -412,8 +427,10 @@ class Batcher:
 
     async def _job(self, group: _Group) -> None:
         futures = {custom_id(group.kind, p.prompt_id): p.future for p in group.items}
-        record: BatchRecord | None = None
         try:
+            await self._running.wait()
+            if self._stopping:
+                raise RequestAbandoned()
             record = self.store.add_batch(round=group.round, kind=group.kind,
                                           transport=self.transport.name,
                                           prompt_ids=[p.prompt_id for p in group.items],
@@ -429,10 +446,10 @@ class Batcher:
             record = await self.follow(record)
             if record.state != "downloaded":
                 raise RequestAbandoned("in flight")
-            lines = read_lines(record.output_path, record.error_path)
+            lines = answers(record)
             for cid, future in futures.items():
                 if not future.done():
-                    future.set_result(lines.get(cid))
+                    future.set_result(lines[cid])
             await asyncio.sleep(0)  # the waiting requests record their answers first
             self.store.update_batch(record, state="settled")
         except RequestAbandoned as exc:
@@ -476,11 +493,11 @@ class Batcher:
         except TimeoutError:
             pass
 
-    async def resume_pending(self) -> list[tuple[BatchRecord, dict[str, BatchLine]]]:
+    async def resume_pending(self) -> list[BatchRecord]:
         """Every job an earlier session left unread, brought to its answers: recorded but not
         created (created now from its recorded file), submitted (polled, never resubmitted),
-        downloaded (read from disk). Returns (job, lines by custom_id) for each job that has its
-        answers; jobs still pending when the run stops stay recorded."""
+        downloaded (read from disk). Returns the jobs whose answers are on disk (`answers`
+        reads them); jobs still pending when the run stops stay recorded."""
         out = []
         for record in self.store.batches(pending_only=True):
             if record.transport != self.transport.name:
@@ -500,16 +517,24 @@ class Batcher:
                 self.on_progress(record)
                 record = await self.follow(record)
             if record.state == "downloaded":
-                out.append((record, read_lines(record.output_path, record.error_path)))
+                out.append(record)
         return out
 
     def settled(self, record: BatchRecord) -> None:
         self.store.update_batch(record, state="settled")
 
+    def pause(self) -> None:
+        """No new job leaves until `resume` (submitted jobs are still polled)."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
     def stop(self) -> None:
         """Stop polling: requests not yet in a job are abandoned; submitted jobs stay recorded
         (the next session polls them)."""
         self._stopping = True
+        self._running.set()
         self._wake.set()
         for group in self._groups.values():
             if group.timer is not None:

@@ -44,6 +44,7 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import (
     Batcher,
     BatchSettings,
+    answers,
     custom_id,
     line_response,
     make_transport,
@@ -241,6 +242,8 @@ class Engine:
         if self._client is None or self.state in (RunState.STOPPING, RunState.FINISHED):
             return
         self._client.pause()
+        if self._batcher is not None:
+            self._batcher.pause()
         self.pause_reason = reason
         self.paused_by_errors = by_errors
         self._set_state(RunState.PAUSED)
@@ -254,6 +257,8 @@ class Engine:
         self.pause_reason = ""
         self.paused_by_errors = False
         self._client.resume()
+        if self._batcher is not None:
+            self._batcher.resume()
         self._set_state(RunState.RUNNING)
         self.bus.emit(ev.Resumed())
 
@@ -441,13 +446,14 @@ class Engine:
             return
         self.bus.emit(ev.Notice(f"{len(pending)} batch job(s) of an earlier session are pending: "
                                 "polling them (they are not submitted again)"))
-        for record, lines in await self._batcher.resume_pending():
+        for record in await self._batcher.resume_pending():
+            lines = answers(record)
             touched: set[int] = set()
             for prompt in self.store.prompts_by_id(list(record.prompt_ids)):
                 if prompt.response is not None:
                     continue
                 try:
-                    resp = line_response(lines.get(custom_id(prompt.kind, prompt.id)),
+                    resp = line_response(lines[custom_id(prompt.kind, prompt.id)],
                                          self.config.api, self._batcher.redact, 0)
                 except RequestFailed as exc:
                     self.store.finish_prompt(prompt, response=None, error=str(exc))
