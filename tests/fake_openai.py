@@ -23,7 +23,8 @@ cancel). A batch is `in_progress` for `batch_polls` retrieves, then `completed`:
 line is answered with what the same request would get from /v1/completions or
 /v1/chat/completions (the same default or scripted answers). Lines whose kind is in
 `batch_fail_kinds` ({kind: message}) go to the error file as 400 lines; `batch_api=False`
-answers 404 there (a server without the Batch API). `batch_creations` counts
+answers 404 there (a server without the Batch API); `batch_end_status="expired"` ends a batch
+expired with only the first half of its lines answered. `batch_creations` counts
 created batches; `batch_retrieves` counts polls.
 """
 
@@ -360,7 +361,11 @@ class FakeOpenAI:
     def _run_batch(self, batch: dict[str, Any]) -> None:
         data = self.files[batch["input_file_id"]][1].decode()
         out, errors = [], []
-        for n, raw in enumerate(ln for ln in data.splitlines() if ln.strip()):
+        todo = [ln for ln in data.splitlines() if ln.strip()]
+        end = self.settings.get("batch_end_status", "completed")
+        if end == "expired":  # the window closed with half of the lines answered
+            todo = todo[: len(todo) // 2]
+        for n, raw in enumerate(todo):
             line = json.loads(raw)
             status, body = self.line_answer(line["url"], line["body"])
             if status == 200:
@@ -376,7 +381,7 @@ class FakeOpenAI:
         err_id = self.add_file("errors.jsonl", "".join(json.dumps(x) + "\n" for x in errors)
                                .encode())["id"] if errors else None
         with self.lock:
-            batch.update(status="completed", output_file_id=out_id, error_file_id=err_id,
+            batch.update(status=end, output_file_id=out_id, error_file_id=err_id,
                          completed_at=int(time.time()),
                          request_counts={"total": len(out) + len(errors), "completed": len(out),
                                          "failed": len(errors)})

@@ -326,3 +326,31 @@ def test_an_attached_ui_sees_pending_batch_jobs(tmp_path):
     assert shown[-1].state == "settled"
     reader.close()
     store.close()
+
+
+def test_requests_an_expired_batch_did_not_answer_fail_with_its_status(tmp_path):
+    import threading
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(batch_end_status="expired")
+        store, config = new_run(run_dir, server.base_url, target=5, prompts_per_round=4,
+                                batch=True, batch_poll_seconds=0.02)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE kind = 'generate' AND state = 'settled'"
+        ).fetchone()[0] >= 1)
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+    conn = db(run_dir)
+    job = conn.execute("SELECT * FROM batches WHERE kind = 'generate' ORDER BY id").fetchone()
+    assert job["status"] == "expired" and job["completed"] == 2
+    prompts = conn.execute(
+        f"SELECT response, error FROM prompts WHERE id IN "
+        f"({','.join(map(str, json.loads(job['prompt_ids'])))}) ORDER BY id").fetchall()
+    assert [p[0] is not None for p in prompts] == [True, True, False, False]
+    assert all("the batch ended expired without an answer" in p[1] for p in prompts[2:])
+    assert_accounted(run_dir)
