@@ -354,3 +354,19 @@ def test_requests_an_expired_batch_did_not_answer_fail_with_its_status(tmp_path)
     assert [p[0] is not None for p in prompts] == [True, True, False, False]
     assert all("the batch ended expired without an answer" in p[1] for p in prompts[2:])
     assert_accounted(run_dir)
+
+
+def test_batch_command_runs_from_the_cli_without_an_endpoint(run_cli, tmp_path):
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    command = f"{sys.executable} {script} {{input}} {{output}} {tests}"
+    refused = run_cli("run", "--headless", "--run-dir", str(tmp_path / "r0"),
+                      "--batch-command", command)
+    assert refused.returncode == 2 and "--batch-command needs --model" in refused.stderr
+    proc = run_cli("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"),
+                   "--target", "5", "--batch-command", command, "--batch-poll", "0.05",
+                   "--prompts-per-round", "3", check=True)
+    assert "done: 5/5" in proc.stdout
+    assert "batch job 1 (round 1, generate): completed 3/3 done" in proc.stdout
+    assert not list((tmp_path / "run").glob("llama-server*.log"))  # no embedded model

@@ -28,6 +28,7 @@ StructuredOutput = Literal["auto", "on", "off"]
 APP_NAME = "selfinstruct-tui"
 BATCH_PROMPTS_PER_ROUND = 100  # generation prompts per round in batch mode (--prompts-per-round)
 EMBEDDED = "embedded"
+OFFLINE_URL = "http://offline.invalid/v1"  # the base URL of a --batch-command run without one
 
 
 @dataclass
@@ -312,7 +313,12 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
     if cfg.model_path and not flags.get("base_url"):
         cfg.base_url = EMBEDDED
     if not cfg.base_url:
-        cfg.base_url = EMBEDDED
+        # --batch-command needs no endpoint: nothing is sent over HTTP (the name is a
+        # placeholder that never resolves); without it, the embedded model
+        cfg.base_url = OFFLINE_URL if cfg.batch_command else EMBEDDED
+    if cfg.batch_command and not cfg.model:
+        raise ConfigError("--batch-command needs --model: the model name the command's lines "
+                          "ask for (e.g. the one given to vllm run-batch --model)")
     cfg.validate()
     return cfg
 
