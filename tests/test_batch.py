@@ -370,3 +370,39 @@ def test_batch_command_runs_from_the_cli_without_an_endpoint(run_cli, tmp_path):
     assert "done: 5/5" in proc.stdout
     assert "batch job 1 (round 1, generate): completed 3/3 done" in proc.stdout
     assert not list((tmp_path / "run").glob("llama-server*.log"))  # no embedded model
+
+
+def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twice(tmp_path):
+    import asyncio
+
+    from selfinstruct_tui.engine.batch import CommandBatchTransport
+
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    store = RunStore(tmp_path / "run")
+    path = tmp_path / "run" / "job1.input.jsonl"
+    body = {"model": "m", "prompt": "Come up with a series of tasks:\n1. x", "max_tokens": 10}
+    path.write_text(json.dumps({"custom_id": "generate-1", "method": "POST",
+                                "url": "/v1/completions", "body": body}) + "\n")
+    earlier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = store.add_batch(round=1, kind="generate", transport="command", prompt_ids=[1],
+                             input_path=str(path))
+    record = store.update_batch(record, state="submitted", batch_id=f"pid {earlier.pid}")
+    transport = CommandBatchTransport(f"{sys.executable} {script} {{input}} {{output}} {tests}")
+
+    async def go():
+        waiting = await transport.poll(store, record)
+        assert waiting.state == "submitted" and waiting.batch_id == f"pid {earlier.pid}"
+        earlier.kill()
+        earlier.wait()
+        rec = await transport.poll(store, waiting)  # gone, output incomplete: run again
+        while rec.state == "submitted":
+            await asyncio.sleep(0.02)
+            rec = await transport.poll(store, rec)
+        return rec
+
+    done = asyncio.run(go())
+    assert done.state == "downloaded" and done.status == "completed"
+    assert Path(str(tmp_path / "run" / "job1.output.jsonl") + ".runs").read_text() == "1\n"
+    store.close()
