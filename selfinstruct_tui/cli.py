@@ -37,7 +37,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    "the paper's setting) or chat (chat models)")
     p.add_argument("--concurrency", type=int, metavar="C", help="requests in flight (default 8)")
     p.add_argument("--random-seed", type=int, metavar="S", dest="random_seed")
-    p.add_argument("--prompts-per-round", type=int, dest="prompts_per_round", metavar="P")
+    p.add_argument("--prompts-per-round", type=int, dest="prompts_per_round", metavar="P",
+                   help="generation prompts per round (default: --concurrency; 100 with --batch)")
+    p.add_argument("--batch", action="store_const", const=True,
+                   help="send each stage of a round as one job through the Batch API "
+                        "(/v1/files, /v1/batches); a pending batch is resumed by polling it")
+    p.add_argument("--batch-command", dest="batch_command", metavar="CMD",
+                   help='batch mode without an API: run CMD on each job\'s file, e.g. '
+                        '"vllm run-batch -i {input} -o {output} --model M"')
+    p.add_argument("--batch-poll", type=float, dest="batch_poll_seconds", metavar="SECONDS",
+                   help="seconds between two polls of a pending batch (30)")
     p.add_argument("--threshold", type=float, help="ROUGE-L near-duplicate threshold (0.7)")
     p.add_argument("--tokenizer", choices=["rouge", "unicode"],
                    help="similarity tokenizer; 'unicode' dedupes non-English text")
@@ -135,7 +144,8 @@ RUN_FLAG_NAMES = ("target", "model", "base_url", "api", "concurrency", "random_s
                   "requests_per_minute", "tokens_per_minute", "request_timeout", "max_retries",
                   "price_input_per_1k", "price_output_per_1k", "key_env", "model_path",
                   "max_cost", "max_tokens", "context_window", "stop_grace", "structured_output",
-                  "max_fruitless_requests", "embedded_servers")
+                  "max_fruitless_requests", "embedded_servers", "batch", "batch_command",
+                  "batch_poll_seconds")
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:

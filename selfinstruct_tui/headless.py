@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.batch import progress_line
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.store import RoundStats
 
@@ -77,6 +78,7 @@ class HeadlessPrinter:
         self.gone = False  # stdout was closed: print nothing more
         self.retries_shown = 0
         self.pause_message = ""
+        self.submitted_batches: set[int] = set()  # batch mode: jobs the endpoint holds
         self.tokens = 0
         self.cost = 0.0
         self.usage_missing = 0
@@ -158,12 +160,22 @@ class HeadlessPrinter:
                 self._line(f"request error ({event.kind}): {event.message}")
         elif isinstance(event, ev.Notice):
             self._line(f"note: {event.message}")
+        elif isinstance(event, ev.BatchProgress):
+            if event.batch.state == "submitted":
+                self.submitted_batches.add(event.batch.id)
+            else:
+                self.submitted_batches.discard(event.batch.id)
+            self._line(progress_line(event.batch))
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
             self._line(f"paused: {event.reason}")
         elif isinstance(event, ev.Stopping):
             self._line("stopping: requests in flight may finish (a second Ctrl-C or SIGTERM "
                        "abandons them)")
+            if self.submitted_batches:
+                self._line(f"{len(self.submitted_batches)} batch job(s) stay pending at the "
+                           "endpoint: the same command resumes by polling them (they are not "
+                           "submitted again)")
         elif isinstance(event, ev.Finished):
             self.close()
             took = time.monotonic() - self.started

@@ -17,10 +17,21 @@ text), content_type, headers, usage (False: no usage in the answer), shape ("cha
 in order; the last one repeats unless `repeat_last=False`, after which the default answers resume.
 Structured output: `structured="json"` answers a request carrying a JSON schema in JSON,
 "ignore" answers it as text, "reject" refuses it with a 400 that names response_format.
+
+Batch API: /v1/files (multipart upload, GET .../content) and /v1/batches (create, retrieve,
+cancel). A batch is `in_progress` for `batch_polls` retrieves, then `completed`: every input
+line is answered with what the same request would get from /v1/completions or
+/v1/chat/completions (the same default or scripted answers). Lines whose kind is in
+`batch_fail_kinds` ({kind: message}) go to the error file as 400 lines; `batch_api=False`
+answers 404 there (a server without the Batch API); `batch_end_status="expired"` ends a batch
+expired with only the first half of its lines answered. `batch_creations` counts
+created batches; `batch_retrieves` counts polls.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import hashlib
 import json
 import random
@@ -165,13 +176,21 @@ class FakeOpenAI:
                  fail_first: int = 0, context_limit: int | None = None,
                  reject_param: str | None = None, script: dict[str, list] | None = None,
                  repeat_last: bool = True, structured: str = "json",
-                 context_window: int | None = None) -> None:
+                 context_window: int | None = None, batch_polls: int = 2,
+                 batch_fail_kinds: dict[str, str] | None = None) -> None:
         self.settings: dict[str, Any] = dict(
             latency=latency, error_rate=error_rate, error_status=error_status,
             hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
             malformed_rate=malformed_rate, api_key=api_key, down=down, retry_after=retry_after,
             fail_first=fail_first, context_limit=context_limit, reject_param=reject_param,
-            repeat_last=repeat_last, structured=structured, context_window=context_window)
+            repeat_last=repeat_last, structured=structured, context_window=context_window,
+            batch_polls=batch_polls, batch_fail_kinds=dict(batch_fail_kinds or {}))
+        self.files: dict[str, tuple[str, bytes]] = {}  # id -> (filename, content)
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_polls_of: dict[str, int] = {}
+        self.batch_creations = 0
+        self.batch_retrieves = 0
+        self.batch_lines = 0
         self.scripts: dict[str, list] = {k: list(v) for k, v in (script or {}).items()}
         self.lock = threading.Lock()
         self.requests = 0
@@ -300,6 +319,109 @@ class FakeOpenAI:
                                    for i, item in enumerate(items))
         return text, "generate", len(text.split())
 
+    # -- the Batch API --------------------------------------------------------------------------
+    def add_file(self, name: str, data: bytes) -> dict[str, Any]:
+        with self.lock:
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = (name, data)
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": name, "purpose": "batch", "status": "processed"}
+
+    def create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        input_id = body.get("input_file_id")
+        if input_id not in self.files:
+            return 400, {"error": {"message": f"no file {input_id}", "type": "invalid_request"}}
+        lines = [ln for ln in self.files[input_id][1].decode().splitlines() if ln.strip()]
+        with self.lock:
+            self.batch_creations += 1
+            batch_id = f"batch_{self.batch_creations}"
+            batch = {"id": batch_id, "object": "batch", "endpoint": body.get("endpoint"),
+                     "completion_window": body.get("completion_window", "24h"),
+                     "created_at": int(time.time()), "input_file_id": input_id,
+                     "status": "in_progress", "metadata": body.get("metadata"),
+                     "output_file_id": None, "error_file_id": None,
+                     "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+            self.batches[batch_id] = batch
+            self.batch_polls_of[batch_id] = 0
+        return 200, batch
+
+    def retrieve_batch(self, batch_id: str) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return 404, {"error": {"message": f"no batch {batch_id}", "type": "not_found"}}
+            self.batch_retrieves += 1
+            self.batch_polls_of[batch_id] += 1
+            polls = self.batch_polls_of[batch_id]
+            ready = batch["status"] == "in_progress" and polls >= self.settings["batch_polls"]
+        if ready:
+            self._run_batch(batch)
+        return 200, batch
+
+    def _run_batch(self, batch: dict[str, Any]) -> None:
+        data = self.files[batch["input_file_id"]][1].decode()
+        out, errors = [], []
+        todo = [ln for ln in data.splitlines() if ln.strip()]
+        end = self.settings.get("batch_end_status", "completed")
+        if end == "expired":  # the window closed with half of the lines answered
+            todo = todo[: len(todo) // 2]
+        for n, raw in enumerate(todo):
+            line = json.loads(raw)
+            status, body = self.line_answer(line["url"], line["body"])
+            if status == 200:
+                out.append({"id": f"batch_req_{n}", "custom_id": line["custom_id"],
+                            "response": {"status_code": 200, "request_id": f"req_{n}",
+                                         "body": body}, "error": None})
+            else:
+                errors.append({"id": f"batch_req_{n}", "custom_id": line["custom_id"],
+                               "response": {"status_code": status, "request_id": f"req_{n}",
+                                            "body": body}, "error": None})
+        out_id = self.add_file("output.jsonl", "".join(json.dumps(x) + "\n" for x in out)
+                               .encode())["id"]
+        err_id = self.add_file("errors.jsonl", "".join(json.dumps(x) + "\n" for x in errors)
+                               .encode())["id"] if errors else None
+        with self.lock:
+            batch.update(status=end, output_file_id=out_id, error_file_id=err_id,
+                         completed_at=int(time.time()),
+                         request_counts={"total": len(out) + len(errors), "completed": len(out),
+                                         "failed": len(errors)})
+
+    def line_answer(self, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """(status, response body) for one batch line: the same answer the request would get
+        from the endpoint itself (default or scripted), or a 400 for a kind in
+        `batch_fail_kinds`."""
+        prompt = self.prompt_of(url, body)
+        kind = self.kind_of(prompt)
+        with self.lock:
+            self.batch_lines += 1
+            self.log.append((time.monotonic(), kind, body))
+        failing = self.settings["batch_fail_kinds"].get(kind)
+        if failing:
+            return 400, {"error": {"message": failing, "type": "invalid_request_error"}}
+        entry = self.scripted(kind)
+        if isinstance(entry, str):
+            entry = {"text": entry}
+        entry = entry or {}
+        if "status" in entry:
+            return int(entry["status"]), entry.get("body") or {
+                "error": {"message": f"scripted {entry['status']}", "type": "server_error"}}
+        if "text" in entry:
+            text, tokens = entry["text"], len(entry["text"].split())
+        else:
+            text, kind, tokens = self.answer(url, body)
+        with self.lock:
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        usage = {"prompt_tokens": len(prompt) // 4 + 1, "completion_tokens": tokens,
+                 "total_tokens": len(prompt) // 4 + 1 + tokens}
+        finish = entry.get("finish_reason", "stop")
+        if url.endswith("chat/completions"):
+            return 200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get(
+                "model"), "choices": [{"index": 0, "finish_reason": finish, "message": {
+                    "role": "assistant", "content": text}}], "usage": usage}
+        return 200, {"id": "cmpl-fake", "object": "text_completion", "model": body.get("model"),
+                     "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                                  "logprobs": None}], "usage": usage}
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -342,7 +464,56 @@ class FakeOpenAI:
                     server.statuses.append(status)
                 self._send(status, {"error": {"message": message, "type": etype}}, headers)
 
+            def _batch_api(self, method: str) -> bool:
+                """Serve /v1/files and /v1/batches; False for any other path."""
+                path = self.path.split("?")[0].rstrip("/")
+                if "/files" not in path and "/batches" not in path:
+                    return False
+                raw = b""
+                if method == "POST":
+                    raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                api_key = server.settings["api_key"]
+                if api_key and self.headers.get("Authorization", "") != f"Bearer {api_key}":
+                    self._error(401, "Incorrect API key provided", "invalid_request_error")
+                    return True
+                parts = path.split("/")
+                if not server.settings.get("batch_api", True):  # a server without it
+                    self._error(404, f"no route {self.path}", "not_found")
+                    return True
+                if method == "POST" and path.endswith("/files"):
+                    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                        b"Content-Type: " + self.headers["Content-Type"].encode() +
+                        b"\r\n\r\n" + raw)
+                    for part in message.iter_parts():
+                        if part.get_param("name", header="content-disposition") == "file":
+                            self._send(200, server.add_file(part.get_filename() or "input",
+                                                            part.get_payload(decode=True)))
+                            return True
+                    self._error(400, "no file in the upload", "invalid_request_error")
+                elif method == "GET" and path.endswith("/content") and parts[-2] in server.files:
+                    data = server.files[parts[-2]][1]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif method == "POST" and path.endswith("/batches"):
+                    self._send(*server.create_batch(json.loads(raw or b"{}")))
+                elif method == "GET" and parts[-2] == "batches":
+                    self._send(*server.retrieve_batch(parts[-1]))
+                elif method == "POST" and path.endswith("/cancel") and parts[-2] in server.batches:
+                    batch = server.batches[parts[-2]]
+                    with server.lock:
+                        if batch["status"] == "in_progress":
+                            batch["status"] = "cancelled"
+                    self._send(200, batch)
+                else:
+                    self._error(404, f"no route {self.path}", "not_found")
+                return True
+
             def do_GET(self) -> None:  # noqa: N802
+                if self._batch_api("GET"):
+                    return
                 if self.path.rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list", "data": [
                         {"id": "fake-model", "object": "model", "owned_by": "tests"}]})
@@ -350,6 +521,8 @@ class FakeOpenAI:
                     self._error(404, f"no route {self.path}", "not_found")
 
             def do_POST(self) -> None:  # noqa: N802
+                if self._batch_api("POST"):
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")

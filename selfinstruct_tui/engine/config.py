@@ -26,7 +26,9 @@ Tokenizer = Literal["rouge", "unicode"]
 StructuredOutput = Literal["auto", "on", "off"]
 
 APP_NAME = "selfinstruct-tui"
+BATCH_PROMPTS_PER_ROUND = 100  # generation prompts per round in batch mode (--prompts-per-round)
 EMBEDDED = "embedded"
+OFFLINE_URL = "http://offline.invalid/v1"  # the base URL of a --batch-command run without one
 
 
 @dataclass
@@ -83,10 +85,23 @@ class RunConfig:
     max_tokens: int = 0
     # ... and pause when this many requests in a row (whole rounds) added nothing to the pool
     max_fruitless_requests: int = 40
+    # batch mode: each stage of a round is one job through the Batch API (/v1/files,
+    # /v1/batches) or, with batch_command, an offline command run on the job's file
+    batch: bool = False
+    batch_command: str = ""
+    batch_poll_seconds: float = 30.0  # seconds between two polls of a pending batch
 
     @property
     def effective_prompts_per_round(self) -> int:
-        return self.prompts_per_round or self.concurrency
+        if self.prompts_per_round:
+            return self.prompts_per_round
+        # A batch costs one job per stage whatever its size: rounds are larger.
+        return BATCH_PROMPTS_PER_ROUND if self.uses_batch else self.concurrency
+
+    @property
+    def uses_batch(self) -> bool:
+        """Batch mode: --batch, or --batch-command (the offline transport)."""
+        return self.batch or bool(self.batch_command)
 
     @property
     def uses_embedded(self) -> bool:
@@ -138,6 +153,13 @@ class RunConfig:
             problems.append(f"{where}: max_cost (--max-cost) needs both prices to count the cost:"
                             " set price_input_per_1k and price_output_per_1k (--price-in, "
                             "--price-out, USD per 1K tokens), or limit tokens with --max-tokens")
+        if self.batch_poll_seconds <= 0:
+            problems.append(f"{where}: batch_poll_seconds (--batch-poll) must be more than 0 "
+                            "seconds")
+        if self.batch_command and not ("{input}" in self.batch_command
+                                       and "{output}" in self.batch_command):
+            problems.append(f"{where}: batch_command (--batch-command) must name {{input}} and "
+                            "{output}, e.g. \"vllm run-batch -i {input} -o {output} --model M\"")
         if self.request_timeout <= 0:
             problems.append(f"{where}: request_timeout (--timeout) must be more than 0 seconds")
         if self.max_retries < 0:
@@ -162,6 +184,7 @@ SAFE_ON_RESUME = {
     "requests_per_minute", "tokens_per_minute", "error_pause_seconds", "price_input_per_1k",
     "price_output_per_1k", "base_url", "key_env", "model_path", "stop_grace", "context_window",
     "structured_output", "max_cost", "max_tokens", "max_fruitless_requests", "embedded_servers",
+    "batch", "batch_command", "batch_poll_seconds",
 }
 
 SETTABLE = {f.name: f.type for f in fields(RunConfig)}
@@ -290,7 +313,12 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
     if cfg.model_path and not flags.get("base_url"):
         cfg.base_url = EMBEDDED
     if not cfg.base_url:
-        cfg.base_url = EMBEDDED
+        # --batch-command needs no endpoint: nothing is sent over HTTP (the name is a
+        # placeholder that never resolves); without it, the embedded model
+        cfg.base_url = OFFLINE_URL if cfg.batch_command else EMBEDDED
+    if cfg.batch_command and not cfg.model:
+        raise ConfigError("--batch-command needs --model: the model name the command's lines "
+                          "ask for (e.g. the one given to vllm run-batch --model)")
     cfg.validate()
     return cfg
 

@@ -93,6 +93,7 @@ class Stop:
     reason: str = "stopped"  # a FinishReason value
     message: str = ""
     now: bool = False
+    cancel_batches: bool = False  # batch mode: cancel submitted batch jobs at the endpoint
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def decode(name: str, args: dict[str, Any]) -> Command:
         return Resume()
     if name == "stop":
         return Stop(str(args.get("reason") or "stopped"), str(args.get("message") or ""),
-                    bool(args.get("now")))
+                    bool(args.get("now")), bool(args.get("cancel_batches")))
     if name == "replace_seeds":
         return ReplaceSeeds(tuple(seed_from_record(d) for d in args["seeds"]))
     if name == "drop_task":
@@ -444,6 +445,7 @@ class StoreFollower:
         self.accepted: int | None = None
         self.seen_changes: set[tuple[int, str, float]] = set()
         self.last_update = time.time()
+        self.batch_updates: dict[int, float] = {}  # batch job id -> its `updated` last emitted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -470,6 +472,11 @@ class StoreFollower:
 
     def poll(self, store: RunStore) -> None:
         emit = self.emit
+        for job in store.batches():  # batch mode: the same progress the engine emits
+            if self.batch_updates.get(job.id) != job.updated and (
+                    job.pending or job.id in self.batch_updates):
+                self.batch_updates[job.id] = job.updated
+                emit(ev.BatchProgress(job))
         new_tasks = store.tasks(status="active", after_id=self.last.get("tasks", 0))
         changed = store.task_changes(self.last_update - 1)
         # Counting is the one query that grows with the pool: only when something changed.

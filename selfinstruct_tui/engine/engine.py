@@ -41,6 +41,14 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.batch import (
+    Batcher,
+    BatchSettings,
+    answers,
+    custom_id,
+    line_response,
+    make_transport,
+)
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.control import (
     Command,
@@ -68,7 +76,14 @@ from selfinstruct_tui.engine.filters import (
     clean_instances,
 )
 from selfinstruct_tui.engine.guards import FailureWatch, SpendGuard
-from selfinstruct_tui.engine.llm import ClientSettings, LLMClient, RequestFailed, SamplingParams
+from selfinstruct_tui.engine.llm import (
+    ClientSettings,
+    LLMClient,
+    LLMResponse,
+    RequestFailed,
+    SamplingParams,
+    estimate_tokens,
+)
 from selfinstruct_tui.engine.parsing import ListItem, ParsedList, parse_classification
 from selfinstruct_tui.engine.pool import Pool
 from selfinstruct_tui.engine.prompts import PromptStyle, Request, style_for
@@ -79,6 +94,7 @@ from selfinstruct_tui.engine.store import (
     OPEN_REASONS,
     CandidateRecord,
     PromptKind,
+    PromptRecord,
     RejectionRecord,
     RoundStats,
     RunStore,
@@ -132,6 +148,10 @@ class Engine:
         self._stop_message = ""
         self._wakeup: asyncio.Event | None = None  # ends the backoff between empty rounds
         self._client: LLMClient | None = None
+        self._batcher: Batcher | None = None  # batch mode (config.uses_batch)
+        self._cancelling: asyncio.Task[None] | None = None  # a stop that cancels batch jobs
+        self.batch_settings = BatchSettings(poll_seconds=config.batch_poll_seconds,
+                                            command=config.batch_command)
         self._committed = 0
         self._next_id = 1
         self._rounds: dict[int, _Round] = {}
@@ -193,6 +213,8 @@ class Engine:
         elif isinstance(command, Resume):
             self._do_resume()
         elif isinstance(command, Stop):
+            if command.cancel_batches and self._batcher is not None and self._loop is not None:
+                self._cancelling = self._loop.create_task(self._cancel_batches())
             if command.now:
                 self._do_stop_now()
             else:
@@ -220,6 +242,8 @@ class Engine:
         if self._client is None or self.state in (RunState.STOPPING, RunState.FINISHED):
             return
         self._client.pause()
+        if self._batcher is not None:
+            self._batcher.pause()
         self.pause_reason = reason
         self.paused_by_errors = by_errors
         self._set_state(RunState.PAUSED)
@@ -233,6 +257,8 @@ class Engine:
         self.pause_reason = ""
         self.paused_by_errors = False
         self._client.resume()
+        if self._batcher is not None:
+            self._batcher.resume()
         self._set_state(RunState.RUNNING)
         self.bus.emit(ev.Resumed())
 
@@ -245,6 +271,8 @@ class Engine:
         self._stop_message = message
         if self._client is not None:
             self._client.abandon_pending(self.config.stop_grace if grace is None else grace)
+        if self._batcher is not None:
+            self._batcher.stop()  # submitted batches stay recorded: the next session polls them
         if self._wakeup is not None:
             self._wakeup.set()
         if self.state != RunState.FINISHED:
@@ -351,8 +379,16 @@ class Engine:
         self._client = LLMClient(self._client_settings())
         self._requests = RequestRecorder(self._client, self.store, self.bus, self.guard,
                                          self._on_failure, self.failures.success)
+        if self.config.uses_batch:
+            settings = self._client_settings()
+            self._batcher = Batcher(self.store, settings, self.batch_settings,
+                                    make_transport(settings, self.batch_settings),
+                                    lambda record: self.bus.emit(ev.BatchProgress(record)))
+            self._requests.batcher = self._batcher
         reason = FinishReason.STOPPED
         try:
+            if self._batcher is not None:
+                await self._read_pending_batches()
             interrupted = self.store.recover_interrupted()
             self._load_pool()
             resumed = self.store.max_round() > 0
@@ -383,6 +419,10 @@ class Engine:
                                         f"the engine failed: {exc!r}")
         finally:
             await self._client.close()
+            if self._batcher is not None:
+                if self._cancelling is not None:
+                    await asyncio.wait([self._cancelling], timeout=60)
+                await self._batcher.close()
         if self.finished is None:
             message = self._stop_message if reason is self._stop_reason else ""
             if reason is FinishReason.LIMIT:
@@ -393,6 +433,78 @@ class Engine:
         self.bus.emit(self.finished)
         self._loop = None
         return self.finished
+
+    # -- batch mode -------------------------------------------------------------------------------
+    async def _read_pending_batches(self) -> None:
+        """Batch jobs an earlier session left pending are polled (never submitted again) and
+        their answers written to their requests' records before anything else happens: a
+        classification or instance answer is then used when its candidate is taken up, and a
+        generation answer's instructions become open candidates of its round."""
+        assert self._batcher is not None
+        pending = self.store.batches(pending_only=True)
+        if not pending:
+            return
+        self.bus.emit(ev.Notice(f"{len(pending)} batch job(s) of an earlier session are pending: "
+                                "polling them (they are not submitted again)"))
+        for record in await self._batcher.resume_pending():
+            lines = answers(record)
+            touched: set[int] = set()
+            for prompt in self.store.prompts_by_id(list(record.prompt_ids)):
+                if prompt.response is not None:
+                    continue
+                try:
+                    resp = line_response(lines[custom_id(prompt.kind, prompt.id)],
+                                         self.config.api, self._batcher.redact, 0)
+                except RequestFailed as exc:
+                    self.store.finish_prompt(prompt, response=None, error=str(exc))
+                    continue
+                p_tok, c_tok = resp.prompt_tokens, resp.completion_tokens
+                if not resp.usage_reported:
+                    p_tok, c_tok = estimate_tokens(prompt.prompt), estimate_tokens(resp.text)
+                done = self.store.finish_prompt(prompt, response=resp.text,
+                                                finish_reason=resp.finish_reason,
+                                                prompt_tokens=p_tok, completion_tokens=c_tok,
+                                                usage_reported=resp.usage_reported)
+                self.bus.emit(ev.ResponseReceived.of(done))
+                if prompt.kind == "generate":
+                    self._late_candidates(record.id, done, resp)
+                    touched.add(prompt.round)
+            for number in touched:
+                status = self.store.round_status(number)
+                if status is not None and status != "running":  # recover_interrupted: running
+                    self.store.recount_round(number, status)
+            self._batcher.settled(record)
+
+    def _late_candidates(self, job: int, prompt: PromptRecord, resp: LLMResponse) -> None:
+        """A generation answer read after its round ended: its instructions are recorded as
+        open candidates of that round (taken up like any candidate a stop left open), its
+        unusable fragments as rejections."""
+        parsed = self.style.read_generation(resp.text, [e[2] for e in prompt.examples],
+                                            truncated=resp.finish_reason == "length")
+        running = self.store.round_status(prompt.round) == "running"
+        for fragment in parsed.discarded:
+            self.store.add_rejection(RejectionRecord(
+                0, prompt.round, fragment.text, fragment.reason.value, fragment.detail,
+                prompt_id=prompt.id, raw=fragment.text))
+        for item in parsed.items:
+            tid = self.store.max_used_id() + 1
+            self.store.add_candidate(CandidateRecord(tid, prompt.round, prompt.id,
+                                                     item.instruction, item.raw))
+            if not running:  # a running round's are recorded by recover_interrupted
+                self.store.add_rejection(RejectionRecord(
+                    0, prompt.round, item.instruction, "interrupted",
+                    f"answered by batch job {job} after its session ended; taken up by the "
+                    "next session", prompt_id=prompt.id, task_id=tid, raw=item.raw))
+
+    async def _cancel_batches(self) -> None:
+        """Cancel every submitted batch job at the endpoint (the user chose so at the stop)."""
+        assert self._batcher is not None
+        try:
+            for record in await self._batcher.cancel_pending():
+                self.bus.emit(ev.BatchProgress(record))
+        except Exception as exc:  # noqa: BLE001 - said, never fatal: the stop goes on
+            self.bus.emit(ev.RequestError(None, "batch", f"cancelling the batch jobs failed: "
+                                                         f"{exc}; they stay recorded"))
 
     async def _watch_control(self) -> None:
         """Commands from attached UIs (the store's commands table) and a heartbeat for `runs`."""
@@ -542,7 +654,8 @@ class Engine:
                 if tid is not None:
                     resolving.append(asyncio.create_task(self._resolve(
                         rnd, tid, item, old.prompt_id,
-                        known=self.store.classification_answer(old.task_id))))
+                        known=self.store.classification_answer(old.task_id),
+                        known_instances=self.store.instances_answer(old.task_id))))
             for gen in gens:
                 result = await gen
                 if result is None:
@@ -724,8 +837,8 @@ class Engine:
         return asked.prompt_id, parsed
 
     async def _resolve(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
-                       known: str | None = None) -> None:
-        task = await self._complete(rnd, tid, item, prompt_id, known)
+                       known: str | None = None, known_instances: str | None = None) -> None:
+        task = await self._complete(rnd, tid, item, prompt_id, known, known_instances)
         self._resolved[tid] = task
         if task is None:
             self.pool.release(tid)
@@ -769,20 +882,29 @@ class Engine:
         return None
 
     async def _complete(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
-                        known: str | None = None) -> Task | None:
+                        known: str | None = None,
+                        known_instances: str | None = None) -> Task | None:
+        """`known_instances`: an instance answer already paid for (a batch an earlier session
+        left pending), used when the classification answer was known too."""
         c = self.config
         instruction = item.instruction
         is_cls = await self._classify(rnd, tid, item, prompt_id, known)
         if is_cls is None:
             return None
-        inst_req = self.style.instances(instruction, is_cls, structured=self._structured())
-        inst_params = SamplingParams(max_tokens=c.instance_max_tokens, temperature=0.0,
-                                     presence_penalty=c.instance_presence_penalty)
-        asked = await self._ask(rnd, "instances", inst_req, inst_params, task_ref=tid)
-        resp = asked.response
-        if resp is None:
-            self._failed_request(rnd, prompt_id, item, tid, asked.failure, "instance")
-            return None
+        resp: LLMResponse | None
+        if known_instances is not None and known is not None and \
+                parse_classification(known) is not None:
+            resp = LLMResponse(known_instances, "stop", 0, 0, 0.0, 0, c.instance_max_tokens)
+        else:
+            inst_req = self.style.instances(instruction, is_cls, structured=self._structured())
+            inst_params = SamplingParams(max_tokens=c.instance_max_tokens, temperature=0.0,
+                                         presence_penalty=c.instance_presence_penalty)
+            asked = await self._ask(rnd, "instances", inst_req, inst_params, task_ref=tid)
+            resp = asked.response
+            if resp is None:
+                self._failed_request(rnd, prompt_id, item, tid, asked.failure, "instance")
+                return None
+        assert resp is not None
         parsed = self.style.read_instances(resp.text, is_cls,
                                            truncated=resp.finish_reason == "length")
         drops = [(f.text, f.reason, f.detail) for f in parsed.discarded]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.store import (
+    BatchRecord,
     ErrorRecord,
     PromptKind,
     PromptRecord,
@@ -155,6 +156,14 @@ class Notice(Event):
     """Something the user should know once (structured output detected, a limit learned)."""
 
     message: str
+
+
+@dataclass(frozen=True)
+class BatchProgress(Event):
+    """A batch job changed (submitted, polled, downloaded, settled, cancelled): its state, the
+    endpoint's status and request counts, as recorded in the store."""
+
+    batch: BatchRecord
 
 
 @dataclass(frozen=True)

@@ -654,26 +654,14 @@ class LLMClient:
     async def _send(self, client: openai.AsyncOpenAI, req: CompletionRequest | ChatRequest,
                     params: SamplingParams, max_tokens: int,
                     structured: bool) -> tuple[str, str | None, int, int, bool]:
-        common: dict[str, Any] = dict(
-            model=self.settings.model,
-            max_tokens=max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-        )
-        if params.seed is not None:
-            common["seed"] = params.seed
+        body = request_body(self.settings.model, req, params, max_tokens, structured)
         resp: Completion | ChatCompletion
         choice: Any
         # client.post with a plain JSON body (openai's documented way to make a request the
         # typed methods cover too): the typed methods first walk every parameter through their
         # TypedDict transform, ~0.8 ms of CPU per request for parameters that need none.
         if isinstance(req, CompletionRequest):
-            if req.stop:
-                common["stop"] = list(req.stop)[:4]
-            resp = await client.post("/completions", cast_to=Completion,
-                                     body={"prompt": req.prompt, **common})
+            resp = await client.post("/completions", cast_to=Completion, body=body)
             _check_api(resp)
             if not resp.choices:
                 raise MalformedResponse("the response has no choices")
@@ -682,10 +670,7 @@ class LLMClient:
             if text is None and getattr(choice, "message", None) is not None:
                 raise WrongAPI("chat")
         else:
-            if structured and req.schema is not None:
-                common["response_format"] = {"type": "json_schema", "json_schema": req.schema}
-            resp = await client.post("/chat/completions", cast_to=ChatCompletion,
-                                     body={"messages": list(req.messages), **common})
+            resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=body)
             _check_api(resp)
             if not resp.choices:
                 raise MalformedResponse("the response has no choices")
@@ -744,6 +729,27 @@ class ClientShards:
     async def close(self) -> None:
         for client in self.clients:
             await client.close()
+
+
+def request_body(model: str, req: CompletionRequest | ChatRequest, params: SamplingParams,
+                 max_tokens: int, structured: bool) -> dict[str, Any]:
+    """The JSON body of a completions or chat request (also a batch line's `body`);
+    `structured`: a chat request with a schema asks for JSON-schema output."""
+    body: dict[str, Any] = dict(model=model, max_tokens=max_tokens,
+                                temperature=params.temperature, top_p=params.top_p,
+                                presence_penalty=params.presence_penalty,
+                                frequency_penalty=params.frequency_penalty)
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if isinstance(req, CompletionRequest):
+        body["prompt"] = req.prompt
+        if req.stop:
+            body["stop"] = list(req.stop)[:4]
+    else:
+        body["messages"] = list(req.messages)
+        if structured and req.schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": req.schema}
+    return body
 
 
 def _check_api(resp: object) -> None:

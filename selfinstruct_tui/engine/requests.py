@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.batch import Batcher
 from selfinstruct_tui.engine.guards import SpendGuard
 from selfinstruct_tui.engine.llm import (
     LLMClient,
@@ -50,6 +51,8 @@ class RequestRecorder:
         self.on_success = on_success
         self.saved_window: int | None = client.context_window
         self.structured_noted: bool | None = None
+        # batch mode: requests go out as lines of their stage's batch job instead
+        self.batcher: Batcher | None = None
 
     @property
     def structured(self) -> bool:
@@ -76,7 +79,11 @@ class RequestRecorder:
             self.bus.emit(ev.RequestRetried.of(retry))
 
         try:
-            resp = await self.client.request(request, params, on_retry, route=kind)
+            if self.batcher is not None:
+                resp = await self.batcher.request(stats.round, kind, record.id, request, params,
+                                                  self.structured)
+            else:
+                resp = await self.client.request(request, params, on_retry, route=kind)
         except asyncio.CancelledError:  # the engine is shutting down around this request
             done = self.store.finish_prompt(record, response=None,
                                             error="abandoned: the engine stopped")

@@ -126,6 +126,28 @@ CREATE TABLE IF NOT EXISTS commands (
     created REAL NOT NULL,
     done REAL
 );
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    transport TEXT NOT NULL,
+    prompt_ids TEXT NOT NULL DEFAULT '[]',
+    input_path TEXT NOT NULL,
+    input_file_id TEXT,
+    batch_id TEXT,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    output_path TEXT,
+    error_path TEXT,
+    state TEXT NOT NULL DEFAULT 'preparing',
+    status TEXT NOT NULL DEFAULT '',
+    total INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reviews (
     task_id INTEGER PRIMARY KEY,
     sample INTEGER NOT NULL,
@@ -162,6 +184,49 @@ MIGRATIONS = (
     ("tasks", "source_task", "INTEGER"),
 )
 PENDING_SEEDS = "pending_seeds"  # meta: the seed set the next round uses (seed_to_record each)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch job: a stage (`kind`) of round `round` sent as one file.
+
+    `state` is ours: preparing (input written, nothing paid yet), submitted (the endpoint holds a
+    batch: `batch_id` set), downloaded (the output and error files are saved at `output_path` /
+    `error_path`), settled (every line's answer reached its request record), cancelled,
+    abandoned (never submitted). `status` is the endpoint's (validating, in_progress,
+    finalizing, completed, failed, expired, cancelling, cancelled) or the command's. `total`,
+    `completed`, `failed`: the endpoint's request counts. `created`/`updated`: epoch seconds.
+    """
+
+    id: int
+    round: int
+    kind: str
+    transport: str
+    prompt_ids: tuple[int, ...]
+    input_path: str
+    input_file_id: str | None = None
+    batch_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    output_path: str | None = None
+    error_path: str | None = None
+    state: str = "preparing"
+    status: str = ""
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    message: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """Paid for (or possibly paid for) and its answers not yet read."""
+        return self.state in ("preparing", "submitted", "downloaded")
+
+
+BATCH_FIELDS = ("input_file_id", "batch_id", "output_file_id", "error_file_id", "output_path",
+                "error_path", "state", "status", "total", "completed", "failed", "message")
 
 
 @dataclass
@@ -463,6 +528,58 @@ class RunStore:
             "response IS NOT NULL ORDER BY id DESC LIMIT 1", (task_id,)).fetchone()
         return row[0] if row else None
 
+    def instances_answer(self, task_id: int) -> str | None:
+        """The latest instance answer already received for a candidate, if any."""
+        row = self.db.execute(
+            "SELECT response FROM prompts WHERE task_ref = ? AND kind = 'instances' AND "
+            "response IS NOT NULL ORDER BY id DESC LIMIT 1", (task_id,)).fetchone()
+        return row[0] if row else None
+
+    # -- batch jobs -----------------------------------------------------------------------------
+    def add_batch(self, *, round: int, kind: str, transport: str, prompt_ids: list[int],
+                  input_path: str) -> BatchRecord:
+        """Record a batch job before anything is uploaded or run (state "preparing")."""
+        now = time.time()
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO batches(round, kind, transport, prompt_ids, input_path, created, "
+                "updated) VALUES (?,?,?,?,?,?,?)",
+                (round, kind, transport, json.dumps(prompt_ids), input_path, now, now))
+        return BatchRecord(int(cur.lastrowid or 0), round, kind, transport, tuple(prompt_ids),
+                           input_path, created=now, updated=now)
+
+    def update_batch(self, record: BatchRecord, **changes: Any) -> BatchRecord:
+        """Change fields of BATCH_FIELDS, committed at once (a batch id is on disk before the
+        first poll). Raises ValueError for another field."""
+        unknown = set(changes) - set(BATCH_FIELDS)
+        if unknown:
+            raise ValueError(f"not batch fields: {sorted(unknown)}")
+        done = replace(record, updated=time.time(), **changes)
+        cols = ", ".join(f"{k} = ?" for k in changes)
+        with self.db:
+            self.db.execute(f"UPDATE batches SET {cols}, updated = ? WHERE id = ?",
+                            (*changes.values(), done.updated, record.id))
+        return done
+
+    def batches(self, *, pending_only: bool = False) -> list[BatchRecord]:
+        """Batch jobs in creation order; `pending_only`: those whose answers are not read yet."""
+        try:
+            rows = self.db.execute("SELECT * FROM batches ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # a run made before batch mode
+            return []
+        out = [BatchRecord(
+            r["id"], r["round"], r["kind"], r["transport"], tuple(json.loads(r["prompt_ids"])),
+            r["input_path"], r["input_file_id"], r["batch_id"], r["output_file_id"],
+            r["error_file_id"], r["output_path"], r["error_path"], r["state"], r["status"],
+            r["total"], r["completed"], r["failed"], r["message"], r["created"], r["updated"])
+            for r in rows]
+        return [b for b in out if b.pending] if pending_only else out
+
+    def round_status(self, number: int) -> str | None:
+        """A round's status (running, done, stopped, interrupted); None: no such round."""
+        row = self.db.execute("SELECT status FROM rounds WHERE round = ?", (number,)).fetchone()
+        return row[0] if row else None
+
     def max_used_id(self) -> int:
         """The largest task id given to anything: tasks, candidates, requests' task refs."""
         ids = [self.max_task_id()]
@@ -493,28 +610,37 @@ class RunStore:
                         "the process ended before this candidate was done; taken up again "
                         "by the next session", prompt_id=c["prompt_id"], task_id=c["task_id"],
                         raw=c["raw"], created=now))
-                accepted = self.db.execute(
-                    "SELECT COUNT(*) FROM tasks WHERE round = ? AND origin = 'machine'",
-                    (number,)).fetchone()[0]
-                rejected = {r[0]: r[1] for r in self.db.execute(
-                    "SELECT reason, COUNT(*) FROM rejections WHERE round = ? AND level = "
-                    "'candidate' AND reason NOT IN ('surplus', 'dropped_by_user') "
-                    "GROUP BY reason", (number,))}
-                surplus = self.db.execute(
-                    "SELECT COUNT(*) FROM rejections WHERE round = ? AND reason = 'surplus'",
-                    (number,)).fetchone()[0]
-                tokens = self.db.execute(
-                    "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
-                    " COUNT(*) FROM prompts WHERE round = ?", (number,)).fetchone()
-                self.db.execute(
-                    "UPDATE rounds SET status = 'interrupted', finished = ?, accepted = ?, "
-                    "rejected = ?, surplus = ?, candidates = ?, prompt_tokens = ?, "
-                    "completion_tokens = ?, requests = ? WHERE round = ?",
-                    (now, accepted, json.dumps(rejected), surplus,
-                     accepted + sum(rejected.values()) + surplus, tokens[0], tokens[1],
-                     tokens[2], number))
+                self._recount_round(number, "interrupted", now)
                 closed.append(number)
         return closed
+
+    def recount_round(self, number: int, status: str) -> None:
+        """Recompute a round's accounting from its records (answers that arrived after it
+        finished, e.g. a batch read by a later session) and set its status."""
+        with self.db:
+            self._recount_round(number, status, time.time())
+
+    def _recount_round(self, number: int, status: str, now: float) -> None:
+        accepted = self.db.execute(
+            "SELECT COUNT(*) FROM tasks WHERE round = ? AND origin = 'machine'",
+            (number,)).fetchone()[0]
+        rejected = {r[0]: r[1] for r in self.db.execute(
+            "SELECT reason, COUNT(*) FROM rejections WHERE round = ? AND level = "
+            "'candidate' AND reason NOT IN ('surplus', 'dropped_by_user') "
+            "GROUP BY reason", (number,))}
+        surplus = self.db.execute(
+            "SELECT COUNT(*) FROM rejections WHERE round = ? AND reason = 'surplus'",
+            (number,)).fetchone()[0]
+        tokens = self.db.execute(
+            "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+            " COUNT(*) FROM prompts WHERE round = ?", (number,)).fetchone()
+        self.db.execute(
+            "UPDATE rounds SET status = ?, finished = ?, accepted = ?, "
+            "rejected = ?, surplus = ?, candidates = ?, prompt_tokens = ?, "
+            "completion_tokens = ?, requests = ? WHERE round = ?",
+            (status, now, accepted, json.dumps(rejected), surplus,
+             accepted + sum(rejected.values()) + surplus, tokens[0], tokens[1],
+             tokens[2], number))
 
     def _insert_task(self, task: Task) -> None:
         self.db.execute(

@@ -291,10 +291,21 @@ class SelfInstructApp(App[int]):
         self._send(Resume() if self.state == RunState.PAUSED else Pause())
 
     def action_stop(self) -> None:
-        if self.engine_active:
-            self._send(Stop())
-            self.notify("Stopping: requests in flight may finish (a bounded grace), then the "
-                        f"run stops. Resume it later with: {self.view.resume_command}")
+        if not self.engine_active:
+            return
+        jobs = self.view.submitted_batches
+        if not jobs:
+            self._stop()
+            return
+        self.push_screen(ConfirmScreen(
+            f"{len(jobs)} batch job(s) are pending at the endpoint. Cancel them? Kept, they "
+            "go on (and are paid); the next session reads their answers by polling them.",
+            yes="Cancel batches", no="Keep them"), lambda yes: self._stop(bool(yes)))
+
+    def _stop(self, cancel_batches: bool = False) -> None:
+        self._send(Stop(cancel_batches=cancel_batches))
+        self.notify("Stopping: requests in flight may finish (a bounded grace), then the "
+                    f"run stops. Resume it later with: {self.view.resume_command}")
 
     def action_quit_app(self) -> None:
         if self.attached or not self.engine_active:  # leaving an attached UI never stops a run

@@ -25,7 +25,12 @@ from selfinstruct_tui.engine.control import (
 )
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.review import summarize
-from selfinstruct_tui.engine.store import RejectionRecord, ReviewRecord, RoundStats
+from selfinstruct_tui.engine.store import (
+    BatchRecord,
+    RejectionRecord,
+    ReviewRecord,
+    RoundStats,
+)
 from selfinstruct_tui.engine.task import Task
 
 
@@ -234,6 +239,8 @@ class RunView:
         self.in_flight: dict[int, tuple[str, int]] = {}
         self.latest: tuple[str, tuple[tuple[int, str, str], ...], str, str, float] | None = None
         self._sent_generate: dict[int, ev.PromptSent] = {}
+        # batch mode: jobs whose answers are not read yet, by job id (shown in the prompts pane)
+        self.batches: dict[int, BatchRecord] = {}
         # rejections
         self.rejection_counts: Counter[str] = Counter()
         self.rejection_lines: deque[RejectionLine] = deque(maxlen=HISTORY_REJECTIONS)
@@ -378,6 +385,18 @@ class RunView:
         if sent is not None:
             self.latest = (sent.prompt, sent.examples, e.text, e.kind, e.latency)
         self.dirty.add("prompts")
+
+    def _on_BatchProgress(self, e: ev.BatchProgress) -> None:
+        if e.batch.pending:
+            self.batches[e.batch.id] = e.batch
+        else:
+            self.batches.pop(e.batch.id, None)
+        self.dirty.add("prompts")
+
+    @property
+    def submitted_batches(self) -> list[BatchRecord]:
+        """Jobs the endpoint holds (what a stop could cancel)."""
+        return [b for b in self.batches.values() if b.state == "submitted"]
 
     def _on_PromptFailed(self, e: ev.PromptFailed) -> None:
         self.in_flight.pop(e.prompt_id, None)

@@ -10,6 +10,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, RichLog, Static
 from textual_plotext import PlotextPlot
 
+from selfinstruct_tui.engine.batch import progress_line
 from selfinstruct_tui.engine.control import HISTORY_REJECTIONS
 from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, StatusView
 
@@ -116,7 +117,8 @@ class PromptsPane(Vertical):
     def show(self, view: RunView) -> None:
         kinds = Counter(k for k, _ in view.in_flight.values())
         text = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
-        self.query_one("#inflight", Static).update(f"in flight: {text}")
+        jobs = "".join(f"\n{progress_line(b)}" for b in view.batches.values())
+        self.query_one("#inflight", Static).update(f"in flight: {text}{jobs}")
         if view.latest is None or view.latest is self._shown_latest:
             return
         self._shown_latest = view.latest

@@ -1,0 +1,581 @@
+"""Batch inference: each stage of a round (generation, classification, instances) as one job.
+
+Requests are collected per (round, kind) until none joined for `collect_seconds`, then written
+as one JSONL file (one line per request: `custom_id`, method, url, body; the body is exactly what
+the normal path would POST) and sent through a transport:
+
+* `OpenAIBatchTransport`: the OpenAI Batch API (also SGLang and other servers with /v1/files and
+  /v1/batches): upload the file (purpose "batch"), create a batch, poll it, download the output
+  and error files;
+* `CommandBatchTransport`: an offline command run on the file, e.g. `vllm run-batch -i {input}
+  -o {output} --model M`.
+
+Resume rules (nothing paid is lost or paid twice): the job is recorded in the store (`batches`)
+before anything is uploaded; the uploaded file id and the batch id are committed as soon as the
+endpoint returns them, before the first poll. A later session polls a recorded batch instead of
+creating another (`Batcher.resume_pending`); a job that was recorded but never created is created
+from the file id it already has. A command whose output file exists and answers every line is not
+run again. Answers are matched by `custom_id` ("<kind>-<prompt id>": the request's record).
+
+Not covered: a crash in the instant between the endpoint creating a batch and the store
+recording its id leaves that batch unknown to the run (the batch carries
+`metadata.selfinstruct_job` so it can be found in the provider's dashboard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import openai
+
+from selfinstruct_tui.engine.fsutil import atomic_write_text
+from selfinstruct_tui.engine.llm import (
+    Cause,
+    ClientSettings,
+    LLMResponse,
+    Redactor,
+    RequestAbandoned,
+    RequestFailed,
+    SamplingParams,
+    error_text,
+    map_error,
+    request_body,
+)
+from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
+from selfinstruct_tui.engine.store import BatchRecord, RunStore
+
+log = logging.getLogger(__name__)
+
+# The endpoint's batch statuses after which nothing changes.
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """`poll_seconds`: seconds between two polls of a pending batch; `collect_seconds`: a stage's
+    job is sent once no request joined it for this long; `command`: the offline transport's
+    command template ({input} and {output} are replaced by the files' quoted paths), "" for the
+    Batch API; `completion_window`: the Batch API's window."""
+
+    poll_seconds: float = 30.0
+    collect_seconds: float = 0.2
+    command: str = ""
+    completion_window: str = "24h"
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One output (or error-file) line: `status` the HTTP status of the request (None when the
+    line carries only an `error`), `body` the response body, `error` the line's error text."""
+
+    custom_id: str
+    status: int | None
+    body: dict[str, Any] | None
+    error: str | None
+
+
+def custom_id(kind: str, prompt_id: int) -> str:
+    return f"{kind}-{prompt_id}"
+
+
+def endpoint_path(api: str) -> str:
+    return "/v1/chat/completions" if api == "chat" else "/v1/completions"
+
+
+def read_lines(*paths: str | None) -> dict[str, BatchLine]:
+    """Output and error files' lines by custom_id (a later file's line wins). Unreadable lines
+    are skipped: their requests show as missing."""
+    out: dict[str, BatchLine] = {}
+    for path in paths:
+        if not path or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            for raw in fh:
+                try:
+                    data = json.loads(raw)
+                    cid = str(data["custom_id"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                response = data.get("response") or {}
+                error = data.get("error")
+                status = response.get("status_code") if isinstance(response, dict) else None
+                body = response.get("body") if isinstance(response, dict) else None
+                message = None
+                if error:
+                    message = error.get("message") if isinstance(error, dict) else str(error)
+                    code = error.get("code") if isinstance(error, dict) else None
+                    message = f"{code}: {message}" if code else str(message)
+                if cid in out and out[cid].status == 200 and status != 200:
+                    continue
+                out[cid] = BatchLine(cid, status, body if isinstance(body, dict) else None,
+                                     message)
+    return out
+
+
+def answers(record: BatchRecord) -> dict[str, BatchLine]:
+    """Every request of a downloaded job by custom_id: its output or error line, or for a
+    request the batch did not answer (expired, failed, cancelled) a line saying so."""
+    lines = read_lines(record.output_path, record.error_path)
+    why = f"the batch ended {record.status or record.state} without an answer to this request"
+    if record.message:
+        why += f" ({record.message})"
+    for prompt_id in record.prompt_ids:
+        cid = custom_id(record.kind, prompt_id)
+        lines.setdefault(cid, BatchLine(cid, None, None, why))
+    return lines
+
+
+def line_response(line: BatchLine | None, api: str, redact: Redactor,
+                  max_tokens: int) -> LLMResponse:
+    """An output line as the normal path's answer. Raises RequestFailed (kind a `Cause`) for a
+    missing line, a failed line (its reason in the message) or a body without text."""
+    if line is None:
+        raise RequestFailed("the batch finished without a line for this request",
+                            kind=Cause.MALFORMED)
+    if line.status != 200 or line.body is None:
+        status = line.status
+        text = line.error or ""
+        if line.body is not None:
+            text = error_text(_BodyError(line.body)) or text
+        kind = Cause.SERVER_ERROR if status and status >= 500 else \
+            Cause.BAD_REQUEST if status and 400 <= status < 500 else Cause.HTTP
+        raise RequestFailed(redact(f"the batch line failed ({status or 'no status'}): "
+                                   f"{text or 'no reason given'}"), kind=kind, status=status)
+    try:
+        choice = line.body["choices"][0]
+        if api == "chat":
+            message = choice.get("message") or {}
+            answer = message.get("content")
+            if answer is None:
+                answer = message.get("refusal")
+        else:
+            answer = choice.get("text")
+        if not isinstance(answer, str):
+            raise TypeError("no text")
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise RequestFailed(f"malformed batch line: {exc}", kind=Cause.MALFORMED) from None
+    usage = line.body.get("usage") or {}
+    p_tok = int(usage.get("prompt_tokens") or 0)
+    c_tok = int(usage.get("completion_tokens") or 0)
+    return LLMResponse(redact(answer), choice.get("finish_reason"), p_tok, c_tok, 0.0, 1,
+                       max_tokens, usage_reported=p_tok > 0 or c_tok > 0)
+
+
+class _BodyError(Exception):
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__("")
+        self.body = body
+
+
+class BatchTransport(Protocol):
+    """Sends a recorded job and brings its answers home; each step commits what it learned."""
+
+    name: str
+
+    async def submit(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        """Upload and create (or start) the job; returns it `submitted` or `downloaded`."""
+
+    async def poll(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        """One look at a submitted job; returns it `downloaded` once its files are saved."""
+
+    async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        """Ask the endpoint to cancel; returns it `cancelled`."""
+
+
+class OpenAIBatchTransport:
+    """The OpenAI Batch API (/v1/files, /v1/batches) through the `openai` client."""
+
+    name = "openai"
+
+    def __init__(self, settings: ClientSettings, batch: BatchSettings) -> None:
+        self.settings = settings
+        self.batch = batch
+        self.redact = Redactor(settings.api_key)
+        self.client = openai.AsyncOpenAI(api_key=settings.api_key or "not-needed",
+                                         base_url=settings.base_url,
+                                         timeout=settings.request_timeout, max_retries=3)
+
+    async def submit(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        if record.input_file_id is None:
+            data = Path(record.input_path).read_bytes()
+            uploaded = await self.client.files.create(
+                file=(Path(record.input_path).name, data), purpose="batch")
+            record = store.update_batch(record, input_file_id=uploaded.id)
+        created = await self.client.batches.create(
+            input_file_id=record.input_file_id or "",
+            endpoint=endpoint_path(self.settings.api),  # type: ignore[arg-type]
+            completion_window=self.batch.completion_window,  # type: ignore[arg-type]
+            metadata={"selfinstruct_job": str(record.id)})
+        return store.update_batch(record, batch_id=created.id, state="submitted",
+                                  status=created.status, total=len(record.prompt_ids))
+
+    async def poll(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        got = await self.client.batches.retrieve(record.batch_id or "")
+        counts = got.request_counts
+        record = store.update_batch(
+            record, status=got.status, total=counts.total if counts else record.total,
+            completed=counts.completed if counts else 0, failed=counts.failed if counts else 0,
+            output_file_id=got.output_file_id, error_file_id=got.error_file_id)
+        if got.status not in TERMINAL:
+            return record
+        stem = record.input_path.removesuffix(".input.jsonl")
+        paths: dict[str, str | None] = {"output_path": None, "error_path": None}
+        for key, file_id, suffix in (("output_path", got.output_file_id, ".output.jsonl"),
+                                     ("error_path", got.error_file_id, ".errors.jsonl")):
+            if file_id:
+                content = await self.client.files.content(file_id)
+                atomic_write_text(Path(stem + suffix), content.text)
+                paths[key] = stem + suffix
+        message = ""
+        if got.status != "completed":
+            errors = getattr(got, "errors", None)
+            data = getattr(errors, "data", None) or []
+            message = "; ".join(str(getattr(e, "message", e)) for e in data)[:400]
+            message = self.redact(f"batch {got.status}" + (f": {message}" if message else ""))
+        return store.update_batch(record, state="downloaded", message=message, **paths)
+
+    async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        if record.batch_id:
+            got = await self.client.batches.cancel(record.batch_id)
+            record = store.update_batch(record, status=got.status)
+        return store.update_batch(record, state="cancelled")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class CommandBatchTransport:
+    """An offline command run on each job's file (vLLM's `run-batch`, or anything that reads
+    the same input lines and writes the same output lines)."""
+
+    name = "command"
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+
+    @staticmethod
+    def output_path(record: BatchRecord) -> str:
+        return record.input_path.removesuffix(".input.jsonl") + ".output.jsonl"
+
+    def _complete(self, record: BatchRecord) -> bool:
+        path = self.output_path(record)
+        if not os.path.exists(path):
+            return False
+        lines = read_lines(path)
+        return all(custom_id(record.kind, p) in lines for p in record.prompt_ids)
+
+    async def submit(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        if self._complete(record):  # done by an earlier session: not run again
+            return store.update_batch(record, state="downloaded", status="completed",
+                                      output_path=self.output_path(record),
+                                      total=len(record.prompt_ids))
+        command = self.template.replace("{input}", shlex.quote(record.input_path)).replace(
+            "{output}", shlex.quote(self.output_path(record)))
+        log_path = record.input_path.removesuffix(".input.jsonl") + ".command.log"
+        with open(log_path, "ab") as log:
+            # Its own session: a Ctrl-C or a closed terminal stops the run, not the job (it
+            # finishes its file, like a batch at an endpoint; the next session waits for it).
+            proc = await asyncio.create_subprocess_shell(
+                command, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        self._procs[record.id] = proc
+        return store.update_batch(record, state="submitted", status="running",
+                                  batch_id=f"pid {proc.pid}", total=len(record.prompt_ids))
+
+    async def poll(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        proc = self._procs.get(record.id)
+        if proc is None:
+            pid = _pid_of(record.batch_id)
+            if pid is not None and _alive(pid):  # started by an earlier session, still running
+                return record
+            # started by a session that is gone and finished or died: read it if complete,
+            # else run it again
+            return await self.submit(store, record)
+        if proc.returncode is None:
+            return record
+        self._procs.pop(record.id, None)
+        path = self.output_path(record)
+        done = len(read_lines(path))
+        message = "" if proc.returncode == 0 else (
+            f"the batch command exited with {proc.returncode} (see "
+            f"{record.input_path.removesuffix('.input.jsonl')}.command.log)")
+        return store.update_batch(record, state="downloaded",
+                                  status="completed" if proc.returncode == 0 else "failed",
+                                  completed=done, message=message,
+                                  output_path=path if os.path.exists(path) else None)
+
+    async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        proc = self._procs.pop(record.id, None)
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+        return store.update_batch(record, state="cancelled", status="cancelled")
+
+    async def close(self) -> None:
+        """Nothing to do: a running command finishes its file (the next session reads it)."""
+
+
+def _pid_of(batch_id: str | None) -> int | None:
+    if batch_id and batch_id.startswith("pid "):
+        try:
+            return int(batch_id[4:])
+        except ValueError:
+            return None
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie of ours (never reaped) is not running
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class _Pending:
+    prompt_id: int
+    body: dict[str, Any]
+    max_tokens: int
+    future: asyncio.Future[BatchLine | None]
+
+
+@dataclass
+class _Group:
+    round: int
+    kind: str
+    items: list[_Pending] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class Batcher:
+    """Collects a stage's requests into one job, sends it, polls it, hands out the answers.
+
+    `on_progress(record)` is called after every change of a job (submitted, each poll,
+    downloaded). Use from one event loop.
+    """
+
+    def __init__(self, store: RunStore, client: ClientSettings, settings: BatchSettings,
+                 transport: BatchTransport,
+                 on_progress: Callable[[BatchRecord], None] | None = None) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.transport = transport
+        self.on_progress = on_progress or (lambda record: None)
+        self.redact = Redactor(client.api_key)
+        self._groups: dict[tuple[int, str], _Group] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._running = asyncio.Event()  # cleared while the run is paused: no job leaves
+        self._running.set()
+        self._wake = asyncio.Event()
+        self._dir = store.run_dir / "batches"
+
+    async def request(self, round: int, kind: str, prompt_id: int,
+                      req: CompletionRequest | ChatRequest, params: SamplingParams,
+                      structured: bool) -> LLMResponse:
+        """The answer to one request, sent as a line of its stage's job. Raises RequestFailed
+        (a failed or missing line) or RequestAbandoned (the run stopped: a submitted job stays
+        recorded and the next session reads it)."""
+        if self._stopping:
+            raise RequestAbandoned()
+        loop = asyncio.get_running_loop()
+        group = self._groups.setdefault((round, kind), _Group(round, kind))
+        body = request_body(self.client.model, req, params, params.max_tokens, structured)
+        pending = _Pending(prompt_id, body,
+                           params.max_tokens, loop.create_future())
+        group.items.append(pending)
+        if group.timer is not None:
+            group.timer.cancel()
+        group.timer = loop.call_later(self.settings.collect_seconds, self._send, (round, kind))
+        line = await pending.future
+        return line_response(line, self.client.api, self.redact, pending.max_tokens)
+
+    def _send(self, key: tuple[int, str]) -> None:
+        group = self._groups.pop(key, None)
+        if group is None or not group.items:
+            return
+        job = asyncio.get_running_loop().create_task(self._job(group))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    def _write_input(self, group: _Group) -> str:
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        n = len(self.store.batches()) + 1
+        path = self._dir / f"job{n:05d}-r{group.round}-{group.kind}.input.jsonl"
+        url = endpoint_path(self.client.api)
+        atomic_write_text(path, "".join(
+            json.dumps({"custom_id": custom_id(group.kind, p.prompt_id), "method": "POST",
+                        "url": url, "body": p.body}, ensure_ascii=False) + "\n"
+            for p in group.items))
+        return str(path)
+
+    async def _job(self, group: _Group) -> None:
+        futures = {custom_id(group.kind, p.prompt_id): p.future for p in group.items}
+        try:
+            await self._running.wait()
+            if self._stopping:
+                raise RequestAbandoned()
+            record = self.store.add_batch(round=group.round, kind=group.kind,
+                                          transport=self.transport.name,
+                                          prompt_ids=[p.prompt_id for p in group.items],
+                                          input_path=self._write_input(group))
+            try:
+                record = await self.transport.submit(self.store, record)
+            except Exception:
+                # Never created, nothing paid: its requests fail now, so no later session may
+                # submit it.
+                record = self.store.update_batch(record, state="abandoned")
+                raise
+            self.on_progress(record)
+            record = await self.follow(record)
+            if record.state != "downloaded":
+                raise RequestAbandoned("in flight")
+            lines = answers(record)
+            for cid, future in futures.items():
+                if not future.done():
+                    future.set_result(lines[cid])
+            await asyncio.sleep(0)  # the waiting requests record their answers first
+            self.store.update_batch(record, state="settled")
+        except RequestAbandoned as exc:
+            _fail_all(futures, exc)
+        except Exception as exc:  # noqa: BLE001 - an upload, create or poll that failed
+            _fail_all(futures, self.job_failure(exc))
+
+    def job_failure(self, exc: BaseException) -> RequestFailed:
+        """An upload, create or poll that failed, as the failure of each of its requests:
+        fatal when no later job can succeed (a refused key, an endpoint without the Batch API)."""
+        failure = map_error(exc, self.client)
+        message = self.redact(failure.message)
+        if isinstance(exc, openai.APIStatusError) and exc.status_code in (404, 405):
+            message = (f"{self.client.base_url} does not implement the Batch API (/v1/files, "
+                       f"/v1/batches): {self.redact(error_text(exc))}. Use --batch-command to "
+                       "run batch files offline, or run without --batch")
+        return RequestFailed(f"the batch job failed: {message}", kind=failure.cause,
+                             fatal=failure.fatal or isinstance(exc, openai.APIStatusError)
+                             and exc.status_code in (404, 405), status=failure.status)
+
+    async def follow(self, record: BatchRecord) -> BatchRecord:
+        """Poll a submitted job every `poll_seconds` until its files are saved (returned
+        `downloaded`) or the run stops (returned as it is)."""
+        while record.state == "submitted" and not self._stopping:
+            await self._sleep(self.settings.poll_seconds)
+            if self._stopping:
+                break
+            try:
+                record = await self.transport.poll(self.store, record)
+            except Exception as exc:
+                if map_error(exc, self.client).retry:  # the batch goes on: poll again later
+                    log.warning("polling batch job %d failed: %s", record.id, exc)
+                    continue
+                raise
+            self.on_progress(record)
+        return record
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def resume_pending(self) -> list[BatchRecord]:
+        """Every job an earlier session left unread, brought to its answers: recorded but not
+        created (created now from its recorded file), submitted (polled, never resubmitted),
+        downloaded (read from disk). Returns the jobs whose answers are on disk (`answers`
+        reads them); jobs still pending when the run stops stay recorded."""
+        out = []
+        for record in self.store.batches(pending_only=True):
+            if record.transport != self.transport.name:
+                continue  # sent by the other transport; read when the run uses it again
+            if record.state == "preparing":
+                try:
+                    record = await self.transport.submit(self.store, record)
+                except Exception as exc:  # noqa: BLE001 - never created: nothing to read
+                    self.store.update_batch(record, state="abandoned",
+                                            message=str(self.job_failure(exc)))
+                    continue
+                self.on_progress(record)
+            if record.state == "submitted":
+                if self._stopping:
+                    break
+                record = await self.transport.poll(self.store, record)
+                self.on_progress(record)
+                record = await self.follow(record)
+            if record.state == "downloaded":
+                out.append(record)
+        return out
+
+    def settled(self, record: BatchRecord) -> None:
+        self.store.update_batch(record, state="settled")
+
+    def pause(self) -> None:
+        """No new job leaves until `resume` (submitted jobs are still polled)."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        """Stop polling: requests not yet in a job are abandoned; submitted jobs stay recorded
+        (the next session polls them)."""
+        self._stopping = True
+        self._running.set()
+        self._wake.set()
+        for group in self._groups.values():
+            if group.timer is not None:
+                group.timer.cancel()
+            _fail_all({str(i): p.future for i, p in enumerate(group.items)},
+                      RequestAbandoned())
+        self._groups.clear()
+
+    async def cancel_pending(self) -> list[BatchRecord]:
+        """Cancel every submitted job at the endpoint (its requests are then abandoned)."""
+        done = []
+        for record in self.store.batches(pending_only=True):
+            if record.state == "submitted":
+                done.append(await self.transport.cancel(self.store, record))
+        self.stop()
+        return done
+
+    async def close(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            await close()
+
+
+def _fail_all(futures: dict[str, asyncio.Future[Any]], exc: BaseException) -> None:
+    for future in futures.values():
+        if not future.done():
+            future.set_exception(exc)
+
+
+def make_transport(client: ClientSettings, settings: BatchSettings) -> BatchTransport:
+    if settings.command:
+        return CommandBatchTransport(settings.command)
+    return OpenAIBatchTransport(client, settings)
+
+
+def progress_line(record: BatchRecord) -> str:
+    """A pending job as one line: its stage, the endpoint's status and request counts."""
+    counts = f"{record.completed}/{record.total} done" + (
+        f", {record.failed} failed" if record.failed else "")
+    return (f"batch job {record.id} (round {record.round}, {record.kind}): "
+            f"{record.status or record.state} {counts}" +
+            (f"; {record.message}" if record.message else ""))

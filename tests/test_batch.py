@@ -1,0 +1,408 @@
+"""Batch mode (`--batch`, `--batch-command`) against the fake server's Batch API and a stand-in
+for `vllm run-batch`: the same records as the normal path, resume by polling, never paid twice."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import cli_command
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.engine import Engine
+from selfinstruct_tui.engine.exports import export_run
+from selfinstruct_tui.engine.store import RunStore
+from test_real_answers import assert_accounted
+from test_run_e2e import wait_for
+from tui_helpers import new_run
+
+
+def db(run_dir: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def run_engine(run_dir: Path, base_url: str, **cfg) -> Engine:
+    store, config = new_run(run_dir, base_url, **{"batch": True, "batch_poll_seconds": 0.02,
+                                                  **cfg})
+    engine = Engine(store, config)
+    engine.run()
+    store.close()
+    return engine
+
+
+def test_a_batch_run_sends_each_stage_as_one_job_and_records_like_the_normal_path(tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=3) as server:
+        engine = run_engine(run_dir, server.base_url, target=20, prompts_per_round=6)
+        assert engine.finished is not None and engine.finished.reason.value == "target"
+        assert server.requests == 0  # nothing went through /completions
+        creations = server.batch_creations
+    conn = db(run_dir)
+    jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
+    assert len(jobs) == creations >= 3
+    assert {j["kind"] for j in jobs} == {"generate", "classify", "instances"}
+    assert all(j["state"] == "settled" and j["batch_id"] and j["input_file_id"] for j in jobs)
+    # one job per stage of a round
+    assert len({(j["round"], j["kind"]) for j in jobs}) == len(jobs)
+    for j in jobs:
+        ids = json.loads(j["prompt_ids"])
+        lines = [json.loads(x) for x in Path(j["input_path"]).read_text().splitlines()]
+        assert [ln["custom_id"] for ln in lines] == [f"{j['kind']}-{i}" for i in ids]
+        assert lines[0]["url"] == "/v1/completions" and lines[0]["method"] == "POST"
+        assert j["total"] == len(ids) and j["completed"] == len(ids)
+    assert conn.execute("SELECT COUNT(*) FROM prompts WHERE response IS NULL").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM tasks WHERE origin = 'machine'").fetchone()[0] >= 20
+    assert conn.execute("SELECT SUM(prompt_tokens) FROM prompts").fetchone()[0] > 0
+    assert_accounted(run_dir)
+    out = tmp_path / "tasks.jsonl"
+    export_run(run_dir, "self-instruct", out)
+    assert len(out.read_text().splitlines()) >= 20
+
+
+def test_error_file_lines_become_named_rejections(tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1,
+                    batch_fail_kinds={"instances": "the prompt was flagged"}) as server:
+        store, config = new_run(run_dir, server.base_url, target=5, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02, max_fruitless_requests=0)
+        engine = Engine(store, config)
+        import threading
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: server.batch_creations >= 3)
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE kind = 'instances' AND state = 'settled'"
+        ).fetchone()[0] >= 1)
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+    conn = db(run_dir)
+    failed = conn.execute("SELECT detail FROM rejections WHERE reason = 'request_failed'"
+                          ).fetchall()
+    assert failed and all("instance request failed (bad_request)" in r[0] for r in failed)
+    errors = [r[0] for r in conn.execute("SELECT error FROM prompts WHERE kind = 'instances'")]
+    assert errors and all("the prompt was flagged" in e for e in errors)
+    job = conn.execute("SELECT * FROM batches WHERE kind = 'instances'").fetchone()
+    assert job["failed"] == job["total"] > 0 and job["error_path"]
+    assert_accounted(run_dir)
+
+
+def test_a_batch_pending_across_sigkill_is_polled_not_resubmitted(isolated_env, tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=10**6) as server:  # the batch stays in_progress
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "10", "--batch",
+                           "--batch-poll", "0.05", "--prompts-per-round", "4")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: server.batch_retrieves >= 2)
+        finally:
+            proc.kill()
+            out = proc.communicate(timeout=10)[0]
+        assert "batch job 1 (round 1, generate): in_progress 0/4 done" in out
+        assert server.batch_creations == 1
+        conn = db(run_dir)
+        job = conn.execute("SELECT * FROM batches").fetchone()
+        assert job["batch_id"] == "batch_1" and job["state"] == "submitted"
+        assert job["input_file_id"] == "file-1"
+        server.configure(batch_polls=1)
+        done = subprocess.run(args, env=isolated_env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "batch job(s) of an earlier session are pending" in done.stdout
+        jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
+        # the first job was polled to its end, never created again
+        assert server.batch_creations == len(jobs)
+        assert len({j["batch_id"] for j in jobs}) == len(jobs)
+        assert [j["kind"] for j in jobs if j["round"] == 1] == ["generate"]
+        assert all(j["state"] == "settled" for j in jobs)
+        first = json.loads(jobs[0]["prompt_ids"])
+        answered = conn.execute(
+            f"SELECT COUNT(*) FROM prompts WHERE id IN ({','.join('?' * len(first))}) AND "
+            "response IS NOT NULL", first).fetchone()[0]
+        assert answered == len(first)
+        # its instructions were taken up as candidates, not generated again
+        taken = conn.execute("SELECT COUNT(*) FROM candidates WHERE round = 1").fetchone()[0]
+        assert taken > 0
+        assert conn.execute("SELECT prompts FROM rounds WHERE round = 2").fetchone()[0] == 0
+    assert_accounted(run_dir)
+
+
+STAND_IN = textwrap.dedent('''
+    """A stand-in for `vllm run-batch -i IN -o OUT`: answers each line like the fake server."""
+    import json, sys
+    sys.path.insert(0, sys.argv[3])
+    from fake_openai import FakeOpenAI
+    fake = FakeOpenAI.__new__(FakeOpenAI)
+    import threading
+    fake.lock = threading.Lock()
+    fake.settings = {"batch_fail_kinds": {}, "structured": "json", "repeat_last": True}
+    fake.scripts, fake.log, fake.by_kind, fake.batch_lines = {}, [], {}, 0
+    with open(sys.argv[1]) as src, open(sys.argv[2], "w") as out:
+        for n, raw in enumerate(src):
+            line = json.loads(raw)
+            status, body = fake.line_answer(line["url"], line["body"])
+            out.write(json.dumps({"id": f"req-{n}", "custom_id": line["custom_id"],
+                                  "response": {"status_code": status, "request_id": f"r{n}",
+                                               "body": body}, "error": None}) + "\\n")
+    with open(sys.argv[2] + ".runs", "a") as runs:
+        runs.write("1\\n")
+''')
+
+
+def test_the_offline_transport_runs_a_command_on_each_job_file(tmp_path):
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    command = f"{sys.executable} {script} {{input}} {{output}} {tests}"
+    run_dir = tmp_path / "run"
+    engine = run_engine(run_dir, "http://127.0.0.1:9/v1", target=8, prompts_per_round=4,
+                        batch=False, batch_command=command)
+    assert engine.finished is not None and engine.finished.reason.value == "target"
+    conn = db(run_dir)
+    jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
+    assert jobs and all(j["state"] == "settled" and j["transport"] == "command" for j in jobs)
+    for j in jobs:
+        out = Path(j["output_path"])
+        assert len(out.read_text().splitlines()) == len(json.loads(j["prompt_ids"]))
+        assert Path(str(out) + ".runs").read_text() == "1\n"
+    assert_accounted(run_dir)
+
+
+def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):
+    """A job recorded by a session that died after the command finished: the next session
+    reads its output file instead of running the command again."""
+    import asyncio
+
+    from selfinstruct_tui.engine.batch import CommandBatchTransport
+
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    store = RunStore(tmp_path / "run")
+    path = tmp_path / "run" / "job1.input.jsonl"
+    body = {"model": "m", "prompt": "Come up with a series of tasks:\n1. x", "max_tokens": 10}
+    path.write_text(json.dumps({"custom_id": "generate-1", "method": "POST",
+                                "url": "/v1/completions", "body": body}) + "\n")
+    record = store.add_batch(round=1, kind="generate", transport="command", prompt_ids=[1],
+                             input_path=str(path))
+    transport = CommandBatchTransport(f"{sys.executable} {script} {{input}} {{output}} {tests}")
+
+    async def go():
+        rec = await transport.submit(store, record)
+        while rec.state == "submitted":
+            await asyncio.sleep(0.02)
+            rec = await transport.poll(store, rec)
+        again = await CommandBatchTransport(transport.template).submit(store, record)
+        return rec, again
+
+    first, again = asyncio.run(go())
+    assert first.state == "downloaded" and again.state == "downloaded"
+    out = tmp_path / "run" / "job1.output.jsonl"
+    assert Path(str(out) + ".runs").read_text() == "1\n"  # ran once
+    store.close()
+
+
+def test_the_tui_shows_pending_batches_and_s_asks_whether_to_cancel_them(tmp_path,
+                                                                          isolated_env):
+    from selfinstruct_tui.tui.app import create_app
+    from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+    from tui_helpers import make_engine, run, until
+
+    async def go():
+        with FakeOpenAI(batch_polls=10**6) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=10, batch=True,
+                                 batch_poll_seconds=0.05, prompts_per_round=3)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: server.batch_retrieves >= 2)
+                await until(pilot, lambda: app.view.submitted_batches != [])
+                pane = str(app.query_one("#inflight").render())
+                assert "batch job 1 (round 1, generate): in_progress 0/3 done" in pane
+                await pilot.press("s")
+                assert isinstance(app.screen, ConfirmScreen)
+                await pilot.press("y")
+                await until(pilot, lambda: server.batches["batch_1"]["status"] == "cancelled")
+                await until(pilot, lambda: engine.finished is not None, timeout=30)
+        conn = db(tmp_path / "run")
+        assert conn.execute("SELECT state FROM batches").fetchone()[0] == "cancelled"
+
+    run(go())
+
+
+def test_a_stop_keeps_a_pending_batch_and_the_next_session_reads_its_answers(tmp_path):
+    """Stopped while the classification job is pending: the job stays recorded and paid; the
+    next session polls it (no new batch for it), and its answers are used when the candidates
+    are taken up (no classification asked again for them)."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.05)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: server.batch_creations >= 1 and
+                 server.batches["batch_1"]["status"] == "completed")
+        server.configure(batch_polls=10**6)  # later jobs stay pending
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE kind = 'classify' AND batch_id IS NOT NULL"
+        ).fetchone()[0] >= 1)
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+        conn = db(run_dir)
+        pending = conn.execute("SELECT * FROM batches WHERE state = 'submitted'").fetchall()
+        assert any(j["kind"] == "classify" for j in pending)
+        classify_job = next(j for j in pending if j["kind"] == "classify")
+        assert conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'abandoned'"
+                            ).fetchone()[0] >= len(json.loads(classify_job["prompt_ids"]))
+        before = server.batch_creations
+        server.configure(batch_polls=1)
+        lines_before = server.batch_lines
+        store = RunStore(run_dir)
+        engine = Engine(store, config)
+        engine.run()
+        store.close()
+        assert engine.finished is not None and engine.finished.reason.value == "target"
+        jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
+        assert all(j["state"] == "settled" for j in jobs)
+        assert server.batch_creations == len(jobs) > before  # none created twice
+        classified = {r[0] for r in conn.execute(
+            "SELECT task_ref FROM prompts WHERE kind = 'classify' AND response IS NOT NULL")}
+        asked = [r[0] for r in conn.execute(
+            "SELECT task_ref FROM prompts WHERE kind = 'classify' AND id > ?",
+            (max(json.loads(classify_job["prompt_ids"])),))]
+        refs = {r[0] for r in conn.execute(
+            f"SELECT task_ref FROM prompts WHERE id IN "
+            f"({','.join(map(str, json.loads(classify_job['prompt_ids'])))})")}
+        assert refs <= classified and not refs & set(asked)  # read, not asked again
+        assert server.batch_lines > lines_before
+    assert_accounted(run_dir)
+
+
+def test_an_endpoint_without_the_batch_api_stops_the_run_with_what_to_do(run_cli, tmp_path):
+    with FakeOpenAI() as server:
+        server.configure(batch_api=False)
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(tmp_path / "run"), "--target", "5", "--batch",
+                       "--batch-poll", "0.05", timeout=120)
+        assert server.requests == 0
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "does not implement the Batch API" in out and "--batch-command" in out
+    conn = db(tmp_path / "run")
+    assert {r[0] for r in conn.execute("SELECT state FROM batches")} == {"abandoned"}
+
+
+def test_an_attached_ui_sees_pending_batch_jobs(tmp_path):
+    from selfinstruct_tui.engine import events as ev
+    from selfinstruct_tui.engine.control import StoreFollower, read_snapshot
+    from tui_helpers import deterministic_run
+
+    deterministic_run(tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    job = store.add_batch(round=5, kind="generate", transport="openai", prompt_ids=[1, 2],
+                          input_path=str(tmp_path / "x.input.jsonl"))
+    job = store.update_batch(job, batch_id="batch_9", state="submitted", status="in_progress",
+                             total=2, completed=1)
+    seen: list[ev.Event] = []
+    reader = RunStore(tmp_path / "run", readonly=True)
+    follower = StoreFollower(read_snapshot(reader), seen.append)
+    follower.poll(reader)
+    shown = [e.batch for e in seen if isinstance(e, ev.BatchProgress)]
+    assert [(b.id, b.status, b.completed, b.total) for b in shown] == [
+        (job.id, "in_progress", 1, 2)]
+    store.update_batch(job, state="settled", status="completed", completed=2)
+    follower.poll(reader)
+    shown = [e.batch for e in seen if isinstance(e, ev.BatchProgress)]
+    assert shown[-1].state == "settled"
+    reader.close()
+    store.close()
+
+
+def test_requests_an_expired_batch_did_not_answer_fail_with_its_status(tmp_path):
+    import threading
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(batch_end_status="expired")
+        store, config = new_run(run_dir, server.base_url, target=5, prompts_per_round=4,
+                                batch=True, batch_poll_seconds=0.02)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE kind = 'generate' AND state = 'settled'"
+        ).fetchone()[0] >= 1)
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+    conn = db(run_dir)
+    job = conn.execute("SELECT * FROM batches WHERE kind = 'generate' ORDER BY id").fetchone()
+    assert job["status"] == "expired" and job["completed"] == 2
+    prompts = conn.execute(
+        f"SELECT response, error FROM prompts WHERE id IN "
+        f"({','.join(map(str, json.loads(job['prompt_ids'])))}) ORDER BY id").fetchall()
+    assert [p[0] is not None for p in prompts] == [True, True, False, False]
+    assert all("the batch ended expired without an answer" in p[1] for p in prompts[2:])
+    assert_accounted(run_dir)
+
+
+def test_batch_command_runs_from_the_cli_without_an_endpoint(run_cli, tmp_path):
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    command = f"{sys.executable} {script} {{input}} {{output}} {tests}"
+    refused = run_cli("run", "--headless", "--run-dir", str(tmp_path / "r0"),
+                      "--batch-command", command)
+    assert refused.returncode == 2 and "--batch-command needs --model" in refused.stderr
+    proc = run_cli("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"),
+                   "--target", "5", "--batch-command", command, "--batch-poll", "0.05",
+                   "--prompts-per-round", "3", check=True)
+    assert "done: 5/5" in proc.stdout
+    assert "batch job 1 (round 1, generate): completed 3/3 done" in proc.stdout
+    assert not list((tmp_path / "run").glob("llama-server*.log"))  # no embedded model
+
+
+def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twice(tmp_path):
+    import asyncio
+
+    from selfinstruct_tui.engine.batch import CommandBatchTransport
+
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    store = RunStore(tmp_path / "run")
+    path = tmp_path / "run" / "job1.input.jsonl"
+    body = {"model": "m", "prompt": "Come up with a series of tasks:\n1. x", "max_tokens": 10}
+    path.write_text(json.dumps({"custom_id": "generate-1", "method": "POST",
+                                "url": "/v1/completions", "body": body}) + "\n")
+    earlier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = store.add_batch(round=1, kind="generate", transport="command", prompt_ids=[1],
+                             input_path=str(path))
+    record = store.update_batch(record, state="submitted", batch_id=f"pid {earlier.pid}")
+    transport = CommandBatchTransport(f"{sys.executable} {script} {{input}} {{output}} {tests}")
+
+    async def go():
+        waiting = await transport.poll(store, record)
+        assert waiting.state == "submitted" and waiting.batch_id == f"pid {earlier.pid}"
+        earlier.kill()
+        earlier.wait()
+        rec = await transport.poll(store, waiting)  # gone, output incomplete: run again
+        while rec.state == "submitted":
+            await asyncio.sleep(0.02)
+            rec = await transport.poll(store, rec)
+        return rec
+
+    done = asyncio.run(go())
+    assert done.state == "downloaded" and done.status == "completed"
+    assert Path(str(tmp_path / "run" / "job1.output.jsonl") + ".runs").read_text() == "1\n"
+    store.close()
