@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.config import RunConfig
+from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.store import (
     ErrorRecord,
     PromptKind,
@@ -166,6 +167,14 @@ class RequestError(Event):
     @classmethod
     def of(cls, e: ErrorRecord) -> RequestError:
         return cls(e.round, e.kind, e.message)
+
+
+@dataclass(frozen=True)
+class EndpointsReported(Event):
+    """A pool of endpoints' figures, one `EndpointStats` per endpoint (in flight, requests/s,
+    errors, median latency in seconds), sent every few seconds and when an endpoint changes."""
+
+    endpoints: tuple[EndpointStats, ...]
 
 
 @dataclass(frozen=True)
