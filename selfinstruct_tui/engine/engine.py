@@ -623,6 +623,7 @@ class Engine:
             self._totals[number] = (prompts + stats.prompts, accepted + stats.accepted)
             self._totals.pop(number - 4, None)
             rnd.finalized.set()
+            self._report_endpoints()  # fresh figures beside the round line
             self.bus.emit(ev.RoundFinished.of(stats, self.config.target))
             self.guard.after_round(stats)
 

@@ -47,12 +47,15 @@ class RunStarted(Event):
     accepted: int
     seeds: int
     resumed: bool
+    endpoints: tuple[str, ...] = ()  # a pool's base URLs (empty: one endpoint)
 
     @classmethod
     def of(cls, run_dir: str, config: RunConfig, endpoint: str, accepted: int, seeds: int,
            resumed: bool) -> RunStarted:
+        pool = tuple(e["base_url"] for e in config.endpoint_list()) \
+            if len(config.endpoints) > 1 else ()
         return cls(run_dir, endpoint, config.model, config.api, config.target, accepted, seeds,
-                   resumed)
+                   resumed, pool)
 
 
 @dataclass(frozen=True)
