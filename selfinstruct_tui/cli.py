@@ -249,7 +249,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                         f"({exc.strerror or exc}); choose another -o") from None
     if str(path) != "-":
         Console(highlight=False, soft_wrap=True).print(
-            f"wrote {count} rows ({args.format}) to {path}", markup=False)
+            f"wrote {count} rows ({args.format}) to {path}; run metadata (model, endpoints) "
+            f"in {path.name}.meta.json", markup=False)
     return 0
 
 

@@ -287,3 +287,53 @@ def test_a_stop_ends_the_wait_for_a_probe(tmp_path):
     engine.store.close()
     assert not thread.is_alive()
     assert events[-1].reason is ev.FinishReason.STOPPED
+
+
+def test_one_endpoints_table_is_the_runs_own_endpoint(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\nmodel = "x"\nconcurrency = 3\n')
+    cfg = build_config(load_user_config(path), {}, env={})
+    assert cfg.endpoints == [] and cfg.base_url == "http://a:1/v1"
+    assert cfg.model == "x" and cfg.concurrency == 3
+
+
+def test_the_tui_shows_each_endpoint_and_the_inspector_who_answered(tmp_path, isolated_env,
+                                                                    run_cli):
+    import asyncio
+
+    from selfinstruct_tui.tui.app import create_app
+    from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+    from selfinstruct_tui.tui.widgets.task_table import TaskTable
+    from tui_helpers import until
+
+    run_dir = tmp_path / "run"
+
+    async def go(a: FakeOpenAI, b: FakeOpenAI) -> str:
+        engine, _ = pool_engine(run_dir, [a, b], 10)
+        app = create_app(run_dir, engine=engine, refresh=0.1)
+        async with app.run_test(size=(160, 45)) as pilot:
+            await until(pilot, lambda: app.state == "finished", timeout=60)
+            await pilot.pause(0.3)
+            inflight = str(app.query_one("#inflight").render())
+            assert a.base_url in inflight and b.base_url in inflight
+            assert "req/s" in inflight and "errors" in inflight and "median" in inflight
+            assert "2 endpoints" in str(app.query_one(StatusLine).render())
+            table = app.query_one(TaskTable)
+            table.focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            return str(app.screen.query_one("#inspector-text").render())
+
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        text = asyncio.run(go(a, b))
+        assert "Answered by" in text
+        assert "generate" in text and "instances" in text and "model fake-model" in text
+        assert a.base_url in text or b.base_url in text
+    out = tmp_path / "out.jsonl"
+    run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(out), check=True)
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["model"] == "fake-model"
+    assert {e["base_url"] for e in meta["endpoints"]} == {a.base_url, b.base_url}
+    assert sum(e["answers"] for e in meta["endpoints"]) == \
+        rows(run_dir, "SELECT COUNT(*) FROM prompts WHERE response IS NOT NULL")[0][0]

@@ -372,6 +372,10 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
             setattr(cfg, key, value)
     if flags.get("base_url") and flags.get("endpoints") is None:
         cfg.endpoints = []  # one --base-url replaces the config file's pool
+    if len(cfg.endpoints) == 1:  # one [[endpoints]] table: the run's own endpoint settings
+        for key, value in cfg.endpoints[0].items():
+            setattr(cfg, key, float(value) if key == "requests_per_minute" else value)
+        cfg.endpoints = []
     if cfg.endpoints:
         cfg.base_url = str(cfg.endpoints[0].get("base_url", ""))
     if cfg.model_path and not flags.get("base_url"):

@@ -772,6 +772,19 @@ class RunStore:
                  record.id))
         return done
 
+    def answered_by(self, task_id: int, prompt_id: int | None) -> list[tuple[str, str | None,
+                                                                             str | None]]:
+        """Who answered the requests that made a task: (kind, endpoint base URL, model) for its
+        generation prompt and its classification and instance requests, in order sent (None:
+        not recorded, a run made before the columns)."""
+        try:
+            rows = self.db.execute(
+                "SELECT kind, endpoint, model FROM prompts WHERE (id = ? OR task_ref = ?) AND "
+                "response IS NOT NULL ORDER BY id", (prompt_id or -1, task_id)).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def endpoints_used(self) -> list[tuple[str, str | None, int]]:
         """(endpoint base URL, model, answers) for every endpoint that answered, most first."""
         try:
