@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from selfinstruct_tui.engine.config import (
     merge_for_resume,
 )
 from selfinstruct_tui.engine.engine import Engine
+from test_run_e2e import wait_for
 from tui_helpers import new_run
 
 
@@ -47,14 +47,6 @@ def pool_engine(run_dir: Path, servers: list[FakeOpenAI], target: int,
     events: list = []
     engine.bus.subscribe(events.append)
     return engine, events
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("the condition was not met in time")
-        time.sleep(0.02)
 
 
 def test_requests_go_to_the_endpoint_with_the_fewest_outstanding(tmp_path):

@@ -330,13 +330,16 @@ class Engine:
     def _client_settings(self) -> ClientSettings:
         c = self.config
         window = c.context_window or self.store.get_meta("context_window") or None
+        endpoints = self._endpoint_specs()
+        # A pool: --rpm is each endpoint's default limit (endpoint_list), not a shared one.
+        rpm = None if endpoints else c.requests_per_minute or None
         return ClientSettings(
             base_url=self.base_url, model=c.model, api=c.api, api_key=self.api_key,
             key_env=c.key_env, concurrency=c.concurrency, request_timeout=c.request_timeout,
-            max_retries=c.max_retries, requests_per_minute=c.requests_per_minute or None,
+            max_retries=c.max_retries, requests_per_minute=rpm,
             tokens_per_minute=c.tokens_per_minute or None, context_window=window,
             structured_output=c.structured_output if self.style.supports_structured else "off",
-            routes=dict(self.routes), endpoints=self._endpoint_specs())
+            routes=dict(self.routes), endpoints=endpoints)
 
     # -- a pool of endpoints (engine/endpoints.py) ----------------------------------------------
     def _endpoint_specs(self) -> list[EndpointSpec]:

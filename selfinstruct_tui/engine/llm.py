@@ -43,6 +43,7 @@ from selfinstruct_tui.engine.endpoints import (
     EndpointChange,
     EndpointPool,
     EndpointSpec,
+    EndpointState,
     EndpointStats,
 )
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
@@ -738,6 +739,8 @@ class LLMClient:
         if out is not None and pool.any_in():
             return 0.0, (f"{message}; {endpoint.base_url} is out for {out:.0f}s, the request "
                          "goes to another endpoint")
+        if endpoint.state in (EndpointState.OUT, EndpointState.DROPPED) and pool.any_in():
+            return 0.0, f"{message}; the request goes to another endpoint"  # already out
         return delay, message
 
     def _learn_context(self, exc: BaseException, failure: Failure, chars: int,
