@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 WINDOW_SECONDS = 60.0  # requests/s is measured over this sliding window (monotonic clock)
 OUT_AFTER_STREAK = 3  # 5xx answers or timeouts in a row that take an endpoint out
@@ -118,9 +119,10 @@ class EndpointStats:
 
 
 class Endpoint:
-    """One endpoint's live state; `client` is whatever the caller sends with (an AsyncOpenAI)."""
+    """One endpoint's live state. `client` and `limiter` are the caller's (llm.py: an
+    AsyncOpenAI for this base URL and a RateLimiter for its requests_per_minute)."""
 
-    def __init__(self, spec: EndpointSpec, client: object, limiter: object) -> None:
+    def __init__(self, spec: EndpointSpec, client: Any, limiter: Any) -> None:
         self.spec = spec
         self.client = client
         self.limiter = limiter

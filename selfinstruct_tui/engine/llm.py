@@ -18,6 +18,12 @@ Every retry is reported to the caller with its cause. Text the endpoint sends ba
 answers) passes through a `Redactor`, so the API key never reaches a log, the store or the screen.
 A stop abandons requests that are queued or waiting to retry at once and gives requests in flight
 a bounded grace (`abandon_pending`).
+
+With two or more endpoints (`ClientSettings.endpoints`) each attempt goes to the endpoint an
+`EndpointPool` (engine/endpoints.py) chooses; a failure there is that endpoint's: it may be taken
+out (the retry goes at once to another endpoint), cooled down (429) or dropped (refused key,
+unknown model, quota) instead of pausing every request or ending the run. One endpoint keeps the
+behaviour above unchanged.
 """
 
 from __future__ import annotations
@@ -520,7 +526,7 @@ class LLMClient:
         for client in self._clients.values():
             await client.close()
         for endpoint in self.endpoints.endpoints if self.endpoints is not None else []:
-            await endpoint.client.close()  # type: ignore[attr-defined]
+            await endpoint.client.close()
 
     # -- waiting -----------------------------------------------------------------------------------
     async def _sleep(self, delay: float, when: str = "waiting to retry") -> None:
@@ -615,11 +621,10 @@ class LLMClient:
                 sent[0] += 1
                 try:
                     if endpoint is not None:
-                        await endpoint.limiter.acquire(1)  # type: ignore[attr-defined]
+                        await endpoint.limiter.acquire(1)
                         started = time.monotonic()
                     text, finish, p_tok, c_tok, usage = await self._send(
-                        sender, req, params, max_tokens, structured,  # type: ignore[arg-type]
-                        where.model)
+                        sender, req, params, max_tokens, structured, where.model)
                 except asyncio.CancelledError:
                     if self._abandoning and task is not None and task.cancelling():
                         task.uncancel()
