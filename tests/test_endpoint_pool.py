@@ -329,3 +329,19 @@ def test_the_tui_shows_each_endpoint_and_the_inspector_who_answered(tmp_path, is
     assert {e["base_url"] for e in meta["endpoints"]} == {a.base_url, b.base_url}
     assert sum(e["answers"] for e in meta["endpoints"]) == \
         rows(run_dir, "SELECT COUNT(*) FROM prompts WHERE response IS NOT NULL")[0][0]
+
+
+def test_a_rate_limit_cools_down_only_the_endpoint_that_sent_it(tmp_path):
+    run_dir = tmp_path / "run"
+    limited = {"status": 429, "headers": {"Retry-After": "600"},
+               "body": {"error": {"message": "Rate limit reached", "type": "requests"}}}
+    with FakeOpenAI() as free, FakeOpenAI(script={"*": [limited]}) as busy:
+        engine, events = pool_engine(run_dir, [busy, free], 6)
+        finished = engine.run()
+        engine.store.close()
+    # The run did not wait the 10 minutes out: the other endpoint took every request.
+    assert finished.reason is ev.FinishReason.TARGET
+    assert len(busy.log) <= 2  # only what was sent before its first answer came back
+    assert set(answered_by(run_dir)) == {free.base_url}
+    assert "rate_limit" in {c for (c,) in rows(run_dir, "SELECT cause FROM retries")}
+    assert not any(isinstance(e, ev.Paused) for e in events)
