@@ -345,3 +345,28 @@ def test_a_rate_limit_cools_down_only_the_endpoint_that_sent_it(tmp_path):
     assert set(answered_by(run_dir)) == {free.base_url}
     assert "rate_limit" in {c for (c,) in rows(run_dir, "SELECT cause FROM retries")}
     assert not any(isinstance(e, ev.Paused) for e in events)
+
+
+def test_an_attached_ui_reads_each_endpoints_figures_from_the_store(tmp_path):
+    from selfinstruct_tui.engine.control import StoreFollower, read_snapshot
+    from selfinstruct_tui.engine.store import RunStore
+    from selfinstruct_tui.tui.view import RunView
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        engine, _ = pool_engine(run_dir, [a, b], 6)
+        engine.run()
+        engine.store.close()
+    store = RunStore(run_dir, readonly=True)
+    try:
+        snapshot = read_snapshot(store)
+        followed: list = []
+        StoreFollower(snapshot, followed.append).poll(store)
+    finally:
+        store.close()
+    view = RunView()
+    view.load(snapshot)
+    view.apply_all(followed)
+    assert [e.base_url for e in view.endpoints] == [a.base_url, b.base_url]
+    assert sum(e.answered for e in view.endpoints) == sum(answered_by(run_dir).values())
+    assert "2 endpoints" in str(view.status.line())

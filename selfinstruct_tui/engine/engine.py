@@ -422,6 +422,10 @@ class Engine:
             self.finished = ev.Finished(reason, self._committed, self.config.target,
                                         f"the engine failed: {exc!r}")
         finally:
+            try:
+                self._report_endpoints()  # the session's last figures, for attached UIs
+            except Exception:  # never in the way of a clean end
+                log.exception("could not save the endpoints' figures")
             await self._client.close()
         if self.finished is None:
             message = self._stop_message if reason is self._stop_reason else ""
