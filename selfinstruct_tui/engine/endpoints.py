@@ -208,9 +208,8 @@ class EndpointPool:
     async def acquire(self, stopping: Callable[[], bool]) -> Endpoint:
         """The endpoint for the next attempt, with its outstanding count raised (give it back
         with `release`). Waits while every endpoint is full or out (until the next probe time).
-        Raises LookupError when every endpoint is dropped and `asyncio.CancelledError` as usual;
-        returns early, with no endpoint, never: a stop is seen through `stopping()`, which makes
-        it raise `InterruptedError`."""
+        Raises InterruptedError once `stopping()` is true (checked again after every wake-up:
+        `wake()` ends a wait at once), LookupError when every endpoint is dropped."""
         while True:
             if stopping():
                 raise InterruptedError("stopping")
