@@ -31,8 +31,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", metavar="DIR", help="run directory; an existing one is resumed")
     p.add_argument("--target", type=int, metavar="N", help="machine-generated tasks to reach")
     p.add_argument("--model", metavar="NAME", help="model name at the endpoint")
-    p.add_argument("--base-url", metavar="URL", dest="base_url",
-                   help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    p.add_argument("--base-url", metavar="URL", dest="base_url", action="append",
+                   help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; give it "
+                   "several times for a pool of endpoints (each with --concurrency requests in "
+                   "flight; requests go to the least loaded)")
     p.add_argument("--api", choices=["completions", "chat"], help="completions (base models, "
                    "the paper's setting) or chat (chat models)")
     p.add_argument("--concurrency", type=int, metavar="C", help="requests in flight (default 8)")
@@ -149,8 +151,15 @@ RUN_FLAG_NAMES = ("target", "model", "base_url", "api", "concurrency", "random_s
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name, None) for name in RUN_FLAG_NAMES
-            if getattr(args, name, None) is not None}
+    flags = {name: getattr(args, name, None) for name in RUN_FLAG_NAMES
+             if getattr(args, name, None) is not None}
+    urls = flags.get("base_url")
+    if isinstance(urls, list):  # --base-url given once per endpoint
+        unique = list(dict.fromkeys(urls))
+        flags["base_url"] = unique[0]
+        if len(unique) > 1:
+            flags["endpoints"] = [{"base_url": url} for url in unique]
+    return flags
 
 
 
@@ -250,7 +259,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                         f"({exc.strerror or exc}); choose another -o") from None
     if str(path) != "-":
         Console(highlight=False, soft_wrap=True).print(
-            f"wrote {count} rows ({args.format}) to {path}", markup=False)
+            f"wrote {count} rows ({args.format}) to {path}; run metadata (model, endpoints) "
+            f"in {path.name}.meta.json", markup=False)
     if args.reviewed_only and count == 0:
         from selfinstruct_tui.engine.review import summarize
         from selfinstruct_tui.engine.store import RunStore

@@ -23,6 +23,7 @@ from rich.progress import (
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import progress_line
+from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.store import RoundStats
 
@@ -82,6 +83,7 @@ class HeadlessPrinter:
         self.tokens = 0
         self.cost = 0.0
         self.usage_missing = 0
+        self.endpoints: tuple[EndpointStats, ...] = ()  # a pool's latest figures
 
     def _line(self, text: str) -> None:
         if self.gone:
@@ -118,6 +120,9 @@ class HeadlessPrinter:
             what = "resuming" if event.resumed else "starting"
             model = f"embedded model {event.model}" if self.embedded else \
                 f"{event.model} at {event.endpoint}"
+            if event.endpoints:
+                model = f"{event.model} at {len(event.endpoints)} endpoints " \
+                        f"({', '.join(event.endpoints)})"
             self._line(f"{what} run in {event.run_dir}")
             self._line(f"model: {model} ({event.api} API); seeds: {event.seeds}; "
                        f"pool: {event.accepted}/{event.target} machine tasks")
@@ -146,6 +151,10 @@ class HeadlessPrinter:
             self.usage_missing += s.usage_missing
             line = round_line(s, event.accepted_total, event.target, priced=self.priced)
             self._line(f"{line}; last minute: {self.rates.text(self.embedded)}")
+            for stats in self.endpoints:
+                self._line(f"  endpoint {stats.text()}")
+        elif isinstance(event, ev.EndpointsReported):
+            self.endpoints = event.endpoints
         elif isinstance(event, ev.RequestRetried):
             self.retries_shown += 1
             if self.retries_shown <= 3 or self.retries_shown % 100 == 0:

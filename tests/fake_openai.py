@@ -177,7 +177,7 @@ class FakeOpenAI:
                  reject_param: str | None = None, script: dict[str, list] | None = None,
                  repeat_last: bool = True, structured: str = "json",
                  context_window: int | None = None, batch_polls: int = 2,
-                 batch_fail_kinds: dict[str, str] | None = None) -> None:
+                 batch_fail_kinds: dict[str, str] | None = None, port: int = 0) -> None:
         self.settings: dict[str, Any] = dict(
             latency=latency, error_rate=error_rate, error_status=error_status,
             hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
@@ -201,7 +201,8 @@ class FakeOpenAI:
         self.seen_auth: set[str] = set()
         self._fault_rng = random.Random(1234)
         self.connections: set[socket.socket] = set()
-        self.httpd = _QuietServer(("127.0.0.1", 0), self._handler())
+        # `port`: a fixed port, e.g. to bring an endpoint back where it was (0: any free port)
+        self.httpd = _QuietServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -13,7 +13,7 @@ import os
 import re
 import time
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,17 +91,40 @@ class RunConfig:
     batch_command: str = ""
     batch_poll_seconds: float = 30.0  # seconds between two polls of a pending batch
 
+    # a pool of endpoints (`[[endpoints]]` tables, or --base-url given several times): each a
+    # dict with base_url and optional model, key_env, concurrency, requests_per_minute (unset:
+    # the run's own setting). Empty: `base_url` alone. See `endpoint_list`.
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
+
     @property
     def effective_prompts_per_round(self) -> int:
         if self.prompts_per_round:
             return self.prompts_per_round
         # A batch costs one job per stage whatever its size: rounds are larger.
-        return BATCH_PROMPTS_PER_ROUND if self.uses_batch else self.concurrency
+        return BATCH_PROMPTS_PER_ROUND if self.uses_batch else self.total_concurrency
 
     @property
     def uses_batch(self) -> bool:
         """Batch mode: --batch, or --batch-command (the offline transport)."""
         return self.batch or bool(self.batch_command)
+
+    @property
+    def total_concurrency(self) -> int:
+        """Requests in flight at most: the sum over the pool's endpoints, or `concurrency`."""
+        if len(self.endpoints) < 2:
+            return self.concurrency
+        return sum(int(e["concurrency"]) for e in self.endpoint_list())
+
+    def endpoint_list(self) -> list[dict[str, Any]]:
+        """The pool's endpoints with every field filled in (base_url, model, key_env,
+        concurrency, requests_per_minute: 0 for none); one entry for a single endpoint."""
+        given = self.endpoints or [{"base_url": self.base_url}]
+        return [{"base_url": str(e["base_url"]), "model": e.get("model") or self.model,
+                 "key_env": e.get("key_env") or self.key_env,
+                 "concurrency": int(e.get("concurrency") or self.concurrency),
+                 "requests_per_minute": float(e.get("requests_per_minute")
+                                              or self.requests_per_minute)}
+                for e in given]
 
     @property
     def uses_embedded(self) -> bool:
@@ -173,8 +196,60 @@ class RunConfig:
                             f"http://localhost:8000/v1, not {self.base_url!r}")
         if self.max_words < self.min_words:
             problems.append(f"{where}: max_words must be at least min_words")
+        problems.extend(endpoint_problems(self.endpoints, where))
+        if self.endpoints and self.base_url == EMBEDDED:
+            problems.append(f"{where}: endpoints cannot be combined with the embedded model; "
+                            "give --base-url once per endpoint (or [[endpoints]] tables)")
         if problems:
             raise ConfigError("\n".join(problems))
+
+
+ENDPOINT_FIELDS = {"base_url": "str", "model": "str", "key_env": "str", "concurrency": "int",
+                   "requests_per_minute": "float"}
+
+
+def endpoint_problems(endpoints: object, where: str = "settings",
+                      lines: list[int] | None = None) -> list[str]:
+    """What is wrong with a list of endpoint tables, each problem naming the table (`where`,
+    the line of its `[[endpoints]]` header when `lines` gives it) and the field."""
+    if not isinstance(endpoints, list):
+        return [f"{where}: endpoints must be a list of [[endpoints]] tables"]
+    problems = []
+    seen: set[str] = set()
+    for n, entry in enumerate(endpoints, start=1):
+        at = f"{where}:{lines[n - 1]}" if lines and n <= len(lines) else where
+        name = f"{at}: [[endpoints]] #{n}"
+        if not isinstance(entry, dict):
+            problems.append(f"{name} must be a table with base_url = \"http://...\"")
+            continue
+        for key, value in entry.items():
+            type_name = ENDPOINT_FIELDS.get(key)
+            if type_name is None:
+                problems.append(f"{name}: unknown field {key!r} (known fields: "
+                                f"{', '.join(ENDPOINT_FIELDS)})")
+                continue
+            try:
+                _coerce(value, type_name)
+            except TypeError as exc:
+                problems.append(f"{name}: field {key!r} must be {exc}, got {value!r}")
+        url = entry.get("base_url")
+        if not url:
+            problems.append(f"{name}: base_url is missing (e.g. base_url = "
+                            "\"http://localhost:8000/v1\")")
+        elif isinstance(url, str):
+            if not re.match(r"^https?://[^/\s]+", url):
+                problems.append(f"{name}: base_url must be an http:// or https:// URL such as "
+                                f"http://localhost:8000/v1, not {url!r}")
+            elif url in seen:
+                problems.append(f"{name}: base_url {url!r} is listed twice")
+            seen.add(url)
+        concurrency = entry.get("concurrency")
+        if isinstance(concurrency, int) and concurrency < 1:
+            problems.append(f"{name}: field 'concurrency' must be at least 1")
+        rpm = entry.get("requests_per_minute")
+        if isinstance(rpm, (int, float)) and (rpm < 0 or not math.isfinite(rpm)):
+            problems.append(f"{name}: field 'requests_per_minute' must be 0 or more")
+    return problems
 
 
 # Settings that may differ when a run resumes: they change speed, cost or the stopping point,
@@ -185,6 +260,7 @@ SAFE_ON_RESUME = {
     "price_output_per_1k", "base_url", "key_env", "model_path", "stop_grace", "context_window",
     "structured_output", "max_cost", "max_tokens", "max_fruitless_requests", "embedded_servers",
     "batch", "batch_command", "batch_poll_seconds",
+    "endpoints",
 }
 
 SETTABLE = {f.name: f.type for f in fields(RunConfig)}
@@ -262,6 +338,14 @@ def load_user_config(path: Path | None = None) -> dict[str, Any]:
     problems, out = [], {}
     for key, value in data.items():
         where = f"{path}:{_line_of(text, key) or 1}"
+        if key == "endpoints":  # [[endpoints]] tables: a pool of endpoints
+            headers = [n for n, line in enumerate(text.splitlines(), start=1)
+                       if re.match(r"\s*\[\[\s*endpoints\s*\]\]", line)]
+            found = endpoint_problems(value, str(path), headers or None)
+            problems.extend(found)
+            if not found:
+                out[key] = [dict(e) for e in value]
+            continue
         type_name = SETTABLE.get(key) or UI_SETTINGS.get(key)
         if type_name is None:
             known = ", ".join(sorted([*SETTABLE, *UI_SETTINGS]))
@@ -310,6 +394,14 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
     for key, value in flags.items():
         if value is not None and key in SETTABLE:
             setattr(cfg, key, value)
+    if flags.get("base_url") and flags.get("endpoints") is None:
+        cfg.endpoints = []  # one --base-url replaces the config file's pool
+    if len(cfg.endpoints) == 1:  # one [[endpoints]] table: the run's own endpoint settings
+        for key, value in cfg.endpoints[0].items():
+            setattr(cfg, key, float(value) if key == "requests_per_minute" else value)
+        cfg.endpoints = []
+    if cfg.endpoints:
+        cfg.base_url = str(cfg.endpoints[0].get("base_url", ""))
     if cfg.model_path and not flags.get("base_url"):
         cfg.base_url = EMBEDDED
     if not cfg.base_url:
@@ -327,6 +419,8 @@ def merge_for_resume(stored: RunConfig, flags: dict[str, Any]) -> tuple[RunConfi
     """The resumed run's config and the unsafe changes the flags ask for (empty when safe)."""
     cfg = dataclasses.replace(stored)
     refused = []
+    if flags.get("base_url") is not None and flags.get("endpoints") is None:
+        flags = {**flags, "endpoints": []}  # one --base-url: the pool becomes that endpoint
     for key, value in flags.items():
         if value is None or key not in SETTABLE:
             continue
@@ -337,5 +431,7 @@ def merge_for_resume(stored: RunConfig, flags: dict[str, Any]) -> tuple[RunConfi
             setattr(cfg, key, value)
         else:
             refused.append(f"{key}: the run uses {old!r}, the command asks for {value!r}")
+    if cfg.endpoints:
+        cfg.base_url = str(cfg.endpoints[0].get("base_url", ""))
     cfg.validate()
     return cfg, refused

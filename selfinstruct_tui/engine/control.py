@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import RunConfig
+from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, seed_to_record
 from selfinstruct_tui.engine.store import (
@@ -442,6 +443,7 @@ class StoreFollower:
         self.finished_rounds = {r.round for r in snapshot.rounds if r.status != "running"}
         self.state = dict(snapshot.state_meta)
         self.session = dict(snapshot.session)
+        self.endpoints: Any = None
         self.accepted: int | None = None
         self.seen_changes: set[tuple[int, str, float]] = set()
         self.last_update = time.time()
@@ -532,6 +534,10 @@ class StoreFollower:
                     self.open_prompts.discard(prompt.id)
                     emit(ev.prompt_finished(prompt))
         self.poll_reviews(store)
+        endpoints = store.get_meta("endpoints")  # a pool's figures, saved every few seconds
+        if endpoints and endpoints != self.endpoints:
+            self.endpoints = endpoints
+            emit(ev.EndpointsReported(tuple(EndpointStats.from_dict(d) for d in endpoints)))
         state = store.get_meta("state") or {}
         if state.get("state") != self.state.get("state"):
             session = store.get_meta("session") or {}

@@ -67,6 +67,7 @@ from selfinstruct_tui.engine.control import (
     decode,
     seed_set_events,
 )
+from selfinstruct_tui.engine.endpoints import EndpointChange, EndpointSpec
 from selfinstruct_tui.engine.events import FinishReason
 from selfinstruct_tui.engine.filters import (
     FilterSettings,
@@ -161,7 +162,9 @@ class Engine:
         self._similar: dict[int, SimilarityResult] = {}
         self._pending_seeds: list[SeedTask] | None = None
         self.guard = SpendGuard(config)
-        self.failures = FailureWatch(config.error_pause_seconds, self.base_url)
+        pool = [e["base_url"] for e in config.endpoint_list()] if len(config.endpoints) > 1 \
+            else [self.base_url]
+        self.failures = FailureWatch(config.error_pause_seconds, ", ".join(pool))
         self._requests: RequestRecorder | None = None
         self._revivable = True  # open candidates may wait in the store (a stop, a crash)
         self._spent: dict[int, int] = {}  # candidate task id -> requests sent for it
@@ -355,13 +358,47 @@ class Engine:
     def _client_settings(self) -> ClientSettings:
         c = self.config
         window = c.context_window or self.store.get_meta("context_window") or None
+        endpoints = self._endpoint_specs()
+        # A pool: --rpm is each endpoint's default limit (endpoint_list), not a shared one.
+        rpm = None if endpoints else c.requests_per_minute or None
         return ClientSettings(
             base_url=self.base_url, model=c.model, api=c.api, api_key=self.api_key,
             key_env=c.key_env, concurrency=c.concurrency, request_timeout=c.request_timeout,
-            max_retries=c.max_retries, requests_per_minute=c.requests_per_minute or None,
+            max_retries=c.max_retries, requests_per_minute=rpm,
             tokens_per_minute=c.tokens_per_minute or None, context_window=window,
             structured_output=c.structured_output if self.style.supports_structured else "off",
-            routes=dict(self.routes))
+            routes=dict(self.routes), endpoints=endpoints)
+
+    # -- a pool of endpoints (engine/endpoints.py) ----------------------------------------------
+    def _endpoint_specs(self) -> list[EndpointSpec]:
+        """The pool's endpoints, each with the key read from its key_env ([] for one)."""
+        c = self.config
+        if len(c.endpoints) < 2:
+            return []
+        return [EndpointSpec(
+            e["base_url"], e["model"], e["key_env"], e["concurrency"],
+            e["requests_per_minute"] or None,
+            api_key=self.api_key if e["key_env"] == c.key_env else
+            os.environ.get(e["key_env"], "")) for e in c.endpoint_list()]
+
+    def _on_endpoint_change(self, change: EndpointChange) -> None:
+        """An endpoint taken out or dropped is recorded among the errors (named reason); one
+        that comes back is a notice. The endpoints' figures are saved at once."""
+        if change.what == "back":
+            self.bus.emit(ev.Notice(change.message))
+        else:
+            self.bus.emit(ev.RequestError.of(self.store.add_error(None, change.kind,
+                                                                  change.message)))
+        self._report_endpoints()
+
+    def _report_endpoints(self) -> None:
+        """Per endpoint: in flight, requests/s, errors, median latency (the store's meta
+        "endpoints", read by attached UIs, and an `EndpointsReported` event)."""
+        if self._client is None or self._client.endpoints is None:
+            return
+        stats = tuple(self._client.endpoint_stats())
+        self.store.set_meta("endpoints", [s.to_dict() for s in stats])
+        self.bus.emit(ev.EndpointsReported(stats))
 
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> ev.Finished:
@@ -377,6 +414,7 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._client = LLMClient(self._client_settings())
+        self._client.on_endpoint_change = self._on_endpoint_change
         self._requests = RequestRecorder(self._client, self.store, self.bus, self.guard,
                                          self._on_failure, self.failures.success)
         if self.config.uses_batch:
@@ -393,7 +431,9 @@ class Engine:
             self._load_pool()
             resumed = self.store.max_round() > 0
             self.store.set_meta("session", {"endpoint": self.base_url, "resumed": resumed,
-                                            "started": time.time(), "pid": os.getpid()})
+                                            "started": time.time(), "pid": os.getpid(),
+                                            "endpoints": [e["base_url"] for e in
+                                                          self.config.endpoint_list()]})
             self._set_state(RunState.RUNNING)
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
@@ -418,6 +458,10 @@ class Engine:
             self.finished = ev.Finished(reason, self._committed, self.config.target,
                                         f"the engine failed: {exc!r}")
         finally:
+            try:
+                self._report_endpoints()  # the session's last figures, for attached UIs
+            except Exception:  # never in the way of a clean end
+                log.exception("could not save the endpoints' figures")
             await self._client.close()
             if self._batcher is not None:
                 if self._cancelling is not None:
@@ -521,6 +565,7 @@ class Engine:
                 if now - beat >= HEARTBEAT_SECONDS:
                     beat = now
                     self._set_state(self.state)
+                    self._report_endpoints()
             except Exception:  # the control channel must never take the run down
                 log.exception("control channel poll failed")
             await asyncio.sleep(CONTROL_POLL_SECONDS)
@@ -698,6 +743,7 @@ class Engine:
             self._totals[number] = (prompts + stats.prompts, accepted + stats.accepted)
             self._totals.pop(number - 4, None)
             rnd.finalized.set()
+            self._report_endpoints()  # fresh figures beside the round line
             self.bus.emit(ev.RoundFinished.of(stats, self.config.target))
             self.guard.after_round(stats)
 

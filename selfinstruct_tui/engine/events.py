@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.config import RunConfig
+from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.store import (
     BatchRecord,
     ErrorRecord,
@@ -47,12 +48,15 @@ class RunStarted(Event):
     accepted: int
     seeds: int
     resumed: bool
+    endpoints: tuple[str, ...] = ()  # a pool's base URLs (empty: one endpoint)
 
     @classmethod
     def of(cls, run_dir: str, config: RunConfig, endpoint: str, accepted: int, seeds: int,
            resumed: bool) -> RunStarted:
+        pool = tuple(e["base_url"] for e in config.endpoint_list()) \
+            if len(config.endpoints) > 1 else ()
         return cls(run_dir, endpoint, config.model, config.api, config.target, accepted, seeds,
-                   resumed)
+                   resumed, pool)
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,14 @@ class RequestError(Event):
     @classmethod
     def of(cls, e: ErrorRecord) -> RequestError:
         return cls(e.round, e.kind, e.message)
+
+
+@dataclass(frozen=True)
+class EndpointsReported(Event):
+    """A pool of endpoints' figures, one `EndpointStats` per endpoint (in flight, requests/s,
+    errors, median latency in seconds), sent every few seconds and when an endpoint changes."""
+
+    endpoints: tuple[EndpointStats, ...]
 
 
 @dataclass(frozen=True)

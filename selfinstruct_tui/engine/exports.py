@@ -12,6 +12,9 @@ With a quality review in the run (engine/review.py), self-instruct rows of sampl
 "review" object (the sampled instance, one answer per question, skipped, passed), and
 `reviewed_only` keeps only the tasks that passed it: yes on all three questions, every instance
 of such a task kept (the review judged one random instance, as the paper did).
+
+An export written to a file gets its run metadata beside it, `<file>.meta.json` (`run_metadata`):
+the model, the API and every endpoint that answered (base URL, model, answers; never a key).
 """
 
 from __future__ import annotations
@@ -145,9 +148,36 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
         check_target(run_dir, path)
         with atomic_writer(path) as fh:
             count = write_rows(rows(), fmt, fh)
+        with atomic_writer(metadata_path(path)) as fh:
+            json.dump({**run_metadata(store), "format": fmt, "rows": count,
+                       "reviewed_only": reviewed_only}, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
     finally:
         store.close()
     return path, count
+
+
+def metadata_path(export: Path) -> Path:
+    """Where an export's run metadata goes: beside it, `<name>.meta.json`."""
+    return export.with_name(export.name + ".meta.json")
+
+
+def run_metadata(store: RunStore) -> dict:
+    """What produced a run's data: {"run_dir", "model", "api", "endpoints": [{"base_url",
+    "model", "answers"}]} (endpoints that answered, most answers first; the configured ones
+    when no answer recorded its endpoint). Base URLs only: keys are never part of it."""
+    cfg = store.config()
+    used = store.endpoints_used()
+    if used:
+        endpoints = [{"base_url": url, "model": model, "answers": n} for url, model, n in used]
+    elif cfg is not None:
+        endpoints = [{"base_url": e["base_url"], "model": e["model"], "answers": None}
+                     for e in cfg.endpoint_list()]
+    else:
+        endpoints = []
+    return {"run_dir": str(Path(store.run_dir).resolve()),
+            "model": cfg.model if cfg else None, "api": cfg.api if cfg else None,
+            "endpoints": endpoints}
 
 
 def check_reviewed_only(run_dir: str | Path, fmt: str, reviews: dict[int, ReviewRecord]) -> None:

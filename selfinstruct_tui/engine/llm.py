@@ -18,6 +18,12 @@ Every retry is reported to the caller with its cause. Text the endpoint sends ba
 answers) passes through a `Redactor`, so the API key never reaches a log, the store or the screen.
 A stop abandons requests that are queued or waiting to retry at once and gives requests in flight
 a bounded grace (`abandon_pending`).
+
+With two or more endpoints (`ClientSettings.endpoints`) each attempt goes to the endpoint an
+`EndpointPool` (engine/endpoints.py) chooses; a failure there is that endpoint's: it may be taken
+out (the retry goes at once to another endpoint), cooled down (429) or dropped (refused key,
+unknown model, quota) instead of pausing every request or ending the run. One endpoint keeps the
+behaviour above unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +51,15 @@ try:  # openai 3.x sends through httpx2; earlier versions through httpx
 except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx as _httpx  # type: ignore[no-redef]
 
+from selfinstruct_tui.engine.endpoints import (
+    DROP_CAUSES,
+    Endpoint,
+    EndpointChange,
+    EndpointPool,
+    EndpointSpec,
+    EndpointState,
+    EndpointStats,
+)
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
 
 
@@ -72,6 +87,8 @@ class LLMResponse:
     max_tokens: int
     usage_reported: bool = True
     structured: bool = False
+    endpoint: str = ""  # the base URL that answered (never the key)
+    model: str = ""  # the model asked for there
 
 
 class Cause:
@@ -138,6 +155,21 @@ class ClientSettings:
     # a request kind's own base URL (the embedded model's per-family processes); others go to
     # `base_url`
     routes: dict[str, str] = field(default_factory=dict)
+    # two or more: a pool of endpoints (engine/endpoints.py) instead of `base_url`; `concurrency`
+    # is then their sum
+    endpoints: list[EndpointSpec] = field(default_factory=list)
+
+
+class RedactAll:
+    """A `Redactor` for each of several keys (a pool of endpoints with their own keys)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._each = [Redactor(k) for k in dict.fromkeys(keys) if k]
+
+    def __call__(self, text: str) -> str:
+        for redact in self._each:
+            text = redact(text)
+        return text
 
 
 class Redactor:
@@ -415,7 +447,8 @@ class LLMClient:
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
-        self.redact = Redactor(settings.api_key)
+        self.redact: Callable[[str], str] = Redactor(settings.api_key)
+        self._endpoint_settings: dict[str, ClientSettings] = {}
         self._clients: dict[str, ClientShards] = {
             url: ClientShards(url, settings)
             for url in {settings.base_url, *settings.routes.values()}}
@@ -436,6 +469,40 @@ class LLMClient:
         self.structured: bool | None = None if settings.structured_output == "auto" else \
             settings.structured_output == "on"
         self.in_flight = 0
+        self.endpoints: EndpointPool | None = None
+        self.on_endpoint_change: Callable[[EndpointChange], None] | None = None
+        if len(settings.endpoints) > 1:
+            self._start_pool(settings)
+
+    # -- a pool of endpoints (engine/endpoints.py); absent for one endpoint ---------------------
+    def _start_pool(self, settings: ClientSettings) -> None:
+        endpoints = []
+        for spec in settings.endpoints:
+            # every connection of the endpoint kept alive (openai's default keeps 100)
+            client = openai.AsyncOpenAI(
+                api_key=spec.api_key or "not-needed", base_url=spec.base_url,
+                timeout=settings.request_timeout, max_retries=0,
+                http_client=openai.DefaultAsyncHttpxClient(limits=_httpx.Limits(
+                    max_connections=spec.concurrency,
+                    max_keepalive_connections=spec.concurrency)))
+            endpoint = Endpoint(spec, client, RateLimiter(spec.requests_per_minute, None))
+            endpoints.append(endpoint)
+            self._endpoint_settings[spec.base_url] = ClientSettings(
+                base_url=spec.base_url, model=spec.model, api=settings.api,
+                key_env=spec.key_env, request_timeout=settings.request_timeout)
+        self.endpoints = EndpointPool(endpoints, probe_base=max(0.05, 2 * settings.backoff_base),
+                                      probe_max=settings.backoff_max,
+                                      on_change=self._endpoint_changed)
+        self.redact = RedactAll([settings.api_key, *(s.api_key for s in settings.endpoints)])
+        self._slots = asyncio.Semaphore(self.endpoints.concurrency)
+
+    def _endpoint_changed(self, change: EndpointChange) -> None:
+        if self.on_endpoint_change is not None:
+            self.on_endpoint_change(change)
+
+    def endpoint_stats(self) -> list[EndpointStats]:
+        """Per endpoint: in flight, requests/s, errors, median latency; [] for one endpoint."""
+        return self.endpoints.stats() if self.endpoints is not None else []
 
     # -- control ---------------------------------------------------------------------------------
     def pause(self) -> None:
@@ -443,6 +510,8 @@ class LLMClient:
 
     def resume(self) -> None:
         self._running.set()
+        if self.endpoints is not None:
+            self.endpoints.probe_now()
 
     def abandon_pending(self, grace: float | None = None) -> None:
         """Stop. Requests not yet sent and requests waiting to retry are abandoned now; requests in
@@ -450,6 +519,8 @@ class LLMClient:
         self._stopping = True
         self._running.set()
         self._wake.set()
+        if self.endpoints is not None:
+            self.endpoints.wake()
         if grace is not None:
             if grace <= 0:
                 self._abandon_in_flight()
@@ -464,6 +535,8 @@ class LLMClient:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+        for endpoint in self.endpoints.endpoints if self.endpoints is not None else []:
+            await endpoint.client.close()
 
     # -- waiting -----------------------------------------------------------------------------------
     async def _sleep(self, delay: float, when: str = "waiting to retry") -> None:
@@ -520,10 +593,10 @@ class LLMClient:
         RequestAbandoned (the client was stopped).
         """
         sent = [0]
-        shards = self._clients[self.settings.routes.get(route or "", self.settings.base_url)]
+        url = self.settings.routes.get(route or "", self.settings.base_url)
         try:
-            with shards.lease() as client:
-                return await self._request(req, params, on_retry, sent, client)
+            with self._clients[url].lease() as client:
+                return await self._request(req, params, on_retry, sent, client, url)
         except RequestAbandoned as exc:
             exc.attempts = sent[0]
             if sent[0] and exc.when == "before sending":
@@ -532,7 +605,7 @@ class LLMClient:
 
     async def _request(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
                        on_retry: RetryCallback | None, sent: list[int],
-                       client: openai.AsyncOpenAI) -> LLMResponse:
+                       client: openai.AsyncOpenAI, url: str) -> LLMResponse:
         chars = self._prompt_chars(req)
         max_tokens = self._fit(chars, params.max_tokens)
         attempt = 0
@@ -545,6 +618,10 @@ class LLMClient:
             await self._slots.acquire()
             try:
                 await self._gate()  # pausing stops new requests at once, even queued ones
+                endpoint = await self._take_endpoint()  # None: one endpoint
+                where = self.settings if endpoint is None else \
+                    self._endpoint_settings[endpoint.base_url]
+                sender = client if endpoint is None else endpoint.client
                 self.in_flight += 1
                 started = time.monotonic()
                 structured = bool(isinstance(req, ChatRequest) and req.schema
@@ -553,8 +630,11 @@ class LLMClient:
                     self._active.add(task)
                 sent[0] += 1
                 try:
+                    if endpoint is not None:
+                        await endpoint.limiter.acquire(1)
+                        started = time.monotonic()
                     text, finish, p_tok, c_tok, usage = await self._send(
-                        client, req, params, max_tokens, structured)
+                        sender, req, params, max_tokens, structured, where.model)
                 except asyncio.CancelledError:
                     if self._abandoning and task is not None and task.cancelling():
                         task.uncancel()
@@ -562,9 +642,11 @@ class LLMClient:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
                     error: BaseException = exc
-                    failure = map_error(exc, self.settings)
+                    failure = map_error(exc, where)
                 else:
                     latency = time.monotonic() - started
+                    if endpoint is not None:
+                        self._pool().succeeded(endpoint, latency)
                     if usage and p_tok > 0:
                         self._chars_per_token = min(self._chars_per_token, max(1.0, chars / p_tok))
                     if structured and finish != "length":
@@ -574,9 +656,12 @@ class LLMClient:
                         if self.settings.structured_output == "auto":
                             self.structured = structured
                     return LLMResponse(self.redact(text), finish, p_tok, c_tok, latency, attempt,
-                                       max_tokens, usage, structured)
+                                       max_tokens, usage, structured,
+                                       url if endpoint is None else endpoint.base_url, where.model)
                 finally:
                     self.in_flight -= 1
+                    if endpoint is not None:
+                        self._pool().release(endpoint)
                     if task is not None:
                         self._active.discard(task)
             finally:
@@ -608,6 +693,13 @@ class LLMClient:
                 raise RequestFailed(f"the endpoint refused the request ({failure.status}): "
                                     f"{message}", kind=Cause.BAD_REQUEST, attempts=attempt,
                                     status=failure.status)
+            if endpoint is not None and failure.fatal and failure.cause in DROP_CAUSES \
+                    and self._pool().drop(endpoint, failure.cause, message):
+                if on_retry is not None:  # the endpoint is wrong, not the request
+                    on_retry(failure.cause, attempt, 0.0, f"{message}; {endpoint.base_url} "
+                             "dropped, the request goes to another endpoint")
+                attempt -= 1
+                continue
             if failure.fatal or not failure.retry:
                 raise RequestFailed(message, kind=failure.cause, fatal=failure.fatal,
                                     attempts=attempt, status=failure.status)
@@ -620,6 +712,12 @@ class LLMClient:
                           self.settings.backoff_base * 2 ** (attempt - 1))
                 delay = random.uniform(cap / 2, cap)
             delay = min(delay, 600.0)
+            if endpoint is not None:  # a pool: the failure is this endpoint's, not every request's
+                delay, message = self._endpoint_retry(endpoint, failure, delay, message)
+                if on_retry is not None:
+                    on_retry(failure.cause, attempt, delay, message)
+                await self._sleep(delay)
+                continue
             if on_retry is not None:
                 on_retry(failure.cause, attempt, delay, message)
             if failure.shared:
@@ -627,6 +725,38 @@ class LLMClient:
                 continue  # the gate waits out the shared pause
             # Backoff outside the slot so waiting does not hold concurrency.
             await self._sleep(delay)
+
+    def _pool(self) -> EndpointPool:
+        assert self.endpoints is not None
+        return self.endpoints
+
+    async def _take_endpoint(self) -> Endpoint | None:
+        """The pool's endpoint for the next attempt (None without a pool); waits while every
+        endpoint is full or out. Raises RequestAbandoned on a stop."""
+        if self.endpoints is None:
+            return None
+        try:
+            return await self.endpoints.acquire(lambda: self._stopping)
+        except InterruptedError:
+            raise RequestAbandoned() from None
+
+    def _endpoint_retry(self, endpoint: Endpoint, failure: Failure, delay: float,
+                        message: str) -> tuple[float, str]:
+        """A retryable failure at one endpoint of a pool: it may be taken out (or cooled down
+        after a rate limit); the retry then goes at once to another endpoint that is in.
+        Returns (seconds to wait before the retry, the message to record)."""
+        pool = self._pool()
+        if failure.shared:  # a rate limit: only this endpoint waits it out
+            pool.cool(endpoint, delay)
+            out: float | None = delay
+        else:
+            out = pool.failed(endpoint, failure.cause, message)
+        if out is not None and pool.any_in():
+            return 0.0, (f"{message}; {endpoint.base_url} is out for {out:.0f}s, the request "
+                         "goes to another endpoint")
+        if endpoint.state in (EndpointState.OUT, EndpointState.DROPPED) and pool.any_in():
+            return 0.0, f"{message}; the request goes to another endpoint"  # already out
+        return delay, message
 
     def _learn_context(self, exc: BaseException, failure: Failure, chars: int,
                        max_tokens: int, attempt: int) -> int | None:
@@ -653,8 +783,8 @@ class LLMClient:
 
     async def _send(self, client: openai.AsyncOpenAI, req: CompletionRequest | ChatRequest,
                     params: SamplingParams, max_tokens: int,
-                    structured: bool) -> tuple[str, str | None, int, int, bool]:
-        body = request_body(self.settings.model, req, params, max_tokens, structured)
+                    structured: bool, model: str = "") -> tuple[str, str | None, int, int, bool]:
+        body = request_body(model or self.settings.model, req, params, max_tokens, structured)
         resp: Completion | ChatCompletion
         choice: Any
         # client.post with a plain JSON body (openai's documented way to make a request the

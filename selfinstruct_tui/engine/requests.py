@@ -114,7 +114,9 @@ class RequestRecorder:
                                         prompt_tokens=p_tok, completion_tokens=c_tok,
                                         attempts=resp.attempts,
                                         usage_reported=resp.usage_reported,
-                                        structured=resp.structured)
+                                        structured=resp.structured,
+                                        endpoint=resp.endpoint or None,
+                                        model=resp.model or None)
         stats.prompt_tokens += p_tok
         stats.completion_tokens += c_tok
         self.guard.spend(p_tok, c_tok)

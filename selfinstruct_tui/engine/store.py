@@ -182,6 +182,9 @@ MIGRATIONS = (
     # and the machine task a promoted seed came from.
     ("tasks", "seed_origin", "TEXT"),
     ("tasks", "source_task", "INTEGER"),
+    # Which endpoint (base URL, never the key) and model answered a request (NULL: older runs)
+    ("prompts", "endpoint", "TEXT"),
+    ("prompts", "model", "TEXT"),
 )
 PENDING_SEEDS = "pending_seeds"  # meta: the seed set the next round uses (seed_to_record each)
 
@@ -295,6 +298,8 @@ class PromptRecord:
     attempts: int = 1
     usage_reported: bool = True
     structured: bool = False
+    endpoint: str | None = None  # the base URL that answered (never the key); None: unknown
+    model: str | None = None  # the model asked for there
 
 
 @dataclass(frozen=True)
@@ -872,22 +877,50 @@ class RunStore:
                       finish_reason: str | None = None, latency: float = 0.0,
                       prompt_tokens: int = 0, completion_tokens: int = 0,
                       error: str | None = None, attempts: int = 1, usage_reported: bool = True,
-                      structured: bool = False) -> PromptRecord:
+                      structured: bool = False, endpoint: str | None = None,
+                      model: str | None = None) -> PromptRecord:
         """Record a request's outcome; returns the finished record. `latency` in seconds;
         tokens as reported, or estimates when `usage_reported` is False; `error` names why
-        there is no response."""
+        there is no response; `endpoint` (base URL) and `model`: who answered."""
         done = replace(record, response=response, finish_reason=finish_reason, latency=latency,
                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                        error=error, finished=time.time(), attempts=attempts,
-                       usage_reported=usage_reported, structured=structured)
+                       usage_reported=usage_reported, structured=structured,
+                       endpoint=endpoint, model=model)
         with self.db:
             self.db.execute(
                 "UPDATE prompts SET response = ?, finish_reason = ?, latency = ?, "
                 "prompt_tokens = ?, completion_tokens = ?, error = ?, finished = ?, "
-                "attempts = ?, usage_reported = ?, structured = ? WHERE id = ?",
+                "attempts = ?, usage_reported = ?, structured = ?, endpoint = ?, model = ? "
+                "WHERE id = ?",
                 (response, finish_reason, latency, prompt_tokens, completion_tokens, error,
-                 done.finished, attempts, int(usage_reported), int(structured), record.id))
+                 done.finished, attempts, int(usage_reported), int(structured), endpoint, model,
+                 record.id))
         return done
+
+    def answered_by(self, task_id: int, prompt_id: int | None) -> list[tuple[str, str | None,
+                                                                             str | None]]:
+        """Who answered the requests that made a task: (kind, endpoint base URL, model) for its
+        generation prompt and its classification and instance requests, in order sent (None:
+        not recorded, a run made before the columns)."""
+        try:
+            rows = self.db.execute(
+                "SELECT kind, endpoint, model FROM prompts WHERE (id = ? OR task_ref = ?) AND "
+                "response IS NOT NULL ORDER BY id", (prompt_id or -1, task_id)).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def endpoints_used(self) -> list[tuple[str, str | None, int]]:
+        """(endpoint base URL, model, answers) for every endpoint that answered, most first."""
+        try:
+            rows = self.db.execute(
+                "SELECT endpoint, model, COUNT(*) FROM prompts WHERE endpoint IS NOT NULL AND "
+                "response IS NOT NULL GROUP BY endpoint, model ORDER BY COUNT(*) DESC, "
+                "endpoint").fetchall()
+        except sqlite3.OperationalError:  # a run made before the column, opened read-only
+            return []
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def prompt(self, prompt_id: int) -> PromptRecord | None:
         row = self.db.execute("SELECT * FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
@@ -1144,7 +1177,8 @@ def _prompt(row: sqlite3.Row) -> PromptRecord:
         completion_tokens=row["completion_tokens"], error=row["error"],
         finished=row["finished"], attempts=_get(row, "attempts", 1),
         usage_reported=bool(_get(row, "usage_reported", 1)),
-        structured=bool(_get(row, "structured", 0)))
+        structured=bool(_get(row, "structured", 0)), endpoint=_get(row, "endpoint", None),
+        model=_get(row, "model", None))
 
 
 def seed_tasks_to_pool(seeds: list[SeedTask], first_id: int) -> list[Task]:

@@ -445,8 +445,9 @@ class SelfInstructApp(App[int]):
             elif action == "demote":
                 self._demote(task)
 
+        answered_by = [] if task.is_seed else self.reader.answered_by(task.id, task.prompt_id)
         self.push_screen(InspectorScreen(task, prompt.prompt if prompt else None,
-                                         prompt.response if prompt else None), done)
+                                         prompt.response if prompt else None, answered_by), done)
 
     def action_export(self) -> None:
         def chosen(result: tuple[str, str, bool] | None) -> None:

@@ -23,6 +23,7 @@ from selfinstruct_tui.engine.control import (
     RunSnapshot,
     RunState,
 )
+from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.review import summarize
 from selfinstruct_tui.engine.store import (
@@ -148,6 +149,7 @@ class StatusView:
 
     run_name: str = ""
     endpoint: str = ""
+    endpoints: int = 1  # a pool's size: the status line then names how many, not the first
     model: str = ""
     embedded: bool = False
     state: str = RunState.STARTING
@@ -175,6 +177,8 @@ class StatusView:
         eta = fmt_duration(remaining / per_min * 60) if per_min > 0 and remaining else "-"
         endpoint = re.sub(r"^https?://|/v1/?$", "", self.endpoint)
         model = f"{self.model} (embedded)" if self.embedded else f"{self.model} @ {endpoint}"
+        if self.endpoints > 1:
+            model = f"{self.model} @ {self.endpoints} endpoints"
         state = self.state + (f" ({self.reason})" if self.reason and
                               self.state == RunState.PAUSED else "")
         alarm = "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR) else "bold"
@@ -237,6 +241,7 @@ class RunView:
         self.rows_removed: list[int] = []
         # prompts
         self.in_flight: dict[int, tuple[str, int]] = {}
+        self.endpoints: tuple[EndpointStats, ...] = ()  # a pool's figures (empty: one endpoint)
         self.latest: tuple[str, tuple[tuple[int, str, str], ...], str, str, float] | None = None
         self._sent_generate: dict[int, ev.PromptSent] = {}
         # batch mode: jobs whose answers are not read yet, by job id (shown in the prompts pane)
@@ -265,6 +270,7 @@ class RunView:
         cfg = snap.config
         if cfg is not None:
             status.endpoint = snap.session.get("endpoint") or cfg.base_url
+            status.endpoints = len(cfg.endpoints) or 1
             status.model = cfg.model
             status.target = cfg.target
             status.embedded = embedded or cfg.uses_embedded
@@ -448,6 +454,12 @@ class RunView:
         self.status.target = e.target
         if e.endpoint and not self.status.embedded:
             self.status.endpoint = e.endpoint
+        self.status.endpoints = len(e.endpoints) or 1
+
+    def _on_EndpointsReported(self, e: ev.EndpointsReported) -> None:
+        self.endpoints = e.endpoints
+        self.status.endpoints = max(1, len(e.endpoints))
+        self.dirty |= {"prompts", "status"}
 
     def _on_Stopping(self, e: ev.Stopping) -> None:
         self._set_state(RunState.STOPPING)

@@ -16,7 +16,10 @@ from selfinstruct_tui.engine.seeds import Instance
 from selfinstruct_tui.engine.task import Task
 
 
-def task_details(task: Task, prompt: str | None, response: str | None) -> Text:
+def task_details(task: Task, prompt: str | None, response: str | None,
+                 answered_by: list[tuple[str, str | None, str | None]] | None = None) -> Text:
+    """The inspector's text. `answered_by`: (request kind, endpoint base URL, model) of each
+    request that made the task (provenance; empty for seeds)."""
     t = Text()
     t.append(f"Task #{task.id}", style="bold")
     origin = task.origin
@@ -40,6 +43,11 @@ def task_details(task: Task, prompt: str | None, response: str | None) -> Text:
             t.append(f"{s.score:.3f}  #{s.id} {s.instruction}\n")
     else:
         t.append("(none recorded)\n")
+    if answered_by:
+        t.append("\nAnswered by\n", style="bold underline")
+        for kind, endpoint, model in answered_by:
+            t.append(f"{kind:<10} {endpoint or '(not recorded)'}"
+                     + (f"  model {model}" if model else "") + "\n")
     if prompt is not None:
         t.append(f"\nPrompt #{task.prompt_id} that produced it\n", style="bold underline")
         t.append(prompt[-4000:] + "\n")
@@ -60,16 +68,18 @@ class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
         Binding("minus", "demote", "Demote seed"),
     ]
 
-    def __init__(self, task: Task, prompt: str | None, response: str | None) -> None:
+    def __init__(self, task: Task, prompt: str | None, response: str | None,
+                 answered_by: list[tuple[str, str | None, str | None]] | None = None) -> None:
         super().__init__()
         self.task_data = task
         self.prompt, self.response = prompt, response
+        self.answered_by = answered_by or []
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
             with VerticalScroll(id="inspector-body"):
-                yield Static(task_details(self.task_data, self.prompt, self.response),
-                             id="inspector-text")
+                yield Static(task_details(self.task_data, self.prompt, self.response,
+                                          self.answered_by), id="inspector-text")
             with Horizontal(classes="buttons"):
                 yield Button("Drop (d)", variant="error", id="drop")
                 yield Button("Edit (e)", id="edit")

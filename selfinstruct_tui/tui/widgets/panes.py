@@ -117,8 +117,10 @@ class PromptsPane(Vertical):
     def show(self, view: RunView) -> None:
         kinds = Counter(k for k, _ in view.in_flight.values())
         text = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
-        jobs = "".join(f"\n{progress_line(b)}" for b in view.batches.values())
-        self.query_one("#inflight", Static).update(f"in flight: {text}{jobs}")
+        lines = [f"in flight: {text}"]
+        lines += [f"  {e.text()}" for e in view.endpoints]  # a pool: one line per endpoint
+        lines += [progress_line(b) for b in view.batches.values()]  # pending batch jobs
+        self.query_one("#inflight", Static).update("\n".join(lines))
         if view.latest is None or view.latest is self._shown_latest:
             return
         self._shown_latest = view.latest

@@ -1,0 +1,372 @@
+"""A pool of endpoints: several loopback servers speaking the OpenAI wire format, the real engine
+(or the CLI in a subprocess), and the store checked afterwards: who answered what, which endpoint
+was taken out, dropped or probed back, and why."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine import events as ev
+from selfinstruct_tui.engine.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    load_user_config,
+    merge_for_resume,
+)
+from selfinstruct_tui.engine.engine import Engine
+from test_run_e2e import wait_for
+from tui_helpers import new_run
+
+
+def rows(run_dir: Path, sql: str, *args: object) -> list[tuple]:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def answered_by(run_dir: Path) -> dict[str, int]:
+    return dict(rows(run_dir, "SELECT endpoint, COUNT(*) FROM prompts WHERE response IS NOT "
+                              "NULL GROUP BY endpoint"))
+
+
+def pool_engine(run_dir: Path, servers: list[FakeOpenAI], target: int,
+                concurrency: list[int] | None = None, **cfg) -> tuple[Engine, list]:
+    endpoints = [{"base_url": s.base_url, **({"concurrency": c} if concurrency else {})}
+                 for s, c in zip(servers, concurrency or [0] * len(servers), strict=True)]
+    store, config = new_run(run_dir, servers[0].base_url, target=target, endpoints=endpoints,
+                            **{"concurrency": 2, **cfg})
+    engine = Engine(store, config)
+    events: list = []
+    engine.bus.subscribe(events.append)
+    return engine, events
+
+
+def test_requests_go_to_the_endpoint_with_the_fewest_outstanding(tmp_path):
+    with FakeOpenAI(latency=0.0) as fast, FakeOpenAI(latency=0.4) as slow:
+        engine, events = pool_engine(tmp_path / "run", [slow, fast], 12, prompts_per_round=4)
+        finished = engine.run()
+        engine.store.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    counts = answered_by(tmp_path / "run")
+    # Both served; the fast one, free again sooner, took more (the slow one is listed first).
+    assert counts[slow.base_url] >= 1
+    assert counts[fast.base_url] > counts[slow.base_url]
+    # Every answer names its endpoint and model; requests per endpoint match the servers' logs.
+    assert rows(tmp_path / "run", "SELECT COUNT(*) FROM prompts WHERE response IS NOT NULL "
+                "AND (endpoint IS NULL OR model IS NULL)")[0][0] == 0
+    assert counts[fast.base_url] == len(fast.log) and counts[slow.base_url] == len(slow.log)
+    assert {m for (m,) in rows(tmp_path / "run", "SELECT DISTINCT model FROM prompts "
+                                                 "WHERE response IS NOT NULL")} == {"fake-model"}
+    reported = [e for e in events if isinstance(e, ev.EndpointsReported)]
+    assert reported  # the figures per endpoint were published (at least at start of a change)
+
+
+def test_a_bigger_concurrency_takes_a_bigger_share(tmp_path):
+    with FakeOpenAI(latency=0.05) as big, FakeOpenAI(latency=0.05) as small:
+        engine, _ = pool_engine(tmp_path / "run", [small, big], 10, concurrency=[1, 3],
+                                prompts_per_round=4)
+        assert engine.config.total_concurrency == 4
+        finished = engine.run()
+        engine.store.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    counts = answered_by(tmp_path / "run")
+    assert counts[big.base_url] > counts[small.base_url] >= 1
+
+
+def test_an_endpoint_that_goes_away_is_taken_out_and_probed_back(tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as steady:
+        flaky = FakeOpenAI(latency=0.05).start()
+        port = flaky.httpd.server_address[1]
+        url = flaky.base_url
+        engine, events = pool_engine(run_dir, [steady, flaky], 400, prompts_per_round=4)
+        thread = engine.start_thread()
+        try:
+            wait_for(lambda: len(flaky.log) >= 3)
+            flaky.close()  # connection refused from now on
+            wait_for(lambda: any(isinstance(e, ev.RequestError) and
+                                 e.kind == "endpoint_taken_out" for e in events))
+            served_before = len(steady.log)
+            wait_for(lambda: len(steady.log) >= served_before + 3)  # the run goes on
+            back = FakeOpenAI(latency=0.05, port=port).start()  # the endpoint returns
+            try:
+                wait_for(lambda: any(isinstance(e, ev.Notice) and "answers again" in e.message
+                                     for e in events))
+                wait_for(lambda: len(back.log) >= 2)
+            finally:
+                engine.stop()
+                thread.join(60)
+                back.close()
+        finally:
+            engine.store.close()
+    out = rows(run_dir, "SELECT kind, message FROM errors WHERE kind LIKE 'endpoint_%'")
+    assert out and out[0][0] == "endpoint_taken_out"
+    assert url in out[0][1] and "refuses connections" in out[0][1] and "probed again" in out[0][1]
+    # Retries name their cause; the requests that hit the closed endpoint went to the other.
+    causes = {c for (c,) in rows(run_dir, "SELECT cause FROM retries")}
+    assert "connection" in causes
+    # Answers from the endpoint after it came back are recorded under its URL.
+    assert answered_by(run_dir)[url] >= len(back.log) >= 2
+    assert not any(isinstance(e, ev.Paused) for e in events)
+
+
+def test_a_streak_of_503_takes_an_endpoint_out_until_it_answers(tmp_path):
+    run_dir = tmp_path / "run"
+    busy = {"status": 503, "body": {"error": {"message": "overloaded"}}}
+    with FakeOpenAI(latency=0.02) as steady, \
+            FakeOpenAI(latency=0.02, script={"*": [busy] * 3 + ["ok"]},
+                       repeat_last=False) as sick:
+        engine, events = pool_engine(run_dir, [sick, steady], 8, concurrency=[1, 2],
+                                     prompts_per_round=3)
+        finished = engine.run()
+        engine.store.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    taken = rows(run_dir, "SELECT message FROM errors WHERE kind = 'endpoint_taken_out'")
+    assert taken and sick.base_url in taken[0][0] and "3 failures in a row" in taken[0][0]
+    assert {c for (c,) in rows(run_dir, "SELECT cause FROM retries")} == {"server_error"}
+
+
+def test_a_refused_key_drops_that_endpoint_and_the_run_finishes_on_the_others(tmp_path):
+    run_dir = tmp_path / "run"
+    refused = {"status": 401, "body": {"error": {"message": "Incorrect API key provided"}}}
+    with FakeOpenAI() as good, FakeOpenAI(script={"*": [refused]}) as bad:
+        engine, events = pool_engine(run_dir, [bad, good], 6)
+        finished = engine.run()
+        engine.store.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    dropped = rows(run_dir, "SELECT message FROM errors WHERE kind = 'endpoint_dropped'")
+    assert len(dropped) == 1
+    assert bad.base_url in dropped[0][0] and "refused the API key" in dropped[0][0]
+    assert bad.base_url not in answered_by(run_dir)
+    assert len(bad.log) <= 2  # only the requests sent before the first answer came back
+    assert "auth" in {c for (c,) in rows(run_dir, "SELECT cause FROM retries")}
+
+
+def test_when_every_endpoint_is_down_the_run_pauses(tmp_path):
+    run_dir = tmp_path / "run"
+    a, b = FakeOpenAI().start(), FakeOpenAI().start()
+    a.close()
+    b.close()
+    engine, events = pool_engine(run_dir, [a, b], 5, max_retries=1, error_pause_seconds=0)
+    thread = engine.start_thread()
+    try:
+        wait_for(lambda: any(isinstance(e, ev.Paused) for e in events))
+    finally:
+        engine.stop_now()
+        thread.join(60)
+        engine.store.close()
+    paused = next(e for e in events if isinstance(e, ev.Paused))
+    assert paused.by_errors and "connection" in paused.reason
+    assert a.base_url in paused.reason and b.base_url in paused.reason
+    kinds = {k for (k,) in rows(run_dir, "SELECT kind FROM errors")}
+    assert "endpoint_taken_out" in kinds and "connection" in kinds
+
+
+CONFIG = """\
+target = 20
+
+[[endpoints]]
+base_url = "http://a.example:8000/v1"
+concurrency = 4
+
+[[endpoints]]
+base_url = "http://b.example:8000/v1"
+model = "other"
+key_env = "B_KEY"
+requests_per_minute = 30
+"""
+
+
+def test_config_file_endpoints_are_read_and_checked(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG)
+    settings = load_user_config(path)
+    cfg = build_config(settings, {"model": "m"}, env={})
+    assert cfg.base_url == "http://a.example:8000/v1"
+    listed = cfg.endpoint_list()
+    assert [e["base_url"] for e in listed] == ["http://a.example:8000/v1",
+                                               "http://b.example:8000/v1"]
+    assert listed[0]["model"] == "m" and listed[1]["model"] == "other"
+    assert listed[1]["key_env"] == "B_KEY" and listed[0]["key_env"] == "OPENAI_API_KEY"
+    assert cfg.total_concurrency == 4 + 8 and cfg.effective_prompts_per_round == 12
+    # One --base-url on the command line replaces the file's pool.
+    single = build_config(settings, {"model": "m", "base_url": "http://c:1/v1"}, env={})
+    assert single.endpoints == [] and single.base_url == "http://c:1/v1"
+
+    path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\nurl = "x"\n\n'
+                    '[[endpoints]]\nconcurrency = "four"\n\n'
+                    '[[endpoints]]\nbase_url = "ftp://b"\nconcurrency = 0\n')
+    with pytest.raises(ConfigError) as err:
+        load_user_config(path)
+    text = str(err.value)
+    assert f"{path}:1: [[endpoints]] #1: unknown field 'url'" in text
+    assert f"{path}:5: [[endpoints]] #2: field 'concurrency' must be an integer" in text
+    assert f"{path}:5: [[endpoints]] #2: base_url is missing" in text
+    assert f"{path}:8: [[endpoints]] #3: base_url must be an http:// or https:// URL" in text
+    assert "field 'concurrency' must be at least 1" in text
+
+
+def test_resume_may_change_the_endpoints():
+    stored = RunConfig(base_url="http://a:1/v1", model="m",
+                       endpoints=[{"base_url": "http://a:1/v1"}, {"base_url": "http://b:1/v1"}])
+    cfg, refused = merge_for_resume(stored, {"base_url": "http://a:1/v1", "endpoints": [
+        {"base_url": "http://a:1/v1"}, {"base_url": "http://c:1/v1"}]})
+    assert refused == [] and [e["base_url"] for e in cfg.endpoints] == ["http://a:1/v1",
+                                                                        "http://c:1/v1"]
+    cfg, refused = merge_for_resume(stored, {"base_url": "http://a:1/v1"})
+    assert refused == [] and cfg.endpoints == [] and cfg.base_url == "http://a:1/v1"
+
+
+def test_repeated_base_url_on_the_command_line_and_resume_with_other_endpoints(run_cli,
+                                                                               tmp_path):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as a, FakeOpenAI(latency=0.05) as b, \
+            FakeOpenAI(latency=0.05) as c:
+        first = run_cli("run", "--headless", "--base-url", a.base_url, "--base-url", b.base_url,
+                        "--model", "m", "--concurrency", "2", "--run-dir", str(run_dir),
+                        "--target", "6", timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert a.base_url in first.stdout and b.base_url in first.stdout  # per-endpoint lines
+        used = answered_by(run_dir)
+        assert set(used) == {a.base_url, b.base_url}
+        b_before = len(b.log)
+        second = run_cli("run", "--headless", "--base-url", a.base_url, "--base-url", c.base_url,
+                         "--model", "m", "--concurrency", "2", "--run-dir", str(run_dir),
+                         "--target", "12", timeout=120)
+        assert second.returncode == 0, second.stderr
+        assert len(b.log) == b_before  # removed from the pool: nothing more sent there
+        assert answered_by(run_dir).get(c.base_url, 0) >= 1
+    config = json.loads(rows(run_dir, "SELECT value FROM meta WHERE key = 'config'")[0][0])
+    assert [e["base_url"] for e in config["endpoints"]] == [a.base_url, c.base_url]
+    assert "test-key" not in (run_dir / "run.sqlite").read_bytes().decode("latin-1")
+
+
+def test_each_endpoint_reads_its_own_key_and_never_stores_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("KEY_A", "sk-aaaaaaaaaaaaaaaaaaaaaaaa")
+    monkeypatch.setenv("KEY_B", "sk-bbbbbbbbbbbbbbbbbbbbbbbb")
+    with FakeOpenAI(api_key="sk-aaaaaaaaaaaaaaaaaaaaaaaa") as a, \
+            FakeOpenAI(api_key="sk-bbbbbbbbbbbbbbbbbbbbbbbb") as b:
+        store, config = new_run(tmp_path / "run", a.base_url, target=4, concurrency=2,
+                                endpoints=[{"base_url": a.base_url, "key_env": "KEY_A"},
+                                           {"base_url": b.base_url, "key_env": "KEY_B"}])
+        engine = Engine(store, config)
+        finished = engine.run()
+        store.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    assert set(answered_by(tmp_path / "run")) == {a.base_url, b.base_url}
+    data = (tmp_path / "run" / "run.sqlite").read_bytes()
+    assert b"sk-aaaa" not in data and b"sk-bbbb" not in data
+
+
+def test_a_stop_ends_the_wait_for_a_probe(tmp_path):
+    a, b = FakeOpenAI().start(), FakeOpenAI().start()
+    a.close()
+    b.close()
+    engine, events = pool_engine(tmp_path / "run", [a, b], 5, max_retries=50)
+    thread = engine.start_thread()
+    wait_for(lambda: sum(isinstance(e, ev.RequestError) and e.kind == "endpoint_taken_out"
+                         for e in events) >= 2)
+    engine.stop_now()
+    thread.join(30)
+    engine.store.close()
+    assert not thread.is_alive()
+    assert events[-1].reason is ev.FinishReason.STOPPED
+
+
+def test_one_endpoints_table_is_the_runs_own_endpoint(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\nmodel = "x"\nconcurrency = 3\n')
+    cfg = build_config(load_user_config(path), {}, env={})
+    assert cfg.endpoints == [] and cfg.base_url == "http://a:1/v1"
+    assert cfg.model == "x" and cfg.concurrency == 3
+
+
+def test_the_tui_shows_each_endpoint_and_the_inspector_who_answered(tmp_path, isolated_env,
+                                                                    run_cli):
+    import asyncio
+
+    from selfinstruct_tui.tui.app import create_app
+    from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+    from selfinstruct_tui.tui.widgets.task_table import TaskTable
+    from tui_helpers import until
+
+    run_dir = tmp_path / "run"
+
+    async def go(a: FakeOpenAI, b: FakeOpenAI) -> str:
+        engine, _ = pool_engine(run_dir, [a, b], 10)
+        app = create_app(run_dir, engine=engine, refresh=0.1)
+        async with app.run_test(size=(160, 45)) as pilot:
+            await until(pilot, lambda: app.state == "finished", timeout=60)
+            await pilot.pause(0.3)
+            inflight = str(app.query_one("#inflight").render())
+            assert a.base_url in inflight and b.base_url in inflight
+            assert "req/s" in inflight and "errors" in inflight and "median" in inflight
+            assert "2 endpoints" in str(app.query_one(StatusLine).render())
+            table = app.query_one(TaskTable)
+            table.focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            return str(app.screen.query_one("#inspector-text").render())
+
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        text = asyncio.run(go(a, b))
+        assert "Answered by" in text
+        assert "generate" in text and "instances" in text and "model fake-model" in text
+        assert a.base_url in text or b.base_url in text
+    out = tmp_path / "out.jsonl"
+    run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(out), check=True)
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["model"] == "fake-model"
+    assert {e["base_url"] for e in meta["endpoints"]} == {a.base_url, b.base_url}
+    assert sum(e["answers"] for e in meta["endpoints"]) == \
+        rows(run_dir, "SELECT COUNT(*) FROM prompts WHERE response IS NOT NULL")[0][0]
+
+
+def test_a_rate_limit_cools_down_only_the_endpoint_that_sent_it(tmp_path):
+    run_dir = tmp_path / "run"
+    limited = {"status": 429, "headers": {"Retry-After": "600"},
+               "body": {"error": {"message": "Rate limit reached", "type": "requests"}}}
+    with FakeOpenAI() as free, FakeOpenAI(script={"*": [limited]}) as busy:
+        engine, events = pool_engine(run_dir, [busy, free], 6)
+        finished = engine.run()
+        engine.store.close()
+    # The run did not wait the 10 minutes out: the other endpoint took every request.
+    assert finished.reason is ev.FinishReason.TARGET
+    assert len(busy.log) <= 2  # only what was sent before its first answer came back
+    assert set(answered_by(run_dir)) == {free.base_url}
+    assert "rate_limit" in {c for (c,) in rows(run_dir, "SELECT cause FROM retries")}
+    assert not any(isinstance(e, ev.Paused) for e in events)
+
+
+def test_an_attached_ui_reads_each_endpoints_figures_from_the_store(tmp_path):
+    from selfinstruct_tui.engine.control import StoreFollower, read_snapshot
+    from selfinstruct_tui.engine.store import RunStore
+    from selfinstruct_tui.tui.view import RunView
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        engine, _ = pool_engine(run_dir, [a, b], 6)
+        engine.run()
+        engine.store.close()
+    store = RunStore(run_dir, readonly=True)
+    try:
+        snapshot = read_snapshot(store)
+        followed: list = []
+        StoreFollower(snapshot, followed.append).poll(store)
+    finally:
+        store.close()
+    view = RunView()
+    view.load(snapshot)
+    view.apply_all(followed)
+    assert [e.base_url for e in view.endpoints] == [a.base_url, b.base_url]
+    assert sum(e.answered for e in view.endpoints) == sum(answered_by(run_dir).values())
+    assert "2 endpoints" in str(view.status.line())
