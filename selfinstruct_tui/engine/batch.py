@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import openai
 
+from selfinstruct_tui.engine.control import pid_alive
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.llm import (
     Cause,
@@ -295,7 +296,7 @@ class CommandBatchTransport:
         proc = self._procs.get(record.id)
         if proc is None:
             pid = _pid_of(record.batch_id)
-            if pid is not None and _alive(pid):  # started by an earlier session, still running
+            if pid is not None and pid_alive(pid):  # started by an earlier session, still running
                 return record
             # started by a session that is gone and finished or died: read it if complete,
             # else run it again
@@ -330,20 +331,6 @@ def _pid_of(batch_id: str | None) -> int | None:
         except ValueError:
             return None
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie of ours (never reaped) is not running
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 @dataclass
