@@ -704,7 +704,7 @@ class Engine:
             for gen in gens:
                 result = await gen
                 if result is None:
-                    continue  # counted as fruitless when it failed (`_generate`)
+                    continue  # failed or empty: recorded and counted as it came (`_generate`)
                 prompt_id, parsed = result
                 for fragment in parsed.discarded:
                     stats.candidates += 1
@@ -717,8 +717,7 @@ class Engine:
                     if tid is not None:
                         resolving.append(asyncio.create_task(
                             self._resolve(rnd, tid, item, prompt_id)))
-                if (parsed.items and rnd.reserved + stats.surplus == went_on
-                        and not self._stop_requested):
+                if rnd.reserved + stats.surplus == went_on and not self._stop_requested:
                     self._fruitless(1)  # nothing of this answer went on
         except Exception as exc:  # a bug must end the run, never leave it waiting on this round
             self._round_failed(rnd, exc)
@@ -881,11 +880,17 @@ class Engine:
             return None
         parsed = self.style.read_generation(resp.text, instructions,
                                             truncated=resp.finish_reason == "length")
-        if not parsed.items and not self._stop_requested:
-            # Nothing to filter (a refusal, an empty list): fruitless now, as the answer
-            # arrives. The round filters answers in prompt order, so counting these there would
-            # lag behind answers that came early, and the guard would let more requests out.
-            self._fruitless(1)
+        if not parsed.items:
+            # Nothing to filter (a refusal, an empty list): recorded and counted fruitless now,
+            # as the answer arrives. The round filters answers in prompt order, so doing it there
+            # would lag behind answers that came early, and the guard would let more out.
+            for fragment in parsed.discarded:
+                rnd.stats.candidates += 1
+                self._reject(rnd, asked.prompt_id, fragment.text, fragment.reason,
+                             fragment.detail, raw=fragment.text)
+            if not self._stop_requested:
+                self._fruitless(1)
+            return None
         return asked.prompt_id, parsed
 
     async def _resolve(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
