@@ -74,6 +74,10 @@ def test_cursor_stays_on_its_task_as_rows_arrive_sort_changes_and_filter_narrows
             assert held is not None and "item" in table.rows[held].lowered
             await pilot.press("slash", *" number")
             assert table.current_id == held
+            # the scrollable height follows the view without a screen re-layout
+            assert table.virtual_size.height == len(table.view)
+            visible = table.scrollable_content_region.height
+            assert table.max_scroll_y == max(0, len(table.view) - visible)
             await pilot.press("escape")
             await pilot.pause()
             assert table.text_filter == "" and table.current_id == held

@@ -201,10 +201,26 @@ class TaskTable(ScrollView, can_focus=True):
             self.view, self.view_keys = self.sorted_ids, self.sorted_keys
             self.view_text = self.sorted_text
         screen_line = self.cursor - self.scroll_offset.y  # where the cursor's task is drawn
-        self.virtual_size = Size(self.size.width, len(self.view))
+        self._set_rows(len(self.view))
         self._place_cursor(screen_line)
         self.refresh()
         self.post_message(self.ViewChanged(len(self.view), len(self.rows), self.describe()))
+
+    def _set_rows(self, rows: int) -> None:
+        """The scrollable height becomes `rows`. Setting `virtual_size` re-lays out the whole
+        screen (it is a layout reactive): ~35 ms per filter key at 100k tasks. When the
+        scrollbar stays as it is (shown before and after), only the scrollbar is updated."""
+        new = Size(self.size.width, rows)
+        old = self.virtual_size
+        if new == old:
+            return
+        height = self.size.height
+        if self.is_mounted and height and (old.height > height) == (rows > height) \
+                and old.width == new.width:
+            self.set_reactive(TaskTable.virtual_size, new)
+            self._scroll_update(new)
+        else:
+            self.virtual_size = new
 
     def _position(self, task_id: int) -> tuple[int, bool]:
         """(index in the displayed order, whether `task_id` is shown). A task the view does not
