@@ -706,10 +706,7 @@ class Engine:
                 if result is None:
                     continue  # failed or empty: recorded and counted as it came (`_generate`)
                 prompt_id, parsed = result
-                for fragment in parsed.discarded:
-                    stats.candidates += 1
-                    self._reject(rnd, prompt_id, fragment.text, fragment.reason,
-                                 fragment.detail, raw=fragment.text)
+                self._reject_discarded(rnd, prompt_id, parsed)
                 went_on = rnd.reserved + stats.surplus
                 for item in parsed.items:
                     stats.candidates += 1
@@ -884,14 +881,18 @@ class Engine:
             # Nothing to filter (a refusal, an empty list): recorded and counted fruitless now,
             # as the answer arrives. The round filters answers in prompt order, so doing it there
             # would lag behind answers that came early, and the guard would let more out.
-            for fragment in parsed.discarded:
-                rnd.stats.candidates += 1
-                self._reject(rnd, asked.prompt_id, fragment.text, fragment.reason,
-                             fragment.detail, raw=fragment.text)
+            self._reject_discarded(rnd, asked.prompt_id, parsed)
             if not self._stop_requested:
                 self._fruitless(1)
             return None
         return asked.prompt_id, parsed
+
+    def _reject_discarded(self, rnd: _Round, prompt_id: int, parsed: ParsedList) -> None:
+        """The fragments the parser turned down: each a candidate, rejected with its reason."""
+        for fragment in parsed.discarded:
+            rnd.stats.candidates += 1
+            self._reject(rnd, prompt_id, fragment.text, fragment.reason, fragment.detail,
+                         raw=fragment.text)
 
     async def _resolve(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
                        known: str | None = None, known_instances: str | None = None) -> None:

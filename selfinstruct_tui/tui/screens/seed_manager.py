@@ -172,13 +172,17 @@ class SeedManagerScreen(ModalScreen[None]):
         self.on_change(list(seeds), write_back)
         self.refresh_table(keep)
 
-    def _apply(self, change: Callable[[list[SeedTask]], list[SeedTask]], keep_id: str | None,
+    def _apply(self, change: Callable[[list[SeedTask]], tuple[list[SeedTask], str | None] | None],
                write_back: bool = False) -> None:
-        """Apply `change` to the run's current seed set (re-read now) and send the result;
-        if the set changed elsewhere since this screen last loaded it, say so."""
+        """Apply `change` to the run's current seed set (read once, now) and send the result.
+        `change` gives (the new set, the id the cursor goes to), or None to change nothing. If
+        the set changed elsewhere since this screen last loaded it, say so."""
         fresh = self.fetch()
         stale = _records(fresh) != _records(self.seeds)
-        new = change(fresh)
+        result = change(fresh)
+        if result is None:
+            return
+        new, keep_id = result
         ids = [seed.id for seed in new]
         self._changed(new, ids.index(keep_id) if keep_id in ids else None, write_back)
         if stale:
@@ -205,8 +209,7 @@ class SeedManagerScreen(ModalScreen[None]):
     def action_add(self) -> None:
         def done(seed: SeedTask | None) -> None:
             if seed is not None:
-                self._apply(lambda fresh: [*fresh, _unique(seed, fresh)],
-                            _unique(seed, self.fetch()).id)
+                self._apply(lambda fresh: _added(fresh, len(fresh), _unique(seed, fresh)))
 
         self.app.push_screen(SeedFormScreen(None, new_seed_id(self.seeds)), done)
 
@@ -219,14 +222,14 @@ class SeedManagerScreen(ModalScreen[None]):
             if seed is None:
                 return
 
-            def change(fresh: list[SeedTask]) -> list[SeedTask]:
+            def change(fresh: list[SeedTask]) -> tuple[list[SeedTask], str]:
                 ids = [s.id for s in fresh]
                 if seed.id not in ids:  # deleted elsewhere meanwhile: the edit comes back
-                    return [*fresh, seed]
+                    return [*fresh, seed], seed.id
                 i = ids.index(seed.id)
-                return [*fresh[:i], seed, *fresh[i + 1:]]
+                return [*fresh[:i], seed, *fresh[i + 1:]], seed.id
 
-            self._apply(change, seed.id)
+            self._apply(change)
 
         self.app.push_screen(SeedFormScreen(self.seeds[at], self.seeds[at].id), done)
 
@@ -244,13 +247,12 @@ class SeedManagerScreen(ModalScreen[None]):
             if seed is None:
                 return
 
-            def change(fresh: list[SeedTask]) -> list[SeedTask]:
-                copy = _unique(seed, fresh)
+            def change(fresh: list[SeedTask]) -> tuple[list[SeedTask], str]:
                 ids = [s.id for s in fresh]
                 i = ids.index(original.id) + 1 if original.id in ids else len(fresh)
-                return [*fresh[:i], copy, *fresh[i:]]
+                return _added(fresh, i, _unique(seed, fresh))
 
-            self._apply(change, _unique(seed, self.fetch()).id)
+            self._apply(change)
 
         self.app.push_screen(SeedFormScreen(copy, copy.id, duplicate_of=original.id), done)
 
@@ -266,18 +268,19 @@ class SeedManagerScreen(ModalScreen[None]):
         back = (f" It came from machine task #{seed.source_task}, which returns to the pool."
                 if seed.origin == "promoted" else "")
 
-        def answer(yes: bool | None) -> None:
-            if not yes:
-                return
-            fresh_ids = [s.id for s in self.fetch()]
-            if fresh_ids == [seed.id]:
+        def change(fresh: list[SeedTask]) -> tuple[list[SeedTask], str | None] | None:
+            ids = [s.id for s in fresh]
+            if ids == [seed.id]:
                 self.notify("A run needs at least one seed: add another before deleting this "
                             "one.", severity="warning")
-                return
-            i = fresh_ids.index(seed.id) if seed.id in fresh_ids else at
-            after = fresh_ids[i + 1] if i + 1 < len(fresh_ids) else (
-                fresh_ids[i - 1] if i > 0 else None)
-            self._apply(lambda fresh: [s for s in fresh if s.id != seed.id], after)
+                return None
+            i = ids.index(seed.id) if seed.id in ids else at
+            after = ids[i + 1] if i + 1 < len(ids) else (ids[i - 1] if i > 0 else None)
+            return [s for s in fresh if s.id != seed.id], after
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._apply(change)
 
         self.app.push_screen(ConfirmScreen(
             f"Delete seed {seed.id} ({' '.join(seed.instruction.split())[:60]!r})? The change "
@@ -321,6 +324,11 @@ class SeedManagerScreen(ModalScreen[None]):
 
 def _records(seeds: list[SeedTask]) -> list[dict]:
     return [seed_to_record(s) for s in seeds]
+
+
+def _added(seeds: list[SeedTask], at: int, seed: SeedTask) -> tuple[list[SeedTask], str]:
+    """`seeds` with `seed` inserted at index `at`, and its id (where the cursor goes)."""
+    return [*seeds[:at], seed, *seeds[at:]], seed.id
 
 
 def _unique(seed: SeedTask, seeds: list[SeedTask]) -> SeedTask:
