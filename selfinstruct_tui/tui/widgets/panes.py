@@ -30,6 +30,14 @@ def int_ticks(lo: int, hi: int, count: int = 4) -> list[int]:
     return list(range(lo, hi + 1, step))
 
 
+def count_axis(plt, peak: int) -> None:
+    """A y axis of counts from 0 to `peak` (at least 1), with headroom so that a full bar never
+    fills the box, and two ticks (0 and the peak), each on its own row at any pane height."""
+    peak = max(1, peak)
+    plt.ylim(0, peak * 1.25)
+    plt.yticks([0, peak])
+
+
 def draw_chart(plt, view: RunView, which: str) -> None:
     """Draw one of CHARTS from the view on a plotext figure (`plt`, textual-plotext's Plot).
     Histograms come from counts the view keeps; per-round charts from its last rounds."""
@@ -39,9 +47,7 @@ def draw_chart(plt, view: RunView, which: str) -> None:
         width = (hist.hi - hist.lo) / hist.bins
         centres = [edge + width / 2 for edge in hist.edges()]
         plt.bar(centres, hist.counts, width=0.8)
-        peak = max(1, max(hist.counts))
-        plt.ylim(0, peak * 1.25)  # headroom: a full bar never fills the box
-        plt.yticks([0, peak])  # two ticks: each on its own row at any pane height
+        count_axis(plt, max(hist.counts))
         if which == "rouge":
             plt.vline(0.7)  # the paper's near-duplicate threshold
             plt.xlim(0, 1)
@@ -61,9 +67,7 @@ def draw_chart(plt, view: RunView, which: str) -> None:
     plt.xticks(int_ticks(rounds[0], rounds[-1], 5))
     if which == "accepted":
         plt.bar(rounds, [p.accepted for p in points], width=0.6)
-        peak = max(1, max(p.accepted for p in points))
-        plt.ylim(0, peak * 1.25)
-        plt.yticks([0, peak])  # two ticks: each on its own row at any pane height
+        count_axis(plt, max(p.accepted for p in points))
         plt.ylabel("accepted")
     else:
         totals: Counter[str] = Counter()
@@ -81,9 +85,7 @@ def draw_chart(plt, view: RunView, which: str) -> None:
             other = [sum(v for k, v in p.rejected.items() if k not in top) for p in points]
             plt.plot(rounds, other, label="other")
             series.append(other)
-        highest = max(1, max(max(values) for values in series))
-        plt.ylim(0, highest * 1.25)
-        plt.yticks([0, highest])
+        count_axis(plt, max(max(values) for values in series))
         plt.ylabel("rejected")
     plt.xlabel("round")
 
