@@ -6,18 +6,13 @@ from __future__ import annotations
 from textual.widgets import Input
 
 from fake_openai import FakeOpenAI
-from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.screens.review import ReviewScreen
-from tui_helpers import count_machine, deterministic_run, make_engine, run, until
+from tui_helpers import count_machine, deterministic_run, make_engine, read_run, run, until
 
 
 def stored_reviews(run_dir):
-    store = RunStore(run_dir, readonly=True)
-    try:
-        return store.reviews()
-    finally:
-        store.close()
+    return read_run(run_dir, lambda store: store.reviews())
 
 
 async def open_review(pilot, app) -> ReviewScreen:

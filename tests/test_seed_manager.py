@@ -25,6 +25,7 @@ from tui_helpers import (
     assert_next_rounds_use_only,
     deterministic_run,
     make_engine,
+    read_run,
     run,
     until,
 )
@@ -34,19 +35,11 @@ NEW_OUTPUT = "1. Ostrich: Africa\n2. Emu: Australia\n3. Kiwi: New Zealand"
 
 
 def active_seeds(run_dir):
-    store = RunStore(run_dir, readonly=True)
-    try:
-        return store.tasks(status="active", origin="seed")
-    finally:
-        store.close()
+    return read_run(run_dir, lambda store: store.tasks(status="active", origin="seed"))
 
 
 def task_row(run_dir, task_id):
-    store = RunStore(run_dir, readonly=True)
-    try:
-        return store.task(task_id)
-    finally:
-        store.close()
+    return read_run(run_dir, lambda store: store.task(task_id))
 
 
 async def open_manager(pilot, app) -> SeedManagerScreen:

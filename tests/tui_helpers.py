@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.seeds import Instance, bundled_seeds_path, load_seeds
 from selfinstruct_tui.engine.store import RejectionRecord, RoundStats, RunStore, seed_tasks_to_pool
 from selfinstruct_tui.engine.task import SimilarTask, Task
+
+T = TypeVar("T")
 
 
 def new_run(run_dir: Path, base_url: str, target: int = 60, **cfg) -> tuple[RunStore, RunConfig]:
@@ -35,12 +39,17 @@ async def until(pilot, condition, timeout: float = 30.0) -> None:
         await pilot.pause(0.05)
 
 
-def count_machine(run_dir: Path) -> int:
+def read_run(run_dir: Path, read: Callable[[RunStore], T]) -> T:
+    """`read(store)` on the run's store opened read-only, closed afterwards."""
     store = RunStore(run_dir, readonly=True)
     try:
-        return store.count_tasks("machine")
+        return read(store)
     finally:
         store.close()
+
+
+def count_machine(run_dir: Path) -> int:
+    return read_run(run_dir, lambda store: store.count_tasks("machine"))
 
 
 def deterministic_run(run_dir: Path, machine: int = 40) -> None:
