@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -162,37 +163,54 @@ def test_an_answer_that_echoes_the_key_is_stored_redacted():
 
 
 def test_rate_limits_pause_every_request_once_and_restart_staggered(tmp_path):
-    """16 requests, 8 in flight; the first answer is a 429 with Retry-After. The requests still
-    queued are not sent until that time has passed (one shared pause, not only the limited
-    request's own), and then they leave one by one instead of at one instant. Only lower bounds
-    on time are asserted: sleeping never ends early, whatever the load."""
+    """16 requests, 8 in flight; the first answer is a 429 with Retry-After 0.6 s. From the
+    moment the client reads it, no request is sent until that time has passed (one shared pause,
+    not only the limited request's own), and then they leave one by one, 0.6/8 s apart, instead
+    of at one instant. Send times are taken at the client (not at the server, whose thread may
+    log an arrival late under load), and only lower bounds on time are asserted: sleeping never
+    ends early, whatever the load."""
     limited = {"status": 429, "headers": {"Retry-After": "0.6"},
                "body": {"error": {"message": "Rate limit reached for requests", "type": "x"}}}
+    sends: list[float] = []
+    seen: list[float] = []
 
     async def go(server):
         client = LLMClient(ClientSettings(base_url=server.base_url, model="m", concurrency=8))
+        send = client._send
+
+        async def timed_send(*args):
+            sends.append(time.monotonic())
+            return await send(*args)
+
+        client._send = timed_send  # type: ignore[method-assign]
         causes: list[str] = []
+
+        def on_retry(cause, *_):
+            seen.append(time.monotonic())
+            causes.append(cause)
+
         req = P.generation_completion([f"Explain topic {i} briefly." for i in range(8)])
         try:
             return await asyncio.gather(*[
-                client.request(req, SamplingParams(max_tokens=32),
-                               lambda cause, *_: causes.append(cause)) for _ in range(16)]), causes
+                client.request(req, SamplingParams(max_tokens=32), on_retry)
+                for _ in range(16)]), causes
         finally:
             await client.close()
 
     with FakeOpenAI(latency=0.05, script={"*": [limited]}, repeat_last=False) as server:
         answers, causes = asyncio.run(go(server))
-        times = [t for t, _, _ in server.log]
     assert len(answers) == 16 and causes == ["rate_limit"]
     assert server.statuses.count(429) == 1
-    limited_at = times[0] + 0.05  # the server answered the first request after its latency
-    early = [t for t in times[1:] if limited_at < t < limited_at + 0.55]
-    # Only requests sent before the client read the 429 may arrive in the pause (the in-flight
-    # wave of 8, minus the limited one); the 8 queued ones wait.
-    assert len(early) <= 7
-    after = sorted(t for t in times if t >= limited_at + 0.55)
-    assert len(after) >= 8  # the queued requests and the retry
-    assert after[-1] - after[0] >= 0.25  # spread (0.075 s apart), not all at one instant
+    assert len(sends) == 17  # 16 requests and the one retry
+    read_at = seen[0]
+    before = [t for t in sends if t <= read_at]
+    after = sorted(t for t in sends if t > read_at)
+    assert 1 <= len(before) <= 16 and len(after) == 17 - len(before)
+    # Nothing leaves before the pause is over; then the first 8 to leave take one slot each,
+    # 0.6/8 s apart, so the last of them waits 7 slots more (whichever order they leave in).
+    assert all(t - read_at >= 0.6 - 1e-3 for t in after), [t - read_at for t in after]
+    slots = min(len(after), 8)
+    assert after[-1] - read_at >= 0.6 + (slots - 1) * 0.6 / 8 - 1e-3, [t - read_at for t in after]
 
 
 def test_retries_are_counted_per_cause_in_the_store_and_the_round_line(run_cli, tmp_path):

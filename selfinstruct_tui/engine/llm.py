@@ -550,11 +550,20 @@ class LLMClient:
         if self._stopping:
             raise RequestAbandoned(when)
 
-    async def _gate(self) -> None:
+    async def _gate(self, sending: bool = True) -> None:
+        """Wait while the client is paused or a shared pause runs. `sending`: the request goes
+        out right after this gate, so it takes the next slot of a staggered restart; a request
+        still queued for a concurrency slot only waits out the pause (a slot it took there would
+        leave unused while it queues)."""
         await self._running.wait()
         if self._stopping:
             raise RequestAbandoned()
         now = time.monotonic()
+        if not sending:
+            if now < self._cooldown_until:
+                await self._sleep(self._cooldown_until - now, "waiting out a rate limit")
+                await self._running.wait()
+            return
         if now < self._cooldown_until or self._restart_left > 0:
             # After a shared pause requests leave one by one, `_stagger` apart.
             slot = max(self._restart_at, self._cooldown_until, now)
@@ -613,7 +622,7 @@ class LLMClient:
         task = asyncio.current_task()
         while True:
             attempt += 1
-            await self._gate()
+            await self._gate(sending=False)
             await self._limiter.acquire(chars // 4 + 1 + max_tokens)
             await self._slots.acquire()
             try:
