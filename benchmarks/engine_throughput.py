@@ -1,13 +1,17 @@
 """Engine throughput against fake OpenAI servers with a fixed latency L and concurrency C.
 
-For each (C, L) it runs the engine to a target, then C raw-client workers sending requests back to
-back (no engine) against the same servers, and prints: the engine's requests/s, its ratio to the
-limit C/L and to the raw client, CPU per accepted task, and CPU per request for the engine and the
-raw client (goals: at most 6 ms per accepted task at every C, and the engine within 1.3x of the raw
-client's CPU per request). The servers run as several processes on one port (fake_fleet.py,
-SO_REUSEPORT) so that the endpoint is not the ceiling; the raw client's rate is the ceiling of
-client and servers together on this machine, printed with each row. CPU is this process's
-(process_time): the servers' CPU is not in it.
+For each (C, L) it runs the engine to a target, then C raw-client workers sending the very
+requests the engine sent (same prompts, stops and sampling settings, recorded during the run and
+replayed in order, back to back, no engine) against the same servers, and prints: the engine's
+requests/s, its ratio to the limit C/L and to the raw client, CPU per accepted task, and CPU per
+request for the engine and the raw client (goals: at most 6 ms per accepted task at every C, and
+the engine within 1.3x of the raw client's CPU per request). Replaying the same requests makes the
+ratio the engine's own overhead: a raw client sending one short prompt is cheaper per request
+than the engine's mix (few-shot instance prompts are 3-4x longer), which is not overhead. The
+servers run as several processes on one port (fake_fleet.py, SO_REUSEPORT) so that the endpoint
+is not the ceiling; the raw client's rate is the ceiling of client and servers together on this
+machine, printed with each row. CPU is this process's (process_time): the servers' CPU is not in
+it.
 
     python benchmarks/engine_throughput.py                      # C = 32, 256, 1024 x L = 0.2, 2 s
     python benchmarks/engine_throughput.py --concurrency 32 --latency 0.2 --target 3000
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,22 +42,26 @@ from selfinstruct_tui.engine.store import RunStore, seed_tasks_to_pool  # noqa: 
 REQUESTS_PER_TASK = 2.3  # measured: generation share + classification + instances per task
 
 
-def raw_client(base_url: str, concurrency: int, seconds: float) -> tuple[float, float]:
-    """(requests/s, CPU seconds per request) of C workers sending back to back, no engine."""
-    from selfinstruct_tui.engine import prompts as P
-    from selfinstruct_tui.engine.llm import ClientSettings, LLMClient, SamplingParams
+Sent = list[tuple[Any, Any]]  # (request, sampling params) in the order the engine sent them
+
+
+def raw_client(base_url: str, concurrency: int, seconds: float,
+               sent: Sent) -> tuple[float, float]:
+    """(requests/s, CPU seconds per request) of C workers sending `sent` again in order (and
+    round again if the time is not up), back to back, no engine."""
+    from selfinstruct_tui.engine.llm import ClientSettings, LLMClient
 
     async def go() -> tuple[float, float]:
         client = LLMClient(ClientSettings(base_url=base_url, model="m", concurrency=concurrency))
-        req = P.generation_completion([f"Explain topic {i}." for i in range(8)])
         done = 0
         end = time.perf_counter() + seconds
 
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < end:
-                await client.request(req, SamplingParams(max_tokens=64))
+                req, params = sent[done % len(sent)]
                 done += 1
+                await client.request(req, params)
 
         start, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -63,7 +72,25 @@ def raw_client(base_url: str, concurrency: int, seconds: float) -> tuple[float, 
     return asyncio.run(go())
 
 
-def engine_run(base_url: str, concurrency: int, target: int, api: str) -> dict[str, float]:
+def engine_run(base_url: str, concurrency: int, target: int, api: str,
+               sent: Sent) -> dict[str, float]:
+    """Run the engine to `target` tasks; every request it sends is appended to `sent`."""
+    from selfinstruct_tui.engine.llm import LLMClient
+
+    original = LLMClient.request
+
+    async def recording(self, req, params, on_retry=None, route=None):  # type: ignore[no-untyped-def]
+        sent.append((req, params))
+        return await original(self, req, params, on_retry, route)
+
+    LLMClient.request = recording  # type: ignore[method-assign]
+    try:
+        return _engine_run(base_url, concurrency, target, api)
+    finally:
+        LLMClient.request = original  # type: ignore[method-assign]
+
+
+def _engine_run(base_url: str, concurrency: int, target: int, api: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(tmp)
         cfg = RunConfig(base_url=base_url, model="m", api=api, target=target,
@@ -97,8 +124,9 @@ def main() -> None:
                 limit = c / latency
                 target = args.target or max(60, min(1500, int(min(limit, 300) / REQUESTS_PER_TASK
                                                               * 12)))
-                r = engine_run(base_url, c, target, args.api)
-                raw_rate, raw_cpu = raw_client(base_url, c, seconds=max(6.0, 4 * latency))
+                sent: Sent = []
+                r = engine_run(base_url, c, target, args.api, sent)
+                raw_rate, raw_cpu = raw_client(base_url, c, max(6.0, 4 * latency), sent)
                 rate = r["requests"] / r["wall"]
                 cpu_task = r["cpu"] / max(1, r["accepted"]) * 1000
                 cpu_req = r["cpu"] / max(1, r["requests"]) * 1000

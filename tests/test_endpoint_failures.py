@@ -294,3 +294,79 @@ def test_an_export_to_a_bad_path_is_an_error_not_a_traceback(run_cli, fake_serve
         proc = run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(target))
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert str(target) in proc.stderr
+
+
+class _RawServer:
+    """A TCP server on loopback that does one wrong thing to every connection (below HTTP, where
+    the fake OpenAI server cannot go): `close` reads the request and hangs up, `hang` never
+    answers, `not_http` answers a line that is not HTTP, `cut_body` sends a 200 whose body stops
+    half way. `refuse`: nothing listens on the port."""
+
+    def __init__(self, behaviour: str) -> None:
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        if behaviour == "refuse":
+            self.sock.close()
+            return
+        self.sock.listen()
+        self.behaviour = behaviour
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.behaviour == "hang":
+                self.held.append(conn)
+                continue
+            conn.recv(65536)
+            if self.behaviour == "not_http":
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            elif self.behaviour == "cut_body":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 400\r\n\r\n{\"choices\": [{\"te")
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("behaviour, cause", [
+    ("refuse", "connection"), ("close", "connection"), ("not_http", "connection"),
+    ("cut_body", "connection"), ("hang", "timeout")])
+def test_transport_failures_are_named_by_what_happened(behaviour, cause):
+    """Below HTTP the transport names failures its own way (aiohttp reports a refused connection
+    as a connect *timeout*, and an answer that is not HTTP as its own error type). Each is
+    recorded under what really happened, with the message for it, and retried as that cause."""
+    server = _RawServer(behaviour)
+    retries: list[str] = []
+
+    async def go():
+        client = LLMClient(ClientSettings(base_url=f"http://127.0.0.1:{server.port}/v1",
+                                          model="m", concurrency=2, max_retries=1,
+                                          request_timeout=1.0, backoff_base=0.01,
+                                          backoff_max=0.02))
+        try:
+            await client.request(P.generation_completion(["Name a color."] * 8),
+                                 SamplingParams(max_tokens=8),
+                                 lambda c, *_: retries.append(c))
+        finally:
+            await client.close()
+
+    try:
+        with pytest.raises(RequestFailed) as failed:
+            asyncio.run(go())
+    finally:
+        server.close()
+    assert failed.value.kind == cause and not failed.value.fatal
+    assert retries == [cause]  # retried once as that cause, then given up
+    expected = "no answer within 1s" if cause == "timeout" else "cannot connect to"
+    assert expected in str(failed.value)

@@ -30,21 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import html
 import json
 import math
 import random
 import re
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import openai
-from openai.types import Completion
-from openai.types.chat import ChatCompletion
 
 try:  # openai 3.x sends through httpx2; earlier versions through httpx
     import httpx2 as _httpx
@@ -351,10 +351,12 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
     if isinstance(exc, NotAnAPI):
         return Failure(Cause.NOT_FOUND, f"{s.base_url} answered with {exc} instead of the OpenAI "
                        "API: check --base-url (it usually ends in /v1)", fatal=True)
-    if isinstance(exc, openai.APITimeoutError):
-        return Failure(Cause.TIMEOUT, f"no answer within {s.request_timeout:g}s from {s.base_url}",
-                       retry=True)
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, (openai.APIConnectionError, aiohttp.ClientError)):
+        # openai.APITimeoutError is an APIConnectionError; which one it really was is read from
+        # the transport's exception underneath (see `openai_client`).
+        if _timed_out(exc):
+            return Failure(Cause.TIMEOUT, f"no answer within {s.request_timeout:g}s from "
+                           f"{s.base_url}", retry=True)
         return Failure(Cause.CONNECTION, f"cannot connect to {s.base_url}", retry=True)
     if isinstance(exc, (openai.APIResponseValidationError, MalformedResponse, ValueError,
                         KeyError, IndexError, TypeError, AttributeError)):
@@ -408,6 +410,26 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
     return Failure(Cause.HTTP, f"HTTP {status}: {text}", status=status)
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a connection-level failure was a timeout. The exception the transport raised
+    decides, not the name openai gave it: the aiohttp transport reports a refused or dropped
+    connection as a ConnectTimeout (openai.APITimeoutError), with the real error as its cause."""
+    link: BaseException | None = exc
+    seen: set[int] = set()
+    innermost = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, TimeoutError):  # asyncio's, socket's and aiohttp's timeouts
+            return True
+        innermost = link
+        link = link.__cause__ or link.__context__
+    if innermost is exc:
+        return isinstance(exc, openai.APITimeoutError)
+    if isinstance(innermost, (OSError, aiohttp.ClientError)):
+        return False  # refused, reset, disconnected, not HTTP
+    return isinstance(exc, openai.APITimeoutError)
+
+
 def _body_code(exc: openai.APIStatusError) -> str | None:
     body = exc.body
     if isinstance(body, dict):
@@ -449,8 +471,9 @@ class LLMClient:
         self.settings = settings
         self.redact: Callable[[str], str] = Redactor(settings.api_key)
         self._endpoint_settings: dict[str, ClientSettings] = {}
-        self._clients: dict[str, ClientShards] = {
-            url: ClientShards(url, settings)
+        self._clients: dict[str, openai.AsyncOpenAI] = {
+            url: openai_client(url, settings.api_key, settings.request_timeout,
+                               settings.concurrency)
             for url in {settings.base_url, *settings.routes.values()}}
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._running = asyncio.Event()
@@ -479,12 +502,8 @@ class LLMClient:
         endpoints = []
         for spec in settings.endpoints:
             # every connection of the endpoint kept alive (openai's default keeps 100)
-            client = openai.AsyncOpenAI(
-                api_key=spec.api_key or "not-needed", base_url=spec.base_url,
-                timeout=settings.request_timeout, max_retries=0,
-                http_client=openai.DefaultAsyncHttpxClient(limits=_httpx.Limits(
-                    max_connections=spec.concurrency,
-                    max_keepalive_connections=spec.concurrency)))
+            client = openai_client(spec.base_url, spec.api_key, settings.request_timeout,
+                                   spec.concurrency)
             endpoint = Endpoint(spec, client, RateLimiter(spec.requests_per_minute, None))
             endpoints.append(endpoint)
             self._endpoint_settings[spec.base_url] = ClientSettings(
@@ -604,8 +623,7 @@ class LLMClient:
         sent = [0]
         url = self.settings.routes.get(route or "", self.settings.base_url)
         try:
-            with self._clients[url].lease() as client:
-                return await self._request(req, params, on_retry, sent, client, url)
+            return await self._request(req, params, on_retry, sent, self._clients[url], url)
         except RequestAbandoned as exc:
             exc.attempts = sent[0]
             if sent[0] and exc.when == "before sending":
@@ -630,7 +648,6 @@ class LLMClient:
                 endpoint = await self._take_endpoint()  # None: one endpoint
                 where = self.settings if endpoint is None else \
                     self._endpoint_settings[endpoint.base_url]
-                sender = client if endpoint is None else endpoint.client
                 self.in_flight += 1
                 started = time.monotonic()
                 structured = bool(isinstance(req, ChatRequest) and req.schema
@@ -643,7 +660,8 @@ class LLMClient:
                         await endpoint.limiter.acquire(1)
                         started = time.monotonic()
                     text, finish, p_tok, c_tok, usage = await self._send(
-                        sender, req, params, max_tokens, structured, where.model)
+                        client if endpoint is None else endpoint.client, req, params,
+                        max_tokens, structured, where.model)
                 except asyncio.CancelledError:
                     if self._abandoning and task is not None and task.cancelling():
                         task.uncancel()
@@ -794,80 +812,42 @@ class LLMClient:
                     params: SamplingParams, max_tokens: int,
                     structured: bool, model: str = "") -> tuple[str, str | None, int, int, bool]:
         body = request_body(model or self.settings.model, req, params, max_tokens, structured)
-        resp: Completion | ChatCompletion
-        choice: Any
-        # client.post with a plain JSON body (openai's documented way to make a request the
-        # typed methods cover too): the typed methods first walk every parameter through their
-        # TypedDict transform, ~0.8 ms of CPU per request for parameters that need none.
-        if isinstance(req, CompletionRequest):
-            resp = await client.post("/completions", cast_to=Completion, body=body)
-            _check_api(resp)
-            if not resp.choices:
-                raise MalformedResponse("the response has no choices")
-            choice = resp.choices[0]
-            text = getattr(choice, "text", None)
-            if text is None and getattr(choice, "message", None) is not None:
-                raise WrongAPI("chat")
-        else:
-            resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=body)
-            _check_api(resp)
-            if not resp.choices:
-                raise MalformedResponse("the response has no choices")
-            choice = resp.choices[0]
-            message = getattr(choice, "message", None)
-            if message is None and isinstance(getattr(choice, "text", None), str):
-                raise WrongAPI("completions")
-            text = getattr(message, "content", None) if message is not None else None
-            if text is None and isinstance(getattr(message, "refusal", None), str):
-                text = message.refusal  # type: ignore[union-attr]
-        if text is None:
-            raise MalformedResponse("the response has no text")
-        usage = resp.usage
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-        reported = usage is not None and (prompt_tokens > 0 or completion_tokens > 0)
-        return str(text), choice.finish_reason, prompt_tokens, completion_tokens, reported
+        # client.post with a plain JSON body and `cast_to=object` (openai's documented way to make
+        # a request the typed methods cover too, answered with the decoded JSON): the typed
+        # methods walk every parameter through their TypedDict transform and build a pydantic
+        # model of the answer, ~1 ms of CPU per request for two fields we read.
+        chat = not isinstance(req, CompletionRequest)
+        resp = await client.post("/chat/completions" if chat else "/completions",
+                                 cast_to=object, body=body)
+        return read_answer(resp, chat)
 
 
-SHARD_CONNECTIONS = 32  # connections per HTTP connection pool (see ClientShards)
+def openai_client(base_url: str, api_key: str | None, timeout: float,
+                  connections: int) -> openai.AsyncOpenAI:
+    """The `AsyncOpenAI` client for one base URL, its own retries off (this module retries), with
+    `connections` connections kept alive (`timeout`: seconds for each of connect, read, write).
 
-
-class ClientShards:
-    """The `AsyncOpenAI` clients for one base URL: ceil(concurrency / SHARD_CONNECTIONS) of them,
-    each with its own connection pool of at most SHARD_CONNECTIONS connections, all kept alive.
-
-    httpcore assigns each request by scanning every connection of its pool (and polling each
-    socket): one pool of C connections costs O(C) per request, and past openai's default of 100
-    keep-alive connections the rest are closed after each use and reopened. Measured at C=256:
-    40% of the engine's CPU went there. Shards keep the scan at SHARD_CONNECTIONS and every
-    connection alive; a request takes the least busy shard (`lease`).
+    It sends through openai's aiohttp transport (`DefaultAioHttpClient`, the `openai[aiohttp]`
+    extra; openai's README recommends it "for improved concurrency performance"). httpx's own
+    pool scans every connection and polls each idle socket on every request and every release:
+    measured here at C=256 that scan was a quarter of the engine's CPU, and the whole client cost
+    1.1-1.5 ms of CPU per request at C=32..1024 against 0.7-0.8 ms through aiohttp. The transport
+    reports some failures under other names than httpx does (a refused connection as a timeout,
+    a garbled status line as aiohttp's own error); `map_error` reads the cause underneath.
     """
+    return openai.AsyncOpenAI(
+        api_key=api_key or "not-needed", base_url=base_url, timeout=timeout, max_retries=0,
+        http_client=openai.DefaultAioHttpClient(
+            verify=ssl_context(), limits=_httpx.Limits(
+                max_connections=connections, max_keepalive_connections=connections)))
 
-    def __init__(self, base_url: str, settings: ClientSettings) -> None:
-        count = max(1, math.ceil(settings.concurrency / SHARD_CONNECTIONS))
-        per_shard = math.ceil(settings.concurrency / count)
-        self.clients = [openai.AsyncOpenAI(
-            api_key=settings.api_key or "not-needed", base_url=base_url,
-            timeout=settings.request_timeout, max_retries=0,
-            http_client=openai.DefaultAsyncHttpxClient(limits=_httpx.Limits(
-                max_connections=per_shard, max_keepalive_connections=per_shard)))
-            for _ in range(count)]
-        self.busy = [0] * count
 
-    @contextmanager
-    def lease(self) -> Iterator[openai.AsyncOpenAI]:
-        """The least busy client, counted busy until the block ends."""
-        busy = self.busy
-        i = busy.index(min(busy))
-        busy[i] += 1
-        try:
-            yield self.clients[i]
-        finally:
-            busy[i] -= 1
-
-    async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """One TLS context (httpx's default: system or certifi roots, SSL_CERT_FILE honoured) for
+    every HTTP client of the process: each client building its own loads the roots again,
+    ~20 ms of CPU each."""
+    return _httpx.create_ssl_context()
 
 
 def request_body(model: str, req: CompletionRequest | ChatRequest, params: SamplingParams,
@@ -889,6 +869,51 @@ def request_body(model: str, req: CompletionRequest | ChatRequest, params: Sampl
         if structured and req.schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": req.schema}
     return body
+
+
+def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bool]:
+    """(text, finish_reason, prompt tokens, completion tokens, whether usage was reported) of a
+    decoded completions (`chat` False) or chat completions answer; the shapes are the OpenAI
+    API reference's `Completion` and `ChatCompletion` objects. A chat message that holds only a
+    `refusal` gives the refusal's text.
+
+    Raises NotAnAPI (the 200 answer was not JSON), WrongAPI (the other API's shape) or
+    MalformedResponse (no choices, or no text)."""
+    _check_api(resp)
+    choices = resp.get("choices") if isinstance(resp, dict) else None
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise MalformedResponse("the response has no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    if chat:
+        if not isinstance(message, dict) and isinstance(choice.get("text"), str):
+            raise WrongAPI("completions")
+        text = message.get("content") if isinstance(message, dict) else None
+        if text is None and isinstance(message, dict) and isinstance(message.get("refusal"), str):
+            text = message["refusal"]
+    else:
+        text = choice.get("text")
+        if text is None and message is not None:
+            raise WrongAPI("chat")
+    if text is None:
+        raise MalformedResponse("the response has no text")
+    usage = resp.get("usage") if isinstance(resp, dict) else None
+    if not isinstance(usage, dict):
+        usage = None
+    prompt_tokens = _count(usage, "prompt_tokens")
+    completion_tokens = _count(usage, "completion_tokens")
+    reported = usage is not None and (prompt_tokens > 0 or completion_tokens > 0)
+    finish = choice.get("finish_reason")
+    return str(text), finish if isinstance(finish, str) else None, prompt_tokens, \
+        completion_tokens, reported
+
+
+def _count(usage: dict[str, Any] | None, key: str) -> int:
+    value = usage.get(key) if usage else None
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _check_api(resp: object) -> None:

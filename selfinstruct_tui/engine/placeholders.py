@@ -37,6 +37,10 @@ _ATTACHMENT_WORDS = re.compile(
     r"document|link|url|insert|paste|upload\w*|see below|see above|here)\b", re.IGNORECASE)
 
 
+_SPACES = re.compile(r"[\s_]+")
+_INNER_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
+
+
 def _key(text: str) -> str:
     value = text.strip().lower()
     for _ in range(3):  # "(<no input>)", "'None'."
@@ -44,9 +48,8 @@ def _key(text: str) -> str:
         match = _BRACKETED.match(value)
         if match:
             value = match.group(1)
-    value = re.sub(r"[\s_]+", " ", value).strip()
-    value = re.sub(r"(?<=\w)-(?=\w)", " ", value)
-    return value
+    value = _SPACES.sub(" ", value).strip()
+    return _INNER_HYPHEN.sub(" ", value)
 
 
 def is_no_input(text: str) -> bool:

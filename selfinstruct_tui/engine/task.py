@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.seeds import Instance, SeedTask
 
@@ -53,10 +53,14 @@ class Task:
         return self.origin == "seed"
 
     def instances_json(self) -> str:
-        return json.dumps([asdict(i) for i in self.instances], ensure_ascii=False)
+        # Plain dicts, not dataclasses.asdict: asdict deep-copies every field, and these run
+        # once per accepted task on the engine's thread.
+        return json.dumps([{"input": i.input, "output": i.output} for i in self.instances],
+                          ensure_ascii=False)
 
     def most_similar_json(self) -> str:
-        return json.dumps([asdict(s) for s in self.most_similar], ensure_ascii=False)
+        return json.dumps([{"id": s.id, "instruction": s.instruction, "score": s.score}
+                           for s in self.most_similar], ensure_ascii=False)
 
     def to_seed(self) -> SeedTask:
         sid = self.seed_id or f"task_{self.id}"

@@ -18,7 +18,7 @@ from selfinstruct_tui.engine.prompts.fewshot import (
     INSTANCE_HEADER,
     LABEL_HEADER,
     STOP_NUMBER,
-    classification_examples,
+    classification_shots,
     instance_shots,
     label_shots,
     one_line,
@@ -62,10 +62,7 @@ def generation_chat(instructions: list[str], new_count: int,
 
 
 def classification_chat(instruction: str) -> ChatRequest:
-    shots = "".join(
-        f"Task: {one_line(e)}\nClassification: {'Yes' if c else 'No'}\n\n"
-        for e, c in classification_examples())
-    user = f"{shots}Task: {one_line(instruction)}\nClassification:"
+    user = f"{classification_shots()}Task: {one_line(instruction)}\nClassification:"
     system = CLASSIFY_HEADER.strip() + " Answer with Yes or No only."
     return ChatRequest(({"role": "system", "content": system}, {"role": "user", "content": user}))
 

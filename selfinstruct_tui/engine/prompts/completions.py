@@ -15,7 +15,7 @@ from selfinstruct_tui.engine.prompts.fewshot import (
     INSTANCE_HEADER,
     LABEL_HEADER,
     STOP_NUMBER,
-    classification_examples,
+    classification_shots,
     instance_shots,
     label_shots,
     one_line,
@@ -32,11 +32,9 @@ def generation_completion(instructions: list[str]) -> CompletionRequest:
 
 
 def classification_completion(instruction: str) -> CompletionRequest:
-    parts = [CLASSIFY_HEADER]
-    for example, is_cls in classification_examples():
-        parts.append(f"Task: {one_line(example)}\nClassification: {'Yes' if is_cls else 'No'}\n\n")
-    parts.append(f"Task: {one_line(instruction)}\nClassification:")
-    return CompletionRequest("".join(parts), ("\n", "Task:"))
+    prompt = (f"{CLASSIFY_HEADER}{classification_shots()}Task: {one_line(instruction)}\n"
+              "Classification:")
+    return CompletionRequest(prompt, ("\n", "Task:"))
 
 
 def instances_completion(instruction: str, is_classification: bool) -> CompletionRequest:

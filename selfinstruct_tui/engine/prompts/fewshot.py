@@ -118,5 +118,15 @@ def label_shots() -> str:
     return "".join(parts)
 
 
+_LINE_BREAK = re.compile(r"\s*\n\s*")
+
+
 def one_line(text: str) -> str:
-    return re.sub(r"\s*\n\s*", " ", text.strip())
+    return _LINE_BREAK.sub(" ", text.strip())
+
+
+@functools.cache  # a pure function of the cached pool; built once, not per request
+def classification_shots() -> str:
+    """The classification prompt's examples, "Task: ...\nClassification: Yes|No" blocks."""
+    return "".join(f"Task: {one_line(example)}\nClassification: {'Yes' if is_cls else 'No'}\n\n"
+                   for example, is_cls in classification_examples())
