@@ -197,3 +197,69 @@ def test_when_the_held_task_leaves_the_cursor_holds_its_neighbour(tmp_path, isol
             assert "holding #151" in str(app.pool_info.render())
 
     run(go())
+
+
+@pytest.mark.parametrize("column", ["id", "round", "rouge", "instruction"])
+def test_filtered_view_stays_exact_as_rows_arrive_change_and_leave(tmp_path, isolated_env,
+                                                                   column):
+    """With a text and an origin filter and any sort, the view is always exactly the matching
+    tasks in sort order: after rows arrive, after a row is replaced and after rows leave."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    def expected(table: TaskTable) -> list[int]:
+        return sorted((i for i, r in table.rows.items()
+                       if "green" in r.lowered and r.origin == "machine"),
+                      key=lambda i: table.rows[i].key(column))
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.table
+            while table.sort_column != column:
+                table.action_cycle_sort()
+            table.action_cycle_origin()
+            table.action_cycle_origin()
+            assert table.origin == "machine"
+            table.set_filter(" GREEN ")
+            assert table.view == expected(table) and table.view
+            tasks = [Task(id=NEWEST + 1 + n, origin="machine", round=n % 7, max_score=n / 10,
+                          instruction=f"Task {n} on {'green' if n % 2 else 'blue'} hills",
+                          is_classification=False, instances=[Instance("", "x")])
+                     for n in range(6)]
+            table.add_tasks(tasks)
+            assert table.view == expected(table)
+            changed = tasks[1]  # green: now blue, round and score changed
+            table.add_tasks([Task(id=changed.id, origin="machine", round=9, max_score=0.95,
+                                  instruction="Task 1 on blue hills", is_classification=False,
+                                  instances=[])])
+            assert changed.id not in table.view and table.view == expected(table)
+            for task_id in (tasks[3].id, table.view[0], table.view[-1]):
+                table.remove_task(task_id)
+                assert task_id not in table.rows and table.view == expected(table)
+            await pilot.pause()
+
+    run(go())
+
+
+def test_typing_in_the_filter_box_filters_the_pool_at_once(tmp_path, isolated_env):
+    """The pool and its info line follow the filter box as its text changes, in the same step
+    (no message round-trip: the frame that shows the typed text shows the filtered pool)."""
+    deterministic_run(tmp_path / "run")
+
+    async def go():
+        app = create_app(tmp_path / "run", refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("slash")
+            table = app.table
+            app.filter_box.value = "green"
+            shown = len(table.view)
+            assert 0 < shown < NEWEST and table.text_filter == "green"
+            assert f" {shown}/{NEWEST} tasks" in str(app.pool_info.render())
+            assert "filter 'green'" in str(app.pool_info.render())
+            app.filter_box.value = ""
+            assert len(table.view) == NEWEST and table.text_filter == ""
+            assert f" {NEWEST}/{NEWEST} tasks" in str(app.pool_info.render())
+            await pilot.pause()
+
+    run(go())

@@ -7,7 +7,9 @@ from collections import Counter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, RichLog, Static
+from textual.geometry import Size
+from textual.reactive import Reactive
+from textual.widgets import DataTable, Input, RichLog, Static
 from textual_plotext import PlotextPlot
 
 from selfinstruct_tui.engine.batch import progress_line
@@ -91,10 +93,33 @@ def draw_chart(plt, view: RunView, which: str) -> None:
 
 
 class StatusLine(Static):
-    """One fixed line: updating it never relayouts the screen."""
+    """One fixed line: updating it never relayouts the screen, and an unchanged line is not
+    redrawn (the app shows the status every refresh interval, 0.5 s by default: ~1 ms of
+    drawing each time, which landed inside key presses)."""
+
+    _shown: Text | None = None
 
     def show(self, status: StatusView) -> None:
-        self.update(status.line(self.size.width), layout=False)
+        line = status.line(self.size.width)
+        if line != self._shown:
+            self._shown = line
+            self.update(line, layout=False)
+
+
+class FilterInput(Input):
+    """A text box whose typing never re-lays out the screen (the task pool's filter box).
+
+    Input keeps the width of its text as its virtual size (for scrolling long text sideways),
+    and Widget's virtual_size is a layout reactive: every key re-laid out the whole screen
+    (~4 ms at 120x40 with 100k tasks) and the next frame redrew the scrollbars of every pane.
+    This box's size comes from CSS (its width a share of the pane, a fixed height), never from
+    its text, so a new virtual size only repaints the box and updates its scroll limits, as
+    the layout pass did."""
+
+    virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
+
+    def watch_virtual_size(self, size: Size) -> None:
+        self._scroll_update(size)
 
 
 class PoolPane(Vertical):
