@@ -231,7 +231,7 @@ def discover_model(base_url: str, api_key: str) -> str:
     Raises UserError when the list can't be read or names none or several."""
     import openai
 
-    from selfinstruct_tui.engine.llm import Redactor, error_text
+    from selfinstruct_tui.engine.llm import ClientSettings, Redactor, error_text, map_error
 
     client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=10,
                            max_retries=1)
@@ -246,8 +246,10 @@ def discover_model(base_url: str, api_key: str) -> str:
                         f"{redact(error_text(exc))}); check --base-url, or name the model "
                         "with --model") from None
     except openai.APIError as exc:
-        raise UserError(f"cannot list the models at {base_url} ({exc.__class__.__name__}); "
-                        "check --base-url, or name the model with --model") from None
+        why = map_error(exc, ClientSettings(base_url=base_url, model="", request_timeout=10))
+        raise UserError(f"cannot list the models at {base_url}: {redact(why.message)}; check "
+                        "--base-url and that the server is up, or name the model with --model"
+                        ) from None
     except (AttributeError, TypeError, ValueError, KeyError):
         # A 200 answer that is not the API's JSON: a web UI, a wrong path.
         raise UserError(f"{base_url}/models did not answer like an OpenAI-compatible API (a "

@@ -159,6 +159,9 @@ def instances_json(text: str, label_first: bool) -> str:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver listens with a backlog of 5: at --concurrency 1024 most connects were dropped
+    # and retried by the kernel until the client's timeout (the server, not the client, was slow)
+    request_queue_size = 4096
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up on a request (a stop abandoning it, a timeout) closes the

@@ -368,5 +368,7 @@ def test_transport_failures_are_named_by_what_happened(behaviour, cause):
         server.close()
     assert failed.value.kind == cause and not failed.value.fatal
     assert retries == [cause]  # retried once as that cause, then given up
-    expected = "no answer within 1s" if cause == "timeout" else "cannot connect to"
+    expected = {"hang": "no answer within 1s", "refuse": "cannot connect to",
+                "close": "closed before an answer", "cut_body": "closed before an answer",
+                "not_http": "cannot connect to"}[behaviour]
     assert expected in str(failed.value)

@@ -202,3 +202,52 @@ def test_a_corrupt_run_database_is_named_not_a_traceback(run_cli, tmp_path, isol
         if args != ("runs",):
             assert proc.returncode == 2 and "not a readable run database" in proc.stderr
     assert "unreadable" in run_cli("runs").stdout
+
+
+def test_candidates_whose_requests_got_no_answer_are_taken_up_not_lost(tmp_path):
+    """An endpoint that answers the first instance requests with 503 (retries off, so each is
+    given up at once): those candidates were paid for up to their classification, so they are
+    `unanswered` and stay open, and a later round of the same session takes them up; none is
+    settled as failed, and every one ends as a task or a rejection of its text."""
+    down = {"status": 503, "body": {"error": {"message": "overloaded", "type": "server_error"}}}
+    with FakeOpenAI(script={"instances": [down] * 6}, repeat_last=False) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, target=20, max_retries=0)
+    assert finished.reason is ev.FinishReason.TARGET and not pauses
+    unanswered = count(run_dir, "SELECT COUNT(DISTINCT task_id) FROM rejections "
+                                "WHERE reason = 'unanswered'")
+    assert unanswered >= 1
+    assert count(run_dir, "SELECT COUNT(*) FROM rejections WHERE reason = 'request_failed'") == 0
+    # each unanswered candidate was sent again and is now a task or settled otherwise
+    assert count(run_dir, "SELECT COUNT(*) FROM candidates WHERE state = 'open' AND task_id IN "
+                          "(SELECT task_id FROM rejections WHERE reason = 'unanswered')") == 0
+    taken_up = count(run_dir, "SELECT COUNT(DISTINCT r.task_id) FROM rejections r JOIN prompts p "
+                              "ON p.task_ref = r.task_id AND p.kind = 'instances' AND "
+                              "p.response IS NOT NULL WHERE r.reason = 'unanswered'")
+    assert taken_up == unanswered
+    assert_accounted(run_dir)
+
+
+def test_a_high_concurrency_run_is_not_paused_by_answers_that_arrive_first(tmp_path):
+    """With 64 requests in flight, the first 50 generation answers add nothing (refusals) before
+    any task is accepted. That is not a loop to stop: the limit is the concurrency when that is
+    above max_fruitless_requests (40), and the run reaches its target."""
+    with FakeOpenAI(script={"generate": [REFUSAL] * 50}, repeat_last=False) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, target=30, concurrency=64,
+                                                prompts_per_round=64)
+    assert not pauses and finished.reason is ev.FinishReason.TARGET
+    assert count(run_dir, "SELECT COUNT(*) FROM rejections WHERE reason = 'refusal'") >= 50
+    assert_accounted(run_dir)
+
+
+def test_an_endpoint_that_never_answers_is_named_as_the_problem(tmp_path):
+    """Every request times out or is refused a connection: the pause says the endpoint gave no
+    answer and names it, instead of advising on --model and the rejections."""
+    down = {"status": 502, "body": "Bad Gateway", "content_type": "text/plain"}
+    with FakeOpenAI(script={"*": [down]}) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, concurrency=4, max_retries=0,
+                                                max_fruitless_requests=8,
+                                                error_pause_seconds=3600)
+        url = server.base_url
+    assert finished.reason is ev.FinishReason.FAILING
+    assert "the endpoint gave no answer" in pauses[0] and url in pauses[0]
+    assert "server_error" in pauses[0] and "--model" not in pauses[0]

@@ -78,6 +78,7 @@ from selfinstruct_tui.engine.filters import (
 )
 from selfinstruct_tui.engine.guards import FailureWatch, SpendGuard
 from selfinstruct_tui.engine.llm import (
+    Cause,
     ClientSettings,
     LLMClient,
     LLMResponse,
@@ -904,13 +905,24 @@ class Engine:
 
     def _failed_request(self, rnd: _Round, prompt_id: int | None, item: ListItem, tid: int,
                         failure: str | None, what: str) -> None:
+        """Record why a reserved candidate's request brought no answer. Only a request the
+        endpoint refused as such (a bad request, a prompt too long) settles the candidate; when
+        the endpoint was the problem (down, timing out, 5xx, limits, quota, key) the candidate
+        stays open: it is paid for up to here, and is taken up again by a later round of this
+        session or by the next session."""
         if failure == ABANDONED:
             self._reject(rnd, prompt_id, item.instruction, RejectionReason.ABANDONED,
                          f"the run stopped before its {what} was done", task_id=tid,
                          raw=item.raw)
-        else:
+        elif failure in (Cause.BAD_REQUEST, Cause.CONTEXT):
             self._reject(rnd, prompt_id, item.instruction, RejectionReason.REQUEST_FAILED,
                          f"the {what} request failed ({failure})", task_id=tid, raw=item.raw)
+        else:
+            self._reject(rnd, prompt_id, item.instruction, RejectionReason.UNANSWERED,
+                         f"the {what} request got no answer ({failure}); kept open, taken up "
+                         "again", task_id=tid, raw=item.raw)
+            self._taken.discard(tid)
+            self._revivable = True
 
     async def _classify(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
                         known: str | None = None) -> bool | None:

@@ -44,7 +44,10 @@ class RejectionReason(str, enum.Enum):
     UNKNOWN_CLASSIFICATION = "unknown_classification"
     CONFLICTING_OUTPUTS = "conflicting_outputs"
     NO_VALID_INSTANCES = "no_valid_instances"
-    REQUEST_FAILED = "request_failed"
+    REQUEST_FAILED = "request_failed"  # the request itself was refused (bad request, too long)
+    # the endpoint gave no answer (down, timing out, 5xx, rate limit, quota, key): the candidate
+    # stays open and is taken up again, later in the session or when the run resumes
+    UNANSWERED = "unanswered"
     ABANDONED = "abandoned"  # a stop came first; the next session takes it up again
     INTERRUPTED = "interrupted"  # the process ended (crash, kill -9); taken up again too
     DROPPED_BY_USER = "dropped_by_user"

@@ -2,8 +2,8 @@
 
 * `SpendGuard`: requests are counted as fruitless as soon as their outcome is known (a
   generation answer none of whose candidates went on, the requests of a candidate that was
-  rejected, a failed request); after `max_fruitless_requests` of them in a row since the last
-  accepted task, the run pauses with the counts per reason and the last rejected answer. Rounds
+  rejected, a failed request); after `max_fruitless_requests` of them (or the run's total
+  concurrency, when larger) in a row since the last accepted task, the run pauses with the counts per reason and the last rejected answer. Rounds
   that accept nothing make the next one wait. `max_cost` (USD) and `max_tokens` stop it cleanly.
 * `FailureWatch`: a permanent failure pauses at once; a streak of failures (at least 3, over
   `error_pause_seconds` without a success) pauses with advice that fits the cause.
@@ -17,6 +17,11 @@ from collections import Counter
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.llm import Cause, RequestFailed
 from selfinstruct_tui.engine.store import RoundStats
+
+# Rejection reasons that mean no answer came back (the endpoint, not the model's text)
+UNANSWERED_REASONS = {"unanswered", "request_failed", "abandoned", "interrupted"}
+# Request errors that mean the endpoint could not answer (as opposed to refusing the request)
+DOWN_CAUSES = {Cause.CONNECTION, Cause.TIMEOUT, Cause.SERVER_ERROR, Cause.RATE_LIMIT, Cause.HTTP}
 
 CONNECTIVITY_CAUSES = (Cause.CONNECTION, Cause.TIMEOUT)
 DOWN_STATUSES = (502, 503, 504)
@@ -60,6 +65,16 @@ class SpendGuard:
                     f"resume with a --max-cost above {cost:.4f}")
         return ""
 
+    @property
+    def limit(self) -> int:
+        """Fruitless requests in a row before the pause (0: never): `max_fruitless_requests`,
+        or the run's total concurrency when that is larger. With C requests in flight, C answers
+        can arrive before a round's first task is accepted, and a limit below C could not stop
+        the spending anyway (those requests are sent already): at C=1024 a limit of 40 paused
+        healthy runs within seconds."""
+        configured = self.config.max_fruitless_requests
+        return max(configured, self.config.total_concurrency) if configured else 0
+
     def reset(self) -> None:
         self.empty_rounds = 0
         self.fruitless_requests = 0
@@ -81,12 +96,18 @@ class SpendGuard:
         came in a row since the last accepted task, else None. Counted as outcomes become
         known, so a large round pauses part-way instead of being paid for whole."""
         self.fruitless_requests += requests
-        limit = self.config.max_fruitless_requests
+        limit = self.limit
         if not limit or self.fruitless_requests < limit:
             return None
         rejected = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                              self.fruitless_reasons.most_common()) or "no candidates"
         errors = ", ".join(f"{k} {v}" for k, v in failures.most_common())
+        if failures and set(failures) <= DOWN_CAUSES \
+                and set(self.fruitless_reasons) <= UNANSWERED_REASONS:
+            # Nothing came back to be rejected: the endpoint is the problem, not the answers.
+            return (f"{self.fruitless_requests} requests in a row added nothing to the pool: "
+                    f"the endpoint gave no answer (request errors: {errors}). Check that "
+                    f"{self.config.base_url} is up (or raise --timeout), then resume")
         last = ""
         if self.last_rejected is not None:
             reason, text = self.last_rejected

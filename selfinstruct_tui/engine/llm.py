@@ -357,6 +357,9 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         if _timed_out(exc):
             return Failure(Cause.TIMEOUT, f"no answer within {s.request_timeout:g}s from "
                            f"{s.base_url}", retry=True)
+        if _disconnected(exc):
+            return Failure(Cause.CONNECTION, f"the connection to {s.base_url} closed before an "
+                           "answer", retry=True)
         return Failure(Cause.CONNECTION, f"cannot connect to {s.base_url}", retry=True)
     if isinstance(exc, (openai.APIResponseValidationError, MalformedResponse, ValueError,
                         KeyError, IndexError, TypeError, AttributeError)):
@@ -428,6 +431,21 @@ def _timed_out(exc: BaseException) -> bool:
     if isinstance(innermost, (OSError, aiohttp.ClientError)):
         return False  # refused, reset, disconnected, not HTTP
     return isinstance(exc, openai.APITimeoutError)
+
+
+def _disconnected(exc: BaseException) -> bool:
+    """Whether a connection-level failure came after the connection was made: the server hung
+    up, reset it, or stopped in the middle of the answer (aiohttp's and httpx's names)."""
+    link: BaseException | None = exc
+    seen: set[int] = set()
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+                             ConnectionResetError, BrokenPipeError,
+                             _httpx.RemoteProtocolError, _httpx.ReadError)):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def _body_code(exc: openai.APIStatusError) -> str | None:

@@ -25,7 +25,7 @@ from selfinstruct_tui.engine.task import Task, instances_from_json, similar_from
 PromptKind = Literal["generate", "classify", "instances"]
 # Rejections that leave a candidate open: it is taken up again (later in the run or by the next
 # session) instead of paying for new prompts.
-OPEN_REASONS = ("abandoned", "interrupted", "surplus")
+OPEN_REASONS = ("abandoned", "interrupted", "surplus", "unanswered")
 
 DB_NAME = "run.sqlite"
 SCHEMA_VERSION = 2
