@@ -37,7 +37,7 @@ def short_reasons(counts: dict[str, int]) -> str:
 
 def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool) -> str:
     """The headless (and log) line for a finished round."""
-    source = f"from {s.prompts} prompts" if s.prompts else \
+    source = f"from {s.prompts} prompt{'s' if s.prompts != 1 else ''}" if s.prompts else \
         "taken up again (paid for earlier; no new prompts)"
     parts = [f"round {s.round}: {s.accepted} accepted of {s.candidates} candidates {source} "
              f"(rejected {s.rejected_total}: {short_reasons(s.rejected or {})}; "

@@ -117,9 +117,12 @@ class Session:
                                       concurrency=cfg.concurrency,
                                       model_path=cfg.model_path or None,
                                       port=self.request.local_port)
-            processes = f"{cfg.embedded_servers} processes, " if cfg.embedded_servers > 1 else ""
-            say(f"starting the embedded model ({cfg.model}, {processes}{self.server.threads} "
-                f"threads each); log: {self.server.log_path}")
+            threads = self.server.threads
+            threads_said = f"{threads} thread{'s' if threads != 1 else ''}"
+            processes = f"{cfg.embedded_servers} processes, {threads_said} each" \
+                if cfg.embedded_servers > 1 else threads_said
+            say(f"starting the embedded model ({cfg.model}, {processes}); "
+                f"log: {self.server.log_path}")
             self.routes = self.server.start()
             self.base_url = self.routes["generate"]
         if not cfg.model:

@@ -171,3 +171,31 @@ def test_seeds_check_warns_about_placeholder_outputs_and_unusable_inputs(tmp_pat
     proc = run_cli("seeds", "check", str(path), check=True)
     assert "warning: a: instances[0]: placeholder output '<No Output>'" in proc.stdout
     assert "warning: b: instances[0]: the input is only a link" in proc.stdout
+
+
+def test_a_seed_edit_keeps_the_ids_of_the_seeds_before_its_first_change(tmp_path):
+    """Adding a seed at the end keeps every other seed's task row and id (provenance such as
+    "seed #12" stays true, no dead rows); editing the third seed keeps the first two."""
+    from selfinstruct_tui.engine.seeds import Instance, SeedTask
+    from selfinstruct_tui.engine.store import RunStore, seed_tasks_to_pool
+
+    store = RunStore(tmp_path / "run")
+    seeds = load_seeds(bundled_seeds_path())[:5]
+    store.replace_seeds(seed_tasks_to_pool(seeds, 1))
+    before = [t.id for t in store.tasks(origin="seed")]
+    added = SeedTask("added_1", "added_1", "Name a fruit that is yellow.",
+                     [Instance("", "A banana.")], False, origin="added")
+    new = seed_tasks_to_pool([*seeds, added], store.max_used_id() + 1)
+    store.apply_seed_set(new)
+    after = store.tasks(origin="seed")
+    assert [t.id for t in after][:5] == before and [t.id for t in new][:5] == before
+    assert after[5].instruction == added.instruction and after[5].id > max(before)
+    assert store.tasks(status="removed", origin="seed") == []
+    edited = [*seeds[:2], SeedTask(seeds[2].id, seeds[2].name, "Say hello in French.",
+                                   [Instance("", "Bonjour.")], False), *seeds[3:], added]
+    store.apply_seed_set(seed_tasks_to_pool(edited, store.max_used_id() + 1))
+    now = store.tasks(origin="seed")
+    assert [t.id for t in now][:2] == before[:2] and now[2].id > after[5].id
+    assert [t.instruction for t in now] == [s.instruction for s in edited]  # the set's order
+    assert len(store.tasks(status="removed", origin="seed")) == 4  # seeds 3-6 of the last set
+    store.close()

@@ -43,6 +43,8 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
                 await pilot.pause(1.0)
                 assert count_machine(tmp_path / "run") == settled  # no growth while paused
                 assert "paused" in str(status.render())
+                held = str(app.query_one("#inflight").render())
+                assert held.startswith("in flight or held (paused): ")  # not "in flight"
                 await pilot.press("p")
                 await until(pilot, lambda: count_machine(tmp_path / "run") > settled)
                 await pilot.press("q")
@@ -172,6 +174,26 @@ def test_filter_origin_sort_and_maximize_on_a_finished_run(tmp_path, isolated_en
             assert app.screen.maximized is not None
             await pilot.press("m")
             assert app.screen.maximized is None
+
+    run(go())
+
+
+def test_escape_closes_the_help_panel(tmp_path, isolated_env):
+    """`?` opens the keys panel; escape closes it (as it closes the filter box), and `?` again
+    still toggles it."""
+    deterministic_run(tmp_path / "run")
+
+    async def go():
+        app = create_app(tmp_path / "run", refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("question_mark")
+            await until(pilot, lambda: bool(app.screen.query("HelpPanel")))
+            await pilot.press("escape")
+            await until(pilot, lambda: not app.screen.query("HelpPanel"))
+            await pilot.press("question_mark")
+            await until(pilot, lambda: bool(app.screen.query("HelpPanel")))
+            await pilot.press("question_mark")
+            await until(pilot, lambda: not app.screen.query("HelpPanel"))
 
     run(go())
 

@@ -3,8 +3,9 @@
 * `SpendGuard`: requests are counted as fruitless as soon as their outcome is known (a
   generation answer none of whose candidates went on, the requests of a candidate that was
   rejected, a failed request); after `max_fruitless_requests` of them (or the run's total
-  concurrency, when larger) in a row since the last accepted task, the run pauses with the counts per reason and the last rejected answer. Rounds
-  that accept nothing make the next one wait. `max_cost` (USD) and `max_tokens` stop it cleanly.
+  concurrency, when larger) in a row since the last accepted task, the run pauses with the
+  counts per reason and the last rejected answer. Rounds that accept nothing make the next one
+  wait. `max_cost` (USD) and `max_tokens` stop it cleanly.
 * `FailureWatch`: a permanent failure pauses at once; a streak of failures (at least 3, over
   `error_pause_seconds` without a success) pauses with advice that fits the cause.
 """

@@ -683,18 +683,30 @@ class RunStore:
         no new seed names comes back as an active machine task, with the content its seed had
         (demoted). The pending-seeds meta is cleared when it still holds `applied` (the records
         `new` was made from; a newer pending set stays). Returns (promoted, demoted) tasks as
-        they are now."""
+        they are now.
+
+        The seeds before the first one the edit changed keep their task rows and ids (`new` is
+        updated in place with them): adding a seed at the end, or promoting a task, no longer
+        gives every seed a new id, so provenance ("seed #12" in a prompt) stays true and an edit
+        adds rows only from its first change on. (Ids past that point are new: the seed set's
+        order is the order of its ids.)"""
         now = time.time()
         wanted = {t.source_task for t in new if t.source_task is not None}
         promoted: list[Task] = []
         demoted: list[Task] = []
         with self.db:
-            old_seeds = {t.source_task: t for t in map(_task, self.db.execute(
-                "SELECT * FROM tasks WHERE origin = 'seed' AND status = 'active' AND "
-                "source_task IS NOT NULL"))}
-            self.db.execute("UPDATE tasks SET status = 'removed', updated = ? "
-                            "WHERE origin = 'seed' AND status = 'active'", (now,))
-            for task in new:
+            active = list(map(_task, self.db.execute(
+                "SELECT * FROM tasks WHERE origin = 'seed' AND status = 'active' ORDER BY id")))
+            old_seeds = {t.source_task: t for t in active if t.source_task is not None}
+            same = 0
+            while same < min(len(active), len(new)) and \
+                    _seed_content(active[same]) == _seed_content(new[same]):
+                new[same] = active[same]
+                same += 1
+            for task in active[same:]:
+                self.db.execute("UPDATE tasks SET status = 'removed', updated = ? WHERE id = ?",
+                                (now, task.id))
+            for task in new[same:]:
                 self._insert_task(task)
             for row in self.db.execute(
                     "SELECT * FROM tasks WHERE origin = 'machine' AND status IN "
@@ -1179,6 +1191,12 @@ def _prompt(row: sqlite3.Row) -> PromptRecord:
         usage_reported=bool(_get(row, "usage_reported", 1)),
         structured=bool(_get(row, "structured", 0)), endpoint=_get(row, "endpoint", None),
         model=_get(row, "model", None))
+
+
+def _seed_content(task: Task) -> tuple[Any, ...]:
+    """What makes two seed tasks the same seed (everything but the id and the times)."""
+    return (task.instruction, task.is_classification, task.instances_json(), task.seed_id,
+            task.name, task.seed_origin, task.source_task)
 
 
 def seed_tasks_to_pool(seeds: list[SeedTask], first_id: int) -> list[Task]:

@@ -516,8 +516,11 @@ class SelfInstructApp(App[int]):
             self.action_close_filter(keep=True)
 
     def action_close_filter(self, keep: bool = False) -> None:
+        """Escape: closes the filter box, or else the help panel when it is open."""
         box = self.filter_box
         if not box.has_class("visible"):
+            if self.screen.query("HelpPanel"):
+                self.action_hide_help_panel()
             return
         if not keep:
             box.value = ""

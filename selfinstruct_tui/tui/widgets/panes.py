@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Input, RichLog, Static
 from textual_plotext import PlotextPlot
 
 from selfinstruct_tui.engine.batch import progress_line
-from selfinstruct_tui.engine.control import HISTORY_REJECTIONS
+from selfinstruct_tui.engine.control import HISTORY_REJECTIONS, RunState
 from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, StatusView
 
 CHARTS = ("rouge", "lengths", "accepted", "rejections")
@@ -144,7 +144,10 @@ class PromptsPane(Vertical):
     def show(self, view: RunView) -> None:
         kinds = Counter(k for k, _ in view.in_flight.values())
         text = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
-        lines = [f"in flight: {text}"]
+        # Prompts are recorded before they leave: while paused, those not yet answered are
+        # held back (queued), not on the wire.
+        label = "in flight or held (paused)" if view.state == RunState.PAUSED else "in flight"
+        lines = [f"{label}: {text}"]
         lines += [f"  {e.text()}" for e in view.endpoints]  # a pool: one line per endpoint
         lines += [progress_line(b) for b in view.batches.values()]  # pending batch jobs
         self.query_one("#inflight", Static).update("\n".join(lines))
