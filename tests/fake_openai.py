@@ -668,10 +668,14 @@ if __name__ == "__main__":  # a standalone server for manual runs and benchmarks
     parser.add_argument("--structured", default="json", choices=["json", "ignore", "reject"])
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--context-window", type=int, default=None)
+    parser.add_argument("--port", type=int, default=0,
+                        help="listen on this port (0: a free one), e.g. to restart a server a "
+                             "run was using")
     args = parser.parse_args()
     srv = FakeOpenAI(latency=args.latency, script=json.loads(args.script),
                      repeat_last=not args.no_repeat, structured=args.structured,
-                     api_key=args.api_key, context_window=args.context_window).start()
+                     api_key=args.api_key, context_window=args.context_window,
+                     port=args.port).start()
     print(srv.base_url, flush=True)
     try:
         srv.thread.join()

@@ -220,6 +220,9 @@ def test_candidates_whose_requests_got_no_answer_are_taken_up_not_lost(tmp_path)
     # each unanswered candidate was sent again and is now a task or settled otherwise
     assert count(run_dir, "SELECT COUNT(*) FROM candidates WHERE state = 'open' AND task_id IN "
                           "(SELECT task_id FROM rejections WHERE reason = 'unanswered')") == 0
+    # taken up in this session while its own reservation may still be in the index: never
+    # rejected as a near-duplicate of itself
+    assert count(run_dir, "SELECT COUNT(*) FROM rejections WHERE similar_id = task_id") == 0
     taken_up = count(run_dir, "SELECT COUNT(DISTINCT r.task_id) FROM rejections r JOIN prompts p "
                               "ON p.task_ref = r.task_id AND p.kind = 'instances' AND "
                               "p.response IS NOT NULL WHERE r.reason = 'unanswered'")

@@ -781,6 +781,8 @@ class Engine:
         """The candidate's task id once it passed the filters and was reserved, else None (the
         rejection is recorded). `task_id`: the id a revived candidate already has."""
         instruction = item.instruction
+        if task_id is not None:  # taken up again: a reservation it left must not match it
+            self.pool.forget_reservation(task_id)
         rejection = check_instruction(instruction, self.filters)
         if rejection is not None:
             self._reject(rnd, prompt_id, instruction, rejection.reason, rejection.detail,

@@ -107,6 +107,15 @@ class Pool:
         if round_number is not None:
             self._failed.append((round_number, task_id))
 
+    def forget_reservation(self, task_id: int) -> None:
+        """A failed reservation's candidate is taken up again (its request got no answer): its
+        entry leaves the index now, so the candidate is not compared with itself."""
+        self._reserved.pop(task_id, None)
+        self._failed = [(n, t) for n, t in self._failed if t != task_id]
+        if task_id in self.index and task_id not in self._tasks:
+            self.index.remove(task_id)
+            self._texts.pop(task_id, None)
+
     def evict(self, up_to_round: int) -> None:
         """Remove failed reservations of rounds <= `up_to_round` from the index."""
         keep = []
