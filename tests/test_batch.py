@@ -175,11 +175,9 @@ def test_the_offline_transport_runs_a_command_on_each_job_file(tmp_path):
     assert_accounted(run_dir)
 
 
-def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):
-    """A job recorded by a session that died after the command finished: the next session
-    reads its output file instead of running the command again."""
-    import asyncio
-
+def command_job(tmp_path: Path):
+    """(store, record, transport): a run store in tmp_path/run with one generation batch job
+    of one line recorded, and the offline-command transport running the stand-in script."""
     from selfinstruct_tui.engine.batch import CommandBatchTransport
 
     script = tmp_path / "run_batch.py"
@@ -193,6 +191,17 @@ def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):
     record = store.add_batch(round=1, kind="generate", transport="command", prompt_ids=[1],
                              input_path=str(path))
     transport = CommandBatchTransport(f"{sys.executable} {script} {{input}} {{output}} {tests}")
+    return store, record, transport
+
+
+def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):
+    """A job recorded by a session that died after the command finished: the next session
+    reads its output file instead of running the command again."""
+    import asyncio
+
+    from selfinstruct_tui.engine.batch import CommandBatchTransport
+
+    store, record, transport = command_job(tmp_path)
 
     async def go():
         rec = await transport.submit(store, record)
@@ -375,21 +384,9 @@ def test_batch_command_runs_from_the_cli_without_an_endpoint(run_cli, tmp_path):
 def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twice(tmp_path):
     import asyncio
 
-    from selfinstruct_tui.engine.batch import CommandBatchTransport
-
-    script = tmp_path / "run_batch.py"
-    script.write_text(STAND_IN)
-    tests = Path(__file__).resolve().parent
-    store = RunStore(tmp_path / "run")
-    path = tmp_path / "run" / "job1.input.jsonl"
-    body = {"model": "m", "prompt": "Come up with a series of tasks:\n1. x", "max_tokens": 10}
-    path.write_text(json.dumps({"custom_id": "generate-1", "method": "POST",
-                                "url": "/v1/completions", "body": body}) + "\n")
+    store, record, transport = command_job(tmp_path)
     earlier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = store.add_batch(round=1, kind="generate", transport="command", prompt_ids=[1],
-                             input_path=str(path))
     record = store.update_batch(record, state="submitted", batch_id=f"pid {earlier.pid}")
-    transport = CommandBatchTransport(f"{sys.executable} {script} {{input}} {{output}} {tests}")
 
     async def go():
         waiting = await transport.poll(store, record)

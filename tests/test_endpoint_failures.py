@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -303,8 +305,6 @@ class _RawServer:
     half way. `refuse`: nothing listens on the port."""
 
     def __init__(self, behaviour: str) -> None:
-        import socket
-        import threading
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

@@ -624,6 +624,12 @@ class Engine:
         self.store.add_error(rnd.number, "engine", repr(exc))
         self._do_stop(FinishReason.ERROR, f"round {rnd.number} failed: {exc!r}")
 
+    def _take_up_later(self, task_id: int) -> None:
+        """The open candidate `task_id` (kept as surplus, or unanswered) is taken up by a later
+        round of this session (`_take_open_candidates`), even if it was taken up before."""
+        self._taken.discard(task_id)
+        self._revivable = True
+
     def _take_open_candidates(self) -> list[CandidateRecord]:
         """Open candidates not yet taken up in this session: left by a stop or a crash, or kept
         as surplus. They are paid for, so a round takes them up before new prompts are sent."""
@@ -810,8 +816,7 @@ class Engine:
             tid = task_id or self._new_id()
             self.store.add_candidate(CandidateRecord(tid, rnd.number, prompt_id, instruction,
                                                      item.raw))
-            self._taken.discard(tid)
-            self._revivable = True
+            self._take_up_later(tid)
             self._reject(rnd, prompt_id, instruction, RejectionReason.SURPLUS,
                          f"the target ({self.config.target}) is already in reach; kept for "
                          "later, not sent on", task_id=tid, similar=similar, raw=item.raw)
@@ -852,7 +857,7 @@ class Engine:
         return asked
 
     def _fruitless(self, requests: int) -> None:
-        pause = self.guard.fruitless(requests, self.failures.kinds)
+        pause = self.guard.fruitless(requests, self.failures)
         if pause and self.state == RunState.RUNNING:
             self._do_pause(pause, by_errors=True)
 
@@ -923,8 +928,7 @@ class Engine:
             self._reject(rnd, prompt_id, item.instruction, RejectionReason.UNANSWERED,
                          f"the {what} request got no answer ({failure}); kept open, taken up "
                          "again", task_id=tid, raw=item.raw)
-            self._taken.discard(tid)
-            self._revivable = True
+            self._take_up_later(tid)
 
     async def _classify(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
                         known: str | None = None) -> bool | None:

@@ -16,11 +16,13 @@ import time
 from collections import Counter
 
 from selfinstruct_tui.engine.config import RunConfig
+from selfinstruct_tui.engine.filters import RejectionReason
 from selfinstruct_tui.engine.llm import Cause, RequestFailed
 from selfinstruct_tui.engine.store import RoundStats
 
 # Rejection reasons that mean no answer came back (the endpoint, not the model's text)
-UNANSWERED_REASONS = {"unanswered", "request_failed", "abandoned", "interrupted"}
+UNANSWERED_REASONS = {r.value for r in (RejectionReason.UNANSWERED, RejectionReason.REQUEST_FAILED,
+                                         RejectionReason.ABANDONED, RejectionReason.INTERRUPTED)}
 # Request errors that mean the endpoint could not answer (as opposed to refusing the request)
 DOWN_CAUSES = {Cause.CONNECTION, Cause.TIMEOUT, Cause.SERVER_ERROR, Cause.RATE_LIMIT, Cause.HTTP}
 
@@ -90,7 +92,7 @@ class SpendGuard:
         self.fruitless_reasons[reason] += 1
         self.last_rejected = (reason, fragment)
 
-    def fruitless(self, requests: int, failures: Counter[str]) -> str | None:
+    def fruitless(self, requests: int, watch: FailureWatch) -> str | None:
         """Count requests now known to have added nothing (a generation answer none of whose
         candidates went on, a candidate's classification and instance requests when it is
         rejected, a failed request); the pause message once `max_fruitless_requests` of them
@@ -102,13 +104,14 @@ class SpendGuard:
             return None
         rejected = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                              self.fruitless_reasons.most_common()) or "no candidates"
+        failures = watch.kinds  # request errors since the last answer
         errors = ", ".join(f"{k} {v}" for k, v in failures.most_common())
         if failures and set(failures) <= DOWN_CAUSES \
                 and set(self.fruitless_reasons) <= UNANSWERED_REASONS:
             # Nothing came back to be rejected: the endpoint is the problem, not the answers.
             return (f"{self.fruitless_requests} requests in a row added nothing to the pool: "
-                    f"the endpoint gave no answer (request errors: {errors}). Check that "
-                    f"{self.config.base_url} is up (or raise --timeout), then resume")
+                    f"the endpoint gave no answer (request errors: {errors}). "
+                    f"{watch.down_advice}")
         last = ""
         if self.last_rejected is not None:
             reason, text = self.last_rejected
@@ -140,6 +143,11 @@ class FailureWatch:
         self.kinds: Counter[str] = Counter()
         self.last_success = time.monotonic()
 
+    @property
+    def down_advice(self) -> str:
+        """What to do when the endpoints give no answer (every base URL of the run named)."""
+        return f"Check that {self.base_url} is up, then resume"
+
     def success(self) -> None:
         self.last_success = time.monotonic()
         self.in_a_row = 0
@@ -155,7 +163,7 @@ class FailureWatch:
         if quiet_for < self.error_pause_seconds or self.in_a_row < 3:
             return None
         if exc.kind in CONNECTIVITY_CAUSES or exc.status in DOWN_STATUSES:
-            advice = f"Check that {self.base_url} is up, then resume"
+            advice = self.down_advice
         else:
             advice = "The endpoint is up but keeps failing; fix the cause, then resume"
         kinds = ", ".join(f"{k} {v}" for k, v in self.kinds.most_common())

@@ -413,39 +413,36 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
     return Failure(Cause.HTTP, f"HTTP {status}: {text}", status=status)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions under it (`__cause__`, else `__context__`), outermost first."""
+    links: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and all(link is not seen for seen in links):
+        links.append(link)
+        link = link.__cause__ or link.__context__
+    return links
+
+
 def _timed_out(exc: BaseException) -> bool:
     """Whether a connection-level failure was a timeout. The exception the transport raised
     decides, not the name openai gave it: the aiohttp transport reports a refused or dropped
     connection as a ConnectTimeout (openai.APITimeoutError), with the real error as its cause."""
-    link: BaseException | None = exc
-    seen: set[int] = set()
-    innermost = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if isinstance(link, TimeoutError):  # asyncio's, socket's and aiohttp's timeouts
-            return True
-        innermost = link
-        link = link.__cause__ or link.__context__
-    if innermost is exc:
-        return isinstance(exc, openai.APITimeoutError)
-    if isinstance(innermost, (OSError, aiohttp.ClientError)):
+    chain = _chain(exc)
+    if any(isinstance(link, TimeoutError) for link in chain):  # asyncio's, socket's, aiohttp's
+        return True
+    if len(chain) > 1 and isinstance(chain[-1], (OSError, aiohttp.ClientError)):
         return False  # refused, reset, disconnected, not HTTP
     return isinstance(exc, openai.APITimeoutError)
 
 
+# What a server that hung up, reset the connection or stopped mid-answer raises (aiohttp, httpx)
+_DISCONNECTS = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError,
+                BrokenPipeError, _httpx.RemoteProtocolError, _httpx.ReadError)
+
+
 def _disconnected(exc: BaseException) -> bool:
-    """Whether a connection-level failure came after the connection was made: the server hung
-    up, reset it, or stopped in the middle of the answer (aiohttp's and httpx's names)."""
-    link: BaseException | None = exc
-    seen: set[int] = set()
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if isinstance(link, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-                             ConnectionResetError, BrokenPipeError,
-                             _httpx.RemoteProtocolError, _httpx.ReadError)):
-            return True
-        link = link.__cause__ or link.__context__
-    return False
+    """Whether a connection-level failure came after the connection was made."""
+    return any(isinstance(link, _DISCONNECTS) for link in _chain(exc))
 
 
 def _body_code(exc: openai.APIStatusError) -> str | None:
@@ -519,7 +516,6 @@ class LLMClient:
     def _start_pool(self, settings: ClientSettings) -> None:
         endpoints = []
         for spec in settings.endpoints:
-            # every connection of the endpoint kept alive (openai's default keeps 100)
             client = openai_client(spec.base_url, spec.api_key, settings.request_timeout,
                                    spec.concurrency)
             endpoint = Endpoint(spec, client, RateLimiter(spec.requests_per_minute, None))

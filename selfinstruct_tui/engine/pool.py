@@ -112,21 +112,23 @@ class Pool:
         entry leaves the index now, so the candidate is not compared with itself."""
         self._reserved.pop(task_id, None)
         self._failed = [(n, t) for n, t in self._failed if t != task_id]
-        if task_id in self.index and task_id not in self._tasks:
-            self.index.remove(task_id)
-            self._texts.pop(task_id, None)
+        self._unindex_reservation(task_id)
 
     def evict(self, up_to_round: int) -> None:
         """Remove failed reservations of rounds <= `up_to_round` from the index."""
         keep = []
         for number, tid in self._failed:
             if number <= up_to_round:
-                if tid in self.index and tid not in self._tasks:
-                    self.index.remove(tid)
-                    self._texts.pop(tid, None)
+                self._unindex_reservation(tid)
             else:
                 keep.append((number, tid))
         self._failed = keep
+
+    def _unindex_reservation(self, task_id: int) -> None:
+        """A reservation's entry leaves the index (never a task's: it may have joined since)."""
+        if task_id in self.index and task_id not in self._tasks:
+            self.index.remove(task_id)
+            self._texts.pop(task_id, None)
 
     def drop(self, task_id: int) -> Task | None:
         """Take a task out of the pool (the user dropped it); returns it, or None."""
