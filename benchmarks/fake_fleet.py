@@ -9,6 +9,7 @@ Used by engine_throughput.py; stop it with SIGTERM (the processes exit with it).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import subprocess
@@ -45,8 +46,9 @@ def free_port() -> int:
 class Fleet:
     """`with Fleet(processes, latency) as base_url:` N server processes sharing one port."""
 
-    def __init__(self, processes: int, latency: float) -> None:
-        self.processes, self.latency = processes, latency
+    def __init__(self, processes: int, latency: float, cpus: set[int] | None = None) -> None:
+        """`cpus`: the CPUs the server processes may run on (all when None)."""
+        self.processes, self.latency, self.cpus = processes, latency, cpus
         self.children: list[subprocess.Popen[str]] = []
 
     def __enter__(self) -> str:
@@ -58,6 +60,8 @@ class Fleet:
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise RuntimeError("a fake server process did not start")
+            if self.cpus:
+                os.sched_setaffinity(child.pid, self.cpus)
             self.children.append(child)
         return f"http://127.0.0.1:{port}/v1"
 

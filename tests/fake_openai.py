@@ -39,6 +39,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -204,6 +205,8 @@ class FakeOpenAI:
         self.seen_auth: set[str] = set()
         self._fault_rng = random.Random(1234)
         self.connections: set[socket.socket] = set()
+        # called as on_request(kind, prompt) in the handler thread before a completion answers
+        self.on_request: Callable[[str, str], None] | None = None
         # `port`: a fixed port, e.g. to bring an endpoint back where it was (0: any free port)
         self.httpd = _QuietServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -551,6 +554,8 @@ class FakeOpenAI:
                 kind = server.kind_of(prompt)
                 with server.lock:
                     server.log.append((time.monotonic(), kind, body))
+                if server.on_request is not None:
+                    server.on_request(kind, prompt)
                 rejected = s["reject_param"]
                 if rejected and rejected in body:
                     self._error(400, f"Unsupported parameter: '{rejected}' is not supported "

@@ -272,6 +272,42 @@ def test_work_a_stop_left_open_is_taken_up_not_paid_twice(tmp_path):
     assert_accounted(run_dir)
 
 
+def test_every_request_is_in_the_store_before_it_reaches_the_endpoint(tmp_path):
+    """Commits are grouped per event-loop iteration (RunStore.defer_commits), yet a request
+    waits for its record's commit: the endpoint, reading the run database from another
+    connection as each request arrives, finds every prompt there already."""
+    import threading
+
+    from selfinstruct_tui.engine.engine import Engine
+    from test_real_answers import assert_accounted
+    from tui_helpers import new_run
+
+    run_dir = tmp_path / "run"
+    arrived: list[str] = []
+    missing: list[str] = []
+    lock = threading.Lock()
+    with FakeOpenAI() as server:
+        store, config = new_run(run_dir, server.base_url, target=40, concurrency=32,
+                                api="completions")
+        reader = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True,
+                                 check_same_thread=False)
+
+        def check(kind: str, prompt: str) -> None:
+            with lock:
+                arrived.append(kind)
+                if reader.execute("SELECT 1 FROM prompts WHERE prompt = ? LIMIT 1",
+                                  (prompt,)).fetchone() is None:
+                    missing.append(kind)
+
+        server.on_request = check
+        Engine(store, config).run()
+        store.close()
+        reader.close()
+    assert len(arrived) >= 80 and {"generate", "classify", "instances"} <= set(arrived)
+    assert missing == []
+    assert_accounted(run_dir)
+
+
 def test_a_killed_run_closes_its_rounds_and_requests_and_takes_up_its_candidates(
         isolated_env, tmp_path):
     from test_real_answers import assert_accounted

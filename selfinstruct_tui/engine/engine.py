@@ -19,7 +19,8 @@ deterministic endpoint and a fixed --random-seed:
 * whether a candidate is surplus depends on reservations, never on which request finished first;
 * a reserved candidate that dies at the instance stage leaves the index at a fixed point (before
   round r+2 filters), not whenever its request happens to fail;
-* accepted tasks are committed in task-id order, each in its own transaction, before they count.
+* accepted tasks are committed in task-id order, with the other writes of their loop iteration
+  (`RunStore.defer_commits`): a crash before that commit leaves their candidates open.
 
 Spend guards: rounds that add nothing back off (1, 2, 4 ... 30 s) and, after
 `max_fruitless_requests` requests in a row that added nothing, pause the run with the counts per
@@ -76,6 +77,7 @@ from selfinstruct_tui.engine.filters import (
     check_instruction,
     clean_instances,
 )
+from selfinstruct_tui.engine.gc_policy import engine_gc
 from selfinstruct_tui.engine.guards import FailureWatch, SpendGuard
 from selfinstruct_tui.engine.llm import (
     Cause,
@@ -412,6 +414,18 @@ class Engine:
         return thread
 
     async def run_async(self) -> ev.Finished:
+        """Run to the target (or until stopped) on the running loop. While it runs, the young
+        garbage-collection threshold is raised (`gc_policy`) and the store groups the commits
+        of what may wait for the end of the loop iteration (`RunStore.defer_commits`)."""
+        loop = asyncio.get_running_loop()
+        with engine_gc():
+            self.store.defer_commits(loop.call_soon)
+            try:
+                return await self._run_async()
+            finally:
+                self.store.defer_commits(None)
+
+    async def _run_async(self) -> ev.Finished:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._client = LLMClient(self._client_settings())
@@ -475,6 +489,7 @@ class Engine:
                 message = self.guard.over_budget() or message
             self.finished = ev.Finished(reason, self._committed, self.config.target, message)
         self._set_state(reason.state)
+        self.store.flush()  # what the end says is in the store before it is said
         self.bus.emit(self.finished)
         self._loop = None
         return self.finished
@@ -1017,7 +1032,8 @@ class Engine:
                     created=time.time())
 
     def _flush(self) -> None:
-        """Commit resolved tasks in id order; each commit happens before the task counts.
+        """Commit resolved tasks in id order (with the loop iteration's other writes, see
+        `RunStore.defer_commits`).
 
         Every completed task is kept, even past the target: its requests are paid for.
         """

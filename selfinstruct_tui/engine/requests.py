@@ -71,6 +71,13 @@ class RequestRecorder:
                                        examples=shown, task_ref=task_ref)
         stats.requests += 1
         self.bus.emit(ev.PromptSent.of(record))
+        if self.store.pending:
+            # Sent once recorded: the group commit scheduled at the iteration's first write
+            # runs before this task resumes (the ready queue is FIFO); checked all the same.
+            flushes = self.store.flushes
+            await asyncio.sleep(0)
+            if self.store.flushes == flushes:
+                self.store.flush()
 
         def on_retry(cause: str, attempt: int, delay: float, message: str) -> None:
             stats.retries[cause] = stats.retries.get(cause, 0) + 1
