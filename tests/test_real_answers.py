@@ -66,6 +66,10 @@ def assert_accounted(run_dir: Path) -> None:
     for row in conn.execute("SELECT reason, raw FROM rejections WHERE reason != "
                             "'dropped_by_user'"):
         assert row["raw"], dict(row)  # the fragment of the answer is kept
+    # nothing paid twice: a candidate's instance request is answered once at most
+    twice = conn.execute("SELECT task_ref, COUNT(*) FROM prompts WHERE kind = 'instances' AND "
+                         "response IS NOT NULL GROUP BY task_ref HAVING COUNT(*) > 1").fetchall()
+    assert not twice, [tuple(r) for r in twice]
 
 
 def exported(run_dir: Path, fmt: str, tmp_path: Path) -> list[dict]:

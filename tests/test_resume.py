@@ -352,7 +352,7 @@ def test_surplus_is_taken_up_before_new_prompts_when_the_target_rises(run_cli, f
 
     run_dir = tmp_path / "run"
     base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
-            "--run-dir", str(run_dir), "--concurrency", "8")
+            "--run-dir", str(run_dir), "--concurrency", "8", "--prompts-per-round", "8")
     run_cli(*base, "--target", "5", check=True)
     conn = sqlite3.connect(run_dir / "run.sqlite")
     kept = conn.execute("SELECT COUNT(*) FROM candidates WHERE state = 'open'").fetchone()[0]

@@ -254,3 +254,24 @@ def test_an_endpoint_that_never_answers_is_named_as_the_problem(tmp_path):
     assert finished.reason is ev.FinishReason.FAILING
     assert "the endpoint gave no answer" in pauses[0] and url in pauses[0]
     assert "server_error" in pauses[0] and "--model" not in pauses[0]
+
+
+def test_the_first_rounds_ask_for_no_more_prompts_than_the_target_could_use(tmp_path):
+    """Before a run knows what a prompt yields, a round of the default size (one prompt per
+    request in flight) asks for at most ceil(needed / 7) prompts, 7 being the new instructions
+    each asks for; a size set with --prompts-per-round is kept."""
+    runs = {}
+    for name, cfg in (("default", {}), ("set", {"prompts_per_round": 64})):
+        with FakeOpenAI() as server:
+            store, config = new_run(tmp_path / name, server.base_url, target=20, concurrency=64,
+                                    **cfg)
+            finished = Engine(store, config).run()
+            store.close()
+            runs[name] = server.kinds().count("generate")
+        assert finished.reason == "target"
+        assert_accounted(tmp_path / name)
+    assert count(tmp_path / "default", "SELECT prompts FROM rounds WHERE round = 1") == 3
+    assert count(tmp_path / "set", "SELECT prompts FROM rounds WHERE round = 1") == 64
+    assert runs["default"] < 20 <= 64 <= runs["set"]
+    surplus = "SELECT COUNT(*) FROM rejections WHERE reason = 'surplus'"
+    assert count(tmp_path / "default", surplus) < count(tmp_path / "set", surplus)

@@ -90,7 +90,7 @@ from selfinstruct_tui.engine.llm import (
 )
 from selfinstruct_tui.engine.parsing import ListItem, ParsedList, parse_classification
 from selfinstruct_tui.engine.pool import Pool
-from selfinstruct_tui.engine.prompts import PromptStyle, Request, style_for
+from selfinstruct_tui.engine.prompts import PromptStyle, Request, instructions_asked, style_for
 from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
 from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, seed_to_record
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
@@ -651,7 +651,10 @@ class Engine:
         if not self._revivable:
             return []
         self._revivable = False
-        taken = [c for c in self.store.open_candidates() if c.task_id not in self._taken]
+        # Open in the store also means in flight in another round of this session (reserved,
+        # not yet resolved): never taken up twice.
+        taken = [c for c in self.store.open_candidates() if c.task_id not in self._taken
+                 and not (c.task_id in self._round_of and c.task_id not in self._resolved)]
         self._taken.update(c.task_id for c in taken)
         return taken
 
@@ -673,15 +676,29 @@ class Engine:
         """Generation prompts for round `number`: the configured size, or fewer near the end.
 
         When the tasks still needed are fewer than a full round yields (accepted per prompt in
-        the rounds up to number-2, which are final), the round asks only for what should cover
-        them, so the last rounds do not pay for candidates that could only be surplus.
+        the rounds up to number-2, which are final, once they accepted any), the round asks only
+        for what should cover them, so the last rounds do not pay for candidates that could
+        only be surplus.
+
+        Before that yield is known (the first two rounds), a round of the default size (one
+        prompt per request in flight) asks for no more prompts than the tasks still needed
+        would take if every instruction a prompt asks for (`instructions_asked`, 7) were kept:
+        at --concurrency 1024 and --target 1500, round 1 sent 1,024 prompts where 512 covered
+        the target, and 1,667 candidates ended as surplus. A size set with --prompts-per-round,
+        or batch mode's larger rounds (a job's wait is paid whatever its size), is kept.
         """
-        size = self.config.effective_prompts_per_round
+        c = self.config
+        size = c.effective_prompts_per_round
         prompts, accepted = self._totals.get(number - 2, (0, 0))
-        needed = self.config.target - self._in_work()
-        if prompts >= size and accepted > 0 and needed > 0:
+        needed = c.target - self._in_work()
+        if needed <= 0:
+            return size
+        if prompts and accepted:
             per_prompt = accepted / prompts
             size = min(size, max(1, math.ceil(needed / per_prompt)))
+        elif not c.prompts_per_round and not c.uses_batch:
+            most = instructions_asked(c.num_prompt_instructions)
+            size = min(size, max(1, math.ceil(needed / most)))
         return size
 
     def _new_round(self, number: int, prompts: int | None = None) -> _Round:
@@ -845,6 +862,14 @@ class Engine:
         self.store.add_candidate(CandidateRecord(tid, rnd.number, prompt_id, instruction,
                                                  item.raw))
         self.pool.reserve(tid, instruction, rnd.number)
+        if tid in self._round_of:
+            # Taken up again (it got no answer) while its failed attempt still waits in the
+            # commit queue behind an earlier candidate: that entry goes, this one takes its place
+            # at the end; the queue's head may be free now.
+            self._pending.remove(tid)
+            self._resolved.pop(tid, None)
+            del self._round_of[tid]
+            self._flush()
         self._pending.append(tid)
         self._round_of[tid] = rnd.number
         rnd.task_ids.append(tid)

@@ -25,7 +25,12 @@ from selfinstruct_tui.engine.prompts.completions import (
     generation_completion,
     instances_completion,
 )
-from selfinstruct_tui.engine.prompts.fewshot import NO_INPUT, STOP_NUMBER, fewshot_pool
+from selfinstruct_tui.engine.prompts.fewshot import (
+    NO_INPUT,
+    STOP_NUMBER,
+    fewshot_pool,
+    instructions_asked,
+)
 
 STYLES: dict[str, type[PromptStyle]] = {"completions": CompletionsStyle, "chat": ChatStyle}
 
@@ -43,5 +48,6 @@ __all__ = [
     "STYLES", "ChatRequest", "ChatStyle", "CompletionRequest", "CompletionsStyle", "PromptStyle",
     "Request", "classification_chat", "classification_completion", "fewshot_pool",
     "generation_chat", "generation_completion", "instances_chat", "instances_completion",
+    "instructions_asked",
     "style_for",
 ]

@@ -17,9 +17,9 @@ from selfinstruct_tui.engine.prompts.fewshot import (
     CLASSIFY_HEADER,
     INSTANCE_HEADER,
     LABEL_HEADER,
-    STOP_NUMBER,
     classification_shots,
     instance_shots,
+    instructions_asked,
     label_shots,
     one_line,
 )
@@ -95,7 +95,7 @@ class ChatStyle(PromptStyle):
 
     def generation(self, instructions: list[str], *, structured: bool = False) -> ChatRequest:
         # The model is asked for the rest of a 15-item list, as the completions style gets.
-        return generation_chat(instructions, STOP_NUMBER - 1 - len(instructions), structured)
+        return generation_chat(instructions, instructions_asked(len(instructions)), structured)
 
     def read_generation(self, text: str, instructions: list[str], *,
                         truncated: bool) -> ParsedList:

@@ -14,6 +14,13 @@ from selfinstruct_tui.engine.seeds import SeedTask, bundled_seeds_path, load_see
 # The generation prompt shows 8 numbered examples; the model continues at 9 and stops before 16.
 STOP_NUMBER = 16
 
+
+def instructions_asked(examples: int) -> int:
+    """How many new instructions a generation prompt with `examples` numbered examples asks
+    for: the list goes on to STOP_NUMBER - 1 (the reference's stop at "16")."""
+    return max(1, STOP_NUMBER - 1 - examples)
+
+
 GENERATION_HEADER = (
     "Below is a numbered list of different tasks that people ask a capable assistant to do. "
     "The tasks vary in topic, wording, format and difficulty; some come with an input to work "
