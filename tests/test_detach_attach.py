@@ -130,16 +130,33 @@ def test_closing_an_attached_ui_leaves_the_run_alone(run_cli, tmp_path, isolated
 
 
 def test_runs_reports_a_killed_engine_as_crashed_and_it_resumes(run_cli, tmp_path):
+    """...and a UI attached to the crashed run follows the process that resumes it (it used
+    to stay "crashed", its clock stopped, while the pool grew)."""
     run_dir = tmp_path / "run"
     with FakeOpenAI(latency=0.05) as server:
         pid = detach(run_cli, server, run_dir, 80, "--concurrency", "2")
         wait_for(lambda: count_machine(run_dir) >= 3, timeout=60)
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: "crashed" in run_cli("runs").stdout, timeout=20)
-        proc = run_cli("run", "--headless", "--run-dir", str(run_dir), timeout=240)
-        assert proc.returncode == 0, proc.stderr
-    assert count_machine(run_dir) == 80
-    assert "finished" in run_cli("runs", check=True).stdout
+
+        async def go():
+            app = create_app(run_dir, attach=True, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: app.state == "crashed")
+                table = app.query_one(TaskTable)
+                before = len(table.rows)
+                again = run_cli("run", "--detach", "--run-dir", str(run_dir), "--target",
+                                "2000", timeout=60)  # a higher target: still running below
+                assert again.returncode == 0, again.stderr
+                await until(pilot, lambda: len(table.rows) > before + 3, timeout=30)
+                await until(pilot, lambda: app.state == "running", timeout=10)
+                await pilot.press("s")  # the attached UI controls the new process
+                await until(pilot, lambda: app.state == "stopped", timeout=30)
+                await pilot.press("q")
+
+        run(go())
+        wait_for(lambda: state_of(run_dir).get("state") == "stopped", timeout=30)
+    assert "stopped" in run_cli("runs", check=True).stdout
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as another user")

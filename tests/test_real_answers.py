@@ -66,6 +66,11 @@ def assert_accounted(run_dir: Path) -> None:
     for row in conn.execute("SELECT reason, raw FROM rejections WHERE reason != "
                             "'dropped_by_user'"):
         assert row["raw"], dict(row)  # the fragment of the answer is kept
+    # a candidate is recorded once per round (surplus or unanswered, then interrupted, was twice)
+    twice = conn.execute("SELECT round, task_id FROM rejections WHERE level = 'candidate' AND "
+                         "task_id IS NOT NULL GROUP BY round, task_id HAVING COUNT(*) > 1"
+                         ).fetchall()
+    assert not twice, [tuple(r) for r in twice]
     # nothing paid twice: a candidate's instance request is answered once at most
     twice = conn.execute("SELECT task_ref, COUNT(*) FROM prompts WHERE kind = 'instances' AND "
                          "response IS NOT NULL GROUP BY task_ref HAVING COUNT(*) > 1").fetchall()

@@ -314,8 +314,10 @@ def test_a_killed_run_closes_its_rounds_and_requests_and_takes_up_its_candidates
 
     run_dir = tmp_path / "run"
     with FakeOpenAI(script={"instances": [{"hang": 60}]}) as stuck:
+        # a round larger than the target needs: surplus is recorded before the crash
         args = cli_command("run", "--headless", "--base-url", stuck.base_url, "--model", "m",
-                           "--run-dir", str(run_dir), "--target", "10")
+                           "--run-dir", str(run_dir), "--target", "10", "--concurrency", "16",
+                           "--prompts-per-round", "16")
         proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
@@ -326,6 +328,7 @@ def test_a_killed_run_closes_its_rounds_and_requests_and_takes_up_its_candidates
     conn = sqlite3.connect(run_dir / "run.sqlite")
     assert conn.execute("SELECT COUNT(*) FROM rounds WHERE status = 'running'").fetchone()[0]
     assert conn.execute("SELECT COUNT(*) FROM prompts WHERE finished IS NULL").fetchone()[0]
+    assert conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'surplus'").fetchone()[0]
     with FakeOpenAI() as server:
         args[args.index(stuck.base_url)] = server.base_url
         done = subprocess.run(args, env=isolated_env, capture_output=True, text=True,

@@ -407,8 +407,8 @@ def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunC
                  seeds: int) -> list[ev.Event]:
     """The events a change of the `state` meta stands for (what the engine emitted then)."""
     before, after = old.get("state"), new.get("state")
-    if after == before:
-        return []
+    if after == before and (after != RunState.RUNNING or new.get("pid") == old.get("pid")):
+        return []  # (running under a new pid: a crashed run resumed by another process)
     target = snapshot_config.target if snapshot_config else 0
     if after == RunState.PAUSED:
         return [ev.Paused(new.get("reason") or "", bool(new.get("by_errors")))]
@@ -539,7 +539,8 @@ class StoreFollower:
             self.endpoints = endpoints
             emit(ev.EndpointsReported(tuple(EndpointStats.from_dict(d) for d in endpoints)))
         state = store.get_meta("state") or {}
-        if state.get("state") != self.state.get("state"):
+        if (state.get("state"), state.get("pid")) != (self.state.get("state"),
+                                                        self.state.get("pid")):
             session = store.get_meta("session") or {}
             for event in state_events(self.state, state, self.config, self.run_dir, session,
                                       accepted, store.count_tasks("seed")):

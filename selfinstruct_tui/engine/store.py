@@ -662,7 +662,8 @@ class RunStore:
     def recover_interrupted(self) -> list[int]:
         """After a crash: requests recorded and never finished get their reason, and rounds
         left `running` are closed with what the store shows of them (their open candidates
-        recorded as `interrupted`), so every round adds up. Returns the rounds closed."""
+        that the round has not already recorded, as surplus or unanswered, are recorded as
+        `interrupted`), so every round adds up. Returns the rounds closed."""
         now = time.time()
         closed = []
         with self.db:
@@ -671,7 +672,9 @@ class RunStore:
             for (number,) in self.db.execute(
                     "SELECT round FROM rounds WHERE status = 'running'").fetchall():
                 for c in self.db.execute(
-                        "SELECT * FROM candidates WHERE round = ? AND state = 'open'",
+                        "SELECT * FROM candidates c WHERE round = ? AND state = 'open' AND NOT "
+                        "EXISTS (SELECT 1 FROM rejections r WHERE r.round = c.round AND "
+                        "r.task_id = c.task_id AND r.level = 'candidate')",
                         (number,)).fetchall():
                     self._insert_rejection(RejectionRecord(
                         0, number, c["instruction"], "interrupted",
