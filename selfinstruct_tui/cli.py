@@ -396,9 +396,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             from selfinstruct_tui.headless import run_headless
 
             return run_headless(engine, session, out, err)
+        if _no_terminal("selfinstruct run", "add --headless to print progress instead, or "
+                        "--detach to run it in the background"):
+            return 2
         return _run_tui(args, engine, session)
     finally:
         session.close()
+
+
+def _no_terminal(command: str, instead: str) -> bool:
+    """True, after saying so, when stdin or stdout is not a terminal: the TUI would wait on
+    one (it hung on `attach DIR </dev/null`)."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return False
+    err.print(f"{command} opens the TUI, which needs a terminal (stdin and stdout are not "
+              f"one here): {instead}", markup=False)
+    return True
 
 
 def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
@@ -549,6 +562,9 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if run_dir is None:
         return 2
     check_owner(run_dir)
+    if _no_terminal("selfinstruct attach", "`selfinstruct runs` lists runs and their state, "
+                    f"{RUN_LOG} in the run directory is its progress"):
+        return 2
     from selfinstruct_tui.tui.app import create_app
 
     create_app(run_dir, attach=True, refresh=args.refresh, theme=args.theme,

@@ -178,9 +178,11 @@ class HeadlessPrinter:
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
             self._line(f"paused: {event.reason}")
+        elif isinstance(event, ev.Resumed):
+            self._line("resumed")
         elif isinstance(event, ev.Stopping):
-            self._line("stopping: requests in flight may finish (a second Ctrl-C or SIGTERM "
-                       "abandons them)")
+            self._line("stopping: requests in flight may finish; Ctrl-C or SIGTERM now "
+                       "abandons them")
             if self.submitted_batches:
                 self._line(f"{len(self.submitted_batches)} batch job(s) stay pending at the "
                            "endpoint: the same command resumes by polling them (they are not "
@@ -210,8 +212,8 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
     """Run the engine in this thread, printing progress; returns the exit code.
 
     Nobody can press "resume" here: a pause by errors or by a spend guard stops the run. The
-    first SIGINT/SIGTERM stops (in-flight requests get the grace), the second abandons them,
-    the third quits at once.
+    first SIGINT/SIGTERM stops (in-flight requests get the grace), the second abandons them
+    (the first, once the run stopped by itself), the third quits at once.
     """
     cfg = session.config
     printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,
@@ -219,20 +221,22 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
                               resume_without_limits=session.resume_command_without_limits,
                               priced=bool(cfg.price_input_per_1k or cfg.price_output_per_1k))
     engine.bus.subscribe(printer)
+    signals = [0]  # SIGINT/SIGTERM so far; a stop the run makes itself counts as the first
 
     def on_event(event: ev.Event) -> None:
         # Headless has nobody to press "resume": a run paused by errors or by a spend guard
         # stops and says how to resume; the exit code (3) tells scripts it did not finish.
         if isinstance(event, ev.Paused) and event.by_errors:
+            signals[0] = max(signals[0], 1)
             engine.stop(ev.FinishReason.FAILING, event.reason)
         elif isinstance(event, ev.RequestError) and event.kind == "connection" and \
                 session.server is not None:
             why = session.server.check_alive()
             if why:
+                signals[0] = max(signals[0], 1)
                 engine.stop(ev.FinishReason.FAILING, why)
 
     engine.bus.subscribe(on_event)
-    signals = [0]
 
     def on_signal(signum: int, frame: Any) -> None:
         # First: stop (in flight gets the grace); second: abandon in flight now; third: quit.

@@ -194,3 +194,20 @@ def test_a_run_owned_by_another_user_is_refused(run_cli, tmp_path):
     assert proc.returncode == 2
     assert "belongs to another user (uid 65534)" in proc.stderr
     assert "only the run's owner" in proc.stderr
+
+
+def test_the_tui_without_a_terminal_says_so_instead_of_hanging(run_cli, tmp_path):
+    """`attach DIR </dev/null` waited forever; the TUI needs a terminal, so both commands that
+    open it say what to use instead and exit 2, leaving the run alone."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                "--run-dir", str(run_dir), "--target", "3", check=True)
+        attach = run_cli("attach", str(run_dir), timeout=30)
+        tui = run_cli("run", "--base-url", server.base_url, "--model", "m", "--run-dir",
+                      str(run_dir), "--target", "6", timeout=60)
+    assert attach.returncode == 2 and "needs a terminal" in attach.stderr
+    assert "selfinstruct runs" in attach.stderr
+    assert tui.returncode == 2 and "needs a terminal" in tui.stderr
+    assert "--headless" in tui.stderr
+    assert count_machine(run_dir) == 3

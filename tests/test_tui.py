@@ -44,7 +44,7 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
                 assert count_machine(tmp_path / "run") == settled  # no growth while paused
                 assert "paused" in str(status.render())
                 held = str(app.query_one("#inflight").render())
-                assert held.startswith("in flight or held (paused): ")  # not "in flight"
+                assert held.startswith("open (held, paused): ")  # not "open": none is sent
                 await pilot.press("p")
                 await until(pilot, lambda: count_machine(tmp_path / "run") > settled)
                 await pilot.press("q")

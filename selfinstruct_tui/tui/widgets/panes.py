@@ -144,9 +144,12 @@ class PromptsPane(Vertical):
     def show(self, view: RunView) -> None:
         kinds = Counter(k for k, _ in view.in_flight.values())
         text = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
-        # Prompts are recorded before they leave: while paused, those not yet answered are
-        # held back (queued), not on the wire.
-        label = "in flight or held (paused)" if view.state == RunState.PAUSED else "in flight"
+        # Prompts are recorded before they wait for a free slot (--concurrency), so the count
+        # is of open requests: sent, or queued for a slot ("in flight" counted 41-63 at
+        # --concurrency 8); while paused the queued ones are held back; after a crash they
+        # are what the process left unfinished.
+        label = {RunState.PAUSED: "open (held, paused)",
+                 RunState.CRASHED: "unfinished at the crash"}.get(view.state, "open")
         lines = [f"{label}: {text}"]
         lines += [f"  {e.text()}" for e in view.endpoints]  # a pool: one line per endpoint
         lines += [progress_line(b) for b in view.batches.values()]  # pending batch jobs
