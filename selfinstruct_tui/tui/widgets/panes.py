@@ -148,8 +148,9 @@ class PromptsPane(Vertical):
         # is of open requests: sent, or queued for a slot ("in flight" counted 41-63 at
         # --concurrency 8); while paused the queued ones are held back; after a crash they
         # are what the process left unfinished.
-        label = {RunState.PAUSED: "open (held, paused)",
-                 RunState.CRASHED: "unfinished at the crash"}.get(view.state, "open")
+        labels: dict[str, str] = {RunState.PAUSED: "open (held, paused)",
+                                  RunState.CRASHED: "unfinished at the crash"}
+        label = labels.get(view.state, "open")
         lines = [f"{label}: {text}"]
         lines += [f"  {e.text()}" for e in view.endpoints]  # a pool: one line per endpoint
         lines += [progress_line(b) for b in view.batches.values()]  # pending batch jobs
