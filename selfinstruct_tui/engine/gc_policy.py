@@ -7,7 +7,7 @@ full collections this brings on walk the pool, the index and every request in fl
 with `benchmarks/engine_throughput.py` at C=256, L=0.2 s, 1,500 tasks: 571 young, 51 middle and
 5 full collections took 0.78 s of the engine's 4.4 s of CPU (18%) and freed 78 objects; the
 engine makes almost no cyclic garbage. With a threshold of 50,000 the same run made one young
-collection and used 15-20% less CPU per request. Garbage that is not cyclic is freed by
+collection and used 12-20% less CPU per request. Garbage that is not cyclic is freed by
 reference counting as before; cyclic garbage waits at most 50,000 allocations (a few MB).
 
 The setting is process-wide (`gc.set_threshold`): the first engine to start saves the old
