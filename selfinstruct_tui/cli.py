@@ -384,6 +384,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
     from selfinstruct_tui.session import prepare
 
+    if not args.headless and _no_terminal(
+            "selfinstruct run", "add --headless to print progress instead, or --detach to run "
+            "it in the background"):
+        return 2  # before anything is created or started
     session = prepare(run_request(args))
     out = Console(highlight=False, soft_wrap=True)
     if not NATIVE_AVAILABLE:
@@ -396,9 +400,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             from selfinstruct_tui.headless import run_headless
 
             return run_headless(engine, session, out, err)
-        if _no_terminal("selfinstruct run", "add --headless to print progress instead, or "
-                        "--detach to run it in the background"):
-            return 2
         return _run_tui(args, engine, session)
     finally:
         session.close()
@@ -407,10 +408,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _no_terminal(command: str, instead: str) -> bool:
     """True, after saying so, when stdin or stdout is not a terminal: the TUI would wait on
     one (it hung on `attach DIR </dev/null`)."""
-    if sys.stdin.isatty() and sys.stdout.isatty():
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout))
+               if not stream.isatty()]
+    if not missing:
         return False
-    err.print(f"{command} opens the TUI, which needs a terminal (stdin and stdout are not "
-              f"one here): {instead}", markup=False)
+    err.print(f"{command} opens the TUI, which needs a terminal ({' and '.join(missing)} "
+              f"{'is' if len(missing) == 1 else 'are'} not one here): {instead}", markup=False)
     return True
 
 

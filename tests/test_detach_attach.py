@@ -58,6 +58,7 @@ def test_detached_run_outlives_its_parent_and_finishes(run_cli, tmp_path):
             kill_quietly(pid)
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((run_dir / "run.sqlite").stat().st_mode) == 0o600
+    assert stat.S_IMODE((run_dir / "engine.pid").stat().st_mode) == 0o600
     assert "done: 120/120" in (run_dir / "run.log").read_text()
     listing = run_cli("runs", check=True).stdout
     assert str(run_dir) in listing and "finished" in listing
@@ -206,8 +207,12 @@ def test_the_tui_without_a_terminal_says_so_instead_of_hanging(run_cli, tmp_path
         attach = run_cli("attach", str(run_dir), timeout=30)
         tui = run_cli("run", "--base-url", server.base_url, "--model", "m", "--run-dir",
                       str(run_dir), "--target", "6", timeout=60)
-    assert attach.returncode == 2 and "needs a terminal" in attach.stderr
+        new = run_cli("run", "--base-url", server.base_url, "--model", "m", "--run-dir",
+                      str(tmp_path / "never"), timeout=60)
+    assert attach.returncode == 2 and "needs a terminal (" in attach.stderr
+    assert "stdout is not one" in attach.stderr or "and stdout are not" in attach.stderr
     assert "selfinstruct runs" in attach.stderr
     assert tui.returncode == 2 and "needs a terminal" in tui.stderr
     assert "--headless" in tui.stderr
     assert count_machine(run_dir) == 3
+    assert new.returncode == 2 and not (tmp_path / "never").exists()  # refused before anything

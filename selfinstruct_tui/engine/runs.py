@@ -14,6 +14,7 @@ from pathlib import Path
 from selfinstruct_tui.engine.config import runs_root
 from selfinstruct_tui.engine.control import RunState, run_status
 from selfinstruct_tui.engine.errors import UserError
+from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.store import RunStore, is_run_dir
 
 DETACHED_ENV = "SELFINSTRUCT_DETACHED"
@@ -174,7 +175,7 @@ def spawn_detached(run_dir: Path, argv: list[str]) -> subprocess.Popen[bytes]:
             env={**os.environ, DETACHED_ENV: "1", "NO_COLOR": "1"}, close_fds=True)
     finally:
         os.close(fd)
-    (run_dir / PID_FILE).write_text(f"{proc.pid}\n")
+    atomic_write_text(run_dir / PID_FILE, f"{proc.pid}\n", mode=0o600)  # as the run's files
     return proc
 
 
