@@ -22,6 +22,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, Static
 
 from selfinstruct_tui.engine import events as ev
@@ -239,7 +240,15 @@ class SelfInstructApp(App[int]):
         if batch:
             with self.batch_update():
                 view.apply_all(batch)
-                self._render()
+                try:
+                    self._render()
+                except NoMatches:
+                    # A tick during shutdown: Textual takes the panes' children down while
+                    # timers still run (`_running` is False from the start of App._shutdown in
+                    # the pinned textual). Anything else is a real missing widget.
+                    if self._running:
+                        raise
+                    return
         self.status_line.show(view.status)
         for message, title, severity in view.take_notices():
             if title == "Endpoint":
