@@ -223,18 +223,20 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
     engine.bus.subscribe(printer)
     signals = [0]  # SIGINT/SIGTERM so far; a stop the run makes itself counts as the first
 
+    def stop_failing(why: str) -> None:
+        signals[0] = max(signals[0], 1)
+        engine.stop(ev.FinishReason.FAILING, why)
+
     def on_event(event: ev.Event) -> None:
         # Headless has nobody to press "resume": a run paused by errors or by a spend guard
         # stops and says how to resume; the exit code (3) tells scripts it did not finish.
         if isinstance(event, ev.Paused) and event.by_errors:
-            signals[0] = max(signals[0], 1)
-            engine.stop(ev.FinishReason.FAILING, event.reason)
+            stop_failing(event.reason)
         elif isinstance(event, ev.RequestError) and event.kind == "connection" and \
                 session.server is not None:
             why = session.server.check_alive()
             if why:
-                signals[0] = max(signals[0], 1)
-                engine.stop(ev.FinishReason.FAILING, why)
+                stop_failing(why)
 
     engine.bus.subscribe(on_event)
 

@@ -160,7 +160,7 @@ class Engine:
         self._next_id = 1
         self._rounds: dict[int, _Round] = {}
         self._pending: collections.deque[int] = collections.deque()
-        self._resolved: dict[int, Task | None] = {}
+        self._resolved: dict[int, Task] = {}  # done, waiting in `_pending` to be committed
         self._round_of: dict[int, int] = {}
         self._similar: dict[int, SimilarityResult] = {}
         self._pending_seeds: list[SeedTask] | None = None
@@ -651,10 +651,10 @@ class Engine:
         if not self._revivable:
             return []
         self._revivable = False
-        # Open in the store also means in flight in another round of this session (reserved,
-        # not yet resolved): never taken up twice.
+        # Open in the store also means in this session's commit queue: in flight, or done and
+        # waiting for its turn to be committed. Never taken up twice.
         taken = [c for c in self.store.open_candidates() if c.task_id not in self._taken
-                 and not (c.task_id in self._round_of and c.task_id not in self._resolved)]
+                 and c.task_id not in self._round_of]
         self._taken.update(c.task_id for c in taken)
         return taken
 
@@ -862,14 +862,6 @@ class Engine:
         self.store.add_candidate(CandidateRecord(tid, rnd.number, prompt_id, instruction,
                                                  item.raw))
         self.pool.reserve(tid, instruction, rnd.number)
-        if tid in self._round_of:
-            # Taken up again (it got no answer) while its failed attempt still waits in the
-            # commit queue behind an earlier candidate: that entry goes, this one takes its place
-            # at the end; the queue's head may be free now.
-            self._pending.remove(tid)
-            self._resolved.pop(tid, None)
-            del self._round_of[tid]
-            self._flush()
         self._pending.append(tid)
         self._round_of[tid] = rnd.number
         rnd.task_ids.append(tid)
@@ -945,9 +937,13 @@ class Engine:
     async def _resolve(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,
                        known: str | None = None, known_instances: str | None = None) -> None:
         task = await self._complete(rnd, tid, item, prompt_id, known, known_instances)
-        self._resolved[tid] = task
-        if task is None:
+        if task is None:  # rejected, or left open to be taken up again: out of the queue now
             self.pool.release(tid)
+            self._pending.remove(tid)
+            del self._round_of[tid]
+            self._similar.pop(tid, None)
+        else:
+            self._resolved[tid] = task
         self._flush()
 
     def _failed_request(self, rnd: _Round, prompt_id: int | None, item: ListItem, tid: int,
@@ -1067,8 +1063,6 @@ class Engine:
             task = self._resolved.pop(tid)
             number = self._round_of.pop(tid)
             self._similar.pop(tid, None)
-            if task is None:
-                continue
             self.store.insert_task(task)
             self.pool.commit(task)
             self._committed += 1
