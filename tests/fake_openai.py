@@ -5,7 +5,9 @@ functions of the request (so a run against it is reproducible) and look like wha
 for our prompts: numbered instructions (some near-duplicates, some with blacklisted words, some too
 short), Yes/No answers, and instances in the requested format.
 
-Faults are injectable at start or at run time with POST /_control (JSON): latency, a share of
+Faults are injectable at start or at run time with POST /_control (JSON): latency (seconds;
+`latency_jitter` j draws each request's from uniform [L(1-j), L(1+j)], as real endpoints vary with
+the answer's length, so concurrent clients do not stay in lockstep), a share of
 429 / 500 answers, hangs (timeouts), truncated (finish_reason=length) and malformed bodies, a
 required API key, and "down" (every request fails with 503).
 
@@ -173,7 +175,8 @@ class _QuietServer(ThreadingHTTPServer):
 class FakeOpenAI:
     """Start with `with FakeOpenAI() as server:`; point the client at `server.base_url`."""
 
-    def __init__(self, *, latency: float = 0.0, error_rate: float = 0.0,
+    def __init__(self, *, latency: float = 0.0, latency_jitter: float = 0.0,
+                 error_rate: float = 0.0,
                  error_status: int = 500, hang_rate: float = 0.0, hang_seconds: float = 30.0,
                  truncate_rate: float = 0.0, malformed_rate: float = 0.0,
                  api_key: str | None = None, down: bool = False, retry_after: float | None = None,
@@ -183,8 +186,8 @@ class FakeOpenAI:
                  context_window: int | None = None, batch_polls: int = 2,
                  batch_fail_kinds: dict[str, str] | None = None, port: int = 0) -> None:
         self.settings: dict[str, Any] = dict(
-            latency=latency, error_rate=error_rate, error_status=error_status,
-            hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
+            latency=latency, latency_jitter=latency_jitter, error_rate=error_rate,
+            error_status=error_status, hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
             malformed_rate=malformed_rate, api_key=api_key, down=down, retry_after=retry_after,
             fail_first=fail_first, context_limit=context_limit, reject_param=reject_param,
             repeat_last=repeat_last, structured=structured, context_window=context_window,
@@ -585,7 +588,8 @@ class FakeOpenAI:
                                      "length.", "invalid_request_error")
                     return
                 if s["latency"]:
-                    time.sleep(s["latency"])
+                    jitter = s.get("latency_jitter") or 0.0
+                    time.sleep(s["latency"] * (1 + jitter * (2 * random.random() - 1)))
                 fault = server._fault()
                 if fault == "down":
                     self._error(503, "service unavailable")

@@ -272,13 +272,29 @@ def test_work_a_stop_left_open_is_taken_up_not_paid_twice(tmp_path):
     assert_accounted(run_dir)
 
 
-def test_every_request_is_in_the_store_before_it_reaches_the_endpoint(tmp_path):
+@pytest.mark.parametrize("commit_delay", [0.0, 0.05])
+def test_every_request_is_in_the_store_before_it_reaches_the_endpoint(tmp_path, monkeypatch,
+                                                                       commit_delay):
     """Commits are grouped per event-loop iteration (RunStore.defer_commits), yet a request
     waits for its record's commit: the endpoint, reading the run database from another
-    connection as each request arrives, finds every prompt there already."""
+    connection as each request arrives, finds every prompt there already. With the group
+    commit held back 50 ms, a sender that did not wait for it (or check that it ran) would
+    reach the endpoint first."""
     import threading
 
     from selfinstruct_tui.engine.engine import Engine
+    from selfinstruct_tui.engine.store import RunStore
+
+    if commit_delay:
+        defer = RunStore.defer_commits
+
+        def late(self, schedule):  # type: ignore[no-untyped-def]
+            if schedule is None:
+                return defer(self, None)
+            loop = schedule.__self__
+            return defer(self, lambda flush: loop.call_later(commit_delay, flush))
+
+        monkeypatch.setattr(RunStore, "defer_commits", late)
     from test_real_answers import assert_accounted
     from tui_helpers import new_run
 

@@ -39,7 +39,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -627,9 +627,12 @@ class LLMClient:
         return max(16, min(max_tokens, self.context_window - estimate))
 
     async def request(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
-                      on_retry: RetryCallback | None = None,
-                      route: str | None = None) -> LLMResponse:
-        """Send one request, retrying as the module docstring says.
+                      on_retry: RetryCallback | None = None, route: str | None = None,
+                      ready: Callable[[], Awaitable[None]] | None = None) -> LLMResponse:
+        """Send one request, retrying as the module docstring says. `ready`, if given, is
+        awaited once a concurrency slot is held and before each attempt leaves (the engine
+        waits there for the request's record to be committed: the wait for a slot usually
+        covers it, which saves the request an event-loop turn of its own).
 
         Raises RequestFailed (kind = a `Cause`; `fatal` when no later request can succeed) or
         RequestAbandoned (the client was stopped).
@@ -637,7 +640,8 @@ class LLMClient:
         sent = [0]
         url = self.settings.routes.get(route or "", self.settings.base_url)
         try:
-            return await self._request(req, params, on_retry, sent, self._clients[url], url)
+            return await self._request(req, params, on_retry, sent, self._clients[url], url,
+                                       ready)
         except RequestAbandoned as exc:
             exc.attempts = sent[0]
             if sent[0] and exc.when == "before sending":
@@ -646,7 +650,8 @@ class LLMClient:
 
     async def _request(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
                        on_retry: RetryCallback | None, sent: list[int],
-                       client: openai.AsyncOpenAI, url: str) -> LLMResponse:
+                       client: openai.AsyncOpenAI, url: str,
+                       ready: Callable[[], Awaitable[None]] | None = None) -> LLMResponse:
         chars = self._prompt_chars(req)
         max_tokens = self._fit(chars, params.max_tokens)
         attempt = 0
@@ -659,6 +664,8 @@ class LLMClient:
             await self._slots.acquire()
             try:
                 await self._gate()  # pausing stops new requests at once, even queued ones
+                if ready is not None:
+                    await ready()
                 endpoint = await self._take_endpoint()  # None: one endpoint
                 where = self.settings if endpoint is None else \
                     self._endpoint_settings[endpoint.base_url]

@@ -71,13 +71,19 @@ class RequestRecorder:
                                        examples=shown, task_ref=task_ref)
         stats.requests += 1
         self.bus.emit(ev.PromptSent.of(record))
-        if self.store.pending:
-            # Sent once recorded: the group commit scheduled at the iteration's first write
-            # runs before this task resumes (the ready queue is FIFO); checked all the same.
-            flushes = self.store.flushes
-            await asyncio.sleep(0)
-            if self.store.flushes == flushes:
-                self.store.flush()
+        recorded = self.store.flushes if self.store.pending else None
+
+        async def committed() -> None:
+            """Sent once recorded: the group commit scheduled at the iteration's first write
+            has run if this task waited for anything since (a concurrency slot, usually);
+            otherwise it waits one loop turn for it (the ready queue is FIFO), and commits
+            itself if the commit has still not run."""
+            nonlocal recorded
+            if recorded is not None and self.store.flushes == recorded:
+                await asyncio.sleep(0)
+                if self.store.flushes == recorded:
+                    self.store.flush()
+            recorded = None
 
         def on_retry(cause: str, attempt: int, delay: float, message: str) -> None:
             stats.retries[cause] = stats.retries.get(cause, 0) + 1
@@ -87,10 +93,12 @@ class RequestRecorder:
 
         try:
             if self.batcher is not None:
+                await committed()
                 resp = await self.batcher.request(stats.round, kind, record.id, request, params,
                                                   self.structured)
             else:
-                resp = await self.client.request(request, params, on_retry, route=kind)
+                resp = await self.client.request(request, params, on_retry, route=kind,
+                                                 ready=committed)
         except asyncio.CancelledError:  # the engine is shutting down around this request
             done = self.store.finish_prompt(record, response=None,
                                             error="abandoned: the engine stopped")
