@@ -57,6 +57,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpm", type=float, dest="requests_per_minute", help="requests per minute")
     p.add_argument("--tpm", type=float, dest="tokens_per_minute", help="tokens per minute")
     p.add_argument("--timeout", type=float, dest="request_timeout", help="seconds per request")
+    p.add_argument("--connect-timeout", type=float, dest="connect_timeout",
+                   help="seconds to open a connection to an endpoint (default 5)")
     p.add_argument("--max-retries", type=int, dest="max_retries")
     p.add_argument("--price-in", type=float, dest="price_input_per_1k",
                    help="price per 1K input tokens")
@@ -143,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 RUN_FLAG_NAMES = ("target", "model", "base_url", "api", "concurrency", "random_seed",
                   "prompts_per_round", "threshold", "tokenizer", "filter_non_ascii",
-                  "requests_per_minute", "tokens_per_minute", "request_timeout", "max_retries",
+                  "requests_per_minute", "tokens_per_minute", "request_timeout",
+                  "connect_timeout", "max_retries",
                   "price_input_per_1k", "price_output_per_1k", "key_env", "model_path",
                   "max_cost", "max_tokens", "context_window", "stop_grace", "structured_output",
                   "max_fruitless_requests", "embedded_servers", "batch", "batch_command",

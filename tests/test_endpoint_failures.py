@@ -302,7 +302,9 @@ class _RawServer:
     """A TCP server on loopback that does one wrong thing to every connection (below HTTP, where
     the fake OpenAI server cannot go): `close` reads the request and hangs up, `hang` never
     answers, `not_http` answers a line that is not HTTP, `cut_body` sends a 200 whose body stops
-    half way. `refuse`: nothing listens on the port."""
+    half way. `refuse`: nothing listens on the port. `blackhole`: a connection cannot even be
+    opened, as with a host that drops packets (a firewall, a replica gone from the network): the
+    port listens with a full accept queue and never accepts, so the kernel drops new SYNs."""
 
     def __init__(self, behaviour: str) -> None:
         self.sock = socket.socket()
@@ -311,6 +313,11 @@ class _RawServer:
         self.held: list[socket.socket] = []
         if behaviour == "refuse":
             self.sock.close()
+            return
+        if behaviour == "blackhole":
+            self.sock.listen(0)
+            filler = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            self.held.append(filler)  # the one queued connection; every later one waits
             return
         self.sock.listen()
         self.behaviour = behaviour
@@ -341,18 +348,24 @@ class _RawServer:
 
 @pytest.mark.parametrize("behaviour, cause", [
     ("refuse", "connection"), ("close", "connection"), ("not_http", "connection"),
-    ("cut_body", "connection"), ("hang", "timeout")])
+    ("cut_body", "connection"), ("hang", "timeout"),
+    # The mark fails the test if the connect timeout is not applied: the request timeout (and
+    # a retry) would take 2 x 60 s.
+    pytest.param("blackhole", "timeout", marks=pytest.mark.timeout(40))])
 def test_transport_failures_are_named_by_what_happened(behaviour, cause):
     """Below HTTP the transport names failures its own way (aiohttp reports a refused connection
     as a connect *timeout*, and an answer that is not HTTP as its own error type). Each is
-    recorded under what really happened, with the message for it, and retried as that cause."""
+    recorded under what really happened, with the message for it, and retried as that cause.
+    A connection that cannot be opened fails after the connect timeout (0.5 s here), not the
+    request timeout (60 s here)."""
     server = _RawServer(behaviour)
     retries: list[str] = []
 
     async def go():
         client = LLMClient(ClientSettings(base_url=f"http://127.0.0.1:{server.port}/v1",
                                           model="m", concurrency=2, max_retries=1,
-                                          request_timeout=1.0, backoff_base=0.01,
+                                          request_timeout=60.0 if behaviour == "blackhole"
+                                          else 1.0, connect_timeout=0.5, backoff_base=0.01,
                                           backoff_max=0.02))
         try:
             await client.request(P.generation_completion(["Name a color."] * 8),
@@ -370,5 +383,8 @@ def test_transport_failures_are_named_by_what_happened(behaviour, cause):
     assert retries == [cause]  # retried once as that cause, then given up
     expected = {"hang": "no answer within 1s", "refuse": "cannot connect to",
                 "close": "closed before an answer", "cut_body": "closed before an answer",
-                "not_http": "cannot connect to"}[behaviour]
+                "not_http": "cannot connect to",
+                "blackhole": "could not connect to http://127.0.0.1:"}[behaviour]
     assert expected in str(failed.value)
+    if behaviour == "blackhole":
+        assert "within 0.5s (--connect-timeout" in str(failed.value)

@@ -118,6 +118,38 @@ def test_an_endpoint_that_goes_away_is_taken_out_and_probed_back(tmp_path):
     assert not any(isinstance(e, ev.Paused) for e in events)
 
 
+@pytest.mark.timeout(60)  # fails if the connect timeout is not applied: 3 x 120 s
+def test_an_endpoint_whose_host_drops_packets_is_taken_out_after_the_connect_timeout(tmp_path):
+    """A replica whose host drops packets (no refusal, no answer: connections never open) fails
+    each request after the connect timeout, not the request timeout (120 s by default), so it is
+    taken out after its streak and the run finishes on the other endpoint; every request sent
+    to it is recorded with why it failed."""
+    from test_endpoint_failures import _RawServer
+
+    run_dir = tmp_path / "run"
+    hole = _RawServer("blackhole")
+    hole_url = f"http://127.0.0.1:{hole.port}/v1"
+    try:
+        with FakeOpenAI(latency=0.02) as steady:
+            endpoints = [{"base_url": hole_url}, {"base_url": steady.base_url}]
+            store, config = new_run(run_dir, hole_url, target=6, endpoints=endpoints,
+                                    concurrency=2, prompts_per_round=3, connect_timeout=0.3,
+                                    request_timeout=120.0)
+            engine = Engine(store, config)
+            finished = engine.run()
+            store.close()
+    finally:
+        hole.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    taken = rows(run_dir, "SELECT message FROM errors WHERE kind = 'endpoint_taken_out'")
+    assert taken and hole_url in taken[0][0] and "failures in a row" in taken[0][0]
+    assert "could not connect" in taken[0][0] and "within 0.3s" in taken[0][0]
+    retried = rows(run_dir, "SELECT cause, message FROM retries")
+    assert retried and {c for c, _ in retried} == {"timeout"}
+    assert all("could not connect" in m and "0.3s" in m for _, m in retried)
+    assert hole_url not in answered_by(run_dir)  # every answer came from the other endpoint
+
+
 def test_a_streak_of_503_takes_an_endpoint_out_until_it_answers(tmp_path):
     run_dir = tmp_path / "run"
     busy = {"status": 503, "body": {"error": {"message": "overloaded"}}}

@@ -47,6 +47,7 @@ from selfinstruct_tui.engine.llm import (
     RequestFailed,
     SamplingParams,
     error_text,
+    http_timeout,
     map_error,
     request_body,
 )
@@ -202,7 +203,9 @@ class OpenAIBatchTransport:
         self.redact = Redactor(settings.api_key)
         self.client = openai.AsyncOpenAI(api_key=settings.api_key or "not-needed",
                                          base_url=settings.base_url,
-                                         timeout=settings.request_timeout, max_retries=3)
+                                         timeout=http_timeout(settings.request_timeout,
+                                                              settings.connect_timeout),
+                                         max_retries=3)
 
     async def submit(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         if record.input_file_id is None:

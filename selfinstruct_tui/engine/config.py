@@ -65,6 +65,7 @@ class RunConfig:
     filter_non_ascii: bool = True
     # requests
     request_timeout: float = 120.0
+    connect_timeout: float = 5.0  # seconds to open a connection (openai-python's default)
     max_retries: int = 6
     requests_per_minute: float = 0.0
     tokens_per_minute: float = 0.0
@@ -185,6 +186,9 @@ class RunConfig:
                             "{output}, e.g. \"vllm run-batch -i {input} -o {output} --model M\"")
         if self.request_timeout <= 0:
             problems.append(f"{where}: request_timeout (--timeout) must be more than 0 seconds")
+        if self.connect_timeout <= 0:
+            problems.append(f"{where}: connect_timeout (--connect-timeout) must be more than 0 "
+                            "seconds")
         if self.max_retries < 0:
             problems.append(f"{where}: max_retries must be 0 or more")
         if 0 < self.context_window < 256:
@@ -255,7 +259,8 @@ def endpoint_problems(endpoints: object, where: str = "settings",
 # Settings that may differ when a run resumes: they change speed, cost or the stopping point,
 # never what a task looks like.
 SAFE_ON_RESUME = {
-    "target", "concurrency", "prompts_per_round", "request_timeout", "max_retries",
+    "target", "concurrency", "prompts_per_round", "request_timeout", "connect_timeout",
+    "max_retries",
     "requests_per_minute", "tokens_per_minute", "error_pause_seconds", "price_input_per_1k",
     "price_output_per_1k", "base_url", "key_env", "model_path", "stop_grace", "context_window",
     "structured_output", "max_cost", "max_tokens", "max_fruitless_requests", "embedded_servers",

@@ -367,6 +367,7 @@ class Engine:
         return ClientSettings(
             base_url=self.base_url, model=c.model, api=c.api, api_key=self.api_key,
             key_env=c.key_env, concurrency=c.concurrency, request_timeout=c.request_timeout,
+            connect_timeout=c.connect_timeout,
             max_retries=c.max_retries, requests_per_minute=rpm,
             tokens_per_minute=c.tokens_per_minute or None, context_window=window,
             structured_output=c.structured_output if self.style.supports_structured else "off",

@@ -145,6 +145,9 @@ class ClientSettings:
     key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
     request_timeout: float = 120.0
+    # seconds to open a connection: an endpoint whose host drops packets fails in this time,
+    # not in `request_timeout` (openai-python's own default is 5)
+    connect_timeout: float = 5.0
     max_retries: int = 6
     backoff_base: float = 1.0
     backoff_max: float = 60.0
@@ -354,6 +357,10 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
     if isinstance(exc, (openai.APIConnectionError, aiohttp.ClientError)):
         # openai.APITimeoutError is an APIConnectionError; which one it really was is read from
         # the transport's exception underneath (see `openai_client`).
+        if _connect_timed_out(exc):
+            return Failure(Cause.TIMEOUT, f"could not connect to {s.base_url} within "
+                           f"{s.connect_timeout:g}s (--connect-timeout; the host does not "
+                           "answer)", retry=True)
         if _timed_out(exc):
             return Failure(Cause.TIMEOUT, f"no answer within {s.request_timeout:g}s from "
                            f"{s.base_url}", retry=True)
@@ -435,6 +442,16 @@ def _timed_out(exc: BaseException) -> bool:
     return isinstance(exc, openai.APITimeoutError)
 
 
+def _connect_timed_out(exc: BaseException) -> bool:
+    """Whether the connection could not be opened in time (aiohttp's sock_connect timeout;
+    httpx's ConnectTimeout only when nothing else lies underneath: the aiohttp transport also
+    names a refused connection so)."""
+    chain = _chain(exc)
+    if any(isinstance(link, aiohttp.ConnectionTimeoutError) for link in chain):
+        return True
+    return isinstance(chain[-1], _httpx.ConnectTimeout)
+
+
 # What a server that hung up, reset the connection or stopped mid-answer raises (aiohttp, httpx)
 _DISCONNECTS = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError,
                 BrokenPipeError, _httpx.RemoteProtocolError, _httpx.ReadError)
@@ -488,7 +505,7 @@ class LLMClient:
         self._endpoint_settings: dict[str, ClientSettings] = {}
         self._clients: dict[str, openai.AsyncOpenAI] = {
             url: openai_client(url, settings.api_key, settings.request_timeout,
-                               settings.concurrency)
+                               settings.concurrency, settings.connect_timeout)
             for url in {settings.base_url, *settings.routes.values()}}
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._running = asyncio.Event()
@@ -517,12 +534,13 @@ class LLMClient:
         endpoints = []
         for spec in settings.endpoints:
             client = openai_client(spec.base_url, spec.api_key, settings.request_timeout,
-                                   spec.concurrency)
+                                   spec.concurrency, settings.connect_timeout)
             endpoint = Endpoint(spec, client, RateLimiter(spec.requests_per_minute, None))
             endpoints.append(endpoint)
             self._endpoint_settings[spec.base_url] = ClientSettings(
                 base_url=spec.base_url, model=spec.model, api=settings.api,
-                key_env=spec.key_env, request_timeout=settings.request_timeout)
+                key_env=spec.key_env, request_timeout=settings.request_timeout,
+                connect_timeout=settings.connect_timeout)
         self.endpoints = EndpointPool(endpoints, probe_base=max(0.05, 2 * settings.backoff_base),
                                       probe_max=settings.backoff_max,
                                       on_change=self._endpoint_changed)
@@ -663,9 +681,9 @@ class LLMClient:
             await self._limiter.acquire(chars // 4 + 1 + max_tokens)
             await self._slots.acquire()
             try:
-                await self._gate()  # pausing stops new requests at once, even queued ones
                 if ready is not None:
                     await ready()
+                await self._gate()  # pausing stops new requests at once, even queued ones
                 endpoint = await self._take_endpoint()  # None: one endpoint
                 where = self.settings if endpoint is None else \
                     self._endpoint_settings[endpoint.base_url]
@@ -844,9 +862,10 @@ class LLMClient:
 
 
 def openai_client(base_url: str, api_key: str | None, timeout: float,
-                  connections: int) -> openai.AsyncOpenAI:
+                  connections: int, connect_timeout: float | None = None) -> openai.AsyncOpenAI:
     """The `AsyncOpenAI` client for one base URL, its own retries off (this module retries), with
-    `connections` connections kept alive (`timeout`: seconds for each of connect, read, write).
+    `connections` connections kept alive. `timeout`: seconds for reading, writing and waiting
+    for a connection; `connect_timeout`: seconds to open one (None: `timeout`).
 
     It sends through openai's aiohttp transport (`DefaultAioHttpClient`, the `openai[aiohttp]`
     extra; openai's README recommends it "for improved concurrency performance"). httpx's own
@@ -857,10 +876,17 @@ def openai_client(base_url: str, api_key: str | None, timeout: float,
     a garbled status line as aiohttp's own error); `map_error` reads the cause underneath.
     """
     return openai.AsyncOpenAI(
-        api_key=api_key or "not-needed", base_url=base_url, timeout=timeout, max_retries=0,
+        api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
+        timeout=http_timeout(timeout, connect_timeout or timeout),
         http_client=openai.DefaultAioHttpClient(
             verify=ssl_context(), limits=_httpx.Limits(
                 max_connections=connections, max_keepalive_connections=connections)))
+
+
+def http_timeout(request_timeout: float, connect_timeout: float) -> Any:
+    """The `timeout` for an openai client: `connect_timeout` seconds to open a connection,
+    `request_timeout` seconds for the rest (an `httpx.Timeout`)."""
+    return _httpx.Timeout(request_timeout, connect=connect_timeout)
 
 
 @functools.cache
