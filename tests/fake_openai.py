@@ -39,6 +39,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -184,7 +185,9 @@ class FakeOpenAI:
                  reject_param: str | None = None, script: dict[str, list] | None = None,
                  repeat_last: bool = True, structured: str = "json",
                  context_window: int | None = None, batch_polls: int = 2,
-                 batch_fail_kinds: dict[str, str] | None = None, port: int = 0) -> None:
+                 batch_fail_kinds: dict[str, str] | None = None, port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: serve HTTPS with this server-side context (base_url is then https://)."""
         self.settings: dict[str, Any] = dict(
             latency=latency, latency_jitter=latency_jitter, error_rate=error_rate,
             error_status=error_status, hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
@@ -212,12 +215,16 @@ class FakeOpenAI:
         self.on_request: Callable[[str, str], None] | None = None
         # `port`: a fixed port, e.g. to bring an endpoint back where it was (0: any free port)
         self.httpd = _QuietServer(("127.0.0.1", port), self._handler())
+        self.tls = tls
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def start(self) -> FakeOpenAI:
         self.thread.start()

@@ -388,3 +388,65 @@ def test_transport_failures_are_named_by_what_happened(behaviour, cause):
     assert expected in str(failed.value)
     if behaviour == "blackhole":
         assert "within 0.5s (--connect-timeout" in str(failed.value)
+
+
+def _tls_server(ca, **kw) -> FakeOpenAI:
+    """A fake endpoint serving HTTPS with a certificate for 127.0.0.1 issued by test CA `ca`."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return FakeOpenAI(tls=context, **kw)
+
+
+def test_a_certificate_that_cannot_be_verified_is_named_and_ssl_cert_file_fixes_it(run_cli,
+                                                                                    tmp_path):
+    """An HTTPS endpoint with a private CA: before, every request was retried as "cannot
+    connect" and the run paused as if the endpoint were down. Now the first attempt names the
+    certificate problem and the fix, nothing is retried, and the same command with SSL_CERT_FILE
+    pointing at the CA resumes the run to its target."""
+    import trustme
+
+    ca = trustme.CA()
+    run_dir = tmp_path / "run"
+    with _tls_server(ca) as server:
+        assert server.base_url.startswith("https://")
+        failed = run(run_cli, server, run_dir, "--concurrency", "2")
+        assert failed.returncode == 3, failed.stderr
+        assert "TLS certificate of 127.0.0.1" in failed.stderr
+        assert "cannot be verified" in failed.stderr and "SSL_CERT_FILE" in failed.stderr
+        assert server.log == []  # no request got through the handshake
+        assert store_rows(run_dir, "SELECT COUNT(*) FROM retries")[0][0] == 0
+        errors = store_rows(run_dir, "SELECT kind, message FROM errors")
+        assert errors and all(kind == "tls" for kind, _ in errors)
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        fixed = run(run_cli, server, run_dir, "--concurrency", "2",
+                    env={"SSL_CERT_FILE": str(ca_file)})
+    assert fixed.returncode == 0, fixed.stderr
+    assert store_rows(run_dir, "SELECT COUNT(*) FROM tasks WHERE origin = 'machine'")[0][0] >= 10
+    assert_accounted(run_dir)
+
+
+def test_an_https_url_for_a_plain_http_server_says_to_use_http():
+    """The scheme is wrong, not the endpoint: named at the first attempt, never retried."""
+    retries: list[str] = []
+
+    async def go(url: str):
+        client = LLMClient(ClientSettings(base_url=url, model="m", max_retries=3,
+                                          backoff_base=0.01))
+        try:
+            await client.request(P.generation_completion(["Name a color."] * 8),
+                                 SamplingParams(max_tokens=8), lambda c, *_: retries.append(c))
+        finally:
+            await client.close()
+
+    with FakeOpenAI() as server:
+        url = server.base_url.replace("http://", "https://")
+        with pytest.raises(RequestFailed) as failed:
+            asyncio.run(go(url))
+    assert failed.value.kind == "tls" and failed.value.fatal
+    assert f"{url} is https://, but the server there answers without TLS: use http://" in \
+        str(failed.value)
+    assert retries == [] and server.log == []
+

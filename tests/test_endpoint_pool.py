@@ -150,6 +150,27 @@ def test_an_endpoint_whose_host_drops_packets_is_taken_out_after_the_connect_tim
     assert hole_url not in answered_by(run_dir)  # every answer came from the other endpoint
 
 
+def test_an_endpoint_whose_certificate_cannot_be_verified_is_dropped(tmp_path):
+    """A TLS failure is the endpoint's, for good: it is dropped at its first attempt (named,
+    with the fix) and the run finishes on the other endpoint."""
+    import trustme
+
+    from test_endpoint_failures import _tls_server
+
+    run_dir = tmp_path / "run"
+    with _tls_server(trustme.CA(), latency=0.02) as private, \
+            FakeOpenAI(latency=0.02) as steady:
+        engine, events = pool_engine(run_dir, [private, steady], 6, prompts_per_round=3)
+        finished = engine.run()
+        engine.store.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    dropped = rows(run_dir, "SELECT message FROM errors WHERE kind = 'endpoint_dropped'")
+    assert len(dropped) == 1 and private.base_url in dropped[0][0]
+    assert "cannot be verified" in dropped[0][0] and "SSL_CERT_FILE" in dropped[0][0]
+    assert private.base_url not in answered_by(run_dir) and private.log == []
+    assert rows(run_dir, "SELECT COUNT(*) FROM retries WHERE cause = 'tls'")[0][0] >= 1
+
+
 def test_a_streak_of_503_takes_an_endpoint_out_until_it_answers(tmp_path):
     run_dir = tmp_path / "run"
     busy = {"status": 503, "body": {"error": {"message": "overloaded"}}}

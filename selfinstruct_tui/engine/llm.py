@@ -10,7 +10,8 @@ The client's own retries are off (max_retries=0); this module decides, in one ta
 * permanent, raised at the first answer with their own message (`RequestFailed.fatal`): exhausted
   quota, a bad key (401/403), an unknown model or route (404/405), a request of the wrong API
   (a chat model asked for completions or the reverse), a prompt that cannot fit the context window,
-  and a parameter the model rejects;
+  a parameter the model rejects, and a TLS failure (a certificate that cannot be verified, an
+  https:// URL whose server speaks plain HTTP);
 * context too long: the limit is learned from the endpoint's message (or `context_window`) and
   every later request asks for at most what fits.
 
@@ -108,6 +109,7 @@ class Cause:
     BAD_REQUEST = "bad_request"
     HTTP = "http"
     STRUCTURED_OUTPUT = "structured_output"
+    TLS = "tls"
 
 
 class RequestFailed(Exception):
@@ -357,6 +359,9 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
     if isinstance(exc, (openai.APIConnectionError, aiohttp.ClientError)):
         # openai.APITimeoutError is an APIConnectionError; which one it really was is read from
         # the transport's exception underneath (see `openai_client`).
+        tls = _tls_failure(exc, s)
+        if tls is not None:
+            return tls
         if _connect_timed_out(exc):
             return Failure(Cause.TIMEOUT, f"could not connect to {s.base_url} within "
                            f"{s.connect_timeout:g}s (--connect-timeout; the host does not "
@@ -440,6 +445,28 @@ def _timed_out(exc: BaseException) -> bool:
     if len(chain) > 1 and isinstance(chain[-1], (OSError, aiohttp.ClientError)):
         return False  # refused, reset, disconnected, not HTTP
     return isinstance(exc, openai.APITimeoutError)
+
+
+def _tls_failure(exc: BaseException, s: ClientSettings) -> Failure | None:
+    """A TLS handshake that failed for a reason no retry changes, or None. Retrying these only
+    made the endpoint look down ("cannot connect"), which hid the fix."""
+    # the ssl module's own error underneath (aiohttp's wrappers subclass SSLError too)
+    link = next((x for x in _chain(exc) if isinstance(x, ssl.SSLError)
+                 and not isinstance(x, aiohttp.ClientError)), None)
+    if link is None or isinstance(link, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return None  # the peer hung up mid-handshake: a connection failure, retried
+    host = _httpx.URL(s.base_url).host
+    if isinstance(link, ssl.SSLCertVerificationError):
+        why = getattr(link, "verify_message", "") or link.reason or str(link)
+        return Failure(Cause.TLS, f"the TLS certificate of {host} ({s.base_url}) cannot be "
+                       f"verified ({why}): if the endpoint uses a private CA or a self-signed "
+                       "certificate, set SSL_CERT_FILE to that CA's certificate (PEM) and run "
+                       "again", fatal=True)
+    if link.reason == "WRONG_VERSION_NUMBER":
+        return Failure(Cause.TLS, f"{s.base_url} is https://, but the server there answers "
+                       "without TLS: use http:// in --base-url", fatal=True)
+    return Failure(Cause.TLS, f"the TLS handshake with {host} ({s.base_url}) failed "
+                   f"({link.reason or link}); check the URL's scheme and port", fatal=True)
 
 
 def _connect_timed_out(exc: BaseException) -> bool:
