@@ -10,6 +10,7 @@ from pathlib import Path
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.engine import Engine
+from selfinstruct_tui.engine.store import RunStore
 from test_real_answers import assert_accounted
 from tui_helpers import new_run
 
@@ -275,3 +276,61 @@ def test_the_first_rounds_ask_for_no_more_prompts_than_the_target_could_use(tmp_
     assert runs["default"] < 20 <= 64 <= runs["set"]
     surplus = "SELECT COUNT(*) FROM rejections WHERE reason = 'surplus'"
     assert count(tmp_path / "default", surplus) < count(tmp_path / "set", surplus)
+
+
+def test_the_yield_per_prompt_counts_only_answered_generation_prompts(tmp_path):
+    """After an outage the yield per prompt (which sizes the last rounds) is accepted tasks per
+    *answered* generation prompt: counting the failed ones made it look low, and the rounds
+    after an outage asked for more prompts than the target needed. Checked against the store:
+    each round's size is what the answered prompts of the rounds up to number-2 give, in the
+    session that ran it and in a session that resumes the run."""
+    import math
+
+    run_dir = tmp_path / "run"
+    refused = {"status": 400, "body": {"error": {"message": "temporarily refused"}}}
+    sizes: list[tuple[int, int, int]] = []  # (round, tasks still needed, prompts asked)
+    original = Engine._round_size
+
+    def spy(self, number):  # type: ignore[no-untyped-def]
+        needed = self.config.target - self._in_work()
+        size = original(self, number)
+        sizes.append((number, needed, size))
+        return size
+
+    with FakeOpenAI(script={"generate": [refused] * 6}, repeat_last=False) as server:
+        store, config = new_run(run_dir, server.base_url, target=60, concurrency=16,
+                                max_retries=0)
+        Engine._round_size = spy  # type: ignore[method-assign]
+        try:
+            engine = Engine(store, config)
+            finished = engine.run()
+        finally:
+            Engine._round_size = original  # type: ignore[method-assign]
+        live_totals = dict(engine._totals)
+        store.close()
+    assert finished.reason == "target"
+    assert_accounted(run_dir)
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    answered = dict(conn.execute(
+        "SELECT round, COUNT(*) FROM prompts WHERE kind = 'generate' AND response IS NOT NULL "
+        "GROUP BY round").fetchall())
+    accepted = dict(conn.execute("SELECT round, accepted FROM rounds").fetchall())
+    failed = conn.execute("SELECT COUNT(*) FROM prompts WHERE kind = 'generate' AND "
+                          "response IS NULL").fetchone()[0]
+    conn.close()
+    assert failed == 6  # the outage: six generation prompts brought no answer
+    checked = 0
+    for number, needed, size in sizes:
+        upto = [r for r in accepted if r <= number - 2]
+        got = sum(accepted[r] for r in upto)
+        asked = sum(answered.get(r, 0) for r in upto)
+        if needed <= 0 or not (got and asked):
+            continue
+        assert size == min(16, max(1, math.ceil(needed / (got / asked)))), (number, sizes)
+        checked += 1
+    assert checked >= 1
+    # A resumed session computes the same yields from the store.
+    resumed = Engine(RunStore(run_dir), config)
+    resumed._load_pool()
+    assert {r: resumed._totals[r] for r in live_totals} == live_totals
+    resumed.store.close()

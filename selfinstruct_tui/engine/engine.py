@@ -121,6 +121,7 @@ class _Round:
     finalized: asyncio.Event
     task_ids: list[int]
     reserved: int = 0  # candidates that passed the filters and were started
+    unanswered: int = 0  # generation prompts that brought no answer (failed, abandoned)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -322,8 +323,10 @@ class Engine:
         self._next_id = self.store.max_used_id() + 1
         self.guard.before = self.store.token_totals()
         prompts = accepted = 0
+        unanswered = self.store.unanswered_prompts("generate")
         for r in self.store.rounds():
-            prompts, accepted = prompts + r.prompts, accepted + r.accepted
+            prompts += max(0, r.prompts - unanswered.get(r.round, 0))
+            accepted += r.accepted
             self._totals[r.round] = (prompts, accepted)
         self._load_pending_seeds()
 
@@ -676,10 +679,12 @@ class Engine:
     def _round_size(self, number: int) -> int:
         """Generation prompts for round `number`: the configured size, or fewer near the end.
 
-        When the tasks still needed are fewer than a full round yields (accepted per prompt in
-        the rounds up to number-2, which are final, once they accepted any), the round asks only
-        for what should cover them, so the last rounds do not pay for candidates that could
-        only be surplus.
+        When the tasks still needed are fewer than a full round yields (accepted per answered
+        generation prompt in the rounds up to number-2, which are final, once they accepted
+        any), the round asks only for what should cover them, so the last rounds do not pay for
+        candidates that could only be surplus. Prompts that brought no answer (an outage) are
+        not part of the yield: counted, they made it look low and the rounds after an outage
+        asked for more prompts than the target needed.
 
         Before that yield is known (the first two rounds), a round of the default size (one
         prompt per request in flight) asks for no more prompts than the tasks still needed
@@ -775,7 +780,8 @@ class Engine:
             stats.pool_after = self._committed
             self.store.finish_round(stats)
             prompts, accepted = self._totals.get(number - 1, (0, 0))
-            self._totals[number] = (prompts + stats.prompts, accepted + stats.accepted)
+            self._totals[number] = (prompts + stats.prompts - rnd.unanswered,
+                                    accepted + stats.accepted)
             self._totals.pop(number - 4, None)
             rnd.finalized.set()
             self._report_endpoints()  # fresh figures beside the round line
@@ -913,6 +919,7 @@ class Engine:
         asked = await self._ask(rnd, "generate", request, params, examples=examples)
         resp = asked.response
         if resp is None:
+            rnd.unanswered += 1  # not part of the yield per prompt (`_round_size`)
             if not self._stop_requested:
                 self._fruitless(1)  # a failed generation request, counted as it fails
             return None

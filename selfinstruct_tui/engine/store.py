@@ -977,6 +977,13 @@ class RunStore:
                  record.id))
         return done
 
+    def unanswered_prompts(self, kind: str) -> dict[int, int]:
+        """Requests of `kind` recorded without an answer (failed, abandoned, interrupted), per
+        round."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT round, COUNT(*) FROM prompts WHERE kind = ? AND response IS NULL "
+            "GROUP BY round", (kind,))}
+
     def answered_by(self, task_id: int, prompt_id: int | None) -> list[tuple[str, str | None,
                                                                              str | None]]:
         """Who answered the requests that made a task: (kind, endpoint base URL, model) for its
