@@ -165,8 +165,12 @@ def prepare(request: RunRequest) -> Session:
 
     On resume a changed config is refused unless the change is safe, and `--seeds` is accepted
     when the file holds the run's seed set (as it started or as last edited). Raises
-    ConfigError (exit 2) naming each refused setting, InputFileError for bad seed files.
+    ConfigError (exit 2) naming each refused setting, InputFileError for bad seed files,
+    UserError for an SSL_CERT_FILE that holds no CA certificates.
     """
+    from selfinstruct_tui.engine.llm import ssl_context
+
+    ssl_context()  # a bad SSL_CERT_FILE is named here, before anything is created
     flags = request.flags
     if request.run_dir and is_run_dir(request.run_dir):
         holder = lock_holder(Path(request.run_dir))

@@ -450,3 +450,46 @@ def test_an_https_url_for_a_plain_http_server_says_to_use_http():
         str(failed.value)
     assert retries == [] and server.log == []
 
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_an_ssl_cert_file_without_certificates_is_named_before_anything_is_created(
+        run_cli, tmp_path, content):
+    """Where the TLS message sends a user: a typo in SSL_CERT_FILE (or a file that is not PEM)
+    was a traceback after the run directory was made."""
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_text(content)
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", "--headless", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                   "--run-dir", str(run_dir), "--target", "5",
+                   env={"SSL_CERT_FILE": str(ca_file)}, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"SSL_CERT_FILE={ca_file}: no CA certificates could be read from it" in proc.stderr
+    assert "unset it" in proc.stderr and "Traceback" not in proc.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.timeout(40)  # the connect wait is bounded by the shorter --timeout (0.5 s)
+def test_a_connect_wait_cut_by_the_request_timeout_names_that_timeout():
+    """With --timeout shorter than --connect-timeout, the request timeout ends the wait for a
+    connection: the message names the one that fired."""
+    hole = _RawServer("blackhole")
+
+    async def go():
+        client = LLMClient(ClientSettings(base_url=f"http://127.0.0.1:{hole.port}/v1",
+                                          model="m", max_retries=0, request_timeout=0.5,
+                                          connect_timeout=30.0))
+        try:
+            await client.request(P.generation_completion(["Name a color."] * 8),
+                                 SamplingParams(max_tokens=8))
+        finally:
+            await client.close()
+
+    try:
+        with pytest.raises(RequestFailed) as failed:
+            asyncio.run(go())
+    finally:
+        hole.close()
+    assert failed.value.kind == "timeout"
+    assert "within 0.5s (--timeout; the host does not answer)" in str(failed.value)

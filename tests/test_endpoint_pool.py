@@ -423,3 +423,24 @@ def test_an_attached_ui_reads_each_endpoints_figures_from_the_store(tmp_path):
     assert [e.base_url for e in view.endpoints] == [a.base_url, b.base_url]
     assert sum(e.answered for e in view.endpoints) == sum(answered_by(run_dir).values())
     assert "2 endpoints" in str(view.status.line())
+
+
+def test_when_the_last_endpoint_is_dropped_the_error_names_every_dropped_one(run_cli, tmp_path):
+    """Two endpoints wrong for good in two ways: the run stops on the last one's failure and
+    names the other's too, so fixing one does not only lead to the next."""
+    import trustme
+
+    from test_endpoint_failures import _tls_server
+
+    run_dir = tmp_path / "run"
+    with _tls_server(trustme.CA()) as private, FakeOpenAI() as plain:
+        wrong_scheme = plain.base_url.replace("http://", "https://")
+        proc = run_cli("run", "--headless", "--base-url", private.base_url, "--base-url",
+                       wrong_scheme, "--model", "m", "--api", "completions", "--run-dir",
+                       str(run_dir), "--target", "5", "--concurrency", "1", timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    last = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert last, proc.stderr
+    assert private.base_url in last[0] and wrong_scheme in last[0]
+    assert "cannot be verified" in last[0] and "use http://" in last[0]
+    assert "dropped earlier" in last[0]

@@ -138,6 +138,7 @@ class Endpoint:
         self.done_at: deque[float] = deque()
         self.latencies: deque[float] = deque(maxlen=200)
         self.started = time.monotonic()
+        self.dropped_because = ""  # the failure that dropped it
 
     @property
     def base_url(self) -> str:
@@ -293,11 +294,17 @@ class EndpointPool:
         if not others:
             return False
         endpoint.state = EndpointState.DROPPED
+        endpoint.dropped_because = message
         self._report(EndpointChange(endpoint.base_url, "dropped", cause,
                                     f"{endpoint.base_url} dropped from the pool for this "
                                     f"session: {message}"))
         self.wake()
         return True
+
+    def dropped_reasons(self, *, but: Endpoint | None = None) -> list[str]:
+        """'URL: why' for each endpoint dropped this session (except `but`), in pool order."""
+        return [f"{e.base_url}: {e.dropped_because}" for e in self.endpoints
+                if e is not but and e.state == EndpointState.DROPPED]
 
     def stats(self) -> list[EndpointStats]:
         now = time.monotonic()

@@ -35,6 +35,7 @@ import functools
 import html
 import json
 import math
+import os
 import random
 import re
 import ssl
@@ -61,6 +62,7 @@ from selfinstruct_tui.engine.endpoints import (
     EndpointState,
     EndpointStats,
 )
+from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
 
 
@@ -363,9 +365,11 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         if tls is not None:
             return tls
         if _connect_timed_out(exc):
+            # The request timeout bounds the wait for a connection too: the shorter one fired.
+            limit, flag = (s.connect_timeout, "--connect-timeout") \
+                if s.connect_timeout <= s.request_timeout else (s.request_timeout, "--timeout")
             return Failure(Cause.TIMEOUT, f"could not connect to {s.base_url} within "
-                           f"{s.connect_timeout:g}s (--connect-timeout; the host does not "
-                           "answer)", retry=True)
+                           f"{limit:g}s ({flag}; the host does not answer)", retry=True)
         if _timed_out(exc):
             return Failure(Cause.TIMEOUT, f"no answer within {s.request_timeout:g}s from "
                            f"{s.base_url}", retry=True)
@@ -786,13 +790,18 @@ class LLMClient:
                 raise RequestFailed(f"the endpoint refused the request ({failure.status}): "
                                     f"{message}", kind=Cause.BAD_REQUEST, attempts=attempt,
                                     status=failure.status)
-            if endpoint is not None and failure.fatal and failure.cause in DROP_CAUSES \
-                    and self._pool().drop(endpoint, failure.cause, message):
-                if on_retry is not None:  # the endpoint is wrong, not the request
-                    on_retry(failure.cause, attempt, 0.0, f"{message}; {endpoint.base_url} "
-                             "dropped, the request goes to another endpoint")
-                attempt -= 1
-                continue
+            if endpoint is not None and failure.fatal and failure.cause in DROP_CAUSES:
+                if self._pool().drop(endpoint, failure.cause, message):
+                    if on_retry is not None:  # the endpoint is wrong, not the request
+                        on_retry(failure.cause, attempt, 0.0, f"{message}; {endpoint.base_url} "
+                                 "dropped, the request goes to another endpoint")
+                    attempt -= 1
+                    continue
+                # The last endpoint: the run stops on its failure; name the others' too, so
+                # that fixing this one does not only lead to the next.
+                earlier = self._pool().dropped_reasons(but=endpoint)
+                if earlier:
+                    message += "; dropped earlier: " + "; ".join(earlier)
             if failure.fatal or not failure.retry:
                 raise RequestFailed(message, kind=failure.cause, fatal=failure.fatal,
                                     attempts=attempt, status=failure.status)
@@ -920,8 +929,37 @@ def http_timeout(request_timeout: float, connect_timeout: float) -> Any:
 def ssl_context() -> ssl.SSLContext:
     """One TLS context (httpx's default: system or certifi roots, SSL_CERT_FILE honoured) for
     every HTTP client of the process: each client building its own loads the roots again,
-    ~20 ms of CPU each."""
-    return _httpx.create_ssl_context()
+    ~20 ms of CPU each. Raises UserError (exit 2) naming SSL_CERT_FILE / SSL_CERT_DIR when the
+    file or directory it names cannot be read as CA certificates."""
+    try:
+        return _httpx.create_ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        culprit = _bad_ca_setting()
+        if culprit is None:
+            raise
+        name, why = culprit
+        raise UserError(f"{name}={os.environ[name]}: no CA certificates could be read from it "
+                        f"({why}); point it at the CA's certificate file (PEM) or unset it"
+                        ) from exc
+
+
+def _bad_ca_setting() -> tuple[str, str] | None:
+    """(variable, why) for the SSL_CERT_FILE or SSL_CERT_DIR that holds no readable CA
+    certificates, or None."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        value = os.environ.get(name)
+        if not value:
+            continue
+        try:
+            if name == "SSL_CERT_FILE":
+                ssl.create_default_context(cafile=value)
+            else:
+                ssl.create_default_context(capath=value)
+        except ssl.SSLError:
+            return name, "no PEM certificate in it"
+        except OSError as exc:
+            return name, exc.strerror or str(exc)
+    return None
 
 
 def request_body(model: str, req: CompletionRequest | ChatRequest, params: SamplingParams,
