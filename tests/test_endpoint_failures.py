@@ -493,3 +493,28 @@ def test_a_connect_wait_cut_by_the_request_timeout_names_that_timeout():
         hole.close()
     assert failed.value.kind == "timeout"
     assert "within 0.5s (--timeout; the host does not answer)" in str(failed.value)
+
+
+def test_plain_http_to_a_tls_server_hints_at_https():
+    """A server started with a certificate (uvicorn: vLLM, SGLang) ends a plain-HTTP connection
+    without a word; the retried failure says what that may mean."""
+    import trustme
+
+    retries: list[str] = []
+
+    async def go(url: str):
+        client = LLMClient(ClientSettings(base_url=url, model="m", max_retries=1,
+                                          backoff_base=0.01, backoff_max=0.02))
+        try:
+            await client.request(P.generation_completion(["Name a color."] * 8),
+                                 SamplingParams(max_tokens=8), lambda c, *_: retries.append(c))
+        finally:
+            await client.close()
+
+    with _tls_server(trustme.CA()) as server:
+        url = server.base_url.replace("https://", "http://")
+        with pytest.raises(RequestFailed) as failed:
+            asyncio.run(go(url))
+    assert failed.value.kind == "connection" and retries == ["connection"]
+    assert "closed before an answer (a server that expects HTTPS does this: then use " \
+        "https://)" in str(failed.value)

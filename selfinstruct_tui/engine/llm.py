@@ -374,8 +374,12 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
             return Failure(Cause.TIMEOUT, f"no answer within {s.request_timeout:g}s from "
                            f"{s.base_url}", retry=True)
         if _disconnected(exc):
+            # A TLS server sent plain HTTP ends the connection without a word (uvicorn, so vLLM
+            # and SGLang started with a certificate, do): say so where it may be the cause.
+            hint = " (a server that expects HTTPS does this: then use https://)" \
+                if s.base_url.startswith("http://") and _reset_unanswered(exc) else ""
             return Failure(Cause.CONNECTION, f"the connection to {s.base_url} closed before an "
-                           "answer", retry=True)
+                           f"answer{hint}", retry=True)
         return Failure(Cause.CONNECTION, f"cannot connect to {s.base_url}", retry=True)
     if isinstance(exc, (openai.APIResponseValidationError, MalformedResponse, ValueError,
                         KeyError, IndexError, TypeError, AttributeError)):
@@ -486,6 +490,12 @@ def _connect_timed_out(exc: BaseException) -> bool:
 # What a server that hung up, reset the connection or stopped mid-answer raises (aiohttp, httpx)
 _DISCONNECTS = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError,
                 BrokenPipeError, _httpx.RemoteProtocolError, _httpx.ReadError)
+
+
+def _reset_unanswered(exc: BaseException) -> bool:
+    """The server reset the connection or hung up before any byte of an answer."""
+    return any(isinstance(link, (ConnectionResetError, aiohttp.ServerDisconnectedError))
+               for link in _chain(exc))
 
 
 def _disconnected(exc: BaseException) -> bool:
