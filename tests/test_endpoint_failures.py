@@ -45,6 +45,21 @@ def run(run_cli, server, run_dir, *extra, api="completions", env=None):
                    env=env, timeout=120)
 
 
+def ask_once(url: str, retries: list[str] | None = None, **settings) -> None:
+    """One generation request through a real LLMClient to `url` (settings: ClientSettings
+    fields); each retry's cause is appended to `retries`. Raises what the client raises."""
+    async def go() -> None:
+        client = LLMClient(ClientSettings(base_url=url, model="m", **settings))
+        try:
+            await client.request(P.generation_completion(["Name a color."] * 8),
+                                 SamplingParams(max_tokens=8),
+                                 None if retries is None else lambda c, *_: retries.append(c))
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+
+
 def store_rows(run_dir: Path, sql: str) -> list[tuple]:
     conn = sqlite3.connect(run_dir / "run.sqlite")
     try:
@@ -360,23 +375,11 @@ def test_transport_failures_are_named_by_what_happened(behaviour, cause):
     request timeout (60 s here)."""
     server = _RawServer(behaviour)
     retries: list[str] = []
-
-    async def go():
-        client = LLMClient(ClientSettings(base_url=f"http://127.0.0.1:{server.port}/v1",
-                                          model="m", concurrency=2, max_retries=1,
-                                          request_timeout=60.0 if behaviour == "blackhole"
-                                          else 1.0, connect_timeout=0.5, backoff_base=0.01,
-                                          backoff_max=0.02))
-        try:
-            await client.request(P.generation_completion(["Name a color."] * 8),
-                                 SamplingParams(max_tokens=8),
-                                 lambda c, *_: retries.append(c))
-        finally:
-            await client.close()
-
     try:
         with pytest.raises(RequestFailed) as failed:
-            asyncio.run(go())
+            ask_once(f"http://127.0.0.1:{server.port}/v1", retries, concurrency=2,
+                     max_retries=1, request_timeout=60.0 if behaviour == "blackhole" else 1.0,
+                     connect_timeout=0.5, backoff_base=0.01, backoff_max=0.02)
     finally:
         server.close()
     assert failed.value.kind == cause and not failed.value.fatal
@@ -431,20 +434,10 @@ def test_a_certificate_that_cannot_be_verified_is_named_and_ssl_cert_file_fixes_
 def test_an_https_url_for_a_plain_http_server_says_to_use_http():
     """The scheme is wrong, not the endpoint: named at the first attempt, never retried."""
     retries: list[str] = []
-
-    async def go(url: str):
-        client = LLMClient(ClientSettings(base_url=url, model="m", max_retries=3,
-                                          backoff_base=0.01))
-        try:
-            await client.request(P.generation_completion(["Name a color."] * 8),
-                                 SamplingParams(max_tokens=8), lambda c, *_: retries.append(c))
-        finally:
-            await client.close()
-
     with FakeOpenAI() as server:
         url = server.base_url.replace("http://", "https://")
         with pytest.raises(RequestFailed) as failed:
-            asyncio.run(go(url))
+            ask_once(url, retries, max_retries=3, backoff_base=0.01)
     assert failed.value.kind == "tls" and failed.value.fatal
     assert f"{url} is https://, but the server there answers without TLS: use http://" in \
         str(failed.value)
@@ -475,20 +468,10 @@ def test_a_connect_wait_cut_by_the_request_timeout_names_that_timeout():
     """With --timeout shorter than --connect-timeout, the request timeout ends the wait for a
     connection: the message names the one that fired."""
     hole = _RawServer("blackhole")
-
-    async def go():
-        client = LLMClient(ClientSettings(base_url=f"http://127.0.0.1:{hole.port}/v1",
-                                          model="m", max_retries=0, request_timeout=0.5,
-                                          connect_timeout=30.0))
-        try:
-            await client.request(P.generation_completion(["Name a color."] * 8),
-                                 SamplingParams(max_tokens=8))
-        finally:
-            await client.close()
-
     try:
         with pytest.raises(RequestFailed) as failed:
-            asyncio.run(go())
+            ask_once(f"http://127.0.0.1:{hole.port}/v1", max_retries=0, request_timeout=0.5,
+                     connect_timeout=30.0)
     finally:
         hole.close()
     assert failed.value.kind == "timeout"
@@ -501,20 +484,10 @@ def test_plain_http_to_a_tls_server_hints_at_https():
     import trustme
 
     retries: list[str] = []
-
-    async def go(url: str):
-        client = LLMClient(ClientSettings(base_url=url, model="m", max_retries=1,
-                                          backoff_base=0.01, backoff_max=0.02))
-        try:
-            await client.request(P.generation_completion(["Name a color."] * 8),
-                                 SamplingParams(max_tokens=8), lambda c, *_: retries.append(c))
-        finally:
-            await client.close()
-
     with _tls_server(trustme.CA()) as server:
         url = server.base_url.replace("https://", "http://")
         with pytest.raises(RequestFailed) as failed:
-            asyncio.run(go(url))
+            ask_once(url, retries, max_retries=1, backoff_base=0.01, backoff_max=0.02)
     assert failed.value.kind == "connection" and retries == ["connection"]
     assert "closed before an answer (a server that expects HTTPS does this: then use " \
         "https://)" in str(failed.value)
