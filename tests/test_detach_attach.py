@@ -216,3 +216,36 @@ def test_the_tui_without_a_terminal_says_so_instead_of_hanging(run_cli, tmp_path
     assert "--headless" in tui.stderr
     assert count_machine(run_dir) == 3
     assert new.returncode == 2 and not (tmp_path / "never").exists()  # refused before anything
+
+
+def test_an_attached_uis_command_wakes_the_engine_at_once(tmp_path, monkeypatch):
+    """An attached UI rings the engine after writing a command (a datagram on the run's wake
+    socket), so the engine does not poll the commands table 4 times a second. With the
+    engine's fallback poll set to a minute, only the ring can bring the pause in time."""
+    import sys
+
+    from selfinstruct_tui.engine import engine as engine_module
+    from selfinstruct_tui.engine.control import Pause, RemoteControl, RunState, wake_address
+    from tui_helpers import make_engine
+
+    if wake_address(tmp_path) is None:
+        pytest.skip(f"no abstract Unix sockets on {sys.platform}: the engine polls instead")
+    monkeypatch.setattr(engine_module, "HEARTBEAT_SECONDS", 60.0)
+    monkeypatch.setattr(engine_module, "CONTROL_POLL_SECONDS", 60.0)
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.2) as server:
+        engine = make_engine(run_dir, server.base_url, target=200, concurrency=2)
+        thread = engine.start_thread()
+        try:
+            wait_for(lambda: len(server.log) >= 2, timeout=30)
+            RemoteControl(run_dir).send(Pause())
+            wait_for(lambda: engine.state == RunState.PAUSED, timeout=20)
+        finally:
+            engine.stop()
+            thread.join(60)
+            engine.store.close()
+    done = RunStore(run_dir, readonly=True)
+    try:
+        assert done.pending_commands() == []  # read and marked done
+    finally:
+        done.close()

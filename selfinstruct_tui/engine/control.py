@@ -16,7 +16,10 @@ the same constructors (`Event.of(record)`), so an attached UI is fed exactly lik
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -244,8 +247,47 @@ class RunControl(Protocol):
     def send(self, command: Command) -> None: ...
 
 
+def wake_address(run_dir: str | Path) -> str | None:
+    """Where the engine of `run_dir` listens for "a command is waiting": an abstract Unix
+    datagram socket named after the run directory (Linux; no file, gone with the process), or
+    None where there are none (the engine then polls the commands table 4 times a second)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:32]
+    return f"\0selfinstruct-{digest}"
+
+
+def open_wake_socket(run_dir: str | Path) -> socket.socket | None:
+    """The engine's side of `wake_address` (non-blocking), or None when it cannot be had."""
+    address = wake_address(run_dir)
+    if address is None:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(address)
+    except OSError:  # taken (another engine of this directory) or not allowed here
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+def ring(run_dir: str | Path) -> None:
+    """Tell the engine of `run_dir`, if one listens, that a command is waiting (best effort:
+    the engine also reads the commands table every few seconds)."""
+    address = wake_address(run_dir)
+    if address is None:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"!", address)
+        except OSError:  # no engine listens, or its queue is full (it will poll)
+            pass
+
+
 class RemoteControl:
-    """Commands for an engine in another process, through the store's commands table."""
+    """Commands for an engine in another process, through the store's commands table (and a
+    wake-up datagram, `ring`, so the engine reads them at once)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
@@ -258,6 +300,7 @@ class RemoteControl:
             store.add_command(*encode(command))
         finally:
             store.close()
+        ring(self.run_dir)
 
 
 class OfflineControl:

@@ -66,6 +66,7 @@ from selfinstruct_tui.engine.control import (
     Stop,
     apply_review,
     decode,
+    open_wake_socket,
     seed_set_events,
 )
 from selfinstruct_tui.engine.endpoints import EndpointChange, EndpointSpec
@@ -571,9 +572,37 @@ class Engine:
                                                          f"{exc}; they stay recorded"))
 
     async def _watch_control(self) -> None:
-        """Commands from attached UIs (the store's commands table) and a heartbeat for `runs`."""
+        """Commands from attached UIs (the store's commands table) and a heartbeat for `runs`.
+
+        The table is read when an attached UI rings (`control.ring`: a datagram on the run's
+        wake socket) and every HEARTBEAT_SECONDS; without a wake socket, every
+        CONTROL_POLL_SECONDS. Polling 4 times a second cost ~1.3 ms of CPU per second, ~0.3 ms
+        per task at 10 requests/s, for commands that come seldom."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        sock = open_wake_socket(self.store.run_dir)
+        if sock is not None:
+            def rung() -> None:
+                try:
+                    while sock.recv(64):
+                        pass
+                except OSError:  # drained (BlockingIOError)
+                    pass
+                wake.set()
+
+            loop.add_reader(sock.fileno(), rung)
+        try:
+            await self._control_loop(wake, HEARTBEAT_SECONDS if sock is not None
+                                     else CONTROL_POLL_SECONDS)
+        finally:
+            if sock is not None:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+
+    async def _control_loop(self, wake: asyncio.Event, interval: float) -> None:
         beat = 0.0
         while True:
+            wake.clear()  # a ring during the reads below wakes the next wait at once
             try:
                 for command_id, name, args in self.store.pending_commands():
                     try:
@@ -588,7 +617,10 @@ class Engine:
                     self._report_endpoints()
             except Exception:  # the control channel must never take the run down
                 log.exception("control channel poll failed")
-            await asyncio.sleep(CONTROL_POLL_SECONDS)
+            try:
+                await asyncio.wait_for(wake.wait(), interval)
+            except TimeoutError:
+                pass
 
     def _in_work(self) -> int:
         """Tasks accepted by finalized rounds plus the reservations of the rounds still open.
