@@ -23,7 +23,7 @@ arrive in bursts of C that one event-loop turn handles together, which made its 
 at L = 2 s about half of what it is with any spread (0.9-1.1 ms against 2.0 ms, measured); the
 engine's requests are spread by its stages anyway. And the engine's CPU per request is taken from
 its first request sent to its last answer received, as the raw client's is (opening the store,
-building the index and closing are once per run, 25-45 ms here, a tenth of the CPU of a short
+building the index and closing are once per run, 22-47 ms here, a tenth of the CPU of a short
 L = 2 s run); the whole run's CPU per request and per task are printed too.
 
     python benchmarks/engine_throughput.py                      # C = 32, 256, 1024 x L = 0.2, 2 s

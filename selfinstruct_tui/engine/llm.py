@@ -908,10 +908,10 @@ class LLMClient:
 
 
 def openai_client(base_url: str, api_key: str | None, timeout: float,
-                  connections: int, connect_timeout: float | None = None) -> openai.AsyncOpenAI:
+                  connections: int, connect_timeout: float) -> openai.AsyncOpenAI:
     """The `AsyncOpenAI` client for one base URL, its own retries off (this module retries), with
     `connections` connections kept alive. `timeout`: seconds for reading, writing and waiting
-    for a connection; `connect_timeout`: seconds to open one (None: `timeout`).
+    for a connection; `connect_timeout`: seconds to open one.
 
     It sends through openai's aiohttp transport (`DefaultAioHttpClient`, the `openai[aiohttp]`
     extra; openai's README recommends it "for improved concurrency performance"). httpx's own
@@ -923,7 +923,7 @@ def openai_client(base_url: str, api_key: str | None, timeout: float,
     """
     return openai.AsyncOpenAI(
         api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
-        timeout=http_timeout(timeout, connect_timeout or timeout),
+        timeout=http_timeout(timeout, connect_timeout),
         http_client=openai.DefaultAioHttpClient(
             verify=ssl_context(), limits=_httpx.Limits(
                 max_connections=connections, max_keepalive_connections=connections)))

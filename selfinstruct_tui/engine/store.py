@@ -961,11 +961,11 @@ class RunStore:
         """Record a request's outcome; returns the finished record. `latency` in seconds;
         tokens as reported, or estimates when `usage_reported` is False; `error` names why
         there is no response; `endpoint` (base URL) and `model`: who answered."""
-        # Built field by field: dataclasses.replace costs twice as much (once per request).
-        done = PromptRecord(record.id, record.round, record.kind, record.prompt,
-                            record.examples, record.task_ref, record.created, response,
-                            finish_reason, latency, prompt_tokens, completion_tokens, error,
-                            time.time(), attempts, usage_reported, structured, endpoint, model)
+        done = replace(record, response=response, finish_reason=finish_reason, latency=latency,
+                       prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                       error=error, finished=time.time(), attempts=attempts,
+                       usage_reported=usage_reported, structured=structured,
+                       endpoint=endpoint, model=model)
         with self._deferrable():
             self.db.execute(
                 "UPDATE prompts SET response = ?, finish_reason = ?, latency = ?, "
