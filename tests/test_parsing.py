@@ -6,7 +6,9 @@ aside, the reason. The same answers run through the real engine in test_real_ans
 
 from __future__ import annotations
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from selfinstruct_tui.engine.filters import RejectionReason as R
 from selfinstruct_tui.engine.filters import clean_instances, label_matches, task_labels
@@ -14,6 +16,7 @@ from selfinstruct_tui.engine.parsing import (
     parse_classification,
     parse_instances,
     parse_instruction_list,
+    until_next_task,
 )
 from selfinstruct_tui.engine.placeholders import (
     is_no_input,
@@ -384,3 +387,51 @@ def test_refusals_in_classification_answers_are_refusals():
         [Instance("I'm sorry, but I cannot provide an example.", "Positive"),
          Instance("Great film.", "Positive")], is_classification=True)
     assert kept == [Instance("Great film.", "Positive")] and dropped[0].reason == R.REFUSAL
+
+
+# -- the instance reader's line screen ------------------------------------------------------------
+
+_BLANKS = ["", " ", "\t", "\xa0", "\u2003"]
+_MARKS = ["", "", "#", "## ", "---", "***", "___", "===", "~~~", "1.", "(3)", "12", "٣.", "- ", "* ",
+          "• ", "+ ", "**", "__", "`", "9) ", "x", "The "]
+_WORDS = ["Input", "ınput", "İnput", "input 2", "OUTPUT", "Response", "answer", "Class label",
+          "class  label", "label", "Example", "example #2", "Task 2", "new task", "Instruction",
+          "Kelvin", "", "text"]
+_ENDS = ["", ":", " : ", "**:", ": value", " x", "\t:"]
+# Lines built to sit on every pattern's edge: blanks, a mark, a label word, a colon.
+_LAYOUT_LINES = st.tuples(*(st.sampled_from(p) for p in (_BLANKS, _MARKS, _WORDS, _ENDS))).map(
+    "".join)
+
+
+@hypothesis.settings(max_examples=800, deadline=None)
+@hypothesis.given(_LAYOUT_LINES | st.text(max_size=12))
+def test_the_reader_screens_out_only_lines_no_layout_pattern_matches(line):
+    """A line the screen calls content (or "starts with a label word") is one every skipped
+    pattern would have turned down: the screen saves work and changes nothing."""
+    from selfinstruct_tui.engine import parsing as p
+
+    marks = (p._SEPARATOR, p._BARE_MARK, p._EXAMPLE_HEADER, p._LIST_MARK)
+    labels = (p._IN_LABEL, p._OUT_LABEL, p._CLASS_LABEL)
+    start = p._MAY_BE_LAYOUT.match(line)
+    if start is None:
+        assert not any(pattern.match(line) for pattern in marks + labels)
+    elif start.group(1) is None:
+        assert not any(pattern.match(line) for pattern in marks)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(_LAYOUT_LINES, max_size=6).map("\n".join))
+def test_the_next_task_is_found_by_one_search_as_line_by_line(text):
+    import re
+
+    from selfinstruct_tui.engine import parsing as p
+
+    one_line = re.compile(p._NEXT_TASK.pattern, re.IGNORECASE)
+    expected = text
+    offset = 0
+    for line in text.split("\n"):
+        if one_line.match(line):
+            expected = text[:offset]
+            break
+        offset += len(line) + 1
+    assert until_next_task(text) == expected

@@ -102,17 +102,22 @@ def _cut_special_tokens(text: str) -> str:
     return text[: match.start()] if match else text
 
 
+_WHITESPACE = re.compile(r"\s+")
+_NON_WORD = re.compile(r"[^\w]+")
+_CODE_FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
+
+
 def one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+    return _WHITESPACE.sub(" ", text).strip()
 
 
 def _norm_key(text: str) -> str:
-    return re.sub(r"[^\w]+", " ", text.lower()).strip()
+    return _NON_WORD.sub(" ", text.lower()).strip()
 
 
 def _strip_code_fence(text: str) -> str:
     stripped = text.strip()
-    match = re.match(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", stripped, re.DOTALL)
+    match = _CODE_FENCE.match(stripped)
     return match.group(1) if match else stripped
 
 
@@ -151,9 +156,12 @@ class _Item:
         return "\n".join(self.lines).strip()
 
 
+_STRONG = re.compile(r"\*\*|__")
+
+
 def clean_instruction(text: str) -> str:
     """One line, without markdown emphasis, `Task:`/`Instruction:` prefixes or wrapping quotes."""
-    text = one_line(re.sub(r"\*\*|__", "", text))
+    text = one_line(_STRONG.sub("", text))
     text = _LEAD.sub("", text).strip()
     text = text.strip("*_` ")
     if len(text) >= 2 and text[0] in "\"'`“‘" and text[-1] in "\"'`”’":
@@ -212,8 +220,9 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    bare = _bare_markers(lines, first_number)
-    numbered_mode = bool(bare) or any(_numbered(line) for line in lines)
+    dotted = [_numbered(line) for line in lines]  # each line's "9." marker, read once
+    bare = _bare_markers(lines, dotted, first_number)
+    numbered_mode = bool(bare) or any(dotted)
     bullet_mode = not numbered_mode and any(
         _BULLET.match(line) and not _LABEL.match(line) for line in lines)
     label_mode = not numbered_mode and not bullet_mode and any(
@@ -226,8 +235,8 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     expected = first_number
     first = next((n for n, line in enumerate(lines) if line.strip()), 0)
     if first_number is not None and first not in bare and _item_start(
-            lines[first] if lines else "", numbered_mode, bullet_mode, label_mode,
-            first_number, False) is None:
+            lines[first] if lines else "", dotted[first] if lines else None, numbered_mode,
+            bullet_mode, label_mode, first_number, False) is None:
         cur = _Item(first_number, implicit=True)
         expected = first_number + 1
     in_section = False
@@ -244,7 +253,8 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
             if cur is not None and cur.has_content:
                 blank_pending = True
             continue
-        start = _item_start(line, numbered_mode, bullet_mode, label_mode, expected, in_section)
+        start = _item_start(line, dotted[n], numbered_mode, bullet_mode, label_mode, expected,
+                            in_section)
         if start is None and n in bare:
             start = _bare_start(line)
         if start is not None:
@@ -295,15 +305,15 @@ def _bare_start(line: str) -> tuple[int, str] | None:
     return (int(alone.group(1)), "") if alone else None
 
 
-def _bare_markers(lines: list[str], first_number: int | None) -> set[int]:
+def _bare_markers(lines: list[str], dotted_lines: list[tuple[int, str] | None],
+                  first_number: int | None) -> set[int]:
     """Indexes of lines that start an item with a number but no dot ("10 Suggest ...", or "12"
     alone on its line): only where the number continues the list's sequence, so "3 ways to
     save money" inside an item is not an index."""
     found: set[int] = set()
     expected = first_number + 1 if first_number is not None else None
     numbers: list[tuple[int, int]] = []
-    for n, line in enumerate(lines):
-        dotted = _numbered(line)
+    for n, (line, dotted) in enumerate(zip(lines, dotted_lines, strict=True)):
         if dotted is not None:
             expected = dotted[0] + 1
             continue
@@ -322,10 +332,11 @@ def _bare_markers(lines: list[str], first_number: int | None) -> set[int]:
     return found
 
 
-def _item_start(line: str, numbered: bool, bullet: bool, label_mode: bool,
-                expected: int | None, in_section: bool) -> tuple[int | None, str] | None:
+def _item_start(line: str, hit: tuple[int, str] | None, numbered: bool, bullet: bool,
+                label_mode: bool, expected: int | None,
+                in_section: bool) -> tuple[int | None, str] | None:
+    """`hit`: the line's numbered marker (`_numbered`)."""
     if numbered:
-        hit = _numbered(line)
         # Inside an item's Input:/Output: part only the next numbers (a skip of up to two)
         # start an item: a numbered list inside an input, which restarts at 1, is not one.
         if hit is not None and (not in_section or expected is None
@@ -387,11 +398,12 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
     restated = n_examples > 0 and set(range(1, n_examples + 1)) <= numbers and any(
         n > n_examples for n in numbers)
     for listed, _ in candidates:
+        key = _norm_key(listed.instruction)
         if is_refusal(listed.instruction):
             result.discarded.append(Fragment(listed.raw, R.REFUSAL, "the model declined"))
         elif (restated and listed.number is not None and listed.number <= n_examples) or \
-                _norm_key(listed.instruction) in example_keys:
-            which = example_keys.get(_norm_key(listed.instruction), listed.number)
+                key in example_keys:
+            which = example_keys.get(key, listed.number)
             result.discarded.append(Fragment(listed.raw, R.REPEATED_EXAMPLE,
                                              f"repeats example {which} of the prompt"))
         else:
@@ -476,6 +488,8 @@ def _salvage_json(body: str, truncated: bool) -> ParsedList:
 _CLS_LEAD = re.compile(
     r"^(?:classification|is (?:it )?(?:a )?classification(?: task)?|answer|output|label|response|"
     r"result|final answer)\s*[:\-–—?]\s*", re.IGNORECASE)
+_CLS_MARKUP = re.compile(r"[*_`#>\"']")
+_LETTERS = re.compile(r"[a-z]+")
 _CLS_PHRASES = (
     (re.compile(r"\b(?:not|isn['’]?t|no)\b[^.]{0,20}\bclassification\b", re.I), False),
     (re.compile(r"\b(?:is|it['’]?s)\s+(?:a|an)\s+(?:\w+\s+)?classification\b", re.I), True),
@@ -485,9 +499,9 @@ _CLS_PHRASES = (
 def parse_classification(text: str) -> bool | None:
     """Yes/No to "is this a classification task?": `Yes`, `Classification: Yes`, `**No**`,
     `Yes, because ...`, `True`; None when the answer is neither."""
-    cleaned = re.sub(r"[*_`#>\"']", "", _cut_special_tokens(text)).strip()
+    cleaned = _CLS_MARKUP.sub("", _cut_special_tokens(text)).strip()
     cleaned = _CLS_LEAD.sub("", cleaned).strip()
-    words = re.findall(r"[a-z]+", cleaned.lower())
+    words = _LETTERS.findall(cleaned.lower())
     if words:
         if words[0] in ("yes", "true", "y"):
             return True
@@ -525,9 +539,19 @@ _INLINE_IN = re.compile(rf"(?:\s|\|)[ \t|]*{_MD}input[ \t]*{_MD}[ \t]*:[ \t]*{_E
                         re.IGNORECASE)
 # The start of another task, in the forms models run on into: "Task 2", "Task: ...",
 # "## Task", "Instruction: ...", "3. Instruction: ...".
+# Searched over the whole answer (re.MULTILINE: ^ and $ at every "\n"); nothing in it crosses a
+# line, so it finds the first line that would match on its own.
 _NEXT_TASK = re.compile(
     rf"^[ \t]*(?:#{{1,6}}[ \t]*)?(?:\d{{1,3}}[.)][ \t]*)?{_MD}[ \t]*(?:new[ \t]+)?"
-    rf"(?:task|instruction)\b[ \t]*(?:#?\d+|{_MD}[ \t]*:|{_MD}[ \t]*$)", re.IGNORECASE)
+    rf"(?:task|instruction)\b[ \t]*(?:#?\d+|{_MD}[ \t]*:|{_MD}[ \t]*$)",
+    re.IGNORECASE | re.MULTILINE)
+# What the instance layout's patterns can start with after spaces and tabs: a mark (separator,
+# bare number, list mark, markdown) or "Example" (group 1), or a label word. A line that matches
+# none is content; one that starts with a label word is none of the marks or headers. This saves
+# trying each pattern on every line (same flags as theirs, so the same case folding).
+_MAY_BE_LAYOUT = re.compile(
+    r"^[ \t]*(?:([#\-*_=~(\d•+`]|example)|input|output|response|answer|class|label)",
+    re.IGNORECASE)
 
 
 @dataclass
@@ -546,10 +570,8 @@ class _Block:
 
 def until_next_task(text: str) -> str:
     """The text before the first line that starts another task."""
-    for match in re.finditer(r"(?m)^.*$", text):
-        if _NEXT_TASK.match(match.group(0)):
-            return text[: match.start()]
-    return text
+    match = _NEXT_TASK.search(text)
+    return text[: match.start()] if match else text
 
 
 def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
@@ -624,6 +646,18 @@ class _InstanceReader:
         return self.blocks
 
     def feed(self, line: str) -> None:
+        start = _MAY_BE_LAYOUT.match(line)
+        if start is None:
+            self.cur.raw.append(line)
+            self._content(line)
+            return
+        if start.group(1) is None:  # a label word first: no mark, no header
+            self.cur.raw.append(line)
+            if self.output_first:
+                self._output_first(line)
+            else:
+                self._input_first(line)
+            return
         if _SEPARATOR.match(line) or _BARE_MARK.match(line):
             self._next()
             return
@@ -668,7 +702,19 @@ class _InstanceReader:
                 cur = self.cur
             cur.output = [out_match.group(2)]
             return
-        if cur.output is not None:
+        self._content(line)
+
+    def _content(self, line: str) -> None:
+        """A line without a label: it continues what the current example has open."""
+        cur = self.cur
+        if self.output_first:
+            if cur.input is not None:
+                cur.input.append(line)
+            elif cur.label is not None and not cur.label and line.strip():
+                cur.label = line.strip()  # "Class label:" with the value on the next line
+            else:
+                cur.head.append(line)
+        elif cur.output is not None:
             cur.output.append(line)
         elif cur.input is not None:
             cur.input.append(line)
@@ -695,12 +741,7 @@ class _InstanceReader:
         if in_match and cur.input is None:
             cur.input = [in_match.group(1)]
             return
-        if cur.input is not None:
-            cur.input.append(line)
-        elif cur.label is not None and not cur.label and line.strip():
-            cur.label = line.strip()  # "Class label:" with the value on the next line
-        else:
-            cur.head.append(line)
+        self._content(line)
 
 
 def _instance_from(block: _Block, output_first: bool, layout: str,

@@ -46,8 +46,9 @@ def _key(text: str) -> str:
     for _ in range(3):  # "(<no input>)", "'None'."
         value = value.strip(" \t\r\n.\"'`*")
         match = _BRACKETED.match(value)
-        if match:
-            value = match.group(1)
+        if not match:
+            break  # another turn would strip and match the same text
+        value = match.group(1)
     value = _SPACES.sub(" ", value).strip()
     return _INNER_HYPHEN.sub(" ", value)
 
