@@ -56,10 +56,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    const=False, help="keep instructions that start with a non-ASCII character")
     p.add_argument("--rpm", type=float, dest="requests_per_minute", help="requests per minute")
     p.add_argument("--tpm", type=float, dest="tokens_per_minute", help="tokens per minute")
-    p.add_argument("--timeout", type=float, dest="request_timeout", help="seconds per request")
+    p.add_argument("--timeout", type=float, dest="request_timeout",
+                   help="seconds to wait for an answer (120)")
     p.add_argument("--connect-timeout", type=float, dest="connect_timeout",
                    help="seconds to open a connection to an endpoint (default 5)")
-    p.add_argument("--max-retries", type=int, dest="max_retries")
+    p.add_argument("--max-retries", type=int, dest="max_retries", metavar="N",
+                   help="attempts after a request's first, on errors worth retrying (6)")
     p.add_argument("--price-in", type=float, dest="price_input_per_1k",
                    help="price per 1K input tokens")
     p.add_argument("--price-out", type=float, dest="price_output_per_1k",

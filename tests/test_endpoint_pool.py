@@ -260,11 +260,69 @@ def test_config_file_endpoints_are_read_and_checked(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_user_config(path)
     text = str(err.value)
-    assert f"{path}:1: [[endpoints]] #1: unknown field 'url'" in text
-    assert f"{path}:5: [[endpoints]] #2: field 'concurrency' must be an integer" in text
+    # each problem at the line of its field; a missing field at its table's header
+    assert f"{path}:3: [[endpoints]] #1: unknown field 'url'" in text
+    assert f"{path}:6: [[endpoints]] #2: field 'concurrency' must be an integer" in text
     assert f"{path}:5: [[endpoints]] #2: base_url is missing" in text
-    assert f"{path}:8: [[endpoints]] #3: base_url must be an http:// or https:// URL" in text
-    assert "field 'concurrency' must be at least 1" in text
+    assert f"{path}:9: [[endpoints]] #3: base_url must be an http:// or https:// URL" in text
+    assert f"{path}:10: [[endpoints]] #3: field 'concurrency' must be at least 1" in text
+
+
+def test_a_setting_that_cannot_work_is_named_where_it_was_given(tmp_path):
+    """Config file (path:line), environment variable or command line: the message says which,
+    with the setting's flag, whichever the value came from."""
+    path = tmp_path / "config.toml"
+    path.write_text('model = "m"\n\nconnect_timeout = -1\nthreshold = 1.5\n'
+                    '[[endpoints]]\nbase_url = "http://a:1/v1"\nrequests_per_minute = -3\n')
+    with pytest.raises(ConfigError) as err:  # a table's fields are checked as the file is read
+        load_user_config(path)
+    assert str(err.value) == f"{path}:7: [[endpoints]] #1: field 'requests_per_minute' must be 0 or more"
+    path.write_text('model = "m"\n\nconnect_timeout = -1\nthreshold = 1.5\n'
+                    '[[endpoints]]\nbase_url = "http://a:1/v1"\n')
+    with pytest.raises(ConfigError) as err:
+        build_config(load_user_config(path), {}, env={})
+    text = str(err.value)
+    assert f"{path}:3: connect_timeout (--connect-timeout) must be more than 0 seconds" in text
+    assert f"{path}:4: threshold (--threshold) must be in (0, 1]" in text
+    with pytest.raises(ConfigError) as err:
+        build_config(load_user_config(path), {"connect_timeout": float("nan"), "threshold": 0.5},
+                     env={})
+    assert str(err.value) == ("command line: connect_timeout (--connect-timeout) must be a "
+                              "finite number, not nan")
+    with pytest.raises(ConfigError) as err:
+        build_config({}, {"model": "m"}, env={"OPENAI_BASE_URL": "localhost:8000"})
+    assert str(err.value).startswith("environment variable OPENAI_BASE_URL: base_url "
+                                     "(--base-url) must be an http:// or https:// URL")
+    with pytest.raises(ConfigError) as err:
+        merge_for_resume(RunConfig(base_url="http://a:1/v1", model="m"), {"target": 0})
+    assert str(err.value) == "command line: target (--target) must be at least 1"
+
+
+def test_flags_and_the_environment_come_after_a_single_endpoint_table(tmp_path):
+    """One [[endpoints]] table holds the run's own endpoint settings, read as the config file's:
+    the environment and the flags still win (defaults < file < environment < flags)."""
+    path = tmp_path / "config.toml"
+    path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\nmodel = "file-model"\n'
+                    'requests_per_minute = 30\nconcurrency = 3\n')
+    settings = load_user_config(path)
+    cfg = build_config(settings, {"requests_per_minute": 10.0}, env={})
+    assert (cfg.requests_per_minute, cfg.model, cfg.concurrency) == (10.0, "file-model", 3)
+    cfg = build_config(settings, {}, env={"SELFINSTRUCT_MODEL": "env-model"})
+    assert (cfg.requests_per_minute, cfg.model) == (30.0, "env-model")
+    cfg = build_config(settings, {"model": "flag-model", "concurrency": 9},
+                       env={"SELFINSTRUCT_MODEL": "env-model"})
+    assert (cfg.model, cfg.concurrency, cfg.base_url) == ("flag-model", 9, "http://a:1/v1")
+
+
+def test_every_setting_flag_named_in_messages_is_the_run_command_s():
+    from selfinstruct_tui.cli import build_parser
+    from selfinstruct_tui.engine.config import FLAGS, SETTABLE
+
+    run = next(a for a in build_parser()._subparsers._group_actions[0].choices.values()
+               if any(o.option_strings == ["--connect-timeout"] for o in a._actions))
+    dest_of = {o.option_strings[0]: o.dest for o in run._actions if o.option_strings}
+    for name, flag in FLAGS.items():
+        assert name in SETTABLE and dest_of.get(flag) == name, (name, flag)
 
 
 def test_resume_may_change_the_endpoints():

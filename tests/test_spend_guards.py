@@ -156,7 +156,7 @@ def test_a_cost_limit_without_prices_or_with_negative_prices_is_refused(run_cli,
     assert proc.returncode == 2
     assert "max_cost (--max-cost) needs both prices" in proc.stderr and "--price-in" in proc.stderr
     proc = run_cli(*base, "--max-cost", "0.01", "--price-in", "-5", "--price-out", "0.1")
-    assert proc.returncode == 2 and "price_input_per_1k must be 0 or more" in proc.stderr
+    assert proc.returncode == 2 and "command line: price_input_per_1k (--price-in) must be 0 or more" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -177,14 +177,14 @@ def test_settings_that_cannot_work_are_refused(run_cli, tmp_path):
     base = ("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"))
     url = ("--base-url", "http://127.0.0.1:9/v1")
     cases = [
-        ((*url, "--price-in", "nan", "--price-out", "0.1"), "price_input_per_1k must be a finite"),
+        ((*url, "--price-in", "nan", "--price-out", "0.1"), "command line: price_input_per_1k (--price-in) must be a finite"),
         ((*url, "--max-cost", "nan", "--price-in", "1", "--price-out", "1"),
-         "max_cost must be a finite"),
+         "max_cost (--max-cost) must be a finite"),
         ((*url, "--max-cost", "1", "--price-in", "0.001"), "needs both prices"),
-        ((*url, "--timeout", "0"), "request_timeout (--timeout) must be more than 0"),
-        ((*url, "--context-window", "5"), "context_window must be 0"),
-        ((*url, "--max-retries", "-1"), "max_retries must be 0 or more"),
-        (("--base-url", "/v1"), "base_url must be an http:// or https:// URL"),
+        ((*url, "--timeout", "0"), "command line: request_timeout (--timeout) must be more than 0"),
+        ((*url, "--context-window", "5"), "context_window (--context-window) must be 0"),
+        ((*url, "--max-retries", "-1"), "max_retries (--max-retries) must be 0 or more"),
+        (("--base-url", "/v1"), "command line: base_url (--base-url) must be an http:// or https:// URL"),
     ]
     for extra, message in cases:
         proc = run_cli(*base, *extra)

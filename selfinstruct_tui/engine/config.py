@@ -140,72 +140,95 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def validate(self, where: str = "settings") -> None:
-        problems = []
+    def validate(self, where: str = "settings", origins: dict[str, str] | None = None) -> None:
+        """Raise ConfigError listing every setting that cannot work, one line each: where the
+        value came from (`origins`: a setting's config file and line, "command line" or an
+        environment variable; `where` for the rest), the setting with its flag, and the fix."""
+        origins = origins or {}
+        problems: list[str] = []
+
+        def bad(name: str, text: str) -> None:
+            flag = FLAGS.get(name)
+            problems.append(f"{origins.get(name, where)}: {name}"
+                            f"{f' ({flag})' if flag else ''} {text}")
+
         if self.api not in ("completions", "chat"):
-            problems.append(f"{where}: api must be 'completions' or 'chat', not {self.api!r}")
+            bad("api", f"must be 'completions' or 'chat', not {self.api!r}")
         if self.tokenizer not in ("rouge", "unicode"):
-            problems.append(f"{where}: tokenizer must be 'rouge' or 'unicode', not "
-                            f"{self.tokenizer!r}")
+            bad("tokenizer", f"must be 'rouge' or 'unicode', not {self.tokenizer!r}")
         for name in ("target", "concurrency", "max_instances", "num_prompt_instructions",
                      "generation_max_tokens", "instance_max_tokens", "classification_max_tokens"):
             if getattr(self, name) < 1:
-                problems.append(f"{where}: {name} must be at least 1")
+                bad(name, "must be at least 1")
         if not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
-            problems.append(f"{where}: num_machine_instructions must be between 0 and "
-                            "num_prompt_instructions")
+            bad("num_machine_instructions", "must be between 0 and num_prompt_instructions")
         if not 0.0 < self.threshold <= 1.0:
-            problems.append(f"{where}: threshold must be in (0, 1]")
+            bad("threshold", "must be in (0, 1]")
         if self.prompts_per_round < 0:
-            problems.append(f"{where}: prompts_per_round must be 0 (auto) or more")
+            bad("prompts_per_round", "must be 0 (auto) or more")
         if self.embedded_servers not in (1, 3):
-            problems.append(f"{where}: embedded_servers must be 1 or 3, not "
-                            f"{self.embedded_servers}")
+            bad("embedded_servers", f"must be 1 or 3, not {self.embedded_servers}")
         if self.structured_output not in ("auto", "on", "off"):
-            problems.append(f"{where}: structured_output must be 'auto', 'on' or 'off', not "
-                            f"{self.structured_output!r}")
+            bad("structured_output", f"must be 'auto', 'on' or 'off', not "
+                                     f"{self.structured_output!r}")
         for name in ("max_cost", "max_tokens", "stop_grace", "context_window",
                      "max_fruitless_requests", "min_words", "price_input_per_1k",
                      "price_output_per_1k", "requests_per_minute", "tokens_per_minute"):
             if getattr(self, name) < 0:
-                problems.append(f"{where}: {name} must be 0 or more")
+                bad(name, "must be 0 or more")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                problems.append(f"{where}: {f.name} must be a finite number, not {value}")
+                bad(f.name, f"must be a finite number, not {value}")
         if self.max_cost and not (self.price_input_per_1k and self.price_output_per_1k):
-            problems.append(f"{where}: max_cost (--max-cost) needs both prices to count the cost:"
-                            " set price_input_per_1k and price_output_per_1k (--price-in, "
-                            "--price-out, USD per 1K tokens), or limit tokens with --max-tokens")
+            bad("max_cost", "needs both prices to count the cost: set price_input_per_1k and "
+                            "price_output_per_1k (--price-in, --price-out, USD per 1K tokens), "
+                            "or limit tokens with --max-tokens")
         if self.batch_poll_seconds <= 0:
-            problems.append(f"{where}: batch_poll_seconds (--batch-poll) must be more than 0 "
-                            "seconds")
+            bad("batch_poll_seconds", "must be more than 0 seconds")
         if self.batch_command and not ("{input}" in self.batch_command
                                        and "{output}" in self.batch_command):
-            problems.append(f"{where}: batch_command (--batch-command) must name {{input}} and "
-                            "{output}, e.g. \"vllm run-batch -i {input} -o {output} --model M\"")
+            bad("batch_command", "must name {input} and {output}, e.g. "
+                                 "\"vllm run-batch -i {input} -o {output} --model M\"")
         if self.request_timeout <= 0:
-            problems.append(f"{where}: request_timeout (--timeout) must be more than 0 seconds")
+            bad("request_timeout", "must be more than 0 seconds")
         if self.connect_timeout <= 0:
-            problems.append(f"{where}: connect_timeout (--connect-timeout) must be more than 0 "
-                            "seconds")
+            bad("connect_timeout", "must be more than 0 seconds")
         if self.max_retries < 0:
-            problems.append(f"{where}: max_retries must be 0 or more")
+            bad("max_retries", "must be 0 or more")
         if 0 < self.context_window < 256:
-            problems.append(f"{where}: context_window must be 0 (learn it from the endpoint) or "
-                            "at least 256 tokens")
+            bad("context_window", "must be 0 (learn it from the endpoint) or at least 256 tokens")
         if self.base_url not in ("", EMBEDDED) and not re.match(r"^https?://[^/\s]+",
                                                                 self.base_url):
-            problems.append(f"{where}: base_url must be an http:// or https:// URL such as "
+            bad("base_url", f"must be an http:// or https:// URL such as "
                             f"http://localhost:8000/v1, not {self.base_url!r}")
         if self.max_words < self.min_words:
-            problems.append(f"{where}: max_words must be at least min_words")
-        problems.extend(endpoint_problems(self.endpoints, where))
+            bad("max_words", "must be at least min_words")
+        problems.extend(endpoint_problems(self.endpoints, origins.get("endpoints", where)))
         if self.endpoints and self.base_url == EMBEDDED:
-            problems.append(f"{where}: endpoints cannot be combined with the embedded model; "
-                            "give --base-url once per endpoint (or [[endpoints]] tables)")
+            problems.append(f"{origins.get('endpoints', where)}: endpoints cannot be combined "
+                            "with the embedded model; give --base-url once per endpoint (or "
+                            "[[endpoints]] tables)")
         if problems:
             raise ConfigError("\n".join(problems))
+
+
+# Each setting's command-line flag (selfinstruct run), named beside it in messages; a test checks
+# this against the parser.
+FLAGS = {
+    "target": "--target", "model": "--model", "base_url": "--base-url", "api": "--api",
+    "concurrency": "--concurrency", "random_seed": "--random-seed",
+    "prompts_per_round": "--prompts-per-round", "batch": "--batch",
+    "batch_command": "--batch-command", "batch_poll_seconds": "--batch-poll",
+    "threshold": "--threshold", "tokenizer": "--tokenizer", "filter_non_ascii": "--allow-non-ascii",
+    "requests_per_minute": "--rpm", "tokens_per_minute": "--tpm", "request_timeout": "--timeout",
+    "connect_timeout": "--connect-timeout", "max_retries": "--max-retries",
+    "price_input_per_1k": "--price-in", "price_output_per_1k": "--price-out",
+    "key_env": "--key-env", "max_cost": "--max-cost", "max_tokens": "--max-tokens",
+    "context_window": "--context-window", "stop_grace": "--stop-grace",
+    "structured_output": "--structured-output", "embedded_servers": "--embedded-servers",
+    "max_fruitless_requests": "--max-fruitless-requests", "model_path": "--model-path",
+}
 
 
 ENDPOINT_FIELDS = {"base_url": "str", "model": "str", "key_env": "str", "concurrency": "int",
@@ -213,46 +236,62 @@ ENDPOINT_FIELDS = {"base_url": "str", "model": "str", "key_env": "str", "concurr
 
 
 def endpoint_problems(endpoints: object, where: str = "settings",
-                      lines: list[int] | None = None) -> list[str]:
+                      lines: list[int] | None = None, text: str = "") -> list[str]:
     """What is wrong with a list of endpoint tables, each problem naming the table (`where`,
-    the line of its `[[endpoints]]` header when `lines` gives it) and the field."""
+    the line of its `[[endpoints]]` header when `lines` gives it, or of the field itself when
+    `text`, the file, shows it) and the field."""
     if not isinstance(endpoints, list):
         return [f"{where}: endpoints must be a list of [[endpoints]] tables"]
     problems = []
     seen: set[str] = set()
+    file_lines = text.splitlines()
     for n, entry in enumerate(endpoints, start=1):
-        at = f"{where}:{lines[n - 1]}" if lines and n <= len(lines) else where
+        header = lines[n - 1] if lines and n <= len(lines) else None
+        at = f"{where}:{header}" if header else where
         name = f"{at}: [[endpoints]] #{n}"
+
+        def field_at(key: str, header: int | None = header, n: int = n,
+                     name: str = name) -> str:
+            """The problem's prefix, at the field's own line when the file shows it."""
+            if header is None or not file_lines:
+                return f"{name}:"
+            end = lines[n] if lines and n < len(lines) else len(file_lines) + 1
+            for number in range(header + 1, end):
+                if re.match(rf"\s*{re.escape(key)}\s*=", file_lines[number - 1]):
+                    return f"{where}:{number}: [[endpoints]] #{n}:"
+            return f"{name}:"
+
         if not isinstance(entry, dict):
             problems.append(f"{name} must be a table with base_url = \"http://...\"")
             continue
         for key, value in entry.items():
             type_name = ENDPOINT_FIELDS.get(key)
             if type_name is None:
-                problems.append(f"{name}: unknown field {key!r} (known fields: "
+                problems.append(f"{field_at(key)} unknown field {key!r} (known fields: "
                                 f"{', '.join(ENDPOINT_FIELDS)})")
                 continue
             try:
                 _coerce(value, type_name)
             except TypeError as exc:
-                problems.append(f"{name}: field {key!r} must be {exc}, got {value!r}")
+                problems.append(f"{field_at(key)} field {key!r} must be {exc}, got {value!r}")
         url = entry.get("base_url")
         if not url:
             problems.append(f"{name}: base_url is missing (e.g. base_url = "
                             "\"http://localhost:8000/v1\")")
         elif isinstance(url, str):
             if not re.match(r"^https?://[^/\s]+", url):
-                problems.append(f"{name}: base_url must be an http:// or https:// URL such as "
-                                f"http://localhost:8000/v1, not {url!r}")
+                problems.append(f"{field_at('base_url')} base_url must be an http:// or https:// "
+                                f"URL such as http://localhost:8000/v1, not {url!r}")
             elif url in seen:
-                problems.append(f"{name}: base_url {url!r} is listed twice")
+                problems.append(f"{field_at('base_url')} base_url {url!r} is listed twice")
             seen.add(url)
         concurrency = entry.get("concurrency")
         if isinstance(concurrency, int) and concurrency < 1:
-            problems.append(f"{name}: field 'concurrency' must be at least 1")
+            problems.append(f"{field_at('concurrency')} field 'concurrency' must be at least 1")
         rpm = entry.get("requests_per_minute")
         if isinstance(rpm, (int, float)) and (rpm < 0 or not math.isfinite(rpm)):
-            problems.append(f"{name}: field 'requests_per_minute' must be 0 or more")
+            problems.append(f"{field_at('requests_per_minute')} field 'requests_per_minute' "
+                            "must be 0 or more")
     return problems
 
 
@@ -327,29 +366,41 @@ def _coerce(value: Any, type_name: str) -> Any:
     raise TypeError("a string")
 
 
-def load_user_config(path: Path | None = None) -> dict[str, Any]:
-    """The user's config file as validated settings; a missing file is an empty config."""
+class FileSettings(dict[str, Any]):
+    """Settings read from a config file; `origins` maps each to its "path:line", so that a
+    value `validate` turns down is named where it was written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.origins: dict[str, str] = {}
+
+
+def load_user_config(path: Path | None = None) -> FileSettings:
+    """The user's config file as validated settings (with their lines, `FileSettings`); a
+    missing file is an empty config."""
     path = path or user_config_path()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return FileSettings()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix or delete the file") from None
-    problems, out = [], {}
+    problems: list[str] = []
+    out = FileSettings()
     for key, value in data.items():
         where = f"{path}:{_line_of(text, key) or 1}"
         if key == "endpoints":  # [[endpoints]] tables: a pool of endpoints
             headers = [n for n, line in enumerate(text.splitlines(), start=1)
                        if re.match(r"\s*\[\[\s*endpoints\s*\]\]", line)]
-            found = endpoint_problems(value, str(path), headers or None)
+            found = endpoint_problems(value, str(path), headers or None, text)
             problems.extend(found)
             if not found:
                 out[key] = [dict(e) for e in value]
+                out.origins[key] = f"{path}:{headers[0]}" if headers else str(path)
             continue
         type_name = SETTABLE.get(key) or UI_SETTINGS.get(key)
         if type_name is None:
@@ -358,6 +409,7 @@ def load_user_config(path: Path | None = None) -> dict[str, Any]:
             continue
         try:
             out[key] = _coerce(value, str(type_name))
+            out.origins[key] = where
         except TypeError as exc:
             problems.append(f"{where}: setting {key!r} must be {exc}, got {value!r}")
     if problems:
@@ -384,26 +436,38 @@ def save_user_setting(key: str, value: Any, path: Path | None = None) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+_ENV_OF = {"base_url": "OPENAI_BASE_URL", "model": "SELFINSTRUCT_MODEL"}
+
+
 def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
                  env: dict[str, str] | None = None) -> RunConfig:
     """A new run's config: defaults < config file < environment < flags."""
     env = dict(os.environ) if env is None else env
     cfg = RunConfig()
+    # where each value came from, for the messages of `validate`
+    origins = dict(getattr(file_settings, "origins", {}))
     for key, value in file_settings.items():
         if key in SETTABLE:
             setattr(cfg, key, value)
-    if env.get("OPENAI_BASE_URL"):
-        cfg.base_url = env["OPENAI_BASE_URL"]
-    if env.get("SELFINSTRUCT_MODEL"):
-        cfg.model = env["SELFINSTRUCT_MODEL"]
+    given = set()  # set by the environment or a flag
+    for key, name in _ENV_OF.items():
+        if env.get(name):
+            setattr(cfg, key, env[name])
+            origins[key] = f"environment variable {name}"
+            given.add(key)
     for key, value in flags.items():
         if value is not None and key in SETTABLE:
             setattr(cfg, key, value)
+            origins[key] = "command line"
+            given.add(key)
     if flags.get("base_url") and flags.get("endpoints") is None:
         cfg.endpoints = []  # one --base-url replaces the config file's pool
     if len(cfg.endpoints) == 1:  # one [[endpoints]] table: the run's own endpoint settings
         for key, value in cfg.endpoints[0].items():
+            if key in given:
+                continue  # a file's value: the environment and the flags come after it
             setattr(cfg, key, float(value) if key == "requests_per_minute" else value)
+            origins[key] = origins.get("endpoints", "settings")
         cfg.endpoints = []
     if cfg.endpoints:
         cfg.base_url = str(cfg.endpoints[0].get("base_url", ""))
@@ -416,7 +480,7 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
     if cfg.batch_command and not cfg.model:
         raise ConfigError("--batch-command needs --model: the model name the command's lines "
                           "ask for (e.g. the one given to vllm run-batch --model)")
-    cfg.validate()
+    cfg.validate(origins=origins)
     return cfg
 
 
@@ -424,6 +488,7 @@ def merge_for_resume(stored: RunConfig, flags: dict[str, Any]) -> tuple[RunConfi
     """The resumed run's config and the unsafe changes the flags ask for (empty when safe)."""
     cfg = dataclasses.replace(stored)
     refused = []
+    origins = {}
     if flags.get("base_url") is not None and flags.get("endpoints") is None:
         flags = {**flags, "endpoints": []}  # one --base-url: the pool becomes that endpoint
     for key, value in flags.items():
@@ -434,9 +499,10 @@ def merge_for_resume(stored: RunConfig, flags: dict[str, Any]) -> tuple[RunConfi
             continue
         if key in SAFE_ON_RESUME:
             setattr(cfg, key, value)
+            origins[key] = "command line"
         else:
             refused.append(f"{key}: the run uses {old!r}, the command asks for {value!r}")
     if cfg.endpoints:
         cfg.base_url = str(cfg.endpoints[0].get("base_url", ""))
-    cfg.validate()
+    cfg.validate("the run's saved settings", origins)
     return cfg, refused
