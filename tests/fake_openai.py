@@ -15,7 +15,9 @@ Scripts make it return exactly a given text or status: `script={"generate": [...
 "generate", "classify", "instances", or "*" for every request). Each entry is a string (the
 answer's text) or a dict with any of: text, finish_reason, status, body (a JSON error body or raw
 text), content_type, headers, usage (False: no usage in the answer), shape ("chat" or
-"completions": answer in that API's shape whatever was asked), hang (seconds). Entries are used
+"completions": answer in that API's shape whatever was asked), hang (seconds), reasoning (a chat
+message's `reasoning_content`, as vLLM and DeepSeek return a reasoning model's thinking; with
+text None the message's content is null). Entries are used
 in order; the last one repeats unless `repeat_last=False`, after which the default answers resume.
 Structured output: `structured="json"` answers a request carrying a JSON schema in JSON,
 "ignore" answers it as text, "reject" refuses it with a 400 that names response_format.
@@ -625,7 +627,7 @@ class FakeOpenAI:
                     return
                 if "text" in entry:
                     text = entry["text"]
-                    tokens = len(text.split())
+                    tokens = len((text or entry.get("reasoning") or "").split())
                 else:
                     text, kind, tokens = server.answer(self.path, body)
                 finish = entry.get("finish_reason", "stop")
@@ -640,10 +642,13 @@ class FakeOpenAI:
                 chat = self.path.endswith("chat/completions")
                 shape = entry.get("shape") or ("chat" if chat else "completions")
                 if shape == "chat":
+                    message = {"role": "assistant", "content": text}
+                    if entry.get("reasoning") is not None:
+                        message["reasoning_content"] = entry["reasoning"]
                     payload = {"id": "chatcmpl-fake", "object": "chat.completion",
                                "created": int(time.time()), "model": model,
                                "choices": [{"index": 0, "finish_reason": finish,
-                                            "message": {"role": "assistant", "content": text}}],
+                                            "message": message}],
                                "usage": usage}
                 else:
                     payload = {"id": "cmpl-fake", "object": "text_completion",

@@ -435,3 +435,36 @@ def test_the_next_task_is_found_by_one_search_as_line_by_line(text):
             break
         offset += len(line) + 1
     assert until_next_task(text) == expected
+
+
+# -- reasoning models ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, answer, only", [
+    ("<think>\nList: 1. Cats.\n</think>\n\n9. Dogs.", "\n\n9. Dogs.", False),
+    ("  <thinking>hmm</thinking>Yes", "Yes", False),
+    ("the template opened it\n1. Not a task.\n</think>\nNo", "\nNo", False),  # R1 chat template
+    ("<think>\nStill thinking about 1. Cats", "", True),
+    ("<THINK>cut", "", True),
+    ("Write about <think> tags in HTML.", "Write about <think> tags in HTML.", False),
+    ("9. Plain answer.", "9. Plain answer.", False),
+])
+def test_a_reasoning_model_s_thinking_is_split_from_its_answer(text, answer, only):
+    from selfinstruct_tui.engine.parsing import split_reasoning
+
+    assert split_reasoning(text) == (answer, only)
+
+
+def test_every_parser_reads_the_answer_after_the_thinking_and_names_a_cut_one():
+    thinking = "<think>\nMaybe:\n1. Write a poem.\nInput: x\nOutput: y\nYes.\n</think>\n"
+    assert items(parse_instruction_list(thinking + "1. Plan a picnic for six friends.",
+                                        examples=EXAMPLES)) == ["Plan a picnic for six friends."]
+    parsed = parse_instances(thinking + "Input: rain\nOutput: Museum.", output_first=False)
+    assert [(i.input, i.output) for i in parsed.instances] == [("rain", "Museum.")]
+    assert parse_classification(thinking + "No") is False
+    assert parse_classification("<think>Yes, I think it is a classific") is None
+    for parsed in (parse_instruction_list("<think>1. Write a poem about", examples=EXAMPLES),
+                   parse_instances("<think>Input: rain", output_first=True)):
+        [cut] = parsed.discarded
+        assert cut.reason is R.TRUNCATED and "only the model's reasoning" in cut.detail
+        assert cut.text.startswith("<think>")
+        assert not getattr(parsed, "items", None) and not getattr(parsed, "instances", None)

@@ -309,3 +309,52 @@ def test_a_refusal_in_a_classification_answer_never_becomes_a_label(tmp_path):
     [task] = machine(run_dir)
     assert json.loads(task["instances"]) == [{"input": "Still water.", "output": "Calm"}]
     assert_accounted(run_dir)
+
+
+def test_a_reasoning_model_s_thinking_is_never_read_as_its_answer(tmp_path):
+    """Qwen3/DeepSeek-R1 style: "<think>...</think>" before each answer (or only the closing tag,
+    the template having opened it), a list inside the thinking that must not become tasks, and
+    answers cut off inside the thinking, inline or as vLLM's reasoning_content with no content.
+    The cut ones are rejected as truncated with the fix, once each: never retried."""
+    musing = ("<think>\nThe user wants new tasks. Maybe:\n1. Write a poem about cats.\n"
+              "2. Summarize the news.\nInput: none\nOutput: x\nLet me write them.\n</think>\n\n")
+    generate = [
+        {"text": musing + f"1. {NEW[0]}\n2. {NEW[1]}"},
+        {"text": "<think>\nI should list tasks such as\n1. Draft an email to a landlord",
+         "finish_reason": "length"},
+        {"text": None, "reasoning": "Hmm, tasks about travel, and cooking, and", "finish_reason":
+         "length"},
+        {"text": f"Okay, tasks.\n3. Bake a cake.\n</think>\n9. {NEW[2]}"},
+    ]
+    cut_short = {"text": "<THINK>It could be a label task, I am not sure whether",
+                 "finish_reason": "length"}
+    # NEW[0]: thinks, then answers; NEW[1]: cut while thinking, and again with more tokens
+    classify = [{"text": "<think>\nIs it a classification? No.\n</think>\n\nNo"},
+                cut_short, cut_short, "No"]
+    instances = [{"text": musing + "Input: A rainy day.\nOutput: Visit the aquarium."},
+                 {"text": musing + "Input: (none)\nOutput: Sourdough rises slowly."}]
+    with FakeOpenAI(script={"generate": generate, "classify": classify,
+                            "instances": instances}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 2, api="chat",
+                                          structured_output="off")
+        sent = dict(server.by_kind)
+    assert finished.reason == "target"
+    got = {t["instruction"]: json.loads(t["instances"]) for t in machine(run_dir)}
+    assert set(got) == {NEW[0], NEW[2]}  # nothing from the thinking
+    assert got[NEW[0]] == [{"input": "A rainy day.", "output": "Visit the aquarium."}]
+    cut = [r for r in rejections(run_dir) if r["reason"] == "truncated"]
+    assert len(cut) == 2 and all("only the model's reasoning" in r["detail"] for r in cut)
+    assert cut[1]["raw"].startswith("<think>Hmm, tasks about travel")  # the reasoning is kept
+    unclear = [r for r in rejections(run_dir) if r["reason"] == "unknown_classification"]
+    assert [(r["candidate"], r["detail"][:40]) for r in unclear] == [
+        (NEW[1], "the answer is only the model's reasoning")]
+    conn = db(run_dir)
+    # no reasoning-only answer was asked again as malformed; the cut classification was asked
+    # once more with more tokens, by design
+    assert conn.execute("SELECT COUNT(*) FROM retries").fetchone()[0] == 0
+    assert sent["classify"] == 4
+    assert sent["generate"] == conn.execute(
+        "SELECT COUNT(*) FROM prompts WHERE kind = 'generate'").fetchone()[0] == 4
+    assert_accounted(run_dir)
+    rows = exported(run_dir, "alpaca", tmp_path)
+    assert not any("think" in json.dumps(r).lower() for r in rows)

@@ -89,7 +89,13 @@ from selfinstruct_tui.engine.llm import (
     SamplingParams,
     estimate_tokens,
 )
-from selfinstruct_tui.engine.parsing import ListItem, ParsedList, parse_classification
+from selfinstruct_tui.engine.parsing import (
+    REASONING_ONLY,
+    ListItem,
+    ParsedList,
+    is_reasoning_only,
+    parse_classification,
+)
 from selfinstruct_tui.engine.pool import Pool
 from selfinstruct_tui.engine.prompts import PromptStyle, Request, instructions_asked, style_for
 from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
@@ -1028,9 +1034,10 @@ class Engine:
                 return value
             if resp.finish_reason != "length" or tokens >= CLASSIFY_RETRY_TOKENS:
                 break  # asked again only when the answer was cut off
+        detail = REASONING_ONLY if is_reasoning_only(answer) else \
+            f"the answer {' '.join(answer.split())[:80]!r} is neither yes nor no"
         self._reject(rnd, prompt_id, item.instruction, RejectionReason.UNKNOWN_CLASSIFICATION,
-                     f"the answer {' '.join(answer.split())[:80]!r} is neither yes nor no",
-                     task_id=tid, raw=answer)
+                     detail, task_id=tid, raw=answer)
         return None
 
     async def _complete(self, rnd: _Round, tid: int, item: ListItem, prompt_id: int | None,

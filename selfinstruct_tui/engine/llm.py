@@ -997,7 +997,8 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
     """(text, finish_reason, prompt tokens, completion tokens, whether usage was reported) of a
     decoded completions (`chat` False) or chat completions answer; the shapes are the OpenAI
     API reference's `Completion` and `ChatCompletion` objects. A chat message that holds only a
-    `refusal` gives the refusal's text.
+    `refusal` gives the refusal's text; one with only a reasoning model's `reasoning_content`
+    (or `reasoning`) gives it as "<think>" and the reasoning, never ended (no answer came).
 
     Raises NotAnAPI (the 200 answer was not JSON), WrongAPI (the other API's shape) or
     MalformedResponse (no choices, or no text)."""
@@ -1013,6 +1014,14 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
         text = message.get("content") if isinstance(message, dict) else None
         if text is None and isinstance(message, dict) and isinstance(message.get("refusal"), str):
             text = message["refusal"]
+        if not text and isinstance(message, dict):
+            # A reasoning model that wrote no answer (out of tokens while thinking): vLLM, SGLang
+            # and DeepSeek's API return the reasoning apart (reasoning_content; "reasoning" on
+            # some servers). Given as an unended <think> block, the parsers name it for what it
+            # is, instead of a malformed answer asked again at full price.
+            thought = message.get("reasoning_content") or message.get("reasoning")
+            if isinstance(thought, str) and thought.strip():
+                text = "<think>" + thought
     else:
         text = choice.get("text")
         if text is None and message is not None:

@@ -102,6 +102,32 @@ def _cut_special_tokens(text: str) -> str:
     return text[: match.start()] if match else text
 
 
+# Reasoning models think before they answer: "<think>...</think>" then the answer (DeepSeek-R1,
+# Qwen3, QwQ), or only the closing tag when the chat template opened the block in the prompt.
+# An endpoint that returns the reasoning apart (reasoning_content) gets the same form from the
+# client when no answer came (`llm.read_answer`).
+_THINK_OPEN = re.compile(r"^\s*<(?:think|thinking)>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</(?:think|thinking)>", re.IGNORECASE)
+REASONING_ONLY = ("the answer is only the model's reasoning (its <think> part never ended): give "
+                  "this stage more tokens (generation_max_tokens, instance_max_tokens or "
+                  "classification_max_tokens in the config file) or turn the model's thinking off")
+
+
+def split_reasoning(text: str) -> tuple[str, bool]:
+    """(the answer without the model's reasoning, whether the text was reasoning only)."""
+    close = _THINK_CLOSE.search(text)
+    if close is not None:
+        return text[close.end():], False
+    if _THINK_OPEN.match(text):
+        return "", True
+    return text, False
+
+
+def is_reasoning_only(text: str) -> bool:
+    """The answer is all reasoning: its <think> block never ended (cut off, or no answer)."""
+    return split_reasoning(_cut_special_tokens(text))[1]
+
+
 _WHITESPACE = re.compile(r"\s+")
 _NON_WORD = re.compile(r"[^\w]+")
 _CODE_FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
@@ -214,8 +240,13 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     `first_number`: completions mode, where the prompt ends with "9." and the answer continues
     that item. `examples`: the prompt's example instructions, to set aside repeats of them.
     `truncated`: the answer hit the token limit (finish_reason "length"); its last item is cut.
+    A reasoning model's <think> part is left out (`split_reasoning`).
     """
-    text = _cut_special_tokens(text)
+    original = text
+    text, reasoning_only = split_reasoning(_cut_special_tokens(text))
+    if reasoning_only:
+        return ParsedList(discarded=[Fragment(_cut_special_tokens(original).strip()[:2000],
+                                              R.TRUNCATED, REASONING_ONLY)])
     json_list = _parse_json_list(text, truncated)
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
@@ -498,8 +529,9 @@ _CLS_PHRASES = (
 
 def parse_classification(text: str) -> bool | None:
     """Yes/No to "is this a classification task?": `Yes`, `Classification: Yes`, `**No**`,
-    `Yes, because ...`, `True`; None when the answer is neither."""
-    cleaned = _CLS_MARKUP.sub("", _cut_special_tokens(text)).strip()
+    `Yes, because ...`, `True` (after a reasoning model's <think> part); None when the answer is
+    neither."""
+    cleaned = _CLS_MARKUP.sub("", split_reasoning(_cut_special_tokens(text))[0]).strip()
     cleaned = _CLS_LEAD.sub("", cleaned).strip()
     words = _LETTERS.findall(cleaned.lower())
     if words:
@@ -581,9 +613,13 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     `output_first`: the classification layout ('Class label: X' then 'Input: ...'; the label is
     the output). `starts_in_example`: completions mode, where the prompt ends inside the first
     example ("Example 1\\n" or "Class label:"). `truncated`: the answer hit the token limit, so
-    the example it ends in is cut.
+    the example it ends in is cut. A reasoning model's <think> part is left out.
     """
-    text = _cut_special_tokens(text)
+    original = text
+    text, reasoning_only = split_reasoning(_cut_special_tokens(text))
+    if reasoning_only:
+        return ParsedInstances(discarded=[Fragment(_cut_special_tokens(original).strip()[:2000],
+                                                   R.TRUNCATED, REASONING_ONLY)])
     if is_refusal(text.strip()):
         return ParsedInstances(discarded=[Fragment(text.strip()[:2000], R.REFUSAL,
                                                    "the model declined")])
