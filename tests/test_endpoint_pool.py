@@ -296,6 +296,24 @@ def test_a_setting_that_cannot_work_is_named_where_it_was_given(tmp_path):
     with pytest.raises(ConfigError) as err:
         merge_for_resume(RunConfig(base_url="http://a:1/v1", model="m"), {"target": 0})
     assert str(err.value) == "command line: target (--target) must be at least 1"
+    # the second of two --base-url flags is named as such, not as a config table
+    with pytest.raises(ConfigError) as err:
+        build_config({}, {"model": "m", "base_url": "http://a:1/v1", "endpoints": [
+            {"base_url": "http://a:1/v1"}, {"base_url": "http://b c:1/v1"}]}, env={})
+    assert str(err.value).startswith("command line: --base-url #2: base_url must be an http://")
+    # one line per problem: a value that is not a number is not also out of range
+    path.write_text('threshold = nan\ntemperature = -1\ntop_p = 5\nconcurrency = "eight"\n')
+    with pytest.raises(ConfigError) as err:
+        build_config(load_user_config(path), {}, env={})
+    assert str(err.value) == (f"{path}:4: setting 'concurrency' (--concurrency) must be an "
+                              "integer, got 'eight'")
+    path.write_text('threshold = nan\ntemperature = -1\ntop_p = 5\n')
+    with pytest.raises(ConfigError) as err:
+        build_config(load_user_config(path), {"model": "m"}, env={})
+    assert sorted(str(err.value).splitlines()) == [
+        f"{path}:1: threshold (--threshold) must be a finite number, not nan",
+        f"{path}:2: temperature must be between 0 and 2, not -1.0",
+        f"{path}:3: top_p must be more than 0 and at most 1, not 5.0"]
 
 
 def test_flags_and_the_environment_come_after_a_single_endpoint_table(tmp_path):

@@ -442,7 +442,15 @@ def test_the_next_task_is_found_by_one_search_as_line_by_line(text):
 @pytest.mark.parametrize("text, answer, only", [
     ("<think>\nList: 1. Cats.\n</think>\n\n9. Dogs.", "\n\n9. Dogs.", False),
     ("  <thinking>hmm</thinking>Yes", "Yes", False),
-    ("the template opened it\n1. Not a task.\n</think>\nNo", "\nNo", False),  # R1 chat template
+    ("the template opened it\n1. Not a task.\n</think>\nNo", "No", False),  # R1 chat template
+    # text about the tags: a closing tag inside a line, or after an opening one, is text
+    ("9. Explain the <think> and </think> tags.\n10. Bake.", "9. Explain the <think> and </think> "
+     "tags.\n10. Bake.", False),
+    ("9. Compare </think> with </p> in markup.", "9. Compare </think> with </p> in markup.", False),
+    # later blocks on lines of their own go too, an unended one to the end
+    ("<think>a</think>\n9. One.\n<think>\n10. musing\n</think>\n11. Two.", "\n9. One.\n\n11. Two.",
+     False),
+    ("9. One.\n  <thinking>\n10. musing to the end", "9. One.\n", False),
     ("<think>\nStill thinking about 1. Cats", "", True),
     ("<THINK>cut", "", True),
     ("Write about <think> tags in HTML.", "Write about <think> tags in HTML.", False),
@@ -466,5 +474,7 @@ def test_every_parser_reads_the_answer_after_the_thinking_and_names_a_cut_one():
                    parse_instances("<think>Input: rain", output_first=True)):
         [cut] = parsed.discarded
         assert cut.reason is R.TRUNCATED and "only the model's reasoning" in cut.detail
+        assert ("generation_max_tokens" if hasattr(parsed, "items") else
+                "instance_max_tokens") in cut.detail  # the stage's own setting
         assert cut.text.startswith("<think>")
         assert not getattr(parsed, "items", None) and not getattr(parsed, "instances", None)

@@ -358,3 +358,18 @@ def test_a_reasoning_model_s_thinking_is_never_read_as_its_answer(tmp_path):
     assert_accounted(run_dir)
     rows = exported(run_dir, "alpaca", tmp_path)
     assert not any("think" in json.dumps(r).lower() for r in rows)
+
+
+def test_a_thinking_model_s_json_answers_keep_structured_output_on(tmp_path):
+    """Structured output is detected from the first answers: JSON after a <think> part is JSON."""
+    tasks = json.dumps({"tasks": [{"instruction": NEW[0]}, {"instruction": NEW[1]}]})
+    with FakeOpenAI(script={"generate": [f"<think>\nJSON it is.\n</think>\n{tasks}"],
+                            "classify": ["<think>no labels</think>\nNo"]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 2, api="chat")
+    assert finished.reason == "target"
+    assert {t["instruction"] for t in machine(run_dir)} == {NEW[0], NEW[1]}
+    store = RunStore(run_dir, readonly=True)
+    assert store.get_meta("structured_output") == "json_schema"
+    store.close()
+    assert_accounted(run_dir)

@@ -334,3 +334,18 @@ def test_the_yield_per_prompt_counts_only_answered_generation_prompts(tmp_path):
     resumed._load_pool()
     assert {r: resumed._totals[r] for r in live_totals} == live_totals
     resumed.store.close()
+
+
+def test_a_model_that_only_thinks_pauses_with_the_reason_and_the_fix(tmp_path):
+    """Every classification answer cut off inside <think>: the pause names that and the fix,
+    not the endpoint or --model."""
+    with FakeOpenAI(script={"classify": [{"text": "<think>\nIs this a classification task? "
+                                                  "Let me think about what", "finish_reason":
+                                          "length"}]}) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, concurrency=2,
+                                                max_fruitless_requests=6)
+    assert finished.reason == ev.FinishReason.FAILING
+    assert "unknown classification" in pauses[0]
+    assert "reasoning only" in pauses[0] and "classification_max_tokens" in pauses[0]
+    assert "Check --model" not in pauses[0]
+    assert_accounted(run_dir)

@@ -160,10 +160,22 @@ class RunConfig:
                      "generation_max_tokens", "instance_max_tokens", "classification_max_tokens"):
             if getattr(self, name) < 1:
                 bad(name, "must be at least 1")
-        if not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
+        if self.num_prompt_instructions >= 1 and \
+                not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
             bad("num_machine_instructions", "must be between 0 and num_prompt_instructions")
-        if not 0.0 < self.threshold <= 1.0:
+        finite = {f.name for f in fields(self) if not isinstance(getattr(self, f.name), float)
+                  or math.isfinite(getattr(self, f.name))}
+        if "threshold" in finite and not 0.0 < self.threshold <= 1.0:
             bad("threshold", "must be in (0, 1]")
+        # the OpenAI API reference's ranges (other servers take the same)
+        if "temperature" in finite and not 0.0 <= self.temperature <= 2.0:
+            bad("temperature", f"must be between 0 and 2, not {self.temperature}")
+        if "top_p" in finite and not 0.0 < self.top_p <= 1.0:
+            bad("top_p", f"must be more than 0 and at most 1, not {self.top_p}")
+        for name in ("presence_penalty", "frequency_penalty", "instance_presence_penalty"):
+            value = getattr(self, name)
+            if name in finite and not -2.0 <= value <= 2.0:
+                bad(name, f"must be between -2 and 2, not {value}")
         if self.prompts_per_round < 0:
             bad("prompts_per_round", "must be 0 (auto) or more")
         if self.embedded_servers not in (1, 3):
@@ -180,7 +192,7 @@ class RunConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 bad(f.name, f"must be a finite number, not {value}")
-        if self.max_cost and not (self.price_input_per_1k and self.price_output_per_1k):
+        if self.max_cost > 0 and not (self.price_input_per_1k and self.price_output_per_1k):
             bad("max_cost", "needs both prices to count the cost: set price_input_per_1k and "
                             "price_output_per_1k (--price-in, --price-out, USD per 1K tokens), "
                             "or limit tokens with --max-tokens")
@@ -198,13 +210,14 @@ class RunConfig:
             bad("max_retries", "must be 0 or more")
         if 0 < self.context_window < 256:
             bad("context_window", "must be 0 (learn it from the endpoint) or at least 256 tokens")
-        if self.base_url not in ("", EMBEDDED) and not re.match(r"^https?://[^/\s]+",
-                                                                self.base_url):
+        if self.base_url not in ("", EMBEDDED) and not _URL.match(self.base_url):
             bad("base_url", f"must be an http:// or https:// URL such as "
                             f"http://localhost:8000/v1, not {self.base_url!r}")
         if self.max_words < self.min_words:
             bad("max_words", "must be at least min_words")
-        problems.extend(endpoint_problems(self.endpoints, origins.get("endpoints", where)))
+        origin = origins.get("endpoints", where)
+        problems.extend(endpoint_problems(self.endpoints, origin, item="--base-url" if
+                                          origin == "command line" else "[[endpoints]]"))
         if self.endpoints and self.base_url == EMBEDDED:
             problems.append(f"{origins.get('endpoints', where)}: endpoints cannot be combined "
                             "with the embedded model; give --base-url once per endpoint (or "
@@ -231,12 +244,16 @@ FLAGS = {
 }
 
 
+# An http(s) URL with a host and no spaces anywhere (a space in it only fails later, to connect).
+_URL = re.compile(r"^https?://[^/\s]+(?:/\S*)?$")
+
 ENDPOINT_FIELDS = {"base_url": "str", "model": "str", "key_env": "str", "concurrency": "int",
                    "requests_per_minute": "float"}
 
 
 def endpoint_problems(endpoints: object, where: str = "settings",
-                      lines: list[int] | None = None, text: str = "") -> list[str]:
+                      lines: list[int] | None = None, text: str = "",
+                      item: str = "[[endpoints]]") -> list[str]:
     """What is wrong with a list of endpoint tables, each problem naming the table (`where`,
     the line of its `[[endpoints]]` header when `lines` gives it, or of the field itself when
     `text`, the file, shows it) and the field."""
@@ -248,7 +265,7 @@ def endpoint_problems(endpoints: object, where: str = "settings",
     for n, entry in enumerate(endpoints, start=1):
         header = lines[n - 1] if lines and n <= len(lines) else None
         at = f"{where}:{header}" if header else where
-        name = f"{at}: [[endpoints]] #{n}"
+        name = f"{at}: {item} #{n}"
 
         def field_at(key: str, header: int | None = header, n: int = n,
                      name: str = name) -> str:
@@ -258,7 +275,7 @@ def endpoint_problems(endpoints: object, where: str = "settings",
             end = lines[n] if lines and n < len(lines) else len(file_lines) + 1
             for number in range(header + 1, end):
                 if re.match(rf"\s*{re.escape(key)}\s*=", file_lines[number - 1]):
-                    return f"{where}:{number}: [[endpoints]] #{n}:"
+                    return f"{where}:{number}: {item} #{n}:"
             return f"{name}:"
 
         if not isinstance(entry, dict):
@@ -279,7 +296,7 @@ def endpoint_problems(endpoints: object, where: str = "settings",
             problems.append(f"{name}: base_url is missing (e.g. base_url = "
                             "\"http://localhost:8000/v1\")")
         elif isinstance(url, str):
-            if not re.match(r"^https?://[^/\s]+", url):
+            if not _URL.match(url):
                 problems.append(f"{field_at('base_url')} base_url must be an http:// or https:// "
                                 f"URL such as http://localhost:8000/v1, not {url!r}")
             elif url in seen:
@@ -411,7 +428,8 @@ def load_user_config(path: Path | None = None) -> FileSettings:
             out[key] = _coerce(value, str(type_name))
             out.origins[key] = where
         except TypeError as exc:
-            problems.append(f"{where}: setting {key!r} must be {exc}, got {value!r}")
+            flag = f" ({FLAGS[key]})" if key in FLAGS else ""
+            problems.append(f"{where}: setting {key!r}{flag} must be {exc}, got {value!r}")
     if problems:
         raise ConfigError("\n".join(problems))
     return out

@@ -90,11 +90,11 @@ from selfinstruct_tui.engine.llm import (
     estimate_tokens,
 )
 from selfinstruct_tui.engine.parsing import (
-    REASONING_ONLY,
     ListItem,
     ParsedList,
     is_reasoning_only,
     parse_classification,
+    reasoning_only_detail,
 )
 from selfinstruct_tui.engine.pool import Pool
 from selfinstruct_tui.engine.prompts import PromptStyle, Request, instructions_asked, style_for
@@ -1034,7 +1034,8 @@ class Engine:
                 return value
             if resp.finish_reason != "length" or tokens >= CLASSIFY_RETRY_TOKENS:
                 break  # asked again only when the answer was cut off
-        detail = REASONING_ONLY if is_reasoning_only(answer) else \
+        detail = reasoning_only_detail("classification_max_tokens") \
+            if is_reasoning_only(answer) else \
             f"the answer {' '.join(answer.split())[:80]!r} is neither yes nor no"
         self._reject(rnd, prompt_id, item.instruction, RejectionReason.UNKNOWN_CLASSIFICATION,
                      detail, task_id=tid, raw=answer)

@@ -18,6 +18,7 @@ from collections import Counter
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.filters import RejectionReason
 from selfinstruct_tui.engine.llm import Cause, RequestFailed
+from selfinstruct_tui.engine.parsing import is_reasoning_only
 from selfinstruct_tui.engine.store import RoundStats
 
 # Rejection reasons that mean no answer came back (the endpoint, not the model's text)
@@ -113,15 +114,20 @@ class SpendGuard:
                     f"the endpoint gave no answer (request errors: {errors}). "
                     f"{watch.down_advice}")
         last = ""
+        advice = ". Check --model, --api and the endpoint (see the rejections), then resume"
         if self.last_rejected is not None:
             reason, text = self.last_rejected
             last = f". Last rejected answer ({reason.replace('_', ' ')}): " \
                    f"{' '.join(text.split())[:300]!r}"
+            if is_reasoning_only(text):
+                advice = (". The model answers with its reasoning only (<think> with nothing "
+                          "after it): turn its thinking off at the endpoint, or give the stages "
+                          "more tokens (generation_max_tokens, classification_max_tokens, "
+                          "instance_max_tokens in the config file), then resume")
         return (f"{self.fruitless_requests} requests in a row added nothing to the pool. "
                 f"Rejected: {rejected}"
                 + (f"; request errors since the last answer: {errors}" if errors else "")
-                + (last or ". No answer came back")
-                + ". Check --model, --api and the endpoint (see the rejections), then resume")
+                + (last or ". No answer came back") + advice)
 
     def after_round(self, stats: RoundStats) -> None:
         """Count rounds that accepted nothing, for the backoff between rounds."""

@@ -103,23 +103,46 @@ def _cut_special_tokens(text: str) -> str:
 
 
 # Reasoning models think before they answer: "<think>...</think>" then the answer (DeepSeek-R1,
-# Qwen3, QwQ), or only the closing tag when the chat template opened the block in the prompt.
-# An endpoint that returns the reasoning apart (reasoning_content) gets the same form from the
-# client when no answer came (`llm.read_answer`).
-_THINK_OPEN = re.compile(r"^\s*<(?:think|thinking)>", re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</(?:think|thinking)>", re.IGNORECASE)
-REASONING_ONLY = ("the answer is only the model's reasoning (its <think> part never ended): give "
-                  "this stage more tokens (generation_max_tokens, instance_max_tokens or "
-                  "classification_max_tokens in the config file) or turn the model's thinking off")
+# Qwen3, QwQ), or only the closing tag, ending its line, when the chat template opened the block in
+# the prompt. An endpoint that returns the reasoning apart (reasoning_content) gets the same form
+# from the client when no answer came (`llm.read_answer`).
+_THINK_OPEN = re.compile(r"^\s*<(think|thinking)>", re.IGNORECASE)
+_THINK_CLOSE = {"think": re.compile(r"</think>", re.IGNORECASE),
+                "thinking": re.compile(r"</thinking>", re.IGNORECASE)}
+_TEMPLATE_CLOSE = re.compile(r"</(?:think|thinking)>[ \t]*(?:\r?\n|$)", re.IGNORECASE)
+_ANY_OPEN = re.compile(r"<(?:think|thinking)>", re.IGNORECASE)
+# A later block of thinking on lines of its own (interleaved, or after the first), up to its end
+# or the end of the answer.
+_LATER_BLOCK = re.compile(r"^[ \t]*<(think|thinking)>.*?(?:</\1>[ \t]*|\Z)",
+                          re.IGNORECASE | re.MULTILINE | re.DOTALL)
+
+
+def reasoning_only_detail(setting: str) -> str:
+    """Why an answer that is all reasoning is rejected, and the fix (`setting`: the stage's
+    max_tokens setting)."""
+    return ("the answer is only the model's reasoning, with no answer after it: give this stage "
+            f"more tokens ({setting} in the config file) or turn the model's thinking off")
 
 
 def split_reasoning(text: str) -> tuple[str, bool]:
-    """(the answer without the model's reasoning, whether the text was reasoning only)."""
-    close = _THINK_CLOSE.search(text)
-    if close is not None:
-        return text[close.end():], False
-    if _THINK_OPEN.match(text):
-        return "", True
+    """(the answer without the model's reasoning, whether the text was reasoning only).
+
+    Reasoning is a block that opens the answer (`<think>` or `<thinking>`, any case) up to its
+    closing tag; without an opening tag, the text up to a closing tag that ends its line (the
+    chat template opened it) unless a `<think>` comes before it (text about the tags); and any
+    later block on lines of its own. A closing tag inside a line of ordinary text is text."""
+    opened = _THINK_OPEN.match(text)
+    if opened is not None:
+        close = _THINK_CLOSE[opened.group(1).lower()].search(text, opened.end())
+        if close is None:
+            return "", True
+        text = text[close.end():]
+    else:
+        close = _TEMPLATE_CLOSE.search(text)
+        if close is not None and _ANY_OPEN.search(text, 0, close.start()) is None:
+            text = text[close.end():]
+    if "<" in text:
+        text = _LATER_BLOCK.sub("", text)
     return text, False
 
 
@@ -246,7 +269,8 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     text, reasoning_only = split_reasoning(_cut_special_tokens(text))
     if reasoning_only:
         return ParsedList(discarded=[Fragment(_cut_special_tokens(original).strip()[:2000],
-                                              R.TRUNCATED, REASONING_ONLY)])
+                                              R.TRUNCATED,
+                                              reasoning_only_detail("generation_max_tokens"))])
     json_list = _parse_json_list(text, truncated)
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
@@ -619,7 +643,8 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     text, reasoning_only = split_reasoning(_cut_special_tokens(text))
     if reasoning_only:
         return ParsedInstances(discarded=[Fragment(_cut_special_tokens(original).strip()[:2000],
-                                                   R.TRUNCATED, REASONING_ONLY)])
+                                                   R.TRUNCATED,
+                                                   reasoning_only_detail("instance_max_tokens"))])
     if is_refusal(text.strip()):
         return ParsedInstances(discarded=[Fragment(text.strip()[:2000], R.REFUSAL,
                                                    "the model declined")])
