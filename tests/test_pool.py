@@ -65,14 +65,15 @@ def test_drop_edit_and_replace_seeds_keep_the_index_in_step():
     machine = pool.get(9)
     assert machine is not None
     old = machine.instruction
-    edited = pool.edit(9, "Compose a sea shanty about a leaky rowing boat.", [Instance("", "y")],
-                       True)
-    assert edited is machine and machine.is_classification
+    new = "Compose a sea shanty about a leaky rowing boat."
+    assert pool.edit(9, new, [Instance("", "y")], True) and not pool.edit(77, new, [], True)
+    assert pool.get(9).instruction == new and pool.text(9) == new
     assert not pool.query(old).is_duplicate
-    assert pool.query("Compose a sea shanty about a leaky rowing boat.").is_duplicate
+    assert pool.query(new).is_duplicate
     dropped = pool.drop(9)
     assert dropped is not None and dropped.status == "dropped" and 9 not in pool
-    assert pool.machine_count == 1 and not pool.query(edited.instruction).is_duplicate
+    assert dropped.instruction == new
+    assert pool.machine_count == 1 and not pool.query(new).is_duplicate
     assert pool.drop(9) is None
     seed_text = pool.seeds()[0].instruction
     pool.replace_seeds([task(200, "seed", text="Name three birds that never fly at all.")])
@@ -94,3 +95,55 @@ def test_a_demoted_task_comes_back_in_round_order_and_is_sampled_like_before():
     after = [t.id for t in pool.sample_examples(random.Random(7), total=8, machine=2,
                                                 up_to_round=2)]
     assert after == before
+
+
+def test_the_pool_keeps_a_machine_task_s_text_and_round_not_the_whole_task():
+    """Instances and most-similar lists live in the store: a pool of 1M tasks held them all
+    (~2.7 GB, ~16M objects for the garbage collector)."""
+    pool = pool_with(machine_rounds=(1,))
+    whole = task(50, "machine", text="Plan a quiet weekend in a small harbour town.")
+    whole.round = 2
+    whole.instances = [Instance("", "Walk the pier.")]
+    pool.commit(whole)
+    held = pool.get(50)
+    assert held is not whole and (held.id, held.instruction, held.round) == (50, whole.instruction, 2)
+    assert held.instances == [] and held.most_similar == []
+    picked = pool.sample_examples(random.Random(1), total=2, machine=2, up_to_round=2)
+    assert {t.id for t in picked if t.origin == "machine"} <= {9, 50}
+    seed = pool.seeds()[0]
+    assert pool.get(seed.id) is seed  # seeds stay whole (the prompts and the seed manager)
+
+
+def test_an_edit_or_a_drop_through_the_engine_reaches_the_store_and_the_index(tmp_path):
+    """The inspector's edit works on the store's whole task (the pool holds a machine task's
+    text only): the store gets the new instruction, instances and flag, and the index follows."""
+    from fake_openai import FakeOpenAI
+    from selfinstruct_tui.engine import events as ev
+    from selfinstruct_tui.engine.control import DropTask, EditTask
+    from selfinstruct_tui.engine.engine import Engine
+    from selfinstruct_tui.engine.store import RunStore
+    from tui_helpers import new_run
+
+    with FakeOpenAI() as server:
+        store, config = new_run(tmp_path / "run", server.base_url, target=3, concurrency=2)
+        Engine(store, config).run()
+        first, second = [t for t in store.tasks(status="active") if t.origin == "machine"][:2]
+        new = "Compose a sea shanty about a leaky rowing boat and its stubborn captain."
+        engine = Engine(store, config)
+        events: list = []
+        engine.bus.subscribe(events.append)
+        engine.send(EditTask(first.id, new, (Instance("", "Heave ho, the water's low."),), True))
+        engine.send(DropTask(second.id))
+        engine.run()  # the target is reached: it applies the commands and ends
+        assert engine.pool.query(new).max_score == 1.0 and first.id in engine.pool
+        assert not engine.pool.query(second.instruction).is_duplicate
+        store.close()
+    reader = RunStore(tmp_path / "run", readonly=True)
+    edited = reader.task(first.id)
+    assert edited is not None and edited.instruction == new and edited.is_classification
+    assert [(i.input, i.output) for i in edited.instances] == [("", "Heave ho, the water's low.")]
+    assert edited.most_similar == first.most_similar  # kept from the store
+    assert reader.task(second.id).status == "dropped"
+    reader.close()
+    [edit] = [e for e in events if isinstance(e, ev.TaskEdited)]
+    assert edit.task.instruction == new and edit.task.instances
