@@ -23,7 +23,7 @@ from selfinstruct_tui.engine.config import (
     merge_for_resume,
     new_run_dir,
 )
-from selfinstruct_tui.engine.errors import ConfigError, UserError
+from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.runs import RunLock, busy, lock_holder, remember_run
 from selfinstruct_tui.engine.seeds import (
     SeedTask,
@@ -211,10 +211,18 @@ def prepare(request: RunRequest) -> Session:
             cfg.api = "completions"
     run_dir = Path(request.run_dir) if request.run_dir else new_run_dir(cfg.model or "run")
     # `seeds = "PATH"` in the config file is the default seed file of new runs.
-    if not request.seeds and file_settings.get("seeds"):
+    from_file = not request.seeds and bool(file_settings.get("seeds"))
+    if from_file:
         request.seeds = str(Path(file_settings["seeds"]).expanduser())
     # Bad seeds fail here, before anything is created.
-    seeds = load_seeds(Path(request.seeds) if request.seeds else bundled_seeds_path())
+    try:
+        seeds = load_seeds(Path(request.seeds) if request.seeds else bundled_seeds_path())
+    except InputFileError as exc:
+        if not from_file:
+            raise
+        origin = getattr(file_settings, "origins", {}).get("seeds", "the config file")
+        raise InputFileError([*exc.problems, f"{origin}: the seeds setting names this file; fix "
+                                             "the file or the setting, or give --seeds"]) from None
     return Session(run_dir, cfg, False, request, seeds=seeds)
 
 

@@ -316,6 +316,24 @@ def test_a_setting_that_cannot_work_is_named_where_it_was_given(tmp_path):
         f"{path}:3: top_p must be more than 0 and at most 1, not 5.0"]
 
 
+def test_an_inline_endpoint_list_and_a_seed_file_setting_are_named_at_their_lines(
+        tmp_path, run_cli, isolated_env):
+    path = tmp_path / "config.toml"
+    path.write_text('model = "m"\nendpoints = [{base_url = "ftp://a"}]\n')
+    with pytest.raises(ConfigError) as err:
+        load_user_config(path)
+    assert str(err.value).startswith(f"{path}:2: [[endpoints]] #1: base_url must be an http://")
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    config.write_text(f'\nseeds = "{tmp_path / "missing.jsonl"}"\n')
+    proc = run_cli("run", "--headless", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                   "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert proc.stderr.splitlines() == [
+        f"{tmp_path / 'missing.jsonl'}: no such file",
+        f"{config}:2: the seeds setting names this file; fix the file or the setting, or give "
+        "--seeds"], proc.stderr
+
+
 def test_flags_and_the_environment_come_after_a_single_endpoint_table(tmp_path):
     """One [[endpoints]] table holds the run's own endpoint settings, read as the config file's:
     the environment and the flags still win (defaults < file < environment < flags)."""

@@ -413,7 +413,9 @@ def load_user_config(path: Path | None = None) -> FileSettings:
         if key == "endpoints":  # [[endpoints]] tables: a pool of endpoints
             headers = [n for n, line in enumerate(text.splitlines(), start=1)
                        if re.match(r"\s*\[\[\s*endpoints\s*\]\]", line)]
-            found = endpoint_problems(value, str(path), headers or None, text)
+            # [[endpoints]] tables, each named at its header; an inline list at its key's line
+            found = endpoint_problems(value, str(path) if headers else where, headers or None,
+                                      text)
             problems.extend(found)
             if not found:
                 out[key] = [dict(e) for e in value]

@@ -169,6 +169,10 @@ class Engine:
         self._rounds: dict[int, _Round] = {}
         self._pending: collections.deque[int] = collections.deque()
         self._resolved: dict[int, Task] = {}  # done, waiting in `_pending` to be committed
+        # entries of `_pending` whose candidate was rejected (an id may be queued again when its
+        # candidate is taken up): `_flush` drops them when it reaches them, first ones first, as
+        # removing each from the middle of the deque did by scanning thousands of ids at C=1024
+        self._gone: collections.Counter[int] = collections.Counter()
         self._round_of: dict[int, int] = {}
         self._similar: dict[int, SimilarityResult] = {}
         self._pending_seeds: list[SeedTask] | None = None
@@ -989,7 +993,7 @@ class Engine:
         task = await self._complete(rnd, tid, item, prompt_id, known, known_instances)
         if task is None:  # rejected, or left open to be taken up again: out of the queue now
             self.pool.release(tid)
-            self._pending.remove(tid)
+            self._gone[tid] += 1
             del self._round_of[tid]
             self._similar.pop(tid, None)
         else:
@@ -1110,8 +1114,14 @@ class Engine:
 
         Every completed task is kept, even past the target: its requests are paid for.
         """
-        while self._pending and self._pending[0] in self._resolved:
+        while self._pending and (self._pending[0] in self._resolved
+                                 or self._pending[0] in self._gone):
             tid = self._pending.popleft()
+            if tid in self._gone:
+                self._gone[tid] -= 1
+                if not self._gone[tid]:
+                    del self._gone[tid]
+                continue
             task = self._resolved.pop(tid)
             number = self._round_of.pop(tid)
             self._similar.pop(tid, None)
