@@ -333,7 +333,7 @@ class Engine:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_pool(self) -> None:
-        self.pool.load(self.store.tasks(status="active"))
+        self.pool.load(self.store.iter_tasks())  # one row at a time: the pool keeps little
         self._committed = self.pool.machine_count
         self._next_id = self.store.max_used_id() + 1
         self.guard.before = self.store.token_totals()

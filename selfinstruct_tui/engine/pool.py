@@ -5,10 +5,10 @@ pool's instructions plus the candidates reserved and not yet settled.
 
 Seed tasks are held whole; a machine task only as what the loop reads of it (id, instruction,
 round, classification flag): its instances and most-similar list are in the store. A whole task
-with three instances and ten similar tasks took ~2.7 KB and ~16 objects for the garbage
-collector to walk, so a pool of 1M tasks held ~2.7 GB and made every full collection walk ~16M
-objects. Measured with 20,000 such tasks: 3,474 bytes and 16 collector objects per task in the
-pool (the index's Python side included) before, 851 bytes and none now.
+with three instances and ten similar tasks cost the pool 3,474 bytes and 16 objects for the
+garbage collector to walk (the index's Python side included; measured with 20,000 such tasks),
+so a pool of 1M tasks held ~3.5 GB and made every full collection walk ~16M objects; now 851
+bytes and none. A resumed run reads the store's tasks one row at a time into it.
 
 Reservations: a candidate that passes the filters is `reserve`d (in the index from then on, so the
 rest of its round is compared with it). It then either joins the pool (`commit`) or fails
