@@ -146,6 +146,16 @@ def split_reasoning(text: str) -> tuple[str, bool]:
     return text, False
 
 
+def _answer_part(text: str, setting: str) -> tuple[str, Fragment | None]:
+    """(the answer without control tokens and reasoning, None), or ("", the rejected fragment)
+    when the text is reasoning only (`setting`: the stage's max_tokens setting)."""
+    cut = _cut_special_tokens(text)
+    answer, reasoning_only = split_reasoning(cut)
+    if reasoning_only:
+        return "", Fragment(cut.strip()[:2000], R.TRUNCATED, reasoning_only_detail(setting))
+    return answer, None
+
+
 def is_reasoning_only(text: str) -> bool:
     """The answer is all reasoning: its <think> block never ended (cut off, or no answer)."""
     return split_reasoning(_cut_special_tokens(text))[1]
@@ -265,12 +275,9 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     `truncated`: the answer hit the token limit (finish_reason "length"); its last item is cut.
     A reasoning model's <think> part is left out (`split_reasoning`).
     """
-    original = text
-    text, reasoning_only = split_reasoning(_cut_special_tokens(text))
-    if reasoning_only:
-        return ParsedList(discarded=[Fragment(_cut_special_tokens(original).strip()[:2000],
-                                              R.TRUNCATED,
-                                              reasoning_only_detail("generation_max_tokens"))])
+    text, thinking = _answer_part(text, "generation_max_tokens")
+    if thinking is not None:
+        return ParsedList(discarded=[thinking])
     json_list = _parse_json_list(text, truncated)
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
@@ -639,12 +646,9 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     example ("Example 1\\n" or "Class label:"). `truncated`: the answer hit the token limit, so
     the example it ends in is cut. A reasoning model's <think> part is left out.
     """
-    original = text
-    text, reasoning_only = split_reasoning(_cut_special_tokens(text))
-    if reasoning_only:
-        return ParsedInstances(discarded=[Fragment(_cut_special_tokens(original).strip()[:2000],
-                                                   R.TRUNCATED,
-                                                   reasoning_only_detail("instance_max_tokens"))])
+    text, thinking = _answer_part(text, "instance_max_tokens")
+    if thinking is not None:
+        return ParsedInstances(discarded=[thinking])
     if is_refusal(text.strip()):
         return ParsedInstances(discarded=[Fragment(text.strip()[:2000], R.REFUSAL,
                                                    "the model declined")])
