@@ -63,7 +63,7 @@ from selfinstruct_tui.engine.endpoints import (
     EndpointStats,
 )
 from selfinstruct_tui.engine.errors import UserError
-from selfinstruct_tui.engine.parsing import split_reasoning
+from selfinstruct_tui.engine.parsing import split_reasoning, strip_code_fence
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
 
 
@@ -1059,10 +1059,8 @@ def _check_api(resp: object) -> None:
 
 def _is_json(text: str) -> bool:
     """The answer is JSON (in a code fence or not), after a reasoning model's <think> part."""
-    body = split_reasoning(text)[0].strip()
-    fenced = re.match(r"^```[\w-]*\s*\n(.*?)\n?```$", body, re.DOTALL)
     try:
-        json.loads(fenced.group(1) if fenced else body)
+        json.loads(strip_code_fence(split_reasoning(text)[0]))
     except ValueError:
         return False
     return True

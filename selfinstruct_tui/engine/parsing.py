@@ -174,7 +174,9 @@ def _norm_key(text: str) -> str:
     return _NON_WORD.sub(" ", text.lower()).strip()
 
 
-def _strip_code_fence(text: str) -> str:
+def strip_code_fence(text: str) -> str:
+    """The text without surrounding whitespace and, when it is one fenced block (```json ...
+    ```), without the fence."""
     stripped = text.strip()
     match = _CODE_FENCE.match(stripped)
     return match.group(1) if match else stripped
@@ -487,7 +489,7 @@ _JSON_INSTRUCTION = re.compile(r'"(?:instruction|task)"\s*:\s*"((?:[^"\\]|\\.)*)
 def _parse_json_list(text: str, truncated: bool) -> ParsedList | None:
     """A JSON answer: {"tasks": [...]}, {"instructions": [...]} or a list; items are strings or
     objects with "instruction" (and "input"). None when the text is not JSON-shaped."""
-    body = _strip_code_fence(text)
+    body = strip_code_fence(text)
     if body[:1] not in ("{", "["):
         return None
     try:
@@ -716,26 +718,20 @@ class _InstanceReader:
             self.cur.raw.append(line)
             self._content(line)
             return
-        if start.group(1) is None:  # a label word first: no mark, no header
-            self.cur.raw.append(line)
-            if self.output_first:
-                self._output_first(line)
-            else:
-                self._input_first(line)
-            return
-        if _SEPARATOR.match(line) or _BARE_MARK.match(line):
-            self._next()
-            return
-        header = _EXAMPLE_HEADER.match(line)
-        if header:
-            self._next()
-            line = header.group(1)
-            if not line.strip():
+        if start.group(1) is not None:  # a mark or a header; a label word first is neither
+            if _SEPARATOR.match(line) or _BARE_MARK.match(line):
+                self._next()
                 return
-        listed = _LIST_MARK.match(line)
-        if listed and (_IN_LABEL.match(listed.group(1)) or _OUT_LABEL.match(listed.group(1))
-                       or _CLASS_LABEL.match(listed.group(1))):
-            line = listed.group(1)
+            header = _EXAMPLE_HEADER.match(line)
+            if header:
+                self._next()
+                line = header.group(1)
+                if not line.strip():
+                    return
+            listed = _LIST_MARK.match(line)
+            if listed and (_IN_LABEL.match(listed.group(1)) or _OUT_LABEL.match(listed.group(1))
+                           or _CLASS_LABEL.match(listed.group(1))):
+                line = listed.group(1)
         self.cur.raw.append(line)
         if self.output_first:
             self._output_first(line)
@@ -839,7 +835,7 @@ def _clean_field(value: str) -> str:
 
 def _parse_json_instances(text: str, output_first: bool,
                           truncated: bool) -> ParsedInstances | None:
-    body = _strip_code_fence(text)
+    body = strip_code_fence(text)
     if body[:1] not in ("{", "["):
         return None
     try:
