@@ -163,8 +163,10 @@ class RunConfig:
         if self.num_prompt_instructions >= 1 and \
                 not 0 <= self.num_machine_instructions <= self.num_prompt_instructions:
             bad("num_machine_instructions", "must be between 0 and num_prompt_instructions")
-        finite = {f.name for f in fields(self) if not isinstance(getattr(self, f.name), float)
-                  or math.isfinite(getattr(self, f.name))}
+        # a float that is no number gets one line (below), not also a range's
+        nonfinite = [f.name for f in fields(self) if isinstance(getattr(self, f.name), float)
+                     and not math.isfinite(getattr(self, f.name))]
+        finite = {f.name for f in fields(self)} - set(nonfinite)
         if "threshold" in finite and not 0.0 < self.threshold <= 1.0:
             bad("threshold", "must be in (0, 1]")
         # the OpenAI API reference's ranges (other servers take the same)
@@ -188,10 +190,8 @@ class RunConfig:
                      "price_output_per_1k", "requests_per_minute", "tokens_per_minute"):
             if getattr(self, name) < 0:
                 bad(name, "must be 0 or more")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                bad(f.name, f"must be a finite number, not {value}")
+        for name in nonfinite:
+            bad(name, f"must be a finite number, not {getattr(self, name)}")
         if self.max_cost > 0 and not (self.price_input_per_1k and self.price_output_per_1k):
             bad("max_cost", "needs both prices to count the cost: set price_input_per_1k and "
                             "price_output_per_1k (--price-in, --price-out, USD per 1K tokens), "
@@ -219,7 +219,7 @@ class RunConfig:
         problems.extend(endpoint_problems(self.endpoints, origin, item="--base-url" if
                                           origin == "command line" else "[[endpoints]]"))
         if self.endpoints and self.base_url == EMBEDDED:
-            problems.append(f"{origins.get('endpoints', where)}: endpoints cannot be combined "
+            problems.append(f"{origin}: endpoints cannot be combined "
                             "with the embedded model; give --base-url once per endpoint (or "
                             "[[endpoints]] tables)")
         if problems:
@@ -272,11 +272,9 @@ def endpoint_problems(endpoints: object, where: str = "settings",
             """The problem's prefix, at the field's own line when the file shows it."""
             if header is None or not file_lines:
                 return f"{name}:"
-            end = lines[n] if lines and n < len(lines) else len(file_lines) + 1
-            for number in range(header + 1, end):
-                if re.match(rf"\s*{re.escape(key)}\s*=", file_lines[number - 1]):
-                    return f"{where}:{number}: {item} #{n}:"
-            return f"{name}:"
+            end = lines[n] if lines and n < len(lines) else None
+            number = _line_of(file_lines, key, header + 1, end)
+            return f"{where}:{number}: {item} #{n}:" if number else f"{name}:"
 
         if not isinstance(entry, dict):
             problems.append(f"{name} must be a table with base_url = \"http://...\"")
@@ -356,9 +354,11 @@ def new_run_dir(model: str) -> Path:
     return path
 
 
-def _line_of(text: str, key: str) -> int | None:
-    for n, line in enumerate(text.splitlines(), start=1):
-        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+def _line_of(lines: list[str], key: str, first: int = 1, end: int | None = None) -> int | None:
+    """The number of the first line in [first, end) (1-based) that sets `key`, or None."""
+    stop = len(lines) + 1 if end is None else end
+    for n in range(first, stop):
+        if re.match(rf"\s*{re.escape(key)}\s*=", lines[n - 1]):
             return n
     return None
 
@@ -408,10 +408,11 @@ def load_user_config(path: Path | None = None) -> FileSettings:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix or delete the file") from None
     problems: list[str] = []
     out = FileSettings()
+    file_lines = text.splitlines()
     for key, value in data.items():
-        where = f"{path}:{_line_of(text, key) or 1}"
+        where = f"{path}:{_line_of(file_lines, key) or 1}"
         if key == "endpoints":  # [[endpoints]] tables: a pool of endpoints
-            headers = [n for n, line in enumerate(text.splitlines(), start=1)
+            headers = [n for n, line in enumerate(file_lines, start=1)
                        if re.match(r"\s*\[\[\s*endpoints\s*\]\]", line)]
             # [[endpoints]] tables, each named at its header; an inline list at its key's line
             found = endpoint_problems(value, str(path) if headers else where, headers or None,
@@ -447,12 +448,11 @@ def save_user_setting(key: str, value: Any, path: Path | None = None) -> None:
     except FileNotFoundError:
         lines = []
     rendered = f"{key} = {json.dumps(value)}"
-    for i, line in enumerate(lines):
-        if re.match(rf"\s*{re.escape(key)}\s*=", line):
-            lines[i] = rendered
-            break
-    else:
+    n = _line_of(lines, key)
+    if n is None:
         lines.append(rendered)
+    else:
+        lines[n - 1] = rendered
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
