@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from selfinstruct_tui.engine.pool import Pool
 from selfinstruct_tui.engine.seeds import Instance
@@ -66,7 +67,9 @@ def test_drop_edit_and_replace_seeds_keep_the_index_in_step():
     assert machine is not None
     old = machine.instruction
     new = "Compose a sea shanty about a leaky rowing boat."
-    assert pool.edit(9, new, [Instance("", "y")], True) and not pool.edit(77, new, [], True)
+    assert pool.edit(replace(machine, instruction=new, instances=[Instance("", "y")],
+                             is_classification=True))
+    assert not pool.edit(task(77, "machine", text=new))
     assert pool.get(9).instruction == new and pool.text(9) == new
     assert not pool.query(old).is_duplicate
     assert pool.query(new).is_duplicate

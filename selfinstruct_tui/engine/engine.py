@@ -316,12 +316,13 @@ class Engine:
     def _do_edit_task(self, task_id: int, instruction: str, instances: list[Instance],
                       is_classification: bool) -> None:
         task = self.store.task(task_id)  # whole: the pool keeps a machine task's text only
-        if task is None or not self.pool.edit(task_id, instruction, instances,
-                                              is_classification):
+        if task is None:
             return
         task.instruction = instruction.strip()
         task.instances = list(instances)
         task.is_classification = is_classification
+        if not self.pool.edit(task):
+            return
         self.store.update_task(task)
         self.bus.emit(ev.TaskEdited(task))
 

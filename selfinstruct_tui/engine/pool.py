@@ -22,7 +22,6 @@ import bisect
 import random
 from collections.abc import Iterable
 
-from selfinstruct_tui.engine.seeds import Instance
 from selfinstruct_tui.engine.similarity import SimilarityIndex, SimilarityResult
 from selfinstruct_tui.engine.task import Origin, Task
 
@@ -170,24 +169,19 @@ class Pool:
         task.status = "dropped"
         return task
 
-    def edit(self, task_id: int, instruction: str, instances: list[Instance],
-             is_classification: bool) -> bool:
-        """A task's new content (the index follows the new instruction; a seed task is changed
-        in place); False if the task is not in the pool."""
-        if task_id not in self:
+    def edit(self, task: Task) -> bool:
+        """`task` (an edited copy of a pool task, whole) replaces what the pool holds of it: the
+        index follows its instruction; False if no such task is in the pool."""
+        if task.id not in self:
             return False
-        instruction = instruction.strip()
-        if task_id in self._machine:
-            self._machine[task_id] = (self._machine[task_id][0], is_classification)
-        seed = self._seeds.get(task_id)
-        if seed is not None:
-            seed.instruction = instruction
-            seed.instances = list(instances)
-            seed.is_classification = is_classification
-        if task_id in self.index:
-            self.index.remove(task_id)
-        self.index.add(task_id, instruction)
-        self._texts[task_id] = instruction
+        if task.id in self._machine:
+            self._machine[task.id] = (self._machine[task.id][0], task.is_classification)
+        else:
+            self._seeds[task.id] = task
+        if task.id in self.index:
+            self.index.remove(task.id)
+        self.index.add(task.id, task.instruction)
+        self._texts[task.id] = task.instruction
         return True
 
     def restore(self, task: Task) -> bool:
