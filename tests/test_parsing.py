@@ -437,6 +437,41 @@ def test_the_next_task_is_found_by_one_search_as_line_by_line(text):
     assert until_next_task(text) == expected
 
 
+def _full_key(text):
+    """The placeholder key computed in full for every text (what `_key` did before it learned
+    to stop early on long texts): the reference the shortcut must agree with."""
+    from selfinstruct_tui.engine import placeholders as p
+
+    value = text.strip().lower()
+    for _ in range(3):
+        value = value.strip(" \t\r\n.\"'`*")
+        match = p._BRACKETED.match(value)
+        if not match:
+            break
+        value = match.group(1)
+    return p._INNER_HYPHEN.sub(" ", p._SPACES.sub(" ", value).strip())
+
+
+_PADS = st.lists(st.sampled_from([" ", "  ", "\n", "\t", "_", "__", "\u2003", "\u00a0", ".", "*",
+                                  "'", "(", ")", "<", ">", "[", "]", "-", "x"]), max_size=30)
+_SPELLINGS = st.sampled_from(sorted({"no input", "n/a", "not applicable", "no additional input",
+                                     "insert output here", "no output", "none", "tbd", "-",
+                                     "input not required", "no input needed"}))
+
+
+@hypothesis.settings(max_examples=1500, deadline=None)
+@hypothesis.given(st.tuples(_PADS.map("".join), _SPELLINGS.map(
+    lambda w: w.replace(" ", "_ \n")), _PADS.map("".join)).map("".join)
+    | st.text(max_size=60) | st.lists(_SPELLINGS, min_size=1, max_size=8).map("  _ ".join))
+def test_the_placeholder_key_stops_early_only_where_no_spelling_can_match(text):
+    """Long texts skip the key's substitutions; every placeholder decision stays the same."""
+    from selfinstruct_tui.engine import placeholders as p
+
+    fast, full = p._key(text), _full_key(text)
+    assert (fast in p._NO_INPUT, fast in p._NO_OUTPUT, bool(fast)) == \
+        (full in p._NO_INPUT, full in p._NO_OUTPUT, bool(full))
+
+
 # -- reasoning models ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, answer, only", [

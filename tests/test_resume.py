@@ -416,3 +416,26 @@ def test_an_abandoned_request_records_its_attempts(tmp_path):
             "SELECT id, attempts, error FROM prompts WHERE kind = 'instances'"):
         if prompt_id in retried:
             assert attempts >= 1 and not error.startswith("abandoned before sending"), error
+
+
+def test_a_finished_request_record_is_the_one_the_store_reads_back(tmp_path):
+    """`finish_prompt` builds the finished record field by field (not with `replace`): every
+    field, the request's own and the outcome's, must come back as the store reads the row."""
+    import dataclasses
+
+    from selfinstruct_tui.engine.store import PromptRecord, RunStore
+
+    store = RunStore(tmp_path)
+    sent = store.add_prompt(round=3, kind="instances", prompt="Task: x\nExample 1\n",
+                            examples=((7, "seed", "Write a haiku."),), task_ref=41)
+    done = store.finish_prompt(sent, response="Input: a\nOutput: b", finish_reason="length",
+                               latency=0.25, prompt_tokens=11, completion_tokens=5, attempts=2,
+                               usage_reported=False, structured=True,
+                               endpoint="http://127.0.0.1:9/v1", model="m")
+    assert done == store.prompt(sent.id)
+    defaults = PromptRecord(0, 0, "generate", "", (), None, 0.0)
+    changed = {f.name for f in dataclasses.fields(PromptRecord)
+               if getattr(done, f.name) != getattr(defaults, f.name)}
+    # every field but `error` (None for an answer) was given a value that is not its default
+    assert changed == {f.name for f in dataclasses.fields(PromptRecord)} - {"error"}
+    store.close()

@@ -41,7 +41,17 @@ _SPACES = re.compile(r"[\s_]+")
 _INNER_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
 
 
+# The longest placeholder spelling; a key holds every character of the text that is not
+# whitespace or '_', so a text with more of those than this is no placeholder.
+_LONGEST = max(map(len, _NO_INPUT | _NO_OUTPUT))
+_TOO_LONG = re.compile(rf"(?:[^\s_][\s_]*){{{_LONGEST + 1}}}")
+
+
 def _key(text: str) -> str:
+    """The text as the placeholder sets spell it, or, for a text too long to be one of them,
+    the text stripped and lowercased only (longer than every spelling, so in neither set and
+    not empty): instances are mostly sentences, and the two substitutions below over each of
+    them were most of this module's cost per answer."""
     value = text.strip().lower()
     for _ in range(3):  # "(<no input>)", "'None'."
         value = value.strip(" \t\r\n.\"'`*")
@@ -49,6 +59,8 @@ def _key(text: str) -> str:
         if not match:
             break  # another turn would strip and match the same text
         value = match.group(1)
+    if len(value) > _LONGEST and _TOO_LONG.search(value):
+        return value
     value = _SPACES.sub(" ", value).strip()
     return _INNER_HYPHEN.sub(" ", value)
 

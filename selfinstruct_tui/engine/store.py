@@ -276,6 +276,23 @@ class RoundStats:
         return self.candidates - self.accepted - self.rejected_total - self.surplus
 
 
+class _Deferrable:
+    """`RunStore._deferrable`'s context manager: a class rather than a generator because it
+    wraps ~3 writes per request (a generator-based one cost ~1.5 us more each)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        self.store._after_write(kind is not None)
+
+
 @dataclass(frozen=True)
 class PromptRecord:
     """One request as recorded: what was asked and, once `finished` (epoch seconds), the answer
@@ -441,6 +458,7 @@ class RunStore:
         self._defer: Callable[[Callable[[], None]], object] | None = None
         self._defer_thread: int | None = None
         self._flush_due = False
+        self._write = _Deferrable(self)
         self._flushes = 0
         try:
             self.db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
@@ -499,18 +517,17 @@ class RunStore:
             self.db.commit()
         self._flushes += 1
 
-    @contextlib.contextmanager
-    def _deferrable(self) -> Iterator[None]:
-        """A write that may wait for `flush` when commits are deferred on this thread; on an
-        error the open transaction is rolled back (with what was pending) and the error
-        raised."""
-        try:
-            yield
-        except BaseException:
+    def _deferrable(self) -> _Deferrable:
+        """A write that may wait for `flush` when commits are deferred on this thread (a
+        context manager); on an error the open transaction is rolled back (with what was
+        pending) and the error raised."""
+        return self._write
+
+    def _after_write(self, failed: bool) -> None:
+        if failed:
             self._flush_due = False
             self.db.rollback()
-            raise
-        if self._defer is None or threading.get_ident() != self._defer_thread:
+        elif self._defer is None or threading.get_ident() != self._defer_thread:
             self.db.commit()
         elif not self._flush_due:
             self._flush_due = True
@@ -961,11 +978,15 @@ class RunStore:
         """Record a request's outcome; returns the finished record. `latency` in seconds;
         tokens as reported, or estimates when `usage_reported` is False; `error` names why
         there is no response; `endpoint` (base URL) and `model`: who answered."""
-        done = replace(record, response=response, finish_reason=finish_reason, latency=latency,
-                       prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                       error=error, finished=time.time(), attempts=attempts,
-                       usage_reported=usage_reported, structured=structured,
-                       endpoint=endpoint, model=model)
+        # Every field by keyword (dataclasses.replace cost ~6 us more per request)
+        done = PromptRecord(id=record.id, round=record.round, kind=record.kind,
+                            prompt=record.prompt, examples=record.examples,
+                            task_ref=record.task_ref, created=record.created, response=response,
+                            finish_reason=finish_reason, latency=latency,
+                            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                            error=error, finished=time.time(), attempts=attempts,
+                            usage_reported=usage_reported, structured=structured,
+                            endpoint=endpoint, model=model)
         with self._deferrable():
             self.db.execute(
                 "UPDATE prompts SET response = ?, finish_reason = ?, latency = ?, "
