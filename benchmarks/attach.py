@@ -68,6 +68,7 @@ def terminal_bytes(seconds: float) -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(latency=0.05) as server:
         run_dir = Path(tmp) / "run"
         env = {**os.environ, "SELFINSTRUCT_CONFIG": str(Path(tmp) / "none.toml")}
+        Path(env["SELFINSTRUCT_CONFIG"]).write_text("")  # no user settings
         subprocess.run([sys.executable, "-m", "selfinstruct_tui", "run", "--detach",
                         "--base-url", server.base_url, "--model", "m", "--run-dir",
                         str(run_dir), "--target", "100000", "--concurrency", "8"],

@@ -53,6 +53,7 @@ def pipeline(tasks: int, servers: int) -> dict[str, float]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("OPENAI_", "SELFINSTRUCT_"))}
         env["SELFINSTRUCT_CONFIG"] = str(Path(tmp) / "none.toml")
+        Path(env["SELFINSTRUCT_CONFIG"]).write_text("")  # no user settings
         env["SELFINSTRUCT_RUNS_DIR"] = str(Path(tmp) / "runs")
         env["PYTHONPATH"] = str(ROOT)
         t0 = time.time()

@@ -27,6 +27,7 @@ def isolated_env(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OPENAI_", "SELFINSTRUCT_"))}
     env["SELFINSTRUCT_CONFIG"] = str(tmp_path / "no-config.toml")
+    Path(env["SELFINSTRUCT_CONFIG"]).write_text("")  # an empty config: a missing one is an error
     env["SELFINSTRUCT_RUNS_DIR"] = str(tmp_path / "runs")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
     for key in list(os.environ):

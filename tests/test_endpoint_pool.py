@@ -538,3 +538,17 @@ def test_when_the_last_endpoint_is_dropped_the_error_names_every_dropped_one(run
     assert private.base_url in last[0] and wrong_scheme in last[0]
     assert "cannot be verified" in last[0] and "use http://" in last[0]
     assert "dropped earlier" in last[0]
+
+
+def test_a_config_file_named_by_the_environment_must_exist(tmp_path, run_cli, isolated_env):
+    """SELFINSTRUCT_CONFIG with a typo in it is an error that names the variable, not a run
+    without the user's settings; the default path, missing, is still an empty config."""
+    missing = tmp_path / "cofig.toml"
+    proc = run_cli("run", "--headless", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                   "--run-dir", str(tmp_path / "run"),
+                   env={**isolated_env, "SELFINSTRUCT_CONFIG": str(missing)})
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert proc.stderr.splitlines()[0].startswith(
+        f"error: SELFINSTRUCT_CONFIG={missing}: no such file. Fix the path, create the file"), \
+        proc.stderr
+    assert load_user_config(tmp_path / "absent.toml") == {}

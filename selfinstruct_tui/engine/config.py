@@ -394,11 +394,19 @@ class FileSettings(dict[str, Any]):
 
 def load_user_config(path: Path | None = None) -> FileSettings:
     """The user's config file as validated settings (with their lines, `FileSettings`); a
-    missing file is an empty config."""
+    missing file at the default path is an empty config. Raises ConfigError for a file that
+    cannot be read or holds bad settings, and for a SELFINSTRUCT_CONFIG that names a file that
+    does not exist (a typo there would otherwise drop every setting without a word)."""
+    named = path is None and os.environ.get("SELFINSTRUCT_CONFIG")
     path = path or user_config_path()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if named:
+            raise ConfigError(
+                f"SELFINSTRUCT_CONFIG={named}: no such file. Fix the path, create the file (an "
+                "empty file is an empty config), or unset SELFINSTRUCT_CONFIG to use "
+                f"{user_config_dir() / 'config.toml'}") from None
         return FileSettings()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
