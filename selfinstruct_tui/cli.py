@@ -8,6 +8,7 @@ input or settings, 3 endpoint failing or paused by a spend guard, 4 a spend limi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from selfinstruct_tui import __version__
+from selfinstruct_tui.engine.config import FLAGS
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.exports import FORMATS
 from selfinstruct_tui.engine.runs import DETACHED_ENV, RUN_LOG
@@ -79,6 +81,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--structured-output", choices=["auto", "on", "off"],
                    dest="structured_output", help="chat: JSON-schema answers (auto: where the "
                    "endpoint supports them)")
+    p.add_argument("--extra-body", type=_json_object, dest="extra_body", metavar="JSON",
+                   help="fields added to every request's body, e.g. '{\"chat_template_kwargs\": "
+                   "{\"enable_thinking\": false}}' (Qwen3 on vLLM/SGLang: no thinking)")
     p.add_argument("--embedded-servers", type=int, choices=[1, 3], dest="embedded_servers",
                    help="embedded model: 3 processes, one per prompt family, each reusing its "
                    "few-shot prefix (default, faster), or 1 (a third of the memory)")
@@ -94,6 +99,21 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compact", action="store_true", help="layout for 80x24 terminals")
     p.add_argument("--detach", action="store_true",
                    help="run in the background (survives the terminal); see `selfinstruct attach`")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """--extra-body's value: a JSON object (argparse names the flag beside the message)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({exc.msg} at character {exc.pos}): give an object such as "
+            "'{\"reasoning_effort\": \"low\"}', quoted for the shell") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object of request fields, not {type(value).__name__}: "
+            "e.g. '{\"reasoning_effort\": \"low\"}'")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,14 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RUN_FLAG_NAMES = ("target", "model", "base_url", "api", "concurrency", "random_seed",
-                  "prompts_per_round", "threshold", "tokenizer", "filter_non_ascii",
-                  "requests_per_minute", "tokens_per_minute", "request_timeout",
-                  "connect_timeout", "max_retries",
-                  "price_input_per_1k", "price_output_per_1k", "key_env", "model_path",
-                  "max_cost", "max_tokens", "context_window", "stop_grace", "structured_output",
-                  "max_fruitless_requests", "embedded_servers", "batch", "batch_command",
-                  "batch_poll_seconds")
+RUN_FLAG_NAMES = tuple(FLAGS)  # the run settings that have a flag of `run`
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:

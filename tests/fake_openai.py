@@ -188,15 +188,20 @@ class FakeOpenAI:
                  repeat_last: bool = True, structured: str = "json",
                  context_window: int | None = None, batch_polls: int = 2,
                  batch_fail_kinds: dict[str, str] | None = None, port: int = 0,
-                 tls: ssl.SSLContext | None = None) -> None:
-        """`tls`: serve HTTPS with this server-side context (base_url is then https://)."""
+                 tls: ssl.SSLContext | None = None, thinking: bool = False) -> None:
+        """`tls`: serve HTTPS with this server-side context (base_url is then https://).
+        `thinking`: a thinking chat model behind a reasoning parser (Qwen3 on vLLM or SGLang):
+        each unscripted chat answer is reasoning only, cut off (content null, the reasoning in
+        `reasoning_content`), unless the body turns thinking off with chat_template_kwargs
+        {"enable_thinking": false}."""
         self.settings: dict[str, Any] = dict(
             latency=latency, latency_jitter=latency_jitter, error_rate=error_rate,
             error_status=error_status, hang_rate=hang_rate, hang_seconds=hang_seconds, truncate_rate=truncate_rate,
             malformed_rate=malformed_rate, api_key=api_key, down=down, retry_after=retry_after,
             fail_first=fail_first, context_limit=context_limit, reject_param=reject_param,
             repeat_last=repeat_last, structured=structured, context_window=context_window,
-            batch_polls=batch_polls, batch_fail_kinds=dict(batch_fail_kinds or {}))
+            batch_polls=batch_polls, batch_fail_kinds=dict(batch_fail_kinds or {}),
+            thinking=thinking)
         self.files: dict[str, tuple[str, bytes]] = {}  # id -> (filename, content)
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_polls_of: dict[str, int] = {}
@@ -625,6 +630,11 @@ class FakeOpenAI:
                 if "status" in entry:
                     self._scripted_error(entry)
                     return
+                if s["thinking"] and "text" not in entry and \
+                        self.path.endswith("chat/completions") and \
+                        (body.get("chat_template_kwargs") or {}).get("enable_thinking") is not False:
+                    entry = {"text": None, "finish_reason": "length",
+                             "reasoning": "Okay, the user wants me to look at this task. First"}
                 if "text" in entry:
                     text = entry["text"]
                     tokens = len((text or entry.get("reasoning") or "").split())

@@ -163,12 +163,14 @@ def test_the_offline_transport_runs_a_command_on_each_job_file(tmp_path):
     command = f"{sys.executable} {script} {{input}} {{output}} {tests}"
     run_dir = tmp_path / "run"
     engine = run_engine(run_dir, "http://127.0.0.1:9/v1", target=8, prompts_per_round=4,
-                        batch=False, batch_command=command)
+                        batch=False, batch_command=command, extra_body={"top_k": 20})
     assert engine.finished is not None and engine.finished.reason.value == "target"
     conn = db(run_dir)
     jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
     assert jobs and all(j["state"] == "settled" and j["transport"] == "command" for j in jobs)
     for j in jobs:
+        lines = [json.loads(x) for x in Path(j["input_path"]).read_text().splitlines()]
+        assert all(ln["body"]["top_k"] == 20 for ln in lines)  # --extra-body rides on each line
         out = Path(j["output_path"])
         assert len(out.read_text().splitlines()) == len(json.loads(j["prompt_ids"]))
         assert Path(str(out) + ".runs").read_text() == "1\n"

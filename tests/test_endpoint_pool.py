@@ -552,3 +552,27 @@ def test_a_config_file_named_by_the_environment_must_exist(tmp_path, run_cli, is
         f"error: SELFINSTRUCT_CONFIG={missing}: no such file. Fix the path, create the file"), \
         proc.stderr
     assert load_user_config(tmp_path / "absent.toml") == {}
+
+
+def test_extra_body_from_the_config_file_is_checked_and_named_at_its_line(tmp_path):
+    """An [extra_body] table is request fields added as they are: one of the fields the run
+    sets itself, or a value JSON cannot carry, is named at the table's line with the flag."""
+    path = tmp_path / "config.toml"
+    path.write_text('model = "m"\n\n[extra_body.chat_template_kwargs]\nenable_thinking = false\n')
+    cfg = build_config(load_user_config(path), {}, env={})
+    assert cfg.extra_body == {"chat_template_kwargs": {"enable_thinking": False}}
+    path.write_text('model = "m"\n[extra_body]\ntemperature = 1.0\nn = 2\nwhen = 2024-01-01\n'
+                    'top_k = 20\n')
+    with pytest.raises(ConfigError) as err:
+        build_config(load_user_config(path), {}, env={})
+    lines = str(err.value).splitlines()
+    assert lines[0] == (f"{path}:2: extra_body (--extra-body) may not set n, temperature: the "
+                        "run sets these itself (the sampling settings have their own settings "
+                        "and flags)")
+    assert lines[1].startswith(f"{path}:2: extra_body (--extra-body) must hold only what JSON "
+                               "can carry"), lines
+    path.write_text('extra_body = "enable_thinking=false"\n')
+    with pytest.raises(ConfigError) as err:
+        load_user_config(path)
+    assert str(err.value) == (f"{path}:1: setting 'extra_body' (--extra-body) must be a table "
+                              "(TOML) or a JSON object, got 'enable_thinking=false'")

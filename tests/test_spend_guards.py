@@ -349,3 +349,36 @@ def test_a_model_that_only_thinks_pauses_with_the_reason_and_the_fix(tmp_path):
     assert "reasoning only" in pauses[0] and "classification_max_tokens" in pauses[0]
     assert "Check --model" not in pauses[0]
     assert_accounted(run_dir)
+
+
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+
+
+def test_extra_body_turns_a_thinking_models_thinking_off_and_rides_on_every_request(
+        tmp_path, run_cli):
+    """Qwen3 behind vLLM's reasoning parser thinks by default, and every answer is cut off
+    inside it: the run pauses and says to turn thinking off with --extra-body. With the flag
+    every request carries the field, the run reaches its target, and the field is one a resume
+    may change (the paused run is fixed by resuming it with the flag)."""
+    with FakeOpenAI(thinking=True) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, api="chat", concurrency=2,
+                                                max_fruitless_requests=6)
+        assert finished.reason == ev.FinishReason.FAILING
+        assert "reasoning only" in pauses[0] and "--extra-body" in pauses[0], pauses[0]
+        assert "enable_thinking" in pauses[0]
+        paid = server.requests
+        proc = run_cli("run", "--headless", "--run-dir", str(run_dir), "--extra-body",
+                       json.dumps(NO_THINKING), check=True)
+        assert "resum" in (proc.stdout + proc.stderr).lower()
+        later = [body for _, _, body in server.log[paid:]]
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    accepted = conn.execute("SELECT COUNT(*) FROM tasks WHERE origin = 'machine' AND "
+                            "status = 'active'").fetchone()[0]
+    saved = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+    conn.close()
+    assert accepted >= 50 and saved["extra_body"] == NO_THINKING
+    assert later and all(body["chat_template_kwargs"] == NO_THINKING["chat_template_kwargs"]
+                         for body in later)
+    # the run's own fields are still the run's: the extra ones only add to them
+    assert {body["temperature"] for body in later} <= {0.0, 0.7}
+    assert_accounted(run_dir)

@@ -386,7 +386,8 @@ class Batcher:
             raise RequestAbandoned()
         loop = asyncio.get_running_loop()
         group = self._groups.setdefault((round, kind), _Group(round, kind))
-        body = request_body(self.client.model, req, params, params.max_tokens, structured)
+        body = request_body(self.client.model, req, params, params.max_tokens, structured,
+                            self.client.extra_body)
         pending = _Pending(prompt_id, body,
                            params.max_tokens, loop.create_future())
         group.items.append(pending)

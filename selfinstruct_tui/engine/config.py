@@ -92,6 +92,11 @@ class RunConfig:
     batch_command: str = ""
     batch_poll_seconds: float = 30.0  # seconds between two polls of a pending batch
 
+    # fields added to every request's JSON body, e.g. {"chat_template_kwargs": {"enable_thinking":
+    # false}} to turn a Qwen3 model's thinking off on vLLM or SGLang, or {"reasoning_effort":
+    # "low"}; never one of the fields the run sets itself (EXTRA_BODY_RESERVED)
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
     # a pool of endpoints (`[[endpoints]]` tables, or --base-url given several times): each a
     # dict with base_url and optional model, key_env, concurrency, requests_per_minute (unset:
     # the run's own setting). Empty: `base_url` alone. See `endpoint_list`.
@@ -215,6 +220,20 @@ class RunConfig:
                             f"http://localhost:8000/v1, not {self.base_url!r}")
         if self.max_words < self.min_words:
             bad("max_words", "must be at least min_words")
+        if not isinstance(self.extra_body, dict):
+            bad("extra_body", "must be a table of request fields, e.g. "
+                              "{chat_template_kwargs = {enable_thinking = false}}")
+        else:
+            taken = sorted(EXTRA_BODY_RESERVED & set(self.extra_body))
+            if taken:
+                bad("extra_body", f"may not set {', '.join(taken)}: the run sets "
+                                  f"{'these' if len(taken) > 1 else 'it'} itself (the sampling "
+                                  "settings have their own settings and flags)")
+            try:
+                json.dumps(self.extra_body, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                bad("extra_body", f"must hold only what JSON can carry ({exc}); a TOML date "
+                                  "or time, or nan, cannot be sent")
         origin = origins.get("endpoints", where)
         problems.extend(endpoint_problems(self.endpoints, origin, item="--base-url" if
                                           origin == "command line" else "[[endpoints]]"))
@@ -241,6 +260,7 @@ FLAGS = {
     "context_window": "--context-window", "stop_grace": "--stop-grace",
     "structured_output": "--structured-output", "embedded_servers": "--embedded-servers",
     "max_fruitless_requests": "--max-fruitless-requests", "model_path": "--model-path",
+    "extra_body": "--extra-body",
 }
 
 
@@ -319,8 +339,17 @@ SAFE_ON_RESUME = {
     "price_output_per_1k", "base_url", "key_env", "model_path", "stop_grace", "context_window",
     "structured_output", "max_cost", "max_tokens", "max_fruitless_requests", "embedded_servers",
     "batch", "batch_command", "batch_poll_seconds",
-    "endpoints",
+    "endpoints", "extra_body",
 }
+
+# Request fields the run sets itself (the paper's sampling settings, the prompt, the stop
+# sequences, structured output) or that would change the answer's shape (several choices, a
+# stream, log probabilities): `extra_body` may not hold them.
+EXTRA_BODY_RESERVED = frozenset({
+    "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "presence_penalty", "frequency_penalty", "seed", "stop", "response_format", "n", "best_of",
+    "stream", "stream_options", "echo", "logprobs", "top_logprobs", "suffix",
+})
 
 SETTABLE = {f.name: f.type for f in fields(RunConfig)}
 UI_SETTINGS = {"theme": "str", "refresh": "float", "seeds": "str"}
@@ -378,6 +407,10 @@ def _coerce(value: Any, type_name: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise TypeError("a number")
+    if type_name.startswith("dict"):
+        if isinstance(value, dict):
+            return value
+        raise TypeError("a table (TOML) or a JSON object")
     if isinstance(value, str):
         return value
     raise TypeError("a string")
@@ -418,7 +451,10 @@ def load_user_config(path: Path | None = None) -> FileSettings:
     out = FileSettings()
     file_lines = text.splitlines()
     for key, value in data.items():
-        where = f"{path}:{_line_of(file_lines, key) or 1}"
+        line = _line_of(file_lines, key) or next(  # or a table's header: [extra_body]
+            (n for n, text in enumerate(file_lines, start=1)
+             if re.match(rf"\s*\[\s*{re.escape(key)}\s*[\].]", text)), 1)
+        where = f"{path}:{line}"
         if key == "endpoints":  # [[endpoints]] tables: a pool of endpoints
             headers = [n for n, line in enumerate(file_lines, start=1)
                        if re.match(r"\s*\[\[\s*endpoints\s*\]\]", line)]

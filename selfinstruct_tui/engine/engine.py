@@ -390,7 +390,7 @@ class Engine:
             max_retries=c.max_retries, requests_per_minute=rpm,
             tokens_per_minute=c.tokens_per_minute or None, context_window=window,
             structured_output=c.structured_output if self.style.supports_structured else "off",
-            routes=dict(self.routes), endpoints=endpoints)
+            routes=dict(self.routes), endpoints=endpoints, extra_body=dict(c.extra_body))
 
     # -- a pool of endpoints (engine/endpoints.py) ----------------------------------------------
     def _endpoint_specs(self) -> list[EndpointSpec]:

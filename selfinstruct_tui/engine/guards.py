@@ -121,9 +121,12 @@ class SpendGuard:
                    f"{' '.join(text.split())[:300]!r}"
             if is_reasoning_only(text):
                 advice = (". The model answers with its reasoning only (<think> with nothing "
-                          "after it): turn its thinking off at the endpoint, or give the stages "
-                          "more tokens (generation_max_tokens, classification_max_tokens, "
-                          "instance_max_tokens in the config file), then resume")
+                          "after it): turn its thinking off (Qwen3 on vLLM or SGLang: "
+                          "--extra-body '{\"chat_template_kwargs\": {\"enable_thinking\": "
+                          "false}}', or the endpoint's own switch), or give the stages more "
+                          "tokens (generation_max_tokens, "
+                          "classification_max_tokens, instance_max_tokens in the config file), "
+                          "then resume")
         return (f"{self.fruitless_requests} requests in a row added nothing to the pool. "
                 f"Rejected: {rejected}"
                 + (f"; request errors since the last answer: {errors}" if errors else "")

@@ -166,6 +166,8 @@ class ClientSettings:
     # two or more: a pool of endpoints (engine/endpoints.py) instead of `base_url`; `concurrency`
     # is then their sum
     endpoints: list[EndpointSpec] = field(default_factory=list)
+    # fields added to every request's body (RunConfig.extra_body)
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 class RedactAll:
@@ -897,7 +899,8 @@ class LLMClient:
     async def _send(self, client: openai.AsyncOpenAI, req: CompletionRequest | ChatRequest,
                     params: SamplingParams, max_tokens: int,
                     structured: bool, model: str = "") -> tuple[str, str | None, int, int, bool]:
-        body = request_body(model or self.settings.model, req, params, max_tokens, structured)
+        body = request_body(model or self.settings.model, req, params, max_tokens, structured,
+                            self.settings.extra_body)
         # client.post with a plain JSON body and `cast_to=object` (openai's documented way to make
         # a request the typed methods cover too, answered with the decoded JSON): the typed
         # methods walk every parameter through their TypedDict transform and build a pydantic
@@ -974,10 +977,12 @@ def _bad_ca_setting() -> tuple[str, str] | None:
 
 
 def request_body(model: str, req: CompletionRequest | ChatRequest, params: SamplingParams,
-                 max_tokens: int, structured: bool) -> dict[str, Any]:
+                 max_tokens: int, structured: bool,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON body of a completions or chat request (also a batch line's `body`);
-    `structured`: a chat request with a schema asks for JSON-schema output."""
-    body: dict[str, Any] = dict(model=model, max_tokens=max_tokens,
+    `structured`: a chat request with a schema asks for JSON-schema output; `extra`: fields
+    added as they are (`RunConfig.extra_body`, which holds none of the fields set here)."""
+    body: dict[str, Any] = dict(extra or (), model=model, max_tokens=max_tokens,
                                 temperature=params.temperature, top_p=params.top_p,
                                 presence_penalty=params.presence_penalty,
                                 frequency_penalty=params.frequency_penalty)

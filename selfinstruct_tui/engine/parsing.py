@@ -121,7 +121,8 @@ def reasoning_only_detail(setting: str) -> str:
     """Why an answer that is all reasoning is rejected, and the fix (`setting`: the stage's
     max_tokens setting)."""
     return ("the answer is only the model's reasoning, with no answer after it: give this stage "
-            f"more tokens ({setting} in the config file) or turn the model's thinking off")
+            f"more tokens ({setting} in the config file) or turn the model's thinking off "
+            "(--extra-body)")
 
 
 def split_reasoning(text: str) -> tuple[str, bool]:
