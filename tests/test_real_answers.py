@@ -4,6 +4,7 @@ the engine runs, and the store and the exports are checked (every candidate acco
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -373,3 +374,46 @@ def test_a_thinking_model_s_json_answers_keep_structured_output_on(tmp_path):
     assert store.get_meta("structured_output") == "json_schema"
     store.close()
     assert_accounted(run_dir)
+
+
+def test_the_last_rounds_reserve_for_the_share_of_candidates_that_fail(tmp_path):
+    """Every other instance answer is unusable: each reservation becomes a task half the time.
+    Counting reservations as tasks ended the run with a chain of ever smaller rounds, each
+    started once the last one's failures were known (13-14 rounds here, 6 now); expecting the
+    share seen so far reserves enough at once. No request more is paid for, the target is met,
+    and every candidate is accounted for."""
+    bad = "Input: <noinput>\nOutput: <No Output>"
+    with FakeOpenAI(latency=0.02, script={"instances": [{}, bad] * 1000}) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 120, concurrency=16,
+                                          prompts_per_round=0)
+    assert finished.accepted >= 120
+    conn = db(run_dir)
+    rounds = conn.execute("SELECT COUNT(*) FROM rounds").fetchone()[0]
+    requests = conn.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]
+    assert rounds <= 8, rounds
+    assert requests <= 560, requests  # 541 when every reservation counted as a task
+    assert_accounted(run_dir)
+
+
+def test_the_last_rounds_are_sized_for_the_falling_yield_of_the_latest_rounds(tmp_path):
+    """Rounds 1-4 of a --concurrency 1024 run against the fake fleet (answered prompts,
+    accepted): the yield falls as the pool fills. Round 6, created once round 4 is final, is
+    sized for the latest rounds' yield and its fall (round 6 then accepted 0.99 per prompt),
+    not the run's average (2.0), which asked for half of what was needed."""
+    from tui_helpers import new_run
+
+    store, config = new_run(tmp_path / "run", "http://127.0.0.1:9/v1", target=10_000,
+                            concurrency=1024)
+    engine = Engine(store, config)
+    rounds = [(1024, 2955), (1007, 1924), (1024, 1594), (1024, 1369)]
+    prompts = accepted = 0
+    for number, (p, a) in enumerate(rounds, start=1):
+        prompts, accepted = prompts + p, accepted + a
+        engine._totals[number] = (prompts, accepted)
+    engine._committed = accepted  # 7,842: 2,158 still needed, nothing reserved
+    per_prompt = engine._recent_yield(4)
+    assert 0.95 < per_prompt < 1.05  # 1369/1024 times (1.337/1.557) squared
+    assert engine._round_size(6) == 1024  # 2,158 / 0.99 asks for more than a full round
+    engine._committed = 10_000 - 500
+    assert engine._round_size(6) == math.ceil(500 / per_prompt)
+    store.close()

@@ -204,7 +204,8 @@ def test_faulty_endpoint_still_reaches_target(run_cli, tmp_path):
         proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
                        "--run-dir", str(run_dir), "--target", "40", "--max-retries", "8")
     assert proc.returncode == 0, proc.stderr
-    assert count_machine(run_dir) == 40
+    # the last round reserves for the share of candidates that fail: it may end a few past
+    assert 40 <= count_machine(run_dir) <= 44
     db = sqlite3.connect(run_dir / "run.sqlite")
     reasons = {r[0] for r in db.execute("SELECT reason FROM rejections")}
     assert "truncated" in reasons  # cut answers keep their complete items

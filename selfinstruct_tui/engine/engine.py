@@ -117,6 +117,15 @@ log = logging.getLogger(__name__)
 
 CONTROL_POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 2.0
+# A round expects the share of its reservations that became tasks before (`_expected_share`)
+# once this many were seen, and never less than MIN_SHARE (a few unlucky rounds must not make
+# the last one reserve many times what it needs).
+MIN_RESERVED_FOR_SHARE = 20
+# Round sizes near the end follow the yield of the latest rounds that answered this many
+# generation prompts (`_recent_yield`); _totals keeps this many rounds for it.
+RECENT_PROMPTS = 32
+TOTALS_KEPT = 16
+MIN_SHARE = 0.25
 CLASSIFY_RETRY_TOKENS = 32  # a classification answer cut by max_tokens is asked again with this
 
 
@@ -128,6 +137,9 @@ class _Round:
     finalized: asyncio.Event
     task_ids: list[int]
     reserved: int = 0  # candidates that passed the filters and were started
+    # the share of reservations expected to become tasks (`Engine._expected_share`), fixed when
+    # the round is created
+    expect: float = 1.0
     unanswered: int = 0  # generation prompts that brought no answer (failed, abandoned)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -186,6 +198,9 @@ class Engine:
         self._taken: set[int] = set()  # task ids of open candidates taken up this session
         # round -> (generation prompts, accepted) of every round up to it (the yield per prompt)
         self._totals: dict[int, tuple[int, int]] = {}
+        # round -> (reserved, accepted) of this session's rounds up to it (the share of started
+        # candidates that became tasks)
+        self._kept: dict[int, tuple[int, int]] = {}
         self.finished: ev.Finished | None = None
 
     # -- thread-safe commands (RunControl) ------------------------------------------------------
@@ -637,15 +652,32 @@ class Engine:
             except TimeoutError:
                 pass
 
-    def _in_work(self) -> int:
-        """Tasks accepted by finalized rounds plus the reservations of the rounds still open.
+    def _in_work(self) -> float:
+        """Tasks accepted by finalized rounds plus the tasks the open rounds' reservations are
+        expected to become (each round's reservations times its `expect`).
 
         Depends only on which candidates passed the filters, never on which request finished
         first: the surplus rule and the decision to start a round stay reproducible.
         """
         open_rounds = [r for r in self._rounds.values() if not r.finalized.is_set()]
         final = self._committed - sum(r.stats.accepted for r in open_rounds)
-        return final + sum(r.reserved for r in open_rounds)
+        return final + sum(r.reserved * r.expect for r in open_rounds)
+
+    def _expected_share(self, number: int) -> float:
+        """The share of round `number`'s reservations expected to become tasks: accepted per
+        reserved candidate in this session's rounds up to number-2 (final when it is created),
+        once they reserved MIN_RESERVED_FOR_SHARE; 1 before that; at least MIN_SHARE.
+
+        Counting every reservation as a task (1) ended a run with a chain of ever smaller
+        rounds, each started only once the last one's failures were known (three latencies
+        each): at --concurrency 1024 and 2 s latencies, 33 s of an 80 s run had fewer than 770
+        requests in flight and ended with one. Expecting the share seen so far reserves enough
+        at once; a run then ends a few tasks past its target (finished work is kept) or with
+        one small round more."""
+        reserved, accepted = self._kept.get(number - 2, (0, 0))
+        if reserved < MIN_RESERVED_FOR_SHARE:
+            return 1.0
+        return min(1.0, max(MIN_SHARE, accepted / reserved))
 
     async def _drive(self) -> FinishReason:
         number = self.store.max_round() + 1
@@ -727,11 +759,11 @@ class Engine:
         """Generation prompts for round `number`: the configured size, or fewer near the end.
 
         When the tasks still needed are fewer than a full round yields (accepted per answered
-        generation prompt in the rounds up to number-2, which are final, once they accepted
-        any), the round asks only for what should cover them, so the last rounds do not pay for
-        candidates that could only be surplus. Prompts that brought no answer (an outage) are
-        not part of the yield: counted, they made it look low and the rounds after an outage
-        asked for more prompts than the target needed.
+        generation prompt in the latest rounds up to number-2, which are final, once they
+        accepted any: `_recent_yield`), the round asks only for what should cover them, so the
+        last rounds do not pay for candidates that could only be surplus. Prompts that brought
+        no answer (an outage) are not part of the yield: counted, they made it look low and the
+        rounds after an outage asked for more prompts than the target needed.
 
         Before that yield is known (the first two rounds), a round of the default size (one
         prompt per request in flight) asks for no more prompts than the tasks still needed
@@ -742,23 +774,63 @@ class Engine:
         """
         c = self.config
         size = c.effective_prompts_per_round
-        prompts, accepted = self._totals.get(number - 2, (0, 0))
+        per_prompt = self._recent_yield(number - 2)
         needed = c.target - self._in_work()
         if needed <= 0:
             return size
-        if prompts and accepted:
-            per_prompt = accepted / prompts
+        if per_prompt:
             size = min(size, max(1, math.ceil(needed / per_prompt)))
         elif not c.prompts_per_round and not c.uses_batch:
             most = instructions_asked(c.num_prompt_instructions)
             size = min(size, max(1, math.ceil(needed / most)))
         return size
 
+    def _recent_yield(self, last: int) -> float:
+        """Tasks accepted per answered generation prompt expected of a round created now, from
+        the final rounds up to `last` (0: none accepted yet): the yield of the latest rounds that
+        together answered RECENT_PROMPTS prompts, times its fall since the rounds before them,
+        twice (the new round comes two after `last`; the fall is taken between 1/2 and 1).
+
+        Not the whole run's average: the yield falls as the pool fills (more near duplicates;
+        2.9, 1.9, 1.6, 1.3, 1.2 tasks per prompt in the first five rounds at --concurrency
+        1024), so the average sized each last round for about half of what was still needed,
+        and a run ended with a chain of rounds each half as large as the one before (7 once
+        the pool was 95% full: 30 s of an 81 s run; 4 and 18 s with the latest rounds' yield
+        alone)."""
+        recent = self._window(last)
+        if recent is None:
+            return 0.0
+        prompts, accepted, first = recent
+        if not (prompts and accepted):
+            return 0.0
+        now = accepted / prompts
+        before = self._window(first - 1, prompts)
+        if before is None or not (before[0] and before[1]):
+            return now
+        fall = min(1.0, max(0.5, now / (before[1] / before[0])))
+        return now * fall * fall
+
+    def _window(self, last: int, at_least: int = RECENT_PROMPTS) -> tuple[int, int, int] | None:
+        """(answered generation prompts, accepted, first round) of the final rounds ending at
+        `last` that together answered `at_least` prompts, or all of those kept (None: no
+        round `last`)."""
+        if last not in self._totals:
+            return None
+        prompts, accepted = self._totals[last]
+        first = last
+        while first - 1 in self._totals:
+            before = self._totals[first - 1]
+            if prompts - before[0] >= at_least:
+                return prompts - before[0], accepted - before[1], first
+            first -= 1
+        return prompts, accepted, first
+
     def _new_round(self, number: int, prompts: int | None = None) -> _Round:
         stats = RoundStats(round=number, started=time.time(),
                            prompts=self._round_size(number) if prompts is None else prompts,
                            rejected={})
-        rnd = _Round(number, stats, asyncio.Event(), asyncio.Event(), [])
+        rnd = _Round(number, stats, asyncio.Event(), asyncio.Event(), [],
+                     expect=self._expected_share(number))
         self._rounds[number] = rnd
         for old in [n for n in self._rounds if n < number - 3]:
             del self._rounds[old]
@@ -829,7 +901,10 @@ class Engine:
             prompts, accepted = self._totals.get(number - 1, (0, 0))
             self._totals[number] = (prompts + stats.prompts - rnd.unanswered,
                                     accepted + stats.accepted)
-            self._totals.pop(number - 4, None)
+            self._totals.pop(number - TOTALS_KEPT, None)
+            reserved, accepted = self._kept.get(number - 1, (0, 0))
+            self._kept[number] = (reserved + rnd.reserved, accepted + stats.accepted)
+            self._kept.pop(number - 4, None)
             rnd.finalized.set()
             self._report_endpoints()  # fresh figures beside the round line
             self.bus.emit(ev.RoundFinished.of(stats, self.config.target))
