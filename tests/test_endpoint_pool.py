@@ -576,3 +576,22 @@ def test_extra_body_from_the_config_file_is_checked_and_named_at_its_line(tmp_pa
         load_user_config(path)
     assert str(err.value) == (f"{path}:1: setting 'extra_body' (--extra-body) must be a table "
                               "(TOML) or a JSON object, got 'enable_thinking=false'")
+
+
+def test_a_remembered_setting_is_written_before_the_config_files_tables(tmp_path):
+    """The TUI remembers the theme with save_user_setting: appended after an [extra_body] or
+    [[endpoints]] table it became that table's field (sent in every request, or an unknown
+    endpoint field that stopped every run)."""
+    from selfinstruct_tui.engine.config import save_user_setting
+
+    path = tmp_path / "config.toml"
+    path.write_text('target = 5\n\n[extra_body.chat_template_kwargs]\nenable_thinking = false\n'
+                    '\n[[endpoints]]\nbase_url = "http://a:1/v1"\n\n[[endpoints]]\n'
+                    'base_url = "http://b:1/v1"\n')
+    save_user_setting("theme", "paper", path)
+    settings = load_user_config(path)
+    assert settings["theme"] == "paper"
+    assert settings["extra_body"] == {"chat_template_kwargs": {"enable_thinking": False}}
+    assert [e["base_url"] for e in settings["endpoints"]] == ["http://a:1/v1", "http://b:1/v1"]
+    save_user_setting("theme", "ember", path)  # a second save replaces the line
+    assert path.read_text().count("theme =") == 1 and load_user_config(path)["theme"] == "ember"

@@ -492,12 +492,20 @@ def save_user_setting(key: str, value: Any, path: Path | None = None) -> None:
     except FileNotFoundError:
         lines = []
     rendered = f"{key} = {json.dumps(value)}"
-    n = _line_of(lines, key)
-    if n is None:
-        lines.append(rendered)
-    else:
+    # A top-level key goes before the first table ([extra_body], [[endpoints]]): after it, it
+    # would be that table's field (a theme sent in every request's body, or an endpoint's
+    # unknown field that stops every run).
+    tables = next((n for n, line in enumerate(lines, start=1) if _TABLE_HEADER.match(line)),
+                  len(lines) + 1)
+    n = _line_of(lines, key, 1, tables)
+    if n is not None:
         lines[n - 1] = rendered
+    else:
+        lines.insert(tables - 1, rendered)
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+_TABLE_HEADER = re.compile(r"\s*\[\[?\s*[A-Za-z0-9_.\"' -]+\]\]?\s*(?:#.*)?$")
 
 
 _ENV_OF = {"base_url": "OPENAI_BASE_URL", "model": "SELFINSTRUCT_MODEL"}
