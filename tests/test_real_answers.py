@@ -379,7 +379,7 @@ def test_a_thinking_model_s_json_answers_keep_structured_output_on(tmp_path):
 def test_the_last_rounds_reserve_for_the_share_of_candidates_that_fail(tmp_path):
     """Every other instance answer is unusable: each reservation becomes a task half the time.
     Counting reservations as tasks ended the run with a chain of ever smaller rounds, each
-    started once the last one's failures were known (13-14 rounds here, 6 now); expecting the
+    started once the last one's failures were known (13-14 rounds here, 8-9 now); expecting the
     share seen so far reserves enough at once. No request more is paid for, the target is met,
     and every candidate is accounted for."""
     bad = "Input: <noinput>\nOutput: <No Output>"
@@ -390,7 +390,7 @@ def test_the_last_rounds_reserve_for_the_share_of_candidates_that_fail(tmp_path)
     conn = db(run_dir)
     rounds = conn.execute("SELECT COUNT(*) FROM rounds").fetchone()[0]
     requests = conn.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]
-    assert rounds <= 8, rounds
+    assert rounds <= 10, rounds
     assert requests <= 560, requests  # 541 when every reservation counted as a task
     assert_accounted(run_dir)
 
@@ -417,3 +417,16 @@ def test_the_last_rounds_are_sized_for_the_falling_yield_of_the_latest_rounds(tm
     engine._committed = 10_000 - 500
     assert engine._round_size(6) == math.ceil(500 / per_prompt)
     store.close()
+
+
+def test_a_burst_of_failures_early_on_does_not_make_the_run_overshoot(tmp_path):
+    """The first 100 classification answers are nonsense, then the endpoint is fine: the share
+    of started candidates that became tasks, learnt in the burst, made the next rounds reserve
+    more than twice what they needed (300 tasks asked for, 478 made). A run now reserves at
+    most 5% of its target beyond it."""
+    with FakeOpenAI(latency=0.02, script={"classify": ["Hmm"] * 100},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 300, concurrency=64,
+                                          prompts_per_round=0, max_fruitless_requests=0)
+    assert 300 <= finished.accepted <= 315, finished.accepted
+    assert_accounted(run_dir)

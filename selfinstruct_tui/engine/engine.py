@@ -126,6 +126,10 @@ MIN_RESERVED_FOR_SHARE = 20
 RECENT_PROMPTS = 32
 TOTALS_KEPT = 16
 MIN_SHARE = 0.25
+# ... and reserves at most this share of the target (or MIN_SLACK) beyond it: the most a run
+# can end past its target when every reservation becomes a task after all.
+OVERSHOOT_SHARE = 0.05
+MIN_SLACK = 4
 CLASSIFY_RETRY_TOKENS = 32  # a classification answer cut by max_tokens is asked again with this
 
 
@@ -654,14 +658,20 @@ class Engine:
 
     def _in_work(self) -> float:
         """Tasks accepted by finalized rounds plus the tasks the open rounds' reservations are
-        expected to become (each round's reservations times its `expect`).
+        expected to become (each round's reservations times its `expect`), but never fewer than
+        the reservations less OVERSHOOT_SHARE of the target: a share learnt from a burst of
+        failures (an endpoint answering nonsense for a minute) must not reserve far more than
+        the target once answers are good again (300 tasks asked for, 478 made).
 
         Depends only on which candidates passed the filters, never on which request finished
         first: the surplus rule and the decision to start a round stay reproducible.
         """
         open_rounds = [r for r in self._rounds.values() if not r.finalized.is_set()]
         final = self._committed - sum(r.stats.accepted for r in open_rounds)
-        return final + sum(r.reserved * r.expect for r in open_rounds)
+        reserved = sum(r.reserved for r in open_rounds)
+        expected = sum(r.reserved * r.expect for r in open_rounds)
+        slack = max(MIN_SLACK, OVERSHOOT_SHARE * self.config.target)
+        return final + max(expected, reserved - slack)
 
     def _expected_share(self, number: int) -> float:
         """The share of round `number`'s reservations expected to become tasks: accepted per

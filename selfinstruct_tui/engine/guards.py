@@ -123,10 +123,10 @@ class SpendGuard:
                 advice = (". The model answers with its reasoning only (<think> with nothing "
                           "after it): turn its thinking off (Qwen3 on vLLM or SGLang: "
                           "--extra-body '{\"chat_template_kwargs\": {\"enable_thinking\": "
-                          "false}}', or the endpoint's own switch), or give the stages more "
-                          "tokens (generation_max_tokens, "
-                          "classification_max_tokens, instance_max_tokens in the config file), "
-                          "then resume")
+                          "false}}' when you run this command again, or the endpoint's own "
+                          "switch), or start a new run with more tokens for the stages "
+                          "(generation_max_tokens, classification_max_tokens, "
+                          "instance_max_tokens in the config file; a resumed run keeps its own)")
         return (f"{self.fruitless_requests} requests in a row added nothing to the pool. "
                 f"Rejected: {rejected}"
                 + (f"; request errors since the last answer: {errors}" if errors else "")

@@ -120,9 +120,9 @@ _LATER_BLOCK = re.compile(r"^[ \t]*<(think|thinking)>.*?(?:</\1>[ \t]*|\Z)",
 def reasoning_only_detail(setting: str) -> str:
     """Why an answer that is all reasoning is rejected, and the fix (`setting`: the stage's
     max_tokens setting)."""
-    return ("the answer is only the model's reasoning, with no answer after it: give this stage "
-            f"more tokens ({setting} in the config file) or turn the model's thinking off "
-            "(--extra-body)")
+    return ("the answer is only the model's reasoning, with no answer after it: turn the "
+            "model's thinking off (--extra-body, also on resume) or give this stage more tokens "
+            f"in a new run ({setting} in the config file)")
 
 
 def split_reasoning(text: str) -> tuple[str, bool]:
