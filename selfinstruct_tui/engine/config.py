@@ -392,6 +392,20 @@ def _line_of(lines: list[str], key: str, first: int = 1, end: int | None = None)
     return None
 
 
+# A TOML table header, [name], [name.sub] or [[name]], and its first name (bare or quoted).
+_TABLE_HEADER = re.compile(r"""\s*\[\[?\s*([A-Za-z0-9_-]+|"[^"]*"|'[^']*')\s*[\].]""")
+
+
+def _table_lines(lines: list[str], name: str | None = None) -> list[int]:
+    """The numbers (1-based) of the lines that open a table, only `name`'s when given."""
+    found = []
+    for n, line in enumerate(lines, start=1):
+        header = _TABLE_HEADER.match(line)
+        if header and (name is None or header.group(1).strip("\"'") == name):
+            found.append(n)
+    return found
+
+
 def _coerce(value: Any, type_name: str) -> Any:
     """The value as the setting's type; TypeError naming the type. The Literal-typed settings
     (api, tokenizer, structured_output) are strings here; `validate` checks their values."""
@@ -451,13 +465,11 @@ def load_user_config(path: Path | None = None) -> FileSettings:
     out = FileSettings()
     file_lines = text.splitlines()
     for key, value in data.items():
-        line = _line_of(file_lines, key) or next(  # or a table's header: [extra_body]
-            (n for n, text in enumerate(file_lines, start=1)
-             if re.match(rf"\s*\[\s*{re.escape(key)}\s*[\].]", text)), 1)
-        where = f"{path}:{line}"
+        tables = _table_lines(file_lines, key)
+        # a key's own line, or its table's header ([extra_body], [extra_body.x], [[endpoints]])
+        where = f"{path}:{_line_of(file_lines, key) or (tables[0] if tables else 1)}"
         if key == "endpoints":  # [[endpoints]] tables: a pool of endpoints
-            headers = [n for n, line in enumerate(file_lines, start=1)
-                       if re.match(r"\s*\[\[\s*endpoints\s*\]\]", line)]
+            headers = [n for n in tables if file_lines[n - 1].lstrip().startswith("[[")]
             # [[endpoints]] tables, each named at its header; an inline list at its key's line
             found = endpoint_problems(value, str(path) if headers else where, headers or None,
                                       text)
@@ -495,17 +507,13 @@ def save_user_setting(key: str, value: Any, path: Path | None = None) -> None:
     # A top-level key goes before the first table ([extra_body], [[endpoints]]): after it, it
     # would be that table's field (a theme sent in every request's body, or an endpoint's
     # unknown field that stops every run).
-    tables = next((n for n, line in enumerate(lines, start=1) if _TABLE_HEADER.match(line)),
-                  len(lines) + 1)
+    tables = next(iter(_table_lines(lines)), len(lines) + 1)
     n = _line_of(lines, key, 1, tables)
     if n is not None:
         lines[n - 1] = rendered
     else:
         lines.insert(tables - 1, rendered)
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-_TABLE_HEADER = re.compile(r"\s*\[\[?\s*[A-Za-z0-9_.\"' -]+\]\]?\s*(?:#.*)?$")
 
 
 _ENV_OF = {"base_url": "OPENAI_BASE_URL", "model": "SELFINSTRUCT_MODEL"}

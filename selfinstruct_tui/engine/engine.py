@@ -117,14 +117,14 @@ log = logging.getLogger(__name__)
 
 CONTROL_POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 2.0
-# A round expects the share of its reservations that became tasks before (`_expected_share`)
-# once this many were seen, and never less than MIN_SHARE (a few unlucky rounds must not make
-# the last one reserve many times what it needs).
-MIN_RESERVED_FOR_SHARE = 20
 # Round sizes near the end follow the yield of the latest rounds that answered this many
 # generation prompts (`_recent_yield`); _totals keeps this many rounds for it.
 RECENT_PROMPTS = 32
 TOTALS_KEPT = 16
+# A round expects the share of its reservations that became tasks before (`_expected_share`)
+# once this many were seen, and never less than MIN_SHARE (a few unlucky rounds must not make
+# the last one reserve many times what it needs) ...
+MIN_RESERVED_FOR_SHARE = 20
 MIN_SHARE = 0.25
 # ... and reserves at most this share of the target (or MIN_SLACK) beyond it: the most a run
 # can end past its target when every reservation becomes a task after all.
@@ -682,8 +682,8 @@ class Engine:
         rounds, each started only once the last one's failures were known (three latencies
         each): at --concurrency 1024 and 2 s latencies, 33 s of an 80 s run had fewer than 770
         requests in flight and ended with one. Expecting the share seen so far reserves enough
-        at once; a run then ends a few tasks past its target (finished work is kept) or with
-        one small round more."""
+        at once; a run then ends past its target by at most OVERSHOOT_SHARE of it (finished
+        work is kept; `_in_work`) or with one small round more."""
         reserved, accepted = self._kept.get(number - 2, (0, 0))
         if reserved < MIN_RESERVED_FOR_SHARE:
             return 1.0
