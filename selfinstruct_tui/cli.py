@@ -110,8 +110,10 @@ def _json_object(text: str) -> dict[str, Any]:
             f"not valid JSON ({exc.msg} at character {exc.pos}): give an object such as "
             "'{\"reasoning_effort\": \"low\"}', quoted for the shell") from None
     if not isinstance(value, dict):
+        from selfinstruct_tui.engine.records import json_type_name
+
         raise argparse.ArgumentTypeError(
-            f"must be a JSON object of request fields, not {type(value).__name__}: "
+            f"must be a JSON object of request fields, not {json_type_name(value)}: "
             "e.g. '{\"reasoning_effort\": \"low\"}'")
     return value
 
@@ -204,6 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout stopped reading (`selfinstruct export RUN -o - | head`): not an
+        # error of ours to report. Quiet, with the status of a command ended by SIGPIPE, as
+        # `cat` or `grep` end there; stdout goes to /dev/null so that the interpreter's last
+        # flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
 
 
 def cmd_seeds_check(args: argparse.Namespace) -> int:
@@ -247,6 +258,8 @@ def cmd_seeds_export(args: argparse.Namespace) -> int:
         path, count, pending = export_seeds(args.run_dir, args.output)
     except IsADirectoryError:
         raise UserError(f"{args.output}: is a directory; name a file with -o") from None
+    except BrokenPipeError:
+        raise  # the reader of stdout has gone (`| head`): see main
     except OSError as exc:
         raise UserError(f"{args.output}: cannot write the seeds ({exc.strerror or exc}); "
                         "choose another -o") from None
@@ -272,6 +285,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  reviewed_only=args.reviewed_only)
     except IsADirectoryError:
         raise UserError(f"{args.output}: is a directory; name a file with -o") from None
+    except BrokenPipeError:
+        raise  # the reader of stdout has gone (`| head`): see main
     except OSError as exc:
         raise UserError(f"{args.output or args.run_dir}: cannot write the export "
                         f"({exc.strerror or exc}); choose another -o") from None

@@ -18,6 +18,8 @@ from selfinstruct_tui.engine.config import (
     build_config,
     load_user_config,
     merge_for_resume,
+    runs_root,
+    user_config_path,
 )
 from selfinstruct_tui.engine.engine import Engine
 from test_run_e2e import wait_for
@@ -554,6 +556,25 @@ def test_a_config_file_named_by_the_environment_must_exist(tmp_path, run_cli, is
     assert load_user_config(tmp_path / "absent.toml") == {}
 
 
+def test_paths_from_the_environment_expand_home_and_a_directory_is_named(tmp_path,
+                                                                        monkeypatch):
+    """SELFINSTRUCT_CONFIG / SELFINSTRUCT_RUNS_DIR as "~/..." (a service file or a quoted value
+    does not go through the shell's tilde expansion) mean the home directory; a directory named
+    as the config file is an error naming the variable and the file to name instead."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "si.toml").write_text('model = "from-home"\n')
+    monkeypatch.setenv("SELFINSTRUCT_CONFIG", "~/si.toml")
+    monkeypatch.setenv("SELFINSTRUCT_RUNS_DIR", "~/runs")
+    assert user_config_path() == tmp_path / "si.toml"
+    assert load_user_config()["model"] == "from-home"
+    assert runs_root() == tmp_path / "runs"
+    monkeypatch.setenv("SELFINSTRUCT_CONFIG", "~")
+    with pytest.raises(ConfigError) as caught:
+        load_user_config()
+    assert str(caught.value) == (f"SELFINSTRUCT_CONFIG=~: a directory, not a config file; name "
+                                 f"the file itself (e.g. {tmp_path / 'config.toml'})")
+
+
 def test_extra_body_from_the_config_file_is_checked_and_named_at_its_line(tmp_path):
     """An [extra_body] table is request fields added as they are: one of the fields the run
     sets itself, or a value JSON cannot carry, is named at the table's line with the flag."""
@@ -576,6 +597,18 @@ def test_extra_body_from_the_config_file_is_checked_and_named_at_its_line(tmp_pa
         load_user_config(path)
     assert str(err.value) == (f"{path}:1: setting 'extra_body' (--extra-body) must be a table "
                               "(TOML) or a JSON object, got 'enable_thinking=false'")
+
+
+def test_extra_body_flag_that_is_not_a_json_object_is_named_in_jsons_words(run_cli, tmp_path):
+    """--extra-body null said "not NoneType": what a value is, in JSON's words."""
+    shape = "must be a JSON object of request fields, "
+    for given, said in (("null", shape + "not null"), ("[1]", shape + "not list"),
+                        ('"x"', shape + "not string"),
+                        ("{", "not valid JSON (Expecting property name")):
+        proc = run_cli("run", "--headless", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                       "--run-dir", str(tmp_path / "run"), "--extra-body", given)
+        assert proc.returncode == 2 and not (tmp_path / "run").exists()
+        assert f"argument --extra-body: {said}" in proc.stderr, proc.stderr
 
 
 def test_a_remembered_setting_is_written_before_the_config_files_tables(tmp_path):

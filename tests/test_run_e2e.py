@@ -268,6 +268,25 @@ def test_export_never_overwrites_the_runs_own_files_and_writes_stdout(run_cli, f
     assert len(out.stdout.splitlines()) == 3 and not (tmp_path / "-").exists()
 
 
+def test_export_to_a_reader_that_stops_reading_ends_quietly(run_cli, fake_server, isolated_env,
+                                                            tmp_path):
+    """`selfinstruct export RUN -o - | head`: the reader going away is not an error to report
+    (it was "-: cannot write the export (Broken pipe)", exit 2): quiet, with the status of a
+    command ended by SIGPIPE, as `cat` ends there."""
+    run_dir = tmp_path / "run"
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir), "--target", "3", check=True)
+    for args in (("export", str(run_dir), "--format", "alpaca", "-o", "-"),
+                 ("export", str(run_dir), "--format", "rejections", "-o", "-"),
+                 ("seeds", "export", str(run_dir))):
+        proc = subprocess.Popen(cli_command(*args), env=isolated_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the first line is written
+        assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, args
+        assert proc.stderr.read() == "", args
+
+
 def test_a_closed_stdout_does_not_stop_a_headless_run(isolated_env, tmp_path):
     """`selfinstruct run --headless ... | head -3`: the run goes on to its target."""
     from test_real_answers import assert_accounted

@@ -361,7 +361,8 @@ def user_config_dir() -> Path:
 
 def user_config_path() -> Path:
     override = os.environ.get("SELFINSTRUCT_CONFIG")
-    return Path(override) if override else user_config_dir() / "config.toml"
+    # ~ expanded here too: a service file or a quoted "~/..." does not go through the shell's
+    return Path(override).expanduser() if override else user_config_dir() / "config.toml"
 
 
 def user_data_dir() -> Path:
@@ -370,7 +371,7 @@ def user_data_dir() -> Path:
 
 def runs_root() -> Path:
     override = os.environ.get("SELFINSTRUCT_RUNS_DIR")
-    return Path(override) if override else user_data_dir() / "runs"
+    return Path(override).expanduser() if override else user_data_dir() / "runs"
 
 
 def new_run_dir(model: str) -> Path:
@@ -455,6 +456,10 @@ def load_user_config(path: Path | None = None) -> FileSettings:
                 "empty file is an empty config), or unset SELFINSTRUCT_CONFIG to use "
                 f"{user_config_dir() / 'config.toml'}") from None
         return FileSettings()
+    except IsADirectoryError:
+        setting = f"SELFINSTRUCT_CONFIG={named}" if named else str(path)
+        raise ConfigError(f"{setting}: a directory, not a config file; name the file itself "
+                          f"(e.g. {path / 'config.toml'})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
     try:

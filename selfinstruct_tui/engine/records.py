@@ -18,6 +18,13 @@ class RecordFile:
     problems: list[str]
 
 
+def json_type_name(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words (object, list, string, number, true/false,
+    null) for messages: Python's names (dict, NoneType) mean nothing to a user writing JSON."""
+    return {dict: "object", list: "list", str: "string", bool: "true/false", int: "number",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def read_utf8(path: str | Path) -> str:
     """The file's text; a missing, unreadable, non-UTF-8 or empty file raises InputFileError."""
     p = Path(path)

@@ -23,7 +23,7 @@ from selfinstruct_tui.engine.placeholders import (
     placeholder_output,
     unusable_input,
 )
-from selfinstruct_tui.engine.records import parse_records, read_utf8
+from selfinstruct_tui.engine.records import json_type_name, parse_records, read_utf8
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,6 @@ class SeedSummary:
         return self.without_input / self.count if self.count else 0.0
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "true/false", int: "number",
-            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
 def _check_str(obj: dict, key: str, where: str, problems: list[str], required: bool = True,
                nonempty: bool = False) -> str:
     if key not in obj:
@@ -91,7 +86,7 @@ def _check_str(obj: dict, key: str, where: str, problems: list[str], required: b
         return ""
     value = obj[key]
     if not isinstance(value, str):
-        problems.append(f"{where}: field '{key}' must be a string, got {_type_name(value)}")
+        problems.append(f"{where}: field '{key}' must be a string, got {json_type_name(value)}")
         return ""
     if nonempty and not value.strip():
         problems.append(f"{where}: field '{key}' is empty")
@@ -104,7 +99,7 @@ def _self_instruct_task(obj: dict, where: str, problems: list[str]) -> SeedTask 
     if "id" not in obj:
         problems.append(f"{where}: missing field 'id'")
     elif not isinstance(task_id, (str, int)) or isinstance(task_id, bool):
-        problems.append(f"{where}: field 'id' must be a string, got {_type_name(task_id)}")
+        problems.append(f"{where}: field 'id' must be a string, got {json_type_name(task_id)}")
     elif not str(task_id).strip():
         problems.append(f"{where}: field 'id' is empty")
     instruction = _check_str(obj, "instruction", where, problems, nonempty=True)
@@ -112,21 +107,22 @@ def _self_instruct_task(obj: dict, where: str, problems: list[str]) -> SeedTask 
     is_cls = obj.get("is_classification", False)
     if not isinstance(is_cls, bool):
         problems.append(
-            f"{where}: field 'is_classification' must be true or false, got {_type_name(is_cls)}")
+            f"{where}: field 'is_classification' must be true or false, got "
+            f"{json_type_name(is_cls)}")
     instances: list[Instance] = []
     raw_instances = obj.get("instances")
     if "instances" not in obj:
         problems.append(f"{where}: missing field 'instances'")
     elif not isinstance(raw_instances, list):
         problems.append(f"{where}: field 'instances' must be a list, got "
-                        f"{_type_name(raw_instances)}")
+                        f"{json_type_name(raw_instances)}")
     elif not raw_instances:
         problems.append(f"{where}: field 'instances' is empty; give at least one input/output pair")
     else:
         for i, inst in enumerate(raw_instances):
             iw = f"{where}: instances[{i}]"
             if not isinstance(inst, dict):
-                problems.append(f"{iw} must be an object, got {_type_name(inst)}")
+                problems.append(f"{iw} must be an object, got {json_type_name(inst)}")
                 continue
             inp = _check_str(inst, "input", iw, problems)
             out = _check_str(inst, "output", iw, problems, nonempty=True)
@@ -157,7 +153,7 @@ def parse_seeds(path: str | Path, text: str) -> tuple[list[SeedTask], str]:
     for line, obj in parsed.records:
         where = f"{parsed.path}:{line}"
         if not isinstance(obj, dict):
-            problems.append(f"{where}: expected a JSON object, got {_type_name(obj)}")
+            problems.append(f"{where}: expected a JSON object, got {json_type_name(obj)}")
             continue
         if "instances" in obj or "id" in obj:
             kinds.add("self-instruct")
