@@ -423,6 +423,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2  # before anything is created or started
     session = prepare(run_request(args))
     out = Console(highlight=False, soft_wrap=True)
+    for note in session.notes:
+        err.print(f"note: {note}", markup=False)
     if not NATIVE_AVAILABLE:
         err.print(f"note: {FALLBACK_NOTICE}", markup=False)
     try:
@@ -459,7 +461,7 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     app = create_app(session.run_dir, engine=engine, refresh=args.refresh, theme=args.theme,
                      compact=args.compact, seeds_file=session.seeds_file,
                      embedded=session.config.uses_embedded,
-                     resume_command=session.resume_command)
+                     resume_command=session.resume_command, notices=session.notes)
     try:
         app.run()
     finally:
@@ -512,6 +514,8 @@ def cmd_detach(args: argparse.Namespace) -> int:
     from selfinstruct_tui.session import prepare
 
     session = prepare(run_request(args))  # refuse bad settings here, in the foreground
+    for note in session.notes:
+        err.print(f"note: {note}", markup=False)
     run_dir = session.run_dir
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # new directories only: 0700
     remember_run(run_dir)

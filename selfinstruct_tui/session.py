@@ -19,6 +19,7 @@ from selfinstruct_tui.engine.config import (
     SAFE_ON_RESUME,
     RunConfig,
     build_config,
+    file_ignored_on_resume,
     load_user_config,
     merge_for_resume,
     new_run_dir,
@@ -65,6 +66,7 @@ class Session:
     routes: dict[str, str] = field(default_factory=dict)  # request kind -> its process
     store: RunStore | None = None
     lock: RunLock | None = None
+    notes: list[str] = field(default_factory=list)  # to say before the run starts
 
     @property
     def resume_command(self) -> str:
@@ -196,7 +198,8 @@ def prepare(request: RunRequest) -> Session:
                     "\nLeave these flags out to resume as it was, or start a new run with "
                     "another --run-dir. (Safe to change on resume: "
                     + ", ".join(sorted(SAFE_ON_RESUME)) + ".)")
-            return Session(Path(request.run_dir), cfg, True, request)
+            return Session(Path(request.run_dir), cfg, True, request,
+                           notes=file_ignored_on_resume(cfg, flags))
         # A run directory without a config is one whose start failed: start it afresh.
     file_settings = load_user_config()
     explicit = {**file_settings, **flags}

@@ -14,8 +14,10 @@ from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import (
     ConfigError,
+    FileSettings,
     RunConfig,
     build_config,
+    file_ignored_on_resume,
     load_user_config,
     merge_for_resume,
     runs_root,
@@ -609,6 +611,26 @@ def test_extra_body_flag_that_is_not_a_json_object_is_named_in_jsons_words(run_c
                        "--run-dir", str(tmp_path / "run"), "--extra-body", given)
         assert proc.returncode == 2 and not (tmp_path / "run").exists()
         assert f"argument --extra-body: {said}" in proc.stderr, proc.stderr
+
+
+def test_a_resumed_runs_notes_name_the_files_pool_once_and_not_what_a_flag_overrides(
+        tmp_path):
+    """The pool in the file that a resumed run does not use is one line (its first endpoint is
+    not said again as base_url); with --base-url given, the file's endpoint settings would not
+    apply to a new run either, so nothing is said."""
+    path = tmp_path / "config.toml"
+    resumed = build_config(FileSettings(), {"base_url": "http://y:1/v1", "model": "m"}, env={})
+    path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\n\n'
+                    '[[endpoints]]\nbase_url = "http://b:1/v1"\n')
+    notes = file_ignored_on_resume(resumed, {}, load_user_config(path), env={})
+    assert notes[0].splitlines()[1:] == [
+        f"  {path}:1: endpoints = http://a:1/v1, http://b:1/v1 (the run: none; safe to change: "
+        "give --base-url for each endpoint)"]
+    path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\nmodel = "q"\n')
+    assert file_ignored_on_resume(resumed, {"base_url": "http://y:1/v1"},
+                                  load_user_config(path), env={}) == []
+    assert len(file_ignored_on_resume(resumed, {}, load_user_config(path),
+                                      env={})[0].splitlines()) == 3  # base_url, model
 
 
 def test_a_remembered_setting_is_written_before_the_config_files_tables(tmp_path):

@@ -63,6 +63,42 @@ def test_the_same_seeds_resume_and_different_seeds_are_refused(run_cli, fake_ser
     assert count_machine(run_dir) >= 14
 
 
+def test_a_config_file_edited_before_a_resume_is_named_where_the_run_keeps_its_own(
+        run_cli, fake_server, isolated_env, tmp_path):
+    """A resumed run keeps its settings (flags change the safe ones): a config file edited in
+    between looked applied and was not. Each file setting the run does not take is named at its
+    line with the run's value and how it can change; one also given as a flag is not."""
+    run_dir = tmp_path / "run"
+    base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir))
+    run_cli(*base, "--target", "3", check=True)
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    config.write_text('concurrency = 64\nthreshold = 0.5\nmax_retries = 9\n\n'
+                      '[extra_body]\ntop_k = 20\n')
+    proc = run_cli(*base, "--target", "5", "--max-retries", "9", check=True)
+    notes = proc.stderr.splitlines()
+    start = notes.index("note: this resumed run keeps its own settings where the config file "
+                        "differs (the file is for new runs):")
+    assert notes[start + 1:start + 4] == [
+        f"  {config}:1: concurrency = 64 (the run: 8; safe to change with --concurrency)",
+        f"  {config}:2: threshold = 0.5 (the run: 0.7; fixed once a run starts: a new run "
+        "takes it)",
+        f'  {config}:5: extra_body = {{"top_k": 20}} (the run: {{}}; safe to change with '
+        "--extra-body)"], proc.stderr
+    assert "max_retries" not in proc.stderr  # given as a flag too: the run takes it
+    stored = json.loads(sqlite3.connect(run_dir / "run.sqlite").execute(
+        "SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+    assert (stored["concurrency"], stored["threshold"], stored["max_retries"],
+            stored["extra_body"]) == (8, 0.7, 9, {})
+    # the file as the run has it: nothing to say; a broken file: said, and the run resumes
+    config.write_text("concurrency = 8\n")
+    assert "note: this resumed" not in run_cli(*base, "--target", "6", check=True).stderr
+    config.write_text("concurrency = \n")
+    proc = run_cli(*base, "--target", "7", check=True)
+    assert f"note: the config file is not read for a resumed run (new runs stop on it): " \
+           f"{config}: not valid TOML" in proc.stderr, proc.stderr
+
+
 def test_the_bundled_seed_file_resumes_a_run_started_without_seeds(run_cli, fake_server,
                                                                   tmp_path):
     run_dir = tmp_path / "run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from textual.widgets import TextArea
 
@@ -174,6 +175,27 @@ def test_filter_origin_sort_and_maximize_on_a_finished_run(tmp_path, isolated_en
             assert app.screen.maximized is not None
             await pilot.press("m")
             assert app.screen.maximized is None
+
+    run(go())
+
+
+def test_a_config_file_that_cannot_be_read_is_a_notice_not_a_stop(tmp_path, isolated_env):
+    """Opening a run (attach, resume) does not need the config file's run settings: one that
+    cannot be read is shown as a notice and the UI comes up with the default theme and refresh
+    (it stopped with exit 2 before); a resumed run's notes are shown beside it."""
+    deterministic_run(tmp_path / "run")
+    Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text("theme = \n")
+
+    async def go():
+        app = create_app(tmp_path / "run", notices=["a resumed run's note"])
+        assert app.refresh_interval == 0.5
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: len(app._notifications) >= 2)
+            notes = [n.message for n in app._notifications]
+            assert notes[0] == "a resumed run's note"
+            assert notes[1].startswith("The config file is not read (theme and refresh take "
+                                       f"their defaults): {isolated_env['SELFINSTRUCT_CONFIG']}: "
+                                       "not valid TOML"), notes
 
     run(go())
 

@@ -569,6 +569,61 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
     return cfg
 
 
+def file_ignored_on_resume(resumed: RunConfig, flags: dict[str, Any],
+                           file_settings: FileSettings | None = None,
+                           env: dict[str, str] | None = None) -> list[str]:
+    """Notes (to print before the run starts) on the config file's settings that a resumed run
+    does not take: each as "path:line: key = value (the run: value; how it can change)", where
+    the run this command would start afresh from the file (`build_config`, the environment
+    included, with the same flags) differs from `resumed`. A resumed run keeps its
+    settings (flags change the safe ones, `merge_for_resume`); without these notes an edited
+    config file looked applied and was not. `file_settings` None: the user's config file, read
+    here (a ConfigError there is a note that the file is not read: a resumed run does not need
+    it)."""
+    if file_settings is None:
+        try:
+            file_settings = load_user_config()
+        except ConfigError as exc:
+            return [f"the config file is not read for a resumed run (new runs stop on it): "
+                    f"{str(exc).splitlines()[0]}"]
+    if not file_settings:
+        return []
+    try:  # the run this command would start from the file, and from no file
+        from_file = build_config(file_settings, flags, env)
+        without = build_config(FileSettings(), flags, env)
+    except ConfigError as exc:
+        return [f"the config file is not read for a resumed run (new runs stop on it): "
+                f"{str(exc).splitlines()[0]}"]
+    origins = file_settings.origins
+    # the file's effect (a flag's value is in both) that the resumed run does not have
+    differ = [f.name for f in fields(RunConfig)
+              if getattr(from_file, f.name) != getattr(without, f.name)
+              and getattr(from_file, f.name) != getattr(resumed, f.name)]
+    if "endpoints" in differ and "base_url" in differ:
+        differ.remove("base_url")  # the pool's first endpoint: said with the pool
+    lines = []
+    for key in differ:
+        wanted, kept = getattr(from_file, key), getattr(resumed, key)
+        where = origins.get(key) or origins.get("endpoints") or str(user_config_path())
+        if key not in SAFE_ON_RESUME:
+            how = "fixed once a run starts: a new run takes it"
+        elif key == "endpoints":
+            how = "safe to change: give --base-url for each endpoint"
+        else:
+            how = f"safe to change with {FLAGS[key]}" if key in FLAGS else "safe to change"
+        lines.append(f"{where}: {key} = {_shown(wanted)} (the run: {_shown(kept)}; {how})")
+    if not lines:
+        return []
+    return ["this resumed run keeps its own settings where the config file differs (the file "
+            "is for new runs):\n  " + "\n  ".join(lines)]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list) and all(isinstance(e, dict) for e in value):
+        return ", ".join(str(e.get("base_url", "?")) for e in value) or "none"
+    return json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
+
+
 def merge_for_resume(stored: RunConfig, flags: dict[str, Any]) -> tuple[RunConfig, list[str]]:
     """The resumed run's config and the unsafe changes the flags ask for (empty when safe)."""
     cfg = dataclasses.replace(stored)

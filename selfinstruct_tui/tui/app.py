@@ -45,7 +45,7 @@ from selfinstruct_tui.engine.control import (
     read_snapshot,
 )
 from selfinstruct_tui.engine.engine import Engine
-from selfinstruct_tui.engine.errors import UserError
+from selfinstruct_tui.engine.errors import ConfigError, UserError
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jsonl, write_seeds
@@ -78,15 +78,24 @@ GC_FREEZE_ROWS = 10_000  # freeze the long-lived objects each time the pool grow
 def create_app(run_dir: str | Path, *, engine: Engine | None = None, attach: bool = False,
                refresh: float | None = None, theme: str | None = None, compact: bool = False,
                seeds_file: str | None = None, embedded: bool = False,
-               resume_command: str | None = None) -> SelfInstructApp:
+               resume_command: str | None = None,
+               notices: list[str] | None = None) -> SelfInstructApp:
     """The app for a run, with the user's settings filling what is not given: the one factory
-    for `run`, `attach` and the tests."""
-    settings = load_user_config()
+    for `run`, `attach` and the tests. `notices`: notes shown once the app is up (a resumed
+    run's config-file differences). A config file that cannot be read (a new run refuses it
+    before this) is a notice: attaching to a run, or resuming one, does not need it."""
+    notices = list(notices or [])
+    try:
+        settings: dict[str, Any] = load_user_config()
+    except ConfigError as exc:
+        settings = {}
+        notices.append(f"The config file is not read (theme and refresh take their defaults): "
+                       f"{exc}")
     return SelfInstructApp(
         run_dir, engine=engine, attach=attach,
         refresh=refresh or float(settings.get("refresh", 0.5)),
         theme=theme or settings.get("theme"), compact=compact, seeds_file=seeds_file,
-        embedded=embedded, resume_command=resume_command)
+        embedded=embedded, resume_command=resume_command, notices=notices)
 
 
 class SelfInstructApp(App[int]):
@@ -98,9 +107,11 @@ class SelfInstructApp(App[int]):
     def __init__(self, run_dir: str | Path, *, engine: Engine | None = None,
                  refresh: float = 0.5, theme: str | None = None, compact: bool = False,
                  seeds_file: str | None = None, embedded: bool = False,
-                 attach: bool = False, resume_command: str | None = None) -> None:
+                 attach: bool = False, resume_command: str | None = None,
+                 notices: list[str] | None = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.notices = list(notices or [])
         self.engine = engine
         self.attached = attach
         self.refresh_interval = refresh
@@ -209,6 +220,8 @@ class SelfInstructApp(App[int]):
             if not NATIVE_AVAILABLE:
                 self.notify(FALLBACK_NOTICE, title="Slow near-duplicate filter",
                             severity="warning", timeout=20)
+        for notice in self.notices:
+            self.notify(notice, title="Note", severity="warning", timeout=30, markup=False)
         if self.attached:
             self.follower = StoreFollower(snapshot, self.events.put,
                                           interval=min(0.05, self.refresh_interval))
