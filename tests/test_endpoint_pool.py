@@ -207,6 +207,57 @@ def test_a_refused_key_drops_that_endpoint_and_the_run_finishes_on_the_others(tm
     assert "auth" in {c for (c,) in rows(run_dir, "SELECT cause FROM retries")}
 
 
+# OpenAI's answer to a field it does not know (the field is the user's own, from --extra-body)
+UNKNOWN_FIELD = {"status": 400, "body": {"error": {
+    "message": "Unrecognized request argument supplied: top_k", "type": "invalid_request_error",
+    "param": None, "code": None}}}
+
+
+def test_an_endpoint_that_refuses_an_extra_body_field_is_dropped_and_the_others_go_on(tmp_path):
+    """--extra-body '{"top_k": 20}' to a vLLM server and to an API that does not know top_k:
+    that endpoint is dropped, named with the field and how to take it out, and the run
+    finishes on the other; no request is retried into the same refusal."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as vllm, FakeOpenAI(script={"*": [UNKNOWN_FIELD]}) as hosted:
+        engine, events = pool_engine(run_dir, [hosted, vllm], 6, extra_body={"top_k": 20})
+        finished = engine.run()
+        engine.store.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    dropped = rows(run_dir, "SELECT message FROM errors WHERE kind = 'endpoint_dropped'")
+    assert len(dropped) == 1 and hosted.base_url in dropped[0][0], dropped
+    assert "refuses the field 'top_k' of --extra-body" in dropped[0][0]
+    assert "take it out of --extra-body" in dropped[0][0]
+    assert len(hosted.log) <= 2 and hosted.base_url not in answered_by(run_dir)
+    assert all(body.get("top_k") == 20 for _, _, body in vllm.log)
+
+
+def test_a_single_endpoint_that_refuses_an_extra_body_field_stops_with_the_fix(run_cli,
+                                                                               tmp_path):
+    """One endpoint: the run stops at the first refusal (not a streak of failed requests and
+    advice about --api and --model), names the nested field, and the resume with the field
+    taken out finishes."""
+    run_dir = tmp_path / "run"
+    refusal = {"status": 400, "body": {"object": "error", "type": "BadRequestError",
+                                       "message": "chat_template_kwargs: enable_reasoning is "
+                                                  "not a known template variable"}}
+    base = ("run", "--headless", "--model", "m", "--api", "completions", "--run-dir",
+            str(run_dir), "--target", "3", "--concurrency", "1")
+    with FakeOpenAI(script={"*": [refusal]}) as server:
+        proc = run_cli(*base, "--base-url", server.base_url, "--extra-body",
+                       '{"chat_template_kwargs": {"enable_reasoning": false}}', timeout=120)
+        refused = len(server.log)
+    assert proc.returncode == 3, proc.stderr
+    assert refused == 1
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")][0]
+    assert "refuses the field 'chat_template_kwargs.enable_reasoning' of --extra-body" in error
+    assert "'{}' for none" in error and "--api" not in error
+    with FakeOpenAI() as server:
+        run_cli(*base, "--base-url", server.base_url, "--extra-body", "{}", check=True,
+                timeout=120)
+        assert all("chat_template_kwargs" not in body for _, _, body in server.log)
+    assert rows(run_dir, "SELECT COUNT(*) FROM tasks WHERE origin = 'machine'")[0][0] >= 3
+
+
 def test_when_every_endpoint_is_down_the_run_pauses(tmp_path):
     run_dir = tmp_path / "run"
     a, b = FakeOpenAI().start(), FakeOpenAI().start()

@@ -12,8 +12,8 @@ single-endpoint path exactly as it was.
   has passed the endpoint takes exactly one request; an answer puts it back, a failure takes it
   out again. No extra traffic is sent to a dead endpoint.
 * Dropped for the rest of the session: an endpoint that is permanently wrong (a refused key, an
-  unknown model or route, an exhausted quota, a TLS certificate or scheme that cannot work):
-  `DROP_CAUSES`.
+  unknown model or route, an exhausted quota, a TLS certificate or scheme that cannot work, a
+  request parameter its model does not take, such as a field of --extra-body): `DROP_CAUSES`.
 * Rate limits (429) cool down only the endpoint that sent them.
 
 Every change is reported to `on_change` with its named cause (the engine records it in the
@@ -34,7 +34,7 @@ from typing import Any
 WINDOW_SECONDS = 60.0  # requests/s is measured over this sliding window (monotonic clock)
 OUT_AFTER_STREAK = 3  # 5xx answers or timeouts in a row that take an endpoint out
 # llm.Cause values that drop an endpoint for good
-DROP_CAUSES = ("auth", "not_found", "quota", "tls")
+DROP_CAUSES = ("auth", "not_found", "quota", "tls", "unsupported_parameter")
 STREAK_CAUSES = ("server_error", "timeout")
 CONNECTION_CAUSE = "connection"
 

@@ -415,6 +415,16 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         return Failure(Cause.RATE_LIMIT, f"rate limited (429: {text})", retry=True,
                        status=status, delay=_retry_after(exc), shared=True)
     if status in (400, 413, 422):
+        refused = _extra_body_field(text, s.extra_body)
+        if refused:
+            # One of the user's own request fields: only taking it out helps, so neither a
+            # retry nor the generic advice about --api and --model (and in a pool this
+            # endpoint is dropped: another server may take the field)
+            return Failure(Cause.UNSUPPORTED_PARAMETER, f"the endpoint at {s.base_url} refuses "
+                           f"the field {refused!r} of --extra-body ({status}: {text}): take it "
+                           "out of --extra-body or the config file's [extra_body] table (a "
+                           "resumed run takes a new --extra-body, '{}' for none)", fatal=True,
+                           status=status)
         if _CONTEXT_RE.search(text):
             return Failure(Cause.CONTEXT, text, status=status)
         if _STRUCTURED_RE.search(text):
@@ -434,6 +444,20 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         return Failure(Cause.HTTP, f"HTTP {status}: {text}", retry=True, status=status,
                        delay=_retry_after(exc))
     return Failure(Cause.HTTP, f"HTTP {status}: {text}", status=status)
+
+
+def _extra_body_field(text: str, extra: dict[str, Any], prefix: str = "") -> str | None:
+    """The --extra-body field (at any depth, as "a.b"; the deepest one named) that an error text
+    names as a word, or None: the fields a user adds are the likeliest cause of a refusal that
+    names them."""
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            inner = _extra_body_field(text, value, f"{prefix}{key}.")
+            if inner:
+                return inner
+        if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", text):
+            return prefix + key
+    return None
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -584,7 +608,7 @@ class LLMClient:
             self._endpoint_settings[spec.base_url] = ClientSettings(
                 base_url=spec.base_url, model=spec.model, api=settings.api,
                 key_env=spec.key_env, request_timeout=settings.request_timeout,
-                connect_timeout=settings.connect_timeout)
+                connect_timeout=settings.connect_timeout, extra_body=settings.extra_body)
         self.endpoints = EndpointPool(endpoints, probe_base=max(0.05, 2 * settings.backoff_base),
                                       probe_max=settings.backoff_max,
                                       on_change=self._endpoint_changed)
