@@ -424,6 +424,25 @@ def test_surplus_is_taken_up_before_new_prompts_when_the_target_rises(run_cli, f
                          (last + 1,)).fetchone()
     assert first == (0, kept)
     assert_accounted(run_dir)
+    # The rejections export says what became of each row's candidate: the surplus of the first
+    # session was taken up, so those rows are not where those candidates ended.
+    out = run_cli("export", str(run_dir), "--format", "rejections", "-o", "-", check=True)
+    exported = [json.loads(line) for line in out.stdout.splitlines()]
+    surplus = [r for r in exported if r["reason"] == "surplus" and r["round"] <= last]
+    assert len(surplus) == kept
+    # checked by text: a candidate whose id a seed took goes on under a new one
+    machine = {t for (t,) in conn.execute("SELECT instruction FROM tasks WHERE origin = 'machine'")}
+    ended = {r["candidate"] for r in exported if r["outcome"] == "rejected"}
+    open_now = {t for (t,) in conn.execute("SELECT instruction FROM candidates WHERE state = "
+                                           "'open'")}
+    for row in surplus:
+        assert row["outcome"] == ("accepted" if row["candidate"] in machine else "rejected later"
+                                  if row["candidate"] in ended else "open"), row
+        assert (row["outcome"] == "open") == (row["candidate"] in open_now), row
+    assert any(r["outcome"] == "accepted" for r in surplus)
+    finals = [r for r in exported if r["outcome"] == "rejected"]
+    assert all(r["level"] == "candidate" and r["reason"] != "surplus" for r in finals)
+    assert {r["outcome"] for r in exported if r["level"] == "instance"} <= {"instance dropped"}
 
 
 def test_an_abandoned_request_records_its_attempts(tmp_path):

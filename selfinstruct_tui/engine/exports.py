@@ -5,8 +5,10 @@
 * openai-chat: JSONL of {"messages": [...]} for chat fine-tuning
 * sharegpt: JSONL of {"conversations": [{"from": "human"|"gpt", "value"}]}
 * rejections: JSONL of every rejected candidate and dropped instance: round, level, reason,
-  detail, the candidate, the raw fragment of the model's answer, the task and prompt ids, and the
-  near duplicate it collided with
+  detail, the candidate, the raw fragment of the model's answer, the task and prompt ids, the
+  near duplicate it collided with, and the row's `outcome` (`rejection_outcomes`): a candidate
+  kept open (surplus, unanswered, abandoned, interrupted) is taken up later, so its row is not
+  its end
 
 With a quality review in the run (engine/review.py), self-instruct rows of sampled tasks carry a
 "review" object (the sampled instance, one answer per question, skipped, passed), and
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
@@ -30,7 +32,7 @@ from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
 from selfinstruct_tui.engine.placeholders import normalize_input
 from selfinstruct_tui.engine.review import review_label
-from selfinstruct_tui.engine.store import ReviewRecord, RunStore
+from selfinstruct_tui.engine.store import OPEN_REASONS, RejectionRecord, ReviewRecord, RunStore
 from selfinstruct_tui.engine.task import Task
 
 FORMATS = ("self-instruct", "alpaca", "openai-chat", "sharegpt", "rejections")
@@ -136,7 +138,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
 
         def rows() -> Iterable[dict]:
             if fmt == "rejections":
-                return (asdict(r) for r in store.iter_rejections())
+                outcome = rejection_outcomes(store)
+                return ({**asdict(r), "outcome": outcome(r)} for r in store.iter_rejections())
             tasks = store.iter_tasks("machine")
             if reviewed_only:
                 tasks = (t for t in tasks if t.id in reviews and reviews[t.id].passed)
@@ -155,6 +158,47 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
     finally:
         store.close()
     return path, count
+
+
+def rejection_outcomes(store: RunStore) -> Callable[[RejectionRecord], str]:
+    """What became of each rejections row's candidate, for the export (a row per rejection is a
+    log, and a candidate kept open appears again): "rejected" (this row ends it), "accepted"
+    (kept open here, taken up and accepted later: it is in the task exports unless dropped by
+    hand), "rejected later" (taken up and rejected: its own row says why), "open" (taken up
+    when the run resumes), "instance dropped" (one instance of a task that may be accepted).
+    A candidate taken up under a new id (its id was held by a seed: data of an older version)
+    is followed to it. Counting final rejections by reason = rows whose outcome is "rejected"."""
+    accepted = {tid for (tid,) in store.db.execute(
+        "SELECT id FROM tasks WHERE origin = 'machine'")}
+    placeholders = ",".join("?" * len(OPEN_REASONS))
+    ended = {tid for (tid,) in store.db.execute(
+        f"SELECT task_id FROM rejections WHERE level = 'candidate' AND task_id IS NOT NULL "
+        f"AND reason NOT IN ({placeholders})", OPEN_REASONS)}
+    still_open = {tid for (tid,) in store.db.execute(
+        "SELECT task_id FROM candidates WHERE state = 'open'")}
+    # settled without an end of their own: went on under a later id (same answer, same text)
+    moved = dict(store.db.execute(
+        "SELECT a.task_id, MIN(b.task_id) FROM candidates a JOIN candidates b ON "
+        "b.prompt_id IS a.prompt_id AND b.instruction = a.instruction AND b.task_id > a.task_id "
+        "WHERE a.state != 'open' GROUP BY a.task_id"))
+
+    def outcome(r: RejectionRecord) -> str:
+        if r.level != "candidate":
+            return "instance dropped"
+        if r.reason not in OPEN_REASONS:
+            return "rejected"
+        tid = r.task_id
+        while tid is not None:
+            if tid in accepted:
+                return "accepted"
+            if tid in ended:
+                return "rejected later"
+            if tid in still_open:
+                return "open"
+            tid = moved.get(tid)
+        return "open"  # an id without a candidate row: nothing has ended it
+
+    return outcome
 
 
 def metadata_path(export: Path) -> Path:
