@@ -91,6 +91,39 @@ def test_unsupported_parameter_is_fatal_and_explained():
         assert server.requests == 0  # not retried
 
 
+@pytest.mark.parametrize("extra, message, named", [
+    ({"top_k": 20}, "Unrecognized request argument supplied: top_k", "top_k"),
+    ({"user": "x"}, "Unrecognized request argument supplied: user", "user"),
+    ({"store": 1, "user": "x"}, "Unrecognized request arguments supplied: store, user", "store"),
+    ({"metadata": {}}, "body.metadata: Extra inputs are not permitted", "metadata"),
+    ({"metadata": {}}, "[{'loc': ('body', 'metadata'), 'msg': 'Extra inputs'}]", "metadata"),
+    ({"chat_template_kwargs": {"enable_reasoning": False}},
+     "chat_template_kwargs: enable_reasoning is not a known template variable",
+     "chat_template_kwargs.enable_reasoning"),
+    # prose that happens to hold a field's name is not about that field
+    ({"user": "x"}, "The user message must not be empty", None),
+    ({"input": 1}, "input must not be empty", None),
+    ({"model_tag": 1}, "The model m does not exist", None),
+    ({"top_k": 20}, "max_tokens must be at least 1", None),
+])
+def test_a_refusal_blames_an_extra_body_field_only_where_it_names_it(extra, message, named):
+    """A 400 naming a field of --extra-body is that field's (named, take it out; fatal); any
+    other 400 is the request's own and does not mention --extra-body."""
+    from selfinstruct_tui.engine.llm import Cause
+
+    with FakeOpenAI(script={"*": [{"status": 400, "body": {"error": {"message": message}}}]}
+                    ) as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, extra_body=extra, max_retries=3)
+        sent = len(server.log)
+    if named:
+        assert info.value.kind == Cause.UNSUPPORTED_PARAMETER and info.value.fatal
+        assert f"refuses the field {named!r} of --extra-body" in str(info.value)
+    else:
+        assert info.value.kind == Cause.BAD_REQUEST and "--extra-body" not in str(info.value)
+    assert sent == 1  # neither is retried
+
+
 def test_pause_holds_new_requests():
     async def go():
         with FakeOpenAI() as server:

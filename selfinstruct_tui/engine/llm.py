@@ -448,14 +448,23 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
 
 def _extra_body_field(text: str, extra: dict[str, Any], prefix: str = "") -> str | None:
     """The --extra-body field (at any depth, as "a.b"; the deepest one named) that an error text
-    names as a word, or None: the fields a user adds are the likeliest cause of a refusal that
-    names them."""
+    names, or None: the fields a user adds are the likeliest cause of a refusal that names
+    them. A name like a word of prose ("user", "metadata") counts only where it reads as a
+    field: quoted, after a dot (body.user) or after "argument", "parameter", "field" or
+    "property" (OpenAI: "Unrecognized request argument supplied: user"); one with "_" or a
+    digit in it (top_k) anywhere as a word."""
     for key, value in extra.items():
         if isinstance(value, dict):
             inner = _extra_body_field(text, value, f"{prefix}{key}.")
             if inner:
                 return inner
-        if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", text):
+        name = re.escape(key)
+        if re.fullmatch(r"[A-Za-z]+", key):
+            named = (rf"(['\"`]){name}\1|(?:\.|\b(?:argument|parameter|field|property)s?"
+                     rf"(?:\s+supplied)?:?\s+(?:\w+,\s*)*){name}(?!\w)")
+        else:
+            named = rf"(?<!\w){name}(?!\w)"
+        if re.search(named, text, re.IGNORECASE):
             return prefix + key
     return None
 
