@@ -35,6 +35,21 @@ def run_engine(run_dir: Path, base_url: str, **cfg) -> Engine:
     return engine
 
 
+def test_a_small_target_in_batch_mode_is_not_sent_a_full_round(tmp_path):
+    """--batch --target 10 sent 100 generation prompts (~700 candidates for 10 tasks): before the
+    yield is known a batch round asks for 4x the prompts that cover the target if every
+    instruction were kept, ceil(10 * 4 / 7) = 6, and still reaches it."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        engine = run_engine(run_dir, server.base_url, target=10)
+    assert engine.finished is not None and engine.finished.reason.value == "target"
+    conn = db(run_dir)
+    sizes = [len(json.loads(ids)) for (ids,) in conn.execute(
+        "SELECT prompt_ids FROM batches WHERE kind = 'generate' ORDER BY id")]
+    assert sizes[0] == 6 and all(n <= 6 for n in sizes), sizes
+    assert conn.execute("SELECT COUNT(*) FROM tasks WHERE origin = 'machine'").fetchone()[0] >= 10
+
+
 def test_a_batch_run_sends_each_stage_as_one_job_and_records_like_the_normal_path(tmp_path):
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=3) as server:

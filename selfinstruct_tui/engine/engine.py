@@ -130,6 +130,11 @@ MIN_SHARE = 0.25
 # can end past its target when every reservation becomes a task after all.
 OVERSHOOT_SHARE = 0.05
 MIN_SLACK = 4
+# Before the yield is known, a batch round (a wait of up to a day) asks for this many times the
+# prompts that would cover what is still needed if every instruction asked for were kept: the
+# early yield is ~40% of those (2.9 tasks of 7 asked per prompt, measured), so one round
+# usually covers a small target; with --target 10 a round sent 100 prompts for ~700 candidates.
+BATCH_FIRST_ROUNDS_MARGIN = 4
 CLASSIFY_RETRY_TOKENS = 32  # a classification answer cut by max_tokens is asked again with this
 
 
@@ -779,8 +784,9 @@ class Engine:
         prompt per request in flight) asks for no more prompts than the tasks still needed
         would take if every instruction a prompt asks for (`instructions_asked`, 7) were kept:
         at --concurrency 1024 and --target 1500, round 1 sent 1,024 prompts where 512 covered
-        the target, and 1,667 candidates ended as surplus. A size set with --prompts-per-round,
-        or batch mode's larger rounds (a job's wait is paid whatever its size), is kept.
+        the target, and 1,667 candidates ended as surplus. Batch mode's larger rounds (a job's
+        wait is paid whatever its size) take BATCH_FIRST_ROUNDS_MARGIN times that. A size set
+        with --prompts-per-round is kept.
         """
         c = self.config
         size = c.effective_prompts_per_round
@@ -790,9 +796,10 @@ class Engine:
             return size
         if per_prompt:
             size = min(size, max(1, math.ceil(needed / per_prompt)))
-        elif not c.prompts_per_round and not c.uses_batch:
+        elif not c.prompts_per_round:
             most = instructions_asked(c.num_prompt_instructions)
-            size = min(size, max(1, math.ceil(needed / most)))
+            margin = BATCH_FIRST_ROUNDS_MARGIN if c.uses_batch else 1
+            size = min(size, max(1, math.ceil(needed * margin / most)))
         return size
 
     def _recent_yield(self, last: int) -> float:
