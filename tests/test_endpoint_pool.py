@@ -645,6 +645,14 @@ def test_extra_body_from_the_config_file_is_checked_and_named_at_its_line(tmp_pa
                         "and flags)")
     assert lines[1].startswith(f"{path}:2: extra_body (--extra-body) must hold only what JSON "
                                "can carry"), lines
+    # TOML's other spellings of a key (dotted, quoted) are named at their own lines too
+    path.write_text('model = "m"\n\nextra_body.temperature = 1.0\n"concurrency" = 0\n')
+    with pytest.raises(ConfigError) as err:
+        build_config(load_user_config(path), {}, env={})
+    assert sorted(str(err.value).splitlines()) == [
+        f"{path}:3: extra_body (--extra-body) may not set temperature: the run sets it itself "
+        "(the sampling settings have their own settings and flags)",
+        f"{path}:4: concurrency (--concurrency) must be at least 1"]
     path.write_text('extra_body = "enable_thinking=false"\n')
     with pytest.raises(ConfigError) as err:
         load_user_config(path)

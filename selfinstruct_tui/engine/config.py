@@ -385,10 +385,13 @@ def new_run_dir(model: str) -> Path:
 
 
 def _line_of(lines: list[str], key: str, first: int = 1, end: int | None = None) -> int | None:
-    """The number of the first line in [first, end) (1-based) that sets `key`, or None."""
+    """The number of the first line in [first, end) (1-based) that sets `key`, or None: as
+    `key =`, quoted (`"key" =`) or dotted (`key.field =`, TOML's other way to fill a table)."""
     stop = len(lines) + 1 if end is None else end
+    k = re.escape(key)
+    pattern = re.compile(rf"""\s*(?:{k}|"{k}"|'{k}')\s*[=.]""")
     for n in range(first, stop):
-        if re.match(rf"\s*{re.escape(key)}\s*=", lines[n - 1]):
+        if pattern.match(lines[n - 1]):
             return n
     return None
 
