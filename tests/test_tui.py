@@ -61,6 +61,33 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
     run(go())
 
 
+def test_a_pause_whose_fix_is_a_setting_does_not_say_press_p_to_resume(tmp_path, isolated_env):
+    """A thinking model's answers are all reasoning: p would only send the same requests again,
+    so the pause says to stop and run the command again with the fix (an endpoint outage's
+    pause still says p resumes: test_endpoint_failures)."""
+    async def go():
+        with FakeOpenAI(thinking=True) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=50, api="chat",
+                                 concurrency=2, max_fruitless_requests=6)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: app.state == "paused")
+                await until(pilot, lambda: any(n.title == "Run paused"
+                                               for n in app._notifications))
+                note = next(n.message for n in app._notifications if n.title == "Run paused")
+                assert "--extra-body" in note and "Press p to resume" not in note
+                assert note.endswith("Press s to stop, then run the command again with the fix "
+                                     "(the same command resumes this run); p tries again as it "
+                                     "is."), note
+                await pilot.press("s")
+                await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
+        store = RunStore(tmp_path / "run", readonly=True)
+        assert store.get_meta("state")["needs_restart"] is True
+        store.close()
+
+    run(go())
+
+
 def test_seed_edit_takes_effect_and_invalid_edit_keeps_text(tmp_path, isolated_env):
     async def go():
         with FakeOpenAI(latency=0.05) as server:

@@ -454,7 +454,8 @@ def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunC
         return []  # (running under a new pid: a crashed run resumed by another process)
     target = snapshot_config.target if snapshot_config else 0
     if after == RunState.PAUSED:
-        return [ev.Paused(new.get("reason") or "", bool(new.get("by_errors")))]
+        return [ev.Paused(new.get("reason") or "", bool(new.get("by_errors")),
+                          bool(new.get("needs_restart")))]
     if after == RunState.RUNNING and before == RunState.PAUSED:
         return [ev.Resumed()]
     if after == RunState.RUNNING and snapshot_config is not None:

@@ -174,6 +174,7 @@ class Engine:
         self.state: str = RunState.STARTING
         self.pause_reason = ""
         self.paused_by_errors = False
+        self.pause_needs_restart = False  # the pause's fix is a setting (see ev.Paused)
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -274,13 +275,15 @@ class Engine:
     def _set_state(self, state: str) -> None:
         self.state = state
         meta = {"state": state, "pid": os.getpid(), "ts": time.time(),
-                "reason": self.pause_reason, "by_errors": self.paused_by_errors}
+                "reason": self.pause_reason, "by_errors": self.paused_by_errors,
+                "needs_restart": self.pause_needs_restart}
         if self.finished is not None:
             meta["finish_reason"] = self.finished.reason.value
             meta["message"] = self.finished.message
         self.store.set_meta("state", meta)
 
-    def _do_pause(self, reason: str = "paused by the user", by_errors: bool = False) -> None:
+    def _do_pause(self, reason: str = "paused by the user", by_errors: bool = False,
+                  needs_restart: bool = False) -> None:
         if self._client is None or self.state in (RunState.STOPPING, RunState.FINISHED):
             return
         self._client.pause()
@@ -288,8 +291,9 @@ class Engine:
             self._batcher.pause()
         self.pause_reason = reason
         self.paused_by_errors = by_errors
+        self.pause_needs_restart = needs_restart
         self._set_state(RunState.PAUSED)
-        self.bus.emit(ev.Paused(reason, by_errors))
+        self.bus.emit(ev.Paused(reason, by_errors, needs_restart))
 
     def _do_resume(self) -> None:
         if self._client is None or self.state != RunState.PAUSED:
@@ -298,6 +302,7 @@ class Engine:
         self.guard.reset()
         self.pause_reason = ""
         self.paused_by_errors = False
+        self.pause_needs_restart = False
         self._client.resume()
         if self._batcher is not None:
             self._batcher.resume()
@@ -1037,7 +1042,7 @@ class Engine:
     def _fruitless(self, requests: int) -> None:
         pause = self.guard.fruitless(requests, self.failures)
         if pause and self.state == RunState.RUNNING:
-            self._do_pause(pause, by_errors=True)
+            self._do_pause(pause, by_errors=True, needs_restart=self.guard.restart_fixes)
 
     def _on_failure(self, number: int, exc: RequestFailed) -> None:
         pause = self.failures.failure(exc)

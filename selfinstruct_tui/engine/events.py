@@ -193,6 +193,7 @@ class EndpointsReported(Event):
 class Paused(Event):
     reason: str
     by_errors: bool = False
+    needs_restart: bool = False  # the fix is a setting: resuming as it is gets the same
 
 
 @dataclass(frozen=True)

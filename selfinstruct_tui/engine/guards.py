@@ -44,6 +44,8 @@ class SpendGuard:
         self.fruitless_requests = 0
         self.fruitless_reasons: Counter[str] = Counter()
         self.last_rejected: tuple[str, str] | None = None  # (reason, the answer's fragment)
+        # the last pause message's fix is a setting the run must be started again with
+        self.restart_fixes = False
 
     def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for these tokens at the configured prices (per 1K tokens)."""
@@ -103,6 +105,7 @@ class SpendGuard:
         limit = self.limit
         if not limit or self.fruitless_requests < limit:
             return None
+        self.restart_fixes = False
         rejected = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                              self.fruitless_reasons.most_common()) or "no candidates"
         failures = watch.kinds  # request errors since the last answer
@@ -120,6 +123,7 @@ class SpendGuard:
             last = f". Last rejected answer ({reason.replace('_', ' ')}): " \
                    f"{' '.join(text.split())[:300]!r}"
             if is_reasoning_only(text):
+                self.restart_fixes = True  # a resume as it is gets the same answers
                 advice = (". The model answers with its reasoning only (<think> with nothing "
                           "after it): turn its thinking off (Qwen3 on vLLM or SGLang: "
                           "--extra-body '{\"chat_template_kwargs\": {\"enable_thinking\": "

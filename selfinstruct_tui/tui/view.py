@@ -440,7 +440,11 @@ class RunView:
     def _on_Paused(self, e: ev.Paused) -> None:
         self._set_state(RunState.PAUSED)
         self.status.reason = "errors" if e.by_errors else "by you"
-        if e.by_errors:
+        if e.needs_restart:  # p would send the same requests again
+            self.notices.append((f"{e.reason}\nPress s to stop, then run the command again with "
+                                 "the fix (the same command resumes this run); p tries again "
+                                 "as it is.", "Run paused", "error"))
+        elif e.by_errors:
             self.notices.append((f"{e.reason}\nPress p to resume.", "Run paused", "error"))
 
     def _on_Resumed(self, e: ev.Resumed) -> None:
