@@ -692,6 +692,20 @@ def test_a_resumed_runs_notes_name_the_files_pool_once_and_not_what_a_flag_overr
                                       env={})[0].splitlines()) == 3  # base_url, model
 
 
+def test_a_remembered_setting_keeps_a_symlinked_config_file_a_symlink(tmp_path):
+    """A config.toml that a dotfile manager links to its repository: remembering the theme
+    replaced the link with a copy (the next checkout lost the change or the link)."""
+    from selfinstruct_tui.engine.config import save_user_setting
+
+    real = tmp_path / "dotfiles" / "config.toml"
+    real.parent.mkdir()
+    real.write_text('model = "m"\n')
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    save_user_setting("theme", "nord", link)
+    assert link.is_symlink() and real.read_text() == 'model = "m"\ntheme = "nord"\n'
+
+
 def test_a_remembered_setting_is_written_before_the_config_files_tables(tmp_path):
     """The TUI remembers the theme with save_user_setting: appended after an [extra_body] or
     [[endpoints]] table it became that table's field (sent in every request, or an unknown

@@ -268,6 +268,38 @@ def test_export_never_overwrites_the_runs_own_files_and_writes_stdout(run_cli, f
     assert len(out.stdout.splitlines()) == 3 and not (tmp_path / "-").exists()
 
 
+def test_an_export_through_a_symlink_keeps_the_link_and_never_replaces_a_pipe(run_cli,
+                                                                             fake_server,
+                                                                             tmp_path):
+    """-o through a symlink replaced the link with a file: `-o /dev/stdout` (a link to
+    /proc/self/fd/1) replaced /dev/stdout for the whole machine and the rows went nowhere. A
+    link to a file is written through, the link kept; one to a pipe (as /dev/stdout is under
+    a pipe) is refused, nothing replaced. The stand-in for /dev/stdout lives in tmp_path."""
+    run_dir = tmp_path / "run"
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir), "--target", "3", check=True)
+    real = tmp_path / "data" / "real.jsonl"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    run_cli("export", str(run_dir), "--format", "self-instruct", "-o", str(link), check=True)
+    assert link.is_symlink() and len(real.read_text().splitlines()) == 3
+    stdout_link = tmp_path / "stdout"
+    stdout_link.symlink_to("/proc/self/fd/1")  # what /dev/stdout is
+    proc = run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(stdout_link))
+    assert proc.returncode == 2, proc.stdout
+    assert f"{stdout_link}: is not a regular file (a pipe, a terminal or a device)" in proc.stderr
+    assert stdout_link.is_symlink() and os.readlink(stdout_link) == "/proc/self/fd/1"
+    assert not list(tmp_path.glob("stdout*.json"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "to-fifo").symlink_to(fifo)
+    proc = run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(tmp_path / "to-fifo"))
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr
+    assert (tmp_path / "to-fifo").is_symlink()
+
+
 def test_export_to_a_reader_that_stops_reading_ends_quietly(run_cli, fake_server, isolated_env,
                                                             tmp_path):
     """`selfinstruct export RUN -o - | head`: the reader going away is not an error to report

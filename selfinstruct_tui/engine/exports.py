@@ -22,6 +22,8 @@ the model, the API and every endpoint that answered (base URL, model, answers; n
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
@@ -111,13 +113,22 @@ RUN_FILES = ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm", "run.log", "engin
 
 def check_target(run_dir: str | Path, path: Path) -> None:
     """Refuse an export path that would destroy something: one of the run's own files, or an
-    existing path that is not a regular file (a device, a directory, a pipe). UserError."""
+    existing path that is not a regular file (a device, a directory, a pipe), through any
+    symlinks (/dev/stdout is one, to a pipe or a terminal). UserError."""
     target = path.resolve()
     if target.parent == Path(run_dir).resolve() and target.name in RUN_FILES:
         raise UserError(f"{path}: is one of the run's own files; choose another -o")
-    if target.exists() and not target.is_file():
-        what = "a directory" if target.is_dir() else "not a regular file"
-        raise UserError(f"{path}: is {what}; name a file with -o (or -o - for stdout)")
+    try:
+        kind = os.stat(path).st_mode  # follows links, /proc/self/fd's to pipes included
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be written ({exc.strerror}); choose another -o") from None
+    if stat.S_ISDIR(kind):
+        raise UserError(f"{path}: is a directory; name a file with -o (or -o - for stdout)")
+    if not stat.S_ISREG(kind):
+        raise UserError(f"{path}: is not a regular file (a pipe, a terminal or a device); name "
+                        "a file with -o, or -o - for stdout")
 
 
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,

@@ -14,9 +14,12 @@ from typing import IO
 def atomic_writer(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[IO[str]]:
     """Open a temp file beside `path`; on success fsync and rename it over `path`.
 
-    On any error the temp file is removed and `path` is left as it was.
+    On any error the temp file is removed and `path` is left as it was. A symlink at `path` is
+    written through: the file it points to is replaced and the link kept (renaming over the
+    link itself replaced a dotfile manager's link to config.toml with a copy, and an export to
+    /dev/stdout replaced /dev/stdout).
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
