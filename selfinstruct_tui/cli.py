@@ -490,7 +490,7 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
                   f"{finished.accepted}/{finished.target} machine tasks"
                   + (f": {why}" if why else "")
                   + f"; this session: {p_tok + c_tok:,} tokens, ${engine.cost:.4f}"
-                  + f"\nresume with: {session.resume_command}", markup=False)
+                  + f"\nresume with: {session.resume_command_after(why)}", markup=False)
     return FinishReason(finished.reason).exit_code
 
 

@@ -177,7 +177,10 @@ class HeadlessPrinter:
             self._line(progress_line(event.batch))
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
-            self._line(f"paused: {event.reason}")
+            if event.reason == self.last_error:  # a fatal error, just printed: once is enough
+                self._line("paused by the request error above")
+            else:
+                self._line(f"paused: {event.reason}")
         elif isinstance(event, ev.Resumed):
             self._line("resumed")
         elif isinstance(event, ev.Stopping):
@@ -262,5 +265,6 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
     reason = ev.FinishReason(finished.reason)
     if reason in (ev.FinishReason.FAILING, ev.FinishReason.ERROR):
         err.print(f"error: {finished.message}", markup=False)
-        err.print(f"The run is saved; resume it with: {session.resume_command}", markup=False)
+        err.print(f"The run is saved; resume it with: "
+                  f"{session.resume_command_after(finished.message)}", markup=False)
     return reason.exit_code

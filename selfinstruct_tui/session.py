@@ -8,6 +8,7 @@ model name, and creates or reopens the run's store. Errors are `UserError`s nami
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Callable
@@ -73,6 +74,19 @@ class Session:
         """The exact command that resumes this run: the one given, with --run-dir and without
         --detach."""
         return self.command_without()
+
+    def resume_command_after(self, message: str) -> str:
+        """The command that resumes the run after it stopped with `message`: the resume command,
+        or, when an endpoint refused a field of --extra-body, the same without that field (the
+        command as given repeated the refusal)."""
+        from selfinstruct_tui.engine.llm import refused_extra_body_field, without_field
+
+        field_ = refused_extra_body_field(message)
+        if field_ is None:
+            return self.resume_command
+        rest = without_field(self.config.extra_body, field_)
+        return (f"{self.command_without('--extra-body')} --extra-body "
+                f"{shlex.quote(json.dumps(rest, ensure_ascii=False))}")
 
     @property
     def resume_command_without_limits(self) -> str:

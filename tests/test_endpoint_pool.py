@@ -234,27 +234,37 @@ def test_an_endpoint_that_refuses_an_extra_body_field_is_dropped_and_the_others_
 def test_a_single_endpoint_that_refuses_an_extra_body_field_stops_with_the_fix(run_cli,
                                                                                tmp_path):
     """One endpoint: the run stops at the first refusal (not a streak of failed requests and
-    advice about --api and --model), names the nested field, and the resume with the field
-    taken out finishes."""
+    advice about --api and --model), names the nested field once (the pause line points to the
+    error above), and the resume command it prints leaves that field out (the command as
+    given repeated the refusal): run, it finishes."""
+    import shlex
+
     run_dir = tmp_path / "run"
     refusal = {"status": 400, "body": {"object": "error", "type": "BadRequestError",
                                        "message": "chat_template_kwargs: enable_reasoning is "
                                                   "not a known template variable"}}
     base = ("run", "--headless", "--model", "m", "--api", "completions", "--run-dir",
             str(run_dir), "--target", "3", "--concurrency", "1")
+    extra = {"chat_template_kwargs": {"enable_reasoning": False}, "top_k": 20}
     with FakeOpenAI(script={"*": [refusal]}) as server:
-        proc = run_cli(*base, "--base-url", server.base_url, "--extra-body",
-                       '{"chat_template_kwargs": {"enable_reasoning": false}}', timeout=120)
-        refused = len(server.log)
+        proc = run_cli(*base, "--base-url", server.base_url, "--extra-body", json.dumps(extra),
+                       timeout=120)
+        refused, old_url = len(server.log), server.base_url
     assert proc.returncode == 3, proc.stderr
     assert refused == 1
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")][0]
     assert "refuses the field 'chat_template_kwargs.enable_reasoning' of --extra-body" in error
     assert "'{}' for none" in error and "--api" not in error
+    assert proc.stdout.count("refuses the field") == 1
+    assert "paused by the request error above" in proc.stdout
+    resume = proc.stderr.split("resume it with: ")[1].strip()
+    argv = shlex.split(resume)
+    assert argv[argv.index("--extra-body") + 1] == '{"top_k": 20}', resume
     with FakeOpenAI() as server:
-        run_cli(*base, "--base-url", server.base_url, "--extra-body", "{}", check=True,
-                timeout=120)
-        assert all("chat_template_kwargs" not in body for _, _, body in server.log)
+        argv[argv.index(old_url)] = server.base_url  # the endpoint, fixed, is back elsewhere
+        run_cli(*argv[1:], check=True, timeout=120)
+        assert all("chat_template_kwargs" not in body and body["top_k"] == 20
+                   for _, _, body in server.log)
     assert rows(run_dir, "SELECT COUNT(*) FROM tasks WHERE origin = 'machine'")[0][0] >= 3
 
 

@@ -421,7 +421,7 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
             # retry nor the generic advice about --api and --model (and in a pool this
             # endpoint is dropped: another server may take the field)
             return Failure(Cause.UNSUPPORTED_PARAMETER, f"the endpoint at {s.base_url} refuses "
-                           f"the field {refused!r} of --extra-body ({status}: {text}): take it "
+                           f"the field {refused!r} {OF_EXTRA_BODY} ({status}: {text}): take it "
                            "out of --extra-body or the config file's [extra_body] table (a "
                            "resumed run takes a new --extra-body, '{}' for none)", fatal=True,
                            status=status)
@@ -444,6 +444,32 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         return Failure(Cause.HTTP, f"HTTP {status}: {text}", retry=True, status=status,
                        delay=_retry_after(exc))
     return Failure(Cause.HTTP, f"HTTP {status}: {text}", status=status)
+
+
+OF_EXTRA_BODY = "of --extra-body"  # after the refused field's name in the failure's message
+_REFUSED_FIELD_RE = re.compile(rf"refuses the field '([^']+)' {OF_EXTRA_BODY}")
+
+
+def refused_extra_body_field(message: str) -> str | None:
+    """The --extra-body field ("a.b") that a failure's message (`map_error`'s) says an
+    endpoint refused, or None: the resume command then leaves it out."""
+    found = _REFUSED_FIELD_RE.search(message)
+    return found.group(1) if found else None
+
+
+def without_field(extra: dict[str, Any], dotted: str) -> dict[str, Any]:
+    """`extra` without the field "a.b" (a table left empty by it goes too); a copy."""
+    head, _, rest = dotted.partition(".")
+    out = dict(extra)
+    if rest and isinstance(out.get(head), dict):
+        inner = without_field(out[head], rest)
+        if inner:
+            out[head] = inner
+        else:
+            del out[head]
+    else:
+        out.pop(head, None)
+    return out
 
 
 def _extra_body_field(text: str, extra: dict[str, Any], prefix: str = "") -> str | None:
