@@ -100,7 +100,11 @@ def test_unsupported_parameter_is_fatal_and_explained():
     ({"chat_template_kwargs": {"enable_reasoning": False}},
      "chat_template_kwargs: enable_reasoning is not a known template variable",
      "chat_template_kwargs.enable_reasoning"),
+    ({"input": "x", "top_k": 5}, "[{'type': 'extra_forbidden', 'loc': ('body', 'top_k'), "
+     "'msg': 'Extra inputs are not permitted', 'input': 5}]", "top_k"),  # vLLM's, as printed
+    ({"max": 1, "min_p": 0.1}, "min_p must be in [0, 1], got max value", "min_p"),
     # prose that happens to hold a field's name is not about that field
+    ({"input": 1}, "Invalid input: prompt must be a string", None),
     ({"user": "x"}, "The user message must not be empty", None),
     ({"input": 1}, "input must not be empty", None),
     ({"model_tag": 1}, "The model m does not exist", None),
@@ -122,6 +126,20 @@ def test_a_refusal_blames_an_extra_body_field_only_where_it_names_it(extra, mess
     else:
         assert info.value.kind == Cause.BAD_REQUEST and "--extra-body" not in str(info.value)
     assert sent == 1  # neither is retried
+
+
+def test_a_refused_parameter_that_names_no_field_still_mentions_the_extra_body_fields():
+    """'Extra inputs are not permitted' without the field's name: the advice about --api and
+    --model now also names the --extra-body fields, the likeliest cause."""
+    message = {"status": 400, "body": {"error": {"message": "Extra inputs are not permitted"}}}
+    with FakeOpenAI(script={"*": [message]}) as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, extra_body={"foo": 1, "bar": {"x": 2}})
+        with pytest.raises(RequestFailed) as plain:
+            ask(server)
+    assert info.value.fatal and str(info.value).endswith(
+        "; or a field of --extra-body (bar, foo): take it out")
+    assert "--extra-body" not in str(plain.value)
 
 
 def test_pause_holds_new_requests():

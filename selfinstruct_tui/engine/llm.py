@@ -430,10 +430,12 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         if _STRUCTURED_RE.search(text):
             return Failure(Cause.STRUCTURED_OUTPUT, text, status=status)
         if _UNSUPPORTED_RE.search(text):
+            added = (f"; or a field of --extra-body ({', '.join(sorted(s.extra_body))}): take "
+                     "it out" if s.extra_body else "")
             return Failure(Cause.UNSUPPORTED_PARAMETER, f"the endpoint rejects a request "
                            f"parameter for model {s.model!r} ({status}: {text}). Check --api "
                            "(completions vs chat) and --model; some models accept no sampling "
-                           "parameters", fatal=True, status=status)
+                           f"parameters{added}", fatal=True, status=status)
         return Failure(Cause.BAD_REQUEST, f"the endpoint refused the request ({status}: {text})",
                        status=status)
     if status >= 500:
@@ -486,7 +488,9 @@ def _extra_body_field(text: str, extra: dict[str, Any], prefix: str = "") -> str
                 return inner
         name = re.escape(key)
         if re.fullmatch(r"[A-Za-z]+", key):
-            named = (rf"(['\"`]){name}\1|(?:\.|\b(?:argument|parameter|field|property)s?"
+            # quoted, but not as a key of a printed dict: vLLM's validation errors hold
+            # pydantic's {'type': ..., 'loc': ('body', 'top_k'), 'input': ...} whatever the field
+            named = (rf"(['\"`]){name}\1(?!\s*:)|(?:\.|\b(?:argument|parameter|field|property)s?"
                      rf"(?:\s+supplied)?:?\s+(?:\w+,\s*)*){name}(?!\w)")
         else:
             named = rf"(?<!\w){name}(?!\w)"
