@@ -179,19 +179,8 @@ def rejection_outcomes(store: RunStore) -> Callable[[RejectionRecord], str]:
     when the run resumes), "instance dropped" (one instance of a task that may be accepted).
     A candidate taken up under a new id (its id was held by a seed: data of an older version)
     is followed to it. Counting final rejections by reason = rows whose outcome is "rejected"."""
-    accepted = {tid for (tid,) in store.db.execute(
-        "SELECT id FROM tasks WHERE origin = 'machine'")}
-    placeholders = ",".join("?" * len(OPEN_REASONS))
-    ended = {tid for (tid,) in store.db.execute(
-        f"SELECT task_id FROM rejections WHERE level = 'candidate' AND task_id IS NOT NULL "
-        f"AND reason NOT IN ({placeholders})", OPEN_REASONS)}
-    still_open = {tid for (tid,) in store.db.execute(
-        "SELECT task_id FROM candidates WHERE state = 'open'")}
-    # settled without an end of their own: went on under a later id (same answer, same text)
-    moved = dict(store.db.execute(
-        "SELECT a.task_id, MIN(b.task_id) FROM candidates a JOIN candidates b ON "
-        "b.prompt_id IS a.prompt_id AND b.instruction = a.instruction AND b.task_id > a.task_id "
-        "WHERE a.state != 'open' GROUP BY a.task_id"))
+    fates = store.candidate_fates()
+    accepted, ended, still_open, moved = fates.accepted, fates.ended, fates.open, fates.moved
 
     def outcome(r: RejectionRecord) -> str:
         if r.level != "candidate":

@@ -343,6 +343,18 @@ class RejectionRecord:
 
 
 @dataclass(frozen=True)
+class CandidateFates:
+    """Where the candidates of a run ended, by task id: `accepted` (machine tasks), `ended`
+    (a final rejection), `open` (to be taken up), `moved` (settled without an end of its own:
+    taken up under a later id, the id here)."""
+
+    accepted: set[int]
+    ended: set[int]
+    open: set[int]
+    moved: dict[int, int]
+
+
+@dataclass(frozen=True)
 class CandidateRecord:
     """A candidate that passed the filters (or would have, had the run not stopped), under the
     task id it was given. `open` until it is accepted or rejected: a stop or a crash leaves it
@@ -937,6 +949,23 @@ class RunStore:
     def iter_rejections(self) -> Iterator[RejectionRecord]:
         for row in self.db.execute("SELECT * FROM rejections ORDER BY id"):
             yield _rejection(row)
+
+    def candidate_fates(self) -> CandidateFates:
+        """Where each candidate ended (`CandidateFates`), for the rejections export."""
+        placeholders = ",".join("?" * len(OPEN_REASONS))
+        return CandidateFates(
+            accepted={tid for (tid,) in self.db.execute(
+                "SELECT id FROM tasks WHERE origin = 'machine'")},
+            ended={tid for (tid,) in self.db.execute(
+                f"SELECT task_id FROM rejections WHERE level = 'candidate' AND task_id IS NOT "
+                f"NULL AND reason NOT IN ({placeholders})", OPEN_REASONS)},
+            open={tid for (tid,) in self.db.execute(
+                "SELECT task_id FROM candidates WHERE state = 'open'")},
+            # same answer, same text, a later id: where a candidate whose id was taken went on
+            moved=dict(self.db.execute(
+                "SELECT a.task_id, MIN(b.task_id) FROM candidates a JOIN candidates b ON "
+                "b.prompt_id IS a.prompt_id AND b.instruction = a.instruction AND "
+                "b.task_id > a.task_id WHERE a.state != 'open' GROUP BY a.task_id")))
 
     def rejection_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute(
