@@ -195,6 +195,7 @@ def prepare(request: RunRequest) -> Session:
         store = RunStore(request.run_dir)
         try:
             stored = store.config()
+            seeds_path = store.get_meta("seeds_path")
             refused: list[str] = []
             if stored is not None:
                 cfg, refused = merge_for_resume(stored, flags)
@@ -213,7 +214,8 @@ def prepare(request: RunRequest) -> Session:
                     "another --run-dir. (Safe to change on resume: "
                     + ", ".join(sorted(SAFE_ON_RESUME)) + ".)")
             return Session(Path(request.run_dir), cfg, True, request,
-                           notes=file_ignored_on_resume(cfg, flags))
+                           notes=file_ignored_on_resume(
+                               cfg, flags, seeds_path=None if request.seeds else seeds_path))
         # A run directory without a config is one whose start failed: start it afresh.
     file_settings = load_user_config()
     explicit = {**file_settings, **flags}

@@ -685,21 +685,66 @@ def test_extra_body_flag_that_is_not_a_json_object_is_named_in_jsons_words(run_c
 def test_a_resumed_runs_notes_name_the_files_pool_once_and_not_what_a_flag_overrides(
         tmp_path):
     """The pool in the file that a resumed run does not use is one line (its first endpoint is
-    not said again as base_url); with --base-url given, the file's endpoint settings would not
-    apply to a new run either, so nothing is said."""
+    not said again as base_url), against the run's own endpoint; with --base-url given, the
+    file's endpoint settings would not apply to a new run either, so nothing is said."""
     path = tmp_path / "config.toml"
     resumed = build_config(FileSettings(), {"base_url": "http://y:1/v1", "model": "m"}, env={})
     path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\n\n'
                     '[[endpoints]]\nbase_url = "http://b:1/v1"\n')
     notes = file_ignored_on_resume(resumed, {}, load_user_config(path), env={})
     assert notes[0].splitlines()[1:] == [
-        f"  {path}:1: endpoints = http://a:1/v1, http://b:1/v1 (the run: none; safe to change: "
-        "give --base-url for each endpoint)"]
+        f"  {path}:1: endpoints = http://a:1/v1, http://b:1/v1 (the run: http://y:1/v1; safe "
+        "to change: give --base-url for each endpoint)"]
     path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\nmodel = "q"\n')
     assert file_ignored_on_resume(resumed, {"base_url": "http://y:1/v1"},
                                   load_user_config(path), env={}) == []
     assert len(file_ignored_on_resume(resumed, {}, load_user_config(path),
                                       env={})[0].splitlines()) == 3  # base_url, model
+
+
+def test_a_resumed_runs_notes_say_where_each_value_comes_from(tmp_path):
+    """Found by a fresh-user pass: a value from the one [[endpoints]] table was named at the
+    top-level key's line with the table's value; the same pool with other per-endpoint
+    settings read "A, B (the run: A, B)"; an environment variable was neither applied nor said;
+    a trailing slash or 600 against 600.0 was a difference; lines came out of the file's
+    order."""
+    path = tmp_path / "config.toml"
+    pool = {"endpoints": [{"base_url": "http://a:1/v1"}, {"base_url": "http://b:1/v1"}],
+            "model": "m"}
+    resumed = build_config(FileSettings(), {**pool}, env={})
+    path.write_text('requests_per_minute = 600\nconcurrency = 64\nbase_url = "http://y:1/v1/"\n'
+                    '\n[[endpoints]]\nbase_url = "http://a:1/v1"\nconcurrency = 4\n')
+    single = build_config(FileSettings(), {"base_url": "http://a:1/v1", "model": "m"}, env={})
+    lines = file_ignored_on_resume(single, {}, load_user_config(path), env={})[0].splitlines()
+    assert lines[1:] == [
+        f"  {path}:1: requests_per_minute = 600 (the run: 0; safe to change with --rpm)",
+        f"  {path}:5: concurrency = 4 (the run: 8; safe to change with --concurrency)"], lines
+    path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\nconcurrency = 4\n\n'
+                    '[[endpoints]]\nbase_url = "http://b:1/v1/"\n')
+    lines = file_ignored_on_resume(resumed, {}, load_user_config(path), env={})[0].splitlines()
+    assert lines[1:] == [
+        f"  {path}:1: endpoints = http://a:1/v1 (concurrency 4), http://b:1/v1/ (the run: "
+        "http://a:1/v1, http://b:1/v1; per-endpoint settings are fixed once a run starts: a new "
+        "run takes them)"], lines
+    path.write_text("")
+    env = {"OPENAI_BASE_URL": "http://z:1/v1", "SELFINSTRUCT_MODEL": "zz"}
+    lines = file_ignored_on_resume(single, {}, load_user_config(path), env=env)[0].splitlines()
+    assert lines[1:] == [
+        "  environment variable OPENAI_BASE_URL: base_url = 'http://z:1/v1' (the run: "
+        "'http://a:1/v1'; safe to change with --base-url)",
+        "  environment variable SELFINSTRUCT_MODEL: model = 'zz' (the run: 'm'; fixed once a "
+        "run starts: a new run takes it)"], lines
+    assert file_ignored_on_resume(single, {"base_url": "http://a:1/v1"}, load_user_config(path),
+                                  env={"OPENAI_BASE_URL": "http://z:1/v1"}) == []
+    seeds = tmp_path / "mine.jsonl"
+    path.write_text(f'seeds = "{seeds}"\n')
+    lines = file_ignored_on_resume(single, {}, load_user_config(path), env={},
+                                   seeds_path="bundled")[0].splitlines()
+    assert lines[1:] == [f"  {path}:1: seeds = '{seeds}' (the run: its own seed set, from "
+                         "bundled; edit it in the TUI, key e, or give --seeds with the run's "
+                         "set; a new run takes the file)"]
+    assert file_ignored_on_resume(single, {}, load_user_config(path), env={},
+                                  seeds_path=str(seeds)) == []
 
 
 def test_a_remembered_setting_keeps_a_symlinked_config_file_a_symlink(tmp_path):

@@ -78,7 +78,7 @@ def test_a_config_file_edited_before_a_resume_is_named_where_the_run_keeps_its_o
     proc = run_cli(*base, "--target", "5", "--max-retries", "9", check=True)
     notes = proc.stderr.splitlines()
     start = notes.index("note: this resumed run keeps its own settings where the config file "
-                        "differs (the file is for new runs):")
+                        "or the environment differs (they are for new runs):")
     assert notes[start + 1:start + 4] == [
         f"  {config}:1: concurrency = 64 (the run: 8; safe to change with --concurrency)",
         f"  {config}:2: threshold = 0.5 (the run: 0.7; fixed once a run starts: a new run "

@@ -574,56 +574,117 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
 
 def file_ignored_on_resume(resumed: RunConfig, flags: dict[str, Any],
                            file_settings: FileSettings | None = None,
-                           env: dict[str, str] | None = None) -> list[str]:
-    """Notes (to print before the run starts) on the config file's settings that a resumed run
-    does not take: each as "path:line: key = value (the run: value; how it can change)", where
-    the run this command would start afresh from the file (`build_config`, the environment
-    included, with the same flags) differs from `resumed`. A resumed run keeps its
-    settings (flags change the safe ones, `merge_for_resume`); without these notes an edited
-    config file looked applied and was not. `file_settings` None: the user's config file, read
+                           env: dict[str, str] | None = None,
+                           seeds_path: str | None = None) -> list[str]:
+    """Notes (to print before the run starts) on the settings of the config file and the
+    environment that a resumed run does not take: each "path:line: key = value (the run:
+    value; how it can change)", in the file's order, where the run this command would start
+    afresh (`build_config`, with the same flags) differs from `resumed` because of the file
+    (its effect: with it against without it) or of an environment variable. A resumed run
+    keeps its settings (flags change the safe ones, `merge_for_resume`); without these notes an
+    edited config file looked applied and was not. `seeds_path`: the run's seed file ("bundled"
+    or a path), against the file's `seeds`. `file_settings` None: the user's config file, read
     here (a ConfigError there is a note that the file is not read: a resumed run does not need
     it)."""
+    env = dict(os.environ) if env is None else env
     if file_settings is None:
         try:
             file_settings = load_user_config()
         except ConfigError as exc:
             return [f"the config file is not read for a resumed run (new runs stop on it): "
                     f"{str(exc).splitlines()[0]}"]
-    if not file_settings:
-        return []
-    try:  # the run this command would start from the file, and from no file
+    try:  # the run this command would start afresh: with the file, without it, without both
         from_file = build_config(file_settings, flags, env)
         without = build_config(FileSettings(), flags, env)
+        bare = build_config(FileSettings(), flags, {})
     except ConfigError as exc:
         return [f"the config file is not read for a resumed run (new runs stop on it): "
                 f"{str(exc).splitlines()[0]}"]
     origins = file_settings.origins
-    # the file's effect (a flag's value is in both) that the resumed run does not have
+    pool = file_settings.get("endpoints") or []
+    table = pool[0] if len(pool) == 1 else {}  # one [[endpoints]] table: the run's own fields
+    found: list[tuple[tuple[str, int], str]] = []  # ((file, line), note line)
+    for key, var in _ENV_OF.items():
+        if _differs(key, getattr(without, key), getattr(bare, key)) and \
+                _differs(key, getattr(without, key), getattr(resumed, key)):
+            found.append((("", 0), f"environment variable {var}: {key} = "
+                                   f"{_shown(key, getattr(without, key))} (the run: "
+                                   f"{_shown(key, _kept(resumed, key))}; {_how(key)})"))
     differ = [f.name for f in fields(RunConfig)
-              if getattr(from_file, f.name) != getattr(without, f.name)
-              and getattr(from_file, f.name) != getattr(resumed, f.name)]
+              if _differs(f.name, getattr(from_file, f.name), getattr(without, f.name))
+              and _differs(f.name, getattr(from_file, f.name), getattr(resumed, f.name))]
     if "endpoints" in differ and "base_url" in differ:
         differ.remove("base_url")  # the pool's first endpoint: said with the pool
-    lines = []
     for key in differ:
-        wanted, kept = getattr(from_file, key), getattr(resumed, key)
-        where = origins.get(key) or origins.get("endpoints") or str(user_config_path())
-        if key not in SAFE_ON_RESUME:
-            how = "fixed once a run starts: a new run takes it"
-        elif key == "endpoints":
-            how = "safe to change: give --base-url for each endpoint"
-        else:
-            how = f"safe to change with {FLAGS[key]}" if key in FLAGS else "safe to change"
-        lines.append(f"{where}: {key} = {_shown(wanted)} (the run: {_shown(kept)}; {how})")
-    if not lines:
+        wanted = getattr(from_file, key)
+        where = origins.get("endpoints") if key in table or key == "endpoints" else None
+        where = where or origins.get(key) or str(user_config_path())
+        how = _how(key)
+        if key == "endpoints" and _urls(wanted) == _urls(_kept(resumed, key)):
+            how = "per-endpoint settings are fixed once a run starts: a new run takes them"
+        found.append((_place(where), f"{where}: {key} = {_shown(key, wanted)} (the run: "
+                                     f"{_shown(key, _kept(resumed, key))}; {how})"))
+    wanted_seeds = file_settings.get("seeds")
+    if wanted_seeds and seeds_path and \
+            str(Path(wanted_seeds).expanduser().resolve()) != seeds_path:
+        where = origins.get("seeds") or str(user_config_path())
+        found.append((_place(where), f"{where}: seeds = {wanted_seeds!r} (the run: its own seed "
+                                     f"set, from {seeds_path}; edit it in the TUI, key e, or "
+                                     "give --seeds with the run's set; a new run takes the "
+                                     "file)"))
+    if not found:
         return []
-    return ["this resumed run keeps its own settings where the config file differs (the file "
-            "is for new runs):\n  " + "\n  ".join(lines)]
+    return ["this resumed run keeps its own settings where the config file or the environment "
+            "differs (they are for new runs):\n  "
+            + "\n  ".join(line for _, line in sorted(found, key=lambda f: f[0]))]
 
 
-def _shown(value: Any) -> str:
-    if isinstance(value, list) and all(isinstance(e, dict) for e in value):
-        return ", ".join(str(e.get("base_url", "?")) for e in value) or "none"
+def _differs(key: str, a: Any, b: Any) -> bool:
+    if key == "base_url":  # http://host/v1/ and http://host/v1 are one endpoint
+        return str(a).rstrip("/") != str(b).rstrip("/")
+    if key == "endpoints":
+        return _endpoint_set(a) != _endpoint_set(b)
+    return bool(a != b)
+
+
+def _endpoint_set(endpoints: list[dict[str, Any]]) -> list[tuple[tuple[str, Any], ...]]:
+    return [tuple(sorted({**e, "base_url": str(e.get("base_url", "")).rstrip("/")}.items()))
+            for e in endpoints]
+
+
+def _urls(endpoints: list[dict[str, Any]]) -> list[str]:
+    return [str(e.get("base_url", "")).rstrip("/") for e in endpoints]
+
+
+def _kept(resumed: RunConfig, key: str) -> Any:
+    """The resumed run's value as the file would give it: its one endpoint as a pool of one."""
+    if key == "endpoints" and not resumed.endpoints:
+        return [{"base_url": resumed.base_url}]
+    return getattr(resumed, key)
+
+
+def _how(key: str) -> str:
+    if key not in SAFE_ON_RESUME:
+        return "fixed once a run starts: a new run takes it"
+    if key == "endpoints":
+        return "safe to change: give --base-url for each endpoint"
+    return f"safe to change with {FLAGS[key]}" if key in FLAGS else "safe to change"
+
+
+def _place(origin: str) -> tuple[str, int]:
+    """("path", line) of a "path:line" origin, for the notes' order."""
+    path, _, line = origin.rpartition(":")
+    return (path, int(line)) if line.isdigit() else (origin, 0)
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "endpoints":
+        return ", ".join(str(e.get("base_url", "?")) + (
+            " (" + ", ".join(f"{k} {_shown(k, v)}" for k, v in sorted(e.items())
+                             if k != "base_url") + ")" if len(e) > 1 else "")
+            for e in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
     return json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
 
 
