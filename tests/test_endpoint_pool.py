@@ -256,6 +256,9 @@ def test_a_single_endpoint_that_refuses_an_extra_body_field_stops_with_the_fix(r
     assert "refuses the field 'chat_template_kwargs.enable_reasoning' of --extra-body" in error
     assert "'{}' for none" in error and "--api" not in error
     assert proc.stdout.count("refuses the field") == 1
+    # the failed request says where it went, as an answered one says who answered
+    assert rows(run_dir, "SELECT endpoint, model FROM prompts WHERE error IS NOT NULL") == [
+        (old_url, "m")]
     assert "paused by the request error above" in proc.stdout
     resume = proc.stderr.split("resume it with: ")[1].strip()
     argv = shlex.split(resume)

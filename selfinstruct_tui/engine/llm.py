@@ -117,7 +117,8 @@ class Cause:
 
 class RequestFailed(Exception):
     """A request that failed for good. `fatal` failures will not heal: every later request would
-    fail the same way, so the run stops at the first one."""
+    fail the same way, so the run stops at the first one. `endpoint` and `model`: where its last
+    attempt went (None when it never left)."""
 
     def __init__(self, message: str, *, kind: str, fatal: bool = False, attempts: int = 1,
                  status: int | None = None) -> None:
@@ -126,6 +127,8 @@ class RequestFailed(Exception):
         self.fatal = fatal
         self.attempts = attempts
         self.status = status
+        self.endpoint: str | None = None
+        self.model: str | None = None
 
 
 class RequestAbandoned(Exception):
@@ -764,9 +767,15 @@ class LLMClient:
         """
         sent = [0]
         url = self.settings.routes.get(route or "", self.settings.base_url)
+        tried: list[ClientSettings] = []  # where the last attempt went
         try:
             return await self._request(req, params, on_retry, sent, self._clients[url], url,
-                                       ready)
+                                       ready, tried)
+        except RequestFailed as exc:
+            if tried:
+                exc.endpoint = url if tried[-1] is self.settings else tried[-1].base_url
+                exc.model = tried[-1].model or None
+            raise
         except RequestAbandoned as exc:
             exc.attempts = sent[0]
             if sent[0] and exc.when == "before sending":
@@ -776,7 +785,8 @@ class LLMClient:
     async def _request(self, req: CompletionRequest | ChatRequest, params: SamplingParams,
                        on_retry: RetryCallback | None, sent: list[int],
                        client: openai.AsyncOpenAI, url: str,
-                       ready: Callable[[], Awaitable[None]] | None = None) -> LLMResponse:
+                       ready: Callable[[], Awaitable[None]] | None = None,
+                       tried: list[ClientSettings] | None = None) -> LLMResponse:
         chars = self._prompt_chars(req)
         max_tokens = self._fit(chars, params.max_tokens)
         attempt = 0
@@ -795,6 +805,8 @@ class LLMClient:
                 where = self.settings if endpoint is None else \
                     self._endpoint_settings[endpoint.base_url]
                 self.in_flight += 1
+                if tried is not None:
+                    tried.append(where)
                 started = time.monotonic()
                 structured = bool(isinstance(req, ChatRequest) and req.schema
                                   and self.structured is not False)

@@ -113,7 +113,8 @@ class RequestRecorder:
             return Asked(record.id, None, ABANDONED)
         except RequestFailed as exc:
             done = self.store.finish_prompt(record, response=None, error=str(exc),
-                                            attempts=exc.attempts)
+                                            attempts=exc.attempts, endpoint=exc.endpoint,
+                                            model=exc.model)
             self.bus.emit(ev.PromptFailed.of(done))
             self.bus.emit(ev.RequestError.of(self.store.add_error(stats.round, exc.kind,
                                                                   str(exc))))
