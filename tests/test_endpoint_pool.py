@@ -291,6 +291,35 @@ def test_when_every_endpoint_is_down_the_run_pauses(tmp_path):
     assert "endpoint_taken_out" in kinds and "connection" in kinds
 
 
+def test_a_pool_that_is_down_pauses_after_the_error_pause_not_after_minutes_of_probes(
+        tmp_path):
+    """Found by a fresh-user pass: one endpoint answering 500 to everything, the other with a
+    refused key. The second is dropped, the first taken out and probed 2, 4 ... 60 s apart,
+    one request at a time: requests failed too slowly for the "every request has failed"
+    pause, and the run went quiet for minutes. With every endpoint out and no answer for
+    error_pause_seconds, the run pauses, naming each endpoint's state."""
+    run_dir = tmp_path / "run"
+    broken = {"status": 500, "body": {"error": {"message": "injected failure"}}}
+    refused = {"status": 401, "body": {"error": {"message": "Incorrect API key provided"}}}
+    with FakeOpenAI(script={"*": [broken]}) as down, FakeOpenAI(script={"*": [refused]}) as bad:
+        engine, events = pool_engine(run_dir, [down, bad], 10, error_pause_seconds=1.5)
+        thread = engine.start_thread()
+        try:
+            wait_for(lambda: any(isinstance(e, ev.Paused) for e in events), timeout=30)
+            sent = len(down.log)
+        finally:
+            engine.stop_now()
+            thread.join(60)
+            engine.store.close()
+    paused = next(e for e in events if isinstance(e, ev.Paused))
+    assert paused.by_errors and paused.reason.startswith("no endpoint of the pool has answered")
+    assert f"{down.base_url} out (" in paused.reason and "the last: server_error" in paused.reason
+    assert f"{bad.base_url} dropped (" in paused.reason
+    assert sent <= 8  # the streak that took it out and a probe or two, not minutes of retries
+    kinds = {k for (k,) in rows(run_dir, "SELECT kind FROM errors")}
+    assert {"endpoint_taken_out", "endpoint_dropped", "endpoint_all_down"} <= kinds
+
+
 CONFIG = """\
 target = 20
 

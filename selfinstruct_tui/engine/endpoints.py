@@ -15,6 +15,10 @@ single-endpoint path exactly as it was.
   unknown model or route, an exhausted quota, a TLS certificate or scheme that cannot work, a
   request parameter its model does not take, such as a field of --extra-body): `DROP_CAUSES`.
 * Rate limits (429) cool down only the endpoint that sent them.
+* Every endpoint out or dropped, and no answer for `down_after` seconds (the run's
+  error_pause_seconds): reported once as "all_down", and the run pauses. Waiting for probes
+  alone, requests failed too slowly (one probe at a time, 2 ... 60 s apart) for the run's
+  "every request has failed" pause: a pool that was down went quiet for minutes.
 
 Every change is reported to `on_change` with its named cause (the engine records it in the
 store's errors and shows it). The API keys are never part of a report: endpoints are named by
@@ -64,9 +68,10 @@ class EndpointSpec:
 
 @dataclass(frozen=True)
 class EndpointChange:
-    """An endpoint taken out, back in, or dropped. `what`: "taken_out", "back" or "dropped";
-    `cause`: the failure cause that did it (an `llm.Cause` value; "" for "back"); `retry_in`:
-    seconds until the next probe (taken out only)."""
+    """An endpoint taken out, back in, or dropped. `what`: "taken_out", "back", "dropped", or
+    "all_down" (no endpoint in and none answered for `down_after` seconds: the run pauses;
+    `base_url` "" then); `cause`: the failure cause that did it (an `llm.Cause` value; "" for
+    "back"); `retry_in`: seconds until the next probe (taken out only)."""
 
     base_url: str
     what: str
@@ -139,6 +144,7 @@ class Endpoint:
         self.latencies: deque[float] = deque(maxlen=200)
         self.started = time.monotonic()
         self.dropped_because = ""  # the failure that dropped it
+        self.last_cause = ""  # the cause of its last failed attempt (an `llm.Cause` value)
 
     @property
     def base_url(self) -> str:
@@ -164,7 +170,7 @@ class EndpointPool:
     thread-safe: use it from the client's event loop. `probe_base`, `probe_max`: seconds."""
 
     def __init__(self, endpoints: list[Endpoint], *, probe_base: float = 2.0,
-                 probe_max: float = 60.0,
+                 probe_max: float = 60.0, down_after: float | None = None,
                  on_change: Callable[[EndpointChange], None] | None = None) -> None:
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
@@ -174,6 +180,9 @@ class EndpointPool:
         self.on_change = on_change
         self._changed = asyncio.Event()
         self.started = time.monotonic()
+        self.down_after = down_after
+        self.last_answer = self.started  # monotonic
+        self._down_said = False  # "all_down" reported for this outage
 
     @property
     def concurrency(self) -> int:
@@ -192,6 +201,8 @@ class EndpointPool:
 
     def probe_now(self) -> None:
         """Probe every endpoint that is out at the next request (the user resumed the run)."""
+        self.last_answer = time.monotonic()  # a resumed run waits again before saying so
+        self._down_said = False
         for e in self.endpoints:
             if e.state == EndpointState.OUT:
                 e.out_until = 0.0
@@ -224,6 +235,12 @@ class EndpointPool:
                 chosen.outstanding += 1
                 return chosen
             waits = [e.out_until - now for e in self.endpoints if e.state == EndpointState.OUT]
+            if self.down_after is not None and not self.any_in() and not self._down_said:
+                quiet = now - self.last_answer
+                if quiet >= self.down_after:
+                    self._all_down(quiet)
+                else:
+                    waits.append(self.down_after - quiet)
             timeout = max(0.01, min(waits)) if waits else None
             self._changed.clear()
             try:
@@ -242,6 +259,8 @@ class EndpointPool:
         endpoint.done_at.append(now)
         endpoint.latencies.append(latency)
         endpoint.streak = 0
+        self.last_answer = now
+        self._down_said = False
         if endpoint.state in (EndpointState.PROBING, EndpointState.OUT):
             endpoint.state = EndpointState.IN
             self._report(EndpointChange(endpoint.base_url, "back", "",
@@ -253,6 +272,7 @@ class EndpointPool:
         it out when the rules say so; returns the seconds until its probe when it was taken out
         by this failure, else None."""
         endpoint.errors += 1
+        endpoint.last_cause = cause
         if endpoint.state == EndpointState.DROPPED:
             return None
         if cause in STREAK_CAUSES:
@@ -269,12 +289,26 @@ class EndpointPool:
         why = "the probe failed" if probing else "it refuses connections" \
             if cause == CONNECTION_CAUSE else f"{endpoint.streak} failures in a row"
         endpoint.streak = 0
+        others = "the other endpoints take its requests" if self.any_in() else \
+            "no endpoint is in: requests wait for the probes"
         self._report(EndpointChange(
             endpoint.base_url, "taken_out", cause,
             f"{endpoint.base_url} taken out of the pool ({why}: {message}); probed again in "
-            f"{delay:.0f}s; the other endpoints take its requests", delay))
+            f"{delay:.0f}s; {others}", delay))
         self.wake()
         return delay
+
+    def _all_down(self, quiet: float) -> None:
+        self._down_said = True
+        states = "; ".join(
+            f"{e.base_url} dropped ({e.dropped_because})" if e.state == EndpointState.DROPPED
+            else f"{e.base_url} out ({e.errors} errors, the last: {e.last_cause or '?'}; "
+                 f"probed again in {max(0.0, e.out_until - time.monotonic()):.0f}s)"
+            for e in self.endpoints)
+        self._report(EndpointChange(
+            "", "all_down", "connection",
+            f"no endpoint of the pool has answered for {quiet:.0f}s and none is in: {states}. "
+            "Check that they are up, then resume (a resume probes them all at once)"))
 
     def cool(self, endpoint: Endpoint, seconds: float) -> None:
         """A rate limit at `endpoint`: it takes no request for `seconds` (others go on)."""

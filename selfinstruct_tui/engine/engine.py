@@ -419,7 +419,8 @@ class Engine:
             max_retries=c.max_retries, requests_per_minute=rpm,
             tokens_per_minute=c.tokens_per_minute or None, context_window=window,
             structured_output=c.structured_output if self.style.supports_structured else "off",
-            routes=dict(self.routes), endpoints=endpoints, extra_body=dict(c.extra_body))
+            routes=dict(self.routes), endpoints=endpoints, extra_body=dict(c.extra_body),
+            down_after=c.error_pause_seconds)
 
     # -- a pool of endpoints (engine/endpoints.py) ----------------------------------------------
     def _endpoint_specs(self) -> list[EndpointSpec]:
@@ -442,6 +443,8 @@ class Engine:
             self.bus.emit(ev.RequestError.of(self.store.add_error(None, change.kind,
                                                                   change.message)))
         self._report_endpoints()
+        if change.what == "all_down" and self.state == RunState.RUNNING:
+            self._do_pause(change.message, by_errors=True)
 
     def _report_endpoints(self) -> None:
         """Per endpoint: in flight, requests/s, errors, median latency (the store's meta

@@ -171,6 +171,9 @@ class ClientSettings:
     endpoints: list[EndpointSpec] = field(default_factory=list)
     # fields added to every request's body (RunConfig.extra_body)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # a pool: seconds without an answer, every endpoint out, before the run is told
+    # (EndpointChange "all_down"; the run's error_pause_seconds); None: never
+    down_after: float | None = None
 
 
 class RedactAll:
@@ -653,6 +656,7 @@ class LLMClient:
                 connect_timeout=settings.connect_timeout, extra_body=settings.extra_body)
         self.endpoints = EndpointPool(endpoints, probe_base=max(0.05, 2 * settings.backoff_base),
                                       probe_max=settings.backoff_max,
+                                      down_after=settings.down_after,
                                       on_change=self._endpoint_changed)
         self.redact = RedactAll([settings.api_key, *(s.api_key for s in settings.endpoints)])
         self._slots = asyncio.Semaphore(self.endpoints.concurrency)
