@@ -7,6 +7,7 @@ import os
 import shlex
 import signal
 import sqlite3
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -268,6 +269,12 @@ def test_export_never_overwrites_the_runs_own_files_and_writes_stdout(run_cli, f
     assert len(out.stdout.splitlines()) == 3 and not (tmp_path / "-").exists()
 
 
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def test_an_export_through_a_symlink_keeps_the_link_and_never_replaces_a_pipe(run_cli,
                                                                              fake_server,
                                                                              tmp_path):
@@ -283,8 +290,14 @@ def test_an_export_through_a_symlink_keeps_the_link_and_never_replaces_a_pipe(ru
     real.write_text("old\n")
     link = tmp_path / "link.jsonl"
     link.symlink_to(real)
+    real.chmod(0o600)
     run_cli("export", str(run_dir), "--format", "self-instruct", "-o", str(link), check=True)
     assert link.is_symlink() and len(real.read_text().splitlines()) == 3
+    # a private file stays private (it became 0644: the data left a 0700 run directory)
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    fresh = tmp_path / "fresh.jsonl"
+    run_cli("export", str(run_dir), "--format", "self-instruct", "-o", str(fresh), check=True)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask()
     stdout_link = tmp_path / "stdout"
     stdout_link.symlink_to("/proc/self/fd/1")  # what /dev/stdout is
     proc = run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(stdout_link))
