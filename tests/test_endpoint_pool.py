@@ -320,6 +320,28 @@ def test_a_pool_that_is_down_pauses_after_the_error_pause_not_after_minutes_of_p
     assert {"endpoint_taken_out", "endpoint_dropped", "endpoint_all_down"} <= kinds
 
 
+def test_with_no_retries_a_failing_endpoint_is_still_taken_out_and_counted(tmp_path):
+    """--max-retries 0 with one endpoint answering 500 to everything: its failures never reached
+    the pool (only retries did), so it was never taken out, kept half the traffic and showed
+    0 errors (fresh-user pass: 54 failed requests, 15 rounds for 30 tasks)."""
+    run_dir = tmp_path / "run"
+    broken = {"status": 500, "body": {"error": {"message": "injected failure"}}}
+    with FakeOpenAI() as good, FakeOpenAI(script={"*": [broken]}) as down:
+        engine, events = pool_engine(run_dir, [good, down], 20, max_retries=0)
+        finished = engine.run()
+        engine.store.close()
+        sent_down = len(down.log)
+    assert finished.reason is ev.FinishReason.TARGET
+    taken = rows(run_dir, "SELECT message FROM errors WHERE kind = 'endpoint_taken_out'")
+    assert taken and down.base_url in taken[0][0]
+    stats = {e["base_url"]: e for e in json.loads(rows(
+        run_dir, "SELECT value FROM meta WHERE key = 'endpoints'")[0][0])}
+    assert stats[down.base_url]["errors"] == sent_down >= 3
+    assert sent_down <= 8  # the streak that took it out, and its probes
+    failed = rows(run_dir, "SELECT error FROM prompts WHERE error IS NOT NULL")
+    assert all(e.endswith("(not retried: --max-retries 0)") for (e,) in failed), failed
+
+
 CONFIG = """\
 target = 20
 

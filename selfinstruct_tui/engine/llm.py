@@ -894,11 +894,25 @@ class LLMClient:
                 earlier = self._pool().dropped_reasons(but=endpoint)
                 if earlier:
                     message += "; dropped earlier: " + "; ".join(earlier)
+            last = failure.fatal or not failure.retry or attempt > self.settings.max_retries
+            if last and endpoint is not None and not failure.fatal:
+                # The endpoint's failure counts (and takes it out) whether or not this request
+                # is tried again: with --max-retries 0 a failing endpoint was never taken out
+                # and showed 0 errors
+                pool = self._pool()
+                if not failure.retry:  # the request's own failure: counted, not the endpoint's
+                    endpoint.errors += 1
+                elif failure.shared:
+                    pool.cool(endpoint, failure.delay or self.settings.backoff_base)
+                else:
+                    pool.failed(endpoint, failure.cause, message)
             if failure.fatal or not failure.retry:
                 raise RequestFailed(message, kind=failure.cause, fatal=failure.fatal,
                                     attempts=attempt, status=failure.status)
             if attempt > self.settings.max_retries:
-                raise RequestFailed(f"{message} (after {attempt} attempts)", kind=failure.cause,
+                tries = f"after {attempt} attempts" if self.settings.max_retries else \
+                    "not retried: --max-retries 0"
+                raise RequestFailed(f"{message} ({tries})", kind=failure.cause,
                                     attempts=attempt, status=failure.status)
             delay = failure.delay
             if delay is None:
