@@ -467,10 +467,11 @@ def test_an_abandoned_request_records_its_attempts(tmp_path):
     rows = conn.execute("SELECT attempts, error FROM prompts WHERE kind = 'instances'").fetchall()
     retried = {r[0] for r in conn.execute("SELECT prompt_id FROM retries")}
     assert rows and all(e.startswith("abandoned") for _, e in rows)
-    for prompt_id, attempts, error in conn.execute(
-            "SELECT id, attempts, error FROM prompts WHERE kind = 'instances'"):
+    for prompt_id, attempts, error, endpoint in conn.execute(
+            "SELECT id, attempts, error, endpoint FROM prompts WHERE kind = 'instances'"):
         if prompt_id in retried:
             assert attempts >= 1 and not error.startswith("abandoned before sending"), error
+            assert endpoint == stuck.base_url  # where its attempts went, as a failed one says
 
 
 def test_a_finished_request_record_is_the_one_the_store_reads_back(tmp_path):

@@ -133,12 +133,15 @@ class RequestFailed(Exception):
 
 class RequestAbandoned(Exception):
     """The engine is stopping. `when`: "before sending", "waiting to retry" or "in flight";
-    `attempts`: how many times the request had been sent."""
+    `attempts`: how many times the request had been sent; `endpoint`, `model`: where the last
+    attempt went (None when it never left)."""
 
     def __init__(self, when: str = "before sending", attempts: int = 0) -> None:
         super().__init__(f"abandoned {when}")
         self.when = when
         self.attempts = attempts
+        self.endpoint: str | None = None
+        self.model: str | None = None
 
 
 RetryCallback = Callable[[str, int, float, str], None]  # (cause, attempt, delay s, message)
@@ -775,12 +778,12 @@ class LLMClient:
         try:
             return await self._request(req, params, on_retry, sent, self._clients[url], url,
                                        ready, tried)
-        except RequestFailed as exc:
+        except (RequestFailed, RequestAbandoned) as exc:
             if tried:
                 exc.endpoint = url if tried[-1] is self.settings else tried[-1].base_url
                 exc.model = tried[-1].model or None
-            raise
-        except RequestAbandoned as exc:
+            if isinstance(exc, RequestFailed):
+                raise
             exc.attempts = sent[0]
             if sent[0] and exc.when == "before sending":
                 exc.when = "waiting to retry"

@@ -108,7 +108,8 @@ class RequestRecorder:
             after = f" after {exc.attempts} attempts" if exc.attempts > 1 else ""
             done = self.store.finish_prompt(
                 record, response=None, attempts=exc.attempts,
-                error=f"abandoned {exc.when}{after} (the run was stopping)")
+                error=f"abandoned {exc.when}{after} (the run was stopping)",
+                endpoint=exc.endpoint, model=exc.model)
             self.bus.emit(ev.PromptFailed.of(done))
             return Asked(record.id, None, ABANDONED)
         except RequestFailed as exc:
