@@ -483,8 +483,9 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     if finished is None:
         return FinishReason.STOPPED.exit_code
     if finished.reason is not FinishReason.TARGET:
-        why = finished.message or (f"it was paused: {engine.pause_reason}"
-                                   if engine.paused_by_errors else "")
+        pause = engine.paused
+        why = finished.message or (f"it was paused: {pause.reason}"
+                                   if pause is not None and pause.by_errors else "")
         p_tok, c_tok = engine.tokens
         out.print(f"{'stopped' if finished.reason is FinishReason.STOPPED else 'ended'} at "
                   f"{finished.accepted}/{finished.target} machine tasks"

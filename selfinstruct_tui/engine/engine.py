@@ -172,9 +172,7 @@ class Engine:
         self.pool = Pool(make_index(index_kind, config.threshold, config.tokenizer))
         self.style: PromptStyle = style_for(config.api)
         self.state: str = RunState.STARTING
-        self.pause_reason = ""
-        self.paused_by_errors = False
-        self.pause_needs_restart = False  # the pause's fix is a setting (see ev.Paused)
+        self.paused: ev.Paused | None = None  # why the run is paused (None: it is not)
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -275,8 +273,9 @@ class Engine:
     def _set_state(self, state: str) -> None:
         self.state = state
         meta = {"state": state, "pid": os.getpid(), "ts": time.time(),
-                "reason": self.pause_reason, "by_errors": self.paused_by_errors,
-                "needs_restart": self.pause_needs_restart}
+                "reason": self.paused.reason if self.paused else "",
+                "by_errors": bool(self.paused and self.paused.by_errors),
+                "needs_restart": bool(self.paused and self.paused.needs_restart)}
         if self.finished is not None:
             meta["finish_reason"] = self.finished.reason.value
             meta["message"] = self.finished.message
@@ -289,20 +288,16 @@ class Engine:
         self._client.pause()
         if self._batcher is not None:
             self._batcher.pause()
-        self.pause_reason = reason
-        self.paused_by_errors = by_errors
-        self.pause_needs_restart = needs_restart
+        self.paused = ev.Paused(reason, by_errors, needs_restart)
         self._set_state(RunState.PAUSED)
-        self.bus.emit(ev.Paused(reason, by_errors, needs_restart))
+        self.bus.emit(self.paused)
 
     def _do_resume(self) -> None:
         if self._client is None or self.state != RunState.PAUSED:
             return
         self.failures.success()
         self.guard.reset()
-        self.pause_reason = ""
-        self.paused_by_errors = False
-        self.pause_needs_restart = False
+        self.paused = None
         self._client.resume()
         if self._batcher is not None:
             self._batcher.resume()
