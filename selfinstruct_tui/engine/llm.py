@@ -897,18 +897,15 @@ class LLMClient:
                 earlier = self._pool().dropped_reasons(but=endpoint)
                 if earlier:
                     message += "; dropped earlier: " + "; ".join(earlier)
-            last = failure.fatal or not failure.retry or attempt > self.settings.max_retries
-            if last and endpoint is not None and not failure.fatal:
-                # The endpoint's failure counts (and takes it out) whether or not this request
-                # is tried again: with --max-retries 0 a failing endpoint was never taken out
-                # and showed 0 errors
-                pool = self._pool()
+            if endpoint is not None and not failure.fatal:
                 if not failure.retry:  # the request's own failure: counted, not the endpoint's
                     endpoint.errors += 1
-                elif failure.shared:
-                    pool.cool(endpoint, failure.delay or self.settings.backoff_base)
-                else:
-                    pool.failed(endpoint, failure.cause, message)
+                elif attempt > self.settings.max_retries:
+                    # The endpoint's failure counts (and takes it out) though this request is
+                    # not tried again (a retry counts in `_endpoint_retry`): with --max-retries 0
+                    # a failing endpoint was never taken out and showed 0 errors
+                    self._endpoint_failed(endpoint, failure,
+                                          failure.delay or self.settings.backoff_base, message)
             if failure.fatal or not failure.retry:
                 raise RequestFailed(message, kind=failure.cause, fatal=failure.fatal,
                                     attempts=attempt, status=failure.status)
@@ -957,17 +954,24 @@ class LLMClient:
         after a rate limit); the retry then goes at once to another endpoint that is in.
         Returns (seconds to wait before the retry, the message to record)."""
         pool = self._pool()
-        if failure.shared:  # a rate limit: only this endpoint waits it out
-            pool.cool(endpoint, delay)
-            out: float | None = delay
-        else:
-            out = pool.failed(endpoint, failure.cause, message)
+        out = self._endpoint_failed(endpoint, failure, delay, message)
         if out is not None and pool.any_in():
             return 0.0, (f"{message}; {endpoint.base_url} is out for {out:.0f}s, the request "
                          "goes to another endpoint")
         if endpoint.state in (EndpointState.OUT, EndpointState.DROPPED) and pool.any_in():
             return 0.0, f"{message}; the request goes to another endpoint"  # already out
         return delay, message
+
+    def _endpoint_failed(self, endpoint: Endpoint, failure: Failure, delay: float,
+                         message: str) -> float | None:
+        """Record a retryable failure at one endpoint of a pool: a rate limit cools it down for
+        `delay` seconds, another failure may take it out. Returns the seconds it is out for
+        because of this failure, else None."""
+        pool = self._pool()
+        if failure.shared:  # a rate limit: only this endpoint waits it out
+            pool.cool(endpoint, delay)
+            return delay
+        return pool.failed(endpoint, failure.cause, message)
 
     def _learn_context(self, exc: BaseException, failure: Failure, chars: int,
                        max_tokens: int, attempt: int) -> int | None:
