@@ -423,8 +423,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2  # before anything is created or started
     session = prepare(run_request(args))
     out = Console(highlight=False, soft_wrap=True)
-    for note in session.notes:
-        err.print(f"note: {note}", markup=False)
+    _print_notes(session)
     if not NATIVE_AVAILABLE:
         err.print(f"note: {FALLBACK_NOTICE}", markup=False)
     try:
@@ -438,6 +437,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_tui(args, engine, session)
     finally:
         session.close()
+
+
+def _print_notes(session: Any) -> None:
+    """What `prepare` found to say before the run starts (a resumed run's ignored settings)."""
+    for note in session.notes:
+        err.print(f"note: {note}", markup=False)
 
 
 def _no_terminal(command: str, instead: str) -> bool:
@@ -515,8 +520,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
     from selfinstruct_tui.session import prepare
 
     session = prepare(run_request(args))  # refuse bad settings here, in the foreground
-    for note in session.notes:
-        err.print(f"note: {note}", markup=False)
+    _print_notes(session)
     run_dir = session.run_dir
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # new directories only: 0700
     remember_run(run_dir)

@@ -587,13 +587,9 @@ def file_ignored_on_resume(resumed: RunConfig, flags: dict[str, Any],
     here (a ConfigError there is a note that the file is not read: a resumed run does not need
     it)."""
     env = dict(os.environ) if env is None else env
-    if file_settings is None:
-        try:
-            file_settings = load_user_config()
-        except ConfigError as exc:
-            return [f"the config file is not read for a resumed run (new runs stop on it): "
-                    f"{str(exc).splitlines()[0]}"]
     try:  # the run this command would start afresh: with the file, without it, without both
+        if file_settings is None:
+            file_settings = load_user_config()
         from_file = build_config(file_settings, flags, env)
         without = build_config(FileSettings(), flags, env)
         bare = build_config(FileSettings(), flags, {})
@@ -648,11 +644,12 @@ def _differs(key: str, a: Any, b: Any) -> bool:
 
 
 def _endpoint_set(endpoints: list[dict[str, Any]]) -> list[tuple[tuple[str, Any], ...]]:
-    return [tuple(sorted({**e, "base_url": str(e.get("base_url", "")).rstrip("/")}.items()))
-            for e in endpoints]
+    return [tuple(sorted({**e, "base_url": url}.items()))
+            for e, url in zip(endpoints, _urls(endpoints), strict=True)]
 
 
 def _urls(endpoints: list[dict[str, Any]]) -> list[str]:
+    """The endpoints' base URLs, without a trailing slash (the same endpoint with or without)."""
     return [str(e.get("base_url", "")).rstrip("/") for e in endpoints]
 
 

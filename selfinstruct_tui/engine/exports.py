@@ -180,7 +180,6 @@ def rejection_outcomes(store: RunStore) -> Callable[[RejectionRecord], str]:
     A candidate taken up under a new id (its id was held by a seed: data of an older version)
     is followed to it. Counting final rejections by reason = rows whose outcome is "rejected"."""
     fates = store.candidate_fates()
-    accepted, ended, still_open, moved = fates.accepted, fates.ended, fates.open, fates.moved
 
     def outcome(r: RejectionRecord) -> str:
         if r.level != "candidate":
@@ -189,13 +188,13 @@ def rejection_outcomes(store: RunStore) -> Callable[[RejectionRecord], str]:
             return "rejected"
         tid = r.task_id
         while tid is not None:
-            if tid in accepted:
+            if tid in fates.accepted:
                 return "accepted"
-            if tid in ended:
+            if tid in fates.ended:
                 return "rejected later"
-            if tid in still_open:
+            if tid in fates.open:
                 return "open"
-            tid = moved.get(tid)
+            tid = fates.moved.get(tid)
         return "open"  # an id without a candidate row: nothing has ended it
 
     return outcome
