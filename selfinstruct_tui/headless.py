@@ -63,7 +63,7 @@ class HeadlessPrinter:
 
     def __init__(self, console: Console | None = None, *, embedded: bool = False,
                  resume_command: str = "", priced: bool = False,
-                 resume_without_limits: str = "") -> None:
+                 resume_without_limits: str = "", pool: bool = False) -> None:
         self.console = console or Console(highlight=False)
         self.live = self.console.is_terminal
         self.embedded = embedded
@@ -75,15 +75,22 @@ class HeadlessPrinter:
         self.progress: Progress | None = None
         self.task_id: TaskID | None = None
         self.errors_shown = 0
-        self.last_error = ""
+        self.last_error: tuple[str, str | None] = ("", None)  # (message, endpoint)
         self.gone = False  # stdout was closed: print nothing more
         self.retries_shown = 0
+        self.pool = pool  # several endpoints: retry and error lines name the one that failed
         self.pause_message = ""
         self.submitted_batches: set[int] = set()  # batch mode: jobs the endpoint holds
         self.tokens = 0
         self.cost = 0.0
         self.usage_missing = 0
         self.endpoints: tuple[EndpointStats, ...] = ()  # a pool's latest figures
+
+    def _at(self, event: ev.RequestRetried | ev.RequestError) -> str:
+        """" at <base URL>" for a pool's retry and error lines (one endpoint, or a message
+        that names it already: nothing)."""
+        url = event.endpoint
+        return f" at {url}" if self.pool and url and url not in event.message else ""
 
     def _line(self, text: str) -> None:
         if self.gone:
@@ -159,14 +166,14 @@ class HeadlessPrinter:
             self.retries_shown += 1
             if self.retries_shown <= 3 or self.retries_shown % 100 == 0:
                 self._line(f"retry ({event.cause.replace('_', ' ')}, attempt {event.attempt}, "
-                           f"next in {event.delay:.1f}s): {event.message}")
+                           f"next in {event.delay:.1f}s){self._at(event)}: {event.message}")
         elif isinstance(event, ev.RequestError):
-            if event.message == self.last_error:  # the requests in flight fail alike
+            if (event.message, event.endpoint) == self.last_error:  # in flight, failing alike
                 return
-            self.last_error = event.message
+            self.last_error = (event.message, event.endpoint)
             self.errors_shown += 1
             if self.errors_shown <= 5 or self.errors_shown % 50 == 0:
-                self._line(f"request error ({event.kind}): {event.message}")
+                self._line(f"request error ({event.kind}){self._at(event)}: {event.message}")
         elif isinstance(event, ev.Notice):
             self._line(f"note: {event.message}")
         elif isinstance(event, ev.BatchProgress):
@@ -177,7 +184,7 @@ class HeadlessPrinter:
             self._line(progress_line(event.batch))
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
-            if event.reason == self.last_error:  # a fatal error, just printed: once is enough
+            if event.reason == self.last_error[0]:  # a fatal error, just printed: once is enough
                 self._line("paused by the request error above")
             else:
                 self._line(f"paused: {event.reason}")
@@ -222,7 +229,8 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
     printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,
                               resume_command=session.resume_command,
                               resume_without_limits=session.resume_command_without_limits,
-                              priced=bool(cfg.price_input_per_1k or cfg.price_output_per_1k))
+                              priced=bool(cfg.price_input_per_1k or cfg.price_output_per_1k),
+                              pool=len(cfg.endpoints) > 1)
     engine.bus.subscribe(printer)
     signals = [0]  # SIGINT/SIGTERM so far; a stop the run makes itself counts as the first
 

@@ -832,3 +832,32 @@ def test_a_remembered_setting_is_written_before_the_config_files_tables(tmp_path
     assert [e["base_url"] for e in settings["endpoints"]] == ["http://a:1/v1", "http://b:1/v1"]
     save_user_setting("theme", "ember", path)  # a second save replaces the line
     assert path.read_text().count("theme =") == 1 and load_user_config(path)["theme"] == "ember"
+
+
+def test_retries_and_failures_name_the_endpoint_they_went_to(run_cli, tmp_path):
+    """In a pool, a retry or a failed request recorded only its cause and message: which of
+    the endpoints was rate limiting or failing was not in the store, the headless lines or the
+    TUI (fresh-user pass). Each now records the base URL its attempt went to."""
+    run_dir = tmp_path / "run"
+    limited = {"status": 429, "headers": {"Retry-After": "600"},
+               "body": {"error": {"message": "Rate limit reached", "type": "requests"}}}
+    broken = {"status": 500, "body": {"error": {"message": "injected failure"}}}
+    with FakeOpenAI() as good, FakeOpenAI(script={"*": [limited]}) as busy, \
+            FakeOpenAI(script={"*": [broken]}) as down:
+        proc = run_cli("run", "--headless", "--base-url", good.base_url, "--base-url",
+                       busy.base_url, "--base-url", down.base_url, "--model", "m",
+                       "--concurrency", "2", "--run-dir", str(run_dir), "--target", "8",
+                       timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    retried = rows(run_dir, "SELECT cause, endpoint FROM retries")
+    assert ("rate_limit", busy.base_url) in retried, retried
+    assert ("server_error", down.base_url) in retried, retried
+    assert all(endpoint in (busy.base_url, down.base_url) for _, endpoint in retried), retried
+    taken = rows(run_dir, "SELECT kind, endpoint FROM errors")
+    assert ("endpoint_taken_out", down.base_url) in taken, taken
+    lines = proc.stdout.splitlines()
+    # named once: after "at", or in a message that names it already
+    assert any(line.startswith("retry (rate limit") and line.count(busy.base_url) == 1
+               for line in lines), proc.stdout
+    assert any(line.startswith("retry (server error") and f" at {down.base_url}: " in line
+               for line in lines), proc.stdout

@@ -88,3 +88,17 @@ def test_the_one_line_shortcut_never_skips_text_that_needs_normalising(text):
     """The pool loads 100k instructions without rebuilding the ones already on one line; the
     shortcut must never take an instruction that " ".join(text.split()) would change."""
     assert not _one_line(text) or " ".join(text.split()) == text
+
+
+def test_an_endpoint_error_names_the_pools_endpoint_once(tmp_path):
+    view = loaded(tmp_path)
+    url = "http://10.0.0.2:8000/v1"
+    view.apply(ev.RequestError(3, "server_error", "HTTP 500: boom (after 7 attempts)", url))
+    view.status.endpoints = 2
+    view.apply(ev.RequestError(3, "server_error", "HTTP 500: boom (after 7 attempts)", url))
+    view.apply(ev.RequestError(None, "endpoint_taken_out", f"{url} taken out of the pool", url))
+    messages = [message for message, _, _ in view.take_notices()]
+    assert messages == [  # one endpoint: its URL is no news; a message naming it: once
+        "endpoint error (server_error): HTTP 500: boom (after 7 attempts)",
+        f"endpoint error (server_error) at {url}: HTTP 500: boom (after 7 attempts)",
+        f"endpoint error (endpoint_taken_out): {url} taken out of the pool"]

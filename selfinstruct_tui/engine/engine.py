@@ -435,8 +435,8 @@ class Engine:
         if change.what == "back":
             self.bus.emit(ev.Notice(change.message))
         else:
-            self.bus.emit(ev.RequestError.of(self.store.add_error(None, change.kind,
-                                                                  change.message)))
+            self.bus.emit(ev.RequestError.of(self.store.add_error(
+                None, change.kind, change.message, change.base_url or None)))
         self._report_endpoints()
         if change.what == "all_down" and self.state == RunState.RUNNING:
             self._do_pause(change.message, by_errors=True)

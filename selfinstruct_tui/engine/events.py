@@ -141,7 +141,8 @@ class CandidateRejected(Event):
 
 @dataclass(frozen=True)
 class RequestRetried(Event):
-    """A request failed and will be sent again after `delay` seconds; `cause` names why."""
+    """A request failed and will be sent again after `delay` seconds; `cause` names why and
+    `endpoint` (base URL; None: unknown) where the failed attempt went."""
 
     round: int | None
     prompt_id: int | None
@@ -149,10 +150,11 @@ class RequestRetried(Event):
     attempt: int
     delay: float
     message: str
+    endpoint: str | None = None
 
     @classmethod
     def of(cls, r: RetryRecord) -> RequestRetried:
-        return cls(r.round, r.prompt_id, r.cause, r.attempt, r.delay, r.message)
+        return cls(r.round, r.prompt_id, r.cause, r.attempt, r.delay, r.message, r.endpoint)
 
 
 @dataclass(frozen=True)
@@ -172,13 +174,17 @@ class BatchProgress(Event):
 
 @dataclass(frozen=True)
 class RequestError(Event):
+    """A request failed for good (or another error of the run; `kind` names it); `endpoint`:
+    the base URL its last attempt went to (None: unknown or not a request)."""
+
     round: int | None
     kind: str
     message: str
+    endpoint: str | None = None
 
     @classmethod
     def of(cls, e: ErrorRecord) -> RequestError:
-        return cls(e.round, e.kind, e.message)
+        return cls(e.round, e.kind, e.message, e.endpoint)
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ class RequestAbandoned(Exception):
         self.model: str | None = None
 
 
-RetryCallback = Callable[[str, int, float, str], None]  # (cause, attempt, delay s, message)
+# (cause, attempt, delay s, message, endpoint: the base URL the failed attempt went to)
+RetryCallback = Callable[[str, int, float, str, str], None]
 
 
 @dataclass
@@ -859,6 +860,7 @@ class LLMClient:
             finally:
                 self._slots.release()
             message = self.redact(failure.message)
+            at = url if endpoint is None else endpoint.base_url  # where this attempt went
             if failure.cause == Cause.STRUCTURED_OUTPUT and structured:
                 if self.settings.structured_output == "on":
                     raise RequestFailed(
@@ -875,7 +877,7 @@ class LLMClient:
                     max_tokens = new_max
                     if on_retry is not None:
                         on_retry(Cause.CONTEXT, attempt, 0.0, f"max_tokens lowered to {new_max} "
-                                 f"(context window {self.context_window or '?'})")
+                                 f"(context window {self.context_window or '?'})", at)
                     attempt -= 1
                     continue
                 raise RequestFailed(f"the endpoint refused the request ({failure.status}): "
@@ -889,7 +891,7 @@ class LLMClient:
                 if self._pool().drop(endpoint, failure.cause, message):
                     if on_retry is not None:  # the endpoint is wrong, not the request
                         on_retry(failure.cause, attempt, 0.0, f"{message}; {endpoint.base_url} "
-                                 "dropped, the request goes to another endpoint")
+                                 "dropped, the request goes to another endpoint", at)
                     attempt -= 1
                     continue
                 # The last endpoint: the run stops on its failure; name the others' too, so
@@ -923,11 +925,11 @@ class LLMClient:
             if endpoint is not None:  # a pool: the failure is this endpoint's, not every request's
                 delay, message = self._endpoint_retry(endpoint, failure, delay, message)
                 if on_retry is not None:
-                    on_retry(failure.cause, attempt, delay, message)
+                    on_retry(failure.cause, attempt, delay, message, at)
                 await self._sleep(delay)
                 continue
             if on_retry is not None:
-                on_retry(failure.cause, attempt, delay, message)
+                on_retry(failure.cause, attempt, delay, message, at)
             if failure.shared:
                 self._shared_pause(delay)
                 continue  # the gate waits out the shared pause

@@ -85,10 +85,11 @@ class RequestRecorder:
                     self.store.flush()
             recorded = None
 
-        def on_retry(cause: str, attempt: int, delay: float, message: str) -> None:
+        def on_retry(cause: str, attempt: int, delay: float, message: str, endpoint: str) -> None:
             stats.retries[cause] = stats.retries.get(cause, 0) + 1
             retry = self.store.add_retry(round=stats.round, prompt_id=record.id, cause=cause,
-                                         attempt=attempt, delay=delay, message=message)
+                                         attempt=attempt, delay=delay, message=message,
+                                         endpoint=endpoint)
             self.bus.emit(ev.RequestRetried.of(retry))
 
         try:
@@ -118,7 +119,7 @@ class RequestRecorder:
                                             model=exc.model)
             self.bus.emit(ev.PromptFailed.of(done))
             self.bus.emit(ev.RequestError.of(self.store.add_error(stats.round, exc.kind,
-                                                                  str(exc))))
+                                                                  str(exc), exc.endpoint)))
             self.on_failure(stats.round, exc)
             return Asked(record.id, None, exc.kind)
         self.on_success()

@@ -186,6 +186,9 @@ MIGRATIONS = (
     # Which endpoint (base URL, never the key) and model answered a request (NULL: older runs)
     ("prompts", "endpoint", "TEXT"),
     ("prompts", "model", "TEXT"),
+    # Which endpoint (base URL) a retried attempt or a failed request went to (NULL: unknown)
+    ("retries", "endpoint", "TEXT"),
+    ("errors", "endpoint", "TEXT"),
 )
 PENDING_SEEDS = "pending_seeds"  # meta: the seed set the next round uses (seed_to_record each)
 
@@ -370,7 +373,9 @@ class CandidateRecord:
 
 @dataclass(frozen=True)
 class RetryRecord:
-    """A failed attempt that was retried: its cause, the attempt number, the wait (s) after it."""
+    """A failed attempt that was retried: its cause, the attempt number, the wait (s) after it,
+    the endpoint (base URL, never the key) the attempt went to (None: unknown), `created` epoch
+    seconds."""
 
     id: int
     round: int | None
@@ -380,17 +385,20 @@ class RetryRecord:
     delay: float
     message: str
     created: float
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
 class ErrorRecord:
-    """A request that failed for good, with the cause (`kind`) and the message."""
+    """A request that failed for good, with the cause (`kind`), the message and the endpoint
+    (base URL) its last attempt went to (None: unknown or not a request); `created` epoch s."""
 
     id: int
     round: int | None
     kind: str
     message: str
     created: float
+    endpoint: str | None = None
 
 
 # The three questions of the paper's quality review (Wang et al. 2022, Table 2), by the field
@@ -1100,22 +1108,24 @@ class RunStore:
 
     # -- retries and errors ---------------------------------------------------------------------
     def add_retry(self, *, round: int | None, prompt_id: int | None, cause: str, attempt: int,
-                  delay: float, message: str) -> RetryRecord:
-        """Record one retry: its cause, the attempt that failed, the wait before the next (s)."""
+                  delay: float, message: str, endpoint: str | None = None) -> RetryRecord:
+        """Record one retry: its cause, the attempt that failed, the wait before the next (s),
+        the endpoint (base URL) the failed attempt went to."""
         created = time.time()
         with self.db:
             cur = self.db.execute(
-                "INSERT INTO retries(round, prompt_id, cause, attempt, delay, message, created) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (round, prompt_id, cause, attempt, delay, message, created))
+                "INSERT INTO retries(round, prompt_id, cause, attempt, delay, message, created, "
+                "endpoint) VALUES (?,?,?,?,?,?,?,?)",
+                (round, prompt_id, cause, attempt, delay, message, created, endpoint))
         return RetryRecord(int(cur.lastrowid or 0), round, prompt_id, cause, attempt, delay,
-                           message, created)
+                           message, created, endpoint)
 
     def retries_after(self, after_id: int) -> list[RetryRecord]:
         try:
             rows = self.db.execute("SELECT * FROM retries WHERE id > ? ORDER BY id", (after_id,))
             return [RetryRecord(r["id"], r["round"], r["prompt_id"], r["cause"], r["attempt"],
-                                r["delay"], r["message"], r["created"]) for r in rows]
+                                r["delay"], r["message"], r["created"],
+                                _get(r, "endpoint", None)) for r in rows]
         except sqlite3.OperationalError:  # a run made before retries were recorded
             return []
 
@@ -1126,16 +1136,20 @@ class RunStore:
         except sqlite3.OperationalError:
             return {}
 
-    def add_error(self, round: int | None, kind: str, message: str) -> ErrorRecord:
+    def add_error(self, round: int | None, kind: str, message: str,
+                  endpoint: str | None = None) -> ErrorRecord:
+        """Record a request that failed for good (or another error of the run: `kind` names
+        it); `endpoint`: the base URL its last attempt went to."""
         created = time.time()
         with self.db:
             cur = self.db.execute(
-                "INSERT INTO errors(round, kind, message, created) VALUES (?,?,?,?)",
-                (round, kind, message, created))
-        return ErrorRecord(int(cur.lastrowid or 0), round, kind, message, created)
+                "INSERT INTO errors(round, kind, message, created, endpoint) VALUES (?,?,?,?,?)",
+                (round, kind, message, created, endpoint))
+        return ErrorRecord(int(cur.lastrowid or 0), round, kind, message, created, endpoint)
 
     def errors_after(self, after_id: int = 0) -> list[ErrorRecord]:
-        return [ErrorRecord(r["id"], r["round"], r["kind"], r["message"], r["created"])
+        return [ErrorRecord(r["id"], r["round"], r["kind"], r["message"], r["created"],
+                            _get(r, "endpoint", None))
                 for r in self.db.execute("SELECT * FROM errors WHERE id > ? ORDER BY id",
                                          (after_id,))]
 

@@ -431,7 +431,10 @@ class RunView:
 
     def _on_RequestError(self, e: ev.RequestError) -> None:
         self.status.errors += 1
-        self.notices.append((f"endpoint error ({e.kind}): {e.message}", "Endpoint", "warning"))
+        at = f" at {e.endpoint}" if e.endpoint and self.status.endpoints > 1 and \
+            e.endpoint not in e.message else ""
+        self.notices.append((f"endpoint error ({e.kind}){at}: {e.message}", "Endpoint",
+                             "warning"))
         self.dirty.add("status")
 
     def _on_Notice(self, e: ev.Notice) -> None:
