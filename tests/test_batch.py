@@ -420,3 +420,54 @@ def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twi
     assert done.state == "downloaded" and done.status == "completed"
     assert Path(str(tmp_path / "run" / "job1.output.jsonl") + ".runs").read_text() == "1\n"
     store.close()
+
+
+def test_a_batch_line_failing_for_good_stops_the_run_as_the_request_would(run_cli, tmp_path):
+    """Lines refused for a reason no later request can heal (here a --extra-body field the
+    server does not take; a refused key and an unknown model alike) were each one line's
+    rejection, and the run paid for batch after batch of the same refusal. The line's answer now
+    goes through the requests' own table: the run stops after the first job, names the field
+    once, and the resume command it prints leaves the field out."""
+    import shlex
+
+    run_dir = tmp_path / "run"
+    refusal = {"status": 400, "body": {"object": "error", "type": "BadRequestError",
+                                       "message": "top_k: extra inputs are not permitted"}}
+    with FakeOpenAI(script={"*": [refusal]}, batch_polls=1) as server:
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(run_dir), "--target", "5", "--batch", "--batch-poll",
+                       "0.05", "--prompts-per-round", "3", "--extra-body", '{"top_k": 20}',
+                       timeout=120)
+        created = server.batch_creations
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert created == 1
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")][0]
+    assert "refuses the field 'top_k' of --extra-body" in error
+    resume = shlex.split(proc.stderr.split("resume it with: ")[1].strip())
+    assert resume[resume.index("--extra-body") + 1] == "{}"
+    conn = db(run_dir)
+    errors = [r[0] for r in conn.execute("SELECT error FROM prompts")]
+    assert len(errors) == 3 and all("refuses the field 'top_k'" in e for e in errors), errors
+    assert_accounted(run_dir)
+
+
+def test_a_batch_line_with_a_refused_key_stops_the_run_after_one_job(tmp_path):
+    refused = {"status": 401, "body": {"error": {"message": "Incorrect API key provided",
+                                                 "type": "invalid_request_error"}}}
+    import threading
+
+    with FakeOpenAI(script={"*": [refused]}, batch_polls=1) as server:
+        store, config = new_run(tmp_path / "run", server.base_url, target=5,
+                                prompts_per_round=3, batch=True, batch_poll_seconds=0.02)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: engine.paused is not None)
+        paused = engine.paused
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+        created = server.batch_creations
+    assert created == 1
+    assert paused is not None and paused.by_errors
+    assert "refused the API key" in paused.reason

@@ -46,10 +46,12 @@ from selfinstruct_tui.engine.llm import (
     RequestAbandoned,
     RequestFailed,
     SamplingParams,
+    error_code,
     error_text,
     http_timeout,
     map_error,
     request_body,
+    status_failure,
 )
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
 from selfinstruct_tui.engine.store import BatchRecord, RunStore
@@ -135,10 +137,12 @@ def answers(record: BatchRecord) -> dict[str, BatchLine]:
     return lines
 
 
-def line_response(line: BatchLine | None, api: str, redact: Redactor,
+def line_response(line: BatchLine | None, settings: ClientSettings, redact: Redactor,
                   max_tokens: int) -> LLMResponse:
     """An output line as the normal path's answer. Raises RequestFailed (kind a `Cause`) for a
-    missing line, a failed line (its reason in the message) or a body without text."""
+    missing line, a failed line (its reason in the message; `fatal` where the same answer to a
+    request would be: a refused key, an unknown model, a refused --extra-body field) or a body
+    without text."""
     if line is None:
         raise RequestFailed("the batch finished without a line for this request",
                             kind=Cause.MALFORMED)
@@ -147,13 +151,19 @@ def line_response(line: BatchLine | None, api: str, redact: Redactor,
         text = line.error or ""
         if line.body is not None:
             text = error_text(_BodyError(line.body)) or text
+        if status and status >= 400:
+            failure = status_failure(status, text or "no reason given", settings,
+                                     code=error_code(line.body))
+            if failure.fatal:
+                raise RequestFailed(redact(f"the batch line failed: {failure.message}"),
+                                    kind=failure.cause, fatal=True, status=status)
         kind = Cause.SERVER_ERROR if status and status >= 500 else \
             Cause.BAD_REQUEST if status and 400 <= status < 500 else Cause.HTTP
         raise RequestFailed(redact(f"the batch line failed ({status or 'no status'}): "
                                    f"{text or 'no reason given'}"), kind=kind, status=status)
     try:
         choice = line.body["choices"][0]
-        if api == "chat":
+        if settings.api == "chat":
             message = choice.get("message") or {}
             answer = message.get("content")
             if answer is None:
@@ -395,7 +405,7 @@ class Batcher:
             group.timer.cancel()
         group.timer = loop.call_later(self.settings.collect_seconds, self._send, (round, kind))
         line = await pending.future
-        return line_response(line, self.client.api, self.redact, pending.max_tokens)
+        return line_response(line, self.client, self.redact, pending.max_tokens)
 
     def _send(self, key: tuple[int, str]) -> None:
         group = self._groups.pop(key, None)

@@ -561,7 +561,7 @@ class Engine:
                     continue
                 try:
                     resp = line_response(lines[custom_id(prompt.kind, prompt.id)],
-                                         self.config.api, self._batcher.redact, 0)
+                                         self._batcher.client, self._batcher.redact, 0)
                 except RequestFailed as exc:
                     self.store.finish_prompt(prompt, response=None, error=str(exc))
                     continue

@@ -363,7 +363,6 @@ class NotAnAPI(Exception):
 
 def map_error(exc: BaseException, s: ClientSettings) -> Failure:
     """The one table from an exception to its cause and handling."""
-    where = f"{s.base_url} (model {s.model!r}, {s.api} API)"
     if isinstance(exc, WrongAPI):
         other = "completions" if s.api == "chat" else "chat"
         return Failure(Cause.WRONG_API, f"the endpoint answered a {s.api} request with a "
@@ -399,8 +398,18 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         return Failure(Cause.MALFORMED, f"malformed response from the endpoint: {exc}", retry=True)
     if not isinstance(exc, openai.APIStatusError):
         return Failure(Cause.HTTP, f"unexpected error: {exc!r}")
-    status = exc.status_code
-    text = error_text(exc)
+    return status_failure(exc.status_code, error_text(exc), s, code=error_code(exc.body),
+                          retry_after=_retry_after(exc))
+
+
+def status_failure(status: int, text: str, s: ClientSettings, *, code: str | None = None,
+                   retry_after: float | None = None) -> Failure:
+    """An HTTP error answer's cause and handling: `status`, the endpoint's words `text`
+    (`error_text`), the error body's `code` or `type`, the Retry-After wait (s). Shared by
+    requests (`map_error`) and a batch's failed lines, so that a line failing for a reason no
+    later request can heal (a refused key, an unknown model, a refused --extra-body field) is
+    as fatal as the request would be."""
+    where = f"{s.base_url} (model {s.model!r}, {s.api} API)"
     if _NEEDS_COMPLETIONS_RE.search(text) and s.api == "chat":
         return Failure(Cause.WRONG_API, f"the model at {s.base_url} does not take chat requests "
                        f"({status}: {text}): use --api completions", fatal=True, status=status)
@@ -418,12 +427,12 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         return Failure(Cause.NOT_FOUND, f"the endpoint answered 405 ({text}) for {where}: "
                        "--base-url should end where /completions and /chat/completions live "
                        "(usually .../v1)", fatal=True, status=status)
-    if status == 429 and (_QUOTA_RE.search(text) or _body_code(exc) == "insufficient_quota"):
+    if status == 429 and (_QUOTA_RE.search(text) or code == "insufficient_quota"):
         return Failure(Cause.QUOTA, f"the account's quota is exhausted (429: {text}). Add credit "
                        "or raise the limit, then resume", fatal=True, status=status)
     if status == 429:
         return Failure(Cause.RATE_LIMIT, f"rate limited (429: {text})", retry=True,
-                       status=status, delay=_retry_after(exc), shared=True)
+                       status=status, delay=retry_after, shared=True)
     if status in (400, 413, 422):
         refused = _extra_body_field(text, s.extra_body)
         if refused:
@@ -449,12 +458,11 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
         return Failure(Cause.BAD_REQUEST, f"the endpoint refused the request ({status}: {text})",
                        status=status)
     if status >= 500:
-        delay = _retry_after(exc)
         return Failure(Cause.SERVER_ERROR, f"HTTP {status}: {text}", retry=True, status=status,
-                       delay=delay, shared=delay is not None)
+                       delay=retry_after, shared=retry_after is not None)
     if status in (408, 409):
         return Failure(Cause.HTTP, f"HTTP {status}: {text}", retry=True, status=status,
-                       delay=_retry_after(exc))
+                       delay=retry_after)
     return Failure(Cause.HTTP, f"HTTP {status}: {text}", status=status)
 
 
@@ -579,8 +587,8 @@ def _disconnected(exc: BaseException) -> bool:
     return any(isinstance(link, _DISCONNECTS) for link in _chain(exc))
 
 
-def _body_code(exc: openai.APIStatusError) -> str | None:
-    body = exc.body
+def error_code(body: object) -> str | None:
+    """An error body's `code` (or `type`): "insufficient_quota" tells a quota from a rate limit."""
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict):
