@@ -28,7 +28,8 @@ line is answered with what the same request would get from /v1/completions or
 /v1/chat/completions (the same default or scripted answers). Lines whose kind is in
 `batch_fail_kinds` ({kind: message}) go to the error file as 400 lines; `batch_api=False`
 answers 404 there (a server without the Batch API); `batch_end_status="expired"` ends a batch
-expired with only the first half of its lines answered. `batch_creations` counts
+expired with only the first half of its lines answered; `batch_poll_status` (set with
+`configure`) answers every retrieve with that error status. `batch_creations` counts
 created batches; `batch_retrieves` counts polls.
 """
 
@@ -524,7 +525,11 @@ class FakeOpenAI:
                 elif method == "POST" and path.endswith("/batches"):
                     self._send(*server.create_batch(json.loads(raw or b"{}")))
                 elif method == "GET" and parts[-2] == "batches":
-                    self._send(*server.retrieve_batch(parts[-1]))
+                    failing = server.settings.get("batch_poll_status")
+                    if failing:  # the endpoint fails its polls (a gateway in trouble)
+                        self._error(int(failing), f"injected {failing} on poll")
+                    else:
+                        self._send(*server.retrieve_batch(parts[-1]))
                 elif method == "POST" and path.endswith("/cancel") and parts[-2] in server.batches:
                     batch = server.batches[parts[-2]]
                     with server.lock:

@@ -471,3 +471,143 @@ def test_a_batch_line_with_a_refused_key_stops_the_run_after_one_job(tmp_path):
     assert created == 1
     assert paused is not None and paused.by_errors
     assert "refused the API key" in paused.reason
+
+
+def _pending_job(run_dir: Path, server: FakeOpenAI, **cfg):
+    """A run stopped while its first job (round 1's generation) is pending at `server`."""
+    import threading
+
+    server.configure(batch_polls=10**6)
+    store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                            batch=True, batch_poll_seconds=0.02, **cfg)
+    engine = Engine(store, config)
+    thread = threading.Thread(target=engine.run)
+    thread.start()
+    wait_for(lambda: server.batch_retrieves >= 1)
+    engine.stop()
+    thread.join(timeout=30)
+    store.close()
+    assert [r[0] for r in db(run_dir).execute("SELECT state FROM batches")] == ["submitted"]
+    return config
+
+
+def test_polls_that_keep_failing_pause_the_run_and_the_job_is_not_sent_again(tmp_path):
+    """The endpoint failing its polls (503) while a job is pending: each failed poll is a
+    retry of the job, named, with the endpoint (it went only to a log); after
+    error_pause_seconds the run pauses by errors (headless: exit 3), the job still pending.
+    The next session polls it (never created again) and reads its answers."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=10**6) as server:
+        store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02, error_pause_seconds=0.3)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: server.batch_retrieves >= 1)
+        server.configure(batch_poll_status=503)
+        wait_for(lambda: engine.paused is not None)
+        paused = engine.paused
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+        assert paused is not None and paused.by_errors
+        assert "polling batch job 1 (batch_1) failed: HTTP 503" in paused.reason
+        assert "not sent again" in paused.reason
+        conn = db(run_dir)
+        retries = conn.execute("SELECT cause, endpoint, prompt_id, message FROM retries"
+                               ).fetchall()
+        assert len(retries) >= 2 and all(
+            (r["cause"], r["endpoint"], r["prompt_id"]) == ("server_error", server.base_url,
+                                                            None) for r in retries)
+        assert [r[0] for r in conn.execute("SELECT state FROM batches")] == ["submitted"]
+        server.configure(batch_poll_status=None, batch_polls=1)
+        store = RunStore(run_dir)
+        engine = Engine(store, config)
+        engine.run()
+        store.close()
+        assert engine.finished is not None and engine.finished.reason.value == "target"
+        first = conn.execute("SELECT state, batch_id FROM batches WHERE id = 1").fetchone()
+        assert tuple(first) == ("settled", "batch_1")
+        assert server.batch_creations == conn.execute("SELECT COUNT(*) FROM batches"
+                                                      ).fetchone()[0]  # none created twice
+    assert_accounted(run_dir)
+
+
+def test_a_resume_whose_endpoint_is_down_pauses_instead_of_crashing(tmp_path):
+    """The next session's first poll of a pending job failed (connection refused): the engine
+    died with a traceback and exit 1, on every resume. It now polls again, then pauses by
+    errors with the job still pending."""
+    import socket
+    import threading
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        config = _pending_job(run_dir, server)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    config.base_url, config.error_pause_seconds = closed, 0.3
+    store = RunStore(run_dir)
+    engine = Engine(store, config)
+    thread = threading.Thread(target=engine.run)
+    thread.start()
+    wait_for(lambda: engine.paused is not None)
+    paused = engine.paused
+    engine.stop()
+    thread.join(timeout=30)
+    store.close()
+    assert paused is not None and paused.by_errors and "cannot connect to" in paused.reason
+    assert engine.finished is not None and engine.finished.reason.value == "stopped"
+    conn = db(run_dir)
+    assert not conn.execute("SELECT * FROM errors WHERE kind = 'engine'").fetchall()
+    assert [r[0] for r in conn.execute("SELECT state FROM batches")] == ["submitted"]
+    assert {r[0] for r in conn.execute("SELECT endpoint FROM retries")} == {closed}
+
+
+def test_a_batch_the_endpoint_no_longer_knows_is_lost_and_its_requests_sent_again(tmp_path):
+    """A pending job's batch answered 404 on the next session's poll (deleted, another server
+    or key): reported as "no Batch API" or, on resume, a crash on every attempt. It is now
+    recorded lost, named among the errors, and its requests are sent again."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        config = _pending_job(run_dir, server)
+        server.batches.clear()  # the endpoint forgot it
+        server.configure(batch_polls=1)
+        store = RunStore(run_dir)
+        engine = Engine(store, config)
+        engine.run()
+        store.close()
+    assert engine.finished is not None and engine.finished.reason.value == "target"
+    conn = db(run_dir)
+    lost = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
+    assert lost["state"] == "lost" and "does not know batch batch_1 (404" in lost["message"]
+    errors = conn.execute("SELECT kind, message, endpoint FROM errors").fetchall()
+    assert [(e["kind"], e["endpoint"]) for e in errors] == [("batch_lost", server.base_url)]
+    ids = json.loads(lost["prompt_ids"])
+    assert all(r[0] == lost["message"] for r in conn.execute(
+        f"SELECT error FROM prompts WHERE id IN ({','.join(map(str, ids))})"))
+    assert_accounted(run_dir)
+
+
+def test_a_batch_command_the_shell_cannot_find_stops_the_run_after_one_job(tmp_path):
+    """A typo in --batch-command (exit 127) failed each job's lines and the run started the
+    command again every round; with a real command, a model load each time."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    store, config = new_run(run_dir, "", target=5, prompts_per_round=3, batch=True,
+                            batch_poll_seconds=0.02, model="m",
+                            batch_command="no-such-batch-command-xyz -i {input} -o {output}")
+    engine = Engine(store, config)
+    thread = threading.Thread(target=engine.run)
+    thread.start()
+    wait_for(lambda: engine.paused is not None)
+    paused = engine.paused
+    engine.stop()
+    thread.join(timeout=30)
+    store.close()
+    assert paused is not None and paused.by_errors
+    assert "command not found (exit 127" in paused.reason and "--batch-command" in paused.reason
+    assert db(run_dir).execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 1

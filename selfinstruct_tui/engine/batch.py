@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,13 +320,21 @@ class CommandBatchTransport:
         self._procs.pop(record.id, None)
         path = self.output_path(record)
         done = len(read_lines(path))
+        log_path = f"{record.input_path.removesuffix('.input.jsonl')}.command.log"
         message = "" if proc.returncode == 0 else (
-            f"the batch command exited with {proc.returncode} (see "
-            f"{record.input_path.removesuffix('.input.jsonl')}.command.log)")
-        return store.update_batch(record, state="downloaded",
-                                  status="completed" if proc.returncode == 0 else "failed",
-                                  completed=done, message=message,
-                                  output_path=path if os.path.exists(path) else None)
+            f"the batch command exited with {proc.returncode} (see {log_path})")
+        record = store.update_batch(record, state="downloaded",
+                                    status="completed" if proc.returncode == 0 else "failed",
+                                    completed=done, message=message,
+                                    output_path=path if os.path.exists(path) else None)
+        if proc.returncode in (126, 127) and not done:
+            # The shell found no such command (127) or could not run it (126): every later job
+            # would fail alike, after a model load each with a real command
+            says = "command not found" if proc.returncode == 127 else "not executable"
+            raise RequestFailed(f"the batch command could not run: the shell says {says} (exit "
+                                f"{proc.returncode}; see {log_path}). Check --batch-command",
+                                kind=Cause.NOT_FOUND, fatal=True)
+        return record
 
     async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         proc = self._procs.pop(record.id, None)
@@ -362,21 +371,30 @@ class _Group:
     timer: asyncio.TimerHandle | None = None
 
 
+# (job, failure cause, message, failed polls in a row, seconds since the first of them)
+PollFailed = Callable[[BatchRecord, str, str, int, float], None]
+
+
 class Batcher:
     """Collects a stage's requests into one job, sends it, polls it, hands out the answers.
 
     `on_progress(record)` is called after every change of a job (submitted, each poll,
-    downloaded). Use from one event loop.
+    downloaded, lost); `on_poll_failed` after each poll that failed for a reason worth polling
+    again (the job is polled again after `poll_seconds`, never given up or sent again by
+    itself). Use from one event loop.
     """
 
     def __init__(self, store: RunStore, client: ClientSettings, settings: BatchSettings,
                  transport: BatchTransport,
-                 on_progress: Callable[[BatchRecord], None] | None = None) -> None:
+                 on_progress: Callable[[BatchRecord], None] | None = None,
+                 on_poll_failed: PollFailed | None = None) -> None:
         self.store = store
         self.client = client
         self.settings = settings
         self.transport = transport
         self.on_progress = on_progress or (lambda record: None)
+        self.on_poll_failed = on_poll_failed or (lambda *args: None)
+        self._poll_failures: dict[int, tuple[float, int]] = {}  # job -> (monotonic s, count)
         self.redact = Redactor(client.api_key)
         self._groups: dict[tuple[int, str], _Group] = {}
         self._jobs: set[asyncio.Task[None]] = set()
@@ -445,6 +463,8 @@ class Batcher:
                 raise
             self.on_progress(record)
             record = await self.follow(record)
+            if record.state == "lost":  # its requests are sent again, as unanswered ones are
+                raise RequestFailed(record.message, kind=Cause.NOT_FOUND)
             if record.state != "downloaded":
                 raise RequestAbandoned("in flight")
             lines = answers(record)
@@ -453,14 +473,14 @@ class Batcher:
                     future.set_result(lines[cid])
             await asyncio.sleep(0)  # the waiting requests record their answers first
             self.store.update_batch(record, state="settled")
-        except RequestAbandoned as exc:
+        except (RequestAbandoned, RequestFailed) as exc:
             _fail_all(futures, exc)
-        except Exception as exc:  # noqa: BLE001 - an upload, create or poll that failed
+        except Exception as exc:  # noqa: BLE001 - an upload or create that failed
             _fail_all(futures, self.job_failure(exc))
 
     def job_failure(self, exc: BaseException) -> RequestFailed:
-        """An upload, create or poll that failed, as the failure of each of its requests:
-        fatal when no later job can succeed (a refused key, an endpoint without the Batch API)."""
+        """An upload or create that failed, as the failure of each of its requests: fatal when
+        no later job can succeed (a refused key, an endpoint without the Batch API)."""
         failure = map_error(exc, self.client)
         message = self.redact(failure.message)
         if isinstance(exc, openai.APIStatusError) and exc.status_code in (404, 405):
@@ -473,19 +493,48 @@ class Batcher:
 
     async def follow(self, record: BatchRecord) -> BatchRecord:
         """Poll a submitted job every `poll_seconds` until its files are saved (returned
-        `downloaded`) or the run stops (returned as it is)."""
+        `downloaded`), the endpoint no longer knows it (`lost`) or the run stops (returned as
+        it is). Raises RequestFailed (fatal) for a poll no later one can fix (a refused key)."""
         while record.state == "submitted" and not self._stopping:
             await self._sleep(self.settings.poll_seconds)
             if self._stopping:
                 break
-            try:
-                record = await self.transport.poll(self.store, record)
-            except Exception as exc:
-                if map_error(exc, self.client).retry:  # the batch goes on: poll again later
-                    log.warning("polling batch job %d failed: %s", record.id, exc)
-                    continue
-                raise
-            self.on_progress(record)
+            record = await self._poll(record)
+        return record
+
+    async def _poll(self, record: BatchRecord) -> BatchRecord:
+        """One look at a submitted job. A failure worth trying again (the endpoint down, 5xx, a
+        timeout) is reported to `on_poll_failed` and the job returned as it was; a batch the
+        endpoint answers 404 for (deleted, or another server, organisation or key than the one
+        that created it) is recorded `lost`: its requests are sent again. Raises RequestFailed
+        (fatal) for anything else."""
+        try:
+            record = await self.transport.poll(self.store, record)
+        except RequestFailed:  # the transport's own words (a batch command that cannot run)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
+            failure = map_error(exc, self.client)
+            if failure.retry:
+                since, count = self._poll_failures.get(record.id, (time.monotonic(), 0))
+                self._poll_failures[record.id] = (since, count + 1)
+                self.on_poll_failed(record, failure.cause, self.redact(
+                    f"polling batch job {record.id} ({record.batch_id}) failed: "
+                    f"{failure.message}"), count + 1, time.monotonic() - since)
+                return record
+            if isinstance(exc, openai.APIStatusError) and exc.status_code == 404:
+                self._poll_failures.pop(record.id, None)
+                record = self.store.update_batch(record, state="lost", message=self.redact(
+                    f"{self.client.base_url} does not know batch {record.batch_id} (404: "
+                    f"{error_text(exc)}): its requests are sent again. If it was created at "
+                    "another --base-url or with another key, its answers there are not read"))
+                self.on_progress(record)
+                return record
+            message = self.redact(f"polling batch job {record.id} ({record.batch_id}) failed: "
+                                  f"{failure.message}")
+            raise RequestFailed(message, kind=failure.cause, fatal=True,
+                                status=failure.status) from exc
+        self._poll_failures.pop(record.id, None)
+        self.on_progress(record)
         return record
 
     async def _sleep(self, seconds: float) -> None:
@@ -498,7 +547,8 @@ class Batcher:
         """Every job an earlier session left unread, brought to its answers: recorded but not
         created (created now from its recorded file), submitted (polled, never resubmitted),
         downloaded (read from disk). Returns the jobs whose answers are on disk (`answers`
-        reads them); jobs still pending when the run stops stay recorded."""
+        reads them) and those the endpoint no longer knows (`lost`); jobs still pending when the
+        run stops stay recorded. Raises RequestFailed (fatal) as `follow` does."""
         out = []
         for record in self.store.batches(pending_only=True):
             if record.transport != self.transport.name:
@@ -514,10 +564,9 @@ class Batcher:
             if record.state == "submitted":
                 if self._stopping:
                     break
-                record = await self.transport.poll(self.store, record)
-                self.on_progress(record)
+                record = await self._poll(record)
                 record = await self.follow(record)
-            if record.state == "downloaded":
+            if record.state in ("downloaded", "lost"):
                 out.append(record)
         return out
 
@@ -578,5 +627,5 @@ def progress_line(record: BatchRecord) -> str:
     counts = f"{record.completed}/{record.total} done" + (
         f", {record.failed} failed" if record.failed else "")
     return (f"batch job {record.id} (round {record.round}, {record.kind}): "
-            f"{record.status or record.state} {counts}" +
+            f"{'lost' if record.state == 'lost' else record.status or record.state} {counts}" +
             (f"; {record.message}" if record.message else ""))

@@ -103,6 +103,7 @@ from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, 
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import (
     OPEN_REASONS,
+    BatchRecord,
     CandidateRecord,
     PromptKind,
     PromptRecord,
@@ -483,7 +484,7 @@ class Engine:
             settings = self._client_settings()
             self._batcher = Batcher(self.store, settings, self.batch_settings,
                                     make_transport(settings, self.batch_settings),
-                                    lambda record: self.bus.emit(ev.BatchProgress(record)))
+                                    self._on_batch_progress, self._on_poll_failed)
             self._requests.batcher = self._batcher
         reason = FinishReason.STOPPED
         try:
@@ -496,7 +497,8 @@ class Engine:
                                             "started": time.time(), "pid": os.getpid(),
                                             "endpoints": [e["base_url"] for e in
                                                           self.config.endpoint_list()]})
-            self._set_state(RunState.RUNNING)
+            # paused while reading pending batch jobs (polls failing): it stays paused
+            self._set_state(RunState.RUNNING if self.paused is None else RunState.PAUSED)
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
             if interrupted:
@@ -542,6 +544,27 @@ class Engine:
         return self.finished
 
     # -- batch mode -------------------------------------------------------------------------------
+    def _on_batch_progress(self, record: BatchRecord) -> None:
+        self.bus.emit(ev.BatchProgress(record))
+        if record.state == "lost":
+            self.bus.emit(ev.RequestError.of(self.store.add_error(
+                record.round, "batch_lost", record.message, self.base_url)))
+
+    def _on_poll_failed(self, record: BatchRecord, cause: str, message: str, count: int,
+                        failing_for: float) -> None:
+        """A poll of a pending job failed for a reason worth polling again: recorded as a retry
+        of the job; polls failing for `error_pause_seconds` pause the run (headless: it stops
+        with exit 3) as failing requests do. The job stays pending and is never sent again."""
+        assert self._batcher is not None
+        retry = self.store.add_retry(round=record.round, prompt_id=None, cause=cause,
+                                     attempt=count, delay=self._batcher.settings.poll_seconds,
+                                     message=message, endpoint=self.base_url)
+        self.bus.emit(ev.RequestRetried.of(retry))
+        if failing_for >= self.config.error_pause_seconds and self.paused is None:
+            self._do_pause(f"{message}; polls have failed for {failing_for:.0f}s. The job stays "
+                           "pending at the endpoint and is not sent again: resuming polls it",
+                           by_errors=True)
+
     async def _read_pending_batches(self) -> None:
         """Batch jobs an earlier session left pending are polled (never submitted again) and
         their answers written to their requests' records before anything else happens: a
@@ -553,7 +576,20 @@ class Engine:
             return
         self.bus.emit(ev.Notice(f"{len(pending)} batch job(s) of an earlier session are pending: "
                                 "polling them (they are not submitted again)"))
-        for record in await self._batcher.resume_pending():
+        try:
+            jobs = await self._batcher.resume_pending()
+        except RequestFailed as exc:  # a refused key: the job stays pending for the next session
+            self.bus.emit(ev.RequestError.of(self.store.add_error(None, exc.kind, str(exc),
+                                                                  self.base_url)))
+            self._do_stop(FinishReason.FAILING, f"{exc}. The job stays pending at the endpoint "
+                          "and is not sent again: fix that, then the same command polls it")
+            return
+        for record in jobs:
+            if record.state == "lost":  # its requests have no answer: sent again when taken up
+                for prompt in self.store.prompts_by_id(list(record.prompt_ids)):
+                    if prompt.response is None:  # "abandoned" when the last session stopped
+                        self.store.finish_prompt(prompt, response=None, error=record.message)
+                continue
             lines = answers(record)
             touched: set[int] = set()
             for prompt in self.store.prompts_by_id(list(record.prompt_ids)):

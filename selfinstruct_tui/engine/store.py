@@ -200,7 +200,8 @@ class BatchRecord:
     `state` is ours: preparing (input written, nothing paid yet), submitted (the endpoint holds a
     batch: `batch_id` set), downloaded (the output and error files are saved at `output_path` /
     `error_path`), settled (every line's answer reached its request record), cancelled,
-    abandoned (never submitted). `status` is the endpoint's (validating, in_progress,
+    abandoned (never submitted), lost (the endpoint answered 404 for its batch id: its requests
+    were sent again). `status` is the endpoint's (validating, in_progress,
     finalizing, completed, failed, expired, cancelling, cancelled) or the command's. `total`,
     `completed`, `failed`: the endpoint's request counts. `created`/`updated`: epoch seconds.
     """
