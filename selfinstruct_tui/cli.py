@@ -21,7 +21,7 @@ from rich.console import Console
 
 from selfinstruct_tui import __version__
 from selfinstruct_tui.engine.config import FLAGS
-from selfinstruct_tui.engine.errors import InputFileError, UserError
+from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.exports import FORMATS
 from selfinstruct_tui.engine.runs import DETACHED_ENV, RUN_LOG
 
@@ -46,6 +46,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", action="store_const", const=True,
                    help="send each stage of a round as one job through the Batch API "
                         "(/v1/files, /v1/batches); a pending batch is resumed by polling it")
+    p.add_argument("--no-batch", action="store_true", dest="no_batch",
+                   help="resume a batch run sending requests one by one (jobs already sent are "
+                        "still read)")
     p.add_argument("--batch-command", dest="batch_command", metavar="CMD",
                    help='batch mode without an API: run CMD on each job\'s file, e.g. '
                         '"vllm run-batch -i {input} -o {output} --model M"')
@@ -173,6 +176,10 @@ RUN_FLAG_NAMES = tuple(FLAGS)  # the run settings that have a flag of `run`
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {name: getattr(args, name, None) for name in RUN_FLAG_NAMES
              if getattr(args, name, None) is not None}
+    if getattr(args, "no_batch", False):
+        if flags.get("batch") or flags.get("batch_command"):
+            raise ConfigError("--no-batch cannot be combined with --batch or --batch-command")
+        flags["batch"], flags["batch_command"] = False, ""
     urls = flags.get("base_url")
     if isinstance(urls, list):  # --base-url given once per endpoint
         unique = list(dict.fromkeys(urls))

@@ -611,3 +611,37 @@ def test_a_batch_command_the_shell_cannot_find_stops_the_run_after_one_job(tmp_p
     assert paused is not None and paused.by_errors
     assert "command not found (exit 127" in paused.reason and "--batch-command" in paused.reason
     assert db(run_dir).execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 1
+
+
+def test_a_batch_run_resumed_with_no_batch_reads_its_jobs_and_sends_the_rest_one_by_one(
+        tmp_path, run_cli):
+    """Batch mode is safe to change on resume, but no flag turned it off (--batch only turns it
+    on, and the stored setting wins). --no-batch does; a job already sent is still read, not
+    sent again as single requests."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        _pending_job(run_dir, server)
+        server.configure(batch_polls=1)
+        proc = run_cli("run", "--headless", "--run-dir", str(run_dir), "--no-batch",
+                       "--batch-poll", "0.02", timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert server.batch_creations == 1 and server.requests > 0
+    conn = db(run_dir)
+    assert [r[0] for r in conn.execute("SELECT state FROM batches")] == ["settled"]
+    config = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'config'"
+                                     ).fetchone()[0])
+    assert config["batch"] is False
+    assert_accounted(run_dir)
+
+
+def test_batch_mode_and_a_pool_of_endpoints_are_refused_together(run_cli, tmp_path):
+    """Jobs went to the first endpoint only, round after round, while it was down and the
+    other answered (fresh-user pass)."""
+    proc = run_cli("run", "--headless", "--batch", "--base-url", "http://a.example/v1",
+                   "--base-url", "http://b.example/v1", "--model", "m", "--run-dir",
+                   str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert "batch (--batch) sends each job to one endpoint, not a pool of 2" in proc.stderr
+    refused = run_cli("run", "--headless", "--batch", "--no-batch", "--run-dir",
+                      str(tmp_path / "run2"))
+    assert refused.returncode == 2 and "--no-batch cannot be combined" in refused.stderr

@@ -237,6 +237,14 @@ class RunConfig:
         origin = origins.get("endpoints", where)
         problems.extend(endpoint_problems(self.endpoints, origin, item="--base-url" if
                                           origin == "command line" else "[[endpoints]]"))
+        if self.uses_batch and len(self.endpoints) > 1:
+            bad("batch_command" if self.batch_command else "batch",
+                f"sends each job to one endpoint, not a pool of {len(self.endpoints)}: give one "
+                "--base-url (a pool is for requests sent one by one; --no-batch resumes a batch "
+                "run that way)")
+        if not self.uses_batch and self.base_url == OFFLINE_URL:
+            bad("base_url", "is needed: this run had no endpoint (--batch-command); give "
+                            "--base-url to send its requests one by one")
         if self.endpoints and self.base_url == EMBEDDED:
             problems.append(f"{origin}: endpoints cannot be combined "
                             "with the embedded model; give --base-url once per endpoint (or "

@@ -181,7 +181,7 @@ class Engine:
         self._stop_message = ""
         self._wakeup: asyncio.Event | None = None  # ends the backoff between empty rounds
         self._client: LLMClient | None = None
-        self._batcher: Batcher | None = None  # batch mode (config.uses_batch)
+        self._batcher: Batcher | None = None  # batch mode, or jobs an earlier session left pending
         self._cancelling: asyncio.Task[None] | None = None  # a stop that cancels batch jobs
         self.batch_settings = BatchSettings(poll_seconds=config.batch_poll_seconds,
                                             command=config.batch_command)
@@ -480,12 +480,14 @@ class Engine:
         self._client.on_endpoint_change = self._on_endpoint_change
         self._requests = RequestRecorder(self._client, self.store, self.bus, self.guard,
                                          self._on_failure, self.failures.success)
-        if self.config.uses_batch:
+        if self.config.uses_batch or self.store.batches(pending_only=True):
+            # A run resumed out of batch mode (--no-batch) still reads the jobs it sent
             settings = self._client_settings()
             self._batcher = Batcher(self.store, settings, self.batch_settings,
                                     make_transport(settings, self.batch_settings),
                                     self._on_batch_progress, self._on_poll_failed)
-            self._requests.batcher = self._batcher
+            if self.config.uses_batch:
+                self._requests.batcher = self._batcher
         reason = FinishReason.STOPPED
         try:
             if self._batcher is not None:
