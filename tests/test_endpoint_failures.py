@@ -491,3 +491,32 @@ def test_plain_http_to_a_tls_server_hints_at_https():
     assert failed.value.kind == "connection" and retries == ["connection"]
     assert "closed before an answer (a server that expects HTTPS does this: then use " \
         "https://)" in str(failed.value)
+
+
+def test_a_plain_http_server_going_away_mid_request_is_not_called_a_tls_server():
+    """The HTTPS hint is for an endpoint that never answered: one that answered and then
+    closed the connection under a request (a restart, a crash) was told "a server that expects
+    HTTPS does this" (fresh-user pass)."""
+    server = FakeOpenAI().start()
+
+    async def go() -> str:
+        client = LLMClient(ClientSettings(base_url=server.base_url, model="m", max_retries=0))
+        request = P.generation_completion(["Name a color."] * 8)
+        try:
+            await client.request(request, SamplingParams(max_tokens=8))  # it answers
+            server.configure(latency=5.0)
+            pending = asyncio.ensure_future(client.request(request, SamplingParams(max_tokens=8)))
+            await asyncio.sleep(0.5)  # sent, and waiting for its answer
+            await asyncio.to_thread(server.close)  # the connection closes under the request
+            with pytest.raises(RequestFailed) as failed:
+                await pending
+            return str(failed.value)
+        finally:
+            await client.close()
+
+    try:
+        message = asyncio.run(go())
+    finally:
+        server.close()
+    assert "closed before an answer" in message, message
+    assert "HTTPS" not in message, message

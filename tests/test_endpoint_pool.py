@@ -861,3 +861,24 @@ def test_retries_and_failures_name_the_endpoint_they_went_to(run_cli, tmp_path):
                for line in lines), proc.stdout
     assert any(line.startswith("retry (server error") and f" at {down.base_url}: " in line
                for line in lines), proc.stdout
+
+
+def test_the_end_of_a_rate_limit_cool_down_is_not_announced(tmp_path):
+    """A 429 cools its endpoint down for the Retry-After without a word (it is a retry of the
+    request); its return was announced "answers again: back in the pool" after every
+    cool-down, 30+ notes in a two-minute run (fresh-user pass)."""
+    run_dir = tmp_path / "run"
+    limited = {"status": 429, "headers": {"Retry-After": "0.05"},
+               "body": {"error": {"message": "Rate limit reached", "type": "requests"}}}
+    with FakeOpenAI() as free, \
+            FakeOpenAI(script={"*": [limited, "x", limited, "x", limited]},
+                       repeat_last=False) as busy:
+        engine, events = pool_engine(run_dir, [busy, free], 12)
+        finished = engine.run()
+        engine.store.close()
+    assert finished.reason is ev.FinishReason.TARGET
+    cooled = rows(run_dir, "SELECT COUNT(*) FROM retries WHERE cause = 'rate_limit'")[0][0]
+    assert cooled >= 2  # cooled down more than once, and answered in between
+    assert busy.base_url in answered_by(run_dir)
+    assert not [e for e in events if isinstance(e, ev.Notice) and "back in the pool" in
+                e.message]

@@ -263,8 +263,9 @@ class EndpointPool:
         self._down_said = False
         if endpoint.state in (EndpointState.PROBING, EndpointState.OUT):
             endpoint.state = EndpointState.IN
-            self._report(EndpointChange(endpoint.base_url, "back", "",
-                                        f"{endpoint.base_url} answers again: back in the pool"))
+            if endpoint.outs:  # said to be taken out; the end of a 429's cool-down is no news
+                self._report(EndpointChange(endpoint.base_url, "back", "", f"{endpoint.base_url} "
+                                            "answers again: back in the pool"))
         endpoint.outs = 0
 
     def failed(self, endpoint: Endpoint, cause: str, message: str) -> float | None:

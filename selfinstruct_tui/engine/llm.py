@@ -361,8 +361,9 @@ class NotAnAPI(Exception):
     """The base URL answered 200 with something that is not JSON (a web page, a wrong path)."""
 
 
-def map_error(exc: BaseException, s: ClientSettings) -> Failure:
-    """The one table from an exception to its cause and handling."""
+def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) -> Failure:
+    """The one table from an exception to its cause and handling. `answered`: the endpoint
+    has answered this session (so a dropped connection is not a TLS server's)."""
     if isinstance(exc, WrongAPI):
         other = "completions" if s.api == "chat" else "chat"
         return Failure(Cause.WRONG_API, f"the endpoint answered a {s.api} request with a "
@@ -389,7 +390,8 @@ def map_error(exc: BaseException, s: ClientSettings) -> Failure:
             # A TLS server sent plain HTTP ends the connection without a word (uvicorn, so vLLM
             # and SGLang started with a certificate, do): say so where it may be the cause.
             hint = " (a server that expects HTTPS does this: then use https://)" \
-                if s.base_url.startswith("http://") and _reset_unanswered(exc) else ""
+                if s.base_url.startswith("http://") and not answered and \
+                _reset_unanswered(exc) else ""
             return Failure(Cause.CONNECTION, f"the connection to {s.base_url} closed before an "
                            f"answer{hint}", retry=True)
         return Failure(Cause.CONNECTION, f"cannot connect to {s.base_url}", retry=True)
@@ -639,6 +641,7 @@ class LLMClient:
         self._abandoning = False
         self._wake = asyncio.Event()  # set on stop: ends every backoff sleep at once
         self._active: set[asyncio.Task[Any]] = set()
+        self._answered: set[str] = set()  # base URLs that answered this session
         self._limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self._cooldown_until = 0.0  # monotonic: no request leaves before this
         self._restart_at = 0.0  # staggered restart after a shared pause
@@ -843,9 +846,11 @@ class LLMClient:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
                     error: BaseException = exc
-                    failure = map_error(exc, where)
+                    failure = map_error(exc, where, answered=(
+                        url if endpoint is None else endpoint.base_url) in self._answered)
                 else:
                     latency = time.monotonic() - started
+                    self._answered.add(url if endpoint is None else endpoint.base_url)
                     if endpoint is not None:
                         self._pool().succeeded(endpoint, latency)
                     if usage and p_tok > 0:
