@@ -79,6 +79,7 @@ class HeadlessPrinter:
         self.gone = False  # stdout was closed: print nothing more
         self.retries_shown = 0
         self.pool = pool  # several endpoints: retry and error lines name the one that failed
+        self.resumed = False
         self.pause_message = ""
         self.submitted_batches: set[int] = set()  # batch mode: jobs the endpoint holds
         self.tokens = 0
@@ -113,17 +114,20 @@ class HeadlessPrinter:
             self.progress.stop()
             self.progress = None
 
-    def _spent(self) -> str:
+    def _spent(self, *, session: bool = False) -> str:
+        """This session's tokens (and cost), said to be this session's when the run was resumed
+        (the store's totals include the earlier sessions') or `session`."""
         tokens = f"{self.tokens:,} tokens"
         if self.usage_missing:
             tokens = f"~{tokens} (estimated: the endpoint reported no usage for " \
                      f"{self.usage_missing} answers)"
         cost = f", {'~' if self.usage_missing else ''}${self.cost:.4f}" if self.priced else ""
-        return tokens + cost
+        return ("this session: " if session or self.resumed else "") + tokens + cost
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
             self.rates.restart()
+            self.resumed = event.resumed
             what = "resuming" if event.resumed else "starting"
             model = f"embedded model {event.model}" if self.embedded else \
                 f"{event.model} at {event.endpoint}"
@@ -208,7 +212,7 @@ class HeadlessPrinter:
                 self._line(f"stopped at {at}; {self._spent()}")
                 self._line(f"resume with: {self.resume_command}")
             elif reason is ev.FinishReason.LIMIT:
-                self._line(f"stopped at {at}: {event.message}; this session: {self._spent()}")
+                self._line(f"stopped at {at}: {event.message}; {self._spent(session=True)}")
                 flag = "--max-tokens" if "--max-tokens" in event.message else "--max-cost"
                 self._line(f"resume with a higher limit: {self.resume_without_limits} "
                            f"{flag} N")

@@ -164,6 +164,9 @@ def test_resume_refuses_unsafe_change_and_accepts_higher_target(run_cli, fake_se
     more = run_cli(*base, "--target", "25", check=True)
     assert "resuming run" in more.stdout
     assert count_machine(run_dir) == 25
+    # the closing line's tokens are this session's, and says so (the store has both sessions')
+    done = [line for line in more.stdout.splitlines() if line.startswith("done: ")][0]
+    assert done.split("; ")[-1].startswith("this session: "), done
 
 
 def test_endpoint_down_pauses_and_exits_with_advice(run_cli, tmp_path, isolated_env):
