@@ -1,8 +1,9 @@
 """Headless progress: one line per round, plus a live bar when stdout is a terminal.
 
-A round's line adds up: candidates = accepted + rejected (by reason) + surplus. It also names
-the instances dropped from accepted tasks, the retries by cause, the tokens (marked estimated when
-the endpoint reports no usage) and, when prices are set, the cost.
+A round's line adds up: candidates = accepted + rejected (by reason) + kept open (by reason: no
+answer yet, taken up again) + surplus. It also names the instances dropped from accepted tasks,
+the retries by cause, the tokens (marked estimated when the endpoint reports no usage) and, when
+prices are set, the cost.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import progress_line
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.rates import Rates
-from selfinstruct_tui.engine.store import RoundStats
+from selfinstruct_tui.engine.store import OPEN_REASONS, RoundStats
 
 
 def short_reasons(counts: dict[str, int]) -> str:
@@ -39,8 +40,14 @@ def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool)
     """The headless (and log) line for a finished round."""
     source = f"from {s.prompts} prompt{'s' if s.prompts != 1 else ''}" if s.prompts else \
         "taken up again (paid for earlier; no new prompts)"
+    # Candidates whose request got no answer (or that a stop left) are not lost: they stay open
+    # and are taken up again, so they are named apart from the ones the filters settled.
+    settled = {k: v for k, v in (s.rejected or {}).items() if k not in OPEN_REASONS}
+    still = {k: v for k, v in (s.rejected or {}).items() if k in OPEN_REASONS}
+    kept = f"; kept open {sum(still.values())}: {short_reasons(still)} (taken up again)" \
+        if still else ""
     parts = [f"round {s.round}: {s.accepted} accepted of {s.candidates} candidates {source} "
-             f"(rejected {s.rejected_total}: {short_reasons(s.rejected or {})}; "
+             f"(rejected {sum(settled.values())}: {short_reasons(settled)}{kept}; "
              f"surplus {s.surplus})"]
     if s.instances_dropped:
         parts.append(f"instances dropped {sum(s.instances_dropped.values())}: "

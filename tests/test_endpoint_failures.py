@@ -520,3 +520,19 @@ def test_a_plain_http_server_going_away_mid_request_is_not_called_a_tls_server()
         server.close()
     assert "closed before an answer" in message, message
     assert "HTTPS" not in message, message
+
+
+def test_the_round_line_keeps_unanswered_candidates_apart_from_rejected_ones():
+    """Candidates whose request got no answer stay open and are taken up again; the round
+    line counted them as "rejected 21: unanswered 15, ...", read as paid work lost
+    (fresh-user pass). They are now "kept open", and the line still adds up."""
+    from selfinstruct_tui.engine.store import RoundStats
+    from selfinstruct_tui.headless import round_line
+
+    s = RoundStats(round=4, started=0.0, prompts=3, candidates=30, accepted=9, surplus=2,
+                   rejected={"near_duplicate": 4, "unanswered": 12, "abandoned": 3})
+    line = round_line(s, 9, 100, priced=False)
+    assert "(rejected 4: near duplicate 4; kept open 15: unanswered 12, abandoned 3 (taken up " \
+        "again); surplus 2)" in line, line
+    clean = RoundStats(round=5, started=0.0, prompts=3, candidates=10, accepted=9, rejected={"too_short": 1})
+    assert "(rejected 1: too short 1; surplus 0)" in round_line(clean, 18, 100, priced=False)
