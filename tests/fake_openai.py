@@ -29,7 +29,8 @@ line is answered with what the same request would get from /v1/completions or
 `batch_fail_kinds` ({kind: message}) go to the error file as 400 lines; `batch_api=False`
 answers 404 there (a server without the Batch API); `batch_end_status="expired"` ends a batch
 expired with only the first half of its lines answered; `batch_poll_status` (set with
-`configure`) answers every retrieve with that error status. `batch_creations` counts
+`configure`) answers every retrieve with that error status, `batch_poll_hang` (seconds) leaves
+it unanswered that long (`batch_poll_hangs` counts them). `batch_creations` counts
 created batches; `batch_retrieves` counts polls.
 """
 
@@ -209,6 +210,7 @@ class FakeOpenAI:
         self.batch_creations = 0
         self.batch_retrieves = 0
         self.batch_lines = 0
+        self.batch_poll_hangs = 0
         self.scripts: dict[str, list] = {k: list(v) for k, v in (script or {}).items()}
         self.lock = threading.Lock()
         self.requests = 0
@@ -526,6 +528,12 @@ class FakeOpenAI:
                     self._send(*server.create_batch(json.loads(raw or b"{}")))
                 elif method == "GET" and parts[-2] == "batches":
                     failing = server.settings.get("batch_poll_status")
+                    hang = server.settings.get("batch_poll_hang")
+                    if hang:  # the poll gets no answer (counted as it arrives)
+                        with server.lock:
+                            server.batch_poll_hangs += 1
+                        time.sleep(float(hang))
+                        return True
                     if failing:  # the endpoint fails its polls (a gateway in trouble)
                         self._error(int(failing), f"injected {failing} on poll")
                     else:

@@ -645,3 +645,54 @@ def test_batch_mode_and_a_pool_of_endpoints_are_refused_together(run_cli, tmp_pa
     refused = run_cli("run", "--headless", "--batch", "--no-batch", "--run-dir",
                       str(tmp_path / "run2"))
     assert refused.returncode == 2 and "--no-batch cannot be combined" in refused.stderr
+
+
+def test_an_unanswered_poll_is_one_attempt_and_counted(tmp_path):
+    """A poll that got no answer was retried by the client itself (4 attempts, 4 x --timeout
+    before one retry was recorded, so the pause came 4 times late). Each poll is now one
+    attempt, and each unanswered one a retry of the job."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=10**6) as server:
+        store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02, request_timeout=0.3,
+                                error_pause_seconds=1.0)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: server.batch_retrieves >= 1)
+        server.configure(batch_poll_hang=0.6)
+        wait_for(lambda: engine.paused is not None)
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+        hung = server.batch_poll_hangs
+    causes = [r[0] for r in db(run_dir).execute("SELECT cause FROM retries")]
+    assert len(causes) >= 2 and set(causes) == {"timeout"}
+    assert hung in (len(causes), len(causes) + 1)  # + one a stop left unanswered
+
+
+def test_a_stop_does_not_wait_for_an_unanswered_poll(tmp_path):
+    """A stop waited for a poll in flight up to --timeout (4 times, with the client's own
+    retries), whatever --stop-grace said; the job stays pending for the next session."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=10**6) as server:
+        store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02, request_timeout=120)
+        engine = Engine(store, config)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        wait_for(lambda: server.batch_retrieves >= 1)
+        server.configure(batch_poll_hang=120)
+        wait_for(lambda: server.batch_poll_hangs >= 1)
+        engine.stop()
+        thread.join(timeout=30)
+        alive = thread.is_alive()
+        server.configure(batch_poll_hang=0)
+        thread.join(timeout=150)
+        store.close()
+    assert not alive  # it did not wait out the unanswered poll
+    assert [r[0] for r in db(run_dir).execute("SELECT state FROM batches")] == ["submitted"]

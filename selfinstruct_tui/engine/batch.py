@@ -25,6 +25,7 @@ recording its id leaves that batch unknown to the run (the batch carries
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -233,7 +234,10 @@ class OpenAIBatchTransport:
                                   status=created.status, total=len(record.prompt_ids))
 
     async def poll(self, store: RunStore, record: BatchRecord) -> BatchRecord:
-        got = await self.client.batches.retrieve(record.batch_id or "")
+        # One attempt: a failed poll is the Batcher's to count and time (the client's own
+        # retries made one poll that timed out take 4 x --timeout)
+        got = await self.client.with_options(max_retries=0).batches.retrieve(
+            record.batch_id or "")
         counts = got.request_counts
         record = store.update_batch(
             record, status=got.status, total=counts.total if counts else record.total,
@@ -402,6 +406,7 @@ class Batcher:
         self._running = asyncio.Event()  # cleared while the run is paused: no job leaves
         self._running.set()
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()  # set by `stop`: a poll in flight is not waited for
         self._dir = store.run_dir / "batches"
 
     async def request(self, round: int, kind: str, prompt_id: int,
@@ -508,8 +513,17 @@ class Batcher:
         endpoint answers 404 for (deleted, or another server, organisation or key than the one
         that created it) is recorded `lost`: its requests are sent again. Raises RequestFailed
         (fatal) for anything else."""
+        polled = asyncio.ensure_future(self.transport.poll(self.store, record))
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        await asyncio.wait((polled, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not polled.done():  # a stop does not wait for an answer: the job stays pending
+            polled.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await polled
+            return record
         try:
-            record = await self.transport.poll(self.store, record)
+            record = polled.result()
         except RequestFailed:  # the transport's own words (a batch command that cannot run)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
@@ -586,6 +600,7 @@ class Batcher:
         self._stopping = True
         self._running.set()
         self._wake.set()
+        self._stopped.set()
         for group in self._groups.values():
             if group.timer is not None:
                 group.timer.cancel()
