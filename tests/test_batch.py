@@ -696,3 +696,38 @@ def test_a_stop_does_not_wait_for_an_unanswered_poll(tmp_path):
         store.close()
     assert not alive  # it did not wait out the unanswered poll
     assert [r[0] for r in db(run_dir).execute("SELECT state FROM batches")] == ["submitted"]
+
+
+def test_a_pending_batch_is_polled_only_where_it_was_created(tmp_path):
+    """Resumed with --no-batch and a pool whose first endpoint is another server, a pending job
+    was polled there, answered 404, recorded lost and its requests sent again, while the batch
+    ran (and was paid) where it was created. The run now stops and names that endpoint; given
+    first, it reads the job."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as held, FakeOpenAI() as other:
+        config = _pending_job(run_dir, held)
+        held.configure(batch_polls=1)
+        config.batch = False
+        config.base_url = other.base_url
+        config.endpoints = [{"base_url": other.base_url}, {"base_url": held.base_url}]
+        store = RunStore(run_dir)
+        engine = Engine(store, config)
+        engine.run()
+        store.close()
+        assert engine.finished is not None and engine.finished.reason.value == "failing"
+        assert f"was created at {held.base_url}" in engine.finished.message
+        assert f"give --base-url {held.base_url}" in engine.finished.message
+        conn = db(run_dir)
+        assert [tuple(r) for r in conn.execute("SELECT state, endpoint FROM batches")] == [
+            ("submitted", held.base_url)]
+        assert other.batch_retrieves == 0 and other.requests == 0
+        config.base_url = held.base_url
+        config.endpoints = [{"base_url": held.base_url}, {"base_url": other.base_url}]
+        store = RunStore(run_dir)
+        engine = Engine(store, config)
+        engine.run()
+        store.close()
+        assert engine.finished is not None and engine.finished.reason.value == "target"
+        assert held.batch_creations == 1
+    assert [r[0] for r in conn.execute("SELECT state FROM batches")] == ["settled"]
+    assert_accounted(run_dir)

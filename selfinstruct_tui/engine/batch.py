@@ -231,7 +231,8 @@ class OpenAIBatchTransport:
             completion_window=self.batch.completion_window,  # type: ignore[arg-type]
             metadata={"selfinstruct_job": str(record.id)})
         return store.update_batch(record, batch_id=created.id, state="submitted",
-                                  status=created.status, total=len(record.prompt_ids))
+                                  status=created.status, total=len(record.prompt_ids),
+                                  endpoint=self.settings.base_url)
 
     async def poll(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         # One attempt: a failed poll is the Batcher's to count and time (the client's own
@@ -513,6 +514,15 @@ class Batcher:
         endpoint answers 404 for (deleted, or another server, organisation or key than the one
         that created it) is recorded `lost`: its requests are sent again. Raises RequestFailed
         (fatal) for anything else."""
+        held = record.endpoint
+        if held and held.rstrip("/") != self.client.base_url.rstrip("/"):
+            # Its id means nothing elsewhere: a 404 there would send its requests again while
+            # the batch runs (and is paid) where it was created
+            raise RequestFailed(
+                f"batch job {record.id} ({record.batch_id}) was created at {held}, and this "
+                f"session sends batch requests to {self.client.base_url}: give --base-url "
+                f"{held} (alone, or first) until its answers are read; it is not sent again",
+                kind=Cause.NOT_FOUND, fatal=True)
         polled = asyncio.ensure_future(self.transport.poll(self.store, record))
         stopped = asyncio.ensure_future(self._stopped.wait())
         await asyncio.wait((polled, stopped), return_when=asyncio.FIRST_COMPLETED)

@@ -189,6 +189,8 @@ MIGRATIONS = (
     # Which endpoint (base URL) a retried attempt or a failed request went to (NULL: unknown)
     ("retries", "endpoint", "TEXT"),
     ("errors", "endpoint", "TEXT"),
+    # The base URL a batch was created at (NULL: the offline command, or an older run)
+    ("batches", "endpoint", "TEXT"),
 )
 PENDING_SEEDS = "pending_seeds"  # meta: the seed set the next round uses (seed_to_record each)
 
@@ -226,6 +228,7 @@ class BatchRecord:
     message: str = ""
     created: float = 0.0
     updated: float = 0.0
+    endpoint: str | None = None  # the base URL that holds the batch (None: the offline command)
 
     @property
     def pending(self) -> bool:
@@ -234,7 +237,8 @@ class BatchRecord:
 
 
 BATCH_FIELDS = ("input_file_id", "batch_id", "output_file_id", "error_file_id", "output_path",
-                "error_path", "state", "status", "total", "completed", "failed", "message")
+                "error_path", "state", "status", "total", "completed", "failed", "message",
+                "endpoint")
 
 
 @dataclass
@@ -677,8 +681,8 @@ class RunStore:
             r["id"], r["round"], r["kind"], r["transport"], tuple(json.loads(r["prompt_ids"])),
             r["input_path"], r["input_file_id"], r["batch_id"], r["output_file_id"],
             r["error_file_id"], r["output_path"], r["error_path"], r["state"], r["status"],
-            r["total"], r["completed"], r["failed"], r["message"], r["created"], r["updated"])
-            for r in rows]
+            r["total"], r["completed"], r["failed"], r["message"], r["created"], r["updated"],
+            _get(r, "endpoint", None)) for r in rows]
         return [b for b in out if b.pending] if pending_only else out
 
     def round_status(self, number: int) -> str | None:
