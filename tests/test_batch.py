@@ -539,16 +539,13 @@ def test_a_resume_whose_endpoint_is_down_pauses_instead_of_crashing(tmp_path):
     """The next session's first poll of a pending job failed (connection refused): the engine
     died with a traceback and exit 1, on every resume. It now polls again, then pauses by
     errors with the job still pending."""
-    import socket
     import threading
 
     run_dir = tmp_path / "run"
     with FakeOpenAI() as server:
         config = _pending_job(run_dir, server)
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    config.base_url, config.error_pause_seconds = closed, 0.3
+    closed = server.base_url  # the endpoint that holds the job is gone: connection refused
+    config.error_pause_seconds = 0.3
     store = RunStore(run_dir)
     engine = Engine(store, config)
     thread = threading.Thread(target=engine.run)
