@@ -3,12 +3,16 @@ for `vllm run-batch`: the same records as the normal path, resume by polling, ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from conftest import cli_command
 from fake_openai import FakeOpenAI
@@ -24,6 +28,37 @@ def db(run_dir: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(run_dir / "run.sqlite")
     conn.row_factory = sqlite3.Row
     return conn
+
+
+@contextlib.contextmanager
+def running(store: RunStore, config: Any) -> Iterator[Engine]:
+    """The engine of (store, config) on its own thread; stopped, joined and its store closed
+    at the end of the block."""
+    engine = Engine(store, config)
+    thread = threading.Thread(target=engine.run)
+    thread.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+        thread.join(timeout=30)
+        store.close()
+
+
+def resumed(run_dir: Path, config: Any) -> Engine:
+    """A new session of the run in `run_dir` with `config`, run to its end."""
+    store = RunStore(run_dir)
+    engine = Engine(store, config)
+    engine.run()
+    store.close()
+    return engine
+
+
+def until_paused(store: RunStore, config: Any) -> tuple[Engine, Any]:
+    """Run until the engine pauses, then stop it: (the engine, its ev.Paused)."""
+    with running(store, config) as engine:
+        wait_for(lambda: engine.paused is not None)
+        return engine, engine.paused
 
 
 def run_engine(run_dir: Path, base_url: str, **cfg) -> Engine:
@@ -86,7 +121,6 @@ def test_error_file_lines_become_named_rejections(tmp_path):
         store, config = new_run(run_dir, server.base_url, target=5, prompts_per_round=3,
                                 batch=True, batch_poll_seconds=0.02, max_fruitless_requests=0)
         engine = Engine(store, config)
-        import threading
         thread = threading.Thread(target=engine.run)
         thread.start()
         wait_for(lambda: server.batch_creations >= 3)
@@ -266,8 +300,6 @@ def test_a_stop_keeps_a_pending_batch_and_the_next_session_reads_its_answers(tmp
     """Stopped while the classification job is pending: the job stays recorded and paid; the
     next session polls it (no new batch for it), and its answers are used when the candidates
     are taken up (no classification asked again for them)."""
-    import threading
-
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=1) as server:
         store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
@@ -293,10 +325,7 @@ def test_a_stop_keeps_a_pending_batch_and_the_next_session_reads_its_answers(tmp
         before = server.batch_creations
         server.configure(batch_polls=1)
         lines_before = server.batch_lines
-        store = RunStore(run_dir)
-        engine = Engine(store, config)
-        engine.run()
-        store.close()
+        engine = resumed(run_dir, config)
         assert engine.finished is not None and engine.finished.reason.value == "target"
         jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
         assert all(j["state"] == "settled" for j in jobs)
@@ -355,8 +384,6 @@ def test_an_attached_ui_sees_pending_batch_jobs(tmp_path):
 
 
 def test_requests_an_expired_batch_did_not_answer_fail_with_its_status(tmp_path):
-    import threading
-
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=1) as server:
         server.configure(batch_end_status="expired")
@@ -454,19 +481,10 @@ def test_a_batch_line_failing_for_good_stops_the_run_as_the_request_would(run_cl
 def test_a_batch_line_with_a_refused_key_stops_the_run_after_one_job(tmp_path):
     refused = {"status": 401, "body": {"error": {"message": "Incorrect API key provided",
                                                  "type": "invalid_request_error"}}}
-    import threading
-
     with FakeOpenAI(script={"*": [refused]}, batch_polls=1) as server:
-        store, config = new_run(tmp_path / "run", server.base_url, target=5,
-                                prompts_per_round=3, batch=True, batch_poll_seconds=0.02)
-        engine = Engine(store, config)
-        thread = threading.Thread(target=engine.run)
-        thread.start()
-        wait_for(lambda: engine.paused is not None)
-        paused = engine.paused
-        engine.stop()
-        thread.join(timeout=30)
-        store.close()
+        _, paused = until_paused(*new_run(tmp_path / "run", server.base_url, target=5,
+                                          prompts_per_round=3, batch=True,
+                                          batch_poll_seconds=0.02))
         created = server.batch_creations
     assert created == 1
     assert paused is not None and paused.by_errors
@@ -475,18 +493,11 @@ def test_a_batch_line_with_a_refused_key_stops_the_run_after_one_job(tmp_path):
 
 def _pending_job(run_dir: Path, server: FakeOpenAI, **cfg):
     """A run stopped while its first job (round 1's generation) is pending at `server`."""
-    import threading
-
     server.configure(batch_polls=10**6)
     store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
                             batch=True, batch_poll_seconds=0.02, **cfg)
-    engine = Engine(store, config)
-    thread = threading.Thread(target=engine.run)
-    thread.start()
-    wait_for(lambda: server.batch_retrieves >= 1)
-    engine.stop()
-    thread.join(timeout=30)
-    store.close()
+    with running(store, config):
+        wait_for(lambda: server.batch_retrieves >= 1)
     assert [r[0] for r in db(run_dir).execute("SELECT state FROM batches")] == ["submitted"]
     return config
 
@@ -496,22 +507,15 @@ def test_polls_that_keep_failing_pause_the_run_and_the_job_is_not_sent_again(tmp
     retry of the job, named, with the endpoint (it went only to a log); after
     error_pause_seconds the run pauses by errors (headless: exit 3), the job still pending.
     The next session polls it (never created again) and reads its answers."""
-    import threading
-
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=10**6) as server:
         store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
                                 batch=True, batch_poll_seconds=0.02, error_pause_seconds=0.3)
-        engine = Engine(store, config)
-        thread = threading.Thread(target=engine.run)
-        thread.start()
-        wait_for(lambda: server.batch_retrieves >= 1)
-        server.configure(batch_poll_status=503)
-        wait_for(lambda: engine.paused is not None)
-        paused = engine.paused
-        engine.stop()
-        thread.join(timeout=30)
-        store.close()
+        with running(store, config) as engine:
+            wait_for(lambda: server.batch_retrieves >= 1)
+            server.configure(batch_poll_status=503)
+            wait_for(lambda: engine.paused is not None)
+            paused = engine.paused
         assert paused is not None and paused.by_errors
         assert "polling batch job 1 (batch_1) failed: HTTP 503" in paused.reason
         assert "not sent again" in paused.reason
@@ -523,10 +527,7 @@ def test_polls_that_keep_failing_pause_the_run_and_the_job_is_not_sent_again(tmp
                                                             None) for r in retries)
         assert [r[0] for r in conn.execute("SELECT state FROM batches")] == ["submitted"]
         server.configure(batch_poll_status=None, batch_polls=1)
-        store = RunStore(run_dir)
-        engine = Engine(store, config)
-        engine.run()
-        store.close()
+        engine = resumed(run_dir, config)
         assert engine.finished is not None and engine.finished.reason.value == "target"
         first = conn.execute("SELECT state, batch_id FROM batches WHERE id = 1").fetchone()
         assert tuple(first) == ("settled", "batch_1")
@@ -539,22 +540,12 @@ def test_a_resume_whose_endpoint_is_down_pauses_instead_of_crashing(tmp_path):
     """The next session's first poll of a pending job failed (connection refused): the engine
     died with a traceback and exit 1, on every resume. It now polls again, then pauses by
     errors with the job still pending."""
-    import threading
-
     run_dir = tmp_path / "run"
     with FakeOpenAI() as server:
         config = _pending_job(run_dir, server)
     closed = server.base_url  # the endpoint that holds the job is gone: connection refused
     config.error_pause_seconds = 0.3
-    store = RunStore(run_dir)
-    engine = Engine(store, config)
-    thread = threading.Thread(target=engine.run)
-    thread.start()
-    wait_for(lambda: engine.paused is not None)
-    paused = engine.paused
-    engine.stop()
-    thread.join(timeout=30)
-    store.close()
+    engine, paused = until_paused(RunStore(run_dir), config)
     assert paused is not None and paused.by_errors and "cannot connect to" in paused.reason
     assert engine.finished is not None and engine.finished.reason.value == "stopped"
     conn = db(run_dir)
@@ -572,10 +563,7 @@ def test_a_batch_the_endpoint_no_longer_knows_is_lost_and_its_requests_sent_agai
         config = _pending_job(run_dir, server)
         server.batches.clear()  # the endpoint forgot it
         server.configure(batch_polls=1)
-        store = RunStore(run_dir)
-        engine = Engine(store, config)
-        engine.run()
-        store.close()
+        engine = resumed(run_dir, config)
     assert engine.finished is not None and engine.finished.reason.value == "target"
     conn = db(run_dir)
     lost = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
@@ -591,20 +579,10 @@ def test_a_batch_the_endpoint_no_longer_knows_is_lost_and_its_requests_sent_agai
 def test_a_batch_command_the_shell_cannot_find_stops_the_run_after_one_job(tmp_path):
     """A typo in --batch-command (exit 127) failed each job's lines and the run started the
     command again every round; with a real command, a model load each time."""
-    import threading
-
     run_dir = tmp_path / "run"
-    store, config = new_run(run_dir, "", target=5, prompts_per_round=3, batch=True,
-                            batch_poll_seconds=0.02, model="m",
-                            batch_command="no-such-batch-command-xyz -i {input} -o {output}")
-    engine = Engine(store, config)
-    thread = threading.Thread(target=engine.run)
-    thread.start()
-    wait_for(lambda: engine.paused is not None)
-    paused = engine.paused
-    engine.stop()
-    thread.join(timeout=30)
-    store.close()
+    _, paused = until_paused(*new_run(
+        run_dir, "", target=5, prompts_per_round=3, batch=True, batch_poll_seconds=0.02,
+        model="m", batch_command="no-such-batch-command-xyz -i {input} -o {output}"))
     assert paused is not None and paused.by_errors
     assert "command not found (exit 127" in paused.reason and "--batch-command" in paused.reason
     assert db(run_dir).execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 1
@@ -648,22 +626,15 @@ def test_an_unanswered_poll_is_one_attempt_and_counted(tmp_path):
     """A poll that got no answer was retried by the client itself (4 attempts, 4 x --timeout
     before one retry was recorded, so the pause came 4 times late). Each poll is now one
     attempt, and each unanswered one a retry of the job."""
-    import threading
-
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=10**6) as server:
         store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
                                 batch=True, batch_poll_seconds=0.02, request_timeout=0.3,
                                 error_pause_seconds=1.0)
-        engine = Engine(store, config)
-        thread = threading.Thread(target=engine.run)
-        thread.start()
-        wait_for(lambda: server.batch_retrieves >= 1)
-        server.configure(batch_poll_hang=0.6)
-        wait_for(lambda: engine.paused is not None)
-        engine.stop()
-        thread.join(timeout=30)
-        store.close()
+        with running(store, config) as engine:
+            wait_for(lambda: server.batch_retrieves >= 1)
+            server.configure(batch_poll_hang=0.6)
+            wait_for(lambda: engine.paused is not None)
         hung = server.batch_poll_hangs
     causes = [r[0] for r in db(run_dir).execute("SELECT cause FROM retries")]
     assert len(causes) >= 2 and set(causes) == {"timeout"}
@@ -673,8 +644,6 @@ def test_an_unanswered_poll_is_one_attempt_and_counted(tmp_path):
 def test_a_stop_does_not_wait_for_an_unanswered_poll(tmp_path):
     """A stop waited for a poll in flight up to --timeout (4 times, with the client's own
     retries), whatever --stop-grace said; the job stays pending for the next session."""
-    import threading
-
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=10**6) as server:
         store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
@@ -707,10 +676,7 @@ def test_a_pending_batch_is_polled_only_where_it_was_created(tmp_path):
         config.batch = False
         config.base_url = other.base_url
         config.endpoints = [{"base_url": other.base_url}, {"base_url": held.base_url}]
-        store = RunStore(run_dir)
-        engine = Engine(store, config)
-        engine.run()
-        store.close()
+        engine = resumed(run_dir, config)
         assert engine.finished is not None and engine.finished.reason.value == "failing"
         assert f"was created at {held.base_url}" in engine.finished.message
         assert f"give --base-url {held.base_url}" in engine.finished.message
@@ -720,10 +686,7 @@ def test_a_pending_batch_is_polled_only_where_it_was_created(tmp_path):
         assert other.batch_retrieves == 0 and other.requests == 0
         config.base_url = held.base_url
         config.endpoints = [{"base_url": held.base_url}, {"base_url": other.base_url}]
-        store = RunStore(run_dir)
-        engine = Engine(store, config)
-        engine.run()
-        store.close()
+        engine = resumed(run_dir, config)
         assert engine.finished is not None and engine.finished.reason.value == "target"
         assert held.batch_creations == 1
     assert [r[0] for r in conn.execute("SELECT state FROM batches")] == ["settled"]
