@@ -178,6 +178,10 @@ class HeadlessPrinter:
             if self.retries_shown <= 3 or self.retries_shown % 100 == 0:
                 self._line(f"retry ({event.cause.replace('_', ' ')}, attempt {event.attempt}, "
                            f"next in {event.delay:.1f}s){self._at(event)}: {event.message}")
+        elif isinstance(event, ev.RequestError) and event.kind.startswith("endpoint_"):
+            # A pool's takeouts and drops, always (backoff keeps them rare): an endpoint said
+            # to be back must have been seen going out
+            self._line(f"endpoint change ({event.kind}): {event.message}")
         elif isinstance(event, ev.RequestError):
             if (event.message, event.endpoint) == self.last_error:  # in flight, failing alike
                 return

@@ -536,3 +536,25 @@ def test_the_round_line_keeps_unanswered_candidates_apart_from_rejected_ones():
         "again); surplus 2)" in line, line
     clean = RoundStats(round=5, started=0.0, prompts=3, candidates=10, accepted=9, rejected={"too_short": 1})
     assert "(rejected 1: too short 1; surplus 0)" in round_line(clean, 18, 100, priced=False)
+
+
+def test_headless_prints_every_takeout_past_the_cap_on_request_errors():
+    """Only the first 5 request errors are printed; a pool's takeouts counted among them, so
+    an endpoint was printed coming "back in the pool" without ever being shown going out."""
+    import io
+
+    from rich.console import Console
+
+    from selfinstruct_tui.engine import events as ev
+    from selfinstruct_tui.headless import HeadlessPrinter
+
+    out = io.StringIO()
+    printer = HeadlessPrinter(Console(file=out, width=300), pool=True)
+    for n in range(8):
+        printer(ev.RequestError(1, "server_error", f"HTTP 500: boom {n}", "http://a/v1"))
+    printer(ev.RequestError(None, "endpoint_taken_out", "http://a/v1 taken out of the pool "
+                                                        "(3 failures in a row)", "http://a/v1"))
+    lines = out.getvalue().splitlines()
+    assert sum(line.startswith("request error") for line in lines) == 5
+    assert lines[-1] == ("endpoint change (endpoint_taken_out): http://a/v1 taken out of the "
+                         "pool (3 failures in a row)")
