@@ -94,12 +94,6 @@ class HeadlessPrinter:
         self.usage_missing = 0
         self.endpoints: tuple[EndpointStats, ...] = ()  # a pool's latest figures
 
-    def _at(self, event: ev.RequestRetried | ev.RequestError) -> str:
-        """" at <base URL>" for a pool's retry and error lines (one endpoint, or a message
-        that names it already: nothing)."""
-        url = event.endpoint
-        return f" at {url}" if self.pool and url and url not in event.message else ""
-
     def _line(self, text: str) -> None:
         if self.gone:
             return
@@ -176,8 +170,9 @@ class HeadlessPrinter:
         elif isinstance(event, ev.RequestRetried):
             self.retries_shown += 1
             if self.retries_shown <= 3 or self.retries_shown % 100 == 0:
+                at = ev.at_endpoint(event, self.pool)
                 self._line(f"retry ({event.cause.replace('_', ' ')}, attempt {event.attempt}, "
-                           f"next in {event.delay:.1f}s){self._at(event)}: {event.message}")
+                           f"next in {event.delay:.1f}s){at}: {event.message}")
         elif isinstance(event, ev.RequestError) and event.kind.startswith("endpoint_"):
             # A pool's takeouts and drops, always (backoff keeps them rare): an endpoint said
             # to be back must have been seen going out
@@ -188,7 +183,8 @@ class HeadlessPrinter:
             self.last_error = (event.message, event.endpoint)
             self.errors_shown += 1
             if self.errors_shown <= 5 or self.errors_shown % 50 == 0:
-                self._line(f"request error ({event.kind}){self._at(event)}: {event.message}")
+                at = ev.at_endpoint(event, self.pool)
+                self._line(f"request error ({event.kind}){at}: {event.message}")
         elif isinstance(event, ev.Notice):
             self._line(f"note: {event.message}")
         elif isinstance(event, ev.BatchProgress):

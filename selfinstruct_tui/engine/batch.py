@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import openai
 
+from selfinstruct_tui.engine.config import endpoint_key
 from selfinstruct_tui.engine.control import pid_alive
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.llm import (
@@ -515,7 +516,7 @@ class Batcher:
         that created it) is recorded `lost`: its requests are sent again. Raises RequestFailed
         (fatal) for anything else."""
         held = record.endpoint
-        if held and held.rstrip("/") != self.client.base_url.rstrip("/"):
+        if held and endpoint_key(held) != endpoint_key(self.client.base_url):
             # Its id means nothing elsewhere: a 404 there would send its requests again while
             # the batch runs (and is paid) where it was created
             raise RequestFailed(
@@ -538,12 +539,13 @@ class Batcher:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
             failure = map_error(exc, self.client)
+            message = self.redact(f"polling batch job {record.id} ({record.batch_id}) failed: "
+                                  f"{failure.message}")
             if failure.retry:
                 since, count = self._poll_failures.get(record.id, (time.monotonic(), 0))
                 self._poll_failures[record.id] = (since, count + 1)
-                self.on_poll_failed(record, failure.cause, self.redact(
-                    f"polling batch job {record.id} ({record.batch_id}) failed: "
-                    f"{failure.message}"), count + 1, time.monotonic() - since)
+                self.on_poll_failed(record, failure.cause, message, count + 1,
+                                    time.monotonic() - since)
                 return record
             if isinstance(exc, openai.APIStatusError) and exc.status_code == 404:
                 self._poll_failures.pop(record.id, None)
@@ -553,8 +555,6 @@ class Batcher:
                     "another --base-url or with another key, its answers there are not read"))
                 self.on_progress(record)
                 return record
-            message = self.redact(f"polling batch job {record.id} ({record.batch_id}) failed: "
-                                  f"{failure.message}")
             raise RequestFailed(message, kind=failure.cause, fatal=True,
                                 status=failure.status) from exc
         self._poll_failures.pop(record.id, None)

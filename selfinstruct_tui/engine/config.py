@@ -643,9 +643,14 @@ def file_ignored_on_resume(resumed: RunConfig, flags: dict[str, Any],
             + "\n  ".join(line for _, line in sorted(found, key=lambda f: f[0]))]
 
 
+def endpoint_key(base_url: object) -> str:
+    """A base URL as the endpoint it names: http://host/v1/ and http://host/v1 are one."""
+    return str(base_url).rstrip("/")
+
+
 def _differs(key: str, a: Any, b: Any) -> bool:
-    if key == "base_url":  # http://host/v1/ and http://host/v1 are one endpoint
-        return str(a).rstrip("/") != str(b).rstrip("/")
+    if key == "base_url":
+        return endpoint_key(a) != endpoint_key(b)
     if key == "endpoints":
         return _endpoint_set(a) != _endpoint_set(b)
     return bool(a != b)
@@ -658,7 +663,7 @@ def _endpoint_set(endpoints: list[dict[str, Any]]) -> list[tuple[tuple[str, Any]
 
 def _urls(endpoints: list[dict[str, Any]]) -> list[str]:
     """The endpoints' base URLs, without a trailing slash (the same endpoint with or without)."""
-    return [str(e.get("base_url", "")).rstrip("/") for e in endpoints]
+    return [endpoint_key(e.get("base_url", "")) for e in endpoints]
 
 
 def _kept(resumed: RunConfig, key: str) -> Any:

@@ -187,6 +187,13 @@ class RequestError(Event):
         return cls(e.round, e.kind, e.message, e.endpoint)
 
 
+def at_endpoint(event: RequestRetried | RequestError, pool: bool) -> str:
+    """" at <base URL>" for a retry's or a failure's line in a run with a pool of endpoints;
+    nothing with one endpoint, an unknown one, or a message that names it already."""
+    url = event.endpoint
+    return f" at {url}" if pool and url and url not in event.message else ""
+
+
 @dataclass(frozen=True)
 class EndpointsReported(Event):
     """A pool of endpoints' figures, one `EndpointStats` per endpoint (in flight, requests/s,

@@ -823,6 +823,7 @@ class LLMClient:
                 endpoint = await self._take_endpoint()  # None: one endpoint
                 where = self.settings if endpoint is None else \
                     self._endpoint_settings[endpoint.base_url]
+                at = url if endpoint is None else endpoint.base_url  # where this attempt goes
                 self.in_flight += 1
                 if tried is not None:
                     tried.append(where)
@@ -846,11 +847,10 @@ class LLMClient:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
                     error: BaseException = exc
-                    failure = map_error(exc, where, answered=(
-                        url if endpoint is None else endpoint.base_url) in self._answered)
+                    failure = map_error(exc, where, answered=at in self._answered)
                 else:
                     latency = time.monotonic() - started
-                    self._answered.add(url if endpoint is None else endpoint.base_url)
+                    self._answered.add(at)
                     if endpoint is not None:
                         self._pool().succeeded(endpoint, latency)
                     if usage and p_tok > 0:
@@ -863,7 +863,7 @@ class LLMClient:
                             self.structured = structured
                     return LLMResponse(self.redact(text), finish, p_tok, c_tok, latency, attempt,
                                        max_tokens, usage, structured,
-                                       url if endpoint is None else endpoint.base_url, where.model)
+                                       at, where.model)
                 finally:
                     self.in_flight -= 1
                     if endpoint is not None:
@@ -873,7 +873,6 @@ class LLMClient:
             finally:
                 self._slots.release()
             message = self.redact(failure.message)
-            at = url if endpoint is None else endpoint.base_url  # where this attempt went
             if failure.cause == Cause.STRUCTURED_OUTPUT and structured:
                 if self.settings.structured_output == "on":
                     raise RequestFailed(

@@ -431,8 +431,7 @@ class RunView:
 
     def _on_RequestError(self, e: ev.RequestError) -> None:
         self.status.errors += 1
-        at = f" at {e.endpoint}" if e.endpoint and self.status.endpoints > 1 and \
-            e.endpoint not in e.message else ""
+        at = ev.at_endpoint(e, pool=self.status.endpoints > 1)
         self.notices.append((f"endpoint error ({e.kind}){at}: {e.message}", "Endpoint",
                              "warning"))
         self.dirty.add("status")
