@@ -118,18 +118,12 @@ def test_error_file_lines_become_named_rejections(tmp_path):
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=1,
                     batch_fail_kinds={"instances": "the prompt was flagged"}) as server:
-        store, config = new_run(run_dir, server.base_url, target=5, prompts_per_round=3,
-                                batch=True, batch_poll_seconds=0.02, max_fruitless_requests=0)
-        engine = Engine(store, config)
-        thread = threading.Thread(target=engine.run)
-        thread.start()
-        wait_for(lambda: server.batch_creations >= 3)
-        wait_for(lambda: db(run_dir).execute(
-            "SELECT COUNT(*) FROM batches WHERE kind = 'instances' AND state = 'settled'"
-        ).fetchone()[0] >= 1)
-        engine.stop()
-        thread.join(timeout=30)
-        store.close()
+        with running(*new_run(run_dir, server.base_url, target=5, prompts_per_round=3,
+                              batch=True, batch_poll_seconds=0.02, max_fruitless_requests=0)):
+            wait_for(lambda: server.batch_creations >= 3)
+            wait_for(lambda: db(run_dir).execute(
+                "SELECT COUNT(*) FROM batches WHERE kind = 'instances' AND state = 'settled'"
+            ).fetchone()[0] >= 1)
     conn = db(run_dir)
     failed = conn.execute("SELECT detail FROM rejections WHERE reason = 'request_failed'"
                           ).fetchall()
@@ -304,18 +298,13 @@ def test_a_stop_keeps_a_pending_batch_and_the_next_session_reads_its_answers(tmp
     with FakeOpenAI(batch_polls=1) as server:
         store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
                                 batch=True, batch_poll_seconds=0.05)
-        engine = Engine(store, config)
-        thread = threading.Thread(target=engine.run)
-        thread.start()
-        wait_for(lambda: server.batch_creations >= 1 and
-                 server.batches["batch_1"]["status"] == "completed")
-        server.configure(batch_polls=10**6)  # later jobs stay pending
-        wait_for(lambda: db(run_dir).execute(
-            "SELECT COUNT(*) FROM batches WHERE kind = 'classify' AND batch_id IS NOT NULL"
-        ).fetchone()[0] >= 1)
-        engine.stop()
-        thread.join(timeout=30)
-        store.close()
+        with running(store, config):
+            wait_for(lambda: server.batch_creations >= 1 and
+                     server.batches["batch_1"]["status"] == "completed")
+            server.configure(batch_polls=10**6)  # later jobs stay pending
+            wait_for(lambda: db(run_dir).execute(
+                "SELECT COUNT(*) FROM batches WHERE kind = 'classify' AND batch_id IS NOT NULL"
+            ).fetchone()[0] >= 1)
         conn = db(run_dir)
         pending = conn.execute("SELECT * FROM batches WHERE state = 'submitted'").fetchall()
         assert any(j["kind"] == "classify" for j in pending)
@@ -387,17 +376,11 @@ def test_requests_an_expired_batch_did_not_answer_fail_with_its_status(tmp_path)
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=1) as server:
         server.configure(batch_end_status="expired")
-        store, config = new_run(run_dir, server.base_url, target=5, prompts_per_round=4,
-                                batch=True, batch_poll_seconds=0.02)
-        engine = Engine(store, config)
-        thread = threading.Thread(target=engine.run)
-        thread.start()
-        wait_for(lambda: db(run_dir).execute(
-            "SELECT COUNT(*) FROM batches WHERE kind = 'generate' AND state = 'settled'"
-        ).fetchone()[0] >= 1)
-        engine.stop()
-        thread.join(timeout=30)
-        store.close()
+        with running(*new_run(run_dir, server.base_url, target=5, prompts_per_round=4,
+                              batch=True, batch_poll_seconds=0.02)):
+            wait_for(lambda: db(run_dir).execute(
+                "SELECT COUNT(*) FROM batches WHERE kind = 'generate' AND state = 'settled'"
+            ).fetchone()[0] >= 1)
     conn = db(run_dir)
     job = conn.execute("SELECT * FROM batches WHERE kind = 'generate' ORDER BY id").fetchone()
     assert job["status"] == "expired" and job["completed"] == 2
