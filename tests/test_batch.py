@@ -108,10 +108,18 @@ def test_a_batch_run_sends_each_stage_as_one_job_and_records_like_the_normal_pat
     assert conn.execute("SELECT COUNT(*) FROM prompts WHERE response IS NULL").fetchone()[0] == 0
     assert conn.execute("SELECT COUNT(*) FROM tasks WHERE origin = 'machine'").fetchone()[0] >= 20
     assert conn.execute("SELECT SUM(prompt_tokens) FROM prompts").fetchone()[0] > 0
+    # provenance as on the normal path: the base URL that held each batch, the model asked for
+    answers = conn.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]
+    assert [tuple(r) for r in conn.execute(
+        "SELECT endpoint, model, COUNT(*) FROM prompts GROUP BY 1, 2")] == [
+        (server.base_url, "fake-model", answers)]
     assert_accounted(run_dir)
     out = tmp_path / "tasks.jsonl"
     export_run(run_dir, "self-instruct", out)
     assert len(out.read_text().splitlines()) >= 20
+    meta = json.loads((tmp_path / "tasks.jsonl.meta.json").read_text())
+    assert meta["endpoints"] == [{"base_url": server.base_url, "model": "fake-model",
+                                  "answers": answers}]
 
 
 def test_error_file_lines_become_named_rejections(tmp_path):
@@ -128,8 +136,10 @@ def test_error_file_lines_become_named_rejections(tmp_path):
     failed = conn.execute("SELECT detail FROM rejections WHERE reason = 'request_failed'"
                           ).fetchall()
     assert failed and all("instance request failed (bad_request)" in r[0] for r in failed)
-    errors = [r[0] for r in conn.execute("SELECT error FROM prompts WHERE kind = 'instances'")]
-    assert errors and all("the prompt was flagged" in e for e in errors)
+    errors = conn.execute("SELECT error, endpoint, model FROM prompts WHERE kind = 'instances'"
+                          ).fetchall()
+    assert errors and all("the prompt was flagged" in e[0] for e in errors)
+    assert {tuple(e)[1:] for e in errors} == {(server.base_url, "fake-model")}
     job = conn.execute("SELECT * FROM batches WHERE kind = 'instances'").fetchone()
     assert job["failed"] == job["total"] > 0 and job["error_path"]
     assert_accounted(run_dir)
@@ -218,6 +228,12 @@ def test_the_offline_transport_runs_a_command_on_each_job_file(tmp_path):
         assert len(out.read_text().splitlines()) == len(json.loads(j["prompt_ids"]))
         assert Path(str(out) + ".runs").read_text() == "1\n"
     assert_accounted(run_dir)
+    assert [tuple(r) for r in conn.execute("SELECT DISTINCT endpoint, model FROM prompts")] == [
+        (f"command: {command}", "fake-model")]
+    export_run(run_dir, "alpaca", tmp_path / "out.json")
+    meta = json.loads((tmp_path / "out.json.meta.json").read_text())
+    assert [(e.get("command"), e.get("base_url"), e["model"]) for e in meta["endpoints"]] == [
+        (command, None, "fake-model")]
 
 
 def command_job(tmp_path: Path):
@@ -328,6 +344,9 @@ def test_a_stop_keeps_a_pending_batch_and_the_next_session_reads_its_answers(tmp
             f"SELECT task_ref FROM prompts WHERE id IN "
             f"({','.join(map(str, json.loads(classify_job['prompt_ids'])))})")}
         assert refs <= classified and not refs & set(asked)  # read, not asked again
+        assert [tuple(r) for r in conn.execute(  # answers read by the next session say who
+            "SELECT DISTINCT endpoint, model FROM prompts WHERE response IS NOT NULL")] == [
+            (server.base_url, "fake-model")]
         assert server.batch_lines > lines_before
     assert_accounted(run_dir)
 

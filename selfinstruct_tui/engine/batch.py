@@ -141,11 +141,21 @@ def answers(record: BatchRecord) -> dict[str, BatchLine]:
 
 
 def line_response(line: BatchLine | None, settings: ClientSettings, redact: Redactor,
-                  max_tokens: int) -> LLMResponse:
-    """An output line as the normal path's answer. Raises RequestFailed (kind a `Cause`) for a
+                  max_tokens: int, where: str) -> LLMResponse:
+    """An output line as the normal path's answer, answered at `where` (`Batcher.answered_at`)
+    by `settings.model`. Raises RequestFailed (kind a `Cause`; `endpoint` and `model` set) for a
     missing line, a failed line (its reason in the message; `fatal` where the same answer to a
     request would be: a refused key, an unknown model, a refused --extra-body field) or a body
     without text."""
+    try:
+        return _line_response(line, settings, redact, max_tokens, where)
+    except RequestFailed as exc:
+        exc.endpoint, exc.model = where, settings.model
+        raise
+
+
+def _line_response(line: BatchLine | None, settings: ClientSettings, redact: Redactor,
+                   max_tokens: int, where: str) -> LLMResponse:
     if line is None:
         raise RequestFailed("the batch finished without a line for this request",
                             kind=Cause.MALFORMED)
@@ -181,7 +191,8 @@ def line_response(line: BatchLine | None, settings: ClientSettings, redact: Reda
     p_tok = int(usage.get("prompt_tokens") or 0)
     c_tok = int(usage.get("completion_tokens") or 0)
     return LLMResponse(redact(answer), choice.get("finish_reason"), p_tok, c_tok, 0.0, 1,
-                       max_tokens, usage_reported=p_tok > 0 or c_tok > 0)
+                       max_tokens, usage_reported=p_tok > 0 or c_tok > 0, endpoint=where,
+                       model=settings.model)
 
 
 class _BodyError(Exception):
@@ -366,7 +377,7 @@ class _Pending:
     prompt_id: int
     body: dict[str, Any]
     max_tokens: int
-    future: asyncio.Future[BatchLine | None]
+    future: asyncio.Future[tuple[BatchLine | None, str]]  # the line, where it was answered
 
 
 @dataclass
@@ -429,8 +440,21 @@ class Batcher:
         if group.timer is not None:
             group.timer.cancel()
         group.timer = loop.call_later(self.settings.collect_seconds, self._send, (round, kind))
-        line = await pending.future
-        return line_response(line, self.client, self.redact, pending.max_tokens)
+        try:
+            line, where = await pending.future
+        except RequestFailed as exc:  # the whole job failed (or is lost): where it went
+            if exc.endpoint is None:
+                exc.endpoint, exc.model = self.answered_at(None), self.client.model
+            raise
+        return line_response(line, self.client, self.redact, pending.max_tokens, where)
+
+    def answered_at(self, record: BatchRecord | None) -> str:
+        """Where a job's lines were answered, as its requests record it: the base URL that
+        holds the batch (`record`, else this session's), or `command: <--batch-command>` (the
+        offline transport)."""
+        if self.transport.name == CommandBatchTransport.name:
+            return self.redact(f"command: {getattr(self.transport, 'template', '')}")
+        return (record.endpoint if record else None) or self.client.base_url
 
     def _send(self, key: tuple[int, str]) -> None:
         group = self._groups.pop(key, None)
@@ -474,10 +498,10 @@ class Batcher:
                 raise RequestFailed(record.message, kind=Cause.NOT_FOUND)
             if record.state != "downloaded":
                 raise RequestAbandoned("in flight")
-            lines = answers(record)
+            lines, where = answers(record), self.answered_at(record)
             for cid, future in futures.items():
                 if not future.done():
-                    future.set_result(lines[cid])
+                    future.set_result((lines[cid], where))
             await asyncio.sleep(0)  # the waiting requests record their answers first
             self.store.update_batch(record, state="settled")
         except (RequestAbandoned, RequestFailed) as exc:

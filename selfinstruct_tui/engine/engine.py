@@ -590,18 +590,21 @@ class Engine:
             if record.state == "lost":  # its requests have no answer: sent again when taken up
                 for prompt in self.store.prompts_by_id(list(record.prompt_ids)):
                     if prompt.response is None:  # "abandoned" when the last session stopped
-                        self.store.finish_prompt(prompt, response=None, error=record.message)
+                        self.store.finish_prompt(prompt, response=None, error=record.message,
+                                                 endpoint=self._batcher.answered_at(record),
+                                                 model=self._batcher.client.model)
                 continue
-            lines = answers(record)
+            lines, where = answers(record), self._batcher.answered_at(record)
             touched: set[int] = set()
             for prompt in self.store.prompts_by_id(list(record.prompt_ids)):
                 if prompt.response is not None:
                     continue
                 try:
                     resp = line_response(lines[custom_id(prompt.kind, prompt.id)],
-                                         self._batcher.client, self._batcher.redact, 0)
+                                         self._batcher.client, self._batcher.redact, 0, where)
                 except RequestFailed as exc:
-                    self.store.finish_prompt(prompt, response=None, error=str(exc))
+                    self.store.finish_prompt(prompt, response=None, error=str(exc),
+                                             endpoint=exc.endpoint, model=exc.model)
                     continue
                 p_tok, c_tok = resp.prompt_tokens, resp.completion_tokens
                 if not resp.usage_reported:
@@ -609,7 +612,8 @@ class Engine:
                 done = self.store.finish_prompt(prompt, response=resp.text,
                                                 finish_reason=resp.finish_reason,
                                                 prompt_tokens=p_tok, completion_tokens=c_tok,
-                                                usage_reported=resp.usage_reported)
+                                                usage_reported=resp.usage_reported,
+                                                endpoint=resp.endpoint, model=resp.model)
                 self.bus.emit(ev.ResponseReceived.of(done))
                 if prompt.kind == "generate":
                     self._late_candidates(record.id, done, resp)

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
@@ -208,11 +208,16 @@ def metadata_path(export: Path) -> Path:
 def run_metadata(store: RunStore) -> dict:
     """What produced a run's data: {"run_dir", "model", "api", "endpoints": [{"base_url",
     "model", "answers"}]} (endpoints that answered, most answers first; the configured ones
-    when no answer recorded its endpoint). Base URLs only: keys are never part of it."""
+    when no answer recorded its endpoint; {"command", ...} for answers of the offline batch
+    command). Base URLs only: keys are never part of it."""
     cfg = store.config()
     used = store.endpoints_used()
     if used:
-        endpoints = [{"base_url": url, "model": model, "answers": n} for url, model, n in used]
+        endpoints: list[dict[str, Any]] = [
+            {"command": url.removeprefix("command: ")} if url.startswith("command: ")
+            else {"base_url": url} for url, _, _ in used]
+        for entry, (_, model, n) in zip(endpoints, used, strict=True):
+            entry.update(model=model, answers=n)
     elif cfg is not None:
         endpoints = [{"base_url": e["base_url"], "model": e["model"], "answers": None}
                      for e in cfg.endpoint_list()]
