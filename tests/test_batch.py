@@ -693,3 +693,38 @@ def test_a_pending_batch_is_polled_only_where_it_was_created(tmp_path):
         assert held.batch_creations == 1
     assert [r[0] for r in conn.execute("SELECT state FROM batches")] == ["settled"]
     assert_accounted(run_dir)
+
+
+def test_a_resumed_command_job_that_cannot_run_says_what_happens_to_it(tmp_path):
+    """The job of a killed session is run again on resume; a --batch-command with a typo then
+    stopped the run saying "the job stays pending at the endpoint" (an offline job has no
+    endpoint, and its requests are sent again). Fixed, the same run reaches its target."""
+    import dataclasses
+    import os
+    import signal
+
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    good = f"{sys.executable} {script} {{input}} {{output}} {tests}"
+    run_dir = tmp_path / "run"
+    store, config = new_run(run_dir, "", target=5, prompts_per_round=3, batch=True,
+                            batch_poll_seconds=0.02, model="m",
+                            batch_command="sleep 60 # {input} {output}")
+    with running(store, config):
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE batch_id IS NOT NULL").fetchone()[0] == 1)
+    (pid,) = db(run_dir).execute("SELECT batch_id FROM batches").fetchone()
+    os.killpg(int(pid.removeprefix("pid ")), signal.SIGKILL)  # the job died with its session
+    wait_for(lambda: not Path(f"/proc/{pid.removeprefix('pid ')}").exists()
+             or "Z" in Path(f"/proc/{pid.removeprefix('pid ')}/stat").read_text().split()[2])
+
+    typo = resumed(run_dir, dataclasses.replace(config, batch_command="no-such-cmd-xyz {input}"))
+    assert typo.finished is not None and typo.finished.reason.value == "failing"
+    message = typo.finished.message
+    assert "command not found" in message and "--batch-command" in message
+    assert "at the endpoint" not in message and "sent again" in message
+
+    fixed = resumed(run_dir, dataclasses.replace(config, batch_command=good))
+    assert fixed.finished is not None and fixed.finished.reason.value == "target"
+    assert_accounted(run_dir)

@@ -583,8 +583,11 @@ class Engine:
         except RequestFailed as exc:  # a refused key: the job stays pending for the next session
             self.bus.emit(ev.RequestError.of(self.store.add_error(None, exc.kind, str(exc),
                                                                   self.base_url)))
-            self._do_stop(FinishReason.FAILING, f"{exc}. The job stays pending at the endpoint "
-                          "and is not sent again: fix that, then the same command polls it")
+            kept = ("The job stays pending at the endpoint and is not sent again: fix that, "
+                    "then the same command polls it") if self._batcher.transport.name == "openai" \
+                else "Fix that, then the same command reads the jobs' output files; requests " \
+                     "without an answer are sent again"
+            self._do_stop(FinishReason.FAILING, f"{exc}. {kept}")
             return
         for record in jobs:
             if record.state == "lost":  # its requests have no answer: sent again when taken up
