@@ -1,5 +1,10 @@
 """Headless progress: one line per round, plus a live bar when stdout is a terminal.
 
+Batch jobs: a line when a job's state, status or request counts change (unchanged, again every
+BATCH_REPEAT_SECONDS, so a log shows the run is alive through a batch window of hours); on a
+terminal each pending job also has a bar under the pool's, and lines only say its state and
+status changes.
+
 A round's line adds up: candidates = accepted + rejected (by reason) + kept open (by reason: no
 answer yet, taken up again) + surplus. It also names the instances dropped from accepted tasks,
 the retries by cause, the tokens (marked estimated when the endpoint reports no usage) and, when
@@ -26,7 +31,10 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import progress_line
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.rates import Rates
-from selfinstruct_tui.engine.store import OPEN_REASONS, RoundStats
+from selfinstruct_tui.engine.store import OPEN_REASONS, BatchRecord, RoundStats
+
+# seconds (monotonic) after which an unchanged pending batch job is printed again
+BATCH_REPEAT_SECONDS = 600.0
 
 
 def short_reasons(counts: dict[str, int]) -> str:
@@ -89,6 +97,9 @@ class HeadlessPrinter:
         self.resumed = False
         self.pause_message = ""
         self.submitted_batches: set[int] = set()  # batch mode: jobs the endpoint holds
+        # batch job id -> (what its last printed line said, when: monotonic seconds)
+        self.batches_said: dict[int, tuple[tuple[Any, ...], float]] = {}
+        self.batch_bars: dict[int, TaskID] = {}  # a terminal's bar for each pending job
         self.tokens = 0
         self.cost = 0.0
         self.usage_missing = 0
@@ -115,6 +126,37 @@ class HeadlessPrinter:
             self.progress.stop()
             self.progress = None
 
+    def _batch(self, record: BatchRecord) -> None:
+        """A batch job's poll: its bar updated, its line printed if it says something new."""
+        pending = record.state == "submitted"
+        if pending:
+            self.submitted_batches.add(record.id)
+        else:
+            self.submitted_batches.discard(record.id)
+        bar = self.batch_bars.get(record.id)
+        if self.progress is not None:
+            if pending:
+                total = record.total or None
+                status = record.status + (f", {record.failed} failed" if record.failed else "")
+                if bar is None:
+                    self.batch_bars[record.id] = self.progress.add_task(
+                        f"batch job {record.id} (round {record.round}, {record.kind})",
+                        total=total, completed=record.completed, rate=status)
+                else:
+                    self.progress.update(bar, total=total, completed=record.completed,
+                                         rate=status)
+            elif bar is not None:
+                self.progress.remove_task(bar)
+                del self.batch_bars[record.id]
+        # on a terminal the bar shows the counts: a line for a state or status change only
+        said = (record.state, record.status, record.message) if self.progress is not None \
+            else (record.state, record.status, record.message, record.completed, record.failed)
+        now = time.monotonic()
+        last = self.batches_said.get(record.id)
+        if last is None or last[0] != said or now - last[1] >= BATCH_REPEAT_SECONDS:
+            self.batches_said[record.id] = (said, now)
+            self._line(progress_line(record))
+
     def _spent(self, *, session: bool = False) -> str:
         """This session's tokens (and cost), said to be this session's when the run was resumed
         (the store's totals include the earlier sessions') or `session`."""
@@ -140,7 +182,7 @@ class HeadlessPrinter:
                        f"pool: {event.accepted}/{event.target} machine tasks")
             if self.live:
                 self.progress = Progress(
-                    TextColumn("[bold]pool"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                     console=self.console, transient=True)
                 self.task_id = self.progress.add_task("pool", total=event.target,
@@ -188,11 +230,7 @@ class HeadlessPrinter:
         elif isinstance(event, ev.Notice):
             self._line(f"note: {event.message}")
         elif isinstance(event, ev.BatchProgress):
-            if event.batch.state == "submitted":
-                self.submitted_batches.add(event.batch.id)
-            else:
-                self.submitted_batches.discard(event.batch.id)
-            self._line(progress_line(event.batch))
+            self._batch(event.batch)
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
             if event.reason == self.last_error[0]:  # a fatal error, just printed: once is enough

@@ -31,10 +31,12 @@ def db(run_dir: Path) -> sqlite3.Connection:
 
 
 @contextlib.contextmanager
-def running(store: RunStore, config: Any) -> Iterator[Engine]:
-    """The engine of (store, config) on its own thread; stopped, joined and its store closed
-    at the end of the block."""
+def running(store: RunStore, config: Any, *subscribers: Any) -> Iterator[Engine]:
+    """The engine of (store, config) on its own thread, its events going to `subscribers`
+    from the start; stopped, joined and its store closed at the end of the block."""
     engine = Engine(store, config)
+    for subscriber in subscribers:
+        engine.bus.subscribe(subscriber)
     thread = threading.Thread(target=engine.run)
     thread.start()
     try:
@@ -154,11 +156,13 @@ def test_a_batch_pending_across_sigkill_is_polled_not_resubmitted(isolated_env, 
         proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
-            wait_for(lambda: server.batch_retrieves >= 2)
+            wait_for(lambda: server.batch_retrieves >= 5)
         finally:
             proc.kill()
             out = proc.communicate(timeout=10)[0]
-        assert "batch job 1 (round 1, generate): in_progress 0/4 done" in out
+        # printed once: a poll that changes nothing prints nothing (30 s polls over a batch
+        # window of hours were a screenful of the same line)
+        assert out.count("batch job 1 (round 1, generate): in_progress 0/4 done") == 1, out
         assert server.batch_creations == 1
         conn = db(run_dir)
         job = conn.execute("SELECT * FROM batches").fetchone()
@@ -169,6 +173,8 @@ def test_a_batch_pending_across_sigkill_is_polled_not_resubmitted(isolated_env, 
                               timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "batch job(s) of an earlier session are pending" in done.stdout
+        # the run's header first, then the wait for the earlier session's job
+        assert done.stdout.index("resuming run in") < done.stdout.index("earlier session")
         jobs = conn.execute("SELECT * FROM batches ORDER BY id").fetchall()
         # the first job was polled to its end, never created again
         assert server.batch_creations == len(jobs)
@@ -728,3 +734,65 @@ def test_a_resumed_command_job_that_cannot_run_says_what_happens_to_it(tmp_path)
     fixed = resumed(run_dir, dataclasses.replace(config, batch_command=good))
     assert fixed.finished is not None and fixed.finished.reason.value == "target"
     assert_accounted(run_dir)
+
+
+def test_a_resumed_run_waiting_for_its_pending_job_has_started_and_obeys_attached_uis(tmp_path):
+    """A resumed batch run polls the job its last session left pending, which can take hours.
+    It said nothing of the run ("resuming run ...", model, pool: RunStarted) until the job was
+    done, and an attached UI's stop went unread (the control channel started after it)."""
+    from selfinstruct_tui.engine import events as ev
+    from selfinstruct_tui.engine.control import RemoteControl, RunState, Stop
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        config = _pending_job(run_dir, server)
+        store = RunStore(run_dir)
+        seen: list[ev.Event] = []
+        with running(store, config, seen.append) as engine:
+            polls = server.batch_retrieves
+            wait_for(lambda: server.batch_retrieves > polls + 2)  # polling the old job
+            assert any(isinstance(e, ev.RunStarted) and e.resumed for e in seen)
+            assert engine.state is RunState.RUNNING
+            RemoteControl(run_dir).send(Stop())
+            wait_for(lambda: engine.finished is not None)
+        assert engine.finished is not None and engine.finished.reason.value == "stopped"
+        assert server.batch_creations == 1  # the pending job was not sent again
+    assert [r[0] for r in db(run_dir).execute("SELECT state FROM batches")] == ["submitted"]
+    assert_accounted(run_dir)
+
+
+def test_headless_on_a_terminal_shows_a_bar_for_each_pending_batch_job(isolated_env, tmp_path):
+    """On a terminal (here a pty) each pending job has a bar with its request counts and status
+    under the pool's; its line is printed when its state or status changes."""
+    import os
+    import pty
+    import re
+    import time
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=30) as server:
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "3", "--batch",
+                           "--batch-poll", "0.05", "--prompts-per-round", "2")
+        primary, secondary = pty.openpty()
+        proc = subprocess.Popen(args, env={**isolated_env, "COLUMNS": "150", "TERM": "xterm"},
+                                stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
+        os.close(secondary)
+        chunks = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # the child closed the pty
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=30)
+        os.close(primary)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert proc.returncode == 0, screen[-2000:]
+    bars = re.findall(r"batch job 1 \(round 1, generate\) +\S+ +(\d+)/(\d+) +in_progress", screen)
+    assert bars and bars[0] == ("0", "2"), screen[-3000:]
+    assert screen.count("batch job 1 (round 1, generate): in_progress") == 1
+    assert "batch job 1 (round 1, generate): completed 2/2 done" in screen

@@ -332,6 +332,7 @@ def test_the_yield_per_prompt_counts_only_answered_generation_prompts(tmp_path):
     # A resumed session computes the same yields from the store.
     resumed = Engine(RunStore(run_dir), config)
     resumed._load_pool()
+    resumed._load_totals()
     assert {r: resumed._totals[r] for r in live_totals} == live_totals
     resumed.store.close()
 

@@ -361,6 +361,11 @@ class Engine:
     def _load_pool(self) -> None:
         self.pool.load(self.store.iter_tasks())  # one row at a time: the pool keeps little
         self._committed = self.pool.machine_count
+        self._load_pending_seeds()
+
+    def _load_totals(self) -> None:
+        """The run's totals so far (spent tokens, requests and tasks per round) and the next
+        task id, once the pending batch jobs' answers are recorded."""
         self._next_id = self.store.max_used_id() + 1
         self.guard.before = self.store.token_totals()
         prompts = accepted = 0
@@ -369,7 +374,6 @@ class Engine:
             prompts += max(0, r.prompts - unanswered.get(r.round, 0))
             accepted += r.accepted
             self._totals[r.round] = (prompts, accepted)
-        self._load_pending_seeds()
 
     # -- the seed set ----------------------------------------------------------------------------
     def _receive_seeds(self, command: ReplaceSeeds) -> None:
@@ -489,34 +493,35 @@ class Engine:
             if self.config.uses_batch:
                 self._requests.batcher = self._batcher
         reason = FinishReason.STOPPED
+        watcher: asyncio.Task[None] | None = None
         try:
-            if self._batcher is not None:
-                await self._read_pending_batches()
-            interrupted = self.store.recover_interrupted()
+            # The pool's tasks do not depend on what pending batch jobs answer: the run is
+            # said to have started, and attached UIs are heard, while those jobs are polled
+            # (at an endpoint's batch window, hours)
             self._load_pool()
             resumed = self.store.max_round() > 0
             self.store.set_meta("session", {"endpoint": self.base_url, "resumed": resumed,
                                             "started": time.time(), "pid": os.getpid(),
                                             "endpoints": [e["base_url"] for e in
                                                           self.config.endpoint_list()]})
-            # paused while reading pending batch jobs (polls failing): it stays paused
-            self._set_state(RunState.RUNNING if self.paused is None else RunState.PAUSED)
+            self._set_state(RunState.RUNNING)
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
+            self._drain_commands()
+            watcher = asyncio.create_task(self._watch_control())
+            if self._batcher is not None:
+                await self._read_pending_batches()
+            interrupted = self.store.recover_interrupted()
+            self._load_totals()  # what the batch jobs' answers changed: tokens, rounds
             if interrupted:
                 self.bus.emit(ev.Notice(
                     f"round(s) {', '.join(map(str, interrupted))} were interrupted by the end of "
                     "the last process; their open candidates are taken up again"))
-            self._drain_commands()
             self._apply_pending_seeds()  # a set the last process recorded and did not apply
             over = self.guard.over_budget()
             if over:
                 self._do_stop(FinishReason.LIMIT, over)
-            watcher = asyncio.create_task(self._watch_control())
-            try:
-                reason = await self._drive()
-            finally:
-                watcher.cancel()
+            reason = await self._drive()
         except Exception as exc:
             log.exception("engine failed")
             self.store.add_error(None, "engine", repr(exc))
@@ -524,6 +529,8 @@ class Engine:
             self.finished = ev.Finished(reason, self._committed, self.config.target,
                                         f"the engine failed: {exc!r}")
         finally:
+            if watcher is not None:
+                watcher.cancel()
             try:
                 self._report_endpoints()  # the session's last figures, for attached UIs
             except Exception:  # never in the way of a clean end
