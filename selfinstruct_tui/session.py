@@ -8,6 +8,7 @@ model name, and creates or reopens the run's store. Errors are `UserError`s nami
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -26,7 +27,7 @@ from selfinstruct_tui.engine.config import (
     new_run_dir,
 )
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
-from selfinstruct_tui.engine.runs import RunLock, busy, lock_holder, remember_run
+from selfinstruct_tui.engine.runs import LOCK_FILE, RunLock, busy, lock_holder, remember_run
 from selfinstruct_tui.engine.seeds import (
     SeedTask,
     bundled_seeds_path,
@@ -120,9 +121,22 @@ class Session:
 
     def open(self, say: Callable[[str], None]) -> RunStore:
         """Start the embedded model (if any), find the model name, create or reopen the store."""
-        cfg = self.config
+        created = not self.run_dir.exists()
         self.lock = RunLock(self.run_dir)
         self.lock.acquire()  # before anything runs: one engine per run
+        try:
+            return self._open(say)
+        except BaseException:
+            if created:  # a new run that could not start leaves no folder holding only a lock
+                self.release_lock()
+                with contextlib.suppress(OSError):
+                    if [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
+                        (self.run_dir / LOCK_FILE).unlink()
+                        self.run_dir.rmdir()
+            raise
+
+    def _open(self, say: Callable[[str], None]) -> RunStore:
+        cfg = self.config
         self.api_key = os.environ.get(cfg.key_env, "")
         self.base_url = cfg.base_url
         if cfg.uses_embedded:
@@ -141,7 +155,9 @@ class Session:
                 f"log: {self.server.log_path}")
             self.routes = self.server.start()
             self.base_url = self.routes["generate"]
-        if not cfg.model:
+        if not cfg.model and len(cfg.endpoints) > 1:
+            cfg.model = discover_pool_model(cfg.endpoint_list())
+        elif not cfg.model:
             cfg.model = discover_model(self.base_url, self.api_key)
         store = self.store = RunStore(self.run_dir)
         store.save_config(cfg)
@@ -260,9 +276,32 @@ def seeds_differ(path: Path, store: RunStore) -> str | None:
             "with the run's own seeds (edit them in the TUI, key e)")
 
 
+class _Unreachable(UserError):
+    """The endpoint could not be reached to list its models (down, still loading, a timeout)."""
+
+
+def discover_pool_model(endpoints: list[dict[str, Any]]) -> str:
+    """With no --model and a pool (`RunConfig.endpoint_list()`): the model of the first
+    endpoint that answers, asked in order with its own key (`discover_model`); one that cannot
+    be reached (a replica still loading) is skipped, the pool takes it out later. Endpoints
+    with their own model are asked only when all have one. Raises UserError as
+    `discover_model` does, or naming every endpoint when none could be reached."""
+    asked = [e for e in endpoints if not e["model"]] or endpoints
+    unreachable = []
+    for endpoint in asked:
+        try:
+            return discover_model(endpoint["base_url"], os.environ.get(endpoint["key_env"], ""))
+        except _Unreachable as exc:
+            unreachable.append(str(exc).split("; check --base-url")[0])
+    raise UserError("cannot list the models at any endpoint (" + "; ".join(
+        m.removeprefix("cannot list the models at ") for m in unreachable) + "): check "
+        "--base-url and that the servers are up, or name the model with --model")
+
+
 def discover_model(base_url: str, api_key: str) -> str:
     """With no --model: the endpoint's only model (vLLM, llama.cpp, Ollama list theirs).
-    Raises UserError when the list can't be read or names none or several."""
+    Raises UserError when the list can't be read or names none or several (`_Unreachable`
+    when the endpoint could not be reached)."""
     import openai
 
     from selfinstruct_tui.engine.llm import ClientSettings, Redactor, error_text, map_error
@@ -281,7 +320,7 @@ def discover_model(base_url: str, api_key: str) -> str:
                         "with --model") from None
     except openai.APIError as exc:
         why = map_error(exc, ClientSettings(base_url=base_url, model="", request_timeout=10))
-        raise UserError(f"cannot list the models at {base_url}: {redact(why.message)}; check "
+        raise _Unreachable(f"cannot list the models at {base_url}: {redact(why.message)}; check "
                         "--base-url and that the server is up, or name the model with --model"
                         ) from None
     except (AttributeError, TypeError, ValueError, KeyError):

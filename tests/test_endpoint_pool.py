@@ -883,3 +883,24 @@ def test_the_end_of_a_rate_limit_cool_down_is_not_announced(tmp_path):
     assert busy.base_url in answered_by(run_dir)
     assert not [e for e in events if isinstance(e, ev.Notice) and "back in the pool" in
                 e.message]
+
+
+def test_a_pool_without_model_asks_the_endpoints_in_turn_for_it(run_cli, tmp_path):
+    """With no --model the first endpoint's model list named the model; a replica still
+    loading there (connection refused) stopped the whole pool from starting. An endpoint that
+    cannot be reached is skipped; one that answers decides (several models: choose one)."""
+    down = "http://127.0.0.1:9/v1"
+    with FakeOpenAI() as up:
+        run_dir = tmp_path / "run"
+        proc = run_cli("run", "--headless", "--base-url", down, "--base-url", up.base_url,
+                       "--run-dir", str(run_dir), "--target", "3")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "fake-model" in proc.stdout
+        assert rows(run_dir, "SELECT DISTINCT model FROM prompts WHERE response IS NOT NULL"
+                    ) == [("fake-model",)]
+    proc = run_cli("run", "--headless", "--base-url", down, "--base-url", "http://127.0.0.1:7/v1",
+                   "--run-dir", str(tmp_path / "none"), "--target", "3")
+    assert proc.returncode == 2 and not (tmp_path / "none").exists()
+    assert "cannot list the models at any endpoint" in proc.stderr, proc.stderr
+    assert "127.0.0.1:9" in proc.stderr and "127.0.0.1:7" in proc.stderr
+    assert "--model" in proc.stderr
