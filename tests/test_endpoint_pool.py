@@ -904,3 +904,36 @@ def test_a_pool_without_model_asks_the_endpoints_in_turn_for_it(run_cli, tmp_pat
     assert "cannot list the models at any endpoint" in proc.stderr, proc.stderr
     assert "127.0.0.1:9" in proc.stderr and "127.0.0.1:7" in proc.stderr
     assert "--model" in proc.stderr
+
+
+def test_the_tui_shows_every_endpoint_of_a_pool_and_which_are_out(tmp_path):
+    """Three endpoints, one down: the prompts pane showed at most three lines (the first
+    endpoint's, wrapped), and "[out]" was read as Rich markup and vanished, so an endpoint that
+    was out looked fine."""
+    import asyncio
+
+    from selfinstruct_tui.tui.app import create_app
+    from tui_helpers import until
+
+    run_dir = tmp_path / "run"
+
+    async def go(servers: list[FakeOpenAI], down: FakeOpenAI) -> None:
+        engine, _ = pool_engine(run_dir, servers, 60)
+        app = create_app(run_dir, engine=engine, refresh=0.1)
+        async with app.run_test(size=(160, 45)) as pilot:
+            inflight = app.query_one("#inflight")
+            await until(pilot, lambda: "[out]" in str(inflight.render()), timeout=60)
+            text = str(inflight.render())
+            assert f"{down.base_url} [out]:" in text
+            assert all(s.base_url in text for s in servers)
+            await pilot.pause(0.2)
+            lines = app.screen.get_widget_at  # every line of the block is on screen
+            region = inflight.content_region
+            assert region.height >= len(text.splitlines()), (region, text)
+            assert lines(region.x, region.y + region.height - 1)[0] is inflight
+            await pilot.press("s")
+
+    with FakeOpenAI(latency=0.2) as a, FakeOpenAI(latency=0.2) as b:
+        down = FakeOpenAI().start()
+        down.close()  # its port refuses connections
+        asyncio.run(go([a, b, down], down))

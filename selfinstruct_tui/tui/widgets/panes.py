@@ -154,7 +154,8 @@ class PromptsPane(Vertical):
         lines = [f"{label}: {text}"]
         lines += [f"  {e.text()}" for e in view.endpoints]  # a pool: one line per endpoint
         lines += [progress_line(b) for b in view.batches.values()]  # pending batch jobs
-        self.query_one("#inflight", Static).update("\n".join(lines))
+        # Text, not markup: an endpoint's "[out]" is a state, not a style tag
+        self.query_one("#inflight", Static).update(Text("\n".join(lines)))
         if view.latest is None or view.latest is self._shown_latest:
             return
         self._shown_latest = view.latest
