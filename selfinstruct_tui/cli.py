@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from selfinstruct_tui import __version__
-from selfinstruct_tui.engine.config import FLAGS
+from selfinstruct_tui.engine.config import FLAGS, endpoint_key
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.exports import FORMATS
 from selfinstruct_tui.engine.runs import DETACHED_ENV, RUN_LOG
@@ -180,9 +180,19 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         if flags.get("batch") or flags.get("batch_command"):
             raise ConfigError("--no-batch cannot be combined with --batch or --batch-command")
         flags["batch"], flags["batch_command"] = False, ""
+    elif "batch_command" in flags and not str(flags["batch_command"]).strip():
+        # "" would be no command at all: the run fell back to the embedded model
+        raise ConfigError("--batch-command is empty: give the command run on each batch file, "
+                          "e.g. --batch-command \"vllm run-batch -i {input} -o {output} --model "
+                          "M\", or leave the flag out")
     urls = flags.get("base_url")
     if isinstance(urls, list):  # --base-url given once per endpoint
-        unique = list(dict.fromkeys(urls))
+        # one endpoint however often given (with or without a trailing slash): the first
+        # spelling is kept
+        spelled: dict[str, str] = {}
+        for url in urls:
+            spelled.setdefault(endpoint_key(url), url)
+        unique = list(spelled.values())
         flags["base_url"] = unique[0]
         if len(unique) > 1:
             flags["endpoints"] = [{"base_url": url} for url in unique]

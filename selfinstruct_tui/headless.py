@@ -177,6 +177,8 @@ class HeadlessPrinter:
             if event.endpoints:
                 model = f"{event.model} at {len(event.endpoints)} endpoints " \
                         f"({', '.join(event.endpoints)})"
+            if event.command:
+                model = f"{event.model} through the batch command {event.command!r} (no endpoint)"
             self._line(f"{what} run in {event.run_dir}")
             self._line(f"model: {model} ({event.api} API); seeds: {event.seeds}; "
                        f"pool: {event.accepted}/{event.target} machine tasks")

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import cli_command
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.engine import Engine
@@ -280,6 +281,7 @@ def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):
 
     first, again = asyncio.run(go())
     assert first.state == "downloaded" and again.state == "downloaded"
+    assert again.completed == again.total == 1  # read from the file: said 0/1 done
     out = tmp_path / "run" / "job1.output.jsonl"
     assert Path(str(out) + ".runs").read_text() == "1\n"  # ran once
     store.close()
@@ -425,12 +427,19 @@ def test_batch_command_runs_from_the_cli_without_an_endpoint(run_cli, tmp_path):
     refused = run_cli("run", "--headless", "--run-dir", str(tmp_path / "r0"),
                       "--batch-command", command)
     assert refused.returncode == 2 and "--batch-command needs --model" in refused.stderr
+    empty = run_cli("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "r1"),
+                    "--batch-command", "")  # was no command at all: the embedded model ran
+    assert empty.returncode == 2 and not (tmp_path / "r1").exists()
+    assert "--batch-command is empty" in empty.stderr
     proc = run_cli("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"),
                    "--target", "5", "--batch-command", command, "--batch-poll", "0.05",
                    "--prompts-per-round", "3", check=True)
     assert "done: 5/5" in proc.stdout
     assert "batch job 1 (round 1, generate): completed 3/3 done" in proc.stdout
     assert not list((tmp_path / "run").glob("llama-server*.log"))  # no embedded model
+    # the run has no endpoint: its header names the command, not a placeholder URL
+    assert f"model: m through the batch command {command!r} (no endpoint)" in proc.stdout
+    assert "offline.invalid" not in proc.stdout
 
 
 def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twice(tmp_path):
@@ -796,3 +805,28 @@ def test_headless_on_a_terminal_shows_a_bar_for_each_pending_batch_job(isolated_
     assert bars and bars[0] == ("0", "2"), screen[-3000:]
     assert screen.count("batch job 1 (round 1, generate): in_progress") == 1
     assert "batch job 1 (round 1, generate): completed 2/2 done" in screen
+
+
+@pytest.mark.parametrize("command, says", [
+    ("false {input} {output}", "the batch command exited with 1"),
+    ("true {input} {output}", "the batch command exited with 0 but wrote no output file"),
+])
+def test_a_batch_command_that_answers_nothing_pauses_naming_the_command(tmp_path, command, says):
+    """A command that fails (or exits 0 and writes nothing): its requests were failures of
+    cause "http" and the pause said "the endpoint is up but keeps failing" of a run with no
+    endpoint; an export's metadata named the placeholder URL."""
+    run_dir = tmp_path / "run"
+    _, paused = until_paused(*new_run(
+        run_dir, "", target=5, prompts_per_round=3, batch=True, batch_poll_seconds=0.02,
+        model="m", batch_command=command, error_pause_seconds=0.2))
+    assert paused is not None and paused.by_errors
+    assert f"Check the batch command ({command})" in paused.reason, paused.reason
+    assert "endpoint" not in paused.reason and "unanswered" in paused.reason
+    conn = db(run_dir)
+    errors = [r[0] for r in conn.execute("SELECT error FROM prompts WHERE error IS NOT NULL")]
+    assert errors and all(says in e for e in errors), errors[:2]
+    assert {r[0] for r in conn.execute("SELECT kind FROM errors")} == {"unanswered"}
+    assert_accounted(run_dir)
+    export_run(run_dir, "alpaca", tmp_path / "out.json")
+    meta = json.loads((tmp_path / "out.json.meta.json").read_text())
+    assert meta["endpoints"] == [{"command": command, "model": "m", "answers": None}]

@@ -937,3 +937,14 @@ def test_the_tui_shows_every_endpoint_of_a_pool_and_which_are_out(tmp_path):
         down = FakeOpenAI().start()
         down.close()  # its port refuses connections
         asyncio.run(go([a, b, down], down))
+
+
+def test_one_endpoint_given_with_and_without_a_trailing_slash_is_one_endpoint(run_cli, tmp_path):
+    """Exact repeats of --base-url were one endpoint but http://h/v1/ and http://h/v1 made a
+    pool of two, the one server getting twice the concurrency."""
+    with FakeOpenAI() as server:
+        proc = run_cli("run", "--headless", "--base-url", server.base_url + "/", "--base-url",
+                       server.base_url, "--model", "m", "--run-dir", str(tmp_path / "run"),
+                       "--target", "3", check=True)
+    assert f"model: m at {server.base_url}/ (" in proc.stdout, proc.stdout
+    assert "endpoints" not in proc.stdout.splitlines()[1]

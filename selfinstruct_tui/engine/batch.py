@@ -171,7 +171,8 @@ def _line_response(line: BatchLine | None, settings: ClientSettings, redact: Red
                 raise RequestFailed(redact(f"the batch line failed: {failure.message}"),
                                     kind=failure.cause, fatal=True, status=status)
         kind = Cause.SERVER_ERROR if status and status >= 500 else \
-            Cause.BAD_REQUEST if status and 400 <= status < 500 else Cause.HTTP
+            Cause.BAD_REQUEST if status and 400 <= status < 500 else \
+            Cause.HTTP if status else Cause.UNANSWERED
         raise RequestFailed(redact(f"the batch line failed ({status or 'no status'}): "
                                    f"{text or 'no reason given'}"), kind=kind, status=status)
     try:
@@ -309,7 +310,8 @@ class CommandBatchTransport:
         if self._complete(record):  # done by an earlier session: not run again
             return store.update_batch(record, state="downloaded", status="completed",
                                       output_path=self.output_path(record),
-                                      total=len(record.prompt_ids))
+                                      total=len(record.prompt_ids),
+                                      completed=len(record.prompt_ids))
         command = self.template.replace("{input}", shlex.quote(record.input_path)).replace(
             "{output}", shlex.quote(self.output_path(record)))
         log_path = record.input_path.removesuffix(".input.jsonl") + ".command.log"
@@ -340,6 +342,10 @@ class CommandBatchTransport:
         log_path = f"{record.input_path.removesuffix('.input.jsonl')}.command.log"
         message = "" if proc.returncode == 0 else (
             f"the batch command exited with {proc.returncode} (see {log_path})")
+        if proc.returncode == 0 and done < len(record.prompt_ids):
+            wrote = f"answered {done} of {len(record.prompt_ids)} lines in {path}" \
+                if os.path.exists(path) else f"wrote no output file ({path})"
+            message = f"the batch command exited with 0 but {wrote} (see {log_path})"
         record = store.update_batch(record, state="downloaded",
                                     status="completed" if proc.returncode == 0 else "failed",
                                     completed=done, message=message,

@@ -200,7 +200,8 @@ class Engine:
         self.guard = SpendGuard(config)
         pool = [e["base_url"] for e in config.endpoint_list()] if len(config.endpoints) > 1 \
             else [self.base_url]
-        self.failures = FailureWatch(config.error_pause_seconds, ", ".join(pool))
+        self.failures = FailureWatch(config.error_pause_seconds, ", ".join(pool),
+                                     config.batch_command)
         self._requests: RequestRecorder | None = None
         self._revivable = True  # open candidates may wait in the store (a stop, a crash)
         self._spent: dict[int, int] = {}  # candidate task id -> requests sent for it

@@ -49,6 +49,7 @@ class RunStarted(Event):
     seeds: int
     resumed: bool
     endpoints: tuple[str, ...] = ()  # a pool's base URLs (empty: one endpoint)
+    command: str = ""  # --batch-command: the run has no endpoint, `endpoint` is unused
 
     @classmethod
     def of(cls, run_dir: str, config: RunConfig, endpoint: str, accepted: int, seeds: int,
@@ -56,7 +57,7 @@ class RunStarted(Event):
         pool = tuple(e["base_url"] for e in config.endpoint_list()) \
             if len(config.endpoints) > 1 else ()
         return cls(run_dir, endpoint, config.model, config.api, config.target, accepted, seeds,
-                   resumed, pool)
+                   resumed, pool, config.batch_command)
 
 
 @dataclass(frozen=True)

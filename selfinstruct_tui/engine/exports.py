@@ -218,6 +218,8 @@ def run_metadata(store: RunStore) -> dict:
             else {"base_url": url} for url, _, _ in used]
         for entry, (_, model, n) in zip(endpoints, used, strict=True):
             entry.update(model=model, answers=n)
+    elif cfg is not None and cfg.batch_command:
+        endpoints = [{"command": cfg.batch_command, "model": cfg.model, "answers": None}]
     elif cfg is not None:
         endpoints = [{"base_url": e["base_url"], "model": e["model"], "answers": None}
                      for e in cfg.endpoint_list()]

@@ -25,7 +25,8 @@ from selfinstruct_tui.engine.store import RoundStats
 UNANSWERED_REASONS = {r.value for r in (RejectionReason.UNANSWERED, RejectionReason.REQUEST_FAILED,
                                          RejectionReason.ABANDONED, RejectionReason.INTERRUPTED)}
 # Request errors that mean the endpoint could not answer (as opposed to refusing the request)
-DOWN_CAUSES = {Cause.CONNECTION, Cause.TIMEOUT, Cause.SERVER_ERROR, Cause.RATE_LIMIT, Cause.HTTP}
+DOWN_CAUSES = {Cause.CONNECTION, Cause.TIMEOUT, Cause.SERVER_ERROR, Cause.RATE_LIMIT, Cause.HTTP,
+               Cause.UNANSWERED}
 
 CONNECTIVITY_CAUSES = (Cause.CONNECTION, Cause.TIMEOUT)
 DOWN_STATUSES = (502, 503, 504)
@@ -113,8 +114,9 @@ class SpendGuard:
         if failures and set(failures) <= DOWN_CAUSES \
                 and set(self.fruitless_reasons) <= UNANSWERED_REASONS:
             # Nothing came back to be rejected: the endpoint is the problem, not the answers.
+            who = "the batch command" if watch.command else "the endpoint"
             return (f"{self.fruitless_requests} requests in a row added nothing to the pool: "
-                    f"the endpoint gave no answer (request errors: {errors}). "
+                    f"{who} gave no answer (request errors: {errors}). "
                     f"{watch.down_advice}")
         last = ""
         advice = ". Check --model, --api and the endpoint (see the rejections), then resume"
@@ -149,9 +151,12 @@ class SpendGuard:
 class FailureWatch:
     """Request failures since the last success (monotonic clock)."""
 
-    def __init__(self, error_pause_seconds: float, base_url: str) -> None:
+    def __init__(self, error_pause_seconds: float, base_url: str, command: str = "") -> None:
+        """`base_url`: the run's base URL(s), as said in advice; `command`: the run's
+        --batch-command (no endpoint: the advice is about the command)."""
         self.error_pause_seconds = error_pause_seconds
         self.base_url = base_url
+        self.command = command
         self.in_a_row = 0
         self.kinds: Counter[str] = Counter()
         self.last_success = time.monotonic()
@@ -159,6 +164,9 @@ class FailureWatch:
     @property
     def down_advice(self) -> str:
         """What to do when the endpoints give no answer (every base URL of the run named)."""
+        if self.command:
+            return (f"Check the batch command ({self.command}) and its log (RUN_DIR/batches/"
+                    "jobNNNNN-*.command.log), then resume")
         return f"Check that {self.base_url} is up, then resume"
 
     def success(self) -> None:
@@ -175,7 +183,7 @@ class FailureWatch:
         quiet_for = time.monotonic() - self.last_success
         if quiet_for < self.error_pause_seconds or self.in_a_row < 3:
             return None
-        if exc.kind in CONNECTIVITY_CAUSES or exc.status in DOWN_STATUSES:
+        if exc.kind in CONNECTIVITY_CAUSES or exc.status in DOWN_STATUSES or self.command:
             advice = self.down_advice
         else:
             advice = "The endpoint is up but keeps failing; fix the cause, then resume"

@@ -111,6 +111,7 @@ class Cause:
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
     BAD_REQUEST = "bad_request"
     HTTP = "http"
+    UNANSWERED = "unanswered"  # a batch (or batch command) ended without answering the request
     STRUCTURED_OUTPUT = "structured_output"
     TLS = "tls"
 

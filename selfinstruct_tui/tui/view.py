@@ -269,7 +269,8 @@ class RunView:
         status = self.status
         cfg = snap.config
         if cfg is not None:
-            status.endpoint = snap.session.get("endpoint") or cfg.base_url
+            status.endpoint = "batch command" if cfg.batch_command else \
+                snap.session.get("endpoint") or cfg.base_url
             status.endpoints = len(cfg.endpoints) or 1
             status.model = cfg.model
             status.target = cfg.target
@@ -458,7 +459,9 @@ class RunView:
         self.status.started = time.monotonic()
         self.status.rates.restart()
         self.status.target = e.target
-        if e.endpoint and not self.status.embedded:
+        if e.command:
+            self.status.endpoint = "batch command"
+        elif e.endpoint and not self.status.embedded:
             self.status.endpoint = e.endpoint
         self.status.endpoints = len(e.endpoints) or 1
 
