@@ -21,6 +21,7 @@ from selfinstruct_tui.engine.config import (
     SAFE_ON_RESUME,
     RunConfig,
     build_config,
+    endpoint_key,
     file_ignored_on_resume,
     load_user_config,
     merge_for_resume,
@@ -219,6 +220,9 @@ def prepare(request: RunRequest) -> Session:
                     why = seeds_differ(Path(request.seeds), store)
                     if why:
                         refused.append(why)
+                elsewhere = batches_pending_elsewhere(store, cfg)
+                if elsewhere:
+                    refused.append(elsewhere)
         finally:
             store.close()
         if stored is not None:
@@ -278,6 +282,21 @@ def seeds_differ(path: Path, store: RunStore) -> str | None:
 
 class _Unreachable(UserError):
     """The endpoint could not be reached to list its models (down, still loading, a timeout)."""
+
+
+def batches_pending_elsewhere(store: RunStore, cfg: RunConfig) -> str | None:
+    """Why `cfg` cannot resume the run in `store`: a Batch API job pending at another base URL
+    than the one this session would poll (its batch id means nothing elsewhere), or None."""
+    if cfg.batch_command:  # jobs of the Batch API wait for a session that uses it
+        return None
+    for record in store.batches(pending_only=True):
+        if record.transport == "openai" and record.state == "submitted" and record.endpoint \
+                and endpoint_key(record.endpoint) != endpoint_key(cfg.base_url):
+            return (f"--base-url: batch job {record.id} ({record.batch_id}) is pending at "
+                    f"{record.endpoint}, where it was created (its id means nothing elsewhere): "
+                    f"give --base-url {record.endpoint} (alone, or first) until its answers "
+                    "are read; it is not sent again")
+    return None
 
 
 def discover_pool_model(endpoints: list[dict[str, Any]]) -> str:

@@ -830,3 +830,18 @@ def test_a_batch_command_that_answers_nothing_pauses_naming_the_command(tmp_path
     export_run(run_dir, "alpaca", tmp_path / "out.json")
     meta = json.loads((tmp_path / "out.json.meta.json").read_text())
     assert meta["endpoints"] == [{"command": command, "model": "m", "answers": None}]
+
+
+def test_resuming_at_another_base_url_than_a_pending_job_is_refused_up_front(run_cli, tmp_path):
+    """The engine refused to poll there, but only once started: exit 3 as if the endpoint had
+    failed, and the printed resume command repeated the wrong --base-url."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server, FakeOpenAI() as other:
+        _pending_job(run_dir, server)
+        proc = run_cli("run", "--headless", "--run-dir", str(run_dir), "--batch",
+                       "--base-url", other.base_url)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"is pending at {server.base_url}" in proc.stderr
+        assert f"give --base-url {server.base_url}" in proc.stderr
+        assert "resume with:" not in proc.stdout + proc.stderr  # no command with the wrong URL
+        assert other.batch_retrieves == server.batch_creations - 1 == 0
