@@ -475,6 +475,7 @@ def _no_terminal(command: str, instead: str) -> bool:
 
 
 def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
+    from selfinstruct_tui.engine.batch import kept_note
     from selfinstruct_tui.engine.control import DETACH_EXIT
     from selfinstruct_tui.engine.events import FinishReason
     from selfinstruct_tui.engine.runs import spawn_detached
@@ -504,6 +505,9 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     finished = engine.finished
     if finished is None:
         return FinishReason.STOPPED.exit_code
+    kept = [b for b in engine.store.batches(pending_only=True) if b.state == "submitted"]
+    if kept and finished.reason is not FinishReason.TARGET:
+        out.print(kept_note(len(kept)), markup=False)
     if finished.reason is not FinishReason.TARGET:
         pause = engine.paused
         why = finished.message or (f"it was paused: {pause.reason}"

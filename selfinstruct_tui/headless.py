@@ -28,7 +28,7 @@ from rich.progress import (
 )
 
 from selfinstruct_tui.engine import events as ev
-from selfinstruct_tui.engine.batch import progress_line
+from selfinstruct_tui.engine.batch import kept_note, progress_line
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.store import OPEN_REASONS, BatchRecord, RoundStats
@@ -245,9 +245,7 @@ class HeadlessPrinter:
             self._line("stopping: requests in flight may finish; Ctrl-C or SIGTERM now "
                        "abandons them")
             if self.submitted_batches:
-                self._line(f"{len(self.submitted_batches)} batch job(s) stay pending at the "
-                           "endpoint: the same command resumes by polling them (they are not "
-                           "submitted again)")
+                self._line(kept_note(len(self.submitted_batches)))
         elif isinstance(event, ev.Finished):
             self.close()
             took = time.monotonic() - self.started

@@ -290,7 +290,7 @@ def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):
 def test_the_tui_shows_pending_batches_and_s_asks_whether_to_cancel_them(tmp_path,
                                                                           isolated_env):
     from selfinstruct_tui.tui.app import create_app
-    from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+    from selfinstruct_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
     from tui_helpers import make_engine, run, until
 
     async def go():
@@ -304,8 +304,19 @@ def test_the_tui_shows_pending_batches_and_s_asks_whether_to_cancel_them(tmp_pat
                 pane = str(app.query_one("#inflight").render())
                 assert "batch job 1 (round 1, generate): in_progress 0/3 done" in pane
                 await pilot.press("s")
+                assert isinstance(app.screen, ChoiceScreen)
+                await pilot.press("escape")  # the way back: the run goes on (it stopped)
+                await pilot.pause(0.3)
+                assert not isinstance(app.screen, ChoiceScreen)
+                assert engine.finished is None and app.state == "running"
+                await pilot.press("q")  # quitting says the pending job stays
                 assert isinstance(app.screen, ConfirmScreen)
-                await pilot.press("y")
+                assert "1 pending batch job(s) stay pending" in str(
+                    app.screen.query_one(".question").render())
+                await pilot.press("n")
+                await pilot.press("s")
+                assert isinstance(app.screen, ChoiceScreen)
+                await pilot.press("c")
                 await until(pilot, lambda: server.batches["batch_1"]["status"] == "cancelled")
                 await until(pilot, lambda: engine.finished is not None, timeout=30)
         conn = db(tmp_path / "run")

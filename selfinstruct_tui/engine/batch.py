@@ -677,6 +677,12 @@ def make_transport(client: ClientSettings, settings: BatchSettings) -> BatchTran
     return OpenAIBatchTransport(client, settings)
 
 
+def kept_note(jobs: int) -> str:
+    """What a stop that keeps `jobs` submitted batch jobs says about them."""
+    return (f"{jobs} batch job(s) stay pending at the endpoint: the same command resumes by "
+            "polling them (they are not submitted again)")
+
+
 def progress_line(record: BatchRecord) -> str:
     """A pending job as one line: its stage, the endpoint's status and request counts."""
     counts = f"{record.completed}/{record.total} done" + (

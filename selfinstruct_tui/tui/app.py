@@ -53,7 +53,7 @@ from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.engine.task import Task
 from selfinstruct_tui.tui.keys import RunCommands, bindings
-from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, ExportScreen
+from selfinstruct_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.review import ReviewScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen, new_seed_id
@@ -340,10 +340,17 @@ class SelfInstructApp(App[int]):
         if not jobs:
             self._stop()
             return
-        self.push_screen(ConfirmScreen(
-            f"{len(jobs)} batch job(s) are pending at the endpoint. Cancel them? Kept, they "
-            "go on (and are paid); the next session reads their answers by polling them.",
-            yes="Cancel batches", no="Keep them"), lambda yes: self._stop(bool(yes)))
+
+        def answer(choice: str | None) -> None:
+            if choice in ("cancel", "keep"):
+                self._stop(cancel_batches=choice == "cancel")
+
+        self.push_screen(ChoiceScreen(
+            f"Stop the run: {len(jobs)} batch job(s) are pending at the endpoint. Cancel them? "
+            "Kept, they go on (and are paid); the next session reads their answers by polling "
+            "them. Escape: go on running.",
+            [("cancel", "c", "Cancel, stop"), ("keep", "k", "Keep, stop"),
+             ("back", "escape", "Go on")]), answer)
 
     def _stop(self, cancel_batches: bool = False) -> None:
         self._send(Stop(cancel_batches=cancel_batches))
@@ -359,9 +366,13 @@ class SelfInstructApp(App[int]):
             if yes:
                 self._finish_and_exit()
 
+        jobs = self.view.submitted_batches
+        kept = f" Its {len(jobs)} pending batch job(s) stay pending at the endpoint (and are " \
+               "paid): the next session reads them (s stops with the choice to cancel them)." \
+            if jobs else ""
         self.push_screen(ConfirmScreen("The run is still going. Stop it and quit? Work in "
                                        "flight gets a bounded grace and is kept; the run "
-                                       "resumes later.",
+                                       "resumes later." + kept,
                                        yes="Stop and quit", no="Keep running"), answer)
 
     @work(thread=True, exclusive=True, group="quit")

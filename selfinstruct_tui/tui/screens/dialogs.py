@@ -1,4 +1,4 @@
-"""Small typed modal dialogs: confirm, export."""
+"""Small typed modal dialogs: confirm, choose one of several, export."""
 
 from __future__ import annotations
 
@@ -30,6 +30,35 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, value: bool) -> None:
         self.dismiss(value)
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """A question with several answers, each (id, key, label): returns the chosen id, or None
+    for Escape (the way back: nothing is done)."""
+
+    BINDINGS = [Binding("escape", "choose(None)", "Back")]
+
+    def __init__(self, question: str, choices: list[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.question, self.choices = question, choices
+        for choice_id, key, label in choices:
+            if key != "escape":  # Escape is the way back already
+                self._bindings.bind(key, f"choose({choice_id!r})", label)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="question")
+            with Horizontal(classes="buttons"):
+                for n, (choice_id, key, label) in enumerate(self.choices):
+                    shown = "esc" if key == "escape" else key
+                    yield Button(f"{label} ({shown})", id=choice_id,
+                                 variant="primary" if n == 0 else "default")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id)
+
+    def action_choose(self, choice: str | None) -> None:
+        self.dismiss(choice)
 
 
 class ExportScreen(ModalScreen[tuple[str, str, bool] | None]):
