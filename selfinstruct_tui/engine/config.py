@@ -239,9 +239,9 @@ class RunConfig:
                                           origin == "command line" else "[[endpoints]]"))
         if self.uses_batch and len(self.endpoints) > 1:
             bad("batch_command" if self.batch_command else "batch",
-                f"sends each job to one endpoint, not a pool of {len(self.endpoints)}: give one "
-                "--base-url (a pool is for requests sent one by one; --no-batch resumes a batch "
-                "run that way)")
+                f"sends each job to one endpoint, not a pool of {len(self.endpoints)} (from "
+                f"{origin}): give one --base-url (a pool is for requests sent one by one; "
+                "--no-batch resumes a batch run that way)")
         if not self.uses_batch and self.base_url == OFFLINE_URL:
             bad("base_url", "is needed: this run had no endpoint (--batch-command); give "
                             "--base-url to send its requests one by one")

@@ -304,7 +304,7 @@ class EndpointPool:
         states = "; ".join(
             f"{e.base_url} dropped ({e.dropped_because})" if e.state == EndpointState.DROPPED
             else f"{e.base_url} out ({e.errors} errors, the last: {e.last_cause or '?'}; "
-                 f"probed again in {max(0.0, e.out_until - time.monotonic()):.0f}s)"
+                 f"its next probe {max(0.0, e.out_until - time.monotonic()):.0f}s from now)"
             for e in self.endpoints)
         self._report(EndpointChange(
             "", "all_down", "connection",
