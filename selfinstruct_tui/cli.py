@@ -507,7 +507,7 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
         return FinishReason.STOPPED.exit_code
     kept = [b for b in engine.store.batches(pending_only=True) if b.state == "submitted"]
     if kept and finished.reason is not FinishReason.TARGET:
-        out.print(kept_note(len(kept)), markup=False)
+        out.print(kept_note(len(kept), bool(session.config.batch_command)), markup=False)
     if finished.reason is not FinishReason.TARGET:
         pause = engine.paused
         why = finished.message or (f"it was paused: {pause.reason}"

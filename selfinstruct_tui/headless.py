@@ -97,6 +97,7 @@ class HeadlessPrinter:
         self.resumed = False
         self.pause_message = ""
         self.submitted_batches: set[int] = set()  # batch mode: jobs the endpoint holds
+        self.command = ""  # the run's --batch-command (its jobs run here, not at an endpoint)
         # batch job id -> (what its last printed line said, when: monotonic seconds)
         self.batches_said: dict[int, tuple[tuple[Any, ...], float]] = {}
         self.batch_bars: dict[int, TaskID] = {}  # a terminal's bar for each pending job
@@ -171,6 +172,7 @@ class HeadlessPrinter:
         if isinstance(event, ev.RunStarted):
             self.rates.restart()
             self.resumed = event.resumed
+            self.command = event.command
             what = "resuming" if event.resumed else "starting"
             model = f"embedded model {event.model}" if self.embedded else \
                 f"{event.model} at {event.endpoint}"
@@ -244,8 +246,10 @@ class HeadlessPrinter:
         elif isinstance(event, ev.Stopping):
             self._line("stopping: requests in flight may finish; Ctrl-C or SIGTERM now "
                        "abandons them")
-            if self.submitted_batches:
-                self._line(kept_note(len(self.submitted_batches)))
+            if self.submitted_batches and event.cancel_batches:
+                self._line(f"cancelling {len(self.submitted_batches)} batch job(s)")
+            elif self.submitted_batches:
+                self._line(kept_note(len(self.submitted_batches), bool(self.command)))
         elif isinstance(event, ev.Finished):
             self.close()
             took = time.monotonic() - self.started

@@ -220,9 +220,10 @@ def prepare(request: RunRequest) -> Session:
                     why = seeds_differ(Path(request.seeds), store)
                     if why:
                         refused.append(why)
-                elsewhere = batches_pending_elsewhere(store, cfg)
-                if elsewhere:
-                    refused.append(elsewhere)
+                elsewhere = None if refused else batches_pending_elsewhere(store, cfg)
+                if elsewhere:  # a setting that is safe to change, but not while this job waits
+                    raise ConfigError(f"{request.run_dir} cannot resume with this command: "
+                                      f"{elsewhere}")
         finally:
             store.close()
         if stored is not None:

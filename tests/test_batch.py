@@ -831,11 +831,15 @@ def test_a_batch_command_that_answers_nothing_pauses_naming_the_command(tmp_path
         run_dir, "", target=5, prompts_per_round=3, batch=True, batch_poll_seconds=0.02,
         model="m", batch_command=command, error_pause_seconds=0.2))
     assert paused is not None and paused.by_errors
-    assert f"Check the batch command ({command})" in paused.reason, paused.reason
+    assert f"Check the batch command ({command}) and its logs ({run_dir}/batches/job*.command" \
+           ".log)" in paused.reason, paused.reason
     assert "endpoint" not in paused.reason and "unanswered" in paused.reason
     conn = db(run_dir)
     errors = [r[0] for r in conn.execute("SELECT error FROM prompts WHERE error IS NOT NULL")]
-    assert errors and all(says in e for e in errors), errors[:2]
+    assert errors and all(says in e and "no status" not in e for e in errors), errors[:2]
+    # every job's lines are counted as failed (a command that exited 0 said "0 failed")
+    assert all(j["failed"] == j["total"] > 0 and j["completed"] == 0
+               for j in conn.execute("SELECT * FROM batches"))
     assert {r[0] for r in conn.execute("SELECT kind FROM errors")} == {"unanswered"}
     assert_accounted(run_dir)
     export_run(run_dir, "alpaca", tmp_path / "out.json")
@@ -855,4 +859,56 @@ def test_resuming_at_another_base_url_than_a_pending_job_is_refused_up_front(run
         assert f"is pending at {server.base_url}" in proc.stderr
         assert f"give --base-url {server.base_url}" in proc.stderr
         assert "resume with:" not in proc.stdout + proc.stderr  # no command with the wrong URL
+        assert "Safe to change" not in proc.stderr  # base_url is, but not while the job waits
         assert other.batch_retrieves == server.batch_creations - 1 == 0
+
+
+def test_headless_says_a_stop_that_cancels_the_jobs_cancels_them(tmp_path):
+    """An attached UI's stop with "cancel them": the headless engine's log said the job
+    "stays pending at the endpoint", then that it was cancelled."""
+    import io
+
+    from rich.console import Console
+
+    from selfinstruct_tui.engine.control import RemoteControl, Stop
+    from selfinstruct_tui.headless import HeadlessPrinter
+
+    run_dir = tmp_path / "run"
+    out = io.StringIO()
+    printer = HeadlessPrinter(Console(file=out, width=200))
+    with FakeOpenAI(batch_polls=10**6) as server:
+        store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02)
+        with running(store, config, printer) as engine:
+            wait_for(lambda: server.batch_retrieves >= 1)
+            RemoteControl(run_dir).send(Stop(cancel_batches=True))
+            wait_for(lambda: engine.finished is not None)
+        assert server.batches["batch_1"]["status"] == "cancelled"
+    text = out.getvalue()
+    assert "cancelling 1 batch job(s)" in text and "stay pending" not in text, text
+    assert "batch job 1 (round 1, generate): cancelled" in text
+
+
+def test_a_stop_keeping_batch_command_jobs_says_they_run_on_not_that_an_endpoint_holds_them(
+        tmp_path):
+    import io
+    import os
+    import signal
+
+    from rich.console import Console
+
+    from selfinstruct_tui.headless import HeadlessPrinter
+
+    run_dir = tmp_path / "run"
+    out = io.StringIO()
+    store, config = new_run(run_dir, "", target=5, prompts_per_round=3, batch=True,
+                            batch_poll_seconds=0.02, model="m",
+                            batch_command="sleep 60 # {input} {output}")
+    with running(store, config, HeadlessPrinter(Console(file=out, width=200))):
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE batch_id IS NOT NULL").fetchone()[0] == 1)
+    (pid,) = db(run_dir).execute("SELECT batch_id FROM batches").fetchone()
+    os.killpg(int(pid.removeprefix("pid ")), signal.SIGKILL)
+    text = out.getvalue()
+    assert "1 batch command job(s) keep running on their own" in text, text
+    assert "at the endpoint" not in text and "offline.invalid" not in text

@@ -946,5 +946,12 @@ def test_one_endpoint_given_with_and_without_a_trailing_slash_is_one_endpoint(ru
         proc = run_cli("run", "--headless", "--base-url", server.base_url + "/", "--base-url",
                        server.base_url, "--model", "m", "--run-dir", str(tmp_path / "run"),
                        "--target", "3", check=True)
-    assert f"model: m at {server.base_url}/ (" in proc.stdout, proc.stdout
-    assert "endpoints" not in proc.stdout.splitlines()[1]
+        assert f"model: m at {server.base_url}/ (" in proc.stdout, proc.stdout
+        assert "endpoints" not in proc.stdout.splitlines()[1]
+        # resumed with the other spelling: still one endpoint in an export's metadata
+        run_cli("run", "--headless", "--base-url", server.base_url, "--run-dir",
+                str(tmp_path / "run"), "--target", "6", check=True)
+    run_cli("export", str(tmp_path / "run"), "--format", "alpaca", "-o",
+            str(tmp_path / "out.json"), check=True)
+    meta = json.loads((tmp_path / "out.json.meta.json").read_text())
+    assert [(e["base_url"], e["model"]) for e in meta["endpoints"]] == [(server.base_url, "m")]

@@ -133,7 +133,7 @@ def answers(record: BatchRecord) -> dict[str, BatchLine]:
     lines = read_lines(record.output_path, record.error_path)
     why = f"the batch ended {record.status or record.state} without an answer to this request"
     if record.message:
-        why += f" ({record.message})"
+        why += f": {record.message}"
     for prompt_id in record.prompt_ids:
         cid = custom_id(record.kind, prompt_id)
         lines.setdefault(cid, BatchLine(cid, None, None, why))
@@ -170,10 +170,12 @@ def _line_response(line: BatchLine | None, settings: ClientSettings, redact: Red
             if failure.fatal:
                 raise RequestFailed(redact(f"the batch line failed: {failure.message}"),
                                     kind=failure.cause, fatal=True, status=status)
-        kind = Cause.SERVER_ERROR if status and status >= 500 else \
-            Cause.BAD_REQUEST if status and 400 <= status < 500 else \
-            Cause.HTTP if status else Cause.UNANSWERED
-        raise RequestFailed(redact(f"the batch line failed ({status or 'no status'}): "
+        if not status:  # no answer at all: the batch (or the command) ended without one
+            raise RequestFailed(redact(text or "the batch ended without an answer to this "
+                                               "request"), kind=Cause.UNANSWERED)
+        kind = Cause.SERVER_ERROR if status >= 500 else \
+            Cause.BAD_REQUEST if 400 <= status < 500 else Cause.HTTP
+        raise RequestFailed(redact(f"the batch line failed ({status}): "
                                    f"{text or 'no reason given'}"), kind=kind, status=status)
     try:
         choice = line.body["choices"][0]
@@ -349,6 +351,7 @@ class CommandBatchTransport:
         record = store.update_batch(record, state="downloaded",
                                     status="completed" if proc.returncode == 0 else "failed",
                                     completed=done, message=message,
+                                    failed=max(0, len(record.prompt_ids) - done),
                                     output_path=path if os.path.exists(path) else None)
         if proc.returncode in (126, 127) and not done:
             # The shell found no such command (127) or could not run it (126): every later job
@@ -677,8 +680,12 @@ def make_transport(client: ClientSettings, settings: BatchSettings) -> BatchTran
     return OpenAIBatchTransport(client, settings)
 
 
-def kept_note(jobs: int) -> str:
-    """What a stop that keeps `jobs` submitted batch jobs says about them."""
+def kept_note(jobs: int, command: bool = False) -> str:
+    """What a stop that keeps `jobs` submitted batch jobs says about them (`command`: jobs of
+    the offline --batch-command)."""
+    if command:
+        return (f"{jobs} batch command job(s) keep running on their own: the same command reads "
+                "their output files (they are not run again)")
     return (f"{jobs} batch job(s) stay pending at the endpoint: the same command resumes by "
             "polling them (they are not submitted again)")
 

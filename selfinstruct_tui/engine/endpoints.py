@@ -122,7 +122,8 @@ class EndpointStats:
         state = "" if self.state == EndpointState.IN else f" [{self.state}]"
         latency = f"{self.median_latency:.2f}s" if self.median_latency is not None else "-"
         return (f"{self.base_url}{state}: {self.in_flight} in flight, "
-                f"{self.requests_per_second:.1f} req/s, {self.errors} errors, median {latency}")
+                f"{self.requests_per_second:.1f} req/s, {self.errors} error"
+                f"{'' if self.errors == 1 else 's'}, median {latency}")
 
 
 class Endpoint:

@@ -45,6 +45,7 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import (
     Batcher,
     BatchSettings,
+    OpenAIBatchTransport,
     answers,
     custom_id,
     line_response,
@@ -201,7 +202,8 @@ class Engine:
         pool = [e["base_url"] for e in config.endpoint_list()] if len(config.endpoints) > 1 \
             else [self.base_url]
         self.failures = FailureWatch(config.error_pause_seconds, ", ".join(pool),
-                                     config.batch_command)
+                                     config.batch_command,
+                                     str(store.run_dir / "batches" / "job*.command.log"))
         self._requests: RequestRecorder | None = None
         self._revivable = True  # open candidates may wait in the store (a stop, a crash)
         self._spent: dict[int, int] = {}  # candidate task id -> requests sent for it
@@ -321,7 +323,7 @@ class Engine:
             self._wakeup.set()
         if self.state != RunState.FINISHED:
             self._set_state(RunState.STOPPING)
-        self.bus.emit(ev.Stopping())
+        self.bus.emit(ev.Stopping(cancel_batches=self._cancelling is not None))
 
     def _do_stop_now(self) -> None:
         if not self._stop_requested:
@@ -591,10 +593,12 @@ class Engine:
         except RequestFailed as exc:  # a refused key: the job stays pending for the next session
             self.bus.emit(ev.RequestError.of(self.store.add_error(None, exc.kind, str(exc),
                                                                   self.base_url)))
-            kept = ("The job stays pending at the endpoint and is not sent again: fix that, "
-                    "then the same command polls it") if self._batcher.transport.name == "openai" \
-                else "Fix that, then the same command reads the jobs' output files; requests " \
-                     "without an answer are sent again"
+            if self._batcher.transport.name == OpenAIBatchTransport.name:
+                kept = ("The job stays pending at the endpoint and is not sent again: fix that, "
+                        "then the same command polls it")
+            else:  # the offline command: its files are read, its unanswered requests resent
+                kept = ("Fix that, then the same command reads the jobs' output files; requests "
+                        "without an answer are sent again")
             self._do_stop(FinishReason.FAILING, f"{exc}. {kept}")
             return
         for record in jobs:

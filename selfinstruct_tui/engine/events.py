@@ -217,7 +217,7 @@ class Resumed(Event):
 
 @dataclass(frozen=True)
 class Stopping(Event):
-    pass
+    cancel_batches: bool = False  # the submitted batch jobs are being cancelled, not kept
 
 
 @dataclass(frozen=True)

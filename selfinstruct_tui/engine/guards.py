@@ -151,12 +151,15 @@ class SpendGuard:
 class FailureWatch:
     """Request failures since the last success (monotonic clock)."""
 
-    def __init__(self, error_pause_seconds: float, base_url: str, command: str = "") -> None:
+    def __init__(self, error_pause_seconds: float, base_url: str, command: str = "",
+                 logs: str = "") -> None:
         """`base_url`: the run's base URL(s), as said in advice; `command`: the run's
-        --batch-command (no endpoint: the advice is about the command)."""
+        --batch-command (no endpoint: the advice is about the command) and `logs` its jobs'
+        logs (a glob)."""
         self.error_pause_seconds = error_pause_seconds
         self.base_url = base_url
         self.command = command
+        self.logs = logs
         self.in_a_row = 0
         self.kinds: Counter[str] = Counter()
         self.last_success = time.monotonic()
@@ -165,8 +168,8 @@ class FailureWatch:
     def down_advice(self) -> str:
         """What to do when the endpoints give no answer (every base URL of the run named)."""
         if self.command:
-            return (f"Check the batch command ({self.command}) and its log (RUN_DIR/batches/"
-                    "jobNNNNN-*.command.log), then resume")
+            return (f"Check the batch command ({self.command}) and its logs ({self.logs}), "
+                    "then resume")
         return f"Check that {self.base_url} is up, then resume"
 
     def success(self) -> None:

@@ -1061,12 +1061,14 @@ class RunStore:
         return [(r[0], r[1], r[2]) for r in rows]
 
     def endpoints_used(self) -> list[tuple[str, str | None, int]]:
-        """(endpoint base URL, model, answers) for every endpoint that answered, most first."""
+        """(endpoint base URL, model, answers) for every endpoint that answered, most first; one
+        endpoint however its URL was spelled (a trailing slash, `config.endpoint_key`)."""
         try:
             rows = self.db.execute(
-                "SELECT endpoint, model, COUNT(*) FROM prompts WHERE endpoint IS NOT NULL AND "
-                "response IS NOT NULL GROUP BY endpoint, model ORDER BY COUNT(*) DESC, "
-                "endpoint").fetchall()
+                "SELECT CASE WHEN endpoint LIKE 'command: %' THEN endpoint ELSE "
+                "RTRIM(endpoint, '/') END AS url, model, COUNT(*) FROM prompts WHERE endpoint "
+                "IS NOT NULL AND response IS NOT NULL GROUP BY url, model ORDER BY COUNT(*) DESC, "
+                "url").fetchall()
         except sqlite3.OperationalError:  # a run made before the column, opened read-only
             return []
         return [(r[0], r[1], r[2]) for r in rows]

@@ -345,10 +345,15 @@ class SelfInstructApp(App[int]):
             if choice in ("cancel", "keep"):
                 self._stop(cancel_batches=choice == "cancel")
 
-        self.push_screen(ChoiceScreen(
-            f"Stop the run: {len(jobs)} batch job(s) are pending at the endpoint. Cancel them? "
-            "Kept, they go on (and are paid); the next session reads their answers by polling "
-            "them. Escape: go on running.",
+        if self.view.status.command:
+            question = (f"Stop the run: {len(jobs)} batch command job(s) are running. Cancel "
+                        "them (the command is stopped)? Kept, they go on on their own; the next "
+                        "session reads their output files. Escape: go on running.")
+        else:
+            question = (f"Stop the run: {len(jobs)} batch job(s) are pending at the endpoint. "
+                        "Cancel them? Kept, they go on (and are paid); the next session reads "
+                        "their answers by polling them. Escape: go on running.")
+        self.push_screen(ChoiceScreen(question,
             [("cancel", "c", "Cancel, stop"), ("keep", "k", "Keep, stop"),
              ("back", "escape", "Go on")]), answer)
 
@@ -367,9 +372,10 @@ class SelfInstructApp(App[int]):
                 self._finish_and_exit()
 
         jobs = self.view.submitted_batches
-        kept = f" Its {len(jobs)} pending batch job(s) stay pending at the endpoint (and are " \
-               "paid): the next session reads them (s stops with the choice to cancel them)." \
-            if jobs else ""
+        where = "keep running on their own" if self.view.status.command else \
+            "stay pending at the endpoint (and are paid)"
+        kept = f" Its {len(jobs)} pending batch job(s) {where}: the next session reads them (s " \
+               "stops with the choice to cancel them)." if jobs else ""
         self.push_screen(ConfirmScreen("The run is still going. Stop it and quit? Work in "
                                        "flight gets a bounded grace and is kept; the run "
                                        "resumes later." + kept,

@@ -149,6 +149,7 @@ class StatusView:
 
     run_name: str = ""
     endpoint: str = ""
+    command: str = ""  # --batch-command: its jobs run here, not at an endpoint
     endpoints: int = 1  # a pool's size: the status line then names how many, not the first
     model: str = ""
     embedded: bool = False
@@ -269,6 +270,7 @@ class RunView:
         status = self.status
         cfg = snap.config
         if cfg is not None:
+            status.command = cfg.batch_command
             status.endpoint = "batch command" if cfg.batch_command else \
                 snap.session.get("endpoint") or cfg.base_url
             status.endpoints = len(cfg.endpoints) or 1
@@ -459,6 +461,7 @@ class RunView:
         self.status.started = time.monotonic()
         self.status.rates.restart()
         self.status.target = e.target
+        self.status.command = e.command
         if e.command:
             self.status.endpoint = "batch command"
         elif e.endpoint and not self.status.embedded:
