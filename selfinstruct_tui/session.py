@@ -21,7 +21,6 @@ from selfinstruct_tui.engine.config import (
     SAFE_ON_RESUME,
     RunConfig,
     build_config,
-    endpoint_key,
     file_ignored_on_resume,
     load_user_config,
     merge_for_resume,
@@ -288,11 +287,13 @@ class _Unreachable(UserError):
 def batches_pending_elsewhere(store: RunStore, cfg: RunConfig) -> str | None:
     """Why `cfg` cannot resume the run in `store`: a Batch API job pending at another base URL
     than the one this session would poll (its batch id means nothing elsewhere), or None."""
+    from selfinstruct_tui.engine.batch import OpenAIBatchTransport, held_elsewhere
+
     if cfg.batch_command:  # jobs of the Batch API wait for a session that uses it
         return None
     for record in store.batches(pending_only=True):
-        if record.transport == "openai" and record.state == "submitted" and record.endpoint \
-                and endpoint_key(record.endpoint) != endpoint_key(cfg.base_url):
+        if record.transport == OpenAIBatchTransport.name and record.state == "submitted" \
+                and held_elsewhere(record, cfg.base_url):
             return (f"--base-url: batch job {record.id} ({record.batch_id}) is pending at "
                     f"{record.endpoint}, where it was created (its id means nothing elsewhere): "
                     f"give --base-url {record.endpoint} (alone, or first) until its answers "

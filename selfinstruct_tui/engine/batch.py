@@ -301,6 +301,11 @@ class CommandBatchTransport:
     def output_path(record: BatchRecord) -> str:
         return record.input_path.removesuffix(".input.jsonl") + ".output.jsonl"
 
+    @staticmethod
+    def log_path(record: BatchRecord) -> str:
+        """The command's output for the job (`command_logs` matches every job's)."""
+        return record.input_path.removesuffix(".input.jsonl") + ".command.log"
+
     def _complete(self, record: BatchRecord) -> bool:
         path = self.output_path(record)
         if not os.path.exists(path):
@@ -316,8 +321,7 @@ class CommandBatchTransport:
                                       completed=len(record.prompt_ids))
         command = self.template.replace("{input}", shlex.quote(record.input_path)).replace(
             "{output}", shlex.quote(self.output_path(record)))
-        log_path = record.input_path.removesuffix(".input.jsonl") + ".command.log"
-        with open(log_path, "ab") as log:
+        with open(self.log_path(record), "ab") as log:
             # Its own session: a Ctrl-C or a closed terminal stops the run, not the job (it
             # finishes its file, like a batch at an endpoint; the next session waits for it).
             proc = await asyncio.create_subprocess_shell(
@@ -341,7 +345,7 @@ class CommandBatchTransport:
         self._procs.pop(record.id, None)
         path = self.output_path(record)
         done = len(read_lines(path))
-        log_path = f"{record.input_path.removesuffix('.input.jsonl')}.command.log"
+        log_path = self.log_path(record)
         message = "" if proc.returncode == 0 else (
             f"the batch command exited with {proc.returncode} (see {log_path})")
         if proc.returncode == 0 and done < len(record.prompt_ids):
@@ -429,7 +433,7 @@ class Batcher:
         self._running.set()
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()  # set by `stop`: a poll in flight is not waited for
-        self._dir = store.run_dir / "batches"
+        self._dir = batches_dir(store.run_dir)
 
     async def request(self, round: int, kind: str, prompt_id: int,
                       req: CompletionRequest | ChatRequest, params: SamplingParams,
@@ -548,15 +552,12 @@ class Batcher:
         endpoint answers 404 for (deleted, or another server, organisation or key than the one
         that created it) is recorded `lost`: its requests are sent again. Raises RequestFailed
         (fatal) for anything else."""
-        held = record.endpoint
-        if held and endpoint_key(held) != endpoint_key(self.client.base_url):
-            # Its id means nothing elsewhere: a 404 there would send its requests again while
-            # the batch runs (and is paid) where it was created
+        if held_elsewhere(record, self.client.base_url):
             raise RequestFailed(
-                f"batch job {record.id} ({record.batch_id}) was created at {held}, and this "
-                f"session sends batch requests to {self.client.base_url}: give --base-url "
-                f"{held} (alone, or first) until its answers are read; it is not sent again",
-                kind=Cause.NOT_FOUND, fatal=True)
+                f"batch job {record.id} ({record.batch_id}) was created at {record.endpoint}, and "
+                f"this session sends batch requests to {self.client.base_url}: give --base-url "
+                f"{record.endpoint} (alone, or first) until its answers are read; it is not sent "
+                "again", kind=Cause.NOT_FOUND, fatal=True)
         polled = asyncio.ensure_future(self.transport.poll(self.store, record))
         stopped = asyncio.ensure_future(self._stopped.wait())
         await asyncio.wait((polled, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -672,6 +673,24 @@ def _fail_all(futures: dict[str, asyncio.Future[Any]], exc: BaseException) -> No
     for future in futures.values():
         if not future.done():
             future.set_exception(exc)
+
+
+def batches_dir(run_dir: Path) -> Path:
+    """Where a run keeps its jobs' files: jobNNNNN-rR-KIND.input.jsonl, .output.jsonl,
+    .errors.jsonl, and .command.log for the offline command."""
+    return Path(run_dir) / "batches"
+
+
+def command_logs(run_dir: Path) -> str:
+    """A glob of every job's command log in the run (`CommandBatchTransport.log_path`)."""
+    return str(batches_dir(run_dir) / "job*.command.log")
+
+
+def held_elsewhere(record: BatchRecord, base_url: str) -> bool:
+    """A Batch API job created at another endpoint than `base_url`: its batch id means
+    nothing there (a 404 would send its requests again while it runs, and is paid, where it
+    was created)."""
+    return bool(record.endpoint) and endpoint_key(record.endpoint) != endpoint_key(base_url)
 
 
 def make_transport(client: ClientSettings, settings: BatchSettings) -> BatchTransport:

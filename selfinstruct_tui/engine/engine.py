@@ -47,6 +47,7 @@ from selfinstruct_tui.engine.batch import (
     BatchSettings,
     OpenAIBatchTransport,
     answers,
+    command_logs,
     custom_id,
     line_response,
     make_transport,
@@ -203,7 +204,7 @@ class Engine:
             else [self.base_url]
         self.failures = FailureWatch(config.error_pause_seconds, ", ".join(pool),
                                      config.batch_command,
-                                     str(store.run_dir / "batches" / "job*.command.log"))
+                                     command_logs(store.run_dir))
         self._requests: RequestRecorder | None = None
         self._revivable = True  # open candidates may wait in the store (a stop, a crash)
         self._spent: dict[int, int] = {}  # candidate task id -> requests sent for it
