@@ -281,7 +281,13 @@ def seeds_differ(path: Path, store: RunStore) -> str | None:
 
 
 class _Unreachable(UserError):
-    """The endpoint could not be reached to list its models (down, still loading, a timeout)."""
+    """The endpoint at `base_url` could not be reached to list its models (down, still
+    loading, a timeout); `why` in the client's words."""
+
+    def __init__(self, base_url: str, why: str) -> None:
+        super().__init__(f"cannot list the models at {base_url}: {why}; check --base-url and "
+                         "that the server is up, or name the model with --model")
+        self.base_url, self.why = base_url, why
 
 
 def batches_pending_elsewhere(store: RunStore, cfg: RunConfig) -> str | None:
@@ -313,10 +319,10 @@ def discover_pool_model(endpoints: list[dict[str, Any]]) -> str:
         try:
             return discover_model(endpoint["base_url"], os.environ.get(endpoint["key_env"], ""))
         except _Unreachable as exc:
-            unreachable.append(str(exc).split("; check --base-url")[0])
-    raise UserError("cannot list the models at any endpoint (" + "; ".join(
-        m.removeprefix("cannot list the models at ") for m in unreachable) + "): check "
-        "--base-url and that the servers are up, or name the model with --model")
+            unreachable.append(f"{exc.base_url}: {exc.why}")
+    raise UserError("cannot list the models at any endpoint (" + "; ".join(unreachable) +
+                    "): check --base-url and that the servers are up, or name the model with "
+                    "--model")
 
 
 def discover_model(base_url: str, api_key: str) -> str:
@@ -341,9 +347,7 @@ def discover_model(base_url: str, api_key: str) -> str:
                         "with --model") from None
     except openai.APIError as exc:
         why = map_error(exc, ClientSettings(base_url=base_url, model="", request_timeout=10))
-        raise _Unreachable(f"cannot list the models at {base_url}: {redact(why.message)}; check "
-                        "--base-url and that the server is up, or name the model with --model"
-                        ) from None
+        raise _Unreachable(base_url, redact(why.message)) from None
     except (AttributeError, TypeError, ValueError, KeyError):
         # A 200 answer that is not the API's JSON: a web UI, a wrong path.
         raise UserError(f"{base_url}/models did not answer like an OpenAI-compatible API (a "

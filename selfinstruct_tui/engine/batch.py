@@ -57,7 +57,7 @@ from selfinstruct_tui.engine.llm import (
     status_failure,
 )
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
-from selfinstruct_tui.engine.store import BatchRecord, RunStore
+from selfinstruct_tui.engine.store import COMMAND_ENDPOINT, BatchRecord, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ class Batcher:
         holds the batch (`record`, else this session's), or `command: <--batch-command>` (the
         offline transport)."""
         if self.transport.name == CommandBatchTransport.name:
-            return self.redact(f"command: {getattr(self.transport, 'template', '')}")
+            return self.redact(COMMAND_ENDPOINT + getattr(self.transport, "template", ""))
         return (record.endpoint if record else None) or self.client.base_url
 
     def _send(self, key: tuple[int, str]) -> None:

@@ -34,7 +34,13 @@ from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
 from selfinstruct_tui.engine.placeholders import normalize_input
 from selfinstruct_tui.engine.review import review_label
-from selfinstruct_tui.engine.store import OPEN_REASONS, RejectionRecord, ReviewRecord, RunStore
+from selfinstruct_tui.engine.store import (
+    COMMAND_ENDPOINT,
+    OPEN_REASONS,
+    RejectionRecord,
+    ReviewRecord,
+    RunStore,
+)
 from selfinstruct_tui.engine.task import Task
 
 FORMATS = ("self-instruct", "alpaca", "openai-chat", "sharegpt", "rejections")
@@ -214,7 +220,7 @@ def run_metadata(store: RunStore) -> dict:
     used = store.endpoints_used()
     if used:
         endpoints: list[dict[str, Any]] = [
-            {"command": url.removeprefix("command: ")} if url.startswith("command: ")
+            {"command": url.removeprefix(COMMAND_ENDPOINT)} if url.startswith(COMMAND_ENDPOINT)
             else {"base_url": url} for url, _, _ in used]
         for entry, (_, model, n) in zip(endpoints, used, strict=True):
             entry.update(model=model, answers=n)

@@ -192,6 +192,8 @@ MIGRATIONS = (
     # The base URL a batch was created at (NULL: the offline command, or an older run)
     ("batches", "endpoint", "TEXT"),
 )
+# prompts.endpoint of an answer of the offline batch command: this, then the command template
+COMMAND_ENDPOINT = "command: "
 PENDING_SEEDS = "pending_seeds"  # meta: the seed set the next round uses (seed_to_record each)
 
 
@@ -1065,10 +1067,10 @@ class RunStore:
         endpoint however its URL was spelled (a trailing slash, `config.endpoint_key`)."""
         try:
             rows = self.db.execute(
-                "SELECT CASE WHEN endpoint LIKE 'command: %' THEN endpoint ELSE "
+                "SELECT CASE WHEN substr(endpoint, 1, ?) = ? THEN endpoint ELSE "
                 "RTRIM(endpoint, '/') END AS url, model, COUNT(*) FROM prompts WHERE endpoint "
                 "IS NOT NULL AND response IS NOT NULL GROUP BY url, model ORDER BY COUNT(*) DESC, "
-                "url").fetchall()
+                "url", (len(COMMAND_ENDPOINT), COMMAND_ENDPOINT)).fetchall()
         except sqlite3.OperationalError:  # a run made before the column, opened read-only
             return []
         return [(r[0], r[1], r[2]) for r in rows]
