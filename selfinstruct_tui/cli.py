@@ -59,8 +59,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="similarity tokenizer; 'unicode' dedupes non-English text")
     p.add_argument("--allow-non-ascii", dest="filter_non_ascii", action="store_const",
                    const=False, help="keep instructions that start with a non-ASCII character")
-    p.add_argument("--rpm", type=float, dest="requests_per_minute", help="requests per minute")
-    p.add_argument("--tpm", type=float, dest="tokens_per_minute", help="tokens per minute")
+    p.add_argument("--rpm", type=float, dest="requests_per_minute",
+                   help="requests per minute, paced evenly (one every 60/N s)")
+    p.add_argument("--tpm", type=float, dest="tokens_per_minute",
+                   help="tokens per minute (estimated: prompt + max_tokens), paced evenly")
     p.add_argument("--timeout", type=float, dest="request_timeout",
                    help="seconds to wait for an answer (120)")
     p.add_argument("--connect-timeout", type=float, dest="connect_timeout",

@@ -148,6 +148,38 @@ def test_error_file_lines_become_named_rejections(tmp_path):
     assert_accounted(run_dir)
 
 
+def test_a_rate_limited_error_line_leaves_its_candidate_open_not_refused(tmp_path):
+    """A line of the error file with status 429 is the endpoint's limit, not a refusal of the
+    request: as on the normal path its candidate stays open (unanswered, rate_limit) and a
+    later round asks again. It was settled as a bad request, the candidate lost."""
+    run_dir = tmp_path / "run"
+    limited = {"status": 429, "body": {"error": {
+        "message": "Rate limit reached for requests per min", "type": "requests",
+        "code": "rate_limit_exceeded"}}}
+    with FakeOpenAI(batch_polls=1, script={"classify": [limited]}, repeat_last=False) as server:
+        engine = run_engine(run_dir, server.base_url, target=10, prompts_per_round=3)
+    assert engine.finished is not None and engine.finished.reason.value == "target"
+    conn = db(run_dir)
+    failed = conn.execute("SELECT id, task_ref, error FROM prompts WHERE kind = 'classify' AND "
+                          "response IS NULL").fetchall()
+    assert len(failed) == 1 and "(429)" in failed[0]["error"], [tuple(r) for r in failed]
+    assert "Rate limit reached" in failed[0]["error"]
+    tid = failed[0]["task_ref"]
+    kept = conn.execute("SELECT reason, detail FROM rejections WHERE task_id = ?",
+                        (tid,)).fetchall()
+    assert [r["reason"] for r in kept] == ["unanswered"], [tuple(r) for r in kept]
+    assert "(rate_limit)" in kept[0]["detail"] and "taken up again" in kept[0]["detail"]
+    assert conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'request_failed'"
+                        ).fetchone()[0] == 0
+    # asked again in a later job, and answered there
+    again = conn.execute("SELECT COUNT(*) FROM prompts WHERE kind = 'classify' AND task_ref = ? "
+                         "AND response IS NOT NULL AND id > ?", (tid, failed[0]["id"])
+                         ).fetchone()[0]
+    assert again == 1
+    assert [tuple(r) for r in conn.execute("SELECT kind FROM errors")] == [("rate_limit",)]
+    assert_accounted(run_dir)
+
+
 def test_a_batch_pending_across_sigkill_is_polled_not_resubmitted(isolated_env, tmp_path):
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=10**6) as server:  # the batch stays in_progress

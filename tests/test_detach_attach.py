@@ -249,3 +249,42 @@ def test_an_attached_uis_command_wakes_the_engine_at_once(tmp_path, monkeypatch)
         assert done.pending_commands() == []  # read and marked done
     finally:
         done.close()
+
+
+def test_an_attached_ui_sees_tasks_accepted_below_the_largest_id(tmp_path):
+    """A candidate taken up again (after a stop, a detach, an outage) is accepted under its own
+    id, below tasks accepted since. An attached UI followed tasks by id and never showed it: 31
+    of 300 tasks were missing from a UI attached for a whole run. Read at the snapshot and at
+    a later poll alike."""
+    from selfinstruct_tui.engine import events as ev
+    from selfinstruct_tui.engine.control import StoreFollower, read_snapshot
+    from selfinstruct_tui.engine.store import CandidateRecord
+    from selfinstruct_tui.engine.task import Instance, Task
+    from tui_helpers import deterministic_run
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir, machine=4)
+    store = RunStore(run_dir)
+    top = store.max_ids()["tasks"]
+    low, mid, high = top + 1, top + 2, top + 3
+
+    def task(tid: int) -> Task:
+        return Task(id=tid, origin="machine", instruction=f"Name a river number {tid}.",
+                    is_classification=False, instances=[Instance("", "The Nile.")], round=5)
+
+    for tid in (low, mid, high):
+        store.add_candidate(CandidateRecord(tid, 5, None, f"Name a river number {tid}.", None))
+    store.insert_task(task(high))  # accepted first; `low` and `mid` wait for answers
+    reader = RunStore(run_dir, readonly=True)
+    seen: list[ev.Event] = []
+    follower = StoreFollower(read_snapshot(reader), seen.append)
+    store.insert_task(task(low))  # between the snapshot and the first poll
+    follower.poll(reader)
+    store.insert_task(task(mid))  # between two polls
+    follower.poll(reader)
+    follower.poll(reader)
+    accepted = [e.task.id for e in seen if isinstance(e, ev.TaskAccepted)]
+    assert accepted == [low, mid]
+    assert store.count_tasks("machine") == 4 + 3
+    reader.close()
+    store.close()

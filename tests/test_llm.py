@@ -176,3 +176,40 @@ def test_each_request_kind_goes_to_its_own_process(tmp_path):
     assert finished.reason == "target"
     assert seen == {"generate": {"generate"}, "classify": {"classify"},
                     "instances": {"instances"}}
+
+
+def _most_in_any(times: list[float], seconds: float) -> int:
+    """The most of `times` (sorted) inside any window of `seconds`."""
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+@pytest.mark.parametrize("limit", [{"requests_per_minute": 1200},
+                                   {"tokens_per_minute": 1200 * 400}])
+def test_a_per_minute_limit_paces_requests_evenly_not_in_bursts(limit):
+    """--rpm 1200 is one request every 50 ms, whatever the concurrency: a sliding minute window
+    let the first 1,200 leave at once (8 at a time here, as slots freed), which a provider that
+    enforces its per-minute limit per second answers with 429s. --tpm alike, a request's
+    estimated tokens (prompt + max_tokens, ~400 here) holding the next one back."""
+    request = P.generation_completion(["Explain tides."] * 8)
+    params = SamplingParams(max_tokens=400 - len(request.prompt) // 4 - 1)
+
+    async def go() -> None:
+        client = LLMClient(ClientSettings(base_url=server.base_url, model="m", concurrency=8,
+                                          **limit))
+        try:
+            await asyncio.gather(*(client.request(request, params) for _ in range(24)))
+        finally:
+            await client.close()
+
+    with FakeOpenAI(latency=0.2) as server:
+        asyncio.run(go())
+        times = sorted(t for t, _, _ in server.log)
+    assert len(times) == 24
+    # 50 ms apart: at most 11 in any 0.5 s (+1 for scheduling jitter); in bursts of 8 as
+    # answers free slots every 0.2 s it was 24
+    assert _most_in_any(times, 0.5) <= 12, [round(t - times[0], 3) for t in times]

@@ -164,17 +164,20 @@ def _line_response(line: BatchLine | None, settings: ClientSettings, redact: Red
         text = line.error or ""
         if line.body is not None:
             text = error_text(_BodyError(line.body)) or text
-        if status and status >= 400:
+        if not status:  # no answer at all: the batch (or the command) ended without one
+            raise RequestFailed(redact(text or "the batch ended without an answer to this "
+                                               "request"), kind=Cause.UNANSWERED)
+        kind = Cause.HTTP
+        if status >= 400:
+            # One reading of the status for both questions, as for a request: fatal (a refused
+            # key, an unknown model) stops the run; transient (429, 5xx, 408) leaves the
+            # request unanswered, its candidate taken up again; the rest settles it as refused.
             failure = status_failure(status, text or "no reason given", settings,
                                      code=error_code(line.body))
             if failure.fatal:
                 raise RequestFailed(redact(f"the batch line failed: {failure.message}"),
                                     kind=failure.cause, fatal=True, status=status)
-        if not status:  # no answer at all: the batch (or the command) ended without one
-            raise RequestFailed(redact(text or "the batch ended without an answer to this "
-                                               "request"), kind=Cause.UNANSWERED)
-        kind = Cause.SERVER_ERROR if status >= 500 else \
-            Cause.BAD_REQUEST if 400 <= status < 500 else Cause.HTTP
+            kind = failure.cause if failure.retry else Cause.BAD_REQUEST
         raise RequestFailed(redact(f"the batch line failed ({status}): "
                                    f"{text or 'no reason given'}"), kind=kind, status=status)
     try:

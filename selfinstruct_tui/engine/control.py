@@ -427,6 +427,9 @@ class RunSnapshot:
     errors: int
     ids: dict[str, int] = field(default_factory=dict)
     reviews: list[ReviewRecord] = field(default_factory=list)  # the quality review, in order
+    # Candidates open at that moment with ids below ids["tasks"]: accepted later, their tasks
+    # arrive below the largest id (`RunStore.open_candidate_ids`)
+    open_candidates: set[int] = field(default_factory=set)
 
 
 def read_snapshot(store: RunStore) -> RunSnapshot:
@@ -442,7 +445,8 @@ def read_snapshot(store: RunStore) -> RunSnapshot:
             recent_rejections=store.recent_rejections(HISTORY_REJECTIONS),
             latest_generation=store.latest_answered("generate"),
             open_prompts=store.unfinished_prompts(), tokens=store.token_totals(),
-            retries=store.retry_counts(), errors=errors, ids=ids, reviews=store.reviews())
+            retries=store.retry_counts(), errors=errors, ids=ids, reviews=store.reviews(),
+            open_candidates=store.open_candidate_ids(ids.get("tasks", 0)))
 
 
 def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunConfig | None,
@@ -483,6 +487,7 @@ class StoreFollower:
         self.config = snapshot.config
         self.target = snapshot.config.target if snapshot.config else 0
         self.last = dict(snapshot.ids)
+        self.waiting = set(snapshot.open_candidates)  # see RunSnapshot.open_candidates
         self.open_prompts = {p.id for p in snapshot.open_prompts}
         self.finished_rounds = {r.round for r in snapshot.rounds if r.status != "running"}
         self.state = dict(snapshot.state_meta)
@@ -523,7 +528,12 @@ class StoreFollower:
                     job.pending or job.id in self.batch_updates):
                 self.batch_updates[job.id] = job.updated
                 emit(ev.BatchProgress(job))
-        new_tasks = store.tasks(status="active", after_id=self.last.get("tasks", 0))
+        with store.read_transaction():  # the tasks and the candidates of one moment
+            new_tasks = store.tasks(status="active", after_id=self.last.get("tasks", 0))
+            if self.waiting:
+                new_tasks = store.tasks_by_id(self.waiting) + new_tasks
+            mark = max([self.last.get("tasks", 0), *(t.id for t in new_tasks)])
+            self.waiting = store.open_candidate_ids(mark)
         changed = store.task_changes(self.last_update - 1)
         # Counting is the one query that grows with the pool: only when something changed.
         if new_tasks or changed or self.accepted is None:

@@ -40,7 +40,6 @@ import random
 import re
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -600,28 +599,31 @@ def error_code(body: object) -> str | None:
 
 
 class RateLimiter:
-    """Sliding one-minute windows for requests and (estimated) tokens."""
+    """Paces requests evenly under `rpm` requests and `tpm` (estimated) tokens per minute
+    (either None or 0: no limit): one request leaves every 60/rpm s, and a request of n tokens
+    holds the next one back 60*n/tpm s; FIFO. This is GCRA (the generic cell rate algorithm)
+    with no burst allowance, so any 60 s holds at most rpm + 1 requests and tpm tokens plus one
+    request's. Even spacing, not a sliding minute window: a window let a whole minute's
+    requests leave at once and then waited, and providers enforce a per-minute limit over
+    shorter periods too (OpenAI: "60,000 requests/minute may be enforced as 1,000
+    requests/second"), which such a burst exceeds."""
 
     def __init__(self, rpm: float | None, tpm: float | None) -> None:
         self.rpm, self.tpm = rpm, tpm
-        self._events: deque[tuple[float, int]] = deque()
+        self._next = 0.0  # monotonic seconds: the earliest the next request may leave
         self._lock = asyncio.Lock()
 
     async def acquire(self, tokens: int) -> None:
+        """Wait until a request of `tokens` (estimated prompt + max completion) may leave."""
         if not self.rpm and not self.tpm:
             return
         async with self._lock:
-            while True:
-                now = time.monotonic()
-                while self._events and now - self._events[0][0] >= 60:
-                    self._events.popleft()
-                used = sum(t for _, t in self._events)
-                ok_rpm = not self.rpm or len(self._events) < self.rpm
-                ok_tpm = not self.tpm or not self._events or used + tokens <= self.tpm
-                if ok_rpm and ok_tpm:
-                    self._events.append((now, tokens))
-                    return
-                await asyncio.sleep(max(0.01, 60 - (now - self._events[0][0])))
+            now = time.monotonic()
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
+                now = max(self._next, time.monotonic())
+            self._next = now + max(60 / self.rpm if self.rpm else 0.0,
+                                   60 * tokens / self.tpm if self.tpm else 0.0)
 
 
 class LLMClient:
@@ -815,12 +817,14 @@ class LLMClient:
         while True:
             attempt += 1
             await self._gate(sending=False)
-            await self._limiter.acquire(chars // 4 + 1 + max_tokens)
             await self._slots.acquire()
             try:
                 if ready is not None:
                     await ready()
                 await self._gate()  # pausing stops new requests at once, even queued ones
+                # paced here, next to sending: paced before the slot, requests queued for
+                # slots and left together when answers freed them
+                await self._limiter.acquire(chars // 4 + 1 + max_tokens)
                 endpoint = await self._take_endpoint()  # None: one endpoint
                 where = self.settings if endpoint is None else \
                     self._endpoint_settings[endpoint.base_url]

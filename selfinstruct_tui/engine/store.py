@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -893,6 +893,22 @@ class RunStore:
 
     def max_task_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0]
+
+    def open_candidate_ids(self, up_to: int) -> set[int]:
+        """Ids (<= `up_to`) of candidates still open. A candidate accepted later (taken up
+        again in a later round or session) becomes a task under its own id, below tasks
+        accepted since: a reader that follows tasks by id must look these up too."""
+        try:
+            return {r[0] for r in self.db.execute(
+                "SELECT task_id FROM candidates WHERE state = 'open' AND task_id <= ?", (up_to,))}
+        except sqlite3.OperationalError:  # a run made before candidates were recorded
+            return set()
+
+    def tasks_by_id(self, ids: Iterable[int], status: str = "active") -> list[Task]:
+        """The tasks of `ids` with `status`, by id."""
+        return [_task(r) for r in self.db.execute(
+            "SELECT * FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND status = ? "
+            "ORDER BY id", (json.dumps(sorted(ids)), status))]
 
     def task_changes(self, since: float, origin: str = "machine") -> list[tuple[int, str, float]]:
         """(id, status, updated epoch s) of tasks of `origin` changed at or after `since`."""
