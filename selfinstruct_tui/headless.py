@@ -204,10 +204,13 @@ class HeadlessPrinter:
                 self.progress.update(self.task_id, completed=event.accepted)
         elif isinstance(event, ev.RoundFinished):
             s = event.stats
+            line = round_line(s, event.accepted_total, event.target, priced=self.priced)
+            if event.earlier:  # closed now, spent by the process that ended
+                self._line(f"{line} (interrupted: the last process ended during it)")
+                return
             self.tokens += s.prompt_tokens + s.completion_tokens
             self.cost += s.cost
             self.usage_missing += s.usage_missing
-            line = round_line(s, event.accepted_total, event.target, priced=self.priced)
             self._line(f"{line}; last minute: {self.rates.text(self.embedded)}")
             for stats in self.endpoints:
                 self._line(f"  endpoint {stats.text()}")

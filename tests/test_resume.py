@@ -495,3 +495,33 @@ def test_a_finished_request_record_is_the_one_the_store_reads_back(tmp_path):
     # every field but `error` (None for an answer) was given a value that is not its default
     assert changed == {f.name for f in dataclasses.fields(PromptRecord)} - {"error"}
     store.close()
+
+
+def test_a_round_a_killed_process_left_running_is_shown_as_it_is_closed(isolated_env, run_cli,
+                                                                         tmp_path):
+    """kill -9 during round 1: the next session closes it as interrupted. It printed no line
+    for it (the TUI's rounds table skipped it, and its candidates were not in the rejections
+    pane), so the table jumped from the round before to the first new one."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"classify": [{"hang": 120}]}) as hung:
+        args = cli_command("run", "--headless", "--base-url", hung.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "5", "--concurrency", "4")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: hung.kinds().count("classify") >= 2)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+    with FakeOpenAI() as server:
+        done = run_cli("run", "--headless", "--base-url", server.base_url, "--run-dir",
+                       str(run_dir), "--target", "5")
+    assert done.returncode == 0, done.stderr
+    [line] = [ln for ln in done.stdout.splitlines() if ln.startswith("round 1:")]
+    assert line.endswith("(interrupted: the last process ended during it)"), line
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    kept = conn.execute("SELECT COUNT(*) FROM rejections WHERE round = 1 AND reason = "
+                        "'interrupted'").fetchone()[0]
+    assert kept > 0 and f"kept open {kept}: interrupted {kept}" in line
+    # this session's tokens do not count the killed process's
+    assert "this session" in done.stdout

@@ -9,7 +9,7 @@ from selfinstruct_tui.engine.control import read_snapshot
 from selfinstruct_tui.engine.seeds import Instance
 from selfinstruct_tui.engine.store import RejectionRecord, RoundStats, RunStore
 from selfinstruct_tui.engine.task import Task
-from selfinstruct_tui.tui.view import RunView, _one_line
+from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, _one_line
 from tui_helpers import deterministic_run
 
 
@@ -102,3 +102,23 @@ def test_an_endpoint_error_names_the_pools_endpoint_once(tmp_path):
         "endpoint error (server_error): HTTP 500: boom (after 7 attempts)",
         f"endpoint error (server_error) at {url}: HTTP 500: boom (after 7 attempts)",
         f"endpoint error (endpoint_taken_out): {url} taken out of the pool"]
+
+
+def test_candidates_kept_open_are_not_shown_as_rejected(tmp_path):
+    """Abandoned, unanswered and interrupted candidates are taken up again (many are accepted
+    later): the rounds table and the rejections pane counted them as rejected. The table gives
+    them an `open` column; the pane lists them apart."""
+    view = loaded(tmp_path)
+    stats = RoundStats(round=5, started=0.0, prompts=4, candidates=30, accepted=8,
+                       rejected={"abandoned": 12, "near_duplicate": 5, "too_short": 2,
+                                 "unanswered": 1}, surplus=2, status="done", pool_after=48)
+    view.apply_all([ev.CandidateRejected.of(RejectionRecord(n, 5, f"Task {n}", reason, ""))
+                    for n, reason in enumerate(["abandoned"] * 3 + ["unanswered"], 100)]
+                   + [ev.RoundFinished.of(stats, 50)])
+    row = dict(zip(ROUND_COLUMNS, view.rounds[5], strict=True))
+    assert (row["cand."], row["acc."], row["rejected"], row["open"], row["surplus"]) == (
+        "30", "8", "7 (near duplicate+)", "13", "2")
+    assert int(row["acc."]) + 7 + int(row["open"]) + int(row["surplus"]) == 30
+    assert view.round_points[-1].rejected == {"near_duplicate": 5, "too_short": 2}
+    assert view.counts_text() == ("blacklisted word: 4  near duplicate: 4  too short: 4  │  "
+                                  "kept open, taken up again: abandoned 3, unanswered 1")

@@ -515,9 +515,18 @@ class Engine:
             watcher = asyncio.create_task(self._watch_control())
             if self._batcher is not None:
                 await self._read_pending_batches()
+            before = self.store.max_ids().get("rejections", 0)
             interrupted = self.store.recover_interrupted()
             self._load_totals()  # what the batch jobs' answers changed: tokens, rounds
             if interrupted:
+                # Shown as rounds that ended: their rows, and their candidates kept open (a UI
+                # that read the store before this had them as running, and never saw them end)
+                for rejection in self.store.rejections_after(before):
+                    self.bus.emit(ev.CandidateRejected.of(rejection))
+                for stats in self.store.rounds(since=min(interrupted) - 1):
+                    if stats.round in interrupted:
+                        self.bus.emit(ev.RoundFinished(stats, self._committed,
+                                                       self.config.target, earlier=True))
                 self.bus.emit(ev.Notice(
                     f"round(s) {', '.join(map(str, interrupted))} were interrupted by the end of "
                     "the last process; their open candidates are taken up again"))

@@ -225,6 +225,9 @@ class RoundFinished(Event):
     stats: RoundStats
     accepted_total: int  # machine tasks in the pool when the round finished
     target: int
+    # A round an earlier process left running (it crashed or was killed), closed as
+    # `interrupted` by this one: its tokens were spent by that process, not this session
+    earlier: bool = False
 
     @classmethod
     def of(cls, stats: RoundStats, target: int) -> RoundFinished:

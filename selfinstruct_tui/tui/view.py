@@ -27,6 +27,7 @@ from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.review import summarize
 from selfinstruct_tui.engine.store import (
+    OPEN_REASONS,
     BatchRecord,
     RejectionRecord,
     ReviewRecord,
@@ -126,11 +127,21 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
 
 
+def settled_rejections(rejected: dict[str, int] | None) -> dict[str, int]:
+    """A round's rejections the filters settled: without candidates kept open (abandoned,
+    unanswered, interrupted), which are taken up again, not rejected."""
+    return {k: v for k, v in (rejected or {}).items() if k not in OPEN_REASONS}
+
+
 def round_row(s: RoundStats) -> tuple[str, ...]:
-    rejected = s.rejected or {}
-    top = max(rejected.items(), key=lambda kv: kv[1])[0].replace("_", " ") if rejected else ""
+    """The rounds table's row: cand. = acc. + rejected + open + surplus. `rejected` names its
+    most common reason ("+" when there are others); `open`: candidates kept open."""
+    rejected = settled_rejections(s.rejected)
+    ranked = sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ranked[0][0].replace("_", " ") + ("+" if len(ranked) > 1 else "") if ranked else ""
+    kept = sum((s.rejected or {}).values()) - sum(rejected.values())
     return (str(s.round), str(s.prompts), str(s.candidates), str(s.accepted),
-            f"{s.rejected_total}{f' ({top})' if top else ''}", str(s.surplus),
+            f"{sum(rejected.values())}{f' ({top})' if top else ''}", str(kept), str(s.surplus),
             f"{s.acceptance_rate:.0%}", f"{s.prompt_tokens + s.completion_tokens:,}",
             f"${s.cost:.4f}", f"{s.wall_time:.1f}s")
 
@@ -138,8 +149,8 @@ def round_row(s: RoundStats) -> tuple[str, ...]:
 # The review questions as the statistics pane's narrow review table names them.
 REVIEW_SHORT_LABEL = {"instruction": "instr.", "input": "input", "output": "output"}
 
-ROUND_COLUMNS = ("round", "prompts", "cand.", "acc.", "rejected", "surplus", "rate", "tokens",
-                 "cost", "time")
+ROUND_COLUMNS = ("round", "prompts", "cand.", "acc.", "rejected", "open", "surplus", "rate",
+                 "tokens", "cost", "time")
 
 
 @dataclass
@@ -300,7 +311,8 @@ class RunView:
                 machine = r.pool_after if r.pool_after is not None else machine + r.accepted
                 self.pool_sizes.append(self.seed_count + machine)
                 finished.append(r)
-                self.round_points.append(RoundPoint(r.round, r.accepted, dict(r.rejected)))
+                self.round_points.append(RoundPoint(r.round, r.accepted,
+                                                    settled_rejections(r.rejected)))
         for r in finished[-HISTORY_ROUNDS:]:
             self.rounds[r.round] = round_row(r)
         if cfg is not None:
@@ -425,7 +437,7 @@ class RunView:
             self.rounds.popitem(last=False)
         self.pool_sizes.append(self.seed_count + e.accepted_total)
         self.round_points.append(RoundPoint(e.stats.round, e.stats.accepted,
-                                            dict(e.stats.rejected)))
+                                            settled_rejections(e.stats.rejected)))
         self.dirty.add("stats")
 
     def _on_RequestRetried(self, e: ev.RequestRetried) -> None:
@@ -558,8 +570,15 @@ class RunView:
         return notices
 
     def counts_text(self) -> str:
-        return "  ".join(f"{k.replace('_', ' ')}: {v}"
-                         for k, v in self.rejection_counts.most_common()) or "no rejections yet"
+        """Rejections per reason, most first; then the candidates kept open (not rejected:
+        taken up again, maybe accepted since), apart."""
+        counts = self.rejection_counts.most_common()
+        settled = "  ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts
+                            if k not in OPEN_REASONS)
+        kept = ", ".join(f"{k} {v}" for k, v in counts if k in OPEN_REASONS)
+        if kept:
+            kept = f"kept open, taken up again: {kept}"
+        return "  │  ".join(p for p in (settled, kept) if p) or "no rejections yet"
 
 
 def _line(r: RejectionRecord) -> RejectionLine:
