@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from selfinstruct_tui import __version__
+from selfinstruct_tui.console import text_console
 from selfinstruct_tui.engine.config import FLAGS, endpoint_key
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.exports import FORMATS
 from selfinstruct_tui.engine.runs import DETACHED_ENV, RUN_LOG
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = text_console(stderr=True)
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -243,7 +242,7 @@ def cmd_seeds_check(args: argparse.Namespace) -> int:
 
     tasks, fmt = parse_seeds(args.path, read_utf8(args.path))
     summary = summarize(tasks, fmt)
-    out = Console(highlight=False, soft_wrap=True)
+    out = text_console()
     out.print(f"{args.path}: OK ({fmt} format)", markup=False)
     out.print(f"  tasks:           {summary.count}")
     out.print(f"  instances:       {summary.instances}")
@@ -286,7 +285,7 @@ def cmd_seeds_export(args: argparse.Namespace) -> int:
     if str(path) == "-":
         err.print(f"{count} seeds ({which}) of {args.run_dir}", markup=False)
     else:
-        Console(highlight=False, soft_wrap=True).print(
+        text_console().print(
             f"wrote {count} seeds ({which}) to {path}", markup=False)
     return 0
 
@@ -310,7 +309,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"{args.output or args.run_dir}: cannot write the export "
                         f"({exc.strerror or exc}); choose another -o") from None
     if str(path) != "-":
-        Console(highlight=False, soft_wrap=True).print(
+        text_console().print(
             f"wrote {count} rows ({args.format}) to {path}; run metadata (model, endpoints) "
             f"in {path.name}.meta.json", markup=False)
     if args.reviewed_only and count == 0:
@@ -349,7 +348,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         records = store.reviews()
     finally:
         store.close()
-    out = Console(highlight=False, soft_wrap=True)
+    out = text_console()
     if not records:
         out.print(f"{args.run_dir}: no quality review yet; open the run in the TUI "
                   f"(selfinstruct attach {args.run_dir}) and press r", markup=False)
@@ -413,7 +412,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, result.dropped)
     took = time.perf_counter() - started
-    Console(highlight=False, soft_wrap=True).print(
+    text_console().print(
         f"kept {len(result.kept)} of {len(items)} ({len(result.dropped)} near duplicates, "
         f"ROUGE-L > {args.threshold}) in {took:.1f}s; wrote {out_path}"
         + (f"; {normalized} 'no input' placeholders written as empty inputs" if normalized
@@ -441,7 +440,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "it in the background"):
         return 2  # before anything is created or started
     session = prepare(run_request(args))
-    out = Console(highlight=False, soft_wrap=True)
+    out = text_console()
     _print_notes(session)
     if not NATIVE_AVAILABLE:
         err.print(f"note: {FALLBACK_NOTICE}", markup=False)
@@ -494,7 +493,7 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
         engine.stop()
         if app.engine_thread is not None:
             app.engine_thread.join(timeout=session.config.stop_grace + 20)
-    out = Console(highlight=False, soft_wrap=True)
+    out = text_console()
     if app.return_value == DETACH_EXIT:
         # `d`: the engine stopped cleanly; a background process resumes the same run.
         session.release_lock()
@@ -554,7 +553,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
         argv.append("--headless")
     proc = spawn_detached(run_dir, argv)
     log_path = run_dir / RUN_LOG
-    out = Console(highlight=False, soft_wrap=True)
+    out = text_console()
     outcome = wait_for_start(run_dir, proc, lambda: out.print(
         "waiting for the background run to start ...", markup=False))
     if outcome == "running":
@@ -604,7 +603,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                    str(info.target if info.target is not None else "?"), ago)
         table.add_row(*row)
         lines.append("\t".join(row))
-    out = Console(highlight=False, soft_wrap=True)
+    out = text_console()
     if not lines:
         out.print("no runs yet: start one with `selfinstruct run`", markup=False)
     elif out.is_terminal:
@@ -648,7 +647,7 @@ def _pick_run() -> Path | None:
         err.print("no runs to attach to: start one with `selfinstruct run --detach`",
                   markup=False)
         return None
-    out = Console(highlight=False, soft_wrap=True)
+    out = text_console()
     for n, run_dir in enumerate(runs, start=1):
         out.print(f"{n:>3}. {run_dir}", markup=False)
     if not sys.stdin.isatty():

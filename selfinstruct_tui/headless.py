@@ -27,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from selfinstruct_tui.console import text_console
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import kept_note, progress_line
 from selfinstruct_tui.engine.endpoints import EndpointStats
@@ -79,7 +80,7 @@ class HeadlessPrinter:
     def __init__(self, console: Console | None = None, *, embedded: bool = False,
                  resume_command: str = "", priced: bool = False,
                  resume_without_limits: str = "", pool: bool = False) -> None:
-        self.console = console or Console(highlight=False)
+        self.console = console or text_console(soft_wrap=False)
         self.live = self.console.is_terminal
         self.embedded = embedded
         self.rates = Rates()

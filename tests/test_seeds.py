@@ -100,6 +100,29 @@ def test_seeds_check_cli_exits_2_with_every_problem(run_cli, tmp_path):
     assert f"{path}:3: duplicate id 'a'" in proc.stderr
 
 
+def test_a_problem_on_line_100_names_line_100(run_cli, tmp_path):
+    """rich read ':100:' as an emoji code and printed 'bad.jsonl💯 missing field': the line
+    number was gone exactly when the file was long enough to need it."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join([line(id=f"s{n}") for n in range(99)]
+                              + ['{"id": "x", "output": "y"}', line(id="z")]) + "\n")
+    proc = run_cli("seeds", "check", str(path))
+    assert proc.returncode == 2
+    assert f"{path}:100: " in proc.stderr and "\N{HUNDRED POINTS SYMBOL}" not in proc.stderr
+
+
+def test_every_console_is_the_text_console():
+    """One place makes the consoles that print our lines (emoji codes off): a Console made
+    elsewhere would bring ':100:' back."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "selfinstruct_tui"
+    made = [f"{p.relative_to(package)}:{n}" for p in package.rglob("*.py")
+            for n, text in enumerate(p.read_text().splitlines(), 1)
+            if "Console(" in text and p.name != "console.py"]
+    assert made == []
+
+
 def test_run_with_bad_seeds_fails_before_creating_anything(run_cli, tmp_path, fake_server):
     path = tmp_path / "bad.jsonl"
     path.write_text("{x\n")
