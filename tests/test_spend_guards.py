@@ -192,6 +192,36 @@ def test_settings_that_cannot_work_are_refused(run_cli, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_base_url_holding_a_secret_is_refused_without_printing_it(run_cli, tmp_path,
+                                                                     isolated_env):
+    """user:password@ in --base-url failed every request as "malformed" after 7 attempts each
+    (~93 s) and wrote the password into the run's store and the printed resume command; a
+    query string was glued to the request path (/v1?api-key=...completions). Refused before
+    anything is created, by flag, by several flags and by a config file's [[endpoints]]."""
+    secret = "URLSECRET999"
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    file_text = (f'[[endpoints]]\nbase_url = "http://127.0.0.1:9/v1"\n\n'
+                      f'[[endpoints]]\nbase_url = "http://u:{secret}@127.0.0.1:8/v1"\n')
+    cases = [
+        (("--base-url", f"http://user:{secret}@127.0.0.1:9/v1"),
+         "command line: base_url (--base-url) must not hold a user name or password "
+         "(http://***@127.0.0.1:9/v1): give the API key in OPENAI_API_KEY"),
+        (("--base-url", "http://127.0.0.1:9/v1", "--base-url", f"http://{secret}@127.0.0.1:8/v1"),
+         "must not hold a user name or password (http://***@127.0.0.1:8/v1)"),
+        (("--base-url", f"http://127.0.0.1:9/v1?api-key={secret}"),
+         "must not have a query string or fragment (http://127.0.0.1:9/v1?***)"),
+        ((), f"{config}:5: [[endpoints]] #2: base_url must not hold a user name or password"),
+    ]
+    for extra, message in cases:
+        if not extra:  # the config file's turn
+            config.write_text(file_text)
+        proc = run_cli("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"),
+                       *extra)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
+        assert secret not in proc.stdout + proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_corrupt_run_database_is_named_not_a_traceback(run_cli, tmp_path, isolated_env):
     run_dir = Path(isolated_env["SELFINSTRUCT_RUNS_DIR"]) / "broken"
     run_dir.mkdir(parents=True)

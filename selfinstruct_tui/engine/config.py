@@ -13,6 +13,7 @@ import os
 import re
 import time
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -215,9 +216,8 @@ class RunConfig:
             bad("max_retries", "must be 0 or more")
         if 0 < self.context_window < 256:
             bad("context_window", "must be 0 (learn it from the endpoint) or at least 256 tokens")
-        if self.base_url not in ("", EMBEDDED) and not _URL.match(self.base_url):
-            bad("base_url", f"must be an http:// or https:// URL such as "
-                            f"http://localhost:8000/v1, not {self.base_url!r}")
+        if self.base_url not in ("", EMBEDDED) and (problem := url_problem(self.base_url)):
+            bad("base_url", problem)
         if self.max_words < self.min_words:
             bad("max_words", "must be at least min_words")
         if not isinstance(self.extra_body, dict):
@@ -275,6 +275,28 @@ FLAGS = {
 # An http(s) URL with a host and no spaces anywhere (a space in it only fails later, to connect).
 _URL = re.compile(r"^https?://[^/\s]+(?:/\S*)?$")
 
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with `url` as a base URL (the message names no secret it holds), or
+    None. Refused: anything but http(s); a user name or password in it (the openai client
+    sends the key as a bearer token and aiohttp refused the pair, each request failing as
+    "malformed" after its retries, while the URL, password and all, went into the run's
+    store and the printed resume command); a query string or fragment (the request path is
+    appended after it: "/v1?api-key=...completions")."""
+    if not _URL.match(url):
+        return f"must be an http:// or https:// URL such as http://localhost:8000/v1, not {url!r}"
+    parts = urllib.parse.urlsplit(url)
+    if "@" in parts.netloc:
+        shown = f"{parts.scheme}://***@{parts.netloc.rsplit('@', 1)[1]}{parts.path}"
+        return (f"must not hold a user name or password ({shown}): give the API key in "
+                "OPENAI_API_KEY (or the variable key_env names), which is never written to disk")
+    if parts.query or parts.fragment:
+        shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        return (f"must not have a query string or fragment ({shown}?***): requests go to "
+                "base_url + /completions; an API key goes in OPENAI_API_KEY (or the variable "
+                "key_env names)")
+    return None
+
 ENDPOINT_FIELDS = {"base_url": "str", "model": "str", "key_env": "str", "concurrency": "int",
                    "requests_per_minute": "float"}
 
@@ -322,9 +344,8 @@ def endpoint_problems(endpoints: object, where: str = "settings",
             problems.append(f"{name}: base_url is missing (e.g. base_url = "
                             "\"http://localhost:8000/v1\")")
         elif isinstance(url, str):
-            if not _URL.match(url):
-                problems.append(f"{field_at('base_url')} base_url must be an http:// or https:// "
-                                f"URL such as http://localhost:8000/v1, not {url!r}")
+            if problem := url_problem(url):
+                problems.append(f"{field_at('base_url')} base_url {problem}")
             elif url in seen:
                 problems.append(f"{field_at('base_url')} base_url {url!r} is listed twice")
             seen.add(url)
