@@ -12,12 +12,14 @@ import contextlib
 import json
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfinstruct_tui.engine.config import (
+    DEFAULT_KEY_ENV,
+    OFFLINE_URL,
     SAFE_ON_RESUME,
     RunConfig,
     build_config,
@@ -158,7 +160,7 @@ class Session:
         if not cfg.model and len(cfg.endpoints) > 1:
             cfg.model = discover_pool_model(cfg.endpoint_list())
         elif not cfg.model:
-            cfg.model = discover_model(self.base_url, self.api_key)
+            cfg.model = discover_model(self.base_url, self.api_key, cfg.key_env)
         store = self.store = RunStore(self.run_dir)
         store.save_config(cfg)
         if not self.resumed:
@@ -235,7 +237,8 @@ def prepare(request: RunRequest) -> Session:
                     + ", ".join(sorted(SAFE_ON_RESUME)) + ".)")
             return Session(Path(request.run_dir), cfg, True, request,
                            notes=file_ignored_on_resume(
-                               cfg, flags, seeds_path=None if request.seeds else seeds_path))
+                               cfg, flags, seeds_path=None if request.seeds else seeds_path)
+                           + unset_key_notes(cfg))
         # A run directory without a config is one whose start failed: start it afresh.
     file_settings = load_user_config()
     explicit = {**file_settings, **flags}
@@ -262,7 +265,22 @@ def prepare(request: RunRequest) -> Session:
         origin = getattr(file_settings, "origins", {}).get("seeds", "the config file")
         raise InputFileError([*exc.problems, f"{origin}: the seeds setting names this file; fix "
                                              "the file or the setting, or give --seeds"]) from None
-    return Session(run_dir, cfg, False, request, seeds=seeds)
+    return Session(run_dir, cfg, False, request, seeds=seeds, notes=unset_key_notes(cfg))
+
+
+def unset_key_notes(cfg: RunConfig, env: Mapping[str, str] | None = None) -> list[str]:
+    """A note for each key_env other than the default OPENAI_API_KEY that is not set in the
+    environment (a typo sent every request without a key, and the endpoint's 401 read as a
+    refused key). The default unset is usual (a local server needs no key): no note."""
+    env = os.environ if env is None else env
+    if cfg.uses_embedded or cfg.base_url == OFFLINE_URL:
+        return []
+    urls: dict[str, list[str]] = {}
+    for e in cfg.endpoint_list():
+        urls.setdefault(e["key_env"], []).append(e["base_url"])
+    return [f"{name} is not set in the environment: requests to {', '.join(at)} carry no API "
+            f"key (key_env names the variable that holds it)"
+            for name, at in urls.items() if name != DEFAULT_KEY_ENV and not env.get(name)]
 
 
 def seeds_differ(path: Path, store: RunStore) -> str | None:
@@ -317,7 +335,8 @@ def discover_pool_model(endpoints: list[dict[str, Any]]) -> str:
     unreachable = []
     for endpoint in asked:
         try:
-            return discover_model(endpoint["base_url"], os.environ.get(endpoint["key_env"], ""))
+            return discover_model(endpoint["base_url"], os.environ.get(endpoint["key_env"], ""),
+                                  endpoint["key_env"])
         except _Unreachable as exc:
             unreachable.append(f"{exc.base_url}: {exc.why}")
     raise UserError("cannot list the models at any endpoint (" + "; ".join(unreachable) +
@@ -325,7 +344,7 @@ def discover_pool_model(endpoints: list[dict[str, Any]]) -> str:
                     "--model")
 
 
-def discover_model(base_url: str, api_key: str) -> str:
+def discover_model(base_url: str, api_key: str, key_env: str = DEFAULT_KEY_ENV) -> str:
     """With no --model: the endpoint's only model (vLLM, llama.cpp, Ollama list theirs).
     Raises UserError when the list can't be read or names none or several (`_Unreachable`
     when the endpoint could not be reached)."""
@@ -339,8 +358,12 @@ def discover_model(base_url: str, api_key: str) -> str:
     try:
         models = [m.id for m in client.models.list()]
     except openai.AuthenticationError as exc:
-        raise UserError(f"{base_url} refused the API key ({redact(error_text(exc))}): set "
-                        "OPENAI_API_KEY (or the key_env setting)") from None
+        if not api_key:
+            raise UserError(f"{base_url} wants an API key and none was sent "
+                            f"({redact(error_text(exc))}): {key_env} is not set. Set it (or "
+                            "key_env to the variable that holds the key)") from None
+        raise UserError(f"{base_url} refused the API key ({redact(error_text(exc))}): check "
+                        f"{key_env} (or the key_env setting)") from None
     except openai.APIStatusError as exc:
         raise UserError(f"cannot list the models at {base_url} ({exc.status_code}: "
                         f"{redact(error_text(exc))}); check --base-url, or name the model "

@@ -552,6 +552,10 @@ class FakeOpenAI:
                 if self._batch_api("GET"):
                     return
                 if self.path.rstrip("/").endswith("/models"):
+                    api_key = server.settings["api_key"]  # listing models needs the key too
+                    if api_key and self.headers.get("Authorization", "") != f"Bearer {api_key}":
+                        self._error(401, "Incorrect API key provided", "invalid_request_error")
+                        return
                     self._send(200, {"object": "list", "data": [
                         {"id": "fake-model", "object": "model", "owned_by": "tests"}]})
                 else:

@@ -548,7 +548,7 @@ def test_a_batch_line_with_a_refused_key_stops_the_run_after_one_job(tmp_path):
         created = server.batch_creations
     assert created == 1
     assert paused is not None and paused.by_errors
-    assert "refused the API key" in paused.reason
+    assert "wants an API key and none was sent" in paused.reason  # (no key configured)
 
 
 def _pending_job(run_dir: Path, server: FakeOpenAI, **cfg):

@@ -83,6 +83,15 @@ def test_bad_key_is_fatal_and_names_the_setting():
         assert server.requests == 0  # refused before counting: no retries on a bad key
 
 
+def test_no_key_sent_is_named_as_such_not_as_a_refused_key():
+    with FakeOpenAI(api_key="sk-right") as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, key_env="MY_KEY")
+        assert info.value.fatal and info.value.kind == "auth"
+        assert "wants an API key and none was sent" in str(info.value)
+        assert "MY_KEY is not set" in str(info.value)
+
+
 def test_unsupported_parameter_is_fatal_and_explained():
     with FakeOpenAI(reject_param="presence_penalty") as server:
         with pytest.raises(RequestFailed) as info:

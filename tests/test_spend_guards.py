@@ -222,6 +222,26 @@ def test_a_base_url_holding_a_secret_is_refused_without_printing_it(run_cli, tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_a_key_env_that_is_not_set_is_said_before_the_run_and_at_the_401(run_cli, tmp_path):
+    """--key-env MY_TYPO_KEY (unset): every request went without a key and the 401 read
+    "the endpoint refused the API key"; nothing said the variable was not set."""
+    with FakeOpenAI(api_key="sk-right") as server:
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(tmp_path / "run"), "--target", "3",
+                       "--key-env", "MY_TYPO_KEY")
+        discovery = run_cli("run", "--headless", "--base-url", server.base_url,
+                            "--run-dir", str(tmp_path / "run2"), "--key-env", "MY_TYPO_KEY")
+    assert proc.returncode == 3, proc.stderr
+    assert (f"note: MY_TYPO_KEY is not set in the environment: requests to {server.base_url} "
+            "carry no API key") in proc.stderr
+    assert "wants an API key and none was sent" in proc.stderr
+    assert "MY_TYPO_KEY is not set" in proc.stderr
+    assert "refused the API key" not in proc.stderr
+    assert discovery.returncode == 2
+    assert "wants an API key and none was sent" in discovery.stderr
+    assert "MY_TYPO_KEY is not set" in discovery.stderr
+
+
 def test_a_corrupt_run_database_is_named_not_a_traceback(run_cli, tmp_path, isolated_env):
     run_dir = Path(isolated_env["SELFINSTRUCT_RUNS_DIR"]) / "broken"
     run_dir.mkdir(parents=True)

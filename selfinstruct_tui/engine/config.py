@@ -29,6 +29,7 @@ StructuredOutput = Literal["auto", "on", "off"]
 APP_NAME = "selfinstruct-tui"
 BATCH_PROMPTS_PER_ROUND = 100  # generation prompts per round in batch mode (--prompts-per-round)
 EMBEDDED = "embedded"
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"  # the variable that holds the API key, unless key_env says
 OFFLINE_URL = "http://offline.invalid/v1"  # the base URL of a --batch-command run without one
 
 
@@ -38,7 +39,7 @@ class RunConfig:
     base_url: str = ""
     model: str = ""
     api: Api = "completions"
-    key_env: str = "OPENAI_API_KEY"
+    key_env: str = DEFAULT_KEY_ENV
     model_path: str = ""
     # run
     target: int = 100

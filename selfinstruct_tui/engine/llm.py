@@ -418,6 +418,11 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
     if _NEEDS_CHAT_RE.search(text) and s.api == "completions":
         return Failure(Cause.WRONG_API, f"the model at {s.base_url} does not take completions "
                        f"requests ({status}: {text}): use --api chat", fatal=True, status=status)
+    if status in (401, 403) and not s.api_key:
+        return Failure(Cause.AUTH, f"the endpoint at {s.base_url} wants an API key and none was "
+                       f"sent ({status}: {text}): {s.key_env} is not set. Set it (or key_env to "
+                       "the variable that holds the key) and run the same command again",
+                       fatal=True, status=status)
     if status in (401, 403):
         return Failure(Cause.AUTH, f"the endpoint refused the API key ({status}: {text}). Check "
                        f"{s.key_env} (or the key_env setting) for {s.base_url}", fatal=True,
