@@ -412,9 +412,14 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, result.dropped)
     took = time.perf_counter() - started
+    counted = f"kept {len(result.kept)} of {len(items)} ({len(result.dropped)} near duplicates, "
+    if result.instructions != len(items):  # rows that repeat an instruction: its instances
+        counted = (f"kept {result.kept_instructions} of {result.instructions} instructions "
+                   f"({len(result.kept)} of {len(items)} rows: rows with the same instruction "
+                   f"are one task's instances; "
+                   f"{result.instructions - result.kept_instructions} near duplicates, ")
     text_console().print(
-        f"kept {len(result.kept)} of {len(items)} ({len(result.dropped)} near duplicates, "
-        f"ROUGE-L > {args.threshold}) in {took:.1f}s; wrote {out_path}"
+        f"{counted}ROUGE-L > {args.threshold}) in {took:.1f}s; wrote {out_path}"
         + (f"; {normalized} 'no input' placeholders written as empty inputs" if normalized
            else "")
         + (f"; report: {args.report}" if args.report else ""), markup=False)

@@ -51,7 +51,8 @@ def test_dedup_jsonl_matches_rouge_score_and_reports(run_cli, tmp_path):
         assert d["score"] > 0.7
         assert d["kept_instruction"] in want
         assert SCORER.score(d["kept_instruction"], d["instruction"])["rougeL"].fmeasure == d["score"]
-    assert f"kept {len(want)} of {len(texts)}" in proc.stdout
+    assert (f"kept {len(want)} of {len(texts)} (" in proc.stdout if len(set(texts)) == len(texts)
+            else f"({len(want)} of {len(texts)} rows" in proc.stdout)
 
 
 def test_dedup_json_list_and_plain_text(run_cli, tmp_path):
@@ -130,3 +131,38 @@ def test_dedup_writes_no_input_placeholders_as_empty_inputs(run_cli, tmp_path):
     proc = run_cli("dedup", str(src), "-o", str(out), check=True)
     assert "2 'no input' placeholders written as empty inputs" in proc.stdout
     assert [r["input"] for r in json.loads(out.read_text())] == ["", "3, 1, 2", ""]
+
+
+def test_rows_that_repeat_an_instruction_are_its_instances_not_near_duplicates(run_cli,
+                                                                               tmp_path):
+    """An Alpaca export has one row per instance: dedup dropped every row after a task's
+    first as a near duplicate of it (score 1.0), 146 of 226 rows of a run's export. Rows with
+    the same instruction are one task: kept with its first row, or dropped with it."""
+    tasks = ["Write a short poem about the quiet winter sea at dawn.",
+             "Explain how a bicycle gear system changes the effort needed.",
+             "Write a short poem about the quiet winter sea at night.",  # near duplicate of 1
+             "List three ways to reduce food waste in a small restaurant."]
+    rows = [{"instruction": t, "input": f"case {n}", "output": f"answer {n}"}
+            for t in tasks for n in range(3)]
+    src = tmp_path / "alpaca.json"
+    src.write_text(json.dumps(rows))
+    out, report = tmp_path / "out.json", tmp_path / "report.jsonl"
+    proc = run_cli("dedup", str(src), "-o", str(out), "--report", str(report), check=True)
+    kept = json.loads(out.read_text())
+    assert kept == [r for r in rows if r["instruction"] != tasks[2]]
+    dropped = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [d["instruction"] for d in dropped] == [tasks[2]] * 3
+    assert {d["kept_instruction"] for d in dropped} == {tasks[0]}
+    assert "kept 3 of 4 instructions (9 of 12 rows" in proc.stdout
+    assert "1 near duplicates" in proc.stdout
+
+
+def test_a_field_no_record_has_is_one_message(run_cli, tmp_path):
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps({"instruction": f"Task {n}", "input": ""}) + "\n"
+                           for n in range(200)))
+    proc = run_cli("dedup", str(src), "--field", "instr")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"{src}: no record has the field 'instr' (the first record's fields: instruction, "
+        "input); choose one with --field"]
