@@ -62,6 +62,17 @@ def reasons(parsed):
     # "3.5" and "10:30" are not list markers
     (" Convert 3.5 hours\n10:30 is the time to use.\n10. Name a fruit.",
      ["Convert 3.5 hours 10:30 is the time to use.", "Name a fruit."]),
+    # the items run together on one line, numbered on from the prompt's 9
+    (" Write a haiku. 10. Name a fruit. 11. Sort the list.",
+     ["Write a haiku.", "Name a fruit.", "Sort the list."]),
+    # ... and on a line of their own item
+    (" Write a haiku.\n10. Name a fruit! 11. Sort the list? 12. Name two rivers.",
+     ["Write a haiku.", "Name a fruit!", "Sort the list?", "Name two rivers."]),
+    # a number that does not go on from the item's is its text, as is one after no sentence end
+    (" Describe the 3 steps. 2. Then list them.\n10. Explain why 2023. Was a big year.",
+     ["Describe the 3 steps. 2. Then list them.", "Explain why 2023. Was a big year."]),
+    (" Sum the numbers 10. 12. 14 and report.\n10. Name a fruit.",
+     ["Sum the numbers 10. 12. 14 and report.", "Name a fruit."]),
 ])
 def test_completions_lists(text, expected):
     assert items(parse_instruction_list(text, first_number=9)) == expected

@@ -101,6 +101,9 @@ GENERATION_ANSWERS = {
                      "chat"),
     "refusal item": (f"9. {NEW[0]}\n10. I'm sorry, but I can't help with that.\n11. {NEW[1]}",
                      ["refusal"], "chat"),
+    # small models run the list on one line: one task was accepted holding all three
+    "items on one line": (f" {NEW[0]} 10. {NEW[1]} 11. {NEW[2]}", [], "completions"),
+    "chat items on one line": (f"1. {NEW[0]} 2. {NEW[1]} 3. {NEW[3]}", [], "chat"),
 }
 
 

@@ -284,7 +284,8 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     json_list = _parse_json_list(text, truncated)
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = _split_inline_numbers(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"),
+                                  first_number)
     dotted = [_numbered(line) for line in lines]  # each line's "9." marker, read once
     bare = _bare_markers(lines, dotted, first_number)
     numbered_mode = bool(bare) or any(dotted)
@@ -360,6 +361,39 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     finish()
     parsed: list[tuple[_Item, bool]] = [(item, truncated and item is cut) for item in items]
     return _finish_list(None, parsed, examples, text, outside)
+
+
+# "... the moon. 10. Draft an email": a number after a sentence's end, before a capital
+_INLINE_NUMBER = re.compile(r"(?<=[.!?])[ \t]+(\d{1,3})[.)][ \t]+(?=[A-Z\"'“*])")
+
+
+def _split_inline_numbers(lines: list[str], first_number: int | None) -> list[str]:
+    """Lines that run several numbered items together ("Write a limerick. 10. Explain the
+    tides. 11. Draft an email.", as small models write a list) split where the numbers go on
+    from the line's own: its "9." marker, the item before it, or `first_number` (completions).
+    Only the run of consecutive numbers splits, so "3 steps. 2. Then ..." or a year stays in
+    its instruction."""
+    out: list[str] = []
+    last = first_number
+    for line in lines:
+        marked = _numbered(line)
+        base = marked[0] if marked else last
+        cuts: list[int] = []
+        if base is not None:
+            for match in _INLINE_NUMBER.finditer(line):
+                if int(match.group(1)) != base + 1:
+                    break
+                base = int(match.group(1))
+                cuts.append(match.start())
+        if cuts:
+            starts = [0, *cuts]
+            out.extend(line[a:b].strip() if a else line[a:b].rstrip()
+                       for a, b in zip(starts, [*cuts, len(line)], strict=True))
+        else:
+            out.append(line)
+        if base is not None:
+            last = base
+    return out
 
 
 def _bare_start(line: str) -> tuple[int, str] | None:
