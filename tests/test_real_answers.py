@@ -154,6 +154,33 @@ def test_truncated_list_keeps_complete_items_and_names_the_cut_one(tmp_path):
     assert_accounted(run_dir)
 
 
+def test_an_answer_a_content_filter_stopped_is_named_as_such_at_every_stage(tmp_path):
+    """finish_reason "content_filter" (OpenAI, Azure): an empty answer was "unparseable: no
+    list items; expected numbered lines", and the pause blamed --model and --api. The text so
+    far is read like a cut answer (its complete items kept); what the filter cut is named."""
+    stopped = {"text": "", "finish_reason": "content_filter"}
+    with FakeOpenAI(script={
+            "generate": [stopped, {"text": f" {NEW[0]}\n10. {NEW[1]}\n11. Explain how th",
+                                   "finish_reason": "content_filter"}, f" {NEW[2]}",
+                         f" {NEW[3]}"],
+            "classify": [" No", stopped, " No", " No"],
+            "instances": [stopped, "Output: A rainy walk by the harbour."]},
+            repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 1, structured_output="off")
+    assert finished.reason == "target"
+    got = {(r["reason"], r["candidate"]): r["detail"] for r in rejections(run_dir)
+           if r["reason"] != "surplus"}
+    said = "the endpoint's content filter stopped the answer (finish_reason content_filter)"
+    assert got == {("content_filter", "(empty answer)"): said,  # a generation answer
+                   ("content_filter", "Explain how th"): said,  # the cut item of the next one
+                   ("no_valid_instances", NEW[0]): "no usable example (content filter 1)",
+                   ("content_filter", NEW[1]): said}  # its classification
+    [dropped] = rejections(run_dir, "instance")
+    assert (dropped["reason"], dropped["detail"]) == ("content_filter", said)
+    assert [t["instruction"] for t in machine(run_dir)] == [NEW[2]]
+    assert_accounted(run_dir)
+
+
 def test_unparseable_and_refusal_answers_are_recorded_with_the_raw_answer(tmp_path):
     answers = ["I'm sorry, but I can't help with that.", "The weather is lovely today.",
                f"9. {NEW[0]}"]

@@ -39,7 +39,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import (
@@ -92,7 +92,9 @@ from selfinstruct_tui.engine.llm import (
     estimate_tokens,
 )
 from selfinstruct_tui.engine.parsing import (
+    Fragment,
     ListItem,
+    ParsedInstances,
     ParsedList,
     is_reasoning_only,
     parse_classification,
@@ -154,6 +156,29 @@ class _Round:
     expect: float = 1.0
     unanswered: int = 0  # generation prompts that brought no answer (failed, abandoned)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+P = TypeVar("P", ParsedList, ParsedInstances)
+CONTENT_FILTER_DETAIL = ("the endpoint's content filter stopped the answer (finish_reason "
+                         "content_filter)")
+
+
+def cut_short(resp: LLMResponse) -> bool:
+    """The answer stopped before the model finished it: the token limit, or a content filter
+    (OpenAI, Azure: the text so far, or none)."""
+    return resp.finish_reason in ("length", "content_filter")
+
+
+def filtered(parsed: P, resp: LLMResponse) -> P:
+    """`parsed` with what a content filter cut (its cut or unreadable part) named as such,
+    not as a layout the parser could not read."""
+    if resp.finish_reason != "content_filter":
+        return parsed
+    parsed.discarded = [
+        Fragment(f.text, RejectionReason.CONTENT_FILTER, CONTENT_FILTER_DETAIL)
+        if f.reason in (RejectionReason.UNPARSEABLE, RejectionReason.TRUNCATED) else f
+        for f in parsed.discarded]
+    return parsed
 
 
 class Engine:
@@ -653,8 +678,8 @@ class Engine:
         """A generation answer read after its round ended: its instructions are recorded as
         open candidates of that round (taken up like any candidate a stop left open), its
         unusable fragments as rejections."""
-        parsed = self.style.read_generation(resp.text, [e[2] for e in prompt.examples],
-                                            truncated=resp.finish_reason == "length")
+        parsed = filtered(self.style.read_generation(resp.text, [e[2] for e in prompt.examples],
+                                                     truncated=cut_short(resp)), resp)
         running = self.store.round_status(prompt.round) == "running"
         for fragment in parsed.discarded:
             self.store.add_rejection(RejectionRecord(
@@ -1132,8 +1157,8 @@ class Engine:
             if not self._stop_requested:
                 self._fruitless(1)  # a failed generation request, counted as it fails
             return None
-        parsed = self.style.read_generation(resp.text, instructions,
-                                            truncated=resp.finish_reason == "length")
+        parsed = filtered(self.style.read_generation(resp.text, instructions,
+                                                     truncated=cut_short(resp)), resp)
         if not parsed.items:
             # Nothing to filter (a refusal, an empty list): recorded and counted fruitless now,
             # as the answer arrives. The round filters answers in prompt order, so doing it there
@@ -1191,7 +1216,7 @@ class Engine:
             return value
         request = self.style.classification(item.instruction)
         max_tokens = self.style.classification_tokens(self.config.classification_max_tokens)
-        answer = ""
+        answer, finish = "", None
         for tokens in (max_tokens, CLASSIFY_RETRY_TOKENS):
             params = SamplingParams(max_tokens=tokens, temperature=0.0)
             asked = await self._ask(rnd, "classify", request, params, task_ref=tid)
@@ -1199,12 +1224,16 @@ class Engine:
             if resp is None:
                 self._failed_request(rnd, prompt_id, item, tid, asked.failure, "classification")
                 return None
-            answer = resp.text
+            answer, finish = resp.text, resp.finish_reason
             value = parse_classification(answer)
             if value is not None:
                 return value
             if resp.finish_reason != "length" or tokens >= CLASSIFY_RETRY_TOKENS:
                 break  # asked again only when the answer was cut off
+        if finish == "content_filter":
+            self._reject(rnd, prompt_id, item.instruction, RejectionReason.CONTENT_FILTER,
+                         CONTENT_FILTER_DETAIL, task_id=tid, raw=answer or "(empty answer)")
+            return None
         detail = reasoning_only_detail("classification_max_tokens") \
             if is_reasoning_only(answer) else \
             f"the answer {' '.join(answer.split())[:80]!r} is neither yes nor no"
@@ -1236,8 +1265,8 @@ class Engine:
                 self._failed_request(rnd, prompt_id, item, tid, asked.failure, "instance")
                 return None
         assert resp is not None
-        parsed = self.style.read_instances(resp.text, is_cls,
-                                           truncated=resp.finish_reason == "length")
+        parsed = filtered(self.style.read_instances(resp.text, is_cls,
+                                                    truncated=cut_short(resp)), resp)
         drops = [(f.text, f.reason, f.detail) for f in parsed.discarded]
         raw = [Instance(i.input, i.output) for i in parsed.instances]
         for extra in raw[c.max_instances:]:
@@ -1258,7 +1287,7 @@ class Engine:
                     " (" + ", ".join(f"{k} {v}" for k, v in counts.most_common()) + ")"
                     if counts else "")
             self._reject(rnd, prompt_id, instruction, rejection.reason, detail,
-                         task_id=tid, raw=resp.text)
+                         task_id=tid, raw=resp.text or "(empty answer)")
             return None
         similar = self._similar.pop(tid, None)
         most_similar = []

@@ -38,6 +38,8 @@ class RejectionReason(str, enum.Enum):
     REPEATED_EXAMPLE = "repeated_example"
     NOT_AN_INSTRUCTION = "not_an_instruction"
     UNPARSEABLE = "unparseable"
+    # the endpoint's content filter stopped the answer (finish_reason "content_filter")
+    CONTENT_FILTER = "content_filter"
     TRUNCATED = "truncated"
     TRUNCATED_RESPONSE = "truncated_response"  # runs made before "truncated" kept items
     # later stages
