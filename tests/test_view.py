@@ -122,3 +122,60 @@ def test_candidates_kept_open_are_not_shown_as_rejected(tmp_path):
     assert view.round_points[-1].rejected == {"near_duplicate": 5, "too_short": 2}
     assert view.counts_text() == ("blacklisted word: 4  near duplicate: 4  too short: 4  │  "
                                   "kept open, taken up again: abandoned 3, unanswered 1")
+
+
+def test_a_narrow_status_line_keeps_the_eta_and_lets_the_retry_causes_go_first():
+    from selfinstruct_tui.tui.view import StatusView
+
+    status = StatusView(run_name="run-20261201", endpoint="http://10.0.0.7:8000/v1", model="m",
+                        state="running", accepted=187, target=300, tokens=139_278, errors=17)
+    status.retry_causes.update({"connection": 150, "timeout": 42})
+    full = status.line().plain
+    assert "(connection 150, timeout 42)" in full and "ETA" in full
+    for width in range(len(full) - 1, 60, -1):
+        shown = status.line(width).plain
+        if "(connection" not in shown:
+            break
+        assert "ETA" in shown, shown  # the ETA never goes before the retry causes
+    narrow = status.line(100).plain
+    assert "(connection" not in narrow
+    assert all(part in narrow for part in ("running", "errors 17", "retries 192",
+                                           "pool 187/300", "ETA"))
+
+
+def test_tasks_per_minute_stop_falling_when_the_run_ends(monkeypatch):
+    from selfinstruct_tui.engine import rates as rates_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(rates_module.time, "monotonic", lambda: clock[0])
+    view = RunView("run")
+    view.apply(ev.RunStarted("run", "http://x/v1", "m", "completions", 10, 0, 139, False))
+    for n in range(6):
+        clock[0] += 5
+        view.apply(ev.TaskAccepted(Task(500 + n, "machine", f"Name a river {n}.", False,
+                                        [Instance("", "x")]), n + 1, 10))
+    view.apply(ev.Finished(ev.FinishReason.TARGET, 6, 10))
+    at_end = view.status.rates.tasks_per_minute()
+    assert at_end == 12.0  # 6 in 30 s
+    clock[0] += 300  # 5 minutes after the end: still what it was at the end
+    assert view.status.rates.tasks_per_minute() == at_end
+
+
+def test_an_attached_ui_counts_the_rate_from_the_session_start(tmp_path):
+    """A UI attached to a running session counted tasks/min from the moment it attached: two
+    UIs on one engine showed 30.9 and 0.0, a fresh one 111.5 against the engine's 36."""
+    import os
+    import time as time_module
+
+    deterministic_run(tmp_path / "run", machine=4)
+    store = RunStore(tmp_path / "run")
+    now = time_module.time()
+    for n in range(6):  # 6 tasks in the 30 s since the session started
+        store.insert_task(Task(900 + n, "machine", f"Name a mountain range {n}.", False,
+                               [Instance("", "x")], round=9, created=now - 28 + 5 * n))
+    store.set_meta("session", {"started": now - 30, "pid": os.getpid()})
+    store.set_meta("state", {"state": "running", "pid": os.getpid()})
+    view = RunView("run")
+    view.load(read_snapshot(store))
+    store.close()
+    assert 11.5 < view.status.rates.tasks_per_minute() <= 12.0

@@ -31,6 +31,7 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.errors import UserError
+from selfinstruct_tui.engine.rates import WINDOW_SECONDS
 from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, seed_to_record
 from selfinstruct_tui.engine.store import (
     REVIEW_QUESTIONS,
@@ -430,6 +431,9 @@ class RunSnapshot:
     # Candidates open at that moment with ids below ids["tasks"]: accepted later, their tasks
     # arrive below the largest id (`RunStore.open_candidate_ids`)
     open_candidates: set[int] = field(default_factory=set)
+    # The last minute (epoch s): tasks accepted, and answers with their tokens (the rates)
+    recent_accepted: list[float] = field(default_factory=list)
+    recent_answers: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 def read_snapshot(store: RunStore) -> RunSnapshot:
@@ -446,7 +450,9 @@ def read_snapshot(store: RunStore) -> RunSnapshot:
             latest_generation=store.latest_answered("generate"),
             open_prompts=store.unfinished_prompts(), tokens=store.token_totals(),
             retries=store.retry_counts(), errors=errors, ids=ids, reviews=store.reviews(),
-            open_candidates=store.open_candidate_ids(ids.get("tasks", 0)))
+            open_candidates=store.open_candidate_ids(ids.get("tasks", 0)),
+            recent_accepted=store.accepted_since(time.time() - WINDOW_SECONDS),
+            recent_answers=store.answered_since(time.time() - WINDOW_SECONDS))
 
 
 def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunConfig | None,

@@ -19,11 +19,34 @@ class Rates:
         self.started = time.monotonic() if started is None else started
         self._accepted: deque[float] = deque()
         self._tokens: deque[tuple[float, int, int]] = deque()
+        self._frozen: float | None = None  # monotonic: rates as they were then (run ended)
 
     def restart(self) -> None:
         self.started = time.monotonic()
+        self._frozen = None
         self._accepted.clear()
         self._tokens.clear()
+
+    def freeze(self) -> None:
+        """The run ended: rates stay as they were now (they fell on, minute by minute, beside
+        an elapsed time that had stopped)."""
+        if self._frozen is None:
+            self._frozen = time.monotonic()
+
+    def resume_from(self, started_epoch: float, accepted: list[float],
+                    answered: list[tuple[float, int, int]]) -> None:
+        """A UI that attached to a running session: rates from that session's start (epoch
+        seconds), with what it accepted (epoch seconds) and answered (epoch seconds, prompt
+        tokens, completion tokens) in the last window, as the engine's own UI has them. Rates
+        counted from the attach alone swung (111 tasks/min against the engine's 36)."""
+        shift = time.monotonic() - time.time()
+        self.restart()
+        self.started = started_epoch + shift
+        self._accepted.extend(sorted(t + shift for t in accepted))
+        self._tokens.extend(sorted((t + shift, p, c) for t, p, c in answered))
+
+    def _now(self) -> float:
+        return time.monotonic() if self._frozen is None else self._frozen
 
     def accepted(self, n: int = 1) -> None:
         now = time.monotonic()
@@ -40,12 +63,12 @@ class Rates:
         return max(1e-9, min(self.window, now - self.started))
 
     def tasks_per_minute(self) -> float:
-        now = time.monotonic()
+        now = self._now()
         return len(self._accepted) / self._span(now) * 60
 
     def tokens_per_second(self) -> tuple[float, float]:
         """(prompt, completion) tokens per second."""
-        now = time.monotonic()
+        now = self._now()
         span = self._span(now)
         return (sum(p for _, p, _ in self._tokens) / span,
                 sum(c for _, _, c in self._tokens) / span)

@@ -894,6 +894,18 @@ class RunStore:
     def max_task_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0]
 
+    def accepted_since(self, since: float) -> list[float]:
+        """When (epoch s) each machine task accepted at or after `since` (epoch s) was."""
+        return [r[0] for r in self.db.execute(
+            "SELECT created FROM tasks WHERE origin = 'machine' AND created >= ?", (since,))]
+
+    def answered_since(self, since: float) -> list[tuple[float, int, int]]:
+        """(epoch s, prompt tokens, completion tokens) of each answer received at or after
+        `since` (epoch s)."""
+        return [(r[0], r[1], r[2]) for r in self.db.execute(
+            "SELECT finished, prompt_tokens, completion_tokens FROM prompts WHERE finished >= ? "
+            "AND response IS NOT NULL", (since,))]
+
     def open_candidate_ids(self, up_to: int) -> set[int]:
         """Ids (<= `up_to`) of candidates still open. A candidate accepted later (taken up
         again in a later round or session) becomes a task under its own id, below tasks

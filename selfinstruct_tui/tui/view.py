@@ -178,9 +178,9 @@ class StatusView:
 
     def line(self, width: int = 0) -> Text:
         """The status line; with `width`, the least important parts are left out until it fits
-        (state, pool, errors and retries stay; then cost, tokens, tasks/min; then output speed,
-        the retry causes and the ETA; the endpoint, the run's name, prompt speed and elapsed
-        time go first)."""
+        (state, pool, errors and retries stay; then cost; then tokens, tasks/min and the ETA;
+        then elapsed time, then output speed; the run's name, the endpoint, prompt speed and
+        the retry causes go first)."""
         live = self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
         elapsed = self.elapsed_before + (time.monotonic() - self.started if live else 0)
         per_min = self.rates.tasks_per_minute()
@@ -201,14 +201,14 @@ class StatusView:
             parts.append((8, f"errors {self.errors}", ""))
         if self.retry_causes:
             parts.append((8, f"retries {sum(self.retry_causes.values())}", ""))
-            parts.append((5, "(" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
+            parts.append((3, "(" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                                               self.retry_causes.most_common()) + ")", ""))
         parts += [(9, f"pool {self.accepted}/{self.target}", ""),
-                  (6, f"{per_min:.1f} tasks/min", ""), (5, f"output {output_tps:.0f} tok/s", "")]
+                  (6, f"{per_min:.1f} tasks/min", ""), (4, f"output {output_tps:.0f} tok/s", "")]
         if self.embedded:  # prompt evaluation is most of a small local model's time
             parts.append((3, f"prompt {prompt_tps:.0f} tok/s", ""))
         parts += [(6, f"{self.tokens:,} tok", ""), (7, f"${self.cost:.4f}", ""),
-                  (4, fmt_duration(elapsed), ""), (5, f"ETA {eta}", "")]
+                  (5, fmt_duration(elapsed), ""), (6, f"ETA {eta}", "")]
 
         def length(ps: list[tuple[int, str, str]]) -> int:
             return sum(len(t) for _, t, _ in ps) + 3 * (len(ps) - 1) + 2
@@ -320,6 +320,9 @@ class RunView:
         status.tokens = 0
         status.cost = 0.0
         self._count_tokens(*snap.tokens)
+        started = snap.session.get("started")
+        if snap.state in LIVE_STATES and isinstance(started, (int, float)):
+            status.rates.resume_from(started, snap.recent_accepted, snap.recent_answers)
         status.retry_causes.update(snap.retries)
         status.errors = snap.errors
         self.rejection_counts.update(snap.rejection_counts)
@@ -496,6 +499,7 @@ class RunView:
         self._set_state(reason.state)
         if was_live:
             self.status.elapsed_before += time.monotonic() - self.status.started
+            self.status.rates.freeze()
         at = f"{e.accepted}/{e.target}"
         message = {
             ev.FinishReason.TARGET: f"Target reached: {e.accepted} tasks.",
