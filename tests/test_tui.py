@@ -327,7 +327,8 @@ def test_status_line_counts_retries_and_the_rejections_pane_names_every_reason(t
             engine = make_engine(tmp_path / "run", server.base_url, target=1, concurrency=1,
                                  prompts_per_round=1)
             app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
-            async with app.run_test(size=(120, 40)) as pilot:
+            # wide enough for the retry breakdown (on a narrower one it gives way first)
+            async with app.run_test(size=(160, 40)) as pilot:
                 await until(pilot, lambda: app.state == "finished")
                 await pilot.pause(0.3)
                 status = str(app.query_one(StatusLine).render())
