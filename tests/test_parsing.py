@@ -78,6 +78,20 @@ def test_completions_lists(text, expected):
     assert items(parse_instruction_list(text, first_number=9)) == expected
 
 
+def test_markdown_a_chat_model_puts_in_its_list_is_not_kept_in_the_instructions():
+    """`Draft` lost its first backtick to the list marker and kept the second; a sub-bullet
+    joined its item as " - Include ..."; inline code elsewhere keeps its marks."""
+    text = ("1. **Write a limerick** about a forgetful octopus.\n"
+            "2. **Explain** how tides are caused by the moon.\n   - Include the role of the sun.\n"
+            "3. `Draft` a polite email declining a meeting invitation.\n"
+            "4. Explain what `ls -la` prints, line by line.")
+    assert items(parse_instruction_list(text)) == [
+        "Write a limerick about a forgetful octopus.",
+        "Explain how tides are caused by the moon. Include the role of the sun.",
+        "Draft a polite email declining a meeting invitation.",
+        "Explain what `ls -la` prints, line by line."]
+
+
 def test_input_and_output_lines_are_never_instructions():
     text = (" Summarize the paragraph.\nInput: <noinput>\nOutput: A summary.\n"
             "10. Output: this is not a task\n11. Name a fruit.")

@@ -219,11 +219,17 @@ class _Item:
 
 
 _STRONG = re.compile(r"\*\*|__")
+# a sub-bullet under an item: its text joins the instruction as a sentence, not as " - ..."
+_SUB_BULLET = re.compile(r"(?m)^[ \t]+[-*•+][ \t]+")
 
 
 def clean_instruction(text: str) -> str:
-    """One line, without markdown emphasis, `Task:`/`Instruction:` prefixes or wrapping quotes."""
-    text = one_line(_STRONG.sub("", text))
+    """One line, without markdown emphasis, sub-bullet marks, `Task:` / `Instruction:` prefixes
+    or wrapping quotes (inline code keeps its marks)."""
+    text = _STRONG.sub("", _SUB_BULLET.sub("", text))
+    if text.count("`") == 1:  # the other half of `Draft` went with the list marker
+        text = text.replace("`", "")
+    text = one_line(text)
     text = _LEAD.sub("", text).strip()
     text = text.strip("*_` ")
     if len(text) >= 2 and text[0] in "\"'`“‘" and text[-1] in "\"'`”’":
@@ -261,7 +267,7 @@ def _split_item(lines: list[str]) -> tuple[str, str, str | None]:
                 seen.append(inline.group(1).lower())
                 line = line[inline.end():]
         parts[section].append(line)
-    instruction = clean_instruction(" ".join(parts["instruction"]))
+    instruction = clean_instruction("\n".join(parts["instruction"]))
     label_only = None
     if not instruction and seen:
         label_only = f"only an {seen[0].capitalize()}: part, no instruction"
