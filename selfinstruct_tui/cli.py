@@ -30,7 +30,8 @@ err = text_console(stderr=True)
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", metavar="PATH", help="seed file (default: the bundled seed set)")
     p.add_argument("--run-dir", metavar="DIR", help="run directory; an existing one is resumed")
-    p.add_argument("--target", type=int, metavar="N", help="machine-generated tasks to reach")
+    p.add_argument("--target", type=int, metavar="N",
+                   help="machine-generated tasks to reach (100)")
     p.add_argument("--model", metavar="NAME", help="model name at the endpoint")
     p.add_argument("--base-url", metavar="URL", dest="base_url", action="append",
                    help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; give it "

@@ -19,6 +19,7 @@ from typing import Any
 
 from selfinstruct_tui.engine.config import (
     DEFAULT_KEY_ENV,
+    FLAGS,
     OFFLINE_URL,
     SAFE_ON_RESUME,
     RunConfig,
@@ -234,7 +235,9 @@ def prepare(request: RunRequest) -> Session:
                     "resume with this command:\n  " + "\n  ".join(refused) +
                     "\nLeave these flags out to resume as it was, or start a new run with "
                     "another --run-dir. (Safe to change on resume: "
-                    + ", ".join(sorted(SAFE_ON_RESUME)) + ".)")
+                    + ", ".join(sorted(FLAGS[k] for k in SAFE_ON_RESUME if k in FLAGS))
+                    + "; in the config file also " + ", ".join(
+                        sorted(k for k in SAFE_ON_RESUME if k not in FLAGS)) + ".)")
             return Session(Path(request.run_dir), cfg, True, request,
                            notes=file_ignored_on_resume(
                                cfg, flags, seeds_path=None if request.seeds else seeds_path)

@@ -525,3 +525,17 @@ def test_a_round_a_killed_process_left_running_is_shown_as_it_is_closed(isolated
     assert kept > 0 and f"kept open {kept}: interrupted {kept}" in line
     # this session's tokens do not count the killed process's
     assert "this session" in done.stdout
+
+
+def test_a_refused_resume_lists_what_is_safe_to_change_by_its_flags(run_cli, fake_server,
+                                                                     tmp_path):
+    run_dir = tmp_path / "run"
+    base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir))
+    run_cli(*base, "--target", "3", check=True)
+    refused = run_cli(*base, "--threshold", "0.5")
+    assert refused.returncode == 2
+    safe = refused.stderr.split("(Safe to change on resume: ", 1)[1]
+    assert "--rpm" in safe and "--timeout" in safe and "--target" in safe
+    assert "requests_per_minute" not in safe and "request_timeout" not in safe
+    assert "in the config file also endpoints, error_pause_seconds" in safe
