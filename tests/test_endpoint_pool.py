@@ -387,6 +387,18 @@ def test_config_file_endpoints_are_read_and_checked(tmp_path):
     assert f"{path}:10: [[endpoints]] #3: field 'concurrency' must be at least 1" in text
 
 
+def test_a_top_level_base_url_beside_endpoint_tables_is_refused(tmp_path):
+    """The table won and the top-level URL was dropped without a word."""
+    path = tmp_path / "config.toml"
+    path.write_text('base_url = "http://127.0.0.1:18401/v1"\n\n'
+                    '[[endpoints]]\nbase_url = "http://127.0.0.1:18402/v1"\n')
+    with pytest.raises(ConfigError) as err:
+        load_user_config(path)
+    assert str(err.value) == (f"{path}:1: base_url and the [[endpoints]] table(s) at {path}:3 "
+                              "both name the endpoint; keep one (an endpoint table holds its "
+                              "own base_url)")
+
+
 def test_a_setting_that_cannot_work_is_named_where_it_was_given(tmp_path):
     """Config file (path:line), environment variable or command line: the message says which,
     with the setting's flag, whichever the value came from."""
@@ -766,7 +778,7 @@ def test_a_resumed_runs_notes_say_where_each_value_comes_from(tmp_path):
     pool = {"endpoints": [{"base_url": "http://a:1/v1"}, {"base_url": "http://b:1/v1"}],
             "model": "m"}
     resumed = build_config(FileSettings(), {**pool}, env={})
-    path.write_text('requests_per_minute = 600\nconcurrency = 64\nbase_url = "http://y:1/v1/"\n'
+    path.write_text('requests_per_minute = 600\nconcurrency = 64\n# one endpoint, as a table\n'
                     '\n[[endpoints]]\nbase_url = "http://a:1/v1"\nconcurrency = 4\n')
     single = build_config(FileSettings(), {"base_url": "http://a:1/v1", "model": "m"}, env={})
     lines = file_ignored_on_resume(single, {}, load_user_config(path), env={})[0].splitlines()

@@ -222,3 +222,25 @@ def test_a_seed_edit_keeps_the_ids_of_the_seeds_before_its_first_change(tmp_path
     assert [t.instruction for t in now] == [s.instruction for s in edited]  # the set's order
     assert len(store.tasks(status="removed", origin="seed")) == 4  # seeds 3-6 of the last set
     store.close()
+
+
+def test_a_seed_file_named_in_the_config_file_is_found_beside_it(run_cli, tmp_path,
+                                                                 fake_server):
+    """`seeds = "myseeds.jsonl"` was read from the working directory: the same config file
+    worked from one folder and failed from another ("myseeds.jsonl: no such file")."""
+    import sqlite3
+
+    config = tmp_path / "cfg" / "config.toml"
+    config.parent.mkdir()
+    seeds = load_seeds(bundled_seeds_path())[:20]
+    (config.parent / "myseeds.jsonl").write_text(
+        "".join(line(id=t.id, instruction=t.instruction) + "\n" for t in seeds))
+    config.write_text('seeds = "myseeds.jsonl"\n')
+    run_dir = tmp_path / "run"  # run_cli works in tmp_path, not beside the config file
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir), "--target", "2", check=True,
+            env={"SELFINSTRUCT_CONFIG": str(config)})
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM tasks WHERE origin = 'seed'").fetchone()[0] == 20
+    assert json.loads(conn.execute("SELECT value FROM meta WHERE key = 'seeds_path'"
+                                   ).fetchone()[0]) == str(config.parent / "myseeds.jsonl")

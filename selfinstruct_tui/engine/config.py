@@ -383,6 +383,7 @@ EXTRA_BODY_RESERVED = frozenset({
 
 SETTABLE = {f.name: f.type for f in fields(RunConfig)}
 UI_SETTINGS = {"theme": "str", "refresh": "float", "seeds": "str"}
+FILE_PATHS = ("seeds", "model_path")  # settings that name a file: relative to the config file
 
 
 def user_config_dir() -> Path:
@@ -524,9 +525,18 @@ def load_user_config(path: Path | None = None) -> FileSettings:
         try:
             out[key] = _coerce(value, str(type_name))
             out.origins[key] = where
+            if key in FILE_PATHS and out[key]:
+                # relative to the config file, as a file that names files means: the same
+                # config from any working directory
+                out[key] = str(path.parent / Path(out[key]).expanduser())
         except TypeError as exc:
             flag = f" ({FLAGS[key]})" if key in FLAGS else ""
             problems.append(f"{where}: setting {key!r}{flag} must be {exc}, got {value!r}")
+    if "base_url" in out and "endpoints" in out:
+        # the tables win: the top-level URL was dropped without a word
+        problems.append(f"{out.origins['base_url']}: base_url and the [[endpoints]] table(s) "
+                        f"at {out.origins['endpoints']} both name the endpoint; keep one (an "
+                        "endpoint table holds its own base_url)")
     if problems:
         raise ConfigError("\n".join(problems))
     return out
