@@ -527,7 +527,7 @@ def test_a_round_a_killed_process_left_running_is_shown_as_it_is_closed(isolated
     assert "this session" in done.stdout
 
 
-def test_a_refused_resume_lists_what_is_safe_to_change_by_its_flags(run_cli, fake_server,
+def test_a_refused_resume_lists_what_is_safe_to_change_and_a_lower_target_is_said(run_cli, fake_server,
                                                                      tmp_path):
     run_dir = tmp_path / "run"
     base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
@@ -535,6 +535,11 @@ def test_a_refused_resume_lists_what_is_safe_to_change_by_its_flags(run_cli, fak
     run_cli(*base, "--target", "3", check=True)
     refused = run_cli(*base, "--threshold", "0.5")
     assert refused.returncode == 2
+    lower = run_cli(*base, "--target", "2", check=True)  # a target already reached
+    held = sqlite3.connect(run_dir / "run.sqlite").execute(
+        "SELECT COUNT(*) FROM tasks WHERE origin = 'machine'").fetchone()[0]
+    assert (f"the run already holds {held} machine tasks, at or above its target of 2: nothing "
+            "to generate (give a higher --target to go on)") in lower.stdout + lower.stderr
     safe = refused.stderr.split("(Safe to change on resume: ", 1)[1]
     assert "--rpm" in safe and "--timeout" in safe and "--target" in safe
     assert "requests_per_minute" not in safe and "request_timeout" not in safe

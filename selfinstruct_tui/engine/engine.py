@@ -556,6 +556,11 @@ class Engine:
                     f"round(s) {', '.join(map(str, interrupted))} were interrupted by the end of "
                     "the last process; their open candidates are taken up again"))
             self._apply_pending_seeds()  # a set the last process recorded and did not apply
+            if resumed and self._committed >= self.config.target:
+                self.bus.emit(ev.Notice(
+                    f"the run already holds {self._committed} machine tasks, at or above its "
+                    f"target of {self.config.target}: nothing to generate (give a higher "
+                    "--target to go on)"))
             over = self.guard.over_budget()
             if over:
                 self._do_stop(FinishReason.LIMIT, over)
