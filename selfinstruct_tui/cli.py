@@ -653,9 +653,17 @@ def _pick_run() -> Path | None:
         err.print("no runs to attach to: start one with `selfinstruct run --detach`",
                   markup=False)
         return None
+    from selfinstruct_tui.engine.runs import run_info
+
     out = text_console()
     for n, run_dir in enumerate(runs, start=1):
-        out.print(f"{n:>3}. {run_dir}", markup=False)
+        try:  # each with its state, as `selfinstruct runs` shows it
+            info = run_info(run_dir)
+            state = f"{info.shown_state}, pool {info.pool}/" \
+                    f"{info.target if info.target is not None else '?'}"
+        except UserError:
+            state = "unreadable"
+        out.print(f"{n:>3}. {run_dir}  ({state})", markup=False)
     if not sys.stdin.isatty():
         err.print("name the run: selfinstruct attach RUN_DIR", markup=False)
         return None

@@ -205,6 +205,7 @@ def test_the_tui_without_a_terminal_says_so_instead_of_hanging(run_cli, tmp_path
         run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
                 "--run-dir", str(run_dir), "--target", "3", check=True)
         attach = run_cli("attach", str(run_dir), timeout=30)
+        pick = run_cli("attach", timeout=30)  # no RUN_DIR: the runs to pick from, with state
         tui = run_cli("run", "--base-url", server.base_url, "--model", "m", "--run-dir",
                       str(run_dir), "--target", "6", timeout=60)
         new = run_cli("run", "--base-url", server.base_url, "--model", "m", "--run-dir",
@@ -212,6 +213,8 @@ def test_the_tui_without_a_terminal_says_so_instead_of_hanging(run_cli, tmp_path
     assert attach.returncode == 2 and "needs a terminal (" in attach.stderr
     assert "stdout is not one" in attach.stderr or "and stdout are not" in attach.stderr
     assert "selfinstruct runs" in attach.stderr
+    assert pick.returncode == 2 and "name the run: selfinstruct attach RUN_DIR" in pick.stderr
+    assert f"  1. {run_dir}  (finished, pool 3/3)" in pick.stdout, pick.stdout
     assert tui.returncode == 2 and "needs a terminal" in tui.stderr
     assert "--headless" in tui.stderr
     assert count_machine(run_dir) == 3
