@@ -515,7 +515,14 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     kept = [b for b in engine.store.batches(pending_only=True) if b.state == "submitted"]
     if kept and finished.reason is not FinishReason.TARGET:
         out.print(kept_note(len(kept), bool(session.config.batch_command)), markup=False)
-    if finished.reason is not FinishReason.TARGET:
+    if finished.reason is FinishReason.TARGET:
+        from selfinstruct_tui.headless import export_hint
+
+        p_tok, c_tok = engine.tokens
+        out.print(f"done: {finished.accepted}/{finished.target} machine tasks; this session: "
+                  f"{p_tok + c_tok:,} tokens, ${engine.cost:.4f}\n"
+                  f"{export_hint(str(session.run_dir))}", markup=False)
+    else:
         pause = engine.paused
         why = finished.message or (f"it was paused: {pause.reason}"
                                    if pause is not None and pause.by_errors else "")

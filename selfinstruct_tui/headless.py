@@ -13,6 +13,7 @@ prices are set, the cost.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import time
 from typing import Any
@@ -74,6 +75,13 @@ def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool)
     return "; ".join(parts)
 
 
+def export_hint(run_dir: str) -> str:
+    """What to do with a finished run: where it is and the command that exports it."""
+    quoted = shlex.quote(str(run_dir))
+    return (f"run directory: {run_dir}\nexport it: selfinstruct export {quoted} --format "
+            "alpaca -o tasks.json (or self-instruct, openai-chat, sharegpt)")
+
+
 class HeadlessPrinter:
     """An event subscriber that prints progress. Thread-safe: rich's Progress has its own lock."""
 
@@ -89,6 +97,7 @@ class HeadlessPrinter:
         self.priced = priced
         self.started = time.monotonic()
         self.progress: Progress | None = None
+        self.run_dir = ""
         self.task_id: TaskID | None = None
         self.errors_shown = 0
         self.last_error: tuple[str, str | None] = ("", None)  # (message, endpoint)
@@ -172,6 +181,7 @@ class HeadlessPrinter:
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
             self.rates.restart()
+            self.run_dir = event.run_dir
             self.resumed = event.resumed
             self.command = event.command
             what = "resuming" if event.resumed else "starting"
@@ -261,6 +271,8 @@ class HeadlessPrinter:
             at = f"{event.accepted}/{event.target} machine tasks"
             if reason is ev.FinishReason.TARGET:
                 self._line(f"done: {at} in {took:.1f}s; {self._spent()}")
+                if self.run_dir:
+                    self._line(export_hint(self.run_dir))
             elif reason is ev.FinishReason.STOPPED:
                 self._line(f"stopped at {at}; {self._spent()}")
                 self._line(f"resume with: {self.resume_command}")

@@ -60,6 +60,13 @@ def test_headless_run_reaches_target_and_records_everything(run_cli, fake_server
                    "--api", api, "--run-dir", str(run_dir), "--target", "40", check=True)
     assert f"starting run in {run_dir}" in proc.stdout
     assert "round 1:" in proc.stdout and "done: 40/40" in proc.stdout
+    # where the run is and how to export it, the command as it runs
+    hint = next(ln for ln in proc.stdout.splitlines() if ln.startswith("export it: "))
+    command = hint.removeprefix("export it: ").split(" (or ")[0].split()
+    assert command[:2] == ["selfinstruct", "export"]
+    out = tmp_path / "tasks.json"
+    run_cli(*command[1:-1], str(out), check=True)
+    assert len(json.loads(out.read_text())) >= 40
     tasks = machine_tasks(run_dir)
     assert len(tasks) == 40
     assert len({t[1] for t in tasks}) == 40
