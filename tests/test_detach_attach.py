@@ -96,7 +96,7 @@ def test_attached_ui_pauses_resumes_edits_seeds_and_stops(run_cli, tmp_path, iso
                     await until(pilot, lambda: isinstance(app.screen, SeedManagerScreen))
                     await pilot.press("escape")
                     await assert_next_rounds_use_only(pilot, run_dir, 15)
-                    await pilot.press("s")
+                    await pilot.press("s", "y")  # stop, and yes when asked
                     await until(pilot, lambda: app.state == "stopped", timeout=30)
                     await pilot.press("q")  # leaving an attached UI: no question asked
 
@@ -151,7 +151,7 @@ def test_runs_reports_a_killed_engine_as_crashed_and_it_resumes(run_cli, tmp_pat
                 assert again.returncode == 0, again.stderr
                 await until(pilot, lambda: len(table.rows) > before + 3, timeout=30)
                 await until(pilot, lambda: app.state == "running", timeout=10)
-                await pilot.press("s")  # the attached UI controls the new process
+                await pilot.press("s", "y")  # the attached UI controls the new process
                 await until(pilot, lambda: app.state == "stopped", timeout=30)
                 await pilot.press("q")
 

@@ -943,7 +943,7 @@ def test_the_tui_shows_every_endpoint_of_a_pool_and_which_are_out(tmp_path):
             region = inflight.content_region
             assert region.height >= len(text.splitlines()), (region, text)
             assert lines(region.x, region.y + region.height - 1)[0] is inflight
-            await pilot.press("s")
+            await pilot.press("s", "y")
 
     with FakeOpenAI(latency=0.2) as a, FakeOpenAI(latency=0.2) as b:
         down = FakeOpenAI().start()

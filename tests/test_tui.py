@@ -48,6 +48,15 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
                 assert held.startswith("open (held, paused): ")  # not "open": none is sent
                 await pilot.press("p")
                 await until(pilot, lambda: count_machine(tmp_path / "run") > settled)
+                await pilot.press("s")  # asked first, as quitting is; n: the run goes on
+                assert isinstance(app.screen, ConfirmScreen)
+                buttons = [str(b.label) for b in app.screen.query("Button")]
+                assert buttons == ["Stop (y)", "Keep running (n)"]
+                assert "resume it later with: selfinstruct run" in str(
+                    app.screen.query_one(".question").render())
+                await pilot.press("n")
+                await pilot.pause(0.3)
+                assert app.state == "running" and engine.finished is None
                 await pilot.press("q")
                 assert isinstance(app.screen, ConfirmScreen)
                 await pilot.press("y")
@@ -79,7 +88,7 @@ def test_a_pause_whose_fix_is_a_setting_does_not_say_press_p_to_resume(tmp_path,
                 assert note.endswith("Press s to stop, then run the command again with the fix "
                                      "(the same command resumes this run); p tries again as it "
                                      "is."), note
-                await pilot.press("s")
+                await pilot.press("s", "y")
                 await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
         store = RunStore(tmp_path / "run", readonly=True)
         assert store.get_meta("state")["needs_restart"] is True

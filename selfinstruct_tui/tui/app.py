@@ -338,7 +338,11 @@ class SelfInstructApp(App[int]):
             return
         jobs = self.view.submitted_batches
         if not jobs:
-            self._stop()
+            # asked, as quitting is: one `s` too many (the review's "skip" key) stopped the run
+            self.push_screen(ConfirmScreen(
+                "Stop the run? Work in flight gets a bounded grace and is kept; resume it "
+                f"later with: {self.view.resume_command}", yes="Stop", no="Keep running"),
+                lambda yes: self._stop() if yes else None)
             return
 
         def answer(choice: str | None) -> None:

@@ -20,19 +20,19 @@ class Key:
     in_footer: bool = True
 
 
-KEYS = (
+KEYS = (  # in the footer's order: what a run needs most first (a narrow footer cuts the end)
     Key("p", "p", "toggle_pause", "Pause/Resume", "Pause / resume the run"),
-    Key("e", "e", "edit_seeds", "Edit seeds", "Seed manager: add, edit, duplicate, delete seeds"),
     Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)"),
+    Key("q", "q", "quit_app", "Quit", "Quit"),
+    Key("question_mark", "?", "help", "Help", "Show keys"),
+    Key("e", "e", "edit_seeds", "Edit seeds", "Seed manager: add, edit, duplicate, delete seeds"),
     Key("x", "x", "export", "Export", "Export tasks"),
+    Key("d", "d", "detach", "Detach", "Detach: move the run to a background process"),
     Key("r", "r", "review", "Review", "Quality review: rate a random sample of machine tasks"),
-    Key("t", "t", "change_theme", "Theme", "Change theme"),
     Key("slash", "/", "filter", "Filter", "Filter tasks by text"),
     Key("m", "m", "toggle_maximize", "Maximize", "Maximize / restore the focused pane"),
+    Key("t", "t", "change_theme", "Theme", "Change theme"),
     Key("g", "g", "next_chart", "Chart", "Next chart in the round statistics", in_footer=False),
-    Key("question_mark", "?", "help", "Help", "Show keys"),
-    Key("d", "d", "detach", "Detach", "Detach: move the run to a background process"),
-    Key("q", "q", "quit_app", "Quit", "Quit"),
 )
 
 
