@@ -162,6 +162,12 @@ def test_inspector_shows_provenance_and_drop_removes_task(tmp_path, isolated_env
                 assert f"Task #{victim}" in text
                 assert "Prompt #" in text and "Raw response" in text
                 assert "Most similar pool tasks" in text and "Instances" in text
+                body = app.screen.query_one("#inspector-body")
+                assert app.focused is body and body.scroll_y == 0  # the keys scroll it
+                assert "PgDn" in str(body.border_subtitle)  # and it says so
+                await pilot.press("pagedown")
+                await pilot.pause()
+                assert body.scroll_y > 0
                 await pilot.press("d")
                 await until(pilot, lambda: victim not in table.rows)
         return victim

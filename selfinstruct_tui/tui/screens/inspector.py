@@ -89,6 +89,13 @@ class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
                     yield Button("Demote to the pool (-)", id="demote")
                 yield Button("Close (esc)", id="close")
 
+    def on_mount(self) -> None:
+        # The prompt and the raw response are below the first screenful: the arrows and
+        # PgUp/PgDn scroll to them (with a button focused they did nothing)
+        body = self.query_one("#inspector-body", VerticalScroll)
+        body.border_subtitle = "↑↓ PgUp PgDn: scroll to the prompt and the raw response"
+        body.focus()
+
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"drop": self.action_drop, "edit": self.action_edit, "close": self.action_close,
          "promote": self.action_promote, "demote": self.action_demote}[str(event.button.id)]()
