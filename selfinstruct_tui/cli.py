@@ -300,8 +300,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not is_run_dir(args.run_dir):
         raise UserError(f"{args.run_dir}: not a run directory (no run.sqlite in it)")
     try:
-        path, count = export_run(args.run_dir, args.format, args.output,
-                                 reviewed_only=args.reviewed_only)
+        path, count, tasks = export_run(args.run_dir, args.format, args.output,
+                                        reviewed_only=args.reviewed_only)
     except IsADirectoryError:
         raise UserError(f"{args.output}: is a directory; name a file with -o") from None
     except BrokenPipeError:
@@ -311,8 +311,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                         f"({exc.strerror or exc}); choose another -o") from None
     if str(path) != "-":
         text_console().print(
-            f"wrote {count} rows ({args.format}) to {path}; run metadata (model, endpoints) "
-            f"in {path.name}.meta.json", markup=False)
+            f"wrote {count} rows" + (f" ({tasks} tasks, {args.format})" if tasks is not None
+                                     and tasks != count else f" ({args.format})")
+            + f" to {path}; run metadata (model, endpoints) in {path.name}.meta.json",
+            markup=False)
     if args.reviewed_only and count == 0:
         from selfinstruct_tui.engine.review import summarize
         from selfinstruct_tui.engine.store import RunStore

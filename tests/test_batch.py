@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,68 @@ def command_job(tmp_path: Path):
                              input_path=str(path))
     transport = CommandBatchTransport(f"{sys.executable} {script} {{input}} {{output}} {tests}")
     return store, record, transport
+
+
+def test_cancelling_a_command_job_stops_the_whole_command(tmp_path):
+    """Cancel terminated the shell only: the command it ran (vllm run-batch on a GPU node)
+    went on, an orphan, holding the GPU. The job's process group is stopped, children too;
+    and a command that had just ended is no error (ProcessLookupError)."""
+    import asyncio
+    import os
+
+    from selfinstruct_tui.engine.batch import CommandBatchTransport
+
+    store, record, _ = command_job(tmp_path)
+    pid_file = tmp_path / "child.pid"
+    # a compound command: the shell stays, its child is the work
+    transport = CommandBatchTransport(f"sleep 60 & echo $! > {pid_file}; wait; true {{input}} "
+                                      "{output}")
+
+    async def go():
+        rec = await transport.submit(store, record)
+        for _ in range(200):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            await asyncio.sleep(0.02)
+        rec = await transport.cancel(store, rec)
+        await asyncio.sleep(0.5)
+        return rec
+
+    rec = asyncio.run(go())
+    child = int(pid_file.read_text())
+    assert rec.state == "cancelled"
+    try:
+        os.kill(child, 0)
+        with open(f"/proc/{child}/stat") as fh:
+            alive = fh.read().split(") ")[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        alive = False
+    assert not alive, "the command's child outlived the cancel"
+
+    async def ended():  # cancelling a command that has just exited
+        rec = await transport.submit(store, record)
+        await asyncio.sleep(0)
+        os.killpg(int(rec.batch_id.split()[1]), 9)
+        await asyncio.sleep(0.3)
+        return await transport.cancel(store, rec)
+
+    assert asyncio.run(ended()).state == "cancelled"
+
+    async def earlier():  # a job an earlier session started: cancelled by its recorded pid
+        rec = await transport.submit(store, record)
+        for _ in range(200):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            await asyncio.sleep(0.02)
+        return await CommandBatchTransport(transport.template).cancel(store, rec)
+
+    pid_file.unlink()
+    assert asyncio.run(earlier()).state == "cancelled"
+    time.sleep(0.5)
+    child = int(pid_file.read_text())
+    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(
+        ") ")[-1].split()[0] == "Z"
+    store.close()
 
 
 def test_a_command_whose_output_is_complete_is_not_run_again(tmp_path):

@@ -274,10 +274,15 @@ def test_export_key_writes_the_file(tmp_path, isolated_env):
             path.value = str(tmp_path / "data.json")
             await pilot.click("#export")
             await until(pilot, lambda: (tmp_path / "data.json").exists())
+            await until(pilot, lambda: any("Exported 40 tasks in" in str(n.message)
+                                           for n in app._notifications))
 
     run(go())
     rows = json.loads((tmp_path / "data.json").read_text())
     assert len(rows) == sum(1 + n % 3 for n in range(40))
+    # the pool's 40 tasks, not only the rows (instances): said and in the metadata
+    meta = json.loads((tmp_path / "data.json.meta.json").read_text())
+    assert (meta["rows"], meta["tasks"], meta["similarity_tokenizer"]) == (len(rows), 40, "rouge")
 
 
 def test_broken_user_theme_is_reported_not_fatal(tmp_path, isolated_env, monkeypatch):

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -371,12 +372,29 @@ class CommandBatchTransport:
 
     async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         proc = self._procs.pop(record.id, None)
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
+        pid = proc.pid if proc is not None and proc.returncode is None else \
+            _pid_of(record.batch_id) if proc is None else None  # (an earlier session's job)
+        if pid is not None:
+            # The job's whole process group (it leads its own session): the shell alone left
+            # the command it ran going. A command that has just ended is gone already.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == pid and (proc is not None or _runs_job(pid, record)):
+                    os.killpg(pid, signal.SIGTERM)
         return store.update_batch(record, state="cancelled", status="cancelled")
 
     async def close(self) -> None:
         """Nothing to do: a running command finishes its file (the next session reads it)."""
+
+
+def _runs_job(pid: int, record: BatchRecord) -> bool:
+    """Whether process `pid` is still the shell running `record`'s command (its command line
+    names the job's input file): a pid an earlier session recorded may belong to another
+    process by now. False where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return record.input_path.encode() in fh.read()
+    except OSError:
+        return False
 
 
 def _pid_of(batch_id: str | None) -> int | None:

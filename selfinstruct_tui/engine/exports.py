@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
@@ -137,12 +137,23 @@ def check_target(run_dir: str | Path, path: Path) -> None:
                         "a file with -o, or -o - for stdout")
 
 
+class Exported(NamedTuple):
+    """What an export wrote: its path ("-": stdout), its rows (a row per instance in the
+    alpaca, openai-chat and sharegpt formats; per task in self-instruct; per rejection) and the
+    tasks in them (None for the rejections format)."""
+
+    path: Path
+    rows: int
+    tasks: int | None
+
+
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
-               stdout: IO[str] | None = None, reviewed_only: bool = False) -> tuple[Path, int]:
-    """Write the export atomically (or to `stdout` when `output` is "-"); returns the path and
-    the number of rows. `reviewed_only`: only tasks that passed the quality review. UserError
-    for a target that must not be written, or `reviewed_only` where it cannot apply (the
-    rejections format, a run without a review)."""
+               stdout: IO[str] | None = None, reviewed_only: bool = False) -> Exported:
+    """Write the export atomically (or to `stdout` when `output` is "-"), with its metadata
+    beside it (`.meta.json`: the run's, the format, rows, tasks, the similarity tokenizer).
+    `reviewed_only`: only tasks that passed the quality review. UserError for a target that
+    must not be written, or `reviewed_only` where it cannot apply (the rejections format, a run
+    without a review)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     store = RunStore(run_dir, readonly=True)
@@ -153,6 +164,13 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
         if reviewed_only:
             check_reviewed_only(run_dir, fmt, reviews)
 
+        exported = [0]  # tasks
+
+        def counted(tasks: Iterable[Task]) -> Iterator[Task]:
+            for task in tasks:
+                exported[0] += 1
+                yield task
+
         def rows() -> Iterable[dict]:
             if fmt == "rejections":
                 outcome = rejection_outcomes(store)
@@ -160,21 +178,24 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
             tasks = store.iter_tasks("machine")
             if reviewed_only:
                 tasks = (t for t in tasks if t.id in reviews and reviews[t.id].passed)
-            return iter_rows(tasks, fmt, tokenizer, reviews)
+            return iter_rows(counted(tasks), fmt, tokenizer, reviews)
 
+        tasks = None if fmt == "rejections" else exported
         if str(output) == "-":
-            return Path("-"), write_rows(rows(), fmt, stdout or sys.stdout)
+            count = write_rows(rows(), fmt, stdout or sys.stdout)
+            return Exported(Path("-"), count, tasks[0] if tasks else None)
         path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
         check_target(run_dir, path)
         with atomic_writer(path) as fh:
             count = write_rows(rows(), fmt, fh)
         with atomic_writer(metadata_path(path)) as fh:
             json.dump({**run_metadata(store), "format": fmt, "rows": count,
+                       "tasks": tasks[0] if tasks else None, "similarity_tokenizer": tokenizer,
                        "reviewed_only": reviewed_only}, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
     finally:
         store.close()
-    return path, count
+    return Exported(path, count, tasks[0] if tasks else None)
 
 
 def rejection_outcomes(store: RunStore) -> Callable[[RejectionRecord], str]:
