@@ -268,7 +268,27 @@ def prepare(request: RunRequest) -> Session:
         origin = getattr(file_settings, "origins", {}).get("seeds", "the config file")
         raise InputFileError([*exc.problems, f"{origin}: the seeds setting names this file; fix "
                                              "the file or the setting, or give --seeds"]) from None
-    return Session(run_dir, cfg, False, request, seeds=seeds, notes=unset_key_notes(cfg))
+    return Session(run_dir, cfg, False, request, seeds=seeds,
+                   notes=unset_key_notes(cfg) + repeated_seed_notes(seeds, request.seeds))
+
+
+def repeated_seed_notes(seeds: list[SeedTask], path: str | None) -> list[str]:
+    """A note when seed tasks repeat another's instruction (spaces and case aside): such a
+    task is sampled as an example as often as two, and only `seeds check` said so."""
+    first: dict[str, str] = {}
+    pairs = []
+    for task in seeds:
+        key = " ".join(task.instruction.lower().split())
+        if key in first:
+            pairs.append(f"{task.id} = {first[key]}")
+        else:
+            first[key] = task.id
+    if not pairs:
+        return []
+    shown = ", ".join(pairs[:5]) + (f" and {len(pairs) - 5} more" if len(pairs) > 5 else "")
+    return [f"{path or 'the seed file'}: {len(pairs)} seed task(s) repeat another's instruction "
+            f"({shown}); each weighs as two in the prompts' examples. `selfinstruct seeds check "
+            "FILE` lists them and the near duplicates"]
 
 
 def unset_key_notes(cfg: RunConfig, env: Mapping[str, str] | None = None) -> list[str]:

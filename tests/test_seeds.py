@@ -244,3 +244,16 @@ def test_a_seed_file_named_in_the_config_file_is_found_beside_it(run_cli, tmp_pa
     assert conn.execute("SELECT COUNT(*) FROM tasks WHERE origin = 'seed'").fetchone()[0] == 20
     assert json.loads(conn.execute("SELECT value FROM meta WHERE key = 'seeds_path'"
                                    ).fetchone()[0]) == str(config.parent / "myseeds.jsonl")
+
+
+def test_a_run_on_seeds_that_repeat_an_instruction_says_so(run_cli, tmp_path, fake_server):
+    path = tmp_path / "dup.jsonl"
+    tasks = load_seeds(bundled_seeds_path())[:12]
+    rows = [line(id=t.id, instruction=t.instruction) for t in tasks]
+    rows.append(line(id="again", instruction="  " + tasks[3].instruction.upper() + " "))
+    path.write_text("\n".join(rows) + "\n")
+    proc = run_cli("run", "--headless", "--seeds", str(path), "--base-url", fake_server.base_url,
+                   "--model", "m", "--run-dir", str(tmp_path / "run"), "--target", "1",
+                   check=True)
+    assert (f"note: {path}: 1 seed task(s) repeat another's instruction (again = "
+            f"{tasks[3].id}); each weighs as two") in proc.stderr
