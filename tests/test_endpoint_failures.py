@@ -252,7 +252,8 @@ def test_answers_without_usage_are_estimated_and_say_so(run_cli, tmp_path):
         proc = run(run_cli, server, run_dir, "--price-in", "0.001", "--price-out", "0.002")
     assert proc.returncode == 0, proc.stderr
     assert "(estimated:" in proc.stdout and "carried no usage" in proc.stdout
-    assert "$" in proc.stdout.splitlines()[-1]  # the final line shows the cost
+    done = next(ln for ln in proc.stdout.splitlines() if ln.startswith("done: "))
+    assert "$" in done  # the final line shows the cost
     rows = store_rows(run_dir, "SELECT usage_reported, prompt_tokens, completion_tokens "
                       "FROM prompts WHERE response IS NOT NULL")
     assert rows and all(r[0] == 0 and r[1] > 0 and r[2] > 0 for r in rows)

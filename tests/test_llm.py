@@ -222,3 +222,53 @@ def test_a_per_minute_limit_paces_requests_evenly_not_in_bursts(limit):
     # 50 ms apart: at most 11 in any 0.5 s (+1 for scheduling jitter); in bursts of 8 as
     # answers free slots every 0.2 s it was 24
     assert _most_in_any(times, 0.5) <= 12, [round(t - times[0], 3) for t in times]
+
+
+@pytest.mark.parametrize("limit", [{"tokens_per_minute": 100}, {"requests_per_minute": 0.5}])
+def test_a_stop_or_a_pause_holds_requests_waiting_their_turn(limit):
+    """--tpm 100: a request's turn came minutes after the one before, and a stop neither ended
+    the wait nor kept it from going out then (paid 15 minutes after Ctrl-C); a pause alike."""
+    from selfinstruct_tui.engine.llm import RequestAbandoned
+
+    params = SamplingParams(max_tokens=64)
+
+    async def go(server):
+        client = LLMClient(ClientSettings(base_url=server.base_url, model="m", concurrency=4,
+                                          **limit))
+        first = await client.request(REQ, params)  # goes at once; the next one waits its turn
+        waiting = asyncio.create_task(client.request(REQ, params))
+        await asyncio.sleep(0.3)
+        client.pause()
+        client.abandon_pending(grace=0)  # the stop
+        with pytest.raises(RequestAbandoned) as info:
+            await asyncio.wait_for(waiting, 5)  # at once, not at its turn
+        await client.close()
+        return first, info.value
+
+    with FakeOpenAI() as server:
+        first, abandoned = asyncio.run(go(server))
+        sent = server.requests
+    assert first.text and sent == 1
+    assert abandoned.when == "waiting its turn under the rate limit" and abandoned.attempts == 0
+
+
+def test_a_request_whose_turn_comes_during_a_pause_waits_for_the_resume():
+    params = SamplingParams(max_tokens=64)
+
+    async def go(server):
+        client = LLMClient(ClientSettings(base_url=server.base_url, model="m",
+                                          requests_per_minute=60))  # a turn a second
+        await client.request(REQ, params)
+        waiting = asyncio.create_task(client.request(REQ, params))
+        await asyncio.sleep(0.3)
+        client.pause()
+        await asyncio.sleep(1.5)  # its turn came and went, paused
+        during = server.requests
+        client.resume()
+        await asyncio.wait_for(waiting, 10)
+        await client.close()
+        return during
+
+    with FakeOpenAI() as server:
+        during = asyncio.run(go(server))
+        assert (during, server.requests) == (1, 2)

@@ -618,14 +618,17 @@ class RateLimiter:
         self._next = 0.0  # monotonic seconds: the earliest the next request may leave
         self._lock = asyncio.Lock()
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait until a request of `tokens` (estimated prompt + max completion) may leave."""
+    async def acquire(self, tokens: int,
+                      sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Wait until a request of `tokens` (estimated prompt + max completion) may leave.
+        `sleep(seconds)` waits its turn: the client's own, which a stop ends (RequestAbandoned;
+        the turn is not taken) and a pause extends. A low --tpm makes turns minutes apart."""
         if not self.rpm and not self.tpm:
             return
         async with self._lock:
             now = time.monotonic()
             if self._next > now:
-                await asyncio.sleep(self._next - now)
+                await sleep(self._next - now)
                 now = max(self._next, time.monotonic())
             self._next = now + max(60 / self.rpm if self.rpm else 0.0,
                                    60 * tokens / self.tpm if self.tpm else 0.0)
@@ -738,6 +741,15 @@ class LLMClient:
         if self._stopping:
             raise RequestAbandoned(when)
 
+    async def _paced(self, delay: float) -> None:
+        """A request's wait for its turn under a rate limit: a stop abandons it (it was never
+        sent), and a pause holds it until the run resumes."""
+        when = "waiting its turn under the rate limit"
+        await self._sleep(delay, when)
+        await self._running.wait()
+        if self._stopping:
+            raise RequestAbandoned(when)
+
     async def _gate(self, sending: bool = True) -> None:
         """Wait while the client is paused or a shared pause runs. `sending`: the request goes
         out right after this gate, so it takes the next slot of a staggered restart; a request
@@ -829,8 +841,14 @@ class LLMClient:
                 await self._gate()  # pausing stops new requests at once, even queued ones
                 # paced here, next to sending: paced before the slot, requests queued for
                 # slots and left together when answers freed them
-                await self._limiter.acquire(chars // 4 + 1 + max_tokens)
+                await self._limiter.acquire(chars // 4 + 1 + max_tokens, self._paced)
                 endpoint = await self._take_endpoint()  # None: one endpoint
+                if endpoint is not None:
+                    try:  # its own --rpm turn, before it counts as in flight
+                        await endpoint.limiter.acquire(1, self._paced)
+                    except BaseException:
+                        self._pool().release(endpoint)
+                        raise
                 where = self.settings if endpoint is None else \
                     self._endpoint_settings[endpoint.base_url]
                 at = url if endpoint is None else endpoint.base_url  # where this attempt goes
@@ -844,9 +862,6 @@ class LLMClient:
                     self._active.add(task)
                 sent[0] += 1
                 try:
-                    if endpoint is not None:
-                        await endpoint.limiter.acquire(1)
-                        started = time.monotonic()
                     text, finish, p_tok, c_tok, usage = await self._send(
                         client if endpoint is None else endpoint.client, req, params,
                         max_tokens, structured, where.model)
