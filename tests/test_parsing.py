@@ -73,6 +73,9 @@ def reasons(parsed):
      ["Describe the 3 steps. 2. Then list them.", "Explain why 2023. Was a big year."]),
     (" Sum the numbers 10. 12. 14 and report.\n10. Name a fruit.",
      ["Sum the numbers 10. 12. 14 and report.", "Name a fruit."]),
+    # after a closing quote, and the next number alone at the end (an empty item, not text)
+    (' Write a story that ends with "The End." 10. Describe a sunset. 11',
+     ['Write a story that ends with "The End."', "Describe a sunset."]),
 ])
 def test_completions_lists(text, expected):
     assert items(parse_instruction_list(text, first_number=9)) == expected
@@ -90,6 +93,13 @@ def test_markdown_a_chat_model_puts_in_its_list_is_not_kept_in_the_instructions(
         "Explain how tides are caused by the moon. Include the role of the sun.",
         "Draft a polite email declining a meeting invitation.",
         "Explain what `ls -la` prints, line by line."]
+
+
+def test_a_cut_one_line_list_keeps_its_complete_items():
+    parsed = parse_instruction_list(" Write a limerick. 10. Compare cats and dogs. 11",
+                                    first_number=9, truncated=True)
+    assert items(parsed) == ["Write a limerick.", "Compare cats and dogs."]
+    assert [(f.reason, f.text) for f in parsed.discarded] == [(R.TRUNCATED, "11.")]
 
 
 def test_input_and_output_lines_are_never_instructions():

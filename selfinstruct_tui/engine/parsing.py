@@ -370,7 +370,8 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
 
 
 # "... the moon. 10. Draft an email": a number after a sentence's end, before a capital
-_INLINE_NUMBER = re.compile(r"(?<=[.!?])[ \t]+(\d{1,3})[.)][ \t]+(?=[A-Z\"'“*])")
+_INLINE_NUMBER = re.compile(
+    r"(?:(?<=[.!?])|(?<=[.!?][\"'”’]))[ \t]+(\d{1,3})(?:[.)][ \t]+(?=[A-Z\"'“*])|[.)]?[ \t]*$)")
 
 
 def _split_inline_numbers(lines: list[str], first_number: int | None) -> list[str]:
@@ -378,7 +379,8 @@ def _split_inline_numbers(lines: list[str], first_number: int | None) -> list[st
     tides. 11. Draft an email.", as small models write a list) split where the numbers go on
     from the line's own: its "9." marker, the item before it, or `first_number` (completions).
     Only the run of consecutive numbers splits, so "3 steps. 2. Then ..." or a year stays in
-    its instruction."""
+    its instruction; the next number alone at the line's end ("... a flat. 18") starts an
+    empty item (a cut answer's complete items are kept, the empty one is the cut one)."""
     out: list[str] = []
     last = first_number
     for line in lines:
@@ -479,8 +481,9 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
             instruction, inp, label_only = _split_item(item.lines)
             listed = ListItem(instruction, item.raw, item.number, normalize_input(inp))
             if cut:
-                result.discarded.append(Fragment(item.raw, R.TRUNCATED,
-                                                 "the answer hit max_tokens inside this item"))
+                result.discarded.append(Fragment(
+                    item.raw or (f"{item.number}." if item.number is not None else "(empty)"),
+                    R.TRUNCATED, "the answer hit max_tokens inside this item"))
                 continue
             if label_only is not None:
                 result.discarded.append(Fragment(item.raw, R.NOT_AN_INSTRUCTION, label_only))
