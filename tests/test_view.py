@@ -179,3 +179,18 @@ def test_an_attached_ui_counts_the_rate_from_the_session_start(tmp_path):
     view.load(read_snapshot(store))
     store.close()
     assert 11.5 < view.status.rates.tasks_per_minute() <= 12.0
+
+
+def test_a_stopped_run_has_no_eta_an_unpriced_one_no_cost_and_interrupted_rounds_say_so(
+        tmp_path):
+    from selfinstruct_tui.tui.view import StatusView, round_row
+
+    status = StatusView(state="stopped", accepted=10, target=50, priced=False)
+    status.rates.accepted(5)
+    line = status.line().plain
+    assert "ETA -" in line and "$" not in line
+    status.state, status.priced = "running", True
+    assert "ETA -" not in status.line().plain and "$0.0000" in status.line().plain
+    row = round_row(RoundStats(round=8, started=0.0, prompts=2, candidates=19,
+                               rejected={"interrupted": 19}, status="interrupted"))
+    assert row[-1] == "interrupted" and row[5] == "19"

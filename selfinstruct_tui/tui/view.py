@@ -143,7 +143,9 @@ def round_row(s: RoundStats) -> tuple[str, ...]:
     return (str(s.round), str(s.prompts), str(s.candidates), str(s.accepted),
             f"{sum(rejected.values())}{f' ({top})' if top else ''}", str(kept), str(s.surplus),
             f"{s.acceptance_rate:.0%}", f"{s.prompt_tokens + s.completion_tokens:,}",
-            f"${s.cost:.4f}", f"{s.wall_time:.1f}s")
+            f"${s.cost:.4f}",
+            # a round a killed process left running: its time is unknown (the process ended)
+            "interrupted" if s.status == "interrupted" else f"{s.wall_time:.1f}s")
 
 
 # The review questions as the statistics pane's narrow review table names them.
@@ -175,6 +177,7 @@ class StatusView:
     started: float = field(default_factory=time.monotonic)
     elapsed_before: float = 0.0
     rates: Rates = field(default_factory=Rates)  # the last minute: tasks/min, tokens/s
+    priced: bool = True  # prices are set: the cost is shown
 
     def line(self, width: int = 0) -> Text:
         """The status line; with `width`, the least important parts are left out until it fits
@@ -186,7 +189,8 @@ class StatusView:
         per_min = self.rates.tasks_per_minute()
         prompt_tps, output_tps = self.rates.tokens_per_second()
         remaining = max(0, self.target - self.accepted)
-        eta = fmt_duration(remaining / per_min * 60) if per_min > 0 and remaining else "-"
+        eta = fmt_duration(remaining / per_min * 60) if per_min > 0 and remaining and live \
+            else "-"  # (a stopped run has no ETA: it kept the last one)
         endpoint = re.sub(r"^https?://|/v1/?$", "", self.endpoint)
         model = f"{self.model} (embedded)" if self.embedded else f"{self.model} @ {endpoint}"
         if self.endpoints > 1:
@@ -207,8 +211,10 @@ class StatusView:
                   (6, f"{per_min:.1f} tasks/min", ""), (4, f"output {output_tps:.0f} tok/s", "")]
         if self.embedded:  # prompt evaluation is most of a small local model's time
             parts.append((3, f"prompt {prompt_tps:.0f} tok/s", ""))
-        parts += [(6, f"{self.tokens:,} tok", ""), (7, f"${self.cost:.4f}", ""),
-                  (5, fmt_duration(elapsed), ""), (6, f"ETA {eta}", "")]
+        parts.append((6, f"{self.tokens:,} tok", ""))
+        if self.priced:  # without prices the cost is unknown, not $0
+            parts.append((7, f"${self.cost:.4f}", ""))
+        parts += [(5, fmt_duration(elapsed), ""), (6, f"ETA {eta}", "")]
 
         def length(ps: list[tuple[int, str, str]]) -> int:
             return sum(len(t) for _, t, _ in ps) + 3 * (len(ps) - 1) + 2
@@ -317,6 +323,7 @@ class RunView:
             self.rounds[r.round] = round_row(r)
         if cfg is not None:
             self.prices = (cfg.price_input_per_1k, cfg.price_output_per_1k)
+            status.priced = bool(cfg.price_input_per_1k or cfg.price_output_per_1k)
         status.tokens = 0
         status.cost = 0.0
         self._count_tokens(*snap.tokens)
