@@ -417,8 +417,9 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     took = time.perf_counter() - started
     counted = f"kept {len(result.kept)} of {len(items)} ({len(result.dropped)} near duplicates, "
     if result.instructions != len(items):  # rows that repeat an instruction: its instances
-        counted = (f"kept {result.kept_instructions} of {result.instructions} instructions "
-                   f"({len(result.kept)} of {len(items)} rows: rows with the same instruction "
+        what = "instructions" if args.field == "instruction" else f"distinct {args.field!r}"
+        counted = (f"kept {result.kept_instructions} of {result.instructions} {what} "
+                   f"({len(result.kept)} of {len(items)} rows: rows with the same {args.field} "
                    f"are one task's instances; "
                    f"{result.instructions - result.kept_instructions} near duplicates, ")
     text_console().print(
