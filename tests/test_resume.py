@@ -360,29 +360,37 @@ def test_every_request_is_in_the_store_before_it_reaches_the_endpoint(tmp_path, 
     assert_accounted(run_dir)
 
 
+def killed_while_stuck(env: dict, run_dir: Path, kind: str, n: int,
+                       *flags: str) -> tuple[list[str], str]:
+    """A headless run against a server that never answers `kind` requests, killed (SIGKILL)
+    once `n` of them are in flight: (its command, the gone server's base URL)."""
+    with FakeOpenAI(script={kind: [{"hang": 120}]}) as stuck:
+        args = cli_command("run", "--headless", "--base-url", stuck.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), *flags)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: stuck.kinds().count(kind) >= n)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+    return args, stuck.base_url
+
+
 def test_a_killed_run_closes_its_rounds_and_requests_and_takes_up_its_candidates(
         isolated_env, tmp_path):
     from test_real_answers import assert_accounted
 
     run_dir = tmp_path / "run"
-    with FakeOpenAI(script={"instances": [{"hang": 60}]}) as stuck:
-        # a round larger than the target needs: surplus is recorded before the crash
-        args = cli_command("run", "--headless", "--base-url", stuck.base_url, "--model", "m",
-                           "--run-dir", str(run_dir), "--target", "10", "--concurrency", "16",
-                           "--prompts-per-round", "16")
-        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: stuck.kinds().count("instances") >= 3)
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
+    # a round larger than the target needs: surplus is recorded before the crash
+    args, stuck_url = killed_while_stuck(isolated_env, run_dir, "instances", 3, "--target", "10",
+                                         "--concurrency", "16", "--prompts-per-round", "16")
     conn = sqlite3.connect(run_dir / "run.sqlite")
     assert conn.execute("SELECT COUNT(*) FROM rounds WHERE status = 'running'").fetchone()[0]
     assert conn.execute("SELECT COUNT(*) FROM prompts WHERE finished IS NULL").fetchone()[0]
     assert conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'surplus'").fetchone()[0]
     with FakeOpenAI() as server:
-        args[args.index(stuck.base_url)] = server.base_url
+        args[args.index(stuck_url)] = server.base_url
         done = subprocess.run(args, env=isolated_env, capture_output=True, text=True,
                               timeout=120)
     assert done.returncode == 0, done.stderr
@@ -503,16 +511,7 @@ def test_a_round_a_killed_process_left_running_is_shown_as_it_is_closed(isolated
     for it (the TUI's rounds table skipped it, and its candidates were not in the rejections
     pane), so the table jumped from the round before to the first new one."""
     run_dir = tmp_path / "run"
-    with FakeOpenAI(script={"classify": [{"hang": 120}]}) as hung:
-        args = cli_command("run", "--headless", "--base-url", hung.base_url, "--model", "m",
-                           "--run-dir", str(run_dir), "--target", "5", "--concurrency", "4")
-        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: hung.kinds().count("classify") >= 2)
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
+    killed_while_stuck(isolated_env, run_dir, "classify", 2, "--target", "5", "--concurrency", "4")
     with FakeOpenAI() as server:
         done = run_cli("run", "--headless", "--base-url", server.base_url, "--run-dir",
                        str(run_dir), "--target", "5")
