@@ -99,11 +99,15 @@ def test_a_config_file_edited_before_a_resume_is_named_where_the_run_keeps_its_o
            f"{config}: not valid TOML" in proc.stderr, proc.stderr
 
 
+def headless(base_url: str, run_dir: Path) -> tuple[str, ...]:
+    """`run --headless` of `run_dir` at `base_url` (model m): add the target and the rest."""
+    return ("run", "--headless", "--base-url", base_url, "--model", "m", "--run-dir",
+            str(run_dir))
+
+
 def test_the_bundled_seed_file_resumes_a_run_started_without_seeds(run_cli, fake_server,
                                                                   tmp_path):
-    run_dir = tmp_path / "run"
-    base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
-            "--run-dir", str(run_dir))
+    base = headless(fake_server.base_url, tmp_path / "run")
     run_cli(*base, "--target", "3", check=True)
     run_cli(*base, "--seeds", str(bundled_seeds_path()), "--target", "6", check=True)
 
@@ -526,11 +530,10 @@ def test_a_round_a_killed_process_left_running_is_shown_as_it_is_closed(isolated
     assert "this session" in done.stdout
 
 
-def test_a_refused_resume_lists_what_is_safe_to_change_and_a_lower_target_is_said(run_cli, fake_server,
-                                                                     tmp_path):
+def test_a_refused_resume_lists_what_is_safe_to_change_and_a_lower_target_is_said(
+        run_cli, fake_server, tmp_path):
     run_dir = tmp_path / "run"
-    base = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
-            "--run-dir", str(run_dir))
+    base = headless(fake_server.base_url, run_dir)
     run_cli(*base, "--target", "3", check=True)
     refused = run_cli(*base, "--threshold", "0.5")
     assert refused.returncode == 2
