@@ -290,9 +290,9 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     json_list = _parse_json_list(text, truncated)
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
-    lines = _split_inline_numbers(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"),
-                                  first_number)
-    dotted = [_numbered(line) for line in lines]  # each line's "9." marker, read once
+    # each line's "9." marker, read once
+    lines, dotted = _split_inline_numbers(
+        text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), first_number)
     bare = _bare_markers(lines, dotted, first_number)
     numbered_mode = bool(bare) or any(dotted)
     bullet_mode = not numbered_mode and any(
@@ -370,24 +370,28 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
 
 
 # "... the moon. 10. Draft an email": a number after a sentence's end, before a capital
+_MAYBE_INLINE = re.compile(r"[.!?][\"'”’]?[ \t]+\d")  # a cheap look first: most lines have none
 _INLINE_NUMBER = re.compile(
     r"(?:(?<=[.!?])|(?<=[.!?][\"'”’]))[ \t]+(\d{1,3})(?:[.)][ \t]+(?=[A-Z\"'“*])|[.)]?[ \t]*$)")
 
 
-def _split_inline_numbers(lines: list[str], first_number: int | None) -> list[str]:
-    """Lines that run several numbered items together ("Write a limerick. 10. Explain the
-    tides. 11. Draft an email.", as small models write a list) split where the numbers go on
+def _split_inline_numbers(lines: list[str], first_number: int | None
+                          ) -> tuple[list[str], list[tuple[int, str] | None]]:
+    """(lines, their `_numbered` markers): lines that run several numbered items together
+    ("Write a limerick. 10. Explain the tides. 11. Draft an email.", as small models write a
+    list) split where the numbers go on
     from the line's own: its "9." marker, the item before it, or `first_number` (completions).
     Only the run of consecutive numbers splits, so "3 steps. 2. Then ..." or a year stays in
     its instruction; the next number alone at the line's end ("... a flat. 18") starts an
     empty item (a cut answer's complete items are kept, the empty one is the cut one)."""
     out: list[str] = []
+    markers: list[tuple[int, str] | None] = []  # each line's `_numbered`, computed once
     last = first_number
     for line in lines:
         marked = _numbered(line)
         base = marked[0] if marked else last
         cuts: list[int] = []
-        if base is not None:
+        if base is not None and _MAYBE_INLINE.search(line):
             for match in _INLINE_NUMBER.finditer(line):
                 if int(match.group(1)) != base + 1:
                     break
@@ -395,13 +399,16 @@ def _split_inline_numbers(lines: list[str], first_number: int | None) -> list[st
                 cuts.append(match.start())
         if cuts:
             starts = [0, *cuts]
-            out.extend(line[a:b].strip() if a else line[a:b].rstrip()
-                       for a, b in zip(starts, [*cuts, len(line)], strict=True))
+            pieces = [line[a:b].strip() if a else line[a:b].rstrip()
+                      for a, b in zip(starts, [*cuts, len(line)], strict=True)]
+            out.extend(pieces)
+            markers.extend(_numbered(piece) for piece in pieces)
         else:
             out.append(line)
+            markers.append(marked)
         if base is not None:
             last = base
-    return out
+    return out, markers
 
 
 def _bare_start(line: str) -> tuple[int, str] | None:
