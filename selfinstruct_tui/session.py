@@ -373,20 +373,23 @@ def discover_model(base_url: str, api_key: str, key_env: str = DEFAULT_KEY_ENV) 
     when the endpoint could not be reached)."""
     import openai
 
-    from selfinstruct_tui.engine.llm import ClientSettings, Redactor, error_text, map_error
+    from selfinstruct_tui.engine.llm import (
+        ClientSettings,
+        Redactor,
+        error_text,
+        map_error,
+        status_failure,
+    )
 
     client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=10,
                            max_retries=1)
     redact = Redactor(api_key)
     try:
         models = [m.id for m in client.models.list()]
-    except openai.AuthenticationError as exc:
-        if not api_key:
-            raise UserError(f"{base_url} wants an API key and none was sent "
-                            f"({redact(error_text(exc))}): {key_env} is not set. Set it (or "
-                            "key_env to the variable that holds the key)") from None
-        raise UserError(f"{base_url} refused the API key ({redact(error_text(exc))}): check "
-                        f"{key_env} (or the key_env setting)") from None
+    except openai.AuthenticationError as exc:  # said as a request's 401 is: no key, or refused
+        failure = status_failure(exc.status_code, error_text(exc), ClientSettings(
+            base_url=base_url, model="", api_key=api_key, key_env=key_env))
+        raise UserError(redact(failure.message)) from None
     except openai.APIStatusError as exc:
         raise UserError(f"cannot list the models at {base_url} ({exc.status_code}: "
                         f"{redact(error_text(exc))}); check --base-url, or name the model "
