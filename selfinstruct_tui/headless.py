@@ -33,7 +33,7 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import kept_note, progress_line
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.rates import Rates
-from selfinstruct_tui.engine.store import OPEN_REASONS, BatchRecord, RoundStats
+from selfinstruct_tui.engine.store import BatchRecord, RoundStats
 
 # seconds (monotonic) after which an unchanged pending batch job is printed again
 BATCH_REPEAT_SECONDS = 600.0
@@ -52,8 +52,7 @@ def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool)
         "taken up again (paid for earlier; no new prompts)"
     # Candidates whose request got no answer (or that a stop left) are not lost: they stay open
     # and are taken up again, so they are named apart from the ones the filters settled.
-    settled = {k: v for k, v in (s.rejected or {}).items() if k not in OPEN_REASONS}
-    still = {k: v for k, v in (s.rejected or {}).items() if k in OPEN_REASONS}
+    settled, still = s.settled, s.kept_open
     kept = f"; kept open {sum(still.values())}: {short_reasons(still)} (taken up again)" \
         if still else ""
     parts = [f"round {s.round}: {s.accepted} accepted of {s.candidates} candidates {source} "

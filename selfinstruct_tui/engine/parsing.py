@@ -379,8 +379,8 @@ def _split_inline_numbers(lines: list[str], first_number: int | None
                           ) -> tuple[list[str], list[tuple[int, str] | None]]:
     """(lines, their `_numbered` markers): lines that run several numbered items together
     ("Write a limerick. 10. Explain the tides. 11. Draft an email.", as small models write a
-    list) split where the numbers go on
-    from the line's own: its "9." marker, the item before it, or `first_number` (completions).
+    list) split where the numbers go on from the line's own: its "9." marker, the item before
+    it, or `first_number` (completions).
     Only the run of consecutive numbers splits, so "3 steps. 2. Then ..." or a year stays in
     its instruction; the next number alone at the line's end ("... a flat. 18") starts an
     empty item (a cut answer's complete items are kept, the empty one is the cut one)."""

@@ -277,6 +277,17 @@ class RoundStats:
         return sum((self.rejected or {}).values())
 
     @property
+    def settled(self) -> dict[str, int]:
+        """`rejected` by the reasons that end a candidate (OPEN_REASONS left out)."""
+        return {k: v for k, v in (self.rejected or {}).items() if k not in OPEN_REASONS}
+
+    @property
+    def kept_open(self) -> dict[str, int]:
+        """`rejected` by the reasons that leave a candidate open, taken up again (abandoned,
+        unanswered, interrupted; surplus has its own count)."""
+        return {k: v for k, v in (self.rejected or {}).items() if k in OPEN_REASONS}
+
+    @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.candidates if self.candidates else 0.0
 

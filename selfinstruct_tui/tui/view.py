@@ -127,21 +127,15 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
 
 
-def settled_rejections(rejected: dict[str, int] | None) -> dict[str, int]:
-    """A round's rejections the filters settled: without candidates kept open (abandoned,
-    unanswered, interrupted), which are taken up again, not rejected."""
-    return {k: v for k, v in (rejected or {}).items() if k not in OPEN_REASONS}
-
-
 def round_row(s: RoundStats) -> tuple[str, ...]:
     """The rounds table's row: cand. = acc. + rejected + open + surplus. `rejected` names its
     most common reason ("+" when there are others); `open`: candidates kept open."""
-    rejected = settled_rejections(s.rejected)
+    rejected = s.settled
     ranked = sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))
     top = ranked[0][0].replace("_", " ") + ("+" if len(ranked) > 1 else "") if ranked else ""
-    kept = sum((s.rejected or {}).values()) - sum(rejected.values())
     return (str(s.round), str(s.prompts), str(s.candidates), str(s.accepted),
-            f"{sum(rejected.values())}{f' ({top})' if top else ''}", str(kept), str(s.surplus),
+            f"{sum(rejected.values())}{f' ({top})' if top else ''}",
+            str(sum(s.kept_open.values())), str(s.surplus),
             f"{s.acceptance_rate:.0%}", f"{s.prompt_tokens + s.completion_tokens:,}",
             f"${s.cost:.4f}",
             # a round a killed process left running: its time is unknown (the process ended)
@@ -318,7 +312,7 @@ class RunView:
                 self.pool_sizes.append(self.seed_count + machine)
                 finished.append(r)
                 self.round_points.append(RoundPoint(r.round, r.accepted,
-                                                    settled_rejections(r.rejected)))
+                                                    r.settled))
         for r in finished[-HISTORY_ROUNDS:]:
             self.rounds[r.round] = round_row(r)
         if cfg is not None:
@@ -447,7 +441,7 @@ class RunView:
             self.rounds.popitem(last=False)
         self.pool_sizes.append(self.seed_count + e.accepted_total)
         self.round_points.append(RoundPoint(e.stats.round, e.stats.accepted,
-                                            settled_rejections(e.stats.rejected)))
+                                            e.stats.settled))
         self.dirty.add("stats")
 
     def _on_RequestRetried(self, e: ev.RequestRetried) -> None:
