@@ -300,8 +300,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not is_run_dir(args.run_dir):
         raise UserError(f"{args.run_dir}: not a run directory (no run.sqlite in it)")
     try:
-        path, count, tasks = export_run(args.run_dir, args.format, args.output,
-                                        reviewed_only=args.reviewed_only)
+        exported = export_run(args.run_dir, args.format, args.output,
+                              reviewed_only=args.reviewed_only)
     except IsADirectoryError:
         raise UserError(f"{args.output}: is a directory; name a file with -o") from None
     except BrokenPipeError:
@@ -309,13 +309,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"{args.output or args.run_dir}: cannot write the export "
                         f"({exc.strerror or exc}); choose another -o") from None
+    path = exported.path
     if str(path) != "-":
         text_console().print(
-            f"wrote {count} rows" + (f" ({tasks} tasks, {args.format})" if tasks is not None
-                                     and tasks != count else f" ({args.format})")
-            + f" to {path}; run metadata (model, endpoints) in {path.name}.meta.json",
-            markup=False)
-    if args.reviewed_only and count == 0:
+            f"wrote {exported.counted} ({args.format}) to {path}; run metadata (model, "
+            f"endpoints) in {path.name}.meta.json", markup=False)
+    if args.reviewed_only and exported.rows == 0:
         from selfinstruct_tui.engine.review import summarize
         from selfinstruct_tui.engine.store import RunStore
 
@@ -518,22 +517,20 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     kept = [b for b in engine.store.batches(pending_only=True) if b.state == "submitted"]
     if kept and finished.reason is not FinishReason.TARGET:
         out.print(kept_note(len(kept), bool(session.config.batch_command)), markup=False)
+    p_tok, c_tok = engine.tokens
+    spent = f"this session: {p_tok + c_tok:,} tokens, ${engine.cost:.4f}"
     if finished.reason is FinishReason.TARGET:
         from selfinstruct_tui.headless import export_hint
 
-        p_tok, c_tok = engine.tokens
-        out.print(f"done: {finished.accepted}/{finished.target} machine tasks; this session: "
-                  f"{p_tok + c_tok:,} tokens, ${engine.cost:.4f}\n"
+        out.print(f"done: {finished.accepted}/{finished.target} machine tasks; {spent}\n"
                   f"{export_hint(str(session.run_dir))}", markup=False)
     else:
         pause = engine.paused
         why = finished.message or (f"it was paused: {pause.reason}"
                                    if pause is not None and pause.by_errors else "")
-        p_tok, c_tok = engine.tokens
         out.print(f"{'stopped' if finished.reason is FinishReason.STOPPED else 'ended'} at "
                   f"{finished.accepted}/{finished.target} machine tasks"
-                  + (f": {why}" if why else "")
-                  + f"; this session: {p_tok + c_tok:,} tokens, ${engine.cost:.4f}"
+                  + (f": {why}" if why else "") + f"; {spent}"
                   + f"\nresume with: {session.resume_command_after(why)}", markup=False)
     return FinishReason(finished.reason).exit_code
 

@@ -146,6 +146,13 @@ class Exported(NamedTuple):
     rows: int
     tasks: int | None
 
+    @property
+    def counted(self) -> str:
+        """e.g. "300 tasks in 808 rows", or "808 rows" where rows are tasks (or rejections)."""
+        if self.tasks is not None and self.tasks != self.rows:
+            return f"{self.tasks} tasks in {self.rows} rows"
+        return f"{self.rows} rows"
+
 
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
                stdout: IO[str] | None = None, reviewed_only: bool = False) -> Exported:

@@ -523,15 +523,12 @@ class SelfInstructApp(App[int]):
     @work(thread=True, group="export")
     def _export(self, fmt: str, path: str, reviewed_only: bool = False) -> None:
         try:
-            out, count, tasks = export_run(self.run_dir, fmt, path or None,
-                                           reviewed_only=reviewed_only)
+            exported = export_run(self.run_dir, fmt, path or None, reviewed_only=reviewed_only)
         except (OSError, ValueError, UserError) as exc:
             self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error")
             return
-        # rows are instances in most formats: the pool's count is the tasks
-        what = f"{tasks} tasks in {count} rows" if tasks is not None and tasks != count else \
-            f"{count} rows"
-        self.call_from_thread(self.notify, f"Exported {what} ({fmt}) to {out}")
+        self.call_from_thread(self.notify,
+                              f"Exported {exported.counted} ({fmt}) to {exported.path}")
 
     def action_review(self) -> None:
         """The quality review of a sample of machine tasks (screens/review.py); its answers go
