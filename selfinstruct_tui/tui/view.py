@@ -311,8 +311,7 @@ class RunView:
                 machine = r.pool_after if r.pool_after is not None else machine + r.accepted
                 self.pool_sizes.append(self.seed_count + machine)
                 finished.append(r)
-                self.round_points.append(RoundPoint(r.round, r.accepted,
-                                                    r.settled))
+                self.round_points.append(RoundPoint(r.round, r.accepted, r.settled))
         for r in finished[-HISTORY_ROUNDS:]:
             self.rounds[r.round] = round_row(r)
         if cfg is not None:
@@ -440,8 +439,7 @@ class RunView:
         while len(self.rounds) > HISTORY_ROUNDS:
             self.rounds.popitem(last=False)
         self.pool_sizes.append(self.seed_count + e.accepted_total)
-        self.round_points.append(RoundPoint(e.stats.round, e.stats.accepted,
-                                            e.stats.settled))
+        self.round_points.append(RoundPoint(e.stats.round, e.stats.accepted, e.stats.settled))
         self.dirty.add("stats")
 
     def _on_RequestRetried(self, e: ev.RequestRetried) -> None:
