@@ -95,6 +95,45 @@ def test_markdown_a_chat_model_puts_in_its_list_is_not_kept_in_the_instructions(
         "Explain what `ls -la` prints, line by line."]
 
 
+@pytest.mark.parametrize("text, first, expected", [
+    # numbered sub-steps indented under an item (completions: the item is the prompt's 9)
+    (" Plan meals for a week. Include:\n   1. Breakfast for two people\n   2. Lunch for a "
+     "picnic\n10. Name a fruit.\n11. Explain viruses:\n    1) how they spread\n"
+     "    2) how they are treated\n12. Sort the list.", 9,
+     ["Plan meals for a week. Include: 1. Breakfast for two people 2. Lunch for a picnic",
+      "Name a fruit.", "Explain viruses: 1) how they spread 2) how they are treated",
+      "Sort the list."]),
+    # the sub-steps' numbers are the list's own next ones: the indentation tells
+    ("1. Plan meals for a week. Include:\n\n   1. Breakfast for two people\n"
+     "   2. Lunch for a picnic\n\n2. Name a fruit.\n3. Sort the list.", None,
+     ["Plan meals for a week. Include: 1. Breakfast for two people 2. Lunch for a picnic",
+      "Name a fruit.", "Sort the list."]),
+    # unindented: a list that restarts at 1 after "...:" and comes back to the item's next number
+    ("1. Pack for a camping trip. Bring:\n1. Shelter for rain\n2. Food for three days\n"
+     "3. Warm clothing\n2. Name a fruit.", None,
+     ["Pack for a camping trip. Bring: 1. Shelter for rain 2. Food for three days 3. Warm "
+      "clothing", "Name a fruit."]),
+    (" Pack for a camping trip. Bring:\n1. Shelter for rain\n2. Food for three days\n"
+     "10. Name a fruit.", 9,
+     ["Pack for a camping trip. Bring: 1. Shelter for rain 2. Food for three days",
+      "Name a fruit."]),
+    # numbered steps and sub-bullets under bulleted items
+    ("- Plan meals for a week:\n  1. Breakfast for two people\n  2. Lunch for a picnic\n"
+     "- Name a fruit.\n- Describe a sunset:\n  - its colours\n  - its mood", None,
+     ["Plan meals for a week: 1. Breakfast for two people 2. Lunch for a picnic",
+      "Name a fruit.", "Describe a sunset: its colours its mood"]),
+    # an item ending in ":" followed by the list's next number is no nested list
+    ("1. Name the planets:\n2. Name a fruit.\n3. Sort the list.", None,
+     ["Name the planets:", "Name a fruit.", "Sort the list."]),
+])
+def test_a_list_nested_in_an_item_is_part_of_its_instruction(text, first, expected):
+    """Sub-steps were separate tasks ("Lunch for a picnic") and left their item cut at
+    "Include:"."""
+    parsed = parse_instruction_list(text, first_number=first)
+    assert items(parsed) == expected
+    assert not parsed.discarded
+
+
 def test_a_cut_one_line_list_keeps_its_complete_items():
     parsed = parse_instruction_list(" Write a limerick. 10. Compare cats and dogs. 11",
                                     first_number=9, truncated=True)

@@ -124,6 +124,25 @@ def test_generation_layouts_through_the_engine(tmp_path, name):
             if r["level"] == "candidate"] == reasons
 
 
+def test_steps_nested_in_an_item_stay_in_its_instruction(tmp_path):
+    """A chat model's sub-steps under an item were tasks of their own ("A dinner spot near the
+    harbour"), and the item was kept cut at "Include:"."""
+    text = (f"Here are new tasks:\n\n1. {NEW[0]} Include:\n   1. A museum visit for the "
+            f"children\n   2. A dinner spot near the harbour\n2. {NEW[1]}\n3. {NEW[2][:-1]}:\n"
+            f"1. Once in a formal tone\n2. Once in a friendly tone\n4. {NEW[3]}")
+    expected = [f"{NEW[0]} Include: 1. A museum visit for the children 2. A dinner spot near "
+                "the harbour", NEW[1],
+                f"{NEW[2][:-1]}: 1. Once in a formal tone 2. Once in a friendly tone", NEW[3]]
+    with FakeOpenAI(script={"generate": [text]}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 4, api="chat",
+                                          structured_output="off")
+    assert finished.reason == "target"
+    assert [t["instruction"] for t in machine(run_dir)] == expected
+    assert rejections(run_dir) == []
+    assert_accounted(run_dir)
+    assert [r["instruction"] for r in exported(run_dir, "self-instruct", tmp_path)] == expected
+
+
 def test_a_model_that_repeats_the_examples_keeps_its_new_items(tmp_path):
     # The prompt's 8 examples are sampled from the seeds: repeat them back, then add new items.
     def answer(prompt_examples):

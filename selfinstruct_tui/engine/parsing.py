@@ -208,6 +208,7 @@ class _Item:
     number: int | None
     lines: list[str] = field(default_factory=list)
     implicit: bool = False  # completions: the text before the first marker continues item N
+    indent: int = 0  # columns before its marker: a list indented deeper is nested in it
 
     @property
     def has_content(self) -> bool:
@@ -237,6 +238,26 @@ def clean_instruction(text: str) -> str:
     if text:
         text = text[0].upper() + text[1:]
     return text
+
+
+_STEP = re.compile(r"[ \t]*\(?\d{1,2}[.)]")  # "1.", "2)", "(3)": how a sub-step is numbered
+
+
+def _indent(line: str) -> int:
+    """Columns of leading white space (a tab is 4)."""
+    return len(line[:len(line) - len(line.lstrip(" \t"))].expandtabs(4))
+
+
+def _returns_to(later: list[tuple[int, str] | None], number: int, parent: int | None) -> bool:
+    """The numbered markers `later` go on from `number` and then come back to `parent` (or
+    the text ends): the run up to there is a list nested in the item before `parent`."""
+    for hit in later:
+        if hit is None:
+            continue
+        if hit[0] != number + 1:
+            return hit[0] == parent
+        number += 1
+    return True
 
 
 def _numbered(line: str) -> tuple[int, str] | None:
@@ -294,9 +315,11 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     lines, dotted = _split_inline_numbers(
         text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), first_number)
     bare = _bare_markers(lines, dotted, first_number)
-    numbered_mode = bool(bare) or any(dotted)
-    bullet_mode = not numbered_mode and any(
-        _BULLET.match(line) and not _LABEL.match(line) for line in lines)
+    bullets = [_indent(line) for line in lines if _BULLET.match(line) and not _LABEL.match(line)]
+    numbers = [_indent(line) for line, hit in zip(lines, dotted, strict=True) if hit]
+    # numbered sub-steps under bulleted items do not make a numbered list
+    numbered_mode = bool(bare) or bool(numbers) and not (bullets and min(bullets) < min(numbers))
+    bullet_mode = not numbered_mode and bool(bullets)
     label_mode = not numbered_mode and not bullet_mode and any(
         (m := _LABEL.match(line)) and m.group(1).lower() in ("instruction", "task")
         for line in lines)
@@ -313,17 +336,49 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
         expected = first_number + 1
     in_section = False
     blank_pending = False
+    sub_next: int | None = None  # the next number of a list nested in the current item
 
     def finish() -> None:
-        nonlocal cur
+        nonlocal cur, sub_next
         if cur is not None and (cur.has_content or not cur.implicit):
             items.append(cur)
         cur = None
+        sub_next = None
+
+    def nested(n: int, line: str) -> bool:
+        """The line belongs to a list nested in the current item ("Include:" and its steps
+        or sub-bullets), which is part of the instruction: a marker indented deeper than the
+        item's, or, unindented, a numbered list that starts at 1 after the item's text ends
+        with ":" and goes on in order. A number the list itself goes on with (a skip of up to
+        two) is the next item unless it is indented under an open nested list."""
+        nonlocal sub_next
+        if cur is None or not cur.has_content or in_section:
+            return False
+        if bullet_mode:
+            return _BULLET.match(line) is not None and _indent(line) > cur.indent
+        hit = dotted[n]
+        if not numbered_mode or hit is None or not _STEP.match(line):
+            return False
+        number = hit[0]
+        follows = expected is not None and expected <= number <= expected + 2
+        if _indent(line) > cur.indent:
+            step = sub_next is not None or not follows
+        elif not follows:
+            step = number == sub_next or number == 1 and cur.lines[-1].rstrip().endswith(":")
+        else:  # "2." after "1. Shelter" under item 1: nested if the numbers come back to 2
+            step = number == sub_next and _returns_to(dotted[n + 1:], number, expected)
+        if step:
+            sub_next = number + 1
+        return step
 
     for n, line in enumerate(lines):
         if not line.strip():
             if cur is not None and cur.has_content:
                 blank_pending = True
+            continue
+        if nested(n, line):
+            cur.lines.append(line)  # type: ignore[union-attr]  # nested() checked it
+            blank_pending = False
             continue
         start = _item_start(line, dotted[n], numbered_mode, bullet_mode, label_mode, expected,
                             in_section)
@@ -332,7 +387,7 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
         if start is not None:
             finish()
             index, rest = start
-            cur = _Item(index)
+            cur = _Item(index, indent=_indent(line))
             if index is not None:
                 expected = index + 1
             in_section = False
