@@ -269,7 +269,22 @@ def prepare(request: RunRequest) -> Session:
         raise InputFileError([*exc.problems, f"{origin}: the seeds setting names this file; fix "
                                              "the file or the setting, or give --seeds"]) from None
     return Session(run_dir, cfg, False, request, seeds=seeds,
-                   notes=unset_key_notes(cfg) + repeated_seed_notes(seeds, request.seeds))
+                   notes=pool_replaced_notes(file_settings, flags) + unset_key_notes(cfg)
+                   + repeated_seed_notes(seeds, request.seeds))
+
+
+def pool_replaced_notes(file_settings: Mapping[str, Any], flags: Mapping[str, Any],
+                        env: Mapping[str, str] | None = None) -> list[str]:
+    """A note when OPENAI_BASE_URL (no --base-url given) replaces the config file's pool of
+    several [[endpoints]]: the environment comes after the file, and a variable exported for
+    other tools would otherwise replace the pool unsaid."""
+    env = os.environ if env is None else env
+    pool = file_settings.get("endpoints") or []
+    if len(pool) < 2 or flags.get("base_url") or not env.get("OPENAI_BASE_URL"):
+        return []
+    where = getattr(file_settings, "origins", {}).get("endpoints", "the config file")
+    return [f"OPENAI_BASE_URL is set, so this run uses {env['OPENAI_BASE_URL']} "
+            f"instead of the {len(pool)} [[endpoints]] at {where}; unset it to use them"]
 
 
 def repeated_seed_notes(seeds: list[SeedTask], path: str | None) -> list[str]:

@@ -231,6 +231,25 @@ def test_an_endpoint_that_refuses_an_extra_body_field_is_dropped_and_the_others_
     assert all(body.get("top_k") == 20 for _, _, body in vllm.log)
 
 
+def test_openai_base_url_replaces_the_config_files_pool_and_says_so(run_cli, tmp_path,
+                                                                    isolated_env):
+    """With [[endpoints]] in the config file, OPENAI_BASE_URL was ignored unsaid (the file's
+    first endpoint won). The environment comes after the file: it replaces the pool, said."""
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    config.write_text('[[endpoints]]\nbase_url = "http://127.0.0.1:9/v1"\n\n'
+                      '[[endpoints]]\nbase_url = "http://127.0.0.1:8/v1"\n')
+    with FakeOpenAI() as server:
+        proc = run_cli("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"),
+                       "--target", "2", env={"OPENAI_BASE_URL": server.base_url})
+        assert proc.returncode == 0, proc.stderr
+        assert server.by_kind["generate"] >= 1
+    assert (f"note: OPENAI_BASE_URL is set, so this run uses {server.base_url} instead of the "
+            f"2 [[endpoints]] at {config}:1") in proc.stderr
+    conn = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    assert {e for (e,) in conn.execute("SELECT DISTINCT endpoint FROM prompts")} == {
+        server.base_url}
+
+
 def test_a_single_endpoint_that_refuses_an_extra_body_field_stops_with_the_fix(run_cli,
                                                                                tmp_path):
     """One endpoint: the run stops at the first refusal (not a streak of failed requests and
@@ -372,6 +391,12 @@ def test_config_file_endpoints_are_read_and_checked(tmp_path):
     # One --base-url on the command line replaces the file's pool.
     single = build_config(settings, {"model": "m", "base_url": "http://c:1/v1"}, env={})
     assert single.endpoints == [] and single.base_url == "http://c:1/v1"
+    # So does OPENAI_BASE_URL (the environment comes after the file), and a flag after both.
+    env = {"OPENAI_BASE_URL": "http://d:1/v1"}
+    from_env = build_config(settings, {"model": "m"}, env=env)
+    assert from_env.endpoints == [] and from_env.base_url == "http://d:1/v1"
+    assert build_config(settings, {"model": "m", "base_url": "http://c:1/v1"},
+                        env=env).base_url == "http://c:1/v1"
 
     path.write_text('[[endpoints]]\nbase_url = "http://a:1/v1"\nurl = "x"\n\n'
                     '[[endpoints]]\nconcurrency = "four"\n\n'

@@ -588,8 +588,10 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
             setattr(cfg, key, value)
             origins[key] = "command line"
             given.add(key)
-    if flags.get("base_url") and flags.get("endpoints") is None:
-        cfg.endpoints = []  # one --base-url replaces the config file's pool
+    if "base_url" in given and flags.get("endpoints") is None:
+        # one --base-url, or OPENAI_BASE_URL, replaces the config file's pool (the file's
+        # first endpoint won over the environment variable, which was ignored unsaid)
+        cfg.endpoints = []
     if len(cfg.endpoints) == 1:  # one [[endpoints]] table: the run's own endpoint settings
         for key, value in cfg.endpoints[0].items():
             if key in given:
