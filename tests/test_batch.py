@@ -441,6 +441,11 @@ def test_a_stop_keeps_a_pending_batch_and_the_next_session_reads_its_answers(tmp
         classify_job = next(j for j in pending if j["kind"] == "classify")
         assert conn.execute("SELECT COUNT(*) FROM rejections WHERE reason = 'abandoned'"
                             ).fetchone()[0] >= len(json.loads(classify_job["prompt_ids"]))
+        # its requests are not called abandoned: they wait in the job at the endpoint
+        ids = ",".join(map(str, json.loads(classify_job["prompt_ids"])))
+        assert {r[0] for r in conn.execute(f"SELECT error FROM prompts WHERE id IN ({ids})")} == {
+            f"in batch job {classify_job['id']}, which stays pending at the endpoint (the run "
+            "stopped): the next session reads its answer, not sent again"}
         before = server.batch_creations
         server.configure(batch_polls=1)
         lines_before = server.batch_lines

@@ -530,8 +530,8 @@ class Batcher:
             record = await self.follow(record)
             if record.state == "lost":  # its requests are sent again, as unanswered ones are
                 raise RequestFailed(record.message, kind=Cause.NOT_FOUND)
-            if record.state != "downloaded":
-                raise RequestAbandoned("in flight")
+            if record.state != "downloaded":  # the run stopped; the job stays pending
+                raise RequestAbandoned("in flight", job=record.id)
             lines, where = answers(record), self.answered_at(record)
             for cid, future in futures.items():
                 if not future.done():

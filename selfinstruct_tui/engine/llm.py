@@ -134,12 +134,16 @@ class RequestFailed(Exception):
 class RequestAbandoned(Exception):
     """The engine is stopping. `when`: "before sending", "waiting to retry" or "in flight";
     `attempts`: how many times the request had been sent; `endpoint`, `model`: where the last
-    attempt went (None when it never left)."""
+    attempt went (None when it never left); `job`: the batch job (its store id) that holds the
+    request and stays pending at the endpoint, so it is not abandoned: the next session reads
+    its answer."""
 
-    def __init__(self, when: str = "before sending", attempts: int = 0) -> None:
+    def __init__(self, when: str = "before sending", attempts: int = 0,
+                 job: int | None = None) -> None:
         super().__init__(f"abandoned {when}")
         self.when = when
         self.attempts = attempts
+        self.job = job
         self.endpoint: str | None = None
         self.model: str | None = None
 

@@ -107,10 +107,12 @@ class RequestRecorder:
             raise
         except RequestAbandoned as exc:
             after = f" after {exc.attempts} attempts" if exc.attempts > 1 else ""
-            done = self.store.finish_prompt(
-                record, response=None, attempts=exc.attempts,
-                error=f"abandoned {exc.when}{after} (the run was stopping)",
-                endpoint=exc.endpoint, model=exc.model)
+            error = f"abandoned {exc.when}{after} (the run was stopping)"
+            if exc.job is not None:  # paid for, and answered at the endpoint in its time
+                error = (f"in batch job {exc.job}, which stays pending at the endpoint (the run "
+                         "stopped): the next session reads its answer, not sent again")
+            done = self.store.finish_prompt(record, response=None, attempts=exc.attempts,
+                                            error=error, endpoint=exc.endpoint, model=exc.model)
             self.bus.emit(ev.PromptFailed.of(done))
             return Asked(record.id, None, ABANDONED)
         except RequestFailed as exc:
