@@ -350,6 +350,107 @@ def test_json_instances():
     assert pairs(parse_instances(labeled, output_first=True)) == [("Is it raining?", "Yes")]
 
 
+# Layouts real chat models write that lost examples or put commentary into the data.
+CHAT_INSTANCE_ANSWERS = {
+    # the prompt's own "Task: ..." line repeated first: the whole answer was cut at line 0
+    "task repeated first": ("Task: Convert Celsius to Fahrenheit.\n\nExample 1\nInput: 0 C\n"
+                            "Output: 32 F\n\nExample 2\nInput: 100 C\nOutput: 212 F", False,
+                            [("0 C", "32 F"), ("100 C", "212 F")], []),
+    "bold task repeated first": ("**Task:** Label the review.\n\nClass label: Positive\n"
+                                 "Input: Loved it.\nClass label: Negative\nInput: Awful.",
+                                 True, [("Loved it.", "Positive"), ("Awful.", "Negative")], []),
+    # closing remarks about the examples were part of the last output (or input)
+    "closing remarks": ("Example 1\nInput: 0 C\nOutput: 32 F\n\nExample 2\nInput: 100 C\n"
+                        "Output: 212 F\n\nThese examples show how to convert between the "
+                        "scales. Let me know if you need more!", False,
+                        [("0 C", "32 F"), ("100 C", "212 F")], []),
+    "closing remarks, output first": ("Class label: Negative\nInput: It broke after a week.\n\n"
+                                      "Each input clearly reflects the sentiment of its label.",
+                                      True, [("It broke after a week.", "Negative")], []),
+    "closing note": ("Input: x + 1 = 2\nOutput: x = 1\n\nNote: these examples use small "
+                     "numbers.", False, [("x + 1 = 2", "x = 1")], []),
+    # ... but an output's own last paragraph is the output's
+    "an email's last lines": ("Input: (none)\nOutput: Dear Jo,\n\nI hope you are well.\n\n"
+                              "Let me know if you need anything else.\n\nBest,\nAnna", False,
+                              [("", "Dear Jo,\n\nI hope you are well.\n\nLet me know if you "
+                                    "need anything else.\n\nBest,\nAnna")], []),
+    # several inputs under one label were one input holding "Input: ..." lines
+    "inputs under one label": ("Class label: Positive\nInput: I loved this blender.\nInput: "
+                               "Best purchase all year.\n- Input: Works great.\n\nClass label: "
+                               "Negative\nInput 1: It broke.\nInput 2: Awful.", True,
+                               [("I loved this blender.", "Positive"),
+                                ("Best purchase all year.", "Positive"),
+                                ("Works great.", "Positive"), ("It broke.", "Negative"),
+                                ("Awful.", "Negative")], []),
+    # a number alone under its label was read as the next example's number
+    "numbers on the next line": ("Example 1\nInput:\n144\nOutput:\n12\n\nExample 2\nInput:\n"
+                                 "81\nOutput: 9", False, [("144", "12"), ("81", "9")], []),
+    "a column of numbers": ("Input: the first primes\nOutput:\n2\n3\n5\n7\n\n2.\nInput: two "
+                            "even numbers\nOutput:\n2\n4", False,
+                            [("the first primes", "2\n3\n5\n7"), ("two even numbers", "2\n4")],
+                            []),
+    # JSON in a fence with a sentence around it was unparseable
+    "fenced JSON between sentences": ('Sure! Here they are:\n\n```json\n{"instances": [{"input": '
+                                      '"0 C", "output": "32 F"}]}\n```\n\nLet me know!', False,
+                                      [("0 C", "32 F")], []),
+    # ... but a JSON output in a fence is an output
+    "a fenced JSON output": ('Input: a list of three numbers\nOutput:\n```json\n[1, 2, 3]\n```',
+                             False, [("a list of three numbers", "```json\n[1, 2, 3]\n```")],
+                             []),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAT_INSTANCE_ANSWERS))
+def test_chat_instance_layouts(name):
+    text, output_first, expected, dropped = CHAT_INSTANCE_ANSWERS[name]
+    parsed = parse_instances(text, output_first=output_first)
+    assert pairs(parsed) == expected
+    assert reasons(parsed) == dropped
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("9. **Limerick Writing**: Compose a limerick about a cat.", "Compose a limerick about a cat."),
+    ("9. **Travel Planning:** Suggest a weekend trip.", "Suggest a weekend trip."),
+    ("9. **Poetry** - Write a sonnet about love.", "Write a sonnet about love."),
+    ("9. **Travel Planning**\n   Suggest a weekend trip to Rome.", "Suggest a weekend trip to Rome."),
+    ("### 9. Creative Writing\nWrite a story about a dragon.", "Write a story about a dragon."),
+    ("**Task 9: Poem**\nWrite a poem about rain.", "Write a poem about rain."),
+    # bold words of the instruction itself stay
+    ("9. **Explain** how tides work.", "Explain how tides work."),
+    ("9. **Write a haiku about autumn.**", "Write a haiku about autumn."),
+    ("9. **Write a short story.**\nIt should be about a robot.",
+     "Write a short story. It should be about a robot."),
+    ("9. Explain what `__init__` does: give an example.",
+     "Explain what `__init__` does: give an example."),
+])
+def test_a_title_before_an_item_is_not_part_of_its_instruction(text, expected):
+    """Chat models title their items; the title was kept ("Limerick Writing: Compose ...")."""
+    assert items(parse_instruction_list(text)) == [expected]
+
+
+def test_fenced_json_with_a_sentence_around_it_is_read():
+    text = ('Here are 7 new tasks in the requested JSON format:\n\n```json\n{"tasks": '
+            '[{"instruction": "Write a haiku.", "input": ""}, {"instruction": "Name a fruit."}]}'
+            '\n```\n\nLet me know if you want more!')
+    assert items(parse_instruction_list(text)) == ["Write a haiku.", "Name a fruit."]
+    # a fence inside an item is the item's input, not the answer
+    listed = "1. Fix this JSON:\n```json\n{\"a\": 1,}\n```\n2. Name a fruit."
+    first, second = items(parse_instruction_list(listed))
+    assert first.startswith("Fix this JSON:") and second == "Name a fruit."
+
+
+def test_new_items_a_chat_model_numbers_from_1_are_not_taken_for_the_examples():
+    """Nine or more items numbered from 1 had items 1-8 discarded as repeats of the prompt's 8
+    examples, whatever they said."""
+    examples = [f"Describe example task number {n} in detail." for n in range(1, 9)]
+    new = [f"Write a short poem about the colour number {n}." for n in range(1, 11)]
+    text = "".join(f"{n}. {t}\n" for n, t in enumerate(new, start=1))
+    assert items(parse_instruction_list(text, examples=examples)) == new
+    restated = "".join(f"{n}. {t}\n" for n, t in enumerate(examples + new[:2], start=1))
+    parsed = parse_instruction_list(restated, examples=examples)
+    assert items(parsed) == new[:2] and reasons(parsed) == [R.REPEATED_EXAMPLE] * 8
+
+
 # -- placeholders and instance filters ------------------------------------------------------------
 
 @pytest.mark.parametrize("text", ["", "<noinput>", "<no input>", "No input.", "noinput", "None",
@@ -501,13 +602,18 @@ def test_the_next_task_is_found_by_one_search_as_line_by_line(text):
     from selfinstruct_tui.engine import parsing as p
 
     one_line = re.compile(p._NEXT_TASK.pattern, re.IGNORECASE)
-    expected = text
-    offset = 0
-    for line in text.split("\n"):
+    lines = text.split("\n")
+    first = 0  # a task line before any example's line is the task repeated back: skipped
+    for n, line in enumerate(lines):
         if one_line.match(line):
-            expected = text[:offset]
+            if not any(p._INSTANCE_LAYOUT.match(earlier) for earlier in lines[:n]):
+                first = n + 1
             break
-        offset += len(line) + 1
+    expected = "\n".join(lines[first:])
+    for n, line in enumerate(lines[first:], start=first):
+        if one_line.match(line):
+            expected = "\n".join(lines[first:n]) + ("\n" if n > first else "")
+            break
     assert until_next_task(text) == expected
 
 

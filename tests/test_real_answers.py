@@ -246,6 +246,59 @@ def test_instance_layouts_through_the_engine(tmp_path, name):
     assert_accounted(run_dir)
 
 
+CHAT_ANSWERS = {
+    # the task repeated first lost the whole answer; the closing remark joined the last output
+    "task first, remarks last": (
+        "No", f"Task: {NEW[0]}\n\nExample 1\nInput: (none)\nOutput: Saturday: the harbour.\n\n"
+              "Example 2\nInput: two children\nOutput: The aquarium.\n\nThese examples show "
+              "plans for different visitors. Let me know if you need more examples!",
+        [("", "Saturday: the harbour."), ("two children", "The aquarium.")]),
+    # a number alone under its label was an example's number: an example with an empty input
+    "numbers under labels": ("No", "Example 1\nInput:\n144\nOutput:\n12\n\nExample 2\nInput:\n"
+                                   "81\nOutput: 9", [("144", "12"), ("81", "9")]),
+    # two inputs under one label were one input
+    "inputs under a label": ("Yes", "Class label: Positive\nInput: I loved this village.\n"
+                                    "Input: Best weekend all year.\n\nClass label: Negative\n"
+                                    "Input: It rained all day.",
+                             [("I loved this village.", "Positive"),
+                              ("Best weekend all year.", "Positive"),
+                              ("It rained all day.", "Negative")]),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAT_ANSWERS))
+def test_chat_instance_layouts_through_the_engine(tmp_path, name):
+    classification, text, expected = CHAT_ANSWERS[name]
+    with FakeOpenAI(script={"generate": [f"1. {NEW[0]}"], "classify": [classification],
+                            "instances": [text]}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 1, api="chat",
+                                          structured_output="off")
+    [task] = machine(run_dir)
+    assert [(i["input"], i["output"]) for i in json.loads(task["instances"])] == expected
+    assert rejections(run_dir, "instance") == []
+    assert [(r["input"], r["output"]) for r in exported(run_dir, "alpaca", tmp_path)] == expected
+    assert_accounted(run_dir)
+
+
+def test_titled_and_fenced_chat_lists_through_the_engine(tmp_path):
+    """Titles were kept in the instructions; fenced JSON with a sentence around it was
+    unparseable; ten items numbered from 1 lost items 1-8 as repeats of the examples."""
+    titled = (f"Here are new tasks:\n\n1. **Trip Planning**: {NEW[0]}\n2. **Baking** - {NEW[1]}\n"
+              + "".join(f"{n}. Write a short poem about the colour number {n}.\n"
+                        for n in range(3, 11)))
+    fenced = ('Here they are in JSON:\n\n```json\n{"tasks": [{"instruction": "' + NEW[2] + '"}, '
+              '{"instruction": "' + NEW[3] + '"}]}\n```\n\nLet me know if you want more!')
+    expected = [NEW[0], NEW[1], *(f"Write a short poem about the colour number {n}."
+                                  for n in range(3, 11)), NEW[2], NEW[3]]
+    with FakeOpenAI(script={"generate": [titled, fenced]}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, len(expected), api="chat",
+                                          structured_output="off", threshold=0.95)
+    assert finished.reason == "target"
+    assert [t["instruction"] for t in machine(run_dir)] == expected
+    assert rejections(run_dir) == []
+    assert_accounted(run_dir)
+
+
 def test_an_answer_without_usable_instances_rejects_the_task_with_the_layout(tmp_path):
     with FakeOpenAI(script={"generate": [f" {NEW[0]}", f" {NEW[1]}"], "classify": [" No"],
                             "instances": ["Here is a lovely poem about the sea.",

@@ -62,7 +62,7 @@ from selfinstruct_tui.engine.endpoints import (
     EndpointStats,
 )
 from selfinstruct_tui.engine.errors import UserError
-from selfinstruct_tui.engine.parsing import split_reasoning, strip_code_fence
+from selfinstruct_tui.engine.parsing import json_text, split_reasoning
 from selfinstruct_tui.engine.prompts import ChatRequest, CompletionRequest
 
 
@@ -1208,7 +1208,7 @@ def _check_api(resp: object) -> None:
 def _is_json(text: str) -> bool:
     """The answer is JSON (in a code fence or not), after a reasoning model's <think> part."""
     try:
-        json.loads(strip_code_fence(split_reasoning(text)[0]))
+        json.loads(json_text(split_reasoning(text)[0]))
     except ValueError:
         return False
     return True

@@ -183,6 +183,29 @@ def strip_code_fence(text: str) -> str:
     return match.group(1) if match else stripped
 
 
+_FENCED = re.compile(r"^[ \t]*```[\w-]*[ \t]*\n(.*?)\n?[ \t]*```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
+    """The JSON of an answer: the whole text, or the one fenced block holding JSON (`{` or
+    `[` first) when a sentence comes before or after it ("Here are the tasks in JSON:", "Let
+    me know ..."), as chat models on endpoints that ignore `response_format` write it; else
+    the text stripped (see `strip_code_fence`). `layout`: a line of the text layout outside
+    that block (a numbered item, an `Input:` label) means the block is part of a text answer
+    (an output that is JSON), and the whole text is returned."""
+    body = strip_code_fence(text)
+    if body[:1] in ("{", "["):
+        return body
+    blocks = [m for m in _FENCED.finditer(text) if m.group(1).lstrip()[:1] in ("{", "[")]
+    if len(blocks) != 1:
+        return body
+    block = blocks[0]
+    outside = text[:block.start()] + text[block.end():]
+    if layout is not None and any(layout.match(line) for line in outside.splitlines()):
+        return body
+    return block.group(1).strip()
+
+
 # -- instruction lists ------------------------------------------------------------------------
 
 # "9.", "9)", "(9)", "9:" (not "3.5" or "10:30"); "Task 9:", "**Task 9**", "### Task 9 -".
@@ -209,6 +232,7 @@ class _Item:
     lines: list[str] = field(default_factory=list)
     implicit: bool = False  # completions: the text before the first marker continues item N
     indent: int = 0  # columns before its marker: a list indented deeper is nested in it
+    heading: bool = False  # its marker line is a markdown heading ("### 9. Creative Writing")
 
     @property
     def has_content(self) -> bool:
@@ -220,6 +244,7 @@ class _Item:
 
 
 _STRONG = re.compile(r"\*\*|__")
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
 # a sub-bullet under an item: its text joins the instruction as a sentence, not as " - ..."
 _SUB_BULLET = re.compile(r"(?m)^[ \t]+[-*•+][ \t]+")
 
@@ -227,7 +252,8 @@ _SUB_BULLET = re.compile(r"(?m)^[ \t]+[-*•+][ \t]+")
 def clean_instruction(text: str) -> str:
     """One line, without markdown emphasis, sub-bullet marks, `Task:` / `Instruction:` prefixes
     or wrapping quotes (inline code keeps its marks)."""
-    text = _STRONG.sub("", _SUB_BULLET.sub("", text))
+    text = _CODE_SPAN.sub(lambda m: m.group().replace("_", "\0"), text)  # `__init__` stays
+    text = _STRONG.sub("", _SUB_BULLET.sub("", text)).replace("\0", "_")
     if text.count("`") == 1:  # the other half of `Draft` went with the list marker
         text = text.replace("`", "")
     text = one_line(text)
@@ -267,8 +293,35 @@ def _numbered(line: str) -> tuple[int, str] | None:
     return int(match.group(1) or match.group(2)), match.group(3)
 
 
-def _split_item(lines: list[str]) -> tuple[str, str, str | None]:
-    """(instruction, input, label-only description) of one item's lines."""
+# A title before an item's instruction: "**Limerick Writing**: Compose ...", "**Poetry** - ...",
+# "**Travel Planning:** Suggest ...", or bold on a line of its own; at most 6 words, no sentence
+# end (a bold first sentence is the instruction's).
+_TITLE = re.compile(
+    r"^[ \t]*(?:\*\*|__)?(?P<title>[^*_\n.!?]{1,60}?)(?P<inner>[ \t]*[:\-–—])?[ \t]*(?:\*\*|__)"
+    r"[ \t]*(?P<sep>[:\-–—](?=[ \t]|$))?[ \t]*(?P<rest>.*)$")
+
+
+def _without_title(lines: list[str], heading: bool) -> list[str]:
+    """An item's instruction lines without a title before the instruction (`_TITLE`, or the
+    text of a markdown heading's line "### 9. Creative Writing" when lines follow)."""
+    if not lines:
+        return lines
+    later = any(line.strip() for line in lines[1:])
+    if heading and later and len(lines[0].split()) <= 6 and not lines[0].rstrip().endswith(
+            (".", "!", "?")):
+        return lines[1:]
+    match = _TITLE.match(lines[0])
+    if match is None or len(match.group("title").split()) > 6:
+        return lines
+    rest = match.group("rest")
+    if match.group("inner") or match.group("sep"):
+        return [rest, *lines[1:]] if rest.strip() or later else lines
+    return lines[1:] if not rest.strip() and later else lines
+
+
+def _split_item(lines: list[str], heading: bool = False) -> tuple[str, str, str | None]:
+    """(instruction, input, label-only description) of one item's lines; `heading`: the
+    item's first line was a markdown heading's."""
     section = "instruction"
     parts: dict[str, list[str]] = {"instruction": [], "input": [], "output": []}
     seen: list[str] = []
@@ -288,7 +341,7 @@ def _split_item(lines: list[str]) -> tuple[str, str, str | None]:
                 seen.append(inline.group(1).lower())
                 line = line[inline.end():]
         parts[section].append(line)
-    instruction = clean_instruction("\n".join(parts["instruction"]))
+    instruction = clean_instruction("\n".join(_without_title(parts["instruction"], heading)))
     label_only = None
     if not instruction and seen:
         label_only = f"only an {seen[0].capitalize()}: part, no instruction"
@@ -387,7 +440,7 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
         if start is not None:
             finish()
             index, rest = start
-            cur = _Item(index, indent=_indent(line))
+            cur = _Item(index, indent=_indent(line), heading=line.lstrip().startswith("#"))
             if index is not None:
                 expected = index + 1
             in_section = False
@@ -540,7 +593,7 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
     else:
         candidates = []
         for item, cut in parsed:
-            instruction, inp, label_only = _split_item(item.lines)
+            instruction, inp, label_only = _split_item(item.lines, item.heading)
             listed = ListItem(instruction, item.raw, item.number, normalize_input(inp))
             if cut:
                 result.discarded.append(Fragment(
@@ -564,9 +617,12 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
     example_keys = {_norm_key(e): n for n, e in enumerate(examples, start=1)}
     numbers = {c.number for c, _ in candidates if c.number is not None}
     n_examples = len(examples)
-    # A model that restates the numbered examples (1..n) before its new items.
+    # A model that restates the numbered examples (1..n) before its new items: most of its
+    # items 1..n are the examples (a chat model numbering its own new items from 1 is not).
     restated = n_examples > 0 and set(range(1, n_examples + 1)) <= numbers and any(
-        n > n_examples for n in numbers)
+        n > n_examples for n in numbers) and 2 * sum(
+        1 for c, _ in candidates if c.number is not None and c.number <= n_examples
+        and _norm_key(c.instruction) in example_keys) > n_examples
     for listed, _ in candidates:
         key = _norm_key(listed.instruction)
         if is_refusal(listed.instruction):
@@ -589,13 +645,15 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
     return result
 
 
+# a line of a text list outside a fenced JSON block: the block is an item's, not the answer
+_LIST_LAYOUT = re.compile(rf"{_NUMBERED.pattern}|{_LABEL.pattern}", re.IGNORECASE)
 _JSON_INSTRUCTION = re.compile(r'"(?:instruction|task)"\s*:\s*"((?:[^"\\]|\\.)*)("?)')
 
 
 def _parse_json_list(text: str, truncated: bool) -> ParsedList | None:
     """A JSON answer: {"tasks": [...]}, {"instructions": [...]} or a list; items are strings or
     objects with "instruction" (and "input"). None when the text is not JSON-shaped."""
-    body = strip_code_fence(text)
+    body = json_text(text, _LIST_LAYOUT)
     if body[:1] not in ("{", "["):
         return None
     try:
@@ -740,9 +798,44 @@ class _Block:
 
 
 def until_next_task(text: str) -> str:
-    """The text before the first line that starts another task."""
+    """The text before the first line that starts another task. A task line before any
+    example (the prompt's own "Task: ..." repeated back, as chat models do) is left out, and
+    the examples after it are read."""
     match = _NEXT_TASK.search(text)
-    return text[: match.start()] if match else text
+    if match is None:
+        return text
+    if not any(_INSTANCE_LAYOUT.match(line) for line in text[:match.start()].splitlines()):
+        end = text.find("\n", match.end())
+        rest = "" if end < 0 else text[end + 1:]
+        again = _NEXT_TASK.search(rest)
+        return rest[: again.start()] if again else rest
+    return text[: match.start()]
+
+
+# A closing paragraph about the examples, which chat models add after the last one ("These
+# examples show ...", "Each input reflects its label.", "Let me know if you'd like more
+# examples!"): it names the examples, so an output's own last paragraph ("Let me know if you
+# need anything else." in an email) is not taken for one.
+_CLOSING = re.compile(
+    r"^\W*(?:(?:these|the above|all (?:of )?these|each of these|both) (?:\w+ )?(?:examples?|"
+    r"inputs?|outputs?|pairs?|instances?|sentences?|texts?)\b|each (?:example|input|output)\b|"
+    r"(?:i )?hope (?:these|this|the) (?:\w+ )?examples?\b|let me know if you(?:['’]d| would)? "
+    r"(?:like|need|want) (?:\w+ )?(?:more|additional|other|different) (?:\w+ )?(?:examples?|"
+    r"inputs?|variations?)|(?:note|explanation)\s*:\s*(?:these|the|each|all) (?:\w+ )?"
+    r"(?:examples?|inputs?|outputs?|labels?))", re.IGNORECASE)
+
+
+def _without_closing_remarks(text: str) -> str:
+    """The text without a closing paragraph (`_CLOSING`, after a blank line) below the last
+    example's labels, and what follows it."""
+    if "\n\n" not in text:
+        return text
+    lines = text.split("\n")
+    last = max((n for n, line in enumerate(lines) if _INSTANCE_LAYOUT.match(line)), default=-1)
+    for n in range(max(1, last + 1), len(lines)):
+        if not lines[n - 1].strip() and _CLOSING.match(lines[n]):
+            return "\n".join(lines[:n])
+    return text
 
 
 def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
@@ -763,7 +856,7 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     from_json = _parse_json_instances(text, output_first, truncated)
     if from_json is not None:
         return from_json
-    text = until_next_task(text)
+    text = _without_closing_remarks(until_next_task(text))
     lines = text.splitlines()
     if output_first and any(_OUT_LABEL.match(line) for line in lines) and not any(
             _CLASS_LABEL.match(line) for line in lines):
@@ -772,9 +865,9 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     elif starts_in_example and output_first:
         text = "Class label:" + text
     layout = OUTPUT_FIRST_LAYOUT if output_first else INPUT_FIRST_LAYOUT
-    reader = _InstanceReader(output_first)
-    for line in text.replace("\r\n", "\n").split("\n"):
-        reader.feed(line)
+    reader = _InstanceReader(output_first, text.replace("\r\n", "\n").split("\n"))
+    for n, line in enumerate(reader.lines):
+        reader.feed(line, n)
     blocks = reader.close()
     result = ParsedInstances()
     for block in blocks:
@@ -800,10 +893,27 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
 class _InstanceReader:
     """Reads an instance answer line by line into blocks, one block per example."""
 
-    def __init__(self, output_first: bool) -> None:
+    def __init__(self, output_first: bool, lines: list[str]) -> None:
         self.output_first = output_first
+        self.lines = lines
         self.blocks: list[_Block] = []
         self.cur = _Block()
+
+    def _is_value(self, n: int) -> bool:
+        """Line n, a number alone, is the value of the field open above it ("Output:" then
+        "12"), not the next example's number: the field is still empty, or it has text and
+        the next line with text is no label or header (a column of numbers)."""
+        cur = self.cur
+        field = (cur.input if self.output_first else
+                 cur.output if cur.output is not None else cur.input)
+        if field is None:
+            return self.output_first and cur.label == ""  # "Class label:", value below
+        if not any(part.strip() for part in field):
+            return True
+        later = next((line for line in self.lines[n + 1:] if line.strip()), None)
+        if later is None:  # the last line: "4" ends a column, "3." is a cut example's mark
+            return self.lines[n].strip().isdigit()
+        return not _INSTANCE_LAYOUT.match(later)
 
     def _next(self, line: str | None = None) -> None:
         self.cur.open = False
@@ -818,14 +928,15 @@ class _InstanceReader:
             self.blocks.append(self.cur)  # still open: the text ended inside it
         return self.blocks
 
-    def feed(self, line: str) -> None:
+    def feed(self, line: str, n: int) -> None:
+        """Read line `n` of `lines`."""
         start = _MAY_BE_LAYOUT.match(line)
         if start is None:
             self.cur.raw.append(line)
             self._content(line)
             return
         if start.group(1) is not None:  # a mark or a header; a label word first is neither
-            if _SEPARATOR.match(line) or _BARE_MARK.match(line):
+            if _SEPARATOR.match(line) or _BARE_MARK.match(line) and not self._is_value(n):
                 self._next()
                 return
             header = _EXAMPLE_HEADER.match(line)
@@ -905,6 +1016,14 @@ class _InstanceReader:
             else:
                 cur.label = rest.strip()
             return
+        if in_match and cur.input is not None and cur.label:
+            # another input under the same label ("under each label, write an input": models
+            # often give two): an example of its own with that label
+            label = cur.label
+            cur.raw.pop()
+            self._next(line)
+            cur = self.cur
+            cur.label = label
         if in_match and cur.input is None:
             cur.input = [in_match.group(1)]
             return
@@ -939,9 +1058,14 @@ def _clean_field(value: str) -> str:
     return value.strip()
 
 
+_INSTANCE_LAYOUT = re.compile(
+    rf"^[ \t]*(?:(?:\(?\d{{1,2}}[.):]|[-*•+])[ \t]*)?{_MD}[ \t]*(?:(?:class[ \t]+)?label|input|"
+    rf"output|response|answer|example[ \t]*#?[ \t]*\d)", re.IGNORECASE)
+
+
 def _parse_json_instances(text: str, output_first: bool,
                           truncated: bool) -> ParsedInstances | None:
-    body = strip_code_fence(text)
+    body = json_text(text, _INSTANCE_LAYOUT)
     if body[:1] not in ("{", "["):
         return None
     try:
