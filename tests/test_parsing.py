@@ -389,6 +389,13 @@ CHAT_INSTANCE_ANSWERS = {
                             "even numbers\nOutput:\n2\n4", False,
                             [("the first primes", "2\n3\n5\n7"), ("two even numbers", "2\n4")],
                             []),
+    # an "Example: ..." line or "Examples include:" in an output cut it
+    "example lines in an output": ("Input: simile\nOutput: A simile compares two things.\n"
+                                   "Example: She is as brave as a lion.\n\nExample 2\nInput: "
+                                   "energy\nOutput: Examples include:\n- Solar\n- Wind", False,
+                                   [("simile", "A simile compares two things.\nExample: She is "
+                                               "as brave as a lion."),
+                                    ("energy", "Examples include:\n- Solar\n- Wind")], []),
     # JSON in a fence with a sentence around it was unparseable
     "fenced JSON between sentences": ('Sure! Here they are:\n\n```json\n{"instances": [{"input": '
                                       '"0 C", "output": "32 F"}]}\n```\n\nLet me know!', False,

@@ -747,9 +747,11 @@ def parse_classification(text: str) -> bool | None:
 INPUT_FIRST_LAYOUT = "expected 'Input: ...' then 'Output: ...' for each example"
 OUTPUT_FIRST_LAYOUT = "expected 'Class label: ...' then 'Input: ...' for each example"
 
+# "Example 2", "**Example 2:**", "### Example", "Example:" (group 1: its number, 2: text after);
+# not "Examples include:"
 _EXAMPLE_HEADER = re.compile(
-    rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*example[ \t]*#?[ \t]*\d*[ \t]*[.:)\-–—]?[ \t]*{_MD}"
-    rf"[ \t]*(.*)$", re.IGNORECASE)
+    rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*example(?![a-z])[ \t]*#?[ \t]*(\d*)[ \t]*"
+    rf"[.:)\-–—]?[ \t]*{_MD}[ \t]*(.*)$", re.IGNORECASE)
 _LIST_MARK = re.compile(r"^[ \t]*(?:\(?\d{1,2}[.):]|[-*•+])[ \t]*(.*)$")
 _BARE_MARK = re.compile(r"^[ \t]*\(?\d{1,2}[.):]?[ \t]*$")
 _IN_LABEL = re.compile(
@@ -899,6 +901,13 @@ class _InstanceReader:
         self.blocks: list[_Block] = []
         self.cur = _Block()
 
+    def _filled(self) -> bool:
+        """The example's last field (its output; an output-first example's input) has text:
+        an unnumbered "Example: ..." line under it is part of it ("Output: A simile ...",
+        then "Example: She is as brave as a lion.")."""
+        field = self.cur.input if self.output_first else self.cur.output
+        return field is not None and any(part.strip() for part in field)
+
     def _is_value(self, n: int) -> bool:
         """Line n, a number alone, is the value of the field open above it ("Output:" then
         "12"), not the next example's number: the field is still empty, or it has text and
@@ -940,9 +949,10 @@ class _InstanceReader:
                 self._next()
                 return
             header = _EXAMPLE_HEADER.match(line)
-            if header:
+            if header and (header.group(1) or not header.group(2).strip()
+                           or not self._filled()):
                 self._next()
-                line = header.group(1)
+                line = header.group(2)
                 if not line.strip():
                     return
             listed = _LIST_MARK.match(line)
