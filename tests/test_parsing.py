@@ -442,8 +442,24 @@ def test_fenced_json_with_a_sentence_around_it_is_read():
     assert items(parse_instruction_list(text)) == ["Write a haiku.", "Name a fruit."]
     # a fence inside an item is the item's input, not the answer
     listed = "1. Fix this JSON:\n```json\n{\"a\": 1,}\n```\n2. Name a fruit."
-    first, second = items(parse_instruction_list(listed))
-    assert first.startswith("Fix this JSON:") and second == "Name a fruit."
+    parsed = parse_instruction_list(listed)
+    assert items(parsed) == ["Fix this JSON:", "Name a fruit."]
+    assert parsed.items[0].input == '{"a": 1,}'
+
+
+def test_a_code_block_under_an_item_is_its_input():
+    """A `# comment` line in it ended the item as a heading and the rest of the code was
+    dropped unrecorded; code without one was flattened into the instruction, fences and all."""
+    text = ("10. Write a haiku about autumn.\n11. Explain what the following function does:\n"
+            "```python\ndef keep_even(xs):\n    # keep only the even numbers\n"
+            "    return [x for x in xs if x % 2 == 0]\n```\nKeep it short.\n12. Name a fruit.")
+    parsed = parse_instruction_list(text)
+    assert items(parsed) == ["Write a haiku about autumn.",
+                             "Explain what the following function does: Keep it short.",
+                             "Name a fruit."]
+    assert parsed.items[1].input == ("def keep_even(xs):\n    # keep only the even numbers\n"
+                                     "    return [x for x in xs if x % 2 == 0]")
+    assert not parsed.discarded
 
 
 def test_new_items_a_chat_model_numbers_from_1_are_not_taken_for_the_examples():

@@ -325,7 +325,20 @@ def _split_item(lines: list[str], heading: bool = False) -> tuple[str, str, str 
     section = "instruction"
     parts: dict[str, list[str]] = {"instruction": [], "input": [], "output": []}
     seen: list[str] = []
+    fenced = by_fence = False
     for line in lines:
+        if line.lstrip().startswith("```"):
+            # a code block under the instruction is its input ("Explain what this does:"); the
+            # text after it is the instruction's again
+            if section == "instruction" and not fenced and not parts["input"]:
+                section, by_fence = "input", True
+            elif fenced and by_fence:
+                section, by_fence = "instruction", False
+            fenced = not fenced
+            continue
+        if fenced:
+            parts[section].append(line)
+            continue
         match = _LABEL.match(line)
         if match:
             name = match.group(1).lower()
@@ -424,7 +437,14 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
             sub_next = number + 1
         return step
 
+    fenced = False  # inside a code block: its lines ("# a comment", "1. x") are its own
     for n, line in enumerate(lines):
+        if fenced or line.lstrip().startswith("```"):
+            if line.lstrip().startswith("```"):
+                fenced = not fenced
+            (cur.lines if cur is not None else outside).append(line)
+            blank_pending = False
+            continue
         if not line.strip():
             if cur is not None and cur.has_content:
                 blank_pending = True
