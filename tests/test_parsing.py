@@ -265,6 +265,12 @@ def test_leaked_chat_control_tokens_end_the_answer():
     (" No", False), ("no.", False), ("Answer: No", False),
     ("It is not a classification task.", False),
     ("Maybe", None), ("", None), ("It depends on the input.", None),
+    # chat models' wordings: the task repeated first, "Classification task:", "The answer is"
+    ("Task: Sort the reviews.\nClassification: No", False), ("Classification task: Yes", True),
+    ("The answer is: No", False), ("I would classify this as: No", False),
+    ("The answer is Yes.", True), ("y", True), ("N.", False),
+    # no answer: the question's options repeated, "N/A"
+    ("Yes/No", None), ("Yes or No", None), ("Classification: N/A", None),
 ])
 def test_classification_answers(answer, expected):
     assert parse_classification(answer) is expected

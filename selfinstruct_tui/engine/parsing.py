@@ -734,8 +734,11 @@ def _salvage_json(body: str, truncated: bool) -> ParsedList:
 # -- classification -----------------------------------------------------------------------------
 
 _CLS_LEAD = re.compile(
-    r"^(?:classification|is (?:it )?(?:a )?classification(?: task)?|answer|output|label|response|"
-    r"result|final answer)\s*[:\-–—?]\s*", re.IGNORECASE)
+    r"^(?:classification(?: task)?|is (?:it )?(?:a )?classification(?: task)?|(?:the )?answer"
+    r"(?: is)?|output|label|response|result|final answer|i would (?:classify|say)(?: this| it)?"
+    r"(?: as)?|(?:so|thus|therefore),? (?:the answer is|it is))\s*[:\-–—?]?\s*", re.IGNORECASE)
+# "Task: <the task repeated>" then "Classification: No": the labelled line is the answer
+_CLS_LINE = re.compile(r"^\W*classification(?: task)?\W*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 _CLS_MARKUP = re.compile(r"[*_`#>\"']")
 _LETTERS = re.compile(r"[a-z]+")
 _CLS_PHRASES = (
@@ -749,12 +752,19 @@ def parse_classification(text: str) -> bool | None:
     `Yes, because ...`, `True` (after a reasoning model's <think> part); None when the answer is
     neither."""
     cleaned = _CLS_MARKUP.sub("", split_reasoning(_cut_special_tokens(text))[0]).strip()
+    labelled = _CLS_LINE.search(cleaned)
+    if labelled is not None and labelled.start() > 0:
+        cleaned = labelled.group(1).strip()
     cleaned = _CLS_LEAD.sub("", cleaned).strip()
     words = _LETTERS.findall(cleaned.lower())
+    if len(words) > 1 and {words[0], words[1]} <= {"yes", "no", "or"}:
+        return None  # "Yes/No", "Yes or No": the question repeated, no answer
     if words:
-        if words[0] in ("yes", "true", "y"):
+        # "y"/"n" alone; "N/A" is no answer
+        single = len(words[0]) > 1 or re.fullmatch(r"[yn]\W*", cleaned, re.IGNORECASE)
+        if words[0] in ("yes", "true", "y") and single:
             return True
-        if words[0] in ("no", "false", "n"):
+        if words[0] in ("no", "false", "n") and single:
             return False
     for pattern, value in _CLS_PHRASES:
         if pattern.search(cleaned):
