@@ -441,6 +441,23 @@ def test_a_title_before_an_item_is_not_part_of_its_instruction(text, expected):
     assert items(parse_instruction_list(text)) == [expected]
 
 
+def test_notes_after_an_item_are_not_part_of_its_instruction():
+    """"*(No input)*" left "... *(No input)"; "(Input: ...)" stayed in the instruction;
+    "Example input: ..." left "Example" on its end; an epilogue line without a blank line
+    before it joined the last item."""
+    text = ("9. Write a haiku about autumn. *(No input)*\n"
+            '10. Classify the sentiment of the sentence. (Input: "I love Mondays!")\n'
+            "11. Describe the scene. Example input: the ocean at dawn\n"
+            "12. Summarize the paragraph. [Requires input: a news paragraph]\n"
+            "13. Name a fruit.\nThese cover a range of skills.")
+    parsed = parse_instruction_list(text)
+    assert [(i.instruction, i.input) for i in parsed.items] == [
+        ("Write a haiku about autumn.", ""),
+        ("Classify the sentiment of the sentence.", "I love Mondays!"),
+        ("Describe the scene.", "the ocean at dawn"), ("Summarize the paragraph.", ""),
+        ("Name a fruit.", "")]
+
+
 def test_fenced_json_with_a_sentence_around_it_is_read():
     text = ('Here are 7 new tasks in the requested JSON format:\n\n```json\n{"tasks": '
             '[{"instruction": "Write a haiku.", "input": ""}, {"instruction": "Name a fruit."}]}'

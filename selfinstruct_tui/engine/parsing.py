@@ -92,7 +92,9 @@ _PREAMBLE = re.compile(
     r"the following)\b", re.IGNORECASE)
 _EPILOGUE = re.compile(
     r"^\W*(?:let me know|i hope|hope (?:this|these|that|you)|feel free|these (?:tasks|instructions|"
-    r"are|should)|this list|note:|i['’]ve |i have |enjoy|happy |good luck|if you (?:need|want|"
+    r"are|should|cover|span|range|include|vary)|each (?:task|instruction) (?:is|was|has|should|can|"
+    r"tests|covers)|all (?:of )?(?:these|the) (?:tasks|instructions)|this list|note:|i['’]ve |i have |"
+    r"enjoy|happy |good luck|if you (?:need|want|"
     r"would|'d)|would you like|do you want|please let|i can (?:also|provide|generate|write))",
     re.IGNORECASE)
 
@@ -220,7 +222,14 @@ _BULLET = re.compile(r"^[ \t]*[-*•+·][ \t]+(.*)$")
 _LABEL = re.compile(
     rf"^[ \t]*(?:[-*•][ \t]+)?{_MD}[ \t]*(instruction|task|input|output|response|answer|context)"
     rf"[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]*(.*)$", re.IGNORECASE)
-_INLINE_LABEL = re.compile(rf"(?:\s|\|){_MD}(input|output)[ \t]*{_MD}[ \t]*:", re.IGNORECASE)
+_INLINE_LABEL = re.compile(rf"(?:\s|\|){_MD}(?:(?:example|sample)[ \t]+)?(input|output)[ \t]*"
+                           rf"{_MD}[ \t]*:", re.IGNORECASE)
+# A note in brackets that ends an item's line: "*(No input)*", "(Input: "I love Mondays!")",
+# "[Requires input: a paragraph]"; group "input": the input it gives
+_NOTE = re.compile(
+    r"[ \t]*[*_]*[(\[][ \t]*(?:no[ \t-]*input(?:[ \t]+(?:needed|required))?\.?|(?P<needs>(?:requires|"
+    r"with|needs)[ \t]+(?:an[ \t]+)?)?(?:(?:example|sample)[ \t]+)?input[ \t]*:[ \t]*"
+    r"(?P<input>[^)\]\n]*?))[ \t]*[)\]][*_]*[ \t]*$", re.IGNORECASE)
 _LEAD = re.compile(
     rf"^{_MD}[ \t]*(?:new[ \t]+)?(?:task|instruction)[ \t]*\d*[ \t]*:[ \t]*{_MD}[ \t]*",
     re.IGNORECASE)
@@ -339,6 +348,14 @@ def _split_item(lines: list[str], heading: bool = False) -> tuple[str, str, str 
         if fenced:
             parts[section].append(line)
             continue
+        note = _NOTE.search(line) if section == "instruction" else None
+        if note is not None:
+            line = line[: note.start()]
+            # "(Requires input: a paragraph)" describes the input the instances will give
+            given = "" if note.group("needs") else (note.group("input") or "").strip().strip(
+                "\"'“”")
+            if given and not parts["input"]:
+                parts["input"].append(given)
         match = _LABEL.match(line)
         if match:
             name = match.group(1).lower()
