@@ -402,6 +402,11 @@ CHAT_INSTANCE_ANSWERS = {
                                    [("simile", "A simile compares two things.\nExample: She is "
                                                "as brave as a lion."),
                                     ("energy", "Examples include:\n- Solar\n- Wind")], []),
+    # labels with a word more, a preamble (a dropped "example"), Windows line ends
+    "label variants": ("Sure! Here are two examples:\r\n\r\nExample 1\r\nInput text: Hello"
+                       "\r\nOutput (in French): Bonjour\r\n\r\nExample 2\r\nInput: Thanks\r\n"
+                       "Expected output: Merci\r\n## Task\r\nInput: x\r\nOutput: y", False,
+                       [("Hello", "Bonjour"), ("Thanks", "Merci")], []),
     # JSON in a fence with a sentence around it was unparseable
     "fenced JSON between sentences": ('Sure! Here they are:\n\n```json\n{"instances": [{"input": '
                                       '"0 C", "output": "32 F"}]}\n```\n\nLet me know!', False,
@@ -456,6 +461,15 @@ def test_notes_after_an_item_are_not_part_of_its_instruction():
         ("Classify the sentiment of the sentence.", "I love Mondays!"),
         ("Describe the scene.", "the ocean at dawn"), ("Summarize the paragraph.", ""),
         ("Name a fruit.", "")]
+
+
+def test_full_width_and_cjk_list_markers_and_any_json_list_key():
+    """A run on Chinese seeds: "９．" and "9、" items were unparseable; so was a JSON answer
+    under a key of its own."""
+    text = "９．写一首关于秋天的诗。\n10、解释光合作用。"
+    assert items(parse_instruction_list(text)) == ["写一首关于秋天的诗。", "解释光合作用。"]
+    keyed = '{"new_instructions": ["Write a haiku.", "Name a fruit."]}'
+    assert items(parse_instruction_list(keyed)) == ["Write a haiku.", "Name a fruit."]
 
 
 def test_fenced_json_with_a_sentence_around_it_is_read():

@@ -213,7 +213,7 @@ def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
 # "9.", "9)", "(9)", "9:" (not "3.5" or "10:30"); "Task 9:", "**Task 9**", "### Task 9 -".
 _NUMBERED = re.compile(
     rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*(?:"
-    rf"\(?(\d{{1,3}})[ \t]*[.):](?=[ \t*_`\"'“]|$|[A-Za-z])"
+    rf"\(?(\d{{1,3}})[ \t]*[.):．、）：](?=[ \t*_`\"'“]|$|[^\W\d_])"
     rf"|(?:new[ \t]+)?(?:task|instruction|prompt|item)[ \t]*#?[ \t]*(\d{{1,3}})[ \t]*[:.)\-–—]?"
     rf")[ \t]*{_MD}[ \t]*(.*)$", re.IGNORECASE)
 _BARE_NUMBER = re.compile(rf"^[ \t]*{_MD}(\d{{1,3}})[ \t]+{_MD}(?=[A-Za-z\"'“])(.*)$")
@@ -701,6 +701,9 @@ def _parse_json_list(text: str, truncated: bool) -> ParsedList | None:
     if isinstance(data, dict):
         values = next((data[k] for k in ("tasks", "instructions", "items", "new_tasks")
                        if isinstance(data.get(k), list)), None)
+        if values is None:  # {"new_instructions": [...]}: the one list it holds
+            lists = [v for v in data.values() if isinstance(v, list)]
+            values = lists[0] if len(lists) == 1 else None
         if values is None:
             values = [data] if "instruction" in data else None
     if not isinstance(values, list):
@@ -801,13 +804,15 @@ _EXAMPLE_HEADER = re.compile(
     rf"[.:)\-–—]?[ \t]*{_MD}[ \t]*(.*)$", re.IGNORECASE)
 _LIST_MARK = re.compile(r"^[ \t]*(?:\(?\d{1,2}[.):]|[-*•+])[ \t]*(.*)$")
 _BARE_MARK = re.compile(r"^[ \t]*\(?\d{1,2}[.):]?[ \t]*$")
+# "Input:", "Input 2:", "Input text:", "Input (a sentence):"; "Output:", "Expected output:",
+# "Output (in French):"
+_LABEL_NOTE = r"(?:[ \t]*\([^)\n]{1,40}\))?"
 _IN_LABEL = re.compile(
-    rf"^[ \t]*{_MD}[ \t]*input[ \t]*\d*[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
-    re.IGNORECASE)
+    rf"^[ \t]*{_MD}[ \t]*input(?:[ \t]+text)?[ \t]*\d*{_LABEL_NOTE}[ \t]*{_MD}[ \t]*:[ \t]*"
+    rf"{_EMPH}[ \t]?(.*)$", re.IGNORECASE)
 _OUT_LABEL = re.compile(
-    rf"^[ \t]*{_MD}[ \t]*(output|response|answer)[ \t]*\d*[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}"
-    rf"[ \t]?(.*)$",
-    re.IGNORECASE)
+    rf"^[ \t]*{_MD}[ \t]*(?:expected[ \t]+)?(output|response|answer)[ \t]*\d*{_LABEL_NOTE}"
+    rf"[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$", re.IGNORECASE)
 _CLASS_LABEL = re.compile(
     rf"^[ \t]*{_MD}[ \t]*(?:class[ \t]+label|label)[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}[ \t]?(.*)$",
     re.IGNORECASE)
@@ -828,7 +833,7 @@ _NEXT_TASK = re.compile(
 # none is content; one that starts with a label word is none of the marks or headers. This saves
 # trying each pattern on every line (same flags as theirs, so the same case folding).
 _MAY_BE_LAYOUT = re.compile(
-    r"^[ \t]*(?:([#\-*_=~(\d•+`]|example)|input|output|response|answer|class|label)",
+    r"^[ \t]*(?:([#\-*_=~(\d•+`]|example)|input|output|response|answer|class|label|expected)",
     re.IGNORECASE)
 
 
@@ -905,7 +910,7 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     from_json = _parse_json_instances(text, output_first, truncated)
     if from_json is not None:
         return from_json
-    text = _without_closing_remarks(until_next_task(text))
+    text = _without_closing_remarks(until_next_task(text.replace("\r\n", "\n")))
     lines = text.splitlines()
     if output_first and any(_OUT_LABEL.match(line) for line in lines) and not any(
             _CLASS_LABEL.match(line) for line in lines):
@@ -919,8 +924,11 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
         reader.feed(line, n)
     blocks = reader.close()
     result = ParsedInstances()
-    for block in blocks:
+    for n, block in enumerate(blocks):
         raw = "\n".join(block.raw).strip()
+        if n == 0 and len(blocks) > 1 and block.input is None and block.output is None \
+                and block.label is None and _PREAMBLE.match(raw):
+            continue  # "Sure! Here are five examples:" is no example
         if truncated and block.open:
             result.discarded.append(Fragment(raw, R.TRUNCATED,
                                              "the answer hit max_tokens inside this example"))
@@ -1117,7 +1125,7 @@ def _clean_field(value: str) -> str:
 
 _INSTANCE_LAYOUT = re.compile(
     rf"^[ \t]*(?:(?:\(?\d{{1,2}}[.):]|[-*•+])[ \t]*)?{_MD}[ \t]*(?:(?:class[ \t]+)?label|input|"
-    rf"output|response|answer|example[ \t]*#?[ \t]*\d)", re.IGNORECASE)
+    rf"(?:expected[ \t]+)?output|response|answer|example[ \t]*#?[ \t]*\d)", re.IGNORECASE)
 
 
 def _parse_json_instances(text: str, output_first: bool,
