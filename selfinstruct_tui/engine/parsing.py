@@ -93,8 +93,8 @@ _PREAMBLE = re.compile(
 _EPILOGUE = re.compile(
     r"^\W*(?:let me know|i hope|hope (?:this|these|that|you)|feel free|these (?:tasks|instructions|"
     r"are|should|cover|span|range|include|vary)|each (?:task|instruction) (?:is|was|has|should|can|"
-    r"tests|covers)|all (?:of )?(?:these|the) (?:tasks|instructions)|this list|note:|i['’]ve |i have |"
-    r"enjoy|happy |good luck|if you (?:need|want|"
+    r"tests|covers)|all (?:of )?(?:these|the) (?:tasks|instructions)|this list|note:|i['’]ve |"
+    r"i have |enjoy|happy |good luck|if you (?:need|want|"
     r"would|'d)|would you like|do you want|please let|i can (?:also|provide|generate|write))",
     re.IGNORECASE)
 
@@ -227,8 +227,9 @@ _INLINE_LABEL = re.compile(rf"(?:\s|\|){_MD}(?:(?:example|sample)[ \t]+)?(input|
 # A note in brackets that ends an item's line: "*(No input)*", "(Input: "I love Mondays!")",
 # "[Requires input: a paragraph]"; group "input": the input it gives
 _NOTE = re.compile(
-    r"[ \t]*[*_]*[(\[][ \t]*(?:no[ \t-]*input(?:[ \t]+(?:needed|required))?\.?|(?P<needs>(?:requires|"
-    r"with|needs)[ \t]+(?:an[ \t]+)?)?(?:(?:example|sample)[ \t]+)?input[ \t]*:[ \t]*"
+    r"[ \t]*[*_]*[(\[][ \t]*(?:no[ \t-]*input(?:[ \t]+(?:needed|required))?\.?|"
+    r"(?P<needs>(?:requires|with|needs)[ \t]+(?:an[ \t]+)?)?(?:(?:example|sample)[ \t]+)?input"
+    r"[ \t]*:[ \t]*"
     r"(?P<input>[^)\]\n]*?))[ \t]*[)\]][*_]*[ \t]*$", re.IGNORECASE)
 _LEAD = re.compile(
     rf"^{_MD}[ \t]*(?:new[ \t]+)?(?:task|instruction)[ \t]*\d*[ \t]*:[ \t]*{_MD}[ \t]*",
@@ -1084,11 +1085,11 @@ class _InstanceReader:
         if in_match and cur.input is not None and cur.label:
             # another input under the same label ("under each label, write an input": models
             # often give two): an example of its own with that label
-            label = cur.label
+            same = cur.label
             cur.raw.pop()
             self._next(line)
             cur = self.cur
-            cur.label = label
+            cur.label = same
         if in_match and cur.input is None:
             cur.input = [in_match.group(1)]
             return
