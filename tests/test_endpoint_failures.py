@@ -82,6 +82,103 @@ def test_exhausted_quota_stops_at_the_first_answer(run_cli, tmp_path):
     assert "resume it with: selfinstruct run" in proc.stderr
 
 
+@pytest.mark.parametrize("entry, words", [
+    # OpenRouter: out of credits
+    ({"status": 402, "body": {"error": {"message": "Insufficient credits. Add more using "
+                                                   "https://openrouter.ai/credits", "code": 402}}},
+     "Insufficient credits"),
+    # LiteLLM and other proxies: the error in a 200 answer's body
+    ({"status": 200, "body": {"error": {"message": "Incorrect API key provided: sk-...abcd",
+                                        "type": "invalid_request_error",
+                                        "code": "invalid_api_key"}}},
+     "Incorrect API key provided"),
+])
+def test_errors_no_retry_can_heal_stop_at_the_first_answer(run_cli, tmp_path, entry, words):
+    """A 402 was retried for 61 s before a pause; an error answered with 200 was "malformed:
+    the response has no choices" 7 times, the server's words nowhere."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [entry]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1")
+        sent = len(server.log)
+    assert proc.returncode == 3, proc.stderr
+    assert words in proc.stderr and "malformed" not in proc.stderr
+    assert sent == 1 and store_rows(run_dir, "SELECT COUNT(*) FROM retries")[0][0] == 0
+
+
+def test_answers_without_a_usable_text_are_counted_and_a_filtered_one_is_named(tmp_path):
+    """A 200 with no choices (but usage) was retried as malformed and its tokens never
+    counted; a chat message with null content stopped by the content filter was asked again 7
+    times, at full price, uncounted, as "malformed"."""
+    from test_real_answers import NEW, machine, rejections, run_engine
+
+    usage = {"prompt_tokens": 1000, "completion_tokens": 0, "total_tokens": 1000}
+    empty = {"status": 200, "body": {"id": "x", "choices": [], "usage": usage}}
+    filtered = {"status": 200, "body": {"id": "x", "choices": [{
+        "index": 0, "finish_reason": "content_filter",
+        "message": {"role": "assistant", "content": None}}], "usage": usage}}
+    with FakeOpenAI(script={"generate": [empty, f"1. {NEW[0]}\n2. {NEW[1]}"],
+                            "classify": [filtered, "No"], "instances": ["Input: a\nOutput: b"]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 1, api="chat",
+                                          structured_output="off")
+    assert finished.reason == "target"
+    [gen] = store_rows(run_dir, "SELECT attempts, prompt_tokens FROM prompts WHERE kind = "
+                                "'generate' ORDER BY id LIMIT 1")
+    assert gen[0] == 2 and gen[1] > 1000  # the empty answer's 1000 tokens and the real one's
+    [cause] = store_rows(run_dir, "SELECT cause FROM retries")
+    assert cause[0] == "malformed"
+    assert [(r["reason"], r["candidate"]) for r in rejections(run_dir)
+            if r["reason"] != "surplus"] == [("content_filter", NEW[0])]
+    [cls] = store_rows(run_dir, "SELECT attempts, prompt_tokens, finish_reason FROM prompts "
+                                "WHERE kind = 'classify' ORDER BY id LIMIT 1")
+    assert tuple(cls) == (1, 1000, "content_filter")  # read once, not asked again
+    assert [t["instruction"] for t in machine(run_dir)] == [NEW[1]]
+    total = store_rows(run_dir, "SELECT SUM(prompt_tokens) FROM prompts")[0][0]
+    assert total >= 2000
+
+
+def test_a_retry_after_of_zero_or_in_the_past_waits_the_backoff():
+    """Retry-After: 0, or a date already past (the server's clock ahead of ours), retried at
+    once: 7 attempts within 90 ms, hammering the endpoint that asked to wait."""
+    past = "Wed, 21 Oct 2015 07:28:00 GMT"
+    for header in ({"Retry-After": "0"}, {"Retry-After": past}, {"retry-after-ms": "0"}):
+        limited = {"status": 429, "headers": header,
+                   "body": {"error": {"message": "slow down", "type": "rate_limit_error"}}}
+        delays: list[float] = []
+
+        async def go(url: str) -> None:
+            client = LLMClient(ClientSettings(base_url=url, model="m", backoff_base=0.05,
+                                              backoff_max=0.1, max_retries=2))
+            try:
+                await client.request(P.generation_completion(["Name a color."] * 8),
+                                     SamplingParams(max_tokens=8),
+                                     lambda cause, attempt, delay, *_: delays.append(delay))
+            finally:
+                await client.close()
+
+        with FakeOpenAI(script={"*": [limited, limited]}, repeat_last=False) as server:
+            asyncio.run(go(server.base_url))
+        assert len(delays) == 2 and all(d > 0 for d in delays), (header, delays)
+
+
+def test_a_validation_error_list_is_quoted():
+    """FastAPI's 422 `detail` list read "the endpoint refused the request (422: Error code:
+    422)"."""
+    invalid = {"status": 422, "body": {"detail": [{
+        "loc": ["body", "max_tokens"], "msg": "Input should be less than or equal to 512",
+        "type": "less_than_equal"}]}}
+    with FakeOpenAI(script={"*": [invalid]}) as server, pytest.raises(RequestFailed) as failed:
+        ask_once(server.base_url, max_retries=0)
+    assert "body.max_tokens: Input should be less than or equal to 512" in str(failed.value)
+
+
+def test_a_short_key_is_redacted_too():
+    """Keys under 8 characters (local servers' "hunter2") were printed and stored as sent."""
+    assert Redactor("hunter2")("Invalid API key hunter2 for user") == \
+        "Invalid API key [redacted] for user"
+    assert Redactor("ab")("a cab") == "a cab"  # too short to be told from text
+
+
 def test_a_prompt_that_cannot_fit_names_both_numbers(run_cli, tmp_path):
     with FakeOpenAI(context_window=120) as server:
         proc = run(run_cli, server, tmp_path / "run", "--concurrency", "1")
@@ -268,6 +365,9 @@ def test_answers_without_usage_are_estimated_and_say_so(run_cli, tmp_path):
      "your request has 1500 input tokens (1024 > 2048 - 1500).", 2048, 1500),
     ("Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 "
      "`inputs` tokens and 1000 `max_new_tokens`", 4096, 4000),
+    # OpenAI's chat wording: the prompt alone does not fit, and was not read as that
+    ("This model's maximum context length is 512 tokens. However, your messages resulted in "
+     "900 tokens. Please reduce the length of the messages.", 512, 900),
 ])
 def test_context_numbers_from_each_servers_wording(message, limit, prompt):
     assert context_numbers(message) == (limit, prompt)
@@ -349,11 +449,29 @@ class _RawServer:
                 self.held.append(conn)
                 continue
             conn.recv(65536)
+            if self.behaviour == "trickle":
+                threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+                continue
             if self.behaviour == "not_http":
                 conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
             elif self.behaviour == "cut_body":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: 400\r\n\r\n{\"choices\": [{\"te")
+            conn.close()
+
+    @staticmethod
+    def _trickle(conn: socket.socket) -> None:
+        """A 200 whose body comes a byte at a time (as keep-alive newlines do from a proxy):
+        every byte starts the transport's read timeout again."""
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 4000\r\n\r\n")
+            for _ in range(4000):
+                conn.sendall(b"\n")
+                time.sleep(0.1)
+        except OSError:
+            pass
+        finally:
             conn.close()
 
     def close(self) -> None:
@@ -365,6 +483,9 @@ class _RawServer:
 @pytest.mark.parametrize("behaviour, cause", [
     ("refuse", "connection"), ("close", "connection"), ("not_http", "connection"),
     ("cut_body", "connection"), ("hang", "timeout"),
+    # headers, then a byte every 0.1 s: waited for without end (400 s here) before the whole
+    # answer had a deadline
+    pytest.param("trickle", "timeout", marks=pytest.mark.timeout(60)),
     # The mark fails the test if the connect timeout is not applied: the request timeout (and
     # a retry) would take 2 x 60 s.
     pytest.param("blackhole", "timeout", marks=pytest.mark.timeout(40))])
@@ -387,7 +508,7 @@ def test_transport_failures_are_named_by_what_happened(behaviour, cause):
     assert retries == [cause]  # retried once as that cause, then given up
     expected = {"hang": "no answer within 1s", "refuse": "cannot connect to",
                 "close": "closed before an answer", "cut_body": "closed before an answer",
-                "not_http": "cannot connect to",
+                "not_http": "cannot connect to", "trickle": "no whole answer within 1s",
                 "blackhole": "could not connect to http://127.0.0.1:"}[behaviour]
     assert expected in str(failed.value)
     if behaviour == "blackhole":

@@ -30,6 +30,7 @@ behaviour above unchanged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import functools
 import html
@@ -129,6 +130,9 @@ class RequestFailed(Exception):
         self.status = status
         self.endpoint: str | None = None
         self.model: str | None = None
+        # usage that answers without a usable text reported (paid for all the same)
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
 
 
 class RequestAbandoned(Exception):
@@ -144,6 +148,8 @@ class RequestAbandoned(Exception):
         self.when = when
         self.attempts = attempts
         self.job = job
+        self.prompt_tokens = 0  # as RequestFailed's
+        self.completion_tokens = 0
         self.endpoint: str | None = None
         self.model: str | None = None
 
@@ -184,6 +190,9 @@ class ClientSettings:
     down_after: float | None = None
 
 
+MIN_REDACTED = 3  # shorter "keys" ("x", for a server that wants any) would blank common text
+
+
 class RedactAll:
     """A `Redactor` for each of several keys (a pool of endpoints with their own keys)."""
 
@@ -197,12 +206,13 @@ class RedactAll:
 
 
 class Redactor:
-    """Removes an API key from text: the key itself and any piece of it of 8+ characters (a
-    proxy that echoes `sk-abcd...` in an error still leaks most of it)."""
+    """Removes an API key from text: the key itself (of MIN_REDACTED characters or more: a
+    local server's short key such as `hunter2` is a secret too) and any piece of it of 8+
+    characters (a proxy that echoes `sk-abcd...` in an error still leaks most of it)."""
 
     def __init__(self, key: str) -> None:
-        self.key = key if len(key) >= 8 else ""
-        self._grams = {key[i:i + 8] for i in range(len(key) - 7)} if self.key else set()
+        self.key = key if len(key) >= MIN_REDACTED else ""
+        self._grams = {key[i:i + 8] for i in range(len(key) - 7)}
 
     def __call__(self, text: str) -> str:
         if not self.key or not text:
@@ -250,6 +260,7 @@ _PROMPT_PATTERNS = (
     re.compile(r"Given: (\d+) `?inputs?`? tokens", re.I),
     re.compile(r"n_prompt_tokens\D{0,4}(\d+)", re.I),
     re.compile(r"prompt (?:is|has|of) (\d+) tokens", re.I),
+    re.compile(r"(?:messages|prompt) resulted in (\d+) tokens", re.I),
 )
 
 
@@ -290,8 +301,13 @@ def error_text(exc: openai.APIStatusError | Exception) -> str:
         err = body.get("error", body)
         msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) \
             else None
-        if not msg and isinstance(body.get("detail"), str):
-            msg = body["detail"]
+        detail = body.get("detail")
+        if not msg and isinstance(detail, str):
+            msg = detail
+        elif not msg and isinstance(detail, list):  # FastAPI's validation errors (422)
+            msg = "; ".join(
+                f"{'.'.join(map(str, d.get('loc') or ()))}: {d.get('msg')}" if isinstance(d, dict)
+                else str(d) for d in detail)
         if msg:
             return one_line(str(msg))[:400]
     if isinstance(body, (str, bytes)):
@@ -320,20 +336,24 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return float(ms) / 1000
+            if float(ms) > 0:
+                return float(ms) / 1000
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         try:
             parsed = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        seconds = parsed.timestamp() - time.time() if parsed else 0.0
+    # 0, or a date already past (a clock that differs from the server's): the backoff's own
+    # delay, not an immediate retry (7 attempts within 90 ms)
+    return seconds if seconds > 0 else None
 
 
 @dataclass(frozen=True)
@@ -358,7 +378,29 @@ class WrongAPI(Exception):
 
 
 class MalformedResponse(Exception):
-    pass
+    """A 200 answer without a usable text. `prompt_tokens`, `completion_tokens`: the usage it
+    reported all the same (paid for, so counted)."""
+
+    def __init__(self, message: str, prompt_tokens: int = 0, completion_tokens: int = 0
+                 ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+
+
+class ErrorInAnswer(Exception):
+    """A 200 answer whose body is an error (`{"error": {...}}`, as LiteLLM and OpenRouter send
+    one): `status` is the error's own code when it gives one, `text` its message."""
+
+    def __init__(self, status: int, text: str, code: str | None) -> None:
+        super().__init__(text)
+        self.status, self.text, self.code = status, text, code
+
+
+# an error code in a 200 answer's body, as the status it stands for
+_CODE_STATUS = {"invalid_api_key": 401, "authentication_error": 401, "permission_error": 403,
+                "insufficient_quota": 429, "rate_limit_exceeded": 429, "model_not_found": 404,
+                "context_length_exceeded": 400, "invalid_request_error": 400}
 
 
 class NotAnAPI(Exception):
@@ -399,6 +441,13 @@ def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) 
             return Failure(Cause.CONNECTION, f"the connection to {s.base_url} closed before an "
                            f"answer{hint}", retry=True)
         return Failure(Cause.CONNECTION, f"cannot connect to {s.base_url}", retry=True)
+    if isinstance(exc, TimeoutError):  # the whole-answer deadline (`LLMClient._request`)
+        return Failure(Cause.TIMEOUT, f"no whole answer within {s.request_timeout:g}s from "
+                       f"{s.base_url} (--timeout; it came too slowly)", retry=True)
+    if isinstance(exc, ErrorInAnswer):
+        failure = status_failure(exc.status, exc.text, s, code=exc.code)
+        return dataclasses.replace(failure, message=f"{failure.message} (an error answered with "
+                                                    "HTTP 200)")
     if isinstance(exc, (openai.APIResponseValidationError, MalformedResponse, ValueError,
                         KeyError, IndexError, TypeError, AttributeError)):
         return Failure(Cause.MALFORMED, f"malformed response from the endpoint: {exc}", retry=True)
@@ -438,9 +487,10 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
         return Failure(Cause.NOT_FOUND, f"the endpoint answered 405 ({text}) for {where}: "
                        "--base-url should end where /completions and /chat/completions live "
                        "(usually .../v1)", fatal=True, status=status)
-    if status == 429 and (_QUOTA_RE.search(text) or code == "insufficient_quota"):
-        return Failure(Cause.QUOTA, f"the account's quota is exhausted (429: {text}). Add credit "
-                       "or raise the limit, then resume", fatal=True, status=status)
+    if status == 402 or status == 429 and (_QUOTA_RE.search(text)
+                                           or code == "insufficient_quota"):
+        return Failure(Cause.QUOTA, f"the account's quota is exhausted ({status}: {text}). Add "
+                       "credit or raise the limit, then resume", fatal=True, status=status)
     if status == 429:
         return Failure(Cause.RATE_LIMIT, f"rate limited (429: {text})", retry=True,
                        status=status, delay=retry_after, shared=True)
@@ -808,7 +858,7 @@ class LLMClient:
         Raises RequestFailed (kind = a `Cause`; `fatal` when no later request can succeed) or
         RequestAbandoned (the client was stopped).
         """
-        sent = [0]
+        sent = [0, 0, 0]  # attempts sent; usage of answers that had no usable text
         url = self.settings.routes.get(route or "", self.settings.base_url)
         tried: list[ClientSettings] = []  # where the last attempt went
         try:
@@ -818,6 +868,7 @@ class LLMClient:
             if tried:
                 exc.endpoint = url if tried[-1] is self.settings else tried[-1].base_url
                 exc.model = tried[-1].model or None
+            exc.prompt_tokens, exc.completion_tokens = sent[1], sent[2]
             if isinstance(exc, RequestFailed):
                 raise
             exc.attempts = sent[0]
@@ -866,9 +917,13 @@ class LLMClient:
                     self._active.add(task)
                 sent[0] += 1
                 try:
-                    text, finish, p_tok, c_tok, usage = await self._send(
-                        client if endpoint is None else endpoint.client, req, params,
-                        max_tokens, structured, where.model)
+                    # the whole answer within the timeouts: the transport's read timeout starts
+                    # again at every byte, so an answer that trickles in (a proxy's keep-alive
+                    # newlines) was waited for without end
+                    async with asyncio.timeout(where.request_timeout + where.connect_timeout):
+                        text, finish, p_tok, c_tok, usage = await self._send(
+                            client if endpoint is None else endpoint.client, req, params,
+                            max_tokens, structured, where.model)
                 except asyncio.CancelledError:
                     if self._abandoning and task is not None and task.cancelling():
                         task.uncancel()
@@ -877,6 +932,9 @@ class LLMClient:
                 except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
                     error: BaseException = exc
                     failure = map_error(exc, where, answered=at in self._answered)
+                    if isinstance(exc, MalformedResponse):  # its usage is paid for
+                        sent[1] += exc.prompt_tokens
+                        sent[2] += exc.completion_tokens
                 else:
                     latency = time.monotonic() - started
                     self._answered.add(at)
@@ -890,6 +948,8 @@ class LLMClient:
                         structured = _is_json(text)
                         if self.settings.structured_output == "auto":
                             self.structured = structured
+                    if sent[1] or sent[2]:  # earlier answers without a usable text
+                        p_tok, c_tok, usage = p_tok + sent[1], c_tok + sent[2], True
                     return LLMResponse(self.redact(text), finish, p_tok, c_tok, latency, attempt,
                                        max_tokens, usage, structured,
                                        at, where.model)
@@ -1153,9 +1213,17 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
     MalformedResponse (no choices, or no text)."""
     _check_api(resp)
     choices = resp.get("choices") if isinstance(resp, dict) else None
+    usage = resp.get("usage") if isinstance(resp, dict) else None
+    if not isinstance(usage, dict):
+        usage = None
+    prompt_tokens = _count(usage, "prompt_tokens")
+    completion_tokens = _count(usage, "completion_tokens")
+    if not choices and isinstance(resp, dict) and resp.get("error"):
+        raise _error_in_answer(resp["error"])
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        raise MalformedResponse("the response has no choices")
+        raise MalformedResponse("the response has no choices", prompt_tokens, completion_tokens)
     choice = choices[0]
+    finish = choice.get("finish_reason")
     message = choice.get("message")
     if chat:
         if not isinstance(message, dict) and isinstance(choice.get("text"), str):
@@ -1175,17 +1243,24 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
         text = choice.get("text")
         if text is None and message is not None:
             raise WrongAPI("chat")
+    if text is None and finish == "content_filter":
+        text = ""  # the filter took it all (Azure, Gemini): named as such, not asked again
     if text is None:
-        raise MalformedResponse("the response has no text")
-    usage = resp.get("usage") if isinstance(resp, dict) else None
-    if not isinstance(usage, dict):
-        usage = None
-    prompt_tokens = _count(usage, "prompt_tokens")
-    completion_tokens = _count(usage, "completion_tokens")
+        raise MalformedResponse("the response has no text", prompt_tokens, completion_tokens)
     reported = usage is not None and (prompt_tokens > 0 or completion_tokens > 0)
-    finish = choice.get("finish_reason")
     return str(text), finish if isinstance(finish, str) else None, prompt_tokens, \
         completion_tokens, reported
+
+
+def _error_in_answer(error: object) -> ErrorInAnswer:
+    """The failure a 200 answer's `error` object stands for (see ErrorInAnswer)."""
+    err = error if isinstance(error, dict) else {"message": error}
+    text = one_line(str(err.get("message") or err))[:400]
+    raw_code = err.get("code") or err.get("type")
+    code = raw_code if isinstance(raw_code, str) else None
+    status = int(raw_code) if isinstance(raw_code, int) or (
+        isinstance(raw_code, str) and raw_code.isdigit()) else _CODE_STATUS.get(code or "", 502)
+    return ErrorInAnswer(status if 400 <= status < 600 else 502, text, code)
 
 
 def _count(usage: dict[str, Any] | None, key: str) -> int:

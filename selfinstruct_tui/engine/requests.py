@@ -112,13 +112,18 @@ class RequestRecorder:
                 error = (f"in batch job {exc.job}, which stays pending at the endpoint (the run "
                          "stopped): the next session reads its answer, not sent again")
             done = self.store.finish_prompt(record, response=None, attempts=exc.attempts,
-                                            error=error, endpoint=exc.endpoint, model=exc.model)
+                                            error=error, endpoint=exc.endpoint, model=exc.model,
+                                            prompt_tokens=exc.prompt_tokens,
+                                            completion_tokens=exc.completion_tokens)
+            self._spent_anyway(stats, exc.prompt_tokens, exc.completion_tokens)
             self.bus.emit(ev.PromptFailed.of(done))
             return Asked(record.id, None, ABANDONED)
         except RequestFailed as exc:
             done = self.store.finish_prompt(record, response=None, error=str(exc),
                                             attempts=exc.attempts, endpoint=exc.endpoint,
-                                            model=exc.model)
+                                            model=exc.model, prompt_tokens=exc.prompt_tokens,
+                                            completion_tokens=exc.completion_tokens)
+            self._spent_anyway(stats, exc.prompt_tokens, exc.completion_tokens)
             self.bus.emit(ev.PromptFailed.of(done))
             self.bus.emit(ev.RequestError.of(self.store.add_error(stats.round, exc.kind,
                                                                   str(exc), exc.endpoint)))
@@ -143,6 +148,15 @@ class RequestRecorder:
         self.bus.emit(ev.ResponseReceived.of(done))
         self._note_client_changes()
         return Asked(record.id, resp, None)
+
+    def _spent_anyway(self, stats: RoundStats, prompt_tokens: int,
+                      completion_tokens: int) -> None:
+        """Count the usage of answers a failed request was given without a usable text
+        (paid for all the same): the round's tokens and the spend limits see it."""
+        if prompt_tokens or completion_tokens:
+            stats.prompt_tokens += prompt_tokens
+            stats.completion_tokens += completion_tokens
+            self.guard.spend(prompt_tokens, completion_tokens)
 
     def _note_client_changes(self) -> None:
         """Persist what the client learned (context window, structured output); say it once."""
