@@ -137,6 +137,27 @@ def test_answers_without_a_usable_text_are_counted_and_a_filtered_one_is_named(t
     assert total >= 2000
 
 
+def test_a_proxys_413_keeps_the_paid_candidate_open(tmp_path):
+    """nginx's 413 (client_max_body_size) settled candidates whose generation and
+    classification were paid as request_failed, for good; the pause never named the 413."""
+    from test_real_answers import NEW, assert_accounted, machine, rejections, run_engine
+
+    too_large = {"status": 413, "content_type": "text/html", "body": (
+        "<html><head><title>413 Request Entity Too Large</title></head><body><center><h1>413 "
+        "Request Entity Too Large</h1></center><hr><center>nginx</center></body></html>")}
+    with FakeOpenAI(script={"generate": [f" {NEW[0]}", f" {NEW[1]}"], "classify": [" No"],
+                            "instances": [too_large]}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 2)
+    assert finished.reason == "target"
+    [refused] = [r for r in rejections(run_dir) if r["reason"] != "surplus"]
+    assert refused["reason"] == "unanswered" and "kept open" in refused["detail"]
+    assert refused["task_id"] in {t["id"] for t in machine(run_dir)}  # taken up again
+    [error] = store_rows(run_dir, "SELECT message FROM errors")
+    assert "(413: 413 Request Entity Too Large)" in error[0]
+    assert "client_max_body_size" in error[0]
+    assert_accounted(run_dir)
+
+
 def test_a_retry_after_of_zero_or_in_the_past_waits_the_backoff():
     """Retry-After: 0, or a date already past (the server's clock ahead of ours), retried at
     once: 7 attempts within 90 ms, hammering the endpoint that asked to wait."""

@@ -173,6 +173,39 @@ def test_one_huge_round_pauses_part_way(tmp_path):
     assert_accounted(run_dir)
 
 
+def test_a_pause_on_a_proxys_413_names_it_and_the_fix(tmp_path):
+    """A proxy's 413 for every instance request: the candidates stay open (taken up again, not
+    settled), and the pause names the 413 and the proxy's setting, not --model and --api."""
+    too_large = {"status": 413, "body": "<html><head><title>413 Request Entity Too Large"
+                                        "</title></head></html>", "content_type": "text/html"}
+    with FakeOpenAI(script={"instances": [too_large]}) as server:
+        run_dir, finished, pauses = run_guarded(tmp_path, server, concurrency=4,
+                                                error_pause_seconds=2)
+    assert finished.reason == ev.FinishReason.FAILING
+    assert "(413: 413 Request Entity Too Large)" in pauses[0]
+    assert "client_max_body_size" in pauses[0] and "--model" not in pauses[0]
+    assert_accounted(run_dir)
+
+
+def test_the_fruitless_pause_quotes_the_last_request_error():
+    """It said "request errors since the last answer: bad_request 2" and not what they were."""
+    from selfinstruct_tui.engine.config import RunConfig
+    from selfinstruct_tui.engine.guards import FailureWatch, SpendGuard
+    from selfinstruct_tui.engine.llm import RequestFailed
+
+    guard = SpendGuard(RunConfig(max_fruitless_requests=3, concurrency=1))
+    watch = FailureWatch(60, "u")
+    guard.rejected("request_failed", "Write a poem.")
+    for _ in range(2):
+        watch.failure(RequestFailed("the endpoint refused the request (400: max_tokens must be "
+                                    "at most 512)", kind="bad_request"))
+    said = guard.fruitless(3, watch)
+    assert said is not None and "request errors since the last answer: bad_request 2 (the " \
+        "last: the endpoint refused the request (400: max_tokens must be at most 512))" in said
+    watch.success()
+    assert watch.last == ""
+
+
 def test_settings_that_cannot_work_are_refused(run_cli, tmp_path):
     base = ("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"))
     url = ("--base-url", "http://127.0.0.1:9/v1")

@@ -116,8 +116,8 @@ class SpendGuard:
             # Nothing came back to be rejected: the endpoint is the problem, not the answers.
             who = "the batch command" if watch.command else "the endpoint"
             return (f"{self.fruitless_requests} requests in a row added nothing to the pool: "
-                    f"{who} gave no answer (request errors: {errors}). "
-                    f"{watch.down_advice}")
+                    f"{who} gave no answer (request errors: {errors}; the last: "
+                    f"{watch.last[:300]}). {watch.down_advice}")
         last = ""
         advice = ". Check --model, --api and the endpoint (see the rejections), then resume"
         if self.last_rejected is not None:
@@ -135,7 +135,8 @@ class SpendGuard:
                           "instance_max_tokens in the config file; a resumed run keeps its own)")
         return (f"{self.fruitless_requests} requests in a row added nothing to the pool. "
                 f"Rejected: {rejected}"
-                + (f"; request errors since the last answer: {errors}" if errors else "")
+                + (f"; request errors since the last answer: {errors} (the last: "
+                   f"{watch.last[:300]})" if errors else "")
                 + (last or ". No answer came back") + advice)
 
     def after_round(self, stats: RoundStats) -> None:
@@ -162,6 +163,7 @@ class FailureWatch:
         self.logs = logs
         self.in_a_row = 0
         self.kinds: Counter[str] = Counter()
+        self.last = ""  # the last failure's message since the last success
         self.last_success = time.monotonic()
 
     @property
@@ -176,11 +178,13 @@ class FailureWatch:
         self.last_success = time.monotonic()
         self.in_a_row = 0
         self.kinds.clear()
+        self.last = ""
 
     def failure(self, exc: RequestFailed) -> str | None:
         """Count a failure; the pause message when the run should pause, else None."""
         self.in_a_row += 1
         self.kinds[exc.kind] += 1
+        self.last = str(exc)
         if exc.fatal:
             return str(exc)  # permanent failures carry their own advice
         quiet_for = time.monotonic() - self.last_success

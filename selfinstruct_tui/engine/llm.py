@@ -516,6 +516,11 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
                            f"parameter for model {s.model!r} ({status}: {text}). Check --api "
                            "(completions vs chat) and --model; some models accept no sampling "
                            f"parameters{added}", fatal=True, status=status)
+        if status == 413:  # a proxy's body size limit (nginx's 1 MB default): fixable there
+            return Failure(Cause.HTTP, f"the request is too large for the endpoint or a proxy in "
+                           f"front of it ({status}: {text}): raise its limit (nginx: "
+                           "client_max_body_size), then resume; the candidate stays open",
+                           status=status)
         return Failure(Cause.BAD_REQUEST, f"the endpoint refused the request ({status}: {text})",
                        status=status)
     if status >= 500:
