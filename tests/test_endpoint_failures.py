@@ -193,6 +193,41 @@ def test_a_validation_error_list_is_quoted():
     assert "body.max_tokens: Input should be less than or equal to 512" in str(failed.value)
 
 
+COMPLETION = {"id": "cmpl-1", "object": "text_completion", "model": "m", "choices": [
+    {"index": 0, "text": " Name a fruit.", "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+
+
+@pytest.mark.parametrize("entry, outcome", [
+    # JSON sent as text/plain: was "answered with text that is not JSON ('{"id": ...')", exit 3
+    ({"status": 200, "content_type": "text/plain", "body": json.dumps(COMPLETION)}, None),
+    # a proxy that streams every answer: was "check --base-url"
+    ({"status": 200, "content_type": "text/event-stream",
+      "body": f"data: {json.dumps(COMPLETION)}\n\ndata: [DONE]\n\n"},
+     "a streamed answer (server-sent 'data:' events) though no stream was asked for"),
+    # Cloudflare's challenge: was "the endpoint refused the API key (403: Just a moment...)"
+    ({"status": 403, "content_type": "text/html", "headers": {"cf-mitigated": "challenge"},
+      "body": "<!DOCTYPE html><html><head><title>Just a moment...</title></head></html>"},
+     "answered with a bot-protection challenge page (403: Just a moment...), not the API"),
+])
+def test_answers_that_are_not_plain_json_are_read_or_named(entry, outcome):
+    with FakeOpenAI(script={"*": [entry]}) as server:
+        if outcome is None:
+            ask_once(server.base_url, max_retries=0)
+            return
+        with pytest.raises(RequestFailed) as failed:
+            ask_once(server.base_url, max_retries=0)
+    assert outcome in str(failed.value) and failed.value.fatal
+    assert "refused the API key" not in str(failed.value)
+
+
+def test_a_host_name_that_does_not_resolve_is_named():
+    """It was "cannot connect to URL", retried for 152 s, then "check that it is up"."""
+    with pytest.raises(RequestFailed) as failed:
+        ask_once("http://no-such-host.invalid:8000/v1", max_retries=0)
+    assert "the host name 'no-such-host.invalid' does not resolve (DNS)" in str(failed.value)
+
+
 def test_a_short_key_is_redacted_too():
     """Keys under 8 characters (local servers' "hunter2") were printed and stored as sent."""
     assert Redactor("hunter2")("Invalid API key hunter2 for user") == \

@@ -39,8 +39,10 @@ import math
 import os
 import random
 import re
+import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -245,6 +247,9 @@ _NEEDS_CHAT_RE = re.compile(
     r"is a chat model|v1/chat/completions\?|only supports? (?:the )?chat|not supported in the "
     r"v1/completions|does not support (?:the )?completions|completions api is not supported",
     re.IGNORECASE)
+# Cloudflare's challenge pages ("Just a moment...", "Attention Required! | Cloudflare")
+_CHALLENGE_RE = re.compile(r"^just a moment\b|attention required!? \| cloudflare|"
+                           r"cf-chl|checking your browser", re.IGNORECASE)
 _QUOTA_RE = re.compile(r"insufficient_quota|exceeded your current quota|billing|credit balance"
                        r"|out of credits|payment required", re.IGNORECASE)
 _LIMIT_PATTERNS = (
@@ -404,7 +409,12 @@ _CODE_STATUS = {"invalid_api_key": 401, "authentication_error": 401, "permission
 
 
 class NotAnAPI(Exception):
-    """The base URL answered 200 with something that is not JSON (a web page, a wrong path)."""
+    """The base URL answered 200 with something that is not JSON (a web page, a wrong path).
+    `advice`: what to do, when it is not the base URL to check."""
+
+    def __init__(self, what: str, advice: str = "") -> None:
+        super().__init__(what)
+        self.advice = advice
 
 
 def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) -> Failure:
@@ -416,7 +426,8 @@ def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) 
                        f"{other} response: use --api {exc.use}", fatal=True)
     if isinstance(exc, NotAnAPI):
         return Failure(Cause.NOT_FOUND, f"{s.base_url} answered with {exc} instead of the OpenAI "
-                       "API: check --base-url (it usually ends in /v1)", fatal=True)
+                       f"API: {exc.advice or 'check --base-url (it usually ends in /v1)'}",
+                       fatal=True)
     if isinstance(exc, (openai.APIConnectionError, aiohttp.ClientError)):
         # openai.APITimeoutError is an APIConnectionError; which one it really was is read from
         # the transport's exception underneath (see `openai_client`).
@@ -440,6 +451,10 @@ def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) 
                 _reset_unanswered(exc) else ""
             return Failure(Cause.CONNECTION, f"the connection to {s.base_url} closed before an "
                            f"answer{hint}", retry=True)
+        if any(isinstance(link, socket.gaierror) for link in _chain(exc)):
+            host = urllib.parse.urlsplit(s.base_url).hostname
+            return Failure(Cause.CONNECTION, f"cannot connect to {s.base_url}: the host name "
+                           f"{host!r} does not resolve (DNS); check the spelling", retry=True)
         return Failure(Cause.CONNECTION, f"cannot connect to {s.base_url}", retry=True)
     if isinstance(exc, TimeoutError):  # the whole-answer deadline (`LLMClient._request`)
         return Failure(Cause.TIMEOUT, f"no whole answer within {s.request_timeout:g}s from "
@@ -471,6 +486,11 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
     if _NEEDS_CHAT_RE.search(text) and s.api == "completions":
         return Failure(Cause.WRONG_API, f"the model at {s.base_url} does not take completions "
                        f"requests ({status}: {text}): use --api chat", fatal=True, status=status)
+    if status in (403, 503) and _CHALLENGE_RE.search(text):
+        return Failure(Cause.AUTH, f"{s.base_url} answered with a bot-protection challenge page "
+                       f"({status}: {text}), not the API: it is not about the key. Use the "
+                       "provider's API URL, or have this machine's address let through",
+                       fatal=True, status=status)
     if status in (401, 403) and not s.api_key:
         return Failure(Cause.AUTH, f"the endpoint at {s.base_url} wants an API key and none was "
                        f"sent ({status}: {text}): {s.key_env} is not set. Set it (or key_env to "
@@ -1216,7 +1236,7 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
 
     Raises NotAnAPI (the 200 answer was not JSON), WrongAPI (the other API's shape) or
     MalformedResponse (no choices, or no text)."""
-    _check_api(resp)
+    resp = _check_api(resp)
     choices = resp.get("choices") if isinstance(resp, dict) else None
     usage = resp.get("usage") if isinstance(resp, dict) else None
     if not isinstance(usage, dict):
@@ -1276,13 +1296,24 @@ def _count(usage: dict[str, Any] | None, key: str) -> int:
         return 0
 
 
-def _check_api(resp: object) -> None:
-    """The openai client returns the raw text when a 200 answer is not JSON."""
+def _check_api(resp: object) -> object:
+    """The decoded answer. The openai client returns the raw text when a 200 answer's content
+    type is not JSON: JSON sent as text/plain is read all the same; otherwise NotAnAPI."""
     if isinstance(resp, (str, bytes)):
         text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
+        if text.lstrip()[:1] == "{":
+            try:
+                return json.loads(text)
+            except ValueError:
+                pass
+        if text.lstrip().startswith("data:"):
+            raise NotAnAPI("a streamed answer (server-sent 'data:' events) though no stream was "
+                           "asked for", "a proxy in front of the endpoint streams every answer; "
+                           "turn that off for this client or give the endpoint's own URL")
         kind = "an HTML page" if "<html" in text[:2000].lower() else "text that is not JSON"
         title = html_summary(text)[:80]
         raise NotAnAPI(f"{kind} ({title!r})" if title else kind)
+    return resp
 
 
 def _is_json(text: str) -> bool:
