@@ -335,6 +335,54 @@ def test_attached_edits_stay_pending_build_on_each_other_and_apply_at_start(tmp_
     reader.close()
 
 
+def test_an_edit_from_an_attached_ui_survives_the_in_process_uis_next_edit(tmp_path,
+                                                                           isolated_env):
+    """The in-process UI kept offering the set it had sent last, whatever the store said once
+    another UI had sent one since: its next edit removed the other UI's seed (and gave its
+    own the same id, added_1)."""
+    run_dir = tmp_path / "run"
+    other = "Name the capital city of each country in the list below."
+
+    def texts() -> list[str]:
+        reader = RunStore(run_dir, readonly=True)
+        try:
+            return [seed.instruction for seed in current_seeds(reader)[0]]
+        finally:
+            reader.close()
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(run_dir, server.base_url, target=5000)
+            app = create_app(run_dir, engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await pilot.press("p")  # paused: the edits stay pending
+                await until(pilot, lambda: app.state == "paused")
+                manager = await open_manager(pilot, app)
+                await add_new_seed(pilot, app, manager)
+                await pilot.press("escape")
+                await until(pilot, lambda: NEW_INSTRUCTION in texts())
+                attached = create_app(run_dir, attach=True, refresh=0.1)
+                async with attached.run_test(size=(120, 40)) as other_pilot:
+                    theirs = await open_manager(other_pilot, attached)
+                    await other_pilot.press("a")
+                    await until(other_pilot,
+                                lambda: isinstance(attached.screen, SeedFormScreen))
+                    attached.screen.query_one("#f-instruction", TextArea).text = other
+                    attached.screen.query(".f-output").first(TextArea).text = "Paris"
+                    await other_pilot.pause()
+                    await other_pilot.press("ctrl+s")
+                    await until(other_pilot, lambda: attached.screen is theirs)
+                await until(pilot, lambda: other in texts(), timeout=30)
+                manager = await open_manager(pilot, app)
+                assert other in [seed.instruction for seed in manager.seeds]
+                await pilot.press("escape")
+                engine.stop()
+                await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
+
+    run(go())
+    assert NEW_INSTRUCTION in texts() and other in texts()
+
+
 def test_changes_apply_at_the_next_round_of_a_running_engine(tmp_path, isolated_env):
     run_dir = tmp_path / "run"
 

@@ -131,6 +131,7 @@ class SelfInstructApp(App[int]):
         self._last_error_note = 0.0
         self._theme_ready = False
         self._seeds_sent: list[SeedTask] | None = None  # the seed set this app sent last
+        self._seeds_before: list[dict] | None = None  # the store's set when it was sent
         self._frozen_rows = 0  # the pool's size at the last gc.freeze (_freeze_long_lived)
         if engine is not None:
             engine.bus.subscribe(self.events.put)
@@ -425,12 +426,16 @@ class SelfInstructApp(App[int]):
     def _current_seeds(self) -> tuple[list[SeedTask], bool]:
         """(seeds, pending): the set the next round uses, as `current_seeds` reads it from the
         store; but the in-process engine records a set on its own thread, a moment after
-        `send`, so until the store shows the set this app sent last, that set is the one."""
+        `send`, so while the store still shows the set it had when this app sent its last
+        one, that sent set is the one. Once the store shows anything else (the sent set, or
+        a set another UI sent since), the store's is: holding on to the sent set undid the
+        other UI's edit at this app's next one."""
         seeds, pending = current_seeds(self.reader)
         sent = self._seeds_sent
-        if self.engine is not None and sent is not None and self.engine_active and (
-                [seed_to_record(s) for s in seeds] != [seed_to_record(s) for s in sent]):
+        if self.engine is not None and sent is not None and self.engine_active and \
+                [seed_to_record(s) for s in seeds] == self._seeds_before:
             return list(sent), True
+        self._seeds_sent = self._seeds_before = None
         return seeds, pending
 
     def _send_seeds(self, seeds: list[SeedTask], write_back: bool = False,
@@ -442,6 +447,7 @@ class SelfInstructApp(App[int]):
         if write_back and self.seeds_file:
             write_seeds(self.seeds_file, seeds)
         running = self.engine_active
+        self._seeds_before = [seed_to_record(s) for s in current_seeds(self.reader)[0]]
         self._seeds_sent = list(seeds)
         self._send(ReplaceSeeds(tuple(seeds)))
         self.notify(f"{done or f'{len(seeds)} seeds saved'}; " + (
