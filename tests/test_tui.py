@@ -168,7 +168,14 @@ def test_inspector_shows_provenance_and_drop_removes_task(tmp_path, isolated_env
                 await pilot.press("pagedown")
                 await pilot.pause()
                 assert body.scroll_y > 0
+                await pilot.press("d")  # asks first: no undo
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                await pilot.press("n")
+                await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+                assert victim in table.rows
                 await pilot.press("d")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                await pilot.press("y")
                 await until(pilot, lambda: victim not in table.rows)
         return victim
 

@@ -14,6 +14,7 @@ from textual.widgets import Button, Label, Static, TextArea
 
 from selfinstruct_tui.engine.seeds import Instance
 from selfinstruct_tui.engine.task import Task
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 
 
 def task_details(task: Task, prompt: str | None, response: str | None,
@@ -104,7 +105,17 @@ class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
         self.dismiss(None)
 
     def action_drop(self) -> None:
-        self.dismiss(("drop", {}))
+        """After asking (it has no undo; `d` on the main screen is detach, so a second press
+        went from dropping a task straight to the detach dialog)."""
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.dismiss(("drop", {}))
+
+        task = self.task_data
+        what = "seed" if task.is_seed else "task"
+        self.app.push_screen(ConfirmScreen(
+            f"Drop {what} #{task.id}? It leaves the pool and the exports for good (the run "
+            "keeps it, marked dropped_by_user).", yes="Drop", no="Keep"), answer)
 
     def action_promote(self) -> None:
         self.dismiss(("promote", {}))
