@@ -381,6 +381,38 @@ def killed_while_stuck(env: dict, run_dir: Path, kind: str, n: int,
     return args, stuck.base_url
 
 
+def test_a_run_killed_while_retrying_counts_the_attempts_and_retries_it_made(isolated_env,
+                                                                              tmp_path):
+    """Killed while requests were being retried (5xx): their records said one attempt and the
+    interrupted round's retries {}, though the retries table held the attempts."""
+    run_dir = tmp_path / "run"
+    failing = {"status": 503, "body": {"error": {"message": "overloaded"}}}
+    with FakeOpenAI(script={"classify": [failing]}) as server:
+        proc = subprocess.Popen(cli_command("run", "--headless", "--base-url", server.base_url,
+                                            "--model", "m", "--run-dir", str(run_dir),
+                                            "--target", "10", "--concurrency", "4"),
+                                env=isolated_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: server.kinds().count("classify") >= 8)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+    store = RunStore(run_dir)
+    closed = store.recover_interrupted()
+    store.close()
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    retried = dict(conn.execute("SELECT prompt_id, COUNT(*) FROM retries GROUP BY prompt_id"))
+    assert retried and closed
+    for prompt_id, attempts in conn.execute(
+            "SELECT id, attempts FROM prompts WHERE error LIKE 'interrupted%'"):
+        assert attempts == 1 + retried.get(prompt_id, 0), prompt_id
+    for number, retries in conn.execute("SELECT round, retries FROM rounds"):
+        counted = dict(conn.execute("SELECT cause, COUNT(*) FROM retries WHERE round = ? "
+                                    "GROUP BY cause", (number,)))
+        assert json.loads(retries) == counted, number
+
+
 def test_a_killed_run_closes_its_rounds_and_requests_and_takes_up_its_candidates(
         isolated_env, tmp_path):
     from test_real_answers import assert_accounted

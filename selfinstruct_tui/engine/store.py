@@ -722,8 +722,11 @@ class RunStore:
         now = time.time()
         closed = []
         with self.db:
+            # its attempts: the one in flight and each one retried before it
             self.db.execute("UPDATE prompts SET error = 'interrupted: the process ended before "
-                            "the answer', finished = ? WHERE finished IS NULL", (now,))
+                            "the answer', finished = ?, attempts = 1 + (SELECT COUNT(*) FROM "
+                            "retries r WHERE r.prompt_id = prompts.id) WHERE finished IS NULL",
+                            (now,))
             for (number,) in self.db.execute(
                     "SELECT round FROM rounds WHERE status = 'running'").fetchall():
                 for c in self.db.execute(
@@ -760,13 +763,15 @@ class RunStore:
         tokens = self.db.execute(
             "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
             " COUNT(*) FROM prompts WHERE round = ?", (number,)).fetchone()
+        retries = {r[0]: r[1] for r in self.db.execute(
+            "SELECT cause, COUNT(*) FROM retries WHERE round = ? GROUP BY cause", (number,))}
         self.db.execute(
             "UPDATE rounds SET status = ?, finished = ?, accepted = ?, "
             "rejected = ?, surplus = ?, candidates = ?, prompt_tokens = ?, "
-            "completion_tokens = ?, requests = ? WHERE round = ?",
+            "completion_tokens = ?, requests = ?, retries = ? WHERE round = ?",
             (status, now, accepted, json.dumps(rejected), surplus,
              accepted + sum(rejected.values()) + surplus, tokens[0], tokens[1],
-             tokens[2], number))
+             tokens[2], json.dumps(retries), number))
 
     def _insert_task(self, task: Task) -> None:
         self.db.execute(
