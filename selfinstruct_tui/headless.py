@@ -250,11 +250,13 @@ class HeadlessPrinter:
             self._batch(event.batch)
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
+            self.rates.pause()
             if event.reason == self.last_error[0]:  # a fatal error, just printed: once is enough
                 self._line("paused by the request error above")
             else:
                 self._line(f"paused: {event.reason}")
         elif isinstance(event, ev.Resumed):
+            self.rates.resume()
             self._line("resumed")
         elif isinstance(event, ev.Stopping):
             self._line("stopping: requests in flight may finish; Ctrl-C or SIGTERM now "

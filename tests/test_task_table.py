@@ -263,3 +263,18 @@ def test_typing_in_the_filter_box_filters_the_pool_at_once(tmp_path, isolated_en
             await pilot.pause()
 
     run(go())
+
+
+def test_a_seeds_similarity_is_a_dash_not_zero():
+    """Seeds showed "rouge 0.00" (table) and "max ROUGE-L 0.000" (inspector): they are never
+    compared, so no number is shown."""
+    from selfinstruct_tui.tui.screens.inspector import task_details
+    from selfinstruct_tui.tui.view import Row
+    from selfinstruct_tui.tui.widgets.task_table import row_cells
+
+    seed = Row(1, 0, "seed", False, 2, 0.0, "Name a river.", "name a river.")
+    machine = Row(200, 3, "machine", False, 2, 0.41, "Name a lake.", "name a lake.")
+    assert row_cells(seed)[5].strip() == "-" and row_cells(machine)[5].strip() == "0.41"
+    text = task_details(Task(1, "seed", "Name a river.", False, [Instance("", "Nile")],
+                             seed_id="s1"), None, None).plain
+    assert "no ROUGE-L (seeds are not filtered)" in text and "0.000" not in text

@@ -20,12 +20,31 @@ class Rates:
         self._accepted: deque[float] = deque()
         self._tokens: deque[tuple[float, int, int]] = deque()
         self._frozen: float | None = None  # monotonic: rates as they were then (run ended)
+        self._paused: float | None = None  # monotonic: when the run paused
 
     def restart(self) -> None:
         self.started = time.monotonic()
-        self._frozen = None
+        self._frozen = self._paused = None
         self._accepted.clear()
         self._tokens.clear()
+
+    def pause(self) -> None:
+        """The run paused: rates hold as they are until `resume` (they fell on while nothing
+        was sent, and the ETA grew)."""
+        if self._paused is None:
+            self._paused = time.monotonic()
+
+    def resume(self) -> None:
+        """The run resumed: the paused time is left out of the window (every event and the
+        start move on by it), so the rate is of the last minute of running: right after a
+        resume it read 30 tasks/min for a run making 650."""
+        if self._paused is None:
+            return
+        gap = time.monotonic() - self._paused
+        self._paused = None
+        self.started += gap
+        self._accepted = deque(t + gap for t in self._accepted)
+        self._tokens = deque((t + gap, p, c) for t, p, c in self._tokens)
 
     def freeze(self) -> None:
         """The run ended: rates stay as they were now (they fell on, minute by minute, beside
@@ -46,7 +65,9 @@ class Rates:
         self._tokens.extend(sorted((t + shift, p, c) for t, p, c in answered))
 
     def _now(self) -> float:
-        return time.monotonic() if self._frozen is None else self._frozen
+        if self._frozen is not None:
+            return self._frozen
+        return time.monotonic() if self._paused is None else self._paused
 
     def accepted(self, n: int = 1) -> None:
         now = time.monotonic()

@@ -29,7 +29,8 @@ def task_details(task: Task, prompt: str | None, response: str | None,
             f" from machine task #{task.source_task})" if task.source_task else ")")
     t.append(f"  {origin}, round {task.round}, "
              f"{'classification' if task.is_classification else 'not classification'}, "
-             f"max ROUGE-L {task.max_score:.3f}\n\n")
+             + (f"max ROUGE-L {task.max_score:.3f}" if not task.is_seed else
+                "no ROUGE-L (seeds are not filtered)") + "\n\n")
     t.append("Instruction\n", style="bold underline")
     t.append(task.instruction + "\n\n")
     t.append(f"Instances ({len(task.instances)})\n", style="bold underline")

@@ -399,7 +399,7 @@ class TaskTable(ScrollView, can_focus=True):
 def row_cells(row: Row) -> list[str]:
     """The texts of one row's cells, in COLUMNS order, then the instruction."""
     values = (row.id, row.round, row.origin, "yes" if row.is_classification else "",
-              row.instances, f"{row.max_score:.2f}")
+              row.instances, "-" if row.origin == "seed" else f"{row.max_score:.2f}")
     return [f"{value:{align}{width}}" for value, (_, width, align) in zip(values, COLUMNS,
                                                                           strict=True)
             ] + [row.instruction]
