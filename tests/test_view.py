@@ -161,6 +161,28 @@ def test_tasks_per_minute_stop_falling_when_the_run_ends(monkeypatch):
     assert view.status.rates.tasks_per_minute() == at_end
 
 
+def test_rates_hold_while_paused_and_leave_the_pause_out_after(monkeypatch):
+    """Paused, tasks/min fell on minute by minute (the ETA grew); right after the resume it
+    read 30 tasks/min for a run making 650, the paused minutes inside its window."""
+    from selfinstruct_tui.engine import rates as rates_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(rates_module.time, "monotonic", lambda: clock[0])
+    rates = rates_module.Rates()
+    for _ in range(30):  # 60 tasks/min for 30 s
+        clock[0] += 1
+        rates.accepted()
+    assert rates.tasks_per_minute() == 60.0
+    rates.pause()
+    clock[0] += 600
+    assert rates.tasks_per_minute() == 60.0  # held
+    rates.resume()
+    clock[0] += 10
+    assert rates.tasks_per_minute() == 30 / 40 * 60  # 30 in the 40 s of running since start
+    rates.accepted()
+    assert rates.tasks_per_minute() == 31 / 40 * 60
+
+
 def test_an_attached_ui_counts_the_rate_from_the_session_start(tmp_path):
     """A UI attached to a running session counted tasks/min from the moment it attached: two
     UIs on one engine showed 30.9 and 0.0, a fresh one 111.5 against the engine's 36."""
