@@ -463,6 +463,21 @@ def test_notes_after_an_item_are_not_part_of_its_instruction():
         ("Name a fruit.", "")]
 
 
+@pytest.mark.parametrize("text", [
+    "- 9. Write a haiku about autumn.\n- 10. Name a fruit.",  # kept "9." in the text
+    "9 - Write a haiku about autumn.\n10 - Name a fruit.",  # unparseable
+    "[9] Write a haiku about autumn.\n[10] Name a fruit.",  # "JSON that does not parse"
+])
+def test_more_list_markers(text):
+    assert items(parse_instruction_list(text)) == ["Write a haiku about autumn.", "Name a fruit."]
+
+
+def test_a_dash_in_an_items_input_is_no_list_marker():
+    parsed = parse_instruction_list("9. Compute this:\nInput: 3 - 2 = 1\n10. Name a fruit.")
+    assert [(i.instruction, i.input) for i in parsed.items] == [
+        ("Compute this:", "3 - 2 = 1"), ("Name a fruit.", "")]
+
+
 def test_full_width_and_cjk_list_markers_and_any_json_list_key():
     """A run on Chinese seeds: "９．" and "9、" items were unparseable; so was a JSON answer
     under a key of its own."""

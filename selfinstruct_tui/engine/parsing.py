@@ -213,9 +213,10 @@ def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
 # "9.", "9)", "(9)", "9:" (not "3.5" or "10:30"); "Task 9:", "**Task 9**", "### Task 9 -".
 _NUMBERED = re.compile(
     rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*(?:"
-    rf"\(?(\d{{1,3}})[ \t]*[.):．、）：](?=[ \t*_`\"'“]|$|[^\W\d_])"
+    rf"(?:\(?(\d{{1,3}})[ \t]*[.):．、）：]|\[(?=\d{{1,3}}\])(\d{{1,3}})\]|(\d{{1,3}})[ \t]+[-–—]"
+    rf"(?=[ \t]+[A-Z\"'“*]))(?=[ \t*_`\"'“]|$|[^\W\d_])"
     rf"|(?:new[ \t]+)?(?:task|instruction|prompt|item)[ \t]*#?[ \t]*(\d{{1,3}})[ \t]*[:.)\-–—]?"
-    rf")[ \t]*{_MD}[ \t]*(.*)$", re.IGNORECASE)
+    rf")[ \t]*{_MD}[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 _BARE_NUMBER = re.compile(rf"^[ \t]*{_MD}(\d{{1,3}})[ \t]+{_MD}(?=[A-Za-z\"'“])(.*)$")
 _LONE_NUMBER = re.compile(r"^[ \t]*[*_]*\(?(\d{1,3})[*_]*[ \t]*$")
 _BULLET = re.compile(r"^[ \t]*[-*•+·][ \t]+(.*)$")
@@ -300,7 +301,7 @@ def _numbered(line: str) -> tuple[int, str] | None:
     match = _NUMBERED.match(line)
     if not match:
         return None
-    return int(match.group(1) or match.group(2)), match.group(3)
+    return int(next(g for g in match.groups()[:4] if g)), match.group("rest")
 
 
 # A title before an item's instruction: "**Limerick Writing**: Compose ...", "**Poetry** - ...",
@@ -611,7 +612,8 @@ def _item_start(line: str, hit: tuple[int, str] | None, numbered: bool, bullet: 
             return None
         match = _BULLET.match(line)
         if match and not (in_section and line[:1] in " \t"):
-            return None, match.group(1)
+            numbered = _numbered(match.group(1))  # "- 9. Write ...": the number is no text
+            return (numbered[0], numbered[1]) if numbered else (None, match.group(1))
         return None
     if label_mode:
         match = _LABEL.match(line)
@@ -692,7 +694,8 @@ def _parse_json_list(text: str, truncated: bool) -> ParsedList | None:
     """A JSON answer: {"tasks": [...]}, {"instructions": [...]} or a list; items are strings or
     objects with "instruction" (and "input"). None when the text is not JSON-shaped."""
     body = json_text(text, _LIST_LAYOUT)
-    if body[:1] not in ("{", "["):
+    if body[:1] not in ("{", "[") or body[:1] == "[" and body[1:].lstrip()[:1] not in (
+            '"', "{", "]"):  # "[9] Write ...": a list marker, not a JSON list
         return None
     try:
         data = json.loads(body)
