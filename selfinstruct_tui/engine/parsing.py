@@ -612,8 +612,8 @@ def _item_start(line: str, hit: tuple[int, str] | None, numbered: bool, bullet: 
             return None
         match = _BULLET.match(line)
         if match and not (in_section and line[:1] in " \t"):
-            numbered = _numbered(match.group(1))  # "- 9. Write ...": the number is no text
-            return (numbered[0], numbered[1]) if numbered else (None, match.group(1))
+            marked = _numbered(match.group(1))  # "- 9. Write ...": the number is no text
+            return (marked[0], marked[1]) if marked else (None, match.group(1))
         return None
     if label_mode:
         match = _LABEL.match(line)
