@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -423,3 +424,79 @@ def test_attached_and_in_process_screens_show_the_same_run(tmp_path, isolated_en
             assert later[part] == live[part], part
 
     run(go())
+
+
+def test_a_pause_by_errors_keeps_its_reason_on_screen(tmp_path, isolated_env):
+    """The reason of a pause by errors was only in a notification; afterwards the status line
+    read "paused (errors)", and a UI attached later never saw why. Now a line under the status
+    line keeps the reason and what to do while the run is paused, for the in-process UI and
+    for a UI that attaches later (from what the engine recorded when it paused)."""
+    from selfinstruct_tui.engine.control import RunState
+
+    def thinking_engine(run_dir: Path, base_url: str):
+        return make_engine(run_dir, base_url, target=50, api="chat", concurrency=2,
+                           max_fruitless_requests=6)
+
+    async def go():
+        with FakeOpenAI(thinking=True) as server:
+            app = create_app(tmp_path / "run", engine=thinking_engine(tmp_path / "run",
+                                                                      server.base_url),
+                             refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: app.state == "paused")
+                await pilot.pause(0.3)
+                app.clear_notifications()  # the notification goes; the reason stays
+                await pilot.pause(0.3)
+                assert "--extra-body" in on_screen(app)
+                note = app.query_one("#run-note")
+                shown = " ".join(str(note.render()).split())
+                assert note.display and shown.startswith("Paused: ")
+                assert "--extra-body" in shown and "Press s to stop" in shown
+                assert "paused (errors)" in str(app.query_one(StatusLine).render())
+                await pilot.press("s", "y")
+                await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
+                await pilot.pause(0.3)
+                assert not note.display  # stopped by the user: nothing to explain
+
+            # A UI attached to a run that paused before it opened
+            engine = thinking_engine(tmp_path / "other", server.base_url)
+            thread = engine.start_thread()
+            try:
+                await asyncio.to_thread(
+                    lambda: until_sync(lambda: engine.state == RunState.PAUSED))
+                attached = create_app(tmp_path / "other", attach=True, refresh=0.1)
+                async with attached.run_test(size=(120, 40)) as pilot:
+                    await pilot.pause(0.5)
+                    attached.clear_notifications()
+                    await pilot.pause(0.2)
+                    assert "--extra-body" in on_screen(attached)
+                    note = attached.query_one("#run-note")
+                    shown = " ".join(str(note.render()).split())
+                    assert note.display and shown.startswith("Paused: ")
+                    assert "--extra-body" in shown and "Press s to stop" in shown
+                    assert "paused (errors)" in str(attached.query_one(StatusLine).render())
+            finally:
+                engine.stop()
+                thread.join(60)
+                engine.store.close()
+
+    run(go())
+
+
+def until_sync(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def on_screen(app) -> str:
+    """The text of the static widgets the screen shows (the status line, the panes' lines,
+    the run's note; not the notifications), whitespace made single spaces."""
+    from textual.widgets import Static
+
+    return " ".join(" ".join(str(w.render()).split()) for w in app.screen.query(Static)
+                    if w.display)

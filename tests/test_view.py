@@ -216,3 +216,34 @@ def test_a_stopped_run_has_no_eta_an_unpriced_one_no_cost_and_interrupted_rounds
     row = round_row(RoundStats(round=8, started=0.0, prompts=2, candidates=19,
                                rejected={"interrupted": 19}, status="interrupted"))
     assert row[-1] == "interrupted" and row[5] == "19"
+
+
+def test_why_a_run_is_not_going_is_read_from_the_store(tmp_path):
+    """The note under the status line, from what the engine recorded (an attached UI opened
+    later shows it too): a pause by errors and its reason, an end by errors and how to resume;
+    nothing for a finished run, a pause by the user or a stop by the user."""
+    import os
+
+    deterministic_run(tmp_path / "run", machine=40)
+    store = RunStore(tmp_path / "run")
+
+    def view_of(meta: dict) -> RunView:
+        store.set_meta("state", meta)
+        view = RunView("run", resume_command="selfinstruct run --run-dir X")
+        view.load(read_snapshot(store))
+        return view
+
+    assert view_of({"state": "finished", "pid": 0}).note() == ""
+    assert view_of({"state": "paused", "pid": os.getpid(), "reason": "paused by the user",
+                    "by_errors": False}).note() == ""
+    paused = view_of({"state": "paused", "pid": os.getpid(), "by_errors": True,
+                      "reason": "every endpoint is out: HTTP 503 for 60 s."})
+    assert paused.note() == "Paused: every endpoint is out: HTTP 503 for 60 s. Press p to resume."
+    assert paused.status.reason == "errors"
+    failing = view_of({"state": "stopped", "pid": 0, "finish_reason": "failing",
+                       "message": "every endpoint is out: HTTP 503 for 60 s"})
+    assert failing.note() == ("Stopped at 40/40: every endpoint is out: HTTP 503 for 60 s. "
+                              "Resume with (once the cause is fixed): selfinstruct run "
+                              "--run-dir X")
+    assert view_of({"state": "stopped", "pid": 0, "finish_reason": "stopped"}).note() == ""
+    store.close()

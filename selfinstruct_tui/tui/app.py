@@ -161,6 +161,8 @@ class SelfInstructApp(App[int]):
     # -- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status")
+        # why the run is not going (a pause by errors, a failed end): shown only then
+        yield Static("", id="run-note", markup=False)
         with Horizontal(id="main"):
             with PoolPane(id="left"):
                 yield Static(HEADER, id="pool-header")
@@ -193,6 +195,8 @@ class SelfInstructApp(App[int]):
         # Direct references: queries would miss them while a modal is open or a pane is
         # maximized (both narrow what the screen's DOM queries see).
         self.status_line = self.query_one(StatusLine)
+        self.run_note = self.query_one("#run-note", Static)
+        self._note_shown = ""
         self.table = self.query_one(TaskTable)
         self.prompts_pane = self.query_one(PromptsPane)
         self.rejections_pane = self.query_one(RejectionsPane)
@@ -292,6 +296,11 @@ class SelfInstructApp(App[int]):
             self.stats_pane.show(view)
             show_review_wide(self.pool_review, view)
         self.status_line.show(view.status)
+        note = view.note()
+        if note != self._note_shown:
+            self._note_shown = note
+            self.run_note.update(note)
+            self.run_note.set_class(bool(note), "visible")
 
     def _freeze_long_lived(self) -> None:
         """Take the objects alive now (the pool's rows and their indexes, the widgets) out of

@@ -127,6 +127,14 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
 
 
+def pause_advice(needs_restart: bool) -> str:
+    """What to do about a pause by errors (its notice and the run's note line say it)."""
+    if needs_restart:  # p would send the same requests again
+        return ("Press s to stop, then run the command again with the fix (the same command "
+                "resumes this run); p tries again as it is.")
+    return "Press p to resume."
+
+
 def round_row(s: RoundStats) -> tuple[str, ...]:
     """The rounds table's row: cand. = acc. + rejected + open + surplus. `rejected` names its
     most common reason ("+" when there are others); `open`: candidates kept open."""
@@ -246,6 +254,11 @@ class RunView:
         self.status = StatusView(run_name=run_name)
         self.resume_command = resume_command
         self.state: str = RunState.STARTING
+        # why the run is not going, for the note under the status line (`note`): a pause by
+        # errors (its reason as the engine recorded it, and whether p can fix it), an end
+        # that was no success (reason, message)
+        self.pause: ev.Paused | None = None
+        self.ended: ev.Finished | None = None
         self.rows: dict[int, Row] = {}
         self.seed_count = 0
         # pool changes not yet shown by the table: rows to add (or replace) and ids to remove
@@ -337,8 +350,20 @@ class RunView:
             self.in_flight[p.id] = (p.kind, p.round)
         self.state = snap.state
         status.state = snap.state
+        meta = snap.state_meta
         if snap.state == RunState.PAUSED:
-            status.reason = "errors" if snap.state_meta.get("by_errors") else "by you"
+            # what the engine recorded when it paused: a UI that attaches later shows it too
+            self.pause = ev.Paused(str(meta.get("reason") or ""), bool(meta.get("by_errors")),
+                                   bool(meta.get("needs_restart")))
+            status.reason = "errors" if self.pause.by_errors else "by you"
+        elif snap.state in (RunState.STOPPED, RunState.ERROR):
+            try:
+                reason = ev.FinishReason(meta.get("finish_reason") or
+                                         {"error": "error"}.get(snap.state, "stopped"))
+            except ValueError:
+                reason = ev.FinishReason.STOPPED
+            self.ended = ev.Finished(reason, status.accepted, status.target,
+                                     str(meta.get("message") or ""))
         self.dirty |= {"status", "pool", "prompts", "rejections", "stats"}
         self._load_reviews(snap)
 
@@ -458,20 +483,34 @@ class RunView:
 
     def _on_Paused(self, e: ev.Paused) -> None:
         self._set_state(RunState.PAUSED)
+        self.pause = e
         self.status.reason = "errors" if e.by_errors else "by you"
-        if e.needs_restart:  # p would send the same requests again
-            self.notices.append((f"{e.reason}\nPress s to stop, then run the command again with "
-                                 "the fix (the same command resumes this run); p tries again "
-                                 "as it is.", "Run paused", "error"))
-        elif e.by_errors:
-            self.notices.append((f"{e.reason}\nPress p to resume.", "Run paused", "error"))
+        if e.by_errors:
+            self.notices.append((f"{e.reason}\n{pause_advice(e.needs_restart)}", "Run paused",
+                                 "error"))
 
     def _on_Resumed(self, e: ev.Resumed) -> None:
         self._set_state(RunState.RUNNING)
         self.status.reason = ""
+        self.pause = None
+
+    def note(self) -> str:
+        """Why the run is not going, while it is so (the line under the status line): the
+        reason of a pause by errors and what to do, an end that was no success. Empty
+        otherwise (running, paused by the user, finished, stopped by the user)."""
+        if self.state == RunState.PAUSED and self.pause is not None and self.pause.by_errors:
+            reason = " ".join(self.pause.reason.split()).rstrip(". ") or "errors"
+            return f"Paused: {reason}. {pause_advice(self.pause.needs_restart)}"
+        ended = self.ended
+        if ended is not None and self.state in (RunState.STOPPED, RunState.ERROR) and \
+                ended.reason not in (ev.FinishReason.TARGET, ev.FinishReason.STOPPED):
+            return " ".join(self._finish_text(ended).split())
+        return ""
 
     def _on_RunStarted(self, e: ev.RunStarted) -> None:
         self._set_state(RunState.RUNNING)
+        self.status.reason = ""
+        self.pause = self.ended = None
         self.status.started = time.monotonic()
         self.status.rates.restart()
         self.status.target = e.target
@@ -499,16 +538,21 @@ class RunView:
         if was_live:
             self.status.elapsed_before += time.monotonic() - self.status.started
             self.status.rates.freeze()
-        at = f"{e.accepted}/{e.target}"
-        message = {
-            ev.FinishReason.TARGET: f"Target reached: {e.accepted} tasks.",
-            ev.FinishReason.STOPPED: f"Stopped at {at}. Resume with: {self.resume_command}",
-            ev.FinishReason.LIMIT: f"Stopped at {at}: {e.message}. Resume with a higher "
-                                   f"limit: {self.resume_command}",
-        }.get(reason, f"Stopped at {at}: {e.message}")
+        self.ended = e
         severity = "error" if reason in (ev.FinishReason.ERROR, ev.FinishReason.FAILING) \
             else "information"
-        self.notices.append((message, "Run", severity))
+        self.notices.append((self._finish_text(e), "Run", severity))
+
+    def _finish_text(self, e: ev.Finished) -> str:
+        at = f"{e.accepted}/{e.target}"
+        why = e.message.rstrip(". ")
+        return {
+            ev.FinishReason.TARGET: f"Target reached: {e.accepted} tasks.",
+            ev.FinishReason.STOPPED: f"Stopped at {at}. Resume with: {self.resume_command}",
+            ev.FinishReason.LIMIT: f"Stopped at {at}: {why}. Resume with a higher limit: "
+                                   f"{self.resume_command}",
+        }.get(ev.FinishReason(e.reason), f"Stopped at {at}: {why}. Resume with (once the "
+                                         f"cause is fixed): {self.resume_command}")
 
     def _set_state(self, state: str) -> None:
         self.state = state
