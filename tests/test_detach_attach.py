@@ -15,6 +15,7 @@ from conftest import cli_command
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.app import create_app
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen
 from selfinstruct_tui.tui.widgets.task_table import TaskTable
@@ -291,3 +292,83 @@ def test_an_attached_ui_sees_tasks_accepted_below_the_largest_id(tmp_path):
     assert store.count_tasks("machine") == 4 + 3
     reader.close()
     store.close()
+
+
+def test_an_attached_ui_sees_its_engine_killed_and_queues_nothing_for_it(run_cli, tmp_path,
+                                                                         isolated_env):
+    """kill -9 of a detached engine under an attached UI. The UI showed "running" forever, its
+    clock counting; `p` queued a pause for nobody, and the next session started "paused (by
+    you)". Now the UI finds the process gone (the rule of `runs`: a live state, a dead pid),
+    shows the run crashed with the command that resumes it, stops its clock, and refuses the
+    keys that need an engine, saying why; nothing is queued. A pause queued for the dead
+    process before anyone noticed is not applied by the next session, which says so."""
+    from selfinstruct_tui.engine import control
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+    from tui_helpers import read_run
+
+    run_dir = tmp_path / "run"
+
+    def pending() -> list:
+        return read_run(run_dir, lambda store: store.pending_commands())
+
+    with FakeOpenAI(latency=0.05) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 3, timeout=60)
+
+            async def go():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(120, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "running")
+                    os.kill(pid, signal.SIGKILL)
+                    await until(pilot, lambda: app.state == "crashed", timeout=20)
+                    await pilot.pause(0.3)
+                    resume = f"selfinstruct run --run-dir {run_dir}"
+                    note = app.query_one("#run-note")
+                    assert note.display
+                    shown = str(note.render())
+                    assert f"pid {pid}" in shown and "killed or crashed" in shown
+                    assert resume in shown
+                    crashed = [n.message for n in app._notifications if n.title == "Run crashed"]
+                    assert len(crashed) == 1 and resume in crashed[0]
+                    status = app.query_one(StatusLine)
+                    frozen = str(status.render())
+                    assert "crashed" in frozen and "ETA -" in frozen
+                    await pilot.pause(1.2)  # a counting clock would have moved by a second
+                    assert str(status.render()) == frozen
+                    await pilot.press("p")
+                    await pilot.press("s")
+                    await pilot.pause(0.3)
+                    assert not isinstance(app.screen, ConfirmScreen)  # no stop question
+                    refused = [n.message for n in app._notifications
+                               if n.message.startswith("Nothing to pause or stop")]
+                    assert len(refused) == 2 and all(resume in m for m in refused)
+                    assert pending() == []  # nothing waits in the commands table for nobody
+                    with pytest.raises(control.NoEngine, match="engine process is gone"):
+                        control.RemoteControl(run_dir).send(control.Pause())
+                    assert pending() == []
+                    # A pause that reached the table in the instant before the kill was seen
+                    store = RunStore(run_dir)
+                    store.add_command("pause")
+                    store.close()
+                    table = app.query_one(TaskTable)
+                    before = len(table.rows)
+                    again = run_cli("run", "--detach", "--run-dir", str(run_dir), timeout=60)
+                    assert again.returncode == 0, again.stderr
+                    await until(pilot, lambda: app.state == "running", timeout=20)
+                    await until(pilot, lambda: len(table.rows) > before + 3, timeout=30)
+                    assert app.state == "running"  # not "paused (by you)"
+                    assert not note.display
+                    await pilot.press("s", "y")  # the new process takes commands again
+                    await until(pilot, lambda: app.state == "stopped", timeout=30)
+                    await pilot.press("q")
+
+            run(go())
+            log = (run_dir / "run.log").read_text()
+            assert "note: a pause sent to an earlier process of this run that ended before " \
+                   "reading it: not applied" in log
+            assert pending() == []
+            wait_for(lambda: state_of(run_dir).get("state") == "stopped", timeout=30)
+        finally:
+            kill_quietly(pid)
+            kill_quietly(int((run_dir / "engine.pid").read_text()))

@@ -220,9 +220,15 @@ def test_a_stopped_run_has_no_eta_an_unpriced_one_no_cost_and_interrupted_rounds
 
 def test_why_a_run_is_not_going_is_read_from_the_store(tmp_path):
     """The note under the status line, from what the engine recorded (an attached UI opened
-    later shows it too): a pause by errors and its reason, an end by errors and how to resume;
-    nothing for a finished run, a pause by the user or a stop by the user."""
+    later shows it too): a pause by errors and its reason, an end by errors and how to resume,
+    a crash (a live state whose process is gone) with its pid; nothing for a finished run.
+    A follower that finds the process gone later says so once, and never for a run already
+    crashed when it was read."""
     import os
+    import subprocess
+    import sys
+
+    from selfinstruct_tui.engine.control import StoreFollower
 
     deterministic_run(tmp_path / "run", machine=40)
     store = RunStore(tmp_path / "run")
@@ -246,4 +252,24 @@ def test_why_a_run_is_not_going_is_read_from_the_store(tmp_path):
                               "Resume with (once the cause is fixed): selfinstruct run "
                               "--run-dir X")
     assert view_of({"state": "stopped", "pid": 0, "finish_reason": "stopped"}).note() == ""
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: its pid is dead
+    crashed = view_of({"state": "running", "pid": gone.pid})
+    assert crashed.state == "crashed"
+    assert f"The engine process (pid {gone.pid}) is gone" in crashed.note()
+    assert crashed.note().endswith("Resume it with: selfinstruct run --run-dir X")
+    reader = RunStore(tmp_path / "run", readonly=True)
+    seen: list[ev.Event] = []
+    StoreFollower(read_snapshot(reader), seen.append).poll(reader)
+    assert not [e for e in seen if isinstance(e, ev.Crashed)]  # it was crashed when read
+
+    store.set_meta("state", {"state": "running", "pid": os.getpid()})
+    follower = StoreFollower(read_snapshot(reader), seen.append)
+    follower.poll(reader)
+    store.set_meta("state", {"state": "running", "pid": gone.pid})  # as if this one died
+    follower.poll(reader)
+    follower.poll(reader)
+    assert [e.pid for e in seen if isinstance(e, ev.Crashed)] == [gone.pid]
+    reader.close()
     store.close()

@@ -286,9 +286,25 @@ def ring(run_dir: str | Path) -> None:
             pass
 
 
+class NoEngine(UserError):
+    """No process drives the run any more (it ended, or it is gone: `state` "crashed"): a
+    pause, resume or stop written to the commands table would wait there for nobody, and a
+    later session would read it (a pause held it "paused (by you)")."""
+
+    def __init__(self, run_dir: Path, state: str, pid: int | None) -> None:
+        self.state, self.pid = state, pid
+        gone = "its engine process is gone (killed or crashed)" if state == RunState.CRASHED \
+            else f"it is {state}"
+        super().__init__(f"{run_dir}: no engine runs this run ({gone}); resume it with "
+                         f"`selfinstruct run --run-dir {run_dir}`")
+
+
 class RemoteControl:
     """Commands for an engine in another process, through the store's commands table (and a
-    wake-up datagram, `ring`, so the engine reads them at once)."""
+    wake-up datagram, `ring`, so the engine reads them at once). A pause, resume or stop for a
+    run that no process drives any more is refused (`NoEngine`), never queued; changes to the
+    run's data (seed sets, drops, edits, review answers) are kept for the next session, as a
+    pending seed set always was."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
@@ -296,6 +312,10 @@ class RemoteControl:
     def send(self, command: Command) -> None:
         store = RunStore(self.run_dir)
         try:
+            if isinstance(command, (Pause, Resume, Stop)):
+                state, pid = run_status(store)
+                if state not in LIVE_STATES:
+                    raise NoEngine(self.run_dir, state, pid)
             if isinstance(command, ReplaceSeeds):  # visible to every UI before the engine polls
                 store.set_pending_seeds(encode(command)[1]["seeds"])
             store.add_command(*encode(command))
@@ -398,7 +418,13 @@ def pid_alive(pid: int | None) -> bool:
 
 def run_status(store: RunStore) -> tuple[str, int | None]:
     """(state, pid): a live state with a live pid, a final state, "crashed" or "new"."""
-    meta = store.get_meta("state") or {}
+    return status_of(store.get_meta("state") or {})
+
+
+def status_of(meta: dict[str, Any]) -> tuple[str, int | None]:
+    """`run_status` of a `state` meta already read: a live state whose process is gone (killed,
+    or it crashed: nothing recorded its end) is "crashed". The one rule for `runs`, attached
+    UIs (`StoreFollower`) and their commands (`RemoteControl`)."""
     state, pid = meta.get("state", RunState.NEW), meta.get("pid")
     if state in LIVE_STATES and not pid_alive(pid):
         return RunState.CRASHED, pid
@@ -466,7 +492,8 @@ def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunC
     if after == RunState.PAUSED:
         return [ev.Paused(new.get("reason") or "", bool(new.get("by_errors")),
                           bool(new.get("needs_restart")))]
-    if after == RunState.RUNNING and before == RunState.PAUSED:
+    if after == RunState.RUNNING and before == RunState.PAUSED and \
+            new.get("pid") == old.get("pid"):  # (a new pid: a new session, started below)
         return [ev.Resumed()]
     if after == RunState.RUNNING and snapshot_config is not None:
         return [ev.RunStarted.of(str(run_dir), snapshot_config,
@@ -497,6 +524,10 @@ class StoreFollower:
         self.open_prompts = {p.id for p in snapshot.open_prompts}
         self.finished_rounds = {r.round for r in snapshot.rounds if r.status != "running"}
         self.state = dict(snapshot.state_meta)
+        # (state, pid) of the process last found gone (`Crashed` emitted), not to say it twice
+        self.lost: tuple[Any, Any] | None = (
+            (self.state.get("state"), self.state.get("pid"))
+            if snapshot.state == RunState.CRASHED else None)
         self.session = dict(snapshot.session)
         self.endpoints: Any = None
         self.accepted: int | None = None
@@ -606,6 +637,22 @@ class StoreFollower:
                                       accepted, store.count_tasks("seed")):
                 emit(event)
         self.state = state
+        self.check_alive(store)
+
+    def check_alive(self, store: RunStore) -> None:
+        """A live state whose process is gone (`status_of`, the rule of `selfinstruct runs`)
+        is a `Crashed` event, once per process: nothing else would ever change the state (a
+        killed engine records no end) and the UI would show it running forever."""
+        key = (self.state.get("state"), self.state.get("pid"))
+        if key == self.lost or status_of(self.state)[0] != RunState.CRASHED:
+            return
+        # Read again now that the process is gone: an engine that recorded its end and exited
+        # between the read above and the pid check did not crash (the next poll shows its end).
+        again = store.get_meta("state") or {}
+        if (again.get("state"), again.get("pid")) != key:
+            return
+        self.lost = key
+        self.emit(ev.Crashed(self.state.get("pid")))
 
     def poll_reviews(self, store: RunStore) -> None:
         """Review records written since the last poll, as one `ReviewUpdated` (what the engine

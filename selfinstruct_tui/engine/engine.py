@@ -528,6 +528,7 @@ class Engine:
             # said to have started, and attached UIs are heard, while those jobs are polled
             # (at an endpoint's batch window, hours)
             self._load_pool()
+            stale = self._drop_stale_run_commands()  # before any UI can see this session
             resumed = self.store.max_round() > 0
             self.store.set_meta("session", {"endpoint": self.base_url, "resumed": resumed,
                                             "started": time.time(), "pid": os.getpid(),
@@ -536,6 +537,11 @@ class Engine:
             self._set_state(RunState.RUNNING)
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
+            if stale:
+                self.bus.emit(ev.Notice(
+                    f"{' and '.join(stale)} sent to an earlier process of this run that ended "
+                    "before reading it: not applied, this session runs (pause or stop it "
+                    "again if you still want to)"))
             self._drain_commands()
             watcher = asyncio.create_task(self._watch_control())
             if self._batcher is not None:
@@ -709,6 +715,27 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - said, never fatal: the stop goes on
             self.bus.emit(ev.RequestError(None, "batch", f"cancelling the batch jobs failed: "
                                                          f"{exc}; they stay recorded"))
+
+    def _drop_stale_run_commands(self) -> list[str]:
+        """Pause, resume and stop commands left unread in the commands table by an earlier
+        process are marked done unapplied; their names are returned (said once the run has
+        started). They were meant for a process that is gone (killed before it read them, or
+        while an attached UI still showed it running): applied to this session, a pause held a
+        fresh run "paused (by you)" with nobody having asked it to. Changes to the run's data
+        (seed sets, drops, edits, review answers) are still applied by the control loop."""
+        stale: list[str] = []
+        for command_id, name, args in self.store.pending_commands():
+            try:
+                command = decode(name, args)
+            except (ValueError, KeyError, TypeError):
+                continue  # the control loop logs it and marks it done
+            if isinstance(command, (Pause, Resume, Stop)):
+                self.store.mark_command_done(command_id)
+                what = f"a {name}"
+                if what not in stale:
+                    stale.append(what)
+                log.warning("command %r left by an earlier process: not applied", name)
+        return stale
 
     async def _watch_control(self) -> None:
         """Commands from attached UIs (the store's commands table) and a heartbeat for `runs`.

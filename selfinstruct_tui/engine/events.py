@@ -216,6 +216,16 @@ class Resumed(Event):
 
 
 @dataclass(frozen=True)
+class Crashed(Event):
+    """The process that drove the run is gone without recording an end (killed with -9, out
+    of memory, a crash): the run's state still reads live and its pid is dead, the rule of
+    `selfinstruct runs`. Emitted by a `StoreFollower` for an attached UI (an in-process engine
+    goes with its UI); the run resumes with `selfinstruct run --run-dir DIR`."""
+
+    pid: int | None
+
+
+@dataclass(frozen=True)
 class Stopping(Event):
     cancel_batches: bool = False  # the submitted batch jobs are being cancelled, not kept
 

@@ -32,6 +32,7 @@ from selfinstruct_tui.engine.control import (
     Command,
     DropTask,
     EditTask,
+    NoEngine,
     OfflineControl,
     Pause,
     RemoteControl,
@@ -161,7 +162,7 @@ class SelfInstructApp(App[int]):
     # -- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status")
-        # why the run is not going (a pause by errors, a failed end): shown only then
+        # why the run is not going (a pause by errors, a crash, a failed end): shown only then
         yield Static("", id="run-note", markup=False)
         with Horizontal(id="main"):
             with PoolPane(id="left"):
@@ -330,21 +331,56 @@ class SelfInstructApp(App[int]):
                                                         RunState.PAUSED)
 
     def _send(self, command: Command) -> None:
-        """To the running engine, or straight to the store when none runs."""
+        """To the running engine, or straight to the store when none runs (`_deliver`)."""
+        self._deliver(command)
+
+    def _deliver(self, command: Command) -> bool:
+        """To the running engine, or straight to the store when none runs. Pause, resume and
+        stop need an engine: without one they are refused, said (`_say_not_running`), and
+        False is returned. An attached UI's engine that is gone since the follower last
+        looked refuses them too (`NoEngine`): never queued for nobody."""
+        state = self.state
         if self.engine_active:
             assert self.live is not None
-            self.live.send(command)
+            try:
+                self.live.send(command)
+                return True
+            except NoEngine as gone:
+                state = gone.state  # (an end, not a crash: the follower brings it shortly)
+                if gone.state == RunState.CRASHED:
+                    self.view.apply(ev.Crashed(gone.pid))
+                    self._render()
+        if isinstance(command, (Pause, Resume, Stop)):
+            self._say_not_running(state)
+            return False
+        self.offline.send(command)
+        return True
+
+    def _no_engine(self) -> str:
+        """Why no engine takes commands, for the notes of keys that send them."""
+        if self.state == RunState.CRASHED:
+            return "the engine process is gone (killed or crashed)"
+        return "no engine runs"
+
+    def _say_not_running(self, state: str | None = None) -> None:
+        """Pause, resume or stop without an engine to take it."""
+        state = state or self.state
+        if state == RunState.CRASHED:
+            self.notify("Nothing to pause or stop: the engine process is gone (killed or "
+                        f"crashed). Resume the run with: {self.view.resume_command}",
+                        title="Run crashed", severity="warning", markup=False)
         else:
-            self.offline.send(command)
+            self.notify(f"The run is not running ({state}).", severity="warning")
 
     def action_toggle_pause(self) -> None:
         if not self.engine_active:
-            self.notify("The run is not running.", severity="warning")
+            self._say_not_running()
             return
         self._send(Resume() if self.state == RunState.PAUSED else Pause())
 
     def action_stop(self) -> None:
         if not self.engine_active:
+            self._say_not_running()
             return
         jobs = self.view.submitted_batches
         if not jobs:
@@ -372,7 +408,8 @@ class SelfInstructApp(App[int]):
              ("back", "escape", "Go on")]), answer)
 
     def _stop(self, cancel_batches: bool = False) -> None:
-        self._send(Stop(cancel_batches=cancel_batches))
+        if not self._deliver(Stop(cancel_batches=cancel_batches)):
+            return
         self.notify("Stopping: requests in flight may finish (a bounded grace), then the "
                     f"run stops. Resume it later with: {self.view.resume_command}")
 
@@ -405,6 +442,11 @@ class SelfInstructApp(App[int]):
 
     def action_detach(self) -> None:
         """Hand the run to a background process: stop here cleanly, resume detached."""
+        if self.attached and self.state == RunState.CRASHED:
+            self.notify(f"Nothing to detach: {self._no_engine()}. Resume the run in the "
+                        f"background with: selfinstruct run --detach --run-dir {self.run_dir}",
+                        severity="warning", markup=False)
+            return
         if self.attached:
             self.notify("This UI is attached: the run already runs in the background. Press q "
                         "to leave it running.")
@@ -455,13 +497,12 @@ class SelfInstructApp(App[int]):
         atomic_write_text(self.run_dir / RUN_SEEDS_FILE, seeds_to_jsonl(seeds), mode=0o600)
         if write_back and self.seeds_file:
             write_seeds(self.seeds_file, seeds)
-        running = self.engine_active
         self._seeds_before = [seed_to_record(s) for s in current_seeds(self.reader)[0]]
         self._seeds_sent = list(seeds)
         self._send(ReplaceSeeds(tuple(seeds)))
         self.notify(f"{done or f'{len(seeds)} seeds saved'}; " + (
-            "this takes effect at the next round." if running else
-            "applied now (no engine runs); the run uses them when it resumes."))
+            "this takes effect at the next round." if self.engine_active else
+            f"applied now ({self._no_engine()}); the run uses them when it resumes."))
 
     def _promote(self, task: Task) -> None:
         """A machine task becomes a seed (with its instances) at the next round; it leaves the

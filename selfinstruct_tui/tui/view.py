@@ -199,7 +199,8 @@ class StatusView:
             model = f"{self.model} @ {self.endpoints} endpoints"
         state = self.state + (f" ({self.reason})" if self.reason and
                               self.state == RunState.PAUSED else "")
-        alarm = "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR) else "bold"
+        alarm = "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR,
+                                                 RunState.CRASHED) else "bold"
         # (priority: higher stays longer, text, style)
         parts: list[tuple[int, str, str]] = [(1, self.run_name, "bold"), (2, model, ""),
                                              (9, state, alarm)]
@@ -256,9 +257,10 @@ class RunView:
         self.state: str = RunState.STARTING
         # why the run is not going, for the note under the status line (`note`): a pause by
         # errors (its reason as the engine recorded it, and whether p can fix it), an end
-        # that was no success (reason, message)
+        # that was no success (reason, message), the pid of an engine process found gone
         self.pause: ev.Paused | None = None
         self.ended: ev.Finished | None = None
+        self.lost_pid: int | None = None
         self.rows: dict[int, Row] = {}
         self.seed_count = 0
         # pool changes not yet shown by the table: rows to add (or replace) and ids to remove
@@ -356,6 +358,9 @@ class RunView:
             self.pause = ev.Paused(str(meta.get("reason") or ""), bool(meta.get("by_errors")),
                                    bool(meta.get("needs_restart")))
             status.reason = "errors" if self.pause.by_errors else "by you"
+        elif snap.state == RunState.CRASHED:
+            pid = meta.get("pid")
+            self.lost_pid = pid if isinstance(pid, int) else None
         elif snap.state in (RunState.STOPPED, RunState.ERROR):
             try:
                 reason = ev.FinishReason(meta.get("finish_reason") or
@@ -494,13 +499,35 @@ class RunView:
         self.status.reason = ""
         self.pause = None
 
+    def _on_Crashed(self, e: ev.Crashed) -> None:
+        """The engine process is gone (an attached UI's follower found it): the clock and the
+        rates stop, and the note says how to resume. Said once, however many times found."""
+        if self.state == RunState.CRASHED:
+            return
+        if self.state in LIVE_STATES:
+            self.status.elapsed_before += time.monotonic() - self.status.started
+            self.status.rates.freeze()
+        self.lost_pid = e.pid
+        self.pause = None
+        self._set_state(RunState.CRASHED)
+        self.dirty.add("prompts")  # what was in flight is now "unfinished at the crash"
+        self.notices.append((self.crash_text(), "Run crashed", "error"))
+
+    def crash_text(self) -> str:
+        pid = f" (pid {self.lost_pid})" if self.lost_pid else ""
+        return (f"The engine process{pid} is gone: it ended without stopping the run (killed "
+                "or crashed), and nothing runs the run now. Resume it with: "
+                f"{self.resume_command}")
+
     def note(self) -> str:
         """Why the run is not going, while it is so (the line under the status line): the
-        reason of a pause by errors and what to do, an end that was no success. Empty
-        otherwise (running, paused by the user, finished, stopped by the user)."""
+        reason of a pause by errors and what to do, an end that was no success, a crash.
+        Empty otherwise (running, paused by the user, finished, stopped by the user)."""
         if self.state == RunState.PAUSED and self.pause is not None and self.pause.by_errors:
             reason = " ".join(self.pause.reason.split()).rstrip(". ") or "errors"
             return f"Paused: {reason}. {pause_advice(self.pause.needs_restart)}"
+        if self.state == RunState.CRASHED:
+            return self.crash_text()
         ended = self.ended
         if ended is not None and self.state in (RunState.STOPPED, RunState.ERROR) and \
                 ended.reason not in (ev.FinishReason.TARGET, ev.FinishReason.STOPPED):
@@ -511,6 +538,7 @@ class RunView:
         self._set_state(RunState.RUNNING)
         self.status.reason = ""
         self.pause = self.ended = None
+        self.lost_pid = None
         self.status.started = time.monotonic()
         self.status.rates.restart()
         self.status.target = e.target
