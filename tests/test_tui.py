@@ -426,6 +426,50 @@ def test_attached_and_in_process_screens_show_the_same_run(tmp_path, isolated_en
     run(go())
 
 
+def test_ctrl_q_asks_while_the_run_is_going_as_q_does(tmp_path, isolated_env):
+    """ctrl+q (Textual's own quit key) stopped a running run at once, where q asks first; now
+    both ask, also with the filter box focused (ctrl+q works in text boxes; q types a q), and
+    a second ctrl+q does not stack a second question. The key table lists ctrl+q with q."""
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=400)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: count_machine(tmp_path / "run") >= 3)
+                await pilot.press("ctrl+q")
+                await pilot.pause(0.2)
+                assert isinstance(app.screen, ConfirmScreen)
+                assert "The run is still going. Stop it and quit?" in str(
+                    app.screen.query_one(".question").render())
+                await pilot.press("ctrl+q")  # again: the question is still the one open
+                await pilot.pause(0.2)
+                assert len(app.screen_stack) == 2
+                await pilot.press("n")
+                await pilot.pause(0.3)
+                assert app.is_running and app.state == "running" and engine.finished is None
+                await pilot.press("slash", "ctrl+q")  # from the filter box
+                await pilot.pause(0.2)
+                assert isinstance(app.screen, ConfirmScreen)
+                await pilot.press("n")
+                await pilot.pause(0.3)
+                assert app.is_running and engine.finished is None
+                await pilot.press("escape")  # the filter box closes; the pool has the focus
+                await pilot.pause(0.1)
+                quit_keys = {key for key, b in app.active_bindings.items()
+                             if b.binding.action == "quit"}
+                assert quit_keys == {"q", "ctrl+q"}  # one action: the help lists them together
+                await pilot.press("ctrl+q")
+                await pilot.pause(0.2)
+                assert isinstance(app.screen, ConfirmScreen)
+                await pilot.press("y")
+                await until(pilot, lambda: not app.is_running, timeout=40)
+        store = RunStore(tmp_path / "run", readonly=True)
+        assert store.get_meta("state")["state"] == "stopped"  # stopped cleanly, resumable
+        store.close()
+
+    run(go())
+
+
 def test_a_pause_by_errors_keeps_its_reason_on_screen(tmp_path, isolated_env):
     """The reason of a pause by errors was only in a notification; afterwards the status line
     read "paused (errors)", and a UI attached later never saw why. Now a line under the status

@@ -15,14 +15,16 @@ import gc
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from selfinstruct_tui.engine import events as ev
@@ -130,6 +132,7 @@ class SelfInstructApp(App[int]):
         self.follower: StoreFollower | None = None
         self.engine_thread: threading.Thread | None = None
         self._last_error_note = 0.0
+        self._asking_quit = False  # the quit question is open
         self._theme_ready = False
         self._seeds_sent: list[SeedTask] | None = None  # the seed set this app sent last
         self._seeds_before: list[dict] | None = None  # the store's set when it was sent
@@ -413,12 +416,28 @@ class SelfInstructApp(App[int]):
         self.notify("Stopping: requests in flight may finish (a bounded grace), then the "
                     f"run stops. Resume it later with: {self.view.resume_command}")
 
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Textual's palette commands but its Quit ("as soon as possible"): the key table's
+        Quit (RunCommands) is the one, and it asks while the run is going."""
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":
+                yield command
+
+    async def action_quit(self) -> None:
+        """q, ctrl+q (Textual's own quit key, rebound in keys.py) and the palette's Quit: asks
+        while the run is going, since quitting stops it (ctrl+q quit at once: it stopped a
+        run that q would have asked about)."""
+        self.action_quit_app()
+
     def action_quit_app(self) -> None:
         if self.attached or not self.engine_active:  # leaving an attached UI never stops a run
             self._finish_and_exit()
             return
+        if self._asking_quit:  # a second ctrl+q while the question is open: it is still open
+            return
 
         def answer(yes: bool | None) -> None:
+            self._asking_quit = False
             if yes:
                 self._finish_and_exit()
 
@@ -427,6 +446,7 @@ class SelfInstructApp(App[int]):
             "stay pending at the endpoint (and are paid)"
         kept = f" Its {len(jobs)} pending batch job(s) {where}: the next session reads them (s " \
                "stops with the choice to cancel them)." if jobs else ""
+        self._asking_quit = True
         self.push_screen(ConfirmScreen("The run is still going. Stop it and quit? Work in "
                                        "flight gets a bounded grace and is kept; the run "
                                        "resumes later." + kept,

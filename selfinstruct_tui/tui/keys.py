@@ -18,12 +18,16 @@ class Key:
     footer: str  # the footer's short label
     title: str  # the command palette's and the help's description
     in_footer: bool = True
+    # Another key for the action, bound with priority (it works while a text box has the
+    # focus) and never in the footer: ctrl+q, which Textual binds to quit at once otherwise
+    also: str = ""
 
 
 KEYS = (  # in the footer's order: what a run needs most first (a narrow footer cuts the end)
     Key("p", "p", "toggle_pause", "Pause/Resume", "Pause / resume the run"),
     Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)"),
-    Key("q", "q", "quit_app", "Quit", "Quit"),
+    Key("q", "q / ctrl+q", "quit", "Quit", "Quit (asks first while the run is going)",
+        also="ctrl+q"),
     Key("question_mark", "?", "help", "Help", "Show keys"),
     Key("e", "e", "edit_seeds", "Edit seeds", "Seed manager: add, edit, duplicate, delete seeds"),
     Key("x", "x", "export", "Export", "Export tasks"),
@@ -37,8 +41,12 @@ KEYS = (  # in the footer's order: what a run needs most first (a narrow footer 
 
 
 def bindings() -> list[BindingType]:
-    table: list[BindingType] = [Binding(k.key, k.action, k.footer, show=k.in_footer,
-                                        tooltip=k.title) for k in KEYS]
+    table: list[BindingType] = []
+    for k in KEYS:
+        table.append(Binding(k.key, k.action, k.footer, show=k.in_footer, tooltip=k.title))
+        if k.also:  # (the same action: the help lists both keys on one line)
+            table.append(Binding(k.also, k.action, k.footer, show=False, tooltip=k.title,
+                                 priority=True))
     return [*table, Binding("escape", "close_filter", show=False)]
 
 
