@@ -181,6 +181,19 @@ def test_rates_hold_while_paused_and_leave_the_pause_out_after(monkeypatch):
     assert rates.tasks_per_minute() == 30 / 40 * 60  # 30 in the 40 s of running since start
     rates.accepted()
     assert rates.tasks_per_minute() == 31 / 40 * 60
+    # the view holds its rates at a pause and resumes them
+    view = RunView("run")
+    view.apply(ev.RunStarted("run", "http://x/v1", "m", "completions", 100, 0, 139, False))
+    for n in range(5):
+        clock[0] += 6
+        view.apply(ev.TaskAccepted(Task(500 + n, "machine", f"Name a river {n}.", False,
+                                        [Instance("", "x")]), n + 1, 100))
+    view.apply(ev.Paused("paused by the user", False))
+    assert "10.0 tasks/min" in view.status.line().plain and "ETA 9:30" in view.status.line().plain
+    clock[0] += 900
+    assert "10.0 tasks/min" in view.status.line().plain and "ETA 9:30" in view.status.line().plain
+    view.apply(ev.Resumed())
+    assert view.status.rates.tasks_per_minute() == 10.0  # 5 in its 30 s of running
 
 
 def test_an_attached_ui_counts_the_rate_from_the_session_start(tmp_path):

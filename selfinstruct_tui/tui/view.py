@@ -490,6 +490,7 @@ class RunView:
         self._set_state(RunState.PAUSED)
         self.pause = e
         self.status.reason = "errors" if e.by_errors else "by you"
+        self.status.rates.pause()  # tasks/min and the ETA hold while nothing is sent
         if e.by_errors:
             self.notices.append((f"{e.reason}\n{pause_advice(e.needs_restart)}", "Run paused",
                                  "error"))
@@ -498,6 +499,7 @@ class RunView:
         self._set_state(RunState.RUNNING)
         self.status.reason = ""
         self.pause = None
+        self.status.rates.resume()
 
     def _on_Crashed(self, e: ev.Crashed) -> None:
         """The engine process is gone (an attached UI's follower found it): the clock and the
