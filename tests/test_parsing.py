@@ -271,6 +271,7 @@ def test_leaked_chat_control_tokens_end_the_answer():
     ("The answer is Yes.", True), ("y", True), ("N.", False),
     # no answer: the question's options repeated, "N/A"
     ("Yes/No", None), ("Yes or No", None), ("Classification: N/A", None),
+    ("No, no labels here.", False), ("Yes, yes.", True),
 ])
 def test_classification_answers(answer, expected):
     assert parse_classification(answer) is expected

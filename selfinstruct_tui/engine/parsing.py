@@ -781,7 +781,7 @@ def parse_classification(text: str) -> bool | None:
         cleaned = labelled.group(1).strip()
     cleaned = _CLS_LEAD.sub("", cleaned).strip()
     words = _LETTERS.findall(cleaned.lower())
-    if len(words) > 1 and {words[0], words[1]} <= {"yes", "no", "or"}:
+    if words[:1] in (["yes"], ["no"]) and {"yes", "no"} <= set(words[:3]):
         return None  # "Yes/No", "Yes or No": the question repeated, no answer
     if words:
         # "y"/"n" alone; "N/A" is no answer
