@@ -143,17 +143,24 @@ def test_a_narrow_status_line_keeps_the_eta_and_lets_the_retry_causes_go_first()
                                            "pool 187/300", "ETA"))
 
 
+def view_accepting(clock: list[float], tasks: int, every: float, target: int) -> RunView:
+    """A view of a run started now that accepts `tasks` tasks, one every `every` seconds of
+    the fake monotonic `clock` (moved on here)."""
+    view = RunView("run")
+    view.apply(ev.RunStarted("run", "http://x/v1", "m", "completions", target, 0, 139, False))
+    for n in range(tasks):
+        clock[0] += every
+        view.apply(ev.TaskAccepted(Task(500 + n, "machine", f"Name a river {n}.", False,
+                                        [Instance("", "x")]), n + 1, target))
+    return view
+
+
 def test_tasks_per_minute_stop_falling_when_the_run_ends(monkeypatch):
     from selfinstruct_tui.engine import rates as rates_module
 
     clock = [1000.0]
     monkeypatch.setattr(rates_module.time, "monotonic", lambda: clock[0])
-    view = RunView("run")
-    view.apply(ev.RunStarted("run", "http://x/v1", "m", "completions", 10, 0, 139, False))
-    for n in range(6):
-        clock[0] += 5
-        view.apply(ev.TaskAccepted(Task(500 + n, "machine", f"Name a river {n}.", False,
-                                        [Instance("", "x")]), n + 1, 10))
+    view = view_accepting(clock, tasks=6, every=5, target=10)
     view.apply(ev.Finished(ev.FinishReason.TARGET, 6, 10))
     at_end = view.status.rates.tasks_per_minute()
     assert at_end == 12.0  # 6 in 30 s
@@ -182,12 +189,7 @@ def test_rates_hold_while_paused_and_leave_the_pause_out_after(monkeypatch):
     rates.accepted()
     assert rates.tasks_per_minute() == 31 / 40 * 60
     # the view holds its rates at a pause and resumes them
-    view = RunView("run")
-    view.apply(ev.RunStarted("run", "http://x/v1", "m", "completions", 100, 0, 139, False))
-    for n in range(5):
-        clock[0] += 6
-        view.apply(ev.TaskAccepted(Task(500 + n, "machine", f"Name a river {n}.", False,
-                                        [Instance("", "x")]), n + 1, 100))
+    view = view_accepting(clock, tasks=5, every=6, target=100)
     view.apply(ev.Paused("paused by the user", False))
     assert "10.0 tasks/min" in view.status.line().plain and "ETA 9:30" in view.status.line().plain
     clock[0] += 900
