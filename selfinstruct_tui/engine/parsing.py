@@ -923,7 +923,7 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     elif starts_in_example and output_first:
         text = "Class label:" + text
     layout = OUTPUT_FIRST_LAYOUT if output_first else INPUT_FIRST_LAYOUT
-    reader = _InstanceReader(output_first, text.replace("\r\n", "\n").split("\n"))
+    reader = _InstanceReader(output_first, text.split("\n"))  # line ends made "\n" above
     for n, line in enumerate(reader.lines):
         reader.feed(line, n)
     blocks = reader.close()
