@@ -393,11 +393,14 @@ def discover_model(base_url: str, api_key: str, key_env: str = DEFAULT_KEY_ENV) 
         Redactor,
         error_text,
         map_error,
+        redirect_failure,
         status_failure,
     )
 
+    # redirects not followed, as a request's are not (`llm.openai_client`)
     client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=10,
-                           max_retries=1)
+                           max_retries=1,
+                           http_client=openai.DefaultHttpxClient(follow_redirects=False))
     redact = Redactor(api_key)
     try:
         models = [m.id for m in client.models.list()]
@@ -406,6 +409,9 @@ def discover_model(base_url: str, api_key: str, key_env: str = DEFAULT_KEY_ENV) 
             base_url=base_url, model="", api_key=api_key, key_env=key_env))
         raise UserError(redact(failure.message)) from None
     except openai.APIStatusError as exc:
+        if 300 <= exc.status_code < 400:
+            raise UserError(redact(redirect_failure(exc, ClientSettings(
+                base_url=base_url, model="")).message)) from None
         raise UserError(f"cannot list the models at {base_url} ({exc.status_code}: "
                         f"{redact(error_text(exc))}); check --base-url, or name the model "
                         "with --model") from None

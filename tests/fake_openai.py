@@ -31,7 +31,9 @@ answers 404 there (a server without the Batch API); `batch_end_status="expired"`
 expired with only the first half of its lines answered; `batch_poll_status` (set with
 `configure`) answers every retrieve with that error status, `batch_poll_hang` (seconds) leaves
 it unanswered that long (`batch_poll_hangs` counts them). `batch_creations` counts
-created batches; `batch_retrieves` counts polls.
+created batches; `batch_retrieves` counts polls. `moved` = (status, base URL), set with
+`configure`: every request is answered with that redirect (3xx, Location: the same path under
+that base URL).
 """
 
 from __future__ import annotations
@@ -548,8 +550,19 @@ class FakeOpenAI:
                     self._error(404, f"no route {self.path}", "not_found")
                 return True
 
+            def _moved(self) -> bool:
+                """`moved` = (status, base URL), set with `configure`: every request is
+                answered with that redirect to the same path under the other base URL."""
+                moved = server.settings.get("moved")
+                if not moved:
+                    return False
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, base = moved
+                self._send(int(status), "", {"Location": base + self.path.removeprefix("/v1")})
+                return True
+
             def do_GET(self) -> None:  # noqa: N802
-                if self._batch_api("GET"):
+                if self._moved() or self._batch_api("GET"):
                     return
                 if self.path.rstrip("/").endswith("/models"):
                     api_key = server.settings["api_key"]  # listing models needs the key too
@@ -562,7 +575,7 @@ class FakeOpenAI:
                     self._error(404, f"no route {self.path}", "not_found")
 
             def do_POST(self) -> None:  # noqa: N802
-                if self._batch_api("POST"):
+                if self._moved() or self._batch_api("POST"):
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 try:

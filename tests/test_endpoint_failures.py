@@ -292,6 +292,44 @@ def test_auth_and_not_found_carry_the_servers_own_words(run_cli, tmp_path, statu
     assert "is up" not in proc.stderr  # the endpoint is up; it said no
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_not_followed_and_names_the_base_url_to_use(run_cli, tmp_path, status):
+    # A base URL that redirects (http -> https, an old host name): followed, a 301/302 POST
+    # became a GET (blamed on --model: 404) and a 307/308 to another host lost the key (blamed
+    # on the key: 401). Nothing reaches the new address; the message names it as a base URL.
+    key = "sk-Vq8Lw2Zr5Tn1Xb7Hc4Md"
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(api_key=key) as target:
+        moved = target.base_url.replace("127.0.0.1", "localhost")  # another host: another origin
+        entry = {"status": status, "body": "", "headers": {"Location": moved + "/completions"}}
+        with FakeOpenAI(script={"*": [entry]}) as server:
+            proc = run(run_cli, server, run_dir, "--concurrency", "1",
+                       env={"OPENAI_API_KEY": key})
+            asked = len(server.log)
+        assert target.log == [] and not target.seen_auth
+    assert proc.returncode == 3, proc.stderr
+    assert f"redirects requests ({status} to {moved}/completions)" in proc.stderr
+    assert f"use --base-url {moved}" in proc.stderr
+    said = proc.stderr.splitlines()[0]
+    assert "API key" not in said and "--model" not in said and "404" not in said
+    assert asked == 1  # fatal at the first answer, not retried
+    assert store_rows(run_dir, "SELECT COUNT(*) FROM retries")[0][0] == 0
+    errors = store_rows(run_dir, "SELECT message FROM errors")
+    assert any(f"use --base-url {moved}" in m for (m,) in errors)
+
+
+def test_a_model_listing_that_redirects_names_the_base_url_to_use(run_cli, tmp_path):
+    with FakeOpenAI() as target, FakeOpenAI() as server:
+        moved = target.base_url.replace("127.0.0.1", "localhost")
+        server.configure(moved=(308, moved))
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--run-dir",
+                       str(tmp_path / "run"), "--target", "10", timeout=60)
+        assert target.log == [] and not target.seen_auth
+    assert proc.returncode == 2, proc.stderr  # before the run starts: a setting to change
+    assert f"redirects requests (308 to {moved}/models)" in proc.stderr
+    assert f"use --base-url {moved}" in proc.stderr
+
+
 def test_an_html_error_page_is_reported_by_its_title(run_cli, tmp_path, isolated_env):
     Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text("error_pause_seconds = 0.2\n")
     run_dir = tmp_path / "run"

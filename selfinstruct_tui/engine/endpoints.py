@@ -38,7 +38,7 @@ from typing import Any
 WINDOW_SECONDS = 60.0  # requests/s is measured over this sliding window (monotonic clock)
 OUT_AFTER_STREAK = 3  # 5xx answers or timeouts in a row that take an endpoint out
 # llm.Cause values that drop an endpoint for good
-DROP_CAUSES = ("auth", "not_found", "quota", "tls", "unsupported_parameter")
+DROP_CAUSES = ("auth", "not_found", "quota", "redirect", "tls", "unsupported_parameter")
 STREAK_CAUSES = ("server_error", "timeout")
 CONNECTION_CAUSE = "connection"
 

@@ -116,6 +116,7 @@ class Cause:
     UNANSWERED = "unanswered"  # a batch (or batch command) ended without answering the request
     STRUCTURED_OUTPUT = "structured_output"
     TLS = "tls"
+    REDIRECT = "redirect"  # the base URL answers with a redirect (3xx): it is not the API's
 
 
 class RequestFailed(Exception):
@@ -468,8 +469,32 @@ def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) 
         return Failure(Cause.MALFORMED, f"malformed response from the endpoint: {exc}", retry=True)
     if not isinstance(exc, openai.APIStatusError):
         return Failure(Cause.HTTP, f"unexpected error: {exc!r}")
+    if 300 <= exc.status_code < 400:
+        return redirect_failure(exc, s)
     return status_failure(exc.status_code, error_text(exc), s, code=error_code(exc.body),
                           retry_after=_retry_after(exc))
+
+
+def redirect_failure(exc: openai.APIStatusError, s: ClientSettings) -> Failure:
+    """A 3xx answer (never followed, see `openai_client`), fatal: naming where it points and
+    the base URL that would reach it. Followed, a 301/302/303 turns the POST into a GET (the
+    server then answers 404 or 405) and a redirect to another host drops the Authorization
+    header (answered 401): both blamed the model or the key, not the URL."""
+    status = exc.status_code
+    location = exc.response.headers.get("location") if exc.response is not None else None
+    if not location:
+        return Failure(Cause.REDIRECT, f"{s.base_url} answered with a redirect ({status}) that "
+                       "names no new address: check --base-url", fatal=True, status=status)
+    asked = str(exc.request.url) if exc.request is not None else s.base_url
+    target = urllib.parse.urljoin(asked, location)
+    # the path after the base URL ("/completions"): the same path under the new address
+    tail = asked[len(s.base_url.rstrip("/")):] if asked.startswith(s.base_url.rstrip("/")) \
+        else ""
+    base = target[:-len(tail)] if tail and target.endswith(tail) else None
+    advice = f"use --base-url {base}" if base else "check --base-url"
+    return Failure(Cause.REDIRECT, f"{s.base_url} redirects requests ({status} to {target}); "
+                   f"they are not followed (a redirected request can lose its body or its key): "
+                   f"{advice}", fatal=True, status=status)
 
 
 def status_failure(status: int, text: str, s: ClientSettings, *, code: str | None = None,
@@ -1157,7 +1182,7 @@ def openai_client(base_url: str, api_key: str | None, timeout: float,
         api_key=api_key or "not-needed", base_url=base_url, max_retries=0,
         timeout=http_timeout(timeout, connect_timeout),
         http_client=openai.DefaultAioHttpClient(
-            verify=ssl_context(), limits=_httpx.Limits(
+            verify=ssl_context(), follow_redirects=False, limits=_httpx.Limits(
                 max_connections=connections, max_keepalive_connections=connections)))
 
 
