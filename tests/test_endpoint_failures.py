@@ -221,6 +221,27 @@ def test_answers_that_are_not_plain_json_are_read_or_named(entry, outcome):
     assert "refused the API key" not in str(failed.value)
 
 
+@pytest.mark.parametrize("entry, words", [
+    # a body labelled gzip that is not: was "cannot connect to URL" (a connection failure,
+    # which after its retries pauses the run with "check that URL is up")
+    ({"status": 200, "headers": {"Content-Encoding": "gzip"}, "body": json.dumps(COMPLETION)},
+     "the body could not be decompressed as its Content-Encoding says"),
+    ({"status": 200, "headers": {"Content-Encoding": "deflate"}, "body": json.dumps(COMPLETION)},
+     "the body could not be decompressed as its Content-Encoding says"),
+    # JSON cut short under a JSON content type: was "Expecting value: line 1 column 1", no body
+    ({"status": 200, "body": '{"id": "cmpl-1", "choices": [{"te'},
+     "the body is not JSON (Unterminated string starting at: line 1 column 31 (char 30); it starts "
+     "'{\"id\": \"cmpl-1\", \"choices\": [{\"te')"),
+])
+def test_a_body_that_cannot_be_read_is_malformed_not_a_connection_failure(entry, words):
+    retries: list[str] = []
+    with FakeOpenAI(script={"*": [entry]}) as server:
+        with pytest.raises(RequestFailed) as failed:
+            ask_once(server.base_url, retries, max_retries=1)
+    assert retries == ["malformed"] and failed.value.kind == "malformed"
+    assert words in str(failed.value) and server.base_url in str(failed.value)
+
+
 def test_a_host_name_that_does_not_resolve_is_named():
     """It was "cannot connect to URL", retried for 152 s, then "check that it is up"."""
     with pytest.raises(RequestFailed) as failed:

@@ -435,6 +435,14 @@ def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) 
         tls = _tls_failure(exc, s)
         if tls is not None:
             return tls
+        undecoded = next((x for x in _chain(exc) if isinstance(x, _httpx.DecodingError)), None)
+        if undecoded is not None:
+            # A body whose Content-Encoding (gzip, deflate) does not match its bytes: the
+            # endpoint answered, so it is not a connection failure (a proxy that labels a body
+            # it did not compress does this)
+            return Failure(Cause.MALFORMED, f"malformed response from {s.base_url}: the body "
+                           f"could not be decompressed as its Content-Encoding says "
+                           f"({undecoded})", retry=True)
         if _connect_timed_out(exc):
             # The request timeout bounds the wait for a connection too: the shorter one fired.
             limit, flag = (s.connect_timeout, "--connect-timeout") \
@@ -464,6 +472,11 @@ def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) 
         failure = status_failure(exc.status, exc.text, s, code=exc.code)
         return dataclasses.replace(failure, message=f"{failure.message} (an error answered with "
                                                     "HTTP 200)")
+    if isinstance(exc, json.JSONDecodeError):  # a JSON content type over a body that is not
+        start = one_line(exc.doc[:80]) if isinstance(exc.doc, str) else ""
+        return Failure(Cause.MALFORMED, f"malformed response from {s.base_url}: the body is not "
+                       f"JSON ({exc}; it starts {start!r})",
+                       retry=True)
     if isinstance(exc, (openai.APIResponseValidationError, MalformedResponse, ValueError,
                         KeyError, IndexError, TypeError, AttributeError)):
         return Failure(Cause.MALFORMED, f"malformed response from the endpoint: {exc}", retry=True)
