@@ -59,7 +59,10 @@ def test_instances_stop_where_the_model_runs_on_into_another_task():
     text = " Positive\nInput: Great!\nTask: Rate this.\nClass label: Negative\nInput: Bad."
     assert pairs(parse_instances(text, output_first=True, starts_in_example=True)) == [
         Instance("Great!", "Positive")]
-    assert "\nTask" in P.instances_completion("Sort words.", False).stop
+    # the reference's stop ("Task:"): "\nTask" also stopped at an output's "Task 1: ..." line
+    for output_first in (False, True):
+        stop = P.instances_completion("Sort words.", output_first).stop
+        assert "\nTask:" in stop and "\nTask" not in stop
 
 
 def test_parse_output_first_instances():

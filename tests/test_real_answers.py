@@ -225,6 +225,17 @@ INSTANCE_ANSWERS = {
                      ["unusable_input", "placeholder_output", "unusable_input"]),
     "misspelled label": ("Inptu: A wet day\nOutput: Museum.\nExample 2\nInput: A dry day\n"
                          "Output: Cliffs.", [("A dry day", "Cliffs.")], ["unlabeled_input"]),
+    # an output's own list of task lines: was cut at its first line and kept as "Here is a plan:"
+    "a to-do list in the output": (
+        "Input: Move house next month.\nOutput: Here is a plan:\nTask 1: Book the movers.\n"
+        "Task 2: Pack the kitchen.\n\nTask 3: Change the address.\nExample 2\nInput: Paint a "
+        "room.\nOutput: Task 1: Buy paint.\nTask 2: Tape the edges.",
+        [("Move house next month.", "Here is a plan:\nTask 1: Book the movers.\nTask 2: Pack "
+          "the kitchen.\n\nTask 3: Change the address."),
+         ("Paint a room.", "Task 1: Buy paint.\nTask 2: Tape the edges.")], []),
+    "runs on into a list of new tasks": ("Input: (none)\nOutput: Day one: the harbour.\n\n"
+                                         "Task 2: Write a poem.\nTask 3: Name a color.",
+                                         [("", "Day one: the harbour.")], []),
     "runs into the next task": ("Input: (none)\nOutput: Day one: the harbour.\n###\nTask 2: "
                                 "Write a poem.\nOutput: x", [("", "Day one: the harbour.")], []),
 }

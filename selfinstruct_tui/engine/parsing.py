@@ -830,7 +830,7 @@ _INLINE_IN = re.compile(rf"(?:\s|\|)[ \t|]*{_MD}input[ \t]*{_MD}[ \t]*:[ \t]*{_E
 # line, so it finds the first line that would match on its own.
 _NEXT_TASK = re.compile(
     rf"^[ \t]*(?:#{{1,6}}[ \t]*)?(?:\d{{1,3}}[.)][ \t]*)?{_MD}[ \t]*(?:new[ \t]+)?"
-    rf"(?:task|instruction)\b[ \t]*(?:#?\d+|{_MD}[ \t]*:|{_MD}[ \t]*$)",
+    rf"(?:task|instruction)\b[ \t]*(?:#?(\d+)|{_MD}[ \t]*:|{_MD}[ \t]*$)",
     re.IGNORECASE | re.MULTILINE)
 # What the instance layout's patterns can start with after spaces and tabs: a mark (separator,
 # bare number, list mark, markdown) or "Example" (group 1), or a label word. A line that matches
@@ -855,17 +855,44 @@ class _Block:
                 or any(h.strip() for h in self.head))
 
 
+def _next_task(text: str) -> re.Match[str] | None:
+    """The first line that starts another task (`_NEXT_TASK`), passing over a numbered list of
+    task lines that starts at 1 and runs on line by line ("Task 1: Buy milk", "Task 2: Call
+    the bank", blank lines allowed between; the first may follow a label, "Output: Task 1:
+    ..."): that is an output's own list (a to-do list, a project plan), which was cut off at
+    its first line and kept as a shorter output. A list that starts past 1 ("Task 2: ..."
+    after an output) is the model running on into new tasks, and is cut."""
+    found = list(_NEXT_TASK.finditer(text))
+    listed = 0  # the number of the last task line passed over as a list item
+    for n, match in enumerate(found):
+        number = int(match.group(1) or 0)
+        head = text.rfind("\n", 0, match.start())
+        before = text[:max(head, 0)].rstrip().rpartition("\n")[2]  # the last non-blank line
+        if number > 1 and (listed == number - 1 or number == 2) and re.search(
+                rf"\btask[ \t]*#?{number - 1}\b", before, re.IGNORECASE):
+            listed = number
+            continue
+        end = text.find("\n", match.end())
+        after = found[n + 1] if n + 1 < len(found) else None
+        if number == 1 and after is not None and after.group(1) == "2" and end >= 0 and \
+                not text[end:after.start()].strip():
+            listed = 1
+            continue
+        return match
+    return None
+
+
 def until_next_task(text: str) -> str:
-    """The text before the first line that starts another task. A task line before any
-    example (the prompt's own "Task: ..." repeated back, as chat models do) is left out, and
-    the examples after it are read."""
-    match = _NEXT_TASK.search(text)
+    """The text before the first line that starts another task (`_next_task`). A task line
+    before any example (the prompt's own "Task: ..." repeated back, as chat models do) is left
+    out, and the examples after it are read."""
+    match = _next_task(text)
     if match is None:
         return text
     if not any(_INSTANCE_LAYOUT.match(line) for line in text[:match.start()].splitlines()):
         end = text.find("\n", match.end())
         rest = "" if end < 0 else text[end + 1:]
-        again = _NEXT_TASK.search(rest)
+        again = _next_task(rest)
         return rest[: again.start()] if again else rest
     return text[: match.start()]
 

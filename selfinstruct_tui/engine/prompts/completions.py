@@ -40,9 +40,9 @@ def classification_completion(instruction: str) -> CompletionRequest:
 def instances_completion(instruction: str, is_classification: bool) -> CompletionRequest:
     if is_classification:
         prompt = f"{LABEL_HEADER}{label_shots()}Task: {one_line(instruction)}\nClass label:"
-        return CompletionRequest(prompt, ("\nTask", "\n\n\n"))
+        return CompletionRequest(prompt, ("\nTask:", "\n\n\n"))
     prompt = f"{INSTANCE_HEADER}{instance_shots()}Task: {one_line(instruction)}\nExample 1\n"
-    return CompletionRequest(prompt, ("\nTask", "Example 6"))
+    return CompletionRequest(prompt, ("\nTask:", "Example 6"))
 
 
 class CompletionsStyle(PromptStyle):
