@@ -120,8 +120,10 @@ def test_candidates_kept_open_are_not_shown_as_rejected(tmp_path):
         "30", "8", "7 (near duplicate+)", "13", "2")
     assert int(row["acc."]) + 7 + int(row["open"]) + int(row["surplus"]) == 30
     assert view.round_points[-1].rejected == {"near_duplicate": 5, "too_short": 2}
-    assert view.counts_text() == ("blacklisted word: 4  near duplicate: 4  too short: 4  │  "
-                                  "kept open, taken up again: abandoned 3, unanswered 1")
+    assert view.counts_labels() == ["blacklisted word: 4", "near duplicate: 4", "too short: 4",
+                                    "│ kept open: abandoned 3", "unanswered 1"]
+    assert view.counts_text() == ("blacklisted word: 4  near duplicate: 4  too short: 4  "
+                                  "│ kept open: abandoned 3  unanswered 1")
 
 
 def test_a_narrow_status_line_keeps_the_eta_and_lets_the_retry_causes_go_first():

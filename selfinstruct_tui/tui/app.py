@@ -106,6 +106,11 @@ class SelfInstructApp(App[int]):
     TITLE = "selfinstruct"
     COMMANDS = App.COMMANDS | {RunCommands}
     BINDINGS: ClassVar[list[BindingType]] = bindings()
+    # Classes every screen (dialogs too) takes from the terminal's size, for app.tcss: under 80
+    # columns "-narrow", under 100 "-medium"; under 30 rows "-short", under 40 "-mid" (80x24 is
+    # medium and short).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-medium"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-mid"), (40, "-tall")]
 
     def __init__(self, run_dir: str | Path, *, engine: Engine | None = None,
                  refresh: float = 0.5, theme: str | None = None, compact: bool = False,

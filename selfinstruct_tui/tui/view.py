@@ -646,16 +646,20 @@ class RunView:
         notices, self.notices = self.notices, []
         return notices
 
-    def counts_text(self) -> str:
-        """Rejections per reason, most first; then the candidates kept open (not rejected:
-        taken up again, maybe accepted since), apart."""
+    def counts_labels(self) -> list[str]:
+        """The rejections pane's counters, one label each: rejections per reason, most first;
+        then the candidates kept open (not rejected: taken up again, maybe accepted since),
+        apart after a bar. The pane wraps between labels, never inside one."""
         counts = self.rejection_counts.most_common()
-        settled = "  ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts
-                            if k not in OPEN_REASONS)
-        kept = ", ".join(f"{k} {v}" for k, v in counts if k in OPEN_REASONS)
+        labels = [f"{k.replace('_', ' ')}: {v}" for k, v in counts if k not in OPEN_REASONS]
+        kept = [f"{k} {v}" for k, v in counts if k in OPEN_REASONS]
         if kept:
-            kept = f"kept open, taken up again: {kept}"
-        return "  │  ".join(p for p in (settled, kept) if p) or "no rejections yet"
+            labels += [f"│ kept open: {kept[0]}", *kept[1:]]
+        return labels or ["no rejections yet"]
+
+    def counts_text(self) -> str:
+        """`counts_labels` on one line."""
+        return "  ".join(self.counts_labels())
 
 
 def _line(r: RejectionRecord) -> RejectionLine:

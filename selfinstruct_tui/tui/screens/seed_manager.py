@@ -108,12 +108,20 @@ class SeedManagerScreen(ModalScreen[None]):
         self.query_one("#seed-table", DataTable).focus()
 
     def on_resize(self) -> None:
-        self.refresh_table(self.current)
+        # after the screen's own handler has set the size's breakpoint classes (app.tcss sizes
+        # the dialog by them) and the styles follow them
+        self.call_after_refresh(lambda: self.refresh_table(self.current))
 
     def instruction_width(self) -> int:
         """Characters of the instruction column: what the dialog leaves after the other columns
-        (the dialog is 110 columns or 95% of the terminal, less its border and padding)."""
-        dialog = min(110, self.app.size.width * 95 // 100) - 6
+        (the dialog's width and its border and padding as app.tcss sets them for the terminal's
+        size: 110 columns or 95% of the terminal, all of a small one)."""
+        styles = self.query_one("#seed-manager").styles
+        screen = self.app.size
+        dialog = int(styles.width.resolve(screen, screen)) if styles.width else screen.width
+        if styles.max_width is not None:
+            dialog = min(dialog, int(styles.max_width.resolve(screen, screen)))
+        dialog -= styles.gutter.width
         others = (sum(w for _, w in COLUMNS[1:-1]) + self.id_width() + self.origin_width()
                   + 2 * (len(COLUMNS) + 1) + 2)
         return max(16, min(INSTRUCTION_CELL, dialog - others))

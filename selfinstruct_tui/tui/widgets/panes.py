@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+from rich.cells import cell_len, set_cell_size
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.geometry import Size
 from textual.reactive import Reactive
+from textual.widget import Widget
 from textual.widgets import DataTable, Input, RichLog, Static
 from textual_plotext import PlotextPlot
 
@@ -92,6 +94,61 @@ def draw_chart(plt, view: RunView, which: str) -> None:
     plt.xlabel("round")
 
 
+def pack_labels(labels: list[str], width: int, gap: int = 2) -> list[str]:
+    """`labels` side by side, `gap` spaces apart, in lines of at most `width` cells: a label
+    that does not fit on a line starts the next one (a label is never split across lines); a
+    label wider than `width` is cut with an ellipsis, before its ": count" if it has one.
+    `width` < 1: all on one line."""
+    if width < 1:
+        return [(" " * gap).join(labels)]
+    lines: list[str] = []
+    line = ""
+    for label in labels:
+        if cell_len(label) > width:
+            head, colon, count = label.rpartition(": ")
+            tail = f"…{colon}{count}" if colon and cell_len(count) + 4 <= width else "…"
+            label = set_cell_size(head if colon else label, width - cell_len(tail)) + tail
+        if line and cell_len(line) + gap + cell_len(label) > width:
+            lines.append(line)
+            line = label
+        else:
+            line = f"{line}{' ' * gap}{label}" if line else label
+    return [*lines, line] if line else lines
+
+
+class LabelFlow(Widget):
+    """Short labels (counters) that flow across the widget's width and wrap between labels,
+    never inside one ("near / duplicate: 4" read as two counters); then, optionally, lines of
+    text below them, wrapped between words as usual."""
+
+    DEFAULT_CSS = "LabelFlow { height: auto; }"
+
+    def __init__(self, *, id: str | None = None, gap: int = 2) -> None:
+        super().__init__(id=id)
+        self.gap = gap
+        self.labels: list[str] = []
+        self.text = ""
+
+    def show(self, labels: list[str], text: str = "") -> None:
+        if labels != self.labels or text != self.text:
+            self.labels, self.text = list(labels), text
+            self.refresh(layout=True)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        if not self.text:
+            return len(pack_labels(self.labels, width, self.gap)) or 1
+        rest = Text(self.text).wrap(self.app.console, max(1, width))
+        return len(pack_labels(self.labels, width, self.gap)) + len(rest)
+
+    def render(self) -> Text:
+        width = self.content_size.width
+        labels = Text("\n".join(pack_labels(self.labels, width, self.gap)), no_wrap=True,
+                      overflow="ellipsis")
+        if not self.text:
+            return labels
+        return Text("\n").join([labels, Text(self.text)])
+
+
 class StatusLine(Static):
     """One fixed line: updating it never relayouts the screen, and an unchanged line is not
     redrawn (the app shows the status every refresh interval, 0.5 s by default: ~1 ms of
@@ -134,7 +191,7 @@ class PromptsPane(Vertical):
     ALLOW_MAXIMIZE = True
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="inflight")
+        yield LabelFlow(id="inflight", gap=1)
         yield RichLog(id="latest", wrap=True, markup=False, highlight=False, max_lines=400)
 
     def on_mount(self) -> None:
@@ -143,7 +200,6 @@ class PromptsPane(Vertical):
 
     def show(self, view: RunView) -> None:
         kinds = Counter(k for k, _ in view.in_flight.values())
-        text = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
         # Prompts are recorded before they wait for a free slot (--concurrency), so the count
         # is of open requests: sent, or queued for a slot ("in flight" counted 41-63 at
         # --concurrency 8); while paused the queued ones are held back; after a crash they
@@ -151,11 +207,13 @@ class PromptsPane(Vertical):
         labels: dict[str, str] = {RunState.PAUSED: "open (held, paused)",
                                   RunState.CRASHED: "unfinished at the crash"}
         label = labels.get(view.state, "open")
-        lines = [f"{label}: {text}"]
-        lines += [f"  {e.text()}" for e in view.endpoints]  # a pool: one line per endpoint
+        counts = [f"{n} {k}," for k, n in sorted(kinds.items())] or ["none,"]
+        counts[0] = f"{label}: {counts[0]}"
+        counts[-1] = counts[-1].rstrip(",")
+        lines = [f"  {e.text()}" for e in view.endpoints]  # a pool: one line per endpoint
         lines += [progress_line(b) for b in view.batches.values()]  # pending batch jobs
-        # Text, not markup: an endpoint's "[out]" is a state, not a style tag
-        self.query_one("#inflight", Static).update(Text("\n".join(lines)))
+        # (plain text: an endpoint's "[out]" is a state, not a style tag)
+        self.query_one("#inflight", LabelFlow).show(counts, "\n".join(lines))
         if view.latest is None or view.latest is self._shown_latest:
             return
         self._shown_latest = view.latest
@@ -178,7 +236,7 @@ class RejectionsPane(Vertical):
     ALLOW_MAXIMIZE = True
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="reasons")
+        yield LabelFlow(id="reasons")
         yield RichLog(id="rejections", wrap=False, markup=False, highlight=False,
                       max_lines=HISTORY_REJECTIONS)
 
@@ -189,7 +247,7 @@ class RejectionsPane(Vertical):
         log = self.query_one("#rejections", RichLog)
         for line in view.take_rejection_lines():
             log.write(line.text())
-        self.query_one("#reasons", Static).update(view.counts_text())
+        self.query_one("#reasons", LabelFlow).show(view.counts_labels())
 
 
 class StatsPane(Vertical):

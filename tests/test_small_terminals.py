@@ -1,0 +1,189 @@
+"""80x24 (the usual SSH terminal) and smaller: what must stay on screen, with Pilot on the
+deterministic run of the snapshots."""
+
+from __future__ import annotations
+
+import pytest
+from textual.geometry import Region
+from textual.widgets import Button, DataTable
+
+from selfinstruct_tui.tui.app import create_app
+from selfinstruct_tui.tui.screens.dialogs import ExportScreen
+from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
+from selfinstruct_tui.tui.screens.seed_manager import SeedFormScreen, SeedManagerScreen
+from tui_helpers import deterministic_run, run
+
+SIZES = [(80, 24), (60, 20), (50, 15)]
+SIZE_IDS = ["80x24", "60x20", "50x15"]
+
+
+def screen_lines(app) -> list[str]:
+    """The screen as text, one string a line (what the terminal shows, without styles)."""
+    strips = app.screen._compositor.render_strips()
+    return ["".join(segment.text for segment in strip) for strip in strips]
+
+
+def shown(app, region: Region) -> list[str]:
+    """The text the screen shows inside `region`, one string a line."""
+    lines = screen_lines(app)[region.y:region.y + region.height]
+    return [line[region.x:region.x + region.width] for line in lines]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (60, 20)], ids=["80x24", "100x30", "60x20"])
+def test_the_rounds_table_shows_the_accepted_count(tmp_path, isolated_env, size):
+    """At 80x24 the statistics pane ended after "cand.  a"; at 100x30 the chart left the
+    rounds table its header only."""
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause(0.3)
+            rounds = app.query_one("#rounds", DataTable)
+            lines = shown(app, rounds.region)
+            assert "acc." in lines[0], lines
+            start = lines[0].index("acc.")
+            assert lines[1].split()[0] == "4"  # the newest round under the header
+            assert lines[1][start:start + 4].strip() == "10", lines  # its accepted count
+
+    run(go())
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24), (60, 20)], ids=["120x40", "80x24", "60x20"])
+def test_rejection_counters_wrap_between_labels_never_inside_one(tmp_path, isolated_env, size):
+    """At 80x24 the counters read "blacklisted word: 4  near" / "duplicate: 4  too short:" /
+    "4"; each line now holds whole counters."""
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause(0.3)
+            reasons = app.query_one("#reasons")
+            labels = app.view.counts_labels()
+            assert labels == ["blacklisted word: 4", "near duplicate: 4", "too short: 4"]
+            lines = [line.strip() for line in shown(app, reasons.region)]
+            assert lines and all(lines), lines
+            pieces = [piece for line in lines for piece in line.split("  ")]
+            for piece in pieces:  # whole, or cut before its count with an ellipsis
+                head, _, count = piece.rpartition(": ")
+                assert piece in labels or (head.endswith("…") and count == "4"), lines
+            assert len(pieces) == len(labels)
+
+    run(go())
+
+
+async def _inspector(pilot) -> None:
+    await pilot.press("enter")
+
+
+async def _seed_form(pilot) -> None:
+    await pilot.press("e")
+    await pilot.pause(0.2)
+    await pilot.press("e")
+
+
+async def _seed_raw(pilot) -> None:
+    await pilot.press("e")
+    await pilot.pause(0.2)
+    await pilot.press("r")
+
+
+async def _export(pilot) -> None:
+    await pilot.press("x")
+
+
+DIALOGS = {"inspector": (_inspector, InspectorScreen), "seed_form": (_seed_form, SeedFormScreen),
+           "seed_raw": (_seed_raw, SeedEditorScreen), "export": (_export, ExportScreen)}
+
+
+def assert_buttons_whole(app) -> None:
+    """Every button of the open dialog lies inside the dialog's frame, its label shown."""
+    screen = app.screen
+    frame = screen.query(".dialog").last()
+    inside = frame.region.shrink(frame.styles.border.spacing)
+    buttons = list(screen.query(Button))
+    assert buttons
+    lines = screen_lines(app)
+    for button in buttons:
+        region, label = button.region, str(button.label)
+        assert inside.contains_region(region), (label, region, inside)
+        assert any(label in line[region.x:region.right]
+                   for line in lines[region.y:region.bottom]), (label, region)
+
+
+async def open_dialog(app, pilot, name: str) -> None:
+    opener, screen_type = DIALOGS[name]
+    await pilot.pause(0.3)
+    await opener(pilot)
+    await pilot.pause(0.5)
+    assert isinstance(app.screen, screen_type)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
+def test_the_inspector_buttons_are_on_screen_whole(tmp_path, isolated_env, size):
+    """Its Close (esc) was cut off at 80x24 (four buttons 3 rows high, wider than the dialog);
+    at 60x20 and 50x15 Promote and Close were off the dialog altogether."""
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await open_dialog(app, pilot, "inspector")
+            assert_buttons_whole(app)
+            body = app.screen.query_one("#inspector-body")
+            assert body.region.height >= 6  # the task's text, not only its frame
+
+    run(go())
+
+
+@pytest.mark.parametrize("dialog", ["seed_form", "seed_raw", "export"])
+def test_dialog_buttons_are_on_screen_at_50x15(tmp_path, isolated_env, dialog):
+    """At 50x15 the seed form's, the raw seed editor's and the export dialog's buttons were
+    cut in half or off screen (padding, 3-row buttons, 90% height)."""
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=(50, 15)) as pilot:
+            await open_dialog(app, pilot, dialog)
+            assert_buttons_whole(app)
+
+    run(go())
+
+
+@pytest.mark.parametrize("size", [(60, 20), (50, 15)], ids=["60x20", "50x15"])
+def test_the_seed_manager_shows_seeds_on_a_small_terminal(tmp_path, isolated_env, size):
+    """At 50x15 the filter box, the title's margin and the dialog's padding left the seed
+    table no row at all."""
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause(0.3)
+            await pilot.press("e")
+            await pilot.pause(0.5)
+            assert isinstance(app.screen, SeedManagerScreen)
+            table = app.screen.query_one("#seed-table", DataTable)
+            rows = [line for line in shown(app, table.region) if "seed_task_" in line]
+            assert len(rows) >= 5, shown(app, table.region)
+            keys = app.screen.query_one("#seed-keys")
+            assert keys.region.bottom <= app.screen.region.bottom
+
+    run(go())
+
+
+def test_pack_labels_wraps_between_labels_and_cuts_one_too_wide_before_its_count():
+    from selfinstruct_tui.tui.widgets.panes import pack_labels
+
+    labels = ["blacklisted word: 4", "near duplicate: 12", "too short: 4"]
+    assert pack_labels(labels, 80) == ["blacklisted word: 4  near duplicate: 12  too short: 4"]
+    assert pack_labels(labels, 24) == ["blacklisted word: 4", "near duplicate: 12",
+                                       "too short: 4"]
+    assert pack_labels(labels, 40) == ["blacklisted word: 4  near duplicate: 12",
+                                       "too short: 4"]
+    assert pack_labels(labels, 12) == ["blacklis…: 4", "near du…: 12", "too short: 4"]
+    assert pack_labels(["a label without a count"], 8) == ["a label…"]
+    assert pack_labels(labels, 0) == ["blacklisted word: 4  near duplicate: 12  too short: 4"]
