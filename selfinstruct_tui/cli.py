@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct_tui import __version__
-from selfinstruct_tui.console import text_console
+from selfinstruct_tui.console import reader_gone, text_console
 from selfinstruct_tui.engine.config import FLAGS, endpoint_key
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.exports import FORMATS
@@ -228,11 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader of stdout stopped reading (`selfinstruct export RUN -o - | head`): not an
         # error of ours to report. Quiet, with the status of a command ended by SIGPIPE, as
-        # `cat` or `grep` end there; stdout goes to /dev/null so that the interpreter's last
-        # flush does not raise again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        # `cat` or `grep` end there.
+        reader_gone()
         return 128 + signal.SIGPIPE
 
 

@@ -361,6 +361,33 @@ def test_a_closed_stdout_does_not_stop_a_headless_run(isolated_env, tmp_path):
     assert_accounted(run_dir)
 
 
+def test_a_failing_run_whose_reader_went_away_still_exits_with_its_status(isolated_env,
+                                                                         tmp_path):
+    """`selfinstruct run --headless ... 2>&1 | head -1` on a run that stops on an exhausted
+    quota: the error line found the pipe closed and rich ended the process with exit 1 (a
+    traceback's status); the run's own status is 3."""
+    quota = {"status": 429, "body": {"error": {"message": "You exceeded your current quota",
+                                               "code": "insufficient_quota"}}}
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [quota]}) as server:
+        proc = subprocess.Popen(
+            cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                        "--run-dir", str(run_dir), "--target", "10"),
+            env=isolated_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("starting run in")
+        proc.stdout.close()  # what `head -1` does
+        assert proc.wait(timeout=120) == 3
+    from selfinstruct_tui.engine.control import run_status
+    from selfinstruct_tui.engine.store import RunStore
+
+    store = RunStore(run_dir, readonly=True)
+    try:
+        assert run_status(store)[0] == "stopped"
+    finally:
+        store.close()
+
+
 def test_the_young_gc_threshold_is_raised_while_engines_run_and_restored_after(tmp_path):
     """engine/gc_policy.py: measured 18% of the engine's CPU in collections that freed almost
     nothing. The threshold is raised while an engine runs (seen from the endpoint, mid-run),
