@@ -605,3 +605,27 @@ def test_escape_asks_before_discarding_edits_in_the_raw_editor_and_the_form(tmp_
 
     run(go())
     assert [s.instruction for s in active_seeds(run_dir)] == before
+
+
+def test_the_classification_check_box_shows_its_state_without_colour(tmp_path, isolated_env):
+    """Textual's check box draws "X" on and off alike (colour tells them apart), which a
+    terminal with few colours shows the same: the mark is now "X" or blank."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await open_manager(pilot, app)
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            box = app.screen.query_one("#f-cls", Checkbox)
+            marks = []
+            for _ in range(2):
+                marks.append(str(box.render()).split("classification")[0])
+                box.toggle()
+                await pilot.pause()
+            assert box.value is False
+            assert "X" not in marks[0] and "X" in marks[1]
+
+    run(go())

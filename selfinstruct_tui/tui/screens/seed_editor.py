@@ -17,6 +17,7 @@ from textual.widgets import Button, Checkbox, Label, Static, TextArea
 
 from selfinstruct_tui.engine.errors import InputFileError
 from selfinstruct_tui.engine.seeds import SeedTask, parse_seeds
+from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
 EDITOR_NAME = "seed editor"
 
@@ -51,7 +52,7 @@ class SeedEditorScreen(ModalScreen[SeedEdit | None]):
             yield Static("", id="seed-errors", classes="errors")
             with Horizontal(classes="buttons"):
                 if self.seeds_file:
-                    yield Checkbox(f"also write back to {self.seeds_file}", id="write-back")
+                    yield MarkedCheckbox(f"also write back to {self.seeds_file}", id="write-back")
                 yield Button("Save", variant="primary", id="save")
                 yield Button("Cancel", id="cancel")
 

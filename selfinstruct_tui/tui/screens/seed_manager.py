@@ -30,6 +30,7 @@ from selfinstruct_tui.engine.seeds import (
 )
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
+from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
 INSTRUCTION_CELL = 64  # at most this many characters of the instruction in the table
 COLUMNS = (("id", 12), ("cls", 3), ("inst", 4), ("input", 5), ("origin", 14))  # besides it
@@ -413,7 +414,7 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
                 yield Label("Instruction", classes="field-label")
                 yield TextArea(seed.instruction if seed else "", soft_wrap=True,
                                id="f-instruction", classes="field")
-                yield Checkbox("classification task (outputs are class labels)",
+                yield MarkedCheckbox("classification task (outputs are class labels)",
                                seed.is_classification if seed else False, id="f-cls")
                 for n, inst in enumerate(instances, start=1):
                     yield InstanceFields(n, inst)

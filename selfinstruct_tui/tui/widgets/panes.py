@@ -8,10 +8,11 @@ from rich.cells import cell_len, set_cell_size
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.content import Content
 from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.widget import Widget
-from textual.widgets import DataTable, Input, RichLog, Static
+from textual.widgets import Checkbox, DataTable, Input, RichLog, Static
 from textual_plotext import PlotextPlot
 
 from selfinstruct_tui.engine.batch import progress_line
@@ -147,6 +148,17 @@ class LabelFlow(Widget):
         if not self.text:
             return labels
         return Text("\n").join([labels, Text(self.text)])
+
+
+class MarkedCheckbox(Checkbox):
+    """A check box whose mark says its state without colour: "X" when on, blank when off.
+    Textual's draws "X" in both states and tells them apart by colour alone, which a terminal
+    with few colours (NO_COLOR, an SSH session's TERM) shows the same."""
+
+    @property
+    def _button(self) -> Content:
+        self.BUTTON_INNER = "X" if self.value else " "
+        return super()._button
 
 
 class StatusLine(Static):
