@@ -166,3 +166,24 @@ def test_a_field_no_record_has_is_one_message(run_cli, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"{src}: no record has the field 'instr' (the first record's fields: instruction, "
         "input); choose one with --field"]
+
+
+def test_unicode_line_separators_inside_strings_keep_records_whole(run_cli, tmp_path):
+    """A JSONL export (json.dumps, ensure_ascii=False) leaves U+2028 and U+0085 in strings as
+    they are; dedup split lines there and refused the file as bad JSON. Plain text lines are
+    split at line ends only, too."""
+    rows = [{"instruction": "Write a short poem about the sea.", "output": "waves\u2028foam"},
+            {"instruction": "Summarize the news article below.", "input": "a\x85b\u2029c"},
+            {"instruction": "Write a short poem about the sea!", "output": "x"}]
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                   encoding="utf-8")
+    out, report = tmp_path / "out.jsonl", tmp_path / "dropped.jsonl"
+    proc = run_cli("dedup", str(src), "-o", str(out), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(r) for r in out.read_text(encoding="utf-8").split("\n") if r] == rows[:2]
+    assert json.loads(report.read_text())["line"] == 3
+    txt = tmp_path / "lines.txt"
+    txt.write_text("Write a poem\u2028about the sea.\nTranslate this text.\n", encoding="utf-8")
+    run_cli("dedup", str(txt), "-o", str(tmp_path / "o.txt"), check=True)
+    assert (tmp_path / "o.txt").read_text(encoding="utf-8") == txt.read_text(encoding="utf-8")

@@ -257,3 +257,25 @@ def test_a_run_on_seeds_that_repeat_an_instruction_says_so(run_cli, tmp_path, fa
                    check=True)
     assert (f"note: {path}: 1 seed task(s) repeat another's instruction (again = "
             f"{tasks[3].id}); each weighs as two") in proc.stderr
+
+
+def test_unicode_line_separators_inside_strings_do_not_split_records(run_cli, tmp_path):
+    """JSON strings may hold U+2028, U+2029 and U+0085 as they are (json.dumps with
+    ensure_ascii=False writes them so, as the exports do); str.splitlines broke lines there,
+    so a valid file was 'bad JSON' on lines that do not exist and later lines were misnumbered."""
+    def raw(task_id, output="one\u2028two\u2029three\x85four"):
+        return json.dumps({"id": task_id, "instruction": f"Do thing {task_id} well.",
+                           "instances": [{"input": "", "output": output}]},
+                          ensure_ascii=False) + "\n"
+
+    path = tmp_path / "seeds.jsonl"
+    path.write_text(raw("a") + raw("b"), encoding="utf-8")
+    proc = run_cli("seeds", "check", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "tasks:           2" in proc.stdout
+    path.write_text(raw("a") + raw("b") + '{"id": "c", "instances": []}\n', encoding="utf-8")
+    proc = run_cli("seeds", "check", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"{path}:3: missing field 'instruction'",
+        f"{path}:3: field 'instances' is empty; give at least one input/output pair"]

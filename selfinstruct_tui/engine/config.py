@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import platformdirs
 
+from selfinstruct_tui.engine import records
 from selfinstruct_tui.engine.errors import ConfigError
 
 Api = Literal["completions", "chat"]
@@ -312,7 +313,7 @@ def endpoint_problems(endpoints: object, where: str = "settings",
         return [f"{where}: endpoints must be a list of [[endpoints]] tables"]
     problems = []
     seen: set[str] = set()
-    file_lines = text.splitlines()
+    file_lines = records.file_lines(text)
     for n, entry in enumerate(endpoints, start=1):
         header = lines[n - 1] if lines and n <= len(lines) else None
         at = f"{where}:{header}" if header else where
@@ -502,7 +503,7 @@ def load_user_config(path: Path | None = None) -> FileSettings:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix or delete the file") from None
     problems: list[str] = []
     out = FileSettings()
-    file_lines = text.splitlines()
+    file_lines = records.file_lines(text)
     for key, value in data.items():
         tables = _table_lines(file_lines, key)
         # a key's own line, or its table's header ([extra_body], [extra_body.x], [[endpoints]])
@@ -548,7 +549,7 @@ def save_user_setting(key: str, value: Any, path: Path | None = None) -> None:
 
     path = path or user_config_path()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = records.file_lines(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         lines = []
     rendered = f"{key} = {json.dumps(value)}"

@@ -17,7 +17,7 @@ from typing import Any
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
 from selfinstruct_tui.engine.placeholders import is_no_input
-from selfinstruct_tui.engine.records import parse_records, read_utf8
+from selfinstruct_tui.engine.records import file_lines, parse_records, read_utf8
 from selfinstruct_tui.engine.similarity import make_index
 from selfinstruct_tui.engine.tokenize import get_tokenizer
 
@@ -33,12 +33,12 @@ def read_items(path: str | Path, field: str) -> tuple[str, list[Item]]:
     text = read_utf8(path)
     head = text.lstrip()[:1]
     if head not in ("[", "{"):
-        items = [Item(n, line.strip(), line) for n, line in enumerate(text.splitlines(), 1)
+        items = [Item(n, line.strip(), line) for n, line in enumerate(file_lines(text), 1)
                  if line.strip()]
         return "text", items
     parsed = parse_records(path, text)
     problems = list(parsed.problems)
-    raw_lines = text.splitlines()
+    raw_lines = file_lines(text)
     items = []
     for line, obj in parsed.records:
         where = f"{parsed.path}:{line}"

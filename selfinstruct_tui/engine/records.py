@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,23 @@ def read_utf8(path: str | Path) -> str:
     return text
 
 
+# A line break as files and editors have them. str.splitlines also breaks at U+2028, U+2029,
+# U+0085 and a few control characters, which a JSON string may hold as they are (json.dumps with
+# ensure_ascii=False, as the exports write, leaves U+2028 unescaped): a record holding one was
+# cut in two, reported as two lines of bad JSON, and the lines after it were misnumbered.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def file_lines(text: str) -> list[str]:
+    """The text's lines, split at LF, CRLF or CR only (no last empty line, as str.splitlines)."""
+    lines = _LINE_BREAK.split(text)
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def _line_at(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
+    return len(_LINE_BREAK.findall(text, 0, pos)) + 1
 
 
 def excerpt(text: str, pos: int, width: int = 30) -> str:
@@ -106,7 +122,7 @@ def parse_records(path: str | Path, text: str) -> RecordFile:
         return _parse_json_list(p, text)
     records: list[tuple[int, Any]] = []
     problems: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(file_lines(text), start=1):
         if not line.strip():
             continue
         try:
