@@ -380,13 +380,22 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         write_dataset,
         write_report,
     )
+    from selfinstruct_tui.engine.fsutil import check_output_path
     from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 
     src = Path(args.input)
     kind, items = read_items(src, args.field)
     out_path = Path(args.output) if args.output else default_output(src)
-    if out_path.resolve() == src.resolve():
-        raise UserError(f"{out_path}: the output would overwrite the input; choose another -o")
+    # "-": stdout (the summary goes to stderr then); a file is never the input or the other
+    # output (--report INPUT replaced the dataset with the report)
+    to_stdout = str(out_path) == "-"
+    if to_stdout and args.report == "-":
+        raise UserError("-o - and --report - would both write to stdout; name a file for one")
+    if not to_stdout:
+        check_output_path(out_path, "-o", keep={"the input": src})
+    if args.report and args.report != "-":
+        check_output_path(args.report, "--report", keep={"the input": src} if to_stdout else
+                          {"the input": src, "the output (-o)": out_path})
     if not NATIVE_AVAILABLE:
         err.print(f"note: {FALLBACK_NOTICE}", markup=False)
     silent = tokenless(items, args.tokenizer)
@@ -407,9 +416,18 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         task = bar.add_task("dedup", total=len(items))
         result = dedup(items, args.threshold, args.tokenizer,
                        progress=lambda n: bar.update(task, completed=n))
-    write_dataset(out_path, kind, result.kept)
-    if args.report:
-        write_report(args.report, result.dropped)
+    writing = out_path
+    try:
+        write_dataset(out_path, kind, result.kept)
+        if args.report:
+            writing = Path(args.report)
+            write_report(args.report, result.dropped)
+    except BrokenPipeError:
+        raise  # the reader of stdout has gone (`| head`): see main
+    except OSError as exc:
+        flag = "-o" if writing is out_path else "--report"
+        raise UserError(f"{writing}: cannot be written ({exc.strerror or exc}); choose another "
+                        f"{flag}") from None
     took = time.perf_counter() - started
     counted = f"kept {len(result.kept)} of {len(items)} ({len(result.dropped)} near duplicates, "
     if result.instructions != len(items):  # rows that repeat an instruction: its instances
@@ -418,11 +436,13 @@ def cmd_dedup(args: argparse.Namespace) -> int:
                    f"({len(result.kept)} of {len(items)} rows: rows with the same {args.field} "
                    f"are one task's instances; "
                    f"{result.instructions - result.kept_instructions} near duplicates, ")
-    text_console().print(
-        f"{counted}ROUGE-L > {args.threshold}) in {took:.1f}s; wrote {out_path}"
+    (err if to_stdout else text_console()).print(
+        f"{counted}ROUGE-L > {args.threshold}) in {took:.1f}s; wrote "
+        f"{'stdout' if to_stdout else out_path}"
         + (f"; {normalized} 'no input' placeholders written as empty inputs" if normalized
            else "")
-        + (f"; report: {args.report}" if args.report else ""), markup=False)
+        + (f"; report: {'stdout' if args.report == '-' else args.report}" if args.report
+           else ""), markup=False)
     return 0
 
 

@@ -187,3 +187,31 @@ def test_unicode_line_separators_inside_strings_keep_records_whole(run_cli, tmp_
     txt.write_text("Write a poem\u2028about the sea.\nTranslate this text.\n", encoding="utf-8")
     run_cli("dedup", str(txt), "-o", str(tmp_path / "o.txt"), check=True)
     assert (tmp_path / "o.txt").read_text(encoding="utf-8") == txt.read_text(encoding="utf-8")
+
+
+def test_dedup_outputs_never_destroy_the_input_and_bad_paths_are_named(run_cli, tmp_path):
+    """--report naming the input replaced the dataset with the (empty) report, exit 0; the
+    report over -o's file left only the report; -o DIR, -o /dev/stdout and a path that cannot
+    be created ended in a traceback; -o - wrote a file named '-' (export's -o - is stdout)."""
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in corpus(40)))
+    before = src.read_bytes()
+    out = tmp_path / "out.jsonl"
+    for args, flag in ((["--report", str(src)], "--report"), (["-o", str(src)], "-o"),
+                       (["-o", str(out), "--report", str(out)], "--report"),
+                       (["--report", str(tmp_path / "data.dedup.jsonl")], "--report")):
+        proc = run_cli("dedup", str(src), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: ") and f"choose another {flag}" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert src.read_bytes() == before and not out.exists()
+    (tmp_path / "file").write_text("x")
+    for target, said in ((tmp_path, "is a directory"), ("/dev/stdout", "not a regular file"),
+                         (tmp_path / "file" / "out.jsonl", "cannot be written"),
+                         ("/proc/no-such-dir/out.jsonl", "cannot be written")):
+        proc = run_cli("dedup", str(src), "-o", str(target))
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("dedup", str(src), "-o", "-", check=True)
+    assert [json.loads(r)["instruction"] for r in proc.stdout.splitlines()] == \
+        reference_dedup(corpus(40))
+    assert "wrote stdout" in proc.stderr and not (tmp_path / "-").exists()

@@ -8,11 +8,13 @@ is <= the threshold. Input and output share a format: JSONL with an instruction 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer
@@ -146,9 +148,10 @@ def dedup(items: list[Item], threshold: float = 0.7, tokenizer: str = "rouge",
     return DedupResult(kept, dropped, len(fate), sum(f is None for f in fate.values()))
 
 
-def write_dataset(path: Path, kind: str, items: list[Item]) -> None:
-    """The kept items in the input's format, written atomically."""
-    with atomic_writer(path) as fh:
+def write_dataset(path: str | Path, kind: str, items: list[Item],
+                  stdout: IO[str] | None = None) -> None:
+    """The kept items in the input's format, written atomically (to `stdout` for "-")."""
+    with _output(path, stdout) as fh:
         if kind == "json-list":
             fh.write("[\n" + ",\n".join(json.dumps(i.raw, ensure_ascii=False) for i in items)
                      + "\n]\n" if items else "[]\n")
@@ -156,6 +159,13 @@ def write_dataset(path: Path, kind: str, items: list[Item]) -> None:
             fh.writelines(f"{i.raw}\n" for i in items)
 
 
-def write_report(path: str | Path, dropped: list[dict[str, Any]]) -> None:
-    with atomic_writer(path) as fh:
+def write_report(path: str | Path, dropped: list[dict[str, Any]],
+                 stdout: IO[str] | None = None) -> None:
+    with _output(path, stdout) as fh:
         fh.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in dropped)
+
+
+def _output(path: str | Path, stdout: IO[str] | None) -> contextlib.AbstractContextManager[IO[str]]:
+    if str(path) == "-":
+        return contextlib.nullcontext(stdout or sys.stdout)
+    return atomic_writer(path)

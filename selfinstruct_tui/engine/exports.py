@@ -22,8 +22,6 @@ the model, the API and every endpoint that answered (base URL, model, answers; n
 from __future__ import annotations
 
 import json
-import os
-import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from selfinstruct_tui.engine.errors import UserError
-from selfinstruct_tui.engine.fsutil import atomic_writer
+from selfinstruct_tui.engine.fsutil import atomic_writer, check_output_path
 from selfinstruct_tui.engine.placeholders import normalize_input
 from selfinstruct_tui.engine.review import review_label
 from selfinstruct_tui.engine.store import (
@@ -119,22 +117,11 @@ RUN_FILES = ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm", "run.log", "engin
 
 def check_target(run_dir: str | Path, path: Path) -> None:
     """Refuse an export path that would destroy something: one of the run's own files, or an
-    existing path that is not a regular file (a device, a directory, a pipe), through any
-    symlinks (/dev/stdout is one, to a pipe or a terminal). UserError."""
+    existing path that is not a regular file (`check_output_path`). UserError."""
     target = path.resolve()
     if target.parent == Path(run_dir).resolve() and target.name in RUN_FILES:
         raise UserError(f"{path}: is one of the run's own files; choose another -o")
-    try:
-        kind = os.stat(path).st_mode  # follows links, /proc/self/fd's to pipes included
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise UserError(f"{path}: cannot be written ({exc.strerror}); choose another -o") from None
-    if stat.S_ISDIR(kind):
-        raise UserError(f"{path}: is a directory; name a file with -o (or -o - for stdout)")
-    if not stat.S_ISREG(kind):
-        raise UserError(f"{path}: is not a regular file (a pipe, a terminal or a device); name "
-                        "a file with -o, or -o - for stdout")
+    check_output_path(path)
 
 
 class Exported(NamedTuple):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from selfinstruct_tui.engine.errors import UserError
 
 
 @contextlib.contextmanager
@@ -41,6 +44,32 @@ def atomic_writer(path: str | os.PathLike[str], mode: int | None = None) -> Iter
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_path(path: str | os.PathLike[str], flag: str = "-o",
+                      keep: dict[str, str | os.PathLike[str]] | None = None) -> None:
+    """Refuse an output path that would destroy something (UserError naming `flag`, the
+    option that gave it): a file in `keep` (what it is -> its path: an input the command
+    reads, another file it writes) or an existing path that is not a regular file (a device,
+    a directory, a pipe), through any symlinks (/dev/stdout is one, to a pipe or a terminal)."""
+    target = os.path.realpath(path)
+    for what, other in (keep or {}).items():
+        if target == os.path.realpath(other):
+            raise UserError(f"{path}: is {what} ({other}), which writing it would destroy; "
+                            f"choose another {flag}")
+    try:
+        kind = os.stat(path).st_mode  # follows links, /proc/self/fd's to pipes included
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be written ({exc.strerror}); choose another "
+                        f"{flag}") from None
+    if stat.S_ISDIR(kind):
+        raise UserError(f"{path}: is a directory; name a file with {flag} (or {flag} - for "
+                        "stdout)")
+    if not stat.S_ISREG(kind):
+        raise UserError(f"{path}: is not a regular file (a pipe, a terminal or a device); name "
+                        f"a file with {flag}, or {flag} - for stdout")
 
 
 def _umask() -> int:
