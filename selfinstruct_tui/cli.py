@@ -436,7 +436,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
                    f"({len(result.kept)} of {len(items)} rows: rows with the same {args.field} "
                    f"are one task's instances; "
                    f"{result.instructions - result.kept_instructions} near duplicates, ")
-    (err if to_stdout else text_console()).print(
+    (err if "-" in (str(out_path), args.report) else text_console()).print(
         f"{counted}ROUGE-L > {args.threshold}) in {took:.1f}s; wrote "
         f"{'stdout' if to_stdout else out_path}"
         + (f"; {normalized} 'no input' placeholders written as empty inputs" if normalized

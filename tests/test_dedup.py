@@ -215,3 +215,5 @@ def test_dedup_outputs_never_destroy_the_input_and_bad_paths_are_named(run_cli, 
     assert [json.loads(r)["instruction"] for r in proc.stdout.splitlines()] == \
         reference_dedup(corpus(40))
     assert "wrote stdout" in proc.stderr and not (tmp_path / "-").exists()
+    proc = run_cli("dedup", str(src), "-o", str(out), "--report", "-", check=True)
+    assert [json.loads(r)["line"] for r in proc.stdout.splitlines()] and "kept" in proc.stderr
