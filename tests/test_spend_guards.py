@@ -288,6 +288,30 @@ def test_a_corrupt_run_database_is_named_not_a_traceback(run_cli, tmp_path, isol
     assert "unreadable" in run_cli("runs").stdout
 
 
+def test_a_run_database_without_the_run_tables_is_named_not_a_traceback(run_cli, tmp_path,
+                                                                       isolated_env):
+    """An empty run.sqlite (a run killed while creating it) or another program's database is
+    valid SQLite: `runs` died with 'no such table: meta' for every run listed, export and
+    seeds export with a traceback, and review said 'no quality review yet'."""
+    import sqlite3
+
+    runs = Path(isolated_env["SELFINSTRUCT_RUNS_DIR"])
+    (runs / "empty").mkdir(parents=True)
+    (runs / "empty" / "run.sqlite").write_bytes(b"")
+    (runs / "other").mkdir()
+    db = sqlite3.connect(runs / "other" / "run.sqlite")
+    db.execute("CREATE TABLE notes (text TEXT)")
+    db.commit()
+    db.close()
+    proc = run_cli("runs")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.count("unreadable") == 2
+    for name, what in (("empty", "an empty file"), ("other", "another SQLite database")):
+        for args in (("export", "--format", "alpaca"), ("seeds", "export"), ("review",)):
+            proc = run_cli(*args, str(runs / name))
+            assert proc.returncode == 2, (args, proc.stderr)
+            assert f"not a run database (no run tables in it: {what})" in proc.stderr
+
 def test_candidates_whose_requests_got_no_answer_are_taken_up_not_lost(tmp_path):
     """An endpoint that answers the first instance requests with 503 (retries off, so each is
     given up at once): those candidates were paid for up to their classification, so they are

@@ -472,6 +472,9 @@ def db_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / DB_NAME
 
 
+RUN_TABLES = frozenset({"meta", "tasks"})  # what a readable run database holds at least
+
+
 def is_run_dir(run_dir: str | Path) -> bool:
     return db_path(run_dir).exists()
 
@@ -499,11 +502,19 @@ class RunStore:
         self._write = _Deferrable(self)
         self._flushes = 0
         try:
-            self.db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            tables = {r[0] for r in self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise UserError(f"{path}: not a readable run database ({exc}); restore it from a "
                             "backup or start a new run in another directory") from None
+        if readonly and not tables >= RUN_TABLES:
+            # an empty file (a run killed while creating it) or another program's database:
+            # every read failed with "no such table" (`runs` with a traceback for every run)
+            self.db.close()
+            raise UserError(f"{path}: not a run database (no run tables in it: "
+                            f"{'an empty file' if not tables else 'another SQLite database'}); "
+                            "restore it from a backup or start a new run in another directory")
         if not readonly:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
