@@ -992,3 +992,40 @@ def test_one_endpoint_given_with_and_without_a_trailing_slash_is_one_endpoint(ru
             str(tmp_path / "out.json"), check=True)
     meta = json.loads((tmp_path / "out.json.meta.json").read_text())
     assert [(e["base_url"], e["model"]) for e in meta["endpoints"]] == [(server.base_url, "m")]
+
+
+def test_config_typos_name_the_setting_meant_and_toml_errors_their_line(tmp_path, run_cli,
+                                                                        isolated_env):
+    """An unknown key listed all 48 settings and left the user to find the one meant (a flag's
+    name, `rpm`, or a dash, `max-cost`, too); `allow_non_ascii` is the filter turned off. A TOML
+    syntax error said "(at line 2, column 12)" at its end, after the path without a line."""
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    base = ("run", "--headless", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+            "--run-dir", str(tmp_path / "run"))
+    cases = {
+        'model = "m"\nconcurency = 4\n': f"{config}:2: unknown setting 'concurency'; did you "
+                                          "mean 'concurrency'?",
+        "rpm = 60\n": f"{config}:1: unknown setting 'rpm'; did you mean 'requests_per_minute'?",
+        "max-cost = 1\n": f"{config}:1: unknown setting 'max-cost'; did you mean 'max_cost'?",
+        "price_in = 0.1\n": f"{config}:1: unknown setting 'price_in'; did you mean "
+                            "'price_input_per_1k'?",
+        "allow_non_ascii = true\n": f"{config}:1: unknown setting 'allow_non_ascii'; did you "
+                                    "mean filter_non_ascii = false (what --allow-non-ascii "
+                                    "sets)?",
+        '[[endpoints]]\nbase_url = "http://a:1/v1"\nconcurency = 2\n':
+            f"{config}:3: [[endpoints]] #1: unknown field 'concurency'; did you mean "
+            "'concurrency'?",
+        'model = "m"\ntarget = 5 6\n': f"{config}:2: not valid TOML: Expected newline or end of "
+                                       "document after a statement (column 12); fix or delete "
+                                       "the file",
+        'model = "m"\nx = [1,\n': f"{config}:2: not valid TOML: Invalid value (at the end of "
+                                  "the file); fix or delete the file",
+    }
+    for text, said in cases.items():
+        config.write_text(text)
+        proc = run_cli(*base)
+        assert proc.returncode == 2 and proc.stderr.splitlines()[0] == f"error: {said}", \
+            (text, proc.stderr)
+    config.write_text("colour = 1\n")  # nothing close: the known settings are listed
+    assert "(known settings: api, base_url, " in run_cli(*base).stderr
+    assert not (tmp_path / "run").exists()

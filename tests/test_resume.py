@@ -96,7 +96,7 @@ def test_a_config_file_edited_before_a_resume_is_named_where_the_run_keeps_its_o
     config.write_text("concurrency = \n")
     proc = run_cli(*base, "--target", "7", check=True)
     assert f"note: the config file is not read for a resumed run (new runs stop on it): " \
-           f"{config}: not valid TOML" in proc.stderr, proc.stderr
+           f"{config}:1: not valid TOML" in proc.stderr, proc.stderr
 
 
 def headless(base_url: str, run_dir: Path) -> tuple[str, ...]:

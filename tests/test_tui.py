@@ -244,7 +244,7 @@ def test_a_config_file_that_cannot_be_read_is_a_notice_not_a_stop(tmp_path, isol
             notes = [n.message for n in app._notifications]
             assert notes[0] == "a resumed run's note"
             assert notes[1].startswith("The config file is not read (theme and refresh take "
-                                       f"their defaults): {isolated_env['SELFINSTRUCT_CONFIG']}: "
+                                       f"their defaults): {isolated_env['SELFINSTRUCT_CONFIG']}:1: "
                                        "not valid TOML"), notes
 
     run(go())

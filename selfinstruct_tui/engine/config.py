@@ -7,6 +7,7 @@ The API key is never part of a config: only the *name* of the environment variab
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -334,8 +335,8 @@ def endpoint_problems(endpoints: object, where: str = "settings",
         for key, value in entry.items():
             type_name = ENDPOINT_FIELDS.get(key)
             if type_name is None:
-                problems.append(f"{field_at(key)} unknown field {key!r} (known fields: "
-                                f"{', '.join(ENDPOINT_FIELDS)})")
+                problems.append(f"{field_at(key)} unknown field {key!r}"
+                                f"{_did_you_mean(key, list(ENDPOINT_FIELDS), 'fields')}")
                 continue
             try:
                 _coerce(value, type_name)
@@ -442,6 +443,35 @@ def _table_lines(lines: list[str], name: str | None = None) -> list[int]:
     return found
 
 
+def _did_you_mean(key: str, known: list[str], what: str) -> str:
+    """The end of an unknown key's message: the setting it is a typo of or a flag's name for
+    (`concurency`, `rpm`, `max-cost`: "; did you mean 'max_cost'?"), else the known names."""
+    by_flag = {flag.removeprefix("--").replace("-", "_"): name for name, flag in FLAGS.items()
+               if name in known}
+    spelled = key.strip().lower().replace("-", "_")
+    wanted = by_flag.get(spelled) or (spelled if spelled in known else None)
+    close = [wanted] if wanted else difflib.get_close_matches(spelled, known, n=1, cutoff=0.75)
+    if close == ["filter_non_ascii"] and "allow" in spelled:  # the flag turns the filter off
+        return "; did you mean filter_non_ascii = false (what --allow-non-ascii sets)?"
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (known {what}: {', '.join(sorted(known))})"
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError, text: str) -> str:
+    """"LINE: not valid TOML: what (column N)" from tomllib's "what (at line L, column N)" or
+    "what (at end of document)": the line first, as every other message about the file."""
+    message = str(exc)
+    at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if at:
+        return f"{at[1]}: not valid TOML: {message[:at.start()]} (column {at[2]})"
+    end = re.search(r"\s*\(at end of document\)$", message)
+    if end:
+        return (f"{max(1, len(records.file_lines(text)))}: not valid TOML: "
+                f"{message[:end.start()]} (at the end of the file)")
+    return f"1: not valid TOML: {message}"
+
+
 def _coerce(value: Any, type_name: str) -> Any:
     """The value as the setting's type; TypeError naming the type. The Literal-typed settings
     (api, tokenizer, structured_output) are strings here; `validate` checks their values."""
@@ -500,7 +530,7 @@ def load_user_config(path: Path | None = None) -> FileSettings:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}; fix or delete the file") from None
+        raise ConfigError(f"{path}:{_toml_error(exc, text)}; fix or delete the file") from None
     problems: list[str] = []
     out = FileSettings()
     file_lines = records.file_lines(text)
@@ -520,8 +550,8 @@ def load_user_config(path: Path | None = None) -> FileSettings:
             continue
         type_name = SETTABLE.get(key) or UI_SETTINGS.get(key)
         if type_name is None:
-            known = ", ".join(sorted([*SETTABLE, *UI_SETTINGS]))
-            problems.append(f"{where}: unknown setting {key!r} (known settings: {known})")
+            problems.append(f"{where}: unknown setting {key!r}"
+                            f"{_did_you_mean(key, [*SETTABLE, *UI_SETTINGS], 'settings')}")
             continue
         try:
             out[key] = _coerce(value, str(type_name))
