@@ -1029,3 +1029,16 @@ def test_config_typos_name_the_setting_meant_and_toml_errors_their_line(tmp_path
     config.write_text("colour = 1\n")  # nothing close: the known settings are listed
     assert "(known settings: api, base_url, " in run_cli(*base).stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_endpoint_table_repeated_with_a_trailing_slash_is_listed_twice(tmp_path, run_cli,
+                                                                          isolated_env):
+    """`--base-url` given twice, with and without a trailing slash, is one endpoint; two
+    [[endpoints]] tables that way were two, and the server took twice its concurrency."""
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    config.write_text('[[endpoints]]\nbase_url = "http://127.0.0.1:9/v1"\n\n'
+                      '[[endpoints]]\nbase_url = "http://127.0.0.1:9/v1/"\n')
+    proc = run_cli("run", "--headless", "--model", "m", "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == (f"error: {config}:5: [[endpoints]] #2: base_url "
+                                           "'http://127.0.0.1:9/v1/' is listed twice")

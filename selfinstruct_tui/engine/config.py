@@ -349,9 +349,9 @@ def endpoint_problems(endpoints: object, where: str = "settings",
         elif isinstance(url, str):
             if problem := url_problem(url):
                 problems.append(f"{field_at('base_url')} base_url {problem}")
-            elif url in seen:
+            elif endpoint_key(url) in seen:  # with or without a trailing slash: one endpoint
                 problems.append(f"{field_at('base_url')} base_url {url!r} is listed twice")
-            seen.add(url)
+            seen.add(endpoint_key(url))
         concurrency = entry.get("concurrency")
         if isinstance(concurrency, int) and concurrency < 1:
             problems.append(f"{field_at('concurrency')} field 'concurrency' must be at least 1")
