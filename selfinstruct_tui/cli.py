@@ -311,6 +311,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         text_console().print(
             f"wrote {exported.counted} ({args.format}) to {path}; run metadata (model, "
             f"endpoints) in {path.name}.meta.json", markup=False)
+    else:  # the count still said, beside the data (as `seeds export -o -` says it)
+        err.print(f"wrote {exported.counted} ({args.format}) of {args.run_dir} to stdout",
+                  markup=False)
     if args.reviewed_only and exported.rows == 0:
         from selfinstruct_tui.engine.review import summarize
         from selfinstruct_tui.engine.store import RunStore

@@ -277,6 +277,8 @@ def test_export_never_overwrites_the_runs_own_files_and_writes_stdout(run_cli, f
     assert (run_dir / "run.sqlite").read_bytes() == before
     out = run_cli("export", str(run_dir), "--format", "self-instruct", "-o", "-", check=True)
     assert len(out.stdout.splitlines()) == 3 and not (tmp_path / "-").exists()
+    # the count is said on stderr, as for a file (nothing was said)
+    assert out.stderr == f"wrote 3 rows (self-instruct) of {run_dir} to stdout\n"
 
 
 def umask() -> int:
