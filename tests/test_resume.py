@@ -578,3 +578,47 @@ def test_a_refused_resume_lists_what_is_safe_to_change_and_a_lower_target_is_sai
     assert "--rpm" in safe and "--timeout" in safe and "--target" in safe
     assert "requests_per_minute" not in safe and "request_timeout" not in safe
     assert "in the config file also endpoints, error_pause_seconds" in safe
+
+
+def _file_size_limit(limit: int):
+    """A subprocess's preexec_fn: files it writes cannot grow past `limit` bytes (write fails
+    with EFBIG, as with a full disk: SQLite says "database or disk is full")."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_store_that_cannot_be_written_stops_the_run_at_once_and_it_resumes(
+        isolated_env, run_cli, tmp_path):
+    """A full disk under the run directory: each deferred commit failed as an event-loop
+    callback (a logged traceback), the engine went on sending requests whose answers could not
+    be recorded, and SIGTERM could not end it. Now the first failed write stops the run at once,
+    naming the file, the free space and the fix; requests already sent are at most the ones in
+    flight; freed, the same command resumes and everything is accounted for."""
+    from test_real_answers import assert_accounted
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        proc = subprocess.run(
+            cli_command(*headless(server.base_url, run_dir), "--target", "3000",
+                        "--concurrency", "8"),
+            env=isolated_env, capture_output=True, text=True, timeout=120,
+            preexec_fn=_file_size_limit(1_500_000))
+        sent = len(server.log)
+        assert proc.returncode == 1, proc.stderr
+        # EFBIG reads as an I/O error; ENOSPC (a full disk) as "database or disk is full"
+        assert f"the run store {run_dir / 'run.sqlite'} cannot be written (disk I/O error;" \
+            in proc.stderr
+        assert "free space (or fix the disk or its permissions), then resume" in proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
+        conn = sqlite3.connect(run_dir / "run.sqlite")
+        recorded = conn.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]
+        conn.close()
+        assert 0 < recorded and sent - recorded <= 8  # the requests in flight at most
+        resumed = run_cli(*headless(server.base_url, run_dir), "--target", "300", check=True)
+    assert "resuming run" in resumed.stdout and count_machine(run_dir) >= 300
+    assert_accounted(run_dir)

@@ -309,7 +309,8 @@ class Engine:
         if self.finished is not None:
             meta["finish_reason"] = self.finished.reason.value
             meta["message"] = self.finished.message
-        self.store.set_meta("state", meta)
+        if self.store.unwritable is None:  # (else the state stays as last written: resuming
+            self.store.set_meta("state", meta)  # the run then recovers it as after a crash)
 
     def _do_pause(self, reason: str = "paused by the user", by_errors: bool = False,
                   needs_restart: bool = False) -> None:
@@ -501,10 +502,34 @@ class Engine:
         loop = asyncio.get_running_loop()
         with engine_gc():
             self.store.defer_commits(loop.call_soon)
+            self.store.on_unwritable = self._store_unwritable
             try:
                 return await self._run_async()
             finally:
+                self.store.on_unwritable = None
                 self.store.defer_commits(None)
+
+    def _store_unwritable(self, message: str) -> None:
+        """The store cannot be written (`RunStore.unwritable`: a full disk, an I/O error): the
+        run stops at once, as an error with that message. Requests in flight are abandoned and
+        none is sent after (an answer that cannot be recorded would be paid for again by the
+        next session); what the store holds is resumed as after a crash."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if not on_loop:
+            loop.call_soon_threadsafe(self._store_unwritable, message)
+            return
+        self.bus.emit(ev.RequestError(None, "store", message))
+        if self._stop_requested:  # a stop already under way: it becomes this one, at once
+            self._stop_reason, self._stop_message = FinishReason.ERROR, message
+            self._do_stop_now()
+        else:
+            self._do_stop(FinishReason.ERROR, message, grace=0.0)
 
     async def _run_async(self) -> ev.Finished:
         self._loop = asyncio.get_running_loop()
@@ -572,11 +597,15 @@ class Engine:
                 self._do_stop(FinishReason.LIMIT, over)
             reason = await self._drive()
         except Exception as exc:
-            log.exception("engine failed")
-            self.store.add_error(None, "engine", repr(exc))
             reason = FinishReason.ERROR
-            self.finished = ev.Finished(reason, self._committed, self.config.target,
-                                        f"the engine failed: {exc!r}")
+            if self.store.unwritable is not None:  # said as it happened
+                self.finished = ev.Finished(reason, self._committed, self.config.target,
+                                            self.store.unwritable)
+            else:
+                log.exception("engine failed")
+                self.store.add_error(None, "engine", repr(exc))
+                self.finished = ev.Finished(reason, self._committed, self.config.target,
+                                            f"the engine failed: {exc!r}")
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -782,7 +811,8 @@ class Engine:
                     self._set_state(self.state)
                     self._report_endpoints()
             except Exception:  # the control channel must never take the run down
-                log.exception("control channel poll failed")
+                if self.store.unwritable is None:
+                    log.exception("control channel poll failed")
             try:
                 await asyncio.wait_for(wake.wait(), interval)
             except TimeoutError:
@@ -860,6 +890,8 @@ class Engine:
     def _round_failed(self, rnd: _Round, exc: Exception) -> None:
         """An unexpected error inside a round: record it and stop the run (the store keeps
         everything so far; the next session takes open candidates up)."""
+        if self.store.unwritable is not None:
+            return  # the store's failure, said and stopping the run already
         log.exception("round %d failed", rnd.number)
         self.store.add_error(rnd.number, "engine", repr(exc))
         self._do_stop(FinishReason.ERROR, f"round {rnd.number} failed: {exc!r}")
@@ -1041,15 +1073,21 @@ class Engine:
             stats.status = "stopped" if self._stop_requested else "done"
             stats.cost = self.guard.cost_of(stats.prompt_tokens, stats.completion_tokens)
             stats.pool_after = self._committed
-            self.store.finish_round(stats)
-            prompts, accepted = self._totals.get(number - 1, (0, 0))
-            self._totals[number] = (prompts + stats.prompts - rnd.unanswered,
-                                    accepted + stats.accepted)
-            self._totals.pop(number - TOTALS_KEPT, None)
-            reserved, accepted = self._kept.get(number - 1, (0, 0))
-            self._kept[number] = (reserved + rnd.reserved, accepted + stats.accepted)
-            self._kept.pop(number - 4, None)
-            rnd.finalized.set()
+            try:
+                self.store.finish_round(stats)
+            except Exception:
+                if self.store.unwritable is None:
+                    raise  # (else said, and the run stopping; the next session closes it)
+            finally:
+                # set whatever happened above: the rounds after this one wait for it
+                prompts, accepted = self._totals.get(number - 1, (0, 0))
+                self._totals[number] = (prompts + stats.prompts - rnd.unanswered,
+                                        accepted + stats.accepted)
+                self._totals.pop(number - TOTALS_KEPT, None)
+                reserved, accepted = self._kept.get(number - 1, (0, 0))
+                self._kept[number] = (reserved + rnd.reserved, accepted + stats.accepted)
+                self._kept.pop(number - 4, None)
+                rnd.finalized.set()
             self._report_endpoints()  # fresh figures beside the round line
             self.bus.emit(ev.RoundFinished.of(stats, self.config.target))
             self.guard.after_round(stats)

@@ -84,6 +84,8 @@ class RequestRecorder:
                 if self.store.flushes == recorded:
                     self.store.flush()
             recorded = None
+            if self.store.unwritable is not None:  # its record may not have been committed
+                raise RequestAbandoned("before sending")
 
         def on_retry(cause: str, attempt: int, delay: float, message: str, endpoint: str) -> None:
             stats.retries[cause] = stats.retries.get(cause, 0) + 1

@@ -297,6 +297,54 @@ class RoundStats:
         return self.candidates - self.accepted - self.rejected_total - self.surplus
 
 
+# SQLite's result codes (and extended codes under them) for a database that cannot be written:
+# the disk is full, an I/O error, a read-only file or file system. No later write can succeed
+# until the user acts (https://www.sqlite.org/rescode.html).
+_UNWRITABLE = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+
+
+class _WatchedConnection(sqlite3.Connection):
+    """A connection that reports a write failing for a storage reason (`_UNWRITABLE`) to
+    `watch` before raising it, wherever the write was: an INSERT that needed a new page, a
+    commit (the deferred one runs as an event-loop callback, where nobody catches it), or a
+    `with db:` block's."""
+
+    watch: Callable[[sqlite3.Error], None] | None = None
+
+    def _seen(self, exc: sqlite3.Error) -> None:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if self.watch is not None and name.startswith(_UNWRITABLE):
+            self.watch(exc)
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as exc:
+            self._seen(exc)
+            raise
+
+    def executemany(self, *args: Any) -> sqlite3.Cursor:
+        try:
+            return super().executemany(*args)
+        except sqlite3.Error as exc:
+            self._seen(exc)
+            raise
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except sqlite3.Error as exc:
+            self._seen(exc)
+            raise
+
+    def __exit__(self, *exc_info: Any) -> Literal[False]:
+        try:
+            return super().__exit__(*exc_info)
+        except sqlite3.Error as exc:
+            self._seen(exc)
+            raise
+
+
 class _Deferrable:
     """`RunStore._deferrable`'s context manager: a class rather than a generator because it
     wraps ~3 writes per request (a generator-based one cost ~1.5 us more each)."""
@@ -491,11 +539,17 @@ class RunStore:
                                           check_same_thread=False)
             else:
                 self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+                self.db = sqlite3.connect(path, timeout=30, check_same_thread=False,
+                                          factory=_WatchedConnection)
                 os.chmod(path, 0o600)
         except sqlite3.Error as exc:
             raise UserError(f"{path}: cannot open the run database: {exc}") from None
         self.db.row_factory = sqlite3.Row
+        # The first storage failure of a write, said (see `unwritable`), and who is told
+        self.unwritable: str | None = None
+        self.on_unwritable: Callable[[str], None] | None = None
+        if isinstance(self.db, _WatchedConnection):
+            self.db.watch = self._cannot_write
         self._defer: Callable[[Callable[[], None]], object] | None = None
         self._defer_thread: int | None = None
         self._flush_due = False
@@ -560,11 +614,38 @@ class RunStore:
         return self._flushes
 
     def flush(self) -> None:
-        """Commit what deferred writes left pending (see `defer_commits`)."""
+        """Commit what deferred writes left pending (see `defer_commits`). Once the store is
+        `unwritable` a failed commit is rolled back quietly: it was said, and the deferred
+        commit runs as an event-loop callback, where an exception is only a logged traceback."""
         self._flush_due = False
         if self.db.in_transaction:
-            self.db.commit()
+            try:
+                self.db.commit()
+            except sqlite3.Error:
+                if self.unwritable is None:
+                    raise
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.rollback()
         self._flushes += 1
+
+    def _cannot_write(self, exc: sqlite3.Error) -> None:
+        """A write failed for a storage reason: `unwritable` says so once, naming the run's
+        file, the free space left and the fix, and `on_unwritable` is told (the engine stops
+        at once: every later answer could not be recorded, and would be paid for again)."""
+        if self.unwritable is not None:
+            return
+        path = db_path(self.run_dir)
+        try:
+            disk = os.statvfs(self.run_dir)
+            free = f"{disk.f_bavail * disk.f_frsize / 1e6:.1f} MB free there"
+        except OSError:
+            free = "its free space unknown"
+        self.unwritable = (
+            f"the run store {path} cannot be written ({exc}; {free}): the run stopped at "
+            "once (no answer could be recorded, so no request is sent). What was recorded "
+            "before is kept; free space (or fix the disk or its permissions), then resume")
+        if self.on_unwritable is not None:
+            self.on_unwritable(self.unwritable)
 
     def _deferrable(self) -> _Deferrable:
         """A write that may wait for `flush` when commits are deferred on this thread (a
