@@ -1012,3 +1012,52 @@ def test_a_stop_keeping_batch_command_jobs_says_they_run_on_not_that_an_endpoint
     text = out.getvalue()
     assert "1 batch command job(s) keep running on their own" in text, text
     assert "at the endpoint" not in text and "offline.invalid" not in text
+
+
+VLLM_FAILED_LINES = textwrap.dedent('''
+    """`vllm run-batch` failing every line: its ErrorResponse is the line's `error` (the
+    message under "error", as vLLM writes it since 0.10), the response has no body."""
+    import json, sys
+    with open(sys.argv[1]) as src, open(sys.argv[2], "w") as out:
+        for n, raw in enumerate(src):
+            line = json.loads(raw)
+            error = {"error": {"message": "This model's maximum context length is 4096 tokens",
+                               "type": "BadRequestError", "param": None, "code": 400}}
+            out.write(json.dumps({"id": f"vllm-{n}", "custom_id": line["custom_id"],
+                                  "response": {"status_code": 400, "request_id": f"r{n}",
+                                               "body": None}, "error": error}) + "\\n")
+''')
+
+
+def test_a_failed_line_names_the_servers_words_in_vllms_shape_and_in_a_200_body(tmp_path):
+    """vLLM's run-batch puts its error object under the line's `error` with the message one
+    level down ({"error": {"message": ...}}): every failed line's reason read "None". A line of
+    status 200 whose body is an error object (a proxy's) read "malformed batch line:
+    'choices'". Both now carry the server's words, and the 200 one its code's handling (503:
+    unanswered, taken up again)."""
+    script = tmp_path / "vllm_failed.py"
+    script.write_text(VLLM_FAILED_LINES)
+    run_dir = tmp_path / "run"
+    _, paused = until_paused(*new_run(
+        run_dir, "", target=5, prompts_per_round=3, batch=True, batch_poll_seconds=0.02,
+        model="m", batch_command=f"{sys.executable} {script} {{input}} {{output}}",
+        max_fruitless_requests=3))
+    assert paused is not None
+    errors = [r[0] for r in db(run_dir).execute("SELECT error FROM prompts")]
+    assert errors and all("maximum context length is 4096 tokens" in e and "None" not in e
+                          for e in errors), errors
+    overloaded = {"status": 200, "body": {"error": {"message": "upstream overloaded",
+                                                    "type": "server_error", "code": 503}}}
+    run_dir = tmp_path / "run2"
+    with FakeOpenAI(batch_polls=1, script={"classify": [overloaded]},
+                    repeat_last=False) as server:
+        engine = run_engine(run_dir, server.base_url, target=8, prompts_per_round=3)
+    assert engine.finished is not None and engine.finished.reason.value == "target"
+    conn = db(run_dir)
+    (error,) = [r[0] for r in conn.execute("SELECT error FROM prompts WHERE error IS NOT NULL")]
+    assert "upstream overloaded" in error and "(503)" in error, error
+    assert [r[0] for r in conn.execute("SELECT kind FROM errors")] == ["server_error"]
+    assert [r[0] for r in conn.execute(
+        "SELECT reason FROM rejections WHERE reason IN ('unanswered', 'request_failed')")] == [
+        "unanswered"]
+    assert_accounted(run_dir)

@@ -51,6 +51,7 @@ from selfinstruct_tui.engine.llm import (
     RequestFailed,
     SamplingParams,
     error_code,
+    error_in_answer,
     error_text,
     http_timeout,
     map_error,
@@ -117,10 +118,9 @@ def read_lines(*paths: str | None) -> dict[str, BatchLine]:
                 status = response.get("status_code") if isinstance(response, dict) else None
                 body = response.get("body") if isinstance(response, dict) else None
                 message = None
-                if error:
-                    message = error.get("message") if isinstance(error, dict) else str(error)
-                    code = error.get("code") if isinstance(error, dict) else None
-                    message = f"{code}: {message}" if code else str(message)
+                if error:  # OpenAI's {code, message}, vLLM's ErrorResponse, or a string
+                    failure = error_in_answer(error)
+                    message = f"{failure.code}: {failure.text}" if failure.code else failure.text
                 if cid in out and out[cid].status == 200 and status != 200:
                     continue
                 out[cid] = BatchLine(cid, status, body if isinstance(body, dict) else None,
@@ -181,6 +181,12 @@ def _line_response(line: BatchLine | None, settings: ClientSettings, redact: Red
             kind = failure.cause if failure.retry else Cause.BAD_REQUEST
         raise RequestFailed(redact(f"the batch line failed ({status}): "
                                    f"{text or 'no reason given'}"), kind=kind, status=status)
+    if not line.body.get("choices") and line.body.get("error"):
+        # a 200 whose body is an error (a proxy's): read by its code, as the request would be
+        refused = error_in_answer(line.body["error"])
+        return _line_response(BatchLine(line.custom_id, refused.status, line.body,
+                                        refused.text),
+                              settings, redact, max_tokens, where)
     try:
         choice = line.body["choices"][0]
         if settings.api == "chat":

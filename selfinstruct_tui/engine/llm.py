@@ -1282,7 +1282,7 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
     prompt_tokens = _count(usage, "prompt_tokens")
     completion_tokens = _count(usage, "completion_tokens")
     if not choices and isinstance(resp, dict) and resp.get("error"):
-        raise _error_in_answer(resp["error"])
+        raise error_in_answer(resp["error"])
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise MalformedResponse("the response has no choices", prompt_tokens, completion_tokens)
     choice = choices[0]
@@ -1315,9 +1315,13 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
         completion_tokens, reported
 
 
-def _error_in_answer(error: object) -> ErrorInAnswer:
-    """The failure a 200 answer's `error` object stands for (see ErrorInAnswer)."""
-    err = error if isinstance(error, dict) else {"message": error}
+def error_in_answer(error: object) -> ErrorInAnswer:
+    """The failure an `error` object stands for (see ErrorInAnswer): a 200 answer's, or a batch
+    line's (vLLM's run-batch nests its message under "error")."""
+    err: dict[str, Any] = error if isinstance(error, dict) else {"message": error}
+    inner = err.get("error")
+    if isinstance(inner, dict) and not err.get("message"):
+        err = inner
     text = one_line(str(err.get("message") or err))[:400]
     raw_code = err.get("code") or err.get("type")
     code = raw_code if isinstance(raw_code, str) else None
