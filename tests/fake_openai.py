@@ -30,10 +30,13 @@ line is answered with what the same request would get from /v1/completions or
 answers 404 there (a server without the Batch API); `batch_end_status="expired"` ends a batch
 expired with only the first half of its lines answered; `batch_poll_status` (set with
 `configure`) answers every retrieve with that error status, `batch_poll_hang` (seconds) leaves
-it unanswered that long (`batch_poll_hangs` counts them). `batch_creations` counts
-created batches; `batch_retrieves` counts polls. `moved` = (status, base URL), set with
-`configure`: every request is answered with that redirect (3xx, Location: the same path under
-that base URL).
+it unanswered that long (`batch_poll_hangs` counts them). `batch_files_lag` (n) leaves a
+completed batch's output and error file ids null for n more retrieves (a provider that says
+completed before it names the files); `batch_cancel_partial` makes a cancel end the batch
+`cancelled` with the first half of its lines answered (paid), as OpenAI's does.
+`batch_creations` counts created batches; `batch_retrieves` counts polls. `moved` = (status,
+base URL), set with `configure`: every request is answered with that redirect (3xx,
+Location: the same path under that base URL).
 """
 
 from __future__ import annotations
@@ -385,14 +388,22 @@ class FakeOpenAI:
             ready = batch["status"] == "in_progress" and polls >= self.settings["batch_polls"]
         if ready:
             self._run_batch(batch)
-        return 200, batch
+        with self.lock:
+            files = batch.get("_files")
+            if files is not None and polls >= files[0]:  # the file ids are named now
+                batch.update(output_file_id=files[1], error_file_id=files[2])
+                del batch["_files"]
+            shown = {k: v for k, v in batch.items() if k != "_files"}
+            if files is not None and "_files" in batch:
+                shown.update(output_file_id=None, error_file_id=None)
+        return 200, shown
 
-    def _run_batch(self, batch: dict[str, Any]) -> None:
+    def _run_batch(self, batch: dict[str, Any], end: str | None = None) -> None:
         data = self.files[batch["input_file_id"]][1].decode()
         out, errors = [], []
         todo = [ln for ln in data.splitlines() if ln.strip()]
-        end = self.settings.get("batch_end_status", "completed")
-        if end == "expired":  # the window closed with half of the lines answered
+        end = end or self.settings.get("batch_end_status", "completed")
+        if end in ("expired", "cancelled"):  # it ended with half of the lines answered
             todo = todo[: len(todo) // 2]
         for n, raw in enumerate(todo):
             line = json.loads(raw)
@@ -414,6 +425,9 @@ class FakeOpenAI:
                          completed_at=int(time.time()),
                          request_counts={"total": len(out) + len(errors), "completed": len(out),
                                          "failed": len(errors)})
+            lag = int(self.settings.get("batch_files_lag") or 0)
+            if lag:
+                batch["_files"] = (self.batch_polls_of[batch["id"]] + lag, out_id, err_id)
 
     def line_answer(self, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """(status, response body) for one batch line: the same answer the request would get
@@ -542,6 +556,9 @@ class FakeOpenAI:
                         self._send(*server.retrieve_batch(parts[-1]))
                 elif method == "POST" and path.endswith("/cancel") and parts[-2] in server.batches:
                     batch = server.batches[parts[-2]]
+                    if batch["status"] == "in_progress" and \
+                            server.settings.get("batch_cancel_partial"):
+                        server._run_batch(batch, "cancelled")  # what it answered is paid
                     with server.lock:
                         if batch["status"] == "in_progress":
                             batch["status"] = "cancelled"

@@ -58,6 +58,14 @@ def resumed(run_dir: Path, config: Any) -> Engine:
     return engine
 
 
+def ended(store: RunStore, config: Any) -> Engine:
+    """Run until the engine finishes or pauses (then stop it): a run that never ends fails the
+    test instead of hanging it."""
+    with running(store, config) as engine:
+        wait_for(lambda: engine.finished is not None or engine.paused is not None, 120)
+        return engine
+
+
 def until_paused(store: RunStore, config: Any) -> tuple[Engine, Any]:
     """Run until the engine pauses, then stop it: (the engine, its ev.Paused)."""
     with running(store, config) as engine:
@@ -415,7 +423,9 @@ def test_the_tui_shows_pending_batches_and_s_asks_whether_to_cancel_them(tmp_pat
                 await until(pilot, lambda: server.batches["batch_1"]["status"] == "cancelled")
                 await until(pilot, lambda: engine.finished is not None, timeout=30)
         conn = db(tmp_path / "run")
-        assert conn.execute("SELECT state FROM batches").fetchone()[0] == "cancelled"
+        # cancelled at the endpoint, and still the run's to read (what it answered is paid)
+        assert tuple(conn.execute("SELECT state, status FROM batches").fetchone()) == (
+            "submitted", "cancelled")
 
     run(go())
 
@@ -1060,4 +1070,54 @@ def test_a_failed_line_names_the_servers_words_in_vllms_shape_and_in_a_200_body(
     assert [r[0] for r in conn.execute(
         "SELECT reason FROM rejections WHERE reason IN ('unanswered', 'request_failed')")] == [
         "unanswered"]
+    assert_accounted(run_dir)
+
+
+def test_a_batch_completed_before_it_names_its_output_file_is_polled_for_it(tmp_path):
+    """A provider says "completed" a moment before it names the output file (output_file_id
+    null on that poll): the job was read then, every request "without an answer", and sent again
+    in a new batch: paid twice. It is polled again until the file is named."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(batch_files_lag=2)
+        engine = ended(*new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02))
+        lines = server.batch_lines
+    assert engine.finished is not None and engine.finished.reason.value == "target", \
+        engine.paused and engine.paused.reason
+    conn = db(run_dir)
+    assert conn.execute("SELECT COUNT(*) FROM prompts WHERE response IS NULL").fetchone()[0] == 0
+    assert lines == conn.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]  # none twice
+    assert all(j["message"] == "" and j["output_path"]
+               for j in conn.execute("SELECT * FROM batches"))
+    assert_accounted(run_dir)
+
+
+def test_a_cancelled_batchs_answered_lines_are_read_by_the_next_session(tmp_path):
+    """A stop that cancels the pending jobs recorded them `cancelled` and never read them: the
+    lines the batch answered before the cancel (paid, in its output file) were lost. The job
+    stays submitted; the next session polls it to its end and reads them."""
+    from selfinstruct_tui.engine.control import RemoteControl, Stop
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=10**6) as server:
+        server.configure(batch_cancel_partial=True)
+        store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=4,
+                                batch=True, batch_poll_seconds=0.02)
+        with running(store, config) as engine:
+            wait_for(lambda: server.batch_retrieves >= 1)
+            RemoteControl(run_dir).send(Stop(cancel_batches=True))
+            wait_for(lambda: engine.finished is not None)
+        assert server.batches["batch_1"]["status"] == "cancelled"
+        server.configure(batch_polls=1)
+        engine = ended(RunStore(run_dir), config)
+        assert engine.finished is not None and engine.finished.reason.value == "target"
+    conn = db(run_dir)
+    job = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
+    assert (job["state"], job["status"], job["completed"]) == ("settled", "cancelled", 2)
+    ids = json.loads(job["prompt_ids"])
+    answered = conn.execute(f"SELECT COUNT(*) FROM prompts WHERE id IN "
+                            f"({','.join(map(str, ids))}) AND response IS NOT NULL").fetchone()
+    assert answered[0] == 2
+    assert conn.execute("SELECT COUNT(*) FROM candidates WHERE round = 1").fetchone()[0] > 0
     assert_accounted(run_dir)

@@ -72,12 +72,15 @@ class BatchSettings:
     """`poll_seconds`: seconds between two polls of a pending batch; `collect_seconds`: a stage's
     job is sent once no request joined it for this long; `command`: the offline transport's
     command template ({input} and {output} are replaced by the files' quoted paths), "" for the
-    Batch API; `completion_window`: the Batch API's window."""
+    Batch API; `completion_window`: the Batch API's window; `files_wait_seconds`: how long a
+    batch that ended with answered (or failed) lines is polled for the file it has not named
+    yet before it is read without it."""
 
     poll_seconds: float = 30.0
     collect_seconds: float = 0.2
     command: str = ""
     completion_window: str = "24h"
+    files_wait_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,8 @@ class BatchTransport(Protocol):
         """One look at a submitted job; returns it `downloaded` once its files are saved."""
 
     async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
-        """Ask the endpoint to cancel; returns it `cancelled`."""
+        """Ask the endpoint to cancel; returns it `cancelled`, or still `submitted` when what it
+        answered before the cancel can be read by polling it (the Batch API)."""
 
 
 class OpenAIBatchTransport:
@@ -243,6 +247,7 @@ class OpenAIBatchTransport:
                                          timeout=http_timeout(settings.request_timeout,
                                                               settings.connect_timeout),
                                          max_retries=3)
+        self._unnamed: dict[int, float] = {}  # job -> monotonic s its files were first missing
 
     async def submit(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         if record.input_file_id is None:
@@ -271,6 +276,18 @@ class OpenAIBatchTransport:
             output_file_id=got.output_file_id, error_file_id=got.error_file_id)
         if got.status not in TERMINAL:
             return record
+        unnamed = ""
+        if counts and (counts.completed and not got.output_file_id
+                       or counts.failed and not got.error_file_id):
+            # Providers say "completed" a moment before they name its files: read now, its
+            # answered requests would be sent again (and paid twice). Polled again instead.
+            waited = time.monotonic() - self._unnamed.setdefault(record.id, time.monotonic())
+            if waited < self.batch.files_wait_seconds:
+                return store.update_batch(record, message="waiting for the endpoint to name "
+                                          "its output file")
+            unnamed = (f"the endpoint counted {counts.completed} answered and {counts.failed} "
+                       f"failed lines but named no file for them in {waited:.0f}s")
+        self._unnamed.pop(record.id, None)
         stem = record.input_path.removesuffix(".input.jsonl")
         paths: dict[str, str | None] = {"output_path": None, "error_path": None}
         for key, file_id, suffix in (("output_path", got.output_file_id, ".output.jsonl"),
@@ -285,12 +302,16 @@ class OpenAIBatchTransport:
             data = getattr(errors, "data", None) or []
             message = "; ".join(str(getattr(e, "message", e)) for e in data)[:400]
             message = self.redact(f"batch {got.status}" + (f": {message}" if message else ""))
+        if unnamed:
+            message = f"{message}; {unnamed}" if message else unnamed
         return store.update_batch(record, state="downloaded", message=message, **paths)
 
     async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        """Ask the endpoint to cancel. The job stays `submitted`: what the batch answered before
+        the cancel is paid, and the next session polls it to its end and reads that."""
         if record.batch_id:
             got = await self.client.batches.cancel(record.batch_id)
-            record = store.update_batch(record, status=got.status)
+            return store.update_batch(record, status=got.status)
         return store.update_batch(record, state="cancelled")
 
     async def close(self) -> None:
@@ -680,7 +701,8 @@ class Batcher:
         self._groups.clear()
 
     async def cancel_pending(self) -> list[BatchRecord]:
-        """Cancel every submitted job at the endpoint (its requests are then abandoned)."""
+        """Cancel every submitted job at the endpoint (its requests are then abandoned; a Batch
+        API job stays submitted, and the next session reads what it answered)."""
         done = []
         for record in self.store.batches(pending_only=True):
             if record.state == "submitted":
