@@ -1121,3 +1121,21 @@ def test_a_cancelled_batchs_answered_lines_are_read_by_the_next_session(tmp_path
     assert answered[0] == 2
     assert conn.execute("SELECT COUNT(*) FROM candidates WHERE round = 1").fetchone()[0] > 0
     assert_accounted(run_dir)
+
+
+def test_a_batch_command_that_quotes_its_placeholders_gets_paths_with_spaces(tmp_path):
+    """`-i "{input}"` (a shell habit) put the already quoted path inside the user's quotes:
+    under a run directory with a space (macOS's "Application Support") the command was given
+    "'/.../Application Support/...'" and every job failed. A placeholder in quotes of its own is
+    replaced, quotes and all, by the quoted path."""
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    command = f"{sys.executable} {script} \"{{input}}\" '{{output}}' {tests}"
+    run_dir = tmp_path / "Application Support" / "run"
+    engine = ended(*new_run(run_dir, "", target=5, prompts_per_round=3, batch=True,
+                            batch_poll_seconds=0.02, model="m", batch_command=command,
+                            error_pause_seconds=2))
+    assert engine.finished is not None and engine.finished.reason.value == "target", \
+        engine.paused and engine.paused.reason
+    assert all(j["state"] == "settled" for j in db(run_dir).execute("SELECT * FROM batches"))

@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import time
@@ -350,8 +351,7 @@ class CommandBatchTransport:
                                       output_path=self.output_path(record),
                                       total=len(record.prompt_ids),
                                       completed=len(record.prompt_ids))
-        command = self.template.replace("{input}", shlex.quote(record.input_path)).replace(
-            "{output}", shlex.quote(self.output_path(record)))
+        command = fill_command(self.template, record.input_path, self.output_path(record))
         with open(self.log_path(record), "ab") as log:
             # Its own session: a Ctrl-C or a closed terminal stops the run, not the job (it
             # finishes its file, like a batch at an endpoint; the next session waits for it).
@@ -411,6 +411,14 @@ class CommandBatchTransport:
 
     async def close(self) -> None:
         """Nothing to do: a running command finishes its file (the next session reads it)."""
+
+
+def fill_command(template: str, input_path: str, output_path: str) -> str:
+    """The --batch-command for a job: {input} and {output} replaced by the quoted paths; a
+    placeholder in quotes of its own ("{input}", '{input}', a shell habit) with its quotes, which
+    would otherwise be part of the path (or split it at a space)."""
+    paths = {"input": shlex.quote(input_path), "output": shlex.quote(output_path)}
+    return re.sub(r"""(["']?)\{(input|output)\}\1""", lambda m: paths[m.group(2)], template)
 
 
 def _runs_job(pid: int, record: BatchRecord) -> bool:
