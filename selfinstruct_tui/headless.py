@@ -259,7 +259,8 @@ class HeadlessPrinter:
             self.rates.resume()
             self._line("resumed")
         elif isinstance(event, ev.Stopping):
-            self._line("stopping: requests in flight may finish; Ctrl-C or SIGTERM now "
+            self._line("stopping now: the requests in flight are abandoned" if event.now else
+                       "stopping: requests in flight may finish; Ctrl-C or SIGTERM now "
                        "abandons them")
             if self.submitted_batches and event.cancel_batches:
                 self._line(f"cancelling {len(self.submitted_batches)} batch job(s)")

@@ -615,6 +615,8 @@ def test_a_store_that_cannot_be_written_stops_the_run_at_once_and_it_resumes(
             in proc.stderr
         assert "free space (or fix the disk or its permissions), then resume" in proc.stderr
         assert "Traceback" not in proc.stderr + proc.stdout
+        assert "stopping now: the requests in flight are abandoned" in proc.stdout
+        assert "may finish" not in proc.stdout  # they are not given the stop's grace
         conn = sqlite3.connect(run_dir / "run.sqlite")
         recorded = conn.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]
         conn.close()

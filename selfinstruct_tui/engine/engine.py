@@ -350,7 +350,8 @@ class Engine:
             self._wakeup.set()
         if self.state != RunState.FINISHED:
             self._set_state(RunState.STOPPING)
-        self.bus.emit(ev.Stopping(cancel_batches=self._cancelling is not None))
+        self.bus.emit(ev.Stopping(cancel_batches=self._cancelling is not None,
+                                  now=grace == 0.0))
 
     def _do_stop_now(self) -> None:
         if not self._stop_requested:

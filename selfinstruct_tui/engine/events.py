@@ -228,6 +228,7 @@ class Crashed(Event):
 @dataclass(frozen=True)
 class Stopping(Event):
     cancel_batches: bool = False  # the submitted batch jobs are being cancelled, not kept
+    now: bool = False  # requests in flight are abandoned, not given the stop's grace
 
 
 @dataclass(frozen=True)
