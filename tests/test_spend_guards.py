@@ -311,6 +311,14 @@ def test_a_run_database_without_the_run_tables_is_named_not_a_traceback(run_cli,
             proc = run_cli(*args, str(runs / name))
             assert proc.returncode == 2, (args, proc.stderr)
             assert f"not a run database (no run tables in it: {what})" in proc.stderr
+    # a run started there: the run's tables were added to the other program's database
+    proc = run_cli("run", "--headless", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                   "--run-dir", str(runs / "other"), "--target", "5")
+    assert proc.returncode == 2 and "another SQLite database, not a run's" in proc.stderr
+    db = sqlite3.connect(runs / "other" / "run.sqlite")
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    db.close()
+
 
 def test_candidates_whose_requests_got_no_answer_are_taken_up_not_lost(tmp_path):
     """An endpoint that answers the first instance requests with 503 (retries off, so each is

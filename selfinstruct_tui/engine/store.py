@@ -569,6 +569,11 @@ class RunStore:
             raise UserError(f"{path}: not a run database (no run tables in it: "
                             f"{'an empty file' if not tables else 'another SQLite database'}); "
                             "restore it from a backup or start a new run in another directory")
+        if not readonly and tables and not tables & RUN_TABLES:
+            # another program's database at the run's path: the run's tables were added to it
+            self.db.close()
+            raise UserError(f"{path}: another SQLite database, not a run's (no run tables in "
+                            "it); it is left as it is. Choose another --run-dir")
         if not readonly:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
