@@ -67,6 +67,11 @@ def test_dedup_json_list_and_plain_text(run_cli, tmp_path):
     txt.write_text("\n".join(texts) + "\n")
     run_cli("dedup", str(txt), "-o", str(tmp_path / "o.txt"), "--threshold", "0.5", check=True)
     assert (tmp_path / "o.txt").read_text().splitlines() == reference_dedup(texts, 0.5)
+    # a text file's first instruction may start like JSON: it was "record 1: bad JSON"
+    texts = ["[Draft] " + texts[0], *texts[1:]]
+    txt.write_text("\n".join(texts) + "\n")
+    run_cli("dedup", str(txt), "-o", str(tmp_path / "o.txt"), "--threshold", "0.5", check=True)
+    assert (tmp_path / "o.txt").read_text().splitlines() == reference_dedup(texts, 0.5)
 
 
 def test_dedup_bad_input_names_path_and_line(run_cli, tmp_path):

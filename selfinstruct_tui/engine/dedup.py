@@ -32,9 +32,14 @@ class Item:
 
 
 def read_items(path: str | Path, field: str) -> tuple[str, list[Item]]:
+    """(kind, items) of a dataset: "text" (one instruction per line: a .txt file, or a file
+    that does not start with "[" or "{"), else "jsonl" or "json-list" records whose `field`
+    holds the instruction. Raises InputFileError naming the file, the line and the fix."""
     text = read_utf8(path)
     head = text.lstrip()[:1]
-    if head not in ("[", "{"):
+    # A .txt file is text even when its first instruction starts with "[" ("[Draft] Write ...":
+    # read as JSON, it failed as "record 1: bad JSON")
+    if head not in ("[", "{") or Path(path).suffix.lower() == ".txt":
         items = [Item(n, line.strip(), line) for n, line in enumerate(file_lines(text), 1)
                  if line.strip()]
         return "text", items
