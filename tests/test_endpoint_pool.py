@@ -462,7 +462,11 @@ def test_a_setting_that_cannot_work_is_named_where_it_was_given(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_config(load_user_config(path), {}, env={})
     assert str(err.value) == (f"{path}:4: setting 'concurrency' (--concurrency) must be an "
-                              "integer, got 'eight'")
+                              'integer, got "eight"')  # as the file spells it
+    path.write_text("concurrency = true\n")
+    with pytest.raises(ConfigError) as err:
+        load_user_config(path)
+    assert str(err.value).endswith("must be an integer, got true")  # not Python's True
     path.write_text('threshold = nan\ntemperature = -1\ntop_p = 5\n')
     with pytest.raises(ConfigError) as err:
         build_config(load_user_config(path), {"model": "m"}, env={})
@@ -758,7 +762,7 @@ def test_extra_body_from_the_config_file_is_checked_and_named_at_its_line(tmp_pa
     with pytest.raises(ConfigError) as err:
         load_user_config(path)
     assert str(err.value) == (f"{path}:1: setting 'extra_body' (--extra-body) must be a table "
-                              "(TOML) or a JSON object, got 'enable_thinking=false'")
+                              '(TOML) or a JSON object, got "enable_thinking=false"')
 
 
 def test_extra_body_flag_that_is_not_a_json_object_is_named_in_jsons_words(run_cli, tmp_path):

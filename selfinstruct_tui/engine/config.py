@@ -341,7 +341,8 @@ def endpoint_problems(endpoints: object, where: str = "settings",
             try:
                 _coerce(value, type_name)
             except TypeError as exc:
-                problems.append(f"{field_at(key)} field {key!r} must be {exc}, got {value!r}")
+                problems.append(f"{field_at(key)} field {key!r} must be {exc}, got "
+                                f"{_toml_value(value)}")
         url = entry.get("base_url")
         if not url:
             problems.append(f"{name}: base_url is missing (e.g. base_url = "
@@ -472,6 +473,14 @@ def _toml_error(exc: tomllib.TOMLDecodeError, text: str) -> str:
     return f"1: not valid TOML: {message}"
 
 
+def _toml_value(value: Any) -> str:
+    """A value as the config file spells it (true, "4", [1, 2]), not as Python does (True)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):  # a TOML date or time
+        return str(value)
+
+
 def _coerce(value: Any, type_name: str) -> Any:
     """The value as the setting's type; TypeError naming the type. The Literal-typed settings
     (api, tokenizer, structured_output) are strings here; `validate` checks their values."""
@@ -562,7 +571,8 @@ def load_user_config(path: Path | None = None) -> FileSettings:
                 out[key] = str(path.parent / Path(out[key]).expanduser())
         except TypeError as exc:
             flag = f" ({FLAGS[key]})" if key in FLAGS else ""
-            problems.append(f"{where}: setting {key!r}{flag} must be {exc}, got {value!r}")
+            problems.append(f"{where}: setting {key!r}{flag} must be {exc}, got "
+                            f"{_toml_value(value)}")
     if "base_url" in out and "endpoints" in out:
         # the tables win: the top-level URL was dropped without a word
         problems.append(f"{out.origins['base_url']}: base_url and the [[endpoints]] table(s) "

@@ -204,8 +204,8 @@ def summarize(tasks: list[SeedTask], fmt: str = "self-instruct") -> SeedSummary:
                                         "learns from it as written")
     if summary.count < 8:
         summary.warnings.append(
-            f"only {summary.count} tasks: each prompt shows 6 seed examples, so prompts will "
-            "repeat")
+            f"only {summary.count} task{'' if summary.count == 1 else 's'}: each prompt shows 6 "
+            "seed examples, so prompts will repeat")
     return summary
 
 
