@@ -34,6 +34,7 @@ it unanswered that long (`batch_poll_hangs` counts them). `batch_files_lag` (n) 
 completed batch's output and error file ids null for n more retrieves (a provider that says
 completed before it names the files); `batch_cancel_partial` makes a cancel end the batch
 `cancelled` with the first half of its lines answered (paid), as OpenAI's does.
+`batch_files_gone` (n, set with `configure`) answers 404 for the next n file downloads.
 `batch_creations` counts created batches; `batch_retrieves` counts polls. `moved` = (status,
 base URL), set with `configure`: every request is answered with that redirect (3xx,
 Location: the same path under that base URL).
@@ -533,6 +534,11 @@ class FakeOpenAI:
                                                             part.get_payload(decode=True)))
                             return True
                     self._error(400, "no file in the upload", "invalid_request_error")
+                elif method == "GET" and path.endswith("/content") and \
+                        server.settings.get("batch_files_gone"):  # deleted or expired files
+                    with server.lock:
+                        server.settings["batch_files_gone"] -= 1
+                    self._error(404, f"No such File object: {parts[-2]}", "invalid_request_error")
                 elif method == "GET" and path.endswith("/content") and parts[-2] in server.files:
                     data = server.files[parts[-2]][1]
                     self.send_response(200)

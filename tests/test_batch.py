@@ -692,20 +692,29 @@ def test_a_resume_whose_endpoint_is_down_pauses_instead_of_crashing(tmp_path):
     assert {r[0] for r in conn.execute("SELECT endpoint FROM retries")} == {closed}
 
 
-def test_a_batch_the_endpoint_no_longer_knows_is_lost_and_its_requests_sent_again(tmp_path):
+@pytest.mark.parametrize("gone, named", [
+    ("batch", "does not know batch batch_1 (404"),
+    # the batch is known and completed, its output file is not: it was named as the batch
+    ("files", "does not know the file file-"),
+])
+def test_a_batch_the_endpoint_no_longer_knows_is_lost_and_its_requests_sent_again(tmp_path,
+                                                                                 gone, named):
     """A pending job's batch answered 404 on the next session's poll (deleted, another server
     or key): reported as "no Batch API" or, on resume, a crash on every attempt. It is now
     recorded lost, named among the errors, and its requests are sent again."""
     run_dir = tmp_path / "run"
     with FakeOpenAI() as server:
         config = _pending_job(run_dir, server)
-        server.batches.clear()  # the endpoint forgot it
+        if gone == "batch":
+            server.batches.clear()  # the endpoint forgot it
+        else:
+            server.configure(batch_files_gone=1)
         server.configure(batch_polls=1)
         engine = resumed(run_dir, config)
     assert engine.finished is not None and engine.finished.reason.value == "target"
     conn = db(run_dir)
     lost = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
-    assert lost["state"] == "lost" and "does not know batch batch_1 (404" in lost["message"]
+    assert lost["state"] == "lost" and named in lost["message"], lost["message"]
     errors = conn.execute("SELECT kind, message, endpoint FROM errors").fetchall()
     assert [(e["kind"], e["endpoint"]) for e in errors] == [("batch_lost", server.base_url)]
     ids = json.loads(lost["prompt_ids"])

@@ -639,10 +639,15 @@ class Batcher:
                 return record
             if isinstance(exc, openai.APIStatusError) and exc.status_code == 404:
                 self._poll_failures.pop(record.id, None)
+                url = str(exc.request.url) if exc.request is not None else ""
+                what = f"batch {record.batch_id}"
+                if "/files/" in url:  # the batch is known: one of its files is not
+                    file_id = url.split("/files/", 1)[1].split("/", 1)[0]
+                    what = f"the file {file_id} of batch {record.batch_id} (deleted, or expired)"
                 record = self.store.update_batch(record, state="lost", message=self.redact(
-                    f"{self.client.base_url} does not know batch {record.batch_id} (404: "
-                    f"{error_text(exc)}): its requests are sent again. If it was created at "
-                    "another --base-url or with another key, its answers there are not read"))
+                    f"{self.client.base_url} does not know {what} (404: {error_text(exc)}): "
+                    "its requests are sent again. If it was created at another --base-url or "
+                    "with another key, its answers there are not read"))
                 self.on_progress(record)
                 return record
             raise RequestFailed(message, kind=failure.cause, fatal=True,
