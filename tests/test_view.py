@@ -9,7 +9,7 @@ from selfinstruct_tui.engine.control import read_snapshot
 from selfinstruct_tui.engine.seeds import Instance
 from selfinstruct_tui.engine.store import RejectionRecord, RoundStats, RunStore
 from selfinstruct_tui.engine.task import Task
-from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, _one_line
+from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, _one_line, active_seconds
 from tui_helpers import deterministic_run
 
 
@@ -290,3 +290,29 @@ def test_why_a_run_is_not_going_is_read_from_the_store(tmp_path):
     assert [e.pid for e in seen if isinstance(e, ev.Crashed)] == [gone.pid]
     reader.close()
     store.close()
+
+
+def test_the_elapsed_time_of_earlier_sessions_counts_overlapping_rounds_once(tmp_path):
+    """A resumed or attached view added up the rounds' wall times, which overlap (a round
+    starts while the two before it finish): a 3:51 session showed 7:20 right after a resume."""
+    rounds = [RoundStats(1, started=100.0, finished=110.0, wall_time=10.0),
+              RoundStats(2, started=105.0, finished=115.0, wall_time=10.0),
+              RoundStats(3, started=108.0, finished=112.0, wall_time=4.0),
+              RoundStats(4, started=200.0, finished=None, wall_time=0.0)]
+    assert active_seconds(rounds, None) == 15.0  # 100-115; the unfinished round ran 0 s
+    assert active_seconds(rounds, 230.0) == 45.0  # live: round 4 runs until now
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir)
+    try:
+        for r in rounds:  # the run's rounds 1-4, as these
+            store.start_round(r)
+            if r.finished is not None:
+                store.finish_round(RoundStats(r.round, r.started, r.finished, status="done",
+                                              wall_time=r.wall_time))
+        snap = read_snapshot(store)
+    finally:
+        store.close()
+    view = RunView()
+    view.load(snap)
+    assert view.status.elapsed_before == active_seconds(snap.rounds, None) == 15.0

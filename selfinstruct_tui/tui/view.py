@@ -8,6 +8,7 @@ seconds, `elapsed_before` seconds.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import Counter, OrderedDict, deque
@@ -320,8 +321,9 @@ class RunView:
         self.seed_count = len(rows) - machine_count
         machine = 0
         finished = []
+        status.elapsed_before += active_seconds(
+            snap.rounds, time.time() if snap.state in LIVE_STATES else None)
         for r in snap.rounds:
-            status.elapsed_before += r.wall_time
             if r.status != "running":  # a running round shows when it finishes, as live
                 machine = r.pool_after if r.pool_after is not None else machine + r.accepted
                 self.pool_sizes.append(self.seed_count + machine)
@@ -660,6 +662,21 @@ class RunView:
     def counts_text(self) -> str:
         """`counts_labels` on one line."""
         return "  ".join(self.counts_labels())
+
+
+def active_seconds(rounds: list[RoundStats], now: float | None) -> float:
+    """Seconds in which a round ran: the union of the rounds' [started, finished] spans (epoch
+    seconds); a round still running ends at `now` (None: after its `wall_time`). Rounds overlap
+    (one starts while the two before it finish): their wall times added up counted the overlap
+    again, and a run resumed after a 3:51 session showed 7:20 at once."""
+    spans = sorted((r.started, r.finished if r.finished is not None else
+                    now if now is not None else r.started + r.wall_time) for r in rounds)
+    total, reached = 0.0, -math.inf
+    for start, end in spans:
+        if end > max(reached, start):
+            total += end - max(start, reached)
+            reached = end
+    return total
 
 
 def _line(r: RejectionRecord) -> RejectionLine:
