@@ -538,7 +538,9 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     if kept and finished.reason is not FinishReason.TARGET:
         out.print(kept_note(len(kept), bool(session.config.batch_command)), markup=False)
     p_tok, c_tok = engine.tokens
-    spent = f"this session: {p_tok + c_tok:,} tokens, ${engine.cost:.4f}"
+    cfg = session.config
+    priced = bool(cfg.price_input_per_1k or cfg.price_output_per_1k)  # else unknown, not $0
+    spent = f"this session: {p_tok + c_tok:,} tokens" + (f", ${engine.cost:.4f}" if priced else "")
     if finished.reason is FinishReason.TARGET:
         from selfinstruct_tui.headless import export_hint
 

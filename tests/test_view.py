@@ -233,6 +233,9 @@ def test_a_stopped_run_has_no_eta_an_unpriced_one_no_cost_and_interrupted_rounds
     row = round_row(RoundStats(round=8, started=0.0, prompts=2, candidates=19,
                                rejected={"interrupted": 19}, status="interrupted"))
     assert row[-1] == "interrupted" and row[5] == "19"
+    # without prices a round's cost is unknown, not $0.0000 (the status line's rule)
+    assert round_row(RoundStats(round=8, started=0.0), priced=False)[-2] == "-"
+    assert round_row(RoundStats(round=8, started=0.0, cost=0.5))[-2] == "$0.5000"
 
 
 def test_why_a_run_is_not_going_is_read_from_the_store(tmp_path):

@@ -136,9 +136,10 @@ def pause_advice(needs_restart: bool) -> str:
     return "Press p to resume."
 
 
-def round_row(s: RoundStats) -> tuple[str, ...]:
+def round_row(s: RoundStats, priced: bool = True) -> tuple[str, ...]:
     """The rounds table's row: cand. = acc. + rejected + open + surplus. `rejected` names its
-    most common reason ("+" when there are others); `open`: candidates kept open."""
+    most common reason ("+" when there are others); `open`: candidates kept open. Without
+    prices (`priced` False) the cost is "-": unknown, not $0."""
     rejected = s.settled
     ranked = sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))
     top = ranked[0][0].replace("_", " ") + ("+" if len(ranked) > 1 else "") if ranked else ""
@@ -146,7 +147,7 @@ def round_row(s: RoundStats) -> tuple[str, ...]:
             f"{sum(rejected.values())}{f' ({top})' if top else ''}",
             str(sum(s.kept_open.values())), str(s.surplus),
             f"{s.acceptance_rate:.0%}", f"{s.prompt_tokens + s.completion_tokens:,}",
-            f"${s.cost:.4f}",
+            f"${s.cost:.4f}" if priced else "-",
             # a round a killed process left running: its time is unknown (the process ended)
             "interrupted" if s.status == "interrupted" else f"{s.wall_time:.1f}s")
 
@@ -329,11 +330,11 @@ class RunView:
                 self.pool_sizes.append(self.seed_count + machine)
                 finished.append(r)
                 self.round_points.append(RoundPoint(r.round, r.accepted, r.settled))
-        for r in finished[-HISTORY_ROUNDS:]:
-            self.rounds[r.round] = round_row(r)
         if cfg is not None:
             self.prices = (cfg.price_input_per_1k, cfg.price_output_per_1k)
             status.priced = bool(cfg.price_input_per_1k or cfg.price_output_per_1k)
+        for r in finished[-HISTORY_ROUNDS:]:
+            self.rounds[r.round] = round_row(r, status.priced)
         status.tokens = 0
         status.cost = 0.0
         self._count_tokens(*snap.tokens)
@@ -467,7 +468,7 @@ class RunView:
         self.dirty.add("rejections")
 
     def _on_RoundFinished(self, e: ev.RoundFinished) -> None:
-        self.rounds[e.stats.round] = round_row(e.stats)
+        self.rounds[e.stats.round] = round_row(e.stats, self.status.priced)
         while len(self.rounds) > HISTORY_ROUNDS:
             self.rounds.popitem(last=False)
         self.pool_sizes.append(self.seed_count + e.accepted_total)
