@@ -100,10 +100,24 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-port", type=int, dest="local_port", help=argparse.SUPPRESS)
     p.add_argument("--headless", action="store_true", help="no TUI: print progress")
     p.add_argument("--theme", help="TUI theme (ember, paper, high-contrast or your own)")
-    p.add_argument("--refresh", type=float, help="TUI refresh interval in seconds (0.5)")
+    p.add_argument("--refresh", type=_refresh_seconds,
+                   help="TUI refresh interval in seconds (0.5)")
     p.add_argument("--compact", action="store_true", help="layout for 80x24 terminals")
     p.add_argument("--detach", action="store_true",
                    help="run in the background (survives the terminal); see `selfinstruct attach`")
+
+
+def _refresh_seconds(text: str) -> float:
+    """--refresh's value: seconds between two screen updates, from 0.05 to 60 (0 redrew the
+    screen as fast as the loop could, a core's worth of CPU for nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.05 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"{text} s: give 0.05 to 60 seconds (0.5 is the "
+                                         "default)")
+    return value
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -135,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     attach = sub.add_parser("attach", help="open the TUI on a run another process drives")
     attach.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
-    attach.add_argument("--refresh", type=float, help="screen refresh interval (0.5 s)")
+    attach.add_argument("--refresh", type=_refresh_seconds,
+                        help="screen refresh interval (0.5 s)")
     attach.add_argument("--compact", action="store_true", help="layout for 80x24 terminals")
     attach.add_argument("--theme")
 

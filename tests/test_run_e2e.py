@@ -412,3 +412,11 @@ def test_the_young_gc_threshold_is_raised_while_engines_run_and_restored_after(t
         store.close()
     assert seen and set(seen) == {YOUNG_THRESHOLD}
     assert gc.get_threshold() == before
+
+
+def test_a_refresh_interval_of_zero_is_refused(run_cli):
+    """`--refresh 0` was taken: the screen redrawn as fast as the loop could run."""
+    for command in (("run",), ("attach", "somewhere")):
+        proc = run_cli(*command, "--refresh", "0")
+        assert proc.returncode == 2
+        assert "--refresh: 0 s: give 0.05 to 60 seconds" in proc.stderr
