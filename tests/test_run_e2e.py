@@ -414,9 +414,18 @@ def test_the_young_gc_threshold_is_raised_while_engines_run_and_restored_after(t
     assert gc.get_threshold() == before
 
 
-def test_a_refresh_interval_of_zero_is_refused(run_cli):
+def test_a_refresh_interval_of_zero_is_refused(run_cli, isolated_env, tmp_path):
     """`--refresh 0` was taken: the screen redrawn as fast as the loop could run."""
+    from selfinstruct_tui.tui.app import create_app
+    from tui_helpers import deterministic_run
+
     for command in (("run",), ("attach", "somewhere")):
         proc = run_cli(*command, "--refresh", "0")
         assert proc.returncode == 2
         assert "--refresh: 0 s: give 0.05 to 60 seconds" in proc.stderr
+    # the config file's `refresh` too: the default, said once the app is up
+    Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text("refresh = 0\n")
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run")
+    assert app.refresh_interval == 0.5
+    assert any("refresh = 0 in the config file" in n for n in app.notices)

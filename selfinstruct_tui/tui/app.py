@@ -94,9 +94,13 @@ def create_app(run_dir: str | Path, *, engine: Engine | None = None, attach: boo
         settings = {}
         notices.append(f"The config file is not read (theme and refresh take their defaults): "
                        f"{exc}")
+    configured = float(settings.get("refresh", 0.5))
+    if not 0.05 <= configured <= 60:  # as --refresh: 0 redrew the screen without a pause
+        notices.append(f"refresh = {configured:g} in the config file is not 0.05 to 60 "
+                       "seconds: 0.5 is used")
+        configured = 0.5
     return SelfInstructApp(
-        run_dir, engine=engine, attach=attach,
-        refresh=refresh or float(settings.get("refresh", 0.5)),
+        run_dir, engine=engine, attach=attach, refresh=refresh or configured,
         theme=theme or settings.get("theme"), compact=compact, seeds_file=seeds_file,
         embedded=embedded, resume_command=resume_command, notices=notices)
 
