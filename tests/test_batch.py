@@ -82,6 +82,16 @@ def run_engine(run_dir: Path, base_url: str, **cfg) -> Engine:
     return engine
 
 
+
+def exited(pid: int) -> bool:
+    """The process is gone or a zombie. Read without a race: it may be reaped between a look at
+    /proc/PID and the read of its stat (ProcessLookupError then failed a test)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[-1].split()[0] == "Z"
+    except OSError:  # FileNotFoundError, ProcessLookupError: reaped
+        return True
+
 def test_a_small_target_in_batch_mode_is_not_sent_a_full_round(tmp_path):
     """--batch --target 10 sent 100 generation prompts (~700 candidates for 10 tasks): before the
     yield is known a batch round asks for 4x the prompts that cover the target if every
@@ -331,13 +341,7 @@ def test_cancelling_a_command_job_stops_the_whole_command(tmp_path):
     rec = asyncio.run(go())
     child = int(pid_file.read_text())
     assert rec.state == "cancelled"
-    try:
-        os.kill(child, 0)
-        with open(f"/proc/{child}/stat") as fh:
-            alive = fh.read().split(") ")[-1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        alive = False
-    assert not alive, "the command's child outlived the cancel"
+    assert exited(child), "the command's child outlived the cancel"
 
     async def ended():  # cancelling a command that has just exited
         rec = await transport.submit(store, record)
@@ -360,8 +364,7 @@ def test_cancelling_a_command_job_stops_the_whole_command(tmp_path):
     assert asyncio.run(earlier()).state == "cancelled"
     time.sleep(0.5)
     child = int(pid_file.read_text())
-    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(
-        ") ")[-1].split()[0] == "Z"
+    assert exited(child)
     store.close()
 
 
@@ -861,8 +864,7 @@ def test_a_resumed_command_job_that_cannot_run_says_what_happens_to_it(tmp_path)
             "SELECT COUNT(*) FROM batches WHERE batch_id IS NOT NULL").fetchone()[0] == 1)
     (pid,) = db(run_dir).execute("SELECT batch_id FROM batches").fetchone()
     os.killpg(int(pid.removeprefix("pid ")), signal.SIGKILL)  # the job died with its session
-    wait_for(lambda: not Path(f"/proc/{pid.removeprefix('pid ')}").exists()
-             or "Z" in Path(f"/proc/{pid.removeprefix('pid ')}/stat").read_text().split()[2])
+    wait_for(lambda: exited(int(pid.removeprefix("pid "))))
 
     typo = resumed(run_dir, dataclasses.replace(config, batch_command="no-such-cmd-xyz {input}"))
     assert typo.finished is not None and typo.finished.reason.value == "failing"
