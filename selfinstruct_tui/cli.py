@@ -19,7 +19,7 @@ from typing import Any
 
 from selfinstruct_tui import __version__
 from selfinstruct_tui.console import reader_gone, text_console
-from selfinstruct_tui.engine.config import FLAGS, endpoint_key
+from selfinstruct_tui.engine.config import FLAGS, REFRESH_RANGE, endpoint_key
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.exports import FORMATS
 from selfinstruct_tui.engine.runs import DETACHED_ENV, RUN_LOG
@@ -114,7 +114,8 @@ def _refresh_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.05 <= value <= 60:
+    low, high = REFRESH_RANGE
+    if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"{text} s: give 0.05 to 60 seconds (0.5 is the "
                                          "default)")
     return value

@@ -386,6 +386,9 @@ EXTRA_BODY_RESERVED = frozenset({
 
 SETTABLE = {f.name: f.type for f in fields(RunConfig)}
 UI_SETTINGS = {"theme": "str", "refresh": "float", "seeds": "str"}
+# Seconds between two screen updates, for --refresh and the config file's `refresh` (0 redrew
+# the screen as fast as the loop could, a core's worth of CPU for nothing)
+REFRESH_RANGE = (0.05, 60.0)
 FILE_PATHS = ("seeds", "model_path")  # settings that name a file: relative to the config file
 
 

@@ -28,7 +28,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from selfinstruct_tui.engine import events as ev
-from selfinstruct_tui.engine.config import load_user_config, save_user_setting
+from selfinstruct_tui.engine.config import REFRESH_RANGE, load_user_config, save_user_setting
 from selfinstruct_tui.engine.control import (
     DETACH_EXIT,
     Command,
@@ -95,7 +95,7 @@ def create_app(run_dir: str | Path, *, engine: Engine | None = None, attach: boo
         notices.append(f"The config file is not read (theme and refresh take their defaults): "
                        f"{exc}")
     configured = float(settings.get("refresh", 0.5))
-    if not 0.05 <= configured <= 60:  # as --refresh: 0 redrew the screen without a pause
+    if not REFRESH_RANGE[0] <= configured <= REFRESH_RANGE[1]:  # as --refresh
         notices.append(f"refresh = {configured:g} in the config file is not 0.05 to 60 "
                        "seconds: 0.5 is used")
         configured = 0.5
