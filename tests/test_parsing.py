@@ -473,6 +473,125 @@ def test_more_list_markers(text):
     assert items(parse_instruction_list(text)) == ["Write a haiku about autumn.", "Name a fruit."]
 
 
+@pytest.mark.parametrize("text, expected", [
+    # lettered lists: a run from a/A in one style is a list (it was unparseable)
+    ("a) Write a haiku.\nb) Name a fruit.", ["Write a haiku.", "Name a fruit."]),
+    ("(a) Write a haiku.\n(b) Name a fruit.", ["Write a haiku.", "Name a fruit."]),
+    ("**A.** Write a haiku.\n**B.** Name a fruit.", ["Write a haiku.", "Name a fruit."]),
+    ("a. Write a haiku.\n   It should rhyme.\nb. Name a fruit.",
+     ["Write a haiku. It should rhyme.", "Name a fruit."]),
+    # ... whose own numbered steps are part of its item
+    ("a) Plan a trip:\n   1. Pick a town\n   2. Book a room\nb) Name a fruit.",
+     ["Plan a trip: 1. Pick a town 2. Book a room", "Name a fruit."]),
+    # enclosed numbers and keycaps (it was unparseable)
+    ("① Write a haiku.\n② Name a fruit.", ["Write a haiku.", "Name a fruit."]),
+    ("⑴ Write a haiku.\n⑵ Name a fruit.", ["Write a haiku.", "Name a fruit."]),
+    ("❾ Write a haiku.\n❿ Name a fruit.", ["Write a haiku.", "Name a fruit."]),
+    ("①写一首关于秋天的诗。\n②解释光合作用。", ["写一首关于秋天的诗。", "解释光合作用。"]),
+    ("8\ufe0f\u20e3 Write a haiku.\n\U0001f51f Name a fruit.",
+     ["Write a haiku.", "Name a fruit."]),
+])
+def test_lettered_enclosed_and_keycap_markers(text, expected):
+    parsed = parse_instruction_list(text)
+    assert items(parsed) == expected and not parsed.discarded
+
+
+def test_markers_of_another_kind_under_an_item_are_its_sub_list():
+    """Lettered or circled lines under a numbered item are its options; after a blank line
+    they were dropped, unrecorded."""
+    for text, first in (
+            ("9. Plan a trip:\n\na) Pick a town\nb) Book a room\n\n10. Name a fruit.",
+             "Plan a trip: a) Pick a town b) Book a room"),
+            ("9. Plan a trip:\n\n① Pick a town\n② Book a room\n10. Name a fruit.",
+             "Plan a trip: ① Pick a town ② Book a room"),
+            ("9. Plan a trip:\n① Pick a town\n② Book a room\n10. Name a fruit.",
+             "Plan a trip: ① Pick a town ② Book a room"),
+            # a letter that starts a line of an item's sentence is no marker
+            ("9. Explain why\nA. Lincoln is remembered.\n10. Name a fruit.",
+             "Explain why A. Lincoln is remembered."),
+            ("- Explain why\n  A. Lincoln is remembered.\n- Name a fruit.",
+             "Explain why A. Lincoln is remembered.")):
+        parsed = parse_instruction_list(text)
+        assert items(parsed) == [first, "Name a fruit."] and not parsed.discarded, text
+
+
+def test_letters_are_a_list_only_in_a_run_from_a():
+    """"A. Lincoln" alone, "I." (a roman numeral) and a run that does not start at a stay
+    unparseable, by name; letters before the prompt's next number (completions) are the
+    item's options."""
+    listed = parse_instruction_list("A. Write a haiku.\nB. Name a fruit.\nD. Sort the list.")
+    assert items(listed) == ["Write a haiku.", "Name a fruit.", "Sort the list."]
+    for text in ("A. Lincoln was the 16th president.", "I. Introduction\nII. Methods",
+                 "b) Write a haiku.\nc) Name a fruit."):
+        parsed = parse_instruction_list(text)
+        assert items(parsed) == [] and reasons(parsed) == [R.UNPARSEABLE], text
+    continued = parse_instruction_list(" Pick the warmer colour:\na) red\nb) blue\n10. Name a "
+                                       "fruit.", first_number=9)
+    assert items(continued) == ["Pick the warmer colour: a) red b) blue", "Name a fruit."]
+
+
+def test_generation_tables():
+    """A table's rows are the items; the header and the rule are not; the # column is the
+    item's number, an Input column its input; escaped pipes and inline code stay; a cut table
+    loses its last row only."""
+    text = ("Here are the tasks:\n\n| No. | **Task** | Input |\n|:---:|:---|---|\n"
+            "| 9 | Explain `a \\| b` in a shell. | `ls \\| wc` |\n"
+            "| 10 | Name a fruit. | |\n11 | Sort the list. | 3, 1, 2\n\nEnjoy!")
+    parsed = parse_instruction_list(text)
+    assert [(i.number, i.instruction, i.input) for i in parsed.items] == [
+        (9, "Explain `a | b` in a shell.", "`ls | wc`"), (10, "Name a fruit.", ""),
+        (11, "Sort the list.", "3, 1, 2")]
+    assert not parsed.discarded
+    single = "| Instruction |\n| --- |\n| Write a haiku. |\n| Name a fruit. |"
+    assert items(parse_instruction_list(single)) == ["Write a haiku.", "Name a fruit."]
+    hashed = parse_instruction_list("| # | Task |\n|--|--|\n| 9 | Write a haiku. |")
+    assert [(i.number, i.instruction) for i in hashed.items] == [(9, "Write a haiku.")]
+    cut = parse_instruction_list("| # | Instruction |\n|---|---|\n| 9 | Name a fruit. |\n"
+                                 "| 10 | Explain how the ti", truncated=True)
+    assert items(cut) == ["Name a fruit."] and reasons(cut) == [R.TRUNCATED]
+    # a table under a numbered item is the item's (its input), not the answer
+    listed = "9. Sum each row:\n| a | b |\n|---|---|\n| 1 | 2 |\n10. Name a fruit."
+    assert items(parse_instruction_list(listed)) == ["Sum each row: | a | b | |---|---| "
+                                                     "| 1 | 2 |", "Name a fruit."]
+
+
+def test_instance_tables():
+    text = ("| # | Input | Expected output |\n|---|---|---|\n| 1 | 2 + 2 | 4 |\n"
+            "| 2 | two lines | first<br>second |\n| 3 | `a \\| b` | a pipe |\n"
+            "| 4 | no output | |\n| 5 | a | b | c |")
+    parsed = parse_instances(text, output_first=False)
+    assert pairs(parsed) == [("2 + 2", "4"), ("two lines", "first\nsecond"),
+                             ("`a | b`", "a pipe")]
+    assert reasons(parsed) == [R.MISSING_OUTPUT, R.UNPARSEABLE]
+    labelled = parse_instances("| Input | Label |\n|---|---|\n| Loved it. | Positive |",
+                               output_first=True)
+    assert pairs(labelled) == [("Loved it.", "Positive")]
+    cut = parse_instances("| Input | Output |\n|---|---|\n| a | b |\n| c | d and",
+                          output_first=False, truncated=True)
+    assert pairs(cut) == [("a", "b")] and reasons(cut) == [R.TRUNCATED]
+    unknown = parse_instances("| Sentence | Mood |\n|---|---|\n| Hi | happy |",
+                              output_first=True)
+    assert reasons(unknown) == [R.UNPARSEABLE]
+    assert "no Input column" in unknown.discarded[0].detail
+    # a table in an output is the output's
+    inside = parse_instances("Input: two fruits\nOutput:\n| Fruit | Colour |\n|---|---|\n"
+                             "| Apple | Red |", output_first=False)
+    assert pairs(inside) == [("two fruits", "| Fruit | Colour |\n|---|---|\n| Apple | Red |")]
+
+
+def test_lettered_and_enclosed_instance_markers():
+    text = "A. Input: rain\nOutput: Museum.\nB. Input: sun\nOutput: Beach."
+    assert pairs(parse_instances(text, output_first=False)) == [("rain", "Museum."),
+                                                                ("sun", "Beach.")]
+    text = "⑴ Class label: Positive\nInput: Loved it.\n⑵ Class label: Negative\nInput: Awful."
+    assert pairs(parse_instances(text, output_first=True)) == [("Loved it.", "Positive"),
+                                                               ("Awful.", "Negative")]
+    # a lettered line in an output is the output's
+    text = "Input: a quiz\nOutput: Which is red?\na) Apple\nb) Pear"
+    assert pairs(parse_instances(text, output_first=False)) == [
+        ("a quiz", "Which is red?\na) Apple\nb) Pear")]
+
+
 def test_a_dash_in_an_items_input_is_no_list_marker():
     parsed = parse_instruction_list("9. Compute this:\nInput: 3 - 2 = 1\n10. Name a fruit.")
     assert [(i.instruction, i.input) for i in parsed.items] == [
@@ -644,7 +763,8 @@ def test_refusals_in_classification_answers_are_refusals():
 
 _BLANKS = ["", " ", "\t", "\xa0", "\u2003"]
 _MARKS = ["", "", "#", "## ", "---", "***", "___", "===", "~~~", "1.", "(3)", "12", "٣.", "- ", "* ",
-          "• ", "+ ", "**", "__", "`", "9) ", "x", "The "]
+          "• ", "+ ", "**", "__", "`", "9) ", "x", "The ", "a) ", "(b) ", "C. ", "c.", "① ",
+          "⑴", "9\ufe0f\u20e3 ", "\U0001f51f", "| "]
 _WORDS = ["Input", "ınput", "İnput", "input 2", "OUTPUT", "Response", "answer", "Class label",
           "class  label", "label", "Example", "example #2", "Task 2", "new task", "Instruction",
           "Kelvin", "", "text"]

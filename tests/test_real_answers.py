@@ -104,6 +104,19 @@ GENERATION_ANSWERS = {
     # small models run the list on one line: one task was accepted holding all three
     "items on one line": (f" {NEW[0]} 10. {NEW[1]} 11. {NEW[2]}", [], "completions"),
     "chat items on one line": (f"1. {NEW[0]} 2. {NEW[1]} 3. {NEW[3]}", [], "chat"),
+    # lettered, circled and keycap markers, and a table: each answer was unparseable, whole
+    "lettered a)": (f"Here are new tasks:\n\na) {NEW[0]}\nb) {NEW[1]}\nc) {NEW[2]}\n\n"
+                    "Let me know!", [], "chat"),
+    "lettered (a)": (f"(a) {NEW[0]}\n(b) {NEW[1]}", [], "chat"),
+    "lettered A.": (f"A. {NEW[0]}\nB. {NEW[1]}\nC. {NEW[3]}", [], "chat"),
+    "lettered a.": (f"a. {NEW[1]}\nb. {NEW[2]}", [], "chat"),
+    "circled": (f"① {NEW[0]}\n② {NEW[1]}\n③ {NEW[2]}", [], "chat"),
+    "circled from 9": (f"⑨ {NEW[0]}\n⑩ {NEW[1]}", [], "chat"),
+    "keycaps": (f"9\ufe0f\u20e3 {NEW[0]}\n1\ufe0f\u20e30\ufe0f\u20e3 {NEW[1]}\n"
+                f"1\ufe0f\u20e31\ufe0f\u20e3 {NEW[2]}", [], "chat"),
+    "table": (f"Here are the new tasks:\n\n| # | Instruction |\n|---|---|\n| 9 | {NEW[0]} |\n"
+              f"| 10 | {NEW[1]} |\n| 11 | {NEW[3]} |\n\nLet me know if you want more!", [],
+              "chat"),
 }
 
 
@@ -124,6 +137,60 @@ def test_generation_layouts_through_the_engine(tmp_path, name):
             if r["level"] == "candidate"] == reasons
 
 
+def assert_chat_lists_give(tmp_path: Path, answers: list[str], expected: list[str]) -> None:
+    """The chat generation `answers` run through the engine give the `expected` tasks, in the
+    store and the export, and nothing rejected."""
+    with FakeOpenAI(script={"generate": answers}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, len(expected), api="chat",
+                                          structured_output="off")
+    assert finished.reason == "target"
+    assert [t["instruction"] for t in machine(run_dir)] == expected
+    assert rejections(run_dir) == []
+    assert_accounted(run_dir)
+    assert [r["instruction"] for r in exported(run_dir, "self-instruct", tmp_path)] == expected
+
+
+def test_lettered_lines_inside_items_stay_in_their_instruction(tmp_path):
+    """A lettered sub-list under a numbered item, a line that starts "A. Lincoln", options
+    inline ("a) ... b) ...") are the item's text; a lettered list of items is items, its own
+    lettered sub-list is part of its item. The lettered list was unparseable."""
+    numbered = (f"1. {NEW[0][:-1]}, choosing one of:\n   a) a museum\n   b) a harbour walk\n"
+                f"2. {NEW[1][:-1]} for a child whose favourite president is\nA. Lincoln.\n"
+                f"3. {NEW[2][:-1]}: a) formally b) warmly.")
+    lettered = (f"a) {NEW[3][:-1]}, in one of these forms:\n\n   a. rhymed\n   b. unrhymed\n"
+                "b) Describe how a lighthouse lens focuses light.")
+    expected = [f"{NEW[0][:-1]}, choosing one of: a) a museum b) a harbour walk",
+                f"{NEW[1][:-1]} for a child whose favourite president is A. Lincoln.",
+                f"{NEW[2][:-1]}: a) formally b) warmly.",
+                f"{NEW[3][:-1]}, in one of these forms: a. rhymed b. unrhymed",
+                "Describe how a lighthouse lens focuses light."]
+    assert_chat_lists_give(tmp_path, [numbered, lettered], expected)
+
+
+def test_table_rows_the_parser_cannot_read_are_rejected_by_name(tmp_path):
+    """A table's rows are items one each; a row with more cells than the header (an unescaped
+    '|'), an empty row and a table without an instruction column are rejected with the reason,
+    never merged or dropped. An escaped pipe and inline code stay in the instruction."""
+    piped = "Explain what the shell command `sort \\| uniq -c` prints for a word list."
+    table = (f"| # | Instruction | Input |\n| :-: | --- | --- |\n| 9 | {NEW[0]} | |\n"
+             f"| 10 | {piped} | apple apple pear |\n| 11 | Explain a | b | c |\n| 12 | | x |")
+    no_column = "| Category | Difficulty |\n|---|---|\n| Travel | Easy |"
+    with FakeOpenAI(script={"generate": [table, no_column, f"9. {NEW[1]}"]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 3, api="chat",
+                                          structured_output="off")
+    assert finished.reason == "target"
+    assert [t["instruction"] for t in machine(run_dir)] == [
+        NEW[0], piped.replace("\\|", "|"), NEW[1]]
+    got = [(r["reason"], r["raw"], r["detail"]) for r in rejections(run_dir)]
+    assert [g[:2] for g in got] == [("unparseable", "| 11 | Explain a | b | c |"),
+                                    ("not_an_instruction", "| 12 | | x |"),
+                                    ("unparseable", no_column)]
+    assert "4 cells under a header of 3" in got[0][2] and "\\|" in got[0][2]
+    assert "no Instruction column" in got[2][2] and "Category, Difficulty" in got[2][2]
+    assert_accounted(run_dir)
+
+
 def test_steps_nested_in_an_item_stay_in_its_instruction(tmp_path):
     """A chat model's sub-steps under an item were tasks of their own ("A dinner spot near the
     harbour"), and the item was kept cut at "Include:"."""
@@ -133,14 +200,7 @@ def test_steps_nested_in_an_item_stay_in_its_instruction(tmp_path):
     expected = [f"{NEW[0]} Include: 1. A museum visit for the children 2. A dinner spot near "
                 "the harbour", NEW[1],
                 f"{NEW[2][:-1]}: 1. Once in a formal tone 2. Once in a friendly tone", NEW[3]]
-    with FakeOpenAI(script={"generate": [text]}, repeat_last=False) as server:
-        run_dir, finished, _ = run_engine(tmp_path, server, 4, api="chat",
-                                          structured_output="off")
-    assert finished.reason == "target"
-    assert [t["instruction"] for t in machine(run_dir)] == expected
-    assert rejections(run_dir) == []
-    assert_accounted(run_dir)
-    assert [r["instruction"] for r in exported(run_dir, "self-instruct", tmp_path)] == expected
+    assert_chat_lists_give(tmp_path, [text], expected)
 
 
 def test_a_model_that_repeats_the_examples_keeps_its_new_items(tmp_path):
@@ -267,6 +327,28 @@ CHAT_ANSWERS = {
     # a number alone under its label was an example's number: an example with an empty input
     "numbers under labels": ("No", "Example 1\nInput:\n144\nOutput:\n12\n\nExample 2\nInput:\n"
                                    "81\nOutput: 9", [("144", "12"), ("81", "9")]),
+    # lettered and circled pairs: the first input joined no example, and the next example's
+    # "b) Input: ..." line ran into the first output
+    "lettered pairs": ("No", "a) Input: two children\n   Output: The aquarium.\n"
+                             "b) Input: (none)\n   Output: Saturday: the harbour.",
+                       [("two children", "The aquarium."), ("", "Saturday: the harbour.")]),
+    "circled pairs": ("No", "① Input: two children\nOutput: The aquarium.\n\n② Input: "
+                            "(none)\nOutput: Saturday: the harbour.",
+                      [("two children", "The aquarium."), ("", "Saturday: the harbour.")]),
+    "keycap pairs": ("No", "1\ufe0f\u20e3 Input: two children\nOutput: The aquarium.\n"
+                           "2\ufe0f\u20e3 Input: (none)\nOutput: Saturday: the harbour.",
+                     [("two children", "The aquarium."), ("", "Saturday: the harbour.")]),
+    # a table: each row an example (escaped pipes and inline code stay in the cell's text)
+    "table": ("No", "Sure, here are examples:\n\n| Input | Output |\n|-------|--------|\n"
+                    "| two children | The aquarium. |\n| (none) | Saturday: the harbour. |\n"
+                    "| a list of `a \\| b` pipes | Run `a \\| b` in the harbour office. |\n\n"
+                    "These examples show plans for different visitors.",
+              [("two children", "The aquarium."), ("", "Saturday: the harbour."),
+               ("a list of `a | b` pipes", "Run `a | b` in the harbour office.")]),
+    "table, output first": ("Yes", "| Class label | Input |\n| --- | --- |\n| Positive | I "
+                                   "loved this village. |\n| Negative | It rained all day. |",
+                            [("I loved this village.", "Positive"),
+                             ("It rained all day.", "Negative")]),
     # two inputs under one label were one input
     "inputs under a label": ("Yes", "Class label: Positive\nInput: I loved this village.\n"
                                     "Input: Best weekend all year.\n\nClass label: Negative\n"

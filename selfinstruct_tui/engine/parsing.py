@@ -6,7 +6,11 @@ Every parser returns what it read *and* what it set aside, each fragment with a
 Instruction lists (`parse_instruction_list`) accept the layouts base and chat models write:
 * numbered items `9. ...`, `9) ...`, `(9) ...`, `9: ...`, a number without its dot when it is the
   next number (`10 Suggest ...`), `Task 9:` / `**Task 9:**` / `### Task 9` headers, any index
-  (a model that numbers from 1 or skips a number still gives its items);
+  (a model that numbers from 1 or skips a number still gives its items); enclosed numbers
+  (`⑨`, `⑴`, `❾`), keycaps (`9️⃣`, `1️⃣0️⃣`) and letters (`a)`, `(b)`, `C.`, in a run from a);
+  the items are the markers of one kind, and markers of another kind under an item are its
+  sub-list (`9. Pick one:` then `a) red`, `b) blue`);
+* a markdown table, one row per item (an `Instruction` column, `#` and `Input` columns read);
 * bulleted items (`-`, `*`, `•`) when there is no numbered item, and `Instruction:` label lines
   when there is neither;
 * the value on the line after its number (`10.` then `Give ...`); `###`, `---` separators;
@@ -20,9 +24,11 @@ Instruction lists (`parse_instruction_list`) accept the layouts base and chat mo
 * JSON answers (structured output, or a chat model that answers in JSON anyway).
 
 Instances (`parse_instances`) accept `Example N` blocks, plain `Input:`/`Output:` pairs,
-numbered or bulleted pairs (`1. Input: ... Output: ...`, `- Input: ...`), both labels on one
-line, and JSON; the output-first layout reads `Class label: ...` then `Input: ...`. An output ends
-at a separator line, at the next example, and at the start of another task, in the forms models use.
+pairs under any list marker (`1. Input: ... Output: ...`, `- Input: ...`, `a) Input: ...`,
+`① Input: ...`), both labels on one line, a markdown table (`| Input | Output |`, `| Class
+label | Input |`; a row with more cells than its header is rejected), and JSON; the
+output-first layout reads `Class label: ...` then `Input: ...`. An output ends at a separator
+line, at the next example, and at the start of another task, in the forms models use.
 A misspelled or missing label sets the example aside with the layout that was expected; it never
 becomes an example with an empty input.
 """
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.filters import RejectionReason as R
@@ -208,14 +215,78 @@ def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
     return block.group(1).strip()
 
 
+# -- list markers -----------------------------------------------------------------------------
+
+# One notion of a list item's marker, whatever a model numbers its items with: digits ("9.",
+# "(9)", "９．"), an enclosed number ("⑨", "⑴", "⒐", "❾", "㉑"), keycap emoji ("9️⃣", "1️⃣0️⃣",
+# "🔟"), or a letter ("a)", "(b)", "C.", "d."), which is a marker only in a run that goes a, b,
+# c ... (`_lettered_markers`). `marker_kind` names which; a list's items share one kind, and
+# markers of another kind under an item are its sub-list.
+_ENCLOSED = "\u2460-\u249b\u24ea-\u24ff\u2776-\u2793\u3251-\u325f\u32b1-\u32bf"
+_KEYCAPS = "(?:\\d\ufe0f?\u20e3)+|\U0001f51f"
+_SYMBOL_INDEX = rf"[{_ENCLOSED}]|{_KEYCAPS}"
+_LETTER_INDEX = r"\([A-Za-z]\)|[A-Za-z][.)]"
+# any marker at the start of an instance answer's line: "1.", "(3)", "a)", "①", "9️⃣", a bullet
+_ANY_MARK = rf"\(?\d{{1,2}}[.):]|{_LETTER_INDEX}|{_SYMBOL_INDEX}|[-*•+]"
+_LETTERED = re.compile(
+    rf"^[ \t]*{_MD}[ \t]*(?:\((?P<paren>[A-Za-z])\)|(?P<letter>[A-Za-z])(?P<end>[.)]))"
+    rf"{_MD}[ \t]+{_MD}[ \t]*(?P<rest>\S.*)$")
+
+
+def marker_value(index: str) -> int:
+    """The number a marker's index stands for: "9" and "９" 9, "⑨" 9, "1️⃣0️⃣" 10, "🔟" 10."""
+    if index == "\U0001f51f":
+        return 10
+    if "\u20e3" in index:
+        return int("".join(ch for ch in index if ch.isdecimal()))
+    if index.isdecimal():  # "①".isdigit() is true too
+        return int(index)
+    return int(unicodedata.numeric(index))
+
+
+def _lettered_markers(lines: list[str]) -> dict[int, tuple[int, str]]:
+    """{line index: (the letter's place, 1 for a; the text after it)} for the lines that start
+    a lettered item: only in a run of two or more that goes a, b, c ... (skipping up to two
+    letters, as numbers may) in one style ("a)", "(a)", "a.", upper or lower case) at one
+    indent, so a sentence that starts "A. Lincoln", a roman "I." or options inline ("a) red
+    b) blue") is text."""
+    found: dict[int, tuple[int, str]] = {}
+    runs: dict[tuple[int, str], list[tuple[int, int, str]]] = {}
+
+    def close(run: list[tuple[int, int, str]] | None) -> None:
+        if run is not None and len(run) >= 2:
+            found.update({n: (place, rest) for n, place, rest in run})
+
+    for n, line in enumerate(lines):
+        match = _LETTERED.match(line) if "." in line or ")" in line else None
+        if match is None:
+            continue
+        letter = match.group("paren") or match.group("letter")
+        style = ("(" if match.group("paren") else match.group("end")) + (
+            "A" if letter.isupper() else "a")
+        key, place = (_indent(line), style), ord(letter.lower()) - ord("a") + 1
+        run = runs.get(key)
+        if run is not None and run[-1][1] < place <= run[-1][1] + 3:  # a skip of up to two
+            run.append((n, place, match.group("rest")))
+            continue
+        close(runs.pop(key, None))
+        if place == 1:
+            runs[key] = [(n, place, match.group("rest"))]
+    for run in runs.values():
+        close(run)
+    return found
+
+
 # -- instruction lists ------------------------------------------------------------------------
 
-# "9.", "9)", "(9)", "9:" (not "3.5" or "10:30"); "Task 9:", "**Task 9**", "### Task 9 -".
+# "9.", "9)", "(9)", "9:" (not "3.5" or "10:30"); "Task 9:", "**Task 9**", "### Task 9 -";
+# "⑨", "9️⃣" (group "sym").
 _NUMBERED = re.compile(
     rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*(?:"
     rf"(?:\(?(\d{{1,3}})[ \t]*[.):．、）：]|\[(?=\d{{1,3}}\])(\d{{1,3}})\]|(\d{{1,3}})[ \t]+[-–—]"
     rf"(?=[ \t]+[A-Z\"'“*]))(?=[ \t*_`\"'“]|$|[^\W\d_])"
     rf"|(?:new[ \t]+)?(?:task|instruction|prompt|item)[ \t]*#?[ \t]*(\d{{1,3}})[ \t]*[:.)\-–—]?"
+    rf"|(?P<sym>{_SYMBOL_INDEX})[ \t]*[.):．、）：]?"
     rf")[ \t]*{_MD}[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 _BARE_NUMBER = re.compile(rf"^[ \t]*{_MD}(\d{{1,3}})[ \t]+{_MD}(?=[A-Za-z\"'“])(.*)$")
 _LONE_NUMBER = re.compile(r"^[ \t]*[*_]*\(?(\d{1,3})[*_]*[ \t]*$")
@@ -277,7 +348,8 @@ def clean_instruction(text: str) -> str:
     return text
 
 
-_STEP = re.compile(r"[ \t]*\(?\d{1,2}[.)]")  # "1.", "2)", "(3)": how a sub-step is numbered
+# "1.", "2)", "(3)", "a)", "①": how a sub-step is numbered
+_STEP = re.compile(rf"[ \t]*(?:\(?\d{{1,2}}[.)]|{_LETTER_INDEX}|{_SYMBOL_INDEX})")
 
 
 def _indent(line: str) -> int:
@@ -301,7 +373,19 @@ def _numbered(line: str) -> tuple[int, str] | None:
     match = _NUMBERED.match(line)
     if not match:
         return None
-    return int(next(g for g in match.groups()[:4] if g)), match.group("rest")
+    index = match.group("sym") or next(g for g in match.groups()[:4] if g)
+    return marker_value(index), match.group("rest")
+
+
+def marker_kind(line: str) -> str | None:
+    """The kind of the list marker that starts `line`: "digits", "enclosed" (①, ⑴, ❾),
+    "keycap" (9️⃣, 🔟), or None (no numbered marker; letters count only in a run, see
+    `_lettered_markers`)."""
+    match = _NUMBERED.match(line)
+    if match is None:
+        return None
+    sym = match.group("sym")
+    return "digits" if sym is None else "keycap" if sym[-1] in "\u20e3\U0001f51f" else "enclosed"
 
 
 # A title before an item's instruction: "**Limerick Writing**: Compose ...", "**Poetry** - ...",
@@ -396,10 +480,14 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     json_list = _parse_json_list(text, truncated)
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
+    table = _parse_table_list(text, truncated)
+    if table is not None:
+        return _finish_list(table, [], examples, text)
     # each line's "9." marker, read once
     lines, dotted = _split_inline_numbers(
         text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), first_number)
     bare = _bare_markers(lines, dotted, first_number)
+    sub = _one_kind_of_marker(lines, dotted, bare, digits=first_number is not None)
     bullets = [_indent(line) for line in lines if _BULLET.match(line) and not _LABEL.match(line)]
     numbers = [_indent(line) for line, hit in zip(lines, dotted, strict=True) if hit]
     # numbered sub-steps under bulleted items do not make a numbered list
@@ -439,6 +527,8 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
         nonlocal sub_next
         if cur is None or not cur.has_content or in_section:
             return False
+        if n in sub:  # a marker of another kind than the list's: the item's own sub-list
+            return True
         if bullet_mode:
             return _BULLET.match(line) is not None and _indent(line) > cur.indent
         hit = dotted[n]
@@ -514,6 +604,37 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     finish()
     parsed: list[tuple[_Item, bool]] = [(item, truncated and item is cut) for item in items]
     return _finish_list(None, parsed, examples, text, outside)
+
+
+def _one_kind_of_marker(lines: list[str], dotted: list[tuple[int, str] | None],
+                        bare: set[int], digits: bool) -> set[int]:
+    """Make the list's items the markers of one kind (`marker_kind`, or letters): the kind of
+    the first marker at the least indent, or digits when `digits` (completions: the prompt
+    numbered the list) and there are any. Lettered markers (`_lettered_markers`) of that kind
+    are put in `dotted`; markers of other kinds are taken out of `dotted` and `bare`, and
+    their line indexes returned: they are the sub-list of the item they are under ("9. Pick
+    one:" then "a) red", "b) blue")."""
+    lettered = _lettered_markers(lines)
+    kinds: dict[int, str] = {n: "digits" for n in bare}
+    for n, hit in enumerate(dotted):
+        if hit is not None:
+            kinds[n] = marker_kind(lines[n]) or "digits"
+    for n in lettered:
+        kinds.setdefault(n, "letter")
+    if not kinds:
+        return set()
+    least = min(_indent(lines[n]) for n in kinds)
+    top = kinds[min(n for n in kinds if _indent(lines[n]) == least)]
+    if digits and "digits" in kinds.values():
+        top = "digits"
+    sub = {n for n, kind in kinds.items() if kind != top}
+    for n in sub:
+        dotted[n] = None
+    bare -= sub
+    if top == "letter":
+        for n, hit in lettered.items():
+            dotted[n] = hit
+    return sub
 
 
 # "... the moon. 10. Draft an email": a number after a sentence's end, before a capital
@@ -806,8 +927,8 @@ OUTPUT_FIRST_LAYOUT = "expected 'Class label: ...' then 'Input: ...' for each ex
 _EXAMPLE_HEADER = re.compile(
     rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*example(?![a-z])[ \t]*#?[ \t]*(\d*)[ \t]*"
     rf"[.:)\-–—]?[ \t]*{_MD}[ \t]*(.*)$", re.IGNORECASE)
-_LIST_MARK = re.compile(r"^[ \t]*(?:\(?\d{1,2}[.):]|[-*•+])[ \t]*(.*)$")
-_BARE_MARK = re.compile(r"^[ \t]*\(?\d{1,2}[.):]?[ \t]*$")
+_LIST_MARK = re.compile(rf"^[ \t]*(?:{_ANY_MARK})[ \t]*(.*)$")
+_BARE_MARK = re.compile(rf"^[ \t]*(?:\(?\d{{1,2}}[.):]?|(?:{_SYMBOL_INDEX})[.):]?)[ \t]*$")
 # "Input:", "Input 2:", "Input text:", "Input (a sentence):"; "Output:", "Expected output:",
 # "Output (in French):"
 _LABEL_NOTE = r"(?:[ \t]*\([^)\n]{1,40}\))?"
@@ -837,8 +958,8 @@ _NEXT_TASK = re.compile(
 # none is content; one that starts with a label word is none of the marks or headers. This saves
 # trying each pattern on every line (same flags as theirs, so the same case folding).
 _MAY_BE_LAYOUT = re.compile(
-    r"^[ \t]*(?:([#\-*_=~(\d•+`]|example)|input|output|response|answer|class|label|expected)",
-    re.IGNORECASE)
+    rf"^[ \t]*(?:([#\-*_=~(\d•+`{_ENCLOSED}\U0001f51f]|[a-z][.)]|example)|input|output|"
+    r"response|answer|class|label|expected)", re.IGNORECASE)
 
 
 @dataclass
@@ -942,6 +1063,9 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     if from_json is not None:
         return from_json
     text = _without_closing_remarks(until_next_task(text.replace("\r\n", "\n")))
+    from_table = _parse_table_instances(text, output_first, truncated)
+    if from_table is not None:
+        return from_table
     lines = text.splitlines()
     if output_first and any(_OUT_LABEL.match(line) for line in lines) and not any(
             _CLASS_LABEL.match(line) for line in lines):
@@ -1155,7 +1279,7 @@ def _clean_field(value: str) -> str:
 
 
 _INSTANCE_LAYOUT = re.compile(
-    rf"^[ \t]*(?:(?:\(?\d{{1,2}}[.):]|[-*•+])[ \t]*)?{_MD}[ \t]*(?:(?:class[ \t]+)?label|input|"
+    rf"^[ \t]*(?:(?:{_ANY_MARK})[ \t]*)?{_MD}[ \t]*(?:(?:class[ \t]+)?label|input|"
     rf"(?:expected[ \t]+)?output|response|answer|example[ \t]*#?[ \t]*\d)", re.IGNORECASE)
 
 
@@ -1192,4 +1316,223 @@ def _parse_json_instances(text: str, output_first: bool,
     if not result.instances and not result.discarded:
         result.discarded.append(Fragment(body[:2000], R.UNPARSEABLE,
                                          "a JSON answer with no examples"))
+    return result
+
+
+# -- markdown tables ----------------------------------------------------------------------------
+
+# A table's rule row: "|---|:--:|", "--- | ---" (a "|" and dashes in each cell)
+_TABLE_RULE = re.compile(r"^[ \t]*\|?(?:[ \t]*:?-+:?[ \t]*\|)+(?:[ \t]*:?-+:?[ \t]*)?$|"
+                         r"^[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)+\|?[ \t]*$")
+_LINE_BREAK = re.compile(r"<br[ \t]*/?>", re.IGNORECASE)
+_EMPHASIS = re.compile(r"[*_`]")
+
+
+@dataclass
+class _Table:
+    names: list[str]  # the header's cells, without markdown emphasis
+    rows: list[tuple[str, list[str]]]  # (the row's line, its cells)
+    start: int  # the index of its header line
+    end: int  # the index after its last row
+
+    @property
+    def header(self) -> list[str]:
+        """The column names in lower case, to match."""
+        return [name.lower() for name in self.names]
+
+
+def _cells(line: str) -> list[str]:
+    """A table row's cells: split at each "|" outside inline code; an escaped "\\|" is a "|"
+    of the cell's text (in inline code too), inline code keeps its backticks, "<br>" outside
+    it is a line break; the pipes that open and close the row make no cells."""
+    row = line.strip()
+    cells: list[str] = []
+    cell: list[str] = []
+    i = 0
+    ended = False  # the last thing read was a cell's closing "|"
+    while i < len(row):
+        ended = False
+        ch = row[i]
+        if ch == "\\" and row[i + 1:i + 2] == "|":
+            cell.append("|")
+            i += 2
+        elif ch == "`":
+            run = len(row[i:]) - len(row[i:].lstrip("`"))
+            ticks = row[i:i + run]
+            close = row.find(ticks, i + run)
+            while close >= 0 and row[close + run:close + run + 1] == "`":
+                close = row.find(ticks, close + run + 1)
+            stop = i + run if close < 0 else close + run
+            cell.append(row[i:stop].replace("\\|", "|"))
+            i = stop
+        elif ch == "|":
+            cells.append("".join(cell))
+            cell = []
+            ended = True
+            i += 1
+        elif ch == "<" and (br := _LINE_BREAK.match(row, i)):
+            cell.append("\n")
+            i = br.end()
+        else:
+            cell.append(ch)
+            i += 1
+    if not ended:
+        cells.append("".join(cell))
+    if row.startswith("|"):
+        cells = cells[1:]
+    return [c.strip() for c in cells]
+
+
+def _tables(lines: list[str]) -> list[_Table]:
+    """The markdown tables in `lines`: a header row, a rule row under it, then the rows that
+    follow (lines with a "|", up to a blank line or one without)."""
+    found: list[_Table] = []
+    n = 1
+    while n < len(lines):
+        if "|" in lines[n - 1] and "-" in lines[n] and _TABLE_RULE.match(lines[n]):
+            header = [_EMPHASIS.sub("", c).strip() for c in _cells(lines[n - 1])]
+            end = n + 1
+            while end < len(lines) and "|" in lines[end] and lines[end].strip():
+                end += 1
+            found.append(_Table(header, [(line, _cells(line)) for line in lines[n + 1:end]],
+                                n - 1, end))
+            n = end + 1
+        else:
+            n += 1
+    return found
+
+
+def _outside_tables(lines: list[str], tables: list[_Table]) -> list[str]:
+    inside = {n for t in tables for n in range(t.start, t.end)}
+    return [line for n, line in enumerate(lines) if n not in inside]
+
+
+def _column(header: list[str], names: re.Pattern[str]) -> int | None:
+    return next((n for n, name in enumerate(header) if names.fullmatch(name)), None)
+
+
+def _row_cells(line: str, cells: list[str], header: list[str]) -> list[str] | Fragment:
+    """The row's cells, one per header cell (missing ones empty), or the row rejected when it
+    has more cells than the header: which "|" is the text's cannot be told."""
+    if len(cells) > len(header):
+        return Fragment(line.strip(), R.UNPARSEABLE,
+                        f"a table row with {len(cells)} cells under a header of {len(header)}; "
+                        "a '|' in a cell's text is written '\\|'")
+    return cells + [""] * (len(header) - len(cells))
+
+
+def _cut_row(line: str, text: str, truncated: bool) -> bool:
+    """The row is the one a token limit cut: the answer was cut and ends in it."""
+    return truncated and text.rstrip().endswith(line.strip())
+
+
+_INSTRUCTION_COLUMN = re.compile(
+    r"(?:new |generated )?(?:instruction|task|prompt)s?(?: text| description)?")
+_NUMBER_COLUMN = re.compile(r"#|no\.?|n|nr\.?|number|num|id|index|task ?#|task (?:no\.?|number)")
+_INPUT_COLUMN = re.compile(r"(?:example |sample |optional )?input(?: text)?s?(?: ?\(.*\))?")
+_OUTPUT_COLUMN = re.compile(r"(?:expected |example |sample )?(?:output|response|answer)s?"
+                            r"(?: ?\(.*\))?")
+_LABEL_COLUMN = re.compile(r"(?:class )?label|class|category")
+
+
+def _parse_table_list(text: str, truncated: bool) -> ParsedList | None:
+    """A generation answer written as a markdown table ("| # | Instruction |", a rule, one row
+    per item): each row an item, its number from a "#" column, its input from an "Input"
+    column. None when the answer has no table, or list lines outside its tables (a table under
+    an item is the item's)."""
+    if "|" not in text:
+        return None
+    lines = text.replace("\r\n", "\n").split("\n")
+    tables = [t for t in _tables(lines) if t.rows]
+    if not tables or any(_LIST_LAYOUT.match(line) or _BULLET.match(line)
+                         for line in _outside_tables(lines, tables)):
+        return None
+    result = ParsedList()
+    for table in tables:
+        column = _column(table.header, _INSTRUCTION_COLUMN)
+        if column is None:
+            others = [n for n, name in enumerate(table.header)
+                      if name and not _NUMBER_COLUMN.fullmatch(name)]
+            column = others[0] if len(others) == 1 else None
+        if column is None:
+            body = "\n".join(lines[table.start:table.end])
+            result.discarded.append(Fragment(
+                body[:2000], R.UNPARSEABLE,
+                f"a table with no Instruction column (columns: {', '.join(table.names)}); "
+                "expected numbered lines such as '9. <instruction>' or a table with an "
+                "'Instruction' column"))
+            continue
+        number_at = _column(table.header, _NUMBER_COLUMN)
+        input_at = _column(table.header, _INPUT_COLUMN)
+        for line, found in table.rows:
+            cells = _row_cells(line, found, table.header)
+            if isinstance(cells, Fragment):
+                result.discarded.append(cells)
+                continue
+            if _cut_row(line, text, truncated):
+                result.discarded.append(Fragment(line.strip(), R.TRUNCATED,
+                                                 "the answer hit max_tokens inside this row"))
+                continue
+            instruction = clean_instruction(cells[column])
+            if not instruction:
+                result.discarded.append(Fragment(line.strip(), R.NOT_AN_INSTRUCTION,
+                                                 "a table row with no instruction"))
+                continue
+            index = cells[number_at].strip("*_` .") if number_at is not None else ""
+            result.items.append(ListItem(
+                instruction, line.strip(), int(index) if index.isdecimal() else None,
+                normalize_input(cells[input_at]) if input_at is not None else ""))
+    return result
+
+
+def _parse_table_instances(text: str, output_first: bool,
+                           truncated: bool) -> ParsedInstances | None:
+    """An instance answer written as a markdown table ("| Input | Output |", or "| Class label
+    | Input |" for a classification task), one example per row. None when the answer has no
+    table, or has label lines ("Input: ...") outside its tables (a table in an output is the
+    output's)."""
+    if "|" not in text:
+        return None
+    lines = text.split("\n")
+    tables = [t for t in _tables(lines) if t.rows]
+    if not tables or any(_IN_LABEL.match(line) or _OUT_LABEL.match(line)
+                         or _CLASS_LABEL.match(line) for line in _outside_tables(lines, tables)):
+        return None
+    layout = OUTPUT_FIRST_LAYOUT if output_first else INPUT_FIRST_LAYOUT
+    result = ParsedInstances()
+    for table in tables:
+        outputs, labels = (_column(table.header, _OUTPUT_COLUMN),
+                           _column(table.header, _LABEL_COLUMN))
+        input_at = _column(table.header, _INPUT_COLUMN)
+        output_at = (labels if labels is not None else outputs) if output_first else (
+            outputs if outputs is not None else labels)
+        if input_at is None or output_at is None:
+            body = "\n".join(lines[table.start:table.end])
+            missing = "an Input column" if input_at is None else (
+                "a Class label column" if output_first else "an Output column")
+            result.discarded.append(Fragment(
+                body[:2000], R.UNPARSEABLE,
+                f"a table with no {missing[missing.index(' ') + 1:]} (columns: "
+                f"{', '.join(table.names)}); {layout}, or a table with those columns"))
+            continue
+        for line, found in table.rows:
+            cells = _row_cells(line, found, table.header)
+            if isinstance(cells, Fragment):
+                result.discarded.append(cells)
+                continue
+            raw = line.strip()
+            if _cut_row(line, text, truncated):
+                result.discarded.append(Fragment(raw, R.TRUNCATED,
+                                                 "the answer hit max_tokens inside this row"))
+                continue
+            output = cells[output_at].strip()
+            if output_first:
+                output = one_line(output).strip("*_` ")
+            if not output:
+                result.discarded.append(Fragment(
+                    raw, R.UNPARSEABLE if output_first else R.MISSING_OUTPUT,
+                    f"a table row with no {'class label' if output_first else 'output'}; "
+                    f"{layout}"))
+                continue
+            result.instances.append(RawInstance(normalize_input(cells[input_at]), output, raw))
     return result
