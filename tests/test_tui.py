@@ -47,6 +47,17 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
                 assert "paused" in str(status.render())
                 held = str(app.query_one("#inflight").render())
                 assert held.startswith("open (held, paused): ")  # not "open": none is sent
+                # q while paused says so, and what quitting does (it said "still going")
+                await pilot.press("q")
+                assert isinstance(app.screen, ConfirmScreen)
+                question = str(app.screen.query_one(".question").render())
+                assert "The run is paused" in question and "still going" not in question
+                assert "does not stay paused" in question and "selfinstruct run" in question
+                assert [str(b.label) for b in app.screen.query("Button")] == \
+                    ["Stop and quit (y)", "Stay paused (n)"]
+                await pilot.press("n")
+                await pilot.pause(0.2)
+                assert app.state == "paused"
                 await pilot.press("p")
                 await until(pilot, lambda: count_machine(tmp_path / "run") > settled)
                 await pilot.press("s")  # asked first, as quitting is; n: the run goes on
@@ -66,7 +77,9 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
         assert 0 < stopped < 400
         store = RunStore(tmp_path / "run", readonly=True)
         assert store.get_meta("state")["state"] == "stopped"  # resumable, nothing lost
+        pauses = store.pauses()  # the pause is recorded, for the elapsed time to leave out
         store.close()
+        assert len(pauses) == 1 and pauses[0][1] is not None and pauses[0][1] > pauses[0][0]
 
     run(go())
 

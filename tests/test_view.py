@@ -319,3 +319,54 @@ def test_the_elapsed_time_of_earlier_sessions_counts_overlapping_rounds_once(tmp
     view = RunView()
     view.load(snap)
     assert view.status.elapsed_before == active_seconds(snap.rounds, None) == 15.0
+
+
+def test_paused_time_is_not_run_time(monkeypatch, tmp_path):
+    """The elapsed time went on while the run was paused, live and on loading a run that had
+    paused (its rounds stay open during a pause: their spans counted it)."""
+    import os
+    import time as time_module
+
+    from selfinstruct_tui.tui import view as view_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(view_module.time, "monotonic", lambda: clock[0])
+    view = RunView("run")
+    view.apply(ev.RunStarted("run", "http://x/v1", "m", "completions", 10, 0, 139, False))
+    clock[0] += 60
+    view.apply(ev.Paused("paused by the user", False))
+    clock[0] += 600
+    assert " 1:00 " in view.status.line().plain  # not 11:00
+    view.apply(ev.Resumed())
+    clock[0] += 30
+    assert " 1:30 " in view.status.line().plain
+    view.apply(ev.Paused("paused by the user", False))
+    view.apply(ev.Stopping())  # a stop while paused: the stopping time counts again
+    clock[0] += 5
+    view.apply(ev.Finished(ev.FinishReason.STOPPED, 0, 10))
+    clock[0] += 500
+    assert " 1:35 " in view.status.line().plain
+    # from the store: a round open across a closed pause and a pause still open
+    rounds = [RoundStats(1, started=100.0, finished=200.0, wall_time=100.0),
+              RoundStats(2, started=150.0, finished=None, wall_time=0.0)]
+    assert active_seconds(rounds, 400.0, [(120.0, 170.0), (300.0, None)]) == 150.0
+    assert active_seconds(rounds, None, [(120.0, 170.0)]) == 50.0  # round 2 ran 0 s
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir)
+    try:
+        now = time_module.time()
+        store.start_round(RoundStats(9, started=now - 100))
+        store.start_pause(now - 80)
+        store.end_pause(now - 50)
+        store.start_pause(now - 20)  # paused now
+        store.set_meta("state", {"state": "paused", "pid": os.getpid()})
+        snap = read_snapshot(store)
+    finally:
+        store.close()
+    assert snap.pauses[0] == (now - 80, now - 50) and snap.pauses[1] == (now - 20, None)
+    loaded = RunView("run")
+    loaded.load(snap)
+    clock[0] += 300  # paused: the clock does not move
+    before = active_seconds([r for r in snap.rounds if r.round != 9], None)
+    assert abs(loaded.status.elapsed() - before - 50) < 1e-6  # round 9's 100 s less 50 paused

@@ -460,6 +460,8 @@ class RunSnapshot:
     # The last minute (epoch s): tasks accepted, and answers with their tokens (the rates)
     recent_accepted: list[float] = field(default_factory=list)
     recent_answers: list[tuple[float, int, int]] = field(default_factory=list)
+    # The run's pauses, (started, ended) epoch seconds (ended None: open): not run time
+    pauses: list[tuple[float, float | None]] = field(default_factory=list)
 
 
 def read_snapshot(store: RunStore) -> RunSnapshot:
@@ -478,7 +480,8 @@ def read_snapshot(store: RunStore) -> RunSnapshot:
             retries=store.retry_counts(), errors=errors, ids=ids, reviews=store.reviews(),
             open_candidates=store.open_candidate_ids(ids.get("tasks", 0)),
             recent_accepted=store.accepted_since(time.time() - WINDOW_SECONDS),
-            recent_answers=store.answered_since(time.time() - WINDOW_SECONDS))
+            recent_answers=store.answered_since(time.time() - WINDOW_SECONDS),
+            pauses=store.pauses())
 
 
 def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunConfig | None,

@@ -301,7 +301,14 @@ class Engine:
             self._do_review(command)
 
     def _set_state(self, state: str) -> None:
-        self.state = state
+        before, self.state = self.state, state
+        if self.store.unwritable is None:
+            # The pauses, for the elapsed time (which leaves them out). A pause an earlier
+            # process left open (it ended paused) ends when this session starts.
+            if state == RunState.PAUSED and before != RunState.PAUSED:
+                self.store.start_pause(time.time())
+            elif state != RunState.PAUSED and before in (RunState.PAUSED, RunState.STARTING):
+                self.store.end_pause(time.time())
         meta = {"state": state, "pid": os.getpid(), "ts": time.time(),
                 "reason": self.paused.reason if self.paused else "",
                 "by_errors": bool(self.paused and self.paused.by_errors),

@@ -162,6 +162,12 @@ CREATE TABLE IF NOT EXISTS reviews (
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
+-- The run's pauses (epoch seconds; ended NULL: still paused, or the process ended paused):
+-- the elapsed time leaves them out
+CREATE TABLE IF NOT EXISTS pauses (
+    started REAL NOT NULL,
+    ended REAL
+);
 """
 
 # Columns added after schema version 1; a run made before them gains them when opened for writing
@@ -1342,6 +1348,27 @@ class RunStore:
     def rounds(self, since: int = 0) -> list[RoundStats]:
         return [_round(r) for r in self.db.execute(
             "SELECT * FROM rounds WHERE round > ? ORDER BY round", (since,))]
+
+    def start_pause(self, at: float) -> None:
+        """The run paused at `at` (epoch seconds); a pause already open is left as it is."""
+        with self.db:
+            if self.db.execute("SELECT 1 FROM pauses WHERE ended IS NULL").fetchone() is None:
+                self.db.execute("INSERT INTO pauses(started) VALUES (?)", (at,))
+
+    def end_pause(self, at: float) -> None:
+        """The pause open (if any) ended at `at` (epoch seconds)."""
+        with self.db:
+            self.db.execute("UPDATE pauses SET ended = MAX(started, ?) WHERE ended IS NULL",
+                            (at,))
+
+    def pauses(self) -> list[tuple[float, float | None]]:
+        """(started, ended) of every pause, in order (epoch seconds; ended None: open). A run
+        made before pauses were recorded, read-only, has none."""
+        try:
+            return [(r[0], r[1]) for r in self.db.execute(
+                "SELECT started, ended FROM pauses ORDER BY started")]
+        except sqlite3.OperationalError:  # (no such table: an older run, opened read-only)
+            return []
 
     def max_round(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0]

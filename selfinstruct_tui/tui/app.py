@@ -456,10 +456,17 @@ class SelfInstructApp(App[int]):
         kept = f" Its {len(jobs)} pending batch job(s) {where}: the next session reads them (s " \
                "stops with the choice to cancel them)." if jobs else ""
         self._asking_quit = True
-        self.push_screen(ConfirmScreen("The run is still going. Stop it and quit? Work in "
-                                       "flight gets a bounded grace and is kept; the run "
-                                       "resumes later." + kept,
-                                       yes="Stop and quit", no="Keep running"), answer)
+        resume = f"resume it later with: {self.view.resume_command}"
+        if self.state == RunState.PAUSED:
+            question = ("The run is paused. Stop it and quit? Quitting stops the run (it "
+                        "does not stay paused): requests held by the pause are not sent, "
+                        f"everything accepted is kept; {resume}." + kept)
+            no = "Stay paused"
+        else:
+            question = ("The run is still going. Stop it and quit? Work in flight gets a "
+                        f"bounded grace and is kept; {resume}." + kept)
+            no = "Keep running"
+        self.push_screen(ConfirmScreen(question, yes="Stop and quit", no=no), answer)
 
     @work(thread=True, exclusive=True, group="quit")
     def _finish_and_exit(self, code: int = 0) -> None:

@@ -3,7 +3,8 @@
 The app loads a `RunSnapshot` (control.read_snapshot) and then applies events, whether they come
 from the in-process engine or from a `StoreFollower`; the panes render from this view. Each
 section marks itself dirty so the app redraws only what changed. Times: `started` is monotonic
-seconds, `elapsed_before` seconds.
+seconds, `elapsed_before` seconds. The elapsed time is run time: it counts while the run is
+running or stopping (CLOCK_STATES), never while it is paused, starting or ended.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import re
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from rich.text import Text
@@ -159,6 +161,10 @@ ROUND_COLUMNS = ("round", "prompts", "cand.", "acc.", "rejected", "open", "surpl
                  "tokens", "cost", "time")
 
 
+# The states in which the elapsed-time clock counts (paused time is not run time)
+CLOCK_STATES = frozenset({RunState.RUNNING, RunState.STOPPING})
+
+
 @dataclass
 class StatusView:
     """The status line: run, endpoint and model (never the key), state, pool/target, speed,
@@ -178,8 +184,8 @@ class StatusView:
     cost: float = 0.0
     errors: int = 0
     retry_causes: Counter[str] = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-    elapsed_before: float = 0.0
+    started: float = field(default_factory=time.monotonic)  # the clock's last start
+    elapsed_before: float = 0.0  # run time up to `started` (or all of it, the clock stopped)
     rates: Rates = field(default_factory=Rates)  # the last minute: tasks/min, tokens/s
     priced: bool = True  # prices are set: the cost is shown
 
@@ -189,7 +195,7 @@ class StatusView:
         then elapsed time, then output speed; the run's name, the endpoint, prompt speed and
         the retry causes go first)."""
         live = self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
-        elapsed = self.elapsed_before + (time.monotonic() - self.started if live else 0)
+        elapsed = self.elapsed()
         per_min = self.rates.tasks_per_minute()
         prompt_tps, output_tps = self.rates.tokens_per_second()
         remaining = max(0, self.target - self.accepted)
@@ -235,6 +241,11 @@ class StatusView:
                 out.append(" " if text.startswith("(") else " │ ")
             out.append(text, style=style)
         return out
+
+    def elapsed(self) -> float:
+        """The run's time so far in seconds: its running time, pauses left out."""
+        counting = self.state in CLOCK_STATES
+        return self.elapsed_before + (time.monotonic() - self.started if counting else 0.0)
 
 
 SCORE_BINS = 20  # of the max ROUGE-L histogram over [0, 1]
@@ -323,7 +334,8 @@ class RunView:
         machine = 0
         finished = []
         status.elapsed_before += active_seconds(
-            snap.rounds, time.time() if snap.state in LIVE_STATES else None)
+            snap.rounds, time.time() if snap.state in LIVE_STATES else None, snap.pauses)
+        status.started = time.monotonic()  # (the clock goes on from now if the run runs)
         for r in snap.rounds:
             if r.status != "running":  # a running round shows when it finishes, as live
                 machine = r.pool_after if r.pool_after is not None else machine + r.accepted
@@ -510,7 +522,6 @@ class RunView:
         if self.state == RunState.CRASHED:
             return
         if self.state in LIVE_STATES:
-            self.status.elapsed_before += time.monotonic() - self.status.started
             self.status.rates.freeze()
         self.lost_pid = e.pid
         self.pause = None
@@ -544,7 +555,6 @@ class RunView:
         self.status.reason = ""
         self.pause = self.ended = None
         self.lost_pid = None
-        self.status.started = time.monotonic()
         self.status.rates.restart()
         self.status.target = e.target
         self.status.command = e.command
@@ -569,7 +579,6 @@ class RunView:
         self.dirty.add("prompts")
         self._set_state(reason.state)
         if was_live:
-            self.status.elapsed_before += time.monotonic() - self.status.started
             self.status.rates.freeze()
         self.ended = e
         severity = "error" if reason in (ev.FinishReason.ERROR, ev.FinishReason.FAILING) \
@@ -588,8 +597,16 @@ class RunView:
                                          f"cause is fixed): {self.resume_command}")
 
     def _set_state(self, state: str) -> None:
+        """The run's state; the elapsed-time clock stops on leaving CLOCK_STATES (a pause, an
+        end, a crash) and starts again on entering them."""
+        status = self.status
+        counting, now = status.state in CLOCK_STATES, time.monotonic()
+        if counting and state not in CLOCK_STATES:
+            status.elapsed_before += now - status.started
+        elif not counting and state in CLOCK_STATES:
+            status.started = now
         self.state = state
-        self.status.state = state
+        status.state = state
         self.dirty.add("status")
 
     # -- quality review ---------------------------------------------------------------------------
@@ -665,19 +682,37 @@ class RunView:
         return "  ".join(self.counts_labels())
 
 
-def active_seconds(rounds: list[RoundStats], now: float | None) -> float:
-    """Seconds in which a round ran: the union of the rounds' [started, finished] spans (epoch
-    seconds); a round still running ends at `now` (None: after its `wall_time`). Rounds overlap
-    (one starts while the two before it finish): their wall times added up counted the overlap
-    again, and a run resumed after a 3:51 session showed 7:20 at once."""
-    spans = sorted((r.started, r.finished if r.finished is not None else
-                    now if now is not None else r.started + r.wall_time) for r in rounds)
-    total, reached = 0.0, -math.inf
-    for start, end in spans:
-        if end > max(reached, start):
-            total += end - max(start, reached)
-            reached = end
+def active_seconds(rounds: list[RoundStats], now: float | None,
+                   pauses: Iterable[tuple[float, float | None]] = ()) -> float:
+    """Seconds in which a round ran and the run was not paused: the union of the rounds'
+    [started, finished] spans (epoch seconds) less the `pauses` ((started, ended) epoch
+    seconds); a round still running ends at `now` (None: after its `wall_time`), a pause still
+    open at `now` (None: never). Rounds overlap (one starts while the two before it finish):
+    their wall times added up counted the overlap again, and a run resumed after a 3:51 session
+    showed 7:20 at once. A round stays open while the run is paused: its span counted the
+    pause."""
+    running = _union((r.started, r.finished if r.finished is not None else
+                      now if now is not None else r.started + r.wall_time) for r in rounds)
+    paused = _union((start, end if end is not None else now if now is not None else math.inf)
+                    for start, end in pauses)
+    total = sum(end - start for start, end in running)
+    for start, end in running:
+        for p_start, p_end in paused:
+            total -= max(0.0, min(end, p_end) - max(start, p_start))
     return total
+
+
+def _union(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of [start, end] spans as disjoint spans, in order."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _line(r: RejectionRecord) -> RejectionLine:
