@@ -683,10 +683,16 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if _no_terminal("selfinstruct attach", "`selfinstruct runs` lists runs and their state, "
                     f"{RUN_LOG} in the run directory is its progress"):
         return 2
+    from selfinstruct_tui.engine.runs import left_attached_lines
     from selfinstruct_tui.tui.app import create_app
 
-    create_app(run_dir, attach=True, refresh=args.refresh, theme=args.theme,
-               compact=args.compact).run()
+    app = create_app(run_dir, attach=True, refresh=args.refresh, theme=args.theme,
+                     compact=args.compact)
+    app.run()
+    if app.return_value is not None:  # (None: the app failed; Textual said why)
+        out = text_console()
+        for line in left_attached_lines(run_dir):  # leaving never stops the run: say so
+            out.print(line, markup=False)
     return 0
 
 

@@ -39,6 +39,21 @@ def detach(run_cli, server, run_dir, target, *extra):
     return int((run_dir / "engine.pid").read_text())
 
 
+def offered_keys(app) -> dict[str, str]:
+    """The footer's label -> key of every binding the app offers now (what the footer and the
+    help panel show)."""
+    return {b.binding.description: key for key, b in app.screen.active_bindings.items()
+            if b.binding.show}
+
+
+async def palette_titles(app, query: str) -> list[str]:
+    """The command palette's titles of the app's keys (RunCommands) that match `query`."""
+    from selfinstruct_tui.tui.keys import RunCommands
+
+    provider = RunCommands(app.screen)
+    return [str(hit.text) for hit in [h async for h in provider.search(query)]]
+
+
 def kill_quietly(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -120,6 +135,16 @@ def test_closing_an_attached_ui_leaves_the_run_alone(run_cli, tmp_path, isolated
                 app = create_app(run_dir, attach=True, refresh=0.1)
                 async with app.run_test(size=(80, 24)) as pilot:
                     await pilot.pause(0.5)
+                    offered = offered_keys(app)
+                    # no "Detach" (the run already runs in the background); q leaves
+                    assert "Detach" not in offered and "Quit" not in offered
+                    assert offered["Leave"] == "q" and "Pause/Resume" in offered
+                    assert await palette_titles(app, "detach") == []
+                    assert any(t.startswith("Leave: close this UI; the run goes on")
+                               for t in await palette_titles(app, "leave"))
+                    await pilot.press("d")  # not bound here: nothing asked
+                    await pilot.pause(0.2)
+                    assert not isinstance(app.screen, ConfirmScreen)
                     await pilot.press("q")
 
             run(go())
@@ -127,6 +152,65 @@ def test_closing_an_attached_ui_leaves_the_run_alone(run_cli, tmp_path, isolated
             wait_for(lambda: count_machine(run_dir) > grown + 3, timeout=30)
             listing = run_cli("runs", check=True).stdout
             assert f"running (pid {pid})" in listing
+            # what `attach` prints on leaving: the run goes on, its pid, how to come back or
+            # stop it (it printed nothing)
+            from selfinstruct_tui.engine.runs import left_attached_lines
+
+            said = left_attached_lines(run_dir)
+            assert said[0] == f"the run goes on in the background (pid {pid})"
+            assert f"attach again: selfinstruct attach {run_dir}" in said
+            assert any(line.startswith(f"stop it: attach and press s, or kill {pid}")
+                       for line in said)
+        finally:
+            kill_quietly(pid)
+
+
+def test_leaving_attach_on_a_terminal_says_the_run_goes_on_and_how_to_come_back(
+        isolated_env, tmp_path):
+    """`selfinstruct attach` on a terminal (here a pty), left with q: it printed nothing; now
+    it says the run goes on, its pid, and how to attach again or stop it."""
+    import pty
+    import re
+    import time
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        proc = subprocess.run(cli_command("run", "--detach", "--base-url", server.base_url,
+                                          "--model", "m", "--run-dir", str(run_dir),
+                                          "--target", "2000", "--concurrency", "2"),
+                              capture_output=True, text=True, env=isolated_env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        pid = int((run_dir / "engine.pid").read_text())
+        try:
+            primary, secondary = pty.openpty()
+            attach = subprocess.Popen(cli_command("attach", str(run_dir)),
+                                      env={**isolated_env, "TERM": "xterm", "COLUMNS": "120",
+                                           "LINES": "40"},
+                                      stdin=secondary, stdout=secondary, stderr=secondary)
+            os.close(secondary)
+            chunks: list[bytes] = []
+            deadline = time.monotonic() + 90
+            sent = False
+            while time.monotonic() < deadline:
+                try:
+                    data = os.read(primary, 65536)
+                except OSError:  # the child closed the pty
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+                if not sent and b"Task pool" in b"".join(chunks):
+                    time.sleep(0.5)
+                    os.write(primary, b"q")
+                    sent = True
+            attach.wait(timeout=30)
+            os.close(primary)
+            text = re.sub(r"\x1b[\[\]][0-9;?<>=]*[A-Za-z~]", "",
+                          b"".join(chunks).decode(errors="replace"))
+            assert attach.returncode == 0, text[-2000:]
+            assert f"the run goes on in the background (pid {pid})" in text, text[-2000:]
+            assert f"attach again: selfinstruct attach {run_dir}" in text
+            assert state_of(run_dir).get("state") == "running"  # leaving never stops it
         finally:
             kill_quietly(pid)
 
@@ -228,9 +312,10 @@ def test_an_attached_uis_command_wakes_the_engine_at_once(tmp_path, monkeypatch)
     engine's fallback poll set to a minute, only the ring can bring the pause in time."""
     import sys
 
+    from tui_helpers import make_engine
+
     from selfinstruct_tui.engine import engine as engine_module
     from selfinstruct_tui.engine.control import Pause, RemoteControl, RunState, wake_address
-    from tui_helpers import make_engine
 
     if wake_address(tmp_path) is None:
         pytest.skip(f"no abstract Unix sockets on {sys.platform}: the engine polls instead")
@@ -260,11 +345,12 @@ def test_an_attached_ui_sees_tasks_accepted_below_the_largest_id(tmp_path):
     id, below tasks accepted since. An attached UI followed tasks by id and never showed it: 31
     of 300 tasks were missing from a UI attached for a whole run. Read at the snapshot and at
     a later poll alike."""
+    from tui_helpers import deterministic_run
+
     from selfinstruct_tui.engine import events as ev
     from selfinstruct_tui.engine.control import StoreFollower, read_snapshot
     from selfinstruct_tui.engine.store import CandidateRecord
     from selfinstruct_tui.engine.task import Instance, Task
-    from tui_helpers import deterministic_run
 
     run_dir = tmp_path / "run"
     deterministic_run(run_dir, machine=4)
@@ -302,9 +388,10 @@ def test_an_attached_ui_sees_its_engine_killed_and_queues_nothing_for_it(run_cli
     shows the run crashed with the command that resumes it, stops its clock, and refuses the
     keys that need an engine, saying why; nothing is queued. A pause queued for the dead
     process before anyone noticed is not applied by the next session, which says so."""
+    from tui_helpers import read_run
+
     from selfinstruct_tui.engine import control
     from selfinstruct_tui.tui.widgets.panes import StatusLine
-    from tui_helpers import read_run
 
     run_dir = tmp_path / "run"
 

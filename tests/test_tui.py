@@ -337,6 +337,8 @@ def test_detach_key_stops_here_and_asks_for_handover(tmp_path, isolated_env):
             app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
                 await until(pilot, lambda: count_machine(tmp_path / "run") >= 3)
+                actions = {b.binding.action for b in app.screen.active_bindings.values()}
+                assert {"detach", "quit"} <= actions and "leave" not in actions
                 await pilot.press("d")
                 assert isinstance(app.screen, ConfirmScreen)
                 await pilot.press("y")

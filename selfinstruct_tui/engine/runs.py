@@ -4,6 +4,7 @@ detached runs (a background process of its own session that outlives the termina
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -229,3 +230,34 @@ def record_failed_start(run_dir: Path, pid: int, code: int | None, tail: list[st
             store.close()
     except UserError:
         pass
+
+
+def left_attached_lines(run_dir: Path) -> list[str]:
+    """What `selfinstruct attach` prints once its UI is closed: what the run does now (closing
+    an attached UI never stops it) and the commands to watch, stop or resume it. One line each;
+    reads the run's state from its store (UserError: not a readable run)."""
+    store = RunStore(run_dir, readonly=True)
+    try:
+        state, pid = run_status(store)
+    finally:
+        store.close()
+    quoted = shlex.quote(str(run_dir))
+    resume = f"resume it in the background: selfinstruct run --detach --run-dir {quoted}"
+    if state in (RunState.RUNNING, RunState.STARTING, RunState.PAUSED, RunState.STOPPING):
+        doing = f"the run goes on in the background (pid {pid})"
+        if state == RunState.PAUSED:
+            doing = (f"the run stays paused in the background (pid {pid}): attach and press p "
+                     "to resume it")
+        elif state == RunState.STOPPING:
+            doing = f"the run is stopping in the background (pid {pid})"
+        return [doing, f"log: {run_dir / RUN_LOG}",
+                f"attach again: selfinstruct attach {quoted}",
+                f"stop it: attach and press s, or kill {pid} (a clean stop; the same command "
+                "resumes it)"]
+    if state == RunState.CRASHED:
+        return [f"the run's engine process (pid {pid}) is gone (killed or crashed): nothing "
+                "runs the run", resume]
+    if state == RunState.FINISHED:
+        return [f"the run is finished (target reached); export it: selfinstruct export {quoted} "
+                "--format alpaca -o tasks.json"]
+    return [f"the run is {state}: nothing runs it", resume]

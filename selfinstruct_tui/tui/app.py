@@ -55,7 +55,7 @@ from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jso
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.engine.task import Task
-from selfinstruct_tui.tui.keys import RunCommands, bindings
+from selfinstruct_tui.tui.keys import ATTACHED, LOCAL, RunCommands, bindings, offered
 from selfinstruct_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.review import ReviewScreen
@@ -432,6 +432,16 @@ class SelfInstructApp(App[int]):
             if command.title != "Quit":
                 yield command
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Only the keys valid in this app's mode (keys.py): an attached UI has no `d` (the
+        run already runs in the background) and leaves (`leave`) where a local one quits."""
+        return offered(action, ATTACHED if self.attached else LOCAL)
+
+    def action_leave(self) -> None:
+        """An attached UI's q: closes it; the run goes on (`selfinstruct attach` says how to
+        come back or stop it)."""
+        self._finish_and_exit()
+
     async def action_quit(self) -> None:
         """q, ctrl+q (Textual's own quit key, rebound in keys.py) and the palette's Quit: asks
         while the run is going, since quitting stops it (ctrl+q quit at once: it stopped a
@@ -477,16 +487,8 @@ class SelfInstructApp(App[int]):
         self.call_from_thread(self.exit, code)
 
     def action_detach(self) -> None:
-        """Hand the run to a background process: stop here cleanly, resume detached."""
-        if self.attached and self.state == RunState.CRASHED:
-            self.notify(f"Nothing to detach: {self._no_engine()}. Resume the run in the "
-                        f"background with: selfinstruct run --detach --run-dir {self.run_dir}",
-                        severity="warning", markup=False)
-            return
-        if self.attached:
-            self.notify("This UI is attached: the run already runs in the background. Press q "
-                        "to leave it running.")
-            return
+        """Hand the run to a background process: stop here cleanly, resume detached. Not
+        offered to an attached UI (keys.py): its run already runs in the background."""
         if not self.engine_active:
             self.notify("The run is not running; start it detached with "
                         "`selfinstruct run --detach --run-dir ...`.", severity="warning")

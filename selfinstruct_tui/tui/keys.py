@@ -1,5 +1,7 @@
 """The one key table: it feeds the app's bindings, the footer, the help panel and the command
-palette, so a key is listed once."""
+palette, so a key is listed once. A key is offered in the app's modes it makes sense in
+(`Key.modes`): the app runs the engine itself (LOCAL), or it is attached to a run another
+process drives (ATTACHED); the app's `check_action` hides the others from all four."""
 
 from __future__ import annotations
 
@@ -8,6 +10,10 @@ from functools import partial
 
 from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
+
+LOCAL = "local"  # the app runs the engine (selfinstruct run)
+ATTACHED = "attached"  # the app follows a run another process drives (selfinstruct attach)
+BOTH = frozenset({LOCAL, ATTACHED})
 
 
 @dataclass(frozen=True)
@@ -21,23 +27,33 @@ class Key:
     # Another key for the action, bound with priority (it works while a text box has the
     # focus) and never in the footer: ctrl+q, which Textual binds to quit at once otherwise
     also: str = ""
+    modes: frozenset[str] = BOTH  # where the key is offered (bound, in the footer, help, palette)
 
 
 KEYS = (  # in the footer's order: what a run needs most first (a narrow footer cuts the end)
     Key("p", "p", "toggle_pause", "Pause/Resume", "Pause / resume the run"),
     Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)"),
-    Key("q", "q / ctrl+q", "quit", "Quit", "Quit (asks first while the run is going)",
-        also="ctrl+q"),
+    Key("q", "q / ctrl+q", "quit", "Quit", "Quit: stops the run (asks first while it is going)",
+        also="ctrl+q", modes=frozenset({LOCAL})),
+    Key("q", "q / ctrl+q", "leave", "Leave", "Leave: close this UI; the run goes on in the "
+        "background", also="ctrl+q", modes=frozenset({ATTACHED})),
     Key("question_mark", "?", "help", "Help", "Show keys"),
     Key("e", "e", "edit_seeds", "Edit seeds", "Seed manager: add, edit, duplicate, delete seeds"),
     Key("x", "x", "export", "Export", "Export tasks"),
-    Key("d", "d", "detach", "Detach", "Detach: move the run to a background process"),
+    Key("d", "d", "detach", "Detach", "Detach: move the run to a background process",
+        modes=frozenset({LOCAL})),
     Key("r", "r", "review", "Review", "Quality review: rate a random sample of machine tasks"),
     Key("slash", "/", "filter", "Filter", "Filter tasks by text"),
     Key("m", "m", "toggle_maximize", "Maximize", "Maximize / restore the focused pane"),
     Key("t", "t", "change_theme", "Theme", "Change theme"),
     Key("g", "g", "next_chart", "Chart", "Next chart in the round statistics", in_footer=False),
 )
+
+
+def offered(action: str, mode: str) -> bool:
+    """Whether `action` is offered in `mode` (an action the table does not hold always is)."""
+    modes = [k.modes for k in KEYS if k.action == action]
+    return not modes or any(mode in m for m in modes)
 
 
 def bindings() -> list[BindingType]:
@@ -53,15 +69,19 @@ def bindings() -> list[BindingType]:
 class RunCommands(Provider):
     """Every key of the app is also a command in the palette (ctrl+p)."""
 
+    def _keys(self) -> list[Key]:
+        """The keys the app offers now (its `check_action`)."""
+        return [k for k in KEYS if self.app.check_action(k.action, ()) is not False]
+
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for key in KEYS:
+        for key in self._keys():
             score = matcher.match(key.title)
             if score > 0:
                 yield Hit(score, matcher.highlight(key.title),
                           partial(self.app.run_action, key.action), help=f"key: {key.shown}")
 
     async def discover(self) -> Hits:
-        for key in KEYS:
+        for key in self._keys():
             yield Hit(1.0, key.title, partial(self.app.run_action, key.action),
                       help=f"key: {key.shown}")
