@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hypothesis
+import pytest
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.control import read_snapshot
@@ -370,3 +371,28 @@ def test_paused_time_is_not_run_time(monkeypatch, tmp_path):
     clock[0] += 300  # paused: the clock does not move
     before = active_seconds([r for r in snap.rounds if r.round != 9], None)
     assert abs(loaded.status.elapsed() - before - 50) < 1e-6  # round 9's 100 s less 50 paused
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+@pytest.mark.parametrize("name, model, state", [
+    ("run-20260512-141503", "gpt-4o-mini", "running"),
+    ("my-medical-qa-dataset-v3", "meta-llama/Llama-3.1-70B-Instruct", "paused"),
+])
+def test_the_status_line_keeps_the_run_model_and_state_at_common_widths(width, name, model,
+                                                                         state):
+    """Below 160 columns the run's name and the model were the first to go: 80, 100 and 120
+    columns showed neither. They stay now (the name shortened around an ellipsis); the
+    endpoint, the counts' words and the less important figures give way first."""
+    from selfinstruct_tui.tui.view import StatusView
+
+    status = StatusView(run_name=name, endpoint="https://api.openai.com/v1", model=model,
+                        state=state, reason="errors" if state == "paused" else "",
+                        accepted=1873, target=52000, tokens=13_927_812, cost=1.2345, errors=3)
+    status.retry_causes.update({"rate_limit": 12})
+    line = status.line(width).plain
+    assert len(line) <= width, line
+    parts = line.split(" │ ")
+    assert parts[0].strip() == name or (parts[0].strip().startswith(name[:5]) and "…" in parts[0])
+    # the model whole, or without its organisation/ prefix
+    assert parts[1] in (model, model.rsplit("/", 1)[-1]) and parts[2].startswith(state)
+    assert "1873/52000" in line and ("errors 3" in line or "err 3" in line)

@@ -161,6 +161,30 @@ ROUND_COLUMNS = ("round", "prompts", "cand.", "acc.", "rejected", "open", "surpl
                  "tokens", "cost", "time")
 
 
+# The status line's parts give way in this order until it fits (StatusView.line): each step
+# shortens or leaves out the parts that name it. The run's name, the model and the state are
+# only ever shortened.
+GIVE_WAY = ("causes", "prompt speed", "model", "speed", "tokens", "rate", "name", "cost",
+            "no speed", "no tokens", "no rate", "words", "no cost", "no eta", "pool", "no time",
+            "name more", "model more", "reason", "model most")
+
+
+def _shorten(text: str, most: int) -> str:
+    """`text` in at most `most` characters: its start and end around an ellipsis."""
+    if len(text) <= most:
+        return text
+    tail = (most - 1) // 2
+    return text[:most - 1 - tail] + "…" + text[len(text) - tail:]
+
+
+def _si(n: int) -> str:
+    """A count in 4 characters or so: 950, 13.9k, 1.4M."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 # The states in which the elapsed-time clock counts (paused time is not run time)
 CLOCK_STATES = frozenset({RunState.RUNNING, RunState.STOPPING})
 
@@ -190,10 +214,10 @@ class StatusView:
     priced: bool = True  # prices are set: the cost is shown
 
     def line(self, width: int = 0) -> Text:
-        """The status line; with `width`, the least important parts are left out until it fits
-        (state, pool, errors and retries stay; then cost; then tokens, tasks/min and the ETA;
-        then elapsed time, then output speed; the run's name, the endpoint, prompt speed and
-        the retry causes go first)."""
+        """The status line; with `width` (columns), parts give way until it fits, in the order
+        of `GIVE_WAY`: first shortened (the endpoint, the run's name, the counts' words), then
+        left out, least important first. The run's name (or directory), the model and the
+        state always stay: at 80 columns they, the errors, the retries and the pool remain."""
         live = self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
         elapsed = self.elapsed()
         per_min = self.rates.tasks_per_minute()
@@ -205,37 +229,64 @@ class StatusView:
         model = f"{self.model} (embedded)" if self.embedded else f"{self.model} @ {endpoint}"
         if self.endpoints > 1:
             model = f"{self.model} @ {self.endpoints} endpoints"
+        base_model = self.model.rsplit("/", 1)[-1]  # (an organisation/ prefix goes first)
         state = self.state + (f" ({self.reason})" if self.reason and
                               self.state == RunState.PAUSED else "")
         alarm = "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR,
                                                  RunState.CRASHED) else "bold"
-        # (priority: higher stays longer, text, style)
-        parts: list[tuple[int, str, str]] = [(1, self.run_name, "bold"), (2, model, ""),
-                                             (9, state, alarm)]
+        # (style, forms): the part's text as GIVE_WAY steps go by, [name of a step, text]
+        # pairs, the longest first ("": left out). A part without steps never gives way.
+        parts: list[tuple[str, list[tuple[str, str]]]] = [
+            ("bold", [("", self.run_name), ("name", _shorten(self.run_name, 16)),
+                      ("name more", _shorten(self.run_name, 10))]),
+            ("", [("", model), ("model", self.model), ("model more", base_model),
+                  ("model most", _shorten(base_model, 16))]),
+            (alarm, [("", state), ("reason", self.state)])]  # (the note line says why)
         if self.errors:
-            parts.append((8, f"errors {self.errors}", ""))
+            parts.append(("", [("", f"errors {self.errors}"), ("words", f"err {self.errors}")]))
         if self.retry_causes:
-            parts.append((8, f"retries {sum(self.retry_causes.values())}", ""))
-            parts.append((3, "(" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
-                                              self.retry_causes.most_common()) + ")", ""))
-        parts += [(9, f"pool {self.accepted}/{self.target}", ""),
-                  (6, f"{per_min:.1f} tasks/min", ""), (4, f"output {output_tps:.0f} tok/s", "")]
+            parts.append(("", [("", f"retries {sum(self.retry_causes.values())}"),
+                               ("words", f"retry {sum(self.retry_causes.values())}")]))
+            parts.append(("", [("", "(" + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in self.retry_causes.most_common()) + ")"),
+                ("causes", "")]))
+        parts += [("", [("", f"pool {self.accepted}/{self.target}"),
+                        ("pool", f"{self.accepted}/{self.target}")]),
+                  ("", [("", f"{per_min:.1f} tasks/min"), ("rate", f"{per_min:.1f}/min"),
+                        ("no rate", "")]),
+                  ("", [("", f"output {output_tps:.0f} tok/s"), ("speed", f"{output_tps:.0f} "
+                                                                          "tok/s"),
+                        ("no speed", "")])]
         if self.embedded:  # prompt evaluation is most of a small local model's time
-            parts.append((3, f"prompt {prompt_tps:.0f} tok/s", ""))
-        parts.append((6, f"{self.tokens:,} tok", ""))
+            parts.append(("", [("", f"prompt {prompt_tps:.0f} tok/s"), ("prompt speed", "")]))
+        parts.append(("", [("", f"{self.tokens:,} tok"), ("tokens", f"{_si(self.tokens)} tok"),
+                           ("no tokens", "")]))
         if self.priced:  # without prices the cost is unknown, not $0
-            parts.append((7, f"${self.cost:.4f}", ""))
-        parts += [(5, fmt_duration(elapsed), ""), (6, f"ETA {eta}", "")]
+            parts.append(("", [("", f"${self.cost:.4f}"), ("cost", f"${self.cost:.2f}"),
+                               ("no cost", "")]))
+        parts += [("", [("", fmt_duration(elapsed)), ("no time", "")]),
+                  ("", [("", f"ETA {eta}"), ("no eta", "")])]
 
-        def length(ps: list[tuple[int, str, str]]) -> int:
-            return sum(len(t) for _, t, _ in ps) + 3 * (len(ps) - 1) + 2
+        def texts(step: int) -> list[tuple[str, str]]:
+            done = set(GIVE_WAY[:step])
+            shown = []
+            for style, forms in parts:
+                text = [t for name, t in forms if not name or name in done][-1]
+                if text:
+                    shown.append((text, style))
+            return shown
 
-        while width and len(parts) > 2 and length(parts) > width:
-            lowest = min(p for p, _, _ in parts)
-            index = max(i for i, (p, _, _) in enumerate(parts) if p == lowest)
-            del parts[index]
+        def length(shown: list[tuple[str, str]]) -> int:
+            return 1 + sum(len(t) + (0 if n == 0 else 1 if t.startswith("(") else 3)
+                           for n, (t, _) in enumerate(shown))
+
+        step = 0
+        shown = texts(0)
+        while width and length(shown) > width and step < len(GIVE_WAY):
+            step += 1
+            shown = texts(step)
         out = Text(" ")
-        for n, (_, text, style) in enumerate(parts):
+        for n, (text, style) in enumerate(shown):
             if n:
                 # a breakdown in parentheses follows its count without a separator
                 out.append(" " if text.startswith("(") else " │ ")
