@@ -278,3 +278,34 @@ def test_a_seeds_similarity_is_a_dash_not_zero():
     text = task_details(Task(1, "seed", "Name a river.", False, [Instance("", "Nile")],
                              seed_id="s1"), None, None).plain
     assert "no ROUGE-L (seeds are not filtered)" in text and "0.000" not in text
+
+
+def test_the_rejection_chart_tells_its_lines_apart_without_colour():
+    """The legend of the rejections-by-reason chart told its lines apart by colour only (one
+    marker for all): on a monochrome terminal, or to a colour-blind user, they read the same.
+    Each line now has its own character, shown before its label in the legend."""
+    import re
+
+    from textual_plotext.plot import Plot
+
+    from selfinstruct_tui.tui.view import RoundPoint, RunView
+    from selfinstruct_tui.tui.widgets.panes import draw_chart
+
+    view = RunView("run")
+    reasons = ["near_duplicate", "too_short", "blacklisted_word", "too_long", "bad_start",
+               "non_ascii"]
+    for r in range(1, 6):
+        view.round_points.append(RoundPoint(r, 3, {reason: n + r for n, reason in
+                                                   enumerate(reasons)}))
+    plt = Plot()
+    plt.plotsize(90, 20)
+    draw_chart(plt, view, "rejections")
+    plt.theme("clear")  # no colour at all
+    text = re.sub(r"\x1b\[[0-9;]*m", "", plt.build())
+    labels = ["non ascii", "bad start", "too long", "blacklisted word", "other"]
+    cues = {}
+    for label in labels:
+        found = re.search(r"[│ ](\S)\1 " + label + r"\b", text)
+        assert found, (label, text)
+        cues[label] = found.group(1)
+    assert len(set(cues.values())) == len(labels), cues  # one character per line

@@ -27,6 +27,10 @@ CHART_TITLES = {
     "rejections": "rejections by reason",
 }
 TOP_REASONS = 4  # the rejection chart draws the most common reasons; the rest add up as "other"
+# Each line of the rejection chart is drawn with its own character, which its legend entry
+# shows: the lines are told apart without colour (a monochrome terminal, NO_COLOR, colour
+# blindness). Colour alone told them apart before. One for each reason drawn and "other".
+SERIES_MARKERS = ("o", "x", "+", "*", "=")
 
 
 def int_ticks(lo: int, hi: int, count: int = 4) -> list[int]:
@@ -82,13 +86,13 @@ def draw_chart(plt, view: RunView, which: str) -> None:
         if not top:
             plt.title("no rejections")
             return
-        for reason in top:
+        for reason, marker in zip(top, SERIES_MARKERS, strict=False):
             plt.plot(rounds, [p.rejected.get(reason, 0) for p in points],
-                     label=reason.replace("_", " "))
+                     label=reason.replace("_", " "), marker=marker)
         series = [[p.rejected.get(reason, 0) for p in points] for reason in top]
         if len(totals) > len(top):
             other = [sum(v for k, v in p.rejected.items() if k not in top) for p in points]
-            plt.plot(rounds, other, label="other")
+            plt.plot(rounds, other, label="other", marker=SERIES_MARKERS[len(top)])
             series.append(other)
         count_axis(plt, max(max(values) for values in series))
         plt.ylabel("rejected")
