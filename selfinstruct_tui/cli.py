@@ -479,6 +479,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
     from selfinstruct_tui.session import prepare
 
+    if not args.headless:
+        _check_theme(args)  # before anything is created or started
     if not args.headless and _no_terminal(
             "selfinstruct run", "add --headless to print progress instead, or --detach to run "
             "it in the background"):
@@ -517,6 +519,20 @@ def _no_terminal(command: str, instead: str) -> bool:
     err.print(f"{command} opens the TUI, which needs a terminal ({' and '.join(missing)} "
               f"{'is' if len(missing) == 1 else 'are'} not one here): {instead}", markup=False)
     return True
+
+
+def _check_theme(args: argparse.Namespace) -> None:
+    """An unknown or broken theme (--theme, or the config file's `theme`) is an error before
+    anything is created or started (ConfigError, exit 2), as other bad settings are; it was a
+    notification in a UI that then used the default."""
+    from selfinstruct_tui.engine.config import load_user_config
+    from selfinstruct_tui.tui.themes import choose_theme
+
+    try:
+        settings: dict[str, Any] = load_user_config()
+    except ConfigError:
+        settings = {}  # (`run` refuses the file in prepare; `attach` goes on without it)
+    choose_theme(args.theme, settings)
 
 
 def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
@@ -680,6 +696,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if run_dir is None:
         return 2
     check_owner(run_dir)
+    _check_theme(args)
     if _no_terminal("selfinstruct attach", "`selfinstruct runs` lists runs and their state, "
                     f"{RUN_LOG} in the run directory is its progress"):
         return 2

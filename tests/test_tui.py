@@ -559,3 +559,38 @@ def on_screen(app) -> str:
 
     return " ".join(" ".join(str(w.render()).split()) for w in app.screen.query(Static)
                     if w.display)
+
+
+def test_an_unknown_or_broken_theme_is_an_error_before_anything_starts(run_cli, tmp_path,
+                                                                        isolated_env):
+    """An unknown theme (--theme, or the config file's `theme`) was a toast in a UI that then
+    used the default; a theme file that could not be loaded, the same. Each is now an error
+    before anything is created (exit 2), naming the flag or the file and line, the theme
+    names there are, or the broken file and what is wrong with it."""
+    config_home = tmp_path / "xdg"
+    env = {"XDG_CONFIG_HOME": str(config_home)}
+    run_dir = tmp_path / "new-run"
+    proc = run_cli("run", "--theme", "nope", "--base-url", "http://127.0.0.1:9/v1", "--model",
+                   "m", "--run-dir", str(run_dir), env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "--theme nope: no such theme. Available: ember, high-contrast, paper; and " \
+        "Textual's: ansi-dark" in " ".join(proc.stderr.split())
+    assert all(name in proc.stderr for name in ("ember", "paper", "high-contrast",
+                                                "textual-dark"))
+    assert not run_dir.exists()  # nothing created
+    deterministic_run(tmp_path / "run")
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    config.write_text('refresh = 0.5\ntheme = "nope"\n')
+    proc = run_cli("attach", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{config}:2: theme = 'nope': no such theme. Available: ember" in \
+        " ".join(proc.stderr.split())
+    # a broken user theme file asked for by name: the file and what is wrong
+    themes = config_home / "selfinstruct-tui" / "themes"
+    themes.mkdir(parents=True)
+    (themes / "mine.toml").write_text('name = "mine"\nprimary = "not-a-colour"\n')
+    config.write_text('theme = "mine"\n')
+    proc = run_cli("attach", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{config}:1: theme = 'mine': the theme file is broken: {themes / 'mine.toml'}: " \
+           "primary = 'not-a-colour' is not a colour" in " ".join(proc.stderr.split())

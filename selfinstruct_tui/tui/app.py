@@ -60,7 +60,7 @@ from selfinstruct_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen, Ex
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.review import ReviewScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen, new_seed_id
-from selfinstruct_tui.tui.themes import DEFAULT_THEME, load_themes
+from selfinstruct_tui.tui.themes import DEFAULT_THEME, choose_theme, load_themes
 from selfinstruct_tui.tui.view import RunView
 from selfinstruct_tui.tui.widgets.panes import (
     FilterInput,
@@ -86,7 +86,9 @@ def create_app(run_dir: str | Path, *, engine: Engine | None = None, attach: boo
     """The app for a run, with the user's settings filling what is not given: the one factory
     for `run`, `attach` and the tests. `notices`: notes shown once the app is up (a resumed
     run's config-file differences). A config file that cannot be read (a new run refuses it
-    before this) is a notice: attaching to a run, or resuming one, does not need it."""
+    before this) is a notice: attaching to a run, or resuming one, does not need it. Raises
+    ConfigError for a theme (`theme`, else the config file's) that is unknown or broken
+    (`choose_theme`): the CLI checks it first, before anything starts."""
     notices = list(notices or [])
     try:
         settings: dict[str, Any] = load_user_config()
@@ -101,7 +103,7 @@ def create_app(run_dir: str | Path, *, engine: Engine | None = None, attach: boo
         configured = 0.5
     return SelfInstructApp(
         run_dir, engine=engine, attach=attach, refresh=refresh or configured,
-        theme=theme or settings.get("theme"), compact=compact, seeds_file=seeds_file,
+        theme=choose_theme(theme, settings), compact=compact, seeds_file=seeds_file,
         embedded=embedded, resume_command=resume_command, notices=notices)
 
 
