@@ -25,6 +25,7 @@ from tui_helpers import (
     assert_next_rounds_use_only,
     deterministic_run,
     make_engine,
+    new_run,
     read_run,
     run,
     until,
@@ -629,3 +630,43 @@ def test_the_classification_check_box_shows_its_state_without_colour(tmp_path, i
             assert "X" not in marks[0] and "X" in marks[1]
 
     run(go())
+
+
+def test_a_seed_edit_gives_ids_only_to_the_seeds_it_adds(tmp_path, isolated_env):
+    """Adding one seed at the end of the 139+ bundled ones made the next ids jump by the set's
+    size: ids were taken for every seed of the new set, and the seeds that kept theirs left
+    theirs unused. The seed added now takes the next id, offline and in the engine, and the
+    machine tasks go on from there."""
+    from selfinstruct_tui.engine.control import OfflineControl, ReplaceSeeds
+    from selfinstruct_tui.engine.seeds import SeedTask, seed_from_record, seed_to_record
+
+    def added(n: int) -> SeedTask:
+        return SeedTask(f"added_{n}", f"added_{n}", f"Write a limerick about a lighthouse {n}.",
+                        [], False, "added")
+
+    # no engine: OfflineControl applies the set at once
+    run_dir = tmp_path / "offline"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir)
+    seeds, _ = current_seeds(store)
+    before = store.max_used_id()
+    store.close()
+    OfflineControl(run_dir, lambda e: None).send(ReplaceSeeds(tuple([*seeds, added(1)])))
+    store = RunStore(run_dir, readonly=True)
+    new = [t for t in store.tasks(origin="seed") if t.seed_id == "added_1"]
+    store.close()
+    assert len(seeds) > 100 and [t.id for t in new] == [before + 1]
+    # the engine: a pending set is applied as it starts
+    with FakeOpenAI(latency=0.01) as server:
+        store, config = new_run(tmp_path / "engine", server.base_url, target=3)
+        seeds, _ = current_seeds(store)
+        before = store.max_used_id()
+        store.set_pending_seeds([seed_to_record(s) for s in [*seeds, added(2)]])
+        assert [seed_from_record(r).id for r in store.pending_seeds()][-1] == "added_2"
+        engine = Engine(store, config)
+        engine.run()
+        new = [t for t in store.tasks(origin="seed") if t.seed_id == "added_2"]
+        machine = [t.id for t in store.tasks(origin="machine")]
+        store.close()
+    assert [t.id for t in new] == [before + 1]
+    assert machine and min(machine) < before + 1 + 40  # (not past before + 1 + the set's size)

@@ -432,8 +432,9 @@ class Engine:
         if seeds is None:
             return
         new = seed_tasks_to_pool(seeds, self._next_id)
-        self._next_id += len(new)
         promoted, demoted = self.store.apply_seed_set(new, [seed_to_record(s) for s in seeds])
+        # only the seeds the edit inserted took ids (apply_seed_set renumbers them)
+        self._next_id = max([self._next_id - 1, *(t.id for t in new)]) + 1
         self.pool.replace_seeds(new)
         for task in promoted:
             if self.pool.drop(task.id) is not None:

@@ -918,7 +918,9 @@ class RunStore:
         updated in place with them): adding a seed at the end, or promoting a task, no longer
         gives every seed a new id, so provenance ("seed #12" in a prompt) stays true and an edit
         adds rows only from its first change on. (Ids past that point are new: the seed set's
-        order is the order of its ids.)"""
+        order is the order of its ids.) The rows inserted take the ids from `new`'s first one on
+        (renumbered in place): the ids `new` held for the seeds that kept theirs are not left
+        unused (an edit at the end of 139 seeds made the next machine task's id jump by 139)."""
         now = time.time()
         wanted = {t.source_task for t in new if t.source_task is not None}
         promoted: list[Task] = []
@@ -927,11 +929,14 @@ class RunStore:
             active = list(map(_task, self.db.execute(
                 "SELECT * FROM tasks WHERE origin = 'seed' AND status = 'active' ORDER BY id")))
             old_seeds = {t.source_task: t for t in active if t.source_task is not None}
+            first_id = new[0].id if new else 0
             same = 0
             while same < min(len(active), len(new)) and \
                     _seed_content(active[same]) == _seed_content(new[same]):
                 new[same] = active[same]
                 same += 1
+            for n, task in enumerate(new[same:]):
+                task.id = first_id + n
             for task in active[same:]:
                 self.db.execute("UPDATE tasks SET status = 'removed', updated = ? WHERE id = ?",
                                 (now, task.id))
