@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from selfinstruct_tui.engine.errors import InputFileError, UserError
-from selfinstruct_tui.engine.fsutil import atomic_writer
+from selfinstruct_tui.engine.fsutil import atomic_writer, utf8_stdout
 from selfinstruct_tui.engine.placeholders import is_no_input
 from selfinstruct_tui.engine.records import file_lines, parse_records, read_utf8
 from selfinstruct_tui.engine.similarity import make_index
@@ -172,5 +171,5 @@ def write_report(path: str | Path, dropped: list[dict[str, Any]],
 
 def _output(path: str | Path, stdout: IO[str] | None) -> contextlib.AbstractContextManager[IO[str]]:
     if str(path) == "-":
-        return contextlib.nullcontext(stdout or sys.stdout)
+        return utf8_stdout(stdout)
     return atomic_writer(path)

@@ -22,14 +22,13 @@ the model, the API and every endpoint that answered (base URL, model, answers; n
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from selfinstruct_tui.engine.errors import UserError
-from selfinstruct_tui.engine.fsutil import atomic_writer, check_output_path
+from selfinstruct_tui.engine.fsutil import atomic_writer, check_output_path, utf8_stdout
 from selfinstruct_tui.engine.placeholders import normalize_input
 from selfinstruct_tui.engine.review import review_label
 from selfinstruct_tui.engine.store import (
@@ -176,7 +175,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
 
         tasks = None if fmt == "rejections" else exported
         if str(output) == "-":
-            count = write_rows(rows(), fmt, stdout or sys.stdout)
+            with utf8_stdout(stdout) as fh:
+                count = write_rows(rows(), fmt, fh)
             return Exported(Path("-"), count, tasks[0] if tasks else None)
         path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
         check_target(run_dir, path)
@@ -284,7 +284,8 @@ def export_seeds(run_dir: str | Path, output: str | Path | None,
         store.close()
     text = seeds_to_jsonl(seeds)
     if output is None or str(output) == "-":
-        (stdout or sys.stdout).write(text)
+        with utf8_stdout(stdout) as fh:
+            fh.write(text)
         return Path("-"), len(seeds), pending
     path = Path(output)
     check_target(run_dir, path)

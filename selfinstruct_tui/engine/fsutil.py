@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from selfinstruct_tui.engine.errors import UserError
 
@@ -44,6 +46,26 @@ def atomic_writer(path: str | os.PathLike[str], mode: int | None = None) -> Iter
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def utf8_stdout(stream: IO[str] | None = None) -> Iterator[IO[str]]:
+    """Where data for `-o -` goes: `stream` as it is when given (a caller's own text stream),
+    else stdout written as a file is (UTF-8 bytes, LF line ends), whatever the locale's
+    encoding. Through the text stdout, an export crashed half-way in a latin-1 or ASCII locale
+    (or a Windows pipe, the ANSI code page) or, for text that encoding holds ("café"), came out
+    in it: not the UTF-8 that fine-tuning tools read. Flushed on leaving; stdout stays open."""
+    if stream is not None:
+        yield stream
+        return
+    out = sys.stdout
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:  # a stdout without bytes underneath (replaced by a harness): as it is
+        yield out
+        return
+    out.flush()  # whatever was printed before comes first
+    yield cast(IO[str], codecs.getwriter("utf-8")(buffer))
+    buffer.flush()
 
 
 def check_output_path(path: str | os.PathLike[str], flag: str = "-o",
