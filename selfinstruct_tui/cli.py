@@ -330,6 +330,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:  # the count still said, beside the data (as `seeds export -o -` says it)
         err.print(f"wrote {exported.counted} ({args.format}) of {args.run_dir} to stdout",
                   markup=False)
+    for note in exported.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.reviewed_only and exported.rows == 0:
         from selfinstruct_tui.engine.review import summarize
         from selfinstruct_tui.engine.store import RunStore

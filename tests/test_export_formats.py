@@ -316,3 +316,50 @@ def test_data_written_to_stdout_is_the_file_byte_for_byte_whatever_the_locale(
     assert cli_bytes(env, "dedup", str(source), "-o", "-") == kept.read_bytes()
     assert cli_bytes(env, "dedup", str(source), "-o", str(tmp_path / "k2.json"),
                      "--report", "-") == report.read_bytes()
+
+
+def test_an_openai_chat_export_too_small_to_fine_tune_says_so(tmp_path, run_cli):
+    """OpenAI refuses a training file of fewer than 10 examples when the job is created (after
+    the upload): the export says so, with the count and what to do; a file of 10 says nothing."""
+    small = scripted_run(tmp_path / "small", target=2)  # 3 + 2 instances
+    proc = run_cli("export", str(small), "--format", "openai-chat", "-o",
+                   str(tmp_path / "small.jsonl"), check=True)
+    assert ("note: OpenAI fine-tuning needs at least 10 examples in a training file and this "
+            "one has 5") in proc.stderr
+    assert len(check_openai_chat((tmp_path / "small.jsonl").read_bytes())) == 5
+    proc = run_cli("export", str(small), "--format", "openai-chat", "-o", "-", check=True)
+    assert "this one has 5" in proc.stderr and len(proc.stdout.splitlines()) == 5
+    for fmt in ("alpaca", "sharegpt"):  # no such minimum there
+        proc = run_cli("export", str(small), "--format", fmt, "-o", "-", check=True)
+        assert "note:" not in proc.stderr
+    full = scripted_run(tmp_path / "full")
+    proc = run_cli("export", str(full), "--format", "openai-chat", "-o", "-", check=True)
+    assert "note:" not in proc.stderr
+
+
+def test_the_export_dialog_says_when_openai_would_refuse_the_file(tmp_path, isolated_env):
+    from textual.widgets import Input, Select
+
+    from selfinstruct_tui.tui.app import create_app
+    from tui_helpers import run, until
+
+    run_dir = scripted_run(tmp_path, target=2)
+    out = tmp_path / "chat.jsonl"
+    warnings: list[str] = []
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            app.screen.query_one("#format", Select).value = "openai-chat"
+            await pilot.pause(0.1)
+            app.screen.query_one("#path", Input).value = str(out)
+            await pilot.click("#export")
+            # the warning follows the "Exported ..." notice from the export's thread
+            await until(pilot, lambda: any(n.severity == "warning" for n in app._notifications))
+            warnings.extend(n.message for n in app._notifications if n.severity == "warning")
+
+    run(go())
+    assert len(check_openai_chat(out.read_bytes())) == 5
+    assert any("at least 10 examples" in w and "has 5" in w for w in warnings), warnings

@@ -131,6 +131,7 @@ class Exported(NamedTuple):
     path: Path
     rows: int
     tasks: int | None
+    notes: tuple[str, ...] = ()  # what the file's consumer will refuse (`consumer_notes`)
 
     @property
     def counted(self) -> str:
@@ -177,7 +178,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
         if str(output) == "-":
             with utf8_stdout(stdout) as fh:
                 count = write_rows(rows(), fmt, fh)
-            return Exported(Path("-"), count, tasks[0] if tasks else None)
+            return Exported(Path("-"), count, tasks[0] if tasks else None,
+                            consumer_notes(fmt, count))
         path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
         check_target(run_dir, path)
         with atomic_writer(path) as fh:
@@ -189,7 +191,22 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
             fh.write("\n")
     finally:
         store.close()
-    return Exported(path, count, tasks[0] if tasks else None)
+    return Exported(path, count, tasks[0] if tasks else None, consumer_notes(fmt, count))
+
+
+# OpenAI's fine-tuning guide: "The minimum number of examples you can provide for fine-tuning is
+# 10"; a smaller training file is refused when the job is created, after the upload.
+OPENAI_MIN_EXAMPLES = 10
+
+
+def consumer_notes(fmt: str, rows: int) -> tuple[str, ...]:
+    """What the tool an export is made for will refuse in it, in sentences a user can act on:
+    an openai-chat file of fewer than 10 examples (OpenAI's minimum per training file)."""
+    if fmt == "openai-chat" and rows < OPENAI_MIN_EXAMPLES:
+        return (f"OpenAI fine-tuning needs at least {OPENAI_MIN_EXAMPLES} examples in a training "
+                f"file and this one has {rows}: generate more (resume with a higher --target) "
+                "before uploading it",)
+    return ()
 
 
 def rejection_outcomes(store: RunStore) -> Callable[[RejectionRecord], str]:

@@ -625,6 +625,8 @@ class SelfInstructApp(App[int]):
             return
         self.call_from_thread(self.notify,
                               f"Exported {exported.counted} ({fmt}) to {exported.path}")
+        for note in exported.notes:
+            self.call_from_thread(self.notify, note, severity="warning")
 
     def action_review(self) -> None:
         """The quality review of a sample of machine tasks (screens/review.py); its answers go
