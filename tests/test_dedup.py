@@ -222,3 +222,13 @@ def test_dedup_outputs_never_destroy_the_input_and_bad_paths_are_named(run_cli, 
     assert "wrote stdout" in proc.stderr and not (tmp_path / "-").exists()
     proc = run_cli("dedup", str(src), "-o", str(out), "--report", "-", check=True)
     assert [json.loads(r)["line"] for r in proc.stdout.splitlines()] and "kept" in proc.stderr
+
+
+def test_dedup_reports_bad_records_in_file_order(run_cli, tmp_path):
+    """Bad JSON on line 2 was said before a missing field on line 1."""
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"prompt": "no field"}\n{broken\n[1]\n{"instruction": 3}\n')
+    proc = run_cli("dedup", str(src), "-o", str(tmp_path / "out.jsonl"))
+    assert proc.returncode == 2
+    said = [text.split(":")[1] for text in proc.stderr.splitlines()]
+    assert said == ["1", "2", "3", "4"], proc.stderr

@@ -279,3 +279,24 @@ def test_unicode_line_separators_inside_strings_do_not_split_records(run_cli, tm
     assert proc.stderr.strip().splitlines() == [
         f"{path}:3: missing field 'instruction'",
         f"{path}:3: field 'instances' is empty; give at least one input/output pair"]
+
+
+@pytest.mark.parametrize("name, content, lines", [
+    # JSON Lines: bad JSON (found while reading) between records checked after reading
+    ("seeds.jsonl", "\n".join([line(id="a", instances=[]), "{oops", "[1]",
+                               line(id="b", instruction="")]) + "\n", [1, 2, 3, 4]),
+    # a JSON list: the records read before the bad JSON come first
+    ("seeds.json", "[\n" + line(id="a", instances=...) + ",\n"
+     + line(id="b", instruction="") + ",\n{oops}\n]\n", [2, 3, 4]),
+], ids=["jsonl", "json-list"])
+def test_seeds_check_reports_problems_in_file_order(run_cli, tmp_path, name, content, lines):
+    """`seeds check` said a bad-JSON line 2 before a missing field on line 1: problems found
+    while reading the file came first, then those of the records. A user fixing the file from
+    the top reads them in its order."""
+    path = tmp_path / name
+    path.write_text(content)
+    proc = run_cli("seeds", "check", str(path))
+    assert proc.returncode == 2
+    said = [int(text.removeprefix(f"{path}:").split(":")[0])
+            for text in proc.stderr.splitlines()]
+    assert said == lines, proc.stderr

@@ -18,7 +18,7 @@ from typing import IO, Any
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer, utf8_stdout
 from selfinstruct_tui.engine.placeholders import is_no_input
-from selfinstruct_tui.engine.records import file_lines, parse_records, read_utf8
+from selfinstruct_tui.engine.records import file_lines, in_file_order, parse_records, read_utf8
 from selfinstruct_tui.engine.similarity import make_index
 from selfinstruct_tui.engine.tokenize import get_tokenizer
 
@@ -43,20 +43,21 @@ def read_items(path: str | Path, field: str) -> tuple[str, list[Item]]:
                  if line.strip()]
         return "text", items
     parsed = parse_records(path, text)
-    problems = list(parsed.problems)
+    problems = list(parsed.problems)  # (line, message): said in file order
     raw_lines = file_lines(text)
     items = []
     for line, obj in parsed.records:
         where = f"{parsed.path}:{line}"
         if not isinstance(obj, dict):
-            problems.append(f"{where}: expected a JSON object with a {field!r} field")
+            problems.append((line, f"{where}: expected a JSON object with a {field!r} field"))
             continue
         if field not in obj:
-            problems.append(f"{where}: missing field {field!r} (choose another with --field)")
+            problems.append((line, f"{where}: missing field {field!r} (choose another with "
+                                   "--field)"))
             continue
         value = obj[field]
         if not isinstance(value, str):
-            problems.append(f"{where}: field {field!r} must be a string")
+            problems.append((line, f"{where}: field {field!r} must be a string"))
             continue
         raw = raw_lines[line - 1] if parsed.kind == "jsonl" else obj
         items.append(Item(line, value, raw))
@@ -67,7 +68,7 @@ def read_items(path: str | Path, field: str) -> tuple[str, list[Item]]:
         raise InputFileError([f"{parsed.path}: no record has the field {field!r} (the first "
                               f"record's fields: {fields}); choose one with --field"])
     if problems:
-        raise InputFileError(problems)
+        raise InputFileError(in_file_order(problems))
     return parsed.kind, items
 
 

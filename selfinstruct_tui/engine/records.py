@@ -16,7 +16,14 @@ class RecordFile:
     path: str
     kind: str  # "jsonl" or "json-list"
     records: list[tuple[int, Any]]  # (1-based line, decoded value)
-    problems: list[str]
+    problems: list[tuple[int, str]]  # (1-based line, "PATH:LINE: what is wrong")
+
+
+def in_file_order(problems: list[tuple[int, str]]) -> list[str]:
+    """(line, message) problems as a user reads the file: by line, a line's own problems in the
+    order they were found. Records are checked after the whole file is parsed, so a bad-JSON
+    line 2 was reported before a missing field on line 1."""
+    return [text for _, text in sorted(problems, key=lambda problem: problem[0])]
 
 
 def json_type_name(value: Any) -> str:
@@ -121,7 +128,7 @@ def parse_records(path: str | Path, text: str) -> RecordFile:
     if text.lstrip().startswith("["):
         return _parse_json_list(p, text)
     records: list[tuple[int, Any]] = []
-    problems: list[str] = []
+    problems: list[tuple[int, str]] = []
     for lineno, line in enumerate(file_lines(text), start=1):
         if not line.strip():
             continue
@@ -131,8 +138,8 @@ def parse_records(path: str | Path, text: str) -> RecordFile:
             if not records and not problems and text.lstrip().startswith("{"):
                 single = _single_object(p, text)
                 if single is not None:
-                    return RecordFile(p, "jsonl", [], [single])
-            problems.append(f"{p}:{lineno}: {describe_json_error(line, exc)}")
+                    return RecordFile(p, "jsonl", [], [(1, single)])
+            problems.append((lineno, f"{p}:{lineno}: {describe_json_error(line, exc)}"))
     return RecordFile(p, "jsonl", records, problems)
 
 
@@ -155,14 +162,14 @@ def _parse_json_list(p: str, text: str) -> RecordFile:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             if text[exc.pos:exc.pos + 1] == "]" and records:
-                return RecordFile(p, "json-list", records, [
+                return RecordFile(p, "json-list", records, [(exc.lineno,
                     f"{p}:{exc.lineno}: bad JSON: trailing comma after record {len(records)} "
                     f"(the last one) before ']'; remove the comma, near "
-                    f"{excerpt(text, exc.pos)!r}"])
+                    f"{excerpt(text, exc.pos)!r}")])
             return RecordFile(
                 p, "json-list", records,
-                [f"{p}:{exc.lineno}: record {len(records) + 1}: "
-                 f"{describe_json_error(text, exc)}"],
+                [(exc.lineno, f"{p}:{exc.lineno}: record {len(records) + 1}: "
+                  f"{describe_json_error(text, exc)}")],
             )
         records.append((_line_at(text, pos), value))
         pos = skip_ws(end)
@@ -174,9 +181,10 @@ def _parse_json_list(p: str, text: str) -> RecordFile:
             if rest:
                 line = _line_at(text, pos + 1 + text[pos + 1 :].index(rest[0]))
                 return RecordFile(p, "json-list", records,
-                                  [f"{p}:{line}: unexpected text after the closing ']'"])
+                                  [(line, f"{p}:{line}: unexpected text after the closing ']'")])
             return RecordFile(p, "json-list", records, [])
+        line = _line_at(text, pos)
         return RecordFile(p, "json-list", records,
-                          [f"{p}:{_line_at(text, pos)}: record {len(records)}: bad JSON: "
-                           f"expected ',' or ']' after the record, near "
-                           f"{excerpt(text, pos)!r}"])
+                          [(line, f"{p}:{line}: record {len(records)}: bad JSON: "
+                            f"expected ',' or ']' after the record, near "
+                            f"{excerpt(text, pos)!r}")])

@@ -23,7 +23,12 @@ from selfinstruct_tui.engine.placeholders import (
     placeholder_output,
     unusable_input,
 )
-from selfinstruct_tui.engine.records import json_type_name, parse_records, read_utf8
+from selfinstruct_tui.engine.records import (
+    in_file_order,
+    json_type_name,
+    parse_records,
+    read_utf8,
+)
 
 
 @dataclass(frozen=True)
@@ -145,25 +150,27 @@ def _alpaca_row(obj: dict, where: str, problems: list[str]) -> tuple[str, Instan
 def parse_seeds(path: str | Path, text: str) -> tuple[list[SeedTask], str]:
     """Tasks and the detected format; raises InputFileError listing every bad line."""
     parsed = parse_records(path, text)
-    problems = list(parsed.problems)
+    found = list(parsed.problems)  # (line, message): said in file order
     tasks: list[SeedTask] = []
     alpaca: dict[str, list[Instance]] = {}
     kinds: set[str] = set()
     seen_ids: dict[str, int] = {}
-    for line, obj in parsed.records:
+
+    def read(line: int, obj: Any, problems: list[str]) -> None:
+        """One record into `tasks` or `alpaca`, or its problems into `problems`."""
         where = f"{parsed.path}:{line}"
         if not isinstance(obj, dict):
             problems.append(f"{where}: expected a JSON object, got {json_type_name(obj)}")
-            continue
+            return
         if "instances" in obj or "id" in obj:
             kinds.add("self-instruct")
             task = _self_instruct_task(obj, where, problems)
             if task is None:
-                continue
+                return
             if task.id in seen_ids:
                 problems.append(
                     f"{where}: duplicate id {task.id!r} (first used on line {seen_ids[task.id]})")
-                continue
+                return
             seen_ids[task.id] = line
             tasks.append(task)
         elif "output" in obj or "instruction" in obj:
@@ -175,6 +182,12 @@ def parse_seeds(path: str | Path, text: str) -> tuple[list[SeedTask], str]:
             problems.append(
                 f"{where}: not a seed task: expected 'instruction' and 'instances' "
                 "(self-instruct) or 'instruction', 'input', 'output' (Alpaca)")
+
+    for line, obj in parsed.records:
+        problems: list[str] = []
+        read(line, obj, problems)
+        found.extend((line, problem) for problem in problems)
+    problems = in_file_order(found)
     if len(kinds) > 1:
         problems.append(f"{parsed.path}: mixes self-instruct and Alpaca records; use one format")
     if problems:
