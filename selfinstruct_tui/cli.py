@@ -327,6 +327,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         text_console().print(
             f"wrote {exported.counted} ({args.format}) to {path}; run metadata (model, "
             f"endpoints) in {path.name}.meta.json", markup=False)
+        if exported.replaced:  # derived from the store, so nothing is lost; but not unsaid
+            err.print(f"note: {path} replaced the export that was there (and its "
+                      f"{path.name}.meta.json); -o FILE writes another file", markup=False)
     else:  # the count still said, beside the data (as `seeds export -o -` says it)
         err.print(f"wrote {exported.counted} ({args.format}) of {args.run_dir} to stdout",
                   markup=False)

@@ -281,6 +281,25 @@ def test_export_never_overwrites_the_runs_own_files_and_writes_stdout(run_cli, f
     assert out.stderr == f"wrote 3 rows (self-instruct) of {run_dir} to stdout\n"
 
 
+def test_an_export_without_o_says_where_it_wrote_and_that_it_replaced_one(run_cli, fake_server,
+                                                                          tmp_path):
+    """`export RUN` writes RUN/export-FORMAT.json; a second export replaced the first one
+    silently. It is derived from the store (replacing loses nothing), so it is replaced, and
+    said on stderr with the file's name; the first export says nothing of the kind."""
+    run_dir = tmp_path / "run"
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--run-dir", str(run_dir), "--target", "3", check=True)
+    written = run_dir / "export-alpaca.json"
+    first = run_cli("export", str(run_dir), "--format", "alpaca", check=True)
+    assert f"to {written}" in first.stdout and first.stderr == ""
+    written.write_text("[]")  # stale: the run went on since
+    again = run_cli("export", str(run_dir), "--format", "alpaca", check=True)
+    assert f"to {written}" in again.stdout
+    assert again.stderr == (f"note: {written} replaced the export that was there (and its "
+                            "export-alpaca.json.meta.json); -o FILE writes another file\n")
+    assert len(json.loads(written.read_text())) > 0  # the new export, not the stale file
+
+
 def umask() -> int:
     current = os.umask(0)
     os.umask(current)

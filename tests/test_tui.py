@@ -297,6 +297,14 @@ def test_export_key_writes_the_file(tmp_path, isolated_env):
             await until(pilot, lambda: (tmp_path / "data.json").exists())
             await until(pilot, lambda: any("Exported 40 tasks in" in str(n.message)
                                            for n in app._notifications))
+            assert not any("replaced" in str(n.message) for n in app._notifications)
+            # the same file again: replaced, and said
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            app.screen.query_one("#path").value = str(tmp_path / "data.json")
+            await pilot.click("#export")
+            await until(pilot, lambda: any("(it replaced the file that was there)"
+                                           in str(n.message) for n in app._notifications))
 
     run(go())
     rows = json.loads((tmp_path / "data.json").read_text())

@@ -126,12 +126,14 @@ def check_target(run_dir: str | Path, path: Path) -> None:
 class Exported(NamedTuple):
     """What an export wrote: its path ("-": stdout), its rows (a row per instance in the
     alpaca, openai-chat and sharegpt formats; per task in self-instruct; per rejection) and the
-    tasks in them (None for the rejections format)."""
+    tasks in them (None for the rejections format); `replaced`: the file existed and was
+    replaced (an export is derived from the store, so that loses nothing, but it is said)."""
 
     path: Path
     rows: int
     tasks: int | None
     notes: tuple[str, ...] = ()  # what the file's consumer will refuse (`consumer_notes`)
+    replaced: bool = False
 
     @property
     def counted(self) -> str:
@@ -182,6 +184,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
                             consumer_notes(fmt, count))
         path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
         check_target(run_dir, path)
+        replaced = path.exists()
         with atomic_writer(path) as fh:
             count = write_rows(rows(), fmt, fh)
         with atomic_writer(metadata_path(path)) as fh:
@@ -191,7 +194,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
             fh.write("\n")
     finally:
         store.close()
-    return Exported(path, count, tasks[0] if tasks else None, consumer_notes(fmt, count))
+    return Exported(path, count, tasks[0] if tasks else None, consumer_notes(fmt, count),
+                    replaced)
 
 
 # OpenAI's fine-tuning guide: "The minimum number of examples you can provide for fine-tuning is

@@ -623,8 +623,9 @@ class SelfInstructApp(App[int]):
         except (OSError, ValueError, UserError) as exc:
             self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error")
             return
+        replaced = " (it replaced the file that was there)" if exported.replaced else ""
         self.call_from_thread(self.notify,
-                              f"Exported {exported.counted} ({fmt}) to {exported.path}")
+                              f"Exported {exported.counted} ({fmt}) to {exported.path}{replaced}")
         for note in exported.notes:
             self.call_from_thread(self.notify, note, severity="warning")
 
