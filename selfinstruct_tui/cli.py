@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--compact", action="store_true", help="layout for 80x24 terminals")
     attach.add_argument("--theme")
 
-    sub.add_parser("runs", help="list runs: state, pool size, last activity")
+    sub.add_parser("runs", help="list runs, most recent activity first: state, pool size, "
+                   "last activity")
 
     export = sub.add_parser("export", help="export a run's tasks")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -658,16 +659,14 @@ def cmd_detach(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from selfinstruct_tui.engine.runs import known_runs, run_info
+    from selfinstruct_tui.engine.runs import runs_by_activity
 
     table = Table(box=None, header_style="bold")
     for col in ("directory", "state", "pool", "target", "last activity"):
         table.add_column(col, overflow="fold")
     lines = []
-    for run_dir in known_runs():
-        try:
-            info = run_info(run_dir)
-        except UserError:
+    for run_dir, info in runs_by_activity():
+        if info is None:
             row = (str(run_dir), "unreadable (not a run database)", "?", "?", "-")
         else:
             ago = "-" if not info.last_activity else _ago(time.time() - info.last_activity)
@@ -679,8 +678,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not lines:
         out.print("no runs yet: start one with `selfinstruct run`", markup=False)
     elif out.is_terminal:
+        out.print(f"{len(lines)} run{'s' if len(lines) != 1 else ''}, most recent activity "
+                  "first", markup=False)
         out.print(table)
-    else:  # scripts get one tab-separated line per run, never truncated
+    else:  # scripts get one tab-separated line per run, never truncated, in the same order
         print("\n".join(["directory\tstate\tpool\ttarget\tlast activity", *lines]))
     return 0
 
@@ -719,30 +720,28 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _pick_run() -> Path | None:
-    from selfinstruct_tui.engine.runs import known_runs
+    from selfinstruct_tui.engine.runs import runs_by_activity
 
-    runs = known_runs()
-    if not runs:
+    listed = runs_by_activity()
+    if not listed:
         err.print("no runs to attach to: start one with `selfinstruct run --detach`",
                   markup=False)
         return None
-    from selfinstruct_tui.engine.runs import run_info
-
     out = text_console()
-    for n, run_dir in enumerate(runs, start=1):
-        try:  # each with its state, as `selfinstruct runs` shows it
-            info = run_info(run_dir)
-            state = f"{info.shown_state}, pool {info.pool}/" \
-                    f"{info.target if info.target is not None else '?'}"
-        except UserError:
-            state = "unreadable"
+    out.print("most recent activity first:", markup=False)
+    for n, (run_dir, info) in enumerate(listed, start=1):
+        # each with its state, as `selfinstruct runs` shows it
+        state = "unreadable" if info is None else \
+            f"{info.shown_state}, pool {info.pool}/" \
+            f"{info.target if info.target is not None else '?'}"
         out.print(f"{n:>3}. {run_dir}  ({state})", markup=False)
     if not sys.stdin.isatty():
         err.print("name the run: selfinstruct attach RUN_DIR", markup=False)
         return None
-    choice = input(f"attach to which run [1-{len(runs)}, default {len(runs)}]? ").strip()
+    runs = [run_dir for run_dir, _ in listed]
+    choice = input(f"attach to which run [1-{len(runs)}, default 1]? ").strip()
     try:
-        return runs[int(choice or len(runs)) - 1]
+        return runs[int(choice or 1) - 1]
     except (ValueError, IndexError):
         err.print(f"not a run number: {choice!r}", markup=False)
         return None

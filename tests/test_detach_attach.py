@@ -459,3 +459,47 @@ def test_an_attached_ui_sees_its_engine_killed_and_queues_nothing_for_it(run_cli
         finally:
             kill_quietly(pid)
             kill_quietly(int((run_dir / "engine.pid").read_text()))
+
+
+def test_runs_lists_the_most_recent_activity_first_and_says_so(run_cli, isolated_env, tmp_path):
+    """`runs` listed runs by their directories' change time, oldest first, and did not say so.
+    Most recent activity first, said above the table on a terminal; scripts get the same header
+    and columns as before, in that order. `attach`'s list is in the same order, the most recent
+    run its default."""
+    import pty
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    with FakeOpenAI() as server:
+        for run_dir, target in ((first, "3"), (second, "3"), (first, "6")):  # first resumed last
+            run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                    "--run-dir", str(run_dir), "--target", target, check=True)
+    listing = run_cli("runs", check=True).stdout.splitlines()
+    assert listing[0] == "directory\tstate\tpool\ttarget\tlast activity"
+    assert [row.split("\t")[0] for row in listing[1:]] == [str(first), str(second)]
+    pick = run_cli("attach", timeout=30)
+    assert pick.stdout.splitlines()[:2] == ["most recent activity first:",
+                                            f"  1. {first}  (finished, pool 6/6)"]
+    leader, follower = pty.openpty()  # a terminal: the table, under the line saying the order
+    try:
+        proc = subprocess.run(cli_command("runs"), stdin=follower, stdout=follower,
+                              stderr=subprocess.PIPE, env={**isolated_env, "COLUMNS": "200"},
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the writer has gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    text = shown.decode()
+    assert "2 runs, most recent activity first" in text
+    assert text.index(str(first)) < text.index(str(second))

@@ -109,7 +109,8 @@ def remember_run(run_dir: Path) -> None:
 
 
 def known_runs() -> list[Path]:
-    """Run directories under the runs folder and in the registry, oldest first."""
+    """Run directories under the runs folder and in the registry, in path order
+    (`runs_by_activity` orders them for people)."""
     found: dict[str, Path] = {}
     root = runs_root()
     if root.is_dir():
@@ -122,7 +123,7 @@ def known_runs() -> list[Path]:
                 found.setdefault(str(Path(line).resolve()), Path(line))
     except OSError:
         pass
-    return sorted(found.values(), key=lambda p: p.stat().st_mtime)
+    return sorted(found.values(), key=str)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,28 @@ def run_info(run_dir: Path) -> RunInfo:
                        cfg.target if cfg else None, meta.get("ts"), detail)
     finally:
         store.close()
+
+
+def runs_by_activity() -> list[tuple[Path, RunInfo | None]]:
+    """Every known run with its `run_info` (None: not a readable run database), most recent
+    activity first: the engine's last state or heartbeat, else the database file's last change.
+    Runs with the same time are in path order, so the list is the same from one call to the
+    next. The order of `runs` and of `attach`'s list."""
+    listed: list[tuple[float, str, Path, RunInfo | None]] = []
+    for run_dir in known_runs():
+        info: RunInfo | None
+        try:
+            info = run_info(run_dir)
+        except UserError:
+            info = None
+        when = info.last_activity if info is not None else None
+        if when is None:
+            try:
+                when = (run_dir / "run.sqlite").stat().st_mtime
+            except OSError:
+                when = 0.0
+        listed.append((-when, str(run_dir), run_dir, info))
+    return [(run_dir, info) for _, _, run_dir, info in sorted(listed, key=lambda r: r[:2])]
 
 
 def spawn_detached(run_dir: Path, argv: list[str]) -> subprocess.Popen[bytes]:
