@@ -22,6 +22,7 @@ from selfinstruct_tui.console import reader_gone, text_console
 from selfinstruct_tui.engine.config import FLAGS, REFRESH_RANGE, endpoint_key
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.exports import FORMATS
+from selfinstruct_tui.engine.invocation import command_line
 from selfinstruct_tui.engine.runs import DETACHED_ENV, RUN_LOG
 
 err = text_console(stderr=True)
@@ -375,7 +376,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     out = text_console()
     if not records:
         out.print(f"{args.run_dir}: no quality review yet; open the run in the TUI "
-                  f"(selfinstruct attach {args.run_dir}) and press r", markup=False)
+                  f"({command_line('attach', args.run_dir)}) and press r", markup=False)
         return 0
     out.print(f"quality review of {args.run_dir}", markup=False)
     for line in summarize(records).lines():
@@ -567,7 +568,7 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
                                                 str(session.run_dir)])
         out.print(f"the run continues in the background (pid {proc.pid}); log: "
                   f"{session.run_dir / RUN_LOG}", markup=False)
-        out.print(f"watch it: selfinstruct attach {session.run_dir}", markup=False)
+        out.print(f"watch it: {command_line('attach', str(session.run_dir))}", markup=False)
         return 0
     finished = engine.finished
     if finished is None:
@@ -634,12 +635,12 @@ def cmd_detach(args: argparse.Namespace) -> int:
                   f"(pid {proc.pid})", markup=False)
         out.print(f"run directory: {run_dir}", markup=False)
         out.print(f"log: {log_path}", markup=False)
-        out.print(f"watch it:  selfinstruct attach {run_dir}", markup=False)
-        out.print("list runs: selfinstruct runs", markup=False)
+        out.print(f"watch it:  {command_line('attach', str(run_dir))}", markup=False)
+        out.print(f"list runs: {command_line('runs')}", markup=False)
         return 0
     if outcome == "starting":
         out.print(f"the background run (pid {proc.pid}) is still starting after "
-                  f"{DETACH_START_TIMEOUT:.0f}s; follow {log_path} and `selfinstruct runs`",
+                  f"{DETACH_START_TIMEOUT:.0f}s; follow {log_path} and `{command_line('runs')}`",
                   markup=False)
         return 0
     code = proc.returncode
@@ -676,7 +677,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         lines.append("\t".join(row))
     out = text_console()
     if not lines:
-        out.print("no runs yet: start one with `selfinstruct run`", markup=False)
+        out.print(f"no runs yet: start one with `{command_line('run')}`", markup=False)
     elif out.is_terminal:
         out.print(f"{len(lines)} run{'s' if len(lines) != 1 else ''}, most recent activity "
                   "first", markup=False)
@@ -703,7 +704,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return 2
     check_owner(run_dir)
     _check_theme(args)
-    if _no_terminal("selfinstruct attach", "`selfinstruct runs` lists runs and their state, "
+    if _no_terminal("selfinstruct attach", f"`{command_line('runs')}` lists runs and their state, "
                     f"{RUN_LOG} in the run directory is its progress"):
         return 2
     from selfinstruct_tui.engine.runs import left_attached_lines
@@ -724,7 +725,7 @@ def _pick_run() -> Path | None:
 
     listed = runs_by_activity()
     if not listed:
-        err.print("no runs to attach to: start one with `selfinstruct run --detach`",
+        err.print(f"no runs to attach to: start one with `{command_line('run', '--detach')}`",
                   markup=False)
         return None
     out = text_console()
@@ -736,7 +737,7 @@ def _pick_run() -> Path | None:
             f"{info.target if info.target is not None else '?'}"
         out.print(f"{n:>3}. {run_dir}  ({state})", markup=False)
     if not sys.stdin.isatty():
-        err.print("name the run: selfinstruct attach RUN_DIR", markup=False)
+        err.print(f"name the run: {command_line('attach')} RUN_DIR", markup=False)
         return None
     runs = [run_dir for run_dir, _ in listed]
     choice = input(f"attach to which run [1-{len(runs)}, default 1]? ").strip()

@@ -13,7 +13,6 @@ prices are set, the cost.
 
 from __future__ import annotations
 
-import shlex
 import signal
 import time
 from typing import Any
@@ -32,6 +31,7 @@ from selfinstruct_tui.console import text_console
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import kept_note, progress_line
 from selfinstruct_tui.engine.endpoints import EndpointStats
+from selfinstruct_tui.engine.invocation import command_line
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.store import BatchRecord, RoundStats
 
@@ -76,9 +76,9 @@ def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool)
 
 def export_hint(run_dir: str) -> str:
     """What to do with a finished run: where it is and the command that exports it."""
-    quoted = shlex.quote(str(run_dir))
-    return (f"run directory: {run_dir}\nexport it: selfinstruct export {quoted} --format "
-            "alpaca -o tasks.json (or self-instruct, openai-chat, sharegpt)")
+    export = command_line("export", str(run_dir), "--format", "alpaca", "-o", "tasks.json")
+    return (f"run directory: {run_dir}\nexport it: {export} (or self-instruct, openai-chat, "
+            "sharegpt)")
 
 
 class HeadlessPrinter:

@@ -30,6 +30,7 @@ from selfinstruct_tui.engine.config import (
     new_run_dir,
 )
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
+from selfinstruct_tui.engine.invocation import command_line
 from selfinstruct_tui.engine.runs import LOCK_FILE, RunLock, busy, lock_holder, remember_run
 from selfinstruct_tui.engine.seeds import (
     SeedTask,
@@ -120,7 +121,7 @@ class Session:
                     argv[n] = f"{flag}={Path(arg.split('=', 1)[1]).resolve()}"
         if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in argv):
             argv += ["--run-dir", str(self.run_dir.resolve())]
-        return "selfinstruct " + shlex.join(argv)
+        return command_line(*argv)
 
     def open(self, say: Callable[[str], None]) -> RunStore:
         """Start the embedded model (if any), find the model name, create or reopen the store."""
@@ -302,8 +303,9 @@ def repeated_seed_notes(seeds: list[SeedTask], path: str | None) -> list[str]:
         return []
     shown = ", ".join(pairs[:5]) + (f" and {len(pairs) - 5} more" if len(pairs) > 5 else "")
     return [f"{path or 'the seed file'}: {len(pairs)} seed task(s) repeat another's instruction "
-            f"({shown}); each weighs as two in the prompts' examples. `selfinstruct seeds check "
-            "FILE` lists them and the near duplicates"]
+            f"({shown}); each weighs as two in the prompts' examples. `"
+            f"{command_line('seeds', 'check', path or str(bundled_seeds_path()))}` lists them and "
+            "the near duplicates"]
 
 
 def unset_key_notes(cfg: RunConfig, env: Mapping[str, str] | None = None) -> list[str]:

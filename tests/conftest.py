@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,12 @@ def isolated_env(tmp_path, monkeypatch):
 
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "selfinstruct_tui", *args]
+
+
+def shown(*args: str) -> str:
+    """A command as the CLI started by `cli_command` prints it: its own program (this
+    interpreter, -m selfinstruct_tui), shell-quoted, so that it runs when pasted."""
+    return shlex.join(cli_command(*args))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import TextArea
 
-from conftest import cli_command
+from conftest import cli_command, shown
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.app import create_app
@@ -35,7 +35,7 @@ def detach(run_cli, server, run_dir, target, *extra):
     proc = run_cli("run", "--detach", "--base-url", server.base_url, "--model", "m",
                    "--run-dir", str(run_dir), "--target", str(target), *extra, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert f"selfinstruct attach {run_dir}" in proc.stdout
+    assert shown("attach", str(run_dir)) in proc.stdout
     return int((run_dir / "engine.pid").read_text())
 
 
@@ -297,8 +297,8 @@ def test_the_tui_without_a_terminal_says_so_instead_of_hanging(run_cli, tmp_path
                       str(tmp_path / "never"), timeout=60)
     assert attach.returncode == 2 and "needs a terminal (" in attach.stderr
     assert "stdout is not one" in attach.stderr or "and stdout are not" in attach.stderr
-    assert "selfinstruct runs" in attach.stderr
-    assert pick.returncode == 2 and "name the run: selfinstruct attach RUN_DIR" in pick.stderr
+    assert shown("runs") in attach.stderr
+    assert pick.returncode == 2 and f"name the run: {shown('attach')} RUN_DIR" in pick.stderr
     assert f"  1. {run_dir}  (finished, pool 3/3)" in pick.stdout, pick.stdout
     assert tui.returncode == 2 and "needs a terminal" in tui.stderr
     assert "--headless" in tui.stderr

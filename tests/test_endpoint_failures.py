@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shown
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine import prompts as P
 from selfinstruct_tui.engine.llm import (
@@ -79,7 +80,7 @@ def test_exhausted_quota_stops_at_the_first_answer(run_cli, tmp_path):
     assert store_rows(run_dir, "SELECT COUNT(*) FROM retries")[0][0] == 0
     state = json.loads(store_rows(run_dir, "SELECT value FROM meta WHERE key='state'")[0][0])
     assert state["state"] == "stopped"
-    assert "resume it with: selfinstruct run" in proc.stderr
+    assert f"resume it with: {shown('run')}" in proc.stderr
 
 
 @pytest.mark.parametrize("entry, words", [

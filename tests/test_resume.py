@@ -9,12 +9,13 @@ import shlex
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import cli_command
+from conftest import cli_command, shown
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds, write_seeds
 from selfinstruct_tui.engine.store import RunStore, is_run_dir, seed_tasks_to_pool
@@ -127,7 +128,7 @@ def test_a_run_without_run_dir_prints_the_command_that_resumes_it(isolated_env, 
         [run_dir] = list(runs.iterdir())
         assert printed.endswith(f"--run-dir {shlex.quote(str(run_dir))}")
         before = count_machine(run_dir)
-        resumed = subprocess.run(cli_command(*shlex.split(printed)[1:]), env=isolated_env,
+        resumed = subprocess.run(shlex.split(printed), env=isolated_env,
                                  capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming run in {run_dir}" in resumed.stdout
@@ -242,7 +243,7 @@ def test_a_run_is_driven_by_one_process_at_a_time(run_cli, tmp_path):
                 second = run_cli("run", mode, *base, timeout=60)
                 assert second.returncode == 2, second.stdout
                 assert f"is being run by process {pid}" in second.stderr
-                assert f"selfinstruct attach {run_dir}" in second.stderr
+                assert shown("attach", str(run_dir)) in second.stderr
             assert state(run_dir)["pid"] == pid  # untouched
         finally:
             os.kill(pid, signal.SIGTERM)
@@ -624,3 +625,79 @@ def test_a_store_that_cannot_be_written_stops_the_run_at_once_and_it_resumes(
         resumed = run_cli(*headless(server.base_url, run_dir), "--target", "300", check=True)
     assert "resuming run" in resumed.stdout and count_machine(run_dir) >= 300
     assert_accounted(run_dir)
+
+
+def console_script(directory: Path) -> Path:
+    """`selfinstruct` as pip installs it in a venv's bin: a script that runs cli.main."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "selfinstruct"
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom selfinstruct_tui.cli import main\n"
+                      "if __name__ == '__main__':\n    sys.exit(main())\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("started", ["venv path", "on PATH", "-m"])
+def test_printed_commands_start_the_program_as_the_user_did(isolated_env, tmp_path, started):
+    """The hints said `selfinstruct run ...` to a user who ran `.venv/bin/selfinstruct` (the
+    README's command; not on PATH until the venv is activated) or `python -m selfinstruct_tui`:
+    "command not found". They name the program as it was started, and pasted into the same
+    shell (bash, same directory and PATH) they resume and export the run."""
+    script = console_script(tmp_path / ".venv" / "bin")
+    env = dict(isolated_env)
+    if started == "on PATH":
+        env["PATH"] = f"{script.parent}{os.pathsep}{env['PATH']}"
+        program, expected = ["selfinstruct"], "selfinstruct"
+    elif started == "venv path":
+        program, expected = [".venv/bin/selfinstruct"], shlex.quote(str(script))
+    else:
+        program = [sys.executable, "-m", "selfinstruct_tui"]
+        expected = shlex.join(program)
+
+    def paste(line: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", line], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=240)
+
+    with FakeOpenAI() as server:
+        first = subprocess.run([*program, "run", "--headless", "--base-url", server.base_url,
+                                "--model", "m", "--run-dir", "run", "--target", "3",
+                                "--max-tokens", "1"],
+                               env=env, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=240)
+        assert first.returncode == 4, first.stderr  # the spend limit: resume with a higher one
+        printed = resume_line(first.stdout)
+        assert printed.startswith(f"{expected} run --headless "), printed
+        assert printed.endswith(" --max-tokens N"), printed
+        resumed = paste(printed.removesuffix(" N") + " 100000000")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run in {tmp_path / 'run'}" in resumed.stdout
+    assert count_machine(tmp_path / "run") == 3
+    hint = [line for line in resumed.stdout.splitlines() if line.startswith("export it: ")]
+    export = hint[0].removeprefix("export it: ").split(" (or ")[0]
+    assert export.startswith(f"{expected} export "), export
+    assert paste(export).returncode == 0 and (tmp_path / "tasks.json").exists()
+
+
+def test_a_detached_run_prints_the_program_its_user_started(isolated_env, tmp_path):
+    """A detached engine is spawned as `python -m selfinstruct_tui`; the commands it prints in
+    its log (resume) are the user's program, as those of the command that started it."""
+    script = console_script(tmp_path / ".venv" / "bin")
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        started = subprocess.run([".venv/bin/selfinstruct", "run", "--detach", "--base-url",
+                                  server.base_url, "--model", "m", "--run-dir", "run",
+                                  "--target", "100000"],
+                                 env=isolated_env, cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=120)
+        assert started.returncode == 0, started.stderr
+        pid = int((run_dir / "engine.pid").read_text())
+        try:
+            assert f"watch it:  {shlex.quote(str(script))} attach run\n" in started.stdout
+            wait_for(lambda: count_machine(run_dir) >= 3)
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: state(run_dir).get("state") == "stopped", timeout=30)
+    wait_for(lambda: "resume with" in (run_dir / "run.log").read_text(), timeout=30)
+    printed = resume_line((run_dir / "run.log").read_text())
+    assert printed.startswith(f"{shlex.quote(str(script))} run "), printed
+

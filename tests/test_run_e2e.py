@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_command
+from conftest import cli_command, shown
 from fake_openai import FakeOpenAI
 
 
@@ -62,10 +62,10 @@ def test_headless_run_reaches_target_and_records_everything(run_cli, fake_server
     assert "round 1:" in proc.stdout and "done: 40/40" in proc.stdout
     # where the run is and how to export it, the command as it runs
     hint = next(ln for ln in proc.stdout.splitlines() if ln.startswith("export it: "))
-    command = hint.removeprefix("export it: ").split(" (or ")[0].split()
-    assert command[:2] == ["selfinstruct", "export"]
+    command = shlex.split(hint.removeprefix("export it: ").split(" (or ")[0])
+    assert command[:4] == cli_command("export")
     out = tmp_path / "tasks.json"
-    run_cli(*command[1:-1], str(out), check=True)
+    run_cli(*command[3:-1], str(out), check=True)
     assert len(json.loads(out.read_text())) >= 40
     tasks = machine_tasks(run_dir)
     assert len(tasks) == 40
@@ -146,14 +146,14 @@ def test_ctrl_c_stops_cleanly_and_resumes(isolated_env, tmp_path):
         assert proc.returncode == 130, errs
         assert "stopped at" in out
         printed = resume_line(out)
-        assert printed == shlex.join(["selfinstruct", *args[3:]])  # the command as given
+        assert printed == shlex.join(args)  # the command as given
         stopped_at = count_machine(run_dir)
         assert 10 <= stopped_at < 300
         db = sqlite3.connect(run_dir / "run.sqlite")
         state = json.loads(db.execute("SELECT value FROM meta WHERE key='state'").fetchone()[0])
         assert state["state"] == "stopped"
         db.close()
-        done = subprocess.run(cli_command(*shlex.split(printed)[1:]), env=isolated_env,
+        done = subprocess.run(shlex.split(printed), env=isolated_env,
                               capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr
     assert count_machine(run_dir) == 300
@@ -186,7 +186,7 @@ def test_endpoint_down_pauses_and_exits_with_advice(run_cli, tmp_path, isolated_
     assert proc.returncode == 3
     assert "every request has failed" in proc.stderr
     assert f"Check that {server.base_url} is up" in proc.stderr
-    assert f"resume it with: selfinstruct run --headless --base-url {server.base_url} " \
+    assert f"resume it with: {shown('run', '--headless', '--base-url', server.base_url)} " \
         f"--model m --run-dir {run_dir} --target 10" in proc.stderr
     db = sqlite3.connect(run_dir / "run.sqlite")
     assert db.execute("SELECT COUNT(*) FROM errors").fetchone()[0] >= 3

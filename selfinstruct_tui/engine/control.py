@@ -31,6 +31,7 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.errors import UserError
+from selfinstruct_tui.engine.invocation import command_line
 from selfinstruct_tui.engine.rates import WINDOW_SECONDS
 from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, seed_to_record
 from selfinstruct_tui.engine.store import (
@@ -296,7 +297,7 @@ class NoEngine(UserError):
         gone = "its engine process is gone (killed or crashed)" if state == RunState.CRASHED \
             else f"it is {state}"
         super().__init__(f"{run_dir}: no engine runs this run ({gone}); resume it with "
-                         f"`selfinstruct run --run-dir {run_dir}`")
+                         f"`{command_line('run', '--run-dir', str(run_dir))}`")
 
 
 class RemoteControl:

@@ -16,6 +16,7 @@ from selfinstruct_tui.engine.config import runs_root
 from selfinstruct_tui.engine.control import RunState, run_status
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import atomic_write_text
+from selfinstruct_tui.engine.invocation import PROGRAM_ENV, command_line, program
 from selfinstruct_tui.engine.store import RunStore, is_run_dir
 
 DETACHED_ENV = "SELFINSTRUCT_DETACHED"
@@ -84,8 +85,9 @@ def lock_holder(run_dir: Path) -> int | None:
 
 def busy(run_dir: Path, pid: int | None) -> RunBusy:
     who = f"process {pid}" if pid and pid > 0 else "another process"
-    return RunBusy(f"{run_dir} is being run by {who}: watch it with `selfinstruct attach "
-                   f"{run_dir}`, or stop it first (key s in its TUI, or kill -TERM {pid})")
+    return RunBusy(f"{run_dir} is being run by {who}: watch it with "
+                   f"`{command_line('attach', str(run_dir))}`, or stop it first (key s in its TUI, "
+                   f"or kill -TERM {pid})")
 
 
 def registry_path() -> Path:
@@ -196,7 +198,9 @@ def spawn_detached(run_dir: Path, argv: list[str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "selfinstruct_tui", *argv], stdin=subprocess.DEVNULL,
             stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, DETACHED_ENV: "1", "NO_COLOR": "1"}, close_fds=True)
+            env={**os.environ, DETACHED_ENV: "1", "NO_COLOR": "1",
+                 PROGRAM_ENV: shlex.join(program())},  # its messages: the user's program
+            close_fds=True)
     finally:
         os.close(fd)
     atomic_write_text(run_dir / PID_FILE, f"{proc.pid}\n", mode=0o600)  # as the run's files
@@ -264,8 +268,8 @@ def left_attached_lines(run_dir: Path) -> list[str]:
         state, pid = run_status(store)
     finally:
         store.close()
-    quoted = shlex.quote(str(run_dir))
-    resume = f"resume it in the background: selfinstruct run --detach --run-dir {quoted}"
+    resume = ("resume it in the background: "
+              + command_line("run", "--detach", "--run-dir", str(run_dir)))
     if state in (RunState.RUNNING, RunState.STARTING, RunState.PAUSED, RunState.STOPPING):
         doing = f"the run goes on in the background (pid {pid})"
         if state == RunState.PAUSED:
@@ -274,13 +278,13 @@ def left_attached_lines(run_dir: Path) -> list[str]:
         elif state == RunState.STOPPING:
             doing = f"the run is stopping in the background (pid {pid})"
         return [doing, f"log: {run_dir / RUN_LOG}",
-                f"attach again: selfinstruct attach {quoted}",
+                f"attach again: {command_line('attach', str(run_dir))}",
                 f"stop it: attach and press s, or kill {pid} (a clean stop; the same command "
                 "resumes it)"]
     if state == RunState.CRASHED:
         return [f"the run's engine process (pid {pid}) is gone (killed or crashed): nothing "
                 "runs the run", resume]
     if state == RunState.FINISHED:
-        return [f"the run is finished (target reached); export it: selfinstruct export {quoted} "
-                "--format alpaca -o tasks.json"]
+        return ["the run is finished (target reached); export it: " + command_line(
+            "export", str(run_dir), "--format", "alpaca", "-o", "tasks.json")]
     return [f"the run is {state}: nothing runs it", resume]

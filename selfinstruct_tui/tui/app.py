@@ -51,6 +51,7 @@ from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.errors import ConfigError, UserError
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
+from selfinstruct_tui.engine.invocation import command_line
 from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jsonl, write_seeds
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
@@ -135,7 +136,7 @@ class SelfInstructApp(App[int]):
         self.embedded = embedded
         self.events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
         self.view = RunView(self.run_dir.name, resume_command=resume_command or
-                            f"selfinstruct run --run-dir {self.run_dir}")
+                            command_line("run", "--run-dir", str(self.run_dir)))
         self.reader = RunStore(self.run_dir, readonly=True)
         self.live: RunControl | None = engine if engine is not None else (
             RemoteControl(run_dir) if attach else None)
@@ -493,7 +494,8 @@ class SelfInstructApp(App[int]):
         offered to an attached UI (keys.py): its run already runs in the background."""
         if not self.engine_active:
             self.notify("The run is not running; start it detached with "
-                        "`selfinstruct run --detach --run-dir ...`.", severity="warning")
+                        f"`{command_line('run', '--detach', '--run-dir', str(self.run_dir))}`.",
+                        severity="warning", markup=False)
             return
 
         def answer(yes: bool | None) -> None:
@@ -502,7 +504,7 @@ class SelfInstructApp(App[int]):
 
         self.push_screen(ConfirmScreen("Move the run to a background process? In-flight work "
                                        "finishes here, then a detached process resumes the run; "
-                                       "watch it with `selfinstruct attach`.",
+                                       f"watch it with `{command_line('attach')}`.",
                                        yes="Detach", no="Stay"), answer)
 
     def action_edit_seeds(self) -> None:
