@@ -8,6 +8,7 @@ input or settings, 3 endpoint failing or paused by a spend guard, 4 a spend limi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -501,11 +502,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         store = session.open(lambda text: out.print(text, markup=False))
         engine = Engine(store, session.config, api_key=session.api_key,
                         base_url=session.base_url, routes=session.routes)
-        if args.headless:
-            from selfinstruct_tui.headless import run_headless
+        try:
+            if args.headless:
+                from selfinstruct_tui.headless import run_headless
 
-            return run_headless(engine, session, out, err)
-        return _run_tui(args, engine, session)
+                return run_headless(engine, session, out, err)
+            return _run_tui(args, engine, session)
+        except KeyboardInterrupt:  # a third Ctrl-C: said as every other end is, exit 130
+            from selfinstruct_tui.engine.events import FinishReason
+            from selfinstruct_tui.headless import quit_note
+
+            with contextlib.suppress(OSError):  # (stdout closed: the store still has it all)
+                out.print(quit_note(engine, session), markup=False)
+            return FinishReason.STOPPED.exit_code
     finally:
         session.close()
 

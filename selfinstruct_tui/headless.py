@@ -81,6 +81,28 @@ def export_hint(run_dir: str) -> str:
             "sharegpt)")
 
 
+def quit_note(engine: Any, session: Any) -> str:
+    """What a run that quit at once (a third Ctrl-C, before the engine could finish) kept and
+    the command that resumes it, as the other ends say it. The store's deferred writes are
+    committed first: what is counted is what the next session finds."""
+    try:
+        engine.store.flush()
+        accepted: int | str = engine.store.count_tasks("machine")
+        open_requests = len(engine.store.unfinished_prompts())
+    except Exception:  # (a store that cannot be written said so as it happened)
+        accepted, open_requests = "?", 0
+    p_tok, c_tok = engine.tokens
+    cfg = session.config
+    priced = bool(cfg.price_input_per_1k or cfg.price_output_per_1k)
+    spent = f"this session: {p_tok + c_tok:,} tokens" + (f", ${engine.cost:.4f}" if priced
+                                                         else "")
+    left = (f"; {open_requests} request(s) in flight were left unanswered: the next session "
+            "records them as interrupted and takes their candidates up again"
+            if open_requests else "")
+    return (f"quit at once at {accepted}/{cfg.target} machine tasks, kept in "
+            f"{session.run_dir}{left}; {spent}\nresume with: {session.resume_command}")
+
+
 class HeadlessPrinter:
     """An event subscriber that prints progress. Thread-safe: rich's Progress has its own lock."""
 
@@ -294,7 +316,8 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
 
     Nobody can press "resume" here: a pause by errors or by a spend guard stops the run. The
     first SIGINT/SIGTERM stops (in-flight requests get the grace), the second abandons them
-    (the first, once the run stopped by itself), the third quits at once.
+    (the first, once the run stopped by itself), the third quits at once: KeyboardInterrupt,
+    which `cli.cmd_run` turns into `quit_note` and exit code 130.
     """
     cfg = session.config
     printer = HeadlessPrinter(out, embedded=cfg.uses_embedded,

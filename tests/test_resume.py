@@ -701,3 +701,48 @@ def test_a_detached_run_prints_the_program_its_user_started(isolated_env, tmp_pa
     printed = resume_line((run_dir / "run.log").read_text())
     assert printed.startswith(f"{shlex.quote(str(script))} run "), printed
 
+
+def blocked_writing(pid: int) -> bool:
+    """The process's main thread waits to write to a full pipe (Linux: /proc/PID/wchan)."""
+    try:
+        return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def test_a_third_ctrl_c_says_what_was_kept_and_how_to_resume(isolated_env, tmp_path):
+    """The third SIGINT quits at once; it printed only "interrupted". It says, as the other ends
+    do, what the run holds and the command that resumes it, and exits 130 (stopped by the
+    user). The engine is held while the signals arrive by a full stdout pipe (a slow terminal):
+    the handler runs, the loop cannot finish the stop."""
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "100000")
+        with open(tmp_path / "stderr", "w") as errors:
+            proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
+                                    stderr=errors)
+            assert proc.stdout is not None
+            fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: fills in a few rounds
+            try:
+                wait_for(lambda: blocked_writing(proc.pid), timeout=120)
+                for _ in range(3):
+                    proc.send_signal(signal.SIGINT)
+                    time.sleep(0.2)  # each its own handler call (pending signals merge)
+                out = proc.stdout.read().decode()
+                proc.wait(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 130, (tmp_path / "stderr").read_text()
+        assert "interrupted" not in (tmp_path / "stderr").read_text()
+        kept = count_machine(run_dir)
+        assert f"quit at once at {kept}/100000 machine tasks, kept in {run_dir}" in out, out
+        printed = resume_line(out)
+        assert printed == shlex.join(args), printed
+        resumed = subprocess.run([*shlex.split(printed), "--target", str(kept + 3)],
+                                 env=isolated_env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert count_machine(run_dir) == kept + 3
