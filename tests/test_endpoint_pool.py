@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_command
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import (
@@ -284,7 +285,8 @@ def test_a_single_endpoint_that_refuses_an_extra_body_field_stops_with_the_fix(r
     assert argv[argv.index("--extra-body") + 1] == '{"top_k": 20}', resume
     with FakeOpenAI() as server:
         argv[argv.index(old_url)] = server.base_url  # the endpoint, fixed, is back elsewhere
-        run_cli(*argv[1:], check=True, timeout=120)
+        assert argv[:3] == cli_command()  # the program as the test started it
+        run_cli(*argv[3:], check=True, timeout=120)
         assert all("chat_template_kwargs" not in body and body["top_k"] == 20
                    for _, _, body in server.log)
     assert rows(run_dir, "SELECT COUNT(*) FROM tasks WHERE origin = 'machine'")[0][0] >= 3
