@@ -585,13 +585,10 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
     kept = [b for b in engine.store.batches(pending_only=True) if b.state == "submitted"]
     if kept and finished.reason is not FinishReason.TARGET:
         out.print(kept_note(len(kept), bool(session.config.batch_command)), markup=False)
-    p_tok, c_tok = engine.tokens
-    cfg = session.config
-    priced = bool(cfg.price_input_per_1k or cfg.price_output_per_1k)  # else unknown, not $0
-    spent = f"this session: {p_tok + c_tok:,} tokens" + (f", ${engine.cost:.4f}" if priced else "")
-    if finished.reason is FinishReason.TARGET:
-        from selfinstruct_tui.headless import export_hint
+    from selfinstruct_tui.headless import export_hint, session_spent
 
+    spent = session_spent(engine, session.config)
+    if finished.reason is FinishReason.TARGET:
         out.print(f"done: {finished.accepted}/{finished.target} machine tasks; {spent}\n"
                   f"{export_hint(str(session.run_dir))}", markup=False)
     else:

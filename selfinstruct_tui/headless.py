@@ -81,6 +81,15 @@ def export_hint(run_dir: str) -> str:
             "sharegpt)")
 
 
+def session_spent(engine: Any, cfg: Any) -> str:
+    """The end lines' "this session: N tokens", with the cost when prices are set (without
+    them the cost is unknown, not $0)."""
+    p_tok, c_tok = engine.tokens
+    priced = bool(cfg.price_input_per_1k or cfg.price_output_per_1k)
+    return f"this session: {p_tok + c_tok:,} tokens" + (f", ${engine.cost:.4f}" if priced
+                                                         else "")
+
+
 def quit_note(engine: Any, session: Any) -> str:
     """What a run that quit at once (a third Ctrl-C, before the engine could finish) kept and
     the command that resumes it, as the other ends say it. The store's deferred writes are
@@ -91,16 +100,13 @@ def quit_note(engine: Any, session: Any) -> str:
         open_requests = len(engine.store.unfinished_prompts())
     except Exception:  # (a store that cannot be written said so as it happened)
         accepted, open_requests = "?", 0
-    p_tok, c_tok = engine.tokens
     cfg = session.config
-    priced = bool(cfg.price_input_per_1k or cfg.price_output_per_1k)
-    spent = f"this session: {p_tok + c_tok:,} tokens" + (f", ${engine.cost:.4f}" if priced
-                                                         else "")
     left = (f"; {open_requests} request(s) in flight were left unanswered: the next session "
             "records them as interrupted and takes their candidates up again"
             if open_requests else "")
     return (f"quit at once at {accepted}/{cfg.target} machine tasks, kept in "
-            f"{session.run_dir}{left}; {spent}\nresume with: {session.resume_command}")
+            f"{session.run_dir}{left}; {session_spent(engine, cfg)}\n"
+            f"resume with: {session.resume_command}")
 
 
 class HeadlessPrinter:
