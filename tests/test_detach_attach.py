@@ -209,7 +209,7 @@ def test_leaving_attach_on_a_terminal_says_the_run_goes_on_and_how_to_come_back(
                           b"".join(chunks).decode(errors="replace"))
             assert attach.returncode == 0, text[-2000:]
             assert f"the run goes on in the background (pid {pid})" in text, text[-2000:]
-            assert f"attach again: selfinstruct attach {run_dir}" in text
+            assert f"attach again: {shown('attach', str(run_dir))}" in text
             assert state_of(run_dir).get("state") == "running"  # leaving never stops it
         finally:
             kill_quietly(pid)
