@@ -13,6 +13,7 @@ prices are set, the cost.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from typing import Any
@@ -104,6 +105,8 @@ def quit_note(engine: Any, session: Any) -> str:
     left = (f"; {open_requests} request(s) in flight were left unanswered: the next session "
             "records them as interrupted and takes their candidates up again"
             if open_requests else "")
+    with contextlib.suppress(Exception):  # (as above: the store said why it cannot be written)
+        engine.record_quit(f"quit at once (a third Ctrl-C){left}")
     return (f"quit at once at {accepted}/{cfg.target} machine tasks, kept in "
             f"{session.run_dir}{left}; {session_spent(engine, cfg)}\n"
             f"resume with: {session.resume_command}")

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import cli_command, shown
 from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.control import status_of
 from selfinstruct_tui.engine.seeds import bundled_seeds_path, load_seeds, write_seeds
 from selfinstruct_tui.engine.store import RunStore, is_run_dir, seed_tasks_to_pool
 from test_detach_attach import state_of as state
@@ -740,6 +741,10 @@ def test_a_third_ctrl_c_says_what_was_kept_and_how_to_resume(isolated_env, tmp_p
         assert "interrupted" not in (tmp_path / "stderr").read_text()
         kept = count_machine(run_dir)
         assert f"quit at once at {kept}/100000 machine tasks, kept in {run_dir}" in out, out
+        # recorded as stopped by the user (`runs` said "crashed": a live state, its pid gone)
+        quit_state = state(run_dir)
+        assert status_of(quit_state)[0] == "stopped", quit_state
+        assert quit_state.get("message", "").startswith("quit at once (a third Ctrl-C)")
         printed = resume_line(out)
         assert printed == shlex.join(args), printed
         resumed = subprocess.run([*shlex.split(printed), "--target", str(kept + 3)],

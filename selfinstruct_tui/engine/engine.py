@@ -266,6 +266,18 @@ class Engine:
         """Stop at once: requests in flight are abandoned (and recorded as abandoned)."""
         self.send(Stop(now=True))
 
+    def record_quit(self, message: str) -> None:
+        """The process quits at once (a third Ctrl-C) before the engine could end: record the
+        run as stopped by the user with `message`, so that `runs` and attached UIs say that
+        instead of "crashed" (a live state whose process is gone). Called from the thread
+        that quits, as the process ends; what the engine was doing is abandoned (its requests
+        in flight are recovered as interrupted by the next session)."""
+        if self.finished is None:
+            self.finished = ev.Finished(FinishReason.STOPPED, self._committed,
+                                        self.config.target, message)
+        self._set_state(FinishReason.STOPPED.state)
+        self.store.flush()
+
     def _drain_commands(self) -> None:
         while True:
             try:
