@@ -499,7 +499,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not NATIVE_AVAILABLE:
         err.print(f"note: {FALLBACK_NOTICE}", markup=False)
     try:
-        store = session.open(lambda text: out.print(text, markup=False))
+        try:
+            store = session.open(lambda text: out.print(text, markup=False))
+        except KeyboardInterrupt:  # while the embedded model starts or the model is looked up
+            from selfinstruct_tui.engine.events import FinishReason
+
+            err.print(_interrupted_at_start(session), markup=False)
+            return FinishReason.STOPPED.exit_code
         engine = Engine(store, session.config, api_key=session.api_key,
                         base_url=session.base_url, routes=session.routes)
         try:
@@ -517,6 +523,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             return FinishReason.STOPPED.exit_code
     finally:
         session.close()
+
+
+def _interrupted_at_start(session: Any) -> str:
+    """What a Ctrl-C before the engine started says: nothing was sent; a resumed run is as it
+    was, with the command that resumes it (it said only "interrupted")."""
+    if session.resumed:
+        return ("interrupted before the run started: no completion request was sent; the run "
+                f"in {session.run_dir} is as it was\nresume with: {session.resume_command}")
+    return ("interrupted before the run started: no completion request was sent and no run was "
+            "created")
 
 
 def _print_notes(session: Any) -> None:

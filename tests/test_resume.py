@@ -751,3 +751,41 @@ def test_a_third_ctrl_c_says_what_was_kept_and_how_to_resume(isolated_env, tmp_p
                                  env=isolated_env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     assert count_machine(run_dir) == kept + 3
+
+
+def test_ctrl_c_before_the_run_starts_says_nothing_was_sent(isolated_env, tmp_path):
+    """A Ctrl-C while the run starts (here: the endpoint's model list, asked for because no
+    --model was given, does not answer) printed only "interrupted". It says that no request
+    was sent and no run was created, exits 130, and leaves no run folder behind."""
+    import socket
+    import threading
+
+    runs = Path(isolated_env["SELFINSTRUCT_RUNS_DIR"])
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts, never answers
+        port = listener.getsockname()[1]
+        connected = threading.Event()
+        held: list[socket.socket] = []
+
+        def accept() -> None:
+            conn, _ = listener.accept()
+            held.append(conn)
+            connected.set()
+
+        threading.Thread(target=accept, daemon=True).start()
+        proc = subprocess.Popen(cli_command("run", "--headless", "--base-url",
+                                            f"http://127.0.0.1:{port}/v1", "--target", "5"),
+                                env=isolated_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert connected.wait(60), "the run never asked for the model list"
+            proc.send_signal(signal.SIGINT)
+            out, errors = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for conn in held:
+                conn.close()
+    assert proc.returncode == 130, errors
+    assert ("interrupted before the run started: no completion request was sent and no run was "
+            "created" in errors), errors
+    assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
