@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.filters import RejectionReason as R
 from selfinstruct_tui.engine.placeholders import is_refusal, normalize_input
+from selfinstruct_tui.engine.records import json_type_name
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
         return body
     block = blocks[0]
     outside = text[:block.start()] + text[block.end():]
-    if layout is not None and any(layout.match(line) for line in outside.splitlines()):
+    if layout is not None and any(layout.match(line) for line in outside.split("\n")):
         return body
     return block.group(1).strip()
 
@@ -836,17 +837,22 @@ def _parse_json_list(text: str, truncated: bool) -> ParsedList | None:
     result = ParsedList()
     for value in values:
         raw = json.dumps(value, ensure_ascii=False)
+        detail = "a JSON item without an instruction"
+        instruction, inp = "", ""
         if isinstance(value, str):
-            instruction, inp = clean_instruction(value), ""
+            instruction = clean_instruction(value)
         elif isinstance(value, dict):
-            instruction = clean_instruction(str(value.get("instruction") or value.get("task")
-                                                or ""))
-            inp = str(value.get("input") or "")
-        else:
-            instruction, inp = "", ""
+            key = next((k for k in (_json_key(value, "instruction"), _json_key(value, "task"))
+                        if k is not None and value[k] not in (None, "")), None)
+            given = value[key] if key is not None else None
+            if isinstance(given, str):
+                instruction = clean_instruction(given)
+            elif given is not None:  # a list, an object, a number: no instruction's text
+                detail = (f"a JSON item whose {key!r} is a {json_type_name(given)}, not text")
+            in_key = _json_key(value, "input")
+            inp = (json_field_text(value[in_key]) if in_key is not None else None) or ""
         if not instruction:
-            result.discarded.append(Fragment(raw, R.NOT_AN_INSTRUCTION,
-                                             "a JSON item without an instruction"))
+            result.discarded.append(Fragment(raw, R.NOT_AN_INSTRUCTION, detail))
             continue
         result.items.append(ListItem(instruction, raw, None, normalize_input(inp)))
     return result
@@ -892,11 +898,45 @@ _CLS_PHRASES = (
 )
 
 
+_CLS_KEYS = ("is_classification", "classification", "is_classification_task", "answer",
+             "result", "output", "label", "response")
+
+
+def _json_classification(text: str) -> tuple[bool | None] | None:
+    """(the value) of a JSON answer: true/false, or a yes/no string read as text; an object's
+    value under one of `_CLS_KEYS` (any case), or its only value. None when the text is not
+    JSON (the caller reads it as text)."""
+    body = json_text(text)
+    if body[:1] not in ("{", "[", '"') and body not in ("true", "false", "null"):
+        return None
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        key = _json_key(value, *_CLS_KEYS)
+        if key is None and len(value) == 1:
+            key = next(iter(value))
+        value = value[key] if key is not None else None
+    if isinstance(value, bool):
+        return (value,)
+    if isinstance(value, str) and value.strip()[:1] not in ("{", "[", '"'):
+        return (parse_classification(value),)
+    return (None,)
+
+
 def parse_classification(text: str) -> bool | None:
     """Yes/No to "is this a classification task?": `Yes`, `Classification: Yes`, `**No**`,
     `Yes, because ...`, `True` (after a reasoning model's <think> part); None when the answer is
-    neither."""
-    cleaned = _CLS_MARKUP.sub("", split_reasoning(_cut_special_tokens(text))[0]).strip()
+    neither. A JSON answer (`true`, `"No"`, `{"is_classification": false}`, `{"answer":
+    "Yes"}`) is read by its value, never as the text of its keys."""
+    answer = split_reasoning(_cut_special_tokens(text))[0]
+    from_json = _json_classification(answer)
+    if from_json is not None:
+        return from_json[0]
+    cleaned = _CLS_MARKUP.sub("", answer).strip()
     labelled = _CLS_LINE.search(cleaned)
     if labelled is not None and labelled.start() > 0:
         cleaned = labelled.group(1).strip()
@@ -1010,7 +1050,7 @@ def until_next_task(text: str) -> str:
     match = _next_task(text)
     if match is None:
         return text
-    if not any(_INSTANCE_LAYOUT.match(line) for line in text[:match.start()].splitlines()):
+    if not any(_INSTANCE_LAYOUT.match(line) for line in text[:match.start()].split("\n")):
         end = text.find("\n", match.end())
         rest = "" if end < 0 else text[end + 1:]
         again = _next_task(rest)
@@ -1066,7 +1106,7 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     from_table = _parse_table_instances(text, output_first, truncated)
     if from_table is not None:
         return from_table
-    lines = text.splitlines()
+    lines = text.split("\n")  # as the reader below: a U+2028 or U+0085 is text, not a line end
     if output_first and any(_OUT_LABEL.match(line) for line in lines) and not any(
             _CLASS_LABEL.match(line) for line in lines):
         # A classification task answered in the input-first layout: its outputs are labels.
@@ -1283,6 +1323,26 @@ _INSTANCE_LAYOUT = re.compile(
     rf"(?:expected[ \t]+)?output|response|answer|example[ \t]*#?[ \t]*\d)", re.IGNORECASE)
 
 
+def json_field_text(value: object) -> str | None:
+    """A JSON value of an answer's field as the text of an instance or an instruction: a
+    string as it is; a number or true/false as JSON spells it (`1.0`, `true`, never Python's
+    `True`); a list or an object as JSON text (`["a", "b"]`, non-ASCII kept), never Python's
+    repr. A list of strings is JSON text too, not lines joined: whether the model meant lines
+    or a JSON list cannot be told, and JSON text loses neither. None for null (a field that is
+    not there is the caller's None too)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _json_key(value: dict, *names: str) -> str | None:
+    """The first of `names` that `value` has, in any case ("Output" for "output")."""
+    by_lower = {k.lower(): k for k in value if isinstance(k, str)}
+    return next((by_lower[n] for n in names if n in by_lower), None)
+
+
 def _parse_json_instances(text: str, output_first: bool,
                           truncated: bool) -> ParsedInstances | None:
     body = json_text(text, _INSTANCE_LAYOUT)
@@ -1296,7 +1356,10 @@ def _parse_json_instances(text: str, output_first: bool,
                                                        "the JSON answer was cut off")])
         return ParsedInstances(discarded=[Fragment(body[:2000], R.UNPARSEABLE,
                                                    "JSON that does not parse")])
-    values = data.get("instances") or data.get("examples") if isinstance(data, dict) else data
+    values = data
+    if isinstance(data, dict):
+        key = _json_key(data, "instances", "examples")
+        values = data[key] if key is not None else None
     if not isinstance(values, list):
         return None
     result = ParsedInstances()
@@ -1306,13 +1369,19 @@ def _parse_json_instances(text: str, output_first: bool,
             result.discarded.append(Fragment(raw, R.UNPARSEABLE,
                                              "an example that is not an object"))
             continue
-        out_key = "label" if output_first and "label" in value else "output"
-        if out_key not in value:
-            result.discarded.append(Fragment(raw, R.MISSING_OUTPUT,
-                                             f"an example without {out_key!r}"))
+        names = ("label", "class_label", "class label", "output") if output_first else (
+            "output",)
+        out_key = _json_key(value, *names)
+        output = json_field_text(value[out_key]) if out_key is not None else None
+        if output is None:
+            what = f"whose {out_key!r} is null" if out_key is not None else \
+                f"without {names[0]!r}"
+            result.discarded.append(Fragment(raw, R.MISSING_OUTPUT, f"an example {what}"))
             continue
-        result.instances.append(RawInstance(normalize_input(str(value.get("input") or "")),
-                                            str(value[out_key]).strip(), raw))
+        in_key = _json_key(value, "input")
+        inp = json_field_text(value[in_key]) if in_key is not None else None
+        # a null input is "no input", as the text layouts' "(none)" is
+        result.instances.append(RawInstance(normalize_input(inp or ""), output.strip(), raw))
     if not result.instances and not result.discarded:
         result.discarded.append(Fragment(body[:2000], R.UNPARSEABLE,
                                          "a JSON answer with no examples"))
