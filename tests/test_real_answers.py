@@ -82,7 +82,9 @@ def exported(run_dir: Path, fmt: str, tmp_path: Path) -> list[dict]:
     out = tmp_path / f"export.{fmt}"
     export_run(run_dir, fmt, out)
     text = out.read_text()
-    return json.loads(text) if fmt == "alpaca" else [json.loads(x) for x in text.splitlines()]
+    # JSONL records end at "\n" only: str.splitlines would also cut a record at a U+2028 or
+    # U+0085 its strings hold as they are
+    return json.loads(text) if fmt == "alpaca" else [json.loads(x) for x in text.split("\n") if x]
 
 
 GENERATION_ANSWERS = {

@@ -103,7 +103,13 @@ from selfinstruct_tui.engine.parsing import (
 from selfinstruct_tui.engine.pool import Pool
 from selfinstruct_tui.engine.prompts import PromptStyle, Request, instructions_asked, style_for
 from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
-from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, seed_to_record
+from selfinstruct_tui.engine.seeds import (
+    Instance,
+    SeedTask,
+    pool_instance,
+    seed_from_record,
+    seed_to_record,
+)
 from selfinstruct_tui.engine.similarity import SimilarityResult, make_index
 from selfinstruct_tui.engine.store import (
     OPEN_REASONS,
@@ -394,7 +400,7 @@ class Engine:
         if task is None:
             return
         task.instruction = instruction.strip()
-        task.instances = list(instances)
+        task.instances = [pool_instance(i.input, i.output) for i in instances]
         task.is_classification = is_classification
         if not self.pool.edit(task):
             return

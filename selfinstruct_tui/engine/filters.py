@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.placeholders import (
     is_refusal,
-    normalize_input,
     placeholder_output,
     unusable_input,
 )
-from selfinstruct_tui.engine.seeds import Instance
+from selfinstruct_tui.engine.seeds import Instance, pool_instance
 from selfinstruct_tui.engine.tokenize import unicode_tokens
 
 
@@ -219,8 +218,8 @@ def clean_instances(instances: list[Instance], *, is_classification: bool = Fals
     dropped: list[InstanceDrop] = []
     labels = task_labels(instruction) if is_classification else None
     for inst in instances:
-        inp, out = normalize_input(inst.input), inst.output.strip()
-        candidate = Instance(inp, out)
+        candidate = pool_instance(inst.input, inst.output)
+        inp, out = candidate.input, candidate.output
 
         def drop(reason: RejectionReason, detail: str, candidate: Instance = candidate) -> None:
             dropped.append(InstanceDrop(candidate, reason, detail))

@@ -65,6 +65,19 @@ def read_utf8(path: str | Path) -> str:
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
+# What json.dumps(ensure_ascii=False) leaves unescaped that str.splitlines breaks at (the
+# control characters among them it escapes already).
+_RAW_SEPARATORS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_RAW_SEPARATOR = re.compile("[\x85\u2028\u2029]")
+
+
+def escape_line_separators(json_text: str) -> str:
+    """JSON text with U+0085, U+2028 and U+2029 written as escapes (the same JSON value), for a
+    text editor: Textual's TextArea breaks lines at them (str.splitlines), which turned each one
+    inside a JSON string into a raw line break, JSON that no longer parses."""
+    return _RAW_SEPARATOR.sub(lambda m: _RAW_SEPARATORS[m.group()], json_text)
+
+
 def file_lines(text: str) -> list[str]:
     """The text's lines, split at LF, CRLF or CR only (no last empty line, as str.splitlines)."""
     lines = _LINE_BREAK.split(text)

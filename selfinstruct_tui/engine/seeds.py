@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,15 @@ from selfinstruct_tui.engine.records import (
 class Instance:
     input: str
     output: str
+
+
+def pool_instance(inp: str, output: str) -> Instance:
+    """An instance as the pool keeps it, by whatever path it comes (a seed file, the seed
+    editors, the task editor, a model's answer): the input without surrounding white space,
+    and "" for any "no input" spelling (`normalize_input`); the output without surrounding white
+    space (a seed's trailing newline reached the exports, and Stanford Alpaca's train.py then
+    trains on "...\n</s>"). White space and line breaks inside are kept as written."""
+    return Instance(normalize_input(inp), output.strip())
 
 
 SEED_ORIGINS = ("file", "added", "promoted")
@@ -131,7 +140,7 @@ def _self_instruct_task(obj: dict, where: str, problems: list[str]) -> SeedTask 
                 continue
             inp = _check_str(inst, "input", iw, problems)
             out = _check_str(inst, "output", iw, problems, nonempty=True)
-            instances.append(Instance(normalize_input(inp), out))
+            instances.append(pool_instance(inp, out))
     if len(problems) > before:
         return None
     return SeedTask(str(task_id), name, instruction.strip(), instances, bool(is_cls))
@@ -144,7 +153,7 @@ def _alpaca_row(obj: dict, where: str, problems: list[str]) -> tuple[str, Instan
     out = _check_str(obj, "output", where, problems, nonempty=True)
     if len(problems) > before:
         return None
-    return instruction.strip(), Instance(normalize_input(inp), out)
+    return instruction.strip(), pool_instance(inp, out)
 
 
 def parse_seeds(path: str | Path, text: str) -> tuple[list[SeedTask], str]:
@@ -224,7 +233,7 @@ def summarize(tasks: list[SeedTask], fmt: str = "self-instruct") -> SeedSummary:
 
 def _canonical(task: SeedTask) -> tuple:
     return (" ".join(task.instruction.split()),
-            tuple((normalize_input(i.input), i.output.strip()) for i in task.instances),
+            tuple(astuple(pool_instance(i.input, i.output)) for i in task.instances),
             bool(task.is_classification))
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.errors import UserError
-from selfinstruct_tui.engine.seeds import SeedTask
+from selfinstruct_tui.engine.seeds import SeedTask, pool_instance
 from selfinstruct_tui.engine.task import Task, instances_from_json, similar_from_json
 
 PromptKind = Literal["generate", "classify", "instances"]
@@ -1076,7 +1076,7 @@ class RunStore:
         if task is None or task.status != "active":
             return None
         task.instruction = instruction.strip()
-        task.instances = list(instances)
+        task.instances = [pool_instance(i.input, i.output) for i in instances]
         task.is_classification = is_classification
         self.update_task(task)
         return task
@@ -1522,8 +1522,9 @@ def _seed_content(task: Task) -> tuple[Any, ...]:
 def seed_tasks_to_pool(seeds: list[SeedTask], first_id: int) -> list[Task]:
     now = time.time()
     return [
-        Task(id=first_id + i, origin="seed", instruction=s.instruction,
-             is_classification=s.is_classification, instances=list(s.instances), round=0,
+        Task(id=first_id + i, origin="seed", instruction=s.instruction.strip(),
+             is_classification=s.is_classification,
+             instances=[pool_instance(x.input, x.output) for x in s.instances], round=0,
              seed_id=s.id, name=s.name, created=now, seed_origin=s.origin,
              source_task=s.source_task)
         for i, s in enumerate(seeds)

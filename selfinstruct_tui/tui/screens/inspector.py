@@ -12,7 +12,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static, TextArea
 
-from selfinstruct_tui.engine.seeds import Instance
+from selfinstruct_tui.engine.parsing import json_field_text
+from selfinstruct_tui.engine.records import escape_line_separators, json_type_name
+from selfinstruct_tui.engine.seeds import Instance, pool_instance
 from selfinstruct_tui.engine.task import Task
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 
@@ -132,6 +134,17 @@ class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
         self.app.push_screen(TaskEditScreen(self.task_data), done)
 
 
+def edited_instance(value: dict) -> Instance:
+    """An instance of the task editor's JSON as the pool keeps it (`pool_instance`): a null
+    input is no input, a null output an empty one (refused), a number, true/false, list or
+    object its JSON text (`json_field_text`), never Python's ("None", "True", "['a']").
+    KeyError without "input" or "output"; TypeError when `value` is not an object."""
+    if not isinstance(value, dict):
+        raise TypeError(f"each instance must be an object, got {json_type_name(value)}")
+    return pool_instance(json_field_text(value["input"]) or "",
+                         json_field_text(value["output"]) or "")
+
+
 class TaskEditScreen(ModalScreen[dict | None]):
     BINDINGS = [Binding("ctrl+s", "save", "Save"), Binding("escape", "cancel", "Cancel")]
 
@@ -146,7 +159,8 @@ class TaskEditScreen(ModalScreen[dict | None]):
         with Vertical(classes="dialog wide"):
             yield Label(f"Edit task #{self.task_data.id} (JSON). ctrl+s saves.",
                         classes="question")
-            yield TextArea(json.dumps(data, indent=2, ensure_ascii=False), id="task-text",
+            yield TextArea(escape_line_separators(json.dumps(data, indent=2, ensure_ascii=False)),
+                           id="task-text",
                            show_line_numbers=True)
             yield Static("", id="task-errors", classes="errors")
 
@@ -156,10 +170,10 @@ class TaskEditScreen(ModalScreen[dict | None]):
         try:
             data = json.loads(text)
             instruction = data["instruction"]
-            instances = [Instance(str(i["input"]), str(i["output"])) for i in data["instances"]]
             if not isinstance(instruction, str) or not instruction.strip():
                 raise ValueError("'instruction' must be a non-empty string")
-            if not instances or any(not i.output.strip() for i in instances):
+            instances = [edited_instance(i) for i in data["instances"]]
+            if not instances or any(not i.output for i in instances):
                 raise ValueError("give at least one instance, each with an output")
         except json.JSONDecodeError as exc:
             errors.update(f"line {exc.lineno}: bad JSON: {exc.msg}")

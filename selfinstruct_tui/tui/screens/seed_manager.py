@@ -20,11 +20,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Static, TextArea
 
 from selfinstruct_tui.engine.fsutil import atomic_write_text
-from selfinstruct_tui.engine.placeholders import normalize_input
+from selfinstruct_tui.engine.records import escape_line_separators
 from selfinstruct_tui.engine.seeds import (
     Instance,
     SeedTask,
     carry_origins,
+    pool_instance,
     seed_to_record,
     seeds_to_jsonl,
 )
@@ -318,7 +319,8 @@ class SeedManagerScreen(ModalScreen[None]):
                           keep if keep is not None and keep < len(result.seeds) else None,
                           write_back=result.write_back)
 
-        self.app.push_screen(SeedEditorScreen(seeds_to_jsonl(self.seeds), self.seeds_file), done)
+        self.app.push_screen(SeedEditorScreen(escape_line_separators(seeds_to_jsonl(self.seeds)),
+                                              self.seeds_file), done)
 
     def keep_conflict(self, text: str) -> Path:
         """Write a raw edit that could not be applied next to the run (temp file + rename)."""
@@ -485,8 +487,7 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
             return
         errors.remove_class("visible")
         seed = self.seed
-        instances = [Instance(normalize_input(f.value.input), f.value.output.strip())
-                     for f in self.instance_fields]
+        instances = [pool_instance(f.value.input, f.value.output) for f in self.instance_fields]
         instruction = self.query_one("#f-instruction", TextArea).text.strip()
         is_cls = self.query_one("#f-cls", Checkbox).value
         if seed is None or self.adding:
