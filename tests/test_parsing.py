@@ -355,6 +355,13 @@ def test_json_instances():
     assert pairs(parsed) == [("", "Hi")] and reasons(parsed) == [R.MISSING_OUTPUT]
     labeled = '{"instances": [{"label": "Yes", "input": "Is it raining?"}]}'
     assert pairs(parse_instances(labeled, output_first=True)) == [("Is it raining?", "Yes")]
+    # a class label without an input is missing_input, as in the text layout; a null input
+    # is "no input", as "Input: (none)" is (it was taken as "" whether missing or null)
+    unlabeled = ('{"instances": [{"label": "No"}, {"label": "Yes", "input": null}, '
+                 '{"label": "No", "input": "Is it dry?"}]}')
+    parsed = parse_instances(unlabeled, output_first=True)
+    assert pairs(parsed) == [("", "Yes"), ("Is it dry?", "No")]
+    assert reasons(parsed) == [R.MISSING_INPUT]
 
 
 # Layouts real chat models write that lost examples or put commentary into the data.

@@ -1379,6 +1379,10 @@ def _parse_json_instances(text: str, output_first: bool,
             result.discarded.append(Fragment(raw, R.MISSING_OUTPUT, f"an example {what}"))
             continue
         in_key = _json_key(value, "input")
+        if in_key is None and output_first:  # as a class label without "Input:" is
+            result.discarded.append(Fragment(raw, R.MISSING_INPUT,
+                                             "a class label without an 'input'"))
+            continue
         inp = json_field_text(value[in_key]) if in_key is not None else None
         # a null input is "no input", as the text layouts' "(none)" is
         result.instances.append(RawInstance(normalize_input(inp or ""), output.strip(), raw))
