@@ -503,3 +503,42 @@ def test_runs_lists_the_most_recent_activity_first_and_says_so(run_cli, isolated
     text = shown.decode()
     assert "2 runs, most recent activity first" in text
     assert text.index(str(first)) < text.index(str(second))
+
+
+def test_an_attached_ui_follows_the_target_of_a_session_that_resumes_the_run(run_cli, tmp_path,
+                                                                              isolated_env):
+    """A UI attached to a finished run; another process resumes it with a higher --target.
+    The UI followed the new session's tasks but kept the old target: "pool 40/8", ETA "-",
+    and the round lines' pool figures against 8, until it was closed and attached again. It
+    now reads the run's config again when a new session starts."""
+    from tui_helpers import read_run
+
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.02) as server:
+        pid = detach(run_cli, server, run_dir, 8, "--concurrency", "2")
+        try:
+            wait_for(lambda: state_of(run_dir).get("state") == "finished", timeout=60)
+
+            async def go():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(120, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "finished")
+                    status = app.query_one(StatusLine)
+                    assert "/8 " in str(status.render())
+                    again = run_cli("run", "--detach", "--run-dir", str(run_dir),
+                                    "--target", "40", timeout=60)
+                    assert again.returncode == 0, again.stderr
+                    await until(pilot, lambda: app.state == "running", timeout=20)
+                    await until(pilot, lambda: app.state == "finished", timeout=60)
+                    await pilot.pause(0.3)
+                    pool = read_run(run_dir, lambda store: store.count_tasks("machine"))
+                    assert pool >= 40
+                    assert f"pool {pool}/40 " in str(status.render())
+                    await pilot.press("q")
+
+            run(go())
+        finally:
+            kill_quietly(pid)
+            kill_quietly(int((run_dir / "engine.pid").read_text()))

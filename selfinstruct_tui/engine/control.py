@@ -637,6 +637,9 @@ class StoreFollower:
         if (state.get("state"), state.get("pid")) != (self.state.get("state"),
                                                         self.state.get("pid")):
             session = store.get_meta("session") or {}
+            # A new session may have changed the safe settings (--target, ...): read them again
+            self.config = store.config() or self.config
+            self.target = self.config.target if self.config else self.target
             for event in state_events(self.state, state, self.config, self.run_dir, session,
                                       accepted, store.count_tasks("seed")):
                 emit(event)
