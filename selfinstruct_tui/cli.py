@@ -408,6 +408,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         write_report,
     )
     from selfinstruct_tui.engine.fsutil import check_output_path
+    from selfinstruct_tui.engine.seeds import short_text
     from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 
     src = Path(args.input)
@@ -432,7 +433,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
             else ""
         err.print(
             f"warning: {len(silent)} of {len(items)} items have no tokens under the "
-            f"{args.tokenizer!r} tokenizer (e.g. {src}:{first.line}: {first.text[:40]!r}); they "
+            f"{args.tokenizer!r} tokenizer (e.g. {src}:{first.line}: "
+            f"{short_text(first.text, 40)!r}); they "
             f"score 0 against everything and are never dropped as near duplicates.{hint}",
             markup=False)
     normalized = normalize_inputs(kind, items) if kind != "text" else 0

@@ -121,3 +121,24 @@ def test_instance_filters():
     _, dropped, rejection = clean_instances([Instance("x", "")])
     assert rejection.reason == RejectionReason.NO_VALID_INSTANCES
     assert "empty output 1" in rejection.detail
+
+
+def test_a_quoted_text_cut_in_a_detail_says_so():
+    """Details quote the text they are about, cut to a length. The cut was silent: a quote of
+    60 characters ended mid-word inside its quotes ('... the long', for '... the longest
+    river'), read as the whole input or label. A cut quote ends with an ellipsis; a short one
+    is whole."""
+    long_input = "Name the country that holds the longest river of the continent and its source."
+    _, _, rejection = clean_instances([Instance(long_input, "Egypt"),
+                                       Instance(long_input, "Uganda")])
+    assert rejection.reason == RejectionReason.CONFLICTING_OUTPUTS
+    assert f"{long_input[:59]}…'" in rejection.detail
+    _, _, rejection = clean_instances([Instance("2+2", "4"), Instance("2+2", "5")])
+    assert "input '2+2' has" in rejection.detail
+    long_label = "Mostly positive, although the second half of the review is negative"
+    _, dropped, _ = clean_instances(
+        [Instance("Great phone.", long_label), Instance("Bad phone.", "negative")],
+        is_classification=True,
+        instruction="Classify the review as positive or negative.")
+    assert [d.reason for d in dropped] == [RejectionReason.LABEL_NOT_IN_TASK]
+    assert f"label '{long_label[:39]}…' is not" in dropped[0].detail

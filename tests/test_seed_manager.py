@@ -670,3 +670,34 @@ def test_a_seed_edit_gives_ids_only_to_the_seeds_it_adds(tmp_path, isolated_env)
         store.close()
     assert [t.id for t in new] == [before + 1]
     assert machine and min(machine) < before + 1 + 40  # (not past before + 1 + the set's size)
+
+
+def test_the_delete_question_quotes_the_seed_whole_or_marked_where_it_is_cut(tmp_path,
+                                                                              isolated_env):
+    """`d` in the manager asks about the seed it deletes, quoting its instruction cut to 60
+    characters; the cut was silent: "Delete seed seed_task_1 ('Give three practical tips for
+    someone who wants to start run')?" read as the seed's whole text. The quote now ends with
+    an ellipsis where it is cut, and a short instruction is quoted whole."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            table = manager.query_one("#seed-table", DataTable)
+            seeds = active_seeds(run_dir)
+            for row in (0, 1):
+                instruction = seeds[row].instruction
+                table.move_cursor(row=row)
+                await pilot.press("d")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                question = " ".join(str(app.screen.query_one(".question").render()).split())
+                quoted = instruction if len(instruction) <= 60 else instruction[:59] + "…"
+                assert f"({quoted!r})?" in question
+                await pilot.press("n")
+                await until(pilot, lambda: app.screen is manager)
+            assert len(seeds[0].instruction) > 60 and len(seeds[1].instruction) <= 60
+            assert len(active_seeds(run_dir)) == 139
+
+    run(go())

@@ -12,7 +12,7 @@ from selfinstruct_tui.engine.placeholders import (
     placeholder_output,
     unusable_input,
 )
-from selfinstruct_tui.engine.seeds import Instance, pool_instance
+from selfinstruct_tui.engine.seeds import Instance, pool_instance, short_text
 from selfinstruct_tui.engine.tokenize import unicode_tokens
 
 
@@ -240,7 +240,7 @@ def clean_instances(instances: list[Instance], *, is_classification: bool = Fals
                  f"the {'input' if inp.endswith(':') else 'output'} ends with ':'")
         elif labels is not None and not label_matches(out, labels):
             drop(RejectionReason.LABEL_NOT_IN_TASK,
-                 f"label {out[:40]!r} is not one of the task's labels "
+                 f"label {short_text(out, 40)!r} is not one of the task's labels "
                  f"({', '.join(sorted(labels))})")
         elif candidate in kept:
             drop(RejectionReason.DUPLICATE_INSTANCE, "the same input and output again")
@@ -254,7 +254,7 @@ def clean_instances(instances: list[Instance], *, is_classification: bool = Fals
         if first != inst.output:
             return [], dropped, Rejection(
                 RejectionReason.CONFLICTING_OUTPUTS,
-                f"input {inst.input[:60]!r} has two different outputs")
+                f"input {short_text(inst.input)!r} has two different outputs")
     if not kept:
         return [], dropped, Rejection(RejectionReason.NO_VALID_INSTANCES,
                                       f"{len(instances)} read, none usable"

@@ -19,6 +19,7 @@ from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.filters import RejectionReason
 from selfinstruct_tui.engine.llm import Cause, RequestFailed
 from selfinstruct_tui.engine.parsing import is_reasoning_only
+from selfinstruct_tui.engine.seeds import short_text
 from selfinstruct_tui.engine.store import RoundStats
 
 # Rejection reasons that mean no answer came back (the endpoint, not the model's text)
@@ -123,7 +124,7 @@ class SpendGuard:
         if self.last_rejected is not None:
             reason, text = self.last_rejected
             last = f". Last rejected answer ({reason.replace('_', ' ')}): " \
-                   f"{' '.join(text.split())[:300]!r}"
+                   f"{short_text(text, 300)!r}"
             if is_reasoning_only(text):
                 self.restart_fixes = True  # a resume as it is gets the same answers
                 advice = (". The model answers with its reasoning only (<think> with nothing "

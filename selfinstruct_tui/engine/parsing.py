@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from selfinstruct_tui.engine.filters import RejectionReason as R
 from selfinstruct_tui.engine.placeholders import is_refusal, normalize_input
 from selfinstruct_tui.engine.records import json_type_name
+from selfinstruct_tui.engine.seeds import short_text
 
 
 @dataclass(frozen=True)
@@ -1307,8 +1308,8 @@ def _instance_from(block: _Block, output_first: bool, layout: str,
         return Fragment(raw, R.MISSING_OUTPUT, f"an input without an output; {layout}")
     if block.input is None and head:
         return Fragment(raw, R.UNLABELED_INPUT,
-                        f"text before 'Output:' is not under an 'Input:' label ({head[:60]!r}); "
-                        f"{layout}")
+                        f"text before 'Output:' is not under an 'Input:' label "
+                        f"({short_text(head)!r}); {layout}")
     inp = "\n".join(block.input) if block.input is not None else ""
     return RawInstance(normalize_input(_clean_field(inp)), _clean_field("\n".join(block.output)),
                        raw)

@@ -265,7 +265,7 @@ def seed_difference(file_tasks: list[SeedTask], run_tasks: list[SeedTask]) -> st
             shown = (f"file {a.id} {_around(ca[0], at)!r}, run {b.id} {_around(cb[0], at)!r} "
                      f"(character {at + 1})")
         else:
-            shown = f"file {a.id}, run {b.id}: {_short(a.instruction)!r}"
+            shown = f"file {a.id}, run {b.id}: {short_text(a.instruction)!r}"
         parts.append(f"first difference at task {n} ({field}): {shown}")
         break
     else:
@@ -274,7 +274,7 @@ def seed_difference(file_tasks: list[SeedTask], run_tasks: list[SeedTask]) -> st
         extra = longer[len(shorter)]
         where = "run" if longer is run_tasks else "file"
         parts.append(f"first difference at task {len(shorter) + 1}: only the {where} has "
-                     f"{extra.id} {_short(extra.instruction)!r}")
+                     f"{extra.id} {short_text(extra.instruction)!r}")
     return "; ".join(parts)
 
 
@@ -289,7 +289,9 @@ def _around(text: str, at: int, width: int = 30) -> str:
                                                             else "")
 
 
-def _short(text: str, n: int = 60) -> str:
+def short_text(text: str, n: int = 60) -> str:
+    """`text` on one line (runs of whitespace as one space) in at most `n` characters: whole,
+    or its start and an ellipsis, so that a quote cut short never reads as the whole text."""
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
 

@@ -29,6 +29,7 @@ from selfinstruct_tui.engine.control import (
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.review import summarize
+from selfinstruct_tui.engine.seeds import short_text
 from selfinstruct_tui.engine.store import (
     OPEN_REASONS,
     BatchRecord,
@@ -85,7 +86,7 @@ class RejectionLine:
         line.append(f"{self.reason.replace('_', ' '):<18} ", style="bold")
         line.append(" ".join(self.candidate.split())[:200])
         if self.similar is not None and self.score is not None:
-            line.append(f"  ~{self.score:.2f} «{' '.join(self.similar.split())[:80]}»",
+            line.append(f"  ~{self.score:.2f} «{short_text(self.similar, 80)}»",
                         style="italic")
         elif self.detail:
             line.append(f"  ({self.detail})", style="italic")

@@ -28,6 +28,7 @@ from selfinstruct_tui.engine.seeds import (
     pool_instance,
     seed_to_record,
     seeds_to_jsonl,
+    short_text,
 )
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
@@ -293,7 +294,7 @@ class SeedManagerScreen(ModalScreen[None]):
                 self._apply(change)
 
         self.app.push_screen(ConfirmScreen(
-            f"Delete seed {seed.id} ({' '.join(seed.instruction.split())[:60]!r})? The change "
+            f"Delete seed {seed.id} ({short_text(seed.instruction)!r})? The change "
             f"applies at the next round.{back}", yes="Delete", no="Keep"), answer)
 
     def action_raw(self) -> None:
