@@ -107,6 +107,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compact", action="store_true", help="layout for 80x24 terminals")
     p.add_argument("--detach", action="store_true",
                    help="run in the background (survives the terminal); see `selfinstruct attach`")
+    p.add_argument("--paused", action="store_true",
+                   help="start paused: nothing is sent until you resume it (p in the TUI, or in "
+                   "a TUI attached to a --detach run)")
 
 
 def _refresh_seconds(text: str) -> float:
@@ -481,7 +484,8 @@ def run_request(args: argparse.Namespace) -> Any:
     from selfinstruct_tui.session import RunRequest
 
     return RunRequest(_flags(args), seeds=args.seeds, run_dir=args.run_dir,
-                      argv=list(args.raw_argv), local_port=getattr(args, "local_port", None))
+                      argv=list(args.raw_argv), local_port=getattr(args, "local_port", None),
+                      paused=bool(getattr(args, "paused", False)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -510,6 +514,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return FinishReason.STOPPED.exit_code
         engine = Engine(store, session.config, api_key=session.api_key,
                         base_url=session.base_url, routes=session.routes)
+        if session.request.paused:
+            engine.start_paused()
         try:
             if args.headless:
                 from selfinstruct_tui.headless import run_headless
@@ -589,12 +595,17 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
             app.engine_thread.join(timeout=session.config.stop_grace + 20)
     out = text_console()
     if app.return_value == DETACH_EXIT:
-        # `d`: the engine stopped cleanly; a background process resumes the same run.
+        # `d`: the engine stopped cleanly; a background process resumes the same run, paused
+        # if it was paused here (any pause: the user resumes it, by attaching and pressing p)
         session.release_lock()
+        paused = engine.paused is not None
         proc = spawn_detached(session.run_dir, ["run", "--headless", "--run-dir",
-                                                str(session.run_dir)])
-        out.print(f"the run continues in the background (pid {proc.pid}); log: "
-                  f"{session.run_dir / RUN_LOG}", markup=False)
+                                                str(session.run_dir)]
+                              + (["--paused"] if paused else []))
+        out.print((f"the run stays paused in the background (pid {proc.pid}): nothing is sent "
+                   "until you attach and press p" if paused else
+                   f"the run continues in the background (pid {proc.pid})")
+                  + f"; log: {session.run_dir / RUN_LOG}", markup=False)
         out.print(f"watch it: {command_line('attach', str(session.run_dir))}", markup=False)
         return 0
     finished = engine.finished
@@ -656,7 +667,8 @@ def cmd_detach(args: argparse.Namespace) -> int:
         "waiting for the background run to start ...", markup=False))
     if outcome == "running":
         out.print(f"{'resumed' if session.resumed else 'started'} run in the background "
-                  f"(pid {proc.pid})", markup=False)
+                  f"(pid {proc.pid})" + (", paused: nothing is sent until you attach and press p"
+                                         if session.request.paused else ""), markup=False)
         out.print(f"run directory: {run_dir}", markup=False)
         out.print(f"log: {log_path}", markup=False)
         out.print(f"watch it:  {command_line('attach', str(run_dir))}", markup=False)

@@ -29,8 +29,10 @@ from selfinstruct_tui.engine.config import (
     merge_for_resume,
     new_run_dir,
 )
+from selfinstruct_tui.engine.control import RunState
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
-from selfinstruct_tui.engine.invocation import command_line
+from selfinstruct_tui.engine.events import USER_PAUSE
+from selfinstruct_tui.engine.invocation import command_line, with_command
 from selfinstruct_tui.engine.runs import LOCK_FILE, RunLock, busy, lock_holder, remember_run
 from selfinstruct_tui.engine.seeds import (
     SeedTask,
@@ -57,6 +59,7 @@ class RunRequest:
     run_dir: str | None = None
     argv: list[str] = field(default_factory=lambda: ["run"])
     local_port: int | None = None
+    paused: bool = False  # --paused: the engine starts paused (Engine.start_paused)
 
 
 @dataclass
@@ -77,7 +80,7 @@ class Session:
     @property
     def resume_command(self) -> str:
         """The exact command that resumes this run: the one given, with --run-dir and without
-        --detach."""
+        --detach and --paused."""
         return self.command_without()
 
     def resume_command_after(self, message: str) -> str:
@@ -111,7 +114,8 @@ class Session:
             if any(arg.startswith(f + "=") for f in flags):
                 continue
             argv.append(arg)
-        argv = [a for a in argv if a != "--detach"]
+        # resuming means going on: not again in the background, nor paused
+        argv = [a for a in argv if a not in ("--detach", "--paused")]
         # Paths become absolute: the command must work from any directory.
         for n, arg in enumerate(argv):
             for flag in PATH_FLAGS:
@@ -216,6 +220,7 @@ def prepare(request: RunRequest) -> Session:
         try:
             stored = store.config()
             seeds_path = store.get_meta("seeds_path")
+            last_state = store.get_meta("state") or {}
             refused: list[str] = []
             if stored is not None:
                 cfg, refused = merge_for_resume(stored, flags)
@@ -242,7 +247,7 @@ def prepare(request: RunRequest) -> Session:
             return Session(Path(request.run_dir), cfg, True, request,
                            notes=file_ignored_on_resume(
                                cfg, flags, seeds_path=None if request.seeds else seeds_path)
-                           + unset_key_notes(cfg))
+                           + unset_key_notes(cfg) + left_paused_notes(last_state, request))
         # A run directory without a config is one whose start failed: start it afresh.
     file_settings = load_user_config()
     explicit = {**file_settings, **flags}
@@ -302,10 +307,21 @@ def repeated_seed_notes(seeds: list[SeedTask], path: str | None) -> list[str]:
     if not pairs:
         return []
     shown = ", ".join(pairs[:5]) + (f" and {len(pairs) - 5} more" if len(pairs) > 5 else "")
-    return [f"{path or 'the seed file'}: {len(pairs)} seed task(s) repeat another's instruction "
-            f"({shown}); each weighs as two in the prompts' examples. `"
-            f"{command_line('seeds', 'check', path or str(bundled_seeds_path()))}` lists them and "
-            "the near duplicates"]
+    return [with_command(
+        f"{path or 'the seed file'}: {len(pairs)} seed task(s) repeat another's instruction "
+        f"({shown}); each weighs as two in the prompts' examples. This lists them and the near "
+        "duplicates:", command_line("seeds", "check", path or str(bundled_seeds_path())))]
+
+
+def left_paused_notes(last_state: dict[str, Any], request: RunRequest) -> list[str]:
+    """A note when the run's last process ended paused by the user (`last_state`: the store's
+    "state" meta) and this command does not ask for --paused: the command resumes the run, so
+    it runs (as quitting a paused TUI says); --paused keeps it paused."""
+    if request.paused or last_state.get("reason") != USER_PAUSE or \
+            last_state.get("state") == RunState.FAILED:
+        return []
+    return ["the run was paused when its last process ended; this command runs it (add "
+            "--paused to start it paused: nothing is sent until you resume it with p)"]
 
 
 def unset_key_notes(cfg: RunConfig, env: Mapping[str, str] | None = None) -> list[str]:

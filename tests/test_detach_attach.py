@@ -165,12 +165,44 @@ def test_closing_an_attached_ui_leaves_the_run_alone(run_cli, tmp_path, isolated
             kill_quietly(pid)
 
 
+def on_a_terminal(env: dict, react, *args: str, timeout: float = 120) -> tuple[int, str]:
+    """`selfinstruct ARGS` on a pty (a terminal, 120x40: the TUI runs). After each read,
+    `react(seen, write)` may answer: `seen` is all the output so far (bytes), `write` sends
+    keys. Returns (exit code, the output without escape sequences)."""
+    import pty
+    import re
+    import time
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(cli_command(*args),
+                            env={**env, "TERM": "xterm", "COLUMNS": "120", "LINES": "40"},
+                            stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    chunks: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # the child closed the pty
+                break
+            if not data:
+                break
+            chunks.append(data)
+            react(b"".join(chunks), lambda keys: os.write(primary, keys))
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    return proc.returncode, re.sub(r"\x1b[\[\]][0-9;?<>=]*[A-Za-z~]", "",
+                                   b"".join(chunks).decode(errors="replace"))
+
+
 def test_leaving_attach_on_a_terminal_says_the_run_goes_on_and_how_to_come_back(
         isolated_env, tmp_path):
     """`selfinstruct attach` on a terminal (here a pty), left with q: it printed nothing; now
     it says the run goes on, its pid, and how to attach again or stop it."""
-    import pty
-    import re
     import time
 
     run_dir = tmp_path / "run"
@@ -182,32 +214,16 @@ def test_leaving_attach_on_a_terminal_says_the_run_goes_on_and_how_to_come_back(
         assert proc.returncode == 0, proc.stderr
         pid = int((run_dir / "engine.pid").read_text())
         try:
-            primary, secondary = pty.openpty()
-            attach = subprocess.Popen(cli_command("attach", str(run_dir)),
-                                      env={**isolated_env, "TERM": "xterm", "COLUMNS": "120",
-                                           "LINES": "40"},
-                                      stdin=secondary, stdout=secondary, stderr=secondary)
-            os.close(secondary)
-            chunks: list[bytes] = []
-            deadline = time.monotonic() + 90
-            sent = False
-            while time.monotonic() < deadline:
-                try:
-                    data = os.read(primary, 65536)
-                except OSError:  # the child closed the pty
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-                if not sent and b"Task pool" in b"".join(chunks):
+            sent = []
+
+            def react(seen, write):
+                if not sent and b"Task pool" in seen:
                     time.sleep(0.5)
-                    os.write(primary, b"q")
-                    sent = True
-            attach.wait(timeout=30)
-            os.close(primary)
-            text = re.sub(r"\x1b[\[\]][0-9;?<>=]*[A-Za-z~]", "",
-                          b"".join(chunks).decode(errors="replace"))
-            assert attach.returncode == 0, text[-2000:]
+                    write(b"q")
+                    sent.append(True)
+
+            code, text = on_a_terminal(isolated_env, react, "attach", str(run_dir), timeout=90)
+            assert code == 0, text[-2000:]
             assert f"the run goes on in the background (pid {pid})" in text, text[-2000:]
             assert f"attach again: {shown('attach', str(run_dir))}" in text
             assert state_of(run_dir).get("state") == "running"  # leaving never stops it
@@ -542,3 +558,117 @@ def test_an_attached_ui_follows_the_target_of_a_session_that_resumes_the_run(run
         finally:
             kill_quietly(pid)
             kill_quietly(int((run_dir / "engine.pid").read_text()))
+
+
+def steady_requests(server, polls: int = 6, every: float = 0.5) -> int:
+    """The fake server's request count, checked unchanged over `polls` looks `every` seconds
+    apart (no request arrives meanwhile; not a measure of speed)."""
+    import time
+
+    seen = server.requests
+    for _ in range(polls):
+        time.sleep(every)
+        assert server.requests == seen, f"{server.requests - seen} request(s) sent while paused"
+    return seen
+
+
+def test_a_run_detached_while_paused_stays_paused_until_an_attached_ui_resumes_it(
+        isolated_env, tmp_path):
+    """`run` (the TUI, on a pty), p, then d and y: the background process resumed the run
+    ("the run continues in the background"), lifting the pause without a word, and paid
+    requests again. It now starts paused with the same reason, sends nothing, and a UI
+    attached to it shows it paused and resumes it with p."""
+    import time
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        pid = None
+        try:
+            step = ["start"]
+
+            def react(seen, write):
+                if step[0] == "start" and b"Task pool" in seen and count_machine(run_dir) >= 3:
+                    write(b"p")
+                    step[0] = "pausing"
+                elif step[0] == "pausing" and state_of(run_dir).get("state") == "paused":
+                    time.sleep(0.5)
+                    write(b"d")
+                    step[0] = "asked"
+                elif step[0] == "asked" and b"Detach (y)" in seen:
+                    time.sleep(0.3)
+                    write(b"y")
+                    step[0] = "detached"
+
+            code, text = on_a_terminal(isolated_env, react, "run", "--base-url",
+                                       server.base_url, "--model", "m", "--run-dir",
+                                       str(run_dir), "--target", "400", "--concurrency", "2",
+                                       "--refresh", "0.1")
+            assert code == 0, text[-2000:]
+            pid = int((run_dir / "engine.pid").read_text())
+            assert f"the run stays paused in the background (pid {pid})" in text, text[-2000:]
+            assert "continues in the background" not in text
+            wait_for(lambda: state_of(run_dir).get("pid") == pid, timeout=60)
+            state = state_of(run_dir)
+            assert state["state"] == "paused" and state["reason"] == "paused by the user"
+            assert not state["by_errors"]
+            held = count_machine(run_dir)
+            sent = steady_requests(server)
+            assert count_machine(run_dir) == held
+            assert f"paused (pid {pid})" in subprocess.run(
+                cli_command("runs"), capture_output=True, text=True, env=isolated_env,
+                timeout=60).stdout
+
+            async def go():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(120, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "paused", timeout=15)
+                    await pilot.pause(1.0)
+                    assert server.requests == sent  # attaching sends nothing either
+                    await pilot.press("p")
+                    await until(pilot, lambda: count_machine(run_dir) > held + 2, timeout=30)
+                    assert app.state == "running"
+                    await pilot.press("s", "y")
+                    await until(pilot, lambda: app.state == "stopped", timeout=30)
+                    await pilot.press("q")
+
+            run(go())
+            assert server.requests > sent
+            wait_for(lambda: state_of(run_dir).get("state") == "stopped", timeout=30)
+        finally:
+            if pid is not None:
+                kill_quietly(pid)
+
+
+def test_run_detach_paused_starts_paused_and_a_paused_run_resumed_by_command_runs(
+        run_cli, tmp_path):
+    """`run --detach --paused`: the background run starts paused and sends nothing until
+    resumed. A run whose last process ended paused (here stopped by SIGTERM while paused)
+    and is resumed with `run --detach` without --paused runs: the command resumes it, as
+    quitting a paused TUI says, and a note says so and how to keep it paused."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.05) as server:
+        pid = detach(run_cli, server, run_dir, 400, "--concurrency", "2", "--paused")
+        try:
+            state = state_of(run_dir)
+            assert state["state"] == "paused" and state["reason"] == "paused by the user"
+            assert steady_requests(server) == 0 and count_machine(run_dir) == 0
+            os.kill(pid, signal.SIGTERM)  # a clean stop, while paused
+            wait_for(lambda: state_of(run_dir).get("state") == "stopped", timeout=30)
+            assert server.requests == 0
+            log = (run_dir / "run.log").read_text()
+            assert "paused: paused by the user" in log
+            resume = [line for line in log.splitlines() if line.startswith("resume with: ")]
+            assert resume and "--paused" not in resume[-1]  # resuming runs it
+        finally:
+            kill_quietly(pid)
+        again = run_cli("run", "--detach", "--run-dir", str(run_dir), timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert "the run was paused when its last process ended; this command runs it" in \
+            again.stderr and "--paused" in again.stderr
+        assert "paused:" not in again.stdout
+        pid = int((run_dir / "engine.pid").read_text())
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 3, timeout=60)
+            assert state_of(run_dir)["state"] == "running"
+        finally:
+            kill_quietly(pid)

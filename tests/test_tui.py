@@ -9,6 +9,7 @@ from pathlib import Path
 from textual.widgets import TextArea
 
 from fake_openai import FakeOpenAI
+from selfinstruct_tui.engine.invocation import command_line
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
@@ -55,6 +56,17 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
                 assert "does not stay paused" in question and "selfinstruct run" in question
                 assert [str(b.label) for b in app.screen.query("Button")] == \
                     ["Stop and quit (y)", "Stay paused (n)"]
+                # the command alone on its line: it ended in the sentence's full stop
+                assert app.view.resume_command in question.splitlines()
+                await pilot.press("n")
+                await pilot.pause(0.2)
+                assert app.state == "paused"
+                # d while paused: the run stays paused in the background (it ran again there)
+                await pilot.press("d")
+                assert isinstance(app.screen, ConfirmScreen)
+                question = str(app.screen.query_one(".question").render())
+                assert "It stays paused there" in question and "press p" in question
+                assert command_line("attach") in question.splitlines()
                 await pilot.press("n")
                 await pilot.pause(0.2)
                 assert app.state == "paused"
@@ -64,8 +76,8 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
                 assert isinstance(app.screen, ConfirmScreen)
                 buttons = [str(b.label) for b in app.screen.query("Button")]
                 assert buttons == ["Stop (y)", "Keep running (n)"]
-                assert "resume it later with: selfinstruct run" in str(
-                    app.screen.query_one(".question").render())
+                assert app.view.resume_command in str(
+                    app.screen.query_one(".question").render()).splitlines()
                 await pilot.press("n")
                 await pilot.pause(0.3)
                 assert app.state == "running" and engine.finished is None
@@ -349,6 +361,9 @@ def test_detach_key_stops_here_and_asks_for_handover(tmp_path, isolated_env):
                 assert {"detach", "quit"} <= actions and "leave" not in actions
                 await pilot.press("d")
                 assert isinstance(app.screen, ConfirmScreen)
+                question = str(app.screen.query_one(".question").render())
+                assert "resumes the run" in question and "paused" not in question
+                assert command_line("attach") in question.splitlines()  # no quote touches it
                 await pilot.press("y")
                 await until(pilot, lambda: not app.is_running, timeout=40)
             return app.return_value, engine.finished

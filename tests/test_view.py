@@ -80,7 +80,7 @@ def test_events_update_each_part_and_mark_it_dirty(tmp_path):
     view.apply(ev.Finished(ev.FinishReason.LIMIT, 40, 50, "the run has cost $1"))
     assert view.state == "stopped"
     [(message, _, _)] = view.take_notices()
-    assert "Resume with a higher limit: selfinstruct run --run-dir X" in message
+    assert "Resume with a higher limit:\nselfinstruct run --run-dir X" in message
 
 
 @hypothesis.settings(max_examples=300, deadline=None)
@@ -270,7 +270,7 @@ def test_why_a_run_is_not_going_is_read_from_the_store(tmp_path):
     failing = view_of({"state": "stopped", "pid": 0, "finish_reason": "failing",
                        "message": "every endpoint is out: HTTP 503 for 60 s"})
     assert failing.note() == ("Stopped at 40/40: every endpoint is out: HTTP 503 for 60 s. "
-                              "Resume with (once the cause is fixed): selfinstruct run "
+                              "Resume with (once the cause is fixed):\nselfinstruct run "
                               "--run-dir X")
     assert view_of({"state": "stopped", "pid": 0, "finish_reason": "stopped"}).note() == ""
 
@@ -279,7 +279,7 @@ def test_why_a_run_is_not_going_is_read_from_the_store(tmp_path):
     crashed = view_of({"state": "running", "pid": gone.pid})
     assert crashed.state == "crashed"
     assert f"The engine process (pid {gone.pid}) is gone" in crashed.note()
-    assert crashed.note().endswith("Resume it with: selfinstruct run --run-dir X")
+    assert crashed.note().endswith("Resume it with:\nselfinstruct run --run-dir X")
     reader = RunStore(tmp_path / "run", readonly=True)
     seen: list[ev.Event] = []
     StoreFollower(read_snapshot(reader), seen.append).poll(reader)

@@ -72,7 +72,7 @@ from selfinstruct_tui.engine.control import (
     seed_set_events,
 )
 from selfinstruct_tui.engine.endpoints import EndpointChange, EndpointSpec
-from selfinstruct_tui.engine.events import FinishReason
+from selfinstruct_tui.engine.events import USER_PAUSE, FinishReason
 from selfinstruct_tui.engine.filters import (
     FilterSettings,
     InstanceDrop,
@@ -207,6 +207,7 @@ class Engine:
         self.style: PromptStyle = style_for(config.api)
         self.state: str = RunState.STARTING
         self.paused: ev.Paused | None = None  # why the run is paused (None: it is not)
+        self._start_paused = ""  # `start_paused`: the reason of the pause the run begins with
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -337,16 +338,28 @@ class Engine:
         if self.store.unwritable is None:  # (else the state stays as last written: resuming
             self.store.set_meta("state", meta)  # the run then recovers it as after a crash)
 
-    def _do_pause(self, reason: str = "paused by the user", by_errors: bool = False,
-                  needs_restart: bool = False) -> None:
-        if self._client is None or self.state in (RunState.STOPPING, RunState.FINISHED):
-            return
+    def start_paused(self, reason: str = USER_PAUSE) -> None:
+        """Make `run` begin paused (call it before `run`): the run's first state is "paused"
+        with `reason` (a pause by the user, not by errors), and no request is sent until a
+        Resume (an attached UI's p). A run detached while paused goes on so."""
+        self._start_paused = reason
+
+    def _hold(self, paused: ev.Paused) -> None:
+        """Nothing new is sent (requests, batch polls) until `_do_resume`."""
+        assert self._client is not None
         self._client.pause()
         if self._batcher is not None:
             self._batcher.pause()
-        self.paused = ev.Paused(reason, by_errors, needs_restart)
+        self.paused = paused
+
+    def _do_pause(self, reason: str = USER_PAUSE, by_errors: bool = False,
+                  needs_restart: bool = False) -> None:
+        if self._client is None or self.state in (RunState.STOPPING, RunState.FINISHED):
+            return
+        paused = ev.Paused(reason, by_errors, needs_restart)
+        self._hold(paused)
         self._set_state(RunState.PAUSED)
-        self.bus.emit(self.paused)
+        self.bus.emit(paused)
 
     def _do_resume(self) -> None:
         if self._client is None or self.state != RunState.PAUSED:
@@ -586,9 +599,13 @@ class Engine:
                                             "started": time.time(), "pid": os.getpid(),
                                             "endpoints": [e["base_url"] for e in
                                                           self.config.endpoint_list()]})
-            self._set_state(RunState.RUNNING)
+            if self._start_paused:  # paused from its first state: never "running" meanwhile
+                self._hold(ev.Paused(self._start_paused, False))
+            self._set_state(RunState.PAUSED if self.paused else RunState.RUNNING)
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
+            if self.paused is not None:
+                self.bus.emit(self.paused)
             if stale:
                 self.bus.emit(ev.Notice(
                     f"{' and '.join(stale)} sent to an earlier process of this run that ended "

@@ -203,6 +203,9 @@ class EndpointsReported(Event):
     endpoints: tuple[EndpointStats, ...]
 
 
+USER_PAUSE = "paused by the user"  # the reason of a pause the user asked for (key p)
+
+
 @dataclass(frozen=True)
 class Paused(Event):
     reason: str

@@ -49,3 +49,11 @@ def command_line(*args: str) -> str:
     """`program()` and `args` as one shell-quoted line, e.g. command_line("attach", "/runs/my run")
     -> "selfinstruct attach '/runs/my run'"."""
     return shlex.join([*program(), *args])
+
+
+def with_command(text: str, command: str, after: str = "") -> str:
+    """`text`, then `command` on a line of its own, then `after` (if any) on the next line:
+    no sentence's colon, full stop or quote touches the command, so that a copied line runs
+    as it is. with_command("Resume it with:", "selfinstruct run --run-dir r") ->
+    "Resume it with:\\nselfinstruct run --run-dir r"."""
+    return "\n".join(part for part in (text, command, after) if part)

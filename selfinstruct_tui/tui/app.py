@@ -51,7 +51,7 @@ from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.errors import ConfigError, UserError
 from selfinstruct_tui.engine.exports import export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
-from selfinstruct_tui.engine.invocation import command_line
+from selfinstruct_tui.engine.invocation import command_line, with_command
 from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jsonl, write_seeds
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
@@ -381,8 +381,9 @@ class SelfInstructApp(App[int]):
         """Pause, resume or stop without an engine to take it."""
         state = state or self.state
         if state == RunState.CRASHED:
-            self.notify("Nothing to pause or stop: the engine process is gone (killed or "
-                        f"crashed). Resume the run with: {self.view.resume_command}",
+            self.notify(with_command("Nothing to pause or stop: the engine process is gone "
+                                     "(killed or crashed). Resume the run with:",
+                                     self.view.resume_command),
                         title="Run crashed", severity="warning", markup=False)
         else:
             self.notify(f"The run is not running ({state}).", severity="warning")
@@ -401,8 +402,9 @@ class SelfInstructApp(App[int]):
         if not jobs:
             # asked, as quitting is: one `s` too many (the review's "skip" key) stopped the run
             self.push_screen(ConfirmScreen(
-                "Stop the run? Work in flight gets a bounded grace and is kept; resume it "
-                f"later with: {self.view.resume_command}", yes="Stop", no="Keep running"),
+                with_command("Stop the run? Work in flight gets a bounded grace and is kept. "
+                             "Resume it later with:", self.view.resume_command),
+                yes="Stop", no="Keep running"),
                 lambda yes: self._stop() if yes else None)
             return
 
@@ -425,8 +427,9 @@ class SelfInstructApp(App[int]):
     def _stop(self, cancel_batches: bool = False) -> None:
         if not self._deliver(Stop(cancel_batches=cancel_batches)):
             return
-        self.notify("Stopping: requests in flight may finish (a bounded grace), then the "
-                    f"run stops. Resume it later with: {self.view.resume_command}")
+        self.notify(with_command("Stopping: requests in flight may finish (a bounded grace), "
+                                 "then the run stops. Resume it later with:",
+                                 self.view.resume_command))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Textual's palette commands but its Quit ("as soon as possible"): the key table's
@@ -466,19 +469,20 @@ class SelfInstructApp(App[int]):
         jobs = self.view.submitted_batches
         where = "keep running on their own" if self.view.status.command else \
             "stay pending at the endpoint (and are paid)"
-        kept = f" Its {len(jobs)} pending batch job(s) {where}: the next session reads them (s " \
+        kept = f"Its {len(jobs)} pending batch job(s) {where}: the next session reads them (s " \
                "stops with the choice to cancel them)." if jobs else ""
         self._asking_quit = True
-        resume = f"resume it later with: {self.view.resume_command}"
         if self.state == RunState.PAUSED:
             question = ("The run is paused. Stop it and quit? Quitting stops the run (it "
-                        "does not stay paused): requests held by the pause are not sent, "
-                        f"everything accepted is kept; {resume}." + kept)
+                        "does not stay paused; d keeps it paused in the background): requests "
+                        "held by the pause are not sent, everything accepted is kept.")
             no = "Stay paused"
         else:
             question = ("The run is still going. Stop it and quit? Work in flight gets a "
-                        f"bounded grace and is kept; {resume}." + kept)
+                        "bounded grace and is kept.")
             no = "Keep running"
+        question = with_command(f"{question} Resume it later with:", self.view.resume_command,
+                                kept)
         self.push_screen(ConfirmScreen(question, yes="Stop and quit", no=no), answer)
 
     @work(thread=True, exclusive=True, group="quit")
@@ -493,8 +497,9 @@ class SelfInstructApp(App[int]):
         """Hand the run to a background process: stop here cleanly, resume detached. Not
         offered to an attached UI (keys.py): its run already runs in the background."""
         if not self.engine_active:
-            self.notify("The run is not running; start it detached with "
-                        f"`{command_line('run', '--detach', '--run-dir', str(self.run_dir))}`.",
+            self.notify(with_command("The run is not running; start it detached with:",
+                                     command_line("run", "--detach", "--run-dir",
+                                                  str(self.run_dir))),
                         severity="warning", markup=False)
             return
 
@@ -502,9 +507,13 @@ class SelfInstructApp(App[int]):
             if yes:
                 self._finish_and_exit(DETACH_EXIT)
 
-        self.push_screen(ConfirmScreen("Move the run to a background process? In-flight work "
-                                       "finishes here, then a detached process resumes the run; "
-                                       f"watch it with `{command_line('attach')}`.",
+        if self.state == RunState.PAUSED:
+            question = ("Move the paused run to a background process? It stays paused there: "
+                        "nothing is sent until you attach and press p. Attach with:")
+        else:
+            question = ("Move the run to a background process? In-flight work finishes here, "
+                        "then a detached process resumes the run. Watch it with:")
+        self.push_screen(ConfirmScreen(with_command(question, command_line("attach")),
                                        yes="Detach", no="Stay"), answer)
 
     def action_edit_seeds(self) -> None:

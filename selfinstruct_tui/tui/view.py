@@ -27,6 +27,7 @@ from selfinstruct_tui.engine.control import (
     RunState,
 )
 from selfinstruct_tui.engine.endpoints import EndpointStats
+from selfinstruct_tui.engine.invocation import with_command
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.review import summarize
 from selfinstruct_tui.engine.seeds import short_text
@@ -583,9 +584,9 @@ class RunView:
 
     def crash_text(self) -> str:
         pid = f" (pid {self.lost_pid})" if self.lost_pid else ""
-        return (f"The engine process{pid} is gone: it ended without stopping the run (killed "
-                "or crashed), and nothing runs the run now. Resume it with: "
-                f"{self.resume_command}")
+        return with_command(f"The engine process{pid} is gone: it ended without stopping the "
+                            "run (killed or crashed), and nothing runs the run now. Resume it "
+                            "with:", self.resume_command)
 
     def note(self) -> str:
         """Why the run is not going, while it is so (the line under the status line): the
@@ -599,7 +600,7 @@ class RunView:
         ended = self.ended
         if ended is not None and self.state in (RunState.STOPPED, RunState.ERROR) and \
                 ended.reason not in (ev.FinishReason.TARGET, ev.FinishReason.STOPPED):
-            return " ".join(self._finish_text(ended).split())
+            return self._finish_text(ended, one_line=True)
         return ""
 
     def _on_RunStarted(self, e: ev.RunStarted) -> None:
@@ -637,16 +638,18 @@ class RunView:
             else "information"
         self.notices.append((self._finish_text(e), "Run", severity))
 
-    def _finish_text(self, e: ev.Finished) -> str:
+    def _finish_text(self, e: ev.Finished, one_line: bool = False) -> str:
+        """What the end says; the resume command on a line of its own. `one_line`: the
+        words before it on one line (an error's message may hold line breaks)."""
         at = f"{e.accepted}/{e.target}"
         why = e.message.rstrip(". ")
-        return {
-            ev.FinishReason.TARGET: f"Target reached: {e.accepted} tasks.",
-            ev.FinishReason.STOPPED: f"Stopped at {at}. Resume with: {self.resume_command}",
-            ev.FinishReason.LIMIT: f"Stopped at {at}: {why}. Resume with a higher limit: "
-                                   f"{self.resume_command}",
-        }.get(ev.FinishReason(e.reason), f"Stopped at {at}: {why}. Resume with (once the "
-                                         f"cause is fixed): {self.resume_command}")
+        reason = ev.FinishReason(e.reason)
+        if reason is ev.FinishReason.TARGET:
+            return f"Target reached: {e.accepted} tasks."
+        said = {ev.FinishReason.STOPPED: f"Stopped at {at}. Resume with:",
+                ev.FinishReason.LIMIT: f"Stopped at {at}: {why}. Resume with a higher limit:",
+                }.get(reason, f"Stopped at {at}: {why}. Resume with (once the cause is fixed):")
+        return with_command(" ".join(said.split()) if one_line else said, self.resume_command)
 
     def _set_state(self, state: str) -> None:
         """The run's state; the elapsed-time clock stops on leaving CLOCK_STATES (a pause, an
