@@ -212,8 +212,8 @@ def test_dedup_outputs_never_destroy_the_input_and_bad_paths_are_named(run_cli, 
     assert src.read_bytes() == before and not out.exists()
     (tmp_path / "file").write_text("x")
     for target, said in ((tmp_path, "is a directory"), ("/dev/stdout", "not a regular file"),
-                         (tmp_path / "file" / "out.jsonl", "cannot be written"),
-                         ("/proc/no-such-dir/out.jsonl", "cannot be written")):
+                         (tmp_path / "file" / "out.jsonl", "is not a folder"),
+                         ("/proc/no-such-dir/out.jsonl", "does not exist")):
         proc = run_cli("dedup", str(src), "-o", str(target))
         assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("dedup", str(src), "-o", "-", check=True)

@@ -363,3 +363,67 @@ def test_the_export_dialog_says_when_openai_would_refuse_the_file(tmp_path, isol
     run(go())
     assert len(check_openai_chat(out.read_bytes())) == 5
     assert any("at least 10 examples" in w and "has 5" in w for w in warnings), warnings
+
+
+def missing_folder_said(stderr: str, folder: Path, flag: str) -> bool:
+    return (f"the folder {folder} does not exist" in stderr and f"mkdir -p {folder}" in stderr
+            and f"choose another {flag}" in stderr)
+
+
+def test_an_output_path_in_a_folder_that_does_not_exist_is_refused_and_creates_nothing(
+        tmp_path, run_cli):
+    """`export -o /nonexistent/x.json` wrote the file and made /nonexistent: every command that
+    writes a path the user names made the missing folders of a typo. Now each exits 2 naming the
+    folder and the fix, and writes nothing; a folder that is a file is named too."""
+    run_dir = scripted_run(tmp_path)
+    source = export_run(run_dir, "alpaca", tmp_path / "data.json").path
+    missing = tmp_path / "typo" / "deeper"
+    (tmp_path / "plain").write_text("a file\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, flag in ((["export", str(run_dir), "--format", "alpaca", "-o"], "-o"),
+                       (["export", str(run_dir), "--format", "rejections", "-o"], "-o"),
+                       (["seeds", "export", str(run_dir), "-o"], "-o"),
+                       (["dedup", str(source), "-o"], "-o"),
+                       (["dedup", str(source), "-o", str(tmp_path / "kept.json"), "--report"],
+                        "--report")):
+        proc = run_cli(*args, str(missing / "x.json"))
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert missing_folder_said(proc.stderr, missing, flag), proc.stderr
+        assert "Traceback" not in proc.stderr
+        proc = run_cli(*args, str(tmp_path / "plain" / "x.json"))
+        assert proc.returncode == 2 and "plain is not a folder" in proc.stderr, proc.stderr
+        assert f"choose another {flag}" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no typo/, no kept.json
+    # a relative path is named as it was typed
+    proc = run_cli("export", str(run_dir), "--format", "alpaca", "-o", "exprots/x.json")
+    assert proc.returncode == 2 and missing_folder_said(proc.stderr, Path("exprots"), "-o")
+    assert not (tmp_path / "exprots").exists()
+
+
+def test_the_export_dialog_refuses_a_path_in_a_folder_that_does_not_exist(tmp_path,
+                                                                          isolated_env):
+    """The dialog's path /nonexistent/x.json wrote the file and made /nonexistent: now an error
+    notification names the folder and the fix, and nothing is written."""
+    from textual.widgets import Input
+
+    from selfinstruct_tui.tui.app import create_app
+    from tui_helpers import run, until
+
+    run_dir = scripted_run(tmp_path, target=2)
+    missing = tmp_path / "typo"
+    errors: list[str] = []
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            app.screen.query_one("#path", Input).value = str(missing / "x.json")
+            await pilot.click("#export")
+            await until(pilot, lambda: any(n.severity == "error" for n in app._notifications))
+            errors.extend(n.message for n in app._notifications if n.severity == "error")
+            assert not any(n.message.startswith("Exported") for n in app._notifications)
+
+    run(go())
+    assert len(errors) == 1 and missing_folder_said(errors[0], missing, "-o"), errors
+    assert not missing.exists()

@@ -423,6 +423,7 @@ def test_seeds_export_writes_the_current_set_and_round_trips(tmp_path, run_cli):
     run_dir = tmp_path / "run"
     deterministic_run(run_dir)
     out = tmp_path / "out" / "seeds.jsonl"
+    out.parent.mkdir()  # a folder the user made: -o never makes one
     proc = run_cli("seeds", "export", str(run_dir), "-o", str(out), check=True)
     assert "wrote 139 seeds" in proc.stdout
     exported = load_seeds(out)

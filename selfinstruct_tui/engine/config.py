@@ -611,6 +611,7 @@ def save_user_setting(key: str, value: Any, path: Path | None = None) -> None:
         lines[n - 1] = rendered
     else:
         lines.insert(tables - 1, rendered)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the config folder: ours to make
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

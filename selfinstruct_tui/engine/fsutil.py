@@ -25,10 +25,12 @@ def atomic_writer(path: str | os.PathLike[str], mode: int | None = None) -> Iter
     /dev/stdout replaced /dev/stdout). `mode` None: the replaced file's permissions (a 0600
     file stays private), or for a new file what the umask leaves of 0666, as for any file a
     program creates; the rename makes a new file, so hard links to the old one keep the old
-    contents.
+    contents. The folder must exist (FileNotFoundError otherwise): a typo in a user's path
+    created folders where it pointed (/nonexistent at the file-system root); a caller that owns
+    its folder (a run directory, the config folder) creates it, a user's path goes through
+    `check_output_path` first.
     """
     target = Path(os.path.realpath(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
     if mode is None:
         try:
             mode = os.stat(target).st_mode & 0o7777
@@ -70,15 +72,18 @@ def utf8_stdout(stream: IO[str] | None = None) -> Iterator[IO[str]]:
 
 def check_output_path(path: str | os.PathLike[str], flag: str = "-o",
                       keep: dict[str, str | os.PathLike[str]] | None = None) -> None:
-    """Refuse an output path that would destroy something (UserError naming `flag`, the
-    option that gave it): a file in `keep` (what it is -> its path: an input the command
-    reads, another file it writes) or an existing path that is not a regular file (a device,
-    a directory, a pipe), through any symlinks (/dev/stdout is one, to a pipe or a terminal)."""
+    """Refuse an output path that would destroy something or scatter folders (UserError naming
+    `flag`, the option that gave it): a file in `keep` (what it is -> its path: an input the
+    command reads, another file it writes), a path whose folder does not exist (a typo is not
+    a folder to create) or is not a folder, or an existing path that is not a regular file (a
+    device, a directory, a pipe), through any symlinks (/dev/stdout is one, to a pipe or a
+    terminal). Every path a user names for output comes through here."""
     target = os.path.realpath(path)
     for what, other in (keep or {}).items():
         if target == os.path.realpath(other):
             raise UserError(f"{path}: is {what} ({other}), which writing it would destroy; "
                             f"choose another {flag}")
+    _check_folder(path, Path(target).parent, flag)
     try:
         kind = os.stat(path).st_mode  # follows links, /proc/self/fd's to pipes included
     except FileNotFoundError:
@@ -92,6 +97,20 @@ def check_output_path(path: str | os.PathLike[str], flag: str = "-o",
     if not stat.S_ISREG(kind):
         raise UserError(f"{path}: is not a regular file (a pipe, a terminal or a device); name "
                         f"a file with {flag}, or {flag} - for stdout")
+
+
+def _check_folder(path: str | os.PathLike[str], folder: Path, flag: str) -> None:
+    """UserError unless `folder` (where `path` lands, links followed) is an existing folder."""
+    if folder.is_dir():
+        return
+    shown = Path(path).parent  # as the user wrote it, unless a link leads elsewhere
+    if shown.is_dir():
+        shown = folder
+    if folder.exists() or any(p.exists() and not p.is_dir() for p in folder.parents):
+        raise UserError(f"{path}: {shown} is not a folder (a file is in the way); choose "
+                        f"another {flag}")
+    raise UserError(f"{path}: the folder {shown} does not exist, and a typo is not a folder to "
+                    f"create; create it first (mkdir -p {shown}) or choose another {flag}")
 
 
 def _umask() -> int:
