@@ -257,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_seeds_check(args: argparse.Namespace) -> int:
     from selfinstruct_tui.engine.records import read_utf8
-    from selfinstruct_tui.engine.seeds import parse_seeds, summarize
-    from selfinstruct_tui.engine.similarity import make_index
+    from selfinstruct_tui.engine.seeds import near_duplicate_seeds, parse_seeds, summarize
 
     tasks, fmt = parse_seeds(args.path, read_utf8(args.path))
     summary = summarize(tasks, fmt)
@@ -268,17 +267,11 @@ def cmd_seeds_check(args: argparse.Namespace) -> int:
     out.print(f"  instances:       {summary.instances}")
     out.print(f"  classification:  {summary.classification} ({summary.classification_share:.1%})")
     out.print(f"  without input:   {summary.without_input} ({summary.without_input_share:.1%})")
-    index = make_index()
-    close = []
-    for task in tasks:
-        hit = index.query(task.instruction, k=1).most_similar
-        if hit is not None and hit.score > 0.7:
-            close.append(f"  near-duplicate seeds (ROUGE-L {hit.score:.2f}): {task.id} ~ {hit.key}")
-        index.add(task.id, task.instruction)
     for warning in summary.warnings:
         out.print(f"  warning: {warning}", markup=False)
-    for line in close:
-        out.print(line, markup=False)
+    for hit in near_duplicate_seeds(tasks):
+        out.print(f"  near-duplicate seeds (ROUGE-L {hit.score:.2f}): {hit.seed} ~ {hit.other}",
+                  markup=False)
     return 0
 
 

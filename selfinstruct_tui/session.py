@@ -37,6 +37,7 @@ from selfinstruct_tui.engine.runs import LOCK_FILE, RunLock, busy, lock_holder, 
 from selfinstruct_tui.engine.seeds import (
     SeedTask,
     bundled_seeds_path,
+    instruction_key,
     load_seeds,
     seed_difference,
     seed_fingerprint,
@@ -299,7 +300,7 @@ def repeated_seed_notes(seeds: list[SeedTask], path: str | None) -> list[str]:
     first: dict[str, str] = {}
     pairs = []
     for task in seeds:
-        key = " ".join(task.instruction.lower().split())
+        key = instruction_key(task.instruction)
         if key in first:
             pairs.append(f"{task.id} = {first[key]}")
         else:

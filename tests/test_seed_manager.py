@@ -107,7 +107,11 @@ def test_manager_adds_edits_duplicates_and_deletes_seeds(tmp_path, isolated_env)
             await pilot.press("c")
             await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
             assert "Duplicate of seed_task_1" in str(app.screen.query_one(".question").render())
-            await pilot.press("ctrl+s")
+            await pilot.press("ctrl+s")  # saved unchanged it is the same text: asked first
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert "the same instruction as seed seed_task_1" in str(
+                app.screen.query_one(".question").render())
+            await pilot.press("y")
             await until(pilot, lambda: app.screen is manager)
             seeds = active_seeds(run_dir)
             assert len(seeds) == 141
@@ -700,5 +704,82 @@ def test_the_delete_question_quotes_the_seed_whole_or_marked_where_it_is_cut(tmp
                 await until(pilot, lambda: app.screen is manager)
             assert len(seeds[0].instruction) > 60 and len(seeds[1].instruction) <= 60
             assert len(active_seeds(run_dir)) == 139
+
+    run(go())
+
+
+def test_saving_a_near_or_exact_duplicate_seed_names_the_other_and_asks_first(tmp_path,
+                                                                             isolated_env):
+    """The form saved "Explain what inflation is to a ten-year-old." beside seed_task_2 (that
+    text) without a word, while `seeds check` warns of it. Now the form names the other seed
+    and the score (seeds check's rule) and saves only when the user confirms: for an exact
+    copy, a near one, an edit that makes a seed a copy of another, and an exact copy of a text
+    the tokenizer finds no word in (ROUGE-L 0 there); a distinct seed saves without a question."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    inflation = "Explain what inflation is to a ten-year-old."
+    no_words = "日本の首都はどこですか？"
+
+    async def save(pilot, app, form, instruction: str) -> str:
+        """Type `instruction`, save; the confirmation's question (the form's warning checked)."""
+        form.query_one("#f-instruction", TextArea).text = instruction
+        form.query(".f-output").first(TextArea).text = "an answer"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        return str(app.screen.query_one(".question").render())
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            # an exact duplicate: "keep editing" keeps the form and its text, sends nothing
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            form = app.screen
+            question = await save(pilot, app, form, inflation)
+            assert "the same instruction as seed seed_task_2 (ROUGE-L 1.00)" in question
+            await pilot.press("n")
+            await until(pilot, lambda: app.screen is form)
+            said = str(form.query_one("#form-errors").render())
+            assert "seed_task_2 (ROUGE-L 1.00)" in said and inflation in said
+            assert form.query_one("#f-instruction", TextArea).text == inflation
+            assert len(active_seeds(run_dir)) == 139
+            # a near duplicate: named with its score; "save anyway" saves it
+            question = await save(pilot, app, form,
+                                  "Explain what inflation is to a 10-year-old child.")
+            assert "a near duplicate of seed seed_task_2 (ROUGE-L 0.84)" in question
+            await pilot.press("y")
+            await until(pilot, lambda: app.screen is manager)
+            assert active_seeds(run_dir)[-1].instruction == \
+                "Explain what inflation is to a 10-year-old child."
+            # an edit that makes seed_task_1 a copy of seed_task_2 asks too
+            manager.query_one("#seed-table", DataTable).move_cursor(row=0)
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            question = await save(pilot, app, app.screen, inflation)
+            assert "seed_task_2 (ROUGE-L 1.00)" in question
+            await pilot.press("n")
+            await pilot.press("escape")  # the form's cancel: discard the change
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: app.screen is manager)
+            assert active_seeds(run_dir)[0].instruction != inflation
+            # a text without words for the rouge tokenizer, twice: the second is the same text
+            for n in (1, 2):
+                await pilot.press("a")
+                await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+                app.screen.query_one("#f-instruction", TextArea).text = no_words
+                app.screen.query(".f-output").first(TextArea).text = "東京"
+                await pilot.press("ctrl+s")
+                if n == 2:
+                    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                    question = str(app.screen.query_one(".question").render())
+                    assert "the same instruction as seed added_2 (ROUGE-L 1.00)" in question
+                    await pilot.press("y")
+                await until(pilot, lambda: app.screen is manager)
+            # a distinct seed saves without a question
+            await add_new_seed(pilot, app, manager)
+            seeds = active_seeds(run_dir)
+            assert [s.instruction for s in seeds[-3:]] == [no_words, no_words, NEW_INSTRUCTION]
 
     run(go())

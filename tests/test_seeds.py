@@ -300,3 +300,19 @@ def test_seeds_check_reports_problems_in_file_order(run_cli, tmp_path, name, con
     said = [int(text.removeprefix(f"{path}:").split(":")[0])
             for text in proc.stderr.splitlines()]
     assert said == lines, proc.stderr
+
+
+def test_seeds_check_names_near_and_exact_duplicate_seeds(tmp_path, run_cli):
+    """Near duplicates by ROUGE-L, and a repeated text even where the tokenizer finds no word
+    in it (ROUGE-L 0: a Japanese instruction twice went unsaid)."""
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n".join([
+        line(id="a", instruction="Explain what inflation is to a ten-year-old."),
+        line(id="b", instruction="日本の首都はどこですか？"),
+        line(id="c", instruction="Explain what inflation is to a 10-year-old child."),
+        line(id="d", instruction=" 日本の首都はどこですか？ "),
+        line(id="e", instruction="Name a colour please.")]) + "\n", encoding="utf-8")
+    proc = run_cli("seeds", "check", str(path), check=True)
+    said = [text.strip() for text in proc.stdout.splitlines() if "near-duplicate" in text]
+    assert said == ["near-duplicate seeds (ROUGE-L 0.84): c ~ a",
+                    "near-duplicate seeds (ROUGE-L 1.00): d ~ b"], proc.stdout

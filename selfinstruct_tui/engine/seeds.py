@@ -231,6 +231,73 @@ def summarize(tasks: list[SeedTask], fmt: str = "self-instruct") -> SeedSummary:
     return summary
 
 
+@dataclass(frozen=True)
+class SimilarSeed:
+    """A seed (`seed`, its id) whose instruction is a near duplicate of another seed's
+    (`other`): ROUGE-L F-measure `score` in [0, 1] above the threshold, or the same text
+    (`instruction_key`: case and spaces aside; score 1.0, also where the tokenizer finds no
+    word to score)."""
+
+    seed: str
+    other: str
+    score: float
+
+
+def near_duplicate_seeds(tasks: list[SeedTask], threshold: float = 0.7,
+                         tokenizer: str = "rouge") -> list[SimilarSeed]:
+    """Each seed that is a near duplicate of an earlier one of `tasks`, with the most similar
+    earlier seed, in order (what `selfinstruct seeds check` warns of). ValueError for an unknown
+    tokenizer."""
+    check = _SimilarSeeds(threshold, tokenizer)
+    found = []
+    for task in tasks:
+        hit = check.closest(task.instruction)
+        if hit is not None:
+            found.append(SimilarSeed(task.id, *hit))
+        check.add(task)
+    return found
+
+
+def similar_seed(seed: SeedTask, others: list[SeedTask], threshold: float = 0.7,
+                 tokenizer: str = "rouge") -> SimilarSeed | None:
+    """The seed of `others` (but `seed`'s own id) that `seed` is a near duplicate of, the most
+    similar one, by the rule of `near_duplicate_seeds`; None when there is none."""
+    check = _SimilarSeeds(threshold, tokenizer)
+    for other in others:
+        if other.id != seed.id:
+            check.add(other)
+    hit = check.closest(seed.instruction)
+    return SimilarSeed(seed.id, *hit) if hit is not None else None
+
+
+def instruction_key(instruction: str) -> str:
+    """What two instructions that are the same text share: lower case, runs of whitespace as
+    one space, none at the ends."""
+    return " ".join(instruction.lower().split())
+
+
+class _SimilarSeeds:
+    """The near-duplicate rule for seeds: the run's exact ROUGE-L index, and equal texts."""
+
+    def __init__(self, threshold: float, tokenizer: str) -> None:
+        from selfinstruct_tui.engine.similarity import make_index
+
+        self.index = make_index(threshold=threshold, tokenizer=tokenizer)
+        self.texts: dict[str, str] = {}  # instruction_key -> the first seed's id
+
+    def add(self, task: SeedTask) -> None:
+        self.index.add(task.id, task.instruction)
+        self.texts.setdefault(instruction_key(task.instruction), task.id)
+
+    def closest(self, instruction: str) -> tuple[str, float] | None:
+        same = self.texts.get(instruction_key(instruction))
+        if same is not None:
+            return same, 1.0
+        result = self.index.query(instruction, k=1)
+        hit = result.most_similar
+        return (str(hit.key), hit.score) if result.is_duplicate and hit is not None else None
+
+
 def _canonical(task: SeedTask) -> tuple:
     return (" ".join(task.instruction.split()),
             tuple(astuple(pool_instance(i.input, i.output)) for i in task.instances),

@@ -522,8 +522,11 @@ class SelfInstructApp(App[int]):
         if len(self.screen_stack) > 1:
             return
         seeds, pending = self._current_seeds()
-        self.push_screen(SeedManagerScreen(seeds, pending, self._send_seeds, self.seeds_file,
-                                           fetch=lambda: self._current_seeds()[0]))
+        config = self.reader.config()
+        self.push_screen(SeedManagerScreen(
+            seeds, pending, self._send_seeds, self.seeds_file,
+            fetch=lambda: self._current_seeds()[0],
+            similarity=(config.threshold, config.tokenizer) if config else (0.7, "rouge")))
 
     def _current_seeds(self) -> tuple[list[SeedTask], bool]:
         """(seeds, pending): the set the next round uses, as `current_seeds` reads it from the

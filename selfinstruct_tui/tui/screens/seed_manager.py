@@ -25,10 +25,12 @@ from selfinstruct_tui.engine.seeds import (
     Instance,
     SeedTask,
     carry_origins,
+    instruction_key,
     pool_instance,
     seed_to_record,
     seeds_to_jsonl,
     short_text,
+    similar_seed,
 )
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
@@ -69,7 +71,9 @@ def new_seed_id(seeds: list[SeedTask], prefix: str = "added") -> str:
 
 class SeedManagerScreen(ModalScreen[None]):
     """The run's seeds. `on_change(seeds, write_back)` receives the whole new set after each
-    change (`write_back`: the raw editor's "also write back to the seed file" box)."""
+    change (`write_back`: the raw editor's "also write back to the seed file" box).
+    `similarity`: (threshold, tokenizer) of the run's filter, by which the form calls a seed a
+    near duplicate of another."""
 
     BINDINGS = [
         Binding("a", "add", "Add"),
@@ -84,9 +88,11 @@ class SeedManagerScreen(ModalScreen[None]):
     def __init__(self, seeds: list[SeedTask], pending: bool,
                  on_change: Callable[[list[SeedTask], bool], None],
                  seeds_file: str | None = None,
-                 fetch: Callable[[], list[SeedTask]] | None = None) -> None:
+                 fetch: Callable[[], list[SeedTask]] | None = None,
+                 similarity: tuple[float, str] = (0.7, "rouge")) -> None:
         super().__init__()
         self.seeds = list(seeds)
+        self.similarity = similarity
         # `fetch` reads the run's current set at save time: another UI (or the inspector's
         # promote) may have changed it since this screen loaded; each change is applied to the
         # current set, not to this screen's copy, so nobody's edit is overwritten.
@@ -222,7 +228,8 @@ class SeedManagerScreen(ModalScreen[None]):
             if seed is not None:
                 self._apply(lambda fresh: _added(fresh, len(fresh), _unique(seed, fresh)))
 
-        self.app.push_screen(SeedFormScreen(None, new_seed_id(self.seeds)), done)
+        self.app.push_screen(SeedFormScreen(None, new_seed_id(self.seeds),
+                                            similar=self.similar_to), done)
 
     def action_edit(self) -> None:
         at = self.current
@@ -242,7 +249,8 @@ class SeedManagerScreen(ModalScreen[None]):
 
             self._apply(change)
 
-        self.app.push_screen(SeedFormScreen(self.seeds[at], self.seeds[at].id), done)
+        self.app.push_screen(SeedFormScreen(self.seeds[at], self.seeds[at].id,
+                                            similar=self.similar_to), done)
 
     def action_duplicate(self) -> None:
         """The form opens on a copy (a new id, origin "added"); saving adds it after the
@@ -265,7 +273,18 @@ class SeedManagerScreen(ModalScreen[None]):
 
             self._apply(change)
 
-        self.app.push_screen(SeedFormScreen(copy, copy.id, duplicate_of=original.id), done)
+        self.app.push_screen(SeedFormScreen(copy, copy.id, duplicate_of=original.id,
+                                            similar=self.similar_to), done)
+
+    def similar_to(self, seed: SeedTask) -> tuple[SeedTask, float] | None:
+        """The seed of the run's current set that `seed` is a near duplicate of (the rule of
+        `selfinstruct seeds check`, at the run's threshold and tokenizer) and its ROUGE-L."""
+        fresh = self.fetch()
+        threshold, tokenizer = self.similarity
+        hit = similar_seed(seed, fresh, threshold, tokenizer)
+        if hit is None:
+            return None
+        return next(s for s in fresh if s.id == hit.other), hit.score
 
     def action_delete(self) -> None:
         at = self.current
@@ -383,8 +402,10 @@ class InstanceFields(Vertical):
 class SeedFormScreen(ModalScreen[SeedTask | None]):
     """Add or edit one seed: the instruction and each instance's input and output in wrapping
     text areas, a classification box. Saving validates and names each bad field ("instance 2:
-    output is empty"); on an error the form stays open with everything typed. Returns the seed
-    (id `seed_id`; origin kept on an edit, "added" for a new one) or None."""
+    output is empty"); on an error the form stays open with everything typed. A seed that
+    `similar` finds a near duplicate of another (that seed, its ROUGE-L) is saved only when the
+    user confirms, the form naming the other seed and the score. Returns the seed (id
+    `seed_id`; origin kept on an edit, "added" for a new one) or None."""
 
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
@@ -394,10 +415,12 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
         Binding("escape", "cancel", "Cancel", priority=True),
     ]
 
-    def __init__(self, seed: SeedTask | None, seed_id: str, duplicate_of: str | None = None
+    def __init__(self, seed: SeedTask | None, seed_id: str, duplicate_of: str | None = None,
+                 similar: Callable[[SeedTask], tuple[SeedTask, float] | None] | None = None
                  ) -> None:
         super().__init__()
         self.seed = seed
+        self.similar = similar
         self.seed_id = seed_id
         self.duplicate_of = duplicate_of
         self.adding = seed is None or duplicate_of is not None
@@ -484,19 +507,45 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
         found = self.problems()
         if found:
             errors.update("Not saved: " + "; ".join(found))
+            errors.remove_class("warning")
             errors.add_class("visible")
             return
         errors.remove_class("visible")
+        saved = self.value()
+        close = self.similar(saved) if self.similar is not None else None
+        if close is None:
+            self.dismiss(saved)
+            return
+        other, score = close
+        # A near-duplicate seed shows the model the same example twice in a prompt and weighs
+        # its task double; the run's filter would reject it as a generated task.
+        same = instruction_key(other.instruction) == instruction_key(saved.instruction)
+        what = ("the same instruction as" if same else "a near duplicate of")
+        errors.update(f"This instruction is {what} seed {other.id} (ROUGE-L {score:.2f}): "
+                      f"{short_text(other.instruction)!r}. Change it, or save it anyway.")
+        errors.add_class("visible")
+        errors.add_class("warning")
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.dismiss(saved)
+
+        self.app.push_screen(ConfirmScreen(
+            f"Seed {saved.id} is {what} seed {other.id} (ROUGE-L {score:.2f}): "
+            f"{short_text(other.instruction)!r}. Save it anyway?", yes="Save anyway",
+            no="Keep editing"), answer)
+
+    def value(self) -> SeedTask:
+        """The seed as the form holds it (id `seed_id`)."""
         seed = self.seed
         instances = [pool_instance(f.value.input, f.value.output) for f in self.instance_fields]
         instruction = self.query_one("#f-instruction", TextArea).text.strip()
         is_cls = self.query_one("#f-cls", Checkbox).value
         if seed is None or self.adding:
-            self.dismiss(SeedTask(self.seed_id, self.seed_id, instruction, instances, is_cls,
-                                  "added", None))
-        else:
-            self.dismiss(SeedTask(seed.id, seed.name, instruction, instances, is_cls,
-                                  seed.origin, seed.source_task))
+            return SeedTask(self.seed_id, self.seed_id, instruction, instances, is_cls,
+                            "added", None)
+        return SeedTask(seed.id, seed.name, instruction, instances, is_cls, seed.origin,
+                        seed.source_task)
 
     def action_cancel(self) -> None:
         """Close without saving; with changes, only after asking."""
