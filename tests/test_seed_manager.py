@@ -12,7 +12,12 @@ from textual.widgets import Checkbox, DataTable, TextArea
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.control import current_seeds
 from selfinstruct_tui.engine.engine import Engine
-from selfinstruct_tui.engine.seeds import load_seeds, seed_fingerprint
+from selfinstruct_tui.engine.seeds import (
+    bundled_seeds_path,
+    load_seeds,
+    seed_fingerprint,
+    write_seeds,
+)
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
@@ -781,5 +786,39 @@ def test_saving_a_near_or_exact_duplicate_seed_names_the_other_and_asks_first(tm
             await add_new_seed(pilot, app, manager)
             seeds = active_seeds(run_dir)
             assert [s.instruction for s in seeds[-3:]] == [no_words, no_words, NEW_INSTRUCTION]
+
+    run(go())
+
+
+def test_a_seed_file_that_cannot_be_written_back_is_said_and_the_edit_still_applies(
+        tmp_path, isolated_env):
+    """The raw editor's "write back to the seed file" with the seed file's folder gone since
+    the run started: FileNotFoundError went unhandled (the temp-file writer no longer makes
+    folders). Now an error notification names the file, and the new set is still sent."""
+    folder = tmp_path / "seeds"
+    folder.mkdir()
+    seeds_file = folder / "mine.jsonl"
+    write_seeds(seeds_file, load_seeds(bundled_seeds_path())[:10])
+
+    async def go():
+        deterministic_run(tmp_path / "run")
+        app = create_app(tmp_path / "run", seeds_file=str(seeds_file))
+        async with app.run_test(size=(120, 40)) as pilot:
+            seeds_file.unlink()
+            folder.rmdir()
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, SeedManagerScreen))
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
+            area = app.screen.query_one(TextArea)
+            area.text = "\n".join(area.text.splitlines()[:5])
+            app.screen.query_one("#write-back", Checkbox).value = True
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: isinstance(app.screen, SeedManagerScreen))
+            said = [n.message for n in app._notifications]
+            assert any(f"The seed file {seeds_file} could not be written back" in m
+                       for m in said), said
+            assert not folder.exists()  # no folder made
+            assert len((tmp_path / "run" / "seeds.jsonl").read_text().splitlines()) == 5
 
     run(go())

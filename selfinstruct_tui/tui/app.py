@@ -550,7 +550,13 @@ class SelfInstructApp(App[int]):
         notification says happened (default: "N seeds saved")."""
         atomic_write_text(self.run_dir / RUN_SEEDS_FILE, seeds_to_jsonl(seeds), mode=0o600)
         if write_back and self.seeds_file:
-            write_seeds(self.seeds_file, seeds)
+            try:
+                write_seeds(self.seeds_file, seeds)
+            except OSError as exc:  # (its folder removed or made read-only since the start)
+                self.notify(f"The seed file {self.seeds_file} could not be written back "
+                            f"({exc.strerror or exc}); the run has the new seeds all the same "
+                            f"(kept in {self.run_dir / RUN_SEEDS_FILE}).", severity="error",
+                            markup=False, timeout=30)
         self._seeds_before = [seed_to_record(s) for s in current_seeds(self.reader)[0]]
         self._seeds_sent = list(seeds)
         self._send(ReplaceSeeds(tuple(seeds)))
