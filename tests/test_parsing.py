@@ -528,13 +528,136 @@ def test_letters_are_a_list_only_in_a_run_from_a():
     item's options."""
     listed = parse_instruction_list("A. Write a haiku.\nB. Name a fruit.\nD. Sort the list.")
     assert items(listed) == ["Write a haiku.", "Name a fruit.", "Sort the list."]
-    for text in ("A. Lincoln was the 16th president.", "I. Introduction\nII. Methods",
+    for text in ("A. Lincoln was the 16th president.", "I. M. Pei designed the pyramid.",
                  "b) Write a haiku.\nc) Name a fruit."):
         parsed = parse_instruction_list(text)
         assert items(parsed) == [] and reasons(parsed) == [R.UNPARSEABLE], text
     continued = parse_instruction_list(" Pick the warmer colour:\na) red\nb) blue\n10. Name a "
                                        "fruit.", first_number=9)
     assert items(continued) == ["Pick the warmer colour: a) red b) blue", "Name a fruit."]
+
+
+ROMAN = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii"]
+
+
+@pytest.mark.parametrize("form", ["{}. ", "{}) ", "({}) ", "**{}.** ", "{}.\t"])
+@pytest.mark.parametrize("case", [str.lower, str.upper])
+def test_roman_numeral_lists(form, case):
+    """A run of roman numerals from i/I in one style is a list, numbered by their values (it
+    was unparseable); "i", "v" and "x" in it are numerals, not letters."""
+    text = "\n".join(form.format(case(r)) + f"Name a fruit with {n} letters."
+                     for n, r in enumerate(ROMAN, start=1))
+    parsed = parse_instruction_list(text)
+    assert [(i.number, i.instruction) for i in parsed.items] == [
+        (n, f"Name a fruit with {n} letters.") for n in range(1, 13)]
+    assert not parsed.discarded
+
+
+def test_roman_numerals_are_a_list_only_in_a_run_from_i():
+    """A run decides: a, b, ... i, j is letters (its "i" is the ninth letter); i, ii, iii is
+    roman; "I. M. Pei", "V. S. Naipaul", "I think" and a run that starts past i, changes style
+    or case are text. Roman markers under a numbered or lettered item are its sub-list."""
+    letters = "\n".join(f"{chr(96 + n)}) Name a fruit with {n} letters." for n in range(1, 11))
+    assert [i.number for i in parse_instruction_list(letters).items] == list(range(1, 11))
+    for text in ("I. M. Pei designed the pyramid.", "V. S. Naipaul wrote novels.",
+                 "I think these are good.\nII. Name a fruit.", "ii. Write a haiku.\niii. Name a "
+                 "fruit.", "i. Write a haiku.\nii) Name a fruit.", "i. Write a haiku.\nII. Name "
+                 "a fruit.", "i. Write a haiku.\n  ii. Name a fruit."):
+        parsed = parse_instruction_list(text)
+        assert items(parsed) == [] and reasons(parsed) == [R.UNPARSEABLE], text
+    for text, first in (
+            ("9. Plan a trip:\n\ni. Pick a town\nii. Book a room\n\n10. Name a fruit.",
+             "Plan a trip: i. Pick a town ii. Book a room"),
+            ("9. Plan a trip:\n   (i) Pick a town\n   (ii) Book a room\n10. Name a fruit.",
+             "Plan a trip: (i) Pick a town (ii) Book a room"),
+            ("a) Plan a trip:\ni) Pick a town\nii) Book a room\nb) Name a fruit.",
+             "Plan a trip: i) Pick a town ii) Book a room"),
+            ("I. Plan a trip:\n   a. Pick a town\n   b. Book a room\nII. Name a fruit.",
+             "Plan a trip: a. Pick a town b. Book a room"),
+            ("I. Explain why\nV. S. Naipaul wrote novels.\nII. Name a fruit.",
+             "Explain why V. S. Naipaul wrote novels.")):
+        parsed = parse_instruction_list(text)
+        assert items(parsed) == [first, "Name a fruit."] and not parsed.discarded, text
+    continued = parse_instruction_list(" Pick the warmer colour:\ni. red\nii. blue\n10. Name a "
+                                       "fruit.", first_number=9)
+    assert items(continued) == ["Pick the warmer colour: i. red ii. blue", "Name a fruit."]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("① Write a haiku. ② Name a fruit. ③ Sort the list.",
+     ["Write a haiku.", "Name a fruit.", "Sort the list."]),
+    ("⑨ Write a haiku! ⑩ \"Name\" a fruit? ⑪ **Sort** the list.",
+     ["Write a haiku!", "\"Name\" a fruit?", "Sort the list."]),
+    ("①写一首关于秋天的诗。②解释光合作用。", ["写一首关于秋天的诗。", "解释光合作用。"]),
+    ("1\ufe0f\u20e3 Write a haiku. 2\ufe0f\u20e3 Name a fruit.", ["Write a haiku.", "Name a fruit."]),
+    ("9\ufe0f\u20e3 Write a haiku. \U0001f51f Name a fruit.", ["Write a haiku.", "Name a fruit."]),
+    # the same guards as digits: a sentence end before, the next number, a capital after
+    ("① Compare ③ and ② options. ② Name a fruit.", ["Compare ③ and ② options.", "Name a fruit."]),
+    ("① Write a haiku. ③ Name a fruit.", ["Write a haiku. ③ Name a fruit."]),
+    ("① Write a haiku. ② name a fruit.", ["Write a haiku. ② name a fruit."]),
+    # another kind of marker does not go on from the line's own
+    ("① Write a haiku. 2. Name a fruit.", ["Write a haiku. 2. Name a fruit."]),
+])
+def test_enclosed_and_keycap_items_on_one_line(text, expected):
+    """Only digits were split ("1. ... 2. ..."); "① ... ② ..." was one item."""
+    parsed = parse_instruction_list(text)
+    assert items(parsed) == expected and not parsed.discarded
+
+
+@hypothesis.settings(max_examples=600, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(
+    [".", "!", "?", "。", "！", "？", '"', "”", "」", " ", "\t", "2", "10", "3.5", "①", "②", "⑩",
+     "\U0001f51f", "2\ufe0f\u20e3", "3\u20e3", ")", "A", "a", "写", "*", "「"]), max_size=8).map("".join))
+def test_the_cheap_look_for_inline_items_misses_none(line):
+    """A line the cheap look passes over has no marker the splitter would cut at."""
+    from selfinstruct_tui.engine import parsing as p
+
+    if p._MAYBE_INLINE.search(line) is None:
+        assert p._INLINE_NUMBER.search(line) is None
+
+
+def test_a_cut_one_line_enclosed_list_keeps_its_complete_items():
+    cut = parse_instruction_list("① Write a haiku. ② Name a fruit. ③", truncated=True)
+    assert items(cut) == ["Write a haiku.", "Name a fruit."] and reasons(cut) == [R.TRUNCATED]
+
+
+LINE_END_ANSWERS = [
+    (parse_instruction_list, {}, "Sure:\n\n9. Write a haiku.\n   It rhymes.\n10. Name a fruit."),
+    (parse_instruction_list, {}, "| # | Instruction |\n|---|---|\n| 9 | Write a haiku. |"),
+    (parse_instruction_list, {}, '{"tasks": [\n"Write a haiku."\n]}'),
+    (parse_instruction_list, {}, "a) Write a haiku.\nb) Name a fruit.\n\nEnjoy!"),
+    (parse_instruction_list, {"first_number": 9}, " Write a haiku.\n10. Name a fruit."),
+    (parse_instruction_list, {}, "Let me see.\n</think>\n9. Write a haiku."),
+    (parse_instances, {"output_first": False},
+     "Example 1\nInput: rain\nOutput: Museum.\nSecond line.\n\nExample 2\nInput: sun\n"
+     "Output: Beach."),
+    (parse_instances, {"output_first": False}, "| Input | Output |\n|---|---|\n| rain | Museum. |"),
+    (parse_instances, {"output_first": True},
+     "Class label: Positive\nInput: Loved it.\nClass label: Negative\nInput: Awful."),
+    (parse_instances, {"output_first": False},
+     "Input: (none)\nOutput: Day one.\n###\nTask 2: Write a poem.\nOutput: x"),
+    (parse_classification, {}, "Task: Sort the reviews.\nClassification: Yes"),
+    (parse_classification, {}, "Hmm.\n</think>\nNo"),
+]
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n"])
+@pytest.mark.parametrize("parse, kwargs, text", LINE_END_ANSWERS)
+def test_every_parser_reads_any_line_end_as_a_line_end(parse, kwargs, text, ending):
+    """A lone "\r" (old Mac tool chains) was a line end only in the instruction list parser,
+    not in a generation table, the instance parser nor the classification parser."""
+    assert parse(text.replace("\n", ending), **kwargs) == parse(text, **kwargs)
+    assert parse(text, **kwargs) not in (None, parse("", **kwargs))  # the answer is read
+
+
+def test_roman_and_lettered_instance_markers():
+    text = "i. Input: rain\nOutput: Museum.\nii. Input: sun\nOutput: Beach.\niii) Input: x"
+    parsed = parse_instances(text, output_first=False)
+    assert pairs(parsed) == [("rain", "Museum."), ("sun", "Beach.")]
+    assert reasons(parsed) == [R.MISSING_OUTPUT]
+    text = "(IV) Class label: Positive\nInput: Loved it.\n(V) Class label: Negative\nInput: Awful."
+    assert pairs(parse_instances(text, output_first=True)) == [("Loved it.", "Positive"),
+                                                               ("Awful.", "Negative")]
 
 
 def test_generation_tables():
@@ -771,6 +894,7 @@ def test_refusals_in_classification_answers_are_refusals():
 _BLANKS = ["", " ", "\t", "\xa0", "\u2003"]
 _MARKS = ["", "", "#", "## ", "---", "***", "___", "===", "~~~", "1.", "(3)", "12", "٣.", "- ", "* ",
           "• ", "+ ", "**", "__", "`", "9) ", "x", "The ", "a) ", "(b) ", "C. ", "c.", "① ",
+          "ii. ", "(iv)", "XII) ", "iV.", "vix.",
           "⑴", "9\ufe0f\u20e3 ", "\U0001f51f", "| "]
 _WORDS = ["Input", "ınput", "İnput", "input 2", "OUTPUT", "Response", "answer", "Class label",
           "class  label", "label", "Example", "example #2", "Task 2", "new task", "Instruction",

@@ -119,6 +119,19 @@ GENERATION_ANSWERS = {
     "table": (f"Here are the new tasks:\n\n| # | Instruction |\n|---|---|\n| 9 | {NEW[0]} |\n"
               f"| 10 | {NEW[1]} |\n| 11 | {NEW[3]} |\n\nLet me know if you want more!", [],
               "chat"),
+    # roman numerals: each answer was unparseable, whole
+    "roman i.": (f"Here are new tasks:\n\ni. {NEW[0]}\nii. {NEW[1]}\niii. {NEW[2]}\n\n"
+                 "Let me know!", [], "chat"),
+    "roman I.": (f"I. {NEW[0]}\nII. {NEW[1]}\nIII. {NEW[3]}", [], "chat"),
+    "roman (iv)": (f"(i) {NEW[0]}\n(ii) {NEW[1]}\n(iii) {NEW[2]}\n(iv) {NEW[3]}", [], "chat"),
+    "roman IV)": (f"**I)** {NEW[0]}\n**II)** {NEW[1]}\n**III)** {NEW[2]}\n**IV)** {NEW[3]}", [],
+                  "chat"),
+    # enclosed numbers and keycaps run together on one line: one task held them all
+    "circled on one line": (f"① {NEW[0]} ② {NEW[1]} ③ {NEW[2]}", [], "chat"),
+    "keycaps on one line": (f"1\ufe0f\u20e3 {NEW[0]} 2\ufe0f\u20e3 {NEW[1]}", [], "chat"),
+    # a lone "\r" line end (old Mac tool chains): the table was unparseable
+    "table, lone CR line ends": (f"| # | Instruction |\r|---|---|\r| 9 | {NEW[0]} |\r"
+                                 f"| 10 | {NEW[1]} |", [], "chat"),
 }
 
 
@@ -167,6 +180,27 @@ def test_lettered_lines_inside_items_stay_in_their_instruction(tmp_path):
                 f"{NEW[3][:-1]}, in one of these forms: a. rhymed b. unrhymed",
                 "Describe how a lighthouse lens focuses light."]
     assert_chat_lists_give(tmp_path, [numbered, lettered], expected)
+
+
+def test_roman_lines_inside_items_stay_in_their_instruction(tmp_path):
+    """Roman markers under a numbered item are its sub-list (after a blank line they were
+    dropped, unrecorded); "I. M. Pei", "V. S. Naipaul" starting a line are the item's text; a
+    roman list's own lettered sub-list and a lettered list's roman one are part of the item."""
+    numbered = (f"1. {NEW[0][:-1]}, choosing one of:\n\n   i. a museum\n   ii. a harbour walk\n\n"
+                f"2. {NEW[1][:-1]} in a building by\nI. M. Pei.\n3. {NEW[2][:-1]} for a fan of\n"
+                "V. S. Naipaul.")
+    roman = (f"I. {NEW[3][:-1]}, in one of these forms:\n\n   a) rhymed\n   b) unrhymed\n"
+             "II. Describe how a lighthouse lens focuses light.")
+    lettered = ("a) Plan a ferry trip to one of:\ni) the north island\nii) the south island\n"
+                "b) Explain why harbour water looks green in summer.")
+    expected = [f"{NEW[0][:-1]}, choosing one of: i. a museum ii. a harbour walk",
+                f"{NEW[1][:-1]} in a building by I. M. Pei.",
+                f"{NEW[2][:-1]} for a fan of V. S. Naipaul.",
+                f"{NEW[3][:-1]}, in one of these forms: a) rhymed b) unrhymed",
+                "Describe how a lighthouse lens focuses light.",
+                "Plan a ferry trip to one of: i) the north island ii) the south island",
+                "Explain why harbour water looks green in summer."]
+    assert_chat_lists_give(tmp_path, [numbered, roman, lettered], expected)
 
 
 def test_table_rows_the_parser_cannot_read_are_rejected_by_name(tmp_path):
@@ -298,6 +332,11 @@ INSTANCE_ANSWERS = {
     "runs on into a list of new tasks": ("Input: (none)\nOutput: Day one: the harbour.\n\n"
                                          "Task 2: Write a poem.\nTask 3: Name a color.",
                                          [("", "Day one: the harbour.")], []),
+    # a lone "\r" line end: the first example's output held the second example
+    "lone CR line ends": ("Input: A long wet weekend.\rOutput: Visit the museum.\rExample 2\r"
+                          "Input: A short dry weekend.\rOutput: Walk the cliffs.",
+                          [("A long wet weekend.", "Visit the museum."),
+                           ("A short dry weekend.", "Walk the cliffs.")], []),
     "runs into the next task": ("Input: (none)\nOutput: Day one: the harbour.\n###\nTask 2: "
                                 "Write a poem.\nOutput: x", [("", "Day one: the harbour.")], []),
 }
@@ -340,6 +379,22 @@ CHAT_ANSWERS = {
     "keycap pairs": ("No", "1\ufe0f\u20e3 Input: two children\nOutput: The aquarium.\n"
                            "2\ufe0f\u20e3 Input: (none)\nOutput: Saturday: the harbour.",
                      [("two children", "The aquarium."), ("", "Saturday: the harbour.")]),
+    # roman pairs: the second example's "ii) Input: ..." line ran into the first output
+    "roman pairs": ("No", "i) Input: two children\n   Output: The aquarium.\n"
+                          "ii) Input: (none)\n   Output: Saturday: the harbour.",
+                    [("two children", "The aquarium."), ("", "Saturday: the harbour.")]),
+    "roman pairs, output first": ("Yes", "(I) Class label: Positive\nInput: I loved it.\n"
+                                         "(II) Class label: Negative\nInput: It rained.",
+                                  [("I loved it.", "Positive"), ("It rained.", "Negative")]),
+    # a lone "\r" line end: a table, and blocks
+    "table, lone CR line ends": ("No", "| Input | Output |\r|---|---|\r| two children | The "
+                                       "aquarium. |\r| (none) | Saturday: the harbour. |",
+                                 [("two children", "The aquarium."),
+                                  ("", "Saturday: the harbour.")]),
+    "output first, lone CR line ends": ("Yes", "Class label: Positive\rInput: I loved it.\r\r"
+                                               "Class label: Negative\rInput: It rained.",
+                                        [("I loved it.", "Positive"),
+                                         ("It rained.", "Negative")]),
     # a table: each row an example (escaped pipes and inline code stay in the cell's text)
     "table": ("No", "Sure, here are examples:\n\n| Input | Output |\n|-------|--------|\n"
                     "| two children | The aquarium. |\n| (none) | Saturday: the harbour. |\n"
@@ -412,6 +467,9 @@ def test_an_answer_without_usable_instances_rejects_the_task_with_the_layout(tmp
 @pytest.mark.parametrize("answer, is_cls", [
     ("Classification: Yes", True), ("Yes, because the labels are fixed.", True),
     ("**No**", False), ("No.", False),
+    # the task repeated first, then a lone "\r" line end: it was no answer
+    (f"Task: {NEW[0]}\rClassification: Yes", True),
+    ("The task names its labels.\r</think>\rYes", True),
 ])
 def test_classification_answers_in_the_forms_models_give(tmp_path, answer, is_cls):
     instances = "Class label: Positive\nInput: Great!\nClass label: Negative\nInput: Awful." \

@@ -7,12 +7,14 @@ Instruction lists (`parse_instruction_list`) accept the layouts base and chat mo
 * numbered items `9. ...`, `9) ...`, `(9) ...`, `9: ...`, a number without its dot when it is the
   next number (`10 Suggest ...`), `Task 9:` / `**Task 9:**` / `### Task 9` headers, any index
   (a model that numbers from 1 or skips a number still gives its items); enclosed numbers
-  (`⑨`, `⑴`, `❾`), keycaps (`9️⃣`, `1️⃣0️⃣`) and letters (`a)`, `(b)`, `C.`, in a run from a);
-  the items are the markers of one kind, and markers of another kind under an item are its
-  sub-list (`9. Pick one:` then `a) red`, `b) blue`);
+  (`⑨`, `⑴`, `❾`), keycaps (`9️⃣`, `1️⃣0️⃣`), letters (`a)`, `(b)`, `C.`, in a run from a) and
+  roman numerals (`ii.`, `(iv)`, `IV)`, in a run from i); the items are the markers of one
+  kind, and markers of another kind under an item are its sub-list (`9. Pick one:` then
+  `a) red`, `b) blue`);
 * a markdown table, one row per item (an `Instruction` column, `#` and `Input` columns read);
 * bulleted items (`-`, `*`, `•`) when there is no numbered item, and `Instruction:` label lines
   when there is neither;
+* items run together on one line (`... tides. 10. Draft ...`, `... tides. ⑩ Draft ...`);
 * the value on the line after its number (`10.` then `Give ...`); `###`, `---` separators;
 * `Instruction:` / `**Instruction:**` labels; an `Input:` / `Output:` part under an item is not
   part of the instruction, and an item that is only such a label is not an instruction;
@@ -25,12 +27,15 @@ Instruction lists (`parse_instruction_list`) accept the layouts base and chat mo
 
 Instances (`parse_instances`) accept `Example N` blocks, plain `Input:`/`Output:` pairs,
 pairs under any list marker (`1. Input: ... Output: ...`, `- Input: ...`, `a) Input: ...`,
-`① Input: ...`), both labels on one line, a markdown table (`| Input | Output |`, `| Class
-label | Input |`; a row with more cells than its header is rejected), and JSON; the
+`ii) Input: ...`, `① Input: ...`), both labels on one line, a markdown table (`| Input |
+Output |`, `| Class label | Input |`; a row with more cells than its header is rejected), and
+JSON; the
 output-first layout reads `Class label: ...` then `Input: ...`. An output ends at a separator
 line, at the next example, and at the start of another task, in the forms models use.
 A misspelled or missing label sets the example aside with the layout that was expected; it never
 becomes an example with an empty input.
+
+Every entry point reads "\\r\\n" and a lone "\\r" as a line end (`normalize_line_ends`).
 """
 
 from __future__ import annotations
@@ -108,6 +113,12 @@ _EPILOGUE = re.compile(
     re.IGNORECASE)
 
 
+def normalize_line_ends(text: str) -> str:
+    """The text with each "\\r\\n" and lone "\\r" (old Mac tool chains) made "\\n", as every
+    parser reads lines; U+2028 and U+0085 stay text. Each public entry point calls it once."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
 def _cut_special_tokens(text: str) -> str:
     match = _SPECIAL_TOKEN.search(text)
     return text[: match.start()] if match else text
@@ -120,7 +131,7 @@ def _cut_special_tokens(text: str) -> str:
 _THINK_OPEN = re.compile(r"^\s*<(think|thinking)>", re.IGNORECASE)
 _THINK_CLOSE = {"think": re.compile(r"</think>", re.IGNORECASE),
                 "thinking": re.compile(r"</thinking>", re.IGNORECASE)}
-_TEMPLATE_CLOSE = re.compile(r"</(?:think|thinking)>[ \t]*(?:\r?\n|$)", re.IGNORECASE)
+_TEMPLATE_CLOSE = re.compile(r"</(?:think|thinking)>[ \t]*(?:\n|$)", re.IGNORECASE)
 _ANY_OPEN = re.compile(r"<(?:think|thinking)>", re.IGNORECASE)
 # A later block of thinking on lines of its own (interleaved, or after the first), up to its end
 # or the end of the answer.
@@ -142,7 +153,13 @@ def split_reasoning(text: str) -> tuple[str, bool]:
     Reasoning is a block that opens the answer (`<think>` or `<thinking>`, any case) up to its
     closing tag; without an opening tag, the text up to a closing tag that ends its line (the
     chat template opened it) unless a `<think>` comes before it (text about the tags); and any
-    later block on lines of its own. A closing tag inside a line of ordinary text is text."""
+    later block on lines of its own. A closing tag inside a line of ordinary text is text.
+    Line ends are made "\\n" (`normalize_line_ends`)."""
+    return _split_reasoning(normalize_line_ends(text))
+
+
+def _split_reasoning(text: str) -> tuple[str, bool]:
+    """`split_reasoning` of a text whose line ends are "\\n"."""
     opened = _THINK_OPEN.match(text)
     if opened is not None:
         close = _THINK_CLOSE[opened.group(1).lower()].search(text, opened.end())
@@ -159,10 +176,11 @@ def split_reasoning(text: str) -> tuple[str, bool]:
 
 
 def _answer_part(text: str, setting: str) -> tuple[str, Fragment | None]:
-    """(the answer without control tokens and reasoning, None), or ("", the rejected fragment)
-    when the text is reasoning only (`setting`: the stage's max_tokens setting)."""
-    cut = _cut_special_tokens(text)
-    answer, reasoning_only = split_reasoning(cut)
+    """(the answer without control tokens and reasoning, its line ends "\\n"; None), or ("", the
+    rejected fragment) when the text is reasoning only (`setting`: the stage's max_tokens
+    setting)."""
+    cut = _cut_special_tokens(normalize_line_ends(text))
+    answer, reasoning_only = _split_reasoning(cut)
     if reasoning_only:
         return "", Fragment(cut.strip()[:2000], R.TRUNCATED, reasoning_only_detail(setting))
     return answer, None
@@ -170,7 +188,7 @@ def _answer_part(text: str, setting: str) -> tuple[str, Fragment | None]:
 
 def is_reasoning_only(text: str) -> bool:
     """The answer is all reasoning: its <think> block never ended (cut off, or no answer)."""
-    return split_reasoning(_cut_special_tokens(text))[1]
+    return _split_reasoning(_cut_special_tokens(normalize_line_ends(text)))[1]
 
 
 _WHITESPACE = re.compile(r"\s+")
@@ -221,18 +239,32 @@ def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
 
 # One notion of a list item's marker, whatever a model numbers its items with: digits ("9.",
 # "(9)", "９．"), an enclosed number ("⑨", "⑴", "⒐", "❾", "㉑"), keycap emoji ("9️⃣", "1️⃣0️⃣",
-# "🔟"), or a letter ("a)", "(b)", "C.", "d."), which is a marker only in a run that goes a, b,
-# c ... (`_lettered_markers`). `marker_kind` names which; a list's items share one kind, and
-# markers of another kind under an item are its sub-list.
+# "🔟"), a letter ("a)", "(b)", "C.", "d.") or a roman numeral ("iv.", "(ii)", "IV)"), which are
+# markers only in a run that goes a, b, c ... or i, ii, iii ... (`_lettered_markers`).
+# `marker_kind` names which; a list's items share one kind, and markers of another kind under an
+# item are its sub-list.
 _ENCLOSED = "\u2460-\u249b\u24ea-\u24ff\u2776-\u2793\u3251-\u325f\u32b1-\u32bf"
 _KEYCAPS = "(?:\\d\ufe0f?\u20e3)+|\U0001f51f"
 _SYMBOL_INDEX = rf"[{_ENCLOSED}]|{_KEYCAPS}"
 _LETTER_INDEX = r"\([A-Za-z]\)|[A-Za-z][.)]"
-# any marker at the start of an instance answer's line: "1.", "(3)", "a)", "①", "9️⃣", a bullet
-_ANY_MARK = rf"\(?\d{{1,2}}[.):]|{_LETTER_INDEX}|{_SYMBOL_INDEX}|[-*•+]"
+# a letter, or a roman numeral of one case ("iv", "XII"; a list's run checks its value)
+_LETTERS_INDEX = r"[A-Za-z]|[ivx]{2,6}|[IVX]{2,6}"
+# any marker at the start of an instance answer's line: "1.", "(3)", "a)", "iv.", "①", "9️⃣", a
+# bullet
+_ANY_MARK = (rf"\(?\d{{1,2}}[.):]|\((?:{_LETTERS_INDEX})\)|(?:{_LETTERS_INDEX})[.)]|"
+             rf"{_SYMBOL_INDEX}|[-*•+]")
 _LETTERED = re.compile(
-    rf"^[ \t]*{_MD}[ \t]*(?:\((?P<paren>[A-Za-z])\)|(?P<letter>[A-Za-z])(?P<end>[.)]))"
-    rf"{_MD}[ \t]+{_MD}[ \t]*(?P<rest>\S.*)$")
+    rf"^[ \t]*{_MD}[ \t]*(?:\((?P<paren>{_LETTERS_INDEX})\)|(?P<letter>{_LETTERS_INDEX})"
+    rf"(?P<end>[.)])){_MD}[ \t]+{_MD}[ \t]*(?P<rest>\S.*)$")
+
+
+def _roman(value: int) -> str:
+    """`value` (1-39) as a lower-case roman numeral: 4 "iv", 12 "xii"."""
+    ones = ("", "i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix")
+    return "x" * (value // 10) + ones[value % 10]
+
+
+_ROMAN_VALUES = {_roman(value): value for value in range(1, 40)}
 
 
 def marker_value(index: str) -> int:
@@ -246,36 +278,52 @@ def marker_value(index: str) -> int:
     return int(unicodedata.numeric(index))
 
 
-def _lettered_markers(lines: list[str]) -> dict[int, tuple[int, str]]:
-    """{line index: (the letter's place, 1 for a; the text after it)} for the lines that start
-    a lettered item: only in a run of two or more that goes a, b, c ... (skipping up to two
-    letters, as numbers may) in one style ("a)", "(a)", "a.", upper or lower case) at one
-    indent, so a sentence that starts "A. Lincoln", a roman "I." or options inline ("a) red
-    b) blue") is text."""
-    found: dict[int, tuple[int, str]] = {}
-    runs: dict[tuple[int, str], list[tuple[int, int, str]]] = {}
+_Run = list[tuple[int, int, str]]  # (line index, place, the text after the marker)
 
-    def close(run: list[tuple[int, int, str]] | None) -> None:
+
+def _lettered_markers(lines: list[str]) -> dict[int, tuple[str, int, str]]:
+    """{line index: (kind, "letter" or "roman"; the marker's place, 1 for a or i; the text
+    after it)} for the lines that start a lettered item: only in a run of two or more that goes
+    a, b, c ... or i, ii, iii ... (skipping up to two, as numbers may) in one style ("a)",
+    "(a)", "a.", upper or lower case) at one indent, so a sentence that starts "A. Lincoln" or
+    "I. M. Pei" or options inline ("a) red b) blue") is text, also inside a run ("V. S.
+    Naipaul" after "I."). "i", "v" and "x" are letters and numerals: the run decides (a, b,
+    ... i is letters, i, ii is roman; a line both runs claim goes to the longer run, a tie to
+    the letters, and the other run is no run)."""
+    closed: list[tuple[str, _Run]] = []
+    runs: dict[tuple[str, int, str], _Run] = {}
+
+    def close(kind: str, run: _Run | None) -> None:
         if run is not None and len(run) >= 2:
-            found.update({n: (place, rest) for n, place, rest in run})
+            closed.append((kind, run))
 
     for n, line in enumerate(lines):
         match = _LETTERED.match(line) if "." in line or ")" in line else None
         if match is None:
             continue
-        letter = match.group("paren") or match.group("letter")
+        token = match.group("paren") or match.group("letter")
         style = ("(" if match.group("paren") else match.group("end")) + (
-            "A" if letter.isupper() else "a")
-        key, place = (_indent(line), style), ord(letter.lower()) - ord("a") + 1
-        run = runs.get(key)
-        if run is not None and run[-1][1] < place <= run[-1][1] + 3:  # a skip of up to two
-            run.append((n, place, match.group("rest")))
-            continue
-        close(runs.pop(key, None))
-        if place == 1:
-            runs[key] = [(n, place, match.group("rest"))]
-    for run in runs.values():
-        close(run)
+            "A" if token.isupper() else "a")
+        indent, rest = _indent(line), match.group("rest")
+        value = _ROMAN_VALUES.get(token.lower())
+        places = [("letter", ord(token.lower()) - ord("a") + 1)] if len(token) == 1 else []
+        if value is not None:
+            places.append(("roman", value))
+        for kind, place in places:
+            key = (kind, indent, style)
+            run = runs.get(key)
+            if run is not None and run[-1][1] < place <= run[-1][1] + 3:  # a skip of up to two
+                run.append((n, place, rest))
+                continue
+            if place == 1:  # a new run; any other marker is text ("V. S. Naipaul", "i)"
+                close(kind, runs.pop(key, None))  # under "a)"), and the run goes on after it
+                runs[key] = [(n, place, rest)]
+    for (kind, _, _), run in runs.items():
+        close(kind, run)
+    found: dict[int, tuple[str, int, str]] = {}
+    for kind, run in sorted(closed, key=lambda c: (-len(c[1]), c[0] != "letter")):
+        if not any(n in found for n, _, _ in run):
+            found.update({n: (kind, place, rest) for n, place, rest in run})
     return found
 
 
@@ -381,13 +429,18 @@ def _numbered(line: str) -> tuple[int, str] | None:
 
 def marker_kind(line: str) -> str | None:
     """The kind of the list marker that starts `line`: "digits", "enclosed" (①, ⑴, ❾),
-    "keycap" (9️⃣, 🔟), or None (no numbered marker; letters count only in a run, see
-    `_lettered_markers`)."""
+    "keycap" (9️⃣, 🔟), or None (no numbered marker; letters and roman numerals count only in
+    a run, see `_lettered_markers`)."""
     match = _NUMBERED.match(line)
     if match is None:
         return None
     sym = match.group("sym")
-    return "digits" if sym is None else "keycap" if sym[-1] in "\u20e3\U0001f51f" else "enclosed"
+    return "digits" if sym is None else _symbol_kind(sym)
+
+
+def _symbol_kind(sym: str) -> str:
+    """"keycap" (9️⃣, 🔟) or "enclosed" (①, ⑴, ❾): the kind of a `_SYMBOL_INDEX`."""
+    return "keycap" if sym[-1] in "\u20e3\U0001f51f" else "enclosed"
 
 
 # A title before an item's instruction: "**Limerick Writing**: Compose ...", "**Poetry** - ...",
@@ -486,8 +539,7 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     if table is not None:
         return _finish_list(table, [], examples, text)
     # each line's "9." marker, read once
-    lines, dotted = _split_inline_numbers(
-        text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), first_number)
+    lines, dotted = _split_inline_numbers(text.split("\n"), first_number)
     bare = _bare_markers(lines, dotted, first_number)
     sub = _one_kind_of_marker(lines, dotted, bare, digits=first_number is not None)
     bullets = [_indent(line) for line in lines if _BULLET.match(line) and not _LABEL.match(line)]
@@ -610,19 +662,19 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
 
 def _one_kind_of_marker(lines: list[str], dotted: list[tuple[int, str] | None],
                         bare: set[int], digits: bool) -> set[int]:
-    """Make the list's items the markers of one kind (`marker_kind`, or letters): the kind of
-    the first marker at the least indent, or digits when `digits` (completions: the prompt
-    numbered the list) and there are any. Lettered markers (`_lettered_markers`) of that kind
-    are put in `dotted`; markers of other kinds are taken out of `dotted` and `bare`, and
-    their line indexes returned: they are the sub-list of the item they are under ("9. Pick
-    one:" then "a) red", "b) blue")."""
+    """Make the list's items the markers of one kind (`marker_kind`, letters or roman
+    numerals): the kind of the first marker at the least indent, or digits when `digits`
+    (completions: the prompt numbered the list) and there are any. Lettered markers
+    (`_lettered_markers`) of that kind are put in `dotted`; markers of other kinds are taken
+    out of `dotted` and `bare`, and their line indexes returned: they are the sub-list of the
+    item they are under ("9. Pick one:" then "a) red", "b) blue", or "i. red")."""
     lettered = _lettered_markers(lines)
     kinds: dict[int, str] = {n: "digits" for n in bare}
     for n, hit in enumerate(dotted):
         if hit is not None:
             kinds[n] = marker_kind(lines[n]) or "digits"
-    for n in lettered:
-        kinds.setdefault(n, "letter")
+    for n, (kind, _, _) in lettered.items():
+        kinds.setdefault(n, kind)
     if not kinds:
         return set()
     least = min(_indent(lines[n]) for n in kinds)
@@ -633,39 +685,51 @@ def _one_kind_of_marker(lines: list[str], dotted: list[tuple[int, str] | None],
     for n in sub:
         dotted[n] = None
     bare -= sub
-    if top == "letter":
-        for n, hit in lettered.items():
-            dotted[n] = hit
+    if top in ("letter", "roman"):
+        for n, (kind, place, rest) in lettered.items():
+            if kind == top:
+                dotted[n] = (place, rest)
     return sub
 
 
-# "... the moon. 10. Draft an email": a number after a sentence's end, before a capital
-_MAYBE_INLINE = re.compile(r"[.!?][\"'”’]?[ \t]+\d")  # a cheap look first: most lines have none
+# "... the moon. 10. Draft an email": a number after a sentence's end, before a capital; an
+# enclosed number or keycap the same way ("... the moon. ⑩ Draft an email"; also after a CJK
+# sentence end, spaces optional: "写一首诗。②解释潮汐。")
+_MAYBE_INLINE = re.compile(  # a cheap look first: most lines have none (one branch: faster)
+    rf"[.!?。！？](?:[\"'”’]?[ \t]+\d|"
+    rf"[\"'”’」]?[ \t]*(?:[{_ENCLOSED}\U0001f51f]|\d\ufe0f?\u20e3))")
 _INLINE_NUMBER = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][\"'”’]))[ \t]+(\d{1,3})(?:[.)][ \t]+(?=[A-Z\"'“*])|[.)]?[ \t]*$)")
+    r"(?:(?<=[.!?])|(?<=[.!?][\"'”’]))[ \t]+(\d{1,3})(?:[.)][ \t]+(?=[A-Z\"'“*])|[.)]?[ \t]*$)"
+    rf"|(?:(?<=[.!?。！？])|(?<=[.!?。！？][\"'”’」]))[ \t]*(?P<sym>{_SYMBOL_INDEX})[.)]?[ \t]*"
+    r"(?=[A-Z\"'“*「]|[^\W\d_a-z]|$)")
 
 
 def _split_inline_numbers(lines: list[str], first_number: int | None
                           ) -> tuple[list[str], list[tuple[int, str] | None]]:
     """(lines, their `_numbered` markers): lines that run several numbered items together
-    ("Write a limerick. 10. Explain the tides. 11. Draft an email.", as small models write a
-    list) split where the numbers go on from the line's own: its "9." marker, the item before
-    it, or `first_number` (completions).
+    ("Write a limerick. 10. Explain the tides. 11. Draft an email.", "① Write a limerick. ②
+    Explain the tides.", as small models write a list) split where the numbers go on from the
+    line's own: its "9." or "①" marker, the item before it, or `first_number` (completions),
+    with a marker of the same kind (`marker_kind`).
     Only the run of consecutive numbers splits, so "3 steps. 2. Then ..." or a year stays in
-    its instruction; the next number alone at the line's end ("... a flat. 18") starts an
-    empty item (a cut answer's complete items are kept, the empty one is the cut one)."""
+    its instruction; the next number alone at the line's end ("... a flat. 18", "... ③") starts
+    an empty item (a cut answer's complete items are kept, the empty one is the cut one)."""
     out: list[str] = []
     markers: list[tuple[int, str] | None] = []  # each line's `_numbered`, computed once
     last = first_number
+    last_from: str | None = None  # the line whose marker gave `last` (None: `first_number`)
     for line in lines:
         marked = _numbered(line)
-        base = marked[0] if marked else last
+        base, source = (marked[0], line) if marked else (last, last_from)
         cuts: list[int] = []
         if base is not None and _MAYBE_INLINE.search(line):
+            kind = marker_kind(source) if source is not None else "digits"
             for match in _INLINE_NUMBER.finditer(line):
-                if int(match.group(1)) != base + 1:
+                sym = match.group("sym")
+                index = marker_value(sym) if sym else int(match.group(1))
+                if index != base + 1 or (_symbol_kind(sym) if sym else "digits") != kind:
                     break
-                base = int(match.group(1))
+                base = index
                 cuts.append(match.start())
         if cuts:
             starts = [0, *cuts]
@@ -677,7 +741,7 @@ def _split_inline_numbers(lines: list[str], first_number: int | None
             out.append(line)
             markers.append(marked)
         if base is not None:
-            last = base
+            last, last_from = base, source
     return out, markers
 
 
@@ -933,7 +997,7 @@ def parse_classification(text: str) -> bool | None:
     `Yes, because ...`, `True` (after a reasoning model's <think> part); None when the answer is
     neither. A JSON answer (`true`, `"No"`, `{"is_classification": false}`, `{"answer":
     "Yes"}`) is read by its value, never as the text of its keys."""
-    answer = split_reasoning(_cut_special_tokens(text))[0]
+    answer = _split_reasoning(_cut_special_tokens(normalize_line_ends(text)))[0]
     from_json = _json_classification(answer)
     if from_json is not None:
         return from_json[0]
@@ -999,7 +1063,7 @@ _NEXT_TASK = re.compile(
 # none is content; one that starts with a label word is none of the marks or headers. This saves
 # trying each pattern on every line (same flags as theirs, so the same case folding).
 _MAY_BE_LAYOUT = re.compile(
-    rf"^[ \t]*(?:([#\-*_=~(\d•+`{_ENCLOSED}\U0001f51f]|[a-z][.)]|example)|input|output|"
+    rf"^[ \t]*(?:([#\-*_=~(\d•+`{_ENCLOSED}\U0001f51f]|[a-z][.)]|[ivx]+[.)]|example)|input|output|"
     r"response|answer|class|label|expected)", re.IGNORECASE)
 
 
@@ -1047,7 +1111,11 @@ def _next_task(text: str) -> re.Match[str] | None:
 def until_next_task(text: str) -> str:
     """The text before the first line that starts another task (`_next_task`). A task line
     before any example (the prompt's own "Task: ..." repeated back, as chat models do) is left
-    out, and the examples after it are read."""
+    out, and the examples after it are read. Line ends are made "\\n" (`normalize_line_ends`)."""
+    return _until_next_task(normalize_line_ends(text))
+
+
+def _until_next_task(text: str) -> str:
     match = _next_task(text)
     if match is None:
         return text
@@ -1103,11 +1171,11 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     from_json = _parse_json_instances(text, output_first, truncated)
     if from_json is not None:
         return from_json
-    text = _without_closing_remarks(until_next_task(text.replace("\r\n", "\n")))
+    text = _without_closing_remarks(_until_next_task(text))
     from_table = _parse_table_instances(text, output_first, truncated)
     if from_table is not None:
         return from_table
-    lines = text.split("\n")  # as the reader below: a U+2028 or U+0085 is text, not a line end
+    lines = text.split("\n")  # as the reader below: line ends were made "\n" (_answer_part)
     if output_first and any(_OUT_LABEL.match(line) for line in lines) and not any(
             _CLASS_LABEL.match(line) for line in lines):
         # A classification task answered in the input-first layout: its outputs are labels.
@@ -1115,7 +1183,7 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     elif starts_in_example and output_first:
         text = "Class label:" + text
     layout = OUTPUT_FIRST_LAYOUT if output_first else INPUT_FIRST_LAYOUT
-    reader = _InstanceReader(output_first, text.split("\n"))  # line ends made "\n" above
+    reader = _InstanceReader(output_first, text.split("\n"))
     for n, line in enumerate(reader.lines):
         reader.feed(line, n)
     blocks = reader.close()
@@ -1516,7 +1584,7 @@ def _parse_table_list(text: str, truncated: bool) -> ParsedList | None:
     an item is the item's)."""
     if "|" not in text:
         return None
-    lines = text.replace("\r\n", "\n").split("\n")
+    lines = text.split("\n")
     tables = [t for t in _tables(lines) if t.rows]
     if not tables or any(_LIST_LAYOUT.match(line) or _BULLET.match(line)
                          for line in _outside_tables(lines, tables)):
