@@ -396,3 +396,52 @@ def test_the_status_line_keeps_the_run_model_and_state_at_common_widths(width, n
     # the model whole, or without its organisation/ prefix
     assert parts[1] in (model, model.rsplit("/", 1)[-1]) and parts[2].startswith(state)
     assert "1873/52000" in line and ("errors 3" in line or "err 3" in line)
+
+
+def test_a_round_open_across_a_pause_leaves_the_pause_out_of_its_time(tmp_path):
+    """The elapsed time left pauses out, but a round's "time" (rounds table, headless lines)
+    still counted a pause that fell inside the round. Both now follow one rule
+    (rates.active_seconds_of): a real engine paused mid-round and resumed."""
+    import threading
+    import time as time_module
+
+    from fake_openai import FakeOpenAI
+    from tui_helpers import make_engine, read_run
+
+    from selfinstruct_tui.engine.control import Pause, Resume
+    from selfinstruct_tui.engine.rates import active_seconds_of
+    from selfinstruct_tui.tui.view import round_row
+
+    def wait(predicate) -> None:
+        deadline = time_module.monotonic() + 60
+        while not predicate():
+            assert time_module.monotonic() < deadline, "condition not reached in time"
+            time_module.sleep(0.05)
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.3) as server:
+        engine = make_engine(run_dir, server.base_url, target=12, concurrency=2)
+        thread = threading.Thread(target=engine.run)
+        thread.start()
+        try:
+            wait(lambda: len(server.log) >= 1)  # a round is open, a request in flight
+            engine.send(Pause())
+            wait(lambda: engine.state == "paused")
+            time_module.sleep(2.0)  # the pause the rounds open now must leave out
+            engine.send(Resume())
+        finally:
+            thread.join(timeout=120)
+        engine.store.close()
+    rounds, pauses = read_run(run_dir, lambda s: (s.rounds(), s.pauses()))
+    assert len(pauses) == 1 and pauses[0][1] is not None and pauses[0][1] - pauses[0][0] >= 2
+    spanned = [r for r in rounds if r.finished is not None and r.started < pauses[0][0]
+               and r.finished > pauses[0][1]]
+    assert spanned, rounds  # the round open when the run paused
+    for r in rounds:
+        assert r.finished is not None and r.status == "done"
+        assert r.wall_time == pytest.approx(
+            active_seconds_of([(r.started, r.finished)], pauses), abs=1e-6)
+    for r in spanned:
+        paused = pauses[0][1] - pauses[0][0]
+        assert r.wall_time == pytest.approx(r.finished - r.started - paused, abs=1e-6)
+        assert round_row(r)[-1] == f"{r.wall_time:.1f}s"

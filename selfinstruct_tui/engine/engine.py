@@ -102,6 +102,7 @@ from selfinstruct_tui.engine.parsing import (
 )
 from selfinstruct_tui.engine.pool import Pool
 from selfinstruct_tui.engine.prompts import PromptStyle, Request, instructions_asked, style_for
+from selfinstruct_tui.engine.rates import active_seconds_of
 from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
 from selfinstruct_tui.engine.seeds import (
     Instance,
@@ -208,6 +209,9 @@ class Engine:
         self.state: str = RunState.STARTING
         self.paused: ev.Paused | None = None  # why the run is paused (None: it is not)
         self._start_paused = ""  # `start_paused`: the reason of the pause the run begins with
+        # this session's pauses ((started, ended) epoch seconds; ended None: open), left out of
+        # each round's time as the store's are out of the elapsed time
+        self._pauses: list[tuple[float, float | None]] = []
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -321,13 +325,18 @@ class Engine:
 
     def _set_state(self, state: str) -> None:
         before, self.state = self.state, state
+        now = time.time()
+        if state == RunState.PAUSED and before != RunState.PAUSED:
+            self._pauses.append((now, None))
+        elif state != RunState.PAUSED and self._pauses and self._pauses[-1][1] is None:
+            self._pauses[-1] = (self._pauses[-1][0], max(self._pauses[-1][0], now))
         if self.store.unwritable is None:
             # The pauses, for the elapsed time (which leaves them out). A pause an earlier
             # process left open (it ended paused) ends when this session starts.
             if state == RunState.PAUSED and before != RunState.PAUSED:
-                self.store.start_pause(time.time())
+                self.store.start_pause(now)
             elif state != RunState.PAUSED and before in (RunState.PAUSED, RunState.STARTING):
-                self.store.end_pause(time.time())
+                self.store.end_pause(now)
         meta = {"state": state, "pid": os.getpid(), "ts": time.time(),
                 "reason": self.paused.reason if self.paused else "",
                 "by_errors": bool(self.paused and self.paused.by_errors),
@@ -1061,7 +1070,6 @@ class Engine:
         """Generate, filter and resolve one round; `revived`: open candidates of earlier
         sessions, taken up instead of generating."""
         number, stats = rnd.number, rnd.stats
-        started = time.monotonic()
         rng = random.Random(f"{self.config.random_seed}:{number}")
         gens = []
         for i in range(stats.prompts):
@@ -1113,7 +1121,10 @@ class Engine:
             self._round_failed(rnd, exc)
         finally:
             stats.finished = time.time()
-            stats.wall_time = time.monotonic() - started
+            # run time: a pause while the round was open is not part of it (the elapsed time's
+            # rule, rates.active_seconds_of)
+            stats.wall_time = active_seconds_of([(stats.started, stats.finished)], self._pauses,
+                                                stats.finished)
             stats.status = "stopped" if self._stop_requested else "done"
             stats.cost = self.guard.cost_of(stats.prompt_tokens, stats.completion_tokens)
             stats.pool_after = self._committed

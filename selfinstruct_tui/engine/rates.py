@@ -4,8 +4,10 @@ the headless lines; named so that each figure says what it measures."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
+from collections.abc import Iterable
 
 WINDOW_SECONDS = 60.0
 
@@ -99,3 +101,34 @@ class Rates:
         prompt, completion = self.tokens_per_second()
         return (f"{self.tasks_per_minute():.1f} tasks/min, output {completion:.0f} tok/s"
                 + (f", prompt {prompt:.0f} tok/s" if with_prompt else ""))
+
+
+def active_seconds_of(spans: Iterable[tuple[float, float]],
+                      pauses: Iterable[tuple[float, float | None]] = (),
+                      now: float | None = None) -> float:
+    """Seconds of run time in `spans` ((start, end) epoch seconds, overlapping or not): their
+    union less the `pauses` ((started, ended) epoch seconds; a pause still open ends at `now`,
+    None: never). The one rule for the run's elapsed time and each round's time: a round open
+    across a pause counted the pause in its time (a 12 s round showed 312.0s after a 5-minute
+    pause) while the elapsed time left it out."""
+    running = _union(spans)
+    paused = _union((start, end if end is not None else now if now is not None else math.inf)
+                    for start, end in pauses)
+    total = sum(end - start for start, end in running)
+    for start, end in running:
+        for p_start, p_end in paused:
+            total -= max(0.0, min(end, p_end) - max(start, p_start))
+    return total
+
+
+def _union(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of [start, end] spans as disjoint spans, in order."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged

@@ -9,7 +9,6 @@ running or stopping (CLOCK_STATES), never while it is paused, starting or ended.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections import Counter, OrderedDict, deque
@@ -28,7 +27,7 @@ from selfinstruct_tui.engine.control import (
 )
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.invocation import with_command
-from selfinstruct_tui.engine.rates import Rates
+from selfinstruct_tui.engine.rates import Rates, active_seconds_of
 from selfinstruct_tui.engine.review import summarize
 from selfinstruct_tui.engine.seeds import short_text
 from selfinstruct_tui.engine.store import (
@@ -739,35 +738,14 @@ class RunView:
 
 def active_seconds(rounds: list[RoundStats], now: float | None,
                    pauses: Iterable[tuple[float, float | None]] = ()) -> float:
-    """Seconds in which a round ran and the run was not paused: the union of the rounds'
-    [started, finished] spans (epoch seconds) less the `pauses` ((started, ended) epoch
-    seconds); a round still running ends at `now` (None: after its `wall_time`), a pause still
-    open at `now` (None: never). Rounds overlap (one starts while the two before it finish):
-    their wall times added up counted the overlap again, and a run resumed after a 3:51 session
-    showed 7:20 at once. A round stays open while the run is paused: its span counted the
-    pause."""
-    running = _union((r.started, r.finished if r.finished is not None else
-                      now if now is not None else r.started + r.wall_time) for r in rounds)
-    paused = _union((start, end if end is not None else now if now is not None else math.inf)
-                    for start, end in pauses)
-    total = sum(end - start for start, end in running)
-    for start, end in running:
-        for p_start, p_end in paused:
-            total -= max(0.0, min(end, p_end) - max(start, p_start))
-    return total
-
-
-def _union(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The union of [start, end] spans as disjoint spans, in order."""
-    merged: list[tuple[float, float]] = []
-    for start, end in sorted(spans):
-        if end <= start:
-            continue
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
+    """Seconds in which a round ran and the run was not paused (rates.active_seconds_of over
+    the rounds' [started, finished] spans, epoch seconds); a round still running ends at `now`
+    (None: after its `wall_time`), a pause still open at `now` (None: never). Rounds overlap
+    (one starts while the two before it finish): their wall times added up counted the overlap
+    again, and a run resumed after a 3:51 session showed 7:20 at once."""
+    return active_seconds_of(((r.started, r.finished if r.finished is not None else
+                               now if now is not None else r.started + r.wall_time)
+                              for r in rounds), pauses, now)
 
 
 def _line(r: RejectionRecord) -> RejectionLine:
