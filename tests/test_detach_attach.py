@@ -477,6 +477,50 @@ def test_an_attached_ui_sees_its_engine_killed_and_queues_nothing_for_it(run_cli
             kill_quietly(int((run_dir / "engine.pid").read_text()))
 
 
+def test_every_ui_shows_no_rate_for_a_killed_run(run_cli, tmp_path, isolated_env):
+    """After a kill -9 two UIs on one run showed 1078.5 and 36.0 tasks/min at the same moment
+    (each counted the last minute from what it had seen), and kept them. Nothing drives a
+    killed run: a UI attached before the kill and one attached after both show "-"."""
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+
+    run_dir = tmp_path / "run"
+
+    def rates_shown(app) -> list[str]:
+        line = str(app.query_one(StatusLine).render())
+        return [part for part in line.split(" │ ") if "/min" in part or "tok/s" in part]
+
+    with FakeOpenAI(latency=0.05) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 3, timeout=60)
+            seen: dict[str, list[str]] = {}
+
+            async def before():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "running")
+                    await until(pilot, lambda: not rates_shown(app)[0].startswith("0.0 "))
+                    os.kill(pid, signal.SIGKILL)
+                    await until(pilot, lambda: app.state == "crashed", timeout=20)
+                    await pilot.pause(0.3)
+                    seen["before"] = rates_shown(app)
+                    await pilot.press("q")
+
+            async def after():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "crashed")
+                    await pilot.pause(0.3)
+                    seen["after"] = rates_shown(app)
+                    await pilot.press("q")
+
+            run(before())
+            run(after())
+            assert seen["before"] == seen["after"] == ["- tasks/min", "output - tok/s"], seen
+        finally:
+            kill_quietly(pid)
+
+
 def test_runs_lists_the_most_recent_activity_first_and_says_so(run_cli, isolated_env, tmp_path):
     """`runs` listed runs by their directories' change time, oldest first, and did not say so.
     Most recent activity first, said above the table on a terminal; scripts get the same header

@@ -158,17 +158,25 @@ def view_accepting(clock: list[float], tasks: int, every: float, target: int) ->
     return view
 
 
-def test_tasks_per_minute_stop_falling_when_the_run_ends(monkeypatch):
+@pytest.mark.parametrize("end", [ev.Finished(ev.FinishReason.TARGET, 6, 10),
+                                 ev.Finished(ev.FinishReason.STOPPED, 6, 10),
+                                 ev.Crashed(4321)])
+def test_a_run_nothing_drives_shows_no_rate(monkeypatch, end):
+    """A run that ended kept its last rate, which each UI counted from what it saw: after a
+    kill -9 two attached UIs showed 1078.5 and 36.0 tasks/min. Nothing drives it: "-"."""
     from selfinstruct_tui.engine import rates as rates_module
 
     clock = [1000.0]
     monkeypatch.setattr(rates_module.time, "monotonic", lambda: clock[0])
     view = view_accepting(clock, tasks=6, every=5, target=10)
-    view.apply(ev.Finished(ev.FinishReason.TARGET, 6, 10))
-    at_end = view.status.rates.tasks_per_minute()
-    assert at_end == 12.0  # 6 in 30 s
-    clock[0] += 300  # 5 minutes after the end: still what it was at the end
-    assert view.status.rates.tasks_per_minute() == at_end
+    view.status.embedded = True  # (the prompt speed too)
+    view.apply(ev.ResponseReceived(1, 1, "generate", "x", "stop", 0.5, 300, 40))
+    assert "12.0 tasks/min" in view.status.line().plain  # 6 in 30 s
+    view.apply(end)
+    line = view.status.line().plain
+    assert "- tasks/min" in line and "output - tok/s" in line and "prompt - tok/s" in line
+    assert "ETA -" in line
+    assert "12.0" not in view.status.line(100).plain  # shortened: "-/min"
 
 
 def test_rates_hold_while_paused_and_leave_the_pause_out_after(monkeypatch):

@@ -21,12 +21,11 @@ class Rates:
         self.started = time.monotonic() if started is None else started
         self._accepted: deque[float] = deque()
         self._tokens: deque[tuple[float, int, int]] = deque()
-        self._frozen: float | None = None  # monotonic: rates as they were then (run ended)
         self._paused: float | None = None  # monotonic: when the run paused
 
     def restart(self) -> None:
         self.started = time.monotonic()
-        self._frozen = self._paused = None
+        self._paused = None
         self._accepted.clear()
         self._tokens.clear()
 
@@ -48,12 +47,6 @@ class Rates:
         self._accepted = deque(t + gap for t in self._accepted)
         self._tokens = deque((t + gap, p, c) for t, p, c in self._tokens)
 
-    def freeze(self) -> None:
-        """The run ended: rates stay as they were now (they fell on, minute by minute, beside
-        an elapsed time that had stopped)."""
-        if self._frozen is None:
-            self._frozen = time.monotonic()
-
     def resume_from(self, started_epoch: float, accepted: list[float],
                     answered: list[tuple[float, int, int]]) -> None:
         """A UI that attached to a running session: rates from that session's start (epoch
@@ -67,8 +60,6 @@ class Rates:
         self._tokens.extend(sorted((t + shift, p, c) for t, p, c in answered))
 
     def _now(self) -> float:
-        if self._frozen is not None:
-            return self._frozen
         return time.monotonic() if self._paused is None else self._paused
 
     def accepted(self, n: int = 1) -> None:

@@ -226,6 +226,13 @@ class StatusView:
         remaining = max(0, self.target - self.accepted)
         eta = fmt_duration(remaining / per_min * 60) if per_min > 0 and remaining and live \
             else "-"  # (a stopped run has no ETA: it kept the last one)
+        # A run nothing drives (ended, crashed) has no rate: "-" in every UI. A rate kept from
+        # before the end differed between UIs (the engine's own, one attached before a kill -9,
+        # one attached after: 1078.5, 36.0 and 0.0 tasks/min), as each UI counts the last
+        # minute from what it saw, and a killed process leaves no time of its end to agree on.
+        driven = self.state in LIVE_STATES
+        rate, output, prompt = (f"{per_min:.1f}", f"{output_tps:.0f}", f"{prompt_tps:.0f}") \
+            if driven else ("-", "-", "-")
         endpoint = re.sub(r"^https?://|/v1/?$", "", self.endpoint)
         model = f"{self.model} (embedded)" if self.embedded else f"{self.model} @ {endpoint}"
         if self.endpoints > 1:
@@ -253,13 +260,12 @@ class StatusView:
                 ("causes", "")]))
         parts += [("", [("", f"pool {self.accepted}/{self.target}"),
                         ("pool", f"{self.accepted}/{self.target}")]),
-                  ("", [("", f"{per_min:.1f} tasks/min"), ("rate", f"{per_min:.1f}/min"),
+                  ("", [("", f"{rate} tasks/min"), ("rate", f"{rate}/min"),
                         ("no rate", "")]),
-                  ("", [("", f"output {output_tps:.0f} tok/s"), ("speed", f"{output_tps:.0f} "
-                                                                          "tok/s"),
+                  ("", [("", f"output {output} tok/s"), ("speed", f"{output} tok/s"),
                         ("no speed", "")])]
         if self.embedded:  # prompt evaluation is most of a small local model's time
-            parts.append(("", [("", f"prompt {prompt_tps:.0f} tok/s"), ("prompt speed", "")]))
+            parts.append(("", [("", f"prompt {prompt} tok/s"), ("prompt speed", "")]))
         parts.append(("", [("", f"{self.tokens:,} tok"), ("tokens", f"{_si(self.tokens)} tok"),
                            ("no tokens", "")]))
         if self.priced:  # without prices the cost is unknown, not $0
@@ -573,8 +579,6 @@ class RunView:
         rates stop, and the note says how to resume. Said once, however many times found."""
         if self.state == RunState.CRASHED:
             return
-        if self.state in LIVE_STATES:
-            self.status.rates.freeze()
         self.lost_pid = e.pid
         self.pause = None
         self._set_state(RunState.CRASHED)
@@ -626,12 +630,9 @@ class RunView:
 
     def _on_Finished(self, e: ev.Finished) -> None:
         reason = ev.FinishReason(e.reason)
-        was_live = self.state in LIVE_STATES
         self.in_flight.clear()  # the engine has stopped: nothing is in flight any more
         self.dirty.add("prompts")
         self._set_state(reason.state)
-        if was_live:
-            self.status.rates.freeze()
         self.ended = e
         severity = "error" if reason in (ev.FinishReason.ERROR, ev.FinishReason.FAILING) \
             else "information"
