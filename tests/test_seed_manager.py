@@ -822,3 +822,44 @@ def test_a_seed_file_that_cannot_be_written_back_is_said_and_the_edit_still_appl
             assert len((tmp_path / "run" / "seeds.jsonl").read_text().splitlines()) == 5
 
     run(go())
+
+
+def test_the_forms_not_saved_line_follows_the_fields_as_they_are_fixed(tmp_path, isolated_env):
+    """"Not saved: instruction is empty" stayed on screen after the fields were filled. It now
+    names what still keeps the form from saving as the user types, and goes once nothing does."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            form = app.screen
+            line = form.query_one("#form-errors")
+
+            def said() -> str:
+                return str(line.render()) if line.has_class("visible") else ""
+
+            await pilot.press("ctrl+s")
+            assert said() == "Not saved: instruction is empty; instance 1: output is empty"
+            await pilot.press(*"Name")  # typed into the instruction (it has the focus)
+            await until(pilot, lambda: said() == "Not saved: instance 1: output is empty")
+            form.query(".f-output").first(TextArea).text = "Nile"
+            await until(pilot, lambda: said() == "")
+            await pilot.press("ctrl+n")  # a new instance without an output: said again
+            await until(pilot, lambda: said() == "")  # (nothing said before a save)
+            await pilot.press("ctrl+s")
+            assert said() == "Not saved: instance 2: output is empty"
+            await pilot.press("ctrl+r")  # the focused (new) instance removed
+            await until(pilot, lambda: said() == "")
+            form.query_one("#f-instruction", TextArea).text = ""
+            await pilot.pause()
+            assert said() == ""  # nothing said until the next save
+            form.query_one("#f-instruction", TextArea).text = NEW_INSTRUCTION
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.screen is manager)
+
+    run(go())
+

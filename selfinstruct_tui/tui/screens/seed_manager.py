@@ -424,6 +424,7 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
         self.seed_id = seed_id
         self.duplicate_of = duplicate_of
         self.adding = seed is None or duplicate_of is not None
+        self._said_of: tuple | None = None  # `snapshot` when the errors line was last set
 
     def compose(self) -> ComposeResult:
         seed = self.seed
@@ -470,10 +471,11 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
         def focus() -> None:
             fields.query_one(".f-input", TextArea).focus()
             fields.scroll_visible()
+            self.recheck()  # (its empty output keeps the form from saving)
 
         self.call_after_refresh(focus)
 
-    def action_remove_instance(self) -> None:
+    async def action_remove_instance(self) -> None:
         """Remove the instance holding the focus (or the last one); the others are renumbered."""
         fields = self.instance_fields
         if not fields:
@@ -481,9 +483,28 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
         focused = self.focused
         target = next((f for f in fields if focused is not None and f in focused.ancestors),
                       fields[-1])
-        target.remove()
+        await target.remove()
         for n, f in enumerate((f for f in fields if f is not target), start=1):
             f.renumber(n)
+        self.recheck()
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        self.recheck()
+
+    def recheck(self) -> None:
+        """The line under the fields follows the edits: a save's "Not saved: ..." names what
+        still keeps the form from saving and goes once nothing does (it stayed on screen
+        after the fields were filled); a near-duplicate warning, about the text as it was,
+        goes at the first edit."""
+        errors = self.query_one("#form-errors", Static)
+        if not errors.has_class("visible") or self.snapshot() == self._said_of:
+            return  # (an edit's message can arrive after the save that followed it)
+        found = [] if errors.has_class("warning") else self.problems()
+        if found:
+            errors.update("Not saved: " + "; ".join(found))
+        else:
+            errors.update("")
+            errors.remove_class("visible", "warning")
 
     def action_toggle_classification(self) -> None:
         box = self.query_one("#f-cls", Checkbox)
@@ -505,6 +526,7 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
     def action_save(self) -> None:
         errors = self.query_one("#form-errors", Static)
         found = self.problems()
+        self._said_of = self.snapshot()  # what the line under the fields is about
         if found:
             errors.update("Not saved: " + "; ".join(found))
             errors.remove_class("warning")
