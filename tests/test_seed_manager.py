@@ -863,3 +863,43 @@ def test_the_forms_not_saved_line_follows_the_fields_as_they_are_fixed(tmp_path,
 
     run(go())
 
+
+def test_a_field_the_form_did_not_edit_keeps_its_line_separators(tmp_path, isolated_env):
+    """TextArea splits lines at U+2028, U+0085, U+2029 and form feeds (str.splitlines) and
+    gives them back as "\\n": saving a seed in the form changed every such field, edited or
+    not. An untouched field keeps its value exactly; an edited one is saved as edited."""
+    from selfinstruct_tui.engine.seeds import Instance, SeedTask
+    from selfinstruct_tui.engine.store import seed_tasks_to_pool
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    odd = SeedTask("odd_1", "odd_1", "Read the lines:\u2028one\x85two\u2029three\x0cfour.",
+                   [Instance("a\u2028b", "c\x85d"), Instance("e\u2029f", "g\u2028h")],
+                   False, "file", None)
+    store = RunStore(run_dir)
+    store.replace_seeds(seed_tasks_to_pool([odd] + load_seeds(bundled_seeds_path()), 5000))
+    store.close()
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            manager.query_one("#seed-table", DataTable).move_cursor(row=0)
+            for edit in ("classification", "output 2"):
+                await pilot.press("e")
+                await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+                form = app.screen
+                assert form.seed.id == "odd_1"
+                if edit == "classification":
+                    await pilot.press("ctrl+t")
+                else:
+                    form.query(".f-output").last(TextArea).text = "g\nh edited"
+                await pilot.pause()
+                await pilot.press("ctrl+s")
+                await until(pilot, lambda: app.screen is manager)
+
+    run(go())
+    seed = next(t for t in active_seeds(run_dir) if t.seed_id == "odd_1")
+    assert seed.instruction == odd.instruction and seed.is_classification
+    assert seed.instances[0] == odd.instances[0]
+    assert seed.instances[1] == Instance("e\u2029f", "g\nh edited")

@@ -371,6 +371,23 @@ def _unique(seed: SeedTask, seeds: list[SeedTask]) -> SeedTask:
                     seed.origin, seed.source_task)
 
 
+class SeedField(TextArea):
+    """A seed field in the form: `value` is the text as loaded, exactly, while the area still
+    shows what it showed then. TextArea splits lines at U+2028, U+0085, U+2029 and the other
+    str.splitlines breaks (and at CR LF) and gives them back as "\n": saving a seed changed
+    every such field, edited or not."""
+
+    def __init__(self, loaded: str, *, id: str | None = None, classes: str = "") -> None:
+        super().__init__(loaded, soft_wrap=True, id=id, classes=classes)
+        self.loaded = loaded
+        self.shown = self.text  # (as the area split it)
+
+    @property
+    def value(self) -> str:
+        """The field's value: as loaded while untouched, else the text as edited."""
+        return self.loaded if self.text == self.shown else self.text
+
+
 class InstanceFields(Vertical):
     """One instance's input and output in the seed form."""
 
@@ -381,9 +398,9 @@ class InstanceFields(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label("", classes="instance-title")
-        yield TextArea(self.instance.input, soft_wrap=True, classes="field f-input")
+        yield SeedField(self.instance.input, classes="field f-input")
         yield Label("output", classes="field-label")
-        yield TextArea(self.instance.output, soft_wrap=True, classes="field f-output")
+        yield SeedField(self.instance.output, classes="field f-output")
 
     def on_mount(self) -> None:
         self.renumber(self.number)
@@ -395,8 +412,11 @@ class InstanceFields(Vertical):
 
     @property
     def value(self) -> Instance:
-        return Instance(self.query_one(".f-input", TextArea).text,
-                        self.query_one(".f-output", TextArea).text)
+        """The instance as the fields hold it: the loaded one itself while both are untouched."""
+        inp, out = self.query_one(".f-input", SeedField), self.query_one(".f-output", SeedField)
+        if inp.value == self.instance.input and out.value == self.instance.output:
+            return self.instance
+        return Instance(inp.value, out.value)
 
 
 class SeedFormScreen(ModalScreen[SeedTask | None]):
@@ -439,8 +459,8 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
             yield Label(title, classes="question")
             with VerticalScroll(id="form-body"):
                 yield Label("Instruction", classes="field-label")
-                yield TextArea(seed.instruction if seed else "", soft_wrap=True,
-                               id="f-instruction", classes="field")
+                yield SeedField(seed.instruction if seed else "", id="f-instruction",
+                                classes="field")
                 yield MarkedCheckbox("classification task (outputs are class labels)",
                                seed.is_classification if seed else False, id="f-cls")
                 for n, inst in enumerate(instances, start=1):
@@ -560,8 +580,11 @@ class SeedFormScreen(ModalScreen[SeedTask | None]):
     def value(self) -> SeedTask:
         """The seed as the form holds it (id `seed_id`)."""
         seed = self.seed
+        # (an untouched field keeps its value exactly: SeedField; a loaded seed's instances
+        # were made by pool_instance, which gives them back unchanged)
         instances = [pool_instance(f.value.input, f.value.output) for f in self.instance_fields]
-        instruction = self.query_one("#f-instruction", TextArea).text.strip()
+        field = self.query_one("#f-instruction", SeedField)
+        instruction = field.value if field.value == field.loaded else field.value.strip()
         is_cls = self.query_one("#f-cls", Checkbox).value
         if seed is None or self.adding:
             return SeedTask(self.seed_id, self.seed_id, instruction, instances, is_cls,
