@@ -903,3 +903,50 @@ def test_a_field_the_form_did_not_edit_keeps_its_line_separators(tmp_path, isola
     assert seed.instruction == odd.instruction and seed.is_classification
     assert seed.instances[0] == odd.instances[0]
     assert seed.instances[1] == Instance("e\u2029f", "g\nh edited")
+
+
+def test_a_raw_save_that_adds_a_near_duplicate_names_the_pair_and_saves(tmp_path, isolated_env):
+    """The form names a near-duplicate seed before saving; the raw JSONL editor said nothing.
+    A raw save is a bulk edit: it is saved, then the pairs it introduced are named with their
+    score (the rule of `seeds check`), and a pair already there is not said again."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def raw_save(pilot, app, manager, edit) -> list[str]:
+        """Open the raw editor, `edit(lines)` its lines, save; the warnings said after."""
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
+        area = app.screen.query_one(TextArea)
+        area.text = "\n".join(edit(area.text.splitlines()))
+        before = len(app._notifications)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.screen is manager)
+        await pilot.pause()
+        return [n.message for n in list(app._notifications)[before:]
+                if n.title == "Near-duplicate seeds"]
+
+    def seed(sid: str, instruction: str) -> str:
+        return json.dumps({"id": sid, "instruction": instruction,
+                           "instances": [{"input": "", "output": "an answer"}]})
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            said = await raw_save(pilot, app, manager, lambda lines: lines + [
+                seed("bulk_near", "Explain what inflation is to a 10-year-old child.")])
+            assert len(said) == 1, said
+            assert "bulk_near ~ seed_task_2 (ROUGE-L 0.84)" in said[0]
+            assert "1 near-duplicate seed pair" in said[0]
+            said = await raw_save(pilot, app, manager, lambda lines: lines + [
+                seed("bulk_copy", "explain what inflation is  to a ten-year-old.")])
+            assert len(said) == 1 and "bulk_copy ~ seed_task_2 (ROUGE-L 1.00, the same " \
+                "instruction)" in said[0], said
+            assert "bulk_near ~" not in said[0]  # already there: not said again
+            said = await raw_save(pilot, app, manager, lambda lines: lines + [
+                seed("bulk_other", "Name three rivers of South America.")])
+            assert said == []
+
+    run(go())
+    seeds = {s.seed_id for s in active_seeds(run_dir)}
+    assert {"bulk_near", "bulk_copy", "bulk_other"} <= seeds  # saved, never blocked

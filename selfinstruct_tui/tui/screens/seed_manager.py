@@ -24,8 +24,10 @@ from selfinstruct_tui.engine.records import escape_line_separators
 from selfinstruct_tui.engine.seeds import (
     Instance,
     SeedTask,
+    SimilarSeed,
     carry_origins,
     instruction_key,
+    near_duplicate_seeds,
     pool_instance,
     seed_to_record,
     seeds_to_jsonl,
@@ -335,12 +337,39 @@ class SeedManagerScreen(ModalScreen[None]):
                             severity="error", timeout=30)
                 return
             keep = self.current
+            before = self.seeds
             self._changed(carry_origins(result.seeds, self.seeds),
                           keep if keep is not None and keep < len(result.seeds) else None,
                           write_back=result.write_back)
+            said = self.duplicates_text(before, self.seeds)
+            if said:  # (a bulk edit: said after saving, not asked before, as the form does)
+                self.notify(said, title="Near-duplicate seeds", severity="warning", timeout=30)
 
         self.app.push_screen(SeedEditorScreen(escape_line_separators(seeds_to_jsonl(self.seeds)),
                                               self.seeds_file), done)
+
+    def duplicates_text(self, before: list[SeedTask], after: list[SeedTask]) -> str:
+        """The near or exact duplicate pairs of `after` that `before` did not have (the rule
+        of `seeds check` and the form, at the run's threshold and tokenizer), each named with
+        its score, and what to do; "" when there are none."""
+        threshold, tokenizer = self.similarity
+
+        def pairs(seeds: list[SeedTask]) -> list[SimilarSeed]:
+            return near_duplicate_seeds(seeds, threshold, tokenizer)
+
+        known = {frozenset((hit.seed, hit.other)) for hit in pairs(before)}
+        new = [hit for hit in pairs(after) if frozenset((hit.seed, hit.other)) not in known]
+        if not new:
+            return ""
+        texts = {s.id: s.instruction for s in after}
+        shown = [f"{hit.seed} ~ {hit.other} (ROUGE-L {hit.score:.2f}"
+                 + (", the same instruction" if instruction_key(texts[hit.seed])
+                    == instruction_key(texts[hit.other]) else "") + ")" for hit in new[:5]]
+        more = f"; and {len(new) - 5} more" if len(new) > 5 else ""
+        return (f"Saved, with {len(new)} near-duplicate seed pair{'s' if len(new) > 1 else ''} "
+                f"it did not have: {'; '.join(shown)}{more}. A near-duplicate seed shows the "
+                "model the same example twice in a prompt: edit or delete one of each pair "
+                "(`selfinstruct seeds check` lists them).")
 
     def keep_conflict(self, text: str) -> Path:
         """Write a raw edit that could not be applied next to the run (temp file + rename)."""
