@@ -344,7 +344,9 @@ def run_headless(engine: Any, session: Any, out: Console, err: Console) -> int:
     def on_event(event: ev.Event) -> None:
         # Headless has nobody to press "resume": a run paused by errors or by a spend guard
         # stops and says how to resume; the exit code (3) tells scripts it did not finish.
-        if isinstance(event, ev.Paused) and event.by_errors:
+        # A run started paused (--paused: detached from a TUI while paused by errors) waits
+        # for an attached UI's p, whatever paused it.
+        if isinstance(event, ev.Paused) and event.by_errors and event is not engine.start_pause:
             stop_failing(event.reason)
         elif isinstance(event, ev.RequestError) and event.kind == "connection" and \
                 session.server is not None:

@@ -716,3 +716,69 @@ def test_run_detach_paused_starts_paused_and_a_paused_run_resumed_by_command_run
             assert state_of(run_dir)["state"] == "running"
         finally:
             kill_quietly(pid)
+
+
+def test_a_run_detached_while_paused_by_errors_keeps_the_reason(isolated_env, tmp_path):
+    """`d` on a run paused by errors (here a thinking model whose answers are all reasoning:
+    the fruitless-requests guard) started the background run "paused by the user", which hid
+    why it was paused. It now starts paused with the pause's own reason (and whether p can fix
+    it), stays paused (a headless run paused by errors stops; this one waits for a UI), and a
+    UI attached to it shows the reason."""
+    import time
+
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(thinking=True) as server:
+        pid = None
+        try:
+            step = ["start"]
+            paused: dict = {}
+
+            def react(seen, write):
+                if step[0] == "start" and state_of(run_dir).get("state") == "paused":
+                    paused.update(state_of(run_dir))
+                    time.sleep(0.5)
+                    write(b"d")
+                    step[0] = "asked"
+                elif step[0] == "asked" and b"Detach (y)" in seen:
+                    time.sleep(0.3)
+                    write(b"y")
+                    step[0] = "detached"
+
+            code, text = on_a_terminal(isolated_env, react, "run", "--base-url",
+                                       server.base_url, "--model", "m", "--api", "chat",
+                                       "--run-dir", str(run_dir), "--target", "50",
+                                       "--concurrency", "2", "--max-fruitless-requests", "6",
+                                       "--refresh", "0.1")
+            assert code == 0, text[-2000:]
+            assert paused["by_errors"] and paused["needs_restart"], paused
+            assert "--extra-body" in paused["reason"]
+            pid = int((run_dir / "engine.pid").read_text())
+            assert f"the run stays paused in the background (pid {pid})" in text, text[-2000:]
+            wait_for(lambda: state_of(run_dir).get("pid") == pid, timeout=60)
+            steady_requests(server, polls=4)  # nothing sent, and it did not stop
+            state = state_of(run_dir)
+            assert state["state"] == "paused" and state["reason"] == paused["reason"]
+            assert state["by_errors"] and state["needs_restart"]
+            from selfinstruct_tui.engine.control import pid_alive
+            assert pid_alive(pid)  # waiting for a UI, not stopped as failing
+            log = (run_dir / "run.log").read_text()
+            assert "paused by the user" not in log
+
+            async def go():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(120, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "paused", timeout=15)
+                    await pilot.pause(0.3)
+                    assert "paused (errors)" in str(app.query_one(StatusLine).render())
+                    note = str(app.query_one("#run-note").render())
+                    assert note.startswith("Paused: ") and "--extra-body" in note
+                    await pilot.press("s", "y")
+                    await until(pilot, lambda: app.state == "stopped", timeout=30)
+                    await pilot.press("q")
+
+            run(go())
+        finally:
+            if pid is not None:
+                kill_quietly(pid)

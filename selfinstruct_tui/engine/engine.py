@@ -208,7 +208,7 @@ class Engine:
         self.style: PromptStyle = style_for(config.api)
         self.state: str = RunState.STARTING
         self.paused: ev.Paused | None = None  # why the run is paused (None: it is not)
-        self._start_paused = ""  # `start_paused`: the reason of the pause the run begins with
+        self.start_pause: ev.Paused | None = None  # `start_paused`: the pause the run begins in
         # this session's pauses ((started, ended) epoch seconds; ended None: open), left out of
         # each round's time as the store's are out of the elapsed time
         self._pauses: list[tuple[float, float | None]] = []
@@ -347,11 +347,20 @@ class Engine:
         if self.store.unwritable is None:  # (else the state stays as last written: resuming
             self.store.set_meta("state", meta)  # the run then recovers it as after a crash)
 
-    def start_paused(self, reason: str = USER_PAUSE) -> None:
+    def start_paused(self, paused: ev.Paused | None = None) -> None:
         """Make `run` begin paused (call it before `run`): the run's first state is "paused"
-        with `reason` (a pause by the user, not by errors), and no request is sent until a
-        Resume (an attached UI's p). A run detached while paused goes on so."""
-        self._start_paused = reason
+        with `paused`, and no request is sent until a Resume (an attached UI's p). None: the
+        pause the run's last process ended in, if it ended paused (its reason, by errors or
+        by the user), else a pause by the user. A run detached while paused goes on so: one
+        paused by a failing endpoint or a spend guard was said to be "paused by the user",
+        which hid why."""
+        if paused is None:
+            last = self.store.get_meta("state") or {}
+            reason = str(last.get("reason") or "")
+            paused = ev.Paused(reason, bool(last.get("by_errors")),
+                               bool(last.get("needs_restart"))) \
+                if reason and last.get("state") != RunState.FAILED else ev.Paused(USER_PAUSE)
+        self.start_pause = paused
 
     def _hold(self, paused: ev.Paused) -> None:
         """Nothing new is sent (requests, batch polls) until `_do_resume`."""
@@ -608,8 +617,8 @@ class Engine:
                                             "started": time.time(), "pid": os.getpid(),
                                             "endpoints": [e["base_url"] for e in
                                                           self.config.endpoint_list()]})
-            if self._start_paused:  # paused from its first state: never "running" meanwhile
-                self._hold(ev.Paused(self._start_paused, False))
+            if self.start_pause is not None:  # paused from its first state: never "running"
+                self._hold(self.start_pause)
             self._set_state(RunState.PAUSED if self.paused else RunState.RUNNING)
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
                                            self._committed, self.pool.seed_count, resumed))
