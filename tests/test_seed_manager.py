@@ -63,10 +63,16 @@ async def fill_new_seed(pilot, app) -> SeedFormScreen:
     return form
 
 
-async def add_new_seed(pilot, app, manager: SeedManagerScreen) -> None:
-    """`a` in the manager, the form filled with NEW_INSTRUCTION / NEW_OUTPUT, saved."""
+async def new_seed_form(pilot, app) -> SeedFormScreen:
+    """`a` in the open manager: the new seed's form."""
     await pilot.press("a")
     await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+    return app.screen
+
+
+async def add_new_seed(pilot, app, manager: SeedManagerScreen) -> None:
+    """`a` in the manager, the form filled with NEW_INSTRUCTION / NEW_OUTPUT, saved."""
+    await new_seed_form(pilot, app)
     await fill_new_seed(pilot, app)
     await pilot.press("ctrl+s")
     await until(pilot, lambda: app.screen is manager)
@@ -156,9 +162,7 @@ def test_form_validation_names_the_field_and_keeps_the_text(tmp_path, isolated_e
         app = create_app(run_dir, refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
             manager = await open_manager(pilot, app)
-            await pilot.press("a")
-            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
-            form = app.screen
+            form = await new_seed_form(pilot, app)
             await pilot.press("ctrl+s")  # everything empty
             errors = str(form.query_one("#form-errors").render())
             assert "instruction is empty" in errors and "instance 1: output is empty" in errors
@@ -628,8 +632,7 @@ def test_the_classification_check_box_shows_its_state_without_colour(tmp_path, i
         app = create_app(run_dir, refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
             await open_manager(pilot, app)
-            await pilot.press("a")
-            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            await new_seed_form(pilot, app)
             box = app.screen.query_one("#f-cls", Checkbox)
             marks = []
             for _ in range(2):
@@ -738,9 +741,7 @@ def test_saving_a_near_or_exact_duplicate_seed_names_the_other_and_asks_first(tm
         async with app.run_test(size=(120, 40)) as pilot:
             manager = await open_manager(pilot, app)
             # an exact duplicate: "keep editing" keeps the form and its text, sends nothing
-            await pilot.press("a")
-            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
-            form = app.screen
+            form = await new_seed_form(pilot, app)
             question = await save(pilot, app, form, inflation)
             assert "the same instruction as seed seed_task_2 (ROUGE-L 1.00)" in question
             await pilot.press("n")
@@ -771,8 +772,7 @@ def test_saving_a_near_or_exact_duplicate_seed_names_the_other_and_asks_first(tm
             assert active_seeds(run_dir)[0].instruction != inflation
             # a text without words for the rouge tokenizer, twice: the second is the same text
             for n in (1, 2):
-                await pilot.press("a")
-                await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+                await new_seed_form(pilot, app)
                 app.screen.query_one("#f-instruction", TextArea).text = no_words
                 app.screen.query(".f-output").first(TextArea).text = "東京"
                 await pilot.press("ctrl+s")
@@ -834,9 +834,7 @@ def test_the_forms_not_saved_line_follows_the_fields_as_they_are_fixed(tmp_path,
         app = create_app(run_dir, refresh=0.1)
         async with app.run_test(size=(120, 40)) as pilot:
             manager = await open_manager(pilot, app)
-            await pilot.press("a")
-            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
-            form = app.screen
+            form = await new_seed_form(pilot, app)
             line = form.query_one("#form-errors")
 
             def said() -> str:
