@@ -327,8 +327,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"wrote {exported.counted} ({args.format}) to {path}; run metadata (model, "
             f"endpoints) in {path.name}.meta.json", markup=False)
         if exported.replaced:  # derived from the store, so nothing is lost; but not unsaid
-            err.print(f"note: {path} replaced the export that was there (and its "
-                      f"{path.name}.meta.json); -o FILE writes another file", markup=False)
+            err.print(f"note: replaced what was there: {', '.join(map(str, exported.replaced))}"
+                      "; -o FILE writes another file", markup=False)
     else:  # the count still said, beside the data (as `seeds export -o -` says it)
         err.print(f"wrote {exported.counted} ({args.format}) of {args.run_dir} to stdout",
                   markup=False)

@@ -284,6 +284,9 @@ class HeadlessPrinter:
             self.rates.pause()
             if event.reason == self.last_error[0]:  # a fatal error, just printed: once is enough
                 self._line("paused by the request error above")
+            elif not event.by_errors and self.run_dir:  # nothing here resumes it: say what does
+                self._line(f"paused: {event.reason}; to resume it, attach and press p: "
+                           f"{command_line('attach', str(self.run_dir))}")
             else:
                 self._line(f"paused: {event.reason}")
         elif isinstance(event, ev.Resumed):

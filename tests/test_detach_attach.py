@@ -159,8 +159,9 @@ def test_closing_an_attached_ui_leaves_the_run_alone(run_cli, tmp_path, isolated
             said = left_attached_lines(run_dir)
             assert said[0] == f"the run goes on in the background (pid {pid})"
             assert f"attach again: selfinstruct attach {run_dir}" in said
-            assert any(line.startswith(f"stop it: attach and press s, or kill {pid}")
-                       for line in said)
+            # the command that resumes it ("the same command resumes it" named none)
+            assert (f"stop it: attach and press s, or kill {pid} (a clean stop), then resume "
+                    f"it with: selfinstruct run --run-dir {run_dir}") in said
         finally:
             kill_quietly(pid)
 
@@ -700,7 +701,9 @@ def test_run_detach_paused_starts_paused_and_a_paused_run_resumed_by_command_run
             wait_for(lambda: state_of(run_dir).get("state") == "stopped", timeout=30)
             assert server.requests == 0
             log = (run_dir / "run.log").read_text()
-            assert "paused: paused by the user" in log
+            # what resumes it, which a headless run cannot (it said only that it was paused)
+            assert ("paused: paused by the user; to resume it, attach and press p: "
+                    f"{shown('attach', str(run_dir))}") in log
             resume = [line for line in log.splitlines() if line.startswith("resume with: ")]
             assert resume and "--paused" not in resume[-1]  # resuming runs it
         finally:

@@ -295,9 +295,15 @@ def test_an_export_without_o_says_where_it_wrote_and_that_it_replaced_one(run_cl
     written.write_text("[]")  # stale: the run went on since
     again = run_cli("export", str(run_dir), "--format", "alpaca", check=True)
     assert f"to {written}" in again.stdout
-    assert again.stderr == (f"note: {written} replaced the export that was there (and its "
-                            "export-alpaca.json.meta.json); -o FILE writes another file\n")
+    assert again.stderr == (f"note: replaced what was there: {written}, {written}.meta.json; "
+                            "-o FILE writes another file\n")
     assert len(json.loads(written.read_text())) > 0  # the new export, not the stale file
+    # a file that was not an export: named as what it is, not as "the export" with a
+    # .meta.json that was never there
+    mine = tmp_path / "mine.txt"
+    mine.write_text("hello\n")
+    over = run_cli("export", str(run_dir), "--format", "alpaca", "-o", str(mine), check=True)
+    assert over.stderr == f"note: replaced what was there: {mine}; -o FILE writes another file\n"
 
 
 def umask() -> int:

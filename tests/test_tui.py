@@ -66,7 +66,7 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
                 assert isinstance(app.screen, ConfirmScreen)
                 question = str(app.screen.query_one(".question").render())
                 assert "It stays paused there" in question and "press p" in question
-                assert command_line("attach") in question.splitlines()
+                assert command_line("attach", str(tmp_path / "run")) in question.splitlines()
                 await pilot.press("n")
                 await pilot.pause(0.2)
                 assert app.state == "paused"
@@ -315,7 +315,7 @@ def test_export_key_writes_the_file(tmp_path, isolated_env):
             await pilot.pause(0.2)
             app.screen.query_one("#path").value = str(tmp_path / "data.json")
             await pilot.click("#export")
-            await until(pilot, lambda: any("(it replaced the file that was there)"
+            await until(pilot, lambda: any("(it replaced what was there: "
                                            in str(n.message) for n in app._notifications))
 
     run(go())
@@ -363,7 +363,7 @@ def test_detach_key_stops_here_and_asks_for_handover(tmp_path, isolated_env):
                 assert isinstance(app.screen, ConfirmScreen)
                 question = str(app.screen.query_one(".question").render())
                 assert "resumes the run" in question and "paused" not in question
-                assert command_line("attach") in question.splitlines()  # no quote touches it
+                assert command_line("attach", str(tmp_path / "run")) in question.splitlines()  # no quote touches it
                 await pilot.press("y")
                 await until(pilot, lambda: not app.is_running, timeout=40)
             return app.return_value, engine.finished

@@ -126,14 +126,15 @@ def check_target(run_dir: str | Path, path: Path) -> None:
 class Exported(NamedTuple):
     """What an export wrote: its path ("-": stdout), its rows (a row per instance in the
     alpaca, openai-chat and sharegpt formats; per task in self-instruct; per rejection) and the
-    tasks in them (None for the rejections format); `replaced`: the file existed and was
-    replaced (an export is derived from the store, so that loses nothing, but it is said)."""
+    tasks in them (None for the rejections format); `replaced`: the files that were there and
+    were replaced, the data file and/or its `.meta.json` (said: an earlier export is derived
+    from the store and loses nothing, but the file may have been something else)."""
 
     path: Path
     rows: int
     tasks: int | None
     notes: tuple[str, ...] = ()  # what the file's consumer will refuse (`consumer_notes`)
-    replaced: bool = False
+    replaced: tuple[Path, ...] = ()
 
     @property
     def counted(self) -> str:
@@ -184,7 +185,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
                             consumer_notes(fmt, count))
         path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
         check_target(run_dir, path)
-        replaced = path.exists()
+        replaced = tuple(p for p in (path, metadata_path(path)) if p.exists())
         with atomic_writer(path) as fh:
             count = write_rows(rows(), fmt, fh)
         with atomic_writer(metadata_path(path)) as fh:

@@ -279,8 +279,8 @@ def left_attached_lines(run_dir: Path) -> list[str]:
             doing = f"the run is stopping in the background (pid {pid})"
         return [doing, f"log: {run_dir / RUN_LOG}",
                 f"attach again: {command_line('attach', str(run_dir))}",
-                f"stop it: attach and press s, or kill {pid} (a clean stop; the same command "
-                "resumes it)"]
+                f"stop it: attach and press s, or kill {pid} (a clean stop), then resume it "
+                "with: " + command_line("run", "--run-dir", str(run_dir))]
     if state == RunState.CRASHED:
         return [f"the run's engine process (pid {pid}) is gone (killed or crashed): nothing "
                 "runs the run", resume]

@@ -513,7 +513,8 @@ class SelfInstructApp(App[int]):
         else:
             question = ("Move the run to a background process? In-flight work finishes here, "
                         "then a detached process resumes the run. Watch it with:")
-        self.push_screen(ConfirmScreen(with_command(question, command_line("attach")),
+        self.push_screen(ConfirmScreen(with_command(question, command_line(
+            "attach", str(self.run_dir))),
                                        yes="Detach", no="Stay"), answer)
 
     def action_edit_seeds(self) -> None:
@@ -643,7 +644,8 @@ class SelfInstructApp(App[int]):
         except (OSError, ValueError, UserError) as exc:
             self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error")
             return
-        replaced = " (it replaced the file that was there)" if exported.replaced else ""
+        replaced = (f" (it replaced what was there: {', '.join(p.name for p in exported.replaced)})"
+                    if exported.replaced else "")
         self.call_from_thread(self.notify,
                               f"Exported {exported.counted} ({fmt}) to {exported.path}{replaced}")
         for note in exported.notes:
