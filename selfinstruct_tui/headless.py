@@ -32,7 +32,7 @@ from selfinstruct_tui.console import text_console
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import kept_note, progress_line
 from selfinstruct_tui.engine.endpoints import EndpointStats
-from selfinstruct_tui.engine.invocation import command_line
+from selfinstruct_tui.engine.invocation import command_line, export_command
 from selfinstruct_tui.engine.rates import Rates
 from selfinstruct_tui.engine.store import BatchRecord, RoundStats
 
@@ -77,9 +77,8 @@ def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool)
 
 def export_hint(run_dir: str) -> str:
     """What to do with a finished run: where it is and the command that exports it."""
-    export = command_line("export", str(run_dir), "--format", "alpaca", "-o", "tasks.json")
-    return (f"run directory: {run_dir}\nexport it: {export} (or self-instruct, openai-chat, "
-            "sharegpt)")
+    return (f"run directory: {run_dir}\nexport it: {export_command(run_dir)} (or self-instruct, "
+            "openai-chat, sharegpt)")
 
 
 def session_spent(engine: Any, cfg: Any) -> str:

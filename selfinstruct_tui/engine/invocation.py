@@ -51,6 +51,11 @@ def command_line(*args: str) -> str:
     return shlex.join([*program(), *args])
 
 
+def export_command(run_dir: str) -> str:
+    """The command suggested for exporting a run: Alpaca rows to tasks.json."""
+    return command_line("export", str(run_dir), "--format", "alpaca", "-o", "tasks.json")
+
+
 def with_command(text: str, command: str, after: str = "") -> str:
     """`text`, then `command` on a line of its own, then `after` (if any) on the next line:
     no sentence's colon, full stop or quote touches the command, so that a copied line runs

@@ -16,7 +16,12 @@ from selfinstruct_tui.engine.config import runs_root
 from selfinstruct_tui.engine.control import RunState, run_status
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import atomic_write_text
-from selfinstruct_tui.engine.invocation import PROGRAM_ENV, command_line, program
+from selfinstruct_tui.engine.invocation import (
+    PROGRAM_ENV,
+    command_line,
+    export_command,
+    program,
+)
 from selfinstruct_tui.engine.store import RunStore, is_run_dir
 
 DETACHED_ENV = "SELFINSTRUCT_DETACHED"
@@ -285,6 +290,6 @@ def left_attached_lines(run_dir: Path) -> list[str]:
         return [f"the run's engine process (pid {pid}) is gone (killed or crashed): nothing "
                 "runs the run", resume]
     if state == RunState.FINISHED:
-        return ["the run is finished (target reached); export it: " + command_line(
-            "export", str(run_dir), "--format", "alpaca", "-o", "tasks.json")]
+        return ["the run is finished (target reached); export it: "
+                + export_command(str(run_dir))]
     return [f"the run is {state}: nothing runs it", resume]
