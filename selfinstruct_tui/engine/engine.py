@@ -107,7 +107,6 @@ from selfinstruct_tui.engine.requests import ABANDONED, Asked, RequestRecorder
 from selfinstruct_tui.engine.seeds import (
     Instance,
     SeedTask,
-    pool_instance,
     seed_from_record,
     seed_to_record,
 )
@@ -326,18 +325,21 @@ class Engine:
     def _set_state(self, state: str) -> None:
         before, self.state = self.state, state
         now = time.time()
-        if state == RunState.PAUSED and before != RunState.PAUSED:
+        # The pauses, left out of the elapsed time (the store's) and of each round's time (this
+        # session's). A pause an earlier process left open (it ended paused) ends when this
+        # session starts.
+        pausing = state == RunState.PAUSED and before != RunState.PAUSED
+        unpausing = state != RunState.PAUSED and before in (RunState.PAUSED, RunState.STARTING)
+        if pausing:
             self._pauses.append((now, None))
-        elif state != RunState.PAUSED and self._pauses and self._pauses[-1][1] is None:
+        elif unpausing and self._pauses and self._pauses[-1][1] is None:
             self._pauses[-1] = (self._pauses[-1][0], max(self._pauses[-1][0], now))
         if self.store.unwritable is None:
-            # The pauses, for the elapsed time (which leaves them out). A pause an earlier
-            # process left open (it ended paused) ends when this session starts.
-            if state == RunState.PAUSED and before != RunState.PAUSED:
+            if pausing:
                 self.store.start_pause(now)
-            elif state != RunState.PAUSED and before in (RunState.PAUSED, RunState.STARTING):
+            elif unpausing:
                 self.store.end_pause(now)
-        meta = {"state": state, "pid": os.getpid(), "ts": time.time(),
+        meta = {"state": state, "pid": os.getpid(), "ts": now,
                 "reason": self.paused.reason if self.paused else "",
                 "by_errors": bool(self.paused and self.paused.by_errors),
                 "needs_restart": bool(self.paused and self.paused.needs_restart)}
@@ -430,9 +432,7 @@ class Engine:
         task = self.store.task(task_id)  # whole: the pool keeps a machine task's text only
         if task is None:
             return
-        task.instruction = instruction.strip()
-        task.instances = [pool_instance(i.input, i.output) for i in instances]
-        task.is_classification = is_classification
+        task.apply_edit(instruction, instances, is_classification)
         if not self.pool.edit(task):
             return
         self.store.update_task(task)
