@@ -1075,9 +1075,7 @@ class RunStore:
         task = self.task(task_id)
         if task is None or task.status != "active":
             return None
-        task.instruction = instruction.strip()
-        task.instances = [pool_instance(i.input, i.output) for i in instances]
-        task.is_classification = is_classification
+        task.apply_edit(instruction, instances, is_classification)
         self.update_task(task)
         return task
 

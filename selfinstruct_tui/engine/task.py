@@ -6,7 +6,7 @@ import enum
 import json
 from dataclasses import dataclass, field
 
-from selfinstruct_tui.engine.seeds import Instance, SeedTask
+from selfinstruct_tui.engine.seeds import Instance, SeedTask, pool_instance
 
 
 class Origin(str, enum.Enum):
@@ -61,6 +61,14 @@ class Task:
     def most_similar_json(self) -> str:
         return json.dumps([{"id": s.id, "instruction": s.instruction, "score": s.score}
                            for s in self.most_similar], ensure_ascii=False)
+
+    def apply_edit(self, instruction: str, instances: list[Instance],
+                   is_classification: bool) -> None:
+        """Take a user's edit (the task editor, in the engine or offline), trimmed as every
+        path into the pool is (`seeds.pool_instance`)."""
+        self.instruction = instruction.strip()
+        self.instances = [pool_instance(i.input, i.output) for i in instances]
+        self.is_classification = is_classification
 
     def to_seed(self) -> SeedTask:
         sid = self.seed_id or f"task_{self.id}"
