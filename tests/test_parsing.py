@@ -575,7 +575,13 @@ def test_roman_numerals_are_a_list_only_in_a_run_from_i():
             ("I. Plan a trip:\n   a. Pick a town\n   b. Book a room\nII. Name a fruit.",
              "Plan a trip: a. Pick a town b. Book a room"),
             ("I. Explain why\nV. S. Naipaul wrote novels.\nII. Name a fruit.",
-             "Explain why V. S. Naipaul wrote novels.")):
+             "Explain why V. S. Naipaul wrote novels."),
+            # a roman sub-list under a roman item, indented deeper: its steps (ii. and on were
+            # items of their own)
+            ("i. Plan a trip:\n   i. Pick a town\n   ii. Book a room\n   iii. Pack\n"
+             "ii. Name a fruit.", "Plan a trip: i. Pick a town ii. Book a room iii. Pack"),
+            ("I. Plan a trip:\n   (i) Pick a town\n   (ii) Book a room\nII. Name a fruit.",
+             "Plan a trip: (i) Pick a town (ii) Book a room")):
         parsed = parse_instruction_list(text)
         assert items(parsed) == [first, "Name a fruit."] and not parsed.discarded, text
     continued = parse_instruction_list(" Pick the warmer colour:\ni. red\nii. blue\n10. Name a "

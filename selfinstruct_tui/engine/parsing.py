@@ -246,7 +246,6 @@ def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
 _ENCLOSED = "\u2460-\u249b\u24ea-\u24ff\u2776-\u2793\u3251-\u325f\u32b1-\u32bf"
 _KEYCAPS = "(?:\\d\ufe0f?\u20e3)+|\U0001f51f"
 _SYMBOL_INDEX = rf"[{_ENCLOSED}]|{_KEYCAPS}"
-_LETTER_INDEX = r"\([A-Za-z]\)|[A-Za-z][.)]"
 # a letter, or a roman numeral of one case ("iv", "XII"; a list's run checks its value)
 _LETTERS_INDEX = r"[A-Za-z]|[ivx]{2,6}|[IVX]{2,6}"
 # any marker at the start of an instance answer's line: "1.", "(3)", "a)", "iv.", "①", "9️⃣", a
@@ -398,8 +397,9 @@ def clean_instruction(text: str) -> str:
     return text
 
 
-# "1.", "2)", "(3)", "a)", "①": how a sub-step is numbered
-_STEP = re.compile(rf"[ \t]*(?:\(?\d{{1,2}}[.)]|{_LETTER_INDEX}|{_SYMBOL_INDEX})")
+# "1.", "2)", "(3)", "a)", "iv.", "(ii)", "①": how a sub-step is numbered
+_STEP = re.compile(rf"[ \t]*(?:\(?\d{{1,2}}[.)]|\((?:{_LETTERS_INDEX})\)|(?:{_LETTERS_INDEX})[.)]|"
+                   rf"{_SYMBOL_INDEX})")
 
 
 def _indent(line: str) -> int:
