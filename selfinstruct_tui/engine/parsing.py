@@ -1182,8 +1182,9 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
         output_first = False
     elif starts_in_example and output_first:
         text = "Class label:" + text
+        lines[0] = "Class label:" + lines[0]  # (lines stays text's lines)
     layout = OUTPUT_FIRST_LAYOUT if output_first else INPUT_FIRST_LAYOUT
-    reader = _InstanceReader(output_first, text.split("\n"))
+    reader = _InstanceReader(output_first, lines)
     for n, line in enumerate(reader.lines):
         reader.feed(line, n)
     blocks = reader.close()
