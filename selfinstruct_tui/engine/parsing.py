@@ -40,6 +40,7 @@ Every entry point reads "\\r\\n" and a lone "\\r" as a line end (`normalize_line
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -202,6 +203,13 @@ def one_line(text: str) -> str:
 
 def _norm_key(text: str) -> str:
     return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+@functools.lru_cache(maxsize=4096)
+def _example_key(text: str) -> str:
+    """`_norm_key` of a prompt's example instruction: the pool's tasks recur in prompt after
+    prompt, and their keys were a tenth of reading a generation answer."""
+    return _norm_key(text)
 
 
 def strip_code_fence(text: str) -> str:
@@ -383,12 +391,18 @@ _SUB_BULLET = re.compile(r"(?m)^[ \t]+[-*•+][ \t]+")
 def clean_instruction(text: str) -> str:
     """One line, without markdown emphasis, sub-bullet marks, `Task:` / `Instruction:` prefixes
     or wrapping quotes (inline code keeps its marks)."""
-    text = _CODE_SPAN.sub(lambda m: m.group().replace("_", "\0"), text)  # `__init__` stays
-    text = _STRONG.sub("", _SUB_BULLET.sub("", text)).replace("\0", "_")
+    # (each pattern only where its marks are: most instructions have none)
+    if "\n" in text or text[:1] in (" ", "\t"):
+        text = _SUB_BULLET.sub("", text)
+    if "**" in text or "__" in text:
+        if "`" in text:
+            text = _CODE_SPAN.sub(lambda m: m.group().replace("_", "\0"), text)  # `__init__`
+        text = _STRONG.sub("", text).replace("\0", "_")
     if text.count("`") == 1:  # the other half of `Draft` went with the list marker
         text = text.replace("`", "")
     text = one_line(text)
-    text = _LEAD.sub("", text).strip()
+    if ":" in text:
+        text = _LEAD.sub("", text).strip()
     text = text.strip("*_` ")
     if len(text) >= 2 and text[0] in "\"'`“‘" and text[-1] in "\"'`”’":
         text = text[1:-1].strip()
@@ -404,6 +418,8 @@ _STEP = re.compile(rf"[ \t]*(?:\(?\d{{1,2}}[.)]|\((?:{_LETTERS_INDEX})\)|(?:{_LE
 
 def _indent(line: str) -> int:
     """Columns of leading white space (a tab is 4)."""
+    if line[:1] not in (" ", "\t"):
+        return 0
     return len(line[:len(line) - len(line.lstrip(" \t"))].expandtabs(4))
 
 
@@ -460,7 +476,8 @@ def _without_title(lines: list[str], heading: bool) -> list[str]:
     if heading and later and len(lines[0].split()) <= 6 and not lines[0].rstrip().endswith(
             (".", "!", "?")):
         return lines[1:]
-    match = _TITLE.match(lines[0])
+    first = lines[0]
+    match = _TITLE.match(first) if "**" in first or "__" in first else None  # its bold marks
     if match is None or len(match.group("title").split()) > 6:
         return lines
     rest = match.group("rest")
@@ -489,7 +506,8 @@ def _split_item(lines: list[str], heading: bool = False) -> tuple[str, str, str 
         if fenced:
             parts[section].append(line)
             continue
-        note = _NOTE.search(line) if section == "instruction" else None
+        note = _NOTE.search(line) if section == "instruction" and (
+            "(" in line or "[" in line) else None  # (cheap looks first: most lines have none)
         if note is not None:
             line = line[: note.start()]
             # "(Requires input: a paragraph)" describes the input the instances will give
@@ -497,14 +515,14 @@ def _split_item(lines: list[str], heading: bool = False) -> tuple[str, str, str 
                 "\"'“”")
             if given and not parts["input"]:
                 parts["input"].append(given)
-        match = _LABEL.match(line)
+        match = _LABEL.match(line) if ":" in line else None
         if match:
             name = match.group(1).lower()
             section = ("instruction" if name in ("instruction", "task") else
                        "input" if name in ("input", "context") else "output")
             seen.append(name)
             line = match.group(2)
-        if section == "instruction":
+        if section == "instruction" and ":" in line:
             inline = _INLINE_LABEL.search(line)
             if inline:
                 parts["instruction"].append(line[: inline.start()])
@@ -841,7 +859,7 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
                                                  "a preamble, not a task"))
                 continue
             candidates.append((listed, None))
-    example_keys = {_norm_key(e): n for n, e in enumerate(examples, start=1)}
+    example_keys = {_example_key(e): n for n, e in enumerate(examples, start=1)}
     numbers = {c.number for c, _ in candidates if c.number is not None}
     n_examples = len(examples)
     # A model that restates the numbered examples (1..n) before its new items: most of its
@@ -1146,7 +1164,8 @@ def _without_closing_remarks(text: str) -> str:
     if "\n\n" not in text:
         return text
     lines = text.split("\n")
-    last = max((n for n, line in enumerate(lines) if _INSTANCE_LAYOUT.match(line)), default=-1)
+    last = next((n for n in range(len(lines) - 1, -1, -1) if _INSTANCE_LAYOUT.match(lines[n])),
+                -1)
     for n in range(max(1, last + 1), len(lines)):
         if not lines[n - 1].strip() and _CLOSING.match(lines[n]):
             return "\n".join(lines[:n])
@@ -1287,7 +1306,6 @@ class _InstanceReader:
 
     def _input_first(self, line: str) -> None:
         in_match = _IN_LABEL.match(line)
-        out_match = _OUT_LABEL.match(line)
         cur = self.cur
         if in_match:
             if cur.input is not None or cur.output is not None:
@@ -1303,6 +1321,7 @@ class _InstanceReader:
                 cur.input = [rest]
             return
         # "Answer:"/"Response:" close an input; inside an output they are part of it.
+        out_match = _OUT_LABEL.match(line)
         if out_match and (out_match.group(1).lower() == "output" or cur.output is None):
             if cur.output is not None:
                 cur.raw.pop()

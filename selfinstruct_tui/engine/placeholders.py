@@ -72,7 +72,8 @@ def is_no_input(text: str) -> bool:
 
 def normalize_input(text: str) -> str:
     """The input with surrounding whitespace removed; "" for any "no input" spelling."""
-    return "" if is_no_input(text) else text.strip()
+    stripped = text.strip()
+    return "" if not stripped or is_no_input(stripped) else stripped
 
 
 def placeholder_output(text: str) -> str | None:
