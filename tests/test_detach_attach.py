@@ -785,3 +785,161 @@ def test_a_run_detached_while_paused_by_errors_keeps_the_reason(isolated_env, tm
         finally:
             if pid is not None:
                 kill_quietly(pid)
+
+
+def rates_shown(app) -> list[str]:
+    """The status line's rates: tasks per minute and output tokens per second, as shown."""
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+
+    line = str(app.query_one(StatusLine).render())
+    return [part for part in line.split(" │ ") if "/min" in part or "tok/s" in part]
+
+
+def test_every_ui_shows_a_killed_runs_time_up_to_its_last_recorded_work(run_cli, tmp_path,
+                                                                          isolated_env):
+    """kill -9 under an attached UI: its clock stopped when it noticed, one attached after
+    the kill counted the rounds left running as 0 s. Both end the killed session's time at
+    its last recorded work (`RunStore.last_activity`, the rule of `recover_interrupted`).
+    The UI that saw the kill counted on a clock between its attach and the kill; the rounds'
+    spans may leave gaps in that stretch (between rounds), which a clock counts: the
+    tolerance is those gaps, read from the rounds."""
+    from test_resume import engine_activity, spans_length, view_elapsed
+
+    run_dir = tmp_path / "run"
+    seen: dict[str, float] = {}
+    with FakeOpenAI(latency=0.2) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 3, timeout=60)
+
+            async def go():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "running")
+                    held = count_machine(run_dir)
+                    await until(pilot, lambda: count_machine(run_dir) >= held + 3)
+                    os.kill(pid, signal.SIGKILL)
+                    await until(pilot, lambda: app.state == "crashed", timeout=20)
+                    await pilot.pause(0.3)
+                    seen["before"] = app.view.status.elapsed()
+                    await pilot.press("q")
+
+            run(go())
+        finally:
+            kill_quietly(pid)
+    import sqlite3
+
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    last = engine_activity(conn)
+    spans = [(s, min(last, f if f is not None else last))
+             for s, f in conn.execute("SELECT started, finished FROM rounds")]
+    gaps = (last - min(s for s, _ in spans)) - spans_length(spans)
+    after = view_elapsed(run_dir)
+    assert after == pytest.approx(spans_length(spans), abs=1e-6)
+    assert abs(seen["before"] - after) <= gaps + 0.01, (seen, after, gaps)
+
+
+def test_an_attached_ui_shows_the_engines_rates_for_a_run_resumed_paused_after_a_kill(
+        run_cli, tmp_path, isolated_env):
+    """kill -9, then `run --detach --paused`: a UI attached after showed 3100 tasks/min (the
+    killed session's last minute over the first second of the new one), falling while the
+    run stayed paused; one attached across the kill kept the killed session's rates (it saw
+    a pause, not a new session). The engine's own UI shows the new session's: nothing yet,
+    held while paused. Every UI now does."""
+    run_dir = tmp_path / "run"
+    seen: dict[str, list[list[str]]] = {}
+    with FakeOpenAI(latency=0.05) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 10, timeout=60)
+
+            async def following():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "running")
+                    os.kill(pid, signal.SIGKILL)
+                    await until(pilot, lambda: app.state == "crashed", timeout=20)
+                    again = run_cli("run", "--detach", "--paused", "--run-dir", str(run_dir),
+                                    timeout=60)
+                    assert again.returncode == 0, again.stderr
+                    await until(pilot, lambda: app.state == "paused", timeout=20)
+                    await pilot.pause(0.3)
+                    first = rates_shown(app)
+                    await pilot.pause(1.2)  # held: a rate over a running clock would fall
+                    seen["following"] = [first, rates_shown(app)]
+                    await pilot.press("q")
+
+            async def after():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "paused")
+                    await pilot.pause(0.3)
+                    first = rates_shown(app)
+                    await pilot.pause(1.2)
+                    seen["after"] = [first, rates_shown(app)]
+                    await pilot.press("q")
+
+            run(following())
+            pid = int((run_dir / "engine.pid").read_text())
+            run(after())
+        finally:
+            kill_quietly(pid)
+    nothing_yet = ["0.0 tasks/min", "output 0 tok/s"]
+    assert seen == {"following": [nothing_yet] * 2, "after": [nothing_yet] * 2}, seen
+
+
+def test_a_paused_run_shows_the_same_held_rates_in_every_ui(run_cli, tmp_path, isolated_env):
+    """Paused: the UI that paused the run held its rates (Rates.pause), one attached later
+    counted the last minute of the clock, pause included, and its rates fell while nothing
+    was sent. The rule (Rates): this session's last minute of run time, held while paused.
+    The later UI's figure is that rule over the store's records exactly; the UI that paused
+    took the pause when its follower saw it, at most a poll and a refresh after the store
+    recorded it (given one second here), which is the tolerance between the two."""
+    from selfinstruct_tui.engine.rates import WINDOW_SECONDS
+
+    run_dir = tmp_path / "run"
+    seen: dict[str, float] = {}
+    with FakeOpenAI(latency=0.05) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 10, timeout=60)
+
+            async def pausing():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "running")
+                    await pilot.press("p")
+                    await until(pilot, lambda: app.state == "paused", timeout=20)
+                    await pilot.pause(0.5)  # (answers in flight at the pause come in)
+                    first = rates_shown(app)
+                    await pilot.pause(1.2)
+                    assert rates_shown(app) == first
+                    seen["pausing"] = app.view.status.rates.tasks_per_minute()
+                    await pilot.press("q")
+
+            async def later():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "paused")
+                    first = rates_shown(app)
+                    await pilot.pause(1.2)
+                    assert rates_shown(app) == first  # held, as in the UI that paused it
+                    seen["later"] = app.view.status.rates.tasks_per_minute()
+                    await pilot.press("q")
+
+            run(pausing())
+            run(later())
+        finally:
+            kill_quietly(pid)
+    store = RunStore(run_dir, readonly=True)
+    try:
+        started = store.get_meta("session")["started"]
+        [(paused, ended)] = store.pauses()
+        span = min(WINDOW_SECONDS, paused - started)
+        accepted = store.accepted_since(max(started, paused - WINDOW_SECONDS))
+    finally:
+        store.close()
+    assert ended is None
+    # (tasks accepted during the pause, from answers in flight, count as of its start)
+    assert seen["later"] == pytest.approx(len(accepted) / span * 60, rel=1e-9)
+    assert abs(seen["pausing"] - seen["later"]) <= seen["later"] * 1.0 / span + 0.05, seen

@@ -789,3 +789,90 @@ def test_ctrl_c_before_the_run_starts_says_nothing_was_sent(isolated_env, tmp_pa
     assert ("interrupted before the run started: no completion request was sent and no run was "
             "created" in errors), errors
     assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
+
+
+def engine_activity(conn: sqlite3.Connection) -> float:
+    """When the run's engine last recorded work, read from the records: a round started or
+    finished, a request sent or answered, a candidate, machine task, rejection or retry."""
+    return max(t for (t,) in conn.execute(
+        "SELECT MAX(started) FROM rounds UNION ALL SELECT MAX(finished) FROM rounds UNION ALL "
+        "SELECT MAX(created) FROM prompts UNION ALL SELECT MAX(finished) FROM prompts "
+        "UNION ALL SELECT MAX(created) FROM candidates UNION ALL SELECT MAX(created) FROM "
+        "tasks WHERE origin = 'machine' UNION ALL SELECT MAX(created) FROM rejections "
+        "UNION ALL SELECT MAX(created) FROM retries") if t is not None)
+
+
+def spans_length(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of (start, end) spans (a run without pauses)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
+
+
+def view_elapsed(run_dir: Path) -> float:
+    """The elapsed time a UI opened on the run shows (the engine's own, before it starts, or
+    an attached one): its snapshot loaded into the view."""
+    from selfinstruct_tui.engine.control import read_snapshot
+    from selfinstruct_tui.tui.view import RunView
+
+    store = RunStore(run_dir, readonly=True)
+    try:
+        snap = read_snapshot(store)
+    finally:
+        store.close()
+    view = RunView()
+    view.load(snap)
+    return view.status.elapsed()
+
+
+def test_a_killed_sessions_time_ends_at_its_last_recorded_activity(run_cli, tmp_path):
+    """kill -9, then a resume. The rounds the killed process left running were ended when the
+    next session closed them: the time between the kill and the resume counted as run time
+    (7-8 s more than the run ran). A UI opened on the crashed run counted them as 0 s (the
+    time they ran was lost). Both end them at the killed process's last recorded work: the
+    elapsed time is the union of the rounds' spans up to then, before and after the resume."""
+    from test_detach_attach import detach, kill_quietly
+
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(latency=0.2) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 5, timeout=60)
+        finally:
+            kill_quietly(pid)
+        wait_for(lambda: status_of(state(run_dir))[0] == "crashed", timeout=20)
+        conn = sqlite3.connect(run_dir / "run.sqlite")
+        last = engine_activity(conn)
+        left_running = [n for (n,) in conn.execute(
+            "SELECT round FROM rounds WHERE status = 'running'")]
+        assert left_running
+        spans = [(s, f if f is not None else max(s, last))
+                 for s, f in conn.execute("SELECT started, finished FROM rounds")]
+        crashed = view_elapsed(run_dir)
+        assert crashed == pytest.approx(spans_length(spans), abs=1e-6)
+        held = count_machine(run_dir)
+        again = run_cli("run", "--detach", "--run-dir", str(run_dir), timeout=60)
+        assert again.returncode == 0, again.stderr
+        pid = int((run_dir / "engine.pid").read_text())
+        try:
+            wait_for(lambda: count_machine(run_dir) >= held + 5, timeout=60)
+            os.kill(pid, signal.SIGTERM)  # a clean stop: every round of this session ends
+            wait_for(lambda: state(run_dir).get("state") == "stopped", timeout=30)
+        finally:
+            kill_quietly(pid)
+    for number in left_running:
+        started, finished, wall_time, status = conn.execute(
+            "SELECT started, finished, wall_time, status FROM rounds WHERE round = ?",
+            (number,)).fetchone()
+        assert status == "interrupted"
+        assert finished == max(started, last)
+        assert wall_time == pytest.approx(finished - started, abs=1e-6)  # (no pauses)
+    session = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'session'"
+                                      ).fetchone()[0])
+    assert session["started"] > last
+    resumed = [(s, f) for s, f in conn.execute("SELECT started, finished FROM rounds")
+               if s >= session["started"]]
+    assert resumed and all(f is not None for _, f in resumed)
+    assert view_elapsed(run_dir) == pytest.approx(crashed + spans_length(resumed), abs=1e-6)

@@ -317,17 +317,20 @@ def test_the_elapsed_time_of_earlier_sessions_counts_overlapping_rounds_once(tmp
     deterministic_run(run_dir)
     store = RunStore(run_dir)
     try:
+        t0 = 1_700_000_000.0  # (when the run's tasks were made)
         for r in rounds:  # the run's rounds 1-4, as these
-            store.start_round(r)
+            store.start_round(RoundStats(r.round, t0 + r.started))
             if r.finished is not None:
-                store.finish_round(RoundStats(r.round, r.started, r.finished, status="done",
-                                              wall_time=r.wall_time))
+                store.finish_round(RoundStats(r.round, t0 + r.started, t0 + r.finished,
+                                              status="done", wall_time=r.wall_time))
         snap = read_snapshot(store)
     finally:
         store.close()
     view = RunView()
     view.load(snap)
-    assert view.status.elapsed_before == active_seconds(snap.rounds, None) == 15.0
+    # round 4, left running by a process that ended, ran until its last activity: its start
+    assert snap.crash_end == t0 + 200.0
+    assert view.status.elapsed_before == active_seconds(snap.rounds, snap.crash_end) == 15.0
 
 
 def test_paused_time_is_not_run_time(monkeypatch, tmp_path):

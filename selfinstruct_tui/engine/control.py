@@ -32,7 +32,7 @@ from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.endpoints import EndpointStats
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.invocation import command_line
-from selfinstruct_tui.engine.rates import WINDOW_SECONDS
+from selfinstruct_tui.engine.rates import WINDOW_SECONDS, window_start
 from selfinstruct_tui.engine.seeds import Instance, SeedTask, seed_from_record, seed_to_record
 from selfinstruct_tui.engine.store import (
     REVIEW_QUESTIONS,
@@ -463,6 +463,9 @@ class RunSnapshot:
     recent_answers: list[tuple[float, int, int]] = field(default_factory=list)
     # The run's pauses, (started, ended) epoch seconds (ended None: open): not run time
     pauses: list[tuple[float, float | None]] = field(default_factory=list)
+    # A run nothing drives with rounds left running (a crash): when its engine last recorded
+    # work (epoch s, `RunStore.last_activity`), where those rounds' run time ends
+    crash_end: float | None = None
 
 
 def read_snapshot(store: RunStore) -> RunSnapshot:
@@ -470,19 +473,27 @@ def read_snapshot(store: RunStore) -> RunSnapshot:
         ids = store.max_ids()
         ids["reviews"] = store.max_review_seq()
         errors = ids.get("errors", 0)
+        state, session, rounds = run_status(store)[0], store.get_meta("session") or {}, \
+            store.rounds()
+        pauses, now = store.pauses(), time.time()
+        started = session.get("started")
+        # the rates' records: this session's last minute of run time (`Rates.resume_from`)
+        since = window_start(started, pauses, now) \
+            if isinstance(started, (int, float)) else now - WINDOW_SECONDS
+        crash_end = store.last_activity() if state not in LIVE_STATES and any(
+            r.status == "running" for r in rounds) else None
         return RunSnapshot(
-            run_dir=store.run_dir, config=store.config(), state=run_status(store)[0],
-            state_meta=store.get_meta("state") or {}, session=store.get_meta("session") or {},
-            rows=store.task_rows(), rounds=store.rounds(),
+            run_dir=store.run_dir, config=store.config(), state=state,
+            state_meta=store.get_meta("state") or {}, session=session,
+            rows=store.task_rows(), rounds=rounds,
             rejection_counts=store.rejection_counts(),
             recent_rejections=store.recent_rejections(HISTORY_REJECTIONS),
             latest_generation=store.latest_answered("generate"),
             open_prompts=store.unfinished_prompts(), tokens=store.token_totals(),
             retries=store.retry_counts(), errors=errors, ids=ids, reviews=store.reviews(),
             open_candidates=store.open_candidate_ids(ids.get("tasks", 0)),
-            recent_accepted=store.accepted_since(time.time() - WINDOW_SECONDS),
-            recent_answers=store.answered_since(time.time() - WINDOW_SECONDS),
-            pauses=store.pauses())
+            recent_accepted=store.accepted_since(since),
+            recent_answers=store.answered_since(since), pauses=pauses, crash_end=crash_end)
 
 
 def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunConfig | None,
@@ -490,19 +501,21 @@ def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunC
                  seeds: int) -> list[ev.Event]:
     """The events a change of the `state` meta stands for (what the engine emitted then)."""
     before, after = old.get("state"), new.get("state")
-    if after == before and (after != RunState.RUNNING or new.get("pid") == old.get("pid")):
-        return []  # (running under a new pid: a crashed run resumed by another process)
+    new_session = new.get("pid") != old.get("pid")
+    if after == before and (after not in (RunState.RUNNING, RunState.PAUSED) or not new_session):
+        return []  # (running or paused under a new pid: a crashed run resumed by another one)
     target = snapshot_config.target if snapshot_config else 0
+    # A new pid in a live state is a new session: it started (as the engine emits it, also
+    # when it starts paused: the rates and the clock start again, then hold)
+    started: list[ev.Event] = [] if snapshot_config is None else [ev.RunStarted.of(
+        str(run_dir), snapshot_config, session.get("endpoint") or snapshot_config.base_url,
+        accepted, seeds, bool(session.get("resumed")))]
     if after == RunState.PAUSED:
-        return [ev.Paused(new.get("reason") or "", bool(new.get("by_errors")),
-                          bool(new.get("needs_restart")))]
-    if after == RunState.RUNNING and before == RunState.PAUSED and \
-            new.get("pid") == old.get("pid"):  # (a new pid: a new session, started below)
-        return [ev.Resumed()]
-    if after == RunState.RUNNING and snapshot_config is not None:
-        return [ev.RunStarted.of(str(run_dir), snapshot_config,
-                                 session.get("endpoint") or snapshot_config.base_url, accepted,
-                                 seeds, bool(session.get("resumed")))]
+        return (started if new_session else []) + [
+            ev.Paused(new.get("reason") or "", bool(new.get("by_errors")),
+                      bool(new.get("needs_restart")))]
+    if after == RunState.RUNNING:
+        return [ev.Resumed()] if before == RunState.PAUSED and not new_session else started
     if after == RunState.STOPPING:
         return [ev.Stopping()]
     if after in (RunState.FINISHED, RunState.STOPPED, RunState.ERROR, RunState.FAILED):
@@ -659,7 +672,7 @@ class StoreFollower:
         if (again.get("state"), again.get("pid")) != key:
             return
         self.lost = key
-        self.emit(ev.Crashed(self.state.get("pid")))
+        self.emit(ev.Crashed(self.state.get("pid"), store.last_activity()))
 
     def poll_reviews(self, store: RunStore) -> None:
         """Review records written since the last poll, as one `ReviewUpdated` (what the engine

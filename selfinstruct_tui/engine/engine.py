@@ -613,8 +613,9 @@ class Engine:
             self._load_pool()
             stale = self._drop_stale_run_commands()  # before any UI can see this session
             resumed = self.store.max_round() > 0
+            session_started = time.time()  # (what the store holds from before: earlier ones')
             self.store.set_meta("session", {"endpoint": self.base_url, "resumed": resumed,
-                                            "started": time.time(), "pid": os.getpid(),
+                                            "started": session_started, "pid": os.getpid(),
                                             "endpoints": [e["base_url"] for e in
                                                           self.config.endpoint_list()]})
             if self.start_pause is not None:  # paused from its first state: never "running"
@@ -634,7 +635,7 @@ class Engine:
             if self._batcher is not None:
                 await self._read_pending_batches()
             before = self.store.max_ids().get("rejections", 0)
-            interrupted = self.store.recover_interrupted()
+            interrupted = self.store.recover_interrupted(before=session_started)
             self._load_totals()  # what the batch jobs' answers changed: tokens, rounds
             if interrupted:
                 # Shown as rounds that ended: their rows, and their candidates kept open (a UI

@@ -223,9 +223,12 @@ class Crashed(Event):
     """The process that drove the run is gone without recording an end (killed with -9, out
     of memory, a crash): the run's state still reads live and its pid is dead, the rule of
     `selfinstruct runs`. Emitted by a `StoreFollower` for an attached UI (an in-process engine
-    goes with its UI); the run resumes with `selfinstruct run --run-dir DIR`."""
+    goes with its UI); the run resumes with `selfinstruct run --run-dir DIR`. `last_activity`:
+    when the process last recorded work (epoch s, `RunStore.last_activity`; None: unknown),
+    where its run time ends."""
 
     pid: int | None
+    last_activity: float | None = None
 
 
 @dataclass(frozen=True)

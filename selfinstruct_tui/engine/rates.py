@@ -13,8 +13,13 @@ WINDOW_SECONDS = 60.0
 
 
 class Rates:
-    """Events in a sliding window of `window` seconds (monotonic clock); rates use the window,
-    or the time since `started` when that is shorter."""
+    """Events in a sliding window of `window` seconds of run time (monotonic clock, paused time
+    left out); rates use the window, or the run time since `started` when that is shorter.
+
+    The rule, the same in every UI (the engine's own, the headless lines, an attached one):
+    the rates are of this session's last `window` seconds of run time. While the run is
+    paused they hold as they were when it paused; an event that arrives during a pause (an
+    answer in flight) counts as of the pause's start."""
 
     def __init__(self, window: float = WINDOW_SECONDS, started: float | None = None) -> None:
         self.window = window
@@ -48,26 +53,46 @@ class Rates:
         self._tokens = deque((t + gap, p, c) for t, p, c in self._tokens)
 
     def resume_from(self, started_epoch: float, accepted: list[float],
-                    answered: list[tuple[float, int, int]]) -> None:
-        """A UI that attached to a running session: rates from that session's start (epoch
-        seconds), with what it accepted (epoch seconds) and answered (epoch seconds, prompt
-        tokens, completion tokens) in the last window, as the engine's own UI has them. Rates
-        counted from the attach alone swung (111 tasks/min against the engine's 36)."""
-        shift = time.monotonic() - time.time()
+                    answered: list[tuple[float, int, int]],
+                    pauses: Iterable[tuple[float, float | None]] = (),
+                    now: float | None = None) -> None:
+        """A UI that attached to a running or paused session: its rates as the engine's own UI
+        has them (the class's rule), from what the store recorded, all in epoch seconds: the
+        session's start, what it accepted and answered (with prompt and completion tokens;
+        `window_start` says from when they are needed) and the run's pauses ((started, ended);
+        ended None: still paused, and the rates then hold). Events before `started_epoch` are
+        an earlier session's. Rates counted from the attach alone swung (111 tasks/min against
+        the engine's 36); counted over the epoch minute, they read 3100 tasks/min on attaching
+        to a run resumed paused after a crash (the crashed session's tasks over a second of the
+        new one) and fell while the engine's held."""
+        now = time.time() if now is None else now
+        mono = time.monotonic()
+        pauses = _session_pauses(started_epoch, pauses, now)
+        open_pause = next((start for start, end in pauses if end is None), None)
+        # monotonic seconds of `now` in this object's clock (the pause's start, when paused:
+        # `_now`); an event's is that less the run time from it to now
+        anchor = mono - (now - open_pause) if open_pause is not None else mono
+        run_now = active_seconds_of([(started_epoch, now)], pauses, now)
+
+        def at(t: float) -> float:
+            return anchor - (run_now - active_seconds_of([(started_epoch, min(t, now))],
+                                                         pauses, now))
+
         self.restart()
-        self.started = started_epoch + shift
-        self._accepted.extend(sorted(t + shift for t in accepted))
-        self._tokens.extend(sorted((t + shift, p, c) for t, p, c in answered))
+        self.started = anchor - run_now
+        self._paused = anchor if open_pause is not None else None
+        self._accepted.extend(sorted(at(t) for t in accepted if t >= started_epoch))
+        self._tokens.extend(sorted((at(t), p, c) for t, p, c in answered if t >= started_epoch))
 
     def _now(self) -> float:
         return time.monotonic() if self._paused is None else self._paused
 
     def accepted(self, n: int = 1) -> None:
-        now = time.monotonic()
+        now = self._now()
         self._accepted.extend([now] * n)
 
     def answered(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self._tokens.append((time.monotonic(), prompt_tokens, completion_tokens))
+        self._tokens.append((self._now(), prompt_tokens, completion_tokens))
 
     def _span(self, now: float) -> float:
         while self._accepted and now - self._accepted[0] > self.window:
@@ -110,6 +135,31 @@ def active_seconds_of(spans: Iterable[tuple[float, float]],
         for p_start, p_end in paused:
             total -= max(0.0, min(end, p_end) - max(start, p_start))
     return total
+
+
+def window_start(started: float, pauses: Iterable[tuple[float, float | None]], now: float,
+                 window: float = WINDOW_SECONDS) -> float:
+    """The epoch time from which `now` (epoch seconds) is `window` seconds of run time away:
+    the pauses ((started, ended) epoch seconds; ended None: open, to `now`) left out, never
+    before the session's `started`. The records a UI needs for `Rates.resume_from`: a run
+    paused for ten minutes still shows its last minute of running."""
+    t, left = now, window
+    for p_start, p_end in reversed(_union(
+            (start, end if end is not None else now)
+            for start, end in _session_pauses(started, pauses, now))):
+        if t - p_end >= left:
+            break
+        left -= t - p_end
+        t = p_start
+    return max(started, t - left)
+
+
+def _session_pauses(started: float, pauses: Iterable[tuple[float, float | None]],
+                    now: float) -> list[tuple[float, float | None]]:
+    """The pauses within [started, now]: clipped to start no earlier than `started` (a pause
+    an earlier process ended in goes on into a session started paused)."""
+    return [(max(start, started), end) for start, end in pauses
+            if start <= now and (end is None or end > started)]
 
 
 def _union(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:

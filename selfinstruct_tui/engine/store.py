@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 from selfinstruct_tui.engine.config import RunConfig
 from selfinstruct_tui.engine.errors import UserError
+from selfinstruct_tui.engine.rates import active_seconds_of
 from selfinstruct_tui.engine.seeds import SeedTask, pool_instance
 from selfinstruct_tui.engine.task import Task, instances_from_json, similar_from_json
 
@@ -27,6 +29,19 @@ PromptKind = Literal["generate", "classify", "instances"]
 # Rejections that leave a candidate open: it is taken up again (later in the run or by the next
 # session) instead of paying for new prompts.
 OPEN_REASONS = ("abandoned", "interrupted", "surplus", "unanswered")
+
+# The engine's work, each with when it was recorded (epoch s; `RunStore.last_activity`): a round
+# started or finished, a request sent or answered, a candidate, machine task, rejection (not a
+# user's drop), retry or error recorded, a batch job polled. Each reads the latest before ?.
+ACTIVITY = tuple(f"SELECT MAX({column}) FROM {table} WHERE {column} < ?{where}" for
+                 table, column, where in (
+                     ("rounds", "started", ""), ("rounds", "finished", ""),
+                     ("prompts", "created", ""), ("prompts", "finished", ""),
+                     ("candidates", "created", ""),
+                     ("tasks", "created", " AND origin = 'machine'"),
+                     ("rejections", "created", " AND reason != 'dropped_by_user'"),
+                     ("retries", "created", ""), ("errors", "created", ""),
+                     ("batches", "updated", "")))
 
 DB_NAME = "run.sqlite"
 SCHEMA_VERSION = 2
@@ -817,21 +832,48 @@ class RunStore:
                 pass
         return max(ids)
 
-    def recover_interrupted(self) -> list[int]:
+    def last_activity(self, before: float | None = None) -> float | None:
+        """When (epoch seconds) the run's engine last recorded work: a round started or
+        finished, a request sent or answered, a candidate, task, rejection, retry or error
+        recorded, a batch job polled; only times before `before` (epoch seconds; None: all).
+        None: nothing recorded. What users do to a run (seed sets, drops, edits, review
+        answers) is not the engine's work and does not count. The end of a session that
+        recorded none (`recover_interrupted`, and the elapsed time of a crashed run)."""
+        bound = math.inf if before is None else before
+        times = []
+        for sql in ACTIVITY:
+            try:
+                times.append(self.db.execute(sql, (bound,)).fetchone()[0])
+            except sqlite3.OperationalError:  # (a table an older run, opened read-only, lacks)
+                pass
+        return max((t for t in times if t is not None), default=None)
+
+    def recover_interrupted(self, before: float | None = None) -> list[int]:
         """After a crash: requests recorded and never finished get their reason, and rounds
         left `running` are closed with what the store shows of them (their open candidates
         that the round has not already recorded, as surplus or unanswered, are recorded as
-        `interrupted`), so every round adds up. Returns the rounds closed."""
+        `interrupted`), so every round adds up. Returns the rounds closed.
+
+        The rule for the time of the session that crashed: it ran up to its last recorded
+        activity (`last_activity(before)`, `before`: when the recovering session started,
+        epoch seconds; None: now), no more and no less. Its open rounds and requests end
+        then (never before a round's start or a request's sending), and a round's
+        `wall_time` is its span less the pauses in it. They ended when the next session
+        recovered them: the time between the crash and the resume counted as run time (a
+        run resumed 7 s after a kill -9 showed 7 s more than it ran)."""
         now = time.time()
+        end = self.last_activity(now if before is None else before)
+        end = now if end is None else end
+        pauses = self.pauses()
         closed = []
         with self.db:
             # its attempts: the one in flight and each one retried before it
             self.db.execute("UPDATE prompts SET error = 'interrupted: the process ended before "
-                            "the answer', finished = ?, attempts = 1 + (SELECT COUNT(*) FROM "
-                            "retries r WHERE r.prompt_id = prompts.id) WHERE finished IS NULL",
-                            (now,))
-            for (number,) in self.db.execute(
-                    "SELECT round FROM rounds WHERE status = 'running'").fetchall():
+                            "the answer', finished = MAX(created, ?), attempts = 1 + (SELECT "
+                            "COUNT(*) FROM retries r WHERE r.prompt_id = prompts.id) WHERE "
+                            "finished IS NULL", (end,))
+            for number, started in self.db.execute(
+                    "SELECT round, started FROM rounds WHERE status = 'running'").fetchall():
                 for c in self.db.execute(
                         "SELECT * FROM candidates c WHERE round = ? AND state = 'open' AND NOT "
                         "EXISTS (SELECT 1 FROM rejections r WHERE r.round = c.round AND "
@@ -842,17 +884,24 @@ class RunStore:
                         "the process ended before this candidate was done; taken up again "
                         "by the next session", prompt_id=c["prompt_id"], task_id=c["task_id"],
                         raw=c["raw"], created=now))
-                self._recount_round(number, "interrupted", now)
+                finished = max(started, end)
+                self._recount_round(number, "interrupted", finished)
+                self.db.execute("UPDATE rounds SET wall_time = ? WHERE round = ?",
+                                (active_seconds_of([(started, finished)], pauses, finished),
+                                 number))
                 closed.append(number)
         return closed
 
     def recount_round(self, number: int, status: str) -> None:
         """Recompute a round's accounting from its records (answers that arrived after it
-        finished, e.g. a batch read by a later session) and set its status."""
+        finished, e.g. a batch read by a later session) and set its status. Its finish time
+        stays: a later session's reading is not the round's run time (it moved the round's
+        end to that session, and the elapsed time counted the time between)."""
         with self.db:
-            self._recount_round(number, status, time.time())
+            self._recount_round(number, status, None)
 
-    def _recount_round(self, number: int, status: str, now: float) -> None:
+    def _recount_round(self, number: int, status: str, finished: float | None) -> None:
+        """`finished`: the round's end (epoch s); None: the one recorded (now if none)."""
         accepted = self.db.execute(
             "SELECT COUNT(*) FROM tasks WHERE round = ? AND origin = 'machine'",
             (number,)).fetchone()[0]
@@ -869,10 +918,10 @@ class RunStore:
         retries = {r[0]: r[1] for r in self.db.execute(
             "SELECT cause, COUNT(*) FROM retries WHERE round = ? GROUP BY cause", (number,))}
         self.db.execute(
-            "UPDATE rounds SET status = ?, finished = ?, accepted = ?, "
+            "UPDATE rounds SET status = ?, finished = COALESCE(?, finished, ?), accepted = ?, "
             "rejected = ?, surplus = ?, candidates = ?, prompt_tokens = ?, "
             "completion_tokens = ?, requests = ?, retries = ? WHERE round = ?",
-            (status, now, accepted, json.dumps(rejected), surplus,
+            (status, finished, time.time(), accepted, json.dumps(rejected), surplus,
              accepted + sum(rejected.values()) + surplus, tokens[0], tokens[1],
              tokens[2], json.dumps(retries), number))
 

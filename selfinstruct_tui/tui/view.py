@@ -332,6 +332,9 @@ class RunView:
         self.pause: ev.Paused | None = None
         self.ended: ev.Finished | None = None
         self.lost_pid: int | None = None
+        # a crash seen while the clock ran: when it stopped (epoch s) and what it had counted
+        # since it last started (s), until `Crashed.last_activity` sets it back
+        self._crash_clock: tuple[float, float] | None = None
         self.rows: dict[int, Row] = {}
         self.seed_count = 0
         # pool changes not yet shown by the table: rows to add (or replace) and ids to remove
@@ -392,7 +395,8 @@ class RunView:
         machine = 0
         finished = []
         status.elapsed_before += active_seconds(
-            snap.rounds, time.time() if snap.state in LIVE_STATES else None, snap.pauses)
+            snap.rounds, time.time() if snap.state in LIVE_STATES else snap.crash_end,
+            snap.pauses)
         status.started = time.monotonic()  # (the clock goes on from now if the run runs)
         for r in snap.rounds:
             if r.status != "running":  # a running round shows when it finishes, as live
@@ -410,7 +414,8 @@ class RunView:
         self._count_tokens(*snap.tokens)
         started = snap.session.get("started")
         if snap.state in LIVE_STATES and isinstance(started, (int, float)):
-            status.rates.resume_from(started, snap.recent_accepted, snap.recent_answers)
+            status.rates.resume_from(started, snap.recent_accepted, snap.recent_answers,
+                                     snap.pauses)
         status.retry_causes.update(snap.retries)
         status.errors = snap.errors
         self.rejection_counts.update(snap.rejection_counts)
@@ -576,14 +581,24 @@ class RunView:
 
     def _on_Crashed(self, e: ev.Crashed) -> None:
         """The engine process is gone (an attached UI's follower found it): the clock and the
-        rates stop, and the note says how to resume. Said once, however many times found."""
-        if self.state == RunState.CRASHED:
-            return
-        self.lost_pid = e.pid
-        self.pause = None
-        self._set_state(RunState.CRASHED)
-        self.dirty.add("prompts")  # what was in flight is now "unfinished at the crash"
-        self.notices.append((self.crash_text(), "Run crashed", "error"))
+        rates stop, and the note says how to resume. Said once, however many times found.
+        The clock goes back to the process's last recorded activity (`e.last_activity`), where
+        the run's time of a crashed session ends (`RunStore.recover_interrupted`): a UI that
+        saw the crash showed the seconds until it noticed, one attached later did not."""
+        status = self.status
+        if self.state != RunState.CRASHED:
+            self.lost_pid = e.pid
+            self.pause = None
+            # (epoch s when the clock stopped, seconds it had counted since it last started)
+            self._crash_clock = (time.time(), time.monotonic() - status.started) \
+                if status.state in CLOCK_STATES else None
+            self._set_state(RunState.CRASHED)
+            self.dirty.add("prompts")  # what was in flight is now "unfinished at the crash"
+            self.notices.append((self.crash_text(), "Run crashed", "error"))
+        if e.last_activity is not None and self._crash_clock is not None:
+            stopped, counted = self._crash_clock
+            status.elapsed_before -= min(counted, max(0.0, stopped - e.last_activity))
+            self._crash_clock = None
 
     def crash_text(self) -> str:
         pid = f" (pid {self.lost_pid})" if self.lost_pid else ""
@@ -611,6 +626,7 @@ class RunView:
         self.status.reason = ""
         self.pause = self.ended = None
         self.lost_pid = None
+        self._crash_clock = None
         self.status.rates.restart()
         self.status.target = e.target
         self.status.command = e.command
@@ -741,11 +757,13 @@ def active_seconds(rounds: list[RoundStats], now: float | None,
                    pauses: Iterable[tuple[float, float | None]] = ()) -> float:
     """Seconds in which a round ran and the run was not paused (rates.active_seconds_of over
     the rounds' [started, finished] spans, epoch seconds); a round still running ends at `now`
-    (None: after its `wall_time`), a pause still open at `now` (None: never). Rounds overlap
-    (one starts while the two before it finish): their wall times added up counted the overlap
-    again, and a run resumed after a 3:51 session showed 7:20 at once."""
+    (a crashed run's: its last recorded activity, `RunSnapshot.crash_end`, where the next
+    session ends it; None: after its `wall_time`), a pause still open at `now` (None: never).
+    Rounds overlap (one starts while the two before it finish): their wall times added up
+    counted the overlap again, and a run resumed after a 3:51 session showed 7:20 at once."""
     return active_seconds_of(((r.started, r.finished if r.finished is not None else
-                               now if now is not None else r.started + r.wall_time)
+                               max(r.started, now) if now is not None else
+                               r.started + r.wall_time)
                               for r in rounds), pauses, now)
 
 
