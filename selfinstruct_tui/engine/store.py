@@ -32,14 +32,19 @@ OPEN_REASONS = ("abandoned", "interrupted", "surplus", "unanswered")
 
 # The engine's work, each with when it was recorded (epoch s; `RunStore.last_activity`): a round
 # started or finished, a request sent or answered, a candidate, machine task, rejection (not a
-# user's drop), retry or error recorded, a batch job polled. Each reads the latest before ?.
-ACTIVITY = tuple(f"SELECT MAX({column}) FROM {table} WHERE {column} < ?{where}" for
+# user's drop), retry or error recorded, a batch job polled. Each reads the latest before ? among
+# the table's last ACTIVITY_ROWS rows (rows are added in time order): none of these columns is
+# indexed, and reading a whole table to find the latest time cost 0.66 s per column at 200k
+# requests (821 MB, page cache warm; 0.010 s for the last rows), ~10x that at a million tasks.
+ACTIVITY_ROWS = 5000
+ACTIVITY = tuple(f"SELECT MAX({column}) FROM (SELECT {column} FROM {table}{where} ORDER BY "
+                 f"rowid DESC LIMIT {ACTIVITY_ROWS}) WHERE {column} < ?" for
                  table, column, where in (
                      ("rounds", "started", ""), ("rounds", "finished", ""),
                      ("prompts", "created", ""), ("prompts", "finished", ""),
                      ("candidates", "created", ""),
-                     ("tasks", "created", " AND origin = 'machine'"),
-                     ("rejections", "created", " AND reason != 'dropped_by_user'"),
+                     ("tasks", "created", " WHERE origin = 'machine'"),
+                     ("rejections", "created", " WHERE reason != 'dropped_by_user'"),
                      ("retries", "created", ""), ("errors", "created", ""),
                      ("batches", "updated", "")))
 
