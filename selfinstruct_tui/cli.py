@@ -486,8 +486,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
     from selfinstruct_tui.session import prepare
 
-    if not args.headless:
-        _check_theme(args)  # before anything is created or started
+    _check_theme(args, ui=not args.headless)  # before anything is created or started
     if not args.headless and _no_terminal(
             "selfinstruct run", "add --headless to print progress instead, or --detach to run "
             "it in the background"):
@@ -554,13 +553,20 @@ def _no_terminal(command: str, instead: str) -> bool:
     return True
 
 
-def _check_theme(args: argparse.Namespace) -> None:
+def _check_theme(args: argparse.Namespace, ui: bool = True) -> None:
     """An unknown or broken theme (--theme, or the config file's `theme`) is an error before
     anything is created or started (ConfigError, exit 2), as other bad settings are; it was a
-    notification in a UI that then used the default."""
+    notification in a UI that then used the default. Without a UI (`ui` False: --headless,
+    --detach) only a --theme given is checked, as a bad --refresh is: the same command line
+    is refused with or without --headless (a headless run took any name). The config file's
+    theme is then left to the UI that attaches (`attach` checks it)."""
     from selfinstruct_tui.engine.config import load_user_config
     from selfinstruct_tui.tui.themes import choose_theme
 
+    if not ui:
+        if args.theme:
+            choose_theme(args.theme, {})
+        return
     try:
         settings: dict[str, Any] = load_user_config()
     except ConfigError:
@@ -643,6 +649,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
     )
     from selfinstruct_tui.session import prepare
 
+    _check_theme(args, ui=False)  # (the background process would refuse it, unseen)
     session = prepare(run_request(args))  # refuse bad settings here, in the foreground
     _print_notes(session)
     run_dir = session.run_dir

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from textual.widgets import TextArea
 
 from fake_openai import FakeOpenAI
@@ -621,3 +622,25 @@ def test_an_unknown_or_broken_theme_is_an_error_before_anything_starts(run_cli, 
     assert proc.returncode == 2, proc.stderr
     assert f"{config}:1: theme = 'mine': the theme file is broken: {themes / 'mine.toml'}: " \
            "primary = 'not-a-colour' is not a colour" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("mode", ["--headless", "--detach"])
+def test_a_headless_or_detached_run_refuses_an_unknown_theme_as_the_tui_does(run_cli, tmp_path,
+                                                                            isolated_env, mode):
+    """`run --headless --theme NAME` took any NAME and ran (as did --detach, whose background
+    process is headless), where the same command without --headless exits 2. Both are now
+    refused before anything is created or sent; a real theme still runs, and the config
+    file's theme (the UI's business: `attach` checks it) does not stop a headless run."""
+    run_dir = tmp_path / "new-run"
+    with FakeOpenAI() as server:
+        flags = ["--base-url", server.base_url, "--model", "m", "--target", "3"]
+        proc = run_cli("run", mode, "--theme", "nope", *flags, "--run-dir", str(run_dir))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "--theme nope: no such theme. Available: ember, high-contrast, paper; and " \
+            "Textual's: ansi-dark" in " ".join(proc.stderr.split())
+        assert not run_dir.exists() and server.requests == 0  # nothing created, nothing sent
+        if mode == "--detach":
+            return
+        Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text('theme = "nope"\n')
+        run_cli("run", mode, "--theme", "paper", *flags, "--run-dir", str(run_dir), check=True)
+        run_cli("run", mode, *flags, "--run-dir", str(tmp_path / "other"), check=True)
