@@ -187,3 +187,24 @@ def test_pack_labels_wraps_between_labels_and_cuts_one_too_wide_before_its_count
     assert pack_labels(labels, 12) == ["blacklis…: 4", "near du…: 12", "too short: 4"]
     assert pack_labels(["a label without a count"], 8) == ["a label…"]
     assert pack_labels(labels, 0) == ["blacklisted word: 4  near duplicate: 12  too short: 4"]
+
+
+@pytest.mark.parametrize("size", [(110, 30), (120, 40)], ids=["110x30", "120x40"])
+def test_the_status_line_cuts_the_run_name_only_as_far_as_it_needs(tmp_path, isolated_env,
+                                                                    size):
+    """At 110 and 120 columns the run's name was cut to 16 characters ("run-2026…ical-qa"),
+    with 1 and 11 columns to spare at the end of the line. It is now cut to fill the line."""
+    name = "run-20260512-141503-medical-qa"
+    deterministic_run(tmp_path / name)
+    app = create_app(tmp_path / name, refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause(0.3)
+            line = screen_lines(app)[0]
+            shown_name, rest = line[1:].split(" │ ", 1)
+            assert rest.startswith("snapshot-model │ finished │ "), line
+            assert shown_name.startswith("run-2026") and shown_name.endswith("ical-qa"), line
+            assert len(shown_name) > 16 and len(line.rstrip()) == size[0], line
+
+    run(go())

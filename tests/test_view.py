@@ -456,3 +456,28 @@ def test_a_round_open_across_a_pause_leaves_the_pause_out_of_its_time(tmp_path):
         paused = pauses[0][1] - pauses[0][0]
         assert r.wall_time == pytest.approx(r.finished - r.started - paused, abs=1e-6)
         assert round_row(r)[-1] == f"{r.wall_time:.1f}s"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "meta-llama/Llama-3.1-70B-Instruct",
+                                   "org/an-unusually-long-fine-tuned-model-name-v2"])
+@pytest.mark.parametrize("name", ["run-20260512-141503", "my-medical-qa-dataset-v3",
+                                  "customer-support-instructions-from-the-2026-tickets"])
+def test_a_name_is_cut_only_as_far_as_the_status_line_needs(name, model):
+    """At 110 and 120 columns the run's name was cut to 16 characters ("run-2026…-141503")
+    with 5 columns free at the end of the line, where the whole name fit: a cut name took the
+    step's fixed length, not the room left. Now a name cut around an ellipsis (the run's, the
+    model's) is cut only as far as the line needs: the line is then full to the last column."""
+    from selfinstruct_tui.tui.view import StatusView
+
+    status = StatusView(run_name=name, endpoint="https://api.openai.com/v1", model=model,
+                        state="running", accepted=1873, target=52000, tokens=13_927_812,
+                        cost=1.2345, errors=3)
+    for width in range(80, 161):
+        line = status.line(width).plain
+        shown_name, shown_model = (part.strip() for part in line.split(" │ ")[:2])
+        assert len(line) <= width, (width, line)
+        if shown_name != name or "…" in shown_model:  # cut: there was no room for more
+            assert len(line) == width, (width, line)
+        assert shown_name == name or (shown_name[:4] == name[:4] and "…" in shown_name)
+    if name == "run-20260512-141503" and model == "gpt-4o-mini":  # the case reported
+        assert all(status.line(width).plain.startswith(f" {name} │ ") for width in (110, 120))

@@ -218,7 +218,10 @@ class StatusView:
         """The status line; with `width` (columns), parts give way until it fits, in the order
         of `GIVE_WAY`: first shortened (the endpoint, the run's name, the counts' words), then
         left out, least important first. The run's name (or directory), the model and the
-        state always stay: at 80 columns they, the errors, the retries and the pool remain."""
+        state always stay: at 80 columns they, the errors, the retries and the pool remain.
+        A name cut around an ellipsis (the run's, the model's) is cut only as far as the line
+        needs: the room the line leaves goes back to it (the steps' 16 and 10 characters are
+        the least it keeps, not what it gets)."""
         live = self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
         elapsed = self.elapsed()
         per_min = self.rates.tasks_per_minute()
@@ -274,26 +277,35 @@ class StatusView:
         parts += [("", [("", fmt_duration(elapsed)), ("no time", "")]),
                   ("", [("", f"ETA {eta}"), ("no eta", "")])]
 
-        def texts(step: int) -> list[tuple[str, str]]:
+        # the texts the parts' ellipsis forms shorten (by the part's place in `parts`): once a
+        # step makes the line fit, the room left goes back to them, the run's name first
+        cut_from = {0: self.run_name, 1: base_model}
+
+        def texts(step: int) -> list[tuple[int, str, str]]:
             done = set(GIVE_WAY[:step])
             shown = []
-            for style, forms in parts:
+            for n, (style, forms) in enumerate(parts):
                 text = [t for name, t in forms if not name or name in done][-1]
                 if text:
-                    shown.append((text, style))
+                    shown.append((n, text, style))
             return shown
 
-        def length(shown: list[tuple[str, str]]) -> int:
+        def length(shown: list[tuple[int, str, str]]) -> int:
             return 1 + sum(len(t) + (0 if n == 0 else 1 if t.startswith("(") else 3)
-                           for n, (t, _) in enumerate(shown))
+                           for n, (_, t, _) in enumerate(shown))
 
         step = 0
         shown = texts(0)
         while width and length(shown) > width and step < len(GIVE_WAY):
             step += 1
             shown = texts(step)
+        for n, (part, text, style) in enumerate(shown):
+            whole = cut_from.get(part, text)
+            room = width - length(shown)
+            if room > 0 and text != whole and text == _shorten(whole, len(text)):
+                shown[n] = (part, _shorten(whole, len(text) + room), style)
         out = Text(" ")
-        for n, (text, style) in enumerate(shown):
+        for n, (_, text, style) in enumerate(shown):
             if n:
                 # a breakdown in parentheses follows its count without a separator
                 out.append(" " if text.startswith("(") else " │ ")
