@@ -12,7 +12,7 @@ from selfinstruct_tui.tui.screens.dialogs import ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedFormScreen, SeedManagerScreen
-from tui_helpers import deterministic_run, run
+from tui_helpers import deterministic_run, run, until
 
 SIZES = [(80, 24), (60, 20), (50, 15)]
 SIZE_IDS = ["80x24", "60x20", "50x15"]
@@ -206,5 +206,49 @@ def test_the_status_line_cuts_the_run_name_only_as_far_as_it_needs(tmp_path, iso
             assert rest.startswith("snapshot-model │ finished │ "), line
             assert shown_name.startswith("run-2026") and shown_name.endswith("ical-qa"), line
             assert len(shown_name) > 16 and len(line.rstrip()) == size[0], line
+
+    run(go())
+
+
+@pytest.mark.parametrize("attach", [False, True], ids=["local", "attached"])
+@pytest.mark.parametrize("size", [(120, 40), (80, 24), (60, 18), (50, 15), (40, 12)],
+                         ids=["120x40", "80x24", "60x18", "50x15", "40x12"])
+def test_the_footer_keeps_quit_and_shows_whole_keys_that_can_act(tmp_path, isolated_env, size,
+                                                                   attach):
+    """At 60x18 the footer was cut at its end after "p Pause/Resume  s": quit (q) was not
+    shown, and on this finished run p and s did nothing but say so. Now the keys that can act
+    here are shown whole, the least important giving way first (keys.footer_rank), quit (an
+    attached UI's Leave) always; pause, stop and detach are not offered on an ended run."""
+    from textual.widgets._footer import FooterKey
+
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1, attach=attach)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            quit_label = "Leave" if attach else "Quit"
+            await until(pilot, lambda: f"q {quit_label}" in screen_lines(app)[-1], timeout=10)
+            await pilot.pause(0.2)
+            keys = list(app.query(FooterKey))
+            shown_keys = [k for k in keys if k.display]
+            hidden = [k for k in keys if not k.display]
+            labels = {k.description for k in keys}
+            assert not {"Pause/Resume", "Stop", "Detach"} & labels, labels
+            line = screen_lines(app)[-1]
+            taken: set[int] = set()
+            for key in shown_keys:  # each whole, inside the screen, none over another
+                region = key.region
+                assert 0 <= region.x and region.right <= size[0], (key.description, region)
+                assert f"{key.key_display} {key.description}" in line[region.x:region.right]
+                columns = set(range(region.x, region.right))
+                assert not columns & taken, (key.description, line)
+                taken |= columns
+            if hidden:  # the least important gave way (equal ranks: the later)
+                from selfinstruct_tui.tui.keys import footer_rank
+
+                def rank(key: FooterKey) -> tuple:
+                    return footer_rank(key.action), keys.index(key)
+
+                assert max(map(rank, shown_keys)) < min(map(rank, hidden))
 
     run(go())

@@ -644,3 +644,80 @@ def test_a_headless_or_detached_run_refuses_an_unknown_theme_as_the_tui_does(run
         Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text('theme = "nope"\n')
         run_cli("run", mode, "--theme", "paper", *flags, "--run-dir", str(run_dir), check=True)
         run_cli("run", mode, *flags, "--run-dir", str(tmp_path / "other"), check=True)
+
+
+def footer_line(app) -> str:
+    """The main screen's last line: the footer as the terminal shows it."""
+    strips = app.screen_stack[0]._compositor.render_strips()
+    return "".join(segment.text for segment in strips[-1])
+
+
+def key_states(app) -> dict[str, bool]:
+    """The footer label -> whether it can act (False: shown disabled) of every key the main
+    screen offers now; hidden keys are absent."""
+    return {b.binding.description: b.enabled
+            for b in app.screen_stack[0].active_bindings.values() if b.binding.show}
+
+
+def test_pause_stop_and_detach_are_offered_only_while_they_can_act(tmp_path, isolated_env):
+    """A stopped run's footer still offered p (pause) and s (stop), which only said "the run
+    is not running"; at 60x18 it showed them, and the task pool's keys, but not q. Now, at
+    60x18: running and paused offer p, s and d; while the run stops they are shown disabled
+    (and do nothing); once it has stopped they are gone, from the footer and the palette.
+    Quit is in the footer throughout."""
+    from textual.widgets._footer import FooterKey
+
+    from selfinstruct_tui.tui.keys import RunCommands
+
+    async def palette(app) -> str:
+        """The command palette's key commands, their titles one a line."""
+        return "\n".join([str(hit.text) async for hit in RunCommands(app.screen).discover()])
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=2000)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(60, 18)) as pilot:
+                for press, state in (("", "running"), ("p", "paused"), ("p", "running")):
+                    if press:
+                        await pilot.press(press)
+                    await until(pilot, lambda wanted=state: app.state == wanted)
+                    keys = key_states(app)
+                    assert keys["Pause/Resume"] and keys["Stop"] and keys["Detach"], keys
+                    # (the footer is redrawn after a state change: a moment later)
+                    await until(pilot, lambda: all(key in footer_line(app) for key in (
+                        "p Pause/Resume", "s Stop", "q Quit")), timeout=10)
+                server.configure(latency=4)  # the stop waits for the requests in flight
+                await pilot.pause(0.6)
+                await pilot.press("s", "y")
+                await until(pilot, lambda: app.state == "stopping")
+                keys = key_states(app)
+                assert not keys["Pause/Resume"] and not keys["Stop"] and not keys["Detach"]
+                assert keys["Quit"]
+
+                def dimmed() -> set[str]:
+                    return {k.description for k in app.query(FooterKey) if k.display and
+                            k.has_class("-disabled")}
+
+                await until(pilot, lambda: dimmed() == {"Pause/Resume", "Stop"}, timeout=10)
+                assert all(key in footer_line(app) for key in ("p Pause/Resume", "q Quit"))
+                assert "Pause" not in await palette(app) and "Stop" not in await palette(app)
+                await pilot.press("p")  # disabled: no pause, no note
+                await pilot.press("d")
+                await pilot.pause(0.2)
+                assert app.state in ("stopping", "stopped") and len(app.screen_stack) == 1
+                assert not any("not running" in n.message for n in app._notifications)
+                await until(pilot, lambda: app.state == "stopped", timeout=20)
+                keys = key_states(app)
+                assert not {"Pause/Resume", "Stop", "Detach"} & set(keys), keys
+                await until(pilot, lambda: "q Quit" in footer_line(app) and
+                            "Pause" not in footer_line(app), timeout=10)
+                assert "Stop" not in footer_line(app)
+                titles = await palette(app)
+                assert "Pause" not in titles and "Detach" not in titles and "Quit" in titles
+                await pilot.press("p")
+                await pilot.pause(0.2)
+                assert app.state == "stopped"
+                assert not any("not running" in n.message for n in app._notifications)
+
+    run(go())

@@ -25,7 +25,7 @@ from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.config import REFRESH_RANGE, load_user_config, save_user_setting
@@ -56,13 +56,21 @@ from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jso
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.engine.task import Task
-from selfinstruct_tui.tui.keys import ATTACHED, LOCAL, RunCommands, bindings, offered
+from selfinstruct_tui.tui.keys import (
+    ATTACHED,
+    LOCAL,
+    RunCommands,
+    bindings,
+    commands_engine,
+    offered,
+)
 from selfinstruct_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.review import ReviewScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen, new_seed_id
 from selfinstruct_tui.tui.themes import DEFAULT_THEME, choose_theme, load_themes
 from selfinstruct_tui.tui.view import RunView
+from selfinstruct_tui.tui.widgets.footer import RunFooter
 from selfinstruct_tui.tui.widgets.panes import (
     FilterInput,
     PoolPane,
@@ -145,6 +153,7 @@ class SelfInstructApp(App[int]):
         self.engine_thread: threading.Thread | None = None
         self._last_error_note = 0.0
         self._asking_quit = False  # the quit question is open
+        self._keys_state: str | None = None  # the run's state the keys were last offered for
         self._theme_ready = False
         self._seeds_sent: list[SeedTask] | None = None  # the seed set this app sent last
         self._seeds_before: list[dict] | None = None  # the store's set when it was sent
@@ -191,7 +200,7 @@ class SelfInstructApp(App[int]):
                 yield PromptsPane(id="prompts")
                 yield RejectionsPane(id="rejections-pane")
                 yield StatsPane(id="stats")
-        yield Footer()
+        yield RunFooter()
 
     def on_mount(self) -> None:
         themes, problems = load_themes()
@@ -312,6 +321,10 @@ class SelfInstructApp(App[int]):
             self.stats_pane.show(view)
             show_review_wide(self.pool_review, view)
         self.status_line.show(view.status)
+        if view.state != self._keys_state:  # the keys that need an engine come and go
+            self._keys_state = view.state
+            for screen in self.screen_stack:  # (the footer's screen is under any dialog)
+                screen.refresh_bindings()
         note = view.note()
         if note != self._note_shown:
             self._note_shown = note
@@ -440,8 +453,15 @@ class SelfInstructApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only the keys valid in this app's mode (keys.py): an attached UI has no `d` (the
-        run already runs in the background) and leaves (`leave`) where a local one quits."""
-        return offered(action, ATTACHED if self.attached else LOCAL)
+        run already runs in the background) and leaves (`leave`) where a local one quits.
+        The keys that command the engine (p, s, d) only while one drives the run (starting,
+        running, paused): None (shown disabled) while it stops, False (hidden) once it has
+        ended (finished, stopped, failed, crashed), where they did nothing but say so."""
+        if not offered(action, ATTACHED if self.attached else LOCAL):
+            return False
+        if commands_engine(action) and not self.engine_active:
+            return None if self.state == RunState.STOPPING else False
+        return True
 
     def action_leave(self) -> None:
         """An attached UI's q: closes it; the run goes on (`selfinstruct attach` says how to

@@ -1,7 +1,10 @@
 """The one key table: it feeds the app's bindings, the footer, the help panel and the command
 palette, so a key is listed once. A key is offered in the app's modes it makes sense in
 (`Key.modes`): the app runs the engine itself (LOCAL), or it is attached to a run another
-process drives (ATTACHED); the app's `check_action` hides the others from all four."""
+process drives (ATTACHED); the app's `check_action` hides the others from all four. A key that
+commands the engine (`Key.engine`: pause, stop, detach) is offered only while one drives the
+run: shown disabled while the run stops, hidden once it has ended (`check_action` again).
+A footer too narrow for its keys keeps them by `footer_rank`: quit always."""
 
 from __future__ import annotations
 
@@ -28,11 +31,13 @@ class Key:
     # focus) and never in the footer: ctrl+q, which Textual binds to quit at once otherwise
     also: str = ""
     modes: frozenset[str] = BOTH  # where the key is offered (bound, in the footer, help, palette)
+    engine: bool = False  # it commands the engine: it can act only while one drives the run
 
 
 KEYS = (  # in the footer's order: what a run needs most first (a narrow footer cuts the end)
-    Key("p", "p", "toggle_pause", "Pause/Resume", "Pause / resume the run"),
-    Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)"),
+    Key("p", "p", "toggle_pause", "Pause/Resume", "Pause / resume the run", engine=True),
+    Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)",
+        engine=True),
     Key("q", "q / ctrl+q", "quit", "Quit", "Quit: stops the run (asks first while it is going)",
         also="ctrl+q", modes=frozenset({LOCAL})),
     Key("q", "q / ctrl+q", "leave", "Leave", "Leave: close this UI; the run goes on in the "
@@ -41,7 +46,7 @@ KEYS = (  # in the footer's order: what a run needs most first (a narrow footer 
     Key("e", "e", "edit_seeds", "Edit seeds", "Seed manager: add, edit, duplicate, delete seeds"),
     Key("x", "x", "export", "Export", "Export tasks"),
     Key("d", "d", "detach", "Detach", "Detach: move the run to a background process",
-        modes=frozenset({LOCAL})),
+        modes=frozenset({LOCAL}), engine=True),
     Key("r", "r", "review", "Review", "Quality review: rate a random sample of machine tasks"),
     Key("slash", "/", "filter", "Filter", "Filter tasks by text"),
     Key("m", "m", "toggle_maximize", "Maximize", "Maximize / restore the focused pane"),
@@ -50,10 +55,33 @@ KEYS = (  # in the footer's order: what a run needs most first (a narrow footer 
 )
 
 
+# The footer's keys that stay longest when it cannot show them all, the first longest: quit
+# always; then help and the command palette, which list every key; pause and stop.
+FOOTER_KEEP = ("quit", "leave", "help", "command_palette", "toggle_pause", "stop")
+
+
 def offered(action: str, mode: str) -> bool:
     """Whether `action` is offered in `mode` (an action the table does not hold always is)."""
     modes = [k.modes for k in KEYS if k.action == action]
     return not modes or any(mode in m for m in modes)
+
+
+def commands_engine(action: str) -> bool:
+    """Whether `action` commands the engine (pause, stop, detach): it can act only while an
+    engine drives the run."""
+    return any(k.engine for k in KEYS if k.action == action)
+
+
+def footer_rank(action: str) -> tuple[int, int]:
+    """Where a footer key stands when the footer is too narrow for all: the lower, the longer
+    it stays. `action`: its binding's action ("app." prefix or not). FOOTER_KEEP first, then
+    the focused widget's own keys (equal: they keep the footer's order; the task pool names
+    them in its info line too), then the table's other keys in its order."""
+    action = action.removeprefix("app.")
+    if action in FOOTER_KEEP:
+        return 0, FOOTER_KEEP.index(action)
+    actions = [k.action for k in KEYS]
+    return (2, actions.index(action)) if action in actions else (1, 0)
 
 
 def bindings() -> list[BindingType]:
@@ -70,8 +98,9 @@ class RunCommands(Provider):
     """Every key of the app is also a command in the palette (ctrl+p)."""
 
     def _keys(self) -> list[Key]:
-        """The keys the app offers now (its `check_action`)."""
-        return [k for k in KEYS if self.app.check_action(k.action, ()) is not False]
+        """The keys that can act now (the app's `check_action`: not the hidden, nor the ones
+        shown disabled)."""
+        return [k for k in KEYS if self.app.check_action(k.action, ())]
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
