@@ -34,7 +34,10 @@ it unanswered that long (`batch_poll_hangs` counts them). `batch_files_lag` (n) 
 completed batch's output and error file ids null for n more retrieves (a provider that says
 completed before it names the files); `batch_cancel_partial` makes a cancel end the batch
 `cancelled` with the first half of its lines answered (paid), as OpenAI's does.
-`batch_files_gone` (n, set with `configure`) answers 404 for the next n file downloads.
+`batch_files_gone` (n, set with `configure`) answers 404 for the next n file downloads;
+`batch_poll_script` (a list of statuses, set with `configure`) answers the next retrieves one
+each: an error status as that error (404: "no such batch", as a replica behind a router that
+did not create it answers), 200 as usual (`[404] * n`: 404 for the next n retrieves).
 `batch_creations` counts created batches; `batch_retrieves` counts polls. `moved` = (status,
 base URL), set with `configure`: every request is answered with that redirect (3xx,
 Location: the same path under that base URL).
@@ -268,6 +271,8 @@ class FakeOpenAI:
         with self.lock:
             if "script" in settings:
                 self.scripts = {k: list(v) for k, v in (settings.pop("script") or {}).items()}
+            if settings.get("batch_poll_script"):  # consumed here, not in the caller's list
+                settings["batch_poll_script"] = list(settings["batch_poll_script"])
             self.settings.update(settings)
 
     def scripted(self, kind: str) -> Any:
@@ -556,7 +561,15 @@ class FakeOpenAI:
                             server.batch_poll_hangs += 1
                         time.sleep(float(hang))
                         return True
-                    if failing:  # the endpoint fails its polls (a gateway in trouble)
+                    with server.lock:
+                        script = server.settings.get("batch_poll_script")
+                        scripted = int(script.pop(0)) if script else 200
+                    if scripted == 404:
+                        self._error(404, f"No batch found with id '{parts[-1]}'",
+                                    "invalid_request_error")
+                    elif scripted != 200:
+                        self._error(scripted, f"injected {scripted} on poll")
+                    elif failing:  # the endpoint fails its polls (a gateway in trouble)
                         self._error(int(failing), f"injected {failing} on poll")
                     else:
                         self._send(*server.retrieve_batch(parts[-1]))
