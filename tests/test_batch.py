@@ -703,27 +703,125 @@ def test_a_resume_whose_endpoint_is_down_pauses_instead_of_crashing(tmp_path):
 def test_a_batch_the_endpoint_no_longer_knows_is_lost_and_its_requests_sent_again(tmp_path,
                                                                                  gone, named):
     """A pending job's batch answered 404 on the next session's poll (deleted, another server
-    or key): reported as "no Batch API" or, on resume, a crash on every attempt. It is now
-    recorded lost, named among the errors, and its requests are sent again."""
+    or key): reported as "no Batch API" or, on resume, a crash on every attempt. Once the 404s
+    last (3 polls in a row here: batch_lost_after_seconds 0) it is recorded lost, named among
+    the errors, and its requests are sent again; each 404 before that is a retry of the job."""
     run_dir = tmp_path / "run"
     with FakeOpenAI() as server:
         config = _pending_job(run_dir, server)
+        config.batch_lost_after_seconds = 0
         if gone == "batch":
             server.batches.clear()  # the endpoint forgot it
         else:
-            server.configure(batch_files_gone=1)
+            server.configure(batch_files_gone=3)  # the job's output file: 3 polls in a row
         server.configure(batch_polls=1)
         engine = resumed(run_dir, config)
+        created = server.batch_creations
     assert engine.finished is not None and engine.finished.reason.value == "target"
     conn = db(run_dir)
     lost = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
     assert lost["state"] == "lost" and named in lost["message"], lost["message"]
+    assert "3 poll(s) in a row" in lost["message"]
     errors = conn.execute("SELECT kind, message, endpoint FROM errors").fetchall()
     assert [(e["kind"], e["endpoint"]) for e in errors] == [("batch_lost", server.base_url)]
+    retries = conn.execute("SELECT * FROM retries WHERE cause = 'not_found'").fetchall()
+    assert [(r["attempt"], r["endpoint"], r["prompt_id"]) for r in retries] == [
+        (1, server.base_url, None), (2, server.base_url, None)]
+    assert all(named in r["message"] and "Polled again" in r["message"] for r in retries)
     ids = json.loads(lost["prompt_ids"])
     assert all(r[0] == lost["message"] for r in conn.execute(
         f"SELECT error FROM prompts WHERE id IN ({','.join(map(str, ids))})"))
+    assert created == conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
     assert_accounted(run_dir)
+
+
+@pytest.mark.parametrize("gone", ["batch", "files"])
+def test_a_batch_answered_404_for_a_while_is_read_and_nothing_is_paid_twice(tmp_path, gone):
+    """A router in front of several vLLM/SGLang replicas sends a poll to one that did not
+    create the batch, or a provider answers 404 just after creating it (or before its file is
+    readable): one 404 recorded the job lost and sent its requests again in a new batch, paid
+    twice. A 404 is now a retry of the poll (cause not_found) and the job is polled again; an
+    answer between 404s starts their count again (lost needs 3 in a row here)."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=3) as server:
+        if gone == "batch":  # 2 polls of 404, a read, 2 more: never 3 in a row
+            server.configure(batch_poll_script=[404, 404, 200, 404, 404])
+        else:
+            server.configure(batch_files_gone=2)
+        engine = ended(*new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02,
+                                batch_lost_after_seconds=0))
+        lines, created = server.batch_lines, server.batch_creations
+    assert engine.finished is not None and engine.finished.reason.value == "target", \
+        engine.paused and engine.paused.reason
+    conn = db(run_dir)
+    jobs = conn.execute("SELECT state FROM batches").fetchall()
+    assert created == len(jobs) and {j[0] for j in jobs} == {"settled"}  # none created twice
+    assert lines == conn.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]  # none twice
+    assert not conn.execute("SELECT * FROM errors").fetchall()
+    retries = conn.execute("SELECT * FROM retries WHERE cause = 'not_found'").fetchall()
+    assert [r["attempt"] for r in retries] == ([1, 2, 1, 2] if gone == "batch" else [1, 2])
+    assert all("(404: " in r["message"] and r["endpoint"] == server.base_url for r in retries)
+    assert tuple(conn.execute("SELECT not_found_polls, not_found_since FROM batches WHERE id = 1"
+                              ).fetchone()) == (0, None)
+    assert_accounted(run_dir)
+
+
+def test_404s_go_on_counting_across_a_resume_and_do_not_pause_the_run(tmp_path):
+    """404s for a pending job are counted in the store (the first one's time and how many in
+    a row): a stop and resume does not start the wait over from zero. Before they last
+    batch_lost_after_seconds the job is polled again, never sent again, and the run is not
+    paused by errors (the 404s have their own end: lost)."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        config = _pending_job(run_dir, server, batch_lost_after_seconds=10**6,
+                              error_pause_seconds=0.1)
+        server.batches.clear()  # 404 from now on
+        not_found = "SELECT COUNT(*) FROM retries WHERE cause = 'not_found'"
+        with running(RunStore(run_dir), config) as engine:
+            # 20 polls 0.02 s apart: 404s for longer than error_pause_seconds
+            wait_for(lambda: db(run_dir).execute(not_found).fetchone()[0] >= 20)
+            paused = engine.paused
+        assert paused is None
+        conn = db(run_dir)
+        row = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
+        assert row["state"] == "submitted" and row["not_found_polls"] >= 20
+        since, polls = row["not_found_since"], row["not_found_polls"]
+        retried = conn.execute(not_found).fetchone()[0]
+        config.batch_lost_after_seconds = 0
+        server.configure(batch_polls=1)  # the jobs that send its requests again end
+        # its first poll is the 3rd 404 in a row, or more
+        engine = ended(RunStore(run_dir), config)
+    assert engine.finished is not None and engine.finished.reason.value == "target", \
+        engine.paused and engine.paused.reason
+    lost = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
+    assert (lost["state"], lost["not_found_since"], lost["not_found_polls"]) == (
+        "lost", since, polls + 1)
+    assert f"{polls + 1} poll(s) in a row" in lost["message"]
+    assert conn.execute(not_found).fetchone()[0] == retried  # lost at the resume's first poll
+    assert_accounted(run_dir)
+
+
+def test_polls_alternating_404_and_5xx_pause_the_run_and_the_job_is_kept(tmp_path):
+    """Each 5xx answer between 404s starts their count again (the batch may well be there), so
+    such a job is never recorded lost; the failed polls still pause the run by errors, the job
+    pending, not sent again."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=10**6) as server:
+        store, config = new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02, error_pause_seconds=0.2,
+                                batch_lost_after_seconds=0)
+        server.configure(batch_poll_script=[503, 404] * 1000)
+        engine, paused = until_paused(store, config)
+        created = server.batch_creations
+    assert paused.by_errors and "injected 503 on poll" in paused.reason
+    conn = db(run_dir)
+    assert created == 1
+    assert [r[0] for r in conn.execute("SELECT state FROM batches")] == ["submitted"]
+    causes = [tuple(r) for r in conn.execute("SELECT cause, attempt FROM retries "
+                                             "WHERE cause = 'not_found'")]
+    assert len(causes) >= 2 and set(causes) == {("not_found", 1)}
+    assert not conn.execute("SELECT * FROM errors WHERE kind = 'batch_lost'").fetchall()
 
 
 def test_a_batch_command_the_shell_cannot_find_stops_the_run_after_one_job(tmp_path):

@@ -579,7 +579,8 @@ def test_a_refused_resume_lists_what_is_safe_to_change_and_a_lower_target_is_sai
     safe = refused.stderr.split("(Safe to change on resume: ", 1)[1]
     assert "--rpm" in safe and "--timeout" in safe and "--target" in safe
     assert "requests_per_minute" not in safe and "request_timeout" not in safe
-    assert "in the config file also endpoints, error_pause_seconds" in safe
+    assert "in the config file also batch_lost_after_seconds, endpoints, error_pause_seconds" \
+        in safe
 
 
 def _file_size_limit(limit: int):

@@ -75,13 +75,20 @@ class BatchSettings:
     command template ({input} and {output} are replaced by the files' quoted paths), "" for the
     Batch API; `completion_window`: the Batch API's window; `files_wait_seconds`: how long a
     batch that ended with answered (or failed) lines is polled for the file it has not named
-    yet before it is read without it."""
+    yet before it is read without it; `lost_after_seconds` and `lost_after_polls`: a batch (or
+    a file of it) the endpoint answers 404 for is recorded lost, its requests sent again, once
+    the 404s have lasted this long (seconds from the first, kept across sessions) and this many
+    polls in a row, with no other answer between them (a 404 is what a replica that did not
+    create the batch, or a provider right after creating it, answers for a batch that exists
+    and is paid; wait-and-see is what waiters of eventually consistent APIs do)."""
 
     poll_seconds: float = 30.0
     collect_seconds: float = 0.2
     command: str = ""
     completion_window: str = "24h"
     files_wait_seconds: float = 600.0
+    lost_after_seconds: float = 600.0
+    lost_after_polls: int = 3
 
 
 @dataclass(frozen=True)
@@ -467,7 +474,8 @@ class Batcher:
     `on_progress(record)` is called after every change of a job (submitted, each poll,
     downloaded, lost); `on_poll_failed` after each poll that failed for a reason worth polling
     again (the job is polled again after `poll_seconds`, never given up or sent again by
-    itself). Use from one event loop.
+    itself), a 404 included (cause `not_found`) until it has lasted long enough for the job to
+    be recorded lost (`BatchSettings.lost_after_seconds`). Use from one event loop.
     """
 
     def __init__(self, store: RunStore, client: ClientSettings, settings: BatchSettings,
@@ -604,10 +612,11 @@ class Batcher:
 
     async def _poll(self, record: BatchRecord) -> BatchRecord:
         """One look at a submitted job. A failure worth trying again (the endpoint down, 5xx, a
-        timeout) is reported to `on_poll_failed` and the job returned as it was; a batch the
-        endpoint answers 404 for (deleted, or another server, organisation or key than the one
-        that created it) is recorded `lost`: its requests are sent again. Raises RequestFailed
-        (fatal) for anything else."""
+        timeout) is reported to `on_poll_failed` and the job returned as it was; a 404 for its
+        batch or one of its files too (`_not_found`), until the 404s have lasted
+        `lost_after_seconds` and `lost_after_polls`: the job is then recorded `lost` (deleted,
+        or another server, organisation or key than the one that created it) and its requests
+        are sent again. Raises RequestFailed (fatal) for anything else."""
         if held_elsewhere(record, self.client.base_url):
             raise RequestFailed(
                 f"batch job {record.id} ({record.batch_id}) was created at {record.endpoint}, and "
@@ -628,32 +637,67 @@ class Batcher:
         except RequestFailed:  # the transport's own words (a batch command that cannot run)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
+            if isinstance(exc, openai.APIStatusError) and exc.status_code == 404:
+                return self._not_found(record, exc)
+            if isinstance(exc, openai.APIStatusError):  # an answer other than 404
+                record = self._found(record)
             failure = map_error(exc, self.client)
             message = self.redact(f"polling batch job {record.id} ({record.batch_id}) failed: "
                                   f"{failure.message}")
             if failure.retry:
+                # A 404 between failed polls neither ends nor restarts this count: polls
+                # alternating 5xx and 404 still pause the run
                 since, count = self._poll_failures.get(record.id, (time.monotonic(), 0))
                 self._poll_failures[record.id] = (since, count + 1)
                 self.on_poll_failed(record, failure.cause, message, count + 1,
                                     time.monotonic() - since)
                 return record
-            if isinstance(exc, openai.APIStatusError) and exc.status_code == 404:
-                self._poll_failures.pop(record.id, None)
-                url = str(exc.request.url) if exc.request is not None else ""
-                what = f"batch {record.batch_id}"
-                if "/files/" in url:  # the batch is known: one of its files is not
-                    file_id = url.split("/files/", 1)[1].split("/", 1)[0]
-                    what = f"the file {file_id} of batch {record.batch_id} (deleted, or expired)"
-                record = self.store.update_batch(record, state="lost", message=self.redact(
-                    f"{self.client.base_url} does not know {what} (404: {error_text(exc)}): "
-                    "its requests are sent again. If it was created at another --base-url or "
-                    "with another key, its answers there are not read"))
-                self.on_progress(record)
-                return record
             raise RequestFailed(message, kind=failure.cause, fatal=True,
                                 status=failure.status) from exc
         self._poll_failures.pop(record.id, None)
+        record = self._found(record)
         self.on_progress(record)
+        return record
+
+    def _found(self, record: BatchRecord) -> BatchRecord:
+        """An answer other than 404: the 404s in a row (if any) end, in the store too."""
+        if not record.not_found_polls:
+            return record
+        return self.store.update_batch(record, not_found_since=None, not_found_polls=0)
+
+    def _not_found(self, record: BatchRecord, exc: openai.APIStatusError) -> BatchRecord:
+        """A poll answered 404 (for the batch, or one of its files). Counted in the store (the
+        first 404's epoch time and the count, so a stop and resume goes on counting; the time
+        between the sessions counts, as no answer but 404 came in it) and reported to
+        `on_poll_failed` (cause `not_found`): the job is polled again. Once the 404s have lasted
+        `lost_after_seconds` and `lost_after_polls`, the job is recorded `lost` instead (its
+        requests are sent again)."""
+        now = time.time()
+        since = record.not_found_since if record.not_found_polls and \
+            record.not_found_since is not None else now
+        polls = record.not_found_polls + 1
+        url = str(exc.request.url) if exc.request is not None else ""
+        what = f"batch {record.batch_id}"
+        if "/files/" in url:  # the batch is known: one of its files is not
+            file_id = url.split("/files/", 1)[1].split("/", 1)[0]
+            what = f"the file {file_id} of batch {record.batch_id} (deleted, or expired)"
+        said = (f"{self.client.base_url} does not know {what} (404: {error_text(exc)}; "
+                f"{polls} poll(s) in a row over {now - since:.0f}s)")
+        rule = self.settings
+        if polls >= rule.lost_after_polls and now - since >= rule.lost_after_seconds:
+            record = self.store.update_batch(
+                record, state="lost", not_found_since=since, not_found_polls=polls,
+                message=self.redact(
+                    f"{said}: its requests are sent again. If it was created at another "
+                    "--base-url or with another key, its answers there are not read"))
+            self._poll_failures.pop(record.id, None)
+            self.on_progress(record)
+            return record
+        record = self.store.update_batch(record, not_found_since=since, not_found_polls=polls)
+        self.on_poll_failed(record, Cause.NOT_FOUND, self.redact(
+            f"polling batch job {record.id}: {said}. Polled again; it is recorded lost, and its "
+            f"requests sent again, once 404s last {rule.lost_after_seconds:.0f}s and "
+            f"{rule.lost_after_polls} polls"), polls, now - since)
         return record
 
     async def _sleep(self, seconds: float) -> None:

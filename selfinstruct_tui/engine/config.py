@@ -95,6 +95,11 @@ class RunConfig:
     batch: bool = False
     batch_command: str = ""
     batch_poll_seconds: float = 30.0  # seconds between two polls of a pending batch
+    # a batch (or a file of it) the endpoint answers 404 for is recorded lost, and its requests
+    # sent again, once the 404s have lasted this long (and 3 polls) with no other answer between
+    # them: a replica behind a router that did not create it, or a provider's eventual
+    # consistency, answers 404 for a while to a batch that exists (and is paid)
+    batch_lost_after_seconds: float = 600.0
 
     # fields added to every request's JSON body, e.g. {"chat_template_kwargs": {"enable_thinking":
     # false}} to turn a Qwen3 model's thinking off on vLLM or SGLang, or {"reasoning_effort":
@@ -196,7 +201,8 @@ class RunConfig:
                                      f"{self.structured_output!r}")
         for name in ("max_cost", "max_tokens", "stop_grace", "context_window",
                      "max_fruitless_requests", "min_words", "price_input_per_1k",
-                     "price_output_per_1k", "requests_per_minute", "tokens_per_minute"):
+                     "price_output_per_1k", "requests_per_minute", "tokens_per_minute",
+                     "batch_lost_after_seconds"):
             if getattr(self, name) < 0:
                 bad(name, "must be 0 or more")
         for name in nonfinite:
@@ -371,7 +377,7 @@ SAFE_ON_RESUME = {
     "requests_per_minute", "tokens_per_minute", "error_pause_seconds", "price_input_per_1k",
     "price_output_per_1k", "base_url", "key_env", "model_path", "stop_grace", "context_window",
     "structured_output", "max_cost", "max_tokens", "max_fruitless_requests", "embedded_servers",
-    "batch", "batch_command", "batch_poll_seconds",
+    "batch", "batch_command", "batch_poll_seconds", "batch_lost_after_seconds",
     "endpoints", "extra_body",
 }
 

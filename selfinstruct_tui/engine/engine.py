@@ -220,8 +220,9 @@ class Engine:
         self._client: LLMClient | None = None
         self._batcher: Batcher | None = None  # batch mode, or jobs an earlier session left pending
         self._cancelling: asyncio.Task[None] | None = None  # a stop that cancels batch jobs
-        self.batch_settings = BatchSettings(poll_seconds=config.batch_poll_seconds,
-                                            command=config.batch_command)
+        self.batch_settings = BatchSettings(
+            poll_seconds=config.batch_poll_seconds, command=config.batch_command,
+            lost_after_seconds=config.batch_lost_after_seconds)
         self._committed = 0
         self._next_id = 1
         self._rounds: dict[int, _Round] = {}
@@ -704,13 +705,15 @@ class Engine:
                         failing_for: float) -> None:
         """A poll of a pending job failed for a reason worth polling again: recorded as a retry
         of the job; polls failing for `error_pause_seconds` pause the run (headless: it stops
-        with exit 3) as failing requests do. The job stays pending and is never sent again."""
+        with exit 3) as failing requests do. The job stays pending and is never sent again. A
+        404 (cause not_found) does not pause: the Batcher records the job lost once it lasts."""
         assert self._batcher is not None
         retry = self.store.add_retry(round=record.round, prompt_id=None, cause=cause,
                                      attempt=count, delay=self._batcher.settings.poll_seconds,
                                      message=message, endpoint=self.base_url)
         self.bus.emit(ev.RequestRetried.of(retry))
-        if failing_for >= self.config.error_pause_seconds and self.paused is None:
+        if cause != Cause.NOT_FOUND and failing_for >= self.config.error_pause_seconds \
+                and self.paused is None:
             self._do_pause(f"{message}; polls have failed for {failing_for:.0f}s. The job stays "
                            "pending at the endpoint and is not sent again: resuming polls it",
                            by_errors=True)

@@ -217,6 +217,10 @@ MIGRATIONS = (
     ("errors", "endpoint", "TEXT"),
     # The base URL a batch was created at (NULL: the offline command, or an older run)
     ("batches", "endpoint", "TEXT"),
+    # A batch the endpoint answers 404 for: when the polls in a row that got a 404 began (epoch
+    # seconds; NULL: the last answer was not a 404) and how many they are
+    ("batches", "not_found_since", "REAL"),
+    ("batches", "not_found_polls", "INTEGER NOT NULL DEFAULT 0"),
 )
 # prompts.endpoint of an answer of the offline batch command: this, then the command template
 COMMAND_ENDPOINT = "command: "
@@ -230,10 +234,13 @@ class BatchRecord:
     `state` is ours: preparing (input written, nothing paid yet), submitted (the endpoint holds a
     batch: `batch_id` set), downloaded (the output and error files are saved at `output_path` /
     `error_path`), settled (every line's answer reached its request record), cancelled,
-    abandoned (never submitted), lost (the endpoint answered 404 for its batch id: its requests
-    were sent again). `status` is the endpoint's (validating, in_progress,
-    finalizing, completed, failed, expired, cancelling, cancelled) or the command's. `total`,
-    `completed`, `failed`: the endpoint's request counts. `created`/`updated`: epoch seconds.
+    abandoned (never submitted), lost (the endpoint answered 404 for its batch id, or a file of
+    it, long enough to be believed: its requests were sent again). `status` is the endpoint's
+    (validating, in_progress, finalizing, completed, failed, expired, cancelling, cancelled) or
+    the command's. `total`, `completed`, `failed`: the endpoint's request counts.
+    `created`/`updated`: epoch seconds.
+    `not_found_polls`: the polls in a row the endpoint answered 404 (0: the last answer was
+    another), the first of them at `not_found_since` (epoch seconds; kept across sessions).
     """
 
     id: int
@@ -257,6 +264,8 @@ class BatchRecord:
     created: float = 0.0
     updated: float = 0.0
     endpoint: str | None = None  # the base URL that holds the batch (None: the offline command)
+    not_found_since: float | None = None
+    not_found_polls: int = 0
 
     @property
     def pending(self) -> bool:
@@ -266,7 +275,7 @@ class BatchRecord:
 
 BATCH_FIELDS = ("input_file_id", "batch_id", "output_file_id", "error_file_id", "output_path",
                 "error_path", "state", "status", "total", "completed", "failed", "message",
-                "endpoint")
+                "endpoint", "not_found_since", "not_found_polls")
 
 
 @dataclass
@@ -818,7 +827,8 @@ class RunStore:
             r["input_path"], r["input_file_id"], r["batch_id"], r["output_file_id"],
             r["error_file_id"], r["output_path"], r["error_path"], r["state"], r["status"],
             r["total"], r["completed"], r["failed"], r["message"], r["created"], r["updated"],
-            _get(r, "endpoint", None)) for r in rows]
+            _get(r, "endpoint", None), _get(r, "not_found_since", None),
+            _get(r, "not_found_polls", 0)) for r in rows]
         return [b for b in out if b.pending] if pending_only else out
 
     def round_status(self, number: int) -> str | None:
