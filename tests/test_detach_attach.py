@@ -424,9 +424,7 @@ def test_an_attached_ui_sees_its_engine_killed_and_queues_nothing_for_it(run_cli
             async def go():
                 app = create_app(run_dir, attach=True, refresh=0.1)
                 async with app.run_test(size=(120, 40)) as pilot:
-                    await until(pilot, lambda: app.state == "running")
-                    os.kill(pid, signal.SIGKILL)
-                    await until(pilot, lambda: app.state == "crashed", timeout=20)
+                    await kill_watched(pilot, app, pid)
                     await pilot.pause(0.3)
                     resume = f"selfinstruct run --run-dir {run_dir}"
                     note = app.query_one("#run-note")
@@ -483,13 +481,7 @@ def test_every_ui_shows_no_rate_for_a_killed_run(run_cli, tmp_path, isolated_env
     """After a kill -9 two UIs on one run showed 1078.5 and 36.0 tasks/min at the same moment
     (each counted the last minute from what it had seen), and kept them. Nothing drives a
     killed run: a UI attached before the kill and one attached after both show "-"."""
-    from selfinstruct_tui.tui.widgets.panes import StatusLine
-
     run_dir = tmp_path / "run"
-
-    def rates_shown(app) -> list[str]:
-        line = str(app.query_one(StatusLine).render())
-        return [part for part in line.split(" │ ") if "/min" in part or "tok/s" in part]
 
     with FakeOpenAI(latency=0.05) as server:
         pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
@@ -500,10 +492,8 @@ def test_every_ui_shows_no_rate_for_a_killed_run(run_cli, tmp_path, isolated_env
             async def before():
                 app = create_app(run_dir, attach=True, refresh=0.1)
                 async with app.run_test(size=(160, 40)) as pilot:
-                    await until(pilot, lambda: app.state == "running")
-                    await until(pilot, lambda: not rates_shown(app)[0].startswith("0.0 "))
-                    os.kill(pid, signal.SIGKILL)
-                    await until(pilot, lambda: app.state == "crashed", timeout=20)
+                    await kill_watched(pilot, app, pid,
+                                       lambda: not rates_shown(app)[0].startswith("0.0 "))
                     await pilot.pause(0.3)
                     seen["before"] = rates_shown(app)
                     await pilot.press("q")
@@ -788,6 +778,15 @@ def test_a_run_detached_while_paused_by_errors_keeps_the_reason(isolated_env, tm
                 kill_quietly(pid)
 
 
+async def kill_watched(pilot, app, pid: int, ready=lambda: True) -> None:
+    """With an attached UI: once it shows the run running and `ready()` holds, kill -9 the
+    run's process and wait until the UI shows it crashed."""
+    await until(pilot, lambda: app.state == "running")
+    await until(pilot, ready)
+    os.kill(pid, signal.SIGKILL)
+    await until(pilot, lambda: app.state == "crashed", timeout=20)
+
+
 def rates_shown(app) -> list[str]:
     """The status line's rates: tasks per minute and output tokens per second, as shown."""
     from selfinstruct_tui.tui.widgets.panes import StatusLine
@@ -816,11 +815,9 @@ def test_every_ui_shows_a_killed_runs_time_up_to_its_last_recorded_work(run_cli,
             async def go():
                 app = create_app(run_dir, attach=True, refresh=0.1)
                 async with app.run_test(size=(160, 40)) as pilot:
-                    await until(pilot, lambda: app.state == "running")
                     held = count_machine(run_dir)
-                    await until(pilot, lambda: count_machine(run_dir) >= held + 3)
-                    os.kill(pid, signal.SIGKILL)
-                    await until(pilot, lambda: app.state == "crashed", timeout=20)
+                    await kill_watched(pilot, app, pid,
+                                       lambda: count_machine(run_dir) >= held + 3)
                     await pilot.pause(0.3)
                     seen["before"] = app.view.status.elapsed()
                     await pilot.press("q")
@@ -857,9 +854,7 @@ def test_an_attached_ui_shows_the_engines_rates_for_a_run_resumed_paused_after_a
             async def following():
                 app = create_app(run_dir, attach=True, refresh=0.1)
                 async with app.run_test(size=(160, 40)) as pilot:
-                    await until(pilot, lambda: app.state == "running")
-                    os.kill(pid, signal.SIGKILL)
-                    await until(pilot, lambda: app.state == "crashed", timeout=20)
+                    await kill_watched(pilot, app, pid)
                     again = run_cli("run", "--detach", "--paused", "--run-dir", str(run_dir),
                                     timeout=60)
                     assert again.returncode == 0, again.stderr
