@@ -948,3 +948,81 @@ def test_a_raw_save_that_adds_a_near_duplicate_names_the_pair_and_saves(tmp_path
     run(go())
     seeds = {s.seed_id for s in active_seeds(run_dir)}
     assert {"bulk_near", "bulk_copy", "bulk_other"} <= seeds  # saved, never blocked
+
+
+def write_editor(path, body: str):
+    """An executable stand-in for $EDITOR: a shell script; the file to edit, its last
+    argument, is $1 in `body`."""
+    path.write_text('#!/bin/sh\nfor last in "$@"; do :; done\nset -- "$last"\n' + body + "\n",
+                    encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def test_external_editor_returns_the_saved_text_and_names_each_failure(tmp_path):
+    """$EDITOR (ctrl+o in the raw seed editor) is run on a temporary copy of the text; its
+    saved text comes back. A missing program, a non-zero exit (vim's :cq, an editor that
+    failed) or an unreadable $EDITOR setting was an unhandled exception that ended the app,
+    or (non-zero exit) took the file as edited; each now raises EditorFailed naming the
+    command and why, and the temporary file is gone in every case."""
+    from selfinstruct_tui.tui.screens.seed_editor import EditorFailed, edit_externally
+
+    log = tmp_path / "edited"  # each stand-in writes the path it was given here
+    appends = write_editor(tmp_path / "appends", f'echo "$1" >> "{log}"; '
+                           'printf \'{"x": 1}\\n\' >> "$1"')
+    assert edit_externally("line one\n", str(appends)) == 'line one\n{"x": 1}\n'
+    # arguments in $EDITOR are split as a shell would ("code --wait")
+    assert edit_externally("a\n", f"{appends} --wait") == 'a\n{"x": 1}\n'
+
+    gives_up = write_editor(tmp_path / "gives up", f'echo "$1" >> "{log}"; '
+                            'echo changed > "$1"; exit 3')
+    try:
+        edit_externally("kept\n", shlex_quote(str(gives_up)))
+        raise AssertionError("a failed editor's text was taken")
+    except EditorFailed as exc:
+        assert "exited with status 3" in str(exc) and "gives up" in str(exc)
+        assert "unchanged" in str(exc)
+    for editor, why in (("no-such-editor-xyz", "no-such-editor-xyz"),
+                        ("vim 'unclosed", "cannot be read")):
+        try:
+            edit_externally("kept\n", editor)
+            raise AssertionError(f"{editor!r} did not fail")
+        except EditorFailed as exc:
+            assert why in str(exc) and "$EDITOR" in str(exc), exc
+    files = log.read_text().split("\n")[:-1]
+    assert len(files) == 3 and all(f.endswith(".jsonl") for f in files)
+    assert not any(os.path.exists(f) for f in files)  # the temporary copies are gone
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def test_ctrl_o_where_the_terminal_cannot_be_handed_over_keeps_the_app_and_the_text(
+        tmp_path, isolated_env, monkeypatch):
+    """ctrl+o in the raw editor where the app cannot suspend (Textual's headless driver, as
+    in Textual Web) raised SuspendNotSupported and ended the app, losing the unsaved text; it
+    now says why $EDITOR cannot be opened there and the text stays."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    monkeypatch.setenv("EDITOR", str(write_editor(tmp_path / "ed", 'echo changed > "$1"')))
+    monkeypatch.delenv("VISUAL", raising=False)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await open_manager(pilot, app)
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, SeedEditorScreen))
+            editor = app.screen
+            editor.query_one(TextArea).text += "\n{unsaved"
+            await pilot.press("ctrl+o")
+            await pilot.pause(0.2)
+            assert app.screen is editor and app.is_running
+            assert editor.query_one(TextArea).text.endswith("\n{unsaved")
+            said = [n.message for n in app._notifications]
+            assert any("$EDITOR" in m and "cannot" in m for m in said), said
+
+    run(go())

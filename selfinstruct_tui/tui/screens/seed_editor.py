@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
@@ -114,14 +114,53 @@ class SeedEditorScreen(ModalScreen[SeedEdit | None]):
             self.notify("Set $EDITOR (e.g. export EDITOR=vim) to edit seeds in your editor.",
                         severity="warning")
             return
-        fd, name = tempfile.mkstemp(suffix=".jsonl", prefix="seeds-")
-        path = Path(name)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.text)
             with self.app.suspend():
-                subprocess.run([*shlex.split(editor), str(path)], check=False)
-            self.query_one("#seed-text", TextArea).text = path.read_text(encoding="utf-8")
-            self.validate()
-        finally:
-            path.unlink(missing_ok=True)
+                text = edit_externally(self.text, editor)
+        except SuspendNotSupported:
+            self.notify("$EDITOR cannot be opened here: this terminal cannot be handed over to "
+                        "another program (Textual cannot suspend the app); edit the text here "
+                        "or in the seed file", severity="warning", timeout=10)
+            return
+        except EditorFailed as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.query_one("#seed-text", TextArea).text = text
+        self.validate()
+
+
+class EditorFailed(Exception):
+    """$EDITOR could not edit the text: why, in words for the user."""
+
+
+def edit_externally(text: str, editor: str, suffix: str = ".jsonl") -> str:
+    """The text as `editor` (a $EDITOR setting: a program and its arguments, split as a shell
+    would, e.g. "code --wait") saved it, edited in a temporary file (removed afterwards). Run
+    in the foreground: the caller hands the terminal over (App.suspend).
+
+    Raises EditorFailed when the setting cannot be read, the program cannot be started, or
+    it exits with a non-zero status (vim's :cq, a crash): its text is not taken, as git does
+    with a commit message."""
+    try:
+        command = shlex.split(editor)
+    except ValueError as exc:
+        raise EditorFailed(f"$EDITOR {editor!r} cannot be read as a command ({exc}); "
+                           "fix its quoting") from None
+    if not command:
+        raise EditorFailed("$EDITOR is blank; set it to your editor (e.g. export EDITOR=vim)")
+    fd, name = tempfile.mkstemp(suffix=suffix, prefix="seeds-")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        try:
+            done = subprocess.run([*command, str(path)], check=False)
+        except OSError as exc:
+            raise EditorFailed(f"$EDITOR {command[0]!r} cannot be run ({exc.strerror or exc}); "
+                               "set it to an editor on your PATH") from None
+        if done.returncode != 0:
+            raise EditorFailed(f"$EDITOR {editor!r} exited with status {done.returncode}: "
+                               "the text is unchanged")
+        return path.read_text(encoding="utf-8")
+    finally:
+        path.unlink(missing_ok=True)
