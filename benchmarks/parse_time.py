@@ -5,24 +5,34 @@
 output) to `--target` tasks and keeps every generation and instance answer with what its parser
 needs (the prompt's examples, whether the task is a classification, a cut answer).
 `--time CORPUS.json` parses them all with the prompt styles' own readers, as the engine does,
-`--repeat` times, and prints the fastest pass per stage (us per answer). Compare two versions of
-the parser by timing the same corpus with each (e.g. `git stash push -- selfinstruct_tui`).
+`--repeat` times, and prints the fastest pass per stage (CPU us per answer) against a baseline
+timed in the same run, alternately: by default the reference implementation's reading (Stanford
+Alpaca's split of a generation answer on its numbered lines, yizhongw/self-instruct's split of an
+instance answer on "Input:"/"Output:"), so the ratio is what reading real models' layouts costs
+over the naive split; with `--against DIR` (a checkout of another version, e.g. `git worktree add
+/tmp/base HEAD~1`), that version's parsers, and the answers whose results differ are counted.
 
     python benchmarks/parse_time.py --collect /tmp/corpus.json --target 300
     python benchmarks/parse_time.py --time /tmp/corpus.json --repeat 7
+    python benchmarks/parse_time.py --time /tmp/corpus.json --against /tmp/base
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -67,10 +77,13 @@ def collect(out: Path, target: int) -> None:
     print(f"{len(corpus)} answers -> {out}")
 
 
-def time_parsers(path: Path, repeat: int) -> None:
-    from selfinstruct_tui.engine.prompts import style_for
+Reader = Callable[[str, Any, bool], Any]  # (answer, examples or is_classification, cut)
 
-    corpus = json.loads(path.read_text())
+
+def stage_calls(corpus: list[dict], package: ModuleType) -> dict[str, list]:
+    """Per stage, (reader, text, its second argument, truncated) for every answer, with the
+    prompt styles of `package` (a selfinstruct_tui imported from some tree)."""
+    style_for = package.engine.prompts.style_for
     styles = {api: style_for(api) for api in ("completions", "chat")}
     stages: dict[str, list] = {"generate": [], "instances": []}
     for answer in corpus:
@@ -81,15 +94,77 @@ def time_parsers(path: Path, repeat: int) -> None:
         else:
             stages["instances"].append((style.read_instances, answer["text"],
                                         answer["is_classification"], answer["truncated"]))
-    for stage, calls in stages.items():
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            for read, text, arg, truncated in calls:
-                read(text, arg, truncated=truncated)
-            best = min(best, time.perf_counter() - start)
-        print(f"{stage:10} {len(calls):6} answers  {best * 1e3:8.1f} ms  "
-              f"{best / max(len(calls), 1) * 1e6:7.1f} us/answer (min of {repeat})")
+    return stages
+
+
+_ALPACA_SPLIT = re.compile(r"\n\d+\s?\. ")
+_INSTANCE_SPLIT = re.compile(r"(?:Input|Output)\s*:")
+
+
+def reference_calls(corpus: list[dict]) -> dict[str, list]:
+    """The reference implementations' reading of the same answers: Stanford Alpaca's split of
+    a generation answer on its numbered lines (generate_instruction.py, post_process_gpt3_
+    response: re.split, then a strip of each part), yizhongw/self-instruct's split of an
+    instance answer on its labels (re.split, strip)."""
+    def generation(text: str, _examples: Any, truncated: bool = False) -> list[str]:
+        return [part.strip() for part in _ALPACA_SPLIT.split(text)]
+
+    def instances(text: str, _cls: Any, truncated: bool = False) -> list[str]:
+        return [part.strip() for part in _INSTANCE_SPLIT.split(text)]
+
+    stages: dict[str, list] = {"generate": [], "instances": []}
+    for answer in corpus:
+        read = generation if answer["kind"] == "generate" else instances
+        stages["generate" if answer["kind"] == "generate" else "instances"].append(
+            (read, answer["text"], None, answer["truncated"]))
+    return stages
+
+
+def import_package(tree: Path) -> ModuleType:
+    """selfinstruct_tui (with engine.prompts and engine.parsing loaded) from `tree`; the
+    modules of an earlier import are set aside, not reloaded, so both stay usable."""
+    for name in [m for m in sys.modules if m == "selfinstruct_tui" or
+                 m.startswith("selfinstruct_tui.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(tree))
+    try:
+        package = importlib.import_module("selfinstruct_tui")
+        importlib.import_module("selfinstruct_tui.engine.prompts")
+        importlib.import_module("selfinstruct_tui.engine.parsing")
+    finally:
+        sys.path.remove(str(tree))
+    return package
+
+
+def best_pass(calls: list, repeat_into: list[float]) -> None:
+    start = time.process_time()
+    for read, text, arg, truncated in calls:
+        read(text, arg, truncated=truncated)
+    repeat_into.append(time.process_time() - start)
+
+
+def time_parsers(path: Path, repeat: int, against: Path | None) -> None:
+    corpus = json.loads(path.read_text())
+    base = reference_calls(corpus) if against is None else \
+        stage_calls(corpus, import_package(against))
+    ours = stage_calls(corpus, import_package(ROOT))
+    name = "reference split" if against is None else f"{against}"
+    for stage, calls in ours.items():
+        times: list[float] = []
+        base_times: list[float] = []
+        for _ in range(repeat):  # alternately, so the machine's drift hits both
+            best_pass(base[stage], base_times)
+            best_pass(calls, times)
+        n = max(len(calls), 1)
+        mine, theirs = min(times) / n, min(base_times) / n
+        line = (f"{stage:10} {len(calls):6} answers  {mine * 1e6:7.1f} us/answer  baseline "
+                f"({name}) {theirs * 1e6:7.1f} us  ratio {mine / theirs:5.2f}")
+        if against is not None:
+            differ = sum(repr(a[0](a[1], a[2], truncated=a[3])) !=
+                         repr(b[0](b[1], b[2], truncated=b[3]))
+                         for a, b in zip(calls, base[stage], strict=True))
+            line += f"  results differ: {differ}"
+        print(line + f" (CPU, min of {repeat})", flush=True)
 
 
 def main() -> None:
@@ -99,11 +174,13 @@ def main() -> None:
     group.add_argument("--time", type=Path, metavar="CORPUS.json")
     parser.add_argument("--target", type=int, default=300, help="tasks per run (--collect)")
     parser.add_argument("--repeat", type=int, default=7, help="passes over the corpus (--time)")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="time another checkout's parsers as the baseline (--time)")
     args = parser.parse_args()
     if args.collect:
         collect(args.collect, args.target)
     else:
-        time_parsers(args.time, args.repeat)
+        time_parsers(args.time, args.repeat, args.against)
 
 
 if __name__ == "__main__":
