@@ -664,6 +664,14 @@ def test_roman_and_lettered_instance_markers():
     text = "(IV) Class label: Positive\nInput: Loved it.\n(V) Class label: Negative\nInput: Awful."
     assert pairs(parse_instances(text, output_first=True)) == [("Loved it.", "Positive"),
                                                                ("Awful.", "Negative")]
+    # only valid numerals in a run are markers: "iiii)", "vix)", a lone "xii)" are the output's
+    for mark in ("iiii)", "vix.", "xii)", "(ivx)"):
+        text = f"Input: a lamp\nOutput: Check the bulb:\n{mark} Input: the socket"
+        assert pairs(parse_instances(text, output_first=False)) == [
+            ("a lamp", f"Check the bulb:\n{mark} Input: the socket")]
+    text = "i) Input: a\nOutput: b\nii) Input: c\nOutput: d\niv) Input: e\nOutput: f"
+    assert pairs(parse_instances(text, output_first=False)) == [("a", "b"), ("c", "d"),
+                                                                ("e", "f")]
 
 
 def test_generation_tables():
@@ -705,8 +713,12 @@ def test_instance_tables():
     cut = parse_instances("| Input | Output |\n|---|---|\n| a | b |\n| c | d and",
                           output_first=False, truncated=True)
     assert pairs(cut) == [("a", "b")] and reasons(cut) == [R.TRUNCATED]
-    unknown = parse_instances("| Sentence | Mood |\n|---|---|\n| Hi | happy |",
-                              output_first=True)
+    # two columns not named Input/Output: the labels' column of a classification task, or
+    # headers that say which is which (a sentiment table was unparseable)
+    mood = parse_instances("| Sentence | Mood |\n|---|---|\n| Hi | happy |", output_first=True)
+    assert pairs(mood) == [("Hi", "happy")]
+    unknown = parse_instances("| Country | Capital |\n|---|---|\n| France | Paris |",
+                              output_first=False)
     assert reasons(unknown) == [R.UNPARSEABLE]
     assert "no Input column" in unknown.discarded[0].detail
     # a table in an output is the output's

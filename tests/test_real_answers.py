@@ -129,6 +129,12 @@ GENERATION_ANSWERS = {
     # enclosed numbers and keycaps run together on one line: one task held them all
     "circled on one line": (f"① {NEW[0]} ② {NEW[1]} ③ {NEW[2]}", [], "chat"),
     "keycaps on one line": (f"1\ufe0f\u20e3 {NEW[0]} 2\ufe0f\u20e3 {NEW[1]}", [], "chat"),
+    # letters in circles or brackets: each answer was unparseable, whole
+    "circled letters": (f"Here are new tasks:\n\nⓐ {NEW[0]}\nⓑ {NEW[1]}\nⓒ {NEW[2]}\n\n"
+                        "Let me know!", [], "chat"),
+    "circled capitals": (f"Ⓐ {NEW[0]}\nⒷ {NEW[1]}\nⒸ {NEW[3]}", [], "chat"),
+    "circled, no space": (f"ⓐ{NEW[1]}\nⓑ{NEW[2]}", [], "chat"),
+    "bracketed letters": (f"⒜ {NEW[0]}\n⒝ {NEW[1]}", [], "chat"),
     # a lone "\r" line end (old Mac tool chains): the table was unparseable
     "table, lone CR line ends": (f"| # | Instruction |\r|---|---|\r| 9 | {NEW[0]} |\r"
                                  f"| 10 | {NEW[1]} |", [], "chat"),
@@ -201,6 +207,22 @@ def test_roman_lines_inside_items_stay_in_their_instruction(tmp_path):
                 "Plan a ferry trip to one of: i) the north island ii) the south island",
                 "Explain why harbour water looks green in summer."]
     assert_chat_lists_give(tmp_path, [numbered, roman, lettered], expected)
+
+
+def test_circled_letters_run_from_a_and_under_an_item_are_its_sub_list(tmp_path):
+    """Circled letters follow the lettered lists' rules: a run from ⓐ in one style at one
+    indent makes items; under a numbered item (or an item of another style) they are its
+    sub-list; a circled letter that starts no run ("Ⓑ" alone) is text. The circled list was
+    unparseable and the sub-list's lines were lost."""
+    numbered = (f"1. {NEW[0][:-1]}, choosing one of:\n   ⓐ a museum\n   ⓑ a harbour walk\n"
+                f"2. {NEW[1][:-1]} to a reader of\nⒷ magazine.")
+    circled = (f"ⓐ {NEW[2][:-1]}, in one of these tones:\n   a) formal\n   b) warm\n"
+               f"ⓑ {NEW[3][:-1]}, in one of these forms:\n   Ⓐ rhymed\n   Ⓑ unrhymed")
+    expected = [f"{NEW[0][:-1]}, choosing one of: ⓐ a museum ⓑ a harbour walk",
+                f"{NEW[1][:-1]} to a reader of Ⓑ magazine.",
+                f"{NEW[2][:-1]}, in one of these tones: a) formal b) warm",
+                f"{NEW[3][:-1]}, in one of these forms: Ⓐ rhymed Ⓑ unrhymed"]
+    assert_chat_lists_give(tmp_path, [numbered, circled], expected)
 
 
 def test_table_rows_the_parser_cannot_read_are_rejected_by_name(tmp_path):
@@ -406,6 +428,76 @@ CHAT_ANSWERS = {
                                    "loved this village. |\n| Negative | It rained all day. |",
                             [("I loved this village.", "Positive"),
                              ("It rained all day.", "Negative")]),
+    # two-column tables whose columns are not named Input/Output: each was rejected as a
+    # table with no Input column
+    "table, sentence and mood": ("Yes", "| Sentence | Mood |\n|---|---|\n| I loved this "
+                                        "village. | Positive |\n| It rained all day. | "
+                                        "Negative |",
+                                 [("I loved this village.", "Positive"),
+                                  ("It rained all day.", "Negative")]),
+    "table, #, text and category": ("Yes", "Here are examples:\n\n| # | Text | Category |\n"
+                                           "|:-:|---|---|\n| 1 | The harbour ferry was late "
+                                           "again. | **Complaint** |\n| 2 | Thanks for the tour! "
+                                           "| Praise |",
+                                    [("The harbour ferry was late again.", "Complaint"),
+                                     ("Thanks for the tour!", "Praise")]),
+    "table, labels first": ("Yes", "| Mood | Sentence |\n|---|---|\n| Positive | I loved this "
+                                   "village by the sea. |\n| Negative | It rained all day and "
+                                   "the museum was shut. |",
+                            [("I loved this village by the sea.", "Positive"),
+                             ("It rained all day and the museum was shut.", "Negative")]),
+    "table, word and part of speech": ("Yes", "| Word | Part of speech |\n|---|---|\n| harbour "
+                                              "| noun |\n| sail | verb |",
+                                       [("harbour", "noun"), ("sail", "verb")]),
+    "table, question and answer": ("No", "| Question | Answer |\n|---|---|\n| Where do the "
+                                         "ferries leave from? | The north pier. |\n| When does "
+                                         "the museum open? | At nine. |",
+                                   [("Where do the ferries leave from?", "The north pier."),
+                                    ("When does the museum open?", "At nine.")]),
+    "table, text and summary": ("No", "| Text | Summary |\n|---|---|\n| The village has a "
+                                      "harbour, a museum and two bakeries. | A small harbour "
+                                      "village. |",
+                                [("The village has a harbour, a museum and two bakeries.",
+                                  "A small harbour village.")]),
+    "table, English and French": ("No", "| English | French |\n|---|---|\n| The harbour | Le "
+                                        "port |\n| The museum | Le musée |",
+                                  [("The harbour", "Le port"), ("The museum", "Le musée")]),
+    "table, summary first": ("No", "| Summary | Original text |\n|---|---|\n| Rain. | It "
+                                   "rained all weekend in the village. |",
+                             [("It rained all weekend in the village.", "Rain.")]),
+    # a lettered or roman line starting another task: it ran into the output, and the next
+    # task's example became this task's
+    "runs on into a lettered task": ("No", "Input: (none)\nOutput: Day one: the harbour.\n\n"
+                                           "b) Instruction: Write a poem about rain.\nInput: "
+                                           "(none)\nOutput: Rain taps the roof.",
+                                     [("", "Day one: the harbour.")]),
+    "runs on into a roman task": ("No", "i) Input: two children\n   Output: The aquarium.\n"
+                                        "(ii) Task: Write a poem about rain.\nInput: (none)\n"
+                                        "Output: Rain taps the roof.",
+                                  [("two children", "The aquarium.")]),
+    "runs on into a capital-lettered task": ("No", "Example 1\nInput: two children\nOutput: The"
+                                                   " aquarium.\nB. **Instruction:** Name a "
+                                                   "colour.\nOutput: Red.",
+                                             [("two children", "The aquarium.")]),
+    "runs on into a circled task": ("No", "Input: (none)\nOutput: Day one: the harbour.\n"
+                                          "ⓑ Instruction: Name a colour.\nOutput: Red.",
+                                    [("", "Day one: the harbour.")]),
+    # circled-letter pairs: the pairs were read, but "ⓑ Input:" ran into the first output
+    "circled-letter pairs": ("No", "ⓐ Input: two children\nOutput: The aquarium.\nⓑ Input: "
+                                   "(none)\nOutput: Saturday: the harbour.",
+                             [("two children", "The aquarium."),
+                              ("", "Saturday: the harbour.")]),
+    # roman-looking marks that are no numeral or start no run are an output's text: they cut
+    # the output into made-up examples
+    "roman marks out of a run": ("No", "Input: a loudspeaker\nOutput: Check the wiring as "
+                                       "in section\nxii) Input: the power line, then the "
+                                       "speaker line.\n\nExample 2\nInput: a lamp\nOutput: "
+                                       "Check the bulb:\niiii) Input: the socket\nvix) Output: "
+                                       "the fuse",
+                                 [("a loudspeaker", "Check the wiring as in section\nxii) "
+                                   "Input: the power line, then the speaker line."),
+                                  ("a lamp", "Check the bulb:\niiii) Input: the socket\nvix) "
+                                   "Output: the fuse")]),
     # two inputs under one label were one input
     "inputs under a label": ("Yes", "Class label: Positive\nInput: I loved this village.\n"
                                     "Input: Best weekend all year.\n\nClass label: Negative\n"
@@ -427,6 +519,37 @@ def test_chat_instance_layouts_through_the_engine(tmp_path, name):
     assert [(i["input"], i["output"]) for i in json.loads(task["instances"])] == expected
     assert rejections(run_dir, "instance") == []
     assert [(r["input"], r["output"]) for r in exported(run_dir, "alpaca", tmp_path)] == expected
+    assert_accounted(run_dir)
+
+
+def test_tables_whose_columns_cannot_be_told_apart_are_rejected_by_name(tmp_path):
+    """A two-column table is read as examples only when its columns say which is the input
+    and which the output (or, for a classification task, which holds the labels); any other
+    table is rejected naming its columns and why, and a table inside an output stays the
+    output's."""
+    ambiguous = "| Country | Capital |\n|---|---|\n| France | Paris |"
+    mood = "| Sentence | Mood |\n|---|---|\n| I loved it. | Positive |"  # not classification
+    three = ("| Text | Mood | Reason |\n|---|---|---|\n| I loved it. | Positive | It says "
+             "loved. |")
+    long_cells = ("| Review | Comment |\n|---|---|\n| I loved the harbour and the museum and "
+                  "the bakery. | The reviewer enjoyed every part of the visit to the village. |")
+    in_output = ("Input: the ferry times\nOutput:\n| Question | Answer |\n|---|---|\n"
+                 "| When? | At nine. |")
+    generate = [f"1. {n}" for n in (*NEW, "Describe how a lighthouse lens focuses light.")]
+    with FakeOpenAI(script={"generate": generate, "classify": ["No", "No", "No", "Yes", "No"],
+                            "instances": [ambiguous, mood, three, long_cells, in_output]},
+                    repeat_last=False) as server:
+        run_dir, _, _ = run_engine(tmp_path, server, 1, api="chat", structured_output="off")
+    [task] = machine(run_dir)
+    assert [(i["input"], i["output"]) for i in json.loads(task["instances"])] == [
+        ("the ferry times", "| Question | Answer |\n|---|---|\n| When? | At nine. |")]
+    got = [(r["reason"], r["raw"], r["detail"]) for r in rejections(run_dir, "instance")]
+    assert [g[:2] for g in got] == [("unparseable", ambiguous), ("unparseable", mood),
+                                    ("unparseable", three), ("unparseable", long_cells)]
+    assert "columns: Country, Capital" in got[0][2] and "which is the input" in got[0][2]
+    assert "columns: Sentence, Mood" in got[1][2]
+    assert "3 columns" in got[2][2]
+    assert "short class labels" in got[3][2] and "'Class label: ...'" in got[3][2]
     assert_accounted(run_dir)
 
 

@@ -7,7 +7,8 @@ Instruction lists (`parse_instruction_list`) accept the layouts base and chat mo
 * numbered items `9. ...`, `9) ...`, `(9) ...`, `9: ...`, a number without its dot when it is the
   next number (`10 Suggest ...`), `Task 9:` / `**Task 9:**` / `### Task 9` headers, any index
   (a model that numbers from 1 or skips a number still gives its items); enclosed numbers
-  (`⑨`, `⑴`, `❾`), keycaps (`9️⃣`, `1️⃣0️⃣`), letters (`a)`, `(b)`, `C.`, in a run from a) and
+  (`⑨`, `⑴`, `❾`), keycaps (`9️⃣`, `1️⃣0️⃣`), letters (`a)`, `(b)`, `C.`, `ⓐ`, `Ⓐ`, `⒜`, in a run
+  from a) and
   roman numerals (`ii.`, `(iv)`, `IV)`, in a run from i); the items are the markers of one
   kind, and markers of another kind under an item are its sub-list (`9. Pick one:` then
   `a) red`, `b) blue`);
@@ -27,11 +28,13 @@ Instruction lists (`parse_instruction_list`) accept the layouts base and chat mo
 
 Instances (`parse_instances`) accept `Example N` blocks, plain `Input:`/`Output:` pairs,
 pairs under any list marker (`1. Input: ... Output: ...`, `- Input: ...`, `a) Input: ...`,
-`ii) Input: ...`, `① Input: ...`), both labels on one line, a markdown table (`| Input |
-Output |`, `| Class label | Input |`; a row with more cells than its header is rejected), and
-JSON; the
+`ii) Input: ...` in a run of valid numerals, `① Input: ...`), both labels on one line, a
+markdown table (`| Input | Output |`, `| Class label | Input |`, two other columns when they can
+be told apart: `| Sentence | Mood |` for a classification task, `| Question | Answer |`; a row
+with more cells than its header is rejected), and JSON; the
 output-first layout reads `Class label: ...` then `Input: ...`. An output ends at a separator
-line, at the next example, and at the start of another task, in the forms models use.
+line, at the next example, and at the start of another task, in the forms models use (also
+under a lettered or roman marker, `b) Instruction: ...`).
 A misspelled or missing label sets the example aside with the layout that was expected; it never
 becomes an example with an empty input.
 
@@ -247,22 +250,30 @@ def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
 
 # One notion of a list item's marker, whatever a model numbers its items with: digits ("9.",
 # "(9)", "９．"), an enclosed number ("⑨", "⑴", "⒐", "❾", "㉑"), keycap emoji ("9️⃣", "1️⃣0️⃣",
-# "🔟"), a letter ("a)", "(b)", "C.", "d.") or a roman numeral ("iv.", "(ii)", "IV)"), which are
-# markers only in a run that goes a, b, c ... or i, ii, iii ... (`_lettered_markers`).
+# "🔟"), a letter ("a)", "(b)", "C.", "d.", "ⓐ") or a roman numeral ("iv.", "(ii)", "IV)"), which
+# are markers only in a run that goes a, b, c ... or i, ii, iii ... (`_lettered_markers`).
 # `marker_kind` names which; a list's items share one kind, and markers of another kind under an
 # item are its sub-list.
 _ENCLOSED = "\u2460-\u249b\u24ea-\u24ff\u2776-\u2793\u3251-\u325f\u32b1-\u32bf"
 _KEYCAPS = "(?:\\d\ufe0f?\u20e3)+|\U0001f51f"
 _SYMBOL_INDEX = rf"[{_ENCLOSED}]|{_KEYCAPS}"
-# a letter, or a roman numeral of one case ("iv", "XII"; a list's run checks its value)
-_LETTERS_INDEX = r"[A-Za-z]|[ivx]{2,6}|[IVX]{2,6}"
+# letters in a circle or in brackets ("ⓐ", "Ⓐ", "⒜"): a style of lettered marker of their own
+_CIRCLED_LETTERS = "\u249c-\u24e9"
+_CIRCLED_LETTER = re.compile(f"[{_CIRCLED_LETTERS}]")
+# a letter, or a roman numeral of one case from 2 to 39 ("iv", "XII"; not "vix" or "iiii"; a
+# list's run checks its place)
+_LETTERS_INDEX = (r"[A-Za-z]|(?=[ivx]{2})x{0,3}(?:ix|iv|vi{0,3}|i{1,3})?|"
+                  r"(?=[IVX]{2})X{0,3}(?:IX|IV|VI{0,3}|I{1,3})?")
 # any marker at the start of an instance answer's line: "1.", "(3)", "a)", "iv.", "①", "9️⃣", a
 # bullet
 _ANY_MARK = (rf"\(?\d{{1,2}}[.):]|\((?:{_LETTERS_INDEX})\)|(?:{_LETTERS_INDEX})[.)]|"
-             rf"{_SYMBOL_INDEX}|[-*•+]")
+             rf"{_SYMBOL_INDEX}|[{_CIRCLED_LETTERS}]|[-*•+]")
 _LETTERED = re.compile(
-    rf"^[ \t]*{_MD}[ \t]*(?:\((?P<paren>{_LETTERS_INDEX})\)|(?P<letter>{_LETTERS_INDEX})"
-    rf"(?P<end>[.)])){_MD}[ \t]+{_MD}[ \t]*(?P<rest>\S.*)$")
+    rf"^[ \t]*{_MD}[ \t]*(?:(?:\((?P<paren>{_LETTERS_INDEX})\)|(?P<letter>{_LETTERS_INDEX})"
+    rf"(?P<end>[.)])){_MD}[ \t]+|(?P<circled>[{_CIRCLED_LETTERS}])[.)]?{_MD}[ \t]*)"
+    rf"{_MD}[ \t]*(?P<rest>\S.*)$")
+# the first of each circled style: ⒜ (parenthesized), Ⓐ (circled capital), ⓐ (circled small)
+_CIRCLED_BASES = (0x249c, 0x24b6, 0x24d0)
 
 
 def _roman(value: int) -> str:
@@ -288,11 +299,13 @@ def marker_value(index: str) -> int:
 _Run = list[tuple[int, int, str]]  # (line index, place, the text after the marker)
 
 
-def _lettered_markers(lines: list[str]) -> dict[int, tuple[str, int, str]]:
-    """{line index: (kind, "letter" or "roman"; the marker's place, 1 for a or i; the text
-    after it)} for the lines that start a lettered item: only in a run of two or more that goes
-    a, b, c ... or i, ii, iii ... (skipping up to two, as numbers may) in one style ("a)",
-    "(a)", "a.", upper or lower case) at one indent, so a sentence that starts "A. Lincoln" or
+def _lettered_markers(lines: list[str], circled: bool = True) -> dict[int, tuple[str, int, str]]:
+    """{line index: (kind, "letter", "roman" or "circled"; the marker's place, 1 for a or i;
+    the text after it)} for the lines that start a lettered item: only in a run of two or more
+    that goes a, b, c ... or i, ii, iii ... (skipping up to two, as numbers may) in one style
+    ("a)", "(a)", "a.", upper or lower case; "ⓐ", "Ⓐ", "⒜", a kind of their own) at one indent
+    (`circled`: False when the text has no circled letter, to skip that look), so a sentence
+    that starts "A. Lincoln" or
     "I. M. Pei" or options inline ("a) red b) blue") is text, also inside a run ("V. S.
     Naipaul" after "I."). "i", "v" and "x" are letters and numerals: the run decides (a, b,
     ... i is letters, i, ii is roman; a line both runs claim goes to the longer run, a tie to
@@ -305,17 +318,23 @@ def _lettered_markers(lines: list[str]) -> dict[int, tuple[str, int, str]]:
             closed.append((kind, run))
 
     for n, line in enumerate(lines):
-        match = _LETTERED.match(line) if "." in line or ")" in line else None
+        match = _LETTERED.match(line) if "." in line or ")" in line or circled and \
+            _CIRCLED_LETTER.search(line) else None
         if match is None:
             continue
-        token = match.group("paren") or match.group("letter")
-        style = ("(" if match.group("paren") else match.group("end")) + (
-            "A" if token.isupper() else "a")
         indent, rest = _indent(line), match.group("rest")
-        value = _ROMAN_VALUES.get(token.lower())
-        places = [("letter", ord(token.lower()) - ord("a") + 1)] if len(token) == 1 else []
-        if value is not None:
-            places.append(("roman", value))
+        sign = match.group("circled")
+        if sign is not None:
+            base = max(b for b in _CIRCLED_BASES if ord(sign) >= b)
+            style, places = chr(base), [("circled", ord(sign) - base + 1)]
+        else:
+            token = match.group("paren") or match.group("letter")
+            style = ("(" if match.group("paren") else match.group("end")) + (
+                "A" if token.isupper() else "a")
+            value = _ROMAN_VALUES.get(token.lower())
+            places = [("letter", ord(token.lower()) - ord("a") + 1)] if len(token) == 1 else []
+            if value is not None:
+                places.append(("roman", value))
         for kind, place in places:
             key = (kind, indent, style)
             run = runs.get(key)
@@ -413,7 +432,7 @@ def clean_instruction(text: str) -> str:
 
 # "1.", "2)", "(3)", "a)", "iv.", "(ii)", "①": how a sub-step is numbered
 _STEP = re.compile(rf"[ \t]*(?:\(?\d{{1,2}}[.)]|\((?:{_LETTERS_INDEX})\)|(?:{_LETTERS_INDEX})[.)]|"
-                   rf"{_SYMBOL_INDEX})")
+                   rf"{_SYMBOL_INDEX}|[{_CIRCLED_LETTERS}])")
 
 
 def _indent(line: str) -> int:
@@ -559,7 +578,8 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     # each line's "9." marker, read once
     lines, dotted = _split_inline_numbers(text.split("\n"), first_number)
     bare = _bare_markers(lines, dotted, first_number)
-    sub = _one_kind_of_marker(lines, dotted, bare, digits=first_number is not None)
+    sub = _one_kind_of_marker(lines, dotted, bare, digits=first_number is not None,
+                              circled=_CIRCLED_LETTER.search(text) is not None)
     bullets = [_indent(line) for line in lines if _BULLET.match(line) and not _LABEL.match(line)]
     numbers = [_indent(line) for line, hit in zip(lines, dotted, strict=True) if hit]
     # numbered sub-steps under bulleted items do not make a numbered list
@@ -679,14 +699,15 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
 
 
 def _one_kind_of_marker(lines: list[str], dotted: list[tuple[int, str] | None],
-                        bare: set[int], digits: bool) -> set[int]:
-    """Make the list's items the markers of one kind (`marker_kind`, letters or roman
-    numerals): the kind of the first marker at the least indent, or digits when `digits`
-    (completions: the prompt numbered the list) and there are any. Lettered markers
+                        bare: set[int], digits: bool, circled: bool = True) -> set[int]:
+    """Make the list's items the markers of one kind (`marker_kind`, letters, roman
+    numerals or circled letters; `circled`: the text may hold circled letters): the kind of
+    the first marker at the least indent, or digits when `digits` (completions: the prompt
+    numbered the list) and there are any. Lettered markers
     (`_lettered_markers`) of that kind are put in `dotted`; markers of other kinds are taken
     out of `dotted` and `bare`, and their line indexes returned: they are the sub-list of the
     item they are under ("9. Pick one:" then "a) red", "b) blue", or "i. red")."""
-    lettered = _lettered_markers(lines)
+    lettered = _lettered_markers(lines, circled=circled)
     kinds: dict[int, str] = {n: "digits" for n in bare}
     for n, hit in enumerate(dotted):
         if hit is not None:
@@ -703,7 +724,7 @@ def _one_kind_of_marker(lines: list[str], dotted: list[tuple[int, str] | None],
     for n in sub:
         dotted[n] = None
     bare -= sub
-    if top in ("letter", "roman"):
+    if top in ("letter", "roman", "circled"):
         for n, (kind, place, rest) in lettered.items():
             if kind == top:
                 dotted[n] = (place, rest)
@@ -1051,6 +1072,8 @@ _EXAMPLE_HEADER = re.compile(
     rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*example(?![a-z])[ \t]*#?[ \t]*(\d*)[ \t]*"
     rf"[.:)\-–—]?[ \t]*{_MD}[ \t]*(.*)$", re.IGNORECASE)
 _LIST_MARK = re.compile(rf"^[ \t]*(?:{_ANY_MARK})[ \t]*(.*)$")
+_MULTI_ROMAN = re.compile(r"^[ \t]*\(?(?:[ivx]{2}|[IVX]{2})")
+_ROMAN_MARK = re.compile(r"^[ \t]*\(?([ivx]{1,6}|[IVX]{1,6})[.)][ \t]*(.*)$")
 _BARE_MARK = re.compile(rf"^[ \t]*(?:\(?\d{{1,2}}[.):]?|(?:{_SYMBOL_INDEX})[.):]?)[ \t]*$")
 # "Input:", "Input 2:", "Input text:", "Input (a sentence):"; "Output:", "Expected output:",
 # "Output (in French):"
@@ -1069,11 +1092,14 @@ _INLINE_OUT = re.compile(rf"(?:\s|\|)[ \t|]*{_MD}output[ \t]*{_MD}[ \t]*:[ \t]*{
 _INLINE_IN = re.compile(rf"(?:\s|\|)[ \t|]*{_MD}input[ \t]*{_MD}[ \t]*:[ \t]*{_EMPH}",
                         re.IGNORECASE)
 # The start of another task, in the forms models run on into: "Task 2", "Task: ...",
-# "## Task", "Instruction: ...", "3. Instruction: ...".
+# "## Task", "Instruction: ...", "3. Instruction: ...", under any list marker ("b) Instruction:",
+# "(iii) Task:", "② Instruction:").
 # Searched over the whole answer (re.MULTILINE: ^ and $ at every "\n"); nothing in it crosses a
 # line, so it finds the first line that would match on its own.
 _NEXT_TASK = re.compile(
-    rf"^[ \t]*(?:#{{1,6}}[ \t]*)?(?:\d{{1,3}}[.)][ \t]*)?{_MD}[ \t]*(?:new[ \t]+)?"
+    rf"^[ \t]*(?:#{{1,6}}[ \t]*)?(?:(?:\(?\d{{1,3}}[.)]|\((?:{_LETTERS_INDEX})\)|"
+    rf"(?:{_LETTERS_INDEX})[.)]|{_SYMBOL_INDEX}|[{_CIRCLED_LETTERS}])[ \t]*)?"
+    rf"{_MD}[ \t]*(?:new[ \t]+)?"
     rf"(?:task|instruction)\b[ \t]*(?:#?(\d+)|{_MD}[ \t]*:|{_MD}[ \t]*$)",
     re.IGNORECASE | re.MULTILINE)
 # What the instance layout's patterns can start with after spaces and tabs: a mark (separator,
@@ -1081,7 +1107,8 @@ _NEXT_TASK = re.compile(
 # none is content; one that starts with a label word is none of the marks or headers. This saves
 # trying each pattern on every line (same flags as theirs, so the same case folding).
 _MAY_BE_LAYOUT = re.compile(
-    rf"^[ \t]*(?:([#\-*_=~(\d•+`{_ENCLOSED}\U0001f51f]|[a-z][.)]|[ivx]+[.)]|example)|input|output|"
+    rf"^[ \t]*(?:([#\-*_=~(\d•+`{_ENCLOSED}{_CIRCLED_LETTERS}\U0001f51f]|[a-z][.)]|[ivx]+[.)]|"
+    r"example)|input|output|"
     r"response|answer|class|label|expected)", re.IGNORECASE)
 
 
@@ -1239,6 +1266,7 @@ class _InstanceReader:
         self.lines = lines
         self.blocks: list[_Block] = []
         self.cur = _Block()
+        self.romans: set[int] | None = None  # lines whose roman marker is in a run, once read
 
     def _filled(self) -> bool:
         """The example's last field (its output; an output-first example's input) has text:
@@ -1262,6 +1290,34 @@ class _InstanceReader:
         if later is None:  # the last line: "4" ends a column, "3." is a cut example's mark
             return self.lines[n].strip().isdigit()
         return not _INSTANCE_LAYOUT.match(later)
+
+    def _in_run(self, n: int, line: str) -> bool:
+        """A roman numeral of two or more letters marking line n's label ("ii) Input: ...")
+        is a marker only in a run of the answer's roman-marked labels: one that starts at i,
+        or two or more, each going up by one to three from the one before ("i.", "ii)", "iv.";
+        "(IV)", "(V)" after the prompt's examples; any style: the label says it is an
+        example's). Every other mark is a marker alone; a lone "ii)" or "xii)" is text."""
+        if not _MULTI_ROMAN.match(line):
+            return True
+        if self.romans is None:
+            self.romans = set()
+            run: list[int] = []
+            last = 0
+            for k, other in enumerate(self.lines):
+                mark = _ROMAN_MARK.match(other)
+                if mark is None:
+                    continue
+                value, rest = _ROMAN_VALUES.get(mark.group(1).lower(), 0), mark.group(2)
+                if not value or not (_IN_LABEL.match(rest) or _OUT_LABEL.match(rest)
+                                     or _CLASS_LABEL.match(rest)):
+                    continue
+                if not last < value <= last + 3:  # a new run
+                    run = []
+                run.append(k)
+                last = value
+                if len(run) >= 2 or value == 1:
+                    self.romans.update(run)
+        return n in self.romans
 
     def _next(self, line: str | None = None) -> None:
         self.cur.open = False
@@ -1296,7 +1352,7 @@ class _InstanceReader:
                     return
             listed = _LIST_MARK.match(line)
             if listed and (_IN_LABEL.match(listed.group(1)) or _OUT_LABEL.match(listed.group(1))
-                           or _CLASS_LABEL.match(listed.group(1))):
+                           or _CLASS_LABEL.match(listed.group(1))) and self._in_run(n, line):
                 line = listed.group(1)
         self.cur.raw.append(line)
         if self.output_first:
@@ -1595,6 +1651,70 @@ _INPUT_COLUMN = re.compile(r"(?:example |sample |optional )?input(?: text)?s?(?:
 _OUTPUT_COLUMN = re.compile(r"(?:expected |example |sample )?(?:output|response|answer)s?"
                             r"(?: ?\(.*\))?")
 _LABEL_COLUMN = re.compile(r"(?:class )?label|class|category")
+# Two-column tables whose columns are not named Input/Output (`_two_columns`): names that say
+# which side of an example a column is ("| Question | Answer |", "| Text | Summary |",
+# "| Sentence | Mood |" for a classification task, "| English | French |").
+_NOTE_NAME = r"(?: ?\(.*\))?"
+_INPUT_NAME = re.compile(
+    r"(?:[\w'-]+ ){0,2}(?:input|question|query|prompt|text|sentence|passage|paragraph|phrase|"
+    r"word|term|statement|problem|review|comment|tweet|post|message|email|headline|document|"
+    r"article|story|description|code|snippet|number|equation|expression|situation|scenario|"
+    r"request|premise|claim|dialogue|conversation|context)s?" + _NOTE_NAME +
+    r"|(?:original|source|before|given)(?: [\w'-]+){0,2}" + _NOTE_NAME)
+_OUTPUT_NAME = re.compile(
+    r"(?:[\w'-]+ )?(?:output|response|answer|reply|summary|summaries|translation|result|"
+    r"solution|explanation|definition|completion|paraphrase|correction|rewrite|feedback|"
+    r"suggestion|recommendation)s?" + _NOTE_NAME +
+    r"|(?:rewritten|corrected|revised|improved|edited|simplified|translated|formal|informal|"
+    r"polite|paraphrased|summari[sz]ed|fixed|expected|target|after)(?: [\w'-]+){0,2}" +
+    _NOTE_NAME)
+_LANGUAGE_NAME = re.compile(
+    r"(?:english|french|spanish|german|italian|portuguese|dutch|russian|chinese|mandarin|"
+    r"japanese|korean|arabic|hindi|turkish|polish|swedish|greek|hebrew|vietnamese|"
+    r"indonesian|latin)(?: (?:sentence|text|phrase|word|translation|version)s?)?" + _NOTE_NAME)
+_LABEL_NAME = re.compile(
+    r"(?:[\w'-]+ )?(?:label|class|category|categories|sentiment|mood|emotion|tone|topic|genre|"
+    r"type|kind|classification|polarity|verdict|intent|stance|rating|answer|output|tag|group|"
+    r"style|level|grade|prediction|result)s?" + _NOTE_NAME)
+_LABEL_WORDS = 5  # a class label is a few words on one line
+
+
+def _two_columns(table: _Table, output_first: bool) -> tuple[int, int] | str:
+    """(input column, output column) of a table with two columns (besides a "#" column) that
+    are not named Input/Output, or why it cannot be read: for a classification task
+    (`output_first`) the label column is the one named for labels ("Mood", "Category") when
+    only one is and its cells are labels (one line, up to `_LABEL_WORDS` words), else the last
+    column when its cells are labels, else the first when they are and it is not named for
+    inputs ("Review"); for any other task the headers must say
+    it: an output name ("Answer", "Summary") beside an input name ("Question", "Text"), or two
+    languages ("English", "French": from the first to the second)."""
+    header = table.header
+    columns = [n for n, name in enumerate(header) if name and not _NUMBER_COLUMN.fullmatch(name)]
+    if len(columns) != 2:
+        return f"{len(columns)} columns besides a '#': which are the example cannot be told"
+    first, last = columns
+    if output_first:
+        def labels(column: int) -> bool:
+            cells = [_EMPHASIS.sub("", cells[column]).strip() if column < len(cells) else ""
+                     for _, cells in table.rows]
+            return any(cells) and all("\n" not in c and len(c.split()) <= _LABEL_WORDS
+                                      for c in cells)
+        named = [c for c in columns if _LABEL_NAME.fullmatch(header[c]) and labels(c)]
+        label = named[0] if len(named) == 1 else last if labels(last) else first if labels(
+            first) and not _INPUT_NAME.fullmatch(header[first]) else None
+        if label is None:
+            return "neither column holds short class labels"
+        return (first if label == last else last), label
+    if _LANGUAGE_NAME.fullmatch(header[first]) and _LANGUAGE_NAME.fullmatch(header[last]):
+        return first, last
+    outputs = [c for c in columns if _OUTPUT_NAME.fullmatch(header[c])]
+    if len(outputs) == 1:
+        output = outputs[0]
+        other = first if output == last else last
+        if _INPUT_NAME.fullmatch(header[other]) or (
+                output == last and _OUTPUT_COLUMN.fullmatch(header[output])):
+            return other, output
+    return "the column names do not say which is the input and which the output"
 
 
 def _parse_table_list(text: str, truncated: bool) -> ParsedList | None:
@@ -1669,14 +1789,18 @@ def _parse_table_instances(text: str, output_first: bool,
         output_at = (labels if labels is not None else outputs) if output_first else (
             outputs if outputs is not None else labels)
         if input_at is None or output_at is None:
-            body = "\n".join(lines[table.start:table.end])
-            missing = "an Input column" if input_at is None else (
-                "a Class label column" if output_first else "an Output column")
-            result.discarded.append(Fragment(
-                body[:2000], R.UNPARSEABLE,
-                f"a table with no {missing[missing.index(' ') + 1:]} (columns: "
-                f"{', '.join(table.names)}); {layout}, or a table with those columns"))
-            continue
+            read = _two_columns(table, output_first)
+            if isinstance(read, str):
+                body = "\n".join(lines[table.start:table.end])
+                missing = "an Input column" if input_at is None else (
+                    "a Class label column" if output_first else "an Output column")
+                result.discarded.append(Fragment(
+                    body[:2000], R.UNPARSEABLE,
+                    f"a table with no {missing[missing.index(' ') + 1:]} (columns: "
+                    f"{', '.join(table.names)}; {read}); {layout}, or a table with those "
+                    "columns"))
+                continue
+            input_at, output_at = read
         for line, found in table.rows:
             cells = _row_cells(line, found, table.header)
             if isinstance(cells, Fragment):
