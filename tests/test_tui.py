@@ -721,3 +721,35 @@ def test_pause_stop_and_detach_are_offered_only_while_they_can_act(tmp_path, iso
                 assert not any("not running" in n.message for n in app._notifications)
 
     run(go())
+
+
+@pytest.mark.parametrize("size", [(120, 40), (60, 18)], ids=["120x40", "60x18"])
+def test_the_footer_in_the_filter_box_offers_ctrl_q_and_no_key_that_types(tmp_path,
+                                                                         isolated_env, size):
+    """With the task pool's filter box focused, the footer showed "/ Filter", where "/" typed
+    a slash (Textual reads no character from the key name "slash"), and no quit key at all:
+    q types there, and ctrl+q, which quits from the box, was never in the footer. Now it
+    shows "^q Quit" there (ctrl+q asks, as q does), no key that types, and "q Quit" again,
+    in its place, once the box is closed."""
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=2000)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=size) as pilot:
+                await until(pilot, lambda: app.state == "running")
+                await until(pilot, lambda: "q Quit" in footer_line(app), timeout=10)
+                before = footer_line(app)
+                await pilot.press("slash", "q", "slash")
+                assert app.filter_box.value == "q/" and app.state == "running"
+                await until(pilot, lambda: "^q Quit" in footer_line(app), timeout=10)
+                line = footer_line(app)
+                assert "Filter" not in line and "Pause" not in line and "Help" not in line, line
+                await pilot.press("ctrl+q")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                await pilot.press("n")
+                await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+                assert app.state == "running"
+                await pilot.press("escape")
+                await until(pilot, lambda: footer_line(app) == before, timeout=10)
+
+    run(go())

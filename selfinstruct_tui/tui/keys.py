@@ -8,11 +8,13 @@ A footer too narrow for its keys keeps them by `footer_rank`: quit always."""
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from functools import partial
 
 from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
+from textual.keys import _character_to_key, key_to_character
 
 LOCAL = "local"  # the app runs the engine (selfinstruct run)
 ATTACHED = "attached"  # the app follows a run another process drives (selfinstruct attach)
@@ -84,13 +86,26 @@ def footer_rank(action: str) -> tuple[int, int]:
     return (2, actions.index(action)) if action in actions else (1, 0)
 
 
+# The characters of the keys Textual names by a word its key_to_character does not read back
+# ("slash" for "/", "minus" for "-"): the key names of key events, as Textual makes them
+_TYPED = {_character_to_key(c): c for c in string.printable if c.isprintable()}
+
+
+def typed_character(key: str) -> str | None:
+    """The character pressing `key` (a Textual key name: "q", "slash", "ctrl+q") types in a
+    text box, or None (a key with a modifier, a function key)."""
+    return key_to_character(key) or _TYPED.get(key)
+
+
 def bindings() -> list[BindingType]:
     table: list[BindingType] = []
     for k in KEYS:
         table.append(Binding(k.key, k.action, k.footer, show=k.in_footer, tooltip=k.title))
-        if k.also:  # (the same action: the help lists both keys on one line)
-            table.append(Binding(k.also, k.action, k.footer, show=False, tooltip=k.title,
-                                 priority=True))
+        if k.also:
+            # The same action (the help lists both keys on one line; the footer shows an
+            # action's first key that is active: q, or ctrl+q while a text box takes q)
+            table.append(Binding(k.also, k.action, k.footer, show=k.in_footer,
+                                 tooltip=k.title, priority=True))
     return [*table, Binding("escape", "close_filter", show=False)]
 
 

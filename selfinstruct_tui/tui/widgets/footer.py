@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
-from selfinstruct_tui.tui.keys import footer_rank
+from selfinstruct_tui.tui.keys import KEYS, footer_rank
 
 
 def key_width(key: FooterKey) -> int:
@@ -39,9 +39,34 @@ class RunFooter(Footer):
 
     def compose(self) -> ComposeResult:
         widgets = list(super().compose())
+        if self._plain_keys(w for w in widgets if isinstance(w, FooterKey)):
+            # in the bindings' order, as if the plain key had been listed first (the keys'
+            # places among the footer's widgets: a key group's label, the palette stay)
+            order = {key: n for n, key in enumerate(self.screen.active_bindings)}
+            slots = [n for n, w in enumerate(widgets) if isinstance(w, FooterKey)
+                     and not w.has_class("-command-palette")]
+            keys = sorted((w for n in slots if isinstance(w := widgets[n], FooterKey)),
+                          key=lambda w: order.get(w.key, 0))
+            for n, key in zip(slots, keys, strict=True):
+                widgets[n] = key
         if self.size.width:  # (0: not laid out yet; its first size fits them)
             fit_keys((w for w in widgets if isinstance(w, FooterKey)), self.size.width)
         yield from widgets
+
+    def _plain_keys(self, keys: Iterable[FooterKey]) -> bool:
+        """An action with a second key (quit: q and ctrl+q) is shown by its first key when that
+        one acts here, and by the second while the focused widget takes the first (a text box
+        types q): Textual's footer shows whichever its bindings list first. Returns whether a
+        key was changed."""
+        active, changed = self.screen.active_bindings, False
+        for key in keys:
+            for k in KEYS:
+                plain = active.get(k.key)
+                if k.also == key.key and k.action == key.action and plain is not None and \
+                        plain.binding.action == k.action:
+                    key.key, key.key_display = k.key, self.app.get_key_display(plain.binding)
+                    changed = True
+        return changed
 
     def on_resize(self, event: events.Resize) -> None:
         fit_keys(self.query_children(FooterKey), event.size.width)

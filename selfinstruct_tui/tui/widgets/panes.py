@@ -17,6 +17,7 @@ from textual_plotext import PlotextPlot
 
 from selfinstruct_tui.engine.batch import progress_line
 from selfinstruct_tui.engine.control import HISTORY_REJECTIONS, RunState
+from selfinstruct_tui.tui.keys import typed_character
 from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, StatusView
 
 CHARTS = ("rouge", "lengths", "accepted", "rejections")
@@ -193,6 +194,13 @@ class FilterInput(Input):
 
     def watch_virtual_size(self, size: Size) -> None:
         self._scroll_update(size)
+
+    def check_consume_key(self, key: str, character: str | None) -> bool:
+        """Whether pressing `key` types in this box (then the app's binding for it neither acts
+        nor is offered in the footer while the box has the focus). Textual reads no character
+        from some key names ("slash", "minus"): the footer offered "/ Filter" in the box,
+        where "/" types a slash."""
+        return super().check_consume_key(key, character or typed_character(key))
 
 
 class PoolPane(Vertical):
