@@ -257,8 +257,15 @@ class HeadlessPrinter:
         elif isinstance(event, ev.EndpointsReported):
             self.endpoints = event.endpoints
         elif isinstance(event, ev.RequestRetried):
-            self.retries_shown += 1
-            if self.retries_shown <= 3 or self.retries_shown % 100 == 0:
+            if event.prompt_id is None:
+                # a batch job's poll (attempt: its polls failing in a row): few, and a spell
+                # lasts minutes; counted with the requests' retries, one after three of those
+                # was not printed until the job was lost, up to 10 minutes later
+                shown = event.attempt <= 3 or event.attempt % 10 == 0
+            else:
+                self.retries_shown += 1
+                shown = self.retries_shown <= 3 or self.retries_shown % 100 == 0
+            if shown:
                 at = ev.at_endpoint(event, self.pool)
                 self._line(f"retry ({event.cause.replace('_', ' ')}, attempt {event.attempt}, "
                            f"next in {event.delay:.1f}s){at}: {event.message}")

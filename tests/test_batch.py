@@ -1248,3 +1248,27 @@ def test_a_batch_command_that_quotes_its_placeholders_gets_paths_with_spaces(tmp
     assert engine.finished is not None and engine.finished.reason.value == "target", \
         engine.paused and engine.paused.reason
     assert all(j["state"] == "settled" for j in db(run_dir).execute("SELECT * FROM batches"))
+
+
+def test_headless_prints_a_batch_jobs_failed_polls_by_their_own_count(run_cli, isolated_env,
+                                                                       tmp_path):
+    """Headless prints the first 3 retries of a run, then every 100th: a batch job's 404
+    spell after 3 earlier retries printed nothing until the job was lost (by default up to
+    10 minutes later). A job's failed polls are now printed by their own count (its polls
+    failing in a row: the first 3, then every 10th), so every 404 of these short spells is
+    shown, each as in the store."""
+    Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text("batch_lost_after_seconds = 0\n")
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(batch_poll_script=[404] * 8)
+        proc = run_cli("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                       "--run-dir", str(run_dir), "--target", "3", "--batch", "--batch-poll",
+                       "0.05", "--prompts-per-round", "2", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    printed = [line for line in output.splitlines() if line.startswith("retry (not found")]
+    stored = db(run_dir).execute(
+        "SELECT attempt FROM retries WHERE cause = 'not_found' ORDER BY id").fetchall()
+    assert len(stored) >= 5, stored  # two jobs lost (3 polls each, 2 retries), then 2 more
+    assert len(printed) == len(stored), (printed, stored)
+    assert all(f"attempt {a}," in line for (a,), line in zip(stored, printed, strict=True))
