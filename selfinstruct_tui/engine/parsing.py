@@ -47,6 +47,7 @@ import functools
 import json
 import re
 import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from selfinstruct_tui.engine.filters import RejectionReason as R
@@ -1629,6 +1630,11 @@ def _column(header: list[str], names: re.Pattern[str]) -> int | None:
     return next((n for n, name in enumerate(header) if names.fullmatch(name)), None)
 
 
+def _content_columns(header: list[str]) -> list[int]:
+    """The columns that are not empty-named nor a "#" column (`_NUMBER_COLUMN`)."""
+    return [n for n, name in enumerate(header) if name and not _NUMBER_COLUMN.fullmatch(name)]
+
+
 def _row_cells(line: str, cells: list[str], header: list[str]) -> list[str] | Fragment:
     """The row's cells, one per header cell (missing ones empty), or the row rejected when it
     has more cells than the header: which "|" is the text's cannot be told."""
@@ -1642,6 +1648,36 @@ def _row_cells(line: str, cells: list[str], header: list[str]) -> list[str] | Fr
 def _cut_row(line: str, text: str, truncated: bool) -> bool:
     """The row is the one a token limit cut: the answer was cut and ends in it."""
     return truncated and text.rstrip().endswith(line.strip())
+
+
+def _answer_tables(text: str, layout: Callable[[str], object]
+                   ) -> tuple[list[str], list[_Table]] | None:
+    """(the answer's lines, its tables with rows) when the answer is written as tables: None
+    when it has none, or has a line of the text layout (`layout(line)` true) outside them (a
+    table under an item or in an output is that one's)."""
+    if "|" not in text:
+        return None
+    lines = text.split("\n")
+    tables = [t for t in _tables(lines) if t.rows]
+    if not tables or any(layout(line) for line in _outside_tables(lines, tables)):
+        return None
+    return lines, tables
+
+
+def _readable_rows(table: _Table, text: str, truncated: bool,
+                   discarded: list[Fragment]) -> Iterator[tuple[str, list[str]]]:
+    """(the row's line stripped, one cell per header cell) for each row of `table` that can
+    be read; a row with more cells than the header (`_row_cells`) or the one a token limit
+    cut (`_cut_row`) goes to `discarded`, named."""
+    for line, found in table.rows:
+        cells = _row_cells(line, found, table.header)
+        if isinstance(cells, Fragment):
+            discarded.append(cells)
+        elif _cut_row(line, text, truncated):
+            discarded.append(Fragment(line.strip(), R.TRUNCATED,
+                                      "the answer hit max_tokens inside this row"))
+        else:
+            yield line.strip(), cells
 
 
 _INSTRUCTION_COLUMN = re.compile(
@@ -1689,7 +1725,7 @@ def _two_columns(table: _Table, output_first: bool) -> tuple[int, int] | str:
     it: an output name ("Answer", "Summary") beside an input name ("Question", "Text"), or two
     languages ("English", "French": from the first to the second)."""
     header = table.header
-    columns = [n for n, name in enumerate(header) if name and not _NUMBER_COLUMN.fullmatch(name)]
+    columns = _content_columns(header)
     if len(columns) != 2:
         return f"{len(columns)} columns besides a '#': which are the example cannot be told"
     first, last = columns
@@ -1722,19 +1758,15 @@ def _parse_table_list(text: str, truncated: bool) -> ParsedList | None:
     per item): each row an item, its number from a "#" column, its input from an "Input"
     column. None when the answer has no table, or list lines outside its tables (a table under
     an item is the item's)."""
-    if "|" not in text:
+    found = _answer_tables(text, lambda line: _LIST_LAYOUT.match(line) or _BULLET.match(line))
+    if found is None:
         return None
-    lines = text.split("\n")
-    tables = [t for t in _tables(lines) if t.rows]
-    if not tables or any(_LIST_LAYOUT.match(line) or _BULLET.match(line)
-                         for line in _outside_tables(lines, tables)):
-        return None
+    lines, tables = found
     result = ParsedList()
     for table in tables:
         column = _column(table.header, _INSTRUCTION_COLUMN)
         if column is None:
-            others = [n for n, name in enumerate(table.header)
-                      if name and not _NUMBER_COLUMN.fullmatch(name)]
+            others = _content_columns(table.header)
             column = others[0] if len(others) == 1 else None
         if column is None:
             body = "\n".join(lines[table.start:table.end])
@@ -1746,23 +1778,15 @@ def _parse_table_list(text: str, truncated: bool) -> ParsedList | None:
             continue
         number_at = _column(table.header, _NUMBER_COLUMN)
         input_at = _column(table.header, _INPUT_COLUMN)
-        for line, found in table.rows:
-            cells = _row_cells(line, found, table.header)
-            if isinstance(cells, Fragment):
-                result.discarded.append(cells)
-                continue
-            if _cut_row(line, text, truncated):
-                result.discarded.append(Fragment(line.strip(), R.TRUNCATED,
-                                                 "the answer hit max_tokens inside this row"))
-                continue
+        for raw, cells in _readable_rows(table, text, truncated, result.discarded):
             instruction = clean_instruction(cells[column])
             if not instruction:
-                result.discarded.append(Fragment(line.strip(), R.NOT_AN_INSTRUCTION,
+                result.discarded.append(Fragment(raw, R.NOT_AN_INSTRUCTION,
                                                  "a table row with no instruction"))
                 continue
             index = cells[number_at].strip("*_` .") if number_at is not None else ""
             result.items.append(ListItem(
-                instruction, line.strip(), int(index) if index.isdecimal() else None,
+                instruction, raw, int(index) if index.isdecimal() else None,
                 normalize_input(cells[input_at]) if input_at is not None else ""))
     return result
 
@@ -1773,13 +1797,11 @@ def _parse_table_instances(text: str, output_first: bool,
     | Input |" for a classification task), one example per row. None when the answer has no
     table, or has label lines ("Input: ...") outside its tables (a table in an output is the
     output's)."""
-    if "|" not in text:
+    found = _answer_tables(text, lambda line: _IN_LABEL.match(line) or _OUT_LABEL.match(line)
+                           or _CLASS_LABEL.match(line))
+    if found is None:
         return None
-    lines = text.split("\n")
-    tables = [t for t in _tables(lines) if t.rows]
-    if not tables or any(_IN_LABEL.match(line) or _OUT_LABEL.match(line)
-                         or _CLASS_LABEL.match(line) for line in _outside_tables(lines, tables)):
-        return None
+    lines, tables = found
     layout = OUTPUT_FIRST_LAYOUT if output_first else INPUT_FIRST_LAYOUT
     result = ParsedInstances()
     for table in tables:
@@ -1801,16 +1823,7 @@ def _parse_table_instances(text: str, output_first: bool,
                     "columns"))
                 continue
             input_at, output_at = read
-        for line, found in table.rows:
-            cells = _row_cells(line, found, table.header)
-            if isinstance(cells, Fragment):
-                result.discarded.append(cells)
-                continue
-            raw = line.strip()
-            if _cut_row(line, text, truncated):
-                result.discarded.append(Fragment(raw, R.TRUNCATED,
-                                                 "the answer hit max_tokens inside this row"))
-                continue
+        for raw, cells in _readable_rows(table, text, truncated, result.discarded):
             output = cells[output_at].strip()
             if output_first:
                 output = one_line(output).strip("*_` ")
