@@ -60,3 +60,40 @@ def run_cli(isolated_env, tmp_path):
         return proc
 
     return run
+
+
+def on_a_terminal(env: dict, react, *args: str, timeout: float = 120, columns: int = 120,
+                  stdin_tty: bool = True) -> tuple[int, str]:
+    """`selfinstruct ARGS` on a pty (a terminal, `columns` x 40: the TUI runs; headless draws
+    its bars). After each read, `react(seen, write)` may answer: `seen` is all the output so
+    far (bytes), `write` sends keys. `stdin_tty` False: stdin is /dev/null, the output alone a
+    terminal. Returns (exit code, the output without escape sequences)."""
+    import pty
+    import re
+    import time
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(cli_command(*args),
+                            env={**env, "TERM": "xterm", "COLUMNS": str(columns), "LINES": "40"},
+                            stdin=secondary if stdin_tty else subprocess.DEVNULL,
+                            stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    chunks: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # the child closed the pty
+                break
+            if not data:
+                break
+            chunks.append(data)
+            react(b"".join(chunks), lambda keys: os.write(primary, keys))
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    return proc.returncode, re.sub(r"\x1b[\[\]][0-9;?<>=]*[A-Za-z~]", "",
+                                   b"".join(chunks).decode(errors="replace"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_command
+from conftest import cli_command, on_a_terminal
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.exports import export_run
@@ -1003,34 +1003,16 @@ def test_a_resumed_run_waiting_for_its_pending_job_has_started_and_obeys_attache
 def test_headless_on_a_terminal_shows_a_bar_for_each_pending_batch_job(isolated_env, tmp_path):
     """On a terminal (here a pty) each pending job has a bar with its request counts and status
     under the pool's; its line is printed when its state or status changes."""
-    import os
-    import pty
     import re
-    import time
 
     run_dir = tmp_path / "run"
     with FakeOpenAI(batch_polls=30) as server:
-        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
-                           "--run-dir", str(run_dir), "--target", "3", "--batch",
-                           "--batch-poll", "0.05", "--prompts-per-round", "2")
-        primary, secondary = pty.openpty()
-        proc = subprocess.Popen(args, env={**isolated_env, "COLUMNS": "150", "TERM": "xterm"},
-                                stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
-        os.close(secondary)
-        chunks = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                data = os.read(primary, 65536)
-            except OSError:  # the child closed the pty
-                break
-            if not data:
-                break
-            chunks.append(data)
-        proc.wait(timeout=30)
-        os.close(primary)
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
-    assert proc.returncode == 0, screen[-2000:]
+        code, screen = on_a_terminal(
+            isolated_env, lambda seen, write: None, "run", "--headless", "--base-url",
+            server.base_url, "--model", "m", "--run-dir", str(run_dir), "--target", "3",
+            "--batch", "--batch-poll", "0.05", "--prompts-per-round", "2", columns=150,
+            stdin_tty=False)
+    assert code == 0, screen[-2000:]
     bars = re.findall(r"batch job 1 \(round 1, generate\) +\S+ +(\d+)/(\d+) +in_progress", screen)
     assert bars and bars[0] == ("0", "2"), screen[-3000:]
     assert screen.count("batch job 1 (round 1, generate): in_progress") == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import TextArea
 
-from conftest import cli_command, shown
+from conftest import cli_command, on_a_terminal, shown
 from fake_openai import FakeOpenAI
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.app import create_app
@@ -166,38 +166,30 @@ def test_closing_an_attached_ui_leaves_the_run_alone(run_cli, tmp_path, isolated
             kill_quietly(pid)
 
 
-def on_a_terminal(env: dict, react, *args: str, timeout: float = 120) -> tuple[int, str]:
-    """`selfinstruct ARGS` on a pty (a terminal, 120x40: the TUI runs). After each read,
-    `react(seen, write)` may answer: `seen` is all the output so far (bytes), `write` sends
-    keys. Returns (exit code, the output without escape sequences)."""
-    import pty
-    import re
+def detach_once_paused(run_dir, pause_when=None, on_paused=None):
+    """A `react` for `on_a_terminal` running the TUI: p once `pause_when(seen)` holds (None: the
+    run pauses by itself), then, once the store says paused, `on_paused(state)` (the state
+    meta) and d, and y when the Detach question shows."""
     import time
 
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(cli_command(*args),
-                            env={**env, "TERM": "xterm", "COLUMNS": "120", "LINES": "40"},
-                            stdin=secondary, stdout=secondary, stderr=secondary)
-    os.close(secondary)
-    chunks: list[bytes] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                data = os.read(primary, 65536)
-            except OSError:  # the child closed the pty
-                break
-            if not data:
-                break
-            chunks.append(data)
-            react(b"".join(chunks), lambda keys: os.write(primary, keys))
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(primary)
-    return proc.returncode, re.sub(r"\x1b[\[\]][0-9;?<>=]*[A-Za-z~]", "",
-                                   b"".join(chunks).decode(errors="replace"))
+    step = ["start" if pause_when is not None else "pausing"]
+
+    def react(seen, write):
+        if step[0] == "start" and pause_when(seen):
+            write(b"p")
+            step[0] = "pausing"
+        elif step[0] == "pausing" and state_of(run_dir).get("state") == "paused":
+            if on_paused is not None:
+                on_paused(state_of(run_dir))
+            time.sleep(0.5)
+            write(b"d")
+            step[0] = "asked"
+        elif step[0] == "asked" and b"Detach (y)" in seen:
+            time.sleep(0.3)
+            write(b"y")
+            step[0] = "detached"
+
+    return react
 
 
 def test_leaving_attach_on_a_terminal_says_the_run_goes_on_and_how_to_come_back(
@@ -614,27 +606,13 @@ def test_a_run_detached_while_paused_stays_paused_until_an_attached_ui_resumes_i
     ("the run continues in the background"), lifting the pause without a word, and paid
     requests again. It now starts paused with the same reason, sends nothing, and a UI
     attached to it shows it paused and resumes it with p."""
-    import time
-
     run_dir = tmp_path / "run"
     with FakeOpenAI(latency=0.05) as server:
         pid = None
         try:
-            step = ["start"]
-
-            def react(seen, write):
-                if step[0] == "start" and b"Task pool" in seen and count_machine(run_dir) >= 3:
-                    write(b"p")
-                    step[0] = "pausing"
-                elif step[0] == "pausing" and state_of(run_dir).get("state") == "paused":
-                    time.sleep(0.5)
-                    write(b"d")
-                    step[0] = "asked"
-                elif step[0] == "asked" and b"Detach (y)" in seen:
-                    time.sleep(0.3)
-                    write(b"y")
-                    step[0] = "detached"
-
+            react = detach_once_paused(
+                run_dir, pause_when=lambda seen: b"Task pool" in seen
+                and count_machine(run_dir) >= 3)
             code, text = on_a_terminal(isolated_env, react, "run", "--base-url",
                                        server.base_url, "--model", "m", "--run-dir",
                                        str(run_dir), "--target", "400", "--concurrency", "2",
@@ -718,28 +696,14 @@ def test_a_run_detached_while_paused_by_errors_keeps_the_reason(isolated_env, tm
     why it was paused. It now starts paused with the pause's own reason (and whether p can fix
     it), stays paused (a headless run paused by errors stops; this one waits for a UI), and a
     UI attached to it shows the reason."""
-    import time
-
     from selfinstruct_tui.tui.widgets.panes import StatusLine
 
     run_dir = tmp_path / "run"
     with FakeOpenAI(thinking=True) as server:
         pid = None
         try:
-            step = ["start"]
             paused: dict = {}
-
-            def react(seen, write):
-                if step[0] == "start" and state_of(run_dir).get("state") == "paused":
-                    paused.update(state_of(run_dir))
-                    time.sleep(0.5)
-                    write(b"d")
-                    step[0] = "asked"
-                elif step[0] == "asked" and b"Detach (y)" in seen:
-                    time.sleep(0.3)
-                    write(b"y")
-                    step[0] = "detached"
-
+            react = detach_once_paused(run_dir, on_paused=paused.update)
             code, text = on_a_terminal(isolated_env, react, "run", "--base-url",
                                        server.base_url, "--model", "m", "--api", "chat",
                                        "--run-dir", str(run_dir), "--target", "50",
