@@ -852,8 +852,9 @@ class RunStore:
         finished, a request sent or answered, a candidate, task, rejection, retry or error
         recorded, a batch job polled; only times before `before` (epoch seconds; None: all).
         None: nothing recorded. What users do to a run (seed sets, drops, edits, review
-        answers) is not the engine's work and does not count. The end of a session that
-        recorded none (`recover_interrupted`, and the elapsed time of a crashed run)."""
+        answers) is not the engine's work and does not count. Where the time of a session
+        that crashed, and so recorded no end, ends (`recover_interrupted`, and the elapsed
+        time of a crashed run)."""
         bound = math.inf if before is None else before
         times = []
         for sql in ACTIVITY:
