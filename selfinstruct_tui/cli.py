@@ -593,7 +593,13 @@ def _run_tui(args: argparse.Namespace, engine: Any, session: Any) -> int:
         if app.engine_thread is not None:
             app.engine_thread.join(timeout=session.config.stop_grace + 20)
     out = text_console()
-    if app.return_value == DETACH_EXIT:
+    ended = engine.finished is not None and engine.finished.reason is not FinishReason.STOPPED
+    if app.return_value == DETACH_EXIT and ended:
+        # it ended on its own (target, a spend limit, an error) as the detach stopped it: a
+        # background process would start it again, sending requests nobody asked for
+        out.print("not moved to the background: the run ended on its own as it was detached",
+                  markup=False)
+    elif app.return_value == DETACH_EXIT:
         # `d`: the engine stopped cleanly; a background process resumes the same run, paused
         # if it was paused here (any pause: the user resumes it, by attaching and pressing p)
         session.release_lock()

@@ -233,7 +233,7 @@ def test_the_footer_keeps_quit_and_shows_whole_keys_that_can_act(tmp_path, isola
             shown_keys = [k for k in keys if k.display]
             hidden = [k for k in keys if not k.display]
             labels = {k.description for k in keys}
-            assert not {"Pause/Resume", "Stop", "Detach"} & labels, labels
+            assert not {"Pause", "Resume", "Stop", "Detach"} & labels, labels
             line = screen_lines(app)[-1]
             taken: set[int] = set()
             for key in shown_keys:  # each whole, inside the screen, none over another

@@ -376,6 +376,38 @@ def test_detach_key_stops_here_and_asks_for_handover(tmp_path, isolated_env):
     assert finished is not None and finished.reason == "stopped"
 
 
+def test_a_detach_answered_after_the_run_ended_moves_nothing_to_the_background(tmp_path,
+                                                                              isolated_env):
+    """The run reaches its target while the detach question is open: answering yes then must
+    not hand the ended run to a background process (which would start it again and send
+    requests nobody asked for)."""
+    from selfinstruct_tui.engine.control import DETACH_EXIT
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(tmp_path / "run", server.base_url, target=4)
+            app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: app.engine_active)
+                await pilot.press("d")
+                assert isinstance(app.screen, ConfirmScreen)
+                await until(pilot, lambda: engine.finished is not None and not app.engine_active,
+                            timeout=40)
+                await pilot.press("y")
+                await pilot.pause(0.3)
+                assert app.is_running  # not exited for a handover
+                notes = [n.message for n in app._notifications]
+                assert any("Nothing moved to the background: the run has finished" in n
+                           for n in notes), notes
+            return app.return_value, engine.finished
+
+    import asyncio
+
+    code, finished = asyncio.run(go())
+    assert code != DETACH_EXIT
+    assert finished is not None and finished.reason == "target"
+
+
 def test_status_line_counts_retries_and_the_rejections_pane_names_every_reason(tmp_path,
                                                                               isolated_env):
     from selfinstruct_tui.tui.widgets.panes import RejectionsPane
@@ -662,7 +694,8 @@ def key_states(app) -> dict[str, bool]:
 def test_pause_stop_and_detach_are_offered_only_while_they_can_act(tmp_path, isolated_env):
     """A stopped run's footer still offered p (pause) and s (stop), which only said "the run
     is not running"; at 60x18 it showed them, and the task pool's keys, but not q. Now, at
-    60x18: running and paused offer p, s and d; while the run stops they are shown disabled
+    60x18: running and paused offer p, s and d (p read "Pause/Resume" either way: now "Pause"
+    while it runs, "Resume" while it is paused); while the run stops they are shown disabled
     (and do nothing); once it has stopped they are gone, from the footer and the palette.
     Quit is in the footer throughout."""
     from textual.widgets._footer import FooterKey
@@ -678,29 +711,35 @@ def test_pause_stop_and_detach_are_offered_only_while_they_can_act(tmp_path, iso
             engine = make_engine(tmp_path / "run", server.base_url, target=2000)
             app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(60, 18)) as pilot:
-                for press, state in (("", "running"), ("p", "paused"), ("p", "running")):
+                for press, state, p in (("", "running", "Pause"), ("p", "paused", "Resume"),
+                                        ("p", "running", "Pause")):
                     if press:
                         await pilot.press(press)
                     await until(pilot, lambda wanted=state: app.state == wanted)
                     keys = key_states(app)
-                    assert keys["Pause/Resume"] and keys["Stop"] and keys["Detach"], keys
+                    assert keys[p] and keys["Stop"] and keys["Detach"], keys
+                    assert ({"Pause", "Resume"} - {p}).isdisjoint(keys), keys  # p says what it does
                     # (the footer is redrawn after a state change: a moment later)
-                    await until(pilot, lambda: all(key in footer_line(app) for key in (
-                        "p Pause/Resume", "s Stop", "q Quit")), timeout=10)
+                    await until(pilot, lambda p=p: all(key in footer_line(app) for key in (
+                        f"p {p} ", "s Stop", "q Quit")), timeout=10)
+                    titles = await palette(app)
+                    assert ("Pause the run" in titles, "Resume the paused run" in titles) == (
+                        p == "Pause", p == "Resume"), titles
                 server.configure(latency=4)  # the stop waits for the requests in flight
                 await pilot.pause(0.6)
                 await pilot.press("s", "y")
                 await until(pilot, lambda: app.state == "stopping")
                 keys = key_states(app)
-                assert not keys["Pause/Resume"] and not keys["Stop"] and not keys["Detach"]
+                assert not keys["Pause"] and not keys["Stop"] and not keys["Detach"]
+                assert "Resume" not in keys
                 assert keys["Quit"]
 
                 def dimmed() -> set[str]:
                     return {k.description for k in app.query(FooterKey) if k.display and
                             k.has_class("-disabled")}
 
-                await until(pilot, lambda: dimmed() == {"Pause/Resume", "Stop"}, timeout=10)
-                assert all(key in footer_line(app) for key in ("p Pause/Resume", "q Quit"))
+                await until(pilot, lambda: dimmed() == {"Pause", "Stop"}, timeout=10)
+                assert all(key in footer_line(app) for key in ("p Pause", "q Quit"))
                 assert "Pause" not in await palette(app) and "Stop" not in await palette(app)
                 await pilot.press("p")  # disabled: no pause, no note
                 await pilot.press("d")
@@ -709,7 +748,7 @@ def test_pause_stop_and_detach_are_offered_only_while_they_can_act(tmp_path, iso
                 assert not any("not running" in n.message for n in app._notifications)
                 await until(pilot, lambda: app.state == "stopped", timeout=20)
                 keys = key_states(app)
-                assert not {"Pause/Resume", "Stop", "Detach"} & set(keys), keys
+                assert not {"Pause", "Resume", "Stop", "Detach"} & set(keys), keys
                 await until(pilot, lambda: "q Quit" in footer_line(app) and
                             "Pause" not in footer_line(app), timeout=10)
                 assert "Stop" not in footer_line(app)

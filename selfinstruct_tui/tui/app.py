@@ -401,11 +401,17 @@ class SelfInstructApp(App[int]):
         else:
             self.notify(f"The run is not running ({state}).", severity="warning")
 
-    def action_toggle_pause(self) -> None:
+    def action_pause(self) -> None:
         if not self.engine_active:
             self._say_not_running()
             return
-        self._send(Resume() if self.state == RunState.PAUSED else Pause())
+        self._send(Pause())
+
+    def action_resume(self) -> None:
+        if not self.engine_active:
+            self._say_not_running()
+            return
+        self._send(Resume())
 
     def action_stop(self) -> None:
         if not self.engine_active:
@@ -456,11 +462,14 @@ class SelfInstructApp(App[int]):
         run already runs in the background) and leaves (`leave`) where a local one quits.
         The keys that command the engine (p, s, d) only while one drives the run (starting,
         running, paused): None (shown disabled) while it stops, False (hidden) once it has
-        ended (finished, stopped, failed, crashed), where they did nothing but say so."""
+        ended (finished, stopped, failed, crashed), where they did nothing but say so. p is
+        Pause while the run goes and Resume while it is paused."""
         if not offered(action, ATTACHED if self.attached else LOCAL):
             return False
         if commands_engine(action) and not self.engine_active:
-            return None if self.state == RunState.STOPPING else False
+            return None if self.state == RunState.STOPPING and action != "resume" else False
+        if action in ("pause", "resume"):  # p: the one that applies now
+            return (action == "resume") == (self.state == RunState.PAUSED)
         return True
 
     def action_leave(self) -> None:
@@ -524,8 +533,16 @@ class SelfInstructApp(App[int]):
             return
 
         def answer(yes: bool | None) -> None:
-            if yes:
-                self._finish_and_exit(DETACH_EXIT)
+            if not yes:
+                return
+            if not self.engine_active:  # it ended while the question was open
+                now = {"stopping": "is stopping", "error": "has failed"}.get(
+                    str(self.state), f"has {self.state}")
+                self.notify(f"Nothing moved to the background: the run {now} since you "
+                            "pressed d (a background process would have started it again).",
+                            severity="warning", markup=False)
+                return
+            self._finish_and_exit(DETACH_EXIT)
 
         if self.state == RunState.PAUSED:
             question = ("Move the paused run to a background process? It stays paused there: "

@@ -37,7 +37,10 @@ class Key:
 
 
 KEYS = (  # in the footer's order: what a run needs most first (a narrow footer cuts the end)
-    Key("p", "p", "toggle_pause", "Pause/Resume", "Pause / resume the run", engine=True),
+    # One key, two actions: the app's `check_action` offers the one that applies (a footer
+    # that read "Pause/Resume" did not say which a press would do)
+    Key("p", "p", "pause", "Pause", "Pause the run: nothing new is sent", engine=True),
+    Key("p", "p", "resume", "Resume", "Resume the paused run", engine=True),
     Key("s", "s", "stop", "Stop", "Stop the run (in-flight work gets a bounded grace)",
         engine=True),
     Key("q", "q / ctrl+q", "quit", "Quit", "Quit: stops the run (asks first while it is going)",
@@ -58,8 +61,8 @@ KEYS = (  # in the footer's order: what a run needs most first (a narrow footer 
 
 
 # The footer's keys that stay longest when it cannot show them all, the first longest: quit
-# always; then help and the command palette, which list every key; pause and stop.
-FOOTER_KEEP = ("quit", "leave", "help", "command_palette", "toggle_pause", "stop")
+# always; then help and the command palette, which list every key; pause (or resume) and stop.
+FOOTER_KEEP = ("quit", "leave", "help", "command_palette", "pause", "resume", "stop")
 
 
 def offered(action: str, mode: str) -> bool:
