@@ -994,6 +994,59 @@ def test_external_editor_returns_the_saved_text_and_names_each_failure(tmp_path)
     assert not any(os.path.exists(f) for f in files)  # the temporary copies are gone
 
 
+def test_external_editor_whose_file_cannot_be_read_back_is_a_failure(tmp_path):
+    """An editor that saved the text in another encoding (Latin-1) or removed the file: the
+    read-back raised UnicodeDecodeError / FileNotFoundError, which ended the app with a
+    traceback; each is now an EditorFailed naming $EDITOR and why, the text unchanged."""
+    from selfinstruct_tui.tui.screens.seed_editor import EditorFailed, edit_externally
+
+    latin1 = write_editor(tmp_path / "latin1", "printf 'caf\\351\\n' > \"$1\"")
+    removes = write_editor(tmp_path / "removes", 'rm -f "$1"')
+    for editor, why in ((latin1, "other than UTF-8 (byte 0xe9 at offset 3)"),
+                        (removes, "left no file to read back")):
+        try:
+            edit_externally("kept\n", str(editor))
+            raise AssertionError(f"{editor.name}: its file was taken")
+        except EditorFailed as exc:
+            assert why in str(exc) and "$EDITOR" in str(exc) and "unchanged" in str(exc), exc
+
+
+def test_a_failed_external_editor_gives_the_terminal_back_to_the_app(isolated_env, tmp_path):
+    """ctrl+o with an $EDITOR that fails (exits 1; saves in another encoding): Textual resumes
+    a suspended app only when the `suspend()` block ends normally, and the failure was raised
+    inside it, so the app stayed suspended (a blank screen that took no keys; the run could
+    only be killed), or the read-back error ended it. Now the failure is said on the app's
+    screen and the app takes keys again: ctrl+q asks and quits."""
+    import re
+    import time
+
+    from conftest import on_a_terminal
+
+    RESUMED = b"\x1b[?1049h"  # the alternate screen again: Textual resumes the app
+    for body, said in (("exit 1", "exited with status 1"),
+                       ("printf 'caf\\351\\n' > \"$1\"", "other than UTF-8")):
+        run_dir = tmp_path / f"run-{len(body)}"
+        editor = write_editor(tmp_path / "ed", body)
+        steps = [(b"Task pool", b"e"), (b"Seeds: 139", b"r"), (b"opens $EDITOR", b"\x0f"),
+                 (RESUMED, b"\x11"), (b"Stop and quit (y)", b"y")]
+        seen_at = [0]  # the output already matched: each step looks after the previous one
+
+        def react(seen, write):
+            if steps and steps[0][0] in seen[seen_at[0]:]:
+                seen_at[0] = len(seen)
+                time.sleep(1.0 if steps[0][0] == RESUMED else 0.3)
+                write(steps.pop(0)[1])
+
+        with FakeOpenAI() as server:
+            code, text = on_a_terminal({**isolated_env, "EDITOR": str(editor), "VISUAL": ""},
+                                       react, "run", "--paused", "--base-url", server.base_url,
+                                       "--model", "m", "--run-dir", str(run_dir),
+                                       "--target", "5", timeout=60)
+        assert not steps, (steps[0], text[-3000:])
+        assert code == 130 and "Traceback" not in text, text[-3000:]
+        assert said in re.sub(r"[\s▌]+", " ", text), text[-3000:]  # (the note, as wrapped)
+
+
 def shlex_quote(text: str) -> str:
     import shlex
 

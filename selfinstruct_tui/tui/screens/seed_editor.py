@@ -114,18 +114,24 @@ class SeedEditorScreen(ModalScreen[SeedEdit | None]):
             self.notify("Set $EDITOR (e.g. export EDITOR=vim) to edit seeds in your editor.",
                         severity="warning")
             return
+        # Nothing may be raised inside `suspend()`: Textual resumes the app only when its block
+        # ends normally, and an editor that failed left the app suspended (a dead screen)
+        outcome: str | EditorFailed
         try:
             with self.app.suspend():
-                text = edit_externally(self.text, editor)
+                try:
+                    outcome = edit_externally(self.text, editor)
+                except EditorFailed as exc:
+                    outcome = exc
         except SuspendNotSupported:
             self.notify("$EDITOR cannot be opened here: this terminal cannot be handed over to "
                         "another program (Textual cannot suspend the app); edit the text here "
                         "or in the seed file", severity="warning", timeout=10)
             return
-        except EditorFailed as exc:
-            self.notify(str(exc), severity="error", timeout=10)
+        if isinstance(outcome, EditorFailed):
+            self.notify(str(outcome), severity="error", timeout=10)
             return
-        self.query_one("#seed-text", TextArea).text = text
+        self.query_one("#seed-text", TextArea).text = outcome
         self.validate()
 
 
@@ -138,9 +144,10 @@ def edit_externally(text: str, editor: str, suffix: str = ".jsonl") -> str:
     would, e.g. "code --wait") saved it, edited in a temporary file (removed afterwards). Run
     in the foreground: the caller hands the terminal over (App.suspend).
 
-    Raises EditorFailed when the setting cannot be read, the program cannot be started, or
-    it exits with a non-zero status (vim's :cq, a crash): its text is not taken, as git does
-    with a commit message."""
+    Raises EditorFailed when the setting cannot be read, the program cannot be started, it
+    exits with a non-zero status (vim's :cq, a crash): its text is not taken, as git does
+    with a commit message; or the file it left cannot be read back as UTF-8 text (removed,
+    saved in another encoding)."""
     try:
         command = shlex.split(editor)
     except ValueError as exc:
@@ -161,6 +168,14 @@ def edit_externally(text: str, editor: str, suffix: str = ".jsonl") -> str:
         if done.returncode != 0:
             raise EditorFailed(f"$EDITOR {editor!r} exited with status {done.returncode}: "
                                "the text is unchanged")
-        return path.read_text(encoding="utf-8")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise EditorFailed(f"$EDITOR {editor!r} saved the text in an encoding other than "
+                               f"UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+                               f"{exc.start}): the text is unchanged; save it as UTF-8") from None
+        except OSError as exc:
+            raise EditorFailed(f"$EDITOR {editor!r} left no file to read back ({path}: "
+                               f"{exc.strerror or exc}): the text is unchanged") from None
     finally:
         path.unlink(missing_ok=True)
