@@ -327,6 +327,41 @@ def test_export_key_writes_the_file(tmp_path, isolated_env):
     assert (meta["rows"], meta["tasks"], meta["similarity_tokenizer"]) == (len(rows), 40, "rouge")
 
 
+def test_export_dialog_refuses_stdout_names_the_path_and_marks_its_box(tmp_path, isolated_env):
+    """The export dialog with "-" as its path wrote the data to the TUI's captured stdout
+    (nowhere) and said "Exported 40 tasks ... to -"; it now writes nothing and says why. A
+    path that cannot be written named the temporary file beside it in a raw OSError; it now
+    names the path. Its "only reviewed tasks" box drew "X" when off (colour alone told)."""
+    deterministic_run(tmp_path / "run")
+
+    def said() -> list[str]:
+        return [str(n.message) for n in app._notifications]
+
+    async def export_to(pilot, path: str) -> None:
+        await pilot.press("x")
+        await pilot.pause(0.2)
+        box = app.screen.query_one("#reviewed-only")
+        assert "X" not in str(box.render()).split("only")[0]
+        app.screen.query_one("#path").value = path
+        await pilot.click("#export")
+
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await export_to(pilot, "-")
+            await until(pilot, lambda: any("Export not written" in m for m in said()))
+            assert not any("Exported" in m for m in said()), said()
+            assert "'-' is standard output" in said()[-1] and "name a file" in said()[-1]
+            await export_to(pilot, "/proc/out.json")  # (a folder no one can create files in)
+            await until(pilot, lambda: any("Export failed" in m for m in said()))
+            failed = said()[-1]
+            assert "/proc/out.json cannot be written" in failed and ".tmp" not in failed, failed
+
+    run(go())
+    assert not (tmp_path / "-").exists()
+
+
 def test_broken_user_theme_is_reported_not_fatal(tmp_path, isolated_env, monkeypatch):
     deterministic_run(tmp_path / "run")
     themes = tmp_path / "user-themes"

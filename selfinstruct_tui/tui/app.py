@@ -676,10 +676,23 @@ class SelfInstructApp(App[int]):
 
     @work(thread=True, group="export")
     def _export(self, fmt: str, path: str, reviewed_only: bool = False) -> None:
+        if path == "-":  # (export_run's stdout: under the TUI it went nowhere, said "Exported")
+            self.call_from_thread(
+                self.notify, "Export not written: '-' is standard output, which this screen "
+                "holds; name a file (the command line's `selfinstruct export RUN_DIR -o -` "
+                "writes to stdout).", severity="error", markup=False)
+            return
         try:
             exported = export_run(self.run_dir, fmt, path or None, reviewed_only=reviewed_only)
-        except (OSError, ValueError, UserError) as exc:
-            self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error")
+        except (ValueError, UserError) as exc:
+            self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error",
+                                  markup=False)
+            return
+        except OSError as exc:  # its message named the temporary file, not the user's path
+            self.call_from_thread(
+                self.notify, f"Export failed: {path or 'the export'} cannot be written "
+                f"({exc.strerror or exc}); choose another path.", severity="error",
+                markup=False)
             return
         replaced = (f" (it replaced what was there: {', '.join(p.name for p in exported.replaced)})"
                     if exported.replaced else "")

@@ -9,6 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
 from selfinstruct_tui.engine.exports import EXTENSIONS, FORMATS
+from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -77,7 +78,8 @@ class ExportScreen(ModalScreen[tuple[str, str, bool] | None]):
             yield Select([(f, f) for f in FORMATS], value="alpaca", allow_blank=False,
                          id="format")
             yield Input(value=f"{self.run_dir}/export-alpaca.json", id="path")
-            yield Checkbox("only tasks that passed the quality review (r)", id="reviewed-only")
+            yield MarkedCheckbox("only tasks that passed the quality review (r)",
+                                 id="reviewed-only")
             with Horizontal(classes="buttons"):
                 yield Button("Export", variant="primary", id="export")
                 yield Button("Cancel", id="cancel")
