@@ -208,6 +208,28 @@ def test_a_refused_key_drops_that_endpoint_and_the_run_finishes_on_the_others(tm
     assert "auth" in {c for (c,) in rows(run_dir, "SELECT cause FROM retries")}
 
 
+def test_a_refused_key_that_was_sent_is_named_as_refused_not_as_unset(tmp_path, monkeypatch):
+    """A pool endpoint whose key_env holds a wrong key: the drop says the key was refused and
+    names its variable; it said "none was sent ... B_KEY is not set" though the key was sent."""
+    monkeypatch.setenv("B_KEY", "sk-wrongkey-abcdefgh")
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as good, FakeOpenAI(api_key="sk-right-key-0000") as locked:
+        store, config = new_run(run_dir, good.base_url, target=6, concurrency=2,
+                                endpoints=[{"base_url": good.base_url},
+                                           {"base_url": locked.base_url, "key_env": "B_KEY"}])
+        engine = Engine(store, config)
+        finished = engine.run()
+        store.close()
+        assert "Bearer sk-wrongkey-abcdefgh" in locked.seen_auth  # the key was sent
+    assert finished.reason is ev.FinishReason.TARGET
+    dropped = [m for (m,) in rows(run_dir, "SELECT message FROM errors "
+                                            "WHERE kind = 'endpoint_dropped'")]
+    assert len(dropped) == 1 and locked.base_url in dropped[0]
+    assert "refused the API key" in dropped[0] and "Check B_KEY" in dropped[0]
+    assert "none was sent" not in dropped[0] and "not set" not in dropped[0]
+    assert b"wrongkey" not in (run_dir / "run.sqlite").read_bytes()
+
+
 # OpenAI's answer to a field it does not know (the field is the user's own, from --extra-body)
 UNKNOWN_FIELD = {"status": 400, "body": {"error": {
     "message": "Unrecognized request argument supplied: top_k", "type": "invalid_request_error",

@@ -793,9 +793,10 @@ class LLMClient:
                                    spec.concurrency, settings.connect_timeout)
             endpoint = Endpoint(spec, client, RateLimiter(spec.requests_per_minute, None))
             endpoints.append(endpoint)
+            # its own key: a refusal's message says whether a key was sent at all
             self._endpoint_settings[spec.base_url] = ClientSettings(
                 base_url=spec.base_url, model=spec.model, api=settings.api,
-                key_env=spec.key_env, request_timeout=settings.request_timeout,
+                api_key=spec.api_key, key_env=spec.key_env, request_timeout=settings.request_timeout,
                 connect_timeout=settings.connect_timeout, extra_body=settings.extra_body)
         self.endpoints = EndpointPool(endpoints, probe_base=max(0.05, 2 * settings.backoff_base),
                                       probe_max=settings.backoff_max,
