@@ -500,6 +500,44 @@ def test_a_setting_that_cannot_work_is_named_where_it_was_given(tmp_path):
         f"{path}:3: top_p must be more than 0 and at most 1, not 5.0"]
 
 
+def test_a_key_env_that_is_no_variable_name_is_refused_without_repeating_it(
+        tmp_path, run_cli, isolated_env):
+    """The key itself given as key_env (flag, file, an endpoint table), or key_env empty: the
+    run was started with the key printed in "note: sk-... is not set" and written into the
+    run's config; an empty one printed "note:  is not set". Each is refused (exit 2) where
+    it was given, the value not repeated, and no run directory is made."""
+    key = "sk-proj-abcdefghijklmnop1234"
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    url = "http://127.0.0.1:9/v1"
+    cases = [
+        ("", ["--key-env", key], "command line: key_env (--key-env) is not a variable name"),
+        ("", ["--key-env", ""], "command line: key_env (--key-env) is empty"),
+        (f'model = "m"\nkey_env = "{key}"\n', [],
+         f"{config}:2: key_env (--key-env) is not a variable name"),
+        (f'[[endpoints]]\nbase_url = "{url}"\n[[endpoints]]\nbase_url = "http://b:1/v1"\n'
+         f'key_env = "{key}"\n', [],
+         f"{config}:5: [[endpoints]] #2: field 'key_env' is not a variable name"),
+        (f'[[endpoints]]\nbase_url = "{url}"\nkey_env = ""\n[[endpoints]]\n'
+         'base_url = "http://b:1/v1"\n', [],
+         f"{config}:3: [[endpoints]] #1: field 'key_env' is empty"),
+    ]
+    for n, (text, flags, expected) in enumerate(cases):
+        config.write_text(text)
+        run_dir = tmp_path / f"run{n}"
+        base = [] if "[[endpoints]]" in text else ["--base-url", url]
+        proc = run_cli("run", "--headless", "--model", "m", *base, *flags,
+                       "--run-dir", str(run_dir), timeout=60)
+        assert proc.returncode == 2, (text, flags, proc.stdout, proc.stderr)
+        assert proc.stderr.startswith(f"error: {expected}"), proc.stderr
+        assert "never the key itself" in proc.stderr
+        assert "abcdefghijklmnop" not in proc.stdout + proc.stderr
+        assert not run_dir.exists()
+    # a variable's name that is not set is a note, and the run goes on
+    config.write_text("")
+    assert build_config({}, {"model": "m", "base_url": url, "key_env": "MY_KEY_2"},
+                        env={}).key_env == "MY_KEY_2"
+
+
 def test_an_inline_endpoint_list_and_a_seed_file_setting_are_named_at_their_lines(
         tmp_path, run_cli, isolated_env):
     path = tmp_path / "config.toml"

@@ -227,6 +227,8 @@ class RunConfig:
             bad("context_window", "must be 0 (learn it from the endpoint) or at least 256 tokens")
         if self.base_url not in ("", EMBEDDED) and (problem := url_problem(self.base_url)):
             bad("base_url", problem)
+        if problem := key_env_problem(self.key_env):
+            bad("key_env", problem)
         if self.max_words < self.min_words:
             bad("max_words", "must be at least min_words")
         if not isinstance(self.extra_body, dict):
@@ -306,6 +308,21 @@ def url_problem(url: str) -> str | None:
                 "key_env names)")
     return None
 
+# An environment variable's name as a shell can set it (POSIX: letters, digits, underscore).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def key_env_problem(name: str) -> str | None:
+    """What is wrong with `name` as key_env (the message never repeats it: what is written
+    there instead of a variable's name is most often the key itself), or None. Such a value
+    was printed in the "is not set" note and stored in the run's config."""
+    if _ENV_NAME.fullmatch(name):
+        return None
+    what = "is empty" if not name else "is not a variable name (letters, digits and _)"
+    return (f"{what}: it names the environment variable that holds the API key (e.g. "
+            "OPENAI_API_KEY), never the key itself; put the key in that variable")
+
+
 ENDPOINT_FIELDS = {"base_url": "str", "model": "str", "key_env": "str", "concurrency": "int",
                    "requests_per_minute": "float"}
 
@@ -359,6 +376,9 @@ def endpoint_problems(endpoints: object, where: str = "settings",
             elif endpoint_key(url) in seen:  # with or without a trailing slash: one endpoint
                 problems.append(f"{field_at('base_url')} base_url {url!r} is listed twice")
             seen.add(endpoint_key(url))
+        key_env = entry.get("key_env")
+        if isinstance(key_env, str) and (problem := key_env_problem(key_env)):
+            problems.append(f"{field_at('key_env')} field 'key_env' {problem}")
         concurrency = entry.get("concurrency")
         if isinstance(concurrency, int) and concurrency < 1:
             problems.append(f"{field_at('concurrency')} field 'concurrency' must be at least 1")
