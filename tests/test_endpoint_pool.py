@@ -716,6 +716,56 @@ def test_a_rate_limit_cools_down_only_the_endpoint_that_sent_it(tmp_path):
     assert not any(isinstance(e, ev.Paused) for e in events)
 
 
+RATE_LIMITED = {"status": 429, "headers": {"Retry-After": "2"},
+                "body": {"error": {"message": "Rate limit reached", "type": "requests"}}}
+
+
+def test_a_pool_whose_endpoints_only_cool_down_from_rate_limits_waits_for_them(tmp_path):
+    """Found by a fresh-user pass: both endpoints answered 429 with a Retry-After longer than
+    error_pause_seconds; the pool called itself "all down" ("Check that they are up") and the
+    run paused (headless: exit 3) though both were up and said when to come back. It waits for
+    them now, and finishes."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [RATE_LIMITED] * 3}, repeat_last=False) as a, \
+            FakeOpenAI(script={"*": [RATE_LIMITED] * 3}, repeat_last=False) as b:
+        # 4 prompts on 2 + 2 slots: requests wait for an endpoint while both cool down
+        engine, events = pool_engine(run_dir, [a, b], 12, error_pause_seconds=0.5,
+                                     prompts_per_round=4)
+        thread = engine.start_thread()
+        try:  # a pause waits for the user: end the test on it instead of waiting
+            wait_for(lambda: any(isinstance(e, (ev.Paused, ev.Finished)) for e in events))
+        finally:
+            engine.stop_now()
+            thread.join(60)
+            engine.store.close()
+    assert not any(isinstance(e, ev.Paused) for e in events), \
+        [e.reason for e in events if isinstance(e, ev.Paused)]
+    assert events[-1].reason is ev.FinishReason.TARGET
+    assert "endpoint_all_down" not in {k for (k,) in rows(run_dir, "SELECT kind FROM errors")}
+    assert set(answered_by(run_dir)) == {a.base_url, b.base_url}
+    assert 429 in a.statuses and 429 in b.statuses
+
+
+def test_a_pool_that_only_answers_rate_limits_still_pauses_as_one_endpoint_does(tmp_path):
+    """Requests that keep failing on rate limits pause the run by the failure watch (the
+    rule of one endpoint), naming the rate limit, not "no endpoint has answered"."""
+    run_dir = tmp_path / "run"
+    limited = {**RATE_LIMITED, "headers": {"Retry-After": "1"}}
+    with FakeOpenAI(script={"*": [limited]}) as a, FakeOpenAI(script={"*": [limited]}) as b:
+        engine, events = pool_engine(run_dir, [a, b], 6, error_pause_seconds=0.5,
+                                     max_retries=1)
+        thread = engine.start_thread()
+        try:
+            wait_for(lambda: any(isinstance(e, ev.Paused) for e in events), timeout=60)
+        finally:
+            engine.stop_now()
+            thread.join(60)
+            engine.store.close()
+    paused = next(e for e in events if isinstance(e, ev.Paused))
+    assert paused.by_errors and paused.reason.startswith("every request has failed")
+    assert "rate_limit" in paused.reason
+
+
 def test_an_attached_ui_reads_each_endpoints_figures_from_the_store(tmp_path):
     from selfinstruct_tui.engine.control import StoreFollower, read_snapshot
     from selfinstruct_tui.engine.store import RunStore

@@ -18,7 +18,10 @@ single-endpoint path exactly as it was.
 * Every endpoint out or dropped, and no answer for `down_after` seconds (the run's
   error_pause_seconds): reported once as "all_down", and the run pauses. Waiting for probes
   alone, requests failed too slowly (one probe at a time, 2 ... 60 s apart) for the run's
-  "every request has failed" pause: a pool that was down went quiet for minutes.
+  "every request has failed" pause: a pool that was down went quiet for minutes. An endpoint
+  cooling down after a rate limit is not down (it answered, and said when to come back): while
+  one is, the pool waits for it (requests that keep failing pause the run as with one
+  endpoint); it was called "all down" and the run paused.
 
 Every change is reported to `on_change` with its named cause (the engine records it in the
 store's errors and shows it). The API keys are never part of a report: endpoints are named by
@@ -146,6 +149,8 @@ class Endpoint:
         self.started = time.monotonic()
         self.dropped_because = ""  # the failure that dropped it
         self.last_cause = ""  # the cause of its last failed attempt (an `llm.Cause` value)
+        # out only for a rate limit's cool-down (`cool`), not taken out by failures: it is up
+        self.cooling = False
 
     @property
     def base_url(self) -> str:
@@ -236,7 +241,11 @@ class EndpointPool:
                 chosen.outstanding += 1
                 return chosen
             waits = [e.out_until - now for e in self.endpoints if e.state == EndpointState.OUT]
-            if self.down_after is not None and not self.any_in() and not self._down_said:
+            # (its probe, the first request after the cool-down, may be on the way)
+            cooling = any(e.cooling and e.state != EndpointState.DROPPED
+                          for e in self.endpoints)
+            if self.down_after is not None and not self.any_in() and not self._down_said \
+                    and not cooling:
                 quiet = now - self.last_answer
                 if quiet >= self.down_after:
                     self._all_down(quiet)
@@ -260,6 +269,7 @@ class EndpointPool:
         endpoint.done_at.append(now)
         endpoint.latencies.append(latency)
         endpoint.streak = 0
+        endpoint.cooling = False
         self.last_answer = now
         self._down_said = False
         if endpoint.state in (EndpointState.PROBING, EndpointState.OUT):
@@ -286,6 +296,7 @@ class EndpointPool:
             return None
         delay = min(self.probe_max, self.probe_base * 2 ** endpoint.outs)
         endpoint.outs += 1
+        endpoint.cooling = False
         endpoint.state = EndpointState.OUT
         endpoint.out_until = time.monotonic() + delay
         why = "the probe failed" if probing else "it refuses connections" \
@@ -312,10 +323,14 @@ class EndpointPool:
             f"no endpoint of the pool has answered for {quiet:.0f}s and none is in: {states}. "
             "Check that they are up, then resume (a resume probes them all at once)"))
 
-    def cool(self, endpoint: Endpoint, seconds: float) -> None:
-        """A rate limit at `endpoint`: it takes no request for `seconds` (others go on)."""
+    def cool(self, endpoint: Endpoint, seconds: float, cause: str = "rate_limit") -> None:
+        """A rate limit at `endpoint` (`cause`, an `llm.Cause` value): it takes no request for
+        `seconds` (others go on); it is up, so a pool whose endpoints only cool down is not
+        reported "all_down"."""
         endpoint.errors += 1
+        endpoint.last_cause = cause
         if endpoint.state in (EndpointState.IN, EndpointState.PROBING):
+            endpoint.cooling = True
             endpoint.state = EndpointState.OUT
             endpoint.out_until = max(endpoint.out_until, time.monotonic() + seconds)
             self.wake()

@@ -796,7 +796,8 @@ class LLMClient:
             # its own key: a refusal's message says whether a key was sent at all
             self._endpoint_settings[spec.base_url] = ClientSettings(
                 base_url=spec.base_url, model=spec.model, api=settings.api,
-                api_key=spec.api_key, key_env=spec.key_env, request_timeout=settings.request_timeout,
+                api_key=spec.api_key, key_env=spec.key_env,
+                request_timeout=settings.request_timeout,
                 connect_timeout=settings.connect_timeout, extra_body=settings.extra_body)
         self.endpoints = EndpointPool(endpoints, probe_base=max(0.05, 2 * settings.backoff_base),
                                       probe_max=settings.backoff_max,
@@ -1136,7 +1137,7 @@ class LLMClient:
         because of this failure, else None."""
         pool = self._pool()
         if failure.shared:  # a rate limit: only this endpoint waits it out
-            pool.cool(endpoint, delay)
+            pool.cool(endpoint, delay, failure.cause)
             return delay
         return pool.failed(endpoint, failure.cause, message)
 
