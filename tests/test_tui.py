@@ -411,29 +411,56 @@ def test_detach_key_stops_here_and_asks_for_handover(tmp_path, isolated_env):
     assert finished is not None and finished.reason == "stopped"
 
 
-def test_a_detach_answered_after_the_run_ended_moves_nothing_to_the_background(tmp_path,
-                                                                              isolated_env):
-    """The run reaches its target while the detach question is open: answering yes then must
-    not hand the ended run to a background process (which would start it again and send
-    requests nobody asked for)."""
+def test_a_question_about_the_run_is_withdrawn_when_the_run_changes_under_it(tmp_path,
+                                                                          isolated_env):
+    """A question written for the run as it was stayed open when it changed: the quit question
+    read "The run is still going" over a finished run, and a detach answered yes after the run
+    ended handed the ended run to a background process (which would start it again, sending
+    requests nobody asked for). Stop asked while paused offered "Keep running". Now stop, quit
+    and detach questions are withdrawn, and said so, when the run's phase changes (going,
+    paused, ended); stop while paused says "Stay paused"."""
     from selfinstruct_tui.engine.control import DETACH_EXIT
+
+    def said(app) -> list[str]:
+        return [n.message for n in app._notifications]
 
     async def go():
         with FakeOpenAI(latency=0.05) as server:
-            engine = make_engine(tmp_path / "run", server.base_url, target=4)
+            engine = make_engine(tmp_path / "run", server.base_url, target=10)
             app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
-                await until(pilot, lambda: app.engine_active)
+                server.configure(latency=0.6)
+                await until(pilot, lambda: app.state == "running")  # time for the questions below
+                await pilot.press("s")  # asked while going, then the run pauses under it
+                assert isinstance(app.screen, ConfirmScreen)
+                assert app.screen.no == "Keep running"
+                engine.pause()  # (as errors, or an attached UI, pause it)
+                await until(pilot, lambda: "Question closed unanswered: the run is paused now; "
+                            "press s again to be asked anew." in said(app))
+                assert not isinstance(app.screen, ConfirmScreen)
+                assert app.state == "paused"
+                await pilot.press("s")
+                assert isinstance(app.screen, ConfirmScreen)
+                assert app.screen.no == "Stay paused"
+                assert "Stop the paused run?" in app.screen.question
+                await pilot.press("n")
                 await pilot.press("d")
                 assert isinstance(app.screen, ConfirmScreen)
-                await until(pilot, lambda: engine.finished is not None and not app.engine_active,
-                            timeout=40)
-                await pilot.press("y")
+                engine.resume()  # the detach question was written for a paused run
+                await until(pilot, lambda: "Question closed unanswered: the run is running now; "
+                            "press d again to be asked anew." in said(app))
+                assert not isinstance(app.screen, ConfirmScreen)
+                await pilot.press("q")  # the quit question, open until the run ends
+                assert isinstance(app.screen, ConfirmScreen)
+                assert "still going" in app.screen.question
+                server.configure(latency=0.05)
+                await until(pilot, lambda: engine.finished is not None, timeout=40)
+                await until(pilot, lambda: "Question closed unanswered: the run is finished now."
+                            in said(app))
+                assert not isinstance(app.screen, ConfirmScreen)
+                await pilot.press("y")  # answers nothing now
                 await pilot.pause(0.3)
-                assert app.is_running  # not exited for a handover
-                notes = [n.message for n in app._notifications]
-                assert any("Nothing moved to the background: the run has finished" in n
-                           for n in notes), notes
+                assert app.is_running
             return app.return_value, engine.finished
 
     import asyncio

@@ -64,7 +64,12 @@ from selfinstruct_tui.tui.keys import (
     commands_engine,
     offered,
 )
-from selfinstruct_tui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen, ExportScreen
+from selfinstruct_tui.tui.screens.dialogs import (
+    ChoiceScreen,
+    ConfirmScreen,
+    ExportScreen,
+    run_phase,
+)
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.review import ReviewScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen, new_seed_id
@@ -325,11 +330,26 @@ class SelfInstructApp(App[int]):
             self._keys_state = view.state
             for screen in self.screen_stack:  # (the footer's screen is under any dialog)
                 screen.refresh_bindings()
+            self._withdraw_stale_questions(view.state)
         note = view.note()
         if note != self._note_shown:
             self._note_shown = note
             self.run_note.update(note)
             self.run_note.set_class(bool(note), "visible")
+
+    def _withdraw_stale_questions(self, state: str) -> None:
+        """Close a question about the run (stop, quit, detach) written for another phase of it
+        than the run is in now (`run_phase`), and say so: a question that read "The run is
+        still going" stayed open over a finished run."""
+        phase = run_phase(state)
+        for screen in self.screen_stack:
+            if isinstance(screen, (ConfirmScreen, ChoiceScreen)) and \
+                    screen.asked_in not in (None, phase):
+                screen.withdraw()
+                again = f"; press {screen.key} again to be asked anew" if phase != "ended" \
+                    else ""
+                self.notify(f"Question closed unanswered: the run is {state} now{again}.",
+                            severity="warning", markup=False)
 
     def _freeze_long_lived(self) -> None:
         """Take the objects alive now (the pool's rows and their indexes, the widgets) out of
@@ -418,12 +438,18 @@ class SelfInstructApp(App[int]):
             self._say_not_running()
             return
         jobs = self.view.submitted_batches
+        phase = run_phase(self.state)
         if not jobs:
             # asked, as quitting is: one `s` too many (the review's "skip" key) stopped the run
+            if phase == "paused":
+                question, no = ("Stop the paused run? Requests held by the pause are not sent; "
+                                "everything accepted is kept."), "Stay paused"
+            else:
+                question, no = ("Stop the run? Work in flight gets a bounded grace and is "
+                                "kept."), "Keep running"
             self.push_screen(ConfirmScreen(
-                with_command("Stop the run? Work in flight gets a bounded grace and is kept. "
-                             "Resume it later with:", self.view.resume_command),
-                yes="Stop", no="Keep running"),
+                with_command(f"{question} Resume it later with:", self.view.resume_command),
+                yes="Stop", no=no, asked_in=phase, key="s"),
                 lambda yes: self._stop() if yes else None)
             return
 
@@ -441,7 +467,7 @@ class SelfInstructApp(App[int]):
                         "their answers by polling them. Escape: go on running.")
         self.push_screen(ChoiceScreen(question,
             [("cancel", "c", "Cancel, stop"), ("keep", "k", "Keep, stop"),
-             ("back", "escape", "Go on")]), answer)
+             ("back", "escape", "Go on")], asked_in=phase, key="s"), answer)
 
     def _stop(self, cancel_batches: bool = False) -> None:
         if not self._deliver(Stop(cancel_batches=cancel_batches)):
@@ -512,7 +538,8 @@ class SelfInstructApp(App[int]):
             no = "Keep running"
         question = with_command(f"{question} Resume it later with:", self.view.resume_command,
                                 kept)
-        self.push_screen(ConfirmScreen(question, yes="Stop and quit", no=no), answer)
+        self.push_screen(ConfirmScreen(question, yes="Stop and quit", no=no,
+                                       asked_in=run_phase(self.state), key="q"), answer)
 
     @work(thread=True, exclusive=True, group="quit")
     def _finish_and_exit(self, code: int = 0) -> None:
@@ -533,16 +560,8 @@ class SelfInstructApp(App[int]):
             return
 
         def answer(yes: bool | None) -> None:
-            if not yes:
-                return
-            if not self.engine_active:  # it ended while the question was open
-                now = {"stopping": "is stopping", "error": "has failed"}.get(
-                    str(self.state), f"has {self.state}")
-                self.notify(f"Nothing moved to the background: the run {now} since you "
-                            "pressed d (a background process would have started it again).",
-                            severity="warning", markup=False)
-                return
-            self._finish_and_exit(DETACH_EXIT)
+            if yes:  # (a run that ends while this is asked withdraws the question)
+                self._finish_and_exit(DETACH_EXIT)
 
         if self.state == RunState.PAUSED:
             question = ("Move the paused run to a background process? It stays paused there: "
@@ -552,7 +571,8 @@ class SelfInstructApp(App[int]):
                         "then a detached process resumes the run. Watch it with:")
         self.push_screen(ConfirmScreen(with_command(question, command_line(
             "attach", str(self.run_dir))),
-                                       yes="Detach", no="Stay"), answer)
+                                       yes="Detach", no="Stay",
+                                       asked_in=run_phase(self.state), key="d"), answer)
 
     def action_edit_seeds(self) -> None:
         """The seed manager on the set the next round uses (the pending set, if any); only
@@ -678,9 +698,11 @@ class SelfInstructApp(App[int]):
     def _export(self, fmt: str, path: str, reviewed_only: bool = False) -> None:
         if path == "-":  # (export_run's stdout: under the TUI it went nowhere, said "Exported")
             self.call_from_thread(
-                self.notify, "Export not written: '-' is standard output, which this screen "
-                "holds; name a file (the command line's `selfinstruct export RUN_DIR -o -` "
-                "writes to stdout).", severity="error", markup=False)
+                self.notify, with_command(
+                    "Export not written: '-' is standard output, which this screen holds; "
+                    "name a file. To write to standard output, run:",
+                    command_line("export", str(self.run_dir), "-o", "-")),
+                severity="error", markup=False)
             return
         try:
             exported = export_run(self.run_dir, fmt, path or None, reviewed_only=reviewed_only)

@@ -12,12 +12,29 @@ from selfinstruct_tui.engine.exports import EXTENSIONS, FORMATS
 from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
 
+def run_phase(state: str) -> str:
+    """What a question about the run depends on: "going" (starting, running), "paused", or
+    "ended" (stopping and every end)."""
+    return "going" if state in ("starting", "running") else \
+        "paused" if state == "paused" else "ended"
+
+
 class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question. `asked_in`: the run's phase (`run_phase`) the question was written
+    for, if it depends on one (the app withdraws it when the phase changes), and `key` the key
+    that asked it."""
+
     BINDINGS = [Binding("escape,n", "answer(False)", "No"), Binding("y", "answer(True)", "Yes")]
 
-    def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No", *,
+                 asked_in: str | None = None, key: str = "") -> None:
         super().__init__()
         self.question, self.yes, self.no = question, yes, no
+        self.asked_in, self.key = asked_in, key
+
+    def withdraw(self) -> None:
+        """Close the question unanswered (as No)."""
+        self.dismiss(False)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -39,9 +56,11 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "choose(None)", "Back")]
 
-    def __init__(self, question: str, choices: list[tuple[str, str, str]]) -> None:
+    def __init__(self, question: str, choices: list[tuple[str, str, str]], *,
+                 asked_in: str | None = None, key: str = "") -> None:
         super().__init__()
         self.question, self.choices = question, choices
+        self.asked_in, self.key = asked_in, key  # as ConfirmScreen's
         for choice_id, key, label in choices:
             if key != "escape":  # Escape is the way back already
                 self._bindings.bind(key, f"choose({choice_id!r})", label)
@@ -60,6 +79,10 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     def action_choose(self, choice: str | None) -> None:
         self.dismiss(choice)
+
+    def withdraw(self) -> None:
+        """Close the question unanswered (as Escape)."""
+        self.dismiss(None)
 
 
 class ExportScreen(ModalScreen[tuple[str, str, bool] | None]):
