@@ -365,6 +365,15 @@ class _Unreachable(UserError):
         self.base_url, self.why = base_url, why
 
 
+class _Refused(UserError):
+    """The endpoint at `base_url` answered the model list with an error (a refused key, a
+    404): the message says it in full; `why` is that message."""
+
+    def __init__(self, base_url: str, why: str) -> None:
+        super().__init__(why)
+        self.base_url, self.why = base_url, why
+
+
 def batches_pending_elsewhere(store: RunStore, cfg: RunConfig) -> str | None:
     """Why `cfg` cannot resume the run in `store`: a Batch API job pending at another base URL
     than the one this session would poll (its batch id means nothing elsewhere), or None."""
@@ -385,26 +394,34 @@ def batches_pending_elsewhere(store: RunStore, cfg: RunConfig) -> str | None:
 def discover_pool_model(endpoints: list[dict[str, Any]]) -> str:
     """With no --model and a pool (`RunConfig.endpoint_list()`): the model of the first
     endpoint that answers, asked in order with its own key (`discover_model`); one that cannot
-    be reached (a replica still loading) is skipped, the pool takes it out later. Endpoints
-    with their own model are asked only when all have one. Raises UserError as
-    `discover_model` does, or naming every endpoint when none could be reached."""
+    be reached (a replica still loading) or refuses the list (its key refused, a 404) is
+    skipped, as the run skips it: the pool takes it out, or drops it naming why, at its first
+    request. Endpoints with their own model are asked only when all have one. Raises
+    UserError as `discover_model` does (several models, none, not an API), or naming every
+    endpoint when none listed its models."""
     asked = [e for e in endpoints if not e["model"]] or endpoints
-    unreachable = []
+    failed: list[str] = []
+    refused = False
     for endpoint in asked:
         try:
             return discover_model(endpoint["base_url"], os.environ.get(endpoint["key_env"], ""),
                                   endpoint["key_env"])
         except _Unreachable as exc:
-            unreachable.append(f"{exc.base_url}: {exc.why}")
-    raise UserError("cannot list the models at any endpoint (" + "; ".join(unreachable) +
-                    "): check --base-url and that the servers are up, or name the model with "
-                    "--model")
+            failed.append(f"{exc.base_url}: {exc.why}")
+        except _Refused as exc:
+            if len(asked) == 1:
+                raise
+            refused = True
+            failed.append(f"{exc.base_url}: {exc.why}")
+    fix = "fix what each says" if refused else "check --base-url and that the servers are up"
+    raise UserError("cannot list the models at any endpoint (" + "; ".join(failed) +
+                    f"): {fix}, or name the model with --model")
 
 
 def discover_model(base_url: str, api_key: str, key_env: str = DEFAULT_KEY_ENV) -> str:
     """With no --model: the endpoint's only model (vLLM, llama.cpp, Ollama list theirs).
     Raises UserError when the list can't be read or names none or several (`_Unreachable`
-    when the endpoint could not be reached)."""
+    when the endpoint could not be reached, `_Refused` when it answered with an error)."""
     import openai
 
     from selfinstruct_tui.engine.llm import (
@@ -426,14 +443,14 @@ def discover_model(base_url: str, api_key: str, key_env: str = DEFAULT_KEY_ENV) 
     except openai.AuthenticationError as exc:  # said as a request's 401 is: no key, or refused
         failure = status_failure(exc.status_code, error_text(exc), ClientSettings(
             base_url=base_url, model="", api_key=api_key, key_env=key_env))
-        raise UserError(redact(failure.message)) from None
+        raise _Refused(base_url, redact(failure.message)) from None
     except openai.APIStatusError as exc:
         if 300 <= exc.status_code < 400:
-            raise UserError(redact(redirect_failure(exc, ClientSettings(
+            raise _Refused(base_url, redact(redirect_failure(exc, ClientSettings(
                 base_url=base_url, model="")).message)) from None
-        raise UserError(f"cannot list the models at {base_url} ({exc.status_code}: "
-                        f"{redact(error_text(exc))}); check --base-url, or name the model "
-                        "with --model") from None
+        raise _Refused(base_url, f"cannot list the models at {base_url} ({exc.status_code}: "
+                       f"{redact(error_text(exc))}); check --base-url, or name the model "
+                       "with --model") from None
     except openai.APIError as exc:
         why = map_error(exc, ClientSettings(base_url=base_url, model="", request_timeout=10))
         raise _Unreachable(base_url, redact(why.message)) from None

@@ -114,7 +114,8 @@ def test_an_endpoint_that_goes_away_is_taken_out_and_probed_back(tmp_path):
             engine.store.close()
     out = rows(run_dir, "SELECT kind, message FROM errors WHERE kind LIKE 'endpoint_%'")
     assert out and out[0][0] == "endpoint_taken_out"
-    assert url in out[0][1] and "refuses connections" in out[0][1] and "probed again" in out[0][1]
+    assert url in out[0][1] and "a connection to it failed" in out[0][1]
+    assert "probed again" in out[0][1]
     # Retries name their cause; the requests that hit the closed endpoint went to the other.
     causes = {c for (c,) in rows(run_dir, "SELECT cause FROM retries")}
     assert "connection" in causes
@@ -1051,6 +1052,23 @@ def test_a_pool_without_model_asks_the_endpoints_in_turn_for_it(run_cli, tmp_pat
         assert "fake-model" in proc.stdout
         assert rows(run_dir, "SELECT DISTINCT model FROM prompts WHERE response IS NOT NULL"
                     ) == [("fake-model",)]
+    # One that refuses the list (its key refused; a run with --model dropped it and went on)
+    # is skipped too: the run drops it, naming why, at its first request
+    with FakeOpenAI(api_key="right-key") as locked, FakeOpenAI() as up:
+        run_dir = tmp_path / "locked"
+        proc = run_cli("run", "--headless", "--base-url", locked.base_url, "--base-url",
+                       up.base_url, "--run-dir", str(run_dir), "--target", "3")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"{locked.base_url} dropped" in proc.stdout + proc.stderr
+        assert rows(run_dir, "SELECT DISTINCT endpoint FROM prompts WHERE response IS NOT NULL"
+                    ) == [(up.base_url,)]
+        # every endpoint refused: each named, with the fix
+        proc = run_cli("run", "--headless", "--base-url", locked.base_url, "--base-url", down,
+                       "--run-dir", str(tmp_path / "refused"), "--target", "3")
+        assert proc.returncode == 2 and not (tmp_path / "refused").exists()
+        assert "cannot list the models at any endpoint" in proc.stderr, proc.stderr
+        assert locked.base_url in proc.stderr and "API key" in proc.stderr
+        assert "fix what each says" in proc.stderr
     proc = run_cli("run", "--headless", "--base-url", down, "--base-url", "http://127.0.0.1:7/v1",
                    "--run-dir", str(tmp_path / "none"), "--target", "3")
     assert proc.returncode == 2 and not (tmp_path / "none").exists()

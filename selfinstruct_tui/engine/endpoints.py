@@ -6,11 +6,11 @@ single-endpoint path exactly as it was.
 
 * Choice: the next request goes to the endpoint with the fewest outstanding requests relative to
   its concurrency (ties: the one listed first); an endpoint never holds more than its concurrency.
-* Taken out (and probed again later): an endpoint that refuses connections (at once), or
-  answers `OUT_AFTER_STREAK` 5xx or timeouts in a row. It is out for `probe_base` seconds, doubled
-  after each failed probe up to `probe_max`. The probe is the next real request: once the time
-  has passed the endpoint takes exactly one request; an answer puts it back, a failure takes it
-  out again. No extra traffic is sent to a dead endpoint.
+* Taken out (and probed again later): an endpoint whose connection fails (refused, or closed
+  before an answer: at once), or that answers `OUT_AFTER_STREAK` 5xx or timeouts in a row. It
+  is out for `probe_base` seconds, doubled after each failed probe up to `probe_max`. The probe
+  is the next real request: once the time has passed the endpoint takes exactly one request; an
+  answer puts it back, a failure takes it out again. No extra traffic is sent to a dead endpoint.
 * Dropped for the rest of the session: an endpoint that is permanently wrong (a refused key, an
   unknown model or route, an exhausted quota, a TLS certificate or scheme that cannot work, a
   request parameter its model does not take, such as a field of --extra-body): `DROP_CAUSES`.
@@ -299,7 +299,7 @@ class EndpointPool:
         endpoint.cooling = False
         endpoint.state = EndpointState.OUT
         endpoint.out_until = time.monotonic() + delay
-        why = "the probe failed" if probing else "it refuses connections" \
+        why = "the probe failed" if probing else "a connection to it failed" \
             if cause == CONNECTION_CAUSE else f"{endpoint.streak} failures in a row"
         endpoint.streak = 0
         others = "the other endpoints take its requests" if self.any_in() else \
