@@ -1077,6 +1077,36 @@ def test_a_pool_without_model_asks_the_endpoints_in_turn_for_it(run_cli, tmp_pat
     assert "--model" in proc.stderr
 
 
+def test_a_pool_of_two_models_names_both(run_cli, tmp_path, isolated_env):
+    """[[endpoints]] tables asking for different models: the start line and the TUI's status
+    line named only the run's model ("model: base-m at 2 endpoints"), as if every endpoint
+    served it. Both are named now."""
+    import asyncio
+
+    from selfinstruct_tui.tui.app import create_app
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+    from tui_helpers import until
+
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        config.write_text(f'[[endpoints]]\nbase_url = "{a.base_url}"\nmodel = "org/alpha"\n\n'
+                          f'[[endpoints]]\nbase_url = "{b.base_url}"\nmodel = "org/beta"\n')
+        proc = run_cli("run", "--headless", "--run-dir", str(run_dir), "--target", "3",
+                       check=True)
+    assert f"model: org/alpha, org/beta at 2 endpoints ({a.base_url}, {b.base_url})" \
+        in proc.stdout, proc.stdout
+
+    async def go() -> str:
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(160, 40)) as pilot:
+            status = app.query_one(StatusLine)
+            await until(pilot, lambda: "endpoints" in str(status.render()))
+            return str(status.render())
+
+    assert "org/alpha, org/beta @ 2 endpoints" in asyncio.run(go())
+
+
 def test_the_tui_shows_every_endpoint_of_a_pool_and_which_are_out(tmp_path):
     """Three endpoints, one down: the prompts pane showed at most three lines (the first
     endpoint's, wrapped), and "[out]" was read as Rich markup and vanished, so an endpoint that

@@ -124,6 +124,15 @@ class RunConfig:
         return self.batch or bool(self.batch_command)
 
     @property
+    def models_label(self) -> str:
+        """The model for people: a pool whose endpoints ask for different models names each
+        once, in the pool's order ("a, b"); otherwise `model`."""
+        if len(self.endpoints) < 2:
+            return self.model
+        models = list(dict.fromkeys(e["model"] for e in self.endpoint_list()))
+        return ", ".join(models) if len(models) > 1 else self.model
+
+    @property
     def total_concurrency(self) -> int:
         """Requests in flight at most: the sum over the pool's endpoints, or `concurrency`."""
         if len(self.endpoints) < 2:

@@ -42,7 +42,7 @@ class Event:
 class RunStarted(Event):
     run_dir: str
     endpoint: str
-    model: str
+    model: str  # for people: a pool's models when its endpoints differ (`models_label`)
     api: str
     target: int
     accepted: int
@@ -56,8 +56,8 @@ class RunStarted(Event):
            resumed: bool) -> RunStarted:
         pool = tuple(e["base_url"] for e in config.endpoint_list()) \
             if len(config.endpoints) > 1 else ()
-        return cls(run_dir, endpoint, config.model, config.api, config.target, accepted, seeds,
-                   resumed, pool, config.batch_command)
+        return cls(run_dir, endpoint, config.models_label, config.api, config.target, accepted,
+                   seeds, resumed, pool, config.batch_command)
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,8 @@ class StatusView:
         model = f"{self.model} (embedded)" if self.embedded else f"{self.model} @ {endpoint}"
         if self.endpoints > 1:
             model = f"{self.model} @ {self.endpoints} endpoints"
-        base_model = self.model.rsplit("/", 1)[-1]  # (an organisation/ prefix goes first)
+        # (an organisation/ prefix goes first; a pool's models are each shortened)
+        base_model = ", ".join(m.rsplit("/", 1)[-1] for m in self.model.split(", "))
         state = self.state + (f" ({self.reason})" if self.reason and
                               self.state == RunState.PAUSED else "")
         alarm = "bold reverse" if self.state in (RunState.PAUSED, RunState.ERROR,
@@ -386,7 +387,7 @@ class RunView:
             status.endpoint = "batch command" if cfg.batch_command else \
                 snap.session.get("endpoint") or cfg.base_url
             status.endpoints = len(cfg.endpoints) or 1
-            status.model = cfg.model
+            status.model = cfg.models_label
             status.target = cfg.target
             status.embedded = embedded or cfg.uses_embedded
         rows: list[Row] = []
