@@ -55,7 +55,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help='batch mode without an API: run CMD on each job\'s file, e.g. '
                         '"vllm run-batch -i {input} -o {output} --model M"')
     p.add_argument("--batch-poll", type=float, dest="batch_poll_seconds", metavar="SECONDS",
-                   help="seconds between two polls of a pending batch (30)")
+                   help="seconds between two polls of a pending batch (30); a batch command "
+                        "this session started is read as soon as it exits")
     p.add_argument("--threshold", type=float, help="ROUGE-L near-duplicate threshold (0.7)")
     p.add_argument("--tokenizer", choices=["rouge", "unicode"],
                    help="similarity tokenizer; 'unicode' dedupes non-English text")

@@ -590,6 +590,61 @@ def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twi
     store.close()
 
 
+def test_a_stage_wakes_when_its_batch_command_exits_not_at_the_next_poll(tmp_path):
+    """A --batch-command job was looked at only every --batch-poll seconds (30): a 1 s command
+    held its stage up to 30 s (a round of two such jobs took 60 s). A command this process
+    started wakes its stage when it exits, so with an hour between polls a run still reaches its
+    target; a resumed run whose job died with its killed session runs it again and is woken
+    alike. A job an earlier session left running is still only polled (it is no child of this
+    one): it is waited for, not run twice, and a stop still ends the wait at once."""
+    import dataclasses
+    import os
+    import signal
+
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    good = f"{sys.executable} {script} {{input}} {{output}} {tests}"
+    hour = {"batch": True, "batch_poll_seconds": 3600.0, "model": "m", "target": 5,
+            "prompts_per_round": 3, "error_pause_seconds": 2}
+
+    fresh = tmp_path / "fresh"
+    with running(*new_run(fresh, "", **{**hour, "batch_command": good})) as engine:
+        wait_for(lambda: engine.finished is not None or engine.paused is not None, 90)
+    assert engine.finished is not None and engine.finished.reason.value == "target", \
+        engine.paused and engine.paused.reason
+    assert all(j["state"] == "settled" for j in db(fresh).execute("SELECT * FROM batches"))
+
+    run_dir = tmp_path / "resumed"
+    store, config = new_run(run_dir, "", **{**hour, "batch_command": "sleep 60 # {input} "
+                                            "{output}"})
+    with running(store, config):
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE batch_id IS NOT NULL").fetchone()[0] == 1)
+    (pid,) = db(run_dir).execute("SELECT batch_id FROM batches").fetchone()
+    earlier = int(pid.removeprefix("pid "))
+    assert not exited(earlier)  # the stop left the job running on its own
+    config = dataclasses.replace(config, batch_command=good)
+
+    with running(RunStore(run_dir), config) as engine:  # the earlier session's job still runs
+        wait_for(lambda: engine.state.value == "running")
+        time.sleep(0.5)
+        assert [tuple(r) for r in db(run_dir).execute("SELECT state, batch_id FROM batches")] \
+            == [("submitted", pid)]  # waited for, not run again
+    assert engine.finished is not None and engine.finished.reason.value == "stopped"
+
+    os.killpg(earlier, signal.SIGKILL)  # the job dies too (kill -9 of its session)
+    wait_for(lambda: exited(earlier))
+    with running(RunStore(run_dir), config) as engine:
+        wait_for(lambda: engine.finished is not None or engine.paused is not None, 90)
+    assert engine.finished is not None and engine.finished.reason.value == "target", \
+        engine.paused and engine.paused.reason
+    jobs = db(run_dir).execute("SELECT * FROM batches ORDER BY id").fetchall()
+    assert all(j["state"] == "settled" for j in jobs)
+    assert jobs[0]["batch_id"] != pid  # run again by this session
+    assert_accounted(run_dir)
+
+
 def test_a_batch_line_failing_for_good_stops_the_run_as_the_request_would(run_cli, tmp_path):
     """Lines refused for a reason no later request can heal (here a --extra-body field the
     server does not take; a refused key and an unknown model alike) were each one line's

@@ -17,6 +17,13 @@ creating another (`Batcher.resume_pending`); a job that was recorded but never c
 from the file id it already has. A command whose output file exists and answers every line is not
 run again. Answers are matched by `custom_id` ("<kind>-<prompt id>": the request's record).
 
+Waiting for a job: a stage waits for its job between polls `poll_seconds` apart (30 s), except
+that a job whose end this process can see at once wakes it then (`BatchTransport.ended`): a
+`--batch-command` this process started is awaited as a child process, and its exit is read at
+once (a 1 s command took up to 30 s, each stage of a round). A job this process did not start (a
+command an earlier, killed session left running: only its recorded pid is known, and it is no
+child of ours to wait for; a batch at an endpoint) is polled every `poll_seconds`.
+
 Not covered: a crash in the instant between the endpoint creating a batch and the store
 recording its id leaves that batch unknown to the run (the batch carries
 `metadata.selfinstruct_job` so it can be found in the provider's dashboard).
@@ -33,7 +40,7 @@ import re
 import shlex
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -70,7 +77,8 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """`poll_seconds`: seconds between two polls of a pending batch; `collect_seconds`: a stage's
+    """`poll_seconds`: seconds between two polls of a pending batch (a command this process
+    started is read as soon as it exits, too: `Batcher.follow`); `collect_seconds`: a stage's
     job is sent once no request joined it for this long; `command`: the offline transport's
     command template ({input} and {output} are replaced by the files' quoted paths), "" for the
     Batch API; `completion_window`: the Batch API's window; `files_wait_seconds`: how long a
@@ -240,6 +248,12 @@ class BatchTransport(Protocol):
         """Ask the endpoint to cancel; returns it `cancelled`, or still `submitted` when what it
         answered before the cancel can be read by polling it (the Batch API)."""
 
+    def ended(self, record: BatchRecord) -> Awaitable[object] | None:
+        """Something that completes when the submitted job ends (the next poll then reads it),
+        for a job whose end this process can see at once; None for one it can only poll. Once
+        it has completed, the poll after it must end the job or forget the process (else the
+        wait between polls would not wait)."""
+
 
 class OpenAIBatchTransport:
     """The OpenAI Batch API (/v1/files, /v1/batches) through the `openai` client."""
@@ -322,6 +336,10 @@ class OpenAIBatchTransport:
             return store.update_batch(record, status=got.status)
         return store.update_batch(record, state="cancelled")
 
+    def ended(self, record: BatchRecord) -> None:
+        """None: a batch at an endpoint is only seen by polling it."""
+        return None
+
     async def close(self) -> None:
         await self.client.close()
 
@@ -403,6 +421,14 @@ class CommandBatchTransport:
                                 f"{proc.returncode}; see {log_path}). Check --batch-command",
                                 kind=Cause.NOT_FOUND, fatal=True)
         return record
+
+    def ended(self, record: BatchRecord) -> Awaitable[int] | None:
+        """The exit of the command this process started for the job (its child: awaited, not
+        polled), at once if it has exited; None for a job it did not start (an earlier
+        session's, known by its pid only: polled). The poll after it reads the job and forgets
+        the process, so it is not awaited twice."""
+        proc = self._procs.get(record.id)
+        return proc.wait() if proc is not None else None
 
     async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         proc = self._procs.pop(record.id, None)
@@ -600,11 +626,13 @@ class Batcher:
                              and exc.status_code in (404, 405), status=failure.status)
 
     async def follow(self, record: BatchRecord) -> BatchRecord:
-        """Poll a submitted job every `poll_seconds` until its files are saved (returned
-        `downloaded`), the endpoint no longer knows it (`lost`) or the run stops (returned as
-        it is). Raises RequestFailed (fatal) for a poll no later one can fix (a refused key)."""
+        """Poll a submitted job every `poll_seconds`, and at once when the transport sees it
+        end (`BatchTransport.ended`: a command this process started exits), until its files are
+        saved (returned `downloaded`), the endpoint no longer knows it (`lost`) or the run stops
+        (returned as it is). Raises RequestFailed (fatal) for a poll no later one can fix (a
+        refused key)."""
         while record.state == "submitted" and not self._stopping:
-            await self._sleep(self.settings.poll_seconds)
+            await self._sleep(self.settings.poll_seconds, self.transport.ended(record))
             if self._stopping:
                 break
             record = await self._poll(record)
@@ -700,11 +728,16 @@ class Batcher:
             f"{rule.lost_after_polls} polls"), polls, now - since)
         return record
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float, ended: Awaitable[object] | None = None) -> None:
+        """Wait `seconds`, or less: until `stop`, or until `ended` (a job's end) completes."""
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+        if ended is not None:
+            waits.add(asyncio.ensure_future(ended))
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def resume_pending(self) -> list[BatchRecord]:
         """Every job an earlier session left unread, brought to its answers: recorded but not
