@@ -111,6 +111,28 @@ def test_max_cost_stops_cleanly_and_resumes_with_a_higher_limit(run_cli, tmp_pat
     assert state["state"] == "finished"
 
 
+def test_a_higher_limit_alone_resumes_on_the_runs_prices_without_blaming_the_config(
+        run_cli, tmp_path, isolated_env):
+    """`--max-cost N` alone on resume counts with the run's own prices: a new run with it alone
+    would be refused, which was said as "the config file is not read" (a fine, empty file)."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as server:
+        first = run_cli("run", "--headless", "--run-dir", str(run_dir), "--model", "m",
+                        "--base-url", server.base_url, "--target", "30", "--concurrency", "2",
+                        "--price-in", "0.01", "--price-out", "0.02", "--max-cost", "0.05")
+        assert first.returncode == 4, first.stderr
+        resume = ("run", "--headless", "--run-dir", str(run_dir), "--max-cost", "1000")
+        again = run_cli(*resume, check=True)
+        assert "not read" not in again.stderr, again.stderr
+        assert "this resumed run keeps" not in again.stderr, again.stderr
+        # the file is still compared: an edited setting is named at its line
+        Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text("concurrency = 5\n")
+        third = run_cli(*resume[:-1], "2000", "--target", "40", check=True)
+    assert "not read" not in third.stderr, third.stderr
+    assert f"{isolated_env['SELFINSTRUCT_CONFIG']}:1: concurrency = 5 (the run: 2; " \
+           "safe to change with --concurrency)" in third.stderr, third.stderr
+
+
 def test_max_tokens_stops_cleanly(run_cli, tmp_path):
     run_dir = tmp_path / "run"
     with FakeOpenAI() as server:

@@ -654,8 +654,10 @@ _ENV_OF = {"base_url": "OPENAI_BASE_URL", "model": "SELFINSTRUCT_MODEL"}
 
 
 def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
-                 env: dict[str, str] | None = None) -> RunConfig:
-    """A new run's config: defaults < config file < environment < flags."""
+                 env: dict[str, str] | None = None, *, check: bool = True) -> RunConfig:
+    """A new run's config: defaults < config file < environment < flags. Raises ConfigError
+    naming each setting that cannot work (`check` False: not checked, for comparing what a
+    command would set)."""
     env = dict(os.environ) if env is None else env
     cfg = RunConfig()
     # where each value came from, for the messages of `validate`
@@ -693,6 +695,8 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any],
         # --batch-command needs no endpoint: nothing is sent over HTTP (the name is a
         # placeholder that never resolves); without it, the embedded model
         cfg.base_url = OFFLINE_URL if cfg.batch_command else EMBEDDED
+    if not check:
+        return cfg
     if cfg.batch_command and not cfg.model:
         raise ConfigError("--batch-command needs --model: the model name the command's lines "
                           "ask for (e.g. the one given to vllm run-batch --model)")
@@ -715,15 +719,19 @@ def file_ignored_on_resume(resumed: RunConfig, flags: dict[str, Any],
     here (a ConfigError there is a note that the file is not read: a resumed run does not need
     it)."""
     env = dict(os.environ) if env is None else env
-    try:  # the run this command would start afresh: with the file, without it, without both
+    try:  # the file (and the environment) as a new run reads them
         if file_settings is None:
             file_settings = load_user_config()
-        from_file = build_config(file_settings, flags, env)
-        without = build_config(FileSettings(), flags, env)
-        bare = build_config(FileSettings(), flags, {})
+        build_config(file_settings, {}, env)
     except ConfigError as exc:
         return [f"the config file is not read for a resumed run (new runs stop on it): "
                 f"{str(exc).splitlines()[0]}"]
+    # The run this command would start afresh: with the file, without it, without both. Not
+    # checked: a resume's flags may lean on the run's own settings (--max-cost on its prices),
+    # which were blamed on the config file as a reason it was not read.
+    from_file = build_config(file_settings, flags, env, check=False)
+    without = build_config(FileSettings(), flags, env, check=False)
+    bare = build_config(FileSettings(), flags, {}, check=False)
     origins = file_settings.origins
     pool = file_settings.get("endpoints") or []
     table = pool[0] if len(pool) == 1 else {}  # one [[endpoints]] table: the run's own fields
