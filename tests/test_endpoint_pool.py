@@ -1206,3 +1206,43 @@ def test_an_endpoint_table_repeated_with_a_trailing_slash_is_listed_twice(tmp_pa
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0] == (f"error: {config}:5: [[endpoints]] #2: base_url "
                                            "'http://127.0.0.1:9/v1/' is listed twice")
+
+
+def test_a_config_file_with_a_bom_is_read_and_a_key_in_it_is_told_where_keys_go(
+        run_cli, tmp_path, isolated_env, fake_server):
+    """A config file saved as "UTF-8 with BOM" and CRLF (Windows Notepad) is read as written
+    (the BOM was "line 1: not valid TOML: Invalid statement"); a file that is not UTF-8 is named
+    at its line; an API key written into the file is refused with where keys go, not a list of
+    every setting, and never repeated."""
+    config = Path(isolated_env["SELFINSTRUCT_CONFIG"])
+    config.write_bytes(b'\xef\xbb\xbfconcurrency = 3\r\ntemperature = 0.5\r\n')
+    run_dir = tmp_path / "run"
+    run_cli("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+            "--target", "1", "--run-dir", str(run_dir), check=True)
+    stored = json.loads(sqlite3.connect(run_dir / "run.sqlite").execute(
+        "SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+    assert (stored["concurrency"], stored["temperature"]) == (3, 0.5)
+    fresh = ("run", "--headless", "--base-url", fake_server.base_url, "--model", "m",
+             "--target", "1", "--run-dir", str(tmp_path / "other"))
+    config.write_bytes(b'concurrency = 3\nmodel = "caf\xe9"\n')  # Latin-1
+    proc = run_cli(*fresh)
+    assert proc.returncode == 2 and not (tmp_path / "other").exists()
+    assert proc.stderr == (f"error: {config}:2: not valid UTF-8 (byte 0xe9 at offset 28); "
+                           "save the file as UTF-8\n")
+    secret = "sk-test-secret-123456"
+    config.write_text(f'api_key = "{secret}"\n[[endpoints]]\nbase_url = "http://a:1/v1"\n'
+                      f'key = "{secret}"\n')
+    proc = run_cli(*fresh)
+    where = ("the API key is never read from a file: delete this line and put the key in the "
+             "environment variable OPENAI_API_KEY (or the one key_env names)")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: {config}:1: unknown setting 'api_key'; {where}",
+        f"{config}:4: [[endpoints]] #1: unknown field 'key'; {where}"], proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    # a theme file saved with a BOM loads too
+    from selfinstruct_tui.tui.themes import bundled_themes_dir, load_theme_file
+
+    theme = tmp_path / "bom.toml"
+    theme.write_bytes(b"\xef\xbb\xbf" + (bundled_themes_dir() / "paper.toml").read_bytes())
+    assert load_theme_file(theme).name == load_theme_file(bundled_themes_dir() / "paper.toml").name

@@ -488,12 +488,22 @@ def _table_lines(lines: list[str], name: str | None = None) -> list[int]:
     return found
 
 
+# Names a user gives the API key's setting in a config file (there is none: keys stay in the
+# environment, never on disk).
+_KEY_NAMES = {"api_key", "apikey", "key", "openai_api_key", "openai_key", "token", "api_token",
+              "access_token", "secret_key", "bearer_token", "authorization"}
+
+
 def _did_you_mean(key: str, known: list[str], what: str) -> str:
     """The end of an unknown key's message: the setting it is a typo of or a flag's name for
     (`concurency`, `rpm`, `max-cost`: "; did you mean 'max_cost'?"), else the known names."""
     by_flag = {flag.removeprefix("--").replace("-", "_"): name for name, flag in FLAGS.items()
                if name in known}
     spelled = key.strip().lower().replace("-", "_")
+    if spelled in _KEY_NAMES:
+        # a key written into the file: say where keys go, not every setting there is
+        return ("; the API key is never read from a file: delete this line and put the key "
+                f"in the environment variable {DEFAULT_KEY_ENV} (or the one key_env names)")
     wanted = by_flag.get(spelled) or (spelled if spelled in known else None)
     close = [wanted] if wanted else difflib.get_close_matches(spelled, known, n=1, cutoff=0.75)
     if close == ["filter_non_ascii"] and "allow" in spelled:  # the flag turns the filter off
@@ -566,7 +576,9 @@ def load_user_config(path: Path | None = None) -> FileSettings:
     named = path is None and os.environ.get("SELFINSTRUCT_CONFIG")
     path = path or user_config_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a file saved "UTF-8 with BOM" (Windows Notepad) is UTF-8 all the same; the
+        # BOM was read as a character of line 1, "not valid TOML: Invalid statement"
+        raw = path.read_bytes()
     except FileNotFoundError:
         if named:
             raise ConfigError(
@@ -578,8 +590,14 @@ def load_user_config(path: Path | None = None) -> FileSettings:
         setting = f"SELFINSTRUCT_CONFIG={named}" if named else str(path)
         raise ConfigError(f"{setting}: a directory, not a config file; name the file itself "
                           f"(e.g. {path / 'config.toml'})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                          f"offset {exc.start}); save the file as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -633,7 +651,7 @@ def save_user_setting(key: str, value: Any, path: Path | None = None) -> None:
 
     path = path or user_config_path()
     try:
-        lines = records.file_lines(path.read_text(encoding="utf-8"))
+        lines = records.file_lines(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         lines = []
     rendered = f"{key} = {json.dumps(value)}"

@@ -37,7 +37,7 @@ def user_themes_dir() -> Path:
 
 def load_theme_file(path: Path) -> Theme:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM: UTF-8 too
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
