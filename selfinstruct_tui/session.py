@@ -33,7 +33,14 @@ from selfinstruct_tui.engine.control import RunState
 from selfinstruct_tui.engine.errors import ConfigError, InputFileError, UserError
 from selfinstruct_tui.engine.events import USER_PAUSE
 from selfinstruct_tui.engine.invocation import command_line, with_command
-from selfinstruct_tui.engine.runs import LOCK_FILE, RunLock, busy, lock_holder, remember_run
+from selfinstruct_tui.engine.runs import (
+    LOCK_FILE,
+    RunLock,
+    busy,
+    lock_holder,
+    remember_run,
+    unfit_for_a_new_run,
+)
 from selfinstruct_tui.engine.seeds import (
     SeedTask,
     bundled_seeds_path,
@@ -213,6 +220,10 @@ def prepare(request: RunRequest) -> Session:
 
     ssl_context()  # a bad SSL_CERT_FILE is named here, before anything is created
     flags = request.flags
+    if request.run_dir and not is_run_dir(request.run_dir):
+        unfit = unfit_for_a_new_run(Path(request.run_dir))
+        if unfit:
+            raise ConfigError(unfit)
     if request.run_dir and is_run_dir(request.run_dir):
         holder = lock_holder(Path(request.run_dir))
         if holder is not None:

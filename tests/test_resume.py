@@ -877,3 +877,39 @@ def test_a_killed_sessions_time_ends_at_its_last_recorded_activity(run_cli, tmp_
                if s >= session["started"]]
     assert resumed and all(f is not None for _, f in resumed)
     assert view_elapsed(run_dir) == pytest.approx(crashed + spans_length(resumed), abs=1e-6)
+
+
+def test_a_run_dir_that_holds_other_things_is_refused_not_made_a_new_run(
+        run_cli, tmp_path, isolated_env, fake_server):
+    """`--run-dir` given the folder that holds a run (a resume with the parent of its folder),
+    a project folder, the runs folder or a file: a new run was started there, paid, mixed into
+    the folder (a file: a traceback). Each is refused (exit 2), nothing sent or written."""
+    runs = tmp_path / "experiments"
+    first = runs / "run-a"
+    run_cli(*headless(fake_server.base_url, first), "--target", "2", check=True)
+    (runs / "notes.txt").write_text("mine\n")
+    sent = len(fake_server.log)
+    proc = run_cli(*headless(fake_server.base_url, runs), "--target", "4")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(
+        f"error: --run-dir {runs}: holds no run (no run.sqlite) but other things (notes.txt, "
+        f"run-a), and a new run would put its files among them; the runs in it: {first}. To "
+        f"resume a run, give its own folder (`{shown('runs')}` lists them)"), proc.stderr
+    assert sorted(p.name for p in runs.iterdir()) == ["notes.txt", "run-a"]
+    file = runs / "notes.txt"
+    proc = run_cli(*headless(fake_server.base_url, file), "--target", "4")
+    assert (proc.returncode, proc.stderr) == (2, f"error: --run-dir {file}: is a file, not a run "
+                                                 "directory; give a run's folder to resume it, "
+                                                 "or a new folder (or leave out --run-dir) for a "
+                                                 "new run\n")
+    root = Path(isolated_env["SELFINSTRUCT_RUNS_DIR"])
+    root.mkdir(exist_ok=True)
+    proc = run_cli(*headless(fake_server.base_url, root), "--target", "4")
+    assert proc.returncode == 2 and "is the folder that holds the runs" in proc.stderr
+    assert not is_run_dir(root) and file.read_text() == "mine\n"
+    assert len(fake_server.log) == sent
+    # an empty folder, and the run's own folder, are fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_cli(*headless(fake_server.base_url, empty), "--target", "1", check=True)
+    run_cli(*headless(fake_server.base_url, first), "--target", "3", check=True)

@@ -115,6 +115,40 @@ def remember_run(run_dir: Path) -> None:
         pass
 
 
+def unfit_for_a_new_run(run_dir: Path) -> str | None:
+    """Why `--run-dir` (no run in it: no run.sqlite) cannot hold a new run, or None when it can
+    (it does not exist, is empty, or holds only a run's own files that a failed start left).
+    A file is no folder; a folder with other things in it is the user's (a project, or the
+    folder that holds the runs: a resume given the parent of the run's folder), and a new run
+    there would mix its files into it and start afresh, paid, instead of resuming."""
+    from selfinstruct_tui.engine.exports import RUN_FILES
+
+    if run_dir.exists() and run_dir.resolve() == runs_root().resolve():
+        return (f"--run-dir {run_dir}: is the folder that holds the runs (a new run gets a "
+                "folder of its own in it); leave out --run-dir for a new run, or give a run's "
+                f"own folder to resume it (`{command_line('runs')}` lists them)")
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir():
+        return (f"--run-dir {run_dir}: is a file, not a run directory; give a run's folder to "
+                "resume it, or a new folder (or leave out --run-dir) for a new run")
+    try:
+        others = sorted(e.name for e in run_dir.iterdir()
+                        if e.name not in RUN_FILES and e.name != "batches")
+    except OSError as exc:
+        return f"--run-dir {run_dir}: cannot be read ({exc.strerror})"
+    if not others:
+        return None
+    runs = [name for name in others if is_run_dir(run_dir / name)]
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    held = (f"; the runs in it: {', '.join(str(run_dir / n) for n in runs[:3])}"
+            + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")) if runs else ""
+    return (f"--run-dir {run_dir}: holds no run (no run.sqlite) but other things ({shown}), "
+            f"and a new run would put its files among them{held}. To resume a run, give its "
+            f"own folder (`{command_line('runs')}` lists them); for a new run, give a new or "
+            "empty folder, or leave out --run-dir")
+
+
 def known_runs() -> list[Path]:
     """Run directories under the runs folder and in the registry, in path order
     (`runs_by_activity` orders them for people)."""
