@@ -54,7 +54,7 @@ def test_alpaca_list_is_detected_and_rows_merge_by_instruction(tmp_path):
     (line(instances="x"), "f.jsonl:1: field 'instances' must be a list, got string"),
     (line(instances=[{"input": 3, "output": "x"}]), "f.jsonl:1: instances[0]: field 'input' must be a string"),
     ("\n\n", "f.jsonl:1: the file is empty"),
-    ("[1, 2]", "f.jsonl:1: expected a JSON object, got number"),
+    ("[1, 2]", "f.jsonl:1: record 1: expected a JSON object, got number"),
 ])
 def test_bad_seed_files_name_path_and_line(tmp_path, content, expected):
     path = tmp_path / "f.jsonl"
@@ -316,3 +316,27 @@ def test_seeds_check_names_near_and_exact_duplicate_seeds(tmp_path, run_cli):
     said = [text.strip() for text in proc.stdout.splitlines() if "near-duplicate" in text]
     assert said == ["near-duplicate seeds (ROUGE-L 0.84): c ~ a",
                     "near-duplicate seeds (ROUGE-L 1.00): d ~ b"], proc.stdout
+
+
+def test_a_json_list_on_one_line_names_the_record_of_each_problem(run_cli, tmp_path):
+    """An Alpaca file as json.dump writes it (the whole list on one line): every problem was
+    "PATH:1: ...", which did not say which of the records; `seeds check` and `dedup` name it.
+    A list with a record per line keeps its lines alone."""
+    rows = [{"instruction": "Give one tip for running faster.", "input": "", "output": "Rest."},
+            {"instruction": "", "input": "", "output": "x"},
+            {"instruction": 5, "input": "", "output": "y"}]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(rows))
+    proc = run_cli("seeds", "check", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"{path}:1: record 2: field 'instruction' is empty",
+        f"{path}:1: record 3: field 'instruction' must be a string, got number"], proc.stderr
+    proc = run_cli("dedup", str(path), "-o", str(tmp_path / "out.json"))
+    assert proc.returncode == 2 and not (tmp_path / "out.json").exists()
+    assert proc.stderr.splitlines() == [
+        f"{path}:1: record 3: field 'instruction' must be a string"], proc.stderr
+    path.write_text("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n")
+    assert run_cli("seeds", "check", str(path)).stderr.splitlines() == [
+        f"{path}:3: field 'instruction' is empty",
+        f"{path}:4: field 'instruction' must be a string, got number"]

@@ -18,7 +18,13 @@ from typing import IO, Any
 from selfinstruct_tui.engine.errors import InputFileError, UserError
 from selfinstruct_tui.engine.fsutil import atomic_writer, utf8_stdout
 from selfinstruct_tui.engine.placeholders import is_no_input
-from selfinstruct_tui.engine.records import file_lines, in_file_order, parse_records, read_utf8
+from selfinstruct_tui.engine.records import (
+    file_lines,
+    in_file_order,
+    parse_records,
+    read_utf8,
+    record_places,
+)
 from selfinstruct_tui.engine.similarity import make_index
 from selfinstruct_tui.engine.tokenize import get_tokenizer
 
@@ -46,8 +52,7 @@ def read_items(path: str | Path, field: str) -> tuple[str, list[Item]]:
     problems = list(parsed.problems)  # (line, message): said in file order
     raw_lines = file_lines(text)
     items = []
-    for line, obj in parsed.records:
-        where = f"{parsed.path}:{line}"
+    for (line, obj), where in zip(parsed.records, record_places(parsed), strict=True):
         if not isinstance(obj, dict):
             problems.append((line, f"{where}: expected a JSON object with a {field!r} field"))
             continue

@@ -130,6 +130,23 @@ def _single_object(p: str, text: str) -> str | None:
             f"JSON list ([{{...}}, {{...}}]) or write one object per line (JSON Lines){hint}")
 
 
+def record_places(parsed: RecordFile) -> list[str]:
+    """Where each record is, for messages, in `parsed.records` order: "PATH:LINE", and for a
+    JSON list whose line holds several records (a list written on one line, as json.dump
+    writes it) "PATH:LINE: record N" (N counts from 1 in the list): every problem in such a
+    file was "PATH:1", which did not say which record."""
+    shared = {line for line, n in _counts(line for line, _ in parsed.records).items() if n > 1}
+    return [f"{parsed.path}:{line}" + (f": record {i}" if line in shared else "")
+            for i, (line, _) in enumerate(parsed.records, start=1)]
+
+
+def _counts(values: Any) -> dict[Any, int]:
+    counts: dict[Any, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def parse_records(path: str | Path, text: str) -> RecordFile:
     """Detect by content: a JSON list (starts with '[') or JSON Lines (one value per line).
 

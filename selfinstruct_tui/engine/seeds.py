@@ -28,6 +28,7 @@ from selfinstruct_tui.engine.records import (
     json_type_name,
     parse_records,
     read_utf8,
+    record_places,
 )
 
 
@@ -165,9 +166,8 @@ def parse_seeds(path: str | Path, text: str) -> tuple[list[SeedTask], str]:
     kinds: set[str] = set()
     seen_ids: dict[str, int] = {}
 
-    def read(line: int, obj: Any, problems: list[str]) -> None:
+    def read(line: int, where: str, obj: Any, problems: list[str]) -> None:
         """One record into `tasks` or `alpaca`, or its problems into `problems`."""
-        where = f"{parsed.path}:{line}"
         if not isinstance(obj, dict):
             problems.append(f"{where}: expected a JSON object, got {json_type_name(obj)}")
             return
@@ -192,9 +192,9 @@ def parse_seeds(path: str | Path, text: str) -> tuple[list[SeedTask], str]:
                 f"{where}: not a seed task: expected 'instruction' and 'instances' "
                 "(self-instruct) or 'instruction', 'input', 'output' (Alpaca)")
 
-    for line, obj in parsed.records:
+    for (line, obj), where in zip(parsed.records, record_places(parsed), strict=True):
         problems: list[str] = []
-        read(line, obj, problems)
+        read(line, where, obj, problems)
         found.extend((line, problem) for problem in problems)
     problems = in_file_order(found)
     if len(kinds) > 1:
