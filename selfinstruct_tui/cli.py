@@ -42,7 +42,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", choices=["completions", "chat"], help="completions (base models, "
                    "the paper's setting) or chat (chat models)")
     p.add_argument("--concurrency", type=int, metavar="C", help="requests in flight (default 8)")
-    p.add_argument("--random-seed", type=int, metavar="S", dest="random_seed")
+    p.add_argument("--random-seed", type=int, metavar="S", dest="random_seed",
+                   help="seed of the prompts' example sampling, of the requests' seed and of the "
+                        "review's sample (0)")
     p.add_argument("--prompts-per-round", type=int, dest="prompts_per_round", metavar="P",
                    help="generation prompts per round (default: --concurrency; 100 with --batch)")
     p.add_argument("--batch", action="store_const", const=True,
@@ -73,14 +75,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-retries", type=int, dest="max_retries", metavar="N",
                    help="attempts after a request's first, on errors worth retrying (6)")
     p.add_argument("--price-in", type=float, dest="price_input_per_1k",
-                   help="price per 1K input tokens")
+                   help="USD per 1K input (prompt) tokens, for the cost shown and --max-cost")
     p.add_argument("--price-out", type=float, dest="price_output_per_1k",
-                   help="price per 1K output tokens")
+                   help="USD per 1K output (completion) tokens")
     p.add_argument("--key-env", dest="key_env", help="environment variable with the API key")
     p.add_argument("--max-cost", type=float, dest="max_cost", metavar="USD",
-                   help="stop cleanly when the run has cost this much (needs --price-in/out)")
+                   help="stop cleanly (exit 4) when the run has cost this much (needs "
+                        "--price-in/out; 0: no limit, the default)")
     p.add_argument("--max-tokens", type=int, dest="max_tokens", metavar="N",
-                   help="stop cleanly when the run has used this many tokens in all")
+                   help="stop cleanly (exit 4) when the run has used this many tokens in all "
+                        "(0: no limit, the default)")
     p.add_argument("--context-window", type=int, dest="context_window", metavar="N",
                    help="the model's context window in tokens (default: learned from the "
                    "endpoint's first context-length error)")
@@ -151,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selfinstruct-tui {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="start a run, or resume the one in --run-dir")
+    run = sub.add_parser("run", help="start a run, or resume the one in --run-dir",
+                         epilog="exit codes: 0 target reached, 1 the run store cannot be "
+                                "written (a full disk), 2 bad input or settings, 3 endpoint "
+                                "failing or a spend guard paused the run, 4 a spend limit "
+                                "(--max-cost, --max-tokens) was reached, 130 stopped by the "
+                                "user (Ctrl-C, SIGTERM); the run resumes with --run-dir")
     _add_run_flags(run)
 
     attach = sub.add_parser("attach", help="open the TUI on a run another process drives")
@@ -166,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a run's tasks")
     export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="alpaca: a JSON list of {instruction, input, output}; "
+                        "self-instruct, openai-chat, sharegpt: JSON Lines; rejections: every "
+                        "rejected candidate with its reason")
     export.add_argument("-o", "--output", metavar="FILE", help="the file to write (- for "
                         "stdout; default: export-FORMAT in the run directory)")
     export.add_argument("--reviewed-only", action="store_true", dest="reviewed_only",
@@ -187,11 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     dedup = sub.add_parser("dedup", help="drop near-duplicate instructions from a dataset")
     dedup.add_argument("input", metavar="INPUT")
-    dedup.add_argument("-o", "--output", metavar="OUTPUT")
-    dedup.add_argument("--threshold", type=float, default=0.7)
-    dedup.add_argument("--field", default="instruction")
-    dedup.add_argument("--report", metavar="FILE")
-    dedup.add_argument("--tokenizer", choices=["rouge", "unicode"], default="rouge")
+    dedup.add_argument("-o", "--output", metavar="OUTPUT",
+                       help="the file to write (- for stdout; default: INPUT.dedup.EXT)")
+    dedup.add_argument("--threshold", type=float, default=0.7,
+                       help="drop an item whose ROUGE-L against a kept one is above this (0.7)")
+    dedup.add_argument("--field", default="instruction",
+                       help="the records' field holding the instruction (instruction)")
+    dedup.add_argument("--report", metavar="FILE",
+                       help="write each dropped item with the kept one it collided with "
+                            "(JSON Lines; - for stdout)")
+    dedup.add_argument("--tokenizer", choices=["rouge", "unicode"], default="rouge",
+                       help="rouge (rouge-score's: [a-z0-9] only) or unicode (for non-English "
+                            "text)")
     return parser
 
 

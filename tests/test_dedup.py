@@ -232,3 +232,11 @@ def test_dedup_reports_bad_records_in_file_order(run_cli, tmp_path):
     assert proc.returncode == 2
     said = [text.split(":")[1] for text in proc.stderr.splitlines()]
     assert said == ["1", "2", "3", "4"], proc.stderr
+
+
+def test_dedup_help_says_what_each_option_does(run_cli):
+    text = " ".join(run_cli("dedup", "--help", check=True).stdout.split())
+    for said in ("the file to write (- for stdout; default: INPUT.dedup.EXT)",
+                 "above this (0.7)", "the records' field holding the instruction",
+                 "with the kept one it collided with", "unicode (for non-English text)"):
+        assert said in text, said

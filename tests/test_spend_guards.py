@@ -520,3 +520,15 @@ def test_extra_body_turns_a_thinking_models_thinking_off_and_rides_on_every_requ
     # the run's own fields are still the run's: the extra ones only add to them
     assert {body["temperature"] for body in later} <= {0.0, 0.7}
     assert_accounted(run_dir)
+
+
+def test_run_help_says_the_limits_units_and_exit_codes(run_cli):
+    """`--max-cost 0` ran without a limit and --help did not say so (nor the prices' unit, nor
+    the exit codes a script checks)."""
+    text = " ".join(run_cli("run", "--help", check=True).stdout.split())
+    assert "--price-in/out; 0: no limit, the default)" in text
+    assert "many tokens in all (0: no limit, the default)" in text
+    assert "USD per 1K input (prompt) tokens" in text
+    assert ("exit codes: 0 target reached, 1 the run store cannot be written (a full disk), 2 "
+            "bad input or settings, 3 endpoint failing or a spend guard paused the run, 4 a "
+            "spend limit (--max-cost, --max-tokens) was reached, 130 stopped by the user") in text
