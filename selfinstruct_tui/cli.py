@@ -305,6 +305,7 @@ def cmd_seeds_export(args: argparse.Namespace) -> int:
     directory that is not a run or a file that cannot be written."""
     from selfinstruct_tui.engine.exports import export_seeds
 
+    replaced = _existing([args.output] if args.output not in (None, "-") else [])
     try:
         path, count, pending = export_seeds(args.run_dir, args.output)
     except IsADirectoryError:
@@ -320,7 +321,21 @@ def cmd_seeds_export(args: argparse.Namespace) -> int:
     else:
         text_console().print(
             f"wrote {count} seeds ({which}) to {path}", markup=False)
+    _say_replaced(replaced)
     return 0
+
+
+def _existing(paths: list[str | Path]) -> list[Path]:
+    """The regular files among `paths` (outputs about to be written): replaced, said after."""
+    return [Path(p) for p in paths if Path(p).is_file()]
+
+
+def _say_replaced(replaced: list[Path]) -> None:
+    """Say which files a command's output replaced (as `export` does): a file is never
+    overwritten unsaid."""
+    if replaced:
+        err.print(f"note: replaced what was there: {', '.join(map(str, replaced))}",
+                  markup=False)
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -462,6 +477,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         result = dedup(items, args.threshold, args.tokenizer,
                        progress=lambda n: bar.update(task, completed=n))
     writing = out_path
+    replaced = _existing([p for p in (out_path, args.report) if p and str(p) != "-"])
     try:
         write_dataset(out_path, kind, result.kept)
         if args.report:
@@ -488,6 +504,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
            else "")
         + (f"; report: {'stdout' if args.report == '-' else args.report}" if args.report
            else ""), markup=False)
+    _say_replaced(replaced)
     return 0
 
 

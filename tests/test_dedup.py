@@ -53,6 +53,10 @@ def test_dedup_jsonl_matches_rouge_score_and_reports(run_cli, tmp_path):
         assert SCORER.score(d["kept_instruction"], d["instruction"])["rougeL"].fmeasure == d["score"]
     assert (f"kept {len(want)} of {len(texts)} (" in proc.stdout if len(set(texts)) == len(texts)
             else f"({len(want)} of {len(texts)} rows" in proc.stdout)
+    assert "replaced" not in proc.stderr
+    # run again: both files are replaced, and said so (as `export` says it)
+    again = run_cli("dedup", str(src), "-o", str(out), "--report", str(report), check=True)
+    assert f"note: replaced what was there: {out}, {report}" in again.stderr
 
 
 def test_dedup_json_list_and_plain_text(run_cli, tmp_path):

@@ -448,6 +448,9 @@ def test_seeds_export_writes_the_current_set_and_round_trips(tmp_path, run_cli):
     assert set(json.loads(out.read_text().splitlines()[0])) == {
         "id", "name", "instruction", "instances", "is_classification"}
     assert [p.name for p in out.parent.iterdir()] == ["seeds.jsonl"]  # no temp file left
+    assert "replaced" not in proc.stderr
+    again = run_cli("seeds", "export", str(run_dir), "-o", str(out), check=True)
+    assert f"note: replaced what was there: {out}" in again.stderr  # as `export` says it
     # stdout (no -o, or -o -) and a pending set wins over the active seeds
     store = RunStore(run_dir)
     pending = [dict(json.loads(line), origin="added", source_task=None)
