@@ -131,6 +131,14 @@ def _refresh_seconds(text: str) -> float:
     return value
 
 
+def _output_path(text: str) -> str:
+    """An output path flag's value (-o, --report): not empty (`-o ""`, an unset shell variable,
+    quietly wrote the default file instead)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name a file (or - for stdout)")
+    return text
+
+
 def _json_object(text: str) -> dict[str, Any]:
     """--extra-body's value: a JSON object (argparse names the flag beside the message)."""
     try:
@@ -179,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="alpaca: a JSON list of {instruction, input, output}; "
                         "self-instruct, openai-chat, sharegpt: JSON Lines; rejections: every "
                         "rejected candidate with its reason")
-    export.add_argument("-o", "--output", metavar="FILE", help="the file to write (- for "
-                        "stdout; default: export-FORMAT in the run directory)")
+    export.add_argument("-o", "--output", metavar="FILE", type=_output_path,
+                        help="the file to write (- for stdout; default: export-FORMAT in the "
+                        "run directory)")
     export.add_argument("--reviewed-only", action="store_true", dest="reviewed_only",
                         help="only tasks that passed the quality review (yes on all three "
                         "questions; see `selfinstruct review`)")
@@ -194,18 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     seeds_export = seeds_sub.add_parser(
         "export", help="write a run's current seed set (pending edits included) as JSONL")
     seeds_export.add_argument("run_dir", metavar="RUN_DIR")
-    seeds_export.add_argument("-o", "--output", metavar="FILE",
+    seeds_export.add_argument("-o", "--output", metavar="FILE", type=_output_path,
                               help="the file to write (default, or -: stdout)")
 
     dedup = sub.add_parser("dedup", help="drop near-duplicate instructions from a dataset")
     dedup.add_argument("input", metavar="INPUT")
-    dedup.add_argument("-o", "--output", metavar="OUTPUT",
+    dedup.add_argument("-o", "--output", metavar="OUTPUT", type=_output_path,
                        help="the file to write (- for stdout; default: INPUT.dedup.EXT)")
     dedup.add_argument("--threshold", type=float, default=0.7,
                        help="drop an item whose ROUGE-L against a kept one is above this (0.7)")
     dedup.add_argument("--field", default="instruction",
                        help="the records' field holding the instruction (instruction)")
-    dedup.add_argument("--report", metavar="FILE",
+    dedup.add_argument("--report", metavar="FILE", type=_output_path,
                        help="write each dropped item with the kept one it collided with "
                             "(JSON Lines; - for stdout)")
     dedup.add_argument("--tokenizer", choices=["rouge", "unicode"], default="rouge",
@@ -490,13 +499,15 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         raise UserError(f"{writing}: cannot be written ({exc.strerror or exc}); choose another "
                         f"{flag}") from None
     took = time.perf_counter() - started
-    counted = f"kept {len(result.kept)} of {len(items)} ({len(result.dropped)} near duplicates, "
+    counted = (f"kept {len(result.kept)} of {len(items)} ({len(result.dropped)} near "
+               f"duplicate{'' if len(result.dropped) == 1 else 's'}, ")
     if result.instructions != len(items):  # rows that repeat an instruction: its instances
+        dropped = result.instructions - result.kept_instructions
         what = "instructions" if args.field == "instruction" else f"distinct {args.field!r}"
         counted = (f"kept {result.kept_instructions} of {result.instructions} {what} "
                    f"({len(result.kept)} of {len(items)} rows: rows with the same {args.field} "
                    f"are one task's instances; "
-                   f"{result.instructions - result.kept_instructions} near duplicates, ")
+                   f"{dropped} near duplicate{'' if dropped == 1 else 's'}, ")
     (err if "-" in (str(out_path), args.report) else text_console()).print(
         f"{counted}ROUGE-L > {args.threshold}) in {took:.1f}s; wrote "
         f"{'stdout' if to_stdout else out_path}"

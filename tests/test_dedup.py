@@ -163,7 +163,22 @@ def test_rows_that_repeat_an_instruction_are_its_instances_not_near_duplicates(r
     assert [d["instruction"] for d in dropped] == [tasks[2]] * 3
     assert {d["kept_instruction"] for d in dropped} == {tasks[0]}
     assert "kept 3 of 4 instructions (9 of 12 rows" in proc.stdout
-    assert "1 near duplicates" in proc.stdout
+    assert "1 near duplicate, ROUGE-L" in proc.stdout  # (said "1 near duplicates")
+
+
+def test_an_empty_output_path_is_refused_not_taken_for_the_default(run_cli, tmp_path):
+    """`-o ""` (an unset shell variable) wrote the default file quietly."""
+    here = tmp_path / "here"
+    here.mkdir()
+    src = here / "data.jsonl"
+    src.write_text('{"instruction": "Write a poem."}\n')
+    for args in (("dedup", str(src), "-o", ""), ("dedup", str(src), "--report", " "),
+                 ("export", str(here), "--format", "alpaca", "-o", ""),
+                 ("seeds", "export", str(here), "-o", "")):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, args
+        assert "an empty path: name a file (or - for stdout)" in proc.stderr, proc.stderr
+    assert [p.name for p in here.iterdir()] == ["data.jsonl"]  # nothing written
 
 
 def test_a_field_no_record_has_is_one_message(run_cli, tmp_path):
