@@ -204,6 +204,29 @@ def test_a_stop_gives_requests_in_flight_a_bounded_grace(isolated_env, tmp_path,
                       .fetchone()[0])["state"] == "stopped"
 
 
+def test_a_round_line_says_which_requests_a_stop_kept_from_being_sent(isolated_env, tmp_path):
+    """A stop while prompts waited for a concurrency slot: the round line read "from 3 prompts
+    ... 0 tokens", as if three were paid for; the two that never left are said now."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [{"hang": 120}]}) as server:
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "10", "--concurrency", "1",
+                           "--prompts-per-round", "3", "--stop-grace", "1")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: len(server.log) >= 1)
+        proc.send_signal(signal.SIGTERM)
+        out, errs = proc.communicate(timeout=30)
+    assert proc.returncode == 130, errs
+    line = next(line for line in out.splitlines() if line.startswith("round 1:"))
+    assert "from 3 prompts" in line and "2 requests not sent (the run stopped first)" in line
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    errors = sorted(r[0] for r in conn.execute("SELECT error FROM prompts"))
+    assert len(errors) == 3 and errors[0].startswith("abandoned before sending")
+    assert errors[1].startswith("abandoned before sending")
+    assert errors[2].startswith("abandoned in flight")
+
+
 def test_a_detached_run_whose_endpoint_is_gone_stops_without_waiting_on_retries(run_cli,
                                                                                 tmp_path):
     run_dir = tmp_path / "run"

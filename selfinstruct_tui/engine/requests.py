@@ -108,6 +108,8 @@ class RequestRecorder:
             self.bus.emit(ev.PromptFailed.of(done))
             raise
         except RequestAbandoned as exc:
+            if not exc.attempts and exc.job is None:
+                stats.unsent += 1
             after = f" after {exc.attempts} attempts" if exc.attempts > 1 else ""
             error = f"abandoned {exc.when}{after} (the run was stopping)"
             if exc.job is not None:  # paid for, and answered at the endpoint in its time

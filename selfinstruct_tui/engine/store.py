@@ -306,6 +306,10 @@ class RoundStats:
     requests: int = 0
     usage_missing: int = 0
     pool_after: int | None = None  # machine tasks in the pool when the round finished
+    # requests recorded that never left (a stop came while they waited for a slot): not paid
+    # for. This session's count, not stored (the prompts' errors say it: "abandoned before
+    # sending")
+    unsent: int = 0
 
     @property
     def rejected_total(self) -> int:
