@@ -54,6 +54,19 @@ def pool_engine(run_dir: Path, servers: list[FakeOpenAI], target: int,
     return engine, events
 
 
+def until_paused(engine: Engine, events: list, timeout: float = 60) -> ev.Paused:
+    """Run `engine` (a thread) until it pauses, then stop it and close its store; returns the
+    pause."""
+    thread = engine.start_thread()
+    try:
+        wait_for(lambda: any(isinstance(e, ev.Paused) for e in events), timeout=timeout)
+    finally:
+        engine.stop_now()
+        thread.join(60)
+        engine.store.close()
+    return next(e for e in events if isinstance(e, ev.Paused))
+
+
 def test_requests_go_to_the_endpoint_with_the_fewest_outstanding(tmp_path):
     with FakeOpenAI(latency=0.0) as fast, FakeOpenAI(latency=0.4) as slow:
         engine, events = pool_engine(tmp_path / "run", [slow, fast], 12, prompts_per_round=4)
@@ -321,14 +334,7 @@ def test_when_every_endpoint_is_down_the_run_pauses(tmp_path):
     a.close()
     b.close()
     engine, events = pool_engine(run_dir, [a, b], 5, max_retries=1, error_pause_seconds=0)
-    thread = engine.start_thread()
-    try:
-        wait_for(lambda: any(isinstance(e, ev.Paused) for e in events))
-    finally:
-        engine.stop_now()
-        thread.join(60)
-        engine.store.close()
-    paused = next(e for e in events if isinstance(e, ev.Paused))
+    paused = until_paused(engine, events)
     assert paused.by_errors and "connection" in paused.reason
     assert a.base_url in paused.reason and b.base_url in paused.reason
     kinds = {k for (k,) in rows(run_dir, "SELECT kind FROM errors")}
@@ -347,15 +353,8 @@ def test_a_pool_that_is_down_pauses_after_the_error_pause_not_after_minutes_of_p
     refused = {"status": 401, "body": {"error": {"message": "Incorrect API key provided"}}}
     with FakeOpenAI(script={"*": [broken]}) as down, FakeOpenAI(script={"*": [refused]}) as bad:
         engine, events = pool_engine(run_dir, [down, bad], 10, error_pause_seconds=1.5)
-        thread = engine.start_thread()
-        try:
-            wait_for(lambda: any(isinstance(e, ev.Paused) for e in events), timeout=30)
-            sent = len(down.log)
-        finally:
-            engine.stop_now()
-            thread.join(60)
-            engine.store.close()
-    paused = next(e for e in events if isinstance(e, ev.Paused))
+        paused = until_paused(engine, events, timeout=30)
+        sent = len(down.log)
     assert paused.by_errors and paused.reason.startswith("no endpoint of the pool has answered")
     assert f"{down.base_url} out (" in paused.reason and "the last: server_error" in paused.reason
     assert f"{bad.base_url} dropped (" in paused.reason
@@ -755,14 +754,7 @@ def test_a_pool_that_only_answers_rate_limits_still_pauses_as_one_endpoint_does(
     with FakeOpenAI(script={"*": [limited]}) as a, FakeOpenAI(script={"*": [limited]}) as b:
         engine, events = pool_engine(run_dir, [a, b], 6, error_pause_seconds=0.5,
                                      max_retries=1)
-        thread = engine.start_thread()
-        try:
-            wait_for(lambda: any(isinstance(e, ev.Paused) for e in events), timeout=60)
-        finally:
-            engine.stop_now()
-            thread.join(60)
-            engine.store.close()
-    paused = next(e for e in events if isinstance(e, ev.Paused))
+        paused = until_paused(engine, events)
     assert paused.by_errors and paused.reason.startswith("every request has failed")
     assert "rate_limit" in paused.reason
 
