@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -339,11 +340,11 @@ def _existing(paths: list[str | Path]) -> list[Path]:
     return [Path(p) for p in paths if Path(p).is_file()]
 
 
-def _say_replaced(replaced: list[Path]) -> None:
-    """Say which files a command's output replaced (as `export` does): a file is never
-    overwritten unsaid."""
+def _say_replaced(replaced: Sequence[Path], then: str = "") -> None:
+    """Say which files a command's output replaced (`then`: what follows, "; ..."): a file is
+    never overwritten unsaid."""
     if replaced:
-        err.print(f"note: replaced what was there: {', '.join(map(str, replaced))}",
+        err.print(f"note: replaced what was there: {', '.join(map(str, replaced))}{then}",
                   markup=False)
 
 
@@ -370,9 +371,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         text_console().print(
             f"wrote {exported.counted} ({args.format}) to {path}; run metadata (model, "
             f"endpoints) in {path.name}.meta.json", markup=False)
-        if exported.replaced:  # derived from the store, so nothing is lost; but not unsaid
-            err.print(f"note: replaced what was there: {', '.join(map(str, exported.replaced))}"
-                      "; -o FILE writes another file", markup=False)
+        # derived from the store, so nothing is lost; but not unsaid
+        _say_replaced(exported.replaced, "; -o FILE writes another file")
     else:  # the count still said, beside the data (as `seeds export -o -` says it)
         err.print(f"wrote {exported.counted} ({args.format}) of {args.run_dir} to stdout",
                   markup=False)

@@ -224,7 +224,7 @@ def prepare(request: RunRequest) -> Session:
         unfit = unfit_for_a_new_run(Path(request.run_dir))
         if unfit:
             raise ConfigError(unfit)
-    if request.run_dir and is_run_dir(request.run_dir):
+    elif request.run_dir:  # a run's directory: it resumes
         holder = lock_holder(Path(request.run_dir))
         if holder is not None:
             raise busy(Path(request.run_dir), holder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from dataclasses import dataclass
@@ -135,16 +136,10 @@ def record_places(parsed: RecordFile) -> list[str]:
     JSON list whose line holds several records (a list written on one line, as json.dump
     writes it) "PATH:LINE: record N" (N counts from 1 in the list): every problem in such a
     file was "PATH:1", which did not say which record."""
-    shared = {line for line, n in _counts(line for line, _ in parsed.records).items() if n > 1}
+    counts = collections.Counter(line for line, _ in parsed.records)
+    shared = {line for line, n in counts.items() if n > 1}
     return [f"{parsed.path}:{line}" + (f": record {i}" if line in shared else "")
             for i, (line, _) in enumerate(parsed.records, start=1)]
-
-
-def _counts(values: Any) -> dict[Any, int]:
-    counts: dict[Any, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
 
 
 def parse_records(path: str | Path, text: str) -> RecordFile:

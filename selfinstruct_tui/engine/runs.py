@@ -139,11 +139,13 @@ def unfit_for_a_new_run(run_dir: Path) -> str | None:
         return f"--run-dir {run_dir}: cannot be read ({exc.strerror})"
     if not others:
         return None
-    runs = [name for name in others if is_run_dir(run_dir / name)]
-    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-    held = (f"; the runs in it: {', '.join(str(run_dir / n) for n in runs[:3])}"
-            + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")) if runs else ""
-    return (f"--run-dir {run_dir}: holds no run (no run.sqlite) but other things ({shown}), "
+    def some(names: list[str]) -> str:  # the first three, and how many more
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    runs = [str(run_dir / name) for name in others if is_run_dir(run_dir / name)]
+    held = f"; the runs in it: {some(runs)}" if runs else ""
+    return (f"--run-dir {run_dir}: holds no run (no run.sqlite) but other things "
+            f"({some(others)}), "
             f"and a new run would put its files among them{held}. To resume a run, give its "
             f"own folder (`{command_line('runs')}` lists them); for a new run, give a new or "
             "empty folder, or leave out --run-dir")

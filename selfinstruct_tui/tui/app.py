@@ -68,6 +68,7 @@ from selfinstruct_tui.tui.screens.dialogs import (
     ChoiceScreen,
     ConfirmScreen,
     ExportScreen,
+    RunQuestion,
     run_phase,
 )
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
@@ -343,8 +344,7 @@ class SelfInstructApp(App[int]):
         still going" stayed open over a finished run."""
         phase = run_phase(state)
         for screen in self.screen_stack:
-            if isinstance(screen, (ConfirmScreen, ChoiceScreen)) and \
-                    screen.asked_in not in (None, phase):
+            if isinstance(screen, RunQuestion) and screen.asked_in not in (None, phase):
                 screen.withdraw()
                 again = f"; press {screen.key} again to be asked anew" if phase != "ended" \
                     else ""
@@ -422,16 +422,17 @@ class SelfInstructApp(App[int]):
             self.notify(f"The run is not running ({state}).", severity="warning")
 
     def action_pause(self) -> None:
-        if not self.engine_active:
-            self._say_not_running()
-            return
-        self._send(Pause())
+        self._command_engine(Pause())
 
     def action_resume(self) -> None:
+        self._command_engine(Resume())
+
+    def _command_engine(self, command: Command) -> None:
+        """`command` to the engine that drives the run, or say there is none."""
         if not self.engine_active:
             self._say_not_running()
             return
-        self._send(Resume())
+        self._send(command)
 
     def action_stop(self) -> None:
         if not self.engine_active:

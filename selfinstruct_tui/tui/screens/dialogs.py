@@ -8,6 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
+from selfinstruct_tui.engine.control import RunState
 from selfinstruct_tui.engine.exports import EXTENSIONS, FORMATS
 from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
@@ -15,14 +16,25 @@ from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 def run_phase(state: str) -> str:
     """What a question about the run depends on: "going" (starting, running), "paused", or
     "ended" (stopping and every end)."""
-    return "going" if state in ("starting", "running") else \
-        "paused" if state == "paused" else "ended"
+    return "going" if state in (RunState.STARTING, RunState.RUNNING) else \
+        "paused" if state == RunState.PAUSED else "ended"
 
 
-class ConfirmScreen(ModalScreen[bool]):
-    """A yes/no question. `asked_in`: the run's phase (`run_phase`) the question was written
-    for, if it depends on one (the app withdraws it when the phase changes), and `key` the key
-    that asked it."""
+class RunQuestion:
+    """A question that may depend on the run's phase: `asked_in`, the phase (`run_phase`) it
+    was written for, or None (the app withdraws it when the phase changes), and `key`, the
+    key that asked it."""
+
+    asked_in: str | None = None
+    key: str = ""
+
+    def withdraw(self) -> None:
+        """Close the question unanswered."""
+        raise NotImplementedError
+
+
+class ConfirmScreen(RunQuestion, ModalScreen[bool]):
+    """A yes/no question (`RunQuestion`'s `asked_in` and `key`)."""
 
     BINDINGS = [Binding("escape,n", "answer(False)", "No"), Binding("y", "answer(True)", "Yes")]
 
@@ -50,7 +62,7 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(value)
 
 
-class ChoiceScreen(ModalScreen[str | None]):
+class ChoiceScreen(RunQuestion, ModalScreen[str | None]):
     """A question with several answers, each (id, key, label): returns the chosen id, or None
     for Escape (the way back: nothing is done)."""
 
@@ -60,7 +72,7 @@ class ChoiceScreen(ModalScreen[str | None]):
                  asked_in: str | None = None, key: str = "") -> None:
         super().__init__()
         self.question, self.choices = question, choices
-        self.asked_in, self.key = asked_in, key  # as ConfirmScreen's
+        self.asked_in, self.key = asked_in, key
         for choice_id, key, label in choices:
             if key != "escape":  # Escape is the way back already
                 self._bindings.bind(key, f"choose({choice_id!r})", label)
