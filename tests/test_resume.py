@@ -99,6 +99,12 @@ def test_a_config_file_edited_before_a_resume_is_named_where_the_run_keeps_its_o
     proc = run_cli(*base, "--target", "7", check=True)
     assert f"note: the config file is not read for a resumed run (new runs stop on it): " \
            f"{config}:1: not valid TOML" in proc.stderr, proc.stderr
+    # a good file and a bad environment variable: the environment is named, not the file
+    config.write_text("concurrency = 8\n")
+    proc = run_cli(*base, "--target", "8", check=True, env={"OPENAI_BASE_URL": "htp:/bad"})
+    assert "note: the environment's settings are not used for a resumed run (new runs stop on " \
+           "it): environment variable OPENAI_BASE_URL:" in proc.stderr, proc.stderr
+    assert "config file is not read" not in proc.stderr
 
 
 def headless(base_url: str, run_dir: Path) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ The API key is never part of a config: only the *name* of the environment variab
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -734,15 +735,20 @@ def file_ignored_on_resume(resumed: RunConfig, flags: dict[str, Any],
     keeps its settings (flags change the safe ones, `merge_for_resume`); without these notes an
     edited config file looked applied and was not. `seeds_path`: the run's seed file ("bundled"
     or a path), against the file's `seeds`. `file_settings` None: the user's config file, read
-    here (a ConfigError there is a note that the file is not read: a resumed run does not need
-    it)."""
+    here (a ConfigError there is a note that the file, or the environment where the file alone
+    reads, is not used: a resumed run does not need them)."""
     env = dict(os.environ) if env is None else env
     try:  # the file (and the environment) as a new run reads them
         if file_settings is None:
             file_settings = load_user_config()
         build_config(file_settings, {}, env)
     except ConfigError as exc:
-        return [f"the config file is not read for a resumed run (new runs stop on it): "
+        what = "the config file is not read"
+        if file_settings is not None:  # read: if it builds alone, the environment is at fault
+            with contextlib.suppress(ConfigError):
+                build_config(file_settings, {}, {})
+                what = "the environment's settings are not used"
+        return [f"{what} for a resumed run (new runs stop on it): "
                 f"{str(exc).splitlines()[0]}"]
     # The run this command would start afresh: with the file, without it, without both. Not
     # checked: a resume's flags may lean on the run's own settings (--max-cost on its prices),
