@@ -287,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_seeds_check(args: argparse.Namespace) -> int:
     from selfinstruct_tui.engine.records import read_utf8
-    from selfinstruct_tui.engine.seeds import near_duplicate_seeds, parse_seeds, summarize
+    from selfinstruct_tui.engine.seeds import (
+        instruction_key,
+        near_duplicate_seeds,
+        parse_seeds,
+        summarize,
+    )
 
     tasks, fmt = parse_seeds(args.path, read_utf8(args.path))
     summary = summarize(tasks, fmt)
@@ -299,9 +304,11 @@ def cmd_seeds_check(args: argparse.Namespace) -> int:
     out.print(f"  without input:   {summary.without_input} ({summary.without_input_share:.1%})")
     for warning in summary.warnings:
         out.print(f"  warning: {warning}", markup=False)
+    texts = {task.id: instruction_key(task.instruction) for task in tasks}
     for hit in near_duplicate_seeds(tasks):
-        out.print(f"  near-duplicate seeds (ROUGE-L {hit.score:.2f}): {hit.seed} ~ {hit.other}",
-                  markup=False)
+        same = ", the same instruction" if texts[hit.seed] == texts[hit.other] else ""
+        out.print(f"  near-duplicate seeds (ROUGE-L {hit.score:.2f}{same}): {hit.seed} ~ "
+                  f"{hit.other}", markup=False)
     return 0
 
 

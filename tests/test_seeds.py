@@ -315,7 +315,8 @@ def test_seeds_check_names_near_and_exact_duplicate_seeds(tmp_path, run_cli):
     proc = run_cli("seeds", "check", str(path), check=True)
     said = [text.strip() for text in proc.stdout.splitlines() if "near-duplicate" in text]
     assert said == ["near-duplicate seeds (ROUGE-L 0.84): c ~ a",
-                    "near-duplicate seeds (ROUGE-L 1.00): d ~ b"], proc.stdout
+                    "near-duplicate seeds (ROUGE-L 1.00, the same instruction): d ~ b"], \
+        proc.stdout
 
 
 def test_a_json_list_on_one_line_names_the_record_of_each_problem(run_cli, tmp_path):
