@@ -739,6 +739,25 @@ def test_a_reasoning_model_s_thinking_is_never_read_as_its_answer(tmp_path):
     assert not any("think" in json.dumps(r).lower() for r in rows)
 
 
+def test_reasoning_apart_with_blank_content_is_named_as_reasoning_only(tmp_path):
+    """A server that returns the thinking as reasoning_content and the content as the blank
+    lines after it ("\n\n"): the answer was rejected as unparseable "(empty answer)", the
+    reasoning lost; it is the reasoning, named with the fix, as with a null content."""
+    generate = [{"text": "\n\n", "reasoning": "Tasks about travel, and baking, and",
+                 "finish_reason": "length"}, f"9. {NEW[0]}"]
+    with FakeOpenAI(script={"generate": generate, "classify": ["No"],
+                            "instances": ["Input: (none)\nOutput: The harbour."]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 1, api="chat",
+                                          structured_output="off")
+    assert finished.reason == "target"
+    [cut] = rejections(run_dir)
+    assert cut["reason"] == "truncated" and "only the model's reasoning" in cut["detail"]
+    assert cut["raw"] == "<think>Tasks about travel, and baking, and"
+    assert [t["instruction"] for t in machine(run_dir)] == [NEW[0]]
+    assert_accounted(run_dir)
+
+
 def test_a_thinking_model_s_json_answers_keep_structured_output_on(tmp_path):
     """Structured output is detected from the first answers: JSON after a <think> part is JSON."""
     tasks = json.dumps({"tasks": [{"instruction": NEW[0]}, {"instruction": NEW[1]}]})

@@ -1272,7 +1272,8 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
     decoded completions (`chat` False) or chat completions answer; the shapes are the OpenAI
     API reference's `Completion` and `ChatCompletion` objects. A chat message that holds only a
     `refusal` gives the refusal's text; one with only a reasoning model's `reasoning_content`
-    (or `reasoning`) gives it as "<think>" and the reasoning, never ended (no answer came).
+    (or `reasoning`), its content null or blank, gives it as "<think>" and the reasoning, never
+    ended (no answer came).
 
     Raises NotAnAPI (the 200 answer was not JSON), WrongAPI (the other API's shape) or
     MalformedResponse (no choices, or no text)."""
@@ -1296,11 +1297,12 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
         text = message.get("content") if isinstance(message, dict) else None
         if text is None and isinstance(message, dict) and isinstance(message.get("refusal"), str):
             text = message["refusal"]
-        if not text and isinstance(message, dict):
+        if (not text or not text.strip()) and isinstance(message, dict):
             # A reasoning model that wrote no answer (out of tokens while thinking): vLLM, SGLang
             # and DeepSeek's API return the reasoning apart (reasoning_content; "reasoning" on
-            # some servers). Given as an unended <think> block, the parsers name it for what it
-            # is, instead of a malformed answer asked again at full price.
+            # some servers), the content null, empty or the blank lines after the thinking.
+            # Given as an unended <think> block, the parsers name it for what it is, instead of
+            # a malformed answer asked again at full price.
             thought = message.get("reasoning_content") or message.get("reasoning")
             if isinstance(thought, str) and thought.strip():
                 text = "<think>" + thought
