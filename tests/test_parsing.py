@@ -969,7 +969,7 @@ def _full_key(text):
 
     value = text.strip().lower()
     for _ in range(3):
-        value = value.strip(" \t\r\n.\"'`*")
+        value = value.strip(" \t\r\n.\"'`*_")
         match = p._BRACKETED.match(value)
         if not match:
             break

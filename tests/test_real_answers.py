@@ -138,6 +138,28 @@ GENERATION_ANSWERS = {
     # a lone "\r" line end (old Mac tool chains): the table was unparseable
     "table, lone CR line ends": (f"| # | Instruction |\r|---|---|\r| 9 | {NEW[0]} |\r"
                                  f"| 10 | {NEW[1]} |", [], "chat"),
+    # the list in a code fence, with a sentence before and after: unparseable, whole
+    "fenced list": (f"Here you go:\n```\n1. {NEW[0]}\n2. {NEW[1]}\n```\nI hope this helps!",
+                    [], "chat"),
+    "fenced markdown list, CRLF": (f"```markdown\r\n- **{NEW[2]}**\r\n- **{NEW[3]}**\r\n```",
+                                   [], "chat"),
+    "fenced list, completions": (f" {NEW[0]}\n```\n10. {NEW[1]}\n11. {NEW[2]}\n```", [],
+                                 "completions"),
+    # no-break spaces after the markers: unparseable (chat); two tasks glued into one
+    # (completions)
+    "no-break spaces": (f"9.\u00a0{NEW[0]}\n10.\u00a0{NEW[1]}\n\u00a0\u00a011.\u00a0{NEW[2]}", [],
+                        "chat"),
+    "no-break spaces, completions": (f" {NEW[0]}\n10.\u00a0{NEW[1]}\n11)\u202f{NEW[3]}", [],
+                                     "completions"),
+    # full-width colons after "Task 9": each task began with "：" and was rejected as
+    # starting with a non-ASCII character
+    "full-width colons": (f"**Task 9**：{NEW[0]}\nTask 10：{NEW[1]}", [], "chat"),
+    "full-width colons, labels": (f"Instruction：{NEW[0]}\nInput：None\n\n**Instruction**："
+                                  f"{NEW[3]}\nInput：(empty)", [], "chat"),
+    # the mark after the bold number: ": Suggest ..." (rejected as starting with punctuation),
+    # or the answer unparseable
+    "bold number, mark after": (f"**Task 9**: {NEW[0]}\n**Task 10** - {NEW[1]}\n**11**: "
+                                f"{NEW[2]}", [], "chat"),
 }
 
 
@@ -361,6 +383,23 @@ INSTANCE_ANSWERS = {
                            ("A short dry weekend.", "Walk the cliffs.")], []),
     "runs into the next task": ("Input: (none)\nOutput: Day one: the harbour.\n###\nTask 2: "
                                 "Write a poem.\nOutput: x", [("", "Day one: the harbour.")], []),
+    # a no-break space after a marker or before a colon, a full-width colon after a label:
+    # each example was unparseable
+    "no-break spaces and full-width colons": (
+        "Input：A long wet weekend.\nOutput\u00a0: Visit the museum.\nExample 2\n"
+        "1.\u00a0Input: A short dry weekend.\n   Output：Walk the cliffs.",
+        [("A long wet weekend.", "Visit the museum."),
+         ("A short dry weekend.", "Walk the cliffs.")], []),
+    # each example in a fence of its own: the closing fence ended each output
+    "a fence around each example": ("```\nInput: A long wet weekend.\nOutput: Visit the museum.\n"
+                                    "```\nExample 2\n```text\nInput: (none)\nOutput:\n```python\n"
+                                    "print('cliffs')\n```\n```",
+                                    [("A long wet weekend.", "Visit the museum."),
+                                     ("", "```python\nprint('cliffs')\n```")], []),
+    # "no input" in markdown emphasis was an input
+    "emphasised no input": ("Input: _(none)_\nOutput: Visit the lighthouse.\nExample 2\n"
+                            "Input: __N/A__\nOutput: _(no output)_",
+                            [("", "Visit the lighthouse.")], ["placeholder_output"]),
 }
 
 
@@ -498,6 +537,30 @@ CHAT_ANSWERS = {
                                    "Input: the power line, then the speaker line."),
                                   ("a lamp", "Check the bulb:\niiii) Input: the socket\nvix) "
                                    "Output: the fuse")]),
+    # the whole answer in a fence, a sentence around it: the fences were an example of their
+    # own (unparseable) and the end of the last output, "I hope this helps!" after it
+    "in a fence, chatter around it": (
+        "No", "Sure! Here are two examples:\n\n```\nExample 1\nInput: two children\nOutput: The "
+              "aquarium.\n\nExample 2\nInput: (none)\nOutput: Saturday: the harbour.\n```\n\n"
+              "I hope this helps!",
+        [("two children", "The aquarium."), ("", "Saturday: the harbour.")]),
+    "chatter after the last example": (
+        "No", "Example 1\r\nInput: N/A\r\nOutput: The aquarium.\r\n\r\nI hope these help! Is "
+              "there anything else you need?", [("", "The aquarium.")]),
+    # JSON that is one example, or a list under another key: unparseable
+    "JSON, one example": ("No", '{"input": "two children", "output": "The aquarium."}',
+                          [("two children", "The aquarium.")]),
+    "JSON, another key": ("No", 'Here you go:\n```json\n{"data": [{"Input": null, "Output": '
+                                '"Saturday: the harbour."}]}\n```',
+                          [("", "Saturday: the harbour.")]),
+    # labels in quotes or with a final dot were labels of their own
+    "quoted labels": ("Yes", 'Class label: "Positive"\nInput: I loved it.\n\nClass label：'
+                             "Negative.\nInput：It rained.\n\nClass label: “U.S.”\nInput: "
+                             "Washington.",
+                      [("I loved it.", "Positive"), ("It rained.", "Negative"),
+                       ("Washington.", "U.S.")]),
+    "quoted labels, JSON": ("Yes", '[{"label": "\\"Positive\\"", "input": "I loved it."}]',
+                            [("I loved it.", "Positive")]),
     # two inputs under one label were one input
     "inputs under a label": ("Yes", "Class label: Positive\nInput: I loved this village.\n"
                                     "Input: Best weekend all year.\n\nClass label: Negative\n"

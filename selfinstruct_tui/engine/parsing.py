@@ -24,7 +24,8 @@ Instruction lists (`parse_instruction_list`) accept the layouts base and chat mo
   as `repeated_example`, the new items are kept;
 * a refusal ("I'm sorry, but I can't ...") is set aside as `refusal`;
 * a response cut by the token limit keeps its complete items; only the cut one is `truncated`;
-* JSON answers (structured output, or a chat model that answers in JSON anyway).
+* JSON answers (structured output, or a chat model that answers in JSON anyway);
+* the list in one code fence, with a sentence around it (`_unfenced`).
 
 Instances (`parse_instances`) accept `Example N` blocks, plain `Input:`/`Output:` pairs,
 pairs under any list marker (`1. Input: ... Output: ...`, `- Input: ...`, `a) Input: ...`,
@@ -36,9 +37,13 @@ output-first layout reads `Class label: ...` then `Input: ...`. An output ends a
 line, at the next example, and at the start of another task, in the forms models use (also
 under a lettered or roman marker, `b) Instruction: ...`).
 A misspelled or missing label sets the example aside with the layout that was expected; it never
-becomes an example with an empty input.
+becomes an example with an empty input. The examples in one code fence are read as unfenced, a
+fence around each example is no part of its fields, "I hope this helps!" after the last example
+is not its output's, and a class label loses its quotes and a lone final dot.
 
-Every entry point reads "\\r\\n" and a lone "\\r" as a line end (`normalize_line_ends`).
+Every entry point reads "\\r\\n" and a lone "\\r" as a line end, a no-break space in the layout
+(an indent, after a marker) as a space and a full-width colon after a label ("Input：") as ":"
+(`normalize_layout`).
 """
 
 from __future__ import annotations
@@ -124,6 +129,39 @@ def normalize_line_ends(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
+# Unicode spaces a model (or a tool chain that turned HTML into text) writes where the layout has a
+# space: no-break, narrow no-break, figure, en/em/thin spaces; the ideographic space (U+3000) only
+# after a marker, as CJK text indents its paragraphs with it.
+_UNICODE_SPACES = "\u00a0\u2000-\u200a\u202f"
+_MAYBE_LAYOUT_SPACE = re.compile(f"[{_UNICODE_SPACES}\u3000]")
+_LAYOUT_SPACE = re.compile(
+    f"^[ \t{_UNICODE_SPACES}]*[{_UNICODE_SPACES}][ \t{_UNICODE_SPACES}]*|"  # an indent
+    f"(?<=[.):：\\]*#•\\-])[{_UNICODE_SPACES}\u3000]|"  # after a marker or a label's colon
+    f"[{_UNICODE_SPACES}](?=[:：])", re.MULTILINE)  # before a colon ("Input\u00a0:", French)
+_AS_SPACE = {code: " " for code in (0xa0, *range(0x2000, 0x200b), 0x202f, 0x3000)}
+# A full-width colon after a label in Latin letters ("Input：", "**Task 9**：", "Class label："),
+# at a line's start or an inline "Output："; CJK text's own "注意：" is not a label's.
+_WIDE_COLON_LABEL = re.compile(
+    r"(^[ \t]*[^\w\n]{0,8}(?:\d{1,3}[.)][ \t]*)?[*_`]*[ \t]*[A-Za-z][A-Za-z0-9 #()\t-]{0,30}?"
+    r"[*_`]*[ \t]*|\b(?:input|output|label|answer|response)[*_`]*[ \t]*)：",
+    re.MULTILINE | re.IGNORECASE)
+
+
+def normalize_layout(text: str) -> str:
+    """`normalize_line_ends`, then the layout's spaces and colons in the forms the parsers
+    read: a Unicode space (no-break, narrow no-break, ...) in an indent, after a list marker's
+    or a label's mark (".", ")", ":", "*", "-", ...) or before a colon is a space (elsewhere in
+    the text it stays); a full-width colon
+    after a label in Latin letters ("Input：", "Task 9：") is ": ". Each public entry point
+    calls it once."""
+    text = normalize_line_ends(text)
+    if _MAYBE_LAYOUT_SPACE.search(text):
+        text = _LAYOUT_SPACE.sub(lambda m: m.group().translate(_AS_SPACE), text)
+    if "：" in text:
+        text = _WIDE_COLON_LABEL.sub(r"\1: ", text)  # (the wide colon holds its own space)
+    return text
+
+
 def _cut_special_tokens(text: str) -> str:
     match = _SPECIAL_TOKEN.search(text)
     return text[: match.start()] if match else text
@@ -184,7 +222,7 @@ def _answer_part(text: str, setting: str) -> tuple[str, Fragment | None]:
     """(the answer without control tokens and reasoning, its line ends "\\n"; None), or ("", the
     rejected fragment) when the text is reasoning only (`setting`: the stage's max_tokens
     setting)."""
-    cut = _cut_special_tokens(normalize_line_ends(text))
+    cut = _cut_special_tokens(normalize_layout(text))
     answer, reasoning_only = _split_reasoning(cut)
     if reasoning_only:
         return "", Fragment(cut.strip()[:2000], R.TRUNCATED, reasoning_only_detail(setting))
@@ -245,6 +283,42 @@ def json_text(text: str, layout: re.Pattern[str] | None = None) -> str:
     if layout is not None and any(layout.match(line) for line in outside.split("\n")):
         return body
     return block.group(1).strip()
+
+
+def _unfenced(text: str, layout: Callable[[str], object]) -> str:
+    """The answer without a code fence around its whole layout: chat models put the list or
+    the examples in one fenced block (```, ```markdown, ```text), with or without a sentence
+    before or after it, and a cut answer's block never closes. When the answer has one or two
+    fence lines, a line of the layout (`layout(line)` true) between them and none outside (a
+    code block under an item or in an output is that one's), the fence lines are made blank
+    lines, so the block is read as the answer and the text around it as paragraphs of their
+    own (a preamble, a remark, or the start of a completion's first item); else the text as it
+    is."""
+    if "```" not in text:
+        return text
+    lines = text.split("\n")
+    fences = [n for n, line in enumerate(lines) if line.lstrip().startswith("```")]
+    if not 1 <= len(fences) <= 2:
+        return text
+    start, end = fences[0], fences[1] if len(fences) == 2 else len(lines)
+    if not any(layout(line) for line in lines[start + 1:end]) or any(
+            layout(line) for line in lines[:start] + lines[end + 1:]):
+        return text
+    for n in fences:
+        lines[n] = ""
+    return "\n".join(lines)
+
+
+def _list_layout(line: str) -> bool:
+    """A line of an instruction list: a numbered, lettered or bulleted item, a label, a
+    table's rule."""
+    return bool(_LIST_LAYOUT.match(line) or _BULLET.match(line) or _LETTERED.match(line)
+                or _TABLE_RULE.match(line))
+
+
+def _instances_layout(line: str) -> bool:
+    """A line of an instance answer: a label, an example's header, a table's rule."""
+    return bool(_INSTANCE_LAYOUT.match(line) or _TABLE_RULE.match(line))
 
 
 # -- list markers -----------------------------------------------------------------------------
@@ -357,14 +431,16 @@ def _lettered_markers(lines: list[str], circled: bool = True) -> dict[int, tuple
 # -- instruction lists ------------------------------------------------------------------------
 
 # "9.", "9)", "(9)", "9:" (not "3.5" or "10:30"); "Task 9:", "**Task 9**", "### Task 9 -";
-# "⑨", "9️⃣" (group "sym").
+# "⑨", "9️⃣" (group "sym"); the mark after the emphasis ends ("**9**:", "**Task 9** -").
 _NUMBERED = re.compile(
     rf"^[ \t]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*(?:"
-    rf"(?:\(?(\d{{1,3}})[ \t]*[.):．、）：]|\[(?=\d{{1,3}}\])(\d{{1,3}})\]|(\d{{1,3}})[ \t]+[-–—]"
+    rf"(?:\(?(\d{{1,3}})(?:[ \t]*[.):．、）：]|(?=[*_]+[ \t]*[.):](?:[ \t]|$)))|"
+    rf"\[(?=\d{{1,3}}\])(\d{{1,3}})\]|(\d{{1,3}})[ \t]+[-–—]"
     rf"(?=[ \t]+[A-Z\"'“*]))(?=[ \t*_`\"'“]|$|[^\W\d_])"
     rf"|(?:new[ \t]+)?(?:task|instruction|prompt|item)[ \t]*#?[ \t]*(\d{{1,3}})[ \t]*[:.)\-–—]?"
     rf"|(?P<sym>{_SYMBOL_INDEX})[ \t]*[.):．、）：]?"
-    rf")[ \t]*{_MD}[ \t]*(?P<rest>.*)$", re.IGNORECASE)
+    rf")[ \t]*{_MD}(?:(?<=[*_])[ \t]*[:.)\-–—](?=[ \t]|$))?[ \t]*{_MD}[ \t]*(?P<rest>.*)$",
+    re.IGNORECASE)
 _BARE_NUMBER = re.compile(rf"^[ \t]*{_MD}(\d{{1,3}})[ \t]+{_MD}(?=[A-Za-z\"'“])(.*)$")
 _LONE_NUMBER = re.compile(r"^[ \t]*[*_]*\(?(\d{1,3})[*_]*[ \t]*$")
 _BULLET = re.compile(r"^[ \t]*[-*•+·][ \t]+(.*)$")
@@ -573,6 +649,7 @@ def parse_instruction_list(text: str, *, first_number: int | None = None,
     json_list = _parse_json_list(text, truncated)
     if json_list is not None:
         return _finish_list(json_list, [], examples, text)
+    text = _unfenced(text, _list_layout)
     table = _parse_table_list(text, truncated)
     if table is not None:
         return _finish_list(table, [], examples, text)
@@ -1037,7 +1114,7 @@ def parse_classification(text: str) -> bool | None:
     `Yes, because ...`, `True` (after a reasoning model's <think> part); None when the answer is
     neither. A JSON answer (`true`, `"No"`, `{"is_classification": false}`, `{"answer":
     "Yes"}`) is read by its value, never as the text of its keys."""
-    answer = _split_reasoning(_cut_special_tokens(normalize_line_ends(text)))[0]
+    answer = _split_reasoning(_cut_special_tokens(normalize_layout(text)))[0]
     from_json = _json_classification(answer)
     if from_json is not None:
         return from_json[0]
@@ -1123,8 +1200,9 @@ class _Block:
     open: bool = True  # still being read when the text ended
 
     def started(self) -> bool:
+        """It holds a field or a line of text (a fence line alone is no example's)."""
         return (self.input is not None or self.output is not None or self.label is not None
-                or any(h.strip() for h in self.head))
+                or any(h.strip() and not h.lstrip().startswith("```") for h in self.head))
 
 
 def _next_task(text: str) -> re.Match[str] | None:
@@ -1176,9 +1254,12 @@ def _until_next_task(text: str) -> str:
 # A closing paragraph about the examples, which chat models add after the last one ("These
 # examples show ...", "Each input reflects its label.", "Let me know if you'd like more
 # examples!"): it names the examples, so an output's own last paragraph ("Let me know if you
-# need anything else." in an email) is not taken for one.
+# need anything else." in an email) is not taken for one; only "I hope this helps!" and "Is
+# there anything else ...?", an assistant's words to the user, need not name them.
 _CLOSING = re.compile(
-    r"^\W*(?:(?:these|the above|all (?:of )?these|each of these|both) (?:\w+ )?(?:examples?|"
+    r"^\W*(?:(?:i )?hope (?:this|these|that|it) (?:helps?|is helpful|are helpful|will help)\b|"
+    r"is there anything else\b|"
+    r"(?:these|the above|all (?:of )?these|each of these|both) (?:\w+ )?(?:examples?|"
     r"inputs?|outputs?|pairs?|instances?|sentences?|texts?)\b|each (?:example|input|output)\b|"
     r"(?:i )?hope (?:these|this|the) (?:\w+ )?examples?\b|let me know if you(?:['’]d| would)? "
     r"(?:like|need|want) (?:\w+ )?(?:more|additional|other|different) (?:\w+ )?(?:examples?|"
@@ -1218,7 +1299,7 @@ def parse_instances(text: str, *, output_first: bool, truncated: bool = False,
     from_json = _parse_json_instances(text, output_first, truncated)
     if from_json is not None:
         return from_json
-    text = _without_closing_remarks(_until_next_task(text))
+    text = _without_closing_remarks(_until_next_task(_unfenced(text, _instances_layout)))
     from_table = _parse_table_instances(text, output_first, truncated)
     if from_table is not None:
         return from_table
@@ -1444,7 +1525,7 @@ def _instance_from(block: _Block, output_first: bool, layout: str,
             return Fragment(raw, R.UNPARSEABLE, f"an input without a class label; {layout}")
         if block.input is None:
             return Fragment(raw, R.MISSING_INPUT, f"a class label without an input; {layout}")
-        label = one_line(block.label).strip("*_` ")
+        label = _clean_label(block.label)
         return RawInstance(normalize_input(_clean_field("\n".join(block.input))), label, raw)
     if block.output is None:
         if block.input is None:
@@ -1460,8 +1541,39 @@ def _instance_from(block: _Block, output_first: bool, layout: str,
                        raw)
 
 
+_LABEL_QUOTES = ("\"\"", "''", "“”", "‘’", "``")
+
+
+def _clean_label(text: str) -> str:
+    """A class label as one line without what a model wraps it in: markdown emphasis, quotes
+    (`"Positive"`, `“Positive”`) and a sentence's final dot when it has no other (`Positive.`;
+    `U.S.` keeps its dots), so one label is not two spellings in the pool."""
+    label = one_line(text).strip("*_` ")
+    while len(label) >= 2 and label[0] + label[-1] in _LABEL_QUOTES:
+        label = label[1:-1].strip("*_` ")
+    if label.endswith(".") and label.count(".") == 1 and len(label.split()) <= _LABEL_WORDS:
+        label = label[:-1].rstrip()
+    return label
+
+
 def _clean_field(value: str) -> str:
-    return value.strip()
+    """The field stripped, without a fence line that closes or opens no block of its own: an
+    example a model put in a fenced block ("```", "Input: ...", "Output: ...", "```") leaves
+    the fence in its last or first field."""
+    value = value.strip()
+    if "```" not in value:
+        return value
+    lines = value.split("\n")
+    kept = len(lines)
+    while kept and lines[kept - 1].strip() == "```":
+        kept -= 1
+    fences = sum(1 for line in lines[:kept] if line.lstrip().startswith("```"))
+    if fences % 2 and kept < len(lines):
+        kept, fences = kept + 1, fences + 1  # that one closes the field's own block
+    lines = lines[:kept]
+    if fences % 2 and lines and lines[0].lstrip().startswith("```"):
+        lines.pop(0)
+    return "\n".join(lines).strip()
 
 
 _INSTANCE_LAYOUT = re.compile(
@@ -1502,10 +1614,16 @@ def _parse_json_instances(text: str, output_first: bool,
                                                        "the JSON answer was cut off")])
         return ParsedInstances(discarded=[Fragment(body[:2000], R.UNPARSEABLE,
                                                    "JSON that does not parse")])
+    names = ("label", "class_label", "class label", "output") if output_first else ("output",)
     values = data
     if isinstance(data, dict):
         key = _json_key(data, "instances", "examples")
         values = data[key] if key is not None else None
+        if values is None:  # {"data": [...]}: the one list it holds
+            lists = [v for v in data.values() if isinstance(v, list)]
+            values = lists[0] if len(lists) == 1 else None
+        if values is None and _json_key(data, *names) is not None:
+            values = [data]  # one example, not in a list
     if not isinstance(values, list):
         return None
     result = ParsedInstances()
@@ -1515,8 +1633,6 @@ def _parse_json_instances(text: str, output_first: bool,
             result.discarded.append(Fragment(raw, R.UNPARSEABLE,
                                              "an example that is not an object"))
             continue
-        names = ("label", "class_label", "class label", "output") if output_first else (
-            "output",)
         out_key = _json_key(value, *names)
         output = json_field_text(value[out_key]) if out_key is not None else None
         if output is None:
@@ -1531,7 +1647,8 @@ def _parse_json_instances(text: str, output_first: bool,
             continue
         inp = json_field_text(value[in_key]) if in_key is not None else None
         # a null input is "no input", as the text layouts' "(none)" is
-        result.instances.append(RawInstance(normalize_input(inp or ""), output.strip(), raw))
+        output = _clean_label(output) if output_first else output.strip()
+        result.instances.append(RawInstance(normalize_input(inp or ""), output, raw))
     if not result.instances and not result.discarded:
         result.discarded.append(Fragment(body[:2000], R.UNPARSEABLE,
                                          "a JSON answer with no examples"))
@@ -1826,7 +1943,7 @@ def _parse_table_instances(text: str, output_first: bool,
         for raw, cells in _readable_rows(table, text, truncated, result.discarded):
             output = cells[output_at].strip()
             if output_first:
-                output = one_line(output).strip("*_` ")
+                output = _clean_label(output)
             if not output:
                 result.discarded.append(Fragment(
                     raw, R.UNPARSEABLE if output_first else R.MISSING_OUTPUT,

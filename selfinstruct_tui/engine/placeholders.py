@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-# Compared after `_key`: lowercase, surrounding brackets, quotes and final dots removed, runs of
-# space, '_' and '-' between words turned into one space.
+# Compared after `_key`: lowercase, surrounding brackets, quotes, emphasis and final dots removed,
+# runs of space, '_' and '-' between words turned into one space.
 _NO_INPUT = frozenset({
     "", "noinput", "no input", "none", "n/a", "na", "nil", "null", "empty", "blank", "nothing",
     "not applicable", "not needed", "no input needed", "no input required", "no input provided",
@@ -54,7 +54,7 @@ def _key(text: str) -> str:
     them were most of this module's cost per answer."""
     value = text.strip().lower()
     for _ in range(3):  # "(<no input>)", "'None'."
-        value = value.strip(" \t\r\n.\"'`*")
+        value = value.strip(" \t\r\n.\"'`*_")  # markdown emphasis too: "_(none)_"
         match = _BRACKETED.match(value)
         if not match:
             break  # another turn would strip and match the same text
