@@ -798,13 +798,19 @@ def test_new_items_a_chat_model_numbers_from_1_are_not_taken_for_the_examples():
 
 @pytest.mark.parametrize("text", ["", "<noinput>", "<no input>", "No input.", "noinput", "None",
                                   "(no input)", "N/A", "(none)", "[none]", "-", "no-input",
-                                  "Not applicable", "<No Input>", "'None'", " NULL "])
+                                  "Not applicable", "<No Input>", "'None'", " NULL ",
+                                  # said as a sentence
+                                  "There is no input for this task.", "There’s no input.",
+                                  "This task does not require any input.", "None required.",
+                                  "No input is needed for this instruction.",
+                                  "(This task requires no input.)"])
 def test_no_input_spellings(text):
     assert is_no_input(text) and normalize_input(text) == ""
 
 
 @pytest.mark.parametrize("text", ["None of the above", "no", "Nothing to add here.",
-                                  "noise level"])
+                                  "noise level", "No further input from the customer was given "
+                                  "after the call.", "Input is required by law."])
 def test_real_inputs_are_kept(text):
     assert normalize_input(text) == text
 

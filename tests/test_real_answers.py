@@ -400,6 +400,11 @@ INSTANCE_ANSWERS = {
     "emphasised no input": ("Input: _(none)_\nOutput: Visit the lighthouse.\nExample 2\n"
                             "Input: __N/A__\nOutput: _(no output)_",
                             [("", "Visit the lighthouse.")], ["placeholder_output"]),
+    # "no input" said as a sentence was kept as the input
+    "no input as a sentence": ("Input: There is no input for this task.\nOutput: Visit the "
+                               "lighthouse.\nExample 2\nInput: This task does not require any "
+                               "input.\nOutput: Walk the cliffs.",
+                               [("", "Visit the lighthouse."), ("", "Walk the cliffs.")], []),
 }
 
 

@@ -23,6 +23,16 @@ _NO_INPUT = frozenset({
     "no additional input", "-", "--", "—", "–",
 })
 
+# "No input" said as a sentence (after `_key`): "There is no input for this task.", "This task
+# does not require any input.", "No input is needed.", "None required."
+_NO_INPUT_SENTENCE = re.compile(
+    r"(?:there is no|there['’]s no|this (?:task|instruction) (?:has|needs|requires|takes) no|"
+    r"this (?:task|instruction) does(?: not|n['’]t) (?:need|require|take|have)(?: an| any)?|"
+    r"no(?: additional| specific| further)?|none)"
+    r"(?: input)?(?: (?:is|was))?(?: (?:needed|required|necessary|provided|given))?"
+    r"(?: (?:for|in) this (?:task|instruction|example))?")
+_NO_INPUT_WORDS = ("input", "needed", "required", "necessary")
+
 _NO_OUTPUT = frozenset({
     "nooutput", "no output", "n/a", "na", "not applicable", "no answer", "no response", "tbd",
     "todo", "output", "answer", "response", "insert output here", "output here",
@@ -66,8 +76,13 @@ def _key(text: str) -> str:
 
 
 def is_no_input(text: str) -> bool:
-    """True when `text` is empty or one of the usual spellings of "no input"."""
-    return _key(text) in _NO_INPUT
+    """True when `text` is empty or one of the usual spellings of "no input", also as a short
+    sentence ("There is no input for this task.", "No input is required.")."""
+    key = _key(text)
+    if key in _NO_INPUT:
+        return True
+    return (len(key) <= 60 and any(word in key for word in _NO_INPUT_WORDS)
+            and _NO_INPUT_SENTENCE.fullmatch(_SPACES.sub(" ", key)) is not None)
 
 
 def normalize_input(text: str) -> str:
