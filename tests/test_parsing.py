@@ -272,6 +272,10 @@ def test_leaked_chat_control_tokens_end_the_answer():
     # no answer: the question's options repeated, "N/A"
     ("Yes/No", None), ("Yes or No", None), ("Classification: N/A", None),
     ("No, no labels here.", False), ("Yes, yes.", True),
+    # casual, hedged and Chinese verdicts were no answer; "No idea" was a "No"
+    ("Nope", False), ("Yep!", True), ("Definitely yes.", True), ("Probably not.", False),
+    ("是", True), ("是的，这是分类任务。", True), ("否", False), ("不是。", False),
+    ("No idea.", None), ("Probably", None), ("Not sure", None), ("Yesterday", None),
 ])
 def test_classification_answers(answer, expected):
     assert parse_classification(answer) is expected

@@ -661,6 +661,8 @@ def test_an_answer_without_usable_instances_rejects_the_task_with_the_layout(tmp
     # the task repeated first, then a lone "\r" line end: it was no answer
     (f"Task: {NEW[0]}\rClassification: Yes", True),
     ("The task names its labels.\r</think>\rYes", True),
+    # hedged, casual and Chinese verdicts were unknown_classification: the candidate lost
+    ("Definitely yes.", True), ("Probably not.", False), ("Nope", False), ("是的", True),
 ])
 def test_classification_answers_in_the_forms_models_give(tmp_path, answer, is_cls):
     instances = "Class label: Positive\nInput: Great!\nClass label: Negative\nInput: Awful." \

@@ -1073,6 +1073,13 @@ _CLS_LEAD = re.compile(
 # "Task: <the task repeated>" then "Classification: No": the labelled line is the answer
 _CLS_LINE = re.compile(r"^\W*classification(?: task)?\W*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 _CLS_MARKUP = re.compile(r"[*_`#>\"']")
+# A hedge before the verdict ("Definitely yes.", "Probably not."): after one, "not" is a no
+_CLS_HEDGE = re.compile(r"^(?:definitely|certainly|absolutely|clearly|surely|probably|"
+                        r"most likely|likely|i think|i believe)\b[\s,]*", re.IGNORECASE)
+_CLS_YES = ("yes", "true", "y", "yep", "yeah", "yup")
+_CLS_NO = ("no", "false", "n", "nope", "nah")
+# Chinese models answer the English question in Chinese: 是 / 是的 (yes), 否 / 不是 (no)
+_CLS_CJK = re.compile(r"^(?:(是)(?:的)?|(否|不是))(?:[\s,.!，。！：:]|$)")
 _LETTERS = re.compile(r"[a-z]+")
 _CLS_PHRASES = (
     (re.compile(r"\b(?:not|isn['’]?t|no)\b[^.]{0,20}\bclassification\b", re.I), False),
@@ -1111,7 +1118,8 @@ def _json_classification(text: str) -> tuple[bool | None] | None:
 
 def parse_classification(text: str) -> bool | None:
     """Yes/No to "is this a classification task?": `Yes`, `Classification: Yes`, `**No**`,
-    `Yes, because ...`, `True` (after a reasoning model's <think> part); None when the answer is
+    `Yes, because ...`, `True`, `Nope`, `Definitely yes.`, `Probably not.`, `是` / `否` (after a
+    reasoning model's <think> part); None when the answer is
     neither. A JSON answer (`true`, `"No"`, `{"is_classification": false}`, `{"answer":
     "Yes"}`) is read by its value, never as the text of its keys."""
     answer = _split_reasoning(_cut_special_tokens(normalize_layout(text)))[0]
@@ -1123,15 +1131,23 @@ def parse_classification(text: str) -> bool | None:
     if labelled is not None and labelled.start() > 0:
         cleaned = labelled.group(1).strip()
     cleaned = _CLS_LEAD.sub("", cleaned).strip()
+    cjk = _CLS_CJK.match(cleaned)
+    if cjk is not None:
+        return cjk.group(1) is not None
+    hedged = _CLS_HEDGE.match(cleaned)
+    if hedged is not None:
+        cleaned = cleaned[hedged.end():]
     words = _LETTERS.findall(cleaned.lower())
     if words[:1] in (["yes"], ["no"]) and {"yes", "no"} <= set(words[:3]):
         return None  # "Yes/No", "Yes or No": the question repeated, no answer
+    if words[:2] in (["no", "idea"], ["no", "clue"]):
+        return None  # "No idea": not a "No"
     if words:
         # "y"/"n" alone; "N/A" is no answer
         single = len(words[0]) > 1 or re.fullmatch(r"[yn]\W*", cleaned, re.IGNORECASE)
-        if words[0] in ("yes", "true", "y") and single:
+        if words[0] in _CLS_YES and single:
             return True
-        if words[0] in ("no", "false", "n") and single:
+        if (words[0] in _CLS_NO or hedged is not None and words[0] == "not") and single:
             return False
     for pattern, value in _CLS_PHRASES:
         if pattern.search(cleaned):
