@@ -712,6 +712,33 @@ def test_cjk_instructions_are_counted_by_the_unicode_tokenizer(tmp_path):
     assert [t["instruction"] for t in machine(run_dir)] == zh
 
 
+def test_labels_a_chinese_model_translates_are_read(tmp_path):
+    """"任务 9：", "输入：", "输出：", "类别标签：", "示例 2" (the prompt's labels in Chinese), "无"
+    as the input and "是" as the verdict: the list was unparseable, the examples too."""
+    zh = ["请为一个下雨的周末安排三个室内活动。", "把下面的评论分为正面或负面。"]
+    generation = f"任务 9：{zh[0]}\n任务 10：{zh[1]}"
+    with FakeOpenAI(script={"generate": [generation], "classify": ["否", "是"],
+                            "instances": ["示例 1\n输入：无\n输出：去博物馆。\n\n示例 2\n"
+                                          "输入：两个孩子\n输出：在家搭积木。",
+                                          "类别标签：正面\n输入：太好了！\n类别标签：负面\n"
+                                          "输入：太糟了。"]},
+                    repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 2, api="chat",
+                                          structured_output="off", tokenizer="unicode",
+                                          filter_non_ascii=False)
+    tasks = machine(run_dir)
+    assert [(t["instruction"], bool(t["is_classification"])) for t in tasks] == [
+        (zh[0], False), (zh[1], True)]
+    assert [(i["input"], i["output"]) for i in json.loads(tasks[0]["instances"])] == [
+        ("", "去博物馆。"), ("两个孩子", "在家搭积木。")]
+    assert [(i["input"], i["output"]) for i in json.loads(tasks[1]["instances"])] == [
+        ("太好了！", "正面"), ("太糟了。", "负面")]
+    assert rejections(run_dir) == [] and rejections(run_dir, "instance") == []
+    rows = exported(run_dir, "alpaca", tmp_path)
+    assert [(r["instruction"], r["input"]) for r in rows][:2] == [(zh[0], ""), (zh[0], "两个孩子")]
+    assert_accounted(run_dir)
+
+
 def test_surplus_is_never_started_and_finished_work_is_kept(tmp_path):
     with FakeOpenAI() as server:
         run_dir, finished, _ = run_engine(tmp_path, server, 5, concurrency=8,

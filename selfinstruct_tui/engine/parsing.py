@@ -147,16 +147,41 @@ _WIDE_COLON_LABEL = re.compile(
     re.MULTILINE | re.IGNORECASE)
 
 
+# The prompt's labels as Chinese models translate them, at a line's start before a colon:
+# "任务 9：", "输入：", "输出：", "类别标签：", "示例 2：" (the English label, its number kept).
+_CJK_LABELS = {"任务": "Task", "指令": "Instruction", "输入": "Input", "输出": "Output",
+               "类别标签": "Class label", "标签": "Class label", "示例": "Example",
+               "例子": "Example"}
+_MAYBE_CJK_LABEL = re.compile("|".join(_CJK_LABELS))
+_CJK_LABEL = re.compile(
+    r"^([ \t]*(?:\d{1,3}[.)][ \t]*)?[*_]*[ \t]*)(" + "|".join(_CJK_LABELS) +
+    r")[ \t]*(\d{0,3})[ \t]*([*_]*)[ \t]*[：:][ \t]*", re.MULTILINE)
+
+
+_CJK_EXAMPLE = re.compile(r"^([ \t]*(?:#{1,6}[ \t]*)?[*_]*[ \t]*)(?:示例|例子)[ \t]*(\d{1,3})"
+                          r"([ \t]*[*_]*[ \t]*)$", re.MULTILINE)  # "示例 2" alone on its line
+
+
+def _english_label(match: re.Match[str]) -> str:
+    number = f" {match.group(3)}" if match.group(3) else ""
+    return f"{match.group(1)}{_CJK_LABELS[match.group(2)]}{number}{match.group(4)}: "
+
+
 def normalize_layout(text: str) -> str:
     """`normalize_line_ends`, then the layout's spaces and colons in the forms the parsers
     read: a Unicode space (no-break, narrow no-break, ...) in an indent, after a list marker's
     or a label's mark (".", ")", ":", "*", "-", ...) or before a colon is a space (elsewhere in
     the text it stays); a full-width colon
-    after a label in Latin letters ("Input：", "Task 9：") is ": ". Each public entry point
-    calls it once."""
+    after a label in Latin letters ("Input：", "Task 9：") is ": ", and a label in Chinese at
+    a line's start ("任务 9：", "输入：", "类别标签：") is the prompt's English one. Each public
+    entry point calls it once."""
     text = normalize_line_ends(text)
     if _MAYBE_LAYOUT_SPACE.search(text):
         text = _LAYOUT_SPACE.sub(lambda m: m.group().translate(_AS_SPACE), text)
+    if "：" in text or ":" in text and _MAYBE_CJK_LABEL.search(text):
+        text = _CJK_LABEL.sub(_english_label, text)
+    if "示例" in text or "例子" in text:
+        text = _CJK_EXAMPLE.sub(r"\1Example \2\3", text)
     if "：" in text:
         text = _WIDE_COLON_LABEL.sub(r"\1: ", text)  # (the wide colon holds its own space)
     return text

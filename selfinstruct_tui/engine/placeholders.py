@@ -21,6 +21,7 @@ _NO_INPUT = frozenset({
     "not applicable", "not needed", "no input needed", "no input required", "no input provided",
     "no input given", "no input necessary", "input not required", "input not needed",
     "no additional input", "-", "--", "—", "–",
+    "无", "无输入", "没有", "没有输入", "不需要输入",  # Chinese: none, no input, not needed
 })
 
 # "No input" said as a sentence (after `_key`): "There is no input for this task.", "This task
