@@ -425,5 +425,5 @@ def test_the_export_dialog_refuses_a_path_in_a_folder_that_does_not_exist(tmp_pa
             assert not any(n.message.startswith("Exported") for n in app._notifications)
 
     run(go())
-    assert len(errors) == 1 and missing_folder_said(errors[0], missing, "-o"), errors
+    assert len(errors) == 1 and missing_folder_said(errors[0], missing, "path"), errors
     assert not missing.exists()

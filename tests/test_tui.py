@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -360,6 +361,75 @@ def test_export_dialog_refuses_stdout_names_the_path_and_marks_its_box(tmp_path,
 
     run(go())
     assert not (tmp_path / "-").exists()
+
+
+CLI_FLAG = re.compile(r"(?:^|[\s(])(-o|--[a-z][a-z-]+)\b")  # one of ours: not `mkdir -p`
+
+
+def test_export_dialog_messages_name_its_fields_never_cli_flags(tmp_path, isolated_env):
+    """The export dialog's errors told its user to "choose another -o" or "leave out
+    --reviewed-only", and an openai-chat note to "resume with a higher --target": flags of a
+    command they never typed. Each message reachable from the dialog now names its fields
+    (the path, the 'only tasks that passed the quality review' box), and still says why."""
+    from selfinstruct_tui.engine.control import OfflineControl, ReviewAnswer, SetReviewSample
+
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    (tmp_path / "a-folder").mkdir()
+
+    notes: list[str] = []  # every notification (shown ones expire)
+
+    def said() -> list[str]:
+        return notes
+
+    async def export(pilot, fmt: str, path: str, reviewed: bool = False) -> str:
+        before = len(said())
+        await pilot.press("x")
+        await pilot.pause(0.2)
+        app.screen.query_one("#format").value = fmt
+        await pilot.pause(0.1)
+        app.screen.query_one("#path").value = path
+        app.screen.query_one("#reviewed-only").value = reviewed
+        await pilot.click("#export")
+        await until(pilot, lambda: len(said()) > before)
+        await pilot.pause(0.2)
+        return "\n".join(said()[before:])
+
+    app = create_app(run_dir, refresh=0.1)
+    notify = app.notify
+    app.notify = lambda message, **kw: (notes.append(str(message)), notify(message, **kw))[1]
+    messages: dict[str, str] = {}
+
+    async def go():
+        async with app.run_test(size=(120, 40)) as pilot:
+            messages["own file"] = await export(pilot, "alpaca", str(run_dir / "run.log"))
+            messages["folder"] = await export(pilot, "alpaca", str(tmp_path / "a-folder"))
+            messages["no folder"] = await export(pilot, "alpaca", str(tmp_path / "nope/x.json"))
+            messages["file in the way"] = await export(
+                pilot, "alpaca", str(run_dir / "run.log" / "x.json"))
+            messages["device"] = await export(pilot, "alpaca", "/dev/null")
+            messages["no review"] = await export(pilot, "alpaca", str(tmp_path / "r.json"), True)
+            messages["rejections"] = await export(pilot, "rejections", str(tmp_path / "j.jsonl"),
+                                                  True)
+            control = OfflineControl(run_dir, lambda event: None)
+            control.send(SetReviewSample((145,), (0,)))
+            for question in ("instruction", "input", "output"):
+                control.send(ReviewAnswer(145, question, True))
+            messages["few"] = await export(pilot, "openai-chat", str(tmp_path / "c.jsonl"), True)
+
+    run(go())
+    for case, text in messages.items():
+        assert not CLI_FLAG.search(text), (case, text)
+    for case in ("own file", "no folder", "file in the way", "device"):
+        assert "choose another path" in messages[case], messages[case]
+    assert "is a directory; end the path with a file's name" in messages["folder"]
+    box = "'only tasks that passed the quality review'"
+    assert "leave" not in messages["no review"] and f"untick {box}" in messages["no review"]
+    assert "press r" in messages["no review"]
+    assert messages["rejections"].startswith(f"Export failed: {box} keeps"), messages
+    assert "untick it" in messages["rejections"]
+    assert "has 3: generate more (quit, then resume the run with a higher target)" in \
+        messages["few"]
 
 
 def test_broken_user_theme_is_reported_not_fatal(tmp_path, isolated_env, monkeypatch):

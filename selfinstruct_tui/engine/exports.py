@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from selfinstruct_tui.engine.errors import UserError
-from selfinstruct_tui.engine.fsutil import atomic_writer, check_output_path, utf8_stdout
+from selfinstruct_tui.engine.fsutil import (
+    OutputField,
+    atomic_writer,
+    check_output_path,
+    utf8_stdout,
+)
 from selfinstruct_tui.engine.placeholders import normalize_input
 from selfinstruct_tui.engine.review import review_label
 from selfinstruct_tui.engine.store import (
@@ -114,13 +119,36 @@ RUN_FILES = ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm", "run.log", "engin
                for ext in ("log", "pid")))
 
 
-def check_target(run_dir: str | Path, path: Path) -> None:
+class ExportWording(NamedTuple):
+    """How the user gave an export's settings, as the messages that say what to change name
+    them: the command line's flags (`CLI_WORDING`) or the TUI export dialog's fields
+    (`DIALOG_WORDING`: its user never typed `-o` or `--reviewed-only`)."""
+
+    output: OutputField  # the output path
+    reviewed_only: str  # the "only reviewed tasks" option
+    leave_it_out: str  # how to turn it off ("leave it out")
+    leave_out_reviewed: str  # the same, naming it
+    review_first: str  # how to review a sample
+    more_tasks: str  # how to get more tasks into the run
+
+
+CLI_WORDING = ExportWording(OutputField("-o"), "--reviewed-only", "leave it out",
+                            "leave out --reviewed-only",
+                            "key r in the TUI", "resume with a higher --target")
+REVIEWED_ONLY_LABEL = "only tasks that passed the quality review"  # the dialog's check box
+DIALOG_WORDING = ExportWording(
+    OutputField("path", flag=False), f"'{REVIEWED_ONLY_LABEL}'", "untick it",
+    f"untick '{REVIEWED_ONLY_LABEL}'", "press r", "quit, then resume the run with a higher target")
+
+
+def check_target(run_dir: str | Path, path: Path, field: OutputField = CLI_WORDING.output) -> None:
     """Refuse an export path that would destroy something: one of the run's own files, or an
-    existing path that is not a regular file (`check_output_path`). UserError."""
+    existing path that is not a regular file (`check_output_path`). UserError naming `field`,
+    where the path was given."""
     target = path.resolve()
     if target.parent == Path(run_dir).resolve() and target.name in RUN_FILES:
-        raise UserError(f"{path}: is one of the run's own files; choose another -o")
-    check_output_path(path)
+        raise UserError(f"{path}: is one of the run's own files; {field.another()}")
+    check_output_path(path, field)
 
 
 class Exported(NamedTuple):
@@ -145,12 +173,14 @@ class Exported(NamedTuple):
 
 
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
-               stdout: IO[str] | None = None, reviewed_only: bool = False) -> Exported:
+               stdout: IO[str] | None = None, reviewed_only: bool = False,
+               wording: ExportWording = CLI_WORDING) -> Exported:
     """Write the export atomically (or to `stdout` when `output` is "-"), with its metadata
     beside it (`.meta.json`: the run's, the format, rows, tasks, the similarity tokenizer).
     `reviewed_only`: only tasks that passed the quality review. UserError for a target that
     must not be written, or `reviewed_only` where it cannot apply (the rejections format, a run
-    without a review)."""
+    without a review); its message, and the export's notes, name the settings as `wording`
+    does (the CLI's flags, or the TUI dialog's fields)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     store = RunStore(run_dir, readonly=True)
@@ -159,7 +189,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
         tokenizer = cfg.tokenizer if cfg else "rouge"
         reviews = {r.task_id: r for r in store.reviews()}
         if reviewed_only:
-            check_reviewed_only(run_dir, fmt, reviews)
+            check_reviewed_only(run_dir, fmt, reviews, wording)
 
         exported = [0]  # tasks
 
@@ -182,9 +212,9 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
             with utf8_stdout(stdout) as fh:
                 count = write_rows(rows(), fmt, fh)
             return Exported(Path("-"), count, tasks[0] if tasks else None,
-                            consumer_notes(fmt, count))
+                            consumer_notes(fmt, count, wording))
         path = Path(output) if output else Path(run_dir) / f"export-{fmt}.{EXTENSIONS[fmt]}"
-        check_target(run_dir, path)
+        check_target(run_dir, path, wording.output)
         replaced = tuple(p for p in (path, metadata_path(path)) if p.exists())
         with atomic_writer(path) as fh:
             count = write_rows(rows(), fmt, fh)
@@ -195,8 +225,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
             fh.write("\n")
     finally:
         store.close()
-    return Exported(path, count, tasks[0] if tasks else None, consumer_notes(fmt, count),
-                    replaced)
+    return Exported(path, count, tasks[0] if tasks else None,
+                    consumer_notes(fmt, count, wording), replaced)
 
 
 # OpenAI's fine-tuning guide: "The minimum number of examples you can provide for fine-tuning is
@@ -204,12 +234,13 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
 OPENAI_MIN_EXAMPLES = 10
 
 
-def consumer_notes(fmt: str, rows: int) -> tuple[str, ...]:
-    """What the tool an export is made for will refuse in it, in sentences a user can act on:
-    an openai-chat file of fewer than 10 examples (OpenAI's minimum per training file)."""
+def consumer_notes(fmt: str, rows: int, wording: ExportWording = CLI_WORDING) -> tuple[str, ...]:
+    """What the tool an export is made for will refuse in it, in sentences a user can act on
+    (`wording`: the CLI's or the TUI's): an openai-chat file of fewer than 10 examples
+    (OpenAI's minimum per training file)."""
     if fmt == "openai-chat" and rows < OPENAI_MIN_EXAMPLES:
         return (f"OpenAI fine-tuning needs at least {OPENAI_MIN_EXAMPLES} examples in a training "
-                f"file and this one has {rows}: generate more (resume with a higher --target) "
+                f"file and this one has {rows}: generate more ({wording.more_tasks}) "
                 "before uploading it",)
     return ()
 
@@ -273,15 +304,17 @@ def run_metadata(store: RunStore) -> dict:
             "endpoints": endpoints}
 
 
-def check_reviewed_only(run_dir: str | Path, fmt: str, reviews: dict[int, ReviewRecord]) -> None:
+def check_reviewed_only(run_dir: str | Path, fmt: str, reviews: dict[int, ReviewRecord],
+                        wording: ExportWording = CLI_WORDING) -> None:
     """UserError when "only reviewed tasks" cannot mean anything: for the rejections format, or
-    a run with no quality review yet (the export would be empty without saying why)."""
+    a run with no quality review yet (the export would be empty without saying why); the
+    message names the option as `wording` does."""
     if fmt == "rejections":
-        raise UserError("--reviewed-only keeps machine tasks that passed the quality review; "
-                        "the rejections export has none: leave it out")
+        raise UserError(f"{wording.reviewed_only} keeps machine tasks that passed the quality "
+                        f"review; the rejections export has none: {wording.leave_it_out}")
     if not reviews:
         raise UserError(f"{run_dir}: no quality review yet, so no task has passed one; review a "
-                        "sample first (key r in the TUI), or leave out --reviewed-only")
+                        f"sample first ({wording.review_first}), or {wording.leave_out_reviewed}")
 
 
 # -- the seed set ---------------------------------------------------------------------------------

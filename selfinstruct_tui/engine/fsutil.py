@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, NamedTuple, cast
 
 from selfinstruct_tui.engine.errors import UserError
 
@@ -70,36 +70,59 @@ def utf8_stdout(stream: IO[str] | None = None) -> Iterator[IO[str]]:
     buffer.flush()
 
 
-def check_output_path(path: str | os.PathLike[str], flag: str = "-o",
+class OutputField(NamedTuple):
+    """Where a user named an output path, for the messages that say what to change: a
+    command-line flag (`name` "-o": "choose another -o", "name a file with -o (or -o - for
+    stdout)") or a dialog's field (`flag` False, `name` "path": "choose another path"; a
+    dialog writes no standard output, so none is offered)."""
+
+    name: str = "-o"
+    flag: bool = True
+
+    def another(self) -> str:
+        return f"choose another {self.name}"
+
+    def name_a_file(self, aside: str = "parenthesis") -> str:
+        """What to give instead of a directory or a device: a file (or stdout, for a flag);
+        `aside` "parenthesis" or "comma" (how the flag's stdout form is added)."""
+        if not self.flag:
+            return f"end the {self.name} with a file's name"
+        if aside == "comma":
+            return f"name a file with {self.name}, or {self.name} - for stdout"
+        return f"name a file with {self.name} (or {self.name} - for stdout)"
+
+
+def check_output_path(path: str | os.PathLike[str], flag: str | OutputField = "-o",
                       keep: dict[str, str | os.PathLike[str]] | None = None) -> None:
     """Refuse an output path that would destroy something or scatter folders (UserError naming
-    `flag`, the option that gave it): a file in `keep` (what it is -> its path: an input the
-    command reads, another file it writes), a path whose folder does not exist (a typo is not
-    a folder to create) or is not a folder, or an existing path that is not a regular file (a
-    device, a directory, a pipe), through any symlinks (/dev/stdout is one, to a pipe or a
-    terminal). Every path a user names for output comes through here."""
+    `flag`, the option that gave it, or the dialog field: an `OutputField`): a file in `keep`
+    (what it is -> its path: an input the command reads, another file it writes), a path whose
+    folder does not exist (a typo is not a folder to create) or is not a folder, or an
+    existing path that is not a regular file (a device, a directory, a pipe), through any
+    symlinks (/dev/stdout is one, to a pipe or a terminal). Every path a user names for output
+    comes through here."""
+    field = flag if isinstance(flag, OutputField) else OutputField(flag)
     target = os.path.realpath(path)
     for what, other in (keep or {}).items():
         if target == os.path.realpath(other):
             raise UserError(f"{path}: is {what} ({other}), which writing it would destroy; "
-                            f"choose another {flag}")
-    _check_folder(path, Path(target).parent, flag)
+                            f"{field.another()}")
+    _check_folder(path, Path(target).parent, field)
     try:
         kind = os.stat(path).st_mode  # follows links, /proc/self/fd's to pipes included
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise UserError(f"{path}: cannot be written ({exc.strerror}); choose another "
-                        f"{flag}") from None
+        raise UserError(f"{path}: cannot be written ({exc.strerror}); {field.another()}") \
+            from None
     if stat.S_ISDIR(kind):
-        raise UserError(f"{path}: is a directory; name a file with {flag} (or {flag} - for "
-                        "stdout)")
+        raise UserError(f"{path}: is a directory; {field.name_a_file()}")
     if not stat.S_ISREG(kind):
-        raise UserError(f"{path}: is not a regular file (a pipe, a terminal or a device); name "
-                        f"a file with {flag}, or {flag} - for stdout")
+        raise UserError(f"{path}: is not a regular file (a pipe, a terminal or a device); "
+                        f"{field.name_a_file('comma') if field.flag else field.another()}")
 
 
-def _check_folder(path: str | os.PathLike[str], folder: Path, flag: str) -> None:
+def _check_folder(path: str | os.PathLike[str], folder: Path, field: OutputField) -> None:
     """UserError unless `folder` (where `path` lands, links followed) is an existing folder."""
     if folder.is_dir():
         return
@@ -107,10 +130,10 @@ def _check_folder(path: str | os.PathLike[str], folder: Path, flag: str) -> None
     if shown.is_dir():
         shown = folder
     if folder.exists() or any(p.exists() and not p.is_dir() for p in folder.parents):
-        raise UserError(f"{path}: {shown} is not a folder (a file is in the way); choose "
-                        f"another {flag}")
+        raise UserError(f"{path}: {shown} is not a folder (a file is in the way); "
+                        f"{field.another()}")
     raise UserError(f"{path}: the folder {shown} does not exist, and a typo is not a folder to "
-                    f"create; create it first (mkdir -p {shown}) or choose another {flag}")
+                    f"create; create it first (mkdir -p {shown}) or {field.another()}")
 
 
 def _umask() -> int:

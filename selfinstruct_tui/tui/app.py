@@ -49,7 +49,7 @@ from selfinstruct_tui.engine.control import (
 )
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.errors import ConfigError, UserError
-from selfinstruct_tui.engine.exports import export_run
+from selfinstruct_tui.engine.exports import DIALOG_WORDING, export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.invocation import command_line, with_command
 from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jsonl, write_seeds
@@ -706,7 +706,8 @@ class SelfInstructApp(App[int]):
                 severity="error", markup=False)
             return
         try:
-            exported = export_run(self.run_dir, fmt, path or None, reviewed_only=reviewed_only)
+            exported = export_run(self.run_dir, fmt, path or None, reviewed_only=reviewed_only,
+                                  wording=DIALOG_WORDING)  # the dialog's fields, not flags
         except (ValueError, UserError) as exc:
             self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error",
                                   markup=False)
