@@ -3,6 +3,8 @@ deterministic run of the snapshots."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from textual.geometry import Region
 from textual.widgets import Button, DataTable
@@ -66,10 +68,17 @@ def test_rejection_counters_wrap_between_labels_never_inside_one(tmp_path, isola
             lines = [line.strip() for line in shown(app, reasons.region)]
             assert lines and all(lines), lines
             pieces = [piece for line in lines for piece in line.split("  ")]
-            for piece in pieces:  # whole, or cut before its count with an ellipsis
-                head, _, count = piece.rpartition(": ")
-                assert piece in labels or (head.endswith("…") and count == "4"), lines
+            worded = {form for label in labels for form in label.forms}
+            for piece in pieces:  # whole, in one of its wordings: never cut ("blacklis…: 4")
+                assert piece in worded and "…" not in piece, lines
             assert len(pieces) == len(labels)
+            # the log's reasons whole: short names in a narrow pane ("blacklisted " left a
+            # 13-column pane "blacklisted" and nothing of the candidate)
+            log = app.query_one("#rejections")
+            logged = [line.strip() for line in shown(app, log.region)
+                      if re.search("[a-z]", line)]  # (not a scroll bar's row)
+            assert logged and all(re.split(r"\s{2,}", line)[0] in REASON_WORDS
+                                  for line in logged), logged
 
     run(go())
 
@@ -175,8 +184,48 @@ def test_the_seed_manager_shows_seeds_on_a_small_terminal(tmp_path, isolated_env
     run(go())
 
 
+REASON_WORDS = {"blacklisted word", "near duplicate", "too short", "blacklist", "near dup"}
+
+
+@pytest.mark.parametrize("size", [(100, 30), (80, 24), (60, 20)], ids=["100x30", "80x24", "60x20"])
+def test_narrow_panes_word_labels_shorter_never_cut_mid_word(tmp_path, isolated_env, size):
+    """At 100x30 the rounds table's rejected cell read "3 (blacklisted", and the pool's info
+    line ended "keys: enter…" at 60 columns: a cell the pane cannot show whole names its reason
+    short ("3 (blacklist+)") or leaves it out ("3"), and the info line leaves out whole parts."""
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause(0.3)
+            rounds = app.query_one("#rounds", DataTable)
+            lines = shown(app, rounds.region)
+            start = lines[0].find("reject")  # (its header cut at 100x30)
+            assert (start >= 0) == (size[0] >= 100), lines  # (60, 80: the pane ends before)
+            if start >= 0:
+                cell = lines[1][start:].strip(" ▁▂▃▄▅▆▇█")  # (a scroll bar)
+                assert re.fullmatch(r"\d+( \((near dup|blacklist|too short)\+?\))?", cell), lines
+            info = app.query_one("#pool-info")
+            text = shown(app, info.region)[0].strip()
+            assert "…" not in text, text
+            parts = text.split(" · ")
+            whole = [parts[0], "following newest", "by id ↓", "keys: enter / o c v f"]
+            assert re.fullmatch(r"\d+/\d+ tasks", parts[0]), text
+            assert parts == whole[:len(parts)], parts
+
+    run(go())
+
+
 def test_pack_labels_wraps_between_labels_and_cuts_one_too_wide_before_its_count():
+    from selfinstruct_tui.tui.view import reason_count
     from selfinstruct_tui.tui.widgets.panes import pack_labels
+
+    worded = [reason_count("blacklisted_word", 4), reason_count("near_duplicate", 12),
+              reason_count("too_short", 4)]
+    assert pack_labels(worded, 40) == ["blacklisted word: 4  near duplicate: 12",
+                                       "too short: 4"]
+    assert pack_labels(worded, 12) == ["blacklist: 4", "near dup: 12", "too short: 4"]
+    assert pack_labels(worded, 11) == ["blacklist 4", "near dup 12", "too short 4"]
 
     labels = ["blacklisted word: 4", "near duplicate: 12", "too short: 4"]
     assert pack_labels(labels, 80) == ["blacklisted word: 4  near duplicate: 12  too short: 4"]

@@ -50,6 +50,14 @@ def test_live_run_fills_the_panes_and_pause_stops_growth(tmp_path, isolated_env)
                 assert "paused" in str(status.render())
                 held = str(app.query_one("#inflight").render())
                 assert held.startswith("open (held, paused): ")  # not "open": none is sent
+                # a narrow pane says "held" in fewer words: it read "open (h…: 5 classify,"
+                for size, said in (((80, 24), "open (held, paused):"), ((60, 20), "held:")):
+                    await pilot.resize_terminal(*size)
+                    await pilot.pause(0.3)
+                    lines = str(app.query_one("#inflight").render()).splitlines()
+                    assert lines[0].startswith(said) and "…" not in "".join(lines), lines
+                await pilot.resize_terminal(120, 40)
+                await pilot.pause(0.3)
                 # q while paused says so, and what quitting does (it said "still going")
                 await pilot.press("q")
                 assert isinstance(app.screen, ConfirmScreen)

@@ -79,6 +79,7 @@ from selfinstruct_tui.tui.view import RunView
 from selfinstruct_tui.tui.widgets.footer import RunFooter
 from selfinstruct_tui.tui.widgets.panes import (
     FilterInput,
+    PartsLine,
     PoolPane,
     PromptsPane,
     RejectionsPane,
@@ -198,7 +199,7 @@ class SelfInstructApp(App[int]):
             with PoolPane(id="left"):
                 yield Static(HEADER, id="pool-header")
                 yield TaskTable(id="pool")
-                yield Static("", id="pool-info")
+                yield PartsLine(id="pool-info")
                 yield Static("", id="pool-review")
                 yield FilterInput(placeholder="filter tasks by text (enter/esc to close)",
                                   id="filter")
@@ -232,7 +233,7 @@ class SelfInstructApp(App[int]):
         self.prompts_pane = self.query_one(PromptsPane)
         self.rejections_pane = self.query_one(RejectionsPane)
         self.stats_pane = self.query_one(StatsPane)
-        self.pool_info = self.query_one("#pool-info", Static)
+        self.pool_info = self.query_one("#pool-info", PartsLine)
         self.pool_review = self.query_one("#pool-review", Static)
         self.filter_box = self.query_one("#filter", FilterInput)
         self.watch(self.filter_box, "value", self._filter_typed, init=False)
@@ -368,9 +369,12 @@ class SelfInstructApp(App[int]):
     def _show_pool_info(self, summary: tuple[int, int, str]) -> None:
         """The task pool's info line (a watcher of TaskTable.summary)."""
         shown, total, description = summary
-        # Most important first: a narrow pane cuts the end (the keys are in `?` and the footer).
-        self.pool_info.update(f" {shown:,}/{total:,} tasks · {description} · "
-                              "keys: enter / o c v f", layout=False)
+        # Most important first: a narrow pane leaves out the end, whole parts: the keys (in `?`
+        # and the footer), the sort, follow or hold; what narrows the view stays longest.
+        parts = description.split(" · ")
+        narrowing = [p for p in parts if p.startswith(("origin ", "filter "))]
+        self.pool_info.show((f"{shown:,}/{total:,} tasks", *narrowing,
+                             *[p for p in parts if p not in narrowing], "keys: enter / o c v f"))
 
     # -- commands ---------------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from selfinstruct_tui.engine import events as ev
@@ -70,6 +71,58 @@ _SORT_FIELDS = {"round": "round", "origin": "origin", "cls": "is_classification"
                 "instances": "instances", "rouge": "max_score", "instruction": "lowered"}
 
 
+class Worded(str):
+    """A label that has shorter wordings of itself for narrow panes, longest first (`forms[0]`
+    is the text itself): a pane too narrow for it shows the longest that fits (`fit`), which
+    keeps the meaning ("near dup: 4", "held:") where cutting the text lost it ("near du…: 4",
+    "open (held, paus…")."""
+
+    forms: tuple[str, ...]
+
+    def __new__(cls, *forms: str) -> Worded:
+        self = super().__new__(cls, forms[0])
+        self.forms = tuple(dict.fromkeys(forms))
+        return self
+
+
+def fit(label: str, width: int) -> str:
+    """The longest wording of `label` (a `Worded`, or a plain str: itself) at most `width`
+    cells wide, else its shortest; `width` < 1: the label itself."""
+    forms = getattr(label, "forms", (label,))
+    if width < 1:
+        return forms[0]
+    return next((form for form in forms if cell_len(form) <= width), forms[-1])
+
+
+# Reasons in at most 11 characters, for panes too narrow for their full names (at 60 columns
+# the rejections pane is 11 wide); a reason not here keeps its name.
+SHORT_REASONS = {
+    "near_duplicate": "near dup", "blacklisted_word": "blacklist", "write_a_program": "program",
+    "starts_with_punctuation": "punctuation", "starts_with_non_ascii": "non-ASCII",
+    "repeated_example": "repeated", "not_an_instruction": "not instr.",
+    "unparseable": "unparsed", "content_filter": "filtered", "truncated_response": "truncated",
+    "unknown_classification": "unk. class", "conflicting_outputs": "conflict",
+    "no_valid_instances": "no instance", "request_failed": "req. failed",
+    "dropped_by_user": "dropped", "missing_output": "no output", "missing_input": "no input",
+    "unlabeled_input": "unlabeled", "empty_output": "empty out", "placeholder_output": "filler out",
+    "unusable_input": "bad input", "input_equals_output": "in = out",
+    "ends_with_colon": "ends in :", "duplicate_instance": "dup. inst.",
+    "extra_instance": "extra inst.", "label_not_in_task": "bad label",
+}
+
+
+def reason_label(reason: str, short: bool = False) -> str:
+    """A rejection reason as the panes write it: "near duplicate", or short ("near dup")."""
+    return SHORT_REASONS.get(reason, reason.replace("_", " ")) if short \
+        else reason.replace("_", " ")
+
+
+def reason_count(reason: str, count: int) -> Worded:
+    """A counter, "near duplicate: 4", with its narrow wordings "near dup: 4", "near dup 4"."""
+    return Worded(f"{reason_label(reason)}: {count}", f"{reason_label(reason, True)}: {count}",
+                  f"{reason_label(reason, True)} {count}")
+
+
 @dataclass(frozen=True, slots=True)
 class RejectionLine:
     level: str
@@ -79,11 +132,14 @@ class RejectionLine:
     similar: str | None
     score: float | None
 
-    def text(self) -> Text:
+    def text(self, short: bool = False) -> Text:
+        """The log's line; `short`: for a narrow pane, the reason in its short name (in a
+        column of 11, not 18), so that the pane shows the reason whole and some candidate."""
         line = Text()
         if self.level == "instance":
-            line.append("instance: ", style="italic")
-        line.append(f"{self.reason.replace('_', ' '):<18} ", style="bold")
+            line.append("inst. " if short else "instance: ", style="italic")
+        reason = reason_label(self.reason, short)
+        line.append(f"{reason:<11} " if short else f"{reason:<18} ", style="bold")
         line.append(" ".join(self.candidate.split())[:200])
         if self.similar is not None and self.score is not None:
             line.append(f"  ~{self.score:.2f} «{short_text(self.similar, 80)}»",
@@ -141,13 +197,16 @@ def pause_advice(needs_restart: bool) -> str:
 
 def round_row(s: RoundStats, priced: bool = True) -> tuple[str, ...]:
     """The rounds table's row: cand. = acc. + rejected + open + surplus. `rejected` names its
-    most common reason ("+" when there are others); `open`: candidates kept open. Without
-    prices (`priced` False) the cost is "-": unknown, not $0."""
+    most common reason ("+" when there are others; a `Worded` with the reason's short name for
+    a narrow pane, "12 (near dup+)", then the count alone); `open`: candidates kept open.
+    Without prices (`priced` False) the cost is "-": unknown, not $0."""
     rejected = s.settled
     ranked = sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))
-    top = ranked[0][0].replace("_", " ") + ("+" if len(ranked) > 1 else "") if ranked else ""
-    return (str(s.round), str(s.prompts), str(s.candidates), str(s.accepted),
-            f"{sum(rejected.values())}{f' ({top})' if top else ''}",
+    total = sum(rejected.values())
+    more = "+" if len(ranked) > 1 else ""
+    cell = Worded(*(f"{total} ({reason_label(ranked[0][0], short)}{more})"
+                    for short in (False, True)), str(total)) if ranked else str(total)
+    return (str(s.round), str(s.prompts), str(s.candidates), str(s.accepted), cell,
             str(sum(s.kept_open.values())), str(s.surplus),
             f"{s.acceptance_rate:.0%}", f"{s.prompt_tokens + s.completion_tokens:,}",
             f"${s.cost:.4f}" if priced else "-",
@@ -755,11 +814,12 @@ class RunView:
         then the candidates kept open (not rejected: taken up again, maybe accepted since),
         apart after a bar. The pane wraps between labels, never inside one."""
         counts = self.rejection_counts.most_common()
-        labels = [f"{k.replace('_', ' ')}: {v}" for k, v in counts if k not in OPEN_REASONS]
+        labels: list[str] = [reason_count(k, v) for k, v in counts if k not in OPEN_REASONS]
         kept = [f"{k} {v}" for k, v in counts if k in OPEN_REASONS]
         if kept:
-            labels += [f"│ kept open: {kept[0]}", *kept[1:]]
-        return labels or ["no rejections yet"]
+            labels += [Worded(f"│ kept open: {kept[0]}", f"│ open: {kept[0]}", kept[0]),
+                       *kept[1:]]
+        return labels or [Worded("no rejections yet", "none yet")]
 
     def counts_text(self) -> str:
         """`counts_labels` on one line."""

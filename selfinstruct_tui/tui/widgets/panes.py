@@ -18,7 +18,7 @@ from textual_plotext import PlotextPlot
 from selfinstruct_tui.engine.batch import progress_line
 from selfinstruct_tui.engine.control import HISTORY_REJECTIONS, RunState
 from selfinstruct_tui.tui.keys import typed_character
-from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, StatusView
+from selfinstruct_tui.tui.view import ROUND_COLUMNS, RunView, StatusView, Worded, fit
 
 CHARTS = ("rouge", "lengths", "accepted", "rejections")
 CHART_TITLES = {
@@ -27,6 +27,8 @@ CHART_TITLES = {
     "accepted": "accepted per round",
     "rejections": "rejections by reason",
 }
+NARROW_LOG = 30  # a rejections pane narrower than this writes its log's reasons short
+SHORT_KINDS = {"classify": "class.", "generate": "gen.", "instances": "inst."}  # narrow panes
 TOP_REASONS = 4  # the rejection chart draws the most common reasons; the rest add up as "other"
 # Each line of the rejection chart is drawn with its own character, which its legend entry
 # shows: the lines are told apart without colour (a monochrome terminal, NO_COLOR, colour
@@ -103,13 +105,15 @@ def draw_chart(plt, view: RunView, which: str) -> None:
 def pack_labels(labels: list[str], width: int, gap: int = 2) -> list[str]:
     """`labels` side by side, `gap` spaces apart, in lines of at most `width` cells: a label
     that does not fit on a line starts the next one (a label is never split across lines); a
-    label wider than `width` is cut with an ellipsis, before its ": count" if it has one.
-    `width` < 1: all on one line."""
+    label wider than `width` takes its longest wording that fits (a `Worded`: "near dup: 4"
+    for "near duplicate: 4"), and one that still does not fit is cut with an ellipsis, before
+    its ": count" if it has one. `width` < 1: all on one line."""
     if width < 1:
         return [(" " * gap).join(labels)]
     lines: list[str] = []
     line = ""
     for label in labels:
+        label = fit(label, width)
         if cell_len(label) > width:
             head, colon, count = label.rpartition(": ")
             tail = f"…{colon}{count}" if colon and cell_len(count) + 4 <= width else "…"
@@ -164,6 +168,28 @@ class MarkedCheckbox(Checkbox):
     def _button(self) -> Content:
         self.BUTTON_INNER = "X" if self.value else " "
         return super()._button
+
+
+class PartsLine(Static):
+    """One line of parts joined by " · " that leaves out whole parts, from the end, where the
+    line is too narrow for them all (the task pool's info line: "keys: enter…" was cut
+    mid-word at 60 columns); the first part always stays."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("", id=id)
+        self.parts: tuple[str, ...] = ()
+
+    def show(self, parts: tuple[str, ...]) -> None:
+        if parts != self.parts:
+            self.parts = parts
+            self.refresh()
+
+    def render(self) -> Text:
+        width = self.content_size.width
+        parts = list(self.parts)
+        while len(parts) > 1 and width and cell_len(" " + " · ".join(parts)) > width:
+            parts.pop()
+        return Text(" " + " · ".join(parts), no_wrap=True, overflow="ellipsis")
 
 
 class StatusLine(Static):
@@ -228,12 +254,16 @@ class PromptsPane(Vertical):
         # is of open requests: sent, or queued for a slot ("in flight" counted 41-63 at
         # --concurrency 8); while paused the queued ones are held back; after a crash they
         # are what the process left unfinished.
-        labels: dict[str, str] = {RunState.PAUSED: "open (held, paused)",
-                                  RunState.CRASHED: "unfinished at the crash"}
-        label = labels.get(view.state, "open")
-        counts = [f"{n} {k}," for k, n in sorted(kinds.items())] or ["none,"]
-        counts[0] = f"{label}: {counts[0]}"
-        counts[-1] = counts[-1].rstrip(",")
+        # The state is a label of its own, ahead of the counts, in shorter words for a narrow
+        # pane ("open (h…: 4 classify," lost what "held" says).
+        state: dict[str, str] = {
+            RunState.PAUSED: Worded("open (held, paused):", "held (paused):", "held:"),
+            RunState.CRASHED: Worded("unfinished at the crash:", "unfinished:")}
+        counts: list[str] = [Worded(f"{n} {k},", f"{n} {SHORT_KINDS.get(k, k)},")
+                             for k, n in sorted(kinds.items())] or ["none,"]
+        counts[-1] = Worded(*(form.rstrip(",") for form in getattr(
+            counts[-1], "forms", (counts[-1],))))
+        counts.insert(0, state.get(view.state, "open:"))
         lines = [f"  {e.text()}" for e in view.endpoints]  # a pool: one line per endpoint
         lines += [progress_line(b) for b in view.batches.values()]  # pending batch jobs
         # (plain text: an endpoint's "[out]" is a state, not a style tag)
@@ -266,12 +296,34 @@ class RejectionsPane(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "Rejections"
+        self._view: RunView | None = None
+        self._short: bool | None = None  # the log's reasons in short names (a narrow pane)
 
     def show(self, view: RunView) -> None:
+        self._view = view
         log = self.query_one("#rejections", RichLog)
-        for line in view.take_rejection_lines():
-            log.write(line.text())
+        if not self._relog(view):
+            for line in view.take_rejection_lines():
+                log.write(line.text(bool(self._short)))
         self.query_one("#reasons", LabelFlow).show(view.counts_labels())
+
+    def on_resize(self) -> None:
+        if self._view is not None:
+            self._relog(self._view)
+
+    def _relog(self, view: RunView) -> bool:
+        """Write the log again when the pane crossed NARROW_LOG (its reasons long or short:
+        "blacklisted " of 18 columns left a 13-column pane no room for the candidate)."""
+        short = self.content_size.width < NARROW_LOG
+        if short == self._short:
+            return False
+        self._short = short
+        view.take_rejection_lines()  # (all of them are in view.rejection_lines)
+        log = self.query_one("#rejections", RichLog)
+        log.clear()
+        for line in view.rejection_lines:
+            log.write(line.text(short))
+        return True
 
 
 class StatsPane(Vertical):
@@ -285,6 +337,7 @@ class StatsPane(Vertical):
         yield Static("", id="review-summary")
 
     def on_mount(self) -> None:
+        self._view: RunView | None = None
         self.chart = CHARTS[0]
         self._title()
         table = self.query_one("#rounds", DataTable)
@@ -301,9 +354,29 @@ class StatsPane(Vertical):
         self._title()
         self.show(view)
 
+    def on_resize(self) -> None:
+        if self._view is not None:
+            self.show(self._view)
+
+    def _rejected_wording(self, table: DataTable, view: RunView) -> int:
+        """Which wording of the rounds' `rejected` cells (`Worded`) the pane shows whole: 0 in
+        full, 1 with the reason's short name ("12 (near dup+)"), 2 the count alone, where
+        "12 (near duplica" was cut."""
+        at = ROUND_COLUMNS.index("rejected")
+        columns = list(table.columns.values())[:at]
+        room = (self.content_size.width - 2 * table.cell_padding
+                - sum(column.get_render_width(table) for column in columns))
+        for wording in (0, 1):
+            if all(cell_len(_wording(row[at], wording)) <= room for row in view.rounds.values()):
+                return wording
+        return 2
+
     def show(self, view: RunView) -> None:
+        self._view = view
         table = self.query_one("#rounds", DataTable)
-        wanted = {str(n): row for n, row in view.rounds.items()}
+        wording = self._rejected_wording(table, view)
+        wanted = {str(n): tuple(_wording(cell, wording) for cell in row)
+                  for n, row in view.rounds.items()}
         added = False
         for key in [k.value for k in table.rows if k.value is not None
                     and k.value not in wanted]:
@@ -329,6 +402,12 @@ class StatsPane(Vertical):
         review = self.query_one("#review-summary", Static)
         review.set_class(bool(view.reviews), "visible")
         review.update(view.review_text())
+
+
+def _wording(cell: str, n: int) -> str:
+    """The `n`-th wording of a table cell (a `Worded`), or its last; a plain str: itself."""
+    forms = getattr(cell, "forms", (cell,))
+    return forms[min(n, len(forms) - 1)]
 
 
 def show_review_wide(widget: Static, view: RunView) -> None:
