@@ -301,3 +301,37 @@ def test_the_footer_keeps_quit_and_shows_whole_keys_that_can_act(tmp_path, isola
                 assert max(map(rank, shown_keys)) < min(map(rank, hidden))
 
     run(go())
+
+
+@pytest.mark.parametrize("size", [(60, 20), (70, 24), (80, 24)], ids=["60x20", "70x24", "80x24"])
+def test_under_80_columns_the_live_panes_share_a_column_their_titles_whole(
+        tmp_path, isolated_env, size):
+    """At 60x20 the three panes side by side left Current prompts and Rejections 11 columns
+    each ("Curren…", "Rejecti…", "blacklis…"): under 80 columns they stack in one column beside
+    the statistics, their titles, the state line and every counter whole; from 80 they stay side
+    by side."""
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause(0.3)
+            prompts = app.query_one("#prompts").region
+            rejections = app.query_one("#rejections-pane").region
+            stats = app.query_one("#stats").region
+            stacked = size[0] < 80
+            assert (prompts.x == rejections.x and rejections.y > prompts.y) is stacked
+            assert stats.x > max(prompts.x, rejections.x)
+            screen = "\n".join(screen_lines(app))
+            for title in ("Current prompts", "Rejections", "Round statistics"):
+                assert title in screen, screen
+            assert "open: none" in "\n".join(shown(app, prompts)), screen
+            counters = "\n".join(shown(app, app.query_one("#reasons").region))
+            for label in app.view.counts_labels():
+                assert label in counters, counters  # in full: the pane is wide enough
+            if stacked:  # and a line of the log under them
+                log = [line for line in shown(app, app.query_one("#rejections").region)
+                       if re.search("[a-z]", line)]
+                assert log, screen
+
+    run(go())

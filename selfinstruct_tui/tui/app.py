@@ -204,8 +204,11 @@ class SelfInstructApp(App[int]):
                 yield FilterInput(placeholder="filter tasks by text (enter/esc to close)",
                                   id="filter")
             with Vertical(id="right"):
-                yield PromptsPane(id="prompts")
-                yield RejectionsPane(id="rejections-pane")
+                # the two live panes together: side by side in small terminals, one above the
+                # other under 80 columns (app.tcss)
+                with Vertical(id="live"):
+                    yield PromptsPane(id="prompts")
+                    yield RejectionsPane(id="rejections-pane")
                 yield StatsPane(id="stats")
         yield RunFooter()
 

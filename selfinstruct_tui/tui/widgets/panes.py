@@ -384,8 +384,10 @@ class StatsPane(Vertical):
         for key, row in wanted.items():
             if key in table.rows:
                 if tuple(table.get_row(key)) != row:
+                    # a wider cell widens its column ("3 (black" showed of "3 (blacklist+)":
+                    # the column kept the width of the count alone the first show chose)
                     for label, value in zip(ROUND_COLUMNS, row, strict=True):
-                        table.update_cell(key, label, value)
+                        table.update_cell(key, label, value, update_width=True)
             else:
                 table.add_row(*row, key=key)
                 added = True
