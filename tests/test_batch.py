@@ -246,8 +246,14 @@ def test_a_batch_pending_across_sigkill_is_polled_not_resubmitted(isolated_env, 
 
 
 STAND_IN = textwrap.dedent('''
-    """A stand-in for `vllm run-batch -i IN -o OUT`: answers each line like the fake server."""
-    import json, sys
+    """A stand-in for `vllm run-batch -i IN -o OUT`: answers each line like the fake server.
+    argv[4] (optional, comma-separated) spoils its output as a crashed or buggy runner would:
+    cut (the last line cut short, the writer killed), garbage (a line of text and one of bytes
+    not UTF-8), missing (the second line left out), duplicate (the first custom_id again, as a
+    500), foreign (a line for a custom_id not in the input), error-body (the second line a 200
+    whose body is an error), gate (waits for the file $STAND_IN_GATE first), hang (sleeps
+    after writing). Only the run's first job is spoiled."""
+    import json, sys, time
     sys.path.insert(0, sys.argv[3])
     from fake_openai import FakeOpenAI
     fake = FakeOpenAI.__new__(FakeOpenAI)
@@ -255,15 +261,44 @@ STAND_IN = textwrap.dedent('''
     fake.lock = threading.Lock()
     fake.settings = {"batch_fail_kinds": {}, "structured": "json", "repeat_last": True}
     fake.scripts, fake.log, fake.by_kind, fake.batch_lines = {}, [], {}, 0
-    with open(sys.argv[1]) as src, open(sys.argv[2], "w") as out:
+    # only the first job's file is spoiled (and waits for its gate file, if given one)
+    first = "job00001-" in sys.argv[1] or "job1." in sys.argv[1]
+    spoil = sys.argv[4].split(",") if len(sys.argv) > 4 and first else []
+    import os, pathlib
+    gate = os.environ.get("STAND_IN_GATE")
+    while "gate" in spoil and gate and not pathlib.Path(gate).exists():
+        time.sleep(0.05)
+    lines = []
+    with open(sys.argv[1]) as src:
         for n, raw in enumerate(src):
             line = json.loads(raw)
             status, body = fake.line_answer(line["url"], line["body"])
-            out.write(json.dumps({"id": f"req-{n}", "custom_id": line["custom_id"],
-                                  "response": {"status_code": status, "request_id": f"r{n}",
-                                               "body": body}, "error": None}) + "\\n")
+            if n == 1 and "error-body" in spoil:
+                body = {"error": {"message": "model overloaded", "type": "server_error",
+                                  "code": 503}}
+            lines.append({"id": f"req-{n}", "custom_id": line["custom_id"],
+                          "response": {"status_code": status, "request_id": f"r{n}",
+                                       "body": body}, "error": None})
+    last = lines.pop()  # the spoiled lines go before the last (cut short) one
+    if "missing" in spoil:
+        del lines[1]
+    if "duplicate" in spoil:
+        lines.append({**lines[0], "response": {"status_code": 500, "body": {
+            "error": {"message": "late retry failed"}}}})
+    if "foreign" in spoil:
+        lines.append({**lines[0], "custom_id": "generate-99999"})
+    lines.append(last)
+    text = "".join(json.dumps(x) + "\\n" for x in lines).encode()
+    if "cut" in spoil:
+        text = text[: text.rindex(b'"body"', 0, len(text) - 1) + 12]
+    if "garbage" in spoil:
+        text = b"Traceback (most recent call last):\\n" + text + b"\\xff\\xfe{\\n"
+    with open(sys.argv[2], "wb") as out:
+        out.write(text)
     with open(sys.argv[2] + ".runs", "a") as runs:
         runs.write("1\\n")
+    if "hang" in spoil:
+        time.sleep(120)
 ''')
 
 
@@ -567,36 +602,122 @@ def test_batch_command_runs_from_the_cli_without_an_endpoint(run_cli, tmp_path):
 
 
 def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twice(tmp_path):
+    """An earlier session's command (known by its pid) is waited for while it runs. Once gone
+    it was run again when its output did not answer every line: it is read instead (its exit
+    status unknown), never run twice. A recorded pid that is now another process (the machine
+    rebooted) was waited for forever; and a job recorded before its pid was (a kill in that
+    instant) started a second command beside the first."""
     import asyncio
 
+    from selfinstruct_tui.engine.batch import CommandBatchTransport
+
     store, record, transport = command_job(tmp_path)
-    earlier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # the job's shell, as its own session leader, naming the job's input file
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)", record.input_path]
+    earlier = subprocess.Popen(sleeper, start_new_session=True)
     record = store.update_batch(record, state="submitted", batch_id=f"pid {earlier.pid}")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
     async def go():
         waiting = await transport.poll(store, record)
         assert waiting.state == "submitted" and waiting.batch_id == f"pid {earlier.pid}"
         earlier.kill()
         earlier.wait()
-        rec = await transport.poll(store, waiting)  # gone, output incomplete: run again
-        while rec.state == "submitted":
-            await asyncio.sleep(0.02)
-            rec = await transport.poll(store, rec)
-        return rec
+        return await transport.poll(store, waiting)  # gone, no output: read, not run again
 
     done = asyncio.run(go())
-    assert done.state == "downloaded" and done.status == "completed"
-    assert Path(str(tmp_path / "run" / "job1.output.jsonl") + ".runs").read_text() == "1\n"
+    out = tmp_path / "run" / "job1.output.jsonl"
+    assert done.state == "downloaded" and not out.exists()
+    assert (done.completed, done.failed) == (0, 1)
+    assert f"the batch command (pid {earlier.pid}) an earlier session started ended (its exit " \
+           f"status is unknown) and wrote no output file ({out})" in done.message
+
+    reused = store.update_batch(record, state="submitted", batch_id=f"pid {other.pid}")
+    assert asyncio.run(transport.poll(store, reused)).state == "downloaded"
+    other.kill()
+    other.wait()
+
+    # recorded, not yet its pid, when the session died: the running command is found
+    again = subprocess.Popen(sleeper, start_new_session=True)
+    preparing = store.update_batch(record, state="preparing", batch_id=None, message="")
+    try:
+        found = asyncio.run(CommandBatchTransport(transport.template).submit(store, preparing))
+        assert (found.state, found.batch_id) == ("submitted", f"pid {again.pid}")
+    finally:
+        again.kill()
+        again.wait()
+    assert not Path(f"{out}.runs").exists()  # never run by these sessions
     store.close()
+
+
+def test_a_command_that_outlives_a_killed_session_and_writes_a_spoiled_file_is_not_run_again(
+        isolated_env, tmp_path):
+    """kill -9 of the run while its --batch-command ran; the command then exited 0 with an
+    output file partly written (a line cut short, garbage, a line missing, a custom_id twice,
+    one of no request). The next session ran the command again (hours of GPU with vllm
+    run-batch, unsaid) because the file did not answer every line. It is read instead: the
+    lines that can be read are used, the others fail naming the file and what was wrong (their
+    requests sent again as new ones), and the job's message says it all."""
+    script = tmp_path / "run_batch.py"
+    script.write_text(STAND_IN)
+    tests = Path(__file__).resolve().parent
+    command = f"{sys.executable} {script} {{input}} {{output}} {tests} " \
+              "gate,cut,garbage,missing,duplicate,foreign"
+    run_dir = tmp_path / "run"
+    gate = tmp_path / "gate"
+    env = {**isolated_env, "STAND_IN_GATE": str(gate)}
+    args = cli_command("run", "--headless", "--model", "m", "--run-dir", str(run_dir),
+                       "--target", "5", "--batch-command", command, "--batch-poll", "0.05",
+                       "--prompts-per-round", "4")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (run_dir / "run.sqlite").exists() and db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE batch_id IS NOT NULL").fetchone()[0] == 1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    gate.write_text("")  # the command, on its own, finishes its (spoiled) file and exits 0
+    out = run_dir / "batches" / "job00001-r1-generate.output.jsonl"
+    wait_for(lambda: Path(f"{out}.runs").exists())
+    (pid,) = db(run_dir).execute("SELECT batch_id FROM batches").fetchone()
+    wait_for(lambda: exited(int(pid.removeprefix("pid "))))
+
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert Path(f"{out}.runs").read_text() == "1\n"  # not run again
+    conn = db(run_dir)
+    job = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
+    assert job["state"] == "settled" and (job["completed"], job["failed"]) == (2, 2)
+    message = job["message"]
+    for said in (f"the batch command ({pid}) an earlier session started ended (its exit status "
+                 f"is unknown) and answered 2 of 4 lines in {out}",
+                 "2 line(s) not JSON (line 1, 6)", "1 line(s) for no request of this job: "
+                 "generate-99999 (line 5)", "custom_id(s) on more than one line",
+                 "job00001-r1-generate.command.log"):
+        assert said in message, message
+    ids = json.loads(job["prompt_ids"])
+    prompts = conn.execute(f"SELECT id, response, error FROM prompts WHERE id IN "
+                           f"({','.join(map(str, ids))}) ORDER BY id").fetchall()
+    # the first line is used (not the later 500 for it), the second is missing, the last cut
+    assert [p["response"] is not None for p in prompts] == [True, False, True, False]
+    assert "the batch ended incomplete without an answer" in prompts[1]["error"]
+    assert "without an answer to this request" in prompts[1]["error"] and \
+        str(out) in prompts[1]["error"]
+    assert f"its line (6 of {out}) could not be read: not JSON" in prompts[3]["error"]
+    assert {r[0] for r in conn.execute("SELECT kind FROM errors")} <= {"unanswered"}
+    assert_accounted(run_dir)
+    export_run(run_dir, "alpaca", tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text())
 
 
 def test_a_stage_wakes_when_its_batch_command_exits_not_at_the_next_poll(tmp_path):
     """A --batch-command job was looked at only every --batch-poll seconds (30): a 1 s command
     held its stage up to 30 s (a round of two such jobs took 60 s). A command this process
     started wakes its stage when it exits, so with an hour between polls a run still reaches its
-    target; a resumed run whose job died with its killed session runs it again and is woken
-    alike. A job an earlier session left running is still only polled (it is no child of this
-    one): it is waited for, not run twice, and a stop still ends the wait at once."""
+    target; a resumed run whose job died with its killed session reads it (not run twice: its
+    requests go in new jobs, which wake it alike). A job an earlier session left running is
+    still only polled (it is no child of this one): it is waited for, not run twice, and a stop
+    still ends the wait at once."""
     import dataclasses
     import os
     import signal
@@ -641,7 +762,8 @@ def test_a_stage_wakes_when_its_batch_command_exits_not_at_the_next_poll(tmp_pat
         engine.paused and engine.paused.reason
     jobs = db(run_dir).execute("SELECT * FROM batches ORDER BY id").fetchall()
     assert all(j["state"] == "settled" for j in jobs)
-    assert jobs[0]["batch_id"] != pid  # run again by this session
+    assert jobs[0]["batch_id"] == pid and jobs[0]["completed"] == 0  # read, not run again
+    assert "ended (its exit status is unknown) and wrote no output file" in jobs[0]["message"]
     assert_accounted(run_dir)
 
 
@@ -997,9 +1119,10 @@ def test_a_pending_batch_is_polled_only_where_it_was_created(tmp_path):
 
 
 def test_a_resumed_command_job_that_cannot_run_says_what_happens_to_it(tmp_path):
-    """The job of a killed session is run again on resume; a --batch-command with a typo then
-    stopped the run saying "the job stays pending at the endpoint" (an offline job has no
-    endpoint, and its requests are sent again). Fixed, the same run reaches its target."""
+    """A job recorded but never started (the session killed in that instant) is started on
+    resume; a --batch-command with a typo then stopped the run saying "the job stays pending at
+    the endpoint" (an offline job has no endpoint, and its requests are sent again). Fixed, the
+    same run reaches its target."""
     import dataclasses
     import os
     import signal
@@ -1016,8 +1139,11 @@ def test_a_resumed_command_job_that_cannot_run_says_what_happens_to_it(tmp_path)
         wait_for(lambda: db(run_dir).execute(
             "SELECT COUNT(*) FROM batches WHERE batch_id IS NOT NULL").fetchone()[0] == 1)
     (pid,) = db(run_dir).execute("SELECT batch_id FROM batches").fetchone()
-    os.killpg(int(pid.removeprefix("pid ")), signal.SIGKILL)  # the job died with its session
+    os.killpg(int(pid.removeprefix("pid ")), signal.SIGKILL)
     wait_for(lambda: exited(int(pid.removeprefix("pid "))))
+    with contextlib.closing(RunStore(run_dir)) as store:  # as if never started
+        (job,) = store.batches()
+        store.update_batch(job, state="preparing", batch_id=None, status="")
 
     typo = resumed(run_dir, dataclasses.replace(config, batch_command="no-such-cmd-xyz {input}"))
     assert typo.finished is not None and typo.finished.reason.value == "failing"

@@ -14,8 +14,10 @@ Resume rules (nothing paid is lost or paid twice): the job is recorded in the st
 before anything is uploaded; the uploaded file id and the batch id are committed as soon as the
 endpoint returns them, before the first poll. A later session polls a recorded batch instead of
 creating another (`Batcher.resume_pending`); a job that was recorded but never created is created
-from the file id it already has. A command whose output file exists and answers every line is not
-run again. Answers are matched by `custom_id` ("<kind>-<prompt id>": the request's record).
+from the file id it already has. A command is never run twice: a job whose command an earlier
+session started is waited for (by its pid) and then read as its output file is, complete or not
+(the requests without a usable line are sent again, as new requests). Answers are matched by
+`custom_id` ("<kind>-<prompt id>": the request's record).
 
 Waiting for a job: a stage waits for its job between polls `poll_seconds` apart (30 s), except
 that a job whose end this process can see at once wakes it then (`BatchTransport.ended`): a
@@ -40,7 +42,7 @@ import re
 import shlex
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,12 +104,15 @@ class BatchSettings:
 @dataclass(frozen=True)
 class BatchLine:
     """One output (or error-file) line: `status` the HTTP status of the request (None when the
-    line carries only an `error`), `body` the response body, `error` the line's error text."""
+    line carries only an `error`), `body` the response body, `error` the line's error text;
+    `readable` False for a line that was not JSON but named its custom_id (`error` says which
+    line of which file)."""
 
     custom_id: str
     status: int | None
     body: dict[str, Any] | None
     error: str | None
+    readable: bool = True
 
 
 def custom_id(kind: str, prompt_id: int) -> str:
@@ -118,44 +123,127 @@ def endpoint_path(api: str) -> str:
     return "/v1/chat/completions" if api == "chat" else "/v1/completions"
 
 
-def read_lines(*paths: str | None) -> dict[str, BatchLine]:
-    """Output and error files' lines by custom_id (a later file's line wins). Unreadable lines
-    are skipped: their requests show as missing."""
+@dataclass(frozen=True)
+class BatchOutput:
+    """A job's output and error files as read: `lines` by custom_id (the job's own requests
+    only; a line that could not be read but names its custom_id is there with status None and
+    its `error` saying so), `problems` what could not be used, one entry per file, each naming
+    the file and its line numbers (empty when every line was fine)."""
+
+    lines: dict[str, BatchLine]
+    problems: tuple[str, ...]
+
+    def answered(self, ids: Collection[str]) -> int:
+        """How many of `ids` have a readable line (answered or failed)."""
+        return sum(1 for cid in ids if cid in self.lines and self.lines[cid].readable)
+
+
+_CUSTOM_ID = re.compile(r'"custom_id"\s*:\s*"([^"\\]*)"')
+
+
+def read_lines(ids: Collection[str], *paths: str | None) -> BatchOutput:
+    """Output and error files' lines by custom_id (a later line wins, unless an earlier one was
+    answered (200) and it is not). Nothing in a file raises: a file that cannot be opened, a
+    line that is not JSON (garbled, or cut short by a writer that died), one without a
+    custom_id, one for a custom_id not in `ids` (the job's requests) and a custom_id on several
+    lines are `problems`; an unreadable line that still names one of `ids` becomes that
+    request's line, its error saying which line of which file could not be read."""
     out: dict[str, BatchLine] = {}
+    problems: list[str] = []
+    wanted = set(ids)
+    seen: dict[str, list[int]] = {}
     for path in paths:
         if not path or not os.path.exists(path):
             continue
-        with open(path, encoding="utf-8") as fh:
-            for raw in fh:
-                try:
-                    data = json.loads(raw)
-                    cid = str(data["custom_id"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-                response = data.get("response") or {}
-                error = data.get("error")
-                status = response.get("status_code") if isinstance(response, dict) else None
-                body = response.get("body") if isinstance(response, dict) else None
-                message = None
-                if error:  # OpenAI's {code, message}, vLLM's ErrorResponse, or a string
-                    failure = error_in_answer(error)
-                    message = f"{failure.code}: {failure.text}" if failure.code else failure.text
-                if cid in out and out[cid].status == 200 and status != 200:
-                    continue
-                out[cid] = BatchLine(cid, status, body if isinstance(body, dict) else None,
-                                     message)
-    return out
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            problems.append(f"{path} could not be read ({exc.strerror or exc})")
+            continue
+        unreadable: list[int] = []
+        no_id: list[int] = []
+        foreign: list[str] = []
+        seen.clear()
+        for number, raw in enumerate(data.split(b"\n"), 1):
+            if not raw.strip():
+                continue
+            try:
+                parsed = json.loads(raw.decode("utf-8"))
+            except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+                unreadable.append(number)
+                named = _CUSTOM_ID.search(raw.decode("utf-8", "replace"))
+                cid = named.group(1) if named else ""
+                if cid in wanted and cid not in out:
+                    out[cid] = BatchLine(cid, None, None, f"its line ({number} of {path}) could "
+                                         "not be read: not JSON (cut short or garbled)",
+                                         readable=False)
+                continue
+            if not isinstance(parsed, dict) or parsed.get("custom_id") in (None, ""):
+                no_id.append(number)
+                continue
+            cid = str(parsed["custom_id"])
+            if cid not in wanted:
+                foreign.append(f"{cid} (line {number})")
+                continue
+            seen.setdefault(cid, []).append(number)
+            line = _batch_line(cid, parsed)
+            if cid in out and out[cid].status == 200 and line.status != 200:
+                continue
+            out[cid] = line
+        said = []
+        if unreadable:
+            said.append(f"{len(unreadable)} line(s) not JSON (line {_some(unreadable)})")
+        if no_id:
+            said.append(f"{len(no_id)} line(s) without a custom_id (line {_some(no_id)})")
+        if foreign:
+            said.append(f"{len(foreign)} line(s) for no request of this job: {_some(foreign)}")
+        twice = [f"{cid} (lines {', '.join(map(str, numbers))})"
+                 for cid, numbers in seen.items() if len(numbers) > 1]
+        if twice:
+            said.append(f"{len(twice)} custom_id(s) on more than one line, the answered (else "
+                        f"the last) one used: {_some(twice)}")
+        if said:
+            problems.append(f"{path}: {'; '.join(said)}")
+    return BatchOutput(out, tuple(problems))
+
+
+def _batch_line(cid: str, data: dict[str, Any]) -> BatchLine:
+    response = data.get("response") or {}
+    error = data.get("error")
+    status = response.get("status_code") if isinstance(response, dict) else None
+    body = response.get("body") if isinstance(response, dict) else None
+    message = None
+    if error:  # OpenAI's {code, message}, vLLM's ErrorResponse, or a string
+        failure = error_in_answer(error)
+        message = f"{failure.code}: {failure.text}" if failure.code else failure.text
+    if not isinstance(status, int) or isinstance(status, bool):
+        status = None
+    if status is None and not message:
+        message = "its line has no response status_code" if isinstance(body, dict) else \
+            "its line has neither a response nor an error"
+    return BatchLine(cid, status, body if isinstance(body, dict) else None, message)
+
+
+def _some(items: list[Any], shown: int = 5) -> str:
+    """The first `shown` of `items`, and how many more."""
+    head = ", ".join(map(str, items[:shown]))
+    return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def job_ids(record: BatchRecord) -> list[str]:
+    """The custom_ids of a job's requests."""
+    return [custom_id(record.kind, prompt_id) for prompt_id in record.prompt_ids]
 
 
 def answers(record: BatchRecord) -> dict[str, BatchLine]:
     """Every request of a downloaded job by custom_id: its output or error line, or for a
-    request the batch did not answer (expired, failed, cancelled) a line saying so."""
-    lines = read_lines(record.output_path, record.error_path)
+    request the batch did not answer (expired, failed, cancelled, a line missing or unreadable)
+    a line saying so (with the job's message: what was wrong with its files)."""
+    lines = read_lines(job_ids(record), record.output_path, record.error_path).lines
     why = f"the batch ended {record.status or record.state} without an answer to this request"
     if record.message:
         why += f": {record.message}"
-    for prompt_id in record.prompt_ids:
-        cid = custom_id(record.kind, prompt_id)
+    for cid in job_ids(record):
         lines.setdefault(cid, BatchLine(cid, None, None, why))
     return lines
 
@@ -326,6 +414,8 @@ class OpenAIBatchTransport:
             message = self.redact(f"batch {got.status}" + (f": {message}" if message else ""))
         if unnamed:
             message = f"{message}; {unnamed}" if message else unnamed
+        problems = read_lines(job_ids(record), *paths.values()).problems
+        message = "; ".join(filter(None, (message, *problems)))
         return store.update_batch(record, state="downloaded", message=message, **paths)
 
     async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
@@ -363,19 +453,16 @@ class CommandBatchTransport:
         """The command's output for the job (`command_logs` matches every job's)."""
         return record.input_path.removesuffix(".input.jsonl") + ".command.log"
 
-    def _complete(self, record: BatchRecord) -> bool:
-        path = self.output_path(record)
-        if not os.path.exists(path):
-            return False
-        lines = read_lines(path)
-        return all(custom_id(record.kind, p) in lines for p in record.prompt_ids)
-
     async def submit(self, store: RunStore, record: BatchRecord) -> BatchRecord:
-        if self._complete(record):  # done by an earlier session: not run again
-            return store.update_batch(record, state="downloaded", status="completed",
-                                      output_path=self.output_path(record),
-                                      total=len(record.prompt_ids),
-                                      completed=len(record.prompt_ids))
+        """Start the job's command, unless it was started before: a job whose output file
+        exists is read (`read`), and one whose command is still running (a session killed the
+        instant after starting it, before recording its pid) is waited for, never run twice."""
+        if os.path.exists(self.output_path(record)):
+            return self.read(store, record, None, "an earlier session's batch command")
+        pid = _job_pid(record)
+        if pid is not None:
+            return store.update_batch(record, state="submitted", status="running",
+                                      batch_id=f"pid {pid}", total=len(record.prompt_ids))
         command = fill_command(self.template, record.input_path, self.output_path(record))
         with open(self.log_path(record), "ab") as log:
             # Its own session: a Ctrl-C or a closed terminal stops the run, not the job (it
@@ -388,39 +475,58 @@ class CommandBatchTransport:
                                   batch_id=f"pid {proc.pid}", total=len(record.prompt_ids))
 
     async def poll(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        """One look at the job: still running, or ended and read (`read`). A command is never
+        run again once started: one that exited 0 wrote what it could, and one that died (its
+        session killed, or the machine rebooted) may have written part of its file; the lines
+        it wrote are used and the requests without one are sent again as new requests."""
         proc = self._procs.get(record.id)
         if proc is None:
             pid = _pid_of(record.batch_id)
-            if pid is not None and pid_alive(pid):  # started by an earlier session, still running
-                return record
-            # started by a session that is gone and finished or died: read it if complete,
-            # else run it again
-            return await self.submit(store, record)
+            if pid is not None and pid_alive(pid) and _runs_job(pid, record) is not False:
+                return record  # started by an earlier session, still running
+            return self.read(store, record, None, f"the batch command ({record.batch_id}) an "
+                             "earlier session started")
         if proc.returncode is None:
             return record
         self._procs.pop(record.id, None)
-        path = self.output_path(record)
-        done = len(read_lines(path))
-        log_path = self.log_path(record)
-        message = "" if proc.returncode == 0 else (
-            f"the batch command exited with {proc.returncode} (see {log_path})")
-        if proc.returncode == 0 and done < len(record.prompt_ids):
-            wrote = f"answered {done} of {len(record.prompt_ids)} lines in {path}" \
-                if os.path.exists(path) else f"wrote no output file ({path})"
-            message = f"the batch command exited with 0 but {wrote} (see {log_path})"
-        record = store.update_batch(record, state="downloaded",
-                                    status="completed" if proc.returncode == 0 else "failed",
-                                    completed=done, message=message,
-                                    failed=max(0, len(record.prompt_ids) - done),
-                                    output_path=path if os.path.exists(path) else None)
-        if proc.returncode in (126, 127) and not done:
+        record = self.read(store, record, proc.returncode, "the batch command")
+        if proc.returncode in (126, 127) and not record.completed:
             # The shell found no such command (127) or could not run it (126): every later job
             # would fail alike, after a model load each with a real command
             says = "command not found" if proc.returncode == 127 else "not executable"
             raise RequestFailed(f"the batch command could not run: the shell says {says} (exit "
-                                f"{proc.returncode}; see {log_path}). Check --batch-command",
-                                kind=Cause.NOT_FOUND, fatal=True)
+                                f"{proc.returncode}; see {self.log_path(record)}). Check "
+                                "--batch-command", kind=Cause.NOT_FOUND, fatal=True)
         return record
+
+    def read(self, store: RunStore, record: BatchRecord, exit_status: int | None,
+             who: str) -> BatchRecord:
+        """The ended job recorded `downloaded`: its output file's lines are its answers, and
+        its message says what was wrong (the exit status, `exit_status` None: not known, the
+        command being no child of this process; the lines missing; each problem of the file,
+        naming it and its lines; the log), so every request without a usable line fails
+        naming it (cause `unanswered`: sent again as a new request)."""
+        path, log_path = self.output_path(record), self.log_path(record)
+        ids = job_ids(record)
+        output = read_lines(ids, path)
+        done = output.answered(ids)
+        lacking = done < len(ids)
+        wrote = f"answered {done} of {len(ids)} lines in {path}" if os.path.exists(path) \
+            else f"wrote no output file ({path})"
+        said = []
+        if exit_status:
+            said.append(f"{who} exited with {exit_status}" + (f" and {wrote}" if lacking else ""))
+        elif lacking:
+            said.append(f"{who} exited with 0 but {wrote}" if exit_status == 0 else
+                        f"{who} ended (its exit status is unknown) and {wrote}")
+        said.extend(output.problems)
+        message = "; ".join(said) + (f" (see {log_path})" if said else "")
+        status = ("failed" if exit_status else "completed") if exit_status is not None else \
+            "completed" if not lacking else "incomplete"
+        return store.update_batch(record, state="downloaded", status=status, completed=done,
+                                  failed=len(ids) - done, message=message,
+                                  output_path=path if os.path.exists(path) else None,
+                                  total=len(ids))
 
     def ended(self, record: BatchRecord) -> Awaitable[int] | None:
         """The exit of the command this process started for the job (its child: awaited, not
@@ -438,7 +544,8 @@ class CommandBatchTransport:
             # The job's whole process group (it leads its own session): the shell alone left
             # the command it ran going. A command that has just ended is gone already.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(pid) == pid and (proc is not None or _runs_job(pid, record)):
+                if os.getpgid(pid) == pid and (proc is not None or
+                                               _runs_job(pid, record) is True):
                     os.killpg(pid, signal.SIGTERM)
         return store.update_batch(record, state="cancelled", status="cancelled")
 
@@ -454,15 +561,32 @@ def fill_command(template: str, input_path: str, output_path: str) -> str:
     return re.sub(r"""(["']?)\{(input|output)\}\1""", lambda m: paths[m.group(2)], template)
 
 
-def _runs_job(pid: int, record: BatchRecord) -> bool:
+def _runs_job(pid: int, record: BatchRecord) -> bool | None:
     """Whether process `pid` is still the shell running `record`'s command (its command line
     names the job's input file): a pid an earlier session recorded may belong to another
-    process by now. False where /proc cannot tell."""
+    process by now. None where /proc cannot tell (no /proc: not Linux)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return record.input_path.encode() in fh.read()
+    except FileNotFoundError:
+        return False if os.path.isdir("/proc/self") else None
     except OSError:
-        return False
+        return None
+
+
+def _job_pid(record: BatchRecord) -> int | None:
+    """The running shell of the job's command: a session leader (the command runs in its own
+    session) whose command line names the job's input file; None if there is none (or no /proc
+    to look in). A viewer of the file (less, tail) leads no session of its own."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            pid = int(entry.name)
+            with contextlib.suppress(OSError):
+                if os.getsid(pid) == pid and _runs_job(pid, record) and pid_alive(pid):
+                    return pid
+    return None
 
 
 def _pid_of(batch_id: str | None) -> int | None:
