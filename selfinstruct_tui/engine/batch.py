@@ -482,7 +482,7 @@ class CommandBatchTransport:
         proc = self._procs.get(record.id)
         if proc is None:
             pid = _pid_of(record.batch_id)
-            if pid is not None and pid_alive(pid) and _runs_job(pid, record) is not False:
+            if pid is not None and pid_alive(pid) and _still_the_job(pid, record):
                 return record  # started by an earlier session, still running
             return self.read(store, record, None, f"the batch command ({record.batch_id}) an "
                              "earlier session started")
@@ -572,6 +572,18 @@ def _runs_job(pid: int, record: BatchRecord) -> bool | None:
         return False if os.path.isdir("/proc/self") else None
     except OSError:
         return None
+
+
+def _still_the_job(pid: int, record: BatchRecord) -> bool:
+    """Whether the live process `pid` an earlier session recorded for `record` may still be its
+    command: the leader of its own session (as the job's shell is, and a command it ran in its
+    place, `< {input}` naming no file in its arguments, stays) or a process whose command line
+    names the job's input file. False for a pid the system has given to another process (after
+    a reboot): waiting for it would wait forever."""
+    with contextlib.suppress(OSError):
+        if os.getsid(pid) == pid:
+            return True
+    return _runs_job(pid, record) is not False
 
 
 def _job_pid(record: BatchRecord) -> int | None:
