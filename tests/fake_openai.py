@@ -34,6 +34,8 @@ it unanswered that long (`batch_poll_hangs` counts them). `batch_files_lag` (n) 
 completed batch's output and error file ids null for n more retrieves (a provider that says
 completed before it names the files); `batch_cancel_partial` makes a cancel end the batch
 `cancelled` with the first half of its lines answered (paid), as OpenAI's does.
+`batch_output_spoil` writes an output file with a line of text first, and last a line for a
+custom_id of no request, the first line again and a line cut short;
 `batch_files_gone` (n, set with `configure`) answers 404 for the next n file downloads;
 `batch_poll_script` (a list of statuses, set with `configure`) answers the next retrieves one
 each: an error status as that error (404: "no such batch", as a replica behind a router that
@@ -422,8 +424,12 @@ class FakeOpenAI:
                 errors.append({"id": f"batch_req_{n}", "custom_id": line["custom_id"],
                                "response": {"status_code": status, "request_id": f"req_{n}",
                                             "body": body}, "error": None})
-        out_id = self.add_file("output.jsonl", "".join(json.dumps(x) + "\n" for x in out)
-                               .encode())["id"]
+        text = "".join(json.dumps(x) + "\n" for x in out).encode()
+        if out and self.settings.get("batch_output_spoil"):  # a provider's broken output file
+            first = json.dumps(out[0])
+            text = (b"not json at all\n" + text + json.dumps({**out[0], "custom_id": "nobody-1"})
+                    .encode() + b"\n" + first.encode() + b"\n" + first[:40].encode())
+        out_id = self.add_file("output.jsonl", text)["id"]
         err_id = self.add_file("errors.jsonl", "".join(json.dumps(x) + "\n" for x in errors)
                                .encode())["id"] if errors else None
         with self.lock:

@@ -250,9 +250,8 @@ STAND_IN = textwrap.dedent('''
     argv[4] (optional, comma-separated) spoils its output as a crashed or buggy runner would:
     cut (the last line cut short, the writer killed), garbage (a line of text and one of bytes
     not UTF-8), missing (the second line left out), duplicate (the first custom_id again, as a
-    500), foreign (a line for a custom_id not in the input), error-body (the second line a 200
-    whose body is an error), gate (waits for the file $STAND_IN_GATE first), hang (sleeps
-    after writing). Only the run's first job is spoiled."""
+    500), foreign (a line for a custom_id not in the input), gate (waits for the file
+    $STAND_IN_GATE first), hang (sleeps after writing). Only the run's first job is spoiled."""
     import json, sys, time
     sys.path.insert(0, sys.argv[3])
     from fake_openai import FakeOpenAI
@@ -273,9 +272,6 @@ STAND_IN = textwrap.dedent('''
         for n, raw in enumerate(src):
             line = json.loads(raw)
             status, body = fake.line_answer(line["url"], line["body"])
-            if n == 1 and "error-body" in spoil:
-                body = {"error": {"message": "model overloaded", "type": "server_error",
-                                  "code": 503}}
             lines.append({"id": f"req-{n}", "custom_id": line["custom_id"],
                           "response": {"status_code": status, "request_id": f"r{n}",
                                        "body": body}, "error": None})
@@ -578,6 +574,32 @@ def test_requests_an_expired_batch_did_not_answer_fail_with_its_status(tmp_path)
     assert_accounted(run_dir)
 
 
+def test_what_is_wrong_with_a_downloaded_output_file_is_said_and_the_rest_used(tmp_path):
+    """An output file with a line of text, a line for a custom_id of no request, a custom_id
+    twice and a line cut short: the lines were skipped unsaid (a request without its line was
+    then sent again, paid twice, with nothing to say why). Every good line is used and the
+    job's message names the file and each problem's lines."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(batch_output_spoil=True)
+        with running(*new_run(run_dir, server.base_url, target=5, prompts_per_round=4,
+                              batch=True, batch_poll_seconds=0.02)):
+            wait_for(lambda: db(run_dir).execute(
+                "SELECT COUNT(*) FROM batches WHERE kind = 'generate' AND state = 'settled'"
+            ).fetchone()[0] >= 1)
+    conn = db(run_dir)
+    job = conn.execute("SELECT * FROM batches WHERE kind = 'generate' ORDER BY id").fetchone()
+    out = job["output_path"]
+    assert f"{out}: 2 line(s) not JSON (line 1, 8)" in job["message"], job["message"]
+    assert "1 line(s) for no request of this job: nobody-1 (line 6)" in job["message"]
+    assert "on more than one line, the answered (else the last) one used: generate-1 (lines " \
+           "2, 7)" in job["message"]
+    ids = json.loads(job["prompt_ids"])
+    assert conn.execute(f"SELECT COUNT(*) FROM prompts WHERE response IS NOT NULL AND id IN "
+                        f"({','.join(map(str, ids))})").fetchone()[0] == len(ids)
+    assert_accounted(run_dir)
+
+
 def test_batch_command_runs_from_the_cli_without_an_endpoint(run_cli, tmp_path):
     script = tmp_path / "run_batch.py"
     script.write_text(STAND_IN)
@@ -615,6 +637,7 @@ def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twi
     # the job's shell, as its own session leader, naming the job's input file
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)", record.input_path]
     earlier = subprocess.Popen(sleeper, start_new_session=True)
+    wait_for(lambda: record.input_path in Path(f"/proc/{earlier.pid}/cmdline").read_text())
     record = store.update_batch(record, state="submitted", batch_id=f"pid {earlier.pid}")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
@@ -639,6 +662,7 @@ def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twi
 
     # recorded, not yet its pid, when the session died: the running command is found
     again = subprocess.Popen(sleeper, start_new_session=True)
+    wait_for(lambda: record.input_path in Path(f"/proc/{again.pid}/cmdline").read_text())
     preparing = store.update_batch(record, state="preparing", batch_id=None, message="")
     try:
         found = asyncio.run(CommandBatchTransport(transport.template).submit(store, preparing))
