@@ -176,6 +176,8 @@ def normalize_layout(text: str) -> str:
     a line's start ("任务 9：", "输入：", "类别标签：") is the prompt's English one. Each public
     entry point calls it once."""
     text = normalize_line_ends(text)
+    if text.isascii():  # no Unicode space, wide colon or Chinese label: ~0.1 us, not ~20
+        return text
     if _MAYBE_LAYOUT_SPACE.search(text):
         text = _LAYOUT_SPACE.sub(lambda m: m.group().translate(_AS_SPACE), text)
     if "：" in text or ":" in text and _MAYBE_CJK_LABEL.search(text):
