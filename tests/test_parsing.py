@@ -256,6 +256,21 @@ def test_leaked_chat_control_tokens_end_the_answer():
     assert items(parse_instruction_list(text)) == ["Write a haiku."]
 
 
+@pytest.mark.parametrize("last, expected", [
+    ("Draft an email to a landlord. I hope this helps!", "Draft an email to a landlord."),
+    ("Draft an email. Let me know if you need more tasks!", "Draft an email."),
+    ("Draft an email. Is there anything else I can do?", "Draft an email."),
+    # an instruction's own sentence stays
+    ("Write a welcome note. Feel free to be creative.",
+     "Write a welcome note. Feel free to be creative."),
+    ("Explain why people say 'I hope this helps'.", "Explain why people say 'I hope this helps'."),
+])
+def test_an_assistant_s_words_on_the_last_item_s_line_are_not_its_instruction(last, expected):
+    """"10. Draft an email. I hope this helps!" kept the chatter in the task."""
+    parsed = parse_instruction_list(f"9. Write a poem about the sea.\n10. {last}")
+    assert items(parsed) == ["Write a poem about the sea.", expected]
+
+
 # -- classification -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("answer, expected", [

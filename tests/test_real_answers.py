@@ -160,6 +160,9 @@ GENERATION_ANSWERS = {
     # or the answer unparseable
     "bold number, mark after": (f"**Task 9**: {NEW[0]}\n**Task 10** - {NEW[1]}\n**11**: "
                                 f"{NEW[2]}", [], "chat"),
+    # the assistant's words on the last item's own line were part of its task
+    "chatter on the last item's line": (f"9. {NEW[0]}\n10. {NEW[1]} I hope this helps! Let me "
+                                        "know if you need more.", [], "chat"),
 }
 
 

@@ -48,6 +48,7 @@ Every entry point reads "\\r\\n" and a lone "\\r" as a line end, a no-break spac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -985,6 +986,12 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
                                                  "a preamble, not a task"))
                 continue
             candidates.append((listed, None))
+        if candidates and json_items is None:  # "10. Draft an email. I hope this helps!"
+            last = candidates[-1][0]
+            said = _TRAILING_CHATTER.search(last.instruction)
+            if said is not None:
+                candidates[-1] = (dataclasses.replace(
+                    last, instruction=last.instruction[:said.start()]), None)
     example_keys = {_example_key(e): n for n, e in enumerate(examples, start=1)}
     numbers = {c.number for c, _ in candidates if c.number is not None}
     n_examples = len(examples)
@@ -1015,6 +1022,14 @@ def _finish_list(json_items: ParsedList | None, parsed: list[tuple[_Item, bool]]
                 "no list items; expected numbered lines such as '9. <instruction>'"))
     return result
 
+
+# An assistant's words to the user on the last item's own line, after its last sentence: "...
+# the moon. I hope this helps!", "Let me know if you need more tasks." (not "Feel free to ...",
+# which an instruction may say)
+_TRAILING_CHATTER = re.compile(
+    r"(?<=[.!?])\s+(?:(?:i )?hope (?:this|these|that|it) (?:helps?|is helpful|are helpful|will "
+    r"help)\b|let me know if you(?:['’]d| would)? (?:like|need|want)\b|is there anything else\b)"
+    r"[^\n]*$", re.IGNORECASE)
 
 # a line of a text list outside a fenced JSON block: the block is an item's, not the answer
 _LIST_LAYOUT = re.compile(rf"{_NUMBERED.pattern}|{_LABEL.pattern}", re.IGNORECASE)
