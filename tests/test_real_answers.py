@@ -658,6 +658,22 @@ def test_an_answer_without_usable_instances_rejects_the_task_with_the_layout(tmp
     assert_accounted(run_dir)
 
 
+def test_a_json_answer_in_no_known_shape_is_named_as_json(tmp_path):
+    """A JSON object holding no examples was rejected as text "without 'Input:'/'Output:'
+    labels": the detail now says what the JSON was and the shape expected."""
+    with FakeOpenAI(script={"generate": [f" {NEW[0]}", f" {NEW[1]}"], "classify": [" No"],
+                            "instances": ['{"task": "trip", "notes": {"days": 2}}',
+                                          "Input: x\nOutput: y"]},
+                    repeat_last=False) as server:
+        run_dir, _, _ = run_engine(tmp_path, server, 1)
+    [rejected] = rejections(run_dir)
+    assert rejected["reason"] == "no_valid_instances"
+    [dropped] = rejections(run_dir, "instance")
+    assert dropped["detail"] == ("a JSON object (keys 'task', 'notes') with no examples; "
+                                 "expected a list of objects with 'input' and 'output'")
+    assert_accounted(run_dir)
+
+
 @pytest.mark.parametrize("answer, is_cls", [
     ("Classification: Yes", True), ("Yes, because the labels are fixed.", True),
     ("**No**", False), ("No.", False),

@@ -1683,7 +1683,13 @@ def _parse_json_instances(text: str, output_first: bool,
         if values is None and _json_key(data, *names) is not None:
             values = [data]  # one example, not in a list
     if not isinstance(values, list):
-        return None
+        # JSON, in no shape that holds examples: said as JSON, not as text without labels
+        keys = ", ".join(map(repr, list(data)[:5])) if isinstance(data, dict) else ""
+        return ParsedInstances(discarded=[Fragment(
+            body[:2000], R.UNPARSEABLE,
+            f"a JSON {json_type_name(data)}" + (f" (keys {keys})" if keys else "")
+            + " with no examples; expected a list of objects with "
+            + ("'label' and 'input'" if output_first else "'input' and 'output'"))])
     result = ParsedInstances()
     for value in values:
         raw = json.dumps(value, ensure_ascii=False)
