@@ -209,7 +209,7 @@ def test_narrow_panes_word_labels_shorter_never_cut_mid_word(tmp_path, isolated_
             text = shown(app, info.region)[0].strip()
             assert "…" not in text, text
             parts = text.split(" · ")
-            whole = [parts[0], "following newest", "by id ↓", "keys: enter / o c v f"]
+            whole = [parts[0], "following newest", "by id ↓", "v reverse", "f follow on/off"]
             assert re.fullmatch(r"\d+/\d+ tasks", parts[0]), text
             assert parts == whole[:len(parts)], parts
 

@@ -91,6 +91,8 @@ from selfinstruct_tui.tui.widgets.task_table import HEADER, TaskTable
 
 RUN_SEEDS_FILE = "seeds.jsonl"
 ERROR_NOTICE_SECONDS = 10.0  # at most one endpoint-error notification this often
+# the task pool's keys its info line names: the footer shows enter, o and c, not these
+POOL_KEYS = ("v reverse", "f follow on/off")
 GC_FREEZE_ROWS = 10_000  # freeze the long-lived objects each time the pool grows by this many
 
 
@@ -372,12 +374,13 @@ class SelfInstructApp(App[int]):
     def _show_pool_info(self, summary: tuple[int, int, str]) -> None:
         """The task pool's info line (a watcher of TaskTable.summary)."""
         shown, total, description = summary
-        # Most important first: a narrow pane leaves out the end, whole parts: the keys (in `?`
-        # and the footer), the sort, follow or hold; what narrows the view stays longest.
+        # Most important first: a narrow pane leaves out the end, whole parts: the pool's two
+        # keys the footer does not show (in `?` too; "keys: enter / o c v f" said nothing to a
+        # new user), the sort, follow or hold; what narrows the view stays longest.
         parts = description.split(" · ")
         narrowing = [p for p in parts if p.startswith(("origin ", "filter "))]
         self.pool_info.show((f"{shown:,}/{total:,} tasks", *narrowing,
-                             *[p for p in parts if p not in narrowing], "keys: enter / o c v f"))
+                             *[p for p in parts if p not in narrowing], *POOL_KEYS))
 
     # -- commands ---------------------------------------------------------------------------------
     @property
