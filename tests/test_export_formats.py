@@ -403,7 +403,7 @@ def test_an_output_path_in_a_folder_that_does_not_exist_is_refused_and_creates_n
 def test_the_export_dialog_refuses_a_path_in_a_folder_that_does_not_exist(tmp_path,
                                                                           isolated_env):
     """The dialog's path /nonexistent/x.json wrote the file and made /nonexistent: now an error
-    notification names the folder and the fix, and nothing is written."""
+    under the path names the folder and the fix, and nothing is written."""
     from textual.widgets import Input
 
     from selfinstruct_tui.tui.app import create_app
@@ -420,9 +420,10 @@ def test_the_export_dialog_refuses_a_path_in_a_folder_that_does_not_exist(tmp_pa
             await pilot.pause(0.2)
             app.screen.query_one("#path", Input).value = str(missing / "x.json")
             await pilot.click("#export")
-            await until(pilot, lambda: any(n.severity == "error" for n in app._notifications))
-            errors.extend(n.message for n in app._notifications if n.severity == "error")
-            assert not any(n.message.startswith("Exported") for n in app._notifications)
+            error = app.screen.query_one("#path-error")
+            await until(pilot, lambda: error.has_class("visible"))
+            errors.append(str(error.render()))
+            assert not app._notifications  # (said beside the path, not closed and notified)
 
     run(go())
     assert len(errors) == 1 and missing_folder_said(errors[0], missing, "path"), errors

@@ -150,7 +150,9 @@ def test_the_inspector_buttons_are_on_screen_whole(tmp_path, isolated_env, size)
 @pytest.mark.parametrize("dialog", ["seed_form", "seed_raw", "export"])
 def test_dialog_buttons_are_on_screen_at_50x15(tmp_path, isolated_env, dialog):
     """At 50x15 the seed form's, the raw seed editor's and the export dialog's buttons were
-    cut in half or off screen (padding, 3-row buttons, 90% height)."""
+    cut in half or off screen (padding, 3-row buttons, 90% height); so were the export
+    dialog's once it showed an error naming a long path (eight lines at 50 columns): its
+    fields and errors now scroll above them."""
     deterministic_run(tmp_path / "run")
     app = create_app(tmp_path / "run", refresh=0.1)
 
@@ -158,6 +160,17 @@ def test_dialog_buttons_are_on_screen_at_50x15(tmp_path, isolated_env, dialog):
         async with app.run_test(size=(50, 15)) as pilot:
             await open_dialog(app, pilot, dialog)
             assert_buttons_whole(app)
+            if dialog == "export":
+                missing = tmp_path / "a-folder-that-is-not-there" / "nor-is-this-one"
+                app.screen.query_one("#path").value = str(missing / "data.json")
+                await pilot.press("enter")
+                error = app.screen.query_one("#path-error")
+                await until(pilot, lambda: error.has_class("visible"))
+                await pilot.pause(0.3)
+                assert_buttons_whole(app)
+                lines = screen_lines(app)
+                assert any("Not exported:" in line for line in lines), lines
+                assert app.screen.query_one("#path").region.height >= 1  # (on screen)
 
     run(go())
 

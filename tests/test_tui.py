@@ -307,7 +307,13 @@ def test_escape_closes_the_help_panel(tmp_path, isolated_env):
 
 
 def test_export_key_writes_the_file(tmp_path, isolated_env):
+    """x exports; reopened, the dialog offers the session's last format, path and box (after an
+    export and after a cancel: it went back to alpaca in the run's folder, so exporting twice
+    meant typing it all again), and a format change keeps the folder the user chose."""
     deterministic_run(tmp_path / "run")
+
+    def field(app, selector: str):
+        return app.screen.query_one(selector).value
 
     async def go():
         app = create_app(tmp_path / "run", refresh=0.1)
@@ -321,13 +327,27 @@ def test_export_key_writes_the_file(tmp_path, isolated_env):
             await until(pilot, lambda: any("Exported 40 tasks in" in str(n.message)
                                            for n in app._notifications))
             assert not any("replaced" in str(n.message) for n in app._notifications)
-            # the same file again: replaced, and said
+            # the same file again, as the dialog offers it: replaced, and said
             await pilot.press("x")
             await pilot.pause(0.2)
-            app.screen.query_one("#path").value = str(tmp_path / "data.json")
+            assert (field(app, "#format"), field(app, "#path")) == \
+                ("alpaca", str(tmp_path / "data.json"))
             await pilot.click("#export")
             await until(pilot, lambda: any("(it replaced what was there: "
                                            in str(n.message) for n in app._notifications))
+            # another format, in the folder chosen; then cancelled: offered again as left
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            app.screen.query_one("#format").value = "sharegpt"
+            await pilot.pause(0.2)
+            assert field(app, "#path") == str(tmp_path / "data.jsonl")
+            app.screen.query_one("#reviewed-only").value = True
+            await pilot.press("escape")
+            await pilot.pause(0.2)
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            assert (field(app, "#format"), field(app, "#path"), field(app, "#reviewed-only")) \
+                == ("sharegpt", str(tmp_path / "data.jsonl"), True)
 
     run(go())
     rows = json.loads((tmp_path / "data.json").read_text())
@@ -335,6 +355,40 @@ def test_export_key_writes_the_file(tmp_path, isolated_env):
     # the pool's 40 tasks, not only the rows (instances): said and in the metadata
     meta = json.loads((tmp_path / "data.json.meta.json").read_text())
     assert (meta["rows"], meta["tasks"], meta["similarity_tokenizer"]) == (len(rows), 40, "rouge")
+    assert not (tmp_path / "data.jsonl").exists()
+
+
+async def export_in_dialog(pilot, app, fmt: str, path: str, reviewed: bool = False) -> str:
+    """Fill the export dialog (opened with x unless it is open) and press Export; wait until it
+    shows an error (returned: "<field>: <text>", the field whose error line shows it) or
+    closed (returned: the notifications it left, one a line)."""
+    from selfinstruct_tui.tui.screens.dialogs import ExportScreen
+
+    if not isinstance(app.screen, ExportScreen):
+        await pilot.press("x")
+        await pilot.pause(0.2)
+    dialog = app.screen
+    notified = len(app._notifications)
+    dialog.query_one("#format").value = fmt
+    await pilot.pause(0.1)
+    dialog.query_one("#path").value = path
+    dialog.query_one("#reviewed-only").value = reviewed
+    await pilot.pause(0.1)
+    await pilot.click("#export")
+
+    def shown() -> list:
+        return [line for line in dialog.query(".errors") if line.has_class("visible")]
+
+    await until(pilot, lambda: app.screen is not dialog or bool(shown()))
+    await pilot.pause(0.2)
+    if app.screen is not dialog:
+        return "\n".join(str(n.message) for n in list(app._notifications)[notified:])
+    assert len(shown()) == 1 and len(app._notifications) == notified  # said there, only there
+    line = shown()[0]
+    # the dialog kept what was typed
+    assert (dialog.query_one("#format").value, dialog.query_one("#path").value,
+            dialog.query_one("#reviewed-only").value) == (fmt, path, reviewed)
+    return f"{line.id.removesuffix('-error')}: {line.render()}"
 
 
 def test_export_dialog_refuses_stdout_names_the_path_and_marks_its_box(tmp_path, isolated_env):
@@ -343,30 +397,19 @@ def test_export_dialog_refuses_stdout_names_the_path_and_marks_its_box(tmp_path,
     path that cannot be written named the temporary file beside it in a raw OSError; it now
     names the path. Its "only reviewed tasks" box drew "X" when off (colour alone told)."""
     deterministic_run(tmp_path / "run")
-
-    def said() -> list[str]:
-        return [str(n.message) for n in app._notifications]
-
-    async def export_to(pilot, path: str) -> None:
-        await pilot.press("x")
-        await pilot.pause(0.2)
-        box = app.screen.query_one("#reviewed-only")
-        assert "X" not in str(box.render()).split("only")[0]
-        app.screen.query_one("#path").value = path
-        await pilot.click("#export")
-
     app = create_app(tmp_path / "run", refresh=0.1)
 
     async def go():
         async with app.run_test(size=(120, 40)) as pilot:
-            await export_to(pilot, "-")
-            await until(pilot, lambda: any("Export not written" in m for m in said()))
-            assert not any("Exported" in m for m in said()), said()
-            assert "'-' is standard output" in said()[-1] and "name a file" in said()[-1]
-            await export_to(pilot, "/proc/out.json")  # (a folder no one can create files in)
-            await until(pilot, lambda: any("Export failed" in m for m in said()))
-            failed = said()[-1]
-            assert "/proc/out.json cannot be written" in failed and ".tmp" not in failed, failed
+            said = await export_in_dialog(pilot, app, "alpaca", "-")
+            assert said.startswith("path: Not exported: '-' is standard output"), said
+            assert "name a file" in said and "Exported" not in said
+            box = app.screen.query_one("#reviewed-only")
+            assert "X" not in str(box.render()).split("only")[0]
+            # (a folder no one can create files in)
+            said = await export_in_dialog(pilot, app, "alpaca", "/proc/out.json")
+            assert said.startswith("path: ") and "/proc/out.json cannot be written" in said
+            assert ".tmp" not in said, said
 
     run(go())
     assert not (tmp_path / "-").exists()
@@ -379,66 +422,153 @@ def test_export_dialog_messages_name_its_fields_never_cli_flags(tmp_path, isolat
     """The export dialog's errors told its user to "choose another -o" or "leave out
     --reviewed-only", and an openai-chat note to "resume with a higher --target": flags of a
     command they never typed. Each message reachable from the dialog now names its fields
-    (the path, the 'only tasks that passed the quality review' box), and still says why."""
+    (the path, the 'only tasks that passed the quality review' box), and still says why.
+    An error closed the dialog (a notification; reopened, it had forgotten all that was typed):
+    it now stays open as typed, the error beside its field, which takes the focus. Its box
+    read "... review (r)", a key that does nothing there: the review is the main screen's r."""
     from selfinstruct_tui.engine.control import OfflineControl, ReviewAnswer, SetReviewSample
 
     run_dir = tmp_path / "run"
     deterministic_run(run_dir)
     (tmp_path / "a-folder").mkdir()
-
-    notes: list[str] = []  # every notification (shown ones expire)
-
-    def said() -> list[str]:
-        return notes
-
-    async def export(pilot, fmt: str, path: str, reviewed: bool = False) -> str:
-        before = len(said())
-        await pilot.press("x")
-        await pilot.pause(0.2)
-        app.screen.query_one("#format").value = fmt
-        await pilot.pause(0.1)
-        app.screen.query_one("#path").value = path
-        app.screen.query_one("#reviewed-only").value = reviewed
-        await pilot.click("#export")
-        await until(pilot, lambda: len(said()) > before)
-        await pilot.pause(0.2)
-        return "\n".join(said()[before:])
-
     app = create_app(run_dir, refresh=0.1)
-    notify = app.notify
-    app.notify = lambda message, **kw: (notes.append(str(message)), notify(message, **kw))[1]
     messages: dict[str, str] = {}
+    focused: dict[str, str | None] = {}
+    shown: dict[str, str] = {}
 
     async def go():
         async with app.run_test(size=(120, 40)) as pilot:
-            messages["own file"] = await export(pilot, "alpaca", str(run_dir / "run.log"))
-            messages["folder"] = await export(pilot, "alpaca", str(tmp_path / "a-folder"))
-            messages["no folder"] = await export(pilot, "alpaca", str(tmp_path / "nope/x.json"))
-            messages["file in the way"] = await export(
-                pilot, "alpaca", str(run_dir / "run.log" / "x.json"))
-            messages["device"] = await export(pilot, "alpaca", "/dev/null")
-            messages["no review"] = await export(pilot, "alpaca", str(tmp_path / "r.json"), True)
-            messages["rejections"] = await export(pilot, "rejections", str(tmp_path / "j.jsonl"),
-                                                  True)
+            async def export(case: str, fmt: str, path: str, reviewed: bool = False) -> None:
+                messages[case] = await export_in_dialog(pilot, app, fmt, path, reviewed)
+                focused[case] = app.focused.id if app.focused else None
+
+            await export("own file", "alpaca", str(run_dir / "run.log"))
+            shown["label"] = str(app.screen.query_one("#reviewed-only").label)
+            shown["hint"] = str(app.screen.query_one("#review-hint").render())
+            await export("folder", "alpaca", str(tmp_path / "a-folder"))
+            await export("no folder", "alpaca", str(tmp_path / "nope/x.json"))
+            await export("file in the way", "alpaca", str(run_dir / "run.log" / "x.json"))
+            await export("device", "alpaca", "/dev/null")
+            await export("no review", "alpaca", str(tmp_path / "r.json"), True)
+            await export("rejections", "rejections", str(tmp_path / "j.jsonl"), True)
+            await pilot.press("escape")
             control = OfflineControl(run_dir, lambda event: None)
             control.send(SetReviewSample((145,), (0,)))
             for question in ("instruction", "input", "output"):
                 control.send(ReviewAnswer(145, question, True))
-            messages["few"] = await export(pilot, "openai-chat", str(tmp_path / "c.jsonl"), True)
+            await export("few", "openai-chat", str(tmp_path / "c.jsonl"), True)
+            assert not app.screen.query("#export-dialog")  # closed on success
 
     run(go())
     for case, text in messages.items():
         assert not CLI_FLAG.search(text), (case, text)
+    for case in ("own file", "folder", "no folder", "file in the way", "device"):
+        assert messages[case].startswith("path: Not exported: "), messages[case]
+        assert focused[case] == "path", (case, focused[case])
+    for case in ("no review", "rejections"):
+        assert messages[case].startswith("reviewed_only: Not exported: "), messages[case]
+        assert focused[case] == "reviewed-only", (case, focused[case])
     for case in ("own file", "no folder", "file in the way", "device"):
         assert "choose another path" in messages[case], messages[case]
     assert "is a directory; end the path with a file's name" in messages["folder"]
     box = "'only tasks that passed the quality review'"
     assert "leave" not in messages["no review"] and f"untick {box}" in messages["no review"]
-    assert "press r" in messages["no review"]
-    assert messages["rejections"].startswith(f"Export failed: {box} keeps"), messages
+    assert "(key r on the main screen)" in messages["no review"]
+    assert "press r" not in messages["no review"]  # (pressed in the dialog, r does nothing)
+    assert messages["rejections"].startswith(f"reviewed_only: Not exported: {box} keeps")
     assert "untick it" in messages["rejections"]
     assert "has 3: generate more (quit, then resume the run with a higher target)" in \
         messages["few"]
+    assert not re.search(r"\([a-z]\)", shown["label"]), shown  # no key-like "(r)"
+    assert shown["label"] == box.strip("'") and "key r on the main screen" in shown["hint"]
+
+
+def test_a_long_export_runs_off_the_screen_and_goes_on_when_its_dialog_is_closed(
+        tmp_path, isolated_env):
+    """An export of many tasks (20,000: seconds) is written by a worker thread while the dialog
+    says so ("Exporting", its Export button off: no second export of the same); the screen
+    answers keys meanwhile, Escape closes the dialog and the export goes on, said when it
+    ends."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir, machine=20_000)
+    out = tmp_path / "many.json"
+    app = create_app(run_dir, refresh=0.1)
+
+    def said() -> list[str]:
+        return [str(n.message) for n in app._notifications]
+
+    async def go():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            dialog = app.screen
+            dialog.query_one("#path").value = str(out)
+            await pilot.click("#export")
+            assert "Exporting (alpaca)" in str(dialog.query_one("#export-status").render())
+            assert dialog.query_one("#export").disabled
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is not dialog)
+            await pilot.press("x")  # the screen answers: the dialog again, as it was left
+            await until(pilot, lambda: bool(app.screen.query("#export-dialog")))
+            assert app.screen.query_one("#path").value == str(out)
+            await pilot.press("escape")
+            await until(pilot, lambda: any(m.startswith("Exported 20000 tasks") for m in said()))
+            # again, and the command palette opened over the dialog meanwhile: the export's
+            # end leaves the palette open (the dialog's close popped the screen on top)
+            await pilot.press("x")
+            await pilot.pause(0.2)
+            dialog = app.screen
+            await pilot.click("#export")
+            await pilot.press("ctrl+p")
+            palette = app.screen
+            assert palette is not dialog and dialog in app.screen_stack
+            await until(pilot, lambda: sum(m.startswith("Exported 20000 tasks")
+                                           for m in said()) == 2)
+            await pilot.pause(0.2)
+            assert app.screen is palette and dialog in app.screen_stack
+            await pilot.press("escape")  # the palette; the dialog, done, closes behind it
+            await until(pilot, lambda: dialog not in app.screen_stack)
+            assert app.screen is app.screen_stack[0]
+            assert not any("failed" in m for m in said()), said()
+
+    run(go())
+    assert len(json.loads(out.read_text())) == sum(1 + n % 3 for n in range(20_000))
+
+
+def test_export_while_the_engine_runs(tmp_path, isolated_env):
+    """An export from the dialog while the engine writes the run: the tasks accepted so far,
+    the run going on; exported again as the dialog offers it, it has at least as many."""
+    run_dir = tmp_path / "run"
+    out = tmp_path / "live.jsonl"
+
+    def tasks_in(path: Path) -> int:
+        return json.loads((path.parent / (path.name + ".meta.json")).read_text())["tasks"]
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(run_dir, server.base_url, target=400)
+            app = create_app(run_dir, engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await until(pilot, lambda: count_machine(run_dir) >= 10)
+                said = await export_in_dialog(pilot, app, "self-instruct", str(out))
+                assert said.startswith("Exported "), said
+                first = tasks_in(out)
+                assert first >= 10 and len(out.read_text().splitlines()) == first
+                assert app.state == "running"
+                await until(pilot, lambda: count_machine(run_dir) > first)
+                await pilot.press("x")
+                await pilot.pause(0.2)
+                assert app.screen.query_one("#path").value == str(out)  # retyped nothing
+                await pilot.click("#export")
+                await until(pilot, lambda: any("it replaced what was there" in str(n.message)
+                                               for n in app._notifications))
+                assert tasks_in(out) > first and app.state == "running"
+                await pilot.press("q")
+                assert isinstance(app.screen, ConfirmScreen)
+                await pilot.press("y")
+                await until(pilot, lambda: not app.is_running, timeout=40)
+
+    run(go())
 
 
 def test_broken_user_theme_is_reported_not_fatal(tmp_path, isolated_env, monkeypatch):

@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 
 from selfinstruct_tui.engine.errors import UserError
 from selfinstruct_tui.engine.fsutil import (
@@ -138,17 +138,31 @@ CLI_WORDING = ExportWording(OutputField("-o"), "--reviewed-only", "leave it out"
 REVIEWED_ONLY_LABEL = "only tasks that passed the quality review"  # the dialog's check box
 DIALOG_WORDING = ExportWording(
     OutputField("path", flag=False), f"'{REVIEWED_ONLY_LABEL}'", "untick it",
-    f"untick '{REVIEWED_ONLY_LABEL}'", "press r", "quit, then resume the run with a higher target")
+    f"untick '{REVIEWED_ONLY_LABEL}'", "key r on the main screen",  # (r does nothing in the dialog)
+    "quit, then resume the run with a higher target")
+
+
+class ExportRefused(UserError):
+    """An export setting that cannot be used; `setting` says which: "path" (the output path,
+    `check_target`) or "reviewed_only" (only reviewed tasks, `check_reviewed_only`), so that a
+    dialog can show the message beside that field."""
+
+    def __init__(self, message: str, setting: Literal["path", "reviewed_only"]) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def check_target(run_dir: str | Path, path: Path, field: OutputField = CLI_WORDING.output) -> None:
     """Refuse an export path that would destroy something: one of the run's own files, or an
-    existing path that is not a regular file (`check_output_path`). UserError naming `field`,
-    where the path was given."""
+    existing path that is not a regular file (`check_output_path`). ExportRefused (setting
+    "path") naming `field`, where the path was given."""
     target = path.resolve()
     if target.parent == Path(run_dir).resolve() and target.name in RUN_FILES:
-        raise UserError(f"{path}: is one of the run's own files; {field.another()}")
-    check_output_path(path, field)
+        raise ExportRefused(f"{path}: is one of the run's own files; {field.another()}", "path")
+    try:
+        check_output_path(path, field)
+    except UserError as exc:
+        raise ExportRefused(str(exc), "path") from None
 
 
 class Exported(NamedTuple):
@@ -177,10 +191,11 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None,
                wording: ExportWording = CLI_WORDING) -> Exported:
     """Write the export atomically (or to `stdout` when `output` is "-"), with its metadata
     beside it (`.meta.json`: the run's, the format, rows, tasks, the similarity tokenizer).
-    `reviewed_only`: only tasks that passed the quality review. UserError for a target that
-    must not be written, or `reviewed_only` where it cannot apply (the rejections format, a run
-    without a review); its message, and the export's notes, name the settings as `wording`
-    does (the CLI's flags, or the TUI dialog's fields)."""
+    `reviewed_only`: only tasks that passed the quality review. ExportRefused (a UserError
+    naming the setting at fault) for a target that must not be written, or `reviewed_only`
+    where it cannot apply (the rejections format, a run without a review); its message, and
+    the export's notes, name the settings as `wording` does (the CLI's flags, or the TUI
+    dialog's fields)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     store = RunStore(run_dir, readonly=True)
@@ -307,14 +322,16 @@ def run_metadata(store: RunStore) -> dict:
 def check_reviewed_only(run_dir: str | Path, fmt: str, reviews: dict[int, ReviewRecord],
                         wording: ExportWording = CLI_WORDING) -> None:
     """UserError when "only reviewed tasks" cannot mean anything: for the rejections format, or
-    a run with no quality review yet (the export would be empty without saying why); the
-    message names the option as `wording` does."""
+    a run with no quality review yet (the export would be empty without saying why), as
+    ExportRefused (setting "reviewed_only"); the message names the option as `wording` does."""
     if fmt == "rejections":
-        raise UserError(f"{wording.reviewed_only} keeps machine tasks that passed the quality "
-                        f"review; the rejections export has none: {wording.leave_it_out}")
+        raise ExportRefused(f"{wording.reviewed_only} keeps machine tasks that passed the quality "
+                            f"review; the rejections export has none: {wording.leave_it_out}",
+                            "reviewed_only")
     if not reviews:
-        raise UserError(f"{run_dir}: no quality review yet, so no task has passed one; review a "
-                        f"sample first ({wording.review_first}), or {wording.leave_out_reviewed}")
+        raise ExportRefused(f"{run_dir}: no quality review yet, so no task has passed one; review "
+                            f"a sample first ({wording.review_first}), or "
+                            f"{wording.leave_out_reviewed}", "reviewed_only")
 
 
 # -- the seed set ---------------------------------------------------------------------------------

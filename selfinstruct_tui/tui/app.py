@@ -49,7 +49,7 @@ from selfinstruct_tui.engine.control import (
 )
 from selfinstruct_tui.engine.engine import Engine
 from selfinstruct_tui.engine.errors import ConfigError, UserError
-from selfinstruct_tui.engine.exports import DIALOG_WORDING, export_run
+from selfinstruct_tui.engine.exports import DIALOG_WORDING, Exported, ExportRefused, export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.invocation import command_line, with_command
 from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jsonl, write_seeds
@@ -67,6 +67,7 @@ from selfinstruct_tui.tui.keys import (
 from selfinstruct_tui.tui.screens.dialogs import (
     ChoiceScreen,
     ConfirmScreen,
+    ExportChoice,
     ExportScreen,
     RunQuestion,
     run_phase,
@@ -167,6 +168,7 @@ class SelfInstructApp(App[int]):
         self._seeds_sent: list[SeedTask] | None = None  # the seed set this app sent last
         self._seeds_before: list[dict] | None = None  # the store's set when it was sent
         self._frozen_rows = 0  # the pool's size at the last gc.freeze (_freeze_long_lived)
+        self._export_choice: ExportChoice | None = None  # the export dialog's, when last closed
         if engine is not None:
             engine.bus.subscribe(self.events.put)
         # The history loads while Textual starts (SQLite reads without the GIL): on_mount joins.
@@ -699,41 +701,62 @@ class SelfInstructApp(App[int]):
                                          prompt.response if prompt else None, answered_by), done)
 
     def action_export(self) -> None:
-        def chosen(result: tuple[str, str, bool] | None) -> None:
-            if result is not None:
-                self._export(*result)
+        """The export dialog, holding the session's last choice (format, path, box): exporting
+        twice, or again after a cancel, retypes nothing. The export runs in `_export`."""
+        def closed(choice: ExportChoice | None) -> None:
+            if choice is not None:
+                self._export_choice = choice
 
-        self.push_screen(ExportScreen(str(self.run_dir)), chosen)
+        self.push_screen(ExportScreen(str(self.run_dir), self._export, self._export_choice),
+                         closed)
 
     @work(thread=True, group="export")
-    def _export(self, fmt: str, path: str, reviewed_only: bool = False) -> None:
-        if path == "-":  # (export_run's stdout: under the TUI it went nowhere, said "Exported")
-            self.call_from_thread(
-                self.notify, with_command(
-                    "Export not written: '-' is standard output, which this screen holds; "
-                    "name a file. To write to standard output, run:",
-                    command_line("export", str(self.run_dir), "-o", "-")),
-                severity="error", markup=False)
-            return
+    def _export(self, dialog: ExportScreen, choice: ExportChoice) -> None:
+        """Write `choice`'s export in a thread (a long one never holds the screen; the engine
+        may be writing the store meanwhile: the export reads it through its own read-only
+        connection). An error goes back to the dialog, beside its field; the outcome is a
+        notification once the dialog is closed (on success, or when it was closed earlier)."""
         try:
-            exported = export_run(self.run_dir, fmt, path or None, reviewed_only=reviewed_only,
-                                  wording=DIALOG_WORDING)  # the dialog's fields, not flags
+            exported = self._write_export(choice)
+        except ExportRefused as exc:
+            error, setting = str(exc), exc.setting
         except (ValueError, UserError) as exc:
-            self.call_from_thread(self.notify, f"Export failed: {exc}", severity="error",
-                                  markup=False)
+            error, setting = str(exc), None
+        except Exception as exc:  # noqa: BLE001  (a broken store: said, the TUI and its run go on)
+            error, setting = f"{type(exc).__name__}: {exc}", None
+        else:
+            self.call_from_thread(self._exported, dialog, choice, exported)
             return
+        self.call_from_thread(self._export_failed, dialog, error, setting)
+
+    def _write_export(self, choice: ExportChoice) -> Exported:
+        """export_run with the dialog's words; ExportRefused naming the setting at fault."""
+        fmt, path = choice.fmt, choice.path
+        if path == "-":  # (export_run's stdout: under the TUI it went nowhere, said "Exported")
+            raise ExportRefused(with_command(
+                "'-' is standard output, which this screen holds; name a file. To write to "
+                "standard output, run:", command_line("export", str(self.run_dir), "-o", "-")),
+                "path")
+        try:
+            return export_run(self.run_dir, fmt, path or None,
+                              reviewed_only=choice.reviewed_only,
+                              wording=DIALOG_WORDING)  # the dialog's fields, not flags
         except OSError as exc:  # its message named the temporary file, not the user's path
-            self.call_from_thread(
-                self.notify, f"Export failed: {path or 'the export'} cannot be written "
-                f"({exc.strerror or exc}); choose another path.", severity="error",
-                markup=False)
-            return
+            raise ExportRefused(f"{path or 'the export'} cannot be written "
+                                f"({exc.strerror or exc}); choose another path.", "path") from exc
+
+    def _exported(self, dialog: ExportScreen, choice: ExportChoice, exported: Exported) -> None:
+        dialog.finished()
         replaced = (f" (it replaced what was there: {', '.join(p.name for p in exported.replaced)})"
                     if exported.replaced else "")
-        self.call_from_thread(self.notify,
-                              f"Exported {exported.counted} ({fmt}) to {exported.path}{replaced}")
+        self.notify(f"Exported {exported.counted} ({choice.fmt}) to {exported.path}{replaced}",
+                    markup=False)
         for note in exported.notes:
-            self.call_from_thread(self.notify, note, severity="warning")
+            self.notify(note, severity="warning", markup=False)
+
+    def _export_failed(self, dialog: ExportScreen, error: str, setting: str | None) -> None:
+        if not dialog.finished(error, setting):  # closed while it ran: nowhere else to say it
+            self.notify(f"Export failed: {error}", severity="error", markup=False)
 
     def action_review(self) -> None:
         """The quality review of a sample of machine tasks (screens/review.py); its answers go

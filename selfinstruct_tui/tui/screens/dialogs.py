@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Select
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from selfinstruct_tui.engine.control import RunState
-from selfinstruct_tui.engine.exports import EXTENSIONS, FORMATS
+from selfinstruct_tui.engine.exports import EXTENSIONS, FORMATS, REVIEWED_ONLY_LABEL
 from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
 
@@ -97,45 +100,173 @@ class ChoiceScreen(RunQuestion, ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class ExportScreen(ModalScreen[tuple[str, str, bool] | None]):
-    """Choose a format, a path and whether only tasks that passed the quality review go out;
-    returns (format, path, reviewed only) or None."""
+class ExportChoice(NamedTuple):
+    """What the export dialog holds: a format (one of `FORMATS`), the path as typed ("" for
+    the run's default), and whether only tasks that passed the quality review go out."""
+
+    fmt: str = "alpaca"
+    path: str = ""
+    reviewed_only: bool = False
+
+
+def default_export_name(fmt: str) -> str:
+    """The file name an export of `fmt` gets by default: "export-alpaca.json"."""
+    return f"export-{fmt}.{EXTENSIONS[fmt]}"
+
+
+def path_for_format(path: str, old: str, new: str) -> str:
+    """The dialog's path after its format changed from `old` to `new`, in the folder the user
+    chose: the default name of `old` becomes that of `new`, a name with `old`'s extension gets
+    `new`'s ("data.json" -> "data.jsonl"); any other name is left as typed."""
+    folder, sep, name = path.rpartition("/")
+    if name == default_export_name(old):
+        name = default_export_name(new)
+    elif name.endswith("." + EXTENSIONS[old]):
+        name = name[:-len(EXTENSIONS[old])] + EXTENSIONS[new]
+    return folder + sep + name
+
+
+# The check box's explanation: "(r)" after its label read as a key of the dialog, where r does
+# nothing (it is the main screen's review key).
+REVIEW_KEY_HINT = "The quality review is key r on the main screen."
+
+
+class ExportScreen(ModalScreen[ExportChoice]):
+    """Choose a format, a path and whether only tasks that passed the quality review go out
+    (an `ExportChoice`; `choice`: the values to start from, the last ones of the session).
+    Export (or enter in the path) hands the choice to `start`, which runs the export in a
+    worker (a long export never holds the screen) and reports back with `finished`: an error
+    is shown beside the field it is about (or under them all), that field takes the focus and
+    the dialog stays open with everything as typed; it closes on success, or on Escape/Cancel
+    (an export still running then finishes and is reported by the app). Returns the choice as
+    the dialog held it when it closed."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    FIELDS = {"path": "#path", "reviewed_only": "#reviewed-only"}  # ExportRefused's settings
 
-    def __init__(self, run_dir: str) -> None:
+    def __init__(self, run_dir: str, start: Callable[[ExportScreen, ExportChoice], object],
+                 choice: ExportChoice | None = None) -> None:
         super().__init__()
         self.run_dir = run_dir
+        self.start = start
+        self.choice = choice or ExportChoice(path=f"{run_dir}/{default_export_name('alpaca')}")
+        self._path_format = self.choice.fmt  # the format the path was last adjusted to
+        self.running: ExportChoice | None = None  # the choice being exported
+        self.closed = False
+        self._refused: ExportChoice | None = None  # what the error shown is about
+        self._close_on_resume: ExportChoice | None = None  # exported under another screen
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
+        choice = self.choice
+        with Vertical(classes="dialog", id="export-dialog"):
             yield Label("Export the machine-generated tasks", classes="question")
-            yield Select([(f, f) for f in FORMATS], value="alpaca", allow_blank=False,
-                         id="format")
-            yield Input(value=f"{self.run_dir}/export-alpaca.json", id="path")
-            yield MarkedCheckbox("only tasks that passed the quality review (r)",
-                                 id="reviewed-only")
+            with VerticalScroll(id="export-body", can_focus=False):  # (errors on a small screen)
+                yield Select([(f, f) for f in FORMATS], value=choice.fmt, allow_blank=False,
+                             id="format")
+                yield Input(value=choice.path, id="path")
+                yield Static("", id="path-error", classes="errors", markup=False)
+                yield MarkedCheckbox(REVIEWED_ONLY_LABEL, choice.reviewed_only, id="reviewed-only")
+                yield Static(REVIEW_KEY_HINT, id="review-hint", classes="hint")
+                yield Static("", id="reviewed_only-error", classes="errors", markup=False)
+                yield Static("", id="export-error", classes="errors", markup=False)
+            yield Static("", id="export-status")
             with Horizontal(classes="buttons"):
                 yield Button("Export", variant="primary", id="export")
                 yield Button("Cancel", id="cancel")
 
+    def on_mount(self) -> None:
+        self.query_one("#path", Input).focus()
+
+    @property
+    def value(self) -> ExportChoice:
+        """The choice as the dialog holds it now."""
+        return ExportChoice(str(self.query_one("#format", Select).value),
+                            self.query_one("#path", Input).value.strip(),
+                            self.query_one("#reviewed-only", Checkbox).value)
+
     def on_select_changed(self, event: Select.Changed) -> None:
         fmt = str(event.value)
-        self.query_one("#path", Input).value = f"{self.run_dir}/export-{fmt}.{EXTENSIONS[fmt]}"
+        if fmt != self._path_format:  # (not the mount's own Changed: a remembered path stays)
+            path = self.query_one("#path", Input)
+            path.value = path_for_format(path.value, self._path_format, fmt)
+            self._path_format = fmt
+        self._recheck()
+
+    def on_input_changed(self) -> None:
+        self._recheck()
+
+    def on_checkbox_changed(self) -> None:
+        self._recheck()
+
+    def _recheck(self) -> None:
+        """An error goes at the first change to what it was about (not at a change message
+        that arrives after it, with the values it was about)."""
+        if self._refused is not None and self.value != self._refused:
+            self._clear_errors()
 
     def on_input_submitted(self) -> None:
-        self._done()
+        self._export()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "export":
-            self._done()
+            self._export()
         else:
-            self.dismiss(None)
+            self.action_cancel()
 
-    def _done(self) -> None:
-        self.dismiss((str(self.query_one("#format", Select).value),
-                      self.query_one("#path", Input).value.strip(),
-                      self.query_one("#reviewed-only", Checkbox).value))
+    def _export(self) -> None:
+        if self.running is not None:
+            return
+        choice = self.value
+        self._clear_errors()
+        self.running = choice
+        self.query_one("#export", Button).disabled = True
+        status = self.query_one("#export-status", Static)
+        status.update(f"Exporting ({choice.fmt}) ... (esc closes this; the export goes on)")
+        status.add_class("visible")
+        self.start(self, choice)
+
+    def finished(self, error: str | None = None, setting: str | None = None) -> bool:
+        """The export started by `start` ended: closes the dialog (`error` None) or shows
+        `error` beside the field of `setting` ("path", "reviewed_only": it takes the focus;
+        None: under the fields). False when the dialog was closed meanwhile
+        (its caller then says it)."""
+        exported, self.running = self.running, None
+        self._refused = None if error is None else exported
+        if self.closed:
+            return False
+        if error is None:  # closed with what was exported (though the fields changed since)
+            if self.app.screen is self:
+                self._close(exported)
+            else:  # (dismiss pops the top screen: a question asked over this one)
+                self._close_on_resume = exported
+            return True
+        self.query_one("#export", Button).disabled = False
+        self.query_one("#export-status", Static).remove_class("visible")
+        shown = self.query_one(f"#{setting}-error" if setting in self.FIELDS else "#export-error",
+                               Static)
+        shown.update(f"Not exported: {error}")
+        shown.add_class("visible")
+        if setting in self.FIELDS:
+            field = self.query_one(self.FIELDS[setting])
+            field.add_class("-invalid")
+            field.focus()
+        shown.scroll_visible()
+        return True
+
+    def _clear_errors(self) -> None:
+        self._refused = None
+        for shown in self.query(".errors"):
+            shown.remove_class("visible")
+        for selector in self.FIELDS.values():
+            self.query_one(selector).remove_class("-invalid")
+
+    def on_screen_resume(self) -> None:
+        if self._close_on_resume is not None:
+            self._close(self._close_on_resume)
+
+    def _close(self, choice: ExportChoice | None = None) -> None:
+        self.closed = True
+        self.dismiss(choice or self.value)
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        self._close()
