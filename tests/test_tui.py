@@ -635,7 +635,8 @@ def test_a_question_about_the_run_is_withdrawn_when_the_run_changes_under_it(tmp
 
     async def go():
         with FakeOpenAI(latency=0.05) as server:
-            engine = make_engine(tmp_path / "run", server.base_url, target=10)
+            # (a target of 10 could be reached before the pause below on a busy machine)
+            engine = make_engine(tmp_path / "run", server.base_url, target=60)
             app = create_app(tmp_path / "run", engine=engine, refresh=0.1)
             async with app.run_test(size=(120, 40)) as pilot:
                 server.configure(latency=0.6)
