@@ -212,7 +212,7 @@ class HeadlessPrinter:
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
-            self.rates.restart()
+            self.rates.restart(event.ts)
             self.run_dir = event.run_dir
             self.resumed = event.resumed
             self.command = event.command
@@ -236,12 +236,12 @@ class HeadlessPrinter:
                                                       completed=event.accepted, rate="")
                 self.progress.start()
         elif isinstance(event, ev.TaskAccepted):
-            self.rates.accepted()
+            self.rates.accepted(at=event.ts)
             if self.progress is not None and self.task_id is not None:
                 self.progress.update(self.task_id, completed=event.accepted,
                                      rate=self.rates.text(self.embedded))
         elif isinstance(event, ev.ResponseReceived):
-            self.rates.answered(event.prompt_tokens, event.completion_tokens)
+            self.rates.answered(event.prompt_tokens, event.completion_tokens, at=event.ts)
         elif isinstance(event, (ev.TaskDropped, ev.PoolRecounted)):
             if self.progress is not None and self.task_id is not None:
                 self.progress.update(self.task_id, completed=event.accepted)
@@ -290,7 +290,7 @@ class HeadlessPrinter:
             self._batch(event.batch)
         elif isinstance(event, ev.Paused):
             self.pause_message = event.reason
-            self.rates.pause()
+            self.rates.pause(event.ts)
             if event.reason == self.last_error[0]:  # a fatal error, just printed: once is enough
                 self._line("paused by the request error above")
             elif not event.by_errors and self.run_dir:  # nothing here resumes it: say what does
@@ -299,9 +299,10 @@ class HeadlessPrinter:
             else:
                 self._line(f"paused: {event.reason}")
         elif isinstance(event, ev.Resumed):
-            self.rates.resume()
+            self.rates.resume(event.ts)
             self._line("resumed")
         elif isinstance(event, ev.Stopping):
+            self.rates.resume(event.ts)  # (a stop while paused: the run time counts again)
             self._line("stopping now: the requests in flight are abandoned" if event.now else
                        "stopping: requests in flight may finish; Ctrl-C or SIGTERM now "
                        "abandons them")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -20,7 +21,7 @@ from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen
 from selfinstruct_tui.tui.widgets.task_table import TaskTable
 from test_run_e2e import count_machine, wait_for
-from tui_helpers import assert_next_rounds_use_only, run, until
+from tui_helpers import assert_next_rounds_use_only, read_run, run, until
 
 
 def state_of(run_dir: Path) -> dict:
@@ -903,3 +904,120 @@ def test_a_paused_run_shows_the_same_held_rates_in_every_ui(run_cli, tmp_path, i
     # (tasks accepted during the pause, from answers in flight, count as of its start)
     assert seen["later"] == pytest.approx(len(accepted) / span * 60, rel=1e-9)
     assert abs(seen["pausing"] - seen["later"]) <= seen["later"] * 1.0 / span + 0.05, seen
+
+
+def time_figures(app) -> tuple:
+    """What an attached UI's status line shows that is derived from time, as shown (the rates,
+    the elapsed time, the ETA) and as the view holds them (exact, while paused held)."""
+    from selfinstruct_tui.tui.widgets.panes import StatusLine
+
+    status = app.view.status
+    line = str(app.query_one(StatusLine).render())
+    shown = [part for part in line.split(" │ ")
+             if "/min" in part or "tok/s" in part or part.startswith("ETA")
+             or re.fullmatch(r"\d+:\d\d(:\d\d)?", part)]
+    return (shown, status.elapsed(), status.rates.tasks_per_minute(),
+            status.rates.tokens_per_second())
+
+
+def engine_rule(run_dir: Path) -> tuple[float, float]:
+    """(elapsed seconds, tasks/min) of a paused fresh run by the engine's rule, from what the
+    store recorded: the session's run time from its start to the open pause, the pauses left
+    out; the tasks accepted in its last minute of run time over that minute (or the run time,
+    when shorter). A single session: no earlier rounds."""
+    from selfinstruct_tui.engine.rates import active_seconds_of
+
+    store = RunStore(run_dir, readonly=True)
+    try:
+        started = store.get_meta("session")["started"]
+        pauses = store.pauses()
+        assert pauses[-1][1] is None  # paused
+        paused_at = pauses[-1][0]
+        run = active_seconds_of([(started, paused_at)], pauses, paused_at)
+        # the last minute of run time before the pause, walking back over closed pauses
+        since, left = paused_at, 60.0
+        for p_start, p_end in reversed(pauses[:-1]):
+            if since - p_end >= left:
+                break
+            left -= since - p_end
+            since = p_start
+        since = max(started, since - left)
+        # (tasks accepted during the pause, from answers in flight, count as of its start)
+        return run, len(store.accepted_since(since)) / min(60.0, run) * 60
+    finally:
+        store.close()
+
+
+def settled(run_dir: Path, server) -> bool:
+    """Paused and every request the endpoint received answered and recorded (those held by
+    the pause are never sent): no figure can change any more."""
+    return state_of(run_dir).get("state") == "paused" and read_run(
+        run_dir, lambda store: store.db.execute(
+            "SELECT COUNT(*) FROM prompts WHERE finished IS NOT NULL").fetchone()[0]
+    ) >= len(server.log)
+
+
+def test_every_ui_shows_the_engines_time_figures_paused_resumed_and_attached_again(
+        run_cli, tmp_path, isolated_env):
+    """Paused through a UI attached to a detached run (tmux, the loopback endpoint): it showed
+    "0.0/min" and "ETA -" where the run's own TUI showed 137.8/min and an ETA; attached UIs
+    disagreed with each other and with the engine on tasks/min, tok/s, the ETA and the
+    elapsed time, as each stamped the events with its own clock when it saw them (a poll and
+    a refresh late, its pause when its follower noticed it) and counted the elapsed time from
+    the rounds up to its attach and by a clock after. Every UI now takes them from the times
+    the engine recorded: the UI that paused, one attached while paused that resumes and
+    pauses again, one attached after: the same figures, the engine's rule over the store's
+    records exactly."""
+    run_dir = tmp_path / "run"
+    seen: dict[str, tuple] = {}
+    with FakeOpenAI(latency=0.1) as server:
+        pid = detach(run_cli, server, run_dir, 2000, "--concurrency", "2")
+        try:
+            wait_for(lambda: count_machine(run_dir) >= 10, timeout=60)
+
+            async def pausing():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "running")
+                    await pilot.press("p")
+                    await until(pilot, lambda: app.state == "paused" and settled(run_dir, server))
+                    await pilot.pause(0.5)  # (the follower brings the last answers)
+                    seen["pausing"] = time_figures(app)
+                    await pilot.press("q")
+
+            async def resuming():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "paused")
+                    await pilot.pause(0.3)
+                    seen["attached paused"] = time_figures(app)
+                    held = count_machine(run_dir)
+                    await pilot.press("p")
+                    await until(pilot, lambda: count_machine(run_dir) >= held + 5, timeout=60)
+                    await pilot.press("p")
+                    await until(pilot, lambda: app.state == "paused" and settled(run_dir, server))
+                    await pilot.pause(0.5)
+                    seen["paused again"] = time_figures(app)
+                    await pilot.press("q")
+
+            async def later():
+                app = create_app(run_dir, attach=True, refresh=0.1)
+                async with app.run_test(size=(160, 40)) as pilot:
+                    await until(pilot, lambda: app.state == "paused")
+                    await pilot.pause(0.3)
+                    seen["later"] = time_figures(app)
+                    await pilot.press("q")
+
+            run(pausing())
+            first = engine_rule(run_dir)
+            run(resuming())
+            second = engine_rule(run_dir)
+            run(later())
+        finally:
+            kill_quietly(pid)
+    assert seen["pausing"] == seen["attached paused"], seen
+    assert seen["paused again"] == seen["later"], seen
+    for figures, (elapsed, per_min) in ((seen["pausing"], first), (seen["later"], second)):
+        assert figures[1] == pytest.approx(elapsed, abs=1e-6)
+        assert figures[2] == pytest.approx(per_min, rel=1e-9)
+        assert figures[2] > 0 and not any(p.startswith("ETA -") for p in figures[0]), figures

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import hypothesis
 import pytest
 
@@ -148,7 +150,7 @@ def test_a_narrow_status_line_keeps_the_eta_and_lets_the_retry_causes_go_first()
 
 def view_accepting(clock: list[float], tasks: int, every: float, target: int) -> RunView:
     """A view of a run started now that accepts `tasks` tasks, one every `every` seconds of
-    the fake monotonic `clock` (moved on here)."""
+    the fake `clock` (epoch s, moved on here)."""
     view = RunView("run")
     view.apply(ev.RunStarted("run", "http://x/v1", "m", "completions", target, 0, 139, False))
     for n in range(tasks):
@@ -167,7 +169,7 @@ def test_a_run_nothing_drives_shows_no_rate(monkeypatch, end):
     from selfinstruct_tui.engine import rates as rates_module
 
     clock = [1000.0]
-    monkeypatch.setattr(rates_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(rates_module.time, "time", lambda: clock[0])
     view = view_accepting(clock, tasks=6, every=5, target=10)
     view.status.embedded = True  # (the prompt speed too)
     view.apply(ev.ResponseReceived(1, 1, "generate", "x", "stop", 0.5, 300, 40))
@@ -185,8 +187,8 @@ def test_rates_hold_while_paused_and_leave_the_pause_out_after(monkeypatch):
     from selfinstruct_tui.engine import rates as rates_module
 
     clock = [1000.0]
-    monkeypatch.setattr(rates_module.time, "monotonic", lambda: clock[0])
-    rates = rates_module.Rates()
+    monkeypatch.setattr(rates_module.time, "time", lambda: clock[0])
+    rates = rates_module.Rates(started=clock[0])
     for _ in range(30):  # 60 tasks/min for 30 s
         clock[0] += 1
         rates.accepted()
@@ -234,6 +236,7 @@ def test_a_stopped_run_has_no_eta_an_unpriced_one_no_cost_and_interrupted_rounds
     from selfinstruct_tui.tui.view import StatusView, round_row
 
     status = StatusView(state="stopped", accepted=10, target=50, priced=False)
+    status.rates.restart(time.time() - 30)
     status.rates.accepted(5)
     line = status.line().plain
     assert "ETA -" in line and "$" not in line
@@ -342,7 +345,7 @@ def test_paused_time_is_not_run_time(monkeypatch, tmp_path):
     from selfinstruct_tui.tui import view as view_module
 
     clock = [1000.0]
-    monkeypatch.setattr(view_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(view_module.time, "time", lambda: clock[0])
     view = RunView("run")
     view.apply(ev.RunStarted("run", "http://x/v1", "m", "completions", 10, 0, 139, False))
     clock[0] += 60

@@ -463,8 +463,9 @@ class RunSnapshot:
     recent_answers: list[tuple[float, int, int]] = field(default_factory=list)
     # The run's pauses, (started, ended) epoch seconds (ended None: open): not run time
     pauses: list[tuple[float, float | None]] = field(default_factory=list)
-    # A run nothing drives with rounds left running (a crash): when its engine last recorded
-    # work (epoch s, `RunStore.last_activity`), where those rounds' run time ends
+    # Rounds left running by a process that ended (a crash; for a live run, the rounds from
+    # before its session started, not closed yet): when that process last recorded work
+    # (epoch s, `RunStore.last_activity`), where those rounds' run time ends
     crash_end: float | None = None
 
 
@@ -477,11 +478,15 @@ def read_snapshot(store: RunStore) -> RunSnapshot:
             store.rounds()
         pauses, now = store.pauses(), time.time()
         started = session.get("started")
-        # the rates' records: this session's last minute of run time (`Rates.resume_from`)
+        # the rates' records: this session's last minute of run time (`Rates.load`)
         since = window_start(started, pauses, now) \
             if isinstance(started, (int, float)) else now - WINDOW_SECONDS
-        crash_end = store.last_activity() if state not in LIVE_STATES and any(
-            r.status == "running" for r in rounds) else None
+        # (a live session's start: rounds an earlier process left running, not yet closed)
+        before = None if state not in LIVE_STATES else \
+            started if isinstance(started, (int, float)) else now
+        crash_end = store.last_activity(before) if any(
+            r.status == "running" and (before is None or r.started < before)
+            for r in rounds) else None
         return RunSnapshot(
             run_dir=store.run_dir, config=store.config(), state=state,
             state_meta=store.get_meta("state") or {}, session=session,
@@ -498,31 +503,48 @@ def read_snapshot(store: RunStore) -> RunSnapshot:
 
 def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunConfig | None,
                  run_dir: Path, session: dict[str, Any], accepted: int,
-                 seeds: int) -> list[ev.Event]:
-    """The events a change of the `state` meta stands for (what the engine emitted then)."""
+                 seeds: int, pauses: list[tuple[float, float | None]] | None = None
+                 ) -> list[ev.Event]:
+    """The events a change of the `state` meta stands for (what the engine emitted then),
+    each at the time the engine recorded (`Event.ts`): a pause at its start, a resume at its
+    end, from `pauses` (`RunStore.pauses`; the state's `ts` is rewritten by the heartbeat);
+    a session's start at the `session` meta's `started`; an end at the state's `ts`."""
     before, after = old.get("state"), new.get("state")
     new_session = new.get("pid") != old.get("pid")
     if after == before and (after not in (RunState.RUNNING, RunState.PAUSED) or not new_session):
         return []  # (running or paused under a new pid: a crashed run resumed by another one)
     target = snapshot_config.target if snapshot_config else 0
+    at = new.get("ts")
+    ts = float(at) if isinstance(at, (int, float)) else time.time()
+    begun = session.get("started")
+    if pauses and after == RunState.PAUSED and pauses[-1][1] is None:
+        # (a pause an earlier process ended in goes on into a session started paused)
+        ts = max(pauses[-1][0], begun if isinstance(begun, (int, float)) and new_session
+                 else pauses[-1][0])
+    elif pauses and before == RunState.PAUSED and \
+            after in (RunState.RUNNING, RunState.STOPPING) and \
+            pauses[-1][1] is not None:  # (resumed, or stopping, while paused)
+        ts = pauses[-1][1] or ts
     # A new pid in a live state is a new session: it started (as the engine emits it, also
     # when it starts paused: the rates and the clock start again, then hold)
     started: list[ev.Event] = [] if snapshot_config is None else [ev.RunStarted.of(
         str(run_dir), snapshot_config, session.get("endpoint") or snapshot_config.base_url,
-        accepted, seeds, bool(session.get("resumed")))]
+        accepted, seeds, bool(session.get("resumed")),
+        started=begun if isinstance(begun, (int, float)) else None)]
     if after == RunState.PAUSED:
         return (started if new_session else []) + [
             ev.Paused(new.get("reason") or "", bool(new.get("by_errors")),
-                      bool(new.get("needs_restart")))]
+                      bool(new.get("needs_restart")), ts=ts)]
     if after == RunState.RUNNING:
-        return [ev.Resumed()] if before == RunState.PAUSED and not new_session else started
+        return [ev.Resumed(ts=ts)] if before == RunState.PAUSED and not new_session \
+            else started
     if after == RunState.STOPPING:
-        return [ev.Stopping()]
+        return [ev.Stopping(ts=ts)]
     if after in (RunState.FINISHED, RunState.STOPPED, RunState.ERROR, RunState.FAILED):
         reason = new.get("finish_reason") or {"finished": "target",
                                               "error": "error"}.get(after, "stopped")
         return [ev.Finished(ev.FinishReason(reason), accepted, target,
-                            str(new.get("message") or ""))]
+                            str(new.get("message") or ""), ts=ts)]
     return []
 
 
@@ -597,7 +619,7 @@ class StoreFollower:
         for task in new_tasks:
             self.last["tasks"] = max(self.last.get("tasks", 0), task.id)
             if task.origin == "machine":
-                emit(ev.TaskAccepted(task, accepted, self.target))
+                emit(ev.TaskAccepted.of(task, accepted, self.target))
             else:
                 seeds_changed = True
         if seeds_changed:
@@ -654,7 +676,7 @@ class StoreFollower:
             self.config = store.config() or self.config
             self.target = self.config.target if self.config else self.target
             for event in state_events(self.state, state, self.config, self.run_dir, session,
-                                      accepted, store.count_tasks("seed")):
+                                      accepted, store.count_tasks("seed"), store.pauses()):
                 emit(event)
         self.state = state
         self.check_alive(store)

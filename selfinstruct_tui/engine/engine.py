@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -286,7 +287,8 @@ class Engine:
         if self.finished is None:
             self.finished = ev.Finished(FinishReason.STOPPED, self._committed,
                                         self.config.target, message)
-        self._set_state(FinishReason.STOPPED.state)
+        at = self._set_state(FinishReason.STOPPED.state)
+        self.finished = dataclasses.replace(self.finished, ts=at)
         self.store.flush()
 
     def _drain_commands(self) -> None:
@@ -323,9 +325,12 @@ class Engine:
         elif isinstance(command, (SetReviewSample, ReviewAnswer, ReviewSkip)):
             self._do_review(command)
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: str, at: float | None = None) -> float:
+        """Record the run's `state` at `at` (epoch s; None: now) and return that time: the
+        `ts` of the event that says it (`Paused`, `Resumed`, `Finished`), the same time the
+        store's pauses and state hold, from which every UI takes its time figures."""
         before, self.state = self.state, state
-        now = time.time()
+        now = time.time() if at is None else at
         # The pauses, left out of the elapsed time (the store's) and of each round's time (this
         # session's). A pause an earlier process left open (it ended paused) ends when this
         # session starts.
@@ -349,6 +354,7 @@ class Engine:
             meta["message"] = self.finished.message
         if self.store.unwritable is None:  # (else the state stays as last written: resuming
             self.store.set_meta("state", meta)  # the run then recovers it as after a crash)
+        return now
 
     def start_paused(self, paused: ev.Paused | None = None) -> None:
         """Make `run` begin paused (call it before `run`): the run's first state is "paused"
@@ -379,8 +385,7 @@ class Engine:
             return
         paused = ev.Paused(reason, by_errors, needs_restart)
         self._hold(paused)
-        self._set_state(RunState.PAUSED)
-        self.bus.emit(paused)
+        self.bus.emit(dataclasses.replace(paused, ts=self._set_state(RunState.PAUSED)))
 
     def _do_resume(self) -> None:
         if self._client is None or self.state != RunState.PAUSED:
@@ -391,8 +396,7 @@ class Engine:
         self._client.resume()
         if self._batcher is not None:
             self._batcher.resume()
-        self._set_state(RunState.RUNNING)
-        self.bus.emit(ev.Resumed())
+        self.bus.emit(ev.Resumed(ts=self._set_state(RunState.RUNNING)))
 
     def _do_stop(self, reason: FinishReason = FinishReason.STOPPED, message: str = "",
                  grace: float | None = None) -> None:
@@ -407,10 +411,9 @@ class Engine:
             self._batcher.stop()  # submitted batches stay recorded: the next session polls them
         if self._wakeup is not None:
             self._wakeup.set()
-        if self.state != RunState.FINISHED:
-            self._set_state(RunState.STOPPING)
+        at = self._set_state(RunState.STOPPING) if self.state != RunState.FINISHED else None
         self.bus.emit(ev.Stopping(cancel_batches=self._cancelling is not None,
-                                  now=grace == 0.0))
+                                  now=grace == 0.0, **({"ts": at} if at is not None else {})))
 
     def _do_stop_now(self) -> None:
         if not self._stop_requested:
@@ -620,10 +623,15 @@ class Engine:
                                             "endpoints": [e["base_url"] for e in
                                                           self.config.endpoint_list()]})
             if self.start_pause is not None:  # paused from its first state: never "running"
+                # (from the session's start; the same object: `is engine.start_pause` says so)
+                self.start_pause = dataclasses.replace(self.start_pause, ts=session_started)
                 self._hold(self.start_pause)
-            self._set_state(RunState.PAUSED if self.paused else RunState.RUNNING)
+            # (a session started paused is paused from its start: every UI's figures say so)
+            self._set_state(RunState.PAUSED if self.paused else RunState.RUNNING,
+                            at=session_started)
             self.bus.emit(ev.RunStarted.of(str(self.store.run_dir), self.config, self.base_url,
-                                           self._committed, self.pool.seed_count, resumed))
+                                           self._committed, self.pool.seed_count, resumed,
+                                           started=session_started))
             if self.paused is not None:
                 self.bus.emit(self.paused)
             if stale:
@@ -688,7 +696,7 @@ class Engine:
                 # Said again at the end: the requests in flight at the stop were paid too.
                 message = self.guard.over_budget() or message
             self.finished = ev.Finished(reason, self._committed, self.config.target, message)
-        self._set_state(reason.state)
+        self.finished = dataclasses.replace(self.finished, ts=self._set_state(reason.state))
         self.store.flush()  # what the end says is in the store before it is said
         self.bus.emit(self.finished)
         self._loop = None
@@ -1463,7 +1471,7 @@ class Engine:
             rnd = self._rounds.get(number)
             if rnd is not None:
                 rnd.stats.accepted += 1
-            self.bus.emit(ev.TaskAccepted(task, self._committed, self.config.target))
+            self.bus.emit(ev.TaskAccepted.of(task, self._committed, self.config.target))
 
     @property
     def accepted(self) -> int:

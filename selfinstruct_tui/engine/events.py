@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Event:
-    ts: float = field(default_factory=time.time, kw_only=True)
+    # When it happened (epoch s): the time the store records for it where it has one (a
+    # task's `created`, an answer's `finished`, a pause's start and end, the session's start,
+    # the state's `ts`), so that every UI derives the same time figures from it (`Rates`)
+    ts: float = field(default_factory=lambda: time.time(), kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,13 @@ class RunStarted(Event):
 
     @classmethod
     def of(cls, run_dir: str, config: RunConfig, endpoint: str, accepted: int, seeds: int,
-           resumed: bool) -> RunStarted:
+           resumed: bool, started: float | None = None) -> RunStarted:
+        """`started`: when the session started (epoch s, the `session` meta's; None: now)."""
         pool = tuple(e["base_url"] for e in config.endpoint_list()) \
             if len(config.endpoints) > 1 else ()
         return cls(run_dir, endpoint, config.models_label, config.api, config.target, accepted,
-                   seeds, resumed, pool, config.batch_command)
+                   seeds, resumed, pool, config.batch_command,
+                   **({"ts": started} if started is not None else {}))
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ class ResponseReceived(Event):
     @classmethod
     def of(cls, p: PromptRecord) -> ResponseReceived:
         return cls(p.id, p.round, p.kind, p.response or "", p.finish_reason, p.latency,
-                   p.prompt_tokens, p.completion_tokens)
+                   p.prompt_tokens, p.completion_tokens,
+                   **({"ts": p.finished} if p.finished is not None else {}))
 
 
 @dataclass(frozen=True)
@@ -112,9 +118,15 @@ def prompt_finished(p: PromptRecord) -> ResponseReceived | PromptFailed:
 
 @dataclass(frozen=True)
 class TaskAccepted(Event):
+    """A task joined the pool (`ts`: its `created`, as the store records it)."""
+
     task: Task
     accepted: int
     target: int
+
+    @classmethod
+    def of(cls, task: Task, accepted: int, target: int) -> TaskAccepted:
+        return cls(task, accepted, target, **({"ts": task.created} if task.created else {}))
 
 
 @dataclass(frozen=True)
@@ -208,6 +220,8 @@ USER_PAUSE = "paused by the user"  # the reason of a pause the user asked for (k
 
 @dataclass(frozen=True)
 class Paused(Event):
+    """The run paused (`ts`: when, the start of the pause the store records)."""
+
     reason: str
     by_errors: bool = False
     needs_restart: bool = False  # the fix is a setting: resuming as it is gets the same
@@ -215,7 +229,7 @@ class Paused(Event):
 
 @dataclass(frozen=True)
 class Resumed(Event):
-    pass
+    """The run resumed (`ts`: when, the end of the pause the store records)."""
 
 
 @dataclass(frozen=True)
@@ -310,6 +324,8 @@ class FinishReason(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Finished(Event):
+    """The session ended (`ts`: when, the end state's `ts` in the store)."""
+
     reason: FinishReason
     accepted: int
     target: int

@@ -13,109 +13,125 @@ WINDOW_SECONDS = 60.0
 
 
 class Rates:
-    """Events in a sliding window of `window` seconds of run time (monotonic clock, paused time
-    left out); rates use the window, or the run time since `started` when that is shorter.
+    """A session's time figures from the engine's records, all in epoch seconds: when the
+    session started, when each task was accepted (`Task.created`), each answer received
+    (`PromptRecord.finished`, with its tokens), and its pauses ((started, ended); ended None:
+    open), as the store records them and the engine's events carry them (`Event.ts`).
 
     The rule, the same in every UI (the engine's own, the headless lines, an attached one):
-    the rates are of this session's last `window` seconds of run time. While the run is
-    paused they hold as they were when it paused; an event that arrives during a pause (an
-    answer in flight) counts as of the pause's start."""
+    the rates are of this session's last `window` seconds of run time (paused time left out),
+    over the window, or over the run time since `started` when that is shorter; while the run
+    is paused they hold as they were when it paused (an answer in flight that arrives during
+    the pause counts as of the pause's start). `run_seconds` is the session's run time.
+    Every figure is a function of these records and of `now` alone: each UI used to stamp an
+    event with its own clock when it saw it (an attached UI a poll and a refresh later, its
+    pause when its follower noticed it) and two UIs on one paused run showed different
+    figures."""
 
     def __init__(self, window: float = WINDOW_SECONDS, started: float | None = None) -> None:
         self.window = window
-        self.started = time.monotonic() if started is None else started
+        self.started: float | None = started  # epoch s; None: no session drives the run
+        self.ended: float | None = None  # epoch s: the session ended (stopped, crashed)
         self._accepted: deque[float] = deque()
         self._tokens: deque[tuple[float, int, int]] = deque()
-        self._paused: float | None = None  # monotonic: when the run paused
+        self._pauses: list[tuple[float, float | None]] = []
 
-    def restart(self) -> None:
-        self.started = time.monotonic()
-        self._paused = None
+    def restart(self, started: float | None = None) -> None:
+        """A session started at `started` (epoch s; None: now): nothing counted yet."""
+        self.started = time.time() if started is None else started
+        self.ended = None
+        self._pauses = []
         self._accepted.clear()
         self._tokens.clear()
 
-    def pause(self) -> None:
-        """The run paused: rates hold as they are until `resume` (they fell on while nothing
-        was sent, and the ETA grew)."""
-        if self._paused is None:
-            self._paused = time.monotonic()
+    def pause(self, at: float | None = None) -> None:
+        """The run paused at `at` (epoch s; None: now; the engine's `Paused.ts`): the rates
+        hold as they are until `resume`. A pause already open stays as it is."""
+        if not self._pauses or self._pauses[-1][1] is not None:
+            self._pauses.append((time.time() if at is None else at, None))
 
-    def resume(self) -> None:
-        """The run resumed: the paused time is left out of the window (every event and the
-        start move on by it), so the rate is of the last minute of running: right after a
-        resume it read 30 tasks/min for a run making 650."""
-        if self._paused is None:
-            return
-        gap = time.monotonic() - self._paused
-        self._paused = None
-        self.started += gap
-        self._accepted = deque(t + gap for t in self._accepted)
-        self._tokens = deque((t + gap, p, c) for t, p, c in self._tokens)
+    def resume(self, at: float | None = None) -> None:
+        """The open pause ended at `at` (epoch s; None: now; the engine's `Resumed.ts`): the
+        paused time is left out of the window (right after a resume the rate read 30 tasks/min
+        for a run making 650, the paused minutes inside its window)."""
+        if self._pauses and self._pauses[-1][1] is None:
+            start = self._pauses[-1][0]
+            self._pauses[-1] = (start, max(start, time.time() if at is None else at))
 
-    def resume_from(self, started_epoch: float, accepted: list[float],
-                    answered: list[tuple[float, int, int]],
-                    pauses: Iterable[tuple[float, float | None]] = (),
-                    now: float | None = None) -> None:
-        """A UI that attached to a running or paused session: its rates as the engine's own UI
-        has them (the class's rule), from what the store recorded, all in epoch seconds: the
-        session's start, what it accepted and answered (with prompt and completion tokens;
-        `window_start` says from when they are needed) and the run's pauses ((started, ended);
-        ended None: still paused, and the rates then hold). Events before `started_epoch` are
-        an earlier session's. Rates counted from the attach alone swung (111 tasks/min against
-        the engine's 36); counted over the epoch minute, they read 3100 tasks/min on attaching
-        to a run resumed paused after a crash (the crashed session's tasks over a second of the
-        new one) and fell while the engine's held."""
+    def end(self, at: float | None = None) -> None:
+        """The session ended at `at` (epoch s; None: now): its run time stops there."""
+        if self.started is not None:
+            self.ended = time.time() if at is None else at
+
+    def load(self, started: float, accepted: Iterable[float],
+             answered: Iterable[tuple[float, int, int]],
+             pauses: Iterable[tuple[float, float | None]] = ()) -> None:
+        """A UI that attached to a running or paused session: the session's records as the
+        store holds them (`RunSnapshot`), all epoch seconds: its start, what it accepted and
+        answered (with prompt and completion tokens; `window_start` says from when they are
+        needed) and the run's pauses ((started, ended); ended None: still paused). Events
+        before `started` are an earlier session's."""
+        self.restart(started)
+        self._pauses = [(max(s, started), e) for s, e in pauses
+                        if e is None or e > started]
+        self._accepted.extend(sorted(t for t in accepted if t >= started))
+        self._tokens.extend(sorted(a for a in answered if a[0] >= started))
+
+    def accepted(self, n: int = 1, at: float | None = None) -> None:
+        """`n` tasks accepted at `at` (epoch s; None: now; `Task.created`)."""
+        self._accepted.extend([time.time() if at is None else at] * n)
+
+    def answered(self, prompt_tokens: int, completion_tokens: int,
+                 at: float | None = None) -> None:
+        """An answer received at `at` (epoch s; None: now; `PromptRecord.finished`)."""
+        self._tokens.append((time.time() if at is None else at, prompt_tokens,
+                             completion_tokens))
+
+    def run_seconds(self, now: float | None = None) -> float:
+        """The session's run time at `now` (epoch s; None: the clock) in seconds: from its
+        start to `now` (or its end), its pauses left out; 0.0 without a session."""
+        if self.started is None:
+            return 0.0
         now = time.time() if now is None else now
-        mono = time.monotonic()
-        pauses = _session_pauses(started_epoch, pauses, now)
-        open_pause = next((start for start, end in pauses if end is None), None)
-        # monotonic seconds of `now` in this object's clock (the pause's start, when paused:
-        # `_now`); an event's is that less the run time from it to now
-        anchor = mono - (now - open_pause) if open_pause is not None else mono
-        run_now = active_seconds_of([(started_epoch, now)], pauses, now)
+        if self.ended is not None:
+            now = min(now, self.ended)
+        return max(0.0, active_seconds_of([(self.started, now)], self._pauses, now))
 
-        def at(t: float) -> float:
-            return anchor - (run_now - active_seconds_of([(started_epoch, min(t, now))],
-                                                         pauses, now))
-
-        self.restart()
-        self.started = anchor - run_now
-        self._paused = anchor if open_pause is not None else None
-        self._accepted.extend(sorted(at(t) for t in accepted if t >= started_epoch))
-        self._tokens.extend(sorted((at(t), p, c) for t, p, c in answered if t >= started_epoch))
-
-    def _now(self) -> float:
-        return time.monotonic() if self._paused is None else self._paused
-
-    def accepted(self, n: int = 1) -> None:
-        now = self._now()
-        self._accepted.extend([now] * n)
-
-    def answered(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self._tokens.append((self._now(), prompt_tokens, completion_tokens))
-
-    def _span(self, now: float) -> float:
-        while self._accepted and now - self._accepted[0] > self.window:
+    def _window(self, now: float | None) -> tuple[float, float]:
+        """(epoch s from which events count, the seconds they are counted over) at `now`."""
+        now = time.time() if now is None else now
+        if self.started is None:
+            return now, 1e-9
+        if self.ended is not None:
+            now = min(now, self.ended)
+        since = window_start(self.started, self._pauses, now, self.window)
+        while self._accepted and self._accepted[0] < since:
             self._accepted.popleft()
-        while self._tokens and now - self._tokens[0][0] > self.window:
+        while self._tokens and self._tokens[0][0] < since:
             self._tokens.popleft()
-        return max(1e-9, min(self.window, now - self.started))
+        return since, max(1e-9, min(self.window, self.run_seconds(now)))
 
-    def tasks_per_minute(self) -> float:
-        now = self._now()
-        return len(self._accepted) / self._span(now) * 60
+    def tasks_per_minute(self, now: float | None = None) -> float:
+        """Accepted tasks per minute at `now` (epoch s; None: the clock; never earlier than
+        an earlier call's: what fell out of the window is let go)."""
+        since, span = self._window(now)
+        return sum(1 for t in self._accepted if t >= since) / span * 60
 
-    def tokens_per_second(self) -> tuple[float, float]:
-        """(prompt, completion) tokens per second."""
-        now = self._now()
-        span = self._span(now)
-        return (sum(p for _, p, _ in self._tokens) / span,
-                sum(c for _, _, c in self._tokens) / span)
+    def tokens_per_second(self, now: float | None = None) -> tuple[float, float]:
+        """(prompt, completion) tokens per second at `now` (epoch s; None: the clock)."""
+        since, span = self._window(now)
+        prompt = completion = 0
+        for t, p, c in self._tokens:
+            if t >= since:
+                prompt += p
+                completion += c
+        return prompt / span, completion / span
 
-    def text(self, with_prompt: bool) -> str:
+    def text(self, with_prompt: bool, now: float | None = None) -> str:
         """e.g. "9.1 tasks/min, output 38 tok/s, prompt 210 tok/s" (prompt: embedded model)."""
-        prompt, completion = self.tokens_per_second()
-        return (f"{self.tasks_per_minute():.1f} tasks/min, output {completion:.0f} tok/s"
+        now = time.time() if now is None else now
+        prompt, completion = self.tokens_per_second(now)
+        return (f"{self.tasks_per_minute(now):.1f} tasks/min, output {completion:.0f} tok/s"
                 + (f", prompt {prompt:.0f} tok/s" if with_prompt else ""))
 
 

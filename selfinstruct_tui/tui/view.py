@@ -2,9 +2,10 @@
 
 The app loads a `RunSnapshot` (control.read_snapshot) and then applies events, whether they come
 from the in-process engine or from a `StoreFollower`; the panes render from this view. Each
-section marks itself dirty so the app redraws only what changed. Times: `started` is monotonic
-seconds, `elapsed_before` seconds. The elapsed time is run time: it counts while the run is
-running or stopping (CLOCK_STATES), never while it is paused, starting or ended.
+section marks itself dirty so the app redraws only what changed. Times: the elapsed time is run
+time, `elapsed_before` (the sessions before this one) and this session's from `Rates` (its start
+to now or its end, pauses left out), from the times the engine recorded (epoch seconds, the
+events' `ts`), never from when a UI saw an event: every UI shows the same figures.
 """
 
 from __future__ import annotations
@@ -245,10 +246,6 @@ def _si(n: int) -> str:
     return str(n)
 
 
-# The states in which the elapsed-time clock counts (paused time is not run time)
-CLOCK_STATES = frozenset({RunState.RUNNING, RunState.STOPPING})
-
-
 @dataclass
 class StatusView:
     """The status line: run, endpoint and model (never the key), state, pool/target, speed,
@@ -268,23 +265,25 @@ class StatusView:
     cost: float = 0.0
     errors: int = 0
     retry_causes: Counter[str] = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)  # the clock's last start
-    elapsed_before: float = 0.0  # run time up to `started` (or all of it, the clock stopped)
-    rates: Rates = field(default_factory=Rates)  # the last minute: tasks/min, tokens/s
+    elapsed_before: float = 0.0  # run time (s) of the sessions before this one (`rates`')
+    # this session's start, pauses and end, the last minute: tasks/min, tokens/s, run time
+    rates: Rates = field(default_factory=Rates)
     priced: bool = True  # prices are set: the cost is shown
 
-    def line(self, width: int = 0) -> Text:
+    def line(self, width: int = 0, now: float | None = None) -> Text:
         """The status line; with `width` (columns), parts give way until it fits, in the order
         of `GIVE_WAY`: first shortened (the endpoint, the run's name, the counts' words), then
         left out, least important first. The run's name (or directory), the model and the
         state always stay: at 80 columns they, the errors, the retries and the pool remain.
         A name cut around an ellipsis (the run's, the model's) is cut only as far as the line
         needs: the room the line leaves goes back to it (the steps' 16 and 10 characters are
-        the least it keeps, not what it gets)."""
+        the least it keeps, not what it gets). `now`: epoch seconds the time figures are of
+        (None: the clock)."""
         live = self.state in (RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
-        elapsed = self.elapsed()
-        per_min = self.rates.tasks_per_minute()
-        prompt_tps, output_tps = self.rates.tokens_per_second()
+        now = time.time() if now is None else now
+        elapsed = self.elapsed(now)
+        per_min = self.rates.tasks_per_minute(now)
+        prompt_tps, output_tps = self.rates.tokens_per_second(now)
         remaining = max(0, self.target - self.accepted)
         eta = fmt_duration(remaining / per_min * 60) if per_min > 0 and remaining and live \
             else "-"  # (a stopped run has no ETA: it kept the last one)
@@ -372,10 +371,10 @@ class StatusView:
             out.append(text, style=style)
         return out
 
-    def elapsed(self) -> float:
-        """The run's time so far in seconds: its running time, pauses left out."""
-        counting = self.state in CLOCK_STATES
-        return self.elapsed_before + (time.monotonic() - self.started if counting else 0.0)
+    def elapsed(self, now: float | None = None) -> float:
+        """The run's time at `now` (epoch s; None: the clock) in seconds: the earlier sessions'
+        and this one's running time, pauses left out."""
+        return self.elapsed_before + self.rates.run_seconds(now)
 
 
 SCORE_BINS = 20  # of the max ROUGE-L histogram over [0, 1]
@@ -406,7 +405,6 @@ class RunView:
         self.lost_pid: int | None = None
         # a crash seen while the clock ran: when it stopped (epoch s) and what it had counted
         # since it last started (s), until `Crashed.last_activity` sets it back
-        self._crash_clock: tuple[float, float] | None = None
         self.rows: dict[int, Row] = {}
         self.seed_count = 0
         # pool changes not yet shown by the table: rows to add (or replace) and ids to remove
@@ -466,10 +464,21 @@ class RunView:
         self.seed_count = len(rows) - machine_count
         machine = 0
         finished = []
-        status.elapsed_before += active_seconds(
-            snap.rounds, time.time() if snap.state in LIVE_STATES else snap.crash_end,
-            snap.pauses)
-        status.started = time.monotonic()  # (the clock goes on from now if the run runs)
+        started = snap.session.get("started")
+        if snap.state in LIVE_STATES and isinstance(started, (int, float)):
+            # The sessions before this one (their rounds, as the engine's own UI loaded them
+            # before it started), then this session's time from its start (`Rates`): counted
+            # from the rounds up to the attach and by a clock after it, an attached UI left out
+            # the time between rounds before it attached and counted it after
+            status.elapsed_before += active_seconds_of(
+                ((r.started, min(started, r.finished if r.finished is not None else
+                                 snap.crash_end if snap.crash_end is not None else started))
+                 for r in snap.rounds if r.started < started), snap.pauses, started)
+            status.rates.load(started, snap.recent_accepted, snap.recent_answers, snap.pauses)
+        else:  # nothing drives the run: its rounds' time (a crashed one's to its last work)
+            status.elapsed_before += active_seconds(
+                snap.rounds, time.time() if snap.state in LIVE_STATES else snap.crash_end,
+                snap.pauses)
         for r in snap.rounds:
             if r.status != "running":  # a running round shows when it finishes, as live
                 machine = r.pool_after if r.pool_after is not None else machine + r.accepted
@@ -484,10 +493,6 @@ class RunView:
         status.tokens = 0
         status.cost = 0.0
         self._count_tokens(*snap.tokens)
-        started = snap.session.get("started")
-        if snap.state in LIVE_STATES and isinstance(started, (int, float)):
-            status.rates.resume_from(started, snap.recent_accepted, snap.recent_answers,
-                                     snap.pauses)
         status.retry_causes.update(snap.retries)
         status.errors = snap.errors
         self.rejection_counts.update(snap.rejection_counts)
@@ -537,7 +542,7 @@ class RunView:
         self.rows[row.id] = row
         self.rows_added.append(row)
         self.status.accepted = e.accepted
-        self.status.rates.accepted()
+        self.status.rates.accepted(at=e.ts)
         self.score_hist.add(e.task.max_score)
         self.length_hist.add(len(e.task.instruction.split()))
         self.dirty |= {"pool", "stats", "status"}
@@ -583,7 +588,7 @@ class RunView:
 
     def _on_ResponseReceived(self, e: ev.ResponseReceived) -> None:
         self._count_tokens(e.prompt_tokens, e.completion_tokens)
-        self.status.rates.answered(e.prompt_tokens, e.completion_tokens)
+        self.status.rates.answered(e.prompt_tokens, e.completion_tokens, at=e.ts)
         self.in_flight.pop(e.prompt_id, None)
         sent = self._sent_generate.pop(e.prompt_id, None)
         if sent is not None:
@@ -640,7 +645,7 @@ class RunView:
         self._set_state(RunState.PAUSED)
         self.pause = e
         self.status.reason = "errors" if e.by_errors else "by you"
-        self.status.rates.pause()  # tasks/min and the ETA hold while nothing is sent
+        self.status.rates.pause(e.ts)  # the rates, the ETA and the time hold while paused
         if e.by_errors:
             self.notices.append((f"{e.reason}\n{pause_advice(e.needs_restart)}", "Run paused",
                                  "error"))
@@ -649,28 +654,24 @@ class RunView:
         self._set_state(RunState.RUNNING)
         self.status.reason = ""
         self.pause = None
-        self.status.rates.resume()
+        self.status.rates.resume(e.ts)
 
     def _on_Crashed(self, e: ev.Crashed) -> None:
         """The engine process is gone (an attached UI's follower found it): the clock and the
         rates stop, and the note says how to resume. Said once, however many times found.
-        The clock goes back to the process's last recorded activity (`e.last_activity`), where
-        the run's time of a crashed session ends (`RunStore.recover_interrupted`): a UI that
-        saw the crash showed the seconds until it noticed, one attached later did not."""
-        status = self.status
+        The session's time ends at the process's last recorded activity (`e.last_activity`;
+        None: when found), where the run's time of a crashed session ends
+        (`RunStore.recover_interrupted`): a UI that saw the crash showed the seconds until it
+        noticed, one attached later did not."""
         if self.state != RunState.CRASHED:
             self.lost_pid = e.pid
             self.pause = None
-            # (epoch s when the clock stopped, seconds it had counted since it last started)
-            self._crash_clock = (time.time(), time.monotonic() - status.started) \
-                if status.state in CLOCK_STATES else None
             self._set_state(RunState.CRASHED)
             self.dirty.add("prompts")  # what was in flight is now "unfinished at the crash"
             self.notices.append((self.crash_text(), "Run crashed", "error"))
-        if e.last_activity is not None and self._crash_clock is not None:
-            stopped, counted = self._crash_clock
-            status.elapsed_before -= min(counted, max(0.0, stopped - e.last_activity))
-            self._crash_clock = None
+            self.status.rates.end(e.ts)
+        if e.last_activity is not None:
+            self.status.rates.end(e.last_activity)
 
     def crash_text(self) -> str:
         pid = f" (pid {self.lost_pid})" if self.lost_pid else ""
@@ -698,8 +699,9 @@ class RunView:
         self.status.reason = ""
         self.pause = self.ended = None
         self.lost_pid = None
-        self._crash_clock = None
-        self.status.rates.restart()
+        status = self.status
+        status.elapsed_before += status.rates.run_seconds(e.ts)  # (a session before this one)
+        status.rates.restart(e.ts)
         self.status.target = e.target
         self.status.command = e.command
         if e.command:
@@ -715,12 +717,15 @@ class RunView:
 
     def _on_Stopping(self, e: ev.Stopping) -> None:
         self._set_state(RunState.STOPPING)
+        self.status.rates.resume(e.ts)  # (a stop while paused: the stopping time counts)
 
     def _on_Finished(self, e: ev.Finished) -> None:
         reason = ev.FinishReason(e.reason)
         self.in_flight.clear()  # the engine has stopped: nothing is in flight any more
         self.dirty.add("prompts")
         self._set_state(reason.state)
+        self.status.rates.resume(e.ts)  # (the store closes a pause at the end)
+        self.status.rates.end(e.ts)
         self.ended = e
         severity = "error" if reason in (ev.FinishReason.ERROR, ev.FinishReason.FAILING) \
             else "information"
@@ -740,16 +745,8 @@ class RunView:
         return with_command(" ".join(said.split()) if one_line else said, self.resume_command)
 
     def _set_state(self, state: str) -> None:
-        """The run's state; the elapsed-time clock stops on leaving CLOCK_STATES (a pause, an
-        end, a crash) and starts again on entering them."""
-        status = self.status
-        counting, now = status.state in CLOCK_STATES, time.monotonic()
-        if counting and state not in CLOCK_STATES:
-            status.elapsed_before += now - status.started
-        elif not counting and state in CLOCK_STATES:
-            status.started = now
         self.state = state
-        status.state = state
+        self.status.state = state
         self.dirty.add("status")
 
     # -- quality review ---------------------------------------------------------------------------
