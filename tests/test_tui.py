@@ -391,6 +391,24 @@ async def export_in_dialog(pilot, app, fmt: str, path: str, reviewed: bool = Fal
     return f"{line.id.removesuffix('-error')}: {line.render()}"
 
 
+def test_a_path_from_the_home_folder_is_written_there(tmp_path, isolated_env, monkeypatch):
+    """"~/data.jsonl" in the dialog was a folder "~" that does not exist, refused; as in a shell,
+    it is the home folder's."""
+    deterministic_run(tmp_path / "run")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+
+    async def go():
+        app = create_app(tmp_path / "run", refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            said = await export_in_dialog(pilot, app, "alpaca", "~/data.json")
+            assert f"to {home / 'data.json'}" in said, said
+
+    run(go())
+    assert len(json.loads((home / "data.json").read_text())) == sum(1 + n % 3 for n in range(40))
+
+
 def test_export_dialog_refuses_stdout_names_the_path_and_marks_its_box(tmp_path, isolated_env):
     """The export dialog with "-" as its path wrote the data to the TUI's captured stdout
     (nowhere) and said "Exported 40 tasks ... to -"; it now writes nothing and says why. A

@@ -12,6 +12,7 @@ directly (`OfflineControl`): the app itself never writes the store.
 from __future__ import annotations
 
 import gc
+import os
 import queue
 import threading
 import time
@@ -730,8 +731,10 @@ class SelfInstructApp(App[int]):
         self.call_from_thread(self._export_failed, dialog, error, setting)
 
     def _write_export(self, choice: ExportChoice) -> Exported:
-        """export_run with the dialog's words; ExportRefused naming the setting at fault."""
-        fmt, path = choice.fmt, choice.path
+        """export_run with the dialog's words; ExportRefused naming the setting at fault. A
+        path starting with "~" is in the home folder, as a shell would have it (the dialog
+        made a "~" folder's path of it, refused as a folder that does not exist)."""
+        fmt, path = choice.fmt, os.path.expanduser(choice.path)
         if path == "-":  # (export_run's stdout: under the TUI it went nowhere, said "Exported")
             raise ExportRefused(with_command(
                 "'-' is standard output, which this screen holds; name a file. To write to "
