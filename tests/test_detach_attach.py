@@ -491,16 +491,8 @@ def test_every_ui_shows_no_rate_for_a_killed_run(run_cli, tmp_path, isolated_env
                     seen["before"] = rates_shown(app)
                     await pilot.press("q")
 
-            async def after():
-                app = create_app(run_dir, attach=True, refresh=0.1)
-                async with app.run_test(size=(160, 40)) as pilot:
-                    await until(pilot, lambda: app.state == "crashed")
-                    await pilot.pause(0.3)
-                    seen["after"] = rates_shown(app)
-                    await pilot.press("q")
-
             run(before())
-            run(after())
+            seen["after"] = looked_at_attached(run_dir, "crashed", rates_shown)
             assert seen["before"] == seen["after"] == ["- tasks/min", "output - tok/s"], seen
         finally:
             kill_quietly(pid)
@@ -752,6 +744,23 @@ async def kill_watched(pilot, app, pid: int, ready=lambda: True) -> None:
     await until(pilot, lambda: app.state == "crashed", timeout=20)
 
 
+def looked_at_attached(run_dir: Path, state: str, read):
+    """`read(app)` of a UI attached to `run_dir` once it shows the run `state` and has settled
+    (the UI then quits)."""
+    seen = []
+
+    async def go():
+        app = create_app(run_dir, attach=True, refresh=0.1)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await until(pilot, lambda: app.state == state)
+            await pilot.pause(0.3)
+            seen.append(read(app))
+            await pilot.press("q")
+
+    run(go())
+    return seen[0]
+
+
 def rates_shown(app) -> list[str]:
     """The status line's rates: tasks per minute and output tokens per second, as shown."""
     from selfinstruct_tui.tui.widgets.panes import StatusLine
@@ -1000,19 +1009,11 @@ def test_every_ui_shows_the_engines_time_figures_paused_resumed_and_attached_aga
                     seen["paused again"] = time_figures(app)
                     await pilot.press("q")
 
-            async def later():
-                app = create_app(run_dir, attach=True, refresh=0.1)
-                async with app.run_test(size=(160, 40)) as pilot:
-                    await until(pilot, lambda: app.state == "paused")
-                    await pilot.pause(0.3)
-                    seen["later"] = time_figures(app)
-                    await pilot.press("q")
-
             run(pausing())
             first = engine_rule(run_dir)
             run(resuming())
             second = engine_rule(run_dir)
-            run(later())
+            seen["later"] = looked_at_attached(run_dir, "paused", time_figures)
         finally:
             kill_quietly(pid)
     assert seen["pausing"] == seen["attached paused"], seen
