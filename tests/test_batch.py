@@ -554,17 +554,24 @@ def test_an_attached_ui_sees_pending_batch_jobs(tmp_path):
     store.close()
 
 
-def test_requests_an_expired_batch_did_not_answer_fail_with_its_status(tmp_path):
-    run_dir = tmp_path / "run"
+def first_generation_job(run_dir: Path, **server_settings):
+    """The first generation batch job of a batch run (4 prompts a round) against a server
+    configured with `server_settings`, once it has settled: (the run's connection, its row)."""
     with FakeOpenAI(batch_polls=1) as server:
-        server.configure(batch_end_status="expired")
+        server.configure(**server_settings)
         with running(*new_run(run_dir, server.base_url, target=5, prompts_per_round=4,
                               batch=True, batch_poll_seconds=0.02)):
             wait_for(lambda: db(run_dir).execute(
                 "SELECT COUNT(*) FROM batches WHERE kind = 'generate' AND state = 'settled'"
             ).fetchone()[0] >= 1)
     conn = db(run_dir)
-    job = conn.execute("SELECT * FROM batches WHERE kind = 'generate' ORDER BY id").fetchone()
+    return conn, conn.execute(
+        "SELECT * FROM batches WHERE kind = 'generate' ORDER BY id").fetchone()
+
+
+def test_requests_an_expired_batch_did_not_answer_fail_with_its_status(tmp_path):
+    run_dir = tmp_path / "run"
+    conn, job = first_generation_job(run_dir, batch_end_status="expired")
     assert job["status"] == "expired" and job["completed"] == 2
     prompts = conn.execute(
         f"SELECT response, error FROM prompts WHERE id IN "
@@ -580,15 +587,7 @@ def test_what_is_wrong_with_a_downloaded_output_file_is_said_and_the_rest_used(t
     then sent again, paid twice, with nothing to say why). Every good line is used and the
     job's message names the file and each problem's lines."""
     run_dir = tmp_path / "run"
-    with FakeOpenAI(batch_polls=1) as server:
-        server.configure(batch_output_spoil=True)
-        with running(*new_run(run_dir, server.base_url, target=5, prompts_per_round=4,
-                              batch=True, batch_poll_seconds=0.02)):
-            wait_for(lambda: db(run_dir).execute(
-                "SELECT COUNT(*) FROM batches WHERE kind = 'generate' AND state = 'settled'"
-            ).fetchone()[0] >= 1)
-    conn = db(run_dir)
-    job = conn.execute("SELECT * FROM batches WHERE kind = 'generate' ORDER BY id").fetchone()
+    conn, job = first_generation_job(run_dir, batch_output_spoil=True)
     out = job["output_path"]
     assert f"{out}: 2 line(s) not JSON (line 1, 8)" in job["message"], job["message"]
     assert "1 line(s) for no request of this job: nobody-1 (line 6)" in job["message"]
