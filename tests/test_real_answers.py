@@ -643,34 +643,24 @@ def test_titled_and_fenced_chat_lists_through_the_engine(tmp_path):
     assert_accounted(run_dir)
 
 
-def test_an_answer_without_usable_instances_rejects_the_task_with_the_layout(tmp_path):
+@pytest.mark.parametrize("answer, detail", [
+    ("Here is a lovely poem about the sea.", "expected 'Input: ...' then 'Output: ...'"),
+    # JSON holding no examples was said as text "without 'Input:'/'Output:' labels"
+    ('{"task": "trip", "notes": {"days": 2}}', "a JSON object (keys 'task', 'notes') with no "
+     "examples; expected a list of objects with 'input' and 'output'"),
+])
+def test_an_answer_without_usable_instances_rejects_the_task_with_the_layout(tmp_path, answer,
+                                                                             detail):
     with FakeOpenAI(script={"generate": [f" {NEW[0]}", f" {NEW[1]}"], "classify": [" No"],
-                            "instances": ["Here is a lovely poem about the sea.",
-                                          "Input: x\nOutput: y"]},
+                            "instances": [answer, "Input: x\nOutput: y"]},
                     repeat_last=False) as server:
         run_dir, finished, _ = run_engine(tmp_path, server, 1)
     [rejected] = rejections(run_dir)
     assert rejected["reason"] == "no_valid_instances"
     assert "unparseable 1" in rejected["detail"]
     [dropped] = rejections(run_dir, "instance")
-    assert "expected 'Input: ...' then 'Output: ...'" in dropped["detail"]
+    assert detail in dropped["detail"]
     assert [t["instruction"] for t in machine(run_dir)] == [NEW[1]]
-    assert_accounted(run_dir)
-
-
-def test_a_json_answer_in_no_known_shape_is_named_as_json(tmp_path):
-    """A JSON object holding no examples was rejected as text "without 'Input:'/'Output:'
-    labels": the detail now says what the JSON was and the shape expected."""
-    with FakeOpenAI(script={"generate": [f" {NEW[0]}", f" {NEW[1]}"], "classify": [" No"],
-                            "instances": ['{"task": "trip", "notes": {"days": 2}}',
-                                          "Input: x\nOutput: y"]},
-                    repeat_last=False) as server:
-        run_dir, _, _ = run_engine(tmp_path, server, 1)
-    [rejected] = rejections(run_dir)
-    assert rejected["reason"] == "no_valid_instances"
-    [dropped] = rejections(run_dir, "instance")
-    assert dropped["detail"] == ("a JSON object (keys 'task', 'notes') with no examples; "
-                                 "expected a list of objects with 'input' and 'output'")
     assert_accounted(run_dir)
 
 

@@ -32,55 +32,60 @@ def shown(app, region: Region) -> list[str]:
     return [line[region.x:region.x + region.width] for line in lines]
 
 
-@pytest.mark.parametrize("size", [(80, 24), (100, 30), (60, 20)], ids=["80x24", "100x30", "60x20"])
-def test_the_rounds_table_shows_the_accepted_count(tmp_path, isolated_env, size):
-    """At 80x24 the statistics pane ended after "cand.  a"; at 100x30 the chart left the
-    rounds table its header only."""
+def on_the_finished_run(tmp_path, size: tuple[int, int], check) -> None:
+    """`check(app)` of the TUI on the snapshots' deterministic run at `size`, once drawn."""
     deterministic_run(tmp_path / "run")
     app = create_app(tmp_path / "run", refresh=0.1)
 
     async def go():
         async with app.run_test(size=size) as pilot:
             await pilot.pause(0.3)
-            rounds = app.query_one("#rounds", DataTable)
-            lines = shown(app, rounds.region)
-            assert "acc." in lines[0], lines
-            start = lines[0].index("acc.")
-            assert lines[1].split()[0] == "4"  # the newest round under the header
-            assert lines[1][start:start + 4].strip() == "10", lines  # its accepted count
+            check(app)
 
     run(go())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (60, 20)], ids=["80x24", "100x30", "60x20"])
+def test_the_rounds_table_shows_the_accepted_count(tmp_path, isolated_env, size):
+    """At 80x24 the statistics pane ended after "cand.  a"; at 100x30 the chart left the
+    rounds table its header only."""
+
+    def check(app) -> None:
+        rounds = app.query_one("#rounds", DataTable)
+        lines = shown(app, rounds.region)
+        assert "acc." in lines[0], lines
+        start = lines[0].index("acc.")
+        assert lines[1].split()[0] == "4"  # the newest round under the header
+        assert lines[1][start:start + 4].strip() == "10", lines  # its accepted count
+
+    on_the_finished_run(tmp_path, size, check)
 
 
 @pytest.mark.parametrize("size", [(120, 40), (80, 24), (60, 20)], ids=["120x40", "80x24", "60x20"])
 def test_rejection_counters_wrap_between_labels_never_inside_one(tmp_path, isolated_env, size):
     """At 80x24 the counters read "blacklisted word: 4  near" / "duplicate: 4  too short:" /
     "4"; each line now holds whole counters."""
-    deterministic_run(tmp_path / "run")
-    app = create_app(tmp_path / "run", refresh=0.1)
 
-    async def go():
-        async with app.run_test(size=size) as pilot:
-            await pilot.pause(0.3)
-            reasons = app.query_one("#reasons")
-            labels = app.view.counts_labels()
-            assert labels == ["blacklisted word: 4", "near duplicate: 4", "too short: 4"]
-            lines = [line.strip() for line in shown(app, reasons.region)]
-            assert lines and all(lines), lines
-            pieces = [piece for line in lines for piece in line.split("  ")]
-            worded = {form for label in labels for form in label.forms}
-            for piece in pieces:  # whole, in one of its wordings: never cut ("blacklis…: 4")
-                assert piece in worded and "…" not in piece, lines
-            assert len(pieces) == len(labels)
-            # the log's reasons whole: short names in a narrow pane ("blacklisted " left a
-            # 13-column pane "blacklisted" and nothing of the candidate)
-            log = app.query_one("#rejections")
-            logged = [line.strip() for line in shown(app, log.region)
-                      if re.search("[a-z]", line)]  # (not a scroll bar's row)
-            assert logged and all(re.split(r"\s{2,}", line)[0] in REASON_WORDS
-                                  for line in logged), logged
+    def check(app) -> None:
+        reasons = app.query_one("#reasons")
+        labels = app.view.counts_labels()
+        assert labels == ["blacklisted word: 4", "near duplicate: 4", "too short: 4"]
+        lines = [line.strip() for line in shown(app, reasons.region)]
+        assert lines and all(lines), lines
+        pieces = [piece for line in lines for piece in line.split("  ")]
+        worded = {form for label in labels for form in label.forms}
+        for piece in pieces:  # whole, in one of its wordings: never cut ("blacklis…: 4")
+            assert piece in worded and "…" not in piece, lines
+        assert len(pieces) == len(labels)
+        # the log's reasons whole: short names in a narrow pane ("blacklisted " left a
+        # 13-column pane "blacklisted" and nothing of the candidate)
+        log = app.query_one("#rejections")
+        logged = [line.strip() for line in shown(app, log.region)
+                  if re.search("[a-z]", line)]  # (not a scroll bar's row)
+        assert logged and all(re.split(r"\s{2,}", line)[0] in REASON_WORDS
+                              for line in logged), logged
 
-    run(go())
+    on_the_finished_run(tmp_path, size, check)
 
 
 async def _inspector(pilot) -> None:
@@ -205,28 +210,24 @@ def test_narrow_panes_word_labels_shorter_never_cut_mid_word(tmp_path, isolated_
     """At 100x30 the rounds table's rejected cell read "3 (blacklisted", and the pool's info
     line ended "keys: enter…" at 60 columns: a cell the pane cannot show whole names its reason
     short ("3 (blacklist+)") or leaves it out ("3"), and the info line leaves out whole parts."""
-    deterministic_run(tmp_path / "run")
-    app = create_app(tmp_path / "run", refresh=0.1)
 
-    async def go():
-        async with app.run_test(size=size) as pilot:
-            await pilot.pause(0.3)
-            rounds = app.query_one("#rounds", DataTable)
-            lines = shown(app, rounds.region)
-            start = lines[0].find("reject")  # (its header cut at 100x30)
-            assert (start >= 0) == (size[0] >= 100), lines  # (60, 80: the pane ends before)
-            if start >= 0:
-                cell = lines[1][start:].strip(" ▁▂▃▄▅▆▇█")  # (a scroll bar)
-                assert re.fullmatch(r"\d+( \((near dup|blacklist|too short)\+?\))?", cell), lines
-            info = app.query_one("#pool-info")
-            text = shown(app, info.region)[0].strip()
-            assert "…" not in text, text
-            parts = text.split(" · ")
-            whole = [parts[0], "following newest", "by id ↓", "v reverse", "f follow on/off"]
-            assert re.fullmatch(r"\d+/\d+ tasks", parts[0]), text
-            assert parts == whole[:len(parts)], parts
+    def check(app) -> None:
+        rounds = app.query_one("#rounds", DataTable)
+        lines = shown(app, rounds.region)
+        start = lines[0].find("reject")  # (its header cut at 100x30)
+        assert (start >= 0) == (size[0] >= 100), lines  # (60, 80: the pane ends before)
+        if start >= 0:
+            cell = lines[1][start:].strip(" ▁▂▃▄▅▆▇█")  # (a scroll bar)
+            assert re.fullmatch(r"\d+( \((near dup|blacklist|too short)\+?\))?", cell), lines
+        info = app.query_one("#pool-info")
+        text = shown(app, info.region)[0].strip()
+        assert "…" not in text, text
+        parts = text.split(" · ")
+        whole = [parts[0], "following newest", "by id ↓", "v reverse", "f follow on/off"]
+        assert re.fullmatch(r"\d+/\d+ tasks", parts[0]), text
+        assert parts == whole[:len(parts)], parts
 
-    run(go())
+    on_the_finished_run(tmp_path, size, check)
 
 
 def test_pack_labels_wraps_between_labels_and_cuts_one_too_wide_before_its_count():
@@ -323,28 +324,24 @@ def test_under_80_columns_the_live_panes_share_a_column_their_titles_whole(
     each ("Curren…", "Rejecti…", "blacklis…"): under 80 columns they stack in one column beside
     the statistics, their titles, the state line and every counter whole; from 80 they stay side
     by side."""
-    deterministic_run(tmp_path / "run")
-    app = create_app(tmp_path / "run", refresh=0.1)
 
-    async def go():
-        async with app.run_test(size=size) as pilot:
-            await pilot.pause(0.3)
-            prompts = app.query_one("#prompts").region
-            rejections = app.query_one("#rejections-pane").region
-            stats = app.query_one("#stats").region
-            stacked = size[0] < 80
-            assert (prompts.x == rejections.x and rejections.y > prompts.y) is stacked
-            assert stats.x > max(prompts.x, rejections.x)
-            screen = "\n".join(screen_lines(app))
-            for title in ("Current prompts", "Rejections", "Round statistics"):
-                assert title in screen, screen
-            assert "open: none" in "\n".join(shown(app, prompts)), screen
-            counters = "\n".join(shown(app, app.query_one("#reasons").region))
-            for label in app.view.counts_labels():
-                assert label in counters, counters  # in full: the pane is wide enough
-            if stacked:  # and a line of the log under them
-                log = [line for line in shown(app, app.query_one("#rejections").region)
-                       if re.search("[a-z]", line)]
-                assert log, screen
+    def check(app) -> None:
+        prompts = app.query_one("#prompts").region
+        rejections = app.query_one("#rejections-pane").region
+        stats = app.query_one("#stats").region
+        stacked = size[0] < 80
+        assert (prompts.x == rejections.x and rejections.y > prompts.y) is stacked
+        assert stats.x > max(prompts.x, rejections.x)
+        screen = "\n".join(screen_lines(app))
+        for title in ("Current prompts", "Rejections", "Round statistics"):
+            assert title in screen, screen
+        assert "open: none" in "\n".join(shown(app, prompts)), screen
+        counters = "\n".join(shown(app, app.query_one("#reasons").region))
+        for label in app.view.counts_labels():
+            assert label in counters, counters  # in full: the pane is wide enough
+        if stacked:  # and a line of the log under them
+            log = [line for line in shown(app, app.query_one("#rejections").region)
+                   if re.search("[a-z]", line)]
+            assert log, screen
 
-    run(go())
+    on_the_finished_run(tmp_path, size, check)
