@@ -673,6 +673,18 @@ def test_a_command_still_running_from_a_killed_session_is_waited_for_not_run_twi
     store.close()
 
 
+def submitted_jobs(run_dir: Path) -> int:
+    """The batch jobs of a run another process is writing that have a batch id (0 until its
+    store has its tables: the file exists before them)."""
+    if not (run_dir / "run.sqlite").exists():
+        return 0
+    try:
+        return db(run_dir).execute(
+            "SELECT COUNT(*) FROM batches WHERE batch_id IS NOT NULL").fetchone()[0]
+    except sqlite3.OperationalError:  # no such table yet
+        return 0
+
+
 def test_a_command_that_outlives_a_killed_session_and_writes_a_spoiled_file_is_not_run_again(
         isolated_env, tmp_path):
     """kill -9 of the run while its --batch-command ran; the command then exited 0 with an
@@ -694,8 +706,7 @@ def test_a_command_that_outlives_a_killed_session_and_writes_a_spoiled_file_is_n
                        "--prompts-per-round", "4")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: (run_dir / "run.sqlite").exists() and db(run_dir).execute(
-            "SELECT COUNT(*) FROM batches WHERE batch_id IS NOT NULL").fetchone()[0] == 1)
+        wait_for(lambda: submitted_jobs(run_dir) == 1)
     finally:
         proc.kill()
         proc.wait(timeout=10)
