@@ -518,13 +518,14 @@ def state_events(old: dict[str, Any], new: dict[str, Any], snapshot_config: RunC
     ts = float(at) if isinstance(at, (int, float)) else time.time()
     begun = session.get("started")
     if pauses and after == RunState.PAUSED and pauses[-1][1] is None:
-        # (a pause an earlier process ended in goes on into a session started paused)
-        ts = max(pauses[-1][0], begun if isinstance(begun, (int, float)) and new_session
-                 else pauses[-1][0])
+        ts = pauses[-1][0]
+        if new_session and isinstance(begun, (int, float)):
+            # (a pause an earlier process ended in goes on into a session started paused)
+            ts = max(ts, begun)
     elif pauses and before == RunState.PAUSED and \
             after in (RunState.RUNNING, RunState.STOPPING) and \
             pauses[-1][1] is not None:  # (resumed, or stopping, while paused)
-        ts = pauses[-1][1] or ts
+        ts = pauses[-1][1]
     # A new pid in a live state is a new session: it started (as the engine emits it, also
     # when it starts paused: the rates and the clock start again, then hold)
     started: list[ev.Event] = [] if snapshot_config is None else [ev.RunStarted.of(

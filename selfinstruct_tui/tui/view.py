@@ -403,8 +403,6 @@ class RunView:
         self.pause: ev.Paused | None = None
         self.ended: ev.Finished | None = None
         self.lost_pid: int | None = None
-        # a crash seen while the clock ran: when it stopped (epoch s) and what it had counted
-        # since it last started (s), until `Crashed.last_activity` sets it back
         self.rows: dict[int, Row] = {}
         self.seed_count = 0
         # pool changes not yet shown by the table: rows to add (or replace) and ids to remove
