@@ -485,6 +485,26 @@ def test_answers_without_usage_are_estimated_and_say_so(run_cli, tmp_path):
     # OpenAI's chat wording: the prompt alone does not fit, and was not read as that
     ("This model's maximum context length is 512 tokens. However, your messages resulted in "
      "900 tokens. Please reduce the length of the messages.", 512, 900),
+    # Each of these was read as a context error with neither number: max_tokens was halved and
+    # the request sent 4 more times, then settled as a bad request; the prompt never fit.
+    # vLLM's engine
+    ("The decoder prompt (length 5000) is longer than the maximum model length of 4096. Make "
+     "sure that `max_model_len` is no smaller than the number of text tokens.", 4096, 5000),
+    # vLLM's OpenAI server (recent)
+    ("This model's maximum context length is 4096 tokens. However, you requested 1024 output "
+     "tokens and your prompt contains at least 3500 input tokens, for a total of at least 4524 "
+     "tokens. Please reduce the length of the input prompt or the number of requested output "
+     "tokens.", 4096, 3500),
+    # SGLang (and Together)
+    ("The input (5000 tokens) is longer than the model's context length (4096 tokens).", 4096,
+     5000),
+    ("Requested token count exceeds the model's maximum context length of 4096 tokens. You "
+     "requested a total of 5000 tokens: 1000 tokens from the input messages and 4000 tokens for "
+     "the completion. Please reduce the number of tokens in the input messages or the "
+     "completion to fit within the limit.", 4096, 1000),
+    # Mistral
+    ("Prompt contains 5000 tokens, too large for model with 4096 maximum context length", 4096,
+     5000),
 ])
 def test_context_numbers_from_each_servers_wording(message, limit, prompt):
     assert context_numbers(message) == (limit, prompt)
@@ -797,3 +817,161 @@ def test_headless_prints_every_takeout_past_the_cap_on_request_errors():
     assert sum(line.startswith("request error") for line in lines) == 5
     assert lines[-1] == ("endpoint change (endpoint_taken_out): http://a/v1 taken out of the "
                          "pool (3 failures in a row)")
+
+
+LLAMA_SERVER_EMBEDDINGS = {"status": 501, "body": {"error": {
+    "code": 501, "message": "This server does not support completions. Start it without "
+                            "`--embeddings`", "type": "not_supported_error"}}}
+
+
+@pytest.mark.parametrize("entry, words", [
+    # vLLM: a sampling value outside its range; was a bad request for each candidate (its paid
+    # generation settled as request_failed) until a pause "the endpoint is up but keeps failing"
+    ({"status": 400, "body": {"object": "error", "message": "presence_penalty must be in [-2, "
+                                                            "2], got 2.5.",
+                              "type": "BadRequestError", "param": None, "code": 400}},
+     "change presence_penalty (generation) and instance_presence_penalty (instances) in the "
+     "config file"),
+    # OpenAI's wording of the same
+    ({"status": 400, "body": {"error": {"message": "2.5 is greater than the maximum of 2 - "
+                                                   "'frequency_penalty'",
+                                        "type": "invalid_request_error", "param": None,
+                                        "code": None}}},
+     "change frequency_penalty in the config file"),
+    # LiteLLM's proxy: a model it does not route (400); was a bad request, every one
+    ({"status": 400, "body": {"error": {
+        "message": "{'error': '/completions: Invalid model name passed in model=m. Call "
+                   "`/v1/models` to view available models for your key.'}",
+        "type": "None", "param": "None", "code": "400"}}},
+     "does not serve the model"),
+    # LiteLLM's proxy: the key's budget spent (429, "code": "429"); was a rate limit, retried
+    ({"status": 429, "body": {"error": {
+        "message": "Budget has been exceeded! Key=team-a (sk-...abcd) Current cost: 2.0, Max "
+                   "budget: 1.0", "type": "budget_exceeded", "param": None, "code": "429"}}},
+     "quota is exhausted"),
+    # ... as older versions answer it (400)
+    ({"status": 400, "body": {"error": {
+        "message": "Budget has been exceeded! Current cost: 10.2, Max budget: 10.0",
+        "type": "budget_exceeded", "param": None, "code": "400"}}},
+     "quota is exhausted"),
+    # llama-server started with --embeddings (501, to both APIs): was retried as a server
+    # error, then "check that URL is up"; with --api completions, "use --api chat" (which
+    # fails alike)
+    (LLAMA_SERVER_EMBEDDINGS, "Start it without `--embeddings`): do what its message says"),
+    # SGLang: a prompt that cannot fit; was sent 5 times with max_tokens halved each time
+    ({"status": 400, "body": {"object": "error", "message": "The input (5000 tokens) is longer "
+                              "than the model's context length (4096 tokens).",
+                              "type": "BadRequestError", "param": None, "code": 400}},
+     "the prompt is 5000 tokens and the model's context window is 4096 tokens"),
+])
+def test_real_servers_refusals_stop_at_the_first_answer_naming_the_fix(run_cli, tmp_path,
+                                                                      isolated_env, entry,
+                                                                      words):
+    Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text("error_pause_seconds = 0.2\n")
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [entry]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1", "--max-retries", "1")
+        sent = len(server.log)
+    assert proc.returncode == 3, proc.stderr
+    assert words in proc.stderr, proc.stderr
+    assert "use --api chat" not in proc.stderr and "is up" not in proc.stderr
+    assert sent == 1  # stopped at the first answer, nothing retried or asked again
+    assert store_rows(run_dir, "SELECT COUNT(*) FROM retries")[0][0] == 0
+    assert any(words.split(" (")[0] in m for (m,) in store_rows(run_dir,
+                                                                "SELECT message FROM errors"))
+
+
+def test_a_max_tokens_above_the_models_output_limit_is_lowered_once_for_every_request(
+        tmp_path):
+    """OpenAI's "max_tokens is too large: 1024. This model supports at most 512 completion
+    tokens": was a bad request, the generation lost and every later one refused alike."""
+    from test_real_answers import assert_accounted, run_engine
+
+    too_large = {"status": 400, "body": {"error": {
+        "message": "max_tokens is too large: 1024. This model supports at most 512 completion "
+                   "tokens, whereas you provided 1024.", "type": "invalid_request_error",
+        "param": "max_tokens", "code": None}}}
+    with FakeOpenAI(script={"generate": [too_large]}, repeat_last=False) as server:
+        run_dir, finished, events = run_engine(tmp_path, server, 5)
+        asked = [body["max_tokens"] for _, kind, body in server.log]
+    assert finished.reason == "target"
+    assert asked[0] == 1024 and all(n <= 512 for n in asked[1:]), asked
+    assert server.statuses.count(400) == 1
+    [retry] = store_rows(run_dir, "SELECT cause, message FROM retries")
+    assert retry == ("max_tokens", "max_tokens lowered from 1024 to 512: the model writes at "
+                                   "most 512 tokens an answer")
+    assert any("writes at most 512 tokens" in getattr(e, "message", "") for e in events)
+    assert store_rows(run_dir, "SELECT COUNT(*) FROM errors")[0][0] == 0
+    assert_accounted(run_dir)
+
+
+LOADING = {"status": 503, "body": {"error": {"code": 503, "message": "Loading model",
+                                             "type": "unavailable_error"}}}
+OLLAMA_BUSY = {"status": 503, "body": {"error": {
+    "message": "server busy, please try again.  maximum pending requests exceeded",
+    "type": "api_error", "param": None, "code": None}}}
+QUEUE_FULL = {"status": 503, "body": {"object": "error", "message": "The request queue is full.",
+                                      "type": "ServiceUnavailableError", "code": 503}}
+
+
+@pytest.mark.parametrize("entry, cause, advice", [
+    # llama-server while it loads the model
+    (LOADING, "loading", "is up but still loading the model: resume once it answers (to wait "
+                         "longer before a pause, raise error_pause_seconds, now 0.2s)"),
+    (OLLAMA_BUSY, "overloaded", "is up but overloaded (its queue is full): lower --concurrency"),
+    (QUEUE_FULL, "overloaded", "is up but overloaded (its queue is full): lower --concurrency"),
+])
+def test_a_server_loading_or_overloaded_is_named_and_not_told_to_check_it_is_up(
+        run_cli, tmp_path, isolated_env, entry, cause, advice):
+    """Each was a server error, retried request by request, and the pause said "Check that
+    URL is up" of a server that was up and said why it could not answer yet."""
+    Path(isolated_env["SELFINSTRUCT_CONFIG"]).write_text("error_pause_seconds = 0.2\n")
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [entry]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1", "--max-retries", "1")
+    assert proc.returncode == 3, proc.stderr
+    assert advice in proc.stderr, proc.stderr
+    assert "Check that" not in proc.stderr
+    causes = {c for (c,) in store_rows(run_dir, "SELECT cause FROM retries")}
+    assert causes == {cause}
+    kinds = {k for (k,) in store_rows(run_dir, "SELECT kind FROM errors")}
+    assert kinds == {cause}
+
+
+def test_a_loading_server_pauses_every_request_once_then_they_are_answered():
+    """Retried as one shared pause (as a rate limit), under its own cause."""
+    retries: list[str] = []
+    with FakeOpenAI(script={"*": [LOADING, LOADING]}, repeat_last=False) as server:
+        ask_once(server.base_url, retries, backoff_base=0.01, backoff_max=0.02)
+    assert retries == ["loading", "loading"]
+
+
+@pytest.mark.parametrize("message, wait", [
+    # LiteLLM's router, every deployment cooling down
+    ("No deployments available for selected model, Try again in 0.3 seconds. Passed model=m. "
+     "pre-call-checks=False", 0.3),
+    # OpenAI's per-minute limits (Go durations)
+    ("Rate limit reached for m in organization org-x on tokens per min (TPM): Limit 10000, Used "
+     "9990, Requested 40. Please try again in 250ms. Visit https://platform.openai.com/account/"
+     "rate-limits to learn more.", 0.25),
+])
+def test_a_rate_limit_that_says_when_to_try_again_only_in_words_waits_that_long(message, wait):
+    """Without a Retry-After header the wait was the backoff's (10 ms here): the retries came
+    back inside the limit the endpoint named."""
+    limited = {"status": 429, "body": {"error": {"message": message, "type": "rate_limit_error",
+                                                 "code": "rate_limit_exceeded"}}}
+    delays: list[float] = []
+
+    async def go(url: str) -> None:
+        client = LLMClient(ClientSettings(base_url=url, model="m", backoff_base=0.01,
+                                          backoff_max=0.02))
+        try:
+            await client.request(P.generation_completion(["Name a color."] * 8),
+                                 SamplingParams(max_tokens=8),
+                                 lambda cause, attempt, delay, *_: delays.append(delay))
+        finally:
+            await client.close()
+
+    with FakeOpenAI(script={"*": [limited]}, repeat_last=False) as server:
+        asyncio.run(go(server.base_url))
+    assert delays == [wait]

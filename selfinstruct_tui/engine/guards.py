@@ -27,7 +27,7 @@ UNANSWERED_REASONS = {r.value for r in (RejectionReason.UNANSWERED, RejectionRea
                                          RejectionReason.ABANDONED, RejectionReason.INTERRUPTED)}
 # Request errors that mean the endpoint could not answer (as opposed to refusing the request)
 DOWN_CAUSES = {Cause.CONNECTION, Cause.TIMEOUT, Cause.SERVER_ERROR, Cause.RATE_LIMIT, Cause.HTTP,
-               Cause.UNANSWERED}
+               Cause.UNANSWERED, Cause.LOADING, Cause.OVERLOADED}
 
 CONNECTIVITY_CAUSES = (Cause.CONNECTION, Cause.TIMEOUT)
 DOWN_STATUSES = (502, 503, 504)
@@ -116,9 +116,12 @@ class SpendGuard:
                 and set(self.fruitless_reasons) <= UNANSWERED_REASONS:
             # Nothing came back to be rejected: the endpoint is the problem, not the answers.
             who = "the batch command" if watch.command else "the endpoint"
+            most = failures.most_common(1)[0][0]
+            advice = watch.advice(most) if most in (Cause.LOADING, Cause.OVERLOADED) \
+                else watch.down_advice
             return (f"{self.fruitless_requests} requests in a row added nothing to the pool: "
                     f"{who} gave no answer (request errors: {errors}; the last: "
-                    f"{watch.last[:300]}). {watch.down_advice}")
+                    f"{watch.last[:300]}). {advice}")
         last = ""
         advice = ". Check --model, --api and the endpoint (see the rejections), then resume"
         if self.last_rejected is not None:
@@ -175,6 +178,22 @@ class FailureWatch:
                     "then resume")
         return f"Check that {self.base_url} is up, then resume"
 
+    def advice(self, kind: str, status: int | None = None) -> str:
+        """What to do when requests failing with `kind` (a Cause; `status` its HTTP status)
+        pause the run: a server that is up but loading its model or overloaded is not told to
+        check that it is up."""
+        if kind == Cause.LOADING:
+            return (f"{self.base_url} is up but still loading the model: resume once it "
+                    "answers (to wait longer before a pause, raise error_pause_seconds, now "
+                    f"{self.error_pause_seconds:g}s)")
+        if kind == Cause.OVERLOADED:
+            return (f"{self.base_url} is up but overloaded (its queue is full): lower "
+                    "--concurrency, or raise the server's queue limit (Ollama: "
+                    "OLLAMA_MAX_QUEUE; vLLM: --max-queued-requests), then resume")
+        if kind in CONNECTIVITY_CAUSES or status in DOWN_STATUSES or self.command:
+            return self.down_advice
+        return "The endpoint is up but keeps failing; fix the cause, then resume"
+
     def success(self) -> None:
         self.last_success = time.monotonic()
         self.in_a_row = 0
@@ -191,10 +210,7 @@ class FailureWatch:
         quiet_for = time.monotonic() - self.last_success
         if quiet_for < self.error_pause_seconds or self.in_a_row < 3:
             return None
-        if exc.kind in CONNECTIVITY_CAUSES or exc.status in DOWN_STATUSES or self.command:
-            advice = self.down_advice
-        else:
-            advice = "The endpoint is up but keeps failing; fix the cause, then resume"
+        advice = self.advice(exc.kind, exc.status)
         kinds = ", ".join(f"{k} {v}" for k, v in self.kinds.most_common())
         return (f"every request has failed for {quiet_for:.0f}s ({self.in_a_row} in a row: "
                 f"{kinds}); last error: {exc}. {advice}")

@@ -10,10 +10,15 @@ The client's own retries are off (max_retries=0); this module decides, in one ta
 * permanent, raised at the first answer with their own message (`RequestFailed.fatal`): exhausted
   quota, a bad key (401/403), an unknown model or route (404/405), a request of the wrong API
   (a chat model asked for completions or the reverse), a prompt that cannot fit the context window,
-  a parameter the model rejects, and a TLS failure (a certificate that cannot be verified, an
+  a parameter the model rejects (or a sampling value out of its range: the setting is named),
+  a spent budget, a 501, and a TLS failure (a certificate that cannot be verified, an
   https:// URL whose server speaks plain HTTP);
 * context too long: the limit is learned from the endpoint's message (or `context_window`) and
-  every later request asks for at most what fits.
+  every later request asks for at most what fits; a max_tokens above the model's output limit
+  is lowered to it the same way;
+* a server loading its model or with a full queue (503) pauses every request, as a rate limit
+  does, under its own cause; a wait said only in an error's words ("try again in 6s") is used
+  as its Retry-After.
 
 Every retry is reported to the caller with its cause. Text the endpoint sends back (errors and
 answers) passes through a `Redactor`, so the API key never reaches a log, the store or the screen.
@@ -117,6 +122,9 @@ class Cause:
     STRUCTURED_OUTPUT = "structured_output"
     TLS = "tls"
     REDIRECT = "redirect"  # the base URL answers with a redirect (3xx): it is not the API's
+    LOADING = "loading"  # the server is up but still loading its model (llama-server's 503)
+    OVERLOADED = "overloaded"  # the server is up but its queue is full (503, 529)
+    MAX_TOKENS = "max_tokens"  # max_tokens above what the model writes an answer: lowered
 
 
 class RequestFailed(Exception):
@@ -234,7 +242,7 @@ class Redactor:
 _CONTEXT_RE = re.compile(
     r"context[_ ]length|context window|maximum context|context size|too long|exceeds? the "
     r"(?:model'?s? )?(?:context|maximum)|n_ctx|exceed_context|max_model_len|"
-    r"inputs?`? tokens \+ `?max_new_tokens", re.IGNORECASE)
+    r"inputs?`? tokens \+ `?max_new_tokens|maximum (?:model|prompt) length", re.IGNORECASE)
 _UNSUPPORTED_RE = re.compile(
     r"unsupported (?:parameter|value)|unsupported_(?:parameter|value)|does not support|"
     r"not supported with this model|unrecognized request argument|extra inputs are not permitted",
@@ -252,13 +260,46 @@ _NEEDS_CHAT_RE = re.compile(
 _CHALLENGE_RE = re.compile(r"^just a moment\b|attention required!? \| cloudflare|"
                            r"cf-chl|checking your browser", re.IGNORECASE)
 _QUOTA_RE = re.compile(r"insufficient_quota|exceeded your current quota|billing|credit balance"
-                       r"|out of credits|payment required", re.IGNORECASE)
+                       r"|out of credits|payment required|budget has been exceeded|"
+                       r"budget_exceeded", re.IGNORECASE)
+# a model the endpoint does not serve, said with a 400 (LiteLLM's proxy: "Invalid model name
+# passed in model=m"; others: "model 'm' not found")
+_UNKNOWN_MODEL_RE = re.compile(r"invalid model name|model_not_found|\bmodel\b[^.;]{0,80}?\b(?:"
+                               r"does not exist|not found|is not (?:available|served|supported))",
+                               re.IGNORECASE)
+# a 503 while the model loads (llama-server: "Loading model"), or with a full queue (Ollama:
+# "server busy ... maximum pending requests exceeded"; vLLM, SGLang: "The request queue is full")
+_LOADING_RE = re.compile(r"loading model|model is (?:still )?loading|loading the model|"
+                         r"model (?:is )?not (?:yet )?(?:loaded|ready)", re.IGNORECASE)
+_OVERLOADED_RE = re.compile(r"overloaded|server busy|queue is full|maximum pending requests|"
+                            r"too many (?:pending|concurrent|queued) requests|at capacity",
+                            re.IGNORECASE)
+# "try again in 6s" (OpenAI, Groq), "Try again in 60 seconds" (LiteLLM's router), "1m30s"
+_DURATION = r"(\d+(?:\.\d+)?)\s*(seconds?|minutes?|ms|h|m|s)(?=\d|\b)"
+_TRY_AGAIN_RE = re.compile(rf"(?:try again|retry) (?:in|after) ((?:{_DURATION}\s*)+)",
+                           re.IGNORECASE)
+# the most tokens the model writes in one answer (OpenAI: "max_tokens is too large: 100000. This
+# model supports at most 16384 completion tokens"; Anthropic's: "max_tokens: 64000 > 8192, which
+# is the maximum allowed number of output tokens")
+_COMPLETION_CAP_RE = (re.compile(r"supports at most (\d+) (?:completion|output) tokens", re.I),
+                      re.compile(r"> (\d+), which is the maximum allowed number of output tokens",
+                                 re.I))
+# The sampling fields every request carries, and the settings that set them: a refusal that
+# names one fails every request alike, so the run stops there and names the setting.
+SAMPLING_SETTINGS = {
+    "presence_penalty": "presence_penalty (generation) and instance_presence_penalty (instances)",
+    "frequency_penalty": "frequency_penalty", "top_p": "top_p", "temperature": "temperature",
+    "seed": "random_seed (--random-seed; each generation request's seed is made from it)",
+}
 _LIMIT_PATTERNS = (
     re.compile(r"maximum context length is (\d+)", re.I),
     re.compile(r"context (?:length|window|size) (?:is|of) (\d+)", re.I),
     re.compile(r"must be <= (\d+)", re.I),
     re.compile(r"max_model_len(?:=| is | of )(\d+)", re.I),
     re.compile(r"n_ctx\D{0,4}(\d+)", re.I),
+    re.compile(r"maximum (?:model|prompt) length (?:of|is) (\d+)", re.I),  # vLLM, xAI
+    re.compile(r"context length \((\d+) tokens\)", re.I),  # SGLang, Together
+    re.compile(r"(\d+) maximum context length", re.I),  # Mistral
 )
 _PROMPT_PATTERNS = (
     re.compile(r"(\d+) (?:tokens )?in (?:your|the) (?:prompt|messages)", re.I),
@@ -267,6 +308,10 @@ _PROMPT_PATTERNS = (
     re.compile(r"n_prompt_tokens\D{0,4}(\d+)", re.I),
     re.compile(r"prompt (?:is|has|of) (\d+) tokens", re.I),
     re.compile(r"(?:messages|prompt) resulted in (\d+) tokens", re.I),
+    re.compile(r"prompt \(length (\d+)\)", re.I),  # vLLM's engine
+    re.compile(r"input \((\d+) tokens\)", re.I),  # SGLang, Together
+    re.compile(r"(\d+) tokens from the input", re.I),  # SGLang
+    re.compile(r"(?:prompt|request) contains (?:at least )?(\d+) (?:input )?tokens", re.I),
 )
 
 
@@ -274,8 +319,11 @@ def context_numbers(message: str, body: object = None) -> tuple[int | None, int 
     """(context window, prompt tokens) named in a context-length error, each None if absent.
 
     Covers OpenAI and llama-cpp-python ("maximum context length is N ... (P in your prompt"),
-    vLLM ("P in the messages", "your request has P input tokens"), TGI ("must be <= N. Given: P
-    `inputs` tokens") and llama.cpp's server (`n_ctx` and `n_prompt_tokens` in the error body).
+    vLLM ("P in the messages", "your request has P input tokens", "The decoder prompt (length P)
+    is longer than the maximum model length of N"), SGLang and Together ("The input (P tokens) is
+    longer than the model's context length (N tokens)", "P tokens from the input messages"), TGI
+    ("must be <= N. Given: P `inputs` tokens"), Mistral, xAI and llama.cpp's server (`n_ctx` and
+    `n_prompt_tokens` in the error body).
     """
     limit = prompt = None
     if isinstance(body, dict):
@@ -360,6 +408,47 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     # 0, or a date already past (a clock that differs from the server's): the backoff's own
     # delay, not an immediate retry (7 attempts within 90 ms)
     return seconds if seconds > 0 else None
+
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def delay_in_text(text: str) -> float | None:
+    """Seconds an error's words ask to wait ("Please try again in 6s", "in 1m30.5s", "Try
+    again in 60 seconds"), or None: rate limits often say it only there, without a Retry-After
+    header (OpenAI's per-minute limits, LiteLLM's router cooling a deployment down)."""
+    found = _TRY_AGAIN_RE.search(text)
+    if not found:
+        return None
+    total = 0.0
+    for number, unit in re.findall(_DURATION, found.group(1), re.IGNORECASE):
+        unit = unit.lower()
+        unit = "ms" if unit == "ms" else "m" if unit.startswith("m") else unit[0]
+        total += float(number) * _UNIT_SECONDS[unit]
+    return total if total > 0 else None
+
+
+def completion_cap(text: str) -> int | None:
+    """The most tokens the model writes in one answer, as a refusal of a larger max_tokens
+    names it, or None."""
+    for pattern in _COMPLETION_CAP_RE:
+        if found := pattern.search(text):
+            return int(found.group(1))
+    return None
+
+
+def _sampling_field(text: str) -> str | None:
+    """The sampling field of SAMPLING_SETTINGS an error text names (quoted, after "parameter",
+    "body." or at the head of a sentence: "presence_penalty must be in [-2, 2], got 3.0"), or
+    None."""
+    named = _extra_body_field(text, dict.fromkeys(SAMPLING_SETTINGS))
+    if named:
+        return named
+    for name in SAMPLING_SETTINGS:
+        if re.search(rf"(?:^|[\s:(])`?{name}`? (?:must|should|is (?:out|not)|value)", text,
+                     re.IGNORECASE):
+            return name
+    return None
 
 
 @dataclass(frozen=True)
@@ -518,6 +607,15 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
     later request can heal (a refused key, an unknown model, a refused --extra-body field) is
     as fatal as the request would be."""
     where = f"{s.base_url} (model {s.model!r}, {s.api} API)"
+    if retry_after is None and status in (429, 503, 529):
+        retry_after = delay_in_text(text)
+    if status == 501:
+        # Not Implemented: no retry heals it, and it is not the other API's either
+        # (llama-server started with --embeddings answers both "This server does not support
+        # completions. Start it without `--embeddings`")
+        return Failure(Cause.NOT_FOUND, f"the server at {s.base_url} does not implement these "
+                       f"requests ({status}: {text}): do what its message says, or check "
+                       "--base-url", fatal=True, status=status)
     if _NEEDS_COMPLETIONS_RE.search(text) and s.api == "chat":
         return Failure(Cause.WRONG_API, f"the model at {s.base_url} does not take chat requests "
                        f"({status}: {text}): use --api completions", fatal=True, status=status)
@@ -545,8 +643,9 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
         return Failure(Cause.NOT_FOUND, f"the endpoint answered 405 ({text}) for {where}: "
                        "--base-url should end where /completions and /chat/completions live "
                        "(usually .../v1)", fatal=True, status=status)
-    if status == 402 or status == 429 and (_QUOTA_RE.search(text)
-                                           or code == "insufficient_quota"):
+    if status == 402 or status in (400, 429) and (_QUOTA_RE.search(text)
+                                                  or code in ("insufficient_quota",
+                                                              "budget_exceeded")):
         return Failure(Cause.QUOTA, f"the account's quota is exhausted ({status}: {text}). Add "
                        "credit or raise the limit, then resume", fatal=True, status=status)
     if status == 429:
@@ -563,17 +662,33 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
                            "out of --extra-body or the config file's [extra_body] table (a "
                            "resumed run takes a new --extra-body, '{}' for none)", fatal=True,
                            status=status)
+        if completion_cap(text):  # max_tokens above the model's output limit: lowered
+            return Failure(Cause.MAX_TOKENS, text, status=status)
         if _CONTEXT_RE.search(text):
             return Failure(Cause.CONTEXT, text, status=status)
         if _STRUCTURED_RE.search(text):
             return Failure(Cause.STRUCTURED_OUTPUT, text, status=status)
+        if _UNKNOWN_MODEL_RE.search(text):
+            return Failure(Cause.NOT_FOUND, f"the endpoint does not serve the model ({status}: "
+                           f"{text}) for {where}: check --model (its /models lists the names "
+                           "it takes)", fatal=True, status=status)
+        sampling = _sampling_field(text)
         if _UNSUPPORTED_RE.search(text):
             added = (f"; or a field of --extra-body ({', '.join(sorted(s.extra_body))}): take "
                      "it out" if s.extra_body else "")
+            sent = f" ({sampling} comes from the setting {SAMPLING_SETTINGS[sampling]})" \
+                if sampling else ""
             return Failure(Cause.UNSUPPORTED_PARAMETER, f"the endpoint rejects a request "
-                           f"parameter for model {s.model!r} ({status}: {text}). Check --api "
-                           "(completions vs chat) and --model; some models accept no sampling "
-                           f"parameters{added}", fatal=True, status=status)
+                           f"parameter for model {s.model!r} ({status}: {text}){sent}. Check "
+                           "--api (completions vs chat) and --model; some models accept no "
+                           f"sampling parameters{added}", fatal=True, status=status)
+        if sampling:
+            # A value out of the server's range (vLLM: "presence_penalty must be in [-2, 2],
+            # got 3.0"): every request carries it, so every one would be refused alike
+            return Failure(Cause.UNSUPPORTED_PARAMETER, f"the endpoint refuses the {sampling} "
+                           f"this run sends ({status}: {text}): change "
+                           f"{SAMPLING_SETTINGS[sampling]} in the config file to a value it "
+                           "takes, then resume", fatal=True, status=status)
         if status == 413:  # a proxy's body size limit (nginx's 1 MB default): fixable there
             return Failure(Cause.HTTP, f"the request is too large for the endpoint or a proxy in "
                            f"front of it ({status}: {text}): raise its limit (nginx: "
@@ -581,6 +696,14 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
                            status=status)
         return Failure(Cause.BAD_REQUEST, f"the endpoint refused the request ({status}: {text})",
                        status=status)
+    if status >= 500 and _LOADING_RE.search(text):
+        # Up, and answering: it will serve once the model is in memory. One pause for every
+        # request (as a rate limit's), named for what it is, not "check that it is up"
+        return Failure(Cause.LOADING, f"{s.base_url} is still loading the model ({status}: "
+                       f"{text})", retry=True, status=status, delay=retry_after, shared=True)
+    if status == 529 or status >= 500 and _OVERLOADED_RE.search(text):
+        return Failure(Cause.OVERLOADED, f"{s.base_url} is overloaded ({status}: {text})",
+                       retry=True, status=status, delay=retry_after, shared=True)
     if status >= 500:
         return Failure(Cause.SERVER_ERROR, f"HTTP {status}: {text}", retry=True, status=status,
                        delay=retry_after, shared=retry_after is not None)
@@ -712,11 +835,15 @@ def _disconnected(exc: BaseException) -> bool:
 
 
 def error_code(body: object) -> str | None:
-    """An error body's `code` (or `type`): "insufficient_quota" tells a quota from a rate limit."""
+    """An error body's `code` (or `type`): "insufficient_quota" tells a quota from a rate limit.
+    A code that is only the status again (LiteLLM: "code": "429", "type": "budget_exceeded")
+    gives way to the type."""
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict):
-            return str(err.get("code") or err.get("type") or "") or None
+            named = [str(v) for v in (err.get("code"), err.get("type"))
+                     if v is not None and str(v) not in ("", "None")]
+            return next((v for v in named if not v.isdigit()), named[0] if named else None)
     return None
 
 
@@ -776,6 +903,8 @@ class LLMClient:
         self._restart_left = 0
         self._stagger = 0.0
         self.context_window: int | None = settings.context_window or None
+        # the most tokens the model writes an answer, learned from a refused max_tokens
+        self.completion_cap: int | None = None
         self._chars_per_token = 3.0  # conservative until the endpoint reports prompt tokens
         self.structured: bool | None = None if settings.structured_output == "auto" else \
             settings.structured_output == "on"
@@ -948,6 +1077,8 @@ class LLMClient:
                        tried: list[ClientSettings] | None = None) -> LLMResponse:
         chars = self._prompt_chars(req)
         max_tokens = self._fit(chars, params.max_tokens)
+        if self.completion_cap is not None:
+            max_tokens = min(max_tokens, self.completion_cap)
         attempt = 0
         context_retries = 0
         task = asyncio.current_task()
@@ -1049,7 +1180,21 @@ class LLMClient:
                 raise RequestFailed(f"the endpoint refused the request ({failure.status}): "
                                     f"{message}", kind=Cause.BAD_REQUEST, attempts=attempt,
                                     status=failure.status)
-            if failure.cause == Cause.STRUCTURED_OUTPUT:  # not ours to fix: a plain bad request
+            cap = completion_cap(failure.message) if failure.cause == Cause.MAX_TOKENS else None
+            if cap is not None and 0 < cap < max_tokens and context_retries < 4:
+                # Asked again at once with what the model can write (the refusal cost nothing);
+                # every later request asks for at most that
+                context_retries += 1
+                self.completion_cap = min(cap, self.completion_cap or cap)
+                if on_retry is not None:
+                    on_retry(Cause.MAX_TOKENS, attempt, 0.0, f"max_tokens lowered from "
+                             f"{max_tokens} to {cap}: the model writes at most {cap} tokens "
+                             "an answer", at)
+                max_tokens = cap
+                attempt -= 1
+                continue
+            if failure.cause in (Cause.STRUCTURED_OUTPUT, Cause.MAX_TOKENS):
+                # not ours to fix: a plain bad request
                 raise RequestFailed(f"the endpoint refused the request ({failure.status}): "
                                     f"{message}", kind=Cause.BAD_REQUEST, attempts=attempt,
                                     status=failure.status)

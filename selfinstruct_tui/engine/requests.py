@@ -50,6 +50,7 @@ class RequestRecorder:
         self.on_failure = on_failure
         self.on_success = on_success
         self.saved_window: int | None = client.context_window
+        self.saved_cap: int | None = None
         self.structured_noted: bool | None = None
         # batch mode: requests go out as lines of their stage's batch job instead
         self.batcher: Batcher | None = None
@@ -170,6 +171,11 @@ class RequestRecorder:
             self.store.set_meta("context_window", client.context_window)
             self.bus.emit(ev.Notice(f"the model's context window is {client.context_window} "
                                     "tokens; later requests ask for at most what fits"))
+        if client.completion_cap and client.completion_cap != self.saved_cap:
+            self.saved_cap = client.completion_cap
+            self.bus.emit(ev.Notice(f"the model writes at most {client.completion_cap} tokens "
+                                    "an answer; later requests ask for at most that (lower "
+                                    "generation_max_tokens / instance_max_tokens to match)"))
         if client.structured is not None and client.structured != self.structured_noted \
                 and client.settings.structured_output != "off":
             self.structured_noted = client.structured
