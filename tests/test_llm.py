@@ -139,6 +139,28 @@ def test_a_refusal_blames_an_extra_body_field_only_where_it_names_it(extra, mess
     assert sent == 1  # neither is retried
 
 
+@pytest.mark.parametrize("message", [
+    # a model-level validation error printing the whole body (vLLM/pydantic's 'input')
+    "[{'type': 'value_error', 'loc': ('body',), 'msg': 'Value error, Either prompt or "
+    "prompt_embeds must be provided', 'input': {'model': 'm', 'top_p': 1.0, "
+    "'presence_penalty': 0.0, 'frequency_penalty': 0.0, 'temperature': 0.7}}]",
+    # a proxy's error that lists the call's arguments
+    "BadRequestError: content filtered. Received kwargs={'temperature': 0.7, 'top_p': 1.0, "
+    "'seed': 3}",
+])
+def test_a_refusal_that_only_echoes_the_sampling_values_is_the_requests_own(message):
+    """Only a 400 that says a sampling value is refused stops the run naming its setting; one
+    about something else that prints the request's fields is that request's own failure."""
+    from selfinstruct_tui.engine.llm import Cause
+
+    with FakeOpenAI(script={"*": [{"status": 400, "body": {"error": {"message": message}}}]}
+                    ) as server:
+        with pytest.raises(RequestFailed) as info:
+            ask(server, max_retries=3)
+    assert info.value.kind == Cause.BAD_REQUEST and not info.value.fatal, info.value
+    assert "config file" not in str(info.value)
+
+
 def test_a_refused_parameter_that_names_no_field_still_mentions_the_extra_body_fields():
     """'Extra inputs are not permitted' without the field's name: the advice about --api and
     --model now also names the --extra-body fields, the likeliest cause."""

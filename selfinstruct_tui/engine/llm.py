@@ -437,16 +437,22 @@ def completion_cap(text: str) -> int | None:
     return None
 
 
-def _sampling_field(text: str) -> str | None:
-    """The sampling field of SAMPLING_SETTINGS an error text names (quoted, after "parameter",
-    "body." or at the head of a sentence: "presence_penalty must be in [-2, 2], got 3.0"), or
-    None."""
-    named = _extra_body_field(text, dict.fromkeys(SAMPLING_SETTINGS))
-    if named:
-        return named
+def _sampling_field(text: str, strict: bool = False) -> str | None:
+    """The sampling field of SAMPLING_SETTINGS an error text names, or None. Loose: quoted,
+    after "parameter" or "body.", or heading a sentence. `strict`: only where the text says
+    that field's value is refused (vLLM: "presence_penalty must be in [-2, 2], got 3.0";
+    OpenAI: "2.5 is greater than the maximum of 2 - 'frequency_penalty'"; pydantic's
+    "'loc': ('body', 'top_p')"; "Invalid value for 'temperature'"), not where a 400 about
+    something else echoes the request ("{'top_p': 1.0, ...}")."""
+    if not strict:
+        named = _extra_body_field(text, dict.fromkeys(SAMPLING_SETTINGS))
+        if named:
+            return named
     for name in SAMPLING_SETTINGS:
-        if re.search(rf"(?:^|[\s:(])`?{name}`? (?:must|should|is (?:out|not)|value)", text,
-                     re.IGNORECASE):
+        if re.search(rf"(?:^|[\s:(])`?{name}`? (?:must|should|is (?:out|not)|value)|"
+                     rf"(?:maximum|minimum) of \S+ - ['\"`]{name}['\"`]|"
+                     rf"\(\s*['\"]body['\"],\s*['\"]{name}['\"]\s*\)|"
+                     rf"invalid value for ['\"`]?{name}\b", text, re.IGNORECASE):
             return name
     return None
 
@@ -672,8 +678,8 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
             return Failure(Cause.NOT_FOUND, f"the endpoint does not serve the model ({status}: "
                            f"{text}) for {where}: check --model (its /models lists the names "
                            "it takes)", fatal=True, status=status)
-        sampling = _sampling_field(text)
         if _UNSUPPORTED_RE.search(text):
+            sampling = _sampling_field(text)
             added = (f"; or a field of --extra-body ({', '.join(sorted(s.extra_body))}): take "
                      "it out" if s.extra_body else "")
             sent = f" ({sampling} comes from the setting {SAMPLING_SETTINGS[sampling]})" \
@@ -682,6 +688,7 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
                            f"parameter for model {s.model!r} ({status}: {text}){sent}. Check "
                            "--api (completions vs chat) and --model; some models accept no "
                            f"sampling parameters{added}", fatal=True, status=status)
+        sampling = _sampling_field(text, strict=True)
         if sampling:
             # A value out of the server's range (vLLM: "presence_penalty must be in [-2, 2],
             # got 3.0"): every request carries it, so every one would be refused alike
