@@ -127,7 +127,6 @@ class HeadlessPrinter:
         self.resume_command = resume_command
         self.resume_without_limits = resume_without_limits or resume_command
         self.priced = priced
-        self.started = time.monotonic()
         self.progress: Progress | None = None
         self.run_dir = ""
         self.task_id: TaskID | None = None
@@ -312,7 +311,10 @@ class HeadlessPrinter:
                 self._line(kept_note(len(self.submitted_batches), bool(self.command)))
         elif isinstance(event, ev.Finished):
             self.close()
-            took = time.monotonic() - self.started
+            # the session's run time by the engine's records (as every UI counts it): from its
+            # start to its end, paused time left out; not this printer's own clock
+            self.rates.end(event.ts)
+            took = self.rates.run_seconds(event.ts)
             reason = ev.FinishReason(event.reason)
             at = f"{event.accepted}/{event.target} machine tasks"
             if reason is ev.FinishReason.TARGET:

@@ -454,3 +454,25 @@ def test_a_refresh_interval_of_zero_is_refused(run_cli, isolated_env, tmp_path):
     app = create_app(tmp_path / "run")
     assert app.refresh_interval == 0.5
     assert any("refresh = 0 in the config file" in n for n in app.notices)
+
+
+def test_the_headless_done_line_gives_the_sessions_run_time_by_the_engines_records():
+    """'done: N/N machine tasks in Ts' is the session's run time as every UI counts it (from
+    the engine's RunStarted to its Finished, a pause left out), not the printer's own clock
+    since it was made (which also counted the set-up before the session and the pause)."""
+    import io
+
+    from rich.console import Console
+
+    from selfinstruct_tui.engine import events as ev
+    from selfinstruct_tui.headless import HeadlessPrinter
+
+    out = io.StringIO()
+    printer = HeadlessPrinter(Console(file=out, width=200))
+    t0 = 1_700_000_000.0
+    printer(ev.RunStarted("/runs/r", "http://h/v1", "m", "completions", 2, 0, 3, False, ts=t0))
+    printer(ev.Paused("spend guard", ts=t0 + 10))
+    printer(ev.Resumed(ts=t0 + 40))
+    printer(ev.Finished(ev.FinishReason.TARGET, 2, 2, ts=t0 + 52.5))
+    done = [line for line in out.getvalue().splitlines() if line.startswith("done:")]
+    assert done and done[0].startswith("done: 2/2 machine tasks in 22.5s;"), out.getvalue()
