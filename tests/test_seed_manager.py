@@ -1082,3 +1082,116 @@ def test_ctrl_o_where_the_terminal_cannot_be_handed_over_keeps_the_app_and_the_t
             assert any("$EDITOR" in m and "cannot" in m for m in said), said
 
     run(go())
+
+
+async def inspect_text(pilot, app, text: str) -> int:
+    """Open the inspector on the one pool task whose text holds `text`; returns its id."""
+    pool = app.query_one(TaskTable)
+    pool.focus()
+    if pool.follow:
+        await pilot.press("f")
+    pool.set_filter(text)
+    await until(pilot, lambda: len(pool.displayed_ids()) == 1)
+    task_id = pool.current_id
+    assert task_id is not None
+    await pilot.press("enter")
+    await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+    return task_id
+
+
+def test_a_seed_dropped_or_edited_in_the_inspector_stays_so_when_a_pending_set_applies(
+        tmp_path, isolated_env):
+    """The inspector dropped or edited a seed's task row at once, beside the seed set: a set
+    pending from the seed manager then applied as it was at the next round, bringing the
+    dropped seed back and the edited one as it had been. Now both go through the seed set
+    (as the manager's delete and form do) and hold after the next round."""
+    run_dir = tmp_path / "run"
+    bundled = load_seeds(bundled_seeds_path())
+    dropped, edited = bundled[0], bundled[1]
+    new_text = "Explain what a budget deficit is to a twelve-year-old, in three sentences."
+
+    async def go():
+        with FakeOpenAI(latency=0.05) as server:
+            engine = make_engine(run_dir, server.base_url, target=5000)
+            app = create_app(run_dir, engine=engine, refresh=0.1)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await pilot.press("p")  # paused: the manager's edit stays pending
+                await until(pilot, lambda: app.state == "paused")
+                manager = await open_manager(pilot, app)
+                await add_new_seed(pilot, app, manager)
+                await pilot.press("escape")
+                await until(pilot, lambda: not isinstance(app.screen, SeedManagerScreen))
+                await inspect_text(pilot, app, dropped.instruction)
+                await pilot.press("d")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                assert f"Delete seed {dropped.id}" in str(
+                    app.screen.query_one(".question").render())
+                await pilot.press("y")
+                await until(pilot, lambda: not isinstance(app.screen, (ConfirmScreen,
+                                                                       InspectorScreen)))
+                await inspect_text(pilot, app, edited.instruction)
+                await pilot.press("e")
+                await until(pilot, lambda: isinstance(app.screen.query("#task-text").first(),
+                                                      TextArea))
+                area = app.screen.query_one("#task-text", TextArea)
+                area.text = area.text.replace(json.dumps(edited.instruction)[1:-1], new_text)
+                await pilot.press("ctrl+s")
+                await until(pilot, lambda: not isinstance(app.screen, InspectorScreen))
+                app.query_one(TaskTable).set_filter("")
+                await pilot.press("p")
+                seeds = await assert_next_rounds_use_only(pilot, run_dir, len(bundled))
+                assert dropped.instruction not in seeds and edited.instruction not in seeds
+                assert {new_text, NEW_INSTRUCTION} <= seeds
+                engine.stop()
+                await until(pilot, lambda: app.state in ("stopped", "finished"), timeout=40)
+
+    run(go())
+    seeds = active_seeds(run_dir)
+    assert [s.seed_id for s in seeds if s.instruction == new_text] == [edited.id]
+    assert dropped.id not in [s.seed_id for s in seeds]
+
+
+def test_a_promoted_seed_dropped_in_the_inspector_gives_its_task_back_to_the_pool(
+        tmp_path, isolated_env):
+    """Dropping a promoted seed's task row left its machine task "promoted", in neither pool,
+    until some later seed edit; the last seed could be dropped too. Now the drop is the seed
+    manager's delete: the machine task returns at once (no engine runs), and the last seed
+    stays with a notice."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            machine_id = await inspect_newest(pilot, app, "machine")
+            await pilot.press("plus")
+            await until(pilot, lambda: not isinstance(app.screen, InspectorScreen))
+            assert task_row(run_dir, machine_id).status == "promoted"
+            seed_id = await inspect_newest(pilot, app, "seed")
+            await pilot.press("d")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert f"machine task #{machine_id}, which returns to the pool" in str(
+                app.screen.query_one(".question").render())
+            await pilot.press("y")
+            await until(pilot, lambda: task_row(run_dir, machine_id).status == "active")
+            assert task_row(run_dir, seed_id).status != "active"
+            assert len(active_seeds(run_dir)) == 139
+            pool = app.query_one(TaskTable)
+            await until(pilot, lambda: machine_id in pool.rows and seed_id not in pool.rows)
+            # the last seed is kept, as in the manager
+            store = RunStore(run_dir)
+            store.apply_seed_set(store.tasks(origin="seed")[:1])
+            store.close()
+            last = active_seeds(run_dir)[0]
+            app.on_task_table_inspect(TaskTable.Inspect(last.id))
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            await pilot.press("d")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: not isinstance(app.screen, (ConfirmScreen,
+                                                                   InspectorScreen)))
+            await pilot.pause(0.3)
+            assert [t.id for t in active_seeds(run_dir)] == [last.id]
+            assert any("at least one seed" in n.message for n in app._notifications)
+
+    run(go())

@@ -15,7 +15,7 @@ from selfinstruct_tui.engine.invocation import command_line
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.tui.app import create_app
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
-from selfinstruct_tui.tui.screens.inspector import InspectorScreen
+from selfinstruct_tui.tui.screens.inspector import InspectorScreen, TaskEditScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen
 from selfinstruct_tui.tui.widgets.panes import StatusLine
@@ -230,6 +230,67 @@ def test_inspector_shows_provenance_and_drop_removes_task(tmp_path, isolated_env
             check=True)
     exported = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert victim not in exported and len(exported) == 19
+
+
+def test_the_task_editor_refuses_a_flag_that_is_no_boolean_and_asks_before_discarding(
+        tmp_path, isolated_env):
+    """The inspector's JSON editor took `"is_classification": "false"` as true (Python's bool
+    of a non-empty string), and `esc` threw away the edits without asking (the seed form and
+    the raw seed editor ask); a list as the whole task was an unexplained error."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+
+    async def go():
+        app = create_app(run_dir, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.query_one(TaskTable)
+            table.focus()
+            victim = table.current_id
+            assert victim is not None and table.rows[victim].origin == "machine"
+            before = app.reader.task(victim)
+            assert before is not None and not before.is_classification
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, TaskEditScreen))
+            editor = app.screen
+            area = editor.query_one("#task-text", TextArea)
+            errors = editor.query_one("#task-errors")
+            for bad, said in (('"false"', 'must be true or false, got "false"'),
+                              ("[1]", "must be true or false, got [1]")):
+                area.text = area.text.replace('"is_classification": false',
+                                              f'"is_classification": {bad}')
+                await pilot.press("ctrl+s")
+                await pilot.pause()
+                assert app.screen is editor and said in str(errors.render())
+                area.text = area.text.replace(f'"is_classification": {bad}',
+                                              '"is_classification": false')
+            typed = area.text
+            area.text = "[]"
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert "the task must be a JSON object" in str(errors.render())
+            area.text = typed.replace(before.instruction, "An edit not to lose")
+            area.focus()
+            await pilot.press("escape")  # asks: the text was changed
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("n")
+            await until(pilot, lambda: app.screen is editor)
+            assert "An edit not to lose" in area.text
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            await pilot.press("e")  # unchanged: esc closes at once
+            await until(pilot, lambda: isinstance(app.screen, TaskEditScreen))
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, InspectorScreen))
+            return before
+
+    before = asyncio.run(go())
+    store = RunStore(run_dir, readonly=True)
+    assert store.task(before.id) == before  # nothing was saved
+    store.close()
 
 
 def test_filter_origin_sort_and_maximize_on_a_finished_run(tmp_path, isolated_env):

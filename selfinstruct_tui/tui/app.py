@@ -675,6 +675,46 @@ class SelfInstructApp(App[int]):
         self._send_seeds(rest, done=f"Seed {task.seed_id} demoted (machine task "
                                     f"#{task.source_task} returns to the pool)")
 
+    # A seed is changed in the inspector as in the seed manager: through the seed set, which
+    # applies at the next round. Dropping or editing its task row alone was undone by a pending
+    # set (the next round applied the set as it was), and a dropped promoted seed left its
+    # machine task in neither pool.
+    def _delete_seed(self, task: Task) -> None:
+        """`task` (a seed of the pool) leaves the seed set at the next round (a promoted one's
+        machine task returns to the pool), as the seed manager's delete does."""
+        sid = task.to_seed().id
+        seeds, _ = self._current_seeds()
+        rest = [s for s in seeds if s.id != sid]
+        if len(rest) == len(seeds):
+            self.notify(f"Seed {sid} is already deleted from the seed set the next round uses.",
+                        severity="warning")
+            return
+        if not rest:
+            self.notify("A run needs at least one seed: add another before deleting this one.",
+                        severity="warning")
+            return
+        back = (f"; machine task #{task.source_task} returns to the pool"
+                if task.seed_origin == "promoted" and task.source_task is not None else "")
+        self._send_seeds(rest, done=f"Seed {sid} (task #{task.id}) deleted from the seed "
+                                    f"set{back}")
+
+    def _edit_seed(self, task: Task, data: dict) -> None:
+        """The inspector's edit of a seed (`data`: instruction, instances, is_classification)
+        replaces that seed in the seed set the next round uses (added back if a pending edit
+        deleted it, as the seed manager's form does)."""
+        old = task.to_seed()
+        seeds, _ = self._current_seeds()
+        current = next((s for s in seeds if s.id == old.id), old)
+        seed = SeedTask(current.id, current.name, data["instruction"], list(data["instances"]),
+                        data["is_classification"], current.origin, current.source_task)
+        if seed_to_record(seed) == seed_to_record(current):
+            self.notify(f"Seed {old.id} is unchanged: nothing to save.")
+            return
+        ids = [s.id for s in seeds]
+        changed = ([*seeds[:ids.index(seed.id)], seed, *seeds[ids.index(seed.id) + 1:]]
+                   if seed.id in ids else [*seeds, seed])
+        self._send_seeds(changed, done=f"Seed {seed.id} (task #{task.id}) saved")
+
     def on_task_table_inspect(self, message: TaskTable.Inspect) -> None:
         task = self.reader.task(message.task_id)
         if task is None:
@@ -685,7 +725,11 @@ class SelfInstructApp(App[int]):
             if result is None:
                 return
             action, data = result
-            if action == "drop":
+            if action == "drop" and task.is_seed:
+                self._delete_seed(task)
+            elif action == "edit" and task.is_seed:
+                self._edit_seed(task, data)
+            elif action == "drop":
                 self._send(DropTask(task.id))
                 self.notify(f"Task #{task.id} dropped.")
             elif action == "edit":

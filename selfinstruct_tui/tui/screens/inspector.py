@@ -115,10 +115,15 @@ class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
                 self.dismiss(("drop", {}))
 
         task = self.task_data
-        what = "seed" if task.is_seed else "task"
-        self.app.push_screen(ConfirmScreen(
-            f"Drop {what} #{task.id}? It leaves the pool and the exports for good (the run "
-            "keeps it, marked dropped_by_user).", yes="Drop", no="Keep"), answer)
+        if task.is_seed:  # (the seed manager's delete: through the seed set)
+            back = (f" It came from machine task #{task.source_task}, which returns to the "
+                    "pool." if task.seed_origin == "promoted" and task.source_task else "")
+            question = (f"Delete seed {task.to_seed().id} (task #{task.id}) from the seed set? "
+                        f"The change applies at the next round.{back}")
+        else:
+            question = (f"Drop task #{task.id}? It leaves the pool and the exports for good "
+                        "(the run keeps it, marked dropped_by_user).")
+        self.app.push_screen(ConfirmScreen(question, yes="Drop", no="Keep"), answer)
 
     def action_promote(self) -> None:
         self.dismiss(("promote", {}))
@@ -146,7 +151,12 @@ def edited_instance(value: dict) -> Instance:
 
 
 class TaskEditScreen(ModalScreen[dict | None]):
-    BINDINGS = [Binding("ctrl+s", "save", "Save"), Binding("escape", "cancel", "Cancel")]
+    """A task as JSON (instruction, is_classification, instances), checked as it is saved.
+    Returns the edited values or None; `esc` with changes asks before discarding them."""
+
+    BINDINGS = [Binding("ctrl+s", "save", "Save"),
+                # priority: the focused TextArea took the first escape (to release focus)
+                Binding("escape", "cancel", "Cancel", priority=True)]
 
     def __init__(self, task: Task) -> None:
         super().__init__()
@@ -156,12 +166,13 @@ class TaskEditScreen(ModalScreen[dict | None]):
         data = {"instruction": self.task_data.instruction,
                 "is_classification": self.task_data.is_classification,
                 "instances": [asdict(i) for i in self.task_data.instances]}
+        task = self.task_data
+        what = (f"seed {task.to_seed().id} (task #{task.id}; the change applies at the next "
+                "round)" if task.is_seed else f"task #{task.id}")
+        self.initial = escape_line_separators(json.dumps(data, indent=2, ensure_ascii=False))
         with Vertical(classes="dialog wide"):
-            yield Label(f"Edit task #{self.task_data.id} (JSON). ctrl+s saves.",
-                        classes="question")
-            yield TextArea(escape_line_separators(json.dumps(data, indent=2, ensure_ascii=False)),
-                           id="task-text",
-                           show_line_numbers=True)
+            yield Label(f"Edit {what} (JSON). ctrl+s saves, esc cancels.", classes="question")
+            yield TextArea(self.initial, id="task-text", show_line_numbers=True)
             yield Static("", id="task-errors", classes="errors")
 
     def action_save(self) -> None:
@@ -169,9 +180,18 @@ class TaskEditScreen(ModalScreen[dict | None]):
         text = self.query_one("#task-text", TextArea).text
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"the task must be a JSON object, got {json_type_name(data)}")
             instruction = data["instruction"]
             if not isinstance(instruction, str) or not instruction.strip():
                 raise ValueError("'instruction' must be a non-empty string")
+            is_cls = data.get("is_classification", False)
+            if not isinstance(is_cls, bool):  # (bool("false") is True)
+                raise TypeError("'is_classification' must be true or false, got "
+                                f"{json.dumps(is_cls, ensure_ascii=False)}")
+            if not isinstance(data["instances"], list):
+                raise TypeError("'instances' must be a list, got "
+                                f"{json_type_name(data['instances'])}")
             instances = [edited_instance(i) for i in data["instances"]]
             if not instances or any(not i.output for i in instances):
                 raise ValueError("give at least one instance, each with an output")
@@ -179,12 +199,26 @@ class TaskEditScreen(ModalScreen[dict | None]):
             errors.update(f"line {exc.lineno}: bad JSON: {exc.msg}")
             errors.add_class("visible")
             return
-        except (KeyError, TypeError, ValueError) as exc:
-            errors.update(f"not saved: {exc}")
+        except KeyError as exc:
+            errors.update(Text(f"not saved: the field {exc} is missing"))
+            errors.add_class("visible")
+            return
+        except (TypeError, ValueError) as exc:
+            errors.update(Text(f"not saved: {exc}"))  # (the text as typed)
             errors.add_class("visible")
             return
         self.dismiss({"instruction": instruction.strip(), "instances": instances,
-                      "is_classification": bool(data.get("is_classification", False))})
+                      "is_classification": is_cls})
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        """Close without saving; with changes, only after asking (as the seed form does)."""
+        if self.query_one("#task-text", TextArea).text == self.initial:
+            self.dismiss(None)
+            return
+
+        def answer(discard: bool | None) -> None:
+            if discard:
+                self.dismiss(None)
+
+        self.app.push_screen(ConfirmScreen("Discard your changes to this task?",
+                                           yes="Discard", no="Keep editing"), answer)
