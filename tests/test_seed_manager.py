@@ -1195,3 +1195,29 @@ def test_a_promoted_seed_dropped_in_the_inspector_gives_its_task_back_to_the_poo
             assert any("at least one seed" in n.message for n in app._notifications)
 
     run(go())
+
+
+def test_saving_a_seed_form_unchanged_sends_nothing(tmp_path, isolated_env):
+    """Saving the form as it opened sent the same seed set again: the run showed it "pending:
+    applies at the next round" and said "139 seeds saved" though nothing had changed."""
+    run_dir = tmp_path / "run"
+    deterministic_run(run_dir)
+    store = RunStore(run_dir)
+    store.set_meta("state", {"state": "running", "pid": os.getpid(), "ts": 0, "reason": ""})
+    store.close()
+
+    async def go():
+        app = create_app(run_dir, attach=True, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            manager = await open_manager(pilot, app)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, SeedFormScreen))
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.screen is manager)
+            await pilot.pause(0.2)
+            assert "the run's active seeds" in str(manager.query_one("#seeds-title").render())
+            assert any("unchanged" in n.message for n in app._notifications)
+            assert not any("seeds saved" in n.message for n in app._notifications)
+
+    run(go())
+    assert read_run(run_dir, lambda store: store.pending_seeds()) is None

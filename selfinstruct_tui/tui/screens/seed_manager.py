@@ -238,8 +238,14 @@ class SeedManagerScreen(ModalScreen[None]):
         if at is None:
             return
 
+        loaded = self.seeds[at]
+
         def done(seed: SeedTask | None) -> None:
             if seed is None:
+                return
+            if seed_to_record(seed) == seed_to_record(loaded):
+                # (sending the same set made it "pending" and said "saved" for nothing)
+                self.notify(f"Seed {seed.id} is unchanged: nothing to save.")
                 return
 
             def change(fresh: list[SeedTask]) -> tuple[list[SeedTask], str]:
@@ -251,8 +257,7 @@ class SeedManagerScreen(ModalScreen[None]):
 
             self._apply(change)
 
-        self.app.push_screen(SeedFormScreen(self.seeds[at], self.seeds[at].id,
-                                            similar=self.similar_to), done)
+        self.app.push_screen(SeedFormScreen(loaded, loaded.id, similar=self.similar_to), done)
 
     def action_duplicate(self) -> None:
         """The form opens on a copy (a new id, origin "added"); saving adds it after the
