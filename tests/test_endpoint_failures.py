@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,6 +160,24 @@ def test_a_proxys_413_keeps_the_paid_candidate_open(tmp_path):
     assert_accounted(run_dir)
 
 
+def retry_delays(server: FakeOpenAI, **settings: Any) -> list[float]:
+    """The delays (seconds) a client with `settings` reported before each retry of one
+    generation request to `server`, which it answers in the end."""
+    delays: list[float] = []
+
+    async def go() -> None:
+        client = LLMClient(ClientSettings(base_url=server.base_url, model="m", **settings))
+        try:
+            await client.request(P.generation_completion(["Name a color."] * 8),
+                                 SamplingParams(max_tokens=8),
+                                 lambda cause, attempt, delay, *_: delays.append(delay))
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+    return delays
+
+
 def test_a_retry_after_of_zero_or_in_the_past_waits_the_backoff():
     """Retry-After: 0, or a date already past (the server's clock ahead of ours), retried at
     once: 7 attempts within 90 ms, hammering the endpoint that asked to wait."""
@@ -166,20 +185,8 @@ def test_a_retry_after_of_zero_or_in_the_past_waits_the_backoff():
     for header in ({"Retry-After": "0"}, {"Retry-After": past}, {"retry-after-ms": "0"}):
         limited = {"status": 429, "headers": header,
                    "body": {"error": {"message": "slow down", "type": "rate_limit_error"}}}
-        delays: list[float] = []
-
-        async def go(url: str) -> None:
-            client = LLMClient(ClientSettings(base_url=url, model="m", backoff_base=0.05,
-                                              backoff_max=0.1, max_retries=2))
-            try:
-                await client.request(P.generation_completion(["Name a color."] * 8),
-                                     SamplingParams(max_tokens=8),
-                                     lambda cause, attempt, delay, *_: delays.append(delay))
-            finally:
-                await client.close()
-
         with FakeOpenAI(script={"*": [limited, limited]}, repeat_last=False) as server:
-            asyncio.run(go(server.base_url))
+            delays = retry_delays(server, backoff_base=0.05, backoff_max=0.1, max_retries=2)
         assert len(delays) == 2 and all(d > 0 for d in delays), (header, delays)
 
 
@@ -960,18 +967,6 @@ def test_a_rate_limit_that_says_when_to_try_again_only_in_words_waits_that_long(
     back inside the limit the endpoint named."""
     limited = {"status": 429, "body": {"error": {"message": message, "type": "rate_limit_error",
                                                  "code": "rate_limit_exceeded"}}}
-    delays: list[float] = []
-
-    async def go(url: str) -> None:
-        client = LLMClient(ClientSettings(base_url=url, model="m", backoff_base=0.01,
-                                          backoff_max=0.02))
-        try:
-            await client.request(P.generation_completion(["Name a color."] * 8),
-                                 SamplingParams(max_tokens=8),
-                                 lambda cause, attempt, delay, *_: delays.append(delay))
-        finally:
-            await client.close()
-
     with FakeOpenAI(script={"*": [limited]}, repeat_last=False) as server:
-        asyncio.run(go(server.base_url))
+        delays = retry_delays(server, backoff_base=0.01, backoff_max=0.02)
     assert delays == [wait]

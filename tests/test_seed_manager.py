@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from textual.widgets import Checkbox, DataTable, TextArea
 
@@ -76,6 +77,16 @@ async def add_new_seed(pilot, app, manager: SeedManagerScreen) -> None:
     await fill_new_seed(pilot, app)
     await pilot.press("ctrl+s")
     await until(pilot, lambda: app.screen is manager)
+
+
+def run_marked_running(run_dir: Path) -> Path:
+    """A run whose store says an engine (this process) drives it: a UI attaches to it and its
+    seed edits stay pending, as with a detached engine."""
+    deterministic_run(run_dir)
+    store = RunStore(run_dir)
+    store.set_meta("state", {"state": "running", "pid": os.getpid(), "ts": 0, "reason": ""})
+    store.close()
+    return run_dir
 
 
 def test_manager_adds_edits_duplicates_and_deletes_seeds(tmp_path, isolated_env):
@@ -302,11 +313,7 @@ def test_attached_edits_stay_pending_build_on_each_other_and_apply_at_start(tmp_
     """The bug this fixes: a second edit before the next round used to start from the active
     seeds and lose the first. Through RemoteControl (an attached UI, engine elsewhere) the set
     is recorded as pending; the second edit starts from it; an engine applies it on start-up."""
-    run_dir = tmp_path / "run"
-    deterministic_run(run_dir)
-    store = RunStore(run_dir)
-    store.set_meta("state", {"state": "running", "pid": os.getpid(), "ts": 0, "reason": ""})
-    store.close()
+    run_dir = run_marked_running(tmp_path / "run")
 
     async def go():
         app = create_app(run_dir, attach=True, refresh=0.1)
@@ -532,11 +539,7 @@ def test_two_attached_uis_never_overwrite_each_others_seed_edits(tmp_path, isola
     """A manager opened before another UI changed the seed set applies its own change to the
     set as it is now (the other change survives), and says so; a raw JSONL edit over a set that
     changed meanwhile is not applied (it would undo the other change) and is kept in a file."""
-    run_dir = tmp_path / "run"
-    deterministic_run(run_dir)
-    store = RunStore(run_dir)
-    store.set_meta("state", {"state": "running", "pid": os.getpid(), "ts": 0, "reason": ""})
-    store.close()
+    run_dir = run_marked_running(tmp_path / "run")
 
     async def edit_first_instruction(pilot, app, manager, row: int, suffix: str) -> None:
         manager.query_one("#seed-table", DataTable).move_cursor(row=row)
@@ -1200,11 +1203,7 @@ def test_a_promoted_seed_dropped_in_the_inspector_gives_its_task_back_to_the_poo
 def test_saving_a_seed_form_unchanged_sends_nothing(tmp_path, isolated_env):
     """Saving the form as it opened sent the same seed set again: the run showed it "pending:
     applies at the next round" and said "139 seeds saved" though nothing had changed."""
-    run_dir = tmp_path / "run"
-    deterministic_run(run_dir)
-    store = RunStore(run_dir)
-    store.set_meta("state", {"state": "running", "pid": os.getpid(), "ts": 0, "reason": ""})
-    store.close()
+    run_dir = run_marked_running(tmp_path / "run")
 
     async def go():
         app = create_app(run_dir, attach=True, refresh=0.1)
