@@ -43,6 +43,17 @@ did not create it answers), 200 as usual (`[404] * n`: 404 for the next n retrie
 `batch_creations` counts created batches; `batch_retrieves` counts polls. `moved` = (status,
 base URL), set with `configure`: every request is answered with that redirect (3xx,
 Location: the same path under that base URL).
+Lost answers and refusals (set with `configure`): `batch_upload_hang` / `batch_create_hang`
+(seconds) store an upload / create a batch, then answer that late (a client killed meanwhile
+never learns its id);
+`batch_upload_drop` / `batch_create_drop` (n) store the next n uploads / create the next n
+batches, then close the connection without an answer; GET /v1/files (`?purpose=`) and GET
+/v1/batches list them, newest first. `batch_invalid` ({code, message, param, line}) fails
+each batch created while set at its first retrieve, as OpenAI's validation does (status
+`failed`, `errors.data` that one error, no line answered, no file); a list of them (or None)
+applies one to each next batch created, in order. `batch_create_error` ({status, message,
+code, param}) answers each create with that error.
+`uploads` counts the files uploaded (purpose batch).
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -216,6 +228,8 @@ class FakeOpenAI:
             batch_polls=batch_polls, batch_fail_kinds=dict(batch_fail_kinds or {}),
             thinking=thinking)
         self.files: dict[str, tuple[str, bytes]] = {}  # id -> (filename, content)
+        self.file_info: dict[str, dict[str, Any]] = {}  # id -> its File object
+        self.uploads = 0
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_polls_of: dict[str, int] = {}
         self.batch_creations = 0
@@ -273,8 +287,9 @@ class FakeOpenAI:
         with self.lock:
             if "script" in settings:
                 self.scripts = {k: list(v) for k, v in (settings.pop("script") or {}).items()}
-            if settings.get("batch_poll_script"):  # consumed here, not in the caller's list
-                settings["batch_poll_script"] = list(settings["batch_poll_script"])
+            for key in ("batch_poll_script", "batch_invalid"):  # consumed here, not the caller's
+                if isinstance(settings.get(key), list):
+                    settings[key] = list(settings[key])
             self.settings.update(settings)
 
     def scripted(self, kind: str) -> Any:
@@ -360,12 +375,24 @@ class FakeOpenAI:
         return text, "generate", len(text.split())
 
     # -- the Batch API --------------------------------------------------------------------------
-    def add_file(self, name: str, data: bytes) -> dict[str, Any]:
+    def add_file(self, name: str, data: bytes, purpose: str = "batch_output") -> dict[str, Any]:
         with self.lock:
             file_id = f"file-{len(self.files) + 1}"
             self.files[file_id] = (name, data)
-        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                "filename": name, "purpose": "batch", "status": "processed"}
+            self.uploads += purpose == "batch"
+            info = {"id": file_id, "object": "file", "bytes": len(data),
+                    "created_at": int(time.time()), "filename": name, "purpose": purpose,
+                    "status": "processed"}
+            self.file_info[file_id] = info
+        return info
+
+    def _take(self, setting: str) -> bool:
+        """Whether a countdown setting (`batch_upload_drop`, ...) is still on; counts it down."""
+        with self.lock:
+            left = int(self.settings.get(setting) or 0)
+            if left:
+                self.settings[setting] = left - 1
+            return left > 0
 
     def create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         input_id = body.get("input_file_id")
@@ -381,9 +408,14 @@ class FakeOpenAI:
                      "status": "in_progress", "metadata": body.get("metadata"),
                      "output_file_id": None, "error_file_id": None,
                      "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+            invalid = self.settings.get("batch_invalid")
+            if isinstance(invalid, list):  # one entry per batch created, in order
+                invalid = invalid.pop(0) if invalid else None
+            if invalid:
+                batch["_invalid"] = dict(invalid)
             self.batches[batch_id] = batch
             self.batch_polls_of[batch_id] = 0
-        return 200, batch
+        return 200, {k: v for k, v in batch.items() if not k.startswith("_")}
 
     def retrieve_batch(self, batch_id: str) -> tuple[int, dict[str, Any]]:
         with self.lock:
@@ -393,6 +425,11 @@ class FakeOpenAI:
             self.batch_retrieves += 1
             self.batch_polls_of[batch_id] += 1
             polls = self.batch_polls_of[batch_id]
+            invalid = batch.pop("_invalid", None)
+            if invalid:  # refused by validation: nothing ran, nothing is paid
+                batch.update(status="failed", failed_at=int(time.time()), request_counts={
+                    "total": 0, "completed": 0, "failed": 0}, errors={
+                    "object": "list", "data": [{"param": None, "line": None, **invalid}]})
             ready = batch["status"] == "in_progress" and polls >= self.settings["batch_polls"]
         if ready:
             self._run_batch(batch)
@@ -539,12 +576,36 @@ class FakeOpenAI:
                     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
                         b"Content-Type: " + self.headers["Content-Type"].encode() +
                         b"\r\n\r\n" + raw)
-                    for part in message.iter_parts():
-                        if part.get_param("name", header="content-disposition") == "file":
-                            self._send(200, server.add_file(part.get_filename() or "input",
-                                                            part.get_payload(decode=True)))
-                            return True
-                    self._error(400, "no file in the upload", "invalid_request_error")
+                    fields = {part.get_param("name", header="content-disposition"): part
+                              for part in message.iter_parts()}
+                    if "file" not in fields:
+                        self._error(400, "no file in the upload", "invalid_request_error")
+                        return True
+                    purpose = fields["purpose"].get_content().strip() if "purpose" in fields \
+                        else "batch"
+                    stored = server.add_file(fields["file"].get_filename() or "input",
+                                             fields["file"].get_payload(decode=True), purpose)
+                    if server._take("batch_upload_drop"):  # stored, its answer lost
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return True
+                    hang = server.settings.get("batch_upload_hang")
+                    if hang:
+                        time.sleep(float(hang))
+                    self._send(200, stored)
+                elif method == "GET" and path.endswith("/files"):
+                    wanted = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                    with server.lock:
+                        listed = [f for f in server.file_info.values()
+                                  if f["purpose"] in wanted.get("purpose", [f["purpose"]])]
+                    listed.sort(key=lambda f: int(f["id"].split("-")[1]), reverse=True)
+                    self._send(200, {"object": "list", "data": listed, "has_more": False})
+                elif method == "GET" and path.endswith("/batches"):
+                    with server.lock:
+                        listed = [{k: v for k, v in b.items() if not k.startswith("_")}
+                                  for b in server.batches.values()]
+                    listed.sort(key=lambda b: int(b["id"].split("_")[1]), reverse=True)
+                    self._send(200, {"object": "list", "data": listed, "has_more": False})
                 elif method == "GET" and path.endswith("/content") and \
                         server.settings.get("batch_files_gone"):  # deleted or expired files
                     with server.lock:
@@ -558,7 +619,22 @@ class FakeOpenAI:
                     self.end_headers()
                     self.wfile.write(data)
                 elif method == "POST" and path.endswith("/batches"):
-                    self._send(*server.create_batch(json.loads(raw or b"{}")))
+                    refusal = server.settings.get("batch_create_error")
+                    if refusal:
+                        self._send(int(refusal.get("status", 400)), {"error": {
+                            "message": refusal.get("message", "refused"),
+                            "type": "invalid_request_error", "param": refusal.get("param"),
+                            "code": refusal.get("code")}})
+                        return True
+                    created = server.create_batch(json.loads(raw or b"{}"))
+                    if server._take("batch_create_drop"):  # created, its answer lost
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return True
+                    hang = server.settings.get("batch_create_hang")
+                    if hang:
+                        time.sleep(float(hang))
+                    self._send(*created)
                 elif method == "GET" and parts[-2] == "batches":
                     failing = server.settings.get("batch_poll_status")
                     hang = server.settings.get("batch_poll_hang")

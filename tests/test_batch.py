@@ -246,7 +246,8 @@ def test_a_batch_pending_across_sigkill_is_polled_not_resubmitted(isolated_env, 
 
 
 STAND_IN = textwrap.dedent('''
-    """A stand-in for `vllm run-batch -i IN -o OUT`: answers each line like the fake server.
+    """A stand-in for `vllm run-batch -i IN -o OUT`: answers each line like the fake server
+    (IN "-": reads the lines from stdin).
     argv[4] (optional, comma-separated) spoils its output as a crashed or buggy runner would:
     cut (the last line cut short, the writer killed), garbage (a line of text and one of bytes
     not UTF-8), missing (the second line left out), duplicate (the first custom_id again, as a
@@ -268,7 +269,7 @@ STAND_IN = textwrap.dedent('''
     while "gate" in spoil and gate and not pathlib.Path(gate).exists():
         time.sleep(0.05)
     lines = []
-    with open(sys.argv[1]) as src:
+    with (open(sys.argv[1]) if sys.argv[1] != "-" else sys.stdin) as src:  # "-": stdin
         for n, raw in enumerate(src):
             line = json.loads(raw)
             status, body = fake.line_answer(line["url"], line["body"])
@@ -1469,3 +1470,193 @@ def test_headless_prints_a_batch_jobs_failed_polls_by_their_own_count(run_cli, i
     assert len(stored) >= 5, stored  # two jobs lost (3 polls each, 2 retries), then 2 more
     assert len(printed) == len(stored), (printed, stored)
     assert all(f"attempt {a}," in line for (a,), line in zip(stored, printed, strict=True))
+
+
+ENQUEUED = {"code": "token_limit_exceeded", "message": "Enqueued token limit reached for m in "
+            "organization org-1. Limit: 90,000 enqueued tokens. Please try again once some "
+            "in_progress batches have been completed."}
+
+
+@pytest.mark.parametrize("refusal, says", [
+    ({"code": "model_not_found", "line": 1, "param": "body.model",
+      "message": "The provided model 'm' is not supported by the Batch API."}, "--model"),
+    ({"code": "invalid_url", "line": 1, "message": "The URL provided for this request does not "
+      "match the batch endpoint."}, "--api"),
+    ({"code": "invalid_request", "message": "The batch input file is not valid."}, "--extra-body"),
+    ({"code": "some_code_no_one_documented", "message": "Nope."}, "then resume"),
+])
+def test_a_batch_refused_for_a_reason_of_the_run_stops_it_without_another_job(tmp_path, refusal,
+                                                                           says):
+    """A batch the endpoint's validation refused (status `failed`, `errors.data`) for a reason
+    every job of the run would meet (its model, its endpoint path, the file's shape) left its
+    requests unanswered: they were sent again in a new job, refused alike, job after job. The
+    run now pauses at the first, with the endpoint's words and what to change, and no other job
+    is created. A refusal that clears by waiting (the organisation's enqueued-token limit,
+    `token_limit_exceeded`) still sends its requests again, as an expired batch's are."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(batch_invalid=[ENQUEUED, refusal])
+        with running(*new_run(run_dir, server.base_url, target=20, prompts_per_round=3,
+                              batch=True, batch_poll_seconds=0.02)) as engine:
+            wait_for(lambda: engine.paused is not None or server.batch_creations > 2)
+            paused = engine.paused
+        created = server.batch_creations
+    assert created == 2  # the enqueued-limit one, sent again; the refused one, not
+    assert paused is not None and paused.by_errors
+    assert f"{refusal['code']}: {refusal['message']}" in paused.reason, paused.reason
+    assert says in paused.reason, paused.reason
+    jobs = db(run_dir).execute("SELECT * FROM batches ORDER BY id").fetchall()
+    assert [(j["status"], j["state"]) for j in jobs] == [("failed", "settled")] * 2
+    assert "token_limit_exceeded" in jobs[0]["message"]
+    assert_accounted(run_dir)
+
+
+def test_a_batch_job_the_endpoint_refuses_to_create_stops_the_run_after_one(tmp_path):
+    """A create answered 400 (an endpoint path or completion window the server does not take)
+    failed that job's requests as refused ones, and the next stage uploaded and was refused
+    again, round after round, every candidate lost. It stops the run at the first, naming the
+    refusal and what to change."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(batch_create_error={
+            "status": 400, "param": "endpoint", "code": "invalid_value",
+            "message": "Invalid value for 'endpoint': '/v1/completions' is not supported."})
+        with running(*new_run(run_dir, server.base_url, target=20, prompts_per_round=3,
+                              batch=True, batch_poll_seconds=0.02)) as engine:
+            wait_for(lambda: engine.paused is not None or server.uploads > 1)
+            paused = engine.paused
+        uploads = server.uploads
+    assert uploads == 1
+    assert paused is not None and paused.by_errors
+    assert "'/v1/completions' is not supported" in paused.reason and "--api" in paused.reason
+    assert_accounted(run_dir)
+
+
+@pytest.mark.parametrize("lost", ["batch_upload_drop", "batch_create_drop"])
+def test_an_upload_or_create_whose_answer_is_lost_is_found_not_sent_twice(tmp_path, lost):
+    """The endpoint stored the file (or created the batch, paid) and the connection closed
+    before its answer: the client sent it again, a second file (a second batch, paid twice).
+    The job's own upload (batch) is looked for and used instead."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(**{lost: 1})
+        engine = run_engine(run_dir, server.base_url, target=8, prompts_per_round=3)
+        jobs = db(run_dir).execute("SELECT * FROM batches ORDER BY id").fetchall()
+        assert engine.finished is not None and engine.finished.reason.value == "target"
+        assert server.uploads == server.batch_creations == len(jobs)
+    assert jobs[0]["input_file_id"] == "file-1" and jobs[0]["batch_id"] == "batch_1"
+    assert all(j["state"] == "settled" for j in jobs)
+    assert_accounted(run_dir)
+
+
+@pytest.mark.parametrize("step", ["upload", "create"])
+def test_a_session_killed_while_its_upload_or_create_was_answered_does_not_send_it_again(
+        isolated_env, tmp_path, step):
+    """kill -9 while the endpoint had stored the job's file (or created its batch) and its
+    answer was on the way: the next session uploaded the file again (and created a second
+    batch, paid twice, the first one unknown to the run). It finds the first and uses it."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(**{f"batch_{step}_hang": 60})
+        args = cli_command("run", "--headless", "--base-url", server.base_url, "--model", "m",
+                           "--run-dir", str(run_dir), "--target", "6", "--batch",
+                           "--batch-poll", "0.05", "--prompts-per-round", "3")
+        proc = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: (server.uploads if step == "upload" else server.batch_creations)
+                     >= 1)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert db(run_dir).execute("SELECT input_file_id, batch_id FROM batches").fetchone()[
+            1] is None
+        server.configure(**{f"batch_{step}_hang": 0})
+        done = subprocess.run(args, env=isolated_env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        jobs = db(run_dir).execute("SELECT * FROM batches ORDER BY id").fetchall()
+        assert server.uploads == server.batch_creations == len(jobs), (
+            server.uploads, server.batch_creations, len(jobs))
+    assert (jobs[0]["input_file_id"], jobs[0]["batch_id"]) == ("file-1", "batch_1")
+    assert all(j["state"] == "settled" for j in jobs)
+    assert_accounted(run_dir)
+
+
+HOLDER = textwrap.dedent('''
+    """Writes its pid to argv[1], waits for the file argv[2], then runs the rest of its
+    arguments (after --)."""
+    import os, pathlib, subprocess, sys, time
+    pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+    while not pathlib.Path(sys.argv[2]).exists():
+        time.sleep(0.02)
+    sys.exit(subprocess.call(sys.argv[sys.argv.index("--") + 1:]))
+''')
+
+
+def test_a_command_started_by_a_session_killed_before_it_saved_the_pid_is_not_run_again(
+        isolated_env, tmp_path):
+    """kill -9 of the run after it started a job's --batch-command and before the job's pid was
+    in the store, a command that names its input file in no argument (`exec tool < {input} >
+    {output}`): the next session found no process naming the file and ran the command again,
+    beside the first. The command runs with the job in its environment, so the next session
+    finds it, waits for it and reads its output; and a job recorded as starting whose command
+    is gone and left nothing is read (its requests sent again as new ones), not run again.
+    (The kill is real; the store is then put as a kill in that instant leaves it, the pid not
+    yet written: nothing outside the engine can stop it between the two.)"""
+    import asyncio
+
+    script, holder = tmp_path / "run_batch.py", tmp_path / "holder.py"
+    script.write_text(STAND_IN)
+    holder.write_text(HOLDER)
+    tests = Path(__file__).resolve().parent
+    run_dir = tmp_path / "run"
+    flag, gate = tmp_path / "started", tmp_path / "gate"
+    command = (f"exec {sys.executable} {holder} {flag} {gate} -- {sys.executable} {script} - "
+               f"{{output}} {tests} < {{input}}")
+    args = cli_command("run", "--headless", "--model", "m", "--run-dir", str(run_dir),
+                       "--target", "5", "--batch-command", command, "--batch-poll", "0.05",
+                       "--prompts-per-round", "3")
+    first = subprocess.Popen(args, env=isolated_env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    resumed = None
+    try:
+        wait_for(lambda: flag.exists() and flag.read_text().strip())
+        first.kill()  # the command runs on, gated
+        first.wait(timeout=10)
+        held = int(flag.read_text())
+        conn = db(run_dir)
+        with conn:
+            conn.execute("UPDATE batches SET batch_id = NULL, state = 'preparing', status = "
+                         "'starting' WHERE id = 1")
+        resumed = subprocess.Popen(args, env=isolated_env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: db(run_dir).execute(
+            "SELECT batch_id FROM batches WHERE id = 1").fetchone()[0] is not None)
+        assert db(run_dir).execute("SELECT batch_id FROM batches WHERE id = 1").fetchone()[0] \
+            == f"pid {held}"  # the first command, waited for
+        gate.write_text("")
+        out = resumed.communicate(timeout=120)[0]
+        assert resumed.returncode == 0, out
+    finally:
+        gate.write_text("")
+        for proc in (first, resumed):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = run_dir / "batches" / "job00001-r1-generate.output.jsonl"
+    assert Path(f"{output}.runs").read_text() == "1\n"  # run once
+    conn = db(run_dir)
+    job = conn.execute("SELECT * FROM batches WHERE id = 1").fetchone()
+    assert job["state"] == "settled" and job["completed"] == job["total"] == 3
+    assert_accounted(run_dir)
+
+    # recorded as starting, its command gone without a trace: read, not run
+    (tmp_path / "gone").mkdir()
+    store, record, transport = command_job(tmp_path / "gone")
+    record = store.update_batch(record, status="starting")
+    done = asyncio.run(transport.submit(store, record))
+    assert done.state == "downloaded" and (done.completed, done.failed) == (0, 1)
+    assert "wrote no output file" in done.message
+    assert not (tmp_path / "gone" / "run" / "job1.output.jsonl.runs").exists()
+    store.close()

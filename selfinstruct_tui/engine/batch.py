@@ -12,7 +12,8 @@ the normal path would POST) and sent through a transport:
 
 Resume rules (nothing paid is lost or paid twice): the job is recorded in the store (`batches`)
 before anything is uploaded; the uploaded file id and the batch id are committed as soon as the
-endpoint returns them, before the first poll. A later session polls a recorded batch instead of
+endpoint returns them, before the first poll, and an upload or create whose answer was lost is
+looked for at the endpoint before it is sent again (`OpenAIBatchTransport.submit`). A later session polls a recorded batch instead of
 creating another (`Batcher.resume_pending`); a job that was recorded but never created is created
 from the file id it already has. A command is never run twice: a job whose command an earlier
 session started is waited for (by its pid) and then read as its output file is, complete or not
@@ -26,15 +27,18 @@ once (a 1 s command took up to 30 s, each stage of a round). A job this process 
 command an earlier, killed session left running: only its recorded pid is known, and it is no
 child of ours to wait for; a batch at an endpoint) is polled every `poll_seconds`.
 
-Not covered: a crash in the instant between the endpoint creating a batch and the store
-recording its id leaves that batch unknown to the run (the batch carries
-`metadata.selfinstruct_job` so it can be found in the provider's dashboard).
+A batch refused as a whole for a reason every job would meet (`run_wide_refusal`) stops the run.
+
+Not covered: an endpoint that cannot list its batches, when a create's answer is lost: that
+batch stays unknown to the run (it carries `metadata.selfinstruct_job` so it can be found in
+the provider's dashboard).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -76,6 +80,32 @@ log = logging.getLogger(__name__)
 # The endpoint's batch statuses after which nothing changes.
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
+# A batch that ends `failed` was refused as a whole: OpenAI's reference says "the input file has
+# failed the validation process" (no line ran, nothing is paid) and gives each reason in
+# `errors.data[]` as {code, message, param, line}; it documents that shape, not a closed list of
+# codes. A refusal is read as one every job of the run would meet (the jobs differ only in their
+# prompts: the same model, endpoint path, body fields, file shape), so the run stops at the first
+# instead of sending its requests again in a job refused alike; only these codes, which clear by
+# waiting, send them again (as an expired batch's unanswered requests are):
+BATCH_ERRORS_THAT_CLEAR = frozenset({
+    "token_limit_exceeded",  # the organisation's enqueued-token limit: its other batches end
+    "rate_limit_exceeded",
+    "server_error",
+})
+# What to change for the codes OpenAI's batch validation is seen to give (any other code stops
+# the run as well, with the generic advice)
+BATCH_ERROR_ADVICE = {
+    "model_not_found": "check --model: the Batch API may serve fewer models than requests do",
+    "invalid_model": "check --model: the Batch API may serve fewer models than requests do",
+    "mismatched_model": "check --model",
+    "invalid_url": "check --api (the batch's endpoint path: /v1/completions or "
+                   "/v1/chat/completions)",
+    "invalid_endpoint": "check --api (the batch's endpoint path: /v1/completions or "
+                        "/v1/chat/completions)",
+}
+BATCH_ERROR_GENERIC = ("check --model, --api and --extra-body (every line of the file carries "
+                       "them), then resume")
+
 
 @dataclass(frozen=True)
 class BatchSettings:
@@ -106,13 +136,15 @@ class BatchLine:
     """One output (or error-file) line: `status` the HTTP status of the request (None when the
     line carries only an `error`), `body` the response body, `error` the line's error text;
     `readable` False for a line that was not JSON but named its custom_id (`error` says which
-    line of which file)."""
+    line of which file); `refused` True for a request of a batch refused as a whole for a
+    reason every job of the run would meet (`run_wide_refusal`)."""
 
     custom_id: str
     status: int | None
     body: dict[str, Any] | None
     error: str | None
     readable: bool = True
+    refused: bool = False  # no answer: the whole batch was refused for a reason of the run
 
 
 def custom_id(kind: str, prompt_id: int) -> str:
@@ -230,6 +262,28 @@ def _some(items: list[Any], shown: int = 5) -> str:
     return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
+def _batch_error(error: Any) -> str:
+    """One entry of a batch's `errors.data` as "code: message (line N, param P)"."""
+    code, text = getattr(error, "code", None), getattr(error, "message", None) or str(error)
+    where = ", ".join(f"{k} {v}" for k in ("line", "param")
+                      if (v := getattr(error, k, None)) not in (None, ""))
+    return (f"{code}: {text}" if code else text) + (f" ({where})" if where else "")
+
+
+def run_wide_refusal(errors: list[Any], base_url: str, batch_id: str | None) -> str:
+    """Why a batch that ended `failed` stops the run, and what to change; "" when every error
+    of it (`errors.data`: objects with code, message, param, line) is one that clears by
+    waiting (`BATCH_ERRORS_THAT_CLEAR`): its requests are then sent again."""
+    codes = [getattr(e, "code", None) or "" for e in errors]
+    if errors and all(code in BATCH_ERRORS_THAT_CLEAR for code in codes):
+        return ""
+    said = "; ".join(_batch_error(e) for e in errors)[:600] or "no reason given"
+    advice = next((BATCH_ERROR_ADVICE[c] for c in codes if c in BATCH_ERROR_ADVICE),
+                  BATCH_ERROR_GENERIC)
+    return (f"{base_url} refused batch {batch_id} as a whole (status failed: {said}); every job "
+            f"of this run would be refused alike, so none is sent again: {advice}")
+
+
 def job_ids(record: BatchRecord) -> list[str]:
     """The custom_ids of a job's requests."""
     return [custom_id(record.kind, prompt_id) for prompt_id in record.prompt_ids]
@@ -244,7 +298,8 @@ def answers(record: BatchRecord) -> dict[str, BatchLine]:
     if record.message:
         why += f": {record.message}"
     for cid in job_ids(record):
-        lines.setdefault(cid, BatchLine(cid, None, None, why))
+        lines.setdefault(cid, BatchLine(cid, None, None, record.refusal or why,
+                                        refused=bool(record.refusal)))
     return lines
 
 
@@ -253,8 +308,9 @@ def line_response(line: BatchLine | None, settings: ClientSettings, redact: Reda
     """An output line as the normal path's answer, answered at `where` (`Batcher.answered_at`)
     by `settings.model`. Raises RequestFailed (kind a `Cause`; `endpoint` and `model` set) for a
     missing line, a failed line (its reason in the message; `fatal` where the same answer to a
-    request would be: a refused key, an unknown model, a refused --extra-body field) or a body
-    without text."""
+    request would be: a refused key, an unknown model, a refused --extra-body field, and for
+    every request of a batch refused as a whole for a reason of the run) or a body without
+    text."""
     try:
         return _line_response(line, settings, redact, max_tokens, where)
     except RequestFailed as exc:
@@ -272,6 +328,8 @@ def _line_response(line: BatchLine | None, settings: ClientSettings, redact: Red
         text = line.error or ""
         if line.body is not None:
             text = error_text(_BodyError(line.body)) or text
+        if line.refused:  # the batch refused as a whole: every later job would be too
+            raise RequestFailed(redact(text), kind=Cause.BAD_REQUEST, fatal=True)
         if not status:  # no answer at all: the batch (or the command) ended without one
             raise RequestFailed(redact(text or "the batch ended without an answer to this "
                                                "request"), kind=Cause.UNANSWERED)
@@ -343,6 +401,20 @@ class BatchTransport(Protocol):
         wait between polls would not wait)."""
 
 
+# How many times an upload or a create is sent (`OpenAIBatchTransport._once`), and how far the
+# endpoint's clock may be behind ours (s) when its list is searched back to a job's creation
+SEND_ATTEMPTS = 4
+CLOCK_SKEW = 600.0
+
+
+def upload_name(record: BatchRecord, data: bytes) -> str:
+    """The name a job's file is uploaded under: its own name and a digest of the job's identity
+    (its number and creation time) and of its bytes, so that a file listed at the endpoint under
+    it is this job's upload and no other run's (`OpenAIBatchTransport._find_upload`)."""
+    digest = hashlib.sha256(f"{record.id}:{record.created!r}\n".encode() + data).hexdigest()
+    return f"{Path(record.input_path).name.removesuffix('.jsonl')}-{digest[:24]}.jsonl"
+
+
 class OpenAIBatchTransport:
     """The OpenAI Batch API (/v1/files, /v1/batches) through the `openai` client."""
 
@@ -360,19 +432,90 @@ class OpenAIBatchTransport:
         self._unnamed: dict[int, float] = {}  # job -> monotonic s its files were first missing
 
     async def submit(self, store: RunStore, record: BatchRecord) -> BatchRecord:
+        """Upload the job's file and create its batch, each at most once. Both POSTs create
+        something at the endpoint before it answers, and an answer can be lost (the connection
+        closed, the session killed): sent again, they stored a second file and created a second
+        batch, paid twice. So each is marked in the store before it is sent (`status`
+        "uploading", "creating"); a POST whose answer was lost (in this session, or in a killed
+        one: the mark says so) is first looked for at the endpoint (`_find_upload`,
+        `_find_batch`) and only sent again when the endpoint does not have it. Looked up, not
+        recorded before: the id is the endpoint's, known only from the answer. An endpoint that
+        cannot list files or batches (a 404 for the list) is sent the POST again: a second file
+        is only storage, a batch is only created from the one file id recorded."""
         if record.input_file_id is None:
             data = Path(record.input_path).read_bytes()
-            uploaded = await self.client.files.create(
-                file=(Path(record.input_path).name, data), purpose="batch")
-            record = store.update_batch(record, input_file_id=uploaded.id)
-        created = await self.client.batches.create(
-            input_file_id=record.input_file_id or "",
-            endpoint=endpoint_path(self.settings.api),  # type: ignore[arg-type]
-            completion_window=self.batch.completion_window,  # type: ignore[arg-type]
-            metadata={"selfinstruct_job": str(record.id)})
+            name = upload_name(record, data)
+            uploaded = await self._once(
+                store, record, "uploading",
+                lambda: self.client.with_options(max_retries=0).files.create(
+                    file=(name, data), purpose="batch"),
+                lambda: self._find_upload(record, name, len(data)))
+            record = store.update_batch(record, input_file_id=uploaded.id, status="")
+        file_id = record.input_file_id or ""
+        created = await self._once(
+            store, record, "creating",
+            lambda: self.client.with_options(max_retries=0).batches.create(
+                input_file_id=file_id,
+                endpoint=endpoint_path(self.settings.api),  # type: ignore[arg-type]
+                completion_window=self.batch.completion_window,  # type: ignore[arg-type]
+                metadata={"selfinstruct_job": str(record.id)}),
+            lambda: self._find_batch(record, file_id))
         return store.update_batch(record, batch_id=created.id, state="submitted",
                                   status=created.status, total=len(record.prompt_ids),
                                   endpoint=self.settings.base_url)
+
+    async def _once(self, store: RunStore, record: BatchRecord, marking: str,
+                    send: Callable[[], Awaitable[Any]],
+                    find: Callable[[], Awaitable[Any | None]]) -> Any:
+        """What `send` creates (the endpoint's File or Batch object), sent at most once unless
+        `find` (a look in the endpoint's list) says the endpoint does not have it: the record is
+        marked `marking` first, and one already so marked (an earlier session sent it and died)
+        is looked for before it is sent. A send without an answer, or answered 408, 409, 429 or
+        5xx, is looked for, then sent again (SEND_ATTEMPTS in all). Raises openai's exception
+        for a refusal (any other status: nothing was created) or the last failure."""
+        found = await find() if record.status == marking else None
+        if found:
+            return found
+        store.update_batch(record, status=marking)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await send()
+            except (openai.APIConnectionError, openai.APIStatusError) as exc:
+                if isinstance(exc, openai.APIStatusError) and \
+                        exc.status_code not in (408, 409, 429) and exc.status_code < 500:
+                    raise
+                found = await find()  # created before its answer was lost?
+                if found:
+                    return found
+                if attempt >= SEND_ATTEMPTS:
+                    raise
+            await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))
+
+    async def _find_upload(self, record: BatchRecord, name: str, size: int) -> Any | None:
+        """The endpoint's File object for the job's upload (`name`, `size` bytes, purpose
+        batch, uploaded since the job was recorded), or None (none, or no list to look in)."""
+        with contextlib.suppress(openai.APIStatusError):
+            async for file in self.client.files.list(purpose="batch", order="desc", limit=100):
+                if file.filename == name and file.bytes == size:
+                    return file
+                if file.created_at < record.created - CLOCK_SKEW:
+                    break
+        return None
+
+    async def _find_batch(self, record: BatchRecord, file_id: str) -> Any | None:
+        """The endpoint's Batch object created for the job (from its file `file_id`, its
+        metadata naming the job, created since the job was recorded), or None (none, or no
+        list to look in)."""
+        with contextlib.suppress(openai.APIStatusError):
+            async for batch in self.client.batches.list(limit=100):
+                if batch.input_file_id == file_id and \
+                        (batch.metadata or {}).get("selfinstruct_job") == str(record.id):
+                    return batch
+                if batch.created_at < record.created - CLOCK_SKEW:
+                    break
+        return None
 
     async def poll(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         # One attempt: a failed poll is the Batcher's to count and time (the client's own
@@ -406,17 +549,19 @@ class OpenAIBatchTransport:
                 content = await self.client.files.content(file_id)
                 atomic_write_text(Path(stem + suffix), content.text)
                 paths[key] = stem + suffix
-        message = ""
+        message = refusal = ""
         if got.status != "completed":
-            errors = getattr(got, "errors", None)
-            data = getattr(errors, "data", None) or []
-            message = "; ".join(str(getattr(e, "message", e)) for e in data)[:400]
+            data = getattr(getattr(got, "errors", None), "data", None) or []
+            message = "; ".join(_batch_error(e) for e in data)[:400]
             message = self.redact(f"batch {got.status}" + (f": {message}" if message else ""))
+            if got.status == "failed":
+                refusal = run_wide_refusal(data, self.settings.base_url, record.batch_id)
         if unnamed:
             message = f"{message}; {unnamed}" if message else unnamed
         problems = read_lines(job_ids(record), *paths.values()).problems
         message = "; ".join(filter(None, (message, *problems)))
-        return store.update_batch(record, state="downloaded", message=message, **paths)
+        return store.update_batch(record, state="downloaded", message=message,
+                                  refusal=self.redact(refusal), **paths)
 
     async def cancel(self, store: RunStore, record: BatchRecord) -> BatchRecord:
         """Ask the endpoint to cancel. The job stays `submitted`: what the batch answered before
@@ -454,22 +599,29 @@ class CommandBatchTransport:
         return record.input_path.removesuffix(".input.jsonl") + ".command.log"
 
     async def submit(self, store: RunStore, record: BatchRecord) -> BatchRecord:
-        """Start the job's command, unless it was started before: a job whose output file
-        exists is read (`read`), and one whose command is still running (a session killed the
-        instant after starting it, before recording its pid) is waited for, never run twice."""
-        if os.path.exists(self.output_path(record)):
-            return self.read(store, record, None, "an earlier session's batch command")
+        """Start the job's command, unless it may have been started before. The intent is
+        recorded first (`status` "starting"), and the command runs with SELFINSTRUCT_BATCH_JOB
+        (the job's input file) in its environment, which whatever the shell execs in its place
+        keeps. So a session killed after starting it, before recording its pid, leaves a job
+        whose command is found still running (`_job_pid`: by that variable or its command line;
+        waited for), or else read (its output file, complete or not, or none: its requests are
+        sent again as new ones): never run twice. The running command is looked for before
+        the output file, which a `> {output}` creates as the command starts."""
         pid = _job_pid(record)
         if pid is not None:
             return store.update_batch(record, state="submitted", status="running",
                                       batch_id=f"pid {pid}", total=len(record.prompt_ids))
+        if os.path.exists(self.output_path(record)) or record.status == "starting":
+            return self.read(store, record, None, "the batch command an earlier session started")
+        record = store.update_batch(record, status="starting")
         command = fill_command(self.template, record.input_path, self.output_path(record))
         with open(self.log_path(record), "ab") as log:
             # Its own session: a Ctrl-C or a closed terminal stops the run, not the job (it
             # finishes its file, like a batch at an endpoint; the next session waits for it).
             proc = await asyncio.create_subprocess_shell(
                 command, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, JOB_ENV: record.input_path})
         self._procs[record.id] = proc
         return store.update_batch(record, state="submitted", status="running",
                                   batch_id=f"pid {proc.pid}", total=len(record.prompt_ids))
@@ -561,13 +713,24 @@ def fill_command(template: str, input_path: str, output_path: str) -> str:
     return re.sub(r"""(["']?)\{(input|output)\}\1""", lambda m: paths[m.group(2)], template)
 
 
+# The environment variable a job's command runs with: the job's input file (`_runs_job`)
+JOB_ENV = "SELFINSTRUCT_BATCH_JOB"
+
+
 def _runs_job(pid: int, record: BatchRecord) -> bool | None:
-    """Whether process `pid` is still the shell running `record`'s command (its command line
-    names the job's input file): a pid an earlier session recorded may belong to another
-    process by now. None where /proc cannot tell (no /proc: not Linux)."""
+    """Whether process `pid` is still running `record`'s command: its environment holds
+    JOB_ENV set to the job's input file (the shell, or what it exec'd in its place), or its
+    command line names that file (a command an older version started): a pid an earlier session
+    recorded may belong to another process by now. None where /proc cannot tell (no /proc: not
+    Linux)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return record.input_path.encode() in fh.read()
+            if record.input_path.encode() in fh.read():
+                return True
+        tag = f"{JOB_ENV}={record.input_path}".encode()
+        with contextlib.suppress(PermissionError), open(f"/proc/{pid}/environ", "rb") as fh:
+            return tag in fh.read().split(b"\0")
+        return False  # another user's process (its environment cannot be read): not ours
     except FileNotFoundError:
         return False if os.path.isdir("/proc/self") else None
     except OSError:
@@ -752,14 +915,26 @@ class Batcher:
         """An upload or create that failed, as the failure of each of its requests: fatal when
         no later job can succeed (a refused key, an endpoint without the Batch API)."""
         failure = map_error(exc, self.client)
-        message = self.redact(failure.message)
-        if isinstance(exc, openai.APIStatusError) and exc.status_code in (404, 405):
+        message, fatal = self.redact(failure.message), failure.fatal
+        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+        said = self.redact(error_text(exc)) if isinstance(exc, Exception) else str(exc)
+        if status in (404, 405):
             message = (f"{self.client.base_url} does not implement the Batch API (/v1/files, "
-                       f"/v1/batches): {self.redact(error_text(exc))}. Use --batch-command to "
+                       f"/v1/batches): {said}. Use --batch-command to "
                        "run batch files offline, or run without --batch")
+            fatal = True
+        elif status in (400, 413, 422) and not fatal:
+            # The upload or the create refused as such: every job sends the same kind of file
+            # to the same endpoint path with the same window, and would be refused alike
+            advice = ("fewer lines per job: lower --prompts-per-round" if status == 413 else
+                      f"check --api (the batch's endpoint path {endpoint_path(self.client.api)}"
+                      f") and --model")
+            message = (f"{self.client.base_url} refused the batch job ({status}: {said}); "
+                       "every job of this run would be "
+                       f"refused alike: {advice}, then resume")
+            fatal = True
         return RequestFailed(f"the batch job failed: {message}", kind=failure.cause,
-                             fatal=failure.fatal or isinstance(exc, openai.APIStatusError)
-                             and exc.status_code in (404, 405), status=failure.status)
+                             fatal=fatal, status=failure.status)
 
     async def follow(self, record: BatchRecord) -> BatchRecord:
         """Poll a submitted job every `poll_seconds`, and at once when the transport sees it

@@ -221,6 +221,9 @@ MIGRATIONS = (
     # seconds; NULL: the last answer was not a 404) and how many they are
     ("batches", "not_found_since", "REAL"),
     ("batches", "not_found_polls", "INTEGER NOT NULL DEFAULT 0"),
+    # A batch the endpoint refused as a whole for a reason every job of the run would meet
+    # (its validation refused the model, the endpoint path, the file): what, and what to change
+    ("batches", "refusal", "TEXT NOT NULL DEFAULT ''"),
 )
 # prompts.endpoint of an answer of the offline batch command: this, then the command template
 COMMAND_ENDPOINT = "command: "
@@ -241,6 +244,8 @@ class BatchRecord:
     `created`/`updated`: epoch seconds.
     `not_found_polls`: the polls in a row the endpoint answered 404 (0: the last answer was
     another), the first of them at `not_found_since` (epoch seconds; kept across sessions).
+    `refusal`: why the endpoint refused the whole batch for a reason every job of the run would
+    meet, and what to change ("" for any other end): its requests fail fatally, the run stops.
     """
 
     id: int
@@ -266,6 +271,7 @@ class BatchRecord:
     endpoint: str | None = None  # the base URL that holds the batch (None: the offline command)
     not_found_since: float | None = None
     not_found_polls: int = 0
+    refusal: str = ""
 
     @property
     def pending(self) -> bool:
@@ -275,7 +281,7 @@ class BatchRecord:
 
 BATCH_FIELDS = ("input_file_id", "batch_id", "output_file_id", "error_file_id", "output_path",
                 "error_path", "state", "status", "total", "completed", "failed", "message",
-                "endpoint", "not_found_since", "not_found_polls")
+                "endpoint", "not_found_since", "not_found_polls", "refusal")
 
 
 @dataclass
@@ -832,7 +838,7 @@ class RunStore:
             r["error_file_id"], r["output_path"], r["error_path"], r["state"], r["status"],
             r["total"], r["completed"], r["failed"], r["message"], r["created"], r["updated"],
             _get(r, "endpoint", None), _get(r, "not_found_since", None),
-            _get(r, "not_found_polls", 0)) for r in rows]
+            _get(r, "not_found_polls", 0), _get(r, "refusal", "")) for r in rows]
         return [b for b in out if b.pending] if pending_only else out
 
     def round_status(self, number: int) -> str | None:
