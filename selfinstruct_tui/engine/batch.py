@@ -13,12 +13,13 @@ the normal path would POST) and sent through a transport:
 Resume rules (nothing paid is lost or paid twice): the job is recorded in the store (`batches`)
 before anything is uploaded; the uploaded file id and the batch id are committed as soon as the
 endpoint returns them, before the first poll, and an upload or create whose answer was lost is
-looked for at the endpoint before it is sent again (`OpenAIBatchTransport.submit`). A later session polls a recorded batch instead of
-creating another (`Batcher.resume_pending`); a job that was recorded but never created is created
-from the file id it already has. A command is never run twice: a job whose command an earlier
-session started is waited for (by its pid) and then read as its output file is, complete or not
-(the requests without a usable line are sent again, as new requests). Answers are matched by
-`custom_id` ("<kind>-<prompt id>": the request's record).
+looked for at the endpoint before it is sent again (`OpenAIBatchTransport.submit`). A later
+session polls a recorded batch instead of creating another (`Batcher.resume_pending`); a job
+that was recorded but never created is created from the file id it already has. A command is
+never run twice: a job whose command an earlier session started (or recorded as starting) is
+waited for (found by its pid, or its environment) and then read as its output file is,
+complete or not (the requests without a usable line are sent again, as new requests). Answers
+are matched by `custom_id` ("<kind>-<prompt id>": the request's record).
 
 Waiting for a job: a stage waits for its job between polls `poll_seconds` apart (30 s), except
 that a job whose end this process can see at once wakes it then (`BatchTransport.ended`): a
