@@ -1373,7 +1373,8 @@ def test_a_failed_line_names_the_servers_words_in_vllms_shape_and_in_a_200_body(
     conn = db(run_dir)
     (error,) = [r[0] for r in conn.execute("SELECT error FROM prompts WHERE error IS NOT NULL")]
     assert "upstream overloaded" in error and "(503)" in error, error
-    assert [r[0] for r in conn.execute("SELECT kind FROM errors")] == ["server_error"]
+    # (a 503 that says the server is overloaded has that cause of its own, as a request's has)
+    assert [r[0] for r in conn.execute("SELECT kind FROM errors")] == ["overloaded"]
     assert [r[0] for r in conn.execute(
         "SELECT reason FROM rejections WHERE reason IN ('unanswered', 'request_failed')")] == [
         "unanswered"]
@@ -1660,3 +1661,31 @@ def test_a_command_started_by_a_session_killed_before_it_saved_the_pid_is_not_ru
     assert "wrote no output file" in done.message
     assert not (tmp_path / "gone" / "run" / "job1.output.jsonl.runs").exists()
     store.close()
+
+
+def test_a_batch_refused_as_a_whole_read_at_resume_stops_the_run_without_another_job(tmp_path):
+    """A job an earlier session left pending, refused as a whole when the resumed session polls
+    it (or any line failing for a reason every request would meet): its requests were recorded
+    as failed and the run went on, its next job refused alike. It stops the run there."""
+    run_dir = tmp_path / "run"
+    refusal = {"code": "model_not_found", "line": 1, "param": "body.model",
+               "message": "The provided model 'm' is not supported by the Batch API."}
+    with FakeOpenAI(batch_polls=10_000) as server:
+        store, config = new_run(run_dir, server.base_url, target=20, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02)
+        with running(store, config):
+            wait_for(lambda: server.batch_creations == 1 and server.batch_retrieves > 0)
+        assert server.batch_creations == 1
+        [pending] = server.batches.values()
+        pending["_invalid"] = refusal  # the endpoint's validation refuses it at the next poll
+        with running(RunStore(run_dir), config) as engine:
+            wait_for(lambda: engine.finished is not None or server.batch_creations > 1)
+            finished = engine.finished
+        created = server.batch_creations
+    assert created == 1  # none sent after the refusal
+    assert finished is not None and finished.reason.value == "failing"
+    assert "model_not_found: The provided model 'm' is not supported" in finished.message
+    assert "--model" in finished.message
+    errors = [m for (m,) in db(run_dir).execute("SELECT message FROM errors")]
+    assert any("model_not_found" in m for m in errors), errors
+    assert_accounted(run_dir)

@@ -750,6 +750,7 @@ class Engine:
                         "without an answer are sent again")
             self._do_stop(FinishReason.FAILING, f"{exc}. {kept}")
             return
+        refused: RequestFailed | None = None  # a line's failure that every request would meet
         for record in jobs:
             if record.state == "lost":  # its requests have no answer: sent again when taken up
                 for prompt in self.store.prompts_by_id(list(record.prompt_ids)):
@@ -769,6 +770,8 @@ class Engine:
                 except RequestFailed as exc:
                     self.store.finish_prompt(prompt, response=None, error=str(exc),
                                              endpoint=exc.endpoint, model=exc.model)
+                    if exc.fatal and refused is None:
+                        refused = exc
                     continue
                 p_tok, c_tok = resp.prompt_tokens, resp.completion_tokens
                 if not resp.usage_reported:
@@ -787,6 +790,13 @@ class Engine:
                 if status is not None and status != "running":  # recover_interrupted: running
                     self.store.recount_round(number, status)
             self._batcher.settled(record)
+        if refused is not None:
+            # As the same answer in this session would (`_on_failure`): a refused key, an unknown
+            # model, a batch refused as a whole. Read at resume, it left the run going and the
+            # next job was refused alike
+            self.bus.emit(ev.RequestError.of(self.store.add_error(None, refused.kind,
+                                                                  str(refused), self.base_url)))
+            self._do_stop(FinishReason.FAILING, f"{refused}. No further batch job was sent")
 
     def _late_candidates(self, job: int, prompt: PromptRecord, resp: LLMResponse) -> None:
         """A generation answer read after its round ended: its instructions are recorded as
