@@ -3,18 +3,21 @@ deterministic run of the snapshots."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import pytest
+from rich.cells import cell_len
+from textual.errors import NoWidget
 from textual.geometry import Region
 from textual.widgets import Button, DataTable
+from tui_helpers import deterministic_run, run, until
 
 from selfinstruct_tui.tui.app import create_app
-from selfinstruct_tui.tui.screens.dialogs import ExportScreen
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, ExportScreen
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.seed_editor import SeedEditorScreen
 from selfinstruct_tui.tui.screens.seed_manager import SeedFormScreen, SeedManagerScreen
-from tui_helpers import deterministic_run, run, until
 
 SIZES = [(80, 24), (60, 20), (50, 15)]
 SIZE_IDS = ["80x24", "60x20", "50x15"]
@@ -301,7 +304,7 @@ def test_the_footer_keeps_quit_and_shows_whole_keys_that_can_act(tmp_path, isola
             taken: set[int] = set()
             for key in shown_keys:  # each whole, inside the screen, none over another
                 region = key.region
-                assert 0 <= region.x and region.right <= size[0], (key.description, region)
+                assert region.x >= 0 and region.right <= size[0], (key.description, region)
                 assert f"{key.key_display} {key.description}" in line[region.x:region.right]
                 columns = set(range(region.x, region.right))
                 assert not columns & taken, (key.description, line)
@@ -345,3 +348,93 @@ def test_under_80_columns_the_live_panes_share_a_column_their_titles_whole(
             assert log, screen
 
     on_the_finished_run(tmp_path, size, check)
+
+
+async def _confirm(pilot) -> None:  # the inspector's drop asks first
+    await pilot.press("enter")
+    await pilot.pause(0.3)
+    await pilot.press("d")
+
+
+DIALOGS["confirm"] = (_confirm, ConfirmScreen)
+DIALOGS["seed_manager"] = (lambda pilot: pilot.press("e"), SeedManagerScreen)
+
+# the main screen's keys that act nowhere but there
+MAIN_ONLY = ["Pause", "Resume", "Stop", "Detach", "Edit seeds", "Export", "Review", "Filter",
+             "Maximize", "Theme", "Inspect", "Sort"]
+
+
+@pytest.mark.parametrize("dialog", sorted(DIALOGS))
+def test_a_dialogs_footer_lists_the_dialogs_keys(tmp_path, isolated_env, dialog):
+    """With a dialog open the footer still listed the main screen's keys (p Resume, s Stop,
+    d Detach, e Edit seeds, x Export), which do nothing there or something else (d drops a
+    task in the inspector). It now lists the keys of the dialog on top: its own footer."""
+    from textual.widgets._footer import FooterKey
+
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await open_dialog(app, pilot, dialog)
+            await pilot.pause(0.3)
+            line = screen_lines(app)[-1]
+            active = app.screen.active_bindings
+            own = {b.binding.description for b in active.values()}
+            assert not [label for label in MAIN_ONLY
+                        if f" {label} " in f"{line} " and label not in own], line
+            keys = [k for k in app.screen.query(FooterKey) if k.display]
+            assert keys, line
+            for key in keys:  # the dialog's own keys (not the app's), each whole on the line
+                assert active[key.key].node is not app, key.action
+                assert f"{key.key_display} {key.description}" in line, line
+            escape = app.screen._bindings.key_to_bindings.get("escape")
+            if escape:  # the way back is always among them
+                assert f"esc {escape[0].description}" in line, line
+
+    run(go())
+
+
+@pytest.mark.parametrize("dialog", ["seed_form", "export", "inspector", "seed_manager"])
+def test_a_notification_never_covers_an_open_dialogs_fields(tmp_path, isolated_env, dialog):
+    """In a UI attached to a run whose engine was killed (kill -9), the "Run crashed" toast
+    (its resume command, 30 s) covered most of the seed form at 60x20. While a dialog is on
+    top, notifications are now said in its notice line above its footer, in the layout: the
+    dialog's fields give way to it and none is covered; the notification stays Textual's
+    (its toast shows on the main screen if it is still current when the dialog closes)."""
+    from textual.widgets._toast import Toast
+
+    from selfinstruct_tui.engine import events as ev
+
+    deterministic_run(tmp_path / "run")
+    app = create_app(tmp_path / "run", refresh=0.1, attach=True)
+
+    async def go():
+        async with app.run_test(size=(60, 20)) as pilot:
+            await open_dialog(app, pilot, dialog)
+            app.events.put(ev.Crashed(ts=1_700_000_100.0, pid=4321))
+            notice = app.screen.query_one("#dialog-notice")
+            await until(pilot, lambda: notice.has_class("visible"))
+            await pilot.pause(0.3)
+            lines = screen_lines(app)
+            assert any("Run crashed: The engine process (pid 4321)" in line
+                       for line in lines), lines
+            toasts = [t for t in app.screen.query(Toast) if t.visible]
+            assert not toasts
+            fields = {}  # each field's part on screen (a scrolled one: what its parent shows)
+            for field in app.screen.query("Input, TextArea, Checkbox, Select, DataTable, Button, "
+                                          "#inspector-body"):
+                with contextlib.suppress(NoWidget):
+                    fields[field] = app.screen.find_widget(field).visible_region
+            assert fields
+            for field, region in fields.items():  # none under the notice, no toast's text in any
+                assert not region.overlaps(notice.region), (field, region, notice.region)
+                assert not any("crashed" in line for line in shown(app, region)), field
+            while isinstance(app.screen, type(app.screen)) and app.screen is not \
+                    app.screen_stack[0]:
+                await pilot.press("escape")
+                await pilot.pause(0.2)
+            assert any(n.title == "Run crashed" for n in app._notifications)  # (kept)
+
+    run(go())
+

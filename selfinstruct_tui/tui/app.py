@@ -25,6 +25,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.notifications import Notify
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
@@ -68,6 +69,7 @@ from selfinstruct_tui.tui.keys import (
 from selfinstruct_tui.tui.screens.dialogs import (
     ChoiceScreen,
     ConfirmScreen,
+    Dialog,
     ExportChoice,
     ExportScreen,
     RunQuestion,
@@ -272,6 +274,12 @@ class SelfInstructApp(App[int]):
                                           interval=min(0.05, self.refresh_interval))
             self.follower.start()
             self.sub_title = "attached"
+
+    def on_notify(self, event: Notify) -> None:
+        """While a dialog is on top, a notification is said in its notice line (`Dialog`),
+        where it covers none of the dialog's fields (after Textual's own handler added it)."""
+        if isinstance(self.screen, Dialog):
+            self.call_later(self.screen.show_notice)
 
     def on_resize(self, event: Any) -> None:
         self._apply_compact(event.size.width, event.size.height)

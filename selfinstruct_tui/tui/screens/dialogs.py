@@ -3,17 +3,78 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
+from rich.errors import MarkupError
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
+from textual.timer import Timer
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from selfinstruct_tui.engine.control import RunState
 from selfinstruct_tui.engine.exports import EXTENSIONS, FORMATS, REVIEWED_ONLY_LABEL
+from selfinstruct_tui.tui.widgets.footer import RunFooter
 from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
+
+ResultT = TypeVar("ResultT")
+
+
+class Dialog(ModalScreen[ResultT]):
+    """A modal dialog of the app: its own footer and a notice line at the bottom of the screen.
+
+    The footer lists the dialog's keys (Textual's footer shows the bindings of the screen it is
+    on; the main screen's, left under a dialog, listed Pause, Stop, Detach, which do nothing
+    there). The notice line shows the newest notification not yet expired (title, message; the
+    next one still showing when it expires): while a dialog is on top, notifications are said
+    there, in the layout, and their toasts are hidden (app.tcss), because a toast is drawn over
+    the screen and a long one ("Run crashed" with its resume command) hid most of a dialog's
+    fields on a small terminal. The notification itself is kept as Textual keeps it: its toast
+    shows on the main screen if it is still current when the dialog closes."""
+
+    def on_mount(self) -> None:
+        # (Textual calls every class's on_mount: the dialogs' own ones run first)
+        self._notice_timer: Timer | None = None
+        bottom = Vertical(Static("", id="dialog-notice"), RunFooter(), id="dialog-bottom")
+        self.mount(bottom)
+        self.call_after_refresh(self.show_notice)
+
+    def on_screen_resume(self) -> None:
+        if self.query("#dialog-notice"):
+            self.show_notice()
+
+    def show_notice(self) -> None:
+        """Show the newest notification of the app not yet expired (none: the line hides);
+        shown again when it expires."""
+        shown = self.query("#dialog-notice")
+        if not shown:
+            return
+        line = shown.first(Static)
+        current = [n for n in self.app._notifications if not n.has_expired]
+        if self._notice_timer is not None:
+            self._notice_timer.stop()
+            self._notice_timer = None
+        line.set_class(bool(current), "visible")
+        if not current:
+            line.update("")
+            return
+        note = current[-1]
+        text = Text()
+        if note.title:
+            text.append(f"{note.title}: ", style="bold")
+        try:
+            text.append_text(Text.from_markup(note.message) if note.markup
+                             else Text(note.message))
+        except MarkupError:
+            text.append(note.message)
+        if len(current) > 1:
+            text.append(f"  (+{len(current) - 1} more)", style="dim")
+        line.update(text)
+        for severity in ("information", "warning", "error"):
+            line.set_class(note.severity == severity, f"-{severity}")
+        self._notice_timer = self.set_timer(max(note.time_left, 0.05), self.show_notice)
 
 
 def run_phase(state: str) -> str:
@@ -36,7 +97,7 @@ class RunQuestion:
         raise NotImplementedError
 
 
-class ConfirmScreen(RunQuestion, ModalScreen[bool]):
+class ConfirmScreen(RunQuestion, Dialog[bool]):
     """A yes/no question (`RunQuestion`'s `asked_in` and `key`)."""
 
     BINDINGS = [Binding("escape,n", "answer(False)", "No"), Binding("y", "answer(True)", "Yes")]
@@ -65,7 +126,7 @@ class ConfirmScreen(RunQuestion, ModalScreen[bool]):
         self.dismiss(value)
 
 
-class ChoiceScreen(RunQuestion, ModalScreen[str | None]):
+class ChoiceScreen(RunQuestion, Dialog[str | None]):
     """A question with several answers, each (id, key, label): returns the chosen id, or None
     for Escape (the way back: nothing is done)."""
 
@@ -131,7 +192,7 @@ def path_for_format(path: str, old: str, new: str) -> str:
 REVIEW_KEY_HINT = "The quality review is key r on the main screen."
 
 
-class ExportScreen(ModalScreen[ExportChoice]):
+class ExportScreen(Dialog[ExportChoice]):
     """Choose a format, a path and whether only tasks that passed the quality review go out
     (an `ExportChoice`; `choice`: the values to start from, the last ones of the session).
     Export (or enter in the path) hands the choice to `start`, which runs the export in a

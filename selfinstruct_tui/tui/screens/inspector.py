@@ -9,14 +9,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static, TextArea
 
 from selfinstruct_tui.engine.parsing import json_field_text
 from selfinstruct_tui.engine.records import escape_line_separators, json_type_name
 from selfinstruct_tui.engine.seeds import Instance, pool_instance
 from selfinstruct_tui.engine.task import Task
-from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, Dialog
 
 
 def task_details(task: Task, prompt: str | None, response: str | None,
@@ -60,7 +59,7 @@ def task_details(task: Task, prompt: str | None, response: str | None,
     return t
 
 
-class InspectorScreen(ModalScreen[tuple[str, dict] | None]):
+class InspectorScreen(Dialog[tuple[str, dict] | None]):
     """Returns ("drop", {}), ("edit", {...}), ("promote", {}) (+: a machine task becomes a
     seed), ("demote", {}) (-: a promoted seed goes back to the pool) or None."""
 
@@ -150,7 +149,7 @@ def edited_instance(value: dict) -> Instance:
                          json_field_text(value["output"]) or "")
 
 
-class TaskEditScreen(ModalScreen[dict | None]):
+class TaskEditScreen(Dialog[dict | None]):
     """A task as JSON (instruction, is_classification, instances), checked as it is saved.
     Returns the edited values or None; `esc` with changes asks before discarding them."""
 

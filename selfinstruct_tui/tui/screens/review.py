@@ -15,7 +15,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from selfinstruct_tui.engine.control import Command, ReviewAnswer, ReviewSkip, SetReviewSample
@@ -28,6 +27,7 @@ from selfinstruct_tui.engine.review import (
 )
 from selfinstruct_tui.engine.store import REVIEW_QUESTIONS, ReviewRecord
 from selfinstruct_tui.engine.task import Task
+from selfinstruct_tui.tui.screens.dialogs import Dialog
 
 
 def review_details(record: ReviewRecord, task: Task | None) -> Text:
@@ -83,7 +83,7 @@ def question_lines(record: ReviewRecord) -> Text:
     return t
 
 
-class ReviewScreen(ModalScreen[None]):
+class ReviewScreen(Dialog[None]):
     """Review sampled tasks: y/n answer the highlighted question, s skips the task, esc leaves.
 
     `records`: the review so far, in review order; `machine_tasks`: (task id, instance count)

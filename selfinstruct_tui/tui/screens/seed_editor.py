@@ -12,11 +12,11 @@ from pathlib import Path
 from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Label, Static, TextArea
 
 from selfinstruct_tui.engine.errors import InputFileError
 from selfinstruct_tui.engine.seeds import SeedTask, parse_seeds
+from selfinstruct_tui.tui.screens.dialogs import Dialog
 from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
 EDITOR_NAME = "seed editor"
@@ -29,7 +29,7 @@ class SeedEdit:
     write_back: bool
 
 
-class SeedEditorScreen(ModalScreen[SeedEdit | None]):
+class SeedEditorScreen(Dialog[SeedEdit | None]):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+o", "external_editor", "$EDITOR"),

@@ -16,7 +16,6 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Static, TextArea
 
 from selfinstruct_tui.engine.fsutil import atomic_write_text
@@ -34,7 +33,7 @@ from selfinstruct_tui.engine.seeds import (
     short_text,
     similar_seed,
 )
-from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen
+from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, Dialog
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
 from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
@@ -71,7 +70,7 @@ def new_seed_id(seeds: list[SeedTask], prefix: str = "added") -> str:
     return f"{prefix}_{n}"
 
 
-class SeedManagerScreen(ModalScreen[None]):
+class SeedManagerScreen(Dialog[None]):
     """The run's seeds. `on_change(seeds, write_back)` receives the whole new set after each
     change (`write_back`: the raw editor's "also write back to the seed file" box).
     `similarity`: (threshold, tokenizer) of the run's filter, by which the form calls a seed a
@@ -453,7 +452,7 @@ class InstanceFields(Vertical):
         return Instance(inp.value, out.value)
 
 
-class SeedFormScreen(ModalScreen[SeedTask | None]):
+class SeedFormScreen(Dialog[SeedTask | None]):
     """Add or edit one seed: the instruction and each instance's input and output in wrapping
     text areas, a classification box. Saving validates and names each bad field ("instance 2:
     output is empty"); on an error the form stays open with everything typed. A seed that
