@@ -438,3 +438,71 @@ def test_a_notification_never_covers_an_open_dialogs_fields(tmp_path, isolated_e
 
     run(go())
 
+
+LISTED_OUTPUT = ("Steps:\n1. Preheat the oven to 200 degrees and wait until it is fully hot before "
+                 "you go on.\n   Then grease the tin.\n2. Mix.\n\n   - flour\n"
+                 "   - sugar, sifted twice: 細かい砂糖を二回ふるいにかけてください "
+                 "🎂🎂🎂🎂🎂🎂🎂🎂🎂🎂🎂🎂🎂🎂\nDone.")
+
+
+@pytest.mark.parametrize("size", [(60, 36), (100, 40)], ids=["60x36", "100x40"])
+def test_the_inspector_shows_an_output_as_written_wrapped_to_the_pane(tmp_path, isolated_env,
+                                                                       size):
+    """An output written as a numbered list lost its continuation lines' indent ("   Then
+    grease the tin." and the wrapped part of a long item went to the pane's left edge), and its
+    lines began under the "output:" label, reading as the instance numbers. Each written line
+    now keeps its indent from the output's column, a long one goes on under its own text
+    (after its list marker), blank lines stay, wide characters (CJK, emoji) wrap whole."""
+    from selfinstruct_tui.engine.seeds import Instance
+    from selfinstruct_tui.engine.store import RunStore
+    from selfinstruct_tui.engine.task import Task
+
+    deterministic_run(tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    store.insert_task(Task(id=500, origin="machine", round=4, prompt_id=None,
+                           instruction="Bake a cake.", is_classification=False,
+                           instances=[Instance("", LISTED_OUTPUT)], max_score=0.2))
+    store.close()
+    app = create_app(tmp_path / "run", refresh=0.1)
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await open_dialog(app, pilot, "inspector")
+            body = app.screen.query_one("#inspector-body")
+            # one character a cell (a wide one and a NUL), cut to the pane's inside
+            inside = body.region.shrink(body.styles.border.spacing)
+            lines = ["".join(c + "\0" * (cell_len(c) - 1) for c in line)
+                     [inside.x - 1:inside.right].replace("\0", "")
+                     for line in screen_lines(app)[inside.y:inside.bottom]]
+            at = next(n for n, line in enumerate(lines) if "output: Steps:" in line)
+            col = lines[at].index("Steps:")
+
+            def starts(line: str) -> int:
+                return len(line) - len(line.lstrip(" "))
+
+            text = lines[at:]
+            written = LISTED_OUTPUT.split("\n")
+            row = 0
+            for line in written[1:]:  # each written line from the output's column, as written
+                row += 1
+                want = line.lstrip(" ")
+                indent = len(line) - len(want)
+                if not want:
+                    assert not text[row].strip()[1:], text  # the blank line stays
+                    continue
+                hang = indent + (3 if want[:2] in ("1.", "2.") else 2 if want[0] == "-" else 0)
+                assert text[row][col + indent:].startswith(want[:6]), (line, text)
+                assert starts(text[row][1:]) + 1 == col + indent, (line, text)
+                shown_of_it = text[row][col + indent:].rstrip()
+                while not want.replace(" ", "").startswith(shown_of_it.replace(" ", "")) or \
+                        len(shown_of_it.replace(" ", "")) < len(want.replace(" ", "")):
+                    # a wrapped line: it goes on under the text after its marker
+                    row += 1
+                    more = text[row]
+                    assert starts(more[1:]) + 1 == col + hang, (line, text)
+                    shown_of_it += " " + more[col + hang:].rstrip()
+                    if len(shown_of_it.replace(" ", "")) >= len(want.replace(" ", "")):
+                        break
+                assert shown_of_it.replace(" ", "") == want.replace(" ", ""), (line, text)
+
+    run(go())

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
+from typing import NamedTuple
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
+from textual.css.styles import RulesMap
+from textual.strip import Strip
+from textual.style import Style
+from textual.visual import RenderOptions, Visual
 from textual.widgets import Button, Label, Static, TextArea
 
 from selfinstruct_tui.engine.parsing import json_field_text
@@ -17,12 +25,95 @@ from selfinstruct_tui.engine.seeds import Instance, pool_instance
 from selfinstruct_tui.engine.task import Task
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, Dialog
 
+# A line's list marker ("1. ", "2) ", "- ", "* ", "• ", "a) "): its wrapped lines hang after it
+LIST_MARKER = re.compile(r"(?:[-*+•]|\d{1,3}[.)]|[A-Za-z][.)]) +")
+NARROWEST = 16  # columns a line's text keeps at least (the indents give way first)
+
+
+class Written(NamedTuple):
+    """A text as the model (or a person) wrote it, shown from column `indent` (its first line
+    follows what precedes it on that row, e.g. a label `indent` columns wide)."""
+
+    text: str
+    indent: int = 0
+
+
+def wrap_written(written: Written, width: int) -> Content:
+    """`written` wrapped to `width` columns as written: each line keeps its indent, blank lines
+    stay, and a line too long for the width goes on under its own start (under the text after
+    its list marker: "1. ", "- "), every line from column `written.indent` but the first. The
+    indents give way on a width too narrow for them (each line keeps `NARROWEST` columns).
+    Returns the text without a final newline."""
+    out: list[Content | str] = []
+    for n, line in enumerate(written.text.expandtabs(4).split("\n")):
+        indent = written.indent
+        body = line.lstrip(" ")
+        lead = len(line) - len(body)
+        marker = LIST_MARKER.match(body)
+        hang = lead + (marker.end() if marker else 0)
+        if width - indent - hang < NARROWEST:
+            hang = lead = 0
+            body = line.strip(" ") if marker is None else body
+        indent = max(0, min(indent, width - hang - NARROWEST))
+        head, rest = line[:hang] if hang else "", body[hang - lead:] if hang else body
+        lines = Content(rest).wrap(max(1, width - indent - hang)) if rest else [Content()]
+        for k, piece in enumerate(lines):
+            if n or k:
+                out.append("\n" + (" " * indent if piece.plain or hang else ""))
+            out.append((head if k == 0 else " " * hang) if hang else "")
+            out.append(piece.rstrip())
+    return Content.assemble(*out)
+
+
+class TaskDetails(Visual):
+    """The inspector's text: labels (`Content`) and texts as written (`Written`: the task's
+    instruction, inputs and outputs, the prompt, the raw response), drawn at the width it is
+    given with `wrap_written` (Textual's wrapping of one long text lost a written line's indent
+    on its wrapped lines and put an output's lines under the label). `plain` (and str()): the
+    whole text unwrapped."""
+
+    def __init__(self) -> None:
+        self.parts: list[Content | Written] = []
+        self._drawn: tuple[int, Content] | None = None  # (width, the text wrapped to it)
+
+    def append(self, text: str, style: str = "") -> None:
+        self.parts.append(Content.styled(text, style))
+
+    def written(self, text: str, indent: int = 0) -> None:
+        self.parts.append(Written(text, indent))
+
+    @property
+    def plain(self) -> str:
+        return "".join(p.plain if isinstance(p, Content) else p.text for p in self.parts)
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def for_width(self, width: int) -> Content:
+        """The text wrapped to `width` columns (kept for the last width asked)."""
+        if self._drawn is None or self._drawn[0] != width:
+            self._drawn = width, Content.assemble(*(
+                part if isinstance(part, Content) else wrap_written(part, width)
+                for part in self.parts))
+        return self._drawn[1]
+
+    def render_strips(self, width: int, height: int | None, style: Style,
+                      options: RenderOptions) -> list[Strip]:
+        return self.for_width(width).render_strips(width, height, style, options)
+
+    def get_optimal_width(self, rules: RulesMap, container_width: int) -> int:
+        return container_width
+
+    def get_height(self, rules: RulesMap, width: int) -> int:
+        return self.for_width(width).get_height(rules, width)
+
 
 def task_details(task: Task, prompt: str | None, response: str | None,
-                 answered_by: list[tuple[str, str | None, str | None]] | None = None) -> Text:
+                 answered_by: list[tuple[str, str | None, str | None]] | None = None
+                 ) -> TaskDetails:
     """The inspector's text. `answered_by`: (request kind, endpoint base URL, model) of each
     request that made the task (provenance; empty for seeds)."""
-    t = Text()
+    t = TaskDetails()
     t.append(f"Task #{task.id}", style="bold")
     origin = task.origin
     if task.is_seed:
@@ -33,17 +124,27 @@ def task_details(task: Task, prompt: str | None, response: str | None,
              + (f"max ROUGE-L {task.max_score:.3f}" if not task.is_seed else
                 "no ROUGE-L (seeds are not filtered)") + "\n\n")
     t.append("Instruction\n", style="bold underline")
-    t.append(task.instruction + "\n\n")
+    t.written(task.instruction)
+    t.append("\n\n")
     t.append(f"Instances ({len(task.instances)})\n", style="bold underline")
     for n, inst in enumerate(task.instances, start=1):
-        t.append(f"{n}. input: ", style="bold")
-        t.append((inst.input or "(none)") + "\n")
-        t.append("   output: ", style="bold")
-        t.append(inst.output + "\n")
+        label = f"{n}. input: "
+        t.append(label, style="bold")
+        if inst.input:
+            t.written(inst.input, cell_len(label))
+        else:
+            t.append("(none)")
+        label = " " * len(f"{n}. ") + "output: "
+        t.append("\n" + label, style="bold")
+        t.written(inst.output, cell_len(label))
+        t.append("\n")
     t.append("\nMost similar pool tasks\n", style="bold underline")
     if task.most_similar:
         for s in task.most_similar[:5]:
-            t.append(f"{s.score:.3f}  #{s.id} {s.instruction}\n")
+            label = f"{s.score:.3f}  #{s.id} "
+            t.append(label)
+            t.written(s.instruction, cell_len(label))
+            t.append("\n")
     else:
         t.append("(none recorded)\n")
     if answered_by:
@@ -53,9 +154,10 @@ def task_details(task: Task, prompt: str | None, response: str | None,
                      + (f"  model {model}" if model else "") + "\n")
     if prompt is not None:
         t.append(f"\nPrompt #{task.prompt_id} that produced it\n", style="bold underline")
-        t.append(prompt[-4000:] + "\n")
-        t.append("\nRaw response\n", style="bold underline")
-        t.append((response or "") + "\n")
+        t.written(prompt[-4000:])
+        t.append("\n\nRaw response\n", style="bold underline")
+        t.written(response or "")
+        t.append("\n")
     return t
 
 
