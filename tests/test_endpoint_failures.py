@@ -970,3 +970,30 @@ def test_a_rate_limit_that_says_when_to_try_again_only_in_words_waits_that_long(
     with FakeOpenAI(script={"*": [limited]}, repeat_last=False) as server:
         delays = retry_delays(server, backoff_base=0.01, backoff_max=0.02)
     assert delays == [wait]
+
+
+def _ollama_error(message: str) -> dict:
+    """Ollama's OpenAI API error body (openai.NewError) for a 400 of its server."""
+    return {"status": 400, "body": {"error": {"message": message, "type": "invalid_request_error",
+                                              "param": None, "code": None}}}
+
+
+@pytest.mark.parametrize("api, entry", [
+    # Ollama's /v1/completions with an embedding-only model: was "rejects a request parameter"
+    ("completions", _ollama_error('"nomic-embed-text" does not support generate')),
+    # ... and /v1/chat/completions: was "use --api completions" (which fails the same way)
+    ("chat", _ollama_error('"nomic-embed-text" does not support chat')),
+    # its capability check's own wording (handleScheduleError)
+    ("completions", _ollama_error("does not support completion")),
+])
+def test_a_model_that_does_not_generate_text_is_named_so(run_cli, tmp_path, api, entry):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"*": [entry]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1", api=api)
+        sent = len(server.log)
+    assert proc.returncode == 3, proc.stderr
+    assert "this model does not generate text" in proc.stderr, proc.stderr
+    assert "choose a generating model with --model" in proc.stderr
+    assert "parameter" not in proc.stderr and "use --api" not in proc.stderr
+    assert sent == 1
+    assert store_rows(run_dir, "SELECT kind FROM errors") == [("not_found",)]

@@ -256,6 +256,12 @@ _NEEDS_CHAT_RE = re.compile(
     r"is a chat model|v1/chat/completions\?|only supports? (?:the )?chat|not supported in the "
     r"v1/completions|does not support (?:the )?completions|completions api is not supported",
     re.IGNORECASE)
+# a model that writes no text (an embedding model): Ollama's 400 "\"nomic-embed-text\" does not
+# support generate" (completions), "... does not support chat" (chat), "does not support
+# completion" (its capability check). Both APIs fail alike, so it is not the other API's.
+_NO_GENERATION_RE = re.compile(r"\"[^\"]*\" does not support (?:generate|chat)\b|"
+                               r"does not support (?:completion|generate|generation)\b",
+                               re.IGNORECASE)
 # Cloudflare's challenge pages ("Just a moment...", "Attention Required! | Cloudflare")
 _CHALLENGE_RE = re.compile(r"^just a moment\b|attention required!? \| cloudflare|"
                            r"cf-chl|checking your browser", re.IGNORECASE)
@@ -622,6 +628,10 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
         return Failure(Cause.NOT_FOUND, f"the server at {s.base_url} does not implement these "
                        f"requests ({status}: {text}): do what its message says, or check "
                        "--base-url", fatal=True, status=status)
+    if status in (400, 404) and _NO_GENERATION_RE.search(text):
+        return Failure(Cause.NOT_FOUND, f"this model does not generate text ({status}: {text}; "
+                       f"model {s.model!r} at {s.base_url}, an embedding model?): choose a "
+                       "generating model with --model", fatal=True, status=status)
     if _NEEDS_COMPLETIONS_RE.search(text) and s.api == "chat":
         return Failure(Cause.WRONG_API, f"the model at {s.base_url} does not take chat requests "
                        f"({status}: {text}): use --api completions", fatal=True, status=status)
