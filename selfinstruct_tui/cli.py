@@ -46,6 +46,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-seed", type=int, metavar="S", dest="random_seed",
                    help="seed of the prompts' example sampling, of the requests' seed and of the "
                         "review's sample (0)")
+    p.add_argument("--no-request-seed", dest="request_seed", action="store_const", const=False,
+                   help="send the requests no seed field (for an endpoint that refuses it; the "
+                        "examples' sampling keeps --random-seed)")
     p.add_argument("--prompts-per-round", type=int, dest="prompts_per_round", metavar="P",
                    help="generation prompts per round (default: --concurrency; 100 with --batch)")
     p.add_argument("--batch", action="store_const", const=True,

@@ -94,9 +94,17 @@ class Session:
     def resume_command_after(self, message: str) -> str:
         """The command that resumes the run after it stopped with `message`: the resume command,
         or, when an endpoint refused a field of --extra-body, the same without that field (the
-        command as given repeated the refusal)."""
-        from selfinstruct_tui.engine.llm import refused_extra_body_field, without_field
+        command as given repeated the refusal), or one that takes no seed, with NO_SEED_FLAG."""
+        from selfinstruct_tui.engine.llm import (
+            NO_SEED_FLAG,
+            refused_extra_body_field,
+            seed_refused,
+            without_field,
+        )
 
+        if seed_refused(message):
+            given = NO_SEED_FLAG in self.request.argv
+            return self.resume_command + ("" if given else f" {NO_SEED_FLAG}")
         field_ = refused_extra_body_field(message)
         if field_ is None:
             return self.resume_command

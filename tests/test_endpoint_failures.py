@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import socket
 import sqlite3
 import threading
@@ -997,3 +998,51 @@ def test_a_model_that_does_not_generate_text_is_named_so(run_cli, tmp_path, api,
     assert "parameter" not in proc.stderr and "use --api" not in proc.stderr
     assert sent == 1
     assert store_rows(run_dir, "SELECT kind FROM errors") == [("not_found",)]
+
+
+SEED_REFUSALS = [
+    # OpenAI's reasoning models: was "check --api and --model" naming --random-seed, whose every
+    # value is sent as a seed
+    {"status": 400, "body": {"error": {
+        "message": "Unsupported parameter: 'seed' is not supported with this model.",
+        "type": "invalid_request_error", "param": "seed", "code": "unsupported_parameter"}}},
+    # a plain refusal: was "change random_seed in the config file to a value it takes"
+    {"status": 400, "body": {"error": {"message": "seed is not supported",
+                                       "type": "invalid_request_error"}}},
+]
+
+
+@pytest.mark.parametrize("entry", SEED_REFUSALS)
+def test_an_endpoint_that_refuses_seed_is_told_how_to_send_none_and_resumes_so(
+        run_cli, tmp_path, entry):
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"generate": [entry]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1")
+        assert proc.returncode == 3, proc.stderr
+        assert "Run with --no-request-seed (or request_seed = false in the config file" \
+            in proc.stderr, proc.stderr
+        assert "--random-seed" not in proc.stderr.split("resume it with:")[0]
+        resume = proc.stderr.split("resume it with: ", 1)[1].strip()
+        assert resume.endswith(" --no-request-seed"), resume
+        server.configure(script={})  # (the command leaves the seed out: the server answers)
+        server.log.clear()
+        args = shlex.split(resume)
+        again = run_cli(*args[args.index("run"):], timeout=120)
+        sent = [body for _, kind, body in server.log if kind == "generate"]
+    assert again.returncode == 0, again.stderr
+    assert sent and all("seed" not in body for body in sent)
+
+
+def test_request_seed_false_sends_no_seed_and_keeps_the_examples_sampling(tmp_path):
+    from test_real_answers import run_engine
+
+    with FakeOpenAI() as server:
+        run_engine(tmp_path / "a", server, 3)
+        seeded = [body for _, kind, body in server.log if kind == "generate"]
+        server.log.clear()
+        run_engine(tmp_path / "b", server, 3, request_seed=False)
+        unseeded = [body for _, kind, body in server.log if kind == "generate"]
+    assert all("seed" in body for body in seeded)
+    assert all("seed" not in body for body in unseeded)
+    # the same random_seed samples the same examples for the first prompt
+    assert unseeded[0]["prompt"] == seeded[0]["prompt"]

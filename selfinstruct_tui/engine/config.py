@@ -47,6 +47,9 @@ class RunConfig:
     # run
     target: int = 100
     random_seed: int = 0
+    # send each generation request a `seed` (made from random_seed); false (--no-request-seed)
+    # for an endpoint that refuses the field. The examples' sampling stays random_seed's.
+    request_seed: bool = True
     concurrency: int = 8
     prompts_per_round: int = 0  # 0: as many as --concurrency
     # instruction generation (paper defaults)
@@ -289,7 +292,7 @@ FLAGS = {
     "context_window": "--context-window", "stop_grace": "--stop-grace",
     "structured_output": "--structured-output", "embedded_servers": "--embedded-servers",
     "max_fruitless_requests": "--max-fruitless-requests", "model_path": "--model-path",
-    "extra_body": "--extra-body",
+    "extra_body": "--extra-body", "request_seed": "--no-request-seed",
 }
 
 
@@ -408,7 +411,7 @@ SAFE_ON_RESUME = {
     "price_output_per_1k", "base_url", "key_env", "model_path", "stop_grace", "context_window",
     "structured_output", "max_cost", "max_tokens", "max_fruitless_requests", "embedded_servers",
     "batch", "batch_command", "batch_poll_seconds", "batch_lost_after_seconds",
-    "endpoints", "extra_body",
+    "endpoints", "extra_body", "request_seed",
 }
 
 # Request fields the run sets itself (the paper's sampling settings, the prompt, the stop

@@ -1304,7 +1304,8 @@ class Engine:
         instructions = [t.instruction for t in examples]
         params = SamplingParams(max_tokens=c.generation_max_tokens, temperature=c.temperature,
                                 top_p=c.top_p, presence_penalty=c.presence_penalty,
-                                frequency_penalty=c.frequency_penalty, seed=seed)
+                                frequency_penalty=c.frequency_penalty,
+                                seed=seed if c.request_seed else None)
         request = self.style.generation(instructions, structured=self._structured())
         asked = await self._ask(rnd, "generate", request, params, examples=examples)
         resp = asked.response

@@ -295,8 +295,10 @@ _COMPLETION_CAP_RE = (re.compile(r"supports at most (\d+) (?:completion|output) 
 SAMPLING_SETTINGS = {
     "presence_penalty": "presence_penalty (generation) and instance_presence_penalty (instances)",
     "frequency_penalty": "frequency_penalty", "top_p": "top_p", "temperature": "temperature",
-    "seed": "random_seed (--random-seed; each generation request's seed is made from it)",
+    "seed": "request_seed (--no-request-seed sends none; --random-seed only changes it)",
 }
+NO_SEED_FLAG = "--no-request-seed"  # sends no `seed` field (RunConfig.request_seed False)
+_SEED_REFUSED = "refuses the field 'seed'"  # in the failure's message (`seed_refused`)
 _LIMIT_PATTERNS = (
     re.compile(r"maximum context length is (\d+)", re.I),
     re.compile(r"context (?:length|window|size) (?:is|of) (\d+)", re.I),
@@ -678,6 +680,14 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
                            "out of --extra-body or the config file's [extra_body] table (a "
                            "resumed run takes a new --extra-body, '{}' for none)", fatal=True,
                            status=status)
+        if _sampling_field(text, strict=not _UNSUPPORTED_RE.search(text)) == "seed":
+            # The generation requests' seed: no value of --random-seed helps, only sending none
+            # (OpenAI's reasoning models: "Unsupported parameter: 'seed' ..."; others: "seed is
+            # not supported")
+            return Failure(Cause.UNSUPPORTED_PARAMETER, f"the endpoint {_SEED_REFUSED} "
+                           f"({status}: {text}): it takes no seed. Run with {NO_SEED_FLAG} (or "
+                           "request_seed = false in the config file; a resumed run takes it) "
+                           "to send none", fatal=True, status=status)
         if completion_cap(text):  # max_tokens above the model's output limit: lowered
             return Failure(Cause.MAX_TOKENS, text, status=status)
         if _CONTEXT_RE.search(text):
@@ -739,6 +749,12 @@ def refused_extra_body_field(message: str) -> str | None:
     endpoint refused, or None: the resume command then leaves it out."""
     found = _REFUSED_FIELD_RE.search(message)
     return found.group(1) if found else None
+
+
+def seed_refused(message: str) -> bool:
+    """Whether a failure's message (`map_error`'s) says the endpoint takes no `seed` field:
+    the resume command then adds NO_SEED_FLAG."""
+    return _SEED_REFUSED in message
 
 
 def without_field(extra: dict[str, Any], dotted: str) -> dict[str, Any]:
