@@ -1046,3 +1046,54 @@ def test_request_seed_false_sends_no_seed_and_keeps_the_examples_sampling(tmp_pa
     assert all("seed" not in body for body in unseeded)
     # the same random_seed samples the same examples for the first prompt
     assert unseeded[0]["prompt"] == seeded[0]["prompt"]
+
+
+def _openrouter_choice_error(code: int, message: str) -> dict:
+    """OpenRouter's 200 answer when the provider failed mid-answer (its docs' "Error Handling":
+    the choice carries `error` and finish_reason "error")."""
+    return {"status": 200, "body": {
+        "id": "gen-1", "provider": "Chutes", "model": "m", "object": "chat.completion",
+        "created": 1735000000,
+        "choices": [{"logprobs": None, "finish_reason": "error", "native_finish_reason": "error",
+                     "index": 0, "message": {"role": "assistant", "content": "",
+                                             "refusal": None, "reasoning": None},
+                     "error": {"code": code, "message": message,
+                               "metadata": {"provider_name": "Chutes"}}}],
+        "usage": {"prompt_tokens": 300, "completion_tokens": 7, "total_tokens": 307}}}
+
+
+def test_an_error_in_the_answers_choice_is_the_providers_error_retried_and_counted(tmp_path):
+    """Was read as an empty answer: the generation request settled with no candidates, its
+    paid tokens counted as an answer's, and a provider's rate limit never slowed anything."""
+    from test_real_answers import run_engine
+
+    entries = [_openrouter_choice_error(502, "Provider returned error"),
+               _openrouter_choice_error(429, "Rate limit exceeded: upstream")]
+    with FakeOpenAI(script={"generate": entries}, repeat_last=False) as server:
+        run_dir, finished, _ = run_engine(tmp_path, server, 5, api="chat")
+    assert finished.reason == "target"
+    retries = store_rows(run_dir, "SELECT cause, message FROM retries ORDER BY id")
+    assert [cause for cause, _ in retries] == ["server_error", "rate_limit"]
+    assert "Provider returned error" in retries[0][1]
+    assert "the provider's error (code 502) in the answer's choices[0].error" in retries[0][1]
+    assert "(code 429)" in retries[1][1]
+    # the failed answers' usage is paid: counted on the request that was answered in the end
+    [(tokens,)] = store_rows(run_dir, "SELECT prompt_tokens FROM prompts WHERE kind = "
+                                      "'generate' ORDER BY id LIMIT 1")
+    assert tokens > 600
+    assert_accounted(run_dir)
+
+
+def test_a_choice_error_that_keeps_failing_is_a_request_failure_named_for_it(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    entry = _openrouter_choice_error(502, "Provider returned error")
+    with FakeOpenAI(script={"generate": [entry]}) as server:
+        proc = run(run_cli, server, run_dir, "--concurrency", "1", "--max-retries", "0",
+                   api="chat")
+    assert proc.returncode == 3, proc.stderr
+    errors = store_rows(run_dir, "SELECT kind, message FROM errors")
+    assert errors and all(kind == "server_error" and "Provider returned error" in message
+                          and "choices[0].error" in message for kind, message in errors)
+    # no answer was recorded: every generation request failed, named for it
+    assert store_rows(run_dir, "SELECT COUNT(*) FROM prompts WHERE kind = 'generate' AND "
+                               "response IS NOT NULL")[0][0] == 0

@@ -499,11 +499,17 @@ class MalformedResponse(Exception):
 
 class ErrorInAnswer(Exception):
     """A 200 answer whose body is an error (`{"error": {...}}`, as LiteLLM and OpenRouter send
-    one): `status` is the error's own code when it gives one, `text` its message."""
+    one), or whose choice is (OpenRouter: `choices[0].error`, finish_reason "error", when the
+    provider failed mid-answer): `status` is the error's own code when it gives one, `text` its
+    message, `code` its code as given (None: none); `in_choice`: the choice's. `prompt_tokens`,
+    `completion_tokens`: the usage the answer reported all the same (paid for, so counted)."""
 
-    def __init__(self, status: int, text: str, code: str | None) -> None:
+    def __init__(self, status: int, text: str, code: str | None, *, in_choice: bool = False,
+                 prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         super().__init__(text)
         self.status, self.text, self.code = status, text, code
+        self.in_choice = in_choice
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
 
 
 # an error code in a 200 answer's body, as the status it stands for
@@ -573,8 +579,10 @@ def map_error(exc: BaseException, s: ClientSettings, *, answered: bool = False) 
                        f"{s.base_url} (--timeout; it came too slowly)", retry=True)
     if isinstance(exc, ErrorInAnswer):
         failure = status_failure(exc.status, exc.text, s, code=exc.code)
-        return dataclasses.replace(failure, message=f"{failure.message} (an error answered with "
-                                                    "HTTP 200)")
+        where = (f"the provider's error (code {exc.code or exc.status}) in the answer's "
+                 "choices[0].error, answered with HTTP 200") if exc.in_choice else \
+            "an error answered with HTTP 200"
+        return dataclasses.replace(failure, message=f"{failure.message} ({where})")
     if isinstance(exc, json.JSONDecodeError):  # a JSON content type over a body that is not
         start = one_line(exc.doc[:80]) if isinstance(exc.doc, str) else ""
         return Failure(Cause.MALFORMED, f"malformed response from {s.base_url}: the body is not "
@@ -1161,7 +1169,7 @@ class LLMClient:
                 except Exception as exc:  # noqa: BLE001 - every failure goes through map_error
                     error: BaseException = exc
                     failure = map_error(exc, where, answered=at in self._answered)
-                    if isinstance(exc, MalformedResponse):  # its usage is paid for
+                    if isinstance(exc, (MalformedResponse, ErrorInAnswer)):  # usage is paid
                         sent[1] += exc.prompt_tokens
                         sent[2] += exc.completion_tokens
                 else:
@@ -1469,6 +1477,12 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
     choice = choices[0]
     finish = choice.get("finish_reason")
     message = choice.get("message")
+    if choice.get("error") or finish == "error":
+        # The provider failed mid-answer (OpenRouter: the choice's `error` {code, message},
+        # finish_reason "error"; its text, empty or cut, is no answer): the provider's error
+        raise error_in_answer(choice.get("error") or "the answer ended with finish_reason "
+                              "'error' and no error message", in_choice=True,
+                              prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     if chat:
         if not isinstance(message, dict) and isinstance(choice.get("text"), str):
             raise WrongAPI("completions")
@@ -1497,9 +1511,11 @@ def read_answer(resp: object, chat: bool) -> tuple[str, str | None, int, int, bo
         completion_tokens, reported
 
 
-def error_in_answer(error: object) -> ErrorInAnswer:
-    """The failure an `error` object stands for (see ErrorInAnswer): a 200 answer's, or a batch
-    line's (vLLM's run-batch nests its message under "error")."""
+def error_in_answer(error: object, *, in_choice: bool = False, prompt_tokens: int = 0,
+                    completion_tokens: int = 0) -> ErrorInAnswer:
+    """The failure an `error` object stands for (see ErrorInAnswer): a 200 answer's (or its
+    choice's: `in_choice`, with the usage the answer reported), or a batch line's (vLLM's
+    run-batch nests its message under "error")."""
     err: dict[str, Any] = error if isinstance(error, dict) else {"message": error}
     inner = err.get("error")
     if isinstance(inner, dict) and not err.get("message"):
@@ -1509,7 +1525,10 @@ def error_in_answer(error: object) -> ErrorInAnswer:
     code = raw_code if isinstance(raw_code, str) else None
     status = int(raw_code) if isinstance(raw_code, int) or (
         isinstance(raw_code, str) and raw_code.isdigit()) else _CODE_STATUS.get(code or "", 502)
-    return ErrorInAnswer(status if 400 <= status < 600 else 502, text, code)
+    shown = code if code is not None else str(raw_code) if raw_code is not None else None
+    return ErrorInAnswer(status if 400 <= status < 600 else 502, text,
+                         shown if in_choice else code, in_choice=in_choice,
+                         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
 def _count(usage: dict[str, Any] | None, key: str) -> int:
