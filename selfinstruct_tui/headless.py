@@ -71,6 +71,9 @@ def round_line(s: RoundStats, accepted_total: int, target: int, *, priced: bool)
     if priced:
         tokens += f", {'~' if s.usage_missing else ''}${s.cost:.4f}"
     parts.append(tokens)
+    if s.prompts_cut:
+        parts.append(f"{s.prompts_cut} prompt{'s' if s.prompts_cut != 1 else ''} cut by the "
+                     "endpoint to fit its context (answers kept; see the note)")
     if s.unsent:  # (a round of recorded prompts and no tokens read as work paid for)
         parts.append(f"{s.unsent} request{'s' if s.unsent != 1 else ''} not sent (the run "
                      "stopped first)")

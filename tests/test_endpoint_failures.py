@@ -1097,3 +1097,67 @@ def test_a_choice_error_that_keeps_failing_is_a_request_failure_named_for_it(run
     # no answer was recorded: every generation request failed, named for it
     assert store_rows(run_dir, "SELECT COUNT(*) FROM prompts WHERE kind = 'generate' AND "
                                "response IS NOT NULL")[0][0] == 0
+
+
+def _ollama_completion(text: str, prompt_tokens: int) -> dict:
+    """Ollama's /v1/completions answer (openai.ToCompletion), `prompt_tokens` as its usage
+    counts them: of the prompt it read, after cutting one longer than num_ctx."""
+    return {"status": 200, "body": {
+        "id": "cmpl-417", "object": "text_completion", "created": 1735000000, "model": "m",
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"text": text, "index": 0, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 40,
+                  "total_tokens": prompt_tokens + 40}}}
+
+
+def test_a_prompt_the_endpoint_cut_to_fit_its_context_is_said_once_and_counted(run_cli,
+                                                                              tmp_path):
+    """Ollama cuts a prompt over num_ctx (2048 in older versions) to num_ctx - (num_ctx -
+    num_keep) / 2 tokens, 1027 here, and answers 200: the model answered a prompt it never saw
+    whole, and nothing said so."""
+    import random
+
+    from fake_openai import ADJS, NOUNS
+
+    rng = random.Random(7)
+    seeds = tmp_path / "long_seeds.jsonl"
+    seeds.write_text("".join(json.dumps({
+        "id": f"s{i}", "name": f"s{i}", "is_classification": False,
+        "instruction": f"Summarize {i} " + " ".join(rng.choice(ADJS + NOUNS) for _ in range(110))
+        + ".", "instances": [{"input": "", "output": "A summary."}]}) + "\n" for i in range(20)))
+    cut = [_ollama_completion(" Write a short poem about a quiet river in early spring.\n"
+                              "10. List four ways a family can save money on weekly groceries.",
+                              1027),
+           _ollama_completion(" Explain how a bicycle gear works to a curious child.\n"
+                              "10. Describe the main duties of a harbor pilot on a busy day.",
+                              1027)]
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(script={"generate": cut}, repeat_last=False) as server:
+        proc = run(run_cli, server, run_dir, "--seeds", str(seeds), "--concurrency", "1",
+                   "--prompts-per-round", "2")
+        prompts = [body["prompt"] for _, kind, body in server.log if kind == "generate"]
+    assert proc.returncode == 0, proc.stderr
+    assert len(prompts[0]) > 1027 * 6  # (the prompt was long enough to be cut)
+    notes = [ln for ln in proc.stdout.splitlines() if "it cut the prompt" in ln]
+    assert len(notes) == 1, proc.stdout  # said once
+    assert f"read a prompt of {len(prompts[0]):,} characters as 1,027 tokens" in notes[0]
+    assert "OLLAMA_CONTEXT_LENGTH=8192" in notes[0] and "PARAMETER num_ctx 8192" in notes[0]
+    assert "2 prompts cut by the endpoint to fit its context" in proc.stdout, proc.stdout
+    assert store_rows(run_dir, "SELECT SUM(prompts_cut) FROM rounds")[0][0] == 2
+    # kept: the answers are the round's, their instructions judged as any other
+    instructions = {i for (i,) in store_rows(run_dir, "SELECT instruction FROM tasks")}
+    assert "Write a short poem about a quiet river in early spring." in instructions
+    assert_accounted(run_dir)
+
+
+@pytest.mark.parametrize("chars, tokens, cut", [
+    (8000, 8000 // 4, False),  # English at 4 characters a token: whole
+    (8000, 8000 // 5, False),  # a large vocabulary's best on English: whole
+    (8000, 1027, True),  # Ollama's cut at num_ctx 2048
+    (8400, 2051, False),  # at num_ctx 4096, a prompt of 2,100 tokens read whole
+    (3000, 100, False),  # short prompts are not judged (a cache-counted usage)
+])
+def test_a_cut_prompt_is_told_by_its_characters_a_token(chars, tokens, cut):
+    from selfinstruct_tui.engine.llm import prompt_was_cut
+
+    assert prompt_was_cut(chars, tokens) is cut

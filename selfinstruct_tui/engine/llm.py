@@ -100,6 +100,10 @@ class LLMResponse:
     structured: bool = False
     endpoint: str = ""  # the base URL that answered (never the key)
     model: str = ""  # the model asked for there
+    # the usage says the endpoint read less of the prompt than it holds (`prompt_was_cut`);
+    # `prompt_chars`: the prompt's characters (its messages' contents for chat)
+    prompt_cut: bool = False
+    prompt_chars: int = 0
 
 
 class Cause:
@@ -1177,7 +1181,8 @@ class LLMClient:
                     self._answered.add(at)
                     if endpoint is not None:
                         self._pool().succeeded(endpoint, latency)
-                    if usage and p_tok > 0:
+                    cut = usage and prompt_was_cut(chars, p_tok)
+                    if usage and p_tok > 0 and not cut:
                         self._chars_per_token = min(self._chars_per_token, max(1.0, chars / p_tok))
                     if structured and finish != "length":
                         # Some servers accept response_format and ignore it: only a JSON answer
@@ -1189,7 +1194,7 @@ class LLMClient:
                         p_tok, c_tok, usage = p_tok + sent[1], c_tok + sent[2], True
                     return LLMResponse(self.redact(text), finish, p_tok, c_tok, latency, attempt,
                                        max_tokens, usage, structured,
-                                       at, where.model)
+                                       at, where.model, cut, chars)
                 finally:
                     self.in_flight -= 1
                     if endpoint is not None:
@@ -1566,6 +1571,27 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# A prompt longer than the context window that the endpoint cut and answered all the same:
+# Ollama does so without an error (a prompt over num_ctx keeps its first num_keep tokens and
+# its end, about num_ctx / 2 tokens in all), and its usage then counts the cut prompt. Real
+# tokenizers give this project's prompts 3.2-4.5 characters a token (measured with Gemma 3's
+# 262k vocabulary, the largest common one: generation and instance prompts, English and code
+# alike) and no tokenizer reads English at 6; a prompt cut to half its tokens or less reads at
+# 6.4 or more. Prompts under TRUNCATION_MIN_CHARS (~1,000 tokens) are not judged: no default
+# context is that small, and a server that counts only the tokens its cache did not hold
+# (older Ollama) would make short prompts with a shared head look cut.
+TRUNCATION_CHARS_PER_TOKEN = 6.0
+TRUNCATION_MIN_CHARS = 4096
+
+
+def prompt_was_cut(chars: int, prompt_tokens: int) -> bool:
+    """Whether an answer's usage (`prompt_tokens`, > 0) counts fewer tokens than a prompt of
+    `chars` characters can hold whole (fewer than 1 a TRUNCATION_CHARS_PER_TOKEN characters):
+    the endpoint cut the prompt to fit its context window and answered the rest."""
+    return chars >= TRUNCATION_MIN_CHARS and 0 < prompt_tokens < \
+        chars / TRUNCATION_CHARS_PER_TOKEN
 
 
 def estimate_tokens(text: str) -> int:

@@ -13,6 +13,7 @@ from selfinstruct_tui.engine import events as ev
 from selfinstruct_tui.engine.batch import Batcher
 from selfinstruct_tui.engine.guards import SpendGuard
 from selfinstruct_tui.engine.llm import (
+    TRUNCATION_CHARS_PER_TOKEN,
     LLMClient,
     LLMResponse,
     RequestAbandoned,
@@ -52,6 +53,7 @@ class RequestRecorder:
         self.saved_window: int | None = client.context_window
         self.saved_cap: int | None = None
         self.structured_noted: bool | None = None
+        self.cut_noted = False  # a prompt the endpoint cut was said (once a session)
         # batch mode: requests go out as lines of their stage's batch job instead
         self.batcher: Batcher | None = None
 
@@ -151,6 +153,9 @@ class RequestRecorder:
         stats.completion_tokens += c_tok
         self.guard.spend(p_tok, c_tok)
         self.bus.emit(ev.ResponseReceived.of(done))
+        if resp.prompt_cut:
+            stats.prompts_cut += 1
+            self._note_cut(resp)
         self._note_client_changes()
         return Asked(record.id, resp, None)
 
@@ -162,6 +167,21 @@ class RequestRecorder:
             stats.prompt_tokens += prompt_tokens
             stats.completion_tokens += completion_tokens
             self.guard.spend(prompt_tokens, completion_tokens)
+
+    def _note_cut(self, resp: LLMResponse) -> None:
+        """Say once that the endpoint cuts prompts to fit its context, and how to stop it."""
+        if self.cut_noted:
+            return
+        self.cut_noted = True
+        self.bus.emit(ev.Notice(
+            f"the endpoint read a prompt of {resp.prompt_chars:,} characters as "
+            f"{resp.prompt_tokens:,} tokens (a whole one is more than "
+            f"{resp.prompt_chars // TRUNCATION_CHARS_PER_TOKEN:,.0f}): it cut the prompt to fit "
+            "its context window and answered the rest. Such answers are kept (paid for; the "
+            "filters judge them as any other) and counted per round as 'prompts cut'. Give the "
+            "server a larger context: Ollama: OLLAMA_CONTEXT_LENGTH=8192 on the server (ollama "
+            "serve), or a model created with 'PARAMETER num_ctx 8192' in its Modelfile (its "
+            "OpenAI API takes no num_ctx); or fewer examples (num_prompt_instructions)"))
 
     def _note_client_changes(self) -> None:
         """Persist what the client learned (context window, structured output); say it once."""

@@ -224,6 +224,8 @@ MIGRATIONS = (
     # A batch the endpoint refused as a whole for a reason every job of the run would meet
     # (its validation refused the model, the endpoint path, the file): what, and what to change
     ("batches", "refusal", "TEXT NOT NULL DEFAULT ''"),
+    # answers whose usage says the endpoint cut the prompt to fit its context (llm.prompt_was_cut)
+    ("rounds", "prompts_cut", "INTEGER NOT NULL DEFAULT 0"),
 )
 # prompts.endpoint of an answer of the offline batch command: this, then the command template
 COMMAND_ENDPOINT = "command: "
@@ -291,7 +293,8 @@ class RoundStats:
     candidates = accepted + rejected (by reason) + surplus, once the round is done. `retries`
     counts retries by cause, `instances_dropped` single instances dropped by reason (their task
     may still be accepted), `requests` the requests the round sent, `usage_missing` how many
-    answers carried no token usage (their tokens are estimates).
+    answers carried no token usage (their tokens are estimates), `prompts_cut` how many answers'
+    usage says the endpoint cut their prompt to fit its context window (kept all the same).
     """
 
     round: int
@@ -311,6 +314,7 @@ class RoundStats:
     instances_dropped: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     usage_missing: int = 0
+    prompts_cut: int = 0
     pool_after: int | None = None  # machine tasks in the pool when the round finished
     # requests recorded that never left (a stop came while they waited for a slot): not paid
     # for. This session's count, not stored (the prompts' errors say it: "abandoned before
@@ -1417,11 +1421,11 @@ class RunStore:
                 "UPDATE rounds SET finished = ?, prompts = ?, candidates = ?, accepted = ?, "
                 "rejected = ?, prompt_tokens = ?, completion_tokens = ?, cost = ?, wall_time = ?, "
                 "status = ?, surplus = ?, retries = ?, instances_dropped = ?, requests = ?, "
-                "usage_missing = ?, pool_after = ? WHERE round = ?",
+                "usage_missing = ?, prompts_cut = ?, pool_after = ? WHERE round = ?",
                 (s.finished, s.prompts, s.candidates, s.accepted, json.dumps(s.rejected or {}),
                  s.prompt_tokens, s.completion_tokens, s.cost, s.wall_time, s.status, s.surplus,
                  json.dumps(s.retries), json.dumps(s.instances_dropped), s.requests,
-                 s.usage_missing, s.pool_after, s.round))
+                 s.usage_missing, s.prompts_cut, s.pool_after, s.round))
 
     def rounds(self, since: int = 0) -> list[RoundStats]:
         return [_round(r) for r in self.db.execute(
@@ -1558,7 +1562,7 @@ def _round(row: sqlite3.Row) -> RoundStats:
         surplus=_get(row, "surplus", 0), retries=json.loads(_get(row, "retries", "{}") or "{}"),
         instances_dropped=json.loads(_get(row, "instances_dropped", "{}") or "{}"),
         requests=_get(row, "requests", 0), usage_missing=_get(row, "usage_missing", 0),
-        pool_after=_get(row, "pool_after", None),
+        pool_after=_get(row, "pool_after", None), prompts_cut=_get(row, "prompts_cut", 0),
     )
 
 

@@ -249,7 +249,7 @@ def _si(n: int) -> str:
 @dataclass
 class StatusView:
     """The status line: run, endpoint and model (never the key), state, pool/target, speed,
-    tokens, cost, time, errors and retries."""
+    tokens, cost, time, errors, prompts the endpoint cut and retries."""
 
     run_name: str = ""
     endpoint: str = ""
@@ -264,6 +264,7 @@ class StatusView:
     tokens: int = 0
     cost: float = 0.0
     errors: int = 0
+    prompts_cut: int = 0  # answers to prompts the endpoint cut to fit its context (kept)
     retry_causes: Counter[str] = field(default_factory=Counter)
     elapsed_before: float = 0.0  # run time (s) of the sessions before this one (`rates`')
     # this session's start, pauses and end, the last minute: tasks/min, tokens/s, run time
@@ -320,6 +321,9 @@ class StatusView:
             parts.append(("", [("", "(" + ", ".join(
                 f"{k.replace('_', ' ')} {v}" for k, v in self.retry_causes.most_common()) + ")"),
                 ("causes", "")]))
+        if self.prompts_cut:
+            parts.append(("", [("", f"prompts cut {self.prompts_cut}"),
+                               ("words", f"cut {self.prompts_cut}")]))
         parts += [("", [("", f"pool {self.accepted}/{self.target}"),
                         ("pool", f"{self.accepted}/{self.target}")]),
                   ("", [("", f"{rate} tasks/min"), ("rate", f"{rate}/min"),
@@ -493,6 +497,7 @@ class RunView:
         self._count_tokens(*snap.tokens)
         status.retry_causes.update(snap.retries)
         status.errors = snap.errors
+        status.prompts_cut = sum(r.prompts_cut for r in snap.rounds)
         self.rejection_counts.update(snap.rejection_counts)
         lines = [_line(r) for r in snap.recent_rejections]
         self.rejection_lines.extend(lines)
@@ -624,6 +629,9 @@ class RunView:
         self.pool_sizes.append(self.seed_count + e.accepted_total)
         self.round_points.append(RoundPoint(e.stats.round, e.stats.accepted, e.stats.settled))
         self.dirty.add("stats")
+        if e.stats.prompts_cut and not e.earlier:
+            self.status.prompts_cut += e.stats.prompts_cut
+            self.dirty.add("status")
 
     def _on_RequestRetried(self, e: ev.RequestRetried) -> None:
         self.status.retry_causes[e.cause] += 1
