@@ -52,6 +52,8 @@ class Dialog(ModalScreen[ResultT]):
         if not shown:
             return
         line = shown.first(Static)
+        # Textual keeps the notifications in App._notifications and offers no public way to
+        # read them (textual is pinned in pyproject.toml; a test reads this line's result)
         current = [n for n in self.app._notifications if not n.has_expired]
         if self._notice_timer is not None:
             self._notice_timer.stop()
