@@ -147,10 +147,23 @@ def test_a_refusal_blames_an_extra_body_field_only_where_it_names_it(extra, mess
     # a proxy's error that lists the call's arguments
     "BadRequestError: content filtered. Received kwargs={'temperature': 0.7, 'top_p': 1.0, "
     "'seed': 3}",
+    # ... with the prompt, whose model-written tasks say what a refusal of the run would
+    *(f"BadRequestError: content filtered. Received kwargs={{'prompt': 'Come up with a series "
+      f"of tasks: Task 1: {task} Task 2: ...', 'temperature': 0.7, 'top_p': 1.0}}" for task in (
+          "Explain why the temperature must stay below 100 C when brewing green tea.",
+          "Write an email to the billing department asking about a refund.",
+          "Reply Not found if the model m is not found in the catalog.",
+          "Explain why the old phone does not support generation of QR codes.",
+          "Explain why Python does not support tail calls.",
+          "Explain what a random seed value is.")),
+    "Invalid prompt: your prompt was flagged. Prompt: 'Why does the model m not exist yet?'",
+    # a model that is there, only busy (not "does not serve the model")
+    "The model `m` is not available right now, please try again later",
 ])
-def test_a_refusal_that_only_echoes_the_sampling_values_is_the_requests_own(message):
-    """Only a 400 that says a sampling value is refused stops the run naming its setting; one
-    about something else that prints the request's fields is that request's own failure."""
+def test_a_refusal_that_only_echoes_the_request_is_the_requests_own(message):
+    """Only a 400 whose own words say a sampling value, the model, the quota or a parameter is
+    refused stops the run; one about something else that prints the request (its fields, its
+    prompt's model-written tasks) is that request's own failure, not fatal."""
     from selfinstruct_tui.engine.llm import Cause
 
     with FakeOpenAI(script={"*": [{"status": 400, "body": {"error": {"message": message}}}]}

@@ -264,19 +264,28 @@ _NEEDS_CHAT_RE = re.compile(
 # support generate" (completions), "... does not support chat" (chat), "does not support
 # completion" (its capability check). Both APIs fail alike, so it is not the other API's.
 _NO_GENERATION_RE = re.compile(r"\"[^\"]*\" does not support (?:generate|chat)\b|"
-                               r"does not support (?:completion|generate|generation)\b",
-                               re.IGNORECASE)
+                               r"does not support (?:completion|generate)\b", re.IGNORECASE)
 # Cloudflare's challenge pages ("Just a moment...", "Attention Required! | Cloudflare")
 _CHALLENGE_RE = re.compile(r"^just a moment\b|attention required!? \| cloudflare|"
                            r"cf-chl|checking your browser", re.IGNORECASE)
 _QUOTA_RE = re.compile(r"insufficient_quota|exceeded your current quota|billing|credit balance"
                        r"|out of credits|payment required|budget has been exceeded|"
                        r"budget_exceeded", re.IGNORECASE)
+# a budget or credit refused with a 400 (LiteLLM's older proxies, Anthropic's "Your credit
+# balance is too low"): only these words; a 400's "billing" may be the prompt's
+_QUOTA_400_RE = re.compile(r"budget has been exceeded|budget_exceeded|credit balance|"
+                           r"out of credits", re.IGNORECASE)
 # a model the endpoint does not serve, said with a 400 (LiteLLM's proxy: "Invalid model name
-# passed in model=m"; others: "model 'm' not found")
-_UNKNOWN_MODEL_RE = re.compile(r"invalid model name|model_not_found|\bmodel\b[^.;]{0,80}?\b(?:"
-                               r"does not exist|not found|is not (?:available|served|supported))",
+# passed in model=m"; others: "model 'm' not found", with the run's model named: `_unknown_model`)
+_INVALID_MODEL_RE = re.compile(r"invalid model name|model_not_found", re.IGNORECASE)
+_MODEL_MISSING_RE = re.compile(r"\bmodel\b[^.;]{0,80}?\b(?:does not exist|not found)\b",
                                re.IGNORECASE)
+# Where an error's text goes on with the request it refused (a proxy's "Received kwargs={...}",
+# pydantic's 'input': {...} / input_value=...): the rules that stop a run read the text before
+# it only, the endpoint's own words, never the prompt's (a task about "billing" or "the
+# temperature must stay below 100 C" is no refusal of the run's settings)
+_ECHO_RE = re.compile(r"kwargs\s*=|['\"](?:input|prompt|messages)['\"]\s*:|input_value\s*=|"
+                      r"\bprompt\s*:\s*['\"]", re.IGNORECASE)
 # a 503 while the model loads (llama-server: "Loading model"), or with a full queue (Ollama:
 # "server busy ... maximum pending requests exceeded"; vLLM, SGLang: "The request queue is full")
 _LOADING_RE = re.compile(r"loading model|model is (?:still )?loading|loading the model|"
@@ -449,6 +458,24 @@ def completion_cap(text: str) -> int | None:
     return None
 
 
+def own_words(text: str) -> str:
+    """An error text up to where it goes on with the request it refused (`_ECHO_RE`): the
+    endpoint's own words."""
+    echo = _ECHO_RE.search(text)
+    return text[:echo.start()] if echo else text
+
+
+def _unknown_model(text: str, model: str) -> bool:
+    """Whether an error's own words say the endpoint does not serve `model`: LiteLLM's
+    "Invalid model name", a `model_not_found` code in the text, or "model ... does not exist /
+    not found" naming the model itself."""
+    if _INVALID_MODEL_RE.search(text):
+        return True
+    named = re.search(rf"(?<![\w.:/-]){re.escape(model)}(?![\w.:/-])", text, re.IGNORECASE) \
+        if model else None
+    return named is not None and _MODEL_MISSING_RE.search(text) is not None
+
+
 def _sampling_field(text: str, strict: bool = False) -> str | None:
     """The sampling field of SAMPLING_SETTINGS an error text names, or None. Loose: quoted,
     after "parameter" or "body.", or heading a sentence. `strict`: only where the text says
@@ -461,7 +488,8 @@ def _sampling_field(text: str, strict: bool = False) -> str | None:
         if named:
             return named
     for name in SAMPLING_SETTINGS:
-        if re.search(rf"(?:^|[\s:(])`?{name}`? (?:must|should|is (?:out|not)|value)|"
+        if re.search(rf"(?:^|[.:;]\s+|\(\s*)['\"`]?{name}['\"`]? (?:must|should|is (?:out|not)|"
+                     rf"value)|"
                      rf"(?:maximum|minimum) of \S+ - ['\"`]{name}['\"`]|"
                      rf"\(\s*['\"]body['\"],\s*['\"]{name}['\"]\s*\)|"
                      rf"invalid value for ['\"`]?{name}\b", text, re.IGNORECASE):
@@ -633,6 +661,7 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
     later request can heal (a refused key, an unknown model, a refused --extra-body field) is
     as fatal as the request would be."""
     where = f"{s.base_url} (model {s.model!r}, {s.api} API)"
+    own = own_words(text)  # what stops a run is read in the endpoint's words, not an echo
     if retry_after is None and status in (429, 503, 529):
         retry_after = delay_in_text(text)
     if status == 501:
@@ -642,7 +671,7 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
         return Failure(Cause.NOT_FOUND, f"the server at {s.base_url} does not implement these "
                        f"requests ({status}: {text}): do what its message says, or check "
                        "--base-url", fatal=True, status=status)
-    if status in (400, 404) and _NO_GENERATION_RE.search(text):
+    if status in (400, 404) and _NO_GENERATION_RE.search(own):
         return Failure(Cause.NOT_FOUND, f"this model does not generate text ({status}: {text}; "
                        f"model {s.model!r} at {s.base_url}, an embedding model?): choose a "
                        "generating model with --model", fatal=True, status=status)
@@ -673,9 +702,9 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
         return Failure(Cause.NOT_FOUND, f"the endpoint answered 405 ({text}) for {where}: "
                        "--base-url should end where /completions and /chat/completions live "
                        "(usually .../v1)", fatal=True, status=status)
-    if status == 402 or status in (400, 429) and (_QUOTA_RE.search(text)
-                                                  or code in ("insufficient_quota",
-                                                              "budget_exceeded")):
+    if status == 402 or status == 429 and _QUOTA_RE.search(text) or status == 400 and \
+            _QUOTA_400_RE.search(own) or status in (400, 429) and \
+            code in ("insufficient_quota", "budget_exceeded"):
         return Failure(Cause.QUOTA, f"the account's quota is exhausted ({status}: {text}). Add "
                        "credit or raise the limit, then resume", fatal=True, status=status)
     if status == 429:
@@ -692,7 +721,7 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
                            "out of --extra-body or the config file's [extra_body] table (a "
                            "resumed run takes a new --extra-body, '{}' for none)", fatal=True,
                            status=status)
-        if _sampling_field(text, strict=not _UNSUPPORTED_RE.search(text)) == "seed":
+        if _sampling_field(own, strict=not _UNSUPPORTED_RE.search(own)) == "seed":
             # The generation requests' seed: no value of --random-seed helps, only sending none
             # (OpenAI's reasoning models: "Unsupported parameter: 'seed' ..."; others: "seed is
             # not supported")
@@ -706,12 +735,12 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
             return Failure(Cause.CONTEXT, text, status=status)
         if _STRUCTURED_RE.search(text):
             return Failure(Cause.STRUCTURED_OUTPUT, text, status=status)
-        if _UNKNOWN_MODEL_RE.search(text):
+        if _unknown_model(own, s.model):
             return Failure(Cause.NOT_FOUND, f"the endpoint does not serve the model ({status}: "
                            f"{text}) for {where}: check --model (its /models lists the names "
                            "it takes)", fatal=True, status=status)
-        if _UNSUPPORTED_RE.search(text):
-            sampling = _sampling_field(text)
+        if _UNSUPPORTED_RE.search(own):
+            sampling = _sampling_field(own)
             added = (f"; or a field of --extra-body ({', '.join(sorted(s.extra_body))}): take "
                      "it out" if s.extra_body else "")
             sent = f" ({sampling} comes from the setting {SAMPLING_SETTINGS[sampling]})" \
@@ -720,7 +749,7 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
                            f"parameter for model {s.model!r} ({status}: {text}){sent}. Check "
                            "--api (completions vs chat) and --model; some models accept no "
                            f"sampling parameters{added}", fatal=True, status=status)
-        sampling = _sampling_field(text, strict=True)
+        sampling = _sampling_field(own, strict=True)
         if sampling:
             # A value out of the server's range (vLLM: "presence_penalty must be in [-2, 2],
             # got 3.0"): every request carries it, so every one would be refused alike
@@ -735,7 +764,7 @@ def status_failure(status: int, text: str, s: ClientSettings, *, code: str | Non
                            status=status)
         return Failure(Cause.BAD_REQUEST, f"the endpoint refused the request ({status}: {text})",
                        status=status)
-    if status >= 500 and _LOADING_RE.search(text):
+    if status == 503 and _LOADING_RE.search(text):
         # Up, and answering: it will serve once the model is in memory. One pause for every
         # request (as a rate limit's), named for what it is, not "check that it is up"
         return Failure(Cause.LOADING, f"{s.base_url} is still loading the model ({status}: "
