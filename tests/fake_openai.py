@@ -48,9 +48,10 @@ Lost answers and refusals (set with `configure`): `batch_upload_hang` / `batch_c
 never learns its id);
 `batch_upload_drop` / `batch_create_drop` (n) store the next n uploads / create the next n
 batches, then close the connection without an answer; GET /v1/files (`?purpose=`) and GET
-/v1/batches list them, newest first. `batch_invalid` ({code, message, param, line}) fails
+/v1/batches list them, newest first (`batch_list_fail` (n): the next n lists answer 503). `batch_invalid` ({code, message, param, line}) fails
 each batch created while set at its first retrieve, as OpenAI's validation does (status
-`failed`, `errors.data` that one error, no line answered, no file); a list of them (or None)
+`failed`, `errors.data` that one error, or none for {"empty": true}, no line answered, no
+file); a list of them (or None)
 applies one to each next batch created, in order. `batch_create_error` ({status, message,
 code, param}) answers each create with that error.
 `uploads` counts the files uploaded (purpose batch).
@@ -429,7 +430,8 @@ class FakeOpenAI:
             if invalid:  # refused by validation: nothing ran, nothing is paid
                 batch.update(status="failed", failed_at=int(time.time()), request_counts={
                     "total": 0, "completed": 0, "failed": 0}, errors={
-                    "object": "list", "data": [{"param": None, "line": None, **invalid}]})
+                    "object": "list", "data": [] if invalid.get("empty") else [
+                        {"param": None, "line": None, **invalid}]})
             ready = batch["status"] == "in_progress" and polls >= self.settings["batch_polls"]
         if ready:
             self._run_batch(batch)
@@ -593,6 +595,10 @@ class FakeOpenAI:
                     if hang:
                         time.sleep(float(hang))
                     self._send(200, stored)
+                elif method == "GET" and (path.endswith("/files") or
+                                          path.endswith("/batches")) and \
+                        server._take("batch_list_fail"):  # the look itself fails
+                    self._error(503, "injected 503 on list")
                 elif method == "GET" and path.endswith("/files"):
                     wanted = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                     with server.lock:

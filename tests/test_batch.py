@@ -1512,6 +1512,22 @@ def test_a_batch_refused_for_a_reason_of_the_run_stops_it_without_another_job(tm
     assert_accounted(run_dir)
 
 
+def test_a_batch_failed_with_no_reason_given_sends_its_requests_again(tmp_path):
+    """A batch some servers end `failed` with no `errors.data` at all: nothing says every job
+    would be refused alike, so its requests go out again in a new job (it stopped the run as a
+    refusal of the run with "no reason given")."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        server.configure(batch_invalid=[{"empty": True}])
+        engine = ended(*new_run(run_dir, server.base_url, target=8, prompts_per_round=3,
+                                batch=True, batch_poll_seconds=0.02))
+    assert engine.paused is None, engine.paused
+    assert engine.finished is not None and engine.finished.reason.value == "target"
+    first = db(run_dir).execute("SELECT status, state, refusal FROM batches ORDER BY id").fetchone()
+    assert tuple(first) == ("failed", "settled", "")
+    assert_accounted(run_dir)
+
+
 def test_a_batch_job_the_endpoint_refuses_to_create_stops_the_run_after_one(tmp_path):
     """A create answered 400 (an endpoint path or completion window the server does not take)
     failed that job's requests as refused ones, and the next stage uploaded and was refused
@@ -1547,6 +1563,28 @@ def test_an_upload_or_create_whose_answer_is_lost_is_found_not_sent_twice(tmp_pa
         assert server.uploads == server.batch_creations == len(jobs)
     assert jobs[0]["input_file_id"] == "file-1" and jobs[0]["batch_id"] == "batch_1"
     assert all(j["state"] == "settled" for j in jobs)
+    assert_accounted(run_dir)
+
+
+@pytest.mark.parametrize("lost", ["batch_upload_drop", "batch_create_drop"])
+def test_a_lost_upload_or_create_whose_look_fails_too_is_looked_for_again_not_sent_again(
+        tmp_path, lost):
+    """The create's (upload's) answer lost, and the look in the endpoint's list failing too
+    (503, the endpoint in trouble): the look's failure read as "not there" and the batch was
+    created a second time, paid twice (or, a connection error, the job was given up while its
+    batch ran). The job is looked for again until a look answers, and found."""
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(batch_polls=1) as server:
+        # (the client tries a list 4 times: the first look fails whole, the second answers)
+        server.configure(**{lost: 1}, batch_list_fail=6)
+        engine = run_engine(run_dir, server.base_url, target=8, prompts_per_round=3)
+        jobs = db(run_dir).execute("SELECT * FROM batches ORDER BY id").fetchall()
+        assert engine.finished is not None and engine.finished.reason.value == "target"
+        assert server.uploads == server.batch_creations == len(jobs)
+    assert jobs[0]["input_file_id"] == "file-1" and jobs[0]["batch_id"] == "batch_1"
+    assert all(j["state"] == "settled" for j in jobs)
+    retries = [m for (m,) in db(run_dir).execute("SELECT message FROM retries")]
+    assert any("looked for again, not sent again" in m for m in retries), retries
     assert_accounted(run_dir)
 
 

@@ -47,7 +47,7 @@ import re
 import shlex
 import signal
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -274,9 +274,11 @@ def _batch_error(error: Any) -> str:
 def run_wide_refusal(errors: list[Any], base_url: str, batch_id: str | None) -> str:
     """Why a batch that ended `failed` stops the run, and what to change; "" when every error
     of it (`errors.data`: objects with code, message, param, line) is one that clears by
-    waiting (`BATCH_ERRORS_THAT_CLEAR`): its requests are then sent again."""
+    waiting (`BATCH_ERRORS_THAT_CLEAR`), or it gives none: its requests are then sent again."""
     codes = [getattr(e, "code", None) or "" for e in errors]
-    if errors and all(code in BATCH_ERRORS_THAT_CLEAR for code in codes):
+    if all(code in BATCH_ERRORS_THAT_CLEAR for code in codes):
+        # (no reason given at all, as some servers end a batch `failed`: nothing says every job
+        # would meet it; its requests go out again, as before such refusals were read)
         return ""
     said = "; ".join(_batch_error(e) for e in errors)[:600] or "no reason given"
     advice = next((BATCH_ERROR_ADVICE[c] for c in codes if c in BATCH_ERROR_ADVICE),
@@ -408,12 +410,36 @@ SEND_ATTEMPTS = 4
 CLOCK_SKEW = 600.0
 
 
+class SubmitUncertain(Exception):
+    """An upload or create whose answer was lost, and the endpoint's list could not be read to
+    learn whether it was made (the connection failed again, 5xx, 429): the job keeps its mark
+    (`what`: "uploading" or "creating") and must not be sent again, nor marked abandoned, until
+    a look answers (`Batcher` looks again; a later session does)."""
+
+    def __init__(self, what: str, cause: Exception) -> None:
+        super().__init__(f"could not learn whether the batch job's {what.removesuffix('ing')} "
+                         f"reached the endpoint: {error_text(cause)}")
+        self.what, self.cause = what, cause
+
+
 def upload_name(record: BatchRecord, data: bytes) -> str:
     """The name a job's file is uploaded under: its own name and a digest of the job's identity
     (its number and creation time) and of its bytes, so that a file listed at the endpoint under
     it is this job's upload and no other run's (`OpenAIBatchTransport._find_upload`)."""
     digest = hashlib.sha256(f"{record.id}:{record.created!r}\n".encode() + data).hexdigest()
     return f"{Path(record.input_path).name.removesuffix('.jsonl')}-{digest[:24]}.jsonl"
+
+
+@contextlib.contextmanager
+def _no_list() -> Iterator[None]:
+    """An endpoint that refuses to list (404, 405, any 4xx but 408 and 429) has no list to look
+    in: the look finds nothing. A look that failed otherwise (the connection, 408, 429, 5xx)
+    raises: the job may still be there."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        if exc.status_code in (408, 429) or exc.status_code >= 500:
+            raise
 
 
 class OpenAIBatchTransport:
@@ -473,8 +499,10 @@ class OpenAIBatchTransport:
         marked `marking` first, and one already so marked (an earlier session sent it and died)
         is looked for before it is sent. A send without an answer, or answered 408, 409, 429 or
         5xx, is looked for, then sent again (SEND_ATTEMPTS in all). Raises openai's exception
-        for a refusal (any other status: nothing was created) or the last failure."""
-        found = await find() if record.status == marking else None
+        for a refusal (any other status: nothing was created) or the last failure after a look
+        that found nothing, and SubmitUncertain when a look cannot be made (the job may exist:
+        it is neither sent again nor given up)."""
+        found = await self._look(find, marking) if record.status == marking else None
         if found:
             return found
         store.update_batch(record, status=marking)
@@ -487,17 +515,26 @@ class OpenAIBatchTransport:
                 if isinstance(exc, openai.APIStatusError) and \
                         exc.status_code not in (408, 409, 429) and exc.status_code < 500:
                     raise
-                found = await find()  # created before its answer was lost?
+                found = await self._look(find, marking)  # created before its answer was lost?
                 if found:
                     return found
                 if attempt >= SEND_ATTEMPTS:
                     raise
             await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))
 
+    @staticmethod
+    async def _look(find: Callable[[], Awaitable[Any | None]], marking: str) -> Any | None:
+        """`find()`, or SubmitUncertain when the endpoint does not answer the look (its
+        connection failed, 408, 429, 5xx)."""
+        try:
+            return await find()
+        except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            raise SubmitUncertain(marking, exc) from exc
+
     async def _find_upload(self, record: BatchRecord, name: str, size: int) -> Any | None:
         """The endpoint's File object for the job's upload (`name`, `size` bytes, purpose
         batch, uploaded since the job was recorded), or None (none, or no list to look in)."""
-        with contextlib.suppress(openai.APIStatusError):
+        with _no_list():
             async for file in self.client.files.list(purpose="batch", order="desc", limit=100):
                 if file.filename == name and file.bytes == size:
                     return file
@@ -509,7 +546,7 @@ class OpenAIBatchTransport:
         """The endpoint's Batch object created for the job (from its file `file_id`, its
         metadata naming the job, created since the job was recorded), or None (none, or no
         list to look in)."""
-        with contextlib.suppress(openai.APIStatusError):
+        with _no_list():
             async for batch in self.client.batches.list(limit=100):
                 if batch.input_file_id == file_id and \
                         (batch.metadata or {}).get("selfinstruct_job") == str(record.id):
@@ -889,7 +926,9 @@ class Batcher:
                                           prompt_ids=[p.prompt_id for p in group.items],
                                           input_path=self._write_input(group))
             try:
-                record = await self.transport.submit(self.store, record)
+                record = await self._submit(record)
+            except RequestAbandoned:  # stopped while it could not learn: kept for the next one
+                raise
             except Exception:
                 # Never created, nothing paid: its requests fail now, so no later session may
                 # submit it.
@@ -911,6 +950,29 @@ class Batcher:
             _fail_all(futures, exc)
         except Exception as exc:  # noqa: BLE001 - an upload or create that failed
             _fail_all(futures, self.job_failure(exc))
+
+    async def _submit(self, record: BatchRecord) -> BatchRecord:
+        """The transport's submit. While it cannot learn whether an upload or create whose
+        answer was lost reached the endpoint (SubmitUncertain), the job keeps its mark and is
+        looked for again every `poll_seconds` (each failure reported as a failed poll is, so a
+        run whose endpoint stays away pauses), never sent again nor given up: marked abandoned,
+        a batch the endpoint did create ran unread and its requests were paid for again in a
+        new job. A stop leaves it so for the next session (RequestAbandoned with the job)."""
+        since, count = time.monotonic(), 0
+        while True:
+            try:
+                return await self.transport.submit(self.store, record)
+            except SubmitUncertain as exc:
+                count += 1
+                failure = map_error(exc.cause, self.client)
+                self.on_poll_failed(record, failure.cause, self.redact(
+                    f"batch job {record.id}: {exc}; it is looked for again, not sent again"),
+                    count, time.monotonic() - since)
+            # (the transport marked it in the store: the next look starts from that mark)
+            record = next(b for b in self.store.batches() if b.id == record.id)
+            await self._sleep(self.settings.poll_seconds)
+            if self._stopping:
+                raise RequestAbandoned("in flight", job=record.id)
 
     def job_failure(self, exc: BaseException) -> RequestFailed:
         """An upload or create that failed, as the failure of each of its requests: fatal when
@@ -1064,6 +1126,11 @@ class Batcher:
             if record.state == "preparing":
                 try:
                     record = await self.transport.submit(self.store, record)
+                except SubmitUncertain as exc:  # it may exist: kept, never given up
+                    raise RequestFailed(self.redact(
+                        f"batch job {record.id}: {exc}. The job is kept (not sent again): run "
+                        "the same command once the endpoint answers, and it looks again"),
+                        kind=map_error(exc.cause, self.client).cause, fatal=True) from exc
                 except Exception as exc:  # noqa: BLE001 - never created: nothing to read
                     self.store.update_batch(record, state="abandoned",
                                             message=str(self.job_failure(exc)))
