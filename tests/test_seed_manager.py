@@ -17,6 +17,7 @@ from selfinstruct_tui.engine.seeds import (
     bundled_seeds_path,
     load_seeds,
     seed_fingerprint,
+    seed_to_record,
     write_seeds,
 )
 from selfinstruct_tui.engine.store import RunStore
@@ -1220,3 +1221,42 @@ def test_saving_a_seed_form_unchanged_sends_nothing(tmp_path, isolated_env):
 
     run(go())
     assert read_run(run_dir, lambda store: store.pending_seeds()) is None
+
+
+def test_the_inspectors_edit_of_a_seed_builds_on_its_pending_edit(tmp_path, isolated_env):
+    """A seed edited in the manager (pending until the next round) and then edited in the
+    inspector: the editor opened on the seed as last applied (the pool's row), so its save put
+    the old instruction back over the pending one. It opens on the pending version."""
+    run_dir = run_marked_running(tmp_path / "run")
+    seeds = [s.to_seed() for s in active_seeds(run_dir)]
+    target = seeds[1]
+    pending_text = "Name two rivers of Europe that flow into the Black Sea."
+    records = [seed_to_record(s) for s in seeds]
+    records[1] = {**records[1], "instruction": pending_text}
+    store = RunStore(run_dir)
+    store.set_pending_seeds(records)  # another UI's edit, pending for the next round
+    store.close()
+    new_output = "The Danube and the Dnieper."
+
+    async def go():
+        app = create_app(run_dir, attach=True, refresh=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await inspect_text(pilot, app, target.instruction)
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen.query("#task-text").first(),
+                                                  TextArea))
+            area = app.screen.query_one("#task-text", TextArea)
+            data = json.loads(area.text)
+            assert data["instruction"] == pending_text
+            data["instances"][0]["output"] = new_output
+            area.text = json.dumps(data)
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: not isinstance(app.screen, InspectorScreen))
+
+    run(go())
+    store = RunStore(run_dir)
+    pending = store.pending_seeds()
+    store.close()
+    [saved] = [r for r in pending if r["id"] == target.id]
+    assert saved["instruction"] == pending_text
+    assert saved["instances"][0]["output"] == new_output

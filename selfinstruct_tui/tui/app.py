@@ -11,6 +11,7 @@ directly (`OfflineControl`): the app itself never writes the store.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import queue
@@ -715,10 +716,10 @@ class SelfInstructApp(App[int]):
         current = next((s for s in seeds if s.id == old.id), old)
         seed = SeedTask(current.id, current.name, data["instruction"], list(data["instances"]),
                         data["is_classification"], current.origin, current.source_task)
-        if seed_to_record(seed) == seed_to_record(current):
+        ids = [s.id for s in seeds]
+        if seed.id in ids and seed_to_record(seed) == seed_to_record(current):
             self.notify(f"Seed {old.id} is unchanged: nothing to save.")
             return
-        ids = [s.id for s in seeds]
         changed = ([*seeds[:ids.index(seed.id)], seed, *seeds[ids.index(seed.id) + 1:]]
                    if seed.id in ids else [*seeds, seed])
         self._send_seeds(changed, done=f"Seed {seed.id} (task #{task.id}) saved")
@@ -751,7 +752,23 @@ class SelfInstructApp(App[int]):
 
         answered_by = [] if task.is_seed else self.reader.answered_by(task.id, task.prompt_id)
         self.push_screen(InspectorScreen(task, prompt.prompt if prompt else None,
-                                         prompt.response if prompt else None, answered_by), done)
+                                         prompt.response if prompt else None, answered_by,
+                                         self._seed_as_pending(task)), done)
+
+    def _seed_as_pending(self, task: Task) -> Task | None:
+        """A seed's task as the seed set the next round uses holds it, when an edit of it is
+        pending (None: as it is): the inspector's editor opens on that, so that its save
+        builds on the pending edit (it opened on the row as last applied, and saved that over
+        the pending edit)."""
+        if not task.is_seed:
+            return None
+        sid = task.to_seed().id
+        current = next((s for s in self._current_seeds()[0] if s.id == sid), None)
+        if current is None or seed_to_record(current) == seed_to_record(task.to_seed()):
+            return None
+        return dataclasses.replace(task, instruction=current.instruction,
+                                   instances=list(current.instances),
+                                   is_classification=current.is_classification)
 
     def action_export(self) -> None:
         """The export dialog, holding the session's last choice (format, path, box): exporting

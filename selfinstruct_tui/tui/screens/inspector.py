@@ -174,9 +174,13 @@ class InspectorScreen(Dialog[tuple[str, dict] | None]):
     ]
 
     def __init__(self, task: Task, prompt: str | None, response: str | None,
-                 answered_by: list[tuple[str, str | None, str | None]] | None = None) -> None:
+                 answered_by: list[tuple[str, str | None, str | None]] | None = None,
+                 editable: Task | None = None) -> None:
+        """`editable`: what `e` opens the editor on, when not the task as shown (a seed whose
+        edit is pending: the set the next round uses, which the edit changes)."""
         super().__init__()
         self.task_data = task
+        self.editable = editable or task
         self.prompt, self.response = prompt, response
         self.answered_by = answered_by or []
 
@@ -237,7 +241,7 @@ class InspectorScreen(Dialog[tuple[str, dict] | None]):
             if result is not None:
                 self.dismiss(("edit", result))
 
-        self.app.push_screen(TaskEditScreen(self.task_data), done)
+        self.app.push_screen(TaskEditScreen(self.editable), done)
 
 
 def edited_instance(value: dict) -> Instance:
