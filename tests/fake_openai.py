@@ -587,14 +587,8 @@ class FakeOpenAI:
                         else "batch"
                     stored = server.add_file(fields["file"].get_filename() or "input",
                                              fields["file"].get_payload(decode=True), purpose)
-                    if server._take("batch_upload_drop"):  # stored, its answer lost
-                        self.close_connection = True
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                        return True
-                    hang = server.settings.get("batch_upload_hang")
-                    if hang:
-                        time.sleep(float(hang))
-                    self._send(200, stored)
+                    if not self._answer_lost_or_late("upload"):  # stored either way
+                        self._send(200, stored)
                 elif method == "GET" and (path.endswith("/files") or
                                           path.endswith("/batches")) and \
                         server._take("batch_list_fail"):  # the look itself fails
@@ -633,14 +627,8 @@ class FakeOpenAI:
                             "code": refusal.get("code")}})
                         return True
                     created = server.create_batch(json.loads(raw or b"{}"))
-                    if server._take("batch_create_drop"):  # created, its answer lost
-                        self.close_connection = True
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                        return True
-                    hang = server.settings.get("batch_create_hang")
-                    if hang:
-                        time.sleep(float(hang))
-                    self._send(*created)
+                    if not self._answer_lost_or_late("create"):  # created either way
+                        self._send(*created)
                 elif method == "GET" and parts[-2] == "batches":
                     failing = server.settings.get("batch_poll_status")
                     hang = server.settings.get("batch_poll_hang")
@@ -673,6 +661,19 @@ class FakeOpenAI:
                 else:
                     self._error(404, f"no route {self.path}", "not_found")
                 return True
+
+            def _answer_lost_or_late(self, step: str) -> bool:
+                """After the `step` ("upload", "create") was done: True when its answer is
+                lost (`batch_{step}_drop`: the connection is closed); else it waits
+                `batch_{step}_hang` seconds first, if set, and returns False."""
+                if server._take(f"batch_{step}_drop"):
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return True
+                hang = server.settings.get(f"batch_{step}_hang")
+                if hang:
+                    time.sleep(float(hang))
+                return False
 
             def _moved(self) -> bool:
                 """`moved` = (status, base URL), set with `configure`: every request is
