@@ -95,14 +95,12 @@ BATCH_ERRORS_THAT_CLEAR = frozenset({
 })
 # What to change for the codes OpenAI's batch validation is seen to give (any other code stops
 # the run as well, with the generic advice)
+_CHECK_MODEL = "check --model: the Batch API may serve fewer models than requests do"
+_CHECK_API = "check --api (the batch's endpoint path: /v1/completions or /v1/chat/completions)"
 BATCH_ERROR_ADVICE = {
-    "model_not_found": "check --model: the Batch API may serve fewer models than requests do",
-    "invalid_model": "check --model: the Batch API may serve fewer models than requests do",
+    "model_not_found": _CHECK_MODEL, "invalid_model": _CHECK_MODEL,
     "mismatched_model": "check --model",
-    "invalid_url": "check --api (the batch's endpoint path: /v1/completions or "
-                   "/v1/chat/completions)",
-    "invalid_endpoint": "check --api (the batch's endpoint path: /v1/completions or "
-                        "/v1/chat/completions)",
+    "invalid_url": _CHECK_API, "invalid_endpoint": _CHECK_API,
 }
 BATCH_ERROR_GENERIC = ("check --model, --api and --extra-body (every line of the file carries "
                        "them), then resume")

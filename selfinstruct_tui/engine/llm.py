@@ -268,13 +268,12 @@ _NO_GENERATION_RE = re.compile(r"\"[^\"]*\" does not support (?:generate|chat)\b
 # Cloudflare's challenge pages ("Just a moment...", "Attention Required! | Cloudflare")
 _CHALLENGE_RE = re.compile(r"^just a moment\b|attention required!? \| cloudflare|"
                            r"cf-chl|checking your browser", re.IGNORECASE)
-_QUOTA_RE = re.compile(r"insufficient_quota|exceeded your current quota|billing|credit balance"
-                       r"|out of credits|payment required|budget has been exceeded|"
-                       r"budget_exceeded", re.IGNORECASE)
-# a budget or credit refused with a 400 (LiteLLM's older proxies, Anthropic's "Your credit
-# balance is too low"): only these words; a 400's "billing" may be the prompt's
-_QUOTA_400_RE = re.compile(r"budget has been exceeded|budget_exceeded|credit balance|"
-                           r"out of credits", re.IGNORECASE)
+# a budget or credit spent, as a 400 says it too (LiteLLM's older proxies, Anthropic's "Your
+# credit balance is too low"): only these words there; a 400's "billing" may be the prompt's
+_SPENT = r"budget has been exceeded|budget_exceeded|credit balance|out of credits"
+_QUOTA_400_RE = re.compile(_SPENT, re.IGNORECASE)
+_QUOTA_RE = re.compile(r"insufficient_quota|exceeded your current quota|billing|payment required|"
+                       + _SPENT, re.IGNORECASE)
 # a model the endpoint does not serve, said with a 400 (LiteLLM's proxy: "Invalid model name
 # passed in model=m"; others: "model 'm' not found", with the run's model named: `_unknown_model`)
 _INVALID_MODEL_RE = re.compile(r"invalid model name|model_not_found", re.IGNORECASE)

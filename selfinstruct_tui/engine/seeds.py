@@ -369,6 +369,17 @@ def seed_to_record(task: SeedTask) -> dict[str, Any]:
     return {**task.to_json(), "origin": task.origin, "source_task": task.source_task}
 
 
+def with_seed(seeds: list[SeedTask], seed: SeedTask) -> list[SeedTask]:
+    """`seeds` with the seed of `seed.id` replaced by `seed` (in its place), or with `seed`
+    added at the end when no seed has that id (an edit of a seed deleted meanwhile comes
+    back); a new list."""
+    ids = [s.id for s in seeds]
+    if seed.id not in ids:
+        return [*seeds, seed]
+    i = ids.index(seed.id)
+    return [*seeds[:i], seed, *seeds[i + 1:]]
+
+
 def seed_from_record(d: dict[str, Any]) -> SeedTask:
     """The inverse of `seed_to_record` (a record without origin reads as "file"); KeyError for a
     record without id, instruction or instances."""

@@ -55,7 +55,13 @@ from selfinstruct_tui.engine.errors import ConfigError, UserError
 from selfinstruct_tui.engine.exports import DIALOG_WORDING, Exported, ExportRefused, export_run
 from selfinstruct_tui.engine.fsutil import atomic_write_text
 from selfinstruct_tui.engine.invocation import command_line, with_command
-from selfinstruct_tui.engine.seeds import SeedTask, seed_to_record, seeds_to_jsonl, write_seeds
+from selfinstruct_tui.engine.seeds import (
+    SeedTask,
+    seed_to_record,
+    seeds_to_jsonl,
+    with_seed,
+    write_seeds,
+)
 from selfinstruct_tui.engine.similarity import FALLBACK_NOTICE, NATIVE_AVAILABLE
 from selfinstruct_tui.engine.store import RunStore
 from selfinstruct_tui.engine.task import Task
@@ -78,7 +84,11 @@ from selfinstruct_tui.tui.screens.dialogs import (
 )
 from selfinstruct_tui.tui.screens.inspector import InspectorScreen
 from selfinstruct_tui.tui.screens.review import ReviewScreen
-from selfinstruct_tui.tui.screens.seed_manager import SeedManagerScreen, new_seed_id
+from selfinstruct_tui.tui.screens.seed_manager import (
+    LAST_SEED_KEPT,
+    SeedManagerScreen,
+    new_seed_id,
+)
 from selfinstruct_tui.tui.themes import DEFAULT_THEME, choose_theme, load_themes
 from selfinstruct_tui.tui.view import RunView
 from selfinstruct_tui.tui.widgets.footer import RunFooter
@@ -699,8 +709,7 @@ class SelfInstructApp(App[int]):
                         severity="warning")
             return
         if not rest:
-            self.notify("A run needs at least one seed: add another before deleting this one.",
-                        severity="warning")
+            self.notify(LAST_SEED_KEPT, severity="warning")
             return
         back = (f"; machine task #{task.source_task} returns to the pool"
                 if task.seed_origin == "promoted" and task.source_task is not None else "")
@@ -713,16 +722,14 @@ class SelfInstructApp(App[int]):
         deleted it, as the seed manager's form does)."""
         old = task.to_seed()
         seeds, _ = self._current_seeds()
-        current = next((s for s in seeds if s.id == old.id), old)
+        found = next((s for s in seeds if s.id == old.id), None)
+        current = found or old
         seed = SeedTask(current.id, current.name, data["instruction"], list(data["instances"]),
                         data["is_classification"], current.origin, current.source_task)
-        ids = [s.id for s in seeds]
-        if seed.id in ids and seed_to_record(seed) == seed_to_record(current):
+        if found is not None and seed_to_record(seed) == seed_to_record(found):
             self.notify(f"Seed {old.id} is unchanged: nothing to save.")
             return
-        changed = ([*seeds[:ids.index(seed.id)], seed, *seeds[ids.index(seed.id) + 1:]]
-                   if seed.id in ids else [*seeds, seed])
-        self._send_seeds(changed, done=f"Seed {seed.id} (task #{task.id}) saved")
+        self._send_seeds(with_seed(seeds, seed), done=f"Seed {seed.id} (task #{task.id}) saved")
 
     def on_task_table_inspect(self, message: TaskTable.Inspect) -> None:
         task = self.reader.task(message.task_id)

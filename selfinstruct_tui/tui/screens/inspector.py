@@ -55,12 +55,12 @@ def wrap_written(written: Written, width: int) -> Content:
             hang = lead = 0
             body = line.strip(" ") if marker is None else body
         indent = max(0, min(indent, width - hang - NARROWEST))
-        head, rest = line[:hang] if hang else "", body[hang - lead:] if hang else body
+        head, rest = line[:hang], body[hang - lead:]  # (hang 0: lead 0, no head)
         lines = Content(rest).wrap(max(1, width - indent - hang)) if rest else [Content()]
         for k, piece in enumerate(lines):
             if n or k:
                 out.append("\n" + (" " * indent if piece.plain or hang else ""))
-            out.append((head if k == 0 else " " * hang) if hang else "")
+            out.append(head if k == 0 else " " * hang)
             out.append(piece.rstrip())
     return Content.assemble(*out)
 

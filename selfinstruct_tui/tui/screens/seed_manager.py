@@ -32,11 +32,14 @@ from selfinstruct_tui.engine.seeds import (
     seeds_to_jsonl,
     short_text,
     similar_seed,
+    with_seed,
 )
 from selfinstruct_tui.tui.screens.dialogs import ConfirmScreen, Dialog
 from selfinstruct_tui.tui.screens.seed_editor import SeedEdit, SeedEditorScreen
 from selfinstruct_tui.tui.widgets.panes import MarkedCheckbox
 
+# a delete that would leave the run without seeds (the manager's, the inspector's)
+LAST_SEED_KEPT = "A run needs at least one seed: add another before deleting this one."
 INSTRUCTION_CELL = 64  # at most this many characters of the instruction in the table
 COLUMNS = (("id", 12), ("cls", 3), ("inst", 4), ("input", 5), ("origin", 14))  # besides it
 MANAGER_KEYS = ("a add · e/enter edit · c duplicate · d delete · r raw JSONL ($EDITOR: ctrl+o "
@@ -247,14 +250,8 @@ class SeedManagerScreen(Dialog[None]):
                 self.notify(f"Seed {seed.id} is unchanged: nothing to save.")
                 return
 
-            def change(fresh: list[SeedTask]) -> tuple[list[SeedTask], str]:
-                ids = [s.id for s in fresh]
-                if seed.id not in ids:  # deleted elsewhere meanwhile: the edit comes back
-                    return [*fresh, seed], seed.id
-                i = ids.index(seed.id)
-                return [*fresh[:i], seed, *fresh[i + 1:]], seed.id
-
-            self._apply(change)
+            # (deleted elsewhere meanwhile: the edit comes back)
+            self._apply(lambda fresh: (with_seed(fresh, seed), seed.id))
 
         self.app.push_screen(SeedFormScreen(loaded, loaded.id, similar=self.similar_to), done)
 
@@ -298,8 +295,7 @@ class SeedManagerScreen(Dialog[None]):
             return
         seed = self.seeds[at]
         if len(self.seeds) == 1:
-            self.notify("A run needs at least one seed: add another before deleting this one.",
-                        severity="warning")
+            self.notify(LAST_SEED_KEPT, severity="warning")
             return
         back = (f" It came from machine task #{seed.source_task}, which returns to the pool."
                 if seed.origin == "promoted" else "")
@@ -307,8 +303,7 @@ class SeedManagerScreen(Dialog[None]):
         def change(fresh: list[SeedTask]) -> tuple[list[SeedTask], str | None] | None:
             ids = [s.id for s in fresh]
             if ids == [seed.id]:
-                self.notify("A run needs at least one seed: add another before deleting this "
-                            "one.", severity="warning")
+                self.notify(LAST_SEED_KEPT, severity="warning")
                 return None
             i = ids.index(seed.id) if seed.id in ids else at
             after = ids[i + 1] if i + 1 < len(ids) else (ids[i - 1] if i > 0 else None)
